@@ -1,0 +1,1 @@
+"""DHCP server and DNS resolver for the virtual network: pure handlers and thin adapters."""

@@ -1,0 +1,105 @@
+"""The one adapter between a sans-IO core and asyncio (DESIGN.md §3, after aioquic's protocol).
+
+It owns nothing but the plumbing: feed input with ``now``, drain datagrams and events, re-arm
+exactly one timer. The same driver runs a node on a real UDP socket (``clock=time.time``) and in
+the simulator (``clock=loop.time`` on the virtual-time loop), so protocol behaviour cannot
+differ between the two.
+
+Why a UNIX-scale clock: cores check certificate validity and handshake timestamps against
+``now``, so ``now`` must be wall-clock-like; timers are converted to loop delays here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ipop.types import Endpoint, Path
+
+
+class SansIOCore(Protocol):
+    def receive_datagram(self, data: bytes, path: Path, *, now: float) -> None: ...
+    def handle_timer(self, *, now: float) -> None: ...
+    def get_timer(self) -> float | None: ...
+    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Path]]: ...
+    def next_event(self) -> Any: ...
+
+
+class DatagramSocket(Protocol):
+    """What the driver needs of a socket: the real UDP one and the simulator's both fit."""
+
+    def sendto(self, data: bytes, addr: Endpoint) -> None: ...
+
+
+class Driver:
+    """Drives one core: call :meth:`datagram_received` for input and :meth:`pump` after commands.
+
+    ``on_event`` sees every event the core emits, in order. Datagrams whose path is not an
+    underlay :class:`Endpoint` (relay paths) go to ``on_other_path``; a core that handles relays
+    itself never produces them.
+    """
+
+    def __init__(
+        self,
+        core: SansIOCore,
+        sock: DatagramSocket,
+        *,
+        clock: Callable[[], float],
+        on_event: Callable[[Any], None] = lambda ev: None,
+        on_other_path: Callable[[bytes, Path], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.sock = sock
+        self.clock = clock
+        self.on_event = on_event
+        self.on_other_path = on_other_path
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closed = False
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._closed:
+            return
+        self.core.receive_datagram(data, Endpoint(addr[0], addr[1]), now=self.clock())
+        self.pump()
+
+    def pump(self) -> None:
+        """Send what the core queued, hand its events up, and re-arm its timer."""
+        if self._closed:
+            return
+        now = self.clock()
+        for data, path in self.core.datagrams_to_send(now=now):
+            if isinstance(path, Endpoint):
+                self.sock.sendto(data, path)
+            elif self.on_other_path is not None:
+                self.on_other_path(data, path)
+        while (ev := self.core.next_event()) is not None:
+            self.on_event(ev)
+        self._arm()
+
+    def _arm(self) -> None:
+        deadline = self.core.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_later(max(0.0, deadline - self.clock()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._closed:
+            return
+        self.core.handle_timer(now=self.clock())
+        self.pump()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

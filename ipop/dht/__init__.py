@@ -1,0 +1,1 @@
+"""The DHT: kademlia over the overlay, signed versioned records, quorum create, allocation."""

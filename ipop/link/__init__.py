@@ -1,0 +1,1 @@
+"""One authenticated path to one peer: handshake, AEAD session, replay window, later punching."""

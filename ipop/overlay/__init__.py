@@ -1,0 +1,1 @@
+"""The structured overlay: ring, connection table, near/far/shortcut policies, routing, relay."""

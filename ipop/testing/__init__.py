@@ -1,0 +1,1 @@
+"""Simulator and fakes: virtual-time loop, simulated network with NATs (tests only)."""

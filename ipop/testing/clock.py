@@ -1,0 +1,106 @@
+"""Virtual time for the simulator: an asyncio loop whose clock jumps ahead when idle.
+
+Theory of operation: asyncio's ``_run_once`` asks its selector to wait ``timeout`` seconds for
+I/O until the next scheduled callback. Our selector first polls the real selector without
+blocking (so the loop's own self-pipe and call_soon_threadsafe still work); if nothing is
+ready, it advances the virtual clock by exactly ``timeout`` and returns no events, so the
+callback due next becomes runnable at once. Simulated minutes therefore cost only the CPU
+time of the callbacks. ``loop.time()`` returns the virtual clock, which starts on a UNIX-epoch
+scale so certificate validity checks see a plausible date.
+
+Invariant: the clock never goes backwards, and it only moves while nothing is runnable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# 2026-11-22T00:00:00Z: a fixed start so runs are reproducible and certificates made "now"
+# in a test are valid in the simulation.
+SIM_EPOCH = 1_795_305_600.0
+
+
+class SimulationStalled(RuntimeError):
+    """Nothing is scheduled and nothing can wake the loop: the scenario would hang forever."""
+
+
+class VirtualClock:
+    def __init__(self, start: float = SIM_EPOCH) -> None:
+        self.now = start
+
+    def advance(self, seconds: float) -> None:
+        if seconds > 0:
+            self.now += seconds
+
+
+class _VirtualSelector(selectors.BaseSelector):
+    def __init__(self, clock: VirtualClock) -> None:
+        self._clock = clock
+        self._real = selectors.DefaultSelector()
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._real.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.modify(fileobj, events, data)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = self._real.select(0)
+        if ready or timeout == 0:
+            return ready
+        if timeout is None:
+            # Only real file descriptors could wake us, and a simulation has none of its own.
+            raise SimulationStalled("no callback scheduled and no I/O pending")
+        self._clock.advance(timeout)
+        return []
+
+    def close(self) -> None:
+        self._real.close()
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._real.get_map()
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """A selector event loop whose ``time()`` is a :class:`VirtualClock`."""
+
+    def __init__(self, start: float = SIM_EPOCH) -> None:
+        self.clock = VirtualClock(start)
+        super().__init__(selector=_VirtualSelector(self.clock))
+        # asyncio runs callbacks due before ``time() + resolution``; at an epoch-scale clock a
+        # float step is ~2.4e-7 s, so the resolution must exceed it or an exact jump to a
+        # callback's deadline would never make it due.
+        self._clock_resolution = 1e-6
+
+    def time(self) -> float:
+        return self.clock.now
+
+
+def run_virtual(main: Coroutine[Any, Any, T], *, start: float = SIM_EPOCH) -> T:
+    """Run ``main`` to completion on a fresh :class:`VirtualTimeLoop`, then close the loop.
+
+    Tasks still pending when ``main`` returns are cancelled, as ``asyncio.run`` does.
+    """
+    loop = VirtualTimeLoop(start)
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()

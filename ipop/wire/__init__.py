@@ -1,0 +1,1 @@
+"""Byte layouts and codecs (pure): outer datagram header, messages, STUN."""

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The README's two entry points, for a fresh Debian machine (run as root, from the repo root):
+#   bash tools/run.sh demo   -> installs what it needs, runs the main demo
+#   bash tools/run.sh test   -> installs what it needs, runs ruff, mypy and the whole test suite
+# Idempotent: packages and the venv are installed only when missing or when pyproject changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=$ROOT/.venv
+
+# Debian packages: the tests' real clients and the lab's plumbing.
+APT_PACKAGES=(python3 python3-venv openssl iproute2 iptables nftables)
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "tools/run.sh: run as root (it installs packages and the lab needs network namespaces)" >&2
+    exit 2
+  fi
+}
+
+install_apt() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+pick_python() {
+  for py in python3.11 python3; do
+    if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      echo "$py"; return
+    fi
+  done
+  echo "tools/run.sh: Python >= 3.11 is required" >&2
+  exit 2
+}
+
+install_venv() {
+  local stamp=$VENV/.pyproject.sha256 want
+  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return
+  fi
+  echo "== creating the venv from pyproject.toml"
+  "$(pick_python)" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  echo "$want" >"$stamp"
+}
+
+run_tests() {
+  export PATH=$VENV/bin:$PATH
+  echo "== ruff"
+  ruff check .
+  ruff format --check .
+  echo "== mypy"
+  mypy
+  echo "== pytest"
+  pytest -q -p no:cacheprovider "$@"
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  demo)
+    need_root; install_apt; install_venv
+    exec "$VENV/bin/ipop-sim" demo "$@"
+    ;;
+  test)
+    need_root; install_apt; install_venv
+    run_tests "$@"
+    ;;
+  *)
+    echo "usage: bash tools/run.sh demo|test" >&2
+    exit 2
+    ;;
+esac
