@@ -27,6 +27,9 @@ HANDSHAKE_CLOCK_SKEW_S = 120.0
 PREVIOUS_KEY_GRACE_S = 10.0
 # Replay window width in packets: reordering deeper than this is dropped (RFC 6479 uses 2048).
 REPLAY_WINDOW = 2048
+# A session that authenticated nothing for this long is down: three missed keepalives
+# (3 x KEEPALIVE_INTERVAL_S below) plus 5 s for one round trip of slack.
+LINK_TIMEOUT_S = 50.0
 
 # --- links and overlay (later issues) -----------------------------------------------------
 # Keepalive interval: under the ~30 s UDP mapping timeout of common NATs (RFC 4787 REQ-5
@@ -40,3 +43,67 @@ CERT_BACKDATE_S = 3600.0
 # Default lifetimes of a network CA and of a node certificate.
 CA_DEFAULT_DAYS = 3650
 NODE_CERT_DEFAULT_DAYS = 365
+
+# --- DHT (ipop/dht) ---------------------------------------------------------------------------
+# Retransmit an unanswered DHT RPC (same message id) after this long: a few overlay round
+# trips, so one lost datagram costs hundreds of ms instead of kademlia's 5 s stall.
+DHT_RPC_RETRY_S = 0.4
+# Tries per RPC before the peer counts as gone: at 5% loss each way one try fails 9.75% of the
+# time, four fail 1e-4 of the time, so a lossy path does not evict a live contact.
+DHT_RPC_ATTEMPTS = 4
+# A replica replays its cached answer to a retransmitted request for this long (at-most-once
+# execution); longer than DHT_RPC_RETRY_S * DHT_RPC_ATTEMPTS plus in-flight time.
+DHT_RESPONSE_CACHE_S = 5.0
+# Owners push their live records to the current R nearest this often: bounds how long a record
+# stays under-replicated after replicas leave (a leaving node's records are gone at once).
+DHT_REPUBLISH_INTERVAL_S = 60.0
+# Look up our own id and one random id this often, so routing tables track joins and leaves.
+DHT_REFRESH_INTERVAL_S = 120.0
+# Replicas refuse leases longer than this: an abandoned record dies within a day at worst.
+DHT_MAX_TTL_S = 86400.0
+# Base of the jittered, doubling pause between create rounds after a split vote (two racers
+# that both fell short of a quorum withdraw, and the pause makes one of them go first).
+DHT_CREATE_BACKOFF_S = 0.3
+# Create rounds before giving up when votes keep splitting or replicas keep timing out.
+DHT_CREATE_ROUNDS = 6
+# Lease of a virtual IP or hostname record: short enough that a dead node's address frees up
+# within minutes, long enough that renewals are rare DHT traffic.
+DHT_LEASE_TTL_S = 600.0
+# Renew a lease when this fraction of its TTL has passed (DHCP's T1 is 0.5), leaving time
+# for several retries before it lapses.
+DHT_LEASE_RENEW_FRACTION = 0.5
+# After a failed renewal, try again this soon (the lease still has half its life left).
+DHT_LEASE_RETRY_S = 10.0
+
+# --- overlay (ipop/overlay) -------------------------------------------------------------------
+# Maintenance tick: policies (near, far, trim) and deadlines are checked this often; a second
+# keeps repair prompt and costs microseconds per node.
+OVERLAY_TICK_S = 1.0
+# Near neighbours swap neighbour lists this often (and at once when the near set changes):
+# ring stabilisation converges in a few rounds, so a lost list costs at most this long.
+OVERLAY_GOSSIP_INTERVAL_S = 5.0
+# A node short of near links (joining, or after losing neighbours) re-probes its own address
+# this often: a JOIN lost on a half-built ring must not leave the node outside for long.
+OVERLAY_NEAR_RETRY_S = 5.0
+# A node with a full near set still probes its own address this often: catches ring splits
+# that gossip between already-linked neighbours can never see.
+OVERLAY_NEAR_PROBE_S = 60.0
+# Give up on direct attempts toward a peer after this long and fall back to a relay (near
+# links) or give up (far, shortcut): longer than HANDSHAKE_TIMEOUT_S, which fails them first.
+OVERLAY_CONNECT_TIMEOUT_S = 25.0
+# A CONNECT_TO_ME answer later than this is ignored: bounds request state; a lost one is
+# simply asked again by the policy that wanted it.
+OVERLAY_CTM_TIMEOUT_S = 10.0
+# A bootstrap link (or an unsolicited inbound one) keeps its LEAF reason this long, so join
+# answers can travel back over it while the joiner builds its near links.
+OVERLAY_LEAF_HOLD_S = 60.0
+# An idle link (no reason left) is closed only after this long: near membership flaps while
+# nodes join nearby, and a close costs a new handshake when the link is wanted again.
+OVERLAY_TRIM_GRACE_S = 30.0
+# A link we relay over keeps its RELAY reason this long after the last relayed datagram:
+# above two keepalive intervals, so an idle but live tunnel is never cut under its users.
+OVERLAY_RELAY_HOLD_S = 60.0
+# Retry the bootstrap endpoints this often while we have no link at all.
+OVERLAY_BOOTSTRAP_RETRY_S = 10.0
+# A peer we could not link to at all (not even relayed) is not asked again for this long.
+OVERLAY_FAILED_BACKOFF_S = 30.0

@@ -23,7 +23,7 @@ FORBIDDEN: list[tuple[str, str, str]] = [
     ("dhcp_dns", "router", "router mode reuses DHCP/DNS, not the other way round"),
 ]
 # Run-time code never depends on the simulator; only tests and the ipop-sim tool may.
-TESTING_ALLOWED = ("ipop.testing", "tools.sim")
+TESTING_ALLOWED = ("ipop.testing", "tools.sim", "tools.bench")
 
 # Protocol cores are sans-IO: time, randomness sources and I/O come in from the driver.
 CORES = ("ipop.wire", "ipop.link", "ipop.overlay", "ipop.vnet")

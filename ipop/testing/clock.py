@@ -9,6 +9,13 @@ time of the callbacks. ``loop.time()`` returns the virtual clock, which starts o
 scale so certificate validity checks see a plausible date.
 
 Invariant: the clock never goes backwards, and it only moves while nothing is runnable.
+
+Stall detection: when nothing at all is scheduled, only real I/O could wake the loop. A worker
+thread (``run_in_executor``, ``asyncio.to_thread``) wakes it through the self-pipe, so the
+selector first waits up to ``stall_grace_s`` of *wall* time for that; if nothing arrives the
+scenario can never progress and :class:`SimulationStalled` is raised instead of hanging. While
+timers are scheduled the virtual clock keeps jumping even if a thread is still working, so
+thread results land at an arbitrary virtual time: simulations should not use threads.
 """
 
 from __future__ import annotations
@@ -38,9 +45,14 @@ class VirtualClock:
             self.now += seconds
 
 
+# Wall-clock seconds to wait for a worker thread before declaring a stall (see above).
+DEFAULT_STALL_GRACE_S = 0.5
+
+
 class _VirtualSelector(selectors.BaseSelector):
-    def __init__(self, clock: VirtualClock) -> None:
+    def __init__(self, clock: VirtualClock, stall_grace_s: float) -> None:
         self._clock = clock
+        self._stall_grace_s = stall_grace_s
         self._real = selectors.DefaultSelector()
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
@@ -57,7 +69,12 @@ class _VirtualSelector(selectors.BaseSelector):
         if ready or timeout == 0:
             return ready
         if timeout is None:
-            # Only real file descriptors could wake us, and a simulation has none of its own.
+            # Only real file descriptors could wake us, and a simulation has none of its own;
+            # give a worker thread a moment to post its result through the self-pipe.
+            if self._stall_grace_s > 0:
+                ready = self._real.select(self._stall_grace_s)
+                if ready:
+                    return ready
             raise SimulationStalled("no callback scheduled and no I/O pending")
         self._clock.advance(timeout)
         return []
@@ -72,9 +89,11 @@ class _VirtualSelector(selectors.BaseSelector):
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """A selector event loop whose ``time()`` is a :class:`VirtualClock`."""
 
-    def __init__(self, start: float = SIM_EPOCH) -> None:
+    def __init__(
+        self, start: float = SIM_EPOCH, *, stall_grace_s: float = DEFAULT_STALL_GRACE_S
+    ) -> None:
         self.clock = VirtualClock(start)
-        super().__init__(selector=_VirtualSelector(self.clock))
+        super().__init__(selector=_VirtualSelector(self.clock, stall_grace_s))
         # asyncio runs callbacks due before ``time() + resolution``; at an epoch-scale clock a
         # float step is ~2.4e-7 s, so the resolution must exceed it or an exact jump to a
         # callback's deadline would never make it due.
@@ -84,12 +103,17 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return self.clock.now
 
 
-def run_virtual(main: Coroutine[Any, Any, T], *, start: float = SIM_EPOCH) -> T:
+def run_virtual(
+    main: Coroutine[Any, Any, T],
+    *,
+    start: float = SIM_EPOCH,
+    stall_grace_s: float = DEFAULT_STALL_GRACE_S,
+) -> T:
     """Run ``main`` to completion on a fresh :class:`VirtualTimeLoop`, then close the loop.
 
     Tasks still pending when ``main`` returns are cancelled, as ``asyncio.run`` does.
     """
-    loop = VirtualTimeLoop(start)
+    loop = VirtualTimeLoop(start, stall_grace_s=stall_grace_s)
     try:
         asyncio.set_event_loop(loop)
         return loop.run_until_complete(main)

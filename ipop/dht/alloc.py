@@ -1,0 +1,200 @@
+"""Virtual IP allocation on the DHT, and leases that keep owned keys alive.
+
+An address belongs to whoever holds the live record ``<network>:ip:<addr>`` (created with the
+DHT's quorum compare-and-set, IPOP's DHCP-over-DHT and Brunet's ``Create``, DESIGN.md §6).
+
+Allocation: try ``preferred`` first (a restarting node asks for the address it had; its own
+record, or an expired one, does not block it), then random addresses of the subnet, skipping
+addresses tried already, until one ``create`` succeeds.
+
+Addresses never handed out: the subnet's network address, its broadcast address, and the
+first host (network address + 1, e.g. ``100.64.0.1`` in ``100.64.0.0/10``). By convention the
+first host is the gateway: router mode (and a DHCP server on a LAN) answers from it, so no
+node may hold it.
+
+:class:`DhtLease` renews an owned key when ``renew_fraction`` of its TTL has passed (DHCP's T1)
+and retries every ``DHT_LEASE_RETRY_S`` after a failed renewal; if our record lapsed and nobody
+holds the key, it claims it again with ``create``; if another node holds it, the lease is lost
+and ``on_lost`` is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, Protocol
+
+from ipop.dht.record import Record, ip_key
+from ipop.errors import ConfigError, IpopError, LocalProtocolError
+from ipop.timing import DHT_LEASE_RENEW_FRACTION, DHT_LEASE_RETRY_S, DHT_LEASE_TTL_S
+from ipop.types import NodeId
+
+log = logging.getLogger(__name__)
+
+# Random addresses to try before giving up (each failure is a live conflict or a split vote).
+ALLOC_ATTEMPTS = 32
+
+
+class DhtLike(Protocol):
+    """The operations of :class:`ipop.dht.service.DhtService` that leases and names use."""
+
+    @property
+    def node_id(self) -> NodeId: ...
+
+    async def create(self, key: str, value: bytes, ttl: float) -> bool: ...
+    async def renew(self, key: str, ttl: float) -> bool: ...
+    async def delete(self, key: str) -> bool: ...
+    async def get(self, key: str) -> Record | None: ...
+
+
+class AllocationFailed(IpopError):
+    """No address of the subnet could be claimed (full, or the DHT is unreachable)."""
+
+
+def usable_range(subnet: IPv4Network) -> tuple[int, int]:
+    """First and last address (as ints) a node may hold: network, gateway, broadcast excluded."""
+    first = int(subnet.network_address) + 2
+    last = int(subnet.broadcast_address) - 1
+    if first > last:
+        raise ConfigError("subnet", f"{subnet} has no usable host address", "use /29 or wider")
+    return first, last
+
+
+def is_usable(subnet: IPv4Network, addr: IPv4Address) -> bool:
+    first, last = usable_range(subnet)
+    return first <= int(addr) <= last
+
+
+async def allocate_ip(
+    dht: DhtLike,
+    subnet: IPv4Network,
+    *,
+    network: str,
+    rng: random.Random,
+    preferred: IPv4Address | None = None,
+    value: bytes = b"",
+    ttl: float = DHT_LEASE_TTL_S,
+    attempts: int = ALLOC_ATTEMPTS,
+) -> IPv4Address:
+    """Claim a free address of ``subnet`` in ``network``; raise :class:`AllocationFailed`."""
+    first, last = usable_range(subnet)
+    tried: set[int] = set()
+    if preferred is not None:
+        if not is_usable(subnet, preferred):
+            # A remembered address from before a subnet change: not an error, just unusable.
+            log.warning("preferred address %s is not usable in %s", preferred, subnet)
+        else:
+            tried.add(int(preferred))
+            if await dht.create(ip_key(network, preferred), value, ttl):
+                return preferred
+            log.info("preferred address %s is held by another node", preferred)
+    span = last - first + 1
+    for _ in range(attempts):
+        if len(tried) >= span:
+            break
+        pick = first + rng.randrange(span)
+        while pick in tried:
+            pick = first + rng.randrange(span)
+        tried.add(pick)
+        addr = IPv4Address(pick)
+        if await dht.create(ip_key(network, addr), value, ttl):
+            return addr
+    raise AllocationFailed(f"no free address in {subnet} after {len(tried)} tries")
+
+
+class DhtLease:
+    """Keeps one owned DHT key alive until stopped or released."""
+
+    def __init__(
+        self,
+        dht: DhtLike,
+        key: str,
+        *,
+        value: bytes = b"",
+        ttl: float = DHT_LEASE_TTL_S,
+        renew_fraction: float = DHT_LEASE_RENEW_FRACTION,
+        retry_s: float = DHT_LEASE_RETRY_S,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        if not 0 < renew_fraction < 1:
+            raise LocalProtocolError("renew_fraction must be in (0, 1)")
+        self.dht = dht
+        self.key = key
+        self.value = value
+        self.ttl = ttl
+        self.renew_fraction = renew_fraction
+        self.retry_s = retry_s
+        self.on_lost = on_lost
+        self.renewals = 0
+        self.failures = 0
+        self.lost = False
+        self._task: asyncio.Task[Any] | None = None
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise LocalProtocolError("lease already started")
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        delay = self.ttl * self.renew_fraction
+        while True:
+            await asyncio.sleep(delay)
+            if await self.dht.renew(self.key, self.ttl):
+                self.renewals += 1
+                delay = self.ttl * self.renew_fraction
+                continue
+            self.failures += 1
+            current = await self.dht.get(self.key)
+            if current is not None and current.owner != self.dht.node_id:
+                log.warning("lease on %s lost to %s", self.key, current.owner.short())
+                self.lost = True
+                if self.on_lost is not None:
+                    self.on_lost()
+                return
+            if current is None and await self.dht.create(self.key, self.value, self.ttl):
+                # Our record lapsed (renewals kept failing) but nobody took the key: re-claim.
+                self.renewals += 1
+                delay = self.ttl * self.renew_fraction
+                continue
+            delay = self.retry_s
+
+    async def stop(self) -> None:
+        """Stop renewing (the record lapses at its expiry)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def release(self) -> bool:
+        """Stop renewing and delete the record now, freeing the key for others."""
+        await self.stop()
+        return await self.dht.delete(self.key)
+
+
+class IpLease(DhtLease):
+    """The lease on one virtual address."""
+
+    def __init__(self, dht: DhtLike, network: str, address: IPv4Address, **kw: Any) -> None:
+        super().__init__(dht, ip_key(network, address), **kw)
+        self.network = network
+        self.address = address
+
+
+async def lease_ip(
+    dht: DhtLike,
+    subnet: IPv4Network,
+    *,
+    network: str,
+    rng: random.Random,
+    preferred: IPv4Address | None = None,
+    ttl: float = DHT_LEASE_TTL_S,
+    on_lost: Callable[[], None] | None = None,
+) -> IpLease:
+    """Allocate an address (``preferred`` first) and start renewing it."""
+    addr = await allocate_ip(dht, subnet, network=network, rng=rng, preferred=preferred, ttl=ttl)
+    lease = IpLease(dht, network, addr, ttl=ttl, on_lost=on_lost)
+    lease.start()
+    return lease

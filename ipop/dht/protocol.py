@@ -1,0 +1,305 @@
+"""Kademlia's protocol, rebuilt on our wire format, with retransmission and sender checks.
+
+:class:`IpopKademliaProtocol` subclasses ``kademlia.protocol.KademliaProtocol`` (2.2.3, pinned)
+so kademlia's routing table and node lookup (``NodeSpiderCrawl``) run unchanged on top of it,
+but it replaces rpcudp's datagram handling, which we cannot use as shipped:
+
+* rpcudp raises out of ``datagram_received`` on garbage and trusts the node id a message
+  claims. Here every datagram is parsed strictly (:mod:`ipop.dht.wire`); garbage is dropped
+  and counted in ``drops`` by reason; a message whose sender id differs from the overlay
+  address the link layer authenticated is dropped as ``sender_mismatch``; a response from
+  any node but the one asked is dropped as ``response_wrong_peer``.
+* rpcudp waits 5 s for one datagram and then evicts the contact. Here a request is
+  retransmitted with the same message id every ``retry_s`` (``attempts`` tries), and the
+  replica replays its cached answer to a duplicate, so execution is at-most-once and one lost
+  datagram costs ``retry_s``. Only a peer silent for all tries is evicted.
+* stock ``welcome_if_new`` pushes every stored key to each new contact, synchronously, and
+  ``rpc_store`` accepts anything. Here a new contact is just added to the routing table,
+  stores go through :class:`~ipop.dht.storage.RecordStorage`'s rules, and replication is the
+  owner's job (:class:`~ipop.dht.service.DhtService`).
+* background pings of full buckets (kademlia's ``add_contact`` calls ``ensure_future`` on
+  ``call_ping``) run as tasks the service tracks, so ``close()`` leaves nothing behind.
+
+Theory of operation: ``_outstanding`` maps a message id to the peer asked and the future its
+caller awaits; an entry lives exactly as long as its ``_call``. ``_answers`` holds encoded
+answers for ``DHT_RESPONSE_CACHE_S``, oldest first, so a retransmitted request never executes
+twice. After :meth:`shutdown`, every pending call resolves to "no answer" and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+
+from ipop.dht.record import Record
+from ipop.dht.shim import Address, address_for, node_for
+from ipop.dht.storage import RecordStorage
+from ipop.dht.wire import (
+    MAX_FIND_NODES,
+    MSG_ID_BYTES,
+    Envelope,
+    NodesFound,
+    NodesRequested,
+    PingAnswered,
+    PingRequested,
+    RecordFound,
+    RecordRequested,
+    Request,
+    Response,
+    StoreAnswered,
+    StoreRequested,
+    decode_message,
+    encode_message,
+)
+from ipop.errors import RemoteProtocolError
+from ipop.timing import DHT_RESPONSE_CACHE_S, DHT_RPC_ATTEMPTS, DHT_RPC_RETRY_S
+from ipop.types import NodeId
+
+log = logging.getLogger(__name__)
+
+# Bounds the replay cache whatever the request rate (each entry is one encoded answer).
+MAX_CACHED_ANSWERS = 4096
+
+Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
+
+_ANSWER_TYPE: dict[type[Request], type[Response]] = {
+    PingRequested: PingAnswered,
+    NodesRequested: NodesFound,
+    RecordRequested: RecordFound,
+    StoreRequested: StoreAnswered,
+}
+
+
+def kad_node(node: NodeId) -> Node:
+    """Kademlia's contact object for an overlay node."""
+    return Node(node.to_bytes(), node.hex(), 0)
+
+
+@dataclass(slots=True)
+class _Pending:
+    peer: NodeId
+    answer_type: type[Response]
+    future: asyncio.Future[Response | None]
+
+
+class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia is untyped
+    """Kademlia RPCs over :class:`~ipop.dht.shim.OverlayShim`, one instance per node."""
+
+    def __init__(
+        self,
+        local_id: NodeId,
+        storage: RecordStorage,
+        ksize: int,
+        *,
+        rng: random.Random,
+        clock: Callable[[], float],
+        spawn: Spawn,
+        retry_s: float = DHT_RPC_RETRY_S,
+        attempts: int = DHT_RPC_ATTEMPTS,
+        answer_cache_s: float = DHT_RESPONSE_CACHE_S,
+    ) -> None:
+        super().__init__(kad_node(local_id), storage, ksize)
+        self.local_id = local_id
+        self.record_storage = storage
+        self._rng = rng
+        self._clock = clock
+        self._spawn = spawn
+        self._retry_s = retry_s
+        self._attempts = attempts
+        self._answer_cache_s = answer_cache_s
+        self._outstanding: dict[bytes, _Pending] = {}
+        self._answers: OrderedDict[tuple[NodeId, bytes], tuple[float, bytes]] = OrderedDict()
+        self._shut = False
+        self.drops: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self._handlers: dict[type[Request | Response], Callable[[NodeId, Any], Response]] = {
+            PingRequested: self._on_ping,
+            NodesRequested: self._on_find_node,
+            RecordRequested: self._on_fetch,
+            StoreRequested: self._on_store,
+        }
+
+    # --- inbound ------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        src = node_for(addr)
+        if src is None:
+            self.drops["bad_address"] += 1
+            return
+        try:
+            env = decode_message(data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return
+        if env.sender != src:
+            # The kademlia id must be the overlay address the link layer authenticated.
+            self.drops["sender_mismatch"] += 1
+            return
+        if self._shut:
+            self.drops["after_shutdown"] += 1
+            return
+        if env.is_request:
+            self._on_request(src, env)
+        else:
+            self._on_response(src, env)
+
+    def _on_request(self, src: NodeId, env: Envelope) -> None:
+        now = self._clock()
+        self._expire_answers(now)
+        cache_key = (src, env.msg_id)
+        cached = self._answers.get(cache_key)
+        if cached is not None:
+            self.counters["duplicate_requests"] += 1
+            self.transport.sendto(cached[1], address_for(src))
+            return
+        answer = self._handlers[type(env.message)](src, env.message)
+        data = encode_message(env.msg_id, self.local_id, answer)
+        self._answers[cache_key] = (now + self._answer_cache_s, data)
+        while len(self._answers) > MAX_CACHED_ANSWERS:
+            self._answers.popitem(last=False)
+        self.counters["requests_served"] += 1
+        self.transport.sendto(data, address_for(src))
+        if src != self.local_id:
+            self.welcome_if_new(kad_node(src))
+
+    def _expire_answers(self, now: float) -> None:
+        while self._answers:
+            key, (deadline, _) = next(iter(self._answers.items()))
+            if deadline > now:
+                break
+            del self._answers[key]
+
+    def _on_response(self, src: NodeId, env: Envelope) -> None:
+        pending = self._outstanding.get(env.msg_id)
+        if pending is None:
+            # Late answers to a retransmitted request land here too: harmless, but counted.
+            self.drops["unsolicited_response"] += 1
+            return
+        if pending.peer != src:
+            self.drops["response_wrong_peer"] += 1
+            return
+        if not isinstance(env.message, pending.answer_type):
+            self.drops["response_wrong_method"] += 1
+            return
+        if not pending.future.done():
+            pending.future.set_result(env.message)
+
+    # --- request handlers (the replica side) ---------------------------------------------------
+
+    def _on_ping(self, src: NodeId, msg: PingRequested) -> Response:
+        return PingAnswered()
+
+    def _on_find_node(self, src: NodeId, msg: NodesRequested) -> Response:
+        k = min(self.router.ksize, MAX_FIND_NODES)
+        found = self.router.find_neighbors(Node(msg.target), k, exclude=kad_node(src))
+        return NodesFound(tuple(NodeId.from_bytes(n.id) for n in found))
+
+    def _on_fetch(self, src: NodeId, msg: RecordRequested) -> Response:
+        return RecordFound(self.record_storage.lookup(msg.key_id))
+
+    def _on_store(self, src: NodeId, msg: StoreRequested) -> Response:
+        outcome = self.record_storage.offer(msg.record)
+        current = None
+        if not outcome.accepted:
+            current = self.record_storage.lookup(msg.record.key_id)
+        return StoreAnswered(outcome, current)
+
+    # --- outbound ------------------------------------------------------------------------------
+
+    async def call(self, peer: NodeId, request: Request) -> Response | None:
+        """Ask ``peer``; retransmit until answered or ``attempts`` tries went unanswered."""
+        if self._shut or self.transport is None:
+            return None
+        msg_id = self._rng.getrandbits(8 * MSG_ID_BYTES).to_bytes(MSG_ID_BYTES, "big")
+        while msg_id in self._outstanding:
+            msg_id = self._rng.getrandbits(8 * MSG_ID_BYTES).to_bytes(MSG_ID_BYTES, "big")
+        data = encode_message(msg_id, self.local_id, request)
+        future: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
+        self._outstanding[msg_id] = _Pending(peer, _ANSWER_TYPE[type(request)], future)
+        try:
+            for attempt in range(self._attempts):
+                if self._shut:
+                    return None
+                if attempt:
+                    self.counters["retransmissions"] += 1
+                self.transport.sendto(data, address_for(peer))
+                done, _ = await asyncio.wait({future}, timeout=self._retry_s)
+                if done:
+                    return future.result()
+            self.counters["rpc_timeouts"] += 1
+            return None
+        finally:
+            del self._outstanding[msg_id]
+
+    def shutdown(self) -> None:
+        """Stop sending; every pending call returns "no answer" at once."""
+        self._shut = True
+        for pending in self._outstanding.values():
+            if not pending.future.done():
+                pending.future.set_result(None)
+        self._answers.clear()
+
+    # --- kademlia's call_* API, used by its NodeSpiderCrawl and RoutingTable ----------------
+
+    async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        answer = await self.call(NodeId.from_bytes(node_to_ask.id), NodesRequested(node_to_find.id))
+        result: tuple[bool, Any] = (False, None)
+        if isinstance(answer, NodesFound):
+            found = [tuple(kad_node(n)) for n in answer.nodes if n != self.local_id]
+            result = (True, found)
+        return self._handle_result(result, node_to_ask)
+
+    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        # Our reads fetch from every replica (DhtService.get); a value crawl is never used.
+        return await self.call_find_node(node_to_ask, node_to_find)
+
+    def call_ping(self, node_to_ask: Node) -> asyncio.Task[tuple[bool, Any]]:
+        # Kademlia's RoutingTable passes this straight to asyncio.ensure_future, which returns
+        # a task unchanged: returning a task the service tracks keeps close() leak-free.
+        return self._spawn(self.ping_node(node_to_ask))
+
+    async def ping_node(self, node_to_ask: Node) -> tuple[bool, Any]:
+        answer = await self.call(NodeId.from_bytes(node_to_ask.id), PingRequested())
+        result = (True, node_to_ask.id) if isinstance(answer, PingAnswered) else (False, None)
+        return self._handle_result(result, node_to_ask)
+
+    async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> tuple[bool, Any]:
+        raise NotImplementedError("use store_record: stock stores bypass the record rules")
+
+    async def fetch_record(self, peer: NodeId, kid: bytes) -> RecordFound | None:
+        answer = await self.call(peer, RecordRequested(kid))
+        self._handle_result((isinstance(answer, RecordFound), None), kad_node(peer))
+        return answer if isinstance(answer, RecordFound) else None
+
+    async def store_record(self, peer: NodeId, record: Record) -> StoreAnswered | None:
+        answer = await self.call(peer, StoreRequested(record))
+        self._handle_result((isinstance(answer, StoreAnswered), None), kad_node(peer))
+        return answer if isinstance(answer, StoreAnswered) else None
+
+    def _handle_result(self, result: tuple[bool, Any], node: Node) -> tuple[bool, Any]:
+        if self._shut:
+            return (False, None)
+        if node.id == self.local_id.to_bytes():
+            return result
+        return self.handle_call_response(result, node)  # type: ignore[no-any-return]
+
+    def welcome_if_new(self, node: Node) -> None:
+        # Stock kademlia also pushes every stored key to the newcomer here (synchronously, and
+        # extending nothing but its own reach): replication is the owner's job instead.
+        if node.id != self.local_id.to_bytes() and self.router.is_new_node(node):
+            self.router.add_contact(node)
+
+    # Kademlia's stock RPC entry points must never run: they bypass our checks.
+    def rpc_store(self, *args: Any) -> None:
+        raise NotImplementedError
+
+    def rpc_find_value(self, *args: Any) -> None:
+        raise NotImplementedError

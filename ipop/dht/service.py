@@ -1,0 +1,518 @@
+"""The DHT service: signed records on the R nodes nearest a key, over the overlay (asyncio).
+
+Kademlia is an asyncio library, so this layer is asyncio by nature (DESIGN.md §2); the pure
+parts it leans on are :mod:`ipop.dht.record` (encoding, signature, replacement rule, which copy
+a reader believes) and :mod:`ipop.dht.wire`. It runs unchanged on the simulator's virtual-time
+loop: all time comes from ``loop.time()``, all randomness from the injected ``rng``.
+
+Theory of operation
+  * Replica set of a key: the R nodes (XOR-)nearest its 20-byte id, found by kademlia's node
+    lookup; this node counts too when it is among them. Quorum: ``config.quorum`` (default a
+    majority of R, Brunet used 5 of 8); in a network smaller than R, a majority of the nodes,
+    and never this node alone (a node that knows no other node cannot claim anything).
+  * Every write counts real acknowledgements (STORED or UNCHANGED answers), never "sent".
+  * ``create`` is a compare-and-set on the replica set: each replica applies the replacement
+    rule atomically, so at most one owner can collect a quorum from one replica set (two
+    majorities intersect). A round that falls short withdraws our copy everywhere (a signed
+    tombstone, higher seq) so no replica keeps a value whose create failed; if no rival holds
+    a quorum either (a split vote), it retries after a jittered, doubling pause so that one
+    racer goes first.
+  * ``get`` fetches from every replica, believes :func:`~ipop.dht.record.choose_best`, and
+    repairs replicas that hold nothing, an expired copy or an older seq (read repair). Repairs
+    copy signed bytes, so they never extend a lease.
+  * Owners alone republish (every ``republish_interval_s``, to the *current* R nearest): that
+    re-replicates records whose replicas left. Renewing is the owner signing a higher seq with a
+    later expiry. Nobody else can extend a lease.
+  * Kademlia's ``Server`` is not used: its ``listen`` binds a UDP socket, its ``set`` counts
+    "sent" as success, and its hourly refresh republishes every key any node holds (stale
+    values come back). Its routing table and ``NodeSpiderCrawl`` lookup are used as they are.
+  * Known limit: leases are absolute times on the owner's clock, judged on each replica's
+    clock; hosts must agree on the time to within a small part of a lease (NTP does).
+  * Invariant: every task the service starts is in ``_tasks``; ``close()`` cancels and awaits
+    them and resolves every pending RPC, so nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kademlia.crawling import NodeSpiderCrawl
+from kademlia.node import Node
+
+from ipop.dht.protocol import IpopKademliaProtocol, kad_node
+from ipop.dht.record import (
+    Record,
+    StoreOutcome,
+    check_record,
+    choose_best,
+    key_id,
+    newest_by_owner,
+)
+from ipop.dht.shim import OverlayPort, OverlayShim
+from ipop.dht.storage import RecordStorage
+from ipop.dht.wire import StoreAnswered
+from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from ipop.identity import NodeIdentity
+from ipop.timing import (
+    DHT_CREATE_BACKOFF_S,
+    DHT_CREATE_ROUNDS,
+    DHT_MAX_TTL_S,
+    DHT_REFRESH_INTERVAL_S,
+    DHT_REPUBLISH_INTERVAL_S,
+    DHT_RESPONSE_CACHE_S,
+    DHT_RPC_ATTEMPTS,
+    DHT_RPC_RETRY_S,
+)
+from ipop.types import NodeId
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class DhtConfig:
+    """Tunables of one DHT node; defaults from :mod:`ipop.timing` and Brunet (R=8, 5 of 8)."""
+
+    replicas: int = 8
+    quorum: int | None = None  # None: a majority of ``replicas``
+    ksize: int = 20
+    alpha: int = 3
+    rpc_retry_s: float = DHT_RPC_RETRY_S
+    rpc_attempts: int = DHT_RPC_ATTEMPTS
+    answer_cache_s: float = DHT_RESPONSE_CACHE_S
+    republish_interval_s: float = DHT_REPUBLISH_INTERVAL_S
+    refresh_interval_s: float = DHT_REFRESH_INTERVAL_S
+    max_ttl_s: float = DHT_MAX_TTL_S
+    create_rounds: int = DHT_CREATE_ROUNDS
+    create_backoff_s: float = DHT_CREATE_BACKOFF_S
+
+    def __post_init__(self) -> None:
+        if self.replicas < 3:
+            raise ConfigError("dht.replicas", f"{self.replicas} < 3", "use 3 or more (8 default)")
+        if self.quorum is not None and not self.replicas // 2 < self.quorum <= self.replicas:
+            raise ConfigError(
+                "dht.quorum",
+                f"{self.quorum} is not a majority of {self.replicas} replicas",
+                f"use {self.replicas // 2 + 1}..{self.replicas}, or leave it unset",
+            )
+        if self.ksize < self.replicas:
+            raise ConfigError("dht.ksize", "smaller than dht.replicas", "make ksize >= replicas")
+        if self.rpc_attempts < 1 or self.rpc_retry_s <= 0 or self.create_rounds < 1:
+            raise ConfigError("dht.rpc", "attempts, retry and rounds must be positive")
+
+    def needed(self, replica_count: int) -> int:
+        """Acknowledgements a write needs from a replica set of ``replica_count`` nodes.
+
+        A set of one is this node alone: it knows no other node (not joined, or cut off), and
+        agreeing with itself proves nothing, so no write can succeed (more than 1 is needed).
+        """
+        if replica_count <= 1:
+            return 2
+        if replica_count >= self.replicas:
+            return self.quorum if self.quorum is not None else self.replicas // 2 + 1
+        return replica_count // 2 + 1
+
+
+class _LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is untyped
+    """Kademlia's node lookup, keeping only nodes that answered.
+
+    Stock ``NodeSpiderCrawl`` drops a silent node from its heap, but a later answer that
+    mentions it pushes it back, already marked contacted, so dead nodes can end up in the
+    result (measured: half of a key's replica set after 10 of 24 nodes left).
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.answered: set[bytes] = set()
+
+    async def _nodes_found(self, responses: dict[bytes, tuple[bool, Any]]) -> Any:
+        self.answered.update(peer for peer, (ok, _) in responses.items() if ok)
+        return await super()._nodes_found(responses)
+
+
+class DhtService:
+    """One node's DHT. Build inside a running loop; the overlay calls :meth:`deliver`."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        port: OverlayPort,
+        *,
+        rng: random.Random,
+        config: DhtConfig | None = None,
+    ) -> None:
+        if port.local_id != identity.node_id:
+            raise LocalProtocolError("overlay port and identity disagree on our node id")
+        self._loop = asyncio.get_running_loop()
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.config = config or DhtConfig()
+        self._rng = rng
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._owned: dict[str, Record] = {}
+        self._last_seq = 0
+        self._seeds: list[NodeId] = []
+        self.stats: Counter[str] = Counter()
+        self.stats_drops: Counter[str] = Counter()
+        self.background_errors: list[BaseException] = []
+        self.storage = RecordStorage(self._loop.time, max_ttl=self.config.max_ttl_s)
+        self.protocol = IpopKademliaProtocol(
+            self.node_id,
+            self.storage,
+            self.config.ksize,
+            rng=rng,
+            clock=self._loop.time,
+            spawn=self._spawn,
+            retry_s=self.config.rpc_retry_s,
+            attempts=self.config.rpc_attempts,
+            answer_cache_s=self.config.answer_cache_s,
+        )
+        self.shim = OverlayShim(port)
+        self.shim.connect(self.protocol)
+        self._spawn(self._every(self.config.republish_interval_s, self._republish_all))
+        self._spawn(self._every(self.config.refresh_interval_s, self._refresh))
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def deliver(self, src: NodeId, payload: bytes) -> None:
+        """The overlay hands us a DHT payload from authenticated ``src``."""
+        self.shim.deliver(src, payload)
+
+    @property
+    def drops(self) -> Counter[str]:
+        """Everything refused, by reason: bad datagrams, refused stores, bad fetched copies."""
+        total: Counter[str] = Counter()
+        total.update(self.protocol.drops)
+        total.update(self.shim.drops)
+        total.update({f"store_{k}": v for k, v in self.storage.refused.items()})
+        total.update(self.stats_drops)
+        return total
+
+    def contacts(self) -> list[NodeId]:
+        return [
+            NodeId.from_bytes(n.id) for b in self.protocol.router.buckets for n in b.get_nodes()
+        ]
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        if self._closed:
+            coro.close()
+            raise LocalProtocolError("DhtService is closed")
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            self.background_errors.append(exc)
+            log.error("dht background task failed", exc_info=exc)
+
+    async def _every(self, interval: float, job: Any) -> None:
+        while True:
+            # Jitter so a thousand nodes started together do not republish in lockstep.
+            await asyncio.sleep(interval * (0.9 + 0.2 * self._rng.random()))
+            await job()
+
+    async def close(self) -> None:
+        """Stop: cancel and await our tasks, resolve pending RPCs, detach from the overlay."""
+        if self._closed:
+            return
+        self._closed = True
+        self.protocol.shutdown()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.shim.close()
+
+    # --- membership -----------------------------------------------------------------------------
+
+    async def bootstrap(self, known: Iterable[NodeId]) -> bool:
+        """Join through ``known`` nodes; True once at least one answered and we looked us up.
+
+        The nodes are remembered: if every contact is lost later (a partition, our own uplink
+        down), the service joins through them again before its next operation.
+        """
+        peers = [n for n in dict.fromkeys(known) if n != self.node_id]
+        self._seeds = list(dict.fromkeys([*self._seeds, *peers]))
+        return await self._join(peers)
+
+    async def _join(self, peers: list[NodeId]) -> bool:
+        if not peers:
+            return False
+        answers = await asyncio.gather(*(self.protocol.ping_node(kad_node(p)) for p in peers))
+        if not any(ok for ok, _ in answers):
+            self.stats["bootstrap_failed"] += 1
+            return False
+        await self._lookup(self.node_id.to_bytes())
+        self.stats["bootstrapped"] += 1
+        return bool(self.contacts())
+
+    async def _ensure_contacts(self) -> None:
+        if not self.contacts() and self._seeds:
+            self.stats["rejoins"] += 1
+            await self._join(self._seeds)
+
+    async def _refresh(self) -> None:
+        await self._ensure_contacts()
+        await self._lookup(self.node_id.to_bytes())
+        await self._lookup(self._rng.getrandbits(160).to_bytes(20, "big"))
+
+    async def _lookup(self, target: bytes) -> list[NodeId]:
+        node = Node(target)
+        nearest = self.protocol.router.find_neighbors(node, self.config.ksize)
+        if not nearest:
+            return []
+        spider = _LiveNodeCrawl(self.protocol, node, nearest, self.config.ksize, self.config.alpha)
+        found = await spider.find()
+        return [NodeId.from_bytes(n.id) for n in found if n.id in spider.answered]
+
+    async def replica_set(self, kid: bytes) -> list[NodeId]:
+        """The R nodes nearest ``kid`` that answered the lookup, this node included if near."""
+        await self._ensure_contacts()
+        found = set(await self._lookup(kid)) | {self.node_id}
+        target = int.from_bytes(kid, "big")
+        return sorted(found, key=lambda n: n.value ^ target)[: self.config.replicas]
+
+    # --- replica calls (local replica short-circuits the network) ------------------------------
+
+    async def _store_at(self, peer: NodeId, record: Record) -> StoreAnswered | None:
+        if peer == self.node_id:
+            outcome = self.storage.offer(record)
+            current = None if outcome.accepted else self.storage.lookup(record.key_id)
+            return StoreAnswered(outcome, current)
+        return await self.protocol.store_record(peer, record)
+
+    async def _store_all(
+        self, peers: list[NodeId], record: Record
+    ) -> dict[NodeId, StoreAnswered | None]:
+        answers = await asyncio.gather(*(self._store_at(p, record) for p in peers))
+        return dict(zip(peers, answers, strict=True))
+
+    async def _fetch_at(self, peer: NodeId, kid: bytes) -> tuple[bool, Record | None]:
+        """(answered, authentic record or None). A forged copy reads as an empty replica."""
+        if peer == self.node_id:
+            return True, self.storage.lookup(kid)
+        found = await self.protocol.fetch_record(peer, kid)
+        if found is None:
+            return False, None
+        if found.record is None:
+            return True, None
+        try:
+            check_record(found.record, expected_key_id=kid)
+        except RemoteProtocolError as exc:
+            self.stats_drops[f"fetched_{exc.reason}"] += 1
+            return True, None
+        return True, found.record
+
+    def _verified_current(self, answer: StoreAnswered | None, kid: bytes) -> Record | None:
+        if answer is None or answer.current is None:
+            return None
+        try:
+            check_record(answer.current, expected_key_id=kid)
+        except RemoteProtocolError as exc:
+            self.stats_drops[f"answer_{exc.reason}"] += 1
+            return None
+        return answer.current
+
+    # --- signing ------------------------------------------------------------------------------
+
+    def _sign(
+        self, key: str, value: bytes, *, expires_at: float, tombstone: bool = False
+    ) -> Record:
+        now = self._loop.time()
+        if not now < expires_at <= now + self.config.max_ttl_s:
+            raise LocalProtocolError(
+                f"lease must end within (0, {self.config.max_ttl_s}] s from now"
+            )
+        # Seq from the clock in ms: a restarted owner outranks its old records without reading
+        # them first; +1 keeps it strictly increasing within one millisecond.
+        owned = self._owned.get(key)
+        seq = max(self._last_seq + 1, int(now * 1000), owned.seq + 1 if owned else 0)
+        self._last_seq = seq
+        return Record.sign(
+            self.identity, key, value, seq=seq, expires_at=expires_at, tombstone=tombstone
+        )
+
+    def _bump_past(self, answers: dict[NodeId, StoreAnswered | None], kid: bytes) -> bool:
+        """If replicas hold a newer record of ours (an earlier incarnation), skip past it."""
+        bumped = False
+        for answer in answers.values():
+            if answer is not None and answer.outcome is StoreOutcome.STALE:
+                current = self._verified_current(answer, kid)
+                if current is not None and current.owner == self.node_id:
+                    self._last_seq = max(self._last_seq, current.seq)
+                    bumped = True
+        return bumped
+
+    @staticmethod
+    def _acks(answers: dict[NodeId, StoreAnswered | None]) -> int:
+        return sum(1 for a in answers.values() if a is not None and a.outcome.accepted)
+
+    # --- operations ---------------------------------------------------------------------------
+
+    async def put(self, key: str, value: bytes, ttl: float) -> bool:
+        """Write our record; True iff a quorum of the replica set acknowledged it."""
+        ok = await self._write(key, value, expires_at=self._loop.time() + ttl)
+        self.stats["put_ok" if ok else "put_failed"] += 1
+        return ok
+
+    async def _write(
+        self, key: str, value: bytes, *, expires_at: float, tombstone: bool = False
+    ) -> bool:
+        kid = key_id(key)
+        replicas = await self.replica_set(kid)
+        for _ in range(2):
+            record = self._sign(key, value, expires_at=expires_at, tombstone=tombstone)
+            answers = await self._store_all(replicas, record)
+            if self._acks(answers) >= self.config.needed(len(replicas)):
+                if tombstone:
+                    self._owned.pop(key, None)
+                else:
+                    self._owned[key] = record
+                return True
+            if not self._bump_past(answers, kid):
+                break
+        return False
+
+    async def create(self, key: str, value: bytes, ttl: float) -> bool:
+        """Claim ``key`` unless another owner holds a live record there (quorum CAS).
+
+        True: a quorum of the replica set holds our record. False: someone else holds the key
+        (or the votes kept splitting); then no replica that answered keeps our value.
+        """
+        kid = key_id(key)
+        replicas = await self.replica_set(kid)
+        need = self.config.needed(len(replicas))
+        for attempt in range(self.config.create_rounds):
+            record = self._sign(key, value, expires_at=self._loop.time() + ttl)
+            answers = await self._store_all(replicas, record)
+            if self._acks(answers) >= need:
+                self._owned[key] = record
+                self.stats["create_ok"] += 1
+                return True
+            await self._withdraw(replicas, answers, record)
+            if self._bump_past(answers, kid):
+                continue
+            rivals = Counter(
+                current.owner
+                for a in answers.values()
+                if a is not None and a.outcome is StoreOutcome.CONFLICT
+                if (current := self._verified_current(a, kid)) is not None
+            )
+            if rivals and max(rivals.values()) >= need:
+                self.stats["create_lost"] += 1
+                return False
+            self.stats["create_split"] += 1
+            pause = self.config.create_backoff_s * (2**attempt) * (0.25 + self._rng.random())
+            await asyncio.sleep(pause)
+            if attempt % 2 == 1:
+                # Persistent shortfall may be a stale view of the ring: look again.
+                replicas = await self.replica_set(kid)
+                need = self.config.needed(len(replicas))
+        self.stats["create_gave_up"] += 1
+        return False
+
+    async def _withdraw(
+        self,
+        replicas: list[NodeId],
+        answers: dict[NodeId, StoreAnswered | None],
+        record: Record,
+    ) -> None:
+        """Replace our failed create's copy with a tombstone wherever it may have landed."""
+        targets = []
+        for peer in replicas:
+            answer = answers.get(peer)
+            # No answer: our store may have landed and only the reply was lost.
+            if answer is None or answer.outcome.accepted:
+                targets.append(peer)
+        if not targets:
+            return
+        tomb = self._sign(record.key, b"", expires_at=record.expires_at, tombstone=True)
+        await self._store_all(targets, tomb)
+        if self._owned.get(record.key) is not None:
+            # An older claim of ours was overwritten on those replicas: it is gone.
+            del self._owned[record.key]
+
+    async def get(self, key: str) -> Record | None:
+        """The live record for ``key`` a majority view believes, or None; repairs stale copies."""
+        kid = key_id(key)
+        replicas = await self.replica_set(kid)
+        fetched = await asyncio.gather(*(self._fetch_at(p, kid) for p in replicas))
+        now = self._loop.time()
+        held = {p: r for p, (answered, r) in zip(replicas, fetched, strict=True) if answered}
+        copies = [r for r in held.values() if r is not None]
+        best = choose_best(copies, now=now)
+        newest = newest_by_owner(copies, now=now)
+        repairs: dict[NodeId, Record] = {}
+        for peer, have in held.items():
+            if have is None or have.expires_at <= now:
+                if best is not None:
+                    repairs[peer] = best
+            elif newest[have.owner].seq > have.seq:
+                repairs[peer] = newest[have.owner]
+            elif best is not None and have.tombstone and have.owner != best.owner:
+                # A released key someone else has claimed since: spread the new claim.
+                repairs[peer] = best
+        if repairs and not self._closed:
+            self.stats["read_repairs"] += len(repairs)
+            self._spawn(self._repair(repairs))
+        self.stats["get_found" if best else "get_missing"] += 1
+        return best
+
+    async def _repair(self, repairs: dict[NodeId, Record]) -> None:
+        await asyncio.gather(*(self._store_at(p, r) for p, r in repairs.items()))
+
+    async def _own_record(self, key: str) -> Record | None:
+        own = self._owned.get(key)
+        if own is None:
+            current = await self.get(key)
+            if current is not None and current.owner == self.node_id:
+                own = current
+        return own
+
+    async def renew(self, key: str, ttl: float) -> bool:
+        """Extend our own lease on ``key`` to ``now + ttl``; False if we do not hold it."""
+        own = await self._own_record(key)
+        if own is None or own.expires_at <= self._loop.time():
+            self.stats["renew_not_owner"] += 1
+            return False
+        ok = await self._write(key, own.value, expires_at=self._loop.time() + ttl)
+        self.stats["renew_ok" if ok else "renew_failed"] += 1
+        return ok
+
+    async def delete(self, key: str) -> bool:
+        """Release our record on ``key`` (a signed tombstone); False if it is not ours."""
+        own = await self._own_record(key)
+        now = self._loop.time()
+        if own is None or own.expires_at <= now:
+            self.stats["delete_not_owner"] += 1
+            return False
+        ok = await self._write(key, b"", expires_at=own.expires_at, tombstone=True)
+        self._owned.pop(key, None)
+        self.stats["delete_ok" if ok else "delete_failed"] += 1
+        return ok
+
+    def owned(self) -> dict[str, Record]:
+        """Our live records (the ones we republish)."""
+        now = self._loop.time()
+        return {k: r for k, r in self._owned.items() if r.expires_at > now}
+
+    async def _republish_all(self) -> None:
+        now = self._loop.time()
+        for key in [k for k, r in self._owned.items() if r.expires_at <= now]:
+            del self._owned[key]
+        for record in list(self._owned.values()):
+            replicas = await self.replica_set(record.key_id)
+            answers = await self._store_all(replicas, record)
+            self.stats["republished"] += self._acks(answers)

@@ -1,0 +1,830 @@
+"""The node's whole session layer: handshakes, keys, keepalives and liveness (sans-IO).
+
+:class:`LinkEndpoint` owns every authenticated session of one node, whatever the path each
+runs over. A *path* (:data:`ipop.types.Path`, a direct :class:`Endpoint` or a
+:class:`RelayPath`) is opaque here: a datagram comes in on a path, answers go back on that
+path, and outputs are ``(bytes, path)`` pairs the driver (or the overlay, for relay paths)
+delivers.
+
+Theory of operation
+-------------------
+Per peer (keyed by the node id its certificate proves) there are at most:
+
+- ``current``: the keys we seal with. Set on the initiator when a valid Resp arrives, on the
+  responder when the first DATA sealed with its pending keys arrives (key confirmation).
+- ``previous``: the keys ``current`` replaced; they still open packets for
+  ``previous_key_grace_s`` (packets in flight during a rekey), never seal.
+- ``pending``: responder keys derived from verified Inits but not yet confirmed by DATA (one
+  per Init retransmission, at most ``max_pending_responses``, each dropped after
+  ``handshake_timeout_s``). The first one confirmed wins; the others are forgotten.
+
+Every set of keys is registered under the index *we* chose (``receiver_index`` of the DATA
+header), so a received DATA finds its keys with one dict lookup, before any crypto.
+
+Invariants:
+
+1. Nothing unauthenticated is answered: a Resp is sent only for an Init whose certificate,
+   signature and freshness checked out; DATA is never answered at all. Every refusal is a
+   ``drops`` counter and nothing else.
+2. Init freshness: an Init's timestamp must be within ``handshake_clock_skew_s`` of ``now``
+   and strictly newer than the last Init accepted from that node (so a replayed Init gets
+   nothing), and our own Init timestamps strictly increase.
+3. A replay window is advanced only after the AEAD tag verified.
+4. One handshake at a time per pair: when both sides' Inits cross on one path (each has an
+   initiation outstanding toward the path the other's Init came from, with that node or no
+   node expected), the Init of the node with the LARGER node id wins: the larger drops the
+   smaller's Init ("handshake_collision"); the smaller abandons its own initiation and
+   answers. Both then complete the same handshake, so both seal with the same keys.
+   Crossings over different paths (punching both ways) are not refused, because the other
+   path may never deliver; if both handshakes complete and the two sides end up sealing with
+   different keys, each still opens the other's on ``previous``, and the first side to see
+   its previous keys still in use half a grace period after switching starts one more
+   (sequential, hence converging) handshake ("rehandshake_diverged").
+5. Rekey is started by whichever side first reaches ``rekey_after_s`` (on a send or on the
+   timer, so idle links rekey too) or ``rekey_after_messages`` on its sending keys, toward
+   the peer's current path, with the peer's id expected; traffic keeps flowing on the old
+   keys until the new ones are current, and the old ones still open for the grace period
+   afterwards, so a rekey loses nothing.
+   Keys past ``reject_after_s`` / ``reject_after_messages`` neither seal nor open.
+6. Liveness: if we sealed nothing to an up peer for ``keepalive_interval_s`` we send an
+   empty DATA (keepalive, never a LinkMessage); if nothing authenticated arrived from it for
+   ``link_timeout_s`` the link goes down (LinkDown "timeout").
+7. Roaming: an authenticated DATA that is the newest seen on its keys, arriving from another
+   direct Endpoint while the session's path is direct, moves the session there (NAT
+   rebinding; counted in ``stats["roamed"]``). Direct <-> relay moves are the overlay's
+   decision (:meth:`LinkEndpoint.set_path`).
+
+Drop reasons (``drops``): any datagram: ``empty``, ``unknown_type``, ``malformed``; DATA:
+``unknown_index``, ``expired_key``, ``replay``, ``too_old``, ``auth_failed``; Init/Resp:
+the certificate reasons of :data:`ipop.identity.CERT_REASONS`, ``bad_signature``,
+``stale_handshake``, ``own_identity``, ``handshake_collision``, ``no_common_cipher``,
+``bad_cipher``, ``bad_key``, ``unexpected_peer``, ``unknown_index``. Facts that are not
+refusals are counted in ``stats`` (``link_up``, ``link_down_<reason>``, ``rekey_started``,
+``roamed``, ``collision_yielded``, ``handshake_answered``, ``handshake_retransmitted``,
+``handshake_failed``, ``rehandshake_diverged``).
+
+Timer: :meth:`get_timer` caches the earliest deadline and recomputes it only after structural
+changes (a session or handshake appears or goes). Per-packet updates (``last_tx``,
+``last_rx``) only push deadlines later, so the cached value is at worst early: the timer then
+fires, finds nothing due, and re-arms. This keeps the packet path free of O(peers) work.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Final
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from ipop import timing
+from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from ipop.identity import NodeCertificate, NodeIdentity
+from ipop.link.crypto import CIPHER_IDS, DEFAULT_CIPHERS, Aead, InvalidTag, nonce_for
+from ipop.link.handshake import (
+    Initiation,
+    SessionKeys,
+    choose_cipher,
+    make_init,
+    make_resp,
+    verify_init,
+    verify_resp,
+)
+from ipop.link.replay import ReplayWindow
+from ipop.types import Endpoint, NodeId, Path
+from ipop.wire.handshake import HandshakeResp
+from ipop.wire.header import (
+    DATA_HEADER,
+    DATA_HEADER_BYTES,
+    DATA_MIN_BYTES,
+    TYPE_DATA,
+    TYPE_HANDSHAKE_INIT,
+    TYPE_HANDSHAKE_RESP,
+)
+
+__all__ = [
+    "HandshakeFailed",
+    "LinkConfig",
+    "LinkDown",
+    "LinkEndpoint",
+    "LinkEvent",
+    "LinkInfo",
+    "LinkMessage",
+    "LinkPathChanged",
+    "LinkUp",
+    "ObservedEndpoint",
+]
+
+_INF: Final = float("inf")
+_HDR_PACK = DATA_HEADER.pack
+_HDR_PACK_INTO = DATA_HEADER.pack_into
+_HDR_UNPACK_FROM = DATA_HEADER.unpack_from
+_EMPTY = b""
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    """Every threshold of the session layer; defaults from :mod:`ipop.timing`."""
+
+    ciphers: tuple[str, ...] = DEFAULT_CIPHERS
+    rekey_after_s: float = timing.REKEY_AFTER_S
+    reject_after_s: float = timing.REJECT_AFTER_S
+    rekey_after_messages: int = timing.REKEY_AFTER_MESSAGES
+    reject_after_messages: int = timing.REJECT_AFTER_MESSAGES
+    handshake_retry_s: float = timing.HANDSHAKE_RETRY_S
+    handshake_retry_max_s: float = timing.HANDSHAKE_RETRY_MAX_S
+    handshake_timeout_s: float = timing.HANDSHAKE_TIMEOUT_S
+    handshake_clock_skew_s: float = timing.HANDSHAKE_CLOCK_SKEW_S
+    previous_key_grace_s: float = timing.PREVIOUS_KEY_GRACE_S
+    keepalive_interval_s: float = timing.KEEPALIVE_INTERVAL_S
+    link_timeout_s: float = timing.LINK_TIMEOUT_S
+    replay_window: int = timing.REPLAY_WINDOW
+    # Init retransmissions each leave one unconfirmed responder key set; a few cover a lossy
+    # or slow path without letting one peer pin much memory.
+    max_pending_responses: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.ciphers or any(c not in CIPHER_IDS for c in self.ciphers):
+            raise ConfigError(
+                "link.ciphers", f"{self.ciphers!r}", f"choose from {', '.join(CIPHER_IDS)}"
+            )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "ciphers" and not value > 0:
+                raise ConfigError(f"link.{f.name}", f"{value!r} must be positive")
+        if self.rekey_after_s >= self.reject_after_s:
+            raise ConfigError("link.rekey_after_s", "must be below reject_after_s")
+        if self.rekey_after_messages >= self.reject_after_messages:
+            raise ConfigError("link.rekey_after_messages", "must be below reject_after_messages")
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """A session with ``peer`` (whose certificate is ``cert``) is established over ``path``.
+
+    ``observed`` is the endpoint the peer saw our handshake come from (initiator side of a
+    direct path only; None otherwise).
+    """
+
+    peer: NodeId
+    cert: NodeCertificate
+    path: Path
+    observed: Endpoint | None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """The session with ``peer`` is gone ("timeout", "expired", "closed")."""
+
+    peer: NodeId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkMessage:
+    """An authenticated, decrypted, non-empty payload from ``peer``, received over ``path``."""
+
+    peer: NodeId
+    payload: bytes
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    """Our handshake toward ``path`` got no acceptable answer; ``reason`` is the last refusal."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedEndpoint:
+    """Peer ``by`` saw our datagrams come from ``endpoint`` (changed since LinkUp said)."""
+
+    endpoint: Endpoint
+    by: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPathChanged:
+    """The up session with ``peer`` now runs over ``path`` ("roamed" or "handshake")."""
+
+    peer: NodeId
+    path: Path
+    reason: str
+
+
+# A frozen slots dataclass's __init__ sets each field through object.__setattr__: 1.8 µs for
+# LinkMessage here, more than the AEAD itself. The receive hot path fills the slots through
+# their member descriptors instead (0.7 µs); the result is an ordinary, equal, frozen instance.
+_new = object.__new__
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    setter: Callable[[object, object], None] = cls.__dict__[name].__set__
+    return setter
+
+
+_set_msg_peer = _slot_setter(LinkMessage, "peer")
+_set_msg_payload = _slot_setter(LinkMessage, "payload")
+_set_msg_path = _slot_setter(LinkMessage, "path")
+
+LinkEvent = LinkUp | LinkDown | LinkMessage | HandshakeFailed | ObservedEndpoint | LinkPathChanged
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    """A snapshot of one up session (``ipop status`` material)."""
+
+    peer: NodeId
+    name: str
+    hostname: str | None
+    path: Path
+    established_at: float
+    last_rx: float
+    last_tx: float
+    bytes_in: int
+    bytes_out: int
+    packets_in: int
+    packets_out: int
+    cipher: str
+    observed: Endpoint | None
+    keys_established_at: float
+    rekeys: int
+
+
+# --- internal state --------------------------------------------------------------------------
+
+
+class _Keypair:
+    """One handshake's keys and counters; lives in ``LinkEndpoint._keypairs`` by local index."""
+
+    __slots__ = (
+        "cert",
+        "cipher",
+        "created_at",
+        "is_initiator",
+        "local_index",
+        "peer",
+        "recv",
+        "recv_aead",
+        "reject_at",
+        "rekey_at",
+        "rekey_counter_at",
+        "remote_index",
+        "replay",
+        "send",
+        "send_aead",
+        "send_counter",
+    )
+
+    def __init__(
+        self, keys: SessionKeys, peer: _Peer, cert: NodeCertificate, now: float, cfg: LinkConfig
+    ) -> None:
+        self.local_index = keys.local_index
+        self.remote_index = keys.remote_index
+        self.send = Aead(keys.cipher, keys.send_key)
+        self.recv = Aead(keys.cipher, keys.recv_key)
+        self.send_aead = self.send.primitive
+        self.recv_aead = self.recv.primitive
+        self.cipher = keys.cipher
+        self.is_initiator = keys.is_initiator
+        self.peer = peer
+        self.cert = cert
+        self.created_at = now
+        self.send_counter = 0
+        self.replay = ReplayWindow(cfg.replay_window)
+        self.rekey_at = now + cfg.rekey_after_s
+        self.rekey_counter_at = cfg.rekey_after_messages
+        self.reject_at = now + cfg.reject_after_s
+
+
+class _Peer:
+    __slots__ = (
+        "cert",
+        "current",
+        "established_at",
+        "last_rx",
+        "last_tx",
+        "node_id",
+        "observed",
+        "path",
+        "pending",
+        "previous",
+        "rekeys",
+        "rx_bytes",
+        "rx_packets",
+        "tx_bytes",
+        "tx_packets",
+        "up",
+    )
+
+    def __init__(self, node_id: NodeId, cert: NodeCertificate, path: Path) -> None:
+        self.node_id = node_id
+        self.cert = cert
+        self.path: Path = path
+        self.up = False
+        self.current: _Keypair | None = None
+        self.previous: _Keypair | None = None
+        self.pending: dict[int, _Keypair] = {}
+        self.observed: Endpoint | None = None
+        self.established_at = 0.0
+        self.last_rx = 0.0
+        self.last_tx = 0.0
+        self.rx_bytes = self.rx_packets = self.tx_bytes = self.tx_packets = 0
+        self.rekeys = 0
+
+
+# --- the endpoint ----------------------------------------------------------------------------
+
+
+class LinkEndpoint:
+    """Every session of one node; see the module docstring for the theory of operation."""
+
+    def __init__(
+        self, identity: NodeIdentity, *, rng: random.Random, config: LinkConfig | None = None
+    ) -> None:
+        self._identity = identity
+        self._trust = identity.trust
+        self._rng = rng
+        self.config = config if config is not None else LinkConfig()
+        self.local_id: NodeId = identity.node_id
+        self.drops: collections.Counter[str] = collections.Counter()
+        # Facts that are not refusals (roaming, rekeys, collisions): for metrics and tests.
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._peers: dict[NodeId, _Peer] = {}
+        self._keypairs: dict[int, _Keypair] = {}
+        self._initiations: dict[int, Initiation] = {}
+        self._last_init_ms: dict[NodeId, int] = {}
+        self._last_sent_ms = 0
+        self._outbox: list[tuple[bytes, Path]] = []
+        self._events: collections.deque[LinkEvent] = collections.deque()
+        self._timer: float | None = None
+        self._timer_dirty = False
+        self._reject_messages = self.config.reject_after_messages
+        self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
+            TYPE_DATA: self._on_data,
+            TYPE_HANDSHAKE_INIT: self._on_init,
+            TYPE_HANDSHAKE_RESP: self._on_resp,
+        }
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def connect(self, path: Path, *, now: float, expected: NodeId | None = None) -> None:
+        """Start a handshake toward ``path`` unless one is under way or a session is up there.
+
+        With ``expected``, only that node may answer. Outcome: LinkUp or HandshakeFailed (none
+        if a session with a matching peer is already up on ``path``: see :meth:`peer_at`).
+        """
+        if expected == self.local_id:
+            raise LocalProtocolError("connect() to our own node id")
+        for peer in self._peers.values():
+            if peer.up and peer.path == path and expected in (None, peer.node_id):
+                return
+        for ini in self._initiations.values():
+            if ini.path == path and expected in (None, ini.expected):
+                return
+        self._start_initiation(path, expected, now)
+
+    def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
+        """Seal ``payload`` to ``peer``'s current path and queue it for datagrams_to_send()."""
+        self._outbox.append(self.seal(peer, payload, now=now))
+
+    def seal(self, peer: NodeId, payload: bytes, *, now: float) -> tuple[bytes, Path]:
+        """Seal ``payload`` for ``peer``; return the datagram and the path to send it on."""
+        st = self._peers.get(peer)
+        if st is None or (kp := st.current) is None:
+            raise LocalProtocolError(f"no session with {peer!r}")
+        counter = kp.send_counter
+        if counter >= kp.rekey_counter_at or now >= kp.rekey_at:
+            self._rekey_due(st, kp, now)
+        kp.send_counter = counter + 1
+        # header + encrypt() beats encrypt_into() into memoryview slices (ipop.link.crypto).
+        header = _HDR_PACK(TYPE_DATA, kp.remote_index, counter)
+        data = header + kp.send_aead.encrypt(nonce_for(counter), payload, header)
+        st.last_tx = now
+        st.tx_packets += 1
+        st.tx_bytes += len(data)
+        return data, st.path
+
+    def close(self, peer: NodeId, *, now: float) -> None:
+        """Forget every key of ``peer`` and cancel our handshakes expecting it (LinkDown if up)."""
+        for ini in [i for i in self._initiations.values() if i.expected == peer]:
+            del self._initiations[ini.index]
+        st = self._peers.get(peer)
+        if st is not None:
+            self._teardown(st, "closed")
+        self._timer_dirty = True
+
+    def set_path(self, peer: NodeId, path: Path) -> None:
+        """Move the up session with ``peer`` to ``path`` (a path the caller has confirmed)."""
+        st = self._peers.get(peer)
+        if st is None or not st.up:
+            raise LocalProtocolError(f"no session with {peer!r}")
+        st.path = path
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def is_up(self, peer: NodeId) -> bool:
+        st = self._peers.get(peer)
+        return st is not None and st.up
+
+    def peer_at(self, path: Path) -> NodeId | None:
+        """The peer whose up session runs over ``path``, if any."""
+        for st in self._peers.values():
+            if st.up and st.path == path:
+                return st.node_id
+        return None
+
+    def peers(self) -> list[LinkInfo]:
+        out = []
+        for st in self._peers.values():
+            kp = st.current
+            if not st.up or kp is None:
+                continue
+            out.append(
+                LinkInfo(
+                    peer=st.node_id,
+                    name=st.cert.name,
+                    hostname=st.cert.hostname,
+                    path=st.path,
+                    established_at=st.established_at,
+                    last_rx=st.last_rx,
+                    last_tx=st.last_tx,
+                    bytes_in=st.rx_bytes,
+                    bytes_out=st.tx_bytes,
+                    packets_in=st.rx_packets,
+                    packets_out=st.tx_packets,
+                    cipher=kp.cipher,
+                    observed=st.observed,
+                    keys_established_at=kp.created_at,
+                    rekeys=st.rekeys,
+                )
+            )
+        return out
+
+    # --- sans-IO plumbing -------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, path: Path, *, now: float) -> None:
+        """Feed one datagram that arrived on ``path``; never raises on peer input."""
+        if not data:
+            self.drops["empty"] += 1
+            return
+        handler = self._handlers.get(data[0])
+        if handler is None:
+            self.drops["unknown_type"] += 1
+            return
+        handler(data, path, now)
+
+    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Path]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> LinkEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        if self._timer_dirty:
+            self._timer = self._compute_timer()
+            self._timer_dirty = False
+        return self._timer
+
+    def handle_timer(self, *, now: float) -> None:
+        cfg = self.config
+        for ini in list(self._initiations.values()):
+            if now >= ini.deadline:
+                del self._initiations[ini.index]
+                self.stats["handshake_failed"] += 1
+                self._events.append(HandshakeFailed(ini.path, ini.last_reason))
+            elif now >= ini.next_retry_at:
+                ini.interval = min(ini.interval * 2, cfg.handshake_retry_max_s)
+                ini.next_retry_at = now + ini.interval
+                self.stats["handshake_retransmitted"] += 1
+                self._send_init(ini, now)
+        for st in list(self._peers.values()):
+            for index, kp in list(st.pending.items()):
+                if now >= kp.created_at + cfg.handshake_timeout_s:
+                    del st.pending[index]
+                    self._keypairs.pop(index, None)
+            cur = st.current
+            if not st.up or cur is None:
+                if not st.pending:
+                    del self._peers[st.node_id]
+                continue
+            if now >= cur.reject_at or cur.send_counter >= cfg.reject_after_messages:
+                self._teardown(st, "expired")
+                continue
+            if now - st.last_rx >= cfg.link_timeout_s:
+                self._teardown(st, "timeout")
+                continue
+            prev = st.previous
+            if prev is not None and now >= prev.reject_at:
+                self._keypairs.pop(prev.local_index, None)
+                st.previous = None
+            if now >= cur.rekey_at:
+                # An idle link rekeys too: overlay links live for hours, traffic or not.
+                self._rekey_due(st, cur, now)
+            if now - st.last_tx >= cfg.keepalive_interval_s:
+                self._outbox.append(self.seal(st.node_id, _EMPTY, now=now))
+        # An Init older than the skew window is refused anyway, so its node's entry can go.
+        horizon_ms = (now - cfg.handshake_clock_skew_s) * 1000.0
+        for node in [n for n, ms in self._last_init_ms.items() if ms < horizon_ms]:
+            del self._last_init_ms[node]
+        self._timer_dirty = True
+
+    # --- receive paths ----------------------------------------------------------------------
+
+    def _on_data(self, data: bytes, path: Path, now: float) -> None:
+        if len(data) < DATA_MIN_BYTES:
+            self.drops["malformed"] += 1
+            return
+        _, index, counter = _HDR_UNPACK_FROM(data)
+        kp = self._keypairs.get(index)
+        if kp is None:
+            self.drops["unknown_index"] += 1
+            return
+        if now >= kp.reject_at or counter >= self._reject_messages:
+            self.drops["expired_key"] += 1
+            return
+        replay = kp.replay
+        newest = counter > replay.top
+        if not newest:  # in-order packets, the common case, skip the window lookup
+            reason = replay.reject_reason(counter)
+            if reason is not None:
+                self.drops[reason] += 1
+                return
+        try:
+            payload = kp.recv_aead.decrypt(
+                nonce_for(counter), data[DATA_HEADER_BYTES:], data[:DATA_HEADER_BYTES]
+            )
+        except InvalidTag:
+            self.drops["auth_failed"] += 1
+            return
+        replay.accept(counter)
+        st = kp.peer
+        if kp is not st.current:
+            self._on_older_keys(st, kp, path, now)
+        st.last_rx = now
+        st.rx_packets += 1
+        st.rx_bytes += len(data)
+        if newest and path is not st.path and path != st.path:
+            self._maybe_roam(st, path)
+        if payload:
+            # LinkMessage(st.node_id, payload, path) without the frozen __init__ (see _new).
+            msg = _new(LinkMessage)
+            _set_msg_peer(msg, st.node_id)
+            _set_msg_payload(msg, payload)
+            _set_msg_path(msg, path)
+            self._events.append(msg)
+
+    def _on_init(self, data: bytes, path: Path, now: float) -> None:
+        cfg = self.config
+        try:
+            verified = verify_init(self._trust, data, now=now, skew_s=cfg.handshake_clock_skew_s)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return
+        node = verified.cert.node_id
+        if node == self.local_id:
+            self.drops["own_identity"] += 1
+            return
+        ts = verified.init.timestamp_ms
+        last = self._last_init_ms.get(node)
+        if last is not None and ts <= last:
+            self.drops["stale_handshake"] += 1
+            return
+        mine = self._initiation_crossing(node, path)
+        if mine is not None:
+            if self.local_id > node:
+                self.drops["handshake_collision"] += 1
+                return
+            del self._initiations[mine.index]
+            self.stats["collision_yielded"] += 1
+        cipher = choose_cipher(verified.init.ciphers, cfg.ciphers)
+        if cipher is None:
+            self.drops["no_common_cipher"] += 1
+            return
+        index = self._new_index()
+        observed = path if isinstance(path, Endpoint) else None
+        try:
+            resp, keys = make_resp(
+                self._identity, verified, index=index, cipher=cipher, observed=observed
+            )
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return
+        self._last_init_ms[node] = ts
+        st = self._peers.get(node)
+        if st is None:
+            st = self._peers[node] = _Peer(node, verified.cert, path)
+        kp = _Keypair(keys, st, verified.cert, now, cfg)
+        st.pending[index] = kp
+        self._keypairs[index] = kp
+        while len(st.pending) > cfg.max_pending_responses:
+            oldest = next(iter(st.pending))
+            del st.pending[oldest]
+            self._keypairs.pop(oldest, None)
+        self._outbox.append((resp, path))
+        self.stats["handshake_answered"] += 1
+        self._timer_dirty = True
+
+    def _on_resp(self, data: bytes, path: Path, now: float) -> None:
+        try:
+            resp = HandshakeResp.parse(data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return
+        ini = self._initiations.get(resp.receiver_index)
+        if ini is None:
+            self.drops["unknown_index"] += 1
+            return
+        try:
+            cert, keys = verify_resp(
+                self._trust, ini, resp, data, now=now, offered=self.config.ciphers
+            )
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            ini.last_reason = exc.reason
+            return
+        node = cert.node_id
+        if node == self.local_id:
+            self.drops["own_identity"] += 1
+            ini.last_reason = "own_identity"
+            return
+        del self._initiations[ini.index]
+        st = self._peers.get(node)
+        if st is None:
+            st = self._peers[node] = _Peer(node, cert, path)
+        kp = _Keypair(keys, st, cert, now, self.config)
+        self._keypairs[kp.local_index] = kp
+        self._install(st, kp, path, now, resp.observed)
+        # Key confirmation for the responder, which stays silent until it sees our DATA.
+        self._outbox.append(self.seal(node, _EMPTY, now=now))
+
+    # --- session state changes --------------------------------------------------------------
+
+    def _confirm(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
+        """Responder side: ``kp`` was just proven by the initiator's first DATA."""
+        del st.pending[kp.local_index]
+        for index in st.pending:
+            self._keypairs.pop(index, None)
+        st.pending.clear()
+        self._install(st, kp, path, now, None)
+
+    def _on_older_keys(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
+        """An authenticated DATA arrived on keys that are not ``current``."""
+        if kp.local_index in st.pending:
+            self._confirm(st, kp, path, now)
+            return
+        cur = st.current
+        # The peer still seals with our previous keys half a grace period after we switched:
+        # normal in-flight overlap lasts one round trip, so the two sides disagree on which
+        # keys are current (crossing handshakes invariant 4 could not pair up, or our key
+        # confirmation was lost). A fresh handshake from here is sequential and converges,
+        # and it completes before the previous keys stop opening.
+        if (
+            cur is not None
+            and kp is st.previous
+            and now - cur.created_at > self.config.previous_key_grace_s / 2
+            and not st.pending
+            and not any(i.expected == st.node_id for i in self._initiations.values())
+        ):
+            self.stats["rehandshake_diverged"] += 1
+            self._start_initiation(st.path, st.node_id, now)
+
+    def _install(
+        self, st: _Peer, kp: _Keypair, path: Path, now: float, observed: Endpoint | None
+    ) -> None:
+        old = st.current
+        if old is not None:
+            old.reject_at = min(old.reject_at, now + self.config.previous_key_grace_s)
+            if st.previous is not None:
+                self._keypairs.pop(st.previous.local_index, None)
+            st.previous = old
+            st.rekeys += 1
+        st.current = kp
+        st.cert = kp.cert
+        st.last_rx = now
+        self._timer_dirty = True
+        if not st.up:
+            st.up = True
+            st.path = path
+            st.established_at = now
+            st.last_tx = now
+            st.observed = observed
+            self.stats["link_up"] += 1
+            self._events.append(LinkUp(st.node_id, kp.cert, path, observed))
+            return
+        if path != st.path:
+            st.path = path
+            self._events.append(LinkPathChanged(st.node_id, path, "handshake"))
+        if observed is not None and observed != st.observed:
+            st.observed = observed
+            self._events.append(ObservedEndpoint(observed, st.node_id))
+
+    def _maybe_roam(self, st: _Peer, path: Path) -> None:
+        if isinstance(path, Endpoint) and isinstance(st.path, Endpoint):
+            st.path = path
+            self.stats["roamed"] += 1
+            self._events.append(LinkPathChanged(st.node_id, path, "roamed"))
+
+    def _teardown(self, st: _Peer, reason: str) -> None:
+        for kp in (st.current, st.previous, *st.pending.values()):
+            if kp is not None:
+                self._keypairs.pop(kp.local_index, None)
+        del self._peers[st.node_id]
+        self._timer_dirty = True
+        if st.up:
+            self.stats[f"link_down_{reason}"] += 1
+            self._events.append(LinkDown(st.node_id, reason))
+
+    def _rekey_due(self, st: _Peer, kp: _Keypair, now: float) -> None:
+        """Called from seal when ``kp`` crossed a rekey threshold (or a retry of it is due)."""
+        cfg = self.config
+        if now >= kp.reject_at or kp.send_counter >= cfg.reject_after_messages:
+            raise LocalProtocolError(f"keys with {st.node_id!r} expired; rekey pending")
+        # Ask again only after a handshake could have timed out, and never past rejection.
+        kp.rekey_at = min(now + cfg.handshake_timeout_s, kp.reject_at)
+        kp.rekey_counter_at = cfg.reject_after_messages
+        if st.pending or any(i.expected == st.node_id for i in self._initiations.values()):
+            return
+        self.stats["rekey_started"] += 1
+        self._start_initiation(st.path, st.node_id, now)
+
+    # --- handshakes -------------------------------------------------------------------------
+
+    def _start_initiation(self, path: Path, expected: NodeId | None, now: float) -> None:
+        cfg = self.config
+        ini = Initiation(
+            index=self._new_index(),
+            path=path,
+            expected=expected,
+            ephemeral=X25519PrivateKey.generate(),
+            started_at=now,
+            deadline=now + cfg.handshake_timeout_s,
+            next_retry_at=now + cfg.handshake_retry_s,
+            interval=cfg.handshake_retry_s,
+        )
+        self._initiations[ini.index] = ini
+        self._send_init(ini, now)
+        self._timer_dirty = True
+
+    def _send_init(self, ini: Initiation, now: float) -> None:
+        ts = max(int(now * 1000.0), self._last_sent_ms + 1)
+        self._last_sent_ms = ts
+        raw = make_init(
+            self._identity,
+            index=ini.index,
+            ephemeral=ini.ephemeral,
+            timestamp_ms=ts,
+            ciphers=self.config.ciphers,
+        )
+        ini.sent.append(raw)
+        self._outbox.append((raw, ini.path))
+
+    def _initiation_crossing(self, node: NodeId, path: Path) -> Initiation | None:
+        """Our initiation that an Init from ``node`` over ``path`` crosses, if any.
+
+        Only one toward the same path counts: our Init then travels the reverse of the way
+        theirs came, so it should reach them. An initiation toward another path (a punch
+        that may never get through) must not make us refuse a handshake that did arrive.
+        """
+        for ini in self._initiations.values():
+            if ini.path == path and ini.expected in (None, node):
+                return ini
+        return None
+
+    def _new_index(self) -> int:
+        while True:
+            index = self._rng.getrandbits(32)
+            if index and index not in self._keypairs and index not in self._initiations:
+                return index
+
+    def _compute_timer(self) -> float | None:
+        cfg = self.config
+        t = _INF
+        for ini in self._initiations.values():
+            t = min(t, ini.next_retry_at, ini.deadline)
+        for st in self._peers.values():
+            for kp in st.pending.values():
+                t = min(t, kp.created_at + cfg.handshake_timeout_s)
+            cur = st.current
+            if st.up and cur is not None:
+                t = min(
+                    t,
+                    cur.rekey_at,
+                    cur.reject_at,
+                    st.last_rx + cfg.link_timeout_s,
+                    st.last_tx + cfg.keepalive_interval_s,
+                )
+                if st.previous is not None:
+                    t = min(t, st.previous.reject_at)
+        return None if t == _INF else t

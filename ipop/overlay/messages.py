@@ -1,0 +1,370 @@
+"""Overlay wire messages: what travels inside a link's authenticated ``LinkMessage`` payload.
+
+Every overlay message starts with one type byte in 0x01..0x3F (the overlay control range);
+other values are refused with ``unknown_type``. Multi-byte integers are big-endian. Node ids
+are the 20-byte form of :class:`ipop.types.NodeId`; an endpoint is 4 bytes of IPv4 address and
+a 2-byte port (port 0 is refused).
+
+ROUTED (0x01): a message greedily routed over the ring toward ``dst``::
+
+     0        1        2        3        4
+    +--------+--------+--------+--------+--------+
+    |  0x01  | flags  |  hops  |  ttl   |  kind  |
+    +--------+--------+--------+--------+--------+
+    |            src NodeId (20 bytes)           |
+    |            dst NodeId (20 bytes)           |
+    |   via NodeId (20 bytes, only if VIA flag)  |
+    |            payload (rest of datagram)      |
+    +--------------------------------------------+
+
+    flags: 0x01 EXACT        deliver only at dst itself (else: at the node closest to dst)
+           0x02 EXCLUDE_SRC  route as if src were not on the ring (JOIN: find *my* neighbours)
+           0x04 VIA          first route exactly to ``via``, which clears the flag and goes on
+                             (how answers reach a node that is not on the ring yet)
+    hops:  links crossed before the current one (the originator sends 0)
+    ttl:   the message crosses at most ``ttl`` links (1..255)
+    kind:  0x01..0x7F upper layers (DHT 1, IP 2, ping 3); 0x80..0xFF overlay control below
+
+RELAY_FORWARD (0x02), sent to the relay ``via``; RELAY_DELIVER (0x03), sent by it::
+
+    +--------+------------------------------+---------------------------+
+    |  0x02  | target NodeId (20)           | sealed link datagram ...  |
+    |  0x03  | origin NodeId (20)           | sealed link datagram ...  |
+    +--------+------------------------------+---------------------------+
+
+NEIGHBOURS (0x04): the sender's near neighbours, for ring stabilisation::
+
+    +--------+--------+--------+--------------------------+
+    |  0x04  | flags  | count  | count x NodeId (20 each) |
+    +--------+--------+--------+--------------------------+
+    flags: 0x01 REPLY_WANTED (a node repairing its ring asks for the list back)
+
+CLOSING (0x05): 'I am closing this link' (the link layer has no close message of its own;
+without this the peer would route into a dead link until its keepalive timeout)::
+
+    +--------+
+    |  0x05  |
+    +--------+
+
+Routed payload kind 0x80 CONNECT_TO_ME (CTM; a JOIN is a CTM with purpose JOIN)::
+
+    +-------------+---------+--------------------+---------+-------------------------+
+    | token (u32) | purpose | reply_via NodeId   | n (u8)  | n x endpoint (6 bytes)  |
+    +-------------+---------+--------------------+---------+-------------------------+
+    purpose: 1 JOIN, 2 NEAR, 3 FAR, 4 SHORTCUT
+
+Routed payload kind 0x81 CTM_REPLY::
+
+    +-------------+---------+-----------------------+---------+--------------------+
+    | token (u32) | n (u8)  | n x endpoint (6 each) | m (u8)  | m x NodeId (20)    |
+    +-------------+---------+-----------------------+---------+--------------------+
+    the m ids are the responder's directly linked peers: the requester's relay candidates
+
+Protocol flow (A joins; B bootstrap; T, U the nodes around A's address)::
+
+    A --link--> B                         leaf link to a bootstrap endpoint
+    A --ROUTED(CTM JOIN, dst=A, closest, EXCLUDE_SRC)--> B --> ... --> T
+    T --ROUTED(CTM_REPLY, dst=A, EXACT, VIA=B)--> ... --> B --> A
+    T: links.connect(A's endpoints)   A: links.connect(T's endpoints)   (simultaneous open)
+    A --ROUTED(CTM NEAR, dst=U, EXACT)--> ... --> U, for U in T's list that is near A
+    A <-NEIGHBOURS-> near links, every gossip interval and whenever the near set changes
+    no direct link within the deadline (NEAR/JOIN only):  A: links.connect(RelayPath(X, T))
+    A --RELAY_FORWARD(T, d)--> X --RELAY_DELIVER(A, d)--> T
+
+Parsers are strict on required fields and lax on trailing bytes (DESIGN.md §12.4), except
+where the trailing bytes are the payload itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ipop.errors import RemoteProtocolError
+from ipop.types import ID_BYTES, Endpoint, NodeId
+
+# --- type bytes ------------------------------------------------------------------------------
+TYPE_ROUTED = 0x01
+TYPE_RELAY_FORWARD = 0x02
+TYPE_RELAY_DELIVER = 0x03
+TYPE_NEIGHBOURS = 0x04
+TYPE_CLOSING = 0x05
+
+# --- routed header --------------------------------------------------------------------------
+FLAG_EXACT = 0x01
+FLAG_EXCLUDE_SRC = 0x02
+FLAG_VIA = 0x04
+_KNOWN_FLAGS = FLAG_EXACT | FLAG_EXCLUDE_SRC | FLAG_VIA
+
+# Payload kinds: upper layers register handlers for 0x01..0x7F.
+KIND_DHT = 0x01
+KIND_IP = 0x02
+KIND_PING = 0x03
+UPPER_KIND_MAX = 0x7F
+# Overlay control kinds, handled inside the overlay node.
+KIND_CTM = 0x80
+KIND_CTM_REPLY = 0x81
+
+MAX_TTL = 255
+NEIGHBOURS_FLAG_REPLY_WANTED = 0x01
+# Bounds that keep any one message well under a 1,400-byte datagram.
+MAX_ENDPOINTS = 8
+MAX_NEIGHBOURS = 48
+
+_ROUTED_FIXED = struct.Struct("!BBBBB")
+_ENDPOINT = struct.Struct("!4sH")
+_CTM_FIXED = struct.Struct("!IB")
+
+
+class Purpose(enum.IntEnum):
+    """Why a CONNECT_TO_ME asks for a link: decides its kind and whether a relay may stand in."""
+
+    JOIN = 1
+    NEAR = 2
+    FAR = 3
+    SHORTCUT = 4
+
+
+def _need(data: bytes, n: int, what: str) -> None:
+    if len(data) < n:
+        raise RemoteProtocolError("truncated", f"{what}: need {n} bytes, have {len(data)}")
+
+
+def _node_id(data: bytes, off: int) -> NodeId:
+    return NodeId.from_bytes(data[off : off + ID_BYTES])
+
+
+def _encode_endpoints(endpoints: tuple[Endpoint, ...]) -> bytes:
+    if len(endpoints) > MAX_ENDPOINTS:
+        raise ValueError(f"at most {MAX_ENDPOINTS} endpoints")
+    out = [bytes([len(endpoints)])]
+    for ep in endpoints:
+        out.append(_ENDPOINT.pack(ipaddress.IPv4Address(ep.host).packed, ep.port))
+    return b"".join(out)
+
+
+def _decode_endpoints(data: bytes, off: int) -> tuple[tuple[Endpoint, ...], int]:
+    _need(data, off + 1, "endpoint count")
+    n = data[off]
+    if n > MAX_ENDPOINTS:
+        raise RemoteProtocolError("too_many_endpoints", str(n))
+    off += 1
+    _need(data, off + n * _ENDPOINT.size, "endpoints")
+    eps = []
+    for _ in range(n):
+        raw, port = _ENDPOINT.unpack_from(data, off)
+        off += _ENDPOINT.size
+        if port == 0:
+            raise RemoteProtocolError("bad_endpoint", "port 0")
+        eps.append(Endpoint(str(ipaddress.IPv4Address(raw)), port))
+    return tuple(eps), off
+
+
+def _encode_ids(ids: tuple[NodeId, ...]) -> bytes:
+    if len(ids) > MAX_NEIGHBOURS:
+        raise ValueError(f"at most {MAX_NEIGHBOURS} node ids")
+    return bytes([len(ids)]) + b"".join(i.to_bytes() for i in ids)
+
+
+def _decode_ids(data: bytes, off: int) -> tuple[tuple[NodeId, ...], int]:
+    _need(data, off + 1, "id count")
+    n = data[off]
+    if n > MAX_NEIGHBOURS:
+        raise RemoteProtocolError("too_many_ids", str(n))
+    off += 1
+    _need(data, off + n * ID_BYTES, "ids")
+    ids = tuple(_node_id(data, off + i * ID_BYTES) for i in range(n))
+    return ids, off + n * ID_BYTES
+
+
+# --- link-level overlay messages --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A routed message (type 0x01); ``via`` is set exactly when the VIA flag is."""
+
+    flags: int
+    hops: int
+    ttl: int
+    kind: int
+    src: NodeId
+    dst: NodeId
+    via: NodeId | None
+    payload: bytes
+
+    @property
+    def exact(self) -> bool:
+        return bool(self.flags & FLAG_EXACT)
+
+    def encode(self) -> bytes:
+        if self.flags & ~_KNOWN_FLAGS or (self.via is None) == bool(self.flags & FLAG_VIA):
+            raise ValueError("flags and via disagree")
+        if not 0 <= self.hops <= 255 or not 1 <= self.ttl <= MAX_TTL or not 1 <= self.kind <= 255:
+            raise ValueError("hops, ttl or kind out of range")
+        head = _ROUTED_FIXED.pack(TYPE_ROUTED, self.flags, self.hops, self.ttl, self.kind)
+        via = self.via.to_bytes() if self.via is not None else b""
+        return head + self.src.to_bytes() + self.dst.to_bytes() + via + self.payload
+
+    @classmethod
+    def decode(cls, data: bytes) -> Routed:
+        _need(data, _ROUTED_FIXED.size + 2 * ID_BYTES, "routed header")
+        _t, flags, hops, ttl, kind = _ROUTED_FIXED.unpack_from(data, 0)
+        if flags & ~_KNOWN_FLAGS:
+            raise RemoteProtocolError("bad_flags", f"{flags:#x}")
+        if ttl == 0:
+            raise RemoteProtocolError("bad_ttl", "ttl 0")
+        if kind == 0:
+            raise RemoteProtocolError("bad_kind", "kind 0")
+        off = _ROUTED_FIXED.size
+        src = _node_id(data, off)
+        dst = _node_id(data, off + ID_BYTES)
+        off += 2 * ID_BYTES
+        via = None
+        if flags & FLAG_VIA:
+            _need(data, off + ID_BYTES, "via")
+            via = _node_id(data, off)
+            off += ID_BYTES
+        return cls(flags, hops, ttl, kind, src, dst, via, bytes(data[off:]))
+
+
+@dataclass(frozen=True, slots=True)
+class RelayForward:
+    """Type 0x02: 'please pass this sealed datagram to ``target``' (sent to the relay)."""
+
+    target: NodeId
+    data: bytes
+
+    def encode(self) -> bytes:
+        return bytes([TYPE_RELAY_FORWARD]) + self.target.to_bytes() + self.data
+
+    @classmethod
+    def decode(cls, data: bytes) -> RelayForward:
+        _need(data, 1 + ID_BYTES + 1, "relay forward")
+        return cls(_node_id(data, 1), bytes(data[1 + ID_BYTES :]))
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDeliver:
+    """Type 0x03: 'this sealed datagram comes from ``origin``' (sent by the relay)."""
+
+    origin: NodeId
+    data: bytes
+
+    def encode(self) -> bytes:
+        return bytes([TYPE_RELAY_DELIVER]) + self.origin.to_bytes() + self.data
+
+    @classmethod
+    def decode(cls, data: bytes) -> RelayDeliver:
+        _need(data, 1 + ID_BYTES + 1, "relay deliver")
+        return cls(_node_id(data, 1), bytes(data[1 + ID_BYTES :]))
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbours:
+    """Type 0x04: the sender's near neighbours."""
+
+    reply_wanted: bool
+    ids: tuple[NodeId, ...]
+
+    def encode(self) -> bytes:
+        flags = NEIGHBOURS_FLAG_REPLY_WANTED if self.reply_wanted else 0
+        return bytes([TYPE_NEIGHBOURS, flags]) + _encode_ids(self.ids)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Neighbours:
+        _need(data, 3, "neighbours")
+        flags = data[1]
+        if flags & ~NEIGHBOURS_FLAG_REPLY_WANTED:
+            raise RemoteProtocolError("bad_flags", f"{flags:#x}")
+        ids, _ = _decode_ids(data, 2)
+        return cls(bool(flags & NEIGHBOURS_FLAG_REPLY_WANTED), ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """Type 0x05: the sender is closing the link (it no longer has a reason to keep it)."""
+
+    def encode(self) -> bytes:
+        return bytes([TYPE_CLOSING])
+
+    @classmethod
+    def decode(cls, data: bytes) -> Closing:
+        return cls()
+
+
+OverlayMessage = Routed | RelayForward | RelayDeliver | Neighbours | Closing
+
+_DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
+    TYPE_ROUTED: Routed.decode,
+    TYPE_RELAY_FORWARD: RelayForward.decode,
+    TYPE_RELAY_DELIVER: RelayDeliver.decode,
+    TYPE_NEIGHBOURS: Neighbours.decode,
+    TYPE_CLOSING: Closing.decode,
+}
+
+
+def decode_message(data: bytes) -> OverlayMessage:
+    """Parse one link payload; anything malformed raises :class:`RemoteProtocolError`."""
+    if not data:
+        raise RemoteProtocolError("empty", "")
+    decoder = _DECODERS.get(data[0])
+    if decoder is None:
+        raise RemoteProtocolError("unknown_type", f"{data[0]:#x}")
+    return decoder(data)
+
+
+# --- routed payloads of the overlay's own kinds --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectToMe:
+    """Kind 0x80: 'link to me at these endpoints'; answered by :class:`ConnectToMeReply`."""
+
+    token: int
+    purpose: Purpose
+    reply_via: NodeId
+    endpoints: tuple[Endpoint, ...]
+
+    def encode(self) -> bytes:
+        head = _CTM_FIXED.pack(self.token, int(self.purpose))
+        return head + self.reply_via.to_bytes() + _encode_endpoints(self.endpoints)
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConnectToMe:
+        _need(data, _CTM_FIXED.size + ID_BYTES, "ctm")
+        token, purpose_b = _CTM_FIXED.unpack_from(data, 0)
+        try:
+            purpose = Purpose(purpose_b)
+        except ValueError:
+            raise RemoteProtocolError("bad_purpose", str(purpose_b)) from None
+        reply_via = _node_id(data, _CTM_FIXED.size)
+        eps, _ = _decode_endpoints(data, _CTM_FIXED.size + ID_BYTES)
+        return cls(token, purpose, reply_via, eps)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectToMeReply:
+    """Kind 0x81: the responder's endpoints and its directly linked peers."""
+
+    token: int
+    endpoints: tuple[Endpoint, ...]
+    neighbours: tuple[NodeId, ...]
+
+    def encode(self) -> bytes:
+        return (
+            struct.pack("!I", self.token)
+            + _encode_endpoints(self.endpoints)
+            + _encode_ids(self.neighbours)
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConnectToMeReply:
+        _need(data, 4, "ctm reply")
+        (token,) = struct.unpack_from("!I", data, 0)
+        eps, off = _decode_endpoints(data, 4)
+        ids, _ = _decode_ids(data, off)
+        return cls(token, eps, ids)

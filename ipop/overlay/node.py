@@ -1,0 +1,1038 @@
+"""The overlay node (sans-IO): joins the ring, keeps its links, routes, and relays.
+
+Theory of operation
+-------------------
+An :class:`OverlayNode` sits on a link layer (the narrow :class:`Links` protocol below, which
+:class:`ipop.link.endpoint.LinkEndpoint` satisfies) and turns authenticated links into a
+Brunet-style ring (DESIGN.md §5):
+
+- **Join.** ``start()`` links to the bootstrap endpoints (LEAF links). Over the first link a
+  CONNECT_TO_ME with purpose JOIN is routed to our own address with closest delivery, as if
+  we were not on the ring (EXCLUDE_SRC); the node closest to us answers through the bootstrap
+  (the VIA field) with its endpoints and its neighbours, and both sides call
+  ``links.connect`` toward each other at once (simultaneous open punches cone NATs).
+- **Near links** are the ``near_per_side`` closest linked peers on each side, recomputed on
+  every change. Near neighbours swap their near lists (NEIGHBOURS) every gossip interval and
+  whenever the near set changes; any id that would be nearer than what we hold gets an exact
+  CONNECT_TO_ME. After a near link goes down we pull lists from the remaining near peers and
+  re-probe our own address. This is ring stabilisation: every node converges on its true
+  neighbours because each one tells its neighbours about theirs.
+- **Far links** follow Symphony: about log2 N of them, targets drawn from the harmonic
+  distribution using N estimated from the near spacing; a CTM to the target address (closest
+  delivery) finds the node that owns that arc.
+- **Relay links.** If no direct link to a NEAR candidate comes up (every endpoint failed, or
+  the deadline passed), we key a link over ``RelayPath(via=X, peer=T)`` through a node X that
+  both of us hold direct links to (from T's CTM answer). X forwards sealed datagrams
+  (RELAY_FORWARD → RELAY_DELIVER) and holds both links as RELAY while traffic flows.
+- **Routing** is greedy over every up link (:func:`ipop.overlay.ring.next_hop`): strictly
+  closer at each hop, so it cannot loop; exact delivery drops at a local minimum
+  ("no_route"), closest delivery delivers there.
+- **Trimming** closes links with no reason left after a grace period (policies.py).
+
+Invariants:
+
+1. The table holds exactly the peers whose LinkUp we saw and whose LinkDown (or our own close)
+   we have not; nothing is sent to a peer outside it.
+2. A routed message with ``hops == 0`` is accepted only from the link of its ``src``
+   ("spoofed_src"); every forward increments ``hops`` and no message crosses more than
+   ``ttl`` links ("ttl_expired").
+3. Nothing a peer sends raises out of :meth:`on_link_event`: parse failures and refusals are
+   counted in ``drops`` by reason. API misuse raises :class:`LocalProtocolError`.
+4. One timer: :meth:`get_timer` is the next maintenance tick; all deadlines are checked there.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from ipop import timing
+from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from ipop.link.endpoint import (
+    HandshakeFailed,
+    LinkDown,
+    LinkMessage,
+    LinkPathChanged,
+    LinkUp,
+    ObservedEndpoint,
+)
+from ipop.overlay.messages import (
+    FLAG_EXACT,
+    FLAG_EXCLUDE_SRC,
+    FLAG_VIA,
+    KIND_CTM,
+    KIND_CTM_REPLY,
+    MAX_ENDPOINTS,
+    MAX_NEIGHBOURS,
+    MAX_TTL,
+    UPPER_KIND_MAX,
+    Closing,
+    ConnectToMe,
+    ConnectToMeReply,
+    Neighbours,
+    Purpose,
+    RelayDeliver,
+    RelayForward,
+    Routed,
+    decode_message,
+)
+from ipop.overlay.policies import (
+    Action,
+    ConnectionView,
+    FarLinkWanted,
+    KindExpired,
+    LinkUseless,
+    NearProbeDue,
+    PolicyView,
+    decide,
+)
+from ipop.overlay.relay import forward_refusal, relay_candidates
+from ipop.overlay.ring import (
+    estimate_size,
+    next_hop,
+    ring_neighbours,
+    sample_far_target,
+)
+from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
+from ipop.types import Endpoint, NodeId, Path, RelayPath, ring_distance
+
+__all__ = [
+    "ConnectionAdded",
+    "ConnectionInfo",
+    "ConnectionKind",
+    "ConnectionRemoved",
+    "Delivered",
+    "Links",
+    "OverlayConfig",
+    "OverlayEvent",
+    "OverlayNode",
+    "OverlaySnapshot",
+    "RelayDatagram",
+    "Routable",
+]
+
+DEFAULT_TTL = 64
+# How many of our own observed public endpoints we advertise (newest first): a node behind a
+# NAT that changed its mapping has a stale one or two at most.
+_OBSERVED_KEEP = 3
+_NEIGHBOUR_SAMPLE = 32
+_INF = float("inf")
+
+
+class Links(Protocol):
+    """What the overlay needs from the link layer (the consumer owns the interface)."""
+
+    local_id: NodeId
+
+    def connect(self, path: Path, *, now: float, expected: NodeId | None = None) -> None: ...
+
+    def send(self, peer: NodeId, payload: bytes, *, now: float) -> None: ...
+
+    def close(self, peer: NodeId, *, now: float) -> None: ...
+
+    def is_up(self, peer: NodeId) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayConfig:
+    near_per_side: int = 3
+    # Our own socket's endpoints (LAN side); public ones are learned from peers.
+    local_endpoints: tuple[Endpoint, ...] = ()
+    ttl: int = DEFAULT_TTL
+    far_links: bool = True
+    far_cap: int = 20
+    tick_s: float = timing.OVERLAY_TICK_S
+    gossip_interval_s: float = timing.OVERLAY_GOSSIP_INTERVAL_S
+    near_retry_s: float = timing.OVERLAY_NEAR_RETRY_S
+    near_probe_s: float = timing.OVERLAY_NEAR_PROBE_S
+    connect_timeout_s: float = timing.OVERLAY_CONNECT_TIMEOUT_S
+    ctm_timeout_s: float = timing.OVERLAY_CTM_TIMEOUT_S
+    leaf_hold_s: float = timing.OVERLAY_LEAF_HOLD_S
+    trim_grace_s: float = timing.OVERLAY_TRIM_GRACE_S
+    relay_hold_s: float = timing.OVERLAY_RELAY_HOLD_S
+    bootstrap_retry_s: float = timing.OVERLAY_BOOTSTRAP_RETRY_S
+    failed_backoff_s: float = timing.OVERLAY_FAILED_BACKOFF_S
+
+    def __post_init__(self) -> None:
+        if self.near_per_side < 1:
+            raise ConfigError("overlay.near_per_side", f"{self.near_per_side} < 1", "use 2-4")
+        if not 1 <= self.ttl <= MAX_TTL:
+            raise ConfigError("overlay.ttl", f"{self.ttl} not in 1..{MAX_TTL}", "use 64")
+        for name in (
+            "tick_s",
+            "gossip_interval_s",
+            "near_retry_s",
+            "near_probe_s",
+            "connect_timeout_s",
+            "ctm_timeout_s",
+            "leaf_hold_s",
+            "trim_grace_s",
+            "relay_hold_s",
+            "bootstrap_retry_s",
+            "failed_backoff_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"overlay.{name}", "must be positive")
+        if len(self.local_endpoints) > MAX_ENDPOINTS:
+            raise ConfigError("overlay.local_endpoints", f"more than {MAX_ENDPOINTS}")
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A routed message of an upper-layer ``kind`` arrived here (``hops`` links crossed)."""
+
+    src: NodeId
+    dst: NodeId
+    kind: int
+    payload: bytes
+    hops: int
+    exact: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Routable:
+    """We joined and hold near links on both sides: routed traffic can reach us."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionAdded:
+    """``peer`` gained ``kind`` (one link can hold several kinds)."""
+
+    peer: NodeId
+    kind: ConnectionKind
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRemoved:
+    """``peer`` lost ``kind`` (or its link went down while holding it)."""
+
+    peer: NodeId
+    kind: ConnectionKind
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDatagram:
+    """A relayed link datagram for our link layer: feed to ``receive_datagram(data, path)``."""
+
+    data: bytes
+    path: RelayPath
+
+
+OverlayEvent = Delivered | Routable | ConnectionAdded | ConnectionRemoved | RelayDatagram
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    peer: NodeId
+    path: Path
+    kinds: tuple[ConnectionKind, ...]
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class OverlaySnapshot:
+    """Status material: every connection with its kinds and path."""
+
+    local_id: NodeId
+    routable: bool
+    n_estimate: float
+    connections: tuple[ConnectionInfo, ...]
+    drops: tuple[tuple[str, int], ...]
+
+    def by_kind(self, kind: ConnectionKind) -> tuple[ConnectionInfo, ...]:
+        return tuple(c for c in self.connections if kind in c.kinds)
+
+    @property
+    def near(self) -> tuple[ConnectionInfo, ...]:
+        return self.by_kind(ConnectionKind.NEAR)
+
+    @property
+    def far(self) -> tuple[ConnectionInfo, ...]:
+        return self.by_kind(ConnectionKind.FAR)
+
+    @property
+    def shortcut(self) -> tuple[ConnectionInfo, ...]:
+        return self.by_kind(ConnectionKind.SHORTCUT)
+
+    @property
+    def relay(self) -> tuple[ConnectionInfo, ...]:
+        return self.by_kind(ConnectionKind.RELAY)
+
+    @property
+    def relayed(self) -> tuple[ConnectionInfo, ...]:
+        """Connections whose own path runs through a relay."""
+        return tuple(c for c in self.connections if isinstance(c.path, RelayPath))
+
+
+# --- internal state ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Our attempt to link to ``peer``: direct endpoints first, then relays if allowed."""
+
+    peer: NodeId
+    kinds: set[ConnectionKind]
+    remote_kinds: set[ConnectionKind]
+    deadline: float
+    relay_allowed: bool
+    candidates: list[NodeId]
+    paths_left: set[Path] = field(default_factory=set)
+    relaying: bool = False
+
+
+@dataclass(slots=True)
+class _Request:
+    purpose: Purpose
+    target: NodeId
+    expires: float
+
+
+def _purpose_kinds(purpose: Purpose) -> set[ConnectionKind]:
+    if purpose is Purpose.FAR:
+        return {ConnectionKind.FAR}
+    if purpose is Purpose.SHORTCUT:
+        return {ConnectionKind.SHORTCUT}
+    return set()  # JOIN and NEAR: near-ness is computed, never assigned
+
+
+class OverlayNode:
+    """One node of the ring; see the module docstring for the theory of operation."""
+
+    def __init__(
+        self,
+        local_id: NodeId,
+        links: Links,
+        *,
+        rng: random.Random,
+        config: OverlayConfig,
+        bootstrap: Sequence[Endpoint],
+    ) -> None:
+        if links.local_id != local_id:
+            raise LocalProtocolError("links.local_id differs from local_id")
+        self.local_id = local_id
+        self.config = config
+        self.drops: collections.Counter[str] = collections.Counter()
+        # Facts that are not refusals (attempts, failures, relays): for metrics and tests.
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._links = links
+        self._rng = rng
+        self._bootstrap = tuple(bootstrap)
+        self._local_endpoints = tuple(config.local_endpoints)
+        self._table = ConnectionTable()
+        self._events: collections.deque[OverlayEvent] = collections.deque()
+        self._pending: dict[NodeId, _Pending] = {}
+        self._path_owner: dict[Path, NodeId] = {}
+        self._bootstrap_pending: dict[Endpoint, float] = {}
+        self._requests: dict[int, _Request] = {}
+        self._asked: dict[NodeId, float] = {}
+        self._backoff: dict[NodeId, float] = {}
+        self._observed: dict[Endpoint, float] = {}
+        self._near: frozenset[NodeId] = frozenset()
+        # Ids heard from peers, with who told us, until when we trust the news.
+        self._seen: dict[NodeId, tuple[NodeId, float]] = {}
+        self._seen_ttl = 3 * config.gossip_interval_s
+        self._near_check_due = False
+        self._started = False
+        self._joined = False
+        self._routable = False
+        self._next_tick: float | None = None
+        self._next_bootstrap = 0.0
+        self._last_probe = -_INF
+        self._next_gossip = 0.0
+        self._gossip_due = False
+        self._link_handlers: dict[type, Callable[[object, float], None]] = {
+            LinkUp: self._on_link_up,  # type: ignore[dict-item]
+            LinkDown: self._on_link_down,  # type: ignore[dict-item]
+            LinkMessage: self._on_link_message,  # type: ignore[dict-item]
+            HandshakeFailed: self._on_handshake_failed,  # type: ignore[dict-item]
+            ObservedEndpoint: self._on_observed,  # type: ignore[dict-item]
+            LinkPathChanged: self._on_path_changed,  # type: ignore[dict-item]
+        }
+        self._message_handlers: dict[type, Callable[[object, NodeId, float], None]] = {
+            Routed: self._on_routed,  # type: ignore[dict-item]
+            RelayForward: self._on_relay_forward,  # type: ignore[dict-item]
+            RelayDeliver: self._on_relay_deliver,  # type: ignore[dict-item]
+            Neighbours: self._on_neighbours,  # type: ignore[dict-item]
+            Closing: self._on_closing,  # type: ignore[dict-item]
+        }
+        self._control_handlers: dict[int, Callable[[Routed, float], None]] = {
+            KIND_CTM: self._on_ctm,
+            KIND_CTM_REPLY: self._on_ctm_reply,
+        }
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def start(self, *, now: float) -> None:
+        """Link to the bootstrap endpoints; the join follows over the first link that comes up."""
+        if self._started:
+            raise LocalProtocolError("start() called twice")
+        self._started = True
+        self._connect_bootstrap(now)
+        self._next_tick = now + self.config.tick_s * self._rng.uniform(0.5, 1.0)
+        self._next_gossip = now + self.config.gossip_interval_s
+
+    def set_local_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """Replace our own socket endpoints (e.g. once the driver bound its socket)."""
+        if len(endpoints) > MAX_ENDPOINTS:
+            raise LocalProtocolError(f"at most {MAX_ENDPOINTS} endpoints")
+        self._local_endpoints = tuple(endpoints)
+
+    def send_routed(
+        self,
+        dst: NodeId,
+        payload_kind: int,
+        payload: bytes,
+        *,
+        exact: bool,
+        now: float,
+        ttl: int | None = None,
+    ) -> bool:
+        """Route ``payload`` toward ``dst``; False if it could not even leave (drop counted).
+
+        Upper layers use kinds 1..127 (messages.KIND_DHT, KIND_IP, KIND_PING, ...). With
+        ``exact`` only ``dst`` delivers it; otherwise the node closest to ``dst`` does (which
+        can be us: then Delivered is emitted here with ``hops == 0``).
+        """
+        if not 1 <= payload_kind <= UPPER_KIND_MAX:
+            raise LocalProtocolError(f"payload kind {payload_kind} not in 1..{UPPER_KIND_MAX}")
+        ttl = self.config.ttl if ttl is None else ttl
+        if not 1 <= ttl <= MAX_TTL:
+            raise LocalProtocolError(f"ttl {ttl} not in 1..{MAX_TTL}")
+        flags = FLAG_EXACT if exact else 0
+        msg = Routed(flags, 0, ttl, payload_kind, self.local_id, dst, None, payload)
+        return self._route(msg, received=False, now=now)
+
+    def wrap_relay(self, datagram: bytes, path: RelayPath, *, now: float) -> None:
+        """Carry one of our link layer's datagrams for a relayed link to its relay node."""
+        if not isinstance(path, RelayPath):
+            raise LocalProtocolError("wrap_relay() needs a RelayPath")
+        row = self._table.get(path.via)
+        if row is None or not row.direct:
+            self.drops["relay_via_down"] += 1
+            return
+        self._send(path.via, RelayForward(path.peer, datagram).encode(), now)
+
+    def request_shortcut(self, peer: NodeId, *, now: float) -> None:
+        """Ask for a direct SHORTCUT link to ``peer`` (for traffic we exchange with it)."""
+        if peer == self.local_id:
+            raise LocalProtocolError("shortcut to ourselves")
+        if peer in self._table:
+            self._add_kind(peer, ConnectionKind.SHORTCUT, now)
+        elif peer not in self._pending:
+            self._send_ctm(peer, Purpose.SHORTCUT, exact=True, now=now)
+
+    def drop_shortcut(self, peer: NodeId, *, now: float) -> None:
+        """We no longer need a shortcut to ``peer``; trimmed later if nothing else holds it."""
+        row = self._table.get(peer)
+        if row is not None and ConnectionKind.SHORTCUT not in row.remote_kinds:
+            self._drop_kind(peer, ConnectionKind.SHORTCUT, now)
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def on_link_event(self, ev: object, *, now: float) -> None:
+        """Feed one event of the link layer. Peer garbage is counted in ``drops``, never raised."""
+        handler = self._link_handlers.get(type(ev))
+        if handler is None:
+            raise LocalProtocolError(f"not a link event: {type(ev).__name__}")
+        handler(ev, now)
+
+    def handle_timer(self, *, now: float) -> None:
+        if self._next_tick is None or now < self._next_tick:
+            return
+        self._next_tick = now + self.config.tick_s * self._rng.uniform(0.9, 1.1)
+        self._tick(now)
+
+    def get_timer(self) -> float | None:
+        return self._next_tick
+
+    def next_event(self) -> OverlayEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # --- queries ----------------------------------------------------------------------------
+
+    @property
+    def routable(self) -> bool:
+        return self._routable
+
+    def near_peers(self) -> frozenset[NodeId]:
+        return self._near
+
+    def connected_peers(self) -> list[NodeId]:
+        return self._table.peers()
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """What we advertise: our socket's endpoints, then the newest observed public ones."""
+        observed = sorted(self._observed, key=lambda e: self._observed[e], reverse=True)
+        out = list(dict.fromkeys([*self._local_endpoints, *observed[:_OBSERVED_KEEP]]))
+        return tuple(out[:MAX_ENDPOINTS])
+
+    def snapshot(self) -> OverlaySnapshot:
+        conns = tuple(
+            ConnectionInfo(c.peer, c.path, tuple(sorted(c.kinds)), c.since)
+            for c in sorted(self._table, key=lambda c: c.peer)
+        )
+        return OverlaySnapshot(
+            self.local_id,
+            self._routable,
+            estimate_size(self.local_id, self._near),
+            conns,
+            tuple(sorted(self.drops.items())),
+        )
+
+    # --- link events ------------------------------------------------------------------------
+
+    def _on_link_up(self, ev: LinkUp, now: float) -> None:
+        peer = ev.peer
+        if peer == self.local_id:
+            self.stats["linked_to_self"] += 1
+            return
+        if ev.observed is not None:
+            self._note_observed(ev.observed, now)
+        pend = self._pending.pop(peer, None)
+        if pend is not None:
+            for p in pend.paths_left:
+                self._path_owner.pop(p, None)
+        was_bootstrap = (
+            isinstance(ev.path, Endpoint) and self._bootstrap_pending.pop(ev.path, None) is not None
+        )
+        is_new = peer not in self._table
+        self._table.add(peer, ev.path, now=now)
+        if pend is not None:
+            for k in pend.kinds:
+                self._add_kind(peer, k, now)
+            for k in pend.remote_kinds:
+                self._add_kind(peer, k, now, remote=True)
+        if was_bootstrap or (pend is None and is_new):
+            # A bootstrap link, or someone linked to us unasked (a joiner, or a CTM whose
+            # answer is still on its way): keep it long enough to be useful.
+            self._add_kind(peer, ConnectionKind.LEAF, now)
+        self._refresh_near(now)
+        if not self._joined and not self._join_outstanding(now):
+            self._probe_near(now)
+
+    def _on_link_down(self, ev: LinkDown, now: float) -> None:
+        self._forget(ev.peer, now)
+
+    def _on_handshake_failed(self, ev: HandshakeFailed, now: float) -> None:
+        path = ev.path
+        if isinstance(path, Endpoint) and self._bootstrap_pending.pop(path, None) is not None:
+            self.stats["bootstrap_failed"] += 1
+        owner = self._path_owner.pop(path, None)
+        if owner is None:
+            return
+        pend = self._pending.get(owner)
+        if pend is None or path not in pend.paths_left:
+            return
+        pend.paths_left.discard(path)
+        if not pend.paths_left:
+            self._direct_failed(pend, now)
+
+    def _on_observed(self, ev: ObservedEndpoint, now: float) -> None:
+        self._note_observed(ev.endpoint, now)
+
+    def _on_path_changed(self, ev: LinkPathChanged, now: float) -> None:
+        if ev.peer in self._table:
+            self._table.add(ev.peer, ev.path, now=now)
+
+    def _on_link_message(self, ev: LinkMessage, now: float) -> None:
+        if ev.peer not in self._table:
+            self.drops["unknown_peer"] += 1
+            return
+        try:
+            msg = decode_message(ev.payload)
+            self._message_handlers[type(msg)](msg, ev.peer, now)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+
+    # --- overlay messages -------------------------------------------------------------------
+
+    def _on_routed(self, msg: Routed, peer: NodeId, now: float) -> None:
+        if msg.hops == 0 and msg.src != peer:
+            self.drops["spoofed_src"] += 1
+            return
+        if msg.src == self.local_id:
+            self.drops["own_src_returned"] += 1
+            return
+        self._route(msg, received=True, now=now)
+
+    def _on_relay_forward(self, msg: RelayForward, peer: NodeId, now: float) -> None:
+        refusal = forward_refusal(self._table, self.local_id, peer, msg.target)
+        if refusal is not None:
+            self.drops[refusal] += 1
+            return
+        if self._send(msg.target, RelayDeliver(peer, msg.data).encode(), now):
+            self.stats["relayed"] += 1
+            for p in (peer, msg.target):
+                row = self._table.get(p)
+                if row is not None:
+                    row.last_relay = now
+                    self._add_kind(p, ConnectionKind.RELAY, now)
+
+    def _on_relay_deliver(self, msg: RelayDeliver, peer: NodeId, now: float) -> None:
+        row = self._table.get(peer)
+        if msg.origin in (self.local_id, peer) or row is None or not row.direct:
+            self.drops["relay_bad_deliver"] += 1
+            return
+        self._events.append(RelayDatagram(msg.data, RelayPath(via=peer, peer=msg.origin)))
+
+    def _on_neighbours(self, msg: Neighbours, peer: NodeId, now: float) -> None:
+        self._consider_near(msg.ids, peer, now)
+        if msg.reply_wanted:
+            self._send(peer, self._neighbours_message(reply_wanted=False), now)
+
+    def _on_closing(self, msg: Closing, peer: NodeId, now: float) -> None:
+        if self._forget(peer, now):
+            self._links.close(peer, now=now)
+
+    # --- routing ----------------------------------------------------------------------------
+
+    def _route(self, msg: Routed, *, received: bool, now: float) -> bool:
+        if msg.via is not None and msg.via == self.local_id:
+            msg = replace(msg, flags=msg.flags & ~FLAG_VIA, via=None)
+        exclude: NodeId | None = None
+        if msg.via is not None:
+            target, exact = msg.via, True
+        else:
+            target, exact = msg.dst, msg.exact
+            if msg.flags & FLAG_EXCLUDE_SRC:
+                exclude = msg.src
+        hop = next_hop(self.local_id, target, self._table.peers(), exact=exact, exclude=exclude)
+        hops_so_far = msg.hops + 1 if received else 0
+        if hop is None:
+            if (
+                msg.via is not None
+                or (exact and msg.dst != self.local_id)
+                or (exclude == self.local_id)
+            ):
+                self.drops["no_route"] += 1
+                return False
+            self._deliver(msg, hops_so_far, now)
+            return True
+        if hops_so_far >= msg.ttl:
+            self.drops["ttl_expired"] += 1
+            return False
+        return self._send(hop, replace(msg, hops=hops_so_far).encode(), now)
+
+    def _deliver(self, msg: Routed, hops: int, now: float) -> None:
+        if msg.kind <= UPPER_KIND_MAX:
+            self._events.append(Delivered(msg.src, msg.dst, msg.kind, msg.payload, hops, msg.exact))
+            return
+        handler = self._control_handlers.get(msg.kind)
+        if handler is None:
+            self.drops["unknown_kind"] += 1
+            return
+        handler(msg, now)  # RemoteProtocolError propagates to _on_link_message's counter
+
+    # --- CONNECT_TO_ME ----------------------------------------------------------------------
+
+    def _send_ctm(
+        self,
+        target: NodeId,
+        purpose: Purpose,
+        *,
+        exact: bool,
+        now: float,
+        via: NodeId | None = None,
+    ) -> bool:
+        """Route a CONNECT_TO_ME; ``via`` (a node linked to ``target``) goes first if given.
+
+        Why ``via``: a node we should link to is usually *between* us and our current
+        neighbours, and greedy routing from us toward it stops at once (nobody we hold is
+        closer to it than we are). The node that told us about it holds a link to it.
+        """
+        peers = self._table.peers()
+        if via == self.local_id or via == target:
+            via = None
+        if via is not None:
+            hop = next_hop(self.local_id, via, peers, exact=True)
+        else:
+            exclude = None if exact else self.local_id
+            hop = next_hop(self.local_id, target, peers, exact=exact, exclude=exclude)
+        if hop is None:
+            self.stats["ctm_no_route"] += 1
+            return False
+        token = self._rng.getrandbits(32)
+        while token in self._requests:
+            token = self._rng.getrandbits(32)
+        body = ConnectToMe(token, purpose, hop, self.endpoints()).encode()
+        flags = FLAG_EXACT if exact else FLAG_EXCLUDE_SRC
+        if via is not None:
+            flags |= FLAG_VIA
+        msg = Routed(flags, 0, self.config.ttl, KIND_CTM, self.local_id, target, via, body)
+        if not self._send(hop, msg.encode(), now):
+            return False
+        self._requests[token] = _Request(purpose, target, now + self.config.ctm_timeout_s)
+        self.stats[f"ctm_sent_{purpose.name.lower()}"] += 1
+        return True
+
+    def _on_ctm(self, msg: Routed, now: float) -> None:
+        ctm = ConnectToMe.decode(msg.payload)
+        requester = msg.src
+        if requester == self.local_id:
+            return
+        reply = ConnectToMeReply(ctm.token, self.endpoints(), self._neighbour_sample(requester))
+        via = ctm.reply_via if ctm.reply_via not in (self.local_id, requester) else None
+        flags = FLAG_EXACT | (FLAG_VIA if via is not None else 0)
+        out = Routed(
+            flags,
+            0,
+            self.config.ttl,
+            KIND_CTM_REPLY,
+            self.local_id,
+            requester,
+            via,
+            reply.encode(),
+        )
+        self._route(out, received=False, now=now)
+        remote = _purpose_kinds(ctm.purpose)
+        if requester in self._table:
+            for k in remote:
+                self._add_kind(requester, k, now, remote=True)
+        else:
+            # Connect back at once: with the requester connecting to us as it reads our
+            # answer, the two attempts cross and punch through cone NATs. Relays are the
+            # requester's job, so a failure here is simply forgotten.
+            self._start_connect(
+                requester,
+                ctm.endpoints,
+                set(),
+                remote,
+                relay_allowed=False,
+                candidates=[],
+                now=now,
+            )
+
+    def _on_ctm_reply(self, msg: Routed, now: float) -> None:
+        rep = ConnectToMeReply.decode(msg.payload)
+        req = self._requests.pop(rep.token, None)
+        if req is None:
+            self.drops["unknown_token"] += 1
+            return
+        responder = msg.src
+        if req.purpose in (Purpose.NEAR, Purpose.SHORTCUT) and responder != req.target:
+            self.drops["ctm_wrong_responder"] += 1
+            return
+        if req.purpose is Purpose.JOIN:
+            self._joined = True
+        if responder != self.local_id:
+            kinds = _purpose_kinds(req.purpose)
+            if responder in self._table:
+                for k in kinds:
+                    self._add_kind(responder, k, now)
+            else:
+                candidates = relay_candidates(
+                    self.local_id, responder, self._table.direct_peers(), rep.neighbours
+                )
+                self._start_connect(
+                    responder,
+                    rep.endpoints,
+                    kinds,
+                    set(),
+                    relay_allowed=req.purpose in (Purpose.JOIN, Purpose.NEAR),
+                    candidates=candidates,
+                    now=now,
+                )
+        self._consider_near(rep.neighbours, responder, now)
+        self._update_routable()
+
+    # --- connecting -------------------------------------------------------------------------
+
+    def _start_connect(
+        self,
+        peer: NodeId,
+        endpoints: Sequence[Endpoint],
+        kinds: set[ConnectionKind],
+        remote_kinds: set[ConnectionKind],
+        *,
+        relay_allowed: bool,
+        candidates: list[NodeId],
+        now: float,
+    ) -> None:
+        if peer == self.local_id or peer in self._table:
+            return
+        own = set(self.endpoints())
+        eps = [e for e in dict.fromkeys(endpoints) if e not in own]
+        pend = self._pending.get(peer)
+        if pend is not None:
+            pend.kinds |= kinds
+            pend.remote_kinds |= remote_kinds
+            pend.relay_allowed = pend.relay_allowed or relay_allowed
+            pend.candidates.extend(c for c in candidates if c not in pend.candidates)
+            if pend.relaying:
+                return
+            eps = [e for e in eps if e not in pend.paths_left]
+        else:
+            pend = _Pending(
+                peer,
+                set(kinds),
+                set(remote_kinds),
+                now + self.config.connect_timeout_s,
+                relay_allowed,
+                list(candidates),
+            )
+            self._pending[peer] = pend
+        for ep in eps:
+            pend.paths_left.add(ep)
+            self._path_owner[ep] = peer
+            self._links.connect(ep, now=now, expected=peer)
+        self.stats["connect_attempts"] += len(eps)
+        if not pend.paths_left:
+            self._direct_failed(pend, now)
+
+    def _direct_failed(self, pend: _Pending, now: float) -> None:
+        """Every path tried so far failed: next relay candidate, or give up."""
+        if not pend.relay_allowed:
+            self._give_up(pend, now)
+            return
+        while pend.candidates:
+            via = pend.candidates.pop(0)
+            row = self._table.get(via)
+            if row is None or not row.direct or via == pend.peer:
+                continue
+            path = RelayPath(via=via, peer=pend.peer)
+            pend.relaying = True
+            pend.paths_left = {path}
+            pend.deadline = now + self.config.connect_timeout_s
+            self._path_owner[path] = pend.peer
+            self.stats["relay_attempts"] += 1
+            self._links.connect(path, now=now, expected=pend.peer)
+            return
+        self._give_up(pend, now)
+
+    def _give_up(self, pend: _Pending, now: float) -> None:
+        self._pending.pop(pend.peer, None)
+        for p in pend.paths_left:
+            self._path_owner.pop(p, None)
+        self._backoff[pend.peer] = now + self.config.failed_backoff_s
+        self.stats["connect_failed"] += 1
+
+    def _connect_bootstrap(self, now: float) -> None:
+        own = set(self.endpoints())
+        for ep in self._bootstrap:
+            if ep in own or ep in self._bootstrap_pending:
+                continue
+            self._bootstrap_pending[ep] = now + self.config.connect_timeout_s
+            self._links.connect(ep, now=now)
+        self._next_bootstrap = now + self.config.bootstrap_retry_s
+
+    # --- near maintenance -------------------------------------------------------------------
+
+    def _consider_near(self, ids: Sequence[NodeId], informer: NodeId, now: float) -> None:
+        """Remember ids a peer told us about; the next tick asks the ones that would be near.
+
+        Why not ask at once: lists arrive one by one, and judged against a half-filled table
+        every id in the first list looks near; each later, closer list would then push those
+        links out again (idle links, handshakes for nothing). Pooling everything heard within
+        ``seen`` and judging once per tick asks only for the links we will keep.
+        """
+        until = now + self._seen_ttl
+        # A list is the informer's whole current view: what it reported before and no longer
+        # does is gone (typically dead), and must not keep hiding live nodes from our ranking.
+        listed = set(ids)
+        for c in [c for c, (i, _) in self._seen.items() if i == informer and c not in listed]:
+            del self._seen[c]
+        for c in ids:
+            if c != self.local_id:
+                # ``informer`` holds a link to what it told us about: our CTM goes through it.
+                self._seen[c] = (informer, until)
+        self._near_check_due = True
+
+    def _ask_near(self, now: float) -> None:
+        self._near_check_due = False
+        for c in [c for c, (_, t) in self._seen.items() if t <= now or c in self._backoff]:
+            del self._seen[c]
+        known = set(self._table.peers()) | set(self._pending)
+        wanted = ring_neighbours(self.local_id, known | set(self._seen), self.config.near_per_side)
+        for c in sorted(wanted - known, key=lambda c: (ring_distance(self.local_id, c), c)):
+            if self._asked.get(c, -_INF) > now:
+                continue
+            informer = self._seen[c][0]
+            via = informer if informer in self._table else None
+            if self._send_ctm(c, Purpose.NEAR, exact=True, now=now, via=via):
+                self._asked[c] = now + self.config.ctm_timeout_s
+
+    def _probe_near(self, now: float) -> None:
+        """Route a JOIN to our own address and pull neighbour lists from our near peers."""
+        self._last_probe = now
+        self._send_ctm(self.local_id, Purpose.JOIN, exact=False, now=now)
+        pull = self._neighbours_message(reply_wanted=True)
+        for p in sorted(self._near):
+            self._send(p, pull, now)
+
+    def _join_outstanding(self, now: float) -> bool:
+        return any(r.purpose is Purpose.JOIN and r.expires > now for r in self._requests.values())
+
+    def _refresh_near(self, now: float) -> None:
+        near = ring_neighbours(self.local_id, self._table.peers(), self.config.near_per_side)
+        if near == self._near:
+            return
+        gained, lost = self._table.set_near(near, now=now)
+        self._near = near
+        for p in gained:
+            self._events.append(ConnectionAdded(p, ConnectionKind.NEAR))
+        for p in lost:
+            self._events.append(ConnectionRemoved(p, ConnectionKind.NEAR))
+        self._gossip_due = True
+        self._update_routable()
+
+    def _update_routable(self) -> None:
+        # ring_neighbours fills both sides from any peer, so a non-empty near set after our
+        # JOIN was answered means near links on both sides.
+        routable = self._joined and bool(self._near)
+        if routable and not self._routable:
+            self._events.append(Routable())
+        self._routable = routable
+
+    def _neighbours_message(self, *, reply_wanted: bool) -> bytes:
+        ids = tuple(sorted(self._near))[:MAX_NEIGHBOURS]
+        return Neighbours(reply_wanted, ids).encode()
+
+    def _neighbour_sample(self, about: NodeId) -> tuple[NodeId, ...]:
+        """Our near set plus the direct peers nearest ``about``: its near and relay candidates."""
+        direct = sorted(self._table.direct_peers(), key=lambda p: (ring_distance(p, about), p))
+        out = list(dict.fromkeys([*sorted(self._near), *direct]))
+        return tuple(p for p in out if p != about)[:_NEIGHBOUR_SAMPLE]
+
+    # --- the tick ---------------------------------------------------------------------------
+
+    def _tick(self, now: float) -> None:
+        cfg = self.config
+        for tok in [t for t, r in self._requests.items() if r.expires <= now]:
+            req = self._requests.pop(tok)
+            if req.purpose is Purpose.NEAR:
+                # Unanswered: dead, or unreachable through what we know. Stop counting it as
+                # a neighbour (it would hide a live one) and do not ask again for a while.
+                self._backoff[req.target] = now + cfg.failed_backoff_s
+                self.stats["ctm_unanswered"] += 1
+        for until in (self._asked, self._backoff):
+            for peer in [peer for peer, t in until.items() if t <= now]:
+                del until[peer]
+        for ep in [e for e, t in self._bootstrap_pending.items() if t <= now]:
+            del self._bootstrap_pending[ep]
+        for pend in [p for p in self._pending.values() if p.deadline <= now]:
+            for path in pend.paths_left:
+                self._path_owner.pop(path, None)
+            pend.paths_left = set()
+            if pend.relaying:
+                self._give_up(pend, now)
+            else:
+                self._direct_failed(pend, now)
+        if not len(self._table) and not self._bootstrap_pending and now >= self._next_bootstrap:
+            self._connect_bootstrap(now)
+        self._refresh_near(now)
+        if self._near_check_due:
+            self._ask_near(now)
+        for action in decide(self._policy_view(), now):
+            self._apply(action, now)
+        if now >= self._next_gossip or self._gossip_due:
+            self._gossip_due = False
+            self._next_gossip = now + cfg.gossip_interval_s * self._rng.uniform(0.8, 1.2)
+            msg = self._neighbours_message(reply_wanted=False)
+            for p in sorted(self._near):
+                self._send(p, msg, now)
+
+    def _policy_view(self) -> PolicyView:
+        cfg = self.config
+        pending_far = sum(1 for r in self._requests.values() if r.purpose is Purpose.FAR)
+        pending_far += sum(1 for p in self._pending.values() if ConnectionKind.FAR in p.kinds)
+        return PolicyView(
+            local=self.local_id,
+            joined=self._joined and cfg.far_links,
+            n_estimate=estimate_size(self.local_id, self._near),
+            connections=tuple(self._view(c) for c in self._table),
+            pending_far=pending_far,
+            last_near_probe=self._last_probe,
+            near_per_side=cfg.near_per_side,
+            far_cap=cfg.far_cap if cfg.far_links else 0,
+            leaf_hold_s=cfg.leaf_hold_s,
+            trim_grace_s=cfg.trim_grace_s,
+            relay_hold_s=cfg.relay_hold_s,
+            near_retry_s=cfg.near_retry_s,
+            near_probe_s=cfg.near_probe_s,
+        )
+
+    @staticmethod
+    def _view(c: Connection) -> ConnectionView:
+        far = ConnectionKind.FAR in c.kinds and ConnectionKind.FAR not in c.remote_kinds
+        return ConnectionView(
+            peer=c.peer,
+            kinds=frozenset(c.kinds),
+            local_far=far,
+            far_since=c.kinds.get(ConnectionKind.FAR),
+            leaf_since=c.kinds.get(ConnectionKind.LEAF),
+            last_relay=c.last_relay,
+            idle_since=c.idle_since,
+        )
+
+    def _apply(self, action: Action, now: float) -> None:
+        if isinstance(action, NearProbeDue):
+            self._probe_near(now)
+        elif isinstance(action, FarLinkWanted):
+            target = sample_far_target(
+                self.local_id, estimate_size(self.local_id, self._near), self._rng
+            )
+            self._send_ctm(target, Purpose.FAR, exact=False, now=now)
+        elif isinstance(action, KindExpired):
+            self._drop_kind(action.peer, action.kind, now)
+        elif isinstance(action, LinkUseless):
+            self.stats["trimmed"] += 1
+            self._send(action.peer, Closing().encode(), now)
+            self._forget(action.peer, now)
+            self._links.close(action.peer, now=now)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _send(self, peer: NodeId, data: bytes, now: float) -> bool:
+        try:
+            self._links.send(peer, data, now=now)
+        except LocalProtocolError:
+            # The link died under us and its LinkDown is still queued below.
+            self.drops["link_not_up"] += 1
+            return False
+        return True
+
+    def _add_kind(
+        self, peer: NodeId, kind: ConnectionKind, now: float, *, remote: bool = False
+    ) -> None:
+        if self._table.add_kind(peer, kind, now=now):
+            self._events.append(ConnectionAdded(peer, kind))
+            if remote:
+                row = self._table.get(peer)
+                assert row is not None
+                row.remote_kinds.add(kind)
+
+    def _drop_kind(self, peer: NodeId, kind: ConnectionKind, now: float) -> None:
+        if self._table.drop_kind(peer, kind, now=now):
+            self._events.append(ConnectionRemoved(peer, kind))
+
+    def _forget(self, peer: NodeId, now: float) -> bool:
+        """Remove ``peer``'s row (its link is gone or going); repair if it was near."""
+        row = self._table.remove(peer)
+        if row is None:
+            return False
+        for c in [c for c, (i, _) in self._seen.items() if c == peer or i == peer]:
+            del self._seen[c]
+        for kind in row.kinds:
+            self._events.append(ConnectionRemoved(peer, kind))
+        if ConnectionKind.NEAR in row.kinds:
+            self._near = self._near - {peer}
+            # Repair at the next tick: a JOIN to our own address finds whoever is now closest,
+            # and pulling our remaining near peers' lists finds their replacements.
+            self._last_probe = -_INF
+        self._refresh_near(now)
+        if not self._near:
+            self._update_routable()
+        return True
+
+    def _note_observed(self, ep: Endpoint, now: float) -> None:
+        self._observed[ep] = now
+        if len(self._observed) > 2 * _OBSERVED_KEEP:
+            oldest = min(self._observed, key=lambda e: self._observed[e])
+            del self._observed[oldest]

@@ -1,0 +1,128 @@
+"""The overlay connection table: which peers we hold an up link to, over which path, and why.
+
+Theory of operation. A row exists exactly while the link layer says the link is up (LinkUp
+adds it, LinkDown or our own close removes it). The reasons for keeping a link are *kinds*;
+one peer can hold several at once (Brunet's ConnectionType), each with the time it was gained:
+
+- NEAR: among the ``near_per_side`` closest linked peers on either side; recomputed on every
+  table change and tick, never set by hand.
+- FAR: a Symphony long link we asked for (``local``) or a peer asked us to hold (``remote``:
+  the requester decides when it is no longer needed, so we never trim it).
+- SHORTCUT: asked for by an upper layer (or by the peer, for its upper layer).
+- RELAY: we forward relayed datagrams over this link; held while traffic flows.
+- LEAF: a bootstrap link, or an unsolicited inbound one: kept for a grace period so join
+  answers can travel over it.
+
+A row without any kind is *idle* since ``idle_since``; the trim policy closes it after a grace
+period. Invariant: ``idle_since is None`` iff ``kinds`` is non-empty.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ipop.types import Endpoint, NodeId, Path, RelayPath
+
+
+class ConnectionKind(enum.StrEnum):
+    LEAF = "leaf"
+    NEAR = "near"
+    FAR = "far"
+    SHORTCUT = "shortcut"
+    RELAY = "relay"
+
+
+@dataclass(slots=True)
+class Connection:
+    peer: NodeId
+    path: Path
+    since: float
+    kinds: dict[ConnectionKind, float] = field(default_factory=dict)
+    # Kinds the peer asked us to hold (far/shortcut it requested by CTM); never trimmed here.
+    remote_kinds: set[ConnectionKind] = field(default_factory=set)
+    idle_since: float | None = None
+    last_relay: float = 0.0
+
+    @property
+    def direct(self) -> bool:
+        return isinstance(self.path, Endpoint)
+
+    @property
+    def relayed(self) -> bool:
+        return isinstance(self.path, RelayPath)
+
+
+class ConnectionTable:
+    """Rows by peer; every kind change is reported back so the node can emit events."""
+
+    def __init__(self) -> None:
+        self._rows: dict[NodeId, Connection] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._rows
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._rows.values()))
+
+    def get(self, peer: NodeId) -> Connection | None:
+        return self._rows.get(peer)
+
+    def peers(self) -> list[NodeId]:
+        return list(self._rows)
+
+    def direct_peers(self) -> list[NodeId]:
+        return [p for p, c in self._rows.items() if c.direct]
+
+    def with_kind(self, kind: ConnectionKind) -> list[Connection]:
+        return [c for c in self._rows.values() if kind in c.kinds]
+
+    def add(self, peer: NodeId, path: Path, *, now: float) -> Connection:
+        row = self._rows.get(peer)
+        if row is not None:
+            row.path = path  # the link layer moved the link to a better path
+            return row
+        row = Connection(peer, path, now, idle_since=now)
+        self._rows[peer] = row
+        return row
+
+    def remove(self, peer: NodeId) -> Connection | None:
+        return self._rows.pop(peer, None)
+
+    def add_kind(self, peer: NodeId, kind: ConnectionKind, *, now: float) -> bool:
+        """Give ``peer`` a kind; True if it is new."""
+        row = self._rows.get(peer)
+        if row is None or kind in row.kinds:
+            return False
+        row.kinds[kind] = now
+        row.idle_since = None
+        return True
+
+    def drop_kind(self, peer: NodeId, kind: ConnectionKind, *, now: float) -> bool:
+        """Take a kind away; True if it was held."""
+        row = self._rows.get(peer)
+        if row is None or kind not in row.kinds:
+            return False
+        del row.kinds[kind]
+        row.remote_kinds.discard(kind)
+        if not row.kinds:
+            row.idle_since = now
+        return True
+
+    def set_near(self, near: frozenset[NodeId], *, now: float) -> tuple[list[NodeId], list[NodeId]]:
+        """Make exactly ``near`` hold NEAR; returns (gained, lost) in table order."""
+        gained: list[NodeId] = []
+        lost: list[NodeId] = []
+        for peer, row in self._rows.items():
+            has = ConnectionKind.NEAR in row.kinds
+            if peer in near and not has:
+                self.add_kind(peer, ConnectionKind.NEAR, now=now)
+                gained.append(peer)
+            elif peer not in near and has:
+                self.drop_kind(peer, ConnectionKind.NEAR, now=now)
+                lost.append(peer)
+        return gained, lost

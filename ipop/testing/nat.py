@@ -1,0 +1,342 @@
+"""NAT behaviours for the simulator (RFC 4787) and the translation table of one NAT box.
+
+This module owns two things: the vocabulary of NAT behaviour (:class:`NatBehaviour`, built from
+RFC 4787 parameters, and the registry :data:`NAT_KINDS` of the classic named kinds), and
+:class:`NatTable`, the sans-IO mapping/filtering state of one NAT box. ``netsim`` moves
+datagrams; this module decides what a NAT does with them.
+
+The named kinds match what the project's lab builds with netfilter (see
+``/work/shared/reference/README.md``): hole punching cone×cone, symmetric×full-cone and
+symmetric×restricted-cone works; symmetric×port-restricted-cone and symmetric×symmetric fails.
+
+Theory of operation (:class:`NatTable`):
+
+- A *mapping* binds an internal endpoint to an external port on the NAT's public address. Its
+  key depends on the mapping behaviour: the internal endpoint alone (endpoint-independent), plus
+  the remote address (address-dependent), or plus the remote address and port
+  (address-and-port-dependent, "symmetric").
+- Each mapping remembers when an outbound packet last used it. Only outbound packets refresh it
+  (RFC 4787 REQ-6 "outbound refresh"); after ``mapping_timeout_s`` without one it is expired and
+  the next outbound packet creates a fresh mapping (possibly on another port).
+- Filtering permissions hang off the mapping: the remote addresses (address-dependent) or remote
+  endpoints (address-and-port-dependent) the inside has sent to, each with its own last-outbound
+  time and the same timeout. Endpoint-independent filtering needs no permissions.
+- Invariants: ``_by_ext`` and ``_by_key`` always hold exactly the same live-or-lazily-expired
+  mappings; an external port belongs to at most one mapping; time passed in never goes backwards
+  for correct results (the simulator's clock guarantees it).
+- Expired mappings are removed lazily when touched, plus a sweep whenever the table grows past
+  a threshold, so a symmetric NAT talking to many peers does not grow without bound.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from ipop.errors import LocalProtocolError
+from ipop.types import Endpoint
+
+__all__ = [
+    "KIND_NONE",
+    "NAT_KINDS",
+    "NAT_KIND_NAMES",
+    "Filtering",
+    "Mapping",
+    "NatBehaviour",
+    "NatMapping",
+    "NatTable",
+    "PortAllocation",
+    "UnknownNatKind",
+    "behaviour_from_data",
+    "nat_kind",
+]
+
+
+class Mapping(Enum):
+    """RFC 4787 §4.1: what makes two outbound flows share one external port."""
+
+    ENDPOINT_INDEPENDENT = "endpoint-independent"
+    ADDRESS_DEPENDENT = "address-dependent"
+    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+
+
+class Filtering(Enum):
+    """RFC 4787 §5: which unsolicited inbound packets a mapping lets through."""
+
+    ENDPOINT_INDEPENDENT = "endpoint-independent"
+    ADDRESS_DEPENDENT = "address-dependent"
+    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+
+
+class PortAllocation(Enum):
+    """How a new external port is picked when the internal port cannot be kept."""
+
+    RANDOM = "random"  # Linux MASQUERADE --random / --random-fully: unpredictable
+    SEQUENTIAL = "sequential"  # next free port after the last one: port prediction works
+
+
+@dataclass(frozen=True, slots=True)
+class NatBehaviour:
+    """One NAT's behaviour in RFC 4787 terms; :data:`NAT_KINDS` holds the classic ones."""
+
+    mapping: Mapping
+    filtering: Filtering
+    # Outbound refresh only (RFC 4787 REQ-6); REQ-5 asks for at least 120 s.
+    mapping_timeout_s: float = 120.0
+    hairpinning: bool = False
+    # Keep the internal source port as the external one when it is free (Linux MASQUERADE).
+    port_preservation: bool = True
+    port_allocation: PortAllocation = PortAllocation.SEQUENTIAL
+
+    def __post_init__(self) -> None:
+        if not self.mapping_timeout_s > 0:
+            raise LocalProtocolError(
+                f"mapping_timeout_s must be > 0, got {self.mapping_timeout_s!r}"
+            )
+
+    @property
+    def kind(self) -> str:
+        """The classic (RFC 3489) name a STUN-style classifier would report for this NAT."""
+        if self.mapping is not Mapping.ENDPOINT_INDEPENDENT:
+            return "symmetric"
+        return _CONE_BY_FILTERING[self.filtering]
+
+
+_CONE_BY_FILTERING = {
+    Filtering.ENDPOINT_INDEPENDENT: "full-cone",
+    Filtering.ADDRESS_DEPENDENT: "restricted-cone",
+    Filtering.ADDRESS_AND_PORT_DEPENDENT: "port-restricted-cone",
+}
+
+# "none" is not a NAT: a host of kind "none" sits directly on the internet.
+KIND_NONE = "none"
+
+NAT_KINDS: dict[str, NatBehaviour] = {
+    "full-cone": NatBehaviour(Mapping.ENDPOINT_INDEPENDENT, Filtering.ENDPOINT_INDEPENDENT),
+    "restricted-cone": NatBehaviour(Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT),
+    "port-restricted-cone": NatBehaviour(
+        Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT
+    ),
+    # As the lab's MASQUERADE --random-fully: a fresh random port for every destination.
+    "symmetric": NatBehaviour(
+        Mapping.ADDRESS_AND_PORT_DEPENDENT,
+        Filtering.ADDRESS_AND_PORT_DEPENDENT,
+        port_preservation=False,
+        port_allocation=PortAllocation.RANDOM,
+    ),
+}
+
+NAT_KIND_NAMES: tuple[str, ...] = (KIND_NONE, *NAT_KINDS)
+
+
+class UnknownNatKind(LocalProtocolError, ValueError):
+    """A NAT kind name that is not in the registry; the message lists the valid ones."""
+
+
+def nat_kind(name: str) -> NatBehaviour:
+    """The registered behaviour called ``name``; ``"none"`` and unknown names raise."""
+    try:
+        return NAT_KINDS[name]
+    except KeyError:
+        pass
+    if name == KIND_NONE:
+        raise UnknownNatKind(
+            "NAT kind 'none' means no NAT at all: put the host on the internet "
+            "(Network.add_public_host, or Network.add_host(name, 'none'))"
+        )
+    raise UnknownNatKind(f"unknown NAT kind {name!r}; valid kinds: {', '.join(NAT_KIND_NAMES)}")
+
+
+_ENUM_FIELDS: dict[str, type[Enum]] = {
+    "mapping": Mapping,
+    "filtering": Filtering,
+    "port_allocation": PortAllocation,
+}
+_BEHAVIOUR_FIELDS = ("mapping_timeout_s", "hairpinning", "port_preservation", *_ENUM_FIELDS)
+
+
+def behaviour_from_data(data: dict[str, Any]) -> NatBehaviour:
+    """A behaviour from plain data (a TOML table): ``base`` names a kind, other keys override.
+
+    Without ``base``, ``mapping`` and ``filtering`` are required. Raises
+    :class:`LocalProtocolError` (the topology loader turns it into a ConfigError with the key).
+    """
+    fields: dict[str, Any] = {}
+    base = data.get("base")
+    if base is not None:
+        if not isinstance(base, str):
+            raise LocalProtocolError(f"base must be a NAT kind name, got {base!r}")
+        b = nat_kind(base)
+        fields = {f: getattr(b, f) for f in _BEHAVIOUR_FIELDS}
+    for key, value in data.items():
+        if key == "base":
+            continue
+        if key not in _BEHAVIOUR_FIELDS:
+            raise LocalProtocolError(
+                f"unknown NAT behaviour field {key!r}; valid: base, {', '.join(_BEHAVIOUR_FIELDS)}"
+            )
+        enum = _ENUM_FIELDS.get(key)
+        if enum is not None:
+            try:
+                value = enum(value)
+            except ValueError:
+                valid = ", ".join(str(m.value) for m in enum)
+                raise LocalProtocolError(f"{key} = {value!r} is not one of: {valid}") from None
+        elif key == "mapping_timeout_s":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise LocalProtocolError(f"mapping_timeout_s must be a number, got {value!r}")
+            value = float(value)
+        elif not isinstance(value, bool):
+            raise LocalProtocolError(f"{key} must be true or false, got {value!r}")
+        fields[key] = value
+    missing = [f for f in ("mapping", "filtering") if f not in fields]
+    if missing:
+        raise LocalProtocolError(
+            f"NAT behaviour needs {' and '.join(missing)} (or base = one of {', '.join(NAT_KINDS)})"
+        )
+    return NatBehaviour(**fields)
+
+
+class NatMapping:
+    """One live binding internal endpoint → external port, with its filtering permissions."""
+
+    __slots__ = ("external", "internal", "key", "last_out", "perms")
+
+    def __init__(
+        self, key: tuple[Any, ...], internal: Endpoint, external: Endpoint, now: float
+    ) -> None:
+        self.key = key
+        self.internal = internal
+        self.external = external
+        self.last_out = now
+        # remote address, or (address, port), -> time of the last outbound packet to it
+        self.perms: dict[Any, float] = {}
+
+    def __repr__(self) -> str:
+        return f"NatMapping({self.internal} -> {self.external}, perms={len(self.perms)})"
+
+
+_PORT_MIN = 1024
+_PORT_MAX = 65535
+# Sweep expired mappings when the table reaches this size (and at each doubling beyond it).
+_SWEEP_AT = 4096
+
+
+class NatTable:
+    """Mapping and filtering state of one NAT box; sans-IO, time passed in as ``now``.
+
+    :meth:`outbound` and :meth:`inbound` return the :class:`NatMapping` that applies, or a drop
+    reason string (a counter name) when the NAT refuses the packet.
+    """
+
+    def __init__(self, public_ip: str, behaviour: NatBehaviour, rng: random.Random) -> None:
+        self.public_ip = public_ip
+        self.behaviour = behaviour
+        self.rng = rng
+        self.stats: Counter[str] = Counter()
+        self._by_key: dict[tuple[Any, ...], NatMapping] = {}
+        self._by_ext: dict[int, NatMapping] = {}
+        self._timeout = behaviour.mapping_timeout_s
+        self._mapping = behaviour.mapping
+        self._filtering = behaviour.filtering
+        self._next_port = _PORT_MIN
+        self._sweep_at = _SWEEP_AT
+
+    def __len__(self) -> int:
+        return len(self._by_ext)
+
+    def mappings(self) -> list[NatMapping]:
+        """Every mapping held, including ones expired but not yet swept (for tests and tools)."""
+        return list(self._by_ext.values())
+
+    def outbound(
+        self, int_ip: str, int_port: int, rip: str, rport: int, now: float
+    ) -> NatMapping | str:
+        """An inside endpoint sends to ``rip:rport``: the mapping it leaves through."""
+        mapping = self._mapping
+        if mapping is Mapping.ENDPOINT_INDEPENDENT:
+            key: tuple[Any, ...] = (int_ip, int_port)
+        elif mapping is Mapping.ADDRESS_DEPENDENT:
+            key = (int_ip, int_port, rip)
+        else:
+            key = (int_ip, int_port, rip, rport)
+        m = self._by_key.get(key)
+        if m is not None and now - m.last_out > self._timeout:
+            self._remove(m)
+            self.stats["mapping_expired"] += 1
+            m = None
+        if m is None:
+            port = self._allocate(int_port, now)
+            if port is None:
+                self.stats["nat_ports_exhausted"] += 1
+                return "nat_ports_exhausted"
+            m = NatMapping(key, Endpoint(int_ip, int_port), Endpoint(self.public_ip, port), now)
+            self._by_key[key] = m
+            self._by_ext[port] = m
+            self.stats["mapping_created"] += 1
+        m.last_out = now
+        filtering = self._filtering
+        if filtering is Filtering.ADDRESS_AND_PORT_DEPENDENT:
+            m.perms[(rip, rport)] = now
+        elif filtering is Filtering.ADDRESS_DEPENDENT:
+            m.perms[rip] = now
+        return m
+
+    def inbound(self, rip: str, rport: int, ext_port: int, now: float) -> NatMapping | str:
+        """``rip:rport`` sends to the public address at ``ext_port``: the mapping that admits it."""
+        m = self._by_ext.get(ext_port)
+        if m is None:
+            return "no_mapping"
+        if now - m.last_out > self._timeout:
+            self._remove(m)
+            self.stats["mapping_expired"] += 1
+            return "mapping_expired"
+        filtering = self._filtering
+        if filtering is Filtering.ENDPOINT_INDEPENDENT:
+            return m
+        t = m.perms.get((rip, rport) if filtering is Filtering.ADDRESS_AND_PORT_DEPENDENT else rip)
+        if t is None or now - t > self._timeout:
+            return "nat_filtered"
+        return m
+
+    def lookup(self, ext_port: int) -> NatMapping | None:
+        """The mapping on ``ext_port``, expired or not (inspection only; changes nothing)."""
+        return self._by_ext.get(ext_port)
+
+    def _remove(self, m: NatMapping) -> None:
+        del self._by_key[m.key]
+        del self._by_ext[m.external.port]
+
+    def _allocate(self, int_port: int, now: float) -> int | None:
+        if len(self._by_ext) >= self._sweep_at:
+            self.sweep(now=now)
+        by_ext = self._by_ext
+        if self.behaviour.port_preservation and int_port >= _PORT_MIN and int_port not in by_ext:
+            return int_port
+        span = _PORT_MAX - _PORT_MIN + 1
+        if len(by_ext) >= span:
+            return None
+        if self.behaviour.port_allocation is PortAllocation.RANDOM:
+            # The table is far from full in any sane scenario, so a few draws suffice.
+            while True:
+                port = self.rng.randint(_PORT_MIN, _PORT_MAX)
+                if port not in by_ext:
+                    return port
+        port = self._next_port
+        while port in by_ext:
+            port = _PORT_MIN if port == _PORT_MAX else port + 1
+        self._next_port = _PORT_MIN if port == _PORT_MAX else port + 1
+        return port
+
+    def sweep(self, *, now: float) -> int:
+        """Remove the mappings expired at ``now``; return how many."""
+        dead = [m for m in self._by_ext.values() if now - m.last_out > self._timeout]
+        for m in dead:
+            self._remove(m)
+        self.stats["mapping_expired"] += len(dead)
+        # Grow the threshold so a table full of live mappings is not swept on every packet.
+        self._sweep_at = max(_SWEEP_AT, 2 * len(self._by_ext))
+        return len(dead)

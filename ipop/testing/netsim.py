@@ -1,0 +1,810 @@
+"""An in-process IPv4/UDP network with NAT boxes, for simulations on the virtual-time loop.
+
+This module owns the simulated world: segments (one internet, LANs), hosts with UDP sockets,
+NAT boxes between a LAN and the internet, datagram delivery with latency, jitter, loss and MTU,
+drop counters, and an optional packet trace. NAT behaviour itself lives in ``nat.py``. Nothing
+here reads the real clock or the global ``random``: time is ``loop.time()`` (virtual on
+:class:`~ipop.testing.clock.VirtualTimeLoop`, but any asyncio loop works) and every random
+draw comes from the one ``random.Random`` given to :class:`Network`, so a seed fixes a run.
+
+Topology::
+
+    public host 203.0.113.1 ─┐
+    public host 203.0.113.2 ─┤ internet (one segment: latency, jitter, loss, mtu)
+    NAT "a" 203.0.113.3  ────┤
+        └─ LAN 198.18.0.0/24: hosts 198.18.0.2, 198.18.0.3, … (gateway .1 is the NAT)
+    NAT "b" 198.51.100.1 ────┘
+        └─ LAN 198.18.1.0/24 …
+
+Theory of operation (one datagram):
+
+1. ``SimSocket.sendto`` runs synchronously in the sender. A host on the internet sends straight
+   onto the internet segment. A host on a LAN either reaches a host of its own LAN, or hands
+   the datagram to its NAT, which translates it *at send time* (the NAT box is modelled as
+   sitting at the sender's end of the LAN hop; the LAN latency is added to the internet hop).
+2. Each segment crossed may drop the datagram (MTU, then loss) and adds latency + jitter.
+3. Exactly one ``loop.call_later`` carries it to where the next decision is made: the
+   receiving host, or the receiving NAT's WAN side. There the NAT filters it at arrival time
+   (that is what makes hole punching timing-sensitive, as in the lab) and, if admitted, one
+   more ``call_later`` crosses the LAN (delivered in the same callback when the LAN latency
+   is 0).
+4. At the host, the socket bound to the destination port gets ``on_datagram(data, src)``;
+   with no socket the datagram is dropped silently (counted "no_listener"; no ICMP).
+
+Invariants: every datagram sent is counted once in ``stats["sent"]`` and ends exactly once as
+``stats["delivered"]`` or ``stats["dropped"]`` (plus its reason) — except those still in flight.
+The per-datagram path allocates nothing beyond the timer handle unless tracing is on.
+
+Sizes: ``mtu`` is an IP MTU; a datagram's size is its UDP payload plus 28 bytes of IPv4 and UDP
+headers, so a 1,472-byte payload is the largest that crosses a 1,500-byte MTU.
+
+Addresses: the internet uses 203.0.113.0/24 then 198.51.100.0/24 (508 public addresses: every
+public host and every NAT box takes one, so put several hosts behind one NAT for bigger
+worlds); LANs are /24s carved from 198.18.0.0/15 (512 of them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
+
+from ipop.errors import ConfigError, LocalProtocolError
+from ipop.testing.nat import (
+    KIND_NONE,
+    NAT_KIND_NAMES,
+    NatBehaviour,
+    NatTable,
+    behaviour_from_data,
+    nat_kind,
+)
+from ipop.types import Endpoint
+
+__all__ = [
+    "DROP_REASONS",
+    "UDP_IP_OVERHEAD",
+    "Host",
+    "NatBox",
+    "Network",
+    "Segment",
+    "SimSocket",
+    "TraceRecord",
+    "build",
+]
+
+# IPv4 header (20) + UDP header (8): what a UDP payload costs against an IP MTU.
+UDP_IP_OVERHEAD = 28
+
+# Every reason a datagram can be dropped for; each is also a key of Network.stats.
+DROP_REASONS = (
+    "loss",  # the segment's loss probability hit
+    "mtu",  # larger than a segment's MTU (no fragmentation)
+    "no_route",  # no host or NAT holds the destination address
+    "no_listener",  # nothing bound to the destination port
+    "no_mapping",  # arrived at a NAT port that has no mapping
+    "mapping_expired",  # arrived at a NAT port whose mapping timed out
+    "nat_filtered",  # the mapping exists but its filtering refuses this source
+    "no_hairpin",  # a LAN host sent to its own NAT's public address; hairpinning is off
+    "nat_ports_exhausted",  # the NAT has no free external port
+)
+
+EPHEMERAL_MIN = 49152
+EPHEMERAL_MAX = 65535
+DEFAULT_INTERNET_LATENCY_S = 0.02
+DEFAULT_LAN_LATENCY_S = 0.0005
+DEFAULT_MTU = 1500
+
+_PUBLIC_NETS = (
+    ipaddress.IPv4Network("203.0.113.0/24"),
+    ipaddress.IPv4Network("198.51.100.0/24"),
+)
+_LAN_SPACE = ipaddress.IPv4Network("198.18.0.0/15")
+
+OnDatagram = Callable[[bytes, Endpoint], None]
+
+
+class TraceRecord(NamedTuple):
+    """One line of the packet trace. ``event``: sent, delivered, dropped, nat_out, nat_in."""
+
+    time: float
+    event: str
+    src: Endpoint
+    dst: Endpoint
+    size: int
+    note: str
+
+
+class Segment:
+    """A link layer with one latency, jitter, loss and MTU: the internet or a LAN."""
+
+    __slots__ = (
+        "_next_index",
+        "hosts",
+        "jitter_s",
+        "latency_s",
+        "loss",
+        "mtu",
+        "name",
+        "nat",
+        "subnet",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        subnet: ipaddress.IPv4Network | None,
+        latency_s: float,
+        jitter_s: float = 0.0,
+        loss: float = 0.0,
+        mtu: int = DEFAULT_MTU,
+    ) -> None:
+        if latency_s < 0 or jitter_s < 0:
+            raise LocalProtocolError(f"segment {name!r}: latency and jitter must be >= 0")
+        if not 0.0 <= loss <= 1.0:
+            raise LocalProtocolError(f"segment {name!r}: loss must be within 0..1, got {loss}")
+        if mtu < UDP_IP_OVERHEAD:
+            raise LocalProtocolError(f"segment {name!r}: mtu {mtu} is below {UDP_IP_OVERHEAD}")
+        self.name = name
+        self.subnet = subnet
+        self.latency_s = float(latency_s)
+        self.jitter_s = float(jitter_s)
+        self.loss = float(loss)
+        self.mtu = int(mtu)
+        # Hosts on this segment by address (a LAN's; the internet keeps its own table).
+        self.hosts: dict[str, Host] = {}
+        self.nat: NatBox | None = None
+        self._next_index = 2  # .1 is the NAT's inside address
+
+    def __repr__(self) -> str:
+        return (
+            f"Segment({self.name!r}, {self.subnet or 'internet'}, latency={self.latency_s}s, "
+            f"jitter={self.jitter_s}s, loss={self.loss}, mtu={self.mtu})"
+        )
+
+
+class SimSocket:
+    """A bound UDP port on a simulated host; the driver's ``DatagramSocket`` shape."""
+
+    __slots__ = ("_network", "closed", "host", "local", "on_datagram")
+
+    def __init__(self, host: Host, port: int, on_datagram: OnDatagram) -> None:
+        self.host = host
+        self.local = Endpoint(host.address, port)
+        self.on_datagram = on_datagram
+        self.closed = False
+        self._network = host.network
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Send one datagram; it arrives later (or never), never inside this call."""
+        if self.closed:
+            raise LocalProtocolError(f"sendto on closed socket {self.local}")
+        self._network._send(self, data, addr)
+
+    def close(self) -> None:
+        """Unbind; datagrams arriving afterwards are dropped as "no_listener"."""
+        if not self.closed:
+            self.closed = True
+            if self.host._sockets.get(self.local.port) is self:
+                del self.host._sockets[self.local.port]
+
+    def __repr__(self) -> str:
+        return f"SimSocket({self.host.name} {self.local}{' closed' if self.closed else ''})"
+
+
+class Host:
+    """A machine with one IPv4 address on one segment."""
+
+    __slots__ = ("_sockets", "address", "name", "nat", "network", "segment")
+
+    def __init__(
+        self, network: Network, name: str, address: str, segment: Segment, nat: NatBox | None
+    ) -> None:
+        self.network = network
+        self.name = name
+        self.address = address
+        self.segment = segment
+        self.nat = nat
+        self._sockets: dict[int, SimSocket] = {}
+
+    @property
+    def nat_kind(self) -> str:
+        """The classic name of the NAT in front of this host; "none" on the internet."""
+        return KIND_NONE if self.nat is None else self.nat.kind
+
+    @property
+    def public_ip(self) -> str:
+        """The address the internet sees this host's traffic come from."""
+        return self.address if self.nat is None else self.nat.public_ip
+
+    def bind(self, port: int, on_datagram: OnDatagram) -> SimSocket:
+        """Bind ``port`` (0: a free ephemeral port drawn from the network's rng)."""
+        if not 0 <= port <= 65535:
+            raise LocalProtocolError(f"{self.name}: port {port} is not 0-65535")
+        if port == 0:
+            rng = self.network.rng
+            port = rng.randint(EPHEMERAL_MIN, EPHEMERAL_MAX)
+            while port in self._sockets:
+                port = rng.randint(EPHEMERAL_MIN, EPHEMERAL_MAX)
+        elif port in self._sockets:
+            raise LocalProtocolError(f"{self.name}: port {port} is already bound")
+        sock = SimSocket(self, port, on_datagram)
+        self._sockets[port] = sock
+        return sock
+
+    def sockets(self) -> list[SimSocket]:
+        return list(self._sockets.values())
+
+    def __repr__(self) -> str:
+        return f"Host({self.name!r}, {self.address}, nat={self.nat_kind})"
+
+
+class NatBox:
+    """A NAT between one LAN and the internet, with one public address."""
+
+    __slots__ = ("behaviour", "lan", "lan_ip", "name", "network", "public_ip", "table")
+
+    def __init__(
+        self,
+        network: Network,
+        name: str,
+        public_ip: str,
+        lan: Segment,
+        behaviour: NatBehaviour,
+    ) -> None:
+        assert lan.subnet is not None
+        self.network = network
+        self.name = name
+        self.public_ip = public_ip
+        self.lan = lan
+        self.lan_ip = str(lan.subnet.network_address + 1)
+        self.behaviour = behaviour
+        self.table = NatTable(public_ip, behaviour, network.rng)
+        lan.nat = self
+
+    @property
+    def kind(self) -> str:
+        return self.behaviour.kind
+
+    def add_host(self, name: str, *, address: str | None = None) -> Host:
+        """A new host on this NAT's LAN (next free address unless ``address`` is given)."""
+        return self.network._add_lan_host(self, name, address)
+
+    def hosts(self) -> list[Host]:
+        return list(self.lan.hosts.values())
+
+    def __repr__(self) -> str:
+        return f"NatBox({self.name!r}, {self.public_ip}, {self.kind}, lan={self.lan.subnet})"
+
+
+class Network:
+    """The simulated world: one internet segment, LANs behind NAT boxes, hosts, counters.
+
+    Only the ``rng`` passed in is ever used for randomness (loss, jitter, ephemeral ports, NAT
+    port allocation), so the same seed and the same scenario give the same trace.
+    """
+
+    def __init__(
+        self,
+        *,
+        rng: random.Random,
+        trace: bool = False,
+        trace_limit: int = 10_000,
+        internet_latency_s: float = DEFAULT_INTERNET_LATENCY_S,
+        internet_jitter_s: float = 0.0,
+        internet_loss: float = 0.0,
+        internet_mtu: int = DEFAULT_MTU,
+    ) -> None:
+        self.rng = rng
+        self.internet = Segment(
+            "internet",
+            subnet=None,
+            latency_s=internet_latency_s,
+            jitter_s=internet_jitter_s,
+            loss=internet_loss,
+            mtu=internet_mtu,
+        )
+        self.segments: dict[str, Segment] = {"internet": self.internet}
+        self.hosts: dict[str, Host] = {}
+        self.nats: dict[str, NatBox] = {}
+        self.stats: Counter[str] = Counter()
+        self.trace: deque[TraceRecord] | None = deque(maxlen=trace_limit) if trace else None
+        # Exceptions raised by on_datagram callbacks (also re-raised to the loop's handler), so
+        # a scenario can assert none happened.
+        self.callback_errors: list[BaseException] = []
+        # Internet address -> public host or NAT box.
+        self._public: dict[str, Host | NatBox] = {}
+        self._public_pool: Iterator[str] = (str(a) for net in _PUBLIC_NETS for a in net.hosts())
+        self._lan_pool: Iterator[ipaddress.IPv4Network] = _LAN_SPACE.subnets(new_prefix=24)
+        self._lan_subnets: set[ipaddress.IPv4Network] = set()
+        self._t0: float | None = None
+
+    # --- building the world ------------------------------------------------------------
+
+    def add_public_host(self, name: str, *, address: str | None = None) -> Host:
+        """A host directly on the internet (NAT kind "none")."""
+        self._check_name(name)
+        addr = self._take_public(address, what=f"host {name!r}")
+        host = Host(self, name, addr, self.internet, None)
+        self._public[addr] = host
+        self.hosts[name] = host
+        return host
+
+    def add_lan(
+        self,
+        name: str,
+        *,
+        subnet: str | None = None,
+        latency_s: float = DEFAULT_LAN_LATENCY_S,
+        jitter_s: float = 0.0,
+        loss: float = 0.0,
+        mtu: int = DEFAULT_MTU,
+    ) -> Segment:
+        """A LAN segment (a /24 or smaller from 198.18.0.0/15); give it to :meth:`add_nat`."""
+        if name in self.segments:
+            raise LocalProtocolError(f"segment {name!r} already exists")
+        net = self._take_lan_subnet(subnet)
+        seg = Segment(name, subnet=net, latency_s=latency_s, jitter_s=jitter_s, loss=loss, mtu=mtu)
+        self.segments[name] = seg
+        return seg
+
+    def add_nat(
+        self,
+        name: str,
+        kind: str | NatBehaviour,
+        *,
+        public_ip: str | None = None,
+        lan: Segment | str | None = None,
+    ) -> NatBox:
+        """A NAT box with a fresh public address; ``lan`` defaults to a new LAN named ``name``."""
+        if name in self.nats:
+            raise LocalProtocolError(f"NAT {name!r} already exists")
+        behaviour = nat_kind(kind) if isinstance(kind, str) else kind
+        if lan is None:
+            seg = self.add_lan(name)
+        elif isinstance(lan, str):
+            if lan not in self.segments:
+                raise LocalProtocolError(f"no segment {lan!r}; add it with add_lan first")
+            seg = self.segments[lan]
+        else:
+            seg = lan
+        if seg is self.internet or seg.subnet is None:
+            raise LocalProtocolError("a NAT's inside must be a LAN, not the internet")
+        if seg.nat is not None:
+            raise LocalProtocolError(f"LAN {seg.name!r} already has NAT {seg.nat.name!r}")
+        addr = self._take_public(public_ip, what=f"NAT {name!r}")
+        box = NatBox(self, name, addr, seg, behaviour)
+        self._public[addr] = box
+        self.nats[name] = box
+        return box
+
+    def add_host(self, name: str, kind: str | NatBehaviour = KIND_NONE) -> Host:
+        """A host of NAT kind ``kind``: public for "none", else alone behind its own NAT.
+
+        The NAT is called ``f"{name}-nat"``.
+        """
+        if kind == KIND_NONE:
+            return self.add_public_host(name)
+        self._check_name(name)
+        return self.add_nat(f"{name}-nat", kind).add_host(name)
+
+    def build(self, topology: Mapping[str, Any]) -> dict[str, Host]:
+        """Add a topology given as data (a dict as parsed from TOML); return its hosts by name.
+
+        ::
+
+            [segments.internet]          # optional: the internet's link parameters
+            latency_s = 0.03             # also jitter_s, loss, mtu
+            [segments.office]            # a LAN (optional; a NAT's LAN is made if not named)
+            latency_s = 0.001            # also subnet = "198.18.7.0/24", jitter_s, loss, mtu
+
+            [nats.office-nat]
+            kind = "port-restricted-cone"   # or a table: { base = "symmetric", hairpinning = true }
+            lan = "office"                  # optional; public_ip = "..." optional
+
+            [hosts.alice]
+            nat = "office-nat"           # behind that NAT ...
+            [hosts.bob]
+            kind = "symmetric"           # ... or alone behind a NAT of its own ("none": public)
+            [hosts.carol]                # neither: on the internet; address = "..." optional
+
+        Problems raise :class:`ConfigError` naming the key.
+        """
+        _only(topology, ("segments", "nats", "hosts"), "topology")
+        segments = _table(topology, "segments", "topology")
+        nats = _table(topology, "nats", "topology")
+        hosts = _table(topology, "hosts", "topology")
+        seg_keys = ("latency_s", "jitter_s", "loss", "mtu")
+        for seg_name, raw in segments.items():
+            key = f"segments.{seg_name}"
+            spec = _table({seg_name: raw}, seg_name, "segments")
+            if seg_name == "internet":
+                _only(spec, seg_keys, key)
+                for k in seg_keys:
+                    if k in spec:
+                        setattr(self.internet, k, _number(spec, k, key))
+                continue
+            _only(spec, (*seg_keys, "subnet"), key)
+            kwargs: dict[str, Any] = {k: _number(spec, k, key) for k in seg_keys if k in spec}
+            if "subnet" in spec:
+                kwargs["subnet"] = spec["subnet"]
+            with _as_config_error(key):
+                self.add_lan(seg_name, **kwargs)
+        for nat_name, raw in nats.items():
+            key = f"nats.{nat_name}"
+            spec = _table({nat_name: raw}, nat_name, "nats")
+            _only(spec, ("kind", "lan", "public_ip"), key)
+            behaviour = _behaviour(spec.get("kind"), f"{key}.kind")
+            if behaviour is None:
+                raise ConfigError(
+                    f"{key}.kind", "'none' is not a NAT", "put such hosts under [hosts] alone"
+                )
+            with _as_config_error(key):
+                self.add_nat(
+                    nat_name, behaviour, public_ip=spec.get("public_ip"), lan=spec.get("lan")
+                )
+        made: dict[str, Host] = {}
+        for host_name, raw in hosts.items():
+            key = f"hosts.{host_name}"
+            spec = _table({host_name: raw}, host_name, "hosts")
+            _only(spec, ("nat", "kind", "address"), key)
+            if "nat" in spec and "kind" in spec:
+                raise ConfigError(key, "has both nat and kind", "give one of them")
+            address = spec.get("address")
+            with _as_config_error(key):
+                if "nat" in spec:
+                    box = self.nats.get(spec["nat"])
+                    if box is None:
+                        raise ConfigError(
+                            f"{key}.nat",
+                            f"no NAT {spec['nat']!r}",
+                            f"define [nats.{spec['nat']}] or use one of: "
+                            f"{', '.join(self.nats) or '(none defined)'}",
+                        )
+                    made[host_name] = box.add_host(host_name, address=address)
+                    continue
+                behaviour = _behaviour(spec.get("kind", KIND_NONE), f"{key}.kind")
+                if behaviour is None:
+                    made[host_name] = self.add_public_host(host_name, address=address)
+                else:
+                    self._check_name(host_name)
+                    box = self.add_nat(f"{host_name}-nat", behaviour)
+                    made[host_name] = box.add_host(host_name, address=address)
+        return made
+
+    # --- inspection ---------------------------------------------------------------------
+
+    def format_trace(self, last: int = 50) -> str:
+        """The last ``last`` trace records and the counters, for a failing test's output."""
+        lines = [f"stats: {dict(sorted(self.stats.items()))}"]
+        if self.trace is None:
+            lines.append("(tracing is off: Network(trace=True) records packets)")
+            return "\n".join(lines)
+        records = list(self.trace)[-last:] if last > 0 else []
+        t0 = self._t0 or 0.0
+        skipped = len(self.trace) - len(records)
+        if skipped:
+            lines.append(f"... {skipped} earlier records")
+        for r in records:
+            note = f"  {r.note}" if r.note else ""
+            lines.append(
+                f"+{r.time - t0:12.6f}s {r.event:<9} {r.src!s:>21} -> {r.dst!s:<21} "
+                f"{r.size:>5}B{note}"
+            )
+        return "\n".join(lines)
+
+    def host_at(self, address: str) -> Host | None:
+        """The host holding ``address`` (public or on any LAN)."""
+        target = self._public.get(address)
+        if isinstance(target, Host):
+            return target
+        for box in self.nats.values():
+            if address in box.lan.hosts:
+                return box.lan.hosts[address]
+        return None
+
+    # --- the datagram path (kept lean: it carries every simulated packet) -------------
+
+    def _send(self, sock: SimSocket, data: bytes, dst: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        self.stats["sent"] += 1
+        size = len(data) + UDP_IP_OVERHEAD
+        src = sock.local
+        dip, dport = dst
+        trace = self.trace
+        if trace is not None:
+            if self._t0 is None:
+                self._t0 = loop.time()
+            trace.append(TraceRecord(loop.time(), "sent", src, Endpoint(dip, dport), size, ""))
+        seg = sock.host.segment
+        nat = seg.nat
+        if nat is None:
+            self._wan_hop(loop, src, dip, dport, data, size, 0.0)
+            return
+        if size > seg.mtu:
+            self._drop("mtu", src, dip, dport, size)
+            return
+        if seg.loss and self.rng.random() < seg.loss:
+            self._drop("loss", src, dip, dport, size)
+            return
+        delay = seg.latency_s
+        if seg.jitter_s:
+            delay += self.rng.random() * seg.jitter_s
+        local = seg.hosts.get(dip)
+        if local is not None:
+            loop.call_later(delay, self._deliver, local, dport, data, src)
+            return
+        now = loop.time()
+        table = nat.table
+        if trace is not None:
+            created = table.stats["mapping_created"]
+        m = table.outbound(src.host, src.port, dip, dport, now)
+        if isinstance(m, str):
+            self._drop(m, src, dip, dport, size)
+            return
+        ext = m.external
+        if trace is not None:
+            fresh = table.stats["mapping_created"] != created
+            note = f"{nat.name}{' new mapping' if fresh else ''}"
+            trace.append(TraceRecord(now, "nat_out", src, ext, size, note))
+        if dip == nat.public_ip:
+            self._hairpin(loop, nat, ext, dport, data, size, delay)
+            return
+        self._wan_hop(loop, ext, dip, dport, data, size, delay)
+
+    def _hairpin(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        nat: NatBox,
+        src: Endpoint,
+        dport: int,
+        data: bytes,
+        size: int,
+        delay: float,
+    ) -> None:
+        if not nat.behaviour.hairpinning:
+            self._drop("no_hairpin", src, nat.public_ip, dport, size)
+            return
+        # RFC 4787 REQ-9: the hairpinned packet comes from the sender's external endpoint, and
+        # the NAT filters it like any other inbound packet.
+        loop.call_later(delay, self._nat_inbound, nat, dport, data, src)
+
+    def _wan_hop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        src: Endpoint,
+        dip: str,
+        dport: int,
+        data: bytes,
+        size: int,
+        delay: float,
+    ) -> None:
+        inet = self.internet
+        if size > inet.mtu:
+            self._drop("mtu", src, dip, dport, size)
+            return
+        if inet.loss and self.rng.random() < inet.loss:
+            self._drop("loss", src, dip, dport, size)
+            return
+        delay += inet.latency_s
+        if inet.jitter_s:
+            delay += self.rng.random() * inet.jitter_s
+        target = self._public.get(dip)
+        if target is None:
+            self._drop("no_route", src, dip, dport, size)
+        elif isinstance(target, Host):
+            loop.call_later(delay, self._deliver, target, dport, data, src)
+        else:
+            loop.call_later(delay, self._nat_inbound, target, dport, data, src)
+
+    def _nat_inbound(self, nat: NatBox, dport: int, data: bytes, src: Endpoint) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        size = len(data) + UDP_IP_OVERHEAD
+        m = nat.table.inbound(src.host, src.port, dport, now)
+        if isinstance(m, str):
+            self._drop(m, src, nat.public_ip, dport, size)
+            return
+        internal = m.internal
+        if self.trace is not None:
+            self.trace.append(TraceRecord(now, "nat_in", m.external, internal, size, nat.name))
+        lan = nat.lan
+        if size > lan.mtu:
+            self._drop("mtu", src, internal.host, internal.port, size)
+            return
+        if lan.loss and self.rng.random() < lan.loss:
+            self._drop("loss", src, internal.host, internal.port, size)
+            return
+        host = lan.hosts[internal.host]
+        delay = lan.latency_s
+        if lan.jitter_s:
+            delay += self.rng.random() * lan.jitter_s
+        if delay > 0:
+            loop.call_later(delay, self._deliver, host, internal.port, data, src)
+        else:
+            self._deliver(host, internal.port, data, src)
+
+    def _deliver(self, host: Host, port: int, data: bytes, src: Endpoint) -> None:
+        sock = host._sockets.get(port)
+        if sock is None:
+            self._drop("no_listener", src, host.address, port, len(data) + UDP_IP_OVERHEAD)
+            return
+        self.stats["delivered"] += 1
+        if self.trace is not None:
+            now = asyncio.get_running_loop().time()
+            size = len(data) + UDP_IP_OVERHEAD
+            self.trace.append(TraceRecord(now, "delivered", src, sock.local, size, host.name))
+        try:
+            sock.on_datagram(data, src)
+        except Exception as exc:
+            self.callback_errors.append(exc)
+            raise
+
+    def _drop(self, reason: str, src: Endpoint, dip: str, dport: int, size: int) -> None:
+        stats = self.stats
+        stats["dropped"] += 1
+        stats[reason] += 1
+        if self.trace is not None:
+            now = asyncio.get_running_loop().time()
+            self.trace.append(TraceRecord(now, "dropped", src, Endpoint(dip, dport), size, reason))
+
+    # --- addresses ----------------------------------------------------------------------
+
+    def _check_name(self, name: str) -> None:
+        if not name:
+            raise LocalProtocolError("host names must not be empty")
+        if name in self.hosts:
+            raise LocalProtocolError(f"host {name!r} already exists")
+
+    def _take_public(self, address: str | None, *, what: str) -> str:
+        if address is None:
+            for candidate in self._public_pool:
+                if candidate not in self._public:
+                    return candidate
+            raise LocalProtocolError(
+                f"{what}: all 508 simulated internet addresses (203.0.113.0/24, "
+                "198.51.100.0/24) are taken; put several hosts behind one NAT"
+            )
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            raise LocalProtocolError(f"{what}: {address!r} is not an IPv4 address") from None
+        if not any(ip in net and ip not in (net[0], net[-1]) for net in _PUBLIC_NETS):
+            raise LocalProtocolError(
+                f"{what}: {address} is outside the simulated internet "
+                "(203.0.113.1-254, 198.51.100.1-254)"
+            )
+        if address in self._public:
+            raise LocalProtocolError(f"{what}: {address} is already in use")
+        return address
+
+    def _take_lan_subnet(self, subnet: str | None) -> ipaddress.IPv4Network:
+        if subnet is None:
+            for net in self._lan_pool:
+                if not any(net.overlaps(used) for used in self._lan_subnets):
+                    self._lan_subnets.add(net)
+                    return net
+            raise LocalProtocolError("all 512 LAN /24s of 198.18.0.0/15 are taken")
+        try:
+            net = ipaddress.IPv4Network(subnet)
+        except ValueError as exc:
+            raise LocalProtocolError(f"subnet {subnet!r}: {exc}") from None
+        if not net.subnet_of(_LAN_SPACE) or net.prefixlen > 29:
+            raise LocalProtocolError(
+                f"subnet {subnet} must lie in 198.18.0.0/15 and be a /29 or larger"
+            )
+        if any(net.overlaps(used) for used in self._lan_subnets):
+            raise LocalProtocolError(f"subnet {subnet} overlaps a LAN already made")
+        self._lan_subnets.add(net)
+        return net
+
+    def _add_lan_host(self, nat: NatBox, name: str, address: str | None) -> Host:
+        self._check_name(name)
+        lan = nat.lan
+        assert lan.subnet is not None
+        if address is None:
+            last = lan.subnet.num_addresses - 2
+            while lan._next_index <= last:
+                candidate = str(lan.subnet.network_address + lan._next_index)
+                lan._next_index += 1
+                if candidate not in lan.hosts:
+                    address = candidate
+                    break
+            else:
+                raise LocalProtocolError(f"LAN {lan.name!r} ({lan.subnet}) is full")
+        else:
+            try:
+                ip = ipaddress.IPv4Address(address)
+            except ValueError:
+                raise LocalProtocolError(f"host {name!r}: {address!r} is not IPv4") from None
+            usable = ip in lan.subnet and ip not in (
+                lan.subnet.network_address,
+                lan.subnet.broadcast_address,
+            )
+            if not usable or address == nat.lan_ip:
+                raise LocalProtocolError(
+                    f"host {name!r}: {address} is not a free host address of {lan.subnet} "
+                    f"(the NAT holds {nat.lan_ip})"
+                )
+            if address in lan.hosts:
+                raise LocalProtocolError(f"host {name!r}: {address} is already in use")
+        host = Host(self, name, address, lan, nat)
+        lan.hosts[address] = host
+        self.hosts[name] = host
+        return host
+
+
+def build(topology: Mapping[str, Any], *, rng: random.Random, trace: bool = False) -> Network:
+    """A new :class:`Network` holding ``topology`` (see :meth:`Network.build`)."""
+    network = Network(rng=rng, trace=trace)
+    network.build(topology)
+    return network
+
+
+# --- topology-as-data helpers --------------------------------------------------------------
+
+
+class _as_config_error:
+    """Turn API misuse found while building from data into a ConfigError naming the key."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, LocalProtocolError):
+            raise ConfigError(self.key, str(exc), "fix the topology data") from exc
+
+
+def _only(spec: Mapping[str, Any], allowed: tuple[str, ...], key: str) -> None:
+    extra = sorted(set(spec) - set(allowed))
+    if extra:
+        raise ConfigError(
+            f"{key}.{extra[0]}", "unknown key", f"valid keys here: {', '.join(allowed)}"
+        )
+
+
+def _table(spec: Mapping[str, Any], name: str, key: str) -> dict[str, Any]:
+    value = spec.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}.{name}", f"must be a table, got {value!r}", "write a table")
+    return dict(value)
+
+
+def _number(spec: Mapping[str, Any], k: str, key: str) -> Any:
+    value = spec[k]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}.{k}", f"must be a number, got {value!r}", "write a number")
+    if k == "mtu":
+        if not isinstance(value, int) or value < UDP_IP_OVERHEAD:
+            raise ConfigError(f"{key}.mtu", f"{value!r} is not a valid MTU", "e.g. mtu = 1500")
+        return value
+    if value < 0 or (k == "loss" and value > 1):
+        raise ConfigError(
+            f"{key}.{k}", f"{value!r} is out of range", "latency >= 0, 0 <= loss <= 1"
+        )
+    return float(value)
+
+
+def _behaviour(raw: Any, key: str) -> NatBehaviour | None:
+    """``None`` for kind "none"."""
+    if raw is None:
+        raise ConfigError(key, "missing", f"give one of: {', '.join(NAT_KIND_NAMES)}")
+    if isinstance(raw, str):
+        if raw == KIND_NONE:
+            return None
+        try:
+            return nat_kind(raw)
+        except LocalProtocolError as exc:
+            raise ConfigError(key, str(exc)) from None
+    if isinstance(raw, Mapping):
+        try:
+            return behaviour_from_data(dict(raw))
+        except LocalProtocolError as exc:
+            raise ConfigError(key, str(exc)) from None
+    raise ConfigError(key, f"{raw!r} is neither a kind name nor a table", "e.g. kind = 'symmetric'")

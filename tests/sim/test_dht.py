@@ -1,0 +1,252 @@
+"""The DHT over a fake overlay, on virtual time: operations, create races, forgeries."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+
+import pytest
+
+from ipop.dht.record import Record, StoreOutcome
+from ipop.dht.service import DhtService
+from ipop.dht.wire import M_STORE, MSG_ID_BYTES, PingRequested, StoreRequested, encode_message
+from ipop.testing.fake_overlay import DhtCluster, holders, live_owners, run_cluster
+from ipop.types import NodeId
+
+K = "testnet:name:alice"
+
+
+async def offer_everywhere(
+    cluster: DhtCluster, sender: DhtService, record: Record
+) -> list[StoreOutcome]:
+    """``sender`` sends ``record`` to every replica of its key, as a STORE RPC."""
+    outcomes = []
+    for peer in await sender.replica_set(record.key_id):
+        if peer == sender.node_id:
+            outcomes.append(sender.storage.offer(record))
+            continue
+        answer = await sender.protocol.store_record(peer, record)
+        assert answer is not None
+        outcomes.append(answer.outcome)
+    return outcomes
+
+
+# --- every operation --------------------------------------------------------------------------
+
+
+def test_put_get_renew_delete() -> None:
+    async def body(c: DhtCluster) -> None:
+        loop = asyncio.get_running_loop()
+        a, b, reader = c.nodes[1], c.nodes[5], c.nodes[9]
+        assert await reader.get(K) is None
+        assert await a.put(K, b"one", 60)
+        got = await reader.get(K)
+        assert got is not None and got.value == b"one" and got.owner == a.node_id
+        assert await a.put(K, b"two", 60)
+        got = await reader.get(K)
+        assert got is not None and got.value == b"two"
+        # Nobody but the owner may replace a live record.
+        assert not await b.put(K, b"evil", 60)
+        assert not await b.renew(K, 600)
+        assert not await b.delete(K)
+        got = await reader.get(K)
+        assert got is not None and got.value == b"two"
+        # Renewal moves the expiry; the copies at the replicas follow.
+        before = got.expires_at
+        await asyncio.sleep(30)
+        assert await a.renew(K, 60)
+        got = await reader.get(K)
+        assert got is not None and got.expires_at == pytest.approx(loop.time() + 60, abs=3)
+        assert got.expires_at > before + 25
+        assert len([1 for _, r in holders(c, K) if r == got]) >= 5
+        # Delete releases the key: reads miss, and another node may claim it.
+        assert await a.delete(K)
+        assert await reader.get(K) is None
+        assert await b.create(K, b"bob", 60)
+        got = await reader.get(K)
+        assert got is not None and got.owner == b.node_id
+
+    run_cluster(body, n=14)
+
+
+def test_writes_count_real_acknowledgements() -> None:
+    """Stock kademlia reports success when every store was lost; we must not."""
+
+    async def body(c: DhtCluster) -> None:
+        c.overlay.check = lambda src, dst, p: not (p[0] == 0 and p[1 + MSG_ID_BYTES] == M_STORE)
+        a = c.nodes[3]
+        assert not await a.put(K, b"lost", 60)
+        assert not await a.create(K, b"lost", 60)
+        c.overlay.check = None
+        assert await a.put(K, b"kept", 60)
+
+    run_cluster(body, n=12)
+
+
+def test_one_lost_datagram_costs_a_retry_not_an_eviction() -> None:
+    async def body(c: DhtCluster) -> None:
+        loop = asyncio.get_running_loop()
+        a, b = c.nodes[2], c.nodes[7]
+        dropped: list[bytes] = []
+
+        def drop_first(src: NodeId, dst: NodeId, payload: bytes) -> bool:
+            if src == a.node_id and dst == b.node_id and not dropped:
+                dropped.append(payload)
+                return False
+            return True
+
+        c.overlay.check = drop_first
+        start = loop.time()
+        answer = await a.protocol.call(b.node_id, PingRequested())
+        elapsed = loop.time() - start
+        assert answer is not None and dropped
+        assert 0.4 <= elapsed < 0.6  # one DHT_RPC_RETRY_S plus a round trip, not 5 s
+        assert b.node_id in a.contacts()
+        assert a.protocol.counters["retransmissions"] == 1
+
+    run_cluster(body, n=10)
+
+
+# --- create: compare-and-set --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+def test_two_racing_creates_exactly_one_wins(seed: int) -> None:
+    async def body(c: DhtCluster) -> None:
+        rng = random.Random(seed)
+        a, b = rng.sample(c.nodes, 2)
+        key = f"testnet:ip:100.64.0.{seed + 10}"
+        results = await asyncio.gather(a.create(key, b"a", 120), b.create(key, b"b", 120))
+        assert sorted(results) == [False, True], results
+        winner, loser = (a, b) if results[0] else (b, a)
+        for reader in (a, b, c.nodes[0]):
+            got = await reader.get(key)
+            assert got is not None and got.owner == winner.node_id
+        # The loser's value is nowhere live.
+        assert live_owners(c, key) == {winner.node_id}
+        assert key not in loser.owned()
+
+    run_cluster(body, n=16, seed=seed)
+
+
+def test_four_racing_creates_exactly_one_wins() -> None:
+    async def body(c: DhtCluster) -> None:
+        racers = c.nodes[2:6]
+        key = "testnet:ip:100.64.0.77"
+        results = await asyncio.gather(*(r.create(key, b"", 120) for r in racers))
+        assert results.count(True) == 1, results
+        winner = racers[results.index(True)]
+        assert live_owners(c, key) == {winner.node_id}
+
+    run_cluster(body, n=16, seed=11)
+
+
+def test_split_vote_withdraws_and_gives_up() -> None:
+    """A rival's half-finished claim (4 of 8 replicas) blocks a quorum: we back off, retry,
+    give up, and leave no live copy of our value behind."""
+
+    async def body(c: DhtCluster) -> None:
+        a, b = c.nodes[1], c.nodes[2]
+        loop = asyncio.get_running_loop()
+        rival = Record.sign(b.identity, K, b"b", seq=1, expires_at=loop.time() + 600)
+        replicas = await a.replica_set(rival.key_id)
+        by_id = {svc.node_id: svc for svc in c.nodes}
+        half = [p for p in replicas if p not in (a.node_id, b.node_id)][:4]
+        for p in half:
+            assert by_id[p].storage.offer(rival) is StoreOutcome.STORED
+        t0 = loop.time()
+        assert not await a.create(K, b"a", 600)
+        assert a.stats["create_split"] == a.config.create_rounds
+        assert a.stats["create_gave_up"] == 1
+        assert loop.time() - t0 > 2.0  # it did back off between rounds
+        assert live_owners(c, K) == {b.node_id}
+        # Once the rival's copies expire, the key is ours.
+        await asyncio.sleep(600)
+        assert await a.create(K, b"a", 600)
+
+    run_cluster(body, n=16)
+
+
+def test_expiry_frees_the_key() -> None:
+    async def body(c: DhtCluster) -> None:
+        a, b = c.nodes[1], c.nodes[2]
+        assert await a.create(K, b"a", 20)
+        assert not await b.create(K, b"b", 20)
+        await asyncio.sleep(21)
+        assert await b.get(K) is None
+        assert holders(c, K) == [] or all(r.tombstone for _, r in holders(c, K))
+        assert await b.create(K, b"b", 20)
+        got = await a.get(K)
+        assert got is not None and got.owner == b.node_id
+
+    run_cluster(body, n=12)
+
+
+# --- forgeries and stale versions -----------------------------------------------------------
+
+
+def test_stale_version_is_refused() -> None:
+    async def body(c: DhtCluster) -> None:
+        a, other = c.nodes[1], c.nodes[6]
+        assert await a.put(K, b"v1", 300)
+        v1 = a.owned()[K]
+        assert await a.put(K, b"v2", 300)
+        # Anyone replaying the old version (a lagging replica, an attacker) is refused.
+        outcomes = await offer_everywhere(c, other, v1)
+        assert set(outcomes) <= {StoreOutcome.STALE}, outcomes
+        assert len(outcomes) == 8
+        got = await other.get(K)
+        assert got is not None and got.value == b"v2"
+
+    run_cluster(body, n=14)
+
+
+def test_forged_records_are_refused() -> None:
+    async def body(c: DhtCluster) -> None:
+        a, mallory = c.nodes[1], c.nodes[4]
+        assert await a.put(K, b"genuine", 300)
+        genuine = a.owned()[K]
+        loop = asyncio.get_running_loop()
+        bad_sig = dataclasses.replace(genuine, value=b"evil", seq=genuine.seq + 1)
+        own = Record.sign(
+            mallory.identity, K, b"evil", seq=genuine.seq + 1, expires_at=loop.time() + 300
+        )
+        wrong_owner = dataclasses.replace(own, owner=a.node_id)
+        assert set(await offer_everywhere(c, mallory, bad_sig)) == {StoreOutcome.INVALID}
+        assert set(await offer_everywhere(c, mallory, wrong_owner)) == {StoreOutcome.INVALID}
+        # A valid record of her own cannot replace a live record of another owner.
+        assert set(await offer_everywhere(c, mallory, own)) == {StoreOutcome.CONFLICT}
+        assert not await mallory.put(K, b"evil", 300)
+        assert not await mallory.create(K, b"evil", 300)
+        for reader in c.nodes[:6]:
+            got = await reader.get(K)
+            assert got == genuine
+        refused = sum(svc.drops["store_record_bad_signature"] for svc in c.nodes)
+        assert refused >= 8
+        assert sum(svc.drops["store_record_owner_mismatch"] for svc in c.nodes) >= 8
+
+    run_cluster(body, n=14)
+
+
+def test_message_with_mismatched_sender_is_dropped() -> None:
+    async def body(c: DhtCluster) -> None:
+        a, mallory = c.nodes[1], c.nodes[4]
+        loop = asyncio.get_running_loop()
+        record = Record.sign(a.identity, K, b"x", seq=1, expires_at=loop.time() + 60)
+        replicas = [p for p in await mallory.replica_set(record.key_id) if p != mallory.node_id]
+        target = next(svc for svc in c.nodes if svc.node_id == replicas[0])
+        # Mallory relays a STORE that claims to come from a (kademlia id a, link id mallory).
+        payload = encode_message(b"\x00" * MSG_ID_BYTES, a.node_id, StoreRequested(record))
+        served = target.protocol.counters["requests_served"]
+        c.overlay.inject(mallory.node_id, target.node_id, payload)
+        await asyncio.sleep(0.1)
+        assert target.drops["sender_mismatch"] == 1
+        assert target.protocol.counters["requests_served"] == served
+        assert target.storage.lookup(record.key_id) is None
+        # The same bytes over a's own link are fine.
+        c.overlay.inject(a.node_id, target.node_id, payload)
+        await asyncio.sleep(0.1)
+        assert target.storage.lookup(record.key_id) == record
+
+    run_cluster(body, n=10)

@@ -1,0 +1,288 @@
+"""The overlay on the ideal fake link layer: join, routing, ring consistency, repair, relays.
+
+Every scenario runs in virtual time from a fixed seed; topology (who sits behind which NAT)
+is data passed to :func:`build`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ipop.overlay.messages import FLAG_EXACT, KIND_PING, Routed
+from ipop.overlay.node import Delivered, OverlayConfig, OverlayNode, Routable
+from ipop.overlay.table import ConnectionKind
+from ipop.testing.fake_links import FakeLinkWorld, LinkMessage, NatKind
+from ipop.testing.invariants import closest_owner, ring_violations
+from ipop.types import RING, NodeId, RelayPath
+
+CFG = OverlayConfig()
+PER_SIDE = CFG.near_per_side
+
+
+def build(
+    n: int,
+    *,
+    seed: int,
+    stagger_s: float = 0.1,
+    nat: Callable[[int, NodeId], NatKind] = lambda i, n: NatKind.OPEN,
+    ids: list[NodeId] | None = None,
+) -> tuple[FakeLinkWorld, list[NodeId]]:
+    """``n`` nodes joining one by one through node 0 (an open bootstrap)."""
+    rng = random.Random(seed)
+    world = FakeLinkWorld(rng=rng)
+    ids = ids if ids is not None else [NodeId(rng.randrange(RING)) for _ in range(n)]
+    t0 = world.now
+    world.spawn(ids[0], config=CFG, bootstrap=[], seed=seed)
+    boot = world.public_endpoint(ids[0])
+    for i, node_id in enumerate(ids[1:], 1):
+        world.spawn(
+            node_id,
+            config=CFG,
+            bootstrap=[boot],
+            nat=nat(i, node_id),
+            start_at=t0 + stagger_s * i,
+            seed=seed * 1000 + i,
+        )
+    return world, ids
+
+
+def near_sets(world: FakeLinkWorld) -> dict[NodeId, frozenset[NodeId]]:
+    return {n: world.node(n).near_peers() for n in world.alive_ids()}
+
+
+def run_until_consistent(world: FakeLinkWorld, deadline: float, step: float = 2.0) -> float:
+    """Advance until the ring is consistent; returns the virtual time it happened at."""
+    while world.now < deadline:
+        world.run_for(step)
+        if not ring_violations(near_sets(world), per_side=PER_SIDE):
+            return world.now
+    violations = ring_violations(near_sets(world), per_side=PER_SIDE)
+    raise AssertionError(f"ring not consistent by the deadline: {violations[:5]}")
+
+
+def total_drops(world: FakeLinkWorld, reason: str) -> int:
+    return sum(world.node(n).drops[reason] for n in world.alive_ids())
+
+
+@functools.lru_cache(maxsize=1)
+def joined_ring() -> tuple[FakeLinkWorld, list[NodeId], float]:
+    """120 nodes joined through a single bootstrap (shared: building it is the slow part)."""
+    world, ids = build(120, seed=11)
+    t0 = world.now
+    done = run_until_consistent(world, t0 + 120 * 0.1 + 90.0)
+    # Let trimming settle so routing runs over the steady-state table.
+    world.run_for(60.0)
+    return world, ids, done - t0
+
+
+def test_every_node_joins_through_one_bootstrap() -> None:
+    world, ids, took = joined_ring()
+    assert took <= 120 * 0.1 + 60.0
+    for n in ids:
+        assert any(isinstance(e, Routable) for e in world.hosts[n].events), n
+        assert world.node(n).routable
+    assert ring_violations(near_sets(world), per_side=PER_SIDE) == []
+    # Trimming left a sparse graph, not the bootstrap's star: near + ~log2 N far each way.
+    mean_links = sum(len(world.node(n).connected_peers()) for n in ids) / len(ids)
+    assert mean_links < 30
+    boot = world.node(ids[0]).snapshot()
+    assert not boot.by_kind(ConnectionKind.LEAF)
+    assert all(c.far for c in (world.node(n).snapshot() for n in ids[1:20]))
+
+
+def test_routing_exact_delivery_and_hops() -> None:
+    world, ids, _ = joined_ring()
+    rng = random.Random(5)
+    sent = []
+    for i in range(300):
+        src, dst = rng.sample(ids, 2)
+        payload = b"exact-%d" % i
+        assert world.node(src).send_routed(dst, KIND_PING, payload, exact=True, now=world.now)
+        sent.append((src, dst, payload))
+    world.run_for(2.0)
+    got = {(d.src, n, d.payload): d for n in ids for d in world.hosts[n].delivered if d.exact}
+    delivered = [got.get(s) for s in sent]
+    route_success = sum(d is not None for d in delivered) / len(sent)
+    assert route_success == 1.0
+    mean_hops = sum(d.hops for d in delivered if d is not None) / len(sent)
+    assert mean_hops <= math.log2(len(ids))
+
+
+def test_routing_closest_delivery() -> None:
+    world, ids, _ = joined_ring()
+    rng = random.Random(6)
+    keys = []
+    for i in range(200):
+        src = rng.choice(ids)
+        key = NodeId(rng.randrange(RING))
+        payload = b"closest-%d" % i
+        world.node(src).send_routed(key, KIND_PING, payload, exact=False, now=world.now)
+        keys.append((key, payload))
+    world.run_for(2.0)
+    where = {d.payload: n for n in ids for d in world.hosts[n].delivered if not d.exact}
+    for key, payload in keys:
+        assert where.get(payload) == closest_owner(ids, key)
+
+
+def test_ttl_expiry_is_dropped_and_counted() -> None:
+    world, ids, _ = joined_ring()
+    src = ids[3]
+    linked = set(world.node(src).connected_peers())
+    dst = next(n for n in ids if n not in linked and n != src)
+    before = total_drops(world, "ttl_expired")
+    assert world.node(src).send_routed(dst, KIND_PING, b"short", exact=True, now=world.now, ttl=1)
+    world.run_for(1.0)
+    assert total_drops(world, "ttl_expired") == before + 1
+    assert not [d for d in world.hosts[dst].delivered if d.payload == b"short"]
+
+
+def test_spoofed_source_is_dropped() -> None:
+    world, ids, _ = joined_ring()
+    node = world.node(ids[7])
+    peer = node.connected_peers()[0]
+    forged = Routed(FLAG_EXACT, 0, 64, KIND_PING, ids[50], ids[7], None, b"forged")
+    path = node.snapshot().connections[0].path
+    before = node.drops["spoofed_src"]
+    node.on_link_event(LinkMessage(peer, forged.encode(), path), now=world.now)
+    assert node.drops["spoofed_src"] == before + 1
+    assert node.next_event() is None
+    # The same message one hop further along is a legitimate forward.
+    node.on_link_event(
+        LinkMessage(
+            peer,
+            Routed(FLAG_EXACT, 1, 64, KIND_PING, ids[50], ids[7], None, b"forwarded").encode(),
+            path,
+        ),
+        now=world.now,
+    )
+    ev = node.next_event()
+    assert ev is not None and getattr(ev, "payload", None) == b"forwarded"
+
+
+def test_repair_after_killing_30_percent() -> None:
+    # Every third node behind a cone NAT: links to them need simultaneous open.
+    world, ids = build(60, seed=21, nat=lambda i, n: NatKind.CONE if i % 3 == 0 else NatKind.OPEN)
+    run_until_consistent(world, world.now + 6.0 + 90.0)
+    world.run_for(30.0)
+    cone = {n for i, n in enumerate(ids) if i and i % 3 == 0}
+    punched = [(a, b) for a, b in world.direct_links() if a in cone and b in cone]
+    assert punched, "no link between two cone-NATed nodes: hole punching never happened"
+    rng = random.Random(3)
+    killed = rng.sample(ids[1:], 18)
+    for k in killed:
+        world.kill(k)
+    t_kill = world.now
+    repaired = run_until_consistent(world, t_kill + 60.0)
+    assert repaired - t_kill <= 60.0
+    world.run_for(world.failure_detect_s)
+    for n in world.alive_ids():
+        assert not set(world.node(n).connected_peers()) & set(killed)
+    # Routing works again over the repaired ring.
+    alive = world.alive_ids()
+    for i in range(40):
+        src, dst = rng.sample(alive, 2)
+        world.node(src).send_routed(dst, KIND_PING, b"after-%d" % i, exact=True, now=world.now)
+    world.run_for(2.0)
+    got = sum(1 for n in alive for d in world.hosts[n].delivered if d.payload.startswith(b"after"))
+    assert got == 40
+
+
+def test_relay_link_between_natted_near_neighbours() -> None:
+    rng = random.Random(31)
+    ids = sorted(NodeId(rng.randrange(RING)) for _ in range(12))
+    a, b = ids[5], ids[6]  # ring neighbours, both behind symmetric NATs
+    order = [ids[0], *[n for n in ids if n != ids[0]]]
+    world, _ = build(
+        12,
+        seed=31,
+        ids=order,
+        stagger_s=0.5,
+        nat=lambda i, n: NatKind.HARD if n in (a, b) else NatKind.OPEN,
+    )
+    run_until_consistent(world, world.now + 6.0 + 90.0)
+    for me, other in ((a, b), (b, a)):
+        snap = world.node(me).snapshot()
+        row = next(c for c in snap.connections if c.peer == other)
+        assert isinstance(row.path, RelayPath), "near neighbours should be relayed"
+        assert ConnectionKind.NEAR in row.kinds
+        via = row.path.via
+        relay_snap = world.node(via).snapshot()
+        assert {c.peer for c in relay_snap.relay} >= {a, b}
+    assert a in world.node(b).near_peers() and b in world.node(a).near_peers()
+    # Traffic between them crosses the relayed link (one overlay hop).
+    world.node(a).send_routed(b, KIND_PING, b"through the relay", exact=True, now=world.now)
+    world.node(b).send_routed(a, KIND_PING, b"and back", exact=True, now=world.now)
+    world.run_for(1.0)
+    got_b = [d for d in world.hosts[b].delivered if d.payload == b"through the relay"]
+    got_a = [d for d in world.hosts[a].delivered if d.payload == b"and back"]
+    assert got_b and got_b[0].hops == 1 and got_a
+    # The relay keeps holding while the neighbours gossip over the tunnel.
+    world.run_for(120.0)
+    assert ring_violations(near_sets(world), per_side=PER_SIDE) == []
+    assert isinstance(
+        next(c for c in world.node(a).snapshot().connections if c.peer == b).path, RelayPath
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _pair() -> tuple[FakeLinkWorld, OverlayNode, NodeId]:
+    world, ids = build(2, seed=41)
+    run_until_consistent(world, world.now + 30.0)
+    return world, world.node(ids[1]), ids[0]
+
+
+def pair() -> tuple[FakeLinkWorld, OverlayNode, NodeId]:
+    """Two linked nodes; rebuilt when an example closed the link (a valid CLOSING is fine)."""
+    world, node, peer = _pair()
+    if peer not in node.connected_peers():
+        _pair.cache_clear()
+        world, node, peer = _pair()
+    return world, node, peer
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.binary(max_size=200), st.booleans())
+def test_garbage_never_raises_out_of_on_link_event(data: bytes, known_peer: bool) -> None:
+    world, node, peer = pair()
+    sender = peer if known_peer else NodeId(12345)
+    path = world.public_endpoint(peer)
+    node.on_link_event(LinkMessage(sender, data, path), now=world.now)
+    while node.next_event() is not None:
+        pass
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.integers(0, 3), st.integers(1, 255), st.binary(max_size=80))
+def test_routed_to_us_is_delivered_handled_or_counted(flags: int, kind: int, body: bytes) -> None:
+    world, node, peer = pair()
+    path = world.public_endpoint(peer)
+    msg = Routed(flags, 0, 64, kind, peer, node.local_id, None, body)
+    before = node.drops.copy()
+    node.on_link_event(LinkMessage(peer, msg.encode(), path), now=world.now)
+    events = []
+    while (ev := node.next_event()) is not None:
+        events.append(ev)
+    if kind <= 0x7F:
+        assert [e for e in events if isinstance(e, Delivered) and e.payload == body]
+    elif kind > 0x81:
+        assert node.drops["unknown_kind"] == before["unknown_kind"] + 1
+    # 0x80/0x81 (CTM, CTM_REPLY): a garbage body is a counted drop, a valid one is handled;
+    # either way nothing escaped on_link_event.
+
+
+@pytest.mark.parametrize("purpose_byte", [0, 5, 255])
+def test_bad_ctm_purpose_is_dropped(purpose_byte: int) -> None:
+    world, node, peer = pair()
+    path = world.public_endpoint(peer)
+    body = bytes(4) + bytes([purpose_byte]) + peer.to_bytes() + b"\x00"
+    msg = Routed(0, 0, 64, 0x80, peer, node.local_id, None, body)
+    before = node.drops["bad_purpose"]
+    node.on_link_event(LinkMessage(peer, msg.encode(), path), now=world.now)
+    assert node.drops["bad_purpose"] == before + 1

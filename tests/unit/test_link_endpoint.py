@@ -1,0 +1,351 @@
+"""Sessions after the handshake: DATA integrity, replay, rekey, keepalive, liveness, roaming."""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+
+import pytest
+
+from ipop.errors import ConfigError, LocalProtocolError
+from ipop.link.endpoint import (
+    LinkConfig,
+    LinkDown,
+    LinkEndpoint,
+    LinkEvent,
+    LinkMessage,
+    LinkPathChanged,
+    LinkUp,
+    ObservedEndpoint,
+)
+from ipop.testing.clock import SIM_EPOCH
+from ipop.testing.identities import make_identity, make_network
+from ipop.types import Endpoint, Path
+
+NOW = SIM_EPOCH
+A_EP = Endpoint("198.51.100.1", 5800)
+A_EP2 = Endpoint("198.51.100.1", 61000)  # A's NAT rebound to another port
+B_EP = Endpoint("203.0.113.2", 5800)
+_INF = float("inf")
+
+
+def events(ep: LinkEndpoint) -> list[LinkEvent]:
+    out = []
+    while (ev := ep.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def payloads(evs: list[LinkEvent]) -> list[bytes]:
+    return [e.payload for e in evs if isinstance(e, LinkMessage)]
+
+
+class World:
+    """A at A_EP, B at B_EP, a wire with a fixed one-way latency, and both cores' timers."""
+
+    def __init__(
+        self, config: LinkConfig | None = None, latency: float = 0.0, jitter: float = 0.0
+    ) -> None:
+        ca = make_network(now=NOW - 60)
+        self.ida = make_identity(ca, "alice", now=NOW - 60)
+        self.idb = make_identity(ca, "bob", now=NOW - 60)
+        self.a = LinkEndpoint(self.ida, rng=random.Random(1), config=config)
+        self.b = LinkEndpoint(self.idb, rng=random.Random(2), config=config)
+        self.a_addr: Endpoint = A_EP
+        self.latency = latency
+        self.jitter = jitter
+        self.rng = random.Random(3)
+        self.now = NOW
+        self.wire: list[tuple[float, int, bytes, Path, str]] = []
+        self.seq = 0
+        self.lost: Callable[[bytes, str], bool] = lambda data, to: False
+        self.received: dict[str, list[LinkEvent]] = {"a": [], "b": []}
+
+    def _collect(self) -> None:
+        for name, ep in (("a", self.a), ("b", self.b)):
+            for data, path in ep.datagrams_to_send(now=self.now):
+                to = "b" if path == B_EP else "a"
+                assert path in (B_EP, self.a_addr, A_EP, A_EP2)
+                if self.lost(data, to):
+                    continue
+                src = B_EP if name == "b" else self.a_addr
+                self.seq += 1
+                delay = self.latency + self.rng.uniform(0, self.jitter)
+                heapq.heappush(self.wire, (self.now + delay, self.seq, data, src, to))
+            self.received[name] += events(ep)
+
+    def run_until(self, t_end: float) -> None:
+        """Advance virtual time to t_end, delivering datagrams and firing timers in order."""
+        self._collect()
+        while True:
+            timers = [t for t in (self.a.get_timer(), self.b.get_timer()) if t is not None]
+            t_next = min([*timers, *(w[0] for w in self.wire[:1])], default=_INF)
+            if t_next > t_end:
+                self.now = t_end
+                return
+            self.now = max(self.now, t_next)
+            while self.wire and self.wire[0][0] <= self.now:
+                _, _, data, src, to = heapq.heappop(self.wire)
+                (self.a if to == "a" else self.b).receive_datagram(data, src, now=self.now)
+            for ep in (self.a, self.b):
+                t = ep.get_timer()
+                if t is not None and t <= self.now:
+                    ep.handle_timer(now=self.now)
+            self._collect()
+
+    def send(self, frm: str, payload: bytes) -> None:
+        if frm == "a":
+            self.a.send(self.idb.node_id, payload, now=self.now)
+        else:
+            self.b.send(self.ida.node_id, payload, now=self.now)
+        self._collect()
+
+    def up(self) -> None:
+        self.a.connect(B_EP, now=self.now, expected=self.idb.node_id)
+        self.run_until(self.now + 3 * self.latency + 0.001)
+        assert self.a.is_up(self.idb.node_id) and self.b.is_up(self.ida.node_id)
+
+
+def up_pair(config: LinkConfig | None = None) -> World:
+    w = World(config)
+    w.up()
+    w.received = {"a": [], "b": []}
+    return w
+
+
+def sealed(w: World, payload: bytes) -> bytes:
+    data, path = w.a.seal(w.idb.node_id, payload, now=w.now)
+    assert path == B_EP
+    return data
+
+
+def test_tampered_packet_is_dropped_without_reply() -> None:
+    w = up_pair()
+    data = bytearray(sealed(w, b"secret payload"))
+    for i in (12, 13, len(data) - 1):  # counter, ciphertext, tag
+        bad = bytearray(data)
+        bad[i] ^= 0x40
+        w.b.receive_datagram(bytes(bad), A_EP, now=w.now)
+    assert w.b.drops == {"auth_failed": 3}
+    assert w.b.datagrams_to_send(now=w.now) == [] and events(w.b) == []
+    w.b.receive_datagram(bytes(data), A_EP, now=w.now)  # the window did not move on forgeries
+    assert payloads(events(w.b)) == [b"secret payload"]
+
+
+def test_replayed_packet_is_dropped() -> None:
+    w = up_pair()
+    data = sealed(w, b"once")
+    w.b.receive_datagram(data, A_EP, now=w.now)
+    w.b.receive_datagram(data, A_EP, now=w.now)
+    assert payloads(events(w.b)) == [b"once"]
+    assert w.b.drops == {"replay": 1}
+    assert w.b.datagrams_to_send(now=w.now) == []
+
+
+def test_reordering_inside_window_accepted_outside_dropped_too_old() -> None:
+    w = up_pair(LinkConfig(replay_window=64))
+    packets = [sealed(w, b"%d" % i) for i in range(100)]
+    w.b.receive_datagram(packets[99], A_EP, now=w.now)
+    w.b.receive_datagram(packets[50], A_EP, now=w.now)  # 49 behind: inside
+    w.b.receive_datagram(packets[20], A_EP, now=w.now)  # 79 behind: outside
+    assert payloads(events(w.b)) == [b"99", b"50"]
+    assert w.b.drops == {"too_old": 1}
+    assert w.b.datagrams_to_send(now=w.now) == []
+
+
+def test_unknown_index_short_and_unknown_type_are_dropped_silently() -> None:
+    w = up_pair()
+    data = sealed(w, b"x")
+    w.b.receive_datagram(data[:1] + bytes(4) + data[5:], A_EP, now=w.now)
+    w.b.receive_datagram(data[:28], A_EP, now=w.now)
+    w.b.receive_datagram(b"\x00\x01\x00\x00", A_EP, now=w.now)
+    w.b.receive_datagram(b"\xff" * 40, A_EP, now=w.now)
+    assert w.b.drops == {"unknown_index": 1, "malformed": 1, "unknown_type": 2}
+    assert w.b.datagrams_to_send(now=w.now) == [] and events(w.b) == []
+
+
+def test_rekey_by_time_under_continuous_traffic_loses_nothing() -> None:
+    cfg = LinkConfig(rekey_after_s=3.0, reject_after_s=6.0, previous_key_grace_s=1.0)
+    w = World(cfg, latency=0.02)
+    w.up()
+    keys_a = {w.a.peers()[0].keys_established_at}
+    keys_b = {w.b.peers()[0].keys_established_at}
+    sent: dict[str, list[bytes]] = {"a": [], "b": []}
+    for i in range(1000):  # 20 s at 50 packets/s each way, across several rekeys
+        for frm in ("a", "b"):
+            payload = b"%s%d" % (frm.encode(), i)
+            w.send(frm, payload)
+            sent[frm].append(payload)
+        w.run_until(w.now + 0.02)
+        keys_a.add(w.a.peers()[0].keys_established_at)
+        keys_b.add(w.b.peers()[0].keys_established_at)
+    w.run_until(w.now + 0.1)
+    assert payloads(w.received["b"]) == sent["a"]
+    assert payloads(w.received["a"]) == sent["b"]
+    assert not w.a.drops and not w.b.drops
+    assert len(keys_a) >= 5 and len(keys_b) >= 5
+    assert w.a.peers()[0].rekeys >= 5
+    assert not [e for e in w.received["a"] + w.received["b"] if isinstance(e, LinkDown)]
+
+
+def test_rekey_by_count() -> None:
+    cfg = LinkConfig(rekey_after_messages=50, reject_after_messages=80)
+    w = World(cfg, latency=0.001)
+    w.up()
+    first = w.a.peers()[0].keys_established_at
+    sent = []
+    for i in range(500):
+        w.send("a", b"%d" % i)
+        sent.append(b"%d" % i)
+        w.run_until(w.now + 0.001)
+    w.run_until(w.now + 0.01)
+    assert payloads(w.received["b"]) == sent
+    assert not w.a.drops and not w.b.drops
+    assert w.a.stats["rekey_started"] >= 9
+    assert w.a.peers()[0].rekeys >= 9 and w.a.peers()[0].keys_established_at != first
+
+
+def test_previous_keys_open_only_during_grace() -> None:
+    cfg = LinkConfig(rekey_after_s=3.0, reject_after_s=6.0, previous_key_grace_s=1.0)
+    w = up_pair(cfg)
+    old1 = sealed(w, b"old1")
+    old2 = sealed(w, b"old2")
+    w.run_until(w.now + 3.01)  # the timer starts a rekey by time, even on an idle link
+    assert w.a.peers()[0].rekeys == 1  # both timers fired at once: the collision rule
+    assert w.b.peers()[0].rekeys == 1
+    switched = w.b.peers()[0].keys_established_at
+    w.b.receive_datagram(old1, A_EP, now=switched + 0.5)
+    w.b.receive_datagram(old2, A_EP, now=switched + 1.5)
+    assert payloads(events(w.b)) == [b"old1"]
+    assert w.b.drops["expired_key"] == 1
+    assert set(w.b.drops) <= {"expired_key", "handshake_collision"}  # both timers fired
+
+
+def test_keepalive_then_linkdown_on_silence() -> None:
+    cfg = LinkConfig(keepalive_interval_s=15.0, link_timeout_s=50.0)
+    w = up_pair(cfg)
+    t0 = w.a.peers()[0].last_tx  # the key-confirmation keepalive; B has sent nothing since
+    assert w.a.peers()[0].last_rx == t0
+    w.lost = lambda data, to: to == "a"  # B's datagrams never reach A
+    keepalives: list[float] = []
+    orig = w.a.datagrams_to_send
+
+    def spy(*, now: float) -> list[tuple[bytes, Path]]:
+        out = orig(now=now)
+        keepalives.extend(round(now - t0, 3) for d, _ in out if len(d) == 29)
+        return out
+
+    w.a.datagrams_to_send = spy  # type: ignore[method-assign]
+    w.run_until(t0 + 49.99)
+    assert w.a.is_up(w.idb.node_id)
+    assert keepalives == [15.0, 30.0, 45.0]
+    w.run_until(t0 + 50.0)
+    assert [e for e in w.received["a"] if isinstance(e, LinkDown)] == [
+        LinkDown(w.idb.node_id, "timeout")
+    ]
+    assert not w.a.is_up(w.idb.node_id)
+    assert w.b.is_up(w.ida.node_id)  # B still hears A's keepalives
+    assert not [e for e in w.received["b"] if isinstance(e, LinkMessage)]
+
+
+def test_keys_past_reject_after_bring_the_link_down() -> None:
+    cfg = LinkConfig(rekey_after_s=3.0, reject_after_s=6.0, keepalive_interval_s=1.0)
+    w = up_pair(cfg)
+    w.lost = lambda data, to: data[0] != 0xC3  # every handshake message is lost
+    w.run_until(w.now + 5.9)
+    assert w.a.is_up(w.idb.node_id) and w.a.stats["rekey_started"] >= 1
+    w.run_until(w.now + 0.2)
+    assert LinkDown(w.idb.node_id, "expired") in w.received["a"]
+    with pytest.raises(LocalProtocolError):
+        w.a.seal(w.idb.node_id, b"x", now=w.now)
+
+
+def test_roaming_moves_a_direct_path_and_answers_go_there() -> None:
+    w = up_pair()
+    data = sealed(w, b"from new port")
+    older = sealed(w, b"x")  # sealed later = newer counter; keep for the old-port replay case
+    w.b.receive_datagram(data, A_EP2, now=w.now)
+    evs = events(w.b)
+    assert LinkPathChanged(w.ida.node_id, A_EP2, "roamed") in evs
+    assert w.b.stats["roamed"] == 1
+    _, path = w.b.seal(w.ida.node_id, b"reply", now=w.now)
+    assert path == A_EP2
+    late = sealed(w, b"y")
+    w.b.receive_datagram(late, A_EP, now=w.now)  # newest again, from the first port
+    assert w.b.stats["roamed"] == 2
+    w.b.receive_datagram(older, A_EP2, now=w.now)  # reordered older packet: no move back
+    assert w.b.stats["roamed"] == 2 and w.b.peers()[0].path == A_EP
+
+
+def test_set_path_moves_the_session_and_requires_one() -> None:
+    w = up_pair()
+    w.a.set_path(w.idb.node_id, Endpoint("203.0.113.2", 6000))
+    assert w.a.seal(w.idb.node_id, b"", now=w.now)[1] == Endpoint("203.0.113.2", 6000)
+    with pytest.raises(LocalProtocolError):
+        w.a.set_path(w.ida.node_id, A_EP)
+
+
+def test_timer_is_none_when_idle_and_bounded_when_busy() -> None:
+    w = World()
+    assert w.a.get_timer() is None
+    w.up()
+    t = w.a.get_timer()
+    assert t is not None and w.now < t <= w.now + 15.0
+    w.a.close(w.idb.node_id, now=w.now)
+    assert w.a.get_timer() is None
+    ups = [e for e in w.received["a"] if isinstance(e, LinkUp)]
+    assert len(ups) == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_handshakes_crossing_over_different_paths_converge_without_loss(seed: int) -> None:
+    cfg = LinkConfig(rekey_after_s=4.0, reject_after_s=8.0, previous_key_grace_s=2.0)
+    w = World(cfg, latency=0.01, jitter=0.05)
+    w.rng = random.Random(seed)
+    # A dials B's endpoint while B dials another port of A's (both reach A): no pairing.
+    w.a.connect(B_EP, now=w.now, expected=w.idb.node_id)
+    w.b.connect(A_EP2, now=w.now, expected=w.ida.node_id)
+    w.run_until(w.now + 0.5)
+    assert w.a.is_up(w.idb.node_id) and w.b.is_up(w.ida.node_id)
+    sent: dict[str, set[bytes]] = {"a": set(), "b": set()}
+    for i in range(400):  # 20 s of traffic both ways, reordered by jitter, across rekeys
+        for frm in ("a", "b"):
+            payload = b"%s%d" % (frm.encode(), i)
+            w.send(frm, payload)
+            sent[frm].add(payload)
+        w.run_until(w.now + 0.05)
+    w.run_until(w.now + 3 * cfg.previous_key_grace_s)  # keepalives only, past every grace
+    for frm in ("a", "b"):
+        w.send(frm, b"final-" + frm.encode())
+        sent[frm].add(b"final-" + frm.encode())
+    w.run_until(w.now + 0.2)
+    assert set(payloads(w.received["b"])) == sent["a"]
+    assert set(payloads(w.received["a"])) == sent["b"]
+    assert not [e for e in w.received["a"] + w.received["b"] if isinstance(e, LinkDown)]
+
+
+def test_a_changed_mapping_is_reported_by_the_next_handshake() -> None:
+    # Only a responder reports what it saw, so let A (the sender) reach the rekey by count.
+    cfg = LinkConfig(rekey_after_messages=3, reject_after_messages=100)
+    w = World(cfg, latency=0.01)
+    w.up()
+    ups = [e for e in w.received["a"] if isinstance(e, LinkUp)]
+    assert [u.observed for u in ups] == [A_EP]
+    w.a_addr = A_EP2  # A's NAT rebinds: B now sees A's datagrams from another port
+    for i in range(4):
+        w.send("a", b"from the new port %d" % i)
+    w.run_until(w.now + 0.1)
+    assert w.b.peers()[0].path == A_EP2
+    assert w.a.stats["rekey_started"] == 1
+    assert ObservedEndpoint(A_EP2, w.idb.node_id) in w.received["a"]
+    assert w.a.peers()[0].observed == A_EP2
+
+
+def test_link_config_refuses_nonsense() -> None:
+    with pytest.raises(ConfigError):
+        LinkConfig(ciphers=("rot13",))
+    with pytest.raises(ConfigError):
+        LinkConfig(rekey_after_s=10.0, reject_after_s=5.0)
+    with pytest.raises(ConfigError):
+        LinkConfig(keepalive_interval_s=0.0)

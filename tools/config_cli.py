@@ -1,0 +1,403 @@
+"""``ipop-config``: make network CAs and per-node bundles, and inspect bundles (DESIGN.md §4, §10).
+
+A network home directory (``--home``, default ``$IPOP_CONFIG_HOME`` or ``~/.config/ipop``) holds
+one folder per network::
+
+    <home>/<network>/ca.key        the CA's private key (0600; never leaves this folder)
+    <home>/<network>/ca.crt        the CA certificate (goes into every bundle)
+    <home>/<network>/network.toml  subnet, bootstrap endpoints, DNS suffix
+
+Commands::
+
+    ipop-config init NETWORK --subnet 100.64.0.0/10 --bootstrap IP:PORT [...] [--dns-suffix S]
+    ipop-config node NETWORK NAME [--hostname H] [--days N] [--out FILE] [--force]
+    ipop-config show BUNDLE [--json]
+
+Every problem with the input is reported as exactly one line on stderr,
+``ipop-config: <what is wrong> (<fix>)``, with exit code 2, and nothing is written: files are
+written to a temporary name and moved into place only after every check passed. ``show``
+exits 0 when the bundle is usable now and 1 when it is not (expired, not yet valid).
+
+This is a composition root: it alone reads the real clock (``time.time()``); ``main`` takes a
+``now`` override so tests can stand at any moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import NoReturn
+
+from ipop.bundle import (
+    DEFAULT_DNS_SUFFIX,
+    Bundle,
+    dump_bundle,
+    format_toml,
+    load_bundle,
+    parse_bootstrap,
+    parse_dns_suffix,
+    parse_subnet,
+)
+from ipop.errors import ConfigError
+from ipop.identity import (
+    NetworkCA,
+    NodeIdentity,
+    validate_hostname,
+    validate_network,
+    validate_node_name,
+)
+from ipop.timing import CA_DEFAULT_DAYS, NODE_CERT_DEFAULT_DAYS
+from ipop.types import Endpoint
+
+PROG = "ipop-config"
+NETWORK_FILE_FORMAT = 1
+# Ten years of days is the longest any certificate we sign may run; past that, rotate.
+MAX_DAYS = 36500
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem} ({fix})")
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints usage plus an error over several lines; we promise exactly one.
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, f"see '{PROG} --help'")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _default_home() -> Path:
+    env = os.environ.get("IPOP_CONFIG_HOME")
+    if env:
+        return Path(env)
+    return Path.home() / ".config" / "ipop"
+
+
+def _days(value: int, flag: str = "--days") -> int:
+    if not 1 <= value <= MAX_DAYS:
+        raise UsageError(f"{flag} {value} is out of range", f"use 1 to {MAX_DAYS} days")
+    return value
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _write_file(path: Path, data: bytes, mode: int, *, overwrite: bool) -> None:
+    """Write ``data`` to ``path`` with ``mode`` via a temporary file; never a partial file."""
+    tmp = _tmp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed or (0600 files) must not widen
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() fails if the target appeared meanwhile: no silent clobbering.
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read {what} {path}: {exc.strerror or exc}",
+            "check the path and permissions",
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSettings:
+    """What ``network.toml`` holds: what every bundle of the network shares besides the CA."""
+
+    network: str
+    subnet: IPv4Network
+    bootstrap: tuple[Endpoint, ...]
+    dns_suffix: str
+
+    def to_toml(self) -> str:
+        return format_toml(
+            [
+                ("format", NETWORK_FILE_FORMAT),
+                ("network", self.network),
+                ("subnet", str(self.subnet)),
+                ("bootstrap", [str(ep) for ep in self.bootstrap]),
+                ("dns_suffix", self.dns_suffix),
+            ],
+            header=f"ipop network {self.network!r}: settings copied into every node bundle",
+        )
+
+    @classmethod
+    def from_toml(cls, text: str, *, network: str) -> NetworkSettings:
+        table = tomllib.loads(text)
+        if table.get("network") != network:
+            raise ConfigError("network", f"network.toml is not for {network!r}", "restore it")
+        return cls(
+            network=network,
+            subnet=parse_subnet(table.get("subnet")),
+            bootstrap=parse_bootstrap(table.get("bootstrap")),
+            dns_suffix=parse_dns_suffix(table.get("dns_suffix", DEFAULT_DNS_SUFFIX)),
+        )
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, *, now: float) -> int:
+    home: Path = args.home
+    network = validate_network(args.network, key="NETWORK")
+    settings = NetworkSettings(
+        network=network,
+        subnet=parse_subnet(args.subnet, key="--subnet"),
+        bootstrap=tuple(Endpoint.parse(b, key="--bootstrap") for b in args.bootstrap),
+        dns_suffix=parse_dns_suffix(args.dns_suffix, key="--dns-suffix"),
+    )
+    days = _days(args.days)
+    target = home / network
+    if target.exists() or target.is_symlink():
+        raise UsageError(
+            f"network {network!r} already exists in {target}",
+            "choose another name, or delete that folder if you mean to start over",
+        )
+    if home.exists() and not home.is_dir():
+        raise UsageError(f"--home {home} is not a directory", "choose a directory")
+
+    ca = NetworkCA.create(network, now=now, days=days)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging = _tmp_name(target)
+    staging.mkdir(mode=0o700)
+    try:
+        _write_file(staging / "ca.key", ca.key_pem(), 0o600, overwrite=False)
+        _write_file(staging / "ca.crt", ca.cert_pem(), 0o644, overwrite=False)
+        _write_file(staging / "network.toml", settings.to_toml().encode(), 0o644, overwrite=False)
+        if target.exists():  # appeared while we worked: do not replace it
+            raise UsageError(f"network {network!r} already exists in {target}", "choose another")
+        staging.rename(target)
+    except BaseException:
+        for child in staging.glob("*"):
+            child.unlink(missing_ok=True)
+        staging.rmdir()
+        raise
+    print(f"created network {network!r} in {target}")
+    print(f"subnet {settings.subnet}, dns suffix {settings.dns_suffix!r}")
+    print(f"bootstrap {', '.join(str(ep) for ep in settings.bootstrap)}")
+    print(f"CA valid until {_iso(ca.not_after)}, fingerprint {ca.trust.fingerprint[:16]}")
+    print(f"keep {target / 'ca.key'} secret; it never goes into a bundle")
+    return 0
+
+
+def _load_network(home: Path, network: str) -> tuple[NetworkCA, NetworkSettings]:
+    folder = home / network
+    if not folder.is_dir():
+        raise UsageError(
+            f"unknown network {network!r} in {home}",
+            f"create it with '{PROG} init {network} --subnet ... --bootstrap ...' or pass --home",
+        )
+    key_pem = _read(folder / "ca.key", "CA key")
+    cert_pem = _read(folder / "ca.crt", "CA certificate")
+    settings_text = _read(folder / "network.toml", "network settings")
+    ca = NetworkCA.load(key_pem, cert_pem)
+    if ca.network != network:
+        raise UsageError(f"{folder} holds the CA of {ca.network!r}", "restore the right files")
+    try:
+        settings = NetworkSettings.from_toml(settings_text.decode("utf-8"), network=network)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{folder / 'network.toml'} is not valid TOML: {exc}", "fix it") from None
+    except ConfigError as exc:
+        raise UsageError(f"{folder / 'network.toml'}: {exc.key}: {exc.problem}", exc.fix) from None
+    return ca, settings
+
+
+def cmd_node(args: argparse.Namespace, *, now: float) -> int:
+    network = validate_network(args.network, key="NETWORK")
+    name = validate_node_name(args.name, key="NAME")
+    hostname = validate_hostname(args.hostname, key="--hostname") if args.hostname else None
+    days = _days(args.days)
+    out = Path(args.out) if args.out else Path(f"{name}.bundle.toml")
+    ca, settings = _load_network(args.home, network)
+    if now > ca.not_after:
+        raise UsageError(
+            f"the CA of network {network!r} expired at {_iso(ca.not_after)}",
+            f"create a new network with '{PROG} init' and hand out new bundles",
+        )
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory", "give --out a file name")
+    if not out.parent.is_dir():
+        raise UsageError(f"directory {out.parent} does not exist", "create it or change --out")
+    if (out.exists() or out.is_symlink()) and not args.force:
+        raise UsageError(f"{out} already exists", "pass --force to overwrite it")
+
+    identity = NodeIdentity.generate(ca, name, now=now, days=days, hostname=hostname)
+    bundle = Bundle(
+        network=network,
+        subnet=settings.subnet,
+        bootstrap=settings.bootstrap,
+        node_name=name,
+        ca_cert_pem=ca.cert_pem(),
+        node_cert_pem=identity.cert.pem(),
+        node_key_pem=identity.private_key_pem(),
+        hostname=hostname,
+        dns_suffix=settings.dns_suffix,
+    )
+    data = dump_bundle(bundle).encode("utf-8")
+    _write_file(out, data, 0o600, overwrite=args.force)
+    print(f"wrote {out}")
+    print(f"node id {identity.node_id.hex()}")
+    print(f"size {len(data)} bytes")
+    print(f"valid until {_iso(identity.cert.not_after)}")
+    if identity.cert.not_after < now + days * 86400 - 1:
+        print("note: the certificate ends with the network CA, sooner than --days asked")
+    return 0
+
+
+def describe(bundle: Bundle, *, path: str, size: int, now: float) -> dict[str, object]:
+    """The JSON document ``show --json`` prints (a contract for scripts)."""
+    problems = bundle.problems(now=now)
+    cert = bundle.node_cert
+    return {
+        "path": path,
+        "valid": not problems,
+        "problems": [f"{key}: {problem} ({fix})" for key, problem, fix in problems],
+        "network": bundle.network,
+        "subnet": str(bundle.subnet),
+        "bootstrap": [str(ep) for ep in bundle.bootstrap],
+        "dns_suffix": bundle.dns_suffix,
+        "node_name": bundle.node_name,
+        "hostname": bundle.hostname,
+        "node_id": bundle.node_id.hex(),
+        "cert_not_before": _iso(cert.not_before),
+        "cert_not_after": _iso(cert.not_after),
+        "ca_not_before": _iso(bundle.trust.not_before),
+        "ca_not_after": _iso(bundle.trust.not_after),
+        "ca_fingerprint": bundle.trust.fingerprint,
+        "size_bytes": size,
+        "format": bundle.format_version,
+    }
+
+
+def cmd_show(args: argparse.Namespace, *, now: float) -> int:
+    path = Path(args.bundle)
+    bundle = load_bundle(path)
+    size = path.stat().st_size
+    info = describe(bundle, path=str(path), size=size, now=now)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            if key == "problems":
+                continue
+            if isinstance(value, list):
+                value = ", ".join(str(v) for v in value) or "-"
+            print(f"{key:16} {value if value is not None else '-'}")
+        problems = info["problems"]
+        assert isinstance(problems, list)
+        for problem in problems:
+            print(f"problem          {problem}")
+    return 0 if info["valid"] else 1
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def _add_home(p: argparse.ArgumentParser) -> None:
+    # Subcommands accept --home too; SUPPRESS keeps an earlier top-level --home from being reset.
+    p.add_argument("--home", type=Path, default=argparse.SUPPRESS, help="as above")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Make ipop network CAs and node bundles.")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="network home (default $IPOP_CONFIG_HOME or ~/.config/ipop)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a network: CA key, CA certificate, settings")
+    p.add_argument("network", metavar="NETWORK")
+    p.add_argument("--subnet", required=True, help="virtual IPv4 network, e.g. 100.64.0.0/10")
+    p.add_argument(
+        "--bootstrap", action="append", required=True, metavar="IP:PORT", help="repeatable"
+    )
+    p.add_argument("--dns-suffix", default=DEFAULT_DNS_SUFFIX)
+    p.add_argument("--days", type=int, default=CA_DEFAULT_DAYS, help="CA lifetime")
+    _add_home(p)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("node", help="make one node's bundle")
+    p.add_argument("network", metavar="NETWORK")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--hostname", help="fixed DNS name for this node, e.g. alice-laptop")
+    p.add_argument("--days", type=int, default=NODE_CERT_DEFAULT_DAYS, help="cert lifetime")
+    p.add_argument("--out", help="bundle file (default ./NAME.bundle.toml)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing bundle")
+    _add_home(p)
+    p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser("show", help="what a bundle holds and whether it is valid now")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None, *, now: float | None = None) -> int:
+    """Run ``ipop-config``; ``now`` overrides the clock (tests)."""
+    try:
+        args = build_parser().parse_args(list(argv) if argv is not None else None)
+    except UsageError as exc:
+        return _fail(str(exc))
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    if args.home is None:
+        args.home = _default_home()
+    args.home = Path(args.home).expanduser()
+    func: Callable[..., int] = args.func
+    try:
+        return func(args, now=time.time() if now is None else now)
+    except UsageError as exc:
+        return _fail(str(exc))
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(
+            f"{exc.filename or 'file'}: {exc.strerror or exc} (check the path and permissions)"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
