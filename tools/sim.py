@@ -13,9 +13,11 @@ import json
 import random
 import sys
 import time
+import tomllib
 from typing import Any
 
 from ipop.aio.driver import Driver
+from ipop.errors import ConfigError
 from ipop.link.endpoint import HandshakeFailed, LinkEndpoint, LinkUp
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_identity, make_network
@@ -26,23 +28,35 @@ from ipop.types import Endpoint
 PORT = 5800
 
 
-async def _sessions(seed: int, per_kind: int, loss: float, deadline_s: float) -> dict[str, Any]:
+async def _sessions(
+    seed: int,
+    per_kind: int,
+    loss: float,
+    deadline_s: float,
+    topology: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
     net = Network(rng=random.Random(seed + 1), internet_loss=loss)
     ca = make_network("simnet", now=loop.time())
     drivers: list[Driver] = []
+    server_name: list[str] = []
     up: dict[str, float] = {}
     failed: dict[str, str] = {}
 
+    built = net.build(topology) if topology is not None else {}
+    servers = [h for h in built.values() if h.nat_kind == "none"]
+    if topology is not None and not servers:
+        raise ConfigError("hosts", "no public host to connect to", "add a host with no nat")
+
     def node(name: str, kind: str) -> tuple[LinkEndpoint, Driver]:
-        host = net.add_host(name, kind)
+        host = built[name] if name in built else net.add_host(name, kind)
         ep = LinkEndpoint(make_identity(ca, name, now=loop.time()), rng=random.Random(rng.random()))
 
         def on_event(ev: object) -> None:
-            if isinstance(ev, LinkUp) and name != "public":
+            if isinstance(ev, LinkUp) and name != server_name[0]:
                 up.setdefault(name, loop.time())
-            elif isinstance(ev, HandshakeFailed) and name != "public":
+            elif isinstance(ev, HandshakeFailed) and name != server_name[0]:
                 failed[name] = ev.reason
 
         holder: list[Driver] = []
@@ -52,24 +66,28 @@ async def _sessions(seed: int, per_kind: int, loss: float, deadline_s: float) ->
         drivers.append(drv)
         return ep, drv
 
-    pub_ep, _ = node("public", "none")
-    public = Endpoint(net.hosts["public"].address, PORT)
+    server = servers[0].name if servers else "public"
+    server_name.append(server)
+    pub_ep, _ = node(server, "none")
+    public = Endpoint(net.hosts[server].address, PORT)
     start = loop.time()
     clients: dict[str, str] = {}
-    for kind in NAT_KIND_NAMES:
-        for i in range(per_kind):
-            name = f"{kind}-{i}"
-            ep, drv = node(name, kind)
-            clients[name] = kind
-            ep.connect(public, now=loop.time(), expected=pub_ep.local_id)
-            drv.pump()
+    if topology is not None:
+        plan = [(h.name, h.nat_kind) for h in built.values() if h.name != server]
+    else:
+        plan = [(f"{k}-{i}", k) for k in NAT_KIND_NAMES for i in range(per_kind)]
+    for name, kind in plan:
+        ep, drv = node(name, kind)
+        clients[name] = kind
+        ep.connect(public, now=loop.time(), expected=pub_ep.local_id)
+        drv.pump()
     end = start + deadline_s
     while loop.time() < end and len(up) + len(failed) < len(clients):
         await asyncio.sleep(0.05)
     for drv in drivers:
         drv.close()
     kinds = []
-    for kind in NAT_KIND_NAMES:
+    for kind in sorted(set(clients.values()), key=NAT_KIND_NAMES.index):
         names = [n for n, k in clients.items() if k == kind]
         times = [up[n] - start for n in names if n in up]
         kinds.append(
@@ -98,12 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-kind", type=int, default=3)
     ap.add_argument("--loss", type=float, default=0.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--topology", help="TOML topology (ipop.testing.netsim.Network.build)")
     args = ap.parse_args(argv)
     if not 0.0 <= args.loss < 1.0 or args.per_kind < 1:
         print("ipop-sim: --loss must be in [0, 1) and --per-kind >= 1", file=sys.stderr)
         return 2
-    wall = time.perf_counter()
-    result = run_virtual(_sessions(args.seed, args.per_kind, args.loss, 60.0), start=SIM_EPOCH)
+    topology = None
+    try:
+        if args.topology:
+            with open(args.topology, "rb") as f:
+                topology = tomllib.load(f)
+        wall = time.perf_counter()
+        result = run_virtual(
+            _sessions(args.seed, args.per_kind, args.loss, 60.0, topology), start=SIM_EPOCH
+        )
+    except (OSError, tomllib.TOMLDecodeError, ConfigError) as exc:
+        print(f"ipop-sim: {args.topology}: {exc}", file=sys.stderr)
+        return 2
     result["wall_s"] = round(time.perf_counter() - wall, 3)
     if args.json:
         print(json.dumps(result, indent=2))

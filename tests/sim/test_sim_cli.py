@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +24,27 @@ def test_sessions_complete_behind_every_nat_kind(
 def test_bad_flag_is_one_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--loss", "1.5"]) == 2
     assert "--loss" in capsys.readouterr().err
+
+
+def test_topology_from_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    topo = tmp_path / "topo.toml"
+    topo.write_text(
+        '[nats.office]\nkind = "port-restricted-cone"\n[hosts.seed]\n'
+        '[hosts.alice]\nnat = "office"\n[hosts.bob]\nnat = "office"\n'
+        '[hosts.carol]\nkind = "symmetric"\n'
+    )
+    assert main(["--json", "--topology", str(topo)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {k["nat"]: k["sessions"] for k in out["kinds"]} == {
+        "port-restricted-cone": 2,
+        "symmetric": 1,
+    }
+
+
+def test_topology_without_public_host_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topo = tmp_path / "topo.toml"
+    topo.write_text('[hosts.alice]\nkind = "symmetric"\n')
+    assert main(["--topology", str(topo)]) == 2
+    assert "public host" in capsys.readouterr().err
