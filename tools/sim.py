@@ -40,7 +40,6 @@ async def _sessions(
     net = Network(rng=random.Random(seed + 1), internet_loss=loss)
     ca = make_network("simnet", now=loop.time())
     drivers: list[Driver] = []
-    server_name: list[str] = []
     up: dict[str, float] = {}
     failed: dict[str, str] = {}
 
@@ -48,15 +47,17 @@ async def _sessions(
     servers = [h for h in built.values() if h.nat_kind == "none"]
     if topology is not None and not servers:
         raise ConfigError("hosts", "no public host to connect to", "add a host with no nat")
+    # Everyone connects to the first public host of the topology (or to "public", made below).
+    server = servers[0].name if servers else "public"
 
     def node(name: str, kind: str) -> tuple[LinkEndpoint, Driver]:
         host = built[name] if name in built else net.add_host(name, kind)
         ep = LinkEndpoint(make_identity(ca, name, now=loop.time()), rng=random.Random(rng.random()))
 
         def on_event(ev: object) -> None:
-            if isinstance(ev, LinkUp) and name != server_name[0]:
+            if isinstance(ev, LinkUp) and name != server:
                 up.setdefault(name, loop.time())
-            elif isinstance(ev, HandshakeFailed) and name != server_name[0]:
+            elif isinstance(ev, HandshakeFailed) and name != server:
                 failed[name] = ev.reason
 
         holder: list[Driver] = []
@@ -66,8 +67,6 @@ async def _sessions(
         drivers.append(drv)
         return ep, drv
 
-    server = servers[0].name if servers else "public"
-    server_name.append(server)
     pub_ep, _ = node(server, "none")
     public = Endpoint(net.hosts[server].address, PORT)
     start = loop.time()
