@@ -91,6 +91,10 @@ OVERLAY_NEAR_PROBE_S = 60.0
 # Give up on direct attempts toward a peer after this long and fall back to a relay (near
 # links) or give up (far, shortcut): longer than HANDSHAKE_TIMEOUT_S, which fails them first.
 OVERLAY_CONNECT_TIMEOUT_S = 25.0
+# Start a relay link toward a near candidate this long after the direct attempts began, while
+# they go on: a symmetric NAT makes the direct ones fail only at HANDSHAKE_TIMEOUT_S, and the
+# ring (and traffic to that node) should not wait that long. Whichever path is up first wins.
+OVERLAY_RELAY_AFTER_S = 2.0
 # A CONNECT_TO_ME answer later than this is ignored: bounds request state; a lost one is
 # simply asked again by the policy that wanted it.
 OVERLAY_CTM_TIMEOUT_S = 10.0

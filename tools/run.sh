@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=$ROOT/.venv
 
-# Debian packages: the tests' real clients and the lab's plumbing.
-APT_PACKAGES=(python3 python3-venv openssl iproute2 iptables nftables)
+# Debian packages: the lab's plumbing and the real clients the tests and the demo use.
+APT_PACKAGES=(python3 python3-venv openssl iproute2 iptables nftables iputils-ping dnsutils
+  udhcpc isc-dhcp-client iperf3 procps)
+# Only for `run.sh bench`: the peers ipop is measured against.
+BENCH_PACKAGES=(tinc wireguard-go wireguard-tools nebula)
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
@@ -20,7 +23,7 @@ need_root() {
 
 install_apt() {
   local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
+  for p in "${APT_PACKAGES[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -69,14 +72,18 @@ shift || true
 case "$cmd" in
   demo)
     need_root; install_apt; install_venv
-    exec "$VENV/bin/ipop-sim" demo "$@"
+    exec "$VENV/bin/ipop-lab" demo "$@"
+    ;;
+  bench)
+    need_root; install_apt "${BENCH_PACKAGES[@]}"; install_venv
+    exec "$VENV/bin/ipop-lab" bench "$@"
     ;;
   test)
     need_root; install_apt; install_venv
     run_tests "$@"
     ;;
   *)
-    echo "usage: bash tools/run.sh demo|test" >&2
+    echo "usage: bash tools/run.sh demo|test|bench" >&2
     exit 2
     ;;
 esac

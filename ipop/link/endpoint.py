@@ -93,7 +93,7 @@ from ipop.link.handshake import (
     verify_resp,
 )
 from ipop.link.replay import ReplayWindow
-from ipop.types import Endpoint, NodeId, Path
+from ipop.types import Endpoint, NodeId, Path, RelayPath
 from ipop.wire.handshake import HandshakeResp
 from ipop.wire.header import (
     DATA_HEADER,
@@ -415,6 +415,93 @@ class LinkEndpoint:
         st.tx_bytes += len(data)
         return data, st.path
 
+    def seal_direct(
+        self, peer: NodeId, payload: bytes | bytearray | memoryview, *, now: float
+    ) -> tuple[bytes, Endpoint] | None:
+        """Data-plane fast path: :meth:`seal` for a peer whose up session runs on a direct
+        :class:`Endpoint`; None (nothing sealed, nothing counted) otherwise (no session, or a
+        relayed path: the caller takes the slow path, which knows how to wrap it).
+
+        ``payload`` may be any buffer (the data plane seals a slice of its read buffer). All of
+        :meth:`seal`'s bookkeeping happens: counters, ``last_tx``, the rekey trigger (whose
+        Init lands in the outbox like any other).
+        """
+        st = self._peers.get(peer)
+        if st is None or (kp := st.current) is None or not st.up:
+            return None
+        path = st.path
+        if type(path) is not Endpoint:
+            return None
+        counter = kp.send_counter
+        if counter >= kp.rekey_counter_at or now >= kp.rekey_at:
+            self._rekey_due(st, kp, now)
+        kp.send_counter = counter + 1
+        header = _HDR_PACK(TYPE_DATA, kp.remote_index, counter)
+        data = header + kp.send_aead.encrypt(nonce_for(counter), payload, header)
+        st.last_tx = now
+        st.tx_packets += 1
+        st.tx_bytes += len(data)
+        return data, path
+
+    def open_data(self, data: bytes, path: Path, *, now: float) -> tuple[NodeId, bytes] | None:
+        """Data-plane fast path: :meth:`receive_datagram` for one datagram, except that an
+        authenticated non-empty DATA payload is returned as ``(peer, payload)`` instead of
+        being queued as a :class:`LinkMessage`.
+
+        It is returned only when nothing else is queued in the event queue (before or because
+        of this datagram: key confirmation, roaming), so that the caller handles it in the same
+        order as the event would have been; otherwise the LinkMessage is queued as usual and
+        None returned. Handshakes, keepalives and every drop behave exactly as in
+        :meth:`receive_datagram` (None).
+        """
+        if not data or data[0] != TYPE_DATA or self._events:
+            self.receive_datagram(data, path, now=now)
+            return None
+        if len(data) < DATA_MIN_BYTES:
+            self.drops["malformed"] += 1
+            return None
+        _, index, counter = _HDR_UNPACK_FROM(data)
+        kp = self._keypairs.get(index)
+        if kp is None:
+            self.drops["unknown_index"] += 1
+            return None
+        if now >= kp.reject_at or counter >= self._reject_messages:
+            self.drops["expired_key"] += 1
+            return None
+        replay = kp.replay
+        newest = counter > replay.top
+        if not newest:
+            reason = replay.reject_reason(counter)
+            if reason is not None:
+                self.drops[reason] += 1
+                return None
+        try:
+            payload = kp.recv_aead.decrypt(
+                nonce_for(counter), data[DATA_HEADER_BYTES:], data[:DATA_HEADER_BYTES]
+            )
+        except InvalidTag:
+            self.drops["auth_failed"] += 1
+            return None
+        replay.accept(counter)
+        st = kp.peer
+        if kp is not st.current:
+            self._on_older_keys(st, kp, path, now)
+        st.last_rx = now
+        st.rx_packets += 1
+        st.rx_bytes += len(data)
+        if newest and path is not st.path and path != st.path:
+            self._maybe_roam(st, path)
+        if not payload:
+            return None
+        if self._events:  # LinkUp / LinkPathChanged first, then the message, as _on_data does
+            msg = _new(LinkMessage)
+            _set_msg_peer(msg, st.node_id)
+            _set_msg_payload(msg, payload)
+            _set_msg_path(msg, path)
+            self._events.append(msg)
+            return None
+        return st.node_id, payload
+
     def close(self, peer: NodeId, *, now: float) -> None:
         """Forget every key of ``peer`` and cancel our handshakes expecting it (LinkDown if up)."""
         for ini in [i for i in self._initiations.values() if i.expected == peer]:
@@ -723,7 +810,9 @@ class LinkEndpoint:
             self.stats["link_up"] += 1
             self._events.append(LinkUp(st.node_id, kp.cert, path, observed))
             return
-        if path != st.path:
+        # A relay never replaces a working direct path (a relay handshake started alongside
+        # a direct one may finish last); a direct path does replace a relay: the upgrade.
+        if path != st.path and not (isinstance(path, RelayPath) and isinstance(st.path, Endpoint)):
             st.path = path
             self._events.append(LinkPathChanged(st.node_id, path, "handshake"))
         if observed is not None and observed != st.observed:

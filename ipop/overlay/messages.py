@@ -32,6 +32,13 @@ RELAY_FORWARD (0x02), sent to the relay ``via``; RELAY_DELIVER (0x03), sent by i
     |  0x03  | origin NodeId (20)           | sealed link datagram ...  |
     +--------+------------------------------+---------------------------+
 
+RELAY_REFUSED (0x07), sent by a relay that holds no direct link to ``target`` back to the
+origin of a RELAY_FORWARD (so the origin drops its dead relayed link at once)::
+
+    +--------+------------------------------+
+    |  0x07  | target NodeId (20)           |
+    +--------+------------------------------+
+
 NEIGHBOURS (0x04): the sender's near neighbours, for ring stabilisation::
 
     +--------+--------+--------+--------------------------+
@@ -45,6 +52,14 @@ without this the peer would route into a dead link until its keepalive timeout):
     +--------+
     |  0x05  |
     +--------+
+
+DIRECT (0x06): an upper-layer payload for the peer at the other end of this link itself, with
+no routing header (the data plane over a shortcut: 2 bytes instead of ROUTED's 45; the source
+is the link's authenticated peer, so there is nothing to spoof)::
+
+    +--------+--------+---------------------------+
+    |  0x06  |  kind  | payload (rest)            |
+    +--------+--------+---------------------------+
 
 Routed payload kind 0x80 CONNECT_TO_ME (CTM; a JOIN is a CTM with purpose JOIN)::
 
@@ -70,6 +85,7 @@ Protocol flow (A joins; B bootstrap; T, U the nodes around A's address)::
     A <-NEIGHBOURS-> near links, every gossip interval and whenever the near set changes
     no direct link within the deadline (NEAR/JOIN only):  A: links.connect(RelayPath(X, T))
     A --RELAY_FORWARD(T, d)--> X --RELAY_DELIVER(A, d)--> T
+    X holds no direct link to T:  X --RELAY_REFUSED(T)--> A, which drops its link to T
 
 Parsers are strict on required fields and lax on trailing bytes (DESIGN.md §12.4), except
 where the trailing bytes are the payload itself.
@@ -92,6 +108,8 @@ TYPE_RELAY_FORWARD = 0x02
 TYPE_RELAY_DELIVER = 0x03
 TYPE_NEIGHBOURS = 0x04
 TYPE_CLOSING = 0x05
+TYPE_DIRECT = 0x06
+TYPE_RELAY_REFUSED = 0x07
 
 # --- routed header --------------------------------------------------------------------------
 FLAG_EXACT = 0x01
@@ -296,7 +314,27 @@ class Closing:
         return cls()
 
 
-OverlayMessage = Routed | RelayForward | RelayDeliver | Neighbours | Closing
+@dataclass(frozen=True, slots=True)
+class RelayRefused:
+    """Type 0x07: the relay cannot pass datagrams to ``target`` (it holds no direct link to it).
+
+    Why: without it the origin's relayed link to ``target`` would swallow everything sent over
+    it until the link layer noticed the silence (``link_timeout_s``); with it the origin drops
+    the link at once and links again (directly, or through another relay).
+    """
+
+    target: NodeId
+
+    def encode(self) -> bytes:
+        return bytes([TYPE_RELAY_REFUSED]) + self.target.to_bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> RelayRefused:
+        _need(data, 1 + ID_BYTES, "relay refused")
+        return cls(_node_id(data, 1))
+
+
+OverlayMessage = Routed | RelayForward | RelayDeliver | Neighbours | Closing | RelayRefused
 
 _DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
     TYPE_ROUTED: Routed.decode,
@@ -304,6 +342,7 @@ _DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
     TYPE_RELAY_DELIVER: RelayDeliver.decode,
     TYPE_NEIGHBOURS: Neighbours.decode,
     TYPE_CLOSING: Closing.decode,
+    TYPE_RELAY_REFUSED: RelayRefused.decode,
 }
 
 

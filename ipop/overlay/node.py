@@ -68,6 +68,7 @@ from ipop.overlay.messages import (
     MAX_ENDPOINTS,
     MAX_NEIGHBOURS,
     MAX_TTL,
+    TYPE_DIRECT,
     UPPER_KIND_MAX,
     Closing,
     ConnectToMe,
@@ -76,6 +77,7 @@ from ipop.overlay.messages import (
     Purpose,
     RelayDeliver,
     RelayForward,
+    RelayRefused,
     Routed,
     decode_message,
 )
@@ -92,8 +94,8 @@ from ipop.overlay.policies import (
 from ipop.overlay.relay import forward_refusal, relay_candidates
 from ipop.overlay.ring import (
     estimate_size,
-    next_hop,
-    ring_neighbours,
+    next_hop_sorted,
+    ring_neighbours_sorted,
     sample_far_target,
 )
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
@@ -120,6 +122,7 @@ DEFAULT_TTL = 64
 _OBSERVED_KEEP = 3
 _NEIGHBOUR_SAMPLE = 32
 _INF = float("inf")
+_DIRECT_TAG = bytes((TYPE_DIRECT,))
 
 
 class Links(Protocol):
@@ -149,6 +152,7 @@ class OverlayConfig:
     near_retry_s: float = timing.OVERLAY_NEAR_RETRY_S
     near_probe_s: float = timing.OVERLAY_NEAR_PROBE_S
     connect_timeout_s: float = timing.OVERLAY_CONNECT_TIMEOUT_S
+    relay_after_s: float = timing.OVERLAY_RELAY_AFTER_S
     ctm_timeout_s: float = timing.OVERLAY_CTM_TIMEOUT_S
     leaf_hold_s: float = timing.OVERLAY_LEAF_HOLD_S
     trim_grace_s: float = timing.OVERLAY_TRIM_GRACE_S
@@ -167,6 +171,7 @@ class OverlayConfig:
             "near_retry_s",
             "near_probe_s",
             "connect_timeout_s",
+            "relay_after_s",
             "ctm_timeout_s",
             "leaf_hold_s",
             "trim_grace_s",
@@ -285,6 +290,7 @@ class _Pending:
     candidates: list[NodeId]
     paths_left: set[Path] = field(default_factory=set)
     relaying: bool = False
+    relay_at: float = _INF
 
 
 @dataclass(slots=True)
@@ -361,6 +367,7 @@ class OverlayNode:
             RelayDeliver: self._on_relay_deliver,  # type: ignore[dict-item]
             Neighbours: self._on_neighbours,  # type: ignore[dict-item]
             Closing: self._on_closing,  # type: ignore[dict-item]
+            RelayRefused: self._on_relay_refused,  # type: ignore[dict-item]
         }
         self._control_handlers: dict[int, Callable[[Routed, float], None]] = {
             KIND_CTM: self._on_ctm,
@@ -409,6 +416,18 @@ class OverlayNode:
         msg = Routed(flags, 0, ttl, payload_kind, self.local_id, dst, None, payload)
         return self._route(msg, received=False, now=now)
 
+    def send_direct(self, peer: NodeId, payload_kind: int, payload: bytes, *, now: float) -> bool:
+        """Send ``payload`` to the linked ``peer`` itself with no routing header (DIRECT).
+
+        False (nothing sent, nothing counted) when no link to ``peer`` is up: the caller routes
+        instead. The receiver emits :class:`Delivered` with ``hops == 0``.
+        """
+        if not 1 <= payload_kind <= UPPER_KIND_MAX:
+            raise LocalProtocolError(f"payload kind {payload_kind} not in 1..{UPPER_KIND_MAX}")
+        if peer not in self._table:
+            return False
+        return self._send(peer, bytes((TYPE_DIRECT, payload_kind)) + payload, now)
+
     def wrap_relay(self, datagram: bytes, path: RelayPath, *, now: float) -> None:
         """Carry one of our link layer's datagrams for a relayed link to its relay node."""
         if not isinstance(path, RelayPath):
@@ -417,7 +436,8 @@ class OverlayNode:
         if row is None or not row.direct:
             self.drops["relay_via_down"] += 1
             return
-        self._send(path.via, RelayForward(path.peer, datagram).encode(), now)
+        if self._send(path.via, RelayForward(path.peer, datagram).encode(), now):
+            self._hold_relay(row, now)
 
     def request_shortcut(self, peer: NodeId, *, now: float) -> None:
         """Ask for a direct SHORTCUT link to ``peer`` (for traffic we exchange with it)."""
@@ -545,6 +565,13 @@ class OverlayNode:
         if ev.peer not in self._table:
             self.drops["unknown_peer"] += 1
             return
+        data = ev.payload
+        if data[:1] == _DIRECT_TAG:  # the data plane's common case: no dataclass decode
+            if len(data) < 2 or not 1 <= data[1] <= UPPER_KIND_MAX:
+                self.drops["direct_bad_kind"] += 1
+                return
+            self._events.append(Delivered(ev.peer, self.local_id, data[1], data[2:], 0, True))
+            return
         try:
             msg = decode_message(ev.payload)
             self._message_handlers[type(msg)](msg, ev.peer, now)
@@ -566,6 +593,10 @@ class OverlayNode:
         refusal = forward_refusal(self._table, self.local_id, peer, msg.target)
         if refusal is not None:
             self.drops[refusal] += 1
+            if refusal in ("relay_no_link", "relay_target_not_direct"):
+                # Tell the origin, or its relayed link to ``target`` stays up (keyed, silent)
+                # and swallows its traffic until the link layer times it out.
+                self._send(peer, RelayRefused(msg.target).encode(), now)
             return
         if self._send(msg.target, RelayDeliver(peer, msg.data).encode(), now):
             self.stats["relayed"] += 1
@@ -580,12 +611,49 @@ class OverlayNode:
         if msg.origin in (self.local_id, peer) or row is None or not row.direct:
             self.drops["relay_bad_deliver"] += 1
             return
+        self._hold_relay(row, now)
         self._events.append(RelayDatagram(msg.data, RelayPath(via=peer, peer=msg.origin)))
 
     def _on_neighbours(self, msg: Neighbours, peer: NodeId, now: float) -> None:
         self._consider_near(msg.ids, peer, now)
         if msg.reply_wanted:
             self._send(peer, self._neighbours_message(reply_wanted=False), now)
+
+    def _hold_relay(self, row: Connection, now: float) -> None:
+        """Keep our link to a relay node while a relayed link of ours runs through it.
+
+        Why: the relay holds both its links as RELAY, but without this our end of it has no
+        reason of its own (the relay is rarely our near or far peer), so the trim policy would
+        close it after the grace period and take the relayed link (often a near one) with it.
+        The relayed link's own keepalives keep ``last_relay`` fresh.
+        """
+        row.last_relay = now
+        if ConnectionKind.RELAY not in row.kinds:
+            self._add_kind(row.peer, ConnectionKind.RELAY, now)
+
+    def _on_relay_refused(self, msg: RelayRefused, peer: NodeId, now: float) -> None:
+        path = RelayPath(via=peer, peer=msg.target)
+        pend = self._pending.get(msg.target)
+        if pend is not None and path in pend.paths_left:
+            # A relay attempt through a node that cannot reach the target: the next candidate
+            # now, instead of after the handshake timeout.
+            self.stats["relay_attempt_refused"] += 1
+            pend.paths_left.discard(path)
+            self._path_owner.pop(path, None)
+            if not any(isinstance(p, RelayPath) for p in pend.paths_left):
+                self._start_relay(pend, now)
+            if not pend.paths_left and msg.target in self._pending:
+                self._direct_failed(pend, now)
+            return
+        row = self._table.get(msg.target)
+        if row is None or row.path != path:
+            self.drops["relay_refused_stale"] += 1
+            return
+        # Our link to ``target`` runs through ``peer``, which can no longer reach it: the link
+        # is dead. Drop it now; the tick repairs (a near peer is asked for again).
+        self.stats["relay_refused"] += 1
+        self._forget(msg.target, now)
+        self._links.close(msg.target, now=now)
 
     def _on_closing(self, msg: Closing, peer: NodeId, now: float) -> None:
         if self._forget(peer, now):
@@ -603,8 +671,14 @@ class OverlayNode:
             target, exact = msg.dst, msg.exact
             if msg.flags & FLAG_EXCLUDE_SRC:
                 exclude = msg.src
-        hop = next_hop(self.local_id, target, self._table.peers(), exact=exact, exclude=exclude)
+        hop = self._next_hop(target, exact=exact, exclude=exclude)
         hops_so_far = msg.hops + 1 if received else 0
+        if hop is None and exact and target != self.local_id:
+            # A local minimum for an exact destination: the ring around ``target`` is still
+            # forming (a near link being set up, a relay link not up yet). A near peer that
+            # told us it holds a link to ``target`` can take it the last hop; the TTL bounds
+            # any detour this makes.
+            hop = self._informer_of(target, now)
         if hop is None:
             if (
                 msg.via is not None
@@ -619,6 +693,19 @@ class OverlayNode:
             self.drops["ttl_expired"] += 1
             return False
         return self._send(hop, replace(msg, hops=hops_so_far).encode(), now)
+
+    def _next_hop(
+        self, target: NodeId, *, exact: bool, exclude: NodeId | None = None
+    ) -> NodeId | None:
+        v = next_hop_sorted(self.local_id, target, self._table.ring(), exact=exact, exclude=exclude)
+        return None if v is None else self._table.peer_of(v)
+
+    def _informer_of(self, target: NodeId, now: float) -> NodeId | None:
+        news = self._seen.get(target)
+        if news is None or news[1] < now or news[0] not in self._table:
+            return None
+        self.stats["routed_via_informer"] += 1
+        return news[0]
 
     def _deliver(self, msg: Routed, hops: int, now: float) -> None:
         if msg.kind <= UPPER_KIND_MAX:
@@ -647,14 +734,13 @@ class OverlayNode:
         neighbours, and greedy routing from us toward it stops at once (nobody we hold is
         closer to it than we are). The node that told us about it holds a link to it.
         """
-        peers = self._table.peers()
         if via == self.local_id or via == target:
             via = None
         if via is not None:
-            hop = next_hop(self.local_id, via, peers, exact=True)
+            hop = self._next_hop(via, exact=True)
         else:
             exclude = None if exact else self.local_id
-            hop = next_hop(self.local_id, target, peers, exact=exact, exclude=exclude)
+            hop = self._next_hop(target, exact=exact, exclude=exclude)
         if hop is None:
             self.stats["ctm_no_route"] += 1
             return False
@@ -777,6 +863,7 @@ class OverlayNode:
                 relay_allowed,
                 list(candidates),
             )
+            pend.relay_at = now + self.config.relay_after_s
             self._pending[peer] = pend
         for ep in eps:
             pend.paths_left.add(ep)
@@ -806,12 +893,37 @@ class OverlayNode:
             return
         self._give_up(pend, now)
 
+    def _start_relay(self, pend: _Pending, now: float) -> None:
+        while pend.candidates:
+            via = pend.candidates.pop(0)
+            row = self._table.get(via)
+            if row is None or not row.direct or via == pend.peer:
+                continue
+            path = RelayPath(via=via, peer=pend.peer)
+            pend.relaying = True
+            pend.paths_left.add(path)
+            pend.deadline = now + self.config.connect_timeout_s
+            self._path_owner[path] = pend.peer
+            self.stats["relay_attempts_early"] += 1
+            self._links.connect(path, now=now, expected=pend.peer)
+            return
+        pend.relay_at = _INF  # nobody to relay through (yet): the deadline path decides
+
     def _give_up(self, pend: _Pending, now: float) -> None:
         self._pending.pop(pend.peer, None)
         for p in pend.paths_left:
             self._path_owner.pop(p, None)
-        self._backoff[pend.peer] = now + self.config.failed_backoff_s
         self.stats["connect_failed"] += 1
+        if not pend.relay_allowed:
+            # A far link, a shortcut or our connect-back for someone's CTM: direct only, so a
+            # failure says nothing about whether the peer can be a (relayed) near link, which
+            # is all the backoff below gates.
+            return
+        # A relay was tried too: the peer is out of reach for now. A near peer that only
+        # lacked a relay candidate is asked again soon (the ring cannot close without it, and
+        # common neighbours to relay through appear as the ring forms).
+        wait = self.config.failed_backoff_s if pend.relaying else self.config.near_retry_s
+        self._backoff[pend.peer] = now + wait
 
     def _connect_bootstrap(self, now: float) -> None:
         own = set(self.endpoints())
@@ -849,12 +961,22 @@ class OverlayNode:
         for c in [c for c, (_, t) in self._seen.items() if t <= now or c in self._backoff]:
             del self._seen[c]
         known = set(self._table.peers()) | set(self._pending)
-        wanted = ring_neighbours(self.local_id, known | set(self._seen), self.config.near_per_side)
-        for c in sorted(wanted - known, key=lambda c: (ring_distance(self.local_id, c), c)):
+        pool = {c.value: c for c in (*known, *self._seen) if c != self.local_id}
+        wanted = {
+            pool[v]
+            for v in ring_neighbours_sorted(self.local_id, sorted(pool), self.config.near_per_side)
+        }
+        # A pending attempt that may not fall back to a relay (a far link, a connect-back)
+        # fails for good between NATs that cannot punch: ask as a near peer too, whose answer
+        # lets the attempt use a relay.
+        settled = set(self._table.peers()) | {
+            p for p, pend in self._pending.items() if pend.relay_allowed
+        }
+        for c in sorted(wanted - settled, key=lambda c: (ring_distance(self.local_id, c), c)):
             if self._asked.get(c, -_INF) > now:
                 continue
-            informer = self._seen[c][0]
-            via = informer if informer in self._table else None
+            news = self._seen.get(c)
+            via = news[0] if news is not None and news[0] in self._table else None
             if self._send_ctm(c, Purpose.NEAR, exact=True, now=now, via=via):
                 self._asked[c] = now + self.config.ctm_timeout_s
 
@@ -870,7 +992,11 @@ class OverlayNode:
         return any(r.purpose is Purpose.JOIN and r.expires > now for r in self._requests.values())
 
     def _refresh_near(self, now: float) -> None:
-        near = ring_neighbours(self.local_id, self._table.peers(), self.config.near_per_side)
+        table = self._table
+        near = frozenset(
+            table.peer_of(v)
+            for v in ring_neighbours_sorted(self.local_id, table.ring(), self.config.near_per_side)
+        )
         if near == self._near:
             return
         gained, lost = self._table.set_near(near, now=now)
@@ -909,13 +1035,21 @@ class OverlayNode:
             if req.purpose is Purpose.NEAR:
                 # Unanswered: dead, or unreachable through what we know. Stop counting it as
                 # a neighbour (it would hide a live one) and do not ask again for a while.
-                self._backoff[req.target] = now + cfg.failed_backoff_s
+                # Not for long, though: one lost datagram on a multi-hop path does this too.
+                self._backoff[req.target] = now + cfg.near_retry_s
                 self.stats["ctm_unanswered"] += 1
         for until in (self._asked, self._backoff):
             for peer in [peer for peer, t in until.items() if t <= now]:
                 del until[peer]
         for ep in [e for e, t in self._bootstrap_pending.items() if t <= now]:
             del self._bootstrap_pending[ep]
+        for pend in [
+            p
+            for p in self._pending.values()
+            if p.relay_allowed and not p.relaying and p.relay_at <= now and p.deadline > now
+        ]:
+            # Direct attempts still running: add a relay path alongside (see timing).
+            self._start_relay(pend, now)
         for pend in [p for p in self._pending.values() if p.deadline <= now]:
             for path in pend.paths_left:
                 self._path_owner.pop(path, None)

@@ -11,9 +11,10 @@ the whole ring and greedy routing strictly decreases the key at every hop: it ca
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ipop.types import RING, NodeId, clockwise, ring_distance
 
@@ -24,8 +25,10 @@ __all__ = [
     "estimate_size",
     "far_target_count",
     "next_hop",
+    "next_hop_sorted",
     "ring_distance",
     "ring_neighbours",
+    "ring_neighbours_sorted",
     "route_key",
     "sample_far_target",
 ]
@@ -71,6 +74,73 @@ def next_hop(
         if best_key is None or k < best_key:
             best, best_key = n, k
     return best
+
+
+def next_hop_sorted(
+    local: NodeId,
+    dst: NodeId,
+    ring: Sequence[int],
+    *,
+    exact: bool,
+    exclude: NodeId | None = None,
+) -> int | None:
+    """:func:`next_hop` over ``ring``, the neighbours' id values sorted ascending (O(log n)).
+
+    Returns the chosen neighbour's value. Why it is enough to look at the two neighbours that
+    bracket ``dst`` in ring order: the node nearest ``dst`` on the ring is its nearest
+    successor or its nearest predecessor, and :func:`route_key` breaks the tie between the
+    two. ``local`` and ``exclude`` are skipped, so at most two more entries per side are read.
+    Returns exactly what :func:`next_hop` returns for the same set (tested against it).
+    """
+    n = len(ring)
+    if not n:
+        return None
+    lv = local.value
+    xv = -1 if exclude is None else exclude.value
+    d = dst.value
+    i = bisect.bisect_left(ring, d)
+    best: int | None = None
+    best_key: tuple[int, int] | None = None
+    if lv != xv:
+        best_key = route_key(local, dst)
+    # Successor side: the first entries at or after ``dst`` (wrapping), skipping local/exclude.
+    for k in range(min(n, 3)):
+        v = ring[(i + k) % n]
+        if v in (lv, xv):
+            continue
+        if exact and v == d:
+            return v
+        key = _key(v, d)
+        if best_key is None or key < best_key:
+            best, best_key = v, key
+        break
+    # Predecessor side: the last entries before ``dst`` (wrapping).
+    for k in range(1, min(n, 3) + 1):
+        v = ring[(i - k) % n]
+        if v in (lv, xv):
+            continue
+        key = _key(v, d)
+        if best_key is None or key < best_key:
+            best, best_key = v, key
+        break
+    return best
+
+
+def _key(v: int, d: int) -> tuple[int, int]:
+    """:func:`route_key` on raw values."""
+    cw = (v - d) % RING
+    return min(cw, RING - cw), cw
+
+
+def ring_neighbours_sorted(local: NodeId, ring: Sequence[int], per_side: int) -> list[int]:
+    """:func:`ring_neighbours` over ``ring`` (sorted id values, ``local`` absent): values."""
+    n = len(ring)
+    if n <= 2 * per_side:
+        return list(ring)
+    i = bisect.bisect_right(ring, local.value)
+    out = {ring[(i + k) % n] for k in range(per_side)}
+    out.update(ring[(i - 1 - k) % n] for k in range(per_side))
+    return list(out)
 
 
 def ring_neighbours(local: NodeId, peers: Iterable[NodeId], per_side: int) -> frozenset[NodeId]:

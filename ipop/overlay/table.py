@@ -19,6 +19,7 @@ period. Invariant: ``idle_since is None`` iff ``kinds`` is non-empty.
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,6 +60,10 @@ class ConnectionTable:
 
     def __init__(self) -> None:
         self._rows: dict[NodeId, Connection] = {}
+        # Peer id values in ascending order, kept in step with ``_rows``: routing and the near
+        # set bisect into it instead of scoring every peer on every message (the hot path).
+        self._ring: list[int] = []
+        self._by_value: dict[int, NodeId] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -75,6 +80,13 @@ class ConnectionTable:
     def peers(self) -> list[NodeId]:
         return list(self._rows)
 
+    def ring(self) -> list[int]:
+        """Peer id values, ascending (do not modify)."""
+        return self._ring
+
+    def peer_of(self, value: int) -> NodeId:
+        return self._by_value[value]
+
     def direct_peers(self) -> list[NodeId]:
         return [p for p, c in self._rows.items() if c.direct]
 
@@ -88,10 +100,16 @@ class ConnectionTable:
             return row
         row = Connection(peer, path, now, idle_since=now)
         self._rows[peer] = row
+        bisect.insort(self._ring, peer.value)
+        self._by_value[peer.value] = peer
         return row
 
     def remove(self, peer: NodeId) -> Connection | None:
-        return self._rows.pop(peer, None)
+        row = self._rows.pop(peer, None)
+        if row is not None:
+            del self._ring[bisect.bisect_left(self._ring, peer.value)]
+            del self._by_value[peer.value]
+        return row
 
     def add_kind(self, peer: NodeId, kind: ConnectionKind, *, now: float) -> bool:
         """Give ``peer`` a kind; True if it is new."""

@@ -1,0 +1,393 @@
+"""The virtual gateway's services on one TAP: ARP, DHCP and DNS, behind one frame entry point.
+
+:class:`TapServices` is sans-IO. The daemon's TAP read path offers it every frame the kernel
+writes; :meth:`TapServices.handle_frame` returns True when the frame was for the gateway's
+services (ARP for a subnet address, DHCP to port 67, DNS to the gateway on port 53) and the
+daemon must not route it. It costs three ``unpack_from`` calls for ordinary traffic:
+ethertype, protocol, destination address. Replies wait in :meth:`frames_to_send`.
+
+DNS needs I/O in two cases: a hostname lookup (the DHT) and a query forwarded upstream. Both
+are handed out as work items (:meth:`lookups`, :meth:`forwards`) with a token and finished
+with :meth:`complete_lookup` / :meth:`complete_forward`, which queue the reply frame. Every
+reply goes back to the querier's MAC, IP and port, from :data:`VIRTUAL_MAC`, the gateway IP
+and port 53.
+
+:class:`TapServicesRunner` is the thin asyncio adapter: it feeds frames, writes replies, and
+runs lookups and forwards in tasks it tracks (bounded, with timeouts) and cancels in
+:meth:`TapServicesRunner.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from dhcp_dns.dhcp import SERVER_PORT as DHCP_SERVER_PORT
+from dhcp_dns.dhcp import DhcpEvent, DhcpServer
+from dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup
+from ipop.errors import LocalProtocolError
+from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder, arp_target
+from ipop.vnet.packet import (
+    ETH_HLEN,
+    ETH_P_ARP,
+    ETH_P_IP,
+    IPPROTO_UDP,
+    IPV4_BROADCAST,
+    PacketError,
+    UdpFrame,
+    build_udp_frame,
+    parse_mac,
+    parse_udp_frame,
+)
+
+__all__ = [
+    "DNS_PORT",
+    "ForwardWanted",
+    "LookupWanted",
+    "TapServices",
+    "TapServicesRunner",
+]
+
+DNS_PORT = 53
+_ETHERTYPE = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+@dataclass(frozen=True, slots=True)
+class LookupWanted:
+    """Resolve hostname ``name`` and call ``complete_lookup(token, ip)``."""
+
+    token: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardWanted:
+    """Send ``query`` to the upstream resolver and call ``complete_forward(token, reply)``."""
+
+    token: int
+    query: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Client:
+    """Where a DNS reply goes: the querier's addresses, as seen in its query."""
+
+    mac: bytes
+    ip: int
+    port: int
+
+
+class TapServices:
+    """ARP, DHCP and DNS of the virtual gateway for one TAP (or, in router mode, one LAN).
+
+    Any of ``arp``, ``dhcp`` and ``dns`` may be None (that service is off). ``gateway_ip`` is
+    where DNS queries must be sent and the source of DNS replies.
+    """
+
+    def __init__(
+        self,
+        *,
+        gateway_ip: IPv4Address,
+        subnet: IPv4Network,
+        arp: ArpResponder | None,
+        dhcp: DhcpServer | None,
+        dns: DnsResolver | None,
+        mac: bytes | str = VIRTUAL_MAC,
+    ) -> None:
+        if gateway_ip not in subnet:
+            raise LocalProtocolError(f"gateway {gateway_ip} is not in {subnet}")
+        self.gateway_ip = gateway_ip
+        self.subnet = subnet
+        self.arp = arp
+        self.dhcp = dhcp
+        self.dns = dns
+        self.mac = parse_mac(mac)
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.tap_mac: bytes | None = None
+        self._gw = int(gateway_ip)
+        self._net = int(subnet.network_address)
+        self._mask = int(subnet.netmask)
+        self._out: list[bytes] = []
+        self._lookups: list[LookupWanted] = []
+        self._forwards: list[ForwardWanted] = []
+        self._clients: dict[int, _Client] = {}  # lookup token -> querier
+        self._fwd_clients: dict[int, tuple[_Client, int]] = {}  # forward token -> querier, id
+        self._fwd_tokens = itertools.count(1)
+
+    @classmethod
+    def for_node(
+        cls,
+        subnet: IPv4Network,
+        own_ip: IPv4Address | None,
+        *,
+        suffix: str = "ipop",
+        mtu: int | None = None,
+        lease_s: int = 3600,
+        upstream: bool = False,
+        mac: bytes | str = VIRTUAL_MAC,
+    ) -> TapServices:
+        """The usual set for a node's TAP: the gateway is the subnet's first host address."""
+        gateway = subnet.network_address + 1
+        return cls(
+            gateway_ip=gateway,
+            subnet=subnet,
+            arp=ArpResponder(own_ip, subnet, mac),
+            dhcp=DhcpServer(
+                gateway,
+                subnet,
+                dns_ip=gateway,
+                domain=suffix,
+                mtu=mtu,
+                lease_s=lease_s,
+                server_mac=mac,
+            ),
+            dns=DnsResolver(subnet, suffix=suffix, upstream=upstream),
+            mac=mac,
+        )
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def handle_frame(self, frame: bytes | bytearray | memoryview, *, now: float) -> bool:
+        """Consume ``frame`` if it is for the gateway's services (True); else leave it (False)."""
+        if len(frame) < ETH_HLEN + 20:
+            return False
+        ethertype = _ETHERTYPE.unpack_from(frame, 12)[0]
+        if ethertype == ETH_P_IP:
+            if frame[ETH_HLEN + 9] != IPPROTO_UDP:
+                return False
+            dst = _U32.unpack_from(frame, ETH_HLEN + 16)[0]
+            if dst != self._gw and dst != IPV4_BROADCAST:
+                return False
+            return self._udp(frame, now)
+        if ethertype == ETH_P_ARP:
+            tpa = arp_target(frame)
+            if tpa is None or tpa & self._mask != self._net:
+                return False
+            self.tap_mac = bytes(frame[6:12])
+            if self.arp is not None:
+                reply = self.arp.reply(frame)
+                if reply is not None:
+                    self._out.append(reply)
+            return True
+        return False
+
+    def _udp(self, frame: bytes | bytearray | memoryview, now: float) -> bool:
+        try:
+            uf = parse_udp_frame(frame)
+        except PacketError as exc:
+            # UDP to the gateway or broadcast that does not parse: ours to drop, not to route.
+            self.drops[exc.reason] += 1
+            return True
+        port = uf.udp.dst_port
+        if port == DHCP_SERVER_PORT:
+            if self.dhcp is None:
+                return False
+            self.tap_mac = uf.eth.src
+            self._out.extend(self.dhcp.handle_frame(frame, now=now))
+            return True
+        if port == DNS_PORT and uf.ip.dst == self._gw:
+            if self.dns is None:
+                return False
+            self.tap_mac = uf.eth.src
+            self._dns(uf, now)
+            return True
+        return False
+
+    def _dns(self, uf: UdpFrame, now: float) -> None:
+        assert self.dns is not None
+        client = _Client(uf.eth.src, uf.ip.src, uf.udp.src_port)
+        outcome = self.dns.handle_query(uf.payload, now=now)
+        if outcome is None:
+            return
+        if isinstance(outcome, DnsAnswer):
+            self._reply(client, outcome.data)
+        elif isinstance(outcome, NeedsLookup):
+            self._clients[outcome.token] = client
+            self._lookups.append(LookupWanted(outcome.token, outcome.name))
+        elif isinstance(outcome, Forward):
+            token = next(self._fwd_tokens)
+            query_id = int.from_bytes(outcome.data[:2], "big")
+            self._fwd_clients[token] = (client, query_id)
+            self._forwards.append(ForwardWanted(token, outcome.data))
+
+    def _reply(self, client: _Client, data: bytes) -> None:
+        self._out.append(
+            build_udp_frame(
+                dst_mac=client.mac,
+                src_mac=self.mac,
+                src_ip=self._gw,
+                dst_ip=client.ip,
+                src_port=DNS_PORT,
+                dst_port=client.port,
+                payload=data,
+            )
+        )
+
+    # -- completions ---------------------------------------------------------------------------
+
+    def complete_lookup(self, token: int, ip: IPv4Address | None) -> None:
+        """Finish a hostname lookup (``ip`` None: no such name); queues the reply frame."""
+        client = self._clients.pop(token, None)
+        if client is None or self.dns is None:
+            raise LocalProtocolError(f"no pending lookup {token}")
+        self._reply(client, self.dns.complete(token, ip))
+
+    def fail_lookup(self, token: int) -> None:
+        """The lookup errored or timed out: SERVFAIL."""
+        client = self._clients.pop(token, None)
+        if client is None or self.dns is None:
+            raise LocalProtocolError(f"no pending lookup {token}")
+        self._reply(client, self.dns.fail(token))
+
+    def complete_forward(self, token: int, reply: bytes | None) -> None:
+        """Relay the upstream's ``reply`` (None: no answer, the client will retry)."""
+        entry = self._fwd_clients.pop(token, None)
+        if entry is None:
+            raise LocalProtocolError(f"no pending forward {token}")
+        client, query_id = entry
+        if reply is None:
+            return
+        if len(reply) < 12 or int.from_bytes(reply[:2], "big") != query_id or not reply[2] & 0x80:
+            self.drops["dns_upstream_garbage"] += 1
+            return
+        self._reply(client, reply)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def frames_to_send(self) -> list[bytes]:
+        """Reply frames to write into the TAP, oldest first (drains the queue)."""
+        out, self._out = self._out, []
+        return out
+
+    def lookups(self) -> list[LookupWanted]:
+        out, self._lookups = self._lookups, []
+        return out
+
+    def forwards(self) -> list[ForwardWanted]:
+        out, self._forwards = self._forwards, []
+        return out
+
+    def next_event(self) -> DhcpEvent | None:
+        """DHCP's facts for the daemon (AddressWanted, LeaseGranted, ...)."""
+        return self.dhcp.next_event() if self.dhcp is not None else None
+
+
+class TapServicesRunner:
+    """Drives :class:`TapServices` from asyncio: writes replies, runs lookups and forwards.
+
+    ``write_frame`` writes one frame into the TAP; ``lookup`` resolves a hostname (None if
+    unknown); ``upstream`` is the resolver queries outside the suffix go to. ``on_event``
+    receives DHCP events after each frame. At most ``max_tasks`` lookups and forwards run at
+    once; beyond that a lookup gets SERVFAIL and a forward is dropped.
+    """
+
+    def __init__(
+        self,
+        services: TapServices,
+        write_frame: Callable[[bytes], None],
+        lookup: Callable[[str], Awaitable[IPv4Address | None]],
+        upstream: tuple[str, int] | None,
+        *,
+        on_event: Callable[[DhcpEvent], None] | None = None,
+        lookup_timeout_s: float = 3.0,
+        forward_timeout_s: float = 3.0,
+        max_tasks: int = 256,
+    ) -> None:
+        self.services = services
+        self._write = write_frame
+        self._lookup = lookup
+        self._upstream = upstream
+        self._on_event = on_event
+        self.lookup_timeout_s = lookup_timeout_s
+        self.forward_timeout_s = forward_timeout_s
+        self.max_tasks = max_tasks
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def feed(self, frame: bytes | bytearray | memoryview, *, now: float) -> bool:
+        """Offer one TAP frame; True if it was the services' (the caller must not route it)."""
+        if self._closed:
+            raise LocalProtocolError("TapServicesRunner is closed")
+        ours = self.services.handle_frame(frame, now=now)
+        if ours:
+            self._pump()
+        return ours
+
+    def _pump(self) -> None:
+        s = self.services
+        for item in s.lookups():
+            if len(self._tasks) >= self.max_tasks:
+                s.drops["dns_too_many_tasks"] += 1
+                s.fail_lookup(item.token)
+            else:
+                self._spawn(self._run_lookup(item))
+        for fwd in s.forwards():
+            if self._upstream is None or len(self._tasks) >= self.max_tasks:
+                s.drops["dns_forward_refused"] += 1
+                s.complete_forward(fwd.token, None)
+            else:
+                self._spawn(self._run_forward(fwd, self._upstream))
+        for frame in s.frames_to_send():
+            self._write(frame)
+        if self._on_event is not None:
+            while (ev := s.next_event()) is not None:
+                self._on_event(ev)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_lookup(self, item: LookupWanted) -> None:
+        try:
+            ip = await asyncio.wait_for(self._lookup(item.name), self.lookup_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the lookup failed or timed out: the client hears SERVFAIL
+            self.services.drops["dns_lookup_failed"] += 1
+            self.services.fail_lookup(item.token)
+        else:
+            self.services.complete_lookup(item.token, ip)
+        self._pump()
+
+    async def _run_forward(self, fwd: ForwardWanted, upstream: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[bytes] = loop.create_future()
+
+        class _Proto(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+                if not reply.done():
+                    reply.set_result(data)
+
+        transport: asyncio.DatagramTransport | None = None
+        data: bytes | None = None
+        try:
+            transport, _ = await loop.create_datagram_endpoint(_Proto, remote_addr=upstream)
+            transport.sendto(fwd.query)
+            data = await asyncio.wait_for(reply, self.forward_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError):
+            self.services.drops["dns_forward_failed"] += 1
+        finally:
+            if transport is not None:
+                transport.close()
+        self.services.complete_forward(fwd.token, data)
+        self._pump()
+
+    async def close(self) -> None:
+        """Cancel every lookup and forward still running and wait for them to end."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t

@@ -1,0 +1,521 @@
+"""ipopd's body: one node on a real UDP socket and a real TAP, with its DHT lease and names.
+
+Start-up, in order (each step logs one structured line):
+
+1. open the UDP socket and the TAP (MTU from the config, else :data:`DEFAULT_TAP_MTU`);
+2. build the :class:`ipop.aio.node.Node` and join through the bundle's bootstrap list (our own
+   endpoints are taken out of it: a bootstrap node's bundle names itself);
+3. once the DHT has joined, claim a virtual IP (the one in the state directory first, so a
+   restart keeps its address), renew it on a lease, register our hostname, and configure the
+   TAP (static addressing) or hand the address to the DHCP server (``addressing = "dhcp"``);
+4. serve the control socket.
+
+Local services (ARP, DHCP and DNS on the TAP) are plugged in by the composition root
+(``tools/ipopd.py``) through :class:`LocalServices`: the core does not import ``dhcp_dns``.
+SIGTERM/SIGINT stop the daemon: the TAP, the socket and the control socket are released; the
+IP record is left to lapse so that a restart within the lease gets the same address back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, Protocol
+
+from pyroute2 import AsyncIPRoute
+
+from ipop.aio.control import CommandFailed
+from ipop.aio.dataplane import DataPlane, UdpSocket
+from ipop.aio.node import Node
+from ipop.aio.tap import Tap
+from ipop.bundle import Bundle
+from ipop.dht.alloc import DhtLease, IpLease, allocate_ip
+from ipop.dht.names import c_name, lookup_name, register_name
+from ipop.dht.record import ip_key, name_key
+from ipop.status import PathKind, PeerStatus, PingReply, SelfStatus, Status
+from ipop.types import Endpoint, NodeId, RelayPath
+from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder
+from ipop.vnet.packet import ETH_P_ARP
+
+__all__ = [
+    "DEFAULT_TAP_MTU",
+    "VIRTUAL_MAC",
+    "Daemon",
+    "DaemonControl",
+    "DaemonSettings",
+    "LocalServices",
+]
+
+log = logging.getLogger("ipopd")
+
+# 1500-byte underlay minus IPv4 (20) + UDP (8) + link DATA header (13) + AEAD tag (16) +
+# DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
+DEFAULT_TAP_MTU = 1400
+ALLOC_RETRY_S = 2.0
+
+
+class LocalServices(Protocol):
+    """ARP/DHCP/DNS on the TAP, provided by the composition root."""
+
+    def feed(self, frame: bytes, *, now: float) -> bool:
+        """True if ``frame`` was for a local service (it is consumed)."""
+        ...
+
+    def address_assigned(self, vip: IPv4Address) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    """What the daemon needs from ``ipop.config.NodeConfig``, flattened."""
+
+    listen: Endpoint
+    state_dir: Path
+    tap_name: str = "ipop0"
+    tap_mtu: int = 0
+    addressing: str = "static"  # or "dhcp"
+    hostname: str | None = None
+    lease_s: float = 3600.0
+
+
+class Daemon:
+    def __init__(
+        self,
+        bundle: Bundle,
+        settings: DaemonSettings,
+        *,
+        services: Callable[[Daemon], LocalServices] | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.settings = settings
+        self.network = bundle.network
+        self.subnet: IPv4Network = bundle.subnet
+        self.gateway = IPv4Address(int(self.subnet.network_address) + 1)
+        self.suffix = bundle.dns_suffix
+        self._services_factory = services
+        self.services: LocalServices | None = None
+        self.started_at = time.time()
+        self.vip: IPv4Address | None = None
+        self.names: list[str] = []
+        self.lease: IpLease | None = None
+        self.name_lease: DhtLease | None = None
+        self.stats: Counter[str] = Counter()
+        self.rng = random.Random(secrets.randbits(64))
+        self.node: Node | None = None
+        self.udp: UdpSocket | None = None
+        self.tap: Tap | None = None
+        self.dataplane: DataPlane | None = None
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.ready = asyncio.Event()
+        self.rtts: dict[NodeId, float] = {}
+        self._local: list[Endpoint] = []
+        self.arp = ArpResponder(None, self.subnet)
+        self._arp_type = ETH_P_ARP.to_bytes(2, "big")
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, on_ready: Callable[[], Any] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            await self._start()
+            self._spawn(self._claim(on_ready))
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+
+    async def _start(self) -> None:
+        s = self.settings
+        now = time.time()
+        identity = self.bundle.identity(now=now)
+        self.udp = UdpSocket(s.listen)
+        local = await self._local_endpoints(self.udp.port)
+        self._local = local
+        bootstrap = [ep for ep in self.bundle.bootstrap if ep not in local]
+        self.node = Node(identity, bootstrap=bootstrap, clock=time.time, rng=self.rng)
+        self.node.core.overlay.set_local_endpoints(local[:4])
+        self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU)
+        await self.tap.configure()
+        self.dataplane = DataPlane(
+            self.node,
+            self.udp,
+            self.tap.fd,
+            subnet=self.subnet,
+            lookup_owner=self.lookup_owner,
+            local_frame=self._local_frame,
+        )
+        self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
+        if self._services_factory is not None:
+            self.services = self._services_factory(self)
+        self.node.attach(self.udp)
+        self.node.start()
+        self.dataplane.start()
+        log.info(
+            "event=started node=%s listen=%s:%d tap=%s bootstrap=%d",
+            identity.node_id.short(),
+            s.listen.host,
+            self.udp.port,
+            self.tap.name,
+            len(bootstrap),
+        )
+
+    async def _local_endpoints(self, port: int) -> list[Endpoint]:
+        eps: list[Endpoint] = []
+        if self.settings.listen.host not in ("0.0.0.0", ""):
+            return [Endpoint(self.settings.listen.host, port)]
+        async with AsyncIPRoute() as ipr:
+            async for a in await ipr.get_addr(family=2):
+                addr = a.get("IFA_ADDRESS")
+                if addr and not addr.startswith("127.") and IPv4Address(addr) not in self.subnet:
+                    eps.append(Endpoint(addr, port))
+        return eps
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event=task_failed", exc_info=task.exception())
+            self.stop()
+
+    async def _claim(self, on_ready: Callable[[], Any] | None) -> None:
+        node = self.node
+        assert node is not None and node.dht is not None
+        await node.dht_ready.wait()
+        log.info("event=dht_joined after_s=%.3f", time.time() - self.started_at)
+        preferred = self._saved_vip()
+        while True:
+            try:
+                vip = await allocate_ip(
+                    node.dht,
+                    self.subnet,
+                    network=self.network,
+                    rng=self.rng,
+                    preferred=preferred,
+                    ttl=self.settings.lease_s,
+                )
+                break
+            except Exception as exc:  # the DHT may still be converging: try again
+                log.warning("event=alloc_retry error=%s", exc)
+                await asyncio.sleep(ALLOC_RETRY_S)
+        self._save_vip(vip)
+        self.lease = IpLease(node.dht, self.network, vip, ttl=self.settings.lease_s)
+        self.lease.start()
+        assert self.dataplane is not None and self.tap is not None
+        self.dataplane.set_own_ip(vip)
+        self.arp.set_own_ip(vip)
+        if self.settings.addressing == "static":
+            await self.tap.set_address(vip, self.subnet)
+        if self.services is not None:
+            self.services.address_assigned(vip)
+        self.names = [f"{c_name(vip)}.{self.suffix}"]
+        hostname = self.settings.hostname or self.bundle.hostname
+        if hostname:
+            ok = await register_name(
+                node.dht, self.network, hostname, vip, ttl=self.settings.lease_s
+            )
+            if ok:
+                self.names.append(f"{hostname}.{self.suffix}")
+                self.name_lease = DhtLease(
+                    node.dht,
+                    name_key(self.network, hostname),
+                    value=vip.packed,
+                    ttl=self.settings.lease_s,
+                )
+                self.name_lease.start()
+            else:
+                log.warning("event=name_taken hostname=%s", hostname)
+        # Published last: a status showing the vIP means the node answers to all its names.
+        self.vip = vip
+        log.info(
+            "event=ready vip=%s names=%s after_s=%.3f",
+            vip,
+            ",".join(self.names),
+            time.time() - self.started_at,
+        )
+        self.ready.set()
+        if on_ready is not None:
+            on_ready()
+
+    async def _shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for lease in (self.lease, self.name_lease):
+            if lease is not None:
+                await lease.stop()
+        if self.services is not None:
+            await self.services.close()
+        if self.dataplane is not None:
+            self.dataplane.close()
+        if self.node is not None:
+            await self.node.close()
+        if self.udp is not None:
+            self.udp.close()
+        if self.tap is not None:
+            self.tap.close()
+        log.info("event=stopped")
+
+    # --- state ------------------------------------------------------------------------------
+
+    def _state_file(self) -> Path:
+        return self.settings.state_dir / "state.json"
+
+    def _saved_vip(self) -> IPv4Address | None:
+        try:
+            data = json.loads(self._state_file().read_text())
+            addr = IPv4Address(data["vip"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return addr if addr in self.subnet else None
+
+    def _save_vip(self, vip: IPv4Address) -> None:
+        path = self._state_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"vip": str(vip), "network": self.network}) + "\n")
+        os.replace(tmp, path)
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    async def lookup_owner(self, vip: IPv4Address) -> NodeId | None:
+        node = self.node
+        if node is None or node.dht is None:
+            return None
+        record = await node.dht.get(ip_key(self.network, vip))
+        if record is None or record.tombstone:
+            return None
+        return record.owner
+
+    async def resolve(self, name: str) -> IPv4Address | None:
+        """A name (with or without the DNS suffix) or a dotted address → vIP."""
+        name = name.strip().rstrip(".").lower()
+        with contextlib.suppress(ValueError):
+            addr = IPv4Address(name)
+            return addr if addr in self.subnet else None
+        suffix = "." + self.suffix
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+        node = self.node
+        if node is None or node.dht is None:
+            return None
+        return await lookup_name(node.dht, self.network, name, self.subnet)
+
+    # --- the TAP's local traffic ------------------------------------------------------------
+
+    def _local_frame(self, frame: bytes) -> bool:
+        if frame[12:14] == self._arp_type:
+            reply = self.arp.reply(frame)
+            if reply is not None:
+                self.write_frame(reply)
+            return True
+        if self.services is None:
+            return False
+        return self.services.feed(frame, now=time.time())
+
+    def write_frame(self, frame: bytes) -> None:
+        if self.dataplane is not None:
+            self.dataplane.write_frame(frame)
+
+    # --- status -----------------------------------------------------------------------------
+
+    def peer_rows(self) -> list[dict[str, Any]]:
+        """Every linked peer with its path, for ``ipop status``."""
+        node = self.node
+        if node is None or self.dataplane is None:
+            return []
+        vips = self.dataplane.known_owners()
+        kinds = {c.peer: c.kinds for c in node.core.overlay.snapshot().connections}
+        rows = []
+        for info in node.core.link.peers():
+            path = info.path
+            relayed = isinstance(path, RelayPath)
+            vip = vips.get(info.peer)
+            rows.append(
+                {
+                    "node_id": info.peer.hex(),
+                    "name": info.hostname or info.name,
+                    "vip": str(IPv4Address(vip)) if vip is not None else None,
+                    "path": "relayed" if relayed else "direct",
+                    "endpoint": (
+                        f"via {path.via.short()}"
+                        if isinstance(path, RelayPath)
+                        else f"{path.host}:{path.port}"
+                    ),
+                    "rtt_ms": (
+                        round(self.rtts[info.peer] * 1000, 3) if info.peer in self.rtts else None
+                    ),
+                    "bytes_in": info.bytes_in,
+                    "bytes_out": info.bytes_out,
+                    "kinds": sorted(k.name.lower() for k in kinds.get(info.peer, ())),
+                }
+            )
+        # Peers we exchange traffic with but hold no link to travel over the overlay.
+        linked = {info.peer for info in node.core.link.peers()}
+        for peer, vip in vips.items():
+            if peer not in linked and peer != node.node_id:
+                rows.append(
+                    {
+                        "node_id": peer.hex(),
+                        "name": None,
+                        "vip": str(IPv4Address(vip)),
+                        "path": "overlay",
+                        "endpoint": None,
+                        "rtt_ms": round(self.rtts[peer] * 1000, 3) if peer in self.rtts else None,
+                        "bytes_in": 0,
+                        "bytes_out": 0,
+                        "kinds": [],
+                    }
+                )
+        return rows
+
+    def drops(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        node = self.node
+        if node is not None:
+            total.update({f"link.{k}": v for k, v in node.core.link.drops.items()})
+            total.update({f"overlay.{k}": v for k, v in node.core.overlay.drops.items()})
+            if node.dht is not None:
+                total.update({f"dht.{k}": v for k, v in node.dht.drops.items()})
+        if self.dataplane is not None:
+            total.update({f"vnet.{k}": v for k, v in self.dataplane.drops.items()})
+        total.update({f"arp.{k}": v for k, v in self.arp.drops.items()})
+        if self.udp is not None:
+            total.update({f"udp.{k}": v for k, v in self.udp.errors.items()})
+        return dict(total)
+
+    def counters(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        node = self.node
+        if node is not None:
+            total.update({f"link.{k}": v for k, v in node.core.link.stats.items()})
+            total.update({f"overlay.{k}": v for k, v in node.core.overlay.stats.items()})
+            total.update({f"node.{k}": v for k, v in node.core.stats.items()})
+        if self.dataplane is not None:
+            total.update({f"vnet.{k}": v for k, v in self.dataplane.counters.items()})
+        return dict(total)
+
+    def nat_kind(self) -> str | None:
+        """What peers' echoes of our address say about the mapping (RFC 4787 §4.1).
+
+        "open": peers see our own address; "cone": one public mapping for every peer
+        (endpoint-independent); "symmetric": different mappings for different peers. None
+        until a peer has told us. Filtering is not visible this way (``ipop netcheck``'s job).
+        """
+        node = self.node
+        if node is None:
+            return None
+        own = set(self._local)
+        seen = [ep for ep in node.core.overlay.endpoints() if ep not in own]
+        if not seen:
+            return "open" if node.core.overlay.routable else None
+        return "symmetric" if len(seen) > 1 else "cone"
+
+    def path_to(self, peer: NodeId) -> PathKind:
+        node = self.node
+        if node is None:
+            return "overlay"
+        for info in node.core.link.peers():
+            if info.peer == peer:
+                return "relayed" if isinstance(info.path, RelayPath) else "direct"
+        return "overlay"
+
+
+class DaemonControl:
+    """The control socket's handler (ipop.aio.control.ControlHandler) for a :class:`Daemon`."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    async def status(self) -> Status:
+        d = self.d
+        node = d.node
+        endpoints: list[str] = []
+        routable = False
+        node_id = d.bundle.node_id.hex()
+        if node is not None:
+            endpoints = [f"{ep.host}:{ep.port}" for ep in node.core.overlay.endpoints()]
+            routable = node.core.overlay.routable
+        me = SelfStatus(
+            node_id=node_id,
+            node_name=d.bundle.node_name,
+            vip=str(d.vip) if d.vip is not None else None,
+            names=list(d.names),
+            nat=d.nat_kind(),
+            uptime_s=round(time.time() - d.started_at, 3),
+            endpoints=endpoints,
+            routable=routable,
+        )
+        peers = [PeerStatus(**row) for row in d.peer_rows()]
+        return Status(self_=me, peers=peers, drops=d.drops(), counters=d.counters())
+
+    async def ping(self, target: str, seq: int, timeout_s: float) -> PingReply:
+        d = self.d
+        vip = await d.resolve(target)
+        if vip is None:
+            raise CommandFailed(f"cannot resolve {target!r}")
+        owner = await d.lookup_owner(vip)
+        if owner is None:
+            raise CommandFailed(f"no node holds {vip}")
+        assert d.node is not None
+        if owner == d.node.node_id:
+            return PingReply(seq=seq, ok=True, rtt_ms=0.0, path="direct", hops=0)
+        try:
+            answer = await d.node.ping(owner, timeout_s=timeout_s)
+        except TimeoutError:
+            return PingReply(seq=seq, ok=False)
+        d.rtts[owner] = answer.rtt_s
+        path = d.path_to(owner) if answer.hops == 0 else "overlay"
+        return PingReply(
+            seq=seq,
+            ok=True,
+            rtt_ms=round(answer.rtt_s * 1000, 3),
+            path=path,
+            hops=answer.hops + 1,
+        )
+
+    async def dht_get(self, key: str) -> str | None:
+        node = self.d.node
+        if node is None or node.dht is None or not node.dht_ready.is_set():
+            raise CommandFailed("the DHT has not joined yet")
+        record = await node.dht.get(self._key(key))
+        if record is None or record.tombstone:
+            return None
+        return record.value.decode("utf-8", "replace")
+
+    async def dht_put(self, key: str, value: str, ttl_s: int) -> bool:
+        node = self.d.node
+        if node is None or node.dht is None or not node.dht_ready.is_set():
+            raise CommandFailed("the DHT has not joined yet")
+        return await node.dht.put(self._key(key), value.encode(), float(ttl_s))
+
+    async def resolve(self, name: str) -> str | None:
+        vip = await self.d.resolve(name)
+        return str(vip) if vip is not None else None
+
+    def _key(self, key: str) -> str:
+        # User keys live in their own namespace of this network: they cannot touch ip/name records.
+        return f"{self.d.network}:user:{key}"

@@ -1,0 +1,448 @@
+"""The packet path: drain the UDP socket and the TAP in batches and move packets between them.
+
+DESIGN.md §8 measured asyncio's ``DatagramProtocol`` at a third of the throughput of a loop that
+drains a non-blocking fd until EAGAIN; so both fds are registered with ``loop.add_reader`` and
+each wake-up reads up to :data:`BATCH` packets, feeds them to the core with one ``now``, and
+flushes the core's output once (one ``Driver.pump`` per batch, not per packet).
+
+Owns: the UDP socket adapter the driver sends through (send errors are counted, never raised:
+a full socket buffer drops a packet like a lossy link would), the vIP → node table with
+anti-spoofing (an inner packet is written to the TAP only if its source address is held by the
+node that sent it, per the DHT), and the per-destination queue of packets waiting for a DHT
+lookup. Parsing is struct-free byte slicing on the hot path; no scapy anywhere.
+
+Fast path (same effects, fewer layers): an IP packet for a node whose link is up on a direct
+Endpoint is sealed straight out of the TAP read buffer (:meth:`NodeCore.seal_ip`; the
+ethertype's two bytes are overwritten with the DIRECT header) and the batch's datagrams for
+one address leave in as few GSO ``sendmsg`` calls as possible; a received DATA datagram whose
+plaintext is DIRECT + KIND_IP from a linked peer comes back from
+:meth:`NodeCore.receive_direct` instead of travelling as LinkMessage -> Delivered events, and
+is written to the TAP after the same anti-spoofing check. Everything else (handshakes,
+keepalives, relayed paths, DHT and overlay traffic, unknown owners, drops) takes the slow path
+through the core's events and the driver, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Address, IPv4Network
+
+from ipop.aio.node import Node
+from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
+from ipop.types import Endpoint, NodeId
+
+__all__ = ["BATCH", "GSO_MAX_BYTES", "GSO_MAX_SEGMENTS", "DataPlane", "UdpSocket"]
+
+log = logging.getLogger(__name__)
+
+BATCH = 256
+# Packets held per destination while its owner is looked up in the DHT.
+PENDING_MAX = 32
+# How long a vIP → node answer is trusted before it is looked up again (seconds).
+OWNER_TTL_S = 120.0
+NEGATIVE_TTL_S = 3.0
+_ETH_IP = b"\x08\x00"
+_RECV_MAX = 65535
+# Linux UDP offload socket options (linux/udp.h); DESIGN.md §8 verified both on this kernel.
+_UDP_SEGMENT = 103
+_UDP_GRO = 104
+_U16 = struct.Struct("=H").pack
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+# Kernel limits for one GSO send: UDP_MAX_SEGMENTS (64 on older kernels) and the IP length.
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+
+
+class UdpSocket:
+    """The overlay's one UDP socket, non-blocking; :meth:`sendto` never raises.
+
+    With ``offload`` (the default) it uses the kernel's UDP segmentation offloads (DESIGN.md
+    §8): :meth:`send_batch` hands a run of equal-size datagrams for one address to the kernel
+    in one ``sendmsg`` with ``UDP_SEGMENT`` (one trip through the stack instead of one per
+    datagram; the wire still carries separate datagrams), and ``UDP_GRO`` lets the kernel hand
+    back such runs coalesced, which :meth:`recv_batch` splits again. Either falls back to one
+    datagram per call if the kernel refuses it.
+    """
+
+    def __init__(self, listen: Endpoint, *, offload: bool = True) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self.sock.bind((listen.host, listen.port))
+        self.sock.setblocking(False)
+        self.errors: Counter[str] = Counter()
+        self._sendto = self.sock.sendto
+        self.gso = offload
+        self.gro = False
+        if offload:
+            try:
+                self.sock.setsockopt(socket.SOL_UDP, _UDP_GRO, 1)
+                self.gro = True
+            except OSError:
+                self.errors["gro_unavailable"] += 1
+
+    @property
+    def port(self) -> int:
+        port: int = self.sock.getsockname()[1]
+        return port
+
+    def sendto(self, data: bytes, addr: Endpoint) -> None:
+        try:
+            self._sendto(data, (addr.host, addr.port))
+        except BlockingIOError:
+            self.errors["send_would_block"] += 1
+        except OSError as exc:
+            self.errors[f"send_{exc.errno}"] += 1
+
+    def send_batch(self, datagrams: list[bytes], addr: Endpoint) -> None:
+        """Send ``datagrams`` to ``addr`` in order, as few ``sendmsg`` calls as GSO allows.
+
+        A GSO send is a run of equal-size datagrams, optionally ending with one shorter one,
+        at most :data:`GSO_MAX_SEGMENTS` of them and :data:`GSO_MAX_BYTES` in all.
+        """
+        n = len(datagrams)
+        if n == 1 or not self.gso:
+            for data in datagrams:
+                self.sendto(data, addr)
+            return
+        sendmsg = self.sock.sendmsg
+        i = 0
+        while i < n:
+            size = len(datagrams[i])
+            total = size
+            j = i + 1
+            while j < n and j - i < GSO_MAX_SEGMENTS:
+                length = len(datagrams[j])
+                if length > size or total + length > GSO_MAX_BYTES:
+                    break
+                total += length
+                j += 1
+                if length < size:  # a shorter segment can only be the last one
+                    break
+            if j - i == 1:
+                self.sendto(datagrams[i], addr)
+            else:
+                try:
+                    sendmsg(datagrams[i:j], [(socket.SOL_UDP, _UDP_SEGMENT, _U16(size))], 0, addr)
+                except BlockingIOError:
+                    self.errors["send_would_block"] += j - i
+                except OSError as exc:
+                    # No GSO on this path/kernel (EIO, EINVAL): count it once, send singly.
+                    self.errors[f"gso_{exc.errno}"] += 1
+                    self.gso = False
+                    for data in datagrams[i:j]:
+                        self.sendto(data, addr)
+            i = j
+
+    def recv_batch(self) -> tuple[list[bytes], tuple[str, int]]:
+        """One receive call: the datagrams it carried (several if GRO coalesced a run)."""
+        if not self.gro:
+            data, addr = self.sock.recvfrom(_RECV_MAX)
+            return [data], addr
+        data, anc, _flags, addr = self.sock.recvmsg(_RECV_MAX, _GRO_CMSG_SPACE)
+        for level, kind, cdata in anc:
+            if level == socket.SOL_UDP and kind == _UDP_GRO and len(cdata) >= 4:
+                seg = int.from_bytes(cdata[:4], sys.byteorder)
+                if 0 < seg < len(data):
+                    return [data[k : k + seg] for k in range(0, len(data), seg)], addr
+        return [data], addr
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class DataPlane:
+    """Moves frames TAP ↔ overlay for one node; see the module docstring."""
+
+    def __init__(
+        self,
+        node: Node,
+        udp: UdpSocket,
+        tap_fd: int,
+        *,
+        subnet: IPv4Network,
+        lookup_owner: Callable[[IPv4Address], Awaitable[NodeId | None]],
+        local_frame: Callable[[bytes], bool],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node = node
+        self.udp = udp
+        self.tap_fd = tap_fd
+        self.subnet = subnet
+        self._net = int(subnet.network_address)
+        self._mask = int(subnet.netmask)
+        self._gateway = (self._net + 1).to_bytes(4, "big")
+        self._lookup_owner = lookup_owner
+        self._local_frame = local_frame
+        self.clock = clock
+        self.drops: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self.own_ip: bytes | None = None
+        # Ethernet header for frames we write: dst = the tap's MAC, src = the virtual MAC.
+        self._eth_header = b""
+        # vIP (4 bytes) -> (owner, trusted until); None owner = known absent until.
+        self._owners: dict[bytes, tuple[NodeId | None, float]] = {}
+        self._pending_out: dict[bytes, list[bytes]] = {}
+        self._pending_in: dict[bytes, list[tuple[NodeId, bytes]]] = {}
+        self._lookups: dict[bytes, asyncio.Task[None]] = {}
+        self._endpoints: dict[tuple[str, int], Endpoint] = {}
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        # One read buffer for the TAP, reused for every frame (sealed in place: _drain_tap).
+        self._rbuf = bytearray(_RECV_MAX)
+        self._rview = memoryview(self._rbuf)
+        node.on_ip = self._from_overlay
+
+    def set_link_layer(self, tap_mac: bytes, virtual_mac: bytes) -> None:
+        self._eth_header = tap_mac + virtual_mac + _ETH_IP
+
+    def set_own_ip(self, addr: IPv4Address) -> None:
+        self.own_ip = addr.packed
+        self._owners[addr.packed] = (self.node.node_id, float("inf"))
+
+    def start(self) -> None:
+        self._loop.add_reader(self.udp.sock.fileno(), self._drain_udp)
+        self._loop.add_reader(self.tap_fd, self._drain_tap)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for fd in (self.udp.sock.fileno(), self.tap_fd):
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(fd)
+        for task in self._lookups.values():
+            task.cancel()
+
+    def owner_of(self, addr: bytes) -> NodeId | None:
+        entry = self._owners.get(addr)
+        return entry[0] if entry is not None else None
+
+    def known_owners(self) -> dict[NodeId, bytes]:
+        return {n: ip for ip, (n, _) in self._owners.items() if n is not None}
+
+    # --- underlay → node --------------------------------------------------------------------
+
+    def _drain_udp(self) -> None:
+        recv_batch = self.udp.recv_batch
+        core = self.node.core
+        receive_direct = core.receive_direct
+        eps = self._endpoints
+        owners = self._owners
+        eth = self._eth_header
+        writev = os.writev
+        fd = self.tap_fd
+        now = self.clock()
+        n = written = calls = 0
+        while n < BATCH:
+            try:
+                datagrams, addr = recv_batch()
+            except BlockingIOError:
+                break
+            except OSError as exc:  # ICMP errors surface here on Linux; not fatal
+                self.drops[f"recv_{exc.errno}"] += 1
+                calls += 1
+                if calls >= BATCH:
+                    break
+                continue
+            calls += 1
+            n += len(datagrams)
+            ep = eps.get(addr)
+            if ep is None:
+                if len(eps) > 4096:
+                    eps.clear()
+                ep = eps[addr] = Endpoint(addr[0], addr[1])
+            for data in datagrams:
+                # Fast path: an IP packet over a direct link comes back here instead of
+                # travelling as LinkMessage -> Delivered events; the rest went the usual way.
+                got = receive_direct(data, ep, now=now, kind=KIND_IP)
+                if got is None:
+                    continue
+                src, msg = got  # msg = TYPE_DIRECT, KIND_IP, packet
+                # _from_overlay's common case inline: IPv4 from the address its sender holds.
+                if eth and len(msg) >= 22 and msg[2] >> 4 == 4:
+                    entry = owners.get(msg[14:18])
+                    # NodeId's dataclass __eq__ is a Python call; its int compares natively.
+                    if (
+                        entry is not None
+                        and (holder := entry[0]) is not None
+                        and holder.value == src.value
+                        and entry[1] > now
+                    ):
+                        try:
+                            writev(fd, (eth, memoryview(msg)[2:]))
+                            written += 1
+                        except BlockingIOError:
+                            self.drops["tap_would_block"] += 1
+                        except OSError as exc:
+                            self.drops[f"tap_write_{exc.errno}"] += 1
+                        continue
+                self._from_overlay(src, msg[2:])
+        counters = self.counters
+        counters["udp_batches"] += 1
+        counters["udp_datagrams"] += n
+        if written:
+            counters["tap_written"] += written
+        core.flush(now=now)
+        if self.node.driver is not None:
+            self.node.driver.pump()
+
+    # --- overlay → TAP ----------------------------------------------------------------------
+
+    def _from_overlay(self, src: NodeId, packet: bytes) -> None:
+        if len(packet) < 20 or packet[0] >> 4 != 4:
+            self.drops["inner_not_ipv4"] += 1
+            return
+        sip = packet[12:16]
+        entry = self._owners.get(sip)
+        if entry is not None and entry[0] == src and entry[1] > self.clock():
+            self._write(packet)
+            return
+        if (
+            entry is not None
+            and entry[0] is not None
+            and entry[0] != src
+            and entry[1] > self.clock()
+        ):
+            self.drops["spoofed_inner_src"] += 1
+            return
+        # Unknown sender address: hold the packet while the DHT says who holds it.
+        queue = self._pending_in.setdefault(sip, [])
+        if len(queue) >= PENDING_MAX:
+            self.drops["pending_full"] += 1
+            return
+        queue.append((src, packet))
+        self._resolve(sip)
+
+    def _write(self, packet: bytes) -> None:
+        if not self._eth_header:
+            self.drops["tap_not_ready"] += 1
+            return
+        try:
+            os.write(self.tap_fd, self._eth_header + packet)
+            self.counters["tap_written"] += 1
+        except BlockingIOError:
+            self.drops["tap_would_block"] += 1
+        except OSError as exc:
+            self.drops[f"tap_write_{exc.errno}"] += 1
+
+    def write_frame(self, frame: bytes) -> None:
+        """Write a whole Ethernet frame (local services' answers)."""
+        try:
+            os.write(self.tap_fd, frame)
+        except OSError as exc:
+            self.drops[f"tap_write_{exc.errno}"] += 1
+
+    # --- TAP → overlay ----------------------------------------------------------------------
+
+    def _drain_tap(self) -> None:
+        fd = self.tap_fd
+        node = self.node
+        core = node.core
+        seal_ip = core.seal_ip
+        send_batch = self.udp.send_batch
+        self_value = node.node_id.value
+        owners = self._owners
+        net, mask, gateway = self._net, self._mask, self._gateway
+        buf, view = self._rbuf, self._rview
+        readv = os.readv
+        # Sealed datagrams per destination, sent together after the batch (GSO).
+        out: dict[Endpoint, list[bytes]] = {}
+        now = self.clock()
+        n = 0
+        for n in range(BATCH):  # noqa: B007
+            try:
+                size = readv(fd, (buf,))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.drops[f"tap_read_{exc.errno}"] += 1
+                break
+            if buf[12:14] != _ETH_IP or size < 34:
+                if not self._local_frame(bytes(view[:size])):
+                    self.drops["tap_not_ipv4"] += 1
+                continue
+            dip = bytes(view[30:34])
+            if int.from_bytes(dip, "big") & mask != net or dip == gateway:
+                if not self._local_frame(bytes(view[:size])):
+                    self.drops["tap_outside_subnet"] += 1
+                continue
+            entry = owners.get(dip)
+            if entry is not None and entry[1] > now:
+                owner = entry[0]
+                if owner is None:
+                    self.drops["no_such_vip"] += 1
+                elif owner.value == self_value:
+                    self.drops["to_self"] += 1
+                else:
+                    # Fast path: the ethertype's two bytes become the DIRECT header in place,
+                    # so the packet is sealed straight out of the read buffer.
+                    buf[12] = TYPE_DIRECT
+                    buf[13] = KIND_IP
+                    sealed = seal_ip(owner, view[12:size], now=now)
+                    if sealed is not None:
+                        data, ep = sealed
+                        batch = out.get(ep)
+                        if batch is None:
+                            out[ep] = [data]
+                        else:
+                            batch.append(data)
+                    else:
+                        core.send(owner, KIND_IP, bytes(view[14:size]), now=now)
+                continue
+            queue = self._pending_out.setdefault(dip, [])
+            if len(queue) >= PENDING_MAX:
+                self.drops["pending_full"] += 1
+            else:
+                queue.append(bytes(view[14:size]))
+                self._resolve(dip)
+        for ep, batch in out.items():
+            send_batch(batch, ep)
+        self.counters["tap_batches"] += 1
+        self.counters["tap_frames"] += n
+        core.flush(now=now)
+        if node.driver is not None:
+            node.driver.pump()
+
+    # --- vIP → node lookups -----------------------------------------------------------------
+
+    def _resolve(self, vip: bytes) -> None:
+        if vip in self._lookups or self._closed:
+            return
+        self._lookups[vip] = self._loop.create_task(self._lookup(vip))
+
+    async def _lookup(self, vip: bytes) -> None:
+        try:
+            owner = await self._lookup_owner(IPv4Address(vip))
+        except Exception:  # a DHT failure is a miss, retried on the next packet
+            log.debug("owner lookup for %s failed", IPv4Address(vip), exc_info=True)
+            owner = None
+        finally:
+            self._lookups.pop(vip, None)
+        now = self.clock()
+        self._owners[vip] = (owner, now + (OWNER_TTL_S if owner is not None else NEGATIVE_TTL_S))
+        self.counters["owner_lookups"] += 1
+        out = self._pending_out.pop(vip, [])
+        held = self._pending_in.pop(vip, [])
+        if owner is None:
+            self.drops["no_such_vip"] += len(out)
+            self.drops["unknown_inner_src"] += len(held)
+            return
+        for src, packet in held:
+            if src == owner:
+                self._write(packet)
+            else:
+                self.drops["spoofed_inner_src"] += 1
+        for packet in out:
+            self.node.core.send(owner, 2, packet, now=now)
+        if out and self.node.driver is not None:
+            self.node.driver.pump()

@@ -1,0 +1,255 @@
+"""A complete node on an asyncio loop: :class:`ipop.node.NodeCore` + driver + DHT + overlay ping.
+
+This is the one composition of the protocol stack; the daemon (on a real UDP socket and the
+real clock) and the simulator (on ``ipop.testing.netsim`` sockets and the virtual-time loop)
+both build exactly this object, so what the simulator proves is what the daemon runs.
+
+Upper-layer kinds arriving in :class:`ipop.overlay.node.Delivered` are dispatched through a
+table: DHT payloads go to the :class:`DhtService` (whose protocol checks that the kademlia
+sender id equals the overlay source, and the overlay has checked the source against the link
+for the first hop), overlay pings are answered here, IP packets go to ``on_ip``.
+
+Overlay ping (KIND_PING) payload::
+
+    +--------+----------------+--------+
+    |  op    |  token (u32)   |  hops  |     op 0 request, 1 reply; hops: the request's
+    +--------+----------------+--------+     link count as the responder saw it
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ipop.aio.driver import DatagramSocket, Driver
+from ipop.dht.service import DhtConfig, DhtService
+from ipop.identity import NodeIdentity
+from ipop.link.endpoint import LinkConfig
+from ipop.node import NodeCore
+from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
+from ipop.overlay.node import Delivered, OverlayConfig, Routable
+from ipop.types import Endpoint, NodeId
+
+__all__ = ["Node", "OverlayPing"]
+
+log = logging.getLogger(__name__)
+
+_PING = struct.Struct(">BIB")
+_PING_REQUEST = 0
+_PING_REPLY = 1
+# Seconds between DHT join attempts while the first ones find nobody to answer.
+DHT_JOIN_RETRY_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayPing:
+    """An overlay-level ping's answer: ``hops`` links out (0 = over a direct link)."""
+
+    rtt_s: float
+    hops: int
+    reply_hops: int
+
+    @property
+    def path(self) -> str:
+        return "direct" if self.hops == 0 else "overlay"
+
+
+class _Port:
+    """The DHT's view of this node (ipop.dht.shim.OverlayPort)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    @property
+    def local_id(self) -> NodeId:
+        return self._node.node_id
+
+    def send_dht(self, dst: NodeId, payload: bytes) -> None:
+        self._node.send_routed(dst, KIND_DHT, payload)
+
+
+class Node:
+    """One node. Call :meth:`attach` with its socket, then :meth:`start`; :meth:`close` ends it."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        *,
+        bootstrap: Sequence[Endpoint],
+        clock: Callable[[], float],
+        rng: random.Random,
+        overlay_config: OverlayConfig | None = None,
+        link_config: LinkConfig | None = None,
+        dht_config: DhtConfig | None = None,
+        on_ip: Callable[[NodeId, bytes], None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.clock = clock
+        self._rng = rng
+        self.core = NodeCore(
+            identity,
+            rng=random.Random(rng.random()),
+            bootstrap=bootstrap,
+            overlay_config=overlay_config,
+            link_config=link_config,
+        )
+        self._dht_config = dht_config
+        self.on_ip = on_ip
+        self.dht: DhtService | None = None
+        self.driver: Driver | None = None
+        self.routable = asyncio.Event()
+        self.dht_ready = asyncio.Event()
+        self.routable_at: float | None = None
+        self.stats: Counter[str] = Counter()
+        self._pings: dict[int, tuple[asyncio.Future[OverlayPing], float]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._kinds: dict[int, Callable[[Delivered], None]] = {
+            KIND_DHT: self._on_dht,
+            KIND_IP: self._on_ip,
+            KIND_PING: self._on_ping,
+        }
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def attach(self, sock: DatagramSocket) -> None:
+        """Give the node its underlay socket (feed its input to :meth:`datagram_received`)."""
+        self.driver = Driver(self.core, sock, clock=self.clock, on_event=self._on_event)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.driver is not None
+        self.driver.datagram_received(data, addr)
+
+    def start(self) -> None:
+        """Join the overlay; the DHT joins as soon as the node is routable."""
+        if self.driver is None:
+            raise RuntimeError("attach() a socket before start()")
+        self.dht = DhtService(
+            self.identity,
+            _Port(self),
+            rng=random.Random(self._rng.random()),
+            config=self._dht_config,
+        )
+        self.core.start(now=self.clock())
+        self.driver.pump()
+        self._spawn(self._join_dht())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for fut, _ in self._pings.values():
+            fut.cancel()
+        self._pings.clear()
+        if self.dht is not None:
+            await self.dht.close()
+        if self.driver is not None:
+            self.driver.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _join_dht(self) -> None:
+        await self.routable.wait()
+        assert self.dht is not None
+        while not self._closed:
+            known = sorted(self.core.overlay.near_peers())
+            if known and await self.dht.bootstrap(known):
+                self.dht_ready.set()
+                return
+            self.stats["dht_join_retry"] += 1
+            await asyncio.sleep(DHT_JOIN_RETRY_S)
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def send(self, dst: NodeId, kind: int, payload: bytes) -> bool:
+        """Direct if linked, else routed (and a shortcut is asked for)."""
+        ok = self.core.send(dst, kind, payload, now=self.clock())
+        if self.driver is not None:
+            self.driver.pump()
+        return ok
+
+    def send_routed(self, dst: NodeId, kind: int, payload: bytes, *, exact: bool = True) -> bool:
+        ok = self.core.send_routed(dst, kind, payload, exact=exact, now=self.clock())
+        if self.driver is not None:
+            self.driver.pump()
+        return ok
+
+    def send_ip(self, dst: NodeId, packet: bytes) -> bool:
+        return self.send(dst, KIND_IP, packet)
+
+    async def ping(
+        self, dst: NodeId, *, timeout_s: float = 2.0, routed: bool = False
+    ) -> OverlayPing:
+        """Overlay-level echo to node ``dst``; raises TimeoutError when no reply came in time."""
+        token = self._rng.getrandbits(32)
+        while token in self._pings:
+            token = self._rng.getrandbits(32)
+        fut: asyncio.Future[OverlayPing] = asyncio.get_running_loop().create_future()
+        self._pings[token] = (fut, self.clock())
+        payload = _PING.pack(_PING_REQUEST, token, 0)
+        try:
+            if routed:
+                self.send_routed(dst, KIND_PING, payload)
+            else:
+                self.send(dst, KIND_PING, payload)
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._pings.pop(token, None)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _on_event(self, ev: object) -> None:
+        if type(ev) is Delivered:
+            handler = self._kinds.get(ev.kind)
+            if handler is None:
+                self.stats["unknown_kind"] += 1
+            else:
+                handler(ev)
+        elif type(ev) is Routable and not self.routable.is_set():
+            self.routable_at = self.clock()
+            self.routable.set()
+
+    def _on_dht(self, ev: Delivered) -> None:
+        if self.dht is not None:
+            self.dht.deliver(ev.src, ev.payload)
+
+    def _on_ip(self, ev: Delivered) -> None:
+        if self.on_ip is not None:
+            self.on_ip(ev.src, ev.payload)
+
+    def _on_ping(self, ev: Delivered) -> None:
+        if len(ev.payload) != _PING.size:
+            self.stats["ping_malformed"] += 1
+            return
+        op, token, hops = _PING.unpack(ev.payload)
+        if op == _PING_REQUEST:
+            # Answer the way it came: direct if it came direct, else routed back.
+            reply = _PING.pack(_PING_REPLY, token, ev.hops)
+            if ev.hops == 0:
+                self.send(ev.src, KIND_PING, reply)
+            else:
+                self.send_routed(ev.src, KIND_PING, reply)
+        elif op == _PING_REPLY:
+            entry = self._pings.get(token)
+            if entry is None:
+                self.stats["ping_unexpected_reply"] += 1
+                return
+            fut, sent = entry
+            if not fut.done():
+                fut.set_result(OverlayPing(self.clock() - sent, hops, ev.hops))
+        else:
+            self.stats["ping_malformed"] += 1

@@ -1,0 +1,61 @@
+"""The TAP device and its kernel-side configuration (address, MTU, up), and nothing else.
+
+pytun opens the device; the data plane then uses the raw fd with ``os.read``/``os.write``
+(pytun's ``read()`` raises ``pytun.Error`` on EAGAIN and ``write()`` refuses memoryviews,
+DESIGN.md §8). Addresses and link state go through pyroute2's asyncio netlink client (its
+synchronous ``IPRoute`` runs an event loop of its own and cannot be used inside ours) rather
+than shelling out to ``ip``: no process per change, errors come back with the errno.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytun
+from pyroute2 import AsyncIPRoute
+
+from ipop.errors import ConfigError
+
+__all__ = ["Tap"]
+
+
+class Tap:
+    """One open TAP device (no packet info header), non-blocking, owned by this process."""
+
+    def __init__(self, name: str, *, mtu: int) -> None:
+        try:
+            self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        except pytun.Error as exc:
+            raise ConfigError(
+                "tap.name", f"cannot open TAP {name!r}: {exc}", "run as root (CAP_NET_ADMIN)"
+            ) from exc
+        self.name: str = self._dev.name
+        self.fd: int = self._dev.fileno()
+        os.set_blocking(self.fd, False)
+        self.mtu = mtu
+        self.index = 0
+        self.mac: bytes = bytes(self._dev.hwaddr)
+
+    async def configure(self) -> None:
+        """MTU and link up; IPv6 off (router solicitations would only be counted drops)."""
+        async with AsyncIPRoute() as ipr:
+            self.index = (await ipr.link_lookup(ifname=self.name))[0]
+            with contextlib.suppress(OSError):
+                Path(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6").write_text("1")
+            await ipr.link("set", index=self.index, mtu=self.mtu, state="up")
+
+    async def set_address(self, addr: IPv4Address, subnet: IPv4Network) -> None:
+        """Give the tap ``addr`` with the subnet's prefix (the kernel adds the subnet route)."""
+        async with AsyncIPRoute() as ipr:
+            async for a in await ipr.get_addr(index=self.index, family=2):
+                await ipr.addr(
+                    "del", index=self.index, address=a.get("IFA_ADDRESS"), prefixlen=a["prefixlen"]
+                )
+            await ipr.addr("add", index=self.index, address=str(addr), prefixlen=subnet.prefixlen)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._dev.close()

@@ -1,0 +1,363 @@
+"""The daemon's own settings: ``ipopd --config node.toml`` (DESIGN.md §10).
+
+This file says how *this machine* runs its node; what makes it a member of a network (CA,
+certificate, key, bootstrap list) is the bundle, read separately by
+:func:`ipop.bundle.load_bundle` from the path this file names. Every key, its default and its
+meaning is documented in ``deploy/ipop.example.toml``::
+
+    bundle = "node.bundle.toml"        # required; relative to this file
+    state_dir = "/var/lib/ipop"        # relative paths: relative to this file
+    listen = "0.0.0.0:5800"
+    hostname = "alice-laptop"          # optional; default: the bundle's hostname
+    log_level = "warning"              # error | warning | info | debug
+    [tap]
+    name = "ipop0"                     # at most 15 characters (Linux IFNAMSIZ - 1)
+    addressing = "static"              # static | dhcp
+    mtu = 0                            # 0 = auto, else 576..9000
+    [control]
+    socket = "/run/ipop/ipopd.sock"
+    [dns]
+    enabled = true
+    upstream = []                      # ["IPv4:PORT", ...]
+    [dht]
+    lease_s = 3600                     # at least 60
+
+Loading is separate from validation: :func:`read_config_table` does the I/O and the TOML
+syntax, :func:`parse_config` checks a table and builds a :class:`NodeConfig` (no I/O, so tests
+and tools can validate a table they built), :func:`load_config` does both. Unknown keys, wrong
+types and out-of-range values raise :class:`ConfigError` naming the key (``tap.mtu``,
+``dns.upstream[1]``), what is wrong, where, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal, cast
+
+from ipop.errors import ConfigError
+from ipop.identity import validate_hostname
+from ipop.types import Endpoint
+
+__all__ = [
+    "ADDRESSING_MODES",
+    "DEFAULT_CONTROL_SOCKET",
+    "DEFAULT_LISTEN",
+    "DEFAULT_STATE_DIR",
+    "LOG_LEVELS",
+    "MAX_CONFIG_BYTES",
+    "ControlConfig",
+    "DhtConfig",
+    "DnsConfig",
+    "NodeConfig",
+    "TapConfig",
+    "load_config",
+    "parse_config",
+    "read_config_table",
+]
+
+DEFAULT_STATE_DIR: Final = "/var/lib/ipop"
+DEFAULT_LISTEN: Final = "0.0.0.0:5800"
+DEFAULT_CONTROL_SOCKET: Final = "/run/ipop/ipopd.sock"
+DEFAULT_TAP_NAME: Final = "ipop0"
+DEFAULT_LEASE_S: Final = 3600
+# A lease is renewed well before it runs out; under a minute the renewals alone would keep the
+# DHT busy and a short network hiccup would cost the node its address.
+MIN_LEASE_S: Final = 60
+# Linux IFNAMSIZ is 16 including the terminating NUL.
+MAX_IFNAME_LEN: Final = 15
+# 576 is the IPv4 minimum datagram every host must accept (RFC 791); 9000 is a jumbo frame.
+MIN_MTU: Final = 576
+MAX_MTU: Final = 9000
+# A node config is a few hundred bytes; anything this large is the wrong file.
+MAX_CONFIG_BYTES: Final = 64_000
+
+LogLevel = Literal["error", "warning", "info", "debug"]
+LOG_LEVELS: Final[tuple[str, ...]] = ("error", "warning", "info", "debug")
+Addressing = Literal["static", "dhcp"]
+ADDRESSING_MODES: Final[tuple[str, ...]] = ("static", "dhcp")
+
+# Interface names: no '/', ':', whitespace or leading '.', which the kernel or `ip` reject.
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+_TOP_KEYS = ("bundle", "state_dir", "listen", "hostname", "log_level")
+_SECTIONS: Final[dict[str, tuple[str, ...]]] = {
+    "tap": ("name", "addressing", "mtu"),
+    "control": ("socket",),
+    "dns": ("enabled", "upstream"),
+    "dht": ("lease_s",),
+}
+# Every key a config may hold, dotted; the example file must document each (tested).
+ALL_KEYS: Final[tuple[str, ...]] = _TOP_KEYS + tuple(
+    f"{section}.{key}" for section, keys in _SECTIONS.items() for key in keys
+)
+
+_FIX_SEE_EXAMPLE = "see deploy/ipop.example.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class TapConfig:
+    """The virtual interface: its name, how it gets its address, its MTU (0 = auto)."""
+
+    name: str = DEFAULT_TAP_NAME
+    addressing: Addressing = "static"
+    mtu: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """Where the daemon listens for ``ipop`` CLI requests."""
+
+    socket: Path = Path(DEFAULT_CONTROL_SOCKET)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """The resolver on the tap: ``*.<suffix>`` answered locally, the rest sent upstream."""
+
+    enabled: bool = True
+    upstream: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DhtConfig:
+    """DHT records this node owns: its address lease and its names."""
+
+    lease_s: int = DEFAULT_LEASE_S
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """A validated node config; every path in it is absolute."""
+
+    bundle: Path
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    listen: Endpoint = field(default_factory=lambda: Endpoint.parse(DEFAULT_LISTEN))
+    hostname: str | None = None
+    log_level: LogLevel = "warning"
+    tap: TapConfig = field(default_factory=TapConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    dht: DhtConfig = field(default_factory=DhtConfig)
+
+    def effective_hostname(self, bundle_hostname: str | None) -> str | None:
+        """The hostname to register: this file's override, else the bundle's, else none."""
+        return self.hostname if self.hostname is not None else bundle_hostname
+
+
+# --- value checks -----------------------------------------------------------------------------
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def _str(value: object, key: str, fix: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {_type_name(value)}", fix)
+    return value
+
+
+def _int(value: object, key: str, fix: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(key, f"must be an integer, got {_type_name(value)}", fix)
+    return value
+
+
+def _bool(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(
+            key, f"must be true or false, got {_type_name(value)}", "write true or false, unquoted"
+        )
+    return value
+
+
+def _choice(value: object, key: str, choices: tuple[str, ...]) -> str:
+    fix = "use one of " + ", ".join(repr(c) for c in choices)
+    text = _str(value, key, fix)
+    if text not in choices:
+        raise ConfigError(key, f"{text!r} is not allowed", fix)
+    return text
+
+
+def _path(value: object, key: str, base_dir: Path, example: str) -> Path:
+    fix = f"give a path, e.g. {example!r}; relative paths are relative to the config file"
+    text = _str(value, key, fix)
+    if not text or "\x00" in text:
+        raise ConfigError(key, "is not a usable path", fix)
+    path = Path(text)
+    # Relative to the config file, not the cwd: systemd starts ipopd in '/'.
+    return path if path.is_absolute() else base_dir / path
+
+
+def _endpoint(value: object, key: str) -> Endpoint:
+    text = _str(value, key, "write it as IPv4:PORT, e.g. '0.0.0.0:5800'")
+    return Endpoint.parse(text, key=key)
+
+
+def _listen(value: object) -> Endpoint:
+    ep = _endpoint(value, "listen")
+    if ipaddress.IPv4Address(ep.host).is_multicast:
+        raise ConfigError(
+            "listen", f"{ep.host} is a multicast address", "use 0.0.0.0 or a local IP"
+        )
+    return ep
+
+
+def _tap_name(value: object) -> str:
+    fix = f"use 1-{MAX_IFNAME_LEN} letters, digits, '_', '.' or '-', e.g. 'ipop0'"
+    name = _str(value, "tap.name", fix)
+    if not name or len(name) > MAX_IFNAME_LEN or not _IFNAME_RE.match(name):
+        raise ConfigError("tap.name", f"{name!r} is not a usable interface name", fix)
+    return name
+
+
+def _mtu(value: object) -> int:
+    fix = f"use 0 for automatic or a value from {MIN_MTU} to {MAX_MTU}"
+    mtu = _int(value, "tap.mtu", fix)
+    if mtu != 0 and not MIN_MTU <= mtu <= MAX_MTU:
+        raise ConfigError("tap.mtu", f"{mtu} is out of range", fix)
+    return mtu
+
+
+def _upstream(value: object) -> tuple[Endpoint, ...]:
+    fix = "write a list like ['198.51.100.53:53'], or [] for none"
+    if not isinstance(value, list):
+        raise ConfigError("dns.upstream", f"must be a list, got {_type_name(value)}", fix)
+    return tuple(_endpoint(item, f"dns.upstream[{i}]") for i, item in enumerate(value))
+
+
+def _lease_s(value: object) -> int:
+    fix = f"use a number of seconds of at least {MIN_LEASE_S}, e.g. {DEFAULT_LEASE_S}"
+    lease = _int(value, "dht.lease_s", fix)
+    if lease < MIN_LEASE_S:
+        raise ConfigError("dht.lease_s", f"{lease} is too short", fix)
+    return lease
+
+
+def _section(table: Mapping[str, object], name: str) -> Mapping[str, object]:
+    value = table.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(
+            name, f"must be a table, got {_type_name(value)}", f"write it as a [{name}] section"
+        )
+    section = cast(Mapping[str, object], value)
+    unknown = sorted(set(section) - set(_SECTIONS[name]))
+    if unknown:
+        raise ConfigError(
+            f"{name}.{unknown[0]}",
+            "is not a config key",
+            f"remove it or fix its spelling ({_FIX_SEE_EXAMPLE})",
+        )
+    return section
+
+
+# --- validation and loading -------------------------------------------------------------------
+
+
+def parse_config(table: Mapping[str, object], *, base_dir: Path, source: str) -> NodeConfig:
+    """Check a parsed TOML table and build a :class:`NodeConfig`; no I/O.
+
+    ``base_dir`` (absolute) is what relative paths are relative to; ``source`` names the file
+    in error messages.
+    """
+    try:
+        return _parse(table, base_dir=base_dir)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, f"{exc.problem} in {source}", exc.fix) from None
+
+
+def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
+    unknown = sorted(set(table) - set(_TOP_KEYS) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            unknown[0],
+            "is not a config key",
+            f"remove it or fix its spelling ({_FIX_SEE_EXAMPLE})",
+        )
+    if "bundle" not in table:
+        raise ConfigError(
+            "bundle",
+            "is missing",
+            "add bundle = \"node.bundle.toml\" naming the file 'ipop-config node' wrote",
+        )
+    hostname_raw = table.get("hostname")
+    hostname = None
+    if hostname_raw is not None:
+        hostname = validate_hostname(
+            _str(hostname_raw, "hostname", "e.g. 'alice-laptop'"), key="hostname"
+        )
+    tap = _section(table, "tap")
+    control = _section(table, "control")
+    dns = _section(table, "dns")
+    dht = _section(table, "dht")
+    return NodeConfig(
+        bundle=_path(table["bundle"], "bundle", base_dir, "node.bundle.toml"),
+        state_dir=_path(
+            table.get("state_dir", DEFAULT_STATE_DIR), "state_dir", base_dir, DEFAULT_STATE_DIR
+        ),
+        listen=_listen(table.get("listen", DEFAULT_LISTEN)),
+        hostname=hostname,
+        log_level=cast(
+            LogLevel, _choice(table.get("log_level", "warning"), "log_level", LOG_LEVELS)
+        ),
+        tap=TapConfig(
+            name=_tap_name(tap.get("name", DEFAULT_TAP_NAME)),
+            addressing=cast(
+                Addressing,
+                _choice(tap.get("addressing", "static"), "tap.addressing", ADDRESSING_MODES),
+            ),
+            mtu=_mtu(tap.get("mtu", 0)),
+        ),
+        control=ControlConfig(
+            socket=_path(
+                control.get("socket", DEFAULT_CONTROL_SOCKET),
+                "control.socket",
+                base_dir,
+                DEFAULT_CONTROL_SOCKET,
+            ),
+        ),
+        dns=DnsConfig(
+            enabled=_bool(dns.get("enabled", True), "dns.enabled"),
+            upstream=_upstream(dns.get("upstream", [])),
+        ),
+        dht=DhtConfig(lease_s=_lease_s(dht.get("lease_s", DEFAULT_LEASE_S))),
+    )
+
+
+def read_config_table(path: str | Path) -> dict[str, object]:
+    """Read a config file and parse its TOML syntax; no checks of the keys."""
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(
+            source,
+            f"cannot be read ({exc.strerror or exc})",
+            "check the path given to --config and that you may read it",
+        ) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            source, f"is larger than {MAX_CONFIG_BYTES} bytes", "check that this is a node config"
+        )
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(source, "is not UTF-8 text", "check that this is a node config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, f"is not valid TOML ({exc})", "fix the syntax") from None
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read, parse and check ``path``; relative paths inside resolve against its directory."""
+    table = read_config_table(path)
+    # abspath, not resolve(): paths are relative to where the operator sees the file, even when
+    # /etc/ipop/node.toml is a symlink into a config-management checkout.
+    base_dir = Path(os.path.abspath(path)).parent
+    return parse_config(table, base_dir=base_dir, source=str(path))

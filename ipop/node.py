@@ -1,0 +1,225 @@
+"""One node's protocol stack below the DHT, as a single sans-IO core: link layer + overlay.
+
+:class:`NodeCore` owns the wiring that every node needs and that must not be written twice
+(the daemon and the simulator both drive this object through :class:`ipop.aio.driver.Driver`):
+
+- link events go to the overlay;
+- link datagrams for a relayed path (``RelayPath``) are handed to the overlay, which carries
+  them to the relay node inside RELAY_FORWARD; RELAY_DELIVER datagrams that the overlay
+  unwraps (``RelayDatagram`` events) are fed back into the link layer as if they had arrived
+  on that relay path. Only underlay datagrams leave through :meth:`datagrams_to_send`;
+- upper-layer traffic (:meth:`send`) goes DIRECT over a link to the destination when one is
+  up (a shortcut or any other link) and is routed over the ring otherwise. The first packet to
+  a peer with no link asks the overlay for a shortcut, so later packets go direct.
+
+Theory of operation: every input (datagram, timer, command) ends with :meth:`_settle`, which
+moves events and datagrams between the two layers until neither has anything left. Both layers
+only queue work, so the loop is bounded by what the input caused. The core reads no clock:
+``now`` comes with every call.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from collections.abc import Sequence
+
+from ipop.errors import LocalProtocolError
+from ipop.identity import NodeIdentity
+from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage
+from ipop.overlay.messages import TYPE_DIRECT
+from ipop.overlay.node import (
+    OverlayConfig,
+    OverlayEvent,
+    OverlayNode,
+    RelayDatagram,
+)
+from ipop.types import Endpoint, NodeId, Path, RelayPath
+
+__all__ = ["NodeCore"]
+
+# How long a shortcut request for one peer stands before traffic may ask again.
+SHORTCUT_RETRY_S = 10.0
+
+
+class NodeCore:
+    """Link layer and overlay of one node, wired together; see the module docstring."""
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        *,
+        rng: random.Random,
+        bootstrap: Sequence[Endpoint],
+        overlay_config: OverlayConfig | None = None,
+        link_config: LinkConfig | None = None,
+        shortcuts: bool = True,
+    ) -> None:
+        self.identity = identity
+        self.local_id = identity.node_id
+        self.link = LinkEndpoint(identity, rng=random.Random(rng.random()), config=link_config)
+        self.overlay = OverlayNode(
+            identity.node_id,
+            self.link,
+            rng=random.Random(rng.random()),
+            config=overlay_config or OverlayConfig(),
+            bootstrap=bootstrap,
+        )
+        self.shortcuts = shortcuts
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._out: list[tuple[bytes, Path]] = []
+        self._events: collections.deque[OverlayEvent] = collections.deque()
+        self._shortcut_asked: dict[NodeId, float] = {}
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def start(self, *, now: float) -> None:
+        self.overlay.start(now=now)
+        self._settle(now)
+
+    def send(self, dst: NodeId, kind: int, payload: bytes, *, now: float) -> bool:
+        """Deliver ``payload`` of upper-layer ``kind`` to node ``dst`` exactly.
+
+        Direct when a link to ``dst`` is up; otherwise routed over the ring (and, for data
+        traffic, a shortcut is requested so that the next packets go direct). False if it could
+        not even leave this node (no route; counted by the overlay).
+        """
+        overlay = self.overlay
+        if overlay.send_direct(dst, kind, payload, now=now):
+            self.stats["sent_direct"] += 1
+            self._settle(now)
+            return True
+        ok = overlay.send_routed(dst, kind, payload, exact=True, now=now)
+        self.stats["sent_routed"] += 1
+        if self.shortcuts and dst != self.local_id:
+            asked = self._shortcut_asked.get(dst)
+            if asked is None or now - asked >= SHORTCUT_RETRY_S:
+                self._shortcut_asked[dst] = now
+                overlay.request_shortcut(dst, now=now)
+        self._settle(now)
+        return ok
+
+    def send_routed(
+        self, dst: NodeId, kind: int, payload: bytes, *, exact: bool, now: float
+    ) -> bool:
+        """Route over the ring even if a direct link exists (control traffic, DHT, tests)."""
+        ok = self.overlay.send_routed(dst, kind, payload, exact=exact, now=now)
+        self._settle(now)
+        return ok
+
+    # --- data-plane fast path (additive: same effects as send/receive_datagram) ------------
+
+    def seal_ip(
+        self, dst: NodeId, plaintext: bytes | bytearray | memoryview, *, now: float
+    ) -> tuple[bytes, Endpoint] | None:
+        """Seal a DIRECT message for ``dst`` whose link is up on a direct Endpoint.
+
+        ``plaintext`` is the whole DIRECT message (``TYPE_DIRECT, kind`` then the payload), as
+        :meth:`OverlayNode.send_direct` would have built it. Returns the datagram and where to
+        send it (the caller sends it itself, skipping the outbox), or None when :meth:`send` must
+        be used instead (no overlay link, no session, relayed path, expired keys). Anything the
+        link queued meanwhile (a rekey Init) leaves on the next :meth:`flush`.
+        """
+        if dst not in self.overlay._table:  # what send_direct checks
+            return None
+        try:
+            sealed = self.link.seal_direct(dst, plaintext, now=now)
+        except LocalProtocolError:  # keys expired: send() counts it and routes instead
+            return None
+        if sealed is not None:
+            self.stats["sent_direct"] += 1
+        return sealed
+
+    def receive_direct(
+        self, data: bytes, path: Path, *, now: float, kind: int
+    ) -> tuple[NodeId, bytes] | None:
+        """:meth:`receive_datagram`, except that a DIRECT message of upper-layer ``kind`` from a
+        linked peer is returned as ``(peer, message)`` (``message`` still starts with the two
+        DIRECT bytes) instead of becoming a Delivered event. Everything else takes the usual
+        path (None). Call :meth:`flush` after a batch.
+        """
+        got = self.link.open_data(data, path, now=now)
+        if got is None:
+            self._settle(now)
+            return None
+        peer, payload = got
+        if (
+            payload[0] == TYPE_DIRECT
+            and len(payload) > 1
+            and payload[1] == kind
+            and peer in self.overlay._table  # what the overlay checks first
+        ):
+            return got
+        self.overlay.on_link_event(LinkMessage(peer, payload, path), now=now)
+        self._settle(now)
+        return None
+
+    def flush(self, *, now: float) -> None:
+        """Move whatever the fast path left queued in the layers to the outputs."""
+        self._settle(now)
+
+    # --- sans-IO core interface (ipop.aio.driver.SansIOCore) --------------------------------
+
+    def receive_datagram(self, data: bytes, path: Path, *, now: float) -> None:
+        self.link.receive_datagram(data, path, now=now)
+        self._settle(now)
+
+    def handle_timer(self, *, now: float) -> None:
+        t = self.link.get_timer()
+        if t is not None and now >= t:
+            self.link.handle_timer(now=now)
+        t = self.overlay.get_timer()
+        if t is not None and now >= t:
+            self.overlay.handle_timer(now=now)
+        # Forget old shortcut requests so the table cannot grow with every peer ever seen.
+        if len(self._shortcut_asked) > 256:
+            self._shortcut_asked = {
+                p: t0 for p, t0 in self._shortcut_asked.items() if now - t0 < SHORTCUT_RETRY_S
+            }
+        self._settle(now)
+
+    def get_timer(self) -> float | None:
+        a = self.link.get_timer()
+        b = self.overlay.get_timer()
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return a if a < b else b
+
+    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Path]]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> OverlayEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # --- wiring -----------------------------------------------------------------------------
+
+    def _settle(self, now: float) -> None:
+        link = self.link
+        overlay = self.overlay
+        events = self._events
+        out = self._out
+        while True:
+            busy = False
+            while (lev := link.next_event()) is not None:
+                busy = True
+                overlay.on_link_event(lev, now=now)
+            for data, path in link.datagrams_to_send(now=now):
+                if isinstance(path, RelayPath):
+                    busy = True
+                    overlay.wrap_relay(data, path, now=now)
+                else:
+                    out.append((data, path))
+            while (oev := overlay.next_event()) is not None:
+                if type(oev) is RelayDatagram:
+                    busy = True
+                    link.receive_datagram(oev.data, oev.path, now=now)
+                else:
+                    events.append(oev)
+            if not busy:
+                return
+
+    def __repr__(self) -> str:
+        return f"NodeCore({self.local_id.short()})"

@@ -1,0 +1,73 @@
+"""The full node stack (NodeCore + driver + DHT) on the simulated internet, in virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from ipaddress import IPv4Network
+
+from ipop.aio.node import Node
+from ipop.dht.alloc import allocate_ip
+from ipop.overlay.messages import KIND_IP
+from ipop.testing.clock import SIM_EPOCH, run_virtual
+from ipop.testing.identities import make_identity, make_network
+from ipop.testing.netsim import Network
+from ipop.types import Endpoint, NodeId
+
+PORT = 5800
+KINDS = ["none", "port-restricted-cone", "symmetric", "full-cone", "restricted-cone"]
+
+
+async def _build(n: int, seed: int) -> tuple[Network, list[Node]]:
+    loop = asyncio.get_running_loop()
+    rng = random.Random(seed)
+    net = Network(rng=random.Random(seed + 1))
+    ca = make_network("simnet", now=loop.time())
+    nodes: list[Node] = []
+    boot: list[Endpoint] = []
+    for i in range(n):
+        kind = "none" if i == 0 else KINDS[i % len(KINDS)]
+        host = net.add_host(f"h{i}", kind)
+        node = Node(
+            make_identity(ca, f"h{i}", now=loop.time()),
+            bootstrap=boot,
+            clock=loop.time,
+            rng=random.Random(rng.random()),
+        )
+        node.attach(host.bind(PORT, node.datagram_received))
+        node.start()
+        nodes.append(node)
+        if i == 0:
+            boot = [Endpoint(host.address, PORT)]
+        await asyncio.sleep(0.05)
+    return net, nodes
+
+
+def test_stack_joins_pings_and_allocates_behind_nats() -> None:
+    async def body() -> None:
+        _, nodes = await _build(24, seed=3)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(nd.dht_ready.wait() for nd in nodes[1:])), 60)
+            a, b = nodes[2], nodes[13]  # behind port-restricted-cone and symmetric NATs
+            first = await a.ping(b.node_id, timeout_s=5)
+            assert first.rtt_s > 0
+            got: list[tuple[NodeId, bytes]] = []
+            b.on_ip = lambda src, pkt: got.append((src, pkt))
+            assert a.send(b.node_id, KIND_IP, b"packet-1")
+            deadline = asyncio.get_running_loop().time() + 10
+            while not got and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            assert got == [(a.node_id, b"packet-1")]
+            subnet = IPv4Network("100.64.0.0/24")
+            addrs = await asyncio.gather(
+                *(
+                    allocate_ip(nd.dht, subnet, network="simnet", rng=random.Random(i))
+                    for i, nd in enumerate(nodes)
+                    if nd.dht is not None
+                )
+            )
+            assert len(set(addrs)) == len(nodes)
+        finally:
+            await asyncio.gather(*(nd.close() for nd in nodes))
+
+    run_virtual(body(), start=SIM_EPOCH)

@@ -1,0 +1,196 @@
+"""``ipopd --config``: typed loading, defaults, relative paths, and errors that name the key."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ipop.config import (
+    ALL_KEYS,
+    MAX_CONFIG_BYTES,
+    ControlConfig,
+    DhtConfig,
+    DnsConfig,
+    NodeConfig,
+    TapConfig,
+    load_config,
+    parse_config,
+)
+from ipop.errors import ConfigError
+from ipop.types import Endpoint
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "ipop.example.toml"
+
+FULL = """
+bundle = "/etc/ipop/alice.bundle.toml"
+state_dir = "/srv/ipop"
+listen = "198.51.100.20:5901"
+hostname = "alice-laptop"
+log_level = "debug"
+[tap]
+name = "vpn-1"
+addressing = "dhcp"
+mtu = 1380
+[control]
+socket = "/run/ipop-test/ctl.sock"
+[dns]
+enabled = false
+upstream = ["198.51.100.53:53", "203.0.113.53:5353"]
+[dht]
+lease_s = 600
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "node.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_full_file(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, FULL))
+    assert cfg == NodeConfig(
+        bundle=Path("/etc/ipop/alice.bundle.toml"),
+        state_dir=Path("/srv/ipop"),
+        listen=Endpoint("198.51.100.20", 5901),
+        hostname="alice-laptop",
+        log_level="debug",
+        tap=TapConfig(name="vpn-1", addressing="dhcp", mtu=1380),
+        control=ControlConfig(socket=Path("/run/ipop-test/ctl.sock")),
+        dns=DnsConfig(
+            enabled=False,
+            upstream=(Endpoint("198.51.100.53", 53), Endpoint("203.0.113.53", 5353)),
+        ),
+        dht=DhtConfig(lease_s=600),
+    )
+
+
+def test_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, 'bundle = "/etc/ipop/b.toml"\n'))
+    assert cfg.state_dir == Path("/var/lib/ipop")
+    assert cfg.listen == Endpoint("0.0.0.0", 5800)
+    assert cfg.hostname is None
+    assert cfg.log_level == "warning"
+    assert cfg.tap == TapConfig("ipop0", "static", 0)
+    assert cfg.control.socket == Path("/run/ipop/ipopd.sock")
+    assert cfg.dns == DnsConfig(enabled=True, upstream=())
+    assert cfg.dht.lease_s == 3600
+
+
+def test_relative_paths_are_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    write(
+        conf_dir,
+        'bundle = "alice.bundle.toml"\nstate_dir = "state"\n[control]\nsocket = "run/ctl.sock"\n',
+    )
+    monkeypatch.chdir(elsewhere)
+    # A relative --config path is relative to the cwd; paths inside it to the file's folder.
+    cfg = load_config(os.path.join("..", "etc", "node.toml"))
+    assert cfg.bundle == conf_dir / "alice.bundle.toml"
+    assert cfg.state_dir == conf_dir / "state"
+    assert cfg.control.socket == conf_dir / "run" / "ctl.sock"
+    assert all(p.is_absolute() for p in (cfg.bundle, cfg.state_dir, cfg.control.socket))
+
+
+def test_effective_hostname() -> None:
+    assert NodeConfig(bundle=Path("/b")).effective_hostname("from-bundle") == "from-bundle"
+    assert NodeConfig(bundle=Path("/b")).effective_hostname(None) is None
+    cfg = NodeConfig(bundle=Path("/b"), hostname="mine")
+    assert cfg.effective_hostname("from-bundle") == "mine"
+
+
+def test_example_documents_every_key_with_its_default() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg == NodeConfig(bundle=EXAMPLE.parent / "node.bundle.toml")
+    text = EXAMPLE.read_text()
+    table = tomllib.loads(text)
+    for dotted in ALL_KEYS:
+        section, _, key = dotted.rpartition(".")
+        # Either set, or shown commented out (keys without a default, or example values).
+        present = key in (table.get(section, {}) if section else table)
+        assert present or f"# {key} = " in text, f"{dotted} is not documented in {EXAMPLE}"
+
+
+def test_parse_config_needs_no_file() -> None:
+    cfg = parse_config({"bundle": "b.toml"}, base_dir=Path("/etc/ipop"), source="test")
+    assert cfg.bundle == Path("/etc/ipop/b.toml")
+
+
+BASE = 'bundle = "b.toml"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("", "bundle"),
+        ("bundle = 3\n", "bundle"),
+        ('bundle = ""\n', "bundle"),
+        (BASE + "colour = 'blue'\n", "colour"),
+        (BASE + "state_dir = []\n", "state_dir"),
+        (BASE + 'listen = "0.0.0.0"\n', "listen"),
+        (BASE + 'listen = "localhost:5800"\n', "listen"),
+        (BASE + 'listen = "0.0.0.0:70000"\n', "listen"),
+        (BASE + 'listen = "224.0.0.1:5800"\n', "listen"),
+        (BASE + 'hostname = "Alice Laptop"\n', "hostname"),
+        (BASE + 'hostname = "c064001002"\n', "hostname"),
+        (BASE + "hostname = 7\n", "hostname"),
+        (BASE + 'log_level = "verbose"\n', "log_level"),
+        (BASE + "tap = 1\n", "tap"),
+        (BASE + '[tap]\nname = "a-very-long-tap-name"\n', "tap.name"),
+        (BASE + '[tap]\nname = "ip/op"\n', "tap.name"),
+        (BASE + '[tap]\nname = ""\n', "tap.name"),
+        (BASE + '[tap]\naddressing = "auto"\n', "tap.addressing"),
+        (BASE + "[tap]\nmtu = 100\n", "tap.mtu"),
+        (BASE + "[tap]\nmtu = 9001\n", "tap.mtu"),
+        (BASE + "[tap]\nmtu = 1400.0\n", "tap.mtu"),
+        (BASE + "[tap]\nmtu = true\n", "tap.mtu"),
+        (BASE + "[tap]\nmtus = 1400\n", "tap.mtus"),
+        (BASE + "[control]\nsocket = 5\n", "control.socket"),
+        (BASE + '[dns]\nenabled = "yes"\n', "dns.enabled"),
+        (BASE + '[dns]\nupstream = "198.51.100.53:53"\n', "dns.upstream"),
+        (BASE + '[dns]\nupstream = ["198.51.100.53:53", "nope"]\n', "dns.upstream[1]"),
+        (BASE + "[dns]\nupstream = [53]\n", "dns.upstream[0]"),
+        (BASE + "[dht]\nlease_s = 59\n", "dht.lease_s"),
+        (BASE + '[dht]\nlease_s = "1h"\n', "dht.lease_s"),
+        (BASE + "[dht]\nttl = 60\n", "dht.ttl"),
+        (BASE + "[extra]\nx = 1\n", "extra"),
+    ],
+)
+def test_bad_field_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    exc = info.value
+    assert exc.key == key
+    assert str(exc).startswith(f"{key}: ")
+    assert str(path) in str(exc)  # where
+    assert exc.fix  # and how to mend it
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="cannot be read") as info:
+        load_config(missing)
+    assert info.value.key == str(missing)
+
+    broken = write(tmp_path, "bundle = \n", "broken.toml")
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_config(broken)
+    assert info.value.key == str(broken)
+
+    huge = write(tmp_path, BASE + "#" * MAX_CONFIG_BYTES, "huge.toml")
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config(huge)
+
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"bundle = '\xff'\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(binary)

@@ -1,0 +1,270 @@
+"""dhcp_dns.dns (the sans-IO resolver) and dhcp_dns.services (the TAP entry point)."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address, IPv4Network
+from typing import cast
+
+import pytest
+from dnslib import QTYPE, RCODE, DNSRecord
+from hypothesis import given
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import ARP, Ether
+
+from dhcp_dns.dhcp import AddressWanted
+from dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup
+from dhcp_dns.services import TapServices, TapServicesRunner
+from ipop.errors import LocalProtocolError
+
+SUBNET = IPv4Network("100.64.0.0/10")
+NOW = 1_700_000_000.0
+
+
+def _q(name: str, qtype: str = "A") -> bytes:
+    return bytes(DNSRecord.question(name, qtype).pack())
+
+
+def _answer(outcome: object) -> DNSRecord:
+    assert isinstance(outcome, DnsAnswer), outcome
+    return DNSRecord.parse(outcome.data)
+
+
+def _rcode(rec: DNSRecord) -> str:
+    return str(RCODE[rec.header.rcode])
+
+
+def test_address_names_need_no_lookup() -> None:
+    r = DnsResolver(SUBNET)
+    rec = _answer(r.handle_query(_q("C064001002.ipop"), now=NOW))
+    assert _rcode(rec) == "NOERROR" and rec.header.aa == 1
+    assert [(str(a.rdata), a.ttl, a.rtype) for a in rec.rr] == [("100.64.1.2", 60, QTYPE.A)]
+    # Case-insensitive, and other types for an existing name are an empty NOERROR.
+    assert str(_answer(r.handle_query(_q("c064001002.IPOP."), now=NOW)).a.rdata) == "100.64.1.2"
+    aaaa = _answer(r.handle_query(_q("C064001002.ipop", "AAAA"), now=NOW))
+    assert _rcode(aaaa) == "NOERROR" and not aaaa.rr
+    # Out of the subnet (octet 128 is 100.128.x.x, outside a /10): no such name.
+    assert _rcode(_answer(r.handle_query(_q("C128000001.ipop"), now=NOW))) == "NXDOMAIN"
+
+
+def test_hostname_lookup_complete_and_cache() -> None:
+    r = DnsResolver(SUBNET)
+    query = DNSRecord.question("alice-laptop.ipop")
+    out = r.handle_query(bytes(query.pack()), now=NOW)
+    assert isinstance(out, NeedsLookup) and out.name == "alice-laptop"
+    assert r.pending == 1
+    rec = DNSRecord.parse(r.complete(out.token, IPv4Address("100.64.1.3")))
+    assert rec.header.id == query.header.id and str(rec.a.rdata) == "100.64.1.3"
+    assert r.pending == 0
+    # Cached until the TTL runs out, then looked up again.
+    assert str(_answer(r.handle_query(_q("alice-laptop.ipop"), now=NOW + 30)).a.rdata)
+    assert isinstance(r.handle_query(_q("alice-laptop.ipop"), now=NOW + 61), NeedsLookup)
+    with pytest.raises(LocalProtocolError):
+        r.complete(out.token, None)
+
+
+def test_unknown_hostname_is_nxdomain_and_negative_cached() -> None:
+    r = DnsResolver(SUBNET, negative_ttl=5)
+    out = r.handle_query(_q("someone.ipop"), now=NOW)
+    assert isinstance(out, NeedsLookup)
+    assert _rcode(DNSRecord.parse(r.complete(out.token, None))) == "NXDOMAIN"
+    assert _rcode(_answer(r.handle_query(_q("someone.ipop"), now=NOW + 1))) == "NXDOMAIN"
+    assert isinstance(r.handle_query(_q("someone.ipop"), now=NOW + 6), NeedsLookup)
+    # A lookup that returns an address outside the subnet is treated as unknown.
+    out = r.handle_query(_q("mallory.ipop"), now=NOW)
+    assert isinstance(out, NeedsLookup)
+    rec = DNSRecord.parse(r.complete(out.token, IPv4Address("198.18.0.1")))
+    assert _rcode(rec) == "NXDOMAIN" and r.drops["dns_lookup_outside_subnet"] == 1
+
+
+@pytest.mark.parametrize("name", ["a.b.ipop", "-bad-.ipop", "under_score.ipop", "c999000000.ipop"])
+def test_invalid_names_in_zone_are_nxdomain(name: str) -> None:
+    r = DnsResolver(SUBNET)
+    assert _rcode(_answer(r.handle_query(_q(name), now=NOW))) == "NXDOMAIN"
+
+
+def test_outside_suffix_forward_or_refused() -> None:
+    data = _q("example.com")
+    assert _rcode(_answer(DnsResolver(SUBNET).handle_query(data, now=NOW))) == "REFUSED"
+    assert DnsResolver(SUBNET, upstream=True).handle_query(data, now=NOW) == Forward(data)
+
+
+def test_reverse_names() -> None:
+    r = DnsResolver(SUBNET)
+    rec = _answer(r.handle_query(_q("2.1.64.100.in-addr.arpa", "PTR"), now=NOW))
+    assert str(rec.a.rdata) == "C064001002.ipop."
+    # Not in the subnet: like any other foreign name.
+    assert _rcode(_answer(r.handle_query(_q("1.0.18.198.in-addr.arpa", "PTR"), now=NOW))) == (
+        "REFUSED"
+    )
+
+
+def test_garbage_and_responses_get_no_reply() -> None:
+    r = DnsResolver(SUBNET)
+    assert r.handle_query(b"\x00\x01\x02", now=NOW) is None
+    response = DNSRecord.question("C064001002.ipop").reply().pack()
+    assert r.handle_query(bytes(response), now=NOW) is None
+    assert r.drops == {"dns_garbage": 1, "dns_not_query": 1}
+
+
+def test_pending_is_bounded() -> None:
+    r = DnsResolver(SUBNET, max_pending=2)
+    assert isinstance(r.handle_query(_q("a1.ipop"), now=NOW), NeedsLookup)
+    assert isinstance(r.handle_query(_q("a2.ipop"), now=NOW), NeedsLookup)
+    assert _rcode(_answer(r.handle_query(_q("a3.ipop"), now=NOW))) == "SERVFAIL"
+    assert r.drops["dns_too_many_pending"] == 1
+
+
+@given(st.binary(max_size=300))
+def test_resolver_garbage_never_raises(data: bytes) -> None:
+    r = DnsResolver(SUBNET, upstream=True)
+    out = r.handle_query(data, now=NOW)
+    assert out is None or isinstance(out, DnsAnswer | NeedsLookup | Forward)
+    if isinstance(out, DnsAnswer):
+        DNSRecord.parse(out.data)
+
+
+# --- TapServices -------------------------------------------------------------------------------
+
+TAP_MAC = "52:54:00:12:34:56"
+OWN = IPv4Address("100.64.1.2")
+
+
+def _dns_frame(name: str, qtype: str = "A", dst: str = "100.64.0.1") -> bytes:
+    return bytes(
+        Ether(src=TAP_MAC, dst="02:1b:0a:00:00:01")
+        / IP(src=str(OWN), dst=dst)
+        / UDP(sport=40001, dport=53)
+        / DNSRecord.question(name, qtype).pack()
+    )
+
+
+def test_services_dns_reply_frame() -> None:
+    s = TapServices.for_node(SUBNET, OWN)
+    assert s.handle_frame(_dns_frame("C064001003.ipop"), now=NOW)
+    [frame] = s.frames_to_send()
+    f = Ether(frame)
+    assert f.src == "02:1b:0a:00:00:01" and f.dst == TAP_MAC
+    assert (f[IP].src, f[IP].dst, f[UDP].sport, f[UDP].dport) == (
+        "100.64.0.1",
+        "100.64.1.2",
+        53,
+        40001,
+    )
+    assert str(DNSRecord.parse(bytes(f[UDP].payload)).a.rdata) == "100.64.1.3"
+    assert s.tap_mac == bytes.fromhex("525400123456")
+
+
+def test_services_leaves_other_traffic() -> None:
+    s = TapServices.for_node(SUBNET, OWN)
+    peer = bytes(
+        Ether(src=TAP_MAC) / IP(src=str(OWN), dst="100.64.1.3") / UDP(dport=53) / (b"x" * 20)
+    )
+    assert not s.handle_frame(peer, now=NOW)
+    assert not s.handle_frame(_dns_frame("C064001003.ipop", dst="100.64.1.3"), now=NOW)
+    outside_arp = bytes(Ether(src=TAP_MAC) / ARP(psrc=str(OWN), pdst="198.18.0.1"))
+    assert not s.handle_frame(outside_arp, now=NOW)
+    assert s.frames_to_send() == []
+    arp = bytes(Ether(src=TAP_MAC) / ARP(hwsrc=TAP_MAC, psrc=str(OWN), pdst="100.64.1.3"))
+    assert s.handle_frame(arp, now=NOW)
+    [reply] = s.frames_to_send()
+    assert Ether(reply)[ARP].hwsrc == "02:1b:0a:00:00:01"
+
+
+def test_services_lookup_roundtrip() -> None:
+    s = TapServices.for_node(SUBNET, OWN)
+    assert s.handle_frame(_dns_frame("bob.ipop"), now=NOW)
+    assert s.frames_to_send() == []
+    [want] = s.lookups()
+    assert want.name == "bob"
+    s.complete_lookup(want.token, IPv4Address("100.64.2.2"))
+    [frame] = s.frames_to_send()
+    assert str(DNSRecord.parse(bytes(Ether(frame)[UDP].payload)).a.rdata) == "100.64.2.2"
+
+
+def test_runner_lookups_forwards_and_close() -> None:
+    async def main() -> None:
+        written: list[bytes] = []
+        gate = asyncio.Event()
+        events: list[object] = []
+
+        async def lookup(name: str) -> IPv4Address | None:
+            if name == "slow":
+                await gate.wait()
+            return IPv4Address("100.64.2.2") if name == "bob" else None
+
+        s = TapServices.for_node(SUBNET, OWN)
+        runner = TapServicesRunner(s, written.append, lookup, None, on_event=events.append)
+        assert runner.feed(_dns_frame("bob.ipop"), now=NOW)
+        assert runner.feed(_dns_frame("nobody.ipop"), now=NOW)
+        assert runner.feed(_dns_frame("slow.ipop"), now=NOW)
+        assert runner.feed(_dns_frame("example.com"), now=NOW)  # REFUSED at once
+        for _ in range(100):
+            if len(written) >= 3:
+                break
+            await asyncio.sleep(0)
+        rcodes = sorted(_rcode(DNSRecord.parse(bytes(Ether(f)[UDP].payload))) for f in written)
+        assert rcodes == ["NOERROR", "NXDOMAIN", "REFUSED"]
+        dhcp = bytes(
+            Ether(src=TAP_MAC, dst="ff:ff:ff:ff:ff:ff")
+            / IP(src="0.0.0.0", dst="255.255.255.255")
+            / UDP(sport=68, dport=67)
+            / _discover()
+        )
+        assert runner.feed(dhcp, now=NOW)
+        assert events == [AddressWanted(bytes.fromhex("525400123456"), None)]
+        await runner.close()  # cancels "slow"
+        assert s.dns is not None and s.dns.pending == 1
+        with pytest.raises(LocalProtocolError):
+            runner.feed(dhcp, now=NOW)
+
+    asyncio.run(main())
+
+
+def _discover() -> bytes:
+    from scapy.layers.dhcp import BOOTP, DHCP
+
+    return bytes(
+        BOOTP(op=1, chaddr=bytes.fromhex("525400123456"), xid=7)
+        / DHCP(options=[("message-type", "discover"), "end"])
+    )
+
+
+def test_runner_forwards_to_upstream_on_loopback() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        class Upstream(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = cast(asyncio.DatagramTransport, transport)
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                reply = DNSRecord.parse(data).replyZone("example.com. 30 A 198.18.0.7")
+                self.transport.sendto(bytes(reply.pack()), addr)
+
+        transport, _ = await loop.create_datagram_endpoint(Upstream, local_addr=("127.0.0.1", 0))
+        try:
+            port = transport.get_extra_info("sockname")[1]
+            written: list[bytes] = []
+            got = asyncio.Event()
+
+            def write(frame: bytes) -> None:
+                written.append(frame)
+                got.set()
+
+            async def lookup(name: str) -> IPv4Address | None:
+                return None
+
+            s = TapServices.for_node(SUBNET, OWN, upstream=True)
+            runner = TapServicesRunner(s, write, lookup, ("127.0.0.1", port))
+            assert runner.feed(_dns_frame("example.com"), now=NOW)
+            await asyncio.wait_for(got.wait(), 5)
+            rec = DNSRecord.parse(bytes(Ether(written[0])[UDP].payload))
+            assert str(rec.a.rdata) == "198.18.0.7"
+            assert Ether(written[0])[IP].src == "100.64.0.1"
+            await runner.close()
+        finally:
+            transport.close()
+
+    asyncio.run(main())

@@ -1,0 +1,217 @@
+"""The ``ipop status --json`` contract: exact round trips, strict reading."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ipop.status import PATH_KINDS, PeerStatus, PingReply, SelfStatus, Status
+
+A_ID = "a1" * 20
+B_ID = "b2" * 20
+C_ID = "c3" * 20
+
+
+def sample() -> Status:
+    return Status(
+        self_=SelfStatus(
+            node_id=A_ID,
+            node_name="alice",
+            vip="100.64.1.1",
+            names=["alice-laptop.ipop", "C064001001.ipop"],
+            nat="endpoint-independent",
+            uptime_s=3725.5,
+            endpoints=["203.0.113.5:5800"],
+            routable=True,
+        ),
+        peers=[
+            PeerStatus(
+                node_id=B_ID,
+                name="bob",
+                vip="100.64.1.2",
+                path="direct",
+                endpoint="198.51.100.7:5800",
+                rtt_ms=1.25,
+                bytes_in=1200,
+                bytes_out=3400,
+                kinds=["near", "shortcut"],
+            ),
+            PeerStatus(
+                node_id=C_ID,
+                name=None,
+                vip=None,
+                path="overlay",
+                endpoint=None,
+                rtt_ms=None,
+                bytes_in=0,
+                bytes_out=0,
+                kinds=[],
+            ),
+        ],
+        drops={"bad_mac": 2},
+        counters={"dht_get": 7},
+    )
+
+
+def test_round_trip_json_and_dict() -> None:
+    s = sample()
+    assert Status.from_json(s.to_json()) == s
+    assert Status.from_dict(s.to_dict()) == s
+    assert Status.from_json(s.to_json(indent=2)) == s
+
+
+def test_self_is_spelled_self_in_json() -> None:
+    doc = json.loads(sample().to_json())
+    assert list(doc) == ["self", "peers", "drops", "counters"]
+    assert doc["self"]["node_name"] == "alice"
+    assert doc["peers"][1]["rtt_ms"] is None
+
+
+def test_integer_json_numbers_read_as_floats() -> None:
+    doc = sample().to_dict()
+    doc["self"]["uptime_s"] = 12
+    doc["peers"][0]["rtt_ms"] = 3
+    s = Status.from_dict(doc)
+    assert s.self_.uptime_s == 12.0 and isinstance(s.self_.uptime_s, float)
+    assert s.peers[0].rtt_ms == 3.0 and isinstance(s.peers[0].rtt_ms, float)
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node: Any = doc
+    for p in parents:
+        node = node[int(p)] if p.isdigit() else node[p]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[int(last) if last.isdigit() else last] = value
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("self", _DELETE, "status.self: is missing"),
+        ("extra", 1, "status.extra: is not a known field"),
+        ("self.node_id", "abc", "self.node_id"),
+        ("self.node_id", A_ID.upper(), "self.node_id"),
+        ("self.node_name", None, "self.node_name: must be a string"),
+        ("self.vip", 5, "self.vip: must be a string or null"),
+        ("self.names", "alice", "self.names: must be a list"),
+        ("self.names.0", 1, "self.names[0]: must be a string"),
+        ("self.uptime_s", "1", "self.uptime_s: must be a number"),
+        ("self.uptime_s", -1.0, "self.uptime_s: must be a finite number >= 0"),
+        ("self.uptime_s", True, "self.uptime_s: must be a number"),
+        ("self.routable", 1, "self.routable: must be true or false"),
+        ("self.surprise", 1, "self.surprise: is not a known field"),
+        ("peers", {}, "peers: must be a list"),
+        ("peers.0", [], "peers[0]: must be an object"),
+        ("peers.0.path", "teleport", "peers[0].path: must be one of direct, relayed, overlay"),
+        ("peers.0.rtt_ms", "fast", "peers[0].rtt_ms: must be a number or null"),
+        ("peers.1.bytes_in", -5, "peers[1].bytes_in: must not be negative"),
+        ("peers.1.bytes_out", 1.5, "peers[1].bytes_out: must be an integer"),
+        ("peers.1.bytes_out", False, "peers[1].bytes_out: must be an integer"),
+        ("peers.0.kinds", None, "peers[0].kinds: must be a list"),
+        ("peers.0.name", _DELETE, "peers[0].name: is missing"),
+        ("drops.bad_mac", "2", "drops.bad_mac: must be an integer"),
+        ("counters", [], "counters: must be an object"),
+    ],
+)
+def test_from_dict_rejects_wrong_fields(path: str, value: Any, message: str) -> None:
+    doc = copy.deepcopy(sample().to_dict())
+    _set(doc, path, value)
+    with pytest.raises(ValueError) as info:
+        Status.from_dict(doc)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "[]", "null", "{", '{"self": NaN}', "42"])
+def test_from_json_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError):
+        Status.from_json(text)
+
+
+def test_nan_is_not_written() -> None:
+    doc = sample().to_json().replace("1.25", "NaN")
+    with pytest.raises(ValueError):
+        Status.from_json(doc)
+    bad = PingReply(seq=1, ok=True, rtt_ms=float("nan"), path="direct", hops=1)
+    with pytest.raises(ValueError):
+        bad.to_json()
+
+
+def test_ping_reply_round_trip_and_strictness() -> None:
+    ok = PingReply(seq=3, ok=True, rtt_ms=1.5, path="relayed", hops=2)
+    lost = PingReply(seq=4, ok=False)
+    for r in (ok, lost):
+        assert PingReply.from_json(r.to_json()) == r
+    assert json.loads(lost.to_json()) == {
+        "seq": 4,
+        "ok": False,
+        "rtt_ms": None,
+        "path": None,
+        "hops": None,
+    }
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"seq": -1}, "ping.seq: must not be negative"),
+        ({"ok": "yes"}, "ping.ok: must be true or false"),
+        ({"path": "carrier-pigeon"}, "ping.path: must be one of"),
+        ({"hops": 1.0}, "ping.hops: must be an integer"),
+        ({"extra": 0}, "ping.extra: is not a known field"),
+    ]
+    for patch, message in cases:
+        doc = {**ok.to_dict(), **patch}
+        with pytest.raises(ValueError) as info:
+            PingReply.from_dict(doc)
+        assert message in str(info.value)
+    with pytest.raises(ValueError, match=r"ping\.hops: is missing"):
+        PingReply.from_dict({"seq": 1, "ok": True, "rtt_ms": 1.0, "path": "direct"})
+
+
+_text = st.text(max_size=20)
+_count = st.integers(min_value=0, max_value=2**63)
+_num = st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False)
+_hex_id = st.binary(min_size=20, max_size=20).map(bytes.hex)
+
+_self = st.builds(
+    SelfStatus,
+    node_id=_hex_id,
+    node_name=_text,
+    vip=st.none() | _text,
+    names=st.lists(_text, max_size=3),
+    nat=st.none() | _text,
+    uptime_s=_num,
+    endpoints=st.lists(_text, max_size=3),
+    routable=st.booleans(),
+)
+_peer = st.builds(
+    PeerStatus,
+    node_id=_hex_id,
+    name=st.none() | _text,
+    vip=st.none() | _text,
+    path=st.sampled_from(PATH_KINDS),
+    endpoint=st.none() | _text,
+    rtt_ms=st.none() | _num,
+    bytes_in=_count,
+    bytes_out=_count,
+    kinds=st.lists(_text, max_size=3),
+)
+_status = st.builds(
+    Status,
+    self_=_self,
+    peers=st.lists(_peer, max_size=4),
+    drops=st.dictionaries(_text, _count, max_size=3),
+    counters=st.dictionaries(_text, _count, max_size=3),
+)
+
+
+@given(_status)
+def test_any_status_round_trips(s: Status) -> None:
+    assert Status.from_json(s.to_json()) == s

@@ -1,0 +1,117 @@
+"""``ipop status [--json]``: this node and its peers, as the daemon reports them.
+
+The table has one row for this node (PATH ``self``) and one per peer; ``--json`` prints the
+:class:`ipop.status.Status` document unchanged (the contract for scripts, DESIGN.md §10).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ipop.aio.control import ControlClient
+from ipop.status import PeerStatus, Status
+
+HEADER = ("NODE", "VIP", "NAME", "PATH", "ENDPOINT", "RTT", "IN", "OUT")
+# The first 8 hex digits tell nodes apart at a glance (NodeId.short()).
+SHORT_ID = 8
+
+
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("status", help="this node and its peers")
+    p.add_argument("--json", action="store_true", help="the status document as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, client: ControlClient) -> int:
+    status = client.status()
+    if args.json:
+        print(status.to_json(indent=2))
+    else:
+        print("\n".join(format_status(status)))
+    return 0
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{s:02d}s"
+    return f"{s}s"
+
+
+def _rtt(rtt_ms: float | None) -> str:
+    return "-" if rtt_ms is None else f"{rtt_ms:.1f} ms"
+
+
+def _peer_row(peer: PeerStatus) -> tuple[str, ...]:
+    return (
+        peer.node_id[:SHORT_ID],
+        peer.vip or "-",
+        peer.name or "-",
+        peer.path,
+        peer.endpoint or "-",
+        _rtt(peer.rtt_ms),
+        human_bytes(peer.bytes_in),
+        human_bytes(peer.bytes_out),
+    )
+
+
+def format_table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def format_status(status: Status) -> list[str]:
+    me = status.self_
+    rows: list[tuple[str, ...]] = [HEADER]
+    rows.append(
+        (
+            me.node_id[:SHORT_ID],
+            me.vip or "-",
+            me.node_name,
+            "self",
+            me.endpoints[0] if me.endpoints else "-",
+            "-",
+            "-",
+            "-",
+        )
+    )
+    rows.extend(_peer_row(p) for p in sorted(status.peers, key=lambda p: (p.vip or "~", p.node_id)))
+    lines = format_table(rows)
+    facts = [
+        f"up {human_duration(me.uptime_s)}",
+        f"nat {me.nat or 'unknown'}",
+        "routable" if me.routable else "NOT routable (not joined to the ring yet)",
+    ]
+    lines.append("")
+    lines.append("; ".join(facts))
+    if me.names:
+        lines.append("names: " + ", ".join(me.names))
+    if len(me.endpoints) > 1:
+        lines.append("endpoints: " + ", ".join(me.endpoints))
+    if not status.peers:
+        lines.append("no peers yet")
+    total_drops = sum(status.drops.values())
+    if total_drops:
+        top = sorted(status.drops.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        lines.append(f"drops: {total_drops} (" + ", ".join(f"{k} {v}" for k, v in top) + ")")
+    return lines

@@ -1,0 +1,147 @@
+"""ipopd: the node daemon's composition root (config + bundle → Daemon + local services + control).
+
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for a bad config or bundle (one line on
+stderr naming the key and the fix), 1 when the daemon failed while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from dhcp_dns.dhcp import DhcpServer
+from dhcp_dns.dns import DnsResolver
+from dhcp_dns.services import TapServices, TapServicesRunner
+from ipop.aio.control import ControlServer
+from ipop.aio.daemon import Daemon, DaemonControl, DaemonSettings
+from ipop.bundle import load_bundle
+from ipop.config import NodeConfig, load_config
+from ipop.errors import ConfigError
+
+_LEVELS = {
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+}
+
+
+class _KeyValueFormatter(logging.Formatter):
+    """One line per record: ``ts=… level=… logger=… <message>``; the message holds key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} "
+        line += f"logger={record.name} {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class NodeServices:
+    """DHCP and DNS of the virtual gateway on this node's TAP (the daemon answers ARP itself).
+
+    The only DHCP client on a node's TAP is its own kernel: it gets the DHT-allocated address
+    once the daemon has it (``address_assigned``); until then its DISCOVERs go unanswered and
+    are retransmitted, as RFC 2131 clients do.
+    """
+
+    def __init__(self, daemon: Daemon, cfg: NodeConfig) -> None:
+        self.daemon = daemon
+        self.dhcp_mode = cfg.tap.addressing == "dhcp"
+        gateway = daemon.gateway
+        upstream = cfg.dns.upstream[0] if cfg.dns.upstream else None
+        self.services = TapServices(
+            gateway_ip=gateway,
+            subnet=daemon.subnet,
+            arp=None,
+            dhcp=DhcpServer(
+                gateway,
+                daemon.subnet,
+                dns_ip=gateway,
+                domain=daemon.suffix,
+                mtu=daemon.tap.mtu if daemon.tap is not None else None,
+                lease_s=int(cfg.dht.lease_s),
+            )
+            if self.dhcp_mode
+            else None,
+            dns=DnsResolver(daemon.subnet, suffix=daemon.suffix, upstream=upstream is not None)
+            if cfg.dns.enabled
+            else None,
+        )
+        self.runner = TapServicesRunner(
+            self.services,
+            daemon.write_frame,
+            daemon.resolve,
+            (upstream.host, upstream.port) if upstream is not None else None,
+        )
+
+    def feed(self, frame: bytes, *, now: float) -> bool:
+        return self.runner.feed(frame, now=now)
+
+    def address_assigned(self, vip: IPv4Address) -> None:
+        dhcp = self.services.dhcp
+        tap = self.daemon.tap
+        if dhcp is not None and tap is not None:
+            dhcp.assign(tap.mac, vip)
+
+    async def close(self) -> None:
+        await self.runner.close()
+
+
+async def _run(cfg: NodeConfig, daemon: Daemon) -> None:
+    control = ControlServer(cfg.control.socket, DaemonControl(daemon))
+    await control.start()
+    try:
+        await daemon.run()
+    finally:
+        await control.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ipopd", description="the ipop node daemon")
+    ap.add_argument("--config", required=True, help="node TOML (deploy/ipop.example.toml)")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        bundle = load_bundle(cfg.bundle)
+        problems = bundle.problems(now=time.time())
+        if problems:
+            key, problem, fix = problems[0]
+            raise ConfigError(key, f"{problem} in {cfg.bundle}", fix)
+    except ConfigError as exc:
+        print(f"ipopd: {exc}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_KeyValueFormatter())
+    logging.basicConfig(level=_LEVELS[cfg.log_level], handlers=[handler], force=True)
+    if cfg.log_level != "debug":  # kademlia logs every RPC at info
+        logging.getLogger("kademlia").setLevel(logging.WARNING)
+    settings = DaemonSettings(
+        listen=cfg.listen,
+        state_dir=Path(cfg.state_dir),
+        tap_name=cfg.tap.name,
+        tap_mtu=cfg.tap.mtu,
+        addressing=cfg.tap.addressing,
+        hostname=cfg.effective_hostname(bundle.hostname),
+        lease_s=float(cfg.dht.lease_s),
+    )
+    daemon = Daemon(bundle, settings, services=lambda d: NodeServices(d, cfg))
+    try:
+        asyncio.run(_run(cfg, daemon))
+    except ConfigError as exc:
+        print(f"ipopd: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        logging.getLogger("ipopd").exception("event=failed error=%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,501 @@
+"""ipop-lab bench: ipop's data plane next to the underlay, tinc, wireguard-go and nebula.
+
+This module owns one benchmark run: two network namespaces joined by a veth (underlay
+198.51.100.1/24 and .2), and for each system in turn: bring it up between the two, 20 pings
+at 0.05 s, one iperf3 TCP stream for ``duration_s`` seconds (first second omitted), tear it
+down. The method is the one of /work/shared/reference/bench_peers.sh, so the numbers compare
+with DESIGN.md §8.
+
+Ground rules: every namespace name starts with a prefix unique to this process; every file
+lives in one temporary directory; only the processes started here are signalled (each in its
+own session, so its group is ours); the namespaces are deleted in ``finally`` whatever
+happened. A system that does not come up gives an error row, never an exception.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SYSTEMS", "main_bench", "register", "run_bench"]
+
+SYSTEMS = ("underlay", "ipop", "tinc", "wireguard-go", "nebula")
+A_UL = "198.51.100.1"
+B_UL = "198.51.100.2"
+PINGS = 20
+IPERF_PORT = 5201
+UP_TIMEOUT_S = 30.0
+REPO = Path(__file__).resolve().parents[2]
+
+
+class BenchError(Exception):
+    """A system could not be brought up or measured (becomes an error row)."""
+
+
+@dataclass
+class _Run:
+    """One benchmark topology: namespaces, temp dir and the processes started in them."""
+
+    prefix: str
+    work: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    iperf_port: int = IPERF_PORT
+
+    @property
+    def ns_a(self) -> str:
+        return self.prefix + "a"
+
+    @property
+    def ns_b(self) -> str:
+        return self.prefix + "b"
+
+    def sh(self, argv: Sequence[str], *, ns: str | None = None, timeout: float = 30.0) -> str:
+        full = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
+        p = subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False)
+        if p.returncode != 0:
+            raise BenchError(f"{' '.join(argv[:3])}: {(p.stderr or p.stdout).strip()[:200]}")
+        return p.stdout
+
+    def spawn(self, ns: str, argv: Sequence[str], log_name: str) -> subprocess.Popen[bytes]:
+        with open(self.work / log_name, "wb") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns, *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.work,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, procs: Sequence[subprocess.Popen[bytes]]) -> None:
+        """Stop processes we started: SIGTERM to their own group, SIGKILL after 3 s."""
+        for proc in procs:
+            if proc.poll() is None:
+                _killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 3.0
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+            if proc in self.procs:
+                self.procs.remove(proc)
+
+    def log(self, name: str) -> str:
+        path = self.work / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _killpg(pid: int, sig: signal.Signals) -> None:
+    # The group id is the pid: start_new_session made each process lead its own group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise BenchError(f"{what} not within {timeout_s:.0f} s")
+
+
+def _in_a(run: _Run) -> list[str]:
+    return ["ip", "netns", "exec", run.ns_a]
+
+
+def _pings_ok(run: _Run, dst: str) -> bool:
+    p = subprocess.run(
+        ["ip", "netns", "exec", run.ns_a, "ping", "-c1", "-W1", dst],
+        capture_output=True,
+        timeout=5,
+        check=False,
+    )
+    return p.returncode == 0
+
+
+# ---------------------------------------------------------------- topology
+
+
+def _setup(run: _Run) -> None:
+    a, b = run.ns_a, run.ns_b
+    for ns in (a, b):
+        run.sh(["ip", "netns", "add", ns])
+        run.sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+    va, vb = run.prefix + "va", run.prefix + "vb"
+    run.sh(["ip", "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb, "netns", b])
+    for ns, ifc, addr in ((a, va, A_UL), (b, vb, B_UL)):
+        run.sh(["ip", "-n", ns, "link", "set", ifc, "name", "ul0"])
+        run.sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "ul0"])
+        run.sh(["ip", "-n", ns, "link", "set", "ul0", "up"])
+
+
+def _teardown(run: _Run) -> None:
+    run.stop(list(run.procs))
+    for ns in (run.ns_a, run.ns_b):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def _measure(run: _Run, dst: str, duration_s: int) -> tuple[float, float]:
+    """(Mbit/s of one iperf3 TCP stream, average ping RTT in ms) from A to ``dst``."""
+    out = subprocess.run(
+        [*_in_a(run), "ping", "-c", str(PINGS), "-i", "0.05", "-W", "1", "-q", dst],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    ).stdout
+    m = re.search(r"= [\d.]+/([\d.]+)/", out)
+    rtt = float(m.group(1)) if m else float("nan")
+    # A fresh one-off server per measurement: a server whose last client vanished with its
+    # tunnel stays "busy running a test" for minutes.
+    run.iperf_port += 1
+    port = str(run.iperf_port)
+    server = run.spawn(run.ns_b, ["iperf3", "-s", "-1", "-p", port], f"iperf3-s-{port}.log")
+    try:
+        _wait(lambda: f":{port} " in run.sh(["ss", "-Hltn"], ns=run.ns_b), 10, "iperf3 server")
+        bps = _iperf(run, dst, port, duration_s)
+    finally:
+        run.stop([server])
+    return bps / 1e6, rtt
+
+
+def _iperf(run: _Run, dst: str, port: str, duration_s: int) -> float:
+    p = subprocess.run(
+        [
+            *_in_a(run),
+            "iperf3",
+            "-c",
+            dst,
+            "-p",
+            port,
+            "-t",
+            str(duration_s),
+            "-J",
+            "-O1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration_s + 30,
+        check=False,
+    )
+    try:
+        bps = float(json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"iperf3 failed: {(p.stdout + p.stderr).strip()[-200:]}") from exc
+    return bps
+
+
+# ---------------------------------------------------------------- systems
+
+
+def _underlay(run: _Run, duration_s: int) -> tuple[float, float]:
+    return _measure(run, B_UL, duration_s)
+
+
+def _ipop(run: _Run, duration_s: int) -> tuple[float, float]:
+    d = Path(tempfile.mkdtemp(prefix="ipop-", dir=run.work))
+    py = str(REPO / ".venv" / "bin" / "python")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    home = d / "home"
+
+    def cfg(*args: str) -> None:
+        p = subprocess.run(
+            [py, "-m", "tools.config_cli", "--home", str(home), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            env=env,
+            check=False,
+        )
+        if p.returncode != 0:
+            raise BenchError(f"config_cli {args[0]}: {p.stderr.strip()[-200:]}")
+
+    cfg("init", "benchnet", "--subnet", "100.64.0.0/10", "--bootstrap", f"{A_UL}:5800")
+    procs = []
+    for n, ns in (("a", run.ns_a), ("b", run.ns_b)):
+        cfg("node", "benchnet", n, "--hostname", f"bench{n}", "--out", str(d / f"{n}.bundle.toml"))
+        (d / f"{n}.toml").write_text(
+            f'bundle = "{n}.bundle.toml"\nstate_dir = "state{n}"\nlisten = "0.0.0.0:5800"\n'
+            f'log_level = "info"\n[control]\nsocket = "{d / n}.sock"\n'
+        )
+        argv = ["env", f"PYTHONPATH={REPO}", py, "-m", "tools.ipopd"]
+        procs.append(run.spawn(ns, [*argv, "--config", str(d / f"{n}.toml")], f"ipop-{n}.log"))
+    try:
+        vips: dict[str, str] = {}
+
+        def ready() -> bool:
+            for n, proc in zip("ab", procs, strict=True):
+                if proc.poll() is not None:
+                    raise BenchError(f"ipopd {n} exited: {run.log(f'ipop-{n}.log')[-300:]}")
+                m = re.search(r"event=ready vip=([\d.]+)", run.log(f"ipop-{n}.log"))
+                if m:
+                    vips[n] = m.group(1)
+            return len(vips) == 2
+
+        _wait(ready, UP_TIMEOUT_S, "ipopd ready")
+        _wait(lambda: _pings_ok(run, vips["b"]), UP_TIMEOUT_S, "ping over ipop", 0.3)
+        # The first packets go over the ring while the shortcut comes up: warm up first.
+        _pings_ok(run, vips["b"])
+        return _measure(run, vips["b"], duration_s)
+    finally:
+        run.stop(procs)
+
+
+def _tinc(run: _Run, duration_s: int) -> tuple[float, float]:
+    if shutil.which("tincd") is None:
+        raise BenchError("tincd not installed")
+    procs = []
+    top = Path(tempfile.mkdtemp(prefix="tinc-", dir=run.work))
+    for n, ul, vpn, peer in (("a", A_UL, "100.64.1.1", "b"), ("b", B_UL, "100.64.1.2", "")):
+        d = top / n
+        (d / "hosts").mkdir(parents=True)
+        conf = f"Name = {n}\nMode = router\nInterface = {run.prefix}tc\nAddressFamily = ipv4\n"
+        conf += "Port = 655\n" + (f"ConnectTo = {peer}\n" if peer else "")
+        (d / "tinc.conf").write_text(conf)
+        (d / "hosts" / n).write_text(f"Address = {ul}\nPort = 655\nSubnet = {vpn}/32\n")
+        up = d / "tinc-up"
+        up.write_text(
+            f'#!/bin/sh\nip addr add {vpn}/24 dev "$INTERFACE"\nip link set "$INTERFACE" up\n'
+        )
+        up.chmod(0o755)
+        run.sh(["tincd", "-c", str(d), "-K", "2048"], timeout=60)
+    ta, tb = top / "a", top / "b"
+    shutil.copy(ta / "hosts" / "a", tb / "hosts" / "a")
+    shutil.copy(tb / "hosts" / "b", ta / "hosts" / "b")
+    for n, ns, d in (("a", run.ns_a, ta), ("b", run.ns_b, tb)):
+        argv = ["tincd", "-c", str(d), "-D", "-d1", f"--pidfile={d}/pid", f"--logfile={d}/log"]
+        procs.append(run.spawn(ns, argv, f"tinc-{n}.log"))
+    try:
+        _wait(lambda: _pings_ok(run, "100.64.1.2"), UP_TIMEOUT_S, "ping over tinc", 0.3)
+        time.sleep(1.0)  # not synchronisation: lets tinc switch from TCP to UDP (as the ref)
+        return _measure(run, "100.64.1.2", duration_s)
+    finally:
+        run.stop(procs)
+
+
+def _wireguard_go(run: _Run, duration_s: int) -> tuple[float, float]:
+    if shutil.which("wireguard-go") is None or shutil.which("wg") is None:
+        raise BenchError("wireguard-go or wg not installed")
+    d = Path(tempfile.mkdtemp(prefix="wg-", dir=run.work))
+    keys = {}
+    for n in "ab":
+        priv = run.sh(["wg", "genkey"]).strip()
+        (d / f"{n}.key").write_text(priv + "\n")
+        p = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True)
+        keys[n] = p.stdout.strip()
+    # Two daemons share /var/run/wireguard/: interface names must differ (and be ours).
+    names = {"a": run.prefix + "wa", "b": run.prefix + "wb"}
+    socks = [Path(f"/var/run/wireguard/{names[n]}.sock") for n in "ab"]
+    procs = [
+        run.spawn(run.ns_a, ["wireguard-go", "-f", names["a"]], "wg-a.log"),
+        run.spawn(run.ns_b, ["wireguard-go", "-f", names["b"]], "wg-b.log"),
+    ]
+    try:
+        _wait(lambda: all(s.exists() for s in socks), 10, "wireguard-go sockets")
+        for n, ns, other, peer_ul, vpn, peer_vpn in (
+            ("a", run.ns_a, "b", B_UL, "100.64.0.1", "100.64.0.2"),
+            ("b", run.ns_b, "a", A_UL, "100.64.0.2", "100.64.0.1"),
+        ):
+            ifc = names[n]
+            run.sh(
+                [
+                    *("wg", "set", ifc, "listen-port", "51820"),
+                    *("private-key", str(d / f"{n}.key"), "peer", keys[other]),
+                    *("allowed-ips", f"{peer_vpn}/32", "endpoint", f"{peer_ul}:51820"),
+                ],
+                ns=ns,
+            )
+            run.sh(["ip", "addr", "add", f"{vpn}/24", "dev", ifc], ns=ns)
+            run.sh(["ip", "link", "set", ifc, "mtu", "1420", "up"], ns=ns)
+        _wait(lambda: _pings_ok(run, "100.64.0.2"), UP_TIMEOUT_S, "ping over wireguard-go", 0.3)
+        return _measure(run, "100.64.0.2", duration_s)
+    finally:
+        run.stop(procs)
+        for s in socks:
+            s.unlink(missing_ok=True)
+
+
+def _nebula(run: _Run, duration_s: int) -> tuple[float, float]:
+    if shutil.which("nebula") is None or shutil.which("nebula-cert") is None:
+        raise BenchError("nebula or nebula-cert not installed")
+    d = Path(tempfile.mkdtemp(prefix="nebula-", dir=run.work))
+    run.sh(
+        [
+            *("nebula-cert", "ca", "-name", "benchnet"),
+            *("-out-crt", f"{d}/ca.crt", "-out-key", f"{d}/ca.key"),
+        ]
+    )
+    for n, ip in (("a", "100.64.2.1/24"), ("b", "100.64.2.2/24")):
+        run.sh(
+            [
+                *("nebula-cert", "sign", "-ca-crt", f"{d}/ca.crt", "-ca-key", f"{d}/ca.key"),
+                *("-name", n, "-ip", ip, "-out-crt", f"{d}/{n}.crt", "-out-key", f"{d}/{n}.key"),
+            ]
+        )
+        lh = "true" if n == "a" else "false"
+        hosts = "[]" if n == "a" else '["100.64.2.1"]'
+        (d / f"{n}.yml").write_text(
+            f"pki: {{ca: {d}/ca.crt, cert: {d}/{n}.crt, key: {d}/{n}.key}}\n"
+            f'static_host_map:\n  "100.64.2.1": ["{A_UL}:4242"]\n  "100.64.2.2": ["{B_UL}:4242"]\n'
+            f"lighthouse:\n  am_lighthouse: {lh}\n  interval: 60\n  hosts: {hosts}\n"
+            "listen: {host: 0.0.0.0, port: 4242}\npunchy: {punch: true}\n"
+            f"tun: {{disabled: false, dev: {run.prefix}nb, drop_local_broadcast: false, "
+            "drop_multicast: false, tx_queue: 500, mtu: 1300}\n"
+            "logging: {level: info, format: text}\n"
+            "firewall:\n  conntrack: {tcp_timeout: 12m, udp_timeout: 3m, default_timeout: 10m}\n"
+            "  outbound: [{port: any, proto: any, host: any}]\n"
+            "  inbound: [{port: any, proto: any, host: any}]\n"
+        )
+    procs = [
+        run.spawn(run.ns_a, ["nebula", "-config", f"{d}/a.yml"], "nebula-a.log"),
+        run.spawn(run.ns_b, ["nebula", "-config", f"{d}/b.yml"], "nebula-b.log"),
+    ]
+    try:
+        _wait(lambda: _pings_ok(run, "100.64.2.2"), UP_TIMEOUT_S, "ping over nebula", 0.3)
+        return _measure(run, "100.64.2.2", duration_s)
+    finally:
+        run.stop(procs)
+
+
+_RUNNERS: dict[str, Callable[[_Run, int], tuple[float, float]]] = {
+    "underlay": _underlay,
+    "ipop": _ipop,
+    "tinc": _tinc,
+    "wireguard-go": _wireguard_go,
+    "nebula": _nebula,
+}
+
+
+# ---------------------------------------------------------------- API
+
+
+def run_bench(*, systems: list[str], duration_s: int, runs: int, json_out: bool) -> dict[str, Any]:
+    """Measure ``systems`` ``runs`` times each on one fresh topology per run.
+
+    Returns ``{"results": [{"system", "mbit_s", "rtt_ms"} | {..., "error"}]}`` with the median
+    over runs (and every run's values under ``"runs"``); prints the table unless ``json_out``.
+    """
+    if os.geteuid() != 0:
+        raise BenchError("needs root: builds network namespaces")
+    unknown = [s for s in systems if s not in _RUNNERS]
+    if unknown:
+        raise BenchError(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    per: dict[str, list[tuple[float, float]]] = {s: [] for s in systems}
+    errors: dict[str, str] = {}
+    for i in range(runs):
+        work = Path(tempfile.mkdtemp(prefix="ipop-bench-"))
+        run = _Run(prefix=f"ib{os.getpid() % 10000:04d}{i % 10}", work=work)
+        try:
+            _setup(run)
+            for s in systems:
+                try:
+                    result = _RUNNERS[s](run, duration_s)
+                except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                    got = errors[s] = f"run {i + 1}: {exc}"
+                else:
+                    per[s].append(result)
+                    got = f"{result[0]:.1f} Mbit/s, rtt {result[1]:.3f} ms"
+                if not json_out:
+                    print(f"run {i + 1}/{runs} {s}: {got}", file=sys.stderr)
+        finally:
+            _teardown(run)
+            shutil.rmtree(work, ignore_errors=True)
+    results: list[dict[str, Any]] = []
+    for s in systems:
+        vals = per[s]
+        if not vals:
+            results.append({"system": s, "mbit_s": None, "rtt_ms": None, "error": errors[s]})
+            continue
+        row: dict[str, Any] = {
+            "system": s,
+            "mbit_s": round(statistics.median(v[0] for v in vals), 1),
+            "rtt_ms": round(statistics.median(v[1] for v in vals), 3),
+            "runs": [{"mbit_s": round(m, 1), "rtt_ms": r} for m, r in vals],
+        }
+        if s in errors:
+            row["error"] = errors[s]
+        results.append(row)
+    report = {"results": results}
+    if not json_out:
+        print(format_table(report, duration_s=duration_s, runs=runs))
+    return report
+
+
+def format_table(report: dict[str, Any], *, duration_s: int, runs: int) -> str:
+    lines = [
+        f"iperf3 TCP 1 stream {duration_s} s (+1 s omitted), {PINGS} pings @ 50 ms; "
+        f"median of {runs} run(s)",
+        f"{'system':<14} {'Mbit/s':>9} {'rtt ms':>8}  per run",
+    ]
+    for r in report["results"]:
+        if r["mbit_s"] is None:
+            lines.append(f"{r['system']:<14} {'error':>9} {'':>8}  {r['error']}")
+            continue
+        each = " / ".join(f"{x['mbit_s']:.0f}" for x in r["runs"])
+        lines.append(f"{r['system']:<14} {r['mbit_s']:>9.1f} {r['rtt_ms']:>8.3f}  {each}")
+    return "\n".join(lines)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main_bench(args: argparse.Namespace) -> int:
+    systems = [s for s in str(args.systems).replace(",", " ").split() if s]
+    # SIGTERM unwinds like Ctrl-C, so run_bench's finally still tears the namespaces down.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        report = run_bench(
+            systems=systems, duration_s=int(args.duration), runs=int(args.runs), json_out=args.json
+        )
+    except BenchError as exc:
+        print(f"ipop-lab bench: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Registrar for :data:`tools.lab.main.EXTRA_COMMANDS` (adds ``bench``)."""
+    p = sub.add_parser("bench", parents=[common], help="throughput/RTT vs tinc, wg-go, nebula")
+    _add_args(p)
+    p.set_defaults(func=main_bench)
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--systems", default=" ".join(SYSTEMS), help="space/comma separated")
+    p.add_argument("--duration", type=int, default=5, help="iperf3 seconds (after 1 s omitted)")
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--json", action="store_true", help='print {"results": [...]}')
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="ipop-lab bench")
+    _add_args(parser)
+    sys.exit(main_bench(parser.parse_args()))

@@ -1,0 +1,298 @@
+"""ipop-lab: the command line of the namespace lab: up, status, exec, logs, down.
+
+This module owns argument parsing and what each subcommand prints; the lab itself lives in
+:mod:`tools.lab.lab`. A lab brought ``up`` stays up after the command returns; its state is in
+``--workdir`` (default /run/ipop-lab/current) so later commands find it. SIGINT and SIGTERM
+while a lab is being built tear it down before exiting.
+
+``demo`` and ``bench`` are registered by other modules through :func:`register_extra_commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ipop.errors import ConfigError, IpopError
+from tools.lab import netns
+from tools.lab.ipopnet import IpopNet
+from tools.lab.lab import STATE_FILE, Lab, cleanup_stale
+from tools.lab.topology import default_topology, load_topology
+
+DEFAULT_WORKDIR = Path("/run/ipop-lab/current")
+
+# A subcommand registrar adds one subparser and sets ``func`` (args -> exit code) on it.
+CommandRegistrar = Callable[
+    ["argparse._SubParsersAction[argparse.ArgumentParser]", argparse.ArgumentParser], None
+]
+EXTRA_COMMANDS: list[CommandRegistrar] = []
+
+
+def register_extra_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Hook for subcommands defined elsewhere (``demo``, ``bench``): each registrar gets the
+    subparsers and the common parent parser (``--workdir``) and sets ``func`` on its parser."""
+    # >>> extra subcommands (demo, bench) are registered here; not implemented in this module.
+    for registrar in EXTRA_COMMANDS:
+        registrar(sub, common)
+    # <<< end of extra subcommands
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into the same unwinding as Ctrl-C so Lab.up()/__exit__ tear down.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _load(workdir: Path) -> Lab | None:
+    if not (workdir / STATE_FILE).exists():
+        print(f"ipop-lab: no lab in {workdir}", file=sys.stderr)
+        return None
+    return Lab.load(workdir)
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    workdir: Path = args.workdir
+    if (workdir / STATE_FILE).exists():
+        old = Lab.load(workdir)
+        print(
+            f"ipop-lab: a lab (prefix {old.prefix}) is already recorded in {workdir}; "
+            "run `ipop-lab down` first",
+            file=sys.stderr,
+        )
+        return 1
+    topo = load_topology(Path(args.topology)) if args.topology else default_topology()
+    lab = Lab(topo, workdir=workdir, prefix=args.prefix)
+    lab.up()  # tears down by itself on failure or interrupt
+    print(f"lab {lab.prefix} up ({len(lab.namespaces)} namespaces), state in {lab.state_path}")
+    _print_hosts(lab)
+    if args.no_daemons:
+        return 0
+    net = IpopNet(lab)
+    try:
+        net.prepare()
+        net.start_all()
+        for h in lab.hosts:
+            st = net.wait_ready(h, timeout_s=30.0)
+            print(f"  ipopd on {h.name:<10} {st.self_.vip:<16} {' '.join(st.self_.names)}")
+    except BaseException:
+        lab.down()
+        raise
+    print("try: ipop-lab exec HOST -- ping NAME.ipop   |   ipop-lab exec HOST -- ipop status")
+    return 0
+
+
+def _status(lab: Lab) -> dict[str, Any]:
+    present = set(netns.list_ns(lab.prefix))
+    return {
+        "prefix": lab.prefix,
+        "state": lab.state,
+        "workdir": str(lab.workdir),
+        "namespaces": {ns: ns in present for ns in lab.namespaces},
+        "hosts": [h.to_dict() for h in lab.hosts],
+        "processes": [dict(p.to_dict(), alive=p.alive()) for p in lab.processes],
+    }
+
+
+def _print_hosts(lab: Lab) -> None:
+    print(f"{'host':<12} {'ip':<15} {'public ip':<15} {'nat':<22} namespace")
+    for h in lab.hosts:
+        nat = h.nat_kind or ("public, bootstrap" if h.is_bootstrap else "public")
+        print(f"{h.name:<12} {h.ip!s:<15} {h.public_ip!s:<15} {nat:<22} {h.ns}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    lab = _load(args.workdir)
+    if lab is None:
+        return 1
+    st = _status(lab)
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    missing = [ns for ns, ok in st["namespaces"].items() if not ok]
+    print(
+        f"lab {lab.prefix} {lab.state}, workdir {lab.workdir}"
+        + (f"; MISSING namespaces: {' '.join(missing)}" if missing else "")
+    )
+    _print_hosts(lab)
+    for p in st["processes"]:
+        print(
+            f"  pid {p['pid']:<7} {'alive' if p['alive'] else 'dead ':<5} on {p['host']:<12} "
+            f"{' '.join(p['argv'])}  (log {p['log']})"
+        )
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    lab = _load(args.workdir)
+    if lab is None:
+        return 1
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        print("ipop-lab exec: no command given (ipop-lab exec HOST -- CMD...)", file=sys.stderr)
+        return 2
+    ns = lab.host(args.host).ns
+    # The host's daemon socket for `ipop`, and our venv's commands on PATH.
+    env = dict(os.environ)
+    env["IPOP_SOCKET"] = str(IpopNet(lab).files(args.host).socket)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    # Interactive: inherit our stdio; bounded only if the user asks for --timeout.
+    try:
+        return subprocess.run(
+            netns.in_ns(ns, cmd), timeout=args.timeout, check=False, env=env
+        ).returncode
+    except subprocess.TimeoutExpired:
+        print(f"ipop-lab exec: timed out after {args.timeout} s", file=sys.stderr)
+        return 124
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    lab = _load(args.workdir)
+    if lab is None:
+        return 1
+    name = lab.host(args.host).name
+    logs = {Path(p.log) for p in lab.processes if p.host == name}
+    hdir = lab.workdir / "hosts" / name
+    if hdir.is_dir():
+        logs |= set(hdir.glob("*.log"))
+    if not logs:
+        print(f"ipop-lab: no logs for {name}", file=sys.stderr)
+        return 1
+    for path in sorted(logs):
+        print(f"==> {path} <==")
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            print("(missing)")
+            continue
+        for line in lines[-args.tail :] if args.tail else lines:
+            print(line)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    if (args.workdir / STATE_FILE).exists():
+        lab = Lab.load(args.workdir)
+        lab.down()
+        print(f"lab {lab.prefix} down")
+    elif args.prefix is None:
+        print(f"ipop-lab: no lab recorded in {args.workdir}; nothing to do")
+    if args.prefix is not None:
+        gone = cleanup_stale(args.prefix)
+        print(f"removed {len(gone)} namespaces with prefix {args.prefix}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help=f"lab state and logs (default {DEFAULT_WORKDIR})",
+    )
+    parser = argparse.ArgumentParser(
+        prog="ipop-lab", description="An emulated internet with NATs in network namespaces."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", parents=[common], help="build a topology and leave it up")
+    p.add_argument("topology", nargs="?", help="topology TOML (default: built-in topology)")
+    p.add_argument("--prefix", help="namespace prefix (default: ipl + 5 random hex digits + -)")
+    p.add_argument("--no-daemons", action="store_true", help="build the network only")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("status", parents=[common], help="show the lab that is up")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("exec", parents=[common], help="run a command in a host's namespace")
+    p.add_argument("host")
+    p.add_argument("--timeout", type=float, default=None, help="seconds (default: none)")
+    # main() splits at "--" by hand so CMD may carry options of its own.
+    p.add_argument("cmd", nargs="*", help="-- CMD [ARGS...]")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("logs", parents=[common], help="print the logs of a host's processes")
+    p.add_argument("host")
+    p.add_argument("--tail", type=int, default=0, help="last N lines of each log (0: all)")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("down", parents=[common], help="tear the lab down (idempotent)")
+    p.add_argument("--prefix", help="also delete every namespace with this prefix")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("demo", help="the whole demo: build, join, ping every pair by name")
+    p.add_argument("topology", nargs="?", help="topology TOML (default: built-in topology)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="throughput and RTT: underlay, ipop, tinc, wg-go, nebula")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--duration", type=int, default=5, help="iperf3 seconds per system")
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--systems", default="underlay,ipop,tinc,wireguard-go,nebula")
+    p.set_defaults(func=cmd_bench)
+
+    register_extra_commands(sub, common)
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tools.lab.demo import main_demo
+
+    topo = load_topology(Path(args.topology)) if args.topology else default_topology()
+    return main_demo(topo, as_json=args.json)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tools.lab.bench import main_bench
+
+    return main_bench(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tail: list[str] | None = None
+    if "--" in argv and "exec" in argv[: argv.index("--")]:
+        # Split by hand: argparse would read the command's options (ping -c) as ours.
+        i = argv.index("--")
+        argv, tail = argv[:i], argv[i + 1 :]
+    args = build_parser().parse_args(argv)
+    if tail is not None:
+        args.cmd = [*args.cmd, *tail]
+    old = signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        rc: int = args.func(args)
+        return rc
+    except ConfigError as e:
+        print(f"ipop-lab: config error: {e}", file=sys.stderr)
+        return 2
+    except (IpopError, OSError) as e:
+        print(f"ipop-lab: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ipop-lab: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""What ipop-lab builds: the topology as frozen data, loaded from TOML and strictly validated.
+
+This module owns the TOML format and every address-assignment default; it does no I/O beyond
+reading the file. Format (every key but ``hosts[].name`` / ``role`` / ``nat`` is optional)::
+
+    nat_backend = "iptables"               # or "nft": which tool writes the NAT rules
+
+    [internet]
+    subnet = "203.0.113.0/24"              # the bridge segment in the "inet" namespace
+    subnet2 = "198.51.100.0/24"            # optional second segment, routed by "inet"
+
+    [[hosts]]                              # the first public host is the bootstrap
+    name = "pub1"                          # [a-z][a-z0-9-]*, at most 12 characters
+    role = "public"                        # directly on the internet segment
+    ip = "203.0.113.10"                    # default: .10, .11, ... of subnet
+    extra_ips = ["203.0.113.20"]           # more addresses on the same interface
+
+    [[hosts]]
+    name = "a"
+    role = "nat"                           # one LAN host behind its own NAT router
+    nat = "port-restricted-cone"           # full-cone | restricted-cone | port-restricted-cone
+                                           # | symmetric (rule sets in natrules.py)
+    wan_ip = "203.0.113.101"               # router's public address; default .101, .102, ...
+    lan = "198.18.1.0/24"                  # default 198.18.N.0/24, N = 1, 2, ... (next free)
+    udp_timeout_s = 30                     # router's conntrack UDP timeout (mapping lifetime)
+
+A public host's ``ip`` (a NAT router's ``wan_ip``) decides its segment: an address inside
+``subnet2`` puts it there. ``.1`` of every segment belongs to the inet namespace (the gateway
+between segments); ``.1`` of a LAN is the router and ``.2`` the LAN host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from ipop.errors import ConfigError
+from tools.lab.natrules import NAT_KINDS
+
+ROLES = ("public", "nat")
+BACKENDS = ("iptables", "nft")
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,11}")
+# The project's address plan (rules: underlay 203.0.113.0/24 and 198.51.100.0/24, LANs in
+# 198.18.0.0/15); anything else could collide with a real network on the machine.
+UNDERLAY_RANGES = (IPv4Network("203.0.113.0/24"), IPv4Network("198.51.100.0/24"))
+LAN_RANGE = IPv4Network("198.18.0.0/15")
+DEFAULT_SUBNET = IPv4Network("203.0.113.0/24")
+FIRST_PUBLIC_HOST = 10
+FIRST_WAN_HOST = 101
+MAX_UDP_TIMEOUT_S = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class NatSpec:
+    """The NAT router in front of one LAN host."""
+
+    kind: str
+    wan_ip: IPv4Address
+    lan: IPv4Network
+    udp_timeout_s: int | None = None
+
+    @property
+    def router_ip(self) -> IPv4Address:
+        return self.lan.network_address + 1
+
+    @property
+    def host_ip(self) -> IPv4Address:
+        return self.lan.network_address + 2
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """One end host: ``ip`` is its own interface address (public, or on its LAN)."""
+
+    name: str
+    role: str
+    ip: IPv4Address
+    extra_ips: tuple[IPv4Address, ...] = ()
+    nat: NatSpec | None = None
+
+    @property
+    def public_ip(self) -> IPv4Address:
+        """The address the internet sees this host as (its NAT router's, when behind one)."""
+        return self.nat.wan_ip if self.nat is not None else self.ip
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    hosts: tuple[HostSpec, ...]
+    subnet: IPv4Network = DEFAULT_SUBNET
+    subnet2: IPv4Network | None = None
+    nat_backend: str = "iptables"
+
+    @property
+    def bootstrap(self) -> HostSpec:
+        return next(h for h in self.hosts if h.role == "public")
+
+    def host(self, name: str) -> HostSpec:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def segment_of(self, ip: IPv4Address) -> IPv4Network:
+        """The internet segment an underlay address sits on."""
+        if self.subnet2 is not None and ip in self.subnet2:
+            return self.subnet2
+        return self.subnet
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML-shaped dict with every default filled in; ``topology_from_dict`` inverts it."""
+        inet: dict[str, Any] = {"subnet": str(self.subnet)}
+        if self.subnet2 is not None:
+            inet["subnet2"] = str(self.subnet2)
+        hosts: list[dict[str, Any]] = []
+        for h in self.hosts:
+            d: dict[str, Any] = {"name": h.name, "role": h.role}
+            if h.nat is None:
+                d["ip"] = str(h.ip)
+                if h.extra_ips:
+                    d["extra_ips"] = [str(a) for a in h.extra_ips]
+            else:
+                d.update(nat=h.nat.kind, wan_ip=str(h.nat.wan_ip), lan=str(h.nat.lan))
+                if h.nat.udp_timeout_s is not None:
+                    d["udp_timeout_s"] = h.nat.udp_timeout_s
+            hosts.append(d)
+        return {"nat_backend": self.nat_backend, "internet": inet, "hosts": hosts}
+
+
+def default_topology() -> Topology:
+    """pub1 (bootstrap) and pub2 on the internet; a, b, c behind three different NATs."""
+    return topology_from_dict(
+        {
+            "hosts": [
+                {"name": "pub1", "role": "public", "ip": "203.0.113.10"},
+                {"name": "pub2", "role": "public", "ip": "203.0.113.11"},
+                {"name": "a", "role": "nat", "nat": "port-restricted-cone"},
+                {"name": "b", "role": "nat", "nat": "restricted-cone"},
+                {"name": "c", "role": "nat", "nat": "symmetric"},
+            ]
+        }
+    )
+
+
+def load_topology(path: Path) -> Topology:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read topology: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), f"not valid TOML: {e}") from e
+    return topology_from_dict(data)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_keys(d: dict[str, Any], where: str, allowed: set[str]) -> None:
+    for k in d:
+        if k not in allowed:
+            key = f"{where}.{k}" if where else k
+            raise ConfigError(key, "unknown key", f"allowed here: {', '.join(sorted(allowed))}")
+
+
+def _str(d: dict[str, Any], key: str, where: str) -> str:
+    v = d[key]
+    if not isinstance(v, str):
+        raise ConfigError(f"{where}.{key}", f"must be a string, not {type(v).__name__}")
+    return v
+
+
+def _network(v: object, key: str) -> IPv4Network:
+    if not isinstance(v, str):
+        raise ConfigError(key, "must be a string like '203.0.113.0/24'")
+    try:
+        return IPv4Network(v)
+    except ValueError as e:
+        raise ConfigError(key, f"not an IPv4 network: {e}") from e
+
+
+def _address(v: object, key: str) -> IPv4Address:
+    if not isinstance(v, str):
+        raise ConfigError(key, "must be a string like '203.0.113.10'")
+    try:
+        return IPv4Address(v)
+    except ipaddress.AddressValueError as e:
+        raise ConfigError(key, f"not an IPv4 address: {e}") from e
+
+
+def _underlay(v: object, key: str) -> IPv4Network:
+    net = _network(v, key)
+    if not any(net.subnet_of(r) for r in UNDERLAY_RANGES):
+        raise ConfigError(
+            key,
+            f"{net} is outside the lab's underlay ranges",
+            "use a subnet of " + " or ".join(str(r) for r in UNDERLAY_RANGES),
+        )
+    if net.prefixlen > 28:
+        raise ConfigError(key, "segment too small", "use a prefix length of at most /28")
+    return net
+
+
+class _Allocator:
+    """Hands out underlay addresses and LANs, refusing duplicates."""
+
+    def __init__(self, segments: list[IPv4Network]) -> None:
+        self.segments = segments
+        self.used: set[IPv4Address] = {s.network_address + 1 for s in segments}
+        self.lans: list[IPv4Network] = []
+
+    def claim(self, ip: IPv4Address, key: str) -> IPv4Address:
+        seg = next((s for s in self.segments if ip in s), None)
+        if seg is None:
+            raise ConfigError(
+                key,
+                f"{ip} is on no internet segment",
+                "use an address in " + " or ".join(map(str, self.segments)),
+            )
+        if ip in (seg.network_address, seg.broadcast_address):
+            raise ConfigError(key, f"{ip} is the network or broadcast address of {seg}")
+        if ip in self.used:
+            raise ConfigError(
+                key,
+                f"{ip} is already taken",
+                ".1 belongs to the inet namespace; every address once",
+            )
+        self.used.add(ip)
+        return ip
+
+    def next_free(self, start: int, key: str) -> IPv4Address:
+        seg = self.segments[0]
+        for i in range(start, seg.num_addresses - 1):
+            ip = seg.network_address + i
+            if ip not in self.used:
+                self.used.add(ip)
+                return ip
+        raise ConfigError(key, f"no free address left in {seg}")
+
+    def next_lan(self, start: int, key: str) -> IPv4Network:
+        """The first /24 of 198.18.0.0/15 from number ``start`` on that no LAN overlaps."""
+        for lan in list(LAN_RANGE.subnets(new_prefix=24))[start:]:
+            if not any(lan.overlaps(other) for other in self.lans):
+                self.lans.append(lan)
+                return lan
+        raise ConfigError(key, f"no free /24 left in {LAN_RANGE}")
+
+    def claim_lan(self, lan: IPv4Network, key: str) -> IPv4Network:
+        if not lan.subnet_of(LAN_RANGE):
+            raise ConfigError(key, f"{lan} is outside {LAN_RANGE}", "use 198.18.N.0/24")
+        if lan.prefixlen > 30:
+            raise ConfigError(key, "LAN too small", "use a prefix length of at most /30")
+        for other in self.lans:
+            if lan.overlaps(other):
+                raise ConfigError(key, f"{lan} overlaps {other}")
+        self.lans.append(lan)
+        return lan
+
+
+def topology_from_dict(data: dict[str, Any]) -> Topology:
+    """Validate a TOML-shaped dict; every error names its key (``hosts[2].nat``)."""
+    _check_keys(data, "", {"nat_backend", "internet", "hosts"})
+    backend = data.get("nat_backend", "iptables")
+    if backend not in BACKENDS:
+        raise ConfigError(
+            "nat_backend", f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}"
+        )
+    inet = data.get("internet", {})
+    if not isinstance(inet, dict):
+        raise ConfigError("internet", "must be a table")
+    _check_keys(inet, "internet", {"subnet", "subnet2"})
+    subnet = _underlay(inet.get("subnet", str(DEFAULT_SUBNET)), "internet.subnet")
+    subnet2 = _underlay(inet["subnet2"], "internet.subnet2") if "subnet2" in inet else None
+    if subnet2 is not None and subnet2.overlaps(subnet):
+        raise ConfigError("internet.subnet2", f"{subnet2} overlaps internet.subnet {subnet}")
+    alloc = _Allocator([subnet] if subnet2 is None else [subnet, subnet2])
+
+    raw_hosts = data.get("hosts")
+    if not isinstance(raw_hosts, list) or not raw_hosts:
+        raise ConfigError("hosts", "missing or empty", "add [[hosts]] tables")
+    # Explicit addresses first, so automatic ones never take an address named later.
+    for i, h in enumerate(raw_hosts):
+        if not isinstance(h, dict):
+            raise ConfigError(f"hosts[{i}]", "must be a table")
+        for key in ("ip", "wan_ip"):
+            if key in h:
+                alloc.claim(_address(h[key], f"hosts[{i}].{key}"), f"hosts[{i}].{key}")
+        for j, extra in enumerate(
+            h.get("extra_ips", []) if isinstance(h.get("extra_ips"), list) else []
+        ):
+            alloc.claim(_address(extra, f"hosts[{i}].extra_ips[{j}]"), f"hosts[{i}].extra_ips[{j}]")
+        if "lan" in h:
+            alloc.claim_lan(_network(h["lan"], f"hosts[{i}].lan"), f"hosts[{i}].lan")
+
+    hosts: list[HostSpec] = []
+    names: set[str] = set()
+    nat_index = 0
+    for i, h in enumerate(raw_hosts):
+        where = f"hosts[{i}]"
+        for req in ("name", "role"):
+            if req not in h:
+                raise ConfigError(f"{where}.{req}", "missing")
+        name = _str(h, "name", where)
+        if not NAME_RE.fullmatch(name):
+            raise ConfigError(
+                f"{where}.name",
+                f"bad host name {name!r}",
+                "use [a-z][a-z0-9-]*, at most 12 characters",
+            )
+        if name in names:
+            raise ConfigError(f"{where}.name", f"duplicate host name {name!r}")
+        names.add(name)
+        role = _str(h, "role", where)
+        if role not in ROLES:
+            raise ConfigError(
+                f"{where}.role", f"unknown role {role!r}", f"use one of {', '.join(ROLES)}"
+            )
+        if role == "public":
+            _check_keys(h, where, {"name", "role", "ip", "extra_ips"})
+            ip = (
+                IPv4Address(h["ip"])
+                if "ip" in h
+                else alloc.next_free(FIRST_PUBLIC_HOST, f"{where}.ip")
+            )
+            extras = h.get("extra_ips", [])
+            if not isinstance(extras, list):
+                raise ConfigError(f"{where}.extra_ips", "must be a list of addresses")
+            hosts.append(HostSpec(name, role, ip, tuple(IPv4Address(e) for e in extras)))
+            continue
+        _check_keys(h, where, {"name", "role", "nat", "wan_ip", "lan", "udp_timeout_s"})
+        nat_index += 1
+        if "nat" not in h:
+            raise ConfigError(f"{where}.nat", "missing", f"use one of {', '.join(NAT_KINDS)}")
+        kind = _str(h, "nat", where)
+        if kind not in NAT_KINDS:
+            raise ConfigError(
+                f"{where}.nat", f"unknown NAT kind {kind!r}", f"use one of {', '.join(NAT_KINDS)}"
+            )
+        wan = (
+            IPv4Address(h["wan_ip"])
+            if "wan_ip" in h
+            else alloc.next_free(FIRST_WAN_HOST, f"{where}.wan_ip")
+        )
+        # An explicit LAN was claimed in the first pass; automatic ones take the next free /24.
+        lan = IPv4Network(h["lan"]) if "lan" in h else alloc.next_lan(nat_index, f"{where}.lan")
+        timeout = h.get("udp_timeout_s")
+        if timeout is not None and (
+            not isinstance(timeout, int)
+            or isinstance(timeout, bool)
+            or not 1 <= timeout <= MAX_UDP_TIMEOUT_S
+        ):
+            raise ConfigError(
+                f"{where}.udp_timeout_s",
+                f"bad value {timeout!r}",
+                f"an integer number of seconds, 1..{MAX_UDP_TIMEOUT_S}",
+            )
+        nat = NatSpec(kind, wan, lan, timeout)
+        hosts.append(HostSpec(name, role, nat.host_ip, (), nat))
+
+    if not any(h.role == "public" for h in hosts):
+        raise ConfigError("hosts", "no public host", "the first public host is the bootstrap")
+    return Topology(tuple(hosts), subnet, subnet2, backend)
