@@ -21,6 +21,10 @@ meaning is documented in ``deploy/ipop.example.toml``::
     upstream = []                      # ["IPv4:PORT", ...]
     [dht]
     lease_s = 3600                     # at least 60
+    [stun]
+    servers = []                       # ["IPv4:PORT", ...] for `ipop netcheck`
+    alternate = "auto"                 # auto | off | IPv4: second address for CHANGE-REQUEST
+    alt_port = 0                       # 0 = listen port + 1
 
 Loading is separate from validation: :func:`read_config_table` does the I/O and the TOML
 syntax, :func:`parse_config` checks a table and builds a :class:`NodeConfig` (no I/O, so tests
@@ -55,6 +59,7 @@ __all__ = [
     "DhtConfig",
     "DnsConfig",
     "NodeConfig",
+    "StunConfig",
     "TapConfig",
     "load_config",
     "parse_config",
@@ -91,6 +96,7 @@ _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "control": ("socket",),
     "dns": ("enabled", "upstream"),
     "dht": ("lease_s",),
+    "stun": ("servers", "alternate", "alt_port"),
 }
 # Every key a config may hold, dotted; the example file must document each (tested).
 ALL_KEYS: Final[tuple[str, ...]] = _TOP_KEYS + tuple(
@@ -132,6 +138,20 @@ class DhtConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StunConfig:
+    """NAT discovery (``ipop netcheck``): STUN servers to ask, and what this node serves.
+
+    ``alternate``: "auto" serves CHANGE-REQUEST when the host has a second address (a public
+    node with two addresses; the first two found are used), "off" never, or the second
+    address itself. The alternate sockets listen on ``alt_port`` (0: the listen port + 1).
+    """
+
+    servers: tuple[Endpoint, ...] = ()
+    alternate: str = "auto"
+    alt_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """A validated node config; every path in it is absolute."""
 
@@ -144,6 +164,7 @@ class NodeConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     dht: DhtConfig = field(default_factory=DhtConfig)
+    stun: StunConfig = field(default_factory=StunConfig)
 
     def effective_hostname(self, bundle_hostname: str | None) -> str | None:
         """The hostname to register: this file's override, else the bundle's, else none."""
@@ -240,6 +261,29 @@ def _lease_s(value: object) -> int:
     return lease
 
 
+def _stun(section: Mapping[str, object]) -> StunConfig:
+    fix = "write a list like ['203.0.113.10:3478'], or [] for none"
+    servers = section.get("servers", [])
+    if not isinstance(servers, list):
+        raise ConfigError("stun.servers", f"must be a list, got {_type_name(servers)}", fix)
+    alt_fix = "use 'auto', 'off' or this host's second IPv4 address"
+    alternate = _str(section.get("alternate", "auto"), "stun.alternate", alt_fix)
+    if alternate not in ("auto", "off"):
+        try:
+            ipaddress.IPv4Address(alternate)
+        except ValueError:
+            raise ConfigError("stun.alternate", f"{alternate!r} is not allowed", alt_fix) from None
+    port_fix = "use 0 (the listen port + 1) or a port from 1 to 65535"
+    alt_port = _int(section.get("alt_port", 0), "stun.alt_port", port_fix)
+    if not 0 <= alt_port < 65536:
+        raise ConfigError("stun.alt_port", f"{alt_port} is out of range", port_fix)
+    return StunConfig(
+        servers=tuple(_endpoint(item, f"stun.servers[{i}]") for i, item in enumerate(servers)),
+        alternate=alternate,
+        alt_port=alt_port,
+    )
+
+
 def _section(table: Mapping[str, object], name: str) -> Mapping[str, object]:
     value = table.get(name, {})
     if not isinstance(value, dict):
@@ -296,6 +340,7 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
     control = _section(table, "control")
     dns = _section(table, "dns")
     dht = _section(table, "dht")
+    stun = _section(table, "stun")
     return NodeConfig(
         bundle=_path(table["bundle"], "bundle", base_dir, "node.bundle.toml"),
         state_dir=_path(
@@ -327,6 +372,7 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
             upstream=_upstream(dns.get("upstream", [])),
         ),
         dht=DhtConfig(lease_s=_lease_s(dht.get("lease_s", DEFAULT_LEASE_S))),
+        stun=_stun(stun),
     )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import collections
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity
@@ -34,6 +34,7 @@ from ipop.overlay.node import (
     OverlayNode,
     RelayDatagram,
 )
+from ipop.stun import SOURCE_PRIMARY, StunAgent
 from ipop.types import Endpoint, NodeId, Path, RelayPath
 
 __all__ = ["NodeCore"]
@@ -70,6 +71,10 @@ class NodeCore:
         self._out: list[tuple[bytes, Path]] = []
         self._events: collections.deque[OverlayEvent] = collections.deque()
         self._shortcut_asked: dict[NodeId, float] = {}
+        # STUN on the overlay socket (ipop.stun): answered here, never seen by the link layer.
+        # ``stun_alt_send`` is the I/O layer's way to send from a node's alternate sockets.
+        self.stun = StunAgent(rng=random.Random(rng.random()))
+        self.stun_alt_send: Callable[[int, bytes, Endpoint], None] | None = None
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -138,6 +143,9 @@ class NodeCore:
         DIRECT bytes) instead of becoming a Delivered event. Everything else takes the usual
         path (None). Call :meth:`flush` after a batch.
         """
+        if data and data[0] < 4:  # STUN (RFC 7983 demultiplexing): not for the link layer
+            self._stun_in(data, path, now)
+            return None
         got = self.link.open_data(data, path, now=now)
         if got is None:
             self._settle(now)
@@ -161,6 +169,9 @@ class NodeCore:
     # --- sans-IO core interface (ipop.aio.driver.SansIOCore) --------------------------------
 
     def receive_datagram(self, data: bytes, path: Path, *, now: float) -> None:
+        if data and data[0] < 4:  # STUN (RFC 7983 demultiplexing): not for the link layer
+            self._stun_in(data, path, now)
+            return
         self.link.receive_datagram(data, path, now=now)
         self._settle(now)
 
@@ -171,6 +182,10 @@ class NodeCore:
         t = self.overlay.get_timer()
         if t is not None and now >= t:
             self.overlay.handle_timer(now=now)
+        t = self.stun.get_timer()
+        if t is not None and now >= t:
+            self.stun.handle_timer(now=now)
+            self.stun_flush()
         # Forget old shortcut requests so the table cannot grow with every peer ever seen.
         if len(self._shortcut_asked) > 256:
             self._shortcut_asked = {
@@ -181,6 +196,9 @@ class NodeCore:
     def get_timer(self) -> float | None:
         a = self.link.get_timer()
         b = self.overlay.get_timer()
+        c = self.stun.get_timer()
+        if c is not None and (a is None or c < a):
+            a = c
         if a is None:
             return b
         if b is None:
@@ -193,6 +211,27 @@ class NodeCore:
 
     def next_event(self) -> OverlayEvent | None:
         return self._events.popleft() if self._events else None
+
+    # --- STUN -------------------------------------------------------------------------------
+
+    def _stun_in(self, data: bytes, path: Path, now: float) -> None:
+        self.stats["stun_in"] += 1
+        if not isinstance(path, Endpoint):  # STUN over a relay describes nothing real
+            self.stun.drops["stun_relayed"] += 1
+            return
+        self.stun.receive(data, path, now=now)
+        self.stun_flush()
+
+    def stun_flush(self) -> None:
+        """Move the STUN agent's output: the overlay socket's to :meth:`datagrams_to_send`,
+        the alternate sockets' to :attr:`stun_alt_send` (dropped and counted without one)."""
+        for source, data, dst in self.stun.datagrams_to_send():
+            if source == SOURCE_PRIMARY:
+                self._out.append((data, dst))
+            elif self.stun_alt_send is not None:
+                self.stun_alt_send(source, data, dst)
+            else:
+                self.stun.drops["no_alt_socket"] += 1
 
     # --- wiring -----------------------------------------------------------------------------
 

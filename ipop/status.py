@@ -17,8 +17,17 @@ Document shape (``Status.to_dict()``)::
                  "path": "direct", "endpoint": "198.51.100.7:5800", "rtt_ms": 1.5,
                  "bytes_in": 1200, "bytes_out": 3400, "kinds": ["near", "shortcut"]}],
       "drops": {"bad_mac": 2},
-      "counters": {"dht_get": 7}
+      "counters": {"dht_get": 7},
+      "lan_hosts": [{"mac": "02:00:00:00:00:01", "vip": "100.64.1.3",
+                     "names": ["C064001003.ipop", "printer.ipop"], "kind": "dhcp",
+                     "lease_s": 590.5}]
     }
+
+``lan_hosts`` (router mode: the plain hosts the router serves on its LAN) is optional: it is
+written only when non-empty, and a document without it reads as an empty list, so a node's
+status has exactly the four fields it always had. ``kind`` is "dhcp" or "static" (a host
+that configured a free address itself); ``lease_s`` is the time left on its lease, null for
+a static host.
 
 A ping reply (``PingReply.to_dict()``)::
 
@@ -32,11 +41,12 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, cast
 
 __all__ = [
     "PATH_KINDS",
+    "LanHostStatus",
     "PathKind",
     "PeerStatus",
     "PingReply",
@@ -276,6 +286,48 @@ class PeerStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class LanHostStatus:
+    """One plain host behind a router (router mode)."""
+
+    mac: str  # "aa:bb:cc:dd:ee:ff"
+    vip: str
+    names: list[str]
+    kind: str  # "dhcp" | "static"
+    lease_s: float | None  # seconds left on the DHCP lease; None for a static host
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("mac", "vip", "names", "kind", "lease_s")
+    KINDS: ClassVar[tuple[str, ...]] = ("dhcp", "static")
+    _MAC_RE: ClassVar[re.Pattern[str]] = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mac": self.mac,
+            "vip": self.vip,
+            "names": list(self.names),
+            "kind": self.kind,
+            "lease_s": self.lease_s,
+        }
+
+    @classmethod
+    def from_dict(cls, value: object, where: str = "lan_host") -> LanHostStatus:
+        obj = _object(value, where)
+        _exact_keys(obj, cls.FIELDS, where)
+        mac = _str(obj["mac"], f"{where}.mac")
+        if not cls._MAC_RE.match(mac):
+            raise ValueError(f"{where}.mac: must be aa:bb:cc:dd:ee:ff (lowercase), got {mac!r}")
+        kind = _str(obj["kind"], f"{where}.kind")
+        if kind not in cls.KINDS:
+            raise ValueError(f"{where}.kind: must be one of {', '.join(cls.KINDS)}, got {kind!r}")
+        return cls(
+            mac=mac,
+            vip=_str(obj["vip"], f"{where}.vip"),
+            names=_str_list(obj["names"], f"{where}.names"),
+            kind=kind,
+            lease_s=_opt_number(obj["lease_s"], f"{where}.lease_s"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     """Everything ``ipop status`` shows. ``self_`` is spelled ``"self"`` in JSON."""
 
@@ -283,29 +335,39 @@ class Status:
     peers: list[PeerStatus]
     drops: dict[str, int]  # packets/messages dropped, by reason
     counters: dict[str, int]  # everything else the daemon counts (DHT ops, punches, ...)
+    lan_hosts: list[LanHostStatus] = field(default_factory=list)  # router mode only
 
     FIELDS: ClassVar[tuple[str, ...]] = ("self", "peers", "drops", "counters")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("lan_hosts",)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "self": self.self_.to_dict(),
             "peers": [p.to_dict() for p in self.peers],
             "drops": dict(self.drops),
             "counters": dict(self.counters),
         }
+        if self.lan_hosts:
+            out["lan_hosts"] = [h.to_dict() for h in self.lan_hosts]
+        return out
 
     @classmethod
     def from_dict(cls, value: object) -> Status:
         obj = _object(value, "status")
-        _exact_keys(obj, cls.FIELDS, "status")
+        present = tuple(k for k in cls.OPTIONAL if k in obj)
+        _exact_keys(obj, cls.FIELDS + present, "status")
         peers = obj["peers"]
         if not isinstance(peers, list):
             raise ValueError(f"peers: must be a list, got {_kind(peers)}")
+        hosts = obj.get("lan_hosts", [])
+        if not isinstance(hosts, list):
+            raise ValueError(f"lan_hosts: must be a list, got {_kind(hosts)}")
         return cls(
             self_=SelfStatus.from_dict(obj["self"], "self"),
             peers=[PeerStatus.from_dict(p, f"peers[{i}]") for i, p in enumerate(peers)],
             drops=_count_map(obj["drops"], "drops"),
             counters=_count_map(obj["counters"], "counters"),
+            lan_hosts=[LanHostStatus.from_dict(h, f"lan_hosts[{i}]") for i, h in enumerate(hosts)],
         )
 
     def to_json(self, *, indent: int | None = None) -> str:

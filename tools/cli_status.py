@@ -110,6 +110,14 @@ def format_status(status: Status) -> list[str]:
         lines.append("endpoints: " + ", ".join(me.endpoints))
     if not status.peers:
         lines.append("no peers yet")
+    if status.lan_hosts:
+        lines.append("")
+        lines.append(f"LAN hosts ({len(status.lan_hosts)}):")
+        hrows: list[tuple[str, ...]] = [("MAC", "VIP", "KIND", "LEASE", "NAMES")]
+        for h in sorted(status.lan_hosts, key=lambda h: h.vip):
+            lease = human_duration(h.lease_s) if h.lease_s is not None else "-"
+            hrows.append((h.mac, h.vip, h.kind, lease, " ".join(h.names)))
+        lines.extend(format_table(hrows))
     total_drops = sum(status.drops.values())
     if total_drops:
         top = sorted(status.drops.items(), key=lambda kv: (-kv[1], kv[0]))[:5]

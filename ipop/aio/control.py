@@ -11,6 +11,9 @@ protocol is one JSON object per line each way, requests answered in order on a c
     -> {"cmd": "dht_put", "key": "k", "value": "v", "ttl_s": 3600}
                                                           <- {"ok": true, "result": true|false}
     -> {"cmd": "resolve", "name": "bob.ipop"}             <- {"ok": true, "result": "100.64.1.2"}
+    -> {"cmd": "netcheck", "servers": ["203.0.113.30:3478"], "second_opinion": true}
+                                       <- {"ok": true, "result": {"nat": "full-cone", ...}}
+                                                          (ipop.netcheck.NetcheckResult)
     -> anything else                                      <- {"ok": false, "error": "why"}
 
 Theory of operation. :class:`ControlServer` validates each request against a table of
@@ -52,7 +55,9 @@ from pathlib import Path
 from typing import Any, Final, Protocol, cast
 
 from ipop.errors import ConfigError, IpopError, LocalProtocolError
+from ipop.netcheck import NetcheckResult
 from ipop.status import PingReply, Status
+from ipop.types import Endpoint
 
 __all__ = [
     "COMMANDS",
@@ -79,6 +84,9 @@ MAX_CONNECTIONS: Final = 64
 DEFAULT_REPLY_TIMEOUT_S: Final = 10.0
 # A ping reply can take up to its own timeout; the socket waits this much longer.
 PING_REPLY_MARGIN_S: Final = 5.0
+# netcheck waits for STUN answers that may never come, and pystun3 spends 8 s on each.
+NETCHECK_REPLY_TIMEOUT_S: Final = 120.0
+MAX_NETCHECK_SERVERS: Final = 8
 # An overlay ping that has not come back in a minute is not coming back.
 MAX_PING_TIMEOUT_S: Final = 60.0
 SOCKET_MODE: Final = 0o600
@@ -96,6 +104,8 @@ class ControlHandler(Protocol):
     async def dht_put(self, key: str, value: str, ttl_s: int) -> bool: ...
 
     async def resolve(self, name: str) -> str | None: ...
+
+    async def netcheck(self, servers: list[str], second_opinion: bool) -> NetcheckResult: ...
 
 
 class ControlError(IpopError):
@@ -172,6 +182,29 @@ def _arg_timeout(name: str, value: object) -> float:
     return float(value)
 
 
+def _arg_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _BadRequest("bad_args", f"{name} must be true or false")
+    return value
+
+
+def _arg_endpoints(name: str, value: object) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_NETCHECK_SERVERS:
+        raise _BadRequest("bad_args", f"{name} must be a list of at most {MAX_NETCHECK_SERVERS}")
+    for item in value:
+        try:
+            Endpoint.parse(item if isinstance(item, str) else "", key=name)
+        except ConfigError:
+            raise _BadRequest("bad_args", f"{name}: {item!r} is not IPv4:PORT") from None
+    return list(value)
+
+
+def _result_netcheck(value: object) -> dict[str, Any]:
+    if not isinstance(value, NetcheckResult):
+        raise TypeError(f"handler returned {_type_name(value)}, not NetcheckResult")
+    return value.to_dict()
+
+
 def _result_str_or_none(value: object) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"handler returned {_type_name(value)}, not str or None")
@@ -222,6 +255,11 @@ COMMANDS: Final[Mapping[str, _Command]] = {
     ),
     "resolve": _Command(
         (("name", _arg_str),), lambda h, a: h.resolve(a["name"]), _result_str_or_none
+    ),
+    "netcheck": _Command(
+        (("servers", _arg_endpoints), ("second_opinion", _arg_bool)),
+        lambda h, a: h.netcheck(a["servers"], a["second_opinion"]),
+        _result_netcheck,
     ),
 }
 
@@ -600,3 +638,17 @@ class ControlClient:
         if result is not None and not isinstance(result, str):
             raise self._malformed("resolve", f"{_type_name(result)} is not a string or null")
         return result
+
+    def netcheck(self, servers: list[str], *, second_opinion: bool = True) -> NetcheckResult:
+        """NAT discovery from the daemon's socket; ``servers`` are STUN servers besides the
+        configured ones (this call can take tens of seconds: pystun3)."""
+        result = self._call(
+            "netcheck",
+            reply_timeout_s=max(self.reply_timeout_s, NETCHECK_REPLY_TIMEOUT_S),
+            servers=list(servers),
+            second_opinion=second_opinion,
+        )
+        try:
+            return NetcheckResult.from_dict(result)
+        except ValueError as exc:
+            raise self._malformed("netcheck", str(exc)) from None

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import random
 import secrets
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,14 +39,16 @@ from typing import Any, Protocol
 from pyroute2 import AsyncIPRoute
 
 from ipop.aio.control import CommandFailed
-from ipop.aio.dataplane import DataPlane, UdpSocket
+from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
 from ipop.aio.node import Node
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
 from ipop.dht.alloc import DhtLease, IpLease, allocate_ip
 from ipop.dht.names import c_name, lookup_name, register_name
 from ipop.dht.record import ip_key, name_key
-from ipop.status import PathKind, PeerStatus, PingReply, SelfStatus, Status
+from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
+from ipop.status import LanHostStatus, PathKind, PeerStatus, PingReply, SelfStatus, Status
+from ipop.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
 from ipop.types import Endpoint, NodeId, RelayPath
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder
 from ipop.vnet.packet import ETH_P_ARP
@@ -64,6 +68,10 @@ log = logging.getLogger("ipopd")
 # DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
 DEFAULT_TAP_MTU = 1400
 ALLOC_RETRY_S = 2.0
+# A STUN transaction ends in the core (ipop.stun.DEFAULT_TIMEOUT_S); this only bounds the wait.
+STUN_DEADLINE_S = 5.0
+STUN_POLL_S = 0.005
+MAX_NETCHECK_PEERS = 8
 
 
 class LocalServices(Protocol):
@@ -89,6 +97,11 @@ class DaemonSettings:
     addressing: str = "static"  # or "dhcp"
     hostname: str | None = None
     lease_s: float = 3600.0
+    # NAT discovery (ipop.config.StunConfig): extra servers for netcheck, and change-request
+    # service ("auto": on the host's second address, if any; "off"; or that address).
+    stun_servers: tuple[Endpoint, ...] = ()
+    stun_alternate: str = "auto"
+    stun_alt_port: int = 0
 
 
 class Daemon:
@@ -125,6 +138,8 @@ class Daemon:
         self._local: list[Endpoint] = []
         self.arp = ArpResponder(None, self.subnet)
         self._arp_type = ETH_P_ARP.to_bytes(2, "big")
+        self.netcheck_result: NetcheckResult | None = None
+        self._stun_socks: dict[int, socket.socket] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -153,30 +168,43 @@ class Daemon:
         bootstrap = [ep for ep in self.bundle.bootstrap if ep not in local]
         self.node = Node(identity, bootstrap=bootstrap, clock=time.time, rng=self.rng)
         self.node.core.overlay.set_local_endpoints(local[:4])
-        self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU)
-        await self.tap.configure()
+        local_fd, local_side, local_name = await self._open_local()
         self.dataplane = DataPlane(
             self.node,
             self.udp,
-            self.tap.fd,
+            local_fd,
             subnet=self.subnet,
             lookup_owner=self.lookup_owner,
             local_frame=self._local_frame,
+            local_side=local_side,
         )
-        self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
+        if self.tap is not None:
+            self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
         if self._services_factory is not None:
             self.services = self._services_factory(self)
         self.node.attach(self.udp)
+        self._open_stun_alternates(local)
         self.node.start()
         self.dataplane.start()
         log.info(
-            "event=started node=%s listen=%s:%d tap=%s bootstrap=%d",
+            "event=started node=%s listen=%s:%d local=%s bootstrap=%d",
             identity.node_id.short(),
             s.listen.host,
             self.udp.port,
-            self.tap.name,
+            local_name,
             len(bootstrap),
         )
+
+    async def _open_local(self) -> tuple[int, LocalSide | None, str]:
+        """Open the local side: (fd to read frames from, its LocalSide or None, its name).
+
+        A node's is its TAP (None: one fixed Ethernet header); router mode overrides this
+        with its LAN interface.
+        """
+        s = self.settings
+        self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU)
+        await self.tap.configure()
+        return self.tap.fd, None, self.tap.name
 
     async def _local_endpoints(self, port: int) -> list[Endpoint]:
         eps: list[Endpoint] = []
@@ -224,10 +252,10 @@ class Daemon:
         self._save_vip(vip)
         self.lease = IpLease(node.dht, self.network, vip, ttl=self.settings.lease_s)
         self.lease.start()
-        assert self.dataplane is not None and self.tap is not None
+        assert self.dataplane is not None
         self.dataplane.set_own_ip(vip)
         self.arp.set_own_ip(vip)
-        if self.settings.addressing == "static":
+        if self.settings.addressing == "static" and self.tap is not None:
             await self.tap.set_address(vip, self.subnet)
         if self.services is not None:
             self.services.address_assigned(vip)
@@ -273,6 +301,7 @@ class Daemon:
             self.dataplane.close()
         if self.node is not None:
             await self.node.close()
+        self._close_stun_alternates()
         if self.udp is not None:
             self.udp.close()
         if self.tap is not None:
@@ -398,14 +427,24 @@ class Daemon:
         if node is not None:
             total.update({f"link.{k}": v for k, v in node.core.link.drops.items()})
             total.update({f"overlay.{k}": v for k, v in node.core.overlay.drops.items()})
+            total.update({f"stun.{k}": v for k, v in node.core.stun.drops.items()})
             if node.dht is not None:
                 total.update({f"dht.{k}": v for k, v in node.dht.drops.items()})
         if self.dataplane is not None:
             total.update({f"vnet.{k}": v for k, v in self.dataplane.drops.items()})
         total.update({f"arp.{k}": v for k, v in self.arp.drops.items()})
+        total.update(self.extra_drops())
         if self.udp is not None:
             total.update({f"udp.{k}": v for k, v in self.udp.errors.items()})
         return dict(total)
+
+    def extra_drops(self) -> dict[str, int]:
+        """Drops of what a subclass adds (router mode: the LAN's DHCP, ARP, host table)."""
+        return {}
+
+    def lan_host_rows(self) -> list[LanHostStatus]:
+        """Hosts served on the local side besides this node (router mode); none for a TAP."""
+        return []
 
     def counters(self) -> dict[str, int]:
         total: Counter[str] = Counter()
@@ -425,6 +464,8 @@ class Daemon:
         (endpoint-independent); "symmetric": different mappings for different peers. None
         until a peer has told us. Filtering is not visible this way (``ipop netcheck``'s job).
         """
+        if self.netcheck_result is not None and self.netcheck_result.nat is not None:
+            return self.netcheck_result.nat  # measured beats guessed
         node = self.node
         if node is None:
             return None
@@ -442,6 +483,159 @@ class Daemon:
             if info.peer == peer:
                 return "relayed" if isinstance(info.path, RelayPath) else "direct"
         return "overlay"
+
+    # --- NAT discovery (ipop.stun, ipop.netcheck) --------------------------------------------
+
+    def _open_stun_alternates(self, local: list[Endpoint]) -> None:
+        """A node with a second address serves CHANGE-REQUEST: two more UDP sockets,
+        (first address, alt port) and (second address, alt port), owned by the daemon and
+        read here; what the agent answers from them leaves through :meth:`_stun_alt_send`."""
+        s = self.settings
+        node, udp = self.node, self.udp
+        assert node is not None and udp is not None
+        if s.stun_alternate == "off" or not local:
+            return
+        primary = Endpoint(local[0].host, udp.port)
+        if s.stun_alternate == "auto":
+            others = [ep.host for ep in local[1:] if ep.host != primary.host]
+            if not others:
+                return
+            alt_host = others[0]
+        else:
+            alt_host = s.stun_alternate
+        alt_port = s.stun_alt_port or udp.port + 1
+        loop = asyncio.get_running_loop()
+        try:
+            for source, host in ((SOURCE_ALT_PORT, primary.host), (SOURCE_ALT_BOTH, alt_host)):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                self._stun_socks[source] = sock
+                sock.bind((host, alt_port))
+                sock.setblocking(False)
+                loop.add_reader(sock.fileno(), self._stun_readable, source, sock)
+        except OSError as exc:
+            log.warning("event=stun_alternate_failed error=%s", exc)
+            self._close_stun_alternates()
+            return
+        node.core.stun.set_sources(primary, alt_port=alt_port, alt_host=alt_host)
+        node.core.stun_alt_send = self._stun_alt_send
+        log.info("event=stun_server primary=%s alternate=%s:%d", primary, alt_host, alt_port)
+
+    def _close_stun_alternates(self) -> None:
+        socks, self._stun_socks = self._stun_socks, {}
+        for sock in socks.values():
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+
+    def _stun_readable(self, source: int, sock: socket.socket) -> None:
+        node = self.node
+        if node is None:
+            return
+        now = time.time()
+        for _ in range(64):  # bounded: the overlay socket must not starve
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.stats["stun_recv_error"] += 1
+                break
+            if data and data[0] < 4:
+                node.core.stun.receive(data, Endpoint(addr[0], addr[1]), now=now, via=source)
+            else:
+                self.stats["stun_alt_not_stun"] += 1
+        node.core.stun_flush()
+        if node.driver is not None:
+            node.driver.pump()
+
+    def _stun_alt_send(self, source: int, data: bytes, dst: Endpoint) -> None:
+        sock = self._stun_socks.get(source)
+        if sock is None:
+            self.stats["stun_no_socket"] += 1
+            return
+        try:
+            sock.sendto(data, (dst.host, dst.port))
+        except OSError:
+            self.stats["stun_send_error"] += 1
+
+    async def stun_transact(
+        self, server: Endpoint, change_ip: bool, change_port: bool
+    ) -> StunAnswer | None:
+        """One Binding transaction from the overlay socket (retransmitted by the core)."""
+        node = self.node
+        if node is None or node.driver is None:
+            return None
+        core = node.core
+        key = core.stun.request(
+            server, now=time.time(), change_ip=change_ip, change_port=change_port
+        )
+        core.stun_flush()
+        node.driver.pump()
+        deadline = time.monotonic() + STUN_DEADLINE_S
+        while time.monotonic() < deadline:
+            outcome = core.stun.take_result(key)
+            if outcome is not None:
+                return outcome.answer
+            await asyncio.sleep(STUN_POLL_S)
+        return None
+
+    async def netcheck(self, servers: list[Endpoint], *, second_opinion: bool) -> NetcheckResult:
+        """Run :func:`ipop.netcheck.run_netcheck` on our socket (pystun3 alongside, threads)."""
+        node = self.node
+        if node is None:
+            raise CommandFailed("the node has not started")
+        local = [Endpoint(ep.host, ep.port) for ep in self._local]
+        extra = list(dict.fromkeys([*self.settings.stun_servers, *servers]))
+        stun_servers = [ep for ep in self.bundle.bootstrap if ep not in local] + extra
+        peers = [
+            info.path
+            for info in node.core.link.peers()
+            if isinstance(info.path, Endpoint) and info.path not in stun_servers
+        ]
+        echoed = [ep for ep in node.core.overlay.endpoints() if ep not in local]
+        opinions: list[asyncio.Future[SecondOpinion]] = []
+        if second_opinion:
+            source_ip = local[0].host if local else "0.0.0.0"
+            opinions = [
+                asyncio.ensure_future(asyncio.to_thread(_pystun3, ep, source_ip)) for ep in extra
+            ]
+        result = await run_netcheck(
+            self.stun_transact,
+            servers=stun_servers,
+            peers=peers[:MAX_NETCHECK_PEERS],
+            local=local,
+            echoed=echoed,
+            gather=asyncio.gather,
+        )
+        if opinions:
+            got = await asyncio.gather(*opinions)
+            notes = result.notes
+            if any(o.kind != result.nat for o in got):
+                notes += ("pystun3 disagrees; its known traps: " + "; ".join(PYSTUN3_TRAPS),)
+            result = dataclasses.replace(result, second_opinion=tuple(got), notes=notes)
+        self.netcheck_result = result
+        log.info("event=netcheck nat=%s mapping=%s", result.nat, result.mapping)
+        return result
+
+
+def _pystun3(server: Endpoint, source_ip: str) -> SecondOpinion:
+    """pystun3's verdict (blocking: run in a thread), bound to our own address, not 0.0.0.0:
+    bound to the wildcard it cannot tell an open host from a full cone."""
+    import stun  # pystun3; imported here because only netcheck needs it
+
+    try:
+        verdict, ext_ip, ext_port = stun.get_ip_info(
+            source_ip=source_ip, source_port=0, stun_host=server.host, stun_port=server.port
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        return SecondOpinion(server=server, verdict=None, kind=None, error=str(exc))
+    external = Endpoint(ext_ip, ext_port) if ext_ip and ext_port else None
+    return SecondOpinion(
+        server=server,
+        verdict=str(verdict),
+        kind=pystun3_kind(str(verdict)),
+        external=external,
+    )
 
 
 class DaemonControl:
@@ -470,7 +664,13 @@ class DaemonControl:
             routable=routable,
         )
         peers = [PeerStatus(**row) for row in d.peer_rows()]
-        return Status(self_=me, peers=peers, drops=d.drops(), counters=d.counters())
+        return Status(
+            self_=me,
+            peers=peers,
+            drops=d.drops(),
+            counters=d.counters(),
+            lan_hosts=d.lan_host_rows(),
+        )
 
     async def ping(self, target: str, seq: int, timeout_s: float) -> PingReply:
         d = self.d
@@ -515,6 +715,10 @@ class DaemonControl:
     async def resolve(self, name: str) -> str | None:
         vip = await self.d.resolve(name)
         return str(vip) if vip is not None else None
+
+    async def netcheck(self, servers: list[str], second_opinion: bool) -> NetcheckResult:
+        eps = [Endpoint.parse(s, key="servers") for s in servers]
+        return await self.d.netcheck(eps, second_opinion=second_opinion)
 
     def _key(self, key: str) -> str:
         # User keys live in their own namespace of this network: they cannot touch ip/name records.

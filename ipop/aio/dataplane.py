@@ -35,12 +35,13 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
+from typing import Protocol
 
 from ipop.aio.node import Node
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.types import Endpoint, NodeId
 
-__all__ = ["BATCH", "GSO_MAX_BYTES", "GSO_MAX_SEGMENTS", "DataPlane", "UdpSocket"]
+__all__ = ["BATCH", "GSO_MAX_BYTES", "GSO_MAX_SEGMENTS", "DataPlane", "LocalSide", "UdpSocket"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,24 @@ _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 # Kernel limits for one GSO send: UDP_MAX_SEGMENTS (64 on older kernels) and the IP length.
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
+
+
+class LocalSide(Protocol):
+    """The non-TAP local side of a node (router mode: a LAN of many hosts behind one fd).
+
+    A TAP has one peer MAC, so its Ethernet header is fixed and set with
+    :meth:`DataPlane.set_link_layer`. A LAN has one MAC per host: the header of each packet
+    written to it depends on the packet (its destination address), and a frame read from it
+    must pass a source check before it may enter the overlay.
+    """
+
+    def header_for(self, packet: bytes) -> bytes | None:
+        """The Ethernet header for an IPv4 ``packet`` going out on the LAN (None: no host)."""
+        ...
+
+    def admit(self, frame: memoryview) -> bool:
+        """True if an IPv4 ``frame`` read from the LAN may be routed (False: counted, dropped)."""
+        ...
 
 
 class UdpSocket:
@@ -173,8 +192,11 @@ class DataPlane:
         lookup_owner: Callable[[IPv4Address], Awaitable[NodeId | None]],
         local_frame: Callable[[bytes], bool],
         clock: Callable[[], float] = time.time,
+        local_side: LocalSide | None = None,
     ) -> None:
         self.node = node
+        # None: a TAP (fixed header, no source check); else a LAN (see LocalSide).
+        self.local_side = local_side
         self.udp = udp
         self.tap_fd = tap_fd
         self.subnet = subnet
@@ -208,6 +230,15 @@ class DataPlane:
     def set_own_ip(self, addr: IPv4Address) -> None:
         self.own_ip = addr.packed
         self._owners[addr.packed] = (self.node.node_id, float("inf"))
+
+    def add_local_ip(self, addr: IPv4Address) -> None:
+        """``addr`` is held by this node on behalf of a host on its local side (router mode)."""
+        self._owners[addr.packed] = (self.node.node_id, float("inf"))
+
+    def remove_local_ip(self, addr: IPv4Address) -> None:
+        entry = self._owners.get(addr.packed)
+        if entry is not None and entry[0] == self.node.node_id and addr.packed != self.own_ip:
+            del self._owners[addr.packed]
 
     def start(self) -> None:
         self._loop.add_reader(self.udp.sock.fileno(), self._drain_udp)
@@ -324,6 +355,19 @@ class DataPlane:
         self._resolve(sip)
 
     def _write(self, packet: bytes) -> None:
+        if self.local_side is not None:
+            header = self.local_side.header_for(packet)
+            if header is None:
+                self.drops["no_local_host"] += 1
+                return
+            try:
+                os.write(self.tap_fd, header + packet)
+                self.counters["tap_written"] += 1
+            except BlockingIOError:
+                self.drops["tap_would_block"] += 1
+            except OSError as exc:
+                self.drops[f"tap_write_{exc.errno}"] += 1
+            return
         if not self._eth_header:
             self.drops["tap_not_ready"] += 1
             return
@@ -354,6 +398,7 @@ class DataPlane:
         owners = self._owners
         net, mask, gateway = self._net, self._mask, self._gateway
         buf, view = self._rbuf, self._rview
+        admit = self.local_side.admit if self.local_side is not None else None
         readv = os.readv
         # Sealed datagrams per destination, sent together after the batch (GSO).
         out: dict[Endpoint, list[bytes]] = {}
@@ -375,6 +420,8 @@ class DataPlane:
             if int.from_bytes(dip, "big") & mask != net or dip == gateway:
                 if not self._local_frame(bytes(view[:size])):
                     self.drops["tap_outside_subnet"] += 1
+                continue
+            if admit is not None and not admit(view[:size]):
                 continue
             entry = owners.get(dip)
             if entry is not None and entry[1] > now:

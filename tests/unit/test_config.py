@@ -194,3 +194,30 @@ def test_file_level_errors(tmp_path: Path) -> None:
     binary.write_bytes(b"bundle = '\xff'\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(binary)
+
+
+def test_stun_section() -> None:
+    from ipop.config import StunConfig
+
+    cfg = parse_config(
+        {
+            "bundle": "b.toml",
+            "stun": {"servers": ["203.0.113.30:3478"], "alternate": "203.0.113.20", "alt_port": 0},
+        },
+        base_dir=Path("/etc/ipop"),
+        source="test",
+    )
+    assert cfg.stun == StunConfig(
+        servers=(Endpoint("203.0.113.30", 3478),), alternate="203.0.113.20"
+    )
+    assert parse_config({"bundle": "b"}, base_dir=Path("/"), source="t").stun == StunConfig()
+    for bad, key in (
+        ({"servers": "203.0.113.30:3478"}, "stun.servers"),
+        ({"servers": ["stun.example:3478"]}, "stun.servers[0]"),
+        ({"alternate": "sometimes"}, "stun.alternate"),
+        ({"alt_port": 70000}, "stun.alt_port"),
+        ({"colour": 1}, "stun.colour"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_config({"bundle": "b", "stun": bad}, base_dir=Path("/"), source="t")
+        assert info.value.key == key

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipop.status import PATH_KINDS, PeerStatus, PingReply, SelfStatus, Status
+from ipop.status import PATH_KINDS, LanHostStatus, PeerStatus, PingReply, SelfStatus, Status
 
 A_ID = "a1" * 20
 B_ID = "b2" * 20
@@ -215,3 +215,44 @@ _status = st.builds(
 @given(_status)
 def test_any_status_round_trips(s: Status) -> None:
     assert Status.from_json(s.to_json()) == s
+
+
+# --- lan_hosts (router mode): optional, strict when present ------------------------------------
+
+
+def _with_hosts() -> Status:
+    base = sample()
+    hosts = [
+        LanHostStatus(
+            "0a:00:00:00:00:01", "100.64.5.1", ["C064005001.ipop", "p1.ipop"], "dhcp", 59.5
+        ),
+        LanHostStatus("0a:00:00:00:00:02", "100.64.5.2", ["C064005002.ipop"], "static", None),
+    ]
+    return Status(base.self_, base.peers, base.drops, base.counters, lan_hosts=hosts)
+
+
+def test_lan_hosts_round_trip_and_are_absent_when_empty() -> None:
+    s = _with_hosts()
+    assert Status.from_json(s.to_json()) == s
+    assert "lan_hosts" in s.to_dict()
+    plain = sample()
+    assert "lan_hosts" not in plain.to_dict()
+    assert Status.from_dict(plain.to_dict()).lan_hosts == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["lan_hosts"][0].pop("vip"), "lan_hosts[0].vip: is missing"),
+        (lambda d: d["lan_hosts"][1].update(extra=1), "lan_hosts[1].extra: is not a known field"),
+        (lambda d: d["lan_hosts"][0].update(mac="0A:00"), "lan_hosts[0].mac"),
+        (lambda d: d["lan_hosts"][0].update(kind="magic"), "lan_hosts[0].kind"),
+        (lambda d: d["lan_hosts"][0].update(lease_s="1"), "lan_hosts[0].lease_s"),
+        (lambda d: d.update(lan_hosts={}), "lan_hosts: must be a list"),
+    ],
+)
+def test_lan_hosts_are_read_strictly(mutate: Any, message: str) -> None:
+    doc = _with_hosts().to_dict()
+    mutate(doc)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Status.from_dict(doc)

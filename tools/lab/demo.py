@@ -5,7 +5,15 @@ port-restricted-cone, restricted-cone and symmetric NATs, or a TOML topology), s
 ``ipopd`` on every host, waits until each holds a virtual IP, then pings every ordered pair
 by ``HOSTNAME.ipop`` with the system ``ping`` (names answered by each host's own ipopd) and
 reports the path the pair's traffic took (``direct``, ``relayed`` or ``overlay``) from the
-sender's ``ipop status``. Everything is torn down at the end, also on failure or Ctrl-C.
+sender's ``ipop status``.
+
+The demo always includes a router cluster (``topology.with_router_cluster`` adds one when
+the topology has none): the router host runs ``ipop-router`` instead of ``ipopd``, its plain
+hosts run only ``udhcpc`` or ``dhclient``; they are listed under ``lan_hosts`` (with the
+seconds each took to get its lease, ``lease_after_s``) and take part in the pings as sources
+and targets. Routers themselves are not pinged (they hold no address of their own on a LAN).
+
+Everything is torn down at the end, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,11 +28,12 @@ from typing import Any
 
 from tools.lab.ipopnet import IpopNet, NotReady
 from tools.lab.lab import Lab
-from tools.lab.topology import Topology
+from tools.lab.topology import Topology, with_router_cluster
 
 __all__ = ["run_demo"]
 
 READY_TIMEOUT_S = 30.0
+LEASE_TIMEOUT_S = 10.0
 PING_ATTEMPTS = 3
 _RTT = re.compile(r"time=([0-9.]+) ms")
 
@@ -51,7 +60,14 @@ def run_demo(
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="ipop-lab-")
         workdir = Path(tmp.name)
-    result: dict[str, Any] = {"ok": False, "nodes": [], "pings": [], "join_s": []}
+    topology = with_router_cluster(topology)
+    result: dict[str, Any] = {
+        "ok": False,
+        "nodes": [],
+        "lan_hosts": [],
+        "pings": [],
+        "join_s": [],
+    }
     try:
         with Lab(topology, workdir=workdir) as lab:
             _progress(f"lab {lab.prefix}: building {len(lab.hosts)} hosts", quiet=quiet)
@@ -80,17 +96,31 @@ def run_demo(
                 _progress(f"  {h.name:<6} ready in {join:5.2f} s  {st.self_.vip}", quiet=quiet)
             result["nodes"] = [{k: v for k, v in n.items() if k != "node_id"} for n in nodes]
             ids = {n["host"]: n["node_id"] for n in nodes}
+            for ph in lab.plain_hosts:
+                net.start_plain(ph)
+            took = {}
+            for ph in lab.plain_hosts:
+                addr, took[ph.name] = net.wait_lease(ph, timeout_s=LEASE_TIMEOUT_S)
+                _progress(f"  {ph.name:<6} leased in {took[ph.name]:5.2f} s  {addr}", quiet=quiet)
+            result["lan_hosts"] = _lan_hosts(net, took)
+            for row in result["lan_hosts"]:
+                ids[row["host"]] = ids[row["router"]]
+            endpoints = [h for h in lab.hosts if not lab.is_router(h)] + lab.plain_hosts
             _progress("pinging every ordered pair by name", quiet=quiet)
-            for src in lab.hosts:
-                for dst in lab.hosts:
+            for src in endpoints:
+                for dst in endpoints:
                     if src is dst:
                         continue
                     target = f"{dst.name}.ipop"
                     ok, rtt = ping_by_name(net, src.name, target)
                     path = None
-                    for p in net.status(src).peers:
-                        if p.node_id == ids[dst.name]:
-                            path = p.path
+                    # A plain host has no status of its own: its traffic is its router's.
+                    sender = src.lan_router or src.name
+                    if sender == dst.lan_router:
+                        path = "lan"  # LAN-to-LAN: never leaves the bridge
+                    for peer in net.status(sender).peers:
+                        if peer.node_id == ids[dst.name]:
+                            path = peer.path
                     result["pings"].append(
                         {
                             "from": src.name,
@@ -110,10 +140,48 @@ def run_demo(
     return result
 
 
+def _lan_hosts(net: IpopNet, took: dict[str, float]) -> list[dict[str, Any]]:
+    """Every plain host as its router's ``ipop status`` lists it (polled until all are named)."""
+    lab = net.lab
+    deadline = time.monotonic() + LEASE_TIMEOUT_S
+    rows: list[dict[str, Any]] = []
+    while True:
+        rows = []
+        for p in lab.plain_hosts:
+            assert p.lan_router is not None
+            addr = net.plain_address(p)
+            for h in net.status(p.lan_router).lan_hosts:
+                if addr is not None and h.vip == str(addr):
+                    rows.append(
+                        {
+                            "host": p.name,
+                            "router": p.lan_router,
+                            "mac": h.mac,
+                            "vip": h.vip,
+                            "names": h.names,
+                            "lease_s": h.lease_s,
+                            "lease_after_s": round(took.get(p.name, 0.0), 3),
+                        }
+                    )
+        named = all(f"{r['host']}.ipop" in r["names"] for r in rows)
+        if (len(rows) == len(lab.plain_hosts) and named) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"{'host':<8} {'nat':<22} {'vip':<16} names"]
     for n in result["nodes"]:
         lines.append(f"{n['host']:<8} {n['nat']:<22} {n['vip'] or '-':<16} {' '.join(n['names'])}")
+    if result.get("lan_hosts"):
+        lines.append("")
+        lines.append(f"{'lan host':<8} {'router':<8} {'mac':<18} {'vip':<16} {'lease':>6}  names")
+        for h in result["lan_hosts"]:
+            lease = f"{h['lease_s']:.0f}" if h["lease_s"] is not None else "-"
+            lines.append(
+                f"{h['host']:<8} {h['router']:<8} {h['mac']:<18} {h['vip']:<16} {lease:>6}  "
+                f"{' '.join(h['names'])}  (leased after {h['lease_after_s']:.2f} s)"
+            )
     lines.append("")
     lines.append(f"{'from':<8} {'to':<8} {'name':<14} {'ok':<4} {'rtt ms':>8}  path")
     for p in result["pings"]:

@@ -6,12 +6,18 @@ and writes each host's node TOML into the lab's per-host directory; ``start(host
 ``ipopd`` in the host's namespace (its PID recorded by the lab, so ``down`` always ends it) and
 points the namespace's resolver at the virtual gateway, where ipopd answers DNS for ``*.ipop``;
 ``wait_ready`` polls the host's control socket until the daemon holds a virtual IP.
+
+Router clusters: a cluster's router host runs ``ipop-router`` (``tools.routerd``) on the
+cluster's LAN bridge instead of ``ipopd``; its plain hosts run only a real DHCP client
+(``start_plain``: ``udhcpc`` or ``dhclient``, with :data:`DHCP_SCRIPT` applying the lease with
+``ip``), and ``wait_lease`` polls their interface for the leased address.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -21,13 +27,43 @@ from pathlib import Path
 from ipop.aio.control import ControlClient, ControlError
 from ipop.status import Status
 from tools import config_cli
-from tools.lab.lab import Host, Lab
+from tools.lab.lab import CLUSTER_BRIDGE, Host, Lab
 
-__all__ = ["DEFAULT_SUBNET", "IPOP_PORT", "IpopNet", "NotReady"]
+__all__ = ["DEFAULT_SUBNET", "DHCP_SCRIPT", "IPOP_PORT", "IpopNet", "NotReady"]
 
 IPOP_PORT = 5800
 DEFAULT_SUBNET = IPv4Network("100.64.0.0/10")
 POLL_S = 0.05
+ROUTER_DHCP_LEASE_S = 120
+_INET = re.compile(r"inet ([0-9.]+)/")
+
+# Applies a lease from udhcpc ("$1" bound/renew/deconfig, $ip $subnet $mtu) or dhclient
+# ($reason, $new_ip_address ...): only the address and the MTU, with iproute2.
+DHCP_SCRIPT = r"""#!/bin/sh
+if [ -n "$reason" ]; then
+  case "$reason" in
+    BOUND|RENEW|REBIND|REBOOT)
+      ev=bound; ip="$new_ip_address"; subnet="$new_subnet_mask"; mtu="$new_interface_mtu" ;;
+    PREINIT) ev=up ;;
+    EXPIRE|FAIL|RELEASE|STOP) ev=deconfig ;;
+    *) ev=none ;;
+  esac
+else
+  ev="$1"
+fi
+case "$ev" in
+  bound|renew)
+    if ! ip -4 -o addr show dev "$interface" | grep -q "inet $ip/"; then
+      ip addr flush dev "$interface"
+      ip addr add "$ip/$subnet" dev "$interface"
+    fi
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+    ;;
+  up) ip link set dev "$interface" up ;;
+  deconfig) ip link set dev "$interface" up; ip addr flush dev "$interface" ;;
+esac
+exit 0
+"""
 
 
 class NotReady(RuntimeError):
@@ -96,31 +132,82 @@ class IpopNet:
                 ["node", self.network, h.name, "--hostname", h.name, "--out", str(f.bundle)]
             )
             mode = (addressing or {}).get(h.name, "static")
-            f.config.write_text(
-                "\n".join(
-                    [
-                        f'bundle = "{f.bundle}"',
-                        f'state_dir = "{f.state_dir}"',
-                        f'listen = "0.0.0.0:{IPOP_PORT}"',
-                        f'log_level = "{self.log_level}"',
-                        "[tap]",
-                        'name = "ipop0"',
-                        f'addressing = "{mode}"',
-                        "[control]",
-                        f'socket = "{f.socket}"',
-                        "",
-                    ]
-                )
-            )
+            lines = [
+                f'bundle = "{f.bundle}"',
+                f'state_dir = "{f.state_dir}"',
+                f'listen = "0.0.0.0:{IPOP_PORT}"',
+                f'log_level = "{self.log_level}"',
+                "[tap]",
+                'name = "ipop0"',
+                f'addressing = "{mode}"',
+                "[control]",
+                f'socket = "{f.socket}"',
+            ]
+            if h.extra_ips:
+                # A public host with a second address serves STUN CHANGE-REQUEST (netcheck).
+                lines += ["[stun]", f'alternate = "{h.extra_ips[0]}"']
+            if self.lab.is_router(h):
+                lines += [
+                    "[router]",
+                    f'interface = "{CLUSTER_BRIDGE}"',
+                    f"dhcp_lease_s = {ROUTER_DHCP_LEASE_S}",
+                ]
+            f.config.write_text("\n".join([*lines, ""]))
+        script = self.lab.workdir / "dhcp-script.sh"
+        script.write_text(DHCP_SCRIPT)
+        script.chmod(0o755)
 
     def start(self, host: Host | str) -> None:
         h = self.lab.host(host)
         f = self.files(h)
         self.lab.write_resolv_conf(h, self.gateway)
         self.started_at[h.name] = time.monotonic()
-        self.lab.spawn(
-            h, [sys.executable, "-m", "tools.ipopd", "--config", str(f.config)], log_path=f.log
-        )
+        module = "tools.routerd" if self.lab.is_router(h) else "tools.ipopd"
+        self.lab.spawn(h, [sys.executable, "-m", module, "--config", str(f.config)], log_path=f.log)
+
+    # --- plain hosts of router clusters -------------------------------------------------------
+
+    def start_plain(self, host: Host | str) -> None:
+        """Run the plain host's real DHCP client (foreground, renewing) in its namespace."""
+        h = self.lab.host(host)
+        d = self.lab.host_dir(h)
+        script = str(self.lab.workdir / "dhcp-script.sh")
+        self.lab.write_resolv_conf(h, self.gateway)
+        if h.dhcp_client == "dhclient":
+            conf = d / "dhclient.conf"
+            conf.write_text(f'send host-name "{h.name}";\ninitial-interval 1;\n')
+            argv = [
+                "dhclient", "-d", "-4", "-sf", script, "-cf", str(conf),
+                "-lf", str(d / "dhclient.leases"), "-pf", str(d / "dhclient.pid"), "eth0",
+            ]  # fmt: skip
+        else:
+            argv = [
+                "udhcpc", "-f", "-i", "eth0", "-s", script, "-T", "1", "-t", "30", "-A", "1",
+                "-x", f"hostname:{h.name}",
+            ]  # fmt: skip
+        self.started_at[h.name] = time.monotonic()
+        self.lab.spawn(h, argv, log_path=d / "dhcp.log")
+
+    def plain_address(self, host: Host | str) -> IPv4Address | None:
+        res = self.lab.exec(host, ["ip", "-4", "-o", "addr", "show", "dev", "eth0"], timeout=5)
+        m = _INET.search(res.stdout)
+        return IPv4Address(m.group(1)) if m else None
+
+    def wait_lease(self, host: Host | str, *, timeout_s: float) -> tuple[IPv4Address, float]:
+        """Poll until the plain host's eth0 has its leased address: (address, seconds taken)."""
+        h = self.lab.host(host)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            addr = self.plain_address(h)
+            if addr is not None and addr in self.subnet:
+                return addr, time.monotonic() - self.started_at.get(h.name, time.monotonic())
+            if time.monotonic() >= deadline:
+                log = self.lab.host_dir(h) / "dhcp.log"
+                tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
+                raise NotReady(
+                    f"{h.name}: no DHCP lease after {timeout_s:.0f} s: " + " | ".join(tail)
+                )
+            time.sleep(POLL_S)
 
     def start_all(self) -> None:
         # The bootstrap node first: the others' first handshake then finds it listening.

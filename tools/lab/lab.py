@@ -27,6 +27,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,18 @@ STOP_GRACE_S = 5.0
 HOST_IF = "eth0"
 WAN_IF = "wan0"
 LAN_IF = "lan0"
+# A router cluster's LAN bridge, in the router host's namespace (plain hosts' ports: p-<name>).
+CLUSTER_BRIDGE = "clan0"
+# Turns off TX checksum offload on an interface (ETHTOOL_STXCSUM through SIOCETHTOOL; no
+# ethtool binary needed). A veth otherwise hands the bridge frames whose UDP/TCP checksum is
+# left for a NIC to fill in; a plain host behind a real NIC sends finished checksums, and the
+# router (reading the bridge with a packet socket) must see what a wire would carry.
+_TX_CSUM_OFF_PY = r"""
+import array, fcntl, socket, struct, sys
+buf = array.array("B", struct.pack("II", 0x17, 0))
+ifr = struct.pack("16sQ", sys.argv[1].encode(), buf.buffer_info()[0])
+fcntl.ioctl(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), 0x8946, ifr)
+"""
 
 
 def new_prefix() -> str:
@@ -74,6 +87,8 @@ class Host:
     is_bootstrap: bool
     router_ns: str | None = None
     extra_ips: tuple[IPv4Address, ...] = ()
+    lan_router: str | None = None  # a plain host: the cluster router whose LAN it is on
+    dhcp_client: str | None = None  # a plain host: "udhcpc" or "dhclient"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +101,8 @@ class Host:
             "is_bootstrap": self.is_bootstrap,
             "router_ns": self.router_ns,
             "extra_ips": [str(a) for a in self.extra_ips],
+            "lan_router": self.lan_router,
+            "dhcp_client": self.dhcp_client,
         }
 
 
@@ -162,6 +179,22 @@ class Lab:
         self.prefix = _check_prefix(prefix) if prefix is not None else new_prefix()
         boot = topology.bootstrap.name
         self.hosts: list[Host] = [_make_host(self.prefix, h, boot) for h in topology.hosts]
+        # Plain hosts of router clusters: namespaces with only a DHCP client (no ipop).
+        self.plain_hosts: list[Host] = [
+            Host(
+                name=p.name,
+                ns=f"{self.prefix}p-{p.name}",
+                ip=IPv4Address(0),
+                public_ip=IPv4Address(0),
+                nat_kind=None,
+                lan=None,
+                is_bootstrap=False,
+                lan_router=c.router,
+                dhcp_client=p.client,
+            )
+            for c in topology.clusters
+            for p in c.hosts
+        ]
         self.inet_ns = f"{self.prefix}inet"
         self.state = "new"  # new -> building -> up -> down
         self._procs: list[SpawnedProcess] = []
@@ -177,10 +210,18 @@ class Lab:
 
     def host(self, host: Host | str) -> Host:
         name = host.name if isinstance(host, Host) else host
-        for h in self.hosts:
+        for h in (*self.hosts, *self.plain_hosts):
             if h.name == name:
                 return h
         raise LocalProtocolError(f"no host {name!r} in this lab")
+
+    def is_router(self, host: Host | str) -> bool:
+        """Whether ``host`` runs ipop-router for a cluster (not ipopd)."""
+        return self.topology.cluster_of_router(self.host(host).name) is not None
+
+    def plain_hosts_of(self, router: Host | str) -> list[Host]:
+        name = self.host(router).name
+        return [p for p in self.plain_hosts if p.lan_router == name]
 
     @property
     def namespaces(self) -> list[str]:
@@ -190,6 +231,7 @@ class Lab:
             if h.router_ns is not None:
                 out.append(h.router_ns)
             out.append(h.ns)
+        out.extend(p.ns for p in self.plain_hosts)
         return out
 
     @property
@@ -215,7 +257,7 @@ class Lab:
             "prefix": self.prefix,
             "topology": self.topology.to_dict(),
             "namespaces": self.namespaces,
-            "hosts": [h.to_dict() for h in self.hosts],
+            "hosts": [h.to_dict() for h in (*self.hosts, *self.plain_hosts)],
             "processes": [p.to_dict() for p in self._procs],
             "etc_netns": self._etc_dirs,
             "made_etc_netns": self._made_etc_netns,
@@ -313,6 +355,21 @@ class Lab:
             if nat.udp_timeout_s is not None:
                 # Exists once conntrack is active in the namespace, i.e. after the NAT rules.
                 netns.sysctl(router, "net.netfilter.nf_conntrack_udp_timeout", nat.udp_timeout_s)
+        for cluster in topo.clusters:
+            rns = self.host(cluster.router).ns
+            netns.add_bridge(rns, CLUSTER_BRIDGE)
+            netns.sysctl(rns, f"net.ipv6.conf.{CLUSTER_BRIDGE}.disable_ipv6", 1)
+            netns.link_up(rns, CLUSTER_BRIDGE)
+            for p in self.plain_hosts_of(cluster.router):
+                netns.add_ns(p.ns)
+                netns.sysctl(p.ns, "net.ipv4.ip_forward", 0)
+                netns.sysctl(p.ns, "net.ipv6.conf.all.disable_ipv6", 1)
+                port = f"p-{p.name}"
+                netns.add_veth(rns, port, p.ns, HOST_IF)
+                netns.set_master(rns, port, CLUSTER_BRIDGE)
+                netns.link_up(rns, port)
+                netns.link_up(p.ns, HOST_IF)
+                netns.run([sys.executable, "-c", _TX_CSUM_OFF_PY, HOST_IF], ns=p.ns)
 
     # ------------------------------------------------------------ processes
 

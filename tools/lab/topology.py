@@ -24,6 +24,14 @@ reading the file. Format (every key but ``hosts[].name`` / ``role`` / ``nat`` is
     lan = "198.18.1.0/24"                  # default 198.18.N.0/24, N = 1, 2, ... (next free)
     udp_timeout_s = 30                     # router's conntrack UDP timeout (mapping lifetime)
 
+Router clusters (optional): a host of ``[[hosts]]`` runs ``ipop-router`` instead of ``ipopd``
+and serves a LAN bridge (``clan0`` in its namespace) of plain hosts, each in a namespace of
+its own, that run only a real DHCP client::
+
+    [[clusters]]
+    router = "r1"                          # a [[hosts]] name (usually role = "nat")
+    hosts = [{name = "p1", client = "udhcpc"}, {name = "p2", client = "dhclient"}]
+
 A public host's ``ip`` (a NAT router's ``wan_ip``) decides its segment: an address inside
 ``subnet2`` puts it there. ``.1`` of every segment belongs to the inet namespace (the gateway
 between segments); ``.1`` of a LAN is the router and ``.2`` the LAN host.
@@ -43,6 +51,7 @@ from ipop.errors import ConfigError
 from tools.lab.natrules import NAT_KINDS
 
 ROLES = ("public", "nat")
+DHCP_CLIENTS = ("udhcpc", "dhclient")
 BACKENDS = ("iptables", "nft")
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,11}")
 # The project's address plan (rules: underlay 203.0.113.0/24 and 198.51.100.0/24, LANs in
@@ -90,11 +99,29 @@ class HostSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PlainHostSpec:
+    """A plain host on a router's LAN: no ipop software, only a DHCP client."""
+
+    name: str
+    client: str  # one of DHCP_CLIENTS
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    router: str
+    hosts: tuple[PlainHostSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     hosts: tuple[HostSpec, ...]
     subnet: IPv4Network = DEFAULT_SUBNET
     subnet2: IPv4Network | None = None
     nat_backend: str = "iptables"
+    clusters: tuple[ClusterSpec, ...] = ()
+
+    def cluster_of_router(self, name: str) -> ClusterSpec | None:
+        return next((c for c in self.clusters if c.router == name), None)
 
     @property
     def bootstrap(self) -> HostSpec:
@@ -129,15 +156,32 @@ class Topology:
                 if h.nat.udp_timeout_s is not None:
                     d["udp_timeout_s"] = h.nat.udp_timeout_s
             hosts.append(d)
-        return {"nat_backend": self.nat_backend, "internet": inet, "hosts": hosts}
+        out: dict[str, Any] = {"nat_backend": self.nat_backend, "internet": inet, "hosts": hosts}
+        if self.clusters:
+            out["clusters"] = [
+                {
+                    "router": c.router,
+                    "hosts": [{"name": p.name, "client": p.client} for p in c.hosts],
+                }
+                for c in self.clusters
+            ]
+        return out
 
 
 def default_topology() -> Topology:
-    """pub1 (bootstrap) and pub2 on the internet; a, b, c behind three different NATs."""
+    """pub1 (bootstrap) and pub2 on the internet; a, b, c behind three different NATs.
+
+    pub1 has a second address so that its ipopd serves STUN CHANGE-REQUEST (``ipop netcheck``).
+    """
     return topology_from_dict(
         {
             "hosts": [
-                {"name": "pub1", "role": "public", "ip": "203.0.113.10"},
+                {
+                    "name": "pub1",
+                    "role": "public",
+                    "ip": "203.0.113.10",
+                    "extra_ips": ["203.0.113.20"],
+                },
                 {"name": "pub2", "role": "public", "ip": "203.0.113.11"},
                 {"name": "a", "role": "nat", "nat": "port-restricted-cone"},
                 {"name": "b", "role": "nat", "nat": "restricted-cone"},
@@ -145,6 +189,26 @@ def default_topology() -> Topology:
             ]
         }
     )
+
+
+def with_router_cluster(topology: Topology) -> Topology:
+    """``topology`` plus router ``r1`` (behind a port-restricted-cone NAT) serving a LAN of
+    three plain hosts (udhcpc, dhclient, udhcpc), unless it has a cluster already."""
+    if topology.clusters:
+        return topology
+    data = topology.to_dict()
+    data["hosts"].append({"name": "r1", "role": "nat", "nat": "port-restricted-cone"})
+    data["clusters"] = [
+        {
+            "router": "r1",
+            "hosts": [
+                {"name": "p1", "client": "udhcpc"},
+                {"name": "p2", "client": "dhclient"},
+                {"name": "p3", "client": "udhcpc"},
+            ],
+        }
+    ]
+    return topology_from_dict(data)
 
 
 def load_topology(path: Path) -> Topology:
@@ -264,7 +328,7 @@ class _Allocator:
 
 def topology_from_dict(data: dict[str, Any]) -> Topology:
     """Validate a TOML-shaped dict; every error names its key (``hosts[2].nat``)."""
-    _check_keys(data, "", {"nat_backend", "internet", "hosts"})
+    _check_keys(data, "", {"nat_backend", "internet", "hosts", "clusters"})
     backend = data.get("nat_backend", "iptables")
     if backend not in BACKENDS:
         raise ConfigError(
@@ -364,4 +428,46 @@ def topology_from_dict(data: dict[str, Any]) -> Topology:
 
     if not any(h.role == "public" for h in hosts):
         raise ConfigError("hosts", "no public host", "the first public host is the bootstrap")
-    return Topology(tuple(hosts), subnet, subnet2, backend)
+    clusters = _clusters(data.get("clusters", []), names)
+    return Topology(tuple(hosts), subnet, subnet2, backend, clusters)
+
+
+def _clusters(raw: object, names: set[str]) -> tuple[ClusterSpec, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("clusters", "must be a list of tables")
+    out: list[ClusterSpec] = []
+    routers: set[str] = set()
+    for i, c in enumerate(raw):
+        where = f"clusters[{i}]"
+        if not isinstance(c, dict):
+            raise ConfigError(where, "must be a table")
+        _check_keys(c, where, {"router", "hosts"})
+        if "router" not in c:
+            raise ConfigError(f"{where}.router", "missing")
+        router = _str(c, "router", where)
+        if router not in names:
+            raise ConfigError(f"{where}.router", f"no host {router!r}", "name a [[hosts]] entry")
+        if router in routers:
+            raise ConfigError(f"{where}.router", f"{router!r} already routes a cluster")
+        routers.add(router)
+        raw_hosts = c.get("hosts")
+        if not isinstance(raw_hosts, list) or not raw_hosts:
+            raise ConfigError(f"{where}.hosts", "missing or empty")
+        plain: list[PlainHostSpec] = []
+        for j, p in enumerate(raw_hosts):
+            pw = f"{where}.hosts[{j}]"
+            if not isinstance(p, dict) or "name" not in p:
+                raise ConfigError(pw, "must be a table with a name")
+            _check_keys(p, pw, {"name", "client"})
+            name = _str(p, "name", pw)
+            if not NAME_RE.fullmatch(name) or name in names:
+                raise ConfigError(f"{pw}.name", f"bad or duplicate host name {name!r}")
+            names.add(name)
+            client = p.get("client", "udhcpc")
+            if client not in DHCP_CLIENTS:
+                raise ConfigError(
+                    f"{pw}.client", f"unknown client {client!r}", f"use {', '.join(DHCP_CLIENTS)}"
+                )
+            plain.append(PlainHostSpec(name, str(client)))
+        out.append(ClusterSpec(router, tuple(plain)))
+    return tuple(out)

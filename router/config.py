@@ -1,0 +1,79 @@
+"""The router's configuration: a node config (``ipop.config``) plus a ``[router]`` section.
+
+Every key of ``deploy/ipop.example.toml`` means the same here (``[tap]`` is ignored: a router
+has no TAP); ``deploy/router.example.toml`` documents the ``[router]`` keys:
+
+* ``interface`` (required): the LAN interface (a Linux bridge or a NIC) the plain hosts are on;
+* ``dhcp_lease_s`` (default 600, 60..86400): the DHCP lease handed to hosts; a host's DHT
+  record is renewed while its DHCP lease is live and released after it lapses;
+* ``static_hosts`` (default true): register hosts that configured a free virtual IP
+  themselves (seen in their ARP or IP traffic);
+* ``max_hosts`` (default 1024, 1..65536): hosts served at once; more are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipop.config import NodeConfig, parse_config, read_config_table
+from ipop.errors import ConfigError
+
+__all__ = ["RouterConfig", "RouterSection", "load_router_config"]
+
+_FIX = "see deploy/router.example.toml"
+_KEYS = ("interface", "dhcp_lease_s", "static_hosts", "max_hosts")
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSection:
+    interface: str
+    dhcp_lease_s: int = 600
+    static_hosts: bool = True
+    max_hosts: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    node: NodeConfig
+    router: RouterSection
+
+
+def _int(value: object, key: str, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(f"router.{key}", f"must be an integer {lo}..{hi}, got {value!r}", _FIX)
+    return value
+
+
+def parse_router_section(value: object) -> RouterSection:
+    if not isinstance(value, dict):
+        raise ConfigError("router", "is missing or not a table", 'add [router] interface = "br0"')
+    unknown = sorted(set(value) - set(_KEYS))
+    if unknown:
+        raise ConfigError(f"router.{unknown[0]}", "is not a router key", _FIX)
+    iface = value.get("interface")
+    if not isinstance(iface, str) or not 0 < len(iface) <= 15 or "/" in iface:
+        raise ConfigError("router.interface", f"must be an interface name, got {iface!r}", _FIX)
+    static = value.get("static_hosts", True)
+    if not isinstance(static, bool):
+        raise ConfigError("router.static_hosts", "must be true or false", _FIX)
+    return RouterSection(
+        interface=iface,
+        dhcp_lease_s=_int(value.get("dhcp_lease_s", 600), "dhcp_lease_s", 60, 86400),
+        static_hosts=static,
+        max_hosts=_int(value.get("max_hosts", 1024), "max_hosts", 1, 65536),
+    )
+
+
+def load_router_config(path: str | Path) -> RouterConfig:
+    """Read ``path``: ``[router]`` here, the rest by :func:`ipop.config.parse_config`."""
+    table = read_config_table(path)
+    section = table.pop("router", None)
+    base_dir = Path(os.path.abspath(path)).parent
+    node = parse_config(table, base_dir=base_dir, source=str(path))
+    try:
+        router = parse_router_section(section)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, f"{exc.problem} in {path}", exc.fix) from None
+    return RouterConfig(node=node, router=router)

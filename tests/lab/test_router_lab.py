@@ -1,0 +1,375 @@
+"""Router mode in the namespace lab (root): real ipop-router, ipopd and DHCP clients.
+
+Two clusters, each a router behind its own NAT serving a bridge of plain hosts that run only
+``udhcpc`` or ``dhclient`` (q3 gets no client: it is configured by hand, as a static host),
+and ordinary ipopd nodes on the internet and behind a NAT. Frames for the bad-input checks
+are built with scapy (bytes only) and sent by a small raw-socket program in the namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from scapy.layers.dhcp import BOOTP, DHCP
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import ARP, Ether
+
+from ipop.dht.names import c_name
+from ipop.status import Status
+from tools.lab.ipopnet import IpopNet
+from tools.lab.lab import Lab, cleanup_stale
+from tools.lab.topology import Topology, topology_from_dict
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, bridges")
+
+SUBNET = IPv4Network("100.64.0.0/10")
+GATEWAY = "100.64.0.1"
+READY_S = 30.0
+LEASE_TARGET_S = 2.0
+
+# Sends the frames given in hex on an interface, then prints (hex) every ARP frame and every
+# UDP frame to port 68 it receives within the wait: the test parses them with scapy.
+RAW_PY = r"""
+import socket, sys, time
+ifname, wait = sys.argv[1], float(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((ifname, 3))
+s.setsockopt(263, 23, 1)
+for h in sys.argv[3:]:
+    s.send(bytes.fromhex(h))
+s.settimeout(0.05)
+end = time.monotonic() + wait
+while time.monotonic() < end:
+    try:
+        f = s.recv(2048)
+    except socket.timeout:
+        continue
+    to_68 = f[12:14] == b"\x08\x00" and f[23] == 17 and f[36:38] == b"\x00\x44"
+    if f[12:14] == b"\x08\x06" or to_68:
+        print(f.hex(), flush=True)
+"""
+
+
+def run_prefix(tag: str) -> str:
+    return f"ipt{os.getpid() % 10000:04d}{tag}-"
+
+
+def _topology() -> Topology:
+    return topology_from_dict(
+        {
+            "hosts": [
+                {"name": "pub1", "role": "public", "ip": "203.0.113.10"},
+                {"name": "pub2", "role": "public", "ip": "203.0.113.11"},
+                {"name": "a", "role": "nat", "nat": "port-restricted-cone"},
+                {"name": "r1", "role": "nat", "nat": "port-restricted-cone"},
+                {"name": "r2", "role": "nat", "nat": "restricted-cone"},
+            ],
+            "clusters": [
+                {
+                    "router": "r1",
+                    "hosts": [
+                        {"name": "p1", "client": "udhcpc"},
+                        {"name": "p2", "client": "dhclient"},
+                        {"name": "p3", "client": "udhcpc"},
+                    ],
+                },
+                {
+                    "router": "r2",
+                    "hosts": [
+                        {"name": "q1", "client": "dhclient"},
+                        {"name": "q2", "client": "udhcpc"},
+                        {"name": "q3", "client": "udhcpc"},  # configured statically instead
+                    ],
+                },
+            ],
+        }
+    )
+
+
+DHCP_HOSTS = ("p1", "p2", "p3", "q1", "q2")
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
+    prefix = run_prefix("r")
+    lab = Lab(_topology(), workdir=tmp_path_factory.mktemp("router"), prefix=prefix)
+    try:
+        lab.up()
+        ipop = IpopNet(lab)
+        ipop.prepare()
+        ipop.start_all()
+        for h in lab.hosts:
+            ipop.wait_ready(h, timeout_s=READY_S)
+        yield ipop
+    finally:
+        lab.down()
+        cleanup_stale(prefix)
+
+
+@pytest.fixture(scope="module")
+def leases(net: IpopNet) -> dict[str, tuple[IPv4Address, float]]:
+    """Start the real DHCP clients; host → (address, seconds from client start to lease)."""
+    for name in DHCP_HOSTS:
+        net.start_plain(name)
+    return {name: net.wait_lease(name, timeout_s=10.0) for name in DHCP_HOSTS}
+
+
+def _router_status(net: IpopNet, router: str, *, named: tuple[str, ...] = ()) -> Status:
+    """The router's status once every host in ``named`` is listed with its hostname."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        st = net.status(router)
+        names = {n for h in st.lan_hosts for n in h.names}
+        if all(f"{n}.ipop" in names for n in named) or time.monotonic() > deadline:
+            return st
+        time.sleep(0.05)
+
+
+def _ping(net: IpopNet, src: str, target: str, tries: int = 4) -> str:
+    out = ""
+    for _ in range(tries):
+        res = net.lab.exec(src, ["ping", "-c", "1", "-W", "2", target], timeout=15)
+        out = res.stdout + res.stderr
+        if res.returncode == 0:
+            return out
+    raise AssertionError(f"{src} -> {target} failed: {out}")
+
+
+def _ping_fails(net: IpopNet, src: str, target: str) -> bool:
+    res = net.lab.exec(src, ["ping", "-c", "1", "-W", "1", target], timeout=15)
+    return res.returncode != 0
+
+
+def _raw(net: IpopNet, host: str, frames: list[bytes], wait_s: float) -> list[Ether]:
+    res = net.lab.exec(
+        host,
+        [sys.executable, "-c", RAW_PY, "eth0", str(wait_s), *(f.hex() for f in frames)],
+        timeout=wait_s + 10,
+        check=True,
+    )
+    return [Ether(bytes.fromhex(line)) for line in res.stdout.split()]
+
+
+def _mac(net: IpopNet, host: str) -> str:
+    out = net.lab.exec(host, ["cat", "/sys/class/net/eth0/address"], timeout=5).stdout
+    return out.strip()
+
+
+def _router_mac(net: IpopNet, router: str) -> str:
+    out = net.lab.exec(router, ["cat", "/sys/class/net/clan0/address"], timeout=5).stdout
+    return out.strip()
+
+
+def _vip(net: IpopNet, host: str) -> IPv4Address:
+    vip = net.status(host).self_.vip
+    assert vip is not None
+    return IPv4Address(vip)
+
+
+def test_plain_hosts_get_leases_fast_and_the_router_lists_them(
+    net: IpopNet, leases: dict[str, tuple[IPv4Address, float]]
+) -> None:
+    vips = [addr for addr, _ in leases.values()]
+    assert len(set(vips)) == len(vips)
+    for name, (addr, took) in leases.items():
+        assert addr in SUBNET and str(addr) != GATEWAY
+        assert took <= LEASE_TARGET_S, f"{name} got its lease after {took:.2f} s"
+    for router, hosts in (("r1", ("p1", "p2", "p3")), ("r2", ("q1", "q2"))):
+        st = _router_status(net, router, named=hosts)
+        rows = {h.vip: h for h in st.lan_hosts}
+        for name in hosts:
+            addr = leases[name][0]
+            row = rows[str(addr)]
+            assert row.mac == _mac(net, name)
+            assert row.kind == "dhcp"
+            assert f"{c_name(addr)}.ipop" in row.names and f"{name}.ipop" in row.names
+            assert row.lease_s is not None and 0 < row.lease_s <= 120
+    # The CLI shows them too.
+    res = net.lab.exec(
+        "r1",
+        [
+            "env",
+            f"IPOP_SOCKET={net.files('r1').socket}",
+            sys.executable,
+            "-m",
+            "tools.cli",
+            "status",
+        ],
+        timeout=20,
+    )
+    assert "LAN hosts (3)" in res.stdout and _mac(net, "p2") in res.stdout
+
+
+def test_plain_hosts_ping_nodes_and_the_other_cluster_by_name_and_back(
+    net: IpopNet, leases: dict[str, tuple[IPv4Address, float]]
+) -> None:
+    _router_status(net, "r1", named=("p1", "p2", "p3"))
+    _router_status(net, "r2", named=("q1", "q2"))
+    pairs = [
+        ("p1", "a.ipop"),
+        ("p2", "pub2.ipop"),
+        ("a", "p1.ipop"),
+        ("pub1", "p2.ipop"),
+        ("p3", "q1.ipop"),
+        ("q1", "p3.ipop"),
+        ("q2", "pub1.ipop"),
+        ("a", "q2.ipop"),
+    ]
+    for src, target in pairs:
+        out = _ping(net, src, target)
+        assert "1 received" in out
+    q2 = leases["q2"][0]
+    out = _ping(net, "p1", f"{c_name(q2)}.ipop")
+    assert re.search(rf"bytes from .*\b{re.escape(str(q2))}\b", out)
+
+
+def test_lan_to_lan_traffic_stays_on_the_lan(
+    net: IpopNet, leases: dict[str, tuple[IPv4Address, float]]
+) -> None:
+    _ping(net, "p1", str(leases["p2"][0]))
+    neigh = net.lab.exec("p1", ["ip", "neigh", "show", str(leases["p2"][0])], timeout=5).stdout
+    assert _mac(net, "p2") in neigh and _router_mac(net, "r1") not in neigh
+
+
+def _arp_request(src_mac: str, spa: str, tpa: str) -> bytes:
+    return bytes(
+        Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=src_mac, psrc=spa, pdst=tpa)
+    )
+
+
+def _arp_replies(frames: list[Ether], tpa: str, mac: str) -> list[Ether]:
+    return [
+        f for f in frames if ARP in f and f[ARP].op == 2 and f[ARP].psrc == tpa and f.src == mac
+    ]
+
+
+def test_arp_is_answered_only_for_live_remote_addresses(
+    net: IpopNet, leases: dict[str, tuple[IPv4Address, float]]
+) -> None:
+    me, spa = _mac(net, "p1"), str(leases["p1"][0])
+    rmac = _router_mac(net, "r1")
+    live = str(_vip(net, "a"))
+    other_cluster = str(leases["q1"][0])
+    free = "100.99.251.7"
+    lan = str(leases["p2"][0])
+    got = _raw(net, "p1", [_arp_request(me, spa, t) for t in (live, other_cluster)], 2.0)
+    assert _arp_replies(got, live, rmac) and _arp_replies(got, other_cluster, rmac)
+    got = _raw(net, "p1", [_arp_request(me, spa, free), _arp_request(me, spa, lan)], 1.5)
+    assert not _arp_replies(got, free, rmac)
+    assert not _arp_replies(got, lan, rmac)  # the LAN host answers for itself
+    assert _arp_replies(got, lan, _mac(net, "p2"))
+    assert net.status("r1").drops.get("router.arp_not_live", 0) >= 1
+
+
+def test_malformed_dhcp_and_arp_frames_are_dropped_and_counted(
+    net: IpopNet, leases: dict[str, tuple[IPv4Address, float]]
+) -> None:
+    me = _mac(net, "p3")
+    before = net.status("r1").drops
+    short_arp = bytes(Ether(src=me, dst="ff:ff:ff:ff:ff:ff", type=0x0806)) + b"\x00\x01\x08\x00"
+    bad_arp = bytes(
+        Ether(src=me, dst="ff:ff:ff:ff:ff:ff")
+        / ARP(hwtype=6, hwlen=6, psrc="100.64.9.9", pdst=GATEWAY)
+    )
+    udp = Ether(src=me, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+    no_magic = bytes(udp / UDP(sport=68, dport=67) / (b"\x01\x01\x06\x00" + bytes(300)))
+    bad_opts = bytes(
+        udp / UDP(sport=68, dport=67) / BOOTP(chaddr=bytes(16)) / b"c\x82Sc\x35\x05\x01"
+    )
+    _raw(net, "p3", [short_arp, bad_arp, no_magic, bad_opts], 0.5)
+    deadline = time.monotonic() + 5
+    while True:
+        after = net.status("r1").drops
+
+        def grew(key: str, a: dict[str, int] = after) -> bool:
+            return a.get(key, 0) > before.get(key, 0)
+
+        arp_ok = grew("arp.arp_short") and grew("arp.arp_bad_format")
+        dhcp_keys = [k for k in after if k.startswith("dhcp.dhcp_") and "awaiting" not in k]
+        dhcp_ok = sum(after[k] for k in dhcp_keys) >= sum(before.get(k, 0) for k in dhcp_keys) + 2
+        if (arp_ok and dhcp_ok) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert arp_ok, after
+    assert dhcp_ok, after
+    _ping(net, "p3", "a.ipop")  # the router still serves
+
+
+def test_a_dhcp_request_for_an_address_held_elsewhere_is_refused(
+    net: IpopNet, leases: dict[str, tuple[IPv4Address, float]]
+) -> None:
+    taken = str(_vip(net, "a"))
+    fake = "0a:11:22:33:44:55"
+    req = bytes(
+        Ether(src=fake, dst="ff:ff:ff:ff:ff:ff")
+        / IP(src="0.0.0.0", dst="255.255.255.255")
+        / UDP(sport=68, dport=67)
+        / BOOTP(chaddr=bytes.fromhex(fake.replace(":", "")) + bytes(10), xid=0x1234)
+        / DHCP(options=[("message-type", "request"), ("requested_addr", taken), "end"])
+    )
+    naks: list[Ether] = []
+    for _ in range(3):
+        got = _raw(net, "p3", [req], 1.5)
+        naks = [f for f in got if DHCP in f and ("message-type", 6) in f[DHCP].options]
+        if naks:
+            break
+    assert naks and naks[0][BOOTP].xid == 0x1234
+    rows = {h.mac: h for h in net.status("r1").lan_hosts}
+    assert fake in rows and rows[fake].vip != taken
+
+
+def test_static_hosts_are_registered_and_conflicts_refused(
+    net: IpopNet, leases: dict[str, tuple[IPv4Address, float]]
+) -> None:
+    a_vip = str(_vip(net, "a"))
+    lab = net.lab
+    lab.write_resolv_conf("q3", GATEWAY)
+    # Claims a's address: refused, its traffic goes nowhere.
+    lab.exec("q3", ["ip", "addr", "add", f"{a_vip}/10", "dev", "eth0"], timeout=5, check=True)
+    assert _ping_fails(net, "q3", "pub1.ipop")
+    assert _ping_fails(net, "q3", "pub1.ipop")
+    drops = net.status("r2").drops
+    assert drops.get("router.static_refused", 0) >= 1
+    assert _mac(net, "q3") not in {h.mac for h in net.status("r2").lan_hosts}
+    # A free address: registered under the router's identity, reachable both ways.
+    free = "100.99.77.55"
+    lab.exec("q3", ["ip", "addr", "flush", "dev", "eth0"], timeout=5, check=True)
+    lab.exec("q3", ["ip", "addr", "add", f"{free}/10", "dev", "eth0"], timeout=5, check=True)
+    _ping(net, "q3", "pub1.ipop", tries=6)
+    rows = {h.mac: h for h in net.status("r2").lan_hosts}
+    row = rows[_mac(net, "q3")]
+    assert row.vip == free and row.kind == "static" and row.lease_s is None
+    assert f"{c_name(IPv4Address(free))}.ipop" in row.names
+    _ping(net, "a", f"{c_name(IPv4Address(free))}.ipop")
+
+
+def test_router_restart_keeps_the_hosts_addresses(
+    net: IpopNet, leases: dict[str, tuple[IPv4Address, float]]
+) -> None:
+    lab = net.lab
+    _router_status(net, "r1", named=("p1", "p2", "p3"))
+    net.stop("r1")
+    net.start("r1")
+    net.wait_ready("r1", timeout_s=READY_S)
+    st = _router_status(net, "r1", named=("p1", "p2", "p3"))
+    rows = {h.mac: h for h in st.lan_hosts}
+    for name in ("p1", "p2", "p3"):
+        assert rows[_mac(net, name)].vip == str(leases[name][0])
+    # udhcpc renews on SIGUSR1: the restarted router ACKs the same address.
+    udhcpc = [p for p in lab.processes if p.host == "p1"]
+    assert udhcpc
+    os.kill(udhcpc[0].pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    log = lab.host_dir("p1") / "dhcp.log"
+    while "lease of" not in log.read_text().split("SIGUSR1")[-1] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert net.plain_address("p1") == leases["p1"][0]
+    for src, target in (("p1", "a.ipop"), ("a", "p2.ipop"), ("q1", "p3.ipop")):
+        _ping(net, src, target, tries=6)

@@ -1,0 +1,51 @@
+"""router.config: the [router] section on top of a node config; every error names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ipop.errors import ConfigError
+from router.config import load_router_config
+
+BASE = 'bundle = "b.toml"\nstate_dir = "state"\n'
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "router.toml"
+    p.write_text(text)
+    return p
+
+
+def test_router_section_defaults_and_node_keys(tmp_path: Path) -> None:
+    cfg = load_router_config(_write(tmp_path, BASE + '[router]\ninterface = "br0"\n'))
+    assert cfg.router.interface == "br0"
+    assert cfg.router.dhcp_lease_s == 600 and cfg.router.static_hosts is True
+    assert cfg.node.bundle == tmp_path / "b.toml"
+    assert cfg.node.state_dir == tmp_path / "state"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("", "router"),
+        ("[router]\n", "router.interface"),
+        ('[router]\ninterface = "br0"\nbogus = 1\n', "router.bogus"),
+        ('[router]\ninterface = "br0"\ndhcp_lease_s = 5\n', "router.dhcp_lease_s"),
+        ('[router]\ninterface = "br0"\nmax_hosts = true\n', "router.max_hosts"),
+        ('[router]\ninterface = "br0"\nstatic_hosts = "yes"\n', "router.static_hosts"),
+        ('[router]\ninterface = "a/b"\n', "router.interface"),
+    ],
+)
+def test_bad_router_section_names_the_key(tmp_path: Path, section: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_router_config(_write(tmp_path, BASE + section))
+    assert err.value.key == key
+
+
+def test_the_example_config_parses() -> None:
+    example = Path(__file__).parents[2] / "deploy" / "router.example.toml"
+    cfg = load_router_config(example)
+    assert cfg.router.interface == "br0"
+    assert cfg.router.max_hosts == 1024

@@ -1,0 +1,82 @@
+"""ipop-router: router mode's composition root (config + bundle → RouterDaemon + control).
+
+``ipop-router --config FILE``: FILE is a node config with a ``[router]`` section
+(``deploy/router.example.toml``). Exit codes as ipopd: 0 after a clean stop, 2 for a bad config
+or bundle, 1 when the router failed while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ipop.aio.control import ControlServer
+from ipop.aio.daemon import DaemonControl, DaemonSettings
+from ipop.bundle import load_bundle
+from ipop.errors import ConfigError
+from router.config import RouterConfig, load_router_config
+from router.daemon import RouterDaemon
+from tools.ipopd import _LEVELS, _KeyValueFormatter
+
+
+async def _run(cfg: RouterConfig, daemon: RouterDaemon) -> None:
+    control = ControlServer(cfg.node.control.socket, DaemonControl(daemon))
+    await control.start()
+    try:
+        await daemon.run()
+    finally:
+        await control.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ipop-router", description="ipop router mode")
+    ap.add_argument("--config", required=True, help="router TOML (deploy/router.example.toml)")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_router_config(args.config)
+        node = cfg.node
+        bundle = load_bundle(node.bundle)
+        problems = bundle.problems(now=time.time())
+        if problems:
+            key, problem, fix = problems[0]
+            raise ConfigError(key, f"{problem} in {node.bundle}", fix)
+    except ConfigError as exc:
+        print(f"ipop-router: {exc}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_KeyValueFormatter())
+    logging.basicConfig(level=_LEVELS[node.log_level], handlers=[handler], force=True)
+    if node.log_level != "debug":
+        logging.getLogger("kademlia").setLevel(logging.WARNING)
+    settings = DaemonSettings(
+        listen=node.listen,
+        state_dir=Path(node.state_dir),
+        tap_name=node.tap.name,
+        tap_mtu=node.tap.mtu,
+        hostname=node.effective_hostname(bundle.hostname),
+        lease_s=float(node.dht.lease_s),
+    )
+    daemon = RouterDaemon(
+        bundle,
+        settings,
+        cfg.router,
+        dns_enabled=node.dns.enabled,
+        upstream=node.dns.upstream[0] if node.dns.upstream else None,
+    )
+    try:
+        asyncio.run(_run(cfg, daemon))
+    except ConfigError as exc:
+        print(f"ipop-router: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        logging.getLogger("ipop-router").exception("event=failed error=%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
