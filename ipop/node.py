@@ -24,6 +24,7 @@ import collections
 import random
 from collections.abc import Callable, Sequence
 
+from ipop import timing
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity
 from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage
@@ -71,6 +72,8 @@ class NodeCore:
         self._out: list[tuple[bytes, Path]] = []
         self._events: collections.deque[OverlayEvent] = collections.deque()
         self._shortcut_asked: dict[NodeId, float] = {}
+        # Peers we asked a shortcut to, with the last time data went to them (idle expiry).
+        self._shortcut_used: dict[NodeId, float] = {}
         # STUN on the overlay socket (ipop.stun): answered here, never seen by the link layer.
         # ``stun_alt_send`` is the I/O layer's way to send from a node's alternate sockets.
         self.stun = StunAgent(rng=random.Random(rng.random()))
@@ -90,6 +93,8 @@ class NodeCore:
         not even leave this node (no route; counted by the overlay).
         """
         overlay = self.overlay
+        if dst in self._shortcut_used:
+            self._shortcut_used[dst] = now
         if overlay.send_direct(dst, kind, payload, now=now):
             self.stats["sent_direct"] += 1
             self._settle(now)
@@ -100,6 +105,7 @@ class NodeCore:
             asked = self._shortcut_asked.get(dst)
             if asked is None or now - asked >= SHORTCUT_RETRY_S:
                 self._shortcut_asked[dst] = now
+                self._shortcut_used[dst] = now
                 overlay.request_shortcut(dst, now=now)
         self._settle(now)
         return ok
@@ -133,6 +139,9 @@ class NodeCore:
             return None
         if sealed is not None:
             self.stats["sent_direct"] += 1
+            used = self._shortcut_used
+            if dst in used:
+                used[dst] = now
         return sealed
 
     def receive_direct(
@@ -186,12 +195,36 @@ class NodeCore:
         if t is not None and now >= t:
             self.stun.handle_timer(now=now)
             self.stun_flush()
+        self._expire_shortcuts(now)
         # Forget old shortcut requests so the table cannot grow with every peer ever seen.
         if len(self._shortcut_asked) > 256:
             self._shortcut_asked = {
                 p: t0 for p, t0 in self._shortcut_asked.items() if now - t0 < SHORTCUT_RETRY_S
             }
         self._settle(now)
+
+    def _expire_shortcuts(self, now: float) -> None:
+        """Release shortcuts idle for SHORTCUT_IDLE_S, and the least used past SHORTCUT_MAX."""
+        used = self._shortcut_used
+        if not used:
+            return
+        idle = [p for p, t in used.items() if now - t >= timing.SHORTCUT_IDLE_S]
+        excess = len(used) - len(idle) - timing.SHORTCUT_MAX
+        if excess > 0:
+            live = sorted(
+                (p for p, t in used.items() if now - t < timing.SHORTCUT_IDLE_S),
+                key=used.__getitem__,
+            )
+            idle += live[:excess]
+        for peer in idle:
+            del used[peer]
+            self._shortcut_asked.pop(peer, None)
+            self.overlay.drop_shortcut(peer, now=now)
+            self.stats["shortcut_released"] += 1
+
+    def shortcut_peers(self) -> dict[NodeId, float]:
+        """Peers we hold (or are forming) a shortcut to, with their last data time."""
+        return dict(self._shortcut_used)
 
     def get_timer(self) -> float | None:
         a = self.link.get_timer()

@@ -242,6 +242,8 @@ class PeerStatus:
     bytes_in: int
     bytes_out: int
     kinds: list[str]  # connection kinds in the overlay table, e.g. ["near", "shortcut"]
+    # Why the path is not direct ("both sides symmetric NAT", ...); absent (None) when direct.
+    why: str | None = None
 
     FIELDS: ClassVar[tuple[str, ...]] = (
         "node_id",
@@ -254,6 +256,7 @@ class PeerStatus:
         "bytes_out",
         "kinds",
     )
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("why",)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -266,12 +269,12 @@ class PeerStatus:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "kinds": list(self.kinds),
-        }
+        } | ({"why": self.why} if self.why is not None else {})
 
     @classmethod
     def from_dict(cls, value: object, where: str = "peer") -> PeerStatus:
         obj = _object(value, where)
-        _exact_keys(obj, cls.FIELDS, where)
+        _exact_keys(obj, cls.FIELDS + tuple(k for k in cls.OPTIONAL if k in obj), where)
         return cls(
             node_id=_node_id(obj["node_id"], f"{where}.node_id"),
             name=_opt_str(obj["name"], f"{where}.name"),
@@ -282,6 +285,7 @@ class PeerStatus:
             bytes_in=_count(obj["bytes_in"], f"{where}.bytes_in"),
             bytes_out=_count(obj["bytes_out"], f"{where}.bytes_out"),
             kinds=_str_list(obj["kinds"], f"{where}.kinds"),
+            why=_str(obj["why"], f"{where}.why") if "why" in obj else None,
         )
 
 

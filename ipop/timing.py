@@ -111,3 +111,12 @@ OVERLAY_RELAY_HOLD_S = 60.0
 OVERLAY_BOOTSTRAP_RETRY_S = 10.0
 # A peer we could not link to at all (not even relayed) is not asked again for this long.
 OVERLAY_FAILED_BACKOFF_S = 30.0
+
+# --- shortcuts (ipop/node.py) ---------------------------------------------------------------
+# A shortcut (a direct link asked for because we exchange data with a peer) is released after
+# this long without data to that peer: its keepalives would hold a NAT mapping for nothing.
+SHORTCUT_IDLE_S = 120.0
+# At most this many shortcuts at once; past it the least recently used one goes. Each costs a
+# keepalive every KEEPALIVE_INTERVAL_S and a session; a node talking to thousands of peers
+# keeps the busiest and routes the rest over the ring.
+SHORTCUT_MAX = 128

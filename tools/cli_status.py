@@ -110,6 +110,9 @@ def format_status(status: Status) -> list[str]:
         lines.append("endpoints: " + ", ".join(me.endpoints))
     if not status.peers:
         lines.append("no peers yet")
+    for p in status.peers:
+        if p.why:
+            lines.append(f"{p.node_id[:SHORT_ID]} ({p.name or p.vip or '?'}) {p.path}: {p.why}")
     if status.lan_hosts:
         lines.append("")
         lines.append(f"LAN hosts ({len(status.lan_hosts)}):")

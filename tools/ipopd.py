@@ -12,7 +12,6 @@ import logging
 import sys
 import time
 from ipaddress import IPv4Address
-from pathlib import Path
 
 from dhcp_dns.dhcp import DhcpServer
 from dhcp_dns.dns import DnsResolver
@@ -122,15 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=_LEVELS[cfg.log_level], handlers=[handler], force=True)
     if cfg.log_level != "debug":  # kademlia logs every RPC at info
         logging.getLogger("kademlia").setLevel(logging.WARNING)
-    settings = DaemonSettings(
-        listen=cfg.listen,
-        state_dir=Path(cfg.state_dir),
-        tap_name=cfg.tap.name,
-        tap_mtu=cfg.tap.mtu,
-        addressing=cfg.tap.addressing,
-        hostname=cfg.effective_hostname(bundle.hostname),
-        lease_s=float(cfg.dht.lease_s),
-    )
+    settings = DaemonSettings.from_config(cfg, bundle_hostname=bundle.hostname)
     daemon = Daemon(bundle, settings, services=lambda d: NodeServices(d, cfg))
     try:
         asyncio.run(_run(cfg, daemon))

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import sys
 import time
-from pathlib import Path
 
 from ipop.aio.control import ControlServer
 from ipop.aio.daemon import DaemonControl, DaemonSettings
@@ -52,14 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=_LEVELS[node.log_level], handlers=[handler], force=True)
     if node.log_level != "debug":
         logging.getLogger("kademlia").setLevel(logging.WARNING)
-    settings = DaemonSettings(
-        listen=node.listen,
-        state_dir=Path(node.state_dir),
-        tap_name=node.tap.name,
-        tap_mtu=node.tap.mtu,
-        hostname=node.effective_hostname(bundle.hostname),
-        lease_s=float(node.dht.lease_s),
-    )
+    settings = DaemonSettings.from_config(node, bundle_hostname=bundle.hostname)
     daemon = RouterDaemon(
         bundle,
         settings,

@@ -10,7 +10,7 @@ VENV=$ROOT/.venv
 
 # Debian packages: the lab's plumbing and the real clients the tests and the demo use.
 APT_PACKAGES=(python3 python3-venv openssl iproute2 iptables nftables iputils-ping dnsutils
-  udhcpc isc-dhcp-client iperf3 procps)
+  udhcpc isc-dhcp-client iperf3 procps coturn stun-server)
 # Only for `run.sh bench`: the peers ipop is measured against.
 BENCH_PACKAGES=(tinc wireguard-go wireguard-tools nebula)
 

@@ -43,6 +43,7 @@ from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
 from ipop.aio.node import Node
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
+from ipop.config import NodeConfig
 from ipop.dht.alloc import DhtLease, IpLease, allocate_ip
 from ipop.dht.names import c_name, lookup_name, register_name
 from ipop.dht.record import ip_key, name_key
@@ -102,6 +103,21 @@ class DaemonSettings:
     stun_servers: tuple[Endpoint, ...] = ()
     stun_alternate: str = "auto"
     stun_alt_port: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: NodeConfig, *, bundle_hostname: str | None) -> DaemonSettings:
+        return cls(
+            listen=cfg.listen,
+            state_dir=Path(cfg.state_dir),
+            tap_name=cfg.tap.name,
+            tap_mtu=cfg.tap.mtu,
+            addressing=cfg.tap.addressing,
+            hostname=cfg.effective_hostname(bundle_hostname),
+            lease_s=float(cfg.dht.lease_s),
+            stun_servers=cfg.stun.servers,
+            stun_alternate=cfg.stun.alternate,
+            stun_alt_port=cfg.stun.alt_port,
+        )
 
 
 class Daemon:
@@ -400,6 +416,7 @@ class Daemon:
                     "bytes_in": info.bytes_in,
                     "bytes_out": info.bytes_out,
                     "kinds": sorted(k.name.lower() for k in kinds.get(info.peer, ())),
+                    "why": self._why_relayed() if relayed else None,
                 }
             )
         # Peers we exchange traffic with but hold no link to travel over the overlay.
@@ -417,6 +434,7 @@ class Daemon:
                         "bytes_in": 0,
                         "bytes_out": 0,
                         "kinds": [],
+                        "why": self._why_no_link(peer),
                     }
                 )
         return rows
@@ -456,6 +474,18 @@ class Daemon:
         if self.dataplane is not None:
             total.update({f"vnet.{k}": v for k, v in self.dataplane.counters.items()})
         return dict(total)
+
+    def _why_relayed(self) -> str:
+        kind = self.nat_kind()
+        if kind == "symmetric":
+            return "no direct path: this node is behind a symmetric NAT (a new port per peer)"
+        return "no direct path: the handshake through both NATs failed (peer's NAT too strict)"
+
+    def _why_no_link(self, peer: NodeId) -> str:
+        node = self.node
+        if node is not None and peer in node.core.shortcut_peers():
+            return "no link yet: routed over the ring while a shortcut forms"
+        return "no link: routed over the ring"
 
     def nat_kind(self) -> str | None:
         """What peers' echoes of our address say about the mapping (RFC 4787 §4.1).

@@ -23,7 +23,16 @@ Brunet-style ring (DESIGN.md §5):
 - **Relay links.** If no direct link to a NEAR candidate comes up (every endpoint failed, or
   the deadline passed), we key a link over ``RelayPath(via=X, peer=T)`` through a node X that
   both of us hold direct links to (from T's CTM answer). X forwards sealed datagrams
-  (RELAY_FORWARD → RELAY_DELIVER) and holds both links as RELAY while traffic flows.
+  (RELAY_FORWARD → RELAY_DELIVER) and holds both links as RELAY while traffic flows; the two
+  ends hold their link to X as RELAY too (else the trim policy would cut X away under them).
+  A relay attempt starts ``relay_after_s`` after the direct ones, alongside them. A relay that
+  holds no direct link to T answers RELAY_REFUSED: a pending attempt moves on to the next
+  candidate, an up relayed link is dropped at once (instead of swallowing traffic until the
+  link layer's timeout) and the ring repairs it.
+- **Backoff.** A near candidate we failed to reach is not asked again for a while: briefly
+  when only a CTM went unanswered or no relay candidate existed yet (one lost datagram, a ring
+  still forming), ``failed_backoff_s`` after a relay failed too. Failures of direct-only
+  attempts (far links, shortcuts, connect-backs) never gate near requests.
 - **Routing** is greedy over every up link (:func:`ipop.overlay.ring.next_hop`): strictly
   closer at each hop, so it cannot loop; exact delivery drops at a local minimum
   ("no_route"), closest delivery delivers there.
@@ -813,8 +822,14 @@ class OverlayNode:
                 for k in kinds:
                     self._add_kind(responder, k, now)
             else:
+                # Last resort: whoever told us about the responder holds a link to it.
+                news = self._seen.get(responder)
                 candidates = relay_candidates(
-                    self.local_id, responder, self._table.direct_peers(), rep.neighbours
+                    self.local_id,
+                    responder,
+                    self._table.direct_peers(),
+                    rep.neighbours,
+                    fallback=None if news is None else news[0],
                 )
                 self._start_connect(
                     responder,

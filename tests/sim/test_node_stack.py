@@ -71,3 +71,57 @@ def test_stack_joins_pings_and_allocates_behind_nats() -> None:
             await asyncio.gather(*(nd.close() for nd in nodes))
 
     run_virtual(body(), start=SIM_EPOCH)
+
+
+def test_first_packet_asks_for_a_shortcut_which_idles_out() -> None:
+    from ipop import timing
+    from ipop.overlay.table import ConnectionKind
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        _, nodes = await _build(24, seed=7)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(nd.dht_ready.wait() for nd in nodes[1:])), 60)
+            # Two nodes with no link yet, both easy to reach (public or full-cone).
+            easy = [
+                nd
+                for i, nd in enumerate(nodes)
+                if KINDS[i % len(KINDS)] in ("none", "full-cone") and i
+            ]
+            pair = next(
+                (a, b)
+                for a in easy
+                for b in easy
+                if a is not b and not a.core.link.is_up(b.node_id)
+            )
+            a, b = pair
+            got: list[bytes] = []
+            b.on_ip = lambda src, pkt: got.append(pkt)
+
+            def kinds() -> set[ConnectionKind]:
+                for c in a.core.overlay.snapshot().connections:
+                    if c.peer == b.node_id:
+                        return set(c.kinds)
+                return set()
+
+            assert a.send_ip(b.node_id, b"first")  # routed, and asks for a shortcut
+            deadline = loop.time() + 10
+            while ConnectionKind.SHORTCUT not in kinds() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            assert ConnectionKind.SHORTCUT in kinds()
+            assert a.core.link.is_up(b.node_id)
+            for i in range(5):
+                assert a.send_ip(b.node_id, b"next-%d" % i)
+            deadline = loop.time() + 5
+            while len(got) < 6 and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            # (the simulated internet has jitter: datagrams may arrive reordered)
+            assert sorted(got) == sorted([b"first"] + [b"next-%d" % i for i in range(5)])
+            assert a.core.stats["sent_direct"] >= 5
+            await asyncio.sleep(timing.SHORTCUT_IDLE_S + 3)
+            assert ConnectionKind.SHORTCUT not in kinds()
+            assert a.core.stats["shortcut_released"] >= 1
+        finally:
+            await asyncio.gather(*(nd.close() for nd in nodes))
+
+    run_virtual(body(), start=SIM_EPOCH)

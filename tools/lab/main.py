@@ -29,6 +29,8 @@ from tools.lab.topology import default_topology, load_topology
 
 DEFAULT_WORKDIR = Path("/run/ipop-lab/current")
 
+NAT_MATRIX_KINDS = ("none", "full-cone", "restricted-cone", "port-restricted-cone", "symmetric")
+
 # A subcommand registrar adds one subparser and sets ``func`` (args -> exit code) on it.
 CommandRegistrar = Callable[
     ["argparse._SubParsersAction[argparse.ArgumentParser]", argparse.ArgumentParser], None
@@ -250,8 +252,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--systems", default="underlay,ipop,tinc,wireguard-go,nebula")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("natmatrix", help="every pair of NAT kinds: reachable, direct, timing")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--kinds", default=",".join(NAT_MATRIX_KINDS), help="comma-separated kinds")
+    p.set_defaults(func=cmd_natmatrix)
+
     register_extra_commands(sub, common)
     return parser
+
+
+def cmd_natmatrix(args: argparse.Namespace) -> int:
+    from tools.lab.natmatrix import main_natmatrix
+
+    kinds = tuple(k for k in str(args.kinds).split(",") if k)
+    bad = [k for k in kinds if k not in NAT_MATRIX_KINDS]
+    if bad:
+        raise ConfigError("--kinds", f"unknown kind {bad[0]!r}", ", ".join(NAT_MATRIX_KINDS))
+    return main_natmatrix(as_json=args.json, kinds=kinds)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,169 @@
+"""``ipop-lab natmatrix``: every pair of NAT kinds, on real NATs, with real daemons and ``ping``.
+
+For each unordered pair of kinds (none, full-cone, restricted-cone, port-restricted-cone,
+symmetric) a fresh lab holds a public bootstrap node and two hosts ``x`` and ``y`` behind NATs
+of those kinds (or public, for "none"). Once both daemons hold an address, ``x`` pings
+``y.ipop`` every 50 ms while ``x``'s ``ipop status`` is polled for the path it holds to ``y``;
+the row reports whether ``y`` was reachable, whether the path became direct (and whether the
+measured punching results say it should), the seconds from the first ping until the path was
+direct, the RTT of the replies before and after that moment, and the pings lost.
+
+With three nodes, ``x`` and ``y`` are ring neighbours: they try to link while joining, before the
+first ping, so ``time_to_direct_s`` is usually 0 here; a pair that cannot punch stays relayed
+through the bootstrap node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from ipop.stun import direct_expected
+from tools.lab import netns
+from tools.lab.ipopnet import IpopNet, NotReady
+from tools.lab.lab import Lab
+from tools.lab.topology import topology_from_dict
+
+__all__ = ["KINDS", "measure_pair", "run_matrix"]
+
+KINDS = ("none", "full-cone", "restricted-cone", "port-restricted-cone", "symmetric")
+PINGS = 60
+INTERVAL_S = 0.05
+READY_S = 30.0
+_REPLY = re.compile(r"^\[([0-9.]+)\].*icmp_seq=(\d+).*time=([0-9.]+) ms")
+_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
+
+
+def _host(name: str, kind: str, ip: str) -> dict[str, str]:
+    if kind == "none":
+        return {"name": name, "role": "public", "ip": ip}
+    return {"name": name, "role": "nat", "nat": kind}
+
+
+def measure_pair(a: str, b: str, *, workdir: Path) -> dict[str, Any]:
+    topo = topology_from_dict(
+        {
+            "hosts": [
+                {"name": "boot", "role": "public", "ip": "203.0.113.10"},
+                _host("x", a, "203.0.113.21"),
+                _host("y", b, "203.0.113.22"),
+            ]
+        }
+    )
+    row: dict[str, Any] = {
+        "a": a,
+        "b": b,
+        "reachable": False,
+        "direct": False,
+        "expected_direct": direct_expected(_kind(a), _kind(b)),
+        "time_to_direct_s": None,
+        "rtt_overlay_ms": None,
+        "rtt_direct_ms": None,
+        "lost": None,
+    }
+    with Lab(topo, workdir=workdir) as lab:
+        lab.up()
+        net = IpopNet(lab, log_level="warning")
+        net.prepare()
+        net.start_all()
+        try:
+            ready = net.wait_all_ready(lab.hosts, timeout_s=READY_S)
+        except NotReady as exc:
+            row["error"] = str(exc)
+            return row
+        y_id = ready["y"][0].self_.node_id
+        x = lab.host("x")
+        argv = ["ping", "-D", "-n", "-i", str(INTERVAL_S), "-c", str(PINGS), "-W", "1", "y.ipop"]
+        # Path samples (monotonic-free: ping -D prints wall-clock stamps, so sample with those).
+        samples: list[tuple[float, str | None]] = []
+        why: str | None = None
+        started = time.time()
+        proc = subprocess.Popen(
+            netns.in_ns(x.ns, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + PINGS * INTERVAL_S + 15
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                path = None
+                for p in net.status("x").peers:
+                    if p.node_id == y_id:
+                        path, why = p.path, p.why
+                samples.append((time.time(), path))
+                time.sleep(0.02)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            out, _ = proc.communicate(timeout=10)
+        replies = [
+            (float(m.group(1)), float(m.group(3)))
+            for line in out.splitlines()
+            if (m := _REPLY.match(line))
+        ]
+        summary = _SUMMARY.search(out)
+        if summary:
+            row["lost"] = int(summary.group(1)) - int(summary.group(2))
+        row["reachable"] = bool(replies)
+        direct_at = next((t for t, p in samples if p == "direct"), None)
+        row["direct"] = direct_at is not None
+        if direct_at is not None:
+            first = replies[0][0] if replies else started
+            row["time_to_direct_s"] = round(max(0.0, direct_at - min(first, started)), 3)
+            before = [r for t, r in replies if t < direct_at]
+            after = [r for t, r in replies if t >= direct_at]
+            row["rtt_overlay_ms"] = round(median(before), 3) if before else None
+            row["rtt_direct_ms"] = round(median(after), 3) if after else None
+        elif replies:
+            row["rtt_overlay_ms"] = round(median(r for _, r in replies), 3)
+        row["path"] = samples[-1][1] if samples else None
+        row["why"] = why if row["path"] != "direct" else None
+    return row
+
+
+def _kind(k: str) -> Any:
+    return "open" if k == "none" else k
+
+
+def run_matrix(kinds: tuple[str, ...] = KINDS, *, quiet: bool = False) -> dict[str, Any]:
+    pairs = []
+    with tempfile.TemporaryDirectory(prefix="ipop-natmatrix-") as tmp:
+        for i, (a, b) in enumerate(itertools.combinations_with_replacement(kinds, 2)):
+            if not quiet:
+                print(f"  {a} x {b} ...", file=sys.stderr, flush=True)
+            pairs.append(measure_pair(a, b, workdir=Path(tmp) / f"p{i}"))
+    return {"pairs": pairs}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    head = (
+        f"{'a':<21} {'b':<21} {'reach':<5} {'direct':<6} {'expect':<6} "
+        f"{'to direct s':>11} {'rtt ovl ms':>10} {'rtt dir ms':>10} {'lost':>4}"
+    )
+    lines = [head]
+
+    def f(v: Any) -> str:
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    for p in result["pairs"]:
+        lines.append(
+            f"{p['a']:<21} {p['b']:<21} {f(p['reachable']):<5} {f(p['direct']):<6} "
+            f"{f(p['expected_direct']):<6} {f(p['time_to_direct_s']):>11} "
+            f"{f(p['rtt_overlay_ms']):>10} {f(p['rtt_direct_ms']):>10} {f(p['lost']):>4}"
+        )
+    return "\n".join(lines)
+
+
+def main_natmatrix(*, as_json: bool, kinds: tuple[str, ...] = KINDS) -> int:
+    result = run_matrix(kinds, quiet=as_json)
+    print(json.dumps(result, indent=2) if as_json else format_table(result))
+    ok = all(
+        p["reachable"] and (p["direct"] or p["expected_direct"] is False) for p in result["pairs"]
+    )
+    return 0 if ok else 1
