@@ -3,6 +3,10 @@
 ``sessions`` (also ``demo``): a public node plus nodes behind every NAT kind each open an
 authenticated session to the public node, through the real LinkEndpoint and the real asyncio
 driver, on the virtual-time loop. Reports per NAT kind, virtual and wall time.
+
+``overlay``: N complete node stacks (overlay, DHT) behind a NAT mix join, then the ring, routing,
+DHT, IP allocation and join times are measured; ``--churn F`` kills a fraction F at once and
+measures again after repair (``ipop.testing.scenario`` documents every reported key).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import random
 import sys
 import time
@@ -23,6 +28,7 @@ from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_identity, make_network
 from ipop.testing.nat import NAT_KIND_NAMES
 from ipop.testing.netsim import Network
+from ipop.testing.scenario import OverlayScenario, parse_nat_mix, run_overlay
 from ipop.types import Endpoint
 
 PORT = 5800
@@ -108,18 +114,90 @@ async def _sessions(
     }
 
 
+def _overlay(args: argparse.Namespace) -> int:
+    # kademlia logs every unanswered RPC at WARNING; churn makes thousands of them.
+    logging.getLogger("kademlia").setLevel(logging.ERROR)
+    try:
+        sc = OverlayScenario(
+            nodes=args.nodes,
+            nat_mix=parse_nat_mix(args.nat_mix),
+            loss=args.loss,
+            churn=args.churn,
+            seed=args.seed,
+            hosts_per_nat=args.hosts_per_nat,
+            join_spread_s=args.join_spread,
+            pairs=args.pairs,
+            records=args.records,
+            replicas=args.replicas,
+        )
+        result = run_overlay(sc)
+    except ConfigError as exc:
+        print(f"ipop-sim: {exc}", file=sys.stderr)
+        return 2
+    ok = bool(
+        result["ring_consistent"]
+        and result["route_success"] == 1.0
+        and result["dht_get_success"] == 1.0
+        and result.get("duplicate_ips", 0) == 0
+        and (sc.churn == 0 or (result["churn"]["ring_consistent"] and result["records_lost"] == 0))
+    )
+    result["ok"] = ok
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key in (
+            "nodes",
+            "ring_consistent",
+            "route_success",
+            "mean_hops",
+            "p99_hops",
+            "log2_n",
+            "dht_get_success",
+            "duplicate_ips",
+            "alloc_failed",
+            "join_p50_s",
+            "join_p90_s",
+            "records_lost",
+            "virtual_s",
+            "wall_s",
+        ):
+            if key in result:
+                print(f"{key:<18} {result[key]}")
+        if "churn" in result:
+            print(f"after churn        {json.dumps(result['churn'])}")
+        print(f"ok={ok}")
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ipop-sim", description=__doc__)
-    ap.add_argument("scenario", nargs="?", default="sessions", choices=["sessions", "demo"])
+    ap.add_argument(
+        "scenario", nargs="?", default="sessions", choices=["sessions", "demo", "overlay"]
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--per-kind", type=int, default=3)
     ap.add_argument("--loss", type=float, default=0.0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--topology", help="TOML topology (ipop.testing.netsim.Network.build)")
+    overlay = ap.add_argument_group("overlay scenario")
+    overlay.add_argument("--nodes", type=int, default=50)
+    overlay.add_argument(
+        "--nat-mix",
+        default="none:0.3,port-restricted-cone:0.5,symmetric:0.2",
+        help="KIND:FRACTION,... summing to 1 (KIND as in ipop.testing.nat)",
+    )
+    overlay.add_argument("--churn", type=float, default=0.0, help="fraction killed at once")
+    overlay.add_argument("--hosts-per-nat", type=int, default=4)
+    overlay.add_argument("--join-spread", type=float, default=20.0, help="virtual s of starts")
+    overlay.add_argument("--pairs", type=int, default=200, help="random pairs routed")
+    overlay.add_argument("--records", type=int, default=100, help="DHT records put")
+    overlay.add_argument("--replicas", type=int, default=8, help="DHT replicas R")
     args = ap.parse_args(argv)
     if not 0.0 <= args.loss < 1.0 or args.per_kind < 1:
         print("ipop-sim: --loss must be in [0, 1) and --per-kind >= 1", file=sys.stderr)
         return 2
+    if args.scenario == "overlay":
+        return _overlay(args)
     topology = None
     try:
         if args.topology:

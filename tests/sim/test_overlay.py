@@ -15,12 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipop.overlay.messages import FLAG_EXACT, KIND_PING, Routed
+from ipop.link.endpoint import LinkUp
+from ipop.overlay.messages import FLAG_EXACT, KIND_PING, RelayForward, RelayRefused, Routed
 from ipop.overlay.node import Delivered, OverlayConfig, OverlayNode, Routable
+from ipop.overlay.ring import next_hop, next_hop_sorted, ring_neighbours, ring_neighbours_sorted
 from ipop.overlay.table import ConnectionKind
-from ipop.testing.fake_links import FakeLinkWorld, LinkMessage, NatKind
-from ipop.testing.invariants import closest_owner, ring_violations
-from ipop.types import RING, NodeId, RelayPath
+from ipop.testing.fake_links import FakeLinkWorld, LinkMessage, NatKind, fake_certificate
+from ipop.testing.invariants import closest_owner, ring_violations, true_near
+from ipop.types import RING, Endpoint, NodeId, Path, RelayPath
 
 CFG = OverlayConfig()
 PER_SIDE = CFG.near_per_side
@@ -286,3 +288,101 @@ def test_bad_ctm_purpose_is_dropped(purpose_byte: int) -> None:
     before = node.drops["bad_purpose"]
     node.on_link_event(LinkMessage(peer, msg.encode(), path), now=world.now)
     assert node.drops["bad_purpose"] == before + 1
+
+
+# --- ring arithmetic fast paths and relay failures ---------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.integers(0, 63), min_size=1, max_size=14, unique=True),
+    st.integers(0, 63),
+    st.booleans(),
+    st.integers(0, 3),
+    st.integers(1, 3),
+)
+def test_sorted_ring_helpers_agree_with_the_reference(
+    values: list[int], dst_v: int, exact: bool, excl: int, per_side: int
+) -> None:
+    """next_hop_sorted / ring_neighbours_sorted pick exactly what the O(n) versions pick.
+
+    Small ids (0..63) make ties and wrap-around common; the distance arithmetic is the same
+    on the full 160-bit ring.
+    """
+    local, peers = NodeId(values[0]), [NodeId(v) for v in values[1:]]
+    dst = NodeId(dst_v)
+    exclude = [None, local, peers[0] if peers else None, dst][excl]
+    ring = sorted(p.value for p in peers)
+    want = next_hop(local, dst, peers, exact=exact, exclude=exclude)
+    got = next_hop_sorted(local, dst, ring, exact=exact, exclude=exclude)
+    assert got == (None if want is None else want.value)
+    near = ring_neighbours(local, peers, per_side)
+    assert frozenset(NodeId(v) for v in ring_neighbours_sorted(local, ring, per_side)) == near
+    everyone = [local, *peers]
+    true = {n: true_near(n, everyone, per_side) for n in everyone}
+    assert ring_violations(true, per_side=per_side) == []
+
+
+class _StubLinks:
+    """Records what the overlay asks of its link layer; every send succeeds."""
+
+    def __init__(self, local_id: NodeId) -> None:
+        self.local_id = local_id
+        self.sent: list[tuple[NodeId, bytes]] = []
+        self.closed: list[NodeId] = []
+        self.connects: list[Path] = []
+
+    def connect(self, path: Path, *, now: float, expected: NodeId | None = None) -> None:
+        self.connects.append(path)
+
+    def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
+        self.sent.append((peer, payload))
+
+    def close(self, peer: NodeId, *, now: float) -> None:
+        self.closed.append(peer)
+
+    def is_up(self, peer: NodeId) -> bool:
+        return True
+
+
+def _node_with(links: _StubLinks, rows: dict[NodeId, Path]) -> OverlayNode:
+    node = OverlayNode(
+        links.local_id, links, rng=random.Random(1), config=OverlayConfig(), bootstrap=[]
+    )
+    node.start(now=0.0)
+    for peer, path in rows.items():
+        node.on_link_event(LinkUp(peer, fake_certificate(peer), path, None), now=1.0)
+    return node
+
+
+def test_relay_without_a_link_to_the_target_tells_the_origin() -> None:
+    """X refuses RELAY_FORWARD to a peer it holds no direct link to, and says so to A."""
+    x, a, t = NodeId(100), NodeId(200), NodeId(300)
+    links = _StubLinks(x)
+    node = _node_with(links, {a: Endpoint("198.51.100.2", 5800)})
+    links.sent.clear()
+    node.on_link_event(
+        LinkMessage(a, RelayForward(t, b"sealed").encode(), Endpoint("198.51.100.2", 5800)), now=2.0
+    )
+    assert node.drops["relay_no_link"] == 1
+    assert links.sent == [(a, RelayRefused(t).encode())]
+
+
+def test_relay_refused_drops_the_dead_relayed_link_at_once() -> None:
+    """A's link to T runs through X; X says it cannot reach T: A forgets T and closes it."""
+    a, x, t = NodeId(100), NodeId(200), NodeId(300)
+    links = _StubLinks(a)
+    node = _node_with(links, {x: Endpoint("198.51.100.2", 5800), t: RelayPath(via=x, peer=t)})
+    assert t in node.connected_peers()
+    # The link to the relay is held (RELAY) while our relayed link uses it.
+    node.wrap_relay(b"keepalive", RelayPath(via=x, peer=t), now=2.0)
+    assert ConnectionKind.RELAY in next(c for c in node.snapshot().connections if c.peer == x).kinds
+    # A refusal from someone else, or about a link that does not run through X, changes nothing.
+    node.on_link_event(LinkMessage(t, RelayRefused(t).encode(), RelayPath(via=x, peer=t)), now=3.0)
+    assert t in node.connected_peers() and node.drops["relay_refused_stale"] == 1
+    node.on_link_event(
+        LinkMessage(x, RelayRefused(t).encode(), Endpoint("198.51.100.2", 5800)), now=3.0
+    )
+    assert t not in node.connected_peers()
+    assert links.closed == [t]
+    assert node.stats["relay_refused"] == 1

@@ -1,0 +1,111 @@
+"""ipop-sim's overlay scenario: full node stacks behind NATs join, route, store, allocate, repair.
+
+Sizes stay small (CI); tools/bench/sim_bench.py runs the 1,000-node target.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ipop.errors import ConfigError
+from ipop.testing.scenario import OverlayScenario, parse_nat_mix, run_overlay
+from tools.sim import main
+
+KEYS = {
+    "nodes",
+    "ring_consistent",
+    "route_success",
+    "mean_hops",
+    "p99_hops",
+    "dht_get_success",
+    "duplicate_ips",
+    "join_p50_s",
+    "join_p90_s",
+    "virtual_s",
+    "wall_s",
+}
+
+
+def test_join_route_dht_and_allocation_behind_nats(capsys: pytest.CaptureFixture[str]) -> None:
+    """Routing, join time, DHT gets and concurrent IP allocation on a converged ring."""
+    argv = ["overlay", "--json", "--nodes", "60", "--seed", "2", "--pairs", "100"]
+    main([*argv, "--records", "40"])  # exit status 1 = some target missed; checked below
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= KEYS
+    assert out["nodes"] == 60
+    assert out["ring_consistent"] is True
+    assert out["route_success"] == 1.0
+    assert 1.0 <= out["mean_hops"] <= math.log2(60)
+    assert out["p99_hops"] >= out["mean_hops"]
+    assert out["dht_get_success"] == 1.0
+    assert out["duplicate_ips"] == 0 and out["alloc_failed"] == 0
+    assert out["join_p90_s"] is not None and out["join_p90_s"] <= 10.0
+    assert out["join_p50_s"] <= out["join_p90_s"]
+    assert out["callback_errors"] == 0
+    assert out["wall_s"] > 0 and out["virtual_s"] > out["join_p90_s"]
+
+
+def test_churn_repairs_ring_and_keeps_records_under_loss() -> None:
+    """Kill 30% at once on a 1%-loss internet: the ring heals, no record is lost."""
+    out = run_overlay(OverlayScenario(nodes=50, loss=0.01, churn=0.3, seed=4, pairs=60, records=40))
+    assert out["ring_consistent"] is True
+    assert out["dht_get_success"] == 1.0
+    after = out["churn"]
+    assert after["killed"] == 15 and after["nodes"] == 35
+    assert after["ring_consistent"] is True
+    assert after["repair_s"] <= 60.0
+    assert out["records_lost"] == 0
+    assert after["route_success"] == 1.0
+
+
+def test_symmetric_near_neighbours_link_through_a_relay() -> None:
+    """Mostly symmetric NATs: neighbours that cannot link directly use relay links."""
+    out = run_overlay(
+        OverlayScenario(
+            nodes=24,
+            nat_mix={"none": 0.25, "symmetric": 0.75},
+            hosts_per_nat=1,
+            seed=5,
+            pairs=40,
+            records=10,
+            allocate=False,
+        )
+    )
+    assert out["relayed_symmetric_near_links"] > 0
+    assert out["ring_consistent"] is True
+    assert out["route_success"] == 1.0
+
+
+def test_routes_survive_loss() -> None:
+    """5% loss each datagram: routed pings still all answer (retries live above the wire)."""
+    out = run_overlay(
+        OverlayScenario(nodes=30, loss=0.05, seed=6, pairs=60, records=20, allocate=False)
+    )
+    assert out["ring_consistent"] is True
+    assert out["route_success"] == 1.0
+    assert out["dht_get_success"] == 1.0
+
+
+def test_runs_repeat_exactly_from_the_seed() -> None:
+    """Same seed, same run: node keys, NAT plan, loss and every random choice come from it."""
+    sc = OverlayScenario(nodes=20, loss=0.02, churn=0.3, seed=9, pairs=30, records=10)
+    first, second = run_overlay(sc), run_overlay(sc)
+    for out in (first, second):
+        del out["wall_s"]
+    assert first == second
+    assert first["ring_consistent"] is True and first["churn"]["ring_consistent"] is True
+
+
+def test_nat_mix_parsing_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_nat_mix("none:0.3, symmetric:0.7") == {"none": 0.3, "symmetric": 0.7}
+    for bad in ("none:0.5", "moon:1", "none", "none:x"):
+        with pytest.raises(ConfigError):
+            parse_nat_mix(bad)
+    assert main(["overlay", "--nat-mix", "none:0.5"]) == 2
+    assert "nat-mix" in capsys.readouterr().err
+    assert main(["overlay", "--nodes", "1"]) == 2
+    assert OverlayScenario(nodes=10, seed=3).plan()[0] == "none"
+    assert len(OverlayScenario(nodes=10, seed=3).plan()) == 10
