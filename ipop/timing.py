@@ -30,6 +30,10 @@ REPLAY_WINDOW = 2048
 # A session that authenticated nothing for this long is down: three missed keepalives
 # (3 x KEEPALIVE_INTERVAL_S below) plus 5 s for one round trip of slack.
 LINK_TIMEOUT_S = 50.0
+# We sent and heard nothing back for this long: re-handshake (a peer that lost our session,
+# e.g. after it restarted or closed the link, would otherwise blackhole traffic until
+# LINK_TIMEOUT_S). Above KEEPALIVE_INTERVAL_S, the longest a live peer stays quiet.
+SILENT_PEER_S = 20.0
 
 # --- links and overlay (later issues) -----------------------------------------------------
 # Keepalive interval: under the ~30 s UDP mapping timeout of common NATs (RFC 4787 REQ-5
@@ -88,6 +92,13 @@ OVERLAY_NEAR_RETRY_S = 5.0
 # A node with a full near set still probes its own address this often: catches ring splits
 # that gossip between already-linked neighbours can never see.
 OVERLAY_NEAR_PROBE_S = 60.0
+# A near peer we heard nothing from (no overlay message: its gossip reaches us every
+# OVERLAY_GOSSIP_INTERVAL_S +20%) for this long is pulled for its neighbour list every tick...
+OVERLAY_NEAR_SUSPECT_S = 7.0
+# ...and after this long of silence (several pulls unanswered: on 5% loss each way seven fail
+# with p < 1e-7) its link is closed and the ring repaired. A crashed neighbour is thus noticed
+# in seconds, not at the link layer's LINK_TIMEOUT_S, which is what bounds ring repair.
+OVERLAY_NEAR_DEAD_S = 14.0
 # Give up on direct attempts toward a peer after this long and fall back to a relay (near
 # links) or give up (far, shortcut): longer than HANDSHAKE_TIMEOUT_S, which fails them first.
 OVERLAY_CONNECT_TIMEOUT_S = 25.0

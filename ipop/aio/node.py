@@ -33,7 +33,7 @@ from ipop.identity import NodeIdentity
 from ipop.link.endpoint import LinkConfig
 from ipop.node import NodeCore
 from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
-from ipop.overlay.node import Delivered, OverlayConfig, Routable
+from ipop.overlay.node import Delivered, Joined, OverlayConfig, Routable
 from ipop.types import Endpoint, NodeId
 
 __all__ = ["Node", "OverlayPing"]
@@ -105,6 +105,7 @@ class Node:
         self.dht: DhtService | None = None
         self.driver: Driver | None = None
         self.routable = asyncio.Event()
+        self.joined = asyncio.Event()
         self.dht_ready = asyncio.Event()
         self.routable_at: float | None = None
         self.stats: Counter[str] = Counter()
@@ -163,10 +164,14 @@ class Node:
         return task
 
     async def _join_dht(self) -> None:
-        await self.routable.wait()
+        # The DHT only needs routing to work, not the full near set: join as soon as the ring
+        # answered our JOIN (Routable, the stricter fact, comes later).
+        await self.joined.wait()
         assert self.dht is not None
         while not self._closed:
-            known = sorted(self.core.overlay.near_peers())
+            known = sorted(self.core.overlay.near_peers()) or sorted(
+                self.core.overlay.connected_peers()
+            )
             if known and await self.dht.bootstrap(known):
                 self.dht_ready.set()
                 return
@@ -222,6 +227,9 @@ class Node:
         elif type(ev) is Routable and not self.routable.is_set():
             self.routable_at = self.clock()
             self.routable.set()
+            self.joined.set()  # (a Routable without a Joined before it: joined all the same)
+        elif type(ev) is Joined:
+            self.joined.set()
 
     def _on_dht(self, ev: Delivered) -> None:
         if self.dht is not None:

@@ -28,7 +28,9 @@ Invariants:
    ``drops`` counter and nothing else.
 2. Init freshness: an Init's timestamp must be within ``handshake_clock_skew_s`` of ``now``
    and strictly newer than the last Init accepted from that node (so a replayed Init gets
-   nothing), and our own Init timestamps strictly increase.
+   nothing), and our own Init timestamps strictly increase. One exception, which creates no
+   state: the very bytes of an Init we answered, from the same path while the keys we
+   derived are unconfirmed, get the very same Resp again (its retransmission; ours was lost).
 3. A replay window is advanced only after the AEAD tag verified.
 4. One handshake at a time per pair: when both sides' Inits cross on one path (each has an
    initiation outstanding toward the path the other's Init came from, with that node or no
@@ -63,15 +65,24 @@ refusals are counted in ``stats`` (``link_up``, ``link_down_<reason>``, ``rekey_
 ``roamed``, ``collision_yielded``, ``handshake_answered``, ``handshake_retransmitted``,
 ``handshake_failed``, ``rehandshake_diverged``).
 
-Timer: :meth:`get_timer` caches the earliest deadline and recomputes it only after structural
-changes (a session or handshake appears or goes). Per-packet updates (``last_tx``,
-``last_rx``) only push deadlines later, so the cached value is at worst early: the timer then
-fires, finds nothing due, and re-arms. This keeps the packet path free of O(peers) work.
+Timer: every peer's earliest deadline lives in a heap (lazy: an entry is live only while its
+sequence number is the peer's ``due_seq``), so a firing handles only the peers that are due,
+in O(log peers) each, instead of scanning every peer (which made keepalives O(peers²) per
+node). A deadline is pushed when it moves earlier (a session or handshake appears, a rekey is
+scheduled); per-packet updates (``last_tx``, ``last_rx``) only push deadlines later, so the
+heap entry is at worst early: the peer is then found not due and re-pushed. This keeps the
+packet path free of O(peers) work. Initiations are few and are scanned.
+
+Retransmitted Inits are the same bytes as the first copy (one signature per handshake, not
+one per retry; the handshake timeout is far inside the clock-skew window). A responder that
+already accepted that exact Init, whose answer was lost, sends its cached Resp again from the
+same path while the keys it derived are still pending: no new state, no new signature.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -143,6 +154,7 @@ class LinkConfig:
     previous_key_grace_s: float = timing.PREVIOUS_KEY_GRACE_S
     keepalive_interval_s: float = timing.KEEPALIVE_INTERVAL_S
     link_timeout_s: float = timing.LINK_TIMEOUT_S
+    silent_peer_s: float = timing.SILENT_PEER_S
     replay_window: int = timing.REPLAY_WINDOW
     # Init retransmissions each leave one unconfirmed responder key set; a few cover a lossy
     # or slow path without letting one peer pin much memory.
@@ -311,6 +323,8 @@ class _Peer:
     __slots__ = (
         "cert",
         "current",
+        "due",
+        "due_seq",
         "established_at",
         "last_rx",
         "last_tx",
@@ -319,6 +333,7 @@ class _Peer:
         "path",
         "pending",
         "previous",
+        "probe_after",
         "rekeys",
         "rx_bytes",
         "rx_packets",
@@ -329,6 +344,7 @@ class _Peer:
 
     def __init__(self, node_id: NodeId, cert: NodeCertificate, path: Path) -> None:
         self.node_id = node_id
+        self.probe_after = 0.0
         self.cert = cert
         self.path: Path = path
         self.up = False
@@ -341,6 +357,9 @@ class _Peer:
         self.last_tx = 0.0
         self.rx_bytes = self.rx_packets = self.tx_bytes = self.tx_packets = 0
         self.rekeys = 0
+        # The deadline of this peer's live heap entry (see LinkEndpoint._touch).
+        self.due = _INF
+        self.due_seq = 0
 
 
 # --- the endpoint ----------------------------------------------------------------------------
@@ -369,6 +388,13 @@ class LinkEndpoint:
         self._events: collections.deque[LinkEvent] = collections.deque()
         self._timer: float | None = None
         self._timer_dirty = False
+        # (deadline, seq, peer): see _touch; entries whose seq is not the peer's are stale.
+        self._heap: list[tuple[float, int, NodeId]] = []
+        self._seq = 0
+        self._next_gc = 0.0
+        # Init bytes we answered -> (Resp, path, our pending index): a retransmitted copy of
+        # the same Init (our Resp was lost) gets the same Resp again.
+        self._answered: dict[bytes, tuple[bytes, Path, int]] = {}
         self._reject_messages = self.config.reject_after_messages
         self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
             TYPE_DATA: self._on_data,
@@ -596,36 +622,105 @@ class LinkEndpoint:
                 ini.next_retry_at = now + ini.interval
                 self.stats["handshake_retransmitted"] += 1
                 self._send_init(ini, now)
-        for st in list(self._peers.values()):
-            for index, kp in list(st.pending.items()):
-                if now >= kp.created_at + cfg.handshake_timeout_s:
-                    del st.pending[index]
-                    self._keypairs.pop(index, None)
-            cur = st.current
-            if not st.up or cur is None:
-                if not st.pending:
-                    del self._peers[st.node_id]
-                continue
-            if now >= cur.reject_at or cur.send_counter >= cfg.reject_after_messages:
-                self._teardown(st, "expired")
-                continue
-            if now - st.last_rx >= cfg.link_timeout_s:
-                self._teardown(st, "timeout")
-                continue
-            prev = st.previous
-            if prev is not None and now >= prev.reject_at:
-                self._keypairs.pop(prev.local_index, None)
-                st.previous = None
-            if now >= cur.rekey_at:
-                # An idle link rekeys too: overlay links live for hours, traffic or not.
-                self._rekey_due(st, cur, now)
-            if now - st.last_tx >= cfg.keepalive_interval_s:
-                self._outbox.append(self.seal(st.node_id, _EMPTY, now=now))
-        # An Init older than the skew window is refused anyway, so its node's entry can go.
-        horizon_ms = (now - cfg.handshake_clock_skew_s) * 1000.0
-        for node in [n for n, ms in self._last_init_ms.items() if ms < horizon_ms]:
-            del self._last_init_ms[node]
+        heap = self._heap
+        peers = self._peers
+        while heap and heap[0][0] <= now:
+            _, seq, node = heapq.heappop(heap)
+            st = peers.get(node)
+            if st is None or st.due_seq != seq:
+                continue  # stale entry
+            st.due = _INF
+            self._peer_timer(st, now)
+            if peers.get(node) is st:
+                self._touch(st)
+        if now >= self._next_gc:
+            self._next_gc = now + cfg.handshake_timeout_s
+            # An Init older than the skew window is refused anyway, so its node's entry can go.
+            horizon_ms = (now - cfg.handshake_clock_skew_s) * 1000.0
+            for node in [n for n, ms in self._last_init_ms.items() if ms < horizon_ms]:
+                del self._last_init_ms[node]
+            keypairs = self._keypairs
+            gone = [
+                raw
+                for raw, (_, _, i) in self._answered.items()
+                if (kp := keypairs.get(i)) is None or i not in kp.peer.pending
+            ]
+            for raw in gone:
+                del self._answered[raw]
         self._timer_dirty = True
+
+    def _peer_timer(self, st: _Peer, now: float) -> None:
+        """Whatever is due for one peer (its heap entry came up)."""
+        cfg = self.config
+        timeout = cfg.handshake_timeout_s
+        for index, kp in list(st.pending.items()):
+            if now >= kp.created_at + timeout:
+                del st.pending[index]
+                self._keypairs.pop(index, None)
+        cur = st.current
+        if not st.up or cur is None:
+            if not st.pending:
+                del self._peers[st.node_id]
+            return
+        if now >= cur.reject_at or cur.send_counter >= cfg.reject_after_messages:
+            self._teardown(st, "expired")
+            return
+        # Compared as deadlines (now >= t + x), exactly as _peer_deadline computes them, so a
+        # peer found due is always handled and never re-pushed at a time already past.
+        if now >= st.last_rx + cfg.link_timeout_s:
+            self._teardown(st, "timeout")
+            return
+        prev = st.previous
+        if prev is not None and now >= prev.reject_at:
+            self._keypairs.pop(prev.local_index, None)
+            st.previous = None
+        if now >= cur.rekey_at:
+            # An idle link rekeys too: overlay links live for hours, traffic or not.
+            self._rekey_due(st, cur, now)
+        if now >= st.last_tx + cfg.keepalive_interval_s:
+            self._outbox.append(self.seal(st.node_id, _EMPTY, now=now))
+        if st.last_tx > st.last_rx and now >= max(st.last_rx + cfg.silent_peer_s, st.probe_after):
+            # We send, nothing comes back: the peer may have dropped our session (restart,
+            # trimmed link, lost CLOSING) while we still route into it. A fresh handshake
+            # either re-keys a live peer or finds out (WireGuard's rule of the same name).
+            st.probe_after = now + cfg.handshake_timeout_s
+            if not st.pending and not any(
+                i.expected == st.node_id for i in self._initiations.values()
+            ):
+                self.stats["silent_peer_rehandshake"] += 1
+                self._start_initiation(st.path, st.node_id, now)
+
+    def _peer_deadline(self, st: _Peer) -> float:
+        cfg = self.config
+        t = _INF
+        for kp in st.pending.values():
+            t = min(t, kp.created_at + cfg.handshake_timeout_s)
+        cur = st.current
+        if st.up and cur is not None:
+            t = min(
+                t,
+                cur.rekey_at,
+                cur.reject_at,
+                st.last_rx + cfg.link_timeout_s,
+                st.last_tx + cfg.keepalive_interval_s,
+            )
+            if st.last_tx > st.last_rx:
+                t = min(t, max(st.last_rx + cfg.silent_peer_s, st.probe_after))
+            if st.previous is not None:
+                t = min(t, st.previous.reject_at)
+        elif not st.pending:
+            t = 0.0  # nothing left: forget the peer at the next firing
+        return t
+
+    def _touch(self, st: _Peer) -> None:
+        """Push ``st``'s deadline if it moved earlier than its live heap entry."""
+        d = self._peer_deadline(st)
+        if d < st.due:
+            self._seq += 1
+            st.due = d
+            st.due_seq = self._seq
+            heapq.heappush(self._heap, (d, self._seq, st.node_id))
+            self._timer_dirty = True
 
     # --- receive paths ----------------------------------------------------------------------
 
@@ -674,6 +769,19 @@ class LinkEndpoint:
 
     def _on_init(self, data: bytes, path: Path, now: float) -> None:
         cfg = self.config
+        answered = self._answered.get(data)
+        if answered is not None:
+            resp_raw, answered_path, pending_index = answered
+            kp_answered = self._keypairs.get(pending_index)
+            if (
+                answered_path == path
+                and kp_answered is not None
+                and pending_index in kp_answered.peer.pending
+            ):
+                # Our Resp to this very Init was lost: the same answer again, nothing new.
+                self._outbox.append((resp_raw, path))
+                self.stats["handshake_reanswered"] += 1
+                return
         try:
             verified = verify_init(self._trust, data, now=now, skew_s=cfg.handshake_clock_skew_s)
         except RemoteProtocolError as exc:
@@ -719,9 +827,10 @@ class LinkEndpoint:
             oldest = next(iter(st.pending))
             del st.pending[oldest]
             self._keypairs.pop(oldest, None)
+        self._answered[verified.raw] = (resp, path, index)
         self._outbox.append((resp, path))
         self.stats["handshake_answered"] += 1
-        self._timer_dirty = True
+        self._touch(st)
 
     def _on_resp(self, data: bytes, path: Path, now: float) -> None:
         try:
@@ -800,7 +909,7 @@ class LinkEndpoint:
         st.current = kp
         st.cert = kp.cert
         st.last_rx = now
-        self._timer_dirty = True
+        self._touch(st)
         if not st.up:
             st.up = True
             st.path = path
@@ -843,6 +952,7 @@ class LinkEndpoint:
         # Ask again only after a handshake could have timed out, and never past rejection.
         kp.rekey_at = min(now + cfg.handshake_timeout_s, kp.reject_at)
         kp.rekey_counter_at = cfg.reject_after_messages
+        self._touch(st)
         if st.pending or any(i.expected == st.node_id for i in self._initiations.values()):
             return
         self.stats["rekey_started"] += 1
@@ -867,6 +977,10 @@ class LinkEndpoint:
         self._timer_dirty = True
 
     def _send_init(self, ini: Initiation, now: float) -> None:
+        if ini.sent:
+            # A retransmission: the same signed bytes (see the module docstring).
+            self._outbox.append((ini.sent[-1], ini.path))
+            return
         ts = max(int(now * 1000.0), self._last_sent_ms + 1)
         self._last_sent_ms = ts
         raw = make_init(
@@ -898,22 +1012,15 @@ class LinkEndpoint:
                 return index
 
     def _compute_timer(self) -> float | None:
-        cfg = self.config
-        t = _INF
+        heap = self._heap
+        peers = self._peers
+        while heap:
+            _, seq, node = heap[0]
+            st = peers.get(node)
+            if st is not None and st.due_seq == seq:
+                break
+            heapq.heappop(heap)
+        t = heap[0][0] if heap else _INF
         for ini in self._initiations.values():
             t = min(t, ini.next_retry_at, ini.deadline)
-        for st in self._peers.values():
-            for kp in st.pending.values():
-                t = min(t, kp.created_at + cfg.handshake_timeout_s)
-            cur = st.current
-            if st.up and cur is not None:
-                t = min(
-                    t,
-                    cur.rekey_at,
-                    cur.reject_at,
-                    st.last_rx + cfg.link_timeout_s,
-                    st.last_tx + cfg.keepalive_interval_s,
-                )
-                if st.previous is not None:
-                    t = min(t, st.previous.reject_at)
         return None if t == _INF else t

@@ -72,8 +72,8 @@ class SessionKeys:
 class Initiation:
     """Our outstanding handshake toward ``path`` (mutable: retransmissions add to ``sent``).
 
-    One ephemeral key and one index serve every retransmission, each with a fresh timestamp
-    and signature, so a late Resp to any earlier copy still completes the handshake.
+    One ephemeral key and one index serve every retransmission; the endpoint resends the same
+    signed bytes (``sent`` holds them), and a Resp to any copy in ``sent`` completes it.
     """
 
     index: int

@@ -17,6 +17,10 @@ Brunet-style ring (DESIGN.md §5):
   CONNECT_TO_ME. After a near link goes down we pull lists from the remaining near peers and
   re-probe our own address. This is ring stabilisation: every node converges on its true
   neighbours because each one tells its neighbours about theirs.
+- **Silent near peers.** Every overlay message from a peer counts as hearing from it; a near
+  peer silent for ``near_suspect_s`` (its gossip is late) is pulled every tick, and one silent
+  for ``near_dead_s`` is closed as dead, so a crashed neighbour is replaced in seconds rather
+  than at the link layer's keepalive timeout.
 - **Far links** follow Symphony: about log2 N of them, targets drawn from the harmonic
   distribution using N estimated from the near spacing; a CTM to the target address (closest
   delivery) finds the node that owns that arc.
@@ -52,6 +56,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import collections
 import random
 from collections.abc import Callable, Sequence
@@ -108,7 +113,7 @@ from ipop.overlay.ring import (
     sample_far_target,
 )
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
-from ipop.types import Endpoint, NodeId, Path, RelayPath, ring_distance
+from ipop.types import RING, Endpoint, NodeId, Path, RelayPath, ring_distance
 
 __all__ = [
     "ConnectionAdded",
@@ -116,6 +121,7 @@ __all__ = [
     "ConnectionKind",
     "ConnectionRemoved",
     "Delivered",
+    "Joined",
     "Links",
     "OverlayConfig",
     "OverlayEvent",
@@ -148,6 +154,10 @@ class Links(Protocol):
     def is_up(self, peer: NodeId) -> bool: ...
 
 
+# CLOSING is sent this many times (see OverlayNode._close_link).
+_CLOSING_COPIES = 3
+
+
 @dataclass(frozen=True, slots=True)
 class OverlayConfig:
     near_per_side: int = 3
@@ -168,6 +178,8 @@ class OverlayConfig:
     relay_hold_s: float = timing.OVERLAY_RELAY_HOLD_S
     bootstrap_retry_s: float = timing.OVERLAY_BOOTSTRAP_RETRY_S
     failed_backoff_s: float = timing.OVERLAY_FAILED_BACKOFF_S
+    near_suspect_s: float = timing.OVERLAY_NEAR_SUSPECT_S
+    near_dead_s: float = timing.OVERLAY_NEAR_DEAD_S
 
     def __post_init__(self) -> None:
         if self.near_per_side < 1:
@@ -187,9 +199,13 @@ class OverlayConfig:
             "relay_hold_s",
             "bootstrap_retry_s",
             "failed_backoff_s",
+            "near_suspect_s",
+            "near_dead_s",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"overlay.{name}", "must be positive")
+        if self.near_dead_s <= self.near_suspect_s:
+            raise ConfigError("overlay.near_dead_s", "must exceed near_suspect_s")
         if len(self.local_endpoints) > MAX_ENDPOINTS:
             raise ConfigError("overlay.local_endpoints", f"more than {MAX_ENDPOINTS}")
 
@@ -212,6 +228,12 @@ class Delivered:
 @dataclass(frozen=True, slots=True)
 class Routable:
     """We joined and hold near links on both sides: routed traffic can reach us."""
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """Our JOIN was answered: we have a place on the ring and can route (near links to both
+    sides may still be forming; :class:`Routable` follows when they are up)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +260,7 @@ class RelayDatagram:
     path: RelayPath
 
 
-OverlayEvent = Delivered | Routable | ConnectionAdded | ConnectionRemoved | RelayDatagram
+OverlayEvent = Delivered | Joined | Routable | ConnectionAdded | ConnectionRemoved | RelayDatagram
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +374,8 @@ class OverlayNode:
         self._near: frozenset[NodeId] = frozenset()
         # Ids heard from peers, with who told us, until when we trust the news.
         self._seen: dict[NodeId, tuple[NodeId, float]] = {}
+        # Peer -> when we last got an overlay message from it (or it became near / linked).
+        self._heard: dict[NodeId, float] = {}
         self._seen_ttl = 3 * config.gossip_interval_s
         self._near_check_due = False
         self._started = False
@@ -574,6 +598,7 @@ class OverlayNode:
         if ev.peer not in self._table:
             self.drops["unknown_peer"] += 1
             return
+        self._heard[ev.peer] = now
         data = ev.payload
         if data[:1] == _DIRECT_TAG:  # the data plane's common case: no dataclass decode
             if len(data) < 2 or not 1 <= data[1] <= UPPER_KIND_MAX:
@@ -814,8 +839,9 @@ class OverlayNode:
         if req.purpose in (Purpose.NEAR, Purpose.SHORTCUT) and responder != req.target:
             self.drops["ctm_wrong_responder"] += 1
             return
-        if req.purpose is Purpose.JOIN:
+        if req.purpose is Purpose.JOIN and not self._joined:
             self._joined = True
+            self._events.append(Joined())
         if responder != self.local_id:
             kinds = _purpose_kinds(req.purpose)
             if responder in self._table:
@@ -841,7 +867,7 @@ class OverlayNode:
                     now=now,
                 )
         self._consider_near(rep.neighbours, responder, now)
-        self._update_routable()
+        self._update_routable(now)
 
     # --- connecting -------------------------------------------------------------------------
 
@@ -1017,19 +1043,43 @@ class OverlayNode:
         gained, lost = self._table.set_near(near, now=now)
         self._near = near
         for p in gained:
+            # Its silence counts from now: a far peer only sent keepalives so far.
+            self._heard[p] = now
             self._events.append(ConnectionAdded(p, ConnectionKind.NEAR))
         for p in lost:
             self._events.append(ConnectionRemoved(p, ConnectionKind.NEAR))
         self._gossip_due = True
-        self._update_routable()
+        self._update_routable(now)
 
-    def _update_routable(self) -> None:
-        # ring_neighbours fills both sides from any peer, so a non-empty near set after our
-        # JOIN was answered means near links on both sides.
-        routable = self._joined and bool(self._near)
+    def _update_routable(self, now: float) -> None:
+        # Routable means: our JOIN was answered AND we hold links to our immediate neighbours
+        # on both sides, as far as anyone told us (a node we heard of, not backed off, that
+        # lies between us and our closest linked peer on a side means that side is not yet
+        # linked). A mere "some link exists" would count a node as routable while messages
+        # for its address still end at a neighbour that does not know it.
+        routable = self._joined and self._brackets_linked(now)
         if routable and not self._routable:
             self._events.append(Routable())
         self._routable = routable
+
+    def _brackets_linked(self, now: float) -> bool:
+        ring = self._table.ring()
+        n = len(ring)
+        if not n:
+            return False
+        local = self.local_id.value
+        i = bisect.bisect_right(ring, local)
+        to_succ = (ring[i % n] - local) % RING
+        to_pred = (local - ring[(i - 1) % n]) % RING
+        table = self._table
+        backoff = self._backoff
+        for c, (_, until) in self._seen.items():
+            if until <= now or c in backoff or c in table or c == self.local_id:
+                continue
+            v = c.value
+            if 0 < (v - local) % RING < to_succ or 0 < (local - v) % RING < to_pred:
+                return False
+        return True
 
     def _neighbours_message(self, *, reply_wanted: bool) -> bytes:
         ids = tuple(sorted(self._near))[:MAX_NEIGHBOURS]
@@ -1076,16 +1126,45 @@ class OverlayNode:
         if not len(self._table) and not self._bootstrap_pending and now >= self._next_bootstrap:
             self._connect_bootstrap(now)
         self._refresh_near(now)
+        self._update_routable(now)
         if self._near_check_due:
             self._ask_near(now)
         for action in decide(self._policy_view(), now):
             self._apply(action, now)
+        self._check_silent_near(now)
         if now >= self._next_gossip or self._gossip_due:
             self._gossip_due = False
             self._next_gossip = now + cfg.gossip_interval_s * self._rng.uniform(0.8, 1.2)
             msg = self._neighbours_message(reply_wanted=False)
             for p in sorted(self._near):
                 self._send(p, msg, now)
+
+    def _close_link(self, peer: NodeId, now: float) -> None:
+        """Close our link to ``peer`` and tell it so.
+
+        Why several CLOSING copies: a lost one leaves the peer holding a session we have no
+        keys for any more; it would route into it (every datagram dropped as unknown_index
+        here, never answered) until its link timeout. Copies cost three tiny datagrams.
+        """
+        closing = Closing().encode()
+        for _ in range(_CLOSING_COPIES):
+            self._send(peer, closing, now)
+        self._forget(peer, now)
+        self._links.close(peer, now=now)
+
+    def _check_silent_near(self, now: float) -> None:
+        cfg = self.config
+        pull: bytes | None = None
+        for p in sorted(self._near):
+            silent = now - self._heard.setdefault(p, now)
+            if silent >= cfg.near_dead_s:
+                self.stats["near_silent_closed"] += 1
+                self._close_link(p, now)
+            elif silent >= cfg.near_suspect_s:
+                if pull is None:
+                    pull = self._neighbours_message(reply_wanted=True)
+                self.stats["near_silent_pulled"] += 1
+                self._send(p, pull, now)
 
     def _policy_view(self) -> PolicyView:
         cfg = self.config
@@ -1132,9 +1211,7 @@ class OverlayNode:
             self._drop_kind(action.peer, action.kind, now)
         elif isinstance(action, LinkUseless):
             self.stats["trimmed"] += 1
-            self._send(action.peer, Closing().encode(), now)
-            self._forget(action.peer, now)
-            self._links.close(action.peer, now=now)
+            self._close_link(action.peer, now)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -1168,6 +1245,7 @@ class OverlayNode:
             return False
         for c in [c for c, (i, _) in self._seen.items() if c == peer or i == peer]:
             del self._seen[c]
+        self._heard.pop(peer, None)
         for kind in row.kinds:
             self._events.append(ConnectionRemoved(peer, kind))
         if ConnectionKind.NEAR in row.kinds:
@@ -1177,7 +1255,7 @@ class OverlayNode:
             self._last_probe = -_INF
         self._refresh_near(now)
         if not self._near:
-            self._update_routable()
+            self._update_routable(now)
         return True
 
     def _note_observed(self, ep: Endpoint, now: float) -> None:

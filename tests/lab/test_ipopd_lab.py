@@ -103,7 +103,12 @@ def test_every_node_holds_a_distinct_address_and_its_names(net: IpopNet) -> None
         assert vip in SUBNET and str(vip) != GATEWAY
         assert f"{c_name(vip)}.ipop" in st.self_.names
         assert f"{h.name}.ipop" in st.self_.names
-        assert st.self_.routable
+        # Routable (near links on both sides) may follow the address by a few seconds.
+        deadline = time.monotonic() + 20
+        while not st.self_.routable and time.monotonic() < deadline:
+            time.sleep(0.1)
+            st = _status(net, h.name)
+        assert st.self_.routable, h.name
         vips[h.name] = vip
     assert len(set(vips.values())) == len(vips)
 

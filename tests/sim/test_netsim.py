@@ -396,3 +396,33 @@ def test_build_errors_name_the_key(data: dict[str, object], key: str, text: str)
         build(data, rng=random.Random(0))
     assert err.value.key == key
     assert text in str(err.value)
+
+
+# --- delivery ticks -------------------------------------------------------------------------
+
+
+def test_ticks_round_arrival_up_and_keep_send_order() -> None:
+    async def main() -> tuple[float, Inbox, Network]:
+        n = Network(rng=random.Random(3), internet_latency_s=0.0203, tick_s=0.01)
+        a, b = n.add_public_host("a"), n.add_public_host("b")
+        nat = n.add_nat("n", "full-cone")
+        c = nat.add_host("c")
+        bin_ = Inbox()
+        sa, sb, sc = a.bind(1000, Inbox()), b.bind(2000, bin_), c.bind(3000, Inbox())
+        t0 = asyncio.get_running_loop().time()
+        for i in range(5):
+            sa.sendto(bytes([i]), sb.local)
+        sc.sendto(b"nat", sb.local)
+        await asyncio.sleep(1)
+        return t0, bin_, n
+
+    t0, bin_, n = run_virtual(main())
+    assert [d for _, d, _ in bin_.got] == [bytes([i]) for i in range(5)] + [b"nat"]
+    for t, _, _ in bin_.got:
+        assert t >= t0 + 0.0203 and round(t / 0.01, 6) == round(t / 0.01)
+    assert n.stats["delivered"] == 6 and not n._ticks
+
+
+def test_negative_tick_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        Network(rng=random.Random(1), tick_s=-1.0)

@@ -386,3 +386,52 @@ def test_relay_refused_drops_the_dead_relayed_link_at_once() -> None:
     assert t not in node.connected_peers()
     assert links.closed == [t]
     assert node.stats["relay_refused"] == 1
+
+
+@functools.lru_cache(maxsize=1)
+def small_ring() -> tuple[FakeLinkWorld, list[NodeId]]:
+    world, ids = build(24, seed=41)
+    run_until_consistent(world, world.now + 24 * 0.1 + 60.0)
+    return world, ids
+
+
+def test_routable_needs_links_to_the_nearest_known_node_on_each_side() -> None:
+    world, ids = small_ring()
+    me = ids[5]
+    node = world.node(me)
+    assert node.routable
+    ring = sorted(n.value for n in ids)
+    succ = ring[(ring.index(me.value) + 1) % len(ring)]
+    gap = (succ - me.value) % RING
+    assert gap > 2
+    # Someone tells us about a node between us and our successor that we hold no link to:
+    # our successor side is not linked, so we are not routable until it is.
+    between = NodeId((me.value + gap // 2) % RING)
+    node._seen[between] = (ids[0], world.now + 30.0)
+    node._update_routable(world.now)
+    assert not node.routable
+    del node._seen[between]
+    node._update_routable(world.now)
+    assert node.routable
+
+
+def test_silent_near_peer_is_pulled_then_closed() -> None:
+    world, ids = build(16, seed=43)
+    run_until_consistent(world, world.now + 16 * 0.1 + 60.0)
+    cfg = OverlayConfig()
+    node = world.node(ids[3])
+    peer = sorted(node.near_peers())[0]
+    # Late gossip: pulled, the pull is answered, nothing is closed.
+    node._heard[peer] = world.now - cfg.near_suspect_s - 0.5
+    world.run_for(3.0)
+    assert node.stats["near_silent_pulled"] >= 1
+    assert node.stats["near_silent_closed"] == 0 and peer in node.near_peers()
+    # Silent past near_dead_s (as a crashed peer is): closed, and the peer is told.
+    before = world.node(peer).stats["near_silent_closed"]
+    node._heard[peer] = world.now - cfg.near_dead_s - 0.5
+    world.run_for(1.0)
+    assert node.stats["near_silent_closed"] == 1
+    assert world.node(peer).stats["near_silent_closed"] == before
+    # Both are alive and true neighbours: the ring repairs the link.
+    run_until_consistent(world, world.now + 30.0)
+    assert peer in node.near_peers()

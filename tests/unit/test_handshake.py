@@ -226,10 +226,37 @@ def test_replayed_init_is_stale_and_gets_no_reply() -> None:
     p.a.connect(B_EP, now=NOW)
     ((init, _),) = p.out(p.a)
     p.b.receive_datagram(init, A_EP, now=NOW)
-    assert len(p.out(p.b)) == 1
-    p.b.receive_datagram(init, A_EP, now=NOW + 5)
+    ((resp, _),) = p.out(p.b)
+    # From another path: refused, no reply.
+    p.b.receive_datagram(init, Endpoint("198.51.100.99", 1), now=NOW + 1)
     assert p.b.drops == {"stale_handshake": 1}
     assert p.out(p.b) == []
+    # Once the keys are confirmed, a replay gets nothing either.
+    p.a.receive_datagram(resp, B_EP, now=NOW + 1)
+    ((confirm, _),) = p.out(p.a)
+    p.b.receive_datagram(confirm, A_EP, now=NOW + 1)
+    assert p.b.is_up(p.ida.node_id)
+    p.b.receive_datagram(init, A_EP, now=NOW + 5)
+    assert p.b.drops == {"stale_handshake": 2}
+    assert p.out(p.b) == []
+
+
+def test_retransmitted_init_is_the_same_bytes_and_gets_the_same_resp() -> None:
+    # One signature per handshake: the retry resends the Init; the responder whose Resp was
+    # lost answers the identical copy with its identical Resp and keeps one pending key set.
+    p = Pair()
+    p.a.connect(B_EP, now=NOW)
+    ((init, _),) = p.out(p.a)
+    p.b.receive_datagram(init, A_EP, now=NOW)
+    ((resp, _),) = p.out(p.b)  # lost
+    p.a.handle_timer(now=NOW + FAST.handshake_retry_s)
+    ((again, _),) = p.out(p.a)
+    assert again == init
+    p.b.receive_datagram(again, A_EP, now=NOW + FAST.handshake_retry_s)
+    assert p.out(p.b) == [(resp, A_EP)]
+    assert p.b.stats["handshake_reanswered"] == 1 and not p.b.drops
+    p.a.receive_datagram(resp, B_EP, now=NOW + 2)
+    assert p.a.is_up(p.idb.node_id)
 
 
 def test_init_outside_clock_skew_is_stale() -> None:
@@ -277,15 +304,14 @@ def test_retransmission_doubles_then_times_out() -> None:
     assert p.a.get_timer() is None
 
 
-def test_retransmitted_init_has_fresh_timestamp_and_late_resp_still_completes() -> None:
+def test_retransmitted_init_is_identical_and_late_resp_still_completes() -> None:
     p = Pair()
     p.a.connect(B_EP, now=NOW)
     ((init1, _),) = p.out(p.a)
     p.a.handle_timer(now=NOW + 1)
     ((init2, _),) = p.out(p.a)
-    i1, i2 = HandshakeInit.parse(init1), HandshakeInit.parse(init2)
-    assert i2.timestamp_ms > i1.timestamp_ms and i1.sender_index == i2.sender_index
-    # B answers both; A completes with the Resp to the FIRST copy; B confirms that one.
+    assert init1 == init2  # one signature per handshake
+    # B answers both (the same Resp twice); A completes with the first; B confirms that one.
     p.b.receive_datagram(init1, A_EP, now=NOW + 1.1)
     p.b.receive_datagram(init2, A_EP, now=NOW + 1.2)
     (r1, _), (r2, _) = p.out(p.b)

@@ -349,3 +349,36 @@ def test_link_config_refuses_nonsense() -> None:
         LinkConfig(rekey_after_s=10.0, reject_after_s=5.0)
     with pytest.raises(ConfigError):
         LinkConfig(keepalive_interval_s=0.0)
+
+
+def test_a_peer_that_forgot_the_session_is_rehandshaken_long_before_the_link_timeout() -> None:
+    cfg = LinkConfig(keepalive_interval_s=15.0, link_timeout_s=50.0, silent_peer_s=20.0)
+    w = up_pair(cfg)
+    t0 = w.now
+    # B drops the session silently (a restart, a lost CLOSING): A still thinks it is up.
+    w.b.close(w.ida.node_id, now=w.now)
+    w.received = {"a": [], "b": []}
+    assert w.a.is_up(w.idb.node_id) and not w.b.is_up(w.ida.node_id)
+    w.send("a", b"into the void")
+    w.run_until(t0 + 19.0)
+    assert w.b.drops["unknown_index"] >= 1
+    assert w.a.stats["silent_peer_rehandshake"] == 0
+    w.run_until(t0 + 21.0)
+    assert w.a.stats["silent_peer_rehandshake"] == 1
+    assert w.b.is_up(w.ida.node_id)  # B accepted A's new handshake
+    w.send("a", b"heard again")
+    w.run_until(w.now + 0.01)
+    assert payloads(w.received["b"]) == [b"heard again"]
+    assert not [e for e in w.received["a"] if isinstance(e, LinkDown)]
+
+
+def test_a_live_quiet_peer_is_not_rehandshaken() -> None:
+    cfg = LinkConfig(keepalive_interval_s=15.0, link_timeout_s=50.0, silent_peer_s=20.0)
+    w = up_pair(cfg)
+    t0 = w.now
+    for k in range(12):  # one-way traffic from A for a minute; B only sends keepalives
+        w.run_until(t0 + 5.0 * k)
+        w.send("a", b"tick")
+    w.run_until(t0 + 60.0)
+    assert w.a.stats["silent_peer_rehandshake"] == 0
+    assert w.a.is_up(w.idb.node_id)
