@@ -83,6 +83,12 @@ class Driver:
         deadline = self.core.get_timer()
         if deadline == self._timer_at:
             return
+        if deadline is not None and self._timer_at is not None and self._timer_at <= deadline:
+            # Keep the earlier timer: deadlines mostly move later as traffic flows (keepalive
+            # due = last send + interval), and re-arming after every batch would cost a cancel
+            # and a new TimerHandle each time. Firing early is harmless: cores act only on
+            # what is due, and _fire re-arms for the real deadline.
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
