@@ -12,13 +12,14 @@ import logging
 import sys
 import time
 from ipaddress import IPv4Address
+from pathlib import Path
 
 from dhcp_dns.dhcp import DhcpServer
 from dhcp_dns.dns import DnsResolver
 from dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.aio.control import ControlServer
 from ipop.aio.daemon import Daemon, DaemonControl, DaemonSettings
-from ipop.bundle import load_bundle
+from ipop.bundle import Bundle, load_bundle
 from ipop.config import NodeConfig, load_config
 from ipop.errors import ConfigError
 
@@ -93,13 +94,24 @@ class NodeServices:
         await self.runner.close()
 
 
-async def _run(cfg: NodeConfig, daemon: Daemon) -> None:
-    control = ControlServer(cfg.control.socket, DaemonControl(daemon))
+async def serve(daemon: Daemon, control_socket: Path) -> None:
+    """Run ``daemon`` with its control socket until it stops (shared with ipop-router)."""
+    control = ControlServer(control_socket, DaemonControl(daemon))
     await control.start()
     try:
         await daemon.run()
     finally:
         await control.close()
+
+
+def load_valid_bundle(path: Path) -> Bundle:
+    """The bundle at ``path``, valid now; ConfigError naming the problem otherwise."""
+    bundle = load_bundle(path)
+    problems = bundle.problems(now=time.time())
+    if problems:
+        key, problem, fix = problems[0]
+        raise ConfigError(key, f"{problem} in {path}", fix)
+    return bundle
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        bundle = load_bundle(cfg.bundle)
-        problems = bundle.problems(now=time.time())
-        if problems:
-            key, problem, fix = problems[0]
-            raise ConfigError(key, f"{problem} in {cfg.bundle}", fix)
+        bundle = load_valid_bundle(cfg.bundle)
     except ConfigError as exc:
         print(f"ipopd: {exc}", file=sys.stderr)
         return 2
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = DaemonSettings.from_config(cfg, bundle_hostname=bundle.hostname)
     daemon = Daemon(bundle, settings, services=lambda d: NodeServices(d, cfg))
     try:
-        asyncio.run(_run(cfg, daemon))
+        asyncio.run(serve(daemon, cfg.control.socket))
     except ConfigError as exc:
         print(f"ipopd: {exc}", file=sys.stderr)
         return 2

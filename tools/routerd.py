@@ -11,24 +11,12 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 
-from ipop.aio.control import ControlServer
-from ipop.aio.daemon import DaemonControl, DaemonSettings
-from ipop.bundle import load_bundle
+from ipop.aio.daemon import DaemonSettings
 from ipop.errors import ConfigError
-from router.config import RouterConfig, load_router_config
+from router.config import load_router_config
 from router.daemon import RouterDaemon
-from tools.ipopd import _LEVELS, _KeyValueFormatter
-
-
-async def _run(cfg: RouterConfig, daemon: RouterDaemon) -> None:
-    control = ControlServer(cfg.node.control.socket, DaemonControl(daemon))
-    await control.start()
-    try:
-        await daemon.run()
-    finally:
-        await control.close()
+from tools.ipopd import _LEVELS, _KeyValueFormatter, load_valid_bundle, serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,11 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_router_config(args.config)
         node = cfg.node
-        bundle = load_bundle(node.bundle)
-        problems = bundle.problems(now=time.time())
-        if problems:
-            key, problem, fix = problems[0]
-            raise ConfigError(key, f"{problem} in {node.bundle}", fix)
+        bundle = load_valid_bundle(node.bundle)
     except ConfigError as exc:
         print(f"ipop-router: {exc}", file=sys.stderr)
         return 2
@@ -60,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream=node.dns.upstream[0] if node.dns.upstream else None,
     )
     try:
-        asyncio.run(_run(cfg, daemon))
+        asyncio.run(serve(daemon, cfg.node.control.socket))
     except ConfigError as exc:
         print(f"ipop-router: {exc}", file=sys.stderr)
         return 2
