@@ -131,7 +131,7 @@ class NodeCore:
         be used instead (no overlay link, no session, relayed path, expired keys). Anything the
         link queued meanwhile (a rekey Init) leaves on the next :meth:`flush`.
         """
-        if dst not in self.overlay._table:  # what send_direct checks
+        if not self.overlay.is_linked(dst):  # what send_direct checks
             return None
         try:
             sealed = self.link.seal_direct(dst, plaintext, now=now)
@@ -164,7 +164,7 @@ class NodeCore:
             payload[0] == TYPE_DIRECT
             and len(payload) > 1
             and payload[1] == kind
-            and peer in self.overlay._table  # what the overlay checks first
+            and self.overlay.is_linked(peer)  # what the overlay checks first
         ):
             return got
         self.overlay.on_link_event(LinkMessage(peer, payload, path), now=now)

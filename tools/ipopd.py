@@ -104,6 +104,28 @@ async def serve(daemon: Daemon, control_socket: Path) -> None:
         await control.close()
 
 
+def setup_logging(level: str) -> None:
+    """Structured key=value lines on stderr at ``level`` (shared with ipop-router)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_KeyValueFormatter())
+    logging.basicConfig(level=_LEVELS[level], handlers=[handler], force=True)
+    if level != "debug":  # kademlia logs every RPC at info
+        logging.getLogger("kademlia").setLevel(logging.WARNING)
+
+
+def run_daemon(prog: str, daemon: Daemon, control_socket: Path) -> int:
+    """Serve until stopped; the exit code: 0 clean stop, 2 bad config found late, 1 failure."""
+    try:
+        asyncio.run(serve(daemon, control_socket))
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        logging.getLogger(prog).exception("event=failed error=%s", exc)
+        return 1
+    return 0
+
+
 def load_valid_bundle(path: Path) -> Bundle:
     """The bundle at ``path``, valid now; ConfigError naming the problem otherwise."""
     bundle = load_bundle(path)
@@ -124,22 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ipopd: {exc}", file=sys.stderr)
         return 2
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_KeyValueFormatter())
-    logging.basicConfig(level=_LEVELS[cfg.log_level], handlers=[handler], force=True)
-    if cfg.log_level != "debug":  # kademlia logs every RPC at info
-        logging.getLogger("kademlia").setLevel(logging.WARNING)
+    setup_logging(cfg.log_level)
     settings = DaemonSettings.from_config(cfg, bundle_hostname=bundle.hostname)
     daemon = Daemon(bundle, settings, services=lambda d: NodeServices(d, cfg))
-    try:
-        asyncio.run(serve(daemon, cfg.control.socket))
-    except ConfigError as exc:
-        print(f"ipopd: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        logging.getLogger("ipopd").exception("event=failed error=%s", exc)
-        return 1
-    return 0
+    return run_daemon("ipopd", daemon, cfg.control.socket)
 
 
 if __name__ == "__main__":

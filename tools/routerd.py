@@ -8,15 +8,13 @@ or bundle, 1 when the router failed while running.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 
 from ipop.aio.daemon import DaemonSettings
 from ipop.errors import ConfigError
 from router.config import load_router_config
 from router.daemon import RouterDaemon
-from tools.ipopd import _LEVELS, _KeyValueFormatter, load_valid_bundle, serve
+from tools.ipopd import load_valid_bundle, run_daemon, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,11 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ipop-router: {exc}", file=sys.stderr)
         return 2
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_KeyValueFormatter())
-    logging.basicConfig(level=_LEVELS[node.log_level], handlers=[handler], force=True)
-    if node.log_level != "debug":
-        logging.getLogger("kademlia").setLevel(logging.WARNING)
+    setup_logging(node.log_level)
     settings = DaemonSettings.from_config(node, bundle_hostname=bundle.hostname)
     daemon = RouterDaemon(
         bundle,
@@ -43,15 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         dns_enabled=node.dns.enabled,
         upstream=node.dns.upstream[0] if node.dns.upstream else None,
     )
-    try:
-        asyncio.run(serve(daemon, cfg.node.control.socket))
-    except ConfigError as exc:
-        print(f"ipop-router: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        logging.getLogger("ipop-router").exception("event=failed error=%s", exc)
-        return 1
-    return 0
+    return run_daemon("ipop-router", daemon, cfg.node.control.socket)
 
 
 if __name__ == "__main__":

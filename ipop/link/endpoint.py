@@ -429,6 +429,12 @@ class LinkEndpoint:
         st = self._peers.get(peer)
         if st is None or (kp := st.current) is None:
             raise LocalProtocolError(f"no session with {peer!r}")
+        return self._seal(st, kp, payload, now), st.path
+
+    def _seal(
+        self, st: _Peer, kp: _Keypair, payload: bytes | bytearray | memoryview, now: float
+    ) -> bytes:
+        """Seal one DATA datagram with ``kp`` and do the bookkeeping (counters, rekey)."""
         counter = kp.send_counter
         if counter >= kp.rekey_counter_at or now >= kp.rekey_at:
             self._rekey_due(st, kp, now)
@@ -439,7 +445,7 @@ class LinkEndpoint:
         st.last_tx = now
         st.tx_packets += 1
         st.tx_bytes += len(data)
-        return data, st.path
+        return data
 
     def seal_direct(
         self, peer: NodeId, payload: bytes | bytearray | memoryview, *, now: float
@@ -458,16 +464,7 @@ class LinkEndpoint:
         path = st.path
         if type(path) is not Endpoint:
             return None
-        counter = kp.send_counter
-        if counter >= kp.rekey_counter_at or now >= kp.rekey_at:
-            self._rekey_due(st, kp, now)
-        kp.send_counter = counter + 1
-        header = _HDR_PACK(TYPE_DATA, kp.remote_index, counter)
-        data = header + kp.send_aead.encrypt(nonce_for(counter), payload, header)
-        st.last_tx = now
-        st.tx_packets += 1
-        st.tx_bytes += len(data)
-        return data, path
+        return self._seal(st, kp, payload, now), path
 
     def open_data(self, data: bytes, path: Path, *, now: float) -> tuple[NodeId, bytes] | None:
         """Data-plane fast path: :meth:`receive_datagram` for one datagram, except that an

@@ -514,6 +514,10 @@ class OverlayNode:
     def routable(self) -> bool:
         return self._routable
 
+    def is_linked(self, peer: NodeId) -> bool:
+        """``peer`` is in our table: a link to it is up (what send_direct requires)."""
+        return peer in self._table
+
     def near_peers(self) -> frozenset[NodeId]:
         return self._near
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.lab.lab import Lab, cleanup_stale
+from tools.lab.lab import Lab, cleanup_stale, process_prefix
 from tools.lab.topology import Topology, default_topology
 
 ECHO_PORT = 3478
@@ -75,11 +75,6 @@ def _skip_unless_root() -> None:
             pytest.skip(f"needs {tool}")
 
 
-def run_prefix(tag: str) -> str:
-    """A namespace prefix unique to this test run and ``tag``."""
-    return f"ipt{os.getpid() % 10000:04d}{tag}-"
-
-
 def wait_for_file_text(path: Path, text: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -96,7 +91,7 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[[Topology, str], Lab]]:
     made: list[Lab] = []
 
     def make(topology: Topology, tag: str) -> Lab:
-        lab = Lab(topology, workdir=tmp_path / tag, prefix=run_prefix(tag))
+        lab = Lab(topology, workdir=tmp_path / tag, prefix=process_prefix(tag))
         made.append(lab)
         lab.up()
         return lab
@@ -113,7 +108,7 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[[Topology, str], Lab]]:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """The default topology with UDP reflectors on pub1 (two ports) and pub2."""
     _skip_unless_root()
-    prefix = run_prefix("m")
+    prefix = process_prefix("m")
     the_lab = Lab(default_topology(), workdir=tmp_path_factory.mktemp("lab"), prefix=prefix)
     try:
         the_lab.up()

@@ -23,7 +23,7 @@ from ipop.dht.names import c_name
 from ipop.status import Status
 from tools.lab import netns
 from tools.lab.ipopnet import IpopNet
-from tools.lab.lab import Lab, cleanup_stale
+from tools.lab.lab import Lab, cleanup_stale, process_prefix
 from tools.lab.topology import Topology, topology_from_dict
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
@@ -31,11 +31,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespace
 SUBNET = IPv4Network("100.64.0.0/10")
 GATEWAY = "100.64.0.1"
 READY_S = 30.0
-
-
-def run_prefix(tag: str) -> str:
-    """A namespace prefix unique to this test run and ``tag`` (see conftest.run_prefix)."""
-    return f"ipt{os.getpid() % 10000:04d}{tag}-"
 
 
 def _topology() -> Topology:
@@ -55,7 +50,7 @@ def _topology() -> Topology:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
-    prefix = run_prefix("d")
+    prefix = process_prefix("d")
     lab = Lab(_topology(), workdir=tmp_path_factory.mktemp("ipopd"), prefix=prefix)
     try:
         lab.up()
@@ -268,7 +263,7 @@ def test_teardown_leaves_no_namespace_or_process(tmp_path: Path) -> None:
             ]
         }
     )
-    prefix = run_prefix("t")
+    prefix = process_prefix("t")
     lab = Lab(topo, workdir=tmp_path / "lab", prefix=prefix)
     try:
         lab.up()

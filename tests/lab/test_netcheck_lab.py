@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tools.lab.ipopnet import IPOP_PORT, IpopNet
-from tools.lab.lab import Lab, cleanup_stale
+from tools.lab.lab import Lab, cleanup_stale, process_prefix
 from tools.lab.topology import Topology, topology_from_dict
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
@@ -41,10 +41,6 @@ TRUTH = {
     "sym": "symmetric",
 }
 SERVERS = {"coturn": COTURN, "stund": STUND}
-
-
-def run_prefix(tag: str) -> str:
-    return f"ipt{os.getpid() % 10000:04d}{tag}-"
 
 
 def _topology() -> Topology:
@@ -99,7 +95,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
     for tool in ("turnserver", "stund"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool} (apt-get install -y coturn stun-server)")
-    prefix = run_prefix("n")
+    prefix = process_prefix("n")
     lab = Lab(_topology(), workdir=tmp_path_factory.mktemp("netcheck"), prefix=prefix)
     try:
         lab.up()

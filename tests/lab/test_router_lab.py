@@ -24,7 +24,7 @@ from scapy.layers.l2 import ARP, Ether
 from ipop.dht.names import c_name
 from ipop.status import Status
 from tools.lab.ipopnet import IpopNet
-from tools.lab.lab import Lab, cleanup_stale
+from tools.lab.lab import Lab, cleanup_stale, process_prefix
 from tools.lab.topology import Topology, topology_from_dict
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, bridges")
@@ -55,10 +55,6 @@ while time.monotonic() < end:
     if f[12:14] == b"\x08\x06" or to_68:
         print(f.hex(), flush=True)
 """
-
-
-def run_prefix(tag: str) -> str:
-    return f"ipt{os.getpid() % 10000:04d}{tag}-"
 
 
 def _topology() -> Topology:
@@ -98,7 +94,7 @@ DHCP_HOSTS = ("p1", "p2", "p3", "q1", "q2")
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
-    prefix = run_prefix("r")
+    prefix = process_prefix("r")
     lab = Lab(_topology(), workdir=tmp_path_factory.mktemp("router"), prefix=prefix)
     try:
         lab.up()

@@ -67,6 +67,12 @@ def new_prefix() -> str:
     return "ipl" + secrets.token_hex(3)[:5] + "-"
 
 
+def process_prefix(tag: str) -> str:
+    """A prefix unique to this process and ``tag`` (tests: one lab per tag, findable after a
+    crash by the PID in its name)."""
+    return f"ipt{os.getpid() % 10000:04d}{tag}-"
+
+
 def _check_prefix(prefix: str) -> str:
     # A short or empty prefix could match namespaces that are not ours.
     if not PREFIX_RE.fullmatch(prefix):
