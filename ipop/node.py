@@ -10,7 +10,11 @@
   on that relay path. Only underlay datagrams leave through :meth:`datagrams_to_send`;
 - upper-layer traffic (:meth:`send`) goes DIRECT over a link to the destination when one is
   up (a shortcut or any other link) and is routed over the ring otherwise. The first packet to
-  a peer with no link asks the overlay for a shortcut, so later packets go direct.
+  a peer with no link asks the overlay for a shortcut, so later packets go direct;
+- traffic to a peer over a relayed link or over the ring also starts port guessing
+  (:mod:`ipop.birthday`), the only way to a direct path between a symmetric NAT and a
+  port-restricted one. Its openers leave from punching sockets (``SocketPath``), which the I/O
+  layer opens on first use; a knock on one of them starts a handshake there.
 
 Theory of operation: every input (datagram, timer, command) ends with :meth:`_settle`, which
 moves events and datagrams between the two layers until neither has anything left. Both layers
@@ -25,18 +29,20 @@ import random
 from collections.abc import Callable, Sequence
 
 from ipop import timing
+from ipop.birthday import BirthdayPunch, is_knock
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity
-from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage
-from ipop.overlay.messages import TYPE_DIRECT
+from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage, LinkPathChanged, LinkUp
+from ipop.overlay.messages import KIND_BIRTHDAY, TYPE_DIRECT
 from ipop.overlay.node import (
+    Delivered,
     OverlayConfig,
     OverlayEvent,
     OverlayNode,
     RelayDatagram,
 )
 from ipop.stun import SOURCE_PRIMARY, StunAgent
-from ipop.types import Endpoint, NodeId, Path, RelayPath
+from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct
 
 __all__ = ["NodeCore"]
 
@@ -78,6 +84,7 @@ class NodeCore:
         # ``stun_alt_send`` is the I/O layer's way to send from a node's alternate sockets.
         self.stun = StunAgent(rng=random.Random(rng.random()))
         self.stun_alt_send: Callable[[int, bytes, Endpoint], None] | None = None
+        self.birthday = BirthdayPunch(rng=random.Random(rng.random()))
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -97,6 +104,8 @@ class NodeCore:
             self._shortcut_used[dst] = now
         if overlay.send_direct(dst, kind, payload, now=now):
             self.stats["sent_direct"] += 1
+            if self.shortcuts and type(self.link.path_of(dst)) is RelayPath:
+                self._guess_ports(dst, now)
             self._settle(now)
             return True
         ok = overlay.send_routed(dst, kind, payload, exact=True, now=now)
@@ -107,6 +116,7 @@ class NodeCore:
                 self._shortcut_asked[dst] = now
                 self._shortcut_used[dst] = now
                 overlay.request_shortcut(dst, now=now)
+            self._guess_ports(dst, now)
         self._settle(now)
         return ok
 
@@ -180,6 +190,7 @@ class NodeCore:
     def receive_datagram(self, data: bytes, path: Path, *, now: float) -> None:
         if data and data[0] < 4:  # STUN (RFC 7983 demultiplexing): not for the link layer
             self._stun_in(data, path, now)
+            self._settle(now)
             return
         self.link.receive_datagram(data, path, now=now)
         self._settle(now)
@@ -195,6 +206,10 @@ class NodeCore:
         if t is not None and now >= t:
             self.stun.handle_timer(now=now)
             self.stun_flush()
+        t = self.birthday.get_timer()
+        if t is not None and now >= t:
+            self.birthday.handle_timer(now=now)
+            self._out.extend(self.birthday.datagrams_to_send())
         self._expire_shortcuts(now)
         # Forget old shortcut requests so the table cannot grow with every peer ever seen.
         if len(self._shortcut_asked) > 256:
@@ -232,6 +247,9 @@ class NodeCore:
         c = self.stun.get_timer()
         if c is not None and (a is None or c < a):
             a = c
+        c = self.birthday.get_timer()
+        if c is not None and (a is None or c < a):
+            a = c
         if a is None:
             return b
         if b is None:
@@ -248,6 +266,14 @@ class NodeCore:
     # --- STUN -------------------------------------------------------------------------------
 
     def _stun_in(self, data: bytes, path: Path, now: float) -> None:
+        if is_knock(data):
+            peer = self.birthday.on_knock(data, path, now=now)
+            if peer is not None:
+                current = self.link.path_of(peer)
+                if current is None or not is_direct(current):
+                    self.stats["birthday_handshakes"] += 1
+                    self.link.connect(path, now=now, expected=peer)
+            return
         self.stats["stun_in"] += 1
         if not isinstance(path, Endpoint):  # STUN over a relay describes nothing real
             self.stun.drops["stun_relayed"] += 1
@@ -266,6 +292,62 @@ class NodeCore:
             else:
                 self.stun.drops["no_alt_socket"] += 1
 
+    # --- port guessing (ipop.birthday) -------------------------------------------------------
+
+    def public_view(self) -> tuple[str | None, bool, bool]:
+        """What peers' echoes say of our NAT: our public address (None: nobody told us yet),
+        whether peers saw different ports (a mapping per destination: symmetric), and whether
+        the port they see differs from our socket's (the NAT translated it)."""
+        seen = self.overlay.observed_endpoints()
+        if not seen:
+            return None, False, False
+        host = seen[0].host
+        ports = {e.port for e in seen if e.host == host}
+        local = {e.port for e in self.overlay.local_endpoints}
+        return host, len(ports) > 1, bool(local) and not ports & local
+
+    def _guess_ports(self, peer: NodeId, now: float) -> None:
+        host, symmetric, translated = self.public_view()
+        if host is None:
+            return
+        hello = self.birthday.hello(
+            peer, symmetric=symmetric, translated=translated, endpoints=self._advertised(), now=now
+        )
+        if hello is not None:
+            self._send_birthday(peer, hello, now)
+
+    def _on_birthday(self, ev: Delivered, now: float) -> None:
+        host, symmetric, translated = self.public_view()
+        answer = self.birthday.receive(
+            ev.src,
+            ev.payload,
+            symmetric=symmetric,
+            translated=translated,
+            public_host=host,
+            endpoints=self._advertised(),
+            now=now,
+        )
+        # Openers first: the GO must not overtake them, or the peer knocks on closed ports.
+        self._out.extend(self.birthday.datagrams_to_send())
+        if answer is not None:
+            self._send_birthday(ev.src, answer, now)
+
+    def _advertised(self) -> tuple[Endpoint, ...]:
+        # Public ones first: a HELLO carries only a few, and openers to a LAN address of a
+        # peer behind another NAT go nowhere.
+        observed = self.overlay.observed_endpoints()
+        return tuple(dict.fromkeys([*observed, *self.overlay.endpoints()]))
+
+    def _send_birthday(self, peer: NodeId, payload: bytes, now: float) -> None:
+        if not self.overlay.send_direct(peer, KIND_BIRTHDAY, payload, now=now):
+            self.overlay.send_routed(peer, KIND_BIRTHDAY, payload, exact=True, now=now)
+
+    def _on_link_path(self, peer: NodeId) -> None:
+        """A session with ``peer`` is up or moved: a direct one ends our knocking at it."""
+        path = self.link.path_of(peer)
+        if path is not None and is_direct(path):
+            self.birthday.stop(peer)
+
     # --- wiring -----------------------------------------------------------------------------
 
     def _settle(self, now: float) -> None:
@@ -277,6 +359,8 @@ class NodeCore:
             busy = False
             while (lev := link.next_event()) is not None:
                 busy = True
+                if type(lev) is LinkUp or type(lev) is LinkPathChanged:
+                    self._on_link_path(lev.peer)
                 overlay.on_link_event(lev, now=now)
             for data, path in link.datagrams_to_send(now=now):
                 if isinstance(path, RelayPath):
@@ -288,6 +372,9 @@ class NodeCore:
                 if type(oev) is RelayDatagram:
                     busy = True
                     link.receive_datagram(oev.data, oev.path, now=now)
+                elif isinstance(oev, Delivered) and oev.kind == KIND_BIRTHDAY:
+                    busy = True
+                    self._on_birthday(oev, now)
                 else:
                     events.append(oev)
             if not busy:

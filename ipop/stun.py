@@ -360,15 +360,14 @@ def filtering_behaviour(change_both: bool | None, change_port: bool | None) -> F
 
 
 def direct_expected(a: NatKind | None, b: NatKind | None) -> bool | None:
-    """Can hosts of kinds ``a`` and ``b`` punch a direct path? None if a kind is unknown.
+    """Can hosts of kinds ``a`` and ``b`` reach a direct path? None if a kind is unknown.
 
-    Measured (shared/reference/README.md): symmetric fails against symmetric and against a
-    port-restricted cone (the cone only lets in the port it sent to, which the symmetric side
-    does not keep); every other pair punched 3 of 3.
+    Measured (shared/reference/README.md): plain punching fails for symmetric against symmetric
+    and against a port-restricted cone (the cone only lets in the port it sent to, which the
+    symmetric side does not keep); every other pair punched 3 of 3. Port guessing
+    (:mod:`ipop.birthday`) gets symmetric x port-restricted through; two symmetric NATs would
+    need both random ports guessed at once, so that pair stays relayed.
     """
     if a is None or b is None:
         return None
-    hard = {"symmetric", "port-restricted-cone"}
-    if a == "symmetric" and b in hard:
-        return False
-    return not (b == "symmetric" and a in hard)
+    return not (a == "symmetric" and b == "symmetric")

@@ -131,3 +131,22 @@ SHORTCUT_IDLE_S = 120.0
 # keepalive every KEEPALIVE_INTERVAL_S and a session; a node talking to thousands of peers
 # keeps the busiest and routes the rest over the ring.
 SHORTCUT_MAX = 128
+
+# --- port guessing toward symmetric NATs (ipop/birthday.py) ---------------------------------
+# Extra sockets a symmetric node opens toward a peer: each holds one random NAT port that
+# accepts the peer. With BIRTHDAY_KNOCKS guesses per round over the 64,512 ports MASQUERADE
+# draws from, a round finds one with odds 1 - exp(-SOCKETS * KNOCKS / 64512): 98 % at 256 x 1024.
+BIRTHDAY_SOCKETS = 256
+# Knocks per round: 20-byte datagrams, so a round is 20 KB.
+BIRTHDAY_KNOCKS = 1024
+# Rounds per run (fresh random ports each): three rounds miss with odds below 1e-5.
+BIRTHDAY_ROUNDS = 3
+# Between rounds: long enough for a hit's handshake to come back and stop the run.
+BIRTHDAY_ROUND_S = 0.3
+# A token given out in a GO is good this long: the knock runs end well inside it.
+BIRTHDAY_WINDOW_S = 5.0
+# One HELLO (and one knock run) per peer this often at most: a pair whose guessing failed
+# stays relayed without spraying the network on every packet.
+BIRTHDAY_RETRY_S = 30.0
+# Knock runs at once: bounds what GOs from many peers can make us send.
+BIRTHDAY_MAX_RUNS = 4

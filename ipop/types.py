@@ -106,5 +106,28 @@ class RelayPath:
         return f"relay:{self.via.short()}"
 
 
-# Where a link's datagrams go: straight to an underlay endpoint, or through a relay node.
-Path = Endpoint | RelayPath
+@dataclass(frozen=True, slots=True)
+class SocketPath:
+    """A direct path that leaves from one of the node's extra punching sockets, not its main one.
+
+    Only port guessing toward a symmetric NAT makes these (:mod:`ipop.birthday`): the hole it
+    finds belongs to one of many local sockets, so replies and keepalives must leave from that
+    socket. ``socket`` numbers start at 1 (0 would be the main socket, which uses a bare
+    :class:`Endpoint`).
+    """
+
+    socket: int
+    remote: Endpoint
+
+    def __str__(self) -> str:
+        return f"{self.remote}#{self.socket}"
+
+
+# Where a link's datagrams go: straight to an underlay endpoint (from the main socket or from a
+# punching socket), or through a relay node.
+Path = Endpoint | RelayPath | SocketPath
+
+
+def is_direct(path: Path) -> bool:
+    """True for a path over the underlay (either socket kind), False for a relay path."""
+    return type(path) is not RelayPath

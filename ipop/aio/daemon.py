@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import resource
 import secrets
 import signal
 import socket
@@ -41,6 +42,7 @@ from pyroute2 import AsyncIPRoute
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
 from ipop.aio.node import Node
+from ipop.aio.sockets import LoopUdpSocket
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
 from ipop.config import NodeConfig
@@ -198,7 +200,7 @@ class Daemon:
             self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
         if self._services_factory is not None:
             self.services = self._services_factory(self)
-        self.node.attach(self.udp)
+        self.node.attach(self.udp, open_socket=self._open_punch_socket)
         self._open_stun_alternates(local)
         self.node.start()
         self.dataplane.start()
@@ -406,9 +408,7 @@ class Daemon:
                     "vip": str(IPv4Address(vip)) if vip is not None else None,
                     "path": "relayed" if relayed else "direct",
                     "endpoint": (
-                        f"via {path.via.short()}"
-                        if isinstance(path, RelayPath)
-                        else f"{path.host}:{path.port}"
+                        f"via {path.via.short()}" if isinstance(path, RelayPath) else str(path)
                     ),
                     "rtt_ms": (
                         round(self.rtts[info.peer] * 1000, 3) if info.peer in self.rtts else None
@@ -416,7 +416,7 @@ class Daemon:
                     "bytes_in": info.bytes_in,
                     "bytes_out": info.bytes_out,
                     "kinds": sorted(k.name.lower() for k in kinds.get(info.peer, ())),
-                    "why": self._why_relayed() if relayed else None,
+                    "why": self._why_relayed(info.peer) if relayed else None,
                 }
             )
         # Peers we exchange traffic with but hold no link to travel over the overlay.
@@ -475,11 +475,13 @@ class Daemon:
             total.update({f"vnet.{k}": v for k, v in self.dataplane.counters.items()})
         return dict(total)
 
-    def _why_relayed(self) -> str:
-        kind = self.nat_kind()
-        if kind == "symmetric":
-            return "no direct path: this node is behind a symmetric NAT (a new port per peer)"
-        return "no direct path: the handshake through both NATs failed (peer's NAT too strict)"
+    def _why_relayed(self, peer: NodeId) -> str:
+        node = self.node
+        if node is None:
+            return "no direct path"
+        _, symmetric, translated = node.core.public_view()
+        symmetric = symmetric or self.nat_kind() == "symmetric"
+        return node.core.birthday.why_relayed(peer, symmetric=symmetric, translated=translated)
 
     def _why_no_link(self, peer: NodeId) -> str:
         node = self.node
@@ -549,6 +551,13 @@ class Daemon:
         node.core.stun.set_sources(primary, alt_port=alt_port, alt_host=alt_host)
         node.core.stun_alt_send = self._stun_alt_send
         log.info("event=stun_server primary=%s alternate=%s:%d", primary, alt_host, alt_port)
+
+    def _open_punch_socket(
+        self, on_datagram: Callable[[bytes, tuple[str, int]], None]
+    ) -> LoopUdpSocket:
+        """One more socket for port guessing (ipop.birthday), on the overlay socket's address."""
+        _raise_fd_limit()
+        return LoopUdpSocket(self.settings.listen.host, on_datagram, self.stats)
 
     def _close_stun_alternates(self) -> None:
         socks, self._stun_socks = self._stun_socks, {}
@@ -753,3 +762,13 @@ class DaemonControl:
     def _key(self, key: str) -> str:
         # User keys live in their own namespace of this network: they cannot touch ip/name records.
         return f"{self.d.network}:user:{key}"
+
+
+def _raise_fd_limit() -> None:
+    """Port guessing holds BIRTHDAY_SOCKETS sockets: lift a low soft limit (systemd's 1024)
+    toward the hard one, once; failing that, the sockets past the limit are counted."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))

@@ -25,7 +25,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ipop.aio.driver import DatagramSocket, Driver
 from ipop.dht.service import DhtConfig, DhtService
@@ -34,7 +34,7 @@ from ipop.link.endpoint import LinkConfig
 from ipop.node import NodeCore
 from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
 from ipop.overlay.node import Delivered, Joined, OverlayConfig, Routable
-from ipop.types import Endpoint, NodeId
+from ipop.types import Endpoint, NodeId, Path, SocketPath
 
 __all__ = ["Node", "OverlayPing"]
 
@@ -58,6 +58,17 @@ class OverlayPing:
     @property
     def path(self) -> str:
         return "direct" if self.hops == 0 else "overlay"
+
+
+class PunchSocket(Protocol):
+    """An extra socket for port guessing (the real UDP one and the simulator's both fit)."""
+
+    def sendto(self, data: bytes, addr: Endpoint) -> None: ...
+    def close(self) -> None: ...
+
+
+# Opens one punching socket whose datagrams go to the callback (OSError if it cannot).
+OpenSocket = Callable[[Callable[[bytes, tuple[str, int]], None]], PunchSocket]
 
 
 class _Port:
@@ -112,6 +123,8 @@ class Node:
         self._pings: dict[int, tuple[asyncio.Future[OverlayPing], float]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._open_socket: OpenSocket | None = None
+        self._punch_socks: dict[int, PunchSocket] = {}
         self._kinds: dict[int, Callable[[Delivered], None]] = {
             KIND_DHT: self._on_dht,
             KIND_IP: self._on_ip,
@@ -120,9 +133,51 @@ class Node:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def attach(self, sock: DatagramSocket) -> None:
-        """Give the node its underlay socket (feed its input to :meth:`datagram_received`)."""
-        self.driver = Driver(self.core, sock, clock=self.clock, on_event=self._on_event)
+    def attach(self, sock: DatagramSocket, *, open_socket: OpenSocket | None = None) -> None:
+        """Give the node its underlay socket (feed its input to :meth:`datagram_received`).
+
+        ``open_socket`` opens the extra sockets port guessing needs (:mod:`ipop.birthday`), on
+        first use; without it a node behind a symmetric NAT cannot guess its way to a peer
+        behind a port-restricted one and stays relayed there.
+        """
+        self._open_socket = open_socket
+        self.driver = Driver(
+            self.core,
+            sock,
+            clock=self.clock,
+            on_event=self._on_event,
+            on_other_path=self._send_other,
+        )
+
+    def _send_other(self, data: bytes, path: Path) -> None:
+        if type(path) is not SocketPath:
+            self.stats["unsendable_path"] += 1
+            return
+        sock = self._punch_socks.get(path.socket)
+        if sock is None:
+            if self._open_socket is None or self._closed:
+                self.stats["no_punch_socket"] += 1
+                return
+            index = path.socket
+            try:
+                sock = self._open_socket(lambda data, addr: self._punch_received(index, data, addr))
+            except OSError:
+                self.stats["punch_socket_failed"] += 1
+                return
+            self._punch_socks[index] = sock
+        sock.sendto(data, path.remote)
+
+    def _punch_received(self, index: int, data: bytes, addr: tuple[str, int]) -> None:
+        if self._closed or self.driver is None:
+            return
+        path = SocketPath(index, Endpoint(addr[0], addr[1]))
+        self.core.receive_datagram(data, path, now=self.clock())
+        self.driver.pump()
+
+    @property
+    def punch_sockets(self) -> int:
+        """How many punching sockets are open."""
+        return len(self._punch_socks)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self.driver is not None
@@ -156,6 +211,9 @@ class Node:
             await self.dht.close()
         if self.driver is not None:
             self.driver.close()
+        socks, self._punch_socks = self._punch_socks, {}
+        for sock in socks.values():
+            sock.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)

@@ -104,7 +104,7 @@ from ipop.link.handshake import (
     verify_resp,
 )
 from ipop.link.replay import ReplayWindow
-from ipop.types import Endpoint, NodeId, Path, RelayPath
+from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 from ipop.wire.handshake import HandshakeResp
 from ipop.wire.header import (
     DATA_HEADER,
@@ -547,6 +547,11 @@ class LinkEndpoint:
         st = self._peers.get(peer)
         return st is not None and st.up
 
+    def path_of(self, peer: NodeId) -> Path | None:
+        """The path an up session with ``peer`` seals to; None without one."""
+        st = self._peers.get(peer)
+        return st.path if st is not None and st.up else None
+
     def peer_at(self, path: Path) -> NodeId | None:
         """The peer whose up session runs over ``path``, if any."""
         for st in self._peers.values():
@@ -805,7 +810,11 @@ class LinkEndpoint:
             self.drops["no_common_cipher"] += 1
             return
         index = self._new_index()
-        observed = path if isinstance(path, Endpoint) else None
+        observed: Endpoint | None = None
+        if isinstance(path, Endpoint):
+            observed = path
+        elif isinstance(path, SocketPath):
+            observed = path.remote
         try:
             resp, keys = make_resp(
                 self._identity, verified, index=index, cipher=cipher, observed=observed
@@ -918,7 +927,7 @@ class LinkEndpoint:
             return
         # A relay never replaces a working direct path (a relay handshake started alongside
         # a direct one may finish last); a direct path does replace a relay: the upgrade.
-        if path != st.path and not (isinstance(path, RelayPath) and isinstance(st.path, Endpoint)):
+        if path != st.path and not (isinstance(path, RelayPath) and is_direct(st.path)):
             st.path = path
             self._events.append(LinkPathChanged(st.node_id, path, "handshake"))
         if observed is not None and observed != st.observed:

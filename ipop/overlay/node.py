@@ -530,6 +530,20 @@ class OverlayNode:
         out = list(dict.fromkeys([*self._local_endpoints, *observed[:_OBSERVED_KEEP]]))
         return tuple(out[:MAX_ENDPOINTS])
 
+    @property
+    def local_endpoints(self) -> tuple[Endpoint, ...]:
+        """Our own socket's endpoints, as the I/O layer told us."""
+        return self._local_endpoints
+
+    def observed_endpoints(self) -> tuple[Endpoint, ...]:
+        """Where peers saw us come from, newest first, minus our own socket's endpoints.
+
+        More than one of them on one host means a mapping per destination (a symmetric NAT).
+        """
+        local = set(self._local_endpoints)
+        observed = sorted(self._observed, key=lambda e: self._observed[e], reverse=True)
+        return tuple(e for e in observed if e not in local)
+
     def snapshot(self) -> OverlaySnapshot:
         conns = tuple(
             ConnectionInfo(c.peer, c.path, tuple(sorted(c.kinds)), c.since)

@@ -24,7 +24,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ipop.types import Endpoint, NodeId, Path, RelayPath
+from ipop.types import NodeId, Path, RelayPath, is_direct
 
 
 class ConnectionKind(enum.StrEnum):
@@ -48,7 +48,7 @@ class Connection:
 
     @property
     def direct(self) -> bool:
-        return isinstance(self.path, Endpoint)
+        return is_direct(self.path)
 
     @property
     def relayed(self) -> bool:

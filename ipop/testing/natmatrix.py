@@ -13,12 +13,14 @@ when the link runs through a relay node, "overlay" while ``x`` has no link to ``
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import random
 from statistics import median
 from typing import Any
 
 from ipop.aio.node import Node
+from ipop.overlay.node import OverlayConfig
 from ipop.stun import direct_expected
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_identity, make_network
@@ -55,8 +57,12 @@ async def _pair(a: str, b: str, seed: int) -> dict[str, Any]:
             bootstrap=boot,
             clock=loop.time,
             rng=random.Random(rng.random()),
+            overlay_config=OverlayConfig(local_endpoints=(Endpoint(host.address, PORT),)),
         )
-        node.attach(host.bind(PORT, node.datagram_received))
+        node.attach(
+            host.bind(PORT, node.datagram_received),
+            open_socket=functools.partial(host.bind, 0),
+        )
         node.start()
         nodes[name] = node
         if name == "boot":

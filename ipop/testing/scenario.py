@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import random
 import time
@@ -267,7 +268,10 @@ class _World:
             ),
             dht_config=DhtConfig(replicas=self.sc.replicas, ksize=max(20, self.sc.replicas)),
         )
-        node.attach(host.bind(PORT, node.datagram_received))
+        node.attach(
+            host.bind(PORT, node.datagram_received),
+            open_socket=functools.partial(host.bind, 0),
+        )
         return node
 
     async def start_all(self) -> None:

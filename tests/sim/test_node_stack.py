@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from ipaddress import IPv4Network
 
@@ -34,7 +35,10 @@ async def _build(n: int, seed: int) -> tuple[Network, list[Node]]:
             clock=loop.time,
             rng=random.Random(rng.random()),
         )
-        node.attach(host.bind(PORT, node.datagram_received))
+        node.attach(
+            host.bind(PORT, node.datagram_received),
+            open_socket=functools.partial(host.bind, 0),
+        )
         node.start()
         nodes.append(node)
         if i == 0:

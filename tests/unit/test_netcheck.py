@@ -112,7 +112,15 @@ def test_gather_runs_servers_side_by_side() -> None:
     )
     assert r.nat == "port-restricted-cone"
     assert r.peers_seen == ((PEER, Endpoint(WAN, 5800)),)
+    assert r.direct_expected["symmetric"] is True  # by port guessing (ipop.birthday)
+
+
+def test_a_symmetric_node_expects_no_direct_path_to_another_symmetric_one() -> None:
+    nat = ModelNat("symmetric", {BOOT: BOOT_ALT, PEER: None})
+    r = asyncio.run(run_netcheck(nat.transact, servers=[BOOT], peers=[PEER], local=[LOCAL]))
+    assert r.nat == "symmetric"
     assert r.direct_expected["symmetric"] is False
+    assert r.direct_expected["port-restricted-cone"] is True
 
 
 def test_nobody_answers() -> None:

@@ -13,6 +13,12 @@ hosts run only ``udhcpc`` or ``dhclient``; they are listed under ``lan_hosts`` (
 seconds each took to get its lease, ``lease_after_s``) and take part in the pings as sources
 and targets. Routers themselves are not pinged (they hold no address of their own on a LAN).
 
+Before the pairs, the demo shows *the shortcut moment* (the seeds' demo): a node behind a
+port-restricted cone pings the symmetric-NAT node by name for the first time, 50 ms apart, while
+its ``ipop status`` is polled; the first replies come over the relay, then port guessing
+(``ipop.birthday``) opens a direct path and the RTT drops. The table shows each reply with the
+path it took and the seconds until the path was direct (JSON: ``shortcut``).
+
 Everything is torn down at the end, also on failure or Ctrl-C.
 """
 
@@ -27,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from tools.lab.ipopnet import IpopNet, NotReady
-from tools.lab.lab import Lab
+from tools.lab.lab import Host, Lab
+from tools.lab.natmatrix import watch_pings
 from tools.lab.topology import Topology, with_router_cluster
 
 __all__ = ["run_demo"]
@@ -35,6 +42,8 @@ __all__ = ["run_demo"]
 READY_TIMEOUT_S = 30.0
 LEASE_TIMEOUT_S = 10.0
 PING_ATTEMPTS = 3
+SHORTCUT_PINGS = 40
+SHORTCUT_INTERVAL_S = 0.05
 _RTT = re.compile(r"time=([0-9.]+) ms")
 
 
@@ -105,6 +114,25 @@ def run_demo(
             result["lan_hosts"] = _lan_hosts(net, took)
             for row in result["lan_hosts"]:
                 ids[row["host"]] = ids[row["router"]]
+            pair = _shortcut_pair(lab)
+            if pair is not None:
+                src, dst = pair
+                _progress(f"the shortcut moment: {src.name} pings {dst.name}.ipop", quiet=quiet)
+                watched = watch_pings(
+                    net,
+                    src.name,
+                    f"{dst.name}.ipop",
+                    str(ids[dst.name]),
+                    count=SHORTCUT_PINGS,
+                    interval_s=SHORTCUT_INTERVAL_S,
+                )
+                result["shortcut"] = {
+                    "from": src.name,
+                    "to": dst.name,
+                    "from_nat": src.nat_kind or "none",
+                    "to_nat": dst.nat_kind or "none",
+                    **watched,
+                }
             endpoints = [h for h in lab.hosts if not lab.is_router(h)] + lab.plain_hosts
             _progress("pinging every ordered pair by name", quiet=quiet)
             for src in endpoints:
@@ -138,6 +166,19 @@ def run_demo(
         if tmp is not None:
             tmp.cleanup()
     return result
+
+
+def _shortcut_pair(lab: Lab) -> tuple[Host, Host] | None:
+    """The pair whose first contact shows the shortcut moment: a host behind a NAT that keeps
+    ports toward one behind a symmetric NAT (plain punching fails there, guessing does not);
+    else any two NATed ipopd hosts."""
+    nodes = [h for h in lab.hosts if not lab.is_router(h) and h.nat_kind is not None]
+    sym = [h for h in nodes if h.nat_kind == "symmetric"]
+    other = [h for h in nodes if h.nat_kind != "symmetric"]
+    if sym and other:
+        prc = [h for h in other if h.nat_kind == "port-restricted-cone"]
+        return (prc or other)[0], sym[0]
+    return (nodes[0], nodes[1]) if len(nodes) >= 2 else None
 
 
 def _lan_hosts(net: IpopNet, took: dict[str, float]) -> list[dict[str, Any]]:
@@ -182,6 +223,9 @@ def format_table(result: dict[str, Any]) -> str:
                 f"{h['host']:<8} {h['router']:<8} {h['mac']:<18} {h['vip']:<16} {lease:>6}  "
                 f"{' '.join(h['names'])}  (leased after {h['lease_after_s']:.2f} s)"
             )
+    if result.get("shortcut"):
+        lines.append("")
+        lines.extend(_format_shortcut(result["shortcut"]))
     lines.append("")
     lines.append(f"{'from':<8} {'to':<8} {'name':<14} {'ok':<4} {'rtt ms':>8}  path")
     for p in result["pings"]:
@@ -198,6 +242,35 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"error: {result['error']}")
     lines.append(f"ok={result['ok']}")
     return "\n".join(lines)
+
+
+def _format_shortcut(sc: dict[str, Any]) -> list[str]:
+    """The replies around the moment the path turned direct (all of them if it never did)."""
+    lines = [
+        f"the shortcut moment: {sc['from']} ({sc['from_nat']}) pings {sc['to']}.ipop "
+        f"({sc['to_nat']}) for the first time, every {SHORTCUT_INTERVAL_S * 1000:.0f} ms",
+        f"  {'reply':>5} {'at s':>6} {'rtt ms':>8}  path",
+    ]
+    replies = sc.get("replies", [])
+    turn = next((i for i, r in enumerate(replies) if r[2] == "direct"), None)
+    show = (
+        range(len(replies))
+        if turn is None
+        else range(max(0, turn - 4), min(len(replies), turn + 4))
+    )
+    for i in show:
+        at, rtt, path = replies[i]
+        mark = "   <- direct from here" if i == turn else ""
+        lines.append(f"  {i + 1:>5} {at:>6.2f} {rtt:>8.3f}  {path or '-'}{mark}")
+    if sc.get("direct"):
+        lines.append(
+            f"  direct after {sc['time_to_direct_s']:.2f} s: median RTT "
+            f"{sc['rtt_overlay_ms'] or float('nan'):.3f} ms before, "
+            f"{sc['rtt_direct_ms'] or float('nan'):.3f} ms after; {sc['lost']} lost"
+        )
+    else:
+        lines.append(f"  stayed {sc.get('path')}: {sc.get('why') or '-'}")
+    return lines
 
 
 def main_demo(topology: Topology, *, as_json: bool) -> int:

@@ -80,51 +80,82 @@ def measure_pair(a: str, b: str, *, workdir: Path) -> dict[str, Any]:
             row["error"] = str(exc)
             return row
         y_id = ready["y"][0].self_.node_id
-        x = lab.host("x")
-        argv = ["ping", "-D", "-n", "-i", str(INTERVAL_S), "-c", str(PINGS), "-W", "1", "y.ipop"]
-        # Path samples (monotonic-free: ping -D prints wall-clock stamps, so sample with those).
-        samples: list[tuple[float, str | None]] = []
-        why: str | None = None
-        started = time.time()
-        proc = subprocess.Popen(
-            netns.in_ns(x.ns, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        deadline = time.monotonic() + PINGS * INTERVAL_S + 15
-        try:
-            while proc.poll() is None and time.monotonic() < deadline:
-                path = None
-                for p in net.status("x").peers:
-                    if p.node_id == y_id:
-                        path, why = p.path, p.why
-                samples.append((time.time(), path))
-                time.sleep(0.02)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            out, _ = proc.communicate(timeout=10)
-        replies = [
-            (float(m.group(1)), float(m.group(3)))
-            for line in out.splitlines()
-            if (m := _REPLY.match(line))
-        ]
-        summary = _SUMMARY.search(out)
-        if summary:
-            row["lost"] = int(summary.group(1)) - int(summary.group(2))
-        row["reachable"] = bool(replies)
-        direct_at = next((t for t, p in samples if p == "direct"), None)
-        row["direct"] = direct_at is not None
-        if direct_at is not None:
-            first = replies[0][0] if replies else started
-            row["time_to_direct_s"] = round(max(0.0, direct_at - min(first, started)), 3)
-            before = [r for t, r in replies if t < direct_at]
-            after = [r for t, r in replies if t >= direct_at]
-            row["rtt_overlay_ms"] = round(median(before), 3) if before else None
-            row["rtt_direct_ms"] = round(median(after), 3) if after else None
-        elif replies:
-            row["rtt_overlay_ms"] = round(median(r for _, r in replies), 3)
-        row["path"] = samples[-1][1] if samples else None
-        row["why"] = why if row["path"] != "direct" else None
+        watched = watch_pings(net, "x", "y.ipop", y_id, count=PINGS, interval_s=INTERVAL_S)
+        del watched["replies"]  # the matrix keeps the summary; the demo shows the replies
+        row.update(watched)
     return row
+
+
+def watch_pings(
+    net: IpopNet, src: str, target: str, peer_id: str, *, count: int, interval_s: float
+) -> dict[str, Any]:
+    """``ping -i interval_s target`` from host ``src`` while its ``ipop status`` is polled for
+    the path to ``peer_id``: when (if) it turned direct, the RTTs on either side of that
+    moment, losses, and every reply with the path it was sent under (``replies``: seconds
+    since the first ping, RTT ms, path)."""
+    host = net.lab.host(src)
+    argv = ["ping", "-D", "-n", "-i", str(interval_s), "-c", str(count), "-W", "1", target]
+    # Path samples (monotonic-free: ping -D prints wall-clock stamps, so sample with those).
+    samples: list[tuple[float, str | None]] = []
+    why: str | None = None
+    started = time.time()
+    proc = subprocess.Popen(
+        netns.in_ns(host.ns, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + count * interval_s + 15
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            path = None
+            for p in net.status(src).peers:
+                if p.node_id == peer_id:
+                    path, why = p.path, p.why
+            samples.append((time.time(), path))
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, _ = proc.communicate(timeout=10)
+    replies = [
+        (float(m.group(1)), float(m.group(3)))
+        for line in out.splitlines()
+        if (m := _REPLY.match(line))
+    ]
+    res: dict[str, Any] = {
+        "reachable": bool(replies),
+        "direct": False,
+        "time_to_direct_s": None,
+        "rtt_overlay_ms": None,
+        "rtt_direct_ms": None,
+        "lost": None,
+    }
+    summary = _SUMMARY.search(out)
+    if summary:
+        res["lost"] = int(summary.group(1)) - int(summary.group(2))
+    direct_at = next((t for t, p in samples if p == "direct"), None)
+    res["direct"] = direct_at is not None
+    first = min(replies[0][0], started) if replies else started
+    if direct_at is not None:
+        res["time_to_direct_s"] = round(max(0.0, direct_at - first), 3)
+        before = [r for t, r in replies if t < direct_at]
+        after = [r for t, r in replies if t >= direct_at]
+        res["rtt_overlay_ms"] = round(median(before), 3) if before else None
+        res["rtt_direct_ms"] = round(median(after), 3) if after else None
+    elif replies:
+        res["rtt_overlay_ms"] = round(median(r for _, r in replies), 3)
+    res["path"] = samples[-1][1] if samples else None
+    res["why"] = why if res["path"] != "direct" else None
+
+    def path_at(t: float) -> str | None:
+        # The reply left after its RTT's worth before it was stamped: the path held then.
+        held = None
+        for ts, p in samples:
+            if ts > t:
+                break
+            held = p
+        return held
+
+    res["replies"] = [[round(t - first, 3), rtt, path_at(t - rtt / 1000)] for t, rtt in replies]
+    return res
 
 
 def _kind(k: str) -> Any:

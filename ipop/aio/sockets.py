@@ -1,0 +1,75 @@
+"""Extra UDP sockets read on the event loop: the punching sockets of :mod:`ipop.birthday`.
+
+The main overlay socket belongs to the batched data plane (:mod:`ipop.aio.dataplane`). Punching
+sockets carry little: openers, a handshake, and (for a pair that found its path this way) the
+slow-path traffic of that one peer, so a plain ``add_reader`` with a bounded drain is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import Counter
+from collections.abc import Callable
+
+__all__ = ["LoopUdpSocket"]
+
+# Datagrams read per wake-up at most: a flood on one punching socket must not starve the loop.
+_DRAIN_MAX = 64
+
+
+class LoopUdpSocket:
+    """A non-blocking UDP socket bound to ``(host, 0)`` whose datagrams go to ``on_datagram``."""
+
+    def __init__(
+        self,
+        host: str,
+        on_datagram: Callable[[bytes, tuple[str, int]], None],
+        errors: Counter[str],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._on_datagram = on_datagram
+        self._errors = errors
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._sock.setblocking(False)
+            self._sock.bind((host, 0))
+            self._loop.add_reader(self._sock.fileno(), self._readable)
+        except OSError:
+            self._sock.close()
+            raise
+        self._closed = False
+
+    @property
+    def port(self) -> int:
+        return int(self._sock.getsockname()[1])
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._closed:
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._errors["punch_send_busy"] += 1
+        except OSError:
+            self._errors["punch_send_error"] += 1
+
+    def _readable(self) -> None:
+        for _ in range(_DRAIN_MAX):
+            try:
+                data, addr = self._sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._errors["punch_recv_error"] += 1
+                return
+            self._on_datagram(data, addr)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()

@@ -1,0 +1,391 @@
+"""Port guessing toward a symmetric NAT, the "birthday" hole punch (sans-IO).
+
+Owns the protocol by which a node behind a symmetric NAT (S) and a peer whose NAT keeps one port
+for every destination (C: open, full, restricted or port-restricted cone) find a direct path
+where plain simultaneous punching cannot: S's NAT gives every destination a fresh random port,
+and a port-restricted C lets in only the exact address and port it has sent to (measured here:
+symmetric x port-restricted cone punched 0 of 3, shared/reference/README.md).
+
+How (the birthday paradox, as Tailscale describes for "hard" NATs):
+
+1. S sends one *opener* from each of :data:`ipop.timing.BIRTHDAY_SOCKETS` extra sockets to C's
+   endpoints: S's NAT now holds that many random ports that accept C's endpoint (C's NAT drops
+   the openers).
+2. S tells C over the overlay: GO, with S's public address and a fresh token.
+3. C sends :data:`ipop.timing.BIRTHDAY_KNOCKS` tiny *knocks* from its main socket to random
+   ports of S's address, in up to :data:`ipop.timing.BIRTHDAY_ROUNDS` rounds. Each knock opens
+   C's NAT toward that port; one that lands on one of S's open ports reaches that socket. Odds
+   per round with 256 sockets and 1,024 knocks over 64,512 ports: 1 - exp(-4.06), about 98 %.
+4. S, knocked on socket i with its token, starts an ordinary (authenticated) handshake on
+   ``SocketPath(i, C's endpoint)``; C's NAT lets it in because C knocked there first.
+
+Who starts: traffic to a peer over a relayed link or over the ring (:meth:`BirthdayPunch.hello`,
+at most once per :data:`ipop.timing.BIRTHDAY_RETRY_S` per peer), on either side. HELLO says
+what its sender knows of its NAT and carries its endpoints: *symmetric* (peers saw two ports of
+ours: a mapping per destination) and *translated* (the port peers see is not our socket's: a
+NAT that keeps ports, as Linux does for a cone, did not). A node with a single direct peer
+cannot know it is symmetric, but a translated port next to a peer whose port was kept points at
+the side that must open. The side that should be S (symmetric, or translated facing a peer that
+is neither) does steps 1-2 when it reads the other's HELLO; otherwise a receiver whose peer
+should be S answers with its own HELLO, which makes the peer do them. Two symmetric sides:
+nothing guesses both ports at once; remembered (:meth:`peer_symmetric`) so status can say why.
+
+Messages (overlay upper kind KIND_BIRTHDAY, over a link or routed)::
+
+    HELLO  0x01 | flags (1: symmetric, 2: answer wanted, 4: translated) | n | n x (IPv4, port)
+    GO     0x02 | IPv4 (S's public address) | token (12 bytes)
+
+A knock (and an opener) is a STUN Binding Indication (RFC 5389 §7: what ICE uses to keep a
+binding open) whose transaction id is the token: 20 bytes; nobody answers an indication.
+
+Bounds, because a GO makes us send to an address a peer named: only certified overlay members
+can send one, at most one knock run per peer per :data:`ipop.timing.BIRTHDAY_RETRY_S`, at most
+:data:`ipop.timing.BIRTHDAY_MAX_RUNS` runs at once, and a run is at most ROUNDS x KNOCKS
+datagrams of 20 bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import random
+import struct
+from dataclasses import dataclass
+
+from ipop import timing
+from ipop.types import Endpoint, NodeId, Path, SocketPath
+
+__all__ = ["BirthdayPunch", "is_knock", "why_relayed"]
+
+OP_HELLO = 0x01
+OP_GO = 0x02
+FLAG_SYMMETRIC = 0x01
+FLAG_ANSWER = 0x02
+FLAG_TRANSLATED = 0x04
+MAX_HELLO_ENDPOINTS = 4
+
+_HELLO_HEAD = struct.Struct(">BBB")
+_EP = struct.Struct(">4sH")
+_GO = struct.Struct(">B4s12s")
+_KNOCK_HEAD = struct.Struct(">HHI")
+_BINDING_INDICATION = 0x0011
+_MAGIC_COOKIE = 0x2112A442
+_KNOCK_BYTES = 20
+# What MASQUERADE --random draws from (the kernel's default NAT range for a source port >= 1024).
+_PORT_MIN = 1024
+_PORT_MAX = 65535
+
+
+def _knock(token: bytes) -> bytes:
+    return _KNOCK_HEAD.pack(_BINDING_INDICATION, 0, _MAGIC_COOKIE) + token
+
+
+def is_knock(data: bytes) -> bool:
+    """A STUN Binding Indication with no attributes: a knock or an opener, never answered."""
+    return len(data) == _KNOCK_BYTES and _KNOCK_HEAD.unpack_from(data) == (
+        _BINDING_INDICATION,
+        0,
+        _MAGIC_COOKIE,
+    )
+
+
+def _usable_host(ip: bytes) -> str | None:
+    addr = ipaddress.IPv4Address(ip)
+    if addr.is_unspecified or addr.is_loopback or addr.is_multicast or addr.is_reserved:
+        return None
+    return str(addr)
+
+
+@dataclass(slots=True)
+class _Run:
+    """One knock run toward a symmetric peer's address."""
+
+    host: str
+    token: bytes
+    rounds_left: int
+    next_at: float
+
+
+class BirthdayPunch:
+    """Both roles of the birthday punch for one node; see the module docstring.
+
+    The owner (:class:`ipop.node.NodeCore`) feeds it the node's public view on every call
+    (``symmetric``, ``public_host``, ``endpoints``), sends the payloads it returns to the peer
+    over the overlay, sends :meth:`datagrams_to_send` (openers on :class:`SocketPath`, knocks on
+    plain endpoints) *before* those payloads, and starts a handshake where :meth:`on_knock`
+    says.
+    """
+
+    def __init__(
+        self,
+        *,
+        rng: random.Random,
+        sockets: int = timing.BIRTHDAY_SOCKETS,
+        knocks: int = timing.BIRTHDAY_KNOCKS,
+        rounds: int = timing.BIRTHDAY_ROUNDS,
+    ) -> None:
+        self._rng = rng
+        self.sockets = sockets
+        self.knocks = knocks
+        self.rounds = rounds
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.drops: collections.Counter[str] = collections.Counter()
+        self._out: list[tuple[bytes, Path]] = []
+        self._hello_at: dict[NodeId, float] = {}
+        self._go_at: dict[NodeId, float] = {}
+        self._runs: dict[NodeId, _Run] = {}
+        self._expected: dict[bytes, tuple[NodeId, float]] = {}
+        self._peer_flags: dict[NodeId, int] = {}
+
+    # --- starting ---------------------------------------------------------------------------
+
+    def hello(
+        self,
+        peer: NodeId,
+        *,
+        symmetric: bool,
+        translated: bool,
+        endpoints: tuple[Endpoint, ...],
+        now: float,
+    ) -> bytes | None:
+        """The HELLO to send ``peer`` now, or None (asked recently, or both known symmetric)."""
+        last = self._hello_at.get(peer)
+        if last is not None and now - last < timing.BIRTHDAY_RETRY_S:
+            return None
+        if symmetric and self._peer_flags.get(peer, 0) & FLAG_SYMMETRIC:
+            return None
+        self._forget_old(now)
+        self._hello_at[peer] = now
+        self.stats["hello_sent"] += 1
+        return _encode_hello(FLAG_ANSWER | _flags(symmetric, translated), endpoints)
+
+    # --- overlay messages -------------------------------------------------------------------
+
+    def receive(
+        self,
+        peer: NodeId,
+        payload: bytes,
+        *,
+        symmetric: bool,
+        translated: bool,
+        public_host: str | None,
+        endpoints: tuple[Endpoint, ...],
+        now: float,
+    ) -> bytes | None:
+        """A KIND_BIRTHDAY payload from ``peer``; returns what to send back, if anything."""
+        if not payload:
+            self.drops["birthday_empty"] += 1
+            return None
+        if payload[0] == OP_HELLO:
+            mine = _flags(symmetric, translated)
+            return self._on_hello(peer, payload, mine, public_host, endpoints, now)
+        if payload[0] == OP_GO:
+            self._on_go(peer, payload, symmetric, now)
+            return None
+        self.drops["birthday_unknown_op"] += 1
+        return None
+
+    def _on_hello(
+        self,
+        peer: NodeId,
+        payload: bytes,
+        mine: int,
+        public_host: str | None,
+        endpoints: tuple[Endpoint, ...],
+        now: float,
+    ) -> bytes | None:
+        decoded = _decode_hello(payload)
+        if decoded is None:
+            self.drops["birthday_malformed"] += 1
+            return None
+        theirs_flags, theirs = decoded
+        self._peer_flags[peer] = theirs_flags & (FLAG_SYMMETRIC | FLAG_TRANSLATED)
+        if mine & theirs_flags & FLAG_SYMMETRIC:
+            self.stats["both_symmetric"] += 1
+            return None
+        if _should_open(mine, theirs_flags):
+            return self._open(peer, public_host, theirs, now)
+        if _should_open(theirs_flags, mine) and theirs_flags & FLAG_ANSWER:
+            self.stats["hello_answered"] += 1
+            return _encode_hello(mine, endpoints)
+        self.stats["hello_nothing_to_do"] += 1
+        return None
+
+    def _open(
+        self, peer: NodeId, public_host: str | None, theirs: list[Endpoint], now: float
+    ) -> bytes | None:
+        """We are S: openers from every punching socket toward ``theirs``, then GO."""
+        if public_host is None:
+            self.drops["birthday_no_public_view"] += 1
+            return None
+        last = self._go_at.get(peer)
+        if last is not None and now - last < timing.BIRTHDAY_RETRY_S:
+            self.stats["go_recent"] += 1
+            return None
+        if not theirs:
+            self.drops["birthday_no_endpoints"] += 1
+            return None
+        self._go_at[peer] = now
+        token = self._rng.randbytes(12)
+        self._expected[token] = (peer, now + timing.BIRTHDAY_WINDOW_S)
+        opener = _knock(self._rng.randbytes(12))
+        out = self._out
+        for ep in theirs:
+            for i in range(1, self.sockets + 1):
+                out.append((opener, SocketPath(i, ep)))
+        self.stats["openers_sent"] += len(theirs) * self.sockets
+        self.stats["go_sent"] += 1
+        return _GO.pack(OP_GO, ipaddress.IPv4Address(public_host).packed, token)
+
+    def _on_go(self, peer: NodeId, payload: bytes, symmetric: bool, now: float) -> None:
+        if len(payload) != _GO.size:
+            self.drops["birthday_malformed"] += 1
+            return
+        _, ip, token = _GO.unpack(payload)
+        host = _usable_host(ip)
+        if host is None:
+            self.drops["birthday_bad_address"] += 1
+            return
+        if symmetric:
+            # Our knocks would leave through fresh ports too, which S's NAT does not expect.
+            self.stats["go_ignored_symmetric"] += 1
+            return
+        if peer in self._runs:
+            self.stats["go_while_knocking"] += 1
+            return
+        if len(self._runs) >= timing.BIRTHDAY_MAX_RUNS:
+            self.drops["birthday_busy"] += 1
+            return
+        self._runs[peer] = _Run(host, token, self.rounds, now)
+        self.stats["runs_started"] += 1
+
+    # --- knocks -----------------------------------------------------------------------------
+
+    def on_knock(self, data: bytes, path: Path, *, now: float) -> NodeId | None:
+        """A knock (or an opener) arrived on ``path``: the peer to handshake with there, if any.
+
+        Only a knock with a token we gave out, on a punching socket, within its window counts;
+        the first one wins (the token is then spent).
+        """
+        if type(path) is not SocketPath:
+            self.stats["knock_on_main_socket"] += 1
+            return None
+        entry = self._expected.pop(data[8:20], None)
+        if entry is None:
+            # Mostly a second hit of a run whose token is spent (about four per round).
+            self.stats["knock_unexpected"] += 1
+            return None
+        peer, until = entry
+        if now > until:
+            self.stats["knock_late"] += 1
+            return None
+        self.stats["knock_hit"] += 1
+        return peer
+
+    def stop(self, peer: NodeId) -> None:
+        """A direct link to ``peer`` is up: knocking on would only spray."""
+        if self._runs.pop(peer, None) is not None:
+            self.stats["runs_ended_linked"] += 1
+
+    def get_timer(self) -> float | None:
+        return min((r.next_at for r in self._runs.values()), default=None)
+
+    def handle_timer(self, *, now: float) -> None:
+        for peer, run in list(self._runs.items()):
+            if run.next_at > now:
+                continue
+            knock = _knock(run.token)
+            host = run.host
+            ports = self._rng.sample(range(_PORT_MIN, _PORT_MAX + 1), self.knocks)
+            self._out.extend((knock, Endpoint(host, port)) for port in ports)
+            self.stats["knocks_sent"] += self.knocks
+            run.rounds_left -= 1
+            if run.rounds_left <= 0:
+                del self._runs[peer]
+            else:
+                run.next_at = now + timing.BIRTHDAY_ROUND_S
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Path]]:
+        out, self._out = self._out, []
+        return out
+
+    # --- what status shows ------------------------------------------------------------------
+
+    def why_relayed(self, peer: NodeId, *, symmetric: bool, translated: bool) -> str:
+        """Why a link to ``peer`` is still relayed, from both sides' NATs as far as known."""
+        return why_relayed(_flags(symmetric, translated), self._peer_flags.get(peer))
+
+    def _forget_old(self, now: float) -> None:
+        """Bound the per-peer memory: drop what no longer gates anything."""
+        if len(self._hello_at) > 1024:
+            keep = timing.BIRTHDAY_RETRY_S
+            self._hello_at = {p: t for p, t in self._hello_at.items() if now - t < keep}
+            self._go_at = {p: t for p, t in self._go_at.items() if now - t < keep}
+            self._expected = {k: v for k, v in self._expected.items() if v[1] >= now}
+            if len(self._peer_flags) > 4096:
+                self._peer_flags.clear()
+
+
+def why_relayed(mine: int, theirs: int | None) -> str:
+    """The reason status gives for a relayed path, from HELLO flags (None: peer never said)."""
+    hard = FLAG_SYMMETRIC | FLAG_TRANSLATED
+    if (
+        theirs is not None
+        and mine & hard
+        and theirs & hard
+        and not _should_open(mine, theirs)
+        and not _should_open(theirs, mine)
+    ):
+        return (
+            "no direct path: both sides symmetric NAT (each picks a new random port per peer, "
+            "so there is no fixed port to guess)"
+        )
+    if theirs is None:
+        return (
+            "no direct path: punching through both NATs failed; port guessing starts when "
+            "traffic flows"
+        )
+    if _should_open(mine, theirs) or _should_open(theirs, mine):
+        return "no direct path yet: guessing the symmetric side's port (retried every 30 s)"
+    return "no direct path: punching through both NATs failed (a NAT filters too strictly)"
+
+
+def _flags(symmetric: bool, translated: bool) -> int:
+    return (FLAG_SYMMETRIC if symmetric else 0) | (FLAG_TRANSLATED if translated else 0)
+
+
+def _should_open(a: int, b: int) -> bool:
+    """Should the side with flags ``a`` play S against the side with flags ``b``?"""
+    if a & FLAG_SYMMETRIC:
+        return not b & FLAG_SYMMETRIC
+    return bool(a & FLAG_TRANSLATED) and not b & (FLAG_SYMMETRIC | FLAG_TRANSLATED)
+
+
+def _encode_hello(flags: int, endpoints: tuple[Endpoint, ...]) -> bytes:
+    eps = [e for e in endpoints if _is_ipv4(e.host)][:MAX_HELLO_ENDPOINTS]
+    body = b"".join(_EP.pack(ipaddress.IPv4Address(e.host).packed, e.port) for e in eps)
+    return _HELLO_HEAD.pack(OP_HELLO, flags, len(eps)) + body
+
+
+def _decode_hello(payload: bytes) -> tuple[int, list[Endpoint]] | None:
+    if len(payload) < _HELLO_HEAD.size:
+        return None
+    _, flags, n = _HELLO_HEAD.unpack_from(payload)
+    if n > MAX_HELLO_ENDPOINTS or len(payload) != _HELLO_HEAD.size + n * _EP.size:
+        return None
+    eps = []
+    for k in range(n):
+        ip, port = _EP.unpack_from(payload, _HELLO_HEAD.size + k * _EP.size)
+        host = _usable_host(ip)
+        if host is None or port == 0:
+            return None
+        eps.append(Endpoint(host, port))
+    return flags, eps
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True

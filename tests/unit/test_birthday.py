@@ -1,0 +1,224 @@
+"""Port guessing toward a symmetric NAT (ipop.birthday), driven by hand with explicit ``now``."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from ipop import timing
+from ipop.birthday import (
+    FLAG_ANSWER,
+    FLAG_SYMMETRIC,
+    FLAG_TRANSLATED,
+    OP_GO,
+    BirthdayPunch,
+    is_knock,
+    why_relayed,
+)
+from ipop.types import Endpoint, NodeId, SocketPath
+
+S_ID = NodeId(1 << 100)
+C_ID = NodeId(2 << 100)
+S_PUBLIC = "203.0.113.30"
+C_PUBLIC = Endpoint("203.0.113.40", 5800)
+C_LAN = Endpoint("198.18.4.2", 5800)
+T0 = 1_800_000_000.0
+
+
+def _pair(sockets: int = 8, knocks: int = 16) -> tuple[BirthdayPunch, BirthdayPunch]:
+    s = BirthdayPunch(rng=random.Random(1), sockets=sockets, knocks=knocks)
+    c = BirthdayPunch(rng=random.Random(2), sockets=sockets, knocks=knocks)
+    return s, c
+
+
+def _go_from_s(s: BirthdayPunch, c: BirthdayPunch) -> bytes:
+    """C says HELLO (port kept); S (port translated) answers with openers and a GO."""
+    hello = c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
+    assert hello is not None
+    go = s.receive(
+        C_ID, hello, symmetric=False, translated=True, public_host=S_PUBLIC, endpoints=(), now=T0
+    )
+    assert go is not None and go[0] == OP_GO
+    return go
+
+
+def test_the_translated_side_opens_its_sockets_toward_the_peer_then_says_go() -> None:
+    s, c = _pair()
+    _go_from_s(s, c)
+    out = s.datagrams_to_send()
+    assert [p for _, p in out] == [SocketPath(i, C_PUBLIC) for i in range(1, 9)]
+    assert all(is_knock(d) for d, _ in out)
+    assert s.datagrams_to_send() == []  # taken once
+
+
+def test_a_symmetric_sender_gets_a_hello_back_and_then_opens() -> None:
+    s, c = _pair()
+    hello = s.hello(C_ID, symmetric=True, translated=True, endpoints=(), now=T0)
+    assert hello is not None and hello[1] & FLAG_ANSWER and hello[1] & FLAG_SYMMETRIC
+    back = c.receive(
+        S_ID, hello, symmetric=False, translated=False, public_host=None, endpoints=(C_PUBLIC,),
+        now=T0,
+    )  # fmt: skip
+    assert back is not None and not back[1] & FLAG_ANSWER  # no ping-pong
+    go = s.receive(
+        C_ID, back, symmetric=True, translated=True, public_host=S_PUBLIC, endpoints=(), now=T0
+    )
+    assert go is not None and go[0] == OP_GO
+    assert len(s.datagrams_to_send()) == 8
+
+
+def test_knocks_go_to_random_ports_of_the_address_in_rounds_until_linked() -> None:
+    s, c = _pair()
+    go = _go_from_s(s, c)
+    assert c.receive(
+        S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0
+    ) is None  # fmt: skip
+    assert c.get_timer() == T0
+    c.handle_timer(now=T0)
+    first = c.datagrams_to_send()
+    assert len(first) == 16 and {p.host for _, p in first} == {S_PUBLIC}  # type: ignore[union-attr]
+    assert all(1024 <= p.port <= 65535 for _, p in first)  # type: ignore[union-attr]
+    assert c.get_timer() == T0 + timing.BIRTHDAY_ROUND_S
+    c.handle_timer(now=T0 + timing.BIRTHDAY_ROUND_S)
+    assert len(c.datagrams_to_send()) == 16
+    c.stop(S_ID)  # the hit's handshake came back
+    assert c.get_timer() is None
+
+
+def test_a_run_ends_after_its_rounds() -> None:
+    s, c = _pair()
+    go = _go_from_s(s, c)
+    c.receive(S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0)
+    now = T0
+    sent = 0
+    while (t := c.get_timer()) is not None:
+        now = t
+        c.handle_timer(now=now)
+        sent += len(c.datagrams_to_send())
+    assert sent == timing.BIRTHDAY_ROUNDS * 16
+
+
+def test_a_knock_with_our_token_on_a_punching_socket_names_the_peer_once() -> None:
+    s, c = _pair()
+    go = _go_from_s(s, c)
+    s.datagrams_to_send()
+    c.receive(S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0)
+    c.handle_timer(now=T0)
+    knock, _ = c.datagrams_to_send()[0]
+    assert s.on_knock(knock, C_PUBLIC, now=T0) is None  # the main socket: not a guess
+    path = SocketPath(3, C_PUBLIC)
+    assert s.on_knock(knock, path, now=T0 + 0.1) == C_ID
+    assert s.on_knock(knock, SocketPath(5, C_PUBLIC), now=T0 + 0.1) is None  # token spent
+
+
+def test_a_late_knock_starts_nothing() -> None:
+    s, c = _pair()
+    go = _go_from_s(s, c)
+    c.receive(S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0)
+    c.handle_timer(now=T0)
+    knock, _ = c.datagrams_to_send()[0]
+    late = T0 + timing.BIRTHDAY_WINDOW_S + 1
+    assert s.on_knock(knock, SocketPath(1, C_PUBLIC), now=late) is None
+    assert s.stats["knock_late"] == 1
+
+
+def test_two_symmetric_sides_do_nothing_and_say_why() -> None:
+    s, c = _pair()
+    hello = s.hello(C_ID, symmetric=True, translated=True, endpoints=(), now=T0)
+    assert hello is not None
+    assert c.receive(
+        S_ID, hello, symmetric=True, translated=True, public_host="203.0.113.41",
+        endpoints=(C_PUBLIC,), now=T0,
+    ) is None  # fmt: skip
+    assert c.datagrams_to_send() == []
+    assert c.stats["both_symmetric"] == 1
+    assert "both sides symmetric" in c.why_relayed(S_ID, symmetric=True, translated=True)
+    # and a symmetric node does not say HELLO again to a peer known symmetric
+    assert c.hello(S_ID, symmetric=True, translated=True, endpoints=(), now=T0 + 100) is None
+
+
+def test_why_relayed_names_each_case() -> None:
+    assert "both sides symmetric" in why_relayed(FLAG_TRANSLATED, FLAG_TRANSLATED)
+    assert "guessing" in why_relayed(FLAG_SYMMETRIC, 0)
+    assert "guessing" in why_relayed(FLAG_TRANSLATED, FLAG_SYMMETRIC | FLAG_TRANSLATED)
+    assert "starts when traffic flows" in why_relayed(0, None)
+    assert "filters too strictly" in why_relayed(0, 0)
+
+
+def test_neither_side_hard_means_nothing_to_guess() -> None:
+    s, c = _pair()
+    hello = c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
+    assert hello is not None
+    assert s.receive(
+        C_ID, hello, symmetric=False, translated=False, public_host=S_PUBLIC, endpoints=(),
+        now=T0,
+    ) is None  # fmt: skip
+    assert s.datagrams_to_send() == []
+
+
+def test_hello_and_go_are_rate_limited_per_peer() -> None:
+    s, c = _pair()
+    _go_from_s(s, c)
+    assert c.hello(S_ID, symmetric=False, translated=False, endpoints=(), now=T0 + 1) is None
+    again = c.hello(
+        S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,),
+        now=T0 + timing.BIRTHDAY_RETRY_S,
+    )  # fmt: skip
+    assert again is not None
+    # S opened toward C at T0: a second HELLO inside the retry interval opens nothing
+    assert s.receive(
+        C_ID, again, symmetric=False, translated=True, public_host=S_PUBLIC, endpoints=(),
+        now=T0 + 5,
+    ) is None  # fmt: skip
+
+
+def test_knock_runs_are_bounded_and_a_symmetric_node_never_knocks() -> None:
+    c = BirthdayPunch(rng=random.Random(3), sockets=4, knocks=4)
+    kw = {"translated": False, "public_host": None, "endpoints": (), "now": T0}
+    for i in range(timing.BIRTHDAY_MAX_RUNS + 2):
+        go = bytes([OP_GO]) + bytes([203, 0, 113, 50 + i]) + bytes(12)
+        c.receive(NodeId((i + 1) << 90), go, symmetric=False, **kw)  # type: ignore[arg-type]
+    assert c.stats["runs_started"] == timing.BIRTHDAY_MAX_RUNS
+    assert c.drops["birthday_busy"] == 2
+    sym = BirthdayPunch(rng=random.Random(4))
+    go = bytes([OP_GO, 203, 0, 113, 60]) + bytes(12)
+    sym.receive(S_ID, go, symmetric=True, **kw)  # type: ignore[arg-type]
+    assert sym.get_timer() is None and sym.stats["go_ignored_symmetric"] == 1
+
+
+def test_garbage_is_counted_and_changes_nothing() -> None:
+    c = BirthdayPunch(rng=random.Random(5))
+    kw = {"symmetric": True, "translated": True, "public_host": S_PUBLIC, "endpoints": ()}
+    for junk in (
+        b"",
+        b"\x09",
+        b"\x01\x00",
+        b"\x01\x00\x05",  # five endpoints announced, none there
+        b"\x01\x00\x01" + bytes(6),  # 0.0.0.0:0
+        b"\x02" + bytes(16),  # GO to 0.0.0.0
+        b"\x02\x01",
+    ):
+        assert c.receive(C_ID, junk, now=T0, **kw) is None  # type: ignore[arg-type]
+    assert c.datagrams_to_send() == [] and c.get_timer() is None
+    assert sum(c.drops.values()) == 7
+
+
+def test_hello_carries_at_most_four_ipv4_endpoints() -> None:
+    c = BirthdayPunch(rng=random.Random(6))
+    eps = tuple(Endpoint(f"203.0.113.{i}", 5800) for i in range(1, 8))
+    hello = c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_LAN, *eps), now=T0)
+    assert hello is not None and hello[2] == 4 and len(hello) == 3 + 4 * 6
+
+
+def test_the_default_sizes_find_a_port_almost_always() -> None:
+    # The birthday bound the constants rest on, checked by drawing: 256 random NAT ports and
+    # 1,024 random guesses over MASQUERADE's 64,512 ports meet in about 98 % of rounds.
+    rng = random.Random(7)
+    ports = range(1024, 65536)
+    trials = 300
+    hits = 0
+    for _ in range(trials):
+        open_ports = set(rng.sample(ports, timing.BIRTHDAY_SOCKETS))
+        hits += any(p in open_ports for p in rng.sample(ports, timing.BIRTHDAY_KNOCKS))
+    expected = 1 - math.exp(-timing.BIRTHDAY_SOCKETS * timing.BIRTHDAY_KNOCKS / len(ports))
+    assert hits / trials > 0.95 and expected > 0.97
