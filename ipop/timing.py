@@ -132,6 +132,12 @@ SHORTCUT_IDLE_S = 120.0
 # keeps the busiest and routes the rest over the ring.
 SHORTCUT_MAX = 128
 
+# --- path choice (ipop/link/endpoint.py) ------------------------------------------------------
+# A direct path that delivered nothing authenticated for this long may be replaced by any
+# working one (a handshake's or the peer's newest packets'); one in use is only replaced by a
+# clearly faster one, so two live paths never flap.
+PATH_SILENT_S = 1.0
+
 # --- port guessing toward symmetric NATs (ipop/birthday.py) ---------------------------------
 # Extra sockets a symmetric node opens toward a peer: each holds one random NAT port that
 # accepts the peer. With BIRTHDAY_KNOCKS guesses per round over the 64,512 ports MASQUERADE

@@ -51,10 +51,17 @@ Invariants:
 6. Liveness: if we sealed nothing to an up peer for ``keepalive_interval_s`` we send an
    empty DATA (keepalive, never a LinkMessage); if nothing authenticated arrived from it for
    ``link_timeout_s`` the link goes down (LinkDown "timeout").
-7. Roaming: an authenticated DATA that is the newest seen on its keys, arriving from another
-   direct Endpoint while the session's path is direct, moves the session there (NAT
-   rebinding; counted in ``stats["roamed"]``). Direct <-> relay moves are the overlay's
-   decision (:meth:`LinkEndpoint.set_path`).
+7. Path choice: a session is on one path. A relay path never replaces a direct one and a
+   direct one always replaces a relay (the upgrade). Between direct paths (any socket), a
+   handshake that completes on another path moves the session only if its round trip was
+   under ``PATH_SWITCH_RATIO`` of the current path's, or the current one has carried nothing
+   authenticated for ``PATH_SILENT_S`` (hysteresis: two live paths never flap, and the LAN
+   path, fastest, is kept when two peers share a LAN). Roaming: the newest authenticated DATA
+   arriving from another direct path moves the session there at once if only the port
+   changed (NAT rebinding), otherwise only once the current path has been silent for
+   ``PATH_SILENT_S`` (the peer moved to another of its paths); counted in ``stats["roamed"]``
+   / ``stats["roam_held"]``. Direct <-> relay moves are the overlay's decision
+   (:meth:`LinkEndpoint.set_path`).
 
 Drop reasons (``drops``): any datagram: ``empty``, ``unknown_type``, ``malformed``; DATA:
 ``unknown_index``, ``expired_key``, ``replay``, ``too_old``, ``auth_failed``; Init/Resp:
@@ -129,6 +136,8 @@ __all__ = [
 ]
 
 _INF: Final = float("inf")
+# A direct path replaces the one in use only if its handshake was this much faster.
+PATH_SWITCH_RATIO: Final = 0.7
 _HDR_PACK = DATA_HEADER.pack
 _HDR_PACK_INTO = DATA_HEADER.pack_into
 _HDR_UNPACK_FROM = DATA_HEADER.unpack_from
@@ -331,6 +340,8 @@ class _Peer:
         "node_id",
         "observed",
         "path",
+        "path_rtt",
+        "path_rx",
         "pending",
         "previous",
         "probe_after",
@@ -347,6 +358,10 @@ class _Peer:
         self.probe_after = 0.0
         self.cert = cert
         self.path: Path = path
+        # The handshake RTT measured on ``path`` (inf: not measured, we answered) and when an
+        # authenticated packet last came in on it: path choice and roaming hysteresis.
+        self.path_rtt = _INF
+        self.path_rx = 0.0
         self.up = False
         self.current: _Keypair | None = None
         self.previous: _Keypair | None = None
@@ -512,8 +527,10 @@ class LinkEndpoint:
         st.last_rx = now
         st.rx_packets += 1
         st.rx_bytes += len(data)
-        if newest and path is not st.path and path != st.path:
-            self._maybe_roam(st, path)
+        if path is st.path or path == st.path:
+            st.path_rx = now
+        elif newest:
+            self._maybe_roam(st, path, now)
         if not payload:
             return None
         if self._events:  # LinkUp / LinkPathChanged first, then the message, as _on_data does
@@ -759,8 +776,10 @@ class LinkEndpoint:
         st.last_rx = now
         st.rx_packets += 1
         st.rx_bytes += len(data)
-        if newest and path is not st.path and path != st.path:
-            self._maybe_roam(st, path)
+        if path is st.path or path == st.path:
+            st.path_rx = now
+        elif newest:
+            self._maybe_roam(st, path, now)
         if payload:
             # LinkMessage(st.node_id, payload, path) without the frozen __init__ (see _new).
             msg = _new(LinkMessage)
@@ -867,7 +886,9 @@ class LinkEndpoint:
             st = self._peers[node] = _Peer(node, cert, path)
         kp = _Keypair(keys, st, cert, now, self.config)
         self._keypairs[kp.local_index] = kp
-        self._install(st, kp, path, now, resp.observed)
+        # Round trip of this handshake: what path choice compares (a retransmitted Init counts
+        # from its first copy, which only makes a lossy path look worse).
+        self._install(st, kp, path, now, resp.observed, rtt=now - ini.started_at)
         # Key confirmation for the responder, which stays silent until it sees our DATA.
         self._outbox.append(self.seal(node, _EMPTY, now=now))
 
@@ -903,7 +924,14 @@ class LinkEndpoint:
             self._start_initiation(st.path, st.node_id, now)
 
     def _install(
-        self, st: _Peer, kp: _Keypair, path: Path, now: float, observed: Endpoint | None
+        self,
+        st: _Peer,
+        kp: _Keypair,
+        path: Path,
+        now: float,
+        observed: Endpoint | None,
+        *,
+        rtt: float | None = None,
     ) -> None:
         old = st.current
         if old is not None:
@@ -919,26 +947,64 @@ class LinkEndpoint:
         if not st.up:
             st.up = True
             st.path = path
+            st.path_rtt = _INF if rtt is None else rtt
+            st.path_rx = now
             st.established_at = now
             st.last_tx = now
             st.observed = observed
             self.stats["link_up"] += 1
             self._events.append(LinkUp(st.node_id, kp.cert, path, observed))
             return
-        # A relay never replaces a working direct path (a relay handshake started alongside
-        # a direct one may finish last); a direct path does replace a relay: the upgrade.
-        if path != st.path and not (isinstance(path, RelayPath) and is_direct(st.path)):
+        if path == st.path:
+            if rtt is not None:
+                st.path_rtt = rtt
+        elif self._better_path(st, path, rtt, now):
             st.path = path
+            st.path_rtt = _INF if rtt is None else rtt
+            st.path_rx = now
             self._events.append(LinkPathChanged(st.node_id, path, "handshake"))
+        else:
+            self.stats["path_kept"] += 1
         if observed is not None and observed != st.observed:
             st.observed = observed
             self._events.append(ObservedEndpoint(observed, st.node_id))
 
-    def _maybe_roam(self, st: _Peer, path: Path) -> None:
-        if isinstance(path, Endpoint) and isinstance(st.path, Endpoint):
-            st.path = path
-            self.stats["roamed"] += 1
-            self._events.append(LinkPathChanged(st.node_id, path, "roamed"))
+    def _better_path(self, st: _Peer, path: Path, rtt: float | None, now: float) -> bool:
+        """Should a session that is up on ``st.path`` move to ``path`` (whose handshake took
+        ``rtt``; None: we answered it)?
+
+        A relay never replaces a working direct path (a relay handshake started alongside a
+        direct one may finish last); a direct path always replaces a relay (the upgrade).
+        Between direct paths the faster handshake wins, with hysteresis: only a path at least
+        ``1 / PATH_SWITCH_RATIO`` times faster replaces one that carries traffic, so two
+        near-equal paths do not flap on every rekey, and a LAN path (fewer hops than the public
+        one, hairpinned through the NAT) is the one kept when two peers share a LAN.
+        """
+        if isinstance(path, RelayPath):
+            return not is_direct(st.path)
+        if isinstance(st.path, RelayPath):
+            return True
+        if now - st.path_rx >= timing.PATH_SILENT_S or st.path_rtt == _INF:
+            return True
+        return rtt is not None and rtt < st.path_rtt * PATH_SWITCH_RATIO
+
+    def _maybe_roam(self, st: _Peer, path: Path, now: float) -> None:
+        """Newest authenticated DATA came from ``path``, not the session's: follow it if the
+        peer's NAT rebound (same address, new port: at once) or if nothing has come on our path
+        for PATH_SILENT_S (the peer moved to another of its paths; moving at once would flap
+        while both paths deliver)."""
+        cur = st.path
+        if not (is_direct(path) and is_direct(cur)):
+            return
+        rebound = type(path) is Endpoint and type(cur) is Endpoint and path.host == cur.host
+        if not rebound and now - st.path_rx < timing.PATH_SILENT_S:
+            self.stats["roam_held"] += 1
+            return
+        st.path = path
+        st.path_rtt = _INF
+        st.path_rx = now
+        self.stats["roamed"] += 1
+        self._events.append(LinkPathChanged(st.node_id, path, "roamed"))
 
     def _teardown(self, st: _Peer, reason: str) -> None:
         for kp in (st.current, st.previous, *st.pending.values()):

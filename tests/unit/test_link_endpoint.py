@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from ipop import timing
 from ipop.errors import ConfigError, LocalProtocolError
 from ipop.link.endpoint import (
     LinkConfig,
@@ -382,3 +383,13 @@ def test_a_live_quiet_peer_is_not_rehandshaken() -> None:
     w.run_until(t0 + 60.0)
     assert w.a.stats["silent_peer_rehandshake"] == 0
     assert w.a.is_up(w.idb.node_id)
+
+
+def test_roaming_to_another_address_waits_until_the_current_path_is_silent() -> None:
+    w = up_pair()
+    lan = Endpoint("198.18.7.2", 5800)  # the same peer reached over another of its paths
+    w.b.receive_datagram(sealed(w, b"on the path"), A_EP, now=w.now)
+    w.b.receive_datagram(sealed(w, b"other path"), lan, now=w.now + 0.1)
+    assert w.b.stats["roam_held"] == 1 and w.b.peers()[0].path == A_EP  # both live: stay
+    w.b.receive_datagram(sealed(w, b"still other"), lan, now=w.now + 0.2 + timing.PATH_SILENT_S)
+    assert w.b.stats["roamed"] == 1 and w.b.peers()[0].path == lan  # old path went quiet
