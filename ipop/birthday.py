@@ -136,6 +136,8 @@ class BirthdayPunch:
         self._runs: dict[NodeId, _Run] = {}
         self._expected: dict[bytes, tuple[NodeId, float]] = {}
         self._peer_flags: dict[NodeId, int] = {}
+        # When we last sent openers (the I/O layer closes idle punching sockets after it).
+        self.last_open_at = float("-inf")
 
     # --- starting ---------------------------------------------------------------------------
 
@@ -226,6 +228,7 @@ class BirthdayPunch:
             self.drops["birthday_no_endpoints"] += 1
             return None
         self._go_at[peer] = now
+        self.last_open_at = now
         token = self._rng.randbytes(12)
         self._expected[token] = (peer, now + timing.BIRTHDAY_WINDOW_S)
         opener = _knock(self._rng.randbytes(12))

@@ -45,6 +45,9 @@ _PING_REQUEST = 0
 _PING_REPLY = 1
 # Seconds between DHT join attempts while the first ones find nobody to answer.
 DHT_JOIN_RETRY_S = 2.0
+# Punching sockets no session uses are closed this long after port guessing last opened them
+# (a guess is over within BIRTHDAY_WINDOW_S; the retry interval is BIRTHDAY_RETRY_S).
+PUNCH_SOCKET_IDLE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,7 @@ class Node:
         self._closed = False
         self._open_socket: OpenSocket | None = None
         self._punch_socks: dict[int, PunchSocket] = {}
+        self._punch_sweep: asyncio.TimerHandle | None = None
         self._kinds: dict[int, Callable[[Delivered], None]] = {
             KIND_DHT: self._on_dht,
             KIND_IP: self._on_ip,
@@ -165,7 +169,29 @@ class Node:
                 self.stats["punch_socket_failed"] += 1
                 return
             self._punch_socks[index] = sock
+            if self._punch_sweep is None:
+                self._punch_sweep = asyncio.get_running_loop().call_later(
+                    PUNCH_SOCKET_IDLE_S, self._sweep_punch_sockets
+                )
         sock.sendto(data, path.remote)
+
+    def _sweep_punch_sockets(self) -> None:
+        """Close the punching sockets no session runs on once guessing has been idle a while
+        (each one holds a descriptor and a NAT mapping for nothing)."""
+        self._punch_sweep = None
+        if self._closed:
+            return
+        if self.clock() - self.core.birthday.last_open_at >= PUNCH_SOCKET_IDLE_S:
+            in_use = {
+                info.path.socket for info in self.core.link.peers() if type(info.path) is SocketPath
+            }
+            for index in [i for i in self._punch_socks if i not in in_use]:
+                self._punch_socks.pop(index).close()
+                self.stats["punch_socket_closed"] += 1
+        if self._punch_socks:
+            self._punch_sweep = asyncio.get_running_loop().call_later(
+                PUNCH_SOCKET_IDLE_S, self._sweep_punch_sockets
+            )
 
     def _punch_received(self, index: int, data: bytes, addr: tuple[str, int]) -> None:
         if self._closed or self.driver is None:
@@ -211,6 +237,9 @@ class Node:
             await self.dht.close()
         if self.driver is not None:
             self.driver.close()
+        if self._punch_sweep is not None:
+            self._punch_sweep.cancel()
+            self._punch_sweep = None
         socks, self._punch_socks = self._punch_socks, {}
         for sock in socks.values():
             sock.close()
