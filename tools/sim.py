@@ -4,6 +4,9 @@
 authenticated session to the public node, through the real LinkEndpoint and the real asyncio
 driver, on the virtual-time loop. Reports per NAT kind, virtual and wall time.
 
+``natmatrix``: every pair of NAT kinds, as ``ipop-lab natmatrix`` measures on real NATs, with
+the same row keys (``ipop.testing.natmatrix``).
+
 ``overlay``: N complete node stacks (overlay, DHT) behind a NAT mix join, then the ring, routing,
 DHT, IP allocation and join times are measured; ``--churn F`` kills a fraction F at once and
 measures again after repair (``ipop.testing.scenario`` documents every reported key).
@@ -27,6 +30,7 @@ from ipop.link.endpoint import HandshakeFailed, LinkEndpoint, LinkUp
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_identity, make_network
 from ipop.testing.nat import NAT_KIND_NAMES
+from ipop.testing.natmatrix import run_matrix
 from ipop.testing.netsim import Network
 from ipop.testing.scenario import OverlayScenario, parse_nat_mix, run_overlay
 from ipop.types import Endpoint
@@ -169,10 +173,27 @@ def _overlay(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _natmatrix(args: argparse.Namespace) -> int:
+    """The lab's ``natmatrix`` on the simulator's NAT models, with the same row keys."""
+    from tools.lab.natmatrix import format_table
+
+    wall = time.perf_counter()
+    result = run_matrix(seed=args.seed)
+    result["wall_s"] = round(time.perf_counter() - wall, 3)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    ok = all(
+        p["reachable"] and (p["direct"] or p["expected_direct"] is False) for p in result["pairs"]
+    )
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ipop-sim", description=__doc__)
     ap.add_argument(
-        "scenario", nargs="?", default="sessions", choices=["sessions", "demo", "overlay"]
+        "scenario",
+        nargs="?",
+        default="sessions",
+        choices=["sessions", "demo", "overlay", "natmatrix"],
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--per-kind", type=int, default=3)
@@ -198,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.scenario == "overlay":
         return _overlay(args)
+    if args.scenario == "natmatrix":
+        return _natmatrix(args)
     topology = None
     try:
         if args.topology:

@@ -1,4 +1,4 @@
-"""ipop-sim's sessions scenario: every NAT kind completes authenticated sessions."""
+"""ipop-sim from the command line: sessions behind every NAT kind, the NAT matrix, bad input."""
 
 from __future__ import annotations
 
@@ -48,3 +48,13 @@ def test_topology_without_public_host_is_refused(
     topo.write_text('[hosts.alice]\nkind = "symmetric"\n')
     assert main(["--topology", str(topo)]) == 2
     assert "public host" in capsys.readouterr().err
+
+
+def test_natmatrix_prints_the_lab_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["natmatrix", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    keys = {"a", "b", "reachable", "direct", "expected_direct", "time_to_direct_s"}
+    keys |= {"rtt_overlay_ms", "rtt_direct_ms", "lost"}
+    assert len(out["pairs"]) == 15 and all(keys <= set(p) for p in out["pairs"])
+    relayed = {(p["a"], p["b"]) for p in out["pairs"] if not p["direct"]}
+    assert relayed == {("symmetric", "symmetric")}
