@@ -222,6 +222,9 @@ class DataPlane:
         # One read buffer for the TAP, reused for every frame (sealed in place: _drain_tap).
         self._rbuf = bytearray(_RECV_MAX)
         self._rview = memoryview(self._rbuf)
+        # While a UDP batch is handled: the frames it delivers, written once it is done (None:
+        # write at once). See _drain_udp.
+        self._tap_out: list[tuple[bytes, bytes | memoryview]] | None = None
         node.on_ip = self._from_overlay
 
     def set_link_layer(self, tap_mac: bytes, virtual_mac: bytes) -> None:
@@ -264,16 +267,35 @@ class DataPlane:
     # --- underlay → node --------------------------------------------------------------------
 
     def _drain_udp(self) -> None:
+        """Handle up to :data:`BATCH` datagrams; then write what they delivered to the TAP.
+
+        The order is for latency on a busy or small machine. Writing to the TAP wakes the
+        local receiver, and a socket wake-up puts it on this CPU (a sync wake-up), where it
+        waits until we sleep: so the batch's bookkeeping (the read that finds the socket empty,
+        the core's flush) comes first and the writes last. An answer the kernel makes itself
+        (ICMP echo reply, a TCP ACK) is then already queued on the TAP: it is read at once
+        rather than after a trip through the event loop.
+        """
+        tap_out: list[tuple[bytes, bytes | memoryview]] = []
+        self._tap_out = tap_out
+        try:
+            self._receive_batch(tap_out)
+        finally:
+            self._tap_out = None
+        if tap_out:
+            self._write_frames(tap_out)
+            self._drain_tap()
+
+    def _receive_batch(self, tap_out: list[tuple[bytes, bytes | memoryview]]) -> None:
         recv_batch = self.udp.recv_batch
         core = self.node.core
         receive_direct = core.receive_direct
         eps = self._endpoints
         owners = self._owners
         eth = self._eth_header
-        writev = os.writev
-        fd = self.tap_fd
+        out = tap_out.append
         now = self.clock()
-        n = written = calls = 0
+        n = calls = 0
         while n < BATCH:
             try:
                 datagrams, addr = recv_batch()
@@ -309,20 +331,12 @@ class DataPlane:
                         and holder.value == src.value
                         and entry[1] > now
                     ):
-                        try:
-                            writev(fd, (eth, memoryview(msg)[2:]))
-                            written += 1
-                        except BlockingIOError:
-                            self.drops["tap_would_block"] += 1
-                        except OSError as exc:
-                            self.drops[f"tap_write_{exc.errno}"] += 1
+                        out((eth, memoryview(msg)[2:]))
                         continue
                 self._from_overlay(src, msg[2:])
         counters = self.counters
         counters["udp_batches"] += 1
         counters["udp_datagrams"] += n
-        if written:
-            counters["tap_written"] += written
         core.flush(now=now)
         if self.node.driver is not None:
             self.node.driver.pump()
@@ -360,24 +374,31 @@ class DataPlane:
             if header is None:
                 self.drops["no_local_host"] += 1
                 return
+        elif not self._eth_header:
+            self.drops["tap_not_ready"] += 1
+            return
+        else:
+            header = self._eth_header
+        if self._tap_out is not None:  # inside a UDP batch: in order, after it
+            self._tap_out.append((header, packet))
+        else:
+            self._write_frames([(header, packet)])
+
+    def _write_frames(self, frames: list[tuple[bytes, bytes | memoryview]]) -> None:
+        """Write ``(header, packet)`` frames to the TAP; a refusal drops and counts one."""
+        writev = os.writev
+        fd = self.tap_fd
+        written = 0
+        for frame in frames:
             try:
-                os.write(self.tap_fd, header + packet)
-                self.counters["tap_written"] += 1
+                writev(fd, frame)
+                written += 1
             except BlockingIOError:
                 self.drops["tap_would_block"] += 1
             except OSError as exc:
                 self.drops[f"tap_write_{exc.errno}"] += 1
-            return
-        if not self._eth_header:
-            self.drops["tap_not_ready"] += 1
-            return
-        try:
-            os.write(self.tap_fd, self._eth_header + packet)
-            self.counters["tap_written"] += 1
-        except BlockingIOError:
-            self.drops["tap_would_block"] += 1
-        except OSError as exc:
-            self.drops[f"tap_write_{exc.errno}"] += 1
+        if written:
+            self.counters["tap_written"] += written
 
     def write_frame(self, frame: bytes) -> None:
         """Write a whole Ethernet frame (local services' answers)."""
@@ -389,6 +410,11 @@ class DataPlane:
     # --- TAP → overlay ----------------------------------------------------------------------
 
     def _drain_tap(self) -> None:
+        """Seal up to :data:`BATCH` frames from the TAP; send them once the batch is done.
+
+        Sending wakes the peer's process, which on a small machine may wait for this CPU: the
+        read that finds the TAP empty and the core's flush come first, the sends last.
+        """
         fd = self.tap_fd
         node = self.node
         core = node.core
@@ -452,13 +478,15 @@ class DataPlane:
             else:
                 queue.append(bytes(view[14:size]))
                 self._resolve(dip)
-        for ep, batch in out.items():
-            send_batch(batch, ep)
+        if n == 0:  # nothing read: nothing reached the core
+            return
         self.counters["tap_batches"] += 1
         self.counters["tap_frames"] += n
         core.flush(now=now)
         if node.driver is not None:
             node.driver.pump()
+        for ep, batch in out.items():
+            send_batch(batch, ep)
 
     # --- vIP → node lookups -----------------------------------------------------------------
 
