@@ -20,6 +20,15 @@ plaintext is DIRECT + KIND_IP from a linked peer comes back from
 is written to the TAP after the same anti-spoofing check. Everything else (handshakes,
 keepalives, relayed paths, DHT and overlay traffic, unknown owners, drops) takes the slow path
 through the core's events and the driver, as before.
+
+Latency (a lone packet, e.g. a ping every 50 ms): on this 2-vCPU machine a round trip over two
+nodes is four serial hops, and a socket or TAP write wakes the next process on the writer's
+CPU, where it waits until the writer sleeps. So each batch does its bookkeeping (flush, pump)
+before the writes or sends that wake someone, reads the TAP at once after writing to it (the
+kernel's own answers, ICMP echo replies and TCP ACKs, are queued by then), and a wake-up after
+a quiet spell (:data:`SPARSE_S`) reads one packet without the extra read that finds the fd
+empty. Measured and rejected: busy polling after activity (no gain: the hops run serially,
+mostly on one CPU, so the poller only delays the process it waits for).
 """
 
 from __future__ import annotations
