@@ -21,14 +21,12 @@ is written to the TAP after the same anti-spoofing check. Everything else (hands
 keepalives, relayed paths, DHT and overlay traffic, unknown owners, drops) takes the slow path
 through the core's events and the driver, as before.
 
-Latency (a lone packet, e.g. a ping every 50 ms): on this 2-vCPU machine a round trip over two
-nodes is four serial hops, and a socket or TAP write wakes the next process on the writer's
-CPU, where it waits until the writer sleeps. So a wake-up after a quiet spell (:data:`SPARSE_S`)
-reads one packet, without the extra read that would find the fd empty, and does the core's
-flush before the write or send that wakes someone; after writing to the TAP it reads the TAP
-at once (the kernel's own answers, ICMP echo replies and TCP ACKs, are queued by then).
-Measured and rejected: busy polling after activity (no gain: the hops run serially,
-mostly on one CPU, so the poller only delays the process it waits for).
+Latency (a lone packet, e.g. a ping every 50 ms): a wake-up after a quiet spell
+(:data:`SPARSE_S`) reads one packet, without the extra read that would find the fd empty, and a
+UDP batch's TAP writes are followed by a TAP read at once (see :meth:`DataPlane._drain_udp`).
+Measured and rejected: busy polling after activity. A socket or TAP write wakes the next
+process on the writer's CPU, so the four hops of a ping round trip run serially, mostly on one
+CPU, and a poller only delays the process it waits for.
 """
 
 from __future__ import annotations
@@ -235,8 +233,8 @@ class DataPlane:
         # One read buffer for the TAP, reused for every frame (sealed in place: _drain_tap).
         self._rbuf = bytearray(_RECV_MAX)
         self._rview = memoryview(self._rbuf)
-        # While a lone datagram is handled: the frames it delivers, written once it is done
-        # (None: write at once). See _drain_udp.
+        # While a UDP batch is handled: the frames it delivers, written once it is done (None:
+        # write at once). See _drain_udp.
         self._tap_out: list[tuple[bytes, bytes | memoryview]] | None = None
         # When each fd was last read (clock time), for SPARSE_S.
         self._udp_seen = 0.0
@@ -283,44 +281,36 @@ class DataPlane:
     # --- underlay → node --------------------------------------------------------------------
 
     def _drain_udp(self) -> None:
-        """Handle a batch of datagrams: up to :data:`BATCH`, or one after a quiet spell.
+        """Handle up to :data:`BATCH` datagrams; then write what they delivered to the TAP.
 
-        After a quiet spell (a lone packet: latency matters, not batching), the order is for
-        latency on a busy or small machine. Writing to the TAP wakes the local receiver, and a
-        socket wake-up puts it on this CPU (a sync wake-up), where it waits until we sleep: so
-        the core's flush comes first and the write last. An answer the kernel makes itself
-        (ICMP echo reply, a TCP ACK) is then already queued on the TAP: it is read at once
-        rather than after a trip through the event loop. Under load, frames are written as
-        they are opened.
+        The writes come after the batch and the core's flush, and the TAP is read right after
+        them: what the kernel answers by itself is queued by the time a write returns (an ICMP
+        echo reply; TCP's ACKs on the receiving side, its next segments on the sending side),
+        so it leaves without a trip through the event loop. Measured on ``ipop-lab bench``:
+        lower ping RTT, and more TCP throughput than writing each frame as it is opened.
         """
-        now = self.clock()
-        quiet = now - self._udp_seen >= SPARSE_S
-        self._udp_seen = now
-        if not quiet:
-            self._receive_batch(now, BATCH, None)
-            return
         tap_out: list[tuple[bytes, bytes | memoryview]] = []
         self._tap_out = tap_out
         try:
-            self._receive_batch(now, 1, tap_out)
+            self._receive_batch(tap_out)
         finally:
             self._tap_out = None
         if tap_out:
             self._write_frames(tap_out)
             self._drain_tap()
 
-    def _receive_batch(
-        self, now: float, limit: int, tap_out: list[tuple[bytes, bytes | memoryview]] | None
-    ) -> None:
+    def _receive_batch(self, tap_out: list[tuple[bytes, bytes | memoryview]]) -> None:
         recv_batch = self.udp.recv_batch
         core = self.node.core
         receive_direct = core.receive_direct
         eps = self._endpoints
         owners = self._owners
         eth = self._eth_header
-        writev = os.writev
-        fd = self.tap_fd
-        n = calls = written = 0
+        out = tap_out.append
+        now = self.clock()
+        limit = BATCH if now - self._udp_seen < SPARSE_S else 1
+        self._udp_seen = now
+        n = calls = 0
         while n < limit:
             try:
                 datagrams, addr = recv_batch()
@@ -356,23 +346,12 @@ class DataPlane:
                         and holder.value == src.value
                         and entry[1] > now
                     ):
-                        if tap_out is not None:
-                            tap_out.append((eth, memoryview(msg)[2:]))
-                            continue
-                        try:
-                            writev(fd, (eth, memoryview(msg)[2:]))
-                            written += 1
-                        except BlockingIOError:
-                            self.drops["tap_would_block"] += 1
-                        except OSError as exc:
-                            self.drops[f"tap_write_{exc.errno}"] += 1
+                        out((eth, memoryview(msg)[2:]))
                         continue
                 self._from_overlay(src, msg[2:])
         counters = self.counters
         counters["udp_batches"] += 1
         counters["udp_datagrams"] += n
-        if written:
-            counters["tap_written"] += written
         core.flush(now=now)
         if self.node.driver is not None:
             self.node.driver.pump()
@@ -446,11 +425,7 @@ class DataPlane:
     # --- TAP → overlay ----------------------------------------------------------------------
 
     def _drain_tap(self) -> None:
-        """Seal up to :data:`BATCH` frames from the TAP; send them once the batch is done.
-
-        Sending wakes the peer's process, which on a small machine may wait for this CPU: the
-        read that finds the TAP empty and the core's flush come first, the sends last.
-        """
+        """Seal up to :data:`BATCH` frames from the TAP (one after a quiet spell) and send them."""
         fd = self.tap_fd
         node = self.node
         core = node.core
@@ -519,13 +494,13 @@ class DataPlane:
                 self._resolve(dip)
         if n == 0:  # nothing read: nothing reached the core
             return
+        for ep, batch in out.items():
+            send_batch(batch, ep)
         self.counters["tap_batches"] += 1
         self.counters["tap_frames"] += n
         core.flush(now=now)
         if node.driver is not None:
             node.driver.pump()
-        for ep, batch in out.items():
-            send_batch(batch, ep)
 
     # --- vIP → node lookups -----------------------------------------------------------------
 
