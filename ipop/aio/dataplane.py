@@ -20,6 +20,13 @@ plaintext is DIRECT + KIND_IP from a linked peer comes back from
 is written to the TAP after the same anti-spoofing check. Everything else (handshakes,
 keepalives, relayed paths, DHT and overlay traffic, unknown owners, drops) takes the slow path
 through the core's events and the driver, as before.
+
+Latency (a lone packet, e.g. a ping every 50 ms): a wake-up after a quiet spell
+(:data:`SPARSE_S`) reads one packet, without the extra read that would find the fd empty, and a
+UDP batch's TAP writes are followed by a TAP read at once (see :meth:`DataPlane._drain_udp`).
+Measured and rejected: busy polling after activity. A socket or TAP write wakes the next
+process on the writer's CPU, so the four hops of a ping round trip run serially, mostly on one
+CPU, and a poller only delays the process it waits for.
 """
 
 from __future__ import annotations
@@ -61,6 +68,10 @@ _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 # Kernel limits for one GSO send: UDP_MAX_SEGMENTS (64 on older kernels) and the IP length.
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
+# A wake-up this long after the previous one of the same fd reads one packet only: an isolated
+# packet (a ping, a request) then leaves without the extra read that would find the fd empty.
+# A burst pays one extra loop pass before the next wake-up, close behind, reads full batches.
+SPARSE_S = 1e-3
 
 
 class LocalSide(Protocol):
@@ -222,6 +233,12 @@ class DataPlane:
         # One read buffer for the TAP, reused for every frame (sealed in place: _drain_tap).
         self._rbuf = bytearray(_RECV_MAX)
         self._rview = memoryview(self._rbuf)
+        # While a UDP batch is handled: the frames it delivers, written once it is done (None:
+        # write at once). See _drain_udp.
+        self._tap_out: list[tuple[bytes, bytes | memoryview]] | None = None
+        # When each fd was last read (clock time), for SPARSE_S.
+        self._udp_seen = 0.0
+        self._tap_seen = 0.0
         node.on_ip = self._from_overlay
 
     def set_link_layer(self, tap_mac: bytes, virtual_mac: bytes) -> None:
@@ -264,17 +281,37 @@ class DataPlane:
     # --- underlay → node --------------------------------------------------------------------
 
     def _drain_udp(self) -> None:
+        """Handle up to :data:`BATCH` datagrams; then write what they delivered to the TAP.
+
+        The writes come after the batch and the core's flush, and the TAP is read right after
+        them: what the kernel answers by itself is queued by the time a write returns (an ICMP
+        echo reply; TCP's ACKs on the receiving side, its next segments on the sending side),
+        so it leaves without a trip through the event loop. Measured on ``ipop-lab bench``:
+        lower ping RTT, and more TCP throughput than writing each frame as it is opened.
+        """
+        tap_out: list[tuple[bytes, bytes | memoryview]] = []
+        self._tap_out = tap_out
+        try:
+            self._receive_batch(tap_out)
+        finally:
+            self._tap_out = None
+        if tap_out:
+            self._write_frames(tap_out)
+            self._drain_tap()
+
+    def _receive_batch(self, tap_out: list[tuple[bytes, bytes | memoryview]]) -> None:
         recv_batch = self.udp.recv_batch
         core = self.node.core
         receive_direct = core.receive_direct
         eps = self._endpoints
         owners = self._owners
         eth = self._eth_header
-        writev = os.writev
-        fd = self.tap_fd
+        out = tap_out.append
         now = self.clock()
-        n = written = calls = 0
-        while n < BATCH:
+        limit = BATCH if now - self._udp_seen < SPARSE_S else 1
+        self._udp_seen = now
+        n = calls = 0
+        while n < limit:
             try:
                 datagrams, addr = recv_batch()
             except BlockingIOError:
@@ -309,20 +346,12 @@ class DataPlane:
                         and holder.value == src.value
                         and entry[1] > now
                     ):
-                        try:
-                            writev(fd, (eth, memoryview(msg)[2:]))
-                            written += 1
-                        except BlockingIOError:
-                            self.drops["tap_would_block"] += 1
-                        except OSError as exc:
-                            self.drops[f"tap_write_{exc.errno}"] += 1
+                        out((eth, memoryview(msg)[2:]))
                         continue
                 self._from_overlay(src, msg[2:])
         counters = self.counters
         counters["udp_batches"] += 1
         counters["udp_datagrams"] += n
-        if written:
-            counters["tap_written"] += written
         core.flush(now=now)
         if self.node.driver is not None:
             self.node.driver.pump()
@@ -360,24 +389,31 @@ class DataPlane:
             if header is None:
                 self.drops["no_local_host"] += 1
                 return
+        elif not self._eth_header:
+            self.drops["tap_not_ready"] += 1
+            return
+        else:
+            header = self._eth_header
+        if self._tap_out is not None:  # inside a UDP batch: in order, after it
+            self._tap_out.append((header, packet))
+        else:
+            self._write_frames([(header, packet)])
+
+    def _write_frames(self, frames: list[tuple[bytes, bytes | memoryview]]) -> None:
+        """Write ``(header, packet)`` frames to the TAP; a refusal drops and counts one."""
+        writev = os.writev
+        fd = self.tap_fd
+        written = 0
+        for frame in frames:
             try:
-                os.write(self.tap_fd, header + packet)
-                self.counters["tap_written"] += 1
+                writev(fd, frame)
+                written += 1
             except BlockingIOError:
                 self.drops["tap_would_block"] += 1
             except OSError as exc:
                 self.drops[f"tap_write_{exc.errno}"] += 1
-            return
-        if not self._eth_header:
-            self.drops["tap_not_ready"] += 1
-            return
-        try:
-            os.write(self.tap_fd, self._eth_header + packet)
-            self.counters["tap_written"] += 1
-        except BlockingIOError:
-            self.drops["tap_would_block"] += 1
-        except OSError as exc:
-            self.drops[f"tap_write_{exc.errno}"] += 1
+        if written:
+            self.counters["tap_written"] += written
 
     def write_frame(self, frame: bytes) -> None:
         """Write a whole Ethernet frame (local services' answers)."""
@@ -389,6 +425,7 @@ class DataPlane:
     # --- TAP → overlay ----------------------------------------------------------------------
 
     def _drain_tap(self) -> None:
+        """Seal up to :data:`BATCH` frames from the TAP (one after a quiet spell) and send them."""
         fd = self.tap_fd
         node = self.node
         core = node.core
@@ -403,8 +440,10 @@ class DataPlane:
         # Sealed datagrams per destination, sent together after the batch (GSO).
         out: dict[Endpoint, list[bytes]] = {}
         now = self.clock()
+        limit = BATCH if now - self._tap_seen < SPARSE_S else 1
+        self._tap_seen = now
         n = 0
-        for n in range(BATCH):  # noqa: B007
+        while n < limit:
             try:
                 size = readv(fd, (buf,))
             except BlockingIOError:
@@ -412,6 +451,7 @@ class DataPlane:
             except OSError as exc:
                 self.drops[f"tap_read_{exc.errno}"] += 1
                 break
+            n += 1
             if buf[12:14] != _ETH_IP or size < 34:
                 if not self._local_frame(bytes(view[:size])):
                     self.drops["tap_not_ipv4"] += 1
@@ -452,6 +492,8 @@ class DataPlane:
             else:
                 queue.append(bytes(view[14:size]))
                 self._resolve(dip)
+        if n == 0:  # nothing read: nothing reached the core
+            return
         for ep, batch in out.items():
             send_batch(batch, ep)
         self.counters["tap_batches"] += 1
