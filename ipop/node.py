@@ -185,6 +185,14 @@ class NodeCore:
         """Move whatever the fast path left queued in the layers to the outputs."""
         self._settle(now)
 
+    def has_output(self) -> bool:
+        """Anything queued in either layer or in our outputs. A batch that went entirely
+        through the fast path leaves nothing, and then neither :meth:`flush` nor the driver's
+        pump has anything to do (their cost per batch is most of a lone packet's, measured)."""
+        return bool(
+            self._out or self._events or self.link.has_output() or self.overlay.has_events()
+        )
+
     # --- sans-IO core interface (ipop.aio.driver.SansIOCore) --------------------------------
 
     def receive_datagram(self, data: bytes, path: Path, *, now: float) -> None:

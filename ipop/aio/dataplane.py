@@ -352,9 +352,10 @@ class DataPlane:
         counters = self.counters
         counters["udp_batches"] += 1
         counters["udp_datagrams"] += n
-        core.flush(now=now)
-        if self.node.driver is not None:
-            self.node.driver.pump()
+        if core.has_output():
+            core.flush(now=now)
+            if self.node.driver is not None:
+                self.node.driver.pump()
 
     # --- overlay → TAP ----------------------------------------------------------------------
 
@@ -498,9 +499,10 @@ class DataPlane:
             send_batch(batch, ep)
         self.counters["tap_batches"] += 1
         self.counters["tap_frames"] += n
-        core.flush(now=now)
-        if node.driver is not None:
-            node.driver.pump()
+        if core.has_output():
+            core.flush(now=now)
+            if node.driver is not None:
+                node.driver.pump()
 
     # --- vIP → node lookups -----------------------------------------------------------------
 

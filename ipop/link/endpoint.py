@@ -616,6 +616,10 @@ class LinkEndpoint:
             return
         handler(data, path, now)
 
+    def has_output(self) -> bool:
+        """Datagrams or events queued (the data plane's test before a flush)."""
+        return bool(self._outbox or self._events)
+
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Path]]:
         out, self._outbox = self._outbox, []
         return out

@@ -505,6 +505,9 @@ class OverlayNode:
     def get_timer(self) -> float | None:
         return self._next_tick
 
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def next_event(self) -> OverlayEvent | None:
         return self._events.popleft() if self._events else None
 

@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--duration", type=int, default=5, help="iperf3 seconds per system")
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--pings", type=int, default=20, help="pings per system and run, 50 ms apart")
     p.add_argument("--systems", default="underlay,ipop,tinc,wireguard-go,nebula")
     p.set_defaults(func=cmd_bench)
 
