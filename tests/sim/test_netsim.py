@@ -420,7 +420,7 @@ def test_ticks_round_arrival_up_and_keep_send_order() -> None:
     assert [d for _, d, _ in bin_.got] == [bytes([i]) for i in range(5)] + [b"nat"]
     for t, _, _ in bin_.got:
         assert t >= t0 + 0.0203 and round(t / 0.01, 6) == round(t / 0.01)
-    assert n.stats["delivered"] == 6 and not n._ticks
+    assert n.stats["delivered"] == 6 and not n._queue
 
 
 def test_negative_tick_is_a_config_error() -> None:
