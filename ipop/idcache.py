@@ -8,7 +8,7 @@ ids a peer makes up cannot grow it without bound.
 
 from __future__ import annotations
 
-from ipop.types import ID_BYTES, NodeId
+from ipop.types import NodeId
 
 __all__ = ["node_id_from_bytes", "node_id_from_hex"]
 
@@ -17,16 +17,15 @@ _BY_BYTES: dict[bytes, NodeId] = {}
 _BY_HEX: dict[str, NodeId] = {}
 
 
-def node_id_from_bytes(raw: bytes) -> NodeId:
+def node_id_from_bytes(raw: bytes | bytearray | memoryview) -> NodeId:
     """``NodeId.from_bytes(raw)``, shared; raises ValueError like it on a bad length."""
-    node = _BY_BYTES.get(raw)
+    key = raw if type(raw) is bytes else bytes(raw)
+    node = _BY_BYTES.get(key)
     if node is None:
-        if len(raw) != ID_BYTES:
-            raise ValueError(f"NodeId needs {ID_BYTES} bytes, got {len(raw)}")
-        node = NodeId.from_bytes(bytes(raw))
+        node = NodeId.from_bytes(key)
         if len(_BY_BYTES) >= _MAX:
             _BY_BYTES.clear()
-        _BY_BYTES[bytes(raw)] = node
+        _BY_BYTES[key] = node
     return node
 
 

@@ -1074,10 +1074,17 @@ class OverlayNode:
 
     def _ask_near(self, now: float) -> None:
         self._near_check_due = False
-        for c in [c for c, (_, t) in self._seen.items() if t <= now or c in self._backoff]:
+        backoff = self._backoff
+        for c in [c for c, (_, t) in self._seen.items() if t <= now or (backoff and c in backoff)]:
             self._seen.discard(c)
-        known = set(self._table.peers()) | set(self._pending)
-        pool = {c.value: c for c in (*known, *self._seen) if c != self.local_id}
+        local = self.local_id.value
+        # By value, not NodeId equality: this runs over hundreds of ids per tick.
+        pool = {c.value: c for c in self._seen}
+        for c in self._pending:
+            pool[c.value] = c
+        for v in self._table.ring():
+            pool[v] = self._table.peer_of(v)
+        pool.pop(local, None)
         wanted = {
             pool[v]
             for v in ring_neighbours_sorted(self.local_id, sorted(pool), self.config.near_per_side)
@@ -1162,11 +1169,14 @@ class OverlayNode:
         backoff = self._backoff
         blocked_until = -_INF
         for c, (_, until) in self._seen.items():
-            if until <= now or c in backoff or c in table or c == self.local_id:
-                continue
+            # The arc test first: it is plain integer arithmetic and almost every id fails it,
+            # while the membership tests hash a NodeId.
             v = c.value
-            if 0 < (v - local) % RING < to_succ or 0 < (local - v) % RING < to_pred:
-                blocked_until = max(blocked_until, until)
+            if not (0 < (v - local) % RING < to_succ or 0 < (local - v) % RING < to_pred):
+                continue
+            if until <= now or c in backoff or c in table:
+                continue
+            blocked_until = max(blocked_until, until)
         linked = blocked_until == -_INF
         self._brackets_cache = (key, linked, _INF if linked else blocked_until)
         return linked

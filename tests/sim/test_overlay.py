@@ -407,10 +407,10 @@ def test_routable_needs_links_to_the_nearest_known_node_on_each_side() -> None:
     # Someone tells us about a node between us and our successor that we hold no link to:
     # our successor side is not linked, so we are not routable until it is.
     between = NodeId((me.value + gap // 2) % RING)
-    node._seen[between] = (ids[0], world.now + 30.0)
+    node._seen.put(between, ids[0], world.now + 30.0, now=world.now)
     node._update_routable(world.now)
     assert not node.routable
-    del node._seen[between]
+    node._seen.discard(between)
     node._update_routable(world.now)
     assert node.routable
 
