@@ -29,7 +29,9 @@ Brunet-style ring (DESIGN.md §5):
   both of us hold direct links to (from T's CTM answer). X forwards sealed datagrams
   (RELAY_FORWARD → RELAY_DELIVER) and holds both links as RELAY while traffic flows; the two
   ends hold their link to X as RELAY too (else the trim policy would cut X away under them).
-  A relay attempt starts ``relay_after_s`` after the direct ones, alongside them. A relay that
+  A relay attempt starts ``relay_after_s`` after the direct ones, alongside them; the end
+  with the larger id waits ``relay_yield_s`` longer, so that two ends needing each other do
+  not key two relayed links through different relays at once. A relay that
   holds no direct link to T answers RELAY_REFUSED: a pending attempt moves on to the next
   candidate, an up relayed link is dropped at once (instead of swallowing traffic until the
   link layer's timeout) and the ring repairs it.
@@ -172,6 +174,7 @@ class OverlayConfig:
     near_probe_s: float = timing.OVERLAY_NEAR_PROBE_S
     connect_timeout_s: float = timing.OVERLAY_CONNECT_TIMEOUT_S
     relay_after_s: float = timing.OVERLAY_RELAY_AFTER_S
+    relay_yield_s: float = timing.OVERLAY_RELAY_YIELD_S
     ctm_timeout_s: float = timing.OVERLAY_CTM_TIMEOUT_S
     leaf_hold_s: float = timing.OVERLAY_LEAF_HOLD_S
     trim_grace_s: float = timing.OVERLAY_TRIM_GRACE_S
@@ -193,6 +196,7 @@ class OverlayConfig:
             "near_probe_s",
             "connect_timeout_s",
             "relay_after_s",
+            "relay_yield_s",
             "ctm_timeout_s",
             "leaf_hold_s",
             "trim_grace_s",
@@ -322,6 +326,8 @@ class _Pending:
     paths_left: set[Path] = field(default_factory=set)
     relaying: bool = False
     relay_at: float = _INF
+    # No relay path before this (see OverlayConfig.relay_yield_s).
+    relay_not_before: float = 0.0
 
 
 class _Seen:
@@ -976,7 +982,11 @@ class OverlayNode:
                 relay_allowed,
                 list(candidates),
             )
-            pend.relay_at = now + self.config.relay_after_s
+            # The larger id lets the smaller one key the relayed link first: two relayed
+            # handshakes crossing through different relays can leave the ends sealing with
+            # keys the other no longer holds, and the link is dead until a timeout.
+            yield_s = self.config.relay_yield_s if self.local_id > peer else 0.0
+            pend.relay_at = pend.relay_not_before = now + self.config.relay_after_s + yield_s
             self._pending[peer] = pend
         for ep in eps:
             pend.paths_left.add(ep)
@@ -990,6 +1000,11 @@ class OverlayNode:
         """Every path tried so far failed: next relay candidate, or give up."""
         if not pend.relay_allowed:
             self._give_up(pend, now)
+            return
+        if now < pend.relay_not_before < pend.deadline:
+            # Our turn to relay has not come (the peer may be keying one to us): the tick
+            # starts ours then, unless its link comes up first.
+            pend.relay_at = pend.relay_not_before
             return
         while pend.candidates:
             via = pend.candidates.pop(0)
