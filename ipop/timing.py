@@ -106,6 +106,10 @@ OVERLAY_CONNECT_TIMEOUT_S = 25.0
 # they go on: a symmetric NAT makes the direct ones fail only at HANDSHAKE_TIMEOUT_S, and the
 # ring (and traffic to that node) should not wait that long. Whichever path is up first wins.
 OVERLAY_RELAY_AFTER_S = 2.0
+# Of two nodes that both want a relayed link to the other, the larger id starts its relay
+# attempt this much later: a relayed handshake (two overlay hops each way) is up well within
+# it, and two crossing through different relays can leave the ends on different keys.
+OVERLAY_RELAY_YIELD_S = 3.0
 # A CONNECT_TO_ME answer later than this is ignored: bounds request state; a lost one is
 # simply asked again by the policy that wanted it.
 OVERLAY_CTM_TIMEOUT_S = 10.0

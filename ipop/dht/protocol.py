@@ -60,6 +60,7 @@ from ipop.dht.wire import (
     encode_message,
 )
 from ipop.errors import RemoteProtocolError
+from ipop.idcache import node_id_from_bytes
 from ipop.timing import DHT_RESPONSE_CACHE_S, DHT_RPC_ATTEMPTS, DHT_RPC_RETRY_S
 from ipop.types import NodeId
 
@@ -200,7 +201,7 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
     def _on_find_node(self, src: NodeId, msg: NodesRequested) -> Response:
         k = min(self.router.ksize, MAX_FIND_NODES)
         found = self.router.find_neighbors(Node(msg.target), k, exclude=kad_node(src))
-        return NodesFound(tuple(NodeId.from_bytes(n.id) for n in found))
+        return NodesFound(tuple(node_id_from_bytes(n.id) for n in found))
 
     def _on_fetch(self, src: NodeId, msg: RecordRequested) -> Response:
         return RecordFound(self.record_storage.lookup(msg.key_id))
@@ -250,7 +251,9 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
     # --- kademlia's call_* API, used by its NodeSpiderCrawl and RoutingTable ----------------
 
     async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
-        answer = await self.call(NodeId.from_bytes(node_to_ask.id), NodesRequested(node_to_find.id))
+        answer = await self.call(
+            node_id_from_bytes(node_to_ask.id), NodesRequested(node_to_find.id)
+        )
         result: tuple[bool, Any] = (False, None)
         if isinstance(answer, NodesFound):
             found = [tuple(kad_node(n)) for n in answer.nodes if n != self.local_id]
@@ -267,7 +270,7 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         return self._spawn(self.ping_node(node_to_ask))
 
     async def ping_node(self, node_to_ask: Node) -> tuple[bool, Any]:
-        answer = await self.call(NodeId.from_bytes(node_to_ask.id), PingRequested())
+        answer = await self.call(node_id_from_bytes(node_to_ask.id), PingRequested())
         result = (True, node_to_ask.id) if isinstance(answer, PingAnswered) else (False, None)
         return self._handle_result(result, node_to_ask)
 

@@ -23,6 +23,7 @@ import asyncio
 from collections import Counter
 from typing import Any, Protocol
 
+from ipop.idcache import node_id_from_hex
 from ipop.types import ID_BYTES, NodeId
 
 # Kademlia's contact address for an overlay node: (40 hex digits, port 0).
@@ -50,7 +51,7 @@ def node_for(address: Address) -> NodeId | None:
     if port != 0 or not isinstance(host, str) or len(host) != 2 * ID_BYTES:
         return None
     try:
-        return NodeId.from_hex(host)
+        return node_id_from_hex(host)
     except ValueError:
         return None
 

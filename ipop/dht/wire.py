@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from ipop.dht.record import Record, StoreOutcome, decode_record
 from ipop.errors import RemoteProtocolError
+from ipop.idcache import node_id_from_bytes
 from ipop.types import ID_BYTES, NodeId
 
 KIND_REQUEST = 0x00
@@ -166,7 +167,7 @@ def _nodes(body: bytes) -> NodesFound:
         raise RemoteProtocolError("dht_bad_length", "node list")
     return NodesFound(
         tuple(
-            NodeId.from_bytes(body[1 + i * ID_BYTES : 1 + (i + 1) * ID_BYTES])
+            node_id_from_bytes(body[1 + i * ID_BYTES : 1 + (i + 1) * ID_BYTES])
             for i in range(body[0])
         )
     )
@@ -211,5 +212,5 @@ def decode_message(data: bytes) -> Envelope:
     if decoder is None:
         raise RemoteProtocolError("dht_unknown_method", data[: 2 + MSG_ID_BYTES].hex())
     msg_id = data[1 : 1 + MSG_ID_BYTES]
-    sender = NodeId.from_bytes(data[2 + MSG_ID_BYTES : HEADER_BYTES])
+    sender = node_id_from_bytes(data[2 + MSG_ID_BYTES : HEADER_BYTES])
     return Envelope(msg_id, sender, decoder(data[HEADER_BYTES:]))

@@ -100,6 +100,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ipop.errors import RemoteProtocolError
+from ipop.idcache import node_id_from_bytes
 from ipop.types import ID_BYTES, Endpoint, NodeId
 
 # --- type bytes ------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def _need(data: bytes, n: int, what: str) -> None:
 
 
 def _node_id(data: bytes, off: int) -> NodeId:
-    return NodeId.from_bytes(data[off : off + ID_BYTES])
+    return node_id_from_bytes(data[off : off + ID_BYTES])
 
 
 def _encode_endpoints(endpoints: tuple[Endpoint, ...]) -> bytes:

@@ -29,7 +29,9 @@ Brunet-style ring (DESIGN.md §5):
   both of us hold direct links to (from T's CTM answer). X forwards sealed datagrams
   (RELAY_FORWARD → RELAY_DELIVER) and holds both links as RELAY while traffic flows; the two
   ends hold their link to X as RELAY too (else the trim policy would cut X away under them).
-  A relay attempt starts ``relay_after_s`` after the direct ones, alongside them. A relay that
+  A relay attempt starts ``relay_after_s`` after the direct ones, alongside them; the end
+  with the larger id waits ``relay_yield_s`` longer, so that two ends needing each other do
+  not key two relayed links through different relays at once. A relay that
   holds no direct link to T answers RELAY_REFUSED: a pending attempt moves on to the next
   candidate, an up relayed link is dropped at once (instead of swallowing traffic until the
   link layer's timeout) and the ring repairs it.
@@ -59,7 +61,7 @@ from __future__ import annotations
 import bisect
 import collections
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, ItemsView, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -172,6 +174,7 @@ class OverlayConfig:
     near_probe_s: float = timing.OVERLAY_NEAR_PROBE_S
     connect_timeout_s: float = timing.OVERLAY_CONNECT_TIMEOUT_S
     relay_after_s: float = timing.OVERLAY_RELAY_AFTER_S
+    relay_yield_s: float = timing.OVERLAY_RELAY_YIELD_S
     ctm_timeout_s: float = timing.OVERLAY_CTM_TIMEOUT_S
     leaf_hold_s: float = timing.OVERLAY_LEAF_HOLD_S
     trim_grace_s: float = timing.OVERLAY_TRIM_GRACE_S
@@ -193,6 +196,7 @@ class OverlayConfig:
             "near_probe_s",
             "connect_timeout_s",
             "relay_after_s",
+            "relay_yield_s",
             "ctm_timeout_s",
             "leaf_hold_s",
             "trim_grace_s",
@@ -322,6 +326,65 @@ class _Pending:
     paths_left: set[Path] = field(default_factory=set)
     relaying: bool = False
     relay_at: float = _INF
+    # No relay path before this (see OverlayConfig.relay_yield_s).
+    relay_not_before: float = 0.0
+
+
+class _Seen:
+    """Ids heard from peers: who told us (holds a link to it) and until when we trust it.
+
+    Indexed by informer as well, because every neighbour list replaces what its informer told
+    us before; ``version`` changes whenever an id comes or goes (not when news is merely
+    renewed, unless it had expired), so answers computed from the ids can be cached.
+    """
+
+    __slots__ = ("_by_informer", "_news", "version")
+
+    def __init__(self) -> None:
+        self._news: dict[NodeId, tuple[NodeId, float]] = {}
+        self._by_informer: dict[NodeId, set[NodeId]] = {}
+        self.version = 0
+
+    def __iter__(self) -> Iterator[NodeId]:
+        return iter(self._news)
+
+    def __len__(self) -> int:
+        return len(self._news)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._news
+
+    def get(self, node: NodeId) -> tuple[NodeId, float] | None:
+        return self._news.get(node)
+
+    def items(self) -> ItemsView[NodeId, tuple[NodeId, float]]:
+        return self._news.items()
+
+    def put(self, node: NodeId, informer: NodeId, until: float, *, now: float) -> None:
+        old = self._news.get(node)
+        if old is None or old[0] != informer:
+            if old is not None:
+                self._unindex(node, old[0])
+            self._by_informer.setdefault(informer, set()).add(node)
+            self.version += 1
+        elif old[1] <= now:
+            self.version += 1  # expired news comes back to life: it counts again
+        self._news[node] = (informer, until)
+
+    def discard(self, node: NodeId) -> None:
+        old = self._news.pop(node, None)
+        if old is not None:
+            self._unindex(node, old[0])
+            self.version += 1
+
+    def told_by(self, informer: NodeId) -> list[NodeId]:
+        return list(self._by_informer.get(informer, ()))
+
+    def _unindex(self, node: NodeId, informer: NodeId) -> None:
+        told = self._by_informer[informer]
+        told.discard(node)
+        if not told:
+            del self._by_informer[informer]
 
 
 @dataclass(slots=True)
@@ -373,7 +436,14 @@ class OverlayNode:
         self._observed: dict[Endpoint, float] = {}
         self._near: frozenset[NodeId] = frozenset()
         # Ids heard from peers, with who told us, until when we trust the news.
-        self._seen: dict[NodeId, tuple[NodeId, float]] = {}
+        self._seen = _Seen()
+        # Bumped whenever _backoff gains or loses a peer (keys the brackets cache).
+        self._backoff_version = 0
+        # (seen version, table version, backoff version), answer, valid until: see
+        # _brackets_linked.
+        self._brackets_cache: tuple[tuple[int, int, int], bool, float] | None = None
+        # Peer -> (row rev, its policy view): see _connection_views.
+        self._views: dict[NodeId, tuple[int, ConnectionView]] = {}
         # Peer -> when we last got an overlay message from it (or it became near / linked).
         self._heard: dict[NodeId, float] = {}
         self._seen_ttl = 3 * config.gossip_interval_s
@@ -747,7 +817,11 @@ class OverlayNode:
         if hops_so_far >= msg.ttl:
             self.drops["ttl_expired"] += 1
             return False
-        return self._send(hop, replace(msg, hops=hops_so_far).encode(), now)
+        # The constructor, not dataclasses.replace: this runs for every forwarded message.
+        fwd = Routed(
+            msg.flags, hops_so_far, msg.ttl, msg.kind, msg.src, msg.dst, msg.via, msg.payload
+        )
+        return self._send(hop, fwd.encode(), now)
 
     def _next_hop(
         self, target: NodeId, *, exact: bool, exclude: NodeId | None = None
@@ -925,7 +999,11 @@ class OverlayNode:
                 relay_allowed,
                 list(candidates),
             )
-            pend.relay_at = now + self.config.relay_after_s
+            # The larger id lets the smaller one key the relayed link first: two relayed
+            # handshakes crossing through different relays can leave the ends sealing with
+            # keys the other no longer holds, and the link is dead until a timeout.
+            yield_s = self.config.relay_yield_s if self.local_id > peer else 0.0
+            pend.relay_at = pend.relay_not_before = now + self.config.relay_after_s + yield_s
             self._pending[peer] = pend
         for ep in eps:
             pend.paths_left.add(ep)
@@ -939,6 +1017,11 @@ class OverlayNode:
         """Every path tried so far failed: next relay candidate, or give up."""
         if not pend.relay_allowed:
             self._give_up(pend, now)
+            return
+        if now < pend.relay_not_before < pend.deadline:
+            # Our turn to relay has not come (the peer may be keying one to us): the tick
+            # starts ours then, unless its link comes up first.
+            pend.relay_at = pend.relay_not_before
             return
         while pend.candidates:
             via = pend.candidates.pop(0)
@@ -986,6 +1069,7 @@ class OverlayNode:
         # common neighbours to relay through appear as the ring forms).
         wait = self.config.failed_backoff_s if pend.relaying else self.config.near_retry_s
         self._backoff[pend.peer] = now + wait
+        self._backoff_version += 1
 
     def _connect_bootstrap(self, now: float) -> None:
         own = set(self.endpoints())
@@ -1010,20 +1094,29 @@ class OverlayNode:
         # A list is the informer's whole current view: what it reported before and no longer
         # does is gone (typically dead), and must not keep hiding live nodes from our ranking.
         listed = set(ids)
-        for c in [c for c, (i, _) in self._seen.items() if i == informer and c not in listed]:
-            del self._seen[c]
+        seen = self._seen
+        for c in seen.told_by(informer):
+            if c not in listed:
+                seen.discard(c)
         for c in ids:
             if c != self.local_id:
                 # ``informer`` holds a link to what it told us about: our CTM goes through it.
-                self._seen[c] = (informer, until)
+                seen.put(c, informer, until, now=now)
         self._near_check_due = True
 
     def _ask_near(self, now: float) -> None:
         self._near_check_due = False
-        for c in [c for c, (_, t) in self._seen.items() if t <= now or c in self._backoff]:
-            del self._seen[c]
-        known = set(self._table.peers()) | set(self._pending)
-        pool = {c.value: c for c in (*known, *self._seen) if c != self.local_id}
+        backoff = self._backoff
+        for c in [c for c, (_, t) in self._seen.items() if t <= now or (backoff and c in backoff)]:
+            self._seen.discard(c)
+        local = self.local_id.value
+        # By value, not NodeId equality: this runs over hundreds of ids per tick.
+        pool = {c.value: c for c in self._seen}
+        for c in self._pending:
+            pool[c.value] = c
+        for v in self._table.ring():
+            pool[v] = self._table.peer_of(v)
+        pool.pop(local, None)
         wanted = {
             pool[v]
             for v in ring_neighbours_sorted(self.local_id, sorted(pool), self.config.near_per_side)
@@ -1084,9 +1177,21 @@ class OverlayNode:
         self._routable = routable
 
     def _brackets_linked(self, now: float) -> bool:
+        """No live news of a node between us and our closest linked peer on either side.
+
+        Cached: the answer depends only on the table's peers, the seen ids, the backoff set
+        and time. Time alone can only turn False into True (news expires, nothing new comes),
+        so a False answer holds until its last blocking news expires, a True one until one of
+        the three changes. Why: every node asks every tick, over hundreds of seen ids.
+        """
+        key = (self._seen.version, self._table.version, self._backoff_version)
+        cached = self._brackets_cache
+        if cached is not None and cached[0] == key and now < cached[2]:
+            return cached[1]
         ring = self._table.ring()
         n = len(ring)
         if not n:
+            self._brackets_cache = (key, False, _INF)
             return False
         local = self.local_id.value
         i = bisect.bisect_right(ring, local)
@@ -1094,13 +1199,19 @@ class OverlayNode:
         to_pred = (local - ring[(i - 1) % n]) % RING
         table = self._table
         backoff = self._backoff
+        blocked_until = -_INF
         for c, (_, until) in self._seen.items():
-            if until <= now or c in backoff or c in table or c == self.local_id:
-                continue
+            # The arc test first: it is plain integer arithmetic and almost every id fails it,
+            # while the membership tests hash a NodeId.
             v = c.value
-            if 0 < (v - local) % RING < to_succ or 0 < (local - v) % RING < to_pred:
-                return False
-        return True
+            if not (0 < (v - local) % RING < to_succ or 0 < (local - v) % RING < to_pred):
+                continue
+            if until <= now or c in backoff or c in table:
+                continue
+            blocked_until = max(blocked_until, until)
+        linked = blocked_until == -_INF
+        self._brackets_cache = (key, linked, _INF if linked else blocked_until)
+        return linked
 
     def _neighbours_message(self, *, reply_wanted: bool) -> bytes:
         ids = tuple(sorted(self._near))[:MAX_NEIGHBOURS]
@@ -1123,10 +1234,12 @@ class OverlayNode:
                 # a neighbour (it would hide a live one) and do not ask again for a while.
                 # Not for long, though: one lost datagram on a multi-hop path does this too.
                 self._backoff[req.target] = now + cfg.near_retry_s
+                self._backoff_version += 1
                 self.stats["ctm_unanswered"] += 1
         for until in (self._asked, self._backoff):
             for peer in [peer for peer, t in until.items() if t <= now]:
                 del until[peer]
+                self._backoff_version += until is self._backoff
         for ep in [e for e, t in self._bootstrap_pending.items() if t <= now]:
             del self._bootstrap_pending[ep]
         for pend in [
@@ -1195,7 +1308,7 @@ class OverlayNode:
             local=self.local_id,
             joined=self._joined and cfg.far_links,
             n_estimate=estimate_size(self.local_id, self._near),
-            connections=tuple(self._view(c) for c in self._table),
+            connections=self._connection_views(),
             pending_far=pending_far,
             last_near_probe=self._last_probe,
             near_per_side=cfg.near_per_side,
@@ -1206,6 +1319,25 @@ class OverlayNode:
             near_retry_s=cfg.near_retry_s,
             near_probe_s=cfg.near_probe_s,
         )
+
+    def _connection_views(self) -> tuple[ConnectionView, ...]:
+        """Every row's policy view, reusing last tick's where the row did not change.
+
+        Why: every node builds these every tick, and most rows change far less often.
+        """
+        cache = self._views
+        fresh: dict[NodeId, tuple[int, ConnectionView]] = {}
+        out = []
+        for c in self._table:
+            hit = cache.get(c.peer)
+            if hit is not None and hit[0] == c.rev and hit[1].last_relay == c.last_relay:
+                view = hit[1]
+            else:
+                view = self._view(c)
+            fresh[c.peer] = (c.rev, view)
+            out.append(view)
+        self._views = fresh
+        return tuple(out)
 
     @staticmethod
     def _view(c: Connection) -> ConnectionView:
@@ -1251,9 +1383,7 @@ class OverlayNode:
         if self._table.add_kind(peer, kind, now=now):
             self._events.append(ConnectionAdded(peer, kind))
             if remote:
-                row = self._table.get(peer)
-                assert row is not None
-                row.remote_kinds.add(kind)
+                self._table.mark_remote(peer, kind)
 
     def _drop_kind(self, peer: NodeId, kind: ConnectionKind, now: float) -> None:
         if self._table.drop_kind(peer, kind, now=now):
@@ -1264,8 +1394,9 @@ class OverlayNode:
         row = self._table.remove(peer)
         if row is None:
             return False
-        for c in [c for c, (i, _) in self._seen.items() if c == peer or i == peer]:
-            del self._seen[c]
+        self._seen.discard(peer)
+        for c in self._seen.told_by(peer):
+            self._seen.discard(c)
         self._heard.pop(peer, None)
         for kind in row.kinds:
             self._events.append(ConnectionRemoved(peer, kind))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -45,6 +46,9 @@ class Connection:
     remote_kinds: set[ConnectionKind] = field(default_factory=set)
     idle_since: float | None = None
     last_relay: float = 0.0
+    # A stamp unique across rows, renewed by the table on every change of kinds, remote kinds
+    # or idleness (not last_relay): lets the node reuse what it derived from the row.
+    rev: int = 0
 
     @property
     def direct(self) -> bool:
@@ -64,6 +68,9 @@ class ConnectionTable:
         # set bisect into it instead of scoring every peer on every message (the hot path).
         self._ring: list[int] = []
         self._by_value: dict[int, NodeId] = {}
+        # Changes whenever a peer comes or goes (lets callers cache answers about the peers).
+        self.version = 0
+        self._revs = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -98,8 +105,9 @@ class ConnectionTable:
         if row is not None:
             row.path = path  # the link layer moved the link to a better path
             return row
-        row = Connection(peer, path, now, idle_since=now)
+        row = Connection(peer, path, now, idle_since=now, rev=next(self._revs))
         self._rows[peer] = row
+        self.version += 1
         bisect.insort(self._ring, peer.value)
         self._by_value[peer.value] = peer
         return row
@@ -107,6 +115,7 @@ class ConnectionTable:
     def remove(self, peer: NodeId) -> Connection | None:
         row = self._rows.pop(peer, None)
         if row is not None:
+            self.version += 1
             del self._ring[bisect.bisect_left(self._ring, peer.value)]
             del self._by_value[peer.value]
         return row
@@ -118,7 +127,15 @@ class ConnectionTable:
             return False
         row.kinds[kind] = now
         row.idle_since = None
+        row.rev = next(self._revs)
         return True
+
+    def mark_remote(self, peer: NodeId, kind: ConnectionKind) -> None:
+        """Record that ``peer`` asked us to hold ``kind`` (so we never trim it ourselves)."""
+        row = self._rows.get(peer)
+        if row is not None and kind not in row.remote_kinds:
+            row.remote_kinds.add(kind)
+            row.rev = next(self._revs)
 
     def drop_kind(self, peer: NodeId, kind: ConnectionKind, *, now: float) -> bool:
         """Take a kind away; True if it was held."""
@@ -129,6 +146,7 @@ class ConnectionTable:
         row.remote_kinds.discard(kind)
         if not row.kinds:
             row.idle_since = now
+        row.rev = next(self._revs)
         return True
 
     def set_near(self, near: frozenset[NodeId], *, now: float) -> tuple[list[NodeId], list[NodeId]]:

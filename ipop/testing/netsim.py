@@ -23,23 +23,26 @@ Theory of operation (one datagram):
    the datagram to its NAT, which translates it *at send time* (the NAT box is modelled as
    sitting at the sender's end of the LAN hop; the LAN latency is added to the internet hop).
 2. Each segment crossed may drop the datagram (MTU, then loss) and adds latency + jitter.
-3. Exactly one ``loop.call_later`` carries it to where the next decision is made: the
-   receiving host, or the receiving NAT's WAN side. There the NAT filters it at arrival time
-   (that is what makes hole punching timing-sensitive, as in the lab) and, if admitted, one
-   more ``call_later`` crosses the LAN (delivered in the same callback when the LAN latency
-   is 0).
+3. The hop is queued to where the next decision is made: the receiving host, or the receiving
+   NAT's WAN side. There the NAT filters it at arrival time (that is what makes hole punching
+   timing-sensitive, as in the lab) and, if admitted, one more queued hop crosses the LAN
+   (delivered in the same callback when the LAN latency is 0).
 4. At the host, the socket bound to the destination port gets ``on_datagram(data, src)``;
    with no socket the datagram is dropped silently (counted "no_listener"; no ICMP).
 
-Batching (``tick_s`` > 0, off by default): every hop's arrival time is rounded UP to a
-multiple of ``tick_s`` and all hops arriving at one tick run from ONE loop callback, in the
-order they were scheduled. A 1,000-node run schedules tens of thousands of datagrams per
-virtual second; one timer per datagram made the loop's heap the biggest cost. The price: up
-to ``tick_s`` more latency per hop, and datagrams of one tick are not reordered by jitter.
+Scheduling: hops in flight wait in the network's own heap of plain tuples (due time, send
+order), and ONE loop timer is armed for the earliest; when it fires, every hop then due runs
+in (time, send order). Why: a 1,000-node run has thousands of datagrams in flight, and one
+``call_later`` each made the loop's heap of ``TimerHandle`` (compared in Python) and the
+handles themselves the biggest cost of the simulator. Arrival times stay exact.
+
+Batching (``tick_s`` > 0, off by default): every hop's arrival time is also rounded UP to a
+multiple of ``tick_s``, so hops of one tick share one wake-up. The price: up to ``tick_s``
+more latency per hop, and datagrams of one tick are not reordered by jitter.
 
 Invariants: every datagram sent is counted once in ``stats["sent"]`` and ends exactly once as
 ``stats["delivered"]`` or ``stats["dropped"]`` (plus its reason) — except those still in flight.
-The per-datagram path allocates nothing beyond the timer handle unless tracing is on.
+The per-datagram path allocates nothing beyond its queue entry unless tracing is on.
 
 Sizes: ``mtu`` is an IP MTU; a datagram's size is its UDP payload plus 28 bytes of IPv4 and UDP
 headers, so a 1,472-byte payload is the largest that crosses a 1,500-byte MTU.
@@ -52,6 +55,7 @@ worlds); LANs are /24s carved from 198.18.0.0/15 (512 of them).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import ipaddress
 import random
 from collections import Counter, deque
@@ -98,6 +102,8 @@ DROP_REASONS = (
 )
 
 EPHEMERAL_MIN = 49152
+# What the virtual-time loop allows a timer to run early (VirtualTimeLoop._clock_resolution).
+_DUE_SLACK_S = 1e-6
 EPHEMERAL_MAX = 65535
 DEFAULT_INTERNET_LATENCY_S = 0.02
 DEFAULT_LAN_LATENCY_S = 0.0005
@@ -309,8 +315,12 @@ class Network:
             raise ConfigError("netsim.tick_s", f"{tick_s!r} is negative", "use 0 (off) or more")
         self.rng = rng
         self.tick_s = tick_s
-        # tick index -> hops due then (see "Batching"); one loop callback per tick index.
-        self._ticks: dict[int, list[tuple[Callable[..., None], tuple[Any, ...]]]] = {}
+        # Hops in flight: (due, send order, function, args), a heap; one loop timer, armed for
+        # the earliest (see "Scheduling").
+        self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at: float | None = None
         self.internet = Segment(
             "internet",
             subnet=None,
@@ -570,29 +580,44 @@ class Network:
     def _later(
         self, loop: asyncio.AbstractEventLoop, delay: float, fn: Callable[..., None], *args: Any
     ) -> None:
+        due = loop.time() + delay
         tick = self.tick_s
-        if not tick:
-            loop.call_later(delay, fn, *args)
-            return
-        k = -int(-(loop.time() + delay) // tick)  # ceil: never earlier than the exact time
-        due = self._ticks.get(k)
-        if due is None:
-            self._ticks[k] = [(fn, args)]
-            loop.call_at(k * tick, self._run_tick, k)
-        else:
-            due.append((fn, args))
+        if tick:
+            due = -(-due // tick) * tick  # ceil: never earlier than the exact time
+        queue = self._queue
+        heapq.heappush(queue, (due, self._seq, fn, args))
+        self._seq += 1
+        armed = self._armed_at
+        if armed is None or due < armed:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._armed_at = due
+            self._timer = loop.call_at(due, self._run_due)
 
-    def _run_tick(self, k: int) -> None:
+    def _run_due(self) -> None:
+        """Run every hop now due, in (time, send order); then arm for the next one."""
+        self._timer = None
+        self._armed_at = None
+        loop = asyncio.get_running_loop()
+        # The loop runs a timer up to its clock resolution early; so do we, or a hop whose
+        # due time the float clock cannot hit exactly would wait for another wake-up.
+        limit = loop.time() + _DUE_SLACK_S
+        queue = self._queue
+        pop = heapq.heappop
         first: BaseException | None = None
-        # A hop run here may schedule more for this same tick (a LAN hop of 0 s is run
-        # inline, but a tiny delay rounds up to k again): keep going until none is left.
-        while (due := self._ticks.pop(k, None)) is not None:
-            for fn, args in due:
-                try:
-                    fn(*args)
-                except Exception as exc:  # recorded by _deliver; re-raised once, below
-                    if first is None:
-                        first = exc
+        # A hop run here may schedule more for this same instant (a LAN hop of 0 s is run
+        # inline, but a tiny delay can land within the slack): keep going until none is due.
+        while queue and queue[0][0] <= limit:
+            _, _, fn, args = pop(queue)
+            try:
+                fn(*args)
+            except Exception as exc:  # recorded by _deliver; re-raised once, below
+                if first is None:
+                    first = exc
+        if queue and self._timer is None:
+            due = queue[0][0]
+            self._armed_at = due
+            self._timer = loop.call_at(due, self._run_due)
         if first is not None:
             raise first
 

@@ -145,9 +145,10 @@ class OverlayScenario:
     # A crashed peer is noticed only by silence; the default 50 s (three keepalives + slack)
     # leaves 10 s of the 60 s repair budget. Two keepalive intervals are enough on 1% loss.
     link_timeout_s: float = 32.0
-    # netsim delivery batching (Network tick_s): 0 = one loop callback per datagram (exact
-    # latencies). 0.001 saved ~4% wall at 1,000 nodes; off by default until the route
-    # failure it exposed at 60 nodes (seed 2) is understood.
+    # netsim delivery batching (Network tick_s): 0 = exact latencies. 0.001 once saved ~4%
+    # wall at 1,000 nodes, when every datagram was its own loop timer (netsim now queues them
+    # itself). The route failure it exposed at 60 nodes (seed 2) was two relayed handshakes
+    # crossing through different relays (OverlayConfig.relay_yield_s); off by default anyway.
     delivery_tick_s: float = 0.0
 
     def __post_init__(self) -> None:

@@ -420,9 +420,48 @@ def test_ticks_round_arrival_up_and_keep_send_order() -> None:
     assert [d for _, d, _ in bin_.got] == [bytes([i]) for i in range(5)] + [b"nat"]
     for t, _, _ in bin_.got:
         assert t >= t0 + 0.0203 and round(t / 0.01, 6) == round(t / 0.01)
-    assert n.stats["delivered"] == 6 and not n._ticks
+    assert n.stats["delivered"] == 6 and not n._queue
 
 
 def test_negative_tick_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         Network(rng=random.Random(1), tick_s=-1.0)
+
+
+# --- scheduling: the network's own queue behind one loop timer ---------------------------
+
+
+def test_hops_in_flight_share_one_loop_timer_and_arrive_at_exact_times() -> None:
+    """Many datagrams in flight cost one loop timer, and each still arrives exactly at its
+    send time plus its path's latency (no rounding), in (time, send order)."""
+
+    async def main() -> tuple[list[tuple[float, bytes, float]], list[int]]:
+        loop = asyncio.get_running_loop()
+        n = Network(rng=random.Random(5), internet_latency_s=0.02, internet_jitter_s=0.01)
+        a, b = n.add_public_host("a"), n.add_public_host("b")
+        nat = n.add_nat("n", "full-cone")
+        c = nat.add_host("c")
+        got: list[tuple[float, bytes, float]] = []
+        sent_at: dict[bytes, float] = {}
+        sb = b.bind(2000, lambda d, s: got.append((loop.time(), d, sent_at[d])))
+        sa, sc = a.bind(1000, Inbox()), c.bind(3000, Inbox())
+        timers: list[int] = []
+        for i in range(200):
+            data = b"%d" % i
+            sent_at[data] = loop.time()
+            (sa if i % 2 else sc).sendto(data, sb.local)
+            timers.append(len(loop._scheduled))  # type: ignore[attr-defined]
+            await asyncio.sleep(0.0007 * (i % 5))
+        await asyncio.sleep(1.0)
+        return got, timers
+
+    got, timers = run_virtual(main())
+    assert len(got) == 200
+    # Our sleep is one timer; the network adds at most one more, however many are in flight.
+    assert max(timers) <= 2
+    lan = 0.0005  # DEFAULT_LAN_LATENCY_S, added to the internet hop of the NATed sender
+    for t, data, t0 in got:
+        extra = lan if int(data) % 2 == 0 else 0.0
+        assert t0 + 0.02 + extra - 1e-6 <= t <= t0 + 0.03 + extra + 1e-6
+    times = [t for t, _, _ in got]
+    assert times == sorted(times)

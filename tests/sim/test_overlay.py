@@ -233,6 +233,41 @@ def test_relay_link_between_natted_near_neighbours() -> None:
     )
 
 
+class _SilentLinks:
+    """Links that accept every command and never answer (attempts stay pending)."""
+
+    def __init__(self, local_id: NodeId) -> None:
+        self.local_id = local_id
+        self.connects: list[Path] = []
+
+    def connect(self, path: Path, *, now: float, expected: NodeId | None = None) -> None:
+        self.connects.append(path)
+
+    def send(self, peer: NodeId, payload: bytes, *, now: float) -> None: ...
+
+    def close(self, peer: NodeId, *, now: float) -> None: ...
+
+    def is_up(self, peer: NodeId) -> bool:
+        return False
+
+
+def test_the_larger_id_yields_before_keying_a_relayed_link() -> None:
+    """Both ends of a pair that cannot punch want the link: the smaller id relays first, the
+    larger relay_yield_s later (two relayed handshakes crossing through different relays can
+    leave the ends on different keys), even when its direct attempts fail early."""
+    me = NodeId(1000)
+    smaller, larger = NodeId(10), NodeId(5000)
+    for peer, wait in (
+        (larger, CFG.relay_after_s),
+        (smaller, CFG.relay_after_s + CFG.relay_yield_s),
+    ):
+        node = OverlayNode(me, _SilentLinks(me), rng=random.Random(1), config=CFG, bootstrap=[])
+        # No endpoint to try: every direct path has "failed" at once.
+        node._start_connect(peer, [], set(), set(), relay_allowed=True, candidates=[], now=0.0)
+        pend = node._pending[peer]
+        assert pend.relay_at == wait and not pend.relaying
+
+
 @functools.lru_cache(maxsize=1)
 def _pair() -> tuple[FakeLinkWorld, OverlayNode, NodeId]:
     world, ids = build(2, seed=41)
@@ -407,10 +442,10 @@ def test_routable_needs_links_to_the_nearest_known_node_on_each_side() -> None:
     # Someone tells us about a node between us and our successor that we hold no link to:
     # our successor side is not linked, so we are not routable until it is.
     between = NodeId((me.value + gap // 2) % RING)
-    node._seen[between] = (ids[0], world.now + 30.0)
+    node._seen.put(between, ids[0], world.now + 30.0, now=world.now)
     node._update_routable(world.now)
     assert not node.routable
-    del node._seen[between]
+    node._seen.discard(between)
     node._update_routable(world.now)
     assert node.routable
 
