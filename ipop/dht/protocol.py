@@ -29,6 +29,7 @@ twice. After :meth:`shutdown`, every pending call resolves to "no answer" and no
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 from collections import Counter, OrderedDict
@@ -38,6 +39,7 @@ from typing import Any
 
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
+from kademlia.routing import RoutingTable
 
 from ipop.dht.record import Record
 from ipop.dht.shim import Address, address_for, node_for
@@ -84,6 +86,31 @@ def kad_node(node: NodeId) -> Node:
     return Node(node.to_bytes(), node.hex(), 0)
 
 
+class ExactRoutingTable(RoutingTable):  # type: ignore[misc]  # kademlia is untyped
+    """Kademlia's routing table whose ``find_neighbors`` returns the k nearest contacts.
+
+    Why: stock ``find_neighbors`` walks buckets outward from the target's with
+    ``TableTraverser``, which stops after one bucket to the left once no bucket remains to the
+    right. With the target in the last bucket and that bucket and its left neighbour empty
+    (contacts evicted after timeouts, fresh splits), it returned nothing although the node held
+    37 contacts: the lookup had nobody to ask, the replica set was the reader alone, and a
+    1,000-node simulation's get missed a record whose replicas were all alive. Scanning every
+    contact (tens to a few hundred) costs about what the walk did and is exact.
+    """
+
+    def find_neighbors(self, node: Node, k: int | None = None, exclude: Node | None = None) -> Any:
+        k = k or self.ksize
+        target = node.long_id
+        skip = node.id
+        found = [
+            n
+            for bucket in self.buckets
+            for n in bucket.nodes.values()
+            if n.id != skip and (exclude is None or not n.same_home_as(exclude))
+        ]
+        return heapq.nsmallest(k, found, key=lambda n: n.long_id ^ target)
+
+
 @dataclass(slots=True)
 class _Pending:
     peer: NodeId
@@ -108,6 +135,7 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         answer_cache_s: float = DHT_RESPONSE_CACHE_S,
     ) -> None:
         super().__init__(kad_node(local_id), storage, ksize)
+        self.router = ExactRoutingTable(self, ksize, self.source_node)
         self.local_id = local_id
         self.record_storage = storage
         self._rng = rng

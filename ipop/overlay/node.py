@@ -60,6 +60,8 @@ from __future__ import annotations
 
 import bisect
 import collections
+import functools
+import ipaddress
 import random
 from collections.abc import Callable, ItemsView, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -140,6 +142,24 @@ _OBSERVED_KEEP = 3
 _NEIGHBOUR_SAMPLE = 32
 _INF = float("inf")
 _DIRECT_TAG = bytes((TYPE_DIRECT,))
+# Documentation ranges that Python counts as private but that stand for the public internet
+# in our simulator and lab (DESIGN.md's underlay addresses).
+_PUBLIC_TEST_NETS = (
+    ipaddress.IPv4Network("198.51.100.0/24"),
+    ipaddress.IPv4Network("203.0.113.0/24"),
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _lan_like(host: str) -> bool:
+    """True for an address only reachable from its own LAN (private, link-local, loopback)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv4Address) and any(ip in n for n in _PUBLIC_TEST_NETS):
+        return False
+    return ip.is_private
 
 
 class Links(Protocol):
@@ -916,13 +936,32 @@ class OverlayNode:
             # requester's job, so a failure here is simply forgotten.
             self._start_connect(
                 requester,
-                ctm.endpoints,
+                self._worth_trying(ctm.endpoints),
                 set(),
                 remote,
                 relay_allowed=False,
                 candidates=[],
                 now=now,
             )
+
+    def _worth_trying(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
+        """A peer's advertised endpoints minus LAN ones that cannot be on our LAN.
+
+        Why: every node advertises its LAN endpoint first, and handshakes to another LAN's
+        private address can only time out (a third of a 1,000-node simulation's datagrams).
+        A LAN endpoint is kept when the peer's public address is ours (one NAT, one LAN), and
+        whenever we cannot tell: the peer advertised no public endpoint, or no peer has told us
+        our public address yet.
+        """
+        peer_public = {e.host for e in endpoints if not _lan_like(e.host)}
+        if not peer_public:
+            return list(endpoints)
+        ours = {e.host for e in (*self._observed, *self._local_endpoints) if not _lan_like(e.host)}
+        if not ours or peer_public & ours:
+            return list(endpoints)
+        kept = [e for e in endpoints if not _lan_like(e.host)]
+        self.stats["lan_endpoints_skipped"] += len(endpoints) - len(kept)
+        return kept
 
     def _on_ctm_reply(self, msg: Routed, now: float) -> None:
         rep = ConnectToMeReply.decode(msg.payload)
@@ -954,7 +993,7 @@ class OverlayNode:
                 )
                 self._start_connect(
                     responder,
-                    rep.endpoints,
+                    self._worth_trying(rep.endpoints),
                     kinds,
                     set(),
                     relay_allowed=req.purpose in (Purpose.JOIN, Purpose.NEAR),

@@ -34,11 +34,13 @@ virtual time, waits for the ring to converge, and measures:
     then measure again; ``records_lost`` counts records put before the churn that a survivor's
     ``get`` no longer finds.
 ``virtual_s`` / ``wall_s``
-    virtual and wall seconds (time.perf_counter) of the whole scenario.
+    virtual and wall seconds (time.perf_counter) of the whole scenario; ``wall_phases_s``
+    splits the wall seconds by phase (join, converge, dht_ready, routes, put, get, allocate,
+    churn_repair, churn_measure, close), to see where a slow run spends its time.
 
 Reproducible from ``seed``: node keys (hence ring positions), the NAT plan, loss, every
 node's rng and the scenario's choices derive from it (run twice, compare: equal but for
-``wall_s``).
+``wall_s`` and ``wall_phases_s``).
 
 Hosts: "none" hosts are public, and each NAT kind's hosts share NAT boxes ``hosts_per_nat`` at a
 time (the simulated internet has only 508 public addresses). Every node advertises its LAN
@@ -441,9 +443,20 @@ async def run_overlay_async(sc: OverlayScenario) -> dict[str, Any]:
         "nat_mix": dict(sc.nat_mix),
         "hosts_per_nat": sc.hosts_per_nat,
     }
+    phases: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name] = round(now - mark, 1)
+        mark = now
+
     try:
         await w.start_all()
+        phase("join")
         ok, took = await w.wait_ring(sc.converge_deadline_s)
+        phase("converge")
         joins = w.join_times()
         out["join_p50_s"] = _percentile(joins, 0.5)
         out["join_p90_s"] = _percentile(joins, 0.9)
@@ -453,17 +466,23 @@ async def run_overlay_async(sc: OverlayScenario) -> dict[str, Any]:
         out["converged_after_last_start_s"] = round(took, 3)
         out.update(w.relays())
         out["dht_ready"] = await w.wait_dht(60.0)
+        phase("dht_ready")
         out.update(await w.routes())
+        phase("routes")
         records = await w.put_records()
         out["records_put"] = len(records)
+        phase("put")
         found = await w.get_records(records)
         out["dht_get_success"] = round(found / len(records), 4) if records else None
+        phase("get")
         if sc.allocate:
             out.update(await w.allocate())
+            phase("allocate")
         if sc.churn > 0:
             killed = await w.kill(sc.churn)
             t_kill = w.loop.time()
             ok2, took2 = await w.wait_ring(sc.repair_deadline_s)
+            phase("churn_repair")
             after: dict[str, Any] = {
                 "killed": killed,
                 "nodes": len(w.live()),
@@ -476,14 +495,17 @@ async def run_overlay_async(sc: OverlayScenario) -> dict[str, Any]:
             after["dht_get_success"] = round(found2 / len(records), 4) if records else None
             after["records_checked_at_s"] = round(w.loop.time() - t_kill, 3)
             after.update(await w.routes())
+            phase("churn_measure")
             out["churn"] = after
             out["records_lost"] = after["records_lost"]
         out["callback_errors"] = len(w.net.callback_errors)
         out["net_drops"] = {k: v for k, v in sorted(w.net.stats.items()) if "drop" in k}
     finally:
         await asyncio.gather(*(nd.close() for nd in w.live()))
+    phase("close")
     out["virtual_s"] = round(w.loop.time() - t0, 3)
     out["wall_s"] = round(time.perf_counter() - wall, 3)
+    out["wall_phases_s"] = phases
     return out
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipop.link.endpoint import LinkUp
+from ipop.link.endpoint import LinkUp, ObservedEndpoint
 from ipop.overlay.messages import FLAG_EXACT, KIND_PING, RelayForward, RelayRefused, Routed
 from ipop.overlay.node import Delivered, OverlayConfig, OverlayNode, Routable
 from ipop.overlay.ring import next_hop, next_hop_sorted, ring_neighbours, ring_neighbours_sorted
@@ -266,6 +266,26 @@ def test_the_larger_id_yields_before_keying_a_relayed_link() -> None:
         node._start_connect(peer, [], set(), set(), relay_allowed=True, candidates=[], now=0.0)
         pend = node._pending[peer]
         assert pend.relay_at == wait and not pend.relaying
+
+
+def test_lan_endpoints_of_another_lan_are_not_tried() -> None:
+    """A peer's LAN endpoint is tried only when the peer's public address is ours (one NAT)."""
+    me = NodeId(1000)
+    cfg = OverlayConfig(local_endpoints=(Endpoint("198.18.0.2", 5800),))
+    node = OverlayNode(me, _SilentLinks(me), rng=random.Random(1), config=cfg, bootstrap=[])
+    far_lan, far_pub = Endpoint("198.18.7.2", 5800), Endpoint("203.0.113.9", 40000)
+    # Before anyone told us our public address we cannot tell: everything is kept.
+    assert node._worth_trying([far_lan, far_pub]) == [far_lan, far_pub]
+    node.on_link_event(ObservedEndpoint(Endpoint("198.51.100.4", 1234), NodeId(7)), now=0.0)
+    assert node._worth_trying([far_lan, far_pub]) == [far_pub]
+    assert node.stats["lan_endpoints_skipped"] == 1
+    # Behind our own NAT (same public address): the LAN endpoint is the way in.
+    near_lan, near_pub = Endpoint("198.18.0.3", 5800), Endpoint("198.51.100.4", 999)
+    assert node._worth_trying([near_lan, near_pub]) == [near_lan, near_pub]
+    # Only LAN endpoints known, or loopback labs: nothing else to try, all kept.
+    assert node._worth_trying([far_lan]) == [far_lan]
+    loop = [Endpoint("127.0.0.1", 5801)]
+    assert node._worth_trying(loop) == loop
 
 
 @functools.lru_cache(maxsize=1)

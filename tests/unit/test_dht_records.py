@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kademlia.node import Node
+from kademlia.routing import KBucket, RoutingTable
 
 from ipop.dht.alloc import usable_range
 from ipop.dht.names import c_name, parse_c_name
@@ -333,3 +335,22 @@ def test_sender_mismatch_is_dropped_and_counted() -> None:
     proto.datagram_received(msg, address_for(ALICE.node_id))
     assert len(transport.sent) == 2 and transport.sent[0] == transport.sent[1]
     assert proto.counters["duplicate_requests"] == 1
+
+
+def test_find_neighbors_sees_contacts_beyond_empty_buckets() -> None:
+    # The shape that made a 1,000-node run's get miss: the target's bucket is the last one,
+    # it and its left neighbour are empty, and every contact sits further left. Stock
+    # kademlia's TableTraverser gives up after one left bucket and returned nothing.
+    proto, _ = _protocol()
+    top = 2**160
+    contacts = [Node(i.to_bytes(20, "big")) for i in range(1, 6)]
+    table = proto.router
+    table.buckets = [KBucket(0, 2**100, 20), KBucket(2**100 + 1, 2**150, 20)]
+    table.buckets.append(KBucket(2**150 + 1, top, 20))
+    for n in contacts:
+        table.buckets[0].add_node(n)
+    target = Node((top - 1).to_bytes(20, "big"))
+    assert RoutingTable.find_neighbors(table, target, 3) == []  # the stock failure
+    got = table.find_neighbors(target, 3)
+    # The 3 nearest by XOR distance to all-ones are the largest ids.
+    assert [n.long_id for n in got] == [5, 4, 3]
