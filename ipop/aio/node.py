@@ -87,6 +87,9 @@ class _Port:
     def send_dht(self, dst: NodeId, payload: bytes) -> None:
         self._node.send_routed(dst, KIND_DHT, payload)
 
+    def linked_peers(self) -> list[NodeId]:
+        return self._node.core.overlay.connected_peers()
+
 
 class Node:
     """One node. Call :meth:`attach` with its socket, then :meth:`start`; :meth:`close` ends it."""

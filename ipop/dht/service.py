@@ -23,6 +23,12 @@ Theory of operation
   * Owners alone republish (every ``republish_interval_s``, to the *current* R nearest): that
     re-replicates records whose replicas left. Renewing is the owner signing a higher seq with a
     later expiry. Nobody else can extend a lease.
+  * Contacts: besides kademlia's own (whoever asks or answers us), every overlay link's peer
+    (:class:`~ipop.dht.shim.LinkedPeers`, when the port offers it), taken in before each lookup
+    at most every ``LINK_ABSORB_S``. Why: the DHT joins through ring-near peers, which share our
+    id's prefix, so a self-lookup learns only our own region; far links span the ring, and
+    without them a cluster of nodes can know nobody in the other half of the id space (a
+    1,000-node run: a put and a get whose lookups never left such a cluster).
   * Kademlia's ``Server`` is not used: its ``listen`` binds a UDP socket, its ``set`` counts
     "sent" as success, and its hourly refresh republishes every key any node holds (stale
     values come back). Its routing table and ``NodeSpiderCrawl`` lookup are used as they are.
@@ -55,7 +61,7 @@ from ipop.dht.record import (
     key_id,
     newest_by_owner,
 )
-from ipop.dht.shim import OverlayPort, OverlayShim
+from ipop.dht.shim import LinkedPeers, OverlayPort, OverlayShim
 from ipop.dht.storage import RecordStorage
 from ipop.dht.wire import StoreAnswered
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
@@ -75,6 +81,8 @@ from ipop.types import NodeId
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# How often (at most) the overlay's linked peers are taken in as contacts, in seconds.
+LINK_ABSORB_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +217,9 @@ class DhtService:
         )
         self.shim = OverlayShim(port)
         self.shim.connect(self.protocol)
+        self._linked = port if isinstance(port, LinkedPeers) else None
+        self._absorbed: set[NodeId] = set()
+        self._absorb_at = -float("inf")
         self._spawn(self._every(self.config.republish_interval_s, self._republish_all))
         self._spawn(self._every(self.config.refresh_interval_s, self._refresh))
 
@@ -291,6 +302,18 @@ class DhtService:
         self.stats["bootstrapped"] += 1
         return bool(self.contacts())
 
+    def _absorb_links(self) -> None:
+        """Take the overlay's linked peers in as contacts (each once: kademlia pings a full
+        bucket's head for every newcomer it cannot place)."""
+        now = self._loop.time()
+        if self._linked is None or now < self._absorb_at:
+            return
+        self._absorb_at = now + LINK_ABSORB_S
+        for peer in self._linked.linked_peers():
+            if peer not in self._absorbed and peer != self.node_id:
+                self._absorbed.add(peer)
+                self.protocol.welcome_if_new(kad_node(peer))
+
     async def _ensure_contacts(self) -> None:
         if not self.contacts() and self._seeds:
             self.stats["rejoins"] += 1
@@ -302,6 +325,7 @@ class DhtService:
         await self._lookup(self._rng.getrandbits(160).to_bytes(20, "big"))
 
     async def _lookup(self, target: bytes) -> list[NodeId]:
+        self._absorb_links()
         node = Node(target)
         nearest = self.protocol.router.find_neighbors(node, self.config.ksize)
         if not nearest:

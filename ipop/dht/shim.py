@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ipop.idcache import node_id_from_hex
 from ipop.types import ID_BYTES, NodeId
@@ -39,6 +39,13 @@ class OverlayPort(Protocol):
     def send_dht(self, dst: NodeId, payload: bytes) -> None:
         """Route ``payload`` to node ``dst`` exactly; it may be lost (the DHT retransmits)."""
         ...
+
+
+@runtime_checkable
+class LinkedPeers(Protocol):
+    """Optional part of an :class:`OverlayPort`: the peers the overlay holds links to."""
+
+    def linked_peers(self) -> list[NodeId]: ...
 
 
 def address_for(node: NodeId) -> Address:

@@ -250,3 +250,25 @@ def test_message_with_mismatched_sender_is_dropped() -> None:
         assert target.storage.lookup(record.key_id) == record
 
     run_cluster(body, n=10)
+
+
+def test_overlay_links_become_contacts() -> None:
+    """A node that knows nobody in the DHT still finds the record through its overlay links."""
+
+    class Linked:
+        def __init__(self, peers: list[NodeId]) -> None:
+            self.peers = peers
+
+        def linked_peers(self) -> list[NodeId]:
+            return self.peers
+
+    async def body(c: DhtCluster) -> None:
+        assert await c.nodes[1].put(K, b"one", 60)
+        loner = c.add_node()  # never bootstrapped: no kademlia contact at all
+        assert loner.contacts() == []
+        loner._linked = Linked([c.nodes[3].node_id, c.nodes[7].node_id])
+        got = await loner.get(K)
+        assert got is not None and got.value == b"one"
+        assert {c.nodes[3].node_id, c.nodes[7].node_id} <= set(loner.contacts())
+
+    run_cluster(body, n=12)
