@@ -41,7 +41,11 @@ Invariants:
    path may never deliver; if both handshakes complete and the two sides end up sealing with
    different keys, each still opens the other's on ``previous``, and the first side to see
    its previous keys still in use half a grace period after switching starts one more
-   (sequential, hence converging) handshake ("rehandshake_diverged").
+   (sequential, hence converging) handshake ("rehandshake_diverged"). DATA under an index of
+   ours that we retired (keys answered but dropped unconfirmed, keys a rekey replaced), for a
+   peer whose session is up, starts one too ("rehandshake_stale_keys", one per handshake
+   timeout): the two ends hold different keys, and waiting for the link timeout would lose
+   everything meanwhile.
 5. Rekey is started by whichever side first reaches ``rekey_after_s`` (on a send or on the
    timer, so idle links rekey too) or ``rekey_after_messages`` on its sending keys, toward
    the peer's current path, with the peer's id expected; traffic keeps flowing on the old
@@ -70,7 +74,7 @@ the certificate reasons of :data:`ipop.identity.CERT_REASONS`, ``bad_signature``
 ``bad_cipher``, ``bad_key``, ``unexpected_peer``, ``unknown_index``. Facts that are not
 refusals are counted in ``stats`` (``link_up``, ``link_down_<reason>``, ``rekey_started``,
 ``roamed``, ``collision_yielded``, ``handshake_answered``, ``handshake_retransmitted``,
-``handshake_failed``, ``rehandshake_diverged``).
+``handshake_failed``, ``rehandshake_diverged``, ``rehandshake_stale_keys``).
 
 Timer: every peer's earliest deadline lives in a heap (lazy: an entry is live only while its
 sequence number is the peer's ``due_seq``), so a firing handles only the peers that are due,
@@ -136,6 +140,8 @@ __all__ = [
 ]
 
 _INF: Final = float("inf")
+# Retired key indices remembered (see LinkEndpoint._unknown_index): a few per peer and rekey.
+RETIRED_MAX: Final = 4096
 # A direct path replaces the one in use only if its handshake was this much faster.
 PATH_SWITCH_RATIO: Final = 0.7
 _HDR_PACK = DATA_HEADER.pack
@@ -345,6 +351,7 @@ class _Peer:
         "pending",
         "previous",
         "probe_after",
+        "rekeyed_stale_at",
         "rekeys",
         "rx_bytes",
         "rx_packets",
@@ -372,6 +379,7 @@ class _Peer:
         self.last_tx = 0.0
         self.rx_bytes = self.rx_packets = self.tx_bytes = self.tx_packets = 0
         self.rekeys = 0
+        self.rekeyed_stale_at = -_INF
         # The deadline of this peer's live heap entry (see LinkEndpoint._touch).
         self.due = _INF
         self.due_seq = 0
@@ -410,6 +418,8 @@ class LinkEndpoint:
         # Init bytes we answered -> (Resp, path, our pending index): a retransmitted copy of
         # the same Init (our Resp was lost) gets the same Resp again.
         self._answered: dict[bytes, tuple[bytes, Path, int]] = {}
+        # Indices we gave out and dropped -> whose they were (insertion order: oldest first).
+        self._retired: dict[int, NodeId] = {}
         self._reject_messages = self.config.reject_after_messages
         self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
             TYPE_DATA: self._on_data,
@@ -501,7 +511,7 @@ class LinkEndpoint:
         _, index, counter = _HDR_UNPACK_FROM(data)
         kp = self._keypairs.get(index)
         if kp is None:
-            self.drops["unknown_index"] += 1
+            self._unknown_index(index, now)
             return None
         if now >= kp.reject_at or counter >= self._reject_messages:
             self.drops["expired_key"] += 1
@@ -679,7 +689,7 @@ class LinkEndpoint:
         for index, kp in list(st.pending.items()):
             if now >= kp.created_at + timeout:
                 del st.pending[index]
-                self._keypairs.pop(index, None)
+                self._retire(index, st)
         cur = st.current
         if not st.up or cur is None:
             if not st.pending:
@@ -695,7 +705,7 @@ class LinkEndpoint:
             return
         prev = st.previous
         if prev is not None and now >= prev.reject_at:
-            self._keypairs.pop(prev.local_index, None)
+            self._retire(prev.local_index, st)
             st.previous = None
         if now >= cur.rekey_at:
             # An idle link rekeys too: overlay links live for hours, traffic or not.
@@ -754,7 +764,7 @@ class LinkEndpoint:
         _, index, counter = _HDR_UNPACK_FROM(data)
         kp = self._keypairs.get(index)
         if kp is None:
-            self.drops["unknown_index"] += 1
+            self._unknown_index(index, now)
             return
         if now >= kp.reject_at or counter >= self._reject_messages:
             self.drops["expired_key"] += 1
@@ -855,7 +865,7 @@ class LinkEndpoint:
         while len(st.pending) > cfg.max_pending_responses:
             oldest = next(iter(st.pending))
             del st.pending[oldest]
-            self._keypairs.pop(oldest, None)
+            self._retire(oldest, st)
         self._answered[verified.raw] = (resp, path, index)
         self._outbox.append((resp, path))
         self.stats["handshake_answered"] += 1
@@ -902,7 +912,7 @@ class LinkEndpoint:
         """Responder side: ``kp`` was just proven by the initiator's first DATA."""
         del st.pending[kp.local_index]
         for index in st.pending:
-            self._keypairs.pop(index, None)
+            self._retire(index, st)
         st.pending.clear()
         self._install(st, kp, path, now, None)
 
@@ -941,7 +951,7 @@ class LinkEndpoint:
         if old is not None:
             old.reject_at = min(old.reject_at, now + self.config.previous_key_grace_s)
             if st.previous is not None:
-                self._keypairs.pop(st.previous.local_index, None)
+                self._retire(st.previous.local_index, st)
             st.previous = old
             st.rekeys += 1
         st.current = kp
@@ -991,6 +1001,34 @@ class LinkEndpoint:
         if now - st.path_rx >= timing.PATH_SILENT_S or st.path_rtt == _INF:
             return True
         return rtt is not None and rtt < st.path_rtt * PATH_SWITCH_RATIO
+
+    def _unknown_index(self, index: int, now: float) -> None:
+        """DATA under an index we no longer hold. If it is one we gave out and retired (keys
+        we answered but dropped unconfirmed, keys a rekey replaced) and the peer's session is
+        up, the two ends hold different keys (crossing handshakes over different relays, a
+        lost key confirmation) and the link would stay dead until the link timeout: key it
+        afresh toward its path. An index is 32 random bits seen only by the peer, so this is
+        no answer to garbage (invariant 1); at most one such handshake per handshake timeout."""
+        self.drops["unknown_index"] += 1
+        peer = self._retired.get(index)
+        if peer is None:
+            return
+        st = self._peers.get(peer)
+        if st is None or not st.up or now < st.rekeyed_stale_at + self.config.handshake_timeout_s:
+            return
+        if st.pending or any(i.expected == peer for i in self._initiations.values()):
+            return
+        st.rekeyed_stale_at = now
+        self.stats["rehandshake_stale_keys"] += 1
+        self._start_initiation(st.path, peer, now)
+
+    def _retire(self, index: int, st: _Peer) -> None:
+        """Forget keys, remembering whose index it was (see :meth:`_unknown_index`)."""
+        self._keypairs.pop(index, None)
+        retired = self._retired
+        retired[index] = st.node_id
+        if len(retired) > RETIRED_MAX:
+            del retired[next(iter(retired))]
 
     def _maybe_roam(self, st: _Peer, path: Path, now: float) -> None:
         """Newest authenticated DATA came from ``path``, not the session's: follow it if the

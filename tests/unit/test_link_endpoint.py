@@ -393,3 +393,38 @@ def test_roaming_to_another_address_waits_until_the_current_path_is_silent() -> 
     assert w.b.stats["roam_held"] == 1 and w.b.peers()[0].path == A_EP  # both live: stay
     w.b.receive_datagram(sealed(w, b"still other"), lan, now=w.now + 0.2 + timing.PATH_SILENT_S)
     assert w.b.stats["roamed"] == 1 and w.b.peers()[0].path == lan  # old path went quiet
+
+
+def test_data_under_keys_we_dropped_rekeys_the_session() -> None:
+    quiet = LinkConfig(
+        rekey_after_s=100.0,
+        reject_after_s=200.0,
+        handshake_timeout_s=2.0,
+        keepalive_interval_s=50.0,
+    )
+    busy = LinkConfig(rekey_after_s=5.0, handshake_timeout_s=2.0, keepalive_interval_s=1.0)
+    w = World(quiet)
+    w.b = LinkEndpoint(w.idb, rng=random.Random(2), config=busy)
+    w.up()
+    # B rekeys and A answers, but B's key confirmation and keepalives are lost until A has
+    # dropped its unconfirmed answer: B now seals with keys A no longer holds.
+    w.lost = lambda data, to: to == "a" and data[0] == 0xC3
+    w.run_until(w.now + 8.0)
+    assert w.b.stats["rekey_started"] == 1 and w.a.stats["rehandshake_stale_keys"] == 0
+    w.lost = lambda data, to: False
+    w.run_until(w.now + 2.0)
+    assert w.a.stats["rehandshake_stale_keys"] == 1
+    w.send("b", b"after the repair")
+    w.run_until(w.now + 1.0)
+    assert b"after the repair" in payloads(w.received["a"])
+
+
+def test_garbage_with_an_unknown_index_gets_nothing() -> None:
+    w = up_pair()
+    w.b.datagrams_to_send(now=w.now)
+    data = bytearray(sealed(w, b"x"))
+    data[1:5] = (0xDEADBEEF).to_bytes(4, "big")  # an index b never gave out
+    for k in range(3):
+        w.b.receive_datagram(bytes(data), A_EP, now=w.now + k)
+    assert w.b.drops["unknown_index"] == 3 and w.b.stats["rehandshake_stale_keys"] == 0
+    assert w.b.datagrams_to_send(now=w.now + 3) == []
