@@ -303,16 +303,24 @@ class DhtService:
         return bool(self.contacts())
 
     def _absorb_links(self) -> None:
-        """Take the overlay's linked peers in as contacts (each once: kademlia pings a full
-        bucket's head for every newcomer it cannot place)."""
+        """Take the overlay's linked peers in as contacts where a bucket has room for them.
+
+        Each peer is looked at once, and a full bucket is left alone: kademlia would ping its
+        head for every newcomer it cannot place, and a full bucket needs no help.
+        """
         now = self._loop.time()
         if self._linked is None or now < self._absorb_at:
             return
         self._absorb_at = now + LINK_ABSORB_S
+        router = self.protocol.router
         for peer in self._linked.linked_peers():
-            if peer not in self._absorbed and peer != self.node_id:
-                self._absorbed.add(peer)
-                self.protocol.welcome_if_new(kad_node(peer))
+            if peer in self._absorbed or peer == self.node_id:
+                continue
+            self._absorbed.add(peer)
+            node = kad_node(peer)
+            bucket = router.buckets[router.get_bucket_for(node)]
+            if len(bucket) < router.ksize or bucket.has_in_range(router.node):
+                self.protocol.welcome_if_new(node)
 
     async def _ensure_contacts(self) -> None:
         if not self.contacts() and self._seeds:
