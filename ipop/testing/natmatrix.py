@@ -13,19 +13,18 @@ when the link runs through a relay node, "overlay" while ``x`` has no link to ``
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import random
 from statistics import median
 from typing import Any
 
 from ipop.aio.node import Node
-from ipop.overlay.node import OverlayConfig
 from ipop.stun import direct_expected
 from ipop.testing.clock import SIM_EPOCH, run_virtual
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import make_network
 from ipop.testing.netsim import Network
-from ipop.types import Endpoint, RelayPath
+from ipop.testing.simnode import start_nodes
+from ipop.types import RelayPath
 
 __all__ = ["KINDS", "run_matrix", "run_pair"]
 
@@ -47,26 +46,9 @@ async def _pair(a: str, b: str, seed: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     net = Network(rng=random.Random(seed))
     ca = make_network("matrix", now=loop.time())
-    rng = random.Random(seed + 1)
-    nodes: dict[str, Node] = {}
-    boot: list[Endpoint] = []
-    for name, kind in (("boot", "none"), ("x", a), ("y", b)):
-        host = net.add_host(name, kind)
-        node = Node(
-            make_identity(ca, name, now=loop.time()),
-            bootstrap=boot,
-            clock=loop.time,
-            rng=random.Random(rng.random()),
-            overlay_config=OverlayConfig(local_endpoints=(Endpoint(host.address, PORT),)),
-        )
-        node.attach(
-            host.bind(PORT, node.datagram_received),
-            open_socket=functools.partial(host.bind, 0),
-        )
-        node.start()
-        nodes[name] = node
-        if name == "boot":
-            boot = [Endpoint(host.address, PORT)]
+    hosts = [net.add_host(name, kind) for name, kind in (("boot", "none"), ("x", a), ("y", b))]
+    started = start_nodes(hosts, ca, rng=random.Random(seed + 1))
+    nodes = dict(zip(("boot", "x", "y"), started, strict=True))
     x, y = nodes["x"], nodes["y"]
     row: dict[str, Any] = {
         "a": a,

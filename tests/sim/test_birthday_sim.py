@@ -4,14 +4,13 @@ of the symmetric side's punching sockets, which is kept while the others are clo
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 
-from ipop.aio.node import PUNCH_SOCKET_IDLE_S, Node
-from ipop.overlay.node import OverlayConfig
+from ipop.aio.node import PUNCH_SOCKET_IDLE_S
 from ipop.testing.clock import SIM_EPOCH, run_virtual
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import make_network
 from ipop.testing.netsim import Network
+from ipop.testing.simnode import start_nodes
 from ipop.types import Endpoint, RelayPath, SocketPath
 
 PORT = 5800
@@ -22,25 +21,9 @@ def test_a_guessed_port_carries_the_pair_and_idle_punching_sockets_close() -> No
         loop = asyncio.get_running_loop()
         net = Network(rng=random.Random(21))
         ca = make_network("bday", now=loop.time())
-        rng = random.Random(22)
-        nodes: list[Node] = []
-        boot: list[Endpoint] = []
-        for name, kind in (("boot", "none"), ("c", "port-restricted-cone"), ("s", "symmetric")):
-            host = net.add_host(name, kind)
-            node = Node(
-                make_identity(ca, name, now=loop.time()),
-                bootstrap=boot,
-                clock=loop.time,
-                rng=random.Random(rng.random()),
-                overlay_config=OverlayConfig(local_endpoints=(Endpoint(host.address, PORT),)),
-            )
-            node.attach(
-                host.bind(PORT, node.datagram_received),
-                open_socket=functools.partial(host.bind, 0),
-            )
-            node.start()
-            nodes.append(node)
-            boot = boot or [Endpoint(host.address, PORT)]
+        kinds = (("boot", "none"), ("c", "port-restricted-cone"), ("s", "symmetric"))
+        hosts = [net.add_host(name, kind) for name, kind in kinds]
+        nodes = start_nodes(hosts, ca, rng=random.Random(22))
         _, c, s = nodes
         try:
             await asyncio.wait_for(asyncio.gather(c.dht_ready.wait(), s.dht_ready.wait()), 60)

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import random
 
-from ipop.aio.node import Node
-from ipop.overlay.node import OverlayConfig
 from ipop.testing.clock import SIM_EPOCH, run_virtual
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import make_network
 from ipop.testing.nat import nat_kind
 from ipop.testing.netsim import Network
+from ipop.testing.simnode import start_nodes
 from ipop.types import Endpoint
 
 PORT = 5800
@@ -27,24 +25,7 @@ def test_two_peers_on_one_lan_keep_the_lan_path() -> None:
         behaviour = dataclasses.replace(nat_kind("full-cone"), hairpinning=True)
         home = net.add_nat("home", behaviour)
         hosts = [net.add_public_host("boot"), home.add_host("a"), home.add_host("b")]
-        rng = random.Random(12)
-        nodes: list[Node] = []
-        boot: list[Endpoint] = []
-        for host in hosts:
-            node = Node(
-                make_identity(ca, host.name, now=loop.time()),
-                bootstrap=boot,
-                clock=loop.time,
-                rng=random.Random(rng.random()),
-                overlay_config=OverlayConfig(local_endpoints=(Endpoint(host.address, PORT),)),
-            )
-            node.attach(
-                host.bind(PORT, node.datagram_received),
-                open_socket=functools.partial(host.bind, 0),
-            )
-            node.start()
-            nodes.append(node)
-            boot = boot or [Endpoint(host.address, PORT)]
+        nodes = start_nodes(hosts, ca, rng=random.Random(12))
         _, a, b = nodes
         try:
             await asyncio.wait_for(asyncio.gather(a.dht_ready.wait(), b.dht_ready.wait()), 60)
