@@ -263,10 +263,14 @@ def _format_shortcut(sc: dict[str, Any]) -> list[str]:
         mark = "   <- direct from here" if i == turn else ""
         lines.append(f"  {i + 1:>5} {at:>6.2f} {rtt:>8.3f}  {path or '-'}{mark}")
     if sc.get("direct"):
+
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:.3f}"
+
         lines.append(
             f"  direct after {sc['time_to_direct_s']:.2f} s: median RTT "
-            f"{sc['rtt_overlay_ms'] or float('nan'):.3f} ms before, "
-            f"{sc['rtt_direct_ms'] or float('nan'):.3f} ms after; {sc['lost']} lost"
+            f"{ms(sc['rtt_overlay_ms'])} ms before, {ms(sc['rtt_direct_ms'])} ms after; "
+            f"{sc['lost']} lost"
         )
     else:
         lines.append(f"  stayed {sc.get('path')}: {sc.get('why') or '-'}")

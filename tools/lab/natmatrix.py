@@ -134,27 +134,27 @@ def watch_pings(
     direct_at = next((t for t, p in samples if p == "direct"), None)
     res["direct"] = direct_at is not None
     first = min(replies[0][0], started) if replies else started
-    if direct_at is not None:
-        res["time_to_direct_s"] = round(max(0.0, direct_at - first), 3)
-        before = [r for t, r in replies if t < direct_at]
-        after = [r for t, r in replies if t >= direct_at]
-        res["rtt_overlay_ms"] = round(median(before), 3) if before else None
-        res["rtt_direct_ms"] = round(median(after), 3) if after else None
-    elif replies:
-        res["rtt_overlay_ms"] = round(median(r for _, r in replies), 3)
-    res["path"] = samples[-1][1] if samples else None
-    res["why"] = why if res["path"] != "direct" else None
 
-    def path_at(t: float) -> str | None:
-        # The reply left after its RTT's worth before it was stamped: the path held then.
+    def path_at(t: float) -> str:
+        # The path held when the request left (a reply is stamped an RTT later); no row for
+        # the peer in status means no link: routed over the overlay.
         held = None
         for ts, p in samples:
             if ts > t:
                 break
             held = p
-        return held
+        return held or "overlay"
 
-    res["replies"] = [[round(t - first, 3), rtt, path_at(t - rtt / 1000)] for t, rtt in replies]
+    rows = [(t, rtt, path_at(t - rtt / 1000)) for t, rtt in replies]
+    before = [r for _, r, p in rows if p != "direct"]
+    after = [r for _, r, p in rows if p == "direct"]
+    if direct_at is not None:
+        res["time_to_direct_s"] = round(max(0.0, direct_at - first), 3)
+    res["rtt_overlay_ms"] = round(median(before), 3) if before else None
+    res["rtt_direct_ms"] = round(median(after), 3) if after else None
+    res["path"] = samples[-1][1] if samples else None
+    res["why"] = why if res["path"] != "direct" else None
+    res["replies"] = [[round(t - first, 3), rtt, p] for t, rtt, p in rows]
     return res
 
 
