@@ -479,8 +479,8 @@ class Daemon:
         node = self.node
         if node is None:
             return "no direct path"
-        _, symmetric, translated = node.core.public_view()
-        symmetric = symmetric or self.nat_kind() == "symmetric"
+        _, _, translated = node.core.public_view()
+        symmetric = self.nat_kind() == "symmetric"  # netcheck's measurement when there is one
         return node.core.birthday.why_relayed(peer, symmetric=symmetric, translated=translated)
 
     def _why_no_link(self, peer: NodeId) -> str:
@@ -501,11 +501,10 @@ class Daemon:
         node = self.node
         if node is None:
             return None
-        own = set(self._local)
-        seen = [ep for ep in node.core.overlay.endpoints() if ep not in own]
-        if not seen:
+        host, symmetric, _ = node.core.public_view()  # the one reading of peers' echoes
+        if host is None:
             return "open" if node.core.overlay.routable else None
-        return "symmetric" if len(seen) > 1 else "cone"
+        return "symmetric" if symmetric else "cone"
 
     def path_to(self, peer: NodeId) -> PathKind:
         node = self.node
