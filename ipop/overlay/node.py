@@ -41,7 +41,11 @@ Brunet-style ring (DESIGN.md §5):
   attempts (far links, shortcuts, connect-backs) never gate near requests.
 - **Routing** is greedy over every up link (:func:`ipop.overlay.ring.next_hop`): strictly
   closer at each hop, so it cannot loop; exact delivery drops at a local minimum
-  ("no_route"), closest delivery delivers there.
+  ("no_route"), closest delivery delivers there. At a local minimum an exact message may take
+  one detour, bounded by the TTL: to the near peer that told us it holds a link to the target,
+  else back the way the target's own last routed message came to us (a reverse-path hint: a
+  node that has just joined sends requests before the ring around it has formed, and the
+  answers must find it), else, at the message's source only, to our peer nearest the target.
 - **Trimming** closes links with no reason left after a grace period (policies.py).
 
 Invariants:
@@ -178,6 +182,11 @@ class Links(Protocol):
 
 # CLOSING is sent this many times (see OverlayNode._close_link).
 _CLOSING_COPIES = 3
+# Reverse-path hints (see _route): how long one is trusted and how many are kept. A few
+# seconds covers the time a new node's near links take to form; the cap bounds the memory a
+# node routing for many sources can spend on them.
+_REVERSE_HINT_S = 10.0
+_REVERSE_HINT_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +466,9 @@ class OverlayNode:
         self._near: frozenset[NodeId] = frozenset()
         # Ids heard from peers, with who told us, until when we trust the news.
         self._seen = _Seen()
+        # Source of a routed message we do not hold a link to -> (the peer that handed it to
+        # us, until when): see _route.
+        self._reverse: dict[NodeId, tuple[NodeId, float]] = {}
         # Bumped whenever _backoff gains or loses a peer (keys the brackets cache).
         self._backoff_version = 0
         # (seen version, table version, backoff version), answer, valid until: see
@@ -732,6 +744,12 @@ class OverlayNode:
         if msg.src == self.local_id:
             self.drops["own_src_returned"] += 1
             return
+        if msg.src not in self._table:
+            reverse = self._reverse
+            reverse.pop(msg.src, None)  # re-inserted last: the dict stays oldest-first
+            if len(reverse) >= _REVERSE_HINT_MAX:
+                del reverse[next(iter(reverse))]
+            reverse[msg.src] = (peer, now + _REVERSE_HINT_S)
         self._route(msg, received=True, now=now)
 
     def _on_relay_forward(self, msg: RelayForward, peer: NodeId, now: float) -> None:
@@ -824,6 +842,17 @@ class OverlayNode:
             # told us it holds a link to ``target`` can take it the last hop; the TTL bounds
             # any detour this makes.
             hop = self._informer_of(target, now)
+            if hop is None:
+                hop = self._reverse_hop(target, now)
+            if hop is None and not received:
+                # Our own message, and none of our peers is closer to the target than we
+                # are: a node that joined a moment ago holds one or two links, and the node
+                # that told it about the target (a DHT contact, say) is usually one of them
+                # and linked to it. Hand it to our peer nearest the target; only the source
+                # does this, so it is one extra hop at most.
+                hop = self._next_hop(target, exact=False, exclude=self.local_id)
+                if hop is not None:
+                    self.stats["routed_source_detour"] += 1
         if hop is None:
             if (
                 msg.via is not None
@@ -855,6 +884,13 @@ class OverlayNode:
             return None
         self.stats["routed_via_informer"] += 1
         return news[0]
+
+    def _reverse_hop(self, target: NodeId, now: float) -> NodeId | None:
+        hint = self._reverse.get(target)
+        if hint is None or hint[1] < now or hint[0] not in self._table:
+            return None
+        self.stats["routed_via_reverse"] += 1
+        return hint[0]
 
     def _deliver(self, msg: Routed, hops: int, now: float) -> None:
         if msg.kind <= UPPER_KIND_MAX:

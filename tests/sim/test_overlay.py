@@ -490,3 +490,48 @@ def test_silent_near_peer_is_pulled_then_closed() -> None:
     # Both are alive and true neighbours: the ring repairs the link.
     run_until_consistent(world, world.now + 30.0)
     assert peer in node.near_peers()
+
+
+def _routed_from(src: NodeId, dst: NodeId, payload: bytes) -> bytes:
+    return Routed(FLAG_EXACT, 1, 64, KIND_PING, src, dst, None, payload).encode()
+
+
+def test_an_answer_finds_a_new_node_back_the_way_its_request_came() -> None:
+    """Y holds links to P and Q only; X (not linked to Y, and nearer Y than P or Q is) reached
+    Y through P. Y's answer to X is at a local minimum: it goes back through P, not dropped."""
+    y, x, p, q = NodeId(500), NodeId(520), NodeId(100), NodeId(900)
+    links = _StubLinks(y)
+    ep_p, ep_q = Endpoint("198.51.100.2", 5800), Endpoint("198.51.100.3", 5800)
+    node = _node_with(links, {p: ep_p, q: ep_q})
+    node.on_link_event(LinkMessage(p, _routed_from(x, y, b"request"), ep_p), now=2.0)
+    ev = node.next_event()
+    while ev is not None and not isinstance(ev, Delivered):
+        ev = node.next_event()
+    assert isinstance(ev, Delivered) and ev.payload == b"request"
+    links.sent.clear()
+    # A message we forward for somebody else (no source detour) toward X: back through P too.
+    z = NodeId(300)
+    node.on_link_event(LinkMessage(q, _routed_from(z, x, b"answer"), ep_q), now=2.5)
+    assert [peer for peer, _ in links.sent] == [p]
+    assert node.drops["no_route"] == 0 and node.stats["routed_via_reverse"] == 1
+    # The hint is a hint: it expires, and then the same message has no route.
+    links.sent.clear()
+    node.on_link_event(LinkMessage(q, _routed_from(z, x, b"late"), ep_q), now=60.0)
+    assert links.sent == [] and node.drops["no_route"] == 1
+
+
+def test_the_source_hands_an_exact_message_to_its_nearest_peer_at_a_local_minimum() -> None:
+    """Y's own message to X, nearer Y than any of Y's peers: it goes to the peer nearest X
+    (which may hold a link to X); a message Y merely forwards is not detoured."""
+    y, x, p, q = NodeId(500), NodeId(520), NodeId(100), NodeId(900)
+    links = _StubLinks(y)
+    ep_p, ep_q = Endpoint("198.51.100.2", 5800), Endpoint("198.51.100.3", 5800)
+    node = _node_with(links, {p: ep_p, q: ep_q})
+    links.sent.clear()
+    assert node.send_routed(x, KIND_PING, b"mine", exact=True, now=2.0)
+    assert [peer for peer, _ in links.sent] == [q]
+    assert node.stats["routed_source_detour"] == 1
+    links.sent.clear()
+    z = NodeId(300)
+    node.on_link_event(LinkMessage(p, _routed_from(z, x, b"theirs"), ep_p), now=2.0)
+    assert links.sent == [] and node.drops["no_route"] == 1
