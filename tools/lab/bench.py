@@ -33,7 +33,7 @@ from typing import Any
 
 __all__ = ["SYSTEMS", "main_bench", "register", "run_bench"]
 
-SYSTEMS = ("underlay", "ipop", "tinc", "wireguard-go", "nebula")
+SYSTEMS = ("underlay", "python-floor", "ipop", "tinc", "wireguard-go", "nebula")
 A_UL = "198.51.100.1"
 B_UL = "198.51.100.2"
 PINGS = 20
@@ -265,6 +265,30 @@ def _ipop(run: _Run, duration_s: int) -> tuple[float, float]:
         run.stop(procs)
 
 
+def _python_floor(run: _Run, duration_s: int, *, loop: str = "asyncio") -> tuple[float, float]:
+    """tools.bench.floor_tunnel on both ends: what Python itself costs per packet."""
+    py = str(REPO / ".venv" / "bin" / "python")
+    procs = []
+    tun = run.prefix + "fl"
+    ends = (("a", run.ns_a, "100.64.2.1", B_UL), ("b", run.ns_b, "100.64.2.2", A_UL))
+    for n, ns, vpn, peer in ends:
+        argv = [
+            "env", f"PYTHONPATH={REPO}", py, "-m", "tools.bench.floor_tunnel", "--tun", tun,
+            "--addr", f"{vpn}/24", "--peer", f"{peer}:7000", "--loop", loop,
+            "--max-seconds", str(duration_s + 120),
+        ]  # fmt: skip
+        procs.append(run.spawn(ns, argv, f"floor-{loop}-{n}.log"))
+    try:
+        _wait(lambda: _pings_ok(run, "100.64.2.2"), UP_TIMEOUT_S, "ping over the floor tunnel", 0.3)
+        return _measure(run, "100.64.2.2", duration_s)
+    finally:
+        run.stop(procs)
+
+
+def _python_floor_epoll(run: _Run, duration_s: int) -> tuple[float, float]:
+    return _python_floor(run, duration_s, loop="epoll")
+
+
 def _tinc(run: _Run, duration_s: int) -> tuple[float, float]:
     if shutil.which("tincd") is None:
         raise BenchError("tincd not installed")
@@ -383,6 +407,8 @@ def _nebula(run: _Run, duration_s: int) -> tuple[float, float]:
 
 _RUNNERS: dict[str, Callable[[_Run, int], tuple[float, float]]] = {
     "underlay": _underlay,
+    "python-floor": _python_floor,
+    "python-floor-epoll": _python_floor_epoll,
     "ipop": _ipop,
     "tinc": _tinc,
     "wireguard-go": _wireguard_go,
@@ -405,7 +431,7 @@ def run_bench(
         raise BenchError("needs root: builds network namespaces")
     unknown = [s for s in systems if s not in _RUNNERS]
     if unknown:
-        raise BenchError(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+        raise BenchError(f"unknown systems {unknown}; choose from {', '.join(_RUNNERS)}")
     per: dict[str, list[tuple[float, float]]] = {s: [] for s in systems}
     errors: dict[str, str] = {}
     for i in range(runs):
@@ -451,14 +477,14 @@ def format_table(report: dict[str, Any], *, duration_s: int, runs: int, pings: i
     lines = [
         f"iperf3 TCP 1 stream {duration_s} s (+1 s omitted), {pings} pings @ 50 ms; "
         f"median of {runs} run(s)",
-        f"{'system':<14} {'Mbit/s':>9} {'rtt ms':>8}  per run",
+        f"{'system':<18} {'Mbit/s':>9} {'rtt ms':>8}  per run",
     ]
     for r in report["results"]:
         if r["mbit_s"] is None:
-            lines.append(f"{r['system']:<14} {'error':>9} {'':>8}  {r['error']}")
+            lines.append(f"{r['system']:<18} {'error':>9} {'':>8}  {r['error']}")
             continue
         each = " / ".join(f"{x['mbit_s']:.0f}" for x in r["runs"])
-        lines.append(f"{r['system']:<14} {r['mbit_s']:>9.1f} {r['rtt_ms']:>8.3f}  {each}")
+        lines.append(f"{r['system']:<18} {r['mbit_s']:>9.1f} {r['rtt_ms']:>8.3f}  {each}")
     return "\n".join(lines)
 
 
