@@ -142,7 +142,8 @@ class OverlayScenario:
     near_per_side: int = 3
     # Direct attempts between NATs that cannot meet (port-restricted cone vs symmetric) fail by
     # handshake timeout, and only then does the overlay try a relay: the default 20 s would
-    # make every such near pair wait 20 s. Four handshake tries (0, 1, 3, 7 s) fit in 8 s.
+    # make every such near pair wait 20 s. Five handshake tries (0, 0.5, 1.5, 3.5, 7.5 s) fit
+    # in 8 s.
     handshake_timeout_s: float = 8.0
     # A crashed peer is noticed only by silence; the default 50 s (three keepalives + slack)
     # leaves 10 s of the 60 s repair budget. Two keepalive intervals are enough on 1% loss.

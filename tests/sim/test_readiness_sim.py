@@ -11,12 +11,14 @@ import ipaddress
 import random
 import statistics
 
+from ipop.aio.node import Node
 from ipop.dht.alloc import allocate_ip
 from ipop.testing.clock import SIM_EPOCH, run_virtual
-from ipop.testing.identities import make_network
+from ipop.testing.identities import make_identity, make_network
 from ipop.testing.nat import nat_kind
 from ipop.testing.netsim import Network
-from ipop.testing.simnode import start_nodes
+from ipop.testing.simnode import PORT, start_nodes
+from ipop.types import Endpoint
 
 # The lab demo: two public nodes, three behind NATs of different kinds, a router behind one.
 HOSTS = (
@@ -76,3 +78,44 @@ def test_a_new_network_is_ready_without_waiting_for_retransmissions() -> None:
     assert statistics.median(slowest) <= 0.3, runs
     assert max(slowest) <= 1.5, runs
     assert sum(r for _, r in runs) <= 4, runs
+
+
+def test_a_node_started_before_its_bootstrap_joins_on_an_early_retry() -> None:
+    """Started together, a node's first handshake can reach its bootstrap's port before the
+    bootstrap listens (the lab demo starts every ipopd at once). It links on the first retry:
+    half a second later, not one."""
+    joined_after: list[float] = []
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        net = Network(rng=random.Random(3), internet_latency_s=0.0001)
+        ca = make_network("early", now=loop.time())
+        boot_host = net.add_public_host("boot")
+        late_host = net.add_nat("nat", nat_kind("port-restricted-cone")).add_host("early")
+        boot_ep = Endpoint(boot_host.address, PORT)
+
+        def node(name: str, bootstrap: list[Endpoint]) -> Node:
+            return Node(
+                make_identity(ca, name, now=loop.time()),
+                bootstrap=bootstrap,
+                clock=loop.time,
+                rng=random.Random(name),
+            )
+
+        early = node("early", [boot_ep])
+        early.attach(late_host.bind(PORT, early.datagram_received))
+        early.start()
+        await asyncio.sleep(0.05)
+        boot = node("boot", [])
+        boot.attach(boot_host.bind(PORT, boot.datagram_received))
+        boot.start()
+        t0 = loop.time()
+        try:
+            await asyncio.wait_for(early.joined.wait(), 10)
+            joined_after.append(loop.time() - t0)
+        finally:
+            await asyncio.gather(early.close(), boot.close())
+
+    run_virtual(body(), start=SIM_EPOCH)
+    # The first retry leaves 0.5 s after the first try (1.0 s before this was tuned).
+    assert joined_after and joined_after[0] < 0.6, joined_after
