@@ -848,11 +848,23 @@ class OverlayNode:
                 # Our own message, and none of our peers is closer to the target than we
                 # are: a node that joined a moment ago holds one or two links, and the node
                 # that told it about the target (a DHT contact, say) is usually one of them
-                # and linked to it. Hand it to our peer nearest the target; only the source
-                # does this, so it is one extra hop at most.
+                # and linked to it. Hand it to our peer nearest the target, marked so that no
+                # later hop hands it back to us (we are nearer the target than that peer, and
+                # greedy routing would); only the source detours.
                 hop = self._next_hop(target, exact=False, exclude=self.local_id)
                 if hop is not None:
                     self.stats["routed_source_detour"] += 1
+                    if msg.via is None:
+                        msg = Routed(
+                            msg.flags | FLAG_EXCLUDE_SRC,
+                            msg.hops,
+                            msg.ttl,
+                            msg.kind,
+                            msg.src,
+                            msg.dst,
+                            msg.via,
+                            msg.payload,
+                        )
         if hop is None:
             if (
                 msg.via is not None

@@ -16,7 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipop.link.endpoint import LinkUp, ObservedEndpoint
-from ipop.overlay.messages import FLAG_EXACT, KIND_PING, RelayForward, RelayRefused, Routed
+from ipop.overlay.messages import (
+    FLAG_EXACT,
+    FLAG_EXCLUDE_SRC,
+    KIND_PING,
+    RelayForward,
+    RelayRefused,
+    Routed,
+)
 from ipop.overlay.node import Delivered, OverlayConfig, OverlayNode, Routable
 from ipop.overlay.ring import next_hop, next_hop_sorted, ring_neighbours, ring_neighbours_sorted
 from ipop.overlay.table import ConnectionKind
@@ -530,6 +537,9 @@ def test_the_source_hands_an_exact_message_to_its_nearest_peer_at_a_local_minimu
     links.sent.clear()
     assert node.send_routed(x, KIND_PING, b"mine", exact=True, now=2.0)
     assert [peer for peer, _ in links.sent] == [q]
+    # Marked so that Q (or anyone after it) does not hand it straight back to us.
+    sent = Routed.decode(links.sent[0][1])
+    assert sent.flags & FLAG_EXCLUDE_SRC and sent.dst == x and sent.payload == b"mine"
     assert node.stats["routed_source_detour"] == 1
     links.sent.clear()
     z = NodeId(300)
