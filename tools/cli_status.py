@@ -110,6 +110,12 @@ def format_status(status: Status) -> list[str]:
         lines.append("endpoints: " + ", ".join(me.endpoints))
     if not status.peers:
         lines.append("no peers yet")
+    if me.vip is None:
+        # Why, not just "-": a lone first node waits here until a second node joins.
+        lines.append(
+            "no virtual IP yet: an address is claimed by a quorum of DHT replicas, so a node "
+            "gets one once it is linked to at least one other node of its network"
+        )
     for p in status.peers:
         if p.why:
             lines.append(f"{p.node_id[:SHORT_ID]} ({p.name or p.vip or '?'}) {p.path}: {p.why}")

@@ -7,6 +7,7 @@ in a worker thread of that loop, so both ends are real and nothing waits on a sl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from ipop.aio.control import (
 from ipop.errors import ConfigError
 from ipop.status import PeerStatus, PingReply, SelfStatus, Status
 from tools.cli import main
+from tools.cli_status import format_status
 
 T = TypeVar("T")
 A_ID = "a1" * 20
@@ -390,6 +392,18 @@ def test_status_table(cli: Run) -> None:
     assert "up 1h02m; nat endpoint-independent; routable" in out
     assert "names: alice-laptop.ipop, C064001001.ipop" in out
     assert "drops: 2 (bad_mac 2)" in out
+
+
+def test_status_says_why_a_lone_node_has_no_address_yet() -> None:
+    alone = dataclasses.replace(
+        STATUS,
+        self_=dataclasses.replace(STATUS.self_, vip=None, names=[], routable=False),
+        peers=[],
+    )
+    text = "\n".join(format_status(alone))
+    assert "no peers yet" in text
+    assert "no virtual IP yet" in text and "at least one other node" in text
+    assert "no virtual IP yet" not in "\n".join(format_status(STATUS))
 
 
 def test_status_json_is_the_contract(cli: Run) -> None:
