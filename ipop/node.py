@@ -42,7 +42,7 @@ from ipop.overlay.node import (
     RelayDatagram,
 )
 from ipop.stun import SOURCE_PRIMARY, StunAgent
-from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct
+from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 
 __all__ = ["NodeCore"]
 
@@ -132,8 +132,9 @@ class NodeCore:
 
     def seal_ip(
         self, dst: NodeId, plaintext: bytes | bytearray | memoryview, *, now: float
-    ) -> tuple[bytes, Endpoint] | None:
-        """Seal a DIRECT message for ``dst`` whose link is up on a direct Endpoint.
+    ) -> tuple[bytes, Endpoint | SocketPath] | None:
+        """Seal a DIRECT message for ``dst`` whose link is up on a direct path (the main
+        socket's Endpoint, or a punching socket's SocketPath).
 
         ``plaintext`` is the whole DIRECT message (``TYPE_DIRECT, kind`` then the payload), as
         :meth:`OverlayNode.send_direct` would have built it. Returns the datagram and where to

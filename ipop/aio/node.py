@@ -132,6 +132,9 @@ class Node:
         self._open_socket: OpenSocket | None = None
         self._punch_socks: dict[int, PunchSocket] = {}
         self._punch_sweep: asyncio.TimerHandle | None = None
+        # Set by a data plane (the daemon's): datagrams on punching sockets go to its fast path
+        # (which pumps the driver itself); None: they go the slow path here.
+        self.punch_sink: Callable[[bytes, SocketPath], None] | None = None
         self._kinds: dict[int, Callable[[Delivered], None]] = {
             KIND_DHT: self._on_dht,
             KIND_IP: self._on_ip,
@@ -155,6 +158,10 @@ class Node:
             on_event=self._on_event,
             on_other_path=self._send_other,
         )
+
+    def send_on_path(self, data: bytes, path: SocketPath) -> None:
+        """Send a datagram the data plane sealed for a peer on a punching socket's path."""
+        self._send_other(data, path)
 
     def _send_other(self, data: bytes, path: Path) -> None:
         if type(path) is not SocketPath:
@@ -200,6 +207,9 @@ class Node:
         if self._closed or self.driver is None:
             return
         path = SocketPath(index, Endpoint(addr[0], addr[1]))
+        if self.punch_sink is not None:
+            self.punch_sink(data, path)
+            return
         self.core.receive_datagram(data, path, now=self.clock())
         self.driver.pump()
 

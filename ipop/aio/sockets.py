@@ -1,8 +1,9 @@
 """Extra UDP sockets read on the event loop: the punching sockets of :mod:`ipop.birthday`.
 
 The main overlay socket belongs to the batched data plane (:mod:`ipop.aio.dataplane`). Punching
-sockets carry little: openers, a handshake, and (for a pair that found its path this way) the
-slow-path traffic of that one peer, so a plain ``add_reader`` with a bounded drain is enough.
+sockets carry openers, a handshake, and for a pair that found its path this way that one peer's
+traffic, which the node hands to the data plane's fast path as it drains (the data plane handles
+a drain's datagrams together): a plain ``add_reader`` with a bounded drain is enough.
 """
 
 from __future__ import annotations

@@ -474,10 +474,11 @@ class LinkEndpoint:
 
     def seal_direct(
         self, peer: NodeId, payload: bytes | bytearray | memoryview, *, now: float
-    ) -> tuple[bytes, Endpoint] | None:
-        """Data-plane fast path: :meth:`seal` for a peer whose up session runs on a direct
-        :class:`Endpoint`; None (nothing sealed, nothing counted) otherwise (no session, or a
-        relayed path: the caller takes the slow path, which knows how to wrap it).
+    ) -> tuple[bytes, Endpoint | SocketPath] | None:
+        """Data-plane fast path: :meth:`seal` for a peer whose up session runs on a direct path
+        (an :class:`Endpoint` of the main socket, or a :class:`SocketPath` of a punching socket
+        that port guessing found); None (nothing sealed, nothing counted) otherwise (no session,
+        or a relayed path: the caller takes the slow path, which knows how to wrap it).
 
         ``payload`` may be any buffer (the data plane seals a slice of its read buffer). All of
         :meth:`seal`'s bookkeeping happens: counters, ``last_tx``, the rekey trigger (whose
@@ -487,7 +488,7 @@ class LinkEndpoint:
         if st is None or (kp := st.current) is None or not st.up:
             return None
         path = st.path
-        if type(path) is not Endpoint:
+        if type(path) is not Endpoint and type(path) is not SocketPath:
             return None
         return self._seal(st, kp, payload, now), path
 

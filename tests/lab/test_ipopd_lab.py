@@ -117,6 +117,25 @@ def test_ping_by_c_name_and_by_hostname_across_nats(net: IpopNet) -> None:
     assert re.search(rf"bytes from .*\b{re.escape(str(b_vip))}\b", out)
 
 
+def test_a_guessed_path_carries_ip_on_the_fast_path(net: IpopNet) -> None:
+    """a (port-restricted cone) and c (symmetric) find a direct path by port guessing, which
+    runs on one of c's punching sockets; c's data plane takes those datagrams itself (the
+    fast path) instead of leaving them to the slow path's events."""
+    a_id = _status(net, "a").self_.node_id
+    deadline = time.monotonic() + 20.0
+    while True:
+        _ping(net, "a", "c.ipop")
+        peers = {p.node_id: p for p in _status(net, "c").peers}
+        if a_id in peers and peers[a_id].path == "direct":
+            break
+        assert time.monotonic() < deadline, f"c's path to a: {peers.get(a_id)}"
+    before = _status(net, "c").counters.get("vnet.punched_datagrams", 0)
+    res = net.lab.exec("a", ["ping", "-c", "20", "-i", "0.05", "-q", "c.ipop"], timeout=20)
+    assert res.returncode == 0, res.stdout + res.stderr
+    after = _status(net, "c").counters.get("vnet.punched_datagrams", 0)
+    assert after - before >= 20, (before, after)
+
+
 def test_dig_answers_c_names_hostnames_and_nxdomain(net: IpopNet) -> None:
     b_vip = _status(net, "b").self_.vip
     assert b_vip is not None

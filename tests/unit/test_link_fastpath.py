@@ -12,7 +12,7 @@ import pytest
 
 from ipop.identity import NetworkCA, NodeIdentity
 from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage, LinkPathChanged
-from ipop.types import Endpoint, NodeId, RelayPath
+from ipop.types import Endpoint, NodeId, RelayPath, SocketPath
 
 NOW = 1_795_305_600.0
 A_EP = Endpoint("198.51.100.1", 5800)
@@ -63,6 +63,20 @@ def test_seal_direct_declines_without_session_or_on_a_relay_path() -> None:
     a.set_path(b.local_id, RelayPath(NodeId(9), b.local_id))
     assert a.seal_direct(b.local_id, b"x", now=NOW) is None
     assert {i.peer: i for i in a.peers()}[b.local_id].packets_out == 1  # only the confirmation
+
+
+def test_seal_direct_seals_for_a_punching_sockets_path() -> None:
+    """A path port guessing found (a punching socket) is direct: the fast path seals for it
+    and says which socket it leaves by; the receiver opens it like any DATA."""
+    a, b = _pair()
+    punched = SocketPath(3, B_EP2)
+    a.set_path(b.local_id, punched)
+    sealed = a.seal_direct(b.local_id, memoryview(b"\x06\x02hello"), now=NOW + 1)
+    assert sealed is not None
+    data, path = sealed
+    assert path == punched
+    b.receive_datagram(data, A_EP, now=NOW + 1)
+    assert b.next_event() == LinkMessage(a.local_id, b"\x06\x02hello", A_EP)
 
 
 def test_seal_direct_starts_a_rekey_like_seal() -> None:

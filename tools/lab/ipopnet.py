@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -114,7 +115,17 @@ class IpopNet:
             raise RuntimeError(f"ipop-config {' '.join(argv)} failed: {err.getvalue().strip()}")
 
     def prepare(self, *, addressing: dict[str, str] | None = None) -> None:
-        """CA, bundles and node configs for every host (``addressing``: host → "dhcp")."""
+        """CA, bundles and node configs for every host (``addressing``: host → "dhcp").
+
+        A new lab in a workdir an earlier lab used (``ipop-lab up``, ``down``, ``up``) starts
+        from nothing: the earlier lab's CA, daemon state and logs are removed first.
+        """
+        shutil.rmtree(self._home, ignore_errors=True)
+        for h in self.lab.hosts:
+            f = self.files(h)
+            shutil.rmtree(f.state_dir, ignore_errors=True)
+            for stale in (f.config, f.bundle, f.log, f.socket):
+                stale.unlink(missing_ok=True)
         boot = self.lab.bootstrap
         self._config_cli(
             [
