@@ -12,7 +12,7 @@ import pytest
 
 from ipop.errors import ConfigError
 from tools.lab import netns
-from tools.lab.lab import Lab
+from tools.lab.lab import Lab, cleanup_stale, process_prefix
 from tools.lab.main import main
 from tools.lab.topology import Topology, default_topology, load_topology, topology_from_dict
 
@@ -183,6 +183,36 @@ def test_cli_status_and_down_tear_down_a_lab_left_up(
     assert not resolv.parent.exists()
     assert main(["down", "--workdir", str(lab.workdir)]) == 0  # nothing left: still fine
     proc.wait(timeout=5)
+
+
+TWO_PUBLIC = """
+[[hosts]]
+name = "pub1"
+role = "public"
+ip = "203.0.113.10"
+
+[[hosts]]
+name = "pub2"
+role = "public"
+ip = "203.0.113.11"
+"""
+
+
+def test_up_down_up_in_one_workdir_starts_a_fresh_network(tmp_path: Path) -> None:
+    """The second ``up`` must not trip over the first lab's CA, bundles or daemon state."""
+    topo = tmp_path / "two.toml"
+    topo.write_text(TWO_PUBLIC)
+    work = tmp_path / "w"
+    prefix = process_prefix("u")
+    argv = ["up", str(topo), "--workdir", str(work), "--prefix", prefix]
+    try:
+        for _ in range(2):
+            assert main(argv) == 0
+            assert netns.list_ns(prefix) != []
+            assert main(["down", "--workdir", str(work)]) == 0
+            assert netns.list_ns(prefix) == []
+    finally:
+        cleanup_stale(prefix)
 
 
 BAD_KIND = """
