@@ -841,9 +841,9 @@ class OverlayNode:
             # forming (a near link being set up, a relay link not up yet). A near peer that
             # told us it holds a link to ``target`` can take it the last hop; the TTL bounds
             # any detour this makes.
-            hop = self._informer_of(target, now)
+            hop = self._hinted_hop(self._seen.get(target), now, "routed_via_informer")
             if hop is None:
-                hop = self._reverse_hop(target, now)
+                hop = self._hinted_hop(self._reverse.get(target), now, "routed_via_reverse")
             if hop is None and not received:
                 # Our own message, and none of our peers is closer to the target than we
                 # are: a node that joined a moment ago holds one or two links, and the node
@@ -890,18 +890,13 @@ class OverlayNode:
         v = next_hop_sorted(self.local_id, target, self._table.ring(), exact=exact, exclude=exclude)
         return None if v is None else self._table.peer_of(v)
 
-    def _informer_of(self, target: NodeId, now: float) -> NodeId | None:
-        news = self._seen.get(target)
-        if news is None or news[1] < now or news[0] not in self._table:
-            return None
-        self.stats["routed_via_informer"] += 1
-        return news[0]
-
-    def _reverse_hop(self, target: NodeId, now: float) -> NodeId | None:
-        hint = self._reverse.get(target)
+    def _hinted_hop(
+        self, hint: tuple[NodeId, float] | None, now: float, stat: str
+    ) -> NodeId | None:
+        """The peer a hint (peer, trusted until) names, if still trusted and linked."""
         if hint is None or hint[1] < now or hint[0] not in self._table:
             return None
-        self.stats["routed_via_reverse"] += 1
+        self.stats[stat] += 1
         return hint[0]
 
     def _deliver(self, msg: Routed, hops: int, now: float) -> None:

@@ -185,16 +185,10 @@ def test_cli_status_and_down_tear_down_a_lab_left_up(
     proc.wait(timeout=5)
 
 
-TWO_PUBLIC = """
-[[hosts]]
-name = "pub1"
-role = "public"
-ip = "203.0.113.10"
-
-[[hosts]]
-name = "pub2"
-role = "public"
-ip = "203.0.113.11"
+TWO_PUBLIC = """hosts = [
+  { name = "pub1", role = "public", ip = "203.0.113.10" },
+  { name = "pub2", role = "public", ip = "203.0.113.11" },
+]
 """
 
 
