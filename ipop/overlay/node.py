@@ -885,19 +885,33 @@ class OverlayNode:
         """
         if via == self.local_id or via == target:
             via = None
+        detour = False
         if via is not None:
             hop = self._next_hop(via, exact=True)
         else:
             exclude = None if exact else self.local_id
             hop = self._next_hop(target, exact=exact, exclude=exclude)
+            if hop is None and exact and target != self.local_id:
+                # Nobody we hold is closer to ``target`` than we are, and whoever told us about
+                # it is not linked to us (a joiner whose only links are its bootstraps, a node
+                # whose near peers all died). Leave through the peer nearest ``target`` and keep
+                # every hop from handing it back to us (EXCLUDE_SRC): the nodes around
+                # ``target`` hold links to it. Without this such a node never reaches the
+                # neighbours it hears of, and stays off the ring for good.
+                hop = self._next_hop(target, exact=True, exclude=self.local_id)
+                detour = hop is not None
         if hop is None:
             self.stats["ctm_no_route"] += 1
             return False
+        if detour:
+            self.stats["ctm_detour"] += 1
         token = self._rng.getrandbits(32)
         while token in self._requests:
             token = self._rng.getrandbits(32)
         body = ConnectToMe(token, purpose, hop, self.endpoints()).encode()
         flags = FLAG_EXACT if exact else FLAG_EXCLUDE_SRC
+        if detour:
+            flags |= FLAG_EXCLUDE_SRC
         if via is not None:
             flags |= FLAG_VIA
         msg = Routed(flags, 0, self.config.ttl, KIND_CTM, self.local_id, target, via, body)

@@ -16,7 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipop.link.endpoint import LinkUp, ObservedEndpoint
-from ipop.overlay.messages import FLAG_EXACT, KIND_PING, RelayForward, RelayRefused, Routed
+from ipop.overlay.messages import (
+    FLAG_EXACT,
+    FLAG_EXCLUDE_SRC,
+    KIND_CTM,
+    KIND_PING,
+    RelayForward,
+    RelayRefused,
+    Routed,
+)
 from ipop.overlay.node import Delivered, OverlayConfig, OverlayNode, Routable
 from ipop.overlay.ring import next_hop, next_hop_sorted, ring_neighbours, ring_neighbours_sorted
 from ipop.overlay.table import ConnectionKind
@@ -490,3 +498,30 @@ def test_silent_near_peer_is_pulled_then_closed() -> None:
     # Both are alive and true neighbours: the ring repairs the link.
     run_until_consistent(world, world.now + 30.0)
     assert peer in node.near_peers()
+
+
+def test_near_ctm_with_no_closer_link_detours_through_the_nearest_peer() -> None:
+    """A node linked only to far peers (its bootstraps) hears of a neighbour from a node it
+    cannot link to: the CTM leaves through the far peer nearest the target, marked so that no
+    hop hands it back (EXCLUDE_SRC), instead of dying as ctm_no_route (1,000 nodes, seed 2:
+    a symmetric joiner whose only answer came from a cone node stayed off the ring forever).
+    """
+    a, informer, near = NodeId(1000), NodeId(1300), NodeId(1200)
+    far1, far2 = NodeId(RING // 2), NodeId(RING // 4)
+    links = _StubLinks(a)
+    node = _node_with(
+        links, {far1: Endpoint("198.51.100.2", 5800), far2: Endpoint("198.51.100.3", 5800)}
+    )
+    links.sent.clear()
+    node._consider_near([near], informer, now=2.0)
+    node.handle_timer(now=5.0)
+    ctms = [
+        (peer, msg)
+        for peer, raw in links.sent
+        if raw[:1] == b"\x01" and (msg := Routed.decode(raw)).kind == KIND_CTM and msg.dst == near
+    ]
+    assert node.stats["ctm_no_route"] == 0
+    assert len(ctms) == 1
+    peer, msg = ctms[0]
+    assert peer == far2  # the linked peer nearest the target, though farther than we are
+    assert msg.flags & FLAG_EXACT and msg.flags & FLAG_EXCLUDE_SRC and msg.via is None
