@@ -117,7 +117,7 @@ from ipop.overlay.ring import (
     sample_far_target,
 )
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
-from ipop.types import RING, Endpoint, NodeId, Path, RelayPath, ring_distance
+from ipop.types import RING, Endpoint, NodeId, Path, RelayPath, is_direct, ring_distance
 
 __all__ = [
     "ConnectionAdded",
@@ -140,6 +140,9 @@ DEFAULT_TTL = 64
 # NAT that changed its mapping has a stale one or two at most.
 _OBSERVED_KEEP = 3
 _NEIGHBOUR_SAMPLE = 32
+# Relay helpers recruited per attempt with no common direct neighbour (see _recruit_helpers):
+# behind a symmetric NAT only public nodes link to us directly, a third of them or so.
+_HELPERS_PER_ATTEMPT = 4
 _INF = float("inf")
 _DIRECT_TAG = bytes((TYPE_DIRECT,))
 # Documentation ranges that Python counts as private but that stand for the public internet
@@ -454,6 +457,8 @@ class OverlayNode:
         self._asked: dict[NodeId, float] = {}
         self._backoff: dict[NodeId, float] = {}
         self._observed: dict[Endpoint, float] = {}
+        # Relay helper we asked to link to -> (the peer it is to relay to, until when).
+        self._helpers: dict[NodeId, tuple[NodeId, float]] = {}
         self._near: frozenset[NodeId] = frozenset()
         # Ids heard from peers, with who told us, until when we trust the news.
         self._seen = _Seen()
@@ -678,6 +683,9 @@ class OverlayNode:
             # answer is still on its way): keep it long enough to be useful.
             self._add_kind(peer, ConnectionKind.LEAF, now)
         self._refresh_near(now)
+        helper = self._helpers.pop(peer, None)
+        if helper is not None and is_direct(ev.path):
+            self._helper_up(peer, helper[0], now)
         if not self._joined and not self._join_outstanding(now):
             self._probe_near(now)
 
@@ -987,6 +995,8 @@ class OverlayNode:
         if req.purpose in (Purpose.NEAR, Purpose.SHORTCUT) and responder != req.target:
             self.drops["ctm_wrong_responder"] += 1
             return
+        helper = self._helpers.get(responder)
+        helping = helper is not None and helper[1] > now and req.purpose is Purpose.NEAR
         if req.purpose is Purpose.JOIN and not self._joined:
             self._joined = True
             self._events.append(Joined())
@@ -1005,15 +1015,18 @@ class OverlayNode:
                     rep.neighbours,
                     fallback=None if news is None else news[0],
                 )
+                relay_allowed = req.purpose in (Purpose.JOIN, Purpose.NEAR) and not helping
                 self._start_connect(
                     responder,
                     self._worth_trying(rep.endpoints),
                     kinds,
                     set(),
-                    relay_allowed=req.purpose in (Purpose.JOIN, Purpose.NEAR),
+                    relay_allowed=relay_allowed,
                     candidates=candidates,
                     now=now,
                 )
+                if relay_allowed and not candidates:
+                    self._recruit_helpers(responder, rep.neighbours, now)
         self._consider_near(rep.neighbours, responder, now)
         self._update_routable(now)
 
@@ -1107,6 +1120,53 @@ class OverlayNode:
             return
         pend.relay_at = _INF  # nobody to relay through (yet): the deadline path decides
 
+    def _recruit_helpers(self, target: NodeId, listed: Sequence[NodeId], now: float) -> None:
+        """Link directly to a few of ``target``'s neighbours, to relay our link to it through.
+
+        Why: a relay must hold direct links to both ends, and two near neighbours that cannot
+        link directly (symmetric vs port-restricted NAT) often share no such node, above all
+        after churn killed the ones they shared; both ends then retried the same empty
+        candidate list until the ring gave up on them (400 nodes, 30% churn, seed 3: 20
+        violations after 60 s, every one such a pair). A random few of the target's listed
+        peers are asked for a link (a NEAR CTM, direct only); whichever comes up directly is
+        the relay candidate the pending attempt lacked.
+        """
+        pool = [
+            n
+            for n in dict.fromkeys(listed)
+            if n not in (self.local_id, target)
+            and n not in self._table
+            and n not in self._pending
+            and n not in self._helpers
+        ]
+        if not pool:
+            return
+        until = now + self.config.connect_timeout_s
+        for n in self._rng.sample(pool, min(_HELPERS_PER_ATTEMPT, len(pool))):
+            if self._send_ctm(n, Purpose.NEAR, exact=True, now=now):
+                self._helpers[n] = (target, until)
+                self.stats["relay_helpers_asked"] += 1
+
+    def _helper_up(self, helper: NodeId, target: NodeId, now: float) -> None:
+        """A relay helper linked directly: relay the pending attempt to ``target`` through it."""
+        pend = self._pending.get(target)
+        if target in self._table:
+            return
+        if pend is None:
+            # The attempt gave up before the helper came: ask for ``target`` again now.
+            if self._backoff.pop(target, None) is not None:
+                self._backoff_version += 1
+                self._near_check_due = True
+            return
+        if not pend.relay_allowed:
+            return
+        self.stats["relay_helpers_up"] += 1
+        if helper not in pend.candidates:
+            pend.candidates.insert(0, helper)
+        if not any(isinstance(p, RelayPath) for p in pend.paths_left):
+            pend.relay_at = max(now, pend.relay_not_before)
+            pend.relaying = False
+
     def _give_up(self, pend: _Pending, now: float) -> None:
         self._pending.pop(pend.peer, None)
         for p in pend.paths_left:
@@ -1120,6 +1180,7 @@ class OverlayNode:
         # A relay was tried too: the peer is out of reach for now. A near peer that only
         # lacked a relay candidate is asked again soon (the ring cannot close without it, and
         # common neighbours to relay through appear as the ring forms).
+        self.stats["near_failed_relayed" if pend.relaying else "near_failed_no_relay"] += 1
         wait = self.config.failed_backoff_s if pend.relaying else self.config.near_retry_s
         self._backoff[pend.peer] = now + wait
         self._backoff_version += 1
@@ -1295,6 +1356,8 @@ class OverlayNode:
                 self._backoff_version += until is self._backoff
         for ep in [e for e, t in self._bootstrap_pending.items() if t <= now]:
             del self._bootstrap_pending[ep]
+        for h in [h for h, (_, t) in self._helpers.items() if t <= now]:
+            del self._helpers[h]
         for pend in [
             p
             for p in self._pending.values()

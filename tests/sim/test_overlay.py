@@ -20,7 +20,11 @@ from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
     KIND_CTM,
+    KIND_CTM_REPLY,
     KIND_PING,
+    ConnectToMe,
+    ConnectToMeReply,
+    Purpose,
     RelayForward,
     RelayRefused,
     Routed,
@@ -525,3 +529,50 @@ def test_near_ctm_with_no_closer_link_detours_through_the_nearest_peer() -> None
     peer, msg = ctms[0]
     assert peer == far2  # the linked peer nearest the target, though farther than we are
     assert msg.flags & FLAG_EXACT and msg.flags & FLAG_EXCLUDE_SRC and msg.via is None
+
+
+def _ctms_to(links: _StubLinks, dst: NodeId) -> list[ConnectToMe]:
+    out = []
+    for _peer, raw in links.sent:
+        if raw[:1] == b"\x01":
+            msg = Routed.decode(raw)
+            if msg.kind == KIND_CTM and msg.dst == dst:
+                out.append(ConnectToMe.decode(msg.payload))
+    return out
+
+
+def _reply(node: OverlayNode, via: NodeId, src: NodeId, token: int, listed: list[NodeId]) -> None:
+    """``src``'s CTM_REPLY to ``node`` arriving over its link to ``via``."""
+    ep = Endpoint("198.18.7.2", 5800)
+    body = ConnectToMeReply(token, (ep, Endpoint("203.0.113.70", 5800)), tuple(listed)).encode()
+    msg = Routed(FLAG_EXACT, 2, 64, KIND_CTM_REPLY, src, node.local_id, None, body)
+    node.on_link_event(LinkMessage(via, msg.encode(), Endpoint("198.51.100.2", 5800)), now=3.0)
+
+
+def test_near_peer_with_no_common_relay_gets_one_through_a_recruited_helper() -> None:
+    """T cannot be linked directly and lists no peer we hold directly: we ask a few of its
+    listed peers for direct links, and relay to T through the first that comes up (400 nodes,
+    30% churn, seed 3: every ring violation left after 60 s was such a pair).
+    """
+    a, far, t = NodeId(1000), NodeId(RING // 2), NodeId(1200)
+    listed = [NodeId(1100 + i) for i in range(6)]
+    links = _StubLinks(a)
+    node = _node_with(links, {far: Endpoint("198.51.100.2", 5800)})
+    node._send_ctm(t, Purpose.NEAR, exact=True, now=2.0)
+    (ctm,) = _ctms_to(links, t)
+    _reply(node, far, t, ctm.token, listed)
+    # No relay candidate in T's answer: helpers are asked (a few, not all).
+    helpers = [h for h in listed if _ctms_to(links, h)]
+    assert 1 <= len(helpers) < len(listed)
+    assert node.stats["relay_helpers_asked"] == len(helpers)
+    # A helper answers and its link comes up directly: our pending link to T relays through it.
+    h = helpers[0]
+    (hctm,) = _ctms_to(links, h)
+    _reply(node, far, h, hctm.token, [t])
+    node.on_link_event(
+        LinkUp(h, fake_certificate(h), Endpoint("203.0.113.71", 5800), None), now=4.0
+    )
+    node.handle_timer(now=9.0)
+    assert RelayPath(via=h, peer=t) in links.connects
+    # The helper's own attempt was direct only: no relay toward the helper itself.
+    assert not [p for p in links.connects if isinstance(p, RelayPath) and p.peer == h]
