@@ -361,12 +361,17 @@ class _Seen:
     renewed, unless it had expired), so answers computed from the ids can be cached.
     """
 
-    __slots__ = ("_by_informer", "_news", "version")
+    __slots__ = ("_by_informer", "_news", "ids_version", "version")
 
     def __init__(self) -> None:
         self._news: dict[NodeId, tuple[NodeId, float]] = {}
         self._by_informer: dict[NodeId, set[NodeId]] = {}
         self.version = 0
+        # Like ``version``, but blind to who told us: only ids coming, going or reviving.
+        # Why: near peers gossip the same ids in turn, so the informer of an id changes with
+        # almost every list, and answers that ignore informers (the brackets test) were
+        # recomputed each time (the biggest overlay cost at 1,000 nodes).
+        self.ids_version = 0
 
     def __iter__(self) -> Iterator[NodeId]:
         return iter(self._news)
@@ -390,8 +395,11 @@ class _Seen:
                 self._unindex(node, old[0])
             self._by_informer.setdefault(informer, set()).add(node)
             self.version += 1
+            if old is None or old[1] <= now:
+                self.ids_version += 1
         elif old[1] <= now:
             self.version += 1  # expired news comes back to life: it counts again
+            self.ids_version += 1
         self._news[node] = (informer, until)
 
     def discard(self, node: NodeId) -> None:
@@ -399,6 +407,7 @@ class _Seen:
         if old is not None:
             self._unindex(node, old[0])
             self.version += 1
+            self.ids_version += 1
 
     def told_by(self, informer: NodeId) -> list[NodeId]:
         return list(self._by_informer.get(informer, ()))
@@ -1298,7 +1307,7 @@ class OverlayNode:
         so a False answer holds until its last blocking news expires, a True one until one of
         the three changes. Why: every node asks every tick, over hundreds of seen ids.
         """
-        key = (self._seen.version, self._table.version, self._backoff_version)
+        key = (self._seen.ids_version, self._table.version, self._backoff_version)
         cached = self._brackets_cache
         if cached is not None and cached[0] == key and now < cached[2]:
             return cached[1]
