@@ -682,6 +682,7 @@ class OverlayNode:
         )
         is_new = peer not in self._table
         self._table.add(peer, ev.path, now=now)
+        self._heard[peer] = now  # the handshake just came from it
         if pend is not None:
             for k in pend.kinds:
                 self._add_kind(peer, k, now)
@@ -1279,9 +1280,16 @@ class OverlayNode:
             return
         gained, lost = self._table.set_near(near, now=now)
         self._near = near
+        suspect = now - self.config.near_suspect_s
         for p in gained:
-            # Its silence counts from now: a far peer only sent keepalives so far.
-            self._heard[p] = now
+            # A peer we have not heard from lately is suspect at once: pulled at the next tick,
+            # closed if it stays silent past near_dead_s. Why not count its silence from now:
+            # after churn the dead run behind a dead near peer moves into the near set one by
+            # one, and a fresh silence clock for each cost a full near_dead_s per dead node
+            # (150 nodes, 30% churn: repair took 35-48 s, most of it dead far links turned
+            # near). A live one answers the pull within a round trip.
+            last = self._heard.get(p)
+            self._heard[p] = suspect if last is None or last < suspect else last
             self._events.append(ConnectionAdded(p, ConnectionKind.NEAR))
         for p in lost:
             self._events.append(ConnectionRemoved(p, ConnectionKind.NEAR))

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipop.link.endpoint import LinkUp, ObservedEndpoint
+from ipop.link.endpoint import LinkDown, LinkUp, ObservedEndpoint
 from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
@@ -576,3 +576,31 @@ def test_near_peer_with_no_common_relay_gets_one_through_a_recruited_helper() ->
     assert RelayPath(via=h, peer=t) in links.connects
     # The helper's own attempt was direct only: no relay toward the helper itself.
     assert not [p for p in links.connects if isinstance(p, RelayPath) and p.peer == h]
+
+
+def test_a_peer_turned_near_after_long_silence_is_suspect_at_once() -> None:
+    """A far peer we have not heard from moves into the near set (its neighbours between us
+    died): pulled at once and closed near_suspect_s sooner than a freshly heard near peer, so
+    a run of dead nodes behind a dead neighbour costs near_dead_s - near_suspect_s each, not
+    near_dead_s (150 nodes, 30% churn: ~8 s of the repair time).
+    """
+    cfg = OverlayConfig()
+    a, far = NodeId(1000), NodeId(RING // 2)
+    near = [NodeId(1000 + d) for d in (-30, -20, -10, 10, 20, 30)]
+    links = _StubLinks(a)
+    node = _node_with(links, {p: Endpoint("198.51.100.2", 5800) for p in [*near, far]})
+    assert far not in node.near_peers()
+    t = 100.0
+    for p in near:
+        node.on_link_event(LinkDown(p, "timeout"), now=t)
+    assert node.near_peers() == {far}
+    links.sent.clear()
+    node.handle_timer(now=t + 1.0)
+    assert node.stats["near_silent_pulled"] >= 1
+    assert any(peer == far and raw[:1] != b"\x01" for peer, raw in links.sent)
+    now = t + 1.0
+    while node.stats["near_silent_closed"] == 0 and now < t + 30.0:
+        now += 1.0
+        node.handle_timer(now=now)
+    assert node.stats["near_silent_closed"] == 1 and far in links.closed
+    assert now - t <= cfg.near_dead_s - cfg.near_suspect_s + 2.0
