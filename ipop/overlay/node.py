@@ -20,7 +20,12 @@ Brunet-style ring (DESIGN.md §5):
 - **Silent near peers.** Every overlay message from a peer counts as hearing from it; a near
   peer silent for ``near_suspect_s`` (its gossip is late) is pulled every tick, and one silent
   for ``near_dead_s`` is closed as dead, so a crashed neighbour is replaced in seconds rather
-  than at the link layer's keepalive timeout.
+  than at the link layer's keepalive timeout. A peer that becomes near after a long silence
+  (a far link: keepalives only) is suspect at once, so a run of dead nodes behind a dead
+  neighbour is cleared at ``near_dead_s - near_suspect_s`` per node.
+- **Detours.** An exact CTM for which no linked peer is closer to the target than we are (we
+  hold only far links, or whoever told us about the target is not linked to us) leaves
+  through the peer nearest the target with EXCLUDE_SRC, so no hop hands it back to us.
 - **Far links** follow Symphony: about log2 N of them, targets drawn from the harmonic
   distribution using N estimated from the near spacing; a CTM to the target address (closest
   delivery) finds the node that owns that arc.
@@ -34,7 +39,9 @@ Brunet-style ring (DESIGN.md §5):
   not key two relayed links through different relays at once. A relay that
   holds no direct link to T answers RELAY_REFUSED: a pending attempt moves on to the next
   candidate, an up relayed link is dropped at once (instead of swallowing traffic until the
-  link layer's timeout) and the ring repairs it.
+  link layer's timeout) and the ring repairs it. When the target's answer names no peer we
+  hold directly, we ask a few of the peers it named for direct links (**relay helpers**) and
+  relay through the first that comes up.
 - **Backoff.** A near candidate we failed to reach is not asked again for a while: briefly
   when only a CTM went unanswered or no relay candidate existed yet (one lost datagram, a ring
   still forming), ``failed_backoff_s`` after a relay failed too. Failures of direct-only
