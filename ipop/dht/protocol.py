@@ -102,11 +102,14 @@ class ExactRoutingTable(RoutingTable):  # type: ignore[misc]  # kademlia is unty
         k = k or self.ksize
         target = node.long_id
         skip = node.id
+        # A contact's "home" (ip, port) is (its id in hex, 0) here (kad_node), so comparing
+        # ids is what same_home_as compares, without a method call per contact.
+        other = None if exclude is None else exclude.id
         found = [
             n
             for bucket in self.buckets
             for n in bucket.nodes.values()
-            if n.id != skip and (exclude is None or not n.same_home_as(exclude))
+            if n.id != skip and n.id != other
         ]
         return heapq.nsmallest(k, found, key=lambda n: n.long_id ^ target)
 

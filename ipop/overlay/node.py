@@ -20,7 +20,12 @@ Brunet-style ring (DESIGN.md §5):
 - **Silent near peers.** Every overlay message from a peer counts as hearing from it; a near
   peer silent for ``near_suspect_s`` (its gossip is late) is pulled every tick, and one silent
   for ``near_dead_s`` is closed as dead, so a crashed neighbour is replaced in seconds rather
-  than at the link layer's keepalive timeout.
+  than at the link layer's keepalive timeout. A peer that becomes near after a long silence
+  (a far link: keepalives only) is suspect at once, so a run of dead nodes behind a dead
+  neighbour is cleared at ``near_dead_s - near_suspect_s`` per node.
+- **Detours.** An exact CTM for which no linked peer is closer to the target than we are (we
+  hold only far links, or whoever told us about the target is not linked to us) leaves
+  through the peer nearest the target with EXCLUDE_SRC, so no hop hands it back to us.
 - **Far links** follow Symphony: about log2 N of them, targets drawn from the harmonic
   distribution using N estimated from the near spacing; a CTM to the target address (closest
   delivery) finds the node that owns that arc.
@@ -34,7 +39,9 @@ Brunet-style ring (DESIGN.md §5):
   not key two relayed links through different relays at once. A relay that
   holds no direct link to T answers RELAY_REFUSED: a pending attempt moves on to the next
   candidate, an up relayed link is dropped at once (instead of swallowing traffic until the
-  link layer's timeout) and the ring repairs it.
+  link layer's timeout) and the ring repairs it. When the target's answer names no peer we
+  hold directly, we ask a few of the peers it named for direct links (**relay helpers**) and
+  relay through the first that comes up.
 - **Backoff.** A near candidate we failed to reach is not asked again for a while: briefly
   when only a CTM went unanswered or no relay candidate existed yet (one lost datagram, a ring
   still forming), ``failed_backoff_s`` after a relay failed too. Failures of direct-only
@@ -121,7 +128,7 @@ from ipop.overlay.ring import (
     sample_far_target,
 )
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
-from ipop.types import RING, Endpoint, NodeId, Path, RelayPath, ring_distance
+from ipop.types import RING, Endpoint, NodeId, Path, RelayPath, is_direct, ring_distance
 
 __all__ = [
     "ConnectionAdded",
@@ -144,6 +151,9 @@ DEFAULT_TTL = 64
 # NAT that changed its mapping has a stale one or two at most.
 _OBSERVED_KEEP = 3
 _NEIGHBOUR_SAMPLE = 32
+# Relay helpers recruited per attempt with no common direct neighbour (see _recruit_helpers):
+# behind a symmetric NAT only public nodes link to us directly, a third of them or so.
+_HELPERS_PER_ATTEMPT = 4
 _INF = float("inf")
 _DIRECT_TAG = bytes((TYPE_DIRECT,))
 # Documentation ranges that Python counts as private but that stand for the public internet
@@ -367,12 +377,17 @@ class _Seen:
     renewed, unless it had expired), so answers computed from the ids can be cached.
     """
 
-    __slots__ = ("_by_informer", "_news", "version")
+    __slots__ = ("_by_informer", "_news", "ids_version", "version")
 
     def __init__(self) -> None:
         self._news: dict[NodeId, tuple[NodeId, float]] = {}
         self._by_informer: dict[NodeId, set[NodeId]] = {}
         self.version = 0
+        # Like ``version``, but blind to who told us: only ids coming, going or reviving.
+        # Why: near peers gossip the same ids in turn, so the informer of an id changes with
+        # almost every list, and answers that ignore informers (the brackets test) were
+        # recomputed each time (the biggest overlay cost at 1,000 nodes).
+        self.ids_version = 0
 
     def __iter__(self) -> Iterator[NodeId]:
         return iter(self._news)
@@ -396,8 +411,11 @@ class _Seen:
                 self._unindex(node, old[0])
             self._by_informer.setdefault(informer, set()).add(node)
             self.version += 1
+            if old is None or old[1] <= now:
+                self.ids_version += 1
         elif old[1] <= now:
             self.version += 1  # expired news comes back to life: it counts again
+            self.ids_version += 1
         self._news[node] = (informer, until)
 
     def discard(self, node: NodeId) -> None:
@@ -405,6 +423,7 @@ class _Seen:
         if old is not None:
             self._unindex(node, old[0])
             self.version += 1
+            self.ids_version += 1
 
     def told_by(self, informer: NodeId) -> list[NodeId]:
         return list(self._by_informer.get(informer, ()))
@@ -463,6 +482,8 @@ class OverlayNode:
         self._asked: dict[NodeId, float] = {}
         self._backoff: dict[NodeId, float] = {}
         self._observed: dict[Endpoint, float] = {}
+        # Relay helper we asked to link to -> (the peer it is to relay to, until when).
+        self._helpers: dict[NodeId, tuple[NodeId, float]] = {}
         self._near: frozenset[NodeId] = frozenset()
         # Ids heard from peers, with who told us, until when we trust the news.
         self._seen = _Seen()
@@ -680,6 +701,7 @@ class OverlayNode:
         )
         is_new = peer not in self._table
         self._table.add(peer, ev.path, now=now)
+        self._heard[peer] = now  # the handshake just came from it
         if pend is not None:
             for k in pend.kinds:
                 self._add_kind(peer, k, now)
@@ -690,6 +712,9 @@ class OverlayNode:
             # answer is still on its way): keep it long enough to be useful.
             self._add_kind(peer, ConnectionKind.LEAF, now)
         self._refresh_near(now)
+        helper = self._helpers.pop(peer, None)
+        if helper is not None and is_direct(ev.path):
+            self._helper_up(peer, helper[0], now)
         if not self._joined and not self._join_outstanding(now):
             self._probe_near(now)
 
@@ -928,19 +953,33 @@ class OverlayNode:
         """
         if via == self.local_id or via == target:
             via = None
+        detour = False
         if via is not None:
             hop = self._next_hop(via, exact=True)
         else:
             exclude = None if exact else self.local_id
             hop = self._next_hop(target, exact=exact, exclude=exclude)
+            if hop is None and exact and target != self.local_id:
+                # Nobody we hold is closer to ``target`` than we are, and whoever told us about
+                # it is not linked to us (a joiner whose only links are its bootstraps, a node
+                # whose near peers all died). Leave through the peer nearest ``target`` and keep
+                # every hop from handing it back to us (EXCLUDE_SRC): the nodes around
+                # ``target`` hold links to it. Without this such a node never reaches the
+                # neighbours it hears of, and stays off the ring for good.
+                hop = self._next_hop(target, exact=True, exclude=self.local_id)
+                detour = hop is not None
         if hop is None:
             self.stats["ctm_no_route"] += 1
             return False
+        if detour:
+            self.stats["ctm_detour"] += 1
         token = self._rng.getrandbits(32)
         while token in self._requests:
             token = self._rng.getrandbits(32)
         body = ConnectToMe(token, purpose, hop, self.endpoints()).encode()
         flags = FLAG_EXACT if exact else FLAG_EXCLUDE_SRC
+        if detour:
+            flags |= FLAG_EXCLUDE_SRC
         if via is not None:
             flags |= FLAG_VIA
         msg = Routed(flags, 0, self.config.ttl, KIND_CTM, self.local_id, target, via, body)
@@ -1016,6 +1055,8 @@ class OverlayNode:
         if req.purpose in (Purpose.NEAR, Purpose.SHORTCUT) and responder != req.target:
             self.drops["ctm_wrong_responder"] += 1
             return
+        helper = self._helpers.get(responder)
+        helping = helper is not None and helper[1] > now and req.purpose is Purpose.NEAR
         if req.purpose is Purpose.JOIN and not self._joined:
             self._joined = True
             self._events.append(Joined())
@@ -1034,15 +1075,18 @@ class OverlayNode:
                     rep.neighbours,
                     fallback=None if news is None else news[0],
                 )
+                relay_allowed = req.purpose in (Purpose.JOIN, Purpose.NEAR) and not helping
                 self._start_connect(
                     responder,
                     self._worth_trying(rep.endpoints),
                     kinds,
                     set(),
-                    relay_allowed=req.purpose in (Purpose.JOIN, Purpose.NEAR),
+                    relay_allowed=relay_allowed,
                     candidates=candidates,
                     now=now,
                 )
+                if relay_allowed and not candidates:
+                    self._recruit_helpers(responder, rep.neighbours, now)
         self._consider_near(rep.neighbours, responder, now)
         self._update_routable(now)
 
@@ -1136,6 +1180,53 @@ class OverlayNode:
             return
         pend.relay_at = _INF  # nobody to relay through (yet): the deadline path decides
 
+    def _recruit_helpers(self, target: NodeId, listed: Sequence[NodeId], now: float) -> None:
+        """Link directly to a few of ``target``'s neighbours, to relay our link to it through.
+
+        Why: a relay must hold direct links to both ends, and two near neighbours that cannot
+        link directly (symmetric vs port-restricted NAT) often share no such node, above all
+        after churn killed the ones they shared; both ends then retried the same empty
+        candidate list until the ring gave up on them (400 nodes, 30% churn, seed 3: 20
+        violations after 60 s, every one such a pair). A random few of the target's listed
+        peers are asked for a link (a NEAR CTM, direct only); whichever comes up directly is
+        the relay candidate the pending attempt lacked.
+        """
+        pool = [
+            n
+            for n in dict.fromkeys(listed)
+            if n not in (self.local_id, target)
+            and n not in self._table
+            and n not in self._pending
+            and n not in self._helpers
+        ]
+        if not pool:
+            return
+        until = now + self.config.connect_timeout_s
+        for n in self._rng.sample(pool, min(_HELPERS_PER_ATTEMPT, len(pool))):
+            if self._send_ctm(n, Purpose.NEAR, exact=True, now=now):
+                self._helpers[n] = (target, until)
+                self.stats["relay_helpers_asked"] += 1
+
+    def _helper_up(self, helper: NodeId, target: NodeId, now: float) -> None:
+        """A relay helper linked directly: relay the pending attempt to ``target`` through it."""
+        pend = self._pending.get(target)
+        if target in self._table:
+            return
+        if pend is None:
+            # The attempt gave up before the helper came: ask for ``target`` again now.
+            if self._backoff.pop(target, None) is not None:
+                self._backoff_version += 1
+                self._near_check_due = True
+            return
+        if not pend.relay_allowed:
+            return
+        self.stats["relay_helpers_up"] += 1
+        if helper not in pend.candidates:
+            pend.candidates.insert(0, helper)
+        if not any(isinstance(p, RelayPath) for p in pend.paths_left):
+            pend.relay_at = max(now, pend.relay_not_before)
+            pend.relaying = False
+
     def _give_up(self, pend: _Pending, now: float) -> None:
         self._pending.pop(pend.peer, None)
         for p in pend.paths_left:
@@ -1149,6 +1240,7 @@ class OverlayNode:
         # A relay was tried too: the peer is out of reach for now. A near peer that only
         # lacked a relay candidate is asked again soon (the ring cannot close without it, and
         # common neighbours to relay through appear as the ring forms).
+        self.stats["near_failed_relayed" if pend.relaying else "near_failed_no_relay"] += 1
         wait = self.config.failed_backoff_s if pend.relaying else self.config.near_retry_s
         self._backoff[pend.peer] = now + wait
         self._backoff_version += 1
@@ -1238,9 +1330,16 @@ class OverlayNode:
             return
         gained, lost = self._table.set_near(near, now=now)
         self._near = near
+        suspect = now - self.config.near_suspect_s
         for p in gained:
-            # Its silence counts from now: a far peer only sent keepalives so far.
-            self._heard[p] = now
+            # A peer we have not heard from lately is suspect at once: pulled at the next tick,
+            # closed if it stays silent past near_dead_s. Why not count its silence from now:
+            # after churn the dead run behind a dead near peer moves into the near set one by
+            # one, and a fresh silence clock for each cost a full near_dead_s per dead node
+            # (150 nodes, 30% churn: repair took 35-48 s, most of it dead far links turned
+            # near). A live one answers the pull within a round trip.
+            last = self._heard.get(p)
+            self._heard[p] = suspect if last is None or last < suspect else last
             self._events.append(ConnectionAdded(p, ConnectionKind.NEAR))
         for p in lost:
             self._events.append(ConnectionRemoved(p, ConnectionKind.NEAR))
@@ -1266,7 +1365,7 @@ class OverlayNode:
         so a False answer holds until its last blocking news expires, a True one until one of
         the three changes. Why: every node asks every tick, over hundreds of seen ids.
         """
-        key = (self._seen.version, self._table.version, self._backoff_version)
+        key = (self._seen.ids_version, self._table.version, self._backoff_version)
         cached = self._brackets_cache
         if cached is not None and cached[0] == key and now < cached[2]:
             return cached[1]
@@ -1324,6 +1423,8 @@ class OverlayNode:
                 self._backoff_version += until is self._backoff
         for ep in [e for e, t in self._bootstrap_pending.items() if t <= now]:
             del self._bootstrap_pending[ep]
+        for h in [h for h, (_, t) in self._helpers.items() if t <= now]:
+            del self._helpers[h]
         for pend in [
             p
             for p in self._pending.values()

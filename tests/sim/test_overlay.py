@@ -15,11 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipop.link.endpoint import LinkUp, ObservedEndpoint
+from ipop.link.endpoint import LinkDown, LinkUp, ObservedEndpoint
 from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
+    KIND_CTM,
+    KIND_CTM_REPLY,
     KIND_PING,
+    ConnectToMe,
+    ConnectToMeReply,
+    Purpose,
     RelayForward,
     RelayRefused,
     Routed,
@@ -545,3 +550,105 @@ def test_the_source_hands_an_exact_message_to_its_nearest_peer_at_a_local_minimu
     z = NodeId(300)
     node.on_link_event(LinkMessage(p, _routed_from(z, x, b"theirs"), ep_p), now=2.0)
     assert links.sent == [] and node.drops["no_route"] == 1
+
+
+def test_near_ctm_with_no_closer_link_detours_through_the_nearest_peer() -> None:
+    """A node linked only to far peers (its bootstraps) hears of a neighbour from a node it
+    cannot link to: the CTM leaves through the far peer nearest the target, marked so that no
+    hop hands it back (EXCLUDE_SRC), instead of dying as ctm_no_route (1,000 nodes, seed 2:
+    a symmetric joiner whose only answer came from a cone node stayed off the ring forever).
+    """
+    a, informer, near = NodeId(1000), NodeId(1300), NodeId(1200)
+    far1, far2 = NodeId(RING // 2), NodeId(RING // 4)
+    links = _StubLinks(a)
+    node = _node_with(
+        links, {far1: Endpoint("198.51.100.2", 5800), far2: Endpoint("198.51.100.3", 5800)}
+    )
+    links.sent.clear()
+    node._consider_near([near], informer, now=2.0)
+    node.handle_timer(now=5.0)
+    ctms = [
+        (peer, msg)
+        for peer, raw in links.sent
+        if raw[:1] == b"\x01" and (msg := Routed.decode(raw)).kind == KIND_CTM and msg.dst == near
+    ]
+    assert node.stats["ctm_no_route"] == 0
+    assert len(ctms) == 1
+    peer, msg = ctms[0]
+    assert peer == far2  # the linked peer nearest the target, though farther than we are
+    assert msg.flags & FLAG_EXACT and msg.flags & FLAG_EXCLUDE_SRC and msg.via is None
+
+
+def _ctms_to(links: _StubLinks, dst: NodeId) -> list[ConnectToMe]:
+    out = []
+    for _peer, raw in links.sent:
+        if raw[:1] == b"\x01":
+            msg = Routed.decode(raw)
+            if msg.kind == KIND_CTM and msg.dst == dst:
+                out.append(ConnectToMe.decode(msg.payload))
+    return out
+
+
+def _reply(node: OverlayNode, via: NodeId, src: NodeId, token: int, listed: list[NodeId]) -> None:
+    """``src``'s CTM_REPLY to ``node`` arriving over its link to ``via``."""
+    ep = Endpoint("198.18.7.2", 5800)
+    body = ConnectToMeReply(token, (ep, Endpoint("203.0.113.70", 5800)), tuple(listed)).encode()
+    msg = Routed(FLAG_EXACT, 2, 64, KIND_CTM_REPLY, src, node.local_id, None, body)
+    node.on_link_event(LinkMessage(via, msg.encode(), Endpoint("198.51.100.2", 5800)), now=3.0)
+
+
+def test_near_peer_with_no_common_relay_gets_one_through_a_recruited_helper() -> None:
+    """T cannot be linked directly and lists no peer we hold directly: we ask a few of its
+    listed peers for direct links, and relay to T through the first that comes up (400 nodes,
+    30% churn, seed 3: every ring violation left after 60 s was such a pair).
+    """
+    a, far, t = NodeId(1000), NodeId(RING // 2), NodeId(1200)
+    listed = [NodeId(1100 + i) for i in range(6)]
+    links = _StubLinks(a)
+    node = _node_with(links, {far: Endpoint("198.51.100.2", 5800)})
+    node._send_ctm(t, Purpose.NEAR, exact=True, now=2.0)
+    (ctm,) = _ctms_to(links, t)
+    _reply(node, far, t, ctm.token, listed)
+    # No relay candidate in T's answer: helpers are asked (a few, not all).
+    helpers = [h for h in listed if _ctms_to(links, h)]
+    assert 1 <= len(helpers) < len(listed)
+    assert node.stats["relay_helpers_asked"] == len(helpers)
+    # A helper answers and its link comes up directly: our pending link to T relays through it.
+    h = helpers[0]
+    (hctm,) = _ctms_to(links, h)
+    _reply(node, far, h, hctm.token, [t])
+    node.on_link_event(
+        LinkUp(h, fake_certificate(h), Endpoint("203.0.113.71", 5800), None), now=4.0
+    )
+    node.handle_timer(now=9.0)
+    assert RelayPath(via=h, peer=t) in links.connects
+    # The helper's own attempt was direct only: no relay toward the helper itself.
+    assert not [p for p in links.connects if isinstance(p, RelayPath) and p.peer == h]
+
+
+def test_a_peer_turned_near_after_long_silence_is_suspect_at_once() -> None:
+    """A far peer we have not heard from moves into the near set (its neighbours between us
+    died): pulled at once and closed near_suspect_s sooner than a freshly heard near peer, so
+    a run of dead nodes behind a dead neighbour costs near_dead_s - near_suspect_s each, not
+    near_dead_s (150 nodes, 30% churn: ~8 s of the repair time).
+    """
+    cfg = OverlayConfig()
+    a, far = NodeId(1000), NodeId(RING // 2)
+    near = [NodeId(1000 + d) for d in (-30, -20, -10, 10, 20, 30)]
+    links = _StubLinks(a)
+    node = _node_with(links, {p: Endpoint("198.51.100.2", 5800) for p in [*near, far]})
+    assert far not in node.near_peers()
+    t = 100.0
+    for p in near:
+        node.on_link_event(LinkDown(p, "timeout"), now=t)
+    assert node.near_peers() == {far}
+    links.sent.clear()
+    node.handle_timer(now=t + 1.0)
+    assert node.stats["near_silent_pulled"] >= 1
+    assert any(peer == far and raw[:1] != b"\x01" for peer, raw in links.sent)
+    now = t + 1.0
+    while node.stats["near_silent_closed"] == 0 and now < t + 30.0:
+        now += 1.0
+        node.handle_timer(now=now)
+    assert node.stats["near_silent_closed"] == 1 and far in links.closed
+    assert now - t <= cfg.near_dead_s - cfg.near_suspect_s + 2.0
