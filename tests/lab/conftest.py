@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -65,6 +67,17 @@ for i, (dst, via) in enumerate(reqs):
     out.append(got)
 print(json.dumps(out))
 """
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run stopped by SIGTERM (``timeout``, a CI job cancelled) unwinds like Ctrl-C, so every
+    # lab fixture's teardown still runs: Python's default for SIGTERM is to die on the spot,
+    # which left namespaces and daemons behind.
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _skip_unless_root() -> None:
