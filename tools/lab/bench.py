@@ -1,5 +1,8 @@
 """ipop-lab bench: ipop's data plane next to the underlay, tinc, wireguard-go and nebula.
 
+Also ``python-floor`` (and ``python-floor-epoll``): :mod:`tools.bench.floor_tunnel`, the least a
+Python tunnel can do per packet, so that what Python itself costs shows in the same table.
+
 This module owns one benchmark run: two network namespaces joined by a veth (underlay
 198.51.100.1/24 and .2), and for each system in turn: bring it up between the two, 20 pings
 (``--pings``) at 0.05 s, one iperf3 TCP stream for ``duration_s`` seconds (first second

@@ -245,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="throughput and RTT: underlay, ipop, tinc, wg-go, nebula")
+    p = sub.add_parser(
+        "bench", help="throughput and RTT: underlay, python floor, ipop, tinc, wg-go, nebula"
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--duration", type=int, default=5, help="iperf3 seconds per system")
     p.add_argument("--runs", type=int, default=1)
