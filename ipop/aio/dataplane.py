@@ -19,9 +19,10 @@ one address leave in as few GSO ``sendmsg`` calls as possible; a received DATA d
 plaintext is DIRECT + KIND_IP from a linked peer comes back from
 :meth:`NodeCore.receive_direct` instead of travelling as LinkMessage -> Delivered events, and
 is written to the TAP after the same anti-spoofing check (datagrams on punching sockets come
-one at a time from :class:`ipop.aio.node.Node`, through the same code). Everything else (handshakes,
-keepalives, relayed paths, DHT and overlay traffic, unknown owners, drops) takes the slow path
-through the core's events and the driver, as before.
+from :class:`ipop.aio.node.Node` one by one and are handled together once the socket's drain is
+over, through the same code). Everything else (handshakes, keepalives, relayed paths, DHT and
+overlay traffic, unknown owners, drops) takes the slow path through the core's events and the
+driver, as before.
 
 Latency (a lone packet, e.g. a ping every 50 ms): a wake-up after a quiet spell
 (:data:`SPARSE_S`) reads one packet, without the extra read that would find the fd empty, and a
