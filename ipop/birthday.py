@@ -54,6 +54,7 @@ from dataclasses import dataclass
 
 from ipop import timing
 from ipop.types import Endpoint, NodeId, Path, SocketPath
+from ipop.wire.stun import BINDING_INDICATION, HEADER_BYTES, MAGIC_COOKIE
 
 __all__ = ["BirthdayPunch", "is_knock", "why_relayed"]
 
@@ -67,25 +68,23 @@ MAX_HELLO_ENDPOINTS = 4
 _HELLO_HEAD = struct.Struct(">BBB")
 _EP = struct.Struct(">4sH")
 _GO = struct.Struct(">B4s12s")
+# A knock is a bare STUN header: Binding Indication, no attributes, the token as transaction id.
 _KNOCK_HEAD = struct.Struct(">HHI")
-_BINDING_INDICATION = 0x0011
-_MAGIC_COOKIE = 0x2112A442
-_KNOCK_BYTES = 20
 # What MASQUERADE --random draws from (the kernel's default NAT range for a source port >= 1024).
 _PORT_MIN = 1024
 _PORT_MAX = 65535
 
 
 def _knock(token: bytes) -> bytes:
-    return _KNOCK_HEAD.pack(_BINDING_INDICATION, 0, _MAGIC_COOKIE) + token
+    return _KNOCK_HEAD.pack(BINDING_INDICATION, 0, MAGIC_COOKIE) + token
 
 
 def is_knock(data: bytes) -> bool:
     """A STUN Binding Indication with no attributes: a knock or an opener, never answered."""
-    return len(data) == _KNOCK_BYTES and _KNOCK_HEAD.unpack_from(data) == (
-        _BINDING_INDICATION,
+    return len(data) == HEADER_BYTES and _KNOCK_HEAD.unpack_from(data) == (
+        BINDING_INDICATION,
         0,
-        _MAGIC_COOKIE,
+        MAGIC_COOKIE,
     )
 
 

@@ -251,19 +251,17 @@ class NodeCore:
         return dict(self._shortcut_used)
 
     def get_timer(self) -> float | None:
-        a = self.link.get_timer()
-        b = self.overlay.get_timer()
-        c = self.stun.get_timer()
-        if c is not None and (a is None or c < a):
-            a = c
-        c = self.birthday.get_timer()
-        if c is not None and (a is None or c < a):
-            a = c
-        if a is None:
-            return b
-        if b is None:
-            return a
-        return a if a < b else b
+        due = [
+            t
+            for t in (
+                self.link.get_timer(),
+                self.overlay.get_timer(),
+                self.stun.get_timer(),
+                self.birthday.get_timer(),
+            )
+            if t is not None
+        ]
+        return min(due) if due else None
 
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Path]]:
         out, self._out = self._out, []

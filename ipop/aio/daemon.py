@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -763,9 +764,11 @@ class DaemonControl:
         return f"{self.d.network}:user:{key}"
 
 
+@functools.cache
 def _raise_fd_limit() -> None:
     """Port guessing holds BIRTHDAY_SOCKETS sockets: lift a low soft limit (systemd's 1024)
-    toward the hard one, once; failing that, the sockets past the limit are counted."""
+    toward the hard one, once per process; failing that, the sockets past the limit are
+    counted."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
     if soft != resource.RLIM_INFINITY and soft < want:

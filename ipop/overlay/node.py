@@ -373,21 +373,19 @@ class _Seen:
     """Ids heard from peers: who told us (holds a link to it) and until when we trust it.
 
     Indexed by informer as well, because every neighbour list replaces what its informer told
-    us before; ``version`` changes whenever an id comes or goes (not when news is merely
-    renewed, unless it had expired), so answers computed from the ids can be cached.
+    us before; ``version`` changes whenever an id comes, goes or revives after expiring (not
+    when news is merely renewed, nor when another informer repeats it), so answers computed
+    from the ids can be cached. Why blind to informers: near peers gossip the same ids in turn,
+    so an id's informer changes with almost every list, and the brackets test was recomputed
+    each time (the biggest overlay cost at 1,000 nodes).
     """
 
-    __slots__ = ("_by_informer", "_news", "ids_version", "version")
+    __slots__ = ("_by_informer", "_news", "version")
 
     def __init__(self) -> None:
         self._news: dict[NodeId, tuple[NodeId, float]] = {}
         self._by_informer: dict[NodeId, set[NodeId]] = {}
         self.version = 0
-        # Like ``version``, but blind to who told us: only ids coming, going or reviving.
-        # Why: near peers gossip the same ids in turn, so the informer of an id changes with
-        # almost every list, and answers that ignore informers (the brackets test) were
-        # recomputed each time (the biggest overlay cost at 1,000 nodes).
-        self.ids_version = 0
 
     def __iter__(self) -> Iterator[NodeId]:
         return iter(self._news)
@@ -410,12 +408,8 @@ class _Seen:
             if old is not None:
                 self._unindex(node, old[0])
             self._by_informer.setdefault(informer, set()).add(node)
-            self.version += 1
-            if old is None or old[1] <= now:
-                self.ids_version += 1
-        elif old[1] <= now:
-            self.version += 1  # expired news comes back to life: it counts again
-            self.ids_version += 1
+        if old is None or old[1] <= now:
+            self.version += 1  # a new id, or expired news come back to life
         self._news[node] = (informer, until)
 
     def discard(self, node: NodeId) -> None:
@@ -423,7 +417,6 @@ class _Seen:
         if old is not None:
             self._unindex(node, old[0])
             self.version += 1
-            self.ids_version += 1
 
     def told_by(self, informer: NodeId) -> list[NodeId]:
         return list(self._by_informer.get(informer, ()))
@@ -873,23 +866,12 @@ class OverlayNode:
                 # Our own message, and none of our peers is closer to the target than we
                 # are: a node that joined a moment ago holds one or two links, and the node
                 # that told it about the target (a DHT contact, say) is usually one of them
-                # and linked to it. Hand it to our peer nearest the target, marked so that no
-                # later hop hands it back to us (we are nearer the target than that peer, and
-                # greedy routing would); only the source detours.
-                hop = self._next_hop(target, exact=False, exclude=self.local_id)
+                # and linked to it. Only the source detours (see _detour_hop).
+                hop = self._detour_hop(target)
                 if hop is not None:
                     self.stats["routed_source_detour"] += 1
                     if msg.via is None:
-                        msg = Routed(
-                            msg.flags | FLAG_EXCLUDE_SRC,
-                            msg.hops,
-                            msg.ttl,
-                            msg.kind,
-                            msg.src,
-                            msg.dst,
-                            msg.via,
-                            msg.payload,
-                        )
+                        msg = replace(msg, flags=msg.flags | FLAG_EXCLUDE_SRC)
         if hop is None:
             if (
                 msg.via is not None
@@ -914,6 +896,16 @@ class OverlayNode:
     ) -> NodeId | None:
         v = next_hop_sorted(self.local_id, target, self._table.ring(), exact=exact, exclude=exclude)
         return None if v is None else self._table.peer_of(v)
+
+    def _detour_hop(self, target: NodeId) -> NodeId | None:
+        """Our peer nearest ``target`` although we are nearer: the first hop of a detour.
+
+        For our own exact message when no peer is closer to the target than we are. The
+        message must carry EXCLUDE_SRC, so that no hop hands it back to us (greedy routing
+        would: we are nearer the target than that peer); the nodes around the target hold
+        links to it.
+        """
+        return self._next_hop(target, exact=False, exclude=self.local_id)
 
     def _hinted_hop(
         self, hint: tuple[NodeId, float] | None, now: float, stat: str
@@ -960,13 +952,11 @@ class OverlayNode:
             exclude = None if exact else self.local_id
             hop = self._next_hop(target, exact=exact, exclude=exclude)
             if hop is None and exact and target != self.local_id:
-                # Nobody we hold is closer to ``target`` than we are, and whoever told us about
-                # it is not linked to us (a joiner whose only links are its bootstraps, a node
-                # whose near peers all died). Leave through the peer nearest ``target`` and keep
-                # every hop from handing it back to us (EXCLUDE_SRC): the nodes around
-                # ``target`` hold links to it. Without this such a node never reaches the
-                # neighbours it hears of, and stays off the ring for good.
-                hop = self._next_hop(target, exact=True, exclude=self.local_id)
+                # Whoever told us about ``target`` is not linked to us (a joiner whose only
+                # links are its bootstraps, a node whose near peers all died). Without the
+                # detour such a node never reaches the neighbours it hears of, and stays off
+                # the ring for good.
+                hop = self._detour_hop(target)
                 detour = hop is not None
         if hop is None:
             self.stats["ctm_no_route"] += 1
@@ -1365,7 +1355,7 @@ class OverlayNode:
         so a False answer holds until its last blocking news expires, a True one until one of
         the three changes. Why: every node asks every tick, over hundreds of seen ids.
         """
-        key = (self._seen.ids_version, self._table.version, self._backoff_version)
+        key = (self._seen.version, self._table.version, self._backoff_version)
         cached = self._brackets_cache
         if cached is not None and cached[0] == key and now < cached[2]:
             return cached[1]
