@@ -290,7 +290,9 @@ class BirthdayPunch:
             self.stats["runs_ended_linked"] += 1
 
     def get_timer(self) -> float | None:
-        return min((r.next_at for r in self._runs.values()), default=None)
+        if not self._runs:  # almost always: asked after every input the node gets
+            return None
+        return min(r.next_at for r in self._runs.values())
 
     def handle_timer(self, *, now: float) -> None:
         for peer, run in list(self._runs.items()):

@@ -251,17 +251,12 @@ class NodeCore:
         return dict(self._shortcut_used)
 
     def get_timer(self) -> float | None:
-        due = [
-            t
-            for t in (
-                self.link.get_timer(),
-                self.overlay.get_timer(),
-                self.stun.get_timer(),
-                self.birthday.get_timer(),
-            )
-            if t is not None
-        ]
-        return min(due) if due else None
+        # Asked after every input (the driver re-arms its timer): no list, no min() call.
+        due = self.overlay.get_timer()
+        for t in (self.link.get_timer(), self.stun.get_timer(), self.birthday.get_timer()):
+            if t is not None and (due is None or t < due):
+                due = t
+        return due
 
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Path]]:
         out, self._out = self._out, []

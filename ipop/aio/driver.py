@@ -62,7 +62,9 @@ class Driver:
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._closed:
             return
-        self.core.receive_datagram(data, Endpoint(addr[0], addr[1]), now=self.clock())
+        # The simulator already hands an Endpoint; a real socket's tuple becomes one.
+        path = addr if type(addr) is Endpoint else Endpoint(addr[0], addr[1])
+        self.core.receive_datagram(data, path, now=self.clock())
         self.pump()
 
     def pump(self) -> None:

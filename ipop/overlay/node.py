@@ -488,8 +488,16 @@ class OverlayNode:
         # (seen version, table version, backoff version), answer, valid until: see
         # _brackets_linked.
         self._brackets_cache: tuple[tuple[int, int, int], bool, float] | None = None
-        # Peer -> (row rev, its policy view): see _connection_views.
+        # Bumped whenever _pending gains or loses a peer (keys the wanted-near cache).
+        self._pending_version = 0
+        # (versions, valid until, answer): see _wanted_near.
+        self._wanted_cache: tuple[tuple[int, int, int, int], float, list[NodeId]] | None = None
+        # Peer -> (row rev, its policy view), and the whole answer with the (table stamp,
+        # relay stamp) it was built at: see _connection_views.
         self._views: dict[NodeId, tuple[int, ConnectionView]] = {}
+        self._views_all: tuple[tuple[int, int], tuple[ConnectionView, ...]] | None = None
+        # Bumped whenever a row's last_relay moves (it is not part of the row's rev).
+        self._relay_stamp = 0
         # Peer -> when we last got an overlay message from it (or it became near / linked).
         self._heard: dict[NodeId, float] = {}
         self._seen_ttl = 3 * config.gossip_interval_s
@@ -686,6 +694,7 @@ class OverlayNode:
         if ev.observed is not None:
             self._note_observed(ev.observed, now)
         pend = self._pending.pop(peer, None)
+        self._pending_version += pend is not None
         if pend is not None:
             for p in pend.paths_left:
                 self._path_owner.pop(p, None)
@@ -785,6 +794,7 @@ class OverlayNode:
                 row = self._table.get(p)
                 if row is not None:
                     row.last_relay = now
+                    self._relay_stamp += 1
                     self._add_kind(p, ConnectionKind.RELAY, now)
 
     def _on_relay_deliver(self, msg: RelayDeliver, peer: NodeId, now: float) -> None:
@@ -809,6 +819,7 @@ class OverlayNode:
         The relayed link's own keepalives keep ``last_relay`` fresh.
         """
         row.last_relay = now
+        self._relay_stamp += 1
         if ConnectionKind.RELAY not in row.kinds:
             self._add_kind(row.peer, ConnectionKind.RELAY, now)
 
@@ -1121,6 +1132,7 @@ class OverlayNode:
             yield_s = self.config.relay_yield_s if self.local_id > peer else 0.0
             pend.relay_at = pend.relay_not_before = now + self.config.relay_after_s + yield_s
             self._pending[peer] = pend
+            self._pending_version += 1
         for ep in eps:
             pend.paths_left.add(ep)
             self._path_owner[ep] = peer
@@ -1218,7 +1230,8 @@ class OverlayNode:
             pend.relaying = False
 
     def _give_up(self, pend: _Pending, now: float) -> None:
-        self._pending.pop(pend.peer, None)
+        if self._pending.pop(pend.peer, None) is not None:
+            self._pending_version += 1
         for p in pend.paths_left:
             self._path_owner.pop(p, None)
         self.stats["connect_failed"] += 1
@@ -1268,30 +1281,67 @@ class OverlayNode:
                 seen.put(c, informer, until, now=now)
         self._near_check_due = True
 
-    def _ask_near(self, now: float) -> None:
-        self._near_check_due = False
+    def _wanted_near(self, now: float) -> list[NodeId]:
+        """The near_per_side nearest ids on each side among everything we know of: seen (not
+        expired, not backed off), pending and linked; nearest first.
+
+        Cached: the answer depends on the seen ids, the table's peers, the pending attempts,
+        the backoff set and expiry. Why: near peers gossip every few seconds, so this was
+        asked at almost every tick of every node, over hundreds of ids each time.
+        """
+        cached = self._wanted_cache
+        if cached is not None and now < cached[1] and cached[0] == self._wanted_key():
+            return cached[2]
         backoff = self._backoff
-        for c in [c for c, (_, t) in self._seen.items() if t <= now or (backoff and c in backoff)]:
-            self._seen.discard(c)
+        seen = self._seen
+        expiry = _INF
+        gone = []
+        for c, (_, t) in seen.items():
+            if t <= now or (backoff and c in backoff):
+                gone.append(c)
+            elif t < expiry:
+                expiry = t
+        for c in gone:
+            seen.discard(c)
         local = self.local_id.value
-        # By value, not NodeId equality: this runs over hundreds of ids per tick.
-        pool = {c.value: c for c in self._seen}
+        # By value, not NodeId equality: this runs over hundreds of ids.
+        pool = {c.value: c for c in seen}
         for c in self._pending:
             pool[c.value] = c
         for v in self._table.ring():
             pool[v] = self._table.peer_of(v)
         pool.pop(local, None)
-        wanted = {
-            pool[v]
-            for v in ring_neighbours_sorted(self.local_id, sorted(pool), self.config.near_per_side)
-        }
-        # A pending attempt that may not fall back to a relay (a far link, a connect-back)
-        # fails for good between NATs that cannot punch: ask as a near peer too, whose answer
-        # lets the attempt use a relay.
-        settled = set(self._table.peers()) | {
-            p for p, pend in self._pending.items() if pend.relay_allowed
-        }
-        for c in sorted(wanted - settled, key=lambda c: (ring_distance(self.local_id, c), c)):
+        wanted = sorted(
+            {
+                pool[v]
+                for v in ring_neighbours_sorted(
+                    self.local_id, sorted(pool), self.config.near_per_side
+                )
+            },
+            key=lambda c: (ring_distance(self.local_id, c), c),
+        )
+        # Renewed news only moves expiry later, so the earliest one seen now is a safe bound.
+        self._wanted_cache = (self._wanted_key(), expiry, wanted)
+        return wanted
+
+    def _wanted_key(self) -> tuple[int, int, int, int]:
+        return (
+            self._seen.version,
+            self._table.version,
+            self._pending_version,
+            self._backoff_version,
+        )
+
+    def _ask_near(self, now: float) -> None:
+        self._near_check_due = False
+        table = self._table
+        pending = self._pending
+        for c in self._wanted_near(now):
+            # A pending attempt that may not fall back to a relay (a far link, a connect-back)
+            # fails for good between NATs that cannot punch: ask as a near peer too, whose
+            # answer lets the attempt use a relay.
+            if c in table or ((pend := pending.get(c)) is not None and pend.relay_allowed):
+                continue
             if self._asked.get(c, -_INF) > now:
                 continue
             news = self._seen.get(c)
@@ -1496,8 +1546,13 @@ class OverlayNode:
     def _connection_views(self) -> tuple[ConnectionView, ...]:
         """Every row's policy view, reusing last tick's where the row did not change.
 
-        Why: every node builds these every tick, and most rows change far less often.
+        Why: every node builds these every tick, and most rows change far less often; most
+        ticks nothing changed at all and the last answer is returned whole.
         """
+        key = (self._table.stamp, self._relay_stamp)
+        whole = self._views_all
+        if whole is not None and whole[0] == key:
+            return whole[1]
         cache = self._views
         fresh: dict[NodeId, tuple[int, ConnectionView]] = {}
         out = []
@@ -1510,7 +1565,9 @@ class OverlayNode:
             fresh[c.peer] = (c.rev, view)
             out.append(view)
         self._views = fresh
-        return tuple(out)
+        views = tuple(out)
+        self._views_all = (key, views)
+        return views
 
     @staticmethod
     def _view(c: Connection) -> ConnectionView:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import bisect
 import enum
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -70,7 +69,8 @@ class ConnectionTable:
         self._by_value: dict[int, NodeId] = {}
         # Changes whenever a peer comes or goes (lets callers cache answers about the peers).
         self.version = 0
-        self._revs = itertools.count(1)
+        # Changes with ``version`` and with every row's ``rev``: the last stamp handed out.
+        self.stamp = 0
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -105,7 +105,7 @@ class ConnectionTable:
         if row is not None:
             row.path = path  # the link layer moved the link to a better path
             return row
-        row = Connection(peer, path, now, idle_since=now, rev=next(self._revs))
+        row = Connection(peer, path, now, idle_since=now, rev=self._bump())
         self._rows[peer] = row
         self.version += 1
         bisect.insort(self._ring, peer.value)
@@ -116,9 +116,14 @@ class ConnectionTable:
         row = self._rows.pop(peer, None)
         if row is not None:
             self.version += 1
+            self._bump()
             del self._ring[bisect.bisect_left(self._ring, peer.value)]
             del self._by_value[peer.value]
         return row
+
+    def _bump(self) -> int:
+        self.stamp += 1
+        return self.stamp
 
     def add_kind(self, peer: NodeId, kind: ConnectionKind, *, now: float) -> bool:
         """Give ``peer`` a kind; True if it is new."""
@@ -127,7 +132,7 @@ class ConnectionTable:
             return False
         row.kinds[kind] = now
         row.idle_since = None
-        row.rev = next(self._revs)
+        row.rev = self._bump()
         return True
 
     def mark_remote(self, peer: NodeId, kind: ConnectionKind) -> None:
@@ -135,7 +140,7 @@ class ConnectionTable:
         row = self._rows.get(peer)
         if row is not None and kind not in row.remote_kinds:
             row.remote_kinds.add(kind)
-            row.rev = next(self._revs)
+            row.rev = self._bump()
 
     def drop_kind(self, peer: NodeId, kind: ConnectionKind, *, now: float) -> bool:
         """Take a kind away; True if it was held."""
@@ -146,7 +151,7 @@ class ConnectionTable:
         row.remote_kinds.discard(kind)
         if not row.kinds:
             row.idle_since = now
-        row.rev = next(self._revs)
+        row.rev = self._bump()
         return True
 
     def set_near(self, near: frozenset[NodeId], *, now: float) -> tuple[list[NodeId], list[NodeId]]:

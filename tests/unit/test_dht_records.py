@@ -224,7 +224,16 @@ def test_config_validation() -> None:
     assert DhtConfig().needed(1) == 2  # alone: nothing can be agreed
     assert DhtConfig(replicas=3).needed(3) == 2
     assert DhtConfig(replicas=8, quorum=6).needed(8) == 6
-    for bad in ({"replicas": 2}, {"quorum": 4}, {"quorum": 9}, {"ksize": 4}):
+    assert DhtConfig().width == 10  # R + 2
+    assert DhtConfig(lookup_k=16).width == 16
+    for bad in (
+        {"replicas": 2},
+        {"quorum": 4},
+        {"quorum": 9},
+        {"ksize": 4},
+        {"lookup_k": 7},  # below R: a lookup could never see the whole replica set
+        {"lookup_k": 41},  # above what a find-node answer may carry
+    ):
         with pytest.raises(ConfigError):
             DhtConfig(**bad)
 
