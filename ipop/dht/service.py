@@ -194,8 +194,19 @@ class _LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is unty
         self.nearest: Any = indexed
 
     async def _nodes_found(self, responses: dict[bytes, tuple[bool, Any]]) -> Any:
-        self.answered.update(peer for peer, (ok, _) in responses.items() if ok)
-        return await super()._nodes_found(responses)
+        # Stock NodeSpiderCrawl._nodes_found, except that answers list contact objects
+        # (IpopKademliaProtocol.call_find_node) instead of tuples to rebuild them from.
+        silent = []
+        for peer, (ok, nodes) in responses.items():
+            if ok:
+                self.answered.add(peer)
+                self.nearest.push(nodes)
+            else:
+                silent.append(peer)
+        self.nearest.remove(silent)
+        if self.nearest.have_contacted_all():
+            return list(self.nearest)
+        return await self.find()
 
 
 class DhtService:

@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import ipaddress
+import math
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
@@ -577,6 +578,20 @@ class Network:
             return
         self._wan_hop(loop, ext, dip, dport, data, size, delay)
 
+    def call_at(self, when: float, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` at loop time ``when``, from the queue datagrams wait in.
+
+        For the node drivers' timers (:class:`ipop.aio.driver.Driver` ``call_at``): plain
+        tuples in one heap cost far less than one asyncio TimerHandle each. Not cancellable.
+        Runs in (time, scheduling order) among the datagrams; an exception propagates like a
+        delivery's.
+
+        Never early: a batch runs what is due within _DUE_SLACK_S of the clock, so the entry
+        waits twice that longer. Why: a timer run before its deadline finds nothing due, and
+        the driver would arm it again for the same instant, forever, in the same batch.
+        """
+        self._push(asyncio.get_running_loop(), when + 2 * _DUE_SLACK_S, callback, ())
+
     def _later(
         self, loop: asyncio.AbstractEventLoop, delay: float, fn: Callable[..., None], *args: Any
     ) -> None:
@@ -584,6 +599,15 @@ class Network:
         tick = self.tick_s
         if tick:
             due = -(-due // tick) * tick  # ceil: never earlier than the exact time
+        self._push(loop, due, fn, args)
+
+    def _push(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        due: float,
+        fn: Callable[..., None],
+        args: tuple[Any, ...],
+    ) -> None:
         queue = self._queue
         heapq.heappush(queue, (due, self._seq, fn, args))
         self._seq += 1
@@ -597,7 +621,11 @@ class Network:
     def _run_due(self) -> None:
         """Run every hop now due, in (time, send order); then arm for the next one."""
         self._timer = None
-        self._armed_at = None
+        # While the batch runs, what it queues arms nothing (-inf: "armed earlier than
+        # anything"); the queue's head is armed once, at the end. Why: arming for the first
+        # hop queued here ignored older hops due sooner, which then ran late (a hop queued
+        # for 20 ms ahead held back one due in 1 ms until then).
+        self._armed_at = -math.inf
         loop = asyncio.get_running_loop()
         # The loop runs a timer up to its clock resolution early; so do we, or a hop whose
         # due time the float clock cannot hit exactly would wait for another wake-up.
@@ -614,7 +642,8 @@ class Network:
             except Exception as exc:  # recorded by _deliver; re-raised once, below
                 if first is None:
                     first = exc
-        if queue and self._timer is None:
+        self._armed_at = None
+        if queue:
             due = queue[0][0]
             self._armed_at = due
             self._timer = loop.call_at(due, self._run_due)

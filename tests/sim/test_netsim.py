@@ -465,3 +465,49 @@ def test_hops_in_flight_share_one_loop_timer_and_arrive_at_exact_times() -> None
         assert t0 + 0.02 + extra - 1e-6 <= t <= t0 + 0.03 + extra + 1e-6
     times = [t for t, _, _ in got]
     assert times == sorted(times)
+
+
+def test_a_hop_queued_during_a_delivery_does_not_hold_back_one_due_sooner() -> None:
+    """A datagram sent from inside a delivery (a node answering) is queued far ahead; a LAN
+    hop queued earlier and due sooner must still arrive on time (it once waited for the
+    later one: the batch armed its timer for the first hop it queued)."""
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        n = Network(rng=random.Random(3), internet_latency_s=0.05)
+        lan = n.add_lan("lan", latency_s=0.001)
+        nat = n.add_nat("n", "full-cone", lan=lan)
+        a, b = n.add_public_host("a"), n.add_public_host("b")
+        h, g = nat.add_host("h"), nat.add_host("g")
+        sa = a.bind(1000, Inbox())
+        sb: list = []
+        sb.append(b.bind(2000, lambda d, s: sb[0].sendto(b"answer", sa.local)))
+        g_in = Inbox()
+        sg, sh = g.bind(3000, g_in), h.bind(4000, Inbox())
+        t0 = loop.time()
+        sa.sendto(b"ask", sb[0].local)  # arrives at t0 + 0.05, answered from the delivery
+        await asyncio.sleep(0.0495)
+        sh.sendto(b"lan", sg.local)  # due at t0 + 0.0505, queued before the answer
+        await asyncio.sleep(1.0)
+        return t0, g_in.got[0][0]
+
+    t0, arrived = run_virtual(main())
+    assert arrived == pytest.approx(t0 + 0.0505, abs=1e-6)
+
+
+def test_call_at_runs_callbacks_in_order_and_never_early() -> None:
+    async def main() -> list[tuple[str, float, float]]:
+        loop = asyncio.get_running_loop()
+        n = Network(rng=random.Random(4))
+        ran: list[tuple[str, float, float]] = []
+        t0 = loop.time()
+        for name, delay in (("b", 0.2), ("a", 0.1), ("c", 0.2)):
+            when = t0 + delay
+            n.call_at(when, lambda name=name, when=when: ran.append((name, when, loop.time())))
+        await asyncio.sleep(1.0)
+        return ran
+
+    ran = run_virtual(main())
+    assert [name for name, _, _ in ran] == ["a", "b", "c"]
+    for _, when, at in ran:
+        assert when <= at <= when + 1e-5
