@@ -12,7 +12,6 @@ Why a UNIX-scale clock: cores check certificate validity and handshake timestamp
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -33,21 +32,12 @@ class DatagramSocket(Protocol):
     def sendto(self, data: bytes, addr: Endpoint) -> None: ...
 
 
-# Runs ``callback()`` at loop time ``when``; no handle, no cancel (see Driver).
-CallAt = Callable[[float, Callable[[], None]], None]
-
-
 class Driver:
     """Drives one core: call :meth:`datagram_received` for input and :meth:`pump` after commands.
 
     ``on_event`` sees every event the core emits, in order. Datagrams whose path is not an
     underlay :class:`Endpoint` (relay paths) go to ``on_other_path``; a core that handles relays
     itself never produces them.
-
-    ``call_at`` (the simulator's :meth:`ipop.testing.netsim.Network.call_at`) replaces the
-    loop's timers: a timer that is no longer wanted is not cancelled but ignored when it fires.
-    Why: a 1,000-node simulation arms hundreds of thousands of timers, and the loop's
-    TimerHandles (made, compared and cancelled in Python) were a tenth of its time.
     """
 
     def __init__(
@@ -58,7 +48,6 @@ class Driver:
         clock: Callable[[], float],
         on_event: Callable[[Any], None] = lambda ev: None,
         on_other_path: Callable[[bytes, Path], None] | None = None,
-        call_at: CallAt | None = None,
     ) -> None:
         self.core = core
         self.sock = sock
@@ -69,7 +58,6 @@ class Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
-        self._call_at = call_at
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._closed:
@@ -107,19 +95,8 @@ class Driver:
             self._timer.cancel()
             self._timer = None
         self._timer_at = deadline
-        if deadline is None:
-            return
-        delay = max(0.0, deadline - self.clock())
-        if self._call_at is not None:
-            self._call_at(self._loop.time() + delay, functools.partial(self._fire_for, deadline))
-        else:
-            self._timer = self._loop.call_later(delay, self._fire)
-
-    def _fire_for(self, deadline: float) -> None:
-        # A call_at timer is never cancelled: only the one armed for the current deadline
-        # counts (an earlier deadline replaced it, or the core no longer wants one).
-        if deadline == self._timer_at:
-            self._fire()
+        if deadline is not None:
+            self._timer = self._loop.call_later(max(0.0, deadline - self.clock()), self._fire)
 
     def _fire(self) -> None:
         self._timer = None

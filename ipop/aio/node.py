@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ipop.aio.driver import CallAt, DatagramSocket, Driver
+from ipop.aio.driver import DatagramSocket, Driver
 from ipop.dht.service import DhtConfig, DhtService
 from ipop.identity import NodeIdentity
 from ipop.link.endpoint import LinkConfig
@@ -143,19 +143,12 @@ class Node:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def attach(
-        self,
-        sock: DatagramSocket,
-        *,
-        open_socket: OpenSocket | None = None,
-        call_at: CallAt | None = None,
-    ) -> None:
+    def attach(self, sock: DatagramSocket, *, open_socket: OpenSocket | None = None) -> None:
         """Give the node its underlay socket (feed its input to :meth:`datagram_received`).
 
         ``open_socket`` opens the extra sockets port guessing needs (:mod:`ipop.birthday`), on
         first use; without it a node behind a symmetric NAT cannot guess its way to a peer
-        behind a port-restricted one and stays relayed there. ``call_at``: see
-        :class:`~ipop.aio.driver.Driver` (the simulator's cheaper timers).
+        behind a port-restricted one and stays relayed there.
         """
         self._open_socket = open_socket
         self.driver = Driver(
@@ -164,7 +157,6 @@ class Node:
             clock=self.clock,
             on_event=self._on_event,
             on_other_path=self._send_other,
-            call_at=call_at,
         )
 
     def send_on_path(self, data: bytes, path: SocketPath) -> None:

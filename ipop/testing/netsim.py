@@ -578,20 +578,6 @@ class Network:
             return
         self._wan_hop(loop, ext, dip, dport, data, size, delay)
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> None:
-        """Run ``callback()`` at loop time ``when``, from the queue datagrams wait in.
-
-        For the node drivers' timers (:class:`ipop.aio.driver.Driver` ``call_at``): plain
-        tuples in one heap cost far less than one asyncio TimerHandle each. Not cancellable.
-        Runs in (time, scheduling order) among the datagrams; an exception propagates like a
-        delivery's.
-
-        Never early: a batch runs what is due within _DUE_SLACK_S of the clock, so the entry
-        waits twice that longer. Why: a timer run before its deadline finds nothing due, and
-        the driver would arm it again for the same instant, forever, in the same batch.
-        """
-        self._push(asyncio.get_running_loop(), when + 2 * _DUE_SLACK_S, callback, ())
-
     def _later(
         self, loop: asyncio.AbstractEventLoop, delay: float, fn: Callable[..., None], *args: Any
     ) -> None:

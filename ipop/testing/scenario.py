@@ -275,7 +275,6 @@ class _World:
         node.attach(
             host.bind(PORT, node.datagram_received),
             open_socket=functools.partial(host.bind, 0),
-            call_at=self.net.call_at,
         )
         return node
 

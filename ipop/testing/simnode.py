@@ -42,7 +42,6 @@ def start_nodes(
         node.attach(
             host.bind(port, node.datagram_received),
             open_socket=functools.partial(host.bind, 0),
-            call_at=host.network.call_at,
         )
         node.start()
         nodes.append(node)

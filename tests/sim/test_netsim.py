@@ -493,21 +493,3 @@ def test_a_hop_queued_during_a_delivery_does_not_hold_back_one_due_sooner() -> N
 
     t0, arrived = run_virtual(main())
     assert arrived == pytest.approx(t0 + 0.0505, abs=1e-6)
-
-
-def test_call_at_runs_callbacks_in_order_and_never_early() -> None:
-    async def main() -> list[tuple[str, float, float]]:
-        loop = asyncio.get_running_loop()
-        n = Network(rng=random.Random(4))
-        ran: list[tuple[str, float, float]] = []
-        t0 = loop.time()
-        for name, delay in (("b", 0.2), ("a", 0.1), ("c", 0.2)):
-            when = t0 + delay
-            n.call_at(when, lambda name=name, when=when: ran.append((name, when, loop.time())))
-        await asyncio.sleep(1.0)
-        return ran
-
-    ran = run_virtual(main())
-    assert [name for name, _, _ in ran] == ["a", "b", "c"]
-    for _, when, at in ran:
-        assert when <= at <= when + 1e-5
