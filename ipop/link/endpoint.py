@@ -108,10 +108,11 @@ from ipop.link.crypto import CIPHER_IDS, DEFAULT_CIPHERS, Aead, InvalidTag, nonc
 from ipop.link.handshake import (
     Initiation,
     SessionKeys,
+    check_init_cert,
+    check_init_signature,
     choose_cipher,
     make_init,
     make_resp,
-    verify_init,
     verify_resp,
 )
 from ipop.link.replay import ReplayWindow
@@ -819,24 +820,34 @@ class LinkEndpoint:
                 self.stats["handshake_reanswered"] += 1
                 return
         try:
-            verified = verify_init(self._trust, data, now=now, skew_s=cfg.handshake_clock_skew_s)
+            init, cert = check_init_cert(
+                self._trust, data, now=now, skew_s=cfg.handshake_clock_skew_s
+            )
         except RemoteProtocolError as exc:
             self.drops[exc.reason] += 1
             return
-        node = verified.cert.node_id
+        # Refusals first, before the signature check (the costliest step of an Init, and
+        # Inits cross whenever both ends of a new link connect): refusing changes nothing,
+        # so it may rest on what the Init merely claims.
+        node = cert.node_id
         if node == self.local_id:
             self.drops["own_identity"] += 1
             return
-        ts = verified.init.timestamp_ms
+        ts = init.timestamp_ms
         last = self._last_init_ms.get(node)
         if last is not None and ts <= last:
             self.drops["stale_handshake"] += 1
             return
         mine = self._initiation_crossing(node, path)
+        if mine is not None and self.local_id > node:
+            self.drops["handshake_collision"] += 1
+            return
+        try:
+            verified = check_init_signature(init, cert, data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return
         if mine is not None:
-            if self.local_id > node:
-                self.drops["handshake_collision"] += 1
-                return
             del self._initiations[mine.index]
             self.stats["collision_yielded"] += 1
         cipher = choose_cipher(verified.init.ciphers, cfg.ciphers)

@@ -42,6 +42,8 @@ __all__ = [
     "Initiation",
     "SessionKeys",
     "VerifiedInit",
+    "check_init_cert",
+    "check_init_signature",
     "choose_cipher",
     "make_init",
     "make_resp",
@@ -119,11 +121,28 @@ class VerifiedInit:
 
 def verify_init(trust: CaTrust, data: bytes, *, now: float, skew_s: float) -> VerifiedInit:
     """Parse and authenticate an Init; raise :class:`RemoteProtocolError` with the drop reason."""
+    init, cert = check_init_cert(trust, data, now=now, skew_s=skew_s)
+    return check_init_signature(init, cert, data)
+
+
+def check_init_cert(
+    trust: CaTrust, data: bytes, *, now: float, skew_s: float
+) -> tuple[HandshakeInit, NodeCertificate]:
+    """The first half of :func:`verify_init`: parse, freshness window, certificate (cached).
+
+    Nothing is authenticated yet: the sender may only be claiming that certificate. Use the
+    result to refuse an Init early (refusing changes nothing); act on it only after
+    :func:`check_init_signature`.
+    """
     init = HandshakeInit.parse(data)
     # Cheapest test first: a stale Init is refused before any public-key operation.
     if abs(init.timestamp_ms / 1000.0 - now) > skew_s:
         raise RemoteProtocolError("stale_handshake", "timestamp outside the clock-skew window")
-    cert = trust.verify(init.cert_der, now=now)
+    return init, trust.verify(init.cert_der, now=now)
+
+
+def check_init_signature(init: HandshakeInit, cert: NodeCertificate, data: bytes) -> VerifiedInit:
+    """The second half of :func:`verify_init`: the signature by the certificate's key."""
     body = data[: len(data) - len(init.signature)]
     if not verify_signature(cert.public_key_raw, init.signature, init_signing_input(body)):
         raise RemoteProtocolError("bad_signature", "init signature")

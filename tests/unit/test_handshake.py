@@ -349,6 +349,32 @@ def test_simultaneous_connect_converges_on_one_session() -> None:
     assert not [e for e in events(p.a) if isinstance(e, HandshakeFailed)]
 
 
+def test_crossing_inits_are_refused_before_and_yielded_to_only_after_the_signature() -> None:
+    """The larger id refuses the crossing Init before checking its signature (refusing changes
+    nothing); the smaller id drops its own attempt only for an authentic Init."""
+    p = Pair()
+    big, small = (p.a, p.b) if p.ida.node_id > p.idb.node_id else (p.b, p.a)
+    big_ep, small_ep = (A_EP, B_EP) if big is p.a else (B_EP, A_EP)
+    big.connect(small_ep, now=NOW)
+    small.connect(big_ep, now=NOW)
+    ((from_big, _),) = p.out(big)
+    ((from_small, _),) = p.out(small)
+    forged = lambda init: init[:-1] + bytes([init[-1] ^ 1])  # noqa: E731
+    # The larger end: refused as a collision, so no signature check was needed.
+    big.receive_datagram(forged(from_small), small_ep, now=NOW + 0.01)
+    assert big.drops == {"handshake_collision": 1}
+    # The smaller end: a forged crossing Init is caught and its own attempt stands.
+    small.receive_datagram(forged(from_big), big_ep, now=NOW + 0.01)
+    assert small.drops == {"bad_signature": 1} and small.stats["collision_yielded"] == 0
+    assert p.out(small) == []
+    small.receive_datagram(from_big, big_ep, now=NOW + 0.02)
+    assert small.stats["collision_yielded"] == 1
+    ((resp, _),) = p.out(small)
+    big.receive_datagram(resp, small_ep, now=NOW + 0.03)
+    p.flush(NOW + 0.03)
+    assert big.is_up(small.local_id) and small.is_up(big.local_id)
+
+
 def test_simultaneous_connect_without_expected_id_matches_by_path() -> None:
     p = Pair()
     p.a.connect(B_EP, now=NOW)
@@ -436,8 +462,13 @@ def test_unauthenticated_packets_never_get_a_reply() -> None:
     for data in (forged_init, unsolicited, garbage_data, b"\xc1", b"\xc2" * 300):
         p.a.receive_datagram(data, B_EP, now=NOW + 5)
     assert p.a.drops == {
-        "bad_signature": 1,
+        "own_identity": 1,  # Alice's own certificate: refused before its signature is read
         "unknown_index": 2,
         "malformed": 2,
     }
     assert p.out(p.a, NOW + 5) == [] and events(p.a) == []
+    # To anyone else the stolen certificate is a valid one, and the signature gives it away.
+    carol = LinkEndpoint(make_identity(p.ca, "carol", now=NOW - 60), rng=random.Random(4))
+    carol.receive_datagram(forged_init, B_EP, now=NOW + 5)
+    assert carol.drops == {"bad_signature": 1}
+    assert carol.datagrams_to_send(now=NOW + 5) == [] and carol.next_event() is None
