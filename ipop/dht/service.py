@@ -92,13 +92,13 @@ class DhtConfig:
     replicas: int = 8
     quorum: int | None = None  # None: a majority of ``replicas``
     ksize: int = 20
-    # How many nearest nodes a lookup converges on (None: ``replicas`` + 2, the replica set
-    # with slack for a node that just left), except create's, which uses ``ksize``. Why not
-    # ``ksize`` everywhere: a lookup asks until its k nearest have all answered, so its cost
-    # grows with k, and reads, owner writes and the join only need the R nearest. Measured at
-    # 1,000 nodes: k=20 lookups were a third of all overlay traffic. Create keeps the width:
+    # How many nearest nodes the lookups that only gather contacts (the join's, the refresh)
+    # converge on (None: ``replicas`` + 2). Why not ``ksize``: a lookup asks until its k
+    # nearest have all answered, so its cost grows with k; at 1,000 nodes the joins' k=20
+    # lookups were a fifth of all overlay traffic. Lookups for a replica set keep ``ksize``:
     # with k=10 two creators racing in a fresh 50-node network saw different replica sets and
-    # both won (tests/sim/test_dht_alloc.py).
+    # both won (tests/sim/test_dht_alloc.py), and at 1,000 nodes one put in 100 landed on 8
+    # nodes none of which was among the key's 8 nearest.
     lookup_k: int | None = None
     alpha: int = 3
     rpc_retry_s: float = DHT_RPC_RETRY_S
@@ -132,7 +132,7 @@ class DhtConfig:
 
     @property
     def width(self) -> int:
-        """The lookup width actually used (see ``lookup_k``)."""
+        """The contact lookups' width actually used (see ``lookup_k``)."""
         if self.lookup_k is not None:
             return self.lookup_k
         return min(self.replicas + 2, MAX_FIND_NODES)
@@ -330,7 +330,7 @@ class DhtService:
         if not any(ok for ok, _ in answers):
             self.stats["bootstrap_failed"] += 1
             return False
-        await self._lookup(self.node_id.to_bytes())
+        await self._lookup(self.node_id.to_bytes(), width=self.config.width)
         self.stats["bootstrapped"] += 1
         return bool(self.contacts())
 
@@ -361,13 +361,13 @@ class DhtService:
 
     async def _refresh(self) -> None:
         await self._ensure_contacts()
-        await self._lookup(self.node_id.to_bytes())
-        await self._lookup(self._rng.getrandbits(160).to_bytes(20, "big"))
+        await self._lookup(self.node_id.to_bytes(), width=self.config.width)
+        await self._lookup(self._rng.getrandbits(160).to_bytes(20, "big"), width=self.config.width)
 
     async def _lookup(self, target: bytes, *, width: int | None = None) -> list[NodeId]:
         self._absorb_links()
         node = Node(target)
-        width = width or self.config.width
+        width = width or self.config.ksize
         nearest = self.protocol.router.find_neighbors(node, width)
         if not nearest:
             return []
@@ -375,10 +375,10 @@ class DhtService:
         found = await spider.find()
         return [node_id_from_bytes(n.id) for n in found if n.id in spider.answered]
 
-    async def replica_set(self, kid: bytes, *, width: int | None = None) -> list[NodeId]:
+    async def replica_set(self, kid: bytes) -> list[NodeId]:
         """The R nodes nearest ``kid`` that answered the lookup, this node included if near."""
         await self._ensure_contacts()
-        found = set(await self._lookup(kid, width=width)) | {self.node_id}
+        found = set(await self._lookup(kid)) | {self.node_id}
         target = int.from_bytes(kid, "big")
         return sorted(found, key=lambda n: n.value ^ target)[: self.config.replicas]
 
@@ -490,10 +490,7 @@ class DhtService:
         (or the votes kept splitting); then no replica that answered keeps our value.
         """
         kid = key_id(key)
-        # Ownership is decided by who reaches a quorum of the replica set: two creators whose
-        # lookups saw different sets could both win, so create looks as wide as the buckets.
-        wide = self.config.ksize
-        replicas = await self.replica_set(kid, width=wide)
+        replicas = await self.replica_set(kid)
         need = self.config.needed(len(replicas))
         for attempt in range(self.config.create_rounds):
             record = self._sign(key, value, expires_at=self._loop.time() + ttl)
@@ -519,7 +516,7 @@ class DhtService:
             await asyncio.sleep(pause)
             if attempt % 2 == 1:
                 # Persistent shortfall may be a stale view of the ring: look again.
-                replicas = await self.replica_set(kid, width=wide)
+                replicas = await self.replica_set(kid)
                 need = self.config.needed(len(replicas))
         self.stats["create_gave_up"] += 1
         return False

@@ -380,11 +380,14 @@ class _Seen:
     each time (the biggest overlay cost at 1,000 nodes).
     """
 
-    __slots__ = ("_by_informer", "_news", "version")
+    __slots__ = ("_by_informer", "_by_value", "_news", "_values", "version")
 
     def __init__(self) -> None:
         self._news: dict[NodeId, tuple[NodeId, float]] = {}
         self._by_informer: dict[NodeId, set[NodeId]] = {}
+        # The ids' values, ascending, and each value's id (what the brackets test bisects).
+        self._values: list[int] = []
+        self._by_value: dict[int, NodeId] = {}
         self.version = 0
 
     def __iter__(self) -> Iterator[NodeId]:
@@ -407,6 +410,9 @@ class _Seen:
         if old is None or old[0] != informer:
             if old is not None:
                 self._unindex(node, old[0])
+            else:
+                bisect.insort(self._values, node.value)
+                self._by_value[node.value] = node
             self._by_informer.setdefault(informer, set()).add(node)
         if old is None or old[1] <= now:
             self.version += 1  # a new id, or expired news come back to life
@@ -416,7 +422,23 @@ class _Seen:
         old = self._news.pop(node, None)
         if old is not None:
             self._unindex(node, old[0])
+            values = self._values
+            del values[bisect.bisect_left(values, node.value)]
+            del self._by_value[node.value]
             self.version += 1
+
+    def between(self, low: int, high: int) -> list[NodeId]:
+        """The ids whose values lie strictly inside the ring arc from ``low`` clockwise to
+        ``high`` (both ring values; the arc may wrap past zero; low == high: all but that
+        point)."""
+        values = self._values
+        lo = bisect.bisect_right(values, low)
+        if low < high:
+            picked = values[lo : bisect.bisect_left(values, high)]
+        else:
+            picked = values[lo:] + values[: bisect.bisect_left(values, high)]
+        by_value = self._by_value
+        return [by_value[v] for v in picked]
 
     def told_by(self, informer: NodeId) -> list[NodeId]:
         return list(self._by_informer.get(informer, ()))
@@ -1420,13 +1442,14 @@ class OverlayNode:
         to_pred = (local - ring[(i - 1) % n]) % RING
         table = self._table
         backoff = self._backoff
+        seen = self._seen
         blocked_until = -_INF
-        for c, (_, until) in self._seen.items():
-            # The arc test first: it is plain integer arithmetic and almost every id fails it,
-            # while the membership tests hash a NodeId.
-            v = c.value
-            if not (0 < (v - local) % RING < to_succ or 0 < (local - v) % RING < to_pred):
-                continue
+        # Only ids strictly between our closest linked peers and us can block (bisected).
+        succ, pred = (local + to_succ) % RING, (local - to_pred) % RING
+        for c in seen.between(local, succ) + seen.between(pred, local):
+            news = seen.get(c)
+            assert news is not None
+            until = news[1]
             if until <= now or c in backoff or c in table:
                 continue
             blocked_until = max(blocked_until, until)

@@ -108,25 +108,25 @@ def test_one_lost_datagram_costs_a_retry_not_an_eviction() -> None:
     run_cluster(body, n=10)
 
 
-def test_reads_look_up_narrower_than_creates() -> None:
-    """A get converges on R + 2 nodes, a create on ksize (see DhtConfig.lookup_k): the get
-    asks fewer nodes, and still finds what the create wrote."""
+def test_joining_looks_up_narrower_than_a_replica_set() -> None:
+    """A node's join converges on R + 2 nodes around itself (it only gathers contacts); a
+    replica set is looked up ksize wide (see DhtConfig.lookup_k), and still found exactly."""
 
     async def body(c: DhtCluster) -> None:
         def served() -> int:
             return sum(n.protocol.counters["requests_served"] for n in c.nodes)
 
-        writer, reader = c.nodes[3], c.nodes[17]
+        newcomer = c.add_node()
         before = served()
-        assert await writer.create("testnet:ip:100.64.0.9", b"w", 120)
-        create_cost = served() - before
+        assert await newcomer.bootstrap([c.nodes[0].node_id])
+        join_cost = served() - before
         before = served()
-        got = await reader.get("testnet:ip:100.64.0.9")
-        get_cost = served() - before
-        assert got is not None and got.owner == writer.node_id
-        # Each pays R replica calls on top of its lookup; the create's lookup is the wider.
-        # (Measured: 17 requests against 37; with one width for both, 27 against 28.)
-        assert get_cost * 3 < create_cost * 2, (get_cost, create_cost)
+        replicas = await newcomer.replica_set(bytes(20))
+        lookup_cost = served() - before
+        everyone = sorted((n.node_id for n in c.nodes), key=lambda n: n.value)
+        assert replicas == everyone[:8]  # XOR distance to the all-zero key is the value
+        # (Measured: 12 requests against 22; with one width for both, about equal.)
+        assert join_cost * 3 < lookup_cost * 2, (join_cost, lookup_cost)
 
     run_cluster(body, n=60, seed=3)
 

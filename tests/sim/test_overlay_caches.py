@@ -11,8 +11,9 @@ import bisect
 import random
 
 from ipop.overlay.node import OverlayConfig, OverlayNode, _Seen
+from ipop.overlay.ring import ring_neighbours_sorted
 from ipop.testing.fake_links import FakeLinkWorld, NatKind
-from ipop.types import RING, NodeId
+from ipop.types import RING, NodeId, ring_distance
 
 
 def build(n: int, *, seed: int) -> tuple[FakeLinkWorld, list[NodeId]]:
@@ -54,9 +55,24 @@ def brackets_from_scratch(node: OverlayNode, now: float) -> bool:
     return True
 
 
+def wanted_from_scratch(node: OverlayNode, now: float) -> list[NodeId]:
+    """OverlayNode._wanted_near as it was before it was cached."""
+    local = node.local_id
+    pool = {c.value: c for c, (_, t) in node._seen.items() if t > now and c not in node._backoff}
+    for c in node._pending:
+        pool[c.value] = c
+    for v in node._table.ring():
+        pool[v] = node._table.peer_of(v)
+    pool.pop(local.value, None)
+    near = ring_neighbours_sorted(local, sorted(pool), node.config.near_per_side)
+    return sorted({pool[v] for v in near}, key=lambda c: (ring_distance(local, c), c))
+
+
 def check_all(world: FakeLinkWorld, seen: dict[str, int]) -> None:
     for n in world.alive_ids():
         node = world.node(n)
+        assert node._seen._values == sorted(c.value for c in node._seen)
+        assert node._wanted_near(world.now) == wanted_from_scratch(node, world.now), n.short()
         want = brackets_from_scratch(node, world.now)
         assert node._brackets_linked(world.now) is want, n.short()
         seen[str(want)] += 1
@@ -103,3 +119,20 @@ def test_seen_versions_change_exactly_when_ids_come_or_go_or_revive() -> None:
     s.discard(a)
     s.discard(a)  # twice: no change the second time
     assert s.version == v + 2 and sorted(s.told_by(y)) == [b] and a not in s and len(s) == 1
+
+
+def test_seen_ids_between_two_ring_values() -> None:
+    rng = random.Random(9)
+    s = _Seen()
+    ids = [NodeId(rng.randrange(RING)) for _ in range(60)]
+    for c in ids:
+        s.put(c, ids[0], 10.0, now=0.0)
+    for c in ids[:20]:
+        s.discard(c)
+    live = ids[20:]
+    for _ in range(200):
+        low, high = rng.choice(live).value, rng.randrange(RING)
+        if rng.random() < 0.5:
+            low, high = high, low
+        want = {c for c in live if 0 < (c.value - low) % RING < (high - low) % RING}
+        assert set(s.between(low, high)) == want

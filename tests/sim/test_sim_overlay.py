@@ -119,10 +119,11 @@ def test_nat_mix_parsing_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_churn_repair_with_few_public_nodes_beats_the_deadline() -> None:
-    """30% churn where most near pairs need relays (10% public): repaired well within 60 s.
+    """30% churn where most near pairs need relays (10% public): repaired within 60 s.
 
-    Before the relay helpers and the prompt suspicion of silent new near peers this seed took
-    45 s (runs of dead nodes were found one near_dead_s at a time); now it takes 37.
+    Seeds 1-3 repair in 32-45 s (measured 2026-12-02); which seed is fastest changes with any
+    change to timing (the DHT's traffic, the simulator's delivery order), so the deadline is
+    the issue's 60 s, not a margin under one seed's last number.
     """
     out = run_overlay(
         OverlayScenario(
@@ -134,7 +135,7 @@ def test_churn_repair_with_few_public_nodes_beats_the_deadline() -> None:
             pairs=40,
             records=20,
             allocate=False,
-            repair_deadline_s=42.0,
+            repair_deadline_s=60.0,
         )
     )
     assert out["ring_consistent"] is True
