@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import math
 import random
 import time
@@ -510,6 +511,18 @@ async def run_overlay_async(sc: OverlayScenario) -> dict[str, Any]:
     return out
 
 
+# Collector thresholds while a scenario runs. Why: a simulation holds hundreds of thousands of
+# long-lived objects (every node's state), and with the defaults (700, 10, 10) the collector
+# rescanned them all 14 times in a 1,000-node run: 8 s of its 95 (measured). Cycles are still
+# collected, only in fewer and larger batches (1.8 s).
+SIM_GC_THRESHOLDS = (20_000, 50, 50)
+
+
 def run_overlay(sc: OverlayScenario) -> dict[str, Any]:
     """Run ``sc`` on a fresh virtual-time loop (blocking); the result is JSON-ready."""
-    return run_virtual(run_overlay_async(sc), start=SIM_EPOCH)
+    saved = gc.get_threshold()
+    gc.set_threshold(*SIM_GC_THRESHOLDS)
+    try:
+        return run_virtual(run_overlay_async(sc), start=SIM_EPOCH)
+    finally:
+        gc.set_threshold(*saved)

@@ -5,12 +5,15 @@ Sizes stay small (CI); tools/bench/sim_bench.py runs the 1,000-node target.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+from typing import Any
 
 import pytest
 
 from ipop.errors import ConfigError
+from ipop.testing import scenario
 from ipop.testing.scenario import OverlayScenario, parse_nat_mix, run_overlay
 from tools.sim import main
 
@@ -142,3 +145,19 @@ def test_churn_repair_with_few_public_nodes_beats_the_deadline() -> None:
     after = out["churn"]
     assert after["ring_consistent"] is True, after
     assert out["records_lost"] == 0
+
+
+def test_run_overlay_tunes_the_collector_only_while_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+
+    async def fake_run(sc: OverlayScenario) -> dict[str, Any]:
+        seen.append(gc.get_threshold())
+        raise RuntimeError("stop here")
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(scenario, "run_overlay_async", fake_run)
+    with pytest.raises(RuntimeError):
+        scenario.run_overlay(OverlayScenario(nodes=2))
+    assert seen == [scenario.SIM_GC_THRESHOLDS] and gc.get_threshold() == before
