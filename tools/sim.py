@@ -133,6 +133,7 @@ def _overlay(args: argparse.Namespace) -> int:
             pairs=args.pairs,
             records=args.records,
             replicas=args.replicas,
+            delivery_tick_s=args.tick_ms / 1000.0,
         )
         result = run_overlay(sc)
     except ConfigError as exc:
@@ -213,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     overlay.add_argument("--pairs", type=int, default=200, help="random pairs routed")
     overlay.add_argument("--records", type=int, default=100, help="DHT records put")
     overlay.add_argument("--replicas", type=int, default=8, help="DHT replicas R")
+    overlay.add_argument(
+        "--tick-ms",
+        type=float,
+        default=1.0,
+        help="round each hop's arrival up to a multiple of this (0: exact times)",
+    )
     args = ap.parse_args(argv)
     if not 0.0 <= args.loss < 1.0 or args.per_kind < 1:
         print("ipop-sim: --loss must be in [0, 1) and --per-kind >= 1", file=sys.stderr)

@@ -117,6 +117,8 @@ def test_nat_mix_parsing_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["overlay", "--nat-mix", "none:0.5"]) == 2
     assert "nat-mix" in capsys.readouterr().err
     assert main(["overlay", "--nodes", "1"]) == 2
+    assert main(["overlay", "--nodes", "3", "--tick-ms", "-1"]) == 2
+    assert "tick" in capsys.readouterr().err
     assert OverlayScenario(nodes=10, seed=3).plan()[0] == "none"
     assert len(OverlayScenario(nodes=10, seed=3).plan()) == 10
 
