@@ -135,7 +135,16 @@ def _overlay(args: argparse.Namespace) -> int:
             replicas=args.replicas,
             delivery_tick_s=args.tick_ms / 1000.0,
         )
-        result = run_overlay(sc)
+        # Phases of a big run take minutes: say when each ends (stderr: stdout is the result).
+        print(
+            f"ipop-sim: {sc.nodes} nodes, seed {sc.seed}: joining over {sc.join_spread_s:g} s"
+            " of virtual time",
+            file=sys.stderr,
+            flush=True,
+        )
+        result = run_overlay(
+            sc, progress=lambda line: print(f"ipop-sim: {line}", file=sys.stderr, flush=True)
+        )
     except ConfigError as exc:
         print(f"ipop-sim: {exc}", file=sys.stderr)
         return 2

@@ -56,7 +56,7 @@ import gc
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -434,7 +434,9 @@ class _World:
         return out
 
 
-async def run_overlay_async(sc: OverlayScenario) -> dict[str, Any]:
+async def run_overlay_async(
+    sc: OverlayScenario, *, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Run ``sc`` on the running (virtual-time) loop; see the module docstring for the keys."""
     wall = time.perf_counter()
     w = _World(sc)
@@ -456,6 +458,9 @@ async def run_overlay_async(sc: OverlayScenario) -> dict[str, Any]:
         now = time.perf_counter()
         phases[name] = round(now - mark, 1)
         mark = now
+        if progress is not None:
+            virtual = w.loop.time() - t0
+            progress(f"{name} done: {phases[name]} s wall, {virtual:.1f} s virtual so far")
 
     try:
         await w.start_all()
@@ -521,11 +526,16 @@ async def run_overlay_async(sc: OverlayScenario) -> dict[str, Any]:
 SIM_GC_THRESHOLDS = (20_000, 50, 50)
 
 
-def run_overlay(sc: OverlayScenario) -> dict[str, Any]:
-    """Run ``sc`` on a fresh virtual-time loop (blocking); the result is JSON-ready."""
+def run_overlay(
+    sc: OverlayScenario, *, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run ``sc`` on a fresh virtual-time loop (blocking); the result is JSON-ready.
+
+    ``progress`` is told when each phase ends (a line of text), for a long run's user.
+    """
     saved = gc.get_threshold()
     gc.set_threshold(*SIM_GC_THRESHOLDS)
     try:
-        return run_virtual(run_overlay_async(sc), start=SIM_EPOCH)
+        return run_virtual(run_overlay_async(sc, progress=progress), start=SIM_EPOCH)
     finally:
         gc.set_threshold(*saved)

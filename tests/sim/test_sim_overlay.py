@@ -36,7 +36,9 @@ def test_join_route_dht_and_allocation_behind_nats(capsys: pytest.CaptureFixture
     """Routing, join time, DHT gets and concurrent IP allocation on a converged ring."""
     argv = ["overlay", "--json", "--nodes", "60", "--seed", "2", "--pairs", "100"]
     main([*argv, "--records", "40"])  # exit status 1 = some target missed; checked below
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)  # progress goes to stderr, never into the JSON
+    assert "join done" in captured.err and "allocate done" in captured.err
     assert set(out) >= KEYS
     assert out["nodes"] == 60
     assert out["ring_consistent"] is True
@@ -154,7 +156,7 @@ def test_run_overlay_tunes_the_collector_only_while_it_runs(
 ) -> None:
     seen: list[tuple[int, int, int]] = []
 
-    async def fake_run(sc: OverlayScenario) -> dict[str, Any]:
+    async def fake_run(sc: OverlayScenario, **_: Any) -> dict[str, Any]:
         seen.append(gc.get_threshold())
         raise RuntimeError("stop here")
 
