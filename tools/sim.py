@@ -148,13 +148,12 @@ def _overlay(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ipop-sim: {exc}", file=sys.stderr)
         return 2
-    ok = bool(
-        result["ring_consistent"]
-        and result["route_success"] == 1.0
-        and result["dht_get_success"] == 1.0
-        and result.get("duplicate_ips", 0) == 0
-        and (sc.churn == 0 or (result["churn"]["ring_consistent"] and result["records_lost"] == 0))
-    )
+    targets = overlay_targets(result)
+    ok = all(met for _, _, met in targets.values())
+    result["targets"] = {
+        name: {"measured": measured, "target": target, "met": met}
+        for name, (measured, target, met) in targets.items()
+    }
     result["ok"] = ok
     if args.json:
         print(json.dumps(result, indent=2))
@@ -179,8 +178,43 @@ def _overlay(args: argparse.Namespace) -> int:
                 print(f"{key:<18} {result[key]}")
         if "churn" in result:
             print(f"after churn        {json.dumps(result['churn'])}")
+        print("targets (issue 3):")
+        for name, (measured, target, met) in targets.items():
+            print(f"  {'met ' if met else 'MISS'} {name:<24} {measured!s:<10} target {target}")
+        wall_note = "target <= 120 s for 1,000 nodes on a 2-core machine; not judged here"
+        print(f"       {'wall_s':<24} {result['wall_s']!s:<10} {wall_note}")
         print(f"ok={ok}")
     return 0 if ok else 1
+
+
+def overlay_targets(result: dict[str, Any]) -> dict[str, tuple[object, str, bool]]:
+    """The issue's targets for an overlay run: name -> (measured, target, met).
+
+    Wall time is not among them: it depends on the machine (see the text output).
+    """
+    out: dict[str, tuple[object, str, bool]] = {
+        "ring_consistent": (result["ring_consistent"], "true", result["ring_consistent"] is True),
+        "route_success": (result["route_success"], "1.0", result["route_success"] == 1.0),
+        "mean_hops": (
+            result["mean_hops"],
+            f"<= log2 N = {result['log2_n']}",
+            result["mean_hops"] is not None and result["mean_hops"] <= result["log2_n"],
+        ),
+        "dht_get_success": (result["dht_get_success"], "1.0", result["dht_get_success"] == 1.0),
+        "join_p90_s": (
+            result["join_p90_s"],
+            "<= 10",
+            result["join_p90_s"] is not None and result["join_p90_s"] <= 10.0,
+        ),
+    }
+    if "duplicate_ips" in result:
+        out["duplicate_ips"] = (result["duplicate_ips"], "0", result["duplicate_ips"] == 0)
+    if "churn" in result:
+        after = result["churn"]
+        repaired = after["ring_consistent"] is True
+        out["churn_ring_consistent"] = (repaired, "true within 60 s", repaired)
+        out["churn_records_lost"] = (after["records_lost"], "0", after["records_lost"] == 0)
+    return out
 
 
 def _natmatrix(args: argparse.Namespace) -> int:
