@@ -585,15 +585,6 @@ class Network:
         tick = self.tick_s
         if tick:
             due = -(-due // tick) * tick  # ceil: never earlier than the exact time
-        self._push(loop, due, fn, args)
-
-    def _push(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        due: float,
-        fn: Callable[..., None],
-        args: tuple[Any, ...],
-    ) -> None:
         queue = self._queue
         heapq.heappush(queue, (due, self._seq, fn, args))
         self._seq += 1
