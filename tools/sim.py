@@ -118,6 +118,10 @@ async def _sessions(
     }
 
 
+def _say(line: str) -> None:
+    print(f"ipop-sim: {line}", file=sys.stderr, flush=True)
+
+
 def _overlay(args: argparse.Namespace) -> int:
     # kademlia logs every unanswered RPC at WARNING; churn makes thousands of them.
     logging.getLogger("kademlia").setLevel(logging.ERROR)
@@ -136,15 +140,8 @@ def _overlay(args: argparse.Namespace) -> int:
             delivery_tick_s=args.tick_ms / 1000.0,
         )
         # Phases of a big run take minutes: say when each ends (stderr: stdout is the result).
-        print(
-            f"ipop-sim: {sc.nodes} nodes, seed {sc.seed}: joining over {sc.join_spread_s:g} s"
-            " of virtual time",
-            file=sys.stderr,
-            flush=True,
-        )
-        result = run_overlay(
-            sc, progress=lambda line: print(f"ipop-sim: {line}", file=sys.stderr, flush=True)
-        )
+        _say(f"{sc.nodes} nodes, seed {sc.seed}: joining over {sc.join_spread_s:g} s virtual")
+        result = run_overlay(sc, progress=_say)
     except ConfigError as exc:
         print(f"ipop-sim: {exc}", file=sys.stderr)
         return 2

@@ -427,10 +427,10 @@ class _Seen:
             del self._by_value[node.value]
             self.version += 1
 
-    def between(self, low: int, high: int) -> list[NodeId]:
-        """The ids whose values lie strictly inside the ring arc from ``low`` clockwise to
-        ``high`` (both ring values; the arc may wrap past zero; low == high: all but that
-        point)."""
+    def between(self, low: int, high: int) -> list[tuple[NodeId, float]]:
+        """(id, trusted until) of the ids whose values lie strictly inside the ring arc from
+        ``low`` clockwise to ``high`` (both ring values; the arc may wrap past zero; low ==
+        high: all but that point)."""
         values = self._values
         lo = bisect.bisect_right(values, low)
         if low < high:
@@ -438,7 +438,8 @@ class _Seen:
         else:
             picked = values[lo:] + values[: bisect.bisect_left(values, high)]
         by_value = self._by_value
-        return [by_value[v] for v in picked]
+        news = self._news
+        return [(c, news[c][1]) for c in (by_value[v] for v in picked)]
 
     def told_by(self, informer: NodeId) -> list[NodeId]:
         return list(self._by_informer.get(informer, ()))
@@ -815,8 +816,7 @@ class OverlayNode:
             for p in (peer, msg.target):
                 row = self._table.get(p)
                 if row is not None:
-                    row.last_relay = now
-                    self._relay_stamp += 1
+                    self._relayed_now(row, now)
                     self._add_kind(p, ConnectionKind.RELAY, now)
 
     def _on_relay_deliver(self, msg: RelayDeliver, peer: NodeId, now: float) -> None:
@@ -840,10 +840,26 @@ class OverlayNode:
         close it after the grace period and take the relayed link (often a near one) with it.
         The relayed link's own keepalives keep ``last_relay`` fresh.
         """
-        row.last_relay = now
-        self._relay_stamp += 1
+        self._relayed_now(row, now)
         if ConnectionKind.RELAY not in row.kinds:
             self._add_kind(row.peer, ConnectionKind.RELAY, now)
+
+    def _relayed_now(self, row: Connection, now: float) -> None:
+        # last_relay is not part of the row's rev: the stamp tells the views cache it moved.
+        row.last_relay = now
+        self._relay_stamp += 1
+
+    def _back_off(self, peer: NodeId, until: float) -> None:
+        """Do not ask ``peer`` as a near candidate before ``until``."""
+        self._backoff[peer] = until
+        self._backoff_version += 1
+
+    def _lift_backoff(self, peer: NodeId) -> bool:
+        """Forget ``peer``'s backoff; True if it had one."""
+        if self._backoff.pop(peer, None) is None:
+            return False
+        self._backoff_version += 1
+        return True
 
     def _on_relay_refused(self, msg: RelayRefused, peer: NodeId, now: float) -> None:
         path = RelayPath(via=peer, peer=msg.target)
@@ -1238,8 +1254,7 @@ class OverlayNode:
             return
         if pend is None:
             # The attempt gave up before the helper came: ask for ``target`` again now.
-            if self._backoff.pop(target, None) is not None:
-                self._backoff_version += 1
+            if self._lift_backoff(target):
                 self._near_check_due = True
             return
         if not pend.relay_allowed:
@@ -1267,8 +1282,7 @@ class OverlayNode:
         # common neighbours to relay through appear as the ring forms).
         self.stats["near_failed_relayed" if pend.relaying else "near_failed_no_relay"] += 1
         wait = self.config.failed_backoff_s if pend.relaying else self.config.near_retry_s
-        self._backoff[pend.peer] = now + wait
-        self._backoff_version += 1
+        self._back_off(pend.peer, now + wait)
 
     def _connect_bootstrap(self, now: float) -> None:
         own = set(self.endpoints())
@@ -1446,10 +1460,7 @@ class OverlayNode:
         blocked_until = -_INF
         # Only ids strictly between our closest linked peers and us can block (bisected).
         succ, pred = (local + to_succ) % RING, (local - to_pred) % RING
-        for c in seen.between(local, succ) + seen.between(pred, local):
-            news = seen.get(c)
-            assert news is not None
-            until = news[1]
+        for c, until in seen.between(local, succ) + seen.between(pred, local):
             if until <= now or c in backoff or c in table:
                 continue
             blocked_until = max(blocked_until, until)
@@ -1477,13 +1488,12 @@ class OverlayNode:
                 # Unanswered: dead, or unreachable through what we know. Stop counting it as
                 # a neighbour (it would hide a live one) and do not ask again for a while.
                 # Not for long, though: one lost datagram on a multi-hop path does this too.
-                self._backoff[req.target] = now + cfg.near_retry_s
-                self._backoff_version += 1
+                self._back_off(req.target, now + cfg.near_retry_s)
                 self.stats["ctm_unanswered"] += 1
-        for until in (self._asked, self._backoff):
-            for peer in [peer for peer, t in until.items() if t <= now]:
-                del until[peer]
-                self._backoff_version += until is self._backoff
+        for peer in [peer for peer, t in self._asked.items() if t <= now]:
+            del self._asked[peer]
+        for peer in [peer for peer, t in self._backoff.items() if t <= now]:
+            self._lift_backoff(peer)
         for ep in [e for e, t in self._bootstrap_pending.items() if t <= now]:
             del self._bootstrap_pending[ep]
         for h in [h for h, (_, t) in self._helpers.items() if t <= now]:
