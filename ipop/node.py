@@ -41,6 +41,7 @@ from ipop.overlay.node import (
     OverlayNode,
     RelayDatagram,
 )
+from ipop.overlay.origin import OriginAuth
 from ipop.stun import SOURCE_PRIMARY, StunAgent
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 
@@ -72,6 +73,7 @@ class NodeCore:
             rng=random.Random(rng.random()),
             config=overlay_config or OverlayConfig(),
             bootstrap=bootstrap,
+            origin=OriginAuth(identity),
         )
         self.shortcuts = shortcuts
         self.stats: collections.Counter[str] = collections.Counter()

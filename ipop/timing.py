@@ -116,6 +116,10 @@ OVERLAY_RELAY_YIELD_S = 3.0
 # A CONNECT_TO_ME answer later than this is ignored: bounds request state; a lost one is
 # simply asked again by the policy that wanted it.
 OVERLAY_CTM_TIMEOUT_S = 10.0
+# A routed message signed more than this far from our clock is refused: bounds how long a
+# forwarder can replay what it carried (the handshake allows HANDSHAKE_CLOCK_SKEW_S between
+# clocks; routed messages live for seconds, so a tighter window costs nothing).
+ROUTED_MAX_AGE_S = 60.0
 # A bootstrap link (or an unsolicited inbound one) keeps its LEAF reason this long, so join
 # answers can travel back over it while the joiner builds its near links.
 OVERLAY_LEAF_HOLD_S = 60.0

@@ -14,16 +14,27 @@ ROUTED (0x01): a message greedily routed over the ring toward ``dst``::
     |            src NodeId (20 bytes)           |
     |            dst NodeId (20 bytes)           |
     |   via NodeId (20 bytes, only if VIA flag)  |
-    |            payload (rest of datagram)      |
+    | cert length (u16) + src's certificate DER  |  only if CERT flag
+    |            payload                         |
+    |  ts (u32, UNIX seconds) | auth             |  the last 68 (or 20) bytes
     +--------------------------------------------+
 
     flags: 0x01 EXACT        deliver only at dst itself (else: at the node closest to dst)
            0x02 EXCLUDE_SRC  route as if src were not on the ring (JOIN: find *my* neighbours)
            0x04 VIA          first route exactly to ``via``, which clears the flag and goes on
                              (how answers reach a node that is not on the ring yet)
+           0x08 CERT         the source's certificate travels with the message
+           0x10 MAC          auth is a 16-byte MAC under the source's and dst's pairwise key
+                             (EXACT only), not a 64-byte Ed25519 signature
     hops:  links crossed before the current one (the originator sends 0)
     ttl:   the message crosses at most ``ttl`` links (1..255)
     kind:  0x01..0x7F upper layers (DHT 1, IP 2, ping 3); 0x80..0xFF overlay control below
+    auth:  the source's Ed25519 signature, or its MAC for dst, over :func:`routed_signed_bytes`
+           (EXACT, kind, ts, src, dst, payload): what a forwarder may not change. hops, ttl, via
+           and EXCLUDE_SRC
+           are routing state that forwarders rewrite or that only steers the route; a forwarder
+           can drop or misroute a message anyway, so signing them would buy nothing
+           (:mod:`ipop.overlay.origin` verifies, and says when the certificate is attached).
 
 RELAY_FORWARD (0x02), sent to the relay ``via``; RELAY_DELIVER (0x03), sent by it::
 
@@ -116,6 +127,10 @@ TYPE_RELAY_REFUSED = 0x07
 FLAG_EXACT = 0x01
 FLAG_EXCLUDE_SRC = 0x02
 FLAG_VIA = 0x04
+# Wire-only, never kept in ``Routed.flags``: encode() sets CERT when ``Routed.cert`` is non-empty
+# and MAC when ``Routed.sig`` is a MAC_BYTES MAC.
+FLAG_CERT = 0x08
+FLAG_MAC = 0x10
 _KNOWN_FLAGS = FLAG_EXACT | FLAG_EXCLUDE_SRC | FLAG_VIA
 
 # Payload kinds: upper layers register handlers for 0x01..0x7F.
@@ -135,6 +150,16 @@ MAX_ENDPOINTS = 8
 MAX_NEIGHBOURS = 48
 
 _ROUTED_FIXED = struct.Struct("!BBBBB")
+_ROUTED_SIGNED_HEAD = struct.Struct("!BBI")
+_U16 = struct.Struct("!H")
+_TS = struct.Struct("!I")
+SIG_BYTES = 64
+MAC_BYTES = 16
+# ts + signature at the end of a signed routed message (a MAC'd one ends in ts + MAC).
+ROUTED_TRAILER_BYTES = _TS.size + SIG_BYTES
+# A node certificate is ~300-400 bytes DER; anything far larger is not one of ours.
+MAX_CERT_BYTES = 1024
+ROUTED_SIG_DOMAIN = b"ipop routed v1\x00"
 _ENDPOINT = struct.Struct("!4sH")
 _CTM_FIXED = struct.Struct("!IB")
 
@@ -203,9 +228,22 @@ def _decode_ids(data: bytes, off: int) -> tuple[tuple[NodeId, ...], int]:
 # --- link-level overlay messages --------------------------------------------------------------
 
 
+def routed_signed_bytes(
+    flags: int, kind: int, ts: int, src: NodeId, dst: NodeId, payload: bytes
+) -> bytes:
+    """What the source of a routed message signs (see the ROUTED diagram)."""
+    head = _ROUTED_SIGNED_HEAD.pack(flags & FLAG_EXACT, kind, ts)
+    return b"".join((ROUTED_SIG_DOMAIN, head, src.to_bytes(), dst.to_bytes(), payload))
+
+
 @dataclass(frozen=True, slots=True)
 class Routed:
-    """A routed message (type 0x01); ``via`` is set exactly when the VIA flag is."""
+    """A routed message (type 0x01); ``via`` is set exactly when the VIA flag is.
+
+    ``ts`` and ``sig`` (a signature, or a MAC_BYTES MAC) authenticate it end to end
+    (:mod:`ipop.overlay.origin`); ``cert`` is the source's certificate DER, or empty when it does
+    not travel with this message.
+    """
 
     flags: int
     hops: int
@@ -215,26 +253,56 @@ class Routed:
     dst: NodeId
     via: NodeId | None
     payload: bytes
+    ts: int
+    sig: bytes
+    cert: bytes = b""
 
     @property
     def exact(self) -> bool:
         return bool(self.flags & FLAG_EXACT)
+
+    def signed_bytes(self) -> bytes:
+        return routed_signed_bytes(self.flags, self.kind, self.ts, self.src, self.dst, self.payload)
 
     def encode(self) -> bytes:
         if self.flags & ~_KNOWN_FLAGS or (self.via is None) == bool(self.flags & FLAG_VIA):
             raise ValueError("flags and via disagree")
         if not 0 <= self.hops <= 255 or not 1 <= self.ttl <= MAX_TTL or not 1 <= self.kind <= 255:
             raise ValueError("hops, ttl or kind out of range")
-        head = _ROUTED_FIXED.pack(TYPE_ROUTED, self.flags, self.hops, self.ttl, self.kind)
-        via = self.via.to_bytes() if self.via is not None else b""
-        return head + self.src.to_bytes() + self.dst.to_bytes() + via + self.payload
+        if len(self.sig) not in (SIG_BYTES, MAC_BYTES) or not 0 <= self.ts <= 0xFFFFFFFF:
+            raise ValueError("sig or ts malformed")
+        if len(self.cert) > MAX_CERT_BYTES:
+            raise ValueError("certificate too large")
+        flags = self.flags | FLAG_CERT if self.cert else self.flags
+        if len(self.sig) == MAC_BYTES:
+            if not self.flags & FLAG_EXACT:
+                raise ValueError("a MAC needs an EXACT destination")
+            flags |= FLAG_MAC
+        parts = [
+            _ROUTED_FIXED.pack(TYPE_ROUTED, flags, self.hops, self.ttl, self.kind),
+            self.src.to_bytes(),
+            self.dst.to_bytes(),
+        ]
+        if self.via is not None:
+            parts.append(self.via.to_bytes())
+        if self.cert:
+            parts.append(_U16.pack(len(self.cert)))
+            parts.append(self.cert)
+        parts.append(self.payload)
+        parts.append(_TS.pack(self.ts))
+        parts.append(self.sig)
+        return b"".join(parts)
 
     @classmethod
     def decode(cls, data: bytes) -> Routed:
-        _need(data, _ROUTED_FIXED.size + 2 * ID_BYTES, "routed header")
+        _need(data, _ROUTED_FIXED.size, "routed header")
         _t, flags, hops, ttl, kind = _ROUTED_FIXED.unpack_from(data, 0)
-        if flags & ~_KNOWN_FLAGS:
+        if flags & ~(_KNOWN_FLAGS | FLAG_CERT | FLAG_MAC) or (
+            flags & (FLAG_MAC | FLAG_EXACT) == FLAG_MAC
+        ):
             raise RemoteProtocolError("bad_flags", f"{flags:#x}")
+        trailer = _TS.size + (MAC_BYTES if flags & FLAG_MAC else SIG_BYTES)
+        _need(data, _ROUTED_FIXED.size + 2 * ID_BYTES + trailer, "routed header")
         if ttl == 0:
             raise RemoteProtocolError("bad_ttl", "ttl 0")
         if kind == 0:
@@ -243,12 +311,38 @@ class Routed:
         src = _node_id(data, off)
         dst = _node_id(data, off + ID_BYTES)
         off += 2 * ID_BYTES
+        end = len(data) - trailer
         via = None
         if flags & FLAG_VIA:
-            _need(data, off + ID_BYTES, "via")
+            _need(data, off + ID_BYTES + trailer, "via")
             via = _node_id(data, off)
             off += ID_BYTES
-        return cls(flags, hops, ttl, kind, src, dst, via, bytes(data[off:]))
+        cert = b""
+        if flags & FLAG_CERT:
+            _need(data, off + _U16.size + trailer, "certificate length")
+            (n,) = _U16.unpack_from(data, off)
+            off += _U16.size
+            if not 0 < n <= MAX_CERT_BYTES:
+                raise RemoteProtocolError("bad_cert_length", str(n))
+            if off + n > end:
+                raise RemoteProtocolError("truncated", "certificate")
+            cert = bytes(data[off : off + n])
+            off += n
+        (ts,) = _TS.unpack_from(data, end)
+        sig = bytes(data[end + _TS.size :])
+        return cls(
+            flags & _KNOWN_FLAGS,
+            hops,
+            ttl,
+            kind,
+            src,
+            dst,
+            via,
+            bytes(data[off:end]),
+            ts,
+            sig,
+            cert,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,7 @@ from typing import Protocol
 
 from ipop import timing
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from ipop.identity import NodeCertificate
 from ipop.link.endpoint import (
     HandshakeFailed,
     LinkDown,
@@ -88,6 +89,7 @@ from ipop.link.endpoint import (
     LinkUp,
     ObservedEndpoint,
 )
+from ipop.overlay.hints import ReverseHints
 from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
@@ -190,13 +192,34 @@ class Links(Protocol):
     def is_up(self, peer: NodeId) -> bool: ...
 
 
+class Origins(Protocol):
+    """End-to-end origin authentication of routed messages.
+
+    :class:`ipop.overlay.origin.OriginAuth`; in worlds of made-up ids,
+    :class:`ipop.testing.fake_origin.FakeOrigin`.
+    """
+
+    local_id: NodeId
+
+    def routed(
+        self,
+        flags: int,
+        ttl: int,
+        kind: int,
+        dst: NodeId,
+        via: NodeId | None,
+        payload: bytes,
+        *,
+        now: float,
+    ) -> Routed: ...
+
+    def learn(self, cert: NodeCertificate) -> None: ...
+
+    def check(self, msg: Routed, *, now: float) -> str | None: ...
+
+
 # CLOSING is sent this many times (see OverlayNode._close_link).
 _CLOSING_COPIES = 3
-# Reverse-path hints (see _route): how long one is trusted and how many are kept. A few
-# seconds covers the time a new node's near links take to form; the cap bounds the memory a
-# node routing for many sources can spend on them.
-_REVERSE_HINT_S = 10.0
-_REVERSE_HINT_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,9 +500,13 @@ class OverlayNode:
         rng: random.Random,
         config: OverlayConfig,
         bootstrap: Sequence[Endpoint],
+        origin: Origins,
     ) -> None:
         if links.local_id != local_id:
             raise LocalProtocolError("links.local_id differs from local_id")
+        if origin.local_id != local_id:
+            raise LocalProtocolError("origin.local_id differs from local_id")
+        self._origin = origin
         self.local_id = local_id
         self.config = config
         self.drops: collections.Counter[str] = collections.Counter()
@@ -503,9 +530,9 @@ class OverlayNode:
         self._near: frozenset[NodeId] = frozenset()
         # Ids heard from peers, with who told us, until when we trust the news.
         self._seen = _Seen()
-        # Source of a routed message we do not hold a link to -> (the peer that handed it to
-        # us, until when): see _route.
-        self._reverse: dict[NodeId, tuple[NodeId, float]] = {}
+        # Source of a routed message we do not hold a link to -> the peer that handed it to us
+        # (for answers at a local minimum, see _route).
+        self._reverse = ReverseHints(lambda msg, now: origin.check(msg, now=now))
         # Bumped whenever _backoff gains or loses a peer (keys the brackets cache).
         self._backoff_version = 0
         # (seen version, table version, backoff version), answer, valid until: see
@@ -593,7 +620,7 @@ class OverlayNode:
         if not 1 <= ttl <= MAX_TTL:
             raise LocalProtocolError(f"ttl {ttl} not in 1..{MAX_TTL}")
         flags = FLAG_EXACT if exact else 0
-        msg = Routed(flags, 0, ttl, payload_kind, self.local_id, dst, None, payload)
+        msg = self._origin.routed(flags, ttl, payload_kind, dst, None, payload, now=now)
         return self._route(msg, received=False, now=now)
 
     def send_direct(self, peer: NodeId, payload_kind: int, payload: bytes, *, now: float) -> bool:
@@ -714,6 +741,7 @@ class OverlayNode:
         if peer == self.local_id:
             self.stats["linked_to_self"] += 1
             return
+        self._origin.learn(ev.cert)  # the handshake verified it: its routed messages check
         if ev.observed is not None:
             self._note_observed(ev.observed, now)
         pend = self._pending.pop(peer, None)
@@ -795,11 +823,7 @@ class OverlayNode:
             self.drops["own_src_returned"] += 1
             return
         if msg.src not in self._table:
-            reverse = self._reverse
-            reverse.pop(msg.src, None)  # re-inserted last: the dict stays oldest-first
-            if len(reverse) >= _REVERSE_HINT_MAX:
-                del reverse[next(iter(reverse))]
-            reverse[msg.src] = (peer, now + _REVERSE_HINT_S)
+            self._reverse.note(msg, peer, now)
         self._route(msg, received=True, now=now)
 
     def _on_relay_forward(self, msg: RelayForward, peer: NodeId, now: float) -> None:
@@ -910,7 +934,11 @@ class OverlayNode:
             # any detour this makes.
             hop = self._hinted_hop(self._seen.get(target), now, "routed_via_informer")
             if hop is None:
-                hop = self._hinted_hop(self._reverse.get(target), now, "routed_via_reverse")
+                hop = self._reverse.hop(target, now)
+                if hop is not None and hop in self._table:
+                    self.stats["routed_via_reverse"] += 1
+                else:
+                    hop = None
             if hop is None and not received:
                 # Our own message, and none of our peers is closer to the target than we
                 # are: a node that joined a moment ago holds one or two links, and the node
@@ -929,14 +957,24 @@ class OverlayNode:
             ):
                 self.drops["no_route"] += 1
                 return False
-            self._deliver(msg, hops_so_far, now)
+            self._deliver(msg, hops_so_far, received=received, now=now)
             return True
         if hops_so_far >= msg.ttl:
             self.drops["ttl_expired"] += 1
             return False
         # The constructor, not dataclasses.replace: this runs for every forwarded message.
         fwd = Routed(
-            msg.flags, hops_so_far, msg.ttl, msg.kind, msg.src, msg.dst, msg.via, msg.payload
+            msg.flags,
+            hops_so_far,
+            msg.ttl,
+            msg.kind,
+            msg.src,
+            msg.dst,
+            msg.via,
+            msg.payload,
+            msg.ts,
+            msg.sig,
+            msg.cert,
         )
         return self._send(hop, fwd.encode(), now)
 
@@ -965,7 +1003,14 @@ class OverlayNode:
         self.stats[stat] += 1
         return hint[0]
 
-    def _deliver(self, msg: Routed, hops: int, now: float) -> None:
+    def _deliver(self, msg: Routed, hops: int, *, received: bool, now: float) -> None:
+        if received:
+            # The one place a routed message becomes a fact for us or an upper layer: from
+            # here on ``msg.src`` is the node that signed it, whatever the number of hops.
+            reason = self._origin.check(msg, now=now)
+            if reason is not None:
+                self.drops[reason] += 1
+                return
         if msg.kind <= UPPER_KIND_MAX:
             self._events.append(Delivered(msg.src, msg.dst, msg.kind, msg.payload, hops, msg.exact))
             return
@@ -1021,7 +1066,7 @@ class OverlayNode:
             flags |= FLAG_EXCLUDE_SRC
         if via is not None:
             flags |= FLAG_VIA
-        msg = Routed(flags, 0, self.config.ttl, KIND_CTM, self.local_id, target, via, body)
+        msg = self._origin.routed(flags, self.config.ttl, KIND_CTM, target, via, body, now=now)
         if not self._send(hop, msg.encode(), now):
             return False
         self._requests[token] = _Request(purpose, target, now + self.config.ctm_timeout_s)
@@ -1036,15 +1081,8 @@ class OverlayNode:
         reply = ConnectToMeReply(ctm.token, self.endpoints(), self._neighbour_sample(requester))
         via = ctm.reply_via if ctm.reply_via not in (self.local_id, requester) else None
         flags = FLAG_EXACT | (FLAG_VIA if via is not None else 0)
-        out = Routed(
-            flags,
-            0,
-            self.config.ttl,
-            KIND_CTM_REPLY,
-            self.local_id,
-            requester,
-            via,
-            reply.encode(),
+        out = self._origin.routed(
+            flags, self.config.ttl, KIND_CTM_REPLY, requester, via, reply.encode(), now=now
         )
         self._route(out, received=False, now=now)
         remote = _purpose_kinds(ctm.purpose)

@@ -58,6 +58,7 @@ from ipop.overlay.node import (
     RelayDatagram,
 )
 from ipop.testing.clock import SIM_EPOCH
+from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
 from ipop.types import ID_BYTES, Endpoint, NodeId, Path, RelayPath
 
 __all__ = [
@@ -220,6 +221,8 @@ class FakeLinkWorld:
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._dirty: set[NodeId] = set()
+        # Every node's signing secret: routed origins are checked in this world too.
+        self.keyring = FakeKeyring()
 
     # --- building -----------------------------------------------------------------------------
 
@@ -273,7 +276,14 @@ class FakeLinkWorld:
                 "local_endpoints": self.local_endpoints(node_id),
             }
         )
-        node = OverlayNode(node_id, links, rng=random.Random(seed), config=cfg, bootstrap=bootstrap)
+        node = OverlayNode(
+            node_id,
+            links,
+            rng=random.Random(seed),
+            config=cfg,
+            bootstrap=bootstrap,
+            origin=FakeOrigin(node_id, self.keyring),
+        )
         self.attach(node)
         at = self.now if start_at is None else start_at
 

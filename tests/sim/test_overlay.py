@@ -6,6 +6,7 @@ is data passed to :func:`build`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -33,8 +34,29 @@ from ipop.overlay.node import Delivered, OverlayConfig, OverlayNode, Routable
 from ipop.overlay.ring import next_hop, next_hop_sorted, ring_neighbours, ring_neighbours_sorted
 from ipop.overlay.table import ConnectionKind
 from ipop.testing.fake_links import FakeLinkWorld, LinkMessage, NatKind, fake_certificate
+from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
 from ipop.testing.invariants import closest_owner, ring_violations, true_near
 from ipop.types import RING, Endpoint, NodeId, Path, RelayPath
+
+# The stub-links tests' signing secrets (the FakeLinkWorld has its own).
+KEYRING = FakeKeyring()
+
+
+def signed(
+    keyring: FakeKeyring,
+    flags: int,
+    hops: int,
+    kind: int,
+    src: NodeId,
+    dst: NodeId,
+    payload: bytes,
+    *,
+    now: float,
+) -> Routed:
+    """A routed message that ``src`` really sent, as it looks after ``hops`` links."""
+    msg = FakeOrigin(src, keyring).routed(flags, 64, kind, dst, None, payload, now=now)
+    return dataclasses.replace(msg, hops=hops)
+
 
 CFG = OverlayConfig()
 PER_SIDE = CFG.near_per_side
@@ -161,23 +183,43 @@ def test_spoofed_source_is_dropped() -> None:
     world, ids, _ = joined_ring()
     node = world.node(ids[7])
     peer = node.connected_peers()[0]
-    forged = Routed(FLAG_EXACT, 0, 64, KIND_PING, ids[50], ids[7], None, b"forged")
+    now = world.now
+    forged = signed(world.keyring, FLAG_EXACT, 0, KIND_PING, ids[50], ids[7], b"x", now=now)
     path = node.snapshot().connections[0].path
     before = node.drops["spoofed_src"]
-    node.on_link_event(LinkMessage(peer, forged.encode(), path), now=world.now)
+    node.on_link_event(LinkMessage(peer, forged.encode(), path), now=now)
     assert node.drops["spoofed_src"] == before + 1
     assert node.next_event() is None
     # The same message one hop further along is a legitimate forward.
-    node.on_link_event(
-        LinkMessage(
-            peer,
-            Routed(FLAG_EXACT, 1, 64, KIND_PING, ids[50], ids[7], None, b"forwarded").encode(),
-            path,
-        ),
-        now=world.now,
-    )
+    fwd = signed(world.keyring, FLAG_EXACT, 1, KIND_PING, ids[50], ids[7], b"forwarded", now=now)
+    node.on_link_event(LinkMessage(peer, fwd.encode(), path), now=now)
     ev = node.next_event()
     assert ev is not None and getattr(ev, "payload", None) == b"forwarded"
+
+
+def test_a_forwarder_cannot_forge_or_alter_a_routed_origin() -> None:
+    """Issue 13, finding 1: ``hops >= 1`` used to let any member name any ``src``."""
+    world, ids, _ = joined_ring()
+    node = world.node(ids[7])
+    peer = node.connected_peers()[0]
+    path = node.snapshot().connections[0].path
+    now = world.now
+    # The forwarder makes the message up in ids[50]'s name: signed with its own secret.
+    made_up = FakeOrigin(peer, world.keyring).routed(
+        FLAG_EXACT, 64, KIND_PING, ids[7], None, b"forged", now=now
+    )
+    forged = dataclasses.replace(made_up, src=ids[50], hops=3)
+    # Or it alters a message ids[50] really sent.
+    real = signed(world.keyring, FLAG_EXACT, 2, KIND_PING, ids[50], ids[7], b"real", now=now)
+    altered = dataclasses.replace(real, payload=b"altered")
+    # Or it replays one from long ago.
+    old = signed(world.keyring, FLAG_EXACT, 2, KIND_PING, ids[50], ids[7], b"old", now=now - 600)
+    before = node.drops.copy()
+    for msg in (forged, altered, old):
+        node.on_link_event(LinkMessage(peer, msg.encode(), path), now=now)
+    assert node.next_event() is None
+    assert node.drops["origin_bad_sig"] == before["origin_bad_sig"] + 2
+    assert node.drops["origin_stale"] == before["origin_stale"] + 1
 
 
 def test_repair_after_killing_30_percent() -> None:
@@ -206,6 +248,18 @@ def test_repair_after_killing_30_percent() -> None:
     world.run_for(2.0)
     got = sum(1 for n in alive for d in world.hosts[n].delivered if d.payload.startswith(b"after"))
     assert got == 40
+
+
+def _silent_node(me: NodeId, cfg: OverlayConfig) -> OverlayNode:
+    """A node whose links never come up (see _SilentLinks)."""
+    return OverlayNode(
+        me,
+        _SilentLinks(me),
+        rng=random.Random(1),
+        config=cfg,
+        bootstrap=[],
+        origin=FakeOrigin(me, KEYRING),
+    )
 
 
 def test_relay_link_between_natted_near_neighbours() -> None:
@@ -273,7 +327,7 @@ def test_the_larger_id_yields_before_keying_a_relayed_link() -> None:
         (larger, CFG.relay_after_s),
         (smaller, CFG.relay_after_s + CFG.relay_yield_s),
     ):
-        node = OverlayNode(me, _SilentLinks(me), rng=random.Random(1), config=CFG, bootstrap=[])
+        node = _silent_node(me, CFG)
         # No endpoint to try: every direct path has "failed" at once.
         node._start_connect(peer, [], set(), set(), relay_allowed=True, candidates=[], now=0.0)
         pend = node._pending[peer]
@@ -284,7 +338,7 @@ def test_lan_endpoints_of_another_lan_are_not_tried() -> None:
     """A peer's LAN endpoint is tried only when the peer's public address is ours (one NAT)."""
     me = NodeId(1000)
     cfg = OverlayConfig(local_endpoints=(Endpoint("198.18.0.2", 5800),))
-    node = OverlayNode(me, _SilentLinks(me), rng=random.Random(1), config=cfg, bootstrap=[])
+    node = _silent_node(me, cfg)
     far_lan, far_pub = Endpoint("198.18.7.2", 5800), Endpoint("203.0.113.9", 40000)
     # Before anyone told us our public address we cannot tell: everything is kept.
     assert node._worth_trying([far_lan, far_pub]) == [far_lan, far_pub]
@@ -332,7 +386,7 @@ def test_garbage_never_raises_out_of_on_link_event(data: bytes, known_peer: bool
 def test_routed_to_us_is_delivered_handled_or_counted(flags: int, kind: int, body: bytes) -> None:
     world, node, peer = pair()
     path = world.public_endpoint(peer)
-    msg = Routed(flags, 0, 64, kind, peer, node.local_id, None, body)
+    msg = signed(world.keyring, flags, 0, kind, peer, node.local_id, body, now=world.now)
     before = node.drops.copy()
     node.on_link_event(LinkMessage(peer, msg.encode(), path), now=world.now)
     events = []
@@ -351,7 +405,7 @@ def test_bad_ctm_purpose_is_dropped(purpose_byte: int) -> None:
     world, node, peer = pair()
     path = world.public_endpoint(peer)
     body = bytes(4) + bytes([purpose_byte]) + peer.to_bytes() + b"\x00"
-    msg = Routed(0, 0, 64, 0x80, peer, node.local_id, None, body)
+    msg = signed(world.keyring, 0, 0, 0x80, peer, node.local_id, body, now=world.now)
     before = node.drops["bad_purpose"]
     node.on_link_event(LinkMessage(peer, msg.encode(), path), now=world.now)
     assert node.drops["bad_purpose"] == before + 1
@@ -414,7 +468,12 @@ class _StubLinks:
 
 def _node_with(links: _StubLinks, rows: dict[NodeId, Path]) -> OverlayNode:
     node = OverlayNode(
-        links.local_id, links, rng=random.Random(1), config=OverlayConfig(), bootstrap=[]
+        links.local_id,
+        links,
+        rng=random.Random(1),
+        config=OverlayConfig(),
+        bootstrap=[],
+        origin=FakeOrigin(links.local_id, KEYRING),
     )
     node.start(now=0.0)
     for peer, path in rows.items():
@@ -504,8 +563,8 @@ def test_silent_near_peer_is_pulled_then_closed() -> None:
     assert peer in node.near_peers()
 
 
-def _routed_from(src: NodeId, dst: NodeId, payload: bytes) -> bytes:
-    return Routed(FLAG_EXACT, 1, 64, KIND_PING, src, dst, None, payload).encode()
+def _routed_from(src: NodeId, dst: NodeId, payload: bytes, *, now: float = 2.0) -> bytes:
+    return signed(KEYRING, FLAG_EXACT, 1, KIND_PING, src, dst, payload, now=now).encode()
 
 
 def test_an_answer_finds_a_new_node_back_the_way_its_request_came() -> None:
@@ -593,7 +652,7 @@ def _reply(node: OverlayNode, via: NodeId, src: NodeId, token: int, listed: list
     """``src``'s CTM_REPLY to ``node`` arriving over its link to ``via``."""
     ep = Endpoint("198.18.7.2", 5800)
     body = ConnectToMeReply(token, (ep, Endpoint("203.0.113.70", 5800)), tuple(listed)).encode()
-    msg = Routed(FLAG_EXACT, 2, 64, KIND_CTM_REPLY, src, node.local_id, None, body)
+    msg = signed(KEYRING, FLAG_EXACT, 2, KIND_CTM_REPLY, src, node.local_id, body, now=3.0)
     node.on_link_event(LinkMessage(via, msg.encode(), Endpoint("198.51.100.2", 5800)), now=3.0)
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ipop.errors import RemoteProtocolError
 from ipop.overlay.messages import (
+    FLAG_CERT,
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
     FLAG_VIA,
@@ -50,6 +51,11 @@ def routed(draw: st.DrawFn) -> Routed:
         draw(ids),
         via,
         draw(st.binary(max_size=64)),
+        draw(st.integers(0, 2**32 - 1)),
+        draw(st.binary(min_size=64, max_size=64))
+        if not flags & FLAG_EXACT or draw(st.booleans())
+        else draw(st.binary(min_size=16, max_size=16)),
+        draw(st.one_of(st.just(b""), st.binary(min_size=1, max_size=400))),
     )
 
 
@@ -95,10 +101,16 @@ def test_ctm_reply_round_trip(rep: ConnectToMeReply) -> None:
 
 def test_routed_byte_layout() -> None:
     src, dst = NodeId(1), NodeId(2)
-    data = Routed(FLAG_EXACT, 3, 64, KIND_IP, src, dst, None, b"xy").encode()
+    sig = bytes(range(64))
+    data = Routed(FLAG_EXACT, 3, 64, KIND_IP, src, dst, None, b"xy", 0x01020304, sig).encode()
     assert data[:5] == bytes([0x01, FLAG_EXACT, 3, 64, KIND_IP])
     assert data[5:25] == src.to_bytes() and data[25:45] == dst.to_bytes()
-    assert data[45:] == b"xy"
+    assert data[45:] == b"xy" + b"\x01\x02\x03\x04" + sig
+    # With the certificate: the CERT flag, a u16 length and the DER before the payload.
+    with_cert = Routed(FLAG_EXACT, 3, 64, KIND_IP, src, dst, None, b"xy", 5, sig, b"DER").encode()
+    assert with_cert[1] == FLAG_EXACT | FLAG_CERT
+    assert with_cert[45:50] == b"\x00\x03DER" and with_cert[50:52] == b"xy"
+    assert Routed.decode(with_cert).cert == b"DER" and Routed.decode(with_cert).flags == FLAG_EXACT
 
 
 @pytest.mark.parametrize(
@@ -107,10 +119,14 @@ def test_routed_byte_layout() -> None:
         (b"", "empty"),
         (b"\x3f", "unknown_type"),
         (b"\x01\x00\x00\x40\x02", "truncated"),
-        (bytes([1, 0x80, 0, 64, 2]) + bytes(40), "bad_flags"),
-        (bytes([1, 0, 0, 0, 2]) + bytes(40), "bad_ttl"),
-        (bytes([1, 0, 0, 64, 0]) + bytes(40), "bad_kind"),
-        (bytes([1, FLAG_VIA, 0, 64, 2]) + bytes(40), "truncated"),
+        (bytes([1, 0x80, 0, 64, 2]) + bytes(108), "bad_flags"),
+        (bytes([1, 0, 0, 0, 2]) + bytes(108), "bad_ttl"),
+        (bytes([1, 0, 0, 64, 0]) + bytes(108), "bad_kind"),
+        (bytes([1, 0, 0, 64, 2]) + bytes(40), "truncated"),
+        (bytes([1, FLAG_VIA, 0, 64, 2]) + bytes(108), "truncated"),
+        (bytes([1, FLAG_CERT, 0, 64, 2]) + bytes(108), "truncated"),
+        (bytes([1, FLAG_CERT, 0, 64, 2]) + bytes(40) + b"\x00\x00" + bytes(68), "bad_cert_length"),
+        (bytes([1, FLAG_CERT, 0, 64, 2]) + bytes(40) + b"\x00\x09" + bytes(70), "truncated"),
         (bytes([4, 2, 0]), "bad_flags"),
         (bytes([4, 0, 49]) + bytes(49 * 20), "too_many_ids"),
         (bytes([4, 0, 2]) + bytes(20), "truncated"),
