@@ -40,7 +40,7 @@ from ipop.link.endpoint import (
     LinkPathChanged,
     LinkUp,
 )
-from ipop.overlay.messages import KIND_BIRTHDAY, TYPE_CRL, TYPE_DIRECT
+from ipop.overlay.messages import KIND_BIRTHDAY, TYPE_CRL, TYPE_DIRECT, Closing
 from ipop.overlay.node import (
     Delivered,
     OverlayConfig,
@@ -382,7 +382,9 @@ class NodeCore:
     def _crl_installed(self, source: NodeId | None, now: float) -> None:
         """A newer CRL is in force: revoked peers lose their sessions (their LinkDowns reach
         the overlay in _settle), every other linked peer hears the new number."""
-        gone = self.link.close_revoked(self.identity.trust.is_revoked, now=now)
+        gone = self.link.close_revoked(
+            self.identity.trust.is_revoked, now=now, farewell=Closing().encode()
+        )
         self.stats["revoked_links_closed"] += len(gone)
         self.stats["crl_installed"] += 1
         self.revocation.announce((p.peer for p in self.link.peers()), source=source)
