@@ -475,6 +475,7 @@ class Daemon:
             total.update({f"link.{k}": v for k, v in node.core.link.drops.items()})
             total.update({f"overlay.{k}": v for k, v in node.core.overlay.drops.items()})
             total.update({f"stun.{k}": v for k, v in node.core.stun.drops.items()})
+            total.update({f"crl.{k}": v for k, v in node.core.revocation.drops.items()})
             if node.dht is not None:
                 total.update({f"dht.{k}": v for k, v in node.dht.drops.items()})
         if self.dataplane is not None:
@@ -500,6 +501,9 @@ class Daemon:
             total.update({f"link.{k}": v for k, v in node.core.link.stats.items()})
             total.update({f"overlay.{k}": v for k, v in node.core.overlay.stats.items()})
             total.update({f"node.{k}": v for k, v in node.core.stats.items()})
+            total.update({f"crl.{k}": v for k, v in node.core.revocation.stats.items()})
+            # The revocation list in force (0: none): what an operator checks after a push.
+            total["crl.number"] = node.identity.trust.crl_number
         if self.dataplane is not None:
             total.update({f"vnet.{k}": v for k, v in self.dataplane.counters.items()})
         return dict(total)

@@ -462,13 +462,13 @@ def _register(ws: Path) -> dict[str, object]:
 
 def test_a_name_or_hostname_already_issued_is_refused(ws: Path, run: Run) -> None:
     assert run("--home", "home", "node", "lab-net", "alice", "--hostname", "web")[0] == 0
-    before = (ws / "home" / "lab-net" / "issued.json").read_bytes()
     rc, out, err = run(
         "--home", "home", "node", "lab-net", "bob", "--hostname", "web", "--out", "b.toml"
     )
     assert (rc, out) == (2, "")
     assert "hostname 'web' belongs to node 'alice'" in err
     assert "ipop-config revoke lab-net alice" in err
+    before = (ws / "home" / "lab-net" / "issued.json").read_bytes()
     # --force re-issues bob; it does not take alice's hostname.
     rc, _, err = run(
         "--home",
