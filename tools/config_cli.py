@@ -499,6 +499,7 @@ def describe(bundle: Bundle, *, path: str, size: int, now: float) -> dict[str, o
         "ca_not_before": _iso(bundle.trust.not_before),
         "ca_not_after": _iso(bundle.trust.not_after),
         "ca_fingerprint": bundle.trust.fingerprint,
+        "crl_number": bundle.trust.check_crl(bundle.crl_pem).number if bundle.crl_pem else 0,
         "size_bytes": size,
         "format": bundle.format_version,
     }

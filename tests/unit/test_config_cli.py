@@ -499,6 +499,8 @@ def test_force_reissue_revokes_the_previous_certificate(ws: Path, run: Run) -> N
     assert rc == 0 and "revoked 1 earlier certificate" in out
     new = load_bundle(ws / "bob.bundle.toml")
     assert new.crl_pem is not None  # the new bundle carries the CRL in force
+    rc, out, _ = run("show", "bob.bundle.toml", "--json")
+    assert rc == 0 and json.loads(out)["crl_number"] == 1
     identity = new.identity(now=NOW)
     assert identity.trust.crl_number == 1
     assert identity.trust.is_revoked(old.node_cert)
