@@ -13,10 +13,14 @@ Protocol (numbers are CRL numbers; 0 is "none")::
     link up, we hold n > 0      -> OFFER(n) to the new peer
     we install n (any source)   -> OFFER(n) to every linked peer (but the one it came from)
     OFFER(m) with m < ours      -> our CRL as CHUNKs to that peer   (once per PUSH_INTERVAL_S)
-    OFFER(m) with m > ours      -> OFFER(ours) back, asking for it  (one pull at a time)
+    OFFER(m) with m > ours      -> OFFER(ours) back, asking for it  (once per PULL_WAIT_S)
     CHUNKs complete a CRL       -> verify, install if newer, then as above
 
 A node without a CRL never speaks first, so networks that revoke nothing exchange nothing.
+Every offer of a newer number is answered (per peer, rate-limited), not just the first: a
+member that offers a huge number and never delivers must not keep us from asking the others.
+Chunks of a list no newer than ours are honest duplicates (several peers answered our asks):
+counted in ``stats["chunk_duplicate"]`` and dropped before any work.
 
 Bounds (an insider can send any TYPE_CRL it likes): per peer one assembly of at most
 MAX_CRL_BYTES, discarded after ASSEMBLY_TIMEOUT_S; one CRL pushed per peer per
@@ -49,7 +53,7 @@ __all__ = [
 PUSH_INTERVAL_S: Final = 10.0
 ASSEMBLY_TIMEOUT_S: Final = 30.0
 VERIFY_BACKOFF_S: Final = 30.0
-# How long we wait on one peer's answer to our pull before asking another offerer.
+# We ask one peer for its newer list at most this often.
 PULL_WAIT_S: Final = 10.0
 MAX_PEERS: Final = 1024
 
@@ -63,7 +67,6 @@ DROP_REASONS: Final = frozenset(
         # from CaTrust.apply_crl
         *CRL_REASONS,
         # ours
-        "crl_chunk_stale",
         "crl_peer_backoff",
     }
 )
@@ -83,11 +86,12 @@ class _Assembly:
 
 
 class _PeerState:
-    __slots__ = ("assembly", "backoff_until", "pushed")
+    __slots__ = ("asked_at", "assembly", "backoff_until", "pushed")
 
     def __init__(self) -> None:
-        # (number, when) of the last CRL we pushed to this peer.
+        # (number, when) of the last CRL we pushed to this peer; when we last asked it for one.
         self.pushed: tuple[int, float] = (0, -1e18)
+        self.asked_at = -1e18
         self.backoff_until = -1e18
         self.assembly: _Assembly | None = None
 
@@ -101,8 +105,6 @@ class CrlGossip:
         self.stats: collections.Counter[str] = collections.Counter()
         self._peers: dict[NodeId, _PeerState] = {}
         self._out: list[tuple[NodeId, bytes]] = []
-        # The peer we asked for a newer CRL, the number it offered, and until when we wait.
-        self._pull: tuple[NodeId, int, float] | None = None
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -112,8 +114,6 @@ class CrlGossip:
 
     def link_down(self, peer: NodeId) -> None:
         self._peers.pop(peer, None)
-        if self._pull is not None and self._pull[0] == peer:
-            self._pull = None
 
     def announce(self, peers: Iterable[NodeId], *, source: NodeId | None = None) -> None:
         """We installed a newer CRL: tell every linked peer (but ``source``, which sent it)."""
@@ -163,10 +163,11 @@ class CrlGossip:
         if number < ours:
             self._push(peer, now)
         elif number > ours:
-            pull = self._pull
-            if pull is not None and pull[1] >= number and now < pull[2]:
-                return  # already fetching one at least as new from another peer
-            self._pull = (peer, number, now + PULL_WAIT_S)
+            st = self._state(peer)
+            if now - st.asked_at < PULL_WAIT_S:
+                self.stats["ask_held"] += 1
+                return
+            st.asked_at = now
             self._offer(peer)
 
     def _push(self, peer: NodeId, now: float) -> None:
@@ -187,7 +188,7 @@ class CrlGossip:
 
     def _on_chunk(self, peer: NodeId, msg: CrlChunk, now: float) -> VerifiedCrl | None:
         if msg.number <= self.trust.crl_number:
-            self._drop("crl_chunk_stale")
+            self.stats["chunk_duplicate"] += 1
             return None
         st = self._state(peer)
         if now < st.backoff_until:
@@ -219,5 +220,4 @@ class CrlGossip:
             # it and it is newer), but the peer's framing was wrong.
             self.stats["crl_number_mismatch"] += 1
         self.stats["crl_installed"] += 1
-        self._pull = None
         return crl

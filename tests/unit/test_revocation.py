@@ -249,10 +249,10 @@ def test_gossip_pulls_a_newer_crl_and_refuses_forgeries_with_backoff() -> None:
     for _to, data in chunks:
         fresh.receive(q, data, now=NOW + 1)
     assert fresh.trust.crl_number == 7
-    # Stale chunks (our number or older) are dropped before any work.
+    # Chunks of our number or older (duplicates) are dropped before any work.
     late = CrlGossip(holder_trust.fork())
     late.receive(p, chunks[0][1], now=NOW + VERIFY_BACKOFF_S)
-    assert late.drops["crl_chunk_stale"] == 1
+    assert late.stats["chunk_duplicate"] == 1 and not late.drops
     assert set(fresh.drops) <= DROP_REASONS and set(late.drops) <= DROP_REASONS
 
 
@@ -303,3 +303,24 @@ def test_garbage_and_mutations_are_counted_never_raised(data: bytes, draw: st.Da
 
 
 _FUZZ_CA = make_network(now=NOW - 60)
+
+
+def test_a_member_offering_a_huge_number_does_not_stop_us_asking_others() -> None:
+    ca, victim, crl = _crl_world()
+    liar, honest = NodeId.from_bytes(b"l" * 20), NodeId.from_bytes(b"h" * 20)
+    holder_trust = ca.trust.fork()
+    holder_trust.apply_crl(crl, now=NOW)
+    holder = CrlGossip(holder_trust)
+    g = CrlGossip(ca.trust.fork())
+    g.receive(liar, CrlOffer((1 << 64) - 1).encode(), now=NOW)
+    g.receive(liar, CrlOffer((1 << 64) - 1).encode(), now=NOW + 1)  # asked once per interval
+    assert [to for to, _ in g.outgoing()] == [liar]
+    holder.link_up(g_id := NodeId.from_bytes(b"g" * 20), now=NOW + 2)
+    [(_to, offer)] = holder.outgoing()
+    g.receive(honest, offer, now=NOW + 2)
+    [(to, ask)] = g.outgoing()
+    assert to == honest
+    holder.receive(g_id, ask, now=NOW + 2)
+    for _to, data in holder.outgoing():
+        g.receive(honest, data, now=NOW + 2)
+    assert g.trust.crl_number == 7 and g.trust.is_revoked(victim.cert)
