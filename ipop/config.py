@@ -25,6 +25,8 @@ meaning is documented in ``deploy/ipop.example.toml``::
     servers = []                       # ["IPv4:PORT", ...] for `ipop netcheck`
     alternate = "auto"                 # auto | off | IPv4: second address for CHANGE-REQUEST
     alt_port = 0                       # 0 = listen port + 1
+    [identity]
+    crl = "/etc/ipop/lab-net.crl.pem"   # optional: a newer revocation list than the bundle's
 
 Loading is separate from validation: :func:`read_config_table` does the I/O and the TOML
 syntax, :func:`parse_config` checks a table and builds a :class:`NodeConfig` (no I/O, so tests
@@ -58,6 +60,7 @@ __all__ = [
     "ControlConfig",
     "DhtConfig",
     "DnsConfig",
+    "IdentityConfig",
     "NodeConfig",
     "StunConfig",
     "TapConfig",
@@ -97,6 +100,7 @@ _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "dns": ("enabled", "upstream"),
     "dht": ("lease_s",),
     "stun": ("servers", "alternate", "alt_port"),
+    "identity": ("crl",),
 }
 # Every key a config may hold, dotted; the example file must document each (tested).
 ALL_KEYS: Final[tuple[str, ...]] = _TOP_KEYS + tuple(
@@ -152,6 +156,13 @@ class StunConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """Membership beyond the bundle: a revocation list file read at start (None: none)."""
+
+    crl: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """A validated node config; every path in it is absolute."""
 
@@ -165,6 +176,7 @@ class NodeConfig:
     dns: DnsConfig = field(default_factory=DnsConfig)
     dht: DhtConfig = field(default_factory=DhtConfig)
     stun: StunConfig = field(default_factory=StunConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
 
     def effective_hostname(self, bundle_hostname: str | None) -> str | None:
         """The hostname to register: this file's override, else the bundle's, else none."""
@@ -341,6 +353,8 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
     dns = _section(table, "dns")
     dht = _section(table, "dht")
     stun = _section(table, "stun")
+    ident = _section(table, "identity")
+    crl_raw = ident.get("crl")
     return NodeConfig(
         bundle=_path(table["bundle"], "bundle", base_dir, "node.bundle.toml"),
         state_dir=_path(
@@ -373,6 +387,11 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
         ),
         dht=DhtConfig(lease_s=_lease_s(dht.get("lease_s", DEFAULT_LEASE_S))),
         stun=_stun(stun),
+        identity=IdentityConfig(
+            crl=None
+            if crl_raw is None
+            else _path(crl_raw, "identity.crl", base_dir, "/etc/ipop/lab-net.crl.pem")
+        ),
     )
 
 

@@ -18,9 +18,17 @@ Verification order (each failure is a :class:`CertificateError` whose ``reason``
 counter name): parses and carries an Ed25519 key (``cert_malformed``), signed by this CA
 (``cert_bad_signature``), is a leaf (``cert_not_node``), belongs to this network
 (``cert_wrong_network``), carries the node id its key implies (``cert_node_id_mismatch``), and
-finally is valid at ``now`` (``cert_expired`` / ``cert_not_yet_valid``). Everything but the
-time check depends only on the DER bytes, so successes are cached by DER (every handshake
-verifies) and the time check runs on every call.
+is not on the CA's revocation list (``cert_revoked``), and finally is valid at ``now``
+(``cert_expired`` / ``cert_not_yet_valid``). Everything but revocation and time depends only on
+the DER bytes, so successes are cached by DER (every handshake verifies); the revocation and
+time checks run on every call, so a cached certificate is refused the moment a CRL revokes it.
+
+Revocation: the CA signs an ordinary X.509 CRL (``openssl crl -text`` reads it) listing revoked
+serial numbers, with a CRL number that only grows (:meth:`NetworkCA.make_crl`, used by
+``ipop-config revoke``). :meth:`CaTrust.apply_crl` installs one only if the CA signed it and its
+number is larger than the one held; each CRL lists every revocation still in force, so the
+newest replaces the older ones and nothing merges. Time does not order CRLs (a node with a wrong
+clock must still learn revocations): the number does, and ``nextUpdate`` is informative only.
 
 Pure: no clock, no I/O. Time comes in as ``now`` (UNIX seconds). Key generation and certificate
 serial numbers use the cryptography library's own randomness, which the project rules allow.
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -46,9 +55,12 @@ from ipop.types import ID_BYTES, NodeId
 __all__ = [
     "CaTrust",
     "CertificateError",
+    "CrlError",
     "NetworkCA",
     "NodeCertificate",
     "NodeIdentity",
+    "VerifiedCrl",
+    "cert_serial",
     "node_id_for",
     "validate_hostname",
     "validate_network",
@@ -57,6 +69,8 @@ __all__ = [
 ]
 
 PUBLIC_KEY_BYTES = 32
+# A CRL's nextUpdate, days ahead: X.509 requires one; ipop nodes never expire a CRL.
+CRL_DEFAULT_DAYS = 365
 SIGNATURE_BYTES = 64
 URI_SCHEME = "ipop"
 # Verified certificates remembered by DER; one per live peer is plenty, the bound keeps a peer
@@ -80,7 +94,21 @@ CERT_REASONS = (
     "cert_wrong_network",
     "cert_node_id_mismatch",
     "cert_not_node",
+    "cert_revoked",
 )
+# Why a CRL (from a bundle, a file, an operator or a peer) is refused; drop counter names.
+CRL_REASONS = (
+    "crl_malformed",
+    "crl_too_large",
+    "crl_bad_signature",
+    "crl_stale",
+)
+# A CRL entry is ~40 bytes of DER: 16 KiB holds ~380 revocations still in force (expired
+# certificates leave the list), travels in 16 link messages and keeps a bundle well inside
+# its 25 KB budget. Anything larger is refused before parsing.
+MAX_CRL_BYTES = 16_384
+# CRL numbers travel as u64 (ipop.overlay.messages, TYPE_CRL); the CA counts up from 1.
+MAX_CRL_NUMBER = (1 << 63) - 1
 
 
 class CertificateError(RemoteProtocolError):
@@ -89,6 +117,15 @@ class CertificateError(RemoteProtocolError):
     def __init__(self, reason: str, detail: str = "") -> None:
         if reason not in CERT_REASONS:
             raise LocalProtocolError(f"unknown certificate error reason {reason!r}")
+        super().__init__(reason, detail)
+
+
+class CrlError(RemoteProtocolError):
+    """A revocation list is refused (not ours, forged, older than the one held); see reason."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in CRL_REASONS:
+            raise LocalProtocolError(f"unknown CRL error reason {reason!r}")
         super().__init__(reason, detail)
 
 
@@ -195,6 +232,15 @@ def _node_uri(network: str, node_id: NodeId) -> str:
     return f"{URI_SCHEME}://{network}/{node_id.hex()}"
 
 
+def _serial_of(der: bytes) -> int:
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+def cert_serial(cert: NodeCertificate) -> int:
+    """The X.509 serial number of ``cert``: what a CRL names (ipop-config's register keeps it)."""
+    return _serial_of(cert.der)
+
+
 def _single_attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
     attrs = name.get_attributes_for_oid(oid)
     if len(attrs) != 1:
@@ -203,10 +249,51 @@ def _single_attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class CaTrust:
-    """The public half of a network CA: what every node holds to check its peers."""
+@dataclass(frozen=True, slots=True)
+class VerifiedCrl:
+    """A revocation list that parsed and verified against a CA (not yet installed)."""
 
-    __slots__ = ("_cache", "_cert", "_public_key", "cert_pem", "network", "not_after", "not_before")
+    der: bytes = field(repr=False)
+    number: int
+    serials: frozenset[int] = field(repr=False)
+    last_update: float
+
+
+def _load_crl_bytes(data: bytes | bytearray | memoryview) -> bytes:
+    """The DER of a CRL given as DER or PEM; CrlError if it is neither or too large."""
+    raw = bytes(data)
+    if len(raw) > 2 * MAX_CRL_BYTES:  # PEM is ~4/3 of DER plus armour
+        raise CrlError("crl_too_large", f"{len(raw)} bytes")
+    if raw.lstrip().startswith(b"-----BEGIN"):
+        try:
+            raw = x509.load_pem_x509_crl(raw).public_bytes(serialization.Encoding.DER)
+        except Exception as exc:
+            raise CrlError("crl_malformed", f"PEM: {type(exc).__name__}: {exc}") from None
+    if len(raw) > MAX_CRL_BYTES:
+        raise CrlError("crl_too_large", f"{len(raw)} bytes of DER, at most {MAX_CRL_BYTES}")
+    return raw
+
+
+class CaTrust:
+    """The public half of a network CA, and the revocation list in force at this node.
+
+    Each node owns one (see :meth:`fork`): a CRL applied here changes what this node accepts
+    and nobody else's, which is what lets the simulator show a CRL spreading.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_cert",
+        "_public_key",
+        "_revoked",
+        "cert_pem",
+        "crl_applied_at",
+        "crl_der",
+        "crl_number",
+        "network",
+        "not_after",
+        "not_before",
+    )
 
     def __init__(self, cert: x509.Certificate) -> None:
         """Use :meth:`from_pem`; this trusts that ``cert`` was already checked."""
@@ -222,7 +309,27 @@ class CaTrust:
         self.cert_pem: bytes = cert.public_bytes(serialization.Encoding.PEM)
         self.not_before: float = cert.not_valid_before_utc.timestamp()
         self.not_after: float = cert.not_valid_after_utc.timestamp()
-        self._cache: dict[bytes, NodeCertificate] = {}
+        # DER -> (verified certificate, its serial number): the serial is what a CRL names.
+        self._cache: dict[bytes, tuple[NodeCertificate, int]] = {}
+        self._revoked: frozenset[int] = frozenset()
+        # The CRL in force (0 / None: none yet) and when it was applied (status, tests).
+        self.crl_number: int = 0
+        self.crl_der: bytes | None = None
+        self.crl_applied_at: float | None = None
+
+    def fork(self) -> CaTrust:
+        """Another holder of this CA with the same revocation state, changed independently.
+
+        Why: one object per node. The simulator builds many nodes from one CA; sharing one
+        CaTrust would make a CRL applied at one node instantly true at all of them.
+        """
+        other = CaTrust(self._cert)
+        other._cache = dict(self._cache)
+        other._revoked = self._revoked
+        other.crl_number = self.crl_number
+        other.crl_der = self.crl_der
+        other.crl_applied_at = self.crl_applied_at
+        return other
 
     @classmethod
     def from_pem(cls, pem: bytes, *, key: str = "ca_cert") -> CaTrust:
@@ -280,16 +387,73 @@ class CaTrust:
             if not isinstance(der, bytearray | memoryview):
                 raise CertificateError("cert_malformed", f"not bytes: {type(der).__name__}")
             der = bytes(der)
-        cert = self._cache.get(der)
-        if cert is None:
-            cert = self._verify_uncached(der)
+        hit = self._cache.get(der)
+        if hit is None:
+            hit = self._verify_uncached(der)
             if len(self._cache) >= VERIFY_CACHE_SIZE:
                 # Evict the oldest entry (dicts keep insertion order).
                 del self._cache[next(iter(self._cache))]
-            self._cache[cert.der] = cert
+            self._cache[der] = hit
+        cert, serial = hit
+        # After the cache on purpose: a CRL that arrives later must refuse cached certificates.
+        if serial in self._revoked:
+            raise CertificateError("cert_revoked", f"{cert.name} (serial {serial:x}) is revoked")
         return cert
 
-    def _verify_uncached(self, der: bytes) -> NodeCertificate:
+    def is_revoked(self, cert: NodeCertificate) -> bool:
+        """Whether the CRL in force lists ``cert`` (a certificate this CA verified)."""
+        if not self._revoked:
+            return False
+        hit = self._cache.get(cert.der)
+        serial = hit[1] if hit is not None else _serial_of(cert.der)
+        return serial in self._revoked
+
+    # --- revocation ------------------------------------------------------------------------
+
+    def check_crl(self, data: bytes | bytearray | memoryview) -> VerifiedCrl:
+        """Parse and verify a CRL (DER or PEM) against this CA; CrlError if refused.
+
+        Changes nothing: :meth:`apply_crl` installs. Costs one parse and one Ed25519 check.
+        """
+        der = _load_crl_bytes(data)
+        try:
+            crl = x509.load_der_x509_crl(der)
+            sig_oid = crl.signature_algorithm_oid
+            issuer = crl.issuer
+            last_update = crl.last_update_utc.timestamp()
+            number_ext = crl.extensions.get_extension_for_class(x509.CRLNumber).value
+            serials = frozenset(entry.serial_number for entry in crl)
+        except x509.ExtensionNotFound:
+            raise CrlError("crl_malformed", "no CRL number") from None
+        except Exception as exc:
+            # Foreign parser fed peer bytes (see _verify_uncached): any failure is garbage.
+            raise CrlError("crl_malformed", f"{type(exc).__name__}: {exc}") from None
+        if sig_oid != SignatureAlgorithmOID.ED25519 or issuer != self._cert.subject:
+            raise CrlError("crl_bad_signature", "not signed by this network's CA")
+        if not crl.is_signature_valid(self._public_key):
+            raise CrlError("crl_bad_signature", "signature does not verify")
+        number = number_ext.crl_number
+        if not 1 <= number <= MAX_CRL_NUMBER:
+            raise CrlError("crl_malformed", f"CRL number {number} out of range")
+        return VerifiedCrl(der=der, number=number, serials=serials, last_update=last_update)
+
+    def apply_crl(self, data: bytes | bytearray | memoryview, *, now: float) -> VerifiedCrl:
+        """Install a CRL (DER or PEM) if the CA signed it and it is newer than the one held.
+
+        Raises CrlError (``crl_stale`` for a number not above :attr:`crl_number`) and then
+        changes nothing. Returns the installed list; callers then end sessions of certificates
+        it revokes (:meth:`ipop.link.endpoint.LinkEndpoint.close_revoked`).
+        """
+        crl = self.check_crl(data)
+        if crl.number <= self.crl_number:
+            raise CrlError("crl_stale", f"number {crl.number}, holding {self.crl_number}")
+        self._revoked = crl.serials
+        self.crl_number = crl.number
+        self.crl_der = crl.der
+        self.crl_applied_at = now
+        return crl
+
+    def _verify_uncached(self, der: bytes) -> tuple[NodeCertificate, int]:
         try:
             cert = x509.load_der_x509_certificate(der)
             public_key = cert.public_key()
@@ -301,6 +465,7 @@ class CaTrust:
             signature = cert.signature
             subject = cert.subject
             issuer = cert.issuer
+            serial = cert.serial_number
         except Exception as exc:
             # The X.509 parser is foreign code fed peer bytes: besides ValueError it was seen
             # raising KeyError on a mutated name-attribute tag. Any failure there is garbage.
@@ -350,7 +515,7 @@ class CaTrust:
         hostname = dns_names[0] if dns_names else None
         if hostname is not None and not _LABEL_RE.match(hostname):
             raise CertificateError("cert_malformed", f"bad hostname {hostname!r}")
-        return NodeCertificate(
+        verified = NodeCertificate(
             der=der,
             node_id=node_id,
             network=network,
@@ -360,6 +525,7 @@ class CaTrust:
             not_before=not_before,
             not_after=not_after,
         )
+        return verified, serial
 
 
 class NetworkCA:
@@ -451,6 +617,44 @@ class NetworkCA:
 
     def cert_pem(self) -> bytes:
         return self._trust.cert_pem
+
+    def make_crl(
+        self,
+        revoked: Iterable[tuple[int, float]],
+        *,
+        number: int,
+        now: float,
+        days: int = CRL_DEFAULT_DAYS,
+    ) -> bytes:
+        """A signed X.509 CRL (DER) listing ``revoked`` as (serial, revoked at) pairs.
+
+        ``number`` must exceed every number this CA signed before: nodes keep the largest.
+        ``nextUpdate`` is ``days`` ahead (X.509 wants one; nodes do not expire CRLs).
+        """
+        if not 1 <= number <= MAX_CRL_NUMBER:
+            raise LocalProtocolError(f"CRL number {number} out of range")
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._cert.subject)
+            .last_update(_dt(now))
+            .next_update(_dt(now + days * _DAY_S))
+            .add_extension(x509.CRLNumber(number), critical=False)
+        )
+        for serial, at in sorted(revoked):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(_dt(at))
+                .build()
+            )
+        der = builder.sign(self._key, None).public_bytes(serialization.Encoding.DER)
+        if len(der) > MAX_CRL_BYTES:
+            raise ConfigError(
+                "crl",
+                f"{len(der)} bytes of revocations exceed {MAX_CRL_BYTES}",
+                "shorten node certificate lifetimes (--days) so revocations expire sooner",
+            )
+        return der
 
     def sign_node(
         self,

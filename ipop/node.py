@@ -31,9 +31,16 @@ from collections.abc import Callable, Sequence
 from ipop import timing
 from ipop.birthday import BirthdayPunch, is_knock
 from ipop.errors import LocalProtocolError
-from ipop.identity import NodeIdentity
-from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage, LinkPathChanged, LinkUp
-from ipop.overlay.messages import KIND_BIRTHDAY, TYPE_DIRECT
+from ipop.identity import NodeIdentity, VerifiedCrl
+from ipop.link.endpoint import (
+    LinkConfig,
+    LinkDown,
+    LinkEndpoint,
+    LinkMessage,
+    LinkPathChanged,
+    LinkUp,
+)
+from ipop.overlay.messages import KIND_BIRTHDAY, TYPE_CRL, TYPE_DIRECT, Closing
 from ipop.overlay.node import (
     Delivered,
     OverlayConfig,
@@ -42,11 +49,13 @@ from ipop.overlay.node import (
     RelayDatagram,
 )
 from ipop.overlay.origin import OriginAuth
+from ipop.revocation import CrlGossip
 from ipop.stun import SOURCE_PRIMARY, StunAgent
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 
 __all__ = ["NodeCore"]
 
+_CRL_TAG = bytes([TYPE_CRL])
 # How long a shortcut request for one peer stands before traffic may ask again.
 SHORTCUT_RETRY_S = 10.0
 
@@ -73,7 +82,7 @@ class NodeCore:
             rng=random.Random(rng.random()),
             config=overlay_config or OverlayConfig(),
             bootstrap=bootstrap,
-            origin=OriginAuth(identity),
+            origin=OriginAuth(identity, revoked=identity.trust.is_revoked),
         )
         self.shortcuts = shortcuts
         self.stats: collections.Counter[str] = collections.Counter()
@@ -87,6 +96,8 @@ class NodeCore:
         self.stun = StunAgent(rng=random.Random(rng.random()))
         self.stun_alt_send: Callable[[int, bytes, Endpoint], None] | None = None
         self.birthday = BirthdayPunch(rng=random.Random(rng.random()))
+        # The revocation list epidemic (ipop.revocation): TYPE_CRL link messages stop here.
+        self.revocation = CrlGossip(identity.trust)
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -121,6 +132,14 @@ class NodeCore:
             self._guess_ports(dst, now)
         self._settle(now)
         return ok
+
+    def apply_crl(self, data: bytes, *, now: float) -> VerifiedCrl:
+        """Install a CRL (DER or PEM) handed over locally (bundle, file, operator), then end
+        revoked peers' sessions and spread it. Raises :class:`ipop.identity.CrlError`."""
+        crl = self.identity.trust.apply_crl(data, now=now)
+        self._crl_installed(None, now)
+        self._settle(now)
+        return crl
 
     def send_routed(
         self, dst: NodeId, kind: int, payload: bytes, *, exact: bool, now: float
@@ -180,7 +199,10 @@ class NodeCore:
             and self.overlay.is_linked(peer)  # what the overlay checks first
         ):
             return got
-        self.overlay.on_link_event(LinkMessage(peer, payload, path), now=now)
+        if payload[0] == TYPE_CRL:
+            self._on_crl(peer, payload, now)
+        else:
+            self.overlay.on_link_event(LinkMessage(peer, payload, path), now=now)
         self._settle(now)
         return None
 
@@ -352,6 +374,33 @@ class NodeCore:
         if path is not None and is_direct(path):
             self.birthday.stop(peer)
 
+    # --- revocation (ipop.revocation) ------------------------------------------------------
+
+    def _on_crl(self, peer: NodeId, payload: bytes, now: float) -> None:
+        if self.revocation.receive(peer, payload, now=now) is not None:
+            self._crl_installed(peer, now)
+        self._send_crl_output(now)
+
+    def _crl_installed(self, source: NodeId | None, now: float) -> None:
+        """A newer CRL is in force: revoked peers lose their sessions (their LinkDowns reach
+        the overlay in _settle), every other linked peer hears the new number."""
+        gone = self.link.close_revoked(
+            self.identity.trust.is_revoked, now=now, farewell=Closing().encode()
+        )
+        self.stats["revoked_links_closed"] += len(gone)
+        self.stats["crl_installed"] += 1
+        self.revocation.announce((p.peer for p in self.link.peers()), source=source)
+        self._send_crl_output(now)
+
+    def _send_crl_output(self, now: float) -> None:
+        for peer, payload in self.revocation.outgoing():
+            if not self.link.is_up(peer):
+                continue
+            try:
+                self.link.send(peer, payload, now=now)
+            except LocalProtocolError:  # keys expired, rekey pending: the next offer retries
+                self.stats["crl_send_failed"] += 1
+
     # --- wiring -----------------------------------------------------------------------------
 
     def _settle(self, now: float) -> None:
@@ -363,8 +412,16 @@ class NodeCore:
             busy = False
             while (lev := link.next_event()) is not None:
                 busy = True
+                if type(lev) is LinkMessage and lev.payload[:1] == _CRL_TAG:
+                    self._on_crl(lev.peer, lev.payload, now)
+                    continue
                 if type(lev) is LinkUp or type(lev) is LinkPathChanged:
                     self._on_link_path(lev.peer)
+                if type(lev) is LinkUp:
+                    self.revocation.link_up(lev.peer, now=now)
+                    self._send_crl_output(now)
+                elif type(lev) is LinkDown:
+                    self.revocation.link_down(lev.peer)
                 overlay.on_link_event(lev, now=now)
             for data, path in link.datagrams_to_send(now=now):
                 if isinstance(path, RelayPath):

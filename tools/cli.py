@@ -8,6 +8,7 @@ Commands::
     ipop [--socket PATH] dht put KEY VALUE [--ttl S]
     ipop [--socket PATH] resolve NAME
     ipop [--socket PATH] netcheck [--json] [--server HOST:PORT ...] [--no-second-opinion]
+    ipop [--socket PATH] crl push FILE
 
 The socket is ``--socket``, else ``$IPOP_SOCKET``, else ``/run/ipop/ipopd.sock``.
 
@@ -36,7 +37,7 @@ from ipop.aio.control import (
     ControlUnavailable,
 )
 from ipop.config import DEFAULT_CONTROL_SOCKET
-from tools import cli_dht, cli_netcheck, cli_ping, cli_resolve, cli_status
+from tools import cli_crl, cli_dht, cli_netcheck, cli_ping, cli_resolve, cli_status
 
 PROG = "ipop"
 SOCKET_ENV = "IPOP_SOCKET"
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"control socket (default ${SOCKET_ENV} or {DEFAULT_CONTROL_SOCKET})",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (cli_status, cli_ping, cli_dht, cli_resolve, cli_netcheck):
+    for module in (cli_status, cli_ping, cli_dht, cli_resolve, cli_netcheck, cli_crl):
         module.add_parser(sub)
     return parser
 

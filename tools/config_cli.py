@@ -6,12 +6,23 @@ one folder per network::
     <home>/<network>/ca.key        the CA's private key (0600; never leaves this folder)
     <home>/<network>/ca.crt        the CA certificate (goes into every bundle)
     <home>/<network>/network.toml  subnet, bootstrap endpoints, DNS suffix
+    <home>/<network>/issued.json   the register: every certificate signed (serial, node id,
+                                   name, hostname, expiry, revocation) and the last CRL number
+    <home>/<network>/<network>.crl.pem  the CA-signed revocation list in force (after a revoke)
 
 Commands::
 
     ipop-config init NETWORK --subnet 100.64.0.0/10 --bootstrap IP:PORT [...] [--dns-suffix S]
     ipop-config node NETWORK NAME [--hostname H] [--days N] [--out FILE] [--force]
+    ipop-config revoke NETWORK NAME|NODE_ID [--out FILE]
     ipop-config show BUNDLE [--json]
+
+Names are bound to certificates: ``node`` refuses a node name or hostname that a live
+(unexpired, unrevoked) certificate of the register already carries. ``--force`` re-issues a node
+(same NAME): its previous certificates are revoked in the same step. ``revoke`` revokes every
+live certificate of a node (by name or node id, or an unambiguous id prefix of 8+ hex digits)
+and writes a new CRL with the next CRL number; hand it to running nodes with ``ipop crl push``
+(they spread it) and it rides in every bundle made afterwards.
 
 Every problem with the input is reported as exactly one line on stderr,
 ``ipop-config: <what is wrong> (<fix>)``, with exit code 2, and nothing is written: files are
@@ -38,6 +49,9 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import NoReturn
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from ipop.bundle import (
     DEFAULT_DNS_SUFFIX,
     Bundle,
@@ -52,6 +66,7 @@ from ipop.errors import ConfigError
 from ipop.identity import (
     NetworkCA,
     NodeIdentity,
+    cert_serial,
     validate_hostname,
     validate_network,
     validate_node_name,
@@ -61,6 +76,8 @@ from ipop.types import Endpoint
 
 PROG = "ipop-config"
 NETWORK_FILE_FORMAT = 1
+REGISTER_FILE_FORMAT = 1
+REGISTER_FILE = "issued.json"
 # Ten years of days is the longest any certificate we sign may run; past that, rotate.
 MAX_DAYS = 36500
 
@@ -168,6 +185,109 @@ class NetworkSettings:
         )
 
 
+# --- the register of issued certificates -----------------------------------------------------
+
+
+@dataclass(slots=True)
+class Issued:
+    """One certificate the CA signed, as the register remembers it."""
+
+    serial: int
+    node_id: str
+    name: str
+    hostname: str | None
+    not_after: float
+    issued_at: float
+    revoked_at: float | None = None
+
+    def live(self, now: float) -> bool:
+        return self.revoked_at is None and now <= self.not_after
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "serial": f"{self.serial:x}",
+            "node_id": self.node_id,
+            "name": self.name,
+            "hostname": self.hostname,
+            "not_after": int(self.not_after),
+            "issued_at": int(self.issued_at),
+            "revoked_at": None if self.revoked_at is None else int(self.revoked_at),
+        }
+
+
+@dataclass(slots=True)
+class Register:
+    """``issued.json``: what the CA signed and revoked, and the last CRL number it used."""
+
+    certs: list[Issued]
+    crl_number: int = 0
+
+    @classmethod
+    def load(cls, folder: Path) -> Register:
+        path = folder / REGISTER_FILE
+        if not path.exists():
+            # Networks made before the register: nothing known, nothing to refuse.
+            return cls([])
+        try:
+            table = json.loads(_read(path, "register"))
+            certs = [
+                Issued(
+                    serial=int(c["serial"], 16),
+                    node_id=str(c["node_id"]),
+                    name=str(c["name"]),
+                    hostname=c["hostname"],
+                    not_after=float(c["not_after"]),
+                    issued_at=float(c["issued_at"]),
+                    revoked_at=None if c["revoked_at"] is None else float(c["revoked_at"]),
+                )
+                for c in table["certs"]
+            ]
+            return cls(certs, int(table["crl_number"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(
+                f"{path} is damaged ({type(exc).__name__}: {exc})", "restore it from a backup"
+            ) from None
+
+    def save(self, folder: Path) -> None:
+        doc = {
+            "format": REGISTER_FILE_FORMAT,
+            "crl_number": self.crl_number,
+            "certs": [c.to_json() for c in self.certs],
+        }
+        data = (json.dumps(doc, indent=1) + "\n").encode()
+        _write_file(folder / REGISTER_FILE, data, 0o600, overwrite=True)
+
+    def revoke(self, victims: Sequence[Issued], *, now: float) -> None:
+        for c in victims:
+            c.revoked_at = now
+
+    def write_crl(self, ca: NetworkCA, folder: Path, *, now: float) -> Path:
+        """Sign the next CRL (revoked certificates not yet expired) and write it as PEM."""
+        self.crl_number += 1
+        revoked = [
+            (c.serial, c.revoked_at)
+            for c in self.certs
+            if c.revoked_at is not None and now <= c.not_after
+        ]
+        der = ca.make_crl(revoked, number=self.crl_number, now=now)
+        path = _crl_path(folder, ca.network)
+        _write_file(path, _crl_pem(der), 0o644, overwrite=True)
+        return path
+
+
+def _crl_path(folder: Path, network: str) -> Path:
+    return folder / f"{network}.crl.pem"
+
+
+def _crl_pem(der: bytes) -> bytes:
+    return x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM)
+
+
+def _current_crl(folder: Path, network: str) -> bytes | None:
+    path = _crl_path(folder, network)
+    return _read(path, "revocation list") if path.exists() else None
+
+
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -255,7 +375,40 @@ def cmd_node(args: argparse.Namespace, *, now: float) -> int:
     if (out.exists() or out.is_symlink()) and not args.force:
         raise UsageError(f"{out} already exists", "pass --force to overwrite it")
 
+    folder = args.home / network
+    register = Register.load(folder)
+    live = [c for c in register.certs if c.live(now)]
+    same_name = [c for c in live if c.name == name]
+    if same_name and not args.force:
+        raise UsageError(
+            f"node {name!r} already has a live certificate (node id {same_name[0].node_id[:16]},"
+            f" until {_iso(same_name[0].not_after)})",
+            "pass --force to re-issue it, which revokes the old one, or choose another name",
+        )
+    if hostname is not None:
+        taken = [c for c in live if c.hostname == hostname and c.name != name]
+        if taken:
+            raise UsageError(
+                f"hostname {hostname!r} belongs to node {taken[0].name!r}'s live certificate",
+                f"choose another hostname, or first '{PROG} revoke {network} {taken[0].name}'",
+            )
+
     identity = NodeIdentity.generate(ca, name, now=now, days=days, hostname=hostname)
+    register.certs.append(
+        Issued(
+            serial=cert_serial(identity.cert),
+            node_id=identity.node_id.hex(),
+            name=name,
+            hostname=hostname,
+            not_after=identity.cert.not_after,
+            issued_at=now,
+        )
+    )
+    # The register is written before the bundle: a certificate nobody received is harmless,
+    # one handed out but not registered could never be refused or revoked.
+    register.revoke(same_name, now=now)
+    crl_written = register.write_crl(ca, folder, now=now) if same_name else None
+    register.save(folder)
     bundle = Bundle(
         network=network,
         subnet=settings.subnet,
@@ -266,6 +419,7 @@ def cmd_node(args: argparse.Namespace, *, now: float) -> int:
         node_key_pem=identity.private_key_pem(),
         hostname=hostname,
         dns_suffix=settings.dns_suffix,
+        crl_pem=_current_crl(folder, network),
     )
     data = dump_bundle(bundle).encode("utf-8")
     _write_file(out, data, 0o600, overwrite=args.force)
@@ -275,6 +429,53 @@ def cmd_node(args: argparse.Namespace, *, now: float) -> int:
     print(f"valid until {_iso(identity.cert.not_after)}")
     if identity.cert.not_after < now + days * 86400 - 1:
         print("note: the certificate ends with the network CA, sooner than --days asked")
+    if crl_written is not None:
+        print(f"revoked {len(same_name)} earlier certificate(s) of {name!r}: {crl_written}")
+        print("hand it to running nodes: 'ipop crl push FILE' on any one of them")
+    return 0
+
+
+def _victims(register: Register, target: str, now: float) -> list[Issued]:
+    """The live certificates ``target`` (a node name, a node id or an id prefix) names."""
+    by_name = [c for c in register.certs if c.name == target]
+    if by_name:
+        return [c for c in by_name if c.live(now)]
+    t = target.lower()
+    if len(t) >= 8 and all(ch in "0123456789abcdef" for ch in t):
+        by_id = [c for c in register.certs if c.node_id.startswith(t)]
+        if len({c.node_id for c in by_id}) > 1:
+            raise UsageError(
+                f"node id prefix {target!r} matches several nodes", "give more hex digits"
+            )
+        if by_id:
+            return [c for c in by_id if c.live(now)]
+    raise UsageError(
+        f"no certificate of the register is for {target!r}",
+        "give a node name or node id that 'ipop-config node' issued",
+    )
+
+
+def cmd_revoke(args: argparse.Namespace, *, now: float) -> int:
+    network = validate_network(args.network, key="NETWORK")
+    ca, _settings = _load_network(args.home, network)
+    folder = args.home / network
+    register = Register.load(folder)
+    victims = _victims(register, args.target, now)
+    if not victims:
+        raise UsageError(
+            f"{args.target!r} has no live certificate (all revoked or expired)",
+            "nothing to do; the current CRL already covers it",
+        )
+    register.revoke(victims, now=now)
+    path = register.write_crl(ca, folder, now=now)
+    register.save(folder)
+    pem = path.read_bytes()
+    if args.out:
+        _write_file(Path(args.out), pem, 0o644, overwrite=True)
+    for c in victims:
+        print(f"revoked {c.name} node id {c.node_id} serial {c.serial:x}")
+    print(f"wrote CRL number {register.crl_number} to {args.out or path} ({len(pem)} bytes)")
+    print("hand it to running nodes: 'ipop crl push FILE' on any one of them; new bundles carry it")
     return 0
 
 
@@ -298,6 +499,7 @@ def describe(bundle: Bundle, *, path: str, size: int, now: float) -> dict[str, o
         "ca_not_before": _iso(bundle.trust.not_before),
         "ca_not_after": _iso(bundle.trust.not_after),
         "ca_fingerprint": bundle.trust.fingerprint,
+        "crl_number": bundle.trust.check_crl(bundle.crl_pem).number if bundle.crl_pem else 0,
         "size_bytes": size,
         "format": bundle.format_version,
     }
@@ -359,9 +561,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostname", help="fixed DNS name for this node, e.g. alice-laptop")
     p.add_argument("--days", type=int, default=NODE_CERT_DEFAULT_DAYS, help="cert lifetime")
     p.add_argument("--out", help="bundle file (default ./NAME.bundle.toml)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing bundle")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing bundle; re-issue NAME, revoking its earlier certificates",
+    )
     _add_home(p)
     p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser("revoke", help="revoke a node's certificates; writes the new CRL")
+    p.add_argument("network", metavar="NETWORK")
+    p.add_argument("target", metavar="NAME|NODE_ID")
+    p.add_argument("--out", help="also write the CRL (PEM) here")
+    _add_home(p)
+    p.set_defaults(func=cmd_revoke)
 
     p = sub.add_parser("show", help="what a bundle holds and whether it is valid now")
     p.add_argument("bundle", metavar="BUNDLE")

@@ -14,6 +14,8 @@ protocol is one JSON object per line each way, requests answered in order on a c
     -> {"cmd": "netcheck", "servers": ["203.0.113.30:3478"], "second_opinion": true}
                                        <- {"ok": true, "result": {"nat": "full-cone", ...}}
                                                           (ipop.netcheck.NetcheckResult)
+    -> {"cmd": "crl_push", "crl": "-----BEGIN X509 CRL-----..."}
+                                <- {"ok": true, "result": 3}   (the CRL number now in force)
     -> anything else                                      <- {"ok": false, "error": "why"}
 
 Theory of operation. :class:`ControlServer` validates each request against a table of
@@ -55,6 +57,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol, cast
 
 from ipop.errors import ConfigError, IpopError, LocalProtocolError
+from ipop.identity import MAX_CRL_BYTES
 from ipop.netcheck import NetcheckResult
 from ipop.status import PingReply, Status
 from ipop.types import Endpoint
@@ -106,6 +109,8 @@ class ControlHandler(Protocol):
     async def resolve(self, name: str) -> str | None: ...
 
     async def netcheck(self, servers: list[str], second_opinion: bool) -> NetcheckResult: ...
+
+    async def crl_push(self, crl: str) -> int: ...
 
 
 class ControlError(IpopError):
@@ -199,6 +204,19 @@ def _arg_endpoints(name: str, value: object) -> list[str]:
     return list(value)
 
 
+def _arg_crl(name: str, value: object) -> str:
+    # A PEM CRL within ipop.identity.MAX_CRL_BYTES of DER is at most ~23 KB of text.
+    if not isinstance(value, str) or len(value) > 2 * MAX_CRL_BYTES:
+        raise _BadRequest("bad_args", f"{name} must be a PEM CRL of at most {MAX_CRL_BYTES} bytes")
+    return value
+
+
+def _result_int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"handler returned {_type_name(value)}, not int")
+    return value
+
+
 def _result_netcheck(value: object) -> dict[str, Any]:
     if not isinstance(value, NetcheckResult):
         raise TypeError(f"handler returned {_type_name(value)}, not NetcheckResult")
@@ -261,6 +279,7 @@ COMMANDS: Final[Mapping[str, _Command]] = {
         lambda h, a: h.netcheck(a["servers"], a["second_opinion"]),
         _result_netcheck,
     ),
+    "crl_push": _Command((("crl", _arg_crl),), lambda h, a: h.crl_push(a["crl"]), _result_int),
 }
 
 
@@ -652,3 +671,10 @@ class ControlClient:
             return NetcheckResult.from_dict(result)
         except ValueError as exc:
             raise self._malformed("netcheck", str(exc)) from None
+
+    def crl_push(self, crl_pem: str) -> int:
+        """Hand the daemon a revocation list (PEM); the CRL number in force afterwards."""
+        result = self._call("crl_push", crl=crl_pem)
+        if not isinstance(result, int) or isinstance(result, bool):
+            raise self._malformed("crl_push", f"{_type_name(result)} is not an integer")
+        return result

@@ -50,6 +50,8 @@ from ipop.config import NodeConfig
 from ipop.dht.alloc import DhtLease, IpLease, allocate_ip
 from ipop.dht.names import c_name, lookup_name, register_name
 from ipop.dht.record import ip_key, name_key
+from ipop.errors import ConfigError
+from ipop.identity import CaTrust, CrlError
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
 from ipop.status import LanHostStatus, PathKind, PeerStatus, PingReply, SelfStatus, Status
 from ipop.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
@@ -106,6 +108,8 @@ class DaemonSettings:
     stun_servers: tuple[Endpoint, ...] = ()
     stun_alternate: str = "auto"
     stun_alt_port: int = 0
+    # A revocation list file read at start (ipop.config.IdentityConfig.crl); None: the bundle's.
+    crl_file: Path | None = None
 
     @classmethod
     def from_config(cls, cfg: NodeConfig, *, bundle_hostname: str | None) -> DaemonSettings:
@@ -120,7 +124,29 @@ class DaemonSettings:
             stun_servers=cfg.stun.servers,
             stun_alternate=cfg.stun.alternate,
             stun_alt_port=cfg.stun.alt_port,
+            crl_file=cfg.identity.crl,
         )
+
+
+def load_crl_file(trust: CaTrust, path: Path, *, now: float) -> None:
+    """Install the CRL file ``[identity] crl`` names, unless the bundle's is as new.
+
+    A file that is unreadable, forged or not a CRL stops the start (ConfigError): a node that
+    silently ignored its operator's revocation list would accept revoked members.
+    """
+    fix = "use the <network>.crl.pem that 'ipop-config revoke' wrote, or remove identity.crl"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("identity.crl", f"cannot read {path}: {exc.strerror}", fix) from None
+    try:
+        crl = trust.apply_crl(data, now=now)
+    except CrlError as exc:
+        if exc.reason != "crl_stale":
+            raise ConfigError("identity.crl", f"{path} refused: {exc}", fix) from None
+        log.info("event=crl_file_older file=%s holding=%d", path, trust.crl_number)
+        return
+    log.info("event=crl_loaded file=%s number=%d", path, crl.number)
 
 
 class Daemon:
@@ -181,6 +207,8 @@ class Daemon:
         s = self.settings
         now = time.time()
         identity = self.bundle.identity(now=now)
+        if s.crl_file is not None:
+            load_crl_file(identity.trust, s.crl_file, now=now)
         self.udp = UdpSocket(s.listen)
         local = await self._local_endpoints(self.udp.port)
         self._local = local
@@ -447,6 +475,7 @@ class Daemon:
             total.update({f"link.{k}": v for k, v in node.core.link.drops.items()})
             total.update({f"overlay.{k}": v for k, v in node.core.overlay.drops.items()})
             total.update({f"stun.{k}": v for k, v in node.core.stun.drops.items()})
+            total.update({f"crl.{k}": v for k, v in node.core.revocation.drops.items()})
             if node.dht is not None:
                 total.update({f"dht.{k}": v for k, v in node.dht.drops.items()})
         if self.dataplane is not None:
@@ -472,6 +501,9 @@ class Daemon:
             total.update({f"link.{k}": v for k, v in node.core.link.stats.items()})
             total.update({f"overlay.{k}": v for k, v in node.core.overlay.stats.items()})
             total.update({f"node.{k}": v for k, v in node.core.stats.items()})
+            total.update({f"crl.{k}": v for k, v in node.core.revocation.stats.items()})
+            # The revocation list in force (0: none): what an operator checks after a push.
+            total["crl.number"] = node.identity.trust.crl_number
         if self.dataplane is not None:
             total.update({f"vnet.{k}": v for k, v in self.dataplane.counters.items()})
         return dict(total)
@@ -754,6 +786,17 @@ class DaemonControl:
     async def resolve(self, name: str) -> str | None:
         vip = await self.d.resolve(name)
         return str(vip) if vip is not None else None
+
+    async def crl_push(self, crl: str) -> int:
+        d = self.d
+        if d.node is None:
+            raise CommandFailed("the node is not running yet")
+        try:
+            installed = d.node.apply_crl(crl.encode("ascii", "replace"))
+        except CrlError as exc:
+            raise CommandFailed(f"CRL refused: {exc.reason} ({exc})") from None
+        log.info("event=crl_pushed number=%d", installed.number)
+        return installed.number
 
     async def netcheck(self, servers: list[str], second_opinion: bool) -> NetcheckResult:
         eps = [Endpoint.parse(s, key="servers") for s in servers]

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from ipop.aio.driver import DatagramSocket, Driver
 from ipop.dht.service import DhtConfig, DhtService
-from ipop.identity import NodeIdentity
+from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.link.endpoint import LinkConfig
 from ipop.node import NodeCore
 from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
@@ -235,6 +235,13 @@ class Node:
         self.core.start(now=self.clock())
         self.driver.pump()
         self._spawn(self._join_dht())
+
+    def apply_crl(self, data: bytes) -> VerifiedCrl:
+        """Install a revocation list handed over locally and spread it (see NodeCore)."""
+        crl = self.core.apply_crl(data, now=self.clock())
+        if self.driver is not None:
+            self.driver.pump()
+        return crl
 
     async def close(self) -> None:
         if self._closed:

@@ -72,7 +72,8 @@ Drop reasons (``drops``): any datagram: ``empty``, ``unknown_type``, ``malformed
 the certificate reasons of :data:`ipop.identity.CERT_REASONS`, ``bad_signature``,
 ``stale_handshake``, ``own_identity``, ``handshake_collision``, ``no_common_cipher``,
 ``bad_cipher``, ``bad_key``, ``unexpected_peer``, ``unknown_index``. Facts that are not
-refusals are counted in ``stats`` (``link_up``, ``link_down_<reason>``, ``rekey_started``,
+refusals are counted in ``stats`` (``link_up``, ``link_down_<reason>`` (``revoked``: see
+:meth:`LinkEndpoint.close_revoked`), ``rekey_started``,
 ``roamed``, ``collision_yielded``, ``handshake_answered``, ``handshake_retransmitted``,
 ``handshake_failed``, ``rehandshake_diverged``, ``rehandshake_stale_keys``).
 
@@ -93,6 +94,7 @@ same path while the keys it derived are still pending: no new state, no new sign
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import random
 from collections.abc import Callable
@@ -562,6 +564,34 @@ class LinkEndpoint:
         if st is not None:
             self._teardown(st, "closed")
         self._timer_dirty = True
+
+    def close_revoked(
+        self,
+        is_revoked: Callable[[NodeCertificate], bool],
+        *,
+        now: float,
+        farewell: bytes | None = None,
+    ) -> list[NodeId]:
+        """End every session whose peer certificate ``is_revoked`` says is revoked now.
+
+        Called when a newer CRL is applied: a handshake checks the certificate once, so a
+        session set up before the revocation would otherwise live on until its keys expire.
+        ``farewell`` (the overlay's CLOSING) is sealed to each up peer first, so an honest
+        holder of a revoked certificate stops at once instead of at its link timeout. Each
+        up session ends with LinkDown "revoked"; returns the peers whose state went.
+        """
+        gone = [st for st in self._peers.values() if is_revoked(st.cert)]
+        for st in gone:
+            if farewell is not None and st.up and st.current is not None:
+                # Keys expired: the peer learns from the silence instead.
+                with contextlib.suppress(LocalProtocolError):
+                    self._outbox.append(self.seal(st.node_id, farewell, now=now))
+            for ini in [i for i in self._initiations.values() if i.expected == st.node_id]:
+                del self._initiations[ini.index]
+            self._teardown(st, "revoked")
+        if gone:
+            self._timer_dirty = True
+        return [st.node_id for st in gone]
 
     def set_path(self, peer: NodeId, path: Path) -> None:
         """Move the up session with ``peer`` to ``path`` (a path the caller has confirmed)."""

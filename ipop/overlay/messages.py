@@ -72,6 +72,19 @@ is the link's authenticated peer, so there is nothing to spoof)::
     |  0x06  |  kind  | payload (rest)            |
     +--------+--------+---------------------------+
 
+CRL (0x08): revocation list gossip between linked peers (:mod:`ipop.revocation`; NodeCore
+takes these before the overlay, so :func:`decode_message` does not know the type; use
+:func:`decode_crl`)::
+
+    +--------+--------+------------------------+
+    |  0x08  |  0x01  | number (u64)           |   OFFER: "the CRL I hold is number N"
+    +--------+--------+------------------------+---------------+---------------+------------+
+    |  0x08  |  0x02  | number (u64)           | total (u16)   | offset (u16)  | chunk ...  |
+    +--------+--------+------------------------+---------------+---------------+------------+
+    CHUNK: bytes [offset, offset + len(chunk)) of CRL number N's DER, which is ``total`` bytes
+    (1..MAX_CRL_BYTES); chunks are CRL_CHUNK_BYTES long (the last one shorter) and start at
+    multiples of it. Number 0 means "no CRL" and is only ever offered.
+
 Routed payload kind 0x80 CONNECT_TO_ME (CTM; a JOIN is a CTM with purpose JOIN)::
 
     +-------------+---------+--------------------+---------+-------------------------+
@@ -503,3 +516,71 @@ class ConnectToMeReply:
         eps, off = _decode_endpoints(data, 4)
         ids, _ = _decode_ids(data, off)
         return cls(token, eps, ids)
+
+
+# --- revocation list gossip (TYPE_CRL) ---------------------------------------------------------
+
+TYPE_CRL = 0x08
+CRL_OP_OFFER = 0x01
+CRL_OP_CHUNK = 0x02
+# 1,000 bytes of CRL per message keeps a CHUNK (14 bytes of header) under any link MTU.
+CRL_CHUNK_BYTES = 1000
+# Mirrors ipop.identity.MAX_CRL_BYTES (messages import nothing of identity; a test pins both).
+CRL_MAX_TOTAL = 16_384
+_CRL_OFFER = struct.Struct("!BBQ")
+_CRL_CHUNK = struct.Struct("!BBQHH")
+
+
+@dataclass(frozen=True, slots=True)
+class CrlOffer:
+    """TYPE_CRL OFFER: the sender holds CRL ``number`` (0: none)."""
+
+    number: int
+
+    def encode(self) -> bytes:
+        return _CRL_OFFER.pack(TYPE_CRL, CRL_OP_OFFER, self.number)
+
+
+@dataclass(frozen=True, slots=True)
+class CrlChunk:
+    """TYPE_CRL CHUNK: one piece of CRL ``number``'s DER encoding."""
+
+    number: int
+    total: int
+    offset: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        if not 1 <= self.total <= CRL_MAX_TOTAL or not _chunk_fits(
+            self.total, self.offset, len(self.data)
+        ):
+            raise ValueError("chunk does not fit its CRL")
+        return _CRL_CHUNK.pack(TYPE_CRL, CRL_OP_CHUNK, self.number, self.total, self.offset) + (
+            self.data
+        )
+
+
+def _chunk_fits(total: int, offset: int, size: int) -> bool:
+    return (
+        offset % CRL_CHUNK_BYTES == 0
+        and offset < total
+        and size == min(CRL_CHUNK_BYTES, total - offset)
+    )
+
+
+def decode_crl(data: bytes) -> CrlOffer | CrlChunk:
+    """Parse one TYPE_CRL message; anything malformed raises :class:`RemoteProtocolError`."""
+    _need(data, _CRL_OFFER.size, "crl")
+    if data[0] != TYPE_CRL:
+        raise RemoteProtocolError("unknown_type", f"{data[0]:#x}")
+    op = data[1]
+    if op == CRL_OP_OFFER:
+        return CrlOffer(_CRL_OFFER.unpack_from(data, 0)[2])
+    if op != CRL_OP_CHUNK:
+        raise RemoteProtocolError("crl_bad_op", f"{op:#x}")
+    _need(data, _CRL_CHUNK.size, "crl chunk")
+    _t, _op, number, total, offset = _CRL_CHUNK.unpack_from(data, 0)
+    chunk = bytes(data[_CRL_CHUNK.size :])
+    if number == 0 or not 1 <= total <= CRL_MAX_TOTAL or not _chunk_fits(total, offset, len(chunk)):
+        raise RemoteProtocolError("crl_bad_chunk", f"number {number} {offset}+{len(chunk)}/{total}")
+    return CrlChunk(number, total, offset, chunk)

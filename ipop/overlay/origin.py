@@ -207,7 +207,7 @@ class OriginAuth:
             try:
                 cert = self._trust.verify(msg.cert, now=now)
             except CertificateError as exc:
-                return "origin_revoked" if exc.reason == "revoked" else "origin_bad_cert"
+                return "origin_revoked" if exc.reason == "cert_revoked" else "origin_bad_cert"
             if cert.node_id != msg.src:
                 return "origin_cert_mismatch"
             member = self._remember(cert)

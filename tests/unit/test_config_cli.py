@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
+import subprocess
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +25,7 @@ from ipop.bundle import (
     parse_bundle,
 )
 from ipop.errors import ConfigError
-from ipop.identity import node_id_for
+from ipop.identity import CertificateError, CrlError, node_id_for
 from ipop.testing.identities import make_identity, make_network
 from tools.config_cli import main
 
@@ -129,7 +131,7 @@ def test_home_from_environment_and_after_subcommand(
     monkeypatch.setenv("IPOP_CONFIG_HOME", str(ws / "home"))
     assert run("node", "lab-net", "bob", "--out", "b1.toml")[0] == 0
     monkeypatch.delenv("IPOP_CONFIG_HOME")
-    assert run("node", "lab-net", "bob", "--home", "home", "--out", "b2.toml")[0] == 0
+    assert run("node", "lab-net", "bob", "--home", "home", "--out", "b2.toml", "--force")[0] == 0
     # Without either, the default home (~/.config/ipop) has no such network.
     rc, _, err = run("node", "lab-net", "bob", "--out", "b3.toml")
     assert rc == 2
@@ -448,3 +450,118 @@ def test_toml_writer_round_trips_any_string(s: str, items: list[str], n: int) ->
 )
 def test_toml_writer_tricky_multiline(s: str) -> None:
     assert tomllib.loads(format_toml([("k", s)]))["k"] == s
+
+
+# --- names bound to certificates, and revocation ------------------------------------------------
+
+
+def _register(ws: Path) -> dict[str, object]:
+    doc: dict[str, object] = json.loads((ws / "home" / "lab-net" / "issued.json").read_text())
+    return doc
+
+
+def test_a_name_or_hostname_already_issued_is_refused(ws: Path, run: Run) -> None:
+    assert run("--home", "home", "node", "lab-net", "alice", "--hostname", "web")[0] == 0
+    rc, out, err = run(
+        "--home", "home", "node", "lab-net", "bob", "--hostname", "web", "--out", "b.toml"
+    )
+    assert (rc, out) == (2, "")
+    assert "hostname 'web' belongs to node 'alice'" in err
+    assert "ipop-config revoke lab-net alice" in err
+    before = (ws / "home" / "lab-net" / "issued.json").read_bytes()
+    # --force re-issues bob; it does not take alice's hostname.
+    rc, _, err = run(
+        "--home",
+        "home",
+        "node",
+        "lab-net",
+        "bob",
+        "--hostname",
+        "web",
+        "--out",
+        "b.toml",
+        "--force",
+    )
+    assert rc == 2 and "belongs to node 'alice'" in err
+    rc, _, err = run("--home", "home", "node", "lab-net", "alice", "--out", "a2.toml")
+    assert rc == 2 and "already has a live certificate" in err and "--force" in err
+    assert not (ws / "b.toml").exists() and not (ws / "a2.toml").exists()
+    assert (ws / "home" / "lab-net" / "issued.json").read_bytes() == before
+    # Once alice is revoked, the hostname is free again.
+    assert run("--home", "home", "revoke", "lab-net", "alice")[0] == 0
+    assert run("--home", "home", "node", "lab-net", "bob", "--hostname", "web")[0] == 0
+
+
+def test_force_reissue_revokes_the_previous_certificate(ws: Path, run: Run) -> None:
+    assert run("--home", "home", "node", "lab-net", "bob", "--out", "old.toml")[0] == 0
+    old = load_bundle(ws / "old.toml")
+    rc, out, _ = run("--home", "home", "node", "lab-net", "bob", "--force")
+    assert rc == 0 and "revoked 1 earlier certificate" in out
+    new = load_bundle(ws / "bob.bundle.toml")
+    assert new.crl_pem is not None  # the new bundle carries the CRL in force
+    rc, out, _ = run("show", "bob.bundle.toml", "--json")
+    assert rc == 0 and json.loads(out)["crl_number"] == 1
+    identity = new.identity(now=NOW)
+    assert identity.trust.crl_number == 1
+    assert identity.trust.is_revoked(old.node_cert)
+    with pytest.raises(CertificateError) as info:
+        identity.trust.verify(old.node_cert.der, now=NOW)
+    assert info.value.reason == "cert_revoked"
+    assert identity.trust.verify(new.node_cert.der, now=NOW) == new.node_cert
+    certs = _register(ws)["certs"]
+    assert isinstance(certs, list)
+    assert [(c["node_id"], c["revoked_at"] is not None) for c in certs] == [
+        (old.node_id.hex(), True),
+        (new.node_id.hex(), False),
+    ]
+
+
+def test_revoke_writes_a_crl_that_openssl_and_catrust_read(ws: Path, run: Run) -> None:
+    for name in ("alice", "bob", "carol"):
+        assert run("--home", "home", "node", "lab-net", name)[0] == 0
+    alice = load_bundle(ws / "alice.bundle.toml")
+    bob = load_bundle(ws / "bob.bundle.toml")
+    carol = load_bundle(ws / "carol.bundle.toml")
+    rc, out, _ = run("--home", "home", "revoke", "lab-net", "alice", "--out", "first.crl.pem")
+    assert rc == 0 and "CRL number 1" in out
+    # By node id prefix this time; the network's CRL file always holds the newest.
+    rc, out, _ = run("--home", "home", "revoke", "lab-net", bob.node_id.hex()[:10], now=NOW + 5)
+    assert rc == 0 and "CRL number 2" in out
+    crl_file = ws / "home" / "lab-net" / "lab-net.crl.pem"
+    trust = carol.trust.fork()
+    trust.apply_crl((ws / "first.crl.pem").read_bytes(), now=NOW)
+    assert trust.is_revoked(alice.node_cert) and not trust.is_revoked(bob.node_cert)
+    trust.apply_crl(crl_file.read_bytes(), now=NOW + 5)
+    assert trust.crl_number == 2
+    assert trust.is_revoked(alice.node_cert) and trust.is_revoked(bob.node_cert)
+    assert not trust.is_revoked(carol.node_cert)
+    with pytest.raises(CrlError):  # the first one is older now
+        trust.apply_crl((ws / "first.crl.pem").read_bytes(), now=NOW + 6)
+    # Revoking what is already revoked, or someone never issued, is an error.
+    assert run("--home", "home", "revoke", "lab-net", "alice")[0] == 2
+    assert run("--home", "home", "revoke", "lab-net", "nobody")[0] == 2
+    if shutil.which("openssl"):
+        text = subprocess.run(
+            ["openssl", "crl", "-in", str(crl_file), "-text", "-noout"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert "CRL Number" in text and "ipop CA lab-net" in text
+        assert text.count("Serial Number:") == 2
+
+
+def test_revoked_certificates_leave_the_crl_when_they_expire(ws: Path, run: Run) -> None:
+    assert run("--home", "home", "node", "lab-net", "brief", "--days", "1")[0] == 0
+    assert run("--home", "home", "node", "lab-net", "long")[0] == 0
+    assert run("--home", "home", "revoke", "lab-net", "brief")[0] == 0
+    crl_file = ws / "home" / "lab-net" / "lab-net.crl.pem"
+    one = len(crl_file.read_bytes())
+    assert run("--home", "home", "revoke", "lab-net", "long", now=NOW + 2 * DAY)[0] == 0
+    two = crl_file.read_bytes()
+    # brief's certificate expired: the list names only long's.
+    assert len(two) <= one + 8
+    bundle = load_bundle(ws / "long.bundle.toml")
+    trust = bundle.trust.fork()
+    trust.apply_crl(two, now=NOW)
+    assert trust.is_revoked(bundle.node_cert) and trust.crl_number == 2
