@@ -373,7 +373,9 @@ class RouterDaemon(Daemon):
             if host is not None:
                 host.expires = ev.expires
                 host.last_seen = now
-                self._offered.pop(ev.mac, None)
+                if ev.mac in self._offered:  # an offer taken up: now worth keeping across restarts
+                    del self._offered[ev.mac]
+                    self._save_hosts()
                 if ev.hostname and len(host.names) < 2 and ev.mac not in self._naming:
                     self._naming.add(ev.mac)
                     self._spawn_host(ev.mac, "name", self._register_hostname, host, ev.hostname)
@@ -475,11 +477,9 @@ class RouterDaemon(Daemon):
             if vip is None:
                 self._drop("host_alloc_failed")
                 return
-            fresh = host is None or host.vip != vip
-            if self._bind(mac, vip, "dhcp", expires=self.clock() + OFFER_HOLD_S) is None:
+            expires = self.clock() + OFFER_HOLD_S
+            if self._bind(mac, vip, "dhcp", expires=expires, offer=True) is None:
                 return
-            if fresh:
-                self._offered[mac] = None
             assert self.dhcp is not None
             self.dhcp.assign(mac, vip)
             log.info("event=host_bound mac=%s vip=%s", mac_str(mac), vip)
@@ -491,9 +491,10 @@ class RouterDaemon(Daemon):
             self._busy.discard(mac)
 
     def _bind(
-        self, mac: bytes, vip: IPv4Address, kind: str, *, expires: float | None
+        self, mac: bytes, vip: IPv4Address, kind: str, *, expires: float | None, offer: bool = False
     ) -> LanHost | None:
-        """Bind ``vip`` (whose DHT record we just claimed) to ``mac``; None if it may not."""
+        """Bind ``vip`` (whose DHT record we just claimed) to ``mac``; None if it may not.
+        ``offer``: a new binding is an offer until the host REQUESTs it (``_offered``)."""
         assert self.node is not None and self.node.dht is not None and self.dataplane is not None
         old = self.hosts.by_mac(mac)
         if old is not None and old.vip == vip:
@@ -510,6 +511,8 @@ class RouterDaemon(Daemon):
             self._drop_host(mac)
         host = LanHost(mac, vip, kind, [f"{c_name(vip)}.{self.suffix}"], expires, self.clock())
         self.hosts.add(host)
+        if offer:
+            self._offered[mac] = None
         self.dataplane.add_local_ip(vip)
         self.arp.add_local(vip)
         lease = IpLease(self.node.dht, self.network, vip, ttl=self.settings.lease_s, value=mac)
@@ -656,10 +659,13 @@ class RouterDaemon(Daemon):
             return {}
 
     def _save_hosts(self) -> None:
+        """Write ``lan_hosts.json``: the hosts, but for offers not taken up yet (a DISCOVER
+        flood's MACs never reach the disk, nor come back after a restart)."""
         path = self._hosts_file()
         rows = [
             {"mac": mac_str(h.mac), "vip": str(h.vip), "kind": h.kind, "names": h.names}
             for h in self.hosts.hosts()
+            if h.mac not in self._offered
         ]
         tmp = path.with_suffix(".tmp")
         try:

@@ -280,6 +280,8 @@ def test_a_discover_flood_past_max_hosts_is_refused_and_counted(
         [offer] = _offers_to(r, M1)
         r._local_frame(_request(M1, offer))
         assert r.hosts.by_mac(M1) is not None and r.rdrops["offer_evicted"] == 1
+        saved = json.loads((tmp_path / "lan_hosts.json").read_text())["hosts"]
+        assert [row["mac"] for row in saved] == [mac_str(M1)]  # offers never reach the disk
         # The flood's offers are never REQUESTed: they are given back soon; M1 keeps its lease.
         r.clock.now += rd.OFFER_HOLD_S + rd.EXPIRY_GRACE_S + 1  # type: ignore[attr-defined]
         await until(lambda: len(r.hosts) == 1)
