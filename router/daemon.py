@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -127,6 +128,7 @@ DROP_REASONS = frozenset(
         "bad_hostname",
         "hostname_taken",
         "restore_lost",  # a saved host's address was taken while we were down
+        "host_lease_lost",  # a host's address was taken by another node: host forgotten
         *(f"host_failed_{stage}" for stage in _STAGES),
     }
 )
@@ -515,11 +517,27 @@ class RouterDaemon(Daemon):
             self._offered[mac] = None
         self.dataplane.add_local_ip(vip)
         self.arp.add_local(vip)
-        lease = IpLease(self.node.dht, self.network, vip, ttl=self.settings.lease_s, value=mac)
+        lease = IpLease(
+            self.node.dht,
+            self.network,
+            vip,
+            ttl=self.settings.lease_s,
+            value=mac,
+            on_lost=functools.partial(self._lease_lost, host),
+        )
         lease.start()
         self._leases[mac] = [lease]
         self._save_hosts()
         return host
+
+    def _lease_lost(self, host: LanHost) -> None:
+        """Another node holds ``host``'s address now (say, after a partition healed): stop
+        serving it there, or its traffic would pose as that node's; its next DISCOVER gets
+        a new one."""
+        if self.hosts.by_mac(host.mac) is host:
+            self._drop("host_lease_lost")
+            log.warning("event=host_lease_lost mac=%s vip=%s", mac_str(host.mac), host.vip)
+            self._drop_host(host.mac)
 
     async def _register_hostname(self, host: LanHost, hostname: str) -> None:
         node = self.node

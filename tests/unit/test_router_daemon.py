@@ -495,3 +495,22 @@ def test_drop_reasons_are_one_checked_list(bundle: Bundle, tmp_path: Path) -> No
     with pytest.raises(LocalProtocolError):
         r._drop("no_such_reason")
     assert "host_failed_alloc" in rd.DROP_REASONS and "arp_rate_limited" in rd.DROP_REASONS
+
+
+def test_a_host_whose_address_another_node_took_is_forgotten(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    async def body(r: RouterDaemon) -> None:
+        node = await _start(r)
+        _LanSide(r).admit(memoryview(_ip_frame(M1, V1)))
+        await settle(r)
+        assert r.hosts.by_mac(M1) is not None
+        node.dht.hold(ip_key(r.network, V1), OTHER)  # say, after a partition healed
+        [lease] = r._leases[M1]
+        assert await lease.dht.renew(lease.key, lease.ttl) is False
+        lease.on_lost()  # what the lease calls when its renewal finds another owner
+        assert r.hosts.by_mac(M1) is None and V1 not in r.dataplane.local  # type: ignore[union-attr]
+        assert r.rdrops["host_lease_lost"] == 1
+        assert not _LanSide(r).admit(memoryview(_ip_frame(M1, V1)))  # no longer ours to send
+
+    _run(bundle, tmp_path, body)
