@@ -455,7 +455,16 @@ class DhcpServer:
         last = self._wanted.get(msg.mac)
         if last is not None and now - last < self.want_retry_s:
             return []
-        if last is None and len(self._wanted) >= self.max_pending:
+        # A stamp older than want_retry_s holds nothing back: forget it, so that MACs whose
+        # address never came (a DISCOVER flood's) do not fill the table for good. The dict
+        # is in stamp order (a renewed stamp is re-inserted), so the stale ones lead.
+        self._wanted.pop(msg.mac, None)
+        while self._wanted:
+            oldest = next(iter(self._wanted))
+            if now - self._wanted[oldest] < self.want_retry_s:
+                break
+            del self._wanted[oldest]
+        if len(self._wanted) >= self.max_pending:
             self.drops["dhcp_too_many_pending"] += 1
             return []
         self._wanted[msg.mac] = now

@@ -178,6 +178,9 @@ class Daemon:
         self.dataplane: DataPlane | None = None
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The first background task that failed while running: run() raises it after the
+        # shutdown, so the process exits non-zero and its service manager restarts it.
+        self.failure: BaseException | None = None
         self.ready = asyncio.Event()
         self.rtts: dict[NodeId, float] = {}
         self._local: list[Endpoint] = []
@@ -202,6 +205,8 @@ class Daemon:
             await self._stop.wait()
         finally:
             await self._shutdown()
+        if self.failure is not None:
+            raise self.failure
 
     async def _start(self) -> None:
         s = self.settings
@@ -272,9 +277,12 @@ class Daemon:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("event=task_failed", exc_info=task.exception())
-            self.stop()
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        log.error("event=task_failed error=%r", exc)
+        if self.failure is None and not self._stop.is_set():
+            self.failure = exc
+        self.stop()
 
     async def _claim(self, on_ready: Callable[[], Any] | None) -> None:
         node = self.node

@@ -9,6 +9,7 @@ are built with scapy (bytes only) and sent by a small raw-socket program in the 
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import sys
@@ -344,6 +345,62 @@ def test_static_hosts_are_registered_and_conflicts_refused(
     assert row.vip == free and row.kind == "static" and row.lease_s is None
     assert f"{c_name(IPv4Address(free))}.ipop" in row.names
     _ping(net, "a", f"{c_name(IPv4Address(free))}.ipop")
+
+
+def test_a_hostile_lan_host_cannot_stop_or_flood_the_router(
+    net: IpopNet, leases: dict[str, tuple[IPv4Address, float]]
+) -> None:
+    """p3 sends a DISCOVER flood past max_hosts (random MACs), an ARP flood for random
+    addresses and p1's address as its source: r1 keeps serving, and counts all of it."""
+    rng = random.Random(13)
+    me, spa, victim = _mac(net, "p3"), str(leases["p3"][0]), str(leases["p1"][0])
+    bcast = "ff:ff:ff:ff:ff:ff"
+    discovers = []
+    for i in range(1100):  # max_hosts is 1024, the DHCP server's pending table as many
+        mac = bytes([0x0A]) + rng.randbytes(5)
+        discovers.append(
+            bytes(
+                Ether(src=":".join(f"{b:02x}" for b in mac), dst=bcast)
+                / IP(src="0.0.0.0", dst="255.255.255.255")
+                / UDP(sport=68, dport=67)
+                / BOOTP(chaddr=mac + bytes(10), xid=i)
+                / DHCP(options=[("message-type", "discover"), "end"])
+            )
+        )
+    arps = [
+        _arp_request(
+            me, spa, str(IPv4Address(int(SUBNET.network_address) + rng.randrange(2, 1 << 21)))
+        )
+        for _ in range(200)
+    ]
+    spoof = bytes(
+        Ether(src=me, dst=_router_mac(net, "r1")) / IP(src=victim, dst=str(_vip(net, "a"))) / UDP()
+    )
+    before = net.status("r1").drops
+    # In bursts of a few hundred: one burst of all would overflow the router's socket buffer.
+    _raw(net, "p3", [spoof, spoof, *arps], 0.2)
+    for i in range(0, len(discovers), 250):
+        _raw(net, "p3", discovers[i : i + 250], 0.2)
+    deadline = time.monotonic() + 10
+    while True:
+        st = net.status("r1")  # answers: the router runs
+        grew = {k: st.drops.get(k, 0) - before.get(k, 0) for k in st.drops}
+        refused = grew.get("router.claims_busy", 0) + grew.get("router.host_table_full", 0)
+        arp_capped = grew.get("router.lan_rate_limited", 0) + grew.get("router.arp_rate_limited", 0)
+        if (refused and arp_capped and grew.get("lan.lan_spoofed_src", 0) >= 2) or (
+            time.monotonic() > deadline
+        ):
+            break
+        time.sleep(0.1)
+    assert refused > 0 and arp_capped > 0, {k: v for k, v in grew.items() if v}
+    spoofs = (grew.get("lan.lan_spoofed_src", 0), grew.get("router.lan_wrong_src", 0))
+    assert spoofs[0] >= 2 and spoofs[1] >= 2, {k: v for k, v in grew.items() if v}
+    rows = {h.mac: h for h in st.lan_hosts}
+    assert rows[_mac(net, "p1")].vip == victim  # p1 keeps its address
+    for src in ("p1", "p2", "p3"):
+        _ping(net, src, "a.ipop", tries=6)
+    # A few claims at a time, not one per random MAC; and the router still runs.
+    assert len(net.status("r1").lan_hosts) <= 100
 
 
 def test_router_restart_keeps_the_hosts_addresses(

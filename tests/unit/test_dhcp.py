@@ -289,3 +289,18 @@ def test_server_mac_and_router_option() -> None:
     srv.assign(MACB, IP1)
     [offer] = srv.handle_frame(_client_frame("discover"), now=NOW)
     assert _opts(Ether(offer))["router"] == "100.64.0.1"
+
+
+def test_pending_table_full_of_stale_macs_still_takes_a_new_one() -> None:
+    """A DISCOVER flood of random MACs that never got an address must not lock out the next
+    host: stamps older than want_retry_s are forgotten; fresh ones are bounded and counted."""
+    srv = DhcpServer(GW, SUBNET, max_pending=8, want_retry_s=10.0)
+    for i in range(20):
+        srv.handle_frame(_client_frame("discover", mac=f"52:54:00:00:01:{i:02x}"), now=NOW)
+    assert srv.drops["dhcp_too_many_pending"] == 12
+    assert len([e for e in iter(srv.next_event, None)]) == 8
+    srv.handle_frame(_client_frame("discover"), now=NOW + 5)  # the flood's stamps still hold
+    assert srv.next_event() is None and srv.drops["dhcp_too_many_pending"] == 13
+    srv.handle_frame(_client_frame("discover"), now=NOW + 11)
+    assert srv.next_event() == AddressWanted(MACB, None)
+    assert len(srv._wanted) == 1
