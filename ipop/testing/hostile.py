@@ -32,7 +32,7 @@ from ipop.errors import RemoteProtocolError
 from ipop.overlay.messages import FLAG_EXACT, KIND_DHT, Routed
 from ipop.types import RING, NodeId
 
-__all__ = ["Eclipser"]
+__all__ = ["Eclipser", "forge_routed", "send_routed_raw"]
 
 
 class Eclipser:
@@ -64,7 +64,7 @@ class Eclipser:
         for target in targets:
             for fake in self.fake_ids:
                 env = encode_message(os.urandom(MSG_ID_BYTES), fake, PingRequested())
-                sent += self._forge(fake, target, env)
+                sent += forge_routed(self.node, fake, target, KIND_DHT, env)
         return sent
 
     def _answer(self, msg: Routed, now: float) -> None:
@@ -85,21 +85,28 @@ class Eclipser:
             return
         self.answered += 1
         data = encode_message(env.msg_id, msg.dst, answer)  # type: ignore[arg-type]
-        self._forge(msg.dst, msg.src, data)
+        forge_routed(self.node, msg.dst, msg.src, KIND_DHT, data)
 
-    def _forge(self, src: NodeId, dst: NodeId, payload: bytes) -> int:
-        """A routed DHT message in ``src``'s name, handed to our linked peer nearest ``dst``."""
-        core = self.node.core
-        now = self.node.clock()
-        peers = core.overlay.connected_peers()
-        if not peers:
-            return 0
-        hop = dst if dst in peers else min(peers, key=lambda p: abs(p.value - dst.value))
-        own = core.overlay._origin.routed(FLAG_EXACT, 64, KIND_DHT, dst, None, payload, now=now)
-        # hops=1: the first hop checks src only on a message its sender originated.
-        forged = dataclasses.replace(own, src=src, hops=1, cert=b"")
-        core.link.send(hop, forged.encode(), now=now)
-        core._settle(now)
-        if self.node.driver is not None:
-            self.node.driver.pump()
-        return 1
+
+def send_routed_raw(node: Node, dst: NodeId, msg: Routed) -> int:
+    """Hand an encoded routed message to our linked peer nearest ``dst`` (``dst`` if linked)."""
+    core = node.core
+    now = node.clock()
+    peers = core.overlay.connected_peers()
+    if not peers:
+        return 0
+    hop = dst if dst in peers else min(peers, key=lambda p: abs(p.value - dst.value))
+    core.link.send(hop, msg.encode(), now=now)
+    core._settle(now)
+    if node.driver is not None:
+        node.driver.pump()
+    return 1
+
+
+def forge_routed(node: Node, src: NodeId, dst: NodeId, kind: int, payload: bytes) -> int:
+    """A routed message in ``src``'s name (authenticated by us, not by ``src``), sent on."""
+    own = node.core.overlay._origin.routed(
+        FLAG_EXACT, 64, kind, dst, None, payload, now=node.clock()
+    )
+    # hops=1: the first hop checks src only on a message its sender originated.
+    return send_routed_raw(node, dst, dataclasses.replace(own, src=src, hops=1, cert=b""))
