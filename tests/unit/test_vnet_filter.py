@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipop.types import NodeId
 from ipop.vnet.filter import Drop, PacketFilter, Verdict
@@ -184,3 +187,94 @@ def test_outbound_reads_only_the_first_size_bytes_as_the_frame() -> None:
     buf = _frame(OWN, PEER_IP) + bytearray(2000)
     assert _filter().check_out(buf, 30, NOW) is Drop.TAP_NOT_IPV4
     assert _filter().check_out(buf, 60, NOW) == PEER
+
+
+# --- differential: the filter against a naive model, over random histories ----------------------
+
+_ADDRS = [IPv4Address(a) for a in ("100.64.0.10", "100.64.0.20", "100.64.0.30", "100.64.0.40")]
+_ODD = [IPv4Address(a) for a in ("100.64.0.1", "198.18.0.5", "100.64.255.255")]
+_NODES = [ME, PEER, OTHER]
+
+
+class _Naive:
+    """What the filter decides, written plainly (no eviction: the table is large enough)."""
+
+    def __init__(self) -> None:
+        self.own: IPv4Address | None = None
+        self.hosts: set[IPv4Address] = set()
+        self.answers: dict[IPv4Address, tuple[NodeId | None, float]] = {}
+
+    def holder(self, ip: IPv4Address, now: float) -> tuple[bool, NodeId | None]:
+        if ip == self.own or ip in self.hosts:
+            return True, ME
+        owner, until = self.answers.get(ip, (None, 0.0))
+        return (until > now, owner) if ip in self.answers else (False, None)
+
+    def check_in(self, src: NodeId, packet: bytes, now: float) -> Verdict | Drop:
+        if len(packet) < 20 or packet[0] >> 4 != 4:
+            return Drop.INNER_NOT_IPV4
+        if IPv4Address(packet[16:20]) not in {self.own, *self.hosts}:
+            return Drop.INNER_DST_NOT_OURS
+        sip = IPv4Address(packet[12:16])
+        known, owner = self.holder(sip, now)
+        if known:
+            if owner is None:
+                return Drop.UNKNOWN_INNER_SRC
+            return Verdict.DELIVER if owner == src else Drop.SPOOFED_INNER_SRC
+        return Verdict.LOOKUP if sip in SUBNET else Drop.INNER_SRC_OUTSIDE_SUBNET
+
+    def check_out(self, dst: IPv4Address, now: float) -> NodeId | Verdict | Drop:
+        if dst not in SUBNET or dst == IPv4Address("100.64.0.1"):
+            return Drop.TAP_OUTSIDE_SUBNET
+        known, owner = self.holder(dst, now)
+        if not known:
+            return Verdict.LOOKUP
+        if owner is None:
+            return Drop.NO_SUCH_VIP
+        return Drop.TO_SELF if owner == ME else owner
+
+
+_addr = st.sampled_from(_ADDRS + _ODD)
+_op = st.one_of(
+    st.tuples(st.just("own"), st.sampled_from(_ADDRS)),
+    st.tuples(st.just("accept"), st.sampled_from(_ADDRS)),
+    st.tuples(st.just("unaccept"), st.sampled_from(_ADDRS)),
+    st.tuples(st.just("answer"), st.sampled_from(_ADDRS), st.sampled_from([*_NODES, None])),
+    st.tuples(st.just("wait"), st.floats(0.0, 200.0)),
+    st.tuples(st.just("in"), st.sampled_from(_NODES[1:]), _addr, _addr),
+    st.tuples(st.just("out"), _addr),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_op, max_size=40))
+def test_the_filter_agrees_with_a_naive_model(ops: list[tuple[Any, ...]]) -> None:
+    f = PacketFilter(ME, SUBNET, OwnerTable())
+    naive = _Naive()
+    now = NOW
+    for op in ops:
+        kind = op[0]
+        if kind == "own":  # an address of ours forgets what the DHT said of it
+            f.set_own_ip(op[1].packed)
+            naive.own = op[1]
+            naive.answers.pop(op[1], None)
+        elif kind == "accept":
+            f.accept(op[1].packed)
+            naive.hosts.add(op[1])
+            naive.answers.pop(op[1], None)
+        elif kind == "unaccept":
+            f.unaccept(op[1].packed)
+            naive.hosts.discard(op[1])
+        elif kind == "answer":
+            f.owners.answer(op[1].packed, op[2], now=now)
+            if op[1] != naive.own and op[1] not in naive.hosts:
+                ttl = OWNER_TTL_S if op[2] is not None else NEGATIVE_TTL_S
+                naive.answers[op[1]] = (op[2], now + ttl)
+        elif kind == "wait":
+            now += op[1]
+        elif kind == "in":
+            packet = _ip(op[2], op[3])
+            assert f.check_in(op[1], packet, 0, now) == naive.check_in(op[1], packet, now), op
+        else:
+            frame = _frame(naive.own or "100.64.0.20", op[1])
+            assert f.check_out(frame, len(frame), now) == naive.check_out(op[1], now), op
