@@ -424,9 +424,10 @@ class DataPlane:
                 continue
             src, msg = got  # msg = TYPE_DIRECT, KIND_IP, packet
             # PacketFilter.check_in's DELIVER case inline (a call costs as much as the
-            # check; test_vnet_dataplane holds the two equal): IPv4, for an address of ours,
+            # check; test_vnet_dataplane holds the two equal): for an address of ours, IPv4,
             # from the address its sender holds. Anything else gets the filter's verdict.
-            if eth and len(msg) >= 22 and msg[2] >> 4 == 4 and msg[18:22] in accepted:
+            # (A whole 4-byte destination also says the header is long enough to read.)
+            if eth and msg[18:22] in accepted and msg[2] >> 4 == 4:
                 entry = owners.get(msg[14:18])
                 # NodeId's dataclass __eq__ is a Python call; its int compares natively.
                 if (
