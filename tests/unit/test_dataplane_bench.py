@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
-from tools.bench.dataplane_bench import A_EP, bench, linked_pair
+from tools.bench.dataplane_bench import A_EP, bench, bench_dataplane, linked_pair
 
 
 def test_fast_path_round_trip_between_an_in_memory_pair() -> None:
@@ -24,4 +25,10 @@ def test_fast_path_round_trip_between_an_in_memory_pair() -> None:
 def test_bench_reports_positive_costs() -> None:
     out = bench(200, 16, 100)
     assert set(out) == {"seal_us", "open_us", "slow_roundtrip_us"}
+    assert all(v > 0 for v in out.values())
+
+
+def test_dataplane_bench_moves_every_packet_both_ways() -> None:
+    out = asyncio.run(bench_dataplane(256, 64, 1400))
+    assert set(out) == {"dp_tap_to_udp_us", "dp_udp_to_tap_us"}
     assert all(v > 0 for v in out.values())

@@ -5,8 +5,11 @@ join); then a 1,400-byte IP packet goes the fast path both ways: ``seal_ip`` on 
 (DIRECT header + AES-GCM), ``receive_direct`` on the receiver (replay window, AES-GCM open,
 overlay membership check), plus the end-of-batch ``flush`` every ``--batch`` packets, as
 ``ipop.aio.dataplane`` does. The slow path (``send`` → outbox → ``receive_datagram`` → events)
-is measured beside it. Prints µs per packet; the kernel's share (TAP and UDP syscalls) and the
-event loop's are not in these numbers: ``ipop-lab bench`` measures the whole path.
+is measured beside it. Then the same through :class:`ipop.aio.dataplane.DataPlane` itself
+(its packet checks included): frames drained from a fake TAP (a unix socket pair) to a UDP
+socket stand-in, and sealed datagrams handed to its receive path, whose TAP writes are only
+collected. Prints µs per packet; the kernel's share (TAP and UDP syscalls) and the event loop's
+are not in these numbers: ``ipop-lab bench`` measures the whole path.
 
 Run: ``.venv/bin/python -m tools.bench.dataplane_bench [--count 100000] [--batch 64]``.
 """
@@ -14,16 +17,93 @@ Run: ``.venv/bin/python -m tools.bench.dataplane_bench [--count 100000] [--batch
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
+import socket
 import time
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Address, IPv4Network
+from typing import cast
 
+from ipop.aio.dataplane import DataPlane, UdpSocket
+from ipop.aio.node import Node
 from ipop.node import NodeCore
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.testing.identities import make_identity, make_network
-from ipop.types import Endpoint
+from ipop.types import Endpoint, NodeId, SocketPath
+from ipop.vnet.packet import IPPROTO_UDP, build_ipv4
 
 A_EP = Endpoint("198.51.100.1", 5800)
 B_EP = Endpoint("203.0.113.2", 5800)
+SUBNET = IPv4Network("100.64.0.0/16")
+A_VIP = IPv4Address("100.64.0.10")
+B_VIP = IPv4Address("100.64.0.20")
+TAP_MAC = b"\x02\x00\x00\x00\x00\x01"
+VIRTUAL_MAC = b"\x02\x00\x00\x00\x00\xfe"
+
+
+class PlaneNode:
+    """What a DataPlane uses of :class:`ipop.aio.node.Node`, around a bare NodeCore."""
+
+    def __init__(self, core: NodeCore) -> None:
+        self.core = core
+        self.node_id = core.local_id
+        self.driver = None
+        self.on_ip: Callable[[NodeId, bytes], None] | None = None
+        self.punch_sink: Callable[[bytes, SocketPath], None] | None = None
+
+    def send_on_path(self, data: bytes, path: SocketPath) -> None:
+        pass
+
+
+class SinkUdp:
+    """Stands in for :class:`UdpSocket`: keeps what the data plane sends (nothing leaves)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Endpoint]] = []
+        # An fd for DataPlane.start/close to (un)register; unbound, never used for traffic.
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_batch(self, datagrams: list[bytes], addr: Endpoint) -> None:
+        self.sent.extend((d, addr) for d in datagrams)
+
+
+async def _no_owner(vip: IPv4Address) -> NodeId | None:
+    return None
+
+
+def fake_tap() -> tuple[socket.socket, socket.socket]:
+    """(the data plane's end, the kernel's end): one frame per message, like a TAP fd."""
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for s in (ours, kernel):
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    return ours, kernel
+
+
+def dataplane(
+    core: NodeCore,
+    tap_fd: int,
+    *,
+    clock: Callable[[], float],
+    lookup_owner: Callable[[IPv4Address], Awaitable[NodeId | None]] = _no_owner,
+) -> DataPlane:
+    """A DataPlane over ``core`` with a fake TAP and a :class:`SinkUdp` (call in a loop)."""
+    dp = DataPlane(
+        cast(Node, PlaneNode(core)),
+        cast(UdpSocket, SinkUdp()),
+        tap_fd,
+        subnet=SUBNET,
+        lookup_owner=lookup_owner,
+        local_frame=lambda frame: False,
+        clock=clock,
+    )
+    dp.set_link_layer(TAP_MAC, VIRTUAL_MAC)
+    return dp
 
 
 def linked_pair(now: float) -> tuple[NodeCore, NodeCore]:
@@ -89,6 +169,52 @@ def bench(count: int, batch: int, size: int) -> dict[str, float]:
     return out
 
 
+async def bench_dataplane(count: int, batch: int, size: int) -> dict[str, float]:
+    """µs per packet through DataPlane: TAP -> UDP (``_drain_tap``), UDP -> TAP (``_take``)."""
+    now = time.time()
+    a, b = linked_pair(now)
+    (ta, ka), (tb, kb) = fake_tap(), fake_tap()
+    dpa = dataplane(a, ta.fileno(), clock=lambda: now)
+    dpb = dataplane(b, tb.fileno(), clock=lambda: now)
+    try:
+        dpa.set_own_ip(A_VIP)
+        dpb.set_own_ip(B_VIP)
+        dpa.owners.answer(B_VIP.packed, b.local_id, now=now)
+        dpb.owners.answer(A_VIP.packed, a.local_id, now=now)
+        packet = build_ipv4(A_VIP, B_VIP, IPPROTO_UDP, bytes(size - 20))
+        frame = VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + packet
+        out: dict[str, float] = {}
+        spent = 0.0
+        for _ in range(max(1, count // batch)):
+            for _ in range(batch):
+                ka.send(frame)
+            t0 = time.perf_counter()
+            dpa._drain_tap()
+            spent += time.perf_counter() - t0
+        sent = cast(SinkUdp, dpa.udp).sent
+        if len(sent) != max(1, count // batch) * batch:
+            raise RuntimeError(f"sent {len(sent)} of {count}: {dict(dpa.drops)}")
+        out["dp_tap_to_udp_us"] = spent / len(sent) * 1e6
+        datagrams = [d for d, _ in sent]
+        delivered = 0
+        t0 = time.perf_counter()
+        for i in range(0, len(datagrams), batch):
+            tap_out: list[tuple[bytes, bytes | memoryview]] = []
+            dpb._take(datagrams[i : i + batch], A_EP, now, tap_out)
+            dpb._flush_core(now)
+            delivered += len(tap_out)
+        out["dp_udp_to_tap_us"] = (time.perf_counter() - t0) / len(datagrams) * 1e6
+        if delivered != len(datagrams):
+            raise RuntimeError(f"delivered {delivered} of {len(datagrams)}: {dict(dpb.drops)}")
+        return out
+    finally:
+        for dp in (dpa, dpb):
+            dp.close()
+            cast(SinkUdp, dp.udp).close()
+        for s in (ta, ka, tb, kb):
+            s.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="dataplane_bench", description=__doc__)
     ap.add_argument("--count", type=int, default=100_000)
@@ -98,12 +224,16 @@ def main() -> None:
     args = ap.parse_args()
     best: dict[str, float] = {}
     for _ in range(args.repeat):
-        for k, v in bench(args.count, args.batch, args.size).items():
+        got = bench(args.count, args.batch, args.size)
+        got.update(asyncio.run(bench_dataplane(args.count, args.batch, args.size)))
+        for k, v in got.items():
             best[k] = min(v, best.get(k, v))
     print(f"packet {args.size} B, batch {args.batch}, best of {args.repeat}:")
     print(f"  fast path seal (TAP -> UDP core work): {best['seal_us']:6.2f} us/packet")
     print(f"  fast path open (UDP -> TAP core work): {best['open_us']:6.2f} us/packet")
     print(f"  slow path send+receive, per packet:    {best['slow_roundtrip_us']:6.2f} us/packet")
+    print(f"  DataPlane TAP -> UDP (checks + seal):  {best['dp_tap_to_udp_us']:6.2f} us/packet")
+    print(f"  DataPlane UDP -> TAP (open + checks):  {best['dp_udp_to_tap_us']:6.2f} us/packet")
 
 
 if __name__ == "__main__":
