@@ -122,6 +122,7 @@ from ipop.overlay.policies import (
     PolicyView,
     decide,
 )
+from ipop.overlay.proven import ProvenIds
 from ipop.overlay.relay import forward_refusal, relay_candidates
 from ipop.overlay.ring import (
     estimate_size,
@@ -537,7 +538,9 @@ class OverlayNode:
         self._backoff_version = 0
         # (seen version, table version, backoff version), answer, valid until: see
         # _brackets_linked.
-        self._brackets_cache: tuple[tuple[int, int, int], bool, float] | None = None
+        self._brackets_cache: tuple[tuple[int, int, int, int], bool, float] | None = None
+        # Ids that authenticated a link or a routed message to us: see _brackets_linked.
+        self._proven = ProvenIds()
         # Bumped whenever _pending gains or loses a peer (keys the wanted-near cache).
         self._pending_version = 0
         # (versions, valid until, answer): see _wanted_near.
@@ -742,6 +745,7 @@ class OverlayNode:
             self.stats["linked_to_self"] += 1
             return
         self._origin.learn(ev.cert)  # the handshake verified it: its routed messages check
+        self._proven.add(peer)
         if ev.observed is not None:
             self._note_observed(ev.observed, now)
         pend = self._pending.pop(peer, None)
@@ -1011,6 +1015,7 @@ class OverlayNode:
             if reason is not None:
                 self.drops[reason] += 1
                 return
+            self._proven.add(msg.src)
         if msg.kind <= UPPER_KIND_MAX:
             self._events.append(Delivered(msg.src, msg.dst, msg.kind, msg.payload, hops, msg.exact))
             return
@@ -1474,12 +1479,14 @@ class OverlayNode:
     def _brackets_linked(self, now: float) -> bool:
         """No live news of a node between us and our closest linked peer on either side.
 
-        Cached: the answer depends only on the table's peers, the seen ids, the backoff set
-        and time. Time alone can only turn False into True (news expires, nothing new comes),
-        so a False answer holds until its last blocking news expires, a True one until one of
-        the three changes. Why: every node asks every tick, over hundreds of seen ids.
+        Only a node that proved itself to us counts (see :mod:`ipop.overlay.proven`): a
+        neighbour's list alone cannot hold us back. Cached: the answer depends only on the
+        table's peers, the seen ids, the backoff set, the proven ids and time. Time alone can
+        only turn False into True (news expires, nothing new comes), so a False answer holds
+        until its last blocking news expires, a True one until one of the four changes. Why:
+        every node asks every tick, over hundreds of seen ids.
         """
-        key = (self._seen.version, self._table.version, self._backoff_version)
+        key = (self._seen.version, self._table.version, self._backoff_version, self._proven.version)
         cached = self._brackets_cache
         if cached is not None and cached[0] == key and now < cached[2]:
             return cached[1]
@@ -1495,11 +1502,12 @@ class OverlayNode:
         table = self._table
         backoff = self._backoff
         seen = self._seen
+        proven = self._proven
         blocked_until = -_INF
         # Only ids strictly between our closest linked peers and us can block (bisected).
         succ, pred = (local + to_succ) % RING, (local - to_pred) % RING
         for c, until in seen.between(local, succ) + seen.between(pred, local):
-            if until <= now or c in backoff or c in table:
+            if until <= now or c in backoff or c in table or c not in proven:
                 continue
             blocked_until = max(blocked_until, until)
         linked = blocked_until == -_INF

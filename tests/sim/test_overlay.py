@@ -25,6 +25,7 @@ from ipop.overlay.messages import (
     KIND_PING,
     ConnectToMe,
     ConnectToMeReply,
+    Neighbours,
     Purpose,
     RelayForward,
     RelayRefused,
@@ -530,10 +531,15 @@ def test_routable_needs_links_to_the_nearest_known_node_on_each_side() -> None:
     succ = ring[(ring.index(me.value) + 1) % len(ring)]
     gap = (succ - me.value) % RING
     assert gap > 2
-    # Someone tells us about a node between us and our successor that we hold no link to:
-    # our successor side is not linked, so we are not routable until it is.
+    # Someone tells us about a node between us and our successor that we hold no link to.
+    # Hearsay alone does not hold us back (anyone can list made-up ids) ...
     between = NodeId((me.value + gap // 2) % RING)
     node._seen.put(between, ids[0], world.now + 30.0, now=world.now)
+    node._update_routable(world.now)
+    assert node.routable
+    # ... but once that node proved itself to us, our successor side is not linked, and we
+    # are not routable until it is.
+    node._proven.add(between)
     node._update_routable(world.now)
     assert not node.routable
     node._seen.discard(between)
@@ -711,3 +717,24 @@ def test_a_peer_turned_near_after_long_silence_is_suspect_at_once() -> None:
         node.handle_timer(now=now)
     assert node.stats["near_silent_closed"] == 1 and far in links.closed
     assert now - t <= cfg.near_dead_s - cfg.near_suspect_s + 2.0
+
+
+def test_made_up_neighbours_cannot_hold_a_ring_back() -> None:
+    """Issue 13, finding 2: an insider lists ids it made up, between each of its peers and their
+    neighbours. They may cost a CONNECT_TO_ME each (nobody answers), but only an id that proved
+    itself to a node may keep that node from being routable (before: 11 of 40 were not)."""
+    world, ids = build(40, seed=5)
+    run_until_consistent(world, world.now + 100)
+    world.run_for(20)
+    attacker = world.node(ids[5])
+    made_up: set[NodeId] = set()
+    for _ in range(30):
+        for peer in attacker.connected_peers():
+            fakes = tuple(NodeId((peer.value + d * 1_000_003) % RING) for d in range(-24, 24) if d)
+            made_up.update(fakes)
+            attacker._send(peer, Neighbours(False, fakes).encode(), world.now)
+        world.run_for(1.0)
+    honest = [n for n in ids if n != ids[5]]
+    assert [n for n in honest if not world.node(n).routable] == []
+    assert not ring_violations(near_sets(world), per_side=PER_SIDE)
+    assert not any(made_up & world.node(n).near_peers() for n in honest)

@@ -49,6 +49,8 @@ def brackets_from_scratch(node: OverlayNode, now: float) -> bool:
     for c, (_, until) in node._seen.items():
         if until <= now or c in node._backoff or c in node._table or c == node.local_id:
             continue
+        if c not in node._proven:
+            continue
         v = c.value
         if 0 < (v - local) % RING < to_succ or 0 < (local - v) % RING < to_pred:
             return False
