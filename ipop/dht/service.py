@@ -17,6 +17,10 @@ Theory of operation
     tombstone, higher seq) so no replica keeps a value whose create failed; if no rival holds
     a quorum either (a split vote), it retries after a jittered, doubling pause so that one
     racer goes first.
+  * Records: only a certified member's, under this network's keys and within its rights
+    (:mod:`ipop.dht.policy`). Replicas refuse the rest (:mod:`ipop.dht.storage`), readers
+    disbelieve it (a copy a replica returns is checked like an offer), and this node does not
+    even send a record its own replica would refuse (the write fails, counted).
   * ``get`` fetches from every replica, believes :func:`~ipop.dht.record.choose_best`, and
     repairs replicas that hold nothing, an expired copy or an older seq (read repair). Repairs
     copy signed bytes, so they never extend a lease.
@@ -47,11 +51,13 @@ import random
 from collections import Counter
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from typing import Any, TypeVar
 
 from kademlia.crawling import NodeSpiderCrawl
 from kademlia.node import Node, NodeHeap
 
+from ipop.dht.policy import RecordPolicy
 from ipop.dht.protocol import IpopKademliaProtocol, kad_node
 from ipop.dht.record import (
     Record,
@@ -62,7 +68,7 @@ from ipop.dht.record import (
     newest_by_owner,
 )
 from ipop.dht.shim import LinkedPeers, OverlayPort, OverlayShim
-from ipop.dht.storage import RecordStorage
+from ipop.dht.storage import DEFAULT_MAX_RECORDS, RecordStorage
 from ipop.dht.wire import MAX_FIND_NODES, StoreAnswered
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.idcache import node_id_from_bytes
@@ -109,6 +115,11 @@ class DhtConfig:
     max_ttl_s: float = DHT_MAX_TTL_S
     create_rounds: int = DHT_CREATE_ROUNDS
     create_backoff_s: float = DHT_CREATE_BACKOFF_S
+    # The network's virtual subnet: ip keys and name values outside it are refused (None: the
+    # DHT does not know it, e.g. a bare test cluster, and addresses are not range-checked).
+    subnet: IPv4Network | None = None
+    # Records one replica holds at most (ipop.dht.storage).
+    max_records: int = DEFAULT_MAX_RECORDS
 
     def __post_init__(self) -> None:
         if self.replicas < 3:
@@ -129,6 +140,8 @@ class DhtConfig:
             )
         if self.rpc_attempts < 1 or self.rpc_retry_s <= 0 or self.create_rounds < 1:
             raise ConfigError("dht.rpc", "attempts, retry and rounds must be positive")
+        if self.max_records < 1:
+            raise ConfigError("dht.max_records", f"{self.max_records} < 1", "use 1 or more")
 
     @property
     def width(self) -> int:
@@ -235,7 +248,13 @@ class DhtService:
         self.stats: Counter[str] = Counter()
         self.stats_drops: Counter[str] = Counter()
         self.background_errors: list[BaseException] = []
-        self.storage = RecordStorage(self._loop.time, max_ttl=self.config.max_ttl_s)
+        self.policy = RecordPolicy(identity.trust, subnet=self.config.subnet)
+        self.storage = RecordStorage(
+            self._loop.time,
+            policy=self.policy,
+            max_ttl=self.config.max_ttl_s,
+            max_records=self.config.max_records,
+        )
         self.protocol = IpopKademliaProtocol(
             self.node_id,
             self.storage,
@@ -406,22 +425,34 @@ class DhtService:
             return False, None
         if found.record is None:
             return True, None
-        try:
-            check_record(found.record, expected_key_id=kid)
-        except RemoteProtocolError as exc:
-            self.stats_drops[f"fetched_{exc.reason}"] += 1
-            return True, None
-        return True, found.record
+        return True, self._believable(found.record, kid, "fetched")
 
     def _verified_current(self, answer: StoreAnswered | None, kid: bytes) -> Record | None:
         if answer is None or answer.current is None:
             return None
+        return self._believable(answer.current, kid, "answer")
+
+    def _believable(self, record: Record, kid: bytes, where: str) -> Record | None:
+        """``record`` if it is authentic and the policy allows it (a replica could lie)."""
         try:
-            check_record(answer.current, expected_key_id=kid)
+            check_record(record, expected_key_id=kid)
+            self.policy.admit(record, now=self._loop.time())
         except RemoteProtocolError as exc:
-            self.stats_drops[f"answer_{exc.reason}"] += 1
+            self.stats_drops[f"{where}_{exc.reason}"] += 1
             return None
-        return answer.current
+        return record
+
+    def _allowed(self, record: Record) -> bool:
+        """Would replicas take our ``record``? If not, do not send it (counted, logged once)."""
+        try:
+            self.policy.admit(record, now=self._loop.time())
+        except RemoteProtocolError as exc:
+            reason = f"own_{exc.reason}"
+            if not self.stats_drops[reason]:
+                log.warning("dht: not writing %s: %s", record.key, exc)
+            self.stats_drops[reason] += 1
+            return False
+        return True
 
     # --- signing ------------------------------------------------------------------------------
 
@@ -468,6 +499,8 @@ class DhtService:
     async def _write(
         self, key: str, value: bytes, *, expires_at: float, tombstone: bool = False
     ) -> bool:
+        if not self._allowed(self._sign(key, value, expires_at=expires_at, tombstone=tombstone)):
+            return False  # before any lookup: nobody would take it
         kid = key_id(key)
         replicas = await self.replica_set(kid)
         for _ in range(2):
@@ -489,6 +522,8 @@ class DhtService:
         True: a quorum of the replica set holds our record. False: someone else holds the key
         (or the votes kept splitting); then no replica that answered keeps our value.
         """
+        if not self._allowed(self._sign(key, value, expires_at=self._loop.time() + ttl)):
+            return False  # before any lookup: nobody would take it
         kid = key_id(key)
         replicas = await self.replica_set(kid)
         need = self.config.needed(len(replicas))
