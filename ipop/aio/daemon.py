@@ -50,6 +50,7 @@ from ipop.config import NodeConfig
 from ipop.dht.alloc import DhtLease, IpLease, allocate_ip
 from ipop.dht.names import c_name, lookup_name, register_name
 from ipop.dht.record import ip_key, name_key
+from ipop.dht.service import DhtConfig
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
 from ipop.status import LanHostStatus, PathKind, PeerStatus, PingReply, SelfStatus, Status
 from ipop.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
@@ -185,7 +186,14 @@ class Daemon:
         local = await self._local_endpoints(self.udp.port)
         self._local = local
         bootstrap = [ep for ep in self.bundle.bootstrap if ep not in local]
-        self.node = Node(identity, bootstrap=bootstrap, clock=time.time, rng=self.rng)
+        self.node = Node(
+            identity,
+            bootstrap=bootstrap,
+            clock=time.time,
+            rng=self.rng,
+            # The DHT refuses ip keys and name values outside the network's subnet.
+            dht_config=DhtConfig(subnet=self.subnet),
+        )
         self.node.core.overlay.set_local_endpoints(local[:4])
         local_fd, local_side, local_name = await self._open_local()
         self.dataplane = DataPlane(
@@ -279,7 +287,8 @@ class Daemon:
         if self.services is not None:
             self.services.address_assigned(vip)
         self.names = [f"{c_name(vip)}.{self.suffix}"]
-        hostname = self.settings.hostname or self.bundle.hostname
+        # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
+        hostname = self.bundle.hostname
         if hostname:
             ok = await register_name(
                 node.dht, self.network, hostname, vip, ttl=self.settings.lease_s
