@@ -20,8 +20,9 @@ Bounds (a store is a table keyed by what members send):
     per-owner quotas, filling a replica takes that many certificates.
   * each record is at most ``MAX_RECORD_BYTES`` (:mod:`ipop.dht.record`).
 
-Time comes from the ``clock`` callable (the event loop's ``time``; the simulator's is
-virtual), never from ``time.monotonic()`` as kademlia's ``ForgetfulStorage`` does.
+Time comes from the ``clock`` callable, UNIX time (leases are absolute times and certificates
+are judged in it: the daemon's ``time.time``, the simulator's virtual time), never from
+``time.monotonic()`` as kademlia's ``ForgetfulStorage`` does.
 
 Stock kademlia republishes every stored key hourly from every node (``iter_older_than``),
 which resurrects stale values. Here ``iter_older_than`` yields nothing: only owners republish

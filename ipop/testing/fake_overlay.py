@@ -138,8 +138,10 @@ class DhtCluster:
         config: DhtConfig | None,
         hostnames: Mapping[int, str] | None = None,
         routers: Mapping[int, int] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.overlay = overlay
+        self.clock = clock  # every node's record clock (None: the loop's time)
         # Certificate fields of the i-th node made (hostname; router: its LAN host quota).
         self.hostnames = dict(hostnames or {})
         self.routers = dict(routers or {})
@@ -163,11 +165,14 @@ class DhtCluster:
         bootstrap: bool = True,
         hostnames: Mapping[int, str] | None = None,
         routers: Mapping[int, int] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> DhtCluster:
         overlay = FakeOverlay(
             rng=random.Random(f"overlay-{seed}"), latency=latency, jitter=jitter, loss=loss
         )
-        cluster = cls(overlay, seed=seed, config=config, hostnames=hostnames, routers=routers)
+        cluster = cls(
+            overlay, seed=seed, config=config, hostnames=hostnames, routers=routers, clock=clock
+        )
         for _ in range(n):
             cluster.add_node()
         if bootstrap:
@@ -195,7 +200,11 @@ class DhtCluster:
             identity = NodeIdentity(key, cert, self.ca.trust)
         port = self.overlay.add(identity.node_id)
         svc = DhtService(
-            identity, port, rng=random.Random(f"dht-{self.seed}-{self._count}"), config=self.config
+            identity,
+            port,
+            rng=random.Random(f"dht-{self.seed}-{self._count}"),
+            config=self.config,
+            clock=self.clock,
         )
         self.overlay.attach(identity.node_id, svc.deliver)
         self.nodes.append(svc)
@@ -232,6 +241,7 @@ def run_cluster(
     config: DhtConfig | None = None,
     hostnames: Mapping[int, str] | None = None,
     routers: Mapping[int, int] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> T:
     """Run ``body`` on a fresh ``n``-node cluster on virtual time, then close it.
 
@@ -240,7 +250,13 @@ def run_cluster(
 
     async def main() -> T:
         cluster = await DhtCluster.create(
-            n, seed=seed, loss=loss, config=config, hostnames=hostnames, routers=routers
+            n,
+            seed=seed,
+            loss=loss,
+            config=config,
+            hostnames=hostnames,
+            routers=routers,
+            clock=clock,
         )
         nodes = list(cluster.nodes)
         try:

@@ -177,3 +177,33 @@ def test_a_routers_lan_hosts_are_named_under_it_and_never_take_a_members_name() 
         assert max(svc.storage.held_by(router.node_id, Kind.IP) for svc in c.nodes) == 3
 
     run_cluster(body, n=8, hostnames=NAMES, routers={ROUTER: 2}, config=CONFIG)
+
+
+def test_record_time_is_the_unix_clock_not_the_loops() -> None:
+    """A daemon's loop time is the host's monotonic clock (its uptime, different on every
+    host); leases and certificates must use UNIX time or nothing verifies."""
+    uptime = 1000.0  # what time.monotonic() reads on a host up for 17 minutes
+
+    async def body(c: DhtCluster) -> None:
+        loop = asyncio.get_running_loop()
+        alice, reader = c.nodes[ALICE], c.nodes[0]
+        addr = IPv4Address("100.64.5.9")
+        assert await alice.create(ip_key("testnet", addr), b"", 600)
+        record = alice.owned()[ip_key("testnet", addr)]
+        assert abs(record.expires_at - (loop.time() + 600)) < 5  # UNIX time, not uptime + 600
+        got = await reader.get(ip_key("testnet", addr))
+        assert got is not None and got.owner == alice.node_id
+
+    def unix_now() -> float:
+        return asyncio.get_running_loop().time()
+
+    # The cluster's loop runs at the simulator's epoch (UNIX-like): services handed a clock
+    # that reads uptime instead must refuse everything, as a daemon on its loop's time did.
+    run_cluster(body, n=10, hostnames=NAMES, config=CONFIG, clock=unix_now)
+
+    async def on_uptime(c: DhtCluster) -> None:
+        alice = c.nodes[ALICE]
+        assert not await alice.create(ip_key("testnet", IPv4Address("100.64.5.9")), b"", 600)
+        assert alice.drops["own_cert_not_yet_valid"] == 1
+
+    run_cluster(on_uptime, n=10, hostnames=NAMES, config=CONFIG, clock=lambda: uptime)
