@@ -49,7 +49,8 @@ from ipop.bundle import Bundle
 from ipop.config import NodeConfig
 from ipop.dht.alloc import DhtLease, IpLease, allocate_ip
 from ipop.dht.names import c_name, lookup_name, register_name
-from ipop.dht.record import ip_key, name_key
+from ipop.dht.policy import MAX_USER_KEY
+from ipop.dht.record import MAX_VALUE_BYTES, ip_key, name_key
 from ipop.dht.service import DhtConfig
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
 from ipop.status import LanHostStatus, PathKind, PeerStatus, PingReply, SelfStatus, Status
@@ -758,7 +759,12 @@ class DaemonControl:
         node = self.d.node
         if node is None or node.dht is None or not node.dht_ready.is_set():
             raise CommandFailed("the DHT has not joined yet")
-        return await node.dht.put(self._key(key), value.encode(), float(ttl_s))
+        data = value.encode()
+        if len(data) > MAX_VALUE_BYTES:
+            raise CommandFailed(f"the value is {len(data)} bytes; the DHT holds {MAX_VALUE_BYTES}")
+        if not 1 <= len(key) <= MAX_USER_KEY or not key.isascii() or not key.isprintable():
+            raise CommandFailed(f"a key is 1-{MAX_USER_KEY} printable ASCII characters")
+        return await node.dht.put(self._key(key), data, float(ttl_s))
 
     async def resolve(self, name: str) -> str | None:
         vip = await self.d.resolve(name)
