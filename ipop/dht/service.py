@@ -71,7 +71,7 @@ from ipop.dht.record import (
     newest_by_owner,
 )
 from ipop.dht.shim import LinkedPeers, OverlayPort, OverlayShim
-from ipop.dht.storage import DEFAULT_MAX_RECORDS, RecordStorage
+from ipop.dht.storage import DEFAULT_MAX_RECORDS, STORE_REASONS, RecordStorage
 from ipop.dht.wire import MAX_FIND_NODES, StoreAnswered
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.idcache import node_id_from_bytes
@@ -447,19 +447,24 @@ class DhtService:
             check_record(record, expected_key_id=kid)
             self.policy.admit(record, now=self._now())
         except RemoteProtocolError as exc:
-            self.stats_drops[f"{where}_{exc.reason}"] += 1
+            self._drop(where, exc.reason)
             return None
         return record
+
+    def _drop(self, where: str, reason: str) -> None:
+        """Count a refused record: ``where`` it came from, ``reason`` from the checked list."""
+        if reason not in STORE_REASONS:
+            raise LocalProtocolError(f"unknown DHT drop reason {reason!r}")
+        self.stats_drops[f"{where}_{reason}"] += 1
 
     def _allowed(self, record: Record) -> bool:
         """Would replicas take our ``record``? If not, do not send it (counted, logged once)."""
         try:
             self.policy.admit(record, now=self._now())
         except RemoteProtocolError as exc:
-            reason = f"own_{exc.reason}"
-            if not self.stats_drops[reason]:
+            if not self.stats_drops[f"own_{exc.reason}"]:
                 log.warning("dht: not writing %s: %s", record.key, exc)
-            self.stats_drops[reason] += 1
+            self._drop("own", exc.reason)
             return False
         return True
 

@@ -11,10 +11,13 @@ import asyncio
 import random
 from ipaddress import IPv4Address, IPv4Network
 
+import pytest
+
 from ipop.dht.names import lan_host_name, lookup_name, register_name
 from ipop.dht.policy import Kind
 from ipop.dht.record import Record, StoreOutcome, ip_key, key_id, name_key
 from ipop.dht.service import DhtConfig, DhtService
+from ipop.errors import LocalProtocolError
 from ipop.testing.fake_overlay import DhtCluster, live_owners, run_cluster
 from ipop.testing.identities import make_identity, make_network
 
@@ -103,6 +106,8 @@ def test_keys_of_other_networks_and_unknown_kinds_are_refused() -> None:
         drops = sum((svc.drops for svc in honest(c, mallory)), start=type(mallory.drops)())
         assert drops["store_key_other_network"] >= 2 * 5
         assert drops["store_key_unknown_kind"] >= 5
+        with pytest.raises(LocalProtocolError):  # counting a reason not in the list is a bug
+            mallory._drop("fetched", "made_up")
 
     run_cluster(body, n=12, hostnames=NAMES, config=CONFIG)
 
