@@ -7,7 +7,8 @@ query                                 outcome
 ====================================  ====================================================
 ``C064001002.ipop`` (address name)    :class:`DnsAnswer`: A record (no lookup, DESIGN.md §1)
 ``alice-laptop.ipop`` (hostname)      :class:`NeedsLookup`; the caller resolves it (DHT) and
-                                      calls :meth:`~DnsResolver.complete` for the reply bytes
+``printer.lab.ipop`` (a LAN host of   calls :meth:`~DnsResolver.complete` for the reply bytes
+router ``lab``)
 anything else under the suffix        :class:`DnsAnswer` NXDOMAIN
 a reverse name of a subnet address    :class:`DnsAnswer` PTR → its address name
 a name outside the suffix             :class:`Forward` (raw query) with an upstream, else
@@ -34,8 +35,8 @@ from ipaddress import IPv4Address, IPv4Network
 from dnslib import PTR, QTYPE, RCODE, RR, A, DNSHeader, DNSLabel, DNSRecord
 
 from ipop.dht.names import c_name, parse_c_name
-from ipop.errors import ConfigError, LocalProtocolError
-from ipop.identity import validate_hostname
+from ipop.dht.policy import is_name
+from ipop.errors import LocalProtocolError
 
 __all__ = ["DnsAnswer", "DnsOutcome", "DnsResolver", "Forward", "NeedsLookup"]
 
@@ -53,7 +54,7 @@ class DnsAnswer:
 
 @dataclass(frozen=True, slots=True)
 class NeedsLookup:
-    """Resolve hostname ``name`` (one label, lower case), then call ``complete(token, ip)``."""
+    """Resolve ``name`` (hostname or <host>.<router>, lower case); then ``complete(token, ip)``."""
 
     token: int
     name: str
@@ -168,18 +169,17 @@ class DnsResolver:
     ) -> DnsOutcome:
         if not rel:
             return DnsAnswer(self._reply(query, RCODE.NOERROR))  # the zone apex exists
-        if len(rel) != 1:
+        if len(rel) > 2:
             return DnsAnswer(self._reply(query, RCODE.NXDOMAIN))
         try:
-            label = rel[0].decode("ascii")
+            label = b".".join(rel).decode("ascii")
         except UnicodeDecodeError:
             return DnsAnswer(self._reply(query, RCODE.NXDOMAIN))
         addr = parse_c_name(label, self.subnet)
         if addr is not None:
             return DnsAnswer(self._answer(query, qtype, addr))
-        try:
-            validate_hostname(label)
-        except ConfigError:
+        # A member's hostname, or a router's LAN host: <host>.<router hostname>.
+        if not is_name(label):
             return DnsAnswer(self._reply(query, RCODE.NXDOMAIN))
         cached = self._cache.get(label)
         if cached is not None:

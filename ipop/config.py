@@ -8,7 +8,7 @@ meaning is documented in ``deploy/ipop.example.toml``::
     bundle = "node.bundle.toml"        # required; relative to this file
     state_dir = "/var/lib/ipop"        # relative paths: relative to this file
     listen = "0.0.0.0:5800"
-    hostname = "alice-laptop"          # optional; default: the bundle's hostname
+    hostname = "alice-laptop"          # optional; must equal the certificate's hostname
     log_level = "warning"              # error | warning | info | debug
     [tap]
     name = "ipop0"                     # at most 15 characters (Linux IFNAMSIZ - 1)
@@ -179,8 +179,20 @@ class NodeConfig:
     identity: IdentityConfig = field(default_factory=IdentityConfig)
 
     def effective_hostname(self, bundle_hostname: str | None) -> str | None:
-        """The hostname to register: this file's override, else the bundle's, else none."""
-        return self.hostname if self.hostname is not None else bundle_hostname
+        """The hostname to register: the certificate's (the bundle's), or none.
+
+        A hostname is the certificate's (issue 13): replicas refuse a name record for any
+        other, so a different one here could never be registered. It is an error, not a
+        warning, so that a node never runs believing it answers to a name it cannot hold.
+        """
+        if self.hostname is not None and self.hostname != bundle_hostname:
+            raise ConfigError(
+                "hostname",
+                f"{self.hostname!r} differs from the certificate's hostname {bundle_hostname!r}",
+                "remove 'hostname' from the config, or get a bundle with it: "
+                f"ipop-config node NETWORK NAME --hostname {self.hostname}",
+            )
+        return bundle_hostname
 
 
 # --- value checks -----------------------------------------------------------------------------

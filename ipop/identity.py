@@ -13,6 +13,14 @@ This module owns who a node is and who belongs to a network:
       issuer       CN=ipop CA <network>, O=<network>
       SAN          URI:ipop://<network>/<node id hex>   [, DNS:<fixed hostname>]
       extensions   basicConstraints CA:FALSE, keyUsage digitalSignature (both critical)
+                   [ROUTER_HOSTS_OID: DER INTEGER max LAN hosts (non-critical), routers only]
+
+  The router extension grants a router the right to hold DHT records for that many plain LAN
+  hosts (their ``ip:`` records and ``<host>.<router hostname>`` names, :mod:`ipop.dht.policy`).
+  Its OID lives under ``2.25`` (an OID made of a UUID, ITU-T X.667: unique without
+  registration); it is non-critical because it only grants: a verifier that ignores it treats
+  the router as a plain node, which is the safe reading. ``openssl x509 -text`` shows it as an
+  unknown extension with the hex of the INTEGER.
 
 Verification order (each failure is a :class:`CertificateError` whose ``reason`` is a drop
 counter name): parses and carries an Ed25519 key (``cert_malformed``), signed by this CA
@@ -53,6 +61,8 @@ from ipop.timing import CA_DEFAULT_DAYS, CERT_BACKDATE_S, NODE_CERT_DEFAULT_DAYS
 from ipop.types import ID_BYTES, NodeId
 
 __all__ = [
+    "MAX_ROUTER_HOSTS",
+    "ROUTER_HOSTS_OID",
     "CaTrust",
     "CertificateError",
     "CrlError",
@@ -73,6 +83,10 @@ PUBLIC_KEY_BYTES = 32
 CRL_DEFAULT_DAYS = 365
 SIGNATURE_BYTES = 64
 URI_SCHEME = "ipop"
+# "ipop router max-hosts" (2.25 + a random UUID: see the module docstring).
+ROUTER_HOSTS_OID = x509.ObjectIdentifier("2.25.210263593634220378237597126249926011785")
+# The largest LAN a router certificate may vouch for (router.max_hosts' own upper bound).
+MAX_ROUTER_HOSTS = 65536
 # Verified certificates remembered by DER; one per live peer is plenty, the bound keeps a peer
 # that cycles through many valid certificates from growing memory without limit.
 VERIFY_CACHE_SIZE = 1024
@@ -211,6 +225,12 @@ class NodeCertificate:
     public_key_raw: bytes = field(repr=False)
     not_before: float
     not_after: float
+    # 0: a plain node. N > 0: a router allowed to hold records for N plain LAN hosts.
+    router_hosts: int = 0
+
+    @property
+    def is_router(self) -> bool:
+        return self.router_hosts > 0
 
     def pem(self) -> bytes:
         return x509.load_der_x509_certificate(self.der).public_bytes(serialization.Encoding.PEM)
@@ -247,6 +267,28 @@ def _single_attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
         return None
     value = attrs[0].value
     return value if isinstance(value, str) else None
+
+
+def _der_uint(n: int) -> bytes:
+    """DER INTEGER of a non-negative ``n`` (what the router extension holds)."""
+    body = n.to_bytes(n.bit_length() // 8 + 1, "big")  # +1: a leading 0 keeps the sign bit 0
+    return bytes((0x02, len(body))) + body
+
+
+def _router_hosts(extensions: x509.Extensions) -> int:
+    """The router extension's host count, 0 if absent; CertificateError if malformed."""
+    try:
+        ext = extensions.get_extension_for_oid(ROUTER_HOSTS_OID).value
+    except x509.ExtensionNotFound:
+        return 0
+    raw = ext.value if isinstance(ext, x509.UnrecognizedExtension) else b""
+    # Strict DER: tag 2, short length, minimal big-endian body, positive, within the bound.
+    if len(raw) < 3 or raw[0] != 0x02 or raw[1] != len(raw) - 2 or raw[1] > 4:
+        raise CertificateError("cert_malformed", "bad router extension")
+    n = int.from_bytes(raw[2:], "big")
+    if raw[2] & 0x80 or _der_uint(n) != raw or not 1 <= n <= MAX_ROUTER_HOSTS:
+        raise CertificateError("cert_malformed", "bad router host count")
+    return n
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +557,7 @@ class CaTrust:
         hostname = dns_names[0] if dns_names else None
         if hostname is not None and not _LABEL_RE.match(hostname):
             raise CertificateError("cert_malformed", f"bad hostname {hostname!r}")
+        router_hosts = _router_hosts(extensions)
         verified = NodeCertificate(
             der=der,
             node_id=node_id,
@@ -524,6 +567,7 @@ class CaTrust:
             public_key_raw=public_key_raw,
             not_before=not_before,
             not_after=not_after,
+            router_hosts=router_hosts,
         )
         return verified, serial
 
@@ -664,14 +708,21 @@ class NetworkCA:
         now: float,
         days: int = NODE_CERT_DEFAULT_DAYS,
         hostname: str | None = None,
+        router_hosts: int = 0,
     ) -> NodeCertificate:
         """Admit the node with this key; its certificate never outlives the CA.
 
-        Raises ConfigError for a bad name, hostname or days, or if the CA has expired at ``now``.
+        ``router_hosts`` > 0 makes it a router certificate for that many LAN hosts.
+        Raises ConfigError for a bad name, hostname, days or host count, or if the CA has
+        expired at ``now``.
         """
         validate_node_name(name)
         if hostname is not None:
             validate_hostname(hostname)
+        if not 0 <= router_hosts <= MAX_ROUTER_HOSTS:
+            raise ConfigError(
+                "max_hosts", f"{router_hosts} is out of range", f"use 1..{MAX_ROUTER_HOSTS}"
+            )
         if days < 1:
             raise ConfigError("days", f"{days} is not a positive number of days", "use >= 1")
         if now > self.not_after:
@@ -721,10 +772,15 @@ class NetworkCA:
                 critical=True,
             )
             .add_extension(x509.SubjectAlternativeName(general_names), critical=False)
-            .sign(self._key, None)
         )
+        if router_hosts:
+            cert = cert.add_extension(
+                x509.UnrecognizedExtension(ROUTER_HOSTS_OID, _der_uint(router_hosts)),
+                critical=False,
+            )
+        signed = cert.sign(self._key, None)
         return NodeCertificate(
-            der=cert.public_bytes(serialization.Encoding.DER),
+            der=signed.public_bytes(serialization.Encoding.DER),
             node_id=node_id,
             network=self.network,
             name=name,
@@ -732,6 +788,7 @@ class NetworkCA:
             public_key_raw=bytes(public_key_raw),
             not_before=float(int(not_before)),
             not_after=float(int(not_after)),
+            router_hosts=router_hosts,
         )
 
 
@@ -760,11 +817,17 @@ class NodeIdentity:
         now: float,
         days: int = NODE_CERT_DEFAULT_DAYS,
         hostname: str | None = None,
+        router_hosts: int = 0,
     ) -> NodeIdentity:
         """A fresh key signed by ``ca`` (what ``ipop-config node`` and the test factories do)."""
         key = Ed25519PrivateKey.generate()
         cert = ca.sign_node(
-            _raw_public(key.public_key()), name, now=now, days=days, hostname=hostname
+            _raw_public(key.public_key()),
+            name,
+            now=now,
+            days=days,
+            hostname=hostname,
+            router_hosts=router_hosts,
         )
         return cls(key, cert, ca.trust)
 

@@ -9,6 +9,8 @@ has no TAP); ``deploy/router.example.toml`` documents the ``[router]`` keys:
 * ``static_hosts`` (default true): register hosts that configured a free virtual IP
   themselves (seen in their ARP or IP traffic);
 * ``max_hosts`` (default 1024, 1..65536): hosts served at once; more are dropped and counted.
+  It may not exceed what the router's certificate grants (``ipop-config node --router
+  --max-hosts N``): replicas hold that many LAN hosts' records for this router, no more.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 
 from ipop.config import NodeConfig, parse_config, read_config_table
 from ipop.errors import ConfigError
+from ipop.identity import NodeCertificate
 
-__all__ = ["RouterConfig", "RouterSection", "load_router_config"]
+__all__ = ["RouterConfig", "RouterSection", "check_authority", "load_router_config"]
 
 _FIX = "see deploy/router.example.toml"
 _KEYS = ("interface", "dhcp_lease_s", "static_hosts", "max_hosts")
@@ -77,3 +80,23 @@ def load_router_config(path: str | Path) -> RouterConfig:
     except ConfigError as exc:
         raise ConfigError(exc.key, f"{exc.problem} in {path}", exc.fix) from None
     return RouterConfig(node=node, router=router)
+
+
+def check_authority(router: RouterSection, cert: NodeCertificate) -> None:
+    """ConfigError unless ``cert`` is a router certificate for at least ``max_hosts`` hosts.
+
+    Why at start: replicas count a router's records against its certificate's quota, so a
+    plain certificate would see each LAN host's address displace the router's own, and a
+    larger ``max_hosts`` than granted would lose the oldest hosts' addresses the same way.
+    """
+    remake = "ipop-config node NETWORK NAME --router --max-hosts N --hostname H --force"
+    if not cert.is_router:
+        raise ConfigError("node_cert", "the bundle's certificate is not a router's", remake)
+    if cert.hostname is None:
+        raise ConfigError("node_cert", "a router certificate needs a hostname", remake)
+    if router.max_hosts > cert.router_hosts:
+        raise ConfigError(
+            "router.max_hosts",
+            f"{router.max_hosts} exceeds the {cert.router_hosts} the certificate grants",
+            f"use max_hosts = {cert.router_hosts}, or a bundle with a larger --max-hosts",
+        )

@@ -9,8 +9,11 @@ interface, with one Ethernet header per host (:class:`router.hosts.LanHosts`). O
   inner source is held by the sending node", holds), the same address for the same MAC again
   (``lan_hosts.json`` in the state directory, also across router restarts); the DISCOVER or
   REQUEST is then answered at once (not on the client's retransmission); the hostname of
-  option 12 is registered; the DHT records are renewed while the DHCP lease is live; an
-  address offered to a MAC that never REQUESTs it is given back after :data:`OFFER_HOLD_S`;
+  option 12 is registered as ``<host>.<router hostname>`` (``printer.lab.<suffix>``: names
+  under the router's certified hostname are the only ones replicas let a router hold for its
+  hosts, so no LAN host can take a member's name, ``ipop.dht.policy``); the DHT records are
+  renewed while the DHCP lease is live; an address offered to a MAC that never REQUESTs it is
+  given back after :data:`OFFER_HOLD_S`;
 * answers ARP for the gateway and for remote virtual IPs that are live in the DHT, only those
   (never for a LAN host: it answers itself, and LAN-to-LAN traffic stays on the LAN);
 * serves DNS for ``*.<suffix>`` on the gateway address;
@@ -66,7 +69,7 @@ from ipop.aio.daemon import DEFAULT_TAP_MTU, Daemon, DaemonSettings
 from ipop.aio.dataplane import LocalSide
 from ipop.bundle import Bundle
 from ipop.dht.alloc import AllocationFailed, DhtLease, IpLease, allocate_ip, is_usable
-from ipop.dht.names import c_name, register_name
+from ipop.dht.names import c_name, lan_host_name, register_name
 from ipop.dht.record import ip_key, name_key
 from ipop.errors import ConfigError, LocalProtocolError
 from ipop.status import LanHostStatus
@@ -542,8 +545,12 @@ class RouterDaemon(Daemon):
     async def _register_hostname(self, host: LanHost, hostname: str) -> None:
         node = self.node
         assert node is not None and node.dht is not None
-        name = hostname.lower()
+        under = node.identity.cert.hostname
+        if under is None or not node.identity.cert.is_router:
+            self.rdrops["no_name_authority"] += 1  # tools/routerd refuses such bundles
+            return
         try:
+            name = lan_host_name(hostname.lower(), under)
             ok = await register_name(
                 node.dht, self.network, name, host.vip, ttl=self.settings.lease_s
             )

@@ -13,7 +13,8 @@ one folder per network::
 Commands::
 
     ipop-config init NETWORK --subnet 100.64.0.0/10 --bootstrap IP:PORT [...] [--dns-suffix S]
-    ipop-config node NETWORK NAME [--hostname H] [--days N] [--out FILE] [--force]
+    ipop-config node NETWORK NAME [--hostname H] [--router --max-hosts N] [--days N]
+                [--out FILE] [--force]
     ipop-config revoke NETWORK NAME|NODE_ID [--out FILE]
     ipop-config show BUNDLE [--json]
 
@@ -64,6 +65,7 @@ from ipop.bundle import (
 )
 from ipop.errors import ConfigError
 from ipop.identity import (
+    MAX_ROUTER_HOSTS,
     NetworkCA,
     NodeIdentity,
     cert_serial,
@@ -356,11 +358,27 @@ def _load_network(home: Path, network: str) -> tuple[NetworkCA, NetworkSettings]
     return ca, settings
 
 
+def _router_hosts(args: argparse.Namespace) -> int:
+    """The router certificate's LAN host quota (0: a plain node); --max-hosts needs --router."""
+    if not args.router:
+        if args.max_hosts is not None:
+            raise UsageError("--max-hosts is only for routers", "add --router or drop it")
+        return 0
+    if args.hostname is None:
+        # LAN hosts are named <host>.<router hostname>: a router without one names nobody.
+        raise UsageError("a router needs --hostname", "add --hostname, e.g. --hostname lab")
+    n = 1024 if args.max_hosts is None else args.max_hosts
+    if not 1 <= n <= MAX_ROUTER_HOSTS:
+        raise UsageError(f"--max-hosts {n} is out of range", f"use 1..{MAX_ROUTER_HOSTS}")
+    return n
+
+
 def cmd_node(args: argparse.Namespace, *, now: float) -> int:
     network = validate_network(args.network, key="NETWORK")
     name = validate_node_name(args.name, key="NAME")
     hostname = validate_hostname(args.hostname, key="--hostname") if args.hostname else None
     days = _days(args.days)
+    router_hosts = _router_hosts(args)
     out = Path(args.out) if args.out else Path(f"{name}.bundle.toml")
     ca, settings = _load_network(args.home, network)
     if now > ca.not_after:
@@ -393,7 +411,9 @@ def cmd_node(args: argparse.Namespace, *, now: float) -> int:
                 f"choose another hostname, or first '{PROG} revoke {network} {taken[0].name}'",
             )
 
-    identity = NodeIdentity.generate(ca, name, now=now, days=days, hostname=hostname)
+    identity = NodeIdentity.generate(
+        ca, name, now=now, days=days, hostname=hostname, router_hosts=router_hosts
+    )
     register.certs.append(
         Issued(
             serial=cert_serial(identity.cert),
@@ -427,6 +447,8 @@ def cmd_node(args: argparse.Namespace, *, now: float) -> int:
     print(f"node id {identity.node_id.hex()}")
     print(f"size {len(data)} bytes")
     print(f"valid until {_iso(identity.cert.not_after)}")
+    if router_hosts:
+        print(f"router for up to {router_hosts} LAN hosts")
     if identity.cert.not_after < now + days * 86400 - 1:
         print("note: the certificate ends with the network CA, sooner than --days asked")
     if crl_written is not None:
@@ -493,6 +515,7 @@ def describe(bundle: Bundle, *, path: str, size: int, now: float) -> dict[str, o
         "dns_suffix": bundle.dns_suffix,
         "node_name": bundle.node_name,
         "hostname": bundle.hostname,
+        "router_hosts": cert.router_hosts,
         "node_id": bundle.node_id.hex(),
         "cert_not_before": _iso(cert.not_before),
         "cert_not_after": _iso(cert.not_after),
@@ -560,6 +583,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--hostname", help="fixed DNS name for this node, e.g. alice-laptop")
     p.add_argument("--days", type=int, default=NODE_CERT_DEFAULT_DAYS, help="cert lifetime")
+    p.add_argument(
+        "--router", action="store_true", help="a router certificate (names its LAN hosts)"
+    )
+    p.add_argument(
+        "--max-hosts",
+        type=int,
+        default=None,
+        help="LAN hosts the router may hold records for (default 1024; router.max_hosts <= N)",
+    )
     p.add_argument("--out", help="bundle file (default ./NAME.bundle.toml)")
     p.add_argument(
         "--force",

@@ -143,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         bundle = load_valid_bundle(cfg.bundle)
+        settings = DaemonSettings.from_config(cfg, bundle_hostname=bundle.hostname)
     except ConfigError as exc:
         print(f"ipopd: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
-    settings = DaemonSettings.from_config(cfg, bundle_hostname=bundle.hostname)
     daemon = Daemon(bundle, settings, services=lambda d: NodeServices(d, cfg))
     return run_daemon("ipopd", daemon, cfg.control.socket)
 

@@ -12,7 +12,7 @@ import sys
 
 from ipop.aio.daemon import DaemonSettings
 from ipop.errors import ConfigError
-from router.config import load_router_config
+from router.config import check_authority, load_router_config
 from router.daemon import RouterDaemon
 from tools.ipopd import load_valid_bundle, run_daemon, setup_logging
 
@@ -25,11 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_router_config(args.config)
         node = cfg.node
         bundle = load_valid_bundle(node.bundle)
+        check_authority(cfg.router, bundle.node_cert)
+        settings = DaemonSettings.from_config(node, bundle_hostname=bundle.hostname)
     except ConfigError as exc:
         print(f"ipop-router: {exc}", file=sys.stderr)
         return 2
     setup_logging(node.log_level)
-    settings = DaemonSettings.from_config(node, bundle_hostname=bundle.hostname)
     daemon = RouterDaemon(
         bundle,
         settings,

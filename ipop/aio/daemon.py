@@ -49,7 +49,9 @@ from ipop.bundle import Bundle
 from ipop.config import NodeConfig
 from ipop.dht.alloc import DhtLease, IpLease, allocate_ip
 from ipop.dht.names import c_name, lookup_name, register_name
-from ipop.dht.record import ip_key, name_key
+from ipop.dht.policy import MAX_USER_KEY
+from ipop.dht.record import MAX_VALUE_BYTES, ip_key, name_key
+from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
@@ -218,7 +220,14 @@ class Daemon:
         local = await self._local_endpoints(self.udp.port)
         self._local = local
         bootstrap = [ep for ep in self.bundle.bootstrap if ep not in local]
-        self.node = Node(identity, bootstrap=bootstrap, clock=time.time, rng=self.rng)
+        self.node = Node(
+            identity,
+            bootstrap=bootstrap,
+            clock=time.time,
+            rng=self.rng,
+            # The DHT refuses ip keys and name values outside the network's subnet.
+            dht_config=DhtConfig(subnet=self.subnet),
+        )
         self.node.core.overlay.set_local_endpoints(local[:4])
         local_fd, local_side, local_name = await self._open_local()
         self.dataplane = DataPlane(
@@ -315,7 +324,8 @@ class Daemon:
         if self.services is not None:
             self.services.address_assigned(vip)
         self.names = [f"{c_name(vip)}.{self.suffix}"]
-        hostname = self.settings.hostname or self.bundle.hostname
+        # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
+        hostname = self.bundle.hostname
         if hostname:
             ok = await register_name(
                 node.dht, self.network, hostname, vip, ttl=self.settings.lease_s
@@ -789,7 +799,12 @@ class DaemonControl:
         node = self.d.node
         if node is None or node.dht is None or not node.dht_ready.is_set():
             raise CommandFailed("the DHT has not joined yet")
-        return await node.dht.put(self._key(key), value.encode(), float(ttl_s))
+        data = value.encode()
+        if len(data) > MAX_VALUE_BYTES:
+            raise CommandFailed(f"the value is {len(data)} bytes; the DHT holds {MAX_VALUE_BYTES}")
+        if not 1 <= len(key) <= MAX_USER_KEY or not key.isascii() or not key.isprintable():
+            raise CommandFailed(f"a key is 1-{MAX_USER_KEY} printable ASCII characters")
+        return await node.dht.put(self._key(key), data, float(ttl_s))
 
     async def resolve(self, name: str) -> str | None:
         vip = await self.d.resolve(name)

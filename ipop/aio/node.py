@@ -231,6 +231,8 @@ class Node:
             _Port(self),
             rng=random.Random(self._rng.random()),
             config=self._dht_config,
+            # Leases and certificates are UNIX time; the loop's time is per-host monotonic.
+            clock=self.clock,
         )
         self.core.start(now=self.clock())
         self.driver.pump()

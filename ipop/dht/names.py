@@ -6,7 +6,10 @@
 * Hostnames: the record ``<network>:name:<hostname>`` (value: the 4-byte IPv4 address),
   claimed with the DHT's quorum create like an address. A hostname only resolves if the node
   that owns the name record also owns the address it points to, so nobody can point a name at
-  someone else's address.
+  someone else's address. Only the member whose certificate carries the hostname may hold it
+  (:mod:`ipop.dht.policy`).
+* LAN host names of a router: ``<host>.<router hostname>`` (:func:`lan_host_name`), held by
+  that router alone; they can never equal a member's hostname, which has no dot.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import re
 from ipaddress import IPv4Address, IPv4Network
 
 from ipop.dht.alloc import DhtLike
+from ipop.dht.policy import is_name, lan_host_name
 from ipop.dht.record import ip_key, name_key
 from ipop.errors import ConfigError
-from ipop.identity import validate_hostname
 from ipop.timing import DHT_LEASE_TTL_S
+
+__all__ = ["c_name", "lan_host_name", "lookup_name", "parse_c_name", "register_name"]
 
 _C_NAME_RE = re.compile(r"^[cC]([0-9]{3})([0-9]{3})([0-9]{3})$")
 
@@ -47,11 +52,17 @@ def parse_c_name(name: str, subnet: IPv4Network) -> IPv4Address | None:
 async def register_name(
     dht: DhtLike, network: str, hostname: str, ip: IPv4Address, *, ttl: float = DHT_LEASE_TTL_S
 ) -> bool:
-    """Claim ``hostname`` → ``ip``; False if another node holds the name. Keep it with a lease.
+    """Claim ``hostname`` → ``ip``; False if another node holds the name, or our certificate
+    does not give it to us. Keep it with a lease.
 
-    A malformed hostname raises :class:`ConfigError` (it comes from our own configuration).
+    A malformed name raises :class:`ConfigError` (it comes from our own configuration).
     """
-    validate_hostname(hostname)
+    if not is_name(hostname):
+        raise ConfigError(
+            "hostname",
+            f"{hostname!r} is not a hostname or a <host>.<router hostname> name",
+            "use 1-63 lowercase letters, digits and inner hyphens, e.g. 'alice-laptop'",
+        )
     return await dht.create(name_key(network, hostname), ip.packed, ttl)
 
 
@@ -63,9 +74,7 @@ async def lookup_name(
     if addr is not None:
         return addr
     hostname = name.lower()
-    try:
-        validate_hostname(hostname)
-    except ConfigError:
+    if not is_name(hostname):
         return None
     record = await dht.get(name_key(network, hostname))
     if record is None or len(record.value) != 4:

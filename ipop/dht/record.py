@@ -6,7 +6,7 @@ Byte layout of an encoded record (all integers big-endian)::
 
      0        1        2        3
     +--------+--------+--------+---------------------------+
-    | ver=1  | flags  | keylen | key (UTF-8, 1..255 bytes)  |
+    | ver=2  | flags  | keylen | key (UTF-8, 1..255 bytes)  |
     +--------+--------+--------+---------------------------+
     | vallen (u16)    | value (0..MAX_VALUE_BYTES)         |
     +-----------------+------------------------------------+
@@ -14,16 +14,31 @@ Byte layout of an encoded record (all integers big-endian)::
     | expires_at_ms (u64, milliseconds, UNIX epoch scale)  |
     | owner (20 bytes: NodeId)                             |
     | owner_pub (32 bytes: Ed25519 raw public key)         |
+    | certlen (u16)   | cert (owner's X.509 DER, 1..768)   |
     | sig (64 bytes: Ed25519 over SIG_DOMAIN + all above)  |
     +------------------------------------------------------+
     flags: bit 0 = tombstone (the owner released the key; value must be empty).
     Other flag bits must be zero. Trailing bytes are refused: a record is exact.
+    The whole record is at most MAX_RECORD_BYTES (1023): a record always fits one overlay
+    datagram. Measured (tests/unit/test_dht_policy.py): a name record of node "node1" with
+    hostname "alice" in network "testnet" is 544 bytes (its certificate 383), an ip record
+    543; a router's 32 bytes more (its certificate carries the router extension). Names at
+    the limits of every length rule (56-byte network, 63-byte node name, two 63-byte labels)
+    would make a 1,065-byte name record: signing refuses it rather than sending what replicas
+    would refuse.
+
+Why the owner's certificate travels with every record: replicas and readers must know the
+owner is a certified member of this network (:mod:`ipop.dht.policy`), and copies reach them from
+non-owners (replication, read repair), so the proof has to travel with the bytes. Replicas
+verify it through the network's ``CaTrust``, which caches verified DER, so a certificate seen
+once costs a dict lookup afterwards.
 
 Protocol flow (who writes what)::
 
     owner:   Record.sign(identity, key, value, seq, expires_at)  --STORE-->  replicas
-    replica: check_record() (signature, owner == node_id_for(owner_pub), key id)
-             then decide_store(current, offered, now) -> StoreOutcome
+    replica: check_record() (signature, owner == node_id_for(owner_pub), key id),
+             RecordPolicy.admit() (certificate, namespace, hostname, value size),
+             then decide_store(current, offered, now) -> StoreOutcome, then quotas
     reader:  fetch from the R nearest, check_record() each, choose_best(), repair the rest
 
 Replacement rule (``decide_store``), the heart of IP/name ownership (DESIGN.md §4):
@@ -48,20 +63,36 @@ from ipop.errors import LocalProtocolError, RemoteProtocolError
 from ipop.identity import NodeIdentity, node_id_for, verify_signature
 from ipop.types import ID_BYTES, NodeId
 
-VERSION = 1
+VERSION = 2
 FLAG_TOMBSTONE = 0x01
 MAX_KEY_BYTES = 255
-MAX_VALUE_BYTES = 600
+MAX_VALUE_BYTES = 255
+MAX_CERT_BYTES = 768
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 SIG_DOMAIN = b"ipop-dht-record-v1\x00"
 KEY_ID_PERSON = b"ipop-dht-key"
 _TAIL = struct.Struct(">QQ")
-# Largest possible encoding: stays under 1 KB so a record always fits one overlay datagram.
-MAX_RECORD_BYTES = (
-    3 + MAX_KEY_BYTES + 2 + MAX_VALUE_BYTES + _TAIL.size + ID_BYTES + PUBLIC_KEY_BYTES
-) + SIGNATURE_BYTES
-assert MAX_RECORD_BYTES < 1024
+# Reasons check_record (and the encoder it runs) can refuse an already-parsed record for.
+RECORD_REASONS = frozenset(
+    {
+        "record_key_length",
+        "record_value_length",
+        "record_tombstone_value",
+        "record_seq_range",
+        "record_expiry_range",
+        "record_pub_length",
+        "record_cert_length",
+        "record_too_long",
+        "record_owner_mismatch",
+        "record_key_mismatch",
+        "record_bad_signature",
+    }
+)
+# Largest accepted encoding: under 1 KB so a record always fits one overlay datagram. The
+# fields' own bounds add up to more; the total is checked on its own (see the layout).
+MAX_RECORD_BYTES = 1023
+_FIXED_BYTES = 3 + 2 + _TAIL.size + ID_BYTES + PUBLIC_KEY_BYTES + 2 + SIGNATURE_BYTES
 
 
 def key_id(key: str) -> bytes:
@@ -91,6 +122,8 @@ class Record:
     expires_at: float
     sig: bytes
     tombstone: bool = False
+    # The owner's certificate (DER): what makes the owner a member (ipop.dht.policy).
+    cert: bytes = b""
 
     @classmethod
     def sign(
@@ -114,6 +147,7 @@ class Record:
             expires_at=expires_ms / 1000,
             sig=b"",
             tombstone=tombstone,
+            cert=identity.cert.der,
         )
         try:
             body = _encode_body(unsigned)
@@ -128,6 +162,7 @@ class Record:
             expires_at=expires_ms / 1000,
             sig=identity.sign(SIG_DOMAIN + body),
             tombstone=tombstone,
+            cert=identity.cert.der,
         )
 
     @property
@@ -166,6 +201,11 @@ def _encode_body(r: Record) -> bytes:
         raise RemoteProtocolError("record_expiry_range")
     if len(r.owner_pub) != PUBLIC_KEY_BYTES:
         raise RemoteProtocolError("record_pub_length")
+    if not 1 <= len(r.cert) <= MAX_CERT_BYTES:
+        raise RemoteProtocolError("record_cert_length", str(len(r.cert)))
+    total = _FIXED_BYTES + len(key_b) + len(r.value) + len(r.cert)
+    if total > MAX_RECORD_BYTES:
+        raise RemoteProtocolError("record_too_long", str(total))
     flags = FLAG_TOMBSTONE if r.tombstone else 0
     return b"".join(
         (
@@ -176,6 +216,8 @@ def _encode_body(r: Record) -> bytes:
             _TAIL.pack(r.seq, expires_ms),
             r.owner.to_bytes(),
             bytes(r.owner_pub),
+            len(r.cert).to_bytes(2, "big"),
+            bytes(r.cert),
         )
     )
 
@@ -212,9 +254,15 @@ def decode_record(data: bytes) -> Record:
     pos += 2
     if vallen > MAX_VALUE_BYTES:
         raise RemoteProtocolError("record_value_length", str(vallen))
-    fixed = _TAIL.size + ID_BYTES + PUBLIC_KEY_BYTES + SIGNATURE_BYTES
-    if len(data) != pos + vallen + fixed:
-        raise RemoteProtocolError("record_length", f"{len(data)} != {pos + vallen + fixed}")
+    fixed = _TAIL.size + ID_BYTES + PUBLIC_KEY_BYTES + 2
+    if len(data) < pos + vallen + fixed + SIGNATURE_BYTES:
+        raise RemoteProtocolError("record_truncated", "tail")
+    certlen = int.from_bytes(data[pos + vallen + fixed - 2 : pos + vallen + fixed], "big")
+    if not 1 <= certlen <= MAX_CERT_BYTES:
+        raise RemoteProtocolError("record_cert_length", str(certlen))
+    want = pos + vallen + fixed + certlen + SIGNATURE_BYTES
+    if len(data) != want:
+        raise RemoteProtocolError("record_length", f"{len(data)} != {want}")
     value = data[pos : pos + vallen]
     pos += vallen
     seq, expires_ms = _TAIL.unpack_from(data, pos)
@@ -222,19 +270,21 @@ def decode_record(data: bytes) -> Record:
     owner = NodeId.from_bytes(data[pos : pos + ID_BYTES])
     pos += ID_BYTES
     owner_pub = data[pos : pos + PUBLIC_KEY_BYTES]
-    pos += PUBLIC_KEY_BYTES
-    sig = data[pos:]
+    pos += PUBLIC_KEY_BYTES + 2
+    cert = data[pos : pos + certlen]
+    sig = data[pos + certlen :]
     tombstone = bool(flags & FLAG_TOMBSTONE)
     if tombstone and value:
         raise RemoteProtocolError("record_tombstone_value")
-    return Record(key, value, seq, owner, owner_pub, expires_ms / 1000, sig, tombstone)
+    return Record(key, value, seq, owner, owner_pub, expires_ms / 1000, sig, tombstone, cert)
 
 
 def check_record(record: Record, *, expected_key_id: bytes | None = None) -> None:
     """Raise :class:`RemoteProtocolError` unless ``record`` is authentic.
 
     Authentic means: the public key hashes to the claimed owner, the signature verifies over
-    the canonical encoding, and (if given) the key hashes to ``expected_key_id``.
+    the canonical encoding, and (if given) the key hashes to ``expected_key_id``. Whether the
+    owner may hold this key at all is :meth:`ipop.dht.policy.RecordPolicy.admit`'s question.
     """
     try:
         owner = node_id_for(bytes(record.owner_pub))
@@ -256,8 +306,9 @@ class StoreOutcome(enum.IntEnum):
     UNCHANGED = 1  # it already held exactly this record (idempotent success)
     STALE = 2  # same owner, but the offer's seq is not higher than what it holds
     CONFLICT = 3  # a live record of another owner holds the key
-    INVALID = 4  # signature, owner binding or key id wrong
+    INVALID = 4  # signature, owner binding, key id, membership or the key's rules wrong
     EXPIRED = 5  # the offer's lease is over already, or reaches past the allowed maximum
+    REFUSED = 6  # the owner's quota for this kind of key, or the replica, is full
 
     @property
     def accepted(self) -> bool:

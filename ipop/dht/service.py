@@ -3,7 +3,9 @@
 Kademlia is an asyncio library, so this layer is asyncio by nature (DESIGN.md §2); the pure
 parts it leans on are :mod:`ipop.dht.record` (encoding, signature, replacement rule, which copy
 a reader believes) and :mod:`ipop.dht.wire`. It runs unchanged on the simulator's virtual-time
-loop: all time comes from ``loop.time()``, all randomness from the injected ``rng``.
+loop: timers run on ``loop.time()``, record time (leases, seqs, certificates) comes from the
+injected UNIX ``clock`` (the loop's time by default, as in the simulator), all randomness from
+the injected ``rng``.
 
 Theory of operation
   * Replica set of a key: the R nodes (XOR-)nearest its 20-byte id, found by kademlia's node
@@ -17,6 +19,10 @@ Theory of operation
     tombstone, higher seq) so no replica keeps a value whose create failed; if no rival holds
     a quorum either (a split vote), it retries after a jittered, doubling pause so that one
     racer goes first.
+  * Records: only a certified member's, under this network's keys and within its rights
+    (:mod:`ipop.dht.policy`). Replicas refuse the rest (:mod:`ipop.dht.storage`), readers
+    disbelieve it (a copy a replica returns is checked like an offer), and this node does not
+    even send a record its own replica would refuse (the write fails, counted).
   * ``get`` fetches from every replica, believes :func:`~ipop.dht.record.choose_best`, and
     repairs replicas that hold nothing, an expired copy or an older seq (read repair). Repairs
     copy signed bytes, so they never extend a lease.
@@ -32,8 +38,9 @@ Theory of operation
   * Kademlia's ``Server`` is not used: its ``listen`` binds a UDP socket, its ``set`` counts
     "sent" as success, and its hourly refresh republishes every key any node holds (stale
     values come back). Its routing table and ``NodeSpiderCrawl`` lookup are used as they are.
-  * Known limit: leases are absolute times on the owner's clock, judged on each replica's
-    clock; hosts must agree on the time to within a small part of a lease (NTP does).
+  * Known limit: leases are absolute UNIX times on the owner's clock (``clock``, never the
+    loop's monotonic time, which differs per host), judged on each replica's clock; hosts must
+    agree on the time to within a small part of a lease (NTP does).
   * Invariant: every task the service starts is in ``_tasks``; ``close()`` cancels and awaits
     them and resolves every pending RPC, so nothing outlives it.
 """
@@ -45,13 +52,15 @@ import heapq
 import logging
 import random
 from collections import Counter
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from typing import Any, TypeVar
 
 from kademlia.crawling import NodeSpiderCrawl
 from kademlia.node import Node, NodeHeap
 
+from ipop.dht.policy import RecordPolicy
 from ipop.dht.protocol import IpopKademliaProtocol, kad_node
 from ipop.dht.record import (
     Record,
@@ -62,7 +71,7 @@ from ipop.dht.record import (
     newest_by_owner,
 )
 from ipop.dht.shim import LinkedPeers, OverlayPort, OverlayShim
-from ipop.dht.storage import RecordStorage
+from ipop.dht.storage import DEFAULT_MAX_RECORDS, STORE_REASONS, RecordStorage
 from ipop.dht.wire import MAX_FIND_NODES, StoreAnswered
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.idcache import node_id_from_bytes
@@ -109,6 +118,11 @@ class DhtConfig:
     max_ttl_s: float = DHT_MAX_TTL_S
     create_rounds: int = DHT_CREATE_ROUNDS
     create_backoff_s: float = DHT_CREATE_BACKOFF_S
+    # The network's virtual subnet: ip keys and name values outside it are refused (None: the
+    # DHT does not know it, e.g. a bare test cluster, and addresses are not range-checked).
+    subnet: IPv4Network | None = None
+    # Records one replica holds at most (ipop.dht.storage).
+    max_records: int = DEFAULT_MAX_RECORDS
 
     def __post_init__(self) -> None:
         if self.replicas < 3:
@@ -129,6 +143,8 @@ class DhtConfig:
             )
         if self.rpc_attempts < 1 or self.rpc_retry_s <= 0 or self.create_rounds < 1:
             raise ConfigError("dht.rpc", "attempts, retry and rounds must be positive")
+        if self.max_records < 1:
+            raise ConfigError("dht.max_records", f"{self.max_records} < 1", "use 1 or more")
 
     @property
     def width(self) -> int:
@@ -219,7 +235,11 @@ class DhtService:
         *,
         rng: random.Random,
         config: DhtConfig | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock``: UNIX time, for leases, seqs and certificates (a daemon's loop time is
+        monotonic, and each host's differs); None: the loop's (the simulator's is UNIX-like).
+        """
         if port.local_id != identity.node_id:
             raise LocalProtocolError("overlay port and identity disagree on our node id")
         self._loop = asyncio.get_running_loop()
@@ -235,7 +255,15 @@ class DhtService:
         self.stats: Counter[str] = Counter()
         self.stats_drops: Counter[str] = Counter()
         self.background_errors: list[BaseException] = []
-        self.storage = RecordStorage(self._loop.time, max_ttl=self.config.max_ttl_s)
+        # Record time (leases, seqs, certificates) is UNIX time; timers run on the loop.
+        self._now = clock or self._loop.time
+        self.policy = RecordPolicy(identity.trust, subnet=self.config.subnet)
+        self.storage = RecordStorage(
+            self._now,
+            policy=self.policy,
+            max_ttl=self.config.max_ttl_s,
+            max_records=self.config.max_records,
+        )
         self.protocol = IpopKademliaProtocol(
             self.node_id,
             self.storage,
@@ -406,29 +434,46 @@ class DhtService:
             return False, None
         if found.record is None:
             return True, None
-        try:
-            check_record(found.record, expected_key_id=kid)
-        except RemoteProtocolError as exc:
-            self.stats_drops[f"fetched_{exc.reason}"] += 1
-            return True, None
-        return True, found.record
+        return True, self._believable(found.record, kid, "fetched")
 
     def _verified_current(self, answer: StoreAnswered | None, kid: bytes) -> Record | None:
         if answer is None or answer.current is None:
             return None
+        return self._believable(answer.current, kid, "answer")
+
+    def _believable(self, record: Record, kid: bytes, where: str) -> Record | None:
+        """``record`` if it is authentic and the policy allows it (a replica could lie)."""
         try:
-            check_record(answer.current, expected_key_id=kid)
+            check_record(record, expected_key_id=kid)
+            self.policy.admit(record, now=self._now())
         except RemoteProtocolError as exc:
-            self.stats_drops[f"answer_{exc.reason}"] += 1
+            self._drop(where, exc.reason)
             return None
-        return answer.current
+        return record
+
+    def _drop(self, where: str, reason: str) -> None:
+        """Count a refused record: ``where`` it came from, ``reason`` from the checked list."""
+        if reason not in STORE_REASONS:
+            raise LocalProtocolError(f"unknown DHT drop reason {reason!r}")
+        self.stats_drops[f"{where}_{reason}"] += 1
+
+    def _allowed(self, record: Record) -> bool:
+        """Would replicas take our ``record``? If not, do not send it (counted, logged once)."""
+        try:
+            self.policy.admit(record, now=self._now())
+        except RemoteProtocolError as exc:
+            if not self.stats_drops[f"own_{exc.reason}"]:
+                log.warning("dht: not writing %s: %s", record.key, exc)
+            self._drop("own", exc.reason)
+            return False
+        return True
 
     # --- signing ------------------------------------------------------------------------------
 
     def _sign(
         self, key: str, value: bytes, *, expires_at: float, tombstone: bool = False
     ) -> Record:
-        now = self._loop.time()
+        now = self._now()
         if not now < expires_at <= now + self.config.max_ttl_s:
             raise LocalProtocolError(
                 f"lease must end within (0, {self.config.max_ttl_s}] s from now"
@@ -461,13 +506,15 @@ class DhtService:
 
     async def put(self, key: str, value: bytes, ttl: float) -> bool:
         """Write our record; True iff a quorum of the replica set acknowledged it."""
-        ok = await self._write(key, value, expires_at=self._loop.time() + ttl)
+        ok = await self._write(key, value, expires_at=self._now() + ttl)
         self.stats["put_ok" if ok else "put_failed"] += 1
         return ok
 
     async def _write(
         self, key: str, value: bytes, *, expires_at: float, tombstone: bool = False
     ) -> bool:
+        if not self._allowed(self._sign(key, value, expires_at=expires_at, tombstone=tombstone)):
+            return False  # before any lookup: nobody would take it
         kid = key_id(key)
         replicas = await self.replica_set(kid)
         for _ in range(2):
@@ -489,11 +536,13 @@ class DhtService:
         True: a quorum of the replica set holds our record. False: someone else holds the key
         (or the votes kept splitting); then no replica that answered keeps our value.
         """
+        if not self._allowed(self._sign(key, value, expires_at=self._now() + ttl)):
+            return False  # before any lookup: nobody would take it
         kid = key_id(key)
         replicas = await self.replica_set(kid)
         need = self.config.needed(len(replicas))
         for attempt in range(self.config.create_rounds):
-            record = self._sign(key, value, expires_at=self._loop.time() + ttl)
+            record = self._sign(key, value, expires_at=self._now() + ttl)
             answers = await self._store_all(replicas, record)
             if self._acks(answers) >= need:
                 self._owned[key] = record
@@ -547,7 +596,7 @@ class DhtService:
         kid = key_id(key)
         replicas = await self.replica_set(kid)
         fetched = await asyncio.gather(*(self._fetch_at(p, kid) for p in replicas))
-        now = self._loop.time()
+        now = self._now()
         held = {p: r for p, (answered, r) in zip(replicas, fetched, strict=True) if answered}
         copies = [r for r in held.values() if r is not None]
         best = choose_best(copies, now=now)
@@ -582,17 +631,17 @@ class DhtService:
     async def renew(self, key: str, ttl: float) -> bool:
         """Extend our own lease on ``key`` to ``now + ttl``; False if we do not hold it."""
         own = await self._own_record(key)
-        if own is None or own.expires_at <= self._loop.time():
+        if own is None or own.expires_at <= self._now():
             self.stats["renew_not_owner"] += 1
             return False
-        ok = await self._write(key, own.value, expires_at=self._loop.time() + ttl)
+        ok = await self._write(key, own.value, expires_at=self._now() + ttl)
         self.stats["renew_ok" if ok else "renew_failed"] += 1
         return ok
 
     async def delete(self, key: str) -> bool:
         """Release our record on ``key`` (a signed tombstone); False if it is not ours."""
         own = await self._own_record(key)
-        now = self._loop.time()
+        now = self._now()
         if own is None or own.expires_at <= now:
             self.stats["delete_not_owner"] += 1
             return False
@@ -603,11 +652,11 @@ class DhtService:
 
     def owned(self) -> dict[str, Record]:
         """Our live records (the ones we republish)."""
-        now = self._loop.time()
+        now = self._now()
         return {k: r for k, r in self._owned.items() if r.expires_at > now}
 
     async def _republish_all(self) -> None:
-        now = self._loop.time()
+        now = self._now()
         for key in [k for k, r in self._owned.items() if r.expires_at <= now]:
             del self._owned[key]
         for record in list(self._owned.values()):

@@ -1,13 +1,28 @@
 """A replica's record store: kademlia's ``IStorage`` holding authenticated, versioned records.
 
 Theory of operation: every record enters through :meth:`RecordStorage.offer`, which checks the
-signature and owner binding (:func:`ipop.dht.record.check_record`) and then applies the
-replacement rule (:func:`ipop.dht.record.decide_store`). So the store holds, per key id, at
-most one record, and that record is always authentic and was never replaced except by its own
-owner with a higher seq, or after it expired or was released by a tombstone.
+signature and owner binding (:func:`ipop.dht.record.check_record`), the owner's membership and
+right to the key (:meth:`ipop.dht.policy.RecordPolicy.admit`), then applies the replacement
+rule (:func:`ipop.dht.record.decide_store`), then the bounds below. So the store holds, per key
+id, at most one record, and that record is always authentic, owned by a certified member
+allowed that key, and was never replaced except by its own owner with a higher seq, or after
+it expired or was released by a tombstone.
 
-Time comes from the ``clock`` callable (the event loop's ``time``; the simulator's is
-virtual), never from ``time.monotonic()`` as kademlia's ``ForgetfulStorage`` does.
+Bounds (a store is a table keyed by what members send):
+  * per owner and key kind, :meth:`~ipop.dht.policy.RecordPolicy.quota` records (tombstones
+    count). A new record beyond the quota displaces that owner's lowest-seq record of the kind,
+    unless it is itself the lowest: then it is refused. Why not refuse every newcomer: an honest
+    node that lost its state and claims a new address must not be locked out by its own old
+    lease for an hour; owners sign seqs from their clock, so "latest claim wins" and a read
+    repair of the superseded record is refused. Only an owner's own records are ever displaced.
+  * at most ``max_records`` records in all. When full, expired records go first; a new key is
+    then refused (``store_full``), never accepted by evicting someone else's record: with the
+    per-owner quotas, filling a replica takes that many certificates.
+  * each record is at most ``MAX_RECORD_BYTES`` (:mod:`ipop.dht.record`).
+
+Time comes from the ``clock`` callable, UNIX time (leases are absolute times and certificates
+are judged in it: the daemon's ``time.time``, the simulator's virtual time), never from
+``time.monotonic()`` as kademlia's ``ForgetfulStorage`` does.
 
 Stock kademlia republishes every stored key hourly from every node (``iter_older_than``),
 which resurrects stale values. Here ``iter_older_than`` yields nothing: only owners republish
@@ -21,36 +36,136 @@ from collections.abc import Callable, Iterator
 
 from kademlia.storage import IStorage
 
-from ipop.dht.record import Record, StoreOutcome, check_record, decide_store, decode_record
+from ipop.dht.policy import POLICY_REASONS, Kind, RecordPolicy
+from ipop.dht.record import (
+    RECORD_REASONS,
+    Record,
+    StoreOutcome,
+    check_record,
+    decide_store,
+    decode_record,
+)
 from ipop.errors import LocalProtocolError, RemoteProtocolError
 from ipop.timing import DHT_MAX_TTL_S
+from ipop.types import NodeId
+
+# Records one replica holds at most. Honest load is about 2 R records per replica whatever the
+# network's size (each node: one address and one name, R copies each, spread over N nodes),
+# plus routers' LAN hosts; ~1 KB each, so the bound caps memory near 16 MB.
+DEFAULT_MAX_RECORDS = 16384
+
+# Every reason a replica refuses an offer for: ``refused`` counts only these.
+STORE_REASONS = (
+    RECORD_REASONS
+    | POLICY_REASONS
+    | frozenset(
+        {
+            "stale",
+            "conflict",
+            "expired",
+            "quota_ip",
+            "quota_name",
+            "quota_user",
+            "store_full",
+        }
+    )
+)
 
 
 class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type hints
     """Records by 20-byte key id; expired ones vanish on access."""
 
-    def __init__(self, clock: Callable[[], float], *, max_ttl: float = DHT_MAX_TTL_S) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        policy: RecordPolicy,
+        max_ttl: float = DHT_MAX_TTL_S,
+        max_records: int = DEFAULT_MAX_RECORDS,
+    ) -> None:
         self._clock = clock
+        self._policy = policy
         self._max_ttl = max_ttl
+        self._max_records = max_records
         self._data: dict[bytes, Record] = {}
+        # Key ids held per (owner, kind): what the quotas count. Kept in step with _data.
+        self._by_owner: dict[tuple[NodeId, Kind], set[bytes]] = {}
+        self._kind: dict[bytes, Kind] = {}
         # Refusals by reason: the replica-side half of the DHT's drop counters.
         self.refused: Counter[str] = Counter()
+        # Records that gave way to a newer one of the same owner and kind (quota).
+        self.displaced = 0
+
+    def _refuse(self, reason: str) -> None:
+        if reason not in STORE_REASONS:
+            raise LocalProtocolError(f"unknown store refusal reason {reason!r}")
+        self.refused[reason] += 1
 
     def offer(self, record: Record) -> StoreOutcome:
-        """Authenticate ``record`` and store it if the replacement rule allows."""
+        """Authenticate ``record`` and store it if the policy, the rule and the bounds allow."""
+        now = self._clock()
         try:
             check_record(record)
+            admitted = self._policy.admit(record, now=now)
         except RemoteProtocolError as exc:
-            self.refused[exc.reason] += 1
+            self._refuse(exc.reason)
             return StoreOutcome.INVALID
-        now = self._clock()
         kid = record.key_id
-        outcome = decide_store(self._data.get(kid), record, now=now, max_ttl=self._max_ttl)
-        if outcome is StoreOutcome.STORED:
-            self._data[kid] = record
-        elif not outcome.accepted:
-            self.refused[outcome.name.lower()] += 1
+        current = self.lookup(kid)
+        outcome = decide_store(current, record, now=now, max_ttl=self._max_ttl)
+        if not outcome.accepted:
+            self._refuse(outcome.name.lower())
+            return outcome
+        if outcome is StoreOutcome.UNCHANGED:
+            return outcome
+        quota = self._policy.quota(admitted.cert, admitted.kind)
+        if not self._room_for(record, kid, admitted.kind, quota=quota):
+            return StoreOutcome.REFUSED
+        self._put(kid, record, admitted.kind)
         return outcome
+
+    def _room_for(self, record: Record, kid: bytes, kind: Kind, *, quota: int) -> bool:
+        """Make room for ``record`` under the bounds (module docstring), or refuse it."""
+        current = self._data.get(kid)
+        if current is not None and current.owner == record.owner:
+            return True  # a replacement: the owner's count does not change
+        held = self._owned(record.owner, kind)
+        if len(held) >= quota:
+            lowest = min(held, key=lambda k: self._data[k].seq)
+            if self._data[lowest].seq >= record.seq:
+                self._refuse(f"quota_{kind.value}")
+                return False
+            self._remove(lowest)
+            self.displaced += 1
+        if current is None and len(self._data) >= self._max_records:
+            self.cull()
+            if len(self._data) >= self._max_records:
+                self._refuse("store_full")
+                return False
+        return True
+
+    def _owned(self, owner: NodeId, kind: Kind) -> set[bytes]:
+        """Key ids of ``owner``'s unexpired records of ``kind`` (expired ones are dropped)."""
+        held = self._by_owner.get((owner, kind), set())
+        now = self._clock()
+        for k in [k for k in held if self._data[k].expires_at <= now]:
+            self._remove(k)
+        return self._by_owner.get((owner, kind), set())
+
+    def _put(self, kid: bytes, record: Record, kind: Kind) -> None:
+        if kid in self._data:
+            self._remove(kid)
+        self._data[kid] = record
+        self._kind[kid] = kind
+        self._by_owner.setdefault((record.owner, kind), set()).add(kid)
+
+    def _remove(self, kid: bytes) -> None:
+        record = self._data.pop(kid)
+        kind = self._kind.pop(kid)
+        held = self._by_owner[(record.owner, kind)]
+        held.discard(kid)
+        if not held:
+            del self._by_owner[(record.owner, kind)]
 
     def lookup(self, kid: bytes) -> Record | None:
         """The unexpired record held for ``kid`` (tombstones included), else None."""
@@ -58,16 +173,20 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type h
         if record is None:
             return None
         if record.expires_at <= self._clock():
-            del self._data[kid]
+            self._remove(kid)
             return None
         return record
+
+    def held_by(self, owner: NodeId, kind: Kind | None = None) -> int:
+        """How many unexpired records ``owner`` has here, of ``kind`` (None: all kinds)."""
+        return sum(len(self._owned(owner, k)) for k in Kind if kind is None or k is kind)
 
     def cull(self) -> int:
         """Drop every expired record; returns how many went."""
         now = self._clock()
         gone = [k for k, r in self._data.items() if r.expires_at <= now]
         for k in gone:
-            del self._data[k]
+            self._remove(k)
         return len(gone)
 
     def __len__(self) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -130,8 +130,21 @@ class DhtCluster:
     node and cancels datagrams in flight.
     """
 
-    def __init__(self, overlay: FakeOverlay, *, seed: int, config: DhtConfig | None) -> None:
+    def __init__(
+        self,
+        overlay: FakeOverlay,
+        *,
+        seed: int,
+        config: DhtConfig | None,
+        hostnames: Mapping[int, str] | None = None,
+        routers: Mapping[int, int] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.overlay = overlay
+        self.clock = clock  # every node's record clock (None: the loop's time)
+        # Certificate fields of the i-th node made (hostname; router: its LAN host quota).
+        self.hostnames = dict(hostnames or {})
+        self.routers = dict(routers or {})
         self.config = config
         self.seed = seed
         self.ca = make_network("testnet", now=asyncio.get_running_loop().time())
@@ -150,11 +163,16 @@ class DhtCluster:
         jitter: float = 0.01,
         config: DhtConfig | None = None,
         bootstrap: bool = True,
+        hostnames: Mapping[int, str] | None = None,
+        routers: Mapping[int, int] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> DhtCluster:
         overlay = FakeOverlay(
             rng=random.Random(f"overlay-{seed}"), latency=latency, jitter=jitter, loss=loss
         )
-        cluster = cls(overlay, seed=seed, config=config)
+        cluster = cls(
+            overlay, seed=seed, config=config, hostnames=hostnames, routers=routers, clock=clock
+        )
         for _ in range(n):
             cluster.add_node()
         if bootstrap:
@@ -171,11 +189,22 @@ class DhtCluster:
             # Keys from the seed, so node ids (and so every lookup and race) replay exactly.
             key = Ed25519PrivateKey.from_private_bytes(self._key_rng.randbytes(32))
             raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-            cert = self.ca.sign_node(raw, f"node{self._count}", now=now)
+            index = self._count - 1
+            cert = self.ca.sign_node(
+                raw,
+                f"node{self._count}",
+                now=now,
+                hostname=self.hostnames.get(index),
+                router_hosts=self.routers.get(index, 0),
+            )
             identity = NodeIdentity(key, cert, self.ca.trust)
         port = self.overlay.add(identity.node_id)
         svc = DhtService(
-            identity, port, rng=random.Random(f"dht-{self.seed}-{self._count}"), config=self.config
+            identity,
+            port,
+            rng=random.Random(f"dht-{self.seed}-{self._count}"),
+            config=self.config,
+            clock=self.clock,
         )
         self.overlay.attach(identity.node_id, svc.deliver)
         self.nodes.append(svc)
@@ -210,6 +239,9 @@ def run_cluster(
     seed: int = 1,
     loss: float = 0.0,
     config: DhtConfig | None = None,
+    hostnames: Mapping[int, str] | None = None,
+    routers: Mapping[int, int] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> T:
     """Run ``body`` on a fresh ``n``-node cluster on virtual time, then close it.
 
@@ -217,7 +249,15 @@ def run_cluster(
     """
 
     async def main() -> T:
-        cluster = await DhtCluster.create(n, seed=seed, loss=loss, config=config)
+        cluster = await DhtCluster.create(
+            n,
+            seed=seed,
+            loss=loss,
+            config=config,
+            hostnames=hostnames,
+            routers=routers,
+            clock=clock,
+        )
         nodes = list(cluster.nodes)
         try:
             return await body(cluster)

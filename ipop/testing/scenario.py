@@ -363,7 +363,7 @@ class _World:
 
         async def put(k: int) -> None:
             nd = self.rng.choice(live)
-            key, value = f"simnet:rec:{k}", f"value-{k}".encode()
+            key, value = f"simnet:user:{k}", f"value-{k}".encode()
             assert nd.dht is not None
             if await nd.dht.put(key, value, 3600.0):
                 records[key] = value

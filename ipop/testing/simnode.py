@@ -33,7 +33,7 @@ def start_nodes(
     boot: list[Endpoint] = []
     for host in hosts:
         node = Node(
-            make_identity(ca, host.name, now=loop.time()),
+            make_identity(ca, host.name, now=loop.time(), hostname=host.name),
             bootstrap=boot,
             clock=loop.time,
             rng=random.Random(rng.random()),

@@ -91,6 +91,13 @@ def _topology() -> Topology:
 
 
 DHCP_HOSTS = ("p1", "p2", "p3", "q1", "q2")
+# A LAN host's name lives under its router's: <host>.<router hostname> (ipop.dht.policy).
+ROUTER_OF = {"p1": "r1", "p2": "r1", "p3": "r1", "q1": "r2", "q2": "r2", "q3": "r2"}
+
+
+def _fqdn(name: str) -> str:
+    """The DNS name of a lab host: a node's hostname, or a LAN host's under its router."""
+    return f"{name}.{ROUTER_OF[name]}.ipop" if name in ROUTER_OF else f"{name}.ipop"
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +131,7 @@ def _router_status(net: IpopNet, router: str, *, named: tuple[str, ...] = ()) ->
     while True:
         st = net.status(router)
         names = {n for h in st.lan_hosts for n in h.names}
-        if all(f"{n}.ipop" in names for n in named) or time.monotonic() > deadline:
+        if all(_fqdn(n) in names for n in named) or time.monotonic() > deadline:
             return st
         time.sleep(0.05)
 
@@ -186,7 +193,7 @@ def test_plain_hosts_get_leases_fast_and_the_router_lists_them(
             row = rows[str(addr)]
             assert row.mac == _mac(net, name)
             assert row.kind == "dhcp"
-            assert f"{c_name(addr)}.ipop" in row.names and f"{name}.ipop" in row.names
+            assert f"{c_name(addr)}.ipop" in row.names and _fqdn(name) in row.names
             assert row.lease_s is not None and 0 < row.lease_s <= 120
     # The CLI shows them too.
     res = net.lab.exec(
@@ -210,14 +217,14 @@ def test_plain_hosts_ping_nodes_and_the_other_cluster_by_name_and_back(
     _router_status(net, "r1", named=("p1", "p2", "p3"))
     _router_status(net, "r2", named=("q1", "q2"))
     pairs = [
-        ("p1", "a.ipop"),
-        ("p2", "pub2.ipop"),
-        ("a", "p1.ipop"),
-        ("pub1", "p2.ipop"),
-        ("p3", "q1.ipop"),
-        ("q1", "p3.ipop"),
-        ("q2", "pub1.ipop"),
-        ("a", "q2.ipop"),
+        ("p1", _fqdn("a")),
+        ("p2", _fqdn("pub2")),
+        ("a", _fqdn("p1")),
+        ("pub1", _fqdn("p2")),
+        ("p3", _fqdn("q1")),
+        ("q1", _fqdn("p3")),
+        ("q2", _fqdn("pub1")),
+        ("a", _fqdn("q2")),
     ]
     for src, target in pairs:
         out = _ping(net, src, target)
@@ -424,5 +431,5 @@ def test_router_restart_keeps_the_hosts_addresses(
     while "lease of" not in log.read_text().split("SIGUSR1")[-1] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert net.plain_address("p1") == leases["p1"][0]
-    for src, target in (("p1", "a.ipop"), ("a", "p2.ipop"), ("q1", "p3.ipop")):
+    for src, target in (("p1", "a.ipop"), ("a", _fqdn("p2")), ("q1", _fqdn("p3"))):
         _ping(net, src, target, tries=6)

@@ -14,7 +14,7 @@ from ipop.dht.wire import M_STORE, MSG_ID_BYTES, PingRequested, StoreRequested, 
 from ipop.testing.fake_overlay import DhtCluster, holders, live_owners, run_cluster
 from ipop.types import NodeId
 
-K = "testnet:name:alice"
+K = "testnet:user:alice"
 
 
 async def offer_everywhere(
@@ -140,7 +140,7 @@ def test_two_racing_creates_exactly_one_wins(seed: int) -> None:
         rng = random.Random(seed)
         a, b = rng.sample(c.nodes, 2)
         key = f"testnet:ip:100.64.0.{seed + 10}"
-        results = await asyncio.gather(a.create(key, b"a", 120), b.create(key, b"b", 120))
+        results = await asyncio.gather(a.create(key, b"", 120), b.create(key, b"", 120))
         assert sorted(results) == [False, True], results
         winner, loser = (a, b) if results[0] else (b, a)
         for reader in (a, b, c.nodes[0]):

@@ -86,7 +86,8 @@ def test_names_register_and_resolve() -> None:
         sent = c.overlay.stats["sent"]
         assert await lookup_name(bob, "testnet", c_name(a_ip), SUBNET) == a_ip
         assert c.overlay.stats["sent"] == sent
-        # First claim wins; a name pointing at an address its owner does not hold never resolves.
+        # A name is its certificate's; a name pointing at an address its owner does not hold
+        # never resolves.
         assert not await register_name(bob, "testnet", "alice-laptop", IPv4Address("100.64.5.9"))
         assert await register_name(mallory, "testnet", "bank", a_ip)
         assert await lookup_name(bob, "testnet", "bank", SUBNET) is None
@@ -95,7 +96,7 @@ def test_names_register_and_resolve() -> None:
         # Networks are separate namespaces on one overlay.
         assert await lookup_name(bob, "othernet", "alice-laptop", SUBNET) is None
 
-    run_cluster(body, n=12)
+    run_cluster(body, n=12, hostnames={1: "alice-laptop", 3: "bank"})
 
 
 def test_lease_reclaims_after_a_lapse() -> None:

@@ -46,7 +46,9 @@ def test_one_certificate_cannot_eclipse_a_name_or_an_address(seed: int) -> None:
             honest, attacker, victim = nodes[:-1], nodes[-1], nodes[3]
             assert victim.dht is not None and attacker.dht is not None
             assert await victim.dht.create(ip_key(NET, VICTIM_IP), b"", 600)
-            assert await register_name(victim.dht, NET, "victim", VICTIM_IP)
+            name = victim.identity.cert.hostname
+            assert name is not None
+            assert await register_name(victim.dht, NET, name, VICTIM_IP)
             expires = loop.time() + 600
             eclipsers = [
                 Eclipser(
@@ -55,7 +57,7 @@ def test_one_certificate_cannot_eclipse_a_name_or_an_address(seed: int) -> None:
                     Record.sign(attacker.identity, key, value, seq=99, expires_at=expires),
                 )
                 for key, value in (
-                    (name_key(NET, "victim"), ATTACKER_IP.packed),
+                    (name_key(NET, name), ATTACKER_IP.packed),
                     (ip_key(NET, VICTIM_IP), b""),
                 )
             ]
@@ -70,7 +72,7 @@ def test_one_certificate_cannot_eclipse_a_name_or_an_address(seed: int) -> None:
             hijacked = 0
             for reader in honest[1:6]:
                 assert reader.dht is not None
-                for key in (name_key(NET, "victim"), ip_key(NET, VICTIM_IP)):
+                for key in (name_key(NET, name), ip_key(NET, VICTIM_IP)):
                     got = await reader.dht.get(key)
                     assert got is not None, key
                     hijacked += got.owner != victim.node_id

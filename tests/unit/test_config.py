@@ -103,8 +103,17 @@ def test_relative_paths_are_relative_to_the_config_file(
 def test_effective_hostname() -> None:
     assert NodeConfig(bundle=Path("/b")).effective_hostname("from-bundle") == "from-bundle"
     assert NodeConfig(bundle=Path("/b")).effective_hostname(None) is None
+    same = NodeConfig(bundle=Path("/b"), hostname="from-bundle")
+    assert same.effective_hostname("from-bundle") == "from-bundle"
+
+
+@pytest.mark.parametrize("bundle_hostname", ["from-bundle", None])
+def test_config_cannot_override_the_certificates_hostname(bundle_hostname: str | None) -> None:
+    """Issue 13: the hostname is the certificate's; a config naming another one is refused."""
     cfg = NodeConfig(bundle=Path("/b"), hostname="mine")
-    assert cfg.effective_hostname("from-bundle") == "mine"
+    with pytest.raises(ConfigError) as err:
+        cfg.effective_hostname(bundle_hostname)
+    assert err.value.key == "hostname"
 
 
 def test_example_documents_every_key_with_its_default() -> None:

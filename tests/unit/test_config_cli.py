@@ -565,3 +565,40 @@ def test_revoked_certificates_leave_the_crl_when_they_expire(ws: Path, run: Run)
     trust = bundle.trust.fork()
     trust.apply_crl(two, now=NOW)
     assert trust.is_revoked(bundle.node_cert) and trust.crl_number == 2
+
+
+# --- router certificates (issue 13: a router's LAN hosts are issued under its authority) --------
+
+
+def test_router_node_carries_its_host_quota(ws: Path, run: Run) -> None:
+    rc, out, err = run(
+        "--home", "home", "node", "lab-net", "r1", "--hostname", "lab", "--router",
+        "--max-hosts", "40",
+    )  # fmt: skip
+    assert (rc, err) == (0, "")
+    assert "router for up to 40 LAN hosts" in out
+    bundle = load_bundle(ws / "r1.bundle.toml")
+    assert bundle.node_cert.router_hosts == 40 and bundle.node_cert.is_router
+    rc, out, err = run("show", str(ws / "r1.bundle.toml"), "--json")
+    assert json.loads(out)["router_hosts"] == 40
+    # The default quota is router.max_hosts' default; a plain node has none.
+    assert run("--home", "home", "node", "lab-net", "r2", "--hostname", "r2", "--router")[0] == 0
+    assert load_bundle(ws / "r2.bundle.toml").node_cert.router_hosts == 1024
+    assert run("--home", "home", "node", "lab-net", "plain")[0] == 0
+    assert load_bundle(ws / "plain.bundle.toml").node_cert.router_hosts == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--max-hosts", "4"], "--max-hosts is only for routers"),
+        (["--router"], "a router needs --hostname"),
+        (["--router", "--hostname", "lab", "--max-hosts", "0"], "--max-hosts 0 is out of range"),
+        (["--router", "--hostname", "lab", "--max-hosts", "65537"], "out of range"),
+    ],
+)
+def test_router_flags_are_checked(ws: Path, run: Run, args: list[str], needle: str) -> None:
+    before = snapshot(ws)
+    rc, _, err = run("--home", "home", "node", "lab-net", "r1", *args)
+    assert rc == 2 and needle in err
+    assert snapshot(ws) == before

@@ -17,6 +17,7 @@ from kademlia.routing import KBucket, RoutingTable
 
 from ipop.dht.alloc import usable_range
 from ipop.dht.names import c_name, parse_c_name
+from ipop.dht.policy import RecordPolicy
 from ipop.dht.protocol import IpopKademliaProtocol
 from ipop.dht.record import (
     MAX_KEY_BYTES,
@@ -60,7 +61,7 @@ BOB = make_identity(_CA, "bob", now=NOW)
 
 def rec(
     who: NodeIdentity = ALICE,
-    key: str = "testnet:ip:100.64.0.2",
+    key: str = "testnet:user:k",
     value: bytes = b"v",
     *,
     seq: int = 1,
@@ -75,13 +76,22 @@ def test_round_trip_and_authentic() -> None:
     data = r.encode()
     back = decode_record(data)
     assert back == r
-    check_record(back, expected_key_id=key_id("testnet:ip:100.64.0.2"))
+    check_record(back, expected_key_id=key_id("testnet:user:k"))
     assert back.owner == ALICE.node_id
 
 
 def test_largest_record_fits_under_1kb() -> None:
-    r = rec(key="k" * MAX_KEY_BYTES, value=b"x" * MAX_VALUE_BYTES, seq=(1 << 64) - 1)
+    base = len(rec(key="k", value=b"").encode())
+    room = MAX_RECORD_BYTES - base - MAX_VALUE_BYTES
+    assert room > 0
+    r = rec(key="k" * (1 + room), value=b"x" * MAX_VALUE_BYTES, seq=(1 << 64) - 1)
     assert len(r.encode()) == MAX_RECORD_BYTES < 1024
+    assert decode_record(r.encode()) == r
+    with pytest.raises(LocalProtocolError):  # one byte more than a record may have
+        rec(key="k" * (2 + room), value=b"x" * MAX_VALUE_BYTES)
+    with pytest.raises(RemoteProtocolError):
+        decode_record(r.encode() + b"x")
+    assert len("k" * (2 + room)) <= MAX_KEY_BYTES  # the total bound, not the key's, refused
     with pytest.raises(LocalProtocolError):
         rec(value=b"x" * (MAX_VALUE_BYTES + 1))
     with pytest.raises(LocalProtocolError):
@@ -165,9 +175,15 @@ class FakeClock:
         return self.now
 
 
+def storage(clock: FakeClock | None = None, **kw: Any) -> RecordStorage:
+    return RecordStorage(
+        clock or FakeClock(), policy=RecordPolicy(_CA.trust), max_ttl=MAX_TTL, **kw
+    )
+
+
 def test_storage_refuses_forgeries_and_forgets_expired() -> None:
     clock = FakeClock()
-    store = RecordStorage(clock, max_ttl=MAX_TTL)
+    store = storage(clock)
     good = rec(seq=3, ttl=30)
     assert store.offer(dataclasses.replace(good, value=b"evil")) is StoreOutcome.INVALID
     assert store.offer(good) is StoreOutcome.STORED
@@ -188,7 +204,7 @@ def test_storage_refuses_forgeries_and_forgets_expired() -> None:
 
 
 def test_storage_setitem_checks_key_id() -> None:
-    store = RecordStorage(FakeClock(), max_ttl=MAX_TTL)
+    store = storage()
     r = rec()
     store[r.key_id] = r.encode()
     assert store[r.key_id] == r.encode()
@@ -307,7 +323,7 @@ def _protocol() -> tuple[IpopKademliaProtocol, _Transport]:
 
     proto = IpopKademliaProtocol(
         BOB.node_id,
-        RecordStorage(FakeClock(), max_ttl=MAX_TTL),
+        storage(),
         20,
         rng=random.Random(1),
         clock=FakeClock(),

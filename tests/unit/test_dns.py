@@ -78,10 +78,19 @@ def test_unknown_hostname_is_nxdomain_and_negative_cached() -> None:
     assert _rcode(rec) == "NXDOMAIN" and r.drops["dns_lookup_outside_subnet"] == 1
 
 
-@pytest.mark.parametrize("name", ["a.b.ipop", "-bad-.ipop", "under_score.ipop", "c999000000.ipop"])
+@pytest.mark.parametrize(
+    "name",
+    ["a.b.c.ipop", "-bad-.ipop", "under_score.ipop", "c999000000.ipop", "x.c064001002.ipop"],
+)
 def test_invalid_names_in_zone_are_nxdomain(name: str) -> None:
     r = DnsResolver(SUBNET)
     assert _rcode(_answer(r.handle_query(_q(name), now=NOW))) == "NXDOMAIN"
+
+
+def test_lan_host_names_are_looked_up() -> None:
+    """``printer.lab.ipop``: router lab's LAN host printer (ipop.dht.policy)."""
+    out = DnsResolver(SUBNET).handle_query(_q("Printer.LAB.ipop"), now=NOW)
+    assert isinstance(out, NeedsLookup) and out.name == "printer.lab"
 
 
 def test_outside_suffix_forward_or_refused() -> None:

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.identity import (
+    MAX_ROUTER_HOSTS,
+    ROUTER_HOSTS_OID,
     VERIFY_CACHE_SIZE,
     CaTrust,
     CertificateError,
@@ -64,6 +66,7 @@ def _forge(
     uri_network: str = "testnet",
     node_id: NodeId | None = None,
     node_key: object = None,
+    router_ext: bytes | None = None,
 ) -> bytes:
     """A certificate signed by ``ca``'s real key but with contents sign_node would never write."""
     ca_key = serialization.load_pem_private_key(ca.key_pem(), password=None)
@@ -95,9 +98,11 @@ def _forge(
             ),
             critical=False,
         )
-        .sign(ca_key, None)
     )
-    return cert.public_bytes(serialization.Encoding.DER)
+    if router_ext is not None:
+        ext = x509.UnrecognizedExtension(ROUTER_HOSTS_OID, router_ext)
+        cert = cert.add_extension(ext, critical=False)
+    return cert.sign(ca_key, None).public_bytes(serialization.Encoding.DER)
 
 
 # --- node ids and signatures ------------------------------------------------------------------
@@ -427,3 +432,40 @@ def test_openssl_reads_node_cert(tmp_path: Path, alice: NodeIdentity, ca: Networ
         assert "OK" in verified.stdout
     else:
         assert "not yet valid" in verified.stdout + verified.stderr
+
+
+# --- router certificates ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hosts", [1, 127, 128, 255, 256, 1024, MAX_ROUTER_HOSTS])
+def test_router_host_quota_round_trips(ca: NetworkCA, hosts: int) -> None:
+    r = make_identity(ca, "r1", now=NOW, hostname="lab")
+    assert r.cert.router_hosts == 0 and not r.cert.is_router
+    router = NodeIdentity.generate(ca, "r1", now=NOW, hostname="lab", router_hosts=hosts)
+    assert router.cert.router_hosts == hosts and router.cert.is_router
+    # Parsed back from the DER (a fresh trust: no cache).
+    trust = CaTrust.from_pem(ca.cert_pem())
+    assert trust.verify(router.cert.der, now=NOW).router_hosts == hosts
+
+
+@pytest.mark.parametrize("hosts", [-1, MAX_ROUTER_HOSTS + 1])
+def test_router_host_quota_out_of_range(ca: NetworkCA, hosts: int) -> None:
+    with pytest.raises(ConfigError):
+        NodeIdentity.generate(ca, "r1", now=NOW, hostname="lab", router_hosts=hosts)
+
+
+@pytest.mark.parametrize(
+    "ext",
+    [
+        b"",
+        b"\x02\x01\x00",  # zero hosts
+        b"\x02\x01\x80",  # negative
+        b"\x02\x02\x00\x05",  # not minimal
+        b"\x02\x03\x01\x00\x01",  # above the bound
+        b"\x04\x01\x05",  # not an INTEGER
+        b"\x02\x02\x05",  # truncated
+    ],
+)
+def test_malformed_router_extension_is_refused(ca: NetworkCA, ext: bytes) -> None:
+    assert _reason(ca.trust, _forge(ca, router_ext=ext)) == "cert_malformed"
+    assert ca.trust.verify(_forge(ca, router_ext=b"\x02\x01\x05"), now=NOW).router_hosts == 5

@@ -49,3 +49,21 @@ def test_the_example_config_parses() -> None:
     cfg = load_router_config(example)
     assert cfg.router.interface == "br0"
     assert cfg.router.max_hosts == 1024
+
+
+def test_the_certificate_must_grant_the_routers_hosts() -> None:
+    from ipop.identity import NetworkCA, NodeIdentity
+    from router.config import RouterSection, check_authority
+
+    ca = NetworkCA.create("testnet", now=1_800_000_000.0)
+    now = 1_800_000_000.0
+    router = NodeIdentity.generate(ca, "r1", now=now, hostname="lab", router_hosts=64)
+    check_authority(RouterSection(interface="br0", max_hosts=64), router.cert)
+    for cert, max_hosts, key in (
+        (router.cert, 65, "router.max_hosts"),
+        (NodeIdentity.generate(ca, "plain", now=now, hostname="p").cert, 1, "node_cert"),
+        (NodeIdentity.generate(ca, "anon", now=now, router_hosts=8).cert, 1, "node_cert"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            check_authority(RouterSection(interface="br0", max_hosts=max_hosts), cert)
+        assert err.value.key == key

@@ -139,7 +139,9 @@ def run_demo(
                 for dst in endpoints:
                     if src is dst:
                         continue
-                    target = f"{dst.name}.ipop"
+                    # A LAN host's name is under its router's (ipop.dht.policy).
+                    under = f".{dst.lan_router}" if dst.lan_router else ""
+                    target = f"{dst.name}{under}.ipop"
                     ok, rtt = ping_by_name(net, src.name, target)
                     path = None
                     # A plain host has no status of its own: its traffic is its router's.
@@ -204,7 +206,7 @@ def _lan_hosts(net: IpopNet, took: dict[str, float]) -> list[dict[str, Any]]:
                             "lease_after_s": round(took.get(p.name, 0.0), 3),
                         }
                     )
-        named = all(f"{r['host']}.ipop" in r["names"] for r in rows)
+        named = all(f"{r['host']}.{r['router']}.ipop" in r["names"] for r in rows)
         if (len(rows) == len(lab.plain_hosts) and named) or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)

@@ -139,8 +139,10 @@ class IpopNet:
         )
         for h in self.lab.hosts:
             f = self.files(h)
+            # A router's certificate grants its LAN hosts' records (router.max_hosts' default).
+            role = ["--router", "--max-hosts", "1024"] if self.lab.is_router(h) else []
             self._config_cli(
-                ["node", self.network, h.name, "--hostname", h.name, "--out", str(f.bundle)]
+                ["node", self.network, h.name, "--hostname", h.name, "--out", str(f.bundle), *role]
             )
             mode = (addressing or {}).get(h.name, "static")
             lines = [
