@@ -50,9 +50,10 @@ Brunet-style ring (DESIGN.md §5):
   lie: a CTM's endpoints are only the requester's word (the requester itself is authenticated
   end to end). Each requester's CTMs are acted on within a token bucket (``ctm_burst``, one
   per ``ctm_refill_s``); a connect-back tries at most ``connect_back_max`` of them (one LAN
-  endpoint at most) with a single Init each, never retransmitted; every address we connect to
-  (for a CTM or its answer) spends a token of that address's bucket, whoever named it, and at
-  most ``connect_back_inflight`` connect-backs run at once. A NEIGHBOURS pull is answered at
+  endpoint at most) with a single Init each, never retransmitted; every address we connect
+  back to spends a token of that address's bucket, whoever named it, and at most
+  ``connect_back_inflight`` connect-backs run at once. An answer to our own CTM is tried at as
+  many endpoints (with the usual retries: we asked). A NEIGHBOURS pull is answered at
   most once per ``neighbours_reply_min_s`` per peer. tools/bench/amplification.py measures
   every message type's worst case with the real cores.
 - **Routing** is greedy over every up link (:func:`ipop.overlay.ring.next_hop`): strictly
@@ -1157,23 +1158,24 @@ class OverlayNode:
         if sum(p.connect_back for p in self._pending.values()) >= cfg.connect_back_inflight:
             self.drops["connect_back_busy"] += 1
             return []
-        return self._within_budget(self._worth_trying(endpoints), now)
-
-    def _within_budget(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
-        """At most one LAN endpoint and connect_back_max in all (public ones first after the
-        LAN one), each taking a token of its address's bucket: addresses named by many
-        requesters (or by one, many times) get a bounded number of handshakes."""
-        lan = [e for e in endpoints if _lan_like(e.host)][:1]
-        public = [e for e in endpoints if not _lan_like(e.host)]
-        picked = [*lan, *public][: self.config.connect_back_max]
-        self.stats["connect_endpoints_capped"] += len(endpoints) - len(picked)
         out = []
-        for ep in picked:
+        for ep in self._few(self._worth_trying(endpoints)):
+            # Addresses named by many requesters (or by one, many times) get a bounded number
+            # of handshakes from us, whoever named them.
             if self._connect_ip_budget.take(ep.host, now):
                 out.append(ep)
             else:
                 self.drops["connect_address_over_budget"] += 1
         return out
+
+    def _few(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
+        """At most one LAN endpoint and connect_back_max in all, public ones after the LAN one
+        (a node advertises its socket's, then up to three observed ones)."""
+        lan = [e for e in endpoints if _lan_like(e.host)][:1]
+        public = [e for e in endpoints if not _lan_like(e.host)]
+        picked = [*lan, *public][: self.config.connect_back_max]
+        self.stats["connect_endpoints_capped"] += len(endpoints) - len(picked)
+        return picked
 
     def _worth_trying(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
         """A peer's advertised endpoints minus LAN ones that cannot be on our LAN.
@@ -1228,7 +1230,9 @@ class OverlayNode:
                 relay_allowed = req.purpose in (Purpose.JOIN, Purpose.NEAR) and not helping
                 self._start_connect(
                     responder,
-                    self._within_budget(self._worth_trying(rep.endpoints), now),
+                    # Not charged to the addresses' buckets: we asked (one answer per request),
+                    # and a member draining a peer's bucket must not stop our own links to it.
+                    self._few(self._worth_trying(rep.endpoints)),
                     kinds,
                     set(),
                     relay_allowed=relay_allowed,

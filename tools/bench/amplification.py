@@ -284,7 +284,7 @@ ROWS: tuple[Row, ...] = (
         "CTM_REPLY (8 third-party endpoints)",
         _ctm_reply_third_parties,
         False,
-        "only to our own request (token); <=3 endpoints, per-address bucket",
+        "only to our own request (token): <=3 endpoints, usual retries",
         largest=True,
     ),
     Row("NEIGHBOURS reply_wanted", _neighbours_pull, True, "one answer per peer per 0.5 s"),
