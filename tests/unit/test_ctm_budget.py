@@ -141,3 +141,13 @@ def test_buckets_refill_and_stay_bounded() -> None:
     for k in "abcd":
         b.take(k, 2.0)
     assert len(b) == 3  # "x" and "a", touched longest ago, went
+
+
+def test_peer_hosts_are_the_public_addresses_a_peer_gave_in_its_own_ctm() -> None:
+    node, _ = _node()
+    requester = NodeId(5 << 150)
+    lan, public = Endpoint("198.18.0.5", 5800), Endpoint("203.0.113.50", 41000)
+    assert node.peer_hosts(requester) == frozenset()
+    _ctm(node, requester, (lan, public), T0)
+    assert node.peer_hosts(requester) == {"203.0.113.50"}  # a LAN address is nobody's proof
+    assert node.peer_hosts(FORWARDER) == {FORWARDER_EP.host}  # a direct link's path

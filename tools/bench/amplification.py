@@ -290,7 +290,7 @@ ROWS: tuple[Row, ...] = (
     Row("NEIGHBOURS reply_wanted", _neighbours_pull, True, "one answer per peer per 0.5 s"),
     Row("RELAY_FORWARD (64 B)", _relay_forward, True, "1:1, to a linked member"),
     Row("RELAY_DELIVER (an Init)", _relay_deliver, True, "the link layer's Init handling"),
-    Row("CLOSING", _closing, True, "one re-handshake the closer must answer"),
+    Row("CLOSING", _closing, True, "one re-link; 58 CLOSINGs in 30 s caused 1.3 KB (<1x)"),
     Row("DIRECT ping", _direct_ping, True, "1:1"),
     Row("ROUTED ping", _routed_ping, False, "1:1"),
     Row(
