@@ -123,9 +123,12 @@ OVERLAY_CTM_TIMEOUT_S = 10.0
 # a CTM's 100-150: one Init per named address keeps the reflection near 3x the CTM's bytes.
 OVERLAY_CONNECT_BACK_MAX = 3
 OVERLAY_CONNECT_BACK_ATTEMPTS = 1
-# How long such a single Init waits for its Resp (a WAN round trip or two, with slack); the
-# path is free for new attempts after it.
-OVERLAY_CONNECT_BACK_TIMEOUT_S = 3.0
+# How long such a single Init waits for its Resp: the handshake timeout, as before. Why not a
+# few round trips: the attempt is what carries the requester's wish (a far link, a shortcut)
+# to the link its own Inits bring up, often later than that (its NAT, its retries); given up
+# at 3 s, those links came up as mere leaves and were trimmed (a 200-node run's ttl_expired
+# drops went from 16 to 98).
+OVERLAY_CONNECT_BACK_TIMEOUT_S = HANDSHAKE_TIMEOUT_S
 # Per requester (its authenticated node id), a token bucket of CTMs we act on: a burst of
 # this many, then one per OVERLAY_CTM_REFILL_S. An honest node sends a few at join and one
 # per policy decision; past it, CTMs are dropped unanswered.
@@ -137,10 +140,12 @@ OVERLAY_CTM_REFILL_S = 1.0
 # past the burst: their own Inits still go out.
 OVERLAY_CONNECT_BACK_IP_BURST = 8
 OVERLAY_CONNECT_BACK_IP_REFILL_S = 2.0
-# Connect-back attempts (to anyone) in flight at once.
-OVERLAY_CONNECT_BACK_INFLIGHT = 32
-# A peer's NEIGHBOURS with REPLY_WANTED is answered at most this often: honest pulls come once
-# per tick at most (OVERLAY_TICK_S, jittered down to 0.9 s).
+# Connect-back attempts (to anyone) in flight at once (most end within a round trip, when
+# the requester's link comes up; the ones that fail hold a slot for the timeout above).
+OVERLAY_CONNECT_BACK_INFLIGHT = 64
+# A peer's NEIGHBOURS with REPLY_WANTED is answered at most this often past a small burst:
+# honest pulls come once per tick (OVERLAY_TICK_S), twice when a repair probe meets a pull of a
+# silent peer.
 OVERLAY_NEIGHBOURS_REPLY_MIN_S = 0.5
 # A bootstrap link (or an unsolicited inbound one) keeps its LEAF reason this long, so join
 # answers can travel back over it while the joiner builds its near links.

@@ -458,6 +458,13 @@ class LinkEndpoint:
                 return
         for ini in self._initiations.values():
             if ini.path == path and expected in (None, ini.expected):
+                if retransmit and ini.next_retry_at == _INF:
+                    # A one-shot punch toward where we now want a link ourselves: it retries
+                    # from here on, as any of ours.
+                    ini.next_retry_at = now + ini.interval
+                    wait = self.config.handshake_timeout_s if timeout_s is None else timeout_s
+                    ini.deadline = max(ini.deadline, now + wait)
+                    self._timer_dirty = True
                 return
         self._start_initiation(path, expected, now, retransmit=retransmit, timeout_s=timeout_s)
 

@@ -54,8 +54,8 @@ Brunet-style ring (DESIGN.md §5):
   back to spends a token of that address's bucket, whoever named it, and at most
   ``connect_back_inflight`` connect-backs run at once. An answer to our own CTM is tried at as
   many endpoints (with the usual retries: we asked). A NEIGHBOURS pull is answered at
-  most once per ``neighbours_reply_min_s`` per peer. tools/bench/amplification.py measures
-  every message type's worst case with the real cores.
+  most once per ``neighbours_reply_min_s`` per peer past a burst of four.
+  tools/bench/amplification.py measures every message type's worst case with the real cores.
 - **Routing** is greedy over every up link (:func:`ipop.overlay.ring.next_hop`): strictly
   closer at each hop, so it cannot loop; exact delivery drops at a local minimum
   ("no_route"), closest delivery delivers there. At a local minimum an exact message may take
@@ -218,6 +218,8 @@ _REVERSE_HINT_S = 10.0
 _REVERSE_HINT_MAX = 4096
 # Peers whose CTM endpoints we remember (see peer_hosts): the oldest go first.
 _PEER_ENDPOINTS_MAX = 4096
+# NEIGHBOURS pulls a peer gets answered at once before the per-peer rate applies.
+_PULL_BURST = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,7 +557,9 @@ class OverlayNode:
         self._connect_ip_budget: Buckets[str] = Buckets(
             burst=config.connect_back_ip_burst, refill_s=config.connect_back_ip_refill_s
         )
-        self._pull_answered: dict[NodeId, float] = {}
+        self._pull_budget: Buckets[NodeId] = Buckets(
+            burst=_PULL_BURST, refill_s=config.neighbours_reply_min_s
+        )
         # Peer -> the endpoints it gave in its last CTM to us or answer to ours (its word,
         # authenticated as its own): where port guessing may send (see peer_hosts).
         self._peer_endpoints: dict[NodeId, tuple[Endpoint, ...]] = {}
@@ -900,13 +904,12 @@ class OverlayNode:
     def _on_neighbours(self, msg: Neighbours, peer: NodeId, now: float) -> None:
         self._consider_near(msg.ids, peer, now)
         if msg.reply_wanted:
-            # Our list is larger than the pull (up to 48 ids for 3 bytes): answered at most
-            # every neighbours_reply_min_s per peer, so a pull loop gains a peer nothing.
-            last = self._pull_answered.get(peer)
-            if last is not None and now - last < self.config.neighbours_reply_min_s:
+            # Our list is larger than the pull (up to 48 ids for 3 bytes): a peer's pulls are
+            # answered within a small burst (a repair pulls, and a tick may pull again), then
+            # one per neighbours_reply_min_s, so a pull loop gains a peer nothing.
+            if not self._pull_budget.take(peer, now):
                 self.drops["neighbours_pull_too_often"] += 1
                 return
-            self._pull_answered[peer] = now  # keyed by linked peers; _forget removes
             self._send(peer, self._neighbours_message(reply_wanted=False), now)
 
     def _hold_relay(self, row: Connection, now: float) -> None:
@@ -1271,6 +1274,11 @@ class OverlayNode:
             pend.remote_kinds |= remote_kinds
             pend.relay_allowed = pend.relay_allowed or relay_allowed
             pend.candidates.extend(c for c in candidates if c not in pend.candidates)
+            if pend.connect_back and not connect_back:
+                # Our own attempt now: the connect-back's one-shot Inits retry from here on.
+                for ep in eps:
+                    if ep in pend.paths_left:
+                        self._links.connect(ep, now=now, expected=peer)
             pend.connect_back = pend.connect_back and connect_back
             if pend.relaying:
                 return
@@ -1782,7 +1790,7 @@ class OverlayNode:
         if row is None:
             return False
         self._seen.discard(peer)
-        self._pull_answered.pop(peer, None)
+        self._pull_budget.forget(peer)
         for c in self._seen.told_by(peer):
             self._seen.discard(c)
         self._heard.pop(peer, None)

@@ -123,15 +123,15 @@ def test_connect_backs_in_flight_are_capped() -> None:
     assert node.drops["connect_back_busy"] == 2 * cfg.connect_back_inflight
 
 
-def test_a_neighbours_pull_is_answered_at_most_twice_a_second() -> None:
+def test_a_neighbours_pull_is_answered_at_most_twice_a_second_past_a_burst() -> None:
     node, links = _node()
     links.sent.clear()
     pull = Neighbours(True, ()).encode()
-    for i in range(20):
+    for i in range(100):  # 20 pulls a second for 5 s
         node.on_link_event(LinkMessage(FORWARDER, pull, FORWARDER_EP), now=T0 + i * 0.05)
     answers = [p for peer, p in links.sent if peer == FORWARDER and p[:1] == pull[:1]]
-    assert len(answers) == 2  # at T0 and T0 + 0.5
-    assert node.drops["neighbours_pull_too_often"] == 18
+    assert len(answers) <= 4 + 5 / node.config.neighbours_reply_min_s
+    assert node.drops["neighbours_pull_too_often"] >= 100 - 14
 
 
 def test_buckets_refill_and_stay_bounded() -> None:

@@ -463,3 +463,17 @@ def test_a_single_init_does_not_refuse_the_peers_crossing_init() -> None:
     w.run_until(w.now + 1.0)
     assert w.a.is_up(w.idb.node_id) and w.b.is_up(w.ida.node_id)
     assert not big.drops["handshake_collision"], big_name
+
+
+def test_a_one_shot_init_retries_once_we_want_that_link_ourselves() -> None:
+    w = World()
+    w.lost = lambda data, to: to == "b"
+    w.a.connect(B_EP, now=w.now, expected=w.idb.node_id, retransmit=False, timeout_s=3.0)
+    w.a.connect(B_EP, now=w.now + 0.1, expected=w.idb.node_id)  # no second initiation...
+    sent = [d for d, _ in w.a.datagrams_to_send(now=w.now)]
+    for step in range(1, 51):  # 5 s
+        w.now = NOW + step * 0.1
+        w.a.handle_timer(now=w.now)
+        sent += [d for d, _ in w.a.datagrams_to_send(now=w.now)]
+    assert len(sent) >= 3 and len(set(sent)) == 1  # ...but its Init, retried
+    assert w.a.stats["handshake_failed"] == 0  # and the usual timeout, not the one-shot's
