@@ -278,7 +278,7 @@ ROWS: tuple[Row, ...] = (
         "ROUTED CTM (8 third-party endpoints)",
         _ctm_third_parties,
         False,
-        "<=3 endpoints, 1 Init each, per-requester and per-address buckets, 32 in flight",
+        "<=3 endpoints, 1 Init each, per-requester and per-address buckets, 64 in flight",
     ),
     Row(
         "CTM_REPLY (8 third-party endpoints)",
@@ -287,7 +287,7 @@ ROWS: tuple[Row, ...] = (
         "only to our own request (token): <=3 endpoints, usual retries",
         largest=True,
     ),
-    Row("NEIGHBOURS reply_wanted", _neighbours_pull, True, "one answer per peer per 0.5 s"),
+    Row("NEIGHBOURS reply_wanted", _neighbours_pull, True, "per peer: 4 answers, then 1 per 0.5 s"),
     Row("RELAY_FORWARD (64 B)", _relay_forward, True, "1:1, to a linked member"),
     Row("RELAY_DELIVER (an Init)", _relay_deliver, True, "the link layer's Init handling"),
     Row("CLOSING", _closing, True, "one re-link; 58 CLOSINGs in 30 s caused 1.3 KB (<1x)"),
