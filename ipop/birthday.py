@@ -38,10 +38,24 @@ Messages (overlay upper kind KIND_BIRTHDAY, over a link or routed)::
 A knock (and an opener) is a STUN Binding Indication (RFC 5389 §7: what ICE uses to keep a
 binding open) whose transaction id is the token: 20 bytes; nobody answers an indication.
 
-Bounds, because a GO makes us send to an address a peer named: only certified overlay members
-can send one, at most one knock run per peer per :data:`ipop.timing.BIRTHDAY_RETRY_S`, at most
-:data:`ipop.timing.BIRTHDAY_MAX_RUNS` runs at once, and a run is at most ROUNDS x KNOCKS
-datagrams of 20 bytes.
+Bounds, because a GO makes us send ~3,000 datagrams to an address a peer named (and a HELLO
+makes S send 256 openers per endpoint it names): only certified overlay members can send
+either, and
+
+- a GO is acted on only if we asked for it: we said HELLO to its sender within
+  :data:`ipop.timing.BIRTHDAY_GO_WAIT_S` (one GO per HELLO), and the roles say we knock (we
+  are not symmetric; if the peer told us its flags, it is the side that opens);
+- its address must be one the owner saw the peer at (``seen_hosts``: the endpoints the peer
+  gave in its CONNECT_TO_ME or its answer to ours, the path of a direct link), never merely
+  the address the GO names;
+- at most one knock run per peer per :data:`ipop.timing.BIRTHDAY_RETRY_S` (enforced, whatever
+  the HELLOs), at most :data:`ipop.timing.BIRTHDAY_MAX_RUNS` runs at once, and a run is at most
+  ROUNDS x KNOCKS datagrams of 20 bytes;
+- openers go only to endpoints of the peer on ``seen_hosts``, at most
+  :data:`ipop.timing.BIRTHDAY_OPEN_ENDPOINTS` of them, once per peer per BIRTHDAY_RETRY_S; a
+  HELLO is answered at most once per peer per BIRTHDAY_RETRY_S.
+
+Refusals are counted in ``drops`` under the reasons of :data:`DROP_REASONS`.
 """
 
 from __future__ import annotations
@@ -50,13 +64,34 @@ import collections
 import ipaddress
 import random
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ipop import timing
 from ipop.types import Endpoint, NodeId, Path, SocketPath
 from ipop.wire.stun import BINDING_INDICATION, HEADER_BYTES, MAGIC_COOKIE
 
-__all__ = ["BirthdayPunch", "is_knock", "why_relayed"]
+__all__ = ["DROP_REASONS", "BirthdayPunch", "is_knock", "why_relayed"]
+
+# Every reason a payload or a knock run is refused for (counting any other is a bug).
+DROP_REASONS = frozenset(
+    {
+        "birthday_empty",
+        "birthday_unknown_op",
+        "birthday_malformed",
+        "birthday_bad_address",
+        "birthday_no_public_view",
+        "birthday_no_endpoints",
+        "birthday_busy",
+        "birthday_go_unasked",
+        "birthday_go_wrong_role",
+        "birthday_go_unseen_address",
+        "birthday_go_too_soon",
+        "birthday_hello_too_soon",
+    }
+)
+# Per-peer tables (when we said HELLO, opened, knocked, answered) keep at most this many peers.
+_MAX_PEERS = 4096
 
 OP_HELLO = 0x01
 OP_GO = 0x02
@@ -132,6 +167,11 @@ class BirthdayPunch:
         self._out: list[tuple[bytes, Path]] = []
         self._hello_at: dict[NodeId, float] = {}
         self._go_at: dict[NodeId, float] = {}
+        # Peer -> until when a GO from it answers a HELLO of ours (see _on_go).
+        self._go_welcome: dict[NodeId, float] = {}
+        # Peer -> when we last started a knock run at it / answered its HELLO.
+        self._knocked_at: dict[NodeId, float] = {}
+        self._answered_at: dict[NodeId, float] = {}
         self._runs: dict[NodeId, _Run] = {}
         self._expected: dict[bytes, tuple[NodeId, float]] = {}
         self._peer_flags: dict[NodeId, int] = {}
@@ -157,8 +197,14 @@ class BirthdayPunch:
             return None
         self._forget_old(now)
         self._hello_at[peer] = now
+        self._welcome_go(peer, now)
         self.stats["hello_sent"] += 1
         return _encode_hello(FLAG_ANSWER | _flags(symmetric, translated), endpoints)
+
+    def _welcome_go(self, peer: NodeId, now: float) -> None:
+        """We said HELLO to ``peer``: one GO from it is welcome for a while."""
+        self._go_welcome.pop(peer, None)
+        self._go_welcome[peer] = now + timing.BIRTHDAY_GO_WAIT_S
 
     # --- overlay messages -------------------------------------------------------------------
 
@@ -172,19 +218,29 @@ class BirthdayPunch:
         public_host: str | None,
         endpoints: tuple[Endpoint, ...],
         now: float,
+        seen_hosts: Collection[str] = frozenset(),
     ) -> bytes | None:
-        """A KIND_BIRTHDAY payload from ``peer``; returns what to send back, if anything."""
+        """A KIND_BIRTHDAY payload from ``peer``; returns what to send back, if anything.
+
+        ``seen_hosts``: the addresses the owner saw ``peer`` at (not what the payload says);
+        openers and knocks go nowhere else.
+        """
         if not payload:
-            self.drops["birthday_empty"] += 1
+            self._drop("birthday_empty")
             return None
+        mine = _flags(symmetric, translated)
         if payload[0] == OP_HELLO:
-            mine = _flags(symmetric, translated)
-            return self._on_hello(peer, payload, mine, public_host, endpoints, now)
+            return self._on_hello(peer, payload, mine, public_host, endpoints, seen_hosts, now)
         if payload[0] == OP_GO:
-            self._on_go(peer, payload, symmetric, now)
+            self._on_go(peer, payload, mine, seen_hosts, now)
             return None
-        self.drops["birthday_unknown_op"] += 1
+        self._drop("birthday_unknown_op")
         return None
+
+    def _drop(self, reason: str) -> None:
+        if reason not in DROP_REASONS:
+            raise AssertionError(f"drop reason {reason!r} not in DROP_REASONS")
+        self.drops[reason] += 1
 
     def _on_hello(
         self,
@@ -193,20 +249,29 @@ class BirthdayPunch:
         mine: int,
         public_host: str | None,
         endpoints: tuple[Endpoint, ...],
+        seen_hosts: Collection[str],
         now: float,
     ) -> bytes | None:
         decoded = _decode_hello(payload)
         if decoded is None:
-            self.drops["birthday_malformed"] += 1
+            self._drop("birthday_malformed")
             return None
         theirs_flags, theirs = decoded
+        self._forget_old(now)
         self._peer_flags[peer] = theirs_flags & (FLAG_SYMMETRIC | FLAG_TRANSLATED)
         if mine & theirs_flags & FLAG_SYMMETRIC:
             self.stats["both_symmetric"] += 1
             return None
         if _should_open(mine, theirs_flags):
-            return self._open(peer, public_host, theirs, now)
+            seen = [e for e in theirs if e.host in seen_hosts][: timing.BIRTHDAY_OPEN_ENDPOINTS]
+            return self._open(peer, public_host, seen, now)
         if _should_open(theirs_flags, mine) and theirs_flags & FLAG_ANSWER:
+            last = self._answered_at.get(peer)
+            if last is not None and now - last < timing.BIRTHDAY_RETRY_S:
+                self._drop("birthday_hello_too_soon")
+                return None
+            self._answered_at[peer] = now
+            self._welcome_go(peer, now)
             self.stats["hello_answered"] += 1
             return _encode_hello(mine, endpoints)
         self.stats["hello_nothing_to_do"] += 1
@@ -217,14 +282,15 @@ class BirthdayPunch:
     ) -> bytes | None:
         """We are S: openers from every punching socket toward ``theirs``, then GO."""
         if public_host is None:
-            self.drops["birthday_no_public_view"] += 1
+            self._drop("birthday_no_public_view")
             return None
         last = self._go_at.get(peer)
         if last is not None and now - last < timing.BIRTHDAY_RETRY_S:
             self.stats["go_recent"] += 1
             return None
         if not theirs:
-            self.drops["birthday_no_endpoints"] += 1
+            # None of its endpoints is where we saw it: openers would go to whoever it named.
+            self._drop("birthday_no_endpoints")
             return None
         self._go_at[peer] = now
         self.last_open_at = now
@@ -239,25 +305,43 @@ class BirthdayPunch:
         self.stats["go_sent"] += 1
         return _GO.pack(OP_GO, ipaddress.IPv4Address(public_host).packed, token)
 
-    def _on_go(self, peer: NodeId, payload: bytes, symmetric: bool, now: float) -> None:
+    def _on_go(
+        self, peer: NodeId, payload: bytes, mine: int, seen_hosts: Collection[str], now: float
+    ) -> None:
         if len(payload) != _GO.size:
-            self.drops["birthday_malformed"] += 1
+            self._drop("birthday_malformed")
             return
         _, ip, token = _GO.unpack(payload)
         host = _usable_host(ip)
         if host is None:
-            self.drops["birthday_bad_address"] += 1
+            self._drop("birthday_bad_address")
             return
-        if symmetric:
+        if mine & FLAG_SYMMETRIC:
             # Our knocks would leave through fresh ports too, which S's NAT does not expect.
             self.stats["go_ignored_symmetric"] += 1
             return
         if peer in self._runs:
             self.stats["go_while_knocking"] += 1
             return
-        if len(self._runs) >= timing.BIRTHDAY_MAX_RUNS:
-            self.drops["birthday_busy"] += 1
+        welcome = self._go_welcome.pop(peer, None)
+        if welcome is None or now > welcome:
+            self._drop("birthday_go_unasked")  # no HELLO of ours for it to answer
             return
+        theirs = self._peer_flags.get(peer)
+        if theirs is not None and not _should_open(theirs, mine):
+            self._drop("birthday_go_wrong_role")  # by what it told us, it should knock
+            return
+        if host not in seen_hosts:
+            self._drop("birthday_go_unseen_address")
+            return
+        last = self._knocked_at.get(peer)
+        if last is not None and now - last < timing.BIRTHDAY_RETRY_S:
+            self._drop("birthday_go_too_soon")
+            return
+        if len(self._runs) >= timing.BIRTHDAY_MAX_RUNS:
+            self._drop("birthday_busy")
+            return
+        self._knocked_at[peer] = now
         self._runs[peer] = _Run(host, token, self.rounds, now)
         self.stats["runs_started"] += 1
 
@@ -320,14 +404,24 @@ class BirthdayPunch:
         return why_relayed(_flags(symmetric, translated), self._peer_flags.get(peer))
 
     def _forget_old(self, now: float) -> None:
-        """Bound the per-peer memory: drop what no longer gates anything."""
-        if len(self._hello_at) > 1024:
-            keep = timing.BIRTHDAY_RETRY_S
-            self._hello_at = {p: t for p, t in self._hello_at.items() if now - t < keep}
-            self._go_at = {p: t for p, t in self._go_at.items() if now - t < keep}
+        """Bound the per-peer memory: drop what no longer gates anything, then, should peers
+        still be too many, the oldest entries (which at worst lets one more HELLO through)."""
+        keep = timing.BIRTHDAY_RETRY_S
+        tables = (self._hello_at, self._go_at, self._knocked_at, self._answered_at)
+        if max(len(t) for t in tables) > 1024:
+            for t in tables:
+                for p in [p for p, t0 in t.items() if now - t0 >= keep]:
+                    del t[p]
+            self._go_welcome = {p: u for p, u in self._go_welcome.items() if u >= now}
             self._expected = {k: v for k, v in self._expected.items() if v[1] >= now}
-            if len(self._peer_flags) > 4096:
-                self._peer_flags.clear()
+        bounded: tuple[dict[NodeId, float] | dict[NodeId, int], ...] = (
+            *tables,
+            self._go_welcome,
+            self._peer_flags,
+        )
+        for table in bounded:
+            while len(table) > _MAX_PEERS:
+                del table[next(iter(table))]
 
 
 def why_relayed(mine: int, theirs: int | None) -> str:

@@ -14,7 +14,9 @@
 - traffic to a peer over a relayed link or over the ring also starts port guessing
   (:mod:`ipop.birthday`), the only way to a direct path between a symmetric NAT and a
   port-restricted one. Its openers leave from punching sockets (``SocketPath``), which the I/O
-  layer opens on first use; a knock on one of them starts a handshake there.
+  layer opens on first use; a knock on one of them starts a handshake there. Openers and
+  knocks go only to the addresses the overlay knows the peer at
+  (:meth:`ipop.overlay.node.OverlayNode.peer_hosts`), never to one a birthday message names.
 
 Theory of operation: every input (datagram, timer, command) ends with :meth:`_settle`, which
 moves events and datagrams between the two layers until neither has anything left. Both layers
@@ -352,6 +354,7 @@ class NodeCore:
             public_host=host,
             endpoints=self._advertised(),
             now=now,
+            seen_hosts=self.overlay.peer_hosts(ev.src),
         )
         # Openers first: the GO must not overtake them, or the peer knocks on closed ports.
         self._out.extend(self.birthday.datagrams_to_send())

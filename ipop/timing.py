@@ -120,6 +120,37 @@ OVERLAY_CTM_TIMEOUT_S = 10.0
 # forwarder can replay what it carried (the handshake allows HANDSHAKE_CLOCK_SKEW_S between
 # clocks; routed messages live for seconds, so a tighter window costs nothing).
 ROUTED_MAX_AGE_S = 60.0
+# What one CONNECT_TO_ME may make us send (its endpoints are only the requester's word, and a
+# member could name anybody's): at most this many of them are connected back to (one LAN,
+# the rest public), each with one Init and no retransmission (the requester's own Inits, sent
+# as it reads our answer, are the retried half of the punch), an Init being 482 bytes against
+# a CTM's 100-150: one Init per named address keeps the reflection near 3x the CTM's bytes.
+OVERLAY_CONNECT_BACK_MAX = 3
+OVERLAY_CONNECT_BACK_ATTEMPTS = 1
+# How long such a single Init waits for its Resp: the handshake timeout, as before. Why not a
+# few round trips: the attempt is what carries the requester's wish (a far link, a shortcut)
+# to the link its own Inits bring up, often later than that (its NAT, its retries); given up
+# at 3 s, those links came up as mere leaves and were trimmed (a 200-node run's ttl_expired
+# drops went from 16 to 98).
+OVERLAY_CONNECT_BACK_TIMEOUT_S = HANDSHAKE_TIMEOUT_S
+# Per requester (its authenticated node id), a token bucket of CTMs we act on: a burst of
+# this many, then one per OVERLAY_CTM_REFILL_S. An honest node sends a few at join and one
+# per policy decision; past it, CTMs are dropped unanswered.
+OVERLAY_CTM_BURST = 8
+OVERLAY_CTM_REFILL_S = 1.0
+# Per destination IPv4 address, whoever named it: a bucket of connect-back attempts, so that
+# many requesters naming one victim cannot add up (a burst, then one per refill interval).
+# A NAT with many members behind one address joining at once only loses our half of the punch
+# past the burst: their own Inits still go out.
+OVERLAY_CONNECT_BACK_IP_BURST = 8
+OVERLAY_CONNECT_BACK_IP_REFILL_S = 2.0
+# Connect-back attempts (to anyone) in flight at once (most end within a round trip, when
+# the requester's link comes up; the ones that fail hold a slot for the timeout above).
+OVERLAY_CONNECT_BACK_INFLIGHT = 64
+# A peer's NEIGHBOURS with REPLY_WANTED is answered at most this often past a small burst:
+# honest pulls come once per tick (OVERLAY_TICK_S), twice when a repair probe meets a pull of a
+# silent peer.
+OVERLAY_NEIGHBOURS_REPLY_MIN_S = 0.5
 # A bootstrap link (or an unsolicited inbound one) keeps its LEAF reason this long, so join
 # answers can travel back over it while the joiner builds its near links.
 OVERLAY_LEAF_HOLD_S = 60.0
@@ -170,3 +201,9 @@ BIRTHDAY_WINDOW_S = 5.0
 BIRTHDAY_RETRY_S = 30.0
 # Knock runs at once: bounds what GOs from many peers can make us send.
 BIRTHDAY_MAX_RUNS = 4
+# A GO is acted on only this long after our HELLO to its sender (the HELLO it answers
+# crossed the overlay once, the GO once back): a GO nobody asked for starts nothing.
+BIRTHDAY_GO_WAIT_S = 10.0
+# Openers go to at most this many of a peer's endpoints (its public ones where we saw it):
+# 256 openers of 20 bytes each per endpoint.
+BIRTHDAY_OPEN_ENDPOINTS = 2

@@ -37,9 +37,13 @@ Invariants:
    node expected), the Init of the node with the LARGER node id wins: the larger drops the
    smaller's Init ("handshake_collision"); the smaller abandons its own initiation and
    answers. Both then complete the same handshake, so both seal with the same keys.
-   Crossings over different paths (punching both ways) are not refused, because the other
-   path may never deliver; if both handshakes complete and the two sides end up sealing with
-   different keys, each still opens the other's on ``previous``, and the first side to see
+   An initiation that is never retransmitted (``connect(..., retransmit=False)``: the
+   overlay's connect-back punch) does not count as crossing: we answer their Init and keep
+   ours, since theirs is the retried half (if both complete, the different-keys repair
+   below applies). Crossings over different paths (punching both ways) are not refused,
+   because the other path may never deliver; if both handshakes complete and the two sides
+   end up sealing with different keys, each still opens the other's on ``previous``, and
+   the first side to see
    its previous keys still in use half a grace period after switching starts one more
    (sequential, hence converging) handshake ("rehandshake_diverged"). DATA under an index of
    ours that we retired (keys answered but dropped unconfirmed, keys a rekey replaced), for a
@@ -432,11 +436,22 @@ class LinkEndpoint:
 
     # --- commands ---------------------------------------------------------------------------
 
-    def connect(self, path: Path, *, now: float, expected: NodeId | None = None) -> None:
+    def connect(
+        self,
+        path: Path,
+        *,
+        now: float,
+        expected: NodeId | None = None,
+        retransmit: bool = True,
+        timeout_s: float | None = None,
+    ) -> None:
         """Start a handshake toward ``path`` unless one is under way or a session is up there.
 
         With ``expected``, only that node may answer. Outcome: LinkUp or HandshakeFailed (none
         if a session with a matching peer is already up on ``path``: see :meth:`peer_at`).
+        ``retransmit=False`` sends one Init only, and ``timeout_s`` waits that long for its
+        answer instead of the configured handshake timeout: for endpoints nobody vouched for
+        (the overlay's connect-backs), where every Init is sent to an address a peer named.
         """
         if expected == self.local_id:
             raise LocalProtocolError("connect() to our own node id")
@@ -445,8 +460,15 @@ class LinkEndpoint:
                 return
         for ini in self._initiations.values():
             if ini.path == path and expected in (None, ini.expected):
+                if retransmit and ini.next_retry_at == _INF:
+                    # A one-shot punch toward where we now want a link ourselves: it retries
+                    # from here on, as any of ours.
+                    ini.next_retry_at = now + ini.interval
+                    wait = self.config.handshake_timeout_s if timeout_s is None else timeout_s
+                    ini.deadline = max(ini.deadline, now + wait)
+                    self._timer_dirty = True
                 return
-        self._start_initiation(path, expected, now)
+        self._start_initiation(path, expected, now, retransmit=retransmit, timeout_s=timeout_s)
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
         """Seal ``payload`` to ``peer``'s current path and queue it for datagrams_to_send()."""
@@ -1116,7 +1138,15 @@ class LinkEndpoint:
 
     # --- handshakes -------------------------------------------------------------------------
 
-    def _start_initiation(self, path: Path, expected: NodeId | None, now: float) -> None:
+    def _start_initiation(
+        self,
+        path: Path,
+        expected: NodeId | None,
+        now: float,
+        *,
+        retransmit: bool = True,
+        timeout_s: float | None = None,
+    ) -> None:
         cfg = self.config
         ini = Initiation(
             index=self._new_index(),
@@ -1124,8 +1154,8 @@ class LinkEndpoint:
             expected=expected,
             ephemeral=X25519PrivateKey.generate(),
             started_at=now,
-            deadline=now + cfg.handshake_timeout_s,
-            next_retry_at=now + cfg.handshake_retry_s,
+            deadline=now + (cfg.handshake_timeout_s if timeout_s is None else timeout_s),
+            next_retry_at=now + cfg.handshake_retry_s if retransmit else _INF,
             interval=cfg.handshake_retry_s,
         )
         self._initiations[ini.index] = ini
@@ -1157,7 +1187,10 @@ class LinkEndpoint:
         that may never get through) must not make us refuse a handshake that did arrive.
         """
         for ini in self._initiations.values():
-            if ini.path == path and ini.expected in (None, node):
+            # A single Init that is never retransmitted (a connect-back's punch) does not
+            # count: refusing their Init for it would wait on an Init their NAT most likely
+            # dropped, and ours comes no more.
+            if ini.path == path and ini.expected in (None, node) and ini.next_retry_at != _INF:
                 return ini
         return None
 

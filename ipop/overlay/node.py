@@ -46,6 +46,16 @@ Brunet-style ring (DESIGN.md §5):
   when only a CTM went unanswered or no relay candidate existed yet (one lost datagram, a ring
   still forming), ``failed_backoff_s`` after a relay failed too. Failures of direct-only
   attempts (far links, shortcuts, connect-backs) never gate near requests.
+- **Bounded work.** What a peer's message makes us send is bounded, because a member may
+  lie: a CTM's endpoints are only the requester's word (the requester itself is authenticated
+  end to end). Each requester's CTMs are acted on within a token bucket (``ctm_burst``, one
+  per ``ctm_refill_s``); a connect-back tries at most ``connect_back_max`` of them (one LAN
+  endpoint at most) with a single Init each, never retransmitted; every address we connect
+  back to spends a token of that address's bucket, whoever named it, and at most
+  ``connect_back_inflight`` connect-backs run at once. An answer to our own CTM is tried at as
+  many endpoints (with the usual retries: we asked). A NEIGHBOURS pull is answered at
+  most once per ``neighbours_reply_min_s`` per peer past a burst of four.
+  tools/bench/amplification.py measures every message type's worst case with the real cores.
 - **Routing** is greedy over every up link (:func:`ipop.overlay.ring.next_hop`): strictly
   closer at each hop, so it cannot loop; exact delivery drops at a local minimum
   ("no_route"), closest delivery delivers there. At a local minimum an exact message may take
@@ -89,6 +99,7 @@ from ipop.link.endpoint import (
     LinkUp,
     ObservedEndpoint,
 )
+from ipop.overlay.budget import Buckets
 from ipop.overlay.hints import ReverseHints
 from ipop.overlay.messages import (
     FLAG_EXACT,
@@ -184,7 +195,15 @@ class Links(Protocol):
 
     local_id: NodeId
 
-    def connect(self, path: Path, *, now: float, expected: NodeId | None = None) -> None: ...
+    def connect(
+        self,
+        path: Path,
+        *,
+        now: float,
+        expected: NodeId | None = None,
+        retransmit: bool = True,
+        timeout_s: float | None = None,
+    ) -> None: ...
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None: ...
 
@@ -221,6 +240,10 @@ class Origins(Protocol):
 
 # CLOSING is sent this many times (see OverlayNode._close_link).
 _CLOSING_COPIES = 3
+# Peers whose CTM endpoints we remember (see peer_hosts): the oldest go first.
+_PEER_ENDPOINTS_MAX = 4096
+# NEIGHBOURS pulls a peer gets answered at once before the per-peer rate applies.
+_PULL_BURST = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +269,15 @@ class OverlayConfig:
     failed_backoff_s: float = timing.OVERLAY_FAILED_BACKOFF_S
     near_suspect_s: float = timing.OVERLAY_NEAR_SUSPECT_S
     near_dead_s: float = timing.OVERLAY_NEAR_DEAD_S
+    # What a CONNECT_TO_ME may make us send (see _on_ctm and timing.py).
+    connect_back_max: int = timing.OVERLAY_CONNECT_BACK_MAX
+    connect_back_timeout_s: float = timing.OVERLAY_CONNECT_BACK_TIMEOUT_S
+    connect_back_inflight: int = timing.OVERLAY_CONNECT_BACK_INFLIGHT
+    connect_back_ip_burst: int = timing.OVERLAY_CONNECT_BACK_IP_BURST
+    connect_back_ip_refill_s: float = timing.OVERLAY_CONNECT_BACK_IP_REFILL_S
+    ctm_burst: int = timing.OVERLAY_CTM_BURST
+    ctm_refill_s: float = timing.OVERLAY_CTM_REFILL_S
+    neighbours_reply_min_s: float = timing.OVERLAY_NEIGHBOURS_REPLY_MIN_S
 
     def __post_init__(self) -> None:
         if self.near_per_side < 1:
@@ -268,6 +300,14 @@ class OverlayConfig:
             "failed_backoff_s",
             "near_suspect_s",
             "near_dead_s",
+            "connect_back_timeout_s",
+            "connect_back_ip_refill_s",
+            "ctm_refill_s",
+            "neighbours_reply_min_s",
+            "connect_back_max",
+            "connect_back_inflight",
+            "connect_back_ip_burst",
+            "ctm_burst",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"overlay.{name}", "must be positive")
@@ -391,6 +431,8 @@ class _Pending:
     relay_at: float = _INF
     # No relay path before this (see OverlayConfig.relay_yield_s).
     relay_not_before: float = 0.0
+    # Started only to connect back for someone's CTM (counts against connect_back_inflight).
+    connect_back: bool = False
 
 
 class _Seen:
@@ -534,6 +576,21 @@ class OverlayNode:
         # Source of a routed message we do not hold a link to -> the peer that handed it to us
         # (for answers at a local minimum, see _route).
         self._reverse = ReverseHints(lambda msg, now: origin.check(msg, now=now))
+        # Rate limits on what peers' messages make us do (ipop.overlay.budget): CTMs acted on
+        # per requester, connect-back attempts per destination address, and when we last
+        # answered each linked peer's NEIGHBOURS pull.
+        self._ctm_budget: Buckets[NodeId] = Buckets(
+            burst=config.ctm_burst, refill_s=config.ctm_refill_s
+        )
+        self._connect_ip_budget: Buckets[str] = Buckets(
+            burst=config.connect_back_ip_burst, refill_s=config.connect_back_ip_refill_s
+        )
+        self._pull_budget: Buckets[NodeId] = Buckets(
+            burst=_PULL_BURST, refill_s=config.neighbours_reply_min_s
+        )
+        # Peer -> the endpoints it gave in its last CTM to us or answer to ours (its word,
+        # authenticated as its own): where port guessing may send (see peer_hosts).
+        self._peer_endpoints: dict[NodeId, tuple[Endpoint, ...]] = {}
         # Bumped whenever _backoff gains or loses a peer (keys the brackets cache).
         self._backoff_version = 0
         # (seen version, table version, backoff version), answer, valid until: see
@@ -724,6 +781,23 @@ class OverlayNode:
         observed = sorted(self._observed, key=lambda e: self._observed[e], reverse=True)
         return tuple(e for e in observed if e not in local)
 
+    def peer_hosts(self, peer: NodeId) -> frozenset[str]:
+        """The addresses ``peer`` is known at: its direct link's path, and the public ones it
+        gave us in a CONNECT_TO_ME or in its answer to ours. Not what any other message names:
+        port guessing sends only here (ipop.birthday)."""
+        hosts = {e.host for e in self._peer_endpoints.get(peer, ()) if not _lan_like(e.host)}
+        row = self._table.get(peer)
+        if row is not None and type(row.path) is Endpoint:
+            hosts.add(row.path.host)
+        return frozenset(hosts)
+
+    def _remember_endpoints(self, peer: NodeId, endpoints: tuple[Endpoint, ...]) -> None:
+        table = self._peer_endpoints
+        table.pop(peer, None)  # re-inserted last: the dict stays oldest-first
+        if len(table) >= _PEER_ENDPOINTS_MAX:
+            del table[next(iter(table))]
+        table[peer] = endpoints
+
     def snapshot(self) -> OverlaySnapshot:
         conns = tuple(
             ConnectionInfo(c.peer, c.path, tuple(sorted(c.kinds)), c.since)
@@ -858,6 +932,12 @@ class OverlayNode:
     def _on_neighbours(self, msg: Neighbours, peer: NodeId, now: float) -> None:
         self._consider_near(msg.ids, peer, now)
         if msg.reply_wanted:
+            # Our list is larger than the pull (up to 48 ids for 3 bytes): a peer's pulls are
+            # answered within a small burst (a repair pulls, and a tick may pull again), then
+            # one per neighbours_reply_min_s, so a pull loop gains a peer nothing.
+            if not self._pull_budget.take(peer, now):
+                self.drops["neighbours_pull_too_often"] += 1
+                return
             self._send(peer, self._neighbours_message(reply_wanted=False), now)
 
     def _hold_relay(self, row: Connection, now: float) -> None:
@@ -1083,6 +1163,11 @@ class OverlayNode:
         requester = msg.src
         if requester == self.local_id:
             return
+        if not self._ctm_budget.take(requester, now):
+            # Past its burst a requester gets nothing: no answer, no connect-back.
+            self.drops["ctm_rate_limited"] += 1
+            return
+        self._remember_endpoints(requester, ctm.endpoints)
         reply = ConnectToMeReply(ctm.token, self.endpoints(), self._neighbour_sample(requester))
         via = ctm.reply_via if ctm.reply_via not in (self.local_id, requester) else None
         flags = FLAG_EXACT | (FLAG_VIA if via is not None else 0)
@@ -1097,16 +1182,46 @@ class OverlayNode:
         else:
             # Connect back at once: with the requester connecting to us as it reads our
             # answer, the two attempts cross and punch through cone NATs. Relays are the
-            # requester's job, so a failure here is simply forgotten.
+            # requester's job, so a failure here is simply forgotten. The endpoints are only
+            # the requester's word (a member could name anybody's address): a few of them,
+            # one Init each, within the per-address budget (see _connect_back_endpoints).
             self._start_connect(
                 requester,
-                self._worth_trying(ctm.endpoints),
+                self._connect_back_endpoints(ctm.endpoints, now),
                 set(),
                 remote,
                 relay_allowed=False,
                 candidates=[],
                 now=now,
+                connect_back=True,
             )
+
+    def _connect_back_endpoints(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
+        """The endpoints of a CTM we connect back to: what _worth_trying keeps, at most one LAN
+        endpoint and connect_back_max in all, each within its address's budget, none while
+        connect_back_inflight attempts are under way."""
+        cfg = self.config
+        if sum(p.connect_back for p in self._pending.values()) >= cfg.connect_back_inflight:
+            self.drops["connect_back_busy"] += 1
+            return []
+        out = []
+        for ep in self._few(self._worth_trying(endpoints)):
+            # Addresses named by many requesters (or by one, many times) get a bounded number
+            # of handshakes from us, whoever named them.
+            if self._connect_ip_budget.take(ep.host, now):
+                out.append(ep)
+            else:
+                self.drops["connect_address_over_budget"] += 1
+        return out
+
+    def _few(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
+        """At most one LAN endpoint and connect_back_max in all, public ones after the LAN one
+        (a node advertises its socket's, then up to three observed ones)."""
+        lan = [e for e in endpoints if _lan_like(e.host)][:1]
+        public = [e for e in endpoints if not _lan_like(e.host)]
+        picked = [*lan, *public][: self.config.connect_back_max]
+        self.stats["connect_endpoints_capped"] += len(endpoints) - len(picked)
+        return picked
 
     def _worth_trying(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
         """A peer's advertised endpoints minus LAN ones that cannot be on our LAN.
@@ -1137,6 +1252,7 @@ class OverlayNode:
         if req.purpose in (Purpose.NEAR, Purpose.SHORTCUT) and responder != req.target:
             self.drops["ctm_wrong_responder"] += 1
             return
+        self._remember_endpoints(responder, rep.endpoints)
         helper = self._helpers.get(responder)
         helping = helper is not None and helper[1] > now and req.purpose is Purpose.NEAR
         if req.purpose is Purpose.JOIN and not self._joined:
@@ -1160,7 +1276,9 @@ class OverlayNode:
                 relay_allowed = req.purpose in (Purpose.JOIN, Purpose.NEAR) and not helping
                 self._start_connect(
                     responder,
-                    self._worth_trying(rep.endpoints),
+                    # Not charged to the addresses' buckets: we asked (one answer per request),
+                    # and a member draining a peer's bucket must not stop our own links to it.
+                    self._few(self._worth_trying(rep.endpoints)),
                     kinds,
                     set(),
                     relay_allowed=relay_allowed,
@@ -1184,7 +1302,11 @@ class OverlayNode:
         relay_allowed: bool,
         candidates: list[NodeId],
         now: float,
+        connect_back: bool = False,
     ) -> None:
+        """Link to ``peer`` at ``endpoints`` (merged into an attempt under way). A
+        ``connect_back`` sends one Init per endpoint and waits connect_back_timeout_s for it:
+        its endpoints are a requester's word, not ours to retry at."""
         if peer == self.local_id or peer in self._table:
             return
         own = set(self.endpoints())
@@ -1195,6 +1317,12 @@ class OverlayNode:
             pend.remote_kinds |= remote_kinds
             pend.relay_allowed = pend.relay_allowed or relay_allowed
             pend.candidates.extend(c for c in candidates if c not in pend.candidates)
+            if pend.connect_back and not connect_back:
+                # Our own attempt now: the connect-back's one-shot Inits retry from here on.
+                for ep in eps:
+                    if ep in pend.paths_left:
+                        self._links.connect(ep, now=now, expected=peer)
+            pend.connect_back = pend.connect_back and connect_back
             if pend.relaying:
                 return
             eps = [e for e in eps if e not in pend.paths_left]
@@ -1206,6 +1334,7 @@ class OverlayNode:
                 now + self.config.connect_timeout_s,
                 relay_allowed,
                 list(candidates),
+                connect_back=connect_back,
             )
             # The larger id lets the smaller one key the relayed link first: two relayed
             # handshakes crossing through different relays can leave the ends sealing with
@@ -1214,10 +1343,13 @@ class OverlayNode:
             pend.relay_at = pend.relay_not_before = now + self.config.relay_after_s + yield_s
             self._pending[peer] = pend
             self._pending_version += 1
+        timeout_s = self.config.connect_back_timeout_s if connect_back else None
         for ep in eps:
             pend.paths_left.add(ep)
             self._path_owner[ep] = peer
-            self._links.connect(ep, now=now, expected=peer)
+            self._links.connect(
+                ep, now=now, expected=peer, retransmit=not connect_back, timeout_s=timeout_s
+            )
         self.stats["connect_attempts"] += len(eps)
         if not pend.paths_left:
             self._direct_failed(pend, now)
@@ -1704,6 +1836,7 @@ class OverlayNode:
         if row is None:
             return False
         self._seen.discard(peer)
+        self._pull_budget.forget(peer)
         for c in self._seen.told_by(peer):
             self._seen.discard(c)
         self._heard.pop(peer, None)

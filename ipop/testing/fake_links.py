@@ -143,7 +143,16 @@ class FakeLinks:
 
     # --- the Links protocol -------------------------------------------------------------------
 
-    def connect(self, path: Path, *, now: float, expected: NodeId | None = None) -> None:
+    def connect(
+        self,
+        path: Path,
+        *,
+        now: float,
+        expected: NodeId | None = None,
+        retransmit: bool = True,
+        timeout_s: float | None = None,
+    ) -> None:
+        # Links come up or fail by policy here: how many Inits go out does not matter.
         if expected == self.local_id:
             raise LocalProtocolError("connect() to our own node id")
         self._world._start_attempt(self.local_id, path, expected, now)

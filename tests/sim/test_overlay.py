@@ -307,7 +307,9 @@ class _SilentLinks:
         self.local_id = local_id
         self.connects: list[Path] = []
 
-    def connect(self, path: Path, *, now: float, expected: NodeId | None = None) -> None:
+    def connect(
+        self, path: Path, *, now: float, expected: NodeId | None = None, **_: object
+    ) -> None:
         self.connects.append(path)
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None: ...
@@ -454,7 +456,9 @@ class _StubLinks:
         self.closed: list[NodeId] = []
         self.connects: list[Path] = []
 
-    def connect(self, path: Path, *, now: float, expected: NodeId | None = None) -> None:
+    def connect(
+        self, path: Path, *, now: float, expected: NodeId | None = None, **_: object
+    ) -> None:
         self.connects.append(path)
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:

@@ -23,6 +23,9 @@ S_PUBLIC = "203.0.113.30"
 C_PUBLIC = Endpoint("203.0.113.40", 5800)
 C_LAN = Endpoint("198.18.4.2", 5800)
 T0 = 1_800_000_000.0
+# Where each side saw the other (its CTM endpoints; see OverlayNode.peer_hosts).
+C_SEEN = frozenset({C_PUBLIC.host})
+S_SEEN = frozenset({S_PUBLIC})
 
 
 def _pair(sockets: int = 8, knocks: int = 16) -> tuple[BirthdayPunch, BirthdayPunch]:
@@ -36,8 +39,9 @@ def _go_from_s(s: BirthdayPunch, c: BirthdayPunch) -> bytes:
     hello = c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
     assert hello is not None
     go = s.receive(
-        C_ID, hello, symmetric=False, translated=True, public_host=S_PUBLIC, endpoints=(), now=T0
-    )
+        C_ID, hello, symmetric=False, translated=True, public_host=S_PUBLIC, endpoints=(), now=T0,
+        seen_hosts=C_SEEN,
+    )  # fmt: skip
     assert go is not None and go[0] == OP_GO
     return go
 
@@ -61,8 +65,9 @@ def test_a_symmetric_sender_gets_a_hello_back_and_then_opens() -> None:
     )  # fmt: skip
     assert back is not None and not back[1] & FLAG_ANSWER  # no ping-pong
     go = s.receive(
-        C_ID, back, symmetric=True, translated=True, public_host=S_PUBLIC, endpoints=(), now=T0
-    )
+        C_ID, back, symmetric=True, translated=True, public_host=S_PUBLIC, endpoints=(), now=T0,
+        seen_hosts=C_SEEN,
+    )  # fmt: skip
     assert go is not None and go[0] == OP_GO
     assert len(s.datagrams_to_send()) == 8
 
@@ -71,7 +76,8 @@ def test_knocks_go_to_random_ports_of_the_address_in_rounds_until_linked() -> No
     s, c = _pair()
     go = _go_from_s(s, c)
     assert c.receive(
-        S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0
+        S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0,
+        seen_hosts=S_SEEN,
     ) is None  # fmt: skip
     assert c.get_timer() == T0
     c.handle_timer(now=T0)
@@ -88,7 +94,10 @@ def test_knocks_go_to_random_ports_of_the_address_in_rounds_until_linked() -> No
 def test_a_run_ends_after_its_rounds() -> None:
     s, c = _pair()
     go = _go_from_s(s, c)
-    c.receive(S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0)
+    c.receive(
+        S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0,
+        seen_hosts=S_SEEN,
+    )  # fmt: skip
     now = T0
     sent = 0
     while (t := c.get_timer()) is not None:
@@ -102,7 +111,10 @@ def test_a_knock_with_our_token_on_a_punching_socket_names_the_peer_once() -> No
     s, c = _pair()
     go = _go_from_s(s, c)
     s.datagrams_to_send()
-    c.receive(S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0)
+    c.receive(
+        S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0,
+        seen_hosts=S_SEEN,
+    )  # fmt: skip
     c.handle_timer(now=T0)
     knock, _ = c.datagrams_to_send()[0]
     assert s.on_knock(knock, C_PUBLIC, now=T0) is None  # the main socket: not a guess
@@ -114,7 +126,10 @@ def test_a_knock_with_our_token_on_a_punching_socket_names_the_peer_once() -> No
 def test_a_late_knock_starts_nothing() -> None:
     s, c = _pair()
     go = _go_from_s(s, c)
-    c.receive(S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0)
+    c.receive(
+        S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0,
+        seen_hosts=S_SEEN,
+    )  # fmt: skip
     c.handle_timer(now=T0)
     knock, _ = c.datagrams_to_send()[0]
     late = T0 + timing.BIRTHDAY_WINDOW_S + 1
@@ -168,7 +183,7 @@ def test_hello_and_go_are_rate_limited_per_peer() -> None:
     # S opened toward C at T0: a second HELLO inside the retry interval opens nothing
     assert s.receive(
         C_ID, again, symmetric=False, translated=True, public_host=S_PUBLIC, endpoints=(),
-        now=T0 + 5,
+        now=T0 + 5, seen_hosts=C_SEEN,
     ) is None  # fmt: skip
 
 
@@ -176,8 +191,11 @@ def test_knock_runs_are_bounded_and_a_symmetric_node_never_knocks() -> None:
     c = BirthdayPunch(rng=random.Random(3), sockets=4, knocks=4)
     kw = {"translated": False, "public_host": None, "endpoints": (), "now": T0}
     for i in range(timing.BIRTHDAY_MAX_RUNS + 2):
+        peer = NodeId((i + 1) << 90)
+        c.hello(peer, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
         go = bytes([OP_GO]) + bytes([203, 0, 113, 50 + i]) + bytes(12)
-        c.receive(NodeId((i + 1) << 90), go, symmetric=False, **kw)  # type: ignore[arg-type]
+        seen = frozenset({f"203.0.113.{50 + i}"})
+        c.receive(peer, go, symmetric=False, seen_hosts=seen, **kw)  # type: ignore[arg-type]
     assert c.stats["runs_started"] == timing.BIRTHDAY_MAX_RUNS
     assert c.drops["birthday_busy"] == 2
     sym = BirthdayPunch(rng=random.Random(4))
@@ -222,3 +240,104 @@ def test_the_default_sizes_find_a_port_almost_always() -> None:
         hits += any(p in open_ports for p in rng.sample(ports, timing.BIRTHDAY_KNOCKS))
     expected = 1 - math.exp(-timing.BIRTHDAY_SOCKETS * timing.BIRTHDAY_KNOCKS / len(ports))
     assert hits / trials > 0.95 and expected > 0.97
+
+
+# --- a GO or a HELLO makes us send to an address: only when asked, only where the peer is ---
+
+_GO_TO_S = bytes([OP_GO, 203, 0, 113, 30]) + bytes(12)  # S_PUBLIC
+_GO_ELSEWHERE = bytes([OP_GO, 198, 51, 100, 7]) + bytes(12)
+
+
+def _knocks_after(c: BirthdayPunch, payload: bytes, *, now: float, seen: frozenset[str]) -> int:
+    c.receive(
+        S_ID, payload, symmetric=False, translated=False, public_host=None, endpoints=(),
+        now=now, seen_hosts=seen,
+    )  # fmt: skip
+    sent = 0
+    while (t := c.get_timer()) is not None:
+        c.handle_timer(now=max(t, now))
+        sent += len(c.datagrams_to_send())
+    return sent
+
+
+def test_a_go_without_our_hello_starts_nothing() -> None:
+    c = BirthdayPunch(rng=random.Random(8), sockets=8, knocks=16)
+    assert _knocks_after(c, _GO_TO_S, now=T0, seen=S_SEEN) == 0
+    assert c.drops["birthday_go_unasked"] == 1
+    # our HELLO makes one GO welcome, for a while only
+    c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
+    late = T0 + timing.BIRTHDAY_GO_WAIT_S + 1
+    assert _knocks_after(c, _GO_TO_S, now=late, seen=S_SEEN) == 0
+    assert c.drops["birthday_go_unasked"] == 2
+
+
+def test_a_go_naming_an_address_the_peer_was_not_seen_at_starts_nothing() -> None:
+    c = BirthdayPunch(rng=random.Random(9), sockets=8, knocks=16)
+    c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
+    assert _knocks_after(c, _GO_ELSEWHERE, now=T0, seen=S_SEEN) == 0
+    assert c.drops["birthday_go_unseen_address"] == 1
+
+
+def test_a_second_go_within_the_retry_interval_starts_nothing() -> None:
+    c = BirthdayPunch(rng=random.Random(10), sockets=8, knocks=16)
+    c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
+    assert _knocks_after(c, _GO_TO_S, now=T0, seen=S_SEEN) == timing.BIRTHDAY_ROUNDS * 16
+    # S asks again at once (symmetric, answer wanted): C answers once, which welcomes a GO...
+    s = BirthdayPunch(rng=random.Random(11))
+    ask = s.hello(C_ID, symmetric=True, translated=True, endpoints=(), now=T0 + 2)
+    assert ask is not None
+    kw = {"symmetric": False, "translated": False, "public_host": None, "endpoints": (C_PUBLIC,)}
+    assert c.receive(S_ID, ask, now=T0 + 2, **kw) is not None  # type: ignore[arg-type]
+    # ...but the knock run it would start is the second inside BIRTHDAY_RETRY_S
+    assert _knocks_after(c, _GO_TO_S, now=T0 + 3, seen=S_SEEN) == 0
+    assert c.drops["birthday_go_too_soon"] == 1
+    # and the HELLO is not answered twice in the interval either
+    assert c.receive(S_ID, ask, now=T0 + 4, **kw) is None  # type: ignore[arg-type]
+    assert c.drops["birthday_hello_too_soon"] == 1
+    later = T0 + timing.BIRTHDAY_RETRY_S + 1
+    c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=later)
+    assert _knocks_after(c, _GO_TO_S, now=later, seen=S_SEEN) == timing.BIRTHDAY_ROUNDS * 16
+
+
+def test_a_go_from_the_side_that_should_knock_starts_nothing() -> None:
+    c = BirthdayPunch(rng=random.Random(12), sockets=8, knocks=16)
+    plain = BirthdayPunch(rng=random.Random(13))
+    hello = plain.hello(C_ID, symmetric=False, translated=False, endpoints=(), now=T0)
+    assert hello is not None
+    # We are translated, it said it is neither: we are the side that opens, not it.
+    c.receive(
+        S_ID, hello, symmetric=False, translated=True, public_host="203.0.113.41",
+        endpoints=(C_PUBLIC,), now=T0, seen_hosts=S_SEEN,
+    )  # fmt: skip
+    c.datagrams_to_send()
+    c.hello(S_ID, symmetric=False, translated=True, endpoints=(C_PUBLIC,), now=T0)
+    assert _knocks_after(c, _GO_TO_S, now=T0, seen=S_SEEN) == 0
+    assert c.drops["birthday_go_wrong_role"] == 1
+
+
+def test_openers_go_only_where_the_peer_was_seen() -> None:
+    s = BirthdayPunch(rng=random.Random(14), sockets=8, knocks=16)
+    elsewhere = tuple(Endpoint(f"198.51.100.{i}", 7000) for i in range(1, 4))
+    c = BirthdayPunch(rng=random.Random(15))
+    hello = c.hello(
+        S_ID, symmetric=False, translated=False, endpoints=(*elsewhere, C_PUBLIC), now=T0
+    )
+    assert hello is not None
+    kw = {"symmetric": False, "translated": True, "public_host": S_PUBLIC, "endpoints": ()}
+    go = s.receive(C_ID, hello, now=T0, seen_hosts=C_SEEN, **kw)  # type: ignore[arg-type]
+    assert go is not None
+    assert {p.remote for _, p in s.datagrams_to_send()} == {C_PUBLIC}  # type: ignore[union-attr]
+    # a peer seen nowhere it names gets no openers (and no GO)
+    other = BirthdayPunch(rng=random.Random(16), sockets=8, knocks=16)
+    assert other.receive(C_ID, hello, now=T0, seen_hosts=frozenset(), **kw) is None  # type: ignore[arg-type]
+    assert other.datagrams_to_send() == [] and other.drops["birthday_no_endpoints"] == 1
+
+
+def test_every_drop_reason_counted_is_a_known_one() -> None:
+    c = BirthdayPunch(rng=random.Random(17))
+    try:
+        c._drop("not_a_reason")
+    except AssertionError:
+        pass
+    else:
+        raise AssertionError("an unknown drop reason was counted")

@@ -428,3 +428,52 @@ def test_garbage_with_an_unknown_index_gets_nothing() -> None:
         w.b.receive_datagram(bytes(data), A_EP, now=w.now + k)
     assert w.b.drops["unknown_index"] == 3 and w.b.stats["rehandshake_stale_keys"] == 0
     assert w.b.datagrams_to_send(now=w.now + 3) == []
+
+
+def test_a_connect_without_retransmission_sends_one_init_and_fails_at_its_timeout() -> None:
+    w = World()
+    w.lost = lambda data, to: to == "b"  # nobody at B: every Init is lost
+    sent: list[bytes] = []
+    w.a.connect(B_EP, now=w.now, expected=w.idb.node_id, retransmit=False, timeout_s=3.0)
+    sent += [d for d, _ in w.a.datagrams_to_send(now=w.now)]
+    for step in range(1, 101):  # 10 s
+        w.now = NOW + step * 0.1
+        w.a.handle_timer(now=w.now)
+        sent += [d for d, _ in w.a.datagrams_to_send(now=w.now)]
+        if step * 0.1 < 2.95:
+            assert not any(type(e).__name__ == "HandshakeFailed" for e in events(w.a))
+    assert len(sent) == 1
+    assert w.a.stats["handshake_failed"] == 1
+
+
+def test_a_single_init_does_not_refuse_the_peers_crossing_init() -> None:
+    """The larger id's one-shot connect-back crosses the smaller's own Init: the larger answers
+    it (a retried Init would have won the collision), so the link comes up although the
+    one-shot Init died at the other's NAT and will never be sent again."""
+    w = World()
+    a_big = w.ida.node_id > w.idb.node_id
+    big, small = (w.a, w.b) if a_big else (w.b, w.a)
+    big_name, small_name = ("a", "b") if a_big else ("b", "a")
+    big_addr, small_addr = (w.a_addr, B_EP) if a_big else (B_EP, w.a_addr)
+    w.lost = lambda data, to: to == small_name  # the one-shot Init dies at small's NAT
+    big.connect(small_addr, now=w.now, expected=small.local_id, retransmit=False, timeout_s=3.0)
+    w.run_until(w.now + 0.01)
+    w.lost = lambda data, to: False
+    small.connect(big_addr, now=w.now, expected=big.local_id)
+    w.run_until(w.now + 1.0)
+    assert w.a.is_up(w.idb.node_id) and w.b.is_up(w.ida.node_id)
+    assert not big.drops["handshake_collision"], big_name
+
+
+def test_a_one_shot_init_retries_once_we_want_that_link_ourselves() -> None:
+    w = World()
+    w.lost = lambda data, to: to == "b"
+    w.a.connect(B_EP, now=w.now, expected=w.idb.node_id, retransmit=False, timeout_s=3.0)
+    w.a.connect(B_EP, now=w.now + 0.1, expected=w.idb.node_id)  # no second initiation...
+    sent = [d for d, _ in w.a.datagrams_to_send(now=w.now)]
+    for step in range(1, 51):  # 5 s
+        w.now = NOW + step * 0.1
+        w.a.handle_timer(now=w.now)
+        sent += [d for d, _ in w.a.datagrams_to_send(now=w.now)]
+    assert len(sent) >= 3 and len(set(sent)) == 1  # ...but its Init, retried
+    assert w.a.stats["handshake_failed"] == 0  # and the usual timeout, not the one-shot's
