@@ -15,6 +15,7 @@ from ipop.stun import (
     SOURCE_ALT_BOTH,
     SOURCE_ALT_PORT,
     SOURCE_PRIMARY,
+    STUN_DROP_REASONS,
     StunAgent,
     classify,
     direct_expected,
@@ -133,6 +134,17 @@ def test_garbage_and_strays_are_counted() -> None:
         "stun_unknown_attr": 1,
         "stun_bad_source": 1,
     }
+
+
+def test_every_drop_is_counted_under_a_known_reason() -> None:
+    agent = _server()
+    rng = random.Random(4)
+    for k in range(3000):
+        junk = bytes([rng.randrange(4)]) + rng.randbytes(rng.randrange(0, 120))
+        for data in (junk, _req(padding=0), _req()):
+            agent.receive(data, CLIENT, now=NOW + k / 100, via=rng.randrange(4))
+    agent.datagrams_to_send()
+    assert agent.drops and set(agent.drops) <= STUN_DROP_REASONS
 
 
 def test_set_sources_refuses_nonsense() -> None:
