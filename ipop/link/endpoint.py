@@ -168,6 +168,11 @@ __all__ = [
 _INF: Final = float("inf")
 # Retired key indices remembered (see LinkEndpoint._unknown_index): a few per peer and rekey.
 RETIRED_MAX: Final = 4096
+# Init freshness entries (initiator, responder named) kept at most; the oldest go first. One
+# per node for Inits naming us; an insider naming made-up endpoints adds one per verified
+# Init (rate-limited by the flood guard), and a forgotten entry only lets a replay within the
+# skew window create keys nobody confirms.
+LAST_INIT_MAX: Final = 65536
 # A direct path replaces the one in use only if its handshake was this much faster.
 PATH_SWITCH_RATIO: Final = 0.7
 # Every reason ``LinkEndpoint.drops`` may count (tests check that nothing else is counted).
@@ -959,7 +964,11 @@ class LinkEndpoint:
             self.drops["no_common_cipher"] += 1
             return
         if self._answer(_Answered(verified, cipher), path, now):
-            self._last_init_ms[fresh_key] = ts
+            last_init = self._last_init_ms
+            last_init.pop(fresh_key, None)
+            last_init[fresh_key] = ts
+            if len(last_init) > LAST_INIT_MAX:
+                del last_init[next(iter(last_init))]
 
     def _pending_answer(self, answered: _Answered) -> bool:
         """Are keys we derived for this answered Init still waiting for confirmation?"""

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+import ipop.link.endpoint as endpoint_module
 from ipop.link.endpoint import LinkEndpoint
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
@@ -107,3 +110,17 @@ def test_copy_raced_ahead_of_the_original_does_not_block_it() -> None:
     assert w.a.is_up(w.node("carol")) and w.c.is_up(w.node("alice"))
     assert w.c.path_of(w.node("alice")) == A_EP
     assert w.c.drops["stale_handshake"] == 0
+
+
+def test_freshness_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An insider can name any endpoint as responder: each verified Init adds a freshness
+    # entry (initiator, endpoint), so the table has a bound and forgets the oldest.
+    monkeypatch.setattr(endpoint_module, "LAST_INIT_MAX", 3)
+    w = Trio()
+    for i in range(6):
+        target = Endpoint("203.0.113.3", 6000 + i)  # Carol's, as far as Alice can tell
+        w.a.connect(target, now=NOW + i)
+        ((init, _),) = w.out(w.a, NOW + i)
+        w.c.receive_datagram(init, A_EP, now=NOW + i)
+    assert w.c.stats["handshake_answered"] == 6
+    assert len(w.c._last_init_ms) == 3
