@@ -23,6 +23,7 @@ meaning is documented in ``deploy/ipop.example.toml``::
     lease_s = 3600                     # at least 60
     [stun]
     servers = []                       # ["IPv4:PORT", ...] for `ipop netcheck`
+    serve = false                      # answer STUN (bootstrap / reference nodes only)
     alternate = "auto"                 # auto | off | IPv4: second address for CHANGE-REQUEST
     alt_port = 0                       # 0 = listen port + 1
     [identity]
@@ -99,7 +100,7 @@ _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "control": ("socket",),
     "dns": ("enabled", "upstream"),
     "dht": ("lease_s",),
-    "stun": ("servers", "alternate", "alt_port"),
+    "stun": ("servers", "serve", "alternate", "alt_port"),
     "identity": ("crl",),
 }
 # Every key a config may hold, dotted; the example file must document each (tested).
@@ -145,12 +146,17 @@ class DhtConfig:
 class StunConfig:
     """NAT discovery (``ipop netcheck``): STUN servers to ask, and what this node serves.
 
-    ``alternate``: "auto" serves CHANGE-REQUEST when the host has a second address (a public
-    node with two addresses; the first two found are used), "off" never, or the second
-    address itself. The alternate sockets listen on ``alt_port`` (0: the listen port + 1).
+    ``serve``: answer STUN Binding requests on the overlay port at all (rate-limited, never
+    more bytes out than in; :mod:`ipop.stun`). Off by default: an ordinary node has no reason
+    to answer strangers; bootstrap nodes, which every netcheck asks, turn it on.
+    ``alternate`` (only with ``serve``): "auto" serves CHANGE-REQUEST when the host has a
+    second address (a public node with two addresses; the first two found are used), "off"
+    never, or the second address itself. The alternate sockets listen on ``alt_port`` (0:
+    the listen port + 1).
     """
 
     servers: tuple[Endpoint, ...] = ()
+    serve: bool = False
     alternate: str = "auto"
     alt_port: int = 0
 
@@ -303,6 +309,7 @@ def _stun(section: Mapping[str, object]) -> StunConfig:
         raise ConfigError("stun.alt_port", f"{alt_port} is out of range", port_fix)
     return StunConfig(
         servers=tuple(_endpoint(item, f"stun.servers[{i}]") for i, item in enumerate(servers)),
+        serve=_bool(section.get("serve", False), "stun.serve"),
         alternate=alternate,
         alt_port=alt_port,
     )

@@ -18,9 +18,10 @@ Procedure, per STUN server (bootstrap nodes first, then configured servers):
    nothing).
 
 Mapping behaviour compares the mapped addresses every destination reported: the servers and
-every directly linked peer (every ipopd answers STUN on its overlay port), plus what peers
-echoed in the overlay. Only with fewer than two destinations does it send a Binding request to
-a server's OTHER-ADDRESS (last, so it cannot spoil the filtering tests of this run; a rerun
+every directly linked peer that serves STUN (``[stun] serve``: bootstrap and public reference
+nodes; the others stay silent and count for nothing), plus what peers echoed in the overlay.
+Only with fewer than two destinations does it send a Binding request to a server's
+OTHER-ADDRESS (last, so it cannot spoil the filtering tests of this run; a rerun
 within the NAT's memory may then read a restricted NAT as full cone, noted in ``notes``).
 
 ``second_opinion`` holds what pystun3 said against each configured server (run by the caller

@@ -74,6 +74,7 @@ class NodeCore:
         overlay_config: OverlayConfig | None = None,
         link_config: LinkConfig | None = None,
         shortcuts: bool = True,
+        stun_serve: bool = False,
     ) -> None:
         self.identity = identity
         self.local_id = identity.node_id
@@ -95,7 +96,8 @@ class NodeCore:
         self._shortcut_used: dict[NodeId, float] = {}
         # STUN on the overlay socket (ipop.stun): answered here, never seen by the link layer.
         # ``stun_alt_send`` is the I/O layer's way to send from a node's alternate sockets.
-        self.stun = StunAgent(rng=random.Random(rng.random()))
+        # Answered only with ``stun_serve`` (``[stun] serve``): see ipop.stun.
+        self.stun = StunAgent(rng=random.Random(rng.random()), serve=stun_serve)
         self.stun_alt_send: Callable[[int, bytes, Endpoint], None] | None = None
         self.birthday = BirthdayPunch(rng=random.Random(rng.random()))
         # The revocation list epidemic (ipop.revocation): TYPE_CRL link messages stop here.

@@ -2,8 +2,17 @@
 
 :class:`StunAgent` is both sides of STUN for one node (DESIGN.md §7):
 
-- **server**: every Binding request that reaches the node is answered with the source address
+- **server**, only on a node configured to serve (``[stun] serve = true``: bootstrap nodes and
+  public nodes meant as netcheck references; ``serve`` False, the default, drops every
+  request as ``stun_not_serving``): a Binding request is answered with the source address
   it came from (XOR-MAPPED-ADDRESS; RFC 3489 requests, e.g. from pystun3, get MAPPED-ADDRESS).
+  Anybody can send a request from a forged address, so the answer is bounded: per source
+  address and globally by token buckets (:data:`ipop.timing.STUN_SOURCE_RATE_PER_S`,
+  :data:`ipop.timing.STUN_GLOBAL_RATE_PER_S`; ``stun_rate_limited``), and never larger than
+  the request (``stun_unpadded``: a bare 20-byte request would get up to 76 bytes back, so
+  our clients pad their requests with PADDING, RFC 5780 §7.6, to
+  :data:`PADDED_REQUEST_BYTES`). A reflector that answers at most what it got, and only so
+  often, is of no use to a flooder.
   A node given alternate sources (:meth:`StunAgent.set_sources`: a public node with a second
   address binds two more UDP sockets, ``(primary address, port+1)`` and ``(second address,
   port+1)``) also advertises OTHER-ADDRESS and answers CHANGE-REQUEST from the socket the
@@ -23,17 +32,21 @@ I/O layer sends each from the socket numbered ``source``.
 the lab's NAT kinds, and :func:`direct_expected` says whether two kinds can punch a direct
 path (the measured table in shared/reference/README.md: only symmetric against symmetric or
 port-restricted cone fails). :func:`mapping_behaviour` compares mappings seen from different
-destinations. Drops (peer garbage) are counted in :attr:`StunAgent.drops`, never raised.
+destinations. Drops (peer garbage) are counted in :attr:`StunAgent.drops`, never raised,
+under the reasons of :data:`STUN_DROP_REASONS`.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from ipop import timing
 from ipop.errors import LocalProtocolError
+from ipop.ratelimit import SourceBuckets, TokenBucket
 from ipop.types import Endpoint
 from ipop.wire.stun import (
     BINDING_ERROR,
@@ -50,10 +63,12 @@ __all__ = [
     "FILTERINGS",
     "MAPPINGS",
     "NAT_KINDS",
+    "PADDED_REQUEST_BYTES",
     "SOFTWARE",
     "SOURCE_ALT_BOTH",
     "SOURCE_ALT_PORT",
     "SOURCE_PRIMARY",
+    "STUN_DROP_REASONS",
     "Filtering",
     "Mapping",
     "NatKind",
@@ -98,6 +113,32 @@ DEFAULT_RTO_S: Final = 0.2
 DEFAULT_TIMEOUT_S: Final = 1.5
 MAX_PENDING: Final = 64
 MAX_RESULTS: Final = 256
+# Our requests are padded to this size: the largest answer an ipop server gives is 76 bytes
+# (XOR-MAPPED, MAPPED, RESPONSE-ORIGIN, OTHER-ADDRESS and a 4-byte SOFTWARE), and the rest
+# leaves room for a longer SOFTWARE name.
+PADDED_REQUEST_BYTES: Final = 100
+_ATTR_HEADER_BYTES: Final = 4
+
+# Every reason StunAgent.drops may count: the codec's, the server's and the client's, and the
+# two NodeCore counts for it (``stun_relayed``, ``no_alt_socket``).
+STUN_DROP_REASONS: Final = frozenset(
+    {
+        "stun_short",
+        "stun_not_stun",
+        "stun_unknown_method",
+        "stun_bad_length",
+        "stun_bad_attr",
+        "stun_unknown_attr",
+        "stun_not_serving",
+        "stun_rate_limited",
+        "stun_unpadded",
+        "stun_bad_source",
+        "change_unsupported",
+        "stun_unmatched",
+        "stun_relayed",
+        "no_alt_socket",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +176,17 @@ class _Txn:
 class StunAgent:
     """See the module docstring."""
 
-    def __init__(self, *, rng: random.Random, software: str = SOFTWARE) -> None:
+    def __init__(
+        self, *, rng: random.Random, software: str = SOFTWARE, serve: bool = False
+    ) -> None:
         self._rng = rng
         self.software = software
+        # Answer Binding requests at all (see the module docstring); settable by the driver.
+        self.serve = serve
+        self._per_source = SourceBuckets(
+            timing.STUN_SOURCE_RATE_PER_S, timing.STUN_SOURCE_BURST, timing.STUN_SOURCE_TABLE_MAX
+        )
+        self._global = TokenBucket(timing.STUN_GLOBAL_RATE_PER_S, timing.STUN_GLOBAL_BURST, 0.0)
         self.drops: collections.Counter[str] = collections.Counter()
         self.stats: collections.Counter[str] = collections.Counter()
         self._sources: dict[int, Endpoint] = {}
@@ -176,13 +225,20 @@ class StunAgent:
             self.drops[exc.reason] += 1
             return
         if msg.msg_type == BINDING_REQUEST:
-            self._answer(msg, src, via)
+            self._answer(msg, src, via, len(data), now)
         else:
             self._on_response(msg, src, now)
 
-    def _answer(self, req: StunMessage, src: Endpoint, via: int) -> None:
+    def _answer(self, req: StunMessage, src: Endpoint, via: int, size: int, now: float) -> None:
+        if not self.serve:
+            self.drops["stun_not_serving"] += 1
+            return
         if req.unknown_required:
             self.drops["stun_unknown_attr"] += 1
+            return
+        # Per source first, so one source spending its own bucket leaves the global one alone.
+        if not self._per_source.take(src.host, now) or not self._global.take(now):
+            self.drops["stun_rate_limited"] += 1
             return
         if via not in _SOURCE_FLAGS or (via != SOURCE_PRIMARY and via not in self._sources):
             self.drops["stun_bad_source"] += 1
@@ -206,7 +262,11 @@ class StunAgent:
             other=other,
             software=self.software,
         )
-        self._out.append((source, encode(reply), src))
+        data = encode(reply)
+        if len(data) > size:
+            self.drops["stun_unpadded"] += 1
+            return
+        self._out.append((source, data, src))
         self.stats["answered_change" if source != via else "answered"] += 1
 
     def _on_response(self, msg: StunMessage, src: Endpoint, now: float) -> None:
@@ -242,11 +302,15 @@ class StunAgent:
         change_ip: bool = False,
         change_port: bool = False,
         classic: bool = False,
+        pad: bool = True,
         rto_s: float = DEFAULT_RTO_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> bytes:
         """Start a Binding transaction to ``server`` from the overlay socket; returns its
-        transaction key for :meth:`take_result`. ``classic``: the RFC 3489 form."""
+        transaction key for :meth:`take_result`. ``classic``: the RFC 3489 form. ``pad``: add
+        PADDING up to :data:`PADDED_REQUEST_BYTES`, so that a server answering no more bytes
+        than it got (an ipop node) can answer (a server that does not know PADDING would
+        answer 420)."""
         if not (rto_s > 0 and timeout_s > 0):
             raise LocalProtocolError("rto_s and timeout_s must be positive")
         if len(self._pending) >= MAX_PENDING:
@@ -259,9 +323,13 @@ class StunAgent:
             transaction = MAGIC_COOKIE.to_bytes(4, "big") + self._rng.getrandbits(96).to_bytes(
                 12, "big"
             )
-        datagram = encode(
-            StunMessage(BINDING_REQUEST, transaction, change_ip=change_ip, change_port=change_port)
+        request = StunMessage(
+            BINDING_REQUEST, transaction, change_ip=change_ip, change_port=change_port
         )
+        datagram = encode(request)
+        room = PADDED_REQUEST_BYTES - len(datagram) - _ATTR_HEADER_BYTES
+        if pad and room > 0:
+            datagram = encode(dataclasses.replace(request, padding=room - room % 4))
         self._pending[transaction] = _Txn(
             server, datagram, now, now + rto_s, rto_s, now + timeout_s
         )

@@ -38,6 +38,38 @@ LINK_TIMEOUT_S = 50.0
 # LINK_TIMEOUT_S). Above KEEPALIVE_INTERVAL_S, the longest a live peer stays quiet.
 SILENT_PEER_S = 20.0
 
+# --- handshake flood guard (link/cookie.py) -------------------------------------------------
+# Above this many Inits per second a responder is "under load" and answers an Init without a
+# valid cookie with a 37-byte cookie reply only: a verified Init costs ~0.3 ms, so this keeps
+# cookie-less verification under ~6 % of a core, far above any honest rate (a bootstrap node
+# seeing a 200-node network join at once takes one cookie round trip more, nothing worse).
+INIT_LOAD_PER_S = 200
+# Verified Inits per second, whatever the cookies (a botnet holding cookies for many real
+# addresses): the hard bound on handshake CPU, ~0.5 core at ~0.3 ms each.
+INIT_VERIFY_MAX_PER_S = 1500
+# Per source address, Inits per second that may reach verification (and the burst): one
+# address holds a few nodes behind one NAT, each starting a handshake now and then.
+INIT_SOURCE_RATE_PER_S = 8.0
+INIT_SOURCE_BURST = 16.0
+# Source addresses whose token buckets we keep (oldest forgotten first: a forgotten source
+# only starts over with a full bucket, so churn by spoofed sources costs honest ones nothing).
+INIT_SOURCE_TABLE_MAX = 4096
+# The cookie secret changes this often; a cookie made with the current or the previous one
+# is accepted, so a cookie stays good 120-240 s (WireGuard's COOKIE_REFRESH_TIME).
+COOKIE_SECRET_ROTATE_S = 120.0
+
+# --- STUN service (stun.py) -----------------------------------------------------------------
+# A node configured to serve STUN answers each source address this often (and burst): netcheck
+# sends a handful of requests per run, with retransmissions.
+STUN_SOURCE_RATE_PER_S = 5.0
+STUN_SOURCE_BURST = 20.0
+# ... and everybody together this often: a reflector that answers at most this much cannot be
+# made into a useful flood, and answers are never larger than the requests.
+STUN_GLOBAL_RATE_PER_S = 500.0
+STUN_GLOBAL_BURST = 1000.0
+# Source addresses whose STUN buckets we keep (oldest forgotten first).
+STUN_SOURCE_TABLE_MAX = 4096
+
 # --- links and overlay (later issues) -----------------------------------------------------
 # Keepalive interval: under the ~30 s UDP mapping timeout of common NATs (RFC 4787 REQ-5
 # asks for >= 2 min, many do less), with slack for one lost keepalive.

@@ -108,6 +108,7 @@ class DaemonSettings:
     # NAT discovery (ipop.config.StunConfig): extra servers for netcheck, and change-request
     # service ("auto": on the host's second address, if any; "off"; or that address).
     stun_servers: tuple[Endpoint, ...] = ()
+    stun_serve: bool = False
     stun_alternate: str = "auto"
     stun_alt_port: int = 0
     # A revocation list file read at start (ipop.config.IdentityConfig.crl); None: the bundle's.
@@ -124,6 +125,7 @@ class DaemonSettings:
             hostname=cfg.effective_hostname(bundle_hostname),
             lease_s=float(cfg.dht.lease_s),
             stun_servers=cfg.stun.servers,
+            stun_serve=cfg.stun.serve,
             stun_alternate=cfg.stun.alternate,
             stun_alt_port=cfg.stun.alt_port,
             crl_file=cfg.identity.crl,
@@ -244,6 +246,7 @@ class Daemon:
         if self._services_factory is not None:
             self.services = self._services_factory(self)
         self.node.attach(self.udp, open_socket=self._open_punch_socket)
+        self.node.core.stun.serve = self.settings.stun_serve
         self._open_stun_alternates(local)
         self.node.start()
         self.dataplane.start()
@@ -569,13 +572,13 @@ class Daemon:
     # --- NAT discovery (ipop.stun, ipop.netcheck) --------------------------------------------
 
     def _open_stun_alternates(self, local: list[Endpoint]) -> None:
-        """A node with a second address serves CHANGE-REQUEST: two more UDP sockets,
+        """A STUN-serving node with a second address serves CHANGE-REQUEST: two more sockets,
         (first address, alt port) and (second address, alt port), owned by the daemon and
         read here; what the agent answers from them leaves through :meth:`_stun_alt_send`."""
         s = self.settings
         node, udp = self.node, self.udp
         assert node is not None and udp is not None
-        if s.stun_alternate == "off" or not local:
+        if not s.stun_serve or s.stun_alternate == "off" or not local:
             return
         primary = Endpoint(local[0].host, udp.port)
         if s.stun_alternate == "auto":
@@ -648,15 +651,18 @@ class Daemon:
             self.stats["stun_send_error"] += 1
 
     async def stun_transact(
-        self, server: Endpoint, change_ip: bool, change_port: bool
+        self, server: Endpoint, change_ip: bool, change_port: bool, *, pad: bool = True
     ) -> StunAnswer | None:
-        """One Binding transaction from the overlay socket (retransmitted by the core)."""
+        """One Binding transaction from the overlay socket (retransmitted by the core).
+
+        ``pad``: PADDING up to what an ipop server needs to answer (ipop.stun); off for servers
+        we did not write (an RFC 3489 server such as stund drops what it does not know)."""
         node = self.node
         if node is None or node.driver is None:
             return None
         core = node.core
         key = core.stun.request(
-            server, now=time.time(), change_ip=change_ip, change_port=change_port
+            server, now=time.time(), change_ip=change_ip, change_port=change_port, pad=pad
         )
         core.stun_flush()
         node.driver.pump()
@@ -688,8 +694,16 @@ class Daemon:
             opinions = [
                 asyncio.ensure_future(asyncio.to_thread(_pystun3, ep, source_ip)) for ep in extra
             ]
+        external = set(extra)
+
+        async def transact(
+            server: Endpoint, change_ip: bool, change_port: bool
+        ) -> StunAnswer | None:
+            pad = server not in external
+            return await self.stun_transact(server, change_ip, change_port, pad=pad)
+
         result = await run_netcheck(
-            self.stun_transact,
+            transact,
             servers=stun_servers,
             peers=peers[:MAX_NETCHECK_PEERS],
             local=local,

@@ -25,12 +25,19 @@ Invariants:
 
 1. Nothing unauthenticated is answered: a Resp is sent only for an Init whose certificate,
    signature and freshness checked out; DATA is never answered at all. Every refusal is a
-   ``drops`` counter and nothing else.
-2. Init freshness: an Init's timestamp must be within ``handshake_clock_skew_s`` of ``now``
-   and strictly newer than the last Init accepted from that node (so a replayed Init gets
-   nothing), and our own Init timestamps strictly increase. One exception, which creates no
-   state: the very bytes of an Init we answered, from the same path while the keys we
-   derived are unconfirmed, get the very same Resp again (its retransmission; ours was lost).
+   ``drops`` counter (a reason of :data:`LINK_DROP_REASONS`) and nothing else. The one
+   exception is the flood guard's (:mod:`ipop.link.cookie`): under load, an Init without a
+   valid cookie gets a 37-byte COOKIE_REPLY, always smaller than the Init, and no other work.
+2. Init freshness and binding: an Init must name us (our node id; an Init bound to an
+   endpoint, a bootstrap's, is accepted wherever it lands, see ``_on_init``); its timestamp
+   must be within ``handshake_clock_skew_s`` of ``now`` and strictly newer than the last
+   Init accepted from that node *naming the same responder* (so a replayed Init gets nothing,
+   and a copy of an Init meant for someone else can never make ours look stale); our own
+   Init timestamps strictly increase. Exceptions while the keys we derived for an Init are
+   unconfirmed: the same Init core from the same path gets the very same Resp again (its
+   retransmission; ours was lost), and from another path a Resp of its own (at most
+   ``max_pending_responses`` paths): a copy an observer raced ahead must not block the
+   original.
 3. A replay window is advanced only after the AEAD tag verified.
 4. One handshake at a time per pair: when both sides' Inits cross on one path (each has an
    initiation outstanding toward the path the other's Init came from, with that node or no
@@ -74,12 +81,16 @@ Invariants:
 Drop reasons (``drops``): any datagram: ``empty``, ``unknown_type``, ``malformed``; DATA:
 ``unknown_index``, ``expired_key``, ``replay``, ``too_old``, ``auth_failed``; Init/Resp:
 the certificate reasons of :data:`ipop.identity.CERT_REASONS`, ``bad_signature``,
-``stale_handshake``, ``own_identity``, ``handshake_collision``, ``no_common_cipher``,
-``bad_cipher``, ``bad_key``, ``unexpected_peer``, ``unknown_index``. Facts that are not
+``stale_handshake``, ``own_identity``, ``not_for_us``, ``handshake_collision``,
+``no_common_cipher``, ``bad_cipher``, ``bad_key``, ``unexpected_peer``, ``unknown_index``,
+the guard's ``under_load``, ``init_rate_limited``, ``init_overloaded``; cookie replies:
+``bad_cookie_reply``. All of them are in :data:`LINK_DROP_REASONS`. Facts that are not
 refusals are counted in ``stats`` (``link_up``, ``link_down_<reason>`` (``revoked``: see
 :meth:`LinkEndpoint.close_revoked`), ``rekey_started``,
 ``roamed``, ``collision_yielded``, ``handshake_answered``, ``handshake_retransmitted``,
-``handshake_failed``, ``rehandshake_diverged``, ``rehandshake_stale_keys``).
+``handshake_failed``, ``rehandshake_diverged``, ``rehandshake_stale_keys``,
+``init_expensive`` (Inits that reached public-key work), ``cookie_sent``,
+``cookie_received``, ``cookie_resent``).
 
 Timer: every peer's earliest deadline lives in a heap (lazy: an entry is live only while its
 sequence number is the peer's ``due_seq``), so a firing handles only the peers that are due,
@@ -89,10 +100,12 @@ scheduled); per-packet updates (``last_tx``, ``last_rx``) only push deadlines la
 heap entry is at worst early: the peer is then found not due and re-pushed. This keeps the
 packet path free of O(peers) work. Initiations are few and are scanned.
 
-Retransmitted Inits are the same bytes as the first copy (one signature per handshake, not
-one per retry; the handshake timeout is far inside the clock-skew window). A responder that
-already accepted that exact Init, whose answer was lost, sends its cached Resp again from the
-same path while the keys it derived are still pending: no new state, no new signature.
+Retransmitted Inits are the same core as the first copy (one signature per handshake, not
+one per retry; the handshake timeout is far inside the clock-skew window); a cookie from a
+loaded responder changes only the mac2 after it, and the Init is resent with it at once. A
+responder that already accepted that exact Init, whose answer was lost, sends its cached Resp
+again from the same path while the keys it derived are still pending: no new state, no new
+signature.
 """
 
 from __future__ import annotations
@@ -109,13 +122,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ipop import timing
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
-from ipop.identity import NodeCertificate, NodeIdentity
+from ipop.identity import CERT_REASONS, NodeCertificate, NodeIdentity
+from ipop.link.cookie import GUARD_DROP_REASONS, InitGuard, mac2_for
 from ipop.link.crypto import CIPHER_IDS, DEFAULT_CIPHERS, Aead, InvalidTag, nonce_for
 from ipop.link.handshake import (
     Initiation,
     SessionKeys,
+    VerifiedInit,
     check_init_cert,
     check_init_signature,
+    check_init_time,
     choose_cipher,
     make_init,
     make_resp,
@@ -123,17 +139,26 @@ from ipop.link.handshake import (
 )
 from ipop.link.replay import ReplayWindow
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
-from ipop.wire.handshake import HandshakeResp
+from ipop.wire.handshake import (
+    MAC2_BYTES,
+    CookieReply,
+    HandshakeInit,
+    HandshakeResp,
+    init_core,
+    init_digest,
+)
 from ipop.wire.header import (
     DATA_HEADER,
     DATA_HEADER_BYTES,
     DATA_MIN_BYTES,
+    TYPE_COOKIE_REPLY,
     TYPE_DATA,
     TYPE_HANDSHAKE_INIT,
     TYPE_HANDSHAKE_RESP,
 )
 
 __all__ = [
+    "LINK_DROP_REASONS",
     "HandshakeFailed",
     "LinkConfig",
     "LinkDown",
@@ -149,12 +174,52 @@ __all__ = [
 _INF: Final = float("inf")
 # Retired key indices remembered (see LinkEndpoint._unknown_index): a few per peer and rekey.
 RETIRED_MAX: Final = 4096
+# Init freshness entries (initiator, responder named) kept at most; the oldest go first. One
+# per node for Inits naming us; an insider naming made-up endpoints adds one per verified
+# Init (rate-limited by the flood guard), and a forgotten entry only lets a replay within the
+# skew window create keys nobody confirms.
+LAST_INIT_MAX: Final = 65536
 # A direct path replaces the one in use only if its handshake was this much faster.
 PATH_SWITCH_RATIO: Final = 0.7
+# Every reason ``LinkEndpoint.drops`` may count (tests check that nothing else is counted).
+LINK_DROP_REASONS: Final = frozenset(
+    {
+        "empty",
+        "unknown_type",
+        "malformed",
+        "unknown_index",
+        "expired_key",
+        "replay",
+        "too_old",
+        "auth_failed",
+        "bad_signature",
+        "stale_handshake",
+        "own_identity",
+        "not_for_us",
+        "handshake_collision",
+        "no_common_cipher",
+        "bad_cipher",
+        "bad_key",
+        "unexpected_peer",
+        "bad_cookie_reply",
+    }
+    | frozenset(CERT_REASONS)
+    | GUARD_DROP_REASONS
+)
 _HDR_PACK = DATA_HEADER.pack
 _HDR_PACK_INTO = DATA_HEADER.pack_into
 _HDR_UNPACK_FROM = DATA_HEADER.unpack_from
 _EMPTY = b""
+_NO_MAC2 = bytes(MAC2_BYTES)
+
+
+def _responder_of(path: Path, expected: NodeId | None) -> NodeId | Endpoint:
+    """Whom an Init toward ``path`` names: the node we expect, else where it goes."""
+    if expected is not None:
+        return expected
+    if isinstance(path, RelayPath):
+        return path.peer
+    return path.remote if isinstance(path, SocketPath) else path
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -392,6 +457,18 @@ class _Peer:
         self.due_seq = 0
 
 
+class _Answered:
+    """An Init core we verified and answered: the Resp and pending index of each path it came
+    from (at most ``max_pending_responses`` paths, oldest forgotten first)."""
+
+    __slots__ = ("cipher", "paths", "verified")
+
+    def __init__(self, verified: VerifiedInit, cipher: str) -> None:
+        self.verified = verified
+        self.cipher = cipher
+        self.paths: dict[Path, tuple[bytes, int]] = {}
+
+
 # --- the endpoint ----------------------------------------------------------------------------
 
 
@@ -412,7 +489,8 @@ class LinkEndpoint:
         self._peers: dict[NodeId, _Peer] = {}
         self._keypairs: dict[int, _Keypair] = {}
         self._initiations: dict[int, Initiation] = {}
-        self._last_init_ms: dict[NodeId, int] = {}
+        # (initiator, responder the Init names) -> newest Init timestamp accepted (ms).
+        self._last_init_ms: dict[tuple[NodeId, NodeId | Endpoint], int] = {}
         self._last_sent_ms = 0
         self._outbox: list[tuple[bytes, Path]] = []
         self._events: collections.deque[LinkEvent] = collections.deque()
@@ -422,9 +500,11 @@ class LinkEndpoint:
         self._heap: list[tuple[float, int, NodeId]] = []
         self._seq = 0
         self._next_gc = 0.0
-        # Init bytes we answered -> (Resp, path, our pending index): a retransmitted copy of
-        # the same Init (our Resp was lost) gets the same Resp again.
-        self._answered: dict[bytes, tuple[bytes, Path, int]] = {}
+        # Init cores we answered -> how (see _Answered): a retransmitted copy of the same Init
+        # (our Resp was lost) gets the same Resp again; a copy from another path gets its own.
+        self._answered: dict[bytes, _Answered] = {}
+        # What an Init may cost before it proved anything (ipop.link.cookie).
+        self.guard = InitGuard()
         # Indices we gave out and dropped -> whose they were (insertion order: oldest first).
         self._retired: dict[int, NodeId] = {}
         self._reject_messages = self.config.reject_after_messages
@@ -432,6 +512,7 @@ class LinkEndpoint:
             TYPE_DATA: self._on_data,
             TYPE_HANDSHAKE_INIT: self._on_init,
             TYPE_HANDSHAKE_RESP: self._on_resp,
+            TYPE_COOKIE_REPLY: self._on_cookie,
         }
 
     # --- commands ---------------------------------------------------------------------------
@@ -724,14 +805,9 @@ class LinkEndpoint:
             self._next_gc = now + cfg.handshake_timeout_s
             # An Init older than the skew window is refused anyway, so its node's entry can go.
             horizon_ms = (now - cfg.handshake_clock_skew_s) * 1000.0
-            for node in [n for n, ms in self._last_init_ms.items() if ms < horizon_ms]:
-                del self._last_init_ms[node]
-            keypairs = self._keypairs
-            gone = [
-                raw
-                for raw, (_, _, i) in self._answered.items()
-                if (kp := keypairs.get(i)) is None or i not in kp.peer.pending
-            ]
+            for key in [k for k, ms in self._last_init_ms.items() if ms < horizon_ms]:
+                del self._last_init_ms[key]
+            gone = [raw for raw, ans in self._answered.items() if not self._pending_answer(ans)]
             for raw in gone:
                 del self._answered[raw]
         self._timer_dirty = True
@@ -858,23 +934,55 @@ class LinkEndpoint:
 
     def _on_init(self, data: bytes, path: Path, now: float) -> None:
         cfg = self.config
-        answered = self._answered.get(data)
-        if answered is not None:
-            resp_raw, answered_path, pending_index = answered
-            kp_answered = self._keypairs.get(pending_index)
-            if (
-                answered_path == path
-                and kp_answered is not None
-                and pending_index in kp_answered.peer.pending
-            ):
+        try:
+            init = HandshakeInit.parse(data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return
+        # Free checks first. An Init naming another node is a replay or a mistake; one bound
+        # to an endpoint (a bootstrap's, whose id the initiator did not know) is not checked
+        # against ours, which a node cannot enumerate (wildcard binds, port forwards, NAT
+        # mappings not learned yet): freshness is kept per (node, responder) instead, so a
+        # copy replayed here can never make a later Init meant for us look stale.
+        responder = init.responder
+        if isinstance(responder, NodeId) and responder != self.local_id:
+            self.drops["not_for_us"] += 1
+            return
+        core = init_core(data)
+        answered = self._answered.get(core)
+        if answered is not None and self._pending_answer(answered):
+            entry = answered.paths.get(path)
+            if entry is not None:
                 # Our Resp to this very Init was lost: the same answer again, nothing new.
-                self._outbox.append((resp_raw, path))
+                self._outbox.append((entry[0], path))
                 self.stats["handshake_reanswered"] += 1
                 return
         try:
-            init, cert = check_init_cert(
-                self._trust, data, now=now, skew_s=cfg.handshake_clock_skew_s
-            )
+            check_init_time(init, now=now, skew_s=cfg.handshake_clock_skew_s)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return
+        verdict = self.guard.admit(core, init.mac2, path, now)
+        if verdict is not None:
+            if verdict == "cookie":
+                reply = self.guard.cookie_reply(init.sender_index, core, path, now)
+                self._outbox.append((reply, path))
+                self.stats["cookie_sent"] += 1
+                verdict = "under_load"
+            self.drops[verdict] += 1
+            return
+        # From here on an Init costs public-key operations: the guard bounds how many per s.
+        self.stats["init_expensive"] += 1
+        if answered is not None and self._pending_answer(answered):
+            # An Init we verified and answered, unconfirmed yet, arriving from another path:
+            # a copy an observer raced ahead of the original, or the original behind the
+            # copy. Refusing it as stale would let whoever forwards a copy first block the
+            # handshake; answering each path (bounded like retransmissions) lets the real
+            # initiator confirm the keys it got, and the copy's keys expire unconfirmed.
+            self._answer(answered, path, now)
+            return
+        try:
+            cert = check_init_cert(self._trust, init, now=now)
         except RemoteProtocolError as exc:
             self.drops[exc.reason] += 1
             return
@@ -886,7 +994,8 @@ class LinkEndpoint:
             self.drops["own_identity"] += 1
             return
         ts = init.timestamp_ms
-        last = self._last_init_ms.get(node)
+        fresh_key = (node, responder)
+        last = self._last_init_ms.get(fresh_key)
         if last is not None and ts <= last:
             self.drops["stale_handshake"] += 1
             return
@@ -906,6 +1015,26 @@ class LinkEndpoint:
         if cipher is None:
             self.drops["no_common_cipher"] += 1
             return
+        if self._answer(_Answered(verified, cipher), path, now):
+            last_init = self._last_init_ms
+            last_init.pop(fresh_key, None)
+            last_init[fresh_key] = ts
+            if len(last_init) > LAST_INIT_MAX:
+                del last_init[next(iter(last_init))]
+
+    def _pending_answer(self, answered: _Answered) -> bool:
+        """Are keys we derived for this answered Init still waiting for confirmation?"""
+        keypairs = self._keypairs
+        for _, index in answered.paths.values():
+            kp = keypairs.get(index)
+            if kp is not None and index in kp.peer.pending:
+                return True
+        return False
+
+    def _answer(self, answered: _Answered, path: Path, now: float) -> bool:
+        """Resp to the verified Init of ``answered``, arriving over ``path``; keys pending."""
+        cfg = self.config
+        verified = answered.verified
         index = self._new_index()
         observed: Endpoint | None = None
         if isinstance(path, Endpoint):
@@ -914,12 +1043,12 @@ class LinkEndpoint:
             observed = path.remote
         try:
             resp, keys = make_resp(
-                self._identity, verified, index=index, cipher=cipher, observed=observed
+                self._identity, verified, index=index, cipher=answered.cipher, observed=observed
             )
         except RemoteProtocolError as exc:
             self.drops[exc.reason] += 1
-            return
-        self._last_init_ms[node] = ts
+            return False
+        node = verified.cert.node_id
         st = self._peers.get(node)
         if st is None:
             st = self._peers[node] = _Peer(node, verified.cert, path)
@@ -930,10 +1059,46 @@ class LinkEndpoint:
             oldest = next(iter(st.pending))
             del st.pending[oldest]
             self._retire(oldest, st)
-        self._answered[verified.raw] = (resp, path, index)
+        paths = answered.paths
+        paths.pop(path, None)
+        paths[path] = (resp, index)
+        while len(paths) > cfg.max_pending_responses:
+            del paths[next(iter(paths))]
+        self._answered[verified.raw] = answered
         self._outbox.append((resp, path))
         self.stats["handshake_answered"] += 1
         self._touch(st)
+        return True
+
+    def _initiation_answered(self, receiver_index: int) -> Initiation | None:
+        """Our initiation a Resp or cookie reply names (counted as a drop when none)."""
+        ini = self._initiations.get(receiver_index)
+        if ini is None:
+            self.drops["unknown_index"] += 1
+        return ini
+
+    def _on_cookie(self, data: bytes, path: Path, now: float) -> None:
+        """A responder under load sent a cookie for one of our Inits: resend it with mac2."""
+        try:
+            reply = CookieReply.parse(data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return
+        ini = self._initiation_answered(reply.receiver_index)
+        if ini is None:
+            return
+        if path != ini.path or not any(init_digest(c) == reply.init_digest for c in ini.sent):
+            self.drops["bad_cookie_reply"] += 1
+            return
+        ini.cookie = reply.cookie
+        self.stats["cookie_received"] += 1
+        # At once (the cookie round trip is all the delay a loaded responder adds), but at most
+        # once per retry interval: cookie replies must not make us send Inits as fast as they
+        # come (an on-path sender could otherwise make us flood the responder).
+        if now >= ini.cookie_resent_at + self.config.handshake_retry_s:
+            ini.cookie_resent_at = now
+            self.stats["cookie_resent"] += 1
+            self._send_init(ini, now)
 
     def _on_resp(self, data: bytes, path: Path, now: float) -> None:
         try:
@@ -941,9 +1106,8 @@ class LinkEndpoint:
         except RemoteProtocolError as exc:
             self.drops[exc.reason] += 1
             return
-        ini = self._initiations.get(resp.receiver_index)
+        ini = self._initiation_answered(resp.receiver_index)
         if ini is None:
-            self.drops["unknown_index"] += 1
             return
         try:
             cert, keys = verify_resp(
@@ -1164,20 +1328,22 @@ class LinkEndpoint:
 
     def _send_init(self, ini: Initiation, now: float) -> None:
         if ini.sent:
-            # A retransmission: the same signed bytes (see the module docstring).
-            self._outbox.append((ini.sent[-1], ini.path))
-            return
-        ts = max(int(now * 1000.0), self._last_sent_ms + 1)
-        self._last_sent_ms = ts
-        raw = make_init(
-            self._identity,
-            index=ini.index,
-            ephemeral=ini.ephemeral,
-            timestamp_ms=ts,
-            ciphers=self.config.ciphers,
-        )
-        ini.sent.append(raw)
-        self._outbox.append((raw, ini.path))
+            # A retransmission: the same signed core (see the module docstring).
+            core = ini.sent[-1]
+        else:
+            ts = max(int(now * 1000.0), self._last_sent_ms + 1)
+            self._last_sent_ms = ts
+            core = make_init(
+                self._identity,
+                index=ini.index,
+                ephemeral=ini.ephemeral,
+                timestamp_ms=ts,
+                ciphers=self.config.ciphers,
+                responder=_responder_of(ini.path, ini.expected),
+            )
+            ini.sent.append(core)
+        mac2 = _NO_MAC2 if ini.cookie is None else mac2_for(ini.cookie, core)
+        self._outbox.append((core + mac2, ini.path))
 
     def _initiation_crossing(self, node: NodeId, path: Path) -> Initiation | None:
         """Our initiation that an Init from ``node`` over ``path`` crosses, if any.

@@ -15,8 +15,11 @@ Security properties, and where each comes from:
   else holds; the responder therefore treats its keys as unconfirmed until the first DATA
   sealed with them arrives (WireGuard's rule), and the endpoint rejects Init timestamps that
   are stale or not newer than the last one it accepted from that node.
+- An Init names its responder (its node id, or the endpoint it was sent to) inside what it
+  signs, so it cannot be replayed to another node as if meant for it.
 - A verified Init costs us one signature check and one certificate check before any state or
-  reply exists; nothing unauthenticated is ever answered.
+  reply exists; nothing unauthenticated is ever answered but with a cookie reply, and
+  :mod:`ipop.link.cookie` bounds how many Inits get that far.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ipop.types import Endpoint, NodeId, Path
 from ipop.wire.handshake import (
     HandshakeInit,
     HandshakeResp,
+    init_core,
     init_signing_input,
     resp_signing_input,
     transcript_hash,
@@ -44,6 +48,7 @@ __all__ = [
     "VerifiedInit",
     "check_init_cert",
     "check_init_signature",
+    "check_init_time",
     "choose_cipher",
     "make_init",
     "make_resp",
@@ -75,7 +80,8 @@ class Initiation:
     """Our outstanding handshake toward ``path`` (mutable: retransmissions add to ``sent``).
 
     One ephemeral key and one index serve every retransmission; the endpoint resends the same
-    signed bytes (``sent`` holds them), and a Resp to any copy in ``sent`` completes it.
+    signed Init core (``sent`` holds them; the mac2 is added per copy from ``cookie``, which a
+    responder under load gave us), and a Resp to any core in ``sent`` completes it.
     """
 
     index: int
@@ -88,6 +94,8 @@ class Initiation:
     interval: float
     sent: list[bytes] = field(default_factory=list)
     last_reason: str = "timeout"
+    cookie: bytes | None = None
+    cookie_resent_at: float = -float("inf")
 
 
 def make_init(
@@ -97,13 +105,15 @@ def make_init(
     ephemeral: X25519PrivateKey,
     timestamp_ms: int,
     ciphers: tuple[str, ...],
+    responder: NodeId | Endpoint,
 ) -> bytes:
-    """A signed HANDSHAKE_INIT, encoded."""
+    """A signed HANDSHAKE_INIT's core (everything but the mac2 the sender adds per copy)."""
     unsigned = HandshakeInit(
         sender_index=index,
         ephemeral=public_bytes(ephemeral),
         timestamp_ms=timestamp_ms,
         ciphers=tuple(CIPHER_IDS[c] for c in ciphers),
+        responder=responder,
         cert_der=identity.cert.der,
     )
     body = unsigned.signed_part()
@@ -112,7 +122,10 @@ def make_init(
 
 @dataclass(frozen=True, slots=True)
 class VerifiedInit:
-    """An Init whose certificate and signature checked out (freshness is the caller's job)."""
+    """An Init whose certificate and signature checked out (freshness is the caller's job).
+
+    ``raw`` is the Init's core (without mac2): what the Resp signs and the transcript hashes.
+    """
 
     init: HandshakeInit
     cert: NodeCertificate
@@ -121,32 +134,34 @@ class VerifiedInit:
 
 def verify_init(trust: CaTrust, data: bytes, *, now: float, skew_s: float) -> VerifiedInit:
     """Parse and authenticate an Init; raise :class:`RemoteProtocolError` with the drop reason."""
-    init, cert = check_init_cert(trust, data, now=now, skew_s=skew_s)
-    return check_init_signature(init, cert, data)
+    init = HandshakeInit.parse(data)
+    check_init_time(init, now=now, skew_s=skew_s)
+    return check_init_signature(init, check_init_cert(trust, init, now=now), data)
 
 
-def check_init_cert(
-    trust: CaTrust, data: bytes, *, now: float, skew_s: float
-) -> tuple[HandshakeInit, NodeCertificate]:
-    """The first half of :func:`verify_init`: parse, freshness window, certificate (cached).
+def check_init_time(init: HandshakeInit, *, now: float, skew_s: float) -> None:
+    """Refuse an Init whose timestamp is outside the clock-skew window (free: no crypto)."""
+    if abs(init.timestamp_ms / 1000.0 - now) > skew_s:
+        raise RemoteProtocolError("stale_handshake", "timestamp outside the clock-skew window")
+
+
+def check_init_cert(trust: CaTrust, init: HandshakeInit, *, now: float) -> NodeCertificate:
+    """The certificate an Init presents, checked against the CA at ``now`` (cached).
 
     Nothing is authenticated yet: the sender may only be claiming that certificate. Use the
     result to refuse an Init early (refusing changes nothing); act on it only after
     :func:`check_init_signature`.
     """
-    init = HandshakeInit.parse(data)
-    # Cheapest test first: a stale Init is refused before any public-key operation.
-    if abs(init.timestamp_ms / 1000.0 - now) > skew_s:
-        raise RemoteProtocolError("stale_handshake", "timestamp outside the clock-skew window")
-    return init, trust.verify(init.cert_der, now=now)
+    return trust.verify(init.cert_der, now=now)
 
 
 def check_init_signature(init: HandshakeInit, cert: NodeCertificate, data: bytes) -> VerifiedInit:
     """The second half of :func:`verify_init`: the signature by the certificate's key."""
-    body = data[: len(data) - len(init.signature)]
+    core = init_core(data)
+    body = core[: len(core) - len(init.signature)]
     if not verify_signature(cert.public_key_raw, init.signature, init_signing_input(body)):
         raise RemoteProtocolError("bad_signature", "init signature")
-    return VerifiedInit(init, cert, bytes(data))
+    return VerifiedInit(init, cert, bytes(core))
 
 
 def choose_cipher(offered: tuple[int, ...], ours: tuple[str, ...]) -> str | None:

@@ -12,11 +12,12 @@ type byte lies in 0xC0..0xFF and a STUN binding can share the overlay socket::
                  0xC0-0xFF  ipop                   -> MessageType below
                  anything else                     -> dropped ("unknown_type")
 
-Types in use; 0xC4..0xFF are left for overlay and later messages::
+Types in use; 0xC5..0xFF are left for overlay and later messages::
 
     0xC1  HANDSHAKE_INIT   initiator -> responder   (ipop.wire.handshake.HandshakeInit)
     0xC2  HANDSHAKE_RESP   responder -> initiator   (ipop.wire.handshake.HandshakeResp)
     0xC3  DATA             either direction, sealed with the session keys
+    0xC4  COOKIE_REPLY     responder under load -> initiator (ipop.wire.handshake.CookieReply)
 
 DATA (13-byte header, all integers big-endian)::
 
@@ -55,6 +56,7 @@ __all__ = [
     "DATA_MIN_BYTES",
     "IPOP_TYPE_MIN",
     "MAX_COUNTER",
+    "TYPE_COOKIE_REPLY",
     "TYPE_DATA",
     "TYPE_HANDSHAKE_INIT",
     "TYPE_HANDSHAKE_RESP",
@@ -70,12 +72,14 @@ class MessageType(IntEnum):
     HANDSHAKE_INIT = 0xC1
     HANDSHAKE_RESP = 0xC2
     DATA = 0xC3
+    COOKIE_REPLY = 0xC4
 
 
 # Plain ints for the hot path: comparing an int with an IntEnum member costs a method call.
 TYPE_HANDSHAKE_INIT = int(MessageType.HANDSHAKE_INIT)
 TYPE_HANDSHAKE_RESP = int(MessageType.HANDSHAKE_RESP)
 TYPE_DATA = int(MessageType.DATA)
+TYPE_COOKIE_REPLY = int(MessageType.COOKIE_REPLY)
 IPOP_TYPE_MIN = 0xC0
 
 # type (B) | receiver_index (I) | counter (Q): precompiled once, used with pack_into/unpack_from.

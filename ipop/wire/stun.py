@@ -36,6 +36,7 @@ Attributes follow, each padded to a multiple of 4 bytes (the padding is not in L
     0x0004 SOURCE-ADDRESS        RFC 3489 name of RESPONSE-ORIGIN (0x802B, RFC 5780)
     0x0005 CHANGED-ADDRESS       RFC 3489 name of OTHER-ADDRESS (0x802C, RFC 5780)
     0x0009 ERROR-CODE            error responses: class*100 + number, reason phrase
+    0x0026 PADDING               RFC 5780 §7.6: any bytes, ignored (its length is kept)
     0x8022 SOFTWARE              UTF-8, at most 763 bytes
     0x8028 FINGERPRINT, other 0x8000..0xFFFF: comprehension-optional, skipped
 
@@ -48,6 +49,11 @@ Attributes follow, each padded to a multiple of 4 bytes (the padding is not in L
 An RFC 3489 message (no magic cookie, as pystun3 sends) is answered with the RFC 3489
 attribute codes (MAPPED-ADDRESS, SOURCE-ADDRESS, CHANGED-ADDRESS); an RFC 5389 one with
 XOR-MAPPED-ADDRESS (plus MAPPED-ADDRESS for old clients), RESPONSE-ORIGIN and OTHER-ADDRESS.
+Requests that ipop sends carry PADDING, so that they are never smaller than the answer: an ipop
+server answers only requests at least as large as its response (:mod:`ipop.stun`), which
+keeps it from being a reflector that amplifies. It does not echo PADDING into the response
+(RFC 5780 makes that optional and it would defeat the purpose).
+
 Unknown comprehension-required attributes (0x0000..0x7FFF) are listed in
 :attr:`StunMessage.unknown_required`: a server must refuse such a request (RFC 5389 §7.3.1).
 """
@@ -66,6 +72,7 @@ __all__ = [
     "ATTR_ERROR_CODE",
     "ATTR_MAPPED_ADDRESS",
     "ATTR_OTHER_ADDRESS",
+    "ATTR_PADDING",
     "ATTR_RESPONSE_ORIGIN",
     "ATTR_SOFTWARE",
     "ATTR_SOURCE_ADDRESS",
@@ -98,6 +105,7 @@ ATTR_CHANGE_REQUEST = 0x0003
 ATTR_SOURCE_ADDRESS = 0x0004
 ATTR_CHANGED_ADDRESS = 0x0005
 ATTR_ERROR_CODE = 0x0009
+ATTR_PADDING = 0x0026
 ATTR_XOR_MAPPED_ADDRESS = 0x0020
 _ATTR_XOR_MAPPED_OLD = 0x8020
 ATTR_SOFTWARE = 0x8022
@@ -142,6 +150,7 @@ class StunMessage:
     software: str | None = None
     error_code: int | None = None
     unknown_required: tuple[int, ...] = ()
+    padding: int = 0  # length of a PADDING attribute's value (0: none)
 
     @property
     def classic(self) -> bool:
@@ -203,6 +212,10 @@ def encode(msg: StunMessage) -> bytes:
         if len(raw) > MAX_SOFTWARE_BYTES:
             raise ValueError("SOFTWARE longer than 763 bytes")
         body.append(_attr(ATTR_SOFTWARE, raw))
+    if msg.padding:
+        if not 0 < msg.padding <= 0xFFFF:
+            raise ValueError(f"PADDING of {msg.padding} bytes")
+        body.append(_attr(ATTR_PADDING, bytes(msg.padding)))
     payload = b"".join(body)
     return _HEADER.pack(msg.msg_type, len(payload), msg.transaction) + payload
 
@@ -241,6 +254,7 @@ def decode(data: bytes) -> StunMessage:
     change_ip = change_port = False
     software: str | None = None
     error_code: int | None = None
+    padding = 0
     unknown: list[int] = []
     pos = HEADER_BYTES
     end = len(data)
@@ -277,6 +291,8 @@ def decode(data: bytes) -> StunMessage:
             if attr_len > MAX_SOFTWARE_BYTES:
                 raise StunDecodeError("stun_bad_attr", "SOFTWARE too long")
             software = value.decode("utf-8", "replace")
+        elif attr_type == ATTR_PADDING:
+            padding = attr_len
         elif attr_type < 0x8000:
             unknown.append(attr_type)
         # 0x8000..0xFFFF (FINGERPRINT, ...): comprehension-optional, skipped.
@@ -292,4 +308,5 @@ def decode(data: bytes) -> StunMessage:
         software=software,
         error_code=error_code,
         unknown_required=tuple(unknown),
+        padding=padding,
     )

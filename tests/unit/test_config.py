@@ -211,20 +211,27 @@ def test_stun_section() -> None:
     cfg = parse_config(
         {
             "bundle": "b.toml",
-            "stun": {"servers": ["203.0.113.30:3478"], "alternate": "203.0.113.20", "alt_port": 0},
+            "stun": {
+                "servers": ["203.0.113.30:3478"],
+                "serve": True,
+                "alternate": "203.0.113.20",
+                "alt_port": 0,
+            },
         },
         base_dir=Path("/etc/ipop"),
         source="test",
     )
     assert cfg.stun == StunConfig(
-        servers=(Endpoint("203.0.113.30", 3478),), alternate="203.0.113.20"
+        servers=(Endpoint("203.0.113.30", 3478),), serve=True, alternate="203.0.113.20"
     )
-    assert parse_config({"bundle": "b"}, base_dir=Path("/"), source="t").stun == StunConfig()
+    default = parse_config({"bundle": "b"}, base_dir=Path("/"), source="t").stun
+    assert default == StunConfig() and not default.serve  # ordinary nodes answer no STUN
     for bad, key in (
         ({"servers": "203.0.113.30:3478"}, "stun.servers"),
         ({"servers": ["stun.example:3478"]}, "stun.servers[0]"),
         ({"alternate": "sometimes"}, "stun.alternate"),
         ({"alt_port": 70000}, "stun.alt_port"),
+        ({"serve": "yes"}, "stun.serve"),
         ({"colour": 1}, "stun.colour"),
     ):
         with pytest.raises(ConfigError) as info:

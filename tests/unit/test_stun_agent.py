@@ -15,6 +15,7 @@ from ipop.stun import (
     SOURCE_ALT_BOTH,
     SOURCE_ALT_PORT,
     SOURCE_PRIMARY,
+    STUN_DROP_REASONS,
     StunAgent,
     classify,
     direct_expected,
@@ -39,18 +40,28 @@ TID = MAGIC_COOKIE.to_bytes(4, "big") + bytes(12)
 CLASSIC = bytes(range(1, 17))
 
 
+def _serving() -> StunAgent:
+    return StunAgent(rng=random.Random(1), serve=True)
+
+
 def _server(alt_host: str | None = "203.0.113.20") -> StunAgent:
-    agent = StunAgent(rng=random.Random(1))
+    agent = _serving()
     agent.set_sources(PRIMARY, alt_port=5801, alt_host=alt_host)
     return agent
 
 
-def _req(*, change_ip: bool = False, change_port: bool = False, tid: bytes = TID) -> bytes:
-    return encode(StunMessage(BINDING_REQUEST, tid, change_ip=change_ip, change_port=change_port))
+def _req(
+    *, change_ip: bool = False, change_port: bool = False, tid: bytes = TID, padding: int = 80
+) -> bytes:
+    """A Binding request, padded (as ipop's client pads) so that the answer fits."""
+    msg = StunMessage(
+        BINDING_REQUEST, tid, change_ip=change_ip, change_port=change_port, padding=padding
+    )
+    return encode(msg)
 
 
 def test_binding_is_answered_with_the_source_address() -> None:
-    agent = StunAgent(rng=random.Random(1))
+    agent = _serving()
     agent.receive(_req(), CLIENT, now=NOW)
     [(source, data, dst)] = agent.datagrams_to_send()
     assert (source, dst) == (SOURCE_PRIMARY, CLIENT)
@@ -98,7 +109,7 @@ def test_change_request_leaves_from_the_named_socket(
 def test_change_we_cannot_serve_is_dropped_not_faked(
     alt_host: str | None, change_ip: bool, change_port: bool
 ) -> None:
-    agent = StunAgent(rng=random.Random(1))
+    agent = _serving()
     if alt_host is not None or not (change_ip or change_port):
         agent.set_sources(PRIMARY, alt_port=5801, alt_host=alt_host)
     agent.receive(_req(change_ip=change_ip, change_port=change_port), CLIENT, now=NOW)
@@ -123,6 +134,17 @@ def test_garbage_and_strays_are_counted() -> None:
         "stun_unknown_attr": 1,
         "stun_bad_source": 1,
     }
+
+
+def test_every_drop_is_counted_under_a_known_reason() -> None:
+    agent = _server()
+    rng = random.Random(4)
+    for k in range(3000):
+        junk = bytes([rng.randrange(4)]) + rng.randbytes(rng.randrange(0, 120))
+        for data in (junk, _req(padding=0), _req()):
+            agent.receive(data, CLIENT, now=NOW + k / 100, via=rng.randrange(4))
+    agent.datagrams_to_send()
+    assert agent.drops and set(agent.drops) <= STUN_DROP_REASONS
 
 
 def test_set_sources_refuses_nonsense() -> None:
@@ -251,7 +273,7 @@ def test_direct_expected_matches_the_measured_table() -> None:
 def core() -> NodeCore:
     ca = make_network(now=NOW)
     ident = make_identity(ca, "n1", now=NOW)
-    return NodeCore(ident, rng=random.Random(5), bootstrap=[])
+    return NodeCore(ident, rng=random.Random(5), bootstrap=[], stun_serve=True)
 
 
 def test_node_core_answers_stun_and_keeps_it_from_the_link(core: NodeCore) -> None:

@@ -147,6 +147,7 @@ messages = st.builds(
     origin=st.none() | endpoints,
     other=st.none() | endpoints,
     software=st.none() | st.text(max_size=40),
+    padding=st.integers(min_value=0, max_value=96),
 )
 
 

@@ -12,8 +12,15 @@ from ipop.errors import RemoteProtocolError
 from ipop.link.endpoint import LinkEndpoint, LinkEvent
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
-from ipop.types import Endpoint, Path, RelayPath
-from ipop.wire.handshake import MAX_CERT_BYTES, MAX_CIPHERS, HandshakeInit, HandshakeResp
+from ipop.types import Endpoint, NodeId, Path, RelayPath
+from ipop.wire.handshake import (
+    MAC2_BYTES,
+    MAX_CERT_BYTES,
+    MAX_CIPHERS,
+    CookieReply,
+    HandshakeInit,
+    HandshakeResp,
+)
 
 NOW = SIM_EPOCH
 A_EP = Endpoint("198.51.100.1", 5800)
@@ -112,7 +119,14 @@ def test_mutated_valid_datagrams_never_raise_nor_answer(
     original = scene.valid[which]
     path = {"data": A_EP, "resp": C_EP, "init": A_EP}[which]
     mutated = data.draw(mutations(original))
-    if mutated != original:
+    # An Init's mac2 (its last 16 bytes) is outside the signature and ignored when we are not
+    # under load: a copy differing only there is the genuine Init, rightly answered.
+    same_init = (
+        which == "init"
+        and len(mutated) == len(original)
+        and (mutated[:-MAC2_BYTES] == original[:-MAC2_BYTES])
+    )
+    if mutated != original and not same_init:
         assert_silent(scene.b, mutated, path)
 
 
@@ -135,6 +149,9 @@ SIG = st.binary(min_size=64, max_size=64)
 CERT = st.binary(min_size=1, max_size=MAX_CERT_BYTES)
 IPV4 = st.integers(1, (1 << 32) - 1).map(lambda n: ".".join(str(b) for b in n.to_bytes(4, "big")))
 OBSERVED = st.none() | st.builds(Endpoint, IPV4, st.integers(1, 65535))
+RESPONDER = st.builds(NodeId, st.integers(0, (1 << 160) - 1)) | st.builds(
+    Endpoint, IPV4, st.integers(1, 65535)
+)
 
 
 @given(
@@ -144,8 +161,10 @@ OBSERVED = st.none() | st.builds(Endpoint, IPV4, st.integers(1, 65535))
         ephemeral=KEY32,
         timestamp_ms=st.integers(0, (1 << 64) - 1),
         ciphers=st.lists(st.integers(0, 255), min_size=1, max_size=MAX_CIPHERS).map(tuple),
+        responder=RESPONDER,
         cert_der=CERT,
         signature=SIG,
+        mac2=st.binary(min_size=16, max_size=16),
     )
 )
 def test_init_round_trips(msg: HandshakeInit) -> None:
@@ -170,7 +189,7 @@ def test_resp_round_trips(msg: HandshakeResp) -> None:
 
 @given(st.binary(max_size=1200))
 def test_parsers_on_garbage_raise_only_remote_errors_or_round_trip(data: bytes) -> None:
-    for cls in (HandshakeInit, HandshakeResp):
+    for cls in (HandshakeInit, HandshakeResp, CookieReply):
         try:
             msg = cls.parse(data)
         except RemoteProtocolError as exc:

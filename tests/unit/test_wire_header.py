@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from ipop.errors import LocalProtocolError, RemoteProtocolError
-from ipop.types import Endpoint
-from ipop.wire.handshake import MAX_CERT_BYTES, HandshakeInit, HandshakeResp
+from ipop.types import Endpoint, NodeId
+from ipop.wire.handshake import MAX_CERT_BYTES, CookieReply, HandshakeInit, HandshakeResp
 from ipop.wire.header import (
     DATA_HEADER,
     DATA_HEADER_BYTES,
@@ -25,8 +25,10 @@ INIT = HandshakeInit(
     ephemeral=bytes(range(32)),
     timestamp_ms=1_795_305_600_123,
     ciphers=(1, 2),
+    responder=NodeId(0x0102030405060708090A0B0C0D0E0F1011121314),
     cert_der=CERT,
     signature=bytes([7]) * 64,
+    mac2=bytes([5]) * 16,
 )
 RESP = HandshakeResp(
     sender_index=1,
@@ -66,11 +68,36 @@ def test_init_layout_and_round_trip() -> None:
     assert raw[5:37] == bytes(range(32))
     assert int.from_bytes(raw[37:45], "big") == 1_795_305_600_123
     assert raw[45:48] == bytes([2, 1, 2])
-    assert int.from_bytes(raw[48:50], "big") == len(CERT)
-    assert raw[-64:] == bytes([7]) * 64
-    assert len(raw) == 50 + len(CERT) + 64
+    assert raw[48] == 1 and raw[49:69] == bytes(range(1, 21))  # responder: a node id
+    assert int.from_bytes(raw[69:71], "big") == len(CERT)
+    assert raw[-80:-16] == bytes([7]) * 64
+    assert raw[-16:] == bytes([5]) * 16
+    assert len(raw) == 71 + len(CERT) + 64 + 16
     assert HandshakeInit.parse(raw) == INIT
-    assert INIT.signed_part() == raw[:-64]
+    assert INIT.signed_part() == raw[:-80]
+
+
+def test_init_bound_to_an_endpoint() -> None:
+    init = dataclasses.replace(INIT, responder=Endpoint("203.0.113.10", 5800))
+    raw = init.encode()
+    assert raw[48] == 2 and raw[49:55] == bytes([203, 0, 113, 10, 0x16, 0xA8])
+    assert raw[55:69] == bytes(14)
+    assert HandshakeInit.parse(raw) == init
+    for bad in (bytes([3]) + raw[49:69], bytes([2]) + raw[49:68] + b"\x01", bytes(21)):
+        with pytest.raises(RemoteProtocolError):
+            HandshakeInit.parse(raw[:48] + bad + raw[69:])
+
+
+def test_cookie_reply_layout_is_smaller_than_any_init() -> None:
+    reply = CookieReply(0xDEADBEEF, bytes(range(16)), bytes(range(16, 32)))
+    raw = reply.encode()
+    assert raw == bytes([0xC4]) + bytes.fromhex("deadbeef") + bytes(range(32))
+    assert CookieReply.parse(raw) == reply
+    smallest_init = dataclasses.replace(INIT, cert_der=b"x", ciphers=(1,)).encode()
+    assert len(raw) == 37 < len(smallest_init)
+    for bad in (raw[:-1], raw + b"\x00", bytes([0xC3]) + raw[1:]):
+        with pytest.raises(RemoteProtocolError):
+            CookieReply.parse(bad)
 
 
 def test_resp_layout_and_round_trip() -> None:
@@ -85,7 +112,7 @@ def test_resp_layout_and_round_trip() -> None:
     assert HandshakeResp.parse(raw2) == relayed
 
 
-@pytest.mark.parametrize("cut", [0, 1, 20, 49, 200, -65, -1])
+@pytest.mark.parametrize("cut", [0, 1, 20, 49, 60, 200, -81, -65, -1])
 def test_truncated_init_is_malformed(cut: int) -> None:
     raw = INIT.encode()
     with pytest.raises(RemoteProtocolError) as exc:

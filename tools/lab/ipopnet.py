@@ -156,9 +156,13 @@ class IpopNet:
                 "[control]",
                 f'socket = "{f.socket}"',
             ]
-            if h.extra_ips:
-                # A public host with a second address serves STUN CHANGE-REQUEST (netcheck).
-                lines += ["[stun]", f'alternate = "{h.extra_ips[0]}"']
+            if h.nat_kind is None and h.lan_router is None:
+                # Public hosts (the bootstrap first) are the lab's STUN references: netcheck
+                # asks the bootstrap and its linked peers; nodes behind NATs answer nothing.
+                lines += ["[stun]", "serve = true"]
+                if h.extra_ips:
+                    # A second address serves STUN CHANGE-REQUEST (netcheck's filtering tests).
+                    lines += [f'alternate = "{h.extra_ips[0]}"']
             if self.lab.is_router(h):
                 lines += [
                     "[router]",

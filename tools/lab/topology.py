@@ -171,7 +171,8 @@ class Topology:
 def default_topology() -> Topology:
     """pub1 (bootstrap) and pub2 on the internet; a, b, c behind three different NATs.
 
-    pub1 has a second address so that its ipopd serves STUN CHANGE-REQUEST (``ipop netcheck``).
+    Public hosts serve STUN (``[stun] serve``); pub1 has a second address, so that its ipopd
+    also serves CHANGE-REQUEST (``ipop netcheck``).
     """
     return topology_from_dict(
         {
