@@ -46,7 +46,7 @@ from typing import Final, Literal
 
 from ipop import timing
 from ipop.errors import LocalProtocolError
-from ipop.ratelimit import SourceBuckets, TokenBucket
+from ipop.ratelimit import KeyedBuckets, TokenBucket
 from ipop.types import Endpoint
 from ipop.wire.stun import (
     BINDING_ERROR,
@@ -183,7 +183,7 @@ class StunAgent:
         self.software = software
         # Answer Binding requests at all (see the module docstring); settable by the driver.
         self.serve = serve
-        self._per_source = SourceBuckets(
+        self._per_source: KeyedBuckets[str] = KeyedBuckets(
             timing.STUN_SOURCE_RATE_PER_S, timing.STUN_SOURCE_BURST, timing.STUN_SOURCE_TABLE_MAX
         )
         self._global = TokenBucket(timing.STUN_GLOBAL_RATE_PER_S, timing.STUN_GLOBAL_BURST, 0.0)

@@ -72,6 +72,7 @@ from ipop.dht.alloc import AllocationFailed, DhtLease, IpLease, allocate_ip, is_
 from ipop.dht.names import c_name, lan_host_name, register_name
 from ipop.dht.record import ip_key, name_key
 from ipop.errors import ConfigError, LocalProtocolError
+from ipop.ratelimit import KeyedBuckets, TokenBucket
 from ipop.status import LanHostStatus
 from ipop.types import Endpoint
 from ipop.vnet.arp import ArpResponder
@@ -79,7 +80,7 @@ from ipop.vnet.packet import PacketError, parse_udp_frame
 from router.config import RouterSection
 from router.hosts import LanHost, LanHosts, mac_str
 from router.lan import LanSocket
-from router.limits import OwnerLookups, TokenBuckets, lru_put
+from router.limits import OwnerLookups, lru_put
 
 __all__ = ["DROP_REASONS", "RouterDaemon"]
 
@@ -191,14 +192,13 @@ class RouterDaemon(Daemon):
         self._last_dhcp: dict[bytes, bytes] = {}
         self._logged: dict[bytes, None] = {}
         self._own_saved: IPv4Address | None = None
-        self._frames: TokenBuckets[bytes] = TokenBuckets(rate=FRAME_RATE, burst=FRAME_BURST)
-        self._claim_rate: TokenBuckets[bytes] = TokenBuckets(rate=1 / STATIC_RETRY_S, burst=2)
-        self._lookup_rate: TokenBuckets[bytes] = TokenBuckets(
-            rate=LOOKUP_RATE_PER_MAC, burst=LOOKUP_BURST_PER_MAC
+        # Per source MAC (ipop.ratelimit), and one LAN-wide bucket behind the lookups'.
+        self._frames: KeyedBuckets[bytes] = KeyedBuckets(FRAME_RATE, FRAME_BURST)
+        self._claim_rate: KeyedBuckets[bytes] = KeyedBuckets(1 / STATIC_RETRY_S, 2)
+        self._lookup_rate: KeyedBuckets[bytes] = KeyedBuckets(
+            LOOKUP_RATE_PER_MAC, LOOKUP_BURST_PER_MAC
         )
-        self._lookup_all: TokenBuckets[bytes] = TokenBuckets(
-            rate=LOOKUP_RATE, burst=LOOKUP_BURST, max_keys=1
-        )
+        self._lookup_all = TokenBucket(LOOKUP_RATE, LOOKUP_BURST, 0.0)
         self.owners: OwnerLookups[bytes] = OwnerLookups()
 
     def _drop(self, reason: str) -> None:
@@ -261,7 +261,7 @@ class RouterDaemon(Daemon):
     def _lan_frame(self, frame: bytes, now: float) -> bool:
         mac = frame[6:12]
         if frame[12:14] == _ETH_ARP:
-            if self._frames.allow(mac, now):
+            if self._frames.take(mac, now):
                 self._arp(frame, now)
             else:
                 self._drop("lan_rate_limited")
@@ -272,7 +272,7 @@ class RouterDaemon(Daemon):
             and frame[23] == 17
             and int.from_bytes(frame[36:38], "big") == SERVER_PORT
         ):
-            if not self._frames.allow(mac, now):
+            if not self._frames.take(mac, now):
                 self._drop("lan_rate_limited")
                 return True
             lru_put(self._last_dhcp, mac, frame, MAX_REMEMBERED)
@@ -341,7 +341,7 @@ class RouterDaemon(Daemon):
                 self._drop("arp_waiters_full")
             return
         mac = frame[6:12]
-        if not self._lookup_rate.allow(mac, now) or not self._lookup_all.allow(b"", now):
+        if not self._lookup_rate.take(mac, now) or not self._lookup_all.take(now):
             self._drop("arp_rate_limited")
             return
         if not self.owners.start(key, reply):
@@ -639,7 +639,7 @@ class RouterDaemon(Daemon):
         if refused is not None and now - refused < STATIC_RETRY_S:
             self._drop("static_refused")
             return
-        if not self._claim_rate.allow(mac, now):
+        if not self._claim_rate.take(mac, now):
             self._drop("static_rate_limited")
             return
         if self._start_claim(mac, "static", self._claim_static, mac, vip):

@@ -4,7 +4,6 @@ Sans-IO (every method takes ``now``). Everything here is keyed by what a LAN hos
 MAC, the addresses it asks about), so every table has a size bound and evicts its least
 recently used entry beyond it (a dict's order is its recency: an entry is re-inserted on use).
 
-* :class:`TokenBuckets`: a token bucket per key (a source MAC; ``b""`` for a global one).
 * :class:`OwnerLookups`: the answers of "does some node hold this vIP" for proxy ARP, cached
   with a TTL (positive and negative), at most one lookup in flight per address, at most
   ``max_in_flight`` in all, and a few waiting replies per lookup.
@@ -16,7 +15,7 @@ from typing import Generic, TypeVar
 
 from ipop.errors import LocalProtocolError
 
-__all__ = ["OwnerLookups", "TokenBuckets", "lru_put"]
+__all__ = ["OwnerLookups", "lru_put"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -29,36 +28,6 @@ def lru_put(table: dict[K, V], key: K, value: V, cap: int) -> None:
     while len(table) >= cap:
         del table[next(iter(table))]
     table[key] = value
-
-
-class TokenBuckets(Generic[K]):
-    """``burst`` events at once per key, then ``rate`` per second; at most ``max_keys`` keys.
-
-    Evicting a key forgets its debt: a host cycling through more MACs than ``max_keys`` gets
-    fresh buckets, which is why every per-MAC limit here has a global one behind it.
-    """
-
-    def __init__(self, *, rate: float, burst: float, max_keys: int = 4096) -> None:
-        if rate <= 0 or burst < 1 or max_keys < 1:
-            raise LocalProtocolError("rate > 0, burst >= 1 and max_keys >= 1 are required")
-        self.rate = rate
-        self.burst = burst
-        self.max_keys = max_keys
-        self._buckets: dict[K, tuple[float, float]] = {}
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def allow(self, key: K, now: float) -> bool:
-        """Take one token from ``key``'s bucket; False (nothing taken) if it is empty."""
-        entry = self._buckets.get(key)
-        if entry is None:
-            tokens = self.burst
-        else:
-            tokens = min(self.burst, entry[0] + max(now - entry[1], 0.0) * self.rate)
-        ok = tokens >= 1.0
-        lru_put(self._buckets, key, (tokens - 1.0 if ok else tokens, now), self.max_keys)
-        return ok
 
 
 class OwnerLookups(Generic[W]):

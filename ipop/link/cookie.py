@@ -34,7 +34,7 @@ import os
 from typing import Final
 
 from ipop import timing
-from ipop.ratelimit import SourceBuckets, TokenBucket
+from ipop.ratelimit import KeyedBuckets, TokenBucket
 from ipop.types import Endpoint, Path, SocketPath
 from ipop.wire.handshake import COOKIE_BYTES, MAC2_BYTES, CookieReply, init_digest
 
@@ -80,7 +80,9 @@ class InitGuard:
     ) -> None:
         self.load_per_s = load_per_s
         self.rotate_s = rotate_s
-        self._sources = SourceBuckets(source_rate_per_s, source_burst, source_table_max)
+        self._sources: KeyedBuckets[str] = KeyedBuckets(
+            source_rate_per_s, source_burst, source_table_max
+        )
         self._verify = TokenBucket(verify_max_per_s, verify_max_per_s, 0.0)
         self._secret = os.urandom(_SECRET_BYTES)
         self._previous: bytes | None = None

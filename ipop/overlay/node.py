@@ -99,7 +99,6 @@ from ipop.link.endpoint import (
     LinkUp,
     ObservedEndpoint,
 )
-from ipop.overlay.budget import Buckets
 from ipop.overlay.hints import ReverseHints
 from ipop.overlay.messages import (
     FLAG_EXACT,
@@ -142,6 +141,7 @@ from ipop.overlay.ring import (
     sample_far_target,
 )
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
+from ipop.ratelimit import KeyedBuckets
 from ipop.types import RING, Endpoint, NodeId, Path, RelayPath, is_direct, ring_distance
 
 __all__ = [
@@ -576,17 +576,17 @@ class OverlayNode:
         # Source of a routed message we do not hold a link to -> the peer that handed it to us
         # (for answers at a local minimum, see _route).
         self._reverse = ReverseHints(lambda msg, now: origin.check(msg, now=now))
-        # Rate limits on what peers' messages make us do (ipop.overlay.budget): CTMs acted on
-        # per requester, connect-back attempts per destination address, and when we last
-        # answered each linked peer's NEIGHBOURS pull.
-        self._ctm_budget: Buckets[NodeId] = Buckets(
-            burst=config.ctm_burst, refill_s=config.ctm_refill_s
+        # Rate limits on what peers' messages make us do (ipop.ratelimit): CTMs acted on per
+        # requester, connect-back attempts per destination address, and when we last answered
+        # each linked peer's NEIGHBOURS pull.
+        self._ctm_budget: KeyedBuckets[NodeId] = KeyedBuckets(
+            1 / config.ctm_refill_s, config.ctm_burst
         )
-        self._connect_ip_budget: Buckets[str] = Buckets(
-            burst=config.connect_back_ip_burst, refill_s=config.connect_back_ip_refill_s
+        self._connect_ip_budget: KeyedBuckets[str] = KeyedBuckets(
+            1 / config.connect_back_ip_refill_s, config.connect_back_ip_burst
         )
-        self._pull_budget: Buckets[NodeId] = Buckets(
-            burst=_PULL_BURST, refill_s=config.neighbours_reply_min_s
+        self._pull_budget: KeyedBuckets[NodeId] = KeyedBuckets(
+            1 / config.neighbours_reply_min_s, _PULL_BURST
         )
         # Peer -> the endpoints it gave in its last CTM to us or answer to ours (its word,
         # authenticated as its own): where port guessing may send (see peer_hosts).

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from enum import Enum, StrEnum
 
+from ipop.ratelimit import KeyedBuckets
 from ipop.types import NodeId
 
 __all__ = [
@@ -112,8 +113,8 @@ class OwnerTable:
         self._held_in: dict[bytes, list[tuple[NodeId, bytes]]] = {}
         self._in_flight: set[bytes] = set()
         self.held_bytes = 0
-        # cause (a peer's NodeId value; None: the local side) -> (tokens, at).
-        self._buckets: dict[int | None, tuple[float, float]] = {}
+        # Per cause (a peer's NodeId value; None: the local side).
+        self._buckets: KeyedBuckets[int | None] = KeyedBuckets(rate_per_s, burst, MAX_CAUSES)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -171,25 +172,11 @@ class OwnerTable:
             return Held.QUEUED
         if len(self._in_flight) >= self.max_in_flight:
             return LookupDrop.LOOKUPS_BUSY
-        if not self._take_token(cause, now):
+        if not self._buckets.take(cause, now):
             return LookupDrop.LOOKUP_RATE_LIMITED
         self._in_flight.add(vip)
         self.held_bytes += size
         return Held.START
-
-    def _take_token(self, cause: int | None, now: float) -> bool:
-        buckets = self._buckets
-        state = buckets.pop(cause, None)
-        if state is None:
-            if len(buckets) >= MAX_CAUSES:
-                del buckets[next(iter(buckets))]
-            tokens = self.burst
-        else:
-            tokens = min(self.burst, state[0] + max(0.0, now - state[1]) * self.rate_per_s)
-        ok = tokens >= 1.0
-        # Re-inserted at the back: the bucket evicted first is the one used longest ago.
-        buckets[cause] = (tokens - 1.0 if ok else tokens, now)
-        return ok
 
     def answer(
         self, vip: bytes, owner: NodeId | None, *, now: float

@@ -12,7 +12,6 @@ import dataclasses
 import random
 
 from ipop.link.endpoint import LinkMessage, LinkUp
-from ipop.overlay.budget import Buckets
 from ipop.overlay.messages import (
     FLAG_EXACT,
     KIND_CTM,
@@ -21,6 +20,7 @@ from ipop.overlay.messages import (
     Purpose,
 )
 from ipop.overlay.node import OverlayConfig, OverlayNode
+from ipop.ratelimit import KeyedBuckets
 from ipop.testing.fake_links import fake_certificate
 from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
 from ipop.types import Endpoint, NodeId, Path
@@ -142,7 +142,7 @@ def test_a_neighbours_pull_is_answered_at_most_twice_a_second_past_a_burst() -> 
 
 
 def test_buckets_refill_and_stay_bounded() -> None:
-    b: Buckets[str] = Buckets(burst=2, refill_s=1.0, max_keys=3)
+    b: KeyedBuckets[str] = KeyedBuckets(1.0, 2, max_keys=3)
     assert [b.take("x", 0.0) for _ in range(3)] == [True, True, False]
     assert b.take("x", 1.0) and not b.take("x", 1.0)
     for k in "abcd":

@@ -16,7 +16,7 @@ import random
 from ipop import timing
 from ipop.link.cookie import InitGuard, mac2_for
 from ipop.link.endpoint import LINK_DROP_REASONS, LinkEndpoint, LinkUp
-from ipop.ratelimit import SourceBuckets
+from ipop.ratelimit import KeyedBuckets
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint
@@ -173,7 +173,7 @@ def test_cookie_is_bound_to_the_source_and_survives_one_rotation_only() -> None:
 
 
 def test_source_table_is_bounded() -> None:
-    buckets = SourceBuckets(1.0, 2.0, max_sources=100)
+    buckets: KeyedBuckets[str] = KeyedBuckets(1.0, 2.0, max_keys=100)
     for i in range(10_000):
         buckets.take(f"198.18.{i // 250}.{i % 250}", NOW)
     assert len(buckets) == 100

@@ -1,29 +1,11 @@
-"""router.limits: token buckets, the ARP lookup gate and the LRU bound, each table bounded."""
+"""router.limits: the ARP lookup gate and the LRU bound, each table bounded."""
 
 from __future__ import annotations
 
 import pytest
 
 from ipop.errors import LocalProtocolError
-from router.limits import OwnerLookups, TokenBuckets, lru_put
-
-
-def test_token_bucket_burst_then_rate() -> None:
-    b: TokenBuckets[bytes] = TokenBuckets(rate=2.0, burst=3.0)
-    assert [b.allow(b"a", 0.0) for _ in range(4)] == [True, True, True, False]
-    assert b.allow(b"b", 0.0)  # another key has its own bucket
-    assert not b.allow(b"a", 0.4)  # 0.8 of a token
-    assert b.allow(b"a", 0.5) and not b.allow(b"a", 0.5)
-    assert [b.allow(b"a", 100.0) for _ in range(4)] == [True, True, True, False]  # capped
-
-
-def test_token_buckets_are_bounded_lru() -> None:
-    b: TokenBuckets[int] = TokenBuckets(rate=1.0, burst=1.0, max_keys=3)
-    for key in range(10):
-        b.allow(key, 0.0)
-    assert len(b) == 3
-    assert not b.allow(9, 0.0)  # kept: the most recent
-    assert b.allow(0, 0.0)  # evicted long ago: a fresh bucket
+from router.limits import OwnerLookups, lru_put
 
 
 def test_lru_put_evicts_the_least_recent() -> None:
