@@ -10,7 +10,7 @@ bounded in count:
 - **eclipse**: made-up ids next to each victim's name and vIP keys, planted with forged DHT
   pings, answering for those keys with the attacker's own record
   (:class:`ipop.testing.hostile.Eclipser`), plus plain DHT writes of the victims' keys, other
-  networks' keys and a second vIP;
+  networks' keys, a second vIP and a flood of writes under its own name;
 - **reflection**: CONNECT_TO_ME and port-guessing GO messages (its own, correctly signed)
   naming ``--reflect`` (an address that runs nothing) as the endpoint to contact;
 - **Init flood**: handshake-shaped garbage at ``--underlay`` endpoints.
@@ -53,6 +53,7 @@ from tools.ipopd import NodeServices, load_valid_bundle, run_daemon, setup_loggi
 MARKER = b"IPOP-FORGED-ORIGIN"
 _log = logging.getLogger("ipop-hostile")
 _GO_OP = 0x02  # ipop.birthday's GO: op | IPv4 to knock on | 12-byte token
+DHT_FLOOD = 200  # writes of its own keys, bounded like every attack here
 _EVIL = bytes((100, 64, 0, 99))  # an address the attacker would have a victim's name point to
 
 
@@ -99,6 +100,11 @@ class Attacker:
         for name, vip, _ in victims:
             writes.append(("dht_name_hijack", dht.put(name_key(d.network, name), _EVIL, 600)))
             writes.append(("dht_vip_hijack", dht.create(ip_key(d.network, vip), b"", 600)))
+        # A flood of writes of its own: replicas keep a quota of them (8 user keys).
+        writes += [
+            ("dht_flood", dht.put(f"{d.network}:user:flood{i}", bytes(200), 600))
+            for i in range(DHT_FLOOD)
+        ]
         for what, write in writes:
             try:
                 ok = await write
