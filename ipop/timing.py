@@ -148,10 +148,11 @@ OVERLAY_RELAY_YIELD_S = 3.0
 # A CONNECT_TO_ME answer later than this is ignored: bounds request state; a lost one is
 # simply asked again by the policy that wanted it.
 OVERLAY_CTM_TIMEOUT_S = 10.0
-# A routed message signed more than this far from our clock is refused: bounds how long a
-# forwarder can replay what it carried (the handshake allows HANDSHAKE_CLOCK_SKEW_S between
-# clocks; routed messages live for seconds, so a tighter window costs nothing).
-ROUTED_MAX_AGE_S = 60.0
+# A routed message authenticated more than this far from our clock is refused: bounds how long
+# a forwarder can replay what it carried. The handshake's skew, not less: a node whose clock is
+# off enough to link at all must not find every routed message refused (its DHT would fail
+# with no error to show for it).
+ROUTED_MAX_AGE_S = HANDSHAKE_CLOCK_SKEW_S
 # What one CONNECT_TO_ME may make us send (its endpoints are only the requester's word, and a
 # member could name anybody's): at most this many of them are connected back to (one LAN,
 # the rest public), each with one Init and no retransmission (the requester's own Inits, sent
