@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from ipop.identity import NodeIdentity
+from ipop.identity import NodeIdentity, cert_serial
 from ipop.overlay import origin as origin_mod
 from ipop.overlay.hints import ReverseHints
 from ipop.overlay.messages import FLAG_EXACT, KIND_DHT, MAC_BYTES, SIG_BYTES, Routed
@@ -154,3 +154,22 @@ def test_a_maced_message_leaves_no_hint_and_hints_are_bounded(trio: Trio) -> Non
     for i in range(10):
         hints.note(dataclasses.replace(sig, src=NodeId(100 + i)), NodeId(1), NOW)
     assert len(hints) == 3
+
+
+def test_a_revoked_member_routes_nothing_even_with_its_certificate_cached() -> None:
+    """A CRL applied to a node's trust reaches the routed-origin check at once: the revoked
+    member's cached certificate and its pairwise key stop counting, signed or MAC'd."""
+    ca = make_network("revnet", now=NOW)
+    a, b = make_identity(ca, "a", now=NOW), make_identity(ca, "b", now=NOW)
+    trust = b.trust.fork()
+    ob = OriginAuth(b, trust=trust, revoked=trust.is_revoked)
+    oa = OriginAuth(a)
+    oa.learn(b.cert)
+    ob.learn(a.cert)
+    mac = oa.routed(FLAG_EXACT, 64, KIND_DHT, b.node_id, None, b"x", now=NOW)
+    sig = oa.routed(0, 64, KIND_DHT, b.node_id, None, b"x", now=NOW)
+    assert ob.check(mac, now=NOW) is None and ob.check(sig, now=NOW) is None
+    trust.apply_crl(ca.make_crl([(cert_serial(a.cert), NOW)], number=1, now=NOW), now=NOW)
+    assert ob.check(mac, now=NOW) == "origin_revoked"
+    assert ob.check(sig, now=NOW) == "origin_revoked"  # the attached certificate is refused too
+    assert not ob.knows(a.node_id)
