@@ -151,6 +151,9 @@ class _LanSide:
         assert self.r.lan is not None  # opened before this side exists (_open_local)
         return self.r.lan.read_into(buf)
 
+    def pending(self) -> bool:
+        return self.r.lan is not None and self.r.lan.pending()
+
     def admit(self, frame: memoryview) -> bool:
         r = self.r
         if r.hosts.admit(frame, now=r.clock()):
@@ -213,7 +216,7 @@ class RouterDaemon(Daemon):
     # --- the local side -----------------------------------------------------------------------
 
     async def _open_local(self) -> tuple[int, LocalSide | None, str]:
-        self.lan = LanSocket(self.rcfg.interface)
+        self.lan = LanSocket(self.rcfg.interface, mtu=self.settings.tap_mtu or DEFAULT_TAP_MTU)
         self._setup_lan(self.lan.mac)
         return self.lan.fd, _LanSide(self), self.lan.name
 

@@ -132,6 +132,11 @@ class LocalSide(Protocol):
         (router.lan: checksums the LAN hosts left to their NIC)."""
         ...
 
+    def pending(self) -> bool:
+        """True while :meth:`read_into` has frames to give that the fd does not signal
+        (router.lan: the segments of a batch it cut)."""
+        ...
+
 
 class UdpSocket:
     """The overlay's one UDP socket, non-blocking; :meth:`sendto` never raises.
@@ -566,6 +571,8 @@ class DataPlane:
                 self._held(self.owners.hold_out(dip, bytes(view[14:size]), now=now), dip)
             elif isinstance(verdict, Drop):
                 self.drops[verdict] += 1
+        if self.local_side is not None and self.local_side.pending():
+            self._loop.call_soon(self._drain_tap)  # no readable fd will wake us for those
         if n == 0:  # nothing read: nothing reached the core
             return
         for ep, batch in out.items():

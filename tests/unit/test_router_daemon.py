@@ -115,7 +115,7 @@ def _router(bundle: Bundle, state: Path, **section: Any) -> RouterDaemon:
 
 
 class FakeLanSocket:
-    def __init__(self, ifname: str) -> None:
+    def __init__(self, ifname: str, *, mtu: int) -> None:
         self.name, self.fd, self.mac = ifname, -1, OWN_MAC
         self.drops: Counter[CsumDrop] = Counter()
         self.counters: Counter[str] = Counter()

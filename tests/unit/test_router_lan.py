@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections import Counter, deque
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from router.lan import (
     CsumDrop,
     LanSocket,
     finish_frame,
+    split_tcp,
 )
 
 NOT_READY = TP_STATUS_CSUMNOTREADY
@@ -175,8 +177,10 @@ class _FakeSock:
 def _lan(sock: _FakeSock) -> LanSocket:
     lan = LanSocket.__new__(LanSocket)  # no AF_PACKET socket: that needs root
     lan.sock = sock  # type: ignore[assignment]
-    lan.drops = __import__("collections").Counter()
-    lan.counters = __import__("collections").Counter()
+    lan.mtu = 1400
+    lan.drops = Counter()
+    lan.counters = Counter()
+    lan._pending = deque()
     return lan
 
 
@@ -201,3 +205,80 @@ def test_read_into_drops_refused_and_truncated_frames_as_zero() -> None:
     assert lan.read_into(buf) == 0
     assert dict(lan.drops) == {CsumDrop.FRAGMENT: 1, CsumDrop.TRUNCATED: 1}
     assert set(lan.drops) <= CSUM_REASONS
+
+
+# --- cutting batches (TSO/GSO, GRO) ---------------------------------------------------------
+
+
+def _check(seg: bytes) -> Ether:
+    """``seg`` parsed, after checking its IPv4 and TCP checksums against scapy's own."""
+    pkt = Ether(seg)
+    again = pkt.copy()
+    del again[IP].chksum, again[TCP].chksum
+    rebuilt = Ether(bytes(again))
+    assert (pkt[IP].chksum, pkt[TCP].chksum) == (rebuilt[IP].chksum, rebuilt[TCP].chksum)
+    return pkt
+
+
+@pytest.mark.parametrize("options", [[], [("NOP", None), ("NOP", None), ("Timestamp", (7, 9))]])
+@pytest.mark.parametrize("status", [NOT_READY, 0])
+def test_a_tcp_batch_is_cut_into_segments_within_the_mtu(options: list[Any], status: int) -> None:
+    data = bytes(range(256)) * 20  # 5120 bytes
+    pkt = (
+        ETH
+        / IP(src="100.64.0.7", dst="100.80.1.2", id=0xFFFE, flags="DF")
+        / TCP(sport=5555, dport=80, seq=0xFFFFF000, flags="FPAC", options=options)
+        / Raw(data)
+    )
+    _, partial = _partial(pkt)
+    frame = partial if status else bytes(pkt)
+    segs = split_tcp(frame, 1400)
+    assert isinstance(segs, list)
+    parsed = [_check(s) for s in segs]
+    thl = len(TCP(options=options)) if options else 20
+    assert len(segs) == -(-len(data) // (1400 - 20 - thl))
+    assert all(len(p[IP]) <= 1400 and p[IP].len == len(p[IP]) for p in parsed)
+    assert b"".join(bytes(p[TCP].payload) for p in parsed) == data
+    at = 0
+    for i, p in enumerate(parsed):
+        assert p[TCP].seq == (0xFFFFF000 + at) & 0xFFFFFFFF
+        assert p[IP].id == (0xFFFE + i) & 0xFFFF and p[IP].flags == "DF"
+        assert p[TCP].options == TCP(bytes(pkt[TCP])).options
+        at += len(p[TCP].payload)
+    assert [str(p[TCP].flags) for p in parsed] == ["AC"] + ["A"] * (len(segs) - 2) + ["FPA"]
+
+
+def test_cutting_refuses_what_is_not_a_whole_tcp_packet() -> None:
+    big = ETH / IP(src="100.64.0.7", dst="100.64.0.1")
+    assert split_tcp(bytes(big / UDP() / Raw(b"u" * 3000)), 1400) is CsumDrop.OVERSIZE
+    tcp = bytes(big / TCP() / Raw(b"t" * 3000))
+    assert split_tcp(tcp[:2000], 1400) is CsumDrop.MALFORMED  # total length past the end
+    assert split_tcp(bytes(big / TCP(dataofs=15) / Raw(b"t" * 30)), 1400) is CsumDrop.MALFORMED
+    assert split_tcp(tcp, 40) is CsumDrop.MALFORMED  # no room for a byte of data
+    frag = bytes(ETH / IP(flags="MF") / TCP() / Raw(b"t" * 3000))
+    assert split_tcp(frag, 1400) is CsumDrop.FRAGMENT
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(min_value=1, max_value=100))
+def test_cutting_garbage_never_raises(data: bytes, mtu: int) -> None:
+    got = split_tcp(bytes(12) + b"\x08\x00" + data, mtu)
+    assert isinstance(got, list) or got.value in CSUM_REASONS
+
+
+def test_read_into_hands_a_cut_batch_on_one_segment_a_read() -> None:
+    pkt = ETH / IP(src="100.64.0.7", dst="100.80.1.2") / TCP(flags="PA") / Raw(b"d" * 4000)
+    _, partial = _partial(pkt)
+    expected = split_tcp(partial, 1400)
+    assert isinstance(expected, list) and len(expected) == 3
+    buf = bytearray(65535)
+    lan = _lan(_FakeSock(partial, NOT_READY))
+    got = []
+    for _ in expected:
+        size = lan.read_into(buf)
+        got.append(bytes(buf[:size]))
+        lan.sock = None  # type: ignore[assignment]  # the rest come without a read
+    assert got == expected and not lan.pending()
+    assert lan.counters["gso_split"] == 1
+    lan.sock = _FakeSock(bytes(ETH / IP() / UDP() / Raw(b"u" * 3000)), NOT_READY)  # type: ignore[assignment]
+    assert lan.read_into(buf) == 0 and lan.drops[CsumDrop.OVERSIZE] == 1
