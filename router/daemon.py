@@ -147,6 +147,13 @@ class _LanSide:
     def header_for(self, packet: bytes) -> bytes | None:
         return self.r.hosts.header_for(packet)
 
+    def read_into(self, buf: bytearray) -> int:
+        assert self.r.lan is not None  # opened before this side exists (_open_local)
+        return self.r.lan.read_into(buf)
+
+    def pending(self) -> bool:
+        return self.r.lan is not None and self.r.lan.pending()
+
     def admit(self, frame: memoryview) -> bool:
         r = self.r
         if r.hosts.admit(frame, now=r.clock()):
@@ -209,7 +216,7 @@ class RouterDaemon(Daemon):
     # --- the local side -----------------------------------------------------------------------
 
     async def _open_local(self) -> tuple[int, LocalSide | None, str]:
-        self.lan = LanSocket(self.rcfg.interface)
+        self.lan = LanSocket(self.rcfg.interface, mtu=self.settings.tap_mtu or DEFAULT_TAP_MTU)
         self._setup_lan(self.lan.mac)
         return self.lan.fd, _LanSide(self), self.lan.name
 
@@ -755,11 +762,19 @@ class RouterDaemon(Daemon):
         total: Counter[str] = Counter()
         total.update({f"router.{k}": v for k, v in self.rdrops.items()})
         total.update({f"lan.{k}": v for k, v in self.hosts.drops.items()})
+        if self.lan is not None:
+            total.update({f"lan.{k}": v for k, v in self.lan.drops.items()})
         if self.dhcp is not None:
             total.update({f"dhcp.{k}": v for k, v in self.dhcp.drops.items()})
         if self.lan_services is not None:
             total.update({f"lanservices.{k}": v for k, v in self.lan_services.drops.items()})
         return dict(total)
+
+    def counters(self) -> dict[str, int]:
+        total = super().counters()
+        if self.lan is not None:  # checksums completed for offloading hosts, or verified
+            total.update({f"lan.{k}": v for k, v in self.lan.counters.items()})
+        return total
 
     def lan_host_rows(self) -> list[LanHostStatus]:
         now = self.clock()

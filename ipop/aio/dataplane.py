@@ -126,6 +126,17 @@ class LocalSide(Protocol):
         """True if an IPv4 ``frame`` read from the LAN may be routed (False: counted, dropped)."""
         ...
 
+    def read_into(self, buf: bytearray) -> int:
+        """Read one frame from the fd into ``buf``: its length, 0 if the side dropped it
+        (counted there); raises as ``os.readv`` does. A packet socket needs more than a read
+        (router.lan: checksums the LAN hosts left to their NIC)."""
+        ...
+
+    def pending(self) -> bool:
+        """True while :meth:`read_into` has frames to give that the fd does not signal
+        (router.lan: the segments of a batch it cut)."""
+        ...
+
 
 class UdpSocket:
     """The overlay's one UDP socket, non-blocking; :meth:`sendto` never raises.
@@ -511,6 +522,7 @@ class DataPlane:
         check_out = self.filter.check_out
         buf, view = self._rbuf, self._rview
         admit = self.local_side.admit if self.local_side is not None else None
+        lan_read = self.local_side.read_into if self.local_side is not None else None
         readv = os.readv
         # Sealed datagrams per destination, sent together after the batch (GSO).
         out: dict[Endpoint | SocketPath, list[bytes]] = {}
@@ -520,7 +532,7 @@ class DataPlane:
         n = 0
         while n < limit:
             try:
-                size = readv(fd, (buf,))
+                size = readv(fd, (buf,)) if lan_read is None else lan_read(buf)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -528,6 +540,8 @@ class DataPlane:
                 log.debug("tap read: %s", exc)
                 break
             n += 1
+            if size == 0:  # dropped by the LAN side (a TAP never reads 0 bytes)
+                continue
             verdict = check_out(buf, size, now)
             if type(verdict) is NodeId:
                 if admit is not None and not admit(view[:size]):
@@ -557,6 +571,8 @@ class DataPlane:
                 self._held(self.owners.hold_out(dip, bytes(view[14:size]), now=now), dip)
             elif isinstance(verdict, Drop):
                 self.drops[verdict] += 1
+        if self.local_side is not None and self.local_side.pending():
+            self._loop.call_soon(self._drain_tap)  # no readable fd will wake us for those
         if n == 0:  # nothing read: nothing reached the core
             return
         for ep, batch in out.items():

@@ -35,6 +35,7 @@ __all__ = [
     "ETH_HLEN",
     "ETH_P_ARP",
     "ETH_P_IP",
+    "IPPROTO_TCP",
     "IPPROTO_UDP",
     "IPV4_BROADCAST",
     "IPV4_MIN_HLEN",
@@ -58,6 +59,7 @@ __all__ = [
     "parse_mac",
     "parse_udp",
     "parse_udp_frame",
+    "transport_checksum",
     "udp_checksum",
 ]
 
@@ -67,6 +69,7 @@ ETH_HLEN = 14
 IPV4_MIN_HLEN = 20
 UDP_HLEN = 8
 IPPROTO_UDP = 17
+IPPROTO_TCP = 6
 BROADCAST_MAC = b"\xff" * 6
 IPV4_BROADCAST = 0xFFFFFFFF
 
@@ -318,9 +321,18 @@ class UdpHeader:
     checksum: int
 
 
+def transport_checksum(
+    proto: int, src: int, dst: int, segment: bytes | bytearray | memoryview
+) -> int:
+    """The TCP or UDP checksum of ``segment`` (its checksum field zeroed) over the IPv4
+    pseudo-header (src, dst, 0, proto, length). A UDP sender writes a result of 0 as 0xFFFF
+    (RFC 768: a zero field means "no checksum"); that is the caller's to do."""
+    return internet_checksum(_PSEUDO.pack(src, dst, 0, proto, len(segment)) + bytes(segment))
+
+
 def udp_checksum(src: int, dst: int, segment: bytes | bytearray | memoryview) -> int:
     """The UDP checksum over the IPv4 pseudo-header and ``segment`` (checksum field zeroed)."""
-    return internet_checksum(_PSEUDO.pack(src, dst, 0, IPPROTO_UDP, len(segment)) + bytes(segment))
+    return transport_checksum(IPPROTO_UDP, src, dst, segment)
 
 
 def parse_udp(

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -35,6 +36,7 @@ from ipop.vnet.packet import parse_udp_frame
 from router.config import RouterSection
 from router.daemon import RouterDaemon, _LanSide
 from router.hosts import mac_str
+from router.lan import CsumDrop
 from tools.ipopd import run_daemon
 
 NOW = 1_800_000_000.0
@@ -113,8 +115,16 @@ def _router(bundle: Bundle, state: Path, **section: Any) -> RouterDaemon:
 
 
 class FakeLanSocket:
-    def __init__(self, ifname: str) -> None:
+    def __init__(self, ifname: str, *, mtu: int) -> None:
         self.name, self.fd, self.mac = ifname, -1, OWN_MAC
+        self.drops: Counter[CsumDrop] = Counter()
+        self.counters: Counter[str] = Counter()
+        self.frames: list[bytes] = []
+
+    def read_into(self, buf: bytearray) -> int:
+        frame = self.frames.pop(0)
+        buf[: len(frame)] = frame
+        return len(frame)
 
     def close(self) -> None:
         pass
@@ -220,6 +230,33 @@ def _offers_to(r: RouterDaemon, mac: bytes) -> list[IPv4Address]:
 
 def _random_mac(rng: random.Random) -> bytes:
     return bytes([0x0A]) + rng.randbytes(5)
+
+
+# --- the LAN socket ------------------------------------------------------------------------------
+
+
+def test_the_lan_side_reads_through_the_lan_socket_and_its_counts_show(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    async def body(r: RouterDaemon) -> None:
+        await _start(r)
+        lan = r.lan
+        assert isinstance(lan, FakeLanSocket)
+        frame = _ip_frame(M1, V1)
+        lan.frames.append(frame)
+        buf = bytearray(2048)
+        assert _LanSide(r).read_into(buf) == len(frame) and bytes(buf[: len(frame)]) == frame
+        lan.drops[CsumDrop.FRAGMENT] += 2
+        lan.counters["csum_completed"] += 5
+        assert r.extra_drops()["lan.csum_fragment"] == 2
+        node, dataplane = r.node, r.dataplane
+        r.node = r.dataplane = None  # the fakes count nothing of their own
+        try:
+            assert r.counters()["lan.csum_completed"] == 5
+        finally:
+            r.node, r.dataplane = node, dataplane
+
+    _run(bundle, tmp_path, body)
 
 
 # --- one host's failure never stops the router --------------------------------------------------

@@ -316,6 +316,51 @@ def test_the_fast_path_delivers_exactly_what_the_filter_says() -> None:
     _run(go)
 
 
+# --- a LAN side that holds frames the fd does not signal (router.lan: a cut TCP batch) -----------
+
+
+class QueuedSide:
+    """A LocalSide whose reads come from a queue (the fd stays empty); 0 is a dropped frame."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+
+    def header_for(self, packet: bytes) -> bytes | None:
+        return None
+
+    def admit(self, frame: memoryview) -> bool:
+        return True
+
+    def read_into(self, buf: bytearray) -> int:
+        if not self.frames:
+            raise BlockingIOError
+        frame = self.frames.pop(0)
+        buf[: len(frame)] = frame
+        return len(frame)
+
+    def pending(self) -> bool:
+        return bool(self.frames)
+
+
+def test_frames_a_lan_side_holds_are_drained_without_the_fd_waking_us() -> None:
+    async def go() -> None:
+        h = Harness(Lookups({}))
+        arp = [VIRTUAL_MAC + TAP_MAC + b"\x08\x06" + bytes([i]) * 28 for i in range(5)]
+        side = QueuedSide([arp[0], arp[1], b"", *arp[2:]])
+        h.dp.local_side = side
+        seen: list[bytes] = []
+        h.dp._local_frame = lambda frame: seen.append(frame) is None
+        try:
+            h.dp._drain_tap()  # the first wake-up after a quiet spell reads one frame
+            await _until(lambda: len(seen) == len(arp), "every held frame")
+            assert seen == arp and not side.pending()
+            assert not h.dp.drops  # the dropped (0-byte) read reached nothing
+        finally:
+            h.close()
+
+    _run(go)
+
+
 # --- drop reasons come from one checked list per module ------------------------------------------
 
 
