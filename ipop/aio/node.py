@@ -287,6 +287,13 @@ class Node:
             self.stats["dht_join_retry"] += 1
             await asyncio.sleep(DHT_JOIN_RETRY_S)
 
+    def set_local_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """Our socket's addresses changed (the address watcher, :mod:`ipop.aio.addrwatch`):
+        roam (see :meth:`ipop.node.NodeCore.local_endpoints_changed`)."""
+        self.core.local_endpoints_changed(endpoints, now=self.clock())
+        if self.driver is not None:
+            self.driver.pump()
+
     # --- sending ----------------------------------------------------------------------------
 
     def send(self, dst: NodeId, kind: int, payload: bytes) -> bool:
