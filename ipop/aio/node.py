@@ -33,7 +33,7 @@ from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.link.endpoint import LinkConfig
 from ipop.node import NodeCore
 from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
-from ipop.overlay.node import Delivered, Joined, OverlayConfig, Routable
+from ipop.overlay.node import Delivered, Joined, OverlayConfig, Roamed, Routable
 from ipop.types import Endpoint, NodeId, Path, SocketPath
 
 __all__ = ["Node", "OverlayPing"]
@@ -346,6 +346,14 @@ class Node:
             self.joined.set()  # (a Routable without a Joined before it: joined all the same)
         elif type(ev) is Joined:
             self.joined.set()
+        elif type(ev) is Roamed:
+            self.stats[f"roamed_{ev.reason}"] += 1
+            log.info(
+                "event=roamed reason=%s node=%s endpoints=%s",
+                ev.reason,
+                self.node_id.short(),
+                ",".join(map(str, self.core.overlay.endpoints())),
+            )
 
     def _on_dht(self, ev: Delivered) -> None:
         if self.dht is not None:

@@ -95,6 +95,7 @@ def test_traffic_to_a_filtering_peer_resumes_direct_within_2s_after_a_roam(roame
             assert isinstance(path, Endpoint)
             assert path.host == hosts[2].public_ip
             assert a.node_id == id_before and b.core.overlay.is_linked(a.node_id)
+            assert a.stats["roamed_local"] == 1  # noticed once, logged as event=roamed
             # Traffic keeps flowing afterwards: no second outage (a link closed as silent).
             await asyncio.sleep(5)
             late = [t for t in answered if roamed_at + resumed < t <= roamed_at + resumed + 4.5]
