@@ -368,6 +368,26 @@ class BirthdayPunch:
         self.stats["knock_hit"] += 1
         return peer
 
+    def roamed(self) -> None:
+        """Our address changed: forget every peer's guessing state and NAT flags.
+
+        Why: they describe our old address and NAT (a run aimed at it, a HELLO sent from it,
+        a verdict such as "a NAT filters too strictly" drawn from it); kept, they would hold
+        back a new attempt for BIRTHDAY_RETRY_S and keep a stale reason in status.
+        """
+        for table in (
+            self._hello_at,
+            self._go_at,
+            self._go_welcome,
+            self._knocked_at,
+            self._answered_at,
+            self._runs,
+            self._expected,
+            self._peer_flags,
+        ):
+            table.clear()
+        self.stats["roamed"] += 1
+
     def stop(self, peer: NodeId) -> None:
         """A direct link to ``peer`` is up: knocking on would only spray."""
         if self._runs.pop(peer, None) is not None:

@@ -49,6 +49,7 @@ from ipop.overlay.node import (
     OverlayEvent,
     OverlayNode,
     RelayDatagram,
+    Roamed,
 )
 from ipop.overlay.origin import OriginAuth
 from ipop.revocation import CrlGossip
@@ -152,6 +153,21 @@ class NodeCore:
         ok = self.overlay.send_routed(dst, kind, payload, exact=exact, now=now)
         self._settle(now)
         return ok
+
+    def local_endpoints_changed(self, endpoints: Sequence[Endpoint], *, now: float) -> None:
+        """Our socket's own addresses are now ``endpoints`` (the I/O layer's address watcher).
+
+        Nothing happens if they did not change. Otherwise we roamed: the overlay forgets our
+        old public endpoint and re-advertises (:meth:`OverlayNode.local_endpoints_changed`),
+        the link layer keys every direct session afresh from the new address, and port
+        guessing forgets its verdicts (see :meth:`_on_roamed`).
+        """
+        if tuple(endpoints) == self.overlay.local_endpoints:
+            return
+        self.stats["local_endpoints_changed"] += 1
+        self.overlay.local_endpoints_changed(endpoints, now=now)
+        self.link.local_address_changed(now=now)
+        self._settle(now)
 
     # --- data-plane fast path (additive: same effects as send/receive_datagram) ------------
 
@@ -373,6 +389,12 @@ class NodeCore:
         if not self.overlay.send_direct(peer, KIND_BIRTHDAY, payload, now=now):
             self.overlay.send_routed(peer, KIND_BIRTHDAY, payload, exact=True, now=now)
 
+    def _on_roamed(self) -> None:
+        """We roamed (a new address, or our NAT rebound): what port guessing learned and the
+        shortcut requests made from the old address no longer hold; traffic asks anew."""
+        self.birthday.roamed()
+        self._shortcut_asked.clear()
+
     def _on_link_path(self, peer: NodeId) -> None:
         """A session with ``peer`` is up or moved: a direct one ends our knocking at it."""
         path = self.link.path_of(peer)
@@ -441,6 +463,9 @@ class NodeCore:
                 elif isinstance(oev, Delivered) and oev.kind == KIND_BIRTHDAY:
                     busy = True
                     self._on_birthday(oev, now)
+                elif type(oev) is Roamed:
+                    self._on_roamed()
+                    events.append(oev)
                 else:
                     events.append(oev)
             if not busy:

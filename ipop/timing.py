@@ -216,6 +216,20 @@ SHORTCUT_MAX = 128
 # clearly faster one, so two live paths never flap.
 PATH_SILENT_S = 1.0
 
+# --- roaming (ipop/overlay/node.py, ipop/aio/addrwatch.py) -----------------------------------
+# After our own address changed, our endpoints are re-advertised as soon as a peer tells us our
+# new public one (one round trip to a public peer), or this long after at the latest (no peer
+# can hear us yet: advertise what we know). Well inside the 2 s traffic may stall for.
+ROAM_ADVERTISE_WAIT_S = 0.5
+# A peer that sees us at a new endpoint means our NAT rebound; at most one roam this often
+# (each one costs a CTM per direct peer), and never right after one (answers to the
+# re-handshakes of a roam report new endpoints one after another).
+ROAM_REBIND_MIN_S = 10.0
+# The address watcher re-reads the interface addresses this long after a netlink change
+# message (a DHCP renewal sends several at once), and polls this often without netlink.
+ADDRWATCH_SETTLE_S = 0.1
+ADDRWATCH_POLL_S = 1.0
+
 # --- port guessing toward symmetric NATs (ipop/birthday.py) ---------------------------------
 # Extra sockets a symmetric node opens toward a peer: each holds one random NAT port that
 # accepts the peer. With BIRTHDAY_KNOCKS guesses per round over the 64,512 ports MASQUERADE

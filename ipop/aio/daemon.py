@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
 
+from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
 from ipop.aio.node import Node
@@ -192,6 +193,7 @@ class Daemon:
         self._arp_type = ETH_P_ARP.to_bytes(2, "big")
         self.netcheck_result: NetcheckResult | None = None
         self._stun_socks: dict[int, socket.socket] = {}
+        self.addrwatch: AddressWatcher | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -250,6 +252,7 @@ class Daemon:
         self._open_stun_alternates(local)
         self.node.start()
         self.dataplane.start()
+        self._watch_addresses(local)
         log.info(
             "event=started node=%s listen=%s:%d local=%s bootstrap=%d",
             identity.node_id.short(),
@@ -269,6 +272,22 @@ class Daemon:
         self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU)
         await self.tap.configure()
         return self.tap.fd, None, self.tap.name
+
+    def _watch_addresses(self, local: list[Endpoint]) -> None:
+        """Notice our own address changes (roaming) and tell the node. Only when bound to the
+        wildcard address: a socket bound to one address cannot follow it anyway."""
+        if self.settings.listen.host not in ("0.0.0.0", "") or self.udp is None:
+            return
+        port = self.udp.port
+        self.addrwatch = AddressWatcher(
+            lambda: self._local_endpoints(port), self._local_endpoints_changed
+        )
+        self.addrwatch.start(local)
+
+    def _local_endpoints_changed(self, local: list[Endpoint]) -> None:
+        self._local = local
+        if self.node is not None:
+            self.node.set_local_endpoints(local[:4])
 
     async def _local_endpoints(self, port: int) -> list[Endpoint]:
         eps: list[Endpoint] = []
@@ -357,6 +376,8 @@ class Daemon:
             on_ready()
 
     async def _shutdown(self) -> None:
+        if self.addrwatch is not None:
+            await self.addrwatch.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

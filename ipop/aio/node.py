@@ -33,7 +33,7 @@ from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.link.endpoint import LinkConfig
 from ipop.node import NodeCore
 from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
-from ipop.overlay.node import Delivered, Joined, OverlayConfig, Routable
+from ipop.overlay.node import Delivered, Joined, OverlayConfig, Roamed, Routable
 from ipop.types import Endpoint, NodeId, Path, SocketPath
 
 __all__ = ["Node", "OverlayPing"]
@@ -287,6 +287,13 @@ class Node:
             self.stats["dht_join_retry"] += 1
             await asyncio.sleep(DHT_JOIN_RETRY_S)
 
+    def set_local_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """Our socket's addresses changed (the address watcher, :mod:`ipop.aio.addrwatch`):
+        roam (see :meth:`ipop.node.NodeCore.local_endpoints_changed`)."""
+        self.core.local_endpoints_changed(endpoints, now=self.clock())
+        if self.driver is not None:
+            self.driver.pump()
+
     # --- sending ----------------------------------------------------------------------------
 
     def send(self, dst: NodeId, kind: int, payload: bytes) -> bool:
@@ -339,6 +346,14 @@ class Node:
             self.joined.set()  # (a Routable without a Joined before it: joined all the same)
         elif type(ev) is Joined:
             self.joined.set()
+        elif type(ev) is Roamed:
+            self.stats[f"roamed_{ev.reason}"] += 1
+            log.info(
+                "event=roamed reason=%s node=%s endpoints=%s",
+                ev.reason,
+                self.node_id.short(),
+                ",".join(map(str, self.core.overlay.endpoints())),
+            )
 
     def _on_dht(self, ev: Delivered) -> None:
         if self.dht is not None:

@@ -76,7 +76,10 @@ Invariants:
    changed (NAT rebinding), otherwise only once the current path has been silent for
    ``PATH_SILENT_S`` (the peer moved to another of its paths); counted in ``stats["roamed"]``
    / ``stats["roam_held"]``. Direct <-> relay moves are the overlay's decision
-   (:meth:`LinkEndpoint.set_path`).
+   (:meth:`LinkEndpoint.set_path`). When our own address changes,
+   :meth:`LinkEndpoint.local_address_changed` keys every direct session afresh from it
+   (``roam_rehandshakes``); when a peer says it left the path we hold for it,
+   :meth:`LinkEndpoint.peer_moved` drops the hysteresis for that session (``peer_moved``).
 
 Drop reasons (``drops``): any datagram: ``empty``, ``unknown_type``, ``malformed``; DATA:
 ``unknown_index``, ``expired_key``, ``replay``, ``too_old``, ``auth_failed``; Init/Resp:
@@ -425,6 +428,7 @@ class _Peer:
         "probe_after",
         "rekeyed_stale_at",
         "rekeys",
+        "roam_candidate",
         "rx_bytes",
         "rx_packets",
         "tx_bytes",
@@ -441,6 +445,9 @@ class _Peer:
         # authenticated packet last came in on it: path choice and roaming hysteresis.
         self.path_rtt = _INF
         self.path_rx = 0.0
+        # (path, when): the direct path the newest authenticated DATA came from while roaming
+        # onto it was held (see _maybe_roam); None once the session moved, or never held.
+        self.roam_candidate: tuple[Path, float] | None = None
         self.up = False
         self.current: _Keypair | None = None
         self.previous: _Keypair | None = None
@@ -695,6 +702,45 @@ class LinkEndpoint:
         if gone:
             self._timer_dirty = True
         return [st.node_id for st in gone]
+
+    # --- roaming ------------------------------------------------------------------------------
+
+    def local_address_changed(self, *, now: float) -> int:
+        """Our own underlay address changed: key every direct session afresh from it.
+
+        Why: a peer behind a filtering NAT drops whatever we now send from the new address,
+        and every peer keeps sending to the old one, until something it trusts shows where we
+        are. A fresh Init does that for peers that can hear us (their answer also tells us our
+        new public endpoint, ObservedEndpoint); toward filtering peers it keeps knocking
+        (retransmitted as any Init) until the overlay's re-advertisement made them punch back
+        (:meth:`peer_moved` on their side). Returns how many handshakes were started.
+        """
+        started = 0
+        busy = {i.expected for i in self._initiations.values()}
+        for st in list(self._peers.values()):
+            if st.up and is_direct(st.path) and st.node_id not in busy:
+                self._start_initiation(st.path, st.node_id, now)
+                started += 1
+        self.stats["roam_rehandshakes"] += started
+        return started
+
+    def peer_moved(self, peer: NodeId, *, now: float) -> None:
+        """``peer`` says (authenticated, its own word about itself) it is no longer at the path
+        our session with it uses: stop holding on to that path.
+
+        Roaming hysteresis (invariant 7) then no longer applies: the next authenticated DATA or
+        handshake from another direct path moves the session at once, and if DATA from one has
+        already come in (held back by the hysteresis), the session moves to it now.
+        """
+        st = self._peers.get(peer)
+        if st is None or not st.up or not is_direct(st.path):
+            return
+        st.path_rx = -_INF
+        self.stats["peer_moved"] += 1
+        cand = st.roam_candidate
+        # Only a candidate as fresh as the news: the peer's word came right behind its DATA.
+        if cand is not None and cand[0] != st.path and now - cand[1] < timing.PATH_SILENT_S:
+            self._move(st, cand[0], now)
 
     def set_path(self, peer: NodeId, path: Path) -> None:
         """Move the up session with ``peer`` to ``path`` (a path the caller has confirmed)."""
@@ -1201,6 +1247,7 @@ class LinkEndpoint:
             if rtt is not None:
                 st.path_rtt = rtt
         elif self._better_path(st, path, rtt, now):
+            st.roam_candidate = None
             st.path = path
             st.path_rtt = _INF if rtt is None else rtt
             st.path_rx = now
@@ -1269,7 +1316,12 @@ class LinkEndpoint:
         rebound = type(path) is Endpoint and type(cur) is Endpoint and path.host == cur.host
         if not rebound and now - st.path_rx < timing.PATH_SILENT_S:
             self.stats["roam_held"] += 1
+            st.roam_candidate = (path, now)
             return
+        self._move(st, path, now)
+
+    def _move(self, st: _Peer, path: Path, now: float) -> None:
+        st.roam_candidate = None
         st.path = path
         st.path_rtt = _INF
         st.path_rx = now

@@ -157,6 +157,7 @@ __all__ = [
     "OverlayNode",
     "OverlaySnapshot",
     "RelayDatagram",
+    "Roamed",
     "Routable",
 ]
 
@@ -210,6 +211,8 @@ class Links(Protocol):
     def close(self, peer: NodeId, *, now: float) -> None: ...
 
     def is_up(self, peer: NodeId) -> bool: ...
+
+    def peer_moved(self, peer: NodeId, *, now: float) -> None: ...
 
 
 class Origins(Protocol):
@@ -367,7 +370,18 @@ class RelayDatagram:
     path: RelayPath
 
 
-OverlayEvent = Delivered | Joined | Routable | ConnectionAdded | ConnectionRemoved | RelayDatagram
+@dataclass(frozen=True, slots=True)
+class Roamed:
+    """Our underlay address changed ("local": the I/O layer said so) or our NAT gave us a new
+    mapping ("rebound": a peer now sees us elsewhere); what we learned about our old address
+    (observed endpoints, backoffs) is forgotten and our endpoints are being re-advertised."""
+
+    reason: str
+
+
+OverlayEvent = (
+    Delivered | Joined | Routable | ConnectionAdded | ConnectionRemoved | RelayDatagram | Roamed
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,6 +582,15 @@ class OverlayNode:
         self._asked: dict[NodeId, float] = {}
         self._backoff: dict[NodeId, float] = {}
         self._observed: dict[Endpoint, float] = {}
+        # Linked peer -> where it last told us it sees us (LinkUp, ObservedEndpoint): a change
+        # is our NAT rebinding (see _on_observed). Rows leave with the peer's link.
+        self._observed_by: dict[NodeId, Endpoint] = {}
+        # Roaming (see local_endpoints_changed): when our endpoints are re-advertised at the
+        # latest (None: nothing pending), when the last roam began, and when a rebinding may
+        # start the next one.
+        self._readvertise_at: float | None = None
+        self._roamed_at = -_INF
+        self._rebind_ok_at = -_INF
         # Relay helper we asked to link to -> (the peer it is to relay to, until when).
         self._helpers: dict[NodeId, tuple[NodeId, float]] = {}
         self._near: frozenset[NodeId] = frozenset()
@@ -822,6 +845,7 @@ class OverlayNode:
         self._proven.add(peer)
         if ev.observed is not None:
             self._note_observed(ev.observed, now)
+            self._observed_by[peer] = ev.observed
         pend = self._pending.pop(peer, None)
         self._pending_version += pend is not None
         if pend is not None:
@@ -848,6 +872,8 @@ class OverlayNode:
             self._helper_up(peer, helper[0], now)
         if not self._joined and not self._join_outstanding(now):
             self._probe_near(now)
+        if ev.observed is not None and self._readvertise_at is not None and is_direct(ev.path):
+            self._readvertise(now, via=peer)
 
     def _on_link_down(self, ev: LinkDown, now: float) -> None:
         self._forget(ev.peer, now)
@@ -867,7 +893,15 @@ class OverlayNode:
             self._direct_failed(pend, now)
 
     def _on_observed(self, ev: ObservedEndpoint, now: float) -> None:
+        by = ev.by
+        before = self._observed_by.get(by) if by in self._table else None
         self._note_observed(ev.endpoint, now)
+        if by in self._table:
+            self._observed_by[by] = ev.endpoint
+        if self._readvertise_at is not None:
+            self._readvertise(now, via=by)
+        elif before is not None and before != ev.endpoint and now >= self._rebind_ok_at:
+            self._nat_rebound(before, by, now)
 
     def _on_path_changed(self, ev: LinkPathChanged, now: float) -> None:
         if ev.peer in self._table:
@@ -1115,8 +1149,12 @@ class OverlayNode:
         exact: bool,
         now: float,
         via: NodeId | None = None,
+        avoid_us: bool = False,
     ) -> bool:
         """Route a CONNECT_TO_ME; ``via`` (a node linked to ``target``) goes first if given.
+
+        ``avoid_us``: no hop may hand it back to us (EXCLUDE_SRC), for a roam's
+        re-advertisement, which must not come back to our dead link to ``target``.
 
         Why ``via``: a node we should link to is usually *between* us and our current
         neighbours, and greedy routing from us toward it stops at once (nobody we hold is
@@ -1147,7 +1185,7 @@ class OverlayNode:
             token = self._rng.getrandbits(32)
         body = ConnectToMe(token, purpose, hop, self.endpoints()).encode()
         flags = FLAG_EXACT if exact else FLAG_EXCLUDE_SRC
-        if detour:
+        if detour or avoid_us:
             flags |= FLAG_EXCLUDE_SRC
         if via is not None:
             flags |= FLAG_VIA
@@ -1167,6 +1205,7 @@ class OverlayNode:
             # Past its burst a requester gets nothing: no answer, no connect-back.
             self.drops["ctm_rate_limited"] += 1
             return
+        previous = self._peer_endpoints.get(requester)
         self._remember_endpoints(requester, ctm.endpoints)
         reply = ConnectToMeReply(ctm.token, self.endpoints(), self._neighbour_sample(requester))
         via = ctm.reply_via if ctm.reply_via not in (self.local_id, requester) else None
@@ -1179,6 +1218,7 @@ class OverlayNode:
         if requester in self._table:
             for k in remote:
                 self._add_kind(requester, k, now, remote=True)
+            self._follow_move(requester, ctm.endpoints, previous, now)
         else:
             # Connect back at once: with the requester connecting to us as it reads our
             # answer, the two attempts cross and punch through cone NATs. Relays are the
@@ -1660,6 +1700,9 @@ class OverlayNode:
 
     def _tick(self, now: float) -> None:
         cfg = self.config
+        if self._readvertise_at is not None and now >= self._readvertise_at:
+            # Nobody told us our new public endpoint in time: advertise what we know.
+            self._readvertise(now, via=None)
         for tok in [t for t, r in self._requests.items() if r.expires <= now]:
             req = self._requests.pop(tok)
             if req.purpose is Purpose.NEAR:
@@ -1807,6 +1850,95 @@ class OverlayNode:
             self.stats["trimmed"] += 1
             self._close_link(action.peer, now)
 
+    # --- roaming ----------------------------------------------------------------------------
+
+    def local_endpoints_changed(self, endpoints: Sequence[Endpoint], *, now: float) -> None:
+        """Our socket's own addresses changed (the I/O layer's address watcher): we roamed.
+
+        Theory: every peer keeps sending to our old address, and a peer behind a filtering NAT
+        drops what we send from the new one until it has sent there itself. So: forget what
+        peers told us about our old public endpoint, lift backoffs earned from the old address,
+        and re-advertise our endpoints to every direct peer with a CONNECT_TO_ME
+        (:meth:`_readvertise`), which makes each punch back to our new endpoints
+        (:meth:`_follow_move` on its side). The link layer meanwhile keys every session afresh
+        from the new address (NodeCore does that); the first answer tells us our new public
+        endpoint, and the re-advertisement goes out at once, through the peer that answered,
+        or at the latest ``timing.ROAM_ADVERTISE_WAIT_S`` later with what we know.
+        """
+        self.set_local_endpoints(endpoints)
+        self._observed.clear()
+        self._observed_by.clear()
+        self._roam("local", now)
+
+    def _roam(self, reason: str, now: float) -> None:
+        self.stats[f"roamed_{reason}"] += 1
+        self._roamed_at = now
+        self._rebind_ok_at = now + timing.ROAM_REBIND_MIN_S
+        for peer in list(self._backoff):
+            self._lift_backoff(peer)
+        self._near_check_due = True
+        self._readvertise_at = now + timing.ROAM_ADVERTISE_WAIT_S
+        self._events.append(Roamed(reason))
+
+    def _nat_rebound(self, before: Endpoint, by: NodeId, now: float) -> None:
+        """``by`` saw us at ``before`` and now sees us elsewhere: our NAT gave us a new
+        mapping, and peers behind filtering NATs cannot hear us any more. Roam, and tell them
+        through ``by``, which just heard us."""
+        self._observed.pop(before, None)
+        self._roam("rebound", now)
+        self._readvertise(now, via=by)
+
+    def _readvertise(self, now: float, *, via: NodeId | None) -> None:
+        """A CONNECT_TO_ME with our endpoints to every direct peer, ``via`` first.
+
+        Why a CTM: it is the message that already makes a peer connect to the endpoints in it,
+        and a peer behind a filtering NAT has to send to our new address before anything of
+        ours gets in. Why ``via``: a peer that has just heard us from the new address can
+        forward; our own links to filtering peers are dead until they punch back, so the CTMs
+        must not be handed back to us (EXCLUDE_SRC). Without ``via`` the most recently heard
+        peer since the roam stands in, if any.
+        """
+        self._readvertise_at = None
+        if via is None or via not in self._table:
+            heard = [(t, p) for p, t in self._heard.items() if t > self._roamed_at]
+            via = max(heard)[1] if heard else None
+        direct = [row.peer for row in self._table if is_direct(row.path)]
+        for peer in sorted(direct, key=lambda p: (p != via, p)):
+            if self._send_ctm(peer, Purpose.NEAR, exact=True, now=now, via=via, avoid_us=True):
+                self.stats["roam_ctm_sent"] += 1
+
+    def _follow_move(
+        self,
+        peer: NodeId,
+        endpoints: tuple[Endpoint, ...],
+        previous: tuple[Endpoint, ...] | None,
+        now: float,
+    ) -> None:
+        """A linked ``peer`` advertised endpoints that changed and no longer include the path
+        our link to it runs over: it roamed. Stop holding on to the old path (the link layer
+        follows its next datagram at once) and punch back to its new endpoints: behind a
+        filtering NAT nothing from its new address gets in until we have sent there.
+
+        The endpoints are the peer's own word about itself (the CTM is authenticated end to
+        end), so it can only misdirect its own link; the punches are connect-backs within the
+        usual per-address budget.
+        """
+        row = self._table.get(peer)
+        if row is None or type(row.path) is not Endpoint:
+            return
+        if row.path in endpoints or endpoints == previous:
+            return
+        self.stats["peer_moved"] += 1
+        self._links.peer_moved(peer, now=now)
+        for ep in self._connect_back_endpoints(endpoints, now):
+            self._links.connect(
+                ep,
+                now=now,
+                expected=peer,
+                retransmit=False,
+                timeout_s=self.config.connect_back_timeout_s,
+            )
+
     # --- helpers ----------------------------------------------------------------------------
 
     def _send(self, peer: NodeId, data: bytes, now: float) -> bool:
@@ -1840,6 +1972,7 @@ class OverlayNode:
         for c in self._seen.told_by(peer):
             self._seen.discard(c)
         self._heard.pop(peer, None)
+        self._observed_by.pop(peer, None)
         for kind in row.kinds:
             self._events.append(ConnectionRemoved(peer, kind))
         if ConnectionKind.NEAR in row.kinds:

@@ -140,6 +140,7 @@ class FakeLinks:
         self._events: collections.deque[LinkEvent] = collections.deque()
         self._out: list[tuple[bytes, Path]] = []
         self.drops: collections.Counter[str] = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
 
     # --- the Links protocol -------------------------------------------------------------------
 
@@ -173,6 +174,10 @@ class FakeLinks:
     def is_up(self, peer: NodeId) -> bool:
         link = self._world._link(self.local_id, peer)
         return link is not None and bool(link.up.get(self.local_id))
+
+    def peer_moved(self, peer: NodeId, *, now: float) -> None:
+        """Fake links have no paths to hold on to: counted only."""
+        self.stats["peer_moved"] += 1
 
     # --- the driver side ----------------------------------------------------------------------
 

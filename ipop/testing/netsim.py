@@ -519,6 +519,35 @@ class Network:
             )
         return "\n".join(lines)
 
+    def readdress(self, host: Host, address: str | None = None) -> str:
+        """Give ``host`` a new address on its own segment (a roam: DHCP handed out another
+        lease, the host moved to another access point of one network); return it.
+
+        A public host takes a fresh (or the given) internet address, a LAN host a free (or the
+        given) address of its LAN, so its NAT maps it anew. Its sockets stay bound to their
+        ports and from now on send from, and receive at, the new address. A hop's target is
+        chosen at send time, so datagrams already in flight still reach the host; later ones
+        sent to the old address end as "no_route", and NAT mappings of the old LAN address
+        deliver nowhere ("no_route"). The host's software learns nothing from this: noticing
+        is its own job.
+        """
+        if self.hosts.get(host.name) is not host:
+            raise LocalProtocolError(f"{host!r} is not a host of this network")
+        old = host.address
+        if host.nat is None:
+            new = self._take_public(address, what=f"host {host.name!r}")
+            del self._public[old]
+            self._public[new] = host
+        else:
+            new = self._take_lan_address(host.nat, host.name, address)
+            lans = host.segment.hosts
+            del lans[old]
+            lans[new] = host
+        host.address = new
+        for sock in host._sockets.values():
+            sock.local = Endpoint(new, sock.local.port)
+        return new
+
     def host_at(self, address: str) -> Host | None:
         """The host holding ``address`` (public or on any LAN)."""
         target = self._public.get(address)
@@ -690,7 +719,10 @@ class Network:
         if lan.loss and self.rng.random() < lan.loss:
             self._drop("loss", src, internal.host, internal.port, size)
             return
-        host = lan.hosts[internal.host]
+        host = lan.hosts.get(internal.host)
+        if host is None:  # the mapping's inside address moved away (readdress)
+            self._drop("no_route", src, internal.host, internal.port, size)
+            return
         delay = lan.latency_s
         if lan.jitter_s:
             delay += self.rng.random() * lan.jitter_s
@@ -775,6 +807,14 @@ class Network:
 
     def _add_lan_host(self, nat: NatBox, name: str, address: str | None) -> Host:
         self._check_name(name)
+        address = self._take_lan_address(nat, name, address)
+        host = Host(self, name, address, nat.lan, nat)
+        nat.lan.hosts[address] = host
+        self.hosts[name] = host
+        return host
+
+    def _take_lan_address(self, nat: NatBox, name: str, address: str | None) -> str:
+        """The next free address of ``nat``'s LAN, or ``address`` checked to be free there."""
         lan = nat.lan
         assert lan.subnet is not None
         if address is None:
@@ -783,30 +823,24 @@ class Network:
                 candidate = str(lan.subnet.network_address + lan._next_index)
                 lan._next_index += 1
                 if candidate not in lan.hosts:
-                    address = candidate
-                    break
-            else:
-                raise LocalProtocolError(f"LAN {lan.name!r} ({lan.subnet}) is full")
-        else:
-            try:
-                ip = ipaddress.IPv4Address(address)
-            except ValueError:
-                raise LocalProtocolError(f"host {name!r}: {address!r} is not IPv4") from None
-            usable = ip in lan.subnet and ip not in (
-                lan.subnet.network_address,
-                lan.subnet.broadcast_address,
+                    return candidate
+            raise LocalProtocolError(f"LAN {lan.name!r} ({lan.subnet}) is full")
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            raise LocalProtocolError(f"host {name!r}: {address!r} is not IPv4") from None
+        usable = ip in lan.subnet and ip not in (
+            lan.subnet.network_address,
+            lan.subnet.broadcast_address,
+        )
+        if not usable or address == nat.lan_ip:
+            raise LocalProtocolError(
+                f"host {name!r}: {address} is not a free host address of {lan.subnet} "
+                f"(the NAT holds {nat.lan_ip})"
             )
-            if not usable or address == nat.lan_ip:
-                raise LocalProtocolError(
-                    f"host {name!r}: {address} is not a free host address of {lan.subnet} "
-                    f"(the NAT holds {nat.lan_ip})"
-                )
-            if address in lan.hosts:
-                raise LocalProtocolError(f"host {name!r}: {address} is already in use")
-        host = Host(self, name, address, lan, nat)
-        lan.hosts[address] = host
-        self.hosts[name] = host
-        return host
+        if address in lan.hosts:
+            raise LocalProtocolError(f"host {name!r}: {address} is already in use")
+        return address
 
 
 def build(topology: Mapping[str, Any], *, rng: random.Random, trace: bool = False) -> Network:

@@ -25,8 +25,9 @@ from scapy.layers.l2 import ARP, Ether
 from ipop.dht.names import c_name
 from ipop.status import Status
 from tools.lab.ipopnet import IpopNet
-from tools.lab.lab import Lab, cleanup_stale, process_prefix
 from tools.lab.topology import Topology, topology_from_dict
+
+from .running import running_net
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, bridges")
 
@@ -150,19 +151,10 @@ def _fqdn(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
-    prefix = process_prefix("r")
-    lab = Lab(_topology(), workdir=tmp_path_factory.mktemp("router"), prefix=prefix)
-    try:
-        lab.up()
-        ipop = IpopNet(lab)
-        ipop.prepare()
-        ipop.start_all()
-        for h in lab.hosts:
-            ipop.wait_ready(h, timeout_s=READY_S)
+    with running_net(
+        _topology(), tmp_path_factory.mktemp("router"), prefix_tag="r", ready_s=READY_S
+    ) as ipop:
         yield ipop
-    finally:
-        lab.down()
-        cleanup_stale(prefix)
 
 
 @pytest.fixture(scope="module")

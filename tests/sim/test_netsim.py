@@ -493,3 +493,73 @@ def test_a_hop_queued_during_a_delivery_does_not_hold_back_one_due_sooner() -> N
 
     t0, arrived = run_virtual(main())
     assert arrived == pytest.approx(t0 + 0.0505, abs=1e-6)
+
+
+# --- re-addressing (a host roams) -------------------------------------------------------------
+
+
+def test_readdress_moves_a_public_host_and_its_sockets() -> None:
+    async def main() -> tuple[Network, Inbox, Inbox, str, str]:
+        n = net()
+        a, b = n.add_public_host("a"), n.add_public_host("b")
+        ain, bin_ = Inbox(), Inbox()
+        sa, sb = a.bind(1000, ain), b.bind(2000, bin_)
+        old = a.address
+        new = n.readdress(a)
+        assert sa.local == Endpoint(new, 1000) and n.host_at(new) is a
+        assert n.host_at(old) is None
+        sa.sendto(b"from new", sb.local)
+        sb.sendto(b"to old", Endpoint(old, 1000))
+        sb.sendto(b"to new", Endpoint(new, 1000))
+        await asyncio.sleep(1)
+        return n, ain, bin_, old, new
+
+    n, ain, bin_, old, new = run_virtual(main())
+    assert new != old
+    assert [(d, s) for _, d, s in bin_.got] == [(b"from new", Endpoint(new, 1000))]
+    assert [d for _, d, _ in ain.got] == [b"to new"]
+    assert n.stats["no_route"] == 1
+
+
+def test_readdress_behind_a_nat_gets_a_new_mapping_and_old_ones_lead_nowhere() -> None:
+    async def main() -> tuple[Network, Inbox, list[Endpoint], str]:
+        n = net()
+        server = n.add_public_host("s")
+        nat = n.add_nat("home", "full-cone")
+        h = nat.add_host("h")
+        sin = Inbox()
+        ss = server.bind(3478, sin)
+        hs = h.bind(1000, lambda d, src: None)
+        hs.sendto(b"before", ss.local)
+        await asyncio.sleep(1)
+        new = n.readdress(h, "198.18.0.77")
+        assert hs.local == Endpoint("198.18.0.77", 1000) and n.host_at(new) is h
+        hs.sendto(b"after", ss.local)
+        await asyncio.sleep(1)
+        seen = [src for _, _, src in sin.got]
+        ss.sendto(b"to the old mapping", seen[0])
+        await asyncio.sleep(1)
+        return n, sin, seen, new
+
+    n, sin, seen, new = run_virtual(main())
+    assert new == "198.18.0.77"
+    assert [d for _, d, _ in sin.got] == [b"before", b"after"]
+    # One NAT, one public address, but the new inside endpoint has a mapping of its own.
+    assert seen[0].host == seen[1].host and seen[0].port != seen[1].port
+    assert n.stats["no_route"] == 1
+
+
+def test_readdress_refuses_taken_or_foreign_addresses() -> None:
+    n = net()
+    a, b = n.add_public_host("a"), n.add_public_host("b")
+    nat = n.add_nat("home", "full-cone")
+    h, g = nat.add_host("h"), nat.add_host("g")
+    with pytest.raises(LocalProtocolError, match="already in use"):
+        n.readdress(a, b.address)
+    with pytest.raises(LocalProtocolError, match="already in use"):
+        n.readdress(h, g.address)
+    with pytest.raises(LocalProtocolError, match="not a free host address"):
+        n.readdress(h, "198.19.5.5")
+    with pytest.raises(LocalProtocolError, match="not a host of this network"):
+        net().readdress(a)
+    assert n.host_at(a.address) is a and n.host_at(h.address) is h

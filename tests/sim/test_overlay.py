@@ -319,6 +319,8 @@ class _SilentLinks:
     def is_up(self, peer: NodeId) -> bool:
         return False
 
+    def peer_moved(self, peer: NodeId, *, now: float) -> None: ...
+
 
 def test_the_larger_id_yields_before_keying_a_relayed_link() -> None:
     """Both ends of a pair that cannot punch want the link: the smaller id relays first, the
@@ -469,6 +471,8 @@ class _StubLinks:
 
     def is_up(self, peer: NodeId) -> bool:
         return True
+
+    def peer_moved(self, peer: NodeId, *, now: float) -> None: ...
 
 
 def _node_with(links: _StubLinks, rows: dict[NodeId, Path]) -> OverlayNode:

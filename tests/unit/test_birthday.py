@@ -341,3 +341,21 @@ def test_every_drop_reason_counted_is_a_known_one() -> None:
         pass
     else:
         raise AssertionError("an unknown drop reason was counted")
+
+
+def test_a_roam_forgets_verdicts_and_lets_a_hello_go_again() -> None:
+    """After our address changed, the old verdict ("a NAT filters too strictly") described the
+    old address and a HELLO must not wait BIRTHDAY_RETRY_S: both are forgotten."""
+    s, c = _pair()
+    hello = c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
+    assert hello is not None
+    s.receive(
+        C_ID, hello, symmetric=False, translated=False, public_host=S_PUBLIC, endpoints=(),
+        now=T0,
+    )  # fmt: skip
+    assert "filters too strictly" in s.why_relayed(C_ID, symmetric=False, translated=False)
+    assert c.hello(S_ID, symmetric=False, translated=False, endpoints=(), now=T0 + 1) is None
+    s.roamed()
+    c.roamed()
+    assert "filters too strictly" not in s.why_relayed(C_ID, symmetric=False, translated=False)
+    assert c.hello(S_ID, symmetric=False, translated=False, endpoints=(), now=T0 + 1) is not None

@@ -477,3 +477,34 @@ def test_a_one_shot_init_retries_once_we_want_that_link_ourselves() -> None:
         sent += [d for d, _ in w.a.datagrams_to_send(now=w.now)]
     assert len(sent) >= 3 and len(set(sent)) == 1  # ...but its Init, retried
     assert w.a.stats["handshake_failed"] == 0  # and the usual timeout, not the one-shot's
+
+
+def test_after_our_address_changed_every_direct_session_is_keyed_afresh_from_it() -> None:
+    w = up_pair()
+    w.a_addr = A_EP2  # a's host roamed: its datagrams now come from A_EP2
+    assert w.a.local_address_changed(now=w.now) == 1
+    assert w.a.local_address_changed(now=w.now) == 0  # one handshake under way is enough
+    w.run_until(w.now + 0.1)
+    # b answered from where it saw the Init: a learns its new endpoint from the answer.
+    assert ObservedEndpoint(A_EP2, w.idb.node_id) in w.received["a"]
+    assert w.a.stats["roam_rehandshakes"] == 1
+    assert w.a.is_up(w.idb.node_id) and w.b.is_up(w.ida.node_id)
+
+
+def test_a_peer_that_says_it_moved_is_followed_without_waiting_for_silence() -> None:
+    w = up_pair()
+    lan = Endpoint("198.18.7.2", 5800)
+    w.b.receive_datagram(sealed(w, b"on the path"), A_EP, now=w.now)
+    w.b.receive_datagram(sealed(w, b"other path"), lan, now=w.now + 0.1)
+    assert w.b.stats["roam_held"] == 1 and w.b.peers()[0].path == A_EP  # hysteresis holds
+    events(w.b)
+    w.b.peer_moved(w.ida.node_id, now=w.now + 0.15)  # its word: it left A_EP
+    assert w.b.peers()[0].path == lan
+    assert LinkPathChanged(w.ida.node_id, lan, "roamed") in events(w.b)
+    # And with no candidate yet, the next DATA from elsewhere moves the session at once.
+    v = up_pair()
+    v.b.receive_datagram(sealed(v, b"on the path"), A_EP, now=v.now)
+    v.b.peer_moved(v.ida.node_id, now=v.now + 0.01)
+    assert v.b.peers()[0].path == A_EP
+    v.b.receive_datagram(sealed(v, b"moved"), lan, now=v.now + 0.02)
+    assert v.b.peers()[0].path == lan and v.b.stats["roam_held"] == 0

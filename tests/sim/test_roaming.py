@@ -1,0 +1,110 @@
+"""Roaming (simulator): a node whose underlay address changes under it while it exchanges
+traffic with a peer behind a port-restricted NAT. The peer's NAT admits only endpoints the
+peer has sent to, so nothing the roamed node sends gets in until the peer sends to its new
+address: the roamed node must notice, re-learn and re-advertise its endpoints, and the peer
+must punch back. Traffic resumes within 2 s, on a direct path, with the same node id."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from ipop.aio.node import Node
+from ipop.testing.clock import SIM_EPOCH, run_virtual
+from ipop.testing.identities import make_network
+from ipop.testing.netsim import Host, Network
+from ipop.testing.simnode import PORT, start_nodes
+from ipop.testing.waiting import until
+from ipop.types import Endpoint, is_direct
+
+# A ping every PING_EVERY_S, each given PING_TIMEOUT_S: "resumed" is the first answered ping
+# sent after the roam, so the measurement is at most PING_EVERY_S late.
+PING_EVERY_S = 0.1
+PING_TIMEOUT_S = 1.0
+RESUME_WITHIN_S = 2.0
+
+
+async def _pinger(a: Node, b: Node, answered: list[float]) -> None:
+    """Ping b from a forever; record the send time of every answered ping."""
+    loop = asyncio.get_running_loop()
+
+    async def one() -> None:
+        sent = loop.time()
+        try:
+            await a.ping(b.node_id, timeout_s=PING_TIMEOUT_S)
+        except TimeoutError:
+            return
+        answered.append(sent)
+
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            t = loop.create_task(one())
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+            await asyncio.sleep(PING_EVERY_S)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _roam(net: Network, host: Host, node: Node) -> None:
+    """Re-address the host and tell its node, as the daemon's address watcher does."""
+    net.readdress(host)
+    node.set_local_endpoints([Endpoint(host.address, PORT)])
+
+
+@pytest.mark.parametrize("roamer", ["none", "full-cone", "port-restricted-cone"])
+def test_traffic_to_a_filtering_peer_resumes_direct_within_2s_after_a_roam(roamer: str) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        net = Network(rng=random.Random(5))
+        ca = make_network("roam", now=loop.time())
+        hosts = [
+            net.add_public_host("boot"),
+            net.add_public_host("p"),
+            net.add_host("a", roamer),
+            net.add_host("b", "port-restricted-cone"),
+        ]
+        nodes = start_nodes(hosts, ca, rng=random.Random(6))
+        a, b = nodes[2], nodes[3]
+        answered: list[float] = []
+        pinger: asyncio.Task[None] | None = None
+        try:
+            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            pinger = loop.create_task(_pinger(a, b, answered))
+
+            def direct() -> bool:
+                pa, pb = a.core.link.path_of(b.node_id), b.core.link.path_of(a.node_id)
+                return pa is not None and pb is not None and is_direct(pa) and is_direct(pb)
+
+            assert await until(direct, 30), "no direct path a<->b before the roam"
+            await asyncio.sleep(3)
+            id_before = a.node_id
+            roamed_at = loop.time()
+            _roam(net, hosts[2], a)
+            assert await until(lambda: any(t > roamed_at for t in answered), 30)
+            resumed = min(t for t in answered if t > roamed_at) - roamed_at
+            assert resumed <= RESUME_WITHIN_S, f"traffic resumed only after {resumed:.2f} s"
+            # Direct again, at a's new address, on both sides, and no link was lost.
+            assert await until(direct, RESUME_WITHIN_S)
+            path = b.core.link.path_of(a.node_id)
+            assert isinstance(path, Endpoint)
+            assert path.host == hosts[2].public_ip
+            assert a.node_id == id_before and b.core.overlay.is_linked(a.node_id)
+            assert a.stats["roamed_local"] == 1  # noticed once, logged as event=roamed
+            # Traffic keeps flowing afterwards: no second outage (a link closed as silent).
+            await asyncio.sleep(5)
+            late = [t for t in answered if roamed_at + resumed < t <= roamed_at + resumed + 4.5]
+            assert len(late) >= 0.9 * 4.5 / PING_EVERY_S
+            assert b.core.overlay.stats["near_silent_closed"] == 0
+        finally:
+            if pinger is not None:
+                pinger.cancel()
+                await asyncio.gather(pinger, return_exceptions=True)
+            await asyncio.gather(*(n.close() for n in nodes))
+
+    run_virtual(body(), start=SIM_EPOCH)

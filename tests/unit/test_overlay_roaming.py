@@ -1,0 +1,166 @@
+"""The overlay's roaming reactions, driven by hand (sans-IO): our address changed or our NAT
+rebound -> stale knowledge forgotten, a CTM with our endpoints to every direct peer through a
+peer that hears us; a linked peer re-advertising other endpoints -> its path is let go and we
+punch back to where it is now, once."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from ipop.link.endpoint import LinkMessage, LinkUp, ObservedEndpoint
+from ipop.overlay.messages import (
+    FLAG_EXACT,
+    FLAG_EXCLUDE_SRC,
+    KIND_CTM,
+    ConnectToMe,
+    Purpose,
+    Routed,
+    decode_message,
+)
+from ipop.overlay.node import OverlayConfig, OverlayNode, Roamed
+from ipop.testing.fake_links import fake_certificate
+from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
+from ipop.types import Endpoint, NodeId, Path
+
+ME = NodeId(1 << 150)
+P, B = NodeId(3 << 150), NodeId(5 << 150)
+P_EP, B_EP = Endpoint("203.0.113.9", 5800), Endpoint("203.0.113.30", 41000)
+OLD, NEW = Endpoint("198.18.0.2", 5800), Endpoint("198.18.0.9", 5800)
+KEYRING = FakeKeyring()
+
+
+class _Links:
+    def __init__(self, local_id: NodeId) -> None:
+        self.local_id = local_id
+        self.connects: list[tuple[Path, NodeId | None, bool]] = []
+        self.sent: list[tuple[NodeId, bytes]] = []
+        self.moved: list[NodeId] = []
+
+    def connect(
+        self,
+        path: Path,
+        *,
+        now: float,
+        expected: NodeId | None = None,
+        retransmit: bool = True,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.connects.append((path, expected, retransmit))
+
+    def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
+        self.sent.append((peer, payload))
+
+    def close(self, peer: NodeId, *, now: float) -> None: ...
+
+    def is_up(self, peer: NodeId) -> bool:
+        return True
+
+    def peer_moved(self, peer: NodeId, *, now: float) -> None:
+        self.moved.append(peer)
+
+
+def _node() -> tuple[OverlayNode, _Links]:
+    links = _Links(ME)
+    cfg = OverlayConfig(local_endpoints=(OLD,), far_links=False)
+    node = OverlayNode(
+        ME, links, rng=random.Random(1), config=cfg, bootstrap=[], origin=FakeOrigin(ME, KEYRING)
+    )
+    node.start(now=0.0)
+    node.on_link_event(
+        LinkUp(P, fake_certificate(P), P_EP, Endpoint("203.0.113.50", 1024)), now=1.0
+    )
+    node.on_link_event(LinkUp(B, fake_certificate(B), B_EP, None), now=1.0)
+    while node.next_event() is not None:
+        pass
+    links.sent.clear()
+    return node, links
+
+
+def _ctms(links: _Links) -> list[tuple[NodeId, Routed, ConnectToMe]]:
+    out = []
+    for peer, data in links.sent:
+        msg = decode_message(data)
+        if isinstance(msg, Routed) and msg.kind == KIND_CTM:
+            out.append((peer, msg, ConnectToMe.decode(msg.payload)))
+    return out
+
+
+def _events(node: OverlayNode) -> list[object]:
+    out = []
+    while (ev := node.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def test_a_local_change_readvertises_through_the_peer_that_heard_us() -> None:
+    node, links = _node()
+    node.local_endpoints_changed([NEW], now=10.0)
+    assert node.local_endpoints == (NEW,)
+    assert node.observed_endpoints() == ()  # the old address's public endpoint is forgotten
+    assert Roamed("local") in _events(node)
+    assert _ctms(links) == []  # our new public endpoint is not known yet
+    # P answers a handshake from the new address: it sees us at a new public endpoint.
+    seen = Endpoint("203.0.113.50", 1033)
+    node.on_link_event(ObservedEndpoint(seen, P), now=10.05)
+    ctms = _ctms(links)
+    # Both go to P: its own, and B's with P as the first hop (our link to B is dead).
+    assert [peer for peer, _, _ in ctms] == [P, P]
+    assert {m.dst for _, m, _ in ctms} == {P, B}
+    to_b = next(m for _, m, _ in ctms if m.dst == B)
+    assert to_b.via == P and to_b.flags & FLAG_EXCLUDE_SRC
+    assert all(c.endpoints == (NEW, seen) for _, _, c in ctms)
+    assert node.stats["roam_ctm_sent"] == 2
+    # Once: later observations do not re-advertise again.
+    links.sent.clear()
+    node.on_link_event(ObservedEndpoint(Endpoint("203.0.113.50", 1034), P), now=11.0)
+    assert _ctms(links) == []
+
+
+def test_without_an_answer_the_tick_readvertises_what_we_know() -> None:
+    node, links = _node()
+    node.local_endpoints_changed([NEW], now=10.0)
+    node.handle_timer(now=12.0)
+    # (the tick may probe our own address too: only the re-advertisement is counted here)
+    assert {m.dst for _, m, _ in _ctms(links)} >= {P, B}
+    assert node.stats["roam_ctm_sent"] == 2
+
+
+def test_a_peer_seeing_us_elsewhere_is_a_nat_rebinding_at_most_every_10s() -> None:
+    node, links = _node()
+    first = Endpoint("203.0.113.50", 1024)
+    rebound = Endpoint("203.0.113.50", 2000)
+    node.on_link_event(ObservedEndpoint(rebound, P), now=20.0)
+    assert Roamed("rebound") in _events(node)
+    assert first not in node.endpoints() and rebound in node.endpoints()
+    assert {m.dst for _, m, _ in _ctms(links)} == {P, B}
+    links.sent.clear()
+    node.on_link_event(ObservedEndpoint(Endpoint("203.0.113.50", 2001), P), now=25.0)
+    assert node.stats["roamed_rebound"] == 1 and _ctms(links) == []
+    # A peer's first report is news, not a change: no roam.
+    q = NodeId(7 << 150)
+    node.on_link_event(
+        LinkUp(q, fake_certificate(q), Endpoint("203.0.113.77", 5800), None), now=40.0
+    )
+    node.on_link_event(ObservedEndpoint(Endpoint("203.0.113.50", 3000), q), now=40.0)
+    assert node.stats["roamed_rebound"] == 1
+
+
+def _ctm_from(node: OverlayNode, requester: NodeId, eps: tuple[Endpoint, ...], now: float) -> None:
+    body = ConnectToMe(int(now * 1000) & 0xFFFF, Purpose.NEAR, P, eps).encode()
+    msg = FakeOrigin(requester, KEYRING).routed(FLAG_EXACT, 64, KIND_CTM, ME, None, body, now=now)
+    msg = dataclasses.replace(msg, hops=1)
+    node.on_link_event(LinkMessage(P, msg.encode(), P_EP), now=now)
+
+
+def test_a_linked_peer_that_moved_is_followed_once() -> None:
+    node, links = _node()
+    b_new = Endpoint("203.0.113.31", 41000)
+    _ctm_from(node, B, (B_EP,), now=5.0)  # its usual endpoints: nothing moved
+    assert links.moved == [] and links.connects == []
+    _ctm_from(node, B, (b_new,), now=6.0)
+    assert links.moved == [B]
+    assert links.connects == [(b_new, B, False)]  # one connect-back punch, not retried
+    _ctm_from(node, B, (b_new,), now=7.0)  # the same news again: nothing more
+    assert links.moved == [B] and len(links.connects) == 1
+    assert node.stats["peer_moved"] == 1
