@@ -24,14 +24,17 @@ import collections
 import contextlib
 import itertools
 import struct
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import Final
 
 from dhcp_dns.dhcp import SERVER_PORT as DHCP_SERVER_PORT
 from dhcp_dns.dhcp import DhcpEvent, DhcpServer
 from dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup
 from ipop.errors import LocalProtocolError
+from ipop.status import DnsLatency, DnsStatus
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder, arp_target
 from ipop.vnet.packet import (
     ETH_HLEN,
@@ -48,6 +51,7 @@ from ipop.vnet.packet import (
 
 __all__ = [
     "DNS_PORT",
+    "DROP_REASONS",
     "ForwardWanted",
     "LookupWanted",
     "TapServices",
@@ -55,6 +59,16 @@ __all__ = [
 ]
 
 DNS_PORT = 53
+DROP_REASONS: Final = frozenset(
+    {
+        "dns_too_many_tasks",  # the runner's lookup tasks are all busy: SERVFAIL
+        "dns_lookup_failed",  # the lookup raised or timed out: SERVFAIL
+        "dns_too_many_forwards",  # max_forwards queries upstream already: no reply
+        "dns_forward_refused",  # no upstream, or the runner is full: no reply
+        "dns_forward_failed",  # the upstream did not answer in time
+        "dns_upstream_garbage",  # the upstream's reply was not a reply to our query
+    }
+)
 _ETHERTYPE = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
@@ -84,6 +98,15 @@ class _Client:
     port: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Forwarded:
+    """A query sent upstream: who asked, its id (the reply must carry it), since when."""
+
+    client: _Client
+    query_id: int
+    since: float
+
+
 class TapServices:
     """ARP, DHCP and DNS of the virtual gateway for one TAP (or, in router mode, one LAN).
 
@@ -100,6 +123,7 @@ class TapServices:
         dhcp: DhcpServer | None,
         dns: DnsResolver | None,
         mac: bytes | str = VIRTUAL_MAC,
+        max_forwards: int = 1024,
     ) -> None:
         if gateway_ip not in subnet:
             raise LocalProtocolError(f"gateway {gateway_ip} is not in {subnet}")
@@ -117,8 +141,8 @@ class TapServices:
         self._out: list[bytes] = []
         self._lookups: list[LookupWanted] = []
         self._forwards: list[ForwardWanted] = []
-        self._clients: dict[int, _Client] = {}  # lookup token -> querier
-        self._fwd_clients: dict[int, tuple[_Client, int]] = {}  # forward token -> querier, id
+        self.max_forwards = max_forwards
+        self._fwd_clients: dict[int, _Forwarded] = {}  # forward token -> querier
         self._fwd_tokens = itertools.count(1)
 
     @classmethod
@@ -203,19 +227,28 @@ class TapServices:
     def _dns(self, uf: UdpFrame, now: float) -> None:
         assert self.dns is not None
         client = _Client(uf.eth.src, uf.ip.src, uf.udp.src_port)
-        outcome = self.dns.handle_query(uf.payload, now=now)
+        outcome = self.dns.handle_query(uf.payload, now=now, client=client)
         if outcome is None:
             return
         if isinstance(outcome, DnsAnswer):
             self._reply(client, outcome.data)
         elif isinstance(outcome, NeedsLookup):
-            self._clients[outcome.token] = client
             self._lookups.append(LookupWanted(outcome.token, outcome.name))
         elif isinstance(outcome, Forward):
+            if len(self._fwd_clients) >= self.max_forwards:
+                self.count_drop("dns_too_many_forwards")
+                return  # no reply: the client retries or asks its next server
             token = next(self._fwd_tokens)
             query_id = int.from_bytes(outcome.data[:2], "big")
-            self._fwd_clients[token] = (client, query_id)
+            self._fwd_clients[token] = _Forwarded(client, query_id, now)
             self._forwards.append(ForwardWanted(token, outcome.data))
+        # Waiting: the reply comes with the lookup it joined.
+
+    def count_drop(self, reason: str) -> None:
+        """Count one drop of a reason in :data:`DROP_REASONS` (anything else is a bug)."""
+        if reason not in DROP_REASONS:
+            raise AssertionError(f"services drop reason {reason!r} not in DROP_REASONS")
+        self.drops[reason] += 1
 
     def _reply(self, client: _Client, data: bytes) -> None:
         self._out.append(
@@ -232,32 +265,61 @@ class TapServices:
 
     # -- completions ---------------------------------------------------------------------------
 
-    def complete_lookup(self, token: int, ip: IPv4Address | None) -> None:
-        """Finish a hostname lookup (``ip`` None: no such name); queues the reply frame."""
-        client = self._clients.pop(token, None)
-        if client is None or self.dns is None:
+    def complete_lookup(self, token: int, ip: IPv4Address | None, *, now: float) -> None:
+        """Finish a hostname lookup (``ip`` None: no such name); queues one reply per waiter."""
+        if self.dns is None:
             raise LocalProtocolError(f"no pending lookup {token}")
-        self._reply(client, self.dns.complete(token, ip))
+        self._reply_all(self.dns.complete(token, ip, now=now))
 
-    def fail_lookup(self, token: int) -> None:
-        """The lookup errored or timed out: SERVFAIL."""
-        client = self._clients.pop(token, None)
-        if client is None or self.dns is None:
+    def fail_lookup(self, token: int, *, now: float) -> None:
+        """The lookup errored or timed out: SERVFAIL to every waiter."""
+        if self.dns is None:
             raise LocalProtocolError(f"no pending lookup {token}")
-        self._reply(client, self.dns.fail(token))
+        self._reply_all(self.dns.fail(token, now=now))
 
-    def complete_forward(self, token: int, reply: bytes | None) -> None:
+    def _reply_all(self, replies: list[tuple[Hashable, bytes]]) -> None:
+        for client, data in replies:
+            assert isinstance(client, _Client)  # handle_query got one of ours
+            self._reply(client, data)
+
+    def complete_forward(self, token: int, reply: bytes | None, *, now: float) -> None:
         """Relay the upstream's ``reply`` (None: no answer, the client will retry)."""
         entry = self._fwd_clients.pop(token, None)
         if entry is None:
             raise LocalProtocolError(f"no pending forward {token}")
-        client, query_id = entry
         if reply is None:
             return
-        if len(reply) < 12 or int.from_bytes(reply[:2], "big") != query_id or not reply[2] & 0x80:
-            self.drops["dns_upstream_garbage"] += 1
+        if (
+            len(reply) < 12
+            or int.from_bytes(reply[:2], "big") != entry.query_id
+            or not reply[2] & 0x80
+        ):
+            self.count_drop("dns_upstream_garbage")
             return
-        self._reply(client, reply)
+        if self.dns is not None:
+            self.dns.answered(reply, since=entry.since, now=now)
+        self._reply(entry.client, reply)
+
+    def dns_status(self) -> DnsStatus | None:
+        """The resolver's counters for ``ipop status`` (None: DNS is off)."""
+        dns = self.dns
+        if dns is None:
+            return None
+        drops = dict(dns.drops)
+        drops.update((k, v) for k, v in self.drops.items() if k.startswith("dns_"))
+        counters = dict(dns.stats)
+        counters["in_flight"] = dns.in_flight
+        counters["waiting"] = dns.pending
+        return DnsStatus(
+            counters=counters,
+            answers=dict(dns.answers),
+            drops=drops,
+            latency_ms=DnsLatency(
+                p50=dns.latency.percentile(0.5),
+                p99=dns.latency.percentile(0.99),
+                buckets=dns.latency.buckets(),
+            ),
+        )
 
     # -- output --------------------------------------------------------------------------------
 
@@ -298,7 +360,8 @@ class TapServicesRunner:
         on_event: Callable[[DhcpEvent], None] | None = None,
         lookup_timeout_s: float = 3.0,
         forward_timeout_s: float = 3.0,
-        max_tasks: int = 256,
+        max_tasks: int = 512,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.services = services
         self._write = write_frame
@@ -308,6 +371,7 @@ class TapServicesRunner:
         self.lookup_timeout_s = lookup_timeout_s
         self.forward_timeout_s = forward_timeout_s
         self.max_tasks = max_tasks
+        self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -324,14 +388,14 @@ class TapServicesRunner:
         s = self.services
         for item in s.lookups():
             if len(self._tasks) >= self.max_tasks:
-                s.drops["dns_too_many_tasks"] += 1
-                s.fail_lookup(item.token)
+                s.count_drop("dns_too_many_tasks")
+                s.fail_lookup(item.token, now=self._clock())
             else:
                 self._spawn(self._run_lookup(item))
         for fwd in s.forwards():
             if self._upstream is None or len(self._tasks) >= self.max_tasks:
-                s.drops["dns_forward_refused"] += 1
-                s.complete_forward(fwd.token, None)
+                s.count_drop("dns_forward_refused")
+                s.complete_forward(fwd.token, None, now=self._clock())
             else:
                 self._spawn(self._run_forward(fwd, self._upstream))
         for frame in s.frames_to_send():
@@ -351,10 +415,10 @@ class TapServicesRunner:
         except asyncio.CancelledError:
             raise
         except Exception:  # the lookup failed or timed out: the client hears SERVFAIL
-            self.services.drops["dns_lookup_failed"] += 1
-            self.services.fail_lookup(item.token)
+            self.services.count_drop("dns_lookup_failed")
+            self.services.fail_lookup(item.token, now=self._clock())
         else:
-            self.services.complete_lookup(item.token, ip)
+            self.services.complete_lookup(item.token, ip, now=self._clock())
         self._pump()
 
     async def _run_forward(self, fwd: ForwardWanted, upstream: tuple[str, int]) -> None:
@@ -375,11 +439,11 @@ class TapServicesRunner:
         except asyncio.CancelledError:
             raise
         except (OSError, TimeoutError):
-            self.services.drops["dns_forward_failed"] += 1
+            self.services.count_drop("dns_forward_failed")
         finally:
             if transport is not None:
                 transport.close()
-        self.services.complete_forward(fwd.token, data)
+        self.services.complete_forward(fwd.token, data, now=self._clock())
         self._pump()
 
     async def close(self) -> None:

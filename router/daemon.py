@@ -73,7 +73,7 @@ from ipop.dht.names import c_name, lan_host_name, register_name
 from ipop.dht.record import ip_key, name_key
 from ipop.errors import ConfigError, LocalProtocolError
 from ipop.ratelimit import KeyedBuckets, TokenBucket
-from ipop.status import LanHostStatus
+from ipop.status import DnsStatus, LanHostStatus
 from ipop.types import Endpoint
 from ipop.vnet.arp import ArpResponder
 from ipop.vnet.packet import PacketError, parse_udp_frame
@@ -760,6 +760,9 @@ class RouterDaemon(Daemon):
         if self.lan_services is not None:
             total.update({f"lanservices.{k}": v for k, v in self.lan_services.drops.items()})
         return dict(total)
+
+    def dns_status(self) -> DnsStatus | None:
+        return self.lan_services.dns_status() if self.lan_services is not None else None
 
     def lan_host_rows(self) -> list[LanHostStatus]:
         now = self.clock()

@@ -22,6 +22,7 @@ from ipop.aio.daemon import Daemon, DaemonControl, DaemonSettings
 from ipop.bundle import Bundle, load_bundle
 from ipop.config import NodeConfig, load_config
 from ipop.errors import ConfigError
+from ipop.status import DnsStatus
 
 _LEVELS = {
     "error": logging.ERROR,
@@ -89,6 +90,9 @@ class NodeServices:
         tap = self.daemon.tap
         if dhcp is not None and tap is not None:
             dhcp.assign(tap.mac, vip)
+
+    def dns_status(self) -> DnsStatus | None:
+        return self.services.dns_status()
 
     async def close(self) -> None:
         await self.runner.close()
