@@ -2,9 +2,10 @@
 
 :class:`TapServices` is sans-IO. The daemon's TAP read path offers it every frame the kernel
 writes; :meth:`TapServices.handle_frame` returns True when the frame was for the gateway's
-services (ARP for a subnet address, DHCP to port 67, DNS to the gateway on port 53) and the
-daemon must not route it. It costs three ``unpack_from`` calls for ordinary traffic:
-ethertype, protocol, destination address. Replies wait in :meth:`frames_to_send`.
+services (ARP for a subnet address, DHCP to port 67, DNS to the gateway on UDP or TCP port
+53, the latter through :mod:`dhcp_dns.tcp`) and the daemon must not route it. It costs three
+``unpack_from`` calls for ordinary traffic: ethertype, protocol, destination address. Replies
+wait in :meth:`frames_to_send`.
 
 DNS needs I/O in two cases: a hostname lookup (the DHT) and a query forwarded upstream. Both
 are handed out as work items (:meth:`lookups`, :meth:`forwards`) with a token and finished
@@ -33,6 +34,7 @@ from typing import Final
 from dhcp_dns.dhcp import SERVER_PORT as DHCP_SERVER_PORT
 from dhcp_dns.dhcp import DhcpEvent, DhcpServer
 from dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup
+from dhcp_dns.tcp import IPPROTO_TCP, DnsTcp, TcpClient
 from ipop.errors import LocalProtocolError
 from ipop.status import DnsLatency, DnsStatus
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder, arp_target
@@ -43,8 +45,9 @@ from ipop.vnet.packet import (
     IPPROTO_UDP,
     IPV4_BROADCAST,
     PacketError,
-    UdpFrame,
     build_udp_frame,
+    parse_ethernet,
+    parse_ipv4,
     parse_mac,
     parse_udp_frame,
 )
@@ -102,7 +105,7 @@ class _Client:
 class _Forwarded:
     """A query sent upstream: who asked, its id (the reply must carry it), since when."""
 
-    client: _Client
+    client: _Client | TcpClient
     query_id: int
     since: float
 
@@ -133,6 +136,8 @@ class TapServices:
         self.dhcp = dhcp
         self.dns = dns
         self.mac = parse_mac(mac)
+        # DNS over TCP on the same path (dhcp_dns.tcp explains why not a kernel listener).
+        self.tcp = DnsTcp(int(gateway_ip), self.mac) if dns is not None else None
         self.drops: collections.Counter[str] = collections.Counter()
         self.tap_mac: bytes | None = None
         self._gw = int(gateway_ip)
@@ -184,9 +189,12 @@ class TapServices:
             return False
         ethertype = _ETHERTYPE.unpack_from(frame, 12)[0]
         if ethertype == ETH_P_IP:
-            if frame[ETH_HLEN + 9] != IPPROTO_UDP:
-                return False
+            proto = frame[ETH_HLEN + 9]
             dst = _U32.unpack_from(frame, ETH_HLEN + 16)[0]
+            if proto == IPPROTO_TCP and dst == self._gw and self.tcp is not None:
+                return self._tcp(frame, now)
+            if proto != IPPROTO_UDP:
+                return False
             if dst != self._gw and dst != IPV4_BROADCAST:
                 return False
             return self._udp(frame, now)
@@ -220,18 +228,36 @@ class TapServices:
             if self.dns is None:
                 return False
             self.tap_mac = uf.eth.src
-            self._dns(uf, now)
+            self._dns(_Client(uf.eth.src, uf.ip.src, uf.udp.src_port), uf.payload, now)
             return True
         return False
 
-    def _dns(self, uf: UdpFrame, now: float) -> None:
+    def _tcp(self, frame: bytes | bytearray | memoryview, now: float) -> bool:
+        assert self.tcp is not None
+        try:
+            eth, rest = parse_ethernet(frame)
+            ip, seg = parse_ipv4(rest)
+        except PacketError as exc:
+            self.drops[exc.reason] += 1
+            return True
+        if ip.is_fragment or len(seg) < 4 or int.from_bytes(seg[2:4], "big") != DNS_PORT:
+            return False  # not DNS: the gateway has nothing else on TCP
+        self.tap_mac = eth.src
+        frames, queries = self.tcp.segment(eth.src, ip, seg, now=now)
+        self._out.extend(frames)
+        for client, query in queries:
+            self._dns(client, query, now)
+        return True
+
+    def _dns(self, client: _Client | TcpClient, query: bytes, now: float) -> None:
         assert self.dns is not None
-        client = _Client(uf.eth.src, uf.ip.src, uf.udp.src_port)
-        outcome = self.dns.handle_query(uf.payload, now=now, client=client)
+        outcome = self.dns.handle_query(query, now=now, client=client)
         if outcome is None:
+            if isinstance(client, TcpClient):  # no reply will come: let the connection end
+                self._out.extend(self.tcp.answered_nothing(client) if self.tcp else [])
             return
         if isinstance(outcome, DnsAnswer):
-            self._reply(client, outcome.data)
+            self._reply(client, outcome.data, now)
         elif isinstance(outcome, NeedsLookup):
             self._lookups.append(LookupWanted(outcome.token, outcome.name))
         elif isinstance(outcome, Forward):
@@ -250,7 +276,11 @@ class TapServices:
             raise AssertionError(f"services drop reason {reason!r} not in DROP_REASONS")
         self.drops[reason] += 1
 
-    def _reply(self, client: _Client, data: bytes) -> None:
+    def _reply(self, client: _Client | TcpClient, data: bytes, now: float) -> None:
+        if isinstance(client, TcpClient):
+            assert self.tcp is not None
+            self._out.extend(self.tcp.answer(client, data, now=now))
+            return
         self._out.append(
             build_udp_frame(
                 dst_mac=client.mac,
@@ -269,18 +299,18 @@ class TapServices:
         """Finish a hostname lookup (``ip`` None: no such name); queues one reply per waiter."""
         if self.dns is None:
             raise LocalProtocolError(f"no pending lookup {token}")
-        self._reply_all(self.dns.complete(token, ip, now=now))
+        self._reply_all(self.dns.complete(token, ip, now=now), now)
 
     def fail_lookup(self, token: int, *, now: float) -> None:
         """The lookup errored or timed out: SERVFAIL to every waiter."""
         if self.dns is None:
             raise LocalProtocolError(f"no pending lookup {token}")
-        self._reply_all(self.dns.fail(token, now=now))
+        self._reply_all(self.dns.fail(token, now=now), now)
 
-    def _reply_all(self, replies: list[tuple[Hashable, bytes]]) -> None:
+    def _reply_all(self, replies: list[tuple[Hashable, bytes]], now: float) -> None:
         for client, data in replies:
-            assert isinstance(client, _Client)  # handle_query got one of ours
-            self._reply(client, data)
+            assert isinstance(client, _Client | TcpClient)  # handle_query got one of ours
+            self._reply(client, data, now)
 
     def complete_forward(self, token: int, reply: bytes | None, *, now: float) -> None:
         """Relay the upstream's ``reply`` (None: no answer, the client will retry)."""
@@ -288,6 +318,8 @@ class TapServices:
         if entry is None:
             raise LocalProtocolError(f"no pending forward {token}")
         if reply is None:
+            if isinstance(entry.client, TcpClient) and self.tcp is not None:
+                self._out.extend(self.tcp.answered_nothing(entry.client))
             return
         if (
             len(reply) < 12
@@ -298,7 +330,7 @@ class TapServices:
             return
         if self.dns is not None:
             self.dns.answered(reply, since=entry.since, now=now)
-        self._reply(entry.client, reply)
+        self._reply(entry.client, reply, now)
 
     def dns_status(self) -> DnsStatus | None:
         """The resolver's counters for ``ipop status`` (None: DNS is off)."""
@@ -310,6 +342,10 @@ class TapServices:
         counters = dict(dns.stats)
         counters["in_flight"] = dns.in_flight
         counters["waiting"] = dns.pending
+        if self.tcp is not None:
+            drops.update(self.tcp.drops)
+            counters.update({f"tcp_{k}": v for k, v in self.tcp.stats.items()})
+            counters["tcp_open"] = self.tcp.connections
         return DnsStatus(
             counters=counters,
             answers=dict(dns.answers),

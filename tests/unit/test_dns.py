@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from ipaddress import IPv4Address, IPv4Network
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
@@ -375,3 +375,103 @@ def test_runner_forwards_to_upstream_on_loopback() -> None:
             transport.close()
 
     asyncio.run(main())
+
+
+# --- DNS over TCP (dhcp_dns.tcp) -----------------------------------------------------------------
+
+
+def _tcp(flags: str, seq: int, ack: int = 0, payload: bytes = b"", sport: int = 40100) -> bytes:
+    from scapy.layers.inet import TCP
+
+    return bytes(
+        Ether(src=TAP_MAC, dst="02:1b:0a:00:00:01")
+        / IP(src=str(OWN), dst="100.64.0.1")
+        / TCP(sport=sport, dport=53, flags=flags, seq=seq, ack=ack, options=[("MSS", 1360)])
+        / payload
+    )
+
+
+def _segments(s: TapServices) -> list[Any]:
+    from scapy.layers.inet import TCP
+
+    out = []
+    for f in s.frames_to_send():
+        pkt = Ether(f)
+        # The checksums we wrote are the ones scapy computes when it builds the same packet.
+        del pkt[IP].chksum, pkt[TCP].chksum
+        assert bytes(Ether(bytes(pkt))) == f
+        out.append(pkt[TCP])
+    return out
+
+
+def test_dns_over_tcp_to_the_gateway_is_answered() -> None:
+    """dig +tcp hung: TCP to the gateway's port 53 went unanswered."""
+    s = TapServices.for_node(SUBNET, OWN)
+    assert s.handle_frame(_tcp("S", 1000), now=NOW)
+    [synack] = _segments(s)
+    assert synack.flags == "SA" and synack.ack == 1001 and synack.sport == 53
+    iss = synack.seq
+    # The handshake's ACK carries nothing; then one query in two segments, then one whole.
+    assert s.handle_frame(_tcp("A", 1001, iss + 1), now=NOW)
+    assert _segments(s) == []
+    msg = DNSRecord.question("C064001003.ipop").pack()
+    stream = len(msg).to_bytes(2, "big") + msg
+    assert s.handle_frame(_tcp("PA", 1001, iss + 1, stream[:5]), now=NOW)
+    [ack] = _segments(s)
+    assert ack.flags == "A" and ack.ack == 1006
+    assert s.handle_frame(_tcp("PA", 1006, iss + 1, stream[5:]), now=NOW)
+    ack, data = _segments(s)
+    end = 1001 + len(stream)
+    assert ack.ack == end and data.flags == "PA" and data.seq == iss + 1
+    reply = bytes(data.payload)
+    assert int.from_bytes(reply[:2], "big") == len(reply) - 2
+    assert str(DNSRecord.parse(reply[2:]).a.rdata) == "100.64.1.3"
+    # A hostname waits for its lookup; the client closes meanwhile: our FIN after the answer.
+    name = DNSRecord.question("bob.ipop").pack()
+    seq = end
+    s.handle_frame(_tcp("PA", seq, 0, len(name).to_bytes(2, "big") + name), now=NOW)
+    seq += 2 + len(name)
+    s.handle_frame(_tcp("FA", seq, 0), now=NOW)
+    assert [p.flags for p in _segments(s)] == ["A", "A"]  # no FIN while a query waits
+    [want] = s.lookups()
+    s.complete_lookup(want.token, IPv4Address("100.64.2.2"), now=NOW + 0.01)
+    data, fin = _segments(s)
+    assert str(DNSRecord.parse(bytes(data.payload)[2:]).a.rdata) == "100.64.2.2"
+    assert fin.flags == "FA" and fin.ack == seq + 1
+    assert s.tcp is not None and s.tcp.connections == 1
+    s.handle_frame(_tcp("A", seq + 1, fin.seq + 1), now=NOW)
+    assert s.tcp.connections == 0 and s.drops == {}
+    status = s.dns_status()
+    assert status is not None and status.counters["tcp_queries"] == 2
+
+
+def test_dns_over_tcp_refuses_what_it_cannot_hold() -> None:
+    s = TapServices.for_node(SUBNET, OWN)
+    assert s.tcp is not None
+    s.tcp.max_conns = 1
+    s.handle_frame(_tcp("S", 1, sport=1), now=NOW)
+    assert [p.flags for p in _segments(s)] == ["SA"]
+    s.handle_frame(_tcp("S", 1, sport=2), now=NOW)  # full: an immediate RST
+    [rst] = _segments(s)
+    assert rst.flags == "RA" and rst.ack == 2
+    # A segment for no connection: RST, as a closed port answers.
+    s.handle_frame(_tcp("A", 5, 77, sport=3), now=NOW)
+    [rst] = _segments(s)
+    assert rst.flags == "R" and rst.seq == 77
+    # An idle connection is forgotten; a query too long resets.
+    s.handle_frame(_tcp("S", 9, sport=4), now=NOW + 11)
+    [synack] = _segments(s)
+    assert s.tcp.connections == 1
+    s.handle_frame(_tcp("PA", 10, synack.seq + 1, b"\xff\xff" + b"x" * 10, sport=4), now=NOW)
+    assert [p.flags for p in _segments(s)] == ["RA"]
+    assert s.tcp.connections == 0
+    assert s.tcp.drops == {
+        "dns_tcp_too_many_conns": 1,
+        "dns_tcp_no_connection": 1,
+        "dns_tcp_too_long": 1,
+    }
+    # Other TCP ports of the gateway are not the services'.
+    from scapy.layers.inet import TCP
+
+    other = bytes(Ether(src=TAP_MAC) / IP(src=str(OWN), dst="100.64.0.1") / TCP(dport=80))
+    assert not s.handle_frame(other, now=NOW)
