@@ -475,3 +475,16 @@ def test_dns_over_tcp_refuses_what_it_cannot_hold() -> None:
 
     other = bytes(Ether(src=TAP_MAC) / IP(src=str(OWN), dst="100.64.0.1") / TCP(dport=80))
     assert not s.handle_frame(other, now=NOW)
+
+
+def test_queries_read_directly_and_through_dnslib_get_the_same_reply() -> None:
+    from dnslib import EDNS0
+
+    plain = DNSRecord.question("C064001002.IPop")  # mixed case is echoed as written
+    edns = DNSRecord.question("C064001002.ipop")
+    edns.add_ar(EDNS0(udp_len=1232))
+    r = DnsResolver(SUBNET)
+    for q in (plain, edns):
+        rec = _answer(r.handle_query(bytes(q.pack()), now=NOW))
+        assert rec.header.id == q.header.id and rec.q.qname == q.q.qname
+        assert str(rec.q.qname) == str(q.q.qname) and str(rec.a.rdata) == "100.64.1.2"
