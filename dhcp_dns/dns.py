@@ -27,8 +27,9 @@ SERVFAIL at once and the drop is counted (``dns_too_many_lookups`` / ``dns_too_m
 
 Recursion available (RA) is set on every answer for the suffix and the reverse zone: we
 answer those names completely, as a recursive resolver would, and BIND's ``host`` and
-``nslookup`` treat an RA=0 reply as "try the next server" (the documented resolv.conf names
-only the gateway, so they failed). Outside those zones RA says whether an upstream is set.
+``nslookup`` treat an RA=0 reply as "try the next server": with the documented resolv.conf
+(the gateway, then the usual server) they asked the usual server and failed. Outside those
+zones RA says whether an upstream is set, so a REFUSED sends them on to the usual server.
 
 :attr:`DnsResolver.stats` counts queries, answers by rcode, lookups, merges and cache hits;
 :attr:`DnsResolver.latency` keeps a histogram of query-to-answer times and the recent ones
