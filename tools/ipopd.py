@@ -94,6 +94,14 @@ class NodeServices:
     def dns_status(self) -> DnsStatus | None:
         return self.services.dns_status()
 
+    def drops(self) -> dict[str, int]:
+        s = self.services
+        # dns_* reasons are in dns_status() (and reach the status drops as dns.*).
+        out = {f"tap.{k}": v for k, v in s.drops.items() if not k.startswith("dns_")}
+        if s.dhcp is not None:
+            out.update({f"dhcp.{k}": v for k, v in s.dhcp.drops.items()})
+        return out
+
     async def close(self) -> None:
         await self.runner.close()
 

@@ -103,6 +103,10 @@ class LocalServices(Protocol):
         """The gateway resolver's counters (None: DNS is off)."""
         ...
 
+    def drops(self) -> dict[str, int]:
+        """The services' other drops (bad frames to the gateway, DHCP), prefixed by source."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -515,6 +519,8 @@ class Daemon:
             total.update({f"vnet.{k}": v for k, v in self.dataplane.drops.items()})
         total.update({f"arp.{k}": v for k, v in self.arp.drops.items()})
         total.update(self.extra_drops())
+        if self.services is not None:
+            total.update(self.services.drops())
         dns = self.dns_status()
         if dns is not None:  # also in status["dns"]; here so every drop is in one map
             total.update({f"dns.{k}": v for k, v in dns.drops.items() if v})
