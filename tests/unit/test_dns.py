@@ -488,3 +488,28 @@ def test_queries_read_directly_and_through_dnslib_get_the_same_reply() -> None:
         rec = _answer(r.handle_query(bytes(q.pack()), now=NOW))
         assert rec.header.id == q.header.id and rec.q.qname == q.q.qname
         assert str(rec.q.qname) == str(q.q.qname) and str(rec.a.rdata) == "100.64.1.2"
+
+
+@given(st.lists(st.binary(min_size=0, max_size=80), min_size=1, max_size=6))
+def test_tcp_garbage_never_raises(segments: list[bytes]) -> None:
+    """Random segments (checksummed, to our port) are answered or dropped, never raised."""
+    from ipop.vnet.packet import ETH_P_IP, build_ethernet, build_ipv4, internet_checksum
+
+    s = TapServices.for_node(SUBNET, OWN)
+    src, dst = int(OWN), int(IPv4Address("100.64.0.1"))
+    for i, body in enumerate(segments):
+        seg = bytearray((40100 + i % 2).to_bytes(2, "big") + b"\x00\x35" + body)
+        if len(seg) >= 18:
+            seg[16:18] = b"\x00\x00"
+            pseudo = src.to_bytes(4, "big") + dst.to_bytes(4, "big") + b"\x00\x06"
+            csum = internet_checksum(pseudo + len(seg).to_bytes(2, "big") + bytes(seg))
+            seg[16:18] = csum.to_bytes(2, "big")
+        frame = build_ethernet(
+            bytes.fromhex("021b0a000001"),
+            bytes.fromhex("525400123456"),
+            ETH_P_IP,
+            build_ipv4(src, dst, 6, bytes(seg)),
+        )
+        assert s.handle_frame(frame, now=NOW + i)
+    for f in s.frames_to_send():
+        assert Ether(f)[IP].src == "100.64.0.1"
