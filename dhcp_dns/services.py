@@ -2,9 +2,10 @@
 
 :class:`TapServices` is sans-IO. The daemon's TAP read path offers it every frame the kernel
 writes; :meth:`TapServices.handle_frame` returns True when the frame was for the gateway's
-services (ARP for a subnet address, DHCP to port 67, DNS to the gateway on port 53) and the
-daemon must not route it. It costs three ``unpack_from`` calls for ordinary traffic:
-ethertype, protocol, destination address. Replies wait in :meth:`frames_to_send`.
+services (ARP for a subnet address, DHCP to port 67, DNS to the gateway on UDP or TCP port
+53, the latter through :mod:`dhcp_dns.tcp`) and the daemon must not route it. It costs three
+``unpack_from`` calls for ordinary traffic: ethertype, protocol, destination address. Replies
+wait in :meth:`frames_to_send`.
 
 DNS needs I/O in two cases: a hostname lookup (the DHT) and a query forwarded upstream. Both
 are handed out as work items (:meth:`lookups`, :meth:`forwards`) with a token and finished
@@ -24,14 +25,18 @@ import collections
 import contextlib
 import itertools
 import struct
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import Final
 
 from dhcp_dns.dhcp import SERVER_PORT as DHCP_SERVER_PORT
 from dhcp_dns.dhcp import DhcpEvent, DhcpServer
 from dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup
+from dhcp_dns.tcp import IPPROTO_TCP, DnsTcp, TcpClient
 from ipop.errors import LocalProtocolError
+from ipop.status import DnsLatency, DnsStatus
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder, arp_target
 from ipop.vnet.packet import (
     ETH_HLEN,
@@ -40,14 +45,16 @@ from ipop.vnet.packet import (
     IPPROTO_UDP,
     IPV4_BROADCAST,
     PacketError,
-    UdpFrame,
     build_udp_frame,
+    parse_ethernet,
+    parse_ipv4,
     parse_mac,
     parse_udp_frame,
 )
 
 __all__ = [
     "DNS_PORT",
+    "DROP_REASONS",
     "ForwardWanted",
     "LookupWanted",
     "TapServices",
@@ -55,6 +62,16 @@ __all__ = [
 ]
 
 DNS_PORT = 53
+DROP_REASONS: Final = frozenset(
+    {
+        "dns_too_many_tasks",  # the runner's lookup tasks are all busy: SERVFAIL
+        "dns_lookup_failed",  # the lookup raised or timed out: SERVFAIL
+        "dns_too_many_forwards",  # max_forwards queries upstream already: no reply
+        "dns_forward_refused",  # no upstream, or the runner is full: no reply
+        "dns_forward_failed",  # the upstream did not answer in time
+        "dns_upstream_garbage",  # the upstream's reply was not a reply to our query
+    }
+)
 _ETHERTYPE = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
@@ -84,6 +101,15 @@ class _Client:
     port: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Forwarded:
+    """A query sent upstream: who asked, its id (the reply must carry it), since when."""
+
+    client: _Client | TcpClient
+    query_id: int
+    since: float
+
+
 class TapServices:
     """ARP, DHCP and DNS of the virtual gateway for one TAP (or, in router mode, one LAN).
 
@@ -100,6 +126,7 @@ class TapServices:
         dhcp: DhcpServer | None,
         dns: DnsResolver | None,
         mac: bytes | str = VIRTUAL_MAC,
+        max_forwards: int = 1024,
     ) -> None:
         if gateway_ip not in subnet:
             raise LocalProtocolError(f"gateway {gateway_ip} is not in {subnet}")
@@ -109,6 +136,8 @@ class TapServices:
         self.dhcp = dhcp
         self.dns = dns
         self.mac = parse_mac(mac)
+        # DNS over TCP on the same path (dhcp_dns.tcp explains why not a kernel listener).
+        self.tcp = DnsTcp(int(gateway_ip), self.mac) if dns is not None else None
         self.drops: collections.Counter[str] = collections.Counter()
         self.tap_mac: bytes | None = None
         self._gw = int(gateway_ip)
@@ -117,8 +146,8 @@ class TapServices:
         self._out: list[bytes] = []
         self._lookups: list[LookupWanted] = []
         self._forwards: list[ForwardWanted] = []
-        self._clients: dict[int, _Client] = {}  # lookup token -> querier
-        self._fwd_clients: dict[int, tuple[_Client, int]] = {}  # forward token -> querier, id
+        self.max_forwards = max_forwards
+        self._fwd_clients: dict[int, _Forwarded] = {}  # forward token -> querier
         self._fwd_tokens = itertools.count(1)
 
     @classmethod
@@ -160,9 +189,12 @@ class TapServices:
             return False
         ethertype = _ETHERTYPE.unpack_from(frame, 12)[0]
         if ethertype == ETH_P_IP:
-            if frame[ETH_HLEN + 9] != IPPROTO_UDP:
-                return False
+            proto = frame[ETH_HLEN + 9]
             dst = _U32.unpack_from(frame, ETH_HLEN + 16)[0]
+            if proto == IPPROTO_TCP and dst == self._gw and self.tcp is not None:
+                return self._tcp(frame, now)
+            if proto != IPPROTO_UDP:
+                return False
             if dst != self._gw and dst != IPV4_BROADCAST:
                 return False
             return self._udp(frame, now)
@@ -196,28 +228,59 @@ class TapServices:
             if self.dns is None:
                 return False
             self.tap_mac = uf.eth.src
-            self._dns(uf, now)
+            self._dns(_Client(uf.eth.src, uf.ip.src, uf.udp.src_port), uf.payload, now)
             return True
         return False
 
-    def _dns(self, uf: UdpFrame, now: float) -> None:
+    def _tcp(self, frame: bytes | bytearray | memoryview, now: float) -> bool:
+        assert self.tcp is not None
+        try:
+            eth, rest = parse_ethernet(frame)
+            ip, seg = parse_ipv4(rest)
+        except PacketError as exc:
+            self.drops[exc.reason] += 1
+            return True
+        if ip.is_fragment or len(seg) < 4 or int.from_bytes(seg[2:4], "big") != DNS_PORT:
+            return False  # not DNS: the gateway has nothing else on TCP
+        self.tap_mac = eth.src
+        frames, queries = self.tcp.segment(eth.src, ip, seg, now=now)
+        self._out.extend(frames)
+        for client, query in queries:
+            self._dns(client, query, now)
+        return True
+
+    def _dns(self, client: _Client | TcpClient, query: bytes, now: float) -> None:
         assert self.dns is not None
-        client = _Client(uf.eth.src, uf.ip.src, uf.udp.src_port)
-        outcome = self.dns.handle_query(uf.payload, now=now)
+        outcome = self.dns.handle_query(query, now=now, client=client)
         if outcome is None:
+            if isinstance(client, TcpClient):  # no reply will come: let the connection end
+                self._out.extend(self.tcp.answered_nothing(client) if self.tcp else [])
             return
         if isinstance(outcome, DnsAnswer):
-            self._reply(client, outcome.data)
+            self._reply(client, outcome.data, now)
         elif isinstance(outcome, NeedsLookup):
-            self._clients[outcome.token] = client
             self._lookups.append(LookupWanted(outcome.token, outcome.name))
         elif isinstance(outcome, Forward):
+            if len(self._fwd_clients) >= self.max_forwards:
+                self.count_drop("dns_too_many_forwards")
+                return  # no reply: the client retries or asks its next server
             token = next(self._fwd_tokens)
             query_id = int.from_bytes(outcome.data[:2], "big")
-            self._fwd_clients[token] = (client, query_id)
+            self._fwd_clients[token] = _Forwarded(client, query_id, now)
             self._forwards.append(ForwardWanted(token, outcome.data))
+        # Waiting: the reply comes with the lookup it joined.
 
-    def _reply(self, client: _Client, data: bytes) -> None:
+    def count_drop(self, reason: str) -> None:
+        """Count one drop of a reason in :data:`DROP_REASONS` (anything else is a bug)."""
+        if reason not in DROP_REASONS:
+            raise AssertionError(f"services drop reason {reason!r} not in DROP_REASONS")
+        self.drops[reason] += 1
+
+    def _reply(self, client: _Client | TcpClient, data: bytes, now: float) -> None:
+        if isinstance(client, TcpClient):
+            assert self.tcp is not None
+            self._out.extend(self.tcp.answer(client, data, now=now))
+            return
         self._out.append(
             build_udp_frame(
                 dst_mac=client.mac,
@@ -232,32 +295,67 @@ class TapServices:
 
     # -- completions ---------------------------------------------------------------------------
 
-    def complete_lookup(self, token: int, ip: IPv4Address | None) -> None:
-        """Finish a hostname lookup (``ip`` None: no such name); queues the reply frame."""
-        client = self._clients.pop(token, None)
-        if client is None or self.dns is None:
+    def complete_lookup(self, token: int, ip: IPv4Address | None, *, now: float) -> None:
+        """Finish a hostname lookup (``ip`` None: no such name); queues one reply per waiter."""
+        if self.dns is None:
             raise LocalProtocolError(f"no pending lookup {token}")
-        self._reply(client, self.dns.complete(token, ip))
+        self._reply_all(self.dns.complete(token, ip, now=now), now)
 
-    def fail_lookup(self, token: int) -> None:
-        """The lookup errored or timed out: SERVFAIL."""
-        client = self._clients.pop(token, None)
-        if client is None or self.dns is None:
+    def fail_lookup(self, token: int, *, now: float) -> None:
+        """The lookup errored or timed out: SERVFAIL to every waiter."""
+        if self.dns is None:
             raise LocalProtocolError(f"no pending lookup {token}")
-        self._reply(client, self.dns.fail(token))
+        self._reply_all(self.dns.fail(token, now=now), now)
 
-    def complete_forward(self, token: int, reply: bytes | None) -> None:
+    def _reply_all(self, replies: list[tuple[Hashable, bytes]], now: float) -> None:
+        for client, data in replies:
+            assert isinstance(client, _Client | TcpClient)  # handle_query got one of ours
+            self._reply(client, data, now)
+
+    def complete_forward(self, token: int, reply: bytes | None, *, now: float) -> None:
         """Relay the upstream's ``reply`` (None: no answer, the client will retry)."""
         entry = self._fwd_clients.pop(token, None)
         if entry is None:
             raise LocalProtocolError(f"no pending forward {token}")
-        client, query_id = entry
         if reply is None:
+            if isinstance(entry.client, TcpClient) and self.tcp is not None:
+                self._out.extend(self.tcp.answered_nothing(entry.client))
             return
-        if len(reply) < 12 or int.from_bytes(reply[:2], "big") != query_id or not reply[2] & 0x80:
-            self.drops["dns_upstream_garbage"] += 1
+        if (
+            len(reply) < 12
+            or int.from_bytes(reply[:2], "big") != entry.query_id
+            or not reply[2] & 0x80
+        ):
+            self.count_drop("dns_upstream_garbage")
             return
-        self._reply(client, reply)
+        if self.dns is not None:
+            self.dns.answered(reply, since=entry.since, now=now)
+        self._reply(entry.client, reply, now)
+
+    def dns_status(self) -> DnsStatus | None:
+        """The resolver's counters for ``ipop status`` (None: DNS is off)."""
+        dns = self.dns
+        if dns is None:
+            return None
+        drops = dict(dns.drops)
+        drops.update((k, v) for k, v in self.drops.items() if k.startswith("dns_"))
+        counters = dict(dns.stats)
+        counters["in_flight"] = dns.in_flight
+        counters["waiting"] = dns.pending
+        if self.tcp is not None:
+            drops.update(self.tcp.drops)
+            counters.update({f"tcp_{k}": v for k, v in self.tcp.stats.items()})
+            counters["tcp_open"] = self.tcp.connections
+        return DnsStatus(
+            counters=counters,
+            answers=dict(dns.answers),
+            drops=drops,
+            latency_ms=DnsLatency(
+                p50=dns.latency.percentile(0.5),
+                p99=dns.latency.percentile(0.99),
+                buckets=dns.latency.buckets(),
+            ),
+        )
 
     # -- output --------------------------------------------------------------------------------
 
@@ -298,7 +396,8 @@ class TapServicesRunner:
         on_event: Callable[[DhcpEvent], None] | None = None,
         lookup_timeout_s: float = 3.0,
         forward_timeout_s: float = 3.0,
-        max_tasks: int = 256,
+        max_tasks: int = 512,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.services = services
         self._write = write_frame
@@ -308,6 +407,7 @@ class TapServicesRunner:
         self.lookup_timeout_s = lookup_timeout_s
         self.forward_timeout_s = forward_timeout_s
         self.max_tasks = max_tasks
+        self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -324,14 +424,14 @@ class TapServicesRunner:
         s = self.services
         for item in s.lookups():
             if len(self._tasks) >= self.max_tasks:
-                s.drops["dns_too_many_tasks"] += 1
-                s.fail_lookup(item.token)
+                s.count_drop("dns_too_many_tasks")
+                s.fail_lookup(item.token, now=self._clock())
             else:
                 self._spawn(self._run_lookup(item))
         for fwd in s.forwards():
             if self._upstream is None or len(self._tasks) >= self.max_tasks:
-                s.drops["dns_forward_refused"] += 1
-                s.complete_forward(fwd.token, None)
+                s.count_drop("dns_forward_refused")
+                s.complete_forward(fwd.token, None, now=self._clock())
             else:
                 self._spawn(self._run_forward(fwd, self._upstream))
         for frame in s.frames_to_send():
@@ -351,10 +451,10 @@ class TapServicesRunner:
         except asyncio.CancelledError:
             raise
         except Exception:  # the lookup failed or timed out: the client hears SERVFAIL
-            self.services.drops["dns_lookup_failed"] += 1
-            self.services.fail_lookup(item.token)
+            self.services.count_drop("dns_lookup_failed")
+            self.services.fail_lookup(item.token, now=self._clock())
         else:
-            self.services.complete_lookup(item.token, ip)
+            self.services.complete_lookup(item.token, ip, now=self._clock())
         self._pump()
 
     async def _run_forward(self, fwd: ForwardWanted, upstream: tuple[str, int]) -> None:
@@ -375,11 +475,11 @@ class TapServicesRunner:
         except asyncio.CancelledError:
             raise
         except (OSError, TimeoutError):
-            self.services.drops["dns_forward_failed"] += 1
+            self.services.count_drop("dns_forward_failed")
         finally:
             if transport is not None:
                 transport.close()
-        self.services.complete_forward(fwd.token, data)
+        self.services.complete_forward(fwd.token, data, now=self._clock())
         self._pump()
 
     async def close(self) -> None:

@@ -23,6 +23,15 @@ Document shape (``Status.to_dict()``)::
                      "lease_s": 590.5}]
     }
 
+``dns`` (the gateway's resolver; absent when DNS is off) is optional too::
+
+    "dns": {"counters": {"queries": 1000, "lookups": 5, "merged": 995, "cache_hits": 0,
+                         "retransmits": 0, "forwarded": 0, "in_flight": 0, "waiting": 0},
+            "answers": {"noerror": 1000},              # replies sent, by rcode
+            "drops": {"dns_too_many_waiters": 0},       # queries dropped or refused, by reason
+            "latency_ms": {"p50": 4.2, "p99": 31.0,     # of the last 1024 replies; null: none
+                           "buckets": {"le_1": 10, "le_2": 0, ..., "over_5000": 0}}}
+
 ``lan_hosts`` (router mode: the plain hosts the router serves on its LAN) is optional: it is
 written only when non-empty, and a document without it reads as an empty list, so a node's
 status has exactly the four fields it always had. ``kind`` is "dhcp" or "static" (a host
@@ -46,6 +55,8 @@ from typing import Any, ClassVar, Final, Literal, cast
 
 __all__ = [
     "PATH_KINDS",
+    "DnsLatency",
+    "DnsStatus",
     "LanHostStatus",
     "PathKind",
     "PeerStatus",
@@ -332,6 +343,61 @@ class LanHostStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsLatency:
+    """Query-to-reply times of the gateway's resolver, in milliseconds."""
+
+    p50: float | None  # over the recent replies; None before the first
+    p99: float | None
+    buckets: dict[str, int]  # "le_<ms>" / "over_<ms>" -> replies in that bucket, since start
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("p50", "p99", "buckets")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"p50": self.p50, "p99": self.p99, "buckets": dict(self.buckets)}
+
+    @classmethod
+    def from_dict(cls, value: object, where: str = "dns.latency_ms") -> DnsLatency:
+        obj = _object(value, where)
+        _exact_keys(obj, cls.FIELDS, where)
+        return cls(
+            p50=_opt_number(obj["p50"], f"{where}.p50"),
+            p99=_opt_number(obj["p99"], f"{where}.p99"),
+            buckets=_count_map(obj["buckets"], f"{where}.buckets"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DnsStatus:
+    """The gateway resolver's counters: queries, replies by rcode, drops by reason, latency."""
+
+    counters: dict[str, int]
+    answers: dict[str, int]
+    drops: dict[str, int]
+    latency_ms: DnsLatency
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("counters", "answers", "drops", "latency_ms")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "counters": dict(self.counters),
+            "answers": dict(self.answers),
+            "drops": dict(self.drops),
+            "latency_ms": self.latency_ms.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, value: object, where: str = "dns") -> DnsStatus:
+        obj = _object(value, where)
+        _exact_keys(obj, cls.FIELDS, where)
+        return cls(
+            counters=_count_map(obj["counters"], f"{where}.counters"),
+            answers=_count_map(obj["answers"], f"{where}.answers"),
+            drops=_count_map(obj["drops"], f"{where}.drops"),
+            latency_ms=DnsLatency.from_dict(obj["latency_ms"], f"{where}.latency_ms"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     """Everything ``ipop status`` shows. ``self_`` is spelled ``"self"`` in JSON."""
 
@@ -340,9 +406,10 @@ class Status:
     drops: dict[str, int]  # packets/messages dropped, by reason
     counters: dict[str, int]  # everything else the daemon counts (DHT ops, punches, ...)
     lan_hosts: list[LanHostStatus] = field(default_factory=list)  # router mode only
+    dns: DnsStatus | None = None  # None: the gateway's DNS is off
 
     FIELDS: ClassVar[tuple[str, ...]] = ("self", "peers", "drops", "counters")
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("lan_hosts",)
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("lan_hosts", "dns")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -353,6 +420,8 @@ class Status:
         }
         if self.lan_hosts:
             out["lan_hosts"] = [h.to_dict() for h in self.lan_hosts]
+        if self.dns is not None:
+            out["dns"] = self.dns.to_dict()
         return out
 
     @classmethod
@@ -372,6 +441,7 @@ class Status:
             drops=_count_map(obj["drops"], "drops"),
             counters=_count_map(obj["counters"], "counters"),
             lan_hosts=[LanHostStatus.from_dict(h, f"lan_hosts[{i}]") for i, h in enumerate(hosts)],
+            dns=DnsStatus.from_dict(obj["dns"]) if "dns" in obj else None,
         )
 
     def to_json(self, *, indent: int | None = None) -> str:

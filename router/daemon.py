@@ -73,7 +73,7 @@ from ipop.dht.names import c_name, lan_host_name, register_name
 from ipop.dht.record import ip_key, name_key
 from ipop.errors import ConfigError, LocalProtocolError
 from ipop.ratelimit import KeyedBuckets, TokenBucket
-from ipop.status import LanHostStatus
+from ipop.status import DnsStatus, LanHostStatus
 from ipop.types import Endpoint
 from ipop.vnet.arp import ArpResponder
 from ipop.vnet.packet import PacketError, parse_udp_frame
@@ -775,6 +775,9 @@ class RouterDaemon(Daemon):
         if self.lan is not None:  # checksums completed for offloading hosts, or verified
             total.update({f"lan.{k}": v for k, v in self.lan.counters.items()})
         return total
+
+    def dns_status(self) -> DnsStatus | None:
+        return self.lan_services.dns_status() if self.lan_services is not None else None
 
     def lan_host_rows(self) -> list[LanHostStatus]:
         now = self.clock()

@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from ipop.aio.control import ControlClient
-from ipop.status import PeerStatus, Status
+from ipop.status import DnsStatus, PeerStatus, Status
 
 HEADER = ("NODE", "VIP", "NAME", "PATH", "ENDPOINT", "RTT", "IN", "OUT")
 # The first 8 hex digits tell nodes apart at a glance (NodeId.short()).
@@ -80,6 +80,18 @@ def format_table(rows: list[tuple[str, ...]]) -> list[str]:
     ]
 
 
+def format_dns(dns: DnsStatus) -> str:
+    """One line: queries, replies by rcode, drops, latency (``dns: 1000 queries, ...``)."""
+    answers = ", ".join(f"{k} {v}" for k, v in sorted(dns.answers.items(), key=lambda kv: -kv[1]))
+    dropped = sum(dns.drops.values())
+    lat = dns.latency_ms
+    line = f"dns: {dns.counters.get('queries', 0)} queries ({answers or 'none answered'})"
+    line += f", {dns.counters.get('merged', 0)} merged, {dropped} dropped"
+    if lat.p50 is not None and lat.p99 is not None:
+        line += f", p50 {lat.p50:.1f} ms, p99 {lat.p99:.1f} ms"
+    return line
+
+
 def format_status(status: Status) -> list[str]:
     me = status.self_
     rows: list[tuple[str, ...]] = [HEADER]
@@ -127,6 +139,8 @@ def format_status(status: Status) -> list[str]:
             lease = human_duration(h.lease_s) if h.lease_s is not None else "-"
             hrows.append((h.mac, h.vip, h.kind, lease, " ".join(h.names)))
         lines.extend(format_table(hrows))
+    if status.dns is not None and status.dns.counters.get("queries", 0):
+        lines.append(format_dns(status.dns))
     total_drops = sum(status.drops.values())
     if total_drops:
         top = sorted(status.drops.items(), key=lambda kv: (-kv[1], kv[0]))[:5]

@@ -22,6 +22,7 @@ from ipop.aio.daemon import Daemon, DaemonControl, DaemonSettings
 from ipop.bundle import Bundle, load_bundle
 from ipop.config import NodeConfig, load_config
 from ipop.errors import ConfigError
+from ipop.status import DnsStatus
 
 _LEVELS = {
     "error": logging.ERROR,
@@ -89,6 +90,17 @@ class NodeServices:
         tap = self.daemon.tap
         if dhcp is not None and tap is not None:
             dhcp.assign(tap.mac, vip)
+
+    def dns_status(self) -> DnsStatus | None:
+        return self.services.dns_status()
+
+    def drops(self) -> dict[str, int]:
+        s = self.services
+        # dns_* reasons are in dns_status() (and reach the status drops as dns.*).
+        out = {f"tap.{k}": v for k, v in s.drops.items() if not k.startswith("dns_")}
+        if s.dhcp is not None:
+            out.update({f"dhcp.{k}": v for k, v in s.dhcp.drops.items()})
+        return out
 
     async def close(self) -> None:
         await self.runner.close()

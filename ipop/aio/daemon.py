@@ -56,7 +56,15 @@ from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
-from ipop.status import LanHostStatus, PathKind, PeerStatus, PingReply, SelfStatus, Status
+from ipop.status import (
+    DnsStatus,
+    LanHostStatus,
+    PathKind,
+    PeerStatus,
+    PingReply,
+    SelfStatus,
+    Status,
+)
 from ipop.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
 from ipop.types import Endpoint, NodeId, RelayPath
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder
@@ -91,6 +99,14 @@ class LocalServices(Protocol):
         ...
 
     def address_assigned(self, vip: IPv4Address) -> None: ...
+
+    def dns_status(self) -> DnsStatus | None:
+        """The gateway resolver's counters (None: DNS is off)."""
+        ...
+
+    def drops(self) -> dict[str, int]:
+        """The services' other drops (bad frames to the gateway, DHCP), prefixed by source."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -524,9 +540,18 @@ class Daemon:
             total.update({f"vnet.{k}": v for k, v in self.dataplane.drops.items()})
         total.update({f"arp.{k}": v for k, v in self.arp.drops.items()})
         total.update(self.extra_drops())
+        if self.services is not None:
+            total.update(self.services.drops())
+        dns = self.dns_status()
+        if dns is not None:  # also in status["dns"]; here so every drop is in one map
+            total.update({f"dns.{k}": v for k, v in dns.drops.items() if v})
         if self.udp is not None:
             total.update({f"udp.{k}": v for k, v in self.udp.errors.items()})
         return dict(total)
+
+    def dns_status(self) -> DnsStatus | None:
+        """The gateway resolver's counters for ``ipop status`` (None: no DNS here)."""
+        return self.services.dns_status() if self.services is not None else None
 
     def extra_drops(self) -> dict[str, int]:
         """Drops of what a subclass adds (router mode: the LAN's DHCP, ARP, host table)."""
@@ -794,6 +819,7 @@ class DaemonControl:
             drops=d.drops(),
             counters=d.counters(),
             lan_hosts=d.lan_host_rows(),
+            dns=d.dns_status(),
         )
 
     async def ping(self, target: str, seq: int, timeout_s: float) -> PingReply:

@@ -521,3 +521,21 @@ def test_env_socket_reaches_the_daemon(
 
     assert with_server(sock, body) == 0
     assert capsys.readouterr().out == "100.64.1.2\n"
+
+
+def test_status_shows_a_dns_line_once_queries_came() -> None:
+    from ipop.status import DnsLatency, DnsStatus
+
+    dns = DnsStatus(
+        counters={"queries": 1000, "merged": 995},
+        answers={"noerror": 990, "servfail": 10},
+        drops={"dns_too_many_waiters": 10},
+        latency_ms=DnsLatency(p50=3.25, p99=40.0, buckets={}),
+    )
+    with_dns = Status(STATUS.self_, STATUS.peers, STATUS.drops, STATUS.counters, dns=dns)
+    text = "\n".join(format_status(with_dns))
+    assert (
+        "dns: 1000 queries (noerror 990, servfail 10), 995 merged, 10 dropped, "
+        "p50 3.2 ms, p99 40.0 ms" in text
+    )
+    assert "dns:" not in "\n".join(format_status(STATUS))

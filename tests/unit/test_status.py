@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipop.status import PATH_KINDS, LanHostStatus, PeerStatus, PingReply, SelfStatus, Status
+from ipop.status import (
+    PATH_KINDS,
+    DnsLatency,
+    DnsStatus,
+    LanHostStatus,
+    PeerStatus,
+    PingReply,
+    SelfStatus,
+    Status,
+)
 
 A_ID = "a1" * 20
 B_ID = "b2" * 20
@@ -255,4 +264,43 @@ def test_lan_hosts_are_read_strictly(mutate: Any, message: str) -> None:
     doc = _with_hosts().to_dict()
     mutate(doc)
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Status.from_dict(doc)
+
+
+# --- dns (the gateway's resolver): optional, strict when present --------------------------------
+
+
+def _with_dns() -> Status:
+    base = sample()
+    dns = DnsStatus(
+        counters={"queries": 1000, "lookups": 5, "merged": 995},
+        answers={"noerror": 990, "servfail": 10},
+        drops={"dns_too_many_waiters": 10},
+        latency_ms=DnsLatency(p50=3.5, p99=40.0, buckets={"le_1": 2, "over_5000": 0}),
+    )
+    return Status(base.self_, base.peers, base.drops, base.counters, dns=dns)
+
+
+def test_dns_round_trips_and_is_absent_when_off() -> None:
+    s = _with_dns()
+    assert Status.from_json(s.to_json()) == s
+    assert s.to_dict()["dns"]["latency_ms"]["p99"] == 40.0
+    assert "dns" not in sample().to_dict() and Status.from_dict(sample().to_dict()).dns is None
+    idle = DnsStatus({}, {}, {}, DnsLatency(None, None, {}))
+    assert DnsStatus.from_dict(idle.to_dict()) == idle
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["dns"].pop("answers"), "dns.answers: is missing"),
+        (lambda d: d["dns"]["drops"].update(x=-1), "dns.drops.x: must not be negative"),
+        (lambda d: d["dns"]["latency_ms"].update(p99="1"), "dns.latency_ms.p99"),
+        (lambda d: d["dns"]["latency_ms"].update(extra=1), "dns.latency_ms.extra"),
+    ],
+)
+def test_dns_is_read_strictly(mutate: Any, message: str) -> None:
+    doc = _with_dns().to_dict()
+    mutate(doc)
+    with pytest.raises(ValueError, match=message):
         Status.from_dict(doc)
