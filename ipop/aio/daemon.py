@@ -55,6 +55,7 @@ from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
+from ipop.peerstore import PeerStore
 from ipop.status import LanHostStatus, PathKind, PeerStatus, PingReply, SelfStatus, Status
 from ipop.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
 from ipop.types import Endpoint, NodeId, RelayPath
@@ -80,6 +81,8 @@ ALLOC_RETRY_S = 2.0
 STUN_DEADLINE_S = 5.0
 STUN_POLL_S = 0.005
 MAX_NETCHECK_PEERS = 8
+# How often the links' endpoints are noted for ipop.peerstore (writes are rarer still).
+REMEMBER_CHECK_S = 10.0
 
 
 class LocalServices(Protocol):
@@ -192,6 +195,8 @@ class Daemon:
         self._arp_type = ETH_P_ARP.to_bytes(2, "big")
         self.netcheck_result: NetcheckResult | None = None
         self._stun_socks: dict[int, socket.socket] = {}
+        self.peer_store = PeerStore(settings.state_dir, network=self.network)
+        self._remembering = False  # set once _start has begun noting links
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -222,6 +227,7 @@ class Daemon:
         local = await self._local_endpoints(self.udp.port)
         self._local = local
         bootstrap = [ep for ep in self.bundle.bootstrap if ep not in local]
+        remembered = [ep for ep in self.peer_store.load() if ep not in local]
         self.node = Node(
             identity,
             bootstrap=bootstrap,
@@ -231,6 +237,7 @@ class Daemon:
             dht_config=DhtConfig(subnet=self.subnet),
         )
         self.node.core.overlay.set_local_endpoints(local[:4])
+        self.node.core.overlay.set_remembered(remembered)
         local_fd, local_side, local_name = await self._open_local()
         self.dataplane = DataPlane(
             self.node,
@@ -250,13 +257,16 @@ class Daemon:
         self._open_stun_alternates(local)
         self.node.start()
         self.dataplane.start()
+        self._remembering = True
+        self._spawn(self._remember_peers())
         log.info(
-            "event=started node=%s listen=%s:%d local=%s bootstrap=%d",
+            "event=started node=%s listen=%s:%d local=%s bootstrap=%d remembered=%d",
             identity.node_id.short(),
             s.listen.host,
             self.udp.port,
             local_name,
             len(bootstrap),
+            len(remembered),
         )
 
     async def _open_local(self) -> tuple[int, LocalSide | None, str]:
@@ -368,6 +378,8 @@ class Daemon:
         if self.dataplane is not None:
             self.dataplane.close()
         if self.node is not None:
+            if self._remembering:
+                self.remember_links(now=time.time(), final=True)
             await self.node.close()
         self._close_stun_alternates()
         if self.udp is not None:
@@ -395,6 +407,30 @@ class Daemon:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"vip": str(vip), "network": self.network}) + "\n")
         os.replace(tmp, path)
+
+    def remember_links(self, *, now: float, final: bool = False) -> None:
+        """Note the direct endpoints of our links; hand them to the overlay; write if due
+        (``final``: at shutdown, if anything changed since the last write)."""
+        node = self.node
+        if node is None:
+            return
+        store = self.peer_store
+        own = [*self._local, *node.core.overlay.endpoints()]
+        if store.note((info.path for info in node.core.link.peers()), own=own):
+            node.core.overlay.set_remembered(store.endpoints)
+        if store.save_due(now=now) or (final and store.dirty):
+            try:
+                store.save(now=now)
+            except OSError as exc:
+                log.warning("event=peers_not_saved file=%s error=%s", store.path, exc.strerror)
+                self.stats["peers_not_saved"] += 1
+
+    async def _remember_peers(self) -> None:
+        # Soon after start (the first links are the ones a restart most likely finds again),
+        # then every REMEMBER_CHECK_S; the store itself writes at most once a minute.
+        while True:
+            await asyncio.sleep(REMEMBER_CHECK_S)
+            self.remember_links(now=time.time())
 
     # --- lookups ----------------------------------------------------------------------------
 
