@@ -55,6 +55,7 @@ from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
+from ipop.nolinks import NoLinkWatch
 from ipop.peerstore import PeerStore
 from ipop.status import LanHostStatus, PathKind, PeerStatus, PingReply, SelfStatus, Status
 from ipop.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
@@ -81,6 +82,8 @@ ALLOC_RETRY_S = 2.0
 STUN_DEADLINE_S = 5.0
 STUN_POLL_S = 0.005
 MAX_NETCHECK_PEERS = 8
+# How often the daemon looks for a reason it has no links (ipop.nolinks).
+LINK_WATCH_S = 2.0
 # How often the links' endpoints are noted for ipop.peerstore (writes are rarer still).
 REMEMBER_CHECK_S = 10.0
 
@@ -197,6 +200,7 @@ class Daemon:
         self._stun_socks: dict[int, socket.socket] = {}
         self.peer_store = PeerStore(settings.state_dir, network=self.network)
         self._remembering = False  # set once _start has begun noting links
+        self.no_links = NoLinkWatch(now=time.time())
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -259,6 +263,8 @@ class Daemon:
         self.dataplane.start()
         self._remembering = True
         self._spawn(self._remember_peers())
+        self.no_links = NoLinkWatch(now=time.time())
+        self._spawn(self._watch_links())
         log.info(
             "event=started node=%s listen=%s:%d local=%s bootstrap=%d remembered=%d",
             identity.node_id.short(),
@@ -431,6 +437,28 @@ class Daemon:
         while True:
             await asyncio.sleep(REMEMBER_CHECK_S)
             self.remember_links(now=time.time())
+
+    def check_links(self, *, now: float) -> str | None:
+        """Log, once per stretch without links, why there are none (ipop.nolinks)."""
+        node = self.node
+        if node is None:
+            return None
+        link = node.core.link
+        words = self.no_links.check(
+            now=now,
+            links=len(link.peers()),
+            drops=link.drops,
+            handshake_failed=link.stats["handshake_failed"],
+            tried=len({*self.bundle.bootstrap, *self.peer_store.endpoints} - set(self._local)),
+        )
+        if words is not None:
+            log.warning("event=no_links why=%r", words)
+        return words
+
+    async def _watch_links(self) -> None:
+        while True:
+            await asyncio.sleep(LINK_WATCH_S)
+            self.check_links(now=time.time())
 
     # --- lookups ----------------------------------------------------------------------------
 
