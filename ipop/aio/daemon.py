@@ -54,6 +54,7 @@ from ipop.dht.record import MAX_VALUE_BYTES, ip_key, name_key
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
+from ipop.link.endpoint import LinkInfo
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
 from ipop.nolinks import NoLinkWatch
 from ipop.peerstore import PeerStore
@@ -82,6 +83,11 @@ ALLOC_RETRY_S = 2.0
 STUN_DEADLINE_S = 5.0
 STUN_POLL_S = 0.005
 MAX_NETCHECK_PEERS = 8
+# Linked peers' vIPs from their hostnames (learn_peer_vips): how often, how many lookups a
+# sweep, and how long an answer holds.
+PEER_VIP_SWEEP_S = 30.0
+MAX_PEER_VIP_LOOKUPS = 8
+PEER_VIP_TTL_S = 300.0
 # How often the daemon looks for a reason it has no links (ipop.nolinks).
 LINK_WATCH_S = 2.0
 # How often the links' endpoints are noted for ipop.peerstore (writes are rarer still).
@@ -192,7 +198,11 @@ class Daemon:
         # shutdown, so the process exits non-zero and its service manager restarts it.
         self.failure: BaseException | None = None
         self.ready = asyncio.Event()
-        self.rtts: dict[NodeId, float] = {}
+        # Peer -> (overlay ping round trip, when measured): from `ipop ping`.
+        self.rtts: dict[NodeId, tuple[float, float]] = {}
+        # Linked peer -> (its vIP, when learned) from its hostname's records (learn_peer_vips);
+        # pruned to linked peers, re-learned after PEER_VIP_TTL_S.
+        self.peer_vips: dict[NodeId, tuple[IPv4Address, float]] = {}
         self._local: list[Endpoint] = []
         self.arp = ArpResponder(None, self.subnet)
         self._arp_type = ETH_P_ARP.to_bytes(2, "big")
@@ -369,6 +379,7 @@ class Daemon:
             time.time() - self.started_at,
         )
         self.ready.set()
+        self._spawn(self._learn_peer_vips())
         if on_ready is not None:
             on_ready()
 
@@ -515,6 +526,8 @@ class Daemon:
             path = info.path
             relayed = isinstance(path, RelayPath)
             vip = vips.get(info.peer)
+            if vip is None and info.peer in self.peer_vips:
+                vip = self.peer_vips[info.peer][0].packed
             rows.append(
                 {
                     "node_id": info.peer.hex(),
@@ -524,9 +537,7 @@ class Daemon:
                     "endpoint": (
                         f"via {path.via.short()}" if isinstance(path, RelayPath) else str(path)
                     ),
-                    "rtt_ms": (
-                        round(self.rtts[info.peer] * 1000, 3) if info.peer in self.rtts else None
-                    ),
+                    "rtt_ms": self._rtt_ms(info.peer, info),
                     "bytes_in": info.bytes_in,
                     "bytes_out": info.bytes_out,
                     "kinds": sorted(k.name.lower() for k in kinds.get(info.peer, ())),
@@ -544,7 +555,7 @@ class Daemon:
                         "vip": str(IPv4Address(vip)),
                         "path": "overlay",
                         "endpoint": None,
-                        "rtt_ms": round(self.rtts[peer] * 1000, 3) if peer in self.rtts else None,
+                        "rtt_ms": self._rtt_ms(peer, None),
                         "bytes_in": 0,
                         "bytes_out": 0,
                         "kinds": [],
@@ -552,6 +563,53 @@ class Daemon:
                     }
                 )
         return rows
+
+    def _rtt_ms(self, peer: NodeId, info: LinkInfo | None) -> float | None:
+        """The newest round trip we know: the link's last handshake or an overlay ping."""
+        best: tuple[float, float] | None = self.rtts.get(peer)
+        if (
+            info is not None
+            and info.rtt_s is not None
+            and (best is None or info.keys_established_at >= best[1])
+        ):
+            best = (info.rtt_s, info.keys_established_at)
+        return None if best is None else round(best[0] * 1000, 3)
+
+    async def learn_peer_vips(self, *, now: float) -> int:
+        """Learn linked peers' vIPs from their hostnames' records; how many were learned.
+
+        The data plane knows the vIPs of peers we exchanged traffic with; a ring neighbour we
+        never talked to would show no VIP in ``ipop status``. A hostname names the vIP, and
+        the address record's owner must be that very peer.
+        """
+        node = self.node
+        if node is None or node.dht is None or self.dataplane is None:
+            return 0
+        infos = node.core.link.peers()
+        linked = {info.peer for info in infos}
+        for peer in [p for p in self.peer_vips if p not in linked]:
+            del self.peer_vips[peer]
+        for peer in [p for p, (_, at) in self.peer_vips.items() if now - at >= PEER_VIP_TTL_S]:
+            del self.peer_vips[peer]
+        known = self.dataplane.known_owners()
+        todo = [
+            info
+            for info in infos
+            if info.hostname and info.peer not in known and info.peer not in self.peer_vips
+        ][:MAX_PEER_VIP_LOOKUPS]
+        learned = 0
+        for info in todo:
+            assert info.hostname is not None
+            vip = await lookup_name(node.dht, self.network, info.hostname, self.subnet)
+            if vip is not None and await self.lookup_owner(vip) == info.peer:
+                self.peer_vips[info.peer] = (vip, now)
+                learned += 1
+        return learned
+
+    async def _learn_peer_vips(self) -> None:
+        while True:
+            await self.learn_peer_vips(now=time.time())
+            await asyncio.sleep(PEER_VIP_SWEEP_S)
 
     def drops(self) -> dict[str, int]:
         total: Counter[str] = Counter()
@@ -854,7 +912,7 @@ class DaemonControl:
             answer = await d.node.ping(owner, timeout_s=timeout_s)
         except TimeoutError:
             return PingReply(seq=seq, ok=False)
-        d.rtts[owner] = answer.rtt_s
+        d.rtts[owner] = (answer.rtt_s, time.time())
         path = d.path_to(owner) if answer.hops == 0 else "overlay"
         return PingReply(
             seq=seq,

@@ -358,6 +358,7 @@ class LinkInfo:
     observed: Endpoint | None
     keys_established_at: float
     rekeys: int
+    rtt_s: float | None = None  # the last handshake's round trip (either side); None: none yet
 
 
 # --- internal state --------------------------------------------------------------------------
@@ -425,6 +426,7 @@ class _Peer:
         "probe_after",
         "rekeyed_stale_at",
         "rekeys",
+        "rtt",
         "rx_bytes",
         "rx_packets",
         "tx_bytes",
@@ -441,6 +443,10 @@ class _Peer:
         # authenticated packet last came in on it: path choice and roaming hysteresis.
         self.path_rtt = _INF
         self.path_rx = 0.0
+        # The last handshake's round trip from either side, for status only (path choice keeps
+        # to path_rtt): Init -> Resp as initiator, Resp -> key confirmation as responder.
+        # None until a handshake completed.
+        self.rtt: float | None = None
         self.up = False
         self.current: _Keypair | None = None
         self.previous: _Keypair | None = None
@@ -744,6 +750,7 @@ class LinkEndpoint:
                     observed=st.observed,
                     keys_established_at=kp.created_at,
                     rekeys=st.rekeys,
+                    rtt_s=st.rtt,
                 )
             )
         return out
@@ -1130,7 +1137,8 @@ class LinkEndpoint:
         self._keypairs[kp.local_index] = kp
         # Round trip of this handshake: what path choice compares (a retransmitted Init counts
         # from its first copy, which only makes a lossy path look worse).
-        self._install(st, kp, path, now, resp.observed, rtt=now - ini.started_at)
+        st.rtt = now - ini.started_at
+        self._install(st, kp, path, now, resp.observed, rtt=st.rtt)
         # Key confirmation for the responder, which stays silent until it sees our DATA.
         self._outbox.append(self.seal(node, _EMPTY, now=now))
 
@@ -1139,6 +1147,8 @@ class LinkEndpoint:
     def _confirm(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
         """Responder side: ``kp`` was just proven by the initiator's first DATA."""
         del st.pending[kp.local_index]
+        # The initiator confirms as soon as our Resp arrives: one round trip since we answered.
+        st.rtt = now - kp.created_at
         for index in st.pending:
             self._retire(index, st)
         st.pending.clear()

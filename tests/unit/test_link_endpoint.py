@@ -477,3 +477,12 @@ def test_a_one_shot_init_retries_once_we_want_that_link_ourselves() -> None:
         sent += [d for d, _ in w.a.datagrams_to_send(now=w.now)]
     assert len(sent) >= 3 and len(set(sent)) == 1  # ...but its Init, retried
     assert w.a.stats["handshake_failed"] == 0  # and the usual timeout, not the one-shot's
+
+
+def test_both_sides_know_the_handshake_round_trip_for_status() -> None:
+    w = World(latency=0.04)
+    w.up()
+    (a_info,) = w.a.peers()
+    (b_info,) = w.b.peers()
+    assert a_info.rtt_s == pytest.approx(0.08)  # Init -> Resp
+    assert b_info.rtt_s == pytest.approx(0.08)  # Resp -> key confirmation

@@ -1,0 +1,103 @@
+"""`ipop status` fields the daemon fills: rtt_ms from the link layer, VIP of linked peers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ipop.aio.daemon import Daemon, DaemonSettings
+from ipop.bundle import Bundle
+from ipop.dht.record import ip_key, name_key
+from ipop.link.endpoint import LinkInfo
+from ipop.testing.fake_dht import FakeDht
+from ipop.testing.identities import make_identity, make_network
+from ipop.types import Endpoint, NodeId
+
+SUBNET = IPv4Network("100.64.0.0/10")
+BOB, CAROL = NodeId(0xB0B), NodeId(0xCA201)
+BOB_VIP = IPv4Address("100.64.0.7")
+
+
+def _daemon(tmp_path: Path) -> Daemon:
+    now = time.time()
+    ca = make_network("lab-net", now=now)
+    ident = make_identity(ca, "alice", now=now)
+    bundle = Bundle(
+        network="lab-net",
+        subnet=SUBNET,
+        bootstrap=(Endpoint("203.0.113.10", 5800),),
+        node_name="alice",
+        ca_cert_pem=ca.cert_pem(),
+        node_cert_pem=ident.cert.pem(),
+        node_key_pem=ident.private_key_pem(),
+    )
+    settings = DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path)
+    return Daemon(bundle, settings)
+
+
+def _info(peer: NodeId, hostname: str | None, rtt_s: float | None, at: float) -> LinkInfo:
+    return LinkInfo(
+        peer=peer,
+        name=hostname or "x",
+        hostname=hostname,
+        path=Endpoint("203.0.113.20", 5800),
+        established_at=at,
+        last_rx=at,
+        last_tx=at,
+        bytes_in=0,
+        bytes_out=0,
+        packets_in=0,
+        packets_out=0,
+        cipher="chacha20poly1305",
+        observed=None,
+        keys_established_at=at,
+        rekeys=0,
+        rtt_s=rtt_s,
+    )
+
+
+def _wire(d: Daemon, infos: list[LinkInfo], dht: FakeDht) -> None:
+    core = SimpleNamespace(
+        link=SimpleNamespace(peers=lambda: infos),
+        overlay=SimpleNamespace(snapshot=lambda: SimpleNamespace(connections=())),
+    )
+    node: Any = SimpleNamespace(core=core, dht=dht, node_id=NodeId(1))
+    plane: Any = SimpleNamespace(known_owners=dict)
+    d.node, d.dataplane = node, plane
+
+
+def test_rtt_of_every_linked_peer_comes_from_its_handshake_or_a_newer_ping(
+    tmp_path: Path,
+) -> None:
+    d = _daemon(tmp_path)
+    _wire(d, [_info(BOB, "bob", 0.012, at=100.0), _info(CAROL, None, None, at=100.0)], FakeDht(1))
+    rows = {r["node_id"]: r for r in d.peer_rows()}
+    assert rows[BOB.hex()]["rtt_ms"] == 12.0
+    assert rows[CAROL.hex()]["rtt_ms"] is None  # no handshake measured yet
+    d.rtts[BOB] = (0.003, 200.0)  # an overlay ping after the handshake
+    d.rtts[CAROL] = (0.004, 50.0)
+    rows = {r["node_id"]: r for r in d.peer_rows()}
+    assert rows[BOB.hex()]["rtt_ms"] == 3.0
+    assert rows[CAROL.hex()]["rtt_ms"] == 4.0
+
+
+def test_vip_of_a_linked_peer_is_learned_from_its_hostname(tmp_path: Path) -> None:
+    d = _daemon(tmp_path)
+    dht = FakeDht(NodeId(1))
+    dht.hold(name_key("lab-net", "bob"), BOB, BOB_VIP.packed)
+    dht.hold(ip_key("lab-net", BOB_VIP), BOB)
+    # carol's name points at bob's address: not carol's, not shown.
+    dht.hold(name_key("lab-net", "carol"), CAROL, BOB_VIP.packed)
+    infos = [_info(BOB, "bob", 0.01, at=1.0), _info(CAROL, "carol", 0.01, at=1.0)]
+    _wire(d, infos, dht)
+    assert asyncio.run(d.learn_peer_vips(now=0.0)) == 1
+    rows = {r["node_id"]: r for r in d.peer_rows()}
+    assert rows[BOB.hex()]["vip"] == str(BOB_VIP)
+    assert rows[CAROL.hex()]["vip"] is None
+    infos.pop(0)  # bob's link went: forgotten
+    asyncio.run(d.learn_peer_vips(now=1.0))
+    assert BOB not in d.peer_vips
