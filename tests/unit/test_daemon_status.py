@@ -10,11 +10,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from ipop.aio.daemon import Daemon, DaemonSettings
-from ipop.bundle import Bundle
 from ipop.dht.record import ip_key, name_key
 from ipop.link.endpoint import LinkInfo
 from ipop.testing.fake_dht import FakeDht
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import make_bundle
 from ipop.types import Endpoint, NodeId
 
 SUBNET = IPv4Network("100.64.0.0/10")
@@ -23,17 +22,12 @@ BOB_VIP = IPv4Address("100.64.0.7")
 
 
 def _daemon(tmp_path: Path) -> Daemon:
-    now = time.time()
-    ca = make_network("lab-net", now=now)
-    ident = make_identity(ca, "alice", now=now)
-    bundle = Bundle(
-        network="lab-net",
+    bundle = make_bundle(
+        "lab-net",
+        "alice",
         subnet=SUBNET,
         bootstrap=(Endpoint("203.0.113.10", 5800),),
-        node_name="alice",
-        ca_cert_pem=ca.cert_pem(),
-        node_cert_pem=ident.cert.pem(),
-        node_key_pem=ident.private_key_pem(),
+        now=time.time(),
     )
     settings = DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path)
     return Daemon(bundle, settings)

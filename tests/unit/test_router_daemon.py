@@ -29,7 +29,7 @@ from ipop.bundle import Bundle
 from ipop.dht.record import ip_key
 from ipop.errors import LocalProtocolError
 from ipop.testing.fake_dht import FakeDht
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import make_bundle
 from ipop.types import Endpoint, NodeId
 from ipop.vnet.packet import parse_udp_frame
 from router.config import RouterSection
@@ -51,17 +51,12 @@ OTHER = NodeId(12345)
 def bundle() -> Bundle:
     import time
 
-    now = time.time()
-    ca = make_network("lab-net", now=now)
-    ident = make_identity(ca, "router1", now=now)
-    return Bundle(
-        network="lab-net",
+    return make_bundle(
+        "lab-net",
+        "router1",
         subnet=SUBNET,
         bootstrap=(Endpoint("203.0.113.10", 5800),),
-        node_name="router1",
-        ca_cert_pem=ca.cert_pem(),
-        node_cert_pem=ident.cert.pem(),
-        node_key_pem=ident.private_key_pem(),
+        now=time.time(),
     )
 
 
