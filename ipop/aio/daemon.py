@@ -88,6 +88,8 @@ MAX_NETCHECK_PEERS = 8
 PEER_VIP_SWEEP_S = 30.0
 MAX_PEER_VIP_LOOKUPS = 8
 PEER_VIP_TTL_S = 300.0
+# How often link notes are logged (ipop.journal; their log time is at most this late).
+JOURNAL_DRAIN_S = 0.25
 # How often the daemon looks for a reason it has no links (ipop.nolinks).
 LINK_WATCH_S = 2.0
 # How often the links' endpoints are noted for ipop.peerstore (writes are rarer still).
@@ -275,6 +277,7 @@ class Daemon:
         self._spawn(self._remember_peers())
         self.no_links = NoLinkWatch(now=time.time())
         self._spawn(self._watch_links())
+        self._spawn(self._log_journal())
         log.info(
             "event=started node=%s listen=%s:%d local=%s bootstrap=%d remembered=%d",
             identity.node_id.short(),
@@ -465,6 +468,21 @@ class Daemon:
         if words is not None:
             log.warning("event=no_links why=%r", words)
         return words
+
+    def log_journal(self) -> int:
+        """Log the link notes the core kept (ipop.journal): info if rare, else debug."""
+        node = self.node
+        if node is None:
+            return 0
+        notes = node.core.journal.drain()
+        for note in notes:
+            log.log(logging.INFO if note.rare else logging.DEBUG, note.line())
+        return len(notes)
+
+    async def _log_journal(self) -> None:
+        while True:
+            await asyncio.sleep(JOURNAL_DRAIN_S)
+            self.log_journal()
 
     async def _watch_links(self) -> None:
         while True:

@@ -1,16 +1,20 @@
-"""`ipop status` fields the daemon fills: rtt_ms from the link layer, VIP of linked peers."""
+"""What the daemon fills and logs: rtt_ms from the link layer, VIP of linked peers, link notes."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.dht.record import ip_key, name_key
+from ipop.journal import Journal
 from ipop.link.endpoint import LinkInfo
 from ipop.testing.fake_dht import FakeDht
 from ipop.testing.identities import make_bundle
@@ -95,3 +99,19 @@ def test_vip_of_a_linked_peer_is_learned_from_its_hostname(tmp_path: Path) -> No
     infos.pop(0)  # bob's link went: forgotten
     asyncio.run(d.learn_peer_vips(now=1.0))
     assert BOB not in d.peer_vips
+
+
+def test_link_notes_are_logged_rare_at_info_routine_at_debug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = _daemon(tmp_path)
+    _wire(d, [], FakeDht(NodeId(1)))
+    journal = Journal()
+    d.node.core.journal = journal  # type: ignore[union-attr]
+    ep = Endpoint("198.51.100.7", 5800)
+    journal.link_up(BOB, ep, now=1.0)
+    journal.link_down(BOB, "timeout", now=2.0)
+    with caplog.at_level(logging.INFO, logger="ipopd"):
+        assert d.log_journal() == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "ipopd"]
+    assert lines == [f"event=link_up peer={BOB.short()} path=direct at={ep.host}:5800 first=yes"]
