@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import time
 from ipaddress import IPv4Address, IPv4Network
@@ -18,7 +20,7 @@ from ipop.journal import Journal
 from ipop.link.endpoint import LinkInfo
 from ipop.testing.fake_dht import FakeDht
 from ipop.testing.identities import make_bundle
-from ipop.types import Endpoint, NodeId
+from ipop.types import Endpoint, NodeId, RelayPath
 
 SUBNET = IPv4Network("100.64.0.0/10")
 BOB, CAROL = NodeId(0xB0B), NodeId(0xCA201)
@@ -115,3 +117,19 @@ def test_link_notes_are_logged_rare_at_info_routine_at_debug(
         assert d.log_journal() == 2
     lines = [r.getMessage() for r in caplog.records if r.name == "ipopd"]
     assert lines == [f"event=link_up peer={BOB.short()} path=direct at={ep.host}:5800 first=yes"]
+
+
+def test_daemon_remembers_direct_links_and_hands_them_to_the_overlay(tmp_path: Path) -> None:
+    d = _daemon(tmp_path)
+    handed: list[list[Endpoint]] = []
+    bob = _info(BOB, "bob", 0.01, at=1.0)
+    carol = dataclasses.replace(_info(CAROL, None, None, at=1.0), path=RelayPath(CAROL, BOB))
+    _wire(d, [bob, carol], FakeDht(NodeId(1)))
+    d.node.core.overlay.endpoints = list  # type: ignore[union-attr]
+    d.node.core.overlay.set_remembered = handed.append  # type: ignore[union-attr]
+    d.remember_links(now=100.0)
+    assert handed == [[bob.path]]  # the relayed link is not an endpoint to come back to
+    saved = json.loads((tmp_path / "peers.json").read_text())
+    assert saved == {"network": "lab-net", "peers": ["203.0.113.20:5800"]}
+    # A restart of the daemon reads them back.
+    assert _daemon(tmp_path).peer_store.load() == [bob.path]
