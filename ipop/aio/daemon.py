@@ -56,6 +56,7 @@ from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
 from ipop.link.endpoint import LinkInfo
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
+from ipop.node import SHORTCUT_RETRY_S
 from ipop.nolinks import NoLinkWatch
 from ipop.peerstore import PeerStore
 from ipop.status import LanHostStatus, PathKind, PeerStatus, PingReply, SelfStatus, Status
@@ -679,9 +680,18 @@ class Daemon:
 
     def _why_no_link(self, peer: NodeId) -> str:
         node = self.node
-        if node is not None and peer in node.core.shortcut_peers():
+        last = node.core.shortcut_peers().get(peer) if node is not None else None
+        if last is None:
+            return "no link: routed over the ring"
+        idle = time.time() - last
+        if idle < SHORTCUT_RETRY_S:
             return "no link yet: routed over the ring while a shortcut forms"
-        return "no link: routed over the ring"
+        # The shortcut is kept for SHORTCUT_IDLE_S after the last packet, but asked for only
+        # while traffic flows: saying "forms" long after would be stale.
+        return (
+            f"no link: routed over the ring (no traffic for {idle:.0f} s; the next packet "
+            "asks for a shortcut again)"
+        )
 
     def nat_kind(self) -> str | None:
         """What peers' echoes of our address say about the mapping (RFC 4787 §4.1).

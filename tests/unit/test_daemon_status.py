@@ -60,13 +60,21 @@ def _info(peer: NodeId, hostname: str | None, rtt_s: float | None, at: float) ->
     )
 
 
-def _wire(d: Daemon, infos: list[LinkInfo], dht: FakeDht) -> None:
+def _wire(
+    d: Daemon,
+    infos: list[LinkInfo],
+    dht: FakeDht,
+    *,
+    owners: dict[NodeId, bytes] | None = None,
+    shortcuts: dict[NodeId, float] | None = None,
+) -> None:
     core = SimpleNamespace(
         link=SimpleNamespace(peers=lambda: infos),
         overlay=SimpleNamespace(snapshot=lambda: SimpleNamespace(connections=())),
+        shortcut_peers=lambda: dict(shortcuts or {}),
     )
     node: Any = SimpleNamespace(core=core, dht=dht, node_id=NodeId(1))
-    plane: Any = SimpleNamespace(known_owners=dict)
+    plane: Any = SimpleNamespace(known_owners=lambda: dict(owners or {}))
     d.node, d.dataplane = node, plane
 
 
@@ -133,3 +141,13 @@ def test_daemon_remembers_direct_links_and_hands_them_to_the_overlay(tmp_path: P
     assert saved == {"network": "lab-net", "peers": ["203.0.113.20:5800"]}
     # A restart of the daemon reads them back.
     assert _daemon(tmp_path).peer_store.load() == [bob.path]
+
+
+def test_a_shortcut_that_stopped_forming_is_not_said_to_form(tmp_path: Path) -> None:
+    d = _daemon(tmp_path)
+    now = time.time()
+    owners = {BOB: IPv4Address("100.64.0.8").packed, CAROL: BOB_VIP.packed}
+    _wire(d, [], FakeDht(NodeId(1)), owners=owners, shortcuts={BOB: now, CAROL: now - 60})
+    why = {r["node_id"]: r["why"] for r in d.peer_rows()}
+    assert why[BOB.hex()] == "no link yet: routed over the ring while a shortcut forms"
+    assert why[CAROL.hex()].startswith("no link: routed over the ring (no traffic for 6")
