@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
 
+from ipop import timing
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
 from ipop.aio.node import Node
@@ -540,6 +541,7 @@ class Daemon:
             return []
         vips = self.dataplane.known_owners()
         kinds = {c.peer: c.kinds for c in node.core.overlay.snapshot().connections}
+        now = time.time()
         rows = []
         for info in node.core.link.peers():
             path = info.path
@@ -560,7 +562,7 @@ class Daemon:
                     "bytes_in": info.bytes_in,
                     "bytes_out": info.bytes_out,
                     "kinds": sorted(k.name.lower() for k in kinds.get(info.peer, ())),
-                    "why": self._why_relayed(info.peer) if relayed else None,
+                    "why": self._why_relayed(info.peer) if relayed else _why_silent(info, now),
                 }
             )
         # Peers we exchange traffic with but hold no link to travel over the overlay.
@@ -869,6 +871,19 @@ class Daemon:
         self.netcheck_result = result
         log.info("event=netcheck nat=%s mapping=%s", result.nat, result.mapping)
         return result
+
+
+def _why_silent(info: LinkInfo, now: float) -> str | None:
+    """Why a direct link may be dead although it still shows: a killed peer's link stays up
+    until LINK_TIMEOUT_S of silence. None while the peer is heard as often as a live one is."""
+    quiet = now - info.last_rx
+    if quiet < timing.SILENT_PEER_S:
+        return None
+    return (
+        f"nothing heard for {quiet:.0f} s (a live peer sends a keepalive every "
+        f"{timing.KEEPALIVE_INTERVAL_S:.0f} s): it may be gone; the link closes after "
+        f"{timing.LINK_TIMEOUT_S:.0f} s of silence"
+    )
 
 
 def _pystun3(server: Endpoint, source_ip: str) -> SecondOpinion:

@@ -151,3 +151,15 @@ def test_a_shortcut_that_stopped_forming_is_not_said_to_form(tmp_path: Path) -> 
     why = {r["node_id"]: r["why"] for r in d.peer_rows()}
     assert why[BOB.hex()] == "no link yet: routed over the ring while a shortcut forms"
     assert why[CAROL.hex()].startswith("no link: routed over the ring (no traffic for 6")
+
+
+def test_a_direct_link_gone_quiet_says_so_before_it_times_out(tmp_path: Path) -> None:
+    d = _daemon(tmp_path)
+    now = time.time()
+    _wire(
+        d, [_info(BOB, "bob", 0.01, at=now - 30), _info(CAROL, None, 0.01, at=now - 1)], FakeDht(1)
+    )
+    why = {r["node_id"]: r["why"] for r in d.peer_rows()}
+    assert why[CAROL.hex()] is None
+    assert why[BOB.hex()].startswith("nothing heard for 30 s")
+    assert "the link closes after 50 s of silence" in why[BOB.hex()]
