@@ -37,10 +37,14 @@ def make_bundle(
     subnet: IPv4Network,
     bootstrap: tuple[Endpoint, ...],
     now: float,
+    hostname: str | None = None,
+    router_hosts: int = 0,
 ) -> Bundle:
     """A node bundle of a fresh network CA: what 'ipop-config node' writes, in memory."""
     ca = make_network(network, now=now)
-    ident = make_identity(ca, node_name, now=now)
+    ident = NodeIdentity.generate(
+        ca, node_name, now=now, hostname=hostname, router_hosts=router_hosts
+    )
     return Bundle(
         network=network,
         subnet=subnet,
@@ -49,4 +53,5 @@ def make_bundle(
         ca_cert_pem=ca.cert_pem(),
         node_cert_pem=ident.cert.pem(),
         node_key_pem=ident.private_key_pem(),
+        hostname=hostname,
     )

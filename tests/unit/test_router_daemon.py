@@ -15,6 +15,7 @@ import random
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,7 +27,8 @@ import router.daemon as rd
 from dhcp_dns.dhcp import parse_dhcp
 from ipop.aio.daemon import DaemonSettings
 from ipop.bundle import Bundle
-from ipop.dht.record import ip_key
+from ipop.dht.names import c_name
+from ipop.dht.record import ip_key, name_key
 from ipop.errors import LocalProtocolError
 from ipop.testing.fake_dht import FakeDht
 from ipop.testing.identities import make_bundle
@@ -34,7 +36,7 @@ from ipop.types import Endpoint, NodeId
 from ipop.vnet.packet import parse_udp_frame
 from router.config import RouterSection
 from router.daemon import RouterDaemon, _LanSide
-from router.hosts import mac_str
+from router.hosts import LanHost, mac_str
 from tools.ipopd import run_daemon
 
 NOW = 1_800_000_000.0
@@ -509,3 +511,30 @@ def test_a_host_whose_address_another_node_took_is_forgotten(
         assert not _LanSide(r).admit(memoryview(_ip_frame(M1, V1)))  # no longer ours to send
 
     _run(bundle, tmp_path, body)
+
+
+def test_a_lan_hosts_taken_name_is_a_warning_naming_the_fix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    rb = make_bundle(
+        "lab-net",
+        "router1",
+        subnet=SUBNET,
+        bootstrap=(Endpoint("203.0.113.10", 5800),),
+        now=time.time(),
+        hostname="r1",
+        router_hosts=4,
+    )
+    r = _router(rb, tmp_path)
+    dht = FakeDht(rb.node_id)
+    dht.hold(name_key("lab-net", "laptop.r1"), OTHER, V2.packed)
+    r.node = SimpleNamespace(identity=rb.identity(now=time.time()), dht=dht)  # type: ignore[assignment]
+    host = LanHost(M1, V1, "dhcp")
+    with caplog.at_level(logging.WARNING, logger="ipop-router"):
+        asyncio.run(r._register_hostname(host, "laptop"))
+    assert r.rdrops["hostname_taken"] == 1
+    (line,) = [rec.getMessage() for rec in caplog.records if "host_name_taken" in rec.getMessage()]
+    assert "name=laptop.r1.ipop" in line and "give the host another hostname" in line
+    assert c_name(V1) in line
