@@ -49,8 +49,7 @@ V2 = IPv4Address("100.64.5.2")
 OTHER = NodeId(12345)
 
 
-@pytest.fixture(scope="module")
-def bundle() -> Bundle:
+def _bundle(**router: Any) -> Bundle:
     import time
 
     return make_bundle(
@@ -59,7 +58,13 @@ def bundle() -> Bundle:
         subnet=SUBNET,
         bootstrap=(Endpoint("203.0.113.10", 5800),),
         now=time.time(),
+        **router,
     )
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return _bundle()
 
 
 class FakeNode:
@@ -518,15 +523,7 @@ def test_a_lan_hosts_taken_name_is_a_warning_naming_the_fix(
 ) -> None:
     import time
 
-    rb = make_bundle(
-        "lab-net",
-        "router1",
-        subnet=SUBNET,
-        bootstrap=(Endpoint("203.0.113.10", 5800),),
-        now=time.time(),
-        hostname="r1",
-        router_hosts=4,
-    )
+    rb = _bundle(hostname="r1", router_hosts=4)
     r = _router(rb, tmp_path)
     dht = FakeDht(rb.node_id)
     dht.hold(name_key("lab-net", "laptop.r1"), OTHER, V2.packed)
