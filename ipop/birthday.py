@@ -388,10 +388,13 @@ class BirthdayPunch:
             table.clear()
         self.stats["roamed"] += 1
 
-    def stop(self, peer: NodeId) -> None:
-        """A direct link to ``peer`` is up: knocking on would only spray."""
-        if self._runs.pop(peer, None) is not None:
-            self.stats["runs_ended_linked"] += 1
+    def stop(self, peer: NodeId) -> bool:
+        """A direct link to ``peer`` is up: knocking on would only spray. True if a run was
+        going (the guessing found the path, or ran alongside whatever did)."""
+        if self._runs.pop(peer, None) is None:
+            return False
+        self.stats["runs_ended_linked"] += 1
+        return True
 
     def get_timer(self) -> float | None:
         if not self._runs:  # almost always: asked after every input the node gets

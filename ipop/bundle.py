@@ -53,6 +53,7 @@ from ipop.identity import (
     CrlError,
     NodeCertificate,
     NodeIdentity,
+    pem_damage,
     validate_hostname,
     validate_network,
     validate_node_name,
@@ -270,7 +271,7 @@ class Bundle:
                 serialization.Encoding.DER
             )
         except (ValueError, TypeError) as exc:
-            raise ConfigError("node_cert", f"not a PEM certificate ({exc})", _FIX_REMAKE) from None
+            raise ConfigError("node_cert", pem_damage(exc, "certificate"), _FIX_REMAKE) from None
         try:
             cert = trust.verify_untimed(der)
         except CertificateError as exc:
@@ -292,9 +293,7 @@ class Bundle:
         try:
             key = serialization.load_pem_private_key(self.node_key_pem, password=None)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(
-                "node_key", f"not an unencrypted PEM private key ({exc})", _FIX_REMAKE
-            ) from None
+            raise ConfigError("node_key", pem_damage(exc, "private key"), _FIX_REMAKE) from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError("node_key", "is not an Ed25519 key", _FIX_REMAKE)
         public_raw = key.public_key().public_bytes(

@@ -72,6 +72,7 @@ __all__ = [
     "VerifiedCrl",
     "cert_serial",
     "node_id_for",
+    "pem_damage",
     "validate_hostname",
     "validate_network",
     "validate_node_name",
@@ -239,6 +240,30 @@ class NodeCertificate:
         return self.not_before <= now <= self.not_after
 
 
+def pem_damage(exc: Exception, what: str) -> str:
+    """A sentence for a PEM ``what`` ("certificate", "private key") that did not parse.
+
+    The parser's own text (an ASN.1 dump such as ``ParseError { kind: ShortData ... }``) tells
+    a user nothing; what they need is which way the text is broken.
+    """
+    text = str(exc)
+    low = text.lower()
+    if "password" in low or ("encrypted" in low and "may be encrypted" not in low):
+        return f"is an encrypted {what}: ipop needs it without a passphrase"
+    if "invaliddata" in low or "base64" in low:
+        return "is damaged: its PEM text has characters that are not base64 (edited by hand?)"
+    if "unable to load pem" in low or "framing" in low:
+        return f"is not a PEM {what}: the '-----BEGIN' / '-----END' lines are missing or changed"
+    if "short" in low or "asn.1" in low or "asn1" in low or "parse" in low:
+        return (
+            f"is damaged: the {what} inside its PEM text is cut short or changed "
+            "(lines edited, removed or wrapped differently?)"
+        )
+    return (
+        f"is not a usable PEM {what} ({text.splitlines()[0][:80] if text else type(exc).__name__})"
+    )
+
+
 def _dt(ts: float) -> datetime:
     # X.509 times have whole seconds; truncate here so what we sign is what we read back.
     return datetime.fromtimestamp(int(ts), tz=UTC)
@@ -380,7 +405,7 @@ class CaTrust:
         try:
             cert = x509.load_pem_x509_certificate(pem)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(key, f"not a PEM X.509 certificate ({exc})", fix) from None
+            raise ConfigError(key, pem_damage(exc, "certificate"), fix) from None
         public_key = cert.public_key()
         if not isinstance(public_key, Ed25519PublicKey):
             raise ConfigError(key, "the CA key is not Ed25519", fix)
@@ -631,9 +656,7 @@ class NetworkCA:
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(
-                "ca.key", f"not an unencrypted PEM private key ({exc})", "restore ca.key"
-            ) from None
+            raise ConfigError("ca.key", pem_damage(exc, "private key"), "restore ca.key") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError("ca.key", "not an Ed25519 key", "restore ca.key")
         if _raw_public(key.public_key()) != trust.public_key_raw:
@@ -847,7 +870,7 @@ class NodeIdentity:
             key = serialization.load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError) as exc:
             raise ConfigError(
-                key_name, f"not an unencrypted PEM private key ({exc})", "re-create the bundle"
+                key_name, pem_damage(exc, "private key"), "re-create the bundle"
             ) from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError(key_name, "not an Ed25519 key", "re-create the bundle")
@@ -855,7 +878,7 @@ class NodeIdentity:
             der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
         except (ValueError, TypeError) as exc:
             raise ConfigError(
-                cert_name, f"not a PEM X.509 certificate ({exc})", "re-create the bundle"
+                cert_name, pem_damage(exc, "certificate"), "re-create the bundle"
             ) from None
         try:
             cert = trust.verify(der, now=now)

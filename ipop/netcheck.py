@@ -354,10 +354,16 @@ async def run_netcheck(
         extra: list[tuple[Endpoint | None, Endpoint]] = [
             (None, e) for e in echoed if e not in local_list
         ]
-        if extra:
-            mapping = mapping_behaviour(observations + extra, local_list)
-            if mapping is not None:
-                notes.append("mapping judged from addresses peers echoed in the overlay")
+        # Echoes can prove a dependent mapping (two addresses differ) but never an independent
+        # one: their destinations are unknown, and may all be the one peer already asked.
+        if extra and mapping_behaviour(observations + extra, local_list) == "dependent":
+            mapping = "dependent"
+            notes.append("mapping judged from addresses peers echoed in the overlay")
+    if mapping is None and observations:
+        notes.append(
+            "mapping unknown (one peer): telling an endpoint-independent mapping from a "
+            "dependent one takes answers from two destinations"
+        )
     if not observations:
         notes.append("no STUN server or peer answered")
 

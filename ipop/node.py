@@ -34,6 +34,7 @@ from ipop import timing
 from ipop.birthday import BirthdayPunch, is_knock
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity, VerifiedCrl
+from ipop.journal import Journal
 from ipop.link.endpoint import (
     LinkConfig,
     LinkDown,
@@ -101,6 +102,8 @@ class NodeCore:
         self.stun = StunAgent(rng=random.Random(rng.random()), serve=stun_serve)
         self.stun_alt_send: Callable[[int, bytes, Endpoint], None] | None = None
         self.birthday = BirthdayPunch(rng=random.Random(rng.random()))
+        # Links up and down, path changes and punching, for the adapter to log (ipop.journal).
+        self.journal = Journal()
         # The revocation list epidemic (ipop.revocation): TYPE_CRL link messages stop here.
         self.revocation = CrlGossip(identity.trust)
 
@@ -360,6 +363,7 @@ class NodeCore:
             peer, symmetric=symmetric, translated=translated, endpoints=self._advertised(), now=now
         )
         if hello is not None:
+            self.journal.punch_started(peer, now=now)
             self._send_birthday(peer, hello, now)
 
     def _on_birthday(self, ev: Delivered, now: float) -> None:
@@ -395,11 +399,11 @@ class NodeCore:
         self.birthday.roamed()
         self._shortcut_asked.clear()
 
-    def _on_link_path(self, peer: NodeId) -> None:
+    def _on_link_path(self, peer: NodeId, now: float) -> None:
         """A session with ``peer`` is up or moved: a direct one ends our knocking at it."""
         path = self.link.path_of(peer)
-        if path is not None and is_direct(path):
-            self.birthday.stop(peer)
+        if path is not None and is_direct(path) and self.birthday.stop(peer):
+            self.journal.punch_linked(peer, path, now=now)
 
     # --- revocation (ipop.revocation) ------------------------------------------------------
 
@@ -442,12 +446,17 @@ class NodeCore:
                 if type(lev) is LinkMessage and lev.payload[:1] == _CRL_TAG:
                     self._on_crl(lev.peer, lev.payload, now)
                     continue
+                if type(lev) is LinkUp:
+                    self.journal.link_up(lev.peer, lev.path, now=now)
+                elif type(lev) is LinkPathChanged:
+                    self.journal.path_changed(lev.peer, lev.path, lev.reason, now=now)
                 if type(lev) is LinkUp or type(lev) is LinkPathChanged:
-                    self._on_link_path(lev.peer)
+                    self._on_link_path(lev.peer, now)
                 if type(lev) is LinkUp:
                     self.revocation.link_up(lev.peer, now=now)
                     self._send_crl_output(now)
                 elif type(lev) is LinkDown:
+                    self.journal.link_down(lev.peer, lev.reason, now=now)
                     self.revocation.link_down(lev.peer)
                 overlay.on_link_event(lev, now=now)
             for data, path in link.datagrams_to_send(now=now):

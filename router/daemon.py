@@ -571,6 +571,15 @@ class RouterDaemon(Daemon):
             self._naming.discard(host.mac)
         if not ok:
             self._drop("hostname_taken")
+            log.warning(
+                "event=host_name_taken mac=%s name=%s.%s vip=%s why=%r",
+                mac_str(host.mac),
+                name,
+                self.suffix,
+                host.vip,
+                "another node holds this name; the host keeps its address name "
+                f"{c_name(host.vip)}.{self.suffix}: give the host another hostname",
+            )
             return
         if self.hosts.by_mac(host.mac) is not host:
             return

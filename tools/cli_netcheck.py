@@ -59,10 +59,17 @@ def _yn(value: bool | None) -> str:
     return "?" if value is None else ("yes" if value else "no")
 
 
+def _mapping(r: NetcheckResult) -> str:
+    if r.mapping is not None:
+        return r.mapping
+    heard = {s.server for s in r.servers if s.mapped is not None} | {p for p, _ in r.peers_seen}
+    return "unknown (one peer)" if len(heard) == 1 else "unknown"
+
+
 def format_netcheck(r: NetcheckResult) -> list[str]:
     lines = [
         f"nat:        {r.nat or 'unknown'}",
-        f"mapping:    {r.mapping or 'unknown'}",
+        f"mapping:    {_mapping(r)}",
         f"filtering:  {r.filtering or 'unknown'}",
         f"public:     {', '.join(map(str, r.public_endpoints)) or '-'}",
         f"local:      {', '.join(map(str, r.local_endpoints)) or '-'}",

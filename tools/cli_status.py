@@ -55,6 +55,16 @@ def human_duration(seconds: float) -> str:
     return f"{s}s"
 
 
+def _routing(routable: bool, *, joined: bool) -> str:
+    if routable:
+        return "routable"
+    if joined:
+        # A vIP means the ring answered our JOIN and the DHT works; routable waits until
+        # links to both ring neighbours are up, which can take a few seconds more.
+        return "joined; links to ring neighbours still forming"
+    return "NOT routable (not joined to the ring yet)"
+
+
 def _rtt(rtt_ms: float | None) -> str:
     return "-" if rtt_ms is None else f"{rtt_ms:.1f} ms"
 
@@ -112,7 +122,7 @@ def format_status(status: Status) -> list[str]:
     facts = [
         f"up {human_duration(me.uptime_s)}",
         f"nat {me.nat or 'unknown'}",
-        "routable" if me.routable else "NOT routable (not joined to the ring yet)",
+        _routing(me.routable, joined=me.vip is not None),
     ]
     lines.append("")
     lines.append("; ".join(facts))
@@ -127,6 +137,11 @@ def format_status(status: Status) -> list[str]:
         lines.append(
             "no virtual IP yet: an address is claimed by a quorum of DHT replicas, so a node "
             "gets one once it is linked to at least one other node of its network"
+        )
+    if any(p.vip is None for p in status.peers):
+        lines.append(
+            "VIP '-': not known yet (learned from traffic with the peer, or from its "
+            "hostname's record)"
         )
     for p in status.peers:
         if p.why:

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
 
+from ipop import timing
 from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
@@ -55,7 +56,11 @@ from ipop.dht.record import MAX_VALUE_BYTES, ip_key, name_key
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
+from ipop.link.endpoint import LinkInfo
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
+from ipop.node import SHORTCUT_RETRY_S
+from ipop.nolinks import NoLinkWatch
+from ipop.peerstore import PeerStore
 from ipop.status import (
     DnsStatus,
     LanHostStatus,
@@ -89,6 +94,17 @@ ALLOC_RETRY_S = 2.0
 STUN_DEADLINE_S = 5.0
 STUN_POLL_S = 0.005
 MAX_NETCHECK_PEERS = 8
+# Linked peers' vIPs from their hostnames (learn_peer_vips): how often, how many lookups a
+# sweep, and how long an answer holds.
+PEER_VIP_SWEEP_S = 30.0
+MAX_PEER_VIP_LOOKUPS = 8
+PEER_VIP_TTL_S = 300.0
+# How often link notes are logged (ipop.journal; their log time is at most this late).
+JOURNAL_DRAIN_S = 0.25
+# How often the daemon looks for a reason it has no links (ipop.nolinks).
+LINK_WATCH_S = 2.0
+# How often the links' endpoints are noted for ipop.peerstore (writes are rarer still).
+REMEMBER_CHECK_S = 10.0
 
 
 class LocalServices(Protocol):
@@ -203,13 +219,20 @@ class Daemon:
         # shutdown, so the process exits non-zero and its service manager restarts it.
         self.failure: BaseException | None = None
         self.ready = asyncio.Event()
-        self.rtts: dict[NodeId, float] = {}
+        # Peer -> (overlay ping round trip, when measured): from `ipop ping`.
+        self.rtts: dict[NodeId, tuple[float, float]] = {}
+        # Linked peer -> (its vIP, when learned) from its hostname's records (learn_peer_vips);
+        # pruned to linked peers, re-learned after PEER_VIP_TTL_S.
+        self.peer_vips: dict[NodeId, tuple[IPv4Address, float]] = {}
         self._local: list[Endpoint] = []
         self.arp = ArpResponder(None, self.subnet)
         self._arp_type = ETH_P_ARP.to_bytes(2, "big")
         self.netcheck_result: NetcheckResult | None = None
         self._stun_socks: dict[int, socket.socket] = {}
         self.addrwatch: AddressWatcher | None = None
+        self.peer_store = PeerStore(settings.state_dir, network=self.network)
+        self._remembering = False  # set once _start has begun noting links
+        self.no_links = NoLinkWatch(now=time.time())
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -240,6 +263,7 @@ class Daemon:
         local = await self._local_endpoints(self.udp.port)
         self._local = local
         bootstrap = [ep for ep in self.bundle.bootstrap if ep not in local]
+        remembered = [ep for ep in self.peer_store.load() if ep not in local]
         self.node = Node(
             identity,
             bootstrap=bootstrap,
@@ -249,6 +273,7 @@ class Daemon:
             dht_config=DhtConfig(subnet=self.subnet),
         )
         self.node.core.overlay.set_local_endpoints(local[:4])
+        self.node.core.overlay.set_remembered(remembered)
         local_fd, local_side, local_name = await self._open_local()
         self.dataplane = DataPlane(
             self.node,
@@ -269,13 +294,19 @@ class Daemon:
         self.node.start()
         self.dataplane.start()
         self._watch_addresses(local)
+        self._remembering = True
+        self._spawn(self._remember_peers())
+        self.no_links = NoLinkWatch(now=time.time())
+        self._spawn(self._watch_links())
+        self._spawn(self._log_journal())
         log.info(
-            "event=started node=%s listen=%s:%d local=%s bootstrap=%d",
+            "event=started node=%s listen=%s:%d local=%s bootstrap=%d remembered=%d",
             identity.node_id.short(),
             s.listen.host,
             self.udp.port,
             local_name,
             len(bootstrap),
+            len(remembered),
         )
 
     async def _open_local(self) -> tuple[int, LocalSide | None, str]:
@@ -388,6 +419,7 @@ class Daemon:
             time.time() - self.started_at,
         )
         self.ready.set()
+        self._spawn(self._learn_peer_vips())
         if on_ready is not None:
             on_ready()
 
@@ -405,6 +437,8 @@ class Daemon:
         if self.dataplane is not None:
             self.dataplane.close()
         if self.node is not None:
+            if self._remembering:
+                self.remember_links(now=time.time(), final=True)
             await self.node.close()
         self._close_stun_alternates()
         if self.udp is not None:
@@ -432,6 +466,67 @@ class Daemon:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"vip": str(vip), "network": self.network}) + "\n")
         os.replace(tmp, path)
+
+    def remember_links(self, *, now: float, final: bool = False) -> None:
+        """Note the direct endpoints of our links; hand them to the overlay; write if due
+        (``final``: at shutdown, if anything changed since the last write)."""
+        node = self.node
+        if node is None:
+            return
+        store = self.peer_store
+        own = [*self._local, *node.core.overlay.endpoints()]
+        if store.note((info.path for info in node.core.link.peers()), own=own):
+            node.core.overlay.set_remembered(store.endpoints)
+        if store.save_due(now=now) or (final and store.dirty):
+            try:
+                store.save(now=now)
+            except OSError as exc:
+                log.warning("event=peers_not_saved file=%s error=%s", store.path, exc.strerror)
+                self.stats["peers_not_saved"] += 1
+
+    async def _remember_peers(self) -> None:
+        # Soon after start (the first links are the ones a restart most likely finds again),
+        # then every REMEMBER_CHECK_S; the store itself writes at most once a minute.
+        while True:
+            await asyncio.sleep(REMEMBER_CHECK_S)
+            self.remember_links(now=time.time())
+
+    def check_links(self, *, now: float) -> str | None:
+        """Log, once per stretch without links, why there are none (ipop.nolinks)."""
+        node = self.node
+        if node is None:
+            return None
+        link = node.core.link
+        words = self.no_links.check(
+            now=now,
+            links=len(link.peers()),
+            drops=link.drops,
+            handshake_failed=link.stats["handshake_failed"],
+            tried=len({*self.bundle.bootstrap, *self.peer_store.endpoints} - set(self._local)),
+        )
+        if words is not None:
+            log.warning("event=no_links why=%r", words)
+        return words
+
+    def log_journal(self) -> int:
+        """Log the link notes the core kept (ipop.journal): info if rare, else debug."""
+        node = self.node
+        if node is None:
+            return 0
+        notes = node.core.journal.drain()
+        for note in notes:
+            log.log(logging.INFO if note.rare else logging.DEBUG, note.line())
+        return len(notes)
+
+    async def _log_journal(self) -> None:
+        while True:
+            await asyncio.sleep(JOURNAL_DRAIN_S)
+            self.log_journal()
+
+    async def _watch_links(self) -> None:
+        while True:
+            await asyncio.sleep(LINK_WATCH_S)
+            self.check_links(now=time.time())
 
     # --- lookups ----------------------------------------------------------------------------
 
@@ -483,11 +578,14 @@ class Daemon:
             return []
         vips = self.dataplane.known_owners()
         kinds = {c.peer: c.kinds for c in node.core.overlay.snapshot().connections}
+        now = time.time()
         rows = []
         for info in node.core.link.peers():
             path = info.path
             relayed = isinstance(path, RelayPath)
             vip = vips.get(info.peer)
+            if vip is None and info.peer in self.peer_vips:
+                vip = self.peer_vips[info.peer][0].packed
             rows.append(
                 {
                     "node_id": info.peer.hex(),
@@ -497,13 +595,11 @@ class Daemon:
                     "endpoint": (
                         f"via {path.via.short()}" if isinstance(path, RelayPath) else str(path)
                     ),
-                    "rtt_ms": (
-                        round(self.rtts[info.peer] * 1000, 3) if info.peer in self.rtts else None
-                    ),
+                    "rtt_ms": self._rtt_ms(info.peer, info),
                     "bytes_in": info.bytes_in,
                     "bytes_out": info.bytes_out,
                     "kinds": sorted(k.name.lower() for k in kinds.get(info.peer, ())),
-                    "why": self._why_relayed(info.peer) if relayed else None,
+                    "why": self._why_relayed(info.peer) if relayed else _why_silent(info, now),
                 }
             )
         # Peers we exchange traffic with but hold no link to travel over the overlay.
@@ -517,7 +613,7 @@ class Daemon:
                         "vip": str(IPv4Address(vip)),
                         "path": "overlay",
                         "endpoint": None,
-                        "rtt_ms": round(self.rtts[peer] * 1000, 3) if peer in self.rtts else None,
+                        "rtt_ms": self._rtt_ms(peer, None),
                         "bytes_in": 0,
                         "bytes_out": 0,
                         "kinds": [],
@@ -525,6 +621,53 @@ class Daemon:
                     }
                 )
         return rows
+
+    def _rtt_ms(self, peer: NodeId, info: LinkInfo | None) -> float | None:
+        """The newest round trip we know: the link's last handshake or an overlay ping."""
+        best: tuple[float, float] | None = self.rtts.get(peer)
+        if (
+            info is not None
+            and info.rtt_s is not None
+            and (best is None or info.keys_established_at >= best[1])
+        ):
+            best = (info.rtt_s, info.keys_established_at)
+        return None if best is None else round(best[0] * 1000, 3)
+
+    async def learn_peer_vips(self, *, now: float) -> int:
+        """Learn linked peers' vIPs from their hostnames' records; how many were learned.
+
+        The data plane knows the vIPs of peers we exchanged traffic with; a ring neighbour we
+        never talked to would show no VIP in ``ipop status``. A hostname names the vIP, and
+        the address record's owner must be that very peer.
+        """
+        node = self.node
+        if node is None or node.dht is None or self.dataplane is None:
+            return 0
+        infos = node.core.link.peers()
+        linked = {info.peer for info in infos}
+        for peer in [p for p in self.peer_vips if p not in linked]:
+            del self.peer_vips[peer]
+        for peer in [p for p, (_, at) in self.peer_vips.items() if now - at >= PEER_VIP_TTL_S]:
+            del self.peer_vips[peer]
+        known = self.dataplane.known_owners()
+        todo = [
+            info
+            for info in infos
+            if info.hostname and info.peer not in known and info.peer not in self.peer_vips
+        ][:MAX_PEER_VIP_LOOKUPS]
+        learned = 0
+        for info in todo:
+            assert info.hostname is not None
+            vip = await lookup_name(node.dht, self.network, info.hostname, self.subnet)
+            if vip is not None and await self.lookup_owner(vip) == info.peer:
+                self.peer_vips[info.peer] = (vip, now)
+                learned += 1
+        return learned
+
+    async def _learn_peer_vips(self) -> None:
+        while True:
+            await self.learn_peer_vips(now=time.time())
+            await asyncio.sleep(PEER_VIP_SWEEP_S)
 
     def drops(self) -> dict[str, int]:
         total: Counter[str] = Counter()
@@ -585,9 +728,18 @@ class Daemon:
 
     def _why_no_link(self, peer: NodeId) -> str:
         node = self.node
-        if node is not None and peer in node.core.shortcut_peers():
+        last = node.core.shortcut_peers().get(peer) if node is not None else None
+        if last is None:
+            return "no link: routed over the ring"
+        idle = time.time() - last
+        if idle < SHORTCUT_RETRY_S:
             return "no link yet: routed over the ring while a shortcut forms"
-        return "no link: routed over the ring"
+        # The shortcut is kept for SHORTCUT_IDLE_S after the last packet, but asked for only
+        # while traffic flows: saying "forms" long after would be stale.
+        return (
+            f"no link: routed over the ring (no traffic for {idle:.0f} s; the next packet "
+            "asks for a shortcut again)"
+        )
 
     def nat_kind(self) -> str | None:
         """What peers' echoes of our address say about the mapping (RFC 4787 §4.1).
@@ -767,6 +919,19 @@ class Daemon:
         return result
 
 
+def _why_silent(info: LinkInfo, now: float) -> str | None:
+    """Why a direct link may be dead although it still shows: a killed peer's link stays up
+    until LINK_TIMEOUT_S of silence. None while the peer is heard as often as a live one is."""
+    quiet = now - info.last_rx
+    if quiet < timing.SILENT_PEER_S:
+        return None
+    return (
+        f"nothing heard for {quiet:.0f} s (a live peer sends a keepalive every "
+        f"{timing.KEEPALIVE_INTERVAL_S:.0f} s): it may be gone; the link closes after "
+        f"{timing.LINK_TIMEOUT_S:.0f} s of silence"
+    )
+
+
 def _pystun3(server: Endpoint, source_ip: str) -> SecondOpinion:
     """pystun3's verdict (blocking: run in a thread), bound to our own address, not 0.0.0.0:
     bound to the wildcard it cannot tell an open host from a full cone."""
@@ -837,7 +1002,7 @@ class DaemonControl:
             answer = await d.node.ping(owner, timeout_s=timeout_s)
         except TimeoutError:
             return PingReply(seq=seq, ok=False)
-        d.rtts[owner] = answer.rtt_s
+        d.rtts[owner] = (answer.rtt_s, time.time())
         path = d.path_to(owner) if answer.hops == 0 else "overlay"
         return PingReply(
             seq=seq,

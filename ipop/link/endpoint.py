@@ -361,6 +361,7 @@ class LinkInfo:
     observed: Endpoint | None
     keys_established_at: float
     rekeys: int
+    rtt_s: float | None = None  # the last handshake's round trip (either side); None: none yet
 
 
 # --- internal state --------------------------------------------------------------------------
@@ -429,6 +430,7 @@ class _Peer:
         "rekeyed_stale_at",
         "rekeys",
         "roam_candidate",
+        "rtt",
         "rx_bytes",
         "rx_packets",
         "tx_bytes",
@@ -448,6 +450,10 @@ class _Peer:
         # (path, when): the direct path the newest authenticated DATA came from while roaming
         # onto it was held (see _maybe_roam); None once the session moved, or never held.
         self.roam_candidate: tuple[Path, float] | None = None
+        # The last handshake's round trip from either side, for status only (path choice keeps
+        # to path_rtt): Init -> Resp as initiator, Resp -> key confirmation as responder.
+        # None until a handshake completed.
+        self.rtt: float | None = None
         self.up = False
         self.current: _Keypair | None = None
         self.previous: _Keypair | None = None
@@ -790,6 +796,7 @@ class LinkEndpoint:
                     observed=st.observed,
                     keys_established_at=kp.created_at,
                     rekeys=st.rekeys,
+                    rtt_s=st.rtt,
                 )
             )
         return out
@@ -1176,7 +1183,8 @@ class LinkEndpoint:
         self._keypairs[kp.local_index] = kp
         # Round trip of this handshake: what path choice compares (a retransmitted Init counts
         # from its first copy, which only makes a lossy path look worse).
-        self._install(st, kp, path, now, resp.observed, rtt=now - ini.started_at)
+        st.rtt = now - ini.started_at
+        self._install(st, kp, path, now, resp.observed, rtt=st.rtt)
         # Key confirmation for the responder, which stays silent until it sees our DATA.
         self._outbox.append(self.seal(node, _EMPTY, now=now))
 
@@ -1185,6 +1193,8 @@ class LinkEndpoint:
     def _confirm(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
         """Responder side: ``kp`` was just proven by the initiator's first DATA."""
         del st.pending[kp.local_index]
+        # The initiator confirms as soon as our Resp arrives: one round trip since we answered.
+        st.rtt = now - kp.created_at
         for index in st.pending:
             self._retire(index, st)
         st.pending.clear()

@@ -572,6 +572,7 @@ class OverlayNode:
         self._links = links
         self._rng = rng
         self._bootstrap = tuple(bootstrap)
+        self._remembered: tuple[Endpoint, ...] = ()
         self._local_endpoints = tuple(config.local_endpoints)
         self._table = ConnectionTable()
         self._events: collections.deque[OverlayEvent] = collections.deque()
@@ -674,6 +675,16 @@ class OverlayNode:
         self._connect_bootstrap(now)
         self._next_tick = now + self.config.tick_s * self._rng.uniform(0.5, 1.0)
         self._next_gossip = now + self.config.gossip_interval_s
+
+    def set_remembered(self, endpoints: Sequence[Endpoint]) -> None:
+        """Endpoints of peers we once linked to, tried with the bootstraps when we have no link.
+
+        The bootstraps may all be gone for good; any member that still answers at an endpoint
+        it had lets us rejoin (the handshake proves who it is). Bounded by the caller (see
+        ipop.peerstore); the bootstraps come first.
+        """
+        boot = set(self._bootstrap)
+        self._remembered = tuple(ep for ep in endpoints if ep not in boot)
 
     def set_local_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace our own socket endpoints (e.g. once the driver bound its socket)."""
@@ -1501,7 +1512,7 @@ class OverlayNode:
 
     def _connect_bootstrap(self, now: float) -> None:
         own = set(self.endpoints())
-        for ep in self._bootstrap:
+        for ep in (*self._bootstrap, *self._remembered):
             if ep in own or ep in self._bootstrap_pending:
                 continue
             self._bootstrap_pending[ep] = now + self.config.connect_timeout_s

@@ -6,7 +6,11 @@ identities in well under a second.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
+
+from ipop.bundle import Bundle
 from ipop.identity import NetworkCA, NodeIdentity
+from ipop.types import Endpoint
 
 
 def make_network(network: str = "testnet", *, now: float) -> NetworkCA:
@@ -24,3 +28,30 @@ def make_identity(
 ) -> NodeIdentity:
     """A fresh node key with a certificate from ``ca``."""
     return NodeIdentity.generate(ca, name, now=now, days=days, hostname=hostname)
+
+
+def make_bundle(
+    network: str,
+    node_name: str,
+    *,
+    subnet: IPv4Network,
+    bootstrap: tuple[Endpoint, ...],
+    now: float,
+    hostname: str | None = None,
+    router_hosts: int = 0,
+) -> Bundle:
+    """A node bundle of a fresh network CA: what 'ipop-config node' writes, in memory."""
+    ca = make_network(network, now=now)
+    ident = NodeIdentity.generate(
+        ca, node_name, now=now, hostname=hostname, router_hosts=router_hosts
+    )
+    return Bundle(
+        network=network,
+        subnet=subnet,
+        bootstrap=bootstrap,
+        node_name=node_name,
+        ca_cert_pem=ca.cert_pem(),
+        node_cert_pem=ident.cert.pem(),
+        node_key_pem=ident.private_key_pem(),
+        hostname=hostname,
+    )

@@ -22,7 +22,7 @@ import pytest
 from ipop.dht.names import c_name
 from ipop.status import Status
 from tools.lab import netns
-from tools.lab.ipopnet import IpopNet
+from tools.lab.ipopnet import IPOP_PORT, IpopNet
 from tools.lab.lab import Lab, cleanup_stale, process_prefix
 from tools.lab.topology import Topology, topology_from_dict
 
@@ -335,6 +335,24 @@ def test_restart_keeps_the_address(net: IpopNet) -> None:
     # a may still hold the session b lost in the restart until b's join re-keys it (or a's
     # silent-peer re-handshake does, at the latest SILENT_PEER_S later): allow for that.
     _ping(net, "a", "b.ipop", tries=12)
+
+
+def test_a_restart_after_the_bootstrap_is_gone_rejoins_through_remembered_peers(
+    net: IpopNet,
+) -> None:
+    # Runs after the others: the bootstrap stays down for the rest of the module.
+    boot = net.lab.bootstrap
+    net.stop(boot)
+    net.stop("b")
+    saved = json.loads((net.files("b").state_dir / "peers.json").read_text())
+    assert set(saved["peers"]) - {f"{boot.ip}:{IPOP_PORT}"}, saved  # peers besides the bootstrap
+    net.start("b")
+    st = net.wait_ready("b", timeout_s=READY_S)
+    assert st.self_.vip is not None and st.peers
+    _ping(net, "b", "pub2.ipop", tries=12)
+    _ping(net, "a", "b.ipop", tries=12)
+    started = re.findall(r"event=started .* remembered=(\d+)", net.files("b").log.read_text())
+    assert int(started[-1]) >= 1, started
 
 
 def test_teardown_leaves_no_namespace_or_process(tmp_path: Path) -> None:

@@ -76,3 +76,61 @@ def test_bundle_of_another_key_is_refused(
     cfg = _write_config(tmp_path / "n.toml", "mixed.toml")
     assert ipopd.main(["--config", str(cfg)]) == 2
     assert "node_key" in _one_line(capsys)
+
+
+def _lines_after(text: str, key: str) -> tuple[list[str], int]:
+    lines = text.split("\n")
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"{key} = "))
+    return lines, start + 2  # the first base64 line after '-----BEGIN ...'
+
+
+def _hand_edit(text: str, key: str, how: str) -> str:
+    lines, i = _lines_after(text, key)
+    if how == "line_removed":
+        del lines[i + 1]
+    elif how == "length_changed":
+        lines[i] = lines[i][:5] + ("z" if lines[i][5] != "z" else "y") + lines[i][6:]
+    elif how == "tag_changed":
+        lines[i] = lines[i][:10] + "xx" + lines[i][12:]
+    elif how == "begin_removed":
+        del lines[i - 1]
+    else:  # not base64
+        lines[i] = lines[i][:20] + "!!" + lines[i][22:]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("key", ["node_cert", "ca_cert", "node_key"])
+@pytest.mark.parametrize(
+    "how", ["line_removed", "length_changed", "tag_changed", "begin_removed", "not_base64"]
+)
+def test_hand_edited_pem_reads_as_a_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, how: str
+) -> None:
+    home = str(tmp_path / "home")
+    init = ["init", "net", "--subnet", "100.64.0.0/10", "--bootstrap", "203.0.113.10:5800"]
+    assert config_cli.main(["--home", home, *init]) == 0
+    good = tmp_path / "a.toml"
+    assert config_cli.main(["--home", home, "node", "net", "a", "--out", str(good)]) == 0
+    capsys.readouterr()
+    bad = tmp_path / "edited.toml"
+    bad.write_text(_hand_edit(good.read_text(), key, how))
+    cfg = _write_config(tmp_path / "n.toml", "edited.toml")
+    assert ipopd.main(["--config", str(cfg)]) == 2
+    line = _one_line(capsys)
+    assert "edited.toml" in line  # the file
+    assert line.startswith(f"ipopd: {key}:")  # the key
+    assert "ipop-config" in line  # the fix
+    dumps = (
+        "ParseError",
+        "asn1",
+        "ASN.1",
+        "kind:",
+        "deserialize",
+        "cryptography.io",
+        "InvalidData",
+    )
+    for dump in dumps:
+        assert dump not in line, line
+    framing = how == "begin_removed" or (how == "line_removed" and key == "node_key")  # 1 line
+    expect = "-----END" if framing else "not base64" if how == "not_base64" else "is damaged"
+    assert expect in line, line

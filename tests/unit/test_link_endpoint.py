@@ -508,3 +508,12 @@ def test_a_peer_that_says_it_moved_is_followed_without_waiting_for_silence() -> 
     assert v.b.peers()[0].path == A_EP
     v.b.receive_datagram(sealed(v, b"moved"), lan, now=v.now + 0.02)
     assert v.b.peers()[0].path == lan and v.b.stats["roam_held"] == 0
+
+
+def test_both_sides_know_the_handshake_round_trip_for_status() -> None:
+    w = World(latency=0.04)
+    w.up()
+    (a_info,) = w.a.peers()
+    (b_info,) = w.b.peers()
+    assert a_info.rtt_s == pytest.approx(0.08)  # Init -> Resp
+    assert b_info.rtt_s == pytest.approx(0.08)  # Resp -> key confirmation

@@ -25,6 +25,7 @@ from ipop.netcheck import (
 from ipop.stun import StunAnswer
 from ipop.types import Endpoint
 from tools.cli import main
+from tools.cli_netcheck import format_netcheck
 
 LOCAL = Endpoint("198.18.1.2", 5800)
 WAN = "203.0.113.101"
@@ -276,3 +277,17 @@ def test_control_rejects_bad_netcheck_args(sock: Path, args: dict[str, Any]) -> 
 
     assert _serve(sock, h, call) != "accepted"
     assert h.calls == []
+
+
+def test_one_peer_and_its_own_echo_do_not_make_a_symmetric_nat_independent() -> None:
+    # Behind a symmetric NAT with one direct peer: that peer's STUN answer and its echo in the
+    # overlay show the same address, but from one destination nothing is known.
+    nat = ModelNat("symmetric", {PEER: None})
+    mapped = Endpoint(WAN, 40000)  # what ModelNat's symmetric NAT maps toward its first peer
+    r = asyncio.run(
+        run_netcheck(nat.transact, servers=[], peers=[PEER], local=[LOCAL], echoed=[mapped])
+    )
+    assert r.peers_seen and r.peers_seen[0][1] == mapped
+    assert r.mapping is None and r.nat is None
+    assert any("mapping unknown (one peer)" in n for n in r.notes)
+    assert "mapping:    unknown (one peer)" in format_netcheck(r)

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,15 +28,16 @@ import router.daemon as rd
 from dhcp_dns.dhcp import parse_dhcp
 from ipop.aio.daemon import DaemonSettings
 from ipop.bundle import Bundle
-from ipop.dht.record import ip_key
+from ipop.dht.names import c_name
+from ipop.dht.record import ip_key, name_key
 from ipop.errors import LocalProtocolError
 from ipop.testing.fake_dht import FakeDht
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import make_bundle
 from ipop.types import Endpoint, NodeId
 from ipop.vnet.packet import parse_udp_frame
 from router.config import RouterSection
 from router.daemon import RouterDaemon, _LanSide
-from router.hosts import mac_str
+from router.hosts import LanHost, mac_str
 from router.lan import CsumDrop
 from tools.ipopd import run_daemon
 
@@ -49,22 +51,22 @@ V2 = IPv4Address("100.64.5.2")
 OTHER = NodeId(12345)
 
 
-@pytest.fixture(scope="module")
-def bundle() -> Bundle:
+def _bundle(**router: Any) -> Bundle:
     import time
 
-    now = time.time()
-    ca = make_network("lab-net", now=now)
-    ident = make_identity(ca, "router1", now=now)
-    return Bundle(
-        network="lab-net",
+    return make_bundle(
+        "lab-net",
+        "router1",
         subnet=SUBNET,
         bootstrap=(Endpoint("203.0.113.10", 5800),),
-        node_name="router1",
-        ca_cert_pem=ca.cert_pem(),
-        node_cert_pem=ident.cert.pem(),
-        node_key_pem=ident.private_key_pem(),
+        now=time.time(),
+        **router,
     )
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return _bundle()
 
 
 class FakeNode:
@@ -551,3 +553,22 @@ def test_a_host_whose_address_another_node_took_is_forgotten(
         assert not _LanSide(r).admit(memoryview(_ip_frame(M1, V1)))  # no longer ours to send
 
     _run(bundle, tmp_path, body)
+
+
+def test_a_lan_hosts_taken_name_is_a_warning_naming_the_fix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    rb = _bundle(hostname="r1", router_hosts=4)
+    r = _router(rb, tmp_path)
+    dht = FakeDht(rb.node_id)
+    dht.hold(name_key("lab-net", "laptop.r1"), OTHER, V2.packed)
+    r.node = SimpleNamespace(identity=rb.identity(now=time.time()), dht=dht)  # type: ignore[assignment]
+    host = LanHost(M1, V1, "dhcp")
+    with caplog.at_level(logging.WARNING, logger="ipop-router"):
+        asyncio.run(r._register_hostname(host, "laptop"))
+    assert r.rdrops["hostname_taken"] == 1
+    (line,) = [rec.getMessage() for rec in caplog.records if "host_name_taken" in rec.getMessage()]
+    assert "name=laptop.r1.ipop" in line and "give the host another hostname" in line
+    assert c_name(V1) in line

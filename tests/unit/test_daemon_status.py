@@ -1,0 +1,165 @@
+"""What the daemon fills and logs: rtt_ms from the link layer, VIP of linked peers, link notes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ipop.aio.daemon import Daemon, DaemonSettings
+from ipop.dht.record import ip_key, name_key
+from ipop.journal import Journal
+from ipop.link.endpoint import LinkInfo
+from ipop.testing.fake_dht import FakeDht
+from ipop.testing.identities import make_bundle
+from ipop.types import Endpoint, NodeId, RelayPath
+
+SUBNET = IPv4Network("100.64.0.0/10")
+BOB, CAROL = NodeId(0xB0B), NodeId(0xCA201)
+BOB_VIP = IPv4Address("100.64.0.7")
+
+
+def _daemon(tmp_path: Path) -> Daemon:
+    bundle = make_bundle(
+        "lab-net",
+        "alice",
+        subnet=SUBNET,
+        bootstrap=(Endpoint("203.0.113.10", 5800),),
+        now=time.time(),
+    )
+    settings = DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path)
+    return Daemon(bundle, settings)
+
+
+def _info(peer: NodeId, hostname: str | None, rtt_s: float | None, at: float) -> LinkInfo:
+    return LinkInfo(
+        peer=peer,
+        name=hostname or "x",
+        hostname=hostname,
+        path=Endpoint("203.0.113.20", 5800),
+        established_at=at,
+        last_rx=at,
+        last_tx=at,
+        bytes_in=0,
+        bytes_out=0,
+        packets_in=0,
+        packets_out=0,
+        cipher="chacha20poly1305",
+        observed=None,
+        keys_established_at=at,
+        rekeys=0,
+        rtt_s=rtt_s,
+    )
+
+
+def _wire(
+    d: Daemon,
+    infos: list[LinkInfo],
+    dht: FakeDht,
+    *,
+    owners: dict[NodeId, bytes] | None = None,
+    shortcuts: dict[NodeId, float] | None = None,
+) -> None:
+    core = SimpleNamespace(
+        link=SimpleNamespace(peers=lambda: infos),
+        overlay=SimpleNamespace(snapshot=lambda: SimpleNamespace(connections=())),
+        shortcut_peers=lambda: dict(shortcuts or {}),
+    )
+    node: Any = SimpleNamespace(core=core, dht=dht, node_id=NodeId(1))
+    plane: Any = SimpleNamespace(known_owners=lambda: dict(owners or {}))
+    d.node, d.dataplane = node, plane
+
+
+def test_rtt_of_every_linked_peer_comes_from_its_handshake_or_a_newer_ping(
+    tmp_path: Path,
+) -> None:
+    d = _daemon(tmp_path)
+    _wire(d, [_info(BOB, "bob", 0.012, at=100.0), _info(CAROL, None, None, at=100.0)], FakeDht(1))
+    rows = {r["node_id"]: r for r in d.peer_rows()}
+    assert rows[BOB.hex()]["rtt_ms"] == 12.0
+    assert rows[CAROL.hex()]["rtt_ms"] is None  # no handshake measured yet
+    d.rtts[BOB] = (0.003, 200.0)  # an overlay ping after the handshake
+    d.rtts[CAROL] = (0.004, 50.0)
+    rows = {r["node_id"]: r for r in d.peer_rows()}
+    assert rows[BOB.hex()]["rtt_ms"] == 3.0
+    assert rows[CAROL.hex()]["rtt_ms"] == 4.0
+
+
+def test_vip_of_a_linked_peer_is_learned_from_its_hostname(tmp_path: Path) -> None:
+    d = _daemon(tmp_path)
+    dht = FakeDht(NodeId(1))
+    dht.hold(name_key("lab-net", "bob"), BOB, BOB_VIP.packed)
+    dht.hold(ip_key("lab-net", BOB_VIP), BOB)
+    # carol's name points at bob's address: not carol's, not shown.
+    dht.hold(name_key("lab-net", "carol"), CAROL, BOB_VIP.packed)
+    infos = [_info(BOB, "bob", 0.01, at=1.0), _info(CAROL, "carol", 0.01, at=1.0)]
+    _wire(d, infos, dht)
+    assert asyncio.run(d.learn_peer_vips(now=0.0)) == 1
+    rows = {r["node_id"]: r for r in d.peer_rows()}
+    assert rows[BOB.hex()]["vip"] == str(BOB_VIP)
+    assert rows[CAROL.hex()]["vip"] is None
+    infos.pop(0)  # bob's link went: forgotten
+    asyncio.run(d.learn_peer_vips(now=1.0))
+    assert BOB not in d.peer_vips
+
+
+def test_link_notes_are_logged_rare_at_info_routine_at_debug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = _daemon(tmp_path)
+    _wire(d, [], FakeDht(NodeId(1)))
+    journal = Journal()
+    d.node.core.journal = journal  # type: ignore[union-attr]
+    ep = Endpoint("198.51.100.7", 5800)
+    journal.link_up(BOB, ep, now=1.0)
+    journal.link_down(BOB, "timeout", now=2.0)
+    with caplog.at_level(logging.INFO, logger="ipopd"):
+        assert d.log_journal() == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "ipopd"]
+    assert lines == [f"event=link_up peer={BOB.short()} path=direct at={ep.host}:5800 first=yes"]
+
+
+def test_daemon_remembers_direct_links_and_hands_them_to_the_overlay(tmp_path: Path) -> None:
+    d = _daemon(tmp_path)
+    handed: list[list[Endpoint]] = []
+    bob = _info(BOB, "bob", 0.01, at=1.0)
+    carol = dataclasses.replace(_info(CAROL, None, None, at=1.0), path=RelayPath(CAROL, BOB))
+    _wire(d, [bob, carol], FakeDht(NodeId(1)))
+    d.node.core.overlay.endpoints = list  # type: ignore[union-attr]
+    d.node.core.overlay.set_remembered = handed.append  # type: ignore[union-attr]
+    d.remember_links(now=100.0)
+    assert handed == [[bob.path]]  # the relayed link is not an endpoint to come back to
+    saved = json.loads((tmp_path / "peers.json").read_text())
+    assert saved == {"network": "lab-net", "peers": ["203.0.113.20:5800"]}
+    # A restart of the daemon reads them back.
+    assert _daemon(tmp_path).peer_store.load() == [bob.path]
+
+
+def test_a_shortcut_that_stopped_forming_is_not_said_to_form(tmp_path: Path) -> None:
+    d = _daemon(tmp_path)
+    now = time.time()
+    owners = {BOB: IPv4Address("100.64.0.8").packed, CAROL: BOB_VIP.packed}
+    _wire(d, [], FakeDht(NodeId(1)), owners=owners, shortcuts={BOB: now, CAROL: now - 60})
+    why = {r["node_id"]: r["why"] for r in d.peer_rows()}
+    assert why[BOB.hex()] == "no link yet: routed over the ring while a shortcut forms"
+    assert why[CAROL.hex()].startswith("no link: routed over the ring (no traffic for 6")
+
+
+def test_a_direct_link_gone_quiet_says_so_before_it_times_out(tmp_path: Path) -> None:
+    d = _daemon(tmp_path)
+    now = time.time()
+    _wire(
+        d, [_info(BOB, "bob", 0.01, at=now - 30), _info(CAROL, None, 0.01, at=now - 1)], FakeDht(1)
+    )
+    why = {r["node_id"]: r["why"] for r in d.peer_rows()}
+    assert why[CAROL.hex()] is None
+    assert why[BOB.hex()].startswith("nothing heard for 30 s")
+    assert "the link closes after 50 s of silence" in why[BOB.hex()]
