@@ -23,9 +23,22 @@ Theory of operation
     (:mod:`ipop.dht.policy`). Replicas refuse the rest (:mod:`ipop.dht.storage`), readers
     disbelieve it (a copy a replica returns is checked like an offer), and this node does not
     even send a record its own replica would refuse (the write fails, counted).
-  * ``get`` fetches from every replica, believes :func:`~ipop.dht.record.choose_best`, and
-    repairs replicas that hold nothing, an expired copy or an older seq (read repair). Repairs
-    copy signed bytes, so they never extend a lease.
+  * ``get`` first asks the R nearest nodes this node knows, without a lookup, and returns once
+    a quorum of them answered and a live record is among the answers (so a dead replica, e.g.
+    a bootstrap that stopped, costs nothing). Finding nothing there, it looks the replica set
+    up, reads it the same way, widens to every node the lookup found if the R nearest hold
+    nothing (a ring still forming), believes :func:`~ipop.dht.record.choose_best`, and repairs
+    replicas that hold nothing, an expired copy or an older seq (read repair). Repairs copy
+    signed bytes, so they never extend a lease.
+  * Store-on-join (kademlia's): when a node enters our routing table and fewer than R of the
+    nodes we know are nearer a key we hold than it, we offer it that record (at most
+    ``MAX_HANDOFF_RECORDS`` per contact). Lookups for the key will reach the newcomer, so
+    records stay where lookups look as the ring grows, not only after the owner's next
+    republish (a network grown from 2 to 24 nodes answered NXDOMAIN for the first names for
+    up to 66 s). Any replica may hand records on: they are signed and carry their owner's
+    certificate, the receiver checks them like any offer, and copies never extend a lease.
+    It also guards creates: a newcomer near a claimed key holds the claim, so a later racer
+    meets CONFLICT there instead of a fresh majority (tests/sim/test_dht_handoff.py).
   * Owners alone republish (every ``republish_interval_s``, to the *current* R nearest): that
     re-replicates records whose replicas left. Renewing is the owner signing a higher seq with a
     later expiry. Nobody else can extend a lease.
@@ -92,6 +105,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # How often (at most) the overlay's linked peers are taken in as contacts, in seconds.
 LINK_ABSORB_S = 5.0
+# Records offered to one new contact at most (store-on-join): bounds the work a contact costs.
+MAX_HANDOFF_RECORDS = 64
+# Rounds a create looks the replica set up again until two lookups agree (converged).
+CREATE_VIEW_ROUNDS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +292,7 @@ class DhtService:
             attempts=self.config.rpc_attempts,
             answer_cache_s=self.config.answer_cache_s,
         )
+        self.protocol.on_new_contact = self._hand_off
         self.shim = OverlayShim(port)
         self.shim.connect(self.protocol)
         self._linked = port if isinstance(port, LinkedPeers) else None
@@ -386,6 +404,41 @@ class DhtService:
         if not self.contacts() and self._seeds:
             self.stats["rejoins"] += 1
             await self._join(self._seeds)
+
+    def _hand_off(self, peer: NodeId) -> None:
+        """Store-on-join: offer ``peer`` (a new contact) the records it is now near.
+
+        A record goes to ``peer`` when fewer than R of the nodes this node knows (itself
+        included) are nearer its key than ``peer``: lookups for the key will reach ``peer``, so
+        it must hold the record before the owner's next republish. The records are signed by
+        their owners and carry their certificates, so any replica may hand them on and the
+        receiver checks them like any offer; copies never extend a lease. At most
+        ``MAX_HANDOFF_RECORDS`` per contact, in one tracked task.
+        """
+        if self._closed:
+            return
+        contacts = [n.long_id for b in self.protocol.router.buckets for n in b.nodes.values()]
+        contacts.append(self.node_id.value)
+        records = []
+        for record in self.storage.records():
+            target = int.from_bytes(record.key_id, "big")
+            mine = peer.value ^ target
+            nearer = 0
+            for other in contacts:
+                if other != peer.value and other ^ target < mine:
+                    nearer += 1
+                    if nearer >= self.config.replicas:
+                        break
+            if nearer < self.config.replicas:
+                records.append(record)
+                if len(records) >= MAX_HANDOFF_RECORDS:
+                    break
+        if records:
+            self.stats["handoffs"] += len(records)
+            self._spawn(self._store_many(peer, records))
+
+    async def _store_many(self, peer: NodeId, records: list[Record]) -> None:
+        await asyncio.gather(*(self._store_at(peer, r) for r in records))
 
     async def _refresh(self) -> None:
         await self._ensure_contacts()
@@ -592,14 +645,73 @@ class DhtService:
             del self._owned[record.key]
 
     async def get(self, key: str) -> Record | None:
-        """The live record for ``key`` a majority view believes, or None; repairs stale copies."""
+        """The live record for ``key`` a quorum view believes, or None; repairs stale copies.
+
+        First the R nearest nodes this node already knows are asked, without a lookup; a record
+        found once ``needed`` of them answered is the answer (no waiting for a dead replica).
+        Else a lookup finds the replica set, which is read the same way, widened to every node
+        the lookup found if the R nearest hold nothing (a ring still forming, records not yet
+        handed over), and repaired in the background.
+        """
         kid = key_id(key)
-        replicas = await self.replica_set(kid)
-        fetched = await asyncio.gather(*(self._fetch_at(p, kid) for p in replicas))
+        await self._ensure_contacts()
+        known = self._known_nearest(kid)
+        best, _ = await self._read(known, kid, wait_all_if_empty=False)
+        if best is None:
+            found = await self._lookup(kid)
+            target = int.from_bytes(kid, "big")
+            ordered = sorted(set(found) | {self.node_id}, key=lambda n: n.value ^ target)
+            replicas = ordered[: self.config.replicas]
+            best, held = await self._read(replicas, kid, wait_all_if_empty=True)
+            if best is None and len(ordered) > len(replicas):
+                self.stats["get_widened"] += 1
+                best, _ = await self._read(ordered[len(replicas) :], kid, wait_all_if_empty=True)
+            self._plan_repairs(held, best)
+        self.stats["get_found" if best else "get_missing"] += 1
+        return best
+
+    def _known_nearest(self, kid: bytes) -> list[NodeId]:
+        """The R nodes nearest ``kid`` in our routing table, this node included if near."""
+        near = self.protocol.router.find_neighbors(Node(kid), self.config.replicas)
+        found = {node_id_from_bytes(n.id) for n in near} | {self.node_id}
+        target = int.from_bytes(kid, "big")
+        return sorted(found, key=lambda n: n.value ^ target)[: self.config.replicas]
+
+    async def _read(
+        self, peers: list[NodeId], kid: bytes, *, wait_all_if_empty: bool
+    ) -> tuple[Record | None, dict[NodeId, Record | None]]:
+        """(best record, what each peer that answered holds) from fetching at ``peers``.
+
+        Returns once ``needed`` peers answered and a live record is among the answers, so a
+        dead peer costs nothing; with nothing found, once every peer answered or timed out
+        (``wait_all_if_empty``) or as soon as ``needed`` answered. Fetches still running are
+        cancelled.
+        """
+        need = self.config.needed(len(peers))
+        tasks = {self._spawn(self._fetch_at(p, kid)): p for p in peers}
+        held: dict[NodeId, Record | None] = {}
+        best: Record | None = None
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    answered, record = task.result()
+                    if answered:
+                        held[tasks[task]] = record
+                enough = len(held) >= min(need, len(peers))
+                best = choose_best([r for r in held.values() if r is not None], now=self._now())
+                if enough and (best is not None or not wait_all_if_empty):
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+        return best, held
+
+    def _plan_repairs(self, held: dict[NodeId, Record | None], best: Record | None) -> None:
+        """Read repair: copies of ``best`` (or an owner's newest) where replicas lack them."""
         now = self._now()
-        held = {p: r for p, (answered, r) in zip(replicas, fetched, strict=True) if answered}
         copies = [r for r in held.values() if r is not None]
-        best = choose_best(copies, now=now)
         newest = newest_by_owner(copies, now=now)
         repairs: dict[NodeId, Record] = {}
         for peer, have in held.items():
@@ -614,8 +726,6 @@ class DhtService:
         if repairs and not self._closed:
             self.stats["read_repairs"] += len(repairs)
             self._spawn(self._repair(repairs))
-        self.stats["get_found" if best else "get_missing"] += 1
-        return best
 
     async def _repair(self, repairs: dict[NodeId, Record]) -> None:
         await asyncio.gather(*(self._store_at(p, r) for p, r in repairs.items()))
