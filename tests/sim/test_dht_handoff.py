@@ -14,7 +14,7 @@ import pytest
 
 from ipop.dht.names import lookup_name, register_name
 from ipop.dht.record import ip_key, key_id, name_key
-from ipop.dht.service import DhtConfig, DhtService
+from ipop.dht.service import MAX_HANDOFF_RECORDS, DhtConfig, DhtService
 from ipop.testing.clock import run_virtual
 from ipop.testing.fake_overlay import DhtCluster
 
@@ -216,3 +216,46 @@ def test_one_winner_when_many_nodes_claim_one_address_in_a_forming_network(seed:
         assert {r.owner if r else None for r in got} == {won[0].node_id}
 
     run(body, n=24, seed=seed)
+
+
+def test_a_two_node_network_still_claims_with_both_nodes() -> None:
+    """The smallest legitimate network: a claim needs both nodes, and the second claimant of
+    the same address loses (the converged view of two nodes is two nodes)."""
+
+    async def body(c: DhtCluster) -> None:
+        a, b = c.nodes
+        assert await b.bootstrap([a.node_id])
+        assert await a.bootstrap([b.node_id])
+        key = ip_key(NET, SUBNET.network_address + 9)
+        assert await a.create(key, b"", 600)
+        assert not await b.create(key, b"", 600)
+        got = await b.get(key)
+        assert got is not None and got.owner == a.node_id
+
+    run(body, n=2, seed=1)
+
+
+def test_a_handoff_is_bounded_and_comes_only_from_replicas() -> None:
+    """A new contact is offered at most MAX_HANDOFF_RECORDS records, and only by a node that
+    is itself among the R nearest it knows of each key."""
+
+    async def body(c: DhtCluster) -> None:
+        first = c.nodes[0]
+        await asyncio.gather(*(svc.bootstrap([first.node_id]) for svc in c.nodes[1:12]))
+        for i in range(200):
+            assert await c.nodes[1 + i % 11].put(f"{NET}:user:u{i}", b"v", 600)
+        await asyncio.sleep(1)
+        before = {id(s): s.stats["handoffs"] for s in c.nodes}
+        late = c.nodes[12]
+        assert await late.bootstrap([first.node_id])
+        await asyncio.sleep(1)
+        given = {id(s): s.stats["handoffs"] - before[id(s)] for s in c.nodes[:12]}
+        assert all(n <= MAX_HANDOFF_RECORDS for n in given.values()), given
+        assert max(given.values()) == MAX_HANDOFF_RECORDS, given  # the bound was reached
+        # Whatever the newcomer holds now is a key it is among the R nearest of.
+        ids = [s.node_id.value for s in c.nodes]
+        for record in late.storage.records():
+            target = int.from_bytes(record.key_id, "big")
+            assert sorted(ids, key=lambda v: v ^ target).index(late.node_id.value) < 8
+
+    run(body, n=13, seed=2)
