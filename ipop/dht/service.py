@@ -108,8 +108,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # How often (at most) the overlay's linked peers are taken in as contacts, in seconds.
 LINK_ABSORB_S = 5.0
-# Records offered to one new contact at most (store-on-join): bounds the work a contact costs.
+# Records offered to one new contact at most, and records looked at for it at most
+# (store-on-join): bounds the work a contact costs. Honest load is ~2 R records per node (see
+# ipop.dht.storage), so both bounds only bite on a store filled by misbehaving members, whose
+# records then wait for their owners' republish.
 MAX_HANDOFF_RECORDS = 64
+MAX_HANDOFF_SCAN = 1024
 # Seconds after a lost create's withdrawal until its tombstone is sent to the replicas again.
 WITHDRAW_AGAIN_S = 2.0
 # Rounds a create looks the replica set up again until two lookups agree (converged).
@@ -431,7 +435,8 @@ class DhtService:
         early copy taken while the ring was forming, does not spread it). The records are
         signed by their owners and carry their certificates, so any replica may hand them on
         and the receiver checks them like any offer; copies never extend a lease. At most
-        ``MAX_HANDOFF_RECORDS`` per contact, in one tracked task.
+        ``MAX_HANDOFF_RECORDS`` per contact out of ``MAX_HANDOFF_SCAN`` looked at, in one
+        tracked task.
         """
         if self._closed:
             return
@@ -443,7 +448,7 @@ class DhtService:
         ]
         r = self.config.replicas
         records = []
-        for record in self.storage.records():
+        for record in self.storage.records()[:MAX_HANDOFF_SCAN]:
             target = int.from_bytes(record.key_id, "big")
             mine = self.node_id.value ^ target
             theirs = peer.value ^ target
