@@ -14,9 +14,9 @@ but it replaces rpcudp's datagram handling, which we cannot use as shipped:
   replica replays its cached answer to a duplicate, so execution is at-most-once and one lost
   datagram costs ``retry_s``. Only a peer silent for all tries is evicted.
 * stock ``welcome_if_new`` pushes every stored key to each new contact, synchronously, and
-  ``rpc_store`` accepts anything. Here a new contact is just added to the routing table,
-  stores go through :class:`~ipop.dht.storage.RecordStorage`'s rules, and replication is the
-  owner's job (:class:`~ipop.dht.service.DhtService`).
+  ``rpc_store`` accepts anything. Here a new contact is added to the routing table and handed
+  to ``on_new_contact`` (the service offers it the records it is now near, store-on-join),
+  and stores go through :class:`~ipop.dht.storage.RecordStorage`'s rules.
 * background pings of full buckets (kademlia's ``add_contact`` calls ``ensure_future`` on
   ``call_ping``) run as tasks the service tracks, so ``close()`` leaves nothing behind.
 
@@ -162,6 +162,9 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         self._outstanding: dict[bytes, _Pending] = {}
         self._answers: OrderedDict[tuple[NodeId, bytes], tuple[float, bytes]] = OrderedDict()
         self._shut = False
+        # Called with each contact that entered the routing table (not one parked in a full
+        # bucket's replacement list): the service's store-on-join handoff.
+        self.on_new_contact: Callable[[NodeId], None] | None = None
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         self._handlers: dict[type[Request | Response], Callable[[NodeId, Any], Response]] = {
@@ -340,10 +343,13 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         return self.handle_call_response(result, node)  # type: ignore[no-any-return]
 
     def welcome_if_new(self, node: Node) -> None:
-        # Stock kademlia also pushes every stored key to the newcomer here (synchronously, and
-        # extending nothing but its own reach): replication is the owner's job instead.
+        # Stock kademlia also pushes every stored key to the newcomer here, synchronously and
+        # unchecked: here the service decides what to hand over (``on_new_contact``), in a
+        # task of its own, and the newcomer's storage checks each record like any offer.
         if node.id != self.local_id.to_bytes() and self.router.is_new_node(node):
             self.router.add_contact(node)
+            if self.on_new_contact is not None and not self.router.is_new_node(node):
+                self.on_new_contact(node_id_from_bytes(node.id))
 
     # Kademlia's stock RPC entry points must never run: they bypass our checks.
     def rpc_store(self, *args: Any) -> None:

@@ -15,17 +15,33 @@ Theory of operation
   * Every write counts real acknowledgements (STORED or UNCHANGED answers), never "sent".
   * ``create`` is a compare-and-set on the replica set: each replica applies the replacement
     rule atomically, so at most one owner can collect a quorum from one replica set (two
-    majorities intersect). A round that falls short withdraws our copy everywhere (a signed
-    tombstone, higher seq) so no replica keeps a value whose create failed; if no rival holds
-    a quorum either (a split vote), it retries after a jittered, doubling pause so that one
-    racer goes first.
+    majorities intersect). The set must be the true one: a create that collected its acks
+    looks the set up again until a lookup adds nobody it has not asked (``_converge``). A
+    round that falls short withdraws our copy everywhere (a signed tombstone, higher seq), the
+    current replica set included, and again ``WITHDRAW_AGAIN_S`` later, so no replica keeps a
+    value whose create failed; if no rival holds a quorum either (a split vote), it retries
+    after a jittered, doubling pause so that one racer goes first.
   * Records: only a certified member's, under this network's keys and within its rights
     (:mod:`ipop.dht.policy`). Replicas refuse the rest (:mod:`ipop.dht.storage`), readers
     disbelieve it (a copy a replica returns is checked like an offer), and this node does not
     even send a record its own replica would refuse (the write fails, counted).
-  * ``get`` fetches from every replica, believes :func:`~ipop.dht.record.choose_best`, and
-    repairs replicas that hold nothing, an expired copy or an older seq (read repair). Repairs
-    copy signed bytes, so they never extend a lease.
+  * ``get`` first asks the R nearest nodes this node knows, without a lookup, and returns once
+    a quorum of them holds copies of one owner's record (so a dead replica, e.g. a bootstrap
+    that stopped, costs nothing). Finding no such record there, it looks the replica set up,
+    returns once a quorum answered and a live record is among the answers, widens to every
+    node the lookup found if the R nearest hold nothing (a ring still forming), believes
+    :func:`~ipop.dht.record.choose_best`, and repairs replicas that hold nothing, an expired
+    copy or an older seq (read repair). Repairs copy signed bytes, so they never extend a
+    lease.
+  * Store-on-join (kademlia's): when a node enters our routing table and fewer than R of the
+    nodes we know are nearer a key we hold than it, we offer it that record (at most
+    ``MAX_HANDOFF_RECORDS`` per contact). Lookups for the key will reach the newcomer, so
+    records stay where lookups look as the ring grows, not only after the owner's next
+    republish (a network grown from 2 to 24 nodes answered NXDOMAIN for the first names for
+    up to 66 s). Any replica may hand records on: they are signed and carry their owner's
+    certificate, the receiver checks them like any offer, and copies never extend a lease.
+    It also guards creates: a newcomer near a claimed key holds the claim, so a later racer
+    meets CONFLICT there instead of a fresh majority (tests/sim/test_dht_handoff.py).
   * Owners alone republish (every ``republish_interval_s``, to the *current* R nearest): that
     re-replicates records whose replicas left. Renewing is the owner signing a higher seq with a
     later expiry. Nobody else can extend a lease.
@@ -92,6 +108,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # How often (at most) the overlay's linked peers are taken in as contacts, in seconds.
 LINK_ABSORB_S = 5.0
+# Records offered to one new contact at most, and records looked at for it at most
+# (store-on-join): bounds the work a contact costs. Honest load is ~2 R records per node (see
+# ipop.dht.storage), so both bounds only bite on a store filled by misbehaving members, whose
+# records then wait for their owners' republish.
+MAX_HANDOFF_RECORDS = 64
+MAX_HANDOFF_SCAN = 1024
+# Seconds after a lost create's withdrawal until its tombstone is sent to the replicas again.
+WITHDRAW_AGAIN_S = 2.0
+# Rounds a create looks the replica set up again until two lookups agree (converged).
+CREATE_VIEW_ROUNDS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +251,17 @@ class _LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is unty
         return await self.find()
 
 
+def _nearer(nodes: list[int], target: int, distance: int, limit: int) -> int:
+    """How many of ``nodes`` are nearer ``target`` than ``distance`` (counting stops at limit)."""
+    count = 0
+    for node in nodes:
+        if node ^ target < distance:
+            count += 1
+            if count >= limit:
+                break
+    return count
+
+
 class DhtService:
     """One node's DHT. Build inside a running loop; the overlay calls :meth:`deliver`."""
 
@@ -275,6 +312,7 @@ class DhtService:
             attempts=self.config.rpc_attempts,
             answer_cache_s=self.config.answer_cache_s,
         )
+        self.protocol.on_new_contact = self._hand_off
         self.shim = OverlayShim(port)
         self.shim.connect(self.protocol)
         self._linked = port if isinstance(port, LinkedPeers) else None
@@ -386,6 +424,47 @@ class DhtService:
         if not self.contacts() and self._seeds:
             self.stats["rejoins"] += 1
             await self._join(self._seeds)
+
+    def _hand_off(self, peer: NodeId) -> None:
+        """Store-on-join: offer ``peer`` (a new contact) the records it is now near.
+
+        A record goes to ``peer`` when fewer than R of the nodes this node knows are nearer its
+        key than ``peer`` (lookups for the key will reach ``peer``, so it must hold the record
+        before the owner's next republish), and this node is itself among the R nearest it
+        knows, ``peer`` aside (a node holding a copy it is no replica of, e.g. a racer's
+        early copy taken while the ring was forming, does not spread it). The records are
+        signed by their owners and carry their certificates, so any replica may hand them on
+        and the receiver checks them like any offer; copies never extend a lease. At most
+        ``MAX_HANDOFF_RECORDS`` per contact out of ``MAX_HANDOFF_SCAN`` looked at, in one
+        tracked task.
+        """
+        if self._closed:
+            return
+        others = [
+            n.long_id
+            for b in self.protocol.router.buckets
+            for n in b.nodes.values()
+            if n.long_id != peer.value
+        ]
+        r = self.config.replicas
+        records = []
+        for record in self.storage.records()[:MAX_HANDOFF_SCAN]:
+            target = int.from_bytes(record.key_id, "big")
+            mine = self.node_id.value ^ target
+            theirs = peer.value ^ target
+            if _nearer(others, target, theirs, r) + (mine < theirs) >= r:
+                continue
+            if _nearer(others, target, mine, r) >= r:
+                continue
+            records.append(record)
+            if len(records) >= MAX_HANDOFF_RECORDS:
+                break
+        if records:
+            self.stats["handoffs"] += len(records)
+            self._spawn(self._store_many(peer, records))
+
+    async def _store_many(self, peer: NodeId, records: list[Record]) -> None:
+        await asyncio.gather(*(self._store_at(peer, r) for r in records))
 
     async def _refresh(self) -> None:
         await self._ensure_contacts()
@@ -545,10 +624,14 @@ class DhtService:
             record = self._sign(key, value, expires_at=self._now() + ttl)
             answers = await self._store_all(replicas, record)
             if self._acks(answers) >= need:
-                self._owned[key] = record
-                self.stats["create_ok"] += 1
-                return True
-            await self._withdraw(replicas, answers, record)
+                replicas = await self._converge(kid, replicas, answers, record)
+                need = self.config.needed(len(replicas))
+                if self._acks({p: answers.get(p) for p in replicas}) >= need:
+                    self._owned[key] = record
+                    self.stats["create_ok"] += 1
+                    return True
+                self.stats["create_view_moved"] += 1
+            await self._withdraw(list(answers), answers, record)
             if self._bump_past(answers, kid):
                 continue
             rivals = Counter(
@@ -570,13 +653,48 @@ class DhtService:
         self.stats["create_gave_up"] += 1
         return False
 
+    async def _converge(
+        self,
+        kid: bytes,
+        replicas: list[NodeId],
+        answers: dict[NodeId, StoreAnswered | None],
+        record: Record,
+    ) -> list[NodeId]:
+        """The replica set a claim is judged on: looked up again until it stops changing.
+
+        A quorum of a partial view is no quorum: in a forming network two racers whose first
+        lookups saw different parts of the ring could each win a majority of what they saw. So
+        a create that collected its acks looks again, offers ``record`` to members it had not
+        asked (their answers join ``answers``), and is judged on the newest set, once a lookup
+        adds nobody new and the set holds R nodes or every node we know. A view still moving
+        after ``CREATE_VIEW_ROUNDS`` lookups yields an empty set: no claim.
+        """
+        for _ in range(CREATE_VIEW_ROUNDS):
+            fresh = await self.replica_set(kid)
+            new = [p for p in fresh if p not in answers]
+            known = len(self.contacts()) + 1
+            if not new and len(fresh) >= min(self.config.replicas, known):
+                return fresh
+            answers.update(await self._store_all(new, record))
+        return []
+
     async def _withdraw(
         self,
         replicas: list[NodeId],
         answers: dict[NodeId, StoreAnswered | None],
         record: Record,
     ) -> None:
-        """Replace our failed create's copy with a tombstone wherever it may have landed."""
+        """Replace our failed create's copy with a tombstone wherever it may have landed.
+
+        That includes the key's whole current replica set, looked up afresh: replicas that
+        took our copy may have handed it on (store-on-join) to nodes that joined since, or that
+        held a rival's copy when we asked and took ours once the rival withdrew; a live copy
+        left there would claim the key for us until it expires (measured before: 2 forming
+        networks in 40 kept a loser's copy at 3 of the key's 8 nearest nodes). Copies handed on
+        while the tombstone travelled, or taken where a rival's copy refused the tombstone
+        until the rival withdrew too, are met by the same tombstone ``WITHDRAW_AGAIN_S``
+        later. A newer claim of ours made since is not touched (higher seq).
+        """
         targets = []
         for peer in replicas:
             answer = answers.get(peer)
@@ -587,19 +705,96 @@ class DhtService:
             return
         tomb = self._sign(record.key, b"", expires_at=record.expires_at, tombstone=True)
         await self._store_all(targets, tomb)
+        current = await self.replica_set(record.key_id)
+        await self._store_all([p for p in current if p not in targets], tomb)
+        if not self._closed:
+            self._spawn(self._withdraw_again(tomb))
         if self._owned.get(record.key) is not None:
             # An older claim of ours was overwritten on those replicas: it is gone.
             del self._owned[record.key]
 
+    async def _withdraw_again(self, tomb: Record) -> None:
+        await asyncio.sleep(WITHDRAW_AGAIN_S)
+        await self._store_all(await self.replica_set(tomb.key_id), tomb)
+
     async def get(self, key: str) -> Record | None:
-        """The live record for ``key`` a majority view believes, or None; repairs stale copies."""
+        """The live record for ``key`` a quorum view believes, or None; repairs stale copies.
+
+        First the R nearest nodes this node already knows are asked, without a lookup; a record
+        a quorum of them holds is the answer (no waiting for a dead replica).
+        Else a lookup finds the replica set, which is read the same way, widened to every node
+        the lookup found if the R nearest hold nothing (a ring still forming, records not yet
+        handed over), and repaired in the background.
+        """
         kid = key_id(key)
-        replicas = await self.replica_set(kid)
-        fetched = await asyncio.gather(*(self._fetch_at(p, kid) for p in replicas))
+        await self._ensure_contacts()
+        known = self._known_nearest(kid)
+        best, _ = await self._read(known, kid, agreed=True)
+        if best is None:
+            found = await self._lookup(kid)
+            target = int.from_bytes(kid, "big")
+            ordered = sorted(set(found) | {self.node_id}, key=lambda n: n.value ^ target)
+            replicas = ordered[: self.config.replicas]
+            best, held = await self._read(replicas, kid, agreed=False)
+            if best is None and len(ordered) > len(replicas):
+                self.stats["get_widened"] += 1
+                best, _ = await self._read(ordered[len(replicas) :], kid, agreed=False)
+            self._plan_repairs(held, best)
+        self.stats["get_found" if best else "get_missing"] += 1
+        return best
+
+    def _known_nearest(self, kid: bytes) -> list[NodeId]:
+        """The R nodes nearest ``kid`` in our routing table, this node included if near."""
+        near = self.protocol.router.find_neighbors(Node(kid), self.config.replicas)
+        found = {node_id_from_bytes(n.id) for n in near} | {self.node_id}
+        target = int.from_bytes(kid, "big")
+        return sorted(found, key=lambda n: n.value ^ target)[: self.config.replicas]
+
+    async def _read(
+        self, peers: list[NodeId], kid: bytes, *, agreed: bool
+    ) -> tuple[Record | None, dict[NodeId, Record | None]]:
+        """(best record, what each peer that answered holds) from fetching at ``peers``.
+
+        ``agreed`` (peers that may not be the replica set, e.g. the nearest we know): a record
+        only once ``needed`` peers hold a copy of its owner's, None as soon as no owner can get
+        there. Else: once ``needed`` peers answered and a live record is among the answers,
+        or every peer answered or timed out. Either way a dead peer costs nothing once enough
+        others answered; fetches still running then are cancelled.
+        """
+        need = min(self.config.needed(len(peers)), len(peers))
+        tasks = {self._spawn(self._fetch_at(p, kid)): p for p in peers}
+        held: dict[NodeId, Record | None] = {}
+        best: Record | None = None
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    answered, record = task.result()
+                    if answered:
+                        held[tasks[task]] = record
+                best = choose_best([r for r in held.values() if r is not None], now=self._now())
+                if agreed:
+                    owners = Counter(r.owner for r in held.values() if r is not None)
+                    if best is not None and owners[best.owner] >= need:
+                        break
+                    if max(owners.values(), default=0) + len(pending) < need:
+                        best = None
+                        break
+                elif len(held) >= need and best is not None:
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+        if agreed and best is not None:
+            owners = Counter(r.owner for r in held.values() if r is not None)
+            best = best if owners[best.owner] >= need else None
+        return best, held
+
+    def _plan_repairs(self, held: dict[NodeId, Record | None], best: Record | None) -> None:
+        """Read repair: copies of ``best`` (or an owner's newest) where replicas lack them."""
         now = self._now()
-        held = {p: r for p, (answered, r) in zip(replicas, fetched, strict=True) if answered}
         copies = [r for r in held.values() if r is not None]
-        best = choose_best(copies, now=now)
         newest = newest_by_owner(copies, now=now)
         repairs: dict[NodeId, Record] = {}
         for peer, have in held.items():
@@ -614,8 +809,6 @@ class DhtService:
         if repairs and not self._closed:
             self.stats["read_repairs"] += len(repairs)
             self._spawn(self._repair(repairs))
-        self.stats["get_found" if best else "get_missing"] += 1
-        return best
 
     async def _repair(self, repairs: dict[NodeId, Record]) -> None:
         await asyncio.gather(*(self._store_at(p, r) for p, r in repairs.items()))

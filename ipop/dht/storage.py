@@ -177,6 +177,11 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type h
             return None
         return record
 
+    def records(self) -> list[Record]:
+        """Every unexpired record held (tombstones included): what a handoff may offer."""
+        self.cull()
+        return list(self._data.values())
+
     def held_by(self, owner: NodeId, kind: Kind | None = None) -> int:
         """How many unexpired records ``owner`` has here, of ``kind`` (None: all kinds)."""
         return sum(len(self._owned(owner, k)) for k in Kind if kind is None or k is kind)
