@@ -4,6 +4,9 @@ The main overlay socket belongs to the batched data plane (:mod:`ipop.aio.datapl
 sockets carry openers, a handshake, and for a pair that found its path this way that one peer's
 traffic, which the node hands to the data plane's fast path as it drains (the data plane handles
 a drain's datagrams together): a plain ``add_reader`` with a bounded drain is enough.
+
+Also owns :func:`dont_fragment`, the one socket option every overlay socket gets: each datagram
+leaves with the IP don't-fragment bit, so no datagram of ours is ever fragmented on the way.
 """
 
 from __future__ import annotations
@@ -14,10 +17,28 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 
-__all__ = ["LoopUdpSocket"]
+__all__ = ["LoopUdpSocket", "dont_fragment"]
+
+# linux/in.h (Python 3.11's socket module does not name them).
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DO = 2
 
 # Datagrams read per wake-up at most: a flood on one punching socket must not starve the loop.
 _DRAIN_MAX = 64
+
+
+def dont_fragment(sock: socket.socket) -> None:
+    """Every datagram ``sock`` sends carries DF, GSO segments included.
+
+    Linux's default (``IP_PMTUDISC_WANT``) sets DF only on a datagram that fits the path MTU the
+    kernel knows; a GSO send is one large buffer, so its segments left without DF and were
+    fragmented by the first smaller link (many NATs and firewalls drop fragments). ``DO``
+    rather than ``PROBE``: a datagram larger than a path MTU the kernel has learned (from an
+    ICMP "fragmentation needed", when one arrives) fails at once with ``EMSGSIZE`` (a GSO send
+    with ``EINVAL``) instead of vanishing on the way; the data plane turns that into a
+    per-destination limit (:class:`ipop.aio.dataplane.UdpSocket`).
+    """
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
 
 
 class LoopUdpSocket:
@@ -35,6 +56,7 @@ class LoopUdpSocket:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self._sock.setblocking(False)
+            dont_fragment(self._sock)
             self._sock.bind((host, 0))
             self._loop.add_reader(self._sock.fileno(), self._readable)
         except OSError:
