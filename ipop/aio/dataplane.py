@@ -57,6 +57,8 @@ from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.types import Endpoint, NodeId, SocketPath
 from ipop.vnet.filter import Drop, PacketFilter, Verdict
 from ipop.vnet.owners import Held, LookupDrop, OwnerTable
+from ipop.vnet.toobig import frag_needed
+from ipop.wire.header import DATA_MIN_BYTES
 
 __all__ = [
     "BATCH",
@@ -88,6 +90,9 @@ GSO_MAX_BYTES = 65000
 # packet (a ping, a request) then leaves without the extra read that would find the fd empty.
 # A burst pays one extra loop pass before the next wake-up, close behind, reads full batches.
 SPARSE_S = 1e-3
+# A frame read from the TAP (Ethernet header included) becomes a DATA datagram this much larger:
+# the DIRECT header replaces the Ethernet header, and the link adds its header and tag.
+_SEAL_GROWTH = DATA_MIN_BYTES + 2 - 14
 # After a destination refused a GSO send, runs to it of that segment size or larger go one
 # datagram per call this long; then GSO is tried again (a path's MTU can grow back, and the
 # kernel forgets a learned path MTU after 10 minutes).
@@ -111,6 +116,8 @@ class IoDrop(StrEnum):
     SEND_ERROR = "send_error"
     SEND_TOO_BIG = "send_too_big"
     GSO_REFUSED = "gso_refused"
+    # Too big for its peer's path and not answerable with ICMP (see ipop.vnet.toobig).
+    TOO_BIG_FOR_PATH = "too_big_for_path"
     GRO_UNAVAILABLE = "gro_unavailable"
 
 
@@ -570,6 +577,8 @@ class DataPlane:
         check_out = self.filter.check_out
         buf, view = self._rbuf, self._rview
         admit = self.local_side.admit if self.local_side is not None else None
+        # Each peer's probed path MTU, as a DATA datagram's size (ipop.link.pmtu).
+        path_limit = core.link.pmtu.limits.get
         readv = os.readv
         # Sealed datagrams per destination, sent together after the batch (GSO).
         out: dict[Endpoint | SocketPath, list[bytes]] = {}
@@ -590,6 +599,10 @@ class DataPlane:
             verdict = check_out(buf, size, now)
             if type(verdict) is NodeId:
                 if admit is not None and not admit(view[:size]):
+                    continue
+                path_max = path_limit(verdict)
+                if path_max is not None and size + _SEAL_GROWTH > path_max:
+                    self._too_big(view[14:size], path_max - _SEAL_GROWTH - 14)
                     continue
                 # Fast path: the ethertype's two bytes become the DIRECT header in place,
                 # so the packet is sealed straight out of the read buffer.
@@ -627,6 +640,16 @@ class DataPlane:
         self.counters["tap_batches"] += 1
         self.counters["tap_frames"] += n
         self._flush_core(now)
+
+    def _too_big(self, packet: memoryview, mtu: int) -> None:
+        """``packet`` does not fit its peer's path: answered as a router would (see
+        :mod:`ipop.vnet.toobig` for why the TAP's MTU stays)."""
+        answer = frag_needed(packet, mtu)
+        if answer is None:
+            self.drops[IoDrop.TOO_BIG_FOR_PATH] += 1
+            return
+        self.counters["frag_needed_sent"] += 1
+        self._write(answer)
 
     # --- vIP → node lookups -----------------------------------------------------------------
 
