@@ -1332,6 +1332,8 @@ class LinkEndpoint:
             self._outbox.append((self._seal(st, st.current, ack, now), st.path))
         elif kind != 1 or not self.pmtu.on_ack(st.node_id, payload, now=now):
             self.drops["bad_probe"] += 1
+        else:
+            self._timer_dirty = True  # the first ack brings the round's end closer
 
     def _rekey_due(self, st: _Peer, kp: _Keypair, now: float) -> None:
         """Called from seal when ``kp`` crossed a rekey threshold (or a retry of it is due)."""

@@ -15,15 +15,16 @@ Sizes are whole DATA datagrams (the UDP payload: header, ciphertext, tag). Only 
 are probed (a relay has its own link to each side).
 
 Search: a *round* sends one probe of each coarse size (:data:`COARSE`, 64 bytes apart), plus
-the size confirmed so far and fine sizes every 8 bytes above it, and ends :data:`ROUND_WAIT_S`
-later; its result is the largest size acknowledged. The first round starts when the link comes
-up; a round whose result changed the confirmed size is followed at once by another (fine
-around the new size), any other by one :data:`ROUND_INTERVAL_S` later (a path can grow or
-shrink). A result smaller than the confirmed size is taken only when the
-next round, started at once, agrees (a lost probe alone does not shrink a path); a round with
-no acknowledgement at all changes nothing. Until the first result a peer has no limit (what
-the node did before probing existed). :attr:`PathMtuProber.limits` maps each peer to its
-confirmed datagram size: the data plane reads it for every packet it seals.
+the size confirmed so far and fine sizes every 8 bytes above it, and ends
+:data:`ROUND_WAIT_S` later, or a round trip after its first ack; its result is the largest
+size acknowledged. The first round starts when the link comes up; a round whose result
+changed the confirmed size is followed at once by another (fine around the new size), any
+other by one :data:`ROUND_INTERVAL_S` later (a path can grow or shrink). A result smaller
+than the confirmed size is taken only when the next round, started at once, agrees (a lost
+probe alone does not shrink a path); a round with no acknowledgement at all changes nothing.
+Until the first result a peer has no limit (what the node did before probing existed).
+:attr:`PathMtuProber.limits` maps each peer to its confirmed datagram size: the data plane
+reads it for every packet it seals.
 
 Bounds: one entry per peer with an up session (removed with the session), and at most one
 round's probes outstanding per peer.
@@ -42,6 +43,7 @@ from ipop.wire.header import DATA_MIN_BYTES
 __all__ = [
     "COARSE",
     "MAX_DATAGRAM",
+    "MIN_SPREAD_S",
     "PROBE_TAG",
     "ROUND_INTERVAL_S",
     "ROUND_WAIT_S",
@@ -60,7 +62,12 @@ MAX_DATAGRAM: Final = 1500 - 28
 # Coarse sizes of a round, largest first; the smallest is what a 576-byte IPv4 path carries.
 COARSE: Final = (*range(MAX_DATAGRAM, 1000, -64), 548)
 FINE_STEP: Final = 8
+# A round ends this long after its probes left at the latest, and sooner once the first ack
+# is in: probes leave together, so the rest arrive within about one round trip of it (at least
+# MIN_SPREAD_S). Traffic to the peer runs without a limit until the first result, and on a
+# small path its big packets vanish meanwhile: the sooner, the better.
 ROUND_WAIT_S: Final = 1.0
+MIN_SPREAD_S: Final = 0.05
 ROUND_INTERVAL_S: Final = 60.0
 
 
@@ -80,6 +87,7 @@ def ack_payload(probe_id: int) -> bytes:
 class _Search:
     path: Path
     # When the current round ends (its result is taken) and when the next one starts.
+    round_start: float = 0.0
     round_end: float = 0.0
     next_round: float = 0.0
     outstanding: dict[int, int] = field(default_factory=dict)  # probe id -> size
@@ -121,6 +129,9 @@ class PathMtuProber:
             self.stats["late_acks"] += 1
             return True
         self.stats["acks"] += 1
+        if not s.acked:
+            rtt = now - s.round_start
+            s.round_end = min(s.round_end, now + max(MIN_SPREAD_S, rtt))
         s.acked = max(s.acked, size)
         return True
 
@@ -145,6 +156,7 @@ class PathMtuProber:
                 s.outstanding[probe_id] = size
                 out.append((peer, s.path, probe_payload(probe_id, size)))
             s.acked = 0
+            s.round_start = now
             s.round_end = now + ROUND_WAIT_S
             self.stats["probes_sent"] += len(sizes)
         return out

@@ -16,6 +16,7 @@ from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage
 from ipop.link.pmtu import (
     FINE_STEP,
     MAX_DATAGRAM,
+    MIN_SPREAD_S,
     PROBE_TAG,
     ROUND_INTERVAL_S,
     ROUND_WAIT_S,
@@ -88,7 +89,9 @@ def test_probing_finds_the_largest_datagram_a_df_path_carries(path_max: int) -> 
     p = Path(path_max)
     p.up()
     assert p.limits() == (None, None)  # no limit before the first answer: as before probing
-    p.run_until(p.now + 2 * ROUND_WAIT_S + 0.01)  # the coarse round, then the fine one
+    # The coarse round, then the fine one, each over a round trip after its first ack: known
+    # long before ROUND_WAIT_S (meanwhile the peer's big packets would vanish).
+    p.run_until(p.now + 4 * MIN_SPREAD_S)
     for got in p.limits():
         assert got is not None and path_max - FINE_STEP < got <= path_max, got
     if path_max == 1124 - 28:  # the path: 1065 inner bytes + 31 of overhead
