@@ -153,10 +153,11 @@ class UdpSocket:
     back such runs coalesced, which :meth:`recv_batch` splits again.
 
     Every datagram carries DF (:func:`ipop.aio.sockets.dont_fragment`). A refused GSO send
-    concerns one destination's path (its MTU is smaller than the segments, or its route cannot
-    offload): that run leaves one datagram per call, and runs of that segment size or larger
+    concerns one destination's route (its interface's MTU is smaller than the segments, or it
+    cannot offload): that run leaves one datagram per call, and runs of that segment size or larger
     to that destination do so for :data:`GSO_RETRY_S`; every other destination keeps batching.
-    A single datagram larger than its path's MTU (``EMSGSIZE``) is counted as ``send_too_big``.
+    A single datagram larger than its route's MTU (``EMSGSIZE``) is counted as ``send_too_big``
+    (the path beyond is probed: :mod:`ipop.link.pmtu`).
     """
 
     def __init__(
@@ -201,7 +202,7 @@ class UdpSocket:
             self._send_failed(exc, addr)
 
     def _send_failed(self, exc: OSError, addr: Endpoint) -> None:
-        if exc.errno == errno.EMSGSIZE:  # larger than the path MTU the kernel knows
+        if exc.errno == errno.EMSGSIZE:  # larger than the route's MTU
             self.errors[IoDrop.SEND_TOO_BIG] += 1
         else:
             self.errors[IoDrop.SEND_ERROR] += 1
@@ -268,7 +269,7 @@ class UdpSocket:
                 except BlockingIOError:
                     self.errors[IoDrop.SEND_WOULD_BLOCK] += j - i
                 except OSError as exc:
-                    # This path's MTU is below the segments (EINVAL under DF), or its route
+                    # This route's MTU is below the segments (EINVAL under DF), or it
                     # cannot offload (EIO): this destination only, and this run goes singly.
                     self._gso_refused(size, addr, exc)
                     limit = self.gso_limit(addr)

@@ -21,7 +21,7 @@ __all__ = ["LoopUdpSocket", "dont_fragment"]
 
 # linux/in.h (Python 3.11's socket module does not name them).
 IP_MTU_DISCOVER = 10
-IP_PMTUDISC_DO = 2
+IP_PMTUDISC_PROBE = 3
 
 # Datagrams read per wake-up at most: a flood on one punching socket must not starve the loop.
 _DRAIN_MAX = 64
@@ -32,13 +32,17 @@ def dont_fragment(sock: socket.socket) -> None:
 
     Linux's default (``IP_PMTUDISC_WANT``) sets DF only on a datagram that fits the path MTU the
     kernel knows; a GSO send is one large buffer, so its segments left without DF and were
-    fragmented by the first smaller link (many NATs and firewalls drop fragments). ``DO``
-    rather than ``PROBE``: a datagram larger than a path MTU the kernel has learned (from an
-    ICMP "fragmentation needed", when one arrives) fails at once with ``EMSGSIZE`` (a GSO send
-    with ``EINVAL``) instead of vanishing on the way; the data plane turns that into a
-    per-destination limit (:class:`ipop.aio.dataplane.UdpSocket`).
+    fragmented by the first smaller link (many NATs and firewalls drop fragments).
+
+    ``PROBE`` rather than ``DO``: DF, and the kernel ignores the path MTUs it learns from ICMP
+    "fragmentation needed" (it limits sends by the outgoing interface's MTU only). Each path's
+    size is found by probing instead (:mod:`ipop.link.pmtu`, RFC 8899's choice): ICMP often
+    never arrives, a forged one (nothing authenticates it) would otherwise shrink a peer's path
+    to 552 bytes for ten minutes, and a learned value would keep probes from finding that a
+    path grew back. A send larger than the interface still fails at once (``EMSGSIZE``; a GSO
+    send with ``EINVAL``): :class:`ipop.aio.dataplane.UdpSocket` limits that destination only.
     """
-    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
 
 
 class LoopUdpSocket:

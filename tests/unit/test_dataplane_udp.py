@@ -72,16 +72,17 @@ def test_plain_datagrams_from_a_foreign_socket_are_received() -> None:
 # --- DF on every datagram; a refused GSO send concerns one destination ------------------------
 
 _IP_MTU_DISCOVER = 10  # linux/in.h
-_IP_PMTUDISC_DO = 2
+_IP_PMTUDISC_PROBE = 3
 
 
 def test_every_datagram_of_the_overlay_socket_carries_df() -> None:
     """Linux's default sets DF only on datagrams that fit a known path MTU, which left GSO
-    segments without it (fragmented on a smaller link); DO sets it on every datagram."""
+    segments without it (fragmented on a smaller link); PROBE sets it on every datagram (and
+    leaves path sizes to probing, not to ICMP)."""
     tx = UdpSocket(Endpoint("127.0.0.1", 0))
     try:
         got = tx.sock.getsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER)
-        assert got == _IP_PMTUDISC_DO
+        assert got == _IP_PMTUDISC_PROBE
     finally:
         tx.close()
 
@@ -94,11 +95,11 @@ def test_punching_sockets_carry_df_too() -> None:
         finally:
             s.close()
 
-    assert asyncio.run(main()) == _IP_PMTUDISC_DO
+    assert asyncio.run(main()) == _IP_PMTUDISC_PROBE
 
 
 class _RefusingSocket:
-    """A UDP socket whose GSO sends to some destinations fail as a small-MTU path's do
+    """A UDP socket whose GSO sends to some destinations fail as a small-MTU route's do
     (``EINVAL`` under DF); it records every ``sendmsg`` destination."""
 
     def __init__(self, sock: socket.socket, refuse: set[tuple[str, int]]) -> None:

@@ -12,6 +12,10 @@ routers send it (iptables in r1 and r2 only: a PMTU black hole). Two ipopd (a th
 as ``ipop-lab bench`` runs them), one iperf3 TCP stream a -> b across the VN, and the IPv4
 fragmentation counters of every namespace (``Ip: FragCreates``, ``ReasmReqds`` of
 /proc/net/snmp) before and after. Everything is torn down in ``finally``.
+
+:func:`run_gso_burst` is the same topology with no daemon: the overlay's UDP socket sends
+batches (GSO) of 1400-byte datagrams from a to b, and the counters say whether any of them was
+fragmented on the way (before: every one, its segments left without DF).
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tools.lab.bench import A_UL, BenchError, _ipop, _Run
+from tools.lab.bench import A_UL, REPO, BenchError, _ipop, _Run
 
-__all__ = ["FRAG_COUNTERS", "main_pmtu", "run_pmtu"]
+__all__ = ["FRAG_COUNTERS", "main_pmtu", "run_gso_burst", "run_pmtu"]
 
 R1_A = "198.51.100.254"
 R1_R2, R2_R1 = "203.0.113.253", "203.0.113.254"
@@ -42,9 +46,13 @@ def _snmp_ip(run: _Run, ns: str) -> dict[str, int]:
     return {k: int(v) for k, v in zip(ip[0], ip[1], strict=True) if k in FRAG_COUNTERS}
 
 
+def _names(run: _Run) -> list[str]:
+    return [run.ns_a, run.prefix + "r1", run.prefix + "r2", run.ns_b]
+
+
 def _setup(run: _Run, link_mtu: int, block_icmp: bool) -> list[str]:
-    a, r1, r2, b = run.ns_a, run.prefix + "r1", run.prefix + "r2", run.ns_b
-    every = [a, r1, r2, b]
+    every = _names(run)
+    a, r1, r2, b = every
     for ns in every:
         run.sh(["ip", "netns", "add", ns])
         run.sh(["ip", "-n", ns, "link", "set", "lo", "up"])
@@ -71,6 +79,51 @@ def _setup(run: _Run, link_mtu: int, block_icmp: bool) -> list[str]:
     return every
 
 
+# Run in a's namespace by the repository's Python: one UdpSocket, batches toward b's port 9.
+_BURST_PY = """
+from ipop.aio.dataplane import UdpSocket
+from ipop.types import Endpoint
+tx = UdpSocket(Endpoint(%r, 0))
+for _ in range(%d):
+    tx.send_batch([bytes(%d)] * %d, Endpoint(%r, 9))
+"""
+
+
+def _deltas(
+    run: _Run, namespaces: list[str], before: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    after = {ns: _snmp_ip(run, ns) for ns in namespaces}
+    return {
+        ns.removeprefix(run.prefix): {k: after[ns][k] - before[ns][k] for k in FRAG_COUNTERS}
+        for ns in namespaces
+    }
+
+
+def _teardown(run: _Run) -> None:
+    run.stop(list(run.procs))
+    for ns in _names(run):  # all of them: a failed setup may have made some
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
+    shutil.rmtree(run.work, ignore_errors=True)
+
+
+def run_gso_burst(
+    *, link_mtu: int, batches: int = 10, per_batch: int = 16, size: int = 1400
+) -> dict[str, dict[str, int]]:
+    """The fragment counters of every namespace after GSO bursts from a to b (see above)."""
+    if os.geteuid() != 0:
+        raise BenchError("needs root: builds network namespaces")
+    run = _Run(prefix=f"ig{os.getpid() % 10000:04d}", work=Path(tempfile.mkdtemp()))
+    try:
+        namespaces = _setup(run, link_mtu, False)
+        before = {ns: _snmp_ip(run, ns) for ns in namespaces}
+        code = _BURST_PY % (A_UL, batches, size, per_batch, B_UL)
+        py = str(REPO / ".venv" / "bin" / "python")
+        run.sh(["env", f"PYTHONPATH={REPO}", py, "-c", code], ns=run.ns_a)
+        return _deltas(run, namespaces, before)
+    finally:
+        _teardown(run)
+
+
 def run_pmtu(*, link_mtu: int, block_icmp: bool, duration_s: int) -> dict[str, Any]:
     """One run: ``{"link_mtu", "block_icmp", "mbit_s", "rtt_ms", "fragments": {ns: {...}}}``,
     the fragment counters as differences over the run (the daemons' life included)."""
@@ -78,21 +131,13 @@ def run_pmtu(*, link_mtu: int, block_icmp: bool, duration_s: int) -> dict[str, A
         raise BenchError("needs root: builds network namespaces")
     work = Path(tempfile.mkdtemp(prefix="ipop-pmtu-"))
     run = _Run(prefix=f"im{os.getpid() % 10000:04d}", work=work, pings=5)
-    namespaces: list[str] = []
     try:
         namespaces = _setup(run, link_mtu, block_icmp)
         before = {ns: _snmp_ip(run, ns) for ns in namespaces}
         mbit_s, rtt_ms = _ipop(run, duration_s)
-        after = {ns: _snmp_ip(run, ns) for ns in namespaces}
+        fragments = _deltas(run, namespaces, before)
     finally:
-        run.stop(list(run.procs))
-        for ns in namespaces or [run.ns_a, run.prefix + "r1", run.prefix + "r2", run.ns_b]:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
-        shutil.rmtree(work, ignore_errors=True)
-    fragments = {
-        ns.removeprefix(run.prefix): {k: after[ns][k] - before[ns][k] for k in FRAG_COUNTERS}
-        for ns in namespaces
-    }
+        _teardown(run)
     return {
         "link_mtu": link_mtu,
         "block_icmp": block_icmp,
