@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage
 from ipop.link.pmtu import (
@@ -147,3 +149,24 @@ def test_a_malformed_probe_is_counted_and_dropped(payload: bytes) -> None:
     assert p.b.drops == {"bad_probe": 1}
     assert p.b.datagrams_to_send(now=p.now) == []
     assert p.b.next_event() is None
+
+
+_UP = Path(MAX_DATAGRAM, LinkConfig(path_mtu_probes=False))
+_UP.up()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tail=st.binary(max_size=40))
+def test_any_authenticated_probe_payload_is_answered_counted_or_ignored(tail: bytes) -> None:
+    """Fuzz: whatever follows the probe tag in an authenticated DATA, nothing raises, nothing
+    reaches the overlay, and at most one small ack leaves."""
+    p = _UP
+    p.b.drops.clear()
+    data, _ = p.a.seal(p.idb.node_id, bytes([PROBE_TAG]) + tail, now=p.now)
+    p.b.receive_datagram(data, A_EP, now=p.now)
+    out = p.b.datagrams_to_send(now=p.now)
+    assert p.b.next_event() is None
+    assert len(out) <= 1 and all(len(d) < 100 for d, _ in out)
+    assert set(p.b.drops) <= {"bad_probe"}
+    if out:
+        assert tail[:1] == b"\x00" and len(tail) >= 5
