@@ -13,7 +13,7 @@ meaning is documented in ``deploy/ipop.example.toml``::
     [tap]
     name = "ipop0"                     # at most 15 characters (Linux IFNAMSIZ - 1)
     addressing = "static"              # static | dhcp
-    mtu = 0                            # 0 = auto, else 576..9000
+    mtu = 0                            # 0 = 1400 (paths probed per peer), else 576..9000
     [control]
     socket = "/run/ipop/ipopd.sock"
     [dns]
@@ -113,7 +113,7 @@ _FIX_SEE_EXAMPLE = "see deploy/ipop.example.toml"
 
 @dataclass(frozen=True, slots=True)
 class TapConfig:
-    """The virtual interface: its name, how it gets its address, its MTU (0 = auto)."""
+    """The virtual interface: its name, how it gets its address, its MTU (0: 1400)."""
 
     name: str = DEFAULT_TAP_NAME
     addressing: Addressing = "static"

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -51,10 +52,13 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from ipop.aio.node import Node
+from ipop.aio.sockets import dont_fragment
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.types import Endpoint, NodeId, SocketPath
 from ipop.vnet.filter import Drop, PacketFilter, Verdict
 from ipop.vnet.owners import Held, LookupDrop, OwnerTable
+from ipop.vnet.toobig import frag_needed
+from ipop.wire.header import DATA_MIN_BYTES
 
 __all__ = [
     "BATCH",
@@ -86,6 +90,15 @@ GSO_MAX_BYTES = 65000
 # packet (a ping, a request) then leaves without the extra read that would find the fd empty.
 # A burst pays one extra loop pass before the next wake-up, close behind, reads full batches.
 SPARSE_S = 1e-3
+# A frame read from the TAP (Ethernet header included) becomes a DATA datagram this much larger:
+# the DIRECT header replaces the Ethernet header, and the link adds its header and tag.
+_SEAL_GROWTH = DATA_MIN_BYTES + 2 - 14
+# After a destination refused a GSO send, runs to it of that segment size or larger go one
+# datagram per call this long; then GSO is tried again (a path's MTU can grow back, and the
+# kernel forgets a learned path MTU after 10 minutes).
+GSO_RETRY_S = 30.0
+# Destinations with a GSO limit remembered at once (one per peer path that refused one).
+GSO_LIMITS_MAX = 1024
 
 
 class IoDrop(StrEnum):
@@ -101,7 +114,10 @@ class IoDrop(StrEnum):
     LOOKUP_FAILED = "lookup_failed"
     SEND_WOULD_BLOCK = "send_would_block"
     SEND_ERROR = "send_error"
-    GSO_UNAVAILABLE = "gso_unavailable"
+    SEND_TOO_BIG = "send_too_big"
+    GSO_REFUSED = "gso_refused"
+    # Too big for its peer's path and not answerable with ICMP (see ipop.vnet.toobig).
+    TOO_BIG_FOR_PATH = "too_big_for_path"
     GRO_UNAVAILABLE = "gro_unavailable"
 
 
@@ -145,19 +161,36 @@ class UdpSocket:
     §8): :meth:`send_batch` hands a run of equal-size datagrams for one address to the kernel
     in one ``sendmsg`` with ``UDP_SEGMENT`` (one trip through the stack instead of one per
     datagram; the wire still carries separate datagrams), and ``UDP_GRO`` lets the kernel hand
-    back such runs coalesced, which :meth:`recv_batch` splits again. Either falls back to one
-    datagram per call if the kernel refuses it.
+    back such runs coalesced, which :meth:`recv_batch` splits again.
+
+    Every datagram carries DF (:func:`ipop.aio.sockets.dont_fragment`). A refused GSO send
+    concerns one destination's route (its interface's MTU is smaller than the segments, or it
+    cannot offload): that run leaves one datagram per call, and runs of that segment size or larger
+    to that destination do so for :data:`GSO_RETRY_S`; every other destination keeps batching.
+    A single datagram larger than its route's MTU (``EMSGSIZE``) is counted as ``send_too_big``
+    (the path beyond is probed: :mod:`ipop.link.pmtu`).
     """
 
-    def __init__(self, listen: Endpoint, *, offload: bool = True) -> None:
+    def __init__(
+        self,
+        listen: Endpoint,
+        *,
+        offload: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        dont_fragment(self.sock)
         self.sock.bind((listen.host, listen.port))
         self.sock.setblocking(False)
         self.errors: Counter[IoDrop] = Counter()
         self._sendto = self.sock.sendto
+        self._clock = clock
         self.gso = offload
+        # Destination -> (smallest segment size its path refused in a GSO send, until when).
+        # Keyed by peers' endpoints; bounded by GSO_LIMITS_MAX, oldest entry evicted first.
+        self._gso_limits: dict[Endpoint, tuple[int, float]] = {}
         self.gro = False
         if offload:
             try:
@@ -177,24 +210,58 @@ class UdpSocket:
         except BlockingIOError:
             self.errors[IoDrop.SEND_WOULD_BLOCK] += 1
         except OSError as exc:
+            self._send_failed(exc, addr)
+
+    def _send_failed(self, exc: OSError, addr: Endpoint) -> None:
+        if exc.errno == errno.EMSGSIZE:  # larger than the route's MTU
+            self.errors[IoDrop.SEND_TOO_BIG] += 1
+        else:
             self.errors[IoDrop.SEND_ERROR] += 1
-            log.debug("udp send to %s: %s", addr, exc)
+        log.debug("udp send to %s: %s", addr, exc)
+
+    def gso_limit(self, addr: Endpoint) -> int | None:
+        """The segment size from which GSO sends to ``addr`` are not tried now (None: any)."""
+        limit = self._gso_limits.get(addr)
+        if limit is None:
+            return None
+        if limit[1] <= self._clock():
+            del self._gso_limits[addr]
+            return None
+        return limit[0]
+
+    def _gso_refused(self, size: int, addr: Endpoint, exc: OSError) -> None:
+        limits = self._gso_limits
+        old = limits.pop(addr, None)
+        if old is None:
+            log.info("udp GSO to %s refused (%s): one datagram per call there", addr, exc)
+            if len(limits) >= GSO_LIMITS_MAX:
+                del limits[next(iter(limits))]
+        elif old[0] < size:
+            size = old[0]
+        limits[addr] = (size, self._clock() + GSO_RETRY_S)
+        self.errors[IoDrop.GSO_REFUSED] += 1
 
     def send_batch(self, datagrams: list[bytes], addr: Endpoint) -> None:
         """Send ``datagrams`` to ``addr`` in order, as few ``sendmsg`` calls as GSO allows.
 
         A GSO send is a run of equal-size datagrams, optionally ending with one shorter one,
-        at most :data:`GSO_MAX_SEGMENTS` of them and :data:`GSO_MAX_BYTES` in all.
+        at most :data:`GSO_MAX_SEGMENTS` of them and :data:`GSO_MAX_BYTES` in all, with
+        segments smaller than the destination's :meth:`gso_limit`.
         """
         n = len(datagrams)
         if n == 1 or not self.gso:
             for data in datagrams:
                 self.sendto(data, addr)
             return
+        limit = self.gso_limit(addr) if self._gso_limits else None
         sendmsg = self.sock.sendmsg
         i = 0
         while i < n:
             size = len(datagrams[i])
+            if limit is not None and size >= limit:
+                self.sendto(datagrams[i], addr)
+                i += 1
+                continue
             total = size
             j = i + 1
             while j < n and j - i < GSO_MAX_SEGMENTS:
@@ -213,10 +280,10 @@ class UdpSocket:
                 except BlockingIOError:
                     self.errors[IoDrop.SEND_WOULD_BLOCK] += j - i
                 except OSError as exc:
-                    # No GSO on this path/kernel (EIO, EINVAL): count it once, send singly.
-                    self.errors[IoDrop.GSO_UNAVAILABLE] += 1
-                    log.info("udp GSO refused (%s): sending one datagram per call", exc)
-                    self.gso = False
+                    # This route's MTU is below the segments (EINVAL under DF), or it
+                    # cannot offload (EIO): this destination only, and this run goes singly.
+                    self._gso_refused(size, addr, exc)
+                    limit = self.gso_limit(addr)
                     for data in datagrams[i:j]:
                         self.sendto(data, addr)
             i = j
@@ -523,6 +590,8 @@ class DataPlane:
         buf, view = self._rbuf, self._rview
         admit = self.local_side.admit if self.local_side is not None else None
         lan_read = self.local_side.read_into if self.local_side is not None else None
+        # Each peer's probed path MTU, as a DATA datagram's size (ipop.link.pmtu).
+        path_limit = core.link.pmtu.limits.get
         readv = os.readv
         # Sealed datagrams per destination, sent together after the batch (GSO).
         out: dict[Endpoint | SocketPath, list[bytes]] = {}
@@ -545,6 +614,10 @@ class DataPlane:
             verdict = check_out(buf, size, now)
             if type(verdict) is NodeId:
                 if admit is not None and not admit(view[:size]):
+                    continue
+                path_max = path_limit(verdict)
+                if path_max is not None and size + _SEAL_GROWTH > path_max:
+                    self._too_big(view[14:size], path_max - _SEAL_GROWTH - 14)
                     continue
                 # Fast path: the ethertype's two bytes become the DIRECT header in place,
                 # so the packet is sealed straight out of the read buffer.
@@ -584,6 +657,16 @@ class DataPlane:
         self.counters["tap_batches"] += 1
         self.counters["tap_frames"] += n
         self._flush_core(now)
+
+    def _too_big(self, packet: memoryview, mtu: int) -> None:
+        """``packet`` does not fit its peer's path: answered as a router would (see
+        :mod:`ipop.vnet.toobig` for why the TAP's MTU stays)."""
+        answer = frag_needed(packet, mtu)
+        if answer is None:
+            self.drops[IoDrop.TOO_BIG_FOR_PATH] += 1
+            return
+        self.counters["frag_needed_sent"] += 1
+        self._write(answer)
 
     # --- vIP → node lookups -----------------------------------------------------------------
 

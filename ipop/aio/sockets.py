@@ -4,6 +4,9 @@ The main overlay socket belongs to the batched data plane (:mod:`ipop.aio.datapl
 sockets carry openers, a handshake, and for a pair that found its path this way that one peer's
 traffic, which the node hands to the data plane's fast path as it drains (the data plane handles
 a drain's datagrams together): a plain ``add_reader`` with a bounded drain is enough.
+
+Also owns :func:`dont_fragment`, the one socket option every overlay socket gets: each datagram
+leaves with the IP don't-fragment bit, so no datagram of ours is ever fragmented on the way.
 """
 
 from __future__ import annotations
@@ -14,10 +17,32 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 
-__all__ = ["LoopUdpSocket"]
+__all__ = ["LoopUdpSocket", "dont_fragment"]
+
+# linux/in.h (Python 3.11's socket module does not name them).
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_PROBE = 3
 
 # Datagrams read per wake-up at most: a flood on one punching socket must not starve the loop.
 _DRAIN_MAX = 64
+
+
+def dont_fragment(sock: socket.socket) -> None:
+    """Every datagram ``sock`` sends carries DF, GSO segments included.
+
+    Linux's default (``IP_PMTUDISC_WANT``) sets DF only on a datagram that fits the path MTU the
+    kernel knows; a GSO send is one large buffer, so its segments left without DF and were
+    fragmented by the first smaller link (many NATs and firewalls drop fragments).
+
+    ``PROBE`` rather than ``DO``: DF, and the kernel ignores the path MTUs it learns from ICMP
+    "fragmentation needed" (it limits sends by the outgoing interface's MTU only). Each path's
+    size is found by probing instead (:mod:`ipop.link.pmtu`, RFC 8899's choice): ICMP often
+    never arrives, a forged one (nothing authenticates it) would otherwise shrink a peer's path
+    to 552 bytes for ten minutes, and a learned value would keep probes from finding that a
+    path grew back. A send larger than the interface still fails at once (``EMSGSIZE``; a GSO
+    send with ``EINVAL``): :class:`ipop.aio.dataplane.UdpSocket` limits that destination only.
+    """
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
 
 
 class LoopUdpSocket:
@@ -35,6 +60,7 @@ class LoopUdpSocket:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self._sock.setblocking(False)
+            dont_fragment(self._sock)
             self._sock.bind((host, 0))
             self._loop.add_reader(self._sock.fileno(), self._readable)
         except OSError:

@@ -24,7 +24,8 @@ header), so a received DATA finds its keys with one dict lookup, before any cryp
 Invariants:
 
 1. Nothing unauthenticated is answered: a Resp is sent only for an Init whose certificate,
-   signature and freshness checked out; DATA is never answered at all. Every refusal is a
+   signature and freshness checked out; DATA is never answered, except an authenticated
+   path MTU probe (:mod:`ipop.link.pmtu`), with an ack smaller than any probe. Every refusal is a
    ``drops`` counter (a reason of :data:`LINK_DROP_REASONS`) and nothing else. The one
    exception is the flood guard's (:mod:`ipop.link.cookie`): under load, an Init without a
    valid cookie gets a 37-byte COOKIE_REPLY, always smaller than the Init, and no other work.
@@ -87,9 +88,10 @@ the certificate reasons of :data:`ipop.identity.CERT_REASONS`, ``bad_signature``
 ``stale_handshake``, ``own_identity``, ``not_for_us``, ``handshake_collision``,
 ``no_common_cipher``, ``bad_cipher``, ``bad_key``, ``unexpected_peer``, ``unknown_index``,
 the guard's ``under_load``, ``init_rate_limited``, ``init_overloaded``; cookie replies:
-``bad_cookie_reply``. All of them are in :data:`LINK_DROP_REASONS`. Facts that are not
-refusals are counted in ``stats`` (``link_up``, ``link_down_<reason>`` (``revoked``: see
-:meth:`LinkEndpoint.close_revoked`), ``rekey_started``,
+``bad_cookie_reply``; path MTU probes: ``bad_probe``. All of them are in
+:data:`LINK_DROP_REASONS`. Facts that are not refusals are counted in ``stats``
+(``link_up``, ``link_down_<reason>`` (``revoked``: see :meth:`LinkEndpoint.close_revoked`),
+``rekey_started``,
 ``roamed``, ``collision_yielded``, ``handshake_answered``, ``handshake_retransmitted``,
 ``handshake_failed``, ``rehandshake_diverged``, ``rehandshake_stale_keys``,
 ``init_expensive`` (Inits that reached public-key work), ``cookie_sent``,
@@ -140,6 +142,7 @@ from ipop.link.handshake import (
     make_resp,
     verify_resp,
 )
+from ipop.link.pmtu import PROBE_TAG, PathMtuProber, ack_payload
 from ipop.link.replay import ReplayWindow
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 from ipop.wire.handshake import (
@@ -205,6 +208,7 @@ LINK_DROP_REASONS: Final = frozenset(
         "bad_key",
         "unexpected_peer",
         "bad_cookie_reply",
+        "bad_probe",
     }
     | frozenset(CERT_REASONS)
     | GUARD_DROP_REASONS
@@ -249,6 +253,9 @@ class LinkConfig:
     # Init retransmissions each leave one unconfirmed responder key set; a few cover a lossy
     # or slow path without letting one peer pin much memory.
     max_pending_responses: int = 4
+    # Probe each direct path's MTU (ipop.link.pmtu). Probes are DATA like keepalives, so tests
+    # that count a link's datagrams or messages exactly turn them off.
+    path_mtu_probes: bool = True
 
     def __post_init__(self) -> None:
         if not self.ciphers or any(c not in CIPHER_IDS for c in self.ciphers):
@@ -257,7 +264,7 @@ class LinkConfig:
             )
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "ciphers" and not value > 0:
+            if f.name not in ("ciphers", "path_mtu_probes") and not value > 0:
                 raise ConfigError(f"link.{f.name}", f"{value!r} must be positive")
         if self.rekey_after_s >= self.reject_after_s:
             raise ConfigError("link.rekey_after_s", "must be below reject_after_s")
@@ -521,6 +528,8 @@ class LinkEndpoint:
         # Indices we gave out and dropped -> whose they were (insertion order: oldest first).
         self._retired: dict[int, NodeId] = {}
         self._reject_messages = self.config.reject_after_messages
+        # Path MTU per peer, probed over the session (ipop.link.pmtu).
+        self.pmtu = PathMtuProber()
         self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
             TYPE_DATA: self._on_data,
             TYPE_HANDSHAKE_INIT: self._on_init,
@@ -662,6 +671,9 @@ class LinkEndpoint:
         elif newest:
             self._maybe_roam(st, path, now)
         if not payload:
+            return None
+        if payload[0] == PROBE_TAG:
+            self._on_probe(st, payload, now)
             return None
         if self._events:  # LinkUp / LinkPathChanged first, then the message, as _on_data does
             msg = _new(LinkMessage)
@@ -854,6 +866,7 @@ class LinkEndpoint:
             self._peer_timer(st, now)
             if peers.get(node) is st:
                 self._touch(st)
+        self._send_probes(now)
         if now >= self._next_gc:
             self._next_gc = now + cfg.handshake_timeout_s
             # An Init older than the skew window is refused anyway, so its node's entry can go.
@@ -978,6 +991,9 @@ class LinkEndpoint:
         elif newest:
             self._maybe_roam(st, path, now)
         if payload:
+            if payload[0] == PROBE_TAG:
+                self._on_probe(st, payload, now)
+                return
             # LinkMessage(st.node_id, payload, path) without the frozen __init__ (see _new).
             msg = _new(LinkMessage)
             _set_msg_peer(msg, st.node_id)
@@ -1252,6 +1268,7 @@ class LinkEndpoint:
             st.observed = observed
             self.stats["link_up"] += 1
             self._events.append(LinkUp(st.node_id, kp.cert, path, observed))
+            self._probe_path(st, now)
             return
         if path == st.path:
             if rtt is not None:
@@ -1262,6 +1279,7 @@ class LinkEndpoint:
             st.path_rtt = _INF if rtt is None else rtt
             st.path_rx = now
             self._events.append(LinkPathChanged(st.node_id, path, "handshake"))
+            self._probe_path(st, now)
         else:
             self.stats["path_kept"] += 1
         if observed is not None and observed != st.observed:
@@ -1337,16 +1355,47 @@ class LinkEndpoint:
         st.path_rx = now
         self.stats["roamed"] += 1
         self._events.append(LinkPathChanged(st.node_id, path, "roamed"))
+        self._probe_path(st, now)
 
     def _teardown(self, st: _Peer, reason: str) -> None:
         for kp in (st.current, st.previous, *st.pending.values()):
             if kp is not None:
                 self._keypairs.pop(kp.local_index, None)
         del self._peers[st.node_id]
+        self.pmtu.forget(st.node_id)
         self._timer_dirty = True
         if st.up:
             self.stats[f"link_down_{reason}"] += 1
             self._events.append(LinkDown(st.node_id, reason))
+
+    # --- path MTU probes (ipop.link.pmtu) ----------------------------------------------------
+
+    def _probe_path(self, st: _Peer, now: float) -> None:
+        """Search the MTU of ``st``'s path anew (it came up or moved); relays are not probed."""
+        if self.config.path_mtu_probes and is_direct(st.path):
+            self.pmtu.start(st.node_id, st.path, now=now)
+        else:
+            self.pmtu.forget(st.node_id)
+        self._timer_dirty = True
+
+    def _send_probes(self, now: float) -> None:
+        for peer, path, payload in self.pmtu.due(now):
+            st = self._peers.get(peer)
+            if st is None or not st.up or st.current is None or st.path != path:
+                continue  # the path moved: _probe_path restarted the search
+            self._outbox.append((self._seal(st, st.current, payload, now), path))
+
+    def _on_probe(self, st: _Peer, payload: bytes, now: float) -> None:
+        """An authenticated probe (answered with an ack, smaller than any probe, on the path
+        we send on) or ack; anything else of the kind is malformed."""
+        kind = payload[1] if len(payload) > 1 else -1
+        if kind == 0 and len(payload) >= 6 and st.up and st.current is not None:
+            ack = ack_payload(int.from_bytes(payload[2:6], "big"))
+            self._outbox.append((self._seal(st, st.current, ack, now), st.path))
+        elif kind != 1 or not self.pmtu.on_ack(st.node_id, payload, now=now):
+            self.drops["bad_probe"] += 1
+        else:
+            self._timer_dirty = True  # the first ack brings the round's end closer
 
     def _rekey_due(self, st: _Peer, kp: _Keypair, now: float) -> None:
         """Called from seal when ``kp`` crossed a rekey threshold (or a retry of it is due)."""
@@ -1440,4 +1489,7 @@ class LinkEndpoint:
         t = heap[0][0] if heap else _INF
         for ini in self._initiations.values():
             t = min(t, ini.next_retry_at, ini.deadline)
+        probe = self.pmtu.next_time()
+        if probe is not None:
+            t = min(t, probe)
         return None if t == _INF else t

@@ -1,14 +1,19 @@
-"""The data plane's UDP socket on 127.0.0.1: GSO batches arrive as the datagrams sent, in order."""
+"""The data plane's UDP socket on 127.0.0.1: GSO batches arrive as the datagrams sent, in order;
+every datagram carries DF; a refused GSO send limits only its destination's path."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import select
 import socket
+from collections import Counter
 
 import pytest
 
-from ipop.aio.dataplane import UdpSocket
+from ipop.aio.dataplane import GSO_RETRY_S, IoDrop, UdpSocket
+from ipop.aio.sockets import LoopUdpSocket
 from ipop.types import Endpoint
 
 
@@ -62,3 +67,106 @@ def test_plain_datagrams_from_a_foreign_socket_are_received() -> None:
     finally:
         s.close()
         rx.close()
+
+
+# --- DF on every datagram; a refused GSO send concerns one destination ------------------------
+
+_IP_MTU_DISCOVER = 10  # linux/in.h
+_IP_PMTUDISC_PROBE = 3
+
+
+def test_every_datagram_of_the_overlay_socket_carries_df() -> None:
+    """Linux's default sets DF only on datagrams that fit a known path MTU, which left GSO
+    segments without it (fragmented on a smaller link); PROBE sets it on every datagram (and
+    leaves path sizes to probing, not to ICMP)."""
+    tx = UdpSocket(Endpoint("127.0.0.1", 0))
+    try:
+        got = tx.sock.getsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER)
+        assert got == _IP_PMTUDISC_PROBE
+    finally:
+        tx.close()
+
+
+def test_punching_sockets_carry_df_too() -> None:
+    async def main() -> int:
+        s = LoopUdpSocket("127.0.0.1", lambda _d, _a: None, Counter())
+        try:
+            return int(s._sock.getsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER))
+        finally:
+            s.close()
+
+    assert asyncio.run(main()) == _IP_PMTUDISC_PROBE
+
+
+class _RefusingSocket:
+    """A UDP socket whose GSO sends to some destinations fail as a small-MTU route's do
+    (``EINVAL`` under DF); it records every ``sendmsg`` destination."""
+
+    def __init__(self, sock: socket.socket, refuse: set[tuple[str, int]]) -> None:
+        self._sock = sock
+        self.refuse = refuse
+        self.calls: list[tuple[str, int]] = []
+
+    def sendmsg(self, buffers: list[bytes], anc: object, flags: int, addr: Endpoint) -> int:
+        dest = (addr.host, addr.port)
+        self.calls.append(dest)
+        if dest in self.refuse:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return self._sock.sendmsg(buffers, anc, flags, addr)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+def test_a_refused_gso_send_limits_only_that_destinations_path() -> None:
+    """One failed batched send to a small-MTU peer turned batching off for the whole daemon
+    (throughput to an unrelated peer fell 20-35 %): now only that destination sends singly."""
+    now = [1000.0]
+    small, big = UdpSocket(Endpoint("127.0.0.1", 0)), UdpSocket(Endpoint("127.0.0.1", 0))
+    tx = UdpSocket(Endpoint("127.0.0.1", 0), clock=lambda: now[0])
+    to_small, to_big = Endpoint("127.0.0.1", small.port), Endpoint("127.0.0.1", big.port)
+    fake = _RefusingSocket(tx.sock, {("127.0.0.1", small.port)})
+    tx.sock = fake  # type: ignore[assignment]
+    try:
+        first = [os.urandom(1400) for _ in range(8)]
+        tx.send_batch(first, to_small)  # refused once: this run goes singly
+        assert _drain(small, 8) == first
+        assert fake.calls == [("127.0.0.1", small.port)]
+        assert tx.errors[IoDrop.GSO_REFUSED] == 1
+
+        fake.calls.clear()
+        again = [os.urandom(1400) for _ in range(8)]
+        other = [os.urandom(1400) for _ in range(8)]
+        tx.send_batch(again, to_small)  # no GSO try to the refusing path for a while
+        tx.send_batch(other, to_big)  # the unrelated peer still gets one GSO send
+        assert fake.calls == [("127.0.0.1", big.port)]
+        assert _drain(small, 8) == again
+        assert _drain(big, 8) == other
+        # Smaller segments to the refusing path may still be batched.
+        fake.calls.clear()
+        tx.send_batch([b"s" * 600] * 4, to_small)
+        assert fake.calls == [("127.0.0.1", small.port)]
+        assert _drain(small, 4) == [b"s" * 600] * 4
+        assert tx.gso_limit(to_small) == 600
+        assert tx.gso_limit(to_big) is None
+
+        now[0] += GSO_RETRY_S  # the path may have grown back: GSO is tried again
+        assert tx.gso_limit(to_small) is None
+        fake.refuse.clear()
+        fake.calls.clear()
+        tx.send_batch([b"b" * 1400] * 4, to_small)
+        assert fake.calls == [("127.0.0.1", small.port)]
+        assert _drain(small, 4) == [b"b" * 1400] * 4
+    finally:
+        for s in (small, big):
+            s.close()
+        fake._sock.close()
+
+
+def test_a_datagram_larger_than_its_path_is_counted_as_too_big() -> None:
+    tx = UdpSocket(Endpoint("127.0.0.1", 0))
+    try:
+        tx.sendto(b"x" * 70000, Endpoint("127.0.0.1", 9))  # EMSGSIZE: larger than any path
+        assert tx.errors == {IoDrop.SEND_TOO_BIG: 1}
+    finally:
+        tx.close()

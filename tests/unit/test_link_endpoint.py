@@ -224,7 +224,8 @@ def test_previous_keys_open_only_during_grace() -> None:
 
 
 def test_keepalive_then_linkdown_on_silence() -> None:
-    cfg = LinkConfig(keepalive_interval_s=15.0, link_timeout_s=50.0)
+    # Path MTU probes are DATA too (they postpone keepalives): off, to count keepalives alone.
+    cfg = LinkConfig(keepalive_interval_s=15.0, link_timeout_s=50.0, path_mtu_probes=False)
     w = up_pair(cfg)
     t0 = w.a.peers()[0].last_tx  # the key-confirmation keepalive; B has sent nothing since
     assert w.a.peers()[0].last_rx == t0
@@ -328,7 +329,8 @@ def test_handshakes_crossing_over_different_paths_converge_without_loss(seed: in
 
 def test_a_changed_mapping_is_reported_by_the_next_handshake() -> None:
     # Only a responder reports what it saw, so let A (the sender) reach the rekey by count.
-    cfg = LinkConfig(rekey_after_messages=3, reject_after_messages=100)
+    # Path MTU probes would count toward the 3 messages: off, so that A alone reaches them.
+    cfg = LinkConfig(rekey_after_messages=3, reject_after_messages=100, path_mtu_probes=False)
     w = World(cfg, latency=0.01)
     w.up()
     ups = [e for e in w.received["a"] if isinstance(e, LinkUp)]

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -32,6 +33,7 @@ from tools.bench.dataplane_bench import (
     B_VIP,
     TAP_MAC,
     VIRTUAL_MAC,
+    SinkUdp,
     dataplane,
     fake_tap,
     linked_pair,
@@ -355,6 +357,44 @@ def test_frames_a_lan_side_holds_are_drained_without_the_fd_waking_us() -> None:
             await _until(lambda: len(seen) == len(arp), "every held frame")
             assert seen == arp and not side.pending()
             assert not h.dp.drops  # the dropped (0-byte) read reached nothing
+        finally:
+            h.close()
+
+    _run(go)
+
+
+# --- issue 14, finding 4: a packet too big for its peer's path ----------------------------------
+
+
+def test_a_packet_too_big_for_its_peers_path_is_answered_with_frag_needed() -> None:
+    """With DF on every datagram, a packet sealed larger than the probed path would vanish:
+    the inner sender gets ICMP 3/4 with the MTU that fits (1124-byte path: 1065), as from a
+    router, and packets that fit still leave."""
+
+    async def go() -> None:
+        lookups = Lookups({})
+        h = Harness(lookups)
+        lookups.owners[A_VIP] = h.a.local_id
+        try:
+            h.routed(_ip(A_VIP, B_VIP))  # learn A's address
+            await _until(lambda: not h.dp._lookups, "the lookup")
+            _tap_frames(h.kernel)
+            h.b.link.pmtu.limits[h.a.local_id] = 1124 - 28  # what probing found
+            sent = cast(SinkUdp, h.dp.udp).sent
+            for inner in (1400, 1065, 1066):
+                h.kernel.send(
+                    VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + _ip(B_VIP, A_VIP, bytes(inner - 20))
+                )
+                h.dp._drain_tap()
+            assert [len(d) for d, _ in sent] == [1096]  # 1065 inner bytes fit, to the byte
+            answers = _tap_frames(h.kernel)
+            assert len(answers) == 2
+            for frame in answers:
+                assert frame[:14] == TAP_MAC + VIRTUAL_MAC + b"\x08\x00"
+                icmp = frame[14 + 20 :]
+                assert frame[14 + 12 : 14 + 20] == A_VIP.packed + B_VIP.packed
+                assert icmp[:2] == b"\x03\x04" and icmp[6:8] == (1065).to_bytes(2, "big")
+            assert h.dp.counters["frag_needed_sent"] == 2
         finally:
             h.close()
 

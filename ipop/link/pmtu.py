@@ -1,0 +1,185 @@
+"""Path MTU of each link, found by probing over the link itself (RFC 8899 style, sans-IO).
+
+Owns the probe messages and the per-peer search. ICMP "fragmentation needed" is never needed:
+many paths drop it (a PMTU black hole), so a size counts as usable only once the peer has
+acknowledged an authenticated probe of exactly that size. Every overlay datagram carries DF
+(:func:`ipop.aio.sockets.dont_fragment`), so a probe larger than the path simply never arrives.
+
+Messages (the payload of an authenticated DATA datagram; ``PROBE_TAG`` is a payload type the
+overlay's messages never start with, so the link layer takes them before any LinkMessage)::
+
+    probe: | 0x7E | 0x00 | id (u32 BE) | zero padding ... |   sealed to exactly the probed size
+    ack:   | 0x7E | 0x01 | id (u32 BE) |                       the probe's id, nothing else
+
+Sizes are whole DATA datagrams (the UDP payload: header, ciphertext, tag). Only direct paths
+are probed (a relay has its own link to each side).
+
+Search: a *round* sends one probe of each coarse size (:data:`COARSE`, 64 bytes apart), plus
+the size confirmed so far and fine sizes every 8 bytes above it, and ends
+:data:`ROUND_WAIT_S` later, or a round trip after its first ack; its result is the largest
+size acknowledged. The first round starts when the link comes up; a round whose result
+changed the confirmed size is followed at once by another (fine around the new size), any
+other by one :data:`ROUND_INTERVAL_S` later (a path can grow or shrink). A result smaller
+than the confirmed size is taken only when the next round, started at once, agrees (a lost
+probe alone does not shrink a path); a round with no acknowledgement at all changes nothing.
+Until the first result a peer has no limit (what the node did before probing existed).
+:attr:`PathMtuProber.limits` maps each peer to its confirmed datagram size: the data plane
+reads it for every packet it seals.
+
+Bounds: one entry per peer with an up session (removed with the session), and at most one
+round's probes outstanding per peer.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Final
+
+from ipop.types import NodeId, Path
+from ipop.wire.header import DATA_MIN_BYTES
+
+__all__ = [
+    "COARSE",
+    "MAX_DATAGRAM",
+    "MIN_SPREAD_S",
+    "PROBE_TAG",
+    "ROUND_INTERVAL_S",
+    "ROUND_WAIT_S",
+    "PathMtuProber",
+    "ack_payload",
+    "probe_payload",
+]
+
+PROBE_TAG: Final = 0x7E
+_PROBE: Final = 0x00
+_ACK: Final = 0x01
+_MSG = struct.Struct("!BBI")
+MESSAGE_BYTES: Final = _MSG.size
+# The largest datagram worth probing: an IPv4 path of 1500 bytes less IP and UDP headers.
+MAX_DATAGRAM: Final = 1500 - 28
+# Coarse sizes of a round, largest first; the smallest is what a 576-byte IPv4 path carries.
+COARSE: Final = (*range(MAX_DATAGRAM, 1000, -64), 548)
+FINE_STEP: Final = 8
+# A round ends this long after its probes left at the latest, and sooner once the first ack
+# is in: probes leave together, so the rest arrive within about one round trip of it (at least
+# MIN_SPREAD_S). Traffic to the peer runs without a limit until the first result, and on a
+# small path its big packets vanish meanwhile: the sooner, the better.
+ROUND_WAIT_S: Final = 1.0
+MIN_SPREAD_S: Final = 0.05
+ROUND_INTERVAL_S: Final = 60.0
+
+
+def probe_payload(probe_id: int, size: int) -> bytes:
+    """A probe whose sealed DATA datagram is exactly ``size`` bytes."""
+    pad = size - DATA_MIN_BYTES - MESSAGE_BYTES
+    if pad < 0:
+        raise ValueError(f"probe of {size} bytes is smaller than its message")
+    return _MSG.pack(PROBE_TAG, _PROBE, probe_id) + bytes(pad)
+
+
+def ack_payload(probe_id: int) -> bytes:
+    return _MSG.pack(PROBE_TAG, _ACK, probe_id)
+
+
+@dataclass
+class _Search:
+    path: Path
+    # When the current round ends (its result is taken) and when the next one starts.
+    round_start: float = 0.0
+    round_end: float = 0.0
+    next_round: float = 0.0
+    outstanding: dict[int, int] = field(default_factory=dict)  # probe id -> size
+    acked: int = 0  # the largest size acknowledged in the current round
+    confirmed: int = 0  # 0: nothing confirmed yet
+    shrink_seen: int = 0  # a smaller result waiting for the next round's agreement
+
+
+class PathMtuProber:
+    """The probe search of every peer; :meth:`due` says which probes leave now."""
+
+    def __init__(self) -> None:
+        self.limits: dict[NodeId, int] = {}
+        self.stats: Counter[str] = Counter()
+        self._searches: dict[NodeId, _Search] = {}
+        self._next_id = 0
+
+    def start(self, peer: NodeId, path: Path, *, now: float) -> None:
+        """Search ``peer``'s path from scratch (link up, or its path changed)."""
+        self._searches[peer] = _Search(path, next_round=now)
+        self.limits.pop(peer, None)
+
+    def forget(self, peer: NodeId) -> None:
+        self._searches.pop(peer, None)
+        self.limits.pop(peer, None)
+
+    def next_time(self) -> float | None:
+        times = [s.round_end or s.next_round for s in self._searches.values()]
+        return min(times) if times else None
+
+    def on_ack(self, peer: NodeId, payload: bytes, *, now: float) -> bool:
+        """An authenticated ack from ``peer``; False if it is malformed. An ack of no
+        outstanding probe (late: its round ended; or duplicated) is only counted."""
+        if len(payload) != MESSAGE_BYTES:
+            return False
+        s = self._searches.get(peer)
+        size = None if s is None else s.outstanding.pop(_MSG.unpack(payload)[2], None)
+        if s is None or size is None or now >= s.round_end:
+            self.stats["late_acks"] += 1
+            return True
+        self.stats["acks"] += 1
+        if not s.acked:
+            rtt = now - s.round_start
+            s.round_end = min(s.round_end, now + max(MIN_SPREAD_S, rtt))
+        s.acked = max(s.acked, size)
+        return True
+
+    def due(self, now: float) -> list[tuple[NodeId, Path, bytes]]:
+        """Finish the rounds that ended and start those that are due: the probes to seal and
+        send, as ``(peer, path, payload)``."""
+        out: list[tuple[NodeId, Path, bytes]] = []
+        for peer, s in self._searches.items():
+            if s.round_end:
+                if now < s.round_end:
+                    continue
+                self._finish(peer, s, now)
+            if now < s.next_round:
+                continue
+            sizes = set(COARSE)
+            if s.confirmed:
+                top = min(s.confirmed + 64, MAX_DATAGRAM + 1)
+                sizes.update(range(s.confirmed, top, FINE_STEP))
+            for size in sorted(sizes, reverse=True):
+                probe_id = self._next_id
+                self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+                s.outstanding[probe_id] = size
+                out.append((peer, s.path, probe_payload(probe_id, size)))
+            s.acked = 0
+            s.round_start = now
+            s.round_end = now + ROUND_WAIT_S
+            self.stats["probes_sent"] += len(sizes)
+        return out
+
+    def _finish(self, peer: NodeId, s: _Search, now: float) -> None:
+        result, s.acked = s.acked, 0
+        s.outstanding.clear()
+        s.round_end = 0.0
+        s.next_round = now + ROUND_INTERVAL_S
+        if not result:
+            return  # everything lost: no news about the size
+        first = not s.confirmed
+        if result < s.confirmed and s.shrink_seen == 0:
+            s.shrink_seen = result
+            s.next_round = now  # ask again before believing the path shrank
+            return
+        if result < s.confirmed:
+            result = max(result, s.shrink_seen)
+            self.stats["shrunk"] += 1
+        elif result > s.confirmed and not first:
+            self.stats["grown"] += 1
+        s.shrink_seen = 0
+        if result != s.confirmed:
+            s.next_round = now  # a fine round around the new size, at once
+        s.confirmed = result
+        self.limits[peer] = result

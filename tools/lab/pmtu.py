@@ -1,0 +1,167 @@
+"""ipop-lab pmtu: TCP across the VN over an underlay path with a small link in the middle.
+
+Finding 4 of issue 14: on a path whose underlay MTU is 1124, overlay datagrams depended on IP
+fragmentation (which many NATs and firewalls drop), and where the path also dropped ICMP
+"fragmentation needed" TCP across the VN stalled. This module owns one check run::
+
+    a (198.51.100.1) -- r1 ==== link_mtu ==== r2 -- b (203.0.113.2)
+
+four namespaces (every name starts with a prefix unique to this process), the r1-r2 veth at
+``link_mtu`` on both ends, optionally with ICMP "fragmentation needed" dropped as the two
+routers send it (iptables in r1 and r2 only: a PMTU black hole). Two ipopd (a the bootstrap,
+as ``ipop-lab bench`` runs them), one iperf3 TCP stream a -> b across the VN, and the IPv4
+fragmentation counters of every namespace (``Ip: FragCreates``, ``ReasmReqds`` of
+/proc/net/snmp) before and after. Everything is torn down in ``finally``.
+
+:func:`run_gso_burst` is the same topology with no daemon: the overlay's UDP socket sends
+batches (GSO) of 1400-byte datagrams from a to b, and the counters say whether any of them was
+fragmented on the way (before: every one, its segments left without DF).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tools.lab.bench import A_UL, REPO, BenchError, _ipop, _Run
+
+__all__ = ["FRAG_COUNTERS", "main_pmtu", "run_gso_burst", "run_pmtu"]
+
+R1_A = "198.51.100.254"
+R1_R2, R2_R1 = "203.0.113.253", "203.0.113.254"
+R2_B, B_UL = "203.0.113.1", "203.0.113.2"
+FRAG_COUNTERS = ("FragCreates", "FragOKs", "ReasmReqds")
+
+
+def _snmp_ip(run: _Run, ns: str) -> dict[str, int]:
+    lines = [ln.split() for ln in run.sh(["cat", "/proc/net/snmp"], ns=ns).splitlines()]
+    ip = [ln[1:] for ln in lines if ln and ln[0] == "Ip:"]
+    return {k: int(v) for k, v in zip(ip[0], ip[1], strict=True) if k in FRAG_COUNTERS}
+
+
+def _names(run: _Run) -> list[str]:
+    return [run.ns_a, run.prefix + "r1", run.prefix + "r2", run.ns_b]
+
+
+def _setup(run: _Run, link_mtu: int, block_icmp: bool) -> list[str]:
+    every = _names(run)
+    a, r1, r2, b = every
+    for ns in every:
+        run.sh(["ip", "netns", "add", ns])
+        run.sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+    links = (  # (ns, address/prefix, ns, address/prefix, mtu)
+        (a, f"{A_UL}/24", r1, f"{R1_A}/24", 1500),
+        (r1, f"{R1_R2}/30", r2, f"{R2_R1}/30", link_mtu),
+        (r2, f"{R2_B}/25", b, f"{B_UL}/25", 1500),
+    )
+    for i, (n1, ip1, n2, ip2, mtu) in enumerate(links):
+        v1, v2 = f"{run.prefix}v{i}x", f"{run.prefix}v{i}y"
+        run.sh(["ip", "link", "add", v1, "netns", n1, "type", "veth", "peer", v2, "netns", n2])
+        for ns, ifc, addr in ((n1, v1, ip1), (n2, v2, ip2)):
+            run.sh(["ip", "-n", ns, "link", "set", ifc, "mtu", str(mtu), "up"])
+            run.sh(["ip", "-n", ns, "addr", "add", addr, "dev", ifc])
+    run.sh(["ip", "-n", a, "route", "add", "default", "via", R1_A])
+    run.sh(["ip", "-n", b, "route", "add", "default", "via", R2_B])
+    run.sh(["ip", "-n", r1, "route", "add", "203.0.113.0/25", "via", R2_R1])
+    run.sh(["ip", "-n", r2, "route", "add", "198.51.100.0/24", "via", R1_R2])
+    for ns in (r1, r2):
+        run.sh(["sysctl", "-qw", "net.ipv4.ip_forward=1"], ns=ns)
+        if block_icmp:
+            rule = ["-p", "icmp", "--icmp-type", "fragmentation-needed", "-j", "DROP"]
+            run.sh(["iptables", "-A", "OUTPUT", *rule], ns=ns)
+    return every
+
+
+# Run in a's namespace by the repository's Python: one UdpSocket, batches toward b's port 9.
+_BURST_PY = """
+from ipop.aio.dataplane import UdpSocket
+from ipop.types import Endpoint
+tx = UdpSocket(Endpoint(%r, 0))
+for _ in range(%d):
+    tx.send_batch([bytes(%d)] * %d, Endpoint(%r, 9))
+"""
+
+
+def _deltas(
+    run: _Run, namespaces: list[str], before: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    after = {ns: _snmp_ip(run, ns) for ns in namespaces}
+    return {
+        ns.removeprefix(run.prefix): {k: after[ns][k] - before[ns][k] for k in FRAG_COUNTERS}
+        for ns in namespaces
+    }
+
+
+def _teardown(run: _Run) -> None:
+    run.stop(list(run.procs))
+    for ns in _names(run):  # all of them: a failed setup may have made some
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
+    shutil.rmtree(run.work, ignore_errors=True)
+
+
+def run_gso_burst(
+    *, link_mtu: int, batches: int = 10, per_batch: int = 16, size: int = 1400
+) -> dict[str, dict[str, int]]:
+    """The fragment counters of every namespace after GSO bursts from a to b (see above)."""
+    if os.geteuid() != 0:
+        raise BenchError("needs root: builds network namespaces")
+    run = _Run(prefix=f"ig{os.getpid() % 10000:04d}", work=Path(tempfile.mkdtemp()))
+    try:
+        namespaces = _setup(run, link_mtu, False)
+        before = {ns: _snmp_ip(run, ns) for ns in namespaces}
+        code = _BURST_PY % (A_UL, batches, size, per_batch, B_UL)
+        py = str(REPO / ".venv" / "bin" / "python")
+        run.sh(["env", f"PYTHONPATH={REPO}", py, "-c", code], ns=run.ns_a)
+        return _deltas(run, namespaces, before)
+    finally:
+        _teardown(run)
+
+
+def run_pmtu(*, link_mtu: int, block_icmp: bool, duration_s: int) -> dict[str, Any]:
+    """One run: ``{"link_mtu", "block_icmp", "mbit_s", "rtt_ms", "fragments": {ns: {...}}}``,
+    the fragment counters as differences over the run (the daemons' life included)."""
+    if os.geteuid() != 0:
+        raise BenchError("needs root: builds network namespaces")
+    work = Path(tempfile.mkdtemp(prefix="ipop-pmtu-"))
+    run = _Run(prefix=f"im{os.getpid() % 10000:04d}", work=work, pings=5)
+    try:
+        namespaces = _setup(run, link_mtu, block_icmp)
+        before = {ns: _snmp_ip(run, ns) for ns in namespaces}
+        mbit_s, rtt_ms = _ipop(run, duration_s)
+        fragments = _deltas(run, namespaces, before)
+    finally:
+        _teardown(run)
+    return {
+        "link_mtu": link_mtu,
+        "block_icmp": block_icmp,
+        "mbit_s": round(mbit_s, 1),
+        "rtt_ms": rtt_ms,
+        "fragments": fragments,
+        "fragments_total": sum(sum(v.values()) for v in fragments.values()),
+    }
+
+
+def main_pmtu(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.lab.pmtu", description=__doc__)
+    p.add_argument("--mtu", type=int, default=1124, help="the small link's MTU")
+    p.add_argument("--duration", type=int, default=5, help="iperf3 seconds (after 1 s omitted)")
+    args = p.parse_args(argv)
+    try:
+        for mtu, block in ((1500, False), (args.mtu, False), (args.mtu, True)):
+            row = run_pmtu(link_mtu=mtu, block_icmp=block, duration_s=args.duration)
+            print(json.dumps(row), flush=True)
+    except BenchError as exc:
+        print(f"pmtu: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_pmtu())
