@@ -303,6 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default=",".join(NAT_MATRIX_KINDS), help="comma-separated kinds")
     p.set_defaults(func=cmd_natmatrix)
 
+    p = sub.add_parser("soak", help="churn a large network for M minutes, sweeping every pair")
+    add_topology_args(p, file=False)
+    p.set_defaults(nodes=30)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--sweep-every", type=float, default=60.0, help="seconds between sweeps")
+    p.add_argument("--pause-s", type=float, default=120.0, help="how long one daemon is stopped")
+    p.add_argument("--kills", type=int, default=2, help="daemons killed (-9) per churn round")
+    p.add_argument("--recovery-s", type=float, default=5.0, help="recovery window after faults")
+    p.add_argument("--workers", type=int, default=6, help="sources swept at once")
+    p.add_argument(
+        "--bootstraps-stop-at", type=float, default=0.5, help="fraction of the run (0..1)"
+    )
+    p.set_defaults(func=cmd_soak)
+
     register_extra_commands(sub, common)
     return parser
 
@@ -315,6 +331,22 @@ def cmd_natmatrix(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError("--kinds", f"unknown kind {bad[0]!r}", ", ".join(NAT_MATRIX_KINDS))
     return main_natmatrix(as_json=args.json, kinds=kinds)
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from tools.lab.soak import SoakPlan, main_soak
+
+    plan = SoakPlan(
+        minutes=args.minutes,
+        seed=args.seed,
+        sweep_every_s=args.sweep_every,
+        pause_s=args.pause_s,
+        kills=args.kills,
+        recovery_s=args.recovery_s,
+        workers=args.workers,
+        bootstraps_stop_at=args.bootstraps_stop_at,
+    )
+    return main_soak(_topology(args), plan, as_json=args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
