@@ -53,15 +53,17 @@ __all__ = ["SoakPlan", "main_soak", "run_soak", "sweep"]
 RESTART_AFTER_S = 2.0
 READY_TIMEOUT_S = 40.0
 LEASE_TIMEOUT_S = 20.0
-SWEEP_TIMEOUT_S = 45.0
+SWEEP_TIMEOUT_S = 90.0
 PROBE_GAP_S = 0.5
 PROBE_PEERS = 3
 RECOVER_TIMEOUT_S = 60.0
 PING_WAIT_S = 1
-# The resolver's own bound on a lookup (glibc reads RES_OPTIONS): one try of 2 s, so a name
-# that gets no answer costs a sweep 2 s, not glibc's default 5 s x 2; a slower answer counts
-# as a failure ("servfail": EAI_AGAIN).
-RES_OPTIONS = "timeout:2 attempts:1"
+# Names one source probes at once: with ``workers`` sources that bounds the lookups in flight
+# (6 x 4), so the sweep measures the network, not a DNS burst of its own.
+SOURCE_CONCURRENCY = 4
+# The resolver's own bound on a lookup (glibc reads RES_OPTIONS): two tries of 3 s, not
+# glibc's 5 s x 2; no answer by then counts as a failure ("servfail": EAI_AGAIN).
+RES_OPTIONS = "timeout:3 attempts:2"
 # Re-addressed public hosts move to .230 and up of their segment (generated labs use .9-.100
 # for public hosts and .101 and up for NAT routers).
 READDRESS_FIRST = 230
@@ -70,14 +72,18 @@ FAULT_KINDS = frozenset(
     {"kill9", "restart", "readdress", "nat_flush", "pause", "continue", "bootstraps_stopped"}
 )
 
-# Run in a source's namespace: argv[1] a JSON list of names, argv[2] ping -W seconds. For each
-# name (all at once, one thread each): getaddrinfo timed, then, if it resolved, `ping -c 1` by
+# Run in a source's namespace: argv[1] a JSON list of names, argv[2] ping -W seconds, argv[3]
+# names probed at once. For each name: getaddrinfo timed, then, if it resolved, `ping -c 1` by
 # name, retried once. Prints [{"to", "ok", "dns_ms", "dns_err"}] as JSON.
 SWEEP_PY = r"""
 import json, socket, subprocess, sys, threading, time
 names, wait = json.loads(sys.argv[1]), sys.argv[2]
+gate = threading.Semaphore(int(sys.argv[3]))
 out = [None] * len(names)
 def one(i, name):
+    with gate:
+        probe(i, name)
+def probe(i, name):
     t0 = time.perf_counter()
     err = None
     try:
@@ -149,7 +155,10 @@ def sweep(
         if not names:
             return []
         try:
-            argv = [sys.executable, "-c", SWEEP_PY, json.dumps(names), str(PING_WAIT_S)]
+            argv = [
+                sys.executable, "-c", SWEEP_PY, json.dumps(names), str(PING_WAIT_S),
+                str(SOURCE_CONCURRENCY),
+            ]  # fmt: skip
             res = lab.exec(
                 src, ["env", f"RES_OPTIONS={RES_OPTIONS}", *argv], timeout=SWEEP_TIMEOUT_S
             )
@@ -367,7 +376,7 @@ class _Soak:
                 row,
                 h,
                 self.rng.sample(
-                    [p for p in live if p.name != h.name], min(PROBE_PEERS, len(live) - 1)
+                    [p for p in live if p.name != h.name], max(0, min(PROBE_PEERS, len(live) - 1))
                 ),
             )
             for row, h in watch
