@@ -7,11 +7,13 @@ by ``HOSTNAME.ipop`` with the system ``ping`` (names answered by each host's own
 reports the path the pair's traffic took (``direct``, ``relayed`` or ``overlay``) from the
 sender's ``ipop status``.
 
-The demo always includes a router cluster (``topology.with_router_cluster`` adds one when
-the topology has none): the router host runs ``ipop-router`` instead of ``ipopd``, its plain
-hosts run only ``udhcpc`` or ``dhclient``; they are listed under ``lan_hosts`` (with the
-seconds each took to get its lease, ``lease_after_s``) and take part in the pings as sources
-and targets. Routers themselves are not pinged (they hold no address of their own on a LAN).
+The demo always includes two router clusters (``topology.with_router_clusters`` adds them when
+the topology has none: r1 behind a port-restricted cone, r2 behind a symmetric NAT), so plain
+hosts of each cluster ping the other cluster's by name. A router host runs ``ipop-router``
+instead of ``ipopd``; its plain hosts run only ``udhcpc`` or ``dhclient``; they are listed
+under ``lan_hosts`` (with the seconds each took to get its lease, ``lease_after_s``) and take
+part in the pings as sources and targets. Routers themselves are not pinged (they hold no
+address of their own on a LAN).
 
 Before the pairs, the demo shows *the shortcut moment* (the seeds' demo): a node behind a
 port-restricted cone pings the symmetric-NAT node by name for the first time, 50 ms apart, while
@@ -35,7 +37,7 @@ from typing import Any
 from tools.lab.ipopnet import IpopNet, NotReady
 from tools.lab.lab import Host, Lab
 from tools.lab.natmatrix import watch_pings
-from tools.lab.topology import Topology, with_router_cluster
+from tools.lab.topology import Topology, with_router_clusters
 
 __all__ = ["run_demo"]
 
@@ -69,7 +71,7 @@ def run_demo(
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="ipop-lab-")
         workdir = Path(tmp.name)
-    topology = with_router_cluster(topology)
+    topology = with_router_clusters(topology)
     result: dict[str, Any] = {
         "ok": False,
         "nodes": [],

@@ -126,17 +126,8 @@ class IpopNet:
             shutil.rmtree(f.state_dir, ignore_errors=True)
             for stale in (f.config, f.bundle, f.log, f.socket):
                 stale.unlink(missing_ok=True)
-        boot = self.lab.bootstrap
-        self._config_cli(
-            [
-                "init",
-                self.network,
-                "--subnet",
-                str(self.subnet),
-                "--bootstrap",
-                f"{boot.ip}:{IPOP_PORT}",
-            ]
-        )
+        boots = [a for b in self.lab.bootstraps for a in ("--bootstrap", f"{b.ip}:{IPOP_PORT}")]
+        self._config_cli(["init", self.network, "--subnet", str(self.subnet), *boots])
         for h in self.lab.hosts:
             f = self.files(h)
             # A router's certificate grants its LAN hosts' records (router.max_hosts' default).

@@ -84,6 +84,7 @@ class Host:
     extra_ips: tuple[IPv4Address, ...] = ()
     lan_router: str | None = None  # a plain host: the cluster router whose LAN it is on
     dhcp_client: str | None = None  # a plain host: "udhcpc" or "dhclient"
+    nat_owner: str | None = None  # shares this host's NAT router (router_ns is the owner's)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +99,7 @@ class Host:
             "extra_ips": [str(a) for a in self.extra_ips],
             "lan_router": self.lan_router,
             "dhcp_client": self.dhcp_client,
+            "nat_owner": self.nat_owner,
         }
 
 
@@ -134,8 +136,9 @@ class SpawnedProcess:
         return netns.pid_alive(self.pid, self.start_time)
 
 
-def _make_host(prefix: str, spec: HostSpec, bootstrap: str) -> Host:
+def _make_host(prefix: str, spec: HostSpec, bootstraps: tuple[str, ...]) -> Host:
     nat = spec.nat
+    router_owner = spec.nat_owner or spec.name
     return Host(
         name=spec.name,
         ns=f"{prefix}h-{spec.name}",
@@ -143,9 +146,10 @@ def _make_host(prefix: str, spec: HostSpec, bootstrap: str) -> Host:
         public_ip=spec.public_ip,
         nat_kind=nat.kind if nat is not None else None,
         lan=nat.lan if nat is not None else None,
-        is_bootstrap=spec.name == bootstrap,
-        router_ns=f"{prefix}r-{spec.name}" if nat is not None else None,
+        is_bootstrap=spec.name in bootstraps,
+        router_ns=f"{prefix}r-{router_owner}" if nat is not None else None,
         extra_ips=spec.extra_ips,
+        nat_owner=spec.nat_owner,
     )
 
 
@@ -172,8 +176,8 @@ class Lab:
         self.topology = topology
         self.workdir = Path(workdir)
         self.prefix = _check_prefix(prefix) if prefix is not None else new_prefix()
-        boot = topology.bootstrap.name
-        self.hosts: list[Host] = [_make_host(self.prefix, h, boot) for h in topology.hosts]
+        boots = topology.bootstrap_names
+        self.hosts: list[Host] = [_make_host(self.prefix, h, boots) for h in topology.hosts]
         # Plain hosts of router clusters: namespaces with only a DHCP client (no ipop).
         self.plain_hosts: list[Host] = [
             Host(
@@ -203,6 +207,10 @@ class Lab:
     def bootstrap(self) -> Host:
         return next(h for h in self.hosts if h.is_bootstrap)
 
+    @property
+    def bootstraps(self) -> list[Host]:
+        return [h for h in self.hosts if h.is_bootstrap]
+
     def host(self, host: Host | str) -> Host:
         name = host.name if isinstance(host, Host) else host
         for h in (*self.hosts, *self.plain_hosts):
@@ -223,7 +231,7 @@ class Lab:
         """Every namespace this lab's topology consists of."""
         out = [self.inet_ns]
         for h in self.hosts:
-            if h.router_ns is not None:
+            if h.router_ns is not None and h.nat_owner is None:
                 out.append(h.router_ns)
             out.append(h.ns)
         out.extend(p.ns for p in self.plain_hosts)
@@ -331,14 +339,24 @@ class Lab:
             nat = spec.nat
             router = host.router_ns
             assert router is not None
+            if spec.nat_owner is not None:
+                # Another port of the owner's LAN bridge (built with the owner, listed first).
+                self._lan_port(router, host, spec.ip, nat.lan)
+                continue
             netns.add_ns(router)
             attach(router, WAN_IF, host.name, nat.wan_ip)
-            netns.add_veth(router, LAN_IF, host.ns, HOST_IF)
-            netns.link_up(router, LAN_IF)
-            netns.link_up(host.ns, HOST_IF)
+            if topo.sharing(spec.name):
+                # Several hosts behind this NAT: its LAN is a bridge, one port per host.
+                netns.add_bridge(router, LAN_IF)
+                netns.link_up(router, LAN_IF)
+                self._lan_port(router, host, nat.host_ip, nat.lan)
+            else:
+                netns.add_veth(router, LAN_IF, host.ns, HOST_IF)
+                netns.link_up(router, LAN_IF)
+                netns.link_up(host.ns, HOST_IF)
+                netns.add_addr(host.ns, HOST_IF, f"{nat.host_ip}/{nat.lan.prefixlen}")
+                netns.add_route(host.ns, "default", str(nat.router_ip))
             netns.add_addr(router, LAN_IF, f"{nat.router_ip}/{nat.lan.prefixlen}")
-            netns.add_addr(host.ns, HOST_IF, f"{nat.host_ip}/{nat.lan.prefixlen}")
-            netns.add_route(host.ns, "default", str(nat.router_ip))
             netns.sysctl(router, "net.ipv4.ip_forward", 1)
             if topo.nat_backend == "nft":
                 netns.nft_apply(
@@ -366,6 +384,17 @@ class Lab:
                 # Offload stays as the kernel sets it (on, for a veth): the host leaves its
                 # TCP/UDP checksums to a NIC, as VMs and containers do (router.lan).
                 netns.link_up(p.ns, HOST_IF)
+
+    @staticmethod
+    def _lan_port(router: str, host: Host, ip: IPv4Address, lan: IPv4Network) -> None:
+        """``host``'s eth0 on the shared LAN bridge of NAT router namespace ``router``."""
+        port = f"l-{host.name}"
+        netns.add_veth(router, port, host.ns, HOST_IF)
+        netns.set_master(router, port, LAN_IF)
+        netns.link_up(router, port)
+        netns.link_up(host.ns, HOST_IF)
+        netns.add_addr(host.ns, HOST_IF, f"{ip}/{lan.prefixlen}")
+        netns.add_route(host.ns, "default", str(lan.network_address + 1))
 
     # ------------------------------------------------------------ processes
 
@@ -430,6 +459,28 @@ class Lab:
         """Stop every process spawned on ``host``: SIGTERM, then SIGKILL after ``grace_s``."""
         name = self.host(host).name
         self._terminate([p for p in self._procs if p.host == name], grace_s)
+
+    def signal(self, host: Host | str, sig: signal.Signals) -> list[int]:
+        """Send ``sig`` to every live process spawned on ``host`` (only our recorded PIDs, each
+        checked against its start time); the PIDs signalled. A process that dies of it (SIGKILL)
+        is reaped and forgotten, so a restart records a fresh one."""
+        name = self.host(host).name
+        hit: list[int] = []
+        for p in [p for p in self._procs if p.host == name]:
+            if not p.alive():
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, sig)
+                hit.append(p.pid)
+        if sig == signal.SIGKILL:
+            for pid in hit:
+                popen = self._popen.pop(pid, None)
+                if popen is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        popen.wait(timeout=STOP_GRACE_S)
+            self._procs = [p for p in self._procs if p.pid not in hit]
+            self._save()
+        return hit
 
     def _terminate(self, procs: list[SpawnedProcess], grace_s: float) -> None:
         def signal_group(p: SpawnedProcess, sig: signal.Signals) -> None:

@@ -25,7 +25,15 @@ from ipop.errors import ConfigError, IpopError
 from tools.lab import netns
 from tools.lab.ipopnet import IpopNet
 from tools.lab.lab import STATE_FILE, Lab, cleanup_stale
-from tools.lab.topology import default_topology, load_topology
+from tools.lab.topology import (
+    DEFAULT_MIX,
+    PRESETS,
+    Topology,
+    default_topology,
+    load_topology,
+    preset_topology,
+    scaled_topology,
+)
 
 DEFAULT_WORKDIR = Path("/run/ipop-lab/current")
 
@@ -74,7 +82,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    topo = load_topology(Path(args.topology)) if args.topology else default_topology()
+    topo = _topology(args)
     lab = Lab(topo, workdir=workdir, prefix=args.prefix)
     lab.up()  # tears down by itself on failure or interrupt
     print(f"lab {lab.prefix} up ({len(lab.namespaces)} namespaces), state in {lab.state_path}")
@@ -85,14 +93,49 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         net.prepare()
         net.start_all()
+        ready = net.wait_all_ready(lab.hosts, timeout_s=30.0 + len(lab.hosts))
         for h in lab.hosts:
-            st = net.wait_ready(h, timeout_s=30.0)
+            st = ready[h.name][0]
             print(f"  ipopd on {h.name:<10} {st.self_.vip:<16} {' '.join(st.self_.names)}")
+        for p in lab.plain_hosts:
+            net.start_plain(p)
+        for p in lab.plain_hosts:
+            addr, _ = net.wait_lease(p, timeout_s=15.0)
+            print(f"  dhcp on  {p.name:<10} {addr!s:<16} {p.name}.{p.lan_router}.ipop")
     except BaseException:
         lab.down()
         raise
     print("try: ipop-lab exec HOST -- ping NAME.ipop   |   ipop-lab exec HOST -- ipop status")
     return 0
+
+
+def _topology(args: argparse.Namespace) -> Topology:
+    """A TOML file, a preset, ``--nodes N --nat-mix ...``, or the built-in topology."""
+    given = [x for x in (args.topology, args.preset, args.nodes) if x is not None]
+    if len(given) > 1:
+        raise ConfigError("topology", "give one of TOPOLOGY, --preset, --nodes")
+    if args.topology:
+        return load_topology(Path(args.topology))
+    if args.preset:
+        return preset_topology(args.preset)
+    if args.nodes is not None:
+        return scaled_topology(
+            args.nodes, args.nat_mix, clusters=args.clusters, per_nat=args.per_nat
+        )
+    return default_topology()
+
+
+def add_topology_args(p: argparse.ArgumentParser, *, file: bool = True) -> None:
+    """TOPOLOGY / --preset / --nodes N --nat-mix ... --clusters K --per-nat P."""
+    if file:
+        p.add_argument("topology", nargs="?", help="topology TOML (default: built-in topology)")
+    else:
+        p.set_defaults(topology=None)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a generated topology by name")
+    p.add_argument("--nodes", type=int, help="generate N ipopd hosts (routers not counted)")
+    p.add_argument("--nat-mix", default=DEFAULT_MIX, help=f"kind:weight,... ({DEFAULT_MIX})")
+    p.add_argument("--clusters", type=int, default=2, help="router clusters with --nodes")
+    p.add_argument("--per-nat", type=int, default=3, help="hosts per shareable NAT")
 
 
 def _status(lab: Lab) -> dict[str, Any]:
@@ -215,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("up", parents=[common], help="build a topology and leave it up")
-    p.add_argument("topology", nargs="?", help="topology TOML (default: built-in topology)")
+    add_topology_args(p)
     p.add_argument("--prefix", help="namespace prefix (default: ipl + 5 random hex digits + -)")
     p.add_argument("--no-daemons", action="store_true", help="build the network only")
     p.set_defaults(func=cmd_up)
@@ -260,6 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default=",".join(NAT_MATRIX_KINDS), help="comma-separated kinds")
     p.set_defaults(func=cmd_natmatrix)
 
+    p = sub.add_parser("soak", help="churn a large network for M minutes, sweeping every pair")
+    add_topology_args(p, file=False)
+    p.set_defaults(nodes=30)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--sweep-every", type=float, default=60.0, help="seconds between sweeps")
+    p.add_argument("--pause-s", type=float, default=120.0, help="how long one daemon is stopped")
+    p.add_argument("--kills", type=int, default=2, help="daemons killed (-9) per churn round")
+    p.add_argument("--recovery-s", type=float, default=5.0, help="recovery window after faults")
+    p.add_argument("--workers", type=int, default=6, help="sources swept at once")
+    p.add_argument(
+        "--bootstraps-stop-at", type=float, default=0.5, help="fraction of the run (0..1)"
+    )
+    p.set_defaults(func=cmd_soak)
+
     register_extra_commands(sub, common)
     return parser
 
@@ -272,6 +331,22 @@ def cmd_natmatrix(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError("--kinds", f"unknown kind {bad[0]!r}", ", ".join(NAT_MATRIX_KINDS))
     return main_natmatrix(as_json=args.json, kinds=kinds)
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from tools.lab.soak import SoakPlan, main_soak
+
+    plan = SoakPlan(
+        minutes=args.minutes,
+        seed=args.seed,
+        sweep_every_s=args.sweep_every,
+        pause_s=args.pause_s,
+        kills=args.kills,
+        recovery_s=args.recovery_s,
+        workers=args.workers,
+        bootstraps_stop_at=args.bootstraps_stop_at,
+    )
+    return main_soak(_topology(args), plan, as_json=args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

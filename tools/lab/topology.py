@@ -24,6 +24,16 @@ reading the file. Format (every key but ``hosts[].name`` / ``role`` / ``nat`` is
     lan = "198.18.1.0/24"                  # default 198.18.N.0/24, N = 1, 2, ... (next free)
     udp_timeout_s = 30                     # router's conntrack UDP timeout (mapping lifetime)
 
+    [[hosts]]
+    name = "a2"
+    role = "nat"
+    behind = "a"                           # shares a's NAT router: the next address of a's
+                                           # LAN (.3, .4, ...); a's NAT must be
+                                           # port-restricted-cone or symmetric (the cone
+                                           # kinds forward inbound traffic to one host)
+
+    bootstraps = 2                         # top level: the first N public hosts are bootstraps
+
 Router clusters (optional): a host of ``[[hosts]]`` runs ``ipop-router`` instead of ``ipopd``
 and serves a LAN bridge (``clan0`` in its namespace) of plain hosts, each in a namespace of
 its own, that run only a real DHCP client::
@@ -34,7 +44,12 @@ its own, that run only a real DHCP client::
 
 A public host's ``ip`` (a NAT router's ``wan_ip``) decides its segment: an address inside
 ``subnet2`` puts it there. ``.1`` of every segment belongs to the inet namespace (the gateway
-between segments); ``.1`` of a LAN is the router and ``.2`` the LAN host.
+between segments); ``.1`` of a LAN is the router and ``.2`` the LAN host (``.3``... the hosts
+``behind`` it).
+
+Large labs are generated, not written: :func:`scaled_topology` makes N ipopd hosts from a NAT
+mix (``none:0.2,port-restricted-cone:0.4,...``) with several hosts per NAT where the kind
+allows it, two bootstraps and any number of router clusters; :data:`PRESETS` names a few.
 """
 
 from __future__ import annotations
@@ -51,6 +66,9 @@ from ipop.errors import ConfigError
 from tools.lab.natrules import NAT_KINDS
 
 ROLES = ("public", "nat")
+# NAT kinds that several LAN hosts can share: the cone kinds DNAT inbound traffic to one host.
+SHAREABLE_NATS = ("port-restricted-cone", "symmetric")
+MIX_KINDS = ("none", *NAT_KINDS)
 DHCP_CLIENTS = ("udhcpc", "dhclient")
 BACKENDS = ("iptables", "nft")
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,11}")
@@ -84,13 +102,16 @@ class NatSpec:
 
 @dataclass(frozen=True, slots=True)
 class HostSpec:
-    """One end host: ``ip`` is its own interface address (public, or on its LAN)."""
+    """One end host: ``ip`` is its own interface address (public, or on its LAN).
+
+    ``nat_owner`` names the host whose NAT router this one shares (None: its own, if any)."""
 
     name: str
     role: str
     ip: IPv4Address
     extra_ips: tuple[IPv4Address, ...] = ()
     nat: NatSpec | None = None
+    nat_owner: str | None = None
 
     @property
     def public_ip(self) -> IPv4Address:
@@ -119,6 +140,7 @@ class Topology:
     subnet2: IPv4Network | None = None
     nat_backend: str = "iptables"
     clusters: tuple[ClusterSpec, ...] = ()
+    bootstraps: int = 1
 
     def cluster_of_router(self, name: str) -> ClusterSpec | None:
         return next((c for c in self.clusters if c.router == name), None)
@@ -126,6 +148,15 @@ class Topology:
     @property
     def bootstrap(self) -> HostSpec:
         return next(h for h in self.hosts if h.role == "public")
+
+    @property
+    def bootstrap_names(self) -> tuple[str, ...]:
+        """The first ``bootstraps`` public hosts (fewer if there are fewer)."""
+        return tuple(h.name for h in self.hosts if h.role == "public")[: self.bootstraps]
+
+    def sharing(self, owner: str) -> tuple[HostSpec, ...]:
+        """The hosts behind ``owner``'s NAT router besides ``owner`` itself."""
+        return tuple(h for h in self.hosts if h.nat_owner == owner)
 
     def host(self, name: str) -> HostSpec:
         for h in self.hosts:
@@ -147,7 +178,9 @@ class Topology:
         hosts: list[dict[str, Any]] = []
         for h in self.hosts:
             d: dict[str, Any] = {"name": h.name, "role": h.role}
-            if h.nat is None:
+            if h.nat_owner is not None:
+                d["behind"] = h.nat_owner
+            elif h.nat is None:
                 d["ip"] = str(h.ip)
                 if h.extra_ips:
                     d["extra_ips"] = [str(a) for a in h.extra_ips]
@@ -157,6 +190,8 @@ class Topology:
                     d["udp_timeout_s"] = h.nat.udp_timeout_s
             hosts.append(d)
         out: dict[str, Any] = {"nat_backend": self.nat_backend, "internet": inet, "hosts": hosts}
+        if self.bootstraps != 1:
+            out["bootstraps"] = self.bootstraps
         if self.clusters:
             out["clusters"] = [
                 {
@@ -192,24 +227,133 @@ def default_topology() -> Topology:
     )
 
 
-def with_router_cluster(topology: Topology) -> Topology:
-    """``topology`` plus router ``r1`` (behind a port-restricted-cone NAT) serving a LAN of
-    three plain hosts (udhcpc, dhclient, udhcpc), unless it has a cluster already."""
-    if topology.clusters:
+# Router clusters added by with_router_clusters: router name, NAT kind, plain hosts.
+DEMO_CLUSTERS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("r1", "port-restricted-cone", (("p1", "udhcpc"), ("p2", "dhclient"), ("p3", "udhcpc"))),
+    ("r2", "symmetric", (("q1", "dhclient"), ("q2", "udhcpc"))),
+)
+
+
+def with_router_clusters(topology: Topology, count: int = 2) -> Topology:
+    """``topology`` plus ``count`` router clusters, unless it has clusters already: ``r1``
+    (behind a port-restricted cone; plain hosts p1-p3 on udhcpc, dhclient, udhcpc), ``r2``
+    (behind a symmetric NAT; q1 on dhclient, q2 on udhcpc), then r3... with two hosts each."""
+    if topology.clusters or count <= 0:
         return topology
     data = topology.to_dict()
-    data["hosts"].append({"name": "r1", "role": "nat", "nat": "port-restricted-cone"})
-    data["clusters"] = [
-        {
-            "router": "r1",
-            "hosts": [
-                {"name": "p1", "client": "udhcpc"},
-                {"name": "p2", "client": "dhclient"},
-                {"name": "p3", "client": "udhcpc"},
-            ],
-        }
-    ]
+    data["clusters"] = []
+    for i in range(count):
+        if i < len(DEMO_CLUSTERS):
+            router, kind, plain = DEMO_CLUSTERS[i]
+        else:
+            router, kind = f"r{i + 1}", "port-restricted-cone"
+            plain = ((f"r{i + 1}a", "udhcpc"), (f"r{i + 1}b", "dhclient"))
+        data["hosts"].append({"name": router, "role": "nat", "nat": kind})
+        data["clusters"].append(
+            {"router": router, "hosts": [{"name": n, "client": c} for n, c in plain]}
+        )
     return topology_from_dict(data)
+
+
+# ---------------------------------------------------------------- generated topologies
+
+_SHORT = {
+    "none": "pub",
+    "full-cone": "fc",
+    "restricted-cone": "rc",
+    "port-restricted-cone": "prc",
+    "symmetric": "sym",
+}
+DEFAULT_MIX = "none:0.2,full-cone:0.1,restricted-cone:0.1,port-restricted-cone:0.4,symmetric:0.2"
+# name -> (nodes, mix, clusters): `ipop-lab up --preset NAME`.
+PRESETS: dict[str, tuple[int, str, int]] = {
+    "small": (6, DEFAULT_MIX, 1),
+    "ci": (14, DEFAULT_MIX, 2),
+    "30": (30, DEFAULT_MIX, 2),
+    "50": (50, DEFAULT_MIX, 2),
+}
+MAX_NODES = 120
+
+
+def parse_nat_mix(text: str) -> dict[str, float]:
+    """``none:0.2,port-restricted-cone:0.4,...`` -> kind -> weight (weights need not sum to 1)."""
+    mix: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        kind, sep, weight = part.partition(":")
+        if kind not in MIX_KINDS:
+            raise ConfigError(
+                "--nat-mix", f"unknown NAT kind {kind!r}", f"use {', '.join(MIX_KINDS)}"
+            )
+        try:
+            w = float(weight) if sep else 1.0
+        except ValueError as e:
+            raise ConfigError("--nat-mix", f"bad weight {weight!r} for {kind}") from e
+        if w < 0:
+            raise ConfigError("--nat-mix", f"negative weight for {kind}")
+        mix[kind] = mix.get(kind, 0.0) + w
+    if sum(mix.values()) <= 0:
+        raise ConfigError("--nat-mix", "no positive weight", "e.g. none:0.2,symmetric:0.8")
+    return mix
+
+
+def _split(nodes: int, mix: dict[str, float]) -> dict[str, int]:
+    """Largest-remainder split of ``nodes`` over the mix; at least 2 public hosts (bootstraps
+    and STUN references) when there are 4 nodes or more, else 1."""
+    total = sum(mix.values())
+    exact = {k: nodes * w / total for k, w in mix.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - counts[k], reverse=True):
+        if sum(counts.values()) >= nodes:
+            break
+        counts[k] += 1
+    want_pub = min(2 if nodes >= 4 else 1, nodes)
+    while counts.get("none", 0) < want_pub:
+        biggest = max((k for k in counts if k != "none"), key=lambda k: counts[k])
+        counts[biggest] -= 1
+        counts["none"] = counts.get("none", 0) + 1
+    return counts
+
+
+def scaled_topology(
+    nodes: int, mix: str = DEFAULT_MIX, *, clusters: int = 2, per_nat: int = 3
+) -> Topology:
+    """``nodes`` ipopd hosts (routers of clusters not counted) split over ``mix``.
+
+    Public hosts are pub1, pub2, ... (pub1 with a second address for netcheck; pub1 and pub2
+    are the bootstraps); NAT hosts are named by kind (fc1, rc1, prc1, sym1, ...). Hosts behind
+    port-restricted-cone and symmetric NATs share a router ``per_nat`` at a time; the cone
+    kinds get one host each. Deterministic: the same arguments give the same topology.
+    """
+    if not 1 <= nodes <= MAX_NODES:
+        raise ConfigError("--nodes", f"{nodes} out of range", f"1..{MAX_NODES}")
+    if per_nat < 1:
+        raise ConfigError("--per-nat", "must be at least 1")
+    counts = _split(nodes, parse_nat_mix(mix))
+    hosts: list[dict[str, Any]] = []
+    for kind in MIX_KINDS:
+        n = counts.get(kind, 0)
+        owner = ""
+        for i in range(1, n + 1):
+            name = f"{_SHORT[kind]}{i}"
+            if kind == "none":
+                h: dict[str, Any] = {"name": name, "role": "public"}
+                if i == 1:
+                    h["extra_ips"] = ["203.0.113.9"]
+            elif kind in SHAREABLE_NATS and (i - 1) % per_nat:
+                h = {"name": name, "role": "nat", "behind": owner}
+            else:
+                owner = name
+                h = {"name": name, "role": "nat", "nat": kind}
+            hosts.append(h)
+    topo = topology_from_dict({"hosts": hosts, "bootstraps": 2})
+    return with_router_clusters(topo, clusters)
+
+
+def preset_topology(name: str) -> Topology:
+    if name not in PRESETS:
+        raise ConfigError("--preset", f"unknown preset {name!r}", f"use {', '.join(PRESETS)}")
+    nodes, mix, clusters = PRESETS[name]
+    return scaled_topology(nodes, mix, clusters=clusters)
 
 
 def load_topology(path: Path) -> Topology:
@@ -329,7 +473,10 @@ class _Allocator:
 
 def topology_from_dict(data: dict[str, Any]) -> Topology:
     """Validate a TOML-shaped dict; every error names its key (``hosts[2].nat``)."""
-    _check_keys(data, "", {"nat_backend", "internet", "hosts", "clusters"})
+    _check_keys(data, "", {"nat_backend", "internet", "hosts", "clusters", "bootstraps"})
+    bootstraps = data.get("bootstraps", 1)
+    if not isinstance(bootstraps, int) or isinstance(bootstraps, bool) or bootstraps < 1:
+        raise ConfigError("bootstraps", f"bad value {bootstraps!r}", "a positive integer")
     backend = data.get("nat_backend", "iptables")
     if backend not in BACKENDS:
         raise ConfigError(
@@ -364,6 +511,7 @@ def topology_from_dict(data: dict[str, Any]) -> Topology:
 
     hosts: list[HostSpec] = []
     names: set[str] = set()
+    by_name: dict[str, HostSpec] = {}
     nat_index = 0
     for i, h in enumerate(raw_hosts):
         where = f"hosts[{i}]"
@@ -396,6 +544,13 @@ def topology_from_dict(data: dict[str, Any]) -> Topology:
             if not isinstance(extras, list):
                 raise ConfigError(f"{where}.extra_ips", "must be a list of addresses")
             hosts.append(HostSpec(name, role, ip, tuple(IPv4Address(e) for e in extras)))
+            by_name[name] = hosts[-1]
+            continue
+        if "behind" in h:
+            _check_keys(h, where, {"name", "role", "behind"})
+            spec = _behind(h, where, by_name, hosts)
+            hosts.append(spec)
+            by_name[name] = spec
             continue
         _check_keys(h, where, {"name", "role", "nat", "wan_ip", "lan", "udp_timeout_s"})
         nat_index += 1
@@ -426,11 +581,42 @@ def topology_from_dict(data: dict[str, Any]) -> Topology:
             )
         nat = NatSpec(kind, wan, lan, timeout)
         hosts.append(HostSpec(name, role, nat.host_ip, (), nat))
+        by_name[name] = hosts[-1]
 
     if not any(h.role == "public" for h in hosts):
         raise ConfigError("hosts", "no public host", "the first public host is the bootstrap")
     clusters = _clusters(data.get("clusters", []), names)
-    return Topology(tuple(hosts), subnet, subnet2, backend, clusters)
+    for c in clusters:
+        if by_name[c.router].nat_owner is not None or any(h.nat_owner == c.router for h in hosts):
+            raise ConfigError(
+                "clusters", f"router {c.router!r} shares a NAT", "give a cluster router its own"
+            )
+    return Topology(tuple(hosts), subnet, subnet2, backend, clusters, bootstraps)
+
+
+def _behind(
+    h: dict[str, Any], where: str, by_name: dict[str, HostSpec], hosts: list[HostSpec]
+) -> HostSpec:
+    """A host sharing an earlier host's NAT router: the next free address of that LAN."""
+    owner_name = _str(h, "behind", where)
+    owner = by_name.get(owner_name)
+    if owner is None or owner.nat is None or owner.nat_owner is not None:
+        raise ConfigError(
+            f"{where}.behind",
+            f"{owner_name!r} is not an earlier host with a NAT of its own",
+            "name a role = 'nat' host listed before this one",
+        )
+    if owner.nat.kind not in SHAREABLE_NATS:
+        raise ConfigError(
+            f"{where}.behind",
+            f"a {owner.nat.kind} NAT serves one host",
+            f"share only {' or '.join(SHAREABLE_NATS)} NATs",
+        )
+    taken = 1 + sum(1 for o in hosts if o.nat_owner == owner_name)
+    ip = owner.nat.host_ip + taken
+    if ip >= owner.nat.lan.broadcast_address:
+        raise ConfigError(f"{where}.behind", f"no address left on {owner.nat.lan}")
+    return HostSpec(_str(h, "name", where), "nat", ip, (), owner.nat, owner_name)
 
 
 def _clusters(raw: object, names: set[str]) -> tuple[ClusterSpec, ...]:
