@@ -43,7 +43,7 @@ from ipop.link.endpoint import (
     LinkPathChanged,
     LinkUp,
 )
-from ipop.overlay.messages import KIND_BIRTHDAY, TYPE_CRL, TYPE_DIRECT, Closing
+from ipop.overlay.messages import KIND_BIRTHDAY, KIND_IP, TYPE_CRL, TYPE_DIRECT, Closing
 from ipop.overlay.node import (
     Delivered,
     OverlayConfig,
@@ -123,6 +123,8 @@ class NodeCore:
         overlay = self.overlay
         if dst in self._shortcut_used:
             self._shortcut_used[dst] = now
+        if kind == KIND_IP and dst not in self.link.pmtu.wanted:
+            self.link.want_path_mtu(dst, now=now)
         if overlay.send_direct(dst, kind, payload, now=now):
             self.stats["sent_direct"] += 1
             if self.shortcuts and type(self.link.path_of(dst)) is RelayPath:
@@ -188,8 +190,11 @@ class NodeCore:
         """
         if not self.overlay.is_linked(dst):  # what send_direct checks
             return None
+        link = self.link
+        if dst not in link.pmtu.wanted:
+            link.want_path_mtu(dst, now=now)
         try:
-            sealed = self.link.seal_direct(dst, plaintext, now=now)
+            sealed = link.seal_direct(dst, plaintext, now=now)
         except LocalProtocolError:  # keys expired: send() counts it and routes instead
             return None
         if sealed is not None:

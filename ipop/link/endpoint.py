@@ -1378,6 +1378,14 @@ class LinkEndpoint:
             self.pmtu.forget(st.node_id)
         self._timer_dirty = True
 
+    def want_path_mtu(self, peer: NodeId, *, now: float) -> None:
+        """Data flows to ``peer``: probe its path's MTU (see :mod:`ipop.link.pmtu`)."""
+        if peer in self.pmtu.wanted or peer not in self._peers:
+            return
+        if self.pmtu.want(peer, now=now):
+            self._send_probes(now)
+            self._timer_dirty = True
+
     def _send_probes(self, now: float) -> None:
         for peer, path, payload in self.pmtu.due(now):
             st = self._peers.get(peer)
