@@ -45,6 +45,7 @@ from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
 from ipop.aio.node import Node
+from ipop.aio.peerstore import PeerStore
 from ipop.aio.sockets import LoopUdpSocket
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
@@ -60,7 +61,6 @@ from ipop.link.endpoint import LinkInfo
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
 from ipop.node import SHORTCUT_RETRY_S
 from ipop.nolinks import NoLinkWatch
-from ipop.peerstore import PeerStore
 from ipop.status import (
     DnsStatus,
     LanHostStatus,
@@ -103,7 +103,7 @@ PEER_VIP_TTL_S = 300.0
 JOURNAL_DRAIN_S = 0.25
 # How often the daemon looks for a reason it has no links (ipop.nolinks).
 LINK_WATCH_S = 2.0
-# How often the links' endpoints are noted for ipop.peerstore (writes are rarer still).
+# How often the links' endpoints are noted for ipop.aio.peerstore (writes are rarer still).
 REMEMBER_CHECK_S = 10.0
 
 

@@ -681,7 +681,7 @@ class OverlayNode:
 
         The bootstraps may all be gone for good; any member that still answers at an endpoint
         it had lets us rejoin (the handshake proves who it is). Bounded by the caller (see
-        ipop.peerstore); the bootstraps come first.
+        ipop.aio.peerstore); the bootstraps come first.
         """
         boot = set(self._bootstrap)
         self._remembered = tuple(ep for ep in endpoints if ep not in boot)

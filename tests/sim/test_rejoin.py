@@ -8,8 +8,8 @@ import random
 from pathlib import Path
 
 from ipop.aio.node import Node
+from ipop.aio.peerstore import PeerStore
 from ipop.identity import NodeIdentity
-from ipop.peerstore import PeerStore
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_identity, make_network
 from ipop.testing.netsim import Host, Network, SimSocket
