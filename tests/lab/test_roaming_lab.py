@@ -81,7 +81,9 @@ def test_pings_resume_within_2s_direct_after_the_address_changes(net: IpopNet) -
         log_path=log,
     )
     try:
-        time.sleep(3)
+        # Pings flowing over the direct path first (a few answered), then the roam.
+        flowing = _wait(lambda: log.exists() and log.read_text().count("bytes from") >= 5, 15)
+        assert flowing, log.read_text() if log.exists() else "no ping log"
         # The roam: the old address goes, a new one comes (as a DHCP change would do it).
         for argv in (
             ["ip", "addr", "flush", "dev", HOST_IF],
