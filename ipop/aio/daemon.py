@@ -389,7 +389,7 @@ class Daemon:
         self.dataplane.set_own_ip(vip)
         self.arp.set_own_ip(vip)
         if self.settings.addressing == "static" and self.tap is not None:
-            await self.tap.set_address(vip, self.subnet)
+            await self.tap.set_address(vip, self.subnet, self.gateway)
         if self.services is not None:
             self.services.address_assigned(vip)
         self.names = [f"{c_name(vip)}.{self.suffix}"]

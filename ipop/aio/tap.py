@@ -21,6 +21,11 @@ from ipop.errors import ConfigError
 
 __all__ = ["Tap"]
 
+# linux/if_addr.h: no kernel route for the address's prefix (we add our own, via the gateway).
+IFA_F_NOPREFIXROUTE = 0x200
+# linux/rtnetlink.h: the gateway is on the link itself.
+RT_SCOPE_LINK = 253
+
 
 class Tap:
     """One open TAP device (no packet info header), non-blocking, owned by this process."""
@@ -47,14 +52,34 @@ class Tap:
                 Path(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6").write_text("1")
             await ipr.link("set", index=self.index, mtu=self.mtu, state="up")
 
-    async def set_address(self, addr: IPv4Address, subnet: IPv4Network) -> None:
-        """Give the tap ``addr`` with the subnet's prefix (the kernel adds the subnet route)."""
+    async def set_address(
+        self, addr: IPv4Address, subnet: IPv4Network, gateway: IPv4Address
+    ) -> None:
+        """Give the tap ``addr``, and route the subnet through ``gateway`` rather than on-link.
+
+        The ARP responder gives every address of the subnet the same virtual MAC, so on-link
+        and via-the-gateway deliver alike; but on-link costs one kernel neighbour entry per
+        peer, and the neighbour table is shared by every namespace of the machine and holds
+        1,024 entries by default (``gc_thresh3``): past it, sends fail with ENOBUFS. Through
+        the gateway the kernel keeps one entry, whatever the number of peers.
+        """
         async with AsyncIPRoute() as ipr:
             async for a in await ipr.get_addr(index=self.index, family=2):
                 await ipr.addr(
                     "del", index=self.index, address=a.get("IFA_ADDRESS"), prefixlen=a["prefixlen"]
                 )
-            await ipr.addr("add", index=self.index, address=str(addr), prefixlen=subnet.prefixlen)
+            await ipr.addr(
+                "add",
+                index=self.index,
+                address=str(addr),
+                prefixlen=subnet.prefixlen,
+                flags=IFA_F_NOPREFIXROUTE,
+            )
+            for dst, extra in (
+                (f"{gateway}/32", {"scope": RT_SCOPE_LINK}),
+                (str(subnet), {"gateway": str(gateway)}),
+            ):
+                await ipr.route("replace", dst=dst, oif=self.index, prefsrc=str(addr), **extra)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
