@@ -11,10 +11,26 @@ overlay's messages never start with, so the link layer takes them before any Lin
     probe: | 0x7E | 0x00 | id (u32 BE) | zero padding ... |   sealed to exactly the probed size
     ack:   | 0x7E | 0x01 | id (u32 BE) |                       the probe's id, nothing else
 
-Sizes are whole DATA datagrams (the UDP payload: header, ciphertext, tag). Only direct paths
-are probed (a relay has its own link to each side).
+Sizes are whole DATA datagrams (the UDP payload: header, ciphertext, tag) of the session with
+the peer itself.
 
-Search: a *round* sends one probe of each coarse size (:data:`COARSE`, 64 bytes apart), plus
+Relayed paths (``RelayPath``: A -> relay R -> B) are probed end to end, like direct ones: the
+probe is sealed under the A-B session and crosses both hops inside RELAY_FORWARD and
+RELAY_DELIVER, each of which adds :data:`RELAY_OVERHEAD` bytes (their framing and the hop's own
+DATA header and tag), so a probe of size s arrives only if every hop carries s +
+:data:`RELAY_OVERHEAD`, and B's ack (authenticated under the A-B session) is the proof. Probes
+of such a path start at :data:`MAX_DATAGRAM` less that overhead (larger ones could not leave).
+Chosen over the other design, a relay that cannot forward a datagram answering "too big, fits
+N": that needs a new message, the relay's own probing of every next hop it relays to (it sends
+no data of its own there, so nothing probes it), a rate limit per source, and a rule for
+trusting a shrink the relay asserts; end-to-end probes need none of it, find the smallest hop
+wherever it is, and give nobody a new way to lower a path's size. Only an acknowledged probe
+raises a size, and a shrink needs two rounds in a row in which the larger probes went
+unanswered: whoever can do that (a relay or anyone on the path) can drop all traffic anyway.
+Cost: a round of about ten probes a minute per relayed peer that data flows to.
+
+Search: a *round* sends one probe of each coarse size (:data:`COARSE`, 64 bytes apart) below
+the path's :func:`ceiling` and one of the ceiling itself, plus
 the size confirmed so far and fine sizes every 8 bytes above it, and ends
 :data:`ROUND_WAIT_S` later, or a round trip after its first ack; its result is the largest
 size acknowledged. The first round starts once data flows to the peer (:meth:`PathMtuProber.want`)
@@ -40,7 +56,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
-from ipop.types import NodeId, Path
+from ipop.types import ID_BYTES, NodeId, Path, RelayPath
 from ipop.wire.header import DATA_MIN_BYTES
 
 __all__ = [
@@ -48,10 +64,12 @@ __all__ = [
     "MAX_DATAGRAM",
     "MIN_SPREAD_S",
     "PROBE_TAG",
+    "RELAY_OVERHEAD",
     "ROUND_INTERVAL_S",
     "ROUND_WAIT_S",
     "PathMtuProber",
     "ack_payload",
+    "ceiling",
     "probe_payload",
 ]
 
@@ -64,6 +82,10 @@ MESSAGE_BYTES: Final = _MSG.size
 MAX_DATAGRAM: Final = 1500 - 28
 # Coarse sizes of a round, largest first; the smallest is what a 576-byte IPv4 path carries.
 COARSE: Final = (*range(MAX_DATAGRAM, 1000, -64), 548)
+# What a relay hop adds around a datagram of a relayed session: RELAY_FORWARD's (and
+# RELAY_DELIVER's) type byte and node id (ipop.overlay.messages), inside the hop's own DATA
+# datagram. The largest relayed datagram is MAX_DATAGRAM less this.
+RELAY_OVERHEAD: Final = 1 + ID_BYTES + DATA_MIN_BYTES
 FINE_STEP: Final = 8
 # A round ends this long after its probes left at the latest, and sooner once the first ack
 # is in: probes leave together, so the rest arrive within about one round trip of it (at least
@@ -84,6 +106,11 @@ def probe_payload(probe_id: int, size: int) -> bytes:
 
 def ack_payload(probe_id: int) -> bytes:
     return _MSG.pack(PROBE_TAG, _ACK, probe_id)
+
+
+def ceiling(path: Path) -> int:
+    """The largest datagram of a session on ``path`` that can leave at all."""
+    return MAX_DATAGRAM - RELAY_OVERHEAD if type(path) is RelayPath else MAX_DATAGRAM
 
 
 @dataclass
@@ -167,10 +194,11 @@ class PathMtuProber:
                 self._finish(peer, s, now)
             if now < s.next_round:
                 continue
-            sizes = set(COARSE)
+            top = ceiling(s.path)
+            sizes = {size for size in COARSE if size < top}
+            sizes.add(top)
             if s.confirmed:
-                top = min(s.confirmed + 64, MAX_DATAGRAM + 1)
-                sizes.update(range(s.confirmed, top, FINE_STEP))
+                sizes.update(range(s.confirmed, min(s.confirmed + 64, top + 1), FINE_STEP))
             for size in sorted(sizes, reverse=True):
                 probe_id = self._next_id
                 self._next_id = (self._next_id + 1) & 0xFFFFFFFF
