@@ -18,6 +18,16 @@
   knocks go only to the addresses the overlay knows the peer at
   (:meth:`ipop.overlay.node.OverlayNode.peer_hosts`), never to one a birthday message names.
 
+- inner IP packets (:meth:`send_ip`) are held to the size that the path to their destination
+  carries without fragmentation (:meth:`ip_mtu`); a larger one is not sent, and the caller
+  answers it with ICMP "fragmentation needed" (:mod:`ipop.vnet.toobig`). The size comes from
+  the path the packet takes now: a direct or relayed link's probed size
+  (:mod:`ipop.link.pmtu`, end to end through the relay), a relayed link's first hop until its
+  probe answers, and for a packet routed over the ring, what a 1,500-byte hop carries around
+  a signed routed message (each hop of a ring route is another node's link, which we cannot
+  probe; the route carries data only until a shortcut or relay is up, then probing takes
+  over).
+
 Theory of operation: every input (datagram, timer, command) ends with :meth:`_settle`, which
 moves events and datagrams between the two layers until neither has anything left. Both layers
 only queue work, so the loop is bounded by what the input caused. The core reads no clock:
@@ -43,6 +53,7 @@ from ipop.link.endpoint import (
     LinkPathChanged,
     LinkUp,
 )
+from ipop.link.pmtu import MAX_DATAGRAM, RELAY_OVERHEAD
 from ipop.overlay.messages import KIND_BIRTHDAY, KIND_IP, TYPE_CRL, TYPE_DIRECT, Closing
 from ipop.overlay.node import (
     Delivered,
@@ -52,16 +63,21 @@ from ipop.overlay.node import (
     RelayDatagram,
     Roamed,
 )
-from ipop.overlay.origin import OriginAuth
+from ipop.overlay.origin import ROUTED_OVERHEAD, OriginAuth
 from ipop.revocation import CrlGossip
 from ipop.stun import SOURCE_PRIMARY, StunAgent
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
+from ipop.wire.header import DATA_MIN_BYTES
 
 __all__ = ["NodeCore"]
 
 _CRL_TAG = bytes([TYPE_CRL])
 # How long a shortcut request for one peer stands before traffic may ask again.
 SHORTCUT_RETRY_S = 10.0
+# A DIRECT message's datagram is its inner packet plus this (DIRECT header, DATA header, tag).
+_DIRECT_GROWTH = DATA_MIN_BYTES + 2
+# The largest inner packet a routed message carries within a 1,500-byte hop (see ip_mtu).
+ROUTED_IP_MTU = MAX_DATAGRAM - DATA_MIN_BYTES - ROUTED_OVERHEAD
 
 
 class NodeCore:
@@ -142,6 +158,33 @@ class NodeCore:
             self._guess_ports(dst, now)
         self._settle(now)
         return ok
+
+    def ip_mtu(self, dst: NodeId) -> int | None:
+        """The largest inner IP packet for node ``dst`` that no hop of its current path has to
+        fragment (see the module docstring); None: no limit known yet (a direct link whose
+        first probe round has not answered: sent as before probing existed)."""
+        if not self.overlay.is_linked(dst):
+            return ROUTED_IP_MTU
+        pmtu = self.link.pmtu
+        limit = pmtu.limits.get(dst)
+        if limit is None:
+            path = self.link.path_of(dst)
+            if type(path) is not RelayPath:
+                return None
+            # Not probed end to end yet: what the first hop carries around a relayed datagram.
+            limit = pmtu.limits.get(path.via, MAX_DATAGRAM) - RELAY_OVERHEAD
+        return limit - _DIRECT_GROWTH
+
+    def send_ip(self, dst: NodeId, packet: bytes, *, now: float) -> int | None:
+        """:meth:`send` an inner IP ``packet`` to node ``dst``, unless it is larger than
+        :meth:`ip_mtu`: then nothing leaves, and the MTU that fits is returned for the caller
+        to answer with ICMP "fragmentation needed" (:func:`ipop.vnet.toobig.frag_needed`)."""
+        mtu = self.ip_mtu(dst)
+        if mtu is not None and len(packet) > mtu:
+            self.stats["ip_too_big"] += 1
+            return mtu
+        self.send(dst, KIND_IP, packet, now=now)
+        return None
 
     def apply_crl(self, data: bytes, *, now: float) -> VerifiedCrl:
         """Install a CRL (DER or PEM) handed over locally (bundle, file, operator), then end
