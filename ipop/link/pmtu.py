@@ -27,7 +27,9 @@ trusting a shrink the relay asserts; end-to-end probes need none of it, find the
 wherever it is, and give nobody a new way to lower a path's size. Only an acknowledged probe
 raises a size, and a shrink needs two rounds in a row in which the larger probes went
 unanswered: whoever can do that (a relay or anyone on the path) can drop all traffic anyway.
-Cost: a round of about ten probes a minute per relayed peer that data flows to.
+Cost: a round of about ten probes a minute per relayed peer that data flows to. The same
+search serves routes over the ring (:mod:`ipop.node`: no path, a top size of its own, probes
+carried as routed messages).
 
 Search: a *round* sends one probe of each coarse size (:data:`COARSE`, 64 bytes apart) below
 the path's :func:`ceiling` and one of the ceiling itself, plus
@@ -45,8 +47,8 @@ Until the first result a peer has no limit (what the node did before probing exi
 :attr:`PathMtuProber.limits` maps each peer to its confirmed datagram size: the data plane
 reads it for every packet it seals.
 
-Bounds: one entry per peer with an up session (removed with the session), and at most one
-round's probes outstanding per peer.
+Bounds: one entry per peer with an up session (removed with the session; a route prober's
+owner bounds its own), and at most one round's probes outstanding per peer.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from ipop.wire.header import DATA_MIN_BYTES
 __all__ = [
     "COARSE",
     "MAX_DATAGRAM",
+    "MESSAGE_BYTES",
     "MIN_SPREAD_S",
     "PROBE_TAG",
     "RELAY_OVERHEAD",
@@ -115,7 +118,8 @@ def ceiling(path: Path) -> int:
 
 @dataclass
 class _Search:
-    path: Path
+    path: Path | None  # None: a route over the ring (see ipop.node), not a link's path
+    top: int  # the largest size probed (the path's ceiling)
     # When the current round ends (its result is taken) and when the next one starts.
     round_start: float = 0.0
     round_end: float = 0.0
@@ -135,25 +139,30 @@ class PathMtuProber:
         self._searches: dict[NodeId, _Search] = {}
         # Peers data flows to (worth probing), and the paths of up peers not probed (yet).
         self.wanted: set[NodeId] = set()
-        self._dormant: dict[NodeId, Path] = {}
+        self._dormant: dict[NodeId, tuple[Path | None, int]] = {}
         self._next_id = 0
 
-    def start(self, peer: NodeId, path: Path, *, now: float) -> None:
-        """``peer``'s path came up or changed: search it from scratch if data flows to it."""
+    def start(self, peer: NodeId, path: Path | None, *, now: float, top: int | None = None) -> None:
+        """``peer``'s path came up or changed: search it from scratch if data flows to it.
+        Sizes up to ``top`` are probed (default: :func:`ceiling`; needed without a path)."""
         self.limits.pop(peer, None)
+        if top is None:
+            if path is None:
+                raise ValueError("a search without a path needs its top size")
+            top = ceiling(path)
         if peer in self.wanted:
-            self._searches[peer] = _Search(path, next_round=now)
+            self._searches[peer] = _Search(path, top, next_round=now)
         else:
             self._searches.pop(peer, None)
-            self._dormant[peer] = path
+            self._dormant[peer] = (path, top)
 
     def want(self, peer: NodeId, *, now: float) -> bool:
         """Data flows to ``peer``: probe its path. True if a search starts now."""
         self.wanted.add(peer)
-        path = self._dormant.pop(peer, None)
-        if path is None:
+        dormant = self._dormant.pop(peer, None)
+        if dormant is None:
             return False
-        self._searches[peer] = _Search(path, next_round=now)
+        self._searches[peer] = _Search(*dormant, next_round=now)
         return True
 
     def forget(self, peer: NodeId) -> None:
@@ -183,10 +192,10 @@ class PathMtuProber:
         s.acked = max(s.acked, size)
         return True
 
-    def due(self, now: float) -> list[tuple[NodeId, Path, bytes]]:
+    def due(self, now: float) -> list[tuple[NodeId, Path | None, bytes]]:
         """Finish the rounds that ended and start those that are due: the probes to seal and
         send, as ``(peer, path, payload)``."""
-        out: list[tuple[NodeId, Path, bytes]] = []
+        out: list[tuple[NodeId, Path | None, bytes]] = []
         for peer, s in self._searches.items():
             if s.round_end:
                 if now < s.round_end:
@@ -194,7 +203,7 @@ class PathMtuProber:
                 self._finish(peer, s, now)
             if now < s.next_round:
                 continue
-            top = ceiling(s.path)
+            top = s.top
             sizes = {size for size in COARSE if size < top}
             sizes.add(top)
             if s.confirmed:

@@ -169,8 +169,11 @@ class OriginAuth:
         payload: bytes,
         *,
         now: float,
+        cert_budget: int | None = None,
     ) -> Routed:
-        """A new routed message from us, authenticated, with our certificate if it fits."""
+        """A new routed message from us, authenticated, with our certificate if the whole
+        stays within ``cert_budget`` bytes (default CERT_BUDGET_BYTES; less on a route known
+        to carry less, see ipop.node)."""
         ts = int(now)
         signed = routed_signed_bytes(flags, kind, ts, self.local_id, dst, payload)
         member = self._members.get(dst) if flags & FLAG_EXACT else None
@@ -182,7 +185,8 @@ class OriginAuth:
             sig = self._identity.sign(signed)
             self.stats["sig_made"] += 1
         size = _ROUTED_HEAD_BYTES + (20 if via is not None else 0) + len(payload) + 4 + len(sig)
-        cert = self._cert if size + 2 + len(self._cert) <= CERT_BUDGET_BYTES else b""
+        budget = CERT_BUDGET_BYTES if cert_budget is None else cert_budget
+        cert = self._cert if size + 2 + len(self._cert) <= budget else b""
         return Routed(flags, 0, ttl, kind, self.local_id, dst, via, payload, ts, sig, cert)
 
     # --- others' messages -------------------------------------------------------------------
