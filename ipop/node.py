@@ -18,6 +18,29 @@
   knocks go only to the addresses the overlay knows the peer at
   (:meth:`ipop.overlay.node.OverlayNode.peer_hosts`), never to one a birthday message names.
 
+- inner IP packets (:meth:`send_ip`) are held to the size that the path to their destination
+  carries without fragmentation (:meth:`ip_mtu`); a larger one is not sent, and the caller
+  answers it with ICMP "fragmentation needed" (:mod:`ipop.vnet.toobig`). The size comes from
+  the path the packet takes now: a direct or relayed link's probed size
+  (:mod:`ipop.link.pmtu`, end to end through the relay), a relayed link's first hop until its
+  probe answers, and for a packet routed over the ring, the route's size probed end to end
+  (below).
+
+Routes over the ring: a pair that cannot link (two symmetric NATs, not near each other: a
+shortcut is never relayed) exchanges its IP traffic routed for good, and each hop of the
+route is another node's link, whose size nobody probes. So a route that IP flows over is
+probed like a link, with the same probe and ack messages (:mod:`ipop.link.pmtu`) as routed
+messages of kind KIND_PMTU, authenticated end to end like any routed message
+(:mod:`ipop.overlay.origin`), which the destination answers. A probe with an n-byte payload
+is exactly as large on every hop as an IP packet of n bytes routed the same way (same header,
+same authentication, same certificate rule), so the largest acknowledged n is the route's
+MTU. Until the first answer: what a 1,500-byte hop carries around a signed routed message.
+Once a route's size is known, IP packets and probes to that peer carry our certificate only
+within it (:meth:`_route_cert_budget`): the certificate rides on small messages only, so
+otherwise a message with it could be larger than a bigger one without it.
+At most ROUTE_PROBED_MAX routes are probed at once (the least recently used goes), and one
+is forgotten ROUTE_IDLE_S after its last packet or once a link to its peer is up.
+
 Theory of operation: every input (datagram, timer, command) ends with :meth:`_settle`, which
 moves events and datagrams between the two layers until neither has anything left. Both layers
 only queue work, so the loop is bounded by what the input caused. The core reads no clock:
@@ -43,7 +66,22 @@ from ipop.link.endpoint import (
     LinkPathChanged,
     LinkUp,
 )
-from ipop.overlay.messages import KIND_BIRTHDAY, KIND_IP, TYPE_CRL, TYPE_DIRECT, Closing
+from ipop.link.pmtu import (
+    MAX_DATAGRAM,
+    MESSAGE_BYTES,
+    PROBE_TAG,
+    RELAY_OVERHEAD,
+    PathMtuProber,
+    ack_payload,
+)
+from ipop.overlay.messages import (
+    KIND_BIRTHDAY,
+    KIND_IP,
+    KIND_PMTU,
+    TYPE_CRL,
+    TYPE_DIRECT,
+    Closing,
+)
 from ipop.overlay.node import (
     Delivered,
     OverlayConfig,
@@ -52,16 +90,26 @@ from ipop.overlay.node import (
     RelayDatagram,
     Roamed,
 )
-from ipop.overlay.origin import OriginAuth
+from ipop.overlay.origin import CERT_BUDGET_BYTES, ROUTED_OVERHEAD, OriginAuth
 from ipop.revocation import CrlGossip
 from ipop.stun import SOURCE_PRIMARY, StunAgent
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
+from ipop.wire.header import DATA_MIN_BYTES
 
 __all__ = ["NodeCore"]
 
 _CRL_TAG = bytes([TYPE_CRL])
 # How long a shortcut request for one peer stands before traffic may ask again.
 SHORTCUT_RETRY_S = 10.0
+# A DIRECT message's datagram is its inner packet plus this (DIRECT header, DATA header, tag).
+_DIRECT_GROWTH = DATA_MIN_BYTES + 2
+# The largest inner packet a routed message carries within a 1,500-byte hop (see ip_mtu).
+ROUTED_IP_MTU = MAX_DATAGRAM - DATA_MIN_BYTES - ROUTED_OVERHEAD
+# The least a routed message adds around its payload: header, ts and a pairwise MAC.
+_ROUTED_MIN_OVERHEAD = ROUTED_OVERHEAD - 64 + 16
+# Routes probed at once, and how long one stays probed after its last IP packet.
+ROUTE_PROBED_MAX = 64
+ROUTE_IDLE_S = 120.0
 
 
 class NodeCore:
@@ -106,6 +154,10 @@ class NodeCore:
         self.journal = Journal()
         # The revocation list epidemic (ipop.revocation): TYPE_CRL link messages stop here.
         self.revocation = CrlGossip(identity.trust)
+        # Routes over the ring that IP flows over, probed end to end (module docstring). A
+        # size here is a routed probe's payload plus DATA_MIN_BYTES (read like a link's).
+        self.route_pmtu = PathMtuProber()
+        self._route_used: dict[NodeId, float] = {}  # peer -> last IP packet, oldest first
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -131,7 +183,8 @@ class NodeCore:
                 self._guess_ports(dst, now)
             self._settle(now)
             return True
-        ok = overlay.send_routed(dst, kind, payload, exact=True, now=now)
+        budget = self._route_cert_budget(dst) if kind == KIND_IP else None
+        ok = overlay.send_routed(dst, kind, payload, exact=True, now=now, cert_budget=budget)
         self.stats["sent_routed"] += 1
         if self.shortcuts and dst != self.local_id:
             asked = self._shortcut_asked.get(dst)
@@ -142,6 +195,101 @@ class NodeCore:
             self._guess_ports(dst, now)
         self._settle(now)
         return ok
+
+    def ip_mtu(self, dst: NodeId) -> int | None:
+        """The largest inner IP packet for node ``dst`` that no hop of its current path has to
+        fragment (see the module docstring); None: no limit known yet (a direct link whose
+        first probe round has not answered: sent as before probing existed)."""
+        if not self.overlay.is_linked(dst):
+            routed = self.route_pmtu.limits.get(dst)
+            return ROUTED_IP_MTU if routed is None else routed - DATA_MIN_BYTES
+        pmtu = self.link.pmtu
+        limit = pmtu.limits.get(dst)
+        if limit is None:
+            path = self.link.path_of(dst)
+            if type(path) is not RelayPath:
+                return None
+            # Not probed end to end yet: what the first hop carries around a relayed datagram.
+            limit = pmtu.limits.get(path.via, MAX_DATAGRAM) - RELAY_OVERHEAD
+        return limit - _DIRECT_GROWTH
+
+    def send_ip(self, dst: NodeId, packet: bytes, *, now: float) -> int | None:
+        """:meth:`send` an inner IP ``packet`` to node ``dst``, unless it is larger than
+        :meth:`ip_mtu`: then nothing leaves, and the MTU that fits is returned for the caller
+        to answer with ICMP "fragmentation needed" (:func:`ipop.vnet.toobig.frag_needed`)."""
+        mtu = self.ip_mtu(dst)
+        if not self.overlay.is_linked(dst) and dst != self.local_id:
+            self._probe_route(dst, now)
+        if mtu is not None and len(packet) > mtu:
+            self.stats["ip_too_big"] += 1
+            return mtu
+        self.send(dst, KIND_IP, packet, now=now)
+        return None
+
+    # --- path MTU of routes over the ring ---------------------------------------------------
+
+    def _probe_route(self, dst: NodeId, now: float) -> None:
+        """IP flows to ``dst`` over the ring: keep its route probed (see the module docstring)."""
+        used = self._route_used
+        if used.pop(dst, None) is not None:
+            used[dst] = now  # most recently used last
+            return
+        if len(used) >= ROUTE_PROBED_MAX:
+            oldest = next(iter(used))
+            del used[oldest]
+            self.route_pmtu.forget(oldest)
+            self.stats["route_probe_evicted"] += 1
+        used[dst] = now
+        self.route_pmtu.want(dst, now=now)
+        self.route_pmtu.start(dst, None, now=now, top=ROUTED_IP_MTU + DATA_MIN_BYTES)
+        self._send_route_probes(now)
+
+    def _send_route_probes(self, now: float) -> None:
+        for peer, _, payload in self.route_pmtu.due(now):
+            # A probe's payload is its size less DATA_MIN_BYTES: on every hop exactly as
+            # large as a routed IP packet of that many bytes.
+            budget = self._route_cert_budget(peer)
+            self.overlay.send_routed(
+                peer, KIND_PMTU, payload, exact=True, now=now, cert_budget=budget
+            )
+
+    def _route_cert_budget(self, dst: NodeId) -> int | None:
+        """How large a routed message to ``dst`` may be and still carry our certificate.
+
+        Why: the certificate (~350 bytes) rides on messages up to CERT_BUDGET_BYTES only, so
+        on a route smaller than a 1,500-byte hop a message with it can be larger than a bigger
+        one without it, and packets well below :meth:`ip_mtu` would vanish. Within the size
+        the route was seen to carry, every message below ip_mtu fits. None: the default."""
+        limit = self.route_pmtu.limits.get(dst)
+        if limit is None:
+            return None
+        return min(CERT_BUDGET_BYTES, limit - DATA_MIN_BYTES + _ROUTED_MIN_OVERHEAD)
+
+    def _expire_routes(self, now: float) -> None:
+        """Forget routes idle for ROUTE_IDLE_S, or replaced by a link to their peer."""
+        gone = [
+            p
+            for p, t in self._route_used.items()
+            if now - t >= ROUTE_IDLE_S or self.overlay.is_linked(p)
+        ]
+        for peer in gone:
+            del self._route_used[peer]
+            self.route_pmtu.forget(peer)
+
+    def _on_route_probe(self, ev: Delivered, now: float) -> None:
+        """A routed probe (answered with a routed ack) or an ack of ours; else counted."""
+        p = ev.payload
+        if len(p) >= MESSAGE_BYTES and p[0] == PROBE_TAG and p[1] == 0 and ev.exact:
+            ack = ack_payload(int.from_bytes(p[2:6], "big"))
+            self.stats["route_probes_answered"] += 1
+            self.overlay.send_routed(ev.src, KIND_PMTU, ack, exact=True, now=now)
+        elif not (
+            len(p) == MESSAGE_BYTES
+            and p[0] == PROBE_TAG
+            and p[1] == 1
+            and self.route_pmtu.on_ack(ev.src, p, now=now)
+        ):
+            self.stats["bad_route_probe"] += 1
 
     def apply_crl(self, data: bytes, *, now: float) -> VerifiedCrl:
         """Install a CRL (DER or PEM) handed over locally (bundle, file, operator), then end
@@ -271,7 +419,12 @@ class NodeCore:
         if t is not None and now >= t:
             self.birthday.handle_timer(now=now)
             self._out.extend(self.birthday.datagrams_to_send())
+        t = self.route_pmtu.next_time()
+        if t is not None and now >= t:
+            self._send_route_probes(now)
         self._expire_shortcuts(now)
+        if self._route_used:
+            self._expire_routes(now)
         # Forget old shortcut requests so the table cannot grow with every peer ever seen.
         if len(self._shortcut_asked) > 256:
             self._shortcut_asked = {
@@ -305,7 +458,12 @@ class NodeCore:
     def get_timer(self) -> float | None:
         # Asked after every input (the driver re-arms its timer): no list, no min() call.
         due = self.overlay.get_timer()
-        for t in (self.link.get_timer(), self.stun.get_timer(), self.birthday.get_timer()):
+        for t in (
+            self.link.get_timer(),
+            self.stun.get_timer(),
+            self.birthday.get_timer(),
+            self.route_pmtu.next_time(),
+        ):
             if t is not None and (due is None or t < due):
                 due = t
         return due
@@ -477,6 +635,9 @@ class NodeCore:
                 elif isinstance(oev, Delivered) and oev.kind == KIND_BIRTHDAY:
                     busy = True
                     self._on_birthday(oev, now)
+                elif isinstance(oev, Delivered) and oev.kind == KIND_PMTU:
+                    busy = True
+                    self._on_route_probe(oev, now)
                 elif type(oev) is Roamed:
                     self._on_roamed()
                     events.append(oev)

@@ -631,8 +631,10 @@ class DataPlane:
                         out[ep] = [data]
                     else:
                         batch.append(data)
-                else:
-                    core.send(verdict, KIND_IP, bytes(view[14:size]), now=now)
+                else:  # relayed, routed, or not probed yet: the core's own size check
+                    mtu = core.send_ip(verdict, bytes(view[14:size]), now=now)
+                    if mtu is not None:
+                        self._too_big(view[14:size], mtu)
             elif verdict is Drop.TAP_NOT_IPV4 or verdict is Drop.TAP_OUTSIDE_SUBNET:
                 # ARP, DHCP, DNS to the gateway...: the local services' (counted if refused).
                 if not self._local_frame(bytes(view[:size])):
@@ -659,7 +661,8 @@ class DataPlane:
         self._flush_core(now)
 
     def _too_big(self, packet: memoryview, mtu: int) -> None:
-        """``packet`` does not fit its peer's path: answered as a router would (see
+        """``packet`` does not fit the path to its destination's node (direct, relayed or
+        routed: :meth:`NodeCore.ip_mtu`): answered as a router would (see
         :mod:`ipop.vnet.toobig` for why the TAP's MTU stays)."""
         answer = frag_needed(packet, mtu)
         if answer is None:
@@ -708,6 +711,8 @@ class DataPlane:
             self.drops[Drop.TO_SELF] += len(out)
             return
         for packet in out:
-            self.node.core.send(owner, KIND_IP, packet, now=now)
+            mtu = self.node.core.send_ip(owner, packet, now=now)
+            if mtu is not None:
+                self._too_big(memoryview(packet), mtu)
         if self.node.driver is not None:
             self.node.driver.pump()

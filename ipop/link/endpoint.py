@@ -253,7 +253,7 @@ class LinkConfig:
     # Init retransmissions each leave one unconfirmed responder key set; a few cover a lossy
     # or slow path without letting one peer pin much memory.
     max_pending_responses: int = 4
-    # Probe each direct path's MTU (ipop.link.pmtu). Probes are DATA like keepalives, so tests
+    # Probe each path's MTU (ipop.link.pmtu). Probes are DATA like keepalives, so tests
     # that count a link's datagrams or messages exactly turn them off.
     path_mtu_probes: bool = True
 
@@ -1371,8 +1371,9 @@ class LinkEndpoint:
     # --- path MTU probes (ipop.link.pmtu) ----------------------------------------------------
 
     def _probe_path(self, st: _Peer, now: float) -> None:
-        """Search the MTU of ``st``'s path anew (it came up or moved); relays are not probed."""
-        if self.config.path_mtu_probes and is_direct(st.path):
+        """Search the MTU of ``st``'s path anew (it came up or moved); a relayed path is
+        probed end to end, through the relay (see :mod:`ipop.link.pmtu`)."""
+        if self.config.path_mtu_probes:
             self.pmtu.start(st.node_id, st.path, now=now)
         else:
             self.pmtu.forget(st.node_id)

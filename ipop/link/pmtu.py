@@ -11,10 +11,28 @@ overlay's messages never start with, so the link layer takes them before any Lin
     probe: | 0x7E | 0x00 | id (u32 BE) | zero padding ... |   sealed to exactly the probed size
     ack:   | 0x7E | 0x01 | id (u32 BE) |                       the probe's id, nothing else
 
-Sizes are whole DATA datagrams (the UDP payload: header, ciphertext, tag). Only direct paths
-are probed (a relay has its own link to each side).
+Sizes are whole DATA datagrams (the UDP payload: header, ciphertext, tag) of the session with
+the peer itself.
 
-Search: a *round* sends one probe of each coarse size (:data:`COARSE`, 64 bytes apart), plus
+Relayed paths (``RelayPath``: A -> relay R -> B) are probed end to end, like direct ones: the
+probe is sealed under the A-B session and crosses both hops inside RELAY_FORWARD and
+RELAY_DELIVER, each of which adds :data:`RELAY_OVERHEAD` bytes (their framing and the hop's own
+DATA header and tag), so a probe of size s arrives only if every hop carries s +
+:data:`RELAY_OVERHEAD`, and B's ack (authenticated under the A-B session) is the proof. Probes
+of such a path start at :data:`MAX_DATAGRAM` less that overhead (larger ones could not leave).
+Chosen over the other design, a relay that cannot forward a datagram answering "too big, fits
+N": that needs a new message, the relay's own probing of every next hop it relays to (it sends
+no data of its own there, so nothing probes it), a rate limit per source, and a rule for
+trusting a shrink the relay asserts; end-to-end probes need none of it, find the smallest hop
+wherever it is, and give nobody a new way to lower a path's size. Only an acknowledged probe
+raises a size, and a shrink needs two rounds in a row in which the larger probes went
+unanswered: whoever can do that (a relay or anyone on the path) can drop all traffic anyway.
+Cost: a round of about ten probes a minute per relayed peer that data flows to. The same
+search serves routes over the ring (:mod:`ipop.node`: no path, a top size of its own, probes
+carried as routed messages).
+
+Search: a *round* sends one probe of each coarse size (:data:`COARSE`, 64 bytes apart) below
+the path's :func:`ceiling` and one of the ceiling itself, plus
 the size confirmed so far and fine sizes every 8 bytes above it, and ends
 :data:`ROUND_WAIT_S` later, or a round trip after its first ack; its result is the largest
 size acknowledged. The first round starts once data flows to the peer (:meth:`PathMtuProber.want`)
@@ -29,8 +47,8 @@ Until the first result a peer has no limit (what the node did before probing exi
 :attr:`PathMtuProber.limits` maps each peer to its confirmed datagram size: the data plane
 reads it for every packet it seals.
 
-Bounds: one entry per peer with an up session (removed with the session), and at most one
-round's probes outstanding per peer.
+Bounds: one entry per peer with an up session (removed with the session; a route prober's
+owner bounds its own), and at most one round's probes outstanding per peer.
 """
 
 from __future__ import annotations
@@ -40,18 +58,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
-from ipop.types import NodeId, Path
+from ipop.types import ID_BYTES, NodeId, Path, RelayPath
 from ipop.wire.header import DATA_MIN_BYTES
 
 __all__ = [
     "COARSE",
     "MAX_DATAGRAM",
+    "MESSAGE_BYTES",
     "MIN_SPREAD_S",
     "PROBE_TAG",
+    "RELAY_OVERHEAD",
     "ROUND_INTERVAL_S",
     "ROUND_WAIT_S",
     "PathMtuProber",
     "ack_payload",
+    "ceiling",
     "probe_payload",
 ]
 
@@ -64,6 +85,10 @@ MESSAGE_BYTES: Final = _MSG.size
 MAX_DATAGRAM: Final = 1500 - 28
 # Coarse sizes of a round, largest first; the smallest is what a 576-byte IPv4 path carries.
 COARSE: Final = (*range(MAX_DATAGRAM, 1000, -64), 548)
+# What a relay hop adds around a datagram of a relayed session: RELAY_FORWARD's (and
+# RELAY_DELIVER's) type byte and node id (ipop.overlay.messages), inside the hop's own DATA
+# datagram. The largest relayed datagram is MAX_DATAGRAM less this.
+RELAY_OVERHEAD: Final = 1 + ID_BYTES + DATA_MIN_BYTES
 FINE_STEP: Final = 8
 # A round ends this long after its probes left at the latest, and sooner once the first ack
 # is in: probes leave together, so the rest arrive within about one round trip of it (at least
@@ -86,9 +111,15 @@ def ack_payload(probe_id: int) -> bytes:
     return _MSG.pack(PROBE_TAG, _ACK, probe_id)
 
 
+def ceiling(path: Path) -> int:
+    """The largest datagram of a session on ``path`` that can leave at all."""
+    return MAX_DATAGRAM - RELAY_OVERHEAD if type(path) is RelayPath else MAX_DATAGRAM
+
+
 @dataclass
 class _Search:
-    path: Path
+    path: Path | None  # None: a route over the ring (see ipop.node), not a link's path
+    top: int  # the largest size probed (the path's ceiling)
     # When the current round ends (its result is taken) and when the next one starts.
     round_start: float = 0.0
     round_end: float = 0.0
@@ -108,25 +139,30 @@ class PathMtuProber:
         self._searches: dict[NodeId, _Search] = {}
         # Peers data flows to (worth probing), and the paths of up peers not probed (yet).
         self.wanted: set[NodeId] = set()
-        self._dormant: dict[NodeId, Path] = {}
+        self._dormant: dict[NodeId, tuple[Path | None, int]] = {}
         self._next_id = 0
 
-    def start(self, peer: NodeId, path: Path, *, now: float) -> None:
-        """``peer``'s path came up or changed: search it from scratch if data flows to it."""
+    def start(self, peer: NodeId, path: Path | None, *, now: float, top: int | None = None) -> None:
+        """``peer``'s path came up or changed: search it from scratch if data flows to it.
+        Sizes up to ``top`` are probed (default: :func:`ceiling`; needed without a path)."""
         self.limits.pop(peer, None)
+        if top is None:
+            if path is None:
+                raise ValueError("a search without a path needs its top size")
+            top = ceiling(path)
         if peer in self.wanted:
-            self._searches[peer] = _Search(path, next_round=now)
+            self._searches[peer] = _Search(path, top, next_round=now)
         else:
             self._searches.pop(peer, None)
-            self._dormant[peer] = path
+            self._dormant[peer] = (path, top)
 
     def want(self, peer: NodeId, *, now: float) -> bool:
         """Data flows to ``peer``: probe its path. True if a search starts now."""
         self.wanted.add(peer)
-        path = self._dormant.pop(peer, None)
-        if path is None:
+        dormant = self._dormant.pop(peer, None)
+        if dormant is None:
             return False
-        self._searches[peer] = _Search(path, next_round=now)
+        self._searches[peer] = _Search(*dormant, next_round=now)
         return True
 
     def forget(self, peer: NodeId) -> None:
@@ -156,10 +192,10 @@ class PathMtuProber:
         s.acked = max(s.acked, size)
         return True
 
-    def due(self, now: float) -> list[tuple[NodeId, Path, bytes]]:
+    def due(self, now: float) -> list[tuple[NodeId, Path | None, bytes]]:
         """Finish the rounds that ended and start those that are due: the probes to seal and
         send, as ``(peer, path, payload)``."""
-        out: list[tuple[NodeId, Path, bytes]] = []
+        out: list[tuple[NodeId, Path | None, bytes]] = []
         for peer, s in self._searches.items():
             if s.round_end:
                 if now < s.round_end:
@@ -167,10 +203,11 @@ class PathMtuProber:
                 self._finish(peer, s, now)
             if now < s.next_round:
                 continue
-            sizes = set(COARSE)
+            top = s.top
+            sizes = {size for size in COARSE if size < top}
+            sizes.add(top)
             if s.confirmed:
-                top = min(s.confirmed + 64, MAX_DATAGRAM + 1)
-                sizes.update(range(s.confirmed, top, FINE_STEP))
+                sizes.update(range(s.confirmed, min(s.confirmed + 64, top + 1), FINE_STEP))
             for size in sorted(sizes, reverse=True):
                 probe_id = self._next_id
                 self._next_id = (self._next_id + 1) & 0xFFFFFFFF

@@ -234,6 +234,7 @@ class Origins(Protocol):
         payload: bytes,
         *,
         now: float,
+        cert_budget: int | None = None,
     ) -> Routed: ...
 
     def learn(self, cert: NodeCertificate) -> None: ...
@@ -701,12 +702,14 @@ class OverlayNode:
         exact: bool,
         now: float,
         ttl: int | None = None,
+        cert_budget: int | None = None,
     ) -> bool:
         """Route ``payload`` toward ``dst``; False if it could not even leave (drop counted).
 
         Upper layers use kinds 1..127 (messages.KIND_DHT, KIND_IP, KIND_PING, ...). With
         ``exact`` only ``dst`` delivers it; otherwise the node closest to ``dst`` does (which
-        can be us: then Delivered is emitted here with ``hops == 0``).
+        can be us: then Delivered is emitted here with ``hops == 0``). ``cert_budget``: see
+        :meth:`ipop.overlay.origin.OriginAuth.routed` (None: its default).
         """
         if not 1 <= payload_kind <= UPPER_KIND_MAX:
             raise LocalProtocolError(f"payload kind {payload_kind} not in 1..{UPPER_KIND_MAX}")
@@ -714,7 +717,9 @@ class OverlayNode:
         if not 1 <= ttl <= MAX_TTL:
             raise LocalProtocolError(f"ttl {ttl} not in 1..{MAX_TTL}")
         flags = FLAG_EXACT if exact else 0
-        msg = self._origin.routed(flags, ttl, payload_kind, dst, None, payload, now=now)
+        msg = self._origin.routed(
+            flags, ttl, payload_kind, dst, None, payload, now=now, cert_budget=cert_budget
+        )
         return self._route(msg, received=False, now=now)
 
     def send_direct(self, peer: NodeId, payload_kind: int, payload: bytes, *, now: float) -> bool:

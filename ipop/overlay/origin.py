@@ -67,7 +67,13 @@ from ipop.overlay.messages import (
 )
 from ipop.types import NodeId
 
-__all__ = ["CERT_BUDGET_BYTES", "DROP_REASONS", "OriginAuth", "x25519_public_from_ed25519"]
+__all__ = [
+    "CERT_BUDGET_BYTES",
+    "DROP_REASONS",
+    "ROUTED_OVERHEAD",
+    "OriginAuth",
+    "x25519_public_from_ed25519",
+]
 
 # A routed message carries its source's certificate while the encoded whole stays within this:
 # the 1,443 bytes a link datagram holds on a 1,500-byte path, less some slack.
@@ -75,6 +81,10 @@ CERT_BUDGET_BYTES: Final = 1400
 # Verified certificates (and the pairwise keys derived from them) kept.
 CERT_CACHE_SIZE: Final = 4096
 _ROUTED_HEAD_BYTES: Final = 45  # type .. kind, src, dst
+# The most a routed message we originate (no VIA) adds around its payload: header, ts and a
+# signature. A certificate rides along only within CERT_BUDGET_BYTES, so never past this on a
+# payload too big for the budget.
+ROUTED_OVERHEAD: Final = _ROUTED_HEAD_BYTES + 4 + 64
 _PAIR_INFO: Final = b"ipop routed mac v1"
 
 # Every reason this module refuses a routed message for; the overlay counts them in its drops.
@@ -159,8 +169,11 @@ class OriginAuth:
         payload: bytes,
         *,
         now: float,
+        cert_budget: int | None = None,
     ) -> Routed:
-        """A new routed message from us, authenticated, with our certificate if it fits."""
+        """A new routed message from us, authenticated, with our certificate if the whole
+        stays within ``cert_budget`` bytes (default CERT_BUDGET_BYTES; less on a route known
+        to carry less, see ipop.node)."""
         ts = int(now)
         signed = routed_signed_bytes(flags, kind, ts, self.local_id, dst, payload)
         member = self._members.get(dst) if flags & FLAG_EXACT else None
@@ -172,7 +185,8 @@ class OriginAuth:
             sig = self._identity.sign(signed)
             self.stats["sig_made"] += 1
         size = _ROUTED_HEAD_BYTES + (20 if via is not None else 0) + len(payload) + 4 + len(sig)
-        cert = self._cert if size + 2 + len(self._cert) <= CERT_BUDGET_BYTES else b""
+        budget = CERT_BUDGET_BYTES if cert_budget is None else cert_budget
+        cert = self._cert if size + 2 + len(self._cert) <= budget else b""
         return Routed(flags, 0, ttl, kind, self.local_id, dst, via, payload, ts, sig, cert)
 
     # --- others' messages -------------------------------------------------------------------

@@ -60,6 +60,7 @@ class FakeOrigin:
         payload: bytes,
         *,
         now: float,
+        cert_budget: int | None = None,
     ) -> Routed:
         ts = int(now)
         sig = _mac(self._secret, routed_signed_bytes(flags, kind, ts, self.local_id, dst, payload))

@@ -8,6 +8,7 @@ opened on demand on the same host, the first host as everybody's bootstrap.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import random
 from collections.abc import Sequence
@@ -25,9 +26,15 @@ PORT = 5800
 
 
 def start_nodes(
-    hosts: Sequence[Host], ca: NetworkCA, *, rng: random.Random, port: int = PORT
+    hosts: Sequence[Host],
+    ca: NetworkCA,
+    *,
+    rng: random.Random,
+    port: int = PORT,
+    overlay_config: OverlayConfig | None = None,
 ) -> list[Node]:
-    """One started node per host (call on the running loop); ``hosts[0]`` bootstraps the rest."""
+    """One started node per host (call on the running loop); ``hosts[0]`` bootstraps the rest.
+    ``overlay_config``: every node's, its ``local_endpoints`` set per host."""
     loop = asyncio.get_running_loop()
     nodes: list[Node] = []
     boot: list[Endpoint] = []
@@ -37,7 +44,9 @@ def start_nodes(
             bootstrap=boot,
             clock=loop.time,
             rng=random.Random(rng.random()),
-            overlay_config=OverlayConfig(local_endpoints=(Endpoint(host.address, port),)),
+            overlay_config=dataclasses.replace(
+                overlay_config or OverlayConfig(), local_endpoints=(Endpoint(host.address, port),)
+            ),
         )
         node.attach(
             host.bind(port, node.datagram_received),

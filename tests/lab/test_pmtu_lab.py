@@ -1,5 +1,6 @@
 """A 1124-byte link in the middle of the underlay path, with and without ICMP "fragmentation
-needed" dropped by its routers (issue 14, finding 4; tools/lab/pmtu.py builds it).
+needed" dropped by its routers (issue 14, finding 4; tools/lab/pmtu.py builds it), and the
+same small hop behind a relay (two symmetric NATs, :func:`tools.lab.pmtu.run_relayed`).
 
 Before: overlay datagrams were fragmented (415,352 fragments reassembled at b in a 5 s run),
 and with ICMP dropped TCP across the VN stalled (0.0 Mbit/s). Now every datagram carries DF,
@@ -17,13 +18,18 @@ code stalled at 0.0 Mbit/s with ICMP blocked.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
-from tools.lab.pmtu import run_gso_burst, run_pmtu
+from ipop.link.pmtu import RELAY_OVERHEAD
+from ipop.wire.header import DATA_MIN_BYTES
+from tools.lab.pmtu import run_gso_burst, run_pmtu, run_relayed
 
 DURATION_S = 4
 MIN_RATIO = 0.5
+# A relayed stream crosses the relay's daemon too; anything well above a stall will do.
+MIN_RELAYED_MBIT_S = 5.0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: builds network namespaces")
@@ -52,3 +58,24 @@ def test_a_1124_byte_path_carries_tcp_without_outer_fragments_icmp_or_not() -> N
         ratio = best[1124, block_icmp] / base
         print(f"1124, ICMP blocked={block_icmp}: {best[1124, block_icmp]} Mbit/s, {ratio:.0%}")
         assert ratio >= MIN_RATIO, (best, base)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("iptables") is None,
+    reason="needs root and iptables: builds namespaces with NATs",
+)
+def test_a_relayed_pair_behind_a_small_hop_gets_frag_needed_and_no_fragments() -> None:
+    """Two symmetric NATs, relayed through the bootstrap; the relay's hop to y carries 1124
+    bytes and drops larger frames without ICMP. Before: the relayed path was never probed,
+    DF pings of 1400 bytes got no answer at all and TCP stalled. Now the path is probed end
+    to end through the relay: the sender hears ICMP 3/4 with an MTU that fits, smaller
+    packets pass, TCP flows, and nothing is fragmented anywhere."""
+    got = run_relayed(link_mtu=1124, duration_s=DURATION_S)
+    print(got)
+    assert got["path"] == "relayed", got
+    assert got["fragments_total"] == 0, got
+    assert got["big_replies"] == 0, got
+    fits = 1124 - 28 - RELAY_OVERHEAD - DATA_MIN_BYTES - 2  # inner bytes the small hop carries
+    assert got["big_mtu_said"] is not None and fits - 8 < got["big_mtu_said"] <= fits, got
+    assert got["small_replies"] == 3, got
+    assert got["mbit_s"] >= MIN_RELAYED_MBIT_S, got

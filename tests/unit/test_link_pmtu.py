@@ -20,13 +20,18 @@ from ipop.link.pmtu import (
     MAX_DATAGRAM,
     MIN_SPREAD_S,
     PROBE_TAG,
+    RELAY_OVERHEAD,
     ROUND_INTERVAL_S,
     ROUND_WAIT_S,
+    PathMtuProber,
+    ack_payload,
     probe_payload,
 )
+from ipop.overlay.messages import RelayDeliver, RelayForward
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
-from ipop.types import Endpoint
+from ipop.types import Endpoint, NodeId, RelayPath
+from ipop.wire.header import DATA_MIN_BYTES
 
 A_EP = Endpoint("198.51.100.1", 5800)
 B_EP = Endpoint("203.0.113.2", 5800)
@@ -186,3 +191,35 @@ def test_any_authenticated_probe_payload_is_answered_counted_or_ignored(tail: by
     assert set(p.b.drops) <= {"bad_probe"}
     if out:
         assert tail[:1] == b"\x00" and len(tail) >= 5
+
+
+# --- relayed paths: probed end to end through the relay -------------------------------------
+
+
+def test_relay_overhead_is_the_relay_framing_inside_a_hops_datagram() -> None:
+    data = bytes(100)
+    for msg in (RelayForward(NodeId(5), data), RelayDeliver(NodeId(5), data)):
+        assert len(msg.encode()) + DATA_MIN_BYTES - len(data) == RELAY_OVERHEAD
+
+
+@pytest.mark.parametrize("relayed", [False, True])
+def test_a_relayed_path_is_probed_up_to_what_a_relay_hop_can_carry(relayed: bool) -> None:
+    """A relayed session's datagram crosses each hop RELAY_OVERHEAD bytes larger: probes of
+    it start there (larger ones could not even leave); a direct path's, at MAX_DATAGRAM."""
+    prober = PathMtuProber()
+    peer = NodeId(1)
+    prober.want(peer, now=0)
+    path = RelayPath(via=NodeId(2), peer=peer) if relayed else A_EP
+    prober.start(peer, path, now=0)
+    probes = prober.due(0)
+    assert {p for _, p, _ in probes} == {path}
+    sizes = sorted(len(payload) + DATA_MIN_BYTES for _, _, payload in probes)
+    top = MAX_DATAGRAM - RELAY_OVERHEAD if relayed else MAX_DATAGRAM
+    assert sizes[-1] == top and sizes[0] == 548
+    # The fine round after a result stays under the ceiling too.
+    for _, _, payload in probes:
+        if len(payload) + DATA_MIN_BYTES == top:
+            prober.on_ack(peer, ack_payload(int.from_bytes(payload[2:6], "big")), now=0.01)
+    probes = prober.due(1.0)  # the first round ends; its result changed: a fine round at once
+    assert prober.limits[peer] == top
+    assert max(len(payload) + DATA_MIN_BYTES for _, _, payload in probes) == top

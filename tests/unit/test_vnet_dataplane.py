@@ -21,7 +21,8 @@ from typing import cast
 import pytest
 
 from ipop.aio.dataplane import DROP_REASONS, DataPlane, IoDrop
-from ipop.node import NodeCore
+from ipop.link.pmtu import MAX_DATAGRAM
+from ipop.node import ROUTED_IP_MTU, NodeCore
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.types import NodeId
 from ipop.vnet.filter import Drop, Verdict
@@ -395,6 +396,40 @@ def test_a_packet_too_big_for_its_peers_path_is_answered_with_frag_needed() -> N
                 assert frame[14 + 12 : 14 + 20] == A_VIP.packed + B_VIP.packed
                 assert icmp[:2] == b"\x03\x04" and icmp[6:8] == (1065).to_bytes(2, "big")
             assert h.dp.counters["frag_needed_sent"] == 2
+        finally:
+            h.close()
+
+    _run(go)
+
+
+def test_a_packet_too_big_for_a_routed_path_is_answered_too() -> None:
+    """A node with no link to the destination routes: a signed routed message around a
+    1,400-byte packet is 1,542 bytes, more than a 1,500-byte hop carries (with DF it never
+    left). The inner sender gets ICMP 3/4 with what a routed message carries, both for the
+    packet held during the owner lookup and for the next one."""
+
+    async def go() -> None:
+        lookups = Lookups({C_VIP: C_ID})
+        h = Harness(lookups)
+        try:
+            sent = cast(SinkUdp, h.dp.udp).sent
+            for inner in (1400, 1400, ROUTED_IP_MTU):
+                h.kernel.send(
+                    VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + _ip(B_VIP, C_VIP, bytes(inner - 20))
+                )
+                h.dp._drain_tap()
+                await _until(lambda: not h.dp._lookups, "the lookup")
+            answers = _tap_frames(h.kernel)
+            assert len(answers) == 2
+            for frame in answers:
+                icmp = frame[14 + 20 :]
+                assert frame[14 + 12 : 14 + 20] == C_VIP.packed + B_VIP.packed
+                assert icmp[:2] == b"\x03\x04"
+                assert icmp[6:8] == ROUTED_IP_MTU.to_bytes(2, "big")
+            assert h.dp.counters["frag_needed_sent"] == 2
+            assert h.b.stats["ip_too_big"] == 2 and h.b.stats["sent_routed"] == 1
+            out = [len(d) for d, _ in h.b.datagrams_to_send(now=h.now)] + [len(d) for d, _ in sent]
+            assert max(out) == MAX_DATAGRAM  # the largest routed packet fills a hop, to the byte
         finally:
             h.close()
 

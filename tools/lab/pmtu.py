@@ -16,6 +16,13 @@ fragmentation counters of every namespace (``Ip: FragCreates``, ``ReasmReqds`` o
 :func:`run_gso_burst` is the same topology with no daemon: the overlay's UDP socket sends
 batches (GSO) of 1400-byte datagrams from a to b, and the counters say whether any of them was
 fragmented on the way (before: every one, its segments left without DF).
+
+:func:`run_relayed` is the relayed variant, on a :class:`tools.lab.lab.Lab`: a public relay
+``boot`` and two hosts ``x`` and ``y`` behind symmetric NATs (they cannot punch, so they stay
+relayed through ``boot``), the WAN link of ``y``'s NAT router at ``link_mtu`` on both ends.
+The internet is a bridge, which drops a frame too big for a port without a word: a PMTU
+black hole on the relay's second hop. DF pings and one iperf3 TCP stream x -> y across the
+VN, and the same fragment counters in every namespace.
 """
 
 from __future__ import annotations
@@ -23,16 +30,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from tools.lab.bench import A_UL, REPO, BenchError, _ipop, _Run
+from ipop.link.pmtu import RELAY_OVERHEAD
+from ipop.wire.header import DATA_MIN_BYTES
+from tools.lab import netns
+from tools.lab.bench import A_UL, REPO, UP_TIMEOUT_S, BenchError, _ipop, _Run
+from tools.lab.ipopnet import IpopNet
+from tools.lab.lab import WAN_IF, Lab
+from tools.lab.topology import topology_from_dict
 
-__all__ = ["FRAG_COUNTERS", "main_pmtu", "run_gso_burst", "run_pmtu"]
+__all__ = ["FRAG_COUNTERS", "main_pmtu", "run_gso_burst", "run_pmtu", "run_relayed"]
 
 R1_A = "198.51.100.254"
 R1_R2, R2_R1 = "203.0.113.253", "203.0.113.254"
@@ -40,8 +55,9 @@ R2_B, B_UL = "203.0.113.1", "203.0.113.2"
 FRAG_COUNTERS = ("FragCreates", "FragOKs", "ReasmReqds")
 
 
-def _snmp_ip(run: _Run, ns: str) -> dict[str, int]:
-    lines = [ln.split() for ln in run.sh(["cat", "/proc/net/snmp"], ns=ns).splitlines()]
+def _snmp_ip(ns: str) -> dict[str, int]:
+    snmp = netns.run(["cat", "/proc/net/snmp"], ns=ns).stdout
+    lines = [ln.split() for ln in snmp.splitlines()]
     ip = [ln[1:] for ln in lines if ln and ln[0] == "Ip:"]
     return {k: int(v) for k, v in zip(ip[0], ip[1], strict=True) if k in FRAG_COUNTERS}
 
@@ -90,11 +106,11 @@ for _ in range(%d):
 
 
 def _deltas(
-    run: _Run, namespaces: list[str], before: dict[str, dict[str, int]]
+    prefix: str, namespaces: list[str], before: dict[str, dict[str, int]]
 ) -> dict[str, dict[str, int]]:
-    after = {ns: _snmp_ip(run, ns) for ns in namespaces}
+    after = {ns: _snmp_ip(ns) for ns in namespaces}
     return {
-        ns.removeprefix(run.prefix): {k: after[ns][k] - before[ns][k] for k in FRAG_COUNTERS}
+        ns.removeprefix(prefix): {k: after[ns][k] - before[ns][k] for k in FRAG_COUNTERS}
         for ns in namespaces
     }
 
@@ -115,11 +131,11 @@ def run_gso_burst(
     run = _Run(prefix=f"ig{os.getpid() % 10000:04d}", work=Path(tempfile.mkdtemp()))
     try:
         namespaces = _setup(run, link_mtu, False)
-        before = {ns: _snmp_ip(run, ns) for ns in namespaces}
+        before = {ns: _snmp_ip(ns) for ns in namespaces}
         code = _BURST_PY % (A_UL, batches, size, per_batch, B_UL)
         py = str(REPO / ".venv" / "bin" / "python")
         run.sh(["env", f"PYTHONPATH={REPO}", py, "-c", code], ns=run.ns_a)
-        return _deltas(run, namespaces, before)
+        return _deltas(run.prefix, namespaces, before)
     finally:
         _teardown(run)
 
@@ -133,9 +149,9 @@ def run_pmtu(*, link_mtu: int, block_icmp: bool, duration_s: int) -> dict[str, A
     run = _Run(prefix=f"im{os.getpid() % 10000:04d}", work=work, pings=5)
     try:
         namespaces = _setup(run, link_mtu, block_icmp)
-        before = {ns: _snmp_ip(run, ns) for ns in namespaces}
+        before = {ns: _snmp_ip(ns) for ns in namespaces}
         mbit_s, rtt_ms = _ipop(run, duration_s)
-        fragments = _deltas(run, namespaces, before)
+        fragments = _deltas(run.prefix, namespaces, before)
     finally:
         _teardown(run)
     return {
@@ -143,6 +159,105 @@ def run_pmtu(*, link_mtu: int, block_icmp: bool, duration_s: int) -> dict[str, A
         "block_icmp": block_icmp,
         "mbit_s": round(mbit_s, 1),
         "rtt_ms": rtt_ms,
+        "fragments": fragments,
+        "fragments_total": sum(sum(v.values()) for v in fragments.values()),
+    }
+
+
+# How long the relayed path may take to be probed once data flows (a round or two).
+PROBED_S = 10.0
+_MTU_SAID = re.compile(r"mtu ?= ?(\d+)")
+_RECEIVED = re.compile(r"(\d+) received")
+
+
+def _ping_df(lab: Lab, dst: str, size: int) -> tuple[int, int | None]:
+    """Three DF pings of ``size`` payload bytes from x: (replies, the MTU an ICMP 3/4 said)."""
+    argv = ["ping", "-n", "-M", "do", "-s", str(size), "-c", "3", "-i", "0.3", "-W", "2", dst]
+    out = lab.exec("x", argv, timeout=30).stdout
+    got, said = _RECEIVED.search(out), _MTU_SAID.search(out)
+    return (int(got.group(1)) if got else 0), (int(said.group(1)) if said else None)
+
+
+def run_relayed(*, link_mtu: int, duration_s: int) -> dict[str, Any]:
+    """One run of the relayed variant (see the module docstring): ``{"link_mtu", "path",
+    "big_replies", "big_mtu_said", "said_after_s", "small_replies", "mbit_s", "fragments",
+    "fragments_total"}``; the DF pings carry 1400 and 900 inner bytes, and the big ones are
+    repeated (for up to :data:`PROBED_S`) until the MTU they are told is what fits the small
+    hop."""
+    if os.geteuid() != 0:
+        raise BenchError("needs root: builds network namespaces")
+    topo = topology_from_dict(
+        {
+            "hosts": [
+                {"name": "boot", "role": "public", "ip": "203.0.113.10"},
+                {"name": "x", "role": "nat", "nat": "symmetric"},
+                {"name": "y", "role": "nat", "nat": "symmetric"},
+            ]
+        }
+    )
+    work = Path(tempfile.mkdtemp(prefix="ipop-rpmtu-"))
+    try:
+        with Lab(topo, workdir=work) as lab:
+            lab.up()
+            router = lab.host("y").router_ns
+            assert router is not None
+            netns.ip(router, "link", "set", WAN_IF, "mtu", str(link_mtu))
+            netns.ip(lab.inet_ns, "link", "set", "i-y", "mtu", str(link_mtu))
+            namespaces = lab.namespaces
+            before = {ns: _snmp_ip(ns) for ns in namespaces}
+            net = IpopNet(lab, log_level="info")
+            net.prepare()
+            net.start_all()
+            ready = net.wait_all_ready(lab.hosts, timeout_s=UP_TIMEOUT_S)
+            y_id, y_vip = ready["y"][0].self_.node_id, str(ready["y"][0].self_.vip)
+
+            def path() -> str | None:
+                return next((p.path for p in net.status("x").peers if p.node_id == y_id), None)
+
+            deadline = time.monotonic() + UP_TIMEOUT_S
+            while _ping_df(lab, y_vip, 64)[0] == 0 or path() != "relayed":
+                if time.monotonic() > deadline:
+                    raise BenchError(f"x never reached y over a relay (path {path()})")
+            # Until the relayed path's first probe round answers, x holds it to what its
+            # first hop carries (1391 inner bytes): wait for the probed size, flushing the
+            # size x's kernel learned from the earlier answer each time.
+            fits = link_mtu - 28 - RELAY_OVERHEAD - DATA_MIN_BYTES - 2
+            t0 = time.monotonic()
+            while True:
+                lab.exec("x", ["ip", "route", "flush", "cache"], timeout=10)
+                big, said = _ping_df(lab, y_vip, 1400 - 28)
+                if (said is not None and said <= fits) or time.monotonic() > t0 + PROBED_S:
+                    break
+            said_after_s = time.monotonic() - t0
+            small, _ = _ping_df(lab, y_vip, 900 - 28)
+            server = lab.spawn("y", ["iperf3", "-s", "-1"], log_path=work / "iperf3-s.log")
+            try:
+                while ":5201 " not in lab.exec("y", ["ss", "-Hltn"], timeout=10).stdout:
+                    if server.poll() is not None or time.monotonic() > deadline + 10:
+                        raise BenchError("iperf3 server did not start")
+                    time.sleep(0.1)
+                argv = ["iperf3", "-c", y_vip, "-t", str(duration_s), "-J", "-O1"]
+                p = lab.exec("x", argv, timeout=duration_s + 30)
+            finally:
+                if server.poll() is None:  # -1: it ends after one client, unless none came
+                    server.kill()
+                server.wait(timeout=10)
+            try:
+                mbit_s = float(json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e6
+            except (ValueError, KeyError, TypeError):
+                mbit_s = 0.0  # a stalled stream ends with an error, not a rate
+            held = path()
+            fragments = _deltas(lab.prefix, namespaces, before)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "link_mtu": link_mtu,
+        "path": held,
+        "big_replies": big,
+        "big_mtu_said": said,
+        "said_after_s": round(said_after_s, 1),
+        "small_replies": small,
+        "mbit_s": round(mbit_s, 1),
         "fragments": fragments,
         "fragments_total": sum(sum(v.values()) for v in fragments.values()),
     }
