@@ -8,6 +8,7 @@ are built with scapy (bytes only) and sent by a small raw-socket program in the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -105,6 +106,33 @@ assert bytes(got[32:]) == data[::-1], f"download: {len(got) - 32} of {size} byte
 print("ok")
 """
 TCP_PORT = 18080
+# A UDP receiver: binds argv[1], prints "ready", then one line per datagram ("<length>
+# <sha256>") until it has argv[2] of them or argv[3] s pass.
+UDP_RECEIVER_PY = r"""
+import hashlib, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+want, end = int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while want and time.monotonic() < end:
+    s.settimeout(max(end - time.monotonic(), 0.01))
+    try:
+        d = s.recv(65535)
+    except socket.timeout:
+        break
+    print(len(d), hashlib.sha256(d).hexdigest(), flush=True)
+    want -= 1
+"""
+# Sends argv[4] bytes (deterministic) to argv[1]:argv[2] in one sendto with UDP_SEGMENT
+# (UDP GSO, as QUIC stacks do): the kernel hands it on as one batch of argv[3]-byte datagrams.
+UDP_GSO_SENDER_PY = r"""
+import hashlib, socket, sys
+host, port, size, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.setsockopt(socket.SOL_UDP, 103, size)
+c.sendto(hashlib.shake_256(b"uso").digest(total), (host, port))
+"""
+UDP_PORT = 18443
 
 
 def _topology() -> Topology:
@@ -319,6 +347,53 @@ def test_a_host_that_leaves_checksums_to_its_nic_gets_dns_and_tcp(
     # The upload reached the router in the kernel's batches (TSO on a veth: up to 64 kB),
     # cut back into segments rather than sealed whole (IP fragments on the underlay).
     assert counters.get("lan.gso_split", 0) > 0, counters
+
+
+def test_a_hosts_udp_gso_batch_arrives_as_every_datagram(
+    net: IpopNet, leases: dict[str, tuple[IPv4Address, float]]
+) -> None:
+    """Issue 14, finding 6: p1 (offload on, as the kernel sets a veth) sends 23,500 bytes in
+    one ``sendto`` with ``UDP_SEGMENT`` 1200: its kernel hands the router one 23.5 kB batch.
+    The router must cut it into the 20 datagrams p1 meant (19 of 1200 bytes, one of 700), as
+    a NIC would, and ``a`` across the VN gets every one of them intact."""
+    size, total = 1200, 23_500
+    payload = hashlib.shake_256(b"uso").digest(total)
+    expected = [
+        f"{len(d)} {hashlib.sha256(d).hexdigest()}"
+        for d in (payload[at : at + size] for at in range(0, total, size))
+    ]
+    assert len(expected) == 20
+    a_vip = str(_vip(net, "a"))
+    _ping(net, "p1", a_vip)  # the router knows a's owner: nothing is held for a lookup
+    log = net.lab.workdir / "udp-receiver.log"
+    receiver = net.lab.spawn(
+        "a",
+        [sys.executable, "-c", UDP_RECEIVER_PY, str(UDP_PORT), str(len(expected)), "10"],
+        log_path=log,
+    )
+    try:
+        deadline = time.monotonic() + 10.0
+        while "ready" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline and receiver.poll() is None, "no UDP receiver"
+            time.sleep(0.02)
+        before = net.status("r1").counters.get("lan.uso_split", 0)
+        net.lab.exec(
+            "p1",
+            [sys.executable, "-c", UDP_GSO_SENDER_PY, a_vip, str(UDP_PORT), str(size), str(total)],
+            timeout=10,
+            check=True,
+        )
+        assert receiver.wait(timeout=15) == 0
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+    got = log.read_text().split("\n")[1:]
+    # Every datagram, each intact (sorted: the order is not the point here).
+    assert sorted(line for line in got if line) == sorted(expected), log.read_text()
+    counters = net.status("r1").counters
+    assert counters.get("lan.uso_split", 0) > before, counters  # it did come as one batch
+    assert counters.get("lan.lan_oversize", 0) == 0, counters
 
 
 def _arp_request(src_mac: str, spa: str, tpa: str) -> bytes:
