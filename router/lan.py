@@ -43,7 +43,8 @@ with its own IP total length, IP id, UDP length and checksum. A datagram's size 
 sender's: one that does not fit the MTU is dropped as any oversize frame. The socket hands the
 pieces to the data plane one read at a time (:meth:`LanSocket.pending`). A frame above the MTU
 not marked as a batch (a host with a larger MTU than DHCP gave) is cut if it is TCP, dropped
-(``lan_oversize``) otherwise, as a NIC with that MTU would.
+(``lan_oversize``) otherwise, as a NIC with that MTU would. The kernel charges a batch whole
+to the read socket's buffer, so that buffer is sized for bursts of batches (:data:`RCVBUF`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ __all__ = [
 ]
 
 ETH_P_ALL = 0x0003
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h: past rmem_max (the router runs as root)
+# The read socket's buffer, as the overlay socket's: the kernel counts a batch whole (up to
+# 64 kB), so the default (~200 kB) overflows after a few batches in one burst.
+RCVBUF = 4 << 20
 SOL_PACKET = 263
 # linux/if_packet.h
 PACKET_VNET_HDR = 15
@@ -288,6 +293,10 @@ class LanSocket:
             # Without it, hosts that leave checksums or segmentation to their NIC get no TCP,
             # UDP or DNS.
             self.sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except OSError:  # without CAP_NET_ADMIN: as much as rmem_max allows
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             self.sock.bind((ifname, ETH_P_ALL))
             self.out.bind((ifname, 0))
         except OSError as exc:
