@@ -277,6 +277,8 @@ def test_a_tcp_batch_is_cut_at_its_gso_size() -> None:
     assert isinstance(segs, list)
     assert [len(_check(s)[TCP].payload) for s in segs] == [1000, 1000, 1000]
     assert split_batch(bytes(pkt), GSO_TCPV4, 9000, 1400) == split_tcp(bytes(pkt), 1400)
+    # The ECN flag (the batch's first segment carries CWR): split_tcp clears CWR after it.
+    assert split_batch(bytes(pkt), GSO_TCPV4 | 0x80, 1000, 1400) == segs
 
 
 def test_cutting_refuses_what_is_not_a_whole_tcp_packet() -> None:
@@ -364,13 +366,16 @@ def test_read_into_hands_a_cut_batch_on_one_segment_a_read() -> None:
     assert _read_all(lan, bytearray(65549)) == expected
 
 
-def test_read_into_hands_a_udp_batch_on_one_datagram_a_read() -> None:
-    """Issue 14, finding 6: a LAN host's UDP_SEGMENT batch was dropped as oversize."""
+@pytest.mark.parametrize("merged", [False, True], ids=["gso-from-host", "gro-from-nic"])
+def test_read_into_hands_a_udp_batch_on_one_datagram_a_read(merged: bool) -> None:
+    """Issue 14, finding 6: a LAN host's UDP_SEGMENT batch was dropped as oversize. A NIC's
+    GRO merge of UDP comes the same way, its checksum verified (DATA_VALID), not partial."""
     payload = bytes(range(256)) * 94  # 24064 bytes: 20 datagrams of 1200, one of 64
-    _, partial = _partial(_udp_batch(payload))
-    lan = _lan(_FakeSock(partial, NEEDS_CSUM, (GSO_UDP_L4, 1200)))
+    full, partial = _partial(_udp_batch(payload))
+    frame, flags = (full, DATA_VALID) if merged else (partial, NEEDS_CSUM)
+    lan = _lan(_FakeSock(frame, flags, (GSO_UDP_L4, 1200)))
     got = _read_all(lan, bytearray(65549))
-    assert len(got) == 21 and b"".join(bytes(Ether(f)[UDP].payload) for f in got) == payload
+    assert len(got) == 21 and b"".join(bytes(_check(f, UDP)[UDP].payload) for f in got) == payload
     assert all(len(f) <= 14 + 1400 for f in got)
     assert lan.counters["uso_split"] == 1 and not lan.drops
     # The largest batch there is (a 64 kB IPv4 packet) fits the data plane's read buffer.
