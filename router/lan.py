@@ -64,7 +64,6 @@ from ipop.vnet.packet import (
     IPPROTO_TCP,
     IPPROTO_UDP,
     IPV4_MIN_HLEN,
-    internet_checksum,
     transport_checksum,
 )
 
@@ -163,22 +162,39 @@ def finish_frame(frame: bytearray | memoryview) -> CsumDrop | None:
     return None
 
 
-def _set_ip(eth_ip: bytearray, ihl: int, total: int, ident: int) -> None:
-    """Give the IPv4 header after the Ethernet one in ``eth_ip`` a new total length and id,
-    and the checksum that goes with them."""
+def _ip_sum(head: bytearray, ihl: int) -> int:
+    """Zero the total length, id and checksum of the IPv4 header after the Ethernet one in
+    ``head``; the sum of what is left (:func:`_sum16`), which no segment changes."""
     ip = ETH_HLEN
-    eth_ip[ip + 2 : ip + 4] = total.to_bytes(2, "big")
-    eth_ip[ip + 4 : ip + 6] = (ident & 0xFFFF).to_bytes(2, "big")
-    eth_ip[ip + 10 : ip + 12] = b"\x00\x00"
-    eth_ip[ip + 10 : ip + 12] = internet_checksum(eth_ip[ip : ip + ihl]).to_bytes(2, "big")
+    head[ip + 2 : ip + 6] = bytes(4)
+    head[ip + 10 : ip + 12] = b"\x00\x00"
+    return _sum16(head[ip : ip + ihl])
+
+
+def _set_ip(head: bytearray, ip_sum: int, total: int, ident: int) -> None:
+    """Give the IPv4 header in ``head`` (whose other words sum to ``ip_sum``) a total length,
+    an id and the checksum that goes with them."""
+    ip = ETH_HLEN
+    ident &= 0xFFFF
+    head[ip + 2 : ip + 4] = total.to_bytes(2, "big")
+    head[ip + 4 : ip + 6] = ident.to_bytes(2, "big")
+    head[ip + 10 : ip + 12] = _csum(ip_sum + total + ident).to_bytes(2, "big")
 
 
 def _sum16(data: bytes | bytearray | memoryview) -> int:
     """The ones' complement sum of ``data``'s 16-bit words, modulo 0xFFFF (0 stands for
-    0xFFFF): 2**16 ≡ 1, so the whole buffer as one integer, in C (see internet_checksum); an
-    odd last byte is the high half of a word."""
+    0xFFFF): 2**16 ≡ 1, so the whole buffer as one integer, in C (as
+    ``ipop.vnet.packet.internet_checksum`` does); an odd last byte is a word's high half."""
     n = int.from_bytes(data, "big")
     return (n << 8 if len(data) & 1 else n) % 0xFFFF
+
+
+def _csum(total: int) -> int:
+    """The checksum field for words summing to ``total`` (any nonzero sum, before the modulo):
+    the complement of their ones' complement sum, 0 when that sum is 0xFFFF (as the kernel's
+    csum_fold gives; UDP then writes 0xFFFF, RFC 768)."""
+    s = total % 0xFFFF
+    return 0xFFFF - s if s else 0
 
 
 def split_tcp(
@@ -200,25 +216,30 @@ def split_tcp(
         chunk = min(chunk, mss)
     if thl < 20 or start + thl > end or chunk <= 0:
         return CsumDrop.MALFORMED
-    eth_ip = bytearray(frame[:start])
-    tcp = bytearray(frame[start : start + thl])
-    data = bytes(frame[start + thl : end])
-    ident = int.from_bytes(eth_ip[ETH_HLEN + 4 : ETH_HLEN + 6], "big")
-    seq = int.from_bytes(tcp[4:8], "big")
-    flags = tcp[13]
+    head = bytearray(frame[: start + thl])  # Ethernet, IPv4 and TCP headers, per segment
+    ident = int.from_bytes(head[ETH_HLEN + 4 : ETH_HLEN + 6], "big")
+    seq = int.from_bytes(head[start + 4 : start + 8], "big")
+    flags = head[start + 13]
+    ip_sum = _ip_sum(head, ihl)
+    # The pseudo-header's addresses and protocol; each segment adds its length, its header
+    # (sequence number and flags change) and its data. Summed modulo 0xFFFF.
+    base = src_n + dst_n + IPPROTO_TCP
+    data = memoryview(frame)[start + thl : end]
     out: list[bytes] = []
     offsets = range(0, max(len(data), 1), chunk)
     for i, at in enumerate(offsets):
         piece = data[at : at + chunk]
         last = i == len(offsets) - 1
-        _set_ip(eth_ip, ihl, ihl + thl + len(piece), ident + i)
-        tcp[4:8] = ((seq + at) & 0xFFFFFFFF).to_bytes(4, "big")
+        _set_ip(head, ip_sum, ihl + thl + len(piece), ident + i)
+        head[start + 4 : start + 8] = ((seq + at) & 0xFFFFFFFF).to_bytes(4, "big")
         # FIN and PSH end the batch: the last segment's; CWR was sent once, with the first.
-        tcp[13] = flags & ~(0 if last else _TCP_FIN | _TCP_PSH) & ~(0 if i == 0 else _TCP_CWR)
-        tcp[16:18] = b"\x00\x00"
-        segment = bytes(tcp) + piece
-        csum = transport_checksum(IPPROTO_TCP, src_n, dst_n, segment)
-        out.append(bytes(eth_ip) + segment[:16] + csum.to_bytes(2, "big") + segment[18:])
+        head[start + 13] = (
+            flags & ~(0 if last else _TCP_FIN | _TCP_PSH) & ~(0 if i == 0 else _TCP_CWR)
+        )
+        head[start + 16 : start + 18] = b"\x00\x00"
+        csum = _csum(base + thl + len(piece) + _sum16(head[start:]) + _sum16(piece))
+        head[start + 16 : start + 18] = csum.to_bytes(2, "big")
+        out.append(bytes(head) + piece)
     return out
 
 
@@ -238,6 +259,7 @@ def split_udp(frame: bytes | bytearray | memoryview, size: int, mtu: int) -> lis
         return CsumDrop.OVERSIZE
     head = bytearray(frame[: start + 8])  # Ethernet, IPv4 and UDP headers, rewritten per datagram
     ident = int.from_bytes(head[ETH_HLEN + 4 : ETH_HLEN + 6], "big")
+    ip_sum = _ip_sum(head, ihl)
     # Pseudo-header (addresses, protocol) and ports; each datagram adds its length twice
     # (pseudo-header and UDP header) and its payload. Words are summed modulo 0xFFFF.
     base = src_n + dst_n + IPPROTO_UDP + int.from_bytes(head[start : start + 4], "big")
@@ -246,10 +268,10 @@ def split_udp(frame: bytes | bytearray | memoryview, size: int, mtu: int) -> lis
     for i, at in enumerate(range(0, max(len(data), 1), size)):
         piece = data[at : at + size]
         ulen = 8 + len(piece)
-        _set_ip(head, ihl, ihl + ulen, ident + i)
+        _set_ip(head, ip_sum, ihl + ulen, ident + i)
         head[start + 4 : start + 6] = ulen.to_bytes(2, "big")
-        csum = ~((base + 2 * ulen + _sum16(piece)) % 0xFFFF) & 0xFFFF
-        head[start + 6 : start + 8] = (csum or 0xFFFF).to_bytes(2, "big")  # 0 says "none"
+        csum = _csum(base + 2 * ulen + _sum16(piece)) or 0xFFFF  # 0 would say "none"
+        head[start + 6 : start + 8] = csum.to_bytes(2, "big")
         out.append(bytes(head) + piece)
     return out
 

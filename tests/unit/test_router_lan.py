@@ -281,6 +281,15 @@ def test_a_tcp_batch_is_cut_at_its_gso_size() -> None:
     assert split_batch(bytes(pkt), GSO_TCPV4 | 0x80, 1000, 1400) == segs
 
 
+def test_a_tcp_segment_summing_to_zero_gets_0000_as_from_the_kernel() -> None:
+    # A payload word that makes the sum 0xFFFF: the field is 0 (csum_fold), as scapy gives.
+    pkt = ETH / IP(src="100.64.0.7", dst="100.80.1.2") / TCP(flags="A") / Raw(b"\0\0")
+    pkt[Raw].load = TCP(bytes(pkt[TCP])).chksum.to_bytes(2, "big")
+    segs = split_tcp(bytes(pkt), 1400)
+    assert isinstance(segs, list) and segs[0][50:52] == b"\x00\x00"
+    assert _check(segs[0])[TCP].chksum == 0
+
+
 def test_cutting_refuses_what_is_not_a_whole_tcp_packet() -> None:
     big = ETH / IP(src="100.64.0.7", dst="100.64.0.1")
     assert split_tcp(bytes(big / UDP() / Raw(b"u" * 3000)), 1400) is CsumDrop.OVERSIZE
