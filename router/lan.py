@@ -365,8 +365,8 @@ class LanSocket:
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            # The kernel had no virtio header for the frame (a batch of a kind it cannot
-            # describe, e.g. GRO fraglist alone) and consumed it.
+            # The kernel had no virtio header for the frame (a batch of a kind virtio has no
+            # type for: SCTP, ESP) and consumed it.
             self.drops[CsumDrop.GSO_TYPE] += 1
             return 0
         size -= VNET_HDR.size
