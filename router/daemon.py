@@ -154,6 +154,11 @@ class _LanSide:
     def pending(self) -> bool:
         return self.r.lan is not None and self.r.lan.pending()
 
+    @property
+    def out_fd(self) -> int:
+        assert self.r.lan is not None  # opened before this side exists (_open_local)
+        return self.r.lan.out_fd
+
     def admit(self, frame: memoryview) -> bool:
         r = self.r
         if r.hosts.admit(frame, now=r.clock()):

@@ -78,6 +78,9 @@ BATCH = 256
 LOOKUP_TIMEOUT_S = 30.0
 _ETH_IP = b"\x08\x00"
 _RECV_MAX = 65535
+# The local side's read buffer: a whole 64 kB IPv4 packet and its Ethernet header (a LAN host's
+# batch, cut by router.lan; a TAP never reads more than its MTU).
+_FRAME_MAX = 65535 + 14
 # Linux UDP offload socket options (linux/udp.h); DESIGN.md §8 verified both on this kernel.
 _UDP_SEGMENT = 103
 _UDP_GRO = 104
@@ -140,6 +143,12 @@ class LocalSide(Protocol):
 
     def admit(self, frame: memoryview) -> bool:
         """True if an IPv4 ``frame`` read from the LAN may be routed (False: counted, dropped)."""
+        ...
+
+    @property
+    def out_fd(self) -> int:
+        """The fd frames are written to; a packet socket that reads with a virtio header
+        cannot take plain frames (router.lan: a send-only socket)."""
         ...
 
     def read_into(self, buf: bytearray) -> int:
@@ -325,6 +334,8 @@ class DataPlane:
         self.local_side = local_side
         self.udp = udp
         self.tap_fd = tap_fd
+        # Where frames are written: the TAP itself, or what the local side says.
+        self.out_fd = tap_fd if local_side is None else local_side.out_fd
         self.subnet = subnet
         self._lookup_owner = lookup_owner
         self._local_frame = local_frame
@@ -341,7 +352,7 @@ class DataPlane:
         self._loop = asyncio.get_running_loop()
         self._closed = False
         # One read buffer for the TAP, reused for every frame (sealed in place: _drain_tap).
-        self._rbuf = bytearray(_RECV_MAX)
+        self._rbuf = bytearray(_FRAME_MAX)
         self._rview = memoryview(self._rbuf)
         # While a UDP batch is handled: the frames it delivers, written once it is done (None:
         # write at once). See _drain_udp.
@@ -555,7 +566,7 @@ class DataPlane:
     def _write_frames(self, frames: list[tuple[bytes, bytes | memoryview]]) -> None:
         """Write ``(header, packet)`` frames to the TAP; a refusal drops and counts one."""
         writev = os.writev
-        fd = self.tap_fd
+        fd = self.out_fd
         written = 0
         for frame in frames:
             try:
@@ -572,7 +583,7 @@ class DataPlane:
     def write_frame(self, frame: bytes) -> None:
         """Write a whole Ethernet frame (local services' answers)."""
         try:
-            os.write(self.tap_fd, frame)
+            os.write(self.out_fd, frame)
         except OSError as exc:
             self.drops[IoDrop.TAP_WRITE_ERROR] += 1
             log.debug("tap write: %s", exc)

@@ -325,6 +325,8 @@ def test_the_fast_path_delivers_exactly_what_the_filter_says() -> None:
 class QueuedSide:
     """A LocalSide whose reads come from a queue (the fd stays empty); 0 is a dropped frame."""
 
+    out_fd = -1  # never written to here
+
     def __init__(self, frames: list[bytes]) -> None:
         self.frames = frames
 
