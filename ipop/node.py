@@ -43,7 +43,14 @@ from ipop.link.endpoint import (
     LinkPathChanged,
     LinkUp,
 )
-from ipop.overlay.messages import KIND_BIRTHDAY, KIND_IP, TYPE_CRL, TYPE_DIRECT, Closing
+from ipop.overlay.messages import (
+    KIND_BIRTHDAY,
+    KIND_IP,
+    KIND_PING,
+    TYPE_CRL,
+    TYPE_DIRECT,
+    Closing,
+)
 from ipop.overlay.node import (
     Delivered,
     OverlayConfig,
@@ -125,6 +132,8 @@ class NodeCore:
             self._shortcut_used[dst] = now
         if kind == KIND_IP and dst not in self.link.pmtu.wanted:
             self.link.want_path_mtu(dst, now=now)
+        elif kind == KIND_PING:
+            self.link.watch(dst)  # pings are what users measure reachability with
         if overlay.send_direct(dst, kind, payload, now=now):
             self.stats["sent_direct"] += 1
             if self.shortcuts and type(self.link.path_of(dst)) is RelayPath:
@@ -479,6 +488,11 @@ class NodeCore:
                     self._on_birthday(oev, now)
                 elif type(oev) is Roamed:
                     self._on_roamed()
+                    if oev.reason == "rebound":
+                        # Our NAT rebound: key every direct session afresh from the new
+                        # mappings, as after a roam (local_endpoints_changed does it there).
+                        busy = True
+                        link.local_address_changed(now=now)
                     events.append(oev)
                 else:
                     events.append(oev)
