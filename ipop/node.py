@@ -77,6 +77,7 @@ from ipop.link.pmtu import (
 from ipop.overlay.messages import (
     KIND_BIRTHDAY,
     KIND_IP,
+    KIND_PING,
     KIND_PMTU,
     TYPE_CRL,
     TYPE_DIRECT,
@@ -177,6 +178,8 @@ class NodeCore:
             self._shortcut_used[dst] = now
         if kind == KIND_IP and dst not in self.link.pmtu.wanted:
             self.link.want_path_mtu(dst, now=now)
+        elif kind == KIND_PING:
+            self.link.watch(dst)  # pings are what users measure reachability with
         if overlay.send_direct(dst, kind, payload, now=now):
             self.stats["sent_direct"] += 1
             if self.shortcuts and type(self.link.path_of(dst)) is RelayPath:
@@ -640,6 +643,11 @@ class NodeCore:
                     self._on_route_probe(oev, now)
                 elif type(oev) is Roamed:
                     self._on_roamed()
+                    if oev.reason == "rebound":
+                        # Our NAT rebound: key every direct session afresh from the new
+                        # mappings, as after a roam (local_endpoints_changed does it there).
+                        busy = True
+                        link.local_address_changed(now=now)
                     events.append(oev)
                 else:
                     events.append(oev)

@@ -225,6 +225,19 @@ ROAM_ADVERTISE_WAIT_S = 0.5
 # (each one costs a CTM per direct peer), and never right after one (answers to the
 # re-handshakes of a roam report new endpoints one after another).
 ROAM_REBIND_MIN_S = 10.0
+# NAT rebinding (ipop/link/echo.py, ipop/link/endpoint.py): a direct link carrying traffic
+# that was busy (its last REBIND_BUSY_PACKETS + 1 packets each within REBIND_QUIET_S of the one
+# before), or that answered nothing to a message of ours, gets one authenticated echo once it
+# has been silent for REBIND_QUIET_S (links carrying only overlay messages get none: their
+# bursts would each cost one). An echo unanswered after REBIND_ECHO_WAIT_S makes us ask up to
+# REBIND_WITNESSES other peers (at most once per REBIND_WITNESS_MIN_S) where they see us: a
+# changed answer means our NAT rebound. Quiet + wait + a round trip + the peer's punch back
+# fit in the 2 s traffic may stall for.
+REBIND_QUIET_S = 0.5
+REBIND_BUSY_PACKETS = 4
+REBIND_ECHO_WAIT_S = 0.5
+REBIND_WITNESSES = 3
+REBIND_WITNESS_MIN_S = 2.0
 # The address watcher re-reads the interface addresses this long after a netlink change
 # message (a DHCP renewal sends several at once), and polls this often without netlink.
 ADDRWATCH_SETTLE_S = 0.1

@@ -25,7 +25,9 @@ Invariants:
 
 1. Nothing unauthenticated is answered: a Resp is sent only for an Init whose certificate,
    signature and freshness checked out; DATA is never answered, except an authenticated
-   path MTU probe (:mod:`ipop.link.pmtu`), with an ack smaller than any probe. Every refusal is a
+   path MTU probe (:mod:`ipop.link.pmtu`), with an ack smaller than any probe, and an
+   authenticated echo (:mod:`ipop.link.echo`), with an ack no larger (and a session that
+   follows its peer to a new port says so once per move, invariant 8). Every refusal is a
    ``drops`` counter (a reason of :data:`LINK_DROP_REASONS`) and nothing else. The one
    exception is the flood guard's (:mod:`ipop.link.cookie`): under load, an Init without a
    valid cookie gets a 37-byte COOKIE_REPLY, always smaller than the Init, and no other work.
@@ -81,6 +83,22 @@ Invariants:
    :meth:`LinkEndpoint.local_address_changed` keys every direct session afresh from it
    (``roam_rehandshakes``); when a peer says it left the path we hold for it,
    :meth:`LinkEndpoint.peer_moved` drops the hysteresis for that session (``peer_moved``).
+8. NAT rebinding (:mod:`ipop.link.echo`): a session that carries upper-layer traffic
+   (:meth:`LinkEndpoint.watch`) on a direct path gets one echo when it falls silent (a busy
+   peer quiet for ``REBIND_QUIET_S``, or a peer that answered nothing to our message for as
+   long), none again before the peer speaks. The answer says where the peer saw the
+   echo come from; a change is an ObservedEndpoint (the overlay's cue to roam, see
+   ``OverlayNode._on_observed``). An echo unanswered for ``REBIND_ECHO_WAIT_S`` asks up to
+   ``REBIND_WITNESSES`` other recently heard peers (once per ``REBIND_WITNESS_MIN_S``): if
+   our NAT rebound, they hear us from the new mapping and say so. An ack counts only as the
+   answer to the echo we have outstanding with that peer, and nothing unauthenticated ever
+   reports an endpoint (``echo_sent``, ``echo_answered``,
+   ``echo_unanswered``, ``echo_witness_sent``, ``echo_late``, ``rebind_suspected``). The
+   other way round, a session that follows its peer to a new port of the same address
+   (invariant 7) tells the peer where its datagrams come from now (a *seen*: ``seen_sent``,
+   ``seen_received``; ``seen_refused``: another address than any peer sees us at), so a node
+   behind a NAT that rebound learns it from the first peer that can still hear it, whatever
+   the traffic.
 
 Drop reasons (``drops``): any datagram: ``empty``, ``unknown_type``, ``malformed``; DATA:
 ``unknown_index``, ``expired_key``, ``replay``, ``too_old``, ``auth_failed``; Init/Resp:
@@ -128,6 +146,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from ipop import timing
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.identity import CERT_REASONS, NodeCertificate, NodeIdentity
+from ipop.link import echo
 from ipop.link.cookie import GUARD_DROP_REASONS, InitGuard, mac2_for
 from ipop.link.crypto import CIPHER_IDS, DEFAULT_CIPHERS, Aead, InvalidTag, nonce_for
 from ipop.link.handshake import (
@@ -187,6 +206,9 @@ RETIRED_MAX: Final = 4096
 LAST_INIT_MAX: Final = 65536
 # A direct path replaces the one in use only if its handshake was this much faster.
 PATH_SWITCH_RATIO: Final = 0.7
+_REBIND_QUIET: Final = timing.REBIND_QUIET_S
+_REBIND_ECHO_WAIT: Final = timing.REBIND_ECHO_WAIT_S
+_REBIND_BUSY: Final = timing.REBIND_BUSY_PACKETS
 # Every reason ``LinkEndpoint.drops`` may count (tests check that nothing else is counted).
 LINK_DROP_REASONS: Final = frozenset(
     {
@@ -256,6 +278,9 @@ class LinkConfig:
     # Probe each path's MTU (ipop.link.pmtu). Probes are DATA like keepalives, so tests
     # that count a link's datagrams or messages exactly turn them off.
     path_mtu_probes: bool = True
+    # Echo busy direct links that fall silent, to notice our NAT rebinding (ipop.link.echo).
+    # Echoes are DATA too: tests that count a link's datagrams exactly turn them off.
+    rebind_echoes: bool = True
 
     def __post_init__(self) -> None:
         if not self.ciphers or any(c not in CIPHER_IDS for c in self.ciphers):
@@ -264,7 +289,7 @@ class LinkConfig:
             )
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name not in ("ciphers", "path_mtu_probes") and not value > 0:
+            if f.name not in ("ciphers", "path_mtu_probes", "rebind_echoes") and not value > 0:
                 raise ConfigError(f"link.{f.name}", f"{value!r} must be positive")
         if self.rekey_after_s >= self.reject_after_s:
             raise ConfigError("link.rekey_after_s", "must be below reject_after_s")
@@ -316,10 +341,16 @@ class HandshakeFailed:
 
 @dataclass(frozen=True, slots=True)
 class ObservedEndpoint:
-    """Peer ``by`` saw our datagrams come from ``endpoint`` (changed since LinkUp said)."""
+    """Peer ``by`` saw our datagrams come from ``endpoint`` (changed since LinkUp said, or
+    first heard from it through an echo: see :mod:`ipop.link.echo`).
+
+    ``rebound``: we had no earlier word from ``by``, but one of our busy links has just gone
+    silent and ``endpoint`` is where no other peer sees us: our NAT has most likely rebound.
+    """
 
     endpoint: Endpoint
     by: NodeId
+    rebound: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +454,9 @@ class _Peer:
         "current",
         "due",
         "due_seq",
+        "echo_at",
+        "echo_id",
+        "echo_witness",
         "established_at",
         "last_rx",
         "last_tx",
@@ -439,10 +473,14 @@ class _Peer:
         "roam_candidate",
         "rtt",
         "rx_bytes",
+        "rx_gap",
         "rx_packets",
+        "rx_streak",
         "tx_bytes",
+        "tx_first",
         "tx_packets",
         "up",
+        "watched",
     )
 
     def __init__(self, node_id: NodeId, cert: NodeCertificate, path: Path) -> None:
@@ -470,6 +508,17 @@ class _Peer:
         self.last_rx = 0.0
         self.last_tx = 0.0
         self.rx_bytes = self.rx_packets = self.tx_bytes = self.tx_packets = 0
+        # NAT rebinding (ipop.link.echo): the gap before the last authenticated packet, how
+        # many packets in a row came within REBIND_QUIET_S of the one before (the peer is
+        # busy), our first message since the last one (inf: none), and the echo outstanding
+        # (its id, None: none; when it left; whether it asks a witness).
+        self.rx_gap = _INF
+        self.rx_streak = 0
+        self.watched = False  # upper-layer traffic flows to it: see LinkEndpoint.watch
+        self.tx_first = _INF
+        self.echo_id: int | None = None
+        self.echo_at = -_INF
+        self.echo_witness = False
         self.rekeys = 0
         self.rekeyed_stale_at = -_INF
         # The deadline of this peer's live heap entry (see LinkEndpoint._touch).
@@ -530,6 +579,13 @@ class LinkEndpoint:
         self._reject_messages = self.config.reject_after_messages
         # Path MTU per peer, probed over the session (ipop.link.pmtu).
         self.pmtu = PathMtuProber()
+        # NAT rebinding (ipop.link.echo): the last echo id, when witnesses may be asked again,
+        # and until when a witness's first answer that differs from every peer's counts as a
+        # rebinding (ObservedEndpoint.rebound).
+        self._echoes = self.config.rebind_echoes
+        self._echo_seq = 0
+        self._witness_ok_at = -_INF
+        self._suspect_until = -_INF
         self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
             TYPE_DATA: self._on_data,
             TYPE_HANDSHAKE_INIT: self._on_init,
@@ -598,6 +654,12 @@ class LinkEndpoint:
         st.last_tx = now
         st.tx_packets += 1
         st.tx_bytes += len(data)
+        if st.tx_first == _INF and payload and st.watched:
+            # Our first message since the peer last spoke (a keepalive asks for nothing): if
+            # nothing at all comes back, ask (an echo).
+            st.tx_first = now
+            if now + _REBIND_QUIET < st.due:
+                self._touch(st)
         return data
 
     def seal_direct(
@@ -663,7 +725,7 @@ class LinkEndpoint:
         st = kp.peer
         if kp is not st.current:
             self._on_older_keys(st, kp, path, now)
-        st.last_rx = now
+        self._heard(st, now)
         st.rx_packets += 1
         st.rx_bytes += len(data)
         if path is st.path or path == st.path:
@@ -673,7 +735,7 @@ class LinkEndpoint:
         if not payload:
             return None
         if payload[0] == PROBE_TAG:
-            self._on_probe(st, payload, now)
+            self._on_probe(st, payload, path, now)
             return None
         if self._events:  # LinkUp / LinkPathChanged first, then the message, as _on_data does
             msg = _new(LinkMessage)
@@ -918,6 +980,14 @@ class LinkEndpoint:
             ):
                 self.stats["silent_peer_rehandshake"] += 1
                 self._start_initiation(st.path, st.node_id, now)
+        if st.echo_id is not None:
+            if now >= st.echo_at + _REBIND_ECHO_WAIT:
+                st.echo_id = None
+                self.stats["echo_unanswered"] += 1
+                if not st.echo_witness:
+                    self._ask_witnesses(st, now)
+        elif now >= self._echo_deadline(st):
+            self._send_echo(st, now, witness=False)
 
     def _peer_deadline(self, st: _Peer) -> float:
         cfg = self.config
@@ -937,6 +1007,7 @@ class LinkEndpoint:
                 t = min(t, max(st.last_rx + cfg.silent_peer_s, st.probe_after))
             if st.previous is not None:
                 t = min(t, st.previous.reject_at)
+            t = min(t, self._echo_deadline(st))
         elif not st.pending:
             t = 0.0  # nothing left: forget the peer at the next firing
         return t
@@ -983,7 +1054,7 @@ class LinkEndpoint:
         st = kp.peer
         if kp is not st.current:
             self._on_older_keys(st, kp, path, now)
-        st.last_rx = now
+        self._heard(st, now)
         st.rx_packets += 1
         st.rx_bytes += len(data)
         if path is st.path or path == st.path:
@@ -992,7 +1063,7 @@ class LinkEndpoint:
             self._maybe_roam(st, path, now)
         if payload:
             if payload[0] == PROBE_TAG:
-                self._on_probe(st, payload, now)
+                self._on_probe(st, payload, path, now)
                 return
             # LinkMessage(st.node_id, payload, path) without the frozen __init__ (see _new).
             msg = _new(LinkMessage)
@@ -1257,6 +1328,7 @@ class LinkEndpoint:
         st.current = kp
         st.cert = kp.cert
         st.last_rx = now
+        st.tx_first = _INF
         self._touch(st)
         if not st.up:
             st.up = True
@@ -1347,6 +1419,13 @@ class LinkEndpoint:
             st.roam_candidate = (path, now)
             return
         self._move(st, path, now)
+        if rebound and type(path) is Endpoint and st.current is not None:
+            # The peer's NAT gave it a new mapping, and it cannot know: peers behind
+            # filtering NATs still send to the old one. Say so (ipop.link.echo, "seen").
+            seen = echo.ack_payload(0, path, kind=echo.SEEN)
+            if seen is not None:
+                self.stats["seen_sent"] += 1
+                self._outbox.append((self._seal(st, st.current, seen, now), path))
 
     def _move(self, st: _Peer, path: Path, now: float) -> None:
         st.roam_candidate = None
@@ -1379,10 +1458,23 @@ class LinkEndpoint:
             self.pmtu.forget(st.node_id)
         self._timer_dirty = True
 
+    def watch(self, peer: NodeId) -> None:
+        """Upper-layer traffic (what a user notices: IP packets, pings) flows to ``peer``:
+        notice within about a second when its direct path falls silent, and find out whether
+        our NAT rebound (:mod:`ipop.link.echo`). Links that carry only the overlay's own
+        messages are not watched: their traffic comes in bursts, and echoing every burst's
+        end cost a 150-node simulation 9 echoes per node per second (its wall time doubled);
+        the overlay notices their loss on its own timers. Until the session ends."""
+        st = self._peers.get(peer)
+        if st is not None and self._echoes:
+            st.watched = True
+
     def want_path_mtu(self, peer: NodeId, *, now: float) -> None:
-        """Data flows to ``peer``: probe its path's MTU (see :mod:`ipop.link.pmtu`)."""
+        """Data flows to ``peer``: probe its path's MTU (see :mod:`ipop.link.pmtu`), and watch
+        its session (:meth:`watch`)."""
         if peer in self.pmtu.wanted or peer not in self._peers:
             return
+        self.watch(peer)
         if self.pmtu.want(peer, now=now):
             self._send_probes(now)
             self._timer_dirty = True
@@ -1394,17 +1486,130 @@ class LinkEndpoint:
                 continue  # the path moved: _probe_path restarted the search
             self._outbox.append((self._seal(st, st.current, payload, now), path))
 
-    def _on_probe(self, st: _Peer, payload: bytes, now: float) -> None:
+    def _on_probe(self, st: _Peer, payload: bytes, path: Path, now: float) -> None:
         """An authenticated probe (answered with an ack, smaller than any probe, on the path
-        we send on) or ack; anything else of the kind is malformed."""
+        we send on) or ack, or an echo or its ack (:mod:`ipop.link.echo`, which came over
+        ``path``); anything else of the kind is malformed."""
         kind = payload[1] if len(payload) > 1 else -1
-        if kind == 0 and len(payload) >= 6 and st.up and st.current is not None:
+        if kind in (echo.ECHO, echo.ECHO_ACK, echo.SEEN):
+            self._on_echo(st, payload, path, now)
+        elif kind == 0 and len(payload) >= 6 and st.up and st.current is not None:
             ack = ack_payload(int.from_bytes(payload[2:6], "big"))
             self._outbox.append((self._seal(st, st.current, ack, now), st.path))
         elif kind != 1 or not self.pmtu.on_ack(st.node_id, payload, now=now):
             self.drops["bad_probe"] += 1
         else:
             self._timer_dirty = True  # the first ack brings the round's end closer
+
+    # --- NAT rebinding (ipop.link.echo) -------------------------------------------------------
+
+    def _heard(self, st: _Peer, now: float) -> None:
+        """An authenticated DATA from ``st`` arrived: liveness and echo bookkeeping."""
+        gap = now - st.last_rx
+        st.last_rx = now
+        st.tx_first = _INF
+        st.rx_gap = gap
+        if gap > _REBIND_QUIET:
+            st.rx_streak = 0
+            return
+        st.rx_streak += 1
+        if st.rx_streak == _REBIND_BUSY and st.watched and now + _REBIND_QUIET < st.due:
+            self._touch(st)  # it just got busy: its silence is worth an echo from now on
+
+    def _echo_deadline(self, st: _Peer) -> float:
+        """When an echo to up ``st`` is due (inf: none), or its outstanding one times out.
+
+        One echo per silence (none again before the peer spoke), on direct paths only:
+        ``REBIND_QUIET_S`` after the last packet of a busy peer (``REBIND_BUSY_PACKETS`` in a
+        row, each within ``REBIND_QUIET_S`` of the one before), or after our first message
+        since its last packet (nothing at all came back); at once for a busy peer that never
+        told us where it sees us (the answer is what a later one is compared with)."""
+        if st.echo_id is not None:
+            return st.echo_at + _REBIND_ECHO_WAIT
+        if st.echo_at >= st.last_rx or not st.watched or not is_direct(st.path):
+            return _INF
+        t = _INF
+        if st.rx_streak >= _REBIND_BUSY:
+            t = st.last_rx if st.observed is None else st.last_rx + _REBIND_QUIET
+        if st.tx_first >= st.last_rx:
+            t = min(t, st.tx_first + _REBIND_QUIET)
+        return t
+
+    def _send_echo(self, st: _Peer, now: float, *, witness: bool) -> None:
+        kp = st.current
+        if kp is None or not st.up:
+            return
+        self._echo_seq = (self._echo_seq + 1) & 0xFFFFFFFF
+        st.echo_id = self._echo_seq
+        st.echo_at = now
+        st.echo_witness = witness
+        self.stats["echo_witness_sent" if witness else "echo_sent"] += 1
+        self._outbox.append((self._seal(st, kp, echo.echo_payload(st.echo_id), now), st.path))
+        self._touch(st)
+
+    def _ask_witnesses(self, silent: _Peer, now: float) -> None:
+        """A busy direct link answers nothing: if our NAT rebound, peers that can still hear
+        us see us elsewhere now. Ask the most recently heard few (their answers go through
+        :meth:`_on_echo`); at most once per ``REBIND_WITNESS_MIN_S``, whatever went silent."""
+        if now < self._witness_ok_at:
+            return
+        self._witness_ok_at = now + timing.REBIND_WITNESS_MIN_S
+        self._suspect_until = now + 2 * _REBIND_ECHO_WAIT
+        self.stats["rebind_suspected"] += 1
+        candidates = (
+            p
+            for p in self._peers.values()
+            if p is not silent and p.up and p.echo_id is None and is_direct(p.path)
+        )
+        for p in heapq.nlargest(timing.REBIND_WITNESSES, candidates, key=lambda p: p.last_rx):
+            self._send_echo(p, now, witness=True)
+
+    def _on_echo(self, st: _Peer, payload: bytes, path: Path, now: float) -> None:
+        """An echo (answered on the path it came over with where it came from) or our echo's
+        answer (a changed observed endpoint is news: ObservedEndpoint)."""
+        msg = echo.parse(payload)
+        if msg is None:
+            self.drops["bad_probe"] += 1
+            return
+        kind, echo_id, observed = msg
+        if kind == echo.ECHO:
+            seen = path.remote if type(path) is SocketPath else path
+            kp = st.current
+            if type(seen) is Endpoint and kp is not None and st.up:
+                ack = echo.ack_payload(echo_id, seen)
+                if ack is not None:
+                    self.stats["echo_answered"] += 1
+                    self._outbox.append((self._seal(st, kp, ack, now), path))
+            return
+        if observed is None:
+            return  # parse() gives an endpoint for every ack and seen
+        old = st.observed
+        if kind == echo.SEEN:
+            # Unasked, but the peer's own observation of our authenticated DATA, as a Resp's
+            # is: it followed us to a new port. Without earlier word from it, that move is
+            # the news (a port change on one address: our NAT rebound). A port, not an
+            # address: where peers have seen us, a seen naming another address is refused,
+            # so an insider cannot make us advertise somebody else's.
+            hosts = {p.observed.host for p in self._peers.values() if p.observed is not None}
+            if hosts and observed.host not in hosts:
+                self.stats["seen_refused"] += 1
+                return
+            self.stats["seen_received"] += 1
+            rebound = old is None
+        elif echo_id != st.echo_id:
+            self.stats["echo_late"] += 1
+            return
+        else:
+            st.echo_id = None
+            self._touch(st)
+            rebound = (
+                old is None
+                and now < self._suspect_until
+                and all(p.observed != observed for p in self._peers.values() if p is not st)
+            )
+        if observed != old:
+            st.observed = observed
+            self._events.append(ObservedEndpoint(observed, st.node_id, rebound))
 
     def _rekey_due(self, st: _Peer, kp: _Keypair, now: float) -> None:
         """Called from seal when ``kp`` crossed a rekey threshold (or a retry of it is due)."""

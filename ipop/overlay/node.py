@@ -916,8 +916,10 @@ class OverlayNode:
             self._observed_by[by] = ev.endpoint
         if self._readvertise_at is not None:
             self._readvertise(now, via=by)
-        elif before is not None and before != ev.endpoint and now >= self._rebind_ok_at:
-            self._nat_rebound(before, by, now)
+        elif now >= self._rebind_ok_at and (
+            ev.rebound or (before is not None and before != ev.endpoint)
+        ):
+            self._nat_rebound(ev.endpoint, by, now)
 
     def _on_path_changed(self, ev: LinkPathChanged, now: float) -> None:
         if ev.peer in self._table:
@@ -1896,11 +1898,15 @@ class OverlayNode:
         self._readvertise_at = now + timing.ROAM_ADVERTISE_WAIT_S
         self._events.append(Roamed(reason))
 
-    def _nat_rebound(self, before: Endpoint, by: NodeId, now: float) -> None:
-        """``by`` saw us at ``before`` and now sees us elsewhere: our NAT gave us a new
-        mapping, and peers behind filtering NATs cannot hear us any more. Roam, and tell them
-        through ``by``, which just heard us."""
-        self._observed.pop(before, None)
+    def _nat_rebound(self, seen: Endpoint, by: NodeId, now: float) -> None:
+        """``by`` now sees us at ``seen``, not where it (or, ObservedEndpoint.rebound, every
+        other peer) saw us before: our NAT gave us new mappings, and peers behind filtering
+        NATs cannot hear us any more. Every endpoint observed before is stale (a NAT that
+        rebinds one flow has usually dropped them all). Roam (NodeCore re-keys our direct
+        sessions from the new mappings), and tell the others through ``by``, which just
+        heard us."""
+        self._observed.clear()
+        self._note_observed(seen, now)
         self._roam("rebound", now)
         self._readvertise(now, via=by)
 

@@ -26,6 +26,10 @@ Theory of operation (:class:`NatTable`):
   for correct results (the simulator's clock guarantees it).
 - Expired mappings are removed lazily when touched, plus a sweep whenever the table grows past
   a threshold, so a symmetric NAT talking to many peers does not grow without bound.
+- :meth:`NatTable.flush` drops every mapping at once (a NAT reboot, ``conntrack -F``): the
+  next outbound packet of each flow creates a fresh mapping, on a port none of the flushed
+  ones held (as the lab's NATs usually hand out, since the inside hosts race for the
+  preserved ports), until the next flush.
 """
 
 from __future__ import annotations
@@ -244,6 +248,9 @@ class NatTable:
         self._filtering = behaviour.filtering
         self._next_port = _PORT_MIN
         self._sweep_at = _SWEEP_AT
+        # External ports of the last flush's mappings: never handed out again before the next
+        # flush (bounded by the table's size at that flush).
+        self._flushed: frozenset[int] = frozenset()
 
     def __len__(self) -> int:
         return len(self._by_ext)
@@ -302,6 +309,17 @@ class NatTable:
             return "nat_filtered"
         return m
 
+    def flush(self) -> int:
+        """Forget every mapping and its permissions (a NAT reboot, a conntrack flush); return
+        how many went. Inbound packets to their ports are dropped ("no_mapping") until the
+        inside sends again, from a new external port."""
+        gone = len(self._by_ext)
+        self._flushed = frozenset(self._by_ext)
+        self._by_ext.clear()
+        self._by_key.clear()
+        self.stats["mapping_flushed"] += gone
+        return gone
+
     def lookup(self, ext_port: int) -> NatMapping | None:
         """The mapping on ``ext_port``, expired or not (inspection only; changes nothing)."""
         return self._by_ext.get(ext_port)
@@ -314,19 +332,25 @@ class NatTable:
         if len(self._by_ext) >= self._sweep_at:
             self.sweep(now=now)
         by_ext = self._by_ext
-        if self.behaviour.port_preservation and int_port >= _PORT_MIN and int_port not in by_ext:
+        flushed = self._flushed
+        if (
+            self.behaviour.port_preservation
+            and int_port >= _PORT_MIN
+            and int_port not in by_ext
+            and int_port not in flushed
+        ):
             return int_port
         span = _PORT_MAX - _PORT_MIN + 1
-        if len(by_ext) >= span:
+        if len(by_ext) + len(flushed) >= span:
             return None
         if self.behaviour.port_allocation is PortAllocation.RANDOM:
             # The table is far from full in any sane scenario, so a few draws suffice.
             while True:
                 port = self.rng.randint(_PORT_MIN, _PORT_MAX)
-                if port not in by_ext:
+                if port not in by_ext and port not in flushed:
                     return port
         port = self._next_port
-        while port in by_ext:
+        while port in by_ext or port in flushed:
             port = _PORT_MIN if port == _PORT_MAX else port + 1
         self._next_port = _PORT_MIN if port == _PORT_MAX else port + 1
         return port

@@ -548,6 +548,15 @@ class Network:
             sock.local = Endpoint(new, sock.local.port)
         return new
 
+    def flush_nat(self, nat: NatBox) -> int:
+        """Drop every mapping of ``nat`` (as ``conntrack -F`` on the lab's NAT router does, see
+        ``tools/lab/soak.py``); return how many went. Its hosts are not told: each flow gets a
+        new external port when its inside host next sends, and until then every datagram to
+        an old one is dropped ("no_mapping")."""
+        if self.nats.get(nat.name) is not nat:
+            raise LocalProtocolError(f"{nat!r} is not a NAT of this network")
+        return nat.table.flush()
+
     def host_at(self, address: str) -> Host | None:
         """The host holding ``address`` (public or on any LAN)."""
         target = self._public.get(address)

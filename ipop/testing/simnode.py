@@ -3,6 +3,9 @@
 :func:`start_nodes` builds an :class:`ipop.aio.node.Node` per host on the virtual-time loop:
 its overlay socket on ``port``, its own endpoint advertised, punching sockets for port guessing
 opened on demand on the same host, the first host as everybody's bootstrap.
+:func:`pinger` pings one node from another forever, recording which pings were answered: the
+outage measure of the roaming and rebinding tests; :func:`direct_both_ways` says whether two
+nodes' sessions run direct on both sides.
 """
 
 from __future__ import annotations
@@ -18,11 +21,40 @@ from ipop.identity import NetworkCA
 from ipop.overlay.node import OverlayConfig
 from ipop.testing.identities import make_identity
 from ipop.testing.netsim import Host
-from ipop.types import Endpoint
+from ipop.types import Endpoint, is_direct
 
-__all__ = ["PORT", "start_nodes"]
+__all__ = ["PORT", "direct_both_ways", "pinger", "start_nodes"]
 
 PORT = 5800
+
+
+async def pinger(
+    a: Node, b: Node, answered: list[float], *, every_s: float = 0.1, timeout_s: float = 1.0
+) -> None:
+    """Ping ``b`` from ``a`` every ``every_s`` forever (cancel to stop), each ping given
+    ``timeout_s``; record the send time of every answered ping in ``answered``. "Traffic
+    resumed" is then the first answered ping sent after an event, at most ``every_s`` late."""
+    loop = asyncio.get_running_loop()
+
+    async def one() -> None:
+        sent = loop.time()
+        try:
+            await a.ping(b.node_id, timeout_s=timeout_s)
+        except TimeoutError:
+            return
+        answered.append(sent)
+
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            t = loop.create_task(one())
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+            await asyncio.sleep(every_s)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def start_nodes(
@@ -56,3 +88,9 @@ def start_nodes(
         nodes.append(node)
         boot = boot or [Endpoint(host.address, port)]
     return nodes
+
+
+def direct_both_ways(a: Node, b: Node) -> bool:
+    """Are ``a``'s session with ``b`` and ``b``'s with ``a`` both up on direct paths?"""
+    pa, pb = a.core.link.path_of(b.node_id), b.core.link.path_of(a.node_id)
+    return pa is not None and pb is not None and is_direct(pa) and is_direct(pb)

@@ -1,10 +1,15 @@
 """One way for lab tests to hold a network of running daemons: built, every daemon ready, and
-always torn down (namespaces, processes, stale leftovers of this prefix)."""
+always torn down (namespaces, processes, stale leftovers of this prefix); and what the tests
+that time an outage with ``ping`` share (:func:`peer_path`, :func:`wait_for`,
+:func:`make_direct`, :func:`outage_around`)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import itertools
+import re
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tools.lab.ipopnet import IpopNet
@@ -30,3 +35,71 @@ def running_net(
     finally:
         lab.down()
         cleanup_stale(prefix)
+
+
+def peer_path(net: IpopNet, host: str, vip: str) -> tuple[str, str | None]:
+    """How ``host`` reaches the peer holding ``vip``: (path kind, endpoint), ("none", None)."""
+    for p in net.status(host).peers:
+        if p.vip == vip:
+            return p.path, p.endpoint
+    return "none", None
+
+
+def wait_for(cond: Callable[[], bool], deadline_s: float) -> bool:
+    """True as soon as ``cond()`` holds (polled every 0.2 s), False after ``deadline_s``."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def make_direct(net: IpopNet, a: str, b: str) -> tuple[str, str]:
+    """Ping ``b`` from ``a`` until both hold a direct path to the other (the pings make the
+    shortcut); return their virtual IPs."""
+    a_vip, b_vip = net.status(a).self_.vip, net.status(b).self_.vip
+    assert a_vip is not None and b_vip is not None
+    for _ in range(20):
+        net.lab.exec(a, ["ping", "-c", "1", "-W", "1", b_vip], timeout=5)
+        if peer_path(net, a, b_vip)[0] == "direct" and peer_path(net, b, a_vip)[0] == "direct":
+            break
+    assert peer_path(net, b, a_vip)[0] == "direct", net.status(b).peers
+    assert peer_path(net, a, b_vip)[0] == "direct", net.status(a).peers
+    return a_vip, b_vip
+
+
+def outage_around(
+    net: IpopNet,
+    src: str,
+    vip: str,
+    fault: Callable[[], None],
+    *,
+    every_s: float,
+    pings: int,
+    answered_first: int = 5,
+) -> tuple[float, list[int], str]:
+    """Ping ``vip`` from ``src`` (``ping -n -O``, ``pings`` of them ``every_s`` apart); once
+    ``answered_first`` are answered, run ``fault``. Returns the longest run of unanswered
+    pings after the first answer, in seconds (the outage), the answered sequence numbers,
+    and the log."""
+    lab = net.lab
+    log = lab.workdir / f"ping-{src}-{vip}.log"
+    argv = ["ping", "-n", "-O", "-i", str(every_s), "-W", "1", "-c", str(pings), vip]
+    ping = lab.spawn(src, argv, log_path=log)
+    try:
+        flowing = wait_for(
+            lambda: log.exists() and log.read_text().count("bytes from") >= answered_first,
+            15 + answered_first * every_s,
+        )
+        assert flowing, log.read_text() if log.exists() else "no ping log"
+        fault()
+        ping.wait(timeout=pings * every_s + 15)
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+            ping.wait()
+    text = log.read_text()
+    answered = sorted({int(m) for m in re.findall(r"bytes from .*icmp_seq=(\d+)", text)})
+    gaps = [b - a - 1 for a, b in itertools.pairwise(answered)]
+    return max(gaps, default=0) * every_s, answered, text

@@ -8,10 +8,7 @@ Only the lab's own namespaces are touched (``ip addr`` inside the roamer's names
 
 from __future__ import annotations
 
-import itertools
 import os
-import re
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,7 +17,7 @@ from tools.lab.ipopnet import IpopNet
 from tools.lab.lab import HOST_IF
 from tools.lab.topology import topology_from_dict
 
-from .running import running_net
+from .running import make_direct, outage_around, peer_path, running_net, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
@@ -47,67 +44,30 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
         yield ipop
 
 
-def _peer(net: IpopNet, host: str, vip: str) -> tuple[str, str | None]:
-    for p in net.status(host).peers:
-        if p.vip == vip:
-            return p.path, p.endpoint
-    return "none", None
-
-
-def _wait(cond: object, deadline_s: float) -> bool:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if callable(cond) and cond():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_pings_resume_within_2s_direct_after_the_address_changes(net: IpopNet) -> None:
     lab = net.lab
-    b_vip = net.status("b").self_.vip
-    r_vip = net.status("r").self_.vip
-    assert b_vip is not None and r_vip is not None
-    # A direct path r <-> b first (pings make the shortcut).
-    for _ in range(20):
-        lab.exec("r", ["ping", "-c", "1", "-W", "1", b_vip], timeout=5)
-        if _peer(net, "r", b_vip)[0] == "direct" and _peer(net, "b", r_vip)[0] == "direct":
-            break
-    assert _peer(net, "b", r_vip)[0] == "direct", net.status("b").peers
-    log = lab.workdir / "roam-ping.log"
-    ping = lab.spawn(
-        "r",
-        ["ping", "-n", "-O", "-i", str(PING_EVERY_S), "-W", "1", "-c", str(PINGS), b_vip],
-        log_path=log,
-    )
-    try:
-        # Pings flowing over the direct path first (a few answered), then the roam.
-        flowing = _wait(lambda: log.exists() and log.read_text().count("bytes from") >= 5, 15)
-        assert flowing, log.read_text() if log.exists() else "no ping log"
-        # The roam: the old address goes, a new one comes (as a DHCP change would do it).
+    r_vip, b_vip = make_direct(net, "r", "b")  # a direct path r <-> b first
+
+    def roam() -> None:
+        """The old address goes, a new one comes (as a DHCP change would do it)."""
         for argv in (
             ["ip", "addr", "flush", "dev", HOST_IF],
             ["ip", "addr", "add", f"{NEW_IP}/24", "dev", HOST_IF],
             ["ip", "route", "replace", "default", "via", GATEWAY],
         ):
             lab.exec("r", argv, timeout=5, check=True)
-        ping.wait(timeout=PINGS * PING_EVERY_S + 15)
-    finally:
-        if ping.poll() is None:
-            ping.kill()
-            ping.wait()
-    text = log.read_text()
-    answered = sorted({int(m) for m in re.findall(r"bytes from .*icmp_seq=(\d+)", text)})
+
+    # Pings flowing over the direct path first (a few answered), then the roam.
+    outage_s, answered, text = outage_around(
+        net, "r", b_vip, roam, every_s=PING_EVERY_S, pings=PINGS
+    )
     assert answered, text
-    # The longest run of unanswered sequence numbers after the first answer: the outage.
-    gaps = [b - a - 1 for a, b in itertools.pairwise(answered)]
-    outage_s = max(gaps, default=0) * PING_EVERY_S
     print(f"roam outage {outage_s:.1f} s ({len(answered)} of {PINGS} answered)")
     assert outage_s <= 2.0, f"pings stopped for {outage_s:.1f} s"
     assert answered[-1] >= PINGS - 5, "pings did not resume to the end"
     # Direct again on both sides, at the new address, with the same virtual IPs.
-    assert _wait(lambda: _peer(net, "b", r_vip)[0] == "direct", 5), net.status("b").peers
-    path, endpoint = _peer(net, "b", r_vip)
+    assert wait_for(lambda: peer_path(net, "b", r_vip)[0] == "direct", 5), net.status("b").peers
+    path, endpoint = peer_path(net, "b", r_vip)
     assert endpoint is not None and endpoint.startswith(f"{NEW_IP}:"), (path, endpoint)
     assert net.status("r").self_.vip == r_vip and net.status("b").self_.vip == b_vip
     assert any(e.startswith(f"{NEW_IP}:") for e in net.status("r").self_.endpoints)

@@ -275,6 +275,39 @@ def test_expired_mapping_is_replaced_on_next_outbound() -> None:
     assert net.stats["mapping_expired"] == 1
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_flush_drops_every_mapping_and_the_next_outbound_gets_a_new_port(kind: str) -> None:
+    async def main() -> tuple[list[bytes], list[Endpoint], Network]:
+        net = world()
+        x = net.add_public_host("x")
+        xs, xin = bind(x, 3478)
+        h = net.add_host("h", kind)
+        hs, hin = bind(h, 4000)
+        hs.sendto(b"1", xs.local)
+        await asyncio.sleep(1)
+        assert h.nat is not None
+        assert net.flush_nat(h.nat) == 1 and len(h.nat.table) == 0
+        xs.sendto(b"to the flushed mapping", xin.sources[0])
+        await asyncio.sleep(1)
+        hs.sendto(b"2", xs.local)
+        await asyncio.sleep(1)
+        xs.sendto(b"to the new mapping", xin.sources[-1])
+        await asyncio.sleep(1)
+        return [d for d, _ in hin.got], xin.sources, net
+
+    got, sources, net = run_virtual(main())
+    assert got == [b"to the new mapping"], net.format_trace()
+    assert net.stats["no_mapping"] == 1
+    old, new = sources
+    assert old.host == new.host and old.port != new.port  # even where ports are preserved
+
+
+def test_flush_refuses_a_foreign_nat() -> None:
+    other = world().add_nat("n", "full-cone")
+    with pytest.raises(LocalProtocolError, match="not a NAT of this network"):
+        world().flush_nat(other)
+
+
 # --- hairpinning and shared NATs -----------------------------------------------------------
 
 

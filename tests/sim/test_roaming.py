@@ -15,40 +15,15 @@ from ipop.aio.node import Node
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Host, Network
-from ipop.testing.simnode import PORT, start_nodes
+from ipop.testing.simnode import PORT, direct_both_ways, start_nodes
+from ipop.testing.simnode import pinger as run_pinger
 from ipop.testing.waiting import until
-from ipop.types import Endpoint, is_direct
+from ipop.types import Endpoint
 
-# A ping every PING_EVERY_S, each given PING_TIMEOUT_S: "resumed" is the first answered ping
+# A ping every PING_EVERY_S (simnode.pinger's default): "resumed" is the first answered ping
 # sent after the roam, so the measurement is at most PING_EVERY_S late.
 PING_EVERY_S = 0.1
-PING_TIMEOUT_S = 1.0
 RESUME_WITHIN_S = 2.0
-
-
-async def _pinger(a: Node, b: Node, answered: list[float]) -> None:
-    """Ping b from a forever; record the send time of every answered ping."""
-    loop = asyncio.get_running_loop()
-
-    async def one() -> None:
-        sent = loop.time()
-        try:
-            await a.ping(b.node_id, timeout_s=PING_TIMEOUT_S)
-        except TimeoutError:
-            return
-        answered.append(sent)
-
-    tasks: set[asyncio.Task[None]] = set()
-    try:
-        while True:
-            t = loop.create_task(one())
-            tasks.add(t)
-            t.add_done_callback(tasks.discard)
-            await asyncio.sleep(PING_EVERY_S)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _roam(net: Network, host: Host, node: Node) -> None:
@@ -75,11 +50,10 @@ def test_traffic_to_a_filtering_peer_resumes_direct_within_2s_after_a_roam(roame
         pinger: asyncio.Task[None] | None = None
         try:
             await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
-            pinger = loop.create_task(_pinger(a, b, answered))
+            pinger = loop.create_task(run_pinger(a, b, answered, every_s=PING_EVERY_S))
 
             def direct() -> bool:
-                pa, pb = a.core.link.path_of(b.node_id), b.core.link.path_of(a.node_id)
-                return pa is not None and pb is not None and is_direct(pa) and is_direct(pb)
+                return direct_both_ways(a, b)
 
             assert await until(direct, 30), "no direct path a<->b before the roam"
             await asyncio.sleep(3)

@@ -224,8 +224,14 @@ def test_previous_keys_open_only_during_grace() -> None:
 
 
 def test_keepalive_then_linkdown_on_silence() -> None:
-    # Path MTU probes are DATA too (they postpone keepalives): off, to count keepalives alone.
-    cfg = LinkConfig(keepalive_interval_s=15.0, link_timeout_s=50.0, path_mtu_probes=False)
+    # Path MTU probes and rebinding echoes are DATA too (they postpone keepalives): off, to
+    # count keepalives alone.
+    cfg = LinkConfig(
+        keepalive_interval_s=15.0,
+        link_timeout_s=50.0,
+        path_mtu_probes=False,
+        rebind_echoes=False,
+    )
     w = up_pair(cfg)
     t0 = w.a.peers()[0].last_tx  # the key-confirmation keepalive; B has sent nothing since
     assert w.a.peers()[0].last_rx == t0

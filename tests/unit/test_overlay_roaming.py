@@ -146,6 +146,21 @@ def test_a_peer_seeing_us_elsewhere_is_a_nat_rebinding_at_most_every_10s() -> No
     assert node.stats["roamed_rebound"] == 1
 
 
+def test_a_first_report_flagged_as_a_rebinding_roams_and_forgets_every_old_endpoint() -> None:
+    # The link layer flags a first report as a rebinding when one of our busy links has just
+    # gone silent and the reporter sees us where no other peer does (ipop.link.echo).
+    node, links = _node()
+    seen = Endpoint("203.0.113.50", 7000)
+    node.on_link_event(ObservedEndpoint(seen, B), now=20.0)  # B's first word, not flagged
+    assert node.stats["roamed_rebound"] == 0 and _ctms(links) == []
+    node, links = _node()
+    node.on_link_event(ObservedEndpoint(seen, B, rebound=True), now=20.0)
+    assert Roamed("rebound") in _events(node)
+    assert node.observed_endpoints() == (seen,)  # the old mapping (P's word) is gone
+    assert {m.dst for _, m, _ in _ctms(links)} == {P, B}
+    assert node.stats["roamed_rebound"] == 1
+
+
 def _ctm_from(node: OverlayNode, requester: NodeId, eps: tuple[Endpoint, ...], now: float) -> None:
     body = ConnectToMe(int(now * 1000) & 0xFFFF, Purpose.NEAR, P, eps).encode()
     msg = FakeOrigin(requester, KEYRING).routed(FLAG_EXACT, 64, KIND_CTM, ME, None, body, now=now)

@@ -9,7 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipop.errors import RemoteProtocolError
-from ipop.link.endpoint import LinkEndpoint, LinkEvent
+from ipop.link import echo
+from ipop.link.endpoint import LinkEndpoint, LinkEvent, ObservedEndpoint
+from ipop.link.pmtu import PROBE_TAG
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint, NodeId, Path, RelayPath
@@ -49,10 +51,10 @@ def _drain(ep: LinkEndpoint) -> tuple[list[tuple[bytes, Path]], list[LinkEvent]]
     return ep.datagrams_to_send(now=NOW), evs
 
 
-def make_scene(seed: int) -> Scene:
+def _up_pair(seed: int) -> tuple[LinkEndpoint, LinkEndpoint]:
+    """A and B with a session up (A initiated), nothing queued at B."""
     a = LinkEndpoint(ID_A, rng=random.Random(seed))
     b = LinkEndpoint(ID_B, rng=random.Random(seed + 1))
-    c = LinkEndpoint(ID_C, rng=random.Random(seed + 2))
     a.connect(B_EP, now=NOW)
     for _ in range(3):
         for d, _p in a.datagrams_to_send(now=NOW):
@@ -60,6 +62,12 @@ def make_scene(seed: int) -> Scene:
         for d, _p in b.datagrams_to_send(now=NOW):
             a.receive_datagram(d, B_EP, now=NOW)
     assert b.is_up(ID_A.node_id)
+    return a, b
+
+
+def make_scene(seed: int) -> Scene:
+    a, b = _up_pair(seed)
+    c = LinkEndpoint(ID_C, rng=random.Random(seed + 2))
     data, _ = a.seal(ID_B.node_id, b"payload", now=NOW)
     b.connect(C_EP, now=NOW)
     ((init_b, _),) = b.datagrams_to_send(now=NOW)
@@ -196,3 +204,26 @@ def test_parsers_on_garbage_raise_only_remote_errors_or_round_trip(data: bytes) 
             assert exc.reason == "malformed"
         else:
             assert msg.encode() == data
+
+
+@FUZZ
+@given(tail=st.binary(max_size=40), seed=st.integers(0, 1))
+def test_sealed_probe_kind_garbage_never_raises_nor_moves_our_endpoint(
+    tail: bytes, seed: int
+) -> None:
+    """Authenticated payloads of the link's own kind (path MTU probes, rebinding echoes:
+    PROBE_TAG first) from a peer: nothing raises, nothing but a well-formed *seen* (the
+    peer's own observation) reports an endpoint of ours unasked, and only a well-formed echo
+    or probe is answered, never with more bytes than it had."""
+    a, b = _up_pair(seed)
+    _drain(b)
+    payload = bytes([PROBE_TAG]) + tail
+    data, _ = a.seal(ID_B.node_id, payload, now=NOW + 1)
+    b.receive_datagram(data, A_EP, now=NOW + 1)
+    out, evs = _drain(b)
+    msg = echo.parse(payload)
+    if msg is None or msg[0] != echo.SEEN:
+        assert not [e for e in evs if isinstance(e, ObservedEndpoint)]
+    assert all(len(d) <= len(data) for d, _ in out)
+    if msg is None and tail[:1] not in (b"\x00", b"\x01"):
+        assert out == []

@@ -1,0 +1,86 @@
+"""NAT rebinding with real daemons (root): the NAT router in front of ``a`` flushes its
+conntrack table (as ``ipop-lab soak``'s ``nat_flush`` does, over netlink) while ``b`` pings
+``a``. Every datagram ``b`` sends to ``a``'s old mapping is dropped by the router until ``a``
+sends again, and ``a`` hears nothing: it must notice the silence itself and send first. The
+pings resume within 2 s and the pair is direct again, with the same virtual IPs.
+
+Pairs: ``a1`` behind a port-restricted cone with ``b1`` behind one too (the router keeps the
+source port, so ``a1``'s first datagram restores the mapping); ``c1``, which shares ``a1``'s
+router and so had another port than its own (``a1`` held it), with ``b1``: after the flush the
+first of the two to send takes the preserved port, so ``c1``'s mapping moves and ``b1``'s
+NAT drops it until ``b1`` punches back; and ``a2`` behind a symmetric NAT (``MASQUERADE
+--random``: a new port) with ``b2`` behind a restricted cone (which admits it).
+
+The flush comes 3 s into the pings, once the path MTU probes that data traffic starts (which
+would restore the mapping by chance) are over. This lab's NATs keep the source port after a
+flush and its few nodes are each other's ring neighbours, whose overlay traffic restores a
+mapping within seconds anyway: code without rebinding detection recovered here too (0.4-1.2
+s in four runs). ``tests/sim/test_rebind.py``, whose NAT hands out new ports, is the test
+that fails without it; this one times the real thing and guards it.
+
+Only the lab's own namespaces are touched (the flush runs in ``a``'s router namespace).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tools.lab.ipopnet import IpopNet
+from tools.lab.soak import FLUSH_CONNTRACK_PY
+from tools.lab.topology import topology_from_dict
+
+from .running import make_direct, outage_around, peer_path, running_net, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
+
+READY_S = 30.0
+PING_EVERY_S = 0.1
+PINGS = 120  # 12 s: 3 s before the flush, 9 s after
+BEFORE = 30
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
+    topo = topology_from_dict(
+        {
+            "hosts": [
+                {"name": "pub1", "role": "public", "ip": "203.0.113.10"},
+                {"name": "a1", "role": "nat", "nat": "port-restricted-cone"},
+                {"name": "b1", "role": "nat", "nat": "port-restricted-cone"},
+                {"name": "c1", "role": "nat", "behind": "a1"},
+                {"name": "a2", "role": "nat", "nat": "symmetric"},
+                {"name": "b2", "role": "nat", "nat": "restricted-cone"},
+            ]
+        }
+    )
+    with running_net(
+        topo, tmp_path_factory.mktemp("rebind"), prefix_tag="rbd", ready_s=READY_S
+    ) as ipop:
+        yield ipop
+
+
+@pytest.mark.parametrize(("a", "b"), [("a1", "b1"), ("c1", "b1"), ("a2", "b2")])
+def test_pings_resume_within_2s_direct_after_the_nat_flushes_its_mappings(
+    net: IpopNet, a: str, b: str
+) -> None:
+    b_vip, a_vip = make_direct(net, b, a)
+
+    def flush() -> None:
+        net.lab.exec(
+            a, [sys.executable, "-c", FLUSH_CONNTRACK_PY], timeout=10, router=True, check=True
+        )
+
+    outage_s, answered, text = outage_around(
+        net, b, a_vip, flush, every_s=PING_EVERY_S, pings=PINGS, answered_first=BEFORE
+    )
+    assert answered, text
+    print(f"{a} flushed: outage {outage_s:.1f} s ({len(answered)} of {PINGS} answered)")
+    assert outage_s <= 2.0, f"pings stopped for {outage_s:.1f} s"
+    assert answered[-1] >= PINGS - 5, "pings did not resume to the end"
+    assert wait_for(lambda: peer_path(net, b, a_vip)[0] == "direct", 5), net.status(b).peers
+    assert wait_for(lambda: peer_path(net, a, b_vip)[0] == "direct", 5), net.status(a).peers
+    assert net.status(a).self_.vip == a_vip and net.status(b).self_.vip == b_vip

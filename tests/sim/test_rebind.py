@@ -1,0 +1,90 @@
+"""NAT rebinding (simulator): the NAT in front of node ``a`` drops every mapping (a reboot, a
+conntrack flush, as ``ipop-lab soak``'s ``nat_flush`` does) while ``a`` and a peer ``b`` behind
+a filtering NAT exchange pings. Every flow of ``a`` gets a new external port at its next
+outbound packet; ``b`` keeps sending to the old one, which leads nowhere now, and ``b``'s own NAT
+admits nothing from ``a``'s new port until ``b`` has sent there. ``a`` hears of nothing: it must
+notice the silence itself, learn its new public endpoint from a peer that can hear it, and
+re-advertise it, so that ``b`` punches back. Traffic resumes within 2 s either way round, on a
+direct path again, with no link lost.
+
+The pairs are those that are direct before the flush: port-restricted behind port-restricted,
+and symmetric behind restricted-cone (symmetric x port-restricted needs port guessing)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from ipop.testing.clock import SIM_EPOCH, run_virtual
+from ipop.testing.identities import make_network
+from ipop.testing.netsim import Network
+from ipop.testing.simnode import direct_both_ways, pinger, start_nodes
+from ipop.testing.waiting import until
+from ipop.types import Endpoint
+
+PING_EVERY_S = 0.1
+RESUME_WITHIN_S = 2.0
+
+
+@pytest.mark.parametrize("pinging", ["a", "b"])
+@pytest.mark.parametrize(
+    ("a_kind", "b_kind"),
+    [("port-restricted-cone", "port-restricted-cone"), ("symmetric", "restricted-cone")],
+)
+def test_traffic_resumes_direct_within_2s_after_the_nat_flushes_its_mappings(
+    a_kind: str, b_kind: str, pinging: str
+) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        net = Network(rng=random.Random(7))
+        ca = make_network("rebind", now=loop.time())
+        hosts = [
+            net.add_public_host("boot"),
+            net.add_public_host("p"),
+            net.add_host("a", a_kind),
+            net.add_host("b", b_kind),
+        ]
+        nodes = start_nodes(hosts, ca, rng=random.Random(8))
+        a, b = nodes[2], nodes[3]
+        src, dst = (a, b) if pinging == "a" else (b, a)
+        a_nat = hosts[2].nat
+        assert a_nat is not None
+        answered: list[float] = []
+        task: asyncio.Task[None] | None = None
+        try:
+            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            task = loop.create_task(pinger(src, dst, answered, every_s=PING_EVERY_S))
+
+            def direct() -> bool:
+                return direct_both_ways(a, b)
+
+            assert await until(direct, 30), "no direct path a<->b before the flush"
+            await asyncio.sleep(3)
+            before = b.core.link.path_of(a.node_id)
+            flushed_at = loop.time()
+            assert net.flush_nat(a_nat) > 0
+            assert await until(lambda: any(t > flushed_at for t in answered), 30)
+            resumed = min(t for t in answered if t > flushed_at) - flushed_at
+            assert resumed <= RESUME_WITHIN_S, f"traffic resumed only after {resumed:.2f} s"
+            # Direct again on both sides, b now at a's new mapping, and no link was lost.
+            assert await until(direct, RESUME_WITHIN_S)
+            path = b.core.link.path_of(a.node_id)
+            assert isinstance(path, Endpoint) and path.host == a_nat.public_ip
+            assert path != before, "the flush gave a no new port: nothing was tested"
+            assert b.core.overlay.is_linked(a.node_id) and a.core.overlay.is_linked(b.node_id)
+            # Traffic keeps flowing afterwards: no second outage (a link closed as silent).
+            await asyncio.sleep(5)
+            start = flushed_at + resumed
+            late = [t for t in answered if start < t <= start + 4.5]
+            assert len(late) >= 0.9 * 4.5 / PING_EVERY_S
+            assert b.core.overlay.stats["near_silent_closed"] == 0
+            assert a.core.overlay.stats["near_silent_closed"] == 0
+        finally:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(*(n.close() for n in nodes))
+
+    run_virtual(body(), start=SIM_EPOCH)
