@@ -637,6 +637,7 @@ class NodeCore:
                     link.receive_datagram(oev.data, oev.path, now=now)
                 elif isinstance(oev, Delivered) and oev.kind == KIND_BIRTHDAY:
                     busy = True
+                    self._routed_around(oev, now)
                     self._on_birthday(oev, now)
                 elif isinstance(oev, Delivered) and oev.kind == KIND_PMTU:
                     busy = True
@@ -650,9 +651,19 @@ class NodeCore:
                         link.local_address_changed(now=now)
                     events.append(oev)
                 else:
+                    if type(oev) is Delivered:
+                        self._routed_around(oev, now)
                     events.append(oev)
             if not busy:
                 return
+
+    def _routed_around(self, ev: Delivered, now: float) -> None:
+        """A message ``ev.src`` routed to us over other nodes (hops > 1; authenticated end to
+        end) although we hold a session with it: the sender holds none with us (a peer that
+        holds one routes to us through it). Usually it was restarted and our session is dead:
+        the link layer checks (:meth:`LinkEndpoint.peer_unlinked`)."""
+        if ev.hops > 1 and self.link.is_up(ev.src) and self.link.peer_unlinked(ev.src, now=now):
+            self.stats["routed_around_link"] += 1
 
     def __repr__(self) -> str:
         return f"NodeCore({self.local_id.short()})"

@@ -1,8 +1,10 @@
 """Remembered peers: endpoints of peers this node linked to directly, kept across restarts.
 
 A node that joined once can rejoin through any of them when every bootstrap of its bundle is
-gone. The store owns the bounded list (newest first, at most :data:`MAX_REMEMBERED`) and its
-file in the state directory::
+gone, and a node restarted after a crash (kill -9: no goodbye) re-keys its sessions with them at
+once, so they stop sending into the session that died with the old process. The store owns the
+bounded list (newest first, at most :data:`MAX_REMEMBERED`) and its file in the state
+directory::
 
     {"network": "<name>", "peers": ["198.51.100.7:5800", ...]}
 
@@ -27,9 +29,13 @@ from ipop.types import Path as LinkPath
 
 __all__ = ["MAX_REMEMBERED", "REMEMBER_WRITE_S", "PeerStore"]
 
-# Enough to survive most of a small network dying; few enough that a start's Inits to all of
-# them are nothing.
-MAX_REMEMBERED = 16
+# Every peer a node holds a direct session with, as far as the bound allows: a restart keys
+# each of them afresh at once, and a peer replaces its dead session with ours the moment that
+# handshake completes. A peer left out keeps sending into the dead session until its
+# silent-peer timer (20-35 s; the 30-node soak linked every node to all 29 others, and 16 were
+# remembered). The bound: a node's direct links are its ring links plus at most SHORTCUT_MAX
+# shortcuts; 128 Inits at start (most answered within one round trip) are still next to nothing.
+MAX_REMEMBERED = 128
 # At most one write a minute: links come and go far more often than that.
 REMEMBER_WRITE_S = 60.0
 FILE_NAME = "peers.json"

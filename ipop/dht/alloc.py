@@ -5,7 +5,13 @@ DHT's quorum compare-and-set, IPOP's DHCP-over-DHT and Brunet's ``Create``, DESI
 
 Allocation: try ``preferred`` first (a restarting node asks for the address it had; its own
 record, or an expired one, does not block it), then random addresses of the subnet, skipping
-addresses tried already, until one ``create`` succeeds.
+addresses tried already, until one ``create`` succeeds. ``preferred`` is given up only for a
+rival: a failed ``create`` proves nobody else holds it (the replicas that answered may have
+been too few for a quorum, e.g. right after a restart, while peers still route our answers
+into the sessions that died with us), so while a read finds no live record of another owner
+it is asked for again, up to ``PREFERRED_ATTEMPTS`` times ``PREFERRED_RETRY_S`` apart.
+Before, the first failure sent a restarted ipopd to a random address (the soak's
+``vips_kept`` false).
 
 Addresses never handed out: the subnet's network address, its broadcast address, and the
 first host (network address + 1, e.g. ``100.64.0.1`` in ``100.64.0.0/10``). By convention the
@@ -36,6 +42,10 @@ log = logging.getLogger(__name__)
 
 # Random addresses to try before giving up (each failure is a live conflict or a split vote).
 ALLOC_ATTEMPTS = 32
+# Claims of the preferred address that failed with no rival holding it, before we give it up;
+# and the pause between them (a failed create has already backed off and retried inside).
+PREFERRED_ATTEMPTS = 4
+PREFERRED_RETRY_S = 1.0
 
 
 class DhtLike(Protocol):
@@ -88,9 +98,8 @@ async def allocate_ip(
             log.warning("preferred address %s is not usable in %s", preferred, subnet)
         else:
             tried.add(int(preferred))
-            if await dht.create(ip_key(network, preferred), value, ttl):
+            if await _claim_preferred(dht, ip_key(network, preferred), value, ttl):
                 return preferred
-            log.info("preferred address %s is held by another node", preferred)
     span = last - first + 1
     for _ in range(attempts):
         if len(tried) >= span:
@@ -103,6 +112,21 @@ async def allocate_ip(
         if await dht.create(ip_key(network, addr), value, ttl):
             return addr
     raise AllocationFailed(f"no free address in {subnet} after {len(tried)} tries")
+
+
+async def _claim_preferred(dht: DhtLike, key: str, value: bytes, ttl: float) -> bool:
+    """Claim ``key`` (the preferred address), retrying while no other owner holds it."""
+    for attempt in range(PREFERRED_ATTEMPTS):
+        if await dht.create(key, value, ttl):
+            return True
+        holder = await dht.get(key)
+        if holder is not None and holder.owner != dht.node_id:
+            log.info("preferred address %s is held by %s", key, holder.owner.short())
+            return False
+        if attempt + 1 < PREFERRED_ATTEMPTS:
+            await asyncio.sleep(PREFERRED_RETRY_S)
+    log.warning("preferred address %s: no quorum after %d tries", key, PREFERRED_ATTEMPTS)
+    return False
 
 
 class DhtLease:

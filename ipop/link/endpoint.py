@@ -28,6 +28,9 @@ Invariants:
    path MTU probe (:mod:`ipop.link.pmtu`), with an ack smaller than any probe, and an
    authenticated echo (:mod:`ipop.link.echo`), with an ack no larger (and a session that
    follows its peer to a new port says so once per move, invariant 8). Every refusal is a
+   path MTU probe (:mod:`ipop.link.pmtu`), with an ack smaller than any probe, and relayed
+   DATA that only a session we lost can explain (an Init back through the relay, an
+   authenticated member, to the node it named: ``_rekey_relayed``). Every refusal is a
    ``drops`` counter (a reason of :data:`LINK_DROP_REASONS`) and nothing else. The one
    exception is the flood guard's (:mod:`ipop.link.cookie`): under load, an Init without a
    valid cookie gets a 37-byte COOKIE_REPLY, always smaller than the Init, and no other work.
@@ -59,7 +62,9 @@ Invariants:
    ours that we retired (keys answered but dropped unconfirmed, keys a rekey replaced), for a
    peer whose session is up, starts one too ("rehandshake_stale_keys", one per handshake
    timeout): the two ends hold different keys, and waiting for the link timeout would lose
-   everything meanwhile.
+   everything meanwhile. Relayed DATA from a peer we hold no session with, under an index we
+   never gave out, starts one toward that relay path ("rehandshake_relayed_unknown"): the
+   peer seals with a session we lost in a restart.
 5. Rekey is started by whichever side first reaches ``rekey_after_s`` (on a send or on the
    timer, so idle links rekey too) or ``rekey_after_messages`` on its sending keys, toward
    the peer's current path, with the peer's id expected; traffic keeps flowing on the old
@@ -69,7 +74,8 @@ Invariants:
 6. Liveness: if we sealed nothing to an up peer for ``keepalive_interval_s`` we send an
    empty DATA (keepalive, never a LinkMessage); if nothing authenticated arrived from it for
    ``link_timeout_s`` the link goes down (LinkDown "timeout").
-7. Path choice: a session is on one path. A relay path never replaces a direct one and a
+7. Path choice: a session is on one path. A relay path never replaces a working direct
+   one (nothing came from the peer for ``RELAY_TAKEOVER_SILENT_S``: not working), and a
    direct one always replaces a relay (the upgrade). Between direct paths (any socket), a
    handshake that completes on another path moves the session only if its round trip was
    under ``PATH_SWITCH_RATIO`` of the current path's, or the current one has carried nothing
@@ -108,10 +114,12 @@ the certificate reasons of :data:`ipop.identity.CERT_REASONS`, ``bad_signature``
 the guard's ``under_load``, ``init_rate_limited``, ``init_overloaded``; cookie replies:
 ``bad_cookie_reply``; path MTU probes: ``bad_probe``. All of them are in
 :data:`LINK_DROP_REASONS`. Facts that are not refusals are counted in ``stats``
-(``link_up``, ``link_down_<reason>`` (``revoked``: see :meth:`LinkEndpoint.close_revoked`),
-``rekey_started``,
+(``link_up``, ``link_down_<reason>`` (``revoked``: see :meth:`LinkEndpoint.close_revoked`;
+``stale``: :meth:`LinkEndpoint.peer_unlinked`), ``rekey_started``,
 ``roamed``, ``collision_yielded``, ``handshake_answered``, ``handshake_retransmitted``,
+``unlinked_checks``,
 ``handshake_failed``, ``rehandshake_diverged``, ``rehandshake_stale_keys``,
+``rehandshake_relayed_unknown``,
 ``init_expensive`` (Inits that reached public-key work), ``cookie_sent``,
 ``cookie_received``, ``cookie_resent``).
 
@@ -163,6 +171,7 @@ from ipop.link.handshake import (
 )
 from ipop.link.pmtu import PROBE_TAG, PathMtuProber, ack_payload
 from ipop.link.replay import ReplayWindow
+from ipop.ratelimit import TokenBucket
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 from ipop.wire.handshake import (
     MAC2_BYTES,
@@ -199,6 +208,16 @@ __all__ = [
 _INF: Final = float("inf")
 # Retired key indices remembered (see LinkEndpoint._unknown_index): a few per peer and rekey.
 RETIRED_MAX: Final = 4096
+# How long a peer that routed around our session with it has to show that it still holds
+# that session (see LinkEndpoint.peer_unlinked): several round trips, and two Init copies.
+UNLINKED_CHECK_S: Final = 3.0
+# Relayed peers keyed afresh after DATA under an index we never gave out (see
+# LinkEndpoint._rekey_relayed), with when: the oldest go first. Behind the per-peer limit a
+# global one (a relay names the origin, so a relay that makes ids up could churn the table):
+# a restarted node's relayed peers are a handful.
+RELAY_REKEYED_MAX: Final = 1024
+RELAY_REKEY_PER_S: Final = 2.0
+RELAY_REKEY_BURST: Final = 32.0
 # Init freshness entries (initiator, responder named) kept at most; the oldest go first. One
 # per node for Inits naming us; an insider naming made-up endpoints adds one per verified
 # Init (rate-limited by the flood guard), and a forgotten entry only lets a replay within the
@@ -209,6 +228,10 @@ PATH_SWITCH_RATIO: Final = 0.7
 _REBIND_QUIET: Final = timing.REBIND_QUIET_S
 _REBIND_ECHO_WAIT: Final = timing.REBIND_ECHO_WAIT_S
 _REBIND_BUSY: Final = timing.REBIND_BUSY_PACKETS
+# A relay replaces a direct path only once nothing authenticated has come from the peer for
+# this long (see LinkEndpoint._better_path): well past a handshake's round trip, so a relay
+# handshake racing a direct one that just completed never wins.
+RELAY_TAKEOVER_SILENT_S: Final = 2.0
 # Every reason ``LinkEndpoint.drops`` may count (tests check that nothing else is counted).
 LINK_DROP_REASONS: Final = frozenset(
     {
@@ -316,7 +339,8 @@ class LinkUp:
 
 @dataclass(frozen=True, slots=True)
 class LinkDown:
-    """The session with ``peer`` is gone ("timeout", "expired", "closed")."""
+    """The session with ``peer`` is gone ("timeout", "expired", "closed", "revoked", "stale":
+    see :meth:`LinkEndpoint.peer_unlinked`)."""
 
     peer: NodeId
     reason: str
@@ -479,6 +503,7 @@ class _Peer:
         "tx_bytes",
         "tx_first",
         "tx_packets",
+        "unlinked_check",
         "up",
         "watched",
     )
@@ -521,6 +546,8 @@ class _Peer:
         self.echo_witness = False
         self.rekeys = 0
         self.rekeyed_stale_at = -_INF
+        # (since, until) while peer_unlinked checks whether the peer still holds the session.
+        self.unlinked_check: tuple[float, float] | None = None
         # The deadline of this peer's live heap entry (see LinkEndpoint._touch).
         self.due = _INF
         self.due_seq = 0
@@ -576,6 +603,10 @@ class LinkEndpoint:
         self.guard = InitGuard()
         # Indices we gave out and dropped -> whose they were (insertion order: oldest first).
         self._retired: dict[int, NodeId] = {}
+        # Relayed peer -> when _rekey_relayed last keyed it afresh (insertion order), and
+        # the global budget of those handshakes (made on first use: it needs ``now``).
+        self._relay_rekeyed: dict[NodeId, float] = {}
+        self._relay_rekey_budget: TokenBucket | None = None
         self._reject_messages = self.config.reject_after_messages
         # Path MTU per peer, probed over the session (ipop.link.pmtu).
         self.pmtu = PathMtuProber()
@@ -702,7 +733,7 @@ class LinkEndpoint:
         _, index, counter = _HDR_UNPACK_FROM(data)
         kp = self._keypairs.get(index)
         if kp is None:
-            self._unknown_index(index, now)
+            self._unknown_index(index, path, now)
             return None
         if now >= kp.reject_at or counter >= self._reject_messages:
             self.drops["expired_key"] += 1
@@ -821,6 +852,34 @@ class LinkEndpoint:
         # Only a candidate as fresh as the news: the peer's word came right behind its DATA.
         if cand is not None and cand[0] != st.path and now - cand[1] < timing.PATH_SILENT_S:
             self._move(st, cand[0], now)
+
+    def peer_unlinked(self, peer: NodeId, *, now: float) -> bool:
+        """``peer`` sent us something authenticated end to end that came around the session we
+        hold with it, not through it: it holds no session with us. It was restarted (kill -9,
+        no goodbye), and its punching socket, where our direct path may lead, died with it;
+        kept, the session swallows everything we send or route to the peer until the silent-
+        peer timer (20-35 s) or the link timeout (50 s), and a peer behind a symmetric NAT
+        that re-links through a relay never came back within 30 s (tests/sim/
+        test_restart_sim.py).
+
+        So: key it afresh toward its path, and if nothing authenticated comes from the peer
+        within ``UNLINKED_CHECK_S`` the session is dead: LinkDown "stale" (the overlay then
+        routes around it and links anew). A live peer answers the handshake (or its DATA
+        arrives) and nothing changes, so a replayed message gains a forwarder nothing but one
+        handshake, at most one per peer and handshake timeout. True if a check started.
+        """
+        st = self._peers.get(peer)
+        if st is None or not st.up or st.unlinked_check is not None:
+            return False
+        if now < st.rekeyed_stale_at + self.config.handshake_timeout_s:
+            return False
+        st.rekeyed_stale_at = now
+        st.unlinked_check = (now, now + UNLINKED_CHECK_S)
+        self.stats["unlinked_checks"] += 1
+        if not st.pending and not any(i.expected == peer for i in self._initiations.values()):
+            self._start_initiation(st.path, peer, now)
+        self._touch(st)
+        return True
 
     def set_path(self, peer: NodeId, path: Path) -> None:
         """Move the up session with ``peer`` to ``path`` (a path the caller has confirmed)."""
@@ -953,6 +1012,12 @@ class LinkEndpoint:
             if not st.pending:
                 del self._peers[st.node_id]
             return
+        check = st.unlinked_check
+        if check is not None and now >= check[1]:
+            st.unlinked_check = None
+            if st.last_rx < check[0]:
+                self._teardown(st, "stale")
+                return
         if now >= cur.reject_at or cur.send_counter >= cfg.reject_after_messages:
             self._teardown(st, "expired")
             return
@@ -1008,6 +1073,8 @@ class LinkEndpoint:
             if st.previous is not None:
                 t = min(t, st.previous.reject_at)
             t = min(t, self._echo_deadline(st))
+            if st.unlinked_check is not None:
+                t = min(t, st.unlinked_check[1])
         elif not st.pending:
             t = 0.0  # nothing left: forget the peer at the next firing
         return t
@@ -1031,7 +1098,7 @@ class LinkEndpoint:
         _, index, counter = _HDR_UNPACK_FROM(data)
         kp = self._keypairs.get(index)
         if kp is None:
-            self._unknown_index(index, now)
+            self._unknown_index(index, path, now)
             return
         if now >= kp.reject_at or counter >= self._reject_messages:
             self.drops["expired_key"] += 1
@@ -1319,6 +1386,7 @@ class LinkEndpoint:
         rtt: float | None = None,
     ) -> None:
         old = st.current
+        heard = st.last_rx  # before this handshake: how long the session had been silent
         if old is not None:
             old.reject_at = min(old.reject_at, now + self.config.previous_key_grace_s)
             if st.previous is not None:
@@ -1345,7 +1413,7 @@ class LinkEndpoint:
         if path == st.path:
             if rtt is not None:
                 st.path_rtt = rtt
-        elif self._better_path(st, path, rtt, now):
+        elif self._better_path(st, path, rtt, now, heard=heard):
             st.roam_candidate = None
             st.path = path
             st.path_rtt = _INF if rtt is None else rtt
@@ -1358,35 +1426,46 @@ class LinkEndpoint:
             st.observed = observed
             self._events.append(ObservedEndpoint(observed, st.node_id))
 
-    def _better_path(self, st: _Peer, path: Path, rtt: float | None, now: float) -> bool:
+    def _better_path(
+        self, st: _Peer, path: Path, rtt: float | None, now: float, *, heard: float
+    ) -> bool:
         """Should a session that is up on ``st.path`` move to ``path`` (whose handshake took
-        ``rtt``; None: we answered it)?
+        ``rtt``; None: we answered it)? ``heard``: when anything authenticated last came from
+        the peer before this handshake.
 
         A relay never replaces a working direct path (a relay handshake started alongside a
-        direct one may finish last); a direct path always replaces a relay (the upgrade).
+        direct one may finish last, moments after the direct session carried its first
+        messages); but one that nothing has come from for ``RELAY_TAKEOVER_SILENT_S`` is not
+        working: the peer was restarted, its punching socket (which the direct path led to)
+        died with it, and it keyed us afresh through a relay (kept on the dead path, our
+        traffic to it was lost until the link timed out: 15-20 s in tests/sim/
+        test_restart_sim.py). A direct path always replaces a relay (the upgrade).
         Between direct paths the faster handshake wins, with hysteresis: only a path at least
         ``1 / PATH_SWITCH_RATIO`` times faster replaces one that carries traffic, so two
         near-equal paths do not flap on every rekey, and a LAN path (fewer hops than the public
         one, hairpinned through the NAT) is the one kept when two peers share a LAN.
         """
         if isinstance(path, RelayPath):
-            return not is_direct(st.path)
+            return not is_direct(st.path) or now - heard >= RELAY_TAKEOVER_SILENT_S
         if isinstance(st.path, RelayPath):
             return True
         if now - st.path_rx >= timing.PATH_SILENT_S or st.path_rtt == _INF:
             return True
         return rtt is not None and rtt < st.path_rtt * PATH_SWITCH_RATIO
 
-    def _unknown_index(self, index: int, now: float) -> None:
+    def _unknown_index(self, index: int, path: Path, now: float) -> None:
         """DATA under an index we no longer hold. If it is one we gave out and retired (keys
         we answered but dropped unconfirmed, keys a rekey replaced) and the peer's session is
         up, the two ends hold different keys (crossing handshakes over different relays, a
         lost key confirmation) and the link would stay dead until the link timeout: key it
         afresh toward its path. An index is 32 random bits seen only by the peer, so this is
-        no answer to garbage (invariant 1); at most one such handshake per handshake timeout."""
+        no answer to garbage (invariant 1); at most one such handshake per handshake timeout.
+        Relayed DATA under an index we never gave out: see :meth:`_rekey_relayed`."""
         self.drops["unknown_index"] += 1
         peer = self._retired.get(index)
         if peer is None:
+            if type(path) is RelayPath:
+                self._rekey_relayed(path, now)
             return
         st = self._peers.get(peer)
         if st is None or not st.up or now < st.rekeyed_stale_at + self.config.handshake_timeout_s:
@@ -1396,6 +1475,45 @@ class LinkEndpoint:
         st.rekeyed_stale_at = now
         self.stats["rehandshake_stale_keys"] += 1
         self._start_initiation(st.path, peer, now)
+
+    def _rekey_relayed(self, path: RelayPath, now: float) -> None:
+        """DATA relayed to us from ``path.peer``, with whom we hold no session, under keys we
+        do not hold: the peer still seals with a session we lost (we were restarted: kill -9,
+        no goodbye) and will until its silent-peer timer, 20-35 s. A direct peer is re-keyed
+        from the remembered peers at start; a relayed one is not remembered (its relay may be
+        gone next time), so key it afresh here, through the relay it came by: the peer
+        replaces its dead session once our handshake completes (``_confirm``).
+
+        No answer to garbage (invariant 1): the datagram came inside an authenticated link
+        from the relay, a member, and our Init goes back through that relay only, to the node
+        it named, which alone can complete it. At most one per peer per handshake timeout,
+        the table of those is bounded (``RELAY_REKEYED_MAX``), and all of them share one
+        budget (``RELAY_REKEY_PER_S``; spent: counted in ``relayed_rekey_over_budget``).
+        """
+        peer = path.peer
+        st = self._peers.get(peer)
+        if peer == self.local_id or (st is not None and (st.up or st.pending)):
+            return
+        if any(i.expected == peer for i in self._initiations.values()):
+            return
+        rekeyed = self._relay_rekeyed
+        last = rekeyed.pop(peer, None)
+        if last is not None and now < last + self.config.handshake_timeout_s:
+            rekeyed[peer] = last
+            return
+        budget = self._relay_rekey_budget
+        if budget is None:
+            budget = self._relay_rekey_budget = TokenBucket(
+                RELAY_REKEY_PER_S, RELAY_REKEY_BURST, now
+            )
+        if not budget.take(now):
+            self.stats["relayed_rekey_over_budget"] += 1
+            return
+        rekeyed[peer] = now
+        if len(rekeyed) > RELAY_REKEYED_MAX:
+            del rekeyed[next(iter(rekeyed))]
+        self.stats["rehandshake_relayed_unknown"] += 1
+        self._start_initiation(path, peer, now)
 
     def _retire(self, index: int, st: _Peer) -> None:
         """Forget keys, remembering whose index it was (see :meth:`_unknown_index`)."""
