@@ -50,6 +50,7 @@ only queue work, so the loop is bounded by what the input caused. The core reads
 from __future__ import annotations
 
 import collections
+import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -143,6 +144,10 @@ class NodeCore:
         self._out: list[tuple[bytes, Path]] = []
         self._events: collections.deque[OverlayEvent] = collections.deque()
         self._shortcut_asked: dict[NodeId, float] = {}
+        # After a roam: when to look for direct sessions that heard nothing since (None: no
+        # check pending), and when the roam began (see _relay_fallbacks).
+        self._fallback_at: float | None = None
+        self._roam_began = -math.inf
         # Peers we asked a shortcut to, with the last time data went to them (idle expiry).
         self._shortcut_used: dict[NodeId, float] = {}
         # STUN on the overlay socket (ipop.stun): answered here, never seen by the link layer.
@@ -425,6 +430,8 @@ class NodeCore:
         t = self.route_pmtu.next_time()
         if t is not None and now >= t:
             self._send_route_probes(now)
+        if self._fallback_at is not None and now >= self._fallback_at:
+            self._relay_fallbacks(now)
         self._expire_shortcuts(now)
         if self._route_used:
             self._expire_routes(now)
@@ -466,6 +473,7 @@ class NodeCore:
             self.stun.get_timer(),
             self.birthday.get_timer(),
             self.route_pmtu.next_time(),
+            self._fallback_at,
         ):
             if t is not None and (due is None or t < due):
                 due = t
@@ -559,11 +567,26 @@ class NodeCore:
         if not self.overlay.send_direct(peer, KIND_BIRTHDAY, payload, now=now):
             self.overlay.send_routed(peer, KIND_BIRTHDAY, payload, exact=True, now=now)
 
-    def _on_roamed(self) -> None:
+    def _on_roamed(self, now: float) -> None:
         """We roamed (a new address, or our NAT rebound): what port guessing learned and the
-        shortcut requests made from the old address no longer hold; traffic asks anew."""
+        shortcut requests made from the old address no longer hold; traffic asks anew. Direct
+        sessions that hear nothing from the new address within ROAM_RELAY_AFTER_S go through
+        a relay meanwhile (:meth:`_relay_fallbacks`)."""
         self.birthday.roamed()
         self._shortcut_asked.clear()
+        self._roam_began = now
+        self._fallback_at = now + timing.ROAM_RELAY_AFTER_S
+
+    def _relay_fallbacks(self, now: float) -> None:
+        """Every direct session silent since the roam: key it through a relay
+        (:meth:`OverlayNode.relay_fallback`); the re-key from the new address reached all the
+        others within a round trip."""
+        self._fallback_at = None
+        for info in self.link.peers():
+            heard = self.link.last_heard(info.peer)
+            silent = heard is not None and heard < self._roam_began
+            if silent and is_direct(info.path) and self.overlay.relay_fallback(info.peer, now=now):
+                self.stats["roam_relay_fallbacks"] += 1
 
     def _on_link_path(self, peer: NodeId, now: float) -> None:
         """A session with ``peer`` is up or moved: a direct one ends our knocking at it."""
@@ -643,7 +666,7 @@ class NodeCore:
                     busy = True
                     self._on_route_probe(oev, now)
                 elif type(oev) is Roamed:
-                    self._on_roamed()
+                    self._on_roamed(now)
                     if oev.reason == "rebound":
                         # Our NAT rebound: key every direct session afresh from the new
                         # mappings, as after a roam (local_endpoints_changed does it there).

@@ -225,6 +225,14 @@ ROAM_ADVERTISE_WAIT_S = 0.5
 # (each one costs a CTM per direct peer), and never right after one (answers to the
 # re-handshakes of a roam report new endpoints one after another).
 ROAM_REBIND_MIN_S = 10.0
+# After a roam (or a NAT rebinding), a direct session that has heard nothing from its peer
+# since is keyed afresh through a relay this long after: a re-key from the new address is
+# answered within a round trip wherever the peer can hear us, but a peer behind a filtering NAT
+# that port guessing had reached cannot (our new mapping toward it is one nobody knows).
+ROAM_RELAY_AFTER_S = 1.0
+# One relay fallback per peer per this long: a relay that cannot reach the peer either is not
+# retried at every roam of a restless host.
+ROAM_RELAY_RETRY_S = 10.0
 # NAT rebinding (ipop/link/echo.py, ipop/link/endpoint.py): a direct link carrying traffic
 # that was busy (its last REBIND_BUSY_PACKETS + 1 packets each within REBIND_QUIET_S of the one
 # before), or that answered nothing to a message of ours, gets one authenticated echo once it

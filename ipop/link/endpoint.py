@@ -84,7 +84,9 @@ Invariants:
    arriving from another direct path moves the session there at once if only the port
    changed (NAT rebinding), otherwise only once the current path has been silent for
    ``PATH_SILENT_S`` (the peer moved to another of its paths); counted in ``stats["roamed"]``
-   / ``stats["roam_held"]``. Direct <-> relay moves are the overlay's decision
+   / ``stats["roam_held"]``. Newest authenticated DATA through a relay moves a direct session
+   that has carried nothing for ``PATH_SILENT_S`` onto that relay (``relay_followed``): the
+   peer fell back to it after a roam. Direct <-> relay moves are the overlay's decision
    (:meth:`LinkEndpoint.set_path`). When our own address changes,
    :meth:`LinkEndpoint.local_address_changed` keys every direct session afresh from it
    (``roam_rehandshakes``); when a peer says it left the path we hold for it,
@@ -596,6 +598,9 @@ class LinkEndpoint:
         self._heap: list[tuple[float, int, NodeId]] = []
         self._seq = 0
         self._next_gc = 0.0
+        # When our own address last changed (local_address_changed): a direct path that has
+        # carried nothing since leads to where we no longer are.
+        self._roamed_at = -_INF
         # Init cores we answered -> how (see _Answered): a retransmitted copy of the same Init
         # (our Resp was lost) gets the same Resp again; a copy from another path gets its own.
         self._answered: dict[bytes, _Answered] = {}
@@ -826,6 +831,7 @@ class LinkEndpoint:
         (retransmitted as any Init) until the overlay's re-advertisement made them punch back
         (:meth:`peer_moved` on their side). Returns how many handshakes were started.
         """
+        self._roamed_at = now
         started = 0
         busy = {i.expected for i in self._initiations.values()}
         for st in list(self._peers.values()):
@@ -889,6 +895,11 @@ class LinkEndpoint:
         st.path = path
 
     # --- queries ----------------------------------------------------------------------------
+
+    def last_heard(self, peer: NodeId) -> float | None:
+        """When anything authenticated last came from up ``peer`` (None: no session)."""
+        st = self._peers.get(peer)
+        return st.last_rx if st is not None and st.up else None
 
     def is_up(self, peer: NodeId) -> bool:
         st = self._peers.get(peer)
@@ -1439,14 +1450,25 @@ class LinkEndpoint:
         working: the peer was restarted, its punching socket (which the direct path led to)
         died with it, and it keyed us afresh through a relay (kept on the dead path, our
         traffic to it was lost until the link timed out: 15-20 s in tests/sim/
-        test_restart_sim.py). A direct path always replaces a relay (the upgrade).
+        test_restart_sim.py). Nor is one that carried nothing since we roamed, or that the
+        peer told us it left (:meth:`peer_moved`): a pair that port guessing had joined cannot
+        follow a roam directly, and the overlay keys it through a relay meanwhile
+        (:meth:`ipop.overlay.node.OverlayNode.relay_fallback`). A direct path always replaces
+        a relay (the upgrade).
         Between direct paths the faster handshake wins, with hysteresis: only a path at least
         ``1 / PATH_SWITCH_RATIO`` times faster replaces one that carries traffic, so two
         near-equal paths do not flap on every rekey, and a LAN path (fewer hops than the public
         one, hairpinned through the NAT) is the one kept when two peers share a LAN.
         """
         if isinstance(path, RelayPath):
-            return not is_direct(st.path) or now - heard >= RELAY_TAKEOVER_SILENT_S
+            return (
+                not is_direct(st.path)
+                or now - heard >= RELAY_TAKEOVER_SILENT_S
+                # Not working either: nothing came since we roamed away from its end, or the
+                # peer said (peer_moved) it left the other end.
+                or heard < self._roamed_at
+                or st.path_rx == -_INF
+            )
         if isinstance(st.path, RelayPath):
             return True
         if now - st.path_rx >= timing.PATH_SILENT_S or st.path_rtt == _INF:
@@ -1529,6 +1551,14 @@ class LinkEndpoint:
         for PATH_SILENT_S (the peer moved to another of its paths; moving at once would flap
         while both paths deliver)."""
         cur = st.path
+        if isinstance(path, RelayPath) and is_direct(cur):
+            # The peer seals to us through a relay while our direct path has carried nothing
+            # for PATH_SILENT_S: it fell back after a roam (OverlayNode.relay_fallback), and
+            # what we send on the direct path no longer reaches it.
+            if now - st.path_rx >= timing.PATH_SILENT_S:
+                self.stats["relay_followed"] += 1
+                self._move(st, path, now)
+            return
         if not (is_direct(path) and is_direct(cur)):
             return
         rebound = type(path) is Endpoint and type(cur) is Endpoint and path.host == cur.host

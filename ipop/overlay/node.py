@@ -133,7 +133,7 @@ from ipop.overlay.policies import (
     decide,
 )
 from ipop.overlay.proven import ProvenIds
-from ipop.overlay.relay import forward_refusal, relay_candidates
+from ipop.overlay.relay import RelayFallbacks, forward_refusal, relay_candidates
 from ipop.overlay.ring import (
     estimate_size,
     next_hop_sorted,
@@ -162,6 +162,8 @@ __all__ = [
 ]
 
 DEFAULT_TTL = 64
+# Relays a roam's fallback tries for one link (each refusal costs one round trip).
+ROAM_RELAY_TRIES = 4
 # How many of our own observed public endpoints we advertise (newest first): a node behind a
 # NAT that changed its mapping has a stale one or two at most.
 _OBSERVED_KEEP = 3
@@ -593,6 +595,8 @@ class OverlayNode:
         self._readvertise_at: float | None = None
         self._roamed_at = -_INF
         self._rebind_ok_at = -_INF
+        # Links keyed afresh through a relay after a roam left their direct path dead.
+        self._fallbacks = RelayFallbacks(timing.ROAM_RELAY_RETRY_S)
         # Relay helper we asked to link to -> (the peer it is to relay to, until when).
         self._helpers: dict[NodeId, tuple[NodeId, float]] = {}
         self._near: frozenset[NodeId] = frozenset()
@@ -753,6 +757,40 @@ class OverlayNode:
             self._add_kind(peer, ConnectionKind.SHORTCUT, now)
         elif peer not in self._pending:
             self._send_ctm(peer, Purpose.SHORTCUT, exact=True, now=now)
+
+    def relay_fallback(self, peer: NodeId, *, now: float) -> bool:
+        """Key our link to ``peer`` afresh through a relay: its direct path died under a roam
+        of ours (NodeCore asks when the session heard nothing since, ROAM_RELAY_AFTER_S on).
+
+        Why: a pair that port guessing joined (a symmetric NAT facing a filtering one) cannot
+        follow a roam directly. The new mapping toward the peer is one nobody knows, so our
+        re-key never gets in, and without this the link stayed dead until the silent-neighbour
+        timer closed it (about 15 s). The link layer lets the relayed session take over a
+        direct path that carried nothing since we roamed; traffic then asks for a direct
+        shortcut anew. Relays: the node that told us of ``peer`` (it holds a link to it), then
+        our direct peers nearest ``peer`` on the ring, one at a time. False if none is tried.
+        """
+        row = self._table.get(peer)
+        if row is None or not row.direct:
+            return False
+        mine = [p for p in self._table.direct_peers() if p != peer]
+        mine.sort(key=lambda p: (ring_distance(p, peer), p))
+        news = self._seen.get(peer)
+        told = [news[0]] if news is not None and news[0] in mine else []
+        if not self._fallbacks.begin(peer, [*told, *mine[:ROAM_RELAY_TRIES]], now=now):
+            return False
+        self.stats["relay_fallbacks"] += 1
+        return self._fallback_next(peer, now)
+
+    def _fallback_next(self, peer: NodeId, now: float) -> bool:
+        while (via := self._fallbacks.next_via(peer)) is not None:
+            row = self._table.get(via)
+            if row is None or not row.direct:
+                continue
+            self.stats["relay_fallback_attempts"] += 1
+            self._links.connect(RelayPath(via=via, peer=peer), now=now, expected=peer)
+            return True
+        return False
 
     def drop_shortcut(self, peer: NodeId, *, now: float) -> None:
         """We no longer need a shortcut to ``peer``; trimmed later if nothing else holds it."""
@@ -924,6 +962,8 @@ class OverlayNode:
     def _on_path_changed(self, ev: LinkPathChanged, now: float) -> None:
         if ev.peer in self._table:
             self._table.add(ev.peer, ev.path, now=now)
+            if isinstance(ev.path, RelayPath):
+                self._fallbacks.done(ev.peer)
 
     def _on_link_message(self, ev: LinkMessage, now: float) -> None:
         if ev.peer not in self._table:
@@ -1036,6 +1076,11 @@ class OverlayNode:
                 self._direct_failed(pend, now)
             return
         row = self._table.get(msg.target)
+        if row is not None and row.direct and self._fallbacks.trying(msg.target):
+            # A fallback's relay cannot reach the peer: the next one now.
+            self.stats["relay_fallback_refused"] += 1
+            self._fallback_next(msg.target, now)
+            return
         if row is None or row.path != path:
             self.drops["relay_refused_stale"] += 1
             return
@@ -1989,6 +2034,7 @@ class OverlayNode:
         row = self._table.remove(peer)
         if row is None:
             return False
+        self._fallbacks.forget(peer)
         self._seen.discard(peer)
         self._pull_budget.forget(peer)
         for c in self._seen.told_by(peer):

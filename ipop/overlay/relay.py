@@ -11,6 +11,9 @@ Rules, each with its reason:
 - The requester prefers relays that the target listed as directly linked (from its
   CTM_REPLY) and that we also hold directly; the node that handed us the answer is a last
   resort because it may not hold a link to the target at all.
+- A link already up whose direct path died under a roam of ours (:class:`RelayFallbacks`)
+  is keyed afresh through a relay: common neighbours first, then any direct peer nearest the
+  target on the ring, one at a time (a refusal moves to the next).
 """
 
 from __future__ import annotations
@@ -55,3 +58,46 @@ def forward_refusal(
     if not dst.direct:
         return "relay_target_not_direct"
     return None
+
+
+class RelayFallbacks:
+    """Linked peers whose direct path died under a roam, being keyed afresh through a relay.
+
+    Holds, per peer, the relays still to try and when its last fallback began. Only peers we
+    hold a link to get one, and :meth:`forget` runs when the link goes, so the table is bounded
+    by the connection table.
+    """
+
+    def __init__(self, retry_s: float) -> None:
+        self.retry_s = retry_s
+        self._left: dict[NodeId, list[NodeId]] = {}
+        self._began: dict[NodeId, float] = {}
+
+    def begin(self, peer: NodeId, candidates: Sequence[NodeId], *, now: float) -> bool:
+        """Start a fallback for ``peer`` through ``candidates`` in order; False if one began
+        less than ``retry_s`` ago (a restless host roams often; each try costs a handshake)."""
+        began = self._began.get(peer)
+        if began is not None and now - began < self.retry_s:
+            return False
+        self._began[peer] = now
+        self._left[peer] = list(dict.fromkeys(c for c in candidates if c != peer))
+        return True
+
+    def trying(self, peer: NodeId) -> bool:
+        return peer in self._left
+
+    def next_via(self, peer: NodeId) -> NodeId | None:
+        """The next relay to try for ``peer`` (None: none left, and the fallback is over)."""
+        left = self._left.get(peer)
+        if not left:
+            self._left.pop(peer, None)
+            return None
+        return left.pop(0)
+
+    def done(self, peer: NodeId) -> None:
+        """``peer``'s session moved off its dead path: nothing more to try."""
+        self._left.pop(peer, None)
+
+    def forget(self, peer: NodeId) -> None:
+        self._left.pop(peer, None)
+        self._began.pop(peer, None)
