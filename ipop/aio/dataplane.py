@@ -55,6 +55,7 @@ from ipop.aio.node import Node
 from ipop.aio.sockets import dont_fragment
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.types import Endpoint, NodeId, SocketPath
+from ipop.vnet.echo import echo_reply
 from ipop.vnet.filter import Drop, PacketFilter, Verdict
 from ipop.vnet.owners import Held, LookupDrop, OwnerTable
 from ipop.vnet.toobig import frag_needed
@@ -539,6 +540,9 @@ class DataPlane:
 
     def _handle_in(self, verdict: Verdict | Drop, src: NodeId, packet: bytes, now: float) -> None:
         if verdict is Verdict.DELIVER:
+            if self.local_side is not None and packet[16:20] == self.filter.own_ip:
+                self._answer_own(src, packet, now)
+                return
             self._write(packet)
         elif verdict is Verdict.LOOKUP:
             # Unknown sender address: hold the packet while the DHT says who holds it.
@@ -546,6 +550,17 @@ class DataPlane:
             self._held(self.owners.hold_in(sip, src, packet, now=now), sip)
         else:
             self.drops[verdict] += 1
+
+    def _answer_own(self, src: NodeId, packet: bytes, now: float) -> None:
+        """A packet for our own vIP in router mode, where no stack is behind it: echo
+        requests are answered here (:mod:`ipop.vnet.echo`), the rest dropped as before."""
+        reply = echo_reply(packet)
+        if reply is None:
+            self.drops[IoDrop.NO_LOCAL_HOST] += 1
+            return
+        self.counters["own_echo_answered"] += 1
+        self.node.core.send_ip(src, reply, now=now)
+        self._flush_core(now)
 
     def _write(self, packet: bytes) -> None:
         if self.local_side is not None:
