@@ -50,7 +50,8 @@ def test_soak_small_reports_sweeps_and_churn(tmp_path: Path) -> None:
         assert {"t_s", "pairs", "pairs_ok", "pairs_ok_ratio", "recovering"} <= set(s)
         assert 0 <= s["pairs_ok"] <= s["pairs"] and 0.0 <= s["pairs_ok_ratio"] <= 1.0
         assert s["dns_ms"]["n"] >= 0
-    assert sweeps[0]["pairs"] == 9 * 8  # 6 daemons + 3 plain hosts, all live at t = 0
+    # 6 daemons + 3 plain hosts, all live at t = 0, to each other and to the router's name
+    assert sweeps[0]["pairs"] == 9 * 8 + 9
     kinds = {f["kind"] for f in result["faults"]}
     assert kinds == {
         "kill9",

@@ -14,7 +14,8 @@ This module owns the soak's fault schedule, its sweeps and its report. Theory of
   stop for good. After the round, each faulted host probes a few peers (and they it) every
   ``PROBE_GAP_S`` until all answer: ``recover_s`` per fault.
 - A sweep runs, in every live source namespace at once (``workers`` at a time, each bounded
-  by ``SWEEP_TIMEOUT_S``), a small script that resolves every other live node's name with
+  by ``SWEEP_TIMEOUT_S``), a small script that resolves every other live node's name (the
+  routers' own names too: they answer pings, though they are no source) with
   the system resolver (timed: the DNS answer latencies) and pings it once by name with the
   system ``ping`` (a second try after a miss: the first packet may wait for a lookup). A sweep
   starting within ``recovery_s`` of the last fault is marked ``recovering``.
@@ -510,7 +511,10 @@ def _plan_dict(plan: SoakPlan) -> dict[str, Any]:
 def _one_sweep(soak: _Soak) -> dict[str, Any]:
     started = time.monotonic()
     live = soak.endpoints()
-    rows = sweep(soak.lab, live, live, workers=soak.plan.workers)
+    # Routers answer pings to their own names, but their namespace has no interface on the
+    # virtual network (they serve their LANs): targets, not sources.
+    routers = [h for h in soak.lab.hosts if soak.lab.is_router(h) and h.name not in soak.down]
+    rows = sweep(soak.lab, live, [*live, *routers], workers=soak.plan.workers)
     row = {
         "t_s": round(started - soak.t0, 2),
         "live": len(live),
