@@ -148,6 +148,8 @@ class NodeCore:
         # check pending), and when the roam began (see _relay_fallbacks).
         self._fallback_at: float | None = None
         self._roam_began = -math.inf
+        # The last handle_timer: a gap past timing.WAKE_GAP_S means we did not run (_woke).
+        self._last_timer = math.inf
         # Peers we asked a shortcut to, with the last time data went to them (idle expiry).
         self._shortcut_used: dict[NodeId, float] = {}
         # STUN on the overlay socket (ipop.stun): answered here, never seen by the link layer.
@@ -413,6 +415,9 @@ class NodeCore:
         self._settle(now)
 
     def handle_timer(self, *, now: float) -> None:
+        if now - self._last_timer >= timing.WAKE_GAP_S:
+            self._woke(now)
+        self._last_timer = now
         t = self.link.get_timer()
         if t is not None and now >= t:
             self.link.handle_timer(now=now)
@@ -576,6 +581,16 @@ class NodeCore:
         self._shortcut_asked.clear()
         self._roam_began = now
         self._fallback_at = now + timing.ROAM_RELAY_AFTER_S
+
+    def _woke(self, now: float) -> None:
+        """Our timers (due at least every overlay tick) did not run for WAKE_GAP_S: the process
+        was stopped or the machine slept. Before the link timeout closes every session at once
+        (each looks silent for the whole gap), key them afresh and re-advertise as after a
+        roam (LinkEndpoint.woke, OverlayNode.woke); dead ones still time out as usual."""
+        self.stats["woke"] += 1
+        self.link.woke(now=now)
+        self.overlay.woke(now=now)
+        self._settle(now)
 
     def _relay_fallbacks(self, now: float) -> None:
         """Every direct session silent since the roam: key it through a relay

@@ -233,6 +233,11 @@ ROAM_RELAY_AFTER_S = 1.0
 # One relay fallback per peer per this long: a relay that cannot reach the peer either is not
 # retried at every roam of a restless host.
 ROAM_RELAY_RETRY_S = 10.0
+# The node's timers, which run at least every OVERLAY_TICK_S, did not run for this long: the
+# process was stopped or the machine slept. Peers may have timed our sessions out and NATs
+# dropped our mappings, while our own sessions all look dead at once (no traffic for the whole
+# gap): re-key and re-advertise as after a roam, instead of closing every link and rejoining.
+WAKE_GAP_S = 10.0
 # NAT rebinding (ipop/link/echo.py, ipop/link/endpoint.py): a direct link carrying traffic
 # that was busy (its last REBIND_BUSY_PACKETS + 1 packets each within REBIND_QUIET_S of the one
 # before), or that answered nothing to a message of ours, gets one authenticated echo once it

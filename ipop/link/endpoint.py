@@ -841,6 +841,23 @@ class LinkEndpoint:
         self.stats["roam_rehandshakes"] += started
         return started
 
+    def woke(self, *, now: float) -> int:
+        """We did not run for a while (the process was stopped, the machine slept): every
+        session looks silent for the whole gap, and its link timeout would close them all at
+        once. Give each up session one handshake timeout before that, and key every direct
+        one afresh (as after a roam: our NAT mappings may be gone, the peer may have dropped
+        its side). A live peer answers within a round trip; a dead one times out as usual.
+        Returns how many handshakes were started."""
+        cfg = self.config
+        floor = now - cfg.link_timeout_s + cfg.handshake_timeout_s
+        for st in self._peers.values():
+            if st.up and st.last_rx < floor:
+                st.last_rx = floor
+                st.due = _INF  # the live heap entry is earlier: push the new deadline
+                self._touch(st)
+        self.stats["woke"] += 1
+        return self.local_address_changed(now=now)
+
     def peer_moved(self, peer: NodeId, *, now: float) -> None:
         """``peer`` says (authenticated, its own word about itself) it is no longer at the path
         our session with it uses: stop holding on to that path.

@@ -376,7 +376,8 @@ class RelayDatagram:
 @dataclass(frozen=True, slots=True)
 class Roamed:
     """Our underlay address changed ("local": the I/O layer said so) or our NAT gave us a new
-    mapping ("rebound": a peer now sees us elsewhere); what we learned about our old address
+    mapping ("rebound": a peer now sees us elsewhere), or we did not run for a while ("woke":
+    the process was stopped, the machine slept); what we learned about our old address
     (observed endpoints, backoffs) is forgotten and our endpoints are being re-advertised."""
 
     reason: str
@@ -1932,6 +1933,17 @@ class OverlayNode:
         self._observed.clear()
         self._observed_by.clear()
         self._roam("local", now)
+
+    def woke(self, *, now: float) -> None:
+        """We did not run for a while (NodeCore saw a gap of timing.WAKE_GAP_S): peers fell
+        silent only in our eyes, so none is closed as dead for the gap; near peers are suspect
+        (pulled at once, closed at near_dead_s if still silent). Our NAT mappings may be gone:
+        roam, so the endpoints are re-advertised and dead direct paths fall back to relays."""
+        suspect = now - self.config.near_suspect_s
+        for p, t in self._heard.items():
+            if t < suspect:
+                self._heard[p] = suspect
+        self._roam("woke", now)
 
     def _roam(self, reason: str, now: float) -> None:
         self.stats[f"roamed_{reason}"] += 1

@@ -55,3 +55,9 @@ def make_bundle(
         node_key_pem=ident.private_key_pem(),
         hostname=hostname,
     )
+
+
+def alice_and_bob(*, now: float) -> tuple[NodeIdentity, NodeIdentity]:
+    """Two members of one fresh network, certified a minute before ``now``."""
+    ca = make_network(now=now - 60)
+    return make_identity(ca, "alice", now=now - 60), make_identity(ca, "bob", now=now - 60)

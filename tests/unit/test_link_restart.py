@@ -23,7 +23,7 @@ from ipop.link.endpoint import (
     LinkUp,
 )
 from ipop.testing.clock import SIM_EPOCH
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import alice_and_bob, make_identity, make_network
 from ipop.types import Endpoint, NodeId, Path, RelayPath
 from ipop.wire.handshake import MAC2_BYTES
 from ipop.wire.header import (
@@ -62,9 +62,7 @@ def _deliver(src: LinkEndpoint, dst: LinkEndpoint, src_ep: Endpoint, now: float)
 def test_peer_replaces_the_dead_session_on_the_new_authenticated_handshake_only(
     restarted_at: Endpoint,
 ) -> None:
-    ca = make_network(now=NOW - 60)
-    ida = make_identity(ca, "alice", now=NOW - 60)
-    idb = make_identity(ca, "bob", now=NOW - 60)
+    ida, idb = alice_and_bob(now=NOW)
     a = LinkEndpoint(ida, rng=random.Random(1))
     b = LinkEndpoint(idb, rng=random.Random(2))
     a.connect(B_EP, now=NOW, expected=idb.node_id)
