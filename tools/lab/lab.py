@@ -315,6 +315,10 @@ class Lab:
             netns.add_addr(inet, br, f"{seg.network_address + 1}/{seg.prefixlen}")
         # inet routes between segments; nothing else forwards but the NAT routers.
         netns.sysctl(inet, "net.ipv4.ip_forward", 1)
+        # ... and within one: hosts send their segment's traffic through it (see attach), and
+        # a redirect would teach them the shortcut back.
+        for key in ("all", *bridges.values()):
+            netns.sysctl(inet, f"net.ipv4.conf.{key}.send_redirects", 0)
 
         def attach(ns: str, ifname: str, host: str, ip: IPv4Address) -> IPv4Network:
             """Connect ``ns``'s ``ifname`` to the bridge of ``ip``'s segment, as ``ip``."""
@@ -324,7 +328,15 @@ class Lab:
             netns.link_up(inet, f"i-{host}")
             netns.link_up(ns, ifname)
             netns.add_addr(ns, ifname, f"{ip}/{seg.prefixlen}")
-            netns.add_route(ns, "default", str(seg.network_address + 1))
+            gw = str(seg.network_address + 1)
+            netns.add_route(ns, "default", gw)
+            # The segment's two halves through its router too, more specific than the on-link
+            # prefix route (which a soak re-addressing puts back). The kernel's neighbour
+            # table is one for the whole machine (1,024 entries by default), and a flat
+            # segment costs an entry per host pair that talks: 32 hosts on one segment,
+            # sweeping every pair, overflowed it. The internet has routers between hosts, too.
+            for half in seg.subnets(prefixlen_diff=1):
+                netns.add_route(ns, str(half), gw)
             return seg
 
         for spec, host in zip(topo.hosts, self.hosts, strict=True):
