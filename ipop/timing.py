@@ -87,6 +87,16 @@ NODE_CERT_DEFAULT_DAYS = 365
 # Retransmit an unanswered DHT RPC (same message id) after this long: a few overlay round
 # trips, so one lost datagram costs hundreds of ms instead of kademlia's 5 s stall.
 DHT_RPC_RETRY_S = 0.4
+# The retransmission timeout adapts to the round trips measured to each peer (srtt + 4 rttvar,
+# as TCP's RFC 6298), never below this floor (a busy daemon's scheduling delay) nor above
+# DHT_RPC_RETRY_S. Why: with a fixed 0.4 s every silent replica or lookup target (a paused or
+# killed node) cost 1.6 s per round although answers take ~20 ms, and a restarted daemon's
+# claims took 10-26 s in a 30-daemon soak.
+DHT_RPC_MIN_RETRY_S = 0.1
+# A peer that left every try of an RPC unanswered gets one try per RPC for this long, until
+# anything arrives from it: one dead or paused node costs each later lookup one timeout, not
+# DHT_RPC_ATTEMPTS of them.
+DHT_SILENT_PEER_S = 30.0
 # Tries per RPC before the peer counts as gone: at 5% loss each way one try fails 9.75% of the
 # time, four fail 1e-4 of the time, so a lossy path does not evict a live contact.
 DHT_RPC_ATTEMPTS = 4

@@ -103,8 +103,12 @@ PEER_VIP_TTL_S = 300.0
 JOURNAL_DRAIN_S = 0.25
 # How often the daemon looks for a reason it has no links (ipop.nolinks).
 LINK_WATCH_S = 2.0
-# How often the links' endpoints are noted for ipop.aio.peerstore (writes are rarer still).
+# How often the links' endpoints are noted for ipop.aio.peerstore (writes are rarer still);
+# until the first write, every REMEMBER_FIRST_S. Why: the first write came 10 s after start,
+# so a daemon killed before (the soak restarts some within seconds) came back with no
+# remembered peers, and the peers it had linked to kept sending into its dead sessions.
 REMEMBER_CHECK_S = 10.0
+REMEMBER_FIRST_S = 1.0
 
 
 class LocalServices(Protocol):
@@ -485,10 +489,11 @@ class Daemon:
                 self.stats["peers_not_saved"] += 1
 
     async def _remember_peers(self) -> None:
-        # Soon after start (the first links are the ones a restart most likely finds again),
-        # then every REMEMBER_CHECK_S; the store itself writes at most once a minute.
+        # Right after the first links come up (they are the ones a restart most likely finds
+        # again), then every REMEMBER_CHECK_S; the store itself writes at most once a minute.
         while True:
-            await asyncio.sleep(REMEMBER_CHECK_S)
+            written = self.peer_store.written
+            await asyncio.sleep(REMEMBER_CHECK_S if written else REMEMBER_FIRST_S)
             self.remember_links(now=time.time())
 
     def check_links(self, *, now: float) -> str | None:

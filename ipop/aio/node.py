@@ -45,6 +45,12 @@ _PING_REQUEST = 0
 _PING_REPLY = 1
 # Seconds between DHT join attempts while the first ones find nobody to answer.
 DHT_JOIN_RETRY_S = 2.0
+# Seconds the DHT waits for the overlay's JOIN answer before joining through the links it
+# has. Why: a JOIN routed into a paused node (SIGSTOP) is lost until the silent-neighbour timer
+# closes that node (10-16 s), and a restarted daemon's links (its bootstrap, its remembered
+# peers re-keyed at start) already reach the DHT; the DHT join itself checks that a peer
+# answers.
+DHT_JOIN_WAIT_S = 1.0
 # Punching sockets no session uses are closed this long after port guessing last opened them
 # (a guess is over within BIRTHDAY_WINDOW_S; the retry interval is BIRTHDAY_RETRY_S).
 PUNCH_SOCKET_IDLE_S = 30.0
@@ -274,8 +280,12 @@ class Node:
 
     async def _join_dht(self) -> None:
         # The DHT only needs routing to work, not the full near set: join as soon as the ring
-        # answered our JOIN (Routable, the stricter fact, comes later).
-        await self.joined.wait()
+        # answered our JOIN (Routable, the stricter fact, comes later), or through our links
+        # if that answer is late (DHT_JOIN_WAIT_S).
+        try:
+            await asyncio.wait_for(self.joined.wait(), DHT_JOIN_WAIT_S)
+        except TimeoutError:
+            self.stats["dht_join_before_overlay"] += 1
         assert self.dht is not None
         while not self._closed:
             known = sorted(self.core.overlay.near_peers()) or sorted(

@@ -96,6 +96,11 @@ class PeerStore:
         """The list differs from what the file holds."""
         return set(self._endpoints) != set(self._saved)
 
+    @property
+    def written(self) -> bool:
+        """This store has written its file at least once."""
+        return self._last_write > float("-inf")
+
     def save_due(self, *, now: float) -> bool:
         return self.dirty and now - self._last_write >= self.min_write_s
 

@@ -10,9 +10,13 @@ but it replaces rpcudp's datagram handling, which we cannot use as shipped:
   address the link layer authenticated is dropped as ``sender_mismatch``; a response from
   any node but the one asked is dropped as ``response_wrong_peer``.
 * rpcudp waits 5 s for one datagram and then evicts the contact. Here a request is
-  retransmitted with the same message id every ``retry_s`` (``attempts`` tries), and the
-  replica replays its cached answer to a duplicate, so execution is at-most-once and one lost
-  datagram costs ``retry_s``. Only a peer silent for all tries is evicted.
+  retransmitted with the same message id (``attempts`` tries), and the replica replays its
+  cached answer to a duplicate, so execution is at-most-once. The time between tries is the
+  peer's measured retransmission timeout (:class:`RttEstimator`, RFC 6298's srtt + 4 rttvar
+  from first-try answers only, between ``DHT_RPC_MIN_RETRY_S`` and ``retry_s``), so one lost
+  datagram or one dead peer costs a few round trips, not 4 x 0.4 s. Only a peer silent for
+  all tries is evicted, and for ``DHT_SILENT_PEER_S`` afterwards (or until anything arrives
+  from it) gets one try per call: a paused or killed node costs each later lookup one timeout.
 * stock ``welcome_if_new`` pushes every stored key to each new contact, synchronously, and
   ``rpc_store`` accepts anything. Here a new contact is added to the routing table and handed
   to ``on_new_contact`` (the service offers it the records it is now near, store-on-join),
@@ -63,13 +67,25 @@ from ipop.dht.wire import (
 )
 from ipop.errors import RemoteProtocolError
 from ipop.idcache import node_id_from_bytes
-from ipop.timing import DHT_RESPONSE_CACHE_S, DHT_RPC_ATTEMPTS, DHT_RPC_RETRY_S
+from ipop.timing import (
+    DHT_RESPONSE_CACHE_S,
+    DHT_RPC_ATTEMPTS,
+    DHT_RPC_MIN_RETRY_S,
+    DHT_RPC_RETRY_S,
+    DHT_SILENT_PEER_S,
+)
 from ipop.types import NodeId
 
 log = logging.getLogger(__name__)
 
 # Bounds the replay cache whatever the request rate (each entry is one encoded answer).
 MAX_CACHED_ANSWERS = 4096
+# Peers with a round-trip estimate, and peers marked silent, at most (least recent evicted):
+# both are keyed by authenticated senders, but a big network has many.
+MAX_RTT_PEERS = 1024
+MAX_SILENT_PEERS = 1024
+# Tries of one find-node request (a lookup's) at most.
+LOOKUP_ATTEMPTS = 2
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 
@@ -126,6 +142,45 @@ class ExactRoutingTable(RoutingTable):  # type: ignore[misc]  # kademlia is unty
         return heapq.nsmallest(k, found, key=lambda n: n.long_id ^ target)
 
 
+class RttEstimator:
+    """Per-peer retransmission timeouts from measured round trips (RFC 6298), sans-IO.
+
+    A peer without samples gets the estimate of all peers (the first samples of a fresh node
+    come from its bootstrap's neighbours, a few hops like everyone else), and before any
+    sample ``ceiling``. An answer after retransmissions is sampled as the time since the first
+    try (it cannot be matched to its try, Karn): an overestimate, so a timeout that was too
+    short grows back.
+    """
+
+    def __init__(self, floor: float, ceiling: float, max_peers: int = MAX_RTT_PEERS) -> None:
+        self.floor = min(floor, ceiling)
+        self.ceiling = ceiling
+        self._max_peers = max_peers
+        self._peers: OrderedDict[NodeId, tuple[float, float]] = OrderedDict()
+        self._all: tuple[float, float] | None = None
+
+    @staticmethod
+    def _update(est: tuple[float, float] | None, sample: float) -> tuple[float, float]:
+        if est is None:
+            return sample, sample / 2
+        srtt, rttvar = est
+        rttvar = 0.75 * rttvar + 0.25 * abs(srtt - sample)
+        return 0.875 * srtt + 0.125 * sample, rttvar
+
+    def sample(self, peer: NodeId, rtt: float) -> None:
+        self._all = self._update(self._all, rtt)
+        self._peers[peer] = self._update(self._peers.pop(peer, None), rtt)
+        while len(self._peers) > self._max_peers:
+            self._peers.popitem(last=False)
+
+    def timeout(self, peer: NodeId) -> float:
+        est = self._peers.get(peer) or self._all
+        if est is None:
+            return self.ceiling
+        srtt, rttvar = est
+        return min(self.ceiling, max(self.floor, srtt + 4 * rttvar))
+
+
 @dataclass(slots=True)
 class _Pending:
     peer: NodeId
@@ -146,8 +201,10 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         clock: Callable[[], float],
         spawn: Spawn,
         retry_s: float = DHT_RPC_RETRY_S,
+        min_retry_s: float = DHT_RPC_MIN_RETRY_S,
         attempts: int = DHT_RPC_ATTEMPTS,
         answer_cache_s: float = DHT_RESPONSE_CACHE_S,
+        silent_s: float = DHT_SILENT_PEER_S,
     ) -> None:
         super().__init__(kad_node(local_id), storage, ksize)
         self.router = ExactRoutingTable(self, ksize, self.source_node)
@@ -156,8 +213,11 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         self._rng = rng
         self._clock = clock
         self._spawn = spawn
-        self._retry_s = retry_s
+        self.rtt = RttEstimator(min_retry_s, retry_s)
         self._attempts = attempts
+        self._silent_s = silent_s
+        # Peer -> until when it gets one try per call (it left a whole call unanswered).
+        self._silent: OrderedDict[NodeId, float] = OrderedDict()
         self._answer_cache_s = answer_cache_s
         self._outstanding: dict[bytes, _Pending] = {}
         self._answers: OrderedDict[tuple[NodeId, bytes], tuple[float, bytes]] = OrderedDict()
@@ -193,6 +253,8 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         if self._shut:
             self.drops["after_shutdown"] += 1
             return
+        # Anything from a peer marked silent (it resumed, or restarted): full tries again.
+        self._silent.pop(src, None)
         if env.is_request:
             self._on_request(src, env)
         else:
@@ -261,8 +323,11 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
 
     # --- outbound ------------------------------------------------------------------------------
 
-    async def call(self, peer: NodeId, request: Request) -> Response | None:
-        """Ask ``peer``; retransmit until answered or ``attempts`` tries went unanswered."""
+    async def call(
+        self, peer: NodeId, request: Request, *, attempts: int | None = None
+    ) -> Response | None:
+        """Ask ``peer``; retransmit until answered or ``attempts`` tries (default: the
+        protocol's) went unanswered."""
         if self._shut or self.transport is None:
             return None
         msg_id = self._rng.getrandbits(8 * MSG_ID_BYTES).to_bytes(MSG_ID_BYTES, "big")
@@ -271,17 +336,36 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         data = encode_message(msg_id, self.local_id, request)
         future: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
         self._outstanding[msg_id] = _Pending(peer, _ANSWER_TYPE[type(request)], future)
+        now = self._clock()
+        attempts = min(attempts or self._attempts, self._attempts)
+        silent_until = self._silent.get(peer)
+        if silent_until is not None:
+            if silent_until > now:
+                attempts = 1
+                self.counters["rpc_silent_peer"] += 1
+            else:
+                del self._silent[peer]
         try:
-            for attempt in range(self._attempts):
+            for attempt in range(attempts):
                 if self._shut:
                     return None
                 if attempt:
                     self.counters["retransmissions"] += 1
                 self.transport.sendto(data, address_for(peer))
-                done, _ = await asyncio.wait({future}, timeout=self._retry_s)
+                done, _ = await asyncio.wait({future}, timeout=self.rtt.timeout(peer))
                 if done:
+                    if future.result() is not None:
+                        # After retransmissions, the time since the first try: an upper
+                        # bound (the answer may be to any try), so a timeout set too short
+                        # grows back instead of retransmitting forever (Karn's concern).
+                        self.rtt.sample(peer, self._clock() - now)
                     return future.result()
             self.counters["rpc_timeouts"] += 1
+            if not self._shut:
+                self._silent.pop(peer, None)
+                self._silent[peer] = self._clock() + self._silent_s
+                while len(self._silent) > MAX_SILENT_PEERS:
+                    self._silent.popitem(last=False)
             return None
         finally:
             del self._outstanding[msg_id]
@@ -297,8 +381,12 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
     # --- kademlia's call_* API, used by its NodeSpiderCrawl and RoutingTable ----------------
 
     async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        # Fewer tries than a store or fetch: a lookup round waits for its slowest peer, and
+        # the nodes a silent one would have named are named by the others it asks as well.
         answer = await self.call(
-            node_id_from_bytes(node_to_ask.id), NodesRequested(node_to_find.id)
+            node_id_from_bytes(node_to_ask.id),
+            NodesRequested(node_to_find.id),
+            attempts=LOOKUP_ATTEMPTS,
         )
         result: tuple[bool, Any] = (False, None)
         if isinstance(answer, NodesFound):

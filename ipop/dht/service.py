@@ -12,7 +12,9 @@ Theory of operation
     lookup; this node counts too when it is among them. Quorum: ``config.quorum`` (default a
     majority of R, Brunet used 5 of 8); in a network smaller than R, a majority of the nodes,
     and never this node alone (a node that knows no other node cannot claim anything).
-  * Every write counts real acknowledgements (STORED or UNCHANGED answers), never "sent".
+  * Every write counts real acknowledgements (STORED or UNCHANGED answers), never "sent",
+    and returns once a quorum acknowledged; stores to the other replicas finish in the
+    background (``_store_quorum``), so a paused or dead replica does not hold a write.
   * ``create`` is a compare-and-set on the replica set: each replica applies the replacement
     rule atomically, so at most one owner can collect a quorum from one replica set (two
     majorities intersect). The set must be the true one: a create that collected its acks
@@ -100,6 +102,7 @@ from ipop.timing import (
     DHT_REPUBLISH_INTERVAL_S,
     DHT_RESPONSE_CACHE_S,
     DHT_RPC_ATTEMPTS,
+    DHT_RPC_MIN_RETRY_S,
     DHT_RPC_RETRY_S,
 )
 from ipop.types import NodeId
@@ -136,7 +139,8 @@ class DhtConfig:
     # nodes none of which was among the key's 8 nearest.
     lookup_k: int | None = None
     alpha: int = 3
-    rpc_retry_s: float = DHT_RPC_RETRY_S
+    rpc_retry_s: float = DHT_RPC_RETRY_S  # the ceiling of the adaptive timeout
+    rpc_min_retry_s: float = DHT_RPC_MIN_RETRY_S
     rpc_attempts: int = DHT_RPC_ATTEMPTS
     answer_cache_s: float = DHT_RESPONSE_CACHE_S
     republish_interval_s: float = DHT_REPUBLISH_INTERVAL_S
@@ -309,6 +313,7 @@ class DhtService:
             clock=self._loop.time,
             spawn=self._spawn,
             retry_s=self.config.rpc_retry_s,
+            min_retry_s=self.config.rpc_min_retry_s,
             attempts=self.config.rpc_attempts,
             answer_cache_s=self.config.answer_cache_s,
         )
@@ -392,13 +397,27 @@ class DhtService:
     async def _join(self, peers: list[NodeId]) -> bool:
         if not peers:
             return False
-        answers = await asyncio.gather(*(self.protocol.ping_node(kad_node(p)) for p in peers))
-        if not any(ok for ok, _ in answers):
+        if not await self._first_answer(peers):
             self.stats["bootstrap_failed"] += 1
             return False
         await self._lookup(self.node_id.to_bytes(), width=self.config.width)
         self.stats["bootstrapped"] += 1
         return bool(self.contacts())
+
+    async def _first_answer(self, peers: list[NodeId]) -> bool:
+        """Ping ``peers``; True as soon as one answered (the rest go on in the background).
+
+        Why not all: a restarted node's near peers include paused and dead ones, each of which
+        held the join for every try of its ping (1.6 s), measured to the next second.
+        """
+        pending: set[asyncio.Task[tuple[bool, Any]]] = {
+            self._spawn(self.protocol.ping_node(kad_node(p))) for p in peers
+        }
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if any(task.result()[0] for task in done):
+                return True
+        return False
 
     def _absorb_links(self) -> None:
         """Take the overlay's linked peers in as contacts where a bucket has room for them.
@@ -504,6 +523,31 @@ class DhtService:
         answers = await asyncio.gather(*(self._store_at(p, record) for p in peers))
         return dict(zip(peers, answers, strict=True))
 
+    async def _store_quorum(
+        self, peers: list[NodeId], record: Record, need: int
+    ) -> dict[NodeId, StoreAnswered | None]:
+        """Offer ``record`` at ``peers``; return once ``need`` accepted it, or all answered.
+
+        Every peer is a key of the result: None for one that had not answered (yet). The
+        stores still running then go on in the background and their answers are not waited
+        for: a quorum of acks is what a write or a claim is judged on (two majorities of one
+        set intersect, so a straggler cannot change who won), and a paused or dead replica
+        held every round for all its tries before (a restarted ipopd's claims took 10-26 s).
+        A shortfall still waits for every answer: a lost claim counts its rivals on them.
+        """
+        answers: dict[NodeId, StoreAnswered | None] = dict.fromkeys(peers)
+        tasks = {self._spawn(self._store_at(p, record)): p for p in peers}
+        pending = set(tasks)
+        acks = 0
+        while pending and acks < need:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                answer = answers[tasks[task]] = task.result()
+                acks += answer is not None and answer.outcome.accepted
+        if pending:
+            self.stats["store_stragglers"] += len(pending)
+        return answers
+
     async def _fetch_at(self, peer: NodeId, kid: bytes) -> tuple[bool, Record | None]:
         """(answered, authentic record or None). A forged copy reads as an empty replica."""
         if peer == self.node_id:
@@ -596,10 +640,11 @@ class DhtService:
             return False  # before any lookup: nobody would take it
         kid = key_id(key)
         replicas = await self.replica_set(kid)
+        need = self.config.needed(len(replicas))
         for _ in range(2):
             record = self._sign(key, value, expires_at=expires_at, tombstone=tombstone)
-            answers = await self._store_all(replicas, record)
-            if self._acks(answers) >= self.config.needed(len(replicas)):
+            answers = await self._store_quorum(replicas, record, need)
+            if self._acks(answers) >= need:
                 if tombstone:
                     self._owned.pop(key, None)
                 else:
@@ -622,7 +667,7 @@ class DhtService:
         need = self.config.needed(len(replicas))
         for attempt in range(self.config.create_rounds):
             record = self._sign(key, value, expires_at=self._now() + ttl)
-            answers = await self._store_all(replicas, record)
+            answers = await self._store_quorum(replicas, record, need)
             if self._acks(answers) >= need:
                 replicas = await self._converge(kid, replicas, answers, record)
                 need = self.config.needed(len(replicas))
@@ -675,7 +720,10 @@ class DhtService:
             known = len(self.contacts()) + 1
             if not new and len(fresh) >= min(self.config.replicas, known):
                 return fresh
-            answers.update(await self._store_all(new, record))
+            # Only as many of the newcomers' acks as the fresh set still lacks are waited for.
+            have = self._acks({p: answers[p] for p in fresh if p in answers})
+            short = self.config.needed(len(fresh)) - have
+            answers.update(await self._store_quorum(new, record, short))
         return []
 
     async def _withdraw(

@@ -12,6 +12,7 @@ from ipop.dht.record import Record, StoreOutcome
 from ipop.dht.service import DhtService
 from ipop.dht.wire import M_STORE, MSG_ID_BYTES, PingRequested, StoreRequested, encode_message
 from ipop.testing.fake_overlay import DhtCluster, holders, live_owners, run_cluster
+from ipop.timing import DHT_RPC_MIN_RETRY_S, DHT_RPC_RETRY_S
 from ipop.types import NodeId
 
 K = "testnet:user:alice"
@@ -97,11 +98,14 @@ def test_one_lost_datagram_costs_a_retry_not_an_eviction() -> None:
             return True
 
         c.overlay.check = drop_first
+        rto = a.protocol.rtt.timeout(b.node_id)
+        # Adapted to the cluster's measured round trips, between the floor and the ceiling.
+        assert DHT_RPC_MIN_RETRY_S <= rto < DHT_RPC_RETRY_S
         start = loop.time()
         answer = await a.protocol.call(b.node_id, PingRequested())
         elapsed = loop.time() - start
         assert answer is not None and dropped
-        assert 0.4 <= elapsed < 0.6  # one DHT_RPC_RETRY_S plus a round trip, not 5 s
+        assert rto <= elapsed < rto + 0.2  # one timeout plus a round trip, not 5 s
         assert b.node_id in a.contacts()
         assert a.protocol.counters["retransmissions"] == 1
 
@@ -295,3 +299,26 @@ def test_overlay_links_become_contacts() -> None:
         assert {c.nodes[3].node_id, c.nodes[7].node_id} <= set(loner.contacts())
 
     run_cluster(body, n=12)
+
+
+def test_a_silent_peer_costs_later_calls_one_try_until_it_speaks() -> None:
+    """A peer that left a whole call unanswered (paused, killed) gets one try per call, so it
+    holds each later lookup round for one timeout, not DHT_RPC_ATTEMPTS of them; anything it
+    sends (it resumed) restores the full tries."""
+
+    async def body(c: DhtCluster) -> None:
+        loop = asyncio.get_running_loop()
+        a, b = c.nodes[2], c.nodes[7]
+        muted = [True]
+        c.overlay.check = lambda src, dst, payload: not (muted[0] and b.node_id in (src, dst))
+        rto = a.protocol.rtt.timeout(b.node_id)
+        assert await a.protocol.call(b.node_id, PingRequested()) is None
+        start = loop.time()
+        assert await a.protocol.call(b.node_id, PingRequested()) is None
+        assert loop.time() - start < rto + 0.01
+        assert a.protocol.counters["rpc_silent_peer"] == 1
+        muted[0] = False
+        assert await b.protocol.call(a.node_id, PingRequested()) is not None
+        assert b.node_id not in a.protocol._silent
+
+    run_cluster(body, n=10)

@@ -18,6 +18,7 @@ from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.dht.record import ip_key, name_key
 from ipop.journal import Journal
 from ipop.link.endpoint import LinkInfo
+from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.fake_dht import FakeDht
 from ipop.testing.identities import make_bundle
 from ipop.types import Endpoint, NodeId, RelayPath
@@ -141,6 +142,31 @@ def test_daemon_remembers_direct_links_and_hands_them_to_the_overlay(tmp_path: P
     assert saved == {"network": "lab-net", "peers": ["203.0.113.20:5800"]}
     # A restart of the daemon reads them back.
     assert _daemon(tmp_path).peer_store.load() == [bob.path]
+
+
+def test_daemon_writes_its_peers_right_after_the_first_links(tmp_path: Path) -> None:
+    """A daemon killed a few seconds after start must come back with remembered peers (the
+    first write came 10 s after start: the soak's early restarts had none)."""
+    d = _daemon(tmp_path)
+    _wire(d, [_info(BOB, "bob", 0.01, at=1.0)], FakeDht(NodeId(1)))
+    d.node.core.overlay.endpoints = list  # type: ignore[union-attr]
+    d.node.core.overlay.set_remembered = lambda eps: None  # type: ignore[union-attr]
+    path = tmp_path / "peers.json"
+
+    async def body() -> float:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(d._remember_peers())
+        start = loop.time()
+        try:
+            while not path.exists() and loop.time() - start < 30:
+                await asyncio.sleep(0.1)
+            return loop.time() - start
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    assert run_virtual(body(), start=SIM_EPOCH) <= 1.5
+    assert json.loads(path.read_text())["peers"] == ["203.0.113.20:5800"]
 
 
 def test_a_shortcut_that_stopped_forming_is_not_said_to_form(tmp_path: Path) -> None:
