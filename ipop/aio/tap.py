@@ -19,7 +19,13 @@ from pyroute2 import AsyncIPRoute
 
 from ipop.errors import ConfigError
 
-__all__ = ["Tap"]
+__all__ = ["TAP_TXQLEN", "Tap"]
+
+# Frames the kernel queues for us to read. Its default, 1,000, is what a burst of 1,000 DNS
+# queries at the gateway fills while the daemon answers the first ones: the rest were
+# dropped (the TAP's TX drops) and their senders retried a second later. Bulk traffic only
+# queues here when the daemon cannot keep up; twice the burst keeps that queue short.
+TAP_TXQLEN = 2048
 
 # linux/if_addr.h: no kernel route for the address's prefix (we add our own, via the gateway).
 IFA_F_NOPREFIXROUTE = 0x200
@@ -45,12 +51,13 @@ class Tap:
         self.mac: bytes = bytes(self._dev.hwaddr)
 
     async def configure(self) -> None:
-        """MTU and link up; IPv6 off (router solicitations would only be counted drops)."""
+        """MTU, queue length and link up; IPv6 off (router solicitations would only be counted
+        drops)."""
         async with AsyncIPRoute() as ipr:
             self.index = (await ipr.link_lookup(ifname=self.name))[0]
             with contextlib.suppress(OSError):
                 Path(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6").write_text("1")
-            await ipr.link("set", index=self.index, mtu=self.mtu, state="up")
+            await ipr.link("set", index=self.index, mtu=self.mtu, txqlen=TAP_TXQLEN, state="up")
 
     async def set_address(
         self, addr: IPv4Address, subnet: IPv4Network, gateway: IPv4Address
