@@ -488,7 +488,10 @@ class TapServicesRunner:
 
     async def _run_lookup(self, item: LookupWanted) -> None:
         try:
-            ip = await asyncio.wait_for(self._lookup(item.name), self.lookup_timeout_s)
+            # asyncio.timeout, not wait_for: wait_for runs the lookup in a task of its own,
+            # one more loop pass (a burst's worth of queries read) before its first message.
+            async with asyncio.timeout(self.lookup_timeout_s):
+                ip = await self._lookup(item.name)
         except asyncio.CancelledError:
             raise
         except Exception:  # the lookup failed or timed out: the client hears SERVFAIL

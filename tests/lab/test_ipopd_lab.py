@@ -162,8 +162,8 @@ def _tap_tx(net: IpopNet, host: str) -> tuple[int, int]:
 
 def test_a_burst_of_1000_queries_over_5_cold_names_is_answered(net: IpopNet) -> None:
     """Was 144 SERVFAIL of 1,000: identical lookups were not merged and 256 overflowed.
-    Then a few queries of each burst were dropped by the TAP's queue (1,000 frames) and
-    answered only after the client's retry, a second later."""
+    Then p99 90-125 ms, and a few queries of each burst dropped by the TAP's queue (1,000
+    frames) and answered only after the client's retry, a second later."""
     # pub2 has asked its gateway for no name yet: every record starts cold (its status
     # counts exactly 5 lookups afterwards, one per name).
     names = [f"{h}.ipop" for h in ("pub1", "a", "b", "c", "d")]
@@ -184,7 +184,9 @@ def test_a_burst_of_1000_queries_over_5_cold_names_is_answered(net: IpopNet) -> 
     assert got["p99_ms"] is not None and got["p99_ms"] <= 1000, got
     dns = _status(net, "pub2").dns
     assert dns is not None
-    assert dns.counters["lookups"] == 5 and dns.counters["merged"] >= 995 - got["resent"]
+    c = dns.counters
+    # One lookup per name; every other query waited for it or, once it ended, hit the cache.
+    assert c["lookups"] == 5 and c.get("merged", 0) + c.get("cache_hits", 0) == 995, c
     assert dns.answers.get("servfail", 0) == 0 and dns.drops == {}
     assert dns.latency_ms.p99 is not None
 
