@@ -21,6 +21,7 @@ import pytest
 
 from ipop.dht.names import c_name
 from ipop.status import Status
+from ipop.vnet.arp import VIRTUAL_MAC
 from tools.lab import netns
 from tools.lab.ipopnet import IPOP_PORT, IpopNet
 from tools.lab.lab import Lab, cleanup_stale, process_prefix
@@ -191,6 +192,18 @@ def test_a_burst_of_1000_queries_over_5_cold_names_is_answered(net: IpopNet) -> 
     assert c["lookups"] == 5 and c.get("merged", 0) + c.get("cache_hits", 0) >= 995, c
     assert dns.answers.get("servfail", 0) == 0 and dns.drops == {}
     assert dns.latency_ms.p99 is not None
+
+
+def test_the_gateways_neighbour_entry_is_permanent(net: IpopNet) -> None:
+    """A burst at a loaded moment lost every query (3 tries, UdpSndbufErrors and IpOutDiscards
+    in the host, nothing on the TAP): after a quiet minute the kernel had to ask for the
+    gateway's MAC again and held the queries in its small unresolved queue meanwhile."""
+    res = net.lab.exec("pub2", ["ip", "-j", "neigh", "show", "dev", "ipop0", GATEWAY], timeout=10)
+    assert res.returncode == 0, res.stdout + res.stderr
+    entries = json.loads(res.stdout)
+    assert [(e["lladdr"], e["state"]) for e in entries] == [
+        (VIRTUAL_MAC.hex(":"), ["PERMANENT"])
+    ], entries
 
 
 def test_host_nslookup_getent_and_dig_with_the_documented_resolv_conf(net: IpopNet) -> None:
