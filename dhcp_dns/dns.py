@@ -48,7 +48,7 @@ import struct
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Final
+from typing import Final, NamedTuple
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
@@ -70,6 +70,17 @@ __all__ = [
 ]
 
 _OPCODE_QUERY = 0
+# dnslib's QTYPE.A, RCODE.NXDOMAIN, ... are attribute lookups through a Python __getattr__;
+# read once here, not a few times per reply.
+_QTYPE_A: Final = QTYPE.A
+_QTYPE_PTR: Final = QTYPE.PTR
+_QTYPE_ANY: Final = QTYPE.ANY
+_RCODE_NOERROR: Final = RCODE.NOERROR
+_RCODE_FORMERR: Final = RCODE.FORMERR
+_RCODE_SERVFAIL: Final = RCODE.SERVFAIL
+_RCODE_NXDOMAIN: Final = RCODE.NXDOMAIN
+_RCODE_NOTIMP: Final = RCODE.NOTIMP
+_RCODE_REFUSED: Final = RCODE.REFUSED
 _CLASS_IN = 1
 _CLASS_ANY = 255
 
@@ -155,9 +166,13 @@ class Forward:
 DnsOutcome = DnsAnswer | NeedsLookup | Waiting | Forward
 
 
-@dataclass(frozen=True, slots=True)
-class _Query:
-    """What a reply needs from a query: its header bits and its one question, if one."""
+class _Query(NamedTuple):
+    """What a reply needs from a query: its header bits and its one question, if one.
+
+    A tuple, not a frozen dataclass: one is made per query, and a frozen dataclass's
+    ``__init__`` (one ``object.__setattr__`` per field) was a tenth of a burst's parse time.
+    ``question`` is the question section exactly as the client wrote it, echoed in replies.
+    """
 
     id: int
     opcode: int
@@ -165,6 +180,7 @@ class _Query:
     labels: tuple[bytes, ...] | None  # None: not exactly one question
     qtype: int = 0
     qclass: int = 0
+    question: bytes = b""
 
 
 def _parse_query(data: bytes) -> _Query | None:
@@ -187,7 +203,8 @@ def _parse_query(data: bytes) -> _Query | None:
             if i + 5 <= len(data) and data[i] == 0 and i - 12 < 255:
                 qtype, qclass = _QUESTION.unpack_from(data, i + 1)
                 opcode = (flags >> 11) & 0xF
-                return _Query(qid, opcode, (flags >> 8) & 1, tuple(labels), qtype, qclass)
+                question = bytes(data[12 : i + 5])
+                return _Query(qid, opcode, (flags >> 8) & 1, tuple(labels), qtype, qclass, question)
     try:
         rec = DNSRecord.parse(data)
     except Exception as exc:  # dnslib raises DNSError, but also struct/index/unicode errors
@@ -198,15 +215,16 @@ def _parse_query(data: bytes) -> _Query | None:
     if len(rec.questions) != 1:
         return _Query(h.id, h.opcode, h.rd, None)
     q = rec.questions[0]
-    return _Query(h.id, h.opcode, h.rd, tuple(bytes(x) for x in q.qname.label), q.qtype, q.qclass)
+    qlabels = tuple(bytes(x) for x in q.qname.label)
+    question = _pack_name(qlabels) + _QUESTION.pack(q.qtype, q.qclass)
+    return _Query(h.id, h.opcode, h.rd, qlabels, q.qtype, q.qclass, question)
 
 
 class _DnsGarbage(Exception):
     """Bytes that are not a DNS message."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Waiter:
+class _Waiter(NamedTuple):
     query: _Query
     qtype: int
     since: float
@@ -318,7 +336,7 @@ class DnsResolver:
         """SERVFAIL for every query waiting on ``token`` (the lookup errored; nothing cached)."""
         lookup = self._finish(token)
         return self._reply_all(
-            lookup, now, lambda w: self._reply(w.query, RCODE.SERVFAIL, aa=False)
+            lookup, now, lambda w: self._reply(w.query, _RCODE_SERVFAIL, aa=False)
         )
 
     # -- internals -----------------------------------------------------------------------------
@@ -348,22 +366,22 @@ class DnsResolver:
 
     def _decide(self, query: _Query, data: bytes, now: float, client: Hashable) -> DnsOutcome:
         if query.opcode != _OPCODE_QUERY:
-            return DnsAnswer(self._reply(query, RCODE.NOTIMP, aa=False))
+            return DnsAnswer(self._reply(query, _RCODE_NOTIMP, aa=False))
         if query.labels is None:
-            return DnsAnswer(self._reply(query, RCODE.FORMERR, aa=False))
+            return DnsAnswer(self._reply(query, _RCODE_FORMERR, aa=False))
         q = query
-        labels = tuple(lbl.lower() for lbl in query.labels)
+        labels = tuple(map(bytes.lower, query.labels))
         n = len(self._suffix)
         if labels[-n:] == self._suffix and len(labels) >= n:
             if q.qclass not in (_CLASS_IN, _CLASS_ANY):
-                return DnsAnswer(self._reply(query, RCODE.REFUSED, aa=False))
+                return DnsAnswer(self._reply(query, _RCODE_REFUSED, aa=False))
             return self._in_zone(query, labels[:-n], q.qtype, now, client)
         reverse = self._reverse(labels)
         if reverse is not None:
             return DnsAnswer(self._ptr(query, q.qtype, reverse))
         if self.upstream:
             return Forward(bytes(data))
-        return DnsAnswer(self._reply(query, RCODE.REFUSED, aa=False, ra=False))
+        return DnsAnswer(self._reply(query, _RCODE_REFUSED, aa=False, ra=False))
 
     def _in_zone(
         self,
@@ -374,13 +392,13 @@ class DnsResolver:
         client: Hashable,
     ) -> DnsOutcome:
         if not rel:
-            return DnsAnswer(self._reply(query, RCODE.NOERROR))  # the zone apex exists
+            return DnsAnswer(self._reply(query, _RCODE_NOERROR))  # the zone apex exists
         if len(rel) > 2:
-            return DnsAnswer(self._reply(query, RCODE.NXDOMAIN))
+            return DnsAnswer(self._reply(query, _RCODE_NXDOMAIN))
         try:
             label = b".".join(rel).decode("ascii")
         except UnicodeDecodeError:
-            return DnsAnswer(self._reply(query, RCODE.NXDOMAIN))
+            return DnsAnswer(self._reply(query, _RCODE_NXDOMAIN))
         # A name cached or in flight was checked when it came first: skip the regexes (a
         # burst of queries for a few names is the case that must be cheap).
         token = self._by_name.get(label)
@@ -396,17 +414,17 @@ class DnsResolver:
                 return DnsAnswer(self._answer(query, qtype, addr))
             # A member's hostname, or a router's LAN host: <host>.<router hostname>.
             if not is_name(label):
-                return DnsAnswer(self._reply(query, RCODE.NXDOMAIN))
+                return DnsAnswer(self._reply(query, _RCODE_NXDOMAIN))
         key = (client, query.id)
         if token is not None and key in self._lookups[token].waiters:
             self.stats["retransmits"] += 1  # already waiting: its one reply will come
             return Waiting(token)
         if self._waiting >= self.max_waiters:
             self._drop("dns_too_many_waiters")
-            return DnsAnswer(self._reply(query, RCODE.SERVFAIL, aa=False))
+            return DnsAnswer(self._reply(query, _RCODE_SERVFAIL, aa=False))
         if token is None and len(self._lookups) >= self.max_lookups:
             self._drop("dns_too_many_lookups")
-            return DnsAnswer(self._reply(query, RCODE.SERVFAIL, aa=False))
+            return DnsAnswer(self._reply(query, _RCODE_SERVFAIL, aa=False))
         waiter = _Waiter(query, qtype, now, client)
         self._waiting += 1
         if token is not None:
@@ -445,18 +463,18 @@ class DnsResolver:
 
     def _ptr(self, query: _Query, qtype: int, addr: IPv4Address) -> bytes:
         answers = b""
-        if qtype in (QTYPE.PTR, QTYPE.ANY):
+        if qtype in (_QTYPE_PTR, _QTYPE_ANY):
             target = _pack_name(f"{c_name(addr)}.{self.suffix}".encode("ascii").split(b"."))
-            answers = _RR.pack(_QNAME_PTR, QTYPE.PTR, _CLASS_IN, self.ttl, len(target)) + target
-        return self._pack(query, RCODE.NOERROR, aa=True, ra=True, answers=answers)
+            answers = _RR.pack(_QNAME_PTR, _QTYPE_PTR, _CLASS_IN, self.ttl, len(target)) + target
+        return self._pack(query, _RCODE_NOERROR, aa=True, ra=True, answers=answers)
 
     def _answer(self, query: _Query, qtype: int, addr: IPv4Address | None) -> bytes:
         if addr is None:
-            return self._reply(query, RCODE.NXDOMAIN)
+            return self._reply(query, _RCODE_NXDOMAIN)
         answers = b""
-        if qtype in (QTYPE.A, QTYPE.ANY):
-            answers = _RR.pack(_QNAME_PTR, QTYPE.A, _CLASS_IN, self.ttl, 4) + addr.packed
-        return self._pack(query, RCODE.NOERROR, aa=True, ra=True, answers=answers)
+        if qtype in (_QTYPE_A, _QTYPE_ANY):
+            answers = _RR.pack(_QNAME_PTR, _QTYPE_A, _CLASS_IN, self.ttl, 4) + addr.packed
+        return self._pack(query, _RCODE_NOERROR, aa=True, ra=True, answers=answers)
 
     def _reply(self, query: _Query, rcode: int, *, aa: bool = True, ra: bool = True) -> bytes:
         return self._pack(query, rcode, aa=aa, ra=ra, answers=b"")
@@ -464,9 +482,7 @@ class DnsResolver:
     def _pack(self, query: _Query, rcode: int, *, aa: bool, ra: bool, answers: bytes) -> bytes:
         flags = 0x8000 | (query.opcode & 0xF) << 11 | int(aa) << 10 | (query.rd & 1) << 8
         flags |= int(ra or self.upstream) << 7 | rcode & 0xF
-        question = b""
-        if query.labels is not None:
-            question = _pack_name(query.labels) + _QUESTION.pack(query.qtype, query.qclass)
+        question = query.question
         header = _HEADER.pack(query.id, flags, 1 if question else 0, 1 if answers else 0, 0, 0)
         return header + question + answers
 

@@ -74,6 +74,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BATCH = 256
+# At most this many frames for the gateway's services (DNS, DHCP, ARP) per TAP wake-up: a
+# burst of DNS queries then leaves the loop every ~0.5 ms, so the DHT lookups the first
+# queries started (several round trips, each waiting for a loop pass) finish while the
+# rest of the burst is read, and later queries hit the cache.
+LOCAL_BATCH = 32
 # A DHT lookup that has not answered by then is abandoned, so that its slot in the table's
 # in-flight cap comes back (the DHT's own timeouts are shorter; this is the backstop).
 LOOKUP_TIMEOUT_S = 30.0
@@ -625,7 +630,8 @@ class DataPlane:
         limit = BATCH if now - self._tap_seen < SPARSE_S else 1
         self._tap_seen = now
         n = 0
-        while n < limit:
+        local = 0
+        while n < limit and local < LOCAL_BATCH:
             try:
                 size = readv(fd, (buf,)) if lan_read is None else lan_read(buf)
             except BlockingIOError:
@@ -663,6 +669,7 @@ class DataPlane:
                         self._too_big(view[14:size], mtu)
             elif verdict is Drop.TAP_NOT_IPV4 or verdict is Drop.TAP_OUTSIDE_SUBNET:
                 # ARP, DHCP, DNS to the gateway...: the local services' (counted if refused).
+                local += 1
                 if not self._local_frame(bytes(view[:size])):
                     self.drops[verdict] += 1
             elif admit is not None and not admit(view[:size]):

@@ -18,13 +18,22 @@ import pytun
 from pyroute2 import AsyncIPRoute
 
 from ipop.errors import ConfigError
+from ipop.vnet.arp import VIRTUAL_MAC
 
-__all__ = ["Tap"]
+__all__ = ["TAP_TXQLEN", "Tap"]
+
+# Frames the kernel queues for us to read. Its default, 1,000, is what a burst of 1,000 DNS
+# queries at the gateway fills while the daemon answers the first ones: the rest were
+# dropped (the TAP's TX drops) and their senders retried a second later. Bulk traffic only
+# queues here when the daemon cannot keep up; twice the burst keeps that queue short.
+TAP_TXQLEN = 2048
 
 # linux/if_addr.h: no kernel route for the address's prefix (we add our own, via the gateway).
 IFA_F_NOPREFIXROUTE = 0x200
 # linux/rtnetlink.h: the gateway is on the link itself.
 RT_SCOPE_LINK = 253
+# linux/neighbour.h: a neighbour entry the kernel never probes, ages or drops.
+NUD_PERMANENT = 0x80
 
 
 class Tap:
@@ -45,15 +54,21 @@ class Tap:
         self.mac: bytes = bytes(self._dev.hwaddr)
 
     async def configure(self) -> None:
-        """MTU and link up; IPv6 off (router solicitations would only be counted drops)."""
+        """MTU, queue length and link up; IPv6 off (router solicitations would only be counted
+        drops)."""
         async with AsyncIPRoute() as ipr:
             self.index = (await ipr.link_lookup(ifname=self.name))[0]
             with contextlib.suppress(OSError):
                 Path(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6").write_text("1")
-            await ipr.link("set", index=self.index, mtu=self.mtu, state="up")
+            await ipr.link("set", index=self.index, mtu=self.mtu, txqlen=TAP_TXQLEN, state="up")
 
     async def set_address(
-        self, addr: IPv4Address, subnet: IPv4Network, gateway: IPv4Address
+        self,
+        addr: IPv4Address,
+        subnet: IPv4Network,
+        gateway: IPv4Address,
+        *,
+        gateway_mac: bytes = VIRTUAL_MAC,
     ) -> None:
         """Give the tap ``addr``, and route the subnet through ``gateway`` rather than on-link.
 
@@ -62,6 +77,11 @@ class Tap:
         peer, and the neighbour table is shared by every namespace of the machine and holds
         1,024 entries by default (``gc_thresh3``): past it, sends fail with ENOBUFS. Through
         the gateway the kernel keeps one entry, whatever the number of peers.
+
+        That entry is permanent, with the gateway's fixed MAC: else, after a quiet minute the
+        kernel asks for it again, and the first packets wait on the daemon's ARP answer in a
+        small queue (~200 kB). In a burst of DNS queries on a loaded machine whole bursts
+        were lost there (UdpSndbufErrors, IpOutDiscards) before the daemon had answered.
         """
         async with AsyncIPRoute() as ipr:
             async for a in await ipr.get_addr(index=self.index, family=2):
@@ -80,6 +100,13 @@ class Tap:
                 (str(subnet), {"gateway": str(gateway)}),
             ):
                 await ipr.route("replace", dst=dst, oif=self.index, prefsrc=str(addr), **extra)
+            await ipr.neigh(
+                "replace",
+                dst=str(gateway),
+                lladdr=gateway_mac.hex(":"),
+                ifindex=self.index,
+                state=NUD_PERMANENT,
+            )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -21,6 +21,7 @@ import pytest
 
 from ipop.dht.names import c_name
 from ipop.status import Status
+from ipop.vnet.arp import VIRTUAL_MAC
 from tools.lab import netns
 from tools.lab.ipopnet import IPOP_PORT, IpopNet
 from tools.lab.lab import Lab, cleanup_stale, process_prefix
@@ -152,11 +153,23 @@ def test_dig_answers_c_names_hostnames_and_nxdomain(net: IpopNet) -> None:
     assert "status: NOERROR" in aaaa and "ANSWER: 0" in aaaa
 
 
+def _tap_tx(net: IpopNet, host: str) -> tuple[int, int]:
+    """(queue length, frames dropped) of the host's TAP toward its daemon."""
+    res = net.lab.exec(host, ["ip", "-j", "-s", "link", "show", "ipop0"], timeout=10)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [link] = json.loads(res.stdout)
+    return link["txqlen"], link["stats64"]["tx"]["dropped"]
+
+
 def test_a_burst_of_1000_queries_over_5_cold_names_is_answered(net: IpopNet) -> None:
-    """Was 144 SERVFAIL of 1,000: identical lookups were not merged and 256 overflowed."""
+    """Was 144 SERVFAIL of 1,000: identical lookups were not merged and 256 overflowed.
+    Then p99 90-125 ms, and a few queries of each burst dropped by the TAP's queue (1,000
+    frames) and answered only after the client's retry, a second later."""
     # pub2 has asked its gateway for no name yet: every record starts cold (its status
     # counts exactly 5 lookups afterwards, one per name).
     names = [f"{h}.ipop" for h in ("pub1", "a", "b", "c", "d")]
+    qlen, dropped = _tap_tx(net, "pub2")
+    assert qlen >= 2 * 1000  # room for the whole burst and then some
     res = net.lab.exec(
         "pub2",
         [sys.executable, "-m", "tools.bench.dns_burst", "--json", "--count", "1000", *names],
@@ -167,13 +180,30 @@ def test_a_burst_of_1000_queries_over_5_cold_names_is_answered(net: IpopNet) -> 
     print("dns burst:", got)
     assert got["answered"] == 1000 and got["ok"] == 1000, got
     assert got["rcodes"] == {"NOERROR": 1000}, got
+    # Resends also follow lookups slower than the client's 1 s retry (a loaded machine, a
+    # ring still forming): the TAP's own drop counter says whether it dropped queries.
+    assert _tap_tx(net, "pub2")[1] == dropped, got
     # The target is p99 <= 100 ms; the bound here leaves room for a loaded CI machine.
     assert got["p99_ms"] is not None and got["p99_ms"] <= 1000, got
     dns = _status(net, "pub2").dns
     assert dns is not None
-    assert dns.counters["lookups"] == 5 and dns.counters["merged"] >= 995 - got["resent"]
+    c = dns.counters
+    # One lookup per name; every other query waited for it or, once it ended, hit the cache.
+    assert c["lookups"] == 5 and c.get("merged", 0) + c.get("cache_hits", 0) >= 995, c
     assert dns.answers.get("servfail", 0) == 0 and dns.drops == {}
     assert dns.latency_ms.p99 is not None
+
+
+def test_the_gateways_neighbour_entry_is_permanent(net: IpopNet) -> None:
+    """A burst at a loaded moment lost every query (3 tries, UdpSndbufErrors and IpOutDiscards
+    in the host, nothing on the TAP): after a quiet minute the kernel had to ask for the
+    gateway's MAC again and held the queries in its small unresolved queue meanwhile."""
+    res = net.lab.exec("pub2", ["ip", "-j", "neigh", "show", "dev", "ipop0", GATEWAY], timeout=10)
+    assert res.returncode == 0, res.stdout + res.stderr
+    entries = json.loads(res.stdout)
+    assert [(e["lladdr"], e["state"]) for e in entries] == [
+        (VIRTUAL_MAC.hex(":"), ["PERMANENT"])
+    ], entries
 
 
 def test_host_nslookup_getent_and_dig_with_the_documented_resolv_conf(net: IpopNet) -> None:

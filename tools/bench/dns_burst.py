@@ -32,6 +32,7 @@ __all__ = ["BurstResult", "burst", "main"]
 
 RCVBUF_BYTES = 8 << 20
 SO_RCVBUFFORCE = 33  # Linux: past rmem_max, for root (the lab); else SO_RCVBUF, capped
+SO_SNDBUFFORCE = 32  # the same for the send buffer
 
 
 @dataclass(slots=True)
@@ -84,16 +85,38 @@ async def burst(
     sent_at: dict[int, float] = {}
     started = 0.0
     done = asyncio.Event()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # 1,000 replies arrive back to back: the default receive buffer (~500 small datagrams)
+    # would drop half of them here, which is this client's loss, not the server's. The send
+    # buffer holds every query until the server has read it (a TAP keeps our datagrams
+    # queued): with the default, sends would block half-way through the burst.
+    for size_opt, opt in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        for o in (size_opt, opt):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, o, RCVBUF_BYTES)
+                break
+            except OSError:
+                continue
+    sock.connect(server)
+    sock.setblocking(False)
+    recv, send = sock.recv, sock.send
 
-    class _Proto(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-            # Only the header is read here: parsing every reply with dnslib would put this
-            # client's own CPU time into the latencies it measures.
+    def readable() -> None:
+        # Every reply waiting is read in one go, and only its header: asyncio's datagram
+        # transport (one reply per loop pass) and parsing replies with dnslib would put this
+        # client's own CPU time into the latencies it measures (the daemon's was less).
+        while True:
+            try:
+                data = recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # e.g. ICMP port unreachable reported on a connected socket
             if len(data) < 12 or not data[2] & 0x80:
-                return  # not a DNS reply
+                continue  # not a DNS reply
             qid = int.from_bytes(data[:2], "big")
             if qid not in sent_at:
-                return  # a duplicate or a stranger
+                continue  # a duplicate or a stranger
             t = time.perf_counter()
             result.latencies_ms.append((t - sent_at.pop(qid)) * 1000)
             result.burst_ms = (t - started) * 1000
@@ -106,31 +129,31 @@ async def burst(
             if not sent_at:
                 done.set()
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    # 1,000 replies arrive back to back: the default receive buffer (~500 small datagrams)
-    # would drop half of them here, which is this client's loss, not the server's.
-    for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF_BYTES)
-            break
-    sock.connect(server)
-    transport, _ = await loop.create_datagram_endpoint(_Proto, sock=sock)
+    def send_all(ids: list[int]) -> None:
+        for i in ids:
+            with contextlib.suppress(OSError):  # a full buffer: the retry will send it again
+                send(packed[i])
+
+    loop.add_reader(sock.fileno(), readable)
     try:
         packed = {i: bytes(q.pack()) for i, q in queries.items()}
         started = time.perf_counter()
         for i, data in packed.items():
             sent_at[i] = time.perf_counter()
-            transport.sendto(data)
+            with contextlib.suppress(OSError):
+                send(data)
         for _ in range(tries):
             try:
                 await asyncio.wait_for(done.wait(), retry_s)
                 break
             except TimeoutError:
-                for i in list(sent_at):  # still unanswered: ask again, keep the first send time
-                    result.resent += 1
-                    transport.sendto(packed[i])
+                # Still unanswered: ask again, keep the first send time.
+                again = list(sent_at)
+                result.resent += len(again)
+                send_all(again)
     finally:
-        transport.close()
+        loop.remove_reader(sock.fileno())
+        sock.close()
     return result
 
 
