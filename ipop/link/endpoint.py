@@ -16,7 +16,9 @@ Per peer (keyed by the node id its certificate proves) there are at most:
   ``previous_key_grace_s`` (packets in flight during a rekey), never seal.
 - ``pending``: responder keys derived from verified Inits but not yet confirmed by DATA (one
   per Init retransmission, at most ``max_pending_responses``, each dropped after
-  ``handshake_timeout_s``). The first one confirmed wins; the others are forgotten.
+  ``handshake_timeout_s``). The first one confirmed becomes ``current``; the others stay
+  ``spare`` for ``SPARE_KEYS_S``, and DATA under one of them makes it ``current`` in turn
+  (an initiator that dialled several of our paths seals with the last Resp it got).
 
 Every set of keys is registered under the index *we* chose (``receiver_index`` of the DATA
 header), so a received DATA finds its keys with one dict lookup, before any crypto.
@@ -223,6 +225,11 @@ RELAY_REKEY_BURST: Final = 32.0
 # Init (rate-limited by the flood guard), and a forgotten entry only lets a replay within the
 # skew window create keys nobody confirms.
 LAST_INIT_MAX: Final = 65536
+# Keys we answered for a peer's other Inits when one of them was confirmed ("spare", see
+# LinkEndpoint._confirm) open its DATA this long after: the initiator installs every Resp that
+# reaches it, in arrival order, so the last one it installed (and seals with) may be confirmed
+# after another; a few round trips of the slowest path a handshake completes on.
+SPARE_KEYS_S: Final = 3.0
 # A direct path replaces the one in use only if its handshake was this much faster.
 PATH_SWITCH_RATIO: Final = 0.7
 _REBIND_QUIET: Final = timing.REBIND_QUIET_S
@@ -500,6 +507,8 @@ class _Peer:
         "rx_gap",
         "rx_packets",
         "rx_streak",
+        "spare",
+        "spare_until",
         "tx_bytes",
         "tx_first",
         "tx_packets",
@@ -528,6 +537,10 @@ class _Peer:
         self.current: _Keypair | None = None
         self.previous: _Keypair | None = None
         self.pending: dict[int, _Keypair] = {}
+        # Pending keys a sibling's confirmation left unconfirmed, kept until ``spare_until``
+        # (see LinkEndpoint._confirm).
+        self.spare: dict[int, _Keypair] = {}
+        self.spare_until = _INF
         self.observed: Endpoint | None = None
         self.established_at = 0.0
         self.last_rx = 0.0
@@ -1007,6 +1020,8 @@ class LinkEndpoint:
             if now >= kp.created_at + timeout:
                 del st.pending[index]
                 self._retire(index, st)
+        if st.spare and now >= st.spare_until:
+            self._drop_spare(st)
         cur = st.current
         if not st.up or cur is None:
             if not st.pending:
@@ -1075,6 +1090,8 @@ class LinkEndpoint:
             t = min(t, self._echo_deadline(st))
             if st.unlinked_check is not None:
                 t = min(t, st.unlinked_check[1])
+            if st.spare:
+                t = min(t, st.spare_until)
         elif not st.pending:
             t = 0.0  # nothing left: forget the peer at the next firing
         return t
@@ -1345,19 +1362,46 @@ class LinkEndpoint:
     # --- session state changes --------------------------------------------------------------
 
     def _confirm(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
-        """Responder side: ``kp`` was just proven by the initiator's first DATA."""
+        """Responder side: ``kp`` was just proven by the initiator's first DATA.
+
+        The other pending keys are kept as ``spare`` for ``SPARE_KEYS_S``, not dropped: when
+        the initiator's Inits reached us over several paths at once (a shortcut punched to
+        every endpoint of ours, a relay alongside), it installs each Resp that gets back, in
+        arrival order, and seals with the last. Its confirmation of an earlier one may reach
+        us first; dropping the rest made us refuse everything it then sealed with the keys it
+        kept (``unknown_index``), pings lost both ways until a rehandshake (cold start of 30
+        daemons: 1-4 of 1,190 pairs lost both pings). A spare key becomes current only when
+        authenticated DATA under it arrives, as a pending one does.
+        """
         del st.pending[kp.local_index]
         # The initiator confirms as soon as our Resp arrives: one round trip since we answered.
         st.rtt = now - kp.created_at
-        for index in st.pending:
-            self._retire(index, st)
-        st.pending.clear()
+        if st.pending:
+            st.spare.update(st.pending)
+            st.pending.clear()
+            while len(st.spare) > self.config.max_pending_responses:
+                oldest = next(iter(st.spare))
+                self._retire(st.spare.pop(oldest).local_index, st)
+            st.spare_until = now + SPARE_KEYS_S
+        st.spare.pop(kp.local_index, None)
         self._install(st, kp, path, now, None)
+
+    def _drop_spare(self, st: _Peer) -> None:
+        for index in st.spare:
+            self._retire(index, st)
+        st.spare.clear()
+        st.spare_until = _INF
 
     def _on_older_keys(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
         """An authenticated DATA arrived on keys that are not ``current``."""
         if kp.local_index in st.pending:
             self._confirm(st, kp, path, now)
+            return
+        if st.spare.pop(kp.local_index, None) is not None:
+            # The initiator kept these keys (see _confirm): seal with them too.
+            self.stats["spare_keys_confirmed"] += 1
+            st.rtt = now - kp.created_at
+            self._install(st, kp, path, now, None)
             return
         cur = st.current
         # The peer still seals with our previous keys half a grace period after we switched:
@@ -1555,7 +1599,7 @@ class LinkEndpoint:
         self._probe_path(st, now)
 
     def _teardown(self, st: _Peer, reason: str) -> None:
-        for kp in (st.current, st.previous, *st.pending.values()):
+        for kp in (st.current, st.previous, *st.pending.values(), *st.spare.values()):
             if kp is not None:
                 self._keypairs.pop(kp.local_index, None)
         del self._peers[st.node_id]
