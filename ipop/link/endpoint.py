@@ -13,7 +13,10 @@ Per peer (keyed by the node id its certificate proves) there are at most:
 - ``current``: the keys we seal with. Set on the initiator when a valid Resp arrives, on the
   responder when the first DATA sealed with its pending keys arrives (key confirmation).
 - ``previous``: the keys ``current`` replaced; they still open packets for
-  ``previous_key_grace_s`` (packets in flight during a rekey), never seal.
+  ``previous_key_grace_s`` (packets in flight during a rekey), never seal. Keys that
+  ``previous`` held before (several handshakes completed within a grace period: one per path
+  a shortcut dialled) stay in ``older`` until their own grace ends (at most
+  ``max_pending_responses``): the peer may not have switched off them yet.
 - ``pending``: responder keys derived from verified Inits but not yet confirmed by DATA (one
   per Init retransmission, at most ``max_pending_responses``, each dropped after
   ``handshake_timeout_s``). The first one confirmed becomes ``current``; the others stay
@@ -493,6 +496,7 @@ class _Peer:
         "last_tx",
         "node_id",
         "observed",
+        "older",
         "path",
         "path_rtt",
         "path_rx",
@@ -536,6 +540,8 @@ class _Peer:
         self.up = False
         self.current: _Keypair | None = None
         self.previous: _Keypair | None = None
+        # Keys ``previous`` held before, still in their grace period (see _install).
+        self.older: dict[int, _Keypair] = {}
         self.pending: dict[int, _Keypair] = {}
         # Pending keys a sibling's confirmation left unconfirmed, kept until ``spare_until``
         # (see LinkEndpoint._confirm).
@@ -1045,6 +1051,10 @@ class LinkEndpoint:
         if prev is not None and now >= prev.reject_at:
             self._retire(prev.local_index, st)
             st.previous = None
+        for index, old in list(st.older.items()):
+            if now >= old.reject_at:
+                del st.older[index]
+                self._retire(index, st)
         if now >= cur.rekey_at:
             # An idle link rekeys too: overlay links live for hours, traffic or not.
             self._rekey_due(st, cur, now)
@@ -1087,6 +1097,8 @@ class LinkEndpoint:
                 t = min(t, max(st.last_rx + cfg.silent_peer_s, st.probe_after))
             if st.previous is not None:
                 t = min(t, st.previous.reject_at)
+            for old in st.older.values():
+                t = min(t, old.reject_at)
             t = min(t, self._echo_deadline(st))
             if st.unlinked_check is not None:
                 t = min(t, st.unlinked_check[1])
@@ -1411,7 +1423,7 @@ class LinkEndpoint:
         # and it completes before the previous keys stop opening.
         if (
             cur is not None
-            and kp is st.previous
+            and (kp is st.previous or kp.local_index in st.older)
             and now - cur.created_at > self.config.previous_key_grace_s / 2
             and not st.pending
             and not any(i.expected == st.node_id for i in self._initiations.values())
@@ -1433,8 +1445,14 @@ class LinkEndpoint:
         heard = st.last_rx  # before this handshake: how long the session had been silent
         if old is not None:
             old.reject_at = min(old.reject_at, now + self.config.previous_key_grace_s)
-            if st.previous is not None:
-                self._retire(st.previous.local_index, st)
+            prev = st.previous
+            if prev is not None:
+                # Replaced within its grace period: the peer may still seal with it (it
+                # switches when our key confirmation, or its own Resp, arrives).
+                older = st.older
+                older[prev.local_index] = prev
+                while len(older) > self.config.max_pending_responses:
+                    self._retire(older.pop(next(iter(older))).local_index, st)
             st.previous = old
             st.rekeys += 1
         st.current = kp
@@ -1599,7 +1617,13 @@ class LinkEndpoint:
         self._probe_path(st, now)
 
     def _teardown(self, st: _Peer, reason: str) -> None:
-        for kp in (st.current, st.previous, *st.pending.values(), *st.spare.values()):
+        for kp in (
+            st.current,
+            st.previous,
+            *st.pending.values(),
+            *st.spare.values(),
+            *st.older.values(),
+        ):
             if kp is not None:
                 self._keypairs.pop(kp.local_index, None)
         del self._peers[st.node_id]

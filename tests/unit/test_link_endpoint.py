@@ -574,3 +574,31 @@ def test_spare_keys_expire_unconfirmed() -> None:
     w.a.receive_datagram(confirmations[1][0], B_EP, now=w.now)
     assert w.a.stats["spare_keys_confirmed"] == 0
     assert w.a.drops["unknown_index"] == 1
+
+
+def test_keys_replaced_twice_within_a_grace_period_still_open_what_the_peer_sealed() -> None:
+    """A completes two handshakes at once (it dialled two more of B's endpoints) on top of the
+    session: the first keys were retired at once, and what B sealed with them before either
+    key confirmation reached it was dropped as unknown_index."""
+    w = up_pair()
+    b_id = w.idb.node_id
+    eps = [Endpoint("203.0.113.2", 61001), Endpoint("203.0.113.2", 61002)]
+    for ep in eps:
+        w.a.connect(ep, now=w.now, expected=b_id)
+    inits = w.a.datagrams_to_send(now=w.now)
+    assert [p for _, p in inits] == eps
+    for data, _ in inits:
+        w.b.receive_datagram(data, A_EP, now=w.now)
+    resps = w.b.datagrams_to_send(now=w.now)
+    in_flight, _ = w.b.seal(w.ida.node_id, b"sealed before the switch", now=w.now)
+    for (data, _), ep in zip(resps, eps, strict=True):
+        w.a.receive_datagram(data, ep, now=w.now)
+    assert w.a.is_up(b_id) and w.a.peers()[0].rekeys == 2
+    w.a.receive_datagram(in_flight, B_EP, now=w.now)
+    assert b"sealed before the switch" in payloads(events(w.a))
+    assert w.a.drops["unknown_index"] == 0
+    # ... for a grace period only.
+    late, _ = w.b.seal(w.ida.node_id, b"late", now=w.now)
+    w.run_until(w.now + w.a.config.previous_key_grace_s + 1.0)
+    w.a.receive_datagram(late, B_EP, now=w.now)
+    assert b"late" not in payloads(events(w.a) + w.received["a"])
