@@ -124,6 +124,7 @@ the guard's ``under_load``, ``init_rate_limited``, ``init_overloaded``; cookie r
 ``roamed``, ``collision_yielded``, ``handshake_answered``, ``handshake_retransmitted``,
 ``unlinked_checks``,
 ``handshake_failed``, ``rehandshake_diverged``, ``rehandshake_stale_keys``,
+``data_under_retired_keys`` (the peer seals with keys we dropped), ``spare_keys_confirmed``,
 ``rehandshake_relayed_unknown``,
 ``init_expensive`` (Inits that reached public-key work), ``cookie_sent``,
 ``cookie_received``, ``cookie_resent``).
@@ -895,7 +896,14 @@ class LinkEndpoint:
         st.rekeyed_stale_at = now
         st.unlinked_check = (now, now + UNLINKED_CHECK_S)
         self.stats["unlinked_checks"] += 1
-        if not st.pending and not any(i.expected == peer for i in self._initiations.values()):
+        # Toward the session's own path, even while one of ours to another path is under way:
+        # that one may never complete (a shortcut dialled the public endpoint of a peer on our
+        # LAN, through a NAT without hairpinning), and an idle live peer sends nothing else
+        # within the check, so its session was torn down on our side only (cold start: pairs
+        # on one LAN that lost every ping until the silent-peer timer).
+        if not st.pending and not any(
+            i.expected == peer and i.path == st.path for i in self._initiations.values()
+        ):
             self._start_initiation(st.path, peer, now)
         self._touch(st)
         return True
@@ -1529,6 +1537,9 @@ class LinkEndpoint:
             if type(path) is RelayPath:
                 self._rekey_relayed(path, now)
             return
+        # Our peer seals with keys we dropped: the two ends diverged (tests expect none at a
+        # cold start, tests/sim/test_coldstart_keys.py).
+        self.stats["data_under_retired_keys"] += 1
         st = self._peers.get(peer)
         if st is None or not st.up or now < st.rekeyed_stale_at + self.config.handshake_timeout_s:
             return
