@@ -896,14 +896,13 @@ class LinkEndpoint:
         st.rekeyed_stale_at = now
         st.unlinked_check = (now, now + UNLINKED_CHECK_S)
         self.stats["unlinked_checks"] += 1
-        # Toward the session's own path, even while one of ours to another path is under way:
-        # that one may never complete (a shortcut dialled the public endpoint of a peer on our
-        # LAN, through a NAT without hairpinning), and an idle live peer sends nothing else
-        # within the check, so its session was torn down on our side only (cold start: pairs
-        # on one LAN that lost every ping until the silent-peer timer).
-        if not st.pending and not any(
-            i.expected == peer and i.path == st.path for i in self._initiations.values()
-        ):
+        # Toward the session's own path, even while one of ours to another path is under way
+        # or we answered one of the peer's: the first may never complete (a shortcut dialled
+        # the public endpoint of a peer on our LAN, through a NAT without hairpinning), the
+        # second may have lost a crossing and never be confirmed, and an idle live peer sends
+        # nothing else within the check: its session was torn down on our side only (cold
+        # start: pairs on one LAN that lost every ping until the silent-peer timer).
+        if not any(i.expected == peer and i.path == st.path for i in self._initiations.values()):
             self._start_initiation(st.path, peer, now)
         self._touch(st)
         return True
