@@ -13,10 +13,15 @@ Per peer (keyed by the node id its certificate proves) there are at most:
 - ``current``: the keys we seal with. Set on the initiator when a valid Resp arrives, on the
   responder when the first DATA sealed with its pending keys arrives (key confirmation).
 - ``previous``: the keys ``current`` replaced; they still open packets for
-  ``previous_key_grace_s`` (packets in flight during a rekey), never seal.
+  ``previous_key_grace_s`` (packets in flight during a rekey), never seal. Keys that
+  ``previous`` held before (several handshakes completed within a grace period: one per path
+  a shortcut dialled) stay in ``older`` until their own grace ends (at most
+  ``max_pending_responses``): the peer may not have switched off them yet.
 - ``pending``: responder keys derived from verified Inits but not yet confirmed by DATA (one
   per Init retransmission, at most ``max_pending_responses``, each dropped after
-  ``handshake_timeout_s``). The first one confirmed wins; the others are forgotten.
+  ``handshake_timeout_s``). The first one confirmed becomes ``current``; the others stay
+  ``spare`` for ``SPARE_KEYS_S``, and DATA under one of them makes it ``current`` in turn
+  (an initiator that dialled several of our paths seals with the last Resp it got).
 
 Every set of keys is registered under the index *we* chose (``receiver_index`` of the DATA
 header), so a received DATA finds its keys with one dict lookup, before any crypto.
@@ -121,6 +126,7 @@ the guard's ``under_load``, ``init_rate_limited``, ``init_overloaded``; cookie r
 ``roamed``, ``collision_yielded``, ``handshake_answered``, ``handshake_retransmitted``,
 ``unlinked_checks``,
 ``handshake_failed``, ``rehandshake_diverged``, ``rehandshake_stale_keys``,
+``data_under_retired_keys`` (the peer seals with keys we dropped), ``spare_keys_confirmed``,
 ``rehandshake_relayed_unknown``,
 ``init_expensive`` (Inits that reached public-key work), ``cookie_sent``,
 ``cookie_received``, ``cookie_resent``).
@@ -225,6 +231,11 @@ RELAY_REKEY_BURST: Final = 32.0
 # Init (rate-limited by the flood guard), and a forgotten entry only lets a replay within the
 # skew window create keys nobody confirms.
 LAST_INIT_MAX: Final = 65536
+# Keys we answered for a peer's other Inits when one of them was confirmed ("spare", see
+# LinkEndpoint._confirm) open its DATA this long after: the initiator installs every Resp that
+# reaches it, in arrival order, so the last one it installed (and seals with) may be confirmed
+# after another; a few round trips of the slowest path a handshake completes on.
+SPARE_KEYS_S: Final = 3.0
 # A direct path replaces the one in use only if its handshake was this much faster.
 PATH_SWITCH_RATIO: Final = 0.7
 _REBIND_QUIET: Final = timing.REBIND_QUIET_S
@@ -488,6 +499,7 @@ class _Peer:
         "last_tx",
         "node_id",
         "observed",
+        "older",
         "path",
         "path_rtt",
         "path_rx",
@@ -502,6 +514,8 @@ class _Peer:
         "rx_gap",
         "rx_packets",
         "rx_streak",
+        "spare",
+        "spare_until",
         "tx_bytes",
         "tx_first",
         "tx_packets",
@@ -529,7 +543,13 @@ class _Peer:
         self.up = False
         self.current: _Keypair | None = None
         self.previous: _Keypair | None = None
+        # Keys ``previous`` held before, still in their grace period (see _install).
+        self.older: dict[int, _Keypair] = {}
         self.pending: dict[int, _Keypair] = {}
+        # Pending keys a sibling's confirmation left unconfirmed, kept until ``spare_until``
+        # (see LinkEndpoint._confirm).
+        self.spare: dict[int, _Keypair] = {}
+        self.spare_until = _INF
         self.observed: Endpoint | None = None
         self.established_at = 0.0
         self.last_rx = 0.0
@@ -899,7 +919,13 @@ class LinkEndpoint:
         st.rekeyed_stale_at = now
         st.unlinked_check = (now, now + UNLINKED_CHECK_S)
         self.stats["unlinked_checks"] += 1
-        if not st.pending and not any(i.expected == peer for i in self._initiations.values()):
+        # Toward the session's own path, even while one of ours to another path is under way
+        # or we answered one of the peer's: the first may never complete (a shortcut dialled
+        # the public endpoint of a peer on our LAN, through a NAT without hairpinning), the
+        # second may have lost a crossing and never be confirmed, and an idle live peer sends
+        # nothing else within the check: its session was torn down on our side only (cold
+        # start: pairs on one LAN that lost every ping until the silent-peer timer).
+        if not any(i.expected == peer and i.path == st.path for i in self._initiations.values()):
             self._start_initiation(st.path, peer, now)
         self._touch(st)
         return True
@@ -1035,6 +1061,8 @@ class LinkEndpoint:
             if now >= kp.created_at + timeout:
                 del st.pending[index]
                 self._retire(index, st)
+        if st.spare and now >= st.spare_until:
+            self._drop_spare(st)
         cur = st.current
         if not st.up or cur is None:
             if not st.pending:
@@ -1058,6 +1086,10 @@ class LinkEndpoint:
         if prev is not None and now >= prev.reject_at:
             self._retire(prev.local_index, st)
             st.previous = None
+        for index, old in list(st.older.items()):
+            if now >= old.reject_at:
+                del st.older[index]
+                self._retire(index, st)
         if now >= cur.rekey_at:
             # An idle link rekeys too: overlay links live for hours, traffic or not.
             self._rekey_due(st, cur, now)
@@ -1100,9 +1132,13 @@ class LinkEndpoint:
                 t = min(t, max(st.last_rx + cfg.silent_peer_s, st.probe_after))
             if st.previous is not None:
                 t = min(t, st.previous.reject_at)
+            for old in st.older.values():
+                t = min(t, old.reject_at)
             t = min(t, self._echo_deadline(st))
             if st.unlinked_check is not None:
                 t = min(t, st.unlinked_check[1])
+            if st.spare:
+                t = min(t, st.spare_until)
         elif not st.pending:
             t = 0.0  # nothing left: forget the peer at the next firing
         return t
@@ -1373,19 +1409,46 @@ class LinkEndpoint:
     # --- session state changes --------------------------------------------------------------
 
     def _confirm(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
-        """Responder side: ``kp`` was just proven by the initiator's first DATA."""
+        """Responder side: ``kp`` was just proven by the initiator's first DATA.
+
+        The other pending keys are kept as ``spare`` for ``SPARE_KEYS_S``, not dropped: when
+        the initiator's Inits reached us over several paths at once (a shortcut punched to
+        every endpoint of ours, a relay alongside), it installs each Resp that gets back, in
+        arrival order, and seals with the last. Its confirmation of an earlier one may reach
+        us first; dropping the rest made us refuse everything it then sealed with the keys it
+        kept (``unknown_index``), pings lost both ways until a rehandshake (cold start of 30
+        daemons: 1-4 of 1,190 pairs lost both pings). A spare key becomes current only when
+        authenticated DATA under it arrives, as a pending one does.
+        """
         del st.pending[kp.local_index]
         # The initiator confirms as soon as our Resp arrives: one round trip since we answered.
         st.rtt = now - kp.created_at
-        for index in st.pending:
-            self._retire(index, st)
-        st.pending.clear()
+        if st.pending:
+            st.spare.update(st.pending)
+            st.pending.clear()
+            while len(st.spare) > self.config.max_pending_responses:
+                oldest = next(iter(st.spare))
+                self._retire(st.spare.pop(oldest).local_index, st)
+            st.spare_until = now + SPARE_KEYS_S
+        st.spare.pop(kp.local_index, None)
         self._install(st, kp, path, now, None)
+
+    def _drop_spare(self, st: _Peer) -> None:
+        for index in st.spare:
+            self._retire(index, st)
+        st.spare.clear()
+        st.spare_until = _INF
 
     def _on_older_keys(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
         """An authenticated DATA arrived on keys that are not ``current``."""
         if kp.local_index in st.pending:
             self._confirm(st, kp, path, now)
+            return
+        if st.spare.pop(kp.local_index, None) is not None:
+            # The initiator kept these keys (see _confirm): seal with them too.
+            self.stats["spare_keys_confirmed"] += 1
+            st.rtt = now - kp.created_at
+            self._install(st, kp, path, now, None)
             return
         cur = st.current
         # The peer still seals with our previous keys half a grace period after we switched:
@@ -1395,7 +1458,7 @@ class LinkEndpoint:
         # and it completes before the previous keys stop opening.
         if (
             cur is not None
-            and kp is st.previous
+            and (kp is st.previous or kp.local_index in st.older)
             and now - cur.created_at > self.config.previous_key_grace_s / 2
             and not st.pending
             and not any(i.expected == st.node_id for i in self._initiations.values())
@@ -1417,8 +1480,14 @@ class LinkEndpoint:
         heard = st.last_rx  # before this handshake: how long the session had been silent
         if old is not None:
             old.reject_at = min(old.reject_at, now + self.config.previous_key_grace_s)
-            if st.previous is not None:
-                self._retire(st.previous.local_index, st)
+            prev = st.previous
+            if prev is not None:
+                # Replaced within its grace period: the peer may still seal with it (it
+                # switches when our key confirmation, or its own Resp, arrives).
+                older = st.older
+                older[prev.local_index] = prev
+                while len(older) > self.config.max_pending_responses:
+                    self._retire(older.pop(next(iter(older))).local_index, st)
             st.previous = old
             st.rekeys += 1
         st.current = kp
@@ -1506,6 +1575,9 @@ class LinkEndpoint:
             if type(path) is RelayPath:
                 self._rekey_relayed(path, now)
             return
+        # Our peer seals with keys we dropped: the two ends diverged (tests expect none at a
+        # cold start, tests/sim/test_coldstart_keys.py).
+        self.stats["data_under_retired_keys"] += 1
         st = self._peers.get(peer)
         if st is None or not st.up or now < st.rekeyed_stale_at + self.config.handshake_timeout_s:
             return
@@ -1602,7 +1674,13 @@ class LinkEndpoint:
         self._probe_path(st, now)
 
     def _teardown(self, st: _Peer, reason: str) -> None:
-        for kp in (st.current, st.previous, *st.pending.values()):
+        for kp in (
+            st.current,
+            st.previous,
+            *st.pending.values(),
+            *st.spare.values(),
+            *st.older.values(),
+        ):
             if kp is not None:
                 self._keypairs.pop(kp.local_index, None)
         del self._peers[st.node_id]

@@ -11,6 +11,7 @@ import pytest
 from ipop import timing
 from ipop.errors import ConfigError, LocalProtocolError
 from ipop.link.endpoint import (
+    SPARE_KEYS_S,
     LinkConfig,
     LinkDown,
     LinkEndpoint,
@@ -525,3 +526,79 @@ def test_both_sides_know_the_handshake_round_trip_for_status() -> None:
     (b_info,) = w.b.peers()
     assert a_info.rtt_s == pytest.approx(0.08)  # Init -> Resp
     assert b_info.rtt_s == pytest.approx(0.08)  # Resp -> key confirmation
+
+
+def _answered_over_two_paths() -> tuple[World, list[tuple[bytes, Path]]]:
+    """B dials both of A's endpoints at once (a shortcut punched to each); A answers both
+    Inits; B gets the Resp of the second first, installs both and seals with the last (the
+    first's keys). Returns the world and B's datagrams to A, key confirmations in order."""
+    w = World()
+    a_id = w.ida.node_id
+    w.b.connect(A_EP, now=w.now, expected=a_id)
+    w.b.connect(A_EP2, now=w.now, expected=a_id)
+    inits = w.b.datagrams_to_send(now=w.now)
+    assert [p for _, p in inits] == [A_EP, A_EP2]
+    for data, _ in inits:
+        w.a.receive_datagram(data, B_EP, now=w.now)
+    resps = w.a.datagrams_to_send(now=w.now)
+    assert len(resps) == 2 and w.a.stats["handshake_answered"] == 2
+    for data, src in ((resps[1][0], A_EP2), (resps[0][0], A_EP)):
+        w.b.receive_datagram(data, src, now=w.now)
+    return w, w.b.datagrams_to_send(now=w.now)
+
+
+def test_the_keys_the_initiator_kept_open_when_another_answer_was_confirmed_first() -> None:
+    """Before spare keys, A kept only the first keys confirmed and dropped the other answer,
+    while B sealed with that other one: everything B sent was dropped as unknown_index (the
+    cold start's pairs losing both pings)."""
+    w, confirmations = _answered_over_two_paths()
+    assert len(confirmations) == 2
+    for data, _ in confirmations:  # in B's order: the keys B replaced first
+        w.a.receive_datagram(data, B_EP, now=w.now)
+    data, _ = w.b.seal(w.ida.node_id, b"after both handshakes", now=w.now)
+    w.a.receive_datagram(data, B_EP, now=w.now)
+    assert b"after both handshakes" in payloads(events(w.a))
+    assert w.a.drops["unknown_index"] == 0
+    assert w.a.stats["spare_keys_confirmed"] == 1
+    # Both ends seal with the same keys now: A's answer reaches B too.
+    data, _ = w.a.seal(w.idb.node_id, b"back", now=w.now)
+    w.b.receive_datagram(data, A_EP, now=w.now)
+    assert b"back" in payloads(events(w.b))
+
+
+def test_spare_keys_expire_unconfirmed() -> None:
+    """A spare key opens nothing once SPARE_KEYS_S passed without DATA under it (bounded)."""
+    w, confirmations = _answered_over_two_paths()
+    w.a.receive_datagram(confirmations[0][0], B_EP, now=w.now)
+    w.run_until(w.now + SPARE_KEYS_S + 0.5)
+    w.a.receive_datagram(confirmations[1][0], B_EP, now=w.now)
+    assert w.a.stats["spare_keys_confirmed"] == 0
+    assert w.a.drops["unknown_index"] == 1
+
+
+def test_keys_replaced_twice_within_a_grace_period_still_open_what_the_peer_sealed() -> None:
+    """A completes two handshakes at once (it dialled two more of B's endpoints) on top of the
+    session: the first keys were retired at once, and what B sealed with them before either
+    key confirmation reached it was dropped as unknown_index."""
+    w = up_pair()
+    b_id = w.idb.node_id
+    eps = [Endpoint("203.0.113.2", 61001), Endpoint("203.0.113.2", 61002)]
+    for ep in eps:
+        w.a.connect(ep, now=w.now, expected=b_id)
+    inits = w.a.datagrams_to_send(now=w.now)
+    assert [p for _, p in inits] == eps
+    for data, _ in inits:
+        w.b.receive_datagram(data, A_EP, now=w.now)
+    resps = w.b.datagrams_to_send(now=w.now)
+    in_flight, _ = w.b.seal(w.ida.node_id, b"sealed before the switch", now=w.now)
+    for (data, _), ep in zip(resps, eps, strict=True):
+        w.a.receive_datagram(data, ep, now=w.now)
+    assert w.a.is_up(b_id) and w.a.peers()[0].rekeys == 2
+    w.a.receive_datagram(in_flight, B_EP, now=w.now)
+    assert b"sealed before the switch" in payloads(events(w.a))
+    assert w.a.drops["unknown_index"] == 0
+    # ... for a grace period only.
+    late, _ = w.b.seal(w.ida.node_id, b"late", now=w.now)
+    w.run_until(w.now + w.a.config.previous_key_grace_s + 1.0)
+    w.a.receive_datagram(late, B_EP, now=w.now)
+    assert b"late" not in payloads(events(w.a) + w.received["a"])

@@ -227,6 +227,33 @@ def test_a_live_peer_keeps_its_session_through_a_check() -> None:
     assert b.peer_unlinked(alice, now=t + b.config.handshake_timeout_s)
 
 
+def test_a_live_peer_is_checked_on_its_path_while_a_handshake_to_another_one_hangs() -> None:
+    """Bob dials Alice's public endpoint too (a shortcut to every endpoint of a peer on his
+    LAN, through a NAT that does not hairpin: it never completes) when her routed message
+    makes him check their LAN session. The check must key the session's own path: it skipped
+    the handshake while that other one hung, an idle Alice sent nothing within the check, and
+    Bob tore the live session down on his side only (cold start, tests/sim/
+    test_coldstart_keys.py: pairs on one LAN lost every ping until the silent-peer timer)."""
+    a, b, _, _, _ = _trio()
+    _session(a, b, A_EP, B_EP, NOW)
+    alice = a._identity.node_id
+    public = Endpoint("203.0.113.77", 5800)
+    b.connect(public, now=NOW, expected=alice)
+    assert [p for _, p in _out(b, NOW)] == [public]  # lost: no hairpin
+    t = NOW + 1
+    assert b.peer_unlinked(alice, now=t)
+    out = _out(b, t)
+    assert [p for _, p in out] == [A_EP] and out[0][0][0] == TYPE_HANDSHAKE_INIT
+    for _ in range(3):
+        for data, _ in out:
+            a.receive_datagram(data, B_EP, now=t)
+        for data, _ in _out(a, t):
+            b.receive_datagram(data, A_EP, now=t)
+        out = [(d, p) for d, p in _out(b, t) if p == A_EP]
+    b.handle_timer(now=t + endpoint.UNLINKED_CHECK_S)
+    assert b.is_up(alice) and not _down(_events(b))
+
+
 def test_relayed_rekeys_are_bounded_whatever_ids_a_relay_names() -> None:
     """The relay names the origin: one that makes ids up gets a bounded number of our Inits
     (a global budget behind the per-peer limit), and the table of them stays bounded."""
