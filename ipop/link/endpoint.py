@@ -1476,6 +1476,11 @@ class LinkEndpoint:
         *,
         rtt: float | None = None,
     ) -> None:
+        if type(path) is SocketPath:
+            # Where the peer sees a punching socket is that socket's own NAT mapping: nothing
+            # to advertise, and compared with the main socket's it looked like a NAT rebinding
+            # (a roam, every session re-keyed, at every cold start).
+            observed = None
         old = st.current
         heard = st.last_rx  # before this handshake: how long the session had been silent
         if old is not None:
@@ -1826,6 +1831,8 @@ class LinkEndpoint:
             return
         if observed is None:
             return  # parse() gives an endpoint for every ack and seen
+        if type(path) is SocketPath:
+            return  # a punching socket's mapping, not our main socket's (see _install)
         old = st.observed
         if kind == echo.SEEN:
             # Unasked, but the peer's own observation of our authenticated DATA, as a Resp's
