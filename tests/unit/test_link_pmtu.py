@@ -11,10 +11,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage
+from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage, ObservedEndpoint
 from ipop.link.pmtu import (
     FINE_STEP,
     MAX_DATAGRAM,
@@ -178,19 +178,28 @@ _UP.up()
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tail=st.binary(max_size=40))
+# An echo (answered), and a seen notice and an echo's answer naming where the peer sees us
+# (ipop.link.echo, which shares the probe tag): allowed to reach the overlay as news.
+@example(tail=bytes([2]) + bytes(4))
+@example(tail=bytes([4, 0, 0, 0, 1, 198, 51, 100, 1, 0x16, 0xA8]))
+@example(tail=bytes([3, 0, 0, 0, 1, 198, 51, 100, 1, 0x16, 0xA8]))
 def test_any_authenticated_probe_payload_is_answered_counted_or_ignored(tail: bytes) -> None:
     """Fuzz: whatever follows the probe tag in an authenticated DATA, nothing raises, nothing
-    reaches the overlay, and at most one small ack leaves."""
+    reaches the overlay but where an echo's answer or a seen notice says the peer sees us
+    (ipop.link.echo shares the tag: kinds 2-4), and at most one small ack or echo answer
+    leaves."""
     p = _UP
     p.b.drops.clear()
     data, _ = p.a.seal(p.idb.node_id, bytes([PROBE_TAG]) + tail, now=p.now)
     p.b.receive_datagram(data, A_EP, now=p.now)
     out = p.b.datagrams_to_send(now=p.now)
+    ev = p.b.next_event()
+    assert ev is None or (isinstance(ev, ObservedEndpoint) and tail[:1] in (b"\x03", b"\x04"))
     assert p.b.next_event() is None
     assert len(out) <= 1 and all(len(d) < 100 for d, _ in out)
     assert set(p.b.drops) <= {"bad_probe"}
     if out:
-        assert tail[:1] == b"\x00" and len(tail) >= 5
+        assert (tail[:1] == b"\x00" and len(tail) >= 5) or tail[:1] == b"\x02"
 
 
 # --- relayed paths: probed end to end through the relay -------------------------------------
