@@ -172,6 +172,8 @@ class _LanSide:
 
 
 class RouterDaemon(Daemon):
+    ANSWERS_OWN_ARP = True
+
     def __init__(
         self,
         bundle: Bundle,

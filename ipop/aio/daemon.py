@@ -191,6 +191,10 @@ def load_crl_file(trust: CaTrust, path: Path, *, now: float) -> None:
 
 
 class Daemon:
+    # Whether ARP for our own vIP is ours to answer: not on a TAP, whose kernel holds the
+    # address; yes for a router, whose vIP has no stack on its LAN (ipop.vnet.echo).
+    ANSWERS_OWN_ARP = False
+
     def __init__(
         self,
         bundle: Bundle,
@@ -391,7 +395,8 @@ class Daemon:
         self.lease.start()
         assert self.dataplane is not None
         self.dataplane.set_own_ip(vip)
-        self.arp.set_own_ip(vip)
+        if not self.ANSWERS_OWN_ARP:
+            self.arp.set_own_ip(vip)
         if self.settings.addressing == "static" and self.tap is not None:
             await self.tap.set_address(vip, self.subnet, self.gateway)
         if self.services is not None:

@@ -677,6 +677,14 @@ class DataPlane:
             elif verdict is Verdict.LOOKUP:
                 dip = bytes(view[30:34])
                 self._held(self.owners.hold_out(dip, bytes(view[14:size]), now=now), dip)
+            elif (
+                verdict is Drop.TO_SELF
+                and admit is not None
+                and ((reply := echo_reply(view[14:size])) is not None)
+            ):
+                # A LAN host pinging its own router's name: no stack behind that vIP either.
+                self.counters["own_echo_answered"] += 1
+                self._write(reply)
             elif isinstance(verdict, Drop):
                 self.drops[verdict] += 1
         if self.local_side is not None and self.local_side.pending():

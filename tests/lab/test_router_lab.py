@@ -308,14 +308,14 @@ def test_plain_hosts_ping_nodes_and_the_other_cluster_by_name_and_back(
 def test_a_router_answers_pings_to_its_own_name(
     net: IpopNet, leases: dict[str, tuple[IPv4Address, float]]
 ) -> None:
-    """``ping r1.ipop`` from a node and from the other cluster's LAN host: the router's own
-    vIP has no stack behind it, so its data plane answers echo requests itself (before, none
-    came back)."""
+    """``ping r1.ipop`` from a node, from the other cluster's LAN host and from one of its own
+    LAN hosts: the router's own vIP has no stack behind it, so its data plane answers echo
+    requests itself (before, none came back)."""
     before = net.status("r1").counters.get("vnet.own_echo_answered", 0)
-    for src in ("a", "q1"):
+    for src in ("a", "q1", "p1"):  # a node, the other cluster's host, its own LAN's host
         out = _ping(net, src, _fqdn("r1"))
         assert re.search(rf"bytes from .*\b{re.escape(str(_vip(net, 'r1')))}\b", out), out
-    assert net.status("r1").counters.get("vnet.own_echo_answered", 0) >= before + 2
+    assert net.status("r1").counters.get("vnet.own_echo_answered", 0) >= before + 3
 
 
 def test_lan_to_lan_traffic_stays_on_the_lan(
