@@ -572,15 +572,19 @@ class NodeCore:
         if not self.overlay.send_direct(peer, KIND_BIRTHDAY, payload, now=now):
             self.overlay.send_routed(peer, KIND_BIRTHDAY, payload, exact=True, now=now)
 
-    def _on_roamed(self, now: float) -> None:
+    def _on_roamed(self, now: float, reason: str) -> None:
         """We roamed (a new address, or our NAT rebound): what port guessing learned and the
-        shortcut requests made from the old address no longer hold; traffic asks anew. Direct
-        sessions that hear nothing from the new address within ROAM_RELAY_AFTER_S go through
-        a relay meanwhile (:meth:`_relay_fallbacks`)."""
+        shortcut requests made from the old address no longer hold; traffic asks anew. After a
+        new address or a wake-up, direct sessions that hear nothing within ROAM_RELAY_AFTER_S
+        go through a relay meanwhile (:meth:`_relay_fallbacks`)."""
         self.birthday.roamed()
         self._shortcut_asked.clear()
-        self._roam_began = now
-        self._fallback_at = now + timing.ROAM_RELAY_AFTER_S
+        if reason != "rebound":
+            # After a rebinding our address stayed and the peers punch back to the new
+            # mappings they are told of (ipop.link.echo): a relay meanwhile only delayed their
+            # return to a direct path (tests/lab/test_rebind_lab.py).
+            self._roam_began = now
+            self._fallback_at = now + timing.ROAM_RELAY_AFTER_S
 
     def _woke(self, now: float) -> None:
         """Our timers (due at least every overlay tick) did not run for WAKE_GAP_S: the process
@@ -681,7 +685,7 @@ class NodeCore:
                     busy = True
                     self._on_route_probe(oev, now)
                 elif type(oev) is Roamed:
-                    self._on_roamed(now)
+                    self._on_roamed(now, oev.reason)
                     if oev.reason == "rebound":
                         # Our NAT rebound: key every direct session afresh from the new
                         # mappings, as after a roam (local_endpoints_changed does it there).

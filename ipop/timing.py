@@ -235,10 +235,11 @@ ROAM_ADVERTISE_WAIT_S = 0.5
 # (each one costs a CTM per direct peer), and never right after one (answers to the
 # re-handshakes of a roam report new endpoints one after another).
 ROAM_REBIND_MIN_S = 10.0
-# After a roam (or a NAT rebinding), a direct session that has heard nothing from its peer
-# since is keyed afresh through a relay this long after: a re-key from the new address is
-# answered within a round trip wherever the peer can hear us, but a peer behind a filtering NAT
-# that port guessing had reached cannot (our new mapping toward it is one nobody knows).
+# After a roam or a wake-up (not a NAT rebinding: see NodeCore._on_roamed), a direct session
+# that has heard nothing from its peer since is keyed afresh through a relay this long after:
+# a re-key from the new address is answered within a round trip wherever the peer can hear
+# us, but a peer behind a filtering NAT that port guessing had reached cannot (our new mapping
+# toward it is one nobody knows).
 ROAM_RELAY_AFTER_S = 1.0
 # One relay fallback per peer per this long: a relay that cannot reach the peer either is not
 # retried at every roam of a restless host.
