@@ -32,18 +32,31 @@ def _roam(net: Network, host: Host, node: Node) -> None:
     node.set_local_endpoints([Endpoint(host.address, PORT)])
 
 
+def _four(net: Network, roamer: str, other: str) -> list[Host]:
+    """Two public hosts (one the bootstrap), then the roamer ``a`` and its peer ``b``."""
+    return [
+        net.add_public_host("boot"),
+        net.add_public_host("p"),
+        net.add_host("a", roamer),
+        net.add_host("b", other),
+    ]
+
+
+async def _resumed_after(answered: list[float], roamed_at: float, wait_s: float) -> float:
+    """Seconds from the roam to the first answered ping sent after it (asserted <= 2 s)."""
+    assert await until(lambda: any(t > roamed_at for t in answered), wait_s)
+    resumed = min(t for t in answered if t > roamed_at) - roamed_at
+    assert resumed <= RESUME_WITHIN_S, f"traffic resumed only after {resumed:.2f} s"
+    return resumed
+
+
 @pytest.mark.parametrize("roamer", ["none", "full-cone", "port-restricted-cone"])
 def test_traffic_to_a_filtering_peer_resumes_direct_within_2s_after_a_roam(roamer: str) -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
         net = Network(rng=random.Random(5))
         ca = make_network("roam", now=loop.time())
-        hosts = [
-            net.add_public_host("boot"),
-            net.add_public_host("p"),
-            net.add_host("a", roamer),
-            net.add_host("b", "port-restricted-cone"),
-        ]
+        hosts = _four(net, roamer, "port-restricted-cone")
         nodes = start_nodes(hosts, ca, rng=random.Random(6))
         a, b = nodes[2], nodes[3]
         answered: list[float] = []
@@ -60,9 +73,7 @@ def test_traffic_to_a_filtering_peer_resumes_direct_within_2s_after_a_roam(roame
             id_before = a.node_id
             roamed_at = loop.time()
             _roam(net, hosts[2], a)
-            assert await until(lambda: any(t > roamed_at for t in answered), 30)
-            resumed = min(t for t in answered if t > roamed_at) - roamed_at
-            assert resumed <= RESUME_WITHIN_S, f"traffic resumed only after {resumed:.2f} s"
+            resumed = await _resumed_after(answered, roamed_at, 30)
             # Direct again, at a's new address, on both sides, and no link was lost.
             assert await until(direct, RESUME_WITHIN_S)
             path = b.core.link.path_of(a.node_id)
@@ -96,12 +107,7 @@ def test_a_port_guessed_pair_resumes_within_2s_after_a_roam(roamer: str) -> None
         net = Network(rng=random.Random(7))
         ca = make_network("roam", now=loop.time())
         other = "port-restricted-cone" if roamer == "symmetric" else "symmetric"
-        hosts = [
-            net.add_public_host("boot"),
-            net.add_public_host("p"),
-            net.add_host("a", roamer),
-            net.add_host("b", other),
-        ]
+        hosts = _four(net, roamer, other)
         nodes = start_nodes(hosts, ca, rng=random.Random(8))
         a, b = nodes[2], nodes[3]
         answered: list[float] = []
@@ -113,9 +119,7 @@ def test_a_port_guessed_pair_resumes_within_2s_after_a_roam(roamer: str) -> None
             await asyncio.sleep(5)
             roamed_at = loop.time()
             _roam(net, hosts[2], a)
-            assert await until(lambda: any(t > roamed_at for t in answered), 60)
-            resumed = min(t for t in answered if t > roamed_at) - roamed_at
-            assert resumed <= RESUME_WITHIN_S, f"traffic resumed only after {resumed:.2f} s"
+            resumed = await _resumed_after(answered, roamed_at, 60)
             await asyncio.sleep(5)
             late = [t for t in answered if roamed_at + resumed < t <= roamed_at + resumed + 4.5]
             assert len(late) >= 0.9 * 4.5 / PING_EVERY_S
