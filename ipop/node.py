@@ -574,17 +574,15 @@ class NodeCore:
 
     def _on_roamed(self, now: float, reason: str) -> None:
         """We roamed (a new address, or our NAT rebound): what port guessing learned and the
-        shortcut requests made from the old address no longer hold; traffic asks anew. After a
-        new address or a wake-up, direct sessions that hear nothing within ROAM_RELAY_AFTER_S
-        go through a relay meanwhile (:meth:`_relay_fallbacks`)."""
+        shortcut requests made from the old address no longer hold; traffic asks anew. Direct
+        sessions that hear nothing since go through a relay meanwhile
+        (:meth:`_relay_fallbacks`): ROAM_RELAY_AFTER_S after a new address or a wake-up,
+        REBIND_RELAY_AFTER_S after a rebinding."""
         self.birthday.roamed()
         self._shortcut_asked.clear()
-        if reason != "rebound":
-            # After a rebinding our address stayed and the peers punch back to the new
-            # mappings they are told of (ipop.link.echo): a relay meanwhile only delayed their
-            # return to a direct path (tests/lab/test_rebind_lab.py).
-            self._roam_began = now
-            self._fallback_at = now + timing.ROAM_RELAY_AFTER_S
+        self._roam_began = now
+        after = timing.REBIND_RELAY_AFTER_S if reason == "rebound" else timing.ROAM_RELAY_AFTER_S
+        self._fallback_at = now + after
 
     def _woke(self, now: float) -> None:
         """Our timers (due at least every overlay tick) did not run for WAKE_GAP_S: the process
@@ -599,13 +597,29 @@ class NodeCore:
     def _relay_fallbacks(self, now: float) -> None:
         """Every direct session silent since the roam: key it through a relay
         (:meth:`OverlayNode.relay_fallback`); the re-key from the new address reached all the
-        others within a round trip."""
+        others within a round trip. Only peers heard since the roam can relay: right after a
+        roam, every other direct peer may be as cut off as the one we fall back for, and a
+        handshake through one waited for its timeout (20 s). Checked again every
+        ROAM_RELAY_CHECK_S while a session stays silent, up to ROAM_FALLBACK_WINDOW_S after
+        the roam: when the first check comes, no relay may have been heard from yet."""
         self._fallback_at = None
+        relays: set[NodeId] = set()
+        silent: list[NodeId] = []
         for info in self.link.peers():
             heard = self.link.last_heard(info.peer)
-            silent = heard is not None and heard < self._roam_began
-            if silent and is_direct(info.path) and self.overlay.relay_fallback(info.peer, now=now):
+            if heard is None or not is_direct(info.path):
+                continue
+            if heard < self._roam_began:
+                silent.append(info.peer)
+            else:
+                relays.add(info.peer)
+        for peer in silent:
+            if self.overlay.relay_fallback(peer, relays=relays, now=now):
                 self.stats["roam_relay_fallbacks"] += 1
+        if silent and now + timing.ROAM_RELAY_CHECK_S < (
+            self._roam_began + timing.ROAM_FALLBACK_WINDOW_S
+        ):
+            self._fallback_at = now + timing.ROAM_RELAY_CHECK_S
 
     def _on_link_path(self, peer: NodeId, now: float) -> None:
         """A session with ``peer`` is up or moved: a direct one ends our knocking at it."""

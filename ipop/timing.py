@@ -235,12 +235,22 @@ ROAM_ADVERTISE_WAIT_S = 0.5
 # (each one costs a CTM per direct peer), and never right after one (answers to the
 # re-handshakes of a roam report new endpoints one after another).
 ROAM_REBIND_MIN_S = 10.0
-# After a roam or a wake-up (not a NAT rebinding: see NodeCore._on_roamed), a direct session
-# that has heard nothing from its peer since is keyed afresh through a relay this long after:
-# a re-key from the new address is answered within a round trip wherever the peer can hear
-# us, but a peer behind a filtering NAT that port guessing had reached cannot (our new mapping
-# toward it is one nobody knows).
+# After a roam or a wake-up, a direct session that has heard nothing from its peer since is
+# keyed afresh through a relay this long after: a re-key from the new address is answered
+# within a round trip wherever the peer can hear us, but a peer behind a filtering NAT that
+# port guessing had reached cannot (our new mapping toward it is one nobody knows).
 ROAM_RELAY_AFTER_S = 1.0
+# The same after our NAT rebound, counted from when we noticed it. Longer: our address stayed,
+# and a peer behind a port-restricted NAT punches back to the new mapping we re-advertise
+# within about a second (a relay taking over first only delays its direct path); a pair that
+# port guessing joined cannot (the guessing side's NAT admits only the old mapping), and it
+# stayed cut off until its link timed out (50 s in the soak's NAT flushes).
+REBIND_RELAY_AFTER_S = 2.0
+# After that first check, sessions still silent are looked at again this often (a relay may
+# have been heard from since, or one fallback's relay failed), for this long after the roam:
+# well before the link timeout, past which the overlay reconnects anyway.
+ROAM_RELAY_CHECK_S = 1.0
+ROAM_FALLBACK_WINDOW_S = 20.0
 # One relay fallback per peer per this long: a relay that cannot reach the peer either is not
 # retried at every roam of a restless host.
 ROAM_RELAY_RETRY_S = 10.0

@@ -84,7 +84,7 @@ import collections
 import functools
 import ipaddress
 import random
-from collections.abc import Callable, ItemsView, Iterator, Sequence
+from collections.abc import Callable, Collection, ItemsView, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -759,7 +759,9 @@ class OverlayNode:
         elif peer not in self._pending:
             self._send_ctm(peer, Purpose.SHORTCUT, exact=True, now=now)
 
-    def relay_fallback(self, peer: NodeId, *, now: float) -> bool:
+    def relay_fallback(
+        self, peer: NodeId, *, now: float, relays: Collection[NodeId] | None = None
+    ) -> bool:
         """Key our link to ``peer`` afresh through a relay: its direct path died under a roam
         of ours (NodeCore asks when the session heard nothing since, ROAM_RELAY_AFTER_S on).
 
@@ -769,12 +771,17 @@ class OverlayNode:
         timer closed it (about 15 s). The link layer lets the relayed session take over a
         direct path that carried nothing since we roamed; traffic then asks for a direct
         shortcut anew. Relays: the node that told us of ``peer`` (it holds a link to it), then
-        our direct peers nearest ``peer`` on the ring, one at a time. False if none is tried.
+        our direct peers nearest ``peer`` on the ring, one at a time; only those in ``relays``
+        if given (the caller knows which ones still hear us). False if none is tried.
         """
         row = self._table.get(peer)
         if row is None or not row.direct:
             return False
-        mine = [p for p in self._table.direct_peers() if p != peer]
+        mine = [
+            p for p in self._table.direct_peers() if p != peer and (relays is None or p in relays)
+        ]
+        if not mine:
+            return False  # nobody to try yet: no retry_s wait for a later call
         mine.sort(key=lambda p: (ring_distance(p, peer), p))
         news = self._seen.get(peer)
         told = [news[0]] if news is not None and news[0] in mine else []

@@ -17,15 +17,45 @@ import random
 
 import pytest
 
+from ipop.aio.node import Node
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
-from ipop.testing.netsim import Network
+from ipop.testing.netsim import NatBox, Network
 from ipop.testing.simnode import direct_both_ways, pinger, start_nodes
 from ipop.testing.waiting import until
 from ipop.types import Endpoint
 
 PING_EVERY_S = 0.1
 RESUME_WITHIN_S = 2.0
+
+
+def _pair(a_kind: str, b_kind: str, *, now: float) -> tuple[Network, list[Node], NatBox]:
+    """Two public hosts (one the bootstrap), then ``a`` (whose NAT is returned) and ``b``."""
+    net = Network(rng=random.Random(7))
+    ca = make_network("rebind", now=now)
+    hosts = [
+        net.add_public_host("boot"),
+        net.add_public_host("p"),
+        net.add_host("a", a_kind),
+        net.add_host("b", b_kind),
+    ]
+    a_nat = hosts[2].nat
+    assert a_nat is not None
+    return net, start_nodes(hosts, ca, rng=random.Random(8)), a_nat
+
+
+async def _keeps_flowing(answered: list[float], since: float) -> None:
+    """No second outage (a link closed as silent) in the 4.5 s after traffic resumed."""
+    await asyncio.sleep(5)
+    late = [t for t in answered if since < t <= since + 4.5]
+    assert len(late) >= 0.9 * 4.5 / PING_EVERY_S
+
+
+async def _stop(pinger: asyncio.Task[None] | None, nodes: list[Node]) -> None:
+    if pinger is not None:
+        pinger.cancel()
+        await asyncio.gather(pinger, return_exceptions=True)
+    await asyncio.gather(*(n.close() for n in nodes))
 
 
 @pytest.mark.parametrize("pinging", ["a", "b"])
@@ -38,19 +68,9 @@ def test_traffic_resumes_direct_within_2s_after_the_nat_flushes_its_mappings(
 ) -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        net = Network(rng=random.Random(7))
-        ca = make_network("rebind", now=loop.time())
-        hosts = [
-            net.add_public_host("boot"),
-            net.add_public_host("p"),
-            net.add_host("a", a_kind),
-            net.add_host("b", b_kind),
-        ]
-        nodes = start_nodes(hosts, ca, rng=random.Random(8))
+        net, nodes, a_nat = _pair(a_kind, b_kind, now=loop.time())
         a, b = nodes[2], nodes[3]
         src, dst = (a, b) if pinging == "a" else (b, a)
-        a_nat = hosts[2].nat
-        assert a_nat is not None
         answered: list[float] = []
         task: asyncio.Task[None] | None = None
         try:
@@ -74,17 +94,48 @@ def test_traffic_resumes_direct_within_2s_after_the_nat_flushes_its_mappings(
             assert isinstance(path, Endpoint) and path.host == a_nat.public_ip
             assert path != before, "the flush gave a no new port: nothing was tested"
             assert b.core.overlay.is_linked(a.node_id) and a.core.overlay.is_linked(b.node_id)
-            # Traffic keeps flowing afterwards: no second outage (a link closed as silent).
-            await asyncio.sleep(5)
-            start = flushed_at + resumed
-            late = [t for t in answered if start < t <= start + 4.5]
-            assert len(late) >= 0.9 * 4.5 / PING_EVERY_S
+            await _keeps_flowing(answered, flushed_at + resumed)
             assert b.core.overlay.stats["near_silent_closed"] == 0
             assert a.core.overlay.stats["near_silent_closed"] == 0
         finally:
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-            await asyncio.gather(*(n.close() for n in nodes))
+            await _stop(task, nodes)
+
+    run_virtual(body(), start=SIM_EPOCH)
+
+
+# Detection (REBIND_QUIET_S + REBIND_ECHO_WAIT_S), REBIND_RELAY_AFTER_S, one relayed handshake.
+GUESSED_RESUME_WITHIN_S = 4.0
+
+
+@pytest.mark.parametrize("flushed", ["symmetric", "port-restricted-cone"])
+def test_a_port_guessed_pair_resumes_within_4s_after_a_nat_flush(flushed: str) -> None:
+    """A symmetric NAT's host and a port-restricted one joined by port guessing. After either
+    NAT drops its mappings, the guessing side's NAT admits only the flushed side's old
+    mapping, and neither end can reach the other directly: the flushed side notices the
+    rebinding and keys the silent session through a relay (REBIND_RELAY_AFTER_S). Without
+    that, traffic stopped until the link timed out (50 s in the lab soak's NAT flushes)."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        other = "port-restricted-cone" if flushed == "symmetric" else "symmetric"
+        net, nodes, a_nat = _pair(flushed, other, now=loop.time())
+        a, b = nodes[2], nodes[3]
+        answered: list[float] = []
+        task: asyncio.Task[None] | None = None
+        try:
+            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            task = loop.create_task(pinger(b, a, answered, every_s=PING_EVERY_S))
+            assert await until(lambda: direct_both_ways(a, b), 60), "port guessing never joined"
+            await asyncio.sleep(3)
+            flushed_at = loop.time()
+            assert net.flush_nat(a_nat) > 0
+            assert await until(lambda: any(t > flushed_at for t in answered), 60)
+            resumed = min(t for t in answered if t > flushed_at) - flushed_at
+            print(f"{flushed} flushed: traffic resumed after {resumed:.2f} s")
+            assert resumed <= GUESSED_RESUME_WITHIN_S, f"traffic resumed after {resumed:.2f} s"
+            assert a.core.stats["roam_relay_fallbacks"] >= 1
+            await _keeps_flowing(answered, flushed_at + resumed)
+        finally:
+            await _stop(task, nodes)
 
     run_virtual(body(), start=SIM_EPOCH)

@@ -130,3 +130,50 @@ def test_a_port_guessed_pair_resumes_within_2s_after_a_roam(roamer: str) -> None
             await asyncio.gather(*(n.close() for n in nodes))
 
     run_virtual(body(), start=SIM_EPOCH)
+
+
+@pytest.mark.parametrize("seed", [8, 9, 10])
+def test_port_guessed_peers_fall_back_through_relays_that_still_hear_us(seed: int) -> None:
+    """A port-restricted host joined by port guessing to five symmetric-NAT peers roams:
+    every one of those paths dies at once, and the relay fallback must not pick one of the
+    other dead peers as the relay (each such try waited for its handshake timeout, 20 s, as
+    in the lab soak's re-addressing). Only peers heard since the roam relay: traffic to all
+    five resumes within 3 s."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        net = Network(rng=random.Random(seed))
+        ca = make_network("roam", now=loop.time())
+        hosts = [
+            net.add_public_host("boot"),
+            net.add_public_host("p"),
+            net.add_host("a", "port-restricted-cone"),
+            *(net.add_host(f"s{i}", "symmetric") for i in range(5)),
+        ]
+        nodes = start_nodes(hosts, ca, rng=random.Random(seed))
+        a, peers = nodes[2], nodes[3:]
+        answered: list[list[float]] = [[] for _ in peers]
+        pingers: list[asyncio.Task[None]] = []
+        try:
+            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            pingers = [
+                loop.create_task(run_pinger(a, s, got, every_s=0.2))
+                for s, got in zip(peers, answered, strict=True)
+            ]
+            guessed = lambda: all(direct_both_ways(a, s) for s in peers)  # noqa: E731
+            assert await until(guessed, 90), "port guessing never joined every pair"
+            await asyncio.sleep(3)
+            roamed_at = loop.time()
+            _roam(net, hosts[2], a)
+            for got in answered:
+                assert await until(lambda g=got: any(t > roamed_at for t in g), 60)  # type: ignore[misc]
+            worst = max(min(t for t in got if t > roamed_at) - roamed_at for got in answered)
+            print(f"seed {seed}: the last of five pairs resumed {worst:.2f} s after the roam")
+            assert worst <= 3.0, f"a pair resumed only after {worst:.2f} s"
+        finally:
+            for t in pingers:
+                t.cancel()
+            await asyncio.gather(*pingers, return_exceptions=True)
+            await asyncio.gather(*(n.close() for n in nodes))
+
+    run_virtual(body(), start=SIM_EPOCH)
