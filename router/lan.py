@@ -58,6 +58,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from ipop.errors import ConfigError
+from ipop.vnet.gro import GSO_NONE, GSO_TCPV4, NEEDS_CSUM, VNET_HDR
 from ipop.vnet.packet import (
     ETH_HLEN,
     ETH_P_IP,
@@ -92,13 +93,9 @@ SOL_PACKET = 263
 # linux/if_packet.h
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
-# struct virtio_net_hdr (linux/virtio_net.h): flags, gso_type, hdr_len, gso_size, csum_start,
-# csum_offset; a packet socket writes it in host byte order.
-VNET_HDR = struct.Struct("=BBHHHH")
-NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM: CHECKSUM_PARTIAL, the sender left it to a NIC
+# struct virtio_net_hdr: VNET_HDR, NEEDS_CSUM (the sender left the checksum to a NIC) and the
+# GSO types a TAP uses too come from ipop.vnet.gro.
 DATA_VALID = 2  # VIRTIO_NET_HDR_F_DATA_VALID: the kernel or the NIC verified it
-GSO_NONE = 0
-GSO_TCPV4 = 1
 GSO_UDP_L4 = 5  # UDP_SEGMENT batches and UDP GRO (not 3: the old UFO, IP fragments)
 _GSO_ECN = 0x80  # a flag on TCP batches (CWR set): the split handles CWR itself
 # Where the checksum field sits in each transport header, and the header's minimum length.

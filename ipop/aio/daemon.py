@@ -291,6 +291,7 @@ class Daemon:
             lookup_owner=self.lookup_owner,
             local_frame=self._local_frame,
             local_side=local_side,
+            vnet_hdr=self.tap is not None and self.tap.vnet_hdr,
         )
         if self.tap is not None:
             self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
@@ -324,7 +325,7 @@ class Daemon:
         with its LAN interface.
         """
         s = self.settings
-        self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU)
+        self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU, vnet_hdr=True)
         await self.tap.configure()
         return self.tap.fd, None, self.tap.name
 

@@ -26,6 +26,10 @@ over, through the same code). Everything else (handshakes, keepalives, relayed p
 overlay traffic, unknown owners, drops) takes the slow path through the core's events and the
 driver, as before.
 
+TAP writes: on a TAP opened with a virtio header (:class:`ipop.aio.tap.Tap`, the daemon's),
+the frames a UDP batch delivers are written with TCP segments of one flow merged into one
+packet, which the kernel's receive path then handles once (:mod:`ipop.vnet.gro`).
+
 Latency (a lone packet, e.g. a ping every 50 ms): a wake-up after a quiet spell
 (:data:`SPARSE_S`) reads one packet, without the extra read that would find the fd empty, and a
 UDP batch's TAP writes are followed by a TAP read at once (see :meth:`DataPlane._drain_udp`).
@@ -57,6 +61,7 @@ from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.types import Endpoint, NodeId, SocketPath
 from ipop.vnet.echo import echo_reply
 from ipop.vnet.filter import Drop, PacketFilter, Verdict
+from ipop.vnet.gro import NO_GSO, VNET_HDR, coalesce
 from ipop.vnet.owners import Held, LookupDrop, OwnerTable
 from ipop.vnet.toobig import frag_needed
 from ipop.wire.header import DATA_MIN_BYTES
@@ -334,6 +339,7 @@ class DataPlane:
         local_frame: Callable[[bytes], bool],
         clock: Callable[[], float] = time.time,
         local_side: LocalSide | None = None,
+        vnet_hdr: bool = False,
     ) -> None:
         self.node = node
         # None: a TAP (fixed header, no source check); else a LAN (see LocalSide).
@@ -349,7 +355,13 @@ class DataPlane:
         # Only IoDrop, filter.Drop and owners.LookupDrop members: see DROP_REASONS.
         self.drops: Counter[IoDrop | Drop | LookupDrop] = Counter()
         self.counters: Counter[str] = Counter()
-        # Ethernet header for frames we write: dst = the tap's MAC, src = the virtual MAC.
+        # A TAP opened with IFF_VNET_HDR: a virtio header before every frame read or written,
+        # and a batch's TCP segments written coalesced (ipop.vnet.gro).
+        self._vnet = vnet_hdr and local_side is None
+        self._vnet_in = bytearray(VNET_HDR.size)  # each read's header (ignored: see Tap)
+        # Ethernet header for frames we write: dst = the tap's MAC, src = the virtual MAC;
+        # _eth_header with the virtio header of a frame written as it is, if the TAP has one.
+        self._mac_header = b""
         self._eth_header = b""
         self.owners = OwnerTable()
         self.filter = PacketFilter(node.node_id, subnet, self.owners)
@@ -372,7 +384,8 @@ class DataPlane:
         node.punch_sink = self._receive_punched
 
     def set_link_layer(self, tap_mac: bytes, virtual_mac: bytes) -> None:
-        self._eth_header = tap_mac + virtual_mac + _ETH_IP
+        self._mac_header = tap_mac + virtual_mac + _ETH_IP
+        self._eth_header = (NO_GSO if self._vnet else b"") + self._mac_header
 
     @property
     def own_ip(self) -> bytes | None:
@@ -584,13 +597,20 @@ class DataPlane:
             self._write_frames([(header, packet)])
 
     def _write_frames(self, frames: list[tuple[bytes, bytes | memoryview]]) -> None:
-        """Write ``(header, packet)`` frames to the TAP; a refusal drops and counts one."""
+        """Write ``(header, packet)`` frames to the TAP; a refusal drops and counts one. On a
+        TAP with a virtio header, a batch's TCP segments go merged (:func:`coalesce`)."""
+        iovecs: Sequence[tuple[bytes | bytearray | memoryview, ...]] = frames
+        if self._vnet and len(frames) > 1:
+            mac = self._mac_header
+            iovecs = [(vnet, mac, packet) for vnet, packet in coalesce([p for _, p in frames])]
+            if len(iovecs) < len(frames):
+                self.counters["tap_coalesced"] += len(frames) - len(iovecs)
         writev = os.writev
         fd = self.out_fd
         written = 0
-        for frame in frames:
+        for iov in iovecs:
             try:
-                writev(fd, frame)
+                writev(fd, iov)
                 written += 1
             except BlockingIOError:
                 self.drops[IoDrop.TAP_WOULD_BLOCK] += 1
@@ -602,6 +622,8 @@ class DataPlane:
 
     def write_frame(self, frame: bytes) -> None:
         """Write a whole Ethernet frame (local services' answers)."""
+        if self._vnet:
+            frame = NO_GSO + frame
         try:
             os.write(self.out_fd, frame)
         except OSError as exc:
@@ -621,6 +643,9 @@ class DataPlane:
         buf, view = self._rbuf, self._rview
         admit = self.local_side.admit if self.local_side is not None else None
         lan_read = self.local_side.read_into if self.local_side is not None else None
+        # A TAP with a virtio header: it comes first, in a buffer of its own.
+        bufs = (self._vnet_in, buf) if self._vnet else (buf,)
+        skip = len(bufs[0]) if self._vnet else 0
         # Each peer's probed path MTU, as a DATA datagram's size (ipop.link.pmtu).
         path_limit = core.link.pmtu.limits.get
         readv = os.readv
@@ -633,7 +658,7 @@ class DataPlane:
         local = 0
         while n < limit and local < LOCAL_BATCH:
             try:
-                size = readv(fd, (buf,)) if lan_read is None else lan_read(buf)
+                size = readv(fd, bufs) - skip if lan_read is None else lan_read(buf)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -641,7 +666,7 @@ class DataPlane:
                 log.debug("tap read: %s", exc)
                 break
             n += 1
-            if size == 0:  # dropped by the LAN side (a TAP never reads 0 bytes)
+            if size <= 0:  # dropped by the LAN side (a TAP never reads 0 bytes)
                 continue
             verdict = check_out(buf, size, now)
             if type(verdict) is NodeId:

@@ -37,11 +37,28 @@ NUD_PERMANENT = 0x80
 
 
 class Tap:
-    """One open TAP device (no packet info header), non-blocking, owned by this process."""
+    """One open TAP device (no packet info header), non-blocking, owned by this process.
 
-    def __init__(self, name: str, *, mtu: int) -> None:
+    With ``vnet_hdr`` (the daemon's choice) every frame read or written starts with a
+    ``struct virtio_net_hdr`` (:mod:`ipop.vnet.gro`), so that the data plane can write
+    coalesced TCP segments as one packet. No offload is asked for the other direction
+    (``TUNSETOFFLOAD``): frames read carry a finished checksum and are never batches, and
+    their header says nothing (the kernel finishes and cuts everything itself, as for a
+    plain TAP). A kernel that refuses the flag gets a plain TAP (``vnet_hdr`` is then
+    False)."""
+
+    def __init__(self, name: str, *, mtu: int, vnet_hdr: bool = False) -> None:
+        flags = pytun.IFF_TAP | pytun.IFF_NO_PI
         try:
-            self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+            try:
+                self._dev = pytun.TunTapDevice(
+                    name=name, flags=flags | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
+                )
+            except pytun.Error:
+                if not vnet_hdr:
+                    raise
+                vnet_hdr = False
+                self._dev = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as exc:
             raise ConfigError(
                 "tap.name", f"cannot open TAP {name!r}: {exc}", "run as root (CAP_NET_ADMIN)"
@@ -50,6 +67,7 @@ class Tap:
         self.fd: int = self._dev.fileno()
         os.set_blocking(self.fd, False)
         self.mtu = mtu
+        self.vnet_hdr = vnet_hdr
         self.index = 0
         self.mac: bytes = bytes(self._dev.hwaddr)
 

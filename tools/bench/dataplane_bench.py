@@ -91,8 +91,10 @@ def dataplane(
     *,
     clock: Callable[[], float],
     lookup_owner: Callable[[IPv4Address], Awaitable[NodeId | None]] = _no_owner,
+    vnet_hdr: bool = False,
 ) -> DataPlane:
-    """A DataPlane over ``core`` with a fake TAP and a :class:`SinkUdp` (call in a loop)."""
+    """A DataPlane over ``core`` with a fake TAP and a :class:`SinkUdp` (call in a loop);
+    ``vnet_hdr``: as over a TAP opened with IFF_VNET_HDR."""
     dp = DataPlane(
         cast(Node, PlaneNode(core)),
         cast(UdpSocket, SinkUdp()),
@@ -101,6 +103,7 @@ def dataplane(
         lookup_owner=lookup_owner,
         local_frame=lambda frame: False,
         clock=clock,
+        vnet_hdr=vnet_hdr,
     )
     dp.set_link_layer(TAP_MAC, VIRTUAL_MAC)
     return dp

@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipop.aio.control import ControlClient
+from ipop.status import Status
+
 __all__ = ["SYSTEMS", "main_bench", "register", "run_bench"]
 
 SYSTEMS = ("underlay", "python-floor", "ipop", "tinc", "wireguard-go", "nebula")
@@ -218,7 +221,11 @@ def _underlay(run: _Run, duration_s: int) -> tuple[float, float]:
     return _measure(run, B_UL, duration_s)
 
 
-def _ipop(run: _Run, duration_s: int) -> tuple[float, float]:
+def _ipop(
+    run: _Run, duration_s: int, *, status: dict[str, Status] | None = None
+) -> tuple[float, float]:
+    """ipopd on both ends; ``status``, if given, gets each one's status after the
+    measurement (keys ``a``, ``b``)."""
     d = Path(tempfile.mkdtemp(prefix="ipop-", dir=run.work))
     py = str(REPO / ".venv" / "bin" / "python")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -263,7 +270,11 @@ def _ipop(run: _Run, duration_s: int) -> tuple[float, float]:
         _wait(lambda: _pings_ok(run, vips["b"]), UP_TIMEOUT_S, "ping over ipop", 0.3)
         # The first packets go over the ring while the shortcut comes up: warm up first.
         _pings_ok(run, vips["b"])
-        return _measure(run, vips["b"], duration_s)
+        measured = _measure(run, vips["b"], duration_s)
+        if status is not None:
+            for n in "ab":
+                status[n] = ControlClient(d / f"{n}.sock").status()
+        return measured
     finally:
         run.stop(procs)
 

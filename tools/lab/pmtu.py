@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ipop.link.pmtu import RELAY_OVERHEAD
+from ipop.status import Status
 from ipop.wire.header import DATA_MIN_BYTES
 from tools.lab import netns
 from tools.lab.bench import A_UL, REPO, UP_TIMEOUT_S, BenchError, _ipop, _Run
@@ -141,8 +142,9 @@ def run_gso_burst(
 
 
 def run_pmtu(*, link_mtu: int, block_icmp: bool, duration_s: int) -> dict[str, Any]:
-    """One run: ``{"link_mtu", "block_icmp", "mbit_s", "rtt_ms", "fragments": {ns: {...}}}``,
-    the fragment counters as differences over the run (the daemons' life included)."""
+    """One run: ``{"link_mtu", "block_icmp", "mbit_s", "rtt_ms", "fragments": {ns: {...}},
+    "coalesced", "tap_write_errors"}``, the fragment counters as differences over the run (the
+    daemons' life included), the last two b's (the receiver's) TAP counters."""
     if os.geteuid() != 0:
         raise BenchError("needs root: builds network namespaces")
     work = Path(tempfile.mkdtemp(prefix="ipop-pmtu-"))
@@ -150,11 +152,16 @@ def run_pmtu(*, link_mtu: int, block_icmp: bool, duration_s: int) -> dict[str, A
     try:
         namespaces = _setup(run, link_mtu, block_icmp)
         before = {ns: _snmp_ip(ns) for ns in namespaces}
-        mbit_s, rtt_ms = _ipop(run, duration_s)
+        status: dict[str, Status] = {}
+        mbit_s, rtt_ms = _ipop(run, duration_s, status=status)
         fragments = _deltas(run.prefix, namespaces, before)
     finally:
         _teardown(run)
+    b = status["b"]
     return {
+        # b's TAP writes: segments merged into others (ipop.vnet.gro), and refused writes.
+        "coalesced": b.counters.get("vnet.tap_coalesced", 0),
+        "tap_write_errors": b.drops.get("vnet.tap_write_error", 0),
         "link_mtu": link_mtu,
         "block_icmp": block_icmp,
         "mbit_s": round(mbit_s, 1),
