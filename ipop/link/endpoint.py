@@ -154,7 +154,7 @@ import contextlib
 import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -341,13 +341,15 @@ class LinkUp:
     """A session with ``peer`` (whose certificate is ``cert``) is established over ``path``.
 
     ``observed`` is the endpoint the peer saw our handshake come from (initiator side of a
-    direct path only; None otherwise).
+    direct path only; None otherwise). ``rtt_s``: the handshake's round trip (None: unknown),
+    the overlay's first estimate of the link's (``ipop.overlay.suspect``).
     """
 
     peer: NodeId
     cert: NodeCertificate
     path: Path
     observed: Endpoint | None
+    rtt_s: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1509,7 +1511,7 @@ class LinkEndpoint:
             st.last_tx = now
             st.observed = observed
             self.stats["link_up"] += 1
-            self._events.append(LinkUp(st.node_id, kp.cert, path, observed))
+            self._events.append(LinkUp(st.node_id, kp.cert, path, observed, st.rtt))
             self._probe_path(st, now)
             return
         if path == st.path:
