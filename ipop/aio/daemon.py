@@ -733,7 +733,7 @@ class Daemon:
         node = self.node
         if node is None:
             return "no direct path"
-        _, _, translated = node.core.public_view()
+        translated = node.core.public_view().translated
         symmetric = self.nat_kind() == "symmetric"  # netcheck's measurement when there is one
         return node.core.birthday.why_relayed(peer, symmetric=symmetric, translated=translated)
 
@@ -764,10 +764,10 @@ class Daemon:
         node = self.node
         if node is None:
             return None
-        host, symmetric, _ = node.core.public_view()  # the one reading of peers' echoes
-        if host is None:
+        view = node.core.public_view()  # the one reading of peers' echoes
+        if view.host is None:
             return "open" if node.core.overlay.routable else None
-        return "symmetric" if symmetric else "cone"
+        return "symmetric" if view.symmetric else "cone"
 
     def path_to(self, peer: NodeId) -> PathKind:
         node = self.node
