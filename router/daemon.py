@@ -786,11 +786,11 @@ class RouterDaemon(Daemon):
             total.update({f"lanservices.{k}": v for k, v in self.lan_services.drops.items()})
         return dict(total)
 
-    def counters(self) -> dict[str, int]:
-        total = super().counters()
-        if self.lan is not None:  # checksums completed for offloading hosts, or verified
-            total.update({f"lan.{k}": v for k, v in self.lan.counters.items()})
-        return total
+    def extra_counters(self) -> dict[str, int]:
+        if self.lan is None:
+            return {}
+        # Checksums completed for offloading hosts, or verified.
+        return {f"lan.{k}": v for k, v in self.lan.counters.items()}
 
     def dns_status(self) -> DnsStatus | None:
         return self.lan_services.dns_status() if self.lan_services is not None else None

@@ -40,7 +40,6 @@ from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
 
-from ipop import timing
 from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
@@ -57,17 +56,14 @@ from ipop.dht.record import MAX_VALUE_BYTES, ip_key, name_key
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
-from ipop.link.endpoint import LinkInfo
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
-from ipop.node import SHORTCUT_RETRY_S
 from ipop.nolinks import NoLinkWatch
+from ipop.report import LocalView, build_status, prefixed
 from ipop.status import (
     DnsStatus,
     LanHostStatus,
     PathKind,
-    PeerStatus,
     PingReply,
-    SelfStatus,
     Status,
 )
 from ipop.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
@@ -580,69 +576,50 @@ class Daemon:
         if self.dataplane is not None:
             self.dataplane.write_frame(frame)
 
-    # --- status -----------------------------------------------------------------------------
+    # --- status (assembled by ipop.report) ----------------------------------------------------
 
-    def peer_rows(self) -> list[dict[str, Any]]:
-        """Every linked peer with its path, for ``ipop status``."""
+    def status(self) -> Status:
+        """``ipop status``: the core's snapshot and this daemon's view, put together."""
         node = self.node
-        if node is None or self.dataplane is None:
-            return []
-        vips = self.dataplane.known_owners()
-        kinds = {c.peer: c.kinds for c in node.core.overlay.snapshot().connections}
         now = time.time()
-        rows = []
-        for info in node.core.link.peers():
-            path = info.path
-            relayed = isinstance(path, RelayPath)
-            vip = vips.get(info.peer)
-            if vip is None and info.peer in self.peer_vips:
-                vip = self.peer_vips[info.peer][0].packed
-            rows.append(
-                {
-                    "node_id": info.peer.hex(),
-                    "name": info.hostname or info.name,
-                    "vip": str(IPv4Address(vip)) if vip is not None else None,
-                    "path": "relayed" if relayed else "direct",
-                    "endpoint": (
-                        f"via {path.via.short()}" if isinstance(path, RelayPath) else str(path)
-                    ),
-                    "rtt_ms": self._rtt_ms(info.peer, info),
-                    "bytes_in": info.bytes_in,
-                    "bytes_out": info.bytes_out,
-                    "kinds": sorted(k.name.lower() for k in kinds.get(info.peer, ())),
-                    "why": self._why_relayed(info.peer) if relayed else _why_silent(info, now),
-                }
-            )
-        # Peers we exchange traffic with but hold no link to travel over the overlay.
-        linked = {info.peer for info in node.core.link.peers()}
-        for peer, vip in vips.items():
-            if peer not in linked and peer != node.node_id:
-                rows.append(
-                    {
-                        "node_id": peer.hex(),
-                        "name": None,
-                        "vip": str(IPv4Address(vip)),
-                        "path": "overlay",
-                        "endpoint": None,
-                        "rtt_ms": self._rtt_ms(peer, None),
-                        "bytes_in": 0,
-                        "bytes_out": 0,
-                        "kinds": [],
-                        "why": self._why_no_link(peer),
-                    }
-                )
-        return rows
+        core = node.core.snapshot() if node is not None else None
+        return build_status(core, self.local_view(now=now), now=now)
 
-    def _rtt_ms(self, peer: NodeId, info: LinkInfo | None) -> float | None:
-        """The newest round trip we know: the link's last handshake or an overlay ping."""
-        best: tuple[float, float] | None = self.rtts.get(peer)
-        if (
-            info is not None
-            and info.rtt_s is not None
-            and (best is None or info.keys_established_at >= best[1])
-        ):
-            best = (info.rtt_s, info.keys_established_at)
-        return None if best is None else round(best[0] * 1000, 3)
+    def local_view(self, *, now: float) -> LocalView:
+        """What status needs from this daemon besides the core (see ipop.report.LocalView)."""
+        node, plane = self.node, self.dataplane
+        drops: list[dict[str, int]] = []
+        if node is not None and node.dht is not None:
+            drops.append(prefixed("dht", node.dht.drops))
+        if plane is not None:
+            drops.append(prefixed("vnet", plane.drops))
+        drops.append(prefixed("arp", self.arp.drops))
+        drops.append(self.extra_drops())
+        if self.services is not None:
+            drops.append(self.services.drops())
+        dns = self.dns_status()
+        if dns is not None:  # also in status["dns"]; here so every drop is in one map
+            drops.append({f"dns.{k}": v for k, v in dns.drops.items() if v})
+        if self.udp is not None:
+            drops.append(prefixed("udp", self.udp.errors))
+        counters = [prefixed("vnet", plane.counters)] if plane is not None else []
+        counters.append(self.extra_counters())
+        measured = self.netcheck_result.nat if self.netcheck_result is not None else None
+        return LocalView(
+            node_id=self.bundle.node_id.hex(),
+            node_name=self.bundle.node_name,
+            uptime_s=now - self.started_at,
+            vip=self.vip,
+            names=tuple(self.names),
+            owners=plane.known_owners() if plane is not None else None,
+            peer_vips=dict(self.peer_vips),
+            rtts=dict(self.rtts),
+            measured_nat=measured,
+            drops=tuple(drops),
+            counters=tuple(counters),
+            lan_hosts=tuple(self.lan_host_rows()),
+            dns=dns,
+        )
 
     async def learn_peer_vips(self, *, now: float) -> int:
         """Learn linked peers' vIPs from their hostnames' records; how many were learned.
@@ -680,29 +657,6 @@ class Daemon:
             await self.learn_peer_vips(now=time.time())
             await asyncio.sleep(PEER_VIP_SWEEP_S)
 
-    def drops(self) -> dict[str, int]:
-        total: Counter[str] = Counter()
-        node = self.node
-        if node is not None:
-            total.update({f"link.{k}": v for k, v in node.core.link.drops.items()})
-            total.update({f"overlay.{k}": v for k, v in node.core.overlay.drops.items()})
-            total.update({f"stun.{k}": v for k, v in node.core.stun.drops.items()})
-            total.update({f"crl.{k}": v for k, v in node.core.revocation.drops.items()})
-            if node.dht is not None:
-                total.update({f"dht.{k}": v for k, v in node.dht.drops.items()})
-        if self.dataplane is not None:
-            total.update({f"vnet.{k}": v for k, v in self.dataplane.drops.items()})
-        total.update({f"arp.{k}": v for k, v in self.arp.drops.items()})
-        total.update(self.extra_drops())
-        if self.services is not None:
-            total.update(self.services.drops())
-        dns = self.dns_status()
-        if dns is not None:  # also in status["dns"]; here so every drop is in one map
-            total.update({f"dns.{k}": v for k, v in dns.drops.items() if v})
-        if self.udp is not None:
-            total.update({f"udp.{k}": v for k, v in self.udp.errors.items()})
-        return dict(total)
-
     def dns_status(self) -> DnsStatus | None:
         """The gateway resolver's counters for ``ipop status`` (None: no DNS here)."""
         return self.services.dns_status() if self.services is not None else None
@@ -711,63 +665,13 @@ class Daemon:
         """Drops of what a subclass adds (router mode: the LAN's DHCP, ARP, host table)."""
         return {}
 
+    def extra_counters(self) -> dict[str, int]:
+        """Counters of what a subclass adds (router mode: the LAN socket's checksums)."""
+        return {}
+
     def lan_host_rows(self) -> list[LanHostStatus]:
         """Hosts served on the local side besides this node (router mode); none for a TAP."""
         return []
-
-    def counters(self) -> dict[str, int]:
-        total: Counter[str] = Counter()
-        node = self.node
-        if node is not None:
-            total.update({f"link.{k}": v for k, v in node.core.link.stats.items()})
-            total.update({f"overlay.{k}": v for k, v in node.core.overlay.stats.items()})
-            total.update({f"node.{k}": v for k, v in node.core.stats.items()})
-            total.update({f"crl.{k}": v for k, v in node.core.revocation.stats.items()})
-            # The revocation list in force (0: none): what an operator checks after a push.
-            total["crl.number"] = node.identity.trust.crl_number
-        if self.dataplane is not None:
-            total.update({f"vnet.{k}": v for k, v in self.dataplane.counters.items()})
-        return dict(total)
-
-    def _why_relayed(self, peer: NodeId) -> str:
-        node = self.node
-        if node is None:
-            return "no direct path"
-        translated = node.core.public_view().translated
-        symmetric = self.nat_kind() == "symmetric"  # netcheck's measurement when there is one
-        return node.core.birthday.why_relayed(peer, symmetric=symmetric, translated=translated)
-
-    def _why_no_link(self, peer: NodeId) -> str:
-        node = self.node
-        last = node.core.shortcut_peers().get(peer) if node is not None else None
-        if last is None:
-            return "no link: routed over the ring"
-        idle = time.time() - last
-        if idle < SHORTCUT_RETRY_S:
-            return "no link yet: routed over the ring while a shortcut forms"
-        # The shortcut is kept for SHORTCUT_IDLE_S after the last packet, but asked for only
-        # while traffic flows: saying "forms" long after would be stale.
-        return (
-            f"no link: routed over the ring (no traffic for {idle:.0f} s; the next packet "
-            "asks for a shortcut again)"
-        )
-
-    def nat_kind(self) -> str | None:
-        """What peers' echoes of our address say about the mapping (RFC 4787 §4.1).
-
-        "open": peers see our own address; "cone": one public mapping for every peer
-        (endpoint-independent); "symmetric": different mappings for different peers. None
-        until a peer has told us. Filtering is not visible this way (``ipop netcheck``'s job).
-        """
-        if self.netcheck_result is not None and self.netcheck_result.nat is not None:
-            return self.netcheck_result.nat  # measured beats guessed
-        node = self.node
-        if node is None:
-            return None
-        view = node.core.public_view()  # the one reading of peers' echoes
-        if view.host is None:
-            return "open" if node.core.overlay.routable else None
-        return "symmetric" if view.symmetric else "cone"
 
     def path_to(self, peer: NodeId) -> PathKind:
         node = self.node
@@ -930,19 +834,6 @@ class Daemon:
         return result
 
 
-def _why_silent(info: LinkInfo, now: float) -> str | None:
-    """Why a direct link may be dead although it still shows: a killed peer's link stays up
-    until LINK_TIMEOUT_S of silence. None while the peer is heard as often as a live one is."""
-    quiet = now - info.last_rx
-    if quiet < timing.SILENT_PEER_S:
-        return None
-    return (
-        f"nothing heard for {quiet:.0f} s (a live peer sends a keepalive every "
-        f"{timing.KEEPALIVE_INTERVAL_S:.0f} s): it may be gone; the link closes after "
-        f"{timing.LINK_TIMEOUT_S:.0f} s of silence"
-    )
-
-
 def _pystun3(server: Endpoint, source_ip: str) -> SecondOpinion:
     """pystun3's verdict (blocking: run in a thread), bound to our own address, not 0.0.0.0:
     bound to the wildcard it cannot tell an open host from a full cone."""
@@ -970,33 +861,7 @@ class DaemonControl:
         self.d = daemon
 
     async def status(self) -> Status:
-        d = self.d
-        node = d.node
-        endpoints: list[str] = []
-        routable = False
-        node_id = d.bundle.node_id.hex()
-        if node is not None:
-            endpoints = [f"{ep.host}:{ep.port}" for ep in node.core.overlay.endpoints()]
-            routable = node.core.overlay.routable
-        me = SelfStatus(
-            node_id=node_id,
-            node_name=d.bundle.node_name,
-            vip=str(d.vip) if d.vip is not None else None,
-            names=list(d.names),
-            nat=d.nat_kind(),
-            uptime_s=round(time.time() - d.started_at, 3),
-            endpoints=endpoints,
-            routable=routable,
-        )
-        peers = [PeerStatus(**row) for row in d.peer_rows()]
-        return Status(
-            self_=me,
-            peers=peers,
-            drops=d.drops(),
-            counters=d.counters(),
-            lan_hosts=d.lan_host_rows(),
-            dns=d.dns_status(),
-        )
+        return self.d.status()
 
     async def ping(self, target: str, seq: int, timeout_s: float) -> PingReply:
         d = self.d

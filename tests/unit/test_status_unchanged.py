@@ -30,6 +30,7 @@ from ipop.overlay.node import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.table import ConnectionKind
 from ipop.status import DnsLatency, DnsStatus
 from ipop.testing.identities import make_bundle
+from ipop.testing.snapshots import link_info
 from ipop.types import Endpoint, NodeId, RelayPath
 from router.config import RouterSection
 from router.daemon import RouterDaemon
@@ -49,23 +50,18 @@ RECORD = bool(os.environ.get("IPOP_RECORD_STATUS"))
 def _info(
     peer: NodeId, path: Any, *, hostname: str | None, rtt_s: float | None, rx: float
 ) -> LinkInfo:
-    return LinkInfo(
-        peer=peer,
+    n = len(hostname or "")
+    return link_info(
+        peer,
+        path,
+        at=NOW - 100,
         name=f"cert-{peer.short()}",
         hostname=hostname,
-        path=path,
-        established_at=NOW - 100,
-        last_rx=rx,
-        last_tx=NOW - 1,
-        bytes_in=1200 + len(hostname or "") * 7,
-        bytes_out=3400 + len(hostname or "") * 11,
-        packets_in=12,
-        packets_out=34,
-        cipher="chacha20poly1305",
-        observed=None,
-        keys_established_at=NOW - 50,
-        rekeys=1,
         rtt_s=rtt_s,
+        last_rx=rx,
+        keys_at=NOW - 50,
+        bytes_in=1200 + n * 7,
+        bytes_out=3400 + n * 11,
     )
 
 
@@ -98,6 +94,7 @@ def _core() -> SimpleNamespace:
         CAROL, hello, symmetric=True, translated=True, public_host=None, endpoints=(), now=NOW
     )
     core = SimpleNamespace(
+        local_id=ME,
         link=SimpleNamespace(
             peers=lambda: list(infos),
             drops=Counter({"bad_index": 2, "replay": 5}),
