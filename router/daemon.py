@@ -262,8 +262,8 @@ class RouterDaemon(Daemon):
         saved = self._saved_hosts()
         for host_mac, (vip, _) in saved.items():
             self._reserved[vip.packed] = host_mac
-        self._spawn(self._restore(saved))
-        self._spawn(self._expiry_loop())
+        self.tasks.spawn(self._restore(saved))
+        self.tasks.spawn(self._expiry_loop())
 
     def _local_frame(self, frame: bytes) -> bool:
         try:
@@ -300,7 +300,7 @@ class RouterDaemon(Daemon):
         """Run ``fn(*args)``, one host's task: its failure is that host's
         (:meth:`_host_failed`), not the router's. The coroutine is made inside the guard, so
         a task cancelled before it starts leaves none behind unawaited."""
-        self._spawn(self._guarded(mac, stage, fn, *args))
+        self.tasks.spawn(self._guarded(mac, stage, fn, *args))
 
     async def _guarded(self, mac: bytes, stage: Stage, fn: _HostTask, *args: Any) -> None:
         try:
@@ -524,7 +524,7 @@ class RouterDaemon(Daemon):
             return None
         if old is None and len(self.hosts) >= self.rcfg.max_hosts:
             self._drop("host_table_full")
-            self._spawn(self._release([IpLease(self.node.dht, self.network, vip)]))
+            self.tasks.spawn(self._release([IpLease(self.node.dht, self.network, vip)]))
             return None
         if old is not None:
             self._drop_host(mac)
@@ -616,7 +616,7 @@ class RouterDaemon(Daemon):
             log.info("event=host_gone mac=%s vip=%s", mac_str(mac), host.vip)
             self._save_hosts()
         if leases:
-            self._spawn(self._release(leases))
+            self.tasks.spawn(self._release(leases))
         return host
 
     async def _release(self, leases: list[DhtLease]) -> None:

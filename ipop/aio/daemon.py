@@ -47,6 +47,7 @@ from ipop.aio.node import Node
 from ipop.aio.peerstore import PeerStore
 from ipop.aio.sockets import LoopUdpSocket
 from ipop.aio.tap import Tap
+from ipop.aio.tasks import TaskSet
 from ipop.bundle import Bundle
 from ipop.config import NodeConfig
 from ipop.dht.alloc import DhtLease, IpLease, allocate_ip
@@ -218,7 +219,7 @@ class Daemon:
         self.tap: Tap | None = None
         self.dataplane: DataPlane | None = None
         self._stop = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskSet(self._task_failed)
         # The first background task that failed while running: run() raises it after the
         # shutdown, so the process exits non-zero and its service manager restarts it.
         self.failure: BaseException | None = None
@@ -250,7 +251,7 @@ class Daemon:
                 loop.add_signal_handler(sig, self.stop)
         try:
             await self._start()
-            self._spawn(self._claim(on_ready))
+            self.tasks.spawn(self._claim(on_ready))
             await self._stop.wait()
         finally:
             await self._shutdown()
@@ -300,10 +301,10 @@ class Daemon:
         self.dataplane.start()
         self._watch_addresses(local)
         self._remembering = True
-        self._spawn(self._remember_peers())
+        self.tasks.spawn(self._remember_peers())
         self.no_links = NoLinkWatch(now=time.time())
-        self._spawn(self._watch_links())
-        self._spawn(self._log_journal())
+        self.tasks.spawn(self._watch_links())
+        self.tasks.spawn(self._log_journal())
         log.info(
             "event=started node=%s listen=%s:%d local=%s bootstrap=%d remembered=%d",
             identity.node_id.short(),
@@ -352,16 +353,7 @@ class Daemon:
                     eps.append(Endpoint(addr, port))
         return eps
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled() or (exc := task.exception()) is None:
-            return
+    def _task_failed(self, exc: BaseException) -> None:
         log.error("event=task_failed error=%r", exc)
         if self.failure is None and not self._stop.is_set():
             self.failure = exc
@@ -425,16 +417,14 @@ class Daemon:
             time.time() - self.started_at,
         )
         self.ready.set()
-        self._spawn(self._learn_peer_vips())
+        self.tasks.spawn(self._learn_peer_vips())
         if on_ready is not None:
             on_ready()
 
     async def _shutdown(self) -> None:
         if self.addrwatch is not None:
             await self.addrwatch.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.close()
         for lease in (self.lease, self.name_lease):
             if lease is not None:
                 await lease.stop()

@@ -170,7 +170,7 @@ async def until(cond: Callable[[], bool], deadline_s: float = 3.0) -> None:
 
 async def settle(r: RouterDaemon) -> None:
     """Until every task the router spawned has ended, but its expiry loop."""
-    await until(lambda: len(r._tasks) <= 1)
+    await until(lambda: len(r.tasks) <= 1)
 
 
 def _running(r: RouterDaemon) -> bool:
