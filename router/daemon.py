@@ -258,7 +258,7 @@ class RouterDaemon(Daemon):
             (up.host, up.port) if up is not None else None,
             on_event=self._dhcp_event,
         )
-        self._own_saved = self._saved_vip()
+        self._own_saved = self.address.saved()
         saved = self._saved_hosts()
         for host_mac, (vip, _) in saved.items():
             self._reserved[vip.packed] = host_mac
@@ -450,7 +450,8 @@ class RouterDaemon(Daemon):
         DHT says yes to all of those, their records being the router's own."""
         if vip == self.vip or vip == self._own_saved:
             return False
-        if self.lease is not None and self.lease.address == vip:
+        lease = self.address.lease
+        if lease is not None and lease.address == vip:
             return False
         other = self.hosts.by_ip(vip)
         if other is not None and other.mac != mac:

@@ -22,9 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
-import os
 import random
 import resource
 import secrets
@@ -40,6 +38,7 @@ from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
 
+from ipop.aio.address import AddressKeeper
 from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
@@ -50,10 +49,9 @@ from ipop.aio.tap import Tap
 from ipop.aio.tasks import TaskSet
 from ipop.bundle import Bundle
 from ipop.config import NodeConfig
-from ipop.dht.alloc import DhtLease, IpLease, allocate_ip
-from ipop.dht.names import c_name, lookup_name, register_name
+from ipop.dht.names import lookup_name
 from ipop.dht.policy import MAX_USER_KEY
-from ipop.dht.record import MAX_VALUE_BYTES, ip_key, name_key
+from ipop.dht.record import MAX_VALUE_BYTES, ip_key
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
@@ -86,7 +84,6 @@ log = logging.getLogger("ipopd")
 # 1500-byte underlay minus IPv4 (20) + UDP (8) + link DATA header (13) + AEAD tag (16) +
 # DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
 DEFAULT_TAP_MTU = 1400
-ALLOC_RETRY_S = 2.0
 # A STUN transaction ends in the core (ipop.stun.DEFAULT_TIMEOUT_S); this only bounds the wait.
 STUN_DEADLINE_S = 5.0
 STUN_POLL_S = 0.005
@@ -210,10 +207,16 @@ class Daemon:
         self.started_at = time.time()
         self.vip: IPv4Address | None = None
         self.names: list[str] = []
-        self.lease: IpLease | None = None
-        self.name_lease: DhtLease | None = None
         self.stats: Counter[str] = Counter()
         self.rng = random.Random(secrets.randbits(64))
+        self.address = AddressKeeper(
+            state_dir=settings.state_dir,
+            network=self.network,
+            subnet=self.subnet,
+            suffix=self.suffix,
+            lease_s=settings.lease_s,
+            rng=self.rng,
+        )
         self.node: Node | None = None
         self.udp: UdpSocket | None = None
         self.tap: Tap | None = None
@@ -364,24 +367,7 @@ class Daemon:
         assert node is not None and node.dht is not None
         await node.dht_ready.wait()
         log.info("event=dht_joined after_s=%.3f", time.time() - self.started_at)
-        preferred = self._saved_vip()
-        while True:
-            try:
-                vip = await allocate_ip(
-                    node.dht,
-                    self.subnet,
-                    network=self.network,
-                    rng=self.rng,
-                    preferred=preferred,
-                    ttl=self.settings.lease_s,
-                )
-                break
-            except Exception as exc:  # the DHT may still be converging: try again
-                log.warning("event=alloc_retry error=%s", exc)
-                await asyncio.sleep(ALLOC_RETRY_S)
-        self._save_vip(vip)
-        self.lease = IpLease(node.dht, self.network, vip, ttl=self.settings.lease_s)
-        self.lease.start()
+        vip = await self.address.claim(node.dht)
         assert self.dataplane is not None
         self.dataplane.set_own_ip(vip)
         if not self.ANSWERS_OWN_ARP:
@@ -390,24 +376,8 @@ class Daemon:
             await self.tap.set_address(vip, self.subnet, self.gateway)
         if self.services is not None:
             self.services.address_assigned(vip)
-        self.names = [f"{c_name(vip)}.{self.suffix}"]
         # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
-        hostname = self.bundle.hostname
-        if hostname:
-            ok = await register_name(
-                node.dht, self.network, hostname, vip, ttl=self.settings.lease_s
-            )
-            if ok:
-                self.names.append(f"{hostname}.{self.suffix}")
-                self.name_lease = DhtLease(
-                    node.dht,
-                    name_key(self.network, hostname),
-                    value=vip.packed,
-                    ttl=self.settings.lease_s,
-                )
-                self.name_lease.start()
-            else:
-                log.warning("event=name_taken hostname=%s", hostname)
+        self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
         # Published last: a status showing the vIP means the node answers to all its names.
         self.vip = vip
         log.info(
@@ -425,9 +395,7 @@ class Daemon:
         if self.addrwatch is not None:
             await self.addrwatch.close()
         await self.tasks.close()
-        for lease in (self.lease, self.name_lease):
-            if lease is not None:
-                await lease.stop()
+        await self.address.stop()
         if self.services is not None:
             await self.services.close()
         if self.dataplane is not None:
@@ -444,24 +412,6 @@ class Daemon:
         log.info("event=stopped")
 
     # --- state ------------------------------------------------------------------------------
-
-    def _state_file(self) -> Path:
-        return self.settings.state_dir / "state.json"
-
-    def _saved_vip(self) -> IPv4Address | None:
-        try:
-            data = json.loads(self._state_file().read_text())
-            addr = IPv4Address(data["vip"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return addr if addr in self.subnet else None
-
-    def _save_vip(self, vip: IPv4Address) -> None:
-        path = self._state_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"vip": str(vip), "network": self.network}) + "\n")
-        os.replace(tmp, path)
 
     def remember_links(self, *, now: float, final: bool = False) -> None:
         """Note the direct endpoints of our links; hand them to the overlay; write if due
