@@ -35,9 +35,9 @@ from dhcp_dns.dhcp import SERVER_PORT as DHCP_SERVER_PORT
 from dhcp_dns.dhcp import DhcpEvent, DhcpServer
 from dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup
 from dhcp_dns.tcp import IPPROTO_TCP, DnsTcp, TcpClient
-from ipop.aio.tasks import TaskSet
 from ipop.errors import LocalProtocolError
 from ipop.status import DnsLatency, DnsStatus
+from ipop.tasks import TaskSet
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder, arp_target
 from ipop.vnet.packet import (
     ETH_HLEN,

@@ -46,7 +46,6 @@ from ipop.aio.node import Node
 from ipop.aio.peerstore import PeerStore
 from ipop.aio.sockets import LoopUdpSocket
 from ipop.aio.tap import Tap
-from ipop.aio.tasks import TaskSet
 from ipop.bundle import Bundle
 from ipop.config import NodeConfig
 from ipop.dht.names import lookup_name
@@ -66,6 +65,7 @@ from ipop.status import (
     Status,
 )
 from ipop.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
+from ipop.tasks import TaskSet
 from ipop.types import Endpoint, NodeId, RelayPath
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder
 from ipop.vnet.packet import ETH_P_ARP

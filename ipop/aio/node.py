@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ipop.aio.driver import DatagramSocket, Driver
-from ipop.aio.tasks import TaskSet
 from ipop.dht.service import DhtConfig, DhtService
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.link.endpoint import LinkConfig
 from ipop.node import NodeCore
 from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
 from ipop.overlay.node import Delivered, Joined, OverlayConfig, Roamed, Routable
+from ipop.tasks import TaskSet
 from ipop.types import Endpoint, NodeId, Path, SocketPath
 
 __all__ = ["Node", "OverlayPing"]

@@ -78,7 +78,6 @@ from typing import Any, TypeVar
 from kademlia.crawling import NodeSpiderCrawl
 from kademlia.node import Node, NodeHeap
 
-from ipop.aio.tasks import TaskSet
 from ipop.dht.policy import RecordPolicy
 from ipop.dht.protocol import IpopKademliaProtocol, kad_node
 from ipop.dht.record import (
@@ -95,6 +94,7 @@ from ipop.dht.wire import MAX_FIND_NODES, StoreAnswered
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.idcache import node_id_from_bytes
 from ipop.identity import NodeIdentity
+from ipop.tasks import TaskSet
 from ipop.timing import (
     DHT_CREATE_BACKOFF_S,
     DHT_CREATE_ROUNDS,

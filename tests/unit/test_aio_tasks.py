@@ -1,4 +1,4 @@
-"""ipop.aio.tasks.TaskSet: one failure policy, called once per failed task, never for a
+"""ipop.tasks.TaskSet: one failure policy, called once per failed task, never for a
 cancelled one; close() cancels and awaits everything."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from ipop.aio.tasks import TaskSet
+from ipop.tasks import TaskSet
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 
 
