@@ -99,6 +99,16 @@ from ipop.link.endpoint import (
     LinkUp,
     ObservedEndpoint,
 )
+from ipop.overlay.events import (
+    ConnectionAdded,
+    ConnectionRemoved,
+    Delivered,
+    Joined,
+    OverlayEvent,
+    RelayDatagram,
+    Roamed,
+    Routable,
+)
 from ipop.overlay.hints import ReverseHints
 from ipop.overlay.messages import (
     FLAG_EXACT,
@@ -321,71 +331,6 @@ class OverlayConfig:
             raise ConfigError("overlay.near_dead_s", "must exceed near_suspect_s")
         if len(self.local_endpoints) > MAX_ENDPOINTS:
             raise ConfigError("overlay.local_endpoints", f"more than {MAX_ENDPOINTS}")
-
-
-# --- events ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """A routed message of an upper-layer ``kind`` arrived here (``hops`` links crossed)."""
-
-    src: NodeId
-    dst: NodeId
-    kind: int
-    payload: bytes
-    hops: int
-    exact: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Routable:
-    """We joined and hold near links on both sides: routed traffic can reach us."""
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    """Our JOIN was answered: we have a place on the ring and can route (near links to both
-    sides may still be forming; :class:`Routable` follows when they are up)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionAdded:
-    """``peer`` gained ``kind`` (one link can hold several kinds)."""
-
-    peer: NodeId
-    kind: ConnectionKind
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionRemoved:
-    """``peer`` lost ``kind`` (or its link went down while holding it)."""
-
-    peer: NodeId
-    kind: ConnectionKind
-
-
-@dataclass(frozen=True, slots=True)
-class RelayDatagram:
-    """A relayed link datagram for our link layer: feed to ``receive_datagram(data, path)``."""
-
-    data: bytes
-    path: RelayPath
-
-
-@dataclass(frozen=True, slots=True)
-class Roamed:
-    """Our underlay address changed ("local": the I/O layer said so) or our NAT gave us a new
-    mapping ("rebound": a peer now sees us elsewhere), or we did not run for a while ("woke":
-    the process was stopped, the machine slept); what we learned about our old address
-    (observed endpoints, backoffs) is forgotten and our endpoints are being re-advertised."""
-
-    reason: str
-
-
-OverlayEvent = (
-    Delivered | Joined | Routable | ConnectionAdded | ConnectionRemoved | RelayDatagram | Roamed
-)
 
 
 @dataclass(frozen=True, slots=True)

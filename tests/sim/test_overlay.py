@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipop.link.endpoint import LinkDown, LinkUp, ObservedEndpoint
+from ipop.overlay.events import Delivered, Routable
 from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
@@ -31,7 +32,7 @@ from ipop.overlay.messages import (
     RelayRefused,
     Routed,
 )
-from ipop.overlay.node import Delivered, OverlayConfig, OverlayNode, Routable
+from ipop.overlay.node import OverlayConfig, OverlayNode
 from ipop.overlay.ring import next_hop, next_hop_sorted, ring_neighbours, ring_neighbours_sorted
 from ipop.overlay.table import ConnectionKind
 from ipop.testing.fake_links import FakeLinkWorld, LinkMessage, NatKind, fake_certificate

@@ -133,7 +133,7 @@ class Wire:
 
 def _answer_ping(core: NodeCore, ev: object, now: float) -> None:
     """What ipop.aio.node.Node does with a ping: the same bytes back, the way it came."""
-    from ipop.overlay.node import Delivered
+    from ipop.overlay.events import Delivered
 
     if type(ev) is not Delivered or ev.kind != KIND_PING or len(ev.payload) != 6:
         return
