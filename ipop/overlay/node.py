@@ -85,7 +85,7 @@ import functools
 import ipaddress
 import random
 from collections.abc import Callable, Collection, ItemsView, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ipop import timing
@@ -99,6 +99,8 @@ from ipop.link.endpoint import (
     LinkUp,
     ObservedEndpoint,
 )
+from ipop.overlay.attempts import Action as AttemptAction
+from ipop.overlay.attempts import Attempts, Backoff, Bootstraps, Connect
 from ipop.overlay.events import (
     ConnectionAdded,
     ConnectionRemoved,
@@ -379,25 +381,6 @@ class OverlaySnapshot:
 # --- internal state ----------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Pending:
-    """Our attempt to link to ``peer``: direct endpoints first, then relays if allowed."""
-
-    peer: NodeId
-    kinds: set[ConnectionKind]
-    remote_kinds: set[ConnectionKind]
-    deadline: float
-    relay_allowed: bool
-    candidates: list[NodeId]
-    paths_left: set[Path] = field(default_factory=set)
-    relaying: bool = False
-    relay_at: float = _INF
-    # No relay path before this (see OverlayConfig.relay_yield_s).
-    relay_not_before: float = 0.0
-    # Started only to connect back for someone's CTM (counts against connect_back_inflight).
-    connect_back: bool = False
-
-
 class _Seen:
     """Ids heard from peers: who told us (holds a link to it) and until when we trust it.
 
@@ -520,17 +503,30 @@ class OverlayNode:
         self.stats: collections.Counter[str] = collections.Counter()
         self._links = links
         self._rng = rng
-        self._bootstrap = tuple(bootstrap)
-        self._remembered: tuple[Endpoint, ...] = ()
         self._local_endpoints = tuple(config.local_endpoints)
         self._table = ConnectionTable()
         self._events: collections.deque[OverlayEvent] = collections.deque()
-        self._pending: dict[NodeId, _Pending] = {}
-        self._path_owner: dict[Path, NodeId] = {}
-        self._bootstrap_pending: dict[Endpoint, float] = {}
+        # Links we are trying to bring up (ipop.overlay.attempts), and the bootstraps'.
+        self._attempts = Attempts(
+            local_id,
+            direct=self._direct_peer,
+            stats=self.stats,
+            connect_timeout_s=config.connect_timeout_s,
+            connect_back_timeout_s=config.connect_back_timeout_s,
+            relay_after_s=config.relay_after_s,
+            relay_yield_s=config.relay_yield_s,
+            failed_backoff_s=config.failed_backoff_s,
+            near_retry_s=config.near_retry_s,
+        )
+        self._boot = Bootstraps(
+            bootstrap,
+            connect_timeout_s=config.connect_timeout_s,
+            retry_s=config.bootstrap_retry_s,
+        )
         self._requests: dict[int, _Request] = {}
         self._asked: dict[NodeId, float] = {}
-        self._backoff: dict[NodeId, float] = {}
+        # Near candidates not to ask again for a while.
+        self._backoff = Backoff()
         self._observed: dict[Endpoint, float] = {}
         # Linked peer -> where it last told us it sees us (LinkUp, ObservedEndpoint): a change
         # is our NAT rebinding (see _on_observed). Rows leave with the peer's link.
@@ -543,8 +539,6 @@ class OverlayNode:
         self._rebind_ok_at = -_INF
         # Links keyed afresh through a relay after a roam left their direct path dead.
         self._fallbacks = RelayFallbacks(timing.ROAM_RELAY_RETRY_S)
-        # Relay helper we asked to link to -> (the peer it is to relay to, until when).
-        self._helpers: dict[NodeId, tuple[NodeId, float]] = {}
         self._near: frozenset[NodeId] = frozenset()
         # Ids heard from peers, with who told us, until when we trust the news.
         self._seen = _Seen()
@@ -566,15 +560,11 @@ class OverlayNode:
         # Peer -> the endpoints it gave in its last CTM to us or answer to ours (its word,
         # authenticated as its own): where port guessing may send (see peer_hosts).
         self._peer_endpoints: dict[NodeId, tuple[Endpoint, ...]] = {}
-        # Bumped whenever _backoff gains or loses a peer (keys the brackets cache).
-        self._backoff_version = 0
         # (seen version, table version, backoff version), answer, valid until: see
         # _brackets_linked.
         self._brackets_cache: tuple[tuple[int, int, int, int], bool, float] | None = None
         # Ids that authenticated a link or a routed message to us: see _brackets_linked.
         self._proven = ProvenIds()
-        # Bumped whenever _pending gains or loses a peer (keys the wanted-near cache).
-        self._pending_version = 0
         # (versions, valid until, answer): see _wanted_near.
         self._wanted_cache: tuple[tuple[int, int, int, int], float, list[NodeId]] | None = None
         # Peer -> (row rev, its policy view), and the whole answer with the (table stamp,
@@ -591,7 +581,6 @@ class OverlayNode:
         self._joined = False
         self._routable = False
         self._next_tick: float | None = None
-        self._next_bootstrap = 0.0
         self._last_probe = -_INF
         self._next_gossip = 0.0
         self._gossip_due = False
@@ -623,7 +612,7 @@ class OverlayNode:
         if self._started:
             raise LocalProtocolError("start() called twice")
         self._started = True
-        self._connect_bootstrap(now)
+        self._connect(self._boot.connect(self.endpoints(), now), now)
         self._next_tick = now + self.config.tick_s * self._rng.uniform(0.5, 1.0)
         self._next_gossip = now + self.config.gossip_interval_s
 
@@ -634,8 +623,7 @@ class OverlayNode:
         it had lets us rejoin (the handshake proves who it is). Bounded by the caller (see
         ipop.aio.peerstore); the bootstraps come first.
         """
-        boot = set(self._bootstrap)
-        self._remembered = tuple(ep for ep in endpoints if ep not in boot)
+        self._boot.set_remembered(endpoints)
 
     def set_local_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace our own socket endpoints (e.g. once the driver bound its socket)."""
@@ -701,7 +689,7 @@ class OverlayNode:
             raise LocalProtocolError("shortcut to ourselves")
         if peer in self._table:
             self._add_kind(peer, ConnectionKind.SHORTCUT, now)
-        elif peer not in self._pending:
+        elif peer not in self._attempts:
             self._send_ctm(peer, Purpose.SHORTCUT, exact=True, now=now)
 
     def relay_fallback(
@@ -853,14 +841,8 @@ class OverlayNode:
         if ev.observed is not None:
             self._note_observed(ev.observed, now)
             self._observed_by[peer] = ev.observed
-        pend = self._pending.pop(peer, None)
-        self._pending_version += pend is not None
-        if pend is not None:
-            for p in pend.paths_left:
-                self._path_owner.pop(p, None)
-        was_bootstrap = (
-            isinstance(ev.path, Endpoint) and self._bootstrap_pending.pop(ev.path, None) is not None
-        )
+        pend = self._attempts.linked(peer)
+        was_bootstrap = self._boot.settled(ev.path)
         is_new = peer not in self._table
         self._table.add(peer, ev.path, now=now)
         self._heard[peer] = now  # the handshake just came from it
@@ -874,9 +856,9 @@ class OverlayNode:
             # answer is still on its way): keep it long enough to be useful.
             self._add_kind(peer, ConnectionKind.LEAF, now)
         self._refresh_near(now)
-        helper = self._helpers.pop(peer, None)
-        if helper is not None and is_direct(ev.path):
-            self._helper_up(peer, helper[0], now)
+        helped = self._attempts.helper_linked(peer)
+        if helped is not None and is_direct(ev.path):
+            self._helper_up(peer, helped, now)
         if not self._joined and not self._join_outstanding(now):
             self._probe_near(now)
         if ev.observed is not None and self._readvertise_at is not None and is_direct(ev.path):
@@ -887,17 +869,9 @@ class OverlayNode:
 
     def _on_handshake_failed(self, ev: HandshakeFailed, now: float) -> None:
         path = ev.path
-        if isinstance(path, Endpoint) and self._bootstrap_pending.pop(path, None) is not None:
+        if self._boot.settled(path):
             self.stats["bootstrap_failed"] += 1
-        owner = self._path_owner.pop(path, None)
-        if owner is None:
-            return
-        pend = self._pending.get(owner)
-        if pend is None or path not in pend.paths_left:
-            return
-        pend.paths_left.discard(path)
-        if not pend.paths_left:
-            self._direct_failed(pend, now)
+        self._connect(self._attempts.path_failed(path, now), now)
 
     def _on_observed(self, ev: ObservedEndpoint, now: float) -> None:
         by = ev.by
@@ -1002,31 +976,11 @@ class OverlayNode:
         row.last_relay = now
         self._relay_stamp += 1
 
-    def _back_off(self, peer: NodeId, until: float) -> None:
-        """Do not ask ``peer`` as a near candidate before ``until``."""
-        self._backoff[peer] = until
-        self._backoff_version += 1
-
-    def _lift_backoff(self, peer: NodeId) -> bool:
-        """Forget ``peer``'s backoff; True if it had one."""
-        if self._backoff.pop(peer, None) is None:
-            return False
-        self._backoff_version += 1
-        return True
-
     def _on_relay_refused(self, msg: RelayRefused, peer: NodeId, now: float) -> None:
         path = RelayPath(via=peer, peer=msg.target)
-        pend = self._pending.get(msg.target)
-        if pend is not None and path in pend.paths_left:
-            # A relay attempt through a node that cannot reach the target: the next candidate
-            # now, instead of after the handshake timeout.
-            self.stats["relay_attempt_refused"] += 1
-            pend.paths_left.discard(path)
-            self._path_owner.pop(path, None)
-            if not any(isinstance(p, RelayPath) for p in pend.paths_left):
-                self._start_relay(pend, now)
-            if not pend.paths_left and msg.target in self._pending:
-                self._direct_failed(pend, now)
+        actions = self._attempts.relay_refused(path, now)
+        if actions is not None:
+            self._connect(actions, now)
             return
         row = self._table.get(msg.target)
         if row is not None and row.direct and self._fallbacks.trying(msg.target):
@@ -1241,23 +1195,25 @@ class OverlayNode:
             # requester's job, so a failure here is simply forgotten. The endpoints are only
             # the requester's word (a member could name anybody's address): a few of them,
             # one Init each, within the per-address budget (see _connect_back_endpoints).
-            self._start_connect(
+            attempt = self._attempts.start(
                 requester,
                 self._connect_back_endpoints(ctm.endpoints, now),
                 set(),
                 remote,
+                own=self.endpoints(),
                 relay_allowed=False,
                 candidates=[],
                 now=now,
                 connect_back=True,
             )
+            self._connect(attempt, now)
 
     def _connect_back_endpoints(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
         """The endpoints of a CTM we connect back to: what _worth_trying keeps, at most one LAN
         endpoint and connect_back_max in all, each within its address's budget, none while
         connect_back_inflight attempts are under way."""
         cfg = self.config
-        if sum(p.connect_back for p in self._pending.values()) >= cfg.connect_back_inflight:
+        if self._attempts.connect_backs() >= cfg.connect_back_inflight:
             self.drops["connect_back_busy"] += 1
             return []
         out = []
@@ -1309,8 +1265,7 @@ class OverlayNode:
             self.drops["ctm_wrong_responder"] += 1
             return
         self._remember_endpoints(responder, rep.endpoints)
-        helper = self._helpers.get(responder)
-        helping = helper is not None and helper[1] > now and req.purpose is Purpose.NEAR
+        helping = self._attempts.helping(responder, now) and req.purpose is Purpose.NEAR
         if req.purpose is Purpose.JOIN and not self._joined:
             self._joined = True
             self._events.append(Joined())
@@ -1330,17 +1285,19 @@ class OverlayNode:
                     fallback=None if news is None else news[0],
                 )
                 relay_allowed = req.purpose in (Purpose.JOIN, Purpose.NEAR) and not helping
-                self._start_connect(
+                attempt = self._attempts.start(
                     responder,
                     # Not charged to the addresses' buckets: we asked (one answer per request),
                     # and a member draining a peer's bucket must not stop our own links to it.
                     self._few(self._worth_trying(rep.endpoints)),
                     kinds,
                     set(),
+                    own=self.endpoints(),
                     relay_allowed=relay_allowed,
                     candidates=candidates,
                     now=now,
                 )
+                self._connect(attempt, now)
                 if relay_allowed and not candidates:
                     self._recruit_helpers(responder, rep.neighbours, now)
         self._consider_near(rep.neighbours, responder, now)
@@ -1348,108 +1305,19 @@ class OverlayNode:
 
     # --- connecting -------------------------------------------------------------------------
 
-    def _start_connect(
-        self,
-        peer: NodeId,
-        endpoints: Sequence[Endpoint],
-        kinds: set[ConnectionKind],
-        remote_kinds: set[ConnectionKind],
-        *,
-        relay_allowed: bool,
-        candidates: list[NodeId],
-        now: float,
-        connect_back: bool = False,
-    ) -> None:
-        """Link to ``peer`` at ``endpoints`` (merged into an attempt under way). A
-        ``connect_back`` sends one Init per endpoint and waits connect_back_timeout_s for it:
-        its endpoints are a requester's word, not ours to retry at."""
-        if peer == self.local_id or peer in self._table:
-            return
-        own = set(self.endpoints())
-        eps = [e for e in dict.fromkeys(endpoints) if e not in own]
-        pend = self._pending.get(peer)
-        if pend is not None:
-            pend.kinds |= kinds
-            pend.remote_kinds |= remote_kinds
-            pend.relay_allowed = pend.relay_allowed or relay_allowed
-            pend.candidates.extend(c for c in candidates if c not in pend.candidates)
-            if pend.connect_back and not connect_back:
-                # Our own attempt now: the connect-back's one-shot Inits retry from here on.
-                for ep in eps:
-                    if ep in pend.paths_left:
-                        self._links.connect(ep, now=now, expected=peer)
-            pend.connect_back = pend.connect_back and connect_back
-            if pend.relaying:
-                return
-            eps = [e for e in eps if e not in pend.paths_left]
-        else:
-            pend = _Pending(
-                peer,
-                set(kinds),
-                set(remote_kinds),
-                now + self.config.connect_timeout_s,
-                relay_allowed,
-                list(candidates),
-                connect_back=connect_back,
-            )
-            # The larger id lets the smaller one key the relayed link first: two relayed
-            # handshakes crossing through different relays can leave the ends sealing with
-            # keys the other no longer holds, and the link is dead until a timeout.
-            yield_s = self.config.relay_yield_s if self.local_id > peer else 0.0
-            pend.relay_at = pend.relay_not_before = now + self.config.relay_after_s + yield_s
-            self._pending[peer] = pend
-            self._pending_version += 1
-        timeout_s = self.config.connect_back_timeout_s if connect_back else None
-        for ep in eps:
-            pend.paths_left.add(ep)
-            self._path_owner[ep] = peer
-            self._links.connect(
-                ep, now=now, expected=peer, retransmit=not connect_back, timeout_s=timeout_s
-            )
-        self.stats["connect_attempts"] += len(eps)
-        if not pend.paths_left:
-            self._direct_failed(pend, now)
+    def _connect(self, actions: Sequence[AttemptAction], now: float) -> None:
+        """Carry out what the attempts decided, in order."""
+        for a in actions:
+            if isinstance(a, Connect):
+                self._links.connect(
+                    a.path, now=now, expected=a.peer, retransmit=a.retransmit, timeout_s=a.timeout_s
+                )
+            elif a.backoff_until is not None:
+                self._backoff.put(a.peer, a.backoff_until)
 
-    def _direct_failed(self, pend: _Pending, now: float) -> None:
-        """Every path tried so far failed: next relay candidate, or give up."""
-        if not pend.relay_allowed:
-            self._give_up(pend, now)
-            return
-        if now < pend.relay_not_before < pend.deadline:
-            # Our turn to relay has not come (the peer may be keying one to us): the tick
-            # starts ours then, unless its link comes up first.
-            pend.relay_at = pend.relay_not_before
-            return
-        while pend.candidates:
-            via = pend.candidates.pop(0)
-            row = self._table.get(via)
-            if row is None or not row.direct or via == pend.peer:
-                continue
-            path = RelayPath(via=via, peer=pend.peer)
-            pend.relaying = True
-            pend.paths_left = {path}
-            pend.deadline = now + self.config.connect_timeout_s
-            self._path_owner[path] = pend.peer
-            self.stats["relay_attempts"] += 1
-            self._links.connect(path, now=now, expected=pend.peer)
-            return
-        self._give_up(pend, now)
-
-    def _start_relay(self, pend: _Pending, now: float) -> None:
-        while pend.candidates:
-            via = pend.candidates.pop(0)
-            row = self._table.get(via)
-            if row is None or not row.direct or via == pend.peer:
-                continue
-            path = RelayPath(via=via, peer=pend.peer)
-            pend.relaying = True
-            pend.paths_left.add(path)
-            pend.deadline = now + self.config.connect_timeout_s
-            self._path_owner[path] = pend.peer
-            self.stats["relay_attempts_early"] += 1
-            self._links.connect(path, now=now, expected=pend.peer)
-            return
-        pend.relay_at = _INF  # nobody to relay through (yet): the deadline path decides
+    def _direct_peer(self, peer: NodeId) -> bool:
+        row = self._table.get(peer)
+        return row is not None and row.direct
 
     def _recruit_helpers(self, target: NodeId, listed: Sequence[NodeId], now: float) -> None:
         """Link directly to a few of ``target``'s neighbours, to relay our link to it through.
@@ -1462,67 +1330,21 @@ class OverlayNode:
         peers are asked for a link (a NEAR CTM, direct only); whichever comes up directly is
         the relay candidate the pending attempt lacked.
         """
-        pool = [
-            n
-            for n in dict.fromkeys(listed)
-            if n not in (self.local_id, target)
-            and n not in self._table
-            and n not in self._pending
-            and n not in self._helpers
-        ]
+        pool = self._attempts.helper_pool(listed, target, self._table)
         if not pool:
             return
-        until = now + self.config.connect_timeout_s
         for n in self._rng.sample(pool, min(_HELPERS_PER_ATTEMPT, len(pool))):
             if self._send_ctm(n, Purpose.NEAR, exact=True, now=now):
-                self._helpers[n] = (target, until)
+                self._attempts.helper_asked(n, target, now)
                 self.stats["relay_helpers_asked"] += 1
 
     def _helper_up(self, helper: NodeId, target: NodeId, now: float) -> None:
         """A relay helper linked directly: relay the pending attempt to ``target`` through it."""
-        pend = self._pending.get(target)
         if target in self._table:
             return
-        if pend is None:
-            # The attempt gave up before the helper came: ask for ``target`` again now.
-            if self._lift_backoff(target):
-                self._near_check_due = True
-            return
-        if not pend.relay_allowed:
-            return
-        self.stats["relay_helpers_up"] += 1
-        if helper not in pend.candidates:
-            pend.candidates.insert(0, helper)
-        if not any(isinstance(p, RelayPath) for p in pend.paths_left):
-            pend.relay_at = max(now, pend.relay_not_before)
-            pend.relaying = False
-
-    def _give_up(self, pend: _Pending, now: float) -> None:
-        if self._pending.pop(pend.peer, None) is not None:
-            self._pending_version += 1
-        for p in pend.paths_left:
-            self._path_owner.pop(p, None)
-        self.stats["connect_failed"] += 1
-        if not pend.relay_allowed:
-            # A far link, a shortcut or our connect-back for someone's CTM: direct only, so a
-            # failure says nothing about whether the peer can be a (relayed) near link, which
-            # is all the backoff below gates.
-            return
-        # A relay was tried too: the peer is out of reach for now. A near peer that only
-        # lacked a relay candidate is asked again soon (the ring cannot close without it, and
-        # common neighbours to relay through appear as the ring forms).
-        self.stats["near_failed_relayed" if pend.relaying else "near_failed_no_relay"] += 1
-        wait = self.config.failed_backoff_s if pend.relaying else self.config.near_retry_s
-        self._back_off(pend.peer, now + wait)
-
-    def _connect_bootstrap(self, now: float) -> None:
-        own = set(self.endpoints())
-        for ep in (*self._bootstrap, *self._remembered):
-            if ep in own or ep in self._bootstrap_pending:
-                continue
-            self._bootstrap_pending[ep] = now + self.config.connect_timeout_s
-            self._links.connect(ep, now=now)
-        self._next_bootstrap = now + self.config.bootstrap_retry_s
+        # No attempt left (it gave up before the helper came): ask for ``target`` again now.
+        if not self._attempts.helper_up(helper, target, now) and self._backoff.lift(target):
+            self._near_check_due = True
 
     # --- near maintenance -------------------------------------------------------------------
 
@@ -1573,7 +1395,7 @@ class OverlayNode:
         local = self.local_id.value
         # By value, not NodeId equality: this runs over hundreds of ids.
         pool = {c.value: c for c in seen}
-        for c in self._pending:
+        for c in self._attempts:
             pool[c.value] = c
         for v in self._table.ring():
             pool[v] = self._table.peer_of(v)
@@ -1595,14 +1417,14 @@ class OverlayNode:
         return (
             self._seen.version,
             self._table.version,
-            self._pending_version,
-            self._backoff_version,
+            self._attempts.version,
+            self._backoff.version,
         )
 
     def _ask_near(self, now: float) -> None:
         self._near_check_due = False
         table = self._table
-        pending = self._pending
+        pending = self._attempts
         for c in self._wanted_near(now):
             # A pending attempt that may not fall back to a relay (a far link, a connect-back)
             # fails for good between NATs that cannot punch: ask as a near peer too, whose
@@ -1674,7 +1496,7 @@ class OverlayNode:
         until its last blocking news expires, a True one until one of the four changes. Why:
         every node asks every tick, over hundreds of seen ids.
         """
-        key = (self._seen.version, self._table.version, self._backoff_version, self._proven.version)
+        key = (self._seen.version, self._table.version, self._backoff.version, self._proven.version)
         cached = self._brackets_cache
         if cached is not None and cached[0] == key and now < cached[2]:
             return cached[1]
@@ -1725,33 +1547,15 @@ class OverlayNode:
                 # Unanswered: dead, or unreachable through what we know. Stop counting it as
                 # a neighbour (it would hide a live one) and do not ask again for a while.
                 # Not for long, though: one lost datagram on a multi-hop path does this too.
-                self._back_off(req.target, now + cfg.near_retry_s)
+                self._backoff.put(req.target, now + cfg.near_retry_s)
                 self.stats["ctm_unanswered"] += 1
         for peer in [peer for peer, t in self._asked.items() if t <= now]:
             del self._asked[peer]
-        for peer in [peer for peer, t in self._backoff.items() if t <= now]:
-            self._lift_backoff(peer)
-        for ep in [e for e, t in self._bootstrap_pending.items() if t <= now]:
-            del self._bootstrap_pending[ep]
-        for h in [h for h, (_, t) in self._helpers.items() if t <= now]:
-            del self._helpers[h]
-        for pend in [
-            p
-            for p in self._pending.values()
-            if p.relay_allowed and not p.relaying and p.relay_at <= now and p.deadline > now
-        ]:
-            # Direct attempts still running: add a relay path alongside (see timing).
-            self._start_relay(pend, now)
-        for pend in [p for p in self._pending.values() if p.deadline <= now]:
-            for path in pend.paths_left:
-                self._path_owner.pop(path, None)
-            pend.paths_left = set()
-            if pend.relaying:
-                self._give_up(pend, now)
-            else:
-                self._direct_failed(pend, now)
-        if not len(self._table) and not self._bootstrap_pending and now >= self._next_bootstrap:
-            self._connect_bootstrap(now)
+        self._backoff.expire(now)
+        self._boot.expire(now)
+        self._connect(self._attempts.advance(now), now)
+        if not len(self._table) and self._boot.due(now):
+            self._connect(self._boot.connect(self.endpoints(), now), now)
         self._refresh_near(now)
         self._update_routable(now)
         if self._near_check_due:
@@ -1796,7 +1600,7 @@ class OverlayNode:
     def _policy_view(self) -> PolicyView:
         cfg = self.config
         pending_far = sum(1 for r in self._requests.values() if r.purpose is Purpose.FAR)
-        pending_far += sum(1 for p in self._pending.values() if ConnectionKind.FAR in p.kinds)
+        pending_far += self._attempts.wanting(ConnectionKind.FAR)
         return PolicyView(
             local=self.local_id,
             joined=self._joined and cfg.far_links,
@@ -1901,8 +1705,7 @@ class OverlayNode:
         self.stats[f"roamed_{reason}"] += 1
         self._roamed_at = now
         self._rebind_ok_at = now + timing.ROAM_REBIND_MIN_S
-        for peer in list(self._backoff):
-            self._lift_backoff(peer)
+        self._backoff.clear()
         self._near_check_due = True
         self._readvertise_at = now + timing.ROAM_ADVERTISE_WAIT_S
         self._events.append(Roamed(reason))

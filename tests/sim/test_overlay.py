@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipop.link.endpoint import LinkDown, LinkUp, ObservedEndpoint
+from ipop.overlay.attempts import AttemptState
 from ipop.overlay.events import Delivered, Routable
 from ipop.overlay.messages import (
     FLAG_EXACT,
@@ -335,9 +336,10 @@ def test_the_larger_id_yields_before_keying_a_relayed_link() -> None:
     ):
         node = _silent_node(me, CFG)
         # No endpoint to try: every direct path has "failed" at once.
-        node._start_connect(peer, [], set(), set(), relay_allowed=True, candidates=[], now=0.0)
-        pend = node._pending[peer]
-        assert pend.relay_at == wait and not pend.relaying
+        node._attempts.start(peer, [], set(), set(), relay_allowed=True, candidates=[], now=0.0)
+        pend = node._attempts.get(peer)
+        assert pend is not None
+        assert pend.relay_at == wait and pend.state is AttemptState.DIRECT
 
 
 def test_lan_endpoints_of_another_lan_are_not_tried() -> None:

@@ -61,7 +61,7 @@ def wanted_from_scratch(node: OverlayNode, now: float) -> list[NodeId]:
     """OverlayNode._wanted_near as it was before it was cached."""
     local = node.local_id
     pool = {c.value: c for c, (_, t) in node._seen.items() if t > now and c not in node._backoff}
-    for c in node._pending:
+    for c in node._attempts:
         pool[c.value] = c
     for v in node._table.ring():
         pool[v] = node._table.peer_of(v)
