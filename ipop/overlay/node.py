@@ -16,7 +16,8 @@ Brunet-style ring (DESIGN.md §5):
   whenever the near set changes; any id that would be nearer than what we hold gets an exact
   CONNECT_TO_ME. After a near link goes down we pull lists from the remaining near peers and
   re-probe our own address. This is ring stabilisation: every node converges on its true
-  neighbours because each one tells its neighbours about theirs.
+  neighbours because each one tells its neighbours about theirs. Which candidates to ask,
+  and whether both sides are linked, is :class:`ipop.overlay.near.NearKeeper`'s to say.
 - **Silent near peers.** Every overlay message from a peer counts as hearing from it; a near
   peer silent for ``near_suspect_s`` (its gossip is late) is pulled every tick, and one silent
   for ``near_dead_s`` is closed as dead, so a crashed neighbour is replaced in seconds rather
@@ -45,7 +46,8 @@ Brunet-style ring (DESIGN.md §5):
 - **Backoff.** A near candidate we failed to reach is not asked again for a while: briefly
   when only a CTM went unanswered or no relay candidate existed yet (one lost datagram, a ring
   still forming), ``failed_backoff_s`` after a relay failed too. Failures of direct-only
-  attempts (far links, shortcuts, connect-backs) never gate near requests.
+  attempts (far links, shortcuts, connect-backs) never gate near requests. Attempts, their
+  states and the backoff set live in :mod:`ipop.overlay.attempts`.
 - **Bounded work.** What a peer's message makes us send is bounded, because a member may
   lie: a CTM's endpoints are only the requester's word (the requester itself is authenticated
   end to end). Each requester's CTMs are acted on within a token bucket (``ctm_burst``, one
@@ -79,12 +81,11 @@ Invariants:
 
 from __future__ import annotations
 
-import bisect
 import collections
 import functools
 import ipaddress
 import random
-from collections.abc import Callable, Collection, ItemsView, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -134,6 +135,7 @@ from ipop.overlay.messages import (
     Routed,
     decode_message,
 )
+from ipop.overlay.near import NearKeeper, SeenIds
 from ipop.overlay.policies import (
     Action,
     ConnectionView,
@@ -154,7 +156,7 @@ from ipop.overlay.ring import (
 )
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
 from ipop.ratelimit import KeyedBuckets
-from ipop.types import RING, Endpoint, NodeId, Path, RelayPath, is_direct, ring_distance
+from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct, ring_distance
 
 __all__ = [
     "ConnectionAdded",
@@ -381,88 +383,6 @@ class OverlaySnapshot:
 # --- internal state ----------------------------------------------------------------------------
 
 
-class _Seen:
-    """Ids heard from peers: who told us (holds a link to it) and until when we trust it.
-
-    Indexed by informer as well, because every neighbour list replaces what its informer told
-    us before; ``version`` changes whenever an id comes, goes or revives after expiring (not
-    when news is merely renewed, nor when another informer repeats it), so answers computed
-    from the ids can be cached. Why blind to informers: near peers gossip the same ids in turn,
-    so an id's informer changes with almost every list, and the brackets test was recomputed
-    each time (the biggest overlay cost at 1,000 nodes).
-    """
-
-    __slots__ = ("_by_informer", "_by_value", "_news", "_values", "version")
-
-    def __init__(self) -> None:
-        self._news: dict[NodeId, tuple[NodeId, float]] = {}
-        self._by_informer: dict[NodeId, set[NodeId]] = {}
-        # The ids' values, ascending, and each value's id (what the brackets test bisects).
-        self._values: list[int] = []
-        self._by_value: dict[int, NodeId] = {}
-        self.version = 0
-
-    def __iter__(self) -> Iterator[NodeId]:
-        return iter(self._news)
-
-    def __len__(self) -> int:
-        return len(self._news)
-
-    def __contains__(self, node: object) -> bool:
-        return node in self._news
-
-    def get(self, node: NodeId) -> tuple[NodeId, float] | None:
-        return self._news.get(node)
-
-    def items(self) -> ItemsView[NodeId, tuple[NodeId, float]]:
-        return self._news.items()
-
-    def put(self, node: NodeId, informer: NodeId, until: float, *, now: float) -> None:
-        old = self._news.get(node)
-        if old is None or old[0] != informer:
-            if old is not None:
-                self._unindex(node, old[0])
-            else:
-                bisect.insort(self._values, node.value)
-                self._by_value[node.value] = node
-            self._by_informer.setdefault(informer, set()).add(node)
-        if old is None or old[1] <= now:
-            self.version += 1  # a new id, or expired news come back to life
-        self._news[node] = (informer, until)
-
-    def discard(self, node: NodeId) -> None:
-        old = self._news.pop(node, None)
-        if old is not None:
-            self._unindex(node, old[0])
-            values = self._values
-            del values[bisect.bisect_left(values, node.value)]
-            del self._by_value[node.value]
-            self.version += 1
-
-    def between(self, low: int, high: int) -> list[tuple[NodeId, float]]:
-        """(id, trusted until) of the ids whose values lie strictly inside the ring arc from
-        ``low`` clockwise to ``high`` (both ring values; the arc may wrap past zero; low ==
-        high: all but that point)."""
-        values = self._values
-        lo = bisect.bisect_right(values, low)
-        if low < high:
-            picked = values[lo : bisect.bisect_left(values, high)]
-        else:
-            picked = values[lo:] + values[: bisect.bisect_left(values, high)]
-        by_value = self._by_value
-        news = self._news
-        return [(c, news[c][1]) for c in (by_value[v] for v in picked)]
-
-    def told_by(self, informer: NodeId) -> list[NodeId]:
-        return list(self._by_informer.get(informer, ()))
-
-    def _unindex(self, node: NodeId, informer: NodeId) -> None:
-        told = self._by_informer[informer]
-        told.discard(node)
-        if not told:
-            del self._by_informer[informer]
-
-
 @dataclass(slots=True)
 class _Request:
     purpose: Purpose
@@ -524,7 +444,6 @@ class OverlayNode:
             retry_s=config.bootstrap_retry_s,
         )
         self._requests: dict[int, _Request] = {}
-        self._asked: dict[NodeId, float] = {}
         # Near candidates not to ask again for a while.
         self._backoff = Backoff()
         self._observed: dict[Endpoint, float] = {}
@@ -540,8 +459,9 @@ class OverlayNode:
         # Links keyed afresh through a relay after a roam left their direct path dead.
         self._fallbacks = RelayFallbacks(timing.ROAM_RELAY_RETRY_S)
         self._near: frozenset[NodeId] = frozenset()
-        # Ids heard from peers, with who told us, until when we trust the news.
-        self._seen = _Seen()
+        # Ids heard from peers, with who told us, until when we trust the news (the near keeper
+        # below keeps them; routing takes hints from them).
+        self._seen = SeenIds()
         # Source of a routed message we do not hold a link to -> the peer that handed it to us
         # (for answers at a local minimum, see _route).
         self._reverse = ReverseHints(lambda msg, now: origin.check(msg, now=now))
@@ -560,13 +480,8 @@ class OverlayNode:
         # Peer -> the endpoints it gave in its last CTM to us or answer to ours (its word,
         # authenticated as its own): where port guessing may send (see peer_hosts).
         self._peer_endpoints: dict[NodeId, tuple[Endpoint, ...]] = {}
-        # (seen version, table version, backoff version), answer, valid until: see
-        # _brackets_linked.
-        self._brackets_cache: tuple[tuple[int, int, int, int], bool, float] | None = None
-        # Ids that authenticated a link or a routed message to us: see _brackets_linked.
+        # Ids that authenticated a link or a routed message to us: see NearKeeper.brackets_linked.
         self._proven = ProvenIds()
-        # (versions, valid until, answer): see _wanted_near.
-        self._wanted_cache: tuple[tuple[int, int, int, int], float, list[NodeId]] | None = None
         # Peer -> (row rev, its policy view), and the whole answer with the (table stamp,
         # relay stamp) it was built at: see _connection_views.
         self._views: dict[NodeId, tuple[int, ConnectionView]] = {}
@@ -576,7 +491,17 @@ class OverlayNode:
         # Peer -> when we last got an overlay message from it (or it became near / linked).
         self._heard: dict[NodeId, float] = {}
         self._seen_ttl = 3 * config.gossip_interval_s
-        self._near_check_due = False
+        # Near upkeep (ipop.overlay.near): candidates, what we asked, the brackets test.
+        self._keeper = NearKeeper(
+            local_id,
+            near_per_side=config.near_per_side,
+            seen_ttl_s=self._seen_ttl,
+            table=self._table,
+            attempts=self._attempts,
+            backoff=self._backoff,
+            proven=self._proven,
+            seen=self._seen,
+        )
         self._started = False
         self._joined = False
         self._routable = False
@@ -776,6 +701,11 @@ class OverlayNode:
     def near_peers(self) -> frozenset[NodeId]:
         return self._near
 
+    @property
+    def near_keeper(self) -> NearKeeper:
+        """Near upkeep: the ids we heard of, the candidates we want, the brackets test."""
+        return self._keeper
+
     def connected_peers(self) -> list[NodeId]:
         return self._table.peers()
 
@@ -949,7 +879,7 @@ class OverlayNode:
         self._events.append(RelayDatagram(msg.data, RelayPath(via=peer, peer=msg.origin)))
 
     def _on_neighbours(self, msg: Neighbours, peer: NodeId, now: float) -> None:
-        self._consider_near(msg.ids, peer, now)
+        self._keeper.consider(msg.ids, peer, now)
         if msg.reply_wanted:
             # Our list is larger than the pull (up to 48 ids for 3 bytes): a peer's pulls are
             # answered within a small burst (a repair pulls, and a tick may pull again), then
@@ -1300,7 +1230,7 @@ class OverlayNode:
                 self._connect(attempt, now)
                 if relay_allowed and not candidates:
                     self._recruit_helpers(responder, rep.neighbours, now)
-        self._consider_near(rep.neighbours, responder, now)
+        self._keeper.consider(rep.neighbours, responder, now)
         self._update_routable(now)
 
     # --- connecting -------------------------------------------------------------------------
@@ -1344,99 +1274,15 @@ class OverlayNode:
             return
         # No attempt left (it gave up before the helper came): ask for ``target`` again now.
         if not self._attempts.helper_up(helper, target, now) and self._backoff.lift(target):
-            self._near_check_due = True
+            self._keeper.check_due = True
 
     # --- near maintenance -------------------------------------------------------------------
 
-    def _consider_near(self, ids: Sequence[NodeId], informer: NodeId, now: float) -> None:
-        """Remember ids a peer told us about; the next tick asks the ones that would be near.
-
-        Why not ask at once: lists arrive one by one, and judged against a half-filled table
-        every id in the first list looks near; each later, closer list would then push those
-        links out again (idle links, handshakes for nothing). Pooling everything heard within
-        ``seen`` and judging once per tick asks only for the links we will keep.
-        """
-        until = now + self._seen_ttl
-        # A list is the informer's whole current view: what it reported before and no longer
-        # does is gone (typically dead), and must not keep hiding live nodes from our ranking.
-        listed = set(ids)
-        seen = self._seen
-        for c in seen.told_by(informer):
-            if c not in listed:
-                seen.discard(c)
-        for c in ids:
-            if c != self.local_id:
-                # ``informer`` holds a link to what it told us about: our CTM goes through it.
-                seen.put(c, informer, until, now=now)
-        self._near_check_due = True
-
-    def _wanted_near(self, now: float) -> list[NodeId]:
-        """The near_per_side nearest ids on each side among everything we know of: seen (not
-        expired, not backed off), pending and linked; nearest first.
-
-        Cached: the answer depends on the seen ids, the table's peers, the pending attempts,
-        the backoff set and expiry. Why: near peers gossip every few seconds, so this was
-        asked at almost every tick of every node, over hundreds of ids each time.
-        """
-        cached = self._wanted_cache
-        if cached is not None and now < cached[1] and cached[0] == self._wanted_key():
-            return cached[2]
-        backoff = self._backoff
-        seen = self._seen
-        expiry = _INF
-        gone = []
-        for c, (_, t) in seen.items():
-            if t <= now or (backoff and c in backoff):
-                gone.append(c)
-            elif t < expiry:
-                expiry = t
-        for c in gone:
-            seen.discard(c)
-        local = self.local_id.value
-        # By value, not NodeId equality: this runs over hundreds of ids.
-        pool = {c.value: c for c in seen}
-        for c in self._attempts:
-            pool[c.value] = c
-        for v in self._table.ring():
-            pool[v] = self._table.peer_of(v)
-        pool.pop(local, None)
-        wanted = sorted(
-            {
-                pool[v]
-                for v in ring_neighbours_sorted(
-                    self.local_id, sorted(pool), self.config.near_per_side
-                )
-            },
-            key=lambda c: (ring_distance(self.local_id, c), c),
-        )
-        # Renewed news only moves expiry later, so the earliest one seen now is a safe bound.
-        self._wanted_cache = (self._wanted_key(), expiry, wanted)
-        return wanted
-
-    def _wanted_key(self) -> tuple[int, int, int, int]:
-        return (
-            self._seen.version,
-            self._table.version,
-            self._attempts.version,
-            self._backoff.version,
-        )
-
     def _ask_near(self, now: float) -> None:
-        self._near_check_due = False
-        table = self._table
-        pending = self._attempts
-        for c in self._wanted_near(now):
-            # A pending attempt that may not fall back to a relay (a far link, a connect-back)
-            # fails for good between NATs that cannot punch: ask as a near peer too, whose
-            # answer lets the attempt use a relay.
-            if c in table or ((pend := pending.get(c)) is not None and pend.relay_allowed):
-                continue
-            if self._asked.get(c, -_INF) > now:
-                continue
-            news = self._seen.get(c)
-            via = news[0] if news is not None and news[0] in self._table else None
+        keeper = self._keeper
+        for c, via in keeper.to_ask(now):
             if self._send_ctm(c, Purpose.NEAR, exact=True, now=now, via=via):
-                self._asked[c] = now + self.config.ctm_timeout_s
+                keeper.asked(c, now + self.config.ctm_timeout_s)
 
     def _probe_near(self, now: float) -> None:
         """Route a JOIN to our own address and pull neighbour lists from our near peers."""
@@ -1481,48 +1327,10 @@ class OverlayNode:
         # lies between us and our closest linked peer on a side means that side is not yet
         # linked). A mere "some link exists" would count a node as routable while messages
         # for its address still end at a neighbour that does not know it.
-        routable = self._joined and self._brackets_linked(now)
+        routable = self._joined and self._keeper.brackets_linked(now)
         if routable and not self._routable:
             self._events.append(Routable())
         self._routable = routable
-
-    def _brackets_linked(self, now: float) -> bool:
-        """No live news of a node between us and our closest linked peer on either side.
-
-        Only a node that proved itself to us counts (see :mod:`ipop.overlay.proven`): a
-        neighbour's list alone cannot hold us back. Cached: the answer depends only on the
-        table's peers, the seen ids, the backoff set, the proven ids and time. Time alone can
-        only turn False into True (news expires, nothing new comes), so a False answer holds
-        until its last blocking news expires, a True one until one of the four changes. Why:
-        every node asks every tick, over hundreds of seen ids.
-        """
-        key = (self._seen.version, self._table.version, self._backoff.version, self._proven.version)
-        cached = self._brackets_cache
-        if cached is not None and cached[0] == key and now < cached[2]:
-            return cached[1]
-        ring = self._table.ring()
-        n = len(ring)
-        if not n:
-            self._brackets_cache = (key, False, _INF)
-            return False
-        local = self.local_id.value
-        i = bisect.bisect_right(ring, local)
-        to_succ = (ring[i % n] - local) % RING
-        to_pred = (local - ring[(i - 1) % n]) % RING
-        table = self._table
-        backoff = self._backoff
-        seen = self._seen
-        proven = self._proven
-        blocked_until = -_INF
-        # Only ids strictly between our closest linked peers and us can block (bisected).
-        succ, pred = (local + to_succ) % RING, (local - to_pred) % RING
-        for c, until in seen.between(local, succ) + seen.between(pred, local):
-            if until <= now or c in backoff or c in table or c not in proven:
-                continue
-            blocked_until = max(blocked_until, until)
-        linked = blocked_until == -_INF
-        self._brackets_cache = (key, linked, _INF if linked else blocked_until)
-        return linked
 
     def _neighbours_message(self, *, reply_wanted: bool) -> bytes:
         ids = tuple(sorted(self._near))[:MAX_NEIGHBOURS]
@@ -1549,8 +1357,7 @@ class OverlayNode:
                 # Not for long, though: one lost datagram on a multi-hop path does this too.
                 self._backoff.put(req.target, now + cfg.near_retry_s)
                 self.stats["ctm_unanswered"] += 1
-        for peer in [peer for peer, t in self._asked.items() if t <= now]:
-            del self._asked[peer]
+        self._keeper.expire(now)
         self._backoff.expire(now)
         self._boot.expire(now)
         self._connect(self._attempts.advance(now), now)
@@ -1558,7 +1365,7 @@ class OverlayNode:
             self._connect(self._boot.connect(self.endpoints(), now), now)
         self._refresh_near(now)
         self._update_routable(now)
-        if self._near_check_due:
+        if self._keeper.check_due:
             self._ask_near(now)
         for action in decide(self._policy_view(), now):
             self._apply(action, now)
@@ -1706,7 +1513,7 @@ class OverlayNode:
         self._roamed_at = now
         self._rebind_ok_at = now + timing.ROAM_REBIND_MIN_S
         self._backoff.clear()
-        self._near_check_due = True
+        self._keeper.check_due = True
         self._readvertise_at = now + timing.ROAM_ADVERTISE_WAIT_S
         self._events.append(Roamed(reason))
 
@@ -1802,10 +1609,8 @@ class OverlayNode:
         if row is None:
             return False
         self._fallbacks.forget(peer)
-        self._seen.discard(peer)
+        self._keeper.forget(peer)
         self._pull_budget.forget(peer)
-        for c in self._seen.told_by(peer):
-            self._seen.discard(c)
         self._heard.pop(peer, None)
         self._observed_by.pop(peer, None)
         for kind in row.kinds:

@@ -545,15 +545,16 @@ def test_routable_needs_links_to_the_nearest_known_node_on_each_side() -> None:
     # Someone tells us about a node between us and our successor that we hold no link to.
     # Hearsay alone does not hold us back (anyone can list made-up ids) ...
     between = NodeId((me.value + gap // 2) % RING)
-    node._seen.put(between, ids[0], world.now + 30.0, now=world.now)
+    keeper = node.near_keeper
+    keeper.seen.put(between, ids[0], world.now + 30.0, now=world.now)
     node._update_routable(world.now)
     assert node.routable
     # ... but once that node proved itself to us, our successor side is not linked, and we
     # are not routable until it is.
-    node._proven.add(between)
+    keeper.proven.add(between)
     node._update_routable(world.now)
     assert not node.routable
-    node._seen.discard(between)
+    keeper.seen.discard(between)
     node._update_routable(world.now)
     assert node.routable
 
@@ -641,7 +642,7 @@ def test_near_ctm_with_no_closer_link_detours_through_the_nearest_peer() -> None
         links, {far1: Endpoint("198.51.100.2", 5800), far2: Endpoint("198.51.100.3", 5800)}
     )
     links.sent.clear()
-    node._consider_near([near], informer, now=2.0)
+    node.near_keeper.consider([near], informer, now=2.0)
     node.handle_timer(now=5.0)
     ctms = [
         (peer, msg)
