@@ -51,13 +51,8 @@ from ipop.link.endpoint import (
     LinkMessage,
     LinkUp,
 )
-from ipop.overlay.node import (
-    Delivered,
-    OverlayConfig,
-    OverlayEvent,
-    OverlayNode,
-    RelayDatagram,
-)
+from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram
+from ipop.overlay.node import OverlayConfig, OverlayNode
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
 from ipop.types import ID_BYTES, Endpoint, NodeId, Path, RelayPath
