@@ -46,6 +46,7 @@ from typing import Final, Literal
 
 from ipop import timing
 from ipop.errors import LocalProtocolError
+from ipop.nat.kinds import NAT_KINDS, NatKind
 from ipop.ratelimit import KeyedBuckets, TokenBucket
 from ipop.types import Endpoint
 from ipop.wire.stun import (
@@ -81,14 +82,6 @@ __all__ = [
     "mapping_behaviour",
 ]
 
-NatKind = Literal["open", "full-cone", "restricted-cone", "port-restricted-cone", "symmetric"]
-NAT_KINDS: Final[tuple[NatKind, ...]] = (
-    "open",
-    "full-cone",
-    "restricted-cone",
-    "port-restricted-cone",
-    "symmetric",
-)
 # RFC 4787 mapping: "none" = no translation (we are seen at our own address).
 Mapping = Literal["none", "endpoint-independent", "dependent"]
 MAPPINGS: Final[tuple[Mapping, ...]] = ("none", "endpoint-independent", "dependent")
@@ -395,25 +388,25 @@ def mapping_behaviour(
 def classify(mapping: Mapping | None, filtering: Filtering | None) -> NatKind | None:
     """The NAT kind of a mapping and a filtering behaviour; None if they do not decide it.
 
-    A dependent mapping is "symmetric" whatever the filtering. No translation is "open" unless
+    A dependent mapping is "symmetric" whatever the filtering. No translation is "none" unless
     a filtering test showed a stateful firewall, which then behaves as the cone with the same
     filtering (it keeps the port, like the lab's cone NATs).
     """
     if mapping == "dependent":
-        return "symmetric"
+        return NatKind.SYMMETRIC
     if mapping is None:
         return None
     if mapping == "none" and filtering in (None, "endpoint-independent"):
-        return "open"
+        return NatKind.NONE
     if filtering is None:
         return None
     return _CONE_OF[filtering]
 
 
 _CONE_OF: Final[dict[Filtering, NatKind]] = {
-    "endpoint-independent": "full-cone",
-    "address-dependent": "restricted-cone",
-    "address-and-port-dependent": "port-restricted-cone",
+    "endpoint-independent": NatKind.FULL_CONE,
+    "address-dependent": NatKind.RESTRICTED_CONE,
+    "address-and-port-dependent": NatKind.PORT_RESTRICTED_CONE,
 }
 
 
@@ -438,4 +431,4 @@ def direct_expected(a: NatKind | None, b: NatKind | None) -> bool | None:
     """
     if a is None or b is None:
         return None
-    return not (a == "symmetric" and b == "symmetric")
+    return not (a == NatKind.SYMMETRIC and b == NatKind.SYMMETRIC)

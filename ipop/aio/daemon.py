@@ -58,6 +58,7 @@ from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
 from ipop.link.endpoint import LinkInfo
+from ipop.nat.kinds import NatKind
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
 from ipop.node import SHORTCUT_RETRY_S
 from ipop.nolinks import NoLinkWatch
@@ -734,7 +735,7 @@ class Daemon:
         if node is None:
             return "no direct path"
         _, _, translated = node.core.public_view()
-        symmetric = self.nat_kind() == "symmetric"  # netcheck's measurement when there is one
+        symmetric = self.nat_kind() is NatKind.SYMMETRIC  # netcheck's measurement when there is one
         return node.core.birthday.why_relayed(peer, symmetric=symmetric, translated=translated)
 
     def _why_no_link(self, peer: NodeId) -> str:
@@ -752,10 +753,10 @@ class Daemon:
             "asks for a shortcut again)"
         )
 
-    def nat_kind(self) -> str | None:
+    def nat_kind(self) -> NatKind | None:
         """What peers' echoes of our address say about the mapping (RFC 4787 §4.1).
 
-        "open": peers see our own address; "cone": one public mapping for every peer
+        "none": peers see our own address; "cone": one public mapping for every peer
         (endpoint-independent); "symmetric": different mappings for different peers. None
         until a peer has told us. Filtering is not visible this way (``ipop netcheck``'s job).
         """
@@ -766,8 +767,8 @@ class Daemon:
             return None
         host, symmetric, _ = node.core.public_view()  # the one reading of peers' echoes
         if host is None:
-            return "open" if node.core.overlay.routable else None
-        return "symmetric" if symmetric else "cone"
+            return NatKind.NONE if node.core.overlay.routable else None
+        return NatKind.SYMMETRIC if symmetric else NatKind.CONE
 
     def path_to(self, peer: NodeId) -> PathKind:
         node = self.node

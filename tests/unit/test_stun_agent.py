@@ -9,9 +9,9 @@ import random
 import pytest
 
 from ipop.errors import LocalProtocolError
+from ipop.nat.kinds import NAT_KINDS, NatKind
 from ipop.node import NodeCore
 from ipop.stun import (
-    NAT_KINDS,
     SOURCE_ALT_BOTH,
     SOURCE_ALT_PORT,
     SOURCE_PRIMARY,
@@ -216,8 +216,8 @@ def test_classic_client_request() -> None:
 def test_classify_every_combination() -> None:
     assert classify("dependent", None) == "symmetric"
     assert classify("dependent", "endpoint-independent") == "symmetric"
-    assert classify("none", None) == "open"
-    assert classify("none", "endpoint-independent") == "open"
+    assert classify("none", None) is NatKind.NONE
+    assert classify("none", "endpoint-independent") is NatKind.NONE
     assert classify("none", "address-dependent") == "restricted-cone"
     assert classify("endpoint-independent", "endpoint-independent") == "full-cone"
     assert classify("endpoint-independent", "address-dependent") == "restricted-cone"
@@ -262,8 +262,8 @@ def test_direct_expected_matches_the_measured_table() -> None:
     for (a, b), ok in measured.items():
         assert direct_expected(a, b) is ok, (a, b)
         assert direct_expected(b, a) is ok, (b, a)
-    assert all(direct_expected("open", k) for k in NAT_KINDS)
-    assert direct_expected(None, "open") is None
+    assert all(direct_expected(NatKind.NONE, k) for k in NAT_KINDS)
+    assert direct_expected(None, NatKind.NONE) is None
 
 
 # --- NodeCore demultiplexing ------------------------------------------------------------------
