@@ -12,7 +12,7 @@
   up (a shortcut or any other link) and is routed over the ring otherwise. The first packet to
   a peer with no link asks the overlay for a shortcut, so later packets go direct;
 - traffic to a peer over a relayed link or over the ring also starts port guessing
-  (:mod:`ipop.birthday`), the only way to a direct path between a symmetric NAT and a
+  (:mod:`ipop.nat.portguess`), the only way to a direct path between a symmetric NAT and a
   port-restricted one. Its openers leave from punching sockets (``SocketPath``), which the I/O
   layer opens on first use; a knock on one of them starts a handshake there. Openers and
   knocks go only to the addresses the overlay knows the peer at
@@ -55,7 +55,6 @@ import random
 from collections.abc import Callable, Sequence
 
 from ipop import timing
-from ipop.birthday import BirthdayPunch, is_knock
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
@@ -75,6 +74,8 @@ from ipop.link.pmtu import (
     PathMtuProber,
     ack_payload,
 )
+from ipop.nat.portguess import PortGuessing, is_knock
+from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
 from ipop.overlay.messages import (
     KIND_BIRTHDAY,
     KIND_IP,
@@ -94,7 +95,6 @@ from ipop.overlay.node import (
 )
 from ipop.overlay.origin import CERT_BUDGET_BYTES, ROUTED_OVERHEAD, OriginAuth
 from ipop.revocation import CrlGossip
-from ipop.stun import SOURCE_PRIMARY, StunAgent
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 from ipop.wire.header import DATA_MIN_BYTES
 
@@ -152,12 +152,12 @@ class NodeCore:
         self._last_timer = math.inf
         # Peers we asked a shortcut to, with the last time data went to them (idle expiry).
         self._shortcut_used: dict[NodeId, float] = {}
-        # STUN on the overlay socket (ipop.stun): answered here, never seen by the link layer.
+        # STUN on the overlay socket (ipop.nat.stun): answered here, never seen by the link layer.
         # ``stun_alt_send`` is the I/O layer's way to send from a node's alternate sockets.
-        # Answered only with ``stun_serve`` (``[stun] serve``): see ipop.stun.
+        # Answered only with ``stun_serve`` (``[stun] serve``): see ipop.nat.stun.
         self.stun = StunAgent(rng=random.Random(rng.random()), serve=stun_serve)
         self.stun_alt_send: Callable[[int, bytes, Endpoint], None] | None = None
-        self.birthday = BirthdayPunch(rng=random.Random(rng.random()))
+        self.birthday = PortGuessing(rng=random.Random(rng.random()))
         # Links up and down, path changes and punching, for the adapter to log (ipop.journal).
         self.journal = Journal()
         # The revocation list epidemic (ipop.revocation): TYPE_CRL link messages stop here.
@@ -520,7 +520,7 @@ class NodeCore:
             else:
                 self.stun.drops["no_alt_socket"] += 1
 
-    # --- port guessing (ipop.birthday) -------------------------------------------------------
+    # --- port guessing (ipop.nat.portguess) -------------------------------------------------------
 
     def public_view(self) -> tuple[str | None, bool, bool]:
         """What peers' echoes say of our NAT: our public address (None: nobody told us yet),

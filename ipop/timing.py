@@ -277,7 +277,7 @@ REBIND_WITNESS_MIN_S = 2.0
 ADDRWATCH_SETTLE_S = 0.1
 ADDRWATCH_POLL_S = 1.0
 
-# --- port guessing toward symmetric NATs (ipop/birthday.py) ---------------------------------
+# --- port guessing toward symmetric NATs (ipop/nat/portguess.py) ---------------------------
 # Extra sockets a symmetric node opens toward a peer: each holds one random NAT port that
 # accepts the peer. With BIRTHDAY_KNOCKS guesses per round over the 64,512 ports MASQUERADE
 # draws from, a round finds one with odds 1 - exp(-SOCKETS * KNOCKS / 64512): 98 % at 256 x 1024.

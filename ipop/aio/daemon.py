@@ -59,7 +59,14 @@ from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
 from ipop.link.endpoint import LinkInfo
 from ipop.nat.kinds import NatKind
-from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
+from ipop.nat.netcheck import (
+    PYSTUN3_TRAPS,
+    NetcheckResult,
+    SecondOpinion,
+    pystun3_kind,
+    run_netcheck,
+)
+from ipop.nat.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
 from ipop.node import SHORTCUT_RETRY_S
 from ipop.nolinks import NoLinkWatch
 from ipop.status import (
@@ -71,7 +78,6 @@ from ipop.status import (
     SelfStatus,
     Status,
 )
-from ipop.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
 from ipop.types import Endpoint, NodeId, RelayPath
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder
 from ipop.vnet.packet import ETH_P_ARP
@@ -91,7 +97,7 @@ log = logging.getLogger("ipopd")
 # DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
 DEFAULT_TAP_MTU = 1400
 ALLOC_RETRY_S = 2.0
-# A STUN transaction ends in the core (ipop.stun.DEFAULT_TIMEOUT_S); this only bounds the wait.
+# A STUN transaction ends in the core (ipop.nat.stun.DEFAULT_TIMEOUT_S); this only bounds the wait.
 STUN_DEADLINE_S = 5.0
 STUN_POLL_S = 0.005
 MAX_NETCHECK_PEERS = 8
@@ -779,7 +785,7 @@ class Daemon:
                 return "relayed" if isinstance(info.path, RelayPath) else "direct"
         return "overlay"
 
-    # --- NAT discovery (ipop.stun, ipop.netcheck) --------------------------------------------
+    # --- NAT discovery (ipop.nat.stun, ipop.nat.netcheck) --------------------------------------
 
     def _open_stun_alternates(self, local: list[Endpoint]) -> None:
         """A STUN-serving node with a second address serves CHANGE-REQUEST: two more sockets,
@@ -818,7 +824,8 @@ class Daemon:
     def _open_punch_socket(
         self, on_datagram: Callable[[bytes, tuple[str, int]], None]
     ) -> LoopUdpSocket:
-        """One more socket for port guessing (ipop.birthday), on the overlay socket's address."""
+        """One more socket for port guessing (ipop.nat.portguess), on the overlay socket's
+        address."""
         _raise_fd_limit()
         return LoopUdpSocket(self.settings.listen.host, on_datagram, self.stats)
 
@@ -865,7 +872,7 @@ class Daemon:
     ) -> StunAnswer | None:
         """One Binding transaction from the overlay socket (retransmitted by the core).
 
-        ``pad``: PADDING up to what an ipop server needs to answer (ipop.stun); off for servers
+        ``pad``: PADDING up to what an ipop server needs to answer (ipop.nat.stun); off for servers
         we did not write (an RFC 3489 server such as stund drops what it does not know)."""
         node = self.node
         if node is None or node.driver is None:
@@ -885,7 +892,7 @@ class Daemon:
         return None
 
     async def netcheck(self, servers: list[Endpoint], *, second_opinion: bool) -> NetcheckResult:
-        """Run :func:`ipop.netcheck.run_netcheck` on our socket (pystun3 alongside, threads)."""
+        """Run :func:`ipop.nat.netcheck.run_netcheck` on our socket (pystun3 alongside, threads)."""
         node = self.node
         if node is None:
             raise CommandFailed("the node has not started")

@@ -152,7 +152,7 @@ class Node:
     def attach(self, sock: DatagramSocket, *, open_socket: OpenSocket | None = None) -> None:
         """Give the node its underlay socket (feed its input to :meth:`datagram_received`).
 
-        ``open_socket`` opens the extra sockets port guessing needs (:mod:`ipop.birthday`), on
+        ``open_socket`` opens the extra sockets port guessing needs (:mod:`ipop.nat.portguess`), on
         first use; without it a node behind a symmetric NAT cannot guess its way to a peer
         behind a port-restricted one and stays relayed there.
         """

@@ -20,7 +20,7 @@ from typing import Any
 
 from ipop.aio.node import Node
 from ipop.nat.kinds import NAT_KINDS, NatKind
-from ipop.stun import direct_expected
+from ipop.nat.stun import direct_expected
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Network

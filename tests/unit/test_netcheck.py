@@ -1,4 +1,4 @@
-"""ipop.netcheck: the procedure against modelled NATs, the JSON document, the control command
+"""ipop.nat.netcheck: the procedure against modelled NATs, the JSON document, the control command
 and ``ipop netcheck``."""
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import pytest
 
 from ipop.aio.control import ControlServer, request_sync
 from ipop.nat.kinds import NAT_KINDS, NatKind
-from ipop.netcheck import (
+from ipop.nat.netcheck import (
     NetcheckResult,
     SecondOpinion,
     ServerProbe,
     pystun3_kind,
     run_netcheck,
 )
-from ipop.stun import StunAnswer
+from ipop.nat.stun import StunAnswer
 from ipop.types import Endpoint
 from tools.cli import main
 from tools.cli_netcheck import format_netcheck
@@ -114,7 +114,7 @@ def test_gather_runs_servers_side_by_side() -> None:
     )
     assert r.nat == "port-restricted-cone"
     assert r.peers_seen == ((PEER, Endpoint(WAN, 5800)),)
-    assert r.direct_expected["symmetric"] is True  # by port guessing (ipop.birthday)
+    assert r.direct_expected["symmetric"] is True  # by port guessing (ipop.nat.portguess)
 
 
 def test_a_symmetric_node_expects_no_direct_path_to_another_symmetric_one() -> None:

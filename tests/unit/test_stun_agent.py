@@ -1,4 +1,4 @@
-"""ipop.stun: the sans-IO STUN agent (server, change requests, client transactions), the NAT
+"""ipop.nat.stun: the sans-IO STUN agent (server, change requests, client transactions), the NAT
 classification, and NodeCore's demultiplexing of STUN off the overlay socket."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import pytest
 
 from ipop.errors import LocalProtocolError
 from ipop.nat.kinds import NAT_KINDS, NatKind
-from ipop.node import NodeCore
-from ipop.stun import (
+from ipop.nat.stun import (
     SOURCE_ALT_BOTH,
     SOURCE_ALT_PORT,
     SOURCE_PRIMARY,
@@ -22,6 +21,7 @@ from ipop.stun import (
     filtering_behaviour,
     mapping_behaviour,
 )
+from ipop.node import NodeCore
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint
 from ipop.wire.stun import (
@@ -249,7 +249,7 @@ def test_mapping_behaviour() -> None:
 
 def test_direct_expected_matches_the_measured_table() -> None:
     # shared/reference/README.md: plain punching 3/3 unless symmetric meets symmetric or
-    # port-restricted; port guessing (ipop.birthday) adds symmetric x port-restricted.
+    # port-restricted; port guessing (ipop.nat.portguess) adds symmetric x port-restricted.
     measured = {
         ("port-restricted-cone", "port-restricted-cone"): True,
         ("symmetric", "port-restricted-cone"): True,

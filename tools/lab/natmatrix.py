@@ -27,7 +27,7 @@ from statistics import median
 from typing import Any
 
 from ipop.nat.kinds import NAT_KINDS, NatKind
-from ipop.stun import direct_expected
+from ipop.nat.stun import direct_expected
 from tools.lab import netns
 from tools.lab.ipopnet import IpopNet, NotReady
 from tools.lab.lab import Lab

@@ -4,7 +4,7 @@ Owns the netcheck procedure and its result document (:class:`NetcheckResult`, JS
 through :meth:`NetcheckResult.to_dict` / :meth:`NetcheckResult.from_dict`; the contract of
 ``ipop netcheck --json``). The procedure is written against one awaitable,
 ``transact(server, change_ip, change_port) -> StunAnswer | None``, so that it runs on the
-daemon's own socket (through :class:`ipop.stun.StunAgent`) and in tests on a fake; it reads no
+daemon's own socket (through :class:`ipop.nat.stun.StunAgent`) and in tests on a fake; it reads no
 clock and opens no socket.
 
 Procedure, per STUN server (bootstrap nodes first, then configured servers):
@@ -36,7 +36,7 @@ from typing import Any, cast
 
 from ipop.errors import ConfigError
 from ipop.nat.kinds import NAT_KINDS, NatKind
-from ipop.stun import (
+from ipop.nat.stun import (
     FILTERINGS,
     MAPPINGS,
     Filtering,
@@ -46,7 +46,7 @@ from ipop.stun import (
     filtering_behaviour,
     mapping_behaviour,
 )
-from ipop.stun import (
+from ipop.nat.stun import (
     Mapping as MappingKind,
 )
 from ipop.types import Endpoint

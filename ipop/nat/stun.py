@@ -426,7 +426,7 @@ def direct_expected(a: NatKind | None, b: NatKind | None) -> bool | None:
     Measured (shared/reference/README.md): plain punching fails for symmetric against symmetric
     and against a port-restricted cone (the cone only lets in the port it sent to, which the
     symmetric side does not keep); every other pair punched 3 of 3. Port guessing
-    (:mod:`ipop.birthday`) gets symmetric x port-restricted through; two symmetric NATs would
+    (:mod:`ipop.nat.portguess`) gets symmetric x port-restricted through; two symmetric NATs would
     need both random ports guessed at once, so that pair stays relayed.
     """
     if a is None or b is None:
