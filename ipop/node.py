@@ -39,7 +39,7 @@ Once a route's size is known, IP packets and probes to that peer carry our certi
 within it (:meth:`_route_cert_budget`): the certificate rides on small messages only, so
 otherwise a message with it could be larger than a bigger one without it.
 At most ROUTE_PROBED_MAX routes are probed at once (the least recently used goes), and one
-is forgotten ROUTE_IDLE_S after its last packet or once a link to its peer is up.
+is forgotten timing.ROUTE_PROBE_IDLE_S after its last packet or once a link to its peer is up.
 
 Theory of operation: every input (datagram, timer, command) ends with :meth:`_settle`, which
 moves events and datagrams between the two layers until neither has anything left. Both layers
@@ -101,8 +101,6 @@ from ipop.wire.header import DATA_MIN_BYTES
 __all__ = ["NodeCore"]
 
 _CRL_TAG = bytes([TYPE_CRL])
-# How long a shortcut request for one peer stands before traffic may ask again.
-SHORTCUT_RETRY_S = 10.0
 # A DIRECT message's datagram is its inner packet plus this (DIRECT header, DATA header, tag).
 _DIRECT_GROWTH = DATA_MIN_BYTES + 2
 # The largest inner packet a routed message carries within a 1,500-byte hop (see ip_mtu).
@@ -111,7 +109,6 @@ ROUTED_IP_MTU = MAX_DATAGRAM - DATA_MIN_BYTES - ROUTED_OVERHEAD
 _ROUTED_MIN_OVERHEAD = ROUTED_OVERHEAD - 64 + 16
 # Routes probed at once, and how long one stays probed after its last IP packet.
 ROUTE_PROBED_MAX = 64
-ROUTE_IDLE_S = 120.0
 
 
 class NodeCore:
@@ -198,7 +195,7 @@ class NodeCore:
         self.stats["sent_routed"] += 1
         if self.shortcuts and dst != self.local_id:
             asked = self._shortcut_asked.get(dst)
-            if asked is None or now - asked >= SHORTCUT_RETRY_S:
+            if asked is None or now - asked >= timing.SHORTCUT_RETRY_S:
                 self._shortcut_asked[dst] = now
                 self._shortcut_used[dst] = now
                 overlay.request_shortcut(dst, now=now)
@@ -276,11 +273,11 @@ class NodeCore:
         return min(CERT_BUDGET_BYTES, limit - DATA_MIN_BYTES + _ROUTED_MIN_OVERHEAD)
 
     def _expire_routes(self, now: float) -> None:
-        """Forget routes idle for ROUTE_IDLE_S, or replaced by a link to their peer."""
+        """Forget routes idle for timing.ROUTE_PROBE_IDLE_S, or replaced by a link to their peer."""
         gone = [
             p
             for p, t in self._route_used.items()
-            if now - t >= ROUTE_IDLE_S or self.overlay.is_linked(p)
+            if now - t >= timing.ROUTE_PROBE_IDLE_S or self.overlay.is_linked(p)
         ]
         for peer in gone:
             del self._route_used[peer]
@@ -443,7 +440,9 @@ class NodeCore:
         # Forget old shortcut requests so the table cannot grow with every peer ever seen.
         if len(self._shortcut_asked) > 256:
             self._shortcut_asked = {
-                p: t0 for p, t0 in self._shortcut_asked.items() if now - t0 < SHORTCUT_RETRY_S
+                p: t0
+                for p, t0 in self._shortcut_asked.items()
+                if now - t0 < timing.SHORTCUT_RETRY_S
             }
         self._settle(now)
 

@@ -67,7 +67,6 @@ from ipop.nat.netcheck import (
     run_netcheck,
 )
 from ipop.nat.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
-from ipop.node import SHORTCUT_RETRY_S
 from ipop.nolinks import NoLinkWatch
 from ipop.status import (
     DnsStatus,
@@ -96,16 +95,13 @@ log = logging.getLogger("ipopd")
 # 1500-byte underlay minus IPv4 (20) + UDP (8) + link DATA header (13) + AEAD tag (16) +
 # DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
 DEFAULT_TAP_MTU = 1400
-ALLOC_RETRY_S = 2.0
-# A STUN transaction ends in the core (ipop.nat.stun.DEFAULT_TIMEOUT_S); this only bounds the wait.
+# A STUN transaction ends in the core (ipop.timing.STUN_TIMEOUT_S); this only bounds the wait.
 STUN_DEADLINE_S = 5.0
 STUN_POLL_S = 0.005
 MAX_NETCHECK_PEERS = 8
 # Linked peers' vIPs from their hostnames (learn_peer_vips): how often, how many lookups a
 # sweep, and how long an answer holds.
-PEER_VIP_SWEEP_S = 30.0
 MAX_PEER_VIP_LOOKUPS = 8
-PEER_VIP_TTL_S = 300.0
 # How often link notes are logged (ipop.journal; their log time is at most this late).
 JOURNAL_DRAIN_S = 0.25
 # How often the daemon looks for a reason it has no links (ipop.nolinks).
@@ -237,7 +233,7 @@ class Daemon:
         # Peer -> (overlay ping round trip, when measured): from `ipop ping`.
         self.rtts: dict[NodeId, tuple[float, float]] = {}
         # Linked peer -> (its vIP, when learned) from its hostname's records (learn_peer_vips);
-        # pruned to linked peers, re-learned after PEER_VIP_TTL_S.
+        # pruned to linked peers, re-learned after timing.PEER_VIP_TTL_S.
         self.peer_vips: dict[NodeId, tuple[IPv4Address, float]] = {}
         self._local: list[Endpoint] = []
         self.arp = ArpResponder(None, self.subnet)
@@ -397,7 +393,7 @@ class Daemon:
                 break
             except Exception as exc:  # the DHT may still be converging: try again
                 log.warning("event=alloc_retry error=%s", exc)
-                await asyncio.sleep(ALLOC_RETRY_S)
+                await asyncio.sleep(timing.VIP_ALLOC_RETRY_S)
         self._save_vip(vip)
         self.lease = IpLease(node.dht, self.network, vip, ttl=self.settings.lease_s)
         self.lease.start()
@@ -665,7 +661,9 @@ class Daemon:
         linked = {info.peer for info in infos}
         for peer in [p for p in self.peer_vips if p not in linked]:
             del self.peer_vips[peer]
-        for peer in [p for p, (_, at) in self.peer_vips.items() if now - at >= PEER_VIP_TTL_S]:
+        for peer in [
+            p for p, (_, at) in self.peer_vips.items() if now - at >= timing.PEER_VIP_TTL_S
+        ]:
             del self.peer_vips[peer]
         known = self.dataplane.known_owners()
         todo = [
@@ -685,7 +683,7 @@ class Daemon:
     async def _learn_peer_vips(self) -> None:
         while True:
             await self.learn_peer_vips(now=time.time())
-            await asyncio.sleep(PEER_VIP_SWEEP_S)
+            await asyncio.sleep(timing.PEER_VIP_SWEEP_S)
 
     def drops(self) -> dict[str, int]:
         total: Counter[str] = Counter()
@@ -750,7 +748,7 @@ class Daemon:
         if last is None:
             return "no link: routed over the ring"
         idle = time.time() - last
-        if idle < SHORTCUT_RETRY_S:
+        if idle < timing.SHORTCUT_RETRY_S:
             return "no link yet: routed over the ring while a shortcut forms"
         # The shortcut is kept for SHORTCUT_IDLE_S after the last packet, but asked for only
         # while traffic flows: saying "forms" long after would be stale.

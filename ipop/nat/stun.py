@@ -100,10 +100,6 @@ _SOURCE_FLAGS: Final = {SOURCE_PRIMARY: (False, False), SOURCE_ALT_PORT: (False,
 _SOURCE_FLAGS[SOURCE_ALT_BOTH] = (True, True)
 SOFTWARE: Final = "ipop"
 
-# RFC 5389 §7.2.1 starts at 500 ms for the internet; netcheck waits for answers that may
-# never come (filtering tests), so it uses shorter defaults and a bounded total.
-DEFAULT_RTO_S: Final = 0.2
-DEFAULT_TIMEOUT_S: Final = 1.5
 MAX_PENDING: Final = 64
 MAX_RESULTS: Final = 256
 # Our requests are padded to this size: the largest answer an ipop server gives is 76 bytes
@@ -296,8 +292,8 @@ class StunAgent:
         change_port: bool = False,
         classic: bool = False,
         pad: bool = True,
-        rto_s: float = DEFAULT_RTO_S,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        rto_s: float = timing.STUN_RTO_S,
+        timeout_s: float = timing.STUN_TIMEOUT_S,
     ) -> bytes:
         """Start a Binding transaction to ``server`` from the overlay socket; returns its
         transaction key for :meth:`take_result`. ``classic``: the RFC 3489 form. ``pad``: add
