@@ -20,9 +20,9 @@ Theory of operation
     majorities intersect). The set must be the true one: a create that collected its acks
     looks the set up again until a lookup adds nobody it has not asked (``_converge``). A
     round that falls short withdraws our copy everywhere (a signed tombstone, higher seq), the
-    current replica set included, and again ``WITHDRAW_AGAIN_S`` later, so no replica keeps a
-    value whose create failed; if no rival holds a quorum either (a split vote), it retries
-    after a jittered, doubling pause so that one racer goes first.
+    current replica set included, and again ``timing.DHT_WITHDRAW_AGAIN_S`` later, so no
+    replica keeps a value whose create failed; if no rival holds a quorum either (a split
+    vote), it retries after a jittered, doubling pause so that one racer goes first.
   * Records: only a certified member's, under this network's keys and within its rights
     (:mod:`ipop.dht.policy`). Replicas refuse the rest (:mod:`ipop.dht.storage`), readers
     disbelieve it (a copy a replica returns is checked like an offer), and this node does not
@@ -49,10 +49,10 @@ Theory of operation
     later expiry. Nobody else can extend a lease.
   * Contacts: besides kademlia's own (whoever asks or answers us), every overlay link's peer
     (:class:`~ipop.dht.shim.LinkedPeers`, when the port offers it), taken in before each lookup
-    at most every ``LINK_ABSORB_S``. Why: the DHT joins through ring-near peers, which share our
-    id's prefix, so a self-lookup learns only our own region; far links span the ring, and
-    without them a cluster of nodes can know nobody in the other half of the id space (a
-    1,000-node run: a put and a get whose lookups never left such a cluster).
+    at most every ``timing.DHT_LINK_ABSORB_S``. Why: the DHT joins through ring-near peers,
+    which share our id's prefix, so a self-lookup learns only our own region; far links span
+    the ring, and without them a cluster of nodes can know nobody in the other half of the id
+    space (a 1,000-node run: a put and a get whose lookups never left such a cluster).
   * Kademlia's ``Server`` is not used: its ``listen`` binds a UDP socket, its ``set`` counts
     "sent" as success, and its hourly refresh republishes every key any node holds (stale
     values come back). Its routing table and ``NodeSpiderCrawl`` lookup are used as they are.
@@ -78,6 +78,7 @@ from typing import Any, TypeVar
 from kademlia.crawling import NodeSpiderCrawl
 from kademlia.node import Node, NodeHeap
 
+from ipop import timing
 from ipop.dht.policy import RecordPolicy
 from ipop.dht.protocol import IpopKademliaProtocol, kad_node
 from ipop.dht.record import (
@@ -110,16 +111,12 @@ from ipop.types import NodeId
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# How often (at most) the overlay's linked peers are taken in as contacts, in seconds.
-LINK_ABSORB_S = 5.0
 # Records offered to one new contact at most, and records looked at for it at most
 # (store-on-join): bounds the work a contact costs. Honest load is ~2 R records per node (see
 # ipop.dht.storage), so both bounds only bite on a store filled by misbehaving members, whose
 # records then wait for their owners' republish.
 MAX_HANDOFF_RECORDS = 64
 MAX_HANDOFF_SCAN = 1024
-# Seconds after a lost create's withdrawal until its tombstone is sent to the replicas again.
-WITHDRAW_AGAIN_S = 2.0
 # Rounds a create looks the replica set up again until two lookups agree (converged).
 CREATE_VIEW_ROUNDS = 4
 
@@ -419,7 +416,7 @@ class DhtService:
         now = self._loop.time()
         if self._linked is None or now < self._absorb_at:
             return
-        self._absorb_at = now + LINK_ABSORB_S
+        self._absorb_at = now + timing.DHT_LINK_ABSORB_S
         router = self.protocol.router
         for peer in self._linked.linked_peers():
             if peer in self._absorbed or peer == self.node_id:
@@ -731,7 +728,7 @@ class DhtService:
         left there would claim the key for us until it expires (measured before: 2 forming
         networks in 40 kept a loser's copy at 3 of the key's 8 nearest nodes). Copies handed on
         while the tombstone travelled, or taken where a rival's copy refused the tombstone
-        until the rival withdrew too, are met by the same tombstone ``WITHDRAW_AGAIN_S``
+        until the rival withdrew too, are met by the same tombstone ``timing.DHT_WITHDRAW_AGAIN_S``
         later. A newer claim of ours made since is not touched (higher seq).
         """
         targets = []
@@ -753,7 +750,7 @@ class DhtService:
             del self._owned[record.key]
 
     async def _withdraw_again(self, tomb: Record) -> None:
-        await asyncio.sleep(WITHDRAW_AGAIN_S)
+        await asyncio.sleep(timing.DHT_WITHDRAW_AGAIN_S)
         await self._store_all(await self.replica_set(tomb.key_id), tomb)
 
     async def get(self, key: str) -> Record | None:

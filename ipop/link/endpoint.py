@@ -216,9 +216,6 @@ __all__ = [
 _INF: Final = float("inf")
 # Retired key indices remembered (see LinkEndpoint._unknown_index): a few per peer and rekey.
 RETIRED_MAX: Final = 4096
-# How long a peer that routed around our session with it has to show that it still holds
-# that session (see LinkEndpoint.peer_unlinked): several round trips, and two Init copies.
-UNLINKED_CHECK_S: Final = 3.0
 # Relayed peers keyed afresh after DATA under an index we never gave out (see
 # LinkEndpoint._rekey_relayed), with when: the oldest go first. Behind the per-peer limit a
 # global one (a relay names the origin, so a relay that makes ids up could churn the table):
@@ -231,20 +228,9 @@ RELAY_REKEY_BURST: Final = 32.0
 # Init (rate-limited by the flood guard), and a forgotten entry only lets a replay within the
 # skew window create keys nobody confirms.
 LAST_INIT_MAX: Final = 65536
-# Keys we answered for a peer's other Inits when one of them was confirmed ("spare", see
-# LinkEndpoint._confirm) open its DATA this long after: the initiator installs every Resp that
-# reaches it, in arrival order, so the last one it installed (and seals with) may be confirmed
-# after another; a few round trips of the slowest path a handshake completes on.
-SPARE_KEYS_S: Final = 3.0
-# A direct path replaces the one in use only if its handshake was this much faster.
-PATH_SWITCH_RATIO: Final = 0.7
 _REBIND_QUIET: Final = timing.REBIND_QUIET_S
 _REBIND_ECHO_WAIT: Final = timing.REBIND_ECHO_WAIT_S
 _REBIND_BUSY: Final = timing.REBIND_BUSY_PACKETS
-# A relay replaces a direct path only once nothing authenticated has come from the peer for
-# this long (see LinkEndpoint._better_path): well past a handshake's round trip, so a relay
-# handshake racing a direct one that just completed never wins.
-RELAY_TAKEOVER_SILENT_S: Final = 2.0
 # Every reason ``LinkEndpoint.drops`` may count (tests check that nothing else is counted).
 LINK_DROP_REASONS: Final = frozenset(
     {
@@ -919,7 +905,7 @@ class LinkEndpoint:
         if now < st.rekeyed_stale_at + self.config.handshake_timeout_s:
             return False
         st.rekeyed_stale_at = now
-        st.unlinked_check = (now, now + UNLINKED_CHECK_S)
+        st.unlinked_check = (now, now + timing.UNLINKED_CHECK_S)
         self.stats["unlinked_checks"] += 1
         # Toward the session's own path, even while one of ours to another path is under way
         # or we answered one of the peer's: the first may never complete (a shortcut dialled
@@ -1431,7 +1417,7 @@ class LinkEndpoint:
             while len(st.spare) > self.config.max_pending_responses:
                 oldest = next(iter(st.spare))
                 self._retire(st.spare.pop(oldest).local_index, st)
-            st.spare_until = now + SPARE_KEYS_S
+            st.spare_until = now + timing.SPARE_KEYS_S
         st.spare.pop(kp.local_index, None)
         self._install(st, kp, path, now, None)
 
@@ -1556,7 +1542,7 @@ class LinkEndpoint:
         if isinstance(path, RelayPath):
             return (
                 not is_direct(st.path)
-                or now - heard >= RELAY_TAKEOVER_SILENT_S
+                or now - heard >= timing.RELAY_TAKEOVER_SILENT_S
                 # Not working either: nothing came since we roamed away from its end, or the
                 # peer said (peer_moved) it left the other end.
                 or heard < self._roamed_at
@@ -1566,7 +1552,7 @@ class LinkEndpoint:
             return True
         if now - st.path_rx >= timing.PATH_SILENT_S or st.path_rtt == _INF:
             return True
-        return rtt is not None and rtt < st.path_rtt * PATH_SWITCH_RATIO
+        return rtt is not None and rtt < st.path_rtt * timing.PATH_SWITCH_RATIO
 
     def _unknown_index(self, index: int, path: Path, now: float) -> None:
         """DATA under an index we no longer hold. If it is one we gave out and retired (keys

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from ipaddress import IPv4Address
 
-from ipop.birthday import FLAG_SYMMETRIC, FLAG_TRANSLATED
 from ipop.link.endpoint import LinkInfo
+from ipop.nat.portguess import FLAG_SYMMETRIC, FLAG_TRANSLATED
 from ipop.node import NodeSnapshot, PublicView
 from ipop.overlay.node import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.table import ConnectionKind
