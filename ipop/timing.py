@@ -219,6 +219,8 @@ OVERLAY_NEAR_DEAD_S = 14.0
 OVERLAY_HOP_RTO_MIN_S = 0.03
 OVERLAY_HOP_RTO_MAX_S = 1.0
 OVERLAY_HOP_RTO_INITIAL_S = 0.3
+# While a next hop stays suspect, its ALIVE probes follow at doubling intervals up to this.
+OVERLAY_HOP_PROBE_MAX_S = 4.0
 # Give up on direct attempts toward a peer after this long and fall back to a relay (near
 # links) or give up (far, shortcut): longer than HANDSHAKE_TIMEOUT_S, which fails them first.
 OVERLAY_CONNECT_TIMEOUT_S = 25.0
