@@ -38,9 +38,10 @@ Theory of operation
     once the first read's quorum needs such a node the lookup starts (the first read goes on,
     whichever decides first answers); a replica set member that is late gets the next-nearest
     node the lookup found asked for its seat (a read counts R votes at most, so the quorum is
-    unchanged); and a node that left a try unanswered, with nothing from it since, is neither
-    asked first nor looked up by reads (the protocol's ``unresponsive``). Why: a replica
-    that had just died held a get for all its tries (0.4-1 s where a get takes 0.05 s).
+    unchanged); a node that left a try unanswered, with nothing from it since, is neither
+    asked first nor looked up by reads (the protocol's ``unresponsive``), and a read's lookup
+    counts a node late to answer as silent after one timeout. Why: a replica that had just
+    died held a get for all its tries (0.4-1 s where a get takes 0.05 s).
   * Store-on-join (kademlia's): when a node enters our routing table and fewer than R of the
     nodes we know are nearer a key we hold than it, we offer it that record (at most
     ``MAX_HANDOFF_RECORDS`` per contact). Lookups for the key will reach the newcomer, so
@@ -239,10 +240,10 @@ class _LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is unty
     result (measured: half of a key's replica set after 10 of 24 nodes left).
     """
 
-    def __init__(self, *args: Any, avoid: Callable[[NodeId], bool] | None = None) -> None:
+    def __init__(self, *args: Any, hasty: bool = False) -> None:
         super().__init__(*args)
         self.answered: set[bytes] = set()
-        self._avoid = avoid
+        self._hasty = hasty
         stock: Any = self.nearest
         indexed = _IndexedNodeHeap(self.node, self.ksize)
         indexed.push([node for _, node in stock.heap])
@@ -252,11 +253,24 @@ class _LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is unty
         return await self._find(self._ask)
 
     async def _ask(self, peer: Node, target: Node) -> tuple[bool, Any]:
-        # A peer ``avoid`` names counts as silent without being asked: a round would wait a
-        # timeout for it (a dead replica is named by every other answer).
-        if self._avoid is not None and self._avoid(node_id_from_bytes(peer.id)):
+        if not self._hasty:
+            return await self.protocol.call_find_node(peer, target)  # type: ignore[no-any-return]
+        # A hasty lookup (a read's) counts an unresponsive peer as silent without asking it,
+        # and one late to answer (past its retransmission timeout) as silent then: a round
+        # waits for its slowest peer, and a node that just died is named by every answer,
+        # so it cost each read's lookup its tries. The nodes a late peer would have named are
+        # named by the others as well.
+        protocol: IpopKademliaProtocol = self.protocol
+        node = node_id_from_bytes(peer.id)
+        if protocol.unresponsive(node):
             return (False, None)
-        return await self.protocol.call_find_node(peer, target)  # type: ignore[no-any-return]
+        try:
+            return await asyncio.wait_for(
+                protocol.call_find_node(peer, target), protocol.rtt.timeout(node)
+            )
+        except TimeoutError:
+            protocol.missed(node)
+            return (False, None)
 
     async def _nodes_found(self, responses: dict[bytes, tuple[bool, Any]]) -> Any:
         # Stock NodeSpiderCrawl._nodes_found, except that answers list contact objects
@@ -514,17 +528,18 @@ class DhtService:
         target: bytes,
         *,
         width: int | None = None,
-        avoid: Callable[[NodeId], bool] | None = None,
+        hasty: bool = False,
     ) -> list[NodeId]:
         """The nodes nearest ``target`` that answered, ``width`` of them at most; nodes
-        ``avoid`` names are not asked (and so not found)."""
+        ``hasty`` (a read's): nodes unresponsive or late to answer are not waited for (and so
+        not found)."""
         self._absorb_links()
         node = Node(target)
         width = width or self.config.ksize
         nearest = self.protocol.router.find_neighbors(node, width)
         if not nearest:
             return []
-        spider = _LiveNodeCrawl(self.protocol, node, nearest, width, self.config.alpha, avoid=avoid)
+        spider = _LiveNodeCrawl(self.protocol, node, nearest, width, self.config.alpha, hasty=hasty)
         found = await spider.find()
         return [node_id_from_bytes(n.id) for n in found if n.id in spider.answered]
 
@@ -835,9 +850,9 @@ class DhtService:
     async def _read_replica_set(self, kid: bytes) -> Record | None:
         """``get``'s read of the replica set a lookup finds (widened, repaired)."""
         r = self.config.replicas
-        # Unresponsive nodes are not asked: this read would not wait for them, and a dead
-        # replica is named by every other answer (each would cost a lookup round a timeout).
-        found = await self._lookup(kid, avoid=self.protocol.unresponsive)
+        # Unresponsive nodes are not asked, nor late ones waited for: this read would not
+        # wait for them either.
+        found = await self._lookup(kid, hasty=True)
         target = int.from_bytes(kid, "big")
         ordered = sorted(set(found) | {self.node_id}, key=lambda n: n.value ^ target)
         replicas = ordered[:r]

@@ -424,6 +424,26 @@ def test_a_replica_set_read_asks_the_next_node_for_a_replica_that_stopped_answer
     run_cluster(body, n=14, latency=0.005, jitter=0.002)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_reads_lookup_does_not_wait_for_a_node_that_just_died(seed: int) -> None:
+    """The node nearest a key just died, and every other node still names it: the lookup of
+    a get (here of a key nobody holds) counts it as silent after one timeout instead of
+    waiting for its tries in a round (before: 2 x its timeout, 0.28 s in all; now 0.18 s)."""
+
+    async def body(c: DhtCluster) -> None:
+        loop = asyncio.get_running_loop()
+        reader = c.nodes[9]
+        dead = next(svc for svc in _nearest_known(c, reader, K) if svc is not reader)
+        rto = reader.protocol.rtt.timeout(dead.node_id)
+        await c.remove(dead)
+        start = loop.time()
+        assert await reader.get(K) is None
+        elapsed = loop.time() - start
+        assert elapsed < 2 * rto, (elapsed, rto)  # one timeout, and round trips of 10 ms
+
+    run_cluster(body, n=14, seed=seed, latency=0.005, jitter=0.002)
+
+
 def test_late_replicas_seats_do_not_hand_the_read_to_a_rival() -> None:
     """A guard (it passes on the old code too): a read that does not wait for late replicas
     still counts R votes at most (spares only fill seats, lookups leave unresponsive nodes
