@@ -124,7 +124,8 @@ DHT_RPC_RETRY_S = 0.4
 DHT_RPC_MIN_RETRY_S = 0.1
 # A peer that left every try of an RPC unanswered gets one try per RPC for this long, until
 # anything arrives from it: one dead or paused node costs each later lookup one timeout, not
-# DHT_RPC_ATTEMPTS of them.
+# DHT_RPC_ATTEMPTS of them. One that left a single try unanswered is not waited for by reads
+# (DhtService.get) for as long, again until anything arrives from it.
 DHT_SILENT_PEER_S = 30.0
 # Tries per RPC before the peer counts as gone: at 5% loss each way one try fails 9.75% of the
 # time, four fail 1e-4 of the time, so a lossy path does not evict a live contact.
