@@ -18,7 +18,10 @@ not A for a name that exists          empty NOERROR (the name exists, the type d
 a response, garbage                   None: no reply, counted in ``drops``
 ====================================  ====================================================
 
-Hostname lookups are cached for ``ttl`` seconds (misses for ``negative_ttl``). Identical
+Hostname lookups are cached for ``ttl`` seconds, misses for ``negative_ttl`` (1 s: a node
+registers its name within a second or two of its start, and a longer cache keeps answering
+NXDOMAIN to whoever asked a moment too early, a job waiting for its peer or a monitor; the
+cost is one DHT read a second per name asked for that does not exist). Identical
 lookups in flight are merged: a burst of 1,000 queries for 5 cold names starts 5 lookups, and
 every querier is answered when its name's lookup ends (a client's retransmission of a query
 already waiting adds no second waiter). Both tables are bounded: at most ``max_lookups``
@@ -253,7 +256,7 @@ class DnsResolver:
         suffix: str = "ipop",
         upstream: bool = False,
         ttl: int = 60,
-        negative_ttl: int = 5,
+        negative_ttl: int = 1,
         max_lookups: int = 512,
         max_waiters: int = 8192,
         cache_size: int = 1024,

@@ -86,6 +86,17 @@ def test_unknown_hostname_is_nxdomain_and_negative_cached() -> None:
     assert _rcode(rec) == "NXDOMAIN" and r.drops["dns_lookup_outside_subnet"] == 1
 
 
+def test_a_miss_is_cached_one_second_by_default() -> None:
+    """A node registers its name within a second or two of its start: whoever asked just
+    before must not keep getting NXDOMAIN for longer than that (it was 5 s)."""
+    r = DnsResolver(SUBNET)
+    out = r.handle_query(_q("late.ipop"), now=NOW)
+    assert isinstance(out, NeedsLookup)
+    assert _rcode(_only(r.complete(out.token, None, now=NOW))) == "NXDOMAIN"
+    assert _rcode(_answer(r.handle_query(_q("late.ipop"), now=NOW + 0.5))) == "NXDOMAIN"
+    assert isinstance(r.handle_query(_q("late.ipop"), now=NOW + 1.5), NeedsLookup)
+
+
 @pytest.mark.parametrize(
     "name",
     ["a.b.c.ipop", "-bad-.ipop", "under_score.ipop", "c999000000.ipop", "x.c064001002.ipop"],
