@@ -108,34 +108,35 @@ print(json.dumps(out))
 """
 
 # Run in the first bootstrap's namespace while the lab cold-starts: argv[1] a JSON list of
-# names, argv[2] seconds to keep trying, argv[3] names probed at once. Round after round, each
-# name not yet answered is resolved and pinged once (ping -W 1); prints {name: the wall-clock
-# time of its first answer, or null} as JSON.
+# names, argv[2] seconds to keep trying. One thread per name resolves it and pings it once
+# (ping -W 1) again and again, 0.2 s after each miss, until it answers; prints {name:
+# the wall-clock time of its first answer, or null} as JSON. A name's own loop, not rounds
+# over all names: a round waits for its slowest miss (a second each), and the first answer
+# would be measured that late.
 COLD_PY = r"""
 import json, socket, subprocess, sys, threading, time
 names, until = json.loads(sys.argv[1]), time.time() + float(sys.argv[2])
-gate = threading.Semaphore(int(sys.argv[3]))
 first = dict.fromkeys(names)
 def one(name):
-    with gate:
+    while time.time() < until:
         try:
             socket.getaddrinfo(name, None, socket.AF_INET)
         except OSError:
-            return
+            time.sleep(0.2)
+            continue
         r = subprocess.run(["ping", "-n", "-c", "1", "-W", "1", name],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if r.returncode == 0:
             first[name] = time.time()
-while time.time() < until and any(v is None for v in first.values()):
-    ts = [threading.Thread(target=one, args=(n,)) for n, v in first.items() if v is None]
-    for t in ts: t.start()
-    for t in ts: t.join()
-    time.sleep(0.2)
+            return
+        time.sleep(0.2)
+ts = [threading.Thread(target=one, args=(n,)) for n in names]
+for t in ts: t.start()
+for t in ts: t.join()
 print(json.dumps(first))
 """
-# The resolver's bound while names are cold: one quick try per round, the rounds retry.
+# The resolver's bound while names are cold: one quick try, the name's loop retries.
 COLD_RES_OPTIONS = "timeout:1 attempts:1"
-COLD_CONCURRENCY = 8
 COLD_PROBE_S = 60.0
 
 # Run in a NAT router's namespace: flush its IPv4 conntrack table over netlink (the message
@@ -566,7 +567,7 @@ def _cold_probe(lab: Lab) -> dict[str, float | None]:
     try:
         res = lab.exec(
             prober,
-            ["env", f"RES_OPTIONS={COLD_RES_OPTIONS}", *argv, str(COLD_CONCURRENCY)],
+            ["env", f"RES_OPTIONS={COLD_RES_OPTIONS}", *argv],
             timeout=COLD_PROBE_S + 30,
         )
         got: dict[str, float | None] = json.loads(res.stdout)
