@@ -59,14 +59,8 @@ from ipop.birthday import BirthdayPunch, is_knock
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
-from ipop.link.endpoint import (
-    LinkConfig,
-    LinkDown,
-    LinkEndpoint,
-    LinkMessage,
-    LinkPathChanged,
-    LinkUp,
-)
+from ipop.link.endpoint import LinkConfig, LinkEndpoint
+from ipop.link.events import LinkDown, LinkMessage, LinkPathChanged, LinkUp
 from ipop.link.pmtu import (
     MAX_DATAGRAM,
     MESSAGE_BYTES,

@@ -26,7 +26,8 @@ from typing import Any
 
 from ipop.aio.driver import Driver
 from ipop.errors import ConfigError
-from ipop.link.endpoint import HandshakeFailed, LinkEndpoint, LinkUp
+from ipop.link.endpoint import LinkEndpoint
+from ipop.link.events import HandshakeFailed, LinkUp
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_identity, make_network
 from ipop.testing.nat import NAT_KIND_NAMES

@@ -57,7 +57,7 @@ from ipop.dht.record import MAX_VALUE_BYTES, ip_key, name_key
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
-from ipop.link.endpoint import LinkInfo
+from ipop.link.events import LinkInfo
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
 from ipop.node import SHORTCUT_RETRY_S
 from ipop.nolinks import NoLinkWatch

@@ -165,6 +165,16 @@ from ipop.identity import CERT_REASONS, NodeCertificate, NodeIdentity
 from ipop.link import echo
 from ipop.link.cookie import GUARD_DROP_REASONS, InitGuard, mac2_for
 from ipop.link.crypto import CIPHER_IDS, DEFAULT_CIPHERS, Aead, InvalidTag, nonce_for
+from ipop.link.events import (
+    HandshakeFailed,
+    LinkDown,
+    LinkEvent,
+    LinkInfo,
+    LinkPathChanged,
+    LinkUp,
+    ObservedEndpoint,
+    link_message,
+)
 from ipop.link.handshake import (
     Initiation,
     SessionKeys,
@@ -201,16 +211,8 @@ from ipop.wire.header import (
 
 __all__ = [
     "LINK_DROP_REASONS",
-    "HandshakeFailed",
     "LinkConfig",
-    "LinkDown",
     "LinkEndpoint",
-    "LinkEvent",
-    "LinkInfo",
-    "LinkMessage",
-    "LinkPathChanged",
-    "LinkUp",
-    "ObservedEndpoint",
 ]
 
 _INF: Final = float("inf")
@@ -331,112 +333,6 @@ class LinkConfig:
             raise ConfigError("link.rekey_after_s", "must be below reject_after_s")
         if self.rekey_after_messages >= self.reject_after_messages:
             raise ConfigError("link.rekey_after_messages", "must be below reject_after_messages")
-
-
-# --- events ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LinkUp:
-    """A session with ``peer`` (whose certificate is ``cert``) is established over ``path``.
-
-    ``observed`` is the endpoint the peer saw our handshake come from (initiator side of a
-    direct path only; None otherwise).
-    """
-
-    peer: NodeId
-    cert: NodeCertificate
-    path: Path
-    observed: Endpoint | None
-
-
-@dataclass(frozen=True, slots=True)
-class LinkDown:
-    """The session with ``peer`` is gone ("timeout", "expired", "closed", "revoked", "stale":
-    see :meth:`LinkEndpoint.peer_unlinked`)."""
-
-    peer: NodeId
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkMessage:
-    """An authenticated, decrypted, non-empty payload from ``peer``, received over ``path``."""
-
-    peer: NodeId
-    payload: bytes
-    path: Path
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeFailed:
-    """Our handshake toward ``path`` got no acceptable answer; ``reason`` is the last refusal."""
-
-    path: Path
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedEndpoint:
-    """Peer ``by`` saw our datagrams come from ``endpoint`` (changed since LinkUp said, or
-    first heard from it through an echo: see :mod:`ipop.link.echo`).
-
-    ``rebound``: we had no earlier word from ``by``, but one of our busy links has just gone
-    silent and ``endpoint`` is where no other peer sees us: our NAT has most likely rebound.
-    """
-
-    endpoint: Endpoint
-    by: NodeId
-    rebound: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class LinkPathChanged:
-    """The up session with ``peer`` now runs over ``path`` ("roamed" or "handshake")."""
-
-    peer: NodeId
-    path: Path
-    reason: str
-
-
-# A frozen slots dataclass's __init__ sets each field through object.__setattr__: 1.8 µs for
-# LinkMessage here, more than the AEAD itself. The receive hot path fills the slots through
-# their member descriptors instead (0.7 µs); the result is an ordinary, equal, frozen instance.
-_new = object.__new__
-
-
-def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
-    setter: Callable[[object, object], None] = cls.__dict__[name].__set__
-    return setter
-
-
-_set_msg_peer = _slot_setter(LinkMessage, "peer")
-_set_msg_payload = _slot_setter(LinkMessage, "payload")
-_set_msg_path = _slot_setter(LinkMessage, "path")
-
-LinkEvent = LinkUp | LinkDown | LinkMessage | HandshakeFailed | ObservedEndpoint | LinkPathChanged
-
-
-@dataclass(frozen=True, slots=True)
-class LinkInfo:
-    """A snapshot of one up session (``ipop status`` material)."""
-
-    peer: NodeId
-    name: str
-    hostname: str | None
-    path: Path
-    established_at: float
-    last_rx: float
-    last_tx: float
-    bytes_in: int
-    bytes_out: int
-    packets_in: int
-    packets_out: int
-    cipher: str
-    observed: Endpoint | None
-    keys_established_at: float
-    rekeys: int
-    rtt_s: float | None = None  # the last handshake's round trip (either side); None: none yet
 
 
 # --- internal state --------------------------------------------------------------------------
@@ -794,11 +690,7 @@ class LinkEndpoint:
             self._on_probe(st, payload, path, now)
             return None
         if self._events:  # LinkUp / LinkPathChanged first, then the message, as _on_data does
-            msg = _new(LinkMessage)
-            _set_msg_peer(msg, st.node_id)
-            _set_msg_payload(msg, payload)
-            _set_msg_path(msg, path)
-            self._events.append(msg)
+            self._events.append(link_message(st.node_id, payload, path))
             return None
         return st.node_id, payload
 
@@ -1196,12 +1088,7 @@ class LinkEndpoint:
             if payload[0] == PROBE_TAG:
                 self._on_probe(st, payload, path, now)
                 return
-            # LinkMessage(st.node_id, payload, path) without the frozen __init__ (see _new).
-            msg = _new(LinkMessage)
-            _set_msg_peer(msg, st.node_id)
-            _set_msg_payload(msg, payload)
-            _set_msg_path(msg, path)
-            self._events.append(msg)
+            self._events.append(link_message(st.node_id, payload, path))
 
     def _on_init(self, data: bytes, path: Path, now: float) -> None:
         cfg = self.config

@@ -91,7 +91,7 @@ from typing import Protocol
 from ipop import timing
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.identity import NodeCertificate
-from ipop.link.endpoint import (
+from ipop.link.events import (
     HandshakeFailed,
     LinkDown,
     LinkMessage,

@@ -43,13 +43,7 @@ from dataclasses import dataclass, field
 
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeCertificate
-from ipop.link.endpoint import (
-    HandshakeFailed,
-    LinkDown,
-    LinkEvent,
-    LinkMessage,
-    LinkUp,
-)
+from ipop.link.events import HandshakeFailed, LinkDown, LinkEvent, LinkMessage, LinkUp
 from ipop.overlay.node import (
     Delivered,
     OverlayConfig,

@@ -17,7 +17,7 @@ import pytest
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.dht.record import ip_key, name_key
 from ipop.journal import Journal
-from ipop.link.endpoint import LinkInfo
+from ipop.link.events import LinkInfo
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.fake_dht import FakeDht
 from ipop.testing.identities import make_bundle

@@ -10,14 +10,8 @@ import pytest
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity
 from ipop.link.crypto import CHACHA20_POLY1305
-from ipop.link.endpoint import (
-    HandshakeFailed,
-    LinkConfig,
-    LinkEndpoint,
-    LinkEvent,
-    LinkMessage,
-    LinkUp,
-)
+from ipop.link.endpoint import LinkConfig, LinkEndpoint
+from ipop.link.events import HandshakeFailed, LinkEvent, LinkMessage, LinkUp
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint, NodeId, Path, RelayPath

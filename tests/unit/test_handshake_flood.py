@@ -15,7 +15,8 @@ import random
 
 from ipop import timing
 from ipop.link.cookie import InitGuard, mac2_for
-from ipop.link.endpoint import LINK_DROP_REASONS, LinkEndpoint, LinkUp
+from ipop.link.endpoint import LINK_DROP_REASONS, LinkEndpoint
+from ipop.link.events import LinkUp
 from ipop.ratelimit import KeyedBuckets
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network

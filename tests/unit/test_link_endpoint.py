@@ -10,11 +10,9 @@ import pytest
 
 from ipop import timing
 from ipop.errors import ConfigError, LocalProtocolError
-from ipop.link.endpoint import (
-    SPARE_KEYS_S,
-    LinkConfig,
+from ipop.link.endpoint import SPARE_KEYS_S, LinkConfig, LinkEndpoint
+from ipop.link.events import (
     LinkDown,
-    LinkEndpoint,
     LinkEvent,
     LinkMessage,
     LinkPathChanged,

@@ -11,7 +11,8 @@ import random
 import pytest
 
 from ipop.identity import NetworkCA, NodeIdentity
-from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage, LinkPathChanged
+from ipop.link.endpoint import LinkConfig, LinkEndpoint
+from ipop.link.events import LinkMessage, LinkPathChanged
 from ipop.types import Endpoint, NodeId, RelayPath, SocketPath
 
 NOW = 1_795_305_600.0

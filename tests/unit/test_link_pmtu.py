@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage, ObservedEndpoint
+from ipop.link.endpoint import LinkConfig, LinkEndpoint
+from ipop.link.events import LinkMessage, ObservedEndpoint
 from ipop.link.pmtu import (
     FINE_STEP,
     MAX_DATAGRAM,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 
 from ipop.link import echo
-from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkEvent, ObservedEndpoint
+from ipop.link.endpoint import LinkConfig, LinkEndpoint
+from ipop.link.events import LinkEvent, ObservedEndpoint
 from ipop.link.pmtu import PROBE_TAG
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network

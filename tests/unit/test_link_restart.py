@@ -14,14 +14,8 @@ import random
 import pytest
 
 from ipop.link import endpoint
-from ipop.link.endpoint import (
-    LinkDown,
-    LinkEndpoint,
-    LinkEvent,
-    LinkMessage,
-    LinkPathChanged,
-    LinkUp,
-)
+from ipop.link.endpoint import LinkEndpoint
+from ipop.link.events import LinkDown, LinkEvent, LinkMessage, LinkPathChanged, LinkUp
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import alice_and_bob, make_identity, make_network
 from ipop.types import Endpoint, NodeId, Path, RelayPath

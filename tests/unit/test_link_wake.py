@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 
-from ipop.link.endpoint import LinkDown, LinkEndpoint, LinkEvent, LinkUp
+from ipop.link.endpoint import LinkEndpoint
+from ipop.link.events import LinkDown, LinkEvent, LinkUp
 from ipop.node import NodeCore
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import alice_and_bob, make_identity, make_network

@@ -22,7 +22,8 @@ from ipop.identity import (
     NodeIdentity,
     cert_serial,
 )
-from ipop.link.endpoint import LinkDown, LinkEndpoint, LinkEvent, LinkUp
+from ipop.link.endpoint import LinkEndpoint
+from ipop.link.events import LinkDown, LinkEvent, LinkUp
 from ipop.overlay.messages import (
     CRL_CHUNK_BYTES,
     CRL_MAX_TOTAL,

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from ipop.errors import RemoteProtocolError
 from ipop.link import echo
-from ipop.link.endpoint import LinkEndpoint, LinkEvent, ObservedEndpoint
+from ipop.link.endpoint import LinkEndpoint
+from ipop.link.events import LinkEvent, ObservedEndpoint
 from ipop.link.pmtu import PROBE_TAG
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network

@@ -25,7 +25,8 @@ import time
 
 from ipop.identity import NetworkCA, NodeIdentity
 from ipop.link.cookie import InitGuard
-from ipop.link.endpoint import LinkEndpoint, LinkUp
+from ipop.link.endpoint import LinkEndpoint
+from ipop.link.events import LinkUp
 from ipop.types import Endpoint
 from ipop.wire.handshake import HandshakeInit
 
