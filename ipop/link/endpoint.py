@@ -24,7 +24,8 @@ Per peer (keyed by the node id its certificate proves) there are at most:
   (an initiator that dialled several of our paths seals with the last Resp it got).
 
 Every set of keys is registered under the index *we* chose (``receiver_index`` of the DATA
-header), so a received DATA finds its keys with one dict lookup, before any crypto.
+header), so a received DATA finds its keys with one dict lookup, before any crypto
+(:class:`ipop.link.keys.IndexTable`, which also remembers the indices we retired).
 
 Invariants:
 
@@ -164,7 +165,7 @@ from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.identity import CERT_REASONS, NodeCertificate, NodeIdentity
 from ipop.link import echo
 from ipop.link.cookie import GUARD_DROP_REASONS, InitGuard, mac2_for
-from ipop.link.crypto import CIPHER_IDS, DEFAULT_CIPHERS, Aead, InvalidTag, nonce_for
+from ipop.link.crypto import CIPHER_IDS, DEFAULT_CIPHERS, InvalidTag, nonce_for
 from ipop.link.events import (
     HandshakeFailed,
     LinkDown,
@@ -177,7 +178,6 @@ from ipop.link.events import (
 )
 from ipop.link.handshake import (
     Initiation,
-    SessionKeys,
     VerifiedInit,
     check_init_cert,
     check_init_signature,
@@ -187,8 +187,8 @@ from ipop.link.handshake import (
     make_resp,
     verify_resp,
 )
+from ipop.link.keys import IndexTable, Keypair
 from ipop.link.pmtu import PROBE_TAG, PathMtuProber, ack_payload
-from ipop.link.replay import ReplayWindow
 from ipop.ratelimit import TokenBucket
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 from ipop.wire.handshake import (
@@ -216,8 +216,6 @@ __all__ = [
 ]
 
 _INF: Final = float("inf")
-# Retired key indices remembered (see LinkEndpoint._unknown_index): a few per peer and rekey.
-RETIRED_MAX: Final = 4096
 # How long a peer that routed around our session with it has to show that it still holds
 # that session (see LinkEndpoint.peer_unlinked): several round trips, and two Init copies.
 UNLINKED_CHECK_S: Final = 3.0
@@ -338,49 +336,6 @@ class LinkConfig:
 # --- internal state --------------------------------------------------------------------------
 
 
-class _Keypair:
-    """One handshake's keys and counters; lives in ``LinkEndpoint._keypairs`` by local index."""
-
-    __slots__ = (
-        "cert",
-        "cipher",
-        "created_at",
-        "is_initiator",
-        "local_index",
-        "peer",
-        "recv",
-        "recv_aead",
-        "reject_at",
-        "rekey_at",
-        "rekey_counter_at",
-        "remote_index",
-        "replay",
-        "send",
-        "send_aead",
-        "send_counter",
-    )
-
-    def __init__(
-        self, keys: SessionKeys, peer: _Peer, cert: NodeCertificate, now: float, cfg: LinkConfig
-    ) -> None:
-        self.local_index = keys.local_index
-        self.remote_index = keys.remote_index
-        self.send = Aead(keys.cipher, keys.send_key)
-        self.recv = Aead(keys.cipher, keys.recv_key)
-        self.send_aead = self.send.primitive
-        self.recv_aead = self.recv.primitive
-        self.cipher = keys.cipher
-        self.is_initiator = keys.is_initiator
-        self.peer = peer
-        self.cert = cert
-        self.created_at = now
-        self.send_counter = 0
-        self.replay = ReplayWindow(cfg.replay_window)
-        self.rekey_at = now + cfg.rekey_after_s
-        self.rekey_counter_at = cfg.rekey_after_messages
-        self.reject_at = now + cfg.reject_after_s
-
-
 class _Peer:
     __slots__ = (
         "cert",
@@ -437,14 +392,14 @@ class _Peer:
         # None until a handshake completed.
         self.rtt: float | None = None
         self.up = False
-        self.current: _Keypair | None = None
-        self.previous: _Keypair | None = None
+        self.current: Keypair[_Peer] | None = None
+        self.previous: Keypair[_Peer] | None = None
         # Keys ``previous`` held before, still in their grace period (see _install).
-        self.older: dict[int, _Keypair] = {}
-        self.pending: dict[int, _Keypair] = {}
+        self.older: dict[int, Keypair[_Peer]] = {}
+        self.pending: dict[int, Keypair[_Peer]] = {}
         # Pending keys a sibling's confirmation left unconfirmed, kept until ``spare_until``
         # (see LinkEndpoint._confirm).
-        self.spare: dict[int, _Keypair] = {}
+        self.spare: dict[int, Keypair[_Peer]] = {}
         self.spare_until = _INF
         self.observed: Endpoint | None = None
         self.established_at = 0.0
@@ -494,14 +449,15 @@ class LinkEndpoint:
     ) -> None:
         self._identity = identity
         self._trust = identity.trust
-        self._rng = rng
         self.config = config if config is not None else LinkConfig()
         self.local_id: NodeId = identity.node_id
         self.drops: collections.Counter[str] = collections.Counter()
         # Facts that are not refusals (roaming, rekeys, collisions): for metrics and tests.
         self.stats: collections.Counter[str] = collections.Counter()
         self._peers: dict[NodeId, _Peer] = {}
-        self._keypairs: dict[int, _Keypair] = {}
+        # Our local indices -> keys, and the indices we retired (see _unknown_index).
+        self._keys: IndexTable[_Peer] = IndexTable(rng)
+        self._lookup = self._keys.lookup
         self._initiations: dict[int, Initiation] = {}
         # (initiator, responder the Init names) -> newest Init timestamp accepted (ms).
         self._last_init_ms: dict[tuple[NodeId, NodeId | Endpoint], int] = {}
@@ -522,8 +478,6 @@ class LinkEndpoint:
         self._answered: dict[bytes, _Answered] = {}
         # What an Init may cost before it proved anything (ipop.link.cookie).
         self.guard = InitGuard()
-        # Indices we gave out and dropped -> whose they were (insertion order: oldest first).
-        self._retired: dict[int, NodeId] = {}
         # Relayed peer -> when _rekey_relayed last keyed it afresh (insertion order), and
         # the global budget of those handshakes (made on first use: it needs ``now``).
         self._relay_rekeyed: dict[NodeId, float] = {}
@@ -593,7 +547,7 @@ class LinkEndpoint:
         return self._seal(st, kp, payload, now), st.path
 
     def _seal(
-        self, st: _Peer, kp: _Keypair, payload: bytes | bytearray | memoryview, now: float
+        self, st: _Peer, kp: Keypair[_Peer], payload: bytes | bytearray | memoryview, now: float
     ) -> bytes:
         """Seal one DATA datagram with ``kp`` and do the bookkeeping (counters, rekey)."""
         counter = kp.send_counter
@@ -652,7 +606,7 @@ class LinkEndpoint:
             self.drops["malformed"] += 1
             return None
         _, index, counter = _HDR_UNPACK_FROM(data)
-        kp = self._keypairs.get(index)
+        kp = self._lookup(index)
         if kp is None:
             self._unknown_index(index, path, now)
             return None
@@ -952,7 +906,7 @@ class LinkEndpoint:
         for index, kp in list(st.pending.items()):
             if now >= kp.created_at + timeout:
                 del st.pending[index]
-                self._retire(index, st)
+                self._keys.retire(index, st.node_id)
         if st.spare and now >= st.spare_until:
             self._drop_spare(st)
         cur = st.current
@@ -976,12 +930,12 @@ class LinkEndpoint:
             return
         prev = st.previous
         if prev is not None and now >= prev.reject_at:
-            self._retire(prev.local_index, st)
+            self._keys.retire(prev.local_index, st.node_id)
             st.previous = None
         for index, old in list(st.older.items()):
             if now >= old.reject_at:
                 del st.older[index]
-                self._retire(index, st)
+                self._keys.retire(index, st.node_id)
         if now >= cur.rekey_at:
             # An idle link rekeys too: overlay links live for hours, traffic or not.
             self._rekey_due(st, cur, now)
@@ -1052,7 +1006,7 @@ class LinkEndpoint:
             self.drops["malformed"] += 1
             return
         _, index, counter = _HDR_UNPACK_FROM(data)
-        kp = self._keypairs.get(index)
+        kp = self._lookup(index)
         if kp is None:
             self._unknown_index(index, path, now)
             return
@@ -1182,9 +1136,9 @@ class LinkEndpoint:
 
     def _pending_answer(self, answered: _Answered) -> bool:
         """Are keys we derived for this answered Init still waiting for confirmation?"""
-        keypairs = self._keypairs
+        lookup = self._lookup
         for _, index in answered.paths.values():
-            kp = keypairs.get(index)
+            kp = lookup(index)
             if kp is not None and index in kp.peer.pending:
                 return True
         return False
@@ -1193,7 +1147,7 @@ class LinkEndpoint:
         """Resp to the verified Init of ``answered``, arriving over ``path``; keys pending."""
         cfg = self.config
         verified = answered.verified
-        index = self._new_index()
+        index = self._keys.allocate(self._initiations)
         observed: Endpoint | None = None
         if isinstance(path, Endpoint):
             observed = path
@@ -1210,13 +1164,13 @@ class LinkEndpoint:
         st = self._peers.get(node)
         if st is None:
             st = self._peers[node] = _Peer(node, verified.cert, path)
-        kp = _Keypair(keys, st, verified.cert, now, cfg)
+        kp = Keypair(keys, st, verified.cert, now, cfg)
         st.pending[index] = kp
-        self._keypairs[index] = kp
+        self._keys.add(kp)
         while len(st.pending) > cfg.max_pending_responses:
             oldest = next(iter(st.pending))
             del st.pending[oldest]
-            self._retire(oldest, st)
+            self._keys.retire(oldest, st.node_id)
         paths = answered.paths
         paths.pop(path, None)
         paths[path] = (resp, index)
@@ -1284,8 +1238,8 @@ class LinkEndpoint:
         st = self._peers.get(node)
         if st is None:
             st = self._peers[node] = _Peer(node, cert, path)
-        kp = _Keypair(keys, st, cert, now, self.config)
-        self._keypairs[kp.local_index] = kp
+        kp = Keypair(keys, st, cert, now, self.config)
+        self._keys.add(kp)
         # Round trip of this handshake: what path choice compares (a retransmitted Init counts
         # from its first copy, which only makes a lossy path look worse).
         st.rtt = now - ini.started_at
@@ -1295,7 +1249,7 @@ class LinkEndpoint:
 
     # --- session state changes --------------------------------------------------------------
 
-    def _confirm(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
+    def _confirm(self, st: _Peer, kp: Keypair[_Peer], path: Path, now: float) -> None:
         """Responder side: ``kp`` was just proven by the initiator's first DATA.
 
         The other pending keys are kept as ``spare`` for ``SPARE_KEYS_S``, not dropped: when
@@ -1315,18 +1269,18 @@ class LinkEndpoint:
             st.pending.clear()
             while len(st.spare) > self.config.max_pending_responses:
                 oldest = next(iter(st.spare))
-                self._retire(st.spare.pop(oldest).local_index, st)
+                self._keys.retire(st.spare.pop(oldest).local_index, st.node_id)
             st.spare_until = now + SPARE_KEYS_S
         st.spare.pop(kp.local_index, None)
         self._install(st, kp, path, now, None)
 
     def _drop_spare(self, st: _Peer) -> None:
         for index in st.spare:
-            self._retire(index, st)
+            self._keys.retire(index, st.node_id)
         st.spare.clear()
         st.spare_until = _INF
 
-    def _on_older_keys(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
+    def _on_older_keys(self, st: _Peer, kp: Keypair[_Peer], path: Path, now: float) -> None:
         """An authenticated DATA arrived on keys that are not ``current``."""
         if kp.local_index in st.pending:
             self._confirm(st, kp, path, now)
@@ -1356,7 +1310,7 @@ class LinkEndpoint:
     def _install(
         self,
         st: _Peer,
-        kp: _Keypair,
+        kp: Keypair[_Peer],
         path: Path,
         now: float,
         observed: Endpoint | None,
@@ -1379,7 +1333,7 @@ class LinkEndpoint:
                 older = st.older
                 older[prev.local_index] = prev
                 while len(older) > self.config.max_pending_responses:
-                    self._retire(older.pop(next(iter(older))).local_index, st)
+                    self._keys.retire(older.pop(next(iter(older))).local_index, st.node_id)
             st.previous = old
             st.rekeys += 1
         st.current = kp
@@ -1462,7 +1416,7 @@ class LinkEndpoint:
         no answer to garbage (invariant 1); at most one such handshake per handshake timeout.
         Relayed DATA under an index we never gave out: see :meth:`_rekey_relayed`."""
         self.drops["unknown_index"] += 1
-        peer = self._retired.get(index)
+        peer = self._keys.retired_owner(index)
         if peer is None:
             if type(path) is RelayPath:
                 self._rekey_relayed(path, now)
@@ -1518,14 +1472,6 @@ class LinkEndpoint:
         self.stats["rehandshake_relayed_unknown"] += 1
         self._start_initiation(path, peer, now)
 
-    def _retire(self, index: int, st: _Peer) -> None:
-        """Forget keys, remembering whose index it was (see :meth:`_unknown_index`)."""
-        self._keypairs.pop(index, None)
-        retired = self._retired
-        retired[index] = st.node_id
-        if len(retired) > RETIRED_MAX:
-            del retired[next(iter(retired))]
-
     def _maybe_roam(self, st: _Peer, path: Path, now: float) -> None:
         """Newest authenticated DATA came from ``path``, not the session's: follow it if the
         peer's NAT rebound (same address, new port: at once) or if nothing has come on our path
@@ -1574,7 +1520,7 @@ class LinkEndpoint:
             *st.older.values(),
         ):
             if kp is not None:
-                self._keypairs.pop(kp.local_index, None)
+                self._keys.discard(kp.local_index)
         del self._peers[st.node_id]
         self.pmtu.forget(st.node_id)
         self._timer_dirty = True
@@ -1748,7 +1694,7 @@ class LinkEndpoint:
             st.observed = observed
             self._events.append(ObservedEndpoint(observed, st.node_id, rebound))
 
-    def _rekey_due(self, st: _Peer, kp: _Keypair, now: float) -> None:
+    def _rekey_due(self, st: _Peer, kp: Keypair[_Peer], now: float) -> None:
         """Called from seal when ``kp`` crossed a rekey threshold (or a retry of it is due)."""
         cfg = self.config
         if now >= kp.reject_at or kp.send_counter >= cfg.reject_after_messages:
@@ -1775,7 +1721,7 @@ class LinkEndpoint:
     ) -> None:
         cfg = self.config
         ini = Initiation(
-            index=self._new_index(),
+            index=self._keys.allocate(self._initiations),
             path=path,
             expected=expected,
             ephemeral=X25519PrivateKey.generate(),
@@ -1821,12 +1767,6 @@ class LinkEndpoint:
             if ini.path == path and ini.expected in (None, node) and ini.next_retry_at != _INF:
                 return ini
         return None
-
-    def _new_index(self) -> int:
-        while True:
-            index = self._rng.getrandbits(32)
-            if index and index not in self._keypairs and index not in self._initiations:
-                return index
 
     def _compute_timer(self) -> float | None:
         heap = self._heap
