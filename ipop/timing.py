@@ -220,11 +220,15 @@ SHORTCUT_IDLE_S = 120.0
 # keeps the busiest and routes the rest over the ring.
 SHORTCUT_MAX = 128
 
-# --- path choice (ipop/link/endpoint.py) ------------------------------------------------------
+# --- path choice (ipop/link/paths.py) ---------------------------------------------------------
 # A direct path that delivered nothing authenticated for this long may be replaced by any
 # working one (a handshake's or the peer's newest packets'); one in use is only replaced by a
 # clearly faster one, so two live paths never flap.
 PATH_SILENT_S = 1.0
+# A direct path replaces the one in use only if its handshake was this much faster (a ratio,
+# not a time): the LAN path, fastest, stays when two peers share a LAN, and two near-equal
+# paths do not swap on every rekey.
+PATH_SWITCH_RATIO = 0.7
 
 # --- roaming (ipop/overlay/node.py, ipop/aio/addrwatch.py) -----------------------------------
 # After our own address changed, our endpoints are re-advertised as soon as a peer tells us our

@@ -80,12 +80,13 @@ Invariants:
 6. Liveness: if we sealed nothing to an up peer for ``keepalive_interval_s`` we send an
    empty DATA (keepalive, never a LinkMessage); if nothing authenticated arrived from it for
    ``link_timeout_s`` the link goes down (LinkDown "timeout").
-7. Path choice: a session is on one path. A relay path never replaces a working direct
-   one (nothing came from the peer for ``RELAY_TAKEOVER_SILENT_S``: not working), and a
-   direct one always replaces a relay (the upgrade). Between direct paths (any socket), a
-   handshake that completes on another path moves the session only if its round trip was
-   under ``PATH_SWITCH_RATIO`` of the current path's, or the current one has carried nothing
-   authenticated for ``PATH_SILENT_S`` (hysteresis: two live paths never flap, and the LAN
+7. Path choice (decided by :mod:`ipop.link.paths`, applied here): a session is on one path.
+   A relay path never replaces a working direct one (nothing came from the peer for
+   ``RELAY_TAKEOVER_SILENT_S``: not working), and a direct one always replaces a relay (the
+   upgrade). Between direct paths (any socket), a handshake that completes on another path
+   moves the session only if its round trip was under ``PATH_SWITCH_RATIO`` of the current
+   path's, or the current one has carried nothing authenticated for ``PATH_SILENT_S``
+   (hysteresis: two live paths never flap, and the LAN
    path, fastest, is kept when two peers share a LAN). Roaming: the newest authenticated DATA
    arriving from another direct path moves the session there at once if only the port
    changed (NAT rebinding), otherwise only once the current path has been silent for
@@ -188,6 +189,7 @@ from ipop.link.handshake import (
     verify_resp,
 )
 from ipop.link.keys import IndexTable, Keypair
+from ipop.link.paths import PathQuality, Roam, better_path, should_roam
 from ipop.link.pmtu import PROBE_TAG, PathMtuProber, ack_payload
 from ipop.ratelimit import TokenBucket
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
@@ -236,15 +238,9 @@ LAST_INIT_MAX: Final = 65536
 # reaches it, in arrival order, so the last one it installed (and seals with) may be confirmed
 # after another; a few round trips of the slowest path a handshake completes on.
 SPARE_KEYS_S: Final = 3.0
-# A direct path replaces the one in use only if its handshake was this much faster.
-PATH_SWITCH_RATIO: Final = 0.7
 _REBIND_QUIET: Final = timing.REBIND_QUIET_S
 _REBIND_ECHO_WAIT: Final = timing.REBIND_ECHO_WAIT_S
 _REBIND_BUSY: Final = timing.REBIND_BUSY_PACKETS
-# A relay replaces a direct path only once nothing authenticated has come from the peer for
-# this long (see LinkEndpoint._better_path): well past a handshake's round trip, so a relay
-# handshake racing a direct one that just completed never wins.
-RELAY_TAKEOVER_SILENT_S: Final = 2.0
 # Every reason ``LinkEndpoint.drops`` may count (tests check that nothing else is counted).
 LINK_DROP_REASONS: Final = frozenset(
     {
@@ -1356,7 +1352,13 @@ class LinkEndpoint:
         if path == st.path:
             if rtt is not None:
                 st.path_rtt = rtt
-        elif self._better_path(st, path, rtt, now, heard=heard):
+        elif better_path(
+            PathQuality(st.path, st.path_rtt, st.path_rx),
+            PathQuality(path, _INF if rtt is None else rtt, now),
+            now,
+            heard=heard,
+            roamed_at=self._roamed_at,
+        ):
             st.roam_candidate = None
             st.path = path
             st.path_rtt = _INF if rtt is None else rtt
@@ -1368,44 +1370,6 @@ class LinkEndpoint:
         if observed is not None and observed != st.observed:
             st.observed = observed
             self._events.append(ObservedEndpoint(observed, st.node_id))
-
-    def _better_path(
-        self, st: _Peer, path: Path, rtt: float | None, now: float, *, heard: float
-    ) -> bool:
-        """Should a session that is up on ``st.path`` move to ``path`` (whose handshake took
-        ``rtt``; None: we answered it)? ``heard``: when anything authenticated last came from
-        the peer before this handshake.
-
-        A relay never replaces a working direct path (a relay handshake started alongside a
-        direct one may finish last, moments after the direct session carried its first
-        messages); but one that nothing has come from for ``RELAY_TAKEOVER_SILENT_S`` is not
-        working: the peer was restarted, its punching socket (which the direct path led to)
-        died with it, and it keyed us afresh through a relay (kept on the dead path, our
-        traffic to it was lost until the link timed out: 15-20 s in tests/sim/
-        test_restart_sim.py). Nor is one that carried nothing since we roamed, or that the
-        peer told us it left (:meth:`peer_moved`): a pair that port guessing had joined cannot
-        follow a roam directly, and the overlay keys it through a relay meanwhile
-        (:meth:`ipop.overlay.node.OverlayNode.relay_fallback`). A direct path always replaces
-        a relay (the upgrade).
-        Between direct paths the faster handshake wins, with hysteresis: only a path at least
-        ``1 / PATH_SWITCH_RATIO`` times faster replaces one that carries traffic, so two
-        near-equal paths do not flap on every rekey, and a LAN path (fewer hops than the public
-        one, hairpinned through the NAT) is the one kept when two peers share a LAN.
-        """
-        if isinstance(path, RelayPath):
-            return (
-                not is_direct(st.path)
-                or now - heard >= RELAY_TAKEOVER_SILENT_S
-                # Not working either: nothing came since we roamed away from its end, or the
-                # peer said (peer_moved) it left the other end.
-                or heard < self._roamed_at
-                or st.path_rx == -_INF
-            )
-        if isinstance(st.path, RelayPath):
-            return True
-        if now - st.path_rx >= timing.PATH_SILENT_S or st.path_rtt == _INF:
-            return True
-        return rtt is not None and rtt < st.path_rtt * PATH_SWITCH_RATIO
 
     def _unknown_index(self, index: int, path: Path, now: float) -> None:
         """DATA under an index we no longer hold. If it is one we gave out and retired (keys
@@ -1473,28 +1437,21 @@ class LinkEndpoint:
         self._start_initiation(path, peer, now)
 
     def _maybe_roam(self, st: _Peer, path: Path, now: float) -> None:
-        """Newest authenticated DATA came from ``path``, not the session's: follow it if the
-        peer's NAT rebound (same address, new port: at once) or if nothing has come on our path
-        for PATH_SILENT_S (the peer moved to another of its paths; moving at once would flap
-        while both paths deliver)."""
-        cur = st.path
-        if isinstance(path, RelayPath) and is_direct(cur):
-            # The peer seals to us through a relay while our direct path has carried nothing
-            # for PATH_SILENT_S: it fell back after a roam (OverlayNode.relay_fallback), and
-            # what we send on the direct path no longer reaches it.
-            if now - st.path_rx >= timing.PATH_SILENT_S:
-                self.stats["relay_followed"] += 1
-                self._move(st, path, now)
+        """Newest authenticated DATA came from ``path``, not the session's: follow it or not
+        (:func:`ipop.link.paths.should_roam`)."""
+        roam = should_roam(PathQuality(st.path, st.path_rtt, st.path_rx), path, now)
+        if roam is Roam.STAY:
             return
-        if not (is_direct(path) and is_direct(cur)):
-            return
-        rebound = type(path) is Endpoint and type(cur) is Endpoint and path.host == cur.host
-        if not rebound and now - st.path_rx < timing.PATH_SILENT_S:
+        if roam is Roam.HOLD:
             self.stats["roam_held"] += 1
             st.roam_candidate = (path, now)
             return
+        if roam is Roam.FOLLOW_RELAY:
+            self.stats["relay_followed"] += 1
+            self._move(st, path, now)
+            return
         self._move(st, path, now)
-        if rebound and type(path) is Endpoint and st.current is not None:
+        if roam is Roam.REBOUND and type(path) is Endpoint and st.current is not None:
             # The peer's NAT gave it a new mapping, and it cannot know: peers behind
             # filtering NATs still send to the old one. Say so (ipop.link.echo, "seen").
             seen = echo.ack_payload(0, path, kind=echo.SEEN)
