@@ -587,15 +587,20 @@ class LinkEndpoint:
     def open_data(self, data: bytes, path: Path, *, now: float) -> tuple[NodeId, bytes] | None:
         """Data-plane fast path: :meth:`receive_datagram` for one datagram, except that an
         authenticated non-empty DATA payload is returned as ``(peer, payload)`` instead of
-        being queued as a :class:`LinkMessage`.
+        being queued as a :class:`ipop.link.events.LinkMessage`.
 
         It is returned only when nothing else is queued in the event queue (before or because
         of this datagram: key confirmation, roaming), so that the caller handles it in the same
         order as the event would have been; otherwise the LinkMessage is queued as usual and
         None returned. Handshakes, keepalives and every drop behave exactly as in
         :meth:`receive_datagram` (None).
+
+        This is the one DATA authentication path (header, key lookup, expiry, replay window,
+        AEAD, key confirmation and older keys, liveness, counters, roaming, probes):
+        :meth:`receive_datagram` reaches it through ``_on_data``, which queues what it returns,
+        so the data plane's fast path pays no call for the sharing.
         """
-        if not data or data[0] != TYPE_DATA or self._events:
+        if not data or data[0] != TYPE_DATA:
             self.receive_datagram(data, path, now=now)
             return None
         if len(data) < DATA_MIN_BYTES:
@@ -611,7 +616,7 @@ class LinkEndpoint:
             return None
         replay = kp.replay
         newest = counter > replay.top
-        if not newest:
+        if not newest:  # in-order packets, the common case, skip the window lookup
             reason = replay.reject_reason(counter)
             if reason is not None:
                 self.drops[reason] += 1
@@ -639,7 +644,9 @@ class LinkEndpoint:
         if payload[0] == PROBE_TAG:
             self._on_probe(st, payload, path, now)
             return None
-        if self._events:  # LinkUp / LinkPathChanged first, then the message, as _on_data does
+        if self._events:
+            # LinkUp / LinkPathChanged (or events queued before) first, then the message,
+            # as receive_datagram would have queued them.
             self._events.append(link_message(st.node_id, payload, path))
             return None
         return st.node_id, payload
@@ -998,47 +1005,10 @@ class LinkEndpoint:
     # --- receive paths ----------------------------------------------------------------------
 
     def _on_data(self, data: bytes, path: Path, now: float) -> None:
-        if len(data) < DATA_MIN_BYTES:
-            self.drops["malformed"] += 1
-            return
-        _, index, counter = _HDR_UNPACK_FROM(data)
-        kp = self._lookup(index)
-        if kp is None:
-            self._unknown_index(index, path, now)
-            return
-        if now >= kp.reject_at or counter >= self._reject_messages:
-            self.drops["expired_key"] += 1
-            return
-        replay = kp.replay
-        newest = counter > replay.top
-        if not newest:  # in-order packets, the common case, skip the window lookup
-            reason = replay.reject_reason(counter)
-            if reason is not None:
-                self.drops[reason] += 1
-                return
-        try:
-            payload = kp.recv_aead.decrypt(
-                nonce_for(counter), data[DATA_HEADER_BYTES:], data[:DATA_HEADER_BYTES]
-            )
-        except InvalidTag:
-            self.drops["auth_failed"] += 1
-            return
-        replay.accept(counter)
-        st = kp.peer
-        if kp is not st.current:
-            self._on_older_keys(st, kp, path, now)
-        self._heard(st, now)
-        st.rx_packets += 1
-        st.rx_bytes += len(data)
-        if path is st.path or path == st.path:
-            st.path_rx = now
-        elif newest:
-            self._maybe_roam(st, path, now)
-        if payload:
-            if payload[0] == PROBE_TAG:
-                self._on_probe(st, payload, path, now)
-                return
-            self._events.append(link_message(st.node_id, payload, path))
+        # The one DATA receive path is open_data's; it hands back what it did not queue.
+        got = self.open_data(data, path, now=now)
+        if got is not None:
+            self._events.append(link_message(got[0], got[1], path))
 
     def _on_init(self, data: bytes, path: Path, now: float) -> None:
         cfg = self.config
