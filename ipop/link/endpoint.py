@@ -133,13 +133,14 @@ the guard's ``under_load``, ``init_rate_limited``, ``init_overloaded``; cookie r
 ``init_expensive`` (Inits that reached public-key work), ``cookie_sent``,
 ``cookie_received``, ``cookie_resent``).
 
-Timer: every peer's earliest deadline lives in a heap (lazy: an entry is live only while its
-sequence number is the peer's ``due_seq``), so a firing handles only the peers that are due,
-in O(log peers) each, instead of scanning every peer (which made keepalives O(peers²) per
-node). A deadline is pushed when it moves earlier (a session or handshake appears, a rekey is
-scheduled); per-packet updates (``last_tx``, ``last_rx``) only push deadlines later, so the
-heap entry is at worst early: the peer is then found not due and re-pushed. This keeps the
-packet path free of O(peers) work. Initiations are few and are scanned.
+Timer: every peer's earliest deadline lives in a heap (:class:`ipop.link.timers.DeadlineHeap`;
+lazy: an entry is live only while its sequence number is the peer's ``due_seq``), so a
+firing handles only the peers that are due, in O(log peers) each, instead of scanning every
+peer (which made keepalives O(peers²) per node). A deadline is pushed when it moves earlier
+(a session or handshake appears, a rekey is scheduled); per-packet updates (``last_tx``,
+``last_rx``) only push deadlines later, so the heap entry is at worst early: the peer is then
+found not due and re-pushed. This keeps the packet path free of O(peers) work. Initiations
+are few and are scanned.
 
 Retransmitted Inits are the same core as the first copy (one signature per handshake, not
 one per retry; the handshake timeout is far inside the clock-skew window); a cookie from a
@@ -191,6 +192,7 @@ from ipop.link.handshake import (
 from ipop.link.keys import IndexTable, Keypair
 from ipop.link.paths import PathQuality, Roam, better_path, should_roam
 from ipop.link.pmtu import PROBE_TAG, PathMtuProber, ack_payload
+from ipop.link.timers import DeadlineHeap
 from ipop.ratelimit import TokenBucket
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 from ipop.wire.handshake import (
@@ -417,7 +419,7 @@ class _Peer:
         self.rekeyed_stale_at = -_INF
         # (since, until) while peer_unlinked checks whether the peer still holds the session.
         self.unlinked_check: tuple[float, float] | None = None
-        # The deadline of this peer's live heap entry (see LinkEndpoint._touch).
+        # The deadline and seq of this peer's live heap entry (see ipop.link.timers).
         self.due = _INF
         self.due_seq = 0
 
@@ -462,9 +464,8 @@ class LinkEndpoint:
         self._events: collections.deque[LinkEvent] = collections.deque()
         self._timer: float | None = None
         self._timer_dirty = False
-        # (deadline, seq, peer): see _touch; entries whose seq is not the peer's are stale.
-        self._heap: list[tuple[float, int, NodeId]] = []
-        self._seq = 0
+        # Each peer's earliest deadline (see _touch and ipop.link.timers).
+        self._deadlines: DeadlineHeap[NodeId, _Peer] = DeadlineHeap(self._peers.get)
         self._next_gc = 0.0
         # When our own address last changed (local_address_changed): a direct path that has
         # carried nothing since leads to where we no longer are.
@@ -722,7 +723,8 @@ class LinkEndpoint:
         for st in self._peers.values():
             if st.up and st.last_rx < floor:
                 st.last_rx = floor
-                st.due = _INF  # the live heap entry is earlier: push the new deadline
+                # The live heap entry is earlier: push the new deadline.
+                self._deadlines.forget(st)
                 self._touch(st)
         self.stats["woke"] += 1
         return self.local_address_changed(now=now)
@@ -879,16 +881,10 @@ class LinkEndpoint:
                 ini.next_retry_at = now + ini.interval
                 self.stats["handshake_retransmitted"] += 1
                 self._send_init(ini, now)
-        heap = self._heap
         peers = self._peers
-        while heap and heap[0][0] <= now:
-            _, seq, node = heapq.heappop(heap)
-            st = peers.get(node)
-            if st is None or st.due_seq != seq:
-                continue  # stale entry
-            st.due = _INF
+        for st in self._deadlines.pop_due(now):
             self._peer_timer(st, now)
-            if peers.get(node) is st:
+            if peers.get(st.node_id) is st:
                 self._touch(st)
         self._send_probes(now)
         if now >= self._next_gc:
@@ -994,12 +990,7 @@ class LinkEndpoint:
 
     def _touch(self, st: _Peer) -> None:
         """Push ``st``'s deadline if it moved earlier than its live heap entry."""
-        d = self._peer_deadline(st)
-        if d < st.due:
-            self._seq += 1
-            st.due = d
-            st.due_seq = self._seq
-            heapq.heappush(self._heap, (d, self._seq, st.node_id))
+        if self._deadlines.push(st.node_id, st, self._peer_deadline(st)):
             self._timer_dirty = True
 
     # --- receive paths ----------------------------------------------------------------------
@@ -1696,15 +1687,7 @@ class LinkEndpoint:
         return None
 
     def _compute_timer(self) -> float | None:
-        heap = self._heap
-        peers = self._peers
-        while heap:
-            _, seq, node = heap[0]
-            st = peers.get(node)
-            if st is not None and st.due_seq == seq:
-                break
-            heapq.heappop(heap)
-        t = heap[0][0] if heap else _INF
+        t = self._deadlines.next_deadline()
         for ini in self._initiations.values():
             t = min(t, ini.next_retry_at, ini.deadline)
         probe = self.pmtu.next_time()
