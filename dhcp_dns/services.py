@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
+import logging
 import struct
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -37,6 +37,7 @@ from dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup
 from dhcp_dns.tcp import IPPROTO_TCP, DnsTcp, TcpClient
 from ipop.errors import LocalProtocolError
 from ipop.status import DnsLatency, DnsStatus
+from ipop.tasks import TaskSet
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder, arp_target
 from ipop.vnet.packet import (
     ETH_HLEN,
@@ -61,6 +62,8 @@ __all__ = [
     "TapServices",
     "TapServicesRunner",
 ]
+
+log = logging.getLogger(__name__)
 
 DNS_PORT = 53
 DROP_REASONS: Final = frozenset(
@@ -449,7 +452,8 @@ class TapServicesRunner:
         self.forward_timeout_s = forward_timeout_s
         self.max_tasks = max_tasks
         self._clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Bounded: past max_tasks, a lookup gets SERVFAIL and a forward is dropped (_pump).
+        self._tasks = TaskSet(self._task_failed)
         self._closed = False
 
     def feed(self, frame: bytes | bytearray | memoryview, *, now: float) -> bool:
@@ -468,23 +472,22 @@ class TapServicesRunner:
                 s.count_drop("dns_too_many_tasks")
                 s.fail_lookup(item.token, now=self._clock())
             else:
-                self._spawn(self._run_lookup(item))
+                self._tasks.spawn(self._run_lookup(item))
         for fwd in s.forwards():
             if self._upstream is None or len(self._tasks) >= self.max_tasks:
                 s.count_drop("dns_forward_refused")
                 s.complete_forward(fwd.token, None, now=self._clock())
             else:
-                self._spawn(self._run_forward(fwd, self._upstream))
+                self._tasks.spawn(self._run_forward(fwd, self._upstream))
         for frame in s.frames_to_send():
             self._write(frame)
         if self._on_event is not None:
             while (ev := s.next_event()) is not None:
                 self._on_event(ev)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _task_failed(self, exc: BaseException) -> None:
+        # _run_lookup and _run_forward answer their own failures: one that escapes is a bug.
+        log.error("event=dns_task_failed error=%r", exc, exc_info=exc)
 
     async def _run_lookup(self, item: LookupWanted) -> None:
         try:
@@ -529,9 +532,4 @@ class TapServicesRunner:
     async def close(self) -> None:
         """Cancel every lookup and forward still running and wait for them to end."""
         self._closed = True
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await self._tasks.close()

@@ -71,7 +71,7 @@ from ipop import timing
 from ipop.types import Endpoint, NodeId, Path, SocketPath
 from ipop.wire.stun import BINDING_INDICATION, HEADER_BYTES, MAGIC_COOKIE
 
-__all__ = ["DROP_REASONS", "BirthdayPunch", "is_knock", "why_relayed"]
+__all__ = ["DROP_REASONS", "BirthdayPunch", "is_knock", "nat_flags", "why_relayed"]
 
 # Every reason a payload or a knock run is refused for (counting any other is a bug).
 DROP_REASONS = frozenset(
@@ -199,7 +199,7 @@ class BirthdayPunch:
         self._hello_at[peer] = now
         self._welcome_go(peer, now)
         self.stats["hello_sent"] += 1
-        return _encode_hello(FLAG_ANSWER | _flags(symmetric, translated), endpoints)
+        return _encode_hello(FLAG_ANSWER | nat_flags(symmetric, translated), endpoints)
 
     def _welcome_go(self, peer: NodeId, now: float) -> None:
         """We said HELLO to ``peer``: one GO from it is welcome for a while."""
@@ -228,7 +228,7 @@ class BirthdayPunch:
         if not payload:
             self._drop("birthday_empty")
             return None
-        mine = _flags(symmetric, translated)
+        mine = nat_flags(symmetric, translated)
         if payload[0] == OP_HELLO:
             return self._on_hello(peer, payload, mine, public_host, endpoints, seen_hosts, now)
         if payload[0] == OP_GO:
@@ -424,7 +424,12 @@ class BirthdayPunch:
 
     def why_relayed(self, peer: NodeId, *, symmetric: bool, translated: bool) -> str:
         """Why a link to ``peer`` is still relayed, from both sides' NATs as far as known."""
-        return why_relayed(_flags(symmetric, translated), self._peer_flags.get(peer))
+        return why_relayed(nat_flags(symmetric, translated), self._peer_flags.get(peer))
+
+    def peer_flags(self) -> dict[NodeId, int]:
+        """What each peer's last HELLO said of its NAT (FLAG_SYMMETRIC | FLAG_TRANSLATED), for
+        :func:`why_relayed` in status (a copy; bounded like the table it copies)."""
+        return dict(self._peer_flags)
 
     def _forget_old(self, now: float) -> None:
         """Bound the per-peer memory: drop what no longer gates anything, then, should peers
@@ -471,7 +476,8 @@ def why_relayed(mine: int, theirs: int | None) -> str:
     return "no direct path: punching through both NATs failed (a NAT filters too strictly)"
 
 
-def _flags(symmetric: bool, translated: bool) -> int:
+def nat_flags(symmetric: bool, translated: bool) -> int:
+    """Our side's HELLO flags from what peers' echoes say of our NAT."""
     return (FLAG_SYMMETRIC if symmetric else 0) | (FLAG_TRANSLATED if translated else 0)
 
 

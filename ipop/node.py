@@ -53,6 +53,7 @@ import collections
 import math
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from ipop import timing
 from ipop.birthday import BirthdayPunch, is_knock
@@ -60,7 +61,7 @@ from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
 from ipop.link.endpoint import LinkConfig, LinkEndpoint
-from ipop.link.events import LinkDown, LinkMessage, LinkPathChanged, LinkUp
+from ipop.link.events import LinkDown, LinkInfo, LinkMessage, LinkPathChanged, LinkUp
 from ipop.link.pmtu import (
     MAX_DATAGRAM,
     MESSAGE_BYTES,
@@ -83,6 +84,7 @@ from ipop.overlay.node import (
     OverlayConfig,
     OverlayEvent,
     OverlayNode,
+    OverlaySnapshot,
     RelayDatagram,
     Roamed,
 )
@@ -92,7 +94,7 @@ from ipop.stun import SOURCE_PRIMARY, StunAgent
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 from ipop.wire.header import DATA_MIN_BYTES
 
-__all__ = ["NodeCore"]
+__all__ = ["NodeCore", "NodeSnapshot", "PublicView"]
 
 _CRL_TAG = bytes([TYPE_CRL])
 # How long a shortcut request for one peer stands before traffic may ask again.
@@ -106,6 +108,37 @@ _ROUTED_MIN_OVERHEAD = ROUTED_OVERHEAD - 64 + 16
 # Routes probed at once, and how long one stays probed after its last IP packet.
 ROUTE_PROBED_MAX = 64
 ROUTE_IDLE_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class PublicView:
+    """What peers' echoes say of our NAT (:meth:`NodeCore.public_view`)."""
+
+    host: str | None  # our public address; None: nobody told us yet
+    symmetric: bool  # peers saw different ports: a mapping per destination
+    translated: bool  # the port they see differs from our socket's: the NAT translated it
+
+
+_NO_VIEW = PublicView(None, False, False)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """Status material of the whole core, each layer's part from that layer's own reading
+    (:meth:`NodeCore.snapshot`); :func:`ipop.report.build_status` turns it into ``ipop status``.
+    Taken when status is asked for, never on a packet path. Drops and counters are per layer
+    (``{"link": {...}, "overlay": {...}}``), in the order status lists them."""
+
+    node_id: NodeId
+    overlay: OverlaySnapshot  # connections with their kinds, routable
+    links: tuple[LinkInfo, ...] = ()  # up sessions
+    endpoints: tuple[Endpoint, ...] = ()  # what we advertise: our socket's, then observed ones
+    public: PublicView = _NO_VIEW
+    shortcuts: dict[NodeId, float] = field(default_factory=dict)  # peer -> last data time
+    peer_nat: dict[NodeId, int] = field(default_factory=dict)  # port guessing's HELLO flags
+    drops: dict[str, dict[str, int]] = field(default_factory=dict)
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    crl_number: int = 0  # the revocation list in force (0: none)
 
 
 class NodeCore:
@@ -464,6 +497,32 @@ class NodeCore:
         """Peers we hold (or are forming) a shortcut to, with their last data time."""
         return dict(self._shortcut_used)
 
+    def snapshot(self) -> NodeSnapshot:
+        """Every layer's status material at once (see NodeSnapshot)."""
+        link, overlay, revocation = self.link, self.overlay, self.revocation
+        return NodeSnapshot(
+            node_id=self.local_id,
+            overlay=overlay.snapshot(),
+            links=tuple(link.peers()),
+            endpoints=overlay.endpoints(),
+            public=self.public_view(),
+            shortcuts=self.shortcut_peers(),
+            peer_nat=self.birthday.peer_flags(),
+            drops={
+                "link": dict(link.drops),
+                "overlay": dict(overlay.drops),
+                "stun": dict(self.stun.drops),
+                "crl": dict(revocation.drops),
+            },
+            counters={
+                "link": dict(link.stats),
+                "overlay": dict(overlay.stats),
+                "node": dict(self.stats),
+                "crl": dict(revocation.stats),
+            },
+            crl_number=self.identity.trust.crl_number,
+        )
+
     def get_timer(self) -> float | None:
         # Asked after every input (the driver re-arms its timer): no list, no min() call.
         due = self.overlay.get_timer()
@@ -516,37 +575,39 @@ class NodeCore:
 
     # --- port guessing (ipop.birthday) -------------------------------------------------------
 
-    def public_view(self) -> tuple[str | None, bool, bool]:
-        """What peers' echoes say of our NAT: our public address (None: nobody told us yet),
-        whether peers saw different ports (a mapping per destination: symmetric), and whether
-        the port they see differs from our socket's (the NAT translated it)."""
+    def public_view(self) -> PublicView:
+        """What peers' echoes say of our NAT (the one reading of them; see PublicView)."""
         seen = self.overlay.observed_endpoints()
         if not seen:
-            return None, False, False
+            return _NO_VIEW
         host = seen[0].host
         ports = {e.port for e in seen if e.host == host}
         local = {e.port for e in self.overlay.local_endpoints}
-        return host, len(ports) > 1, bool(local) and not ports & local
+        return PublicView(host, len(ports) > 1, bool(local) and not ports & local)
 
     def _guess_ports(self, peer: NodeId, now: float) -> None:
-        host, symmetric, translated = self.public_view()
-        if host is None:
+        view = self.public_view()
+        if view.host is None:
             return
         hello = self.birthday.hello(
-            peer, symmetric=symmetric, translated=translated, endpoints=self._advertised(), now=now
+            peer,
+            symmetric=view.symmetric,
+            translated=view.translated,
+            endpoints=self._advertised(),
+            now=now,
         )
         if hello is not None:
             self.journal.punch_started(peer, now=now)
             self._send_birthday(peer, hello, now)
 
     def _on_birthday(self, ev: Delivered, now: float) -> None:
-        host, symmetric, translated = self.public_view()
+        view = self.public_view()
         answer = self.birthday.receive(
             ev.src,
             ev.payload,
-            symmetric=symmetric,
-            translated=translated,
-            public_host=host,
+            symmetric=view.symmetric,
+            translated=view.translated,
+            public_host=view.host,
             endpoints=self._advertised(),
             now=now,
             seen_hosts=self.overlay.peer_hosts(ev.src),

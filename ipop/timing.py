@@ -144,6 +144,15 @@ OVERLAY_NEAR_SUSPECT_S = 7.0
 # with p < 1e-7) its link is closed and the ring repaired. A crashed neighbour is thus noticed
 # in seconds, not at the link layer's LINK_TIMEOUT_S, which is what bounds ring repair.
 OVERLAY_NEAR_DEAD_S = 14.0
+# A next hop we route into without hearing back is probed after one retransmission timeout,
+# again after two, and avoided (when another hop makes progress) after three (see
+# ipop.overlay.suspect). The timeout is the hop's srtt + 4 rttvar from its probe answers, never
+# below the floor (a busy daemon's scheduling delay: a wrong suspicion costs only a detour and
+# one probe) nor above the cap (a dead hop is avoided within 3 s whatever its round trip); the
+# initial one, before any answer, suits a continental round trip.
+OVERLAY_HOP_RTO_MIN_S = 0.03
+OVERLAY_HOP_RTO_MAX_S = 1.0
+OVERLAY_HOP_RTO_INITIAL_S = 0.3
 # Give up on direct attempts toward a peer after this long and fall back to a relay (near
 # links) or give up (far, shortcut): longer than HANDSHAKE_TIMEOUT_S, which fails them first.
 OVERLAY_CONNECT_TIMEOUT_S = 25.0

@@ -258,12 +258,12 @@ class RouterDaemon(Daemon):
             (up.host, up.port) if up is not None else None,
             on_event=self._dhcp_event,
         )
-        self._own_saved = self._saved_vip()
+        self._own_saved = self.address.saved()
         saved = self._saved_hosts()
         for host_mac, (vip, _) in saved.items():
             self._reserved[vip.packed] = host_mac
-        self._spawn(self._restore(saved))
-        self._spawn(self._expiry_loop())
+        self.tasks.spawn(self._restore(saved))
+        self.tasks.spawn(self._expiry_loop())
 
     def _local_frame(self, frame: bytes) -> bool:
         try:
@@ -300,7 +300,7 @@ class RouterDaemon(Daemon):
         """Run ``fn(*args)``, one host's task: its failure is that host's
         (:meth:`_host_failed`), not the router's. The coroutine is made inside the guard, so
         a task cancelled before it starts leaves none behind unawaited."""
-        self._spawn(self._guarded(mac, stage, fn, *args))
+        self.tasks.spawn(self._guarded(mac, stage, fn, *args))
 
     async def _guarded(self, mac: bytes, stage: Stage, fn: _HostTask, *args: Any) -> None:
         try:
@@ -450,7 +450,8 @@ class RouterDaemon(Daemon):
         DHT says yes to all of those, their records being the router's own."""
         if vip == self.vip or vip == self._own_saved:
             return False
-        if self.lease is not None and self.lease.address == vip:
+        lease = self.address.lease
+        if lease is not None and lease.address == vip:
             return False
         other = self.hosts.by_ip(vip)
         if other is not None and other.mac != mac:
@@ -524,7 +525,7 @@ class RouterDaemon(Daemon):
             return None
         if old is None and len(self.hosts) >= self.rcfg.max_hosts:
             self._drop("host_table_full")
-            self._spawn(self._release([IpLease(self.node.dht, self.network, vip)]))
+            self.tasks.spawn(self._release([IpLease(self.node.dht, self.network, vip)]))
             return None
         if old is not None:
             self._drop_host(mac)
@@ -616,7 +617,7 @@ class RouterDaemon(Daemon):
             log.info("event=host_gone mac=%s vip=%s", mac_str(mac), host.vip)
             self._save_hosts()
         if leases:
-            self._spawn(self._release(leases))
+            self.tasks.spawn(self._release(leases))
         return host
 
     async def _release(self, leases: list[DhtLease]) -> None:
@@ -786,11 +787,11 @@ class RouterDaemon(Daemon):
             total.update({f"lanservices.{k}": v for k, v in self.lan_services.drops.items()})
         return dict(total)
 
-    def counters(self) -> dict[str, int]:
-        total = super().counters()
-        if self.lan is not None:  # checksums completed for offloading hosts, or verified
-            total.update({f"lan.{k}": v for k, v in self.lan.counters.items()})
-        return total
+    def extra_counters(self) -> dict[str, int]:
+        if self.lan is None:
+            return {}
+        # Checksums completed for offloading hosts, or verified.
+        return {f"lan.{k}": v for k, v in self.lan.counters.items()}
 
     def dns_status(self) -> DnsStatus | None:
         return self.lan_services.dns_status() if self.lan_services is not None else None

@@ -22,9 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
-import os
 import random
 import resource
 import secrets
@@ -40,7 +38,7 @@ from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
 
-from ipop import timing
+from ipop.aio.address import AddressKeeper
 from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
@@ -50,27 +48,24 @@ from ipop.aio.sockets import LoopUdpSocket
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
 from ipop.config import NodeConfig
-from ipop.dht.alloc import DhtLease, IpLease, allocate_ip
-from ipop.dht.names import c_name, lookup_name, register_name
+from ipop.dht.names import lookup_name
 from ipop.dht.policy import MAX_USER_KEY
-from ipop.dht.record import MAX_VALUE_BYTES, ip_key, name_key
+from ipop.dht.record import MAX_VALUE_BYTES, ip_key
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
-from ipop.link.events import LinkInfo
 from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
-from ipop.node import SHORTCUT_RETRY_S
 from ipop.nolinks import NoLinkWatch
+from ipop.report import LocalView, build_status, prefixed
 from ipop.status import (
     DnsStatus,
     LanHostStatus,
     PathKind,
-    PeerStatus,
     PingReply,
-    SelfStatus,
     Status,
 )
 from ipop.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
+from ipop.tasks import TaskSet
 from ipop.types import Endpoint, NodeId, RelayPath
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder
 from ipop.vnet.packet import ETH_P_ARP
@@ -89,7 +84,6 @@ log = logging.getLogger("ipopd")
 # 1500-byte underlay minus IPv4 (20) + UDP (8) + link DATA header (13) + AEAD tag (16) +
 # DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
 DEFAULT_TAP_MTU = 1400
-ALLOC_RETRY_S = 2.0
 # A STUN transaction ends in the core (ipop.stun.DEFAULT_TIMEOUT_S); this only bounds the wait.
 STUN_DEADLINE_S = 5.0
 STUN_POLL_S = 0.005
@@ -213,16 +207,22 @@ class Daemon:
         self.started_at = time.time()
         self.vip: IPv4Address | None = None
         self.names: list[str] = []
-        self.lease: IpLease | None = None
-        self.name_lease: DhtLease | None = None
         self.stats: Counter[str] = Counter()
         self.rng = random.Random(secrets.randbits(64))
+        self.address = AddressKeeper(
+            state_dir=settings.state_dir,
+            network=self.network,
+            subnet=self.subnet,
+            suffix=self.suffix,
+            lease_s=settings.lease_s,
+            rng=self.rng,
+        )
         self.node: Node | None = None
         self.udp: UdpSocket | None = None
         self.tap: Tap | None = None
         self.dataplane: DataPlane | None = None
         self._stop = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskSet(self._task_failed)
         # The first background task that failed while running: run() raises it after the
         # shutdown, so the process exits non-zero and its service manager restarts it.
         self.failure: BaseException | None = None
@@ -254,7 +254,7 @@ class Daemon:
                 loop.add_signal_handler(sig, self.stop)
         try:
             await self._start()
-            self._spawn(self._claim(on_ready))
+            self.tasks.spawn(self._claim(on_ready))
             await self._stop.wait()
         finally:
             await self._shutdown()
@@ -304,10 +304,10 @@ class Daemon:
         self.dataplane.start()
         self._watch_addresses(local)
         self._remembering = True
-        self._spawn(self._remember_peers())
+        self.tasks.spawn(self._remember_peers())
         self.no_links = NoLinkWatch(now=time.time())
-        self._spawn(self._watch_links())
-        self._spawn(self._log_journal())
+        self.tasks.spawn(self._watch_links())
+        self.tasks.spawn(self._log_journal())
         log.info(
             "event=started node=%s listen=%s:%d local=%s bootstrap=%d remembered=%d",
             identity.node_id.short(),
@@ -356,16 +356,7 @@ class Daemon:
                     eps.append(Endpoint(addr, port))
         return eps
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled() or (exc := task.exception()) is None:
-            return
+    def _task_failed(self, exc: BaseException) -> None:
         log.error("event=task_failed error=%r", exc)
         if self.failure is None and not self._stop.is_set():
             self.failure = exc
@@ -376,24 +367,7 @@ class Daemon:
         assert node is not None and node.dht is not None
         await node.dht_ready.wait()
         log.info("event=dht_joined after_s=%.3f", time.time() - self.started_at)
-        preferred = self._saved_vip()
-        while True:
-            try:
-                vip = await allocate_ip(
-                    node.dht,
-                    self.subnet,
-                    network=self.network,
-                    rng=self.rng,
-                    preferred=preferred,
-                    ttl=self.settings.lease_s,
-                )
-                break
-            except Exception as exc:  # the DHT may still be converging: try again
-                log.warning("event=alloc_retry error=%s", exc)
-                await asyncio.sleep(ALLOC_RETRY_S)
-        self._save_vip(vip)
-        self.lease = IpLease(node.dht, self.network, vip, ttl=self.settings.lease_s)
-        self.lease.start()
+        vip = await self.address.claim(node.dht)
         assert self.dataplane is not None
         self.dataplane.set_own_ip(vip)
         if not self.ANSWERS_OWN_ARP:
@@ -402,24 +376,8 @@ class Daemon:
             await self.tap.set_address(vip, self.subnet, self.gateway)
         if self.services is not None:
             self.services.address_assigned(vip)
-        self.names = [f"{c_name(vip)}.{self.suffix}"]
         # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
-        hostname = self.bundle.hostname
-        if hostname:
-            ok = await register_name(
-                node.dht, self.network, hostname, vip, ttl=self.settings.lease_s
-            )
-            if ok:
-                self.names.append(f"{hostname}.{self.suffix}")
-                self.name_lease = DhtLease(
-                    node.dht,
-                    name_key(self.network, hostname),
-                    value=vip.packed,
-                    ttl=self.settings.lease_s,
-                )
-                self.name_lease.start()
-            else:
-                log.warning("event=name_taken hostname=%s", hostname)
+        self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
         # Published last: a status showing the vIP means the node answers to all its names.
         self.vip = vip
         log.info(
@@ -429,19 +387,15 @@ class Daemon:
             time.time() - self.started_at,
         )
         self.ready.set()
-        self._spawn(self._learn_peer_vips())
+        self.tasks.spawn(self._learn_peer_vips())
         if on_ready is not None:
             on_ready()
 
     async def _shutdown(self) -> None:
         if self.addrwatch is not None:
             await self.addrwatch.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for lease in (self.lease, self.name_lease):
-            if lease is not None:
-                await lease.stop()
+        await self.tasks.close()
+        await self.address.stop()
         if self.services is not None:
             await self.services.close()
         if self.dataplane is not None:
@@ -458,24 +412,6 @@ class Daemon:
         log.info("event=stopped")
 
     # --- state ------------------------------------------------------------------------------
-
-    def _state_file(self) -> Path:
-        return self.settings.state_dir / "state.json"
-
-    def _saved_vip(self) -> IPv4Address | None:
-        try:
-            data = json.loads(self._state_file().read_text())
-            addr = IPv4Address(data["vip"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return addr if addr in self.subnet else None
-
-    def _save_vip(self, vip: IPv4Address) -> None:
-        path = self._state_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"vip": str(vip), "network": self.network}) + "\n")
-        os.replace(tmp, path)
 
     def remember_links(self, *, now: float, final: bool = False) -> None:
         """Note the direct endpoints of our links; hand them to the overlay; write if due
@@ -580,69 +516,50 @@ class Daemon:
         if self.dataplane is not None:
             self.dataplane.write_frame(frame)
 
-    # --- status -----------------------------------------------------------------------------
+    # --- status (assembled by ipop.report) ----------------------------------------------------
 
-    def peer_rows(self) -> list[dict[str, Any]]:
-        """Every linked peer with its path, for ``ipop status``."""
+    def status(self) -> Status:
+        """``ipop status``: the core's snapshot and this daemon's view, put together."""
         node = self.node
-        if node is None or self.dataplane is None:
-            return []
-        vips = self.dataplane.known_owners()
-        kinds = {c.peer: c.kinds for c in node.core.overlay.snapshot().connections}
         now = time.time()
-        rows = []
-        for info in node.core.link.peers():
-            path = info.path
-            relayed = isinstance(path, RelayPath)
-            vip = vips.get(info.peer)
-            if vip is None and info.peer in self.peer_vips:
-                vip = self.peer_vips[info.peer][0].packed
-            rows.append(
-                {
-                    "node_id": info.peer.hex(),
-                    "name": info.hostname or info.name,
-                    "vip": str(IPv4Address(vip)) if vip is not None else None,
-                    "path": "relayed" if relayed else "direct",
-                    "endpoint": (
-                        f"via {path.via.short()}" if isinstance(path, RelayPath) else str(path)
-                    ),
-                    "rtt_ms": self._rtt_ms(info.peer, info),
-                    "bytes_in": info.bytes_in,
-                    "bytes_out": info.bytes_out,
-                    "kinds": sorted(k.name.lower() for k in kinds.get(info.peer, ())),
-                    "why": self._why_relayed(info.peer) if relayed else _why_silent(info, now),
-                }
-            )
-        # Peers we exchange traffic with but hold no link to travel over the overlay.
-        linked = {info.peer for info in node.core.link.peers()}
-        for peer, vip in vips.items():
-            if peer not in linked and peer != node.node_id:
-                rows.append(
-                    {
-                        "node_id": peer.hex(),
-                        "name": None,
-                        "vip": str(IPv4Address(vip)),
-                        "path": "overlay",
-                        "endpoint": None,
-                        "rtt_ms": self._rtt_ms(peer, None),
-                        "bytes_in": 0,
-                        "bytes_out": 0,
-                        "kinds": [],
-                        "why": self._why_no_link(peer),
-                    }
-                )
-        return rows
+        core = node.core.snapshot() if node is not None else None
+        return build_status(core, self.local_view(now=now), now=now)
 
-    def _rtt_ms(self, peer: NodeId, info: LinkInfo | None) -> float | None:
-        """The newest round trip we know: the link's last handshake or an overlay ping."""
-        best: tuple[float, float] | None = self.rtts.get(peer)
-        if (
-            info is not None
-            and info.rtt_s is not None
-            and (best is None or info.keys_established_at >= best[1])
-        ):
-            best = (info.rtt_s, info.keys_established_at)
-        return None if best is None else round(best[0] * 1000, 3)
+    def local_view(self, *, now: float) -> LocalView:
+        """What status needs from this daemon besides the core (see ipop.report.LocalView)."""
+        node, plane = self.node, self.dataplane
+        drops: list[dict[str, int]] = []
+        if node is not None and node.dht is not None:
+            drops.append(prefixed("dht", node.dht.drops))
+        if plane is not None:
+            drops.append(prefixed("vnet", plane.drops))
+        drops.append(prefixed("arp", self.arp.drops))
+        drops.append(self.extra_drops())
+        if self.services is not None:
+            drops.append(self.services.drops())
+        dns = self.dns_status()
+        if dns is not None:  # also in status["dns"]; here so every drop is in one map
+            drops.append({f"dns.{k}": v for k, v in dns.drops.items() if v})
+        if self.udp is not None:
+            drops.append(prefixed("udp", self.udp.errors))
+        counters = [prefixed("vnet", plane.counters)] if plane is not None else []
+        counters.append(self.extra_counters())
+        measured = self.netcheck_result.nat if self.netcheck_result is not None else None
+        return LocalView(
+            node_id=self.bundle.node_id.hex(),
+            node_name=self.bundle.node_name,
+            uptime_s=now - self.started_at,
+            vip=self.vip,
+            names=tuple(self.names),
+            owners=plane.known_owners() if plane is not None else None,
+            peer_vips=dict(self.peer_vips),
+            rtts=dict(self.rtts),
+            measured_nat=measured,
+            drops=tuple(drops),
+            counters=tuple(counters),
+            lan_hosts=tuple(self.lan_host_rows()),
+            dns=dns,
+        )
 
     async def learn_peer_vips(self, *, now: float) -> int:
         """Learn linked peers' vIPs from their hostnames' records; how many were learned.
@@ -680,29 +597,6 @@ class Daemon:
             await self.learn_peer_vips(now=time.time())
             await asyncio.sleep(PEER_VIP_SWEEP_S)
 
-    def drops(self) -> dict[str, int]:
-        total: Counter[str] = Counter()
-        node = self.node
-        if node is not None:
-            total.update({f"link.{k}": v for k, v in node.core.link.drops.items()})
-            total.update({f"overlay.{k}": v for k, v in node.core.overlay.drops.items()})
-            total.update({f"stun.{k}": v for k, v in node.core.stun.drops.items()})
-            total.update({f"crl.{k}": v for k, v in node.core.revocation.drops.items()})
-            if node.dht is not None:
-                total.update({f"dht.{k}": v for k, v in node.dht.drops.items()})
-        if self.dataplane is not None:
-            total.update({f"vnet.{k}": v for k, v in self.dataplane.drops.items()})
-        total.update({f"arp.{k}": v for k, v in self.arp.drops.items()})
-        total.update(self.extra_drops())
-        if self.services is not None:
-            total.update(self.services.drops())
-        dns = self.dns_status()
-        if dns is not None:  # also in status["dns"]; here so every drop is in one map
-            total.update({f"dns.{k}": v for k, v in dns.drops.items() if v})
-        if self.udp is not None:
-            total.update({f"udp.{k}": v for k, v in self.udp.errors.items()})
-        return dict(total)
-
     def dns_status(self) -> DnsStatus | None:
         """The gateway resolver's counters for ``ipop status`` (None: no DNS here)."""
         return self.services.dns_status() if self.services is not None else None
@@ -711,63 +605,13 @@ class Daemon:
         """Drops of what a subclass adds (router mode: the LAN's DHCP, ARP, host table)."""
         return {}
 
+    def extra_counters(self) -> dict[str, int]:
+        """Counters of what a subclass adds (router mode: the LAN socket's checksums)."""
+        return {}
+
     def lan_host_rows(self) -> list[LanHostStatus]:
         """Hosts served on the local side besides this node (router mode); none for a TAP."""
         return []
-
-    def counters(self) -> dict[str, int]:
-        total: Counter[str] = Counter()
-        node = self.node
-        if node is not None:
-            total.update({f"link.{k}": v for k, v in node.core.link.stats.items()})
-            total.update({f"overlay.{k}": v for k, v in node.core.overlay.stats.items()})
-            total.update({f"node.{k}": v for k, v in node.core.stats.items()})
-            total.update({f"crl.{k}": v for k, v in node.core.revocation.stats.items()})
-            # The revocation list in force (0: none): what an operator checks after a push.
-            total["crl.number"] = node.identity.trust.crl_number
-        if self.dataplane is not None:
-            total.update({f"vnet.{k}": v for k, v in self.dataplane.counters.items()})
-        return dict(total)
-
-    def _why_relayed(self, peer: NodeId) -> str:
-        node = self.node
-        if node is None:
-            return "no direct path"
-        _, _, translated = node.core.public_view()
-        symmetric = self.nat_kind() == "symmetric"  # netcheck's measurement when there is one
-        return node.core.birthday.why_relayed(peer, symmetric=symmetric, translated=translated)
-
-    def _why_no_link(self, peer: NodeId) -> str:
-        node = self.node
-        last = node.core.shortcut_peers().get(peer) if node is not None else None
-        if last is None:
-            return "no link: routed over the ring"
-        idle = time.time() - last
-        if idle < SHORTCUT_RETRY_S:
-            return "no link yet: routed over the ring while a shortcut forms"
-        # The shortcut is kept for SHORTCUT_IDLE_S after the last packet, but asked for only
-        # while traffic flows: saying "forms" long after would be stale.
-        return (
-            f"no link: routed over the ring (no traffic for {idle:.0f} s; the next packet "
-            "asks for a shortcut again)"
-        )
-
-    def nat_kind(self) -> str | None:
-        """What peers' echoes of our address say about the mapping (RFC 4787 §4.1).
-
-        "open": peers see our own address; "cone": one public mapping for every peer
-        (endpoint-independent); "symmetric": different mappings for different peers. None
-        until a peer has told us. Filtering is not visible this way (``ipop netcheck``'s job).
-        """
-        if self.netcheck_result is not None and self.netcheck_result.nat is not None:
-            return self.netcheck_result.nat  # measured beats guessed
-        node = self.node
-        if node is None:
-            return None
-        host, symmetric, _ = node.core.public_view()  # the one reading of peers' echoes
-        if host is None:
-            return "open" if node.core.overlay.routable else None
-        return "symmetric" if symmetric else "cone"
 
     def path_to(self, peer: NodeId) -> PathKind:
         node = self.node
@@ -930,19 +774,6 @@ class Daemon:
         return result
 
 
-def _why_silent(info: LinkInfo, now: float) -> str | None:
-    """Why a direct link may be dead although it still shows: a killed peer's link stays up
-    until LINK_TIMEOUT_S of silence. None while the peer is heard as often as a live one is."""
-    quiet = now - info.last_rx
-    if quiet < timing.SILENT_PEER_S:
-        return None
-    return (
-        f"nothing heard for {quiet:.0f} s (a live peer sends a keepalive every "
-        f"{timing.KEEPALIVE_INTERVAL_S:.0f} s): it may be gone; the link closes after "
-        f"{timing.LINK_TIMEOUT_S:.0f} s of silence"
-    )
-
-
 def _pystun3(server: Endpoint, source_ip: str) -> SecondOpinion:
     """pystun3's verdict (blocking: run in a thread), bound to our own address, not 0.0.0.0:
     bound to the wildcard it cannot tell an open host from a full cone."""
@@ -970,33 +801,7 @@ class DaemonControl:
         self.d = daemon
 
     async def status(self) -> Status:
-        d = self.d
-        node = d.node
-        endpoints: list[str] = []
-        routable = False
-        node_id = d.bundle.node_id.hex()
-        if node is not None:
-            endpoints = [f"{ep.host}:{ep.port}" for ep in node.core.overlay.endpoints()]
-            routable = node.core.overlay.routable
-        me = SelfStatus(
-            node_id=node_id,
-            node_name=d.bundle.node_name,
-            vip=str(d.vip) if d.vip is not None else None,
-            names=list(d.names),
-            nat=d.nat_kind(),
-            uptime_s=round(time.time() - d.started_at, 3),
-            endpoints=endpoints,
-            routable=routable,
-        )
-        peers = [PeerStatus(**row) for row in d.peer_rows()]
-        return Status(
-            self_=me,
-            peers=peers,
-            drops=d.drops(),
-            counters=d.counters(),
-            lan_hosts=d.lan_host_rows(),
-            dns=d.dns_status(),
-        )
+        return self.d.status()
 
     async def ping(self, target: str, seq: int, timeout_s: float) -> PingReply:
         d = self.d

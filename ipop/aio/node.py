@@ -25,7 +25,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from ipop.aio.driver import DatagramSocket, Driver
 from ipop.dht.service import DhtConfig, DhtService
@@ -34,6 +34,7 @@ from ipop.link.endpoint import LinkConfig
 from ipop.node import NodeCore
 from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
 from ipop.overlay.node import Delivered, Joined, OverlayConfig, Roamed, Routable
+from ipop.tasks import TaskSet
 from ipop.types import Endpoint, NodeId, Path, SocketPath
 
 __all__ = ["Node", "OverlayPing"]
@@ -133,7 +134,7 @@ class Node:
         self.routable_at: float | None = None
         self.stats: Counter[str] = Counter()
         self._pings: dict[int, tuple[asyncio.Future[OverlayPing], float]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(self._task_failed)
         self._closed = False
         self._open_socket: OpenSocket | None = None
         self._punch_socks: dict[int, PunchSocket] = {}
@@ -242,7 +243,7 @@ class Node:
         )
         self.core.start(now=self.clock())
         self.driver.pump()
-        self._spawn(self._join_dht())
+        self._tasks.spawn(self._join_dht())
 
     def apply_crl(self, data: bytes) -> VerifiedCrl:
         """Install a revocation list handed over locally and spread it (see NodeCore)."""
@@ -255,9 +256,7 @@ class Node:
         if self._closed:
             return
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         for fut, _ in self._pings.values():
             fut.cancel()
         self._pings.clear()
@@ -272,11 +271,12 @@ class Node:
         for sock in socks.values():
             sock.close()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def _task_failed(self, exc: BaseException) -> None:
+        # Counted each time, logged the first time only: a failure that repeats must not
+        # flood the log.
+        self.stats["task_failed"] += 1
+        if self.stats["task_failed"] == 1:
+            log.error("event=task_failed error=%r", exc, exc_info=exc)
 
     async def _join_dht(self) -> None:
         # The DHT only needs routing to work, not the full near set: join as soon as the ring

@@ -94,6 +94,7 @@ from ipop.dht.wire import MAX_FIND_NODES, StoreAnswered
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.idcache import node_id_from_bytes
 from ipop.identity import NodeIdentity
+from ipop.tasks import TaskSet
 from ipop.timing import (
     DHT_CREATE_BACKOFF_S,
     DHT_CREATE_ROUNDS,
@@ -288,7 +289,7 @@ class DhtService:
         self.node_id = identity.node_id
         self.config = config or DhtConfig()
         self._rng = rng
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(self._task_failed, loop=self._loop)
         self._closed = False
         self._owned: dict[str, Record] = {}
         self._last_seq = 0
@@ -351,18 +352,11 @@ class DhtService:
         if self._closed:
             coro.close()
             raise LocalProtocolError("DhtService is closed")
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+        return self._tasks.spawn(coro)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            assert exc is not None
-            self.background_errors.append(exc)
-            log.error("dht background task failed", exc_info=exc)
+    def _task_failed(self, exc: BaseException) -> None:
+        self.background_errors.append(exc)
+        log.error("dht background task failed", exc_info=exc)
 
     async def _every(self, interval: float, job: Any) -> None:
         while True:
@@ -376,10 +370,7 @@ class DhtService:
             return
         self._closed = True
         self.protocol.shutdown()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()
         self.shim.close()
 
     # --- membership -----------------------------------------------------------------------------

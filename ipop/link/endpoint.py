@@ -1307,7 +1307,7 @@ class LinkEndpoint:
             st.last_tx = now
             st.observed = observed
             self.stats["link_up"] += 1
-            self._events.append(LinkUp(st.node_id, kp.cert, path, observed))
+            self._events.append(LinkUp(st.node_id, kp.cert, path, observed, st.rtt))
             self._probe_path(st, now)
             return
         if path == st.path:

@@ -10,7 +10,7 @@ the fakes of :mod:`ipop.testing` import them from here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ipop.identity import NodeCertificate
 from ipop.types import Endpoint, NodeId, Path
@@ -33,13 +33,15 @@ class LinkUp:
     """A session with ``peer`` (whose certificate is ``cert``) is established over ``path``.
 
     ``observed`` is the endpoint the peer saw our handshake come from (initiator side of a
-    direct path only; None otherwise).
+    direct path only; None otherwise). ``rtt_s``: the handshake's round trip (None: unknown),
+    the overlay's first estimate of the link's (``ipop.overlay.suspect``).
     """
 
     peer: NodeId
     cert: NodeCertificate
     path: Path
     observed: Endpoint | None
+    rtt_s: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

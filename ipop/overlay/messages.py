@@ -72,6 +72,15 @@ is the link's authenticated peer, so there is nothing to spoof)::
     |  0x06  |  kind  | payload (rest)            |
     +--------+--------+---------------------------+
 
+ALIVE (0x09): a liveness probe and its answer (:mod:`ipop.overlay.suspect`: a next hop we
+keep routing into without hearing back is asked; the answer is no larger than the question)::
+
+    +--------+--------+-------------+
+    |  0x09  | flags  | token (u16) |
+    +--------+--------+-------------+
+    flags: 0x01 REPLY_WANTED (the probe; the answer has no flag set and the probe's token,
+    which tells which probe it answers: a round-trip sample)
+
 CRL (0x08): revocation list gossip between linked peers (:mod:`ipop.revocation`; NodeCore
 takes these before the overlay, so :func:`decode_message` does not know the type; use
 :func:`decode_crl`)::
@@ -135,6 +144,7 @@ TYPE_NEIGHBOURS = 0x04
 TYPE_CLOSING = 0x05
 TYPE_DIRECT = 0x06
 TYPE_RELAY_REFUSED = 0x07
+TYPE_ALIVE = 0x09
 
 # --- routed header --------------------------------------------------------------------------
 FLAG_EXACT = 0x01
@@ -159,6 +169,7 @@ KIND_CTM_REPLY = 0x81
 
 MAX_TTL = 255
 NEIGHBOURS_FLAG_REPLY_WANTED = 0x01
+ALIVE_FLAG_REPLY_WANTED = 0x01
 # Bounds that keep any one message well under a 1,400-byte datagram.
 MAX_ENDPOINTS = 8
 MAX_NEIGHBOURS = 48
@@ -190,6 +201,14 @@ class Purpose(enum.IntEnum):
 def _need(data: bytes, n: int, what: str) -> None:
     if len(data) < n:
         raise RemoteProtocolError("truncated", f"{what}: need {n} bytes, have {len(data)}")
+
+
+def _reply_flag(data: bytes, flag: int) -> bool:
+    """Byte 1 as a flags byte whose only defined flag is ``flag`` (a reply wanted)."""
+    flags = data[1]
+    if flags & ~flag:
+        raise RemoteProtocolError("bad_flags", f"{flags:#x}")
+    return bool(flags & flag)
 
 
 def _node_id(data: bytes, off: int) -> NodeId:
@@ -405,11 +424,9 @@ class Neighbours:
     @classmethod
     def decode(cls, data: bytes) -> Neighbours:
         _need(data, 3, "neighbours")
-        flags = data[1]
-        if flags & ~NEIGHBOURS_FLAG_REPLY_WANTED:
-            raise RemoteProtocolError("bad_flags", f"{flags:#x}")
+        reply_wanted = _reply_flag(data, NEIGHBOURS_FLAG_REPLY_WANTED)
         ids, _ = _decode_ids(data, 2)
-        return cls(bool(flags & NEIGHBOURS_FLAG_REPLY_WANTED), ids)
+        return cls(reply_wanted, ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,7 +461,25 @@ class RelayRefused:
         return cls(_node_id(data, 1))
 
 
-OverlayMessage = Routed | RelayForward | RelayDeliver | Neighbours | Closing | RelayRefused
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """Type 0x09: "are you there?" (``reply_wanted``) or the answer: a probe of a next hop that
+    fell silent while we route into it (see :mod:`ipop.overlay.suspect`)."""
+
+    reply_wanted: bool
+    token: int
+
+    def encode(self) -> bytes:
+        flags = ALIVE_FLAG_REPLY_WANTED if self.reply_wanted else 0
+        return bytes([TYPE_ALIVE, flags]) + _U16.pack(self.token)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Alive:
+        _need(data, 4, "alive")
+        return cls(_reply_flag(data, ALIVE_FLAG_REPLY_WANTED), _U16.unpack_from(data, 2)[0])
+
+
+OverlayMessage = Routed | RelayForward | RelayDeliver | Neighbours | Closing | RelayRefused | Alive
 
 _DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
     TYPE_ROUTED: Routed.decode,
@@ -453,6 +488,7 @@ _DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
     TYPE_NEIGHBOURS: Neighbours.decode,
     TYPE_CLOSING: Closing.decode,
     TYPE_RELAY_REFUSED: RelayRefused.decode,
+    TYPE_ALIVE: Alive.decode,
 }
 
 

@@ -23,6 +23,13 @@ Brunet-style ring (DESIGN.md §5):
   than at the link layer's keepalive timeout. A peer that becomes near after a long silence
   (a far link: keepalives only) is suspect at once, so a run of dead nodes behind a dead
   neighbour is cleared at ``near_dead_s - near_suspect_s`` per node.
+- **Silent next hops** (:mod:`ipop.overlay.suspect`). A peer we route into without hearing
+  back is asked whether it is there (ALIVE) after one retransmission timeout of its own round
+  trip and again after two; after three it is *suspect* and routing takes any other hop that
+  makes progress, so a peer killed without a word costs routed traffic a fraction of a second,
+  not ``near_dead_s`` or the link timeout. A suspect that answers (or says anything) is used
+  again; one that stays silent is closed by the timers above. A peer we send nothing to is
+  never suspect.
 - **Detours.** An exact CTM for which no linked peer is closer to the target than we are (we
   hold only far links, or whoever told us about the target is not linked to us) leaves
   through the peer nearest the target with EXCLUDE_SRC, so no hop hands it back to us.
@@ -63,6 +70,8 @@ Brunet-style ring (DESIGN.md §5):
   else back the way the target's own last routed message came to us (a reverse-path hint: a
   node that has just joined sends requests before the ring around it has formed, and the
   answers must find it), else, at the message's source only, to our peer nearest the target.
+  A suspect next hop is skipped when another one is strictly closer than we are; it is used
+  anyway when none is, so suspicion never turns a route into a drop or a loop.
 - **Trimming** closes links with no reason left after a grace period (policies.py).
 
 Invariants:
@@ -111,6 +120,7 @@ from ipop.overlay.messages import (
     MAX_TTL,
     TYPE_DIRECT,
     UPPER_KIND_MAX,
+    Alive,
     Closing,
     ConnectToMe,
     ConnectToMeReply,
@@ -140,6 +150,7 @@ from ipop.overlay.ring import (
     ring_neighbours_sorted,
     sample_far_target,
 )
+from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
 from ipop.ratelimit import KeyedBuckets
 from ipop.types import RING, Endpoint, NodeId, Path, RelayPath, is_direct, ring_distance
@@ -275,6 +286,11 @@ class OverlayConfig:
     failed_backoff_s: float = timing.OVERLAY_FAILED_BACKOFF_S
     near_suspect_s: float = timing.OVERLAY_NEAR_SUSPECT_S
     near_dead_s: float = timing.OVERLAY_NEAR_DEAD_S
+    # Silent next hops (ipop.overlay.suspect): their retransmission timeout's floor, cap and
+    # value before any round trip was measured.
+    hop_rto_min_s: float = timing.OVERLAY_HOP_RTO_MIN_S
+    hop_rto_max_s: float = timing.OVERLAY_HOP_RTO_MAX_S
+    hop_rto_initial_s: float = timing.OVERLAY_HOP_RTO_INITIAL_S
     # What a CONNECT_TO_ME may make us send (see _on_ctm and timing.py).
     connect_back_max: int = timing.OVERLAY_CONNECT_BACK_MAX
     connect_back_timeout_s: float = timing.OVERLAY_CONNECT_BACK_TIMEOUT_S
@@ -306,6 +322,9 @@ class OverlayConfig:
             "failed_backoff_s",
             "near_suspect_s",
             "near_dead_s",
+            "hop_rto_min_s",
+            "hop_rto_max_s",
+            "hop_rto_initial_s",
             "connect_back_timeout_s",
             "connect_back_ip_refill_s",
             "ctm_refill_s",
@@ -319,6 +338,8 @@ class OverlayConfig:
                 raise ConfigError(f"overlay.{name}", "must be positive")
         if self.near_dead_s <= self.near_suspect_s:
             raise ConfigError("overlay.near_dead_s", "must exceed near_suspect_s")
+        if self.hop_rto_max_s < self.hop_rto_min_s:
+            raise ConfigError("overlay.hop_rto_max_s", "must not be below hop_rto_min_s")
         if len(self.local_endpoints) > MAX_ENDPOINTS:
             raise ConfigError("overlay.local_endpoints", f"more than {MAX_ENDPOINTS}")
 
@@ -640,6 +661,12 @@ class OverlayNode:
         self._relay_stamp = 0
         # Peer -> when we last got an overlay message from it (or it became near / linked).
         self._heard: dict[NodeId, float] = {}
+        # Next hops we route into without hearing back (ipop.overlay.suspect).
+        self._silent_hops = SilentHops(
+            rto_min_s=config.hop_rto_min_s,
+            rto_max_s=config.hop_rto_max_s,
+            rto_initial_s=config.hop_rto_initial_s,
+        )
         self._seen_ttl = 3 * config.gossip_interval_s
         self._near_check_due = False
         self._started = False
@@ -665,6 +692,7 @@ class OverlayNode:
             Neighbours: self._on_neighbours,  # type: ignore[dict-item]
             Closing: self._on_closing,  # type: ignore[dict-item]
             RelayRefused: self._on_relay_refused,  # type: ignore[dict-item]
+            Alive: self._on_alive,  # type: ignore[dict-item]
         }
         self._control_handlers: dict[int, Callable[[Routed, float], None]] = {
             KIND_CTM: self._on_ctm,
@@ -816,13 +844,20 @@ class OverlayNode:
         handler(ev, now)
 
     def handle_timer(self, *, now: float) -> None:
+        for peer, token in self._silent_hops.due(now):
+            self.stats["hop_probed"] += 1
+            self._send(peer, Alive(True, token).encode(), now)
         if self._next_tick is None or now < self._next_tick:
             return
         self._next_tick = now + self.config.tick_s * self._rng.uniform(0.9, 1.1)
         self._tick(now)
 
     def get_timer(self) -> float | None:
-        return self._next_tick
+        probe = self._silent_hops.next_due()
+        tick = self._next_tick
+        if probe is None or (tick is not None and tick <= probe):
+            return tick
+        return probe
 
     def has_events(self) -> bool:
         return bool(self._events)
@@ -905,6 +940,8 @@ class OverlayNode:
             return
         self._origin.learn(ev.cert)  # the handshake verified it: its routed messages check
         self._proven.add(peer)
+        if ev.rtt_s is not None:
+            self._silent_hops.measured(peer, ev.rtt_s)
         if ev.observed is not None:
             self._note_observed(ev.observed, now)
             self._observed_by[peer] = ev.observed
@@ -956,6 +993,7 @@ class OverlayNode:
 
     def _on_observed(self, ev: ObservedEndpoint, now: float) -> None:
         by = ev.by
+        self._hop_heard(by, now)  # from an authenticated answer of its (Resp, echo ack)
         before = self._observed_by.get(by) if by in self._table else None
         self._note_observed(ev.endpoint, now)
         if by in self._table:
@@ -980,6 +1018,7 @@ class OverlayNode:
         self._heard[ev.peer] = now
         data = ev.payload
         if data[:1] == _DIRECT_TAG:  # the data plane's common case: no dataclass decode
+            self._hop_heard(ev.peer, now)
             if len(data) < 2 or not 1 <= data[1] <= UPPER_KIND_MAX:
                 self.drops["direct_bad_kind"] += 1
                 return
@@ -990,6 +1029,12 @@ class OverlayNode:
             self._message_handlers[type(msg)](msg, ev.peer, now)
         except RemoteProtocolError as exc:
             self.drops[exc.reason] += 1
+        # After the handler: an ALIVE answer is a round-trip sample first (see _on_alive).
+        self._hop_heard(ev.peer, now)
+
+    def _hop_heard(self, peer: NodeId, now: float) -> None:
+        if self._silent_hops.heard(peer, now):
+            self.stats["hop_suspect_cleared"] += 1
 
     # --- overlay messages -------------------------------------------------------------------
 
@@ -1098,6 +1143,13 @@ class OverlayNode:
         self._forget(msg.target, now)
         self._links.close(msg.target, now=now)
 
+    def _on_alive(self, msg: Alive, peer: NodeId, now: float) -> None:
+        if msg.reply_wanted:
+            # No larger than the probe, to an authenticated peer: nothing to bound.
+            self._send(peer, Alive(False, msg.token).encode(), now)
+        else:
+            self._silent_hops.answered(peer, msg.token, now)
+
     def _on_closing(self, msg: Closing, peer: NodeId, now: float) -> None:
         if self._forget(peer, now):
             self._links.close(peer, now=now)
@@ -1114,7 +1166,7 @@ class OverlayNode:
             target, exact = msg.dst, msg.exact
             if msg.flags & FLAG_EXCLUDE_SRC:
                 exclude = msg.src
-        hop = self._next_hop(target, exact=exact, exclude=exclude)
+        hop = self._next_hop(target, now, exact=exact, exclude=exclude)
         hops_so_far = msg.hops + 1 if received else 0
         if hop is None and exact and target != self.local_id:
             # A local minimum for an exact destination: the ring around ``target`` is still
@@ -1133,7 +1185,7 @@ class OverlayNode:
                 # are: a node that joined a moment ago holds one or two links, and the node
                 # that told it about the target (a DHT contact, say) is usually one of them
                 # and linked to it. Only the source detours (see _detour_hop).
-                hop = self._detour_hop(target)
+                hop = self._detour_hop(target, now)
                 if hop is not None:
                     self.stats["routed_source_detour"] += 1
                     if msg.via is None:
@@ -1165,15 +1217,44 @@ class OverlayNode:
             msg.sig,
             msg.cert,
         )
-        return self._send(hop, fwd.encode(), now)
+        return self._send_routed(hop, fwd.encode(), now)
+
+    def _send_routed(self, hop: NodeId, data: bytes, now: float) -> bool:
+        """Send a routed message into ``hop``; a hop that stays silent becomes suspect."""
+        if not self._send(hop, data, now):
+            return False
+        self._silent_hops.sent(hop, now)
+        return True
 
     def _next_hop(
-        self, target: NodeId, *, exact: bool, exclude: NodeId | None = None
+        self, target: NodeId, now: float, *, exact: bool, exclude: NodeId | None = None
     ) -> NodeId | None:
-        v = next_hop_sorted(self.local_id, target, self._table.ring(), exact=exact, exclude=exclude)
-        return None if v is None else self._table.peer_of(v)
+        """Greedy next hop; a suspect one (ipop.overlay.suspect) only if no other makes
+        progress: suspicion may lengthen a route, never drop a message or loop it (every hop
+        is still strictly closer to the target)."""
+        table = self._table
+        v = next_hop_sorted(self.local_id, target, table.ring(), exact=exact, exclude=exclude)
+        if v is None:
+            return None
+        hop = table.peer_of(v)
+        silent = self._silent_hops
+        if not len(silent) or not silent.suspect(hop, now):
+            return hop
+        alt = next_hop_sorted(
+            self.local_id,
+            target,
+            table.ring(),
+            exact=exact,
+            exclude=exclude,
+            avoid=lambda x: silent.suspect(table.peer_of(x), now),
+        )
+        if alt is None:
+            self.stats["routed_via_suspect"] += 1
+            return hop
+        self.stats["routed_around_suspect"] += 1
+        return table.peer_of(alt)
 
-    def _detour_hop(self, target: NodeId) -> NodeId | None:
+    def _detour_hop(self, target: NodeId, now: float) -> NodeId | None:
         """Our peer nearest ``target`` although we are nearer: the first hop of a detour.
 
         For our own exact message when no peer is closer to the target than we are. The
@@ -1181,7 +1262,7 @@ class OverlayNode:
         would: we are nearer the target than that peer); the nodes around the target hold
         links to it.
         """
-        return self._next_hop(target, exact=False, exclude=self.local_id)
+        return self._next_hop(target, now, exact=False, exclude=self.local_id)
 
     def _hinted_hop(
         self, hint: tuple[NodeId, float] | None, now: float, stat: str
@@ -1235,16 +1316,16 @@ class OverlayNode:
             via = None
         detour = False
         if via is not None:
-            hop = self._next_hop(via, exact=True)
+            hop = self._next_hop(via, now, exact=True)
         else:
             exclude = None if exact else self.local_id
-            hop = self._next_hop(target, exact=exact, exclude=exclude)
+            hop = self._next_hop(target, now, exact=exact, exclude=exclude)
             if hop is None and exact and target != self.local_id:
                 # Whoever told us about ``target`` is not linked to us (a joiner whose only
                 # links are its bootstraps, a node whose near peers all died). Without the
                 # detour such a node never reaches the neighbours it hears of, and stays off
                 # the ring for good.
-                hop = self._detour_hop(target)
+                hop = self._detour_hop(target, now)
                 detour = hop is not None
         if hop is None:
             self.stats["ctm_no_route"] += 1
@@ -1261,7 +1342,7 @@ class OverlayNode:
         if via is not None:
             flags |= FLAG_VIA
         msg = self._origin.routed(flags, self.config.ttl, KIND_CTM, target, via, body, now=now)
-        if not self._send(hop, msg.encode(), now):
+        if not self._send_routed(hop, msg.encode(), now):
             return False
         self._requests[token] = _Request(purpose, target, now + self.config.ctm_timeout_s)
         self.stats[f"ctm_sent_{purpose.name.lower()}"] += 1
@@ -1950,6 +2031,7 @@ class OverlayNode:
         for p, t in self._heard.items():
             if t < suspect:
                 self._heard[p] = suspect
+        self._silent_hops.restart()  # the silence was ours
         self._roam("woke", now)
 
     def _roam(self, reason: str, now: float) -> None:
@@ -2059,6 +2141,7 @@ class OverlayNode:
         for c in self._seen.told_by(peer):
             self._seen.discard(c)
         self._heard.pop(peer, None)
+        self._silent_hops.forget(peer)
         self._observed_by.pop(peer, None)
         for kind in row.kinds:
             self._events.append(ConnectionRemoved(peer, kind))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ipop.types import RING, NodeId, clockwise, ring_distance
 
@@ -83,6 +83,7 @@ def next_hop_sorted(
     *,
     exact: bool,
     exclude: NodeId | None = None,
+    avoid: Callable[[int], bool] | None = None,
 ) -> int | None:
     """:func:`next_hop` over ``ring``, the neighbours' id values sorted ascending (O(log n)).
 
@@ -91,6 +92,10 @@ def next_hop_sorted(
     successor or its nearest predecessor, and :func:`route_key` breaks the tie between the
     two. ``local`` and ``exclude`` are skipped, so at most two more entries per side are read.
     Returns exactly what :func:`next_hop` returns for the same set (tested against it).
+
+    ``avoid``: neighbours (values) for which it is true count as absent too (suspect next hops,
+    :mod:`ipop.overlay.suspect`); each side then reads every avoided entry in its way, O(links)
+    at worst, and the caller asks only when the plain answer was an avoided one.
     """
     n = len(ring)
     if not n:
@@ -103,10 +108,11 @@ def next_hop_sorted(
     best_key: tuple[int, int] | None = None
     if lv != xv:
         best_key = route_key(local, dst)
+    reach = min(n, 3) if avoid is None else n
     # Successor side: the first entries at or after ``dst`` (wrapping), skipping local/exclude.
-    for k in range(min(n, 3)):
+    for k in range(reach):
         v = ring[(i + k) % n]
-        if v in (lv, xv):
+        if v in (lv, xv) or (avoid is not None and avoid(v)):
             continue
         if exact and v == d:
             return v
@@ -115,9 +121,9 @@ def next_hop_sorted(
             best, best_key = v, key
         break
     # Predecessor side: the last entries before ``dst`` (wrapping).
-    for k in range(1, min(n, 3) + 1):
+    for k in range(1, reach + 1):
         v = ring[(i - k) % n]
-        if v in (lv, xv):
+        if v in (lv, xv) or (avoid is not None and avoid(v)):
             continue
         key = _key(v, d)
         if best_key is None or key < best_key:

@@ -22,6 +22,7 @@ class FakeDht:
     def __init__(self, node_id: NodeId) -> None:
         self._node_id = node_id
         self.calls: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()  # what status reads of the real one (none here)
         self.records: dict[str, tuple[NodeId, bytes]] = {}
         self.gate = asyncio.Event()
         self.gate.set()

@@ -4,7 +4,8 @@
 gets a :class:`FakeLinks` with the methods the overlay uses (``ipop.overlay.node.Links``) and
 the driver-facing ones of the real endpoint (``next_event``, ``datagrams_to_send``,
 ``receive_datagram``), and emits the real event classes of :mod:`ipop.link.endpoint`.
-No crypto, no loss: links come up or fail by policy, after latency.
+No crypto, no loss by default: links come up or fail by policy, after latency;
+``pair_model(src, dst)``, when set, gives a direct datagram's (latency, loss probability).
 
 Reachability (direct paths), a small model of NAT behaviour:
 
@@ -156,6 +157,9 @@ class FakeLinks:
         link = self._world._link(self.local_id, peer)
         if link is None or not link.up.get(self.local_id):
             raise LocalProtocolError(f"no session with {peer!r}")
+        # As the real driver pumps after every send: the overlay's timer may have moved
+        # earlier (a probe of a silent next hop, ipop.overlay.suspect).
+        self._world._dirty.add(self.local_id)
         if link.via is None:
             self._world._deliver_direct(link, self.local_id, payload)
         else:
@@ -222,6 +226,8 @@ class FakeLinkWorld:
         self.now = start
         # Return False to forbid a direct link between two nodes (in either direction).
         self.pair_policy: Callable[[NodeId, NodeId], bool] | None = None
+        # (latency_s, loss) of a direct datagram from src to dst; None: latency_s, no loss.
+        self.pair_model: Callable[[NodeId, NodeId], tuple[float, float]] | None = None
         self.hosts: dict[NodeId, _Host] = {}
         self._by_endpoint: dict[Endpoint, NodeId] = {}
         self._links: dict[frozenset[NodeId], _Link] = {}
@@ -504,13 +510,18 @@ class FakeLinkWorld:
     def _deliver_direct(self, link: _Link, src: NodeId, payload: bytes) -> None:
         dst = link.other(src)
         path = link.paths[dst]
+        latency = self.latency_s
+        if self.pair_model is not None:
+            latency, loss = self.pair_model(src, dst)
+            if loss and self.rng.random() < loss:
+                return
 
         def fire() -> None:
             current = self._links.get(frozenset((src, dst))) is link
             if current and link.up.get(dst) and self.hosts[dst].alive:
                 self.hosts[dst].links._push(LinkMessage(src, payload, path))
 
-        self.schedule(self.now + self.latency_s, fire)
+        self.schedule(self.now + latency, fire)
 
     def _close(self, a: NodeId, b: NodeId) -> None:
         link = self._link(a, b)

@@ -69,6 +69,11 @@ def test_soak_small_reports_sweeps_and_churn(tmp_path: Path) -> None:
     # the paused and bootstrap nodes are left out of the sweeps while not live
     assert sweeps[1]["live"] < sweeps[0]["live"]
     assert len(result["restarts"]) == 2
+    # cold start: every daemon but the prober (the first bootstrap), the router included, was
+    # reached by name from the prober, some seconds after its own start
+    cold = result["cold_start"]
+    assert cold["daemons"] == len(cold["pingable_s"]) == 6, cold
+    assert all(v is not None and v >= 0 for v in cold["pingable_s"].values()), cold
     assert isinstance(result["vips_kept"], bool)
     assert "rss_growth" in result and result["daemons"]
     assert all(d["rss_kb_last"] > 0 for d in result["daemons"])

@@ -43,3 +43,9 @@ def test_a_neighbours_pull_costs_about_what_it_carries() -> None:
     r = measure(_row("NEIGHBOURS"))
     assert r.third_party_bytes == 0
     assert r.caused_bytes <= 3 * r.message_bytes
+
+
+def test_an_alive_probe_is_answered_by_no_more_than_itself() -> None:
+    r = measure(_row("ALIVE"))
+    assert r.third_party_bytes == 0
+    assert r.caused_bytes <= r.message_bytes

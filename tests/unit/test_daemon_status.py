@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections import Counter
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,9 +19,13 @@ from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.dht.record import ip_key, name_key
 from ipop.journal import Journal
 from ipop.link.events import LinkInfo
+from ipop.node import NodeSnapshot
+from ipop.overlay.node import OverlaySnapshot
+from ipop.status import PeerStatus
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.fake_dht import FakeDht
 from ipop.testing.identities import make_bundle
+from ipop.testing.snapshots import link_info
 from ipop.types import Endpoint, NodeId, RelayPath
 
 SUBNET = IPv4Network("100.64.0.0/10")
@@ -41,24 +46,8 @@ def _daemon(tmp_path: Path) -> Daemon:
 
 
 def _info(peer: NodeId, hostname: str | None, rtt_s: float | None, at: float) -> LinkInfo:
-    return LinkInfo(
-        peer=peer,
-        name=hostname or "x",
-        hostname=hostname,
-        path=Endpoint("203.0.113.20", 5800),
-        established_at=at,
-        last_rx=at,
-        last_tx=at,
-        bytes_in=0,
-        bytes_out=0,
-        packets_in=0,
-        packets_out=0,
-        cipher="chacha20poly1305",
-        observed=None,
-        keys_established_at=at,
-        rekeys=0,
-        rtt_s=rtt_s,
-    )
+    path = Endpoint("203.0.113.20", 5800)
+    return link_info(peer, path, at=at, name=hostname or "x", hostname=hostname, rtt_s=rtt_s)
 
 
 def _wire(
@@ -71,12 +60,23 @@ def _wire(
 ) -> None:
     core = SimpleNamespace(
         link=SimpleNamespace(peers=lambda: infos),
-        overlay=SimpleNamespace(snapshot=lambda: SimpleNamespace(connections=())),
-        shortcut_peers=lambda: dict(shortcuts or {}),
+        overlay=SimpleNamespace(),
+        snapshot=lambda: NodeSnapshot(
+            node_id=NodeId(1),
+            overlay=OverlaySnapshot(NodeId(1), False, 1.0, (), ()),
+            links=tuple(infos),
+            shortcuts=dict(shortcuts or {}),
+        ),
     )
     node: Any = SimpleNamespace(core=core, dht=dht, node_id=NodeId(1))
-    plane: Any = SimpleNamespace(known_owners=lambda: dict(owners or {}))
+    plane: Any = SimpleNamespace(
+        known_owners=lambda: dict(owners or {}), drops=Counter(), counters=Counter()
+    )
     d.node, d.dataplane = node, plane
+
+
+def _peers(d: Daemon) -> dict[str, PeerStatus]:
+    return {p.node_id: p for p in d.status().peers}
 
 
 def test_rtt_of_every_linked_peer_comes_from_its_handshake_or_a_newer_ping(
@@ -84,14 +84,14 @@ def test_rtt_of_every_linked_peer_comes_from_its_handshake_or_a_newer_ping(
 ) -> None:
     d = _daemon(tmp_path)
     _wire(d, [_info(BOB, "bob", 0.012, at=100.0), _info(CAROL, None, None, at=100.0)], FakeDht(1))
-    rows = {r["node_id"]: r for r in d.peer_rows()}
-    assert rows[BOB.hex()]["rtt_ms"] == 12.0
-    assert rows[CAROL.hex()]["rtt_ms"] is None  # no handshake measured yet
+    rows = _peers(d)
+    assert rows[BOB.hex()].rtt_ms == 12.0
+    assert rows[CAROL.hex()].rtt_ms is None  # no handshake measured yet
     d.rtts[BOB] = (0.003, 200.0)  # an overlay ping after the handshake
     d.rtts[CAROL] = (0.004, 50.0)
-    rows = {r["node_id"]: r for r in d.peer_rows()}
-    assert rows[BOB.hex()]["rtt_ms"] == 3.0
-    assert rows[CAROL.hex()]["rtt_ms"] == 4.0
+    rows = _peers(d)
+    assert rows[BOB.hex()].rtt_ms == 3.0
+    assert rows[CAROL.hex()].rtt_ms == 4.0
 
 
 def test_vip_of_a_linked_peer_is_learned_from_its_hostname(tmp_path: Path) -> None:
@@ -104,9 +104,9 @@ def test_vip_of_a_linked_peer_is_learned_from_its_hostname(tmp_path: Path) -> No
     infos = [_info(BOB, "bob", 0.01, at=1.0), _info(CAROL, "carol", 0.01, at=1.0)]
     _wire(d, infos, dht)
     assert asyncio.run(d.learn_peer_vips(now=0.0)) == 1
-    rows = {r["node_id"]: r for r in d.peer_rows()}
-    assert rows[BOB.hex()]["vip"] == str(BOB_VIP)
-    assert rows[CAROL.hex()]["vip"] is None
+    rows = _peers(d)
+    assert rows[BOB.hex()].vip == str(BOB_VIP)
+    assert rows[CAROL.hex()].vip is None
     infos.pop(0)  # bob's link went: forgotten
     asyncio.run(d.learn_peer_vips(now=1.0))
     assert BOB not in d.peer_vips
@@ -174,7 +174,7 @@ def test_a_shortcut_that_stopped_forming_is_not_said_to_form(tmp_path: Path) -> 
     now = time.time()
     owners = {BOB: IPv4Address("100.64.0.8").packed, CAROL: BOB_VIP.packed}
     _wire(d, [], FakeDht(NodeId(1)), owners=owners, shortcuts={BOB: now, CAROL: now - 60})
-    why = {r["node_id"]: r["why"] for r in d.peer_rows()}
+    why = {node_id: p.why for node_id, p in _peers(d).items()}
     assert why[BOB.hex()] == "no link yet: routed over the ring while a shortcut forms"
     assert why[CAROL.hex()].startswith("no link: routed over the ring (no traffic for 6")
 
@@ -185,7 +185,7 @@ def test_a_direct_link_gone_quiet_says_so_before_it_times_out(tmp_path: Path) ->
     _wire(
         d, [_info(BOB, "bob", 0.01, at=now - 30), _info(CAROL, None, 0.01, at=now - 1)], FakeDht(1)
     )
-    why = {r["node_id"]: r["why"] for r in d.peer_rows()}
+    why = {node_id: p.why for node_id, p in _peers(d).items()}
     assert why[CAROL.hex()] is None
     assert why[BOB.hex()].startswith("nothing heard for 30 s")
     assert "the link closes after 50 s of silence" in why[BOB.hex()]

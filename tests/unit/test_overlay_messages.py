@@ -16,6 +16,7 @@ from ipop.overlay.messages import (
     FLAG_VIA,
     KIND_CTM,
     KIND_IP,
+    Alive,
     Closing,
     ConnectToMe,
     ConnectToMeReply,
@@ -65,6 +66,7 @@ messages = st.one_of(
     st.builds(RelayDeliver, ids, st.binary(min_size=1, max_size=64)),
     st.builds(Neighbours, st.booleans(), st.lists(ids, max_size=10).map(tuple)),
     st.just(Closing()),
+    st.builds(Alive, st.booleans(), st.integers(0, 0xFFFF)),
 )
 
 
@@ -99,6 +101,11 @@ def test_ctm_reply_round_trip(rep: ConnectToMeReply) -> None:
     assert ConnectToMeReply.decode(rep.encode()) == rep
 
 
+def test_alive_byte_layout() -> None:
+    assert Alive(True, 0x0102).encode() == b"\x09\x01\x01\x02"
+    assert Alive(False, 7).encode() == b"\x09\x00\x00\x07"
+
+
 def test_routed_byte_layout() -> None:
     src, dst = NodeId(1), NodeId(2)
     sig = bytes(range(64))
@@ -131,6 +138,8 @@ def test_routed_byte_layout() -> None:
         (bytes([4, 0, 49]) + bytes(49 * 20), "too_many_ids"),
         (bytes([4, 0, 2]) + bytes(20), "truncated"),
         (bytes([2]) + bytes(20), "truncated"),
+        (bytes([9, 1, 0]), "truncated"),
+        (bytes([9, 2, 0, 0]), "bad_flags"),
     ],
 )
 def test_refusals_name_their_reason(data: bytes, reason: str) -> None:

@@ -51,6 +51,7 @@ from ipop.node import NodeCore
 from ipop.overlay.messages import (
     KIND_BIRTHDAY,
     KIND_PING,
+    Alive,
     Closing,
     Neighbours,
     Purpose,
@@ -218,6 +219,10 @@ def _neighbours_pull(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
     a.link.send(v.local_id, Neighbours(True, ()).encode(), now=wire.now)
 
 
+def _alive_probe(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
+    a.link.send(v.local_id, Alive(True, 7).encode(), now=wire.now)
+
+
 def _relay_forward(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
     a.link.send(v.local_id, RelayForward(m.local_id, bytes(64)).encode(), now=wire.now)
 
@@ -288,6 +293,7 @@ ROWS: tuple[Row, ...] = (
         largest=True,
     ),
     Row("NEIGHBOURS reply_wanted", _neighbours_pull, True, "per peer: 4 answers, then 1 per 0.5 s"),
+    Row("ALIVE probe", _alive_probe, True, "1:1, the answer is the probe's size"),
     Row("RELAY_FORWARD (64 B)", _relay_forward, True, "1:1, to a linked member"),
     Row("RELAY_DELIVER (an Init)", _relay_deliver, True, "the link layer's Init handling"),
     Row("CLOSING", _closing, True, "one re-link; 58 CLOSINGs in 30 s caused 1.3 KB (<1x)"),

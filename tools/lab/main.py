@@ -317,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bootstraps-stop-at", type=float, default=0.5, help="fraction of the run (0..1)"
     )
+    p.add_argument(
+        "--start-gap",
+        type=float,
+        default=0.0,
+        help="seconds between daemon starts at cold start (0: all at once)",
+    )
     p.set_defaults(func=cmd_soak)
 
     register_extra_commands(sub, common)
@@ -345,6 +351,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
         recovery_s=args.recovery_s,
         workers=args.workers,
         bootstraps_stop_at=args.bootstraps_stop_at,
+        start_gap_s=args.start_gap,
     )
     return main_soak(_topology(args), plan, as_json=args.json)
 

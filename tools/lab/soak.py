@@ -107,6 +107,37 @@ for t in ts: t.join()
 print(json.dumps(out))
 """
 
+# Run in the first bootstrap's namespace while the lab cold-starts: argv[1] a JSON list of
+# names, argv[2] seconds to keep trying, argv[3] names probed at once. Round after round, each
+# name not yet answered is resolved and pinged once (ping -W 1); prints {name: the wall-clock
+# time of its first answer, or null} as JSON.
+COLD_PY = r"""
+import json, socket, subprocess, sys, threading, time
+names, until = json.loads(sys.argv[1]), time.time() + float(sys.argv[2])
+gate = threading.Semaphore(int(sys.argv[3]))
+first = dict.fromkeys(names)
+def one(name):
+    with gate:
+        try:
+            socket.getaddrinfo(name, None, socket.AF_INET)
+        except OSError:
+            return
+        r = subprocess.run(["ping", "-n", "-c", "1", "-W", "1", name],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if r.returncode == 0:
+            first[name] = time.time()
+while time.time() < until and any(v is None for v in first.values()):
+    ts = [threading.Thread(target=one, args=(n,)) for n, v in first.items() if v is None]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    time.sleep(0.2)
+print(json.dumps(first))
+"""
+# The resolver's bound while names are cold: one quick try per round, the rounds retry.
+COLD_RES_OPTIONS = "timeout:1 attempts:1"
+COLD_CONCURRENCY = 8
+COLD_PROBE_S = 60.0
+
 # Run in a NAT router's namespace: flush its IPv4 conntrack table over netlink (the message
 # `conntrack -F` sends: IPCTNL_MSG_CT_DELETE without attributes), exit 0 on the kernel's ack.
 FLUSH_CONNTRACK_PY = r"""
@@ -128,6 +159,10 @@ class SoakPlan:
     recovery_s: float = 5.0
     workers: int = 6
     bootstraps_stop_at: float = 0.5  # fraction of the run: the first round from then on
+    # Seconds between daemon starts at cold start. With 0 all start at once, and on a 2-core
+    # machine the daemons' own start-up CPU (imports, keys: ~0.8 CPU s each) then dominates
+    # how soon each is reachable; a gap measures the protocol's cold start instead.
+    start_gap_s: float = 0.0
 
 
 def _say(msg: str) -> None:
@@ -460,8 +495,13 @@ def run_soak(
             net = IpopNet(lab)
             net.prepare()
             started = time.monotonic()
-            net.start_all()
-            net.wait_all_ready(lab.hosts, timeout_s=READY_TIMEOUT_S + len(lab.hosts))
+            with ThreadPoolExecutor(max_workers=1) as cold:
+                probed = cold.submit(_cold_probe, lab)
+                started_at = _start_all(net, plan.start_gap_s)
+                net.wait_all_ready(
+                    lab.hosts, timeout_s=READY_TIMEOUT_S + len(lab.hosts) * (1 + plan.start_gap_s)
+                )
+                result["cold_start"] = _cold_summary(probed.result(), started_at)
             for p in lab.plain_hosts:
                 net.start_plain(p)
             for p in lab.plain_hosts:
@@ -504,6 +544,50 @@ def run_soak(
     return result
 
 
+def _start_all(net: IpopNet, gap_s: float) -> dict[str, float]:
+    """Start every daemon, the bootstraps first (as IpopNet.start_all), ``gap_s`` apart;
+    host -> wall-clock time its daemon was started."""
+    at: dict[str, float] = {}
+    for i, h in enumerate(sorted(net.lab.hosts, key=lambda h: not h.is_bootstrap)):
+        if i and gap_s > 0:
+            time.sleep(gap_s)  # pacing the starts, not waiting for anything
+        at[h.name] = time.time()
+        net.start(h)
+    return at
+
+
+def _cold_probe(lab: Lab) -> dict[str, float | None]:
+    """From the first bootstrap, every other daemon by name (a router's too) until each
+    answers a ping: name -> wall-clock time of its first answer (None: not within
+    COLD_PROBE_S). The prober itself is not measured: it is what the others are reached from."""
+    prober = lab.bootstraps[0]
+    names = [target_name(h) for h in lab.hosts if h.name != prober.name]
+    argv = [sys.executable, "-c", COLD_PY, json.dumps(names), str(COLD_PROBE_S)]
+    try:
+        res = lab.exec(
+            prober,
+            ["env", f"RES_OPTIONS={COLD_RES_OPTIONS}", *argv, str(COLD_CONCURRENCY)],
+            timeout=COLD_PROBE_S + 30,
+        )
+        got: dict[str, float | None] = json.loads(res.stdout)
+    except Exception:  # a probe that cannot run measures nothing: every name unanswered
+        got = dict.fromkeys(names)
+    return {n.split(".")[0]: t for n, t in got.items()}
+
+
+def _cold_summary(first: dict[str, float | None], started_at: dict[str, float]) -> dict[str, Any]:
+    """Seconds from each daemon's own start to its first answer by name from the prober."""
+    after = {h: (round(t - started_at[h], 2) if t is not None else None) for h, t in first.items()}
+    got = [v for v in after.values() if v is not None]
+    return {
+        "pingable_s": after,
+        "p50": _percentile(got, 0.5),
+        "max": max(got) if got else None,
+        "within_5s": sum(1 for v in got if v <= 5.0),
+        "daemons": len(after),
+    }
+
+
 def _plan_dict(plan: SoakPlan) -> dict[str, Any]:
     return {k: getattr(plan, k) for k in SoakPlan.__slots__}
 
@@ -543,6 +627,12 @@ def format_report(result: dict[str, Any]) -> str:
         rec = f.get("recover_s", "-")
         lines.append(f"{f['t_s']:>7.1f} {f['kind']:<18} {f['host']:<12} recover_s {rec}")
     lines.append("")
+    cold = result.get("cold_start")
+    if cold:
+        lines.append(
+            f"cold start: {cold['within_5s']}/{cold['daemons']} daemons pingable by name within"
+            f" 5 s of their own start (p50 {cold['p50']} s, max {cold['max']} s)"
+        )
     lines.append(f"vips_kept={result['vips_kept']} rss_growth={result['rss_growth']}")
     cpu = [d["cpu_pct"] for d in result["daemons"] if d["cpu_pct"] is not None]
     if cpu:

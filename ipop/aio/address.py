@@ -1,0 +1,118 @@
+"""The node's own virtual address in the DHT: :class:`AddressKeeper`.
+
+It owns the state file that keeps the address across restarts (``state.json`` in the state
+directory: ``{"vip": ..., "network": ...}``), the claim (the saved address first, retried
+every :data:`ALLOC_RETRY_S` while the DHT converges), the lease that renews the address record,
+and the names that point at it: the c-name, always, and the certificate's hostname when the
+DHT gives it to us, with its own lease. Stopping lets the records lapse: a restart within the
+lease gets the same address and names back.
+
+What the address is used for (the data plane's own IP, ARP, the TAP, DHCP) stays with the
+daemon, which configures those between :meth:`AddressKeeper.claim` and
+:meth:`AddressKeeper.name`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from ipop.dht.alloc import DhtLease, DhtLike, IpLease, allocate_ip
+from ipop.dht.names import c_name, register_name
+from ipop.dht.record import name_key
+
+__all__ = ["ALLOC_RETRY_S", "AddressKeeper"]
+
+log = logging.getLogger("ipopd")
+
+ALLOC_RETRY_S = 2.0
+
+
+class AddressKeeper:
+    """One virtual address of ``network`` held through ``dht``; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        network: str,
+        subnet: IPv4Network,
+        suffix: str,
+        lease_s: float,
+        rng: random.Random,
+    ) -> None:
+        self.state_file = state_dir / "state.json"
+        self.network = network
+        self.subnet = subnet
+        self.suffix = suffix
+        self.lease_s = lease_s
+        self.rng = rng
+        self.lease: IpLease | None = None
+        self.name_lease: DhtLease | None = None
+        self.names: list[str] = []
+
+    def saved(self) -> IPv4Address | None:
+        """The address the state file keeps, if it is one of our subnet."""
+        try:
+            data = json.loads(self.state_file.read_text())
+            addr = IPv4Address(data["vip"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return addr if addr in self.subnet else None
+
+    def save(self, vip: IPv4Address) -> None:
+        path = self.state_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"vip": str(vip), "network": self.network}) + "\n")
+        os.replace(tmp, path)
+
+    async def claim(self, dht: DhtLike) -> IPv4Address:
+        """Claim an address (the saved one first) until the DHT grants one; save it and keep
+        it with a lease."""
+        preferred = self.saved()
+        while True:
+            try:
+                vip = await allocate_ip(
+                    dht,
+                    self.subnet,
+                    network=self.network,
+                    rng=self.rng,
+                    preferred=preferred,
+                    ttl=self.lease_s,
+                )
+                break
+            except Exception as exc:  # the DHT may still be converging: try again
+                log.warning("event=alloc_retry error=%s", exc)
+                await asyncio.sleep(ALLOC_RETRY_S)
+        self.save(vip)
+        self.lease = IpLease(dht, self.network, vip, ttl=self.lease_s)
+        self.lease.start()
+        return vip
+
+    async def name(self, dht: DhtLike, vip: IPv4Address, hostname: str | None) -> list[str]:
+        """The names that resolve to ``vip``: its c-name, and ``hostname`` if the DHT grants
+        it (then kept with a lease; a name another node holds is logged and left out)."""
+        names = [f"{c_name(vip)}.{self.suffix}"]
+        if hostname:
+            if await register_name(dht, self.network, hostname, vip, ttl=self.lease_s):
+                names.append(f"{hostname}.{self.suffix}")
+                self.name_lease = DhtLease(
+                    dht, name_key(self.network, hostname), value=vip.packed, ttl=self.lease_s
+                )
+                self.name_lease.start()
+            else:
+                log.warning("event=name_taken hostname=%s", hostname)
+        self.names = names
+        return list(names)
+
+    async def stop(self) -> None:
+        """Stop renewing; the records lapse at their expiry."""
+        for lease in (self.lease, self.name_lease):
+            if lease is not None:
+                await lease.stop()

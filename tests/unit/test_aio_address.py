@@ -1,0 +1,99 @@
+"""ipop.aio.address.AddressKeeper over a FakeDht in virtual time: the saved address first, a
+retried claim, the state file, the lease, the names."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from ipop.aio.address import ALLOC_RETRY_S, AddressKeeper
+from ipop.dht.names import c_name
+from ipop.dht.record import ip_key, name_key
+from ipop.testing.clock import SIM_EPOCH, run_virtual
+from ipop.testing.fake_dht import FakeDht
+from ipop.types import NodeId
+
+SUBNET = IPv4Network("100.64.0.0/10")
+SAVED = IPv4Address("100.64.3.7")
+ME, OTHER = NodeId(1), NodeId(2)
+
+
+def _keeper(tmp_path: Path) -> AddressKeeper:
+    return AddressKeeper(
+        state_dir=tmp_path,
+        network="lab-net",
+        subnet=SUBNET,
+        suffix="ipop",
+        lease_s=60.0,
+        rng=random.Random(4),
+    )
+
+
+class _Converging(FakeDht):
+    """Refuses every operation until ``ready_at`` (a DHT that has not converged yet)."""
+
+    def __init__(self, node_id: NodeId, ready_at: float) -> None:
+        super().__init__(node_id)
+        self.ready_at = ready_at
+
+    async def create(self, key: str, value: bytes, ttl: float) -> bool:
+        if asyncio.get_running_loop().time() < self.ready_at:
+            raise TimeoutError("no quorum yet")
+        return await super().create(key, value, ttl)
+
+
+def test_the_saved_address_is_claimed_saved_renewed_and_named(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({"vip": str(SAVED), "network": "lab-net"}))
+    keeper, dht = _keeper(tmp_path), FakeDht(ME)
+
+    async def body() -> tuple[IPv4Address, list[str], int, int]:
+        vip = await keeper.claim(dht)
+        names = await keeper.name(dht, vip, "alice")
+        await asyncio.sleep(100)  # past the renewal point of a 60 s lease
+        renewed = dht.calls["renew"]
+        await keeper.stop()
+        await asyncio.sleep(100)
+        return vip, names, renewed, dht.calls["renew"] - renewed
+
+    vip, names, renewed, after_stop = run_virtual(body(), start=SIM_EPOCH)
+    assert vip == SAVED == keeper.saved()
+    assert dht.records[ip_key("lab-net", SAVED)][0] == ME
+    assert names == [f"{c_name(SAVED)}.ipop", "alice.ipop"] == keeper.names
+    assert dht.records[name_key("lab-net", "alice")] == (ME, SAVED.packed)
+    assert renewed >= 2 and after_stop == 0  # both leases renewed, then left to lapse
+    assert json.loads((tmp_path / "state.json").read_text()) == {
+        "vip": str(SAVED),
+        "network": "lab-net",
+    }
+
+
+def test_a_taken_name_is_left_out_and_a_claim_is_retried_until_the_dht_answers(
+    tmp_path: Path,
+) -> None:
+    keeper, dht = _keeper(tmp_path), _Converging(ME, ready_at=SIM_EPOCH + 5)
+    dht.hold(name_key("lab-net", "alice"), OTHER, b"\x64\x40\x00\x09")
+
+    async def body() -> tuple[IPv4Address, list[str], float]:
+        loop = asyncio.get_running_loop()
+        vip = await keeper.claim(dht)
+        took = loop.time() - SIM_EPOCH
+        names = await keeper.name(dht, vip, "alice")
+        await keeper.stop()
+        return vip, names, took
+
+    assert keeper.saved() is None  # no state file yet
+    vip, names, took = run_virtual(body(), start=SIM_EPOCH)
+    assert 5 <= took <= 5 + ALLOC_RETRY_S
+    assert vip in SUBNET and keeper.saved() == vip
+    assert names == [f"{c_name(vip)}.ipop"] and keeper.name_lease is None
+
+
+def test_a_saved_address_outside_the_subnet_or_garbage_is_not_offered(tmp_path: Path) -> None:
+    keeper = _keeper(tmp_path)
+    (tmp_path / "state.json").write_text(json.dumps({"vip": "198.51.100.1"}))
+    assert keeper.saved() is None
+    (tmp_path / "state.json").write_text("{not json")
+    assert keeper.saved() is None
