@@ -30,7 +30,7 @@ from typing import Protocol
 from ipop.aio.driver import DatagramSocket, Driver
 from ipop.dht.service import DhtConfig, DhtService
 from ipop.identity import NodeIdentity, VerifiedCrl
-from ipop.link.endpoint import LinkConfig
+from ipop.link.layer import LinkConfig
 from ipop.node import NodeCore
 from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
 from ipop.overlay.node import Delivered, Joined, OverlayConfig, Roamed, Routable

@@ -1,7 +1,7 @@
-"""The link layer's events and status snapshot (what :class:`ipop.link.endpoint.LinkEndpoint`
+"""The link layer's events and status snapshot (what :class:`ipop.link.layer.LinkLayer`
 reports, as frozen facts).
 
-Owns: the events :meth:`ipop.link.endpoint.LinkEndpoint.next_event` yields (:data:`LinkEvent`),
+Owns: the events :meth:`ipop.link.layer.LinkLayer.next_event` yields (:data:`LinkEvent`),
 the :class:`LinkInfo` snapshot of one up session, and :func:`link_message`, the cheap way the
 receive hot path builds a :class:`LinkMessage`. The overlay, the node core, the simulator and
 the fakes of :mod:`ipop.testing` import them from here.
@@ -47,7 +47,7 @@ class LinkUp:
 @dataclass(frozen=True, slots=True)
 class LinkDown:
     """The session with ``peer`` is gone ("timeout", "expired", "closed", "revoked", "stale":
-    see :meth:`ipop.link.endpoint.LinkEndpoint.peer_unlinked`)."""
+    see :meth:`ipop.link.layer.LinkLayer.peer_unlinked`)."""
 
     peer: NodeId
     reason: str

@@ -6,12 +6,12 @@ header), so a received DATA finds its keys with one dict lookup, before any cryp
 (:attr:`IndexTable.lookup`). Keys dropped before they expired on their own (answered but never
 confirmed, replaced by a rekey, past their grace period) are *retired*: the table remembers
 whose index it was, so DATA that still arrives under it tells
-:class:`ipop.link.endpoint.LinkEndpoint` that the two ends hold different keys (see its
+:class:`ipop.link.layer.LinkLayer` that the two ends hold different keys (see its
 ``_unknown_index``). The retired indices are bounded (:data:`RETIRED_MAX`, oldest forgotten
 first): a forgotten one only turns that hint into a plain ``unknown_index`` drop.
 
 Which keys are current, previous, pending or spare is the session's business
-(:mod:`ipop.link.endpoint`); this module only owns the keys and the index space.
+(:mod:`ipop.link.layer`); this module only owns the keys and the index space.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ PeerT = TypeVar("PeerT")
 
 
 class KeyLimits(Protocol):
-    """The thresholds a new :class:`Keypair` takes (:class:`ipop.link.endpoint.LinkConfig`)."""
+    """The thresholds a new :class:`Keypair` takes (:class:`ipop.link.layer.LinkConfig`)."""
 
     @property
     def replay_window(self) -> int: ...
@@ -50,7 +50,7 @@ class KeyLimits(Protocol):
 class Keypair(Generic[PeerT]):
     """One handshake's keys and counters; lives in an :class:`IndexTable` by local index.
 
-    ``peer`` is the session state the keys belong to (the endpoint's per-peer record)."""
+    ``peer`` is the session state the keys belong to (the link layer's per-peer record)."""
 
     __slots__ = (
         "cert",

@@ -1,6 +1,6 @@
 """Path choice for one session, as pure functions over value snapshots (sans-IO).
 
-Owns the two decisions :class:`ipop.link.endpoint.LinkEndpoint` makes about the path a session
+Owns the two decisions :class:`ipop.link.layer.LinkLayer` makes about the path a session
 runs over (invariant 7 of its module docstring), in the shape of tailscale's magicsock
 ``betterAddr``: the caller takes a :class:`PathQuality` snapshot of the path in use and asks
 
@@ -10,7 +10,7 @@ runs over (invariant 7 of its module docstring), in the shape of tailscale's mag
 
 Both are hysteresis: two live paths must never make a session flap. The thresholds are
 ``timing.PATH_SILENT_S``, ``timing.PATH_SWITCH_RATIO`` and :data:`RELAY_TAKEOVER_SILENT_S`.
-Nothing here reads a clock or mutates a session; the endpoint applies the answer.
+Nothing here reads a clock or mutates a session; the link layer applies the answer.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class PathQuality:
     ``rtt``: the round trip of the handshake that completed on it (inf: not measured, we
     answered that handshake). ``rx``: when an authenticated packet last came in on it (for a
     path just offered by a handshake: now); -inf: the peer said it left that path
-    (:meth:`ipop.link.endpoint.LinkEndpoint.peer_moved`).
+    (:meth:`ipop.link.layer.LinkLayer.peer_moved`).
     """
 
     path: Path

@@ -8,9 +8,9 @@ import pytest
 
 from ipop.identity import NodeCertificate
 from ipop.link.crypto import AES_256_GCM, InvalidTag, nonce_for
-from ipop.link.endpoint import LinkConfig
 from ipop.link.handshake import SessionKeys
 from ipop.link.keys import RETIRED_MAX, IndexTable, Keypair
+from ipop.link.layer import LinkConfig
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import NodeId
 

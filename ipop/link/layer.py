@@ -1,6 +1,6 @@
 """The node's whole session layer: handshakes, keys, keepalives and liveness (sans-IO).
 
-:class:`LinkEndpoint` owns every authenticated session of one node, whatever the path each
+:class:`LinkLayer` owns every authenticated session of one node, whatever the path each
 runs over. A *path* (:data:`ipop.types.Path`, a direct :class:`Endpoint` or a
 :class:`RelayPath`) is opaque here: a datagram comes in on a path, answers go back on that
 path, and outputs are ``(bytes, path)`` pairs the driver (or the overlay, for relay paths)
@@ -94,12 +94,12 @@ Invariants:
    / ``stats["roam_held"]``. Newest authenticated DATA through a relay moves a direct session
    that has carried nothing for ``PATH_SILENT_S`` onto that relay (``relay_followed``): the
    peer fell back to it after a roam. Direct <-> relay moves are the overlay's decision
-   (:meth:`LinkEndpoint.set_path`). When our own address changes,
-   :meth:`LinkEndpoint.local_address_changed` keys every direct session afresh from it
+   (:meth:`LinkLayer.set_path`). When our own address changes,
+   :meth:`LinkLayer.local_address_changed` keys every direct session afresh from it
    (``roam_rehandshakes``); when a peer says it left the path we hold for it,
-   :meth:`LinkEndpoint.peer_moved` drops the hysteresis for that session (``peer_moved``).
+   :meth:`LinkLayer.peer_moved` drops the hysteresis for that session (``peer_moved``).
 8. NAT rebinding (:mod:`ipop.link.echo`): a session that carries upper-layer traffic
-   (:meth:`LinkEndpoint.watch`) on a direct path gets one echo when it falls silent (a busy
+   (:meth:`LinkLayer.watch`) on a direct path gets one echo when it falls silent (a busy
    peer quiet for ``REBIND_QUIET_S``, or a peer that answered nothing to our message for as
    long), none again before the peer speaks. The answer says where the peer saw the
    echo come from; a change is an ObservedEndpoint (the overlay's cue to roam, see
@@ -123,8 +123,8 @@ the certificate reasons of :data:`ipop.identity.CERT_REASONS`, ``bad_signature``
 the guard's ``under_load``, ``init_rate_limited``, ``init_overloaded``; cookie replies:
 ``bad_cookie_reply``; path MTU probes: ``bad_probe``. All of them are in
 :data:`LINK_DROP_REASONS`. Facts that are not refusals are counted in ``stats``
-(``link_up``, ``link_down_<reason>`` (``revoked``: see :meth:`LinkEndpoint.close_revoked`;
-``stale``: :meth:`LinkEndpoint.peer_unlinked`), ``rekey_started``,
+(``link_up``, ``link_down_<reason>`` (``revoked``: see :meth:`LinkLayer.close_revoked`;
+``stale``: :meth:`LinkLayer.peer_unlinked`), ``rekey_started``,
 ``roamed``, ``collision_yielded``, ``handshake_answered``, ``handshake_retransmitted``,
 ``unlinked_checks``,
 ``handshake_failed``, ``rehandshake_diverged``, ``rehandshake_stale_keys``,
@@ -216,15 +216,15 @@ from ipop.wire.header import (
 __all__ = [
     "LINK_DROP_REASONS",
     "LinkConfig",
-    "LinkEndpoint",
+    "LinkLayer",
 ]
 
 _INF: Final = float("inf")
 # How long a peer that routed around our session with it has to show that it still holds
-# that session (see LinkEndpoint.peer_unlinked): several round trips, and two Init copies.
+# that session (see LinkLayer.peer_unlinked): several round trips, and two Init copies.
 UNLINKED_CHECK_S: Final = 3.0
 # Relayed peers keyed afresh after DATA under an index we never gave out (see
-# LinkEndpoint._rekey_relayed), with when: the oldest go first. Behind the per-peer limit a
+# LinkLayer._rekey_relayed), with when: the oldest go first. Behind the per-peer limit a
 # global one (a relay names the origin, so a relay that makes ids up could churn the table):
 # a restarted node's relayed peers are a handful.
 RELAY_REKEYED_MAX: Final = 1024
@@ -236,14 +236,14 @@ RELAY_REKEY_BURST: Final = 32.0
 # skew window create keys nobody confirms.
 LAST_INIT_MAX: Final = 65536
 # Keys we answered for a peer's other Inits when one of them was confirmed ("spare", see
-# LinkEndpoint._confirm) open its DATA this long after: the initiator installs every Resp that
+# LinkLayer._confirm) open its DATA this long after: the initiator installs every Resp that
 # reaches it, in arrival order, so the last one it installed (and seals with) may be confirmed
 # after another; a few round trips of the slowest path a handshake completes on.
 SPARE_KEYS_S: Final = 3.0
 _REBIND_QUIET: Final = timing.REBIND_QUIET_S
 _REBIND_ECHO_WAIT: Final = timing.REBIND_ECHO_WAIT_S
 _REBIND_BUSY: Final = timing.REBIND_BUSY_PACKETS
-# Every reason ``LinkEndpoint.drops`` may count (tests check that nothing else is counted).
+# Every reason ``LinkLayer.drops`` may count (tests check that nothing else is counted).
 LINK_DROP_REASONS: Final = frozenset(
     {
         "empty",
@@ -396,7 +396,7 @@ class _Peer:
         self.older: dict[int, Keypair[_Peer]] = {}
         self.pending: dict[int, Keypair[_Peer]] = {}
         # Pending keys a sibling's confirmation left unconfirmed, kept until ``spare_until``
-        # (see LinkEndpoint._confirm).
+        # (see LinkLayer._confirm).
         self.spare: dict[int, Keypair[_Peer]] = {}
         self.spare_until = _INF
         self.observed: Endpoint | None = None
@@ -410,7 +410,7 @@ class _Peer:
         # (its id, None: none; when it left; whether it asks a witness).
         self.rx_gap = _INF
         self.rx_streak = 0
-        self.watched = False  # upper-layer traffic flows to it: see LinkEndpoint.watch
+        self.watched = False  # upper-layer traffic flows to it: see LinkLayer.watch
         self.tx_first = _INF
         self.echo_id: int | None = None
         self.echo_at = -_INF
@@ -436,10 +436,10 @@ class _Answered:
         self.paths: dict[Path, tuple[bytes, int]] = {}
 
 
-# --- the endpoint ----------------------------------------------------------------------------
+# --- the layer -------------------------------------------------------------------------------
 
 
-class LinkEndpoint:
+class LinkLayer:
     """Every session of one node; see the module docstring for the theory of operation."""
 
     def __init__(
