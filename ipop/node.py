@@ -70,6 +70,7 @@ from ipop.link.pmtu import (
     PathMtuProber,
     ack_payload,
 )
+from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram, Roamed
 from ipop.overlay.messages import (
     KIND_BIRTHDAY,
     KIND_IP,
@@ -79,15 +80,7 @@ from ipop.overlay.messages import (
     TYPE_DIRECT,
     Closing,
 )
-from ipop.overlay.node import (
-    Delivered,
-    OverlayConfig,
-    OverlayEvent,
-    OverlayNode,
-    OverlaySnapshot,
-    RelayDatagram,
-    Roamed,
-)
+from ipop.overlay.node import OverlayConfig, OverlayNode, OverlaySnapshot
 from ipop.overlay.origin import CERT_BUDGET_BYTES, ROUTED_OVERHEAD, OriginAuth
 from ipop.revocation import CrlGossip
 from ipop.stun import SOURCE_PRIMARY, StunAgent

@@ -4,7 +4,7 @@ This is the one composition of the protocol stack; the daemon (on a real UDP soc
 real clock) and the simulator (on ``ipop.testing.netsim`` sockets and the virtual-time loop)
 both build exactly this object, so what the simulator proves is what the daemon runs.
 
-Upper-layer kinds arriving in :class:`ipop.overlay.node.Delivered` are dispatched through a
+Upper-layer kinds arriving in :class:`ipop.overlay.events.Delivered` are dispatched through a
 table: DHT payloads go to the :class:`DhtService` (whose protocol checks that the kademlia
 sender id equals the overlay source, and the overlay has checked the source against the link
 for the first hop), overlay pings are answered here, IP packets go to ``on_ip``.
@@ -32,8 +32,9 @@ from ipop.dht.service import DhtConfig, DhtService
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.link.layer import LinkConfig
 from ipop.node import NodeCore
+from ipop.overlay.events import Delivered, Joined, Roamed, Routable
 from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
-from ipop.overlay.node import Delivered, Joined, OverlayConfig, Roamed, Routable
+from ipop.overlay.node import OverlayConfig
 from ipop.tasks import TaskSet
 from ipop.types import Endpoint, NodeId, Path, SocketPath
 

@@ -16,7 +16,8 @@ Brunet-style ring (DESIGN.md §5):
   whenever the near set changes; any id that would be nearer than what we hold gets an exact
   CONNECT_TO_ME. After a near link goes down we pull lists from the remaining near peers and
   re-probe our own address. This is ring stabilisation: every node converges on its true
-  neighbours because each one tells its neighbours about theirs.
+  neighbours because each one tells its neighbours about theirs. Which candidates to ask,
+  and whether both sides are linked, is :class:`ipop.overlay.near.NearKeeper`'s to say.
 - **Silent near peers.** Every overlay message from a peer counts as hearing from it; a near
   peer silent for ``near_suspect_s`` (its gossip is late) is pulled every tick, and one silent
   for ``near_dead_s`` is closed as dead, so a crashed neighbour is replaced in seconds rather
@@ -52,7 +53,8 @@ Brunet-style ring (DESIGN.md §5):
 - **Backoff.** A near candidate we failed to reach is not asked again for a while: briefly
   when only a CTM went unanswered or no relay candidate existed yet (one lost datagram, a ring
   still forming), ``failed_backoff_s`` after a relay failed too. Failures of direct-only
-  attempts (far links, shortcuts, connect-backs) never gate near requests.
+  attempts (far links, shortcuts, connect-backs) never gate near requests. Attempts, their
+  states and the backoff set live in :mod:`ipop.overlay.attempts`.
 - **Bounded work.** What a peer's message makes us send is bounded, because a member may
   lie: a CTM's endpoints are only the requester's word (the requester itself is authenticated
   end to end). Each requester's CTMs are acted on within a token bucket (``ctm_burst``, one
@@ -88,13 +90,12 @@ Invariants:
 
 from __future__ import annotations
 
-import bisect
 import collections
 import functools
 import ipaddress
 import random
-from collections.abc import Callable, Collection, ItemsView, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ipop import timing
@@ -107,6 +108,18 @@ from ipop.link.events import (
     LinkPathChanged,
     LinkUp,
     ObservedEndpoint,
+)
+from ipop.overlay.attempts import Action as AttemptAction
+from ipop.overlay.attempts import Attempts, Backoff, Bootstraps, Connect
+from ipop.overlay.events import (
+    ConnectionAdded,
+    ConnectionRemoved,
+    Delivered,
+    Joined,
+    OverlayEvent,
+    RelayDatagram,
+    Roamed,
+    Routable,
 )
 from ipop.overlay.hints import ReverseHints
 from ipop.overlay.messages import (
@@ -132,6 +145,7 @@ from ipop.overlay.messages import (
     Routed,
     decode_message,
 )
+from ipop.overlay.near import NearKeeper, SeenIds
 from ipop.overlay.policies import (
     Action,
     ConnectionView,
@@ -153,7 +167,7 @@ from ipop.overlay.ring import (
 from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
 from ipop.ratelimit import KeyedBuckets
-from ipop.types import RING, Endpoint, NodeId, Path, RelayPath, is_direct, ring_distance
+from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct, ring_distance
 
 __all__ = [
     "ConnectionAdded",
@@ -344,71 +358,6 @@ class OverlayConfig:
             raise ConfigError("overlay.local_endpoints", f"more than {MAX_ENDPOINTS}")
 
 
-# --- events ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """A routed message of an upper-layer ``kind`` arrived here (``hops`` links crossed)."""
-
-    src: NodeId
-    dst: NodeId
-    kind: int
-    payload: bytes
-    hops: int
-    exact: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Routable:
-    """We joined and hold near links on both sides: routed traffic can reach us."""
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    """Our JOIN was answered: we have a place on the ring and can route (near links to both
-    sides may still be forming; :class:`Routable` follows when they are up)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionAdded:
-    """``peer`` gained ``kind`` (one link can hold several kinds)."""
-
-    peer: NodeId
-    kind: ConnectionKind
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionRemoved:
-    """``peer`` lost ``kind`` (or its link went down while holding it)."""
-
-    peer: NodeId
-    kind: ConnectionKind
-
-
-@dataclass(frozen=True, slots=True)
-class RelayDatagram:
-    """A relayed link datagram for our link layer: feed to ``receive_datagram(data, path)``."""
-
-    data: bytes
-    path: RelayPath
-
-
-@dataclass(frozen=True, slots=True)
-class Roamed:
-    """Our underlay address changed ("local": the I/O layer said so) or our NAT gave us a new
-    mapping ("rebound": a peer now sees us elsewhere), or we did not run for a while ("woke":
-    the process was stopped, the machine slept); what we learned about our old address
-    (observed endpoints, backoffs) is forgotten and our endpoints are being re-advertised."""
-
-    reason: str
-
-
-OverlayEvent = (
-    Delivered | Joined | Routable | ConnectionAdded | ConnectionRemoved | RelayDatagram | Roamed
-)
-
-
 @dataclass(frozen=True, slots=True)
 class ConnectionInfo:
     peer: NodeId
@@ -456,107 +405,6 @@ class OverlaySnapshot:
 
 
 @dataclass(slots=True)
-class _Pending:
-    """Our attempt to link to ``peer``: direct endpoints first, then relays if allowed."""
-
-    peer: NodeId
-    kinds: set[ConnectionKind]
-    remote_kinds: set[ConnectionKind]
-    deadline: float
-    relay_allowed: bool
-    candidates: list[NodeId]
-    paths_left: set[Path] = field(default_factory=set)
-    relaying: bool = False
-    relay_at: float = _INF
-    # No relay path before this (see OverlayConfig.relay_yield_s).
-    relay_not_before: float = 0.0
-    # Started only to connect back for someone's CTM (counts against connect_back_inflight).
-    connect_back: bool = False
-
-
-class _Seen:
-    """Ids heard from peers: who told us (holds a link to it) and until when we trust it.
-
-    Indexed by informer as well, because every neighbour list replaces what its informer told
-    us before; ``version`` changes whenever an id comes, goes or revives after expiring (not
-    when news is merely renewed, nor when another informer repeats it), so answers computed
-    from the ids can be cached. Why blind to informers: near peers gossip the same ids in turn,
-    so an id's informer changes with almost every list, and the brackets test was recomputed
-    each time (the biggest overlay cost at 1,000 nodes).
-    """
-
-    __slots__ = ("_by_informer", "_by_value", "_news", "_values", "version")
-
-    def __init__(self) -> None:
-        self._news: dict[NodeId, tuple[NodeId, float]] = {}
-        self._by_informer: dict[NodeId, set[NodeId]] = {}
-        # The ids' values, ascending, and each value's id (what the brackets test bisects).
-        self._values: list[int] = []
-        self._by_value: dict[int, NodeId] = {}
-        self.version = 0
-
-    def __iter__(self) -> Iterator[NodeId]:
-        return iter(self._news)
-
-    def __len__(self) -> int:
-        return len(self._news)
-
-    def __contains__(self, node: object) -> bool:
-        return node in self._news
-
-    def get(self, node: NodeId) -> tuple[NodeId, float] | None:
-        return self._news.get(node)
-
-    def items(self) -> ItemsView[NodeId, tuple[NodeId, float]]:
-        return self._news.items()
-
-    def put(self, node: NodeId, informer: NodeId, until: float, *, now: float) -> None:
-        old = self._news.get(node)
-        if old is None or old[0] != informer:
-            if old is not None:
-                self._unindex(node, old[0])
-            else:
-                bisect.insort(self._values, node.value)
-                self._by_value[node.value] = node
-            self._by_informer.setdefault(informer, set()).add(node)
-        if old is None or old[1] <= now:
-            self.version += 1  # a new id, or expired news come back to life
-        self._news[node] = (informer, until)
-
-    def discard(self, node: NodeId) -> None:
-        old = self._news.pop(node, None)
-        if old is not None:
-            self._unindex(node, old[0])
-            values = self._values
-            del values[bisect.bisect_left(values, node.value)]
-            del self._by_value[node.value]
-            self.version += 1
-
-    def between(self, low: int, high: int) -> list[tuple[NodeId, float]]:
-        """(id, trusted until) of the ids whose values lie strictly inside the ring arc from
-        ``low`` clockwise to ``high`` (both ring values; the arc may wrap past zero; low ==
-        high: all but that point)."""
-        values = self._values
-        lo = bisect.bisect_right(values, low)
-        if low < high:
-            picked = values[lo : bisect.bisect_left(values, high)]
-        else:
-            picked = values[lo:] + values[: bisect.bisect_left(values, high)]
-        by_value = self._by_value
-        news = self._news
-        return [(c, news[c][1]) for c in (by_value[v] for v in picked)]
-
-    def told_by(self, informer: NodeId) -> list[NodeId]:
-        return list(self._by_informer.get(informer, ()))
-
-    def _unindex(self, node: NodeId, informer: NodeId) -> None:
-        told = self._by_informer[informer]
-        told.discard(node)
-        if not told:
-            del self._by_informer[informer]
-
-
-@dataclass(slots=True)
 class _Request:
     purpose: Purpose
     target: NodeId
@@ -596,17 +444,29 @@ class OverlayNode:
         self.stats: collections.Counter[str] = collections.Counter()
         self._links = links
         self._rng = rng
-        self._bootstrap = tuple(bootstrap)
-        self._remembered: tuple[Endpoint, ...] = ()
         self._local_endpoints = tuple(config.local_endpoints)
         self._table = ConnectionTable()
         self._events: collections.deque[OverlayEvent] = collections.deque()
-        self._pending: dict[NodeId, _Pending] = {}
-        self._path_owner: dict[Path, NodeId] = {}
-        self._bootstrap_pending: dict[Endpoint, float] = {}
+        # Links we are trying to bring up (ipop.overlay.attempts), and the bootstraps'.
+        self._attempts = Attempts(
+            local_id,
+            direct=self._direct_peer,
+            stats=self.stats,
+            connect_timeout_s=config.connect_timeout_s,
+            connect_back_timeout_s=config.connect_back_timeout_s,
+            relay_after_s=config.relay_after_s,
+            relay_yield_s=config.relay_yield_s,
+            failed_backoff_s=config.failed_backoff_s,
+            near_retry_s=config.near_retry_s,
+        )
+        self._boot = Bootstraps(
+            bootstrap,
+            connect_timeout_s=config.connect_timeout_s,
+            retry_s=config.bootstrap_retry_s,
+        )
         self._requests: dict[int, _Request] = {}
-        self._asked: dict[NodeId, float] = {}
-        self._backoff: dict[NodeId, float] = {}
+        # Near candidates not to ask again for a while.
+        self._backoff = Backoff()
         self._observed: dict[Endpoint, float] = {}
         # Linked peer -> where it last told us it sees us (LinkUp, ObservedEndpoint): a change
         # is our NAT rebinding (see _on_observed). Rows leave with the peer's link.
@@ -619,11 +479,10 @@ class OverlayNode:
         self._rebind_ok_at = -_INF
         # Links keyed afresh through a relay after a roam left their direct path dead.
         self._fallbacks = RelayFallbacks(timing.ROAM_RELAY_RETRY_S)
-        # Relay helper we asked to link to -> (the peer it is to relay to, until when).
-        self._helpers: dict[NodeId, tuple[NodeId, float]] = {}
         self._near: frozenset[NodeId] = frozenset()
-        # Ids heard from peers, with who told us, until when we trust the news.
-        self._seen = _Seen()
+        # Ids heard from peers, with who told us, until when we trust the news (the near keeper
+        # below keeps them; routing takes hints from them).
+        self._seen = SeenIds()
         # Source of a routed message we do not hold a link to -> the peer that handed it to us
         # (for answers at a local minimum, see _route).
         self._reverse = ReverseHints(lambda msg, now: origin.check(msg, now=now))
@@ -642,17 +501,8 @@ class OverlayNode:
         # Peer -> the endpoints it gave in its last CTM to us or answer to ours (its word,
         # authenticated as its own): where port guessing may send (see peer_hosts).
         self._peer_endpoints: dict[NodeId, tuple[Endpoint, ...]] = {}
-        # Bumped whenever _backoff gains or loses a peer (keys the brackets cache).
-        self._backoff_version = 0
-        # (seen version, table version, backoff version), answer, valid until: see
-        # _brackets_linked.
-        self._brackets_cache: tuple[tuple[int, int, int, int], bool, float] | None = None
-        # Ids that authenticated a link or a routed message to us: see _brackets_linked.
+        # Ids that authenticated a link or a routed message to us: see NearKeeper.brackets_linked.
         self._proven = ProvenIds()
-        # Bumped whenever _pending gains or loses a peer (keys the wanted-near cache).
-        self._pending_version = 0
-        # (versions, valid until, answer): see _wanted_near.
-        self._wanted_cache: tuple[tuple[int, int, int, int], float, list[NodeId]] | None = None
         # Peer -> (row rev, its policy view), and the whole answer with the (table stamp,
         # relay stamp) it was built at: see _connection_views.
         self._views: dict[NodeId, tuple[int, ConnectionView]] = {}
@@ -668,12 +518,21 @@ class OverlayNode:
             rto_initial_s=config.hop_rto_initial_s,
         )
         self._seen_ttl = 3 * config.gossip_interval_s
-        self._near_check_due = False
+        # Near upkeep (ipop.overlay.near): candidates, what we asked, the brackets test.
+        self._keeper = NearKeeper(
+            local_id,
+            near_per_side=config.near_per_side,
+            seen_ttl_s=self._seen_ttl,
+            table=self._table,
+            attempts=self._attempts,
+            backoff=self._backoff,
+            proven=self._proven,
+            seen=self._seen,
+        )
         self._started = False
         self._joined = False
         self._routable = False
         self._next_tick: float | None = None
-        self._next_bootstrap = 0.0
         self._last_probe = -_INF
         self._next_gossip = 0.0
         self._gossip_due = False
@@ -706,7 +565,7 @@ class OverlayNode:
         if self._started:
             raise LocalProtocolError("start() called twice")
         self._started = True
-        self._connect_bootstrap(now)
+        self._connect(self._boot.connect(self.endpoints(), now), now)
         self._next_tick = now + self.config.tick_s * self._rng.uniform(0.5, 1.0)
         self._next_gossip = now + self.config.gossip_interval_s
 
@@ -717,8 +576,7 @@ class OverlayNode:
         it had lets us rejoin (the handshake proves who it is). Bounded by the caller (see
         ipop.aio.peerstore); the bootstraps come first.
         """
-        boot = set(self._bootstrap)
-        self._remembered = tuple(ep for ep in endpoints if ep not in boot)
+        self._boot.set_remembered(endpoints)
 
     def set_local_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace our own socket endpoints (e.g. once the driver bound its socket)."""
@@ -784,7 +642,7 @@ class OverlayNode:
             raise LocalProtocolError("shortcut to ourselves")
         if peer in self._table:
             self._add_kind(peer, ConnectionKind.SHORTCUT, now)
-        elif peer not in self._pending:
+        elif peer not in self._attempts:
             self._send_ctm(peer, Purpose.SHORTCUT, exact=True, now=now)
 
     def relay_fallback(
@@ -878,6 +736,11 @@ class OverlayNode:
     def near_peers(self) -> frozenset[NodeId]:
         return self._near
 
+    @property
+    def near_keeper(self) -> NearKeeper:
+        """Near upkeep: the ids we heard of, the candidates we want, the brackets test."""
+        return self._keeper
+
     def connected_peers(self) -> list[NodeId]:
         return self._table.peers()
 
@@ -945,14 +808,8 @@ class OverlayNode:
         if ev.observed is not None:
             self._note_observed(ev.observed, now)
             self._observed_by[peer] = ev.observed
-        pend = self._pending.pop(peer, None)
-        self._pending_version += pend is not None
-        if pend is not None:
-            for p in pend.paths_left:
-                self._path_owner.pop(p, None)
-        was_bootstrap = (
-            isinstance(ev.path, Endpoint) and self._bootstrap_pending.pop(ev.path, None) is not None
-        )
+        pend = self._attempts.linked(peer)
+        was_bootstrap = self._boot.settled(ev.path)
         is_new = peer not in self._table
         self._table.add(peer, ev.path, now=now)
         self._heard[peer] = now  # the handshake just came from it
@@ -966,9 +823,9 @@ class OverlayNode:
             # answer is still on its way): keep it long enough to be useful.
             self._add_kind(peer, ConnectionKind.LEAF, now)
         self._refresh_near(now)
-        helper = self._helpers.pop(peer, None)
-        if helper is not None and is_direct(ev.path):
-            self._helper_up(peer, helper[0], now)
+        helped = self._attempts.helper_linked(peer)
+        if helped is not None and is_direct(ev.path):
+            self._helper_up(peer, helped, now)
         if not self._joined and not self._join_outstanding(now):
             self._probe_near(now)
         if ev.observed is not None and self._readvertise_at is not None and is_direct(ev.path):
@@ -979,17 +836,9 @@ class OverlayNode:
 
     def _on_handshake_failed(self, ev: HandshakeFailed, now: float) -> None:
         path = ev.path
-        if isinstance(path, Endpoint) and self._bootstrap_pending.pop(path, None) is not None:
+        if self._boot.settled(path):
             self.stats["bootstrap_failed"] += 1
-        owner = self._path_owner.pop(path, None)
-        if owner is None:
-            return
-        pend = self._pending.get(owner)
-        if pend is None or path not in pend.paths_left:
-            return
-        pend.paths_left.discard(path)
-        if not pend.paths_left:
-            self._direct_failed(pend, now)
+        self._connect(self._attempts.path_failed(path, now), now)
 
     def _on_observed(self, ev: ObservedEndpoint, now: float) -> None:
         by = ev.by
@@ -1075,7 +924,7 @@ class OverlayNode:
         self._events.append(RelayDatagram(msg.data, RelayPath(via=peer, peer=msg.origin)))
 
     def _on_neighbours(self, msg: Neighbours, peer: NodeId, now: float) -> None:
-        self._consider_near(msg.ids, peer, now)
+        self._keeper.consider(msg.ids, peer, now)
         if msg.reply_wanted:
             # Our list is larger than the pull (up to 48 ids for 3 bytes): a peer's pulls are
             # answered within a small burst (a repair pulls, and a tick may pull again), then
@@ -1102,31 +951,11 @@ class OverlayNode:
         row.last_relay = now
         self._relay_stamp += 1
 
-    def _back_off(self, peer: NodeId, until: float) -> None:
-        """Do not ask ``peer`` as a near candidate before ``until``."""
-        self._backoff[peer] = until
-        self._backoff_version += 1
-
-    def _lift_backoff(self, peer: NodeId) -> bool:
-        """Forget ``peer``'s backoff; True if it had one."""
-        if self._backoff.pop(peer, None) is None:
-            return False
-        self._backoff_version += 1
-        return True
-
     def _on_relay_refused(self, msg: RelayRefused, peer: NodeId, now: float) -> None:
         path = RelayPath(via=peer, peer=msg.target)
-        pend = self._pending.get(msg.target)
-        if pend is not None and path in pend.paths_left:
-            # A relay attempt through a node that cannot reach the target: the next candidate
-            # now, instead of after the handshake timeout.
-            self.stats["relay_attempt_refused"] += 1
-            pend.paths_left.discard(path)
-            self._path_owner.pop(path, None)
-            if not any(isinstance(p, RelayPath) for p in pend.paths_left):
-                self._start_relay(pend, now)
-            if not pend.paths_left and msg.target in self._pending:
-                self._direct_failed(pend, now)
+        actions = self._attempts.relay_refused(path, now)
+        if actions is not None:
+            self._connect(actions, now)
             return
         row = self._table.get(msg.target)
         if row is not None and row.direct and self._fallbacks.trying(msg.target):
@@ -1377,23 +1206,25 @@ class OverlayNode:
             # requester's job, so a failure here is simply forgotten. The endpoints are only
             # the requester's word (a member could name anybody's address): a few of them,
             # one Init each, within the per-address budget (see _connect_back_endpoints).
-            self._start_connect(
+            attempt = self._attempts.start(
                 requester,
                 self._connect_back_endpoints(ctm.endpoints, now),
                 set(),
                 remote,
+                own=self.endpoints(),
                 relay_allowed=False,
                 candidates=[],
                 now=now,
                 connect_back=True,
             )
+            self._connect(attempt, now)
 
     def _connect_back_endpoints(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
         """The endpoints of a CTM we connect back to: what _worth_trying keeps, at most one LAN
         endpoint and connect_back_max in all, each within its address's budget, none while
         connect_back_inflight attempts are under way."""
         cfg = self.config
-        if sum(p.connect_back for p in self._pending.values()) >= cfg.connect_back_inflight:
+        if self._attempts.connect_backs() >= cfg.connect_back_inflight:
             self.drops["connect_back_busy"] += 1
             return []
         out = []
@@ -1445,8 +1276,7 @@ class OverlayNode:
             self.drops["ctm_wrong_responder"] += 1
             return
         self._remember_endpoints(responder, rep.endpoints)
-        helper = self._helpers.get(responder)
-        helping = helper is not None and helper[1] > now and req.purpose is Purpose.NEAR
+        helping = self._attempts.helping(responder, now) and req.purpose is Purpose.NEAR
         if req.purpose is Purpose.JOIN and not self._joined:
             self._joined = True
             self._events.append(Joined())
@@ -1466,126 +1296,39 @@ class OverlayNode:
                     fallback=None if news is None else news[0],
                 )
                 relay_allowed = req.purpose in (Purpose.JOIN, Purpose.NEAR) and not helping
-                self._start_connect(
+                attempt = self._attempts.start(
                     responder,
                     # Not charged to the addresses' buckets: we asked (one answer per request),
                     # and a member draining a peer's bucket must not stop our own links to it.
                     self._few(self._worth_trying(rep.endpoints)),
                     kinds,
                     set(),
+                    own=self.endpoints(),
                     relay_allowed=relay_allowed,
                     candidates=candidates,
                     now=now,
                 )
+                self._connect(attempt, now)
                 if relay_allowed and not candidates:
                     self._recruit_helpers(responder, rep.neighbours, now)
-        self._consider_near(rep.neighbours, responder, now)
+        self._keeper.consider(rep.neighbours, responder, now)
         self._update_routable(now)
 
     # --- connecting -------------------------------------------------------------------------
 
-    def _start_connect(
-        self,
-        peer: NodeId,
-        endpoints: Sequence[Endpoint],
-        kinds: set[ConnectionKind],
-        remote_kinds: set[ConnectionKind],
-        *,
-        relay_allowed: bool,
-        candidates: list[NodeId],
-        now: float,
-        connect_back: bool = False,
-    ) -> None:
-        """Link to ``peer`` at ``endpoints`` (merged into an attempt under way). A
-        ``connect_back`` sends one Init per endpoint and waits connect_back_timeout_s for it:
-        its endpoints are a requester's word, not ours to retry at."""
-        if peer == self.local_id or peer in self._table:
-            return
-        own = set(self.endpoints())
-        eps = [e for e in dict.fromkeys(endpoints) if e not in own]
-        pend = self._pending.get(peer)
-        if pend is not None:
-            pend.kinds |= kinds
-            pend.remote_kinds |= remote_kinds
-            pend.relay_allowed = pend.relay_allowed or relay_allowed
-            pend.candidates.extend(c for c in candidates if c not in pend.candidates)
-            if pend.connect_back and not connect_back:
-                # Our own attempt now: the connect-back's one-shot Inits retry from here on.
-                for ep in eps:
-                    if ep in pend.paths_left:
-                        self._links.connect(ep, now=now, expected=peer)
-            pend.connect_back = pend.connect_back and connect_back
-            if pend.relaying:
-                return
-            eps = [e for e in eps if e not in pend.paths_left]
-        else:
-            pend = _Pending(
-                peer,
-                set(kinds),
-                set(remote_kinds),
-                now + self.config.connect_timeout_s,
-                relay_allowed,
-                list(candidates),
-                connect_back=connect_back,
-            )
-            # The larger id lets the smaller one key the relayed link first: two relayed
-            # handshakes crossing through different relays can leave the ends sealing with
-            # keys the other no longer holds, and the link is dead until a timeout.
-            yield_s = self.config.relay_yield_s if self.local_id > peer else 0.0
-            pend.relay_at = pend.relay_not_before = now + self.config.relay_after_s + yield_s
-            self._pending[peer] = pend
-            self._pending_version += 1
-        timeout_s = self.config.connect_back_timeout_s if connect_back else None
-        for ep in eps:
-            pend.paths_left.add(ep)
-            self._path_owner[ep] = peer
-            self._links.connect(
-                ep, now=now, expected=peer, retransmit=not connect_back, timeout_s=timeout_s
-            )
-        self.stats["connect_attempts"] += len(eps)
-        if not pend.paths_left:
-            self._direct_failed(pend, now)
+    def _connect(self, actions: Sequence[AttemptAction], now: float) -> None:
+        """Carry out what the attempts decided, in order."""
+        for a in actions:
+            if isinstance(a, Connect):
+                self._links.connect(
+                    a.path, now=now, expected=a.peer, retransmit=a.retransmit, timeout_s=a.timeout_s
+                )
+            elif a.backoff_until is not None:
+                self._backoff.put(a.peer, a.backoff_until)
 
-    def _direct_failed(self, pend: _Pending, now: float) -> None:
-        """Every path tried so far failed: next relay candidate, or give up."""
-        if not pend.relay_allowed:
-            self._give_up(pend, now)
-            return
-        if now < pend.relay_not_before < pend.deadline:
-            # Our turn to relay has not come (the peer may be keying one to us): the tick
-            # starts ours then, unless its link comes up first.
-            pend.relay_at = pend.relay_not_before
-            return
-        while pend.candidates:
-            via = pend.candidates.pop(0)
-            row = self._table.get(via)
-            if row is None or not row.direct or via == pend.peer:
-                continue
-            path = RelayPath(via=via, peer=pend.peer)
-            pend.relaying = True
-            pend.paths_left = {path}
-            pend.deadline = now + self.config.connect_timeout_s
-            self._path_owner[path] = pend.peer
-            self.stats["relay_attempts"] += 1
-            self._links.connect(path, now=now, expected=pend.peer)
-            return
-        self._give_up(pend, now)
-
-    def _start_relay(self, pend: _Pending, now: float) -> None:
-        while pend.candidates:
-            via = pend.candidates.pop(0)
-            row = self._table.get(via)
-            if row is None or not row.direct or via == pend.peer:
-                continue
-            path = RelayPath(via=via, peer=pend.peer)
-            pend.relaying = True
-            pend.paths_left.add(path)
-            pend.deadline = now + self.config.connect_timeout_s
-            self._path_owner[path] = pend.peer
-            self.stats["relay_attempts_early"] += 1
-            self._links.connect(path, now=now, expected=pend.peer)
-            return
-        pend.relay_at = _INF  # nobody to relay through (yet): the deadline path decides
+    def _direct_peer(self, peer: NodeId) -> bool:
+        row = self._table.get(peer)
+        return row is not None and row.direct
 
     def _recruit_helpers(self, target: NodeId, listed: Sequence[NodeId], now: float) -> None:
         """Link directly to a few of ``target``'s neighbours, to relay our link to it through.
@@ -1598,159 +1341,29 @@ class OverlayNode:
         peers are asked for a link (a NEAR CTM, direct only); whichever comes up directly is
         the relay candidate the pending attempt lacked.
         """
-        pool = [
-            n
-            for n in dict.fromkeys(listed)
-            if n not in (self.local_id, target)
-            and n not in self._table
-            and n not in self._pending
-            and n not in self._helpers
-        ]
+        pool = self._attempts.helper_pool(listed, target, self._table)
         if not pool:
             return
-        until = now + self.config.connect_timeout_s
         for n in self._rng.sample(pool, min(_HELPERS_PER_ATTEMPT, len(pool))):
             if self._send_ctm(n, Purpose.NEAR, exact=True, now=now):
-                self._helpers[n] = (target, until)
+                self._attempts.helper_asked(n, target, now)
                 self.stats["relay_helpers_asked"] += 1
 
     def _helper_up(self, helper: NodeId, target: NodeId, now: float) -> None:
         """A relay helper linked directly: relay the pending attempt to ``target`` through it."""
-        pend = self._pending.get(target)
         if target in self._table:
             return
-        if pend is None:
-            # The attempt gave up before the helper came: ask for ``target`` again now.
-            if self._lift_backoff(target):
-                self._near_check_due = True
-            return
-        if not pend.relay_allowed:
-            return
-        self.stats["relay_helpers_up"] += 1
-        if helper not in pend.candidates:
-            pend.candidates.insert(0, helper)
-        if not any(isinstance(p, RelayPath) for p in pend.paths_left):
-            pend.relay_at = max(now, pend.relay_not_before)
-            pend.relaying = False
-
-    def _give_up(self, pend: _Pending, now: float) -> None:
-        if self._pending.pop(pend.peer, None) is not None:
-            self._pending_version += 1
-        for p in pend.paths_left:
-            self._path_owner.pop(p, None)
-        self.stats["connect_failed"] += 1
-        if not pend.relay_allowed:
-            # A far link, a shortcut or our connect-back for someone's CTM: direct only, so a
-            # failure says nothing about whether the peer can be a (relayed) near link, which
-            # is all the backoff below gates.
-            return
-        # A relay was tried too: the peer is out of reach for now. A near peer that only
-        # lacked a relay candidate is asked again soon (the ring cannot close without it, and
-        # common neighbours to relay through appear as the ring forms).
-        self.stats["near_failed_relayed" if pend.relaying else "near_failed_no_relay"] += 1
-        wait = self.config.failed_backoff_s if pend.relaying else self.config.near_retry_s
-        self._back_off(pend.peer, now + wait)
-
-    def _connect_bootstrap(self, now: float) -> None:
-        own = set(self.endpoints())
-        for ep in (*self._bootstrap, *self._remembered):
-            if ep in own or ep in self._bootstrap_pending:
-                continue
-            self._bootstrap_pending[ep] = now + self.config.connect_timeout_s
-            self._links.connect(ep, now=now)
-        self._next_bootstrap = now + self.config.bootstrap_retry_s
+        # No attempt left (it gave up before the helper came): ask for ``target`` again now.
+        if not self._attempts.helper_up(helper, target, now) and self._backoff.lift(target):
+            self._keeper.check_due = True
 
     # --- near maintenance -------------------------------------------------------------------
 
-    def _consider_near(self, ids: Sequence[NodeId], informer: NodeId, now: float) -> None:
-        """Remember ids a peer told us about; the next tick asks the ones that would be near.
-
-        Why not ask at once: lists arrive one by one, and judged against a half-filled table
-        every id in the first list looks near; each later, closer list would then push those
-        links out again (idle links, handshakes for nothing). Pooling everything heard within
-        ``seen`` and judging once per tick asks only for the links we will keep.
-        """
-        until = now + self._seen_ttl
-        # A list is the informer's whole current view: what it reported before and no longer
-        # does is gone (typically dead), and must not keep hiding live nodes from our ranking.
-        listed = set(ids)
-        seen = self._seen
-        for c in seen.told_by(informer):
-            if c not in listed:
-                seen.discard(c)
-        for c in ids:
-            if c != self.local_id:
-                # ``informer`` holds a link to what it told us about: our CTM goes through it.
-                seen.put(c, informer, until, now=now)
-        self._near_check_due = True
-
-    def _wanted_near(self, now: float) -> list[NodeId]:
-        """The near_per_side nearest ids on each side among everything we know of: seen (not
-        expired, not backed off), pending and linked; nearest first.
-
-        Cached: the answer depends on the seen ids, the table's peers, the pending attempts,
-        the backoff set and expiry. Why: near peers gossip every few seconds, so this was
-        asked at almost every tick of every node, over hundreds of ids each time.
-        """
-        cached = self._wanted_cache
-        if cached is not None and now < cached[1] and cached[0] == self._wanted_key():
-            return cached[2]
-        backoff = self._backoff
-        seen = self._seen
-        expiry = _INF
-        gone = []
-        for c, (_, t) in seen.items():
-            if t <= now or (backoff and c in backoff):
-                gone.append(c)
-            elif t < expiry:
-                expiry = t
-        for c in gone:
-            seen.discard(c)
-        local = self.local_id.value
-        # By value, not NodeId equality: this runs over hundreds of ids.
-        pool = {c.value: c for c in seen}
-        for c in self._pending:
-            pool[c.value] = c
-        for v in self._table.ring():
-            pool[v] = self._table.peer_of(v)
-        pool.pop(local, None)
-        wanted = sorted(
-            {
-                pool[v]
-                for v in ring_neighbours_sorted(
-                    self.local_id, sorted(pool), self.config.near_per_side
-                )
-            },
-            key=lambda c: (ring_distance(self.local_id, c), c),
-        )
-        # Renewed news only moves expiry later, so the earliest one seen now is a safe bound.
-        self._wanted_cache = (self._wanted_key(), expiry, wanted)
-        return wanted
-
-    def _wanted_key(self) -> tuple[int, int, int, int]:
-        return (
-            self._seen.version,
-            self._table.version,
-            self._pending_version,
-            self._backoff_version,
-        )
-
     def _ask_near(self, now: float) -> None:
-        self._near_check_due = False
-        table = self._table
-        pending = self._pending
-        for c in self._wanted_near(now):
-            # A pending attempt that may not fall back to a relay (a far link, a connect-back)
-            # fails for good between NATs that cannot punch: ask as a near peer too, whose
-            # answer lets the attempt use a relay.
-            if c in table or ((pend := pending.get(c)) is not None and pend.relay_allowed):
-                continue
-            if self._asked.get(c, -_INF) > now:
-                continue
-            news = self._seen.get(c)
-            via = news[0] if news is not None and news[0] in self._table else None
+        keeper = self._keeper
+        for c, via in keeper.to_ask(now):
             if self._send_ctm(c, Purpose.NEAR, exact=True, now=now, via=via):
-                self._asked[c] = now + self.config.ctm_timeout_s
+                keeper.asked(c, now + self.config.ctm_timeout_s)
 
     def _probe_near(self, now: float) -> None:
         """Route a JOIN to our own address and pull neighbour lists from our near peers."""
@@ -1795,48 +1408,10 @@ class OverlayNode:
         # lies between us and our closest linked peer on a side means that side is not yet
         # linked). A mere "some link exists" would count a node as routable while messages
         # for its address still end at a neighbour that does not know it.
-        routable = self._joined and self._brackets_linked(now)
+        routable = self._joined and self._keeper.brackets_linked(now)
         if routable and not self._routable:
             self._events.append(Routable())
         self._routable = routable
-
-    def _brackets_linked(self, now: float) -> bool:
-        """No live news of a node between us and our closest linked peer on either side.
-
-        Only a node that proved itself to us counts (see :mod:`ipop.overlay.proven`): a
-        neighbour's list alone cannot hold us back. Cached: the answer depends only on the
-        table's peers, the seen ids, the backoff set, the proven ids and time. Time alone can
-        only turn False into True (news expires, nothing new comes), so a False answer holds
-        until its last blocking news expires, a True one until one of the four changes. Why:
-        every node asks every tick, over hundreds of seen ids.
-        """
-        key = (self._seen.version, self._table.version, self._backoff_version, self._proven.version)
-        cached = self._brackets_cache
-        if cached is not None and cached[0] == key and now < cached[2]:
-            return cached[1]
-        ring = self._table.ring()
-        n = len(ring)
-        if not n:
-            self._brackets_cache = (key, False, _INF)
-            return False
-        local = self.local_id.value
-        i = bisect.bisect_right(ring, local)
-        to_succ = (ring[i % n] - local) % RING
-        to_pred = (local - ring[(i - 1) % n]) % RING
-        table = self._table
-        backoff = self._backoff
-        seen = self._seen
-        proven = self._proven
-        blocked_until = -_INF
-        # Only ids strictly between our closest linked peers and us can block (bisected).
-        succ, pred = (local + to_succ) % RING, (local - to_pred) % RING
-        for c, until in seen.between(local, succ) + seen.between(pred, local):
-            if until <= now or c in backoff or c in table or c not in proven:
-                continue
-            blocked_until = max(blocked_until, until)
-        linked = blocked_until == -_INF
-        self._brackets_cache = (key, linked, _INF if linked else blocked_until)
-        return linked
 
     def _neighbours_message(self, *, reply_wanted: bool) -> bytes:
         ids = tuple(sorted(self._near))[:MAX_NEIGHBOURS]
@@ -1861,36 +1436,17 @@ class OverlayNode:
                 # Unanswered: dead, or unreachable through what we know. Stop counting it as
                 # a neighbour (it would hide a live one) and do not ask again for a while.
                 # Not for long, though: one lost datagram on a multi-hop path does this too.
-                self._back_off(req.target, now + cfg.near_retry_s)
+                self._backoff.put(req.target, now + cfg.near_retry_s)
                 self.stats["ctm_unanswered"] += 1
-        for peer in [peer for peer, t in self._asked.items() if t <= now]:
-            del self._asked[peer]
-        for peer in [peer for peer, t in self._backoff.items() if t <= now]:
-            self._lift_backoff(peer)
-        for ep in [e for e, t in self._bootstrap_pending.items() if t <= now]:
-            del self._bootstrap_pending[ep]
-        for h in [h for h, (_, t) in self._helpers.items() if t <= now]:
-            del self._helpers[h]
-        for pend in [
-            p
-            for p in self._pending.values()
-            if p.relay_allowed and not p.relaying and p.relay_at <= now and p.deadline > now
-        ]:
-            # Direct attempts still running: add a relay path alongside (see timing).
-            self._start_relay(pend, now)
-        for pend in [p for p in self._pending.values() if p.deadline <= now]:
-            for path in pend.paths_left:
-                self._path_owner.pop(path, None)
-            pend.paths_left = set()
-            if pend.relaying:
-                self._give_up(pend, now)
-            else:
-                self._direct_failed(pend, now)
-        if not len(self._table) and not self._bootstrap_pending and now >= self._next_bootstrap:
-            self._connect_bootstrap(now)
+        self._keeper.expire(now)
+        self._backoff.expire(now)
+        self._boot.expire(now)
+        self._connect(self._attempts.advance(now), now)
+        if not len(self._table) and self._boot.due(now):
+            self._connect(self._boot.connect(self.endpoints(), now), now)
         self._refresh_near(now)
         self._update_routable(now)
-        if self._near_check_due:
+        if self._keeper.check_due:
             self._ask_near(now)
         for action in decide(self._policy_view(), now):
             self._apply(action, now)
@@ -1932,7 +1488,7 @@ class OverlayNode:
     def _policy_view(self) -> PolicyView:
         cfg = self.config
         pending_far = sum(1 for r in self._requests.values() if r.purpose is Purpose.FAR)
-        pending_far += sum(1 for p in self._pending.values() if ConnectionKind.FAR in p.kinds)
+        pending_far += self._attempts.wanting(ConnectionKind.FAR)
         return PolicyView(
             local=self.local_id,
             joined=self._joined and cfg.far_links,
@@ -2038,9 +1594,8 @@ class OverlayNode:
         self.stats[f"roamed_{reason}"] += 1
         self._roamed_at = now
         self._rebind_ok_at = now + timing.ROAM_REBIND_MIN_S
-        for peer in list(self._backoff):
-            self._lift_backoff(peer)
-        self._near_check_due = True
+        self._backoff.clear()
+        self._keeper.check_due = True
         self._readvertise_at = now + timing.ROAM_ADVERTISE_WAIT_S
         self._events.append(Roamed(reason))
 
@@ -2136,10 +1691,8 @@ class OverlayNode:
         if row is None:
             return False
         self._fallbacks.forget(peer)
-        self._seen.discard(peer)
+        self._keeper.forget(peer)
         self._pull_budget.forget(peer)
-        for c in self._seen.told_by(peer):
-            self._seen.discard(c)
         self._heard.pop(peer, None)
         self._silent_hops.forget(peer)
         self._observed_by.pop(peer, None)

@@ -45,13 +45,8 @@ from dataclasses import dataclass, field
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeCertificate
 from ipop.link.events import HandshakeFailed, LinkDown, LinkEvent, LinkMessage, LinkUp
-from ipop.overlay.node import (
-    Delivered,
-    OverlayConfig,
-    OverlayEvent,
-    OverlayNode,
-    RelayDatagram,
-)
+from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram
+from ipop.overlay.node import OverlayConfig, OverlayNode
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
 from ipop.types import ID_BYTES, Endpoint, NodeId, Path, RelayPath

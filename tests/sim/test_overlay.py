@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipop.link.events import LinkDown, LinkUp, ObservedEndpoint
+from ipop.overlay.attempts import AttemptState
+from ipop.overlay.events import Delivered, Routable
 from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
@@ -31,7 +33,7 @@ from ipop.overlay.messages import (
     RelayRefused,
     Routed,
 )
-from ipop.overlay.node import Delivered, OverlayConfig, OverlayNode, Routable
+from ipop.overlay.node import OverlayConfig, OverlayNode
 from ipop.overlay.ring import next_hop, next_hop_sorted, ring_neighbours, ring_neighbours_sorted
 from ipop.overlay.table import ConnectionKind
 from ipop.testing.fake_links import FakeLinkWorld, LinkMessage, NatKind, fake_certificate
@@ -334,9 +336,10 @@ def test_the_larger_id_yields_before_keying_a_relayed_link() -> None:
     ):
         node = _silent_node(me, CFG)
         # No endpoint to try: every direct path has "failed" at once.
-        node._start_connect(peer, [], set(), set(), relay_allowed=True, candidates=[], now=0.0)
-        pend = node._pending[peer]
-        assert pend.relay_at == wait and not pend.relaying
+        node._attempts.start(peer, [], set(), set(), relay_allowed=True, candidates=[], now=0.0)
+        pend = node._attempts.get(peer)
+        assert pend is not None
+        assert pend.relay_at == wait and pend.state is AttemptState.DIRECT
 
 
 def test_lan_endpoints_of_another_lan_are_not_tried() -> None:
@@ -542,15 +545,16 @@ def test_routable_needs_links_to_the_nearest_known_node_on_each_side() -> None:
     # Someone tells us about a node between us and our successor that we hold no link to.
     # Hearsay alone does not hold us back (anyone can list made-up ids) ...
     between = NodeId((me.value + gap // 2) % RING)
-    node._seen.put(between, ids[0], world.now + 30.0, now=world.now)
+    keeper = node.near_keeper
+    keeper.seen.put(between, ids[0], world.now + 30.0, now=world.now)
     node._update_routable(world.now)
     assert node.routable
     # ... but once that node proved itself to us, our successor side is not linked, and we
     # are not routable until it is.
-    node._proven.add(between)
+    keeper.proven.add(between)
     node._update_routable(world.now)
     assert not node.routable
-    node._seen.discard(between)
+    keeper.seen.discard(between)
     node._update_routable(world.now)
     assert node.routable
 
@@ -638,7 +642,7 @@ def test_near_ctm_with_no_closer_link_detours_through_the_nearest_peer() -> None
         links, {far1: Endpoint("198.51.100.2", 5800), far2: Endpoint("198.51.100.3", 5800)}
     )
     links.sent.clear()
-    node._consider_near([near], informer, now=2.0)
+    node.near_keeper.consider([near], informer, now=2.0)
     node.handle_timer(now=5.0)
     ctms = [
         (peer, msg)

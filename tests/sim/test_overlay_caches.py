@@ -10,7 +10,8 @@ from __future__ import annotations
 import bisect
 import random
 
-from ipop.overlay.node import OverlayConfig, OverlayNode, _Seen
+from ipop.overlay.near import NearKeeper, SeenIds
+from ipop.overlay.node import OverlayConfig
 from ipop.overlay.ring import ring_neighbours_sorted
 from ipop.testing.fake_links import FakeLinkWorld, NatKind
 from ipop.types import RING, NodeId, ring_distance
@@ -36,20 +37,20 @@ def build(n: int, *, seed: int) -> tuple[FakeLinkWorld, list[NodeId]]:
     return world, ids
 
 
-def brackets_from_scratch(node: OverlayNode, now: float) -> bool:
-    """OverlayNode._brackets_linked as it was before it was cached."""
-    ring = node._table.ring()
+def brackets_from_scratch(keeper: NearKeeper, now: float) -> bool:
+    """NearKeeper.brackets_linked as it was before it was cached."""
+    ring = keeper.table.ring()
     n = len(ring)
     if not n:
         return False
-    local = node.local_id.value
+    local = keeper.local_id.value
     i = bisect.bisect_right(ring, local)
     to_succ = (ring[i % n] - local) % RING
     to_pred = (local - ring[(i - 1) % n]) % RING
-    for c, (_, until) in node._seen.items():
-        if until <= now or c in node._backoff or c in node._table or c == node.local_id:
+    for c, (_, until) in keeper.seen.items():
+        if until <= now or c in keeper.backoff or c in keeper.table or c == keeper.local_id:
             continue
-        if c not in node._proven:
+        if c not in keeper.proven:
             continue
         v = c.value
         if 0 < (v - local) % RING < to_succ or 0 < (local - v) % RING < to_pred:
@@ -57,33 +58,34 @@ def brackets_from_scratch(node: OverlayNode, now: float) -> bool:
     return True
 
 
-def wanted_from_scratch(node: OverlayNode, now: float) -> list[NodeId]:
-    """OverlayNode._wanted_near as it was before it was cached."""
-    local = node.local_id
-    pool = {c.value: c for c, (_, t) in node._seen.items() if t > now and c not in node._backoff}
-    for c in node._pending:
+def wanted_from_scratch(keeper: NearKeeper, now: float) -> list[NodeId]:
+    """NearKeeper.wanted as it was before it was cached."""
+    local = keeper.local_id
+    pool = {c.value: c for c, (_, t) in keeper.seen.items() if t > now and c not in keeper.backoff}
+    for c in keeper.attempts:
         pool[c.value] = c
-    for v in node._table.ring():
-        pool[v] = node._table.peer_of(v)
+    for v in keeper.table.ring():
+        pool[v] = keeper.table.peer_of(v)
     pool.pop(local.value, None)
-    near = ring_neighbours_sorted(local, sorted(pool), node.config.near_per_side)
+    near = ring_neighbours_sorted(local, sorted(pool), keeper.near_per_side)
     return sorted({pool[v] for v in near}, key=lambda c: (ring_distance(local, c), c))
 
 
 def check_all(world: FakeLinkWorld, seen: dict[str, int]) -> None:
     for n in world.alive_ids():
         node = world.node(n)
-        assert node._seen._values == sorted(c.value for c in node._seen)
-        assert node._wanted_near(world.now) == wanted_from_scratch(node, world.now), n.short()
-        want = brackets_from_scratch(node, world.now)
-        assert node._brackets_linked(world.now) is want, n.short()
+        keeper = node.near_keeper
+        assert keeper.seen.values() == sorted(c.value for c in keeper.seen)
+        assert keeper.wanted(world.now) == wanted_from_scratch(keeper, world.now), n.short()
+        want = brackets_from_scratch(keeper, world.now)
+        assert keeper.brackets_linked(world.now) is want, n.short()
         seen[str(want)] += 1
         fresh = tuple(node._view(c) for c in node._table)
         assert node._connection_views() == fresh, n.short()
         # The informer index agrees with the news itself.
-        for informer in {i for _, (i, _) in node._seen.items()}:
-            told = {c for c, (i, _) in node._seen.items() if i == informer}
-            assert set(node._seen.told_by(informer)) == told
+        for informer in {i for _, (i, _) in keeper.seen.items()}:
+            told = {c for c, (i, _) in keeper.seen.items() if i == informer}
+            assert set(keeper.seen.told_by(informer)) == told
 
 
 def test_caches_agree_with_recomputation_through_join_and_churn() -> None:
@@ -105,7 +107,7 @@ def test_caches_agree_with_recomputation_through_join_and_churn() -> None:
 
 
 def test_seen_versions_change_exactly_when_ids_come_or_go_or_revive() -> None:
-    s = _Seen()
+    s = SeenIds()
     a, b, x, y = (NodeId(v) for v in (1, 2, 3, 4))
     s.put(a, x, 10.0, now=0.0)
     v = s.version
@@ -125,7 +127,7 @@ def test_seen_versions_change_exactly_when_ids_come_or_go_or_revive() -> None:
 
 def test_seen_ids_between_two_ring_values() -> None:
     rng = random.Random(9)
-    s = _Seen()
+    s = SeenIds()
     ids = [NodeId(rng.randrange(RING)) for _ in range(60)]
     for c in ids:
         s.put(c, ids[0], 10.0, now=0.0)

@@ -9,6 +9,7 @@ import dataclasses
 import random
 
 from ipop.link.events import LinkMessage, LinkUp, ObservedEndpoint
+from ipop.overlay.events import Roamed
 from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
@@ -18,7 +19,7 @@ from ipop.overlay.messages import (
     Routed,
     decode_message,
 )
-from ipop.overlay.node import OverlayConfig, OverlayNode, Roamed
+from ipop.overlay.node import OverlayConfig, OverlayNode
 from ipop.testing.fake_links import fake_certificate
 from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
 from ipop.types import Endpoint, NodeId, Path

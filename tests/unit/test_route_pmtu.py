@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from ipop.link.pmtu import PROBE_TAG
 from ipop.node import ROUTE_IDLE_S, ROUTE_PROBED_MAX, ROUTED_IP_MTU, NodeCore
+from ipop.overlay.events import Delivered
 from ipop.overlay.messages import KIND_PMTU
-from ipop.overlay.node import Delivered
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import NodeId

@@ -134,7 +134,7 @@ class Wire:
 
 def _answer_ping(core: NodeCore, ev: object, now: float) -> None:
     """What ipop.aio.node.Node does with a ping: the same bytes back, the way it came."""
-    from ipop.overlay.node import Delivered
+    from ipop.overlay.events import Delivered
 
     if type(ev) is not Delivered or ev.kind != KIND_PING or len(ev.payload) != 6:
         return
@@ -186,11 +186,11 @@ def build(*, a_linked_to_v: bool) -> tuple[Wire, NodeCore, NodeCore, NodeCore]:
         # In a ring of three everybody is a near candidate: make A and V stop asking for each
         # other, as two far members would not (their failed attempts would hide the CTM's).
         for x, y in ((v, a), (a, v)):
-            x.overlay._back_off(y.local_id, float("inf"))
+            x.overlay._backoff.put(y.local_id, float("inf"))
         wire.run(LIFETIME_S)  # the last handshakes toward each other time out
         # (JOIN probes still answer each other: drop what that started, just before.)
         for x, y in ((v, a), (a, v)):
-            x.overlay._pending.pop(y.local_id, None)
+            x.overlay._attempts.cancel(y.local_id)
     return wire, m, v, a
 
 
