@@ -6,6 +6,13 @@ runs over. A *path* (:data:`ipop.types.Path`, a direct :class:`Endpoint` or a
 path, and outputs are ``(bytes, path)`` pairs the driver (or the overlay, for relay paths)
 delivers.
 
+Beside it, each in its own module: the events it yields (:mod:`ipop.link.events`), the keys
+and the index table (:mod:`ipop.link.keys`), path choice (:mod:`ipop.link.paths`) and the
+per-peer deadline heap (:mod:`ipop.link.timers`). This module stays above 600 lines because
+what is left all reads and writes one per-peer record: receive dispatch, Init/Resp processing,
+install/confirm/rekey, liveness, and the probe and echo bookkeeping carried in DATA; the
+echo/rebinding part (``_heard`` ... ``_on_echo``) is the next piece that could leave.
+
 Theory of operation
 -------------------
 Per peer (keyed by the node id its certificate proves) there are at most:
