@@ -497,7 +497,6 @@ class LinkLayer:
         self._witness_ok_at = -_INF
         self._suspect_until = -_INF
         self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
-            TYPE_DATA: self._on_data,
             TYPE_HANDSHAKE_INIT: self._on_init,
             TYPE_HANDSHAKE_RESP: self._on_resp,
             TYPE_COOKIE_REPLY: self._on_cookie,
@@ -605,11 +604,11 @@ class LinkLayer:
 
         This is the one DATA authentication path (header, key lookup, expiry, replay window,
         AEAD, key confirmation and older keys, liveness, counters, roaming, probes):
-        :meth:`receive_datagram` reaches it through ``_on_data``, which queues what it returns,
-        so the data plane's fast path pays no call for the sharing.
+        :meth:`receive_datagram` calls it and queues what it returns, so neither path pays a
+        call for the sharing.
         """
         if not data or data[0] != TYPE_DATA:
-            self.receive_datagram(data, path, now=now)
+            self._receive_other(data, path, now)
             return None
         if len(data) < DATA_MIN_BYTES:
             self.drops["malformed"] += 1
@@ -850,6 +849,13 @@ class LinkLayer:
 
     def receive_datagram(self, data: bytes, path: Path, *, now: float) -> None:
         """Feed one datagram that arrived on ``path``; never raises on peer input."""
+        # DATA takes open_data's path, the only one; it hands back what it did not queue.
+        got = self.open_data(data, path, now=now)
+        if got is not None:
+            self._events.append(link_message(got[0], got[1], path))
+
+    def _receive_other(self, data: bytes, path: Path, now: float) -> None:
+        """Any datagram but DATA (handshakes, cookie replies, garbage)."""
         if not data:
             self.drops["empty"] += 1
             return
@@ -1001,12 +1007,6 @@ class LinkLayer:
             self._timer_dirty = True
 
     # --- receive paths ----------------------------------------------------------------------
-
-    def _on_data(self, data: bytes, path: Path, now: float) -> None:
-        # The one DATA receive path is open_data's; it hands back what it did not queue.
-        got = self.open_data(data, path, now=now)
-        if got is not None:
-            self._events.append(link_message(got[0], got[1], path))
 
     def _on_init(self, data: bytes, path: Path, now: float) -> None:
         cfg = self.config
