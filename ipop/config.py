@@ -147,7 +147,7 @@ class StunConfig:
     """NAT discovery (``ipop netcheck``): STUN servers to ask, and what this node serves.
 
     ``serve``: answer STUN Binding requests on the overlay port at all (rate-limited, never
-    more bytes out than in; :mod:`ipop.stun`). Off by default: an ordinary node has no reason
+    more bytes out than in; :mod:`ipop.nat.stun`). Off by default: an ordinary node has no reason
     to answer strangers; bootstrap nodes, which every netcheck asks, turn it on.
     ``alternate`` (only with ``serve``): "auto" serves CHANGE-REQUEST when the host has a
     second address (a public node with two addresses; the first two found are used), "off"

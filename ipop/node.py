@@ -12,7 +12,7 @@
   up (a shortcut or any other link) and is routed over the ring otherwise. The first packet to
   a peer with no link asks the overlay for a shortcut, so later packets go direct;
 - traffic to a peer over a relayed link or over the ring also starts port guessing
-  (:mod:`ipop.birthday`), the only way to a direct path between a symmetric NAT and a
+  (:mod:`ipop.nat.portguess`), the only way to a direct path between a symmetric NAT and a
   port-restricted one. Its openers leave from punching sockets (``SocketPath``), which the I/O
   layer opens on first use; a knock on one of them starts a handshake there. Openers and
   knocks go only to the addresses the overlay knows the peer at
@@ -39,7 +39,7 @@ Once a route's size is known, IP packets and probes to that peer carry our certi
 within it (:meth:`_route_cert_budget`): the certificate rides on small messages only, so
 otherwise a message with it could be larger than a bigger one without it.
 At most ROUTE_PROBED_MAX routes are probed at once (the least recently used goes), and one
-is forgotten ROUTE_IDLE_S after its last packet or once a link to its peer is up.
+is forgotten timing.ROUTE_PROBE_IDLE_S after its last packet or once a link to its peer is up.
 
 Theory of operation: every input (datagram, timer, command) ends with :meth:`_settle`, which
 moves events and datagrams between the two layers until neither has anything left. Both layers
@@ -56,7 +56,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ipop import timing
-from ipop.birthday import BirthdayPunch, is_knock
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
@@ -70,6 +69,8 @@ from ipop.link.pmtu import (
     PathMtuProber,
     ack_payload,
 )
+from ipop.nat.portguess import PortGuessing, is_knock
+from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
 from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram, Roamed
 from ipop.overlay.messages import (
     KIND_BIRTHDAY,
@@ -83,15 +84,12 @@ from ipop.overlay.messages import (
 from ipop.overlay.node import OverlayConfig, OverlayNode, OverlaySnapshot
 from ipop.overlay.origin import CERT_BUDGET_BYTES, ROUTED_OVERHEAD, OriginAuth
 from ipop.revocation import CrlGossip
-from ipop.stun import SOURCE_PRIMARY, StunAgent
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 from ipop.wire.header import DATA_MIN_BYTES
 
 __all__ = ["NodeCore", "NodeSnapshot", "PublicView"]
 
 _CRL_TAG = bytes([TYPE_CRL])
-# How long a shortcut request for one peer stands before traffic may ask again.
-SHORTCUT_RETRY_S = 10.0
 # A DIRECT message's datagram is its inner packet plus this (DIRECT header, DATA header, tag).
 _DIRECT_GROWTH = DATA_MIN_BYTES + 2
 # The largest inner packet a routed message carries within a 1,500-byte hop (see ip_mtu).
@@ -100,7 +98,6 @@ ROUTED_IP_MTU = MAX_DATAGRAM - DATA_MIN_BYTES - ROUTED_OVERHEAD
 _ROUTED_MIN_OVERHEAD = ROUTED_OVERHEAD - 64 + 16
 # Routes probed at once, and how long one stays probed after its last IP packet.
 ROUTE_PROBED_MAX = 64
-ROUTE_IDLE_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +169,12 @@ class NodeCore:
         self._last_timer = math.inf
         # Peers we asked a shortcut to, with the last time data went to them (idle expiry).
         self._shortcut_used: dict[NodeId, float] = {}
-        # STUN on the overlay socket (ipop.stun): answered here, never seen by the link layer.
+        # STUN on the overlay socket (ipop.nat.stun): answered here, never seen by the link layer.
         # ``stun_alt_send`` is the I/O layer's way to send from a node's alternate sockets.
-        # Answered only with ``stun_serve`` (``[stun] serve``): see ipop.stun.
+        # Answered only with ``stun_serve`` (``[stun] serve``): see ipop.nat.stun.
         self.stun = StunAgent(rng=random.Random(rng.random()), serve=stun_serve)
         self.stun_alt_send: Callable[[int, bytes, Endpoint], None] | None = None
-        self.birthday = BirthdayPunch(rng=random.Random(rng.random()))
+        self.birthday = PortGuessing(rng=random.Random(rng.random()))
         # Links up and down, path changes and punching, for the adapter to log (ipop.journal).
         self.journal = Journal()
         # The revocation list epidemic (ipop.revocation): TYPE_CRL link messages stop here.
@@ -218,7 +215,7 @@ class NodeCore:
         self.stats["sent_routed"] += 1
         if self.shortcuts and dst != self.local_id:
             asked = self._shortcut_asked.get(dst)
-            if asked is None or now - asked >= SHORTCUT_RETRY_S:
+            if asked is None or now - asked >= timing.SHORTCUT_RETRY_S:
                 self._shortcut_asked[dst] = now
                 self._shortcut_used[dst] = now
                 overlay.request_shortcut(dst, now=now)
@@ -296,11 +293,11 @@ class NodeCore:
         return min(CERT_BUDGET_BYTES, limit - DATA_MIN_BYTES + _ROUTED_MIN_OVERHEAD)
 
     def _expire_routes(self, now: float) -> None:
-        """Forget routes idle for ROUTE_IDLE_S, or replaced by a link to their peer."""
+        """Forget routes idle for timing.ROUTE_PROBE_IDLE_S, or replaced by a link to their peer."""
         gone = [
             p
             for p, t in self._route_used.items()
-            if now - t >= ROUTE_IDLE_S or self.overlay.is_linked(p)
+            if now - t >= timing.ROUTE_PROBE_IDLE_S or self.overlay.is_linked(p)
         ]
         for peer in gone:
             del self._route_used[peer]
@@ -463,7 +460,9 @@ class NodeCore:
         # Forget old shortcut requests so the table cannot grow with every peer ever seen.
         if len(self._shortcut_asked) > 256:
             self._shortcut_asked = {
-                p: t0 for p, t0 in self._shortcut_asked.items() if now - t0 < SHORTCUT_RETRY_S
+                p: t0
+                for p, t0 in self._shortcut_asked.items()
+                if now - t0 < timing.SHORTCUT_RETRY_S
             }
         self._settle(now)
 
@@ -566,7 +565,7 @@ class NodeCore:
             else:
                 self.stun.drops["no_alt_socket"] += 1
 
-    # --- port guessing (ipop.birthday) -------------------------------------------------------
+    # --- port guessing (ipop.nat.portguess) -------------------------------------------------------
 
     def public_view(self) -> PublicView:
         """What peers' echoes say of our NAT (the one reading of them; see PublicView)."""

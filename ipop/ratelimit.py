@@ -1,7 +1,7 @@
 """Token buckets, alone and per key in a bounded table (sans-IO: every call takes ``now``).
 
 Owns every rate limit on work that others can ask of a node: handshake verification
-(:mod:`ipop.link.cookie`), STUN answers (:mod:`ipop.stun`), what one member's messages make the
+(:mod:`ipop.link.cookie`), STUN answers (:mod:`ipop.nat.stun`), what one member's messages make the
 overlay do (CONNECT_TO_ME per requester, connect-backs per named address, NEIGHBOURS pulls:
 :mod:`ipop.overlay.node`), owner lookups caused by a peer's packets (:mod:`ipop.vnet.owners`)
 and a router's per-MAC limits (:mod:`router.daemon`).

@@ -21,10 +21,11 @@ from ipaddress import IPv4Address
 from typing import TypeVar
 
 from ipop import timing
-from ipop.birthday import nat_flags
-from ipop.birthday import why_relayed as _punch_why
 from ipop.link.events import LinkInfo
-from ipop.node import SHORTCUT_RETRY_S, NodeSnapshot
+from ipop.nat.kinds import NatKind
+from ipop.nat.portguess import nat_flags
+from ipop.nat.portguess import why_relayed as _punch_why
+from ipop.node import NodeSnapshot
 from ipop.status import DnsStatus, LanHostStatus, PeerStatus, SelfStatus, Status
 from ipop.types import NodeId, RelayPath
 
@@ -57,7 +58,7 @@ class LocalView:
     peer_vips: Mapping[NodeId, tuple[IPv4Address, float]] = field(default_factory=dict)
     # Overlay ping round trips from ``ipop ping``: peer -> (seconds, when measured).
     rtts: Mapping[NodeId, tuple[float, float]] = field(default_factory=dict)
-    measured_nat: str | None = None  # netcheck's answer, which beats peers' echoes
+    measured_nat: NatKind | None = None  # netcheck's answer, which beats peers' echoes
     # The other parts' drops and counters, already prefixed ("vnet.x"), in status order.
     drops: Sequence[Mapping[str, int]] = ()
     counters: Sequence[Mapping[str, int]] = ()
@@ -112,7 +113,7 @@ def peer_statuses(core: NodeSnapshot, local: LocalView, *, now: float) -> list[P
     if vips is None:
         return []
     kinds = {c.peer: c.kinds for c in core.overlay.connections}
-    symmetric = nat_kind(core, local.measured_nat) == "symmetric"
+    symmetric = nat_kind(core, local.measured_nat) is NatKind.SYMMETRIC
     rows = []
     for info in core.links:
         path = info.path
@@ -158,10 +159,10 @@ def peer_statuses(core: NodeSnapshot, local: LocalView, *, now: float) -> list[P
     return rows
 
 
-def nat_kind(core: NodeSnapshot | None, measured: str | None = None) -> str | None:
+def nat_kind(core: NodeSnapshot | None, measured: NatKind | None = None) -> NatKind | None:
     """What peers' echoes of our address say about the mapping (RFC 4787 §4.1).
 
-    "open": peers see our own address; "cone": one public mapping for every peer
+    "none": peers see our own address; "cone": one public mapping for every peer
     (endpoint-independent); "symmetric": different mappings for different peers. None until
     a peer has told us. Filtering is not visible this way (``ipop netcheck``'s job), whose
     ``measured`` answer beats the guess.
@@ -171,8 +172,8 @@ def nat_kind(core: NodeSnapshot | None, measured: str | None = None) -> str | No
     if core is None:
         return None
     if core.public.host is None:
-        return "open" if core.overlay.routable else None
-    return "symmetric" if core.public.symmetric else "cone"
+        return NatKind.NONE if core.overlay.routable else None
+    return NatKind.SYMMETRIC if core.public.symmetric else NatKind.CONE
 
 
 def why_relayed(core: NodeSnapshot, peer: NodeId, *, symmetric: bool) -> str:
@@ -201,7 +202,7 @@ def why_no_link(last_used: float | None, now: float) -> str:
     if last_used is None:
         return "no link: routed over the ring"
     idle = now - last_used
-    if idle < SHORTCUT_RETRY_S:
+    if idle < timing.SHORTCUT_RETRY_S:
         return "no link yet: routed over the ring while a shortcut forms"
     # The shortcut is kept for SHORTCUT_IDLE_S after the last packet, but asked for only
     # while traffic flows: saying "forms" long after would be stale.

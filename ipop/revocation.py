@@ -12,8 +12,8 @@ Protocol (numbers are CRL numbers; 0 is "none")::
 
     link up, we hold n > 0      -> OFFER(n) to the new peer
     we install n (any source)   -> OFFER(n) to every linked peer (but the one it came from)
-    OFFER(m) with m < ours      -> our CRL as CHUNKs to that peer   (once per PUSH_INTERVAL_S)
-    OFFER(m) with m > ours      -> OFFER(ours) back, asking for it  (once per PULL_WAIT_S)
+    OFFER(m) with m < ours      -> our CRL as CHUNKs to that peer   (once per CRL_PUSH_INTERVAL_S)
+    OFFER(m) with m > ours      -> OFFER(ours) back, asking for it  (once per CRL_PULL_WAIT_S)
     CHUNKs complete a CRL       -> verify, install if newer, then as above
 
 A node without a CRL never speaks first, so networks that revoke nothing exchange nothing.
@@ -22,10 +22,12 @@ member that offers a huge number and never delivers must not keep us from asking
 Chunks of a list no newer than ours are honest duplicates (several peers answered our asks):
 counted in ``stats["chunk_duplicate"]`` and dropped before any work.
 
+The intervals are in :mod:`ipop.timing`.
+
 Bounds (an insider can send any TYPE_CRL it likes): per peer one assembly of at most
-MAX_CRL_BYTES, discarded after ASSEMBLY_TIMEOUT_S; one CRL pushed per peer per
-PUSH_INTERVAL_S; a peer whose CRL failed verification is ignored for VERIFY_BACKOFF_S (so it
-costs at most one signature check per that period); per-peer state for at most MAX_PEERS
+MAX_CRL_BYTES, discarded after CRL_ASSEMBLY_TIMEOUT_S; one CRL pushed per peer per
+CRL_PUSH_INTERVAL_S; a peer whose CRL failed verification is ignored for CRL_VERIFY_BACKOFF_S
+(so it costs at most one signature check per that period); per-peer state for at most MAX_PEERS
 peers, the oldest evicted. Nothing is installed before the CA's signature verified and the
 number grew; a refused CRL changes nothing. Drop reasons come from :data:`DROP_REASONS`.
 """
@@ -36,25 +38,18 @@ import collections
 from collections.abc import Iterable
 from typing import Final
 
+from ipop import timing
 from ipop.errors import LocalProtocolError, RemoteProtocolError
 from ipop.identity import CRL_REASONS, CaTrust, CrlError, VerifiedCrl
 from ipop.overlay.messages import CRL_CHUNK_BYTES, CrlChunk, CrlOffer, decode_crl
 from ipop.types import NodeId
 
 __all__ = [
-    "ASSEMBLY_TIMEOUT_S",
     "DROP_REASONS",
     "MAX_PEERS",
-    "PUSH_INTERVAL_S",
-    "VERIFY_BACKOFF_S",
     "CrlGossip",
 ]
 
-PUSH_INTERVAL_S: Final = 10.0
-ASSEMBLY_TIMEOUT_S: Final = 30.0
-VERIFY_BACKOFF_S: Final = 30.0
-# We ask one peer for its newer list at most this often.
-PULL_WAIT_S: Final = 10.0
 MAX_PEERS: Final = 1024
 
 DROP_REASONS: Final = frozenset(
@@ -164,7 +159,7 @@ class CrlGossip:
             self._push(peer, now)
         elif number > ours:
             st = self._state(peer)
-            if now - st.asked_at < PULL_WAIT_S:
+            if now - st.asked_at < timing.CRL_PULL_WAIT_S:
                 self.stats["ask_held"] += 1
                 return
             st.asked_at = now
@@ -176,7 +171,7 @@ class CrlGossip:
         if der is None:
             return
         st = self._state(peer)
-        if st.pushed[0] == number and now - st.pushed[1] < PUSH_INTERVAL_S:
+        if st.pushed[0] == number and now - st.pushed[1] < timing.CRL_PUSH_INTERVAL_S:
             self.stats["push_held"] += 1
             return
         st.pushed = (number, now)
@@ -199,7 +194,7 @@ class CrlGossip:
             asm is None
             or asm.number != msg.number
             or asm.total != msg.total
-            or now - asm.started > ASSEMBLY_TIMEOUT_S
+            or now - asm.started > timing.CRL_ASSEMBLY_TIMEOUT_S
         ):
             asm = st.assembly = _Assembly(msg.number, msg.total, now)
         asm.chunks[msg.offset] = msg.data
@@ -213,7 +208,7 @@ class CrlGossip:
             # Forged, broken, or an old list framed as new: this peer gets no more signature
             # checks for a while (honest duplicates never get here: see crl_chunk_stale).
             self._drop(exc.reason)
-            st.backoff_until = now + VERIFY_BACKOFF_S
+            st.backoff_until = now + timing.CRL_VERIFY_BACKOFF_S
             return None
         if crl.number != msg.number:
             # The chunks said one number, the signed list another: installed (the CA signed

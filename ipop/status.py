@@ -32,6 +32,10 @@ Document shape (``Status.to_dict()``)::
             "latency_ms": {"p50": 4.2, "p99": 31.0,     # of the last 1024 replies; null: none
                            "buckets": {"le_1": 10, "le_2": 0, ..., "over_5000": 0}}}
 
+``self.nat`` is a :class:`ipop.nat.kinds.NatKind` value or null (not known yet): netcheck's
+measurement when there is one, else "none", "cone" or "symmetric" from peers' echoes of our
+address. "open", the spelling of "none" before, still reads (as "none").
+
 ``lan_hosts`` (router mode: the plain hosts the router serves on its LAN) is optional: it is
 written only when non-empty, and a document without it reads as an empty list, so a node's
 status has exactly the four fields it always had. ``kind`` is "dhcp" or "static" (a host
@@ -52,6 +56,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, cast
+
+from ipop.nat.kinds import NatKind
 
 __all__ = [
     "PATH_KINDS",
@@ -107,6 +113,17 @@ def _opt_str(value: object, where: str) -> str | None:
     if not isinstance(value, str):
         raise ValueError(f"{where}: must be a string or null, got {_kind(value)}")
     return value
+
+
+def _opt_nat(value: object, where: str) -> NatKind | None:
+    """A NAT kind or null; the old spelling "open" reads as "none"."""
+    text = _opt_str(value, where)
+    if text is None:
+        return None
+    try:
+        return NatKind.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _bool(value: object, where: str) -> bool:
@@ -196,7 +213,7 @@ class SelfStatus:
     node_name: str
     vip: str | None  # None until the address lease is won
     names: list[str]  # every DNS name that resolves to this node
-    nat: str | None  # None until NAT discovery has an answer
+    nat: NatKind | None  # None until NAT discovery has an answer (ipop.nat.kinds)
     uptime_s: float
     endpoints: list[str]  # "IPv4:PORT" this node believes peers can reach
     routable: bool  # joined the ring: overlay routing to and from this node works
@@ -233,7 +250,7 @@ class SelfStatus:
             node_name=_str(obj["node_name"], f"{where}.node_name"),
             vip=_opt_str(obj["vip"], f"{where}.vip"),
             names=_str_list(obj["names"], f"{where}.names"),
-            nat=_opt_str(obj["nat"], f"{where}.nat"),
+            nat=_opt_nat(obj["nat"], f"{where}.nat"),
             uptime_s=_number(obj["uptime_s"], f"{where}.uptime_s"),
             endpoints=_str_list(obj["endpoints"], f"{where}.endpoints"),
             routable=_bool(obj["routable"], f"{where}.routable"),

@@ -1,12 +1,15 @@
-"""Every timing constant of ipop, unit in the name, with one line of why (DESIGN.md §12.7).
+"""Every protocol timing constant of ipop, unit in the name, with one line of why (DESIGN.md §12.7).
 
 Cores read these as defaults; tests shrink them through the cores' config objects, never by
-patching this module.
+patching this module. What stays next to its code: sizes and counts that are not times, the
+adapters' own housekeeping (how often the daemon drains its log journal, polls or writes
+files, ipop.aio.daemon and ipop.aio.peerstore), the control socket's and CLI's reply
+timeouts, and tools' and tests' waits.
 """
 
 from __future__ import annotations
 
-# --- sessions (link/session.py) -------------------------------------------------------------
+# --- sessions (ipop/link/layer.py) ----------------------------------------------------------------
 # Start a new handshake this long after a session was keyed: short enough that one key never
 # protects much traffic, long enough that handshakes stay a rounding error (WireGuard: 120 s).
 REKEY_AFTER_S = 120.0
@@ -37,8 +40,16 @@ LINK_TIMEOUT_S = 50.0
 # e.g. after it restarted or closed the link, would otherwise blackhole traffic until
 # LINK_TIMEOUT_S). Above KEEPALIVE_INTERVAL_S, the longest a live peer stays quiet.
 SILENT_PEER_S = 20.0
+# How long a peer that routed around our session with it has to show that it still holds
+# that session (see LinkLayer.peer_unlinked): several round trips, and two Init copies.
+UNLINKED_CHECK_S = 3.0
+# Keys we answered for a peer's other Inits when one of them was confirmed ("spare", see
+# LinkLayer._confirm) open its DATA this long after: the initiator installs every Resp that
+# reaches it, in arrival order, so the last one it installed (and seals with) may be confirmed
+# after another; a few round trips of the slowest path a handshake completes on.
+SPARE_KEYS_S = 3.0
 
-# --- handshake flood guard (link/cookie.py) -------------------------------------------------
+# --- handshake flood guard (ipop/link/cookie.py) --------------------------------------------------
 # Above this many Inits per second a responder is "under load" and answers an Init without a
 # valid cookie with a 37-byte cookie reply only: a verified Init costs ~0.3 ms, so this keeps
 # cookie-less verification under ~6 % of a core, far above any honest rate (a bootstrap node
@@ -58,7 +69,12 @@ INIT_SOURCE_TABLE_MAX = 4096
 # is accepted, so a cookie stays good 120-240 s (WireGuard's COOKIE_REFRESH_TIME).
 COOKIE_SECRET_ROTATE_S = 120.0
 
-# --- STUN service (stun.py) -----------------------------------------------------------------
+# --- STUN (ipop/nat/stun.py) ----------------------------------------------------------------------
+# Client transactions: first retransmission after STUN_RTO_S (doubling), given up after
+# STUN_TIMEOUT_S. RFC 5389 §7.2.1 starts at 500 ms for the internet; netcheck waits for answers
+# that may never come (filtering tests), so it uses shorter defaults and a bounded total.
+STUN_RTO_S = 0.2
+STUN_TIMEOUT_S = 1.5
 # A node configured to serve STUN answers each source address this often (and burst): netcheck
 # sends a handful of requests per run, with retransmissions.
 STUN_SOURCE_RATE_PER_S = 5.0
@@ -70,12 +86,25 @@ STUN_GLOBAL_BURST = 1000.0
 # Source addresses whose STUN buckets we keep (oldest forgotten first).
 STUN_SOURCE_TABLE_MAX = 4096
 
-# --- links and overlay (later issues) -----------------------------------------------------
+# --- keepalives (ipop/link/layer.py) --------------------------------------------------------------
 # Keepalive interval: under the ~30 s UDP mapping timeout of common NATs (RFC 4787 REQ-5
 # asks for >= 2 min, many do less), with slack for one lost keepalive.
 KEEPALIVE_INTERVAL_S = 15.0
 
-# --- identity and certificates (identity.py, tools/config_cli.py) ---------------------------
+# --- certificate revocation gossip (ipop/revocation.py) -------------------------------------------
+# One CRL pushed to a peer this often at most: a peer that keeps offering an older number
+# gets ours again only after this, so an insider cannot make us stream CRLs.
+CRL_PUSH_INTERVAL_S = 10.0
+# A CRL whose chunks have not all arrived this long after the first is discarded: bounds the
+# assembly state one peer can hold open.
+CRL_ASSEMBLY_TIMEOUT_S = 30.0
+# A peer whose CRL failed verification is ignored this long: one bad list costs one
+# verification per interval, not one per offer.
+CRL_VERIFY_BACKOFF_S = 30.0
+# We ask one peer for its newer list at most this often.
+CRL_PULL_WAIT_S = 10.0
+
+# --- identity and certificates (ipop/identity.py, tools/config_cli.py) ----------------------------
 # Certificates start this long before the moment they are signed, so a node whose clock runs
 # a little behind the machine that ran ipop-config can use a freshly made bundle at once.
 CERT_BACKDATE_S = 3600.0
@@ -83,7 +112,7 @@ CERT_BACKDATE_S = 3600.0
 CA_DEFAULT_DAYS = 3650
 NODE_CERT_DEFAULT_DAYS = 365
 
-# --- DHT (ipop/dht) ---------------------------------------------------------------------------
+# --- DHT (ipop/dht; joining: ipop/aio/node.py; vIP claims: ipop/aio/daemon.py) --------------------
 # Retransmit an unanswered DHT RPC (same message id) after this long: a few overlay round
 # trips, so one lost datagram costs hundreds of ms instead of kademlia's 5 s stall.
 DHT_RPC_RETRY_S = 0.4
@@ -95,7 +124,8 @@ DHT_RPC_RETRY_S = 0.4
 DHT_RPC_MIN_RETRY_S = 0.1
 # A peer that left every try of an RPC unanswered gets one try per RPC for this long, until
 # anything arrives from it: one dead or paused node costs each later lookup one timeout, not
-# DHT_RPC_ATTEMPTS of them.
+# DHT_RPC_ATTEMPTS of them. One that left a single try unanswered is not waited for by reads
+# (DhtService.get) for as long, again until anything arrives from it.
 DHT_SILENT_PEER_S = 30.0
 # Tries per RPC before the peer counts as gone: at 5% loss each way one try fails 9.75% of the
 # time, four fail 1e-4 of the time, so a lossy path does not evict a live contact.
@@ -123,8 +153,45 @@ DHT_LEASE_TTL_S = 600.0
 DHT_LEASE_RENEW_FRACTION = 0.5
 # After a failed renewal, try again this soon (the lease still has half its life left).
 DHT_LEASE_RETRY_S = 10.0
+# Between DHT join attempts while the first ones find nobody to answer (ipop/aio/node.py).
+DHT_JOIN_RETRY_S = 2.0
+# The DHT waits this long for the overlay's JOIN answer before joining through the links it
+# has. Why: a JOIN routed into a paused node (SIGSTOP) is lost until the silent-neighbour timer
+# closes that node (10-16 s), and a restarted daemon's links (its bootstrap, its remembered
+# peers re-keyed at start) already reach the DHT; the DHT join itself checks that a peer
+# answers.
+DHT_JOIN_WAIT_S = 1.0
+# The overlay's linked peers are taken in as contacts this often at most (ipop/dht/service.py):
+# links come and go in bursts while the ring forms, and each absorb walks every link.
+DHT_LINK_ABSORB_S = 5.0
+# After a lost create's withdrawal its tombstone is sent to the replicas again this much later:
+# a replica that took the rival's claim in the meantime hears the withdrawal too.
+DHT_WITHDRAW_AGAIN_S = 2.0
+# Between attempts to win a virtual IP in the DHT when one failed (ipop/aio/daemon.py): the
+# create has retried inside already, so this only paces whole attempts.
+VIP_ALLOC_RETRY_S = 2.0
+# Linked peers' vIPs are learned from their hostnames (Daemon.learn_peer_vips) this often,
+# and an answer holds this long: a lease moves rarely, and each sweep costs DHT lookups.
+PEER_VIP_SWEEP_S = 30.0
+PEER_VIP_TTL_S = 300.0
 
-# --- overlay (ipop/overlay) -------------------------------------------------------------------
+# --- virtual IP owners (ipop/vnet/owners.py, ipop/aio/dataplane.py) -------------------------------
+# How long a vIP -> node answer is trusted before it is looked up again: a lease moves rarely,
+# and a stale answer only costs packets until the new holder's first packet (spoofed_inner_src).
+OWNER_TTL_S = 120.0
+# How long "nobody holds it" is trusted: short, so a node that just claimed it is reached soon.
+OWNER_NEGATIVE_TTL_S = 3.0
+# A DHT lookup that has not answered by then is abandoned, so that its slot in the table's
+# in-flight cap comes back (the DHT's own timeouts are shorter; this is the backstop).
+OWNER_LOOKUP_TIMEOUT_S = 30.0
+
+# --- data path (ipop/aio/dataplane.py) ------------------------------------------------------------
+# A wake-up this long after the previous one of the same fd reads one packet only: an isolated
+# packet (a ping, a request) then leaves without the extra read that would find the fd empty.
+# A burst pays one extra loop pass before the next wake-up, close behind, reads full batches.
+DATAPLANE_SPARSE_S = 1e-3
+
+# --- overlay (ipop/overlay) -----------------------------------------------------------------------
 # Maintenance tick: policies (near, far, trim) and deadlines are checked this often; a second
 # keeps repair prompt and costs microseconds per node.
 OVERLAY_TICK_S = 1.0
@@ -153,6 +220,8 @@ OVERLAY_NEAR_DEAD_S = 14.0
 OVERLAY_HOP_RTO_MIN_S = 0.03
 OVERLAY_HOP_RTO_MAX_S = 1.0
 OVERLAY_HOP_RTO_INITIAL_S = 0.3
+# While a next hop stays suspect, its ALIVE probes follow at doubling intervals up to this.
+OVERLAY_HOP_PROBE_MAX_S = 4.0
 # Give up on direct attempts toward a peer after this long and fall back to a relay (near
 # links) or give up (far, shortcut): longer than HANDSHAKE_TIMEOUT_S, which fails them first.
 OVERLAY_CONNECT_TIMEOUT_S = 25.0
@@ -219,8 +288,12 @@ OVERLAY_BOOTSTRAP_RETRY_S = 10.0
 # without, and 30 s was half the churn repair budget (1,000 nodes, 30% churn, seed 5: the only
 # pair left unlinked at 60 s had one failed relay attempt; repaired at 59 s with 10 s).
 OVERLAY_FAILED_BACKOFF_S = 10.0
+# A reverse hint (which peer last handed us a routed message from a node we hold no link to,
+# ipop/overlay/hints.py) is kept this long: a few seconds cover the time a new node's near
+# links take to form, after which the ring routes its answers.
+OVERLAY_REVERSE_HINT_S = 10.0
 
-# --- shortcuts (ipop/node.py) ---------------------------------------------------------------
+# --- shortcuts (ipop/node.py) ---------------------------------------------------------------------
 # A shortcut (a direct link asked for because we exchange data with a peer) is released after
 # this long without data to that peer: its keepalives would hold a NAT mapping for nothing.
 SHORTCUT_IDLE_S = 120.0
@@ -228,18 +301,27 @@ SHORTCUT_IDLE_S = 120.0
 # keepalive every KEEPALIVE_INTERVAL_S and a session; a node talking to thousands of peers
 # keeps the busiest and routes the rest over the ring.
 SHORTCUT_MAX = 128
+# A shortcut request for one peer stands this long before traffic may ask again: a request
+# costs a CONNECT_TO_ME and handshakes, and its link is usually up within a second or two.
+SHORTCUT_RETRY_S = 10.0
+# A route over the ring probed for its path MTU (ipop/node.py) is forgotten this long after its
+# last IP packet: the TAP's MTU follows live routes only.
+ROUTE_PROBE_IDLE_S = 120.0
 
-# --- path choice (ipop/link/paths.py) ---------------------------------------------------------
+# --- path choice (ipop/link/paths.py) -------------------------------------------------------------
 # A direct path that delivered nothing authenticated for this long may be replaced by any
 # working one (a handshake's or the peer's newest packets'); one in use is only replaced by a
 # clearly faster one, so two live paths never flap.
 PATH_SILENT_S = 1.0
 # A direct path replaces the one in use only if its handshake was this much faster (a ratio,
-# not a time): the LAN path, fastest, stays when two peers share a LAN, and two near-equal
-# paths do not swap on every rekey.
+# not a time): two paths of about the same round trip never flap.
 PATH_SWITCH_RATIO = 0.7
+# A relay replaces a direct path only once nothing authenticated has come from the peer for
+# this long (see ipop.link.paths.better_path): well past a handshake's round trip, so a relay
+# handshake racing a direct one that just completed never wins.
+RELAY_TAKEOVER_SILENT_S = 2.0
 
-# --- roaming (ipop/overlay/node.py, ipop/aio/addrwatch.py) -----------------------------------
+# --- roaming (ipop/overlay/node.py, ipop/aio/addrwatch.py) ----------------------------------------
 # After our own address changed, our endpoints are re-advertised as soon as a peer tells us our
 # new public one (one round trip to a public peer), or this long after at the latest (no peer
 # can hear us yet: advertise what we know). Well inside the 2 s traffic may stall for.
@@ -290,7 +372,7 @@ REBIND_WITNESS_MIN_S = 2.0
 ADDRWATCH_SETTLE_S = 0.1
 ADDRWATCH_POLL_S = 1.0
 
-# --- port guessing toward symmetric NATs (ipop/birthday.py) ---------------------------------
+# --- port guessing toward symmetric NATs (ipop/nat/portguess.py) ----------------------------------
 # Extra sockets a symmetric node opens toward a peer: each holds one random NAT port that
 # accepts the peer. With BIRTHDAY_KNOCKS guesses per round over the 64,512 ports MASQUERADE
 # draws from, a round finds one with odds 1 - exp(-SOCKETS * KNOCKS / 64512): 98 % at 256 x 1024.
@@ -314,3 +396,7 @@ BIRTHDAY_GO_WAIT_S = 10.0
 # Openers go to at most this many of a peer's endpoints (its public ones where we saw it):
 # 256 openers of 20 bytes each per endpoint.
 BIRTHDAY_OPEN_ENDPOINTS = 2
+# Punching sockets no session uses are closed this long after port guessing last opened them
+# (ipop/aio/node.py; a guess is over within BIRTHDAY_WINDOW_S; the retry interval is
+# BIRTHDAY_RETRY_S).
+PUNCH_SOCKET_IDLE_S = 30.0

@@ -110,7 +110,7 @@ class RelayPath:
 class SocketPath:
     """A direct path that leaves from one of the node's extra punching sockets, not its main one.
 
-    Only port guessing toward a symmetric NAT makes these (:mod:`ipop.birthday`): the hole it
+    Only port guessing toward a symmetric NAT makes these (:mod:`ipop.nat.portguess`): the hole it
     finds belongs to one of many local sockets, so replies and keepalives must leave from that
     socket. ``socket`` numbers start at 1 (0 would be the main socket, which uses a bare
     :class:`Endpoint`).

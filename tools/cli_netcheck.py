@@ -1,10 +1,10 @@
 """``ipop netcheck [--json] [--server HOST:PORT ...] [--no-second-opinion]``: the NAT in front
-of this node, measured from the daemon's own overlay socket (:mod:`ipop.netcheck`).
+of this node, measured from the daemon's own overlay socket (:mod:`ipop.nat.netcheck`).
 
 Prints the NAT kind, the mapping and filtering behaviours, our public endpoint(s), which peer
 kinds a direct path is expected with, what every STUN server said, and pystun3's second
 opinion (with its known traps when it disagrees). ``--json`` prints the
-:class:`ipop.netcheck.NetcheckResult` document. Exit 1 when the kind could not be decided.
+:class:`ipop.nat.netcheck.NetcheckResult` document. Exit 1 when the kind could not be decided.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from ipop.aio.control import ControlClient
 from ipop.errors import ConfigError
-from ipop.netcheck import NetcheckResult
+from ipop.nat.netcheck import NetcheckResult
 from ipop.types import Endpoint
 
 

@@ -82,6 +82,7 @@ async def _sessions(
     public = Endpoint(net.hosts[server].address, PORT)
     start = loop.time()
     clients: dict[str, str] = {}
+    plan: list[tuple[str, str]]
     if topology is not None:
         plan = [(h.name, h.nat_kind) for h in built.values() if h.name != server]
     else:

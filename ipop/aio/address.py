@@ -2,7 +2,7 @@
 
 It owns the state file that keeps the address across restarts (``state.json`` in the state
 directory: ``{"vip": ..., "network": ...}``), the claim (the saved address first, retried
-every :data:`ALLOC_RETRY_S` while the DHT converges), the lease that renews the address record,
+every ``VIP_ALLOC_RETRY_S`` while the DHT converges), the lease that renews the address record,
 and the names that point at it: the c-name, always, and the certificate's hostname when the
 DHT gives it to us, with its own lease. Stopping lets the records lapse: a restart within the
 lease gets the same address and names back.
@@ -22,15 +22,14 @@ import random
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from ipop import timing
 from ipop.dht.alloc import DhtLease, DhtLike, IpLease, allocate_ip
 from ipop.dht.names import c_name, register_name
 from ipop.dht.record import name_key
 
-__all__ = ["ALLOC_RETRY_S", "AddressKeeper"]
+__all__ = ["AddressKeeper"]
 
 log = logging.getLogger("ipopd")
-
-ALLOC_RETRY_S = 2.0
 
 
 class AddressKeeper:
@@ -89,7 +88,7 @@ class AddressKeeper:
                 break
             except Exception as exc:  # the DHT may still be converging: try again
                 log.warning("event=alloc_retry error=%s", exc)
-                await asyncio.sleep(ALLOC_RETRY_S)
+                await asyncio.sleep(timing.VIP_ALLOC_RETRY_S)
         self.save(vip)
         self.lease = IpLease(dht, self.network, vip, ttl=self.lease_s)
         self.lease.start()

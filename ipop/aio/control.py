@@ -13,7 +13,7 @@ protocol is one JSON object per line each way, requests answered in order on a c
     -> {"cmd": "resolve", "name": "bob.ipop"}             <- {"ok": true, "result": "100.64.1.2"}
     -> {"cmd": "netcheck", "servers": ["203.0.113.30:3478"], "second_opinion": true}
                                        <- {"ok": true, "result": {"nat": "full-cone", ...}}
-                                                          (ipop.netcheck.NetcheckResult)
+                                                          (ipop.nat.netcheck.NetcheckResult)
     -> {"cmd": "crl_push", "crl": "-----BEGIN X509 CRL-----..."}
                                 <- {"ok": true, "result": 3}   (the CRL number now in force)
     -> anything else                                      <- {"ok": false, "error": "why"}
@@ -58,7 +58,7 @@ from typing import Any, Final, Protocol, cast
 
 from ipop.errors import ConfigError, IpopError, LocalProtocolError
 from ipop.identity import MAX_CRL_BYTES
-from ipop.netcheck import NetcheckResult
+from ipop.nat.netcheck import NetcheckResult
 from ipop.status import PingReply, Status
 from ipop.types import Endpoint
 

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
 
+from ipop import timing
 from ipop.aio.address import AddressKeeper
 from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
@@ -54,7 +55,14 @@ from ipop.dht.record import MAX_VALUE_BYTES, ip_key
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
-from ipop.netcheck import PYSTUN3_TRAPS, NetcheckResult, SecondOpinion, pystun3_kind, run_netcheck
+from ipop.nat.netcheck import (
+    PYSTUN3_TRAPS,
+    NetcheckResult,
+    SecondOpinion,
+    pystun3_kind,
+    run_netcheck,
+)
+from ipop.nat.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
 from ipop.nolinks import NoLinkWatch
 from ipop.report import LocalView, build_status, prefixed
 from ipop.status import (
@@ -64,7 +72,6 @@ from ipop.status import (
     PingReply,
     Status,
 )
-from ipop.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
 from ipop.tasks import TaskSet
 from ipop.types import Endpoint, NodeId, RelayPath
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder
@@ -84,15 +91,13 @@ log = logging.getLogger("ipopd")
 # 1500-byte underlay minus IPv4 (20) + UDP (8) + link DATA header (13) + AEAD tag (16) +
 # DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
 DEFAULT_TAP_MTU = 1400
-# A STUN transaction ends in the core (ipop.stun.DEFAULT_TIMEOUT_S); this only bounds the wait.
+# A STUN transaction ends in the core (ipop.timing.STUN_TIMEOUT_S); this only bounds the wait.
 STUN_DEADLINE_S = 5.0
 STUN_POLL_S = 0.005
 MAX_NETCHECK_PEERS = 8
 # Linked peers' vIPs from their hostnames (learn_peer_vips): how often, how many lookups a
 # sweep, and how long an answer holds.
-PEER_VIP_SWEEP_S = 30.0
 MAX_PEER_VIP_LOOKUPS = 8
-PEER_VIP_TTL_S = 300.0
 # How often link notes are logged (ipop.journal; their log time is at most this late).
 JOURNAL_DRAIN_S = 0.25
 # How often the daemon looks for a reason it has no links (ipop.nolinks).
@@ -230,7 +235,7 @@ class Daemon:
         # Peer -> (overlay ping round trip, when measured): from `ipop ping`.
         self.rtts: dict[NodeId, tuple[float, float]] = {}
         # Linked peer -> (its vIP, when learned) from its hostname's records (learn_peer_vips);
-        # pruned to linked peers, re-learned after PEER_VIP_TTL_S.
+        # pruned to linked peers, re-learned after timing.PEER_VIP_TTL_S.
         self.peer_vips: dict[NodeId, tuple[IPv4Address, float]] = {}
         self._local: list[Endpoint] = []
         self.arp = ArpResponder(None, self.subnet)
@@ -575,7 +580,9 @@ class Daemon:
         linked = {info.peer for info in infos}
         for peer in [p for p in self.peer_vips if p not in linked]:
             del self.peer_vips[peer]
-        for peer in [p for p, (_, at) in self.peer_vips.items() if now - at >= PEER_VIP_TTL_S]:
+        for peer in [
+            p for p, (_, at) in self.peer_vips.items() if now - at >= timing.PEER_VIP_TTL_S
+        ]:
             del self.peer_vips[peer]
         known = self.dataplane.known_owners()
         todo = [
@@ -595,7 +602,7 @@ class Daemon:
     async def _learn_peer_vips(self) -> None:
         while True:
             await self.learn_peer_vips(now=time.time())
-            await asyncio.sleep(PEER_VIP_SWEEP_S)
+            await asyncio.sleep(timing.PEER_VIP_SWEEP_S)
 
     def dns_status(self) -> DnsStatus | None:
         """The gateway resolver's counters for ``ipop status`` (None: no DNS here)."""
@@ -622,7 +629,7 @@ class Daemon:
                 return "relayed" if isinstance(info.path, RelayPath) else "direct"
         return "overlay"
 
-    # --- NAT discovery (ipop.stun, ipop.netcheck) --------------------------------------------
+    # --- NAT discovery (ipop.nat.stun, ipop.nat.netcheck) --------------------------------------
 
     def _open_stun_alternates(self, local: list[Endpoint]) -> None:
         """A STUN-serving node with a second address serves CHANGE-REQUEST: two more sockets,
@@ -661,7 +668,8 @@ class Daemon:
     def _open_punch_socket(
         self, on_datagram: Callable[[bytes, tuple[str, int]], None]
     ) -> LoopUdpSocket:
-        """One more socket for port guessing (ipop.birthday), on the overlay socket's address."""
+        """One more socket for port guessing (ipop.nat.portguess), on the overlay socket's
+        address."""
         _raise_fd_limit()
         return LoopUdpSocket(self.settings.listen.host, on_datagram, self.stats)
 
@@ -708,7 +716,7 @@ class Daemon:
     ) -> StunAnswer | None:
         """One Binding transaction from the overlay socket (retransmitted by the core).
 
-        ``pad``: PADDING up to what an ipop server needs to answer (ipop.stun); off for servers
+        ``pad``: PADDING up to what an ipop server needs to answer (ipop.nat.stun); off for servers
         we did not write (an RFC 3489 server such as stund drops what it does not know)."""
         node = self.node
         if node is None or node.driver is None:
@@ -728,7 +736,7 @@ class Daemon:
         return None
 
     async def netcheck(self, servers: list[Endpoint], *, second_opinion: bool) -> NetcheckResult:
-        """Run :func:`ipop.netcheck.run_netcheck` on our socket (pystun3 alongside, threads)."""
+        """Run :func:`ipop.nat.netcheck.run_netcheck` on our socket (pystun3 alongside, threads)."""
         node = self.node
         if node is None:
             raise CommandFailed("the node has not started")

@@ -31,8 +31,9 @@ the frames a UDP batch delivers are written with TCP segments of one flow merged
 packet, which the kernel's receive path then handles once (:mod:`ipop.vnet.gro`).
 
 Latency (a lone packet, e.g. a ping every 50 ms): a wake-up after a quiet spell
-(:data:`SPARSE_S`) reads one packet, without the extra read that would find the fd empty, and a
-UDP batch's TAP writes are followed by a TAP read at once (see :meth:`DataPlane._drain_udp`).
+(:data:`ipop.timing.DATAPLANE_SPARSE_S`) reads one packet, without the extra read that would
+find the fd empty, and a UDP batch's TAP writes are followed by a TAP read at once (see
+:meth:`DataPlane._drain_udp`).
 Measured and rejected: busy polling after activity. A socket or TAP write wakes the next
 process on the writer's CPU, so the four hops of a ping round trip run serially, mostly on one
 CPU, and a poller only delays the process it waits for.
@@ -55,6 +56,7 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
+from ipop import timing
 from ipop.aio.node import Node
 from ipop.aio.sockets import dont_fragment
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
@@ -84,9 +86,6 @@ BATCH = 256
 # queries started (several round trips, each waiting for a loop pass) finish while the
 # rest of the burst is read, and later queries hit the cache.
 LOCAL_BATCH = 32
-# A DHT lookup that has not answered by then is abandoned, so that its slot in the table's
-# in-flight cap comes back (the DHT's own timeouts are shorter; this is the backstop).
-LOOKUP_TIMEOUT_S = 30.0
 _ETH_IP = b"\x08\x00"
 _RECV_MAX = 65535
 # The local side's read buffer: a whole 64 kB IPv4 packet and its Ethernet header (a LAN host's
@@ -100,10 +99,6 @@ _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 # Kernel limits for one GSO send: UDP_MAX_SEGMENTS (64 on older kernels) and the IP length.
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
-# A wake-up this long after the previous one of the same fd reads one packet only: an isolated
-# packet (a ping, a request) then leaves without the extra read that would find the fd empty.
-# A burst pays one extra loop pass before the next wake-up, close behind, reads full batches.
-SPARSE_S = 1e-3
 # A frame read from the TAP (Ethernet header included) becomes a DATA datagram this much larger:
 # the DIRECT header replaces the Ethernet header, and the link adds its header and tag.
 _SEAL_GROWTH = DATA_MIN_BYTES + 2 - 14
@@ -377,7 +372,7 @@ class DataPlane:
         self._tap_out: list[tuple[bytes, bytes | memoryview]] | None = None
         # Datagrams from punching sockets not handled yet (see _receive_punched).
         self._punched: list[tuple[bytes, SocketPath]] = []
-        # When each fd was last read (clock time), for SPARSE_S.
+        # When each fd was last read (clock time), for timing.DATAPLANE_SPARSE_S.
         self._udp_seen = 0.0
         self._tap_seen = 0.0
         node.on_ip = self._from_overlay
@@ -474,7 +469,7 @@ class DataPlane:
         eps = self._endpoints
         take = self._take
         now = self.clock()
-        limit = BATCH if now - self._udp_seen < SPARSE_S else 1
+        limit = BATCH if now - self._udp_seen < timing.DATAPLANE_SPARSE_S else 1
         self._udp_seen = now
         n = calls = 0
         while n < limit:
@@ -652,7 +647,7 @@ class DataPlane:
         # Sealed datagrams per destination, sent together after the batch (GSO).
         out: dict[Endpoint | SocketPath, list[bytes]] = {}
         now = self.clock()
-        limit = BATCH if now - self._tap_seen < SPARSE_S else 1
+        limit = BATCH if now - self._tap_seen < timing.DATAPLANE_SPARSE_S else 1
         self._tap_seen = now
         n = 0
         local = 0
@@ -751,7 +746,9 @@ class DataPlane:
 
     async def _lookup(self, vip: bytes) -> None:
         try:
-            owner = await asyncio.wait_for(self._lookup_owner(IPv4Address(vip)), LOOKUP_TIMEOUT_S)
+            owner = await asyncio.wait_for(
+                self._lookup_owner(IPv4Address(vip)), timing.OWNER_LOOKUP_TIMEOUT_S
+            )
         except asyncio.CancelledError:
             self._lookups.pop(vip, None)
             self.owners.abandon(vip)

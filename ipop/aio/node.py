@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ipop import timing
 from ipop.aio.driver import DatagramSocket, Driver
 from ipop.dht.service import DhtConfig, DhtService
 from ipop.identity import NodeIdentity, VerifiedCrl
@@ -45,17 +46,6 @@ log = logging.getLogger(__name__)
 _PING = struct.Struct(">BIB")
 _PING_REQUEST = 0
 _PING_REPLY = 1
-# Seconds between DHT join attempts while the first ones find nobody to answer.
-DHT_JOIN_RETRY_S = 2.0
-# Seconds the DHT waits for the overlay's JOIN answer before joining through the links it
-# has. Why: a JOIN routed into a paused node (SIGSTOP) is lost until the silent-neighbour timer
-# closes that node (10-16 s), and a restarted daemon's links (its bootstrap, its remembered
-# peers re-keyed at start) already reach the DHT; the DHT join itself checks that a peer
-# answers.
-DHT_JOIN_WAIT_S = 1.0
-# Punching sockets no session uses are closed this long after port guessing last opened them
-# (a guess is over within BIRTHDAY_WINDOW_S; the retry interval is BIRTHDAY_RETRY_S).
-PUNCH_SOCKET_IDLE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +144,7 @@ class Node:
     def attach(self, sock: DatagramSocket, *, open_socket: OpenSocket | None = None) -> None:
         """Give the node its underlay socket (feed its input to :meth:`datagram_received`).
 
-        ``open_socket`` opens the extra sockets port guessing needs (:mod:`ipop.birthday`), on
+        ``open_socket`` opens the extra sockets port guessing needs (:mod:`ipop.nat.portguess`), on
         first use; without it a node behind a symmetric NAT cannot guess its way to a peer
         behind a port-restricted one and stays relayed there.
         """
@@ -189,7 +179,7 @@ class Node:
             self._punch_socks[index] = sock
             if self._punch_sweep is None:
                 self._punch_sweep = asyncio.get_running_loop().call_later(
-                    PUNCH_SOCKET_IDLE_S, self._sweep_punch_sockets
+                    timing.PUNCH_SOCKET_IDLE_S, self._sweep_punch_sockets
                 )
         sock.sendto(data, path.remote)
 
@@ -199,7 +189,7 @@ class Node:
         self._punch_sweep = None
         if self._closed:
             return
-        if self.clock() - self.core.birthday.last_open_at >= PUNCH_SOCKET_IDLE_S:
+        if self.clock() - self.core.birthday.last_open_at >= timing.PUNCH_SOCKET_IDLE_S:
             in_use = {
                 info.path.socket for info in self.core.link.peers() if type(info.path) is SocketPath
             }
@@ -208,7 +198,7 @@ class Node:
                 self.stats["punch_socket_closed"] += 1
         if self._punch_socks:
             self._punch_sweep = asyncio.get_running_loop().call_later(
-                PUNCH_SOCKET_IDLE_S, self._sweep_punch_sockets
+                timing.PUNCH_SOCKET_IDLE_S, self._sweep_punch_sockets
             )
 
     def _punch_received(self, index: int, data: bytes, addr: tuple[str, int]) -> None:
@@ -282,9 +272,9 @@ class Node:
     async def _join_dht(self) -> None:
         # The DHT only needs routing to work, not the full near set: join as soon as the ring
         # answered our JOIN (Routable, the stricter fact, comes later), or through our links
-        # if that answer is late (DHT_JOIN_WAIT_S).
+        # if that answer is late (timing.DHT_JOIN_WAIT_S).
         try:
-            await asyncio.wait_for(self.joined.wait(), DHT_JOIN_WAIT_S)
+            await asyncio.wait_for(self.joined.wait(), timing.DHT_JOIN_WAIT_S)
         except TimeoutError:
             self.stats["dht_join_before_overlay"] += 1
         assert self.dht is not None
@@ -296,7 +286,7 @@ class Node:
                 self.dht_ready.set()
                 return
             self.stats["dht_join_retry"] += 1
-            await asyncio.sleep(DHT_JOIN_RETRY_S)
+            await asyncio.sleep(timing.DHT_JOIN_RETRY_S)
 
     def set_local_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         """Our socket's addresses changed (the address watcher, :mod:`ipop.aio.addrwatch`):

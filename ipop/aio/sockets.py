@@ -1,4 +1,4 @@
-"""Extra UDP sockets read on the event loop: the punching sockets of :mod:`ipop.birthday`.
+"""Extra UDP sockets read on the event loop: the punching sockets of :mod:`ipop.nat.portguess`.
 
 The main overlay socket belongs to the batched data plane (:mod:`ipop.aio.dataplane`). Punching
 sockets carry openers, a handshake, and for a pair that found its path this way that one peer's

@@ -17,6 +17,9 @@ but it replaces rpcudp's datagram handling, which we cannot use as shipped:
   datagram or one dead peer costs a few round trips, not 4 x 0.4 s. Only a peer silent for
   all tries is evicted, and for ``DHT_SILENT_PEER_S`` afterwards (or until anything arrives
   from it) gets one try per call: a paused or killed node costs each later lookup one timeout.
+  A peer that left even one try unanswered is :meth:`~IpopKademliaProtocol.unresponsive`
+  until anything arrives from it (at most ``DHT_SILENT_PEER_S``): reads ask the next-nearest
+  node instead of waiting for it (:meth:`ipop.dht.service.DhtService.get`).
 * stock ``welcome_if_new`` pushes every stored key to each new contact, synchronously, and
   ``rpc_store`` accepts anything. Here a new contact is added to the routing table and handed
   to ``on_new_contact`` (the service offers it the records it is now near, store-on-join),
@@ -181,6 +184,14 @@ class RttEstimator:
         return min(self.ceiling, max(self.floor, srtt + 4 * rttvar))
 
 
+def _mark(peers: OrderedDict[NodeId, float], peer: NodeId, until: float) -> None:
+    """Note ``peer`` until ``until`` in a bounded table (least recently marked evicted)."""
+    peers.pop(peer, None)
+    peers[peer] = until
+    while len(peers) > MAX_SILENT_PEERS:
+        peers.popitem(last=False)
+
+
 @dataclass(slots=True)
 class _Pending:
     peer: NodeId
@@ -218,6 +229,9 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         self._silent_s = silent_s
         # Peer -> until when it gets one try per call (it left a whole call unanswered).
         self._silent: OrderedDict[NodeId, float] = OrderedDict()
+        # Peer -> until when it counts as unresponsive (it left a try unanswered, and nothing
+        # arrived from it since): reads do not wait for it.
+        self._missed: OrderedDict[NodeId, float] = OrderedDict()
         self._answer_cache_s = answer_cache_s
         self._outstanding: dict[bytes, _Pending] = {}
         self._answers: OrderedDict[tuple[NodeId, bytes], tuple[float, bytes]] = OrderedDict()
@@ -255,6 +269,7 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
             return
         # Anything from a peer marked silent (it resumed, or restarted): full tries again.
         self._silent.pop(src, None)
+        self._missed.pop(src, None)
         if env.is_request:
             self._on_request(src, env)
         else:
@@ -360,15 +375,25 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
                         # grows back instead of retransmitting forever (Karn's concern).
                         self.rtt.sample(peer, self._clock() - now)
                     return future.result()
+                self.missed(peer)
             self.counters["rpc_timeouts"] += 1
             if not self._shut:
-                self._silent.pop(peer, None)
-                self._silent[peer] = self._clock() + self._silent_s
-                while len(self._silent) > MAX_SILENT_PEERS:
-                    self._silent.popitem(last=False)
+                _mark(self._silent, peer, self._clock() + self._silent_s)
             return None
         finally:
             del self._outstanding[msg_id]
+
+    def missed(self, peer: NodeId) -> None:
+        """``peer`` left a try unanswered for its retransmission timeout (a caller that
+        stopped waiting for its answer says so too)."""
+        if not self._shut:
+            _mark(self._missed, peer, self._clock() + self._silent_s)
+
+    def unresponsive(self, peer: NodeId) -> bool:
+        """Did ``peer`` leave a try unanswered, with nothing from it since (a dead or paused
+        node, or one lost datagram)? A read that needs an answer soon asks another node."""
+        until = self._missed.get(peer)
+        return until is not None and until > self._clock()
 
     def shutdown(self) -> None:
         """Stop sending; every pending call returns "no answer" at once."""

@@ -20,9 +20,9 @@ Theory of operation
     majorities intersect). The set must be the true one: a create that collected its acks
     looks the set up again until a lookup adds nobody it has not asked (``_converge``). A
     round that falls short withdraws our copy everywhere (a signed tombstone, higher seq), the
-    current replica set included, and again ``WITHDRAW_AGAIN_S`` later, so no replica keeps a
-    value whose create failed; if no rival holds a quorum either (a split vote), it retries
-    after a jittered, doubling pause so that one racer goes first.
+    current replica set included, and again ``timing.DHT_WITHDRAW_AGAIN_S`` later, so no
+    replica keeps a value whose create failed; if no rival holds a quorum either (a split
+    vote), it retries after a jittered, doubling pause so that one racer goes first.
   * Records: only a certified member's, under this network's keys and within its rights
     (:mod:`ipop.dht.policy`). Replicas refuse the rest (:mod:`ipop.dht.storage`), readers
     disbelieve it (a copy a replica returns is checked like an offer), and this node does not
@@ -34,7 +34,14 @@ Theory of operation
     node the lookup found if the R nearest hold nothing (a ring still forming), believes
     :func:`~ipop.dht.record.choose_best`, and repairs replicas that hold nothing, an expired
     copy or an older seq (read repair). Repairs copy signed bytes, so they never extend a
-    lease.
+    lease. A read does not wait for a node late to answer (past its retransmission timeout):
+    once the first read's quorum needs such a node the lookup starts (the first read goes on,
+    whichever decides first answers); a replica set member that is late gets the next-nearest
+    node the lookup found asked for its seat (a read counts R votes at most, so the quorum is
+    unchanged); a node that left a try unanswered, with nothing from it since, is neither
+    asked first nor looked up by reads (the protocol's ``unresponsive``), and a read's lookup
+    counts a node late to answer as silent after one timeout. Why: a replica that had just
+    died held a get for all its tries (0.4-1 s where a get takes 0.05 s).
   * Store-on-join (kademlia's): when a node enters our routing table and fewer than R of the
     nodes we know are nearer a key we hold than it, we offer it that record (at most
     ``MAX_HANDOFF_RECORDS`` per contact). Lookups for the key will reach the newcomer, so
@@ -49,10 +56,10 @@ Theory of operation
     later expiry. Nobody else can extend a lease.
   * Contacts: besides kademlia's own (whoever asks or answers us), every overlay link's peer
     (:class:`~ipop.dht.shim.LinkedPeers`, when the port offers it), taken in before each lookup
-    at most every ``LINK_ABSORB_S``. Why: the DHT joins through ring-near peers, which share our
-    id's prefix, so a self-lookup learns only our own region; far links span the ring, and
-    without them a cluster of nodes can know nobody in the other half of the id space (a
-    1,000-node run: a put and a get whose lookups never left such a cluster).
+    at most every ``timing.DHT_LINK_ABSORB_S``. Why: the DHT joins through ring-near peers,
+    which share our id's prefix, so a self-lookup learns only our own region; far links span
+    the ring, and without them a cluster of nodes can know nobody in the other half of the id
+    space (a 1,000-node run: a put and a get whose lookups never left such a cluster).
   * Kademlia's ``Server`` is not used: its ``listen`` binds a UDP socket, its ``set`` counts
     "sent" as success, and its hourly refresh republishes every key any node holds (stale
     values come back). Its routing table and ``NodeSpiderCrawl`` lookup are used as they are.
@@ -78,6 +85,7 @@ from typing import Any, TypeVar
 from kademlia.crawling import NodeSpiderCrawl
 from kademlia.node import Node, NodeHeap
 
+from ipop import timing
 from ipop.dht.policy import RecordPolicy
 from ipop.dht.protocol import IpopKademliaProtocol, kad_node
 from ipop.dht.record import (
@@ -110,18 +118,16 @@ from ipop.types import NodeId
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# How often (at most) the overlay's linked peers are taken in as contacts, in seconds.
-LINK_ABSORB_S = 5.0
 # Records offered to one new contact at most, and records looked at for it at most
 # (store-on-join): bounds the work a contact costs. Honest load is ~2 R records per node (see
 # ipop.dht.storage), so both bounds only bite on a store filled by misbehaving members, whose
 # records then wait for their owners' republish.
 MAX_HANDOFF_RECORDS = 64
 MAX_HANDOFF_SCAN = 1024
-# Seconds after a lost create's withdrawal until its tombstone is sent to the replicas again.
-WITHDRAW_AGAIN_S = 2.0
 # Rounds a create looks the replica set up again until two lookups agree (converged).
 CREATE_VIEW_ROUNDS = 4
+# One replica's fetch in a read: (answered, authentic record or None).
+_Fetch = asyncio.Task[tuple[bool, Record | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,13 +238,37 @@ class _LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is unty
     result (measured: half of a key's replica set after 10 of 24 nodes left).
     """
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, *args: Any, hasty: bool = False) -> None:
         super().__init__(*args)
         self.answered: set[bytes] = set()
+        self._hasty = hasty
         stock: Any = self.nearest
         indexed = _IndexedNodeHeap(self.node, self.ksize)
         indexed.push([node for _, node in stock.heap])
         self.nearest: Any = indexed
+
+    async def find(self) -> Any:
+        return await self._find(self._ask)
+
+    async def _ask(self, peer: Node, target: Node) -> tuple[bool, Any]:
+        if not self._hasty:
+            return await self.protocol.call_find_node(peer, target)  # type: ignore[no-any-return]
+        # A hasty lookup (a read's) counts an unresponsive peer as silent without asking it,
+        # and one late to answer (past its retransmission timeout) as silent then: a round
+        # waits for its slowest peer, and a node that just died is named by every answer,
+        # so it cost each read's lookup its tries. The nodes a late peer would have named are
+        # named by the others as well.
+        protocol: IpopKademliaProtocol = self.protocol
+        node = node_id_from_bytes(peer.id)
+        if protocol.unresponsive(node):
+            return (False, None)
+        try:
+            return await asyncio.wait_for(
+                protocol.call_find_node(peer, target), protocol.rtt.timeout(node)
+            )
+        except TimeoutError:
+            protocol.missed(node)
+            return (False, None)
 
     async def _nodes_found(self, responses: dict[bytes, tuple[bool, Any]]) -> Any:
         # Stock NodeSpiderCrawl._nodes_found, except that answers list contact objects
@@ -419,7 +449,7 @@ class DhtService:
         now = self._loop.time()
         if self._linked is None or now < self._absorb_at:
             return
-        self._absorb_at = now + LINK_ABSORB_S
+        self._absorb_at = now + timing.DHT_LINK_ABSORB_S
         router = self.protocol.router
         for peer in self._linked.linked_peers():
             if peer in self._absorbed or peer == self.node_id:
@@ -481,14 +511,23 @@ class DhtService:
         await self._lookup(self.node_id.to_bytes(), width=self.config.width)
         await self._lookup(self._rng.getrandbits(160).to_bytes(20, "big"), width=self.config.width)
 
-    async def _lookup(self, target: bytes, *, width: int | None = None) -> list[NodeId]:
+    async def _lookup(
+        self,
+        target: bytes,
+        *,
+        width: int | None = None,
+        hasty: bool = False,
+    ) -> list[NodeId]:
+        """The nodes nearest ``target`` that answered, ``width`` of them at most; nodes
+        ``hasty`` (a read's): nodes unresponsive or late to answer are not waited for (and so
+        not found)."""
         self._absorb_links()
         node = Node(target)
         width = width or self.config.ksize
         nearest = self.protocol.router.find_neighbors(node, width)
         if not nearest:
             return []
-        spider = _LiveNodeCrawl(self.protocol, node, nearest, width, self.config.alpha)
+        spider = _LiveNodeCrawl(self.protocol, node, nearest, width, self.config.alpha, hasty=hasty)
         found = await spider.find()
         return [node_id_from_bytes(n.id) for n in found if n.id in spider.answered]
 
@@ -731,7 +770,7 @@ class DhtService:
         left there would claim the key for us until it expires (measured before: 2 forming
         networks in 40 kept a loser's copy at 3 of the key's 8 nearest nodes). Copies handed on
         while the tombstone travelled, or taken where a rival's copy refused the tombstone
-        until the rival withdrew too, are met by the same tombstone ``WITHDRAW_AGAIN_S``
+        until the rival withdrew too, are met by the same tombstone ``timing.DHT_WITHDRAW_AGAIN_S``
         later. A newer claim of ours made since is not touched (higher seq).
         """
         targets = []
@@ -753,78 +792,165 @@ class DhtService:
             del self._owned[record.key]
 
     async def _withdraw_again(self, tomb: Record) -> None:
-        await asyncio.sleep(WITHDRAW_AGAIN_S)
+        await asyncio.sleep(timing.DHT_WITHDRAW_AGAIN_S)
         await self._store_all(await self.replica_set(tomb.key_id), tomb)
 
     async def get(self, key: str) -> Record | None:
         """The live record for ``key`` a quorum view believes, or None; repairs stale copies.
 
-        First the R nearest nodes this node already knows are asked, without a lookup; a record
-        a quorum of them holds is the answer (no waiting for a dead replica).
+        First the R nearest nodes this node already knows are asked (unresponsive ones left
+        out), without a lookup; a record a quorum of them holds is the answer (no waiting for
+        a dead replica).
         Else a lookup finds the replica set, which is read the same way, widened to every node
         the lookup found if the R nearest hold nothing (a ring still forming, records not yet
-        handed over), and repaired in the background.
+        handed over), and repaired in the background. The lookup starts as soon as the first
+        read's quorum needs a node that is late to answer (dead, or one datagram lost), and
+        whichever read reaches a verdict first answers.
         """
         kid = key_id(key)
         await self._ensure_contacts()
-        known = self._known_nearest(kid)
-        best, _ = await self._read(known, kid, agreed=True)
-        if best is None:
-            found = await self._lookup(kid)
-            target = int.from_bytes(kid, "big")
-            ordered = sorted(set(found) | {self.node_id}, key=lambda n: n.value ^ target)
-            replicas = ordered[: self.config.replicas]
-            best, held = await self._read(replicas, kid, agreed=False)
-            if best is None and len(ordered) > len(replicas):
-                self.stats["get_widened"] += 1
-                best, _ = await self._read(ordered[len(replicas) :], kid, agreed=False)
-            self._plan_repairs(held, best)
+        r = self.config.replicas
+        # Unresponsive nodes are not counted on (see _read), nor asked: the nearest others are.
+        known = [p for p in self._known_nearest(kid, 2 * r) if not self.protocol.unresponsive(p)]
+        stalled = asyncio.Event()
+        fast = self._spawn(self._read(known[:r], kid, stalled=stalled))
+        slow: asyncio.Task[Record | None] | None = None
+        try:
+            waiter = self._spawn(stalled.wait())
+            try:
+                await asyncio.wait({fast, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            best: Record | None = fast.result()[0] if fast.done() else None
+            if best is None:
+                slow = self._spawn(self._read_replica_set(kid))
+                await asyncio.wait({fast, slow}, return_when=asyncio.FIRST_COMPLETED)
+                best = fast.result()[0] if fast.done() else None
+                if best is None:
+                    best = await slow
+        finally:
+            for task in (fast, slow):
+                if task is not None and not task.done():
+                    task.cancel()
         self.stats["get_found" if best else "get_missing"] += 1
         return best
 
-    def _known_nearest(self, kid: bytes) -> list[NodeId]:
-        """The R nodes nearest ``kid`` in our routing table, this node included if near."""
-        near = self.protocol.router.find_neighbors(Node(kid), self.config.replicas)
+    async def _read_replica_set(self, kid: bytes) -> Record | None:
+        """``get``'s read of the replica set a lookup finds (widened, repaired)."""
+        r = self.config.replicas
+        # Unresponsive nodes are not asked, nor late ones waited for: this read would not
+        # wait for them either.
+        found = await self._lookup(kid, hasty=True)
+        target = int.from_bytes(kid, "big")
+        ordered = sorted(set(found) | {self.node_id}, key=lambda n: n.value ^ target)
+        replicas = ordered[:r]
+        best, held = await self._read(replicas, kid, spares=ordered[r:])
+        if best is None and len(ordered) > len(replicas):
+            self.stats["get_widened"] += 1
+            best, _ = await self._read(ordered[len(replicas) :], kid)
+        self._plan_repairs(held, best)
+        return best
+
+    def _known_nearest(self, kid: bytes, count: int) -> list[NodeId]:
+        """The ``count`` nodes nearest ``kid`` in our routing table, nearest first, this node
+        included if near."""
+        near = self.protocol.router.find_neighbors(Node(kid), count)
         found = {node_id_from_bytes(n.id) for n in near} | {self.node_id}
         target = int.from_bytes(kid, "big")
-        return sorted(found, key=lambda n: n.value ^ target)[: self.config.replicas]
+        return sorted(found, key=lambda n: n.value ^ target)[:count]
 
     async def _read(
-        self, peers: list[NodeId], kid: bytes, *, agreed: bool
+        self,
+        peers: list[NodeId],
+        kid: bytes,
+        *,
+        stalled: asyncio.Event | None = None,
+        spares: list[NodeId] | None = None,
     ) -> tuple[Record | None, dict[NodeId, Record | None]]:
-        """(best record, what each peer that answered holds) from fetching at ``peers``.
+        """(best record, what each peer counted holds) from fetching at ``peers``.
 
-        ``agreed`` (peers that may not be the replica set, e.g. the nearest we know): a record
-        only once ``needed`` peers hold a copy of its owner's, None as soon as no owner can get
-        there. Else: once ``needed`` peers answered and a live record is among the answers,
-        or every peer answered or timed out. Either way a dead peer costs nothing once enough
-        others answered; fetches still running then are cancelled.
+        ``stalled`` given: an agreed read of peers that may not be the replica set (the
+        nearest we know): a record only once ``needed`` peers hold a copy of its owner's, None
+        as soon as no owner can get there; ``stalled`` is set once no owner can get there
+        without a peer that is late to answer (past its retransmission timeout, or already
+        unresponsive), and the read goes on. Else: once ``needed`` peers answered and a live
+        record is among the answers, or every peer answered or timed out. Either way a dead
+        peer costs nothing once enough others answered; fetches still running then are
+        cancelled.
+
+        ``spares`` (nodes beyond ``peers``, nearest first): a peer late to answer gets the next
+        spare asked for its seat as well, and the seat's vote is the answer of the nearest of
+        its nodes that answered. So a verdict counts ``len(peers)`` votes at most, from the
+        nearest nodes that answer, and ``needed`` of them is the same quorum as without spares;
+        once every seat still waited for holds a spare's vote, late peers are not waited for.
+        Why: a replica that just died (a bootstrap that stopped) held every read whose quorum
+        needed it for all its tries (0.4 s and more; tests/sim/test_dht.py).
         """
+        agreed = stalled is not None
         need = min(self.config.needed(len(peers)), len(peers))
-        tasks = {self._spawn(self._fetch_at(p, kid)): p for p in peers}
-        held: dict[NodeId, Record | None] = {}
+        queue = [p for p in dict.fromkeys(spares or ()) if p not in peers]
+        seat: dict[_Fetch, int] = {}
+        rank: dict[_Fetch, int] = {}  # 0: the seat's own peer, 1: its first spare, ...
+        due: dict[_Fetch, float] = {}
+        peer_of: dict[_Fetch, NodeId] = {}
+        asked = [0] * len(peers)
+
+        def ask(peer: NodeId, index: int) -> _Fetch:
+            task = self._spawn(self._fetch_at(peer, kid))
+            seat[task], rank[task], peer_of[task] = index, asked[index], peer
+            asked[index] += 1
+            wait = 0.0 if self.protocol.unresponsive(peer) else self.protocol.rtt.timeout(peer)
+            due[task] = self._loop.time() + wait
+            return task
+
+        pending = {ask(p, i) for i, p in enumerate(peers)}
+        late: set[_Fetch] = set()
+        votes: dict[int, tuple[int, NodeId, Record | None]] = {}
         best: Record | None = None
-        pending = set(tasks)
         try:
             while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                timers = [due[t] for t in pending if t not in late]
+                timeout = max(0.0, min(timers) - self._loop.time()) if timers else None
+                done, pending = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done:
                     answered, record = task.result()
-                    if answered:
-                        held[tasks[task]] = record
+                    vote = votes.get(seat[task])
+                    if answered and (vote is None or rank[task] < vote[0]):
+                        votes[seat[task]] = (rank[task], peer_of[task], record)
+                # Nodes of a seat farther than the one whose vote it holds are not needed.
+                moot = {t for t in pending if seat[t] in votes and rank[t] > votes[seat[t]][0]}
+                for task in moot:
+                    task.cancel()
+                pending -= moot
+                now = self._loop.time()
+                for task in [t for t in pending if t not in late and due[t] <= now]:
+                    late.add(task)
+                    self.protocol.missed(peer_of[task])
+                    if queue:
+                        pending.add(ask(queue.pop(0), seat[task]))
+                        self.stats["read_spares_asked"] += 1
+                held = {peer: record for _, peer, record in votes.values()}
                 best = choose_best([r for r in held.values() if r is not None], now=self._now())
-                if agreed:
+                if stalled is not None:
                     owners = Counter(r.owner for r in held.values() if r is not None)
                     if best is not None and owners[best.owner] >= need:
                         break
-                    if max(owners.values(), default=0) + len(pending) < need:
+                    top = max(owners.values(), default=0)
+                    if top + len({seat[t] for t in pending}) < need:
                         best = None
                         break
-                elif len(held) >= need and best is not None:
+                    if top + len({seat[t] for t in pending if t not in late}) < need:
+                        stalled.set()
+                elif (len(held) >= need and best is not None) or all(
+                    seat[t] in votes for t in pending
+                ):
                     break
         finally:
             for task in pending:
                 task.cancel()
+        held = {peer: record for _, peer, record in votes.values()}
         if agreed and best is not None:
             owners = Counter(r.owner for r in held.values() if r is not None)
             best = best if owners[best.owner] >= need else None

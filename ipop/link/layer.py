@@ -227,9 +227,6 @@ __all__ = [
 ]
 
 _INF: Final = float("inf")
-# How long a peer that routed around our session with it has to show that it still holds
-# that session (see LinkLayer.peer_unlinked): several round trips, and two Init copies.
-UNLINKED_CHECK_S: Final = 3.0
 # Relayed peers keyed afresh after DATA under an index we never gave out (see
 # LinkLayer._rekey_relayed), with when: the oldest go first. Behind the per-peer limit a
 # global one (a relay names the origin, so a relay that makes ids up could churn the table):
@@ -242,11 +239,6 @@ RELAY_REKEY_BURST: Final = 32.0
 # Init (rate-limited by the flood guard), and a forgotten entry only lets a replay within the
 # skew window create keys nobody confirms.
 LAST_INIT_MAX: Final = 65536
-# Keys we answered for a peer's other Inits when one of them was confirmed ("spare", see
-# LinkLayer._confirm) open its DATA this long after: the initiator installs every Resp that
-# reaches it, in arrival order, so the last one it installed (and seals with) may be confirmed
-# after another; a few round trips of the slowest path a handshake completes on.
-SPARE_KEYS_S: Final = 3.0
 _REBIND_QUIET: Final = timing.REBIND_QUIET_S
 _REBIND_ECHO_WAIT: Final = timing.REBIND_ECHO_WAIT_S
 _REBIND_BUSY: Final = timing.REBIND_BUSY_PACKETS
@@ -774,7 +766,7 @@ class LinkLayer:
         if now < st.rekeyed_stale_at + self.config.handshake_timeout_s:
             return False
         st.rekeyed_stale_at = now
-        st.unlinked_check = (now, now + UNLINKED_CHECK_S)
+        st.unlinked_check = (now, now + timing.UNLINKED_CHECK_S)
         self.stats["unlinked_checks"] += 1
         # Toward the session's own path, even while one of ours to another path is under way
         # or we answered one of the peer's: the first may never complete (a shortcut dialled
@@ -1234,7 +1226,7 @@ class LinkLayer:
             while len(st.spare) > self.config.max_pending_responses:
                 oldest = next(iter(st.spare))
                 self._keys.retire(st.spare.pop(oldest).local_index, st.node_id)
-            st.spare_until = now + SPARE_KEYS_S
+            st.spare_until = now + timing.SPARE_KEYS_S
         st.spare.pop(kp.local_index, None)
         self._install(st, kp, path, now, None)
 

@@ -9,7 +9,7 @@ runs over (invariant 7 of its module docstring), in the shape of tailscale's mag
   (:class:`Roam` says how)?
 
 Both are hysteresis: two live paths must never make a session flap. The thresholds are
-``timing.PATH_SILENT_S``, ``timing.PATH_SWITCH_RATIO`` and :data:`RELAY_TAKEOVER_SILENT_S`.
+``timing.PATH_SILENT_S``, ``timing.PATH_SWITCH_RATIO`` and ``timing.RELAY_TAKEOVER_SILENT_S``.
 Nothing here reads a clock or mutates a session; the link layer applies the answer.
 """
 
@@ -22,13 +22,9 @@ from typing import Final
 from ipop import timing
 from ipop.types import Endpoint, Path, RelayPath, is_direct
 
-__all__ = ["RELAY_TAKEOVER_SILENT_S", "PathQuality", "Roam", "better_path", "should_roam"]
+__all__ = ["PathQuality", "Roam", "better_path", "should_roam"]
 
 _INF: Final = float("inf")
-# A relay replaces a direct path only once nothing authenticated has come from the peer for
-# this long (see better_path): well past a handshake's round trip, so a relay handshake racing
-# a direct one that just completed never wins.
-RELAY_TAKEOVER_SILENT_S: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +70,7 @@ def better_path(
     if isinstance(offered.path, RelayPath):
         return (
             not is_direct(current.path)
-            or now - heard >= RELAY_TAKEOVER_SILENT_S
+            or now - heard >= timing.RELAY_TAKEOVER_SILENT_S
             # Not working either: nothing came since we roamed away from its end, or the
             # peer said (peer_moved) it left the other end.
             or heard < roamed_at

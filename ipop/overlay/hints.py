@@ -21,14 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from ipop import timing
 from ipop.overlay.messages import MAC_BYTES, Routed
 from ipop.types import NodeId
 
 __all__ = ["ReverseHints"]
 
-# A few seconds covers the time a new node's near links take to form; the cap bounds the memory a
-# node routing for many sources spends on hints.
-HINT_S: Final = 10.0
+# The cap bounds the memory a node routing for many sources spends on hints (how long one is
+# kept: ipop.timing.OVERLAY_REVERSE_HINT_S).
 HINTS_MAX: Final = 4096
 
 
@@ -46,7 +46,7 @@ class ReverseHints:
         self,
         check: Callable[[Routed, float], str | None],
         *,
-        hint_s: float = HINT_S,
+        hint_s: float = timing.OVERLAY_REVERSE_HINT_S,
         max_entries: int = HINTS_MAX,
     ) -> None:
         self._check = check

@@ -160,7 +160,7 @@ _KNOWN_FLAGS = FLAG_EXACT | FLAG_EXCLUDE_SRC | FLAG_VIA
 KIND_DHT = 0x01
 KIND_IP = 0x02
 KIND_PING = 0x03
-KIND_BIRTHDAY = 0x04  # port guessing toward a symmetric NAT (ipop.birthday), handled by NodeCore
+KIND_BIRTHDAY = 0x04  # port guessing toward symmetric NATs (ipop.nat.portguess), for NodeCore
 KIND_PMTU = 0x05  # path MTU probes of a route over the ring (ipop.link.pmtu), handled by NodeCore
 UPPER_KIND_MAX = 0x7F
 # Overlay control kinds, handled inside the overlay node.

@@ -767,7 +767,7 @@ class OverlayNode:
     def peer_hosts(self, peer: NodeId) -> frozenset[str]:
         """The addresses ``peer`` is known at: its direct link's path, and the public ones it
         gave us in a CONNECT_TO_ME or in its answer to ours. Not what any other message names:
-        port guessing sends only here (ipop.birthday)."""
+        port guessing sends only here (ipop.nat.portguess)."""
         hosts = {e.host for e in self._peer_endpoints.get(peer, ()) if not _lan_like(e.host)}
         row = self._table.get(peer)
         if row is not None and type(row.path) is Endpoint:

@@ -12,8 +12,9 @@ ask once more, and a peer that answered neither by ``SUSPECT_RTOS`` timeouts is 
 routing prefers any other hop that makes progress (:func:`ipop.overlay.ring.next_hop_sorted`
 with ``avoid``) and uses a suspect only when nothing else does, so suspicion can reroute but
 never drop or loop. Anything from the peer ends the episode; while it stays suspect it is
-probed again at doubling intervals (up to ``PROBE_MAX_S``), and it is closed, if dead, by the
-existing silence timers, not here: a suspicion costs a detour, a wrong close a handshake.
+probed again at doubling intervals (up to ``OVERLAY_HOP_PROBE_MAX_S``), and it is closed, if
+dead, by the existing silence timers, not here: a suspicion costs a detour, a wrong close a
+handshake.
 
 The timeout is the peer's own, from the round trips of its probe answers (RFC 6298's srtt +
 4 rttvar; each probe carries a token its answer echoes, so a late answer to an earlier probe
@@ -32,15 +33,14 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from ipop.timing import OVERLAY_HOP_PROBE_MAX_S
 from ipop.types import NodeId
 
-__all__ = ["PROBE_MAX_S", "SUSPECT_RTOS", "SilentHops"]
+__all__ = ["SUSPECT_RTOS", "SilentHops"]
 
 # Unanswered retransmission timeouts into an episode before the peer is suspect: probes go out
 # at 1 and 2, so each had at least one timeout to be answered.
 SUSPECT_RTOS = 3
-# While suspect, probes follow at doubling intervals up to this.
-PROBE_MAX_S = 4.0
 # Probes per peer whose answers still give a round-trip sample (older answers only end the
 # episode, as anything from the peer does).
 _TOKENS_KEPT = 4
@@ -164,7 +164,7 @@ class SilentHops:
             out.append((peer, token))
             ep.probes += 1
             if ep.probes >= SUSPECT_RTOS:
-                ep.probe_gap = min(PROBE_MAX_S, 2 * ep.probe_gap)
+                ep.probe_gap = min(OVERLAY_HOP_PROBE_MAX_S, 2 * ep.probe_gap)
             ep.probe_due = now + ep.probe_gap
             self._push(ep.probe_due, peer)
         return out

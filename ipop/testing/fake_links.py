@@ -7,15 +7,17 @@ the driver-facing ones of the real endpoint (``next_event``, ``datagrams_to_send
 No crypto, no loss by default: links come up or fail by policy, after latency;
 ``pair_model(src, dst)``, when set, gives a direct datagram's (latency, loss probability).
 
-Reachability (direct paths), a small model of NAT behaviour:
+Reachability (direct paths), a small model of three :class:`ipop.nat.kinds.NatKind` kinds
+(:data:`MODELLED_KINDS`; the other kinds are refused rather than modelled wrongly):
 
-- ``NatKind.OPEN``: its public endpoint accepts handshakes from anyone.
-- ``NatKind.CONE``: accepts a handshake only while it is itself trying to reach the initiator
-  (simultaneous open: both attempts cross, as hole punching does); its private endpoint is
-  reachable from its own LAN.
-- ``NatKind.HARD`` (symmetric): never accepts unsolicited handshakes and cannot be punched
-  (its mapping differs per peer, so the advertised endpoint is useless); it can still link
-  out to OPEN nodes, and over its LAN.
+- ``NatKind.NONE``: its public endpoint accepts handshakes from anyone.
+- ``NatKind.PORT_RESTRICTED_CONE``: accepts a handshake only while it is itself trying to reach
+  the initiator (simultaneous open: both attempts cross, as hole punching does), and never from
+  a symmetric NAT (whose port it did not send to); its private endpoint is reachable from its
+  own LAN.
+- ``NatKind.SYMMETRIC``: never accepts unsolicited handshakes and cannot be punched (its
+  mapping differs per peer, so the advertised endpoint is useless); it can still link out to
+  public nodes, and over its LAN.
 - ``pair_policy(a, b)``, when set, can forbid any direct link between two nodes.
 
 A relayed path ``RelayPath(via, peer)`` comes up when ``via`` holds direct links to both ends;
@@ -35,7 +37,6 @@ fires overlay timers, so tests need no asyncio and are deterministic for a seed.
 from __future__ import annotations
 
 import collections
-import enum
 import heapq
 import itertools
 import random
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeCertificate
 from ipop.link.events import HandshakeFailed, LinkDown, LinkEvent, LinkMessage, LinkUp
+from ipop.nat.kinds import NatKind
 from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram
 from ipop.overlay.node import OverlayConfig, OverlayNode
 from ipop.testing.clock import SIM_EPOCH
@@ -52,22 +54,19 @@ from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
 from ipop.types import ID_BYTES, Endpoint, NodeId, Path, RelayPath
 
 __all__ = [
+    "MODELLED_KINDS",
     "FakeLinkWorld",
     "FakeLinks",
     "HandshakeFailed",
     "LinkDown",
     "LinkMessage",
     "LinkUp",
-    "NatKind",
 ]
 
 _MAGIC = b"FK"
 
 
-class NatKind(enum.Enum):
-    OPEN = "open"
-    CONE = "cone"
-    HARD = "hard"
+MODELLED_KINDS = (NatKind.NONE, NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC)
 
 
 def fake_certificate(node_id: NodeId) -> NodeCertificate:
@@ -236,12 +235,16 @@ class FakeLinkWorld:
     # --- building -----------------------------------------------------------------------------
 
     def add_host(
-        self, node_id: NodeId, *, nat: NatKind = NatKind.OPEN, lan: str | None = None
+        self, node_id: NodeId, *, nat: NatKind = NatKind.NONE, lan: str | None = None
     ) -> FakeLinks:
         if node_id in self.hosts:
             raise LocalProtocolError(f"{node_id!r} already exists")
+        if nat not in MODELLED_KINDS:
+            raise LocalProtocolError(
+                f"the fake link world models NAT kinds {', '.join(MODELLED_KINDS)}, not {nat}"
+            )
         i = len(self.hosts)
-        if nat is NatKind.OPEN:
+        if nat is NatKind.NONE:
             public = Endpoint(f"198.51.100.{i % 254 + 1}", 5800 + i // 254)
             private = None
         else:
@@ -272,7 +275,7 @@ class FakeLinkWorld:
         *,
         config: OverlayConfig,
         bootstrap: Sequence[Endpoint],
-        nat: NatKind = NatKind.OPEN,
+        nat: NatKind = NatKind.NONE,
         lan: str | None = None,
         start_at: float | None = None,
         seed: int = 0,
@@ -416,9 +419,9 @@ class FakeLinkWorld:
             return False
         if ep == d.private:
             return d.lan is not None and d.lan == s.lan
-        if d.nat is NatKind.OPEN:
+        if d.nat is NatKind.NONE:
             return True
-        return punched and d.nat is NatKind.CONE and s.nat is not NatKind.HARD
+        return punched and d.nat is NatKind.PORT_RESTRICTED_CONE and s.nat is not NatKind.SYMMETRIC
 
     def _resolve_direct(self, att: _Attempt) -> None:
         if att.done or not self.hosts[att.src].alive:
@@ -483,7 +486,7 @@ class FakeLinkWorld:
             same_lan = ha.lan is not None and ha.lan == hb.lan and ha.private is not None
             path_b = ha.private if same_lan and ha.private is not None else ha.public
             observed = path_b
-            if ha.nat is NatKind.HARD and not same_lan:
+            if ha.nat is NatKind.SYMMETRIC and not same_lan:
                 # A symmetric NAT maps every destination to a fresh port.
                 observed = Endpoint(ha.public.host, 50000 + self.rng.randrange(10000))
                 path_b = observed

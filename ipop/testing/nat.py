@@ -1,7 +1,8 @@
 """NAT behaviours for the simulator (RFC 4787) and the translation table of one NAT box.
 
 This module owns two things: the vocabulary of NAT behaviour (:class:`NatBehaviour`, built from
-RFC 4787 parameters, and the registry :data:`NAT_KINDS` of the classic named kinds), and
+RFC 4787 parameters, and the registry :data:`NAT_KINDS` of the behaviour of each buildable
+:class:`ipop.nat.kinds.NatKind`), and
 :class:`NatTable`, the sans-IO mapping/filtering state of one NAT box. ``netsim`` moves
 datagrams; this module decides what a NAT does with them.
 
@@ -41,6 +42,7 @@ from enum import Enum
 from typing import Any
 
 from ipop.errors import LocalProtocolError
+from ipop.nat.kinds import NatKind
 from ipop.types import Endpoint
 
 __all__ = [
@@ -102,30 +104,32 @@ class NatBehaviour:
             )
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> NatKind:
         """The classic (RFC 3489) name a STUN-style classifier would report for this NAT."""
         if self.mapping is not Mapping.ENDPOINT_INDEPENDENT:
-            return "symmetric"
+            return NatKind.SYMMETRIC
         return _CONE_BY_FILTERING[self.filtering]
 
 
 _CONE_BY_FILTERING = {
-    Filtering.ENDPOINT_INDEPENDENT: "full-cone",
-    Filtering.ADDRESS_DEPENDENT: "restricted-cone",
-    Filtering.ADDRESS_AND_PORT_DEPENDENT: "port-restricted-cone",
+    Filtering.ENDPOINT_INDEPENDENT: NatKind.FULL_CONE,
+    Filtering.ADDRESS_DEPENDENT: NatKind.RESTRICTED_CONE,
+    Filtering.ADDRESS_AND_PORT_DEPENDENT: NatKind.PORT_RESTRICTED_CONE,
 }
 
 # "none" is not a NAT: a host of kind "none" sits directly on the internet.
-KIND_NONE = "none"
+KIND_NONE = NatKind.NONE
 
-NAT_KINDS: dict[str, NatBehaviour] = {
-    "full-cone": NatBehaviour(Mapping.ENDPOINT_INDEPENDENT, Filtering.ENDPOINT_INDEPENDENT),
-    "restricted-cone": NatBehaviour(Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT),
-    "port-restricted-cone": NatBehaviour(
+NAT_KINDS: dict[NatKind, NatBehaviour] = {
+    NatKind.FULL_CONE: NatBehaviour(Mapping.ENDPOINT_INDEPENDENT, Filtering.ENDPOINT_INDEPENDENT),
+    NatKind.RESTRICTED_CONE: NatBehaviour(
+        Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_DEPENDENT
+    ),
+    NatKind.PORT_RESTRICTED_CONE: NatBehaviour(
         Mapping.ENDPOINT_INDEPENDENT, Filtering.ADDRESS_AND_PORT_DEPENDENT
     ),
     # As the lab's MASQUERADE --random-fully: a fresh random port for every destination.
-    "symmetric": NatBehaviour(
+    NatKind.SYMMETRIC: NatBehaviour(
         Mapping.ADDRESS_AND_PORT_DEPENDENT,
         Filtering.ADDRESS_AND_PORT_DEPENDENT,
         port_preservation=False,
@@ -133,7 +137,7 @@ NAT_KINDS: dict[str, NatBehaviour] = {
     ),
 }
 
-NAT_KIND_NAMES: tuple[str, ...] = (KIND_NONE, *NAT_KINDS)
+NAT_KIND_NAMES: tuple[NatKind, ...] = (KIND_NONE, *NAT_KINDS)
 
 
 class UnknownNatKind(LocalProtocolError, ValueError):
@@ -143,8 +147,8 @@ class UnknownNatKind(LocalProtocolError, ValueError):
 def nat_kind(name: str) -> NatBehaviour:
     """The registered behaviour called ``name``; ``"none"`` and unknown names raise."""
     try:
-        return NAT_KINDS[name]
-    except KeyError:
+        return NAT_KINDS[NatKind(name)]
+    except (KeyError, ValueError):
         pass
     if name == KIND_NONE:
         raise UnknownNatKind(

@@ -19,7 +19,8 @@ from statistics import median
 from typing import Any
 
 from ipop.aio.node import Node
-from ipop.stun import direct_expected
+from ipop.nat.kinds import NAT_KINDS, NatKind
+from ipop.nat.stun import direct_expected
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Network
@@ -28,7 +29,7 @@ from ipop.types import RelayPath
 
 __all__ = ["KINDS", "run_matrix", "run_pair"]
 
-KINDS = ("none", "full-cone", "restricted-cone", "port-restricted-cone", "symmetric")
+KINDS = NAT_KINDS
 PORT = 5800
 PINGS = 60
 INTERVAL_S = 0.05
@@ -55,10 +56,7 @@ async def _pair(a: str, b: str, seed: int) -> dict[str, Any]:
         "b": b,
         "reachable": False,
         "direct": False,
-        "expected_direct": direct_expected(
-            "open" if a == "none" else a,  # type: ignore[arg-type]
-            "open" if b == "none" else b,  # type: ignore[arg-type]
-        ),
+        "expected_direct": direct_expected(NatKind(a), NatKind(b)),
         "time_to_direct_s": None,
         "rtt_overlay_ms": None,
         "rtt_direct_ms": None,

@@ -64,6 +64,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from ipop.errors import ConfigError, LocalProtocolError
+from ipop.nat.kinds import NatKind
 from ipop.testing.nat import (
     KIND_NONE,
     NAT_KIND_NAMES,
@@ -224,7 +225,7 @@ class Host:
         self._sockets: dict[int, SimSocket] = {}
 
     @property
-    def nat_kind(self) -> str:
+    def nat_kind(self) -> NatKind:
         """The classic name of the NAT in front of this host; "none" on the internet."""
         return KIND_NONE if self.nat is None else self.nat.kind
 
@@ -279,7 +280,7 @@ class NatBox:
         lan.nat = self
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> NatKind:
         return self.behaviour.kind
 
     def add_host(self, name: str, *, address: str | None = None) -> Host:

@@ -182,7 +182,7 @@ class OverlayScenario:
             biggest = max(counts, key=lambda k: counts[k])
             counts[biggest] -= 1
             counts["none"] = 1
-        kinds = [k for k in NAT_KIND_NAMES for _ in range(counts.get(k, 0))]
+        kinds: list[str] = [k for k in NAT_KIND_NAMES for _ in range(counts.get(k, 0))]
         random.Random(self.seed).shuffle(kinds)
         kinds.remove("none")
         return ["none", *kinds]

@@ -12,10 +12,10 @@ a local program any destination. So every table is bounded, with an eviction rul
 * answers: at most :data:`MAX_ENTRIES`; a new answer beyond that evicts the oldest answer
   (insertion order; an answer looked up again moves to the back). A member that floods
   random addresses adds at most :data:`LOOKUP_RATE_PER_S` answers a second (the rate limit
-  below), so an honest entry, refreshed every :data:`OWNER_TTL_S`, is not pushed out by one
-  attacker. Pinned entries (this node's addresses) are never evicted and do not count.
-* absence is cached too (:data:`NEGATIVE_TTL_S`): a flood of one unknown address costs one
-  lookup per TTL, not one per packet.
+  below), so an honest entry, refreshed every :data:`ipop.timing.OWNER_TTL_S`, is not pushed
+  out by one attacker. Pinned entries (this node's addresses) are never evicted and do not count.
+* absence is cached too (:data:`ipop.timing.OWNER_NEGATIVE_TTL_S`): a flood of one unknown
+  address costs one lookup per TTL, not one per packet.
 * lookups in flight: at most one per address and :data:`MAX_IN_FLIGHT` in all.
 * lookups caused by one peer's packets (their inner source), or by the local side (their
   destination): a token bucket per cause, :data:`LOOKUP_RATE_PER_S` with a burst of
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from enum import Enum, StrEnum
 
+from ipop import timing
 from ipop.ratelimit import KeyedBuckets
 from ipop.types import NodeId
 
@@ -43,19 +44,12 @@ __all__ = [
     "MAX_CAUSES",
     "MAX_ENTRIES",
     "MAX_IN_FLIGHT",
-    "NEGATIVE_TTL_S",
-    "OWNER_TTL_S",
     "PENDING_MAX",
     "Held",
     "LookupDrop",
     "OwnerTable",
 ]
 
-# How long a vIP → node answer is trusted before it is looked up again: a lease moves rarely,
-# and a stale answer only costs packets until the new holder's first packet (spoofed_inner_src).
-OWNER_TTL_S = 120.0
-# How long "nobody holds it" is trusted: short, so a node that just claimed it is reached soon.
-NEGATIVE_TTL_S = 3.0
 # Answers kept (not counting pinned ones): far more than the peers one node talks to.
 MAX_ENTRIES = 16384
 # DHT lookups running at once, whatever caused them: each costs a few routed messages.
@@ -191,7 +185,7 @@ class OwnerTable:
                 oldest = next(iter(self._learned))
                 del self._learned[oldest]
                 del self.entries[oldest]
-            ttl = OWNER_TTL_S if owner is not None else NEGATIVE_TTL_S
+            ttl = timing.OWNER_TTL_S if owner is not None else timing.OWNER_NEGATIVE_TTL_S
             self.entries[vip] = (owner, now + ttl)
             self._learned[vip] = None
         return self._release(vip)

@@ -8,11 +8,11 @@ protocols apart. STUN uses 0..3 (its first two bits are 00), DTLS 20..63, TURN c
 64..79, QUIC 64..127 and RTP/RTCP 128..191; 192..255 is assigned to nobody, so every ipop
 type byte lies in 0xC0..0xFF and a STUN binding can share the overlay socket::
 
-    first byte   0x00-0x03  STUN (RFC 5389)        -> ipop.wire.stun (later issue)
+    first byte   0x00-0x03  STUN (RFC 5389)        -> ipop.wire.stun, answered by ipop.nat.stun
                  0xC0-0xFF  ipop                   -> MessageType below
                  anything else                     -> dropped ("unknown_type")
 
-Types in use; 0xC5..0xFF are left for overlay and later messages::
+Types in use; 0xC5..0xFF are free (overlay messages travel inside DATA, not as types here)::
 
     0xC1  HANDSHAKE_INIT   initiator -> responder   (ipop.wire.handshake.HandshakeInit)
     0xC2  HANDSHAKE_RESP   responder -> initiator   (ipop.wire.handshake.HandshakeResp)

@@ -50,7 +50,7 @@ An RFC 3489 message (no magic cookie, as pystun3 sends) is answered with the RFC
 attribute codes (MAPPED-ADDRESS, SOURCE-ADDRESS, CHANGED-ADDRESS); an RFC 5389 one with
 XOR-MAPPED-ADDRESS (plus MAPPED-ADDRESS for old clients), RESPONSE-ORIGIN and OTHER-ADDRESS.
 Requests that ipop sends carry PADDING, so that they are never smaller than the answer: an ipop
-server answers only requests at least as large as its response (:mod:`ipop.stun`), which
+server answers only requests at least as large as its response (:mod:`ipop.nat.stun`), which
 keeps it from being a reflector that amplifies. It does not echo PADDING into the response
 (RFC 5780 makes that optional and it would defeat the purpose).
 
@@ -92,7 +92,7 @@ __all__ = [
 BINDING_REQUEST = 0x0001
 BINDING_RESPONSE = 0x0101
 BINDING_ERROR = 0x0111
-# Never decoded here (port guessing's knocks are Binding Indications: ipop.birthday).
+# Never decoded here (port guessing's knocks are Binding Indications: ipop.nat.portguess).
 BINDING_INDICATION = 0x0011
 _TYPES = (BINDING_REQUEST, BINDING_RESPONSE, BINDING_ERROR)
 

@@ -59,9 +59,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
             "hosts": [
                 {"name": "pub1", "role": "public", "ip": "203.0.113.10"},
                 {"name": "pub2", "role": "public", "ip": "203.0.113.11"},
-                {"name": "a", "role": "nat", "nat": "port-restricted-cone"},
-                {"name": "b", "role": "nat", "nat": "restricted-cone"},
-                {"name": "c", "role": "nat", "nat": "symmetric"},
+                {"name": "a", "role": "nat", "kind": "port-restricted-cone"},
+                {"name": "b", "role": "nat", "kind": "restricted-cone"},
+                {"name": "c", "role": "nat", "kind": "symmetric"},
                 {"name": "m", "role": "public", "ip": "203.0.113.13"},
                 {"name": "v", "role": "public", "ip": REFLECT},
             ]

@@ -40,9 +40,9 @@ def _topology() -> Topology:
             "hosts": [
                 {"name": "pub1", "role": "public", "ip": "203.0.113.10"},
                 {"name": "pub2", "role": "public", "ip": "203.0.113.11"},
-                {"name": "a", "role": "nat", "nat": "port-restricted-cone"},
-                {"name": "b", "role": "nat", "nat": "restricted-cone"},
-                {"name": "c", "role": "nat", "nat": "symmetric"},
+                {"name": "a", "role": "nat", "kind": "port-restricted-cone"},
+                {"name": "b", "role": "nat", "kind": "restricted-cone"},
+                {"name": "c", "role": "nat", "kind": "symmetric"},
                 {"name": "d", "role": "public", "ip": "203.0.113.12"},
             ]
         }
@@ -390,7 +390,7 @@ def test_teardown_leaves_no_namespace_or_process(tmp_path: Path) -> None:
         {
             "hosts": [
                 {"name": "p", "role": "public", "ip": "203.0.113.10"},
-                {"name": "q", "role": "nat", "nat": "port-restricted-cone"},
+                {"name": "q", "role": "nat", "kind": "port-restricted-cone"},
             ]
         }
     )

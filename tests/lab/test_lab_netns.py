@@ -106,7 +106,7 @@ def _full_cone_topology() -> Topology:
                 {
                     "name": "x",
                     "role": "nat",
-                    "nat": "full-cone",
+                    "kind": "full-cone",
                     "wan_ip": "198.51.100.101",
                     "udp_timeout_s": 20,
                 },
@@ -236,7 +236,7 @@ def test_bad_nat_kind_names_the_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "key"),
     [
-        ({"hosts": [{"name": "a", "role": "nat", "nat": "symmetric"}]}, "hosts"),
+        ({"hosts": [{"name": "a", "role": "nat", "kind": "symmetric"}]}, "hosts"),
         ({"hosts": [{"name": "Pub", "role": "public"}]}, "hosts[0].name"),
         (
             {"hosts": [{"name": "p", "role": "public"}, {"name": "p", "role": "public"}]},
@@ -249,7 +249,7 @@ def test_bad_nat_kind_names_the_key(tmp_path: Path) -> None:
             {
                 "hosts": [
                     {"name": "p", "role": "public"},
-                    {"name": "a", "role": "nat", "nat": "full-cone", "lan": "10.0.0.0/24"},
+                    {"name": "a", "role": "nat", "kind": "full-cone", "lan": "10.0.0.0/24"},
                 ]
             },
             "hosts[1].lan",
@@ -261,7 +261,7 @@ def test_bad_nat_kind_names_the_key(tmp_path: Path) -> None:
             {
                 "hosts": [
                     {"name": "p", "role": "public"},
-                    {"name": "a", "role": "nat", "nat": "symmetric", "udp_timeout_s": 0},
+                    {"name": "a", "role": "nat", "kind": "symmetric", "udp_timeout_s": 0},
                 ]
             },
             "hosts[1].udp_timeout_s",

@@ -1,7 +1,7 @@
 """The NAT matrix on real NATs (root): every pair reachable, direct wherever punching can work.
 
 Targets of the NAT-traversal issue: 100% of pairs reachable; direct for every pair with at most
-one symmetric side (symmetric x port-restricted-cone through port guessing, ipop.birthday);
+one symmetric side (symmetric x port-restricted-cone through port guessing, ipop.nat.portguess);
 symmetric x symmetric stays relayed and says why; first packet to direct path p50 <= 1 s and
 max <= 3 s; at most one ping of a 50 ms train lost on the way.
 """

@@ -33,8 +33,8 @@ COTURN = ("203.0.113.30", "203.0.113.31")
 STUND = ("203.0.113.40", "203.0.113.41")
 STUN_PORT = 3478
 TRUTH = {
-    "pub1": "open",
-    "pub2": "open",
+    "pub1": "none",
+    "pub2": "none",
     "fc": "full-cone",
     "rc": "restricted-cone",
     "prc": "port-restricted-cone",
@@ -54,10 +54,10 @@ def _topology() -> Topology:
                     "extra_ips": ["203.0.113.20"],
                 },
                 {"name": "pub2", "role": "public", "ip": "203.0.113.11"},
-                {"name": "fc", "role": "nat", "nat": "full-cone"},
-                {"name": "rc", "role": "nat", "nat": "restricted-cone"},
-                {"name": "prc", "role": "nat", "nat": "port-restricted-cone"},
-                {"name": "sym", "role": "nat", "nat": "symmetric"},
+                {"name": "fc", "role": "nat", "kind": "full-cone"},
+                {"name": "rc", "role": "nat", "kind": "restricted-cone"},
+                {"name": "prc", "role": "nat", "kind": "port-restricted-cone"},
+                {"name": "sym", "role": "nat", "kind": "symmetric"},
                 {"name": "coturn", "role": "public", "ip": COTURN[0], "extra_ips": [COTURN[1]]},
                 {"name": "stund", "role": "public", "ip": STUND[0], "extra_ips": [STUND[1]]},
             ]

@@ -49,11 +49,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
         {
             "hosts": [
                 {"name": "pub1", "role": "public", "ip": "203.0.113.10"},
-                {"name": "a1", "role": "nat", "nat": "port-restricted-cone"},
-                {"name": "b1", "role": "nat", "nat": "port-restricted-cone"},
+                {"name": "a1", "role": "nat", "kind": "port-restricted-cone"},
+                {"name": "b1", "role": "nat", "kind": "port-restricted-cone"},
                 {"name": "c1", "role": "nat", "behind": "a1"},
-                {"name": "a2", "role": "nat", "nat": "symmetric"},
-                {"name": "b2", "role": "nat", "nat": "restricted-cone"},
+                {"name": "a2", "role": "nat", "kind": "symmetric"},
+                {"name": "b2", "role": "nat", "kind": "restricted-cone"},
             ]
         }
     )

@@ -35,8 +35,8 @@ RECOVER_S = 5.0
 # The victim r behind a symmetric NAT, its peer b behind a port-restricted one, a relay.
 HOSTS = [
     {"name": "pub1", "role": "public", "ip": "203.0.113.10"},
-    {"name": "r", "role": "nat", "nat": "symmetric"},
-    {"name": "b", "role": "nat", "nat": "port-restricted-cone"},
+    {"name": "r", "role": "nat", "kind": "symmetric"},
+    {"name": "b", "role": "nat", "kind": "port-restricted-cone"},
 ]
 
 

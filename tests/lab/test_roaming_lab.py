@@ -34,7 +34,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
             "hosts": [
                 {"name": "pub1", "role": "public", "ip": "203.0.113.10"},
                 {"name": "r", "role": "public", "ip": OLD_IP},
-                {"name": "b", "role": "nat", "nat": "port-restricted-cone"},
+                {"name": "b", "role": "nat", "kind": "port-restricted-cone"},
             ]
         }
     )

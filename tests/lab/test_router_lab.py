@@ -144,9 +144,9 @@ def _topology() -> Topology:
             "hosts": [
                 {"name": "pub1", "role": "public", "ip": "203.0.113.10"},
                 {"name": "pub2", "role": "public", "ip": "203.0.113.11"},
-                {"name": "a", "role": "nat", "nat": "port-restricted-cone"},
-                {"name": "r1", "role": "nat", "nat": "port-restricted-cone"},
-                {"name": "r2", "role": "nat", "nat": "restricted-cone"},
+                {"name": "a", "role": "nat", "kind": "port-restricted-cone"},
+                {"name": "r1", "role": "nat", "kind": "port-restricted-cone"},
+                {"name": "r2", "role": "nat", "kind": "restricted-cone"},
             ],
             "clusters": [
                 {

@@ -67,7 +67,7 @@ def test_cone_nats_serve_one_host_each_and_presets_exist() -> None:
             {
                 "hosts": [
                     {"name": "pub", "role": "public"},
-                    {"name": "a", "role": "nat", "nat": "full-cone"},
+                    {"name": "a", "role": "nat", "kind": "full-cone"},
                     {"name": "b", "role": "nat", "behind": "a"},
                 ]
             }

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipop.link.events import LinkDown, LinkUp, ObservedEndpoint
+from ipop.nat.kinds import NatKind
 from ipop.overlay.attempts import AttemptState
 from ipop.overlay.events import Delivered, Routable
 from ipop.overlay.messages import (
@@ -36,7 +37,7 @@ from ipop.overlay.messages import (
 from ipop.overlay.node import OverlayConfig, OverlayNode
 from ipop.overlay.ring import next_hop, next_hop_sorted, ring_neighbours, ring_neighbours_sorted
 from ipop.overlay.table import ConnectionKind
-from ipop.testing.fake_links import FakeLinkWorld, LinkMessage, NatKind, fake_certificate
+from ipop.testing.fake_links import FakeLinkWorld, LinkMessage, fake_certificate
 from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
 from ipop.testing.invariants import closest_owner, ring_violations, true_near
 from ipop.types import RING, Endpoint, NodeId, Path, RelayPath
@@ -70,7 +71,7 @@ def build(
     *,
     seed: int,
     stagger_s: float = 0.1,
-    nat: Callable[[int, NodeId], NatKind] = lambda i, n: NatKind.OPEN,
+    nat: Callable[[int, NodeId], NatKind] = lambda i, n: NatKind.NONE,
     ids: list[NodeId] | None = None,
 ) -> tuple[FakeLinkWorld, list[NodeId]]:
     """``n`` nodes joining one by one through node 0 (an open bootstrap)."""
@@ -227,7 +228,9 @@ def test_a_forwarder_cannot_forge_or_alter_a_routed_origin() -> None:
 
 def test_repair_after_killing_30_percent() -> None:
     # Every third node behind a cone NAT: links to them need simultaneous open.
-    world, ids = build(60, seed=21, nat=lambda i, n: NatKind.CONE if i % 3 == 0 else NatKind.OPEN)
+    world, ids = build(
+        60, seed=21, nat=lambda i, n: NatKind.PORT_RESTRICTED_CONE if i % 3 == 0 else NatKind.NONE
+    )
     run_until_consistent(world, world.now + 6.0 + 90.0)
     world.run_for(30.0)
     cone = {n for i, n in enumerate(ids) if i and i % 3 == 0}
@@ -275,7 +278,7 @@ def test_relay_link_between_natted_near_neighbours() -> None:
         seed=31,
         ids=order,
         stagger_s=0.5,
-        nat=lambda i, n: NatKind.HARD if n in (a, b) else NatKind.OPEN,
+        nat=lambda i, n: NatKind.SYMMETRIC if n in (a, b) else NatKind.NONE,
     )
     run_until_consistent(world, world.now + 6.0 + 90.0)
     for me, other in ((a, b), (b, a)):

@@ -10,10 +10,11 @@ from __future__ import annotations
 import bisect
 import random
 
+from ipop.nat.kinds import NatKind
 from ipop.overlay.near import NearKeeper, SeenIds
 from ipop.overlay.node import OverlayConfig
 from ipop.overlay.ring import ring_neighbours_sorted
-from ipop.testing.fake_links import FakeLinkWorld, NatKind
+from ipop.testing.fake_links import FakeLinkWorld
 from ipop.types import RING, NodeId, ring_distance
 
 
@@ -24,7 +25,7 @@ def build(n: int, *, seed: int) -> tuple[FakeLinkWorld, list[NodeId]]:
     ids = [NodeId(rng.randrange(RING)) for _ in range(n)]
     world.spawn(ids[0], config=OverlayConfig(), bootstrap=[], seed=seed)
     boot = world.public_endpoint(ids[0])
-    kinds = (NatKind.OPEN, NatKind.CONE, NatKind.HARD)
+    kinds = (NatKind.NONE, NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC)
     for i, node_id in enumerate(ids[1:], 1):
         world.spawn(
             node_id,

@@ -43,7 +43,7 @@ KINDS: tuple[str | None, ...] = (None, None, *(_MIX * 4))
 VICTIM = 2  # behind a port-restricted NAT
 FILTERED_PEER = 5  # behind another port-restricted NAT
 # The victim behind a symmetric NAT: its direct sessions with filtering peers run on its
-# punching sockets (ipop.birthday), which die with it, and symmetric peers reach it through
+# punching sockets (ipop.nat.portguess), which die with it, and symmetric peers reach it through
 # relays only. Neither kind is in its remembered peers.
 SYMMETRIC_KINDS: tuple[str | None, ...] = (
     None,

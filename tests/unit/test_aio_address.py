@@ -9,11 +9,12 @@ import random
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from ipop.aio.address import ALLOC_RETRY_S, AddressKeeper
+from ipop.aio.address import AddressKeeper
 from ipop.dht.names import c_name
 from ipop.dht.record import ip_key, name_key
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.fake_dht import FakeDht
+from ipop.timing import VIP_ALLOC_RETRY_S
 from ipop.types import NodeId
 
 SUBNET = IPv4Network("100.64.0.0/10")
@@ -86,7 +87,7 @@ def test_a_taken_name_is_left_out_and_a_claim_is_retried_until_the_dht_answers(
 
     assert keeper.saved() is None  # no state file yet
     vip, names, took = run_virtual(body(), start=SIM_EPOCH)
-    assert 5 <= took <= 5 + ALLOC_RETRY_S
+    assert 5 <= took <= 5 + VIP_ALLOC_RETRY_S
     assert vip in SUBNET and keeper.saved() == vip
     assert names == [f"{c_name(vip)}.ipop"] and keeper.name_lease is None
 

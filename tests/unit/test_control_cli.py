@@ -32,6 +32,7 @@ from ipop.aio.control import (
     request_sync,
 )
 from ipop.errors import ConfigError
+from ipop.nat.kinds import NatKind
 from ipop.status import PeerStatus, PingReply, SelfStatus, Status
 from tools.cli import main
 from tools.cli_status import format_status
@@ -46,7 +47,7 @@ STATUS = Status(
         node_name="alice",
         vip="100.64.1.1",
         names=["alice-laptop.ipop", "C064001001.ipop"],
-        nat="endpoint-independent",
+        nat=NatKind.CONE,
         uptime_s=3725.0,
         endpoints=["203.0.113.5:5800"],
         routable=True,
@@ -389,7 +390,7 @@ def test_status_table(cli: Run) -> None:
         "100",
         "B",
     ]
-    assert "up 1h02m; nat endpoint-independent; routable" in out
+    assert "up 1h02m; nat cone; routable" in out
     assert "names: alice-laptop.ipop, C064001001.ipop" in out
     assert "drops: 2 (bad_mac 2)" in out
 

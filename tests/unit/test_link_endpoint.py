@@ -18,7 +18,7 @@ from ipop.link.events import (
     LinkUp,
     ObservedEndpoint,
 )
-from ipop.link.layer import SPARE_KEYS_S, LinkConfig, LinkLayer
+from ipop.link.layer import LinkConfig, LinkLayer
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint, Path
@@ -565,10 +565,10 @@ def test_the_keys_the_initiator_kept_open_when_another_answer_was_confirmed_firs
 
 
 def test_spare_keys_expire_unconfirmed() -> None:
-    """A spare key opens nothing once SPARE_KEYS_S passed without DATA under it (bounded)."""
+    """A spare key opens nothing once timing.SPARE_KEYS_S passed without DATA under it (bounded)."""
     w, confirmations = _answered_over_two_paths()
     w.a.receive_datagram(confirmations[0][0], B_EP, now=w.now)
-    w.run_until(w.now + SPARE_KEYS_S + 0.5)
+    w.run_until(w.now + timing.SPARE_KEYS_S + 0.5)
     w.a.receive_datagram(confirmations[1][0], B_EP, now=w.now)
     assert w.a.stats["spare_keys_confirmed"] == 0
     assert w.a.drops["unknown_index"] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ipop import timing
-from ipop.link.paths import RELAY_TAKEOVER_SILENT_S, PathQuality, Roam, better_path, should_roam
+from ipop.link.paths import PathQuality, Roam, better_path, should_roam
 from ipop.types import Endpoint, NodeId, RelayPath, SocketPath
 
 INF = float("inf")
@@ -35,14 +35,14 @@ def test_relay_never_replaces_a_working_direct_path() -> None:
     working = PathQuality(PUBLIC, 0.05, NOW - 0.1)
     assert not _better(working, PathQuality(RELAY, 0.01, NOW), heard=NOW - 0.1)
     # Just under the takeover silence: still working.
-    heard = NOW - RELAY_TAKEOVER_SILENT_S + 0.01
+    heard = NOW - timing.RELAY_TAKEOVER_SILENT_S + 0.01
     assert not _better(working, PathQuality(RELAY, 0.01, NOW), heard=heard)
 
 
 def test_relay_replaces_a_silent_direct_path() -> None:
-    # Nothing from the peer for RELAY_TAKEOVER_SILENT_S: its punching socket died with it.
-    current = PathQuality(PUNCHED, 0.05, NOW - RELAY_TAKEOVER_SILENT_S)
-    heard = NOW - RELAY_TAKEOVER_SILENT_S
+    # Nothing from the peer for timing.RELAY_TAKEOVER_SILENT_S: its punching socket died with it.
+    current = PathQuality(PUNCHED, 0.05, NOW - timing.RELAY_TAKEOVER_SILENT_S)
+    heard = NOW - timing.RELAY_TAKEOVER_SILENT_S
     assert _better(current, PathQuality(RELAY, INF, NOW), heard=heard)
 
 

@@ -13,6 +13,7 @@ import random
 
 import pytest
 
+from ipop import timing
 from ipop.link import layer
 from ipop.link.events import LinkDown, LinkEvent, LinkMessage, LinkPathChanged, LinkUp
 from ipop.link.layer import LinkLayer
@@ -183,7 +184,7 @@ def _down(events: list[LinkEvent]) -> list[LinkDown]:
 def test_a_session_its_peer_routed_around_is_checked_and_dropped_when_dead() -> None:
     """Alice's punching socket died with her; she routes to Bob over the ring (NodeCore
     calls peer_unlinked). Bob's re-key toward the dead path gets nothing: the session goes
-    after layer.UNLINKED_CHECK_S, not at the link timeout."""
+    after timing.UNLINKED_CHECK_S, not at the link timeout."""
     a, b, _, _, _ = _trio()
     punched = Endpoint("198.51.100.1", 40999)
     _session(a, b, punched, B_EP, NOW)
@@ -193,9 +194,9 @@ def test_a_session_its_peer_routed_around_is_checked_and_dropped_when_dead() -> 
     ((init, path),) = _out(b, t)
     assert path == punched and init[0] == TYPE_HANDSHAKE_INIT  # a fresh Init, to that path
     assert not b.peer_unlinked(alice, now=t + 1)  # one check at a time
-    b.handle_timer(now=t + layer.UNLINKED_CHECK_S - 0.01)
+    b.handle_timer(now=t + timing.UNLINKED_CHECK_S - 0.01)
     assert b.is_up(alice)
-    b.handle_timer(now=t + layer.UNLINKED_CHECK_S)
+    b.handle_timer(now=t + timing.UNLINKED_CHECK_S)
     assert not b.is_up(alice)
     assert _down(_events(b)) == [LinkDown(alice, "stale")]
     assert b.stats["link_down_stale"] == 1
@@ -214,10 +215,10 @@ def test_a_live_peer_keeps_its_session_through_a_check() -> None:
             a.receive_datagram(data, B_EP, now=t)
         for data, _ in _out(a, t):
             b.receive_datagram(data, A_EP, now=t)
-    b.handle_timer(now=t + layer.UNLINKED_CHECK_S)
+    b.handle_timer(now=t + timing.UNLINKED_CHECK_S)
     assert b.is_up(alice) and not _down(_events(b))
     assert b.peers()[0].keys_established_at == t
-    assert not b.peer_unlinked(alice, now=t + layer.UNLINKED_CHECK_S + 1)
+    assert not b.peer_unlinked(alice, now=t + timing.UNLINKED_CHECK_S + 1)
     assert b.peer_unlinked(alice, now=t + b.config.handshake_timeout_s)
 
 
@@ -244,7 +245,7 @@ def test_a_live_peer_is_checked_on_its_path_while_a_handshake_to_another_one_han
         for data, _ in _out(a, t):
             b.receive_datagram(data, A_EP, now=t)
         out = [(d, p) for d, p in _out(b, t) if p == A_EP]
-    b.handle_timer(now=t + layer.UNLINKED_CHECK_S)
+    b.handle_timer(now=t + timing.UNLINKED_CHECK_S)
     assert b.is_up(alice) and not _down(_events(b))
 
 

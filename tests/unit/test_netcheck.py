@@ -1,4 +1,4 @@
-"""ipop.netcheck: the procedure against modelled NATs, the JSON document, the control command
+"""ipop.nat.netcheck: the procedure against modelled NATs, the JSON document, the control command
 and ``ipop netcheck``."""
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 
 from ipop.aio.control import ControlServer, request_sync
-from ipop.netcheck import (
+from ipop.nat.kinds import NAT_KINDS, NatKind
+from ipop.nat.netcheck import (
     NetcheckResult,
     SecondOpinion,
     ServerProbe,
     pystun3_kind,
     run_netcheck,
 )
-from ipop.stun import StunAnswer
+from ipop.nat.stun import StunAnswer
 from ipop.types import Endpoint
 from tools.cli import main
 from tools.cli_netcheck import format_netcheck
@@ -45,14 +46,14 @@ class ModelNat:
     log: list[tuple[Endpoint, bool, bool]] = field(default_factory=list)
 
     def mapped(self, dst: Endpoint) -> Endpoint:
-        if self.kind == "open":
+        if self.kind == "none":
             return LOCAL
         if self.kind == "symmetric":
             return Endpoint(WAN, self.ports.setdefault(dst, 40000 + len(self.ports)))
         return Endpoint(WAN, LOCAL.port)
 
     def lets_in(self, src: Endpoint) -> bool:
-        if self.kind in ("open", "full-cone"):
+        if self.kind in ("none", "full-cone"):
             return True
         if self.kind == "restricted-cone":
             return src.host in {c.host for c in self.contacted}
@@ -79,7 +80,7 @@ class ModelNat:
         return StunAnswer(dst, source, self.mapped(dst), dst, other, 0.001)
 
 
-KINDS = ["open", "full-cone", "restricted-cone", "port-restricted-cone", "symmetric"]
+KINDS = list(NAT_KINDS)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -88,7 +89,7 @@ def test_bootstrap_and_a_peer_classify_every_kind(kind: str) -> None:
     r = asyncio.run(run_netcheck(nat.transact, servers=[BOOT], peers=[PEER], local=[LOCAL]))
     assert r.nat == kind
     assert r.servers[0].kind == kind
-    assert r.direct_expected["open"] is True
+    assert r.direct_expected[NatKind.NONE] is True
     # The alternate address is never contacted: it would spoil a rerun's filtering tests.
     assert all(dst != BOOT_ALT for dst, _, _ in nat.log)
     assert NetcheckResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
@@ -99,7 +100,7 @@ def test_a_lone_server_tests_mapping_at_its_alternate_last(kind: str) -> None:
     nat = ModelNat(kind, {BOOT: BOOT_ALT, BOOT_ALT: None})
     r = asyncio.run(run_netcheck(nat.transact, servers=[BOOT], peers=[], local=[LOCAL]))
     assert r.nat == kind
-    if kind != "open":
+    if kind != "none":
         assert nat.log[-1] == (BOOT_ALT, False, False)
         assert any("rerun" in n for n in r.notes)
 
@@ -113,7 +114,7 @@ def test_gather_runs_servers_side_by_side() -> None:
     )
     assert r.nat == "port-restricted-cone"
     assert r.peers_seen == ((PEER, Endpoint(WAN, 5800)),)
-    assert r.direct_expected["symmetric"] is True  # by port guessing (ipop.birthday)
+    assert r.direct_expected["symmetric"] is True  # by port guessing (ipop.nat.portguess)
 
 
 def test_a_symmetric_node_expects_no_direct_path_to_another_symmetric_one() -> None:
@@ -190,6 +191,17 @@ def test_from_dict_rejects_malformed(patch: dict[str, Any]) -> None:
     doc = _doc() | patch
     with pytest.raises(ValueError):
         NetcheckResult.from_dict(doc)
+
+
+def test_from_dict_reads_the_old_spelling_open_as_none() -> None:
+    # Before ipop.nat.kinds netcheck said "open" for no translation; a newer CLI may still
+    # read a document from an older daemon.
+    doc = _doc() | {"nat": "open", "direct_expected": {"open": True, "symmetric": None}}
+    doc["servers"] = [dict(doc["servers"][0], kind="open")]
+    r = NetcheckResult.from_dict(doc)
+    assert r.nat is NatKind.NONE and r.servers[0].kind is NatKind.NONE
+    assert r.direct_expected == {NatKind.NONE: True, NatKind.SYMMETRIC: None}
+    assert r.to_dict()["nat"] == "none"
 
 
 def test_pystun3_kinds() -> None:

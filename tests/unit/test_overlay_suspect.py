@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ipop.overlay.ring import next_hop, next_hop_sorted
-from ipop.overlay.suspect import PROBE_MAX_S, SUSPECT_RTOS, SilentHops
+from ipop.overlay.suspect import SUSPECT_RTOS, SilentHops
+from ipop.timing import OVERLAY_HOP_PROBE_MAX_S as PROBE_MAX_S
 from ipop.types import RING, NodeId
 
 ids = st.integers(min_value=0, max_value=RING - 1).map(NodeId)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from ipaddress import IPv4Address
 
-from ipop.birthday import FLAG_SYMMETRIC, FLAG_TRANSLATED
 from ipop.link.events import LinkInfo
+from ipop.nat.kinds import NatKind
+from ipop.nat.portguess import FLAG_SYMMETRIC, FLAG_TRANSLATED
 from ipop.node import NodeSnapshot, PublicView
 from ipop.overlay.node import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.table import ConnectionKind
@@ -78,7 +79,7 @@ def test_a_port_guessed_peer_is_said_to_be_guessed() -> None:
     core = _snap(relayed, public=SYMMETRIC, peer_nat={CAROL: FLAG_SYMMETRIC})
     (row,) = _status(core).peers
     assert row.why is not None and row.why.startswith("no direct path: both sides symmetric")
-    (row,) = _status(core, measured_nat="cone").peers
+    (row,) = _status(core, measured_nat=NatKind.CONE).peers
     assert row.why == why_relayed(core, CAROL, symmetric=False)
     assert row.why.startswith("no direct path yet: guessing")
 
@@ -89,7 +90,7 @@ def test_no_peers_and_no_core() -> None:
     assert not st.self_.routable and st.drops == {} and st.counters == {}
     st = _status(_snap(public=PublicView(None, False, False)), owners=None)
     assert st.peers == []  # no data plane yet: no rows
-    assert st.self_.nat == "open"  # routable and nobody saw another address
+    assert st.self_.nat == "none"  # routable and nobody saw another address
     assert st.counters == {"crl.number": 0}
 
 
@@ -143,9 +144,9 @@ def test_router_mode_lists_lan_hosts_and_puts_core_drops_before_the_rest() -> No
 
 
 def test_nat_kind_prefers_the_measurement_then_peers_echoes() -> None:
-    assert nat_kind(None) is None and nat_kind(None, "symmetric") == "symmetric"
+    assert nat_kind(None) is None and nat_kind(None, NatKind.SYMMETRIC) == "symmetric"
     assert nat_kind(_snap(public=SYMMETRIC)) == "symmetric"
-    assert nat_kind(_snap(public=SYMMETRIC), "cone") == "cone"
+    assert nat_kind(_snap(public=SYMMETRIC), NatKind.CONE) == "cone"
     unroutable = dataclasses.replace(
         _snap(public=PublicView(None, False, False)),
         overlay=OverlaySnapshot(ME, False, 1.0, (), ()),

@@ -32,9 +32,10 @@ from ipop.overlay.messages import (
     CrlOffer,
     decode_crl,
 )
-from ipop.revocation import DROP_REASONS, MAX_PEERS, VERIFY_BACKOFF_S, CrlGossip
+from ipop.revocation import DROP_REASONS, MAX_PEERS, CrlGossip
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
+from ipop.timing import CRL_VERIFY_BACKOFF_S
 from ipop.types import Endpoint, NodeId
 
 NOW = SIM_EPOCH
@@ -229,7 +230,7 @@ def test_gossip_pulls_a_newer_crl_and_refuses_forgeries_with_backoff() -> None:
     got = [learner.receive(p, data, now=NOW) for _to, data in reversed(chunks)]
     assert got[-1] is not None and got[-1].number == 7
     assert learner.trust.is_revoked(victim.cert)
-    # A second ask inside PUSH_INTERVAL_S is held: one CRL per peer per interval.
+    # A second ask inside CRL_PUSH_INTERVAL_S is held: one CRL per peer per interval.
     holder.receive(q, ask, now=NOW + 1)
     assert holder.outgoing() == [] and holder.stats["push_held"] == 1
 
@@ -252,7 +253,7 @@ def test_gossip_pulls_a_newer_crl_and_refuses_forgeries_with_backoff() -> None:
     assert fresh.trust.crl_number == 7
     # Chunks of our number or older (duplicates) are dropped before any work.
     late = CrlGossip(holder_trust.fork())
-    late.receive(p, chunks[0][1], now=NOW + VERIFY_BACKOFF_S)
+    late.receive(p, chunks[0][1], now=NOW + CRL_VERIFY_BACKOFF_S)
     assert late.stats["chunk_duplicate"] == 1 and not late.drops
     assert set(fresh.drops) <= DROP_REASONS and set(late.drops) <= DROP_REASONS
 

@@ -10,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipop.link.pmtu import PROBE_TAG
-from ipop.node import ROUTE_IDLE_S, ROUTE_PROBED_MAX, ROUTED_IP_MTU, NodeCore
+from ipop.node import ROUTE_PROBED_MAX, ROUTED_IP_MTU, NodeCore
 from ipop.overlay.events import Delivered
 from ipop.overlay.messages import KIND_PMTU
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
+from ipop.timing import ROUTE_PROBE_IDLE_S
 from ipop.types import NodeId
 from ipop.wire.header import DATA_MIN_BYTES
 
@@ -39,10 +40,10 @@ def test_the_routes_probed_are_bounded_and_idle_ones_forgotten() -> None:
     assert core.stats["route_probe_evicted"] == 5
     assert NodeId(1) not in core.route_pmtu.wanted  # the least recently used went first
     assert core.ip_mtu(NodeId(1)) == ROUTED_IP_MTU
-    core.send_ip(NodeId(ROUTE_PROBED_MAX + 5), bytes(100), now=now + ROUTE_IDLE_S / 2)
-    core.handle_timer(now=now + ROUTE_IDLE_S)
+    core.send_ip(NodeId(ROUTE_PROBED_MAX + 5), bytes(100), now=now + ROUTE_PROBE_IDLE_S / 2)
+    core.handle_timer(now=now + ROUTE_PROBE_IDLE_S)
     assert core.route_pmtu.wanted == {NodeId(ROUTE_PROBED_MAX + 5)}
-    core.handle_timer(now=now + 2 * ROUTE_IDLE_S)
+    core.handle_timer(now=now + 2 * ROUTE_PROBE_IDLE_S)
     assert not core.route_pmtu.wanted
 
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ipop.nat.kinds import NatKind
 from ipop.status import (
     PATH_KINDS,
     DnsLatency,
@@ -33,7 +34,7 @@ def sample() -> Status:
             node_name="alice",
             vip="100.64.1.1",
             names=["alice-laptop.ipop", "C064001001.ipop"],
-            nat="endpoint-independent",
+            nat=NatKind.CONE,
             uptime_s=3725.5,
             endpoints=["203.0.113.5:5800"],
             routable=True,
@@ -90,6 +91,16 @@ def test_integer_json_numbers_read_as_floats() -> None:
     assert s.peers[0].rtt_ms == 3.0 and isinstance(s.peers[0].rtt_ms, float)
 
 
+def test_nat_reads_the_old_spelling_open_as_none() -> None:
+    # Before ipop.nat.kinds the status and netcheck said "open" for no translation.
+    doc = sample().to_dict()
+    doc["self"]["nat"] = "open"
+    assert Status.from_dict(doc).self_.nat is NatKind.NONE
+    doc["self"]["nat"] = None
+    assert Status.from_dict(doc).self_.nat is None
+    assert json.loads(sample().to_json())["self"]["nat"] == "cone"
+
+
 def _set(doc: dict[str, Any], path: str, value: Any) -> None:
     *parents, last = path.split(".")
     node: Any = doc
@@ -113,6 +124,8 @@ _DELETE = object()
         ("self.node_id", A_ID.upper(), "self.node_id"),
         ("self.node_name", None, "self.node_name: must be a string"),
         ("self.vip", 5, "self.vip: must be a string or null"),
+        ("self.nat", 5, "self.nat: must be a string or null"),
+        ("self.nat", "endpoint-independent", "self.nat: unknown NAT kind"),
         ("self.names", "alice", "self.names: must be a list"),
         ("self.names.0", 1, "self.names[0]: must be a string"),
         ("self.uptime_s", "1", "self.uptime_s: must be a number"),
@@ -195,7 +208,7 @@ _self = st.builds(
     node_name=_text,
     vip=st.none() | _text,
     names=st.lists(_text, max_size=3),
-    nat=st.none() | _text,
+    nat=st.none() | st.sampled_from(NatKind),
     uptime_s=_num,
     endpoints=st.lists(_text, max_size=3),
     routable=st.booleans(),

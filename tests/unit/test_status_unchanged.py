@@ -3,7 +3,7 @@
 The documents in ``tests/unit/data/status_*.json`` were recorded from the daemon's old status
 assembly (``node.core.<layer>.<x>`` reach-throughs and dict rows) over the states built here; the
 status the daemon builds now over the same states must print the same bytes. The states use
-fake layers (counters, link infos, an overlay snapshot) under a real :class:`BirthdayPunch` and
+fake layers (counters, link infos, an overlay snapshot) under a real :class:`PortGuessing` and
 the real ``NodeCore`` methods, so the old reach-throughs and the new ``NodeCore.snapshot()`` read
 the very same values.
 """
@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from ipop.aio.daemon import Daemon, DaemonControl, DaemonSettings
-from ipop.birthday import BirthdayPunch
 from ipop.link.events import LinkInfo
+from ipop.nat.portguess import PortGuessing
 from ipop.node import NodeCore
 from ipop.overlay.node import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.table import ConnectionKind
@@ -86,8 +86,8 @@ def _core() -> SimpleNamespace:
         observed_endpoints=lambda: ECHOED,
         local_endpoints=(OUR_SOCKET,),
     )
-    punch = BirthdayPunch(rng=random.Random(7))
-    theirs = BirthdayPunch(rng=random.Random(8))
+    punch = PortGuessing(rng=random.Random(7))
+    theirs = PortGuessing(rng=random.Random(8))
     hello = theirs.hello(ME, symmetric=True, translated=True, endpoints=(), now=NOW)
     assert hello is not None
     punch.receive(

@@ -1,4 +1,4 @@
-"""ipop.stun: the sans-IO STUN agent (server, change requests, client transactions), the NAT
+"""ipop.nat.stun: the sans-IO STUN agent (server, change requests, client transactions), the NAT
 classification, and NodeCore's demultiplexing of STUN off the overlay socket."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import random
 import pytest
 
 from ipop.errors import LocalProtocolError
-from ipop.node import NodeCore
-from ipop.stun import (
-    NAT_KINDS,
+from ipop.nat.kinds import NAT_KINDS, NatKind
+from ipop.nat.stun import (
     SOURCE_ALT_BOTH,
     SOURCE_ALT_PORT,
     SOURCE_PRIMARY,
@@ -22,6 +21,7 @@ from ipop.stun import (
     filtering_behaviour,
     mapping_behaviour,
 )
+from ipop.node import NodeCore
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint
 from ipop.wire.stun import (
@@ -216,8 +216,8 @@ def test_classic_client_request() -> None:
 def test_classify_every_combination() -> None:
     assert classify("dependent", None) == "symmetric"
     assert classify("dependent", "endpoint-independent") == "symmetric"
-    assert classify("none", None) == "open"
-    assert classify("none", "endpoint-independent") == "open"
+    assert classify("none", None) is NatKind.NONE
+    assert classify("none", "endpoint-independent") is NatKind.NONE
     assert classify("none", "address-dependent") == "restricted-cone"
     assert classify("endpoint-independent", "endpoint-independent") == "full-cone"
     assert classify("endpoint-independent", "address-dependent") == "restricted-cone"
@@ -249,7 +249,7 @@ def test_mapping_behaviour() -> None:
 
 def test_direct_expected_matches_the_measured_table() -> None:
     # shared/reference/README.md: plain punching 3/3 unless symmetric meets symmetric or
-    # port-restricted; port guessing (ipop.birthday) adds symmetric x port-restricted.
+    # port-restricted; port guessing (ipop.nat.portguess) adds symmetric x port-restricted.
     measured = {
         ("port-restricted-cone", "port-restricted-cone"): True,
         ("symmetric", "port-restricted-cone"): True,
@@ -262,8 +262,8 @@ def test_direct_expected_matches_the_measured_table() -> None:
     for (a, b), ok in measured.items():
         assert direct_expected(a, b) is ok, (a, b)
         assert direct_expected(b, a) is ok, (b, a)
-    assert all(direct_expected("open", k) for k in NAT_KINDS)
-    assert direct_expected(None, "open") is None
+    assert all(direct_expected(NatKind.NONE, k) for k in NAT_KINDS)
+    assert direct_expected(None, NatKind.NONE) is None
 
 
 # --- NodeCore demultiplexing ------------------------------------------------------------------

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipop.timing import OWNER_NEGATIVE_TTL_S, OWNER_TTL_S
 from ipop.types import NodeId
 from ipop.vnet.filter import Drop, PacketFilter, Verdict
-from ipop.vnet.owners import NEGATIVE_TTL_S, OWNER_TTL_S, OwnerTable
+from ipop.vnet.owners import OwnerTable
 from ipop.vnet.packet import IPPROTO_UDP, build_ipv4
 
 SUBNET = IPv4Network("100.64.0.0/16")
@@ -100,7 +101,7 @@ def test_a_source_known_to_be_free_is_unknown() -> None:
     f = _filter()
     assert f.check_in(PEER, _ip(UNKNOWN_IP, OWN), 0, NOW) is Drop.UNKNOWN_INNER_SRC
     # The negative answer expires: then the address is looked up again.
-    later = NOW + NEGATIVE_TTL_S + 0.1
+    later = NOW + OWNER_NEGATIVE_TTL_S + 0.1
     assert f.check_in(PEER, _ip(UNKNOWN_IP, OWN), 0, later) is Verdict.LOOKUP
 
 
@@ -268,7 +269,7 @@ def test_the_filter_agrees_with_a_naive_model(ops: list[tuple[Any, ...]]) -> Non
         elif kind == "answer":
             f.owners.answer(op[1].packed, op[2], now=now)
             if op[1] != naive.own and op[1] not in naive.hosts:
-                ttl = OWNER_TTL_S if op[2] is not None else NEGATIVE_TTL_S
+                ttl = OWNER_TTL_S if op[2] is not None else OWNER_NEGATIVE_TTL_S
                 naive.answers[op[1]] = (op[2], now + ttl)
         elif kind == "wait":
             now += op[1]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import random
 
+from ipop.timing import OWNER_NEGATIVE_TTL_S, OWNER_TTL_S
 from ipop.types import NodeId
 from ipop.vnet.owners import (
     HELD_MAX_BYTES,
     LOOKUP_BURST,
     LOOKUP_RATE_PER_S,
     MAX_CAUSES,
-    NEGATIVE_TTL_S,
-    OWNER_TTL_S,
     PENDING_MAX,
     Held,
     LookupDrop,
@@ -46,7 +45,7 @@ def test_absence_is_cached_for_a_short_while() -> None:
     t = OwnerTable()
     t.hold_out(_vip(5), b"a", now=NOW)
     t.answer(_vip(5), None, now=NOW)
-    assert t.entries[_vip(5)] == (None, NOW + NEGATIVE_TTL_S)
+    assert t.entries[_vip(5)] == (None, NOW + OWNER_NEGATIVE_TTL_S)
     assert t.owner_of(_vip(5)) is None
 
 

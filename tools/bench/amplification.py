@@ -251,7 +251,7 @@ def _routed_ping(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
 def _hello(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
     """V's NAT translates its port (so V is the side that opens); A says HELLO (port kept,
     answer wanted) naming third parties as its endpoints: V's openers would go there."""
-    from ipop.birthday import FLAG_ANSWER, _encode_hello
+    from ipop.nat.portguess import FLAG_ANSWER, _encode_hello
 
     v.overlay._note_observed(Endpoint(V_EP.host, 40000), wire.now)
     hello = _encode_hello(FLAG_ANSWER, VICTIMS[:4])

@@ -18,7 +18,7 @@ address of their own on a LAN).
 Before the pairs, the demo shows *the shortcut moment* (the seeds' demo): a node behind a
 port-restricted cone pings the symmetric-NAT node by name for the first time, 50 ms apart, while
 its ``ipop status`` is polled; the first replies come over the relay, then port guessing
-(``ipop.birthday``) opens a direct path and the RTT drops. The table shows each reply with the
+(``ipop.nat.portguess``) opens a direct path and the RTT drops. The table shows each reply with the
 path it took and the seconds until the path was direct (JSON: ``shortcut``).
 
 Everything is torn down at the end, also on failure or Ctrl-C.

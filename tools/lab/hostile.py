@@ -52,7 +52,7 @@ from tools.ipopd import NodeServices, load_valid_bundle, run_daemon, setup_loggi
 
 MARKER = b"IPOP-FORGED-ORIGIN"
 _log = logging.getLogger("ipop-hostile")
-_GO_OP = 0x02  # ipop.birthday's GO: op | IPv4 to knock on | 12-byte token
+_GO_OP = 0x02  # ipop.nat.portguess's GO: op | IPv4 to knock on | 12-byte token
 DHT_FLOOD = 200  # writes of its own keys, bounded like every attack here
 _EVIL = bytes((100, 64, 0, 99))  # an address the attacker would have a victim's name point to
 

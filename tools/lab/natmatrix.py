@@ -26,7 +26,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from ipop.stun import direct_expected
+from ipop.nat.kinds import NAT_KINDS, NatKind
+from ipop.nat.stun import direct_expected
 from tools.lab import netns
 from tools.lab.ipopnet import IpopNet, NotReady
 from tools.lab.lab import Lab
@@ -34,7 +35,7 @@ from tools.lab.topology import topology_from_dict
 
 __all__ = ["KINDS", "measure_pair", "run_matrix"]
 
-KINDS = ("none", "full-cone", "restricted-cone", "port-restricted-cone", "symmetric")
+KINDS = NAT_KINDS
 PINGS = 60
 INTERVAL_S = 0.05
 READY_S = 30.0
@@ -45,7 +46,7 @@ _SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
 def _host(name: str, kind: str, ip: str) -> dict[str, str]:
     if kind == "none":
         return {"name": name, "role": "public", "ip": ip}
-    return {"name": name, "role": "nat", "nat": kind}
+    return {"name": name, "role": "nat", "kind": kind}
 
 
 def measure_pair(a: str, b: str, *, workdir: Path) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def measure_pair(a: str, b: str, *, workdir: Path) -> dict[str, Any]:
         "b": b,
         "reachable": False,
         "direct": False,
-        "expected_direct": direct_expected(_kind(a), _kind(b)),
+        "expected_direct": direct_expected(NatKind(a), NatKind(b)),
         "time_to_direct_s": None,
         "rtt_overlay_ms": None,
         "rtt_direct_ms": None,
@@ -156,10 +157,6 @@ def watch_pings(
     res["why"] = why if res["path"] != "direct" else None
     res["replies"] = [[round(t - first, 3), rtt, p] for t, rtt, p in rows]
     return res
-
-
-def _kind(k: str) -> Any:
-    return "open" if k == "none" else k
 
 
 def run_matrix(kinds: tuple[str, ...] = KINDS, *, quiet: bool = False) -> dict[str, Any]:

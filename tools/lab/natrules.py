@@ -24,7 +24,9 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-NAT_KINDS = ("full-cone", "restricted-cone", "port-restricted-cone", "symmetric")
+from ipop.nat.kinds import BUILDABLE_KINDS
+
+NAT_KINDS = BUILDABLE_KINDS
 RECENT_SECONDS = 120
 NFT_TABLE = "ipop_lab"
 

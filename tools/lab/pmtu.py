@@ -197,8 +197,8 @@ def run_relayed(*, link_mtu: int, duration_s: int) -> dict[str, Any]:
         {
             "hosts": [
                 {"name": "boot", "role": "public", "ip": "203.0.113.10"},
-                {"name": "x", "role": "nat", "nat": "symmetric"},
-                {"name": "y", "role": "nat", "nat": "symmetric"},
+                {"name": "x", "role": "nat", "kind": "symmetric"},
+                {"name": "y", "role": "nat", "kind": "symmetric"},
             ]
         }
     )

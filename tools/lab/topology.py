@@ -1,7 +1,7 @@
 """What ipop-lab builds: the topology as frozen data, loaded from TOML and strictly validated.
 
 This module owns the TOML format and every address-assignment default; it does no I/O beyond
-reading the file. Format (every key but ``hosts[].name`` / ``role`` / ``nat`` is optional)::
+reading the file. Format (every key but ``hosts[].name`` / ``role`` / ``kind`` is optional)::
 
     nat_backend = "iptables"               # or "nft": which tool writes the NAT rules
 
@@ -18,8 +18,9 @@ reading the file. Format (every key but ``hosts[].name`` / ``role`` / ``nat`` is
     [[hosts]]
     name = "a"
     role = "nat"                           # one LAN host behind its own NAT router
-    nat = "port-restricted-cone"           # full-cone | restricted-cone | port-restricted-cone
-                                           # | symmetric (rule sets in natrules.py)
+    kind = "port-restricted-cone"          # full-cone | restricted-cone | port-restricted-cone
+                                           # | symmetric (ipop.nat.kinds; rules in natrules.py)
+                                           # ("nat = ..." is the old spelling, still read)
     wan_ip = "203.0.113.101"               # router's public address; default .101, .102, ...
     lan = "198.18.1.0/24"                  # default 198.18.N.0/24, N = 1, 2, ... (next free)
     udp_timeout_s = 30                     # router's conntrack UDP timeout (mapping lifetime)
@@ -42,6 +43,10 @@ its own, that run only a real DHCP client::
     router = "r1"                          # a [[hosts]] name (usually role = "nat")
     hosts = [{name = "p1", client = "udhcpc"}, {name = "p2", client = "dhclient"}]
 
+``kind`` is the key the simulator's topology uses for a host's NAT kind too (there, ``nat``
+names a shared NAT box); lab files written before it said ``nat = "<kind>"``, which still
+loads (giving both is an error).
+
 A public host's ``ip`` (a NAT router's ``wan_ip``) decides its segment: an address inside
 ``subnet2`` puts it there. ``.1`` of every segment belongs to the inet namespace (the gateway
 between segments); ``.1`` of a LAN is the router and ``.2`` the LAN host (``.3``... the hosts
@@ -63,12 +68,13 @@ from pathlib import Path
 from typing import Any
 
 from ipop.errors import ConfigError
+from ipop.nat.kinds import NatKind
 from tools.lab.natrules import NAT_KINDS
 
 ROLES = ("public", "nat")
 # NAT kinds that several LAN hosts can share: the cone kinds DNAT inbound traffic to one host.
-SHAREABLE_NATS = ("port-restricted-cone", "symmetric")
-MIX_KINDS = ("none", *NAT_KINDS)
+SHAREABLE_NATS = (NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC)
+MIX_KINDS = (NatKind.NONE, *NAT_KINDS)
 DHCP_CLIENTS = ("udhcpc", "dhclient")
 BACKENDS = ("iptables", "nft")
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,11}")
@@ -86,7 +92,7 @@ MAX_UDP_TIMEOUT_S = 3600
 class NatSpec:
     """The NAT router in front of one LAN host."""
 
-    kind: str
+    kind: NatKind
     wan_ip: IPv4Address
     lan: IPv4Network
     udp_timeout_s: int | None = None
@@ -185,7 +191,7 @@ class Topology:
                 if h.extra_ips:
                     d["extra_ips"] = [str(a) for a in h.extra_ips]
             else:
-                d.update(nat=h.nat.kind, wan_ip=str(h.nat.wan_ip), lan=str(h.nat.lan))
+                d.update(kind=h.nat.kind, wan_ip=str(h.nat.wan_ip), lan=str(h.nat.lan))
                 if h.nat.udp_timeout_s is not None:
                     d["udp_timeout_s"] = h.nat.udp_timeout_s
             hosts.append(d)
@@ -219,9 +225,9 @@ def default_topology() -> Topology:
                     "extra_ips": ["203.0.113.20"],
                 },
                 {"name": "pub2", "role": "public", "ip": "203.0.113.11"},
-                {"name": "a", "role": "nat", "nat": "port-restricted-cone"},
-                {"name": "b", "role": "nat", "nat": "restricted-cone"},
-                {"name": "c", "role": "nat", "nat": "symmetric"},
+                {"name": "a", "role": "nat", "kind": "port-restricted-cone"},
+                {"name": "b", "role": "nat", "kind": "restricted-cone"},
+                {"name": "c", "role": "nat", "kind": "symmetric"},
             ]
         }
     )
@@ -248,7 +254,7 @@ def with_router_clusters(topology: Topology, count: int = 2) -> Topology:
         else:
             router, kind = f"r{i + 1}", "port-restricted-cone"
             plain = ((f"r{i + 1}a", "udhcpc"), (f"r{i + 1}b", "dhclient"))
-        data["hosts"].append({"name": router, "role": "nat", "nat": kind})
+        data["hosts"].append({"name": router, "role": "nat", "kind": kind})
         data["clusters"].append(
             {"router": router, "hosts": [{"name": n, "client": c} for n, c in plain]}
         )
@@ -275,9 +281,9 @@ PRESETS: dict[str, tuple[int, str, int]] = {
 MAX_NODES = 120
 
 
-def parse_nat_mix(text: str) -> dict[str, float]:
+def parse_nat_mix(text: str) -> dict[NatKind, float]:
     """``none:0.2,port-restricted-cone:0.4,...`` -> kind -> weight (weights need not sum to 1)."""
-    mix: dict[str, float] = {}
+    mix: dict[NatKind, float] = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         kind, sep, weight = part.partition(":")
         if kind not in MIX_KINDS:
@@ -290,13 +296,13 @@ def parse_nat_mix(text: str) -> dict[str, float]:
             raise ConfigError("--nat-mix", f"bad weight {weight!r} for {kind}") from e
         if w < 0:
             raise ConfigError("--nat-mix", f"negative weight for {kind}")
-        mix[kind] = mix.get(kind, 0.0) + w
+        mix[NatKind(kind)] = mix.get(NatKind(kind), 0.0) + w
     if sum(mix.values()) <= 0:
         raise ConfigError("--nat-mix", "no positive weight", "e.g. none:0.2,symmetric:0.8")
     return mix
 
 
-def _split(nodes: int, mix: dict[str, float]) -> dict[str, int]:
+def _split(nodes: int, mix: dict[NatKind, float]) -> dict[NatKind, int]:
     """Largest-remainder split of ``nodes`` over the mix; at least 2 public hosts (bootstraps
     and STUN references) when there are 4 nodes or more, else 1."""
     total = sum(mix.values())
@@ -307,10 +313,10 @@ def _split(nodes: int, mix: dict[str, float]) -> dict[str, int]:
             break
         counts[k] += 1
     want_pub = min(2 if nodes >= 4 else 1, nodes)
-    while counts.get("none", 0) < want_pub:
-        biggest = max((k for k in counts if k != "none"), key=lambda k: counts[k])
+    while counts.get(NatKind.NONE, 0) < want_pub:
+        biggest = max((k for k in counts if k != NatKind.NONE), key=lambda k: counts[k])
         counts[biggest] -= 1
-        counts["none"] = counts.get("none", 0) + 1
+        counts[NatKind.NONE] = counts.get(NatKind.NONE, 0) + 1
     return counts
 
 
@@ -335,7 +341,7 @@ def scaled_topology(
         owner = ""
         for i in range(1, n + 1):
             name = f"{_SHORT[kind]}{i}"
-            if kind == "none":
+            if kind == NatKind.NONE:
                 h: dict[str, Any] = {"name": name, "role": "public"}
                 if i == 1:
                     h["extra_ips"] = ["203.0.113.9"]
@@ -343,7 +349,7 @@ def scaled_topology(
                 h = {"name": name, "role": "nat", "behind": owner}
             else:
                 owner = name
-                h = {"name": name, "role": "nat", "nat": kind}
+                h = {"name": name, "role": "nat", "kind": kind}
             hosts.append(h)
     topo = topology_from_dict({"hosts": hosts, "bootstraps": 2})
     return with_router_clusters(topo, clusters)
@@ -375,6 +381,21 @@ def _check_keys(d: dict[str, Any], where: str, allowed: set[str]) -> None:
         if k not in allowed:
             key = f"{where}.{k}" if where else k
             raise ConfigError(key, "unknown key", f"allowed here: {', '.join(sorted(allowed))}")
+
+
+def _nat_kind(h: dict[str, Any], where: str) -> NatKind:
+    """A NAT host's ``kind`` (or ``nat``, the old spelling of the key); errors name the key."""
+    if "kind" in h and "nat" in h:
+        raise ConfigError(f"{where}.nat", "given with kind", "nat is the old name of kind")
+    key = "kind" if "kind" in h or "nat" not in h else "nat"
+    if key not in h:
+        raise ConfigError(f"{where}.kind", "missing", f"use one of {', '.join(NAT_KINDS)}")
+    text = _str(h, key, where)
+    if text not in NAT_KINDS:
+        raise ConfigError(
+            f"{where}.{key}", f"unknown NAT kind {text!r}", f"use one of {', '.join(NAT_KINDS)}"
+        )
+    return NatKind(text)
 
 
 def _str(d: dict[str, Any], key: str, where: str) -> str:
@@ -552,15 +573,9 @@ def topology_from_dict(data: dict[str, Any]) -> Topology:
             hosts.append(spec)
             by_name[name] = spec
             continue
-        _check_keys(h, where, {"name", "role", "nat", "wan_ip", "lan", "udp_timeout_s"})
+        _check_keys(h, where, {"name", "role", "kind", "nat", "wan_ip", "lan", "udp_timeout_s"})
         nat_index += 1
-        if "nat" not in h:
-            raise ConfigError(f"{where}.nat", "missing", f"use one of {', '.join(NAT_KINDS)}")
-        kind = _str(h, "nat", where)
-        if kind not in NAT_KINDS:
-            raise ConfigError(
-                f"{where}.nat", f"unknown NAT kind {kind!r}", f"use one of {', '.join(NAT_KINDS)}"
-            )
+        kind = _nat_kind(h, where)
         wan = (
             IPv4Address(h["wan_ip"])
             if "wan_ip" in h

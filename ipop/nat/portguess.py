@@ -1,4 +1,10 @@
-"""Port guessing toward a symmetric NAT, the "birthday" hole punch (sans-IO).
+"""Port guessing toward a symmetric NAT (sans-IO): a hole punch that relies on the birthday paradox.
+
+"Port guessing" is the one name for it in docs and new identifiers. Older names stay where
+renaming would change what operators and tests see: the drop reasons and counters
+(``birthday_*``), the timing constants (``ipop.timing.BIRTHDAY_*``), the overlay kind
+``KIND_BIRTHDAY``, ``NodeCore.birthday``, and :class:`ipop.types.SocketPath` (the path over
+one of the extra sockets; "punch" and "knock" name the two roles' datagrams below).
 
 Owns the protocol by which a node behind a symmetric NAT (S) and a peer whose NAT keeps one port
 for every destination (C: open, full, restricted or port-restricted cone) find a direct path
@@ -19,7 +25,7 @@ How (the birthday paradox, as Tailscale describes for "hard" NATs):
 4. S, knocked on socket i with its token, starts an ordinary (authenticated) handshake on
    ``SocketPath(i, C's endpoint)``; C's NAT lets it in because C knocked there first.
 
-Who starts: traffic to a peer over a relayed link or over the ring (:meth:`BirthdayPunch.hello`,
+Who starts: traffic to a peer over a relayed link or over the ring (:meth:`PortGuessing.hello`,
 at most once per :data:`ipop.timing.BIRTHDAY_RETRY_S` per peer), on either side. HELLO says
 what its sender knows of its NAT and carries its endpoints: *symmetric* (peers saw two ports of
 ours: a mapping per destination) and *translated* (the port peers see is not our socket's: a
@@ -71,7 +77,7 @@ from ipop import timing
 from ipop.types import Endpoint, NodeId, Path, SocketPath
 from ipop.wire.stun import BINDING_INDICATION, HEADER_BYTES, MAGIC_COOKIE
 
-__all__ = ["DROP_REASONS", "BirthdayPunch", "is_knock", "nat_flags", "why_relayed"]
+__all__ = ["DROP_REASONS", "PortGuessing", "is_knock", "nat_flags", "why_relayed"]
 
 # Every reason a payload or a knock run is refused for (counting any other is a bug).
 DROP_REASONS = frozenset(
@@ -140,8 +146,8 @@ class _Run:
     next_at: float
 
 
-class BirthdayPunch:
-    """Both roles of the birthday punch for one node; see the module docstring.
+class PortGuessing:
+    """Both roles of port guessing for one node; see the module docstring.
 
     The owner (:class:`ipop.node.NodeCore`) feeds it the node's public view on every call
     (``symmetric``, ``public_host``, ``endpoints``), sends the payloads it returns to the peer

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import random
 
-from ipop.aio.node import PUNCH_SOCKET_IDLE_S
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Network
 from ipop.testing.simnode import start_nodes
+from ipop.timing import PUNCH_SOCKET_IDLE_S
 from ipop.types import Endpoint, RelayPath, SocketPath
 
 PORT = 5800

@@ -4,7 +4,7 @@ Owns the netcheck procedure and its result document (:class:`NetcheckResult`, JS
 through :meth:`NetcheckResult.to_dict` / :meth:`NetcheckResult.from_dict`; the contract of
 ``ipop netcheck --json``). The procedure is written against one awaitable,
 ``transact(server, change_ip, change_port) -> StunAnswer | None``, so that it runs on the
-daemon's own socket (through :class:`ipop.stun.StunAgent`) and in tests on a fake; it reads no
+daemon's own socket (through :class:`ipop.nat.stun.StunAgent`) and in tests on a fake; it reads no
 clock and opens no socket.
 
 Procedure, per STUN server (bootstrap nodes first, then configured servers):
@@ -35,19 +35,18 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ipop.errors import ConfigError
-from ipop.stun import (
+from ipop.nat.kinds import NAT_KINDS, NatKind
+from ipop.nat.stun import (
     FILTERINGS,
     MAPPINGS,
-    NAT_KINDS,
     Filtering,
-    NatKind,
     StunAnswer,
     classify,
     direct_expected,
     filtering_behaviour,
     mapping_behaviour,
 )
-from ipop.stun import (
+from ipop.nat.stun import (
     Mapping as MappingKind,
 )
 from ipop.types import Endpoint
@@ -67,11 +66,11 @@ Transact = Callable[[Endpoint, bool, bool], Awaitable[StunAnswer | None]]
 
 # pystun3's verdict strings → our kinds ("Restric" is its spelling).
 PYSTUN3_KINDS: Mapping[str, NatKind] = {
-    "Open Internet": "open",
-    "Full Cone": "full-cone",
-    "Restric NAT": "restricted-cone",
-    "Restric Port NAT": "port-restricted-cone",
-    "Symmetric NAT": "symmetric",
+    "Open Internet": NatKind.NONE,
+    "Full Cone": NatKind.FULL_CONE,
+    "Restric NAT": NatKind.RESTRICTED_CONE,
+    "Restric Port NAT": NatKind.PORT_RESTRICTED_CONE,
+    "Symmetric NAT": NatKind.SYMMETRIC,
 }
 PYSTUN3_TRAPS = (
     "bound to 0.0.0.0 it calls an open host 'Full Cone' (we bind it to our own address)",
@@ -103,6 +102,23 @@ def _opt_str(value: object, key: str, allowed: Sequence[str] | None = None) -> s
     if not isinstance(value, str) or (allowed is not None and value not in allowed):
         raise ValueError(f"{key}: unexpected value {value!r}")
     return value
+
+
+def _opt_kind(value: object, key: str) -> NatKind | None:
+    return None if value is None else _kind(value, key)
+
+
+def _kind(value: object, key: str) -> NatKind:
+    """A measured kind (old spellings read too); ValueError naming ``key`` otherwise."""
+    if not isinstance(value, str):
+        raise ValueError(f"{key}: unexpected value {value!r}")
+    try:
+        kind = NatKind.parse(value)
+    except ValueError:
+        kind = None
+    if kind is None or kind not in NAT_KINDS:
+        raise ValueError(f"{key}: unexpected value {value!r}")
+    return kind
 
 
 def _opt_bool(value: object, key: str) -> bool | None:
@@ -154,7 +170,7 @@ class ServerProbe:
             change_both=_opt_bool(d.get("change_both"), "change_both"),
             change_port=_opt_bool(d.get("change_port"), "change_port"),
             filtering=cast(Filtering | None, _opt_str(d.get("filtering"), "filtering", FILTERINGS)),
-            kind=cast(NatKind | None, _opt_str(d.get("kind"), "kind", NAT_KINDS)),
+            kind=_opt_kind(d.get("kind"), "kind"),
             rtt_ms=float(rtt) if rtt is not None else None,
         )
 
@@ -186,7 +202,7 @@ class SecondOpinion:
         return SecondOpinion(
             server=server,
             verdict=_opt_str(d.get("verdict"), "verdict"),
-            kind=cast(NatKind | None, _opt_str(d.get("kind"), "kind", NAT_KINDS)),
+            kind=_opt_kind(d.get("kind"), "kind"),
             external=_ep(d.get("external"), "external"),
             error=_opt_str(d.get("error"), "error"),
         )
@@ -201,7 +217,7 @@ class NetcheckResult:
     filtering: Filtering | None
     public_endpoints: tuple[Endpoint, ...]
     local_endpoints: tuple[Endpoint, ...]
-    direct_expected: dict[str, bool | None]  # peer's NAT kind -> can we punch to it?
+    direct_expected: dict[NatKind, bool | None]  # peer's NAT kind -> can we punch to it?
     servers: tuple[ServerProbe, ...] = ()
     peers_seen: tuple[tuple[Endpoint, Endpoint], ...] = ()  # (peer, our address it saw)
     second_opinion: tuple[SecondOpinion, ...] = ()
@@ -229,10 +245,10 @@ class NetcheckResult:
         try:
             direct = d["direct_expected"]
             if not isinstance(direct, dict) or any(
-                k not in NAT_KINDS or (v is not None and not isinstance(v, bool))
-                for k, v in direct.items()
+                v is not None and not isinstance(v, bool) for v in direct.values()
             ):
                 raise ValueError("direct_expected: kind -> true/false/null")
+            direct = {_kind(k, "direct_expected"): v for k, v in direct.items()}
             notes = d.get("notes", [])
             if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
                 raise ValueError("notes: list of strings")
@@ -246,7 +262,7 @@ class NetcheckResult:
                     raise ValueError("peers_seen: pairs of endpoints")
                 seen.append((a, b))
             return NetcheckResult(
-                nat=cast(NatKind | None, _opt_str(d.get("nat"), "nat", NAT_KINDS)),
+                nat=_opt_kind(d.get("nat"), "nat"),
                 mapping=cast(MappingKind | None, _opt_str(d.get("mapping"), "mapping", MAPPINGS)),
                 filtering=cast(
                     Filtering | None, _opt_str(d.get("filtering"), "filtering", FILTERINGS)

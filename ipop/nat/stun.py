@@ -46,6 +46,7 @@ from typing import Final, Literal
 
 from ipop import timing
 from ipop.errors import LocalProtocolError
+from ipop.nat.kinds import NAT_KINDS, NatKind
 from ipop.ratelimit import KeyedBuckets, TokenBucket
 from ipop.types import Endpoint
 from ipop.wire.stun import (
@@ -81,14 +82,6 @@ __all__ = [
     "mapping_behaviour",
 ]
 
-NatKind = Literal["open", "full-cone", "restricted-cone", "port-restricted-cone", "symmetric"]
-NAT_KINDS: Final[tuple[NatKind, ...]] = (
-    "open",
-    "full-cone",
-    "restricted-cone",
-    "port-restricted-cone",
-    "symmetric",
-)
 # RFC 4787 mapping: "none" = no translation (we are seen at our own address).
 Mapping = Literal["none", "endpoint-independent", "dependent"]
 MAPPINGS: Final[tuple[Mapping, ...]] = ("none", "endpoint-independent", "dependent")
@@ -107,10 +100,6 @@ _SOURCE_FLAGS: Final = {SOURCE_PRIMARY: (False, False), SOURCE_ALT_PORT: (False,
 _SOURCE_FLAGS[SOURCE_ALT_BOTH] = (True, True)
 SOFTWARE: Final = "ipop"
 
-# RFC 5389 §7.2.1 starts at 500 ms for the internet; netcheck waits for answers that may
-# never come (filtering tests), so it uses shorter defaults and a bounded total.
-DEFAULT_RTO_S: Final = 0.2
-DEFAULT_TIMEOUT_S: Final = 1.5
 MAX_PENDING: Final = 64
 MAX_RESULTS: Final = 256
 # Our requests are padded to this size: the largest answer an ipop server gives is 76 bytes
@@ -303,8 +292,8 @@ class StunAgent:
         change_port: bool = False,
         classic: bool = False,
         pad: bool = True,
-        rto_s: float = DEFAULT_RTO_S,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        rto_s: float = timing.STUN_RTO_S,
+        timeout_s: float = timing.STUN_TIMEOUT_S,
     ) -> bytes:
         """Start a Binding transaction to ``server`` from the overlay socket; returns its
         transaction key for :meth:`take_result`. ``classic``: the RFC 3489 form. ``pad``: add
@@ -395,25 +384,25 @@ def mapping_behaviour(
 def classify(mapping: Mapping | None, filtering: Filtering | None) -> NatKind | None:
     """The NAT kind of a mapping and a filtering behaviour; None if they do not decide it.
 
-    A dependent mapping is "symmetric" whatever the filtering. No translation is "open" unless
+    A dependent mapping is "symmetric" whatever the filtering. No translation is "none" unless
     a filtering test showed a stateful firewall, which then behaves as the cone with the same
     filtering (it keeps the port, like the lab's cone NATs).
     """
     if mapping == "dependent":
-        return "symmetric"
+        return NatKind.SYMMETRIC
     if mapping is None:
         return None
     if mapping == "none" and filtering in (None, "endpoint-independent"):
-        return "open"
+        return NatKind.NONE
     if filtering is None:
         return None
     return _CONE_OF[filtering]
 
 
 _CONE_OF: Final[dict[Filtering, NatKind]] = {
-    "endpoint-independent": "full-cone",
-    "address-dependent": "restricted-cone",
-    "address-and-port-dependent": "port-restricted-cone",
+    "endpoint-independent": NatKind.FULL_CONE,
+    "address-dependent": NatKind.RESTRICTED_CONE,
+    "address-and-port-dependent": NatKind.PORT_RESTRICTED_CONE,
 }
 
 
@@ -433,9 +422,9 @@ def direct_expected(a: NatKind | None, b: NatKind | None) -> bool | None:
     Measured (shared/reference/README.md): plain punching fails for symmetric against symmetric
     and against a port-restricted cone (the cone only lets in the port it sent to, which the
     symmetric side does not keep); every other pair punched 3 of 3. Port guessing
-    (:mod:`ipop.birthday`) gets symmetric x port-restricted through; two symmetric NATs would
+    (:mod:`ipop.nat.portguess`) gets symmetric x port-restricted through; two symmetric NATs would
     need both random ports guessed at once, so that pair stays relayed.
     """
     if a is None or b is None:
         return None
-    return not (a == "symmetric" and b == "symmetric")
+    return not (a == NatKind.SYMMETRIC and b == NatKind.SYMMETRIC)

@@ -1,4 +1,5 @@
-"""Port guessing toward a symmetric NAT (ipop.birthday), driven by hand with explicit ``now``."""
+"""Port guessing toward a symmetric NAT (ipop.nat.portguess), driven by hand with explicit
+``now``."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import math
 import random
 
 from ipop import timing
-from ipop.birthday import (
+from ipop.nat.portguess import (
     FLAG_ANSWER,
     FLAG_SYMMETRIC,
     FLAG_TRANSLATED,
     OP_GO,
-    BirthdayPunch,
+    PortGuessing,
     is_knock,
     why_relayed,
 )
@@ -28,13 +29,13 @@ C_SEEN = frozenset({C_PUBLIC.host})
 S_SEEN = frozenset({S_PUBLIC})
 
 
-def _pair(sockets: int = 8, knocks: int = 16) -> tuple[BirthdayPunch, BirthdayPunch]:
-    s = BirthdayPunch(rng=random.Random(1), sockets=sockets, knocks=knocks)
-    c = BirthdayPunch(rng=random.Random(2), sockets=sockets, knocks=knocks)
+def _pair(sockets: int = 8, knocks: int = 16) -> tuple[PortGuessing, PortGuessing]:
+    s = PortGuessing(rng=random.Random(1), sockets=sockets, knocks=knocks)
+    c = PortGuessing(rng=random.Random(2), sockets=sockets, knocks=knocks)
     return s, c
 
 
-def _go_from_s(s: BirthdayPunch, c: BirthdayPunch) -> bytes:
+def _go_from_s(s: PortGuessing, c: PortGuessing) -> bytes:
     """C says HELLO (port kept); S (port translated) answers with openers and a GO."""
     hello = c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
     assert hello is not None
@@ -188,7 +189,7 @@ def test_hello_and_go_are_rate_limited_per_peer() -> None:
 
 
 def test_knock_runs_are_bounded_and_a_symmetric_node_never_knocks() -> None:
-    c = BirthdayPunch(rng=random.Random(3), sockets=4, knocks=4)
+    c = PortGuessing(rng=random.Random(3), sockets=4, knocks=4)
     kw = {"translated": False, "public_host": None, "endpoints": (), "now": T0}
     for i in range(timing.BIRTHDAY_MAX_RUNS + 2):
         peer = NodeId((i + 1) << 90)
@@ -198,14 +199,14 @@ def test_knock_runs_are_bounded_and_a_symmetric_node_never_knocks() -> None:
         c.receive(peer, go, symmetric=False, seen_hosts=seen, **kw)  # type: ignore[arg-type]
     assert c.stats["runs_started"] == timing.BIRTHDAY_MAX_RUNS
     assert c.drops["birthday_busy"] == 2
-    sym = BirthdayPunch(rng=random.Random(4))
+    sym = PortGuessing(rng=random.Random(4))
     go = bytes([OP_GO, 203, 0, 113, 60]) + bytes(12)
     sym.receive(S_ID, go, symmetric=True, **kw)  # type: ignore[arg-type]
     assert sym.get_timer() is None and sym.stats["go_ignored_symmetric"] == 1
 
 
 def test_garbage_is_counted_and_changes_nothing() -> None:
-    c = BirthdayPunch(rng=random.Random(5))
+    c = PortGuessing(rng=random.Random(5))
     kw = {"symmetric": True, "translated": True, "public_host": S_PUBLIC, "endpoints": ()}
     for junk in (
         b"",
@@ -222,7 +223,7 @@ def test_garbage_is_counted_and_changes_nothing() -> None:
 
 
 def test_hello_carries_at_most_four_ipv4_endpoints() -> None:
-    c = BirthdayPunch(rng=random.Random(6))
+    c = PortGuessing(rng=random.Random(6))
     eps = tuple(Endpoint(f"203.0.113.{i}", 5800) for i in range(1, 8))
     hello = c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_LAN, *eps), now=T0)
     assert hello is not None and hello[2] == 4 and len(hello) == 3 + 4 * 6
@@ -248,7 +249,7 @@ _GO_TO_S = bytes([OP_GO, 203, 0, 113, 30]) + bytes(12)  # S_PUBLIC
 _GO_ELSEWHERE = bytes([OP_GO, 198, 51, 100, 7]) + bytes(12)
 
 
-def _knocks_after(c: BirthdayPunch, payload: bytes, *, now: float, seen: frozenset[str]) -> int:
+def _knocks_after(c: PortGuessing, payload: bytes, *, now: float, seen: frozenset[str]) -> int:
     c.receive(
         S_ID, payload, symmetric=False, translated=False, public_host=None, endpoints=(),
         now=now, seen_hosts=seen,
@@ -261,7 +262,7 @@ def _knocks_after(c: BirthdayPunch, payload: bytes, *, now: float, seen: frozens
 
 
 def test_a_go_without_our_hello_starts_nothing() -> None:
-    c = BirthdayPunch(rng=random.Random(8), sockets=8, knocks=16)
+    c = PortGuessing(rng=random.Random(8), sockets=8, knocks=16)
     assert _knocks_after(c, _GO_TO_S, now=T0, seen=S_SEEN) == 0
     assert c.drops["birthday_go_unasked"] == 1
     # our HELLO makes one GO welcome, for a while only
@@ -272,18 +273,18 @@ def test_a_go_without_our_hello_starts_nothing() -> None:
 
 
 def test_a_go_naming_an_address_the_peer_was_not_seen_at_starts_nothing() -> None:
-    c = BirthdayPunch(rng=random.Random(9), sockets=8, knocks=16)
+    c = PortGuessing(rng=random.Random(9), sockets=8, knocks=16)
     c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
     assert _knocks_after(c, _GO_ELSEWHERE, now=T0, seen=S_SEEN) == 0
     assert c.drops["birthday_go_unseen_address"] == 1
 
 
 def test_a_second_go_within_the_retry_interval_starts_nothing() -> None:
-    c = BirthdayPunch(rng=random.Random(10), sockets=8, knocks=16)
+    c = PortGuessing(rng=random.Random(10), sockets=8, knocks=16)
     c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
     assert _knocks_after(c, _GO_TO_S, now=T0, seen=S_SEEN) == timing.BIRTHDAY_ROUNDS * 16
     # S asks again at once (symmetric, answer wanted): C answers once, which welcomes a GO...
-    s = BirthdayPunch(rng=random.Random(11))
+    s = PortGuessing(rng=random.Random(11))
     ask = s.hello(C_ID, symmetric=True, translated=True, endpoints=(), now=T0 + 2)
     assert ask is not None
     kw = {"symmetric": False, "translated": False, "public_host": None, "endpoints": (C_PUBLIC,)}
@@ -300,8 +301,8 @@ def test_a_second_go_within_the_retry_interval_starts_nothing() -> None:
 
 
 def test_a_go_from_the_side_that_should_knock_starts_nothing() -> None:
-    c = BirthdayPunch(rng=random.Random(12), sockets=8, knocks=16)
-    plain = BirthdayPunch(rng=random.Random(13))
+    c = PortGuessing(rng=random.Random(12), sockets=8, knocks=16)
+    plain = PortGuessing(rng=random.Random(13))
     hello = plain.hello(C_ID, symmetric=False, translated=False, endpoints=(), now=T0)
     assert hello is not None
     # We are translated, it said it is neither: we are the side that opens, not it.
@@ -316,9 +317,9 @@ def test_a_go_from_the_side_that_should_knock_starts_nothing() -> None:
 
 
 def test_openers_go_only_where_the_peer_was_seen() -> None:
-    s = BirthdayPunch(rng=random.Random(14), sockets=8, knocks=16)
+    s = PortGuessing(rng=random.Random(14), sockets=8, knocks=16)
     elsewhere = tuple(Endpoint(f"198.51.100.{i}", 7000) for i in range(1, 4))
-    c = BirthdayPunch(rng=random.Random(15))
+    c = PortGuessing(rng=random.Random(15))
     hello = c.hello(
         S_ID, symmetric=False, translated=False, endpoints=(*elsewhere, C_PUBLIC), now=T0
     )
@@ -328,13 +329,13 @@ def test_openers_go_only_where_the_peer_was_seen() -> None:
     assert go is not None
     assert {p.remote for _, p in s.datagrams_to_send()} == {C_PUBLIC}  # type: ignore[union-attr]
     # a peer seen nowhere it names gets no openers (and no GO)
-    other = BirthdayPunch(rng=random.Random(16), sockets=8, knocks=16)
+    other = PortGuessing(rng=random.Random(16), sockets=8, knocks=16)
     assert other.receive(C_ID, hello, now=T0, seen_hosts=frozenset(), **kw) is None  # type: ignore[arg-type]
     assert other.datagrams_to_send() == [] and other.drops["birthday_no_endpoints"] == 1
 
 
 def test_every_drop_reason_counted_is_a_known_one() -> None:
-    c = BirthdayPunch(rng=random.Random(17))
+    c = PortGuessing(rng=random.Random(17))
     try:
         c._drop("not_a_reason")
     except AssertionError:
