@@ -509,7 +509,7 @@ class CaTrust:
 
         Raises CrlError (``crl_stale`` for a number not above :attr:`crl_number`) and then
         changes nothing. Returns the installed list; callers then end sessions of certificates
-        it revokes (:meth:`ipop.link.endpoint.LinkEndpoint.close_revoked`).
+        it revokes (:meth:`ipop.link.layer.LinkLayer.close_revoked`).
         """
         crl = self.check_crl(data)
         if crl.number <= self.crl_number:

@@ -59,15 +59,8 @@ from ipop import timing
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
-from ipop.link.endpoint import (
-    LinkConfig,
-    LinkDown,
-    LinkEndpoint,
-    LinkInfo,
-    LinkMessage,
-    LinkPathChanged,
-    LinkUp,
-)
+from ipop.link.events import LinkDown, LinkInfo, LinkMessage, LinkPathChanged, LinkUp
+from ipop.link.layer import LinkConfig, LinkLayer
 from ipop.link.pmtu import (
     MAX_DATAGRAM,
     MESSAGE_BYTES,
@@ -154,7 +147,7 @@ class NodeCore:
     ) -> None:
         self.identity = identity
         self.local_id = identity.node_id
-        self.link = LinkEndpoint(identity, rng=random.Random(rng.random()), config=link_config)
+        self.link = LinkLayer(identity, rng=random.Random(rng.random()), config=link_config)
         self.overlay = OverlayNode(
             identity.node_id,
             self.link,
@@ -642,7 +635,7 @@ class NodeCore:
         """Our timers (due at least every overlay tick) did not run for WAKE_GAP_S: the process
         was stopped or the machine slept. Before the link timeout closes every session at once
         (each looks silent for the whole gap), key them afresh and re-advertise as after a
-        roam (LinkEndpoint.woke, OverlayNode.woke); dead ones still time out as usual."""
+        roam (LinkLayer.woke, OverlayNode.woke); dead ones still time out as usual."""
         self.stats["woke"] += 1
         self.link.woke(now=now)
         self.overlay.woke(now=now)
@@ -771,7 +764,7 @@ class NodeCore:
         """A message ``ev.src`` routed to us over other nodes (hops > 1; authenticated end to
         end) although we hold a session with it: the sender holds none with us (a peer that
         holds one routes to us through it). Usually it was restarted and our session is dead:
-        the link layer checks (:meth:`LinkEndpoint.peer_unlinked`)."""
+        the link layer checks (:meth:`LinkLayer.peer_unlinked`)."""
         if ev.hops > 1 and self.link.is_up(ev.src) and self.link.peer_unlinked(ev.src, now=now):
             self.stats["routed_around_link"] += 1
 

@@ -21,7 +21,7 @@ from ipaddress import IPv4Address
 from typing import TypeVar
 
 from ipop import timing
-from ipop.link.endpoint import LinkInfo
+from ipop.link.events import LinkInfo
 from ipop.nat.kinds import NatKind
 from ipop.nat.portguess import nat_flags
 from ipop.nat.portguess import why_relayed as _punch_why

@@ -5,7 +5,7 @@ CRL in force (:meth:`ipop.identity.CaTrust.apply_crl`), and this object moves CR
 linked peers in TYPE_CRL messages (layout in :mod:`ipop.overlay.messages`). NodeCore feeds it
 link ups and downs and every TYPE_CRL link payload, sends what :meth:`CrlGossip.outgoing`
 returns over the links, and, whenever a newer CRL got installed, ends the revoked peers'
-sessions (:meth:`ipop.link.endpoint.LinkEndpoint.close_revoked`) and calls
+sessions (:meth:`ipop.link.layer.LinkLayer.close_revoked`) and calls
 :meth:`CrlGossip.announce`.
 
 Protocol (numbers are CRL numbers; 0 is "none")::

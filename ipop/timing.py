@@ -9,7 +9,7 @@ timeouts, and tools' and tests' waits.
 
 from __future__ import annotations
 
-# --- sessions (ipop/link/endpoint.py) -------------------------------------------------------------
+# --- sessions (ipop/link/layer.py) ----------------------------------------------------------------
 # Start a new handshake this long after a session was keyed: short enough that one key never
 # protects much traffic, long enough that handshakes stay a rounding error (WireGuard: 120 s).
 REKEY_AFTER_S = 120.0
@@ -41,10 +41,10 @@ LINK_TIMEOUT_S = 50.0
 # LINK_TIMEOUT_S). Above KEEPALIVE_INTERVAL_S, the longest a live peer stays quiet.
 SILENT_PEER_S = 20.0
 # How long a peer that routed around our session with it has to show that it still holds
-# that session (see LinkEndpoint.peer_unlinked): several round trips, and two Init copies.
+# that session (see LinkLayer.peer_unlinked): several round trips, and two Init copies.
 UNLINKED_CHECK_S = 3.0
 # Keys we answered for a peer's other Inits when one of them was confirmed ("spare", see
-# LinkEndpoint._confirm) open its DATA this long after: the initiator installs every Resp that
+# LinkLayer._confirm) open its DATA this long after: the initiator installs every Resp that
 # reaches it, in arrival order, so the last one it installed (and seals with) may be confirmed
 # after another; a few round trips of the slowest path a handshake completes on.
 SPARE_KEYS_S = 3.0
@@ -86,7 +86,7 @@ STUN_GLOBAL_BURST = 1000.0
 # Source addresses whose STUN buckets we keep (oldest forgotten first).
 STUN_SOURCE_TABLE_MAX = 4096
 
-# --- keepalives (ipop/link/endpoint.py) -----------------------------------------------------------
+# --- keepalives (ipop/link/layer.py) --------------------------------------------------------------
 # Keepalive interval: under the ~30 s UDP mapping timeout of common NATs (RFC 4787 REQ-5
 # asks for >= 2 min, many do less), with slack for one lost keepalive.
 KEEPALIVE_INTERVAL_S = 15.0
@@ -308,7 +308,7 @@ SHORTCUT_RETRY_S = 10.0
 # last IP packet: the TAP's MTU follows live routes only.
 ROUTE_PROBE_IDLE_S = 120.0
 
-# --- path choice (ipop/link/endpoint.py) ----------------------------------------------------------
+# --- path choice (ipop/link/paths.py) -------------------------------------------------------------
 # A direct path that delivered nothing authenticated for this long may be replaced by any
 # working one (a handshake's or the peer's newest packets'); one in use is only replaced by a
 # clearly faster one, so two live paths never flap.
@@ -317,7 +317,7 @@ PATH_SILENT_S = 1.0
 # not a time): two paths of about the same round trip never flap.
 PATH_SWITCH_RATIO = 0.7
 # A relay replaces a direct path only once nothing authenticated has come from the peer for
-# this long (see LinkEndpoint._better_path): well past a handshake's round trip, so a relay
+# this long (see ipop.link.paths.better_path): well past a handshake's round trip, so a relay
 # handshake racing a direct one that just completed never wins.
 RELAY_TAKEOVER_SILENT_S = 2.0
 
@@ -354,7 +354,7 @@ ROAM_RELAY_RETRY_S = 10.0
 # dropped our mappings, while our own sessions all look dead at once (no traffic for the whole
 # gap): re-key and re-advertise as after a roam, instead of closing every link and rejoining.
 WAKE_GAP_S = 10.0
-# NAT rebinding (ipop/link/echo.py, ipop/link/endpoint.py): a direct link carrying traffic
+# NAT rebinding (ipop/link/echo.py, ipop/link/layer.py): a direct link carrying traffic
 # that was busy (its last REBIND_BUSY_PACKETS + 1 packets each within REBIND_QUIET_S of the one
 # before), or that answered nothing to a message of ours, gets one authenticated echo once it
 # has been silent for REBIND_QUIET_S (links carrying only overlay messages get none: their

@@ -1,7 +1,7 @@
 """ipop-sim: scenarios run in virtual time over the simulated internet (ipop.testing).
 
 ``sessions`` (also ``demo``): a public node plus nodes behind every NAT kind each open an
-authenticated session to the public node, through the real LinkEndpoint and the real asyncio
+authenticated session to the public node, through the real LinkLayer and the real asyncio
 driver, on the virtual-time loop. Reports per NAT kind, virtual and wall time.
 
 ``natmatrix``: every pair of NAT kinds, as ``ipop-lab natmatrix`` measures on real NATs, with
@@ -26,7 +26,8 @@ from typing import Any
 
 from ipop.aio.driver import Driver
 from ipop.errors import ConfigError
-from ipop.link.endpoint import HandshakeFailed, LinkEndpoint, LinkUp
+from ipop.link.events import HandshakeFailed, LinkUp
+from ipop.link.layer import LinkLayer
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_identity, make_network
 from ipop.testing.nat import NAT_KIND_NAMES
@@ -60,9 +61,9 @@ async def _sessions(
     # Everyone connects to the first public host of the topology (or to "public", made below).
     server = servers[0].name if servers else "public"
 
-    def node(name: str, kind: str) -> tuple[LinkEndpoint, Driver]:
+    def node(name: str, kind: str) -> tuple[LinkLayer, Driver]:
         host = built[name] if name in built else net.add_host(name, kind)
-        ep = LinkEndpoint(make_identity(ca, name, now=loop.time()), rng=random.Random(rng.random()))
+        ep = LinkLayer(make_identity(ca, name, now=loop.time()), rng=random.Random(rng.random()))
 
         def on_event(ev: object) -> None:
             if isinstance(ev, LinkUp) and name != server:

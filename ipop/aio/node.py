@@ -31,7 +31,7 @@ from ipop import timing
 from ipop.aio.driver import DatagramSocket, Driver
 from ipop.dht.service import DhtConfig, DhtService
 from ipop.identity import NodeIdentity, VerifiedCrl
-from ipop.link.endpoint import LinkConfig
+from ipop.link.layer import LinkConfig
 from ipop.node import NodeCore
 from ipop.overlay.events import Delivered, Joined, Roamed, Routable
 from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING

@@ -2,7 +2,7 @@
 
 Verifying an Init (certificate chain, Ed25519 signature, then our own X25519 and signature
 for the Resp) costs ~0.3 ms; ~5,000 forged Inits a second would take a whole core. The guard,
-consulted by :class:`ipop.link.endpoint.LinkEndpoint` after the free checks (the Init parses
+consulted by :class:`ipop.link.layer.LinkLayer` after the free checks (the Init parses
 and names us) and before any public-key operation, bounds that work (WireGuard's cookie
 mechanism, in our own layout: :mod:`ipop.wire.handshake`):
 

@@ -17,7 +17,7 @@ Hot path, measured here for a 1,400-byte packet (AES-256-GCM, Python 3.11, crypt
 memoryview slices of a preallocated buffer costs 1.45–1.75 µs, because making two memoryview
 slices per packet costs more than one 1.4 KB copy. Likewise ``decrypt(nonce, data[13:],
 data[:13])`` beats ``decrypt_into`` plus the copy the layer above needs anyway. So the session
-core (:mod:`ipop.link.endpoint`) calls :attr:`Aead.primitive` directly with one precompiled
+core (:mod:`ipop.link.layer`) calls :attr:`Aead.primitive` directly with one precompiled
 struct per header and per nonce; :meth:`Aead.seal_into` / :meth:`Aead.open_into` remain for a
 data plane that owns long-lived buffers (e.g. one ``sendmsg`` batch), where the slices are
 made once.

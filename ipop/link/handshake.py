@@ -2,7 +2,7 @@
 
 This module owns building and verifying HANDSHAKE_INIT and HANDSHAKE_RESP (layout in
 :mod:`ipop.wire.handshake`) and turning a verified exchange into session keys.
-:mod:`ipop.link.endpoint` owns everything stateful: indices, retransmission, freshness per
+:mod:`ipop.link.layer` owns everything stateful: indices, retransmission, freshness per
 node, which keys are current.
 
 Security properties, and where each comes from:

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 An :class:`OverlayNode` sits on a link layer (the narrow :class:`Links` protocol below, which
-:class:`ipop.link.endpoint.LinkEndpoint` satisfies) and turns authenticated links into a
+:class:`ipop.link.layer.LinkLayer` satisfies) and turns authenticated links into a
 Brunet-style ring (DESIGN.md §5):
 
 - **Join.** ``start()`` links to the bootstrap endpoints (LEAF links). Over the first link a
@@ -101,7 +101,7 @@ from typing import Protocol
 from ipop import timing
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.identity import NodeCertificate
-from ipop.link.endpoint import (
+from ipop.link.events import (
     HandshakeFailed,
     LinkDown,
     LinkMessage,

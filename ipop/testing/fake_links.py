@@ -1,9 +1,9 @@
 """An ideal in-process link layer for many overlay nodes, driven by explicit virtual time.
 
-:class:`FakeLinkWorld` stands in for "the internet plus every node's LinkEndpoint": each node
+:class:`FakeLinkWorld` stands in for "the internet plus every node's LinkLayer": each node
 gets a :class:`FakeLinks` with the methods the overlay uses (``ipop.overlay.node.Links``) and
 the driver-facing ones of the real endpoint (``next_event``, ``datagrams_to_send``,
-``receive_datagram``), and emits the real event classes of :mod:`ipop.link.endpoint`.
+``receive_datagram``), and emits the real event classes of :mod:`ipop.link.layer`.
 No crypto, no loss by default: links come up or fail by policy, after latency;
 ``pair_model(src, dst)``, when set, gives a direct datagram's (latency, loss probability).
 
@@ -45,13 +45,7 @@ from dataclasses import dataclass, field
 
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeCertificate
-from ipop.link.endpoint import (
-    HandshakeFailed,
-    LinkDown,
-    LinkEvent,
-    LinkMessage,
-    LinkUp,
-)
+from ipop.link.events import HandshakeFailed, LinkDown, LinkEvent, LinkMessage, LinkUp
 from ipop.nat.kinds import NatKind
 from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram
 from ipop.overlay.node import OverlayConfig, OverlayNode

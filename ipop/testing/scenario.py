@@ -69,7 +69,7 @@ from ipop.dht.alloc import AllocationFailed, allocate_ip
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import NetworkCA, NodeIdentity
-from ipop.link.endpoint import LinkConfig
+from ipop.link.layer import LinkConfig
 from ipop.overlay.node import OverlayConfig
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network

@@ -1,9 +1,9 @@
 """Hand-made status material for tests of ``ipop status`` (tests only): one up session's
-:class:`ipop.link.endpoint.LinkInfo` with the fields status shows, the rest fixed."""
+:class:`ipop.link.events.LinkInfo` with the fields status shows, the rest fixed."""
 
 from __future__ import annotations
 
-from ipop.link.endpoint import LinkInfo
+from ipop.link.events import LinkInfo
 from ipop.types import NodeId, Path
 
 __all__ = ["link_info"]

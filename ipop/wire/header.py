@@ -34,7 +34,7 @@ DATA (13-byte header, all integers big-endian)::
   associated data, so type, index and counter are all authenticated.
 - An empty payload (a 29-byte datagram) is a keepalive.
 
-Protocol flow (one session; see :mod:`ipop.link.endpoint` for the state machine)::
+Protocol flow (one session; see :mod:`ipop.link.layer` for the state machine)::
 
     initiator                                   responder
       HANDSHAKE_INIT  ------------------------>   verify cert + signature + freshness

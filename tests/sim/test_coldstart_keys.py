@@ -2,7 +2,7 @@
 every node joined, everyone pings everyone, so shortcuts are punched between every pair at
 once, each to every endpoint of the other, with Inits crossing from both ends. The two ends
 of every session must end up able to open what the other seals: before spare and older keys
-(ipop.link.endpoint), a responder dropped the answers its peer had kept, and a node that
+(ipop.link.layer), a responder dropped the answers its peer had kept, and a node that
 completed several handshakes at once dropped keys its peer still sealed with; each showed as
 DATA under an index it had retired (4-103 per cold start here, lab: ``unknown_index``), and
 pairs of the lab's 30-daemon cold start lost both pings.

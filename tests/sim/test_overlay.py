@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipop.link.endpoint import LinkDown, LinkUp, ObservedEndpoint
+from ipop.link.events import LinkDown, LinkUp, ObservedEndpoint
 from ipop.nat.kinds import NatKind
 from ipop.overlay.attempts import AttemptState
 from ipop.overlay.events import Delivered, Routable

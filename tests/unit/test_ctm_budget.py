@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from ipop.link.endpoint import LinkMessage, LinkUp
+from ipop.link.events import LinkMessage, LinkUp
 from ipop.overlay.messages import (
     FLAG_EXACT,
     KIND_CTM,

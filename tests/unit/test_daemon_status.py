@@ -18,7 +18,7 @@ import pytest
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.dht.record import ip_key, name_key
 from ipop.journal import Journal
-from ipop.link.endpoint import LinkInfo
+from ipop.link.events import LinkInfo
 from ipop.node import NodeSnapshot
 from ipop.overlay.node import OverlaySnapshot
 from ipop.status import PeerStatus

@@ -1,4 +1,4 @@
-"""Handshake and session establishment of LinkEndpoint, driven by hand with explicit ``now``."""
+"""Handshake and session establishment of LinkLayer, driven by hand with explicit ``now``."""
 
 from __future__ import annotations
 
@@ -10,14 +10,8 @@ import pytest
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity
 from ipop.link.crypto import CHACHA20_POLY1305
-from ipop.link.endpoint import (
-    HandshakeFailed,
-    LinkConfig,
-    LinkEndpoint,
-    LinkEvent,
-    LinkMessage,
-    LinkUp,
-)
+from ipop.link.events import HandshakeFailed, LinkEvent, LinkMessage, LinkUp
+from ipop.link.layer import LinkConfig, LinkLayer
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint, NodeId, Path, RelayPath
@@ -29,7 +23,7 @@ B_EP = Endpoint("203.0.113.2", 5800)
 FAST = LinkConfig()
 
 
-def events(ep: LinkEndpoint) -> list[LinkEvent]:
+def events(ep: LinkLayer) -> list[LinkEvent]:
     out = []
     while (ev := ep.next_event()) is not None:
         out.append(ev)
@@ -43,12 +37,12 @@ class Pair:
         self.ca = make_network(now=NOW - 60)
         self.ida = make_identity(self.ca, "alice", now=NOW - 60)
         self.idb = make_identity(self.ca, "bob", now=NOW - 60)
-        self.a = LinkEndpoint(self.ida, rng=random.Random(seed), config=config)
-        self.b = LinkEndpoint(self.idb, rng=random.Random(seed + 1), config=config)
+        self.a = LinkLayer(self.ida, rng=random.Random(seed), config=config)
+        self.b = LinkLayer(self.idb, rng=random.Random(seed + 1), config=config)
         self.where = {A_EP: self.a, B_EP: self.b}
         self.addr = {id(self.a): A_EP, id(self.b): B_EP}
 
-    def out(self, ep: LinkEndpoint, now: float = NOW) -> list[tuple[bytes, Path]]:
+    def out(self, ep: LinkLayer, now: float = NOW) -> list[tuple[bytes, Path]]:
         return ep.datagrams_to_send(now=now)
 
     def flush(self, now: float = NOW, rounds: int = 10) -> int:
@@ -120,7 +114,7 @@ def test_seal_without_session_is_misuse() -> None:
 
 def test_cipher_negotiation_picks_initiators_preference_that_responder_speaks() -> None:
     p = Pair()
-    p.b = LinkEndpoint(p.idb, rng=random.Random(5), config=LinkConfig(ciphers=(CHACHA20_POLY1305,)))
+    p.b = LinkLayer(p.idb, rng=random.Random(5), config=LinkConfig(ciphers=(CHACHA20_POLY1305,)))
     p.where[B_EP] = p.b
     p.addr[id(p.b)] = B_EP
     p.up()
@@ -128,8 +122,8 @@ def test_cipher_negotiation_picks_initiators_preference_that_responder_speaks() 
     assert p.b.peers()[0].cipher == CHACHA20_POLY1305
 
 
-def _refused_init(p: Pair, responder_identity: NodeIdentity, *, now: float) -> LinkEndpoint:
-    responder = LinkEndpoint(responder_identity, rng=random.Random(9))
+def _refused_init(p: Pair, responder_identity: NodeIdentity, *, now: float) -> LinkLayer:
+    responder = LinkLayer(responder_identity, rng=random.Random(9))
     p.a.connect(B_EP, now=NOW)
     ((init, _),) = p.out(p.a)
     responder.receive_datagram(init, A_EP, now=now)
@@ -159,8 +153,8 @@ def test_expired_certificate_gets_no_reply() -> None:
     ca = make_network(now=NOW - 10 * 86400)
     old = make_identity(ca, "oldie", now=NOW - 10 * 86400, days=2)
     bob = make_identity(ca, "bob", now=NOW - 60)
-    a = LinkEndpoint(old, rng=random.Random(1))
-    b = LinkEndpoint(bob, rng=random.Random(2))
+    a = LinkLayer(old, rng=random.Random(1))
+    b = LinkLayer(bob, rng=random.Random(2))
     a.connect(B_EP, now=NOW)
     ((init, _),) = a.datagrams_to_send(now=NOW)
     b.receive_datagram(init, A_EP, now=NOW)
@@ -172,8 +166,8 @@ def test_initiator_refuses_responder_with_expired_certificate() -> None:
     ca = make_network(now=NOW - 10 * 86400)
     alice = make_identity(ca, "alice", now=NOW - 60)
     old = make_identity(ca, "oldie", now=NOW - 10 * 86400, days=2)
-    a = LinkEndpoint(alice, rng=random.Random(1))
-    b = LinkEndpoint(old, rng=random.Random(2))
+    a = LinkLayer(alice, rng=random.Random(1))
+    b = LinkLayer(old, rng=random.Random(2))
     a.connect(B_EP, now=NOW)
     ((init, _),) = a.datagrams_to_send(now=NOW)
     # The responder's own certificate is expired but it still checks the initiator's.
@@ -464,7 +458,7 @@ def test_unauthenticated_packets_never_get_a_reply() -> None:
     body = stolen.signed_part()
     forged_init = body + mallory.sign(init_signing_input(body)) + bytes(MAC2_BYTES)
     # A Resp nobody asked for, from a genuine member.
-    m = LinkEndpoint(mallory, rng=random.Random(3))
+    m = LinkLayer(mallory, rng=random.Random(3))
     p.b.connect(Endpoint("203.0.113.9", 1), now=NOW)
     ((b_init, _),) = p.out(p.b)
     m.receive_datagram(b_init, B_EP, now=NOW)
@@ -479,7 +473,7 @@ def test_unauthenticated_packets_never_get_a_reply() -> None:
     }
     assert p.out(p.a, NOW + 5) == [] and events(p.a) == []
     # To anyone else the stolen certificate is a valid one, and the signature gives it away.
-    carol = LinkEndpoint(make_identity(p.ca, "carol", now=NOW - 60), rng=random.Random(4))
+    carol = LinkLayer(make_identity(p.ca, "carol", now=NOW - 60), rng=random.Random(4))
     carol.receive_datagram(forged_init, B_EP, now=NOW + 5)
     assert carol.drops == {"bad_signature": 1}
     assert carol.datagrams_to_send(now=NOW + 5) == [] and carol.next_event() is None

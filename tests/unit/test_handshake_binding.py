@@ -12,8 +12,8 @@ import random
 
 import pytest
 
-import ipop.link.endpoint as endpoint_module
-from ipop.link.endpoint import LinkEndpoint
+import ipop.link.layer as layer_module
+from ipop.link.layer import LinkLayer
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint, NodeId, Path
@@ -31,16 +31,16 @@ class Trio:
     def __init__(self) -> None:
         ca = make_network(now=NOW - 60)
         self.ids = {n: make_identity(ca, n, now=NOW - 60) for n in ("alice", "bob", "carol")}
-        self.a = LinkEndpoint(self.ids["alice"], rng=random.Random(1))
-        self.b = LinkEndpoint(self.ids["bob"], rng=random.Random(2))
-        self.c = LinkEndpoint(self.ids["carol"], rng=random.Random(3))
+        self.a = LinkLayer(self.ids["alice"], rng=random.Random(1))
+        self.b = LinkLayer(self.ids["bob"], rng=random.Random(2))
+        self.c = LinkLayer(self.ids["carol"], rng=random.Random(3))
         self.at = {A_EP: self.a, B_EP: self.b, C_EP: self.c}
         self.addr = {id(self.a): A_EP, id(self.b): B_EP, id(self.c): C_EP}
 
     def node(self, name: str) -> NodeId:
         return self.ids[name].node_id
 
-    def out(self, ep: LinkEndpoint, now: float) -> list[tuple[bytes, Path]]:
+    def out(self, ep: LinkLayer, now: float) -> list[tuple[bytes, Path]]:
         return ep.datagrams_to_send(now=now)
 
     def run(self, until: float, step: float = 0.05) -> None:
@@ -115,7 +115,7 @@ def test_copy_raced_ahead_of_the_original_does_not_block_it() -> None:
 def test_freshness_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # An insider can name any endpoint as responder: each verified Init adds a freshness
     # entry (initiator, endpoint), so the table has a bound and forgets the oldest.
-    monkeypatch.setattr(endpoint_module, "LAST_INIT_MAX", 3)
+    monkeypatch.setattr(layer_module, "LAST_INIT_MAX", 3)
     w = Trio()
     for i in range(6):
         target = Endpoint("203.0.113.3", 6000 + i)  # Carol's, as far as Alice can tell

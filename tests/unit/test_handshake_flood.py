@@ -15,7 +15,8 @@ import random
 
 from ipop import timing
 from ipop.link.cookie import InitGuard, mac2_for
-from ipop.link.endpoint import LINK_DROP_REASONS, LinkEndpoint, LinkUp
+from ipop.link.events import LinkUp
+from ipop.link.layer import LINK_DROP_REASONS, LinkLayer
 from ipop.ratelimit import KeyedBuckets
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
@@ -33,7 +34,7 @@ LATENCY_S = 0.01
 BOUND_PER_S = 250
 
 
-def _expensive(c: LinkEndpoint) -> int:
+def _expensive(c: LinkLayer) -> int:
     return c.drops["bad_signature"] + c.stats["handshake_answered"]
 
 
@@ -42,9 +43,9 @@ class Flood:
         ca = make_network(now=NOW - 60)
         self.ida = make_identity(ca, "alice", now=NOW - 60)
         self.idc = make_identity(ca, "carol", now=NOW - 60)
-        mallory = LinkEndpoint(make_identity(ca, "mallory", now=NOW - 60), rng=random.Random(3))
-        self.a = LinkEndpoint(self.ida, rng=random.Random(1))
-        self.c = LinkEndpoint(self.idc, rng=random.Random(2))
+        mallory = LinkLayer(make_identity(ca, "mallory", now=NOW - 60), rng=random.Random(3))
+        self.a = LinkLayer(self.ida, rng=random.Random(1))
+        self.c = LinkLayer(self.idc, rng=random.Random(2))
         self.rng = random.Random(seed)
         # A genuine Init of Mallory's to Carol: the template the forgeries are cut from.
         mallory.connect(C_EP, now=NOW, expected=self.idc.node_id)

@@ -10,16 +10,15 @@ import pytest
 
 from ipop import timing
 from ipop.errors import ConfigError, LocalProtocolError
-from ipop.link.endpoint import (
-    LinkConfig,
+from ipop.link.events import (
     LinkDown,
-    LinkEndpoint,
     LinkEvent,
     LinkMessage,
     LinkPathChanged,
     LinkUp,
     ObservedEndpoint,
 )
+from ipop.link.layer import LinkConfig, LinkLayer
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint, Path
@@ -31,7 +30,7 @@ B_EP = Endpoint("203.0.113.2", 5800)
 _INF = float("inf")
 
 
-def events(ep: LinkEndpoint) -> list[LinkEvent]:
+def events(ep: LinkLayer) -> list[LinkEvent]:
     out = []
     while (ev := ep.next_event()) is not None:
         out.append(ev)
@@ -51,8 +50,8 @@ class World:
         ca = make_network(now=NOW - 60)
         self.ida = make_identity(ca, "alice", now=NOW - 60)
         self.idb = make_identity(ca, "bob", now=NOW - 60)
-        self.a = LinkEndpoint(self.ida, rng=random.Random(1), config=config)
-        self.b = LinkEndpoint(self.idb, rng=random.Random(2), config=config)
+        self.a = LinkLayer(self.ida, rng=random.Random(1), config=config)
+        self.b = LinkLayer(self.idb, rng=random.Random(2), config=config)
         self.a_addr: Endpoint = A_EP
         self.latency = latency
         self.jitter = jitter
@@ -412,7 +411,7 @@ def test_data_under_keys_we_dropped_rekeys_the_session() -> None:
     )
     busy = LinkConfig(rekey_after_s=5.0, handshake_timeout_s=2.0, keepalive_interval_s=1.0)
     w = World(quiet)
-    w.b = LinkEndpoint(w.idb, rng=random.Random(2), config=busy)
+    w.b = LinkLayer(w.idb, rng=random.Random(2), config=busy)
     w.up()
     # B rekeys and A answers, but B's key confirmation and keepalives are lost until A has
     # dropped its unconfirmed answer: B now seals with keys A no longer holds.

@@ -1,4 +1,4 @@
-"""The data-plane fast path of the session layer: LinkEndpoint.seal_direct / open_data.
+"""The data-plane fast path of the session layer: LinkLayer.seal_direct / open_data.
 
 Each must have exactly the effects of the slow path it replaces (seal + outbox, and
 receive_datagram + LinkMessage) except for where the result goes.
@@ -11,7 +11,8 @@ import random
 import pytest
 
 from ipop.identity import NetworkCA, NodeIdentity
-from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage, LinkPathChanged
+from ipop.link.events import LinkMessage, LinkPathChanged
+from ipop.link.layer import LinkConfig, LinkLayer
 from ipop.types import Endpoint, NodeId, RelayPath, SocketPath
 
 NOW = 1_795_305_600.0
@@ -20,14 +21,10 @@ B_EP = Endpoint("198.51.100.2", 5800)
 B_EP2 = Endpoint("198.51.100.2", 5801)
 
 
-def _pair(config: LinkConfig | None = None) -> tuple[LinkEndpoint, LinkEndpoint]:
+def _pair(config: LinkConfig | None = None) -> tuple[LinkLayer, LinkLayer]:
     ca = NetworkCA.create("fastnet", now=NOW - 60)
-    a = LinkEndpoint(
-        NodeIdentity.generate(ca, "a", now=NOW - 60), rng=random.Random(1), config=config
-    )
-    b = LinkEndpoint(
-        NodeIdentity.generate(ca, "b", now=NOW - 60), rng=random.Random(2), config=config
-    )
+    a = LinkLayer(NodeIdentity.generate(ca, "a", now=NOW - 60), rng=random.Random(1), config=config)
+    b = LinkLayer(NodeIdentity.generate(ca, "b", now=NOW - 60), rng=random.Random(2), config=config)
     a.connect(B_EP, now=NOW)
     for _ in range(3):
         for data, _path in a.datagrams_to_send(now=NOW):

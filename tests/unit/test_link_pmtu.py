@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkMessage, ObservedEndpoint
+from ipop.link.events import LinkMessage, ObservedEndpoint
+from ipop.link.layer import LinkConfig, LinkLayer
 from ipop.link.pmtu import (
     FINE_STEP,
     MAX_DATAGRAM,
@@ -45,8 +46,8 @@ class Path:
         ca = make_network(now=SIM_EPOCH - 60)
         self.ida = make_identity(ca, "alice", now=SIM_EPOCH - 60)
         self.idb = make_identity(ca, "bob", now=SIM_EPOCH - 60)
-        self.a = LinkEndpoint(self.ida, rng=random.Random(1), config=config)
-        self.b = LinkEndpoint(self.idb, rng=random.Random(2), config=config)
+        self.a = LinkLayer(self.ida, rng=random.Random(1), config=config)
+        self.b = LinkLayer(self.idb, rng=random.Random(2), config=config)
         self.path_max = path_max
         self.now = SIM_EPOCH
         self.lose = lambda data: False

@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 
 from ipop.link import echo
-from ipop.link.endpoint import LinkConfig, LinkEndpoint, LinkEvent, ObservedEndpoint
+from ipop.link.events import LinkEvent, ObservedEndpoint
+from ipop.link.layer import LinkConfig, LinkLayer
 from ipop.link.pmtu import PROBE_TAG
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
@@ -33,7 +34,7 @@ class Wire:
         ca = make_network(now=SIM_EPOCH - 60)
         self.ids = {n: make_identity(ca, n, now=SIM_EPOCH - 60) for n in "abc"}
         self.eps = {
-            n: LinkEndpoint(i, rng=random.Random(ord(n)), config=_CFG) for n, i in self.ids.items()
+            n: LinkLayer(i, rng=random.Random(ord(n)), config=_CFG) for n, i in self.ids.items()
         }
         self.addr = {"a": A_OLD, "b": B_EP, "c": C_EP}
         self.filtering: set[str] = set()

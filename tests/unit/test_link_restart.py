@@ -14,15 +14,9 @@ import random
 import pytest
 
 from ipop import timing
-from ipop.link import endpoint
-from ipop.link.endpoint import (
-    LinkDown,
-    LinkEndpoint,
-    LinkEvent,
-    LinkMessage,
-    LinkPathChanged,
-    LinkUp,
-)
+from ipop.link import layer
+from ipop.link.events import LinkDown, LinkEvent, LinkMessage, LinkPathChanged, LinkUp
+from ipop.link.layer import LinkLayer
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import alice_and_bob, make_identity, make_network
 from ipop.types import Endpoint, NodeId, Path, RelayPath
@@ -41,18 +35,18 @@ A_NEW_EP = Endpoint("198.51.100.1", 40123)  # a new NAT mapping after the restar
 B_EP = Endpoint("203.0.113.2", 5800)
 
 
-def _events(ep: LinkEndpoint) -> list[LinkEvent]:
+def _events(ep: LinkLayer) -> list[LinkEvent]:
     out = []
     while (ev := ep.next_event()) is not None:
         out.append(ev)
     return out
 
 
-def _out(ep: LinkEndpoint, now: float) -> list[tuple[bytes, Path]]:
+def _out(ep: LinkLayer, now: float) -> list[tuple[bytes, Path]]:
     return ep.datagrams_to_send(now=now)
 
 
-def _deliver(src: LinkEndpoint, dst: LinkEndpoint, src_ep: Endpoint, now: float) -> int:
+def _deliver(src: LinkLayer, dst: LinkLayer, src_ep: Endpoint, now: float) -> int:
     batch = _out(src, now)
     for data, _ in batch:
         dst.receive_datagram(data, src_ep, now=now)
@@ -64,8 +58,8 @@ def test_peer_replaces_the_dead_session_on_the_new_authenticated_handshake_only(
     restarted_at: Endpoint,
 ) -> None:
     ida, idb = alice_and_bob(now=NOW)
-    a = LinkEndpoint(ida, rng=random.Random(1))
-    b = LinkEndpoint(idb, rng=random.Random(2))
+    a = LinkLayer(ida, rng=random.Random(1))
+    b = LinkLayer(idb, rng=random.Random(2))
     a.connect(B_EP, now=NOW, expected=idb.node_id)
     ((old_init, _),) = _out(a, NOW)
     b.receive_datagram(old_init, A_EP, now=NOW)
@@ -77,7 +71,7 @@ def test_peer_replaces_the_dead_session_on_the_new_authenticated_handshake_only(
 
     # Alice is killed and restarted 2 s later: same identity, no session, no goodbye.
     t = NOW + 2
-    a2 = LinkEndpoint(ida, rng=random.Random(3))
+    a2 = LinkLayer(ida, rng=random.Random(3))
     b.send(ida.node_id, b"into the dead session", now=t)
     assert _deliver(b, a2, B_EP, t) == 1
     assert a2.drops == {"unknown_index": 1} and _out(a2, t) == [] and not _events(a2)
@@ -113,7 +107,7 @@ def test_peer_replaces_the_dead_session_on_the_new_authenticated_handshake_only(
     assert _events(a2) == [LinkMessage(idb.node_id, b"hello again", B_EP)]
 
 
-def _session(a: LinkEndpoint, b: LinkEndpoint, a_path: Path, b_path: Path, now: float) -> None:
+def _session(a: LinkLayer, b: LinkLayer, a_path: Path, b_path: Path, now: float) -> None:
     """A keys a session with B: A's datagrams reach B over ``a_path``, B's reach A over
     ``b_path`` (the path names each side sees the other on)."""
     a.connect(b_path, now=now, expected=b._identity.node_id)
@@ -126,15 +120,15 @@ def _session(a: LinkEndpoint, b: LinkEndpoint, a_path: Path, b_path: Path, now: 
     _events(a), _events(b)
 
 
-def _trio() -> tuple[LinkEndpoint, LinkEndpoint, LinkEndpoint, RelayPath, RelayPath]:
+def _trio() -> tuple[LinkLayer, LinkLayer, LinkLayer, RelayPath, RelayPath]:
     """Alice, Bob and Alice restarted; the relay paths through Victor each side would see."""
     ca = make_network(now=NOW - 60)
     ida = make_identity(ca, "alice", now=NOW - 60)
     idb = make_identity(ca, "bob", now=NOW - 60)
     victor = make_identity(ca, "victor", now=NOW - 60).node_id
-    a = LinkEndpoint(ida, rng=random.Random(1))
-    b = LinkEndpoint(idb, rng=random.Random(2))
-    a2 = LinkEndpoint(ida, rng=random.Random(3))
+    a = LinkLayer(ida, rng=random.Random(1))
+    b = LinkLayer(idb, rng=random.Random(2))
+    a2 = LinkLayer(ida, rng=random.Random(3))
     return a, b, a2, RelayPath(via=victor, peer=ida.node_id), RelayPath(victor, idb.node_id)
 
 
@@ -262,7 +256,7 @@ def test_relayed_rekeys_are_bounded_whatever_ids_a_relay_names() -> None:
     datagram = DATA_HEADER.pack(TYPE_DATA, 12345, 0) + bytes(DATA_MIN_BYTES - DATA_HEADER_BYTES)
     for i in range(1, 101):
         a2.receive_datagram(datagram, RelayPath(to_a.via, NodeId(i)), now=NOW)
-    assert len(_out(a2, NOW)) == endpoint.RELAY_REKEY_BURST
-    assert a2.stats["relayed_rekey_over_budget"] == 100 - endpoint.RELAY_REKEY_BURST
+    assert len(_out(a2, NOW)) == layer.RELAY_REKEY_BURST
+    assert a2.stats["relayed_rekey_over_budget"] == 100 - layer.RELAY_REKEY_BURST
     assert a2.drops == {"unknown_index": 100}
-    assert len(a2._relay_rekeyed) <= endpoint.RELAY_REKEYED_MAX
+    assert len(a2._relay_rekeyed) <= layer.RELAY_REKEYED_MAX

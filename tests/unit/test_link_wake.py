@@ -1,7 +1,7 @@
 """A node that did not run for two minutes (SIGSTOP, a suspended laptop) and its sessions.
 
 Its peer timed the session out meanwhile. Waking, every session of the stopped node looks
-silent for the whole gap; without :meth:`LinkEndpoint.woke` the link timeout closed them all at
+silent for the whole gap; without :meth:`LinkLayer.woke` the link timeout closed them all at
 the first timer (and the node rejoined the network from nothing: 24 s in the 30-daemon soak).
 With it, each session is keyed afresh and is up again after one round trip.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 
-from ipop.link.endpoint import LinkDown, LinkEndpoint, LinkEvent, LinkUp
+from ipop.link.events import LinkDown, LinkEvent, LinkUp
+from ipop.link.layer import LinkLayer
 from ipop.node import NodeCore
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import alice_and_bob, make_identity, make_network
@@ -23,24 +24,24 @@ B_EP = Endpoint("203.0.113.2", 5800)
 GAP_S = 120.0
 
 
-def _events(ep: LinkEndpoint) -> list[LinkEvent]:
+def _events(ep: LinkLayer) -> list[LinkEvent]:
     out = []
     while (ev := ep.next_event()) is not None:
         out.append(ev)
     return out
 
 
-def _deliver(src: LinkEndpoint, dst: LinkEndpoint, src_ep: Endpoint, now: float) -> int:
+def _deliver(src: LinkLayer, dst: LinkLayer, src_ep: Endpoint, now: float) -> int:
     batch = src.datagrams_to_send(now=now)
     for data, _ in batch:
         dst.receive_datagram(data, src_ep, now=now)
     return len(batch)
 
 
-def _linked_pair() -> tuple[LinkEndpoint, LinkEndpoint]:
+def _linked_pair() -> tuple[LinkLayer, LinkLayer]:
     ida, idb = alice_and_bob(now=NOW)
-    a = LinkEndpoint(ida, rng=random.Random(1))
-    b = LinkEndpoint(idb, rng=random.Random(2))
+    a = LinkLayer(ida, rng=random.Random(1))
+    b = LinkLayer(idb, rng=random.Random(2))
     a.connect(B_EP, now=NOW, expected=idb.node_id)
     _deliver(a, b, A_EP, NOW)
     _deliver(b, a, B_EP, NOW)
@@ -50,7 +51,7 @@ def _linked_pair() -> tuple[LinkEndpoint, LinkEndpoint]:
     return a, b
 
 
-def _stop_a_for_the_gap(a: LinkEndpoint, b: LinkEndpoint) -> float:
+def _stop_a_for_the_gap(a: LinkLayer, b: LinkLayer) -> float:
     """b runs its timers through the gap (its session with a times out); a runs nothing."""
     t = NOW
     while t < NOW + GAP_S:

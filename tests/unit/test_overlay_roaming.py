@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from ipop.link.endpoint import LinkMessage, LinkUp, ObservedEndpoint
+from ipop.link.events import LinkMessage, LinkUp, ObservedEndpoint
 from ipop.overlay.events import Roamed
 from ipop.overlay.messages import (
     FLAG_EXACT,

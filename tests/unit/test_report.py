@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from ipaddress import IPv4Address
 
-from ipop.link.endpoint import LinkInfo
+from ipop.link.events import LinkInfo
 from ipop.nat.kinds import NatKind
 from ipop.nat.portguess import FLAG_SYMMETRIC, FLAG_TRANSLATED
 from ipop.node import NodeSnapshot, PublicView

@@ -22,7 +22,8 @@ from ipop.identity import (
     NodeIdentity,
     cert_serial,
 )
-from ipop.link.endpoint import LinkDown, LinkEndpoint, LinkEvent, LinkUp
+from ipop.link.events import LinkDown, LinkEvent, LinkUp
+from ipop.link.layer import LinkLayer
 from ipop.overlay.messages import (
     CRL_CHUNK_BYTES,
     CRL_MAX_TOTAL,
@@ -131,7 +132,7 @@ def test_openssl_reads_the_crl(tmp_path: Path) -> None:
 # --- handshakes and live sessions --------------------------------------------------------------
 
 
-def _pump(a: LinkEndpoint, b: LinkEndpoint, now: float) -> None:
+def _pump(a: LinkLayer, b: LinkLayer, now: float) -> None:
     """Deliver every queued datagram between A (at A_EP) and B (at B_EP) until quiet."""
     for _ in range(20):
         moved = False
@@ -143,7 +144,7 @@ def _pump(a: LinkEndpoint, b: LinkEndpoint, now: float) -> None:
             return
 
 
-def _events(ep: LinkEndpoint) -> list[LinkEvent]:
+def _events(ep: LinkLayer) -> list[LinkEvent]:
     out = []
     while (ev := ep.next_event()) is not None:
         out.append(ev)
@@ -154,8 +155,8 @@ def test_a_revoked_certificate_gets_no_handshake_and_loses_its_session() -> None
     ca = make_network(now=NOW - 60)
     alice = _own(make_identity(ca, "alice", now=NOW - 60))
     bob = _own(make_identity(ca, "bob", now=NOW - 60))
-    a = LinkEndpoint(alice, rng=random.Random(1))
-    b = LinkEndpoint(bob, rng=random.Random(2))
+    a = LinkLayer(alice, rng=random.Random(1))
+    b = LinkLayer(bob, rng=random.Random(2))
     a.connect(B_EP, now=NOW, expected=bob.node_id)
     _pump(a, b, NOW)
     assert a.is_up(bob.node_id) and b.is_up(alice.node_id)

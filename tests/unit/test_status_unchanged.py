@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from ipop.aio.daemon import Daemon, DaemonControl, DaemonSettings
-from ipop.link.endpoint import LinkInfo
+from ipop.link.events import LinkInfo
 from ipop.nat.portguess import PortGuessing
 from ipop.node import NodeCore
 from ipop.overlay.node import ConnectionInfo, OverlaySnapshot

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from ipop.errors import RemoteProtocolError
 from ipop.link import echo
-from ipop.link.endpoint import LinkEndpoint, LinkEvent, ObservedEndpoint
+from ipop.link.events import LinkEvent, ObservedEndpoint
+from ipop.link.layer import LinkLayer
 from ipop.link.pmtu import PROBE_TAG
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
@@ -40,21 +41,21 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 class Scene:
     """B with an up session to A, an initiation of its own toward C, and valid datagrams."""
 
-    b: LinkEndpoint
+    b: LinkLayer
     valid: dict[str, bytes]
 
 
-def _drain(ep: LinkEndpoint) -> tuple[list[tuple[bytes, Path]], list[LinkEvent]]:
+def _drain(ep: LinkLayer) -> tuple[list[tuple[bytes, Path]], list[LinkEvent]]:
     evs = []
     while (e := ep.next_event()) is not None:
         evs.append(e)
     return ep.datagrams_to_send(now=NOW), evs
 
 
-def _up_pair(seed: int) -> tuple[LinkEndpoint, LinkEndpoint]:
+def _up_pair(seed: int) -> tuple[LinkLayer, LinkLayer]:
     """A and B with a session up (A initiated), nothing queued at B."""
-    a = LinkEndpoint(ID_A, rng=random.Random(seed))
-    b = LinkEndpoint(ID_B, rng=random.Random(seed + 1))
+    a = LinkLayer(ID_A, rng=random.Random(seed))
+    b = LinkLayer(ID_B, rng=random.Random(seed + 1))
     a.connect(B_EP, now=NOW)
     for _ in range(3):
         for d, _p in a.datagrams_to_send(now=NOW):
@@ -67,7 +68,7 @@ def _up_pair(seed: int) -> tuple[LinkEndpoint, LinkEndpoint]:
 
 def make_scene(seed: int) -> Scene:
     a, b = _up_pair(seed)
-    c = LinkEndpoint(ID_C, rng=random.Random(seed + 2))
+    c = LinkLayer(ID_C, rng=random.Random(seed + 2))
     data, _ = a.seal(ID_B.node_id, b"payload", now=NOW)
     b.connect(C_EP, now=NOW)
     ((init_b, _),) = b.datagrams_to_send(now=NOW)
@@ -79,7 +80,7 @@ def make_scene(seed: int) -> Scene:
     return Scene(b, {"data": data, "resp": resp_c, "init": init_a})
 
 
-def assert_silent(b: LinkEndpoint, data: bytes, path: Path) -> None:
+def assert_silent(b: LinkLayer, data: bytes, path: Path) -> None:
     before = sum(b.drops.values())
     b.receive_datagram(data, path, now=NOW + 1)
     out, evs = _drain(b)

@@ -25,7 +25,8 @@ import time
 
 from ipop.identity import NetworkCA, NodeIdentity
 from ipop.link.cookie import InitGuard
-from ipop.link.endpoint import LinkEndpoint, LinkUp
+from ipop.link.events import LinkUp
+from ipop.link.layer import LinkLayer
 from ipop.types import Endpoint
 from ipop.wire.handshake import HandshakeInit
 
@@ -64,11 +65,9 @@ def run(seconds: float, honest_at: float, *, rate: float, queue: int, guarded: b
     ca = NetworkCA.create("floodnet", now=now0 - 60)
     ida = NodeIdentity.generate(ca, "alice", now=now0 - 60)
     idc = NodeIdentity.generate(ca, "carol", now=now0 - 60)
-    mallory = LinkEndpoint(
-        NodeIdentity.generate(ca, "mallory", now=now0 - 60), rng=random.Random(3)
-    )
-    a = LinkEndpoint(ida, rng=random.Random(1))
-    c = LinkEndpoint(idc, rng=random.Random(2))
+    mallory = LinkLayer(NodeIdentity.generate(ca, "mallory", now=now0 - 60), rng=random.Random(3))
+    a = LinkLayer(ida, rng=random.Random(1))
+    c = LinkLayer(idc, rng=random.Random(2))
     if not guarded:
         huge = 10**9
         c.guard = InitGuard(

@@ -1,4 +1,4 @@
-"""Micro benchmark of the session hot path: LinkEndpoint.seal and the DATA receive branch.
+"""Micro benchmark of the session hot path: LinkLayer.seal and the DATA receive branch.
 
 Run: ``.venv/bin/python -m tools.bench.session_bench [--size 1400] [--count 200000]``. Prints
 packets/s and µs per packet for each cipher, for seal and open
@@ -16,18 +16,18 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ipop.identity import NetworkCA, NodeIdentity
 from ipop.link.crypto import AES_256_GCM, CHACHA20_POLY1305, nonce_for
-from ipop.link.endpoint import LinkConfig, LinkEndpoint
+from ipop.link.layer import LinkConfig, LinkLayer
 from ipop.types import Endpoint
 
 A_EP = Endpoint("198.51.100.1", 5800)
 B_EP = Endpoint("203.0.113.2", 5800)
 
 
-def _pair(cipher: str, now: float) -> tuple[LinkEndpoint, LinkEndpoint]:
+def _pair(cipher: str, now: float) -> tuple[LinkLayer, LinkLayer]:
     ca = NetworkCA.create("benchnet", now=now - 60)
     cfg = LinkConfig(ciphers=(cipher,))
-    a = LinkEndpoint(NodeIdentity.generate(ca, "a", now=now - 60), rng=random.Random(1), config=cfg)
-    b = LinkEndpoint(NodeIdentity.generate(ca, "b", now=now - 60), rng=random.Random(2), config=cfg)
+    a = LinkLayer(NodeIdentity.generate(ca, "a", now=now - 60), rng=random.Random(1), config=cfg)
+    b = LinkLayer(NodeIdentity.generate(ca, "b", now=now - 60), rng=random.Random(2), config=cfg)
     a.connect(B_EP, now=now)
     for _ in range(3):
         for data, _path in a.datagrams_to_send(now=now):

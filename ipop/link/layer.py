@@ -1,10 +1,17 @@
 """The node's whole session layer: handshakes, keys, keepalives and liveness (sans-IO).
 
-:class:`LinkEndpoint` owns every authenticated session of one node, whatever the path each
+:class:`LinkLayer` owns every authenticated session of one node, whatever the path each
 runs over. A *path* (:data:`ipop.types.Path`, a direct :class:`Endpoint` or a
 :class:`RelayPath`) is opaque here: a datagram comes in on a path, answers go back on that
 path, and outputs are ``(bytes, path)`` pairs the driver (or the overlay, for relay paths)
 delivers.
+
+Beside it, each in its own module: the events it yields (:mod:`ipop.link.events`), the keys
+and the index table (:mod:`ipop.link.keys`), path choice (:mod:`ipop.link.paths`) and the
+per-peer deadline heap (:mod:`ipop.link.timers`). This module stays above 600 lines because
+what is left all reads and writes one per-peer record: receive dispatch, Init/Resp processing,
+install/confirm/rekey, liveness, and the probe and echo bookkeeping carried in DATA; the
+echo/rebinding part (``_heard`` ... ``_on_echo``) is the next piece that could leave.
 
 Theory of operation
 -------------------
@@ -24,7 +31,8 @@ Per peer (keyed by the node id its certificate proves) there are at most:
   (an initiator that dialled several of our paths seals with the last Resp it got).
 
 Every set of keys is registered under the index *we* chose (``receiver_index`` of the DATA
-header), so a received DATA finds its keys with one dict lookup, before any crypto.
+header), so a received DATA finds its keys with one dict lookup, before any crypto
+(:class:`ipop.link.keys.IndexTable`, which also remembers the indices we retired).
 
 Invariants:
 
@@ -79,12 +87,13 @@ Invariants:
 6. Liveness: if we sealed nothing to an up peer for ``keepalive_interval_s`` we send an
    empty DATA (keepalive, never a LinkMessage); if nothing authenticated arrived from it for
    ``link_timeout_s`` the link goes down (LinkDown "timeout").
-7. Path choice: a session is on one path. A relay path never replaces a working direct
-   one (nothing came from the peer for ``RELAY_TAKEOVER_SILENT_S``: not working), and a
-   direct one always replaces a relay (the upgrade). Between direct paths (any socket), a
-   handshake that completes on another path moves the session only if its round trip was
-   under ``PATH_SWITCH_RATIO`` of the current path's, or the current one has carried nothing
-   authenticated for ``PATH_SILENT_S`` (hysteresis: two live paths never flap, and the LAN
+7. Path choice (decided by :mod:`ipop.link.paths`, applied here): a session is on one path.
+   A relay path never replaces a working direct one (nothing came from the peer for
+   ``RELAY_TAKEOVER_SILENT_S``: not working), and a direct one always replaces a relay (the
+   upgrade). Between direct paths (any socket), a handshake that completes on another path
+   moves the session only if its round trip was under ``PATH_SWITCH_RATIO`` of the current
+   path's, or the current one has carried nothing authenticated for ``PATH_SILENT_S``
+   (hysteresis: two live paths never flap, and the LAN
    path, fastest, is kept when two peers share a LAN). Roaming: the newest authenticated DATA
    arriving from another direct path moves the session there at once if only the port
    changed (NAT rebinding), otherwise only once the current path has been silent for
@@ -92,12 +101,12 @@ Invariants:
    / ``stats["roam_held"]``. Newest authenticated DATA through a relay moves a direct session
    that has carried nothing for ``PATH_SILENT_S`` onto that relay (``relay_followed``): the
    peer fell back to it after a roam. Direct <-> relay moves are the overlay's decision
-   (:meth:`LinkEndpoint.set_path`). When our own address changes,
-   :meth:`LinkEndpoint.local_address_changed` keys every direct session afresh from it
+   (:meth:`LinkLayer.set_path`). When our own address changes,
+   :meth:`LinkLayer.local_address_changed` keys every direct session afresh from it
    (``roam_rehandshakes``); when a peer says it left the path we hold for it,
-   :meth:`LinkEndpoint.peer_moved` drops the hysteresis for that session (``peer_moved``).
+   :meth:`LinkLayer.peer_moved` drops the hysteresis for that session (``peer_moved``).
 8. NAT rebinding (:mod:`ipop.link.echo`): a session that carries upper-layer traffic
-   (:meth:`LinkEndpoint.watch`) on a direct path gets one echo when it falls silent (a busy
+   (:meth:`LinkLayer.watch`) on a direct path gets one echo when it falls silent (a busy
    peer quiet for ``REBIND_QUIET_S``, or a peer that answered nothing to our message for as
    long), none again before the peer speaks. The answer says where the peer saw the
    echo come from; a change is an ObservedEndpoint (the overlay's cue to roam, see
@@ -121,8 +130,8 @@ the certificate reasons of :data:`ipop.identity.CERT_REASONS`, ``bad_signature``
 the guard's ``under_load``, ``init_rate_limited``, ``init_overloaded``; cookie replies:
 ``bad_cookie_reply``; path MTU probes: ``bad_probe``. All of them are in
 :data:`LINK_DROP_REASONS`. Facts that are not refusals are counted in ``stats``
-(``link_up``, ``link_down_<reason>`` (``revoked``: see :meth:`LinkEndpoint.close_revoked`;
-``stale``: :meth:`LinkEndpoint.peer_unlinked`), ``rekey_started``,
+(``link_up``, ``link_down_<reason>`` (``revoked``: see :meth:`LinkLayer.close_revoked`;
+``stale``: :meth:`LinkLayer.peer_unlinked`), ``rekey_started``,
 ``roamed``, ``collision_yielded``, ``handshake_answered``, ``handshake_retransmitted``,
 ``unlinked_checks``,
 ``handshake_failed``, ``rehandshake_diverged``, ``rehandshake_stale_keys``,
@@ -131,13 +140,14 @@ the guard's ``under_load``, ``init_rate_limited``, ``init_overloaded``; cookie r
 ``init_expensive`` (Inits that reached public-key work), ``cookie_sent``,
 ``cookie_received``, ``cookie_resent``).
 
-Timer: every peer's earliest deadline lives in a heap (lazy: an entry is live only while its
-sequence number is the peer's ``due_seq``), so a firing handles only the peers that are due,
-in O(log peers) each, instead of scanning every peer (which made keepalives O(peers²) per
-node). A deadline is pushed when it moves earlier (a session or handshake appears, a rekey is
-scheduled); per-packet updates (``last_tx``, ``last_rx``) only push deadlines later, so the
-heap entry is at worst early: the peer is then found not due and re-pushed. This keeps the
-packet path free of O(peers) work. Initiations are few and are scanned.
+Timer: every peer's earliest deadline lives in a heap (:class:`ipop.link.timers.DeadlineHeap`;
+lazy: an entry is live only while its sequence number is the peer's ``due_seq``), so a
+firing handles only the peers that are due, in O(log peers) each, instead of scanning every
+peer (which made keepalives O(peers²) per node). A deadline is pushed when it moves earlier
+(a session or handshake appears, a rekey is scheduled); per-packet updates (``last_tx``,
+``last_rx``) only push deadlines later, so the heap entry is at worst early: the peer is then
+found not due and re-pushed. This keeps the packet path free of O(peers) work. Initiations
+are few and are scanned.
 
 Retransmitted Inits are the same core as the first copy (one signature per handshake, not
 one per retry; the handshake timeout is far inside the clock-skew window); a cookie from a
@@ -154,7 +164,7 @@ import contextlib
 import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -164,10 +174,19 @@ from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.identity import CERT_REASONS, NodeCertificate, NodeIdentity
 from ipop.link import echo
 from ipop.link.cookie import GUARD_DROP_REASONS, InitGuard, mac2_for
-from ipop.link.crypto import CIPHER_IDS, DEFAULT_CIPHERS, Aead, InvalidTag, nonce_for
+from ipop.link.crypto import CIPHER_IDS, DEFAULT_CIPHERS, InvalidTag, nonce_for
+from ipop.link.events import (
+    HandshakeFailed,
+    LinkDown,
+    LinkEvent,
+    LinkInfo,
+    LinkPathChanged,
+    LinkUp,
+    ObservedEndpoint,
+    link_message,
+)
 from ipop.link.handshake import (
     Initiation,
-    SessionKeys,
     VerifiedInit,
     check_init_cert,
     check_init_signature,
@@ -177,8 +196,10 @@ from ipop.link.handshake import (
     make_resp,
     verify_resp,
 )
+from ipop.link.keys import IndexTable, Keypair
+from ipop.link.paths import PathQuality, Roam, better_path, should_roam
 from ipop.link.pmtu import PROBE_TAG, PathMtuProber, ack_payload
-from ipop.link.replay import ReplayWindow
+from ipop.link.timers import DeadlineHeap
 from ipop.ratelimit import TokenBucket
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 from ipop.wire.handshake import (
@@ -201,23 +222,13 @@ from ipop.wire.header import (
 
 __all__ = [
     "LINK_DROP_REASONS",
-    "HandshakeFailed",
     "LinkConfig",
-    "LinkDown",
-    "LinkEndpoint",
-    "LinkEvent",
-    "LinkInfo",
-    "LinkMessage",
-    "LinkPathChanged",
-    "LinkUp",
-    "ObservedEndpoint",
+    "LinkLayer",
 ]
 
 _INF: Final = float("inf")
-# Retired key indices remembered (see LinkEndpoint._unknown_index): a few per peer and rekey.
-RETIRED_MAX: Final = 4096
 # Relayed peers keyed afresh after DATA under an index we never gave out (see
-# LinkEndpoint._rekey_relayed), with when: the oldest go first. Behind the per-peer limit a
+# LinkLayer._rekey_relayed), with when: the oldest go first. Behind the per-peer limit a
 # global one (a relay names the origin, so a relay that makes ids up could churn the table):
 # a restarted node's relayed peers are a handful.
 RELAY_REKEYED_MAX: Final = 1024
@@ -231,7 +242,7 @@ LAST_INIT_MAX: Final = 65536
 _REBIND_QUIET: Final = timing.REBIND_QUIET_S
 _REBIND_ECHO_WAIT: Final = timing.REBIND_ECHO_WAIT_S
 _REBIND_BUSY: Final = timing.REBIND_BUSY_PACKETS
-# Every reason ``LinkEndpoint.drops`` may count (tests check that nothing else is counted).
+# Every reason ``LinkLayer.drops`` may count (tests check that nothing else is counted).
 LINK_DROP_REASONS: Final = frozenset(
     {
         "empty",
@@ -319,158 +330,7 @@ class LinkConfig:
             raise ConfigError("link.rekey_after_messages", "must be below reject_after_messages")
 
 
-# --- events ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LinkUp:
-    """A session with ``peer`` (whose certificate is ``cert``) is established over ``path``.
-
-    ``observed`` is the endpoint the peer saw our handshake come from (initiator side of a
-    direct path only; None otherwise). ``rtt_s``: the handshake's round trip (None: unknown),
-    the overlay's first estimate of the link's (``ipop.overlay.suspect``).
-    """
-
-    peer: NodeId
-    cert: NodeCertificate
-    path: Path
-    observed: Endpoint | None
-    rtt_s: float | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class LinkDown:
-    """The session with ``peer`` is gone ("timeout", "expired", "closed", "revoked", "stale":
-    see :meth:`LinkEndpoint.peer_unlinked`)."""
-
-    peer: NodeId
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkMessage:
-    """An authenticated, decrypted, non-empty payload from ``peer``, received over ``path``."""
-
-    peer: NodeId
-    payload: bytes
-    path: Path
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeFailed:
-    """Our handshake toward ``path`` got no acceptable answer; ``reason`` is the last refusal."""
-
-    path: Path
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedEndpoint:
-    """Peer ``by`` saw our datagrams come from ``endpoint`` (changed since LinkUp said, or
-    first heard from it through an echo: see :mod:`ipop.link.echo`).
-
-    ``rebound``: we had no earlier word from ``by``, but one of our busy links has just gone
-    silent and ``endpoint`` is where no other peer sees us: our NAT has most likely rebound.
-    """
-
-    endpoint: Endpoint
-    by: NodeId
-    rebound: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class LinkPathChanged:
-    """The up session with ``peer`` now runs over ``path`` ("roamed" or "handshake")."""
-
-    peer: NodeId
-    path: Path
-    reason: str
-
-
-# A frozen slots dataclass's __init__ sets each field through object.__setattr__: 1.8 µs for
-# LinkMessage here, more than the AEAD itself. The receive hot path fills the slots through
-# their member descriptors instead (0.7 µs); the result is an ordinary, equal, frozen instance.
-_new = object.__new__
-
-
-def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
-    setter: Callable[[object, object], None] = cls.__dict__[name].__set__
-    return setter
-
-
-_set_msg_peer = _slot_setter(LinkMessage, "peer")
-_set_msg_payload = _slot_setter(LinkMessage, "payload")
-_set_msg_path = _slot_setter(LinkMessage, "path")
-
-LinkEvent = LinkUp | LinkDown | LinkMessage | HandshakeFailed | ObservedEndpoint | LinkPathChanged
-
-
-@dataclass(frozen=True, slots=True)
-class LinkInfo:
-    """A snapshot of one up session (``ipop status`` material)."""
-
-    peer: NodeId
-    name: str
-    hostname: str | None
-    path: Path
-    established_at: float
-    last_rx: float
-    last_tx: float
-    bytes_in: int
-    bytes_out: int
-    packets_in: int
-    packets_out: int
-    cipher: str
-    observed: Endpoint | None
-    keys_established_at: float
-    rekeys: int
-    rtt_s: float | None = None  # the last handshake's round trip (either side); None: none yet
-
-
 # --- internal state --------------------------------------------------------------------------
-
-
-class _Keypair:
-    """One handshake's keys and counters; lives in ``LinkEndpoint._keypairs`` by local index."""
-
-    __slots__ = (
-        "cert",
-        "cipher",
-        "created_at",
-        "is_initiator",
-        "local_index",
-        "peer",
-        "recv",
-        "recv_aead",
-        "reject_at",
-        "rekey_at",
-        "rekey_counter_at",
-        "remote_index",
-        "replay",
-        "send",
-        "send_aead",
-        "send_counter",
-    )
-
-    def __init__(
-        self, keys: SessionKeys, peer: _Peer, cert: NodeCertificate, now: float, cfg: LinkConfig
-    ) -> None:
-        self.local_index = keys.local_index
-        self.remote_index = keys.remote_index
-        self.send = Aead(keys.cipher, keys.send_key)
-        self.recv = Aead(keys.cipher, keys.recv_key)
-        self.send_aead = self.send.primitive
-        self.recv_aead = self.recv.primitive
-        self.cipher = keys.cipher
-        self.is_initiator = keys.is_initiator
-        self.peer = peer
-        self.cert = cert
-        self.created_at = now
-        self.send_counter = 0
-        self.replay = ReplayWindow(cfg.replay_window)
-        self.rekey_at = now + cfg.rekey_after_s
-        self.rekey_counter_at = cfg.rekey_after_messages
-        self.reject_at = now + cfg.reject_after_s
 
 
 class _Peer:
@@ -529,14 +389,14 @@ class _Peer:
         # None until a handshake completed.
         self.rtt: float | None = None
         self.up = False
-        self.current: _Keypair | None = None
-        self.previous: _Keypair | None = None
+        self.current: Keypair[_Peer] | None = None
+        self.previous: Keypair[_Peer] | None = None
         # Keys ``previous`` held before, still in their grace period (see _install).
-        self.older: dict[int, _Keypair] = {}
-        self.pending: dict[int, _Keypair] = {}
+        self.older: dict[int, Keypair[_Peer]] = {}
+        self.pending: dict[int, Keypair[_Peer]] = {}
         # Pending keys a sibling's confirmation left unconfirmed, kept until ``spare_until``
-        # (see LinkEndpoint._confirm).
-        self.spare: dict[int, _Keypair] = {}
+        # (see LinkLayer._confirm).
+        self.spare: dict[int, Keypair[_Peer]] = {}
         self.spare_until = _INF
         self.observed: Endpoint | None = None
         self.established_at = 0.0
@@ -549,7 +409,7 @@ class _Peer:
         # (its id, None: none; when it left; whether it asks a witness).
         self.rx_gap = _INF
         self.rx_streak = 0
-        self.watched = False  # upper-layer traffic flows to it: see LinkEndpoint.watch
+        self.watched = False  # upper-layer traffic flows to it: see LinkLayer.watch
         self.tx_first = _INF
         self.echo_id: int | None = None
         self.echo_at = -_INF
@@ -558,7 +418,7 @@ class _Peer:
         self.rekeyed_stale_at = -_INF
         # (since, until) while peer_unlinked checks whether the peer still holds the session.
         self.unlinked_check: tuple[float, float] | None = None
-        # The deadline of this peer's live heap entry (see LinkEndpoint._touch).
+        # The deadline and seq of this peer's live heap entry (see ipop.link.timers).
         self.due = _INF
         self.due_seq = 0
 
@@ -575,10 +435,10 @@ class _Answered:
         self.paths: dict[Path, tuple[bytes, int]] = {}
 
 
-# --- the endpoint ----------------------------------------------------------------------------
+# --- the layer -------------------------------------------------------------------------------
 
 
-class LinkEndpoint:
+class LinkLayer:
     """Every session of one node; see the module docstring for the theory of operation."""
 
     def __init__(
@@ -586,14 +446,15 @@ class LinkEndpoint:
     ) -> None:
         self._identity = identity
         self._trust = identity.trust
-        self._rng = rng
         self.config = config if config is not None else LinkConfig()
         self.local_id: NodeId = identity.node_id
         self.drops: collections.Counter[str] = collections.Counter()
         # Facts that are not refusals (roaming, rekeys, collisions): for metrics and tests.
         self.stats: collections.Counter[str] = collections.Counter()
         self._peers: dict[NodeId, _Peer] = {}
-        self._keypairs: dict[int, _Keypair] = {}
+        # Our local indices -> keys, and the indices we retired (see _unknown_index).
+        self._keys: IndexTable[_Peer] = IndexTable(rng)
+        self._lookup = self._keys.lookup
         self._initiations: dict[int, Initiation] = {}
         # (initiator, responder the Init names) -> newest Init timestamp accepted (ms).
         self._last_init_ms: dict[tuple[NodeId, NodeId | Endpoint], int] = {}
@@ -602,9 +463,8 @@ class LinkEndpoint:
         self._events: collections.deque[LinkEvent] = collections.deque()
         self._timer: float | None = None
         self._timer_dirty = False
-        # (deadline, seq, peer): see _touch; entries whose seq is not the peer's are stale.
-        self._heap: list[tuple[float, int, NodeId]] = []
-        self._seq = 0
+        # Each peer's earliest deadline (see _touch and ipop.link.timers).
+        self._deadlines: DeadlineHeap[NodeId, _Peer] = DeadlineHeap(self._peers.get)
         self._next_gc = 0.0
         # When our own address last changed (local_address_changed): a direct path that has
         # carried nothing since leads to where we no longer are.
@@ -614,8 +474,6 @@ class LinkEndpoint:
         self._answered: dict[bytes, _Answered] = {}
         # What an Init may cost before it proved anything (ipop.link.cookie).
         self.guard = InitGuard()
-        # Indices we gave out and dropped -> whose they were (insertion order: oldest first).
-        self._retired: dict[int, NodeId] = {}
         # Relayed peer -> when _rekey_relayed last keyed it afresh (insertion order), and
         # the global budget of those handshakes (made on first use: it needs ``now``).
         self._relay_rekeyed: dict[NodeId, float] = {}
@@ -631,7 +489,6 @@ class LinkEndpoint:
         self._witness_ok_at = -_INF
         self._suspect_until = -_INF
         self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
-            TYPE_DATA: self._on_data,
             TYPE_HANDSHAKE_INIT: self._on_init,
             TYPE_HANDSHAKE_RESP: self._on_resp,
             TYPE_COOKIE_REPLY: self._on_cookie,
@@ -685,7 +542,7 @@ class LinkEndpoint:
         return self._seal(st, kp, payload, now), st.path
 
     def _seal(
-        self, st: _Peer, kp: _Keypair, payload: bytes | bytearray | memoryview, now: float
+        self, st: _Peer, kp: Keypair[_Peer], payload: bytes | bytearray | memoryview, now: float
     ) -> bytes:
         """Seal one DATA datagram with ``kp`` and do the bookkeeping (counters, rekey)."""
         counter = kp.send_counter
@@ -729,22 +586,27 @@ class LinkEndpoint:
     def open_data(self, data: bytes, path: Path, *, now: float) -> tuple[NodeId, bytes] | None:
         """Data-plane fast path: :meth:`receive_datagram` for one datagram, except that an
         authenticated non-empty DATA payload is returned as ``(peer, payload)`` instead of
-        being queued as a :class:`LinkMessage`.
+        being queued as a :class:`ipop.link.events.LinkMessage`.
 
         It is returned only when nothing else is queued in the event queue (before or because
         of this datagram: key confirmation, roaming), so that the caller handles it in the same
         order as the event would have been; otherwise the LinkMessage is queued as usual and
         None returned. Handshakes, keepalives and every drop behave exactly as in
         :meth:`receive_datagram` (None).
+
+        This is the one DATA authentication path (header, key lookup, expiry, replay window,
+        AEAD, key confirmation and older keys, liveness, counters, roaming, probes):
+        :meth:`receive_datagram` calls it and queues what it returns, so neither path pays a
+        call for the sharing.
         """
-        if not data or data[0] != TYPE_DATA or self._events:
-            self.receive_datagram(data, path, now=now)
+        if not data or data[0] != TYPE_DATA:
+            self._receive_other(data, path, now)
             return None
         if len(data) < DATA_MIN_BYTES:
             self.drops["malformed"] += 1
             return None
         _, index, counter = _HDR_UNPACK_FROM(data)
-        kp = self._keypairs.get(index)
+        kp = self._lookup(index)
         if kp is None:
             self._unknown_index(index, path, now)
             return None
@@ -753,7 +615,7 @@ class LinkEndpoint:
             return None
         replay = kp.replay
         newest = counter > replay.top
-        if not newest:
+        if not newest:  # in-order packets, the common case, skip the window lookup
             reason = replay.reject_reason(counter)
             if reason is not None:
                 self.drops[reason] += 1
@@ -781,12 +643,10 @@ class LinkEndpoint:
         if payload[0] == PROBE_TAG:
             self._on_probe(st, payload, path, now)
             return None
-        if self._events:  # LinkUp / LinkPathChanged first, then the message, as _on_data does
-            msg = _new(LinkMessage)
-            _set_msg_peer(msg, st.node_id)
-            _set_msg_payload(msg, payload)
-            _set_msg_path(msg, path)
-            self._events.append(msg)
+        if self._events:
+            # LinkUp / LinkPathChanged (or events queued before) first, then the message,
+            # as receive_datagram would have queued them.
+            self._events.append(link_message(st.node_id, payload, path))
             return None
         return st.node_id, payload
 
@@ -861,7 +721,8 @@ class LinkEndpoint:
         for st in self._peers.values():
             if st.up and st.last_rx < floor:
                 st.last_rx = floor
-                st.due = _INF  # the live heap entry is earlier: push the new deadline
+                # The live heap entry is earlier: push the new deadline.
+                self._deadlines.forget(st)
                 self._touch(st)
         self.stats["woke"] += 1
         return self.local_address_changed(now=now)
@@ -980,6 +841,13 @@ class LinkEndpoint:
 
     def receive_datagram(self, data: bytes, path: Path, *, now: float) -> None:
         """Feed one datagram that arrived on ``path``; never raises on peer input."""
+        # DATA takes open_data's path, the only one; it hands back what it did not queue.
+        got = self.open_data(data, path, now=now)
+        if got is not None:
+            self._events.append(link_message(got[0], got[1], path))
+
+    def _receive_other(self, data: bytes, path: Path, now: float) -> None:
+        """Any datagram but DATA (handshakes, cookie replies, garbage)."""
         if not data:
             self.drops["empty"] += 1
             return
@@ -1018,16 +886,10 @@ class LinkEndpoint:
                 ini.next_retry_at = now + ini.interval
                 self.stats["handshake_retransmitted"] += 1
                 self._send_init(ini, now)
-        heap = self._heap
         peers = self._peers
-        while heap and heap[0][0] <= now:
-            _, seq, node = heapq.heappop(heap)
-            st = peers.get(node)
-            if st is None or st.due_seq != seq:
-                continue  # stale entry
-            st.due = _INF
+        for st in self._deadlines.pop_due(now):
             self._peer_timer(st, now)
-            if peers.get(node) is st:
+            if peers.get(st.node_id) is st:
                 self._touch(st)
         self._send_probes(now)
         if now >= self._next_gc:
@@ -1048,7 +910,7 @@ class LinkEndpoint:
         for index, kp in list(st.pending.items()):
             if now >= kp.created_at + timeout:
                 del st.pending[index]
-                self._retire(index, st)
+                self._keys.retire(index, st.node_id)
         if st.spare and now >= st.spare_until:
             self._drop_spare(st)
         cur = st.current
@@ -1072,12 +934,12 @@ class LinkEndpoint:
             return
         prev = st.previous
         if prev is not None and now >= prev.reject_at:
-            self._retire(prev.local_index, st)
+            self._keys.retire(prev.local_index, st.node_id)
             st.previous = None
         for index, old in list(st.older.items()):
             if now >= old.reject_at:
                 del st.older[index]
-                self._retire(index, st)
+                self._keys.retire(index, st.node_id)
         if now >= cur.rekey_at:
             # An idle link rekeys too: overlay links live for hours, traffic or not.
             self._rekey_due(st, cur, now)
@@ -1133,63 +995,10 @@ class LinkEndpoint:
 
     def _touch(self, st: _Peer) -> None:
         """Push ``st``'s deadline if it moved earlier than its live heap entry."""
-        d = self._peer_deadline(st)
-        if d < st.due:
-            self._seq += 1
-            st.due = d
-            st.due_seq = self._seq
-            heapq.heappush(self._heap, (d, self._seq, st.node_id))
+        if self._deadlines.push(st.node_id, st, self._peer_deadline(st)):
             self._timer_dirty = True
 
     # --- receive paths ----------------------------------------------------------------------
-
-    def _on_data(self, data: bytes, path: Path, now: float) -> None:
-        if len(data) < DATA_MIN_BYTES:
-            self.drops["malformed"] += 1
-            return
-        _, index, counter = _HDR_UNPACK_FROM(data)
-        kp = self._keypairs.get(index)
-        if kp is None:
-            self._unknown_index(index, path, now)
-            return
-        if now >= kp.reject_at or counter >= self._reject_messages:
-            self.drops["expired_key"] += 1
-            return
-        replay = kp.replay
-        newest = counter > replay.top
-        if not newest:  # in-order packets, the common case, skip the window lookup
-            reason = replay.reject_reason(counter)
-            if reason is not None:
-                self.drops[reason] += 1
-                return
-        try:
-            payload = kp.recv_aead.decrypt(
-                nonce_for(counter), data[DATA_HEADER_BYTES:], data[:DATA_HEADER_BYTES]
-            )
-        except InvalidTag:
-            self.drops["auth_failed"] += 1
-            return
-        replay.accept(counter)
-        st = kp.peer
-        if kp is not st.current:
-            self._on_older_keys(st, kp, path, now)
-        self._heard(st, now)
-        st.rx_packets += 1
-        st.rx_bytes += len(data)
-        if path is st.path or path == st.path:
-            st.path_rx = now
-        elif newest:
-            self._maybe_roam(st, path, now)
-        if payload:
-            if payload[0] == PROBE_TAG:
-                self._on_probe(st, payload, path, now)
-                return
-            # LinkMessage(st.node_id, payload, path) without the frozen __init__ (see _new).
-            msg = _new(LinkMessage)
-            _set_msg_peer(msg, st.node_id)
-            _set_msg_payload(msg, payload)
-            _set_msg_path(msg, path)
-            self._events.append(msg)
 
     def _on_init(self, data: bytes, path: Path, now: float) -> None:
         cfg = self.config
@@ -1283,9 +1092,9 @@ class LinkEndpoint:
 
     def _pending_answer(self, answered: _Answered) -> bool:
         """Are keys we derived for this answered Init still waiting for confirmation?"""
-        keypairs = self._keypairs
+        lookup = self._lookup
         for _, index in answered.paths.values():
-            kp = keypairs.get(index)
+            kp = lookup(index)
             if kp is not None and index in kp.peer.pending:
                 return True
         return False
@@ -1294,7 +1103,7 @@ class LinkEndpoint:
         """Resp to the verified Init of ``answered``, arriving over ``path``; keys pending."""
         cfg = self.config
         verified = answered.verified
-        index = self._new_index()
+        index = self._keys.allocate(self._initiations)
         observed: Endpoint | None = None
         if isinstance(path, Endpoint):
             observed = path
@@ -1311,13 +1120,13 @@ class LinkEndpoint:
         st = self._peers.get(node)
         if st is None:
             st = self._peers[node] = _Peer(node, verified.cert, path)
-        kp = _Keypair(keys, st, verified.cert, now, cfg)
+        kp = Keypair(keys, st, verified.cert, now, cfg)
         st.pending[index] = kp
-        self._keypairs[index] = kp
+        self._keys.add(kp)
         while len(st.pending) > cfg.max_pending_responses:
             oldest = next(iter(st.pending))
             del st.pending[oldest]
-            self._retire(oldest, st)
+            self._keys.retire(oldest, st.node_id)
         paths = answered.paths
         paths.pop(path, None)
         paths[path] = (resp, index)
@@ -1385,8 +1194,8 @@ class LinkEndpoint:
         st = self._peers.get(node)
         if st is None:
             st = self._peers[node] = _Peer(node, cert, path)
-        kp = _Keypair(keys, st, cert, now, self.config)
-        self._keypairs[kp.local_index] = kp
+        kp = Keypair(keys, st, cert, now, self.config)
+        self._keys.add(kp)
         # Round trip of this handshake: what path choice compares (a retransmitted Init counts
         # from its first copy, which only makes a lossy path look worse).
         st.rtt = now - ini.started_at
@@ -1396,7 +1205,7 @@ class LinkEndpoint:
 
     # --- session state changes --------------------------------------------------------------
 
-    def _confirm(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
+    def _confirm(self, st: _Peer, kp: Keypair[_Peer], path: Path, now: float) -> None:
         """Responder side: ``kp`` was just proven by the initiator's first DATA.
 
         The other pending keys are kept as ``spare`` for ``SPARE_KEYS_S``, not dropped: when
@@ -1416,18 +1225,18 @@ class LinkEndpoint:
             st.pending.clear()
             while len(st.spare) > self.config.max_pending_responses:
                 oldest = next(iter(st.spare))
-                self._retire(st.spare.pop(oldest).local_index, st)
+                self._keys.retire(st.spare.pop(oldest).local_index, st.node_id)
             st.spare_until = now + timing.SPARE_KEYS_S
         st.spare.pop(kp.local_index, None)
         self._install(st, kp, path, now, None)
 
     def _drop_spare(self, st: _Peer) -> None:
         for index in st.spare:
-            self._retire(index, st)
+            self._keys.retire(index, st.node_id)
         st.spare.clear()
         st.spare_until = _INF
 
-    def _on_older_keys(self, st: _Peer, kp: _Keypair, path: Path, now: float) -> None:
+    def _on_older_keys(self, st: _Peer, kp: Keypair[_Peer], path: Path, now: float) -> None:
         """An authenticated DATA arrived on keys that are not ``current``."""
         if kp.local_index in st.pending:
             self._confirm(st, kp, path, now)
@@ -1457,7 +1266,7 @@ class LinkEndpoint:
     def _install(
         self,
         st: _Peer,
-        kp: _Keypair,
+        kp: Keypair[_Peer],
         path: Path,
         now: float,
         observed: Endpoint | None,
@@ -1480,7 +1289,7 @@ class LinkEndpoint:
                 older = st.older
                 older[prev.local_index] = prev
                 while len(older) > self.config.max_pending_responses:
-                    self._retire(older.pop(next(iter(older))).local_index, st)
+                    self._keys.retire(older.pop(next(iter(older))).local_index, st.node_id)
             st.previous = old
             st.rekeys += 1
         st.current = kp
@@ -1503,7 +1312,13 @@ class LinkEndpoint:
         if path == st.path:
             if rtt is not None:
                 st.path_rtt = rtt
-        elif self._better_path(st, path, rtt, now, heard=heard):
+        elif better_path(
+            PathQuality(st.path, st.path_rtt, st.path_rx),
+            PathQuality(path, _INF if rtt is None else rtt, now),
+            now,
+            heard=heard,
+            roamed_at=self._roamed_at,
+        ):
             st.roam_candidate = None
             st.path = path
             st.path_rtt = _INF if rtt is None else rtt
@@ -1516,44 +1331,6 @@ class LinkEndpoint:
             st.observed = observed
             self._events.append(ObservedEndpoint(observed, st.node_id))
 
-    def _better_path(
-        self, st: _Peer, path: Path, rtt: float | None, now: float, *, heard: float
-    ) -> bool:
-        """Should a session that is up on ``st.path`` move to ``path`` (whose handshake took
-        ``rtt``; None: we answered it)? ``heard``: when anything authenticated last came from
-        the peer before this handshake.
-
-        A relay never replaces a working direct path (a relay handshake started alongside a
-        direct one may finish last, moments after the direct session carried its first
-        messages); but one that nothing has come from for ``RELAY_TAKEOVER_SILENT_S`` is not
-        working: the peer was restarted, its punching socket (which the direct path led to)
-        died with it, and it keyed us afresh through a relay (kept on the dead path, our
-        traffic to it was lost until the link timed out: 15-20 s in tests/sim/
-        test_restart_sim.py). Nor is one that carried nothing since we roamed, or that the
-        peer told us it left (:meth:`peer_moved`): a pair that port guessing had joined cannot
-        follow a roam directly, and the overlay keys it through a relay meanwhile
-        (:meth:`ipop.overlay.node.OverlayNode.relay_fallback`). A direct path always replaces
-        a relay (the upgrade).
-        Between direct paths the faster handshake wins, with hysteresis: only a path at least
-        ``1 / PATH_SWITCH_RATIO`` times faster replaces one that carries traffic, so two
-        near-equal paths do not flap on every rekey, and a LAN path (fewer hops than the public
-        one, hairpinned through the NAT) is the one kept when two peers share a LAN.
-        """
-        if isinstance(path, RelayPath):
-            return (
-                not is_direct(st.path)
-                or now - heard >= timing.RELAY_TAKEOVER_SILENT_S
-                # Not working either: nothing came since we roamed away from its end, or the
-                # peer said (peer_moved) it left the other end.
-                or heard < self._roamed_at
-                or st.path_rx == -_INF
-            )
-        if isinstance(st.path, RelayPath):
-            return True
-        if now - st.path_rx >= timing.PATH_SILENT_S or st.path_rtt == _INF:
-            return True
-        return rtt is not None and rtt < st.path_rtt * timing.PATH_SWITCH_RATIO
-
     def _unknown_index(self, index: int, path: Path, now: float) -> None:
         """DATA under an index we no longer hold. If it is one we gave out and retired (keys
         we answered but dropped unconfirmed, keys a rekey replaced) and the peer's session is
@@ -1563,7 +1340,7 @@ class LinkEndpoint:
         no answer to garbage (invariant 1); at most one such handshake per handshake timeout.
         Relayed DATA under an index we never gave out: see :meth:`_rekey_relayed`."""
         self.drops["unknown_index"] += 1
-        peer = self._retired.get(index)
+        peer = self._keys.retired_owner(index)
         if peer is None:
             if type(path) is RelayPath:
                 self._rekey_relayed(path, now)
@@ -1619,37 +1396,22 @@ class LinkEndpoint:
         self.stats["rehandshake_relayed_unknown"] += 1
         self._start_initiation(path, peer, now)
 
-    def _retire(self, index: int, st: _Peer) -> None:
-        """Forget keys, remembering whose index it was (see :meth:`_unknown_index`)."""
-        self._keypairs.pop(index, None)
-        retired = self._retired
-        retired[index] = st.node_id
-        if len(retired) > RETIRED_MAX:
-            del retired[next(iter(retired))]
-
     def _maybe_roam(self, st: _Peer, path: Path, now: float) -> None:
-        """Newest authenticated DATA came from ``path``, not the session's: follow it if the
-        peer's NAT rebound (same address, new port: at once) or if nothing has come on our path
-        for PATH_SILENT_S (the peer moved to another of its paths; moving at once would flap
-        while both paths deliver)."""
-        cur = st.path
-        if isinstance(path, RelayPath) and is_direct(cur):
-            # The peer seals to us through a relay while our direct path has carried nothing
-            # for PATH_SILENT_S: it fell back after a roam (OverlayNode.relay_fallback), and
-            # what we send on the direct path no longer reaches it.
-            if now - st.path_rx >= timing.PATH_SILENT_S:
-                self.stats["relay_followed"] += 1
-                self._move(st, path, now)
+        """Newest authenticated DATA came from ``path``, not the session's: follow it or not
+        (:func:`ipop.link.paths.should_roam`)."""
+        roam = should_roam(PathQuality(st.path, st.path_rtt, st.path_rx), path, now)
+        if roam is Roam.STAY:
             return
-        if not (is_direct(path) and is_direct(cur)):
-            return
-        rebound = type(path) is Endpoint and type(cur) is Endpoint and path.host == cur.host
-        if not rebound and now - st.path_rx < timing.PATH_SILENT_S:
+        if roam is Roam.HOLD:
             self.stats["roam_held"] += 1
             st.roam_candidate = (path, now)
             return
+        if roam is Roam.FOLLOW_RELAY:
+            self.stats["relay_followed"] += 1
+            self._move(st, path, now)
+            return
         self._move(st, path, now)
-        if rebound and type(path) is Endpoint and st.current is not None:
+        if roam is Roam.REBOUND and type(path) is Endpoint and st.current is not None:
             # The peer's NAT gave it a new mapping, and it cannot know: peers behind
             # filtering NATs still send to the old one. Say so (ipop.link.echo, "seen").
             seen = echo.ack_payload(0, path, kind=echo.SEEN)
@@ -1675,7 +1437,7 @@ class LinkEndpoint:
             *st.older.values(),
         ):
             if kp is not None:
-                self._keypairs.pop(kp.local_index, None)
+                self._keys.discard(kp.local_index)
         del self._peers[st.node_id]
         self.pmtu.forget(st.node_id)
         self._timer_dirty = True
@@ -1849,7 +1611,7 @@ class LinkEndpoint:
             st.observed = observed
             self._events.append(ObservedEndpoint(observed, st.node_id, rebound))
 
-    def _rekey_due(self, st: _Peer, kp: _Keypair, now: float) -> None:
+    def _rekey_due(self, st: _Peer, kp: Keypair[_Peer], now: float) -> None:
         """Called from seal when ``kp`` crossed a rekey threshold (or a retry of it is due)."""
         cfg = self.config
         if now >= kp.reject_at or kp.send_counter >= cfg.reject_after_messages:
@@ -1876,7 +1638,7 @@ class LinkEndpoint:
     ) -> None:
         cfg = self.config
         ini = Initiation(
-            index=self._new_index(),
+            index=self._keys.allocate(self._initiations),
             path=path,
             expected=expected,
             ephemeral=X25519PrivateKey.generate(),
@@ -1923,22 +1685,8 @@ class LinkEndpoint:
                 return ini
         return None
 
-    def _new_index(self) -> int:
-        while True:
-            index = self._rng.getrandbits(32)
-            if index and index not in self._keypairs and index not in self._initiations:
-                return index
-
     def _compute_timer(self) -> float | None:
-        heap = self._heap
-        peers = self._peers
-        while heap:
-            _, seq, node = heap[0]
-            st = peers.get(node)
-            if st is not None and st.due_seq == seq:
-                break
-            heapq.heappop(heap)
-        t = heap[0][0] if heap else _INF
+        t = self._deadlines.next_deadline()
         for ini in self._initiations.values():
             t = min(t, ini.next_retry_at, ini.deadline)
         probe = self.pmtu.next_time()
