@@ -843,16 +843,33 @@ class OverlayNode:
     def _on_observed(self, ev: ObservedEndpoint, now: float) -> None:
         by = ev.by
         self._hop_heard(by, now)  # from an authenticated answer of its (Resp, echo ack)
-        before = self._observed_by.get(by) if by in self._table else None
         self._note_observed(ev.endpoint, now)
-        if by in self._table:
+        # A peer that sees us at our own address reached us with no NAT between (a host on
+        # our LAN): its view says nothing of our NAT's mappings. Compared with where peers
+        # outside see us it looked like a rebinding, and two hosts behind one symmetric NAT
+        # re-keyed every session at a cold start.
+        lan_view = any(ev.endpoint.host == e.host for e in self._local_endpoints)
+        before = self._observed_by.get(by) if by in self._table else None
+        if by in self._table and not lan_view:
             self._observed_by[by] = ev.endpoint
         if self._readvertise_at is not None:
             self._readvertise(now, via=by)
-        elif now >= self._rebind_ok_at and (
-            ev.rebound or (before is not None and before != ev.endpoint)
+        elif (
+            not lan_view
+            and now >= self._rebind_ok_at
+            and (
+                (ev.rebound and not self._seen_there_by_others(ev.endpoint, by))
+                or (before is not None and before != ev.endpoint)
+            )
         ):
             self._nat_rebound(ev.endpoint, by, now)
+
+    def _seen_there_by_others(self, endpoint: Endpoint, by: NodeId) -> bool:
+        """Does a peer other than ``by`` already see us at ``endpoint``? Then ``by``'s first
+        word of it (a "seen" notice, an echo's answer) is no news of a rebinding, however
+        the link layer judged it from its own peers' views: at a cold start, a port-
+        restricted host that every peer saw at one mapping re-keyed all its sessions."""
+        return any(v == endpoint for k, v in self._observed_by.items() if k != by)
 
     def _on_path_changed(self, ev: LinkPathChanged, now: float) -> None:
         if ev.peer in self._table:
