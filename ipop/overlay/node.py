@@ -536,6 +536,7 @@ class OverlayNode:
         self._last_probe = -_INF
         self._next_gossip = 0.0
         self._gossip_due = False
+        self._no_route_pull_at = -_INF  # see _pull_around
         self._link_handlers: dict[type, Callable[[object, float], None]] = {
             LinkUp: self._on_link_up,  # type: ignore[dict-item]
             LinkDown: self._on_link_down,  # type: ignore[dict-item]
@@ -1043,6 +1044,7 @@ class OverlayNode:
                 or (exclude == self.local_id)
             ):
                 self.drops["no_route"] += 1
+                self._pull_around(target, now)
                 return False
             self._deliver(msg, hops_so_far, received=received, now=now)
             return True
@@ -1064,6 +1066,24 @@ class OverlayNode:
             msg.cert,
         )
         return self._send_routed(hop, fwd.encode(), now)
+
+    def _pull_around(self, target: NodeId, now: float) -> None:
+        """No hop toward ``target``: nobody we know is nearer to it than we are, yet it is not
+        ours, so our view of the ring around it misses the node that links to it (a ring
+        still forming at a cold start, where such messages died until the next gossip, up to
+        OVERLAY_GOSSIP_INTERVAL_S later). Pull the neighbour lists of our two direct peers
+        nearest it now: what they know becomes a routing hint (``_hinted_hop``) and a near
+        candidate at the next tick. At most once per OVERLAY_NEIGHBOURS_REPLY_MIN_S."""
+        if now - self._no_route_pull_at < self.config.neighbours_reply_min_s:
+            return
+        self._no_route_pull_at = now
+        peers = sorted(self._table.direct_peers(), key=lambda p: (ring_distance(p, target), p))
+        if not peers:
+            return
+        pull = self._neighbours_message(reply_wanted=True)
+        for p in peers[:2]:
+            self._send(p, pull, now)
+        self.stats["no_route_pulled"] += 1
 
     def _send_routed(self, hop: NodeId, data: bytes, now: float) -> bool:
         """Send a routed message into ``hop``; a hop that stays silent becomes suspect."""

@@ -26,6 +26,7 @@ from ipop.overlay.messages import (
     KIND_CTM,
     KIND_CTM_REPLY,
     KIND_PING,
+    TYPE_ROUTED,
     ConnectToMe,
     ConnectToMeReply,
     Neighbours,
@@ -606,10 +607,18 @@ def test_an_answer_finds_a_new_node_back_the_way_its_request_came() -> None:
     node.on_link_event(LinkMessage(q, _routed_from(z, x, b"answer"), ep_q), now=2.5)
     assert [peer for peer, _ in links.sent] == [p]
     assert node.drops["no_route"] == 0 and node.stats["routed_via_reverse"] == 1
-    # The hint is a hint: it expires, and then the same message has no route.
+    # The hint is a hint: it expires, and then the same message has no route. What goes out
+    # is no message but a pull of the neighbour lists of the two peers nearest X (whoever
+    # links to X is missing from our view of the ring): P and Q, nearest first.
     links.sent.clear()
     node.on_link_event(LinkMessage(q, _routed_from(z, x, b"late"), ep_q), now=60.0)
-    assert links.sent == [] and node.drops["no_route"] == 1
+    assert node.drops["no_route"] == 1 and node.stats["no_route_pulled"] == 1
+    assert [peer for peer, _ in links.sent] == [q, p]
+    assert all(Neighbours.decode(data).reply_wanted for _, data in links.sent)
+    # At most one pull per neighbours_reply_min_s, however many messages find no route.
+    links.sent.clear()
+    node.on_link_event(LinkMessage(q, _routed_from(z, x, b"later"), ep_q), now=60.1)
+    assert links.sent == [] and node.drops["no_route"] == 2
 
 
 def test_the_source_hands_an_exact_message_to_its_nearest_peer_at_a_local_minimum() -> None:
@@ -629,7 +638,8 @@ def test_the_source_hands_an_exact_message_to_its_nearest_peer_at_a_local_minimu
     links.sent.clear()
     z = NodeId(300)
     node.on_link_event(LinkMessage(p, _routed_from(z, x, b"theirs"), ep_p), now=2.0)
-    assert links.sent == [] and node.drops["no_route"] == 1
+    assert node.drops["no_route"] == 1  # not forwarded; only neighbour lists pulled
+    assert not any(data[0] == TYPE_ROUTED for _, data in links.sent)
 
 
 def test_near_ctm_with_no_closer_link_detours_through_the_nearest_peer() -> None:
