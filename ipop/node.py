@@ -69,7 +69,7 @@ from ipop.link.pmtu import (
     PathMtuProber,
     ack_payload,
 )
-from ipop.nat.portguess import PortGuessing, is_knock
+from ipop.nat.portguess import FLAG_SYMMETRIC, PortGuessing, is_knock
 from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
 from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram, Roamed
 from ipop.overlay.messages import (
@@ -165,6 +165,9 @@ class NodeCore:
         # check pending), and when the roam began (see _relay_fallbacks).
         self._fallback_at: float | None = None
         self._roam_began = -math.inf
+        # The last roam was a NAT rebinding: only port-guessed sessions fall back (see
+        # _relay_fallbacks).
+        self._rebound_only = False
         # The last handle_timer: a gap past timing.WAKE_GAP_S means we did not run (_woke).
         self._last_timer = math.inf
         # Peers we asked a shortcut to, with the last time data went to them (idle expiry).
@@ -628,6 +631,7 @@ class NodeCore:
         self.birthday.roamed()
         self._shortcut_asked.clear()
         self._roam_began = now
+        self._rebound_only = reason == "rebound"
         after = timing.REBIND_RELAY_AFTER_S if reason == "rebound" else timing.ROAM_RELAY_AFTER_S
         self._fallback_at = now + after
 
@@ -652,14 +656,22 @@ class NodeCore:
         self._fallback_at = None
         relays: set[NodeId] = set()
         silent: list[NodeId] = []
+        flags = self.birthday.peer_flags() if self._rebound_only else {}
         for info in self.link.peers():
             heard = self.link.last_heard(info.peer)
             if heard is None or not is_direct(info.path):
                 continue
-            if heard < self._roam_began:
-                silent.append(info.peer)
-            else:
+            if heard >= self._roam_began:
                 relays.add(info.peer)
+            elif not self._rebound_only or (
+                # After a rebinding our address stayed, and a peer behind a filtering cone
+                # punches back to the mapping we re-advertise (a relay taking over first kept
+                # the pair relayed: tests/lab/test_rebind_lab.py). Port guessing joined a
+                # pair where our punching socket carries it or the peer said it is symmetric:
+                # its NAT admits only our old mapping, and only a relay reaches it.
+                type(info.path) is SocketPath or flags.get(info.peer, 0) & FLAG_SYMMETRIC
+            ):
+                silent.append(info.peer)
         for peer in silent:
             if self.overlay.relay_fallback(peer, relays=relays, now=now):
                 self.stats["roam_relay_fallbacks"] += 1
