@@ -120,7 +120,13 @@ def test_ci_preset_every_pair_by_name(make_lab: MakeLab) -> None:
             again += sweep(lab, [lab.host(src)], targets, workers=1)
         failed = {(r["from"], r["to"]) for r in again if not r["ok"]}
     assert not failed, f"first sweep {first_ok}/{len(rows)}; still failing: {sorted(failed)}"
-    first_failed = sorted(f"{r['from']}->{r['to']}" for r in rows if not r["ok"])
+    # A pair with a symmetric NAT's host links by port guessing or through a relay, and in
+    # about one cold start of 40 it lost both of the sweep's first pings while that formed
+    # (issue 14's closing note); it must answer on the retry above. Every other pair must
+    # answer from the first sweep on.
+    first_failed = sorted(
+        f"{r['from']}->{r['to']}" for r in rows if not r["ok"] and "sym" not in r["from"] + r["to"]
+    )
     assert not first_failed, f"first sweep {first_ok}/{len(rows)}: {first_failed}"
     # The kernel of every daemon keeps one neighbour entry on its TAP (the gateway), not one
     # per peer: the neighbour table is shared by the machine's namespaces (1,024 entries by
