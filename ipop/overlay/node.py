@@ -92,6 +92,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import heapq
 import ipaddress
 import random
 from collections.abc import Callable, Collection, Sequence
@@ -1077,11 +1078,13 @@ class OverlayNode:
         if now - self._no_route_pull_at < self.config.neighbours_reply_min_s:
             return
         self._no_route_pull_at = now
-        peers = sorted(self._table.direct_peers(), key=lambda p: (ring_distance(p, target), p))
+        peers = heapq.nsmallest(
+            2, self._table.direct_peers(), key=lambda p: (ring_distance(p, target), p)
+        )
         if not peers:
             return
         pull = self._neighbours_message(reply_wanted=True)
-        for p in peers[:2]:
+        for p in peers:
             self._send(p, pull, now)
         self.stats["no_route_pulled"] += 1
 
