@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 
 from ipop import timing
 from ipop.errors import LocalProtocolError
+from ipop.fallback import RoamFallback, Session
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
 from ipop.link.events import LinkDown, LinkInfo, LinkMessage, LinkPathChanged, LinkUp
@@ -69,7 +70,7 @@ from ipop.link.pmtu import (
     PathMtuProber,
     ack_payload,
 )
-from ipop.nat.portguess import FLAG_SYMMETRIC, PortGuessing, is_knock
+from ipop.nat.portguess import PortGuessing, is_knock
 from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
 from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram, Roamed
 from ipop.overlay.messages import (
@@ -161,13 +162,7 @@ class NodeCore:
         self._out: list[tuple[bytes, Path]] = []
         self._events: collections.deque[OverlayEvent] = collections.deque()
         self._shortcut_asked: dict[NodeId, float] = {}
-        # After a roam: when to look for direct sessions that heard nothing since (None: no
-        # check pending), and when the roam began (see _relay_fallbacks).
-        self._fallback_at: float | None = None
-        self._roam_began = -math.inf
-        # The last roam was a NAT rebinding: only port-guessed sessions fall back (see
-        # _relay_fallbacks).
-        self._rebound_only = False
+        self.fallback = RoamFallback()
         # The last handle_timer: a gap past timing.WAKE_GAP_S means we did not run (_woke).
         self._last_timer = math.inf
         # Peers we asked a shortcut to, with the last time data went to them (idle expiry).
@@ -455,7 +450,7 @@ class NodeCore:
         t = self.route_pmtu.next_time()
         if t is not None and now >= t:
             self._send_route_probes(now)
-        if self._fallback_at is not None and now >= self._fallback_at:
+        if self.fallback.due is not None and now >= self.fallback.due:
             self._relay_fallbacks(now)
         self._expire_shortcuts(now)
         if self._route_used:
@@ -526,7 +521,7 @@ class NodeCore:
             self.stun.get_timer(),
             self.birthday.get_timer(),
             self.route_pmtu.next_time(),
-            self._fallback_at,
+            self.fallback.due,
         ):
             if t is not None and (due is None or t < due):
                 due = t
@@ -630,10 +625,7 @@ class NodeCore:
         REBIND_RELAY_AFTER_S after a rebinding."""
         self.birthday.roamed()
         self._shortcut_asked.clear()
-        self._roam_began = now
-        self._rebound_only = reason == "rebound"
-        after = timing.REBIND_RELAY_AFTER_S if reason == "rebound" else timing.ROAM_RELAY_AFTER_S
-        self._fallback_at = now + after
+        self.fallback.roamed(reason, now=now)
 
     def _woke(self, now: float) -> None:
         """Our timers (due at least every overlay tick) did not run for WAKE_GAP_S: the process
@@ -646,39 +638,17 @@ class NodeCore:
         self._settle(now)
 
     def _relay_fallbacks(self, now: float) -> None:
-        """Every direct session silent since the roam: key it through a relay
-        (:meth:`OverlayNode.relay_fallback`); the re-key from the new address reached all the
-        others within a round trip. Only peers heard since the roam can relay: right after a
-        roam, every other direct peer may be as cut off as the one we fall back for, and a
-        handshake through one waited for its timeout (20 s). Checked again every
-        ROAM_RELAY_CHECK_S while a session stays silent, up to ROAM_FALLBACK_WINDOW_S after
-        the roam: when the first check comes, no relay may have been heard from yet."""
-        self._fallback_at = None
-        relays: set[NodeId] = set()
-        silent: list[NodeId] = []
-        flags = self.birthday.peer_flags() if self._rebound_only else {}
-        for info in self.link.peers():
-            heard = self.link.last_heard(info.peer)
-            if heard is None or not is_direct(info.path):
-                continue
-            if heard >= self._roam_began:
-                relays.add(info.peer)
-            elif not self._rebound_only or (
-                # After a rebinding our address stayed, and a peer behind a filtering cone
-                # punches back to the mapping we re-advertise (a relay taking over first kept
-                # the pair relayed: tests/lab/test_rebind_lab.py). Port guessing joined a
-                # pair where our punching socket carries it or the peer said it is symmetric:
-                # its NAT admits only our old mapping, and only a relay reaches it.
-                type(info.path) is SocketPath or flags.get(info.peer, 0) & FLAG_SYMMETRIC
-            ):
-                silent.append(info.peer)
-        for peer in silent:
-            if self.overlay.relay_fallback(peer, relays=relays, now=now):
+        """Key every direct session silent since the roam through a relay (:mod:`ipop.fallback`
+        says which, and through whom)."""
+        flags = self.birthday.peer_flags() if self.fallback.wants_flags() else {}
+        plan = self.fallback.plan(
+            (Session(i.peer, i.path, self.link.last_heard(i.peer)) for i in self.link.peers()),
+            flags=flags,
+            now=now,
+        )
+        for peer in plan.silent:
+            if self.overlay.relay_fallback(peer, relays=plan.relays, now=now):
                 self.stats["roam_relay_fallbacks"] += 1
-        if silent and now + timing.ROAM_RELAY_CHECK_S < (
-            self._roam_began + timing.ROAM_FALLBACK_WINDOW_S
-        ):
-            self._fallback_at = now + timing.ROAM_RELAY_CHECK_S
 
     def _on_link_path(self, peer: NodeId, now: float) -> None:
         """A session with ``peer`` is up or moved: a direct one ends our knocking at it."""

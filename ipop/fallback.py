@@ -1,0 +1,101 @@
+"""Relay fallback after we roam: which direct sessions go through a relay, through whom, when.
+
+After a roam (a new underlay address, our NAT rebinding, a wake-up) most peers hear the
+re-key from our new mapping within a round trip. A peer whose NAT admits only our old
+mapping never does: the pair stays cut off until the link times out. :class:`RoamFallback`
+decides, from the sessions' last-heard times, which silent direct sessions the node should
+key through a relay (:meth:`ipop.overlay.node.OverlayNode.relay_fallback`) and which peers
+may carry them: only those heard since the roam, because right after a roam every other
+direct peer may be as cut off as the one we fall back for (a handshake through one waits
+for its 20 s timeout).
+
+The check runs ROAM_RELAY_AFTER_S after a new address or a wake-up, REBIND_RELAY_AFTER_S
+after a rebinding (later, so that a filtering cone that punches back to the mapping we
+re-advertise wins first), and again every ROAM_RELAY_CHECK_S while a session stays silent,
+up to ROAM_FALLBACK_WINDOW_S after the roam: at the first check no relay may have been heard
+from yet. Pure: :class:`ipop.node.NodeCore` feeds it the sessions and applies the plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ipop import timing
+from ipop.nat.portguess import FLAG_SYMMETRIC
+from ipop.types import NodeId, Path, SocketPath, is_direct
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What the fallback needs to know of one link-layer session."""
+
+    peer: NodeId
+    path: Path
+    heard: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackPlan:
+    """Silent sessions to key through a relay, and the peers that may relay them."""
+
+    silent: tuple[NodeId, ...]
+    relays: frozenset[NodeId]
+
+
+class RoamFallback:
+    """The pending relay-fallback check after our last roam."""
+
+    def __init__(self) -> None:
+        self._due: float | None = None
+        self._began = -math.inf
+        # The last roam was a NAT rebinding: our address stayed, so only sessions that port
+        # guessing joined fall back (see plan()).
+        self._rebound_only = False
+
+    @property
+    def due(self) -> float | None:
+        """When :meth:`plan` should run next, or None when no check is pending."""
+        return self._due
+
+    def roamed(self, reason: str, *, now: float) -> None:
+        """We roamed for ``reason`` (:class:`ipop.overlay.events.Roamed`): check at the
+        reason's delay."""
+        self._began = now
+        self._rebound_only = reason == "rebound"
+        after = timing.REBIND_RELAY_AFTER_S if self._rebound_only else timing.ROAM_RELAY_AFTER_S
+        self._due = now + after
+
+    def wants_flags(self) -> bool:
+        """Whether :meth:`plan` reads the peers' port-guessing flags (after a rebinding)."""
+        return self._rebound_only
+
+    def plan(
+        self,
+        sessions: Iterable[Session],
+        *,
+        flags: Mapping[NodeId, int],
+        now: float,
+    ) -> FallbackPlan:
+        """The sessions to fall back now; schedules the next check while any stays silent."""
+        self._due = None
+        relays: set[NodeId] = set()
+        silent: list[NodeId] = []
+        for s in sessions:
+            if s.heard is None or not is_direct(s.path):
+                continue
+            if s.heard >= self._began:
+                relays.add(s.peer)
+            elif not self._rebound_only or (
+                # After a rebinding our address stayed, and a peer behind a filtering cone
+                # punches back to the mapping we re-advertise (a relay taking over first kept
+                # the pair relayed: tests/lab/test_rebind_lab.py). Port guessing joined a
+                # pair where our punching socket carries it or the peer said it is symmetric:
+                # its NAT admits only our old mapping, and only a relay reaches it.
+                type(s.path) is SocketPath or flags.get(s.peer, 0) & FLAG_SYMMETRIC
+            ):
+                silent.append(s.peer)
+        if silent and now + timing.ROAM_RELAY_CHECK_S < self._began + timing.ROAM_FALLBACK_WINDOW_S:
+            self._due = now + timing.ROAM_RELAY_CHECK_S
+        return FallbackPlan(tuple(silent), frozenset(relays))
