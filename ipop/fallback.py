@@ -19,11 +19,10 @@ from yet. Pure: :class:`ipop.node.NodeCore` feeds it the sessions and applies th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ipop import timing
-from ipop.nat.portguess import FLAG_SYMMETRIC
 from ipop.types import NodeId, Path, SocketPath, is_direct
 
 
@@ -34,6 +33,8 @@ class Session:
     peer: NodeId
     path: Path
     heard: float | None
+    # Our port-guessing knocks found this direct path (PortGuessing.joined).
+    knocked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +68,10 @@ class RoamFallback:
         after = timing.REBIND_RELAY_AFTER_S if self._rebound_only else timing.ROAM_RELAY_AFTER_S
         self._due = now + after
 
-    def wants_flags(self) -> bool:
-        """Whether :meth:`plan` reads the peers' port-guessing flags (after a rebinding)."""
-        return self._rebound_only
-
     def plan(
         self,
         sessions: Iterable[Session],
         *,
-        flags: Mapping[NodeId, int],
         now: float,
     ) -> FallbackPlan:
         """The sessions to fall back now; schedules the next check while any stays silent."""
@@ -91,9 +87,9 @@ class RoamFallback:
                 # After a rebinding our address stayed, and a peer behind a filtering cone
                 # punches back to the mapping we re-advertise (a relay taking over first kept
                 # the pair relayed: tests/lab/test_rebind_lab.py). Port guessing joined a
-                # pair where our punching socket carries it or the peer said it is symmetric:
-                # its NAT admits only our old mapping, and only a relay reaches it.
-                type(s.path) is SocketPath or flags.get(s.peer, 0) & FLAG_SYMMETRIC
+                # pair where our punching socket carries it or our knocks found it: the
+                # peer's NAT admits only our old mapping, and only a relay reaches it.
+                s.knocked or type(s.path) is SocketPath
             ):
                 silent.append(s.peer)
         if silent and now + timing.ROAM_RELAY_CHECK_S < self._began + timing.ROAM_FALLBACK_WINDOW_S:

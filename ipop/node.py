@@ -640,10 +640,12 @@ class NodeCore:
     def _relay_fallbacks(self, now: float) -> None:
         """Key every direct session silent since the roam through a relay (:mod:`ipop.fallback`
         says which, and through whom)."""
-        flags = self.birthday.peer_flags() if self.fallback.wants_flags() else {}
+        link, joined = self.link, self.birthday.joined
         plan = self.fallback.plan(
-            (Session(i.peer, i.path, self.link.last_heard(i.peer)) for i in self.link.peers()),
-            flags=flags,
+            (
+                Session(i.peer, i.path, link.last_heard(i.peer), joined(i.peer))
+                for i in link.peers()
+            ),
             now=now,
         )
         for peer in plan.silent:
@@ -653,7 +655,7 @@ class NodeCore:
     def _on_link_path(self, peer: NodeId, now: float) -> None:
         """A session with ``peer`` is up or moved: a direct one ends our knocking at it."""
         path = self.link.path_of(peer)
-        if path is not None and is_direct(path) and self.birthday.stop(peer):
+        if path is not None and is_direct(path) and self.birthday.linked(peer, now=now):
             self.journal.punch_linked(peer, path, now=now)
 
     # --- revocation (ipop.revocation) ------------------------------------------------------
@@ -709,6 +711,7 @@ class NodeCore:
                 elif type(lev) is LinkDown:
                     self.journal.link_down(lev.peer, lev.reason, now=now)
                     self.revocation.link_down(lev.peer)
+                    self.birthday.unlinked(lev.peer)
                 overlay.on_link_event(lev, now=now)
             for data, path in link.datagrams_to_send(now=now):
                 if isinstance(path, RelayPath):

@@ -383,6 +383,9 @@ BIRTHDAY_KNOCKS = 1024
 BIRTHDAY_ROUNDS = 3
 # Between rounds: long enough for a hit's handshake to come back and stop the run.
 BIRTHDAY_ROUND_S = 0.3
+# A direct path that comes up this long after a knock run's last round still counts as found
+# by the knocking: the symmetric side's handshake on the opened path takes a few round trips.
+BIRTHDAY_JOIN_SLACK_S = 5.0
 # A token given out in a GO is good this long: the knock runs end well inside it.
 BIRTHDAY_WINDOW_S = 5.0
 # One HELLO (and one knock run) per peer this often at most: a pair whose guessing failed

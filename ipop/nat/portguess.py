@@ -181,6 +181,10 @@ class PortGuessing:
         self._runs: dict[NodeId, _Run] = {}
         self._expected: dict[bytes, tuple[NodeId, float]] = {}
         self._peer_flags: dict[NodeId, int] = {}
+        # Peers whose direct path our knocking found (we are the cone side; the symmetric
+        # side's path is a SocketPath). Kept across our roams, unlike everything above: it
+        # describes the session, whose peer's NAT admits only the mapping we knocked from.
+        self._joined: dict[NodeId, None] = {}
         # When we last sent openers (the I/O layer closes idle punching sockets after it).
         self.last_open_at = float("-inf")
 
@@ -394,13 +398,33 @@ class PortGuessing:
             table.clear()
         self.stats["roamed"] += 1
 
-    def stop(self, peer: NodeId) -> bool:
-        """A direct link to ``peer`` is up: knocking on would only spray. True if a run was
-        going (the guessing found the path, or ran alongside whatever did)."""
+    def linked(self, peer: NodeId, *, now: float) -> bool:
+        """A direct path to ``peer`` is up: knocking on would only spray. True if a run was
+        going (the guessing found the path, or ran alongside whatever did).
+
+        The path counts as found by our knocking (:meth:`joined`) when a run at the peer
+        started within the time a run lasts plus a handshake: the hit may come in the last
+        round, after the run itself has ended."""
+        started = self._knocked_at.get(peer)
+        window = self.rounds * timing.BIRTHDAY_ROUND_S + timing.BIRTHDAY_JOIN_SLACK_S
+        if started is not None and now - started <= window:
+            self._joined[peer] = None
+        else:
+            self._joined.pop(peer, None)
         if self._runs.pop(peer, None) is None:
             return False
         self.stats["runs_ended_linked"] += 1
         return True
+
+    def unlinked(self, peer: NodeId) -> None:
+        """The session with ``peer`` is gone: so is what we knew of how it was joined."""
+        self._joined.pop(peer, None)
+
+    def joined(self, peer: NodeId) -> bool:
+        """Whether our knocking found the direct path to ``peer`` that is up. Such a path
+        passes the peer's symmetric NAT only from the mapping we knocked from: after our NAT
+        rebinds, the peer cannot reach us directly any more (:mod:`ipop.fallback`)."""
+        return peer in self._joined
 
     def get_timer(self) -> float | None:
         if not self._runs:  # almost always: asked after every input the node gets
@@ -448,10 +472,11 @@ class PortGuessing:
                     del t[p]
             self._go_welcome = {p: u for p, u in self._go_welcome.items() if u >= now}
             self._expected = {k: v for k, v in self._expected.items() if v[1] >= now}
-        bounded: tuple[dict[NodeId, float] | dict[NodeId, int], ...] = (
+        bounded: tuple[dict[NodeId, float] | dict[NodeId, int] | dict[NodeId, None], ...] = (
             *tables,
             self._go_welcome,
             self._peer_flags,
+            self._joined,
         )
         for table in bounded:
             while len(table) > _MAX_PEERS:

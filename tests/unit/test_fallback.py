@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ipop import timing
 from ipop.fallback import RoamFallback, Session
-from ipop.nat.portguess import FLAG_SYMMETRIC
 from ipop.types import Endpoint, NodeId, RelayPath, SocketPath
 
 A, B, C, D = (NodeId(n << 150) for n in (1, 2, 3, 4))
@@ -23,7 +22,6 @@ def test_a_new_address_checks_sooner_than_a_rebinding() -> None:
     assert fb.due == 100.0 + timing.ROAM_RELAY_AFTER_S
     fb.roamed("rebound", now=200.0)
     assert fb.due == 200.0 + timing.REBIND_RELAY_AFTER_S
-    assert fb.wants_flags()
 
 
 def test_silent_direct_sessions_fall_back_through_peers_heard_since_the_roam() -> None:
@@ -36,7 +34,6 @@ def test_silent_direct_sessions_fall_back_through_peers_heard_since_the_roam() -
             Session(C, RelayPath(B, C), heard=1.0),  # already relayed: left alone
             Session(D, EP, heard=None),  # never heard: not a session that roamed
         ],
-        flags={},
         now=11.0,
     )
     assert plan.silent == (A,)
@@ -48,11 +45,11 @@ def test_silent_direct_sessions_fall_back_through_peers_heard_since_the_roam() -
 def test_checks_stop_when_nothing_is_silent_or_the_window_closes() -> None:
     fb = RoamFallback()
     fb.roamed("local", now=0.0)
-    fb.plan([Session(B, EP, heard=0.5)], flags={}, now=1.0)
+    fb.plan([Session(B, EP, heard=0.5)], now=1.0)
     assert fb.due is None
     fb.roamed("local", now=0.0)
     late = timing.ROAM_FALLBACK_WINDOW_S - timing.ROAM_RELAY_CHECK_S / 2
-    plan = fb.plan([Session(A, EP, heard=-1.0)], flags={}, now=late)
+    plan = fb.plan([Session(A, EP, heard=-1.0)], now=late)
     assert plan.silent == (A,)
     assert fb.due is None
 
@@ -65,14 +62,12 @@ def test_after_a_rebinding_only_port_guessed_sessions_fall_back() -> None:
         [
             Session(A, EP, heard=5.0),  # a cone peer punches back to us: no relay
             Session(B, guessed, heard=5.0),  # our punching socket carries it
-            Session(C, EP, heard=5.0),  # the peer said it is symmetric
+            Session(C, EP, heard=5.0, knocked=True),  # our knocks found it
         ],
-        flags={C: FLAG_SYMMETRIC},
         now=12.0,
     )
     assert plan.silent == (B, C)
     # A later roam to a new address lets every silent session fall back again.
     fb.roamed("local", now=20.0)
-    assert not fb.wants_flags()
-    plan = fb.plan([Session(A, EP, heard=5.0)], flags={}, now=21.0)
+    plan = fb.plan([Session(A, EP, heard=5.0)], now=21.0)
     assert plan.silent == (A,)

@@ -88,12 +88,13 @@ def test_knocks_go_to_random_ports_of_the_address_in_rounds_until_linked() -> No
     assert c.get_timer() == T0 + timing.BIRTHDAY_ROUND_S
     c.handle_timer(now=T0 + timing.BIRTHDAY_ROUND_S)
     assert len(c.datagrams_to_send()) == 16
-    c.stop(S_ID)  # the hit's handshake came back
+    assert c.linked(S_ID, now=T0 + timing.BIRTHDAY_ROUND_S)  # the hit's handshake came back
     assert c.get_timer() is None
+    assert c.joined(S_ID)
 
 
-def test_a_run_ends_after_its_rounds() -> None:
-    s, c = _pair()
+def _whole_run(s: PortGuessing, c: PortGuessing) -> tuple[float, int]:
+    """S says GO and C knocks every round: when the last round went, and the knocks sent."""
     go = _go_from_s(s, c)
     c.receive(
         S_ID, go, symmetric=False, translated=False, public_host=None, endpoints=(), now=T0,
@@ -105,6 +106,28 @@ def test_a_run_ends_after_its_rounds() -> None:
         now = t
         c.handle_timer(now=now)
         sent += len(c.datagrams_to_send())
+    return now, sent
+
+
+def test_a_path_counts_as_knocked_if_it_comes_up_soon_after_a_run_even_its_last_round() -> None:
+    s, c = _pair()
+    now, _ = _whole_run(s, c)
+    assert not c.linked(S_ID, now=now + 1.0)  # no run was going any more...
+    assert c.joined(S_ID)  # ...but the last round's hit found the path
+    c.roamed()
+    assert c.joined(S_ID)  # a roam keeps it: it describes the session, not our address
+    c.unlinked(S_ID)
+    assert not c.joined(S_ID)
+    # A direct path long after any run (e.g. a punch-back) was not found by knocking.
+    assert not c.linked(S_ID, now=now + 60.0)
+    assert not c.joined(S_ID)
+    # The opening side's path is a SocketPath; it knocked at nobody.
+    assert not s.linked(C_ID, now=T0 + 1.0)
+    assert not s.joined(C_ID)
+
+
+def test_a_run_ends_after_its_rounds() -> None:
+    _, sent = _whole_run(*_pair())
     assert sent == timing.BIRTHDAY_ROUNDS * 16
 
 
