@@ -70,6 +70,7 @@ from ipop.link.pmtu import (
     PathMtuProber,
     ack_payload,
 )
+from ipop.nat.mapping import MappingCheck, Observer
 from ipop.nat.portguess import PortGuessing, is_knock
 from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
 from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram, Roamed
@@ -163,6 +164,7 @@ class NodeCore:
         self._events: collections.deque[OverlayEvent] = collections.deque()
         self._shortcut_asked: dict[NodeId, float] = {}
         self.fallback = RoamFallback()
+        self.mapping = MappingCheck()
         # The last handle_timer: a gap past timing.WAKE_GAP_S means we did not run (_woke).
         self._last_timer = math.inf
         # Peers we asked a shortcut to, with the last time data went to them (idle expiry).
@@ -452,6 +454,8 @@ class NodeCore:
             self._send_route_probes(now)
         if self.fallback.due is not None and now >= self.fallback.due:
             self._relay_fallbacks(now)
+        if self.mapping.ready(now):
+            self._check_mapping(now)
         self._expire_shortcuts(now)
         if self._route_used:
             self._expire_routes(now)
@@ -522,6 +526,7 @@ class NodeCore:
             self.birthday.get_timer(),
             self.route_pmtu.next_time(),
             self.fallback.due,
+            self.mapping.due(),
         ):
             if t is not None and (due is None or t < due):
                 due = t
@@ -651,6 +656,15 @@ class NodeCore:
         for peer in plan.silent:
             if self.overlay.relay_fallback(peer, relays=plan.relays, now=now):
                 self.stats["roam_relay_fallbacks"] += 1
+
+    def _check_mapping(self, now: float) -> None:
+        """Behind a NAT, ask one peer outside it where it sees us (:mod:`ipop.nat.mapping`)."""
+        observers = (
+            Observer(i.peer, i.observed, type(i.path) is Endpoint) for i in self.link.peers()
+        )
+        peer = self.mapping.pick(observers, local=self.overlay.local_endpoints, now=now)
+        if peer is not None and self.link.echo(peer, now=now):
+            self.stats["mapping_checks"] += 1
 
     def _on_link_path(self, peer: NodeId, now: float) -> None:
         """A session with ``peer`` is up or moved: a direct one ends our knocking at it."""

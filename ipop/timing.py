@@ -326,6 +326,11 @@ RELAY_TAKEOVER_SILENT_S = 2.0
 # new public one (one round trip to a public peer), or this long after at the latest (no peer
 # can hear us yet: advertise what we know). Well inside the 2 s traffic may stall for.
 ROAM_ADVERTISE_WAIT_S = 0.5
+# A node behind a NAT asks one peer outside it where it sees us this often, traffic or not
+# (ipop.nat.mapping): after its NAT dropped its mappings, every inbound path to it is dead
+# until it sends, and an idle node sent next with the overlay's gossip (up to 6 s later).
+# Noticed within this plus a round trip, the rebinding re-keys every session.
+MAPPING_CHECK_S = 2.0
 # A peer that sees us at a new endpoint means our NAT rebound; at most one roam this often
 # (each one costs a CTM per direct peer), and never right after one (answers to the
 # re-handshakes of a roam report new endpoints one after another).

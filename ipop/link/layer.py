@@ -1467,6 +1467,19 @@ class LinkLayer:
         if st is not None and self._echoes:
             st.watched = True
 
+    def echo(self, peer: NodeId, *, now: float) -> bool:
+        """Ask ``peer`` where it sees us now (an echo, :mod:`ipop.link.echo`), as
+        :mod:`ipop.nat.mapping` does on idle nodes: a changed answer is an ObservedEndpoint,
+        none within REBIND_ECHO_WAIT_S asks witnesses. False if none went (no direct
+        session up, echoes off, one already out)."""
+        st = self._peers.get(peer)
+        if st is None or not self._echoes or not st.up or st.echo_id is not None:
+            return False
+        if type(st.path) is not Endpoint:
+            return False
+        self._send_echo(st, now, witness=False)
+        return True
+
     def want_path_mtu(self, peer: NodeId, *, now: float) -> None:
         """Data flows to ``peer``: probe its path's MTU (see :mod:`ipop.link.pmtu`), and watch
         its session (:meth:`watch`)."""

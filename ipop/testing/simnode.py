@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from ipop.aio.node import Node
 from ipop.identity import NetworkCA
+from ipop.link.layer import LinkConfig
 from ipop.overlay.node import OverlayConfig
 from ipop.testing.identities import make_identity
 from ipop.testing.netsim import Host
@@ -64,9 +65,11 @@ def start_nodes(
     rng: random.Random,
     port: int = PORT,
     overlay_config: OverlayConfig | None = None,
+    link_config: LinkConfig | None = None,
 ) -> list[Node]:
     """One started node per host (call on the running loop); ``hosts[0]`` bootstraps the rest.
-    ``overlay_config``: every node's, its ``local_endpoints`` set per host."""
+    ``overlay_config``: every node's, its ``local_endpoints`` set per host; ``link_config``:
+    every node's."""
     loop = asyncio.get_running_loop()
     nodes: list[Node] = []
     boot: list[Endpoint] = []
@@ -79,6 +82,7 @@ def start_nodes(
             overlay_config=dataclasses.replace(
                 overlay_config or OverlayConfig(), local_endpoints=(Endpoint(host.address, port),)
             ),
+            link_config=link_config,
         )
         node.attach(
             host.bind(port, node.datagram_received),

@@ -17,7 +17,10 @@ import random
 
 import pytest
 
+from ipop import timing
 from ipop.aio.node import Node
+from ipop.link.layer import LinkConfig
+from ipop.overlay.node import OverlayConfig
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import NatBox, Network
@@ -139,6 +142,68 @@ def test_a_port_guessed_pair_resumes_within_4s_after_a_nat_flush(flushed: str) -
             assert resumed <= GUESSED_RESUME_WITHIN_S, f"traffic resumed after {resumed:.2f} s"
             assert a.core.stats["roam_relay_fallbacks"] >= 1
             await _keeps_flowing(answered, flushed_at + resumed)
+        finally:
+            await _stop(task, nodes)
+
+    run_virtual(body(), start=SIM_EPOCH)
+
+
+def test_an_idle_host_is_reachable_within_3s_after_its_nat_flushes() -> None:
+    """Nothing flows to or from ``a`` (behind a port-restricted NAT) when its NAT drops every
+    mapping. Every inbound path to ``a`` is dead until ``a`` itself sends from a new mapping,
+    so a public peer that starts pinging it right after the flush gets nothing back until
+    then. ``a``'s mapping check (ipop.nat.mapping) asks a peer outside where it sees us
+    every MAPPING_CHECK_S; before it, ``a`` sent next with its gossip, a keepalive or (three
+    nodes are too few for a full near set or far links) a near probe or far-link attempt,
+    whichever came first: up to 5 or 15 s later in the soak. Here these are slowed to 30-40 s
+    or off, so that only the check can end the outage soon, twice in a row."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        quiet = OverlayConfig(
+            gossip_interval_s=30.0,
+            near_suspect_s=45.0,
+            near_dead_s=90.0,
+            near_retry_s=30.0,
+            far_links=False,
+        )
+        net = Network(rng=random.Random(7))
+        ca = make_network("rebind", now=loop.time())
+        hosts = [
+            net.add_public_host("boot"),
+            net.add_public_host("p"),
+            net.add_host("a", "port-restricted-cone"),
+        ]
+        a_nat = hosts[2].nat
+        assert a_nat is not None
+        nodes = start_nodes(
+            hosts,
+            ca,
+            rng=random.Random(8),
+            overlay_config=quiet,
+            link_config=LinkConfig(keepalive_interval_s=40.0),
+        )
+        p, a = nodes[1], nodes[2]
+        answered: list[float] = []
+        task: asyncio.Task[None] | None = None
+        try:
+            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            assert await until(lambda: direct_both_ways(a, p), 30), "a and p never linked"
+            for _ in range(2):
+                # Idle, and past ROAM_REBIND_MIN_S since the last rebinding.
+                await asyncio.sleep(timing.ROAM_REBIND_MIN_S + 2)
+                answered.clear()
+                flushed_at = loop.time()
+                assert net.flush_nat(a_nat) > 0
+                task = loop.create_task(pinger(p, a, answered, every_s=PING_EVERY_S))
+                assert await until(lambda: bool(answered), 40), "a was never reached again"
+                resumed = answered[0] - flushed_at
+                print(f"idle host after its NAT flush: reached after {resumed:.2f} s")
+                assert resumed <= timing.MAPPING_CHECK_S + 1.0, f"reached after {resumed:.2f} s"
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                task = None
+            assert a.core.stats["mapping_checks"] >= 1
         finally:
             await _stop(task, nodes)
 
