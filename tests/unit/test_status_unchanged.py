@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from ipop.aio.daemon import Daemon, DaemonControl, DaemonSettings
+from ipop.aio.commands import DaemonControl
+from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.link.events import LinkInfo
 from ipop.nat.portguess import PortGuessing
 from ipop.node import NodeCore
