@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import functools
 import logging
 import random
-import resource
 import secrets
 import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,13 +35,14 @@ from typing import Any, Protocol
 from pyroute2 import AsyncIPRoute
 
 from ipop import timing
+from ipop.aio import natio
 from ipop.aio.address import AddressKeeper
 from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
+from ipop.aio.natio import NatSockets
 from ipop.aio.node import Node
 from ipop.aio.peerstore import PeerStore
-from ipop.aio.sockets import LoopUdpSocket
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
 from ipop.config import NodeConfig
@@ -54,14 +51,7 @@ from ipop.dht.record import ip_key
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
-from ipop.nat.netcheck import (
-    PYSTUN3_TRAPS,
-    NetcheckResult,
-    SecondOpinion,
-    pystun3_kind,
-    run_netcheck,
-)
-from ipop.nat.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
+from ipop.nat.netcheck import NetcheckResult
 from ipop.nolinks import NoLinkWatch
 from ipop.report import LocalView, build_status, prefixed
 from ipop.status import (
@@ -88,10 +78,6 @@ log = logging.getLogger("ipopd")
 # 1500-byte underlay minus IPv4 (20) + UDP (8) + link DATA header (13) + AEAD tag (16) +
 # DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
 DEFAULT_TAP_MTU = 1400
-# A STUN transaction ends in the core (ipop.timing.STUN_TIMEOUT_S); this only bounds the wait.
-STUN_DEADLINE_S = 5.0
-STUN_POLL_S = 0.005
-MAX_NETCHECK_PEERS = 8
 # Linked peers' vIPs from their hostnames (learn_peer_vips): how often, how many lookups a
 # sweep, and how long an answer holds.
 MAX_PEER_VIP_LOOKUPS = 8
@@ -238,7 +224,7 @@ class Daemon:
         self.arp = ArpResponder(None, self.subnet)
         self._arp_type = ETH_P_ARP.to_bytes(2, "big")
         self.netcheck_result: NetcheckResult | None = None
-        self._stun_socks: dict[int, socket.socket] = {}
+        self.nat = NatSockets(settings.listen.host, self.stats)
         self.addrwatch: AddressWatcher | None = None
         self.peer_store = PeerStore(settings.state_dir, network=self.network)
         self._remembering = False  # set once _start has begun noting links
@@ -299,9 +285,16 @@ class Daemon:
             self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
         if self._services_factory is not None:
             self.services = self._services_factory(self)
-        self.node.attach(self.udp, open_socket=self._open_punch_socket)
-        self.node.core.stun.serve = self.settings.stun_serve
-        self._open_stun_alternates(local)
+        self.node.attach(self.udp, open_socket=self.nat.open_punch)
+        self.node.core.stun.serve = s.stun_serve
+        if s.stun_serve:
+            self.nat.open_alternates(
+                self.node,
+                self.udp.port,
+                local,
+                alternate=s.stun_alternate,
+                alt_port=s.stun_alt_port,
+            )
         self.node.start()
         self.dataplane.start()
         self._watch_addresses(local)
@@ -406,7 +399,7 @@ class Daemon:
             if self._remembering:
                 self.remember_links(now=time.time(), final=True)
             await self.node.close()
-        self._close_stun_alternates()
+        self.nat.close()
         if self.udp is not None:
             self.udp.close()
         if self.tap is not None:
@@ -626,186 +619,20 @@ class Daemon:
                 return "relayed" if isinstance(info.path, RelayPath) else "direct"
         return "overlay"
 
-    # --- NAT discovery (ipop.nat.stun, ipop.nat.netcheck) --------------------------------------
-
-    def _open_stun_alternates(self, local: list[Endpoint]) -> None:
-        """A STUN-serving node with a second address serves CHANGE-REQUEST: two more sockets,
-        (first address, alt port) and (second address, alt port), owned by the daemon and
-        read here; what the agent answers from them leaves through :meth:`_stun_alt_send`."""
-        s = self.settings
-        node, udp = self.node, self.udp
-        assert node is not None and udp is not None
-        if not s.stun_serve or s.stun_alternate == "off" or not local:
-            return
-        primary = Endpoint(local[0].host, udp.port)
-        if s.stun_alternate == "auto":
-            others = [ep.host for ep in local[1:] if ep.host != primary.host]
-            if not others:
-                return
-            alt_host = others[0]
-        else:
-            alt_host = s.stun_alternate
-        alt_port = s.stun_alt_port or udp.port + 1
-        loop = asyncio.get_running_loop()
-        try:
-            for source, host in ((SOURCE_ALT_PORT, primary.host), (SOURCE_ALT_BOTH, alt_host)):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                self._stun_socks[source] = sock
-                sock.bind((host, alt_port))
-                sock.setblocking(False)
-                loop.add_reader(sock.fileno(), self._stun_readable, source, sock)
-        except OSError as exc:
-            log.warning("event=stun_alternate_failed error=%s", exc)
-            self._close_stun_alternates()
-            return
-        node.core.stun.set_sources(primary, alt_port=alt_port, alt_host=alt_host)
-        node.core.stun_alt_send = self._stun_alt_send
-        log.info("event=stun_server primary=%s alternate=%s:%d", primary, alt_host, alt_port)
-
-    def _open_punch_socket(
-        self, on_datagram: Callable[[bytes, tuple[str, int]], None]
-    ) -> LoopUdpSocket:
-        """One more socket for port guessing (ipop.nat.portguess), on the overlay socket's
-        address."""
-        _raise_fd_limit()
-        return LoopUdpSocket(self.settings.listen.host, on_datagram, self.stats)
-
-    def _close_stun_alternates(self) -> None:
-        socks, self._stun_socks = self._stun_socks, {}
-        for sock in socks.values():
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
-
-    def _stun_readable(self, source: int, sock: socket.socket) -> None:
-        node = self.node
-        if node is None:
-            return
-        now = time.time()
-        for _ in range(64):  # bounded: the overlay socket must not starve
-            try:
-                data, addr = sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self.stats["stun_recv_error"] += 1
-                break
-            if data and data[0] < 4:
-                node.core.stun.receive(data, Endpoint(addr[0], addr[1]), now=now, via=source)
-            else:
-                self.stats["stun_alt_not_stun"] += 1
-        node.core.stun_flush()
-        if node.driver is not None:
-            node.driver.pump()
-
-    def _stun_alt_send(self, source: int, data: bytes, dst: Endpoint) -> None:
-        sock = self._stun_socks.get(source)
-        if sock is None:
-            self.stats["stun_no_socket"] += 1
-            return
-        try:
-            sock.sendto(data, (dst.host, dst.port))
-        except OSError:
-            self.stats["stun_send_error"] += 1
-
-    async def stun_transact(
-        self, server: Endpoint, change_ip: bool, change_port: bool, *, pad: bool = True
-    ) -> StunAnswer | None:
-        """One Binding transaction from the overlay socket (retransmitted by the core).
-
-        ``pad``: PADDING up to what an ipop server needs to answer (ipop.nat.stun); off for servers
-        we did not write (an RFC 3489 server such as stund drops what it does not know)."""
-        node = self.node
-        if node is None or node.driver is None:
-            return None
-        core = node.core
-        key = core.stun.request(
-            server, now=time.time(), change_ip=change_ip, change_port=change_port, pad=pad
-        )
-        core.stun_flush()
-        node.driver.pump()
-        deadline = time.monotonic() + STUN_DEADLINE_S
-        while time.monotonic() < deadline:
-            outcome = core.stun.take_result(key)
-            if outcome is not None:
-                return outcome.answer
-            await asyncio.sleep(STUN_POLL_S)
-        return None
+    # --- NAT discovery (ipop.aio.natio) --------------------------------------------------------
 
     async def netcheck(self, servers: list[Endpoint], *, second_opinion: bool) -> NetcheckResult:
-        """Run :func:`ipop.nat.netcheck.run_netcheck` on our socket (pystun3 alongside, threads)."""
+        """Run :func:`ipop.aio.natio.netcheck` on our socket, with the configured servers."""
         node = self.node
         if node is None:
             raise CommandFailed("the node has not started")
-        local = [Endpoint(ep.host, ep.port) for ep in self._local]
-        extra = list(dict.fromkeys([*self.settings.stun_servers, *servers]))
-        stun_servers = [ep for ep in self.bundle.bootstrap if ep not in local] + extra
-        peers = [
-            info.path
-            for info in node.core.link.peers()
-            if isinstance(info.path, Endpoint) and info.path not in stun_servers
-        ]
-        echoed = [ep for ep in node.core.overlay.endpoints() if ep not in local]
-        opinions: list[asyncio.Future[SecondOpinion]] = []
-        if second_opinion:
-            source_ip = local[0].host if local else "0.0.0.0"
-            opinions = [
-                asyncio.ensure_future(asyncio.to_thread(_pystun3, ep, source_ip)) for ep in extra
-            ]
-        external = set(extra)
-
-        async def transact(
-            server: Endpoint, change_ip: bool, change_port: bool
-        ) -> StunAnswer | None:
-            pad = server not in external
-            return await self.stun_transact(server, change_ip, change_port, pad=pad)
-
-        result = await run_netcheck(
-            transact,
-            servers=stun_servers,
-            peers=peers[:MAX_NETCHECK_PEERS],
-            local=local,
-            echoed=echoed,
-            gather=asyncio.gather,
+        result = await natio.netcheck(
+            node,
+            local=self._local,
+            bootstrap=self.bundle.bootstrap,
+            servers=[*self.settings.stun_servers, *servers],
+            second_opinion=second_opinion,
         )
-        if opinions:
-            got = await asyncio.gather(*opinions)
-            notes = result.notes
-            if any(o.kind != result.nat for o in got):
-                notes += ("pystun3 disagrees; its known traps: " + "; ".join(PYSTUN3_TRAPS),)
-            result = dataclasses.replace(result, second_opinion=tuple(got), notes=notes)
         self.netcheck_result = result
         log.info("event=netcheck nat=%s mapping=%s", result.nat, result.mapping)
         return result
-
-
-def _pystun3(server: Endpoint, source_ip: str) -> SecondOpinion:
-    """pystun3's verdict (blocking: run in a thread), bound to our own address, not 0.0.0.0:
-    bound to the wildcard it cannot tell an open host from a full cone."""
-    import stun  # pystun3; imported here because only netcheck needs it
-
-    try:
-        verdict, ext_ip, ext_port = stun.get_ip_info(
-            source_ip=source_ip, source_port=0, stun_host=server.host, stun_port=server.port
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        return SecondOpinion(server=server, verdict=None, kind=None, error=str(exc))
-    external = Endpoint(ext_ip, ext_port) if ext_ip and ext_port else None
-    return SecondOpinion(
-        server=server,
-        verdict=str(verdict),
-        kind=pystun3_kind(str(verdict)),
-        external=external,
-    )
-
-
-@functools.cache
-def _raise_fd_limit() -> None:
-    """Port guessing holds BIRTHDAY_SOCKETS sockets: lift a low soft limit (systemd's 1024)
-    toward the hard one, once per process; failing that, the sockets past the limit are
-    counted."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
