@@ -1,8 +1,10 @@
 """Router mode: one overlay node whose local side is a LAN of plain hosts instead of a TAP.
 
-:class:`RouterDaemon` is :class:`ipop.aio.daemon.Daemon` with another local side (the packet
-path is the same :class:`ipop.aio.dataplane.DataPlane`): an AF_PACKET socket on the LAN
-interface, with one Ethernet header per host (:class:`router.hosts.LanHosts`). On the LAN it:
+:func:`router_daemon` composes an :class:`ipop.aio.daemon.Daemon` with :class:`RouterLan` as
+its local side (:class:`ipop.aio.local.LocalNetwork`; the packet path is the same
+:class:`ipop.aio.dataplane.DataPlane`): an AF_PACKET socket on the LAN interface, with one
+Ethernet header per host (:class:`router.hosts.LanHosts`). The daemon keeps the node, its own
+vIP and the lifecycle; on the LAN, :class:`RouterLan`:
 
 * serves DHCP (``dhcp_dns.DhcpServer``): a host's first DISCOVER makes the router claim an
   address in the DHT, held by the router's node identity (so peers' anti-spoofing check, "the
@@ -66,7 +68,8 @@ from dhcp_dns.dhcp import (
 from dhcp_dns.dns import DnsResolver
 from dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.aio.daemon import DEFAULT_TAP_MTU, Daemon, DaemonSettings
-from ipop.aio.dataplane import LocalSide
+from ipop.aio.dataplane import DataPlane, LocalSide
+from ipop.aio.node import Node
 from ipop.bundle import Bundle
 from ipop.dht.alloc import AllocationFailed, DhtLease, IpLease, allocate_ip, is_usable
 from ipop.dht.names import c_name, lan_host_name, register_name
@@ -82,7 +85,7 @@ from router.hosts import LanHost, LanHosts, mac_str
 from router.lan import LanSocket
 from router.limits import OwnerLookups, lru_put
 
-__all__ = ["DROP_REASONS", "RouterDaemon"]
+__all__ = ["DROP_REASONS", "RouterLan", "router_daemon"]
 
 log = logging.getLogger("ipop-router")
 
@@ -141,14 +144,14 @@ DROP_REASONS = frozenset(
 class _LanSide:
     """:class:`LocalSide` for the data plane: the host table plus static-host detection."""
 
-    def __init__(self, router: RouterDaemon) -> None:
+    def __init__(self, router: RouterLan) -> None:
         self.r = router
 
     def header_for(self, packet: bytes) -> bytes | None:
         return self.r.hosts.header_for(packet)
 
     def read_into(self, buf: bytearray) -> int:
-        assert self.r.lan is not None  # opened before this side exists (_open_local)
+        assert self.r.lan is not None  # opened before this side exists (open)
         return self.r.lan.read_into(buf)
 
     def pending(self) -> bool:
@@ -156,7 +159,7 @@ class _LanSide:
 
     @property
     def out_fd(self) -> int:
-        assert self.r.lan is not None  # opened before this side exists (_open_local)
+        assert self.r.lan is not None  # opened before this side exists (open)
         return self.r.lan.out_fd
 
     def admit(self, frame: memoryview) -> bool:
@@ -171,19 +174,45 @@ class _LanSide:
         return False
 
 
-class RouterDaemon(Daemon):
-    ANSWERS_OWN_ARP = True
+def router_daemon(
+    bundle: Bundle,
+    settings: DaemonSettings,
+    router: RouterSection,
+    *,
+    dns_enabled: bool = True,
+    upstream: Endpoint | None = None,
+) -> Daemon:
+    """A daemon whose local side is the LAN of ``router`` (its :class:`RouterLan` is
+    ``daemon.local``)."""
+
+    def lan(daemon: Daemon) -> RouterLan:
+        return RouterLan(daemon, router, dns_enabled=dns_enabled, upstream=upstream)
+
+    return Daemon(bundle, settings, local=lan)
+
+
+class RouterLan:
+    """Router mode's local side (:class:`ipop.aio.local.LocalNetwork`) for ``daemon``: the
+    LAN's hosts, their addresses and names, and its ARP, DHCP and DNS.
+
+    It answers ARP for the router's own vIP too: no stack holds that address on the LAN
+    (:mod:`ipop.vnet.echo`).
+    """
 
     def __init__(
         self,
-        bundle: Bundle,
-        settings: DaemonSettings,
+        daemon: Daemon,
         router: RouterSection,
         *,
         dns_enabled: bool = True,
         upstream: Endpoint | None = None,
     ) -> None:
-        super().__init__(bundle, settings)
+        self.daemon = daemon
+        # What does not change for the daemon's life, named here as the code below uses it.
+        self.settings, self.network, self.rng = daemon.settings, daemon.network, daemon.rng
+        self.subnet, self.gateway, self.suffix = daemon.subnet, daemon.gateway, daemon.suffix
+        self.tasks, self.address = daemon.tasks, daemon.address
+        self.arp = ArpResponder(None, self.subnet)
         self.rcfg = router
         self.dns_enabled = dns_enabled
         self.upstream = upstream
@@ -215,6 +244,23 @@ class RouterDaemon(Daemon):
         self._lookup_all = TokenBucket(LOOKUP_RATE, LOOKUP_BURST, 0.0)
         self.owners: OwnerLookups[bytes] = OwnerLookups()
 
+    # What the daemon's node, data plane and own address are now (None until they exist).
+
+    @property
+    def node(self) -> Node | None:
+        return self.daemon.node
+
+    @property
+    def dataplane(self) -> DataPlane | None:
+        return self.daemon.dataplane
+
+    @property
+    def vip(self) -> IPv4Address | None:
+        return self.daemon.vip
+
+    def write_frame(self, frame: bytes) -> None:
+        self.daemon.write_frame(frame)
+
     def _drop(self, reason: str) -> None:
         if reason not in DROP_REASONS:
             raise LocalProtocolError(f"router drop reason {reason!r} is not in DROP_REASONS")
@@ -222,7 +268,7 @@ class RouterDaemon(Daemon):
 
     # --- the local side -----------------------------------------------------------------------
 
-    async def _open_local(self) -> tuple[int, LocalSide | None, str]:
+    async def open(self) -> tuple[int, LocalSide, str]:
         self.lan = LanSocket(self.rcfg.interface, mtu=self.settings.tap_mtu or DEFAULT_TAP_MTU)
         self._setup_lan(self.lan.mac)
         return self.lan.fd, _LanSide(self), self.lan.name
@@ -254,7 +300,7 @@ class RouterDaemon(Daemon):
         self.runner = TapServicesRunner(
             self.lan_services,
             self.write_frame,
-            self.resolve,
+            self.daemon.resolve,
             (up.host, up.port) if up is not None else None,
             on_event=self._dhcp_event,
         )
@@ -265,7 +311,7 @@ class RouterDaemon(Daemon):
         self.tasks.spawn(self._restore(saved))
         self.tasks.spawn(self._expiry_loop())
 
-    def _local_frame(self, frame: bytes) -> bool:
+    def feed(self, frame: bytes) -> bool:
         try:
             return self._lan_frame(frame, self.clock())
         except Exception as exc:  # one host's frame must not reach the event loop
@@ -366,7 +412,7 @@ class RouterDaemon(Daemon):
     async def _arp_lookup(self, tpa: IPv4Address) -> None:
         """Answer the ARPs waiting on ``tpa`` only if some node holds it in the DHT now."""
         try:
-            owner = await asyncio.wait_for(self.lookup_owner(tpa), ARP_LOOKUP_TIMEOUT_S)
+            owner = await asyncio.wait_for(self.daemon.lookup_owner(tpa), ARP_LOOKUP_TIMEOUT_S)
         except asyncio.CancelledError:
             self.owners.finish(tpa.packed, False, self.clock())
             raise
@@ -763,20 +809,22 @@ class RouterDaemon(Daemon):
             self._spawn_host(mac, "name", self._register_hostname, host, str(full).split(".")[0])
         log.info("event=host_restored mac=%s vip=%s", mac_str(mac), vip)
 
-    async def _shutdown(self) -> None:
+    async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.close()
         for leases in self._leases.values():
             for lease in leases:
                 await lease.stop()  # left to lapse: a restart within the lease keeps them
-        await super()._shutdown()
+
+    def close(self) -> None:
         if self.lan is not None:
             self.lan.close()
 
     # --- status -------------------------------------------------------------------------------
 
-    def extra_drops(self) -> dict[str, int]:
+    def drops(self) -> dict[str, int]:
         total: Counter[str] = Counter()
+        total.update({f"arp.{k}": v for k, v in self.arp.drops.items()})
         total.update({f"router.{k}": v for k, v in self.rdrops.items()})
         total.update({f"lan.{k}": v for k, v in self.hosts.drops.items()})
         if self.lan is not None:
@@ -787,7 +835,7 @@ class RouterDaemon(Daemon):
             total.update({f"lanservices.{k}": v for k, v in self.lan_services.drops.items()})
         return dict(total)
 
-    def extra_counters(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int]:
         if self.lan is None:
             return {}
         # Checksums completed for offloading hosts, or verified.
@@ -796,7 +844,7 @@ class RouterDaemon(Daemon):
     def dns_status(self) -> DnsStatus | None:
         return self.lan_services.dns_status() if self.lan_services is not None else None
 
-    def lan_host_rows(self) -> list[LanHostStatus]:
+    def lan_hosts(self) -> list[LanHostStatus]:
         now = self.clock()
         return [
             LanHostStatus(

@@ -10,8 +10,12 @@ Start-up, in order (each step logs one structured line):
    TAP (static addressing) or hand the address to the DHCP server (``addressing = "dhcp"``);
 4. serve the control socket.
 
-Local services (ARP, DHCP and DNS on the TAP) are plugged in by the composition root
-(``tools/ipopd.py``) through :class:`LocalServices`: the core does not import ``dhcp_dns``.
+Local services (DHCP and DNS on the TAP) are plugged in by the composition root
+(``tools/ipopd.py``) through :class:`ipop.aio.local.LocalServices`: the core does not import
+``dhcp_dns``. Router mode replaces the TAP with its LAN through
+:class:`ipop.aio.local.LocalNetwork` (``router/daemon.py``): the core does not import ``router``.
+The daemon keeps the lifecycle; the control socket's commands are :mod:`ipop.aio.commands`,
+the NAT sockets and netcheck :mod:`ipop.aio.natio`.
 SIGTERM/SIGINT stop the daemon: the TAP, the socket and the control socket are released; the
 IP record is left to lapse so that a restart within the lease gets the same address back.
 """
@@ -30,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pyroute2 import AsyncIPRoute
 
@@ -40,6 +44,7 @@ from ipop.aio.address import AddressKeeper
 from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
+from ipop.aio.local import LocalNetwork, LocalServices
 from ipop.aio.natio import NatSockets
 from ipop.aio.node import Node
 from ipop.aio.peerstore import PeerStore
@@ -56,7 +61,6 @@ from ipop.nolinks import NoLinkWatch
 from ipop.report import LocalView, build_status, prefixed
 from ipop.status import (
     DnsStatus,
-    LanHostStatus,
     PathKind,
     Status,
 )
@@ -91,26 +95,6 @@ LINK_WATCH_S = 2.0
 # remembered peers, and the peers it had linked to kept sending into its dead sessions.
 REMEMBER_CHECK_S = 10.0
 REMEMBER_FIRST_S = 1.0
-
-
-class LocalServices(Protocol):
-    """ARP/DHCP/DNS on the TAP, provided by the composition root."""
-
-    def feed(self, frame: bytes, *, now: float) -> bool:
-        """True if ``frame`` was for a local service (it is consumed)."""
-        ...
-
-    def address_assigned(self, vip: IPv4Address) -> None: ...
-
-    def dns_status(self) -> DnsStatus | None:
-        """The gateway resolver's counters (None: DNS is off)."""
-        ...
-
-    def drops(self) -> dict[str, int]:
-        """The services' other drops (bad frames to the gateway, DHCP), prefixed by source."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +157,8 @@ def load_crl_file(trust: CaTrust, path: Path, *, now: float) -> None:
 
 
 class Daemon:
-    # Whether ARP for our own vIP is ours to answer: not on a TAP, whose kernel holds the
-    # address; yes for a router, whose vIP has no stack on its LAN (ipop.vnet.echo).
-    ANSWERS_OWN_ARP = False
+    """One node and its local side; see the module docstring. ``services``: DHCP/DNS on the
+    TAP; ``local``: another local side instead of the TAP (then ``services`` is unused)."""
 
     def __init__(
         self,
@@ -183,6 +166,7 @@ class Daemon:
         settings: DaemonSettings,
         *,
         services: Callable[[Daemon], LocalServices] | None = None,
+        local: Callable[[Daemon], LocalNetwork] | None = None,
     ) -> None:
         self.bundle = bundle
         self.settings = settings
@@ -229,6 +213,8 @@ class Daemon:
         self.peer_store = PeerStore(settings.state_dir, network=self.network)
         self._remembering = False  # set once _start has begun noting links
         self.no_links = NoLinkWatch(now=time.time())
+        # Last: it may use any of the above.
+        self.local: LocalNetwork | None = local(self) if local is not None else None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -277,13 +263,13 @@ class Daemon:
             local_fd,
             subnet=self.subnet,
             lookup_owner=self.lookup_owner,
-            local_frame=self._local_frame,
+            local_frame=self.local.feed if self.local is not None else self._local_frame,
             local_side=local_side,
             vnet_hdr=self.tap is not None and self.tap.vnet_hdr,
         )
         if self.tap is not None:
             self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
-        if self._services_factory is not None:
+        if self._services_factory is not None and self.local is None:
             self.services = self._services_factory(self)
         self.node.attach(self.udp, open_socket=self.nat.open_punch)
         self.node.core.stun.serve = s.stun_serve
@@ -316,9 +302,11 @@ class Daemon:
     async def _open_local(self) -> tuple[int, LocalSide | None, str]:
         """Open the local side: (fd to read frames from, its LocalSide or None, its name).
 
-        A node's is its TAP (None: one fixed Ethernet header); router mode overrides this
-        with its LAN interface.
+        A node's is its TAP (None: one fixed Ethernet header), else the plugged-in one.
         """
+        if self.local is not None:
+            fd, side, name = await self.local.open()
+            return fd, side, name
         s = self.settings
         self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU, vnet_hdr=True)
         await self.tap.configure()
@@ -365,7 +353,8 @@ class Daemon:
         vip = await self.address.claim(node.dht)
         assert self.dataplane is not None
         self.dataplane.set_own_ip(vip)
-        if not self.ANSWERS_OWN_ARP:
+        # ARP for our own vIP: the TAP's kernel answers it; a plugged-in side answers it itself.
+        if self.local is None:
             self.arp.set_own_ip(vip)
         if self.settings.addressing == "static" and self.tap is not None:
             await self.tap.set_address(vip, self.subnet, self.gateway)
@@ -387,6 +376,8 @@ class Daemon:
             on_ready()
 
     async def _shutdown(self) -> None:
+        if self.local is not None:
+            await self.local.stop()
         if self.addrwatch is not None:
             await self.addrwatch.close()
         await self.tasks.close()
@@ -404,6 +395,8 @@ class Daemon:
             self.udp.close()
         if self.tap is not None:
             self.tap.close()
+        if self.local is not None:
+            self.local.close()
         log.info("event=stopped")
 
     # --- state ------------------------------------------------------------------------------
@@ -528,8 +521,10 @@ class Daemon:
             drops.append(prefixed("dht", node.dht.drops))
         if plane is not None:
             drops.append(prefixed("vnet", plane.drops))
-        drops.append(prefixed("arp", self.arp.drops))
-        drops.append(self.extra_drops())
+        if self.local is None:
+            drops.append(prefixed("arp", self.arp.drops))
+        else:
+            drops.append(self.local.drops())
         if self.services is not None:
             drops.append(self.services.drops())
         dns = self.dns_status()
@@ -538,7 +533,8 @@ class Daemon:
         if self.udp is not None:
             drops.append(prefixed("udp", self.udp.errors))
         counters = [prefixed("vnet", plane.counters)] if plane is not None else []
-        counters.append(self.extra_counters())
+        if self.local is not None:
+            counters.append(self.local.counters())
         measured = self.netcheck_result.nat if self.netcheck_result is not None else None
         return LocalView(
             node_id=self.bundle.node_id.hex(),
@@ -552,7 +548,7 @@ class Daemon:
             measured_nat=measured,
             drops=tuple(drops),
             counters=tuple(counters),
-            lan_hosts=tuple(self.lan_host_rows()),
+            lan_hosts=tuple(self.local.lan_hosts()) if self.local is not None else (),
             dns=dns,
         )
 
@@ -596,19 +592,9 @@ class Daemon:
 
     def dns_status(self) -> DnsStatus | None:
         """The gateway resolver's counters for ``ipop status`` (None: no DNS here)."""
+        if self.local is not None:
+            return self.local.dns_status()
         return self.services.dns_status() if self.services is not None else None
-
-    def extra_drops(self) -> dict[str, int]:
-        """Drops of what a subclass adds (router mode: the LAN's DHCP, ARP, host table)."""
-        return {}
-
-    def extra_counters(self) -> dict[str, int]:
-        """Counters of what a subclass adds (router mode: the LAN socket's checksums)."""
-        return {}
-
-    def lan_host_rows(self) -> list[LanHostStatus]:
-        """Hosts served on the local side besides this node (router mode); none for a TAP."""
-        return []
 
     def path_to(self, peer: NodeId) -> PathKind:
         node = self.node
