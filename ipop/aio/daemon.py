@@ -31,9 +31,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
@@ -48,14 +46,12 @@ from ipop.aio.local import LocalNetwork, LocalServices
 from ipop.aio.natio import NatSockets
 from ipop.aio.node import Node
 from ipop.aio.peerstore import PeerStore
+from ipop.aio.settings import DaemonSettings, load_crl_file
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
-from ipop.config import NodeConfig
 from ipop.dht.names import lookup_name
 from ipop.dht.record import ip_key
 from ipop.dht.service import DhtConfig
-from ipop.errors import ConfigError
-from ipop.identity import CaTrust, CrlError
 from ipop.nat.netcheck import NetcheckResult
 from ipop.nolinks import NoLinkWatch
 from ipop.report import LocalView, build_status, prefixed
@@ -75,6 +71,7 @@ __all__ = [
     "Daemon",
     "DaemonSettings",
     "LocalServices",
+    "load_crl_file",
 ]
 
 log = logging.getLogger("ipopd")
@@ -95,65 +92,6 @@ LINK_WATCH_S = 2.0
 # remembered peers, and the peers it had linked to kept sending into its dead sessions.
 REMEMBER_CHECK_S = 10.0
 REMEMBER_FIRST_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonSettings:
-    """What the daemon needs from ``ipop.config.NodeConfig``, flattened."""
-
-    listen: Endpoint
-    state_dir: Path
-    tap_name: str = "ipop0"
-    tap_mtu: int = 0
-    addressing: str = "static"  # or "dhcp"
-    hostname: str | None = None
-    lease_s: float = 3600.0
-    # NAT discovery (ipop.config.StunConfig): extra servers for netcheck, and change-request
-    # service ("auto": on the host's second address, if any; "off"; or that address).
-    stun_servers: tuple[Endpoint, ...] = ()
-    stun_serve: bool = False
-    stun_alternate: str = "auto"
-    stun_alt_port: int = 0
-    # A revocation list file read at start (ipop.config.IdentityConfig.crl); None: the bundle's.
-    crl_file: Path | None = None
-
-    @classmethod
-    def from_config(cls, cfg: NodeConfig, *, bundle_hostname: str | None) -> DaemonSettings:
-        return cls(
-            listen=cfg.listen,
-            state_dir=Path(cfg.state_dir),
-            tap_name=cfg.tap.name,
-            tap_mtu=cfg.tap.mtu,
-            addressing=cfg.tap.addressing,
-            hostname=cfg.effective_hostname(bundle_hostname),
-            lease_s=float(cfg.dht.lease_s),
-            stun_servers=cfg.stun.servers,
-            stun_serve=cfg.stun.serve,
-            stun_alternate=cfg.stun.alternate,
-            stun_alt_port=cfg.stun.alt_port,
-            crl_file=cfg.identity.crl,
-        )
-
-
-def load_crl_file(trust: CaTrust, path: Path, *, now: float) -> None:
-    """Install the CRL file ``[identity] crl`` names, unless the bundle's is as new.
-
-    A file that is unreadable, forged or not a CRL stops the start (ConfigError): a node that
-    silently ignored its operator's revocation list would accept revoked members.
-    """
-    fix = "use the <network>.crl.pem that 'ipop-config revoke' wrote, or remove identity.crl"
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError("identity.crl", f"cannot read {path}: {exc.strerror}", fix) from None
-    try:
-        crl = trust.apply_crl(data, now=now)
-    except CrlError as exc:
-        if exc.reason != "crl_stale":
-            raise ConfigError("identity.crl", f"{path} refused: {exc}", fix) from None
-        log.info("event=crl_file_older file=%s holding=%d", path, trust.crl_number)
-        return
-    log.info("event=crl_loaded file=%s number=%d", path, crl.number)
 
 
 class Daemon:
