@@ -24,6 +24,7 @@ from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
+import router.claims as rc
 import router.daemon as rd
 from dhcp_dns.dhcp import parse_dhcp
 from ipop.aio.daemon import Daemon, DaemonSettings
@@ -137,7 +138,7 @@ class FakeLanSocket:
 @pytest.fixture(autouse=True)
 def _fake_lan(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rd, "LanSocket", FakeLanSocket)
-    monkeypatch.setattr(rd, "EXPIRY_CHECK_S", 0.005)
+    monkeypatch.setattr(rc, "EXPIRY_CHECK_S", 0.005)
 
 
 async def _start(r: RouterLan, *, ready: bool = True) -> FakeNode:
@@ -173,6 +174,14 @@ async def until(cond: Callable[[], bool], deadline_s: float = 3.0) -> None:
 async def settle(r: RouterLan) -> None:
     """Until every task the router spawned has ended, but its expiry loop."""
     await until(lambda: len(r.tasks) <= 1)
+
+
+async def _started_with_static_host(r: RouterLan, mac: bytes, vip: IPv4Address) -> FakeNode:
+    """Started, with ``mac`` bound to ``vip`` as a static host (its first frame claimed it)."""
+    node = await _start(r)
+    _LanSide(r).admit(memoryview(_ip_frame(mac, vip)))
+    await settle(r)
+    return node
 
 
 def _running(r: RouterLan) -> bool:
@@ -319,7 +328,7 @@ def test_a_discover_flood_past_max_hosts_is_refused_and_counted(
         saved = json.loads((tmp_path / "lan_hosts.json").read_text())["hosts"]
         assert [row["mac"] for row in saved] == [mac_str(M1)]  # offers never reach the disk
         # The flood's offers are never REQUESTed: they are given back soon; M1 keeps its lease.
-        r.clock.now += rd.OFFER_HOLD_S + rd.EXPIRY_GRACE_S + 1  # type: ignore[attr-defined]
+        r.clock.now += rc.OFFER_HOLD_S + rc.EXPIRY_GRACE_S + 1  # type: ignore[attr-defined]
         await until(lambda: len(r.hosts) == 1)
         assert r.hosts.by_mac(M1) is not None and _running(r)
 
@@ -348,7 +357,7 @@ def test_one_hosts_failure_is_counted_logged_once_and_forgotten(
         await settle(r)
         assert _running(r)
         assert r.rdrops["host_failed_alloc"] == 2
-        assert r.hosts.by_mac(M1) is None and M1 not in r._leases and not r._busy
+        assert r.hosts.by_mac(M1) is None and M1 not in r.claims._leases and not r.claims._busy
         assert r.hosts.by_mac(M2) is not None and _offers_to(r, M2)
 
     with caplog.at_level(logging.ERROR, logger="ipop-router"):
@@ -449,11 +458,11 @@ def test_static_claims_from_random_sources_are_bounded(bundle: Bundle, tmp_path:
             vip = IPv4Address(int(SUBNET.network_address) + 2 + rng.randrange(1 << 20))
             side.admit(memoryview(_ip_frame(M2, vip)))
         await asyncio.sleep(0)
-        assert node.dht.calls["create"] == rd.MAX_CLAIMS
+        assert node.dht.calls["create"] == rc.MAX_CLAIMS
         assert r.rdrops["claims_busy"] > 900
         node.dht.gate.set()
         await settle(r)
-        assert len(r.hosts) == rd.MAX_CLAIMS and _running(r)
+        assert len(r.hosts) == rc.MAX_CLAIMS and _running(r)
 
     _run(bundle, tmp_path, body)
 
@@ -538,12 +547,10 @@ def test_a_host_whose_address_another_node_took_is_forgotten(
     bundle: Bundle, tmp_path: Path
 ) -> None:
     async def body(r: RouterLan) -> None:
-        node = await _start(r)
-        _LanSide(r).admit(memoryview(_ip_frame(M1, V1)))
-        await settle(r)
+        node = await _started_with_static_host(r, M1, V1)
         assert r.hosts.by_mac(M1) is not None
         node.dht.hold(ip_key(r.network, V1), OTHER)  # say, after a partition healed
-        [lease] = r._leases[M1]
+        [lease] = r.claims._leases[M1]
         assert await lease.dht.renew(lease.key, lease.ttl) is False
         lease.on_lost()  # what the lease calls when its renewal finds another owner
         assert r.hosts.by_mac(M1) is None and V1 not in r.dataplane.local  # type: ignore[union-attr]
@@ -565,8 +572,41 @@ def test_a_lan_hosts_taken_name_is_a_warning_naming_the_fix(
     r.daemon.node = SimpleNamespace(identity=rb.identity(now=time.time()), dht=dht)  # type: ignore[assignment]
     host = LanHost(M1, V1, "dhcp")
     with caplog.at_level(logging.WARNING, logger="ipop-router"):
-        asyncio.run(r._register_hostname(host, "laptop"))
+        asyncio.run(r.claims._register_hostname(host, "laptop"))
     assert r.rdrops["hostname_taken"] == 1
     (line,) = [rec.getMessage() for rec in caplog.records if "host_name_taken" in rec.getMessage()]
     assert "name=laptop.r1.ipop" in line and "give the host another hostname" in line
     assert c_name(V1) in line
+
+
+# --- HostClaims (router.claims) -------------------------------------------------------------------
+
+
+def test_forgetting_a_host_leaves_no_trace_and_gives_its_address_back(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    async def body(r: RouterLan) -> None:
+        node = await _started_with_static_host(r, M1, V1)
+        assert r.hosts.by_mac(M1) is not None and V1 in r.dataplane.local  # type: ignore[union-attr]
+        r.claims._reserved[V2.packed] = M1  # say, a second claim of M1's in flight
+        r.claims.forget(M1)
+        await settle(r)
+        assert r.hosts.by_mac(M1) is None and V1 not in r.dataplane.local  # type: ignore[union-attr]
+        assert M1 not in r.claims._leases and not r.claims._reserved
+        assert ip_key(r.network, V1) not in node.dht.records  # released, not left to lapse
+        assert r.claims._free_here(V1, M2) and r.claims._free_here(V2, M2)
+
+    _run(bundle, tmp_path, body)
+
+
+def test_stopping_the_claims_leaves_the_records_to_lapse(bundle: Bundle, tmp_path: Path) -> None:
+    async def body(r: RouterLan) -> None:
+        node = await _started_with_static_host(r, M1, V1)
+        renews = node.dht.calls["renew"]
+        await r.claims.stop()
+        assert ip_key(r.network, V1) in node.dht.records  # a restart within the lease keeps it
+        assert node.dht.calls["delete"] == 0 and node.dht.calls["renew"] == renews
+        saved = json.loads((tmp_path / "lan_hosts.json").read_text())["hosts"]
+        assert [(row["mac"], row["vip"]) for row in saved] == [(mac_str(M1), str(V1))]
+
+    _run(bundle, tmp_path, body)
