@@ -142,7 +142,7 @@ class Daemon:
         # Linked peer -> (its vIP, when learned) from its hostname's records (learn_peer_vips);
         # pruned to linked peers, re-learned after timing.PEER_VIP_TTL_S.
         self.peer_vips: dict[NodeId, tuple[IPv4Address, float]] = {}
-        self._local: list[Endpoint] = []
+        self._endpoints: list[Endpoint] = []  # our own addresses on the overlay port
         self.arp = ArpResponder(None, self.subnet)
         self._arp_type = ETH_P_ARP.to_bytes(2, "big")
         self.netcheck_result: NetcheckResult | None = None
@@ -181,7 +181,7 @@ class Daemon:
             load_crl_file(identity.trust, s.crl_file, now=now)
         self.udp = UdpSocket(s.listen)
         local = await self._local_endpoints(self.udp.port)
-        self._local = local
+        self._endpoints = local
         bootstrap = [ep for ep in self.bundle.bootstrap if ep not in local]
         remembered = [ep for ep in self.peer_store.load() if ep not in local]
         self.node = Node(
@@ -262,7 +262,7 @@ class Daemon:
         self.addrwatch.start(local)
 
     def _local_endpoints_changed(self, local: list[Endpoint]) -> None:
-        self._local = local
+        self._endpoints = local
         if self.node is not None:
             self.node.set_local_endpoints(local[:4])
 
@@ -346,7 +346,7 @@ class Daemon:
         if node is None:
             return
         store = self.peer_store
-        own = [*self._local, *node.core.overlay.endpoints()]
+        own = [*self._endpoints, *node.core.overlay.endpoints()]
         if store.note((info.path for info in node.core.link.peers()), own=own):
             node.core.overlay.set_remembered(store.endpoints)
         if store.save_due(now=now) or (final and store.dirty):
@@ -375,7 +375,7 @@ class Daemon:
             links=len(link.peers()),
             drops=link.drops,
             handshake_failed=link.stats["handshake_failed"],
-            tried=len({*self.bundle.bootstrap, *self.peer_store.endpoints} - set(self._local)),
+            tried=len({*self.bundle.bootstrap, *self.peer_store.endpoints} - set(self._endpoints)),
         )
         if words is not None:
             log.warning("event=no_links why=%r", words)
@@ -552,7 +552,7 @@ class Daemon:
             raise CommandFailed("the node has not started")
         result = await natio.netcheck(
             node,
-            local=self._local,
+            local=self._endpoints,
             bootstrap=self.bundle.bootstrap,
             servers=[*self.settings.stun_servers, *servers],
             second_opinion=second_opinion,
