@@ -314,7 +314,8 @@ class HostClaims:
         assert node is not None and node.dht is not None
         under = node.identity.cert.hostname
         if under is None or not node.identity.cert.is_router:
-            self.lan.rdrops["no_name_authority"] += 1  # tools/routerd refuses such bundles
+            self.lan._drop("no_name_authority")  # tools/routerd refuses such bundles
+            self._naming.discard(host.mac)
             return
         try:
             name = lan_host_name(hostname.lower(), under)

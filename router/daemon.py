@@ -107,6 +107,7 @@ DROP_REASONS = frozenset(
         "host_alloc_failed",  # no address could be allocated in the DHT
         "bad_hostname",
         "hostname_taken",
+        "no_name_authority",  # a LAN host's name, and our certificate names no router domain
         "restore_lost",  # a saved host's address was taken while we were down
         "host_lease_lost",  # a host's address was taken by another node: host forgotten
         *(f"host_failed_{stage}" for stage in STAGES),

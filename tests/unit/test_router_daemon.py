@@ -610,3 +610,18 @@ def test_stopping_the_claims_leaves_the_records_to_lapse(bundle: Bundle, tmp_pat
         assert [(row["mac"], row["vip"]) for row in saved] == [(mac_str(M1), str(V1))]
 
     _run(bundle, tmp_path, body)
+
+
+def test_a_router_without_a_name_domain_counts_a_checked_reason(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    import time
+
+    r = _router(bundle, tmp_path)  # no hostname in its certificate: no names for its hosts
+    r.daemon.node = SimpleNamespace(  # type: ignore[assignment]
+        identity=bundle.identity(now=time.time()), dht=FakeDht(bundle.node_id)
+    )
+    r.claims._naming.add(M1)
+    asyncio.run(r.claims._register_hostname(LanHost(M1, V1, "dhcp"), "laptop"))
+    assert r.rdrops["no_name_authority"] == 1 and set(r.rdrops) <= rd.DROP_REASONS
+    assert M1 not in r.claims._naming  # the table of names in flight keeps no such MAC
