@@ -17,8 +17,9 @@ from pathlib import Path
 from dhcp_dns.dhcp import DhcpServer
 from dhcp_dns.dns import DnsResolver
 from dhcp_dns.services import TapServices, TapServicesRunner
+from ipop.aio.commands import DaemonControl
 from ipop.aio.control import ControlServer
-from ipop.aio.daemon import Daemon, DaemonControl, DaemonSettings
+from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.bundle import Bundle, load_bundle
 from ipop.config import NodeConfig, load_config
 from ipop.errors import ConfigError

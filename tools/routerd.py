@@ -1,4 +1,4 @@
-"""ipop-router: router mode's composition root (config + bundle → RouterDaemon + control).
+"""ipop-router: router mode's composition root (config + bundle → Daemon + its LAN + control).
 
 ``ipop-router --config FILE``: FILE is a node config with a ``[router]`` section
 (``deploy/router.example.toml``). Exit codes as ipopd: 0 after a clean stop, 2 for a bad config
@@ -13,7 +13,7 @@ import sys
 from ipop.aio.daemon import DaemonSettings
 from ipop.errors import ConfigError
 from router.config import check_authority, load_router_config
-from router.daemon import RouterDaemon
+from router.daemon import router_daemon
 from tools.ipopd import load_valid_bundle, run_daemon, setup_logging
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ipop-router: {exc}", file=sys.stderr)
         return 2
     setup_logging(node.log_level)
-    daemon = RouterDaemon(
+    daemon = router_daemon(
         bundle,
         settings,
         cfg.router,

@@ -10,8 +10,12 @@ Start-up, in order (each step logs one structured line):
    TAP (static addressing) or hand the address to the DHCP server (``addressing = "dhcp"``);
 4. serve the control socket.
 
-Local services (ARP, DHCP and DNS on the TAP) are plugged in by the composition root
-(``tools/ipopd.py``) through :class:`LocalServices`: the core does not import ``dhcp_dns``.
+Local services (DHCP and DNS on the TAP) are plugged in by the composition root
+(``tools/ipopd.py``) through :class:`ipop.aio.local.LocalServices`: the core does not import
+``dhcp_dns``. Router mode replaces the TAP with its LAN through
+:class:`ipop.aio.local.LocalNetwork` (``router/daemon.py``): the core does not import ``router``.
+The daemon keeps the lifecycle; the control socket's commands are :mod:`ipop.aio.commands`,
+the NAT sockets and netcheck :mod:`ipop.aio.natio`.
 SIGTERM/SIGINT stop the daemon: the TAP, the socket and the control socket are released; the
 IP record is left to lapse so that a restart within the lease gets the same address back.
 """
@@ -20,56 +24,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import functools
 import logging
 import random
-import resource
 import secrets
 import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pyroute2 import AsyncIPRoute
 
 from ipop import timing
+from ipop.aio import natio
 from ipop.aio.address import AddressKeeper
 from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
+from ipop.aio.local import LocalNetwork, LocalServices
+from ipop.aio.natio import NatSockets
 from ipop.aio.node import Node
 from ipop.aio.peerstore import PeerStore
-from ipop.aio.sockets import LoopUdpSocket
+from ipop.aio.settings import DaemonSettings, load_crl_file
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
-from ipop.config import NodeConfig
 from ipop.dht.names import lookup_name
-from ipop.dht.policy import MAX_USER_KEY
-from ipop.dht.record import MAX_VALUE_BYTES, ip_key
+from ipop.dht.record import ip_key
 from ipop.dht.service import DhtConfig
-from ipop.errors import ConfigError
-from ipop.identity import CaTrust, CrlError
-from ipop.nat.netcheck import (
-    PYSTUN3_TRAPS,
-    NetcheckResult,
-    SecondOpinion,
-    pystun3_kind,
-    run_netcheck,
-)
-from ipop.nat.stun import SOURCE_ALT_BOTH, SOURCE_ALT_PORT, StunAnswer
+from ipop.nat.netcheck import NetcheckResult
 from ipop.nolinks import NoLinkWatch
 from ipop.report import LocalView, build_status, prefixed
 from ipop.status import (
     DnsStatus,
-    LanHostStatus,
     PathKind,
-    PingReply,
     Status,
 )
 from ipop.tasks import TaskSet
@@ -81,9 +69,9 @@ __all__ = [
     "DEFAULT_TAP_MTU",
     "VIRTUAL_MAC",
     "Daemon",
-    "DaemonControl",
     "DaemonSettings",
     "LocalServices",
+    "load_crl_file",
 ]
 
 log = logging.getLogger("ipopd")
@@ -91,10 +79,6 @@ log = logging.getLogger("ipopd")
 # 1500-byte underlay minus IPv4 (20) + UDP (8) + link DATA header (13) + AEAD tag (16) +
 # DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
 DEFAULT_TAP_MTU = 1400
-# A STUN transaction ends in the core (ipop.timing.STUN_TIMEOUT_S); this only bounds the wait.
-STUN_DEADLINE_S = 5.0
-STUN_POLL_S = 0.005
-MAX_NETCHECK_PEERS = 8
 # Linked peers' vIPs from their hostnames (learn_peer_vips): how often, how many lookups a
 # sweep, and how long an answer holds.
 MAX_PEER_VIP_LOOKUPS = 8
@@ -110,89 +94,9 @@ REMEMBER_CHECK_S = 10.0
 REMEMBER_FIRST_S = 1.0
 
 
-class LocalServices(Protocol):
-    """ARP/DHCP/DNS on the TAP, provided by the composition root."""
-
-    def feed(self, frame: bytes, *, now: float) -> bool:
-        """True if ``frame`` was for a local service (it is consumed)."""
-        ...
-
-    def address_assigned(self, vip: IPv4Address) -> None: ...
-
-    def dns_status(self) -> DnsStatus | None:
-        """The gateway resolver's counters (None: DNS is off)."""
-        ...
-
-    def drops(self) -> dict[str, int]:
-        """The services' other drops (bad frames to the gateway, DHCP), prefixed by source."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonSettings:
-    """What the daemon needs from ``ipop.config.NodeConfig``, flattened."""
-
-    listen: Endpoint
-    state_dir: Path
-    tap_name: str = "ipop0"
-    tap_mtu: int = 0
-    addressing: str = "static"  # or "dhcp"
-    hostname: str | None = None
-    lease_s: float = 3600.0
-    # NAT discovery (ipop.config.StunConfig): extra servers for netcheck, and change-request
-    # service ("auto": on the host's second address, if any; "off"; or that address).
-    stun_servers: tuple[Endpoint, ...] = ()
-    stun_serve: bool = False
-    stun_alternate: str = "auto"
-    stun_alt_port: int = 0
-    # A revocation list file read at start (ipop.config.IdentityConfig.crl); None: the bundle's.
-    crl_file: Path | None = None
-
-    @classmethod
-    def from_config(cls, cfg: NodeConfig, *, bundle_hostname: str | None) -> DaemonSettings:
-        return cls(
-            listen=cfg.listen,
-            state_dir=Path(cfg.state_dir),
-            tap_name=cfg.tap.name,
-            tap_mtu=cfg.tap.mtu,
-            addressing=cfg.tap.addressing,
-            hostname=cfg.effective_hostname(bundle_hostname),
-            lease_s=float(cfg.dht.lease_s),
-            stun_servers=cfg.stun.servers,
-            stun_serve=cfg.stun.serve,
-            stun_alternate=cfg.stun.alternate,
-            stun_alt_port=cfg.stun.alt_port,
-            crl_file=cfg.identity.crl,
-        )
-
-
-def load_crl_file(trust: CaTrust, path: Path, *, now: float) -> None:
-    """Install the CRL file ``[identity] crl`` names, unless the bundle's is as new.
-
-    A file that is unreadable, forged or not a CRL stops the start (ConfigError): a node that
-    silently ignored its operator's revocation list would accept revoked members.
-    """
-    fix = "use the <network>.crl.pem that 'ipop-config revoke' wrote, or remove identity.crl"
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError("identity.crl", f"cannot read {path}: {exc.strerror}", fix) from None
-    try:
-        crl = trust.apply_crl(data, now=now)
-    except CrlError as exc:
-        if exc.reason != "crl_stale":
-            raise ConfigError("identity.crl", f"{path} refused: {exc}", fix) from None
-        log.info("event=crl_file_older file=%s holding=%d", path, trust.crl_number)
-        return
-    log.info("event=crl_loaded file=%s number=%d", path, crl.number)
-
-
 class Daemon:
-    # Whether ARP for our own vIP is ours to answer: not on a TAP, whose kernel holds the
-    # address; yes for a router, whose vIP has no stack on its LAN (ipop.vnet.echo).
-    ANSWERS_OWN_ARP = False
+    """One node and its local side; see the module docstring. ``services``: DHCP/DNS on the
+    TAP; ``local``: another local side instead of the TAP (then ``services`` is unused)."""
 
     def __init__(
         self,
@@ -200,6 +104,7 @@ class Daemon:
         settings: DaemonSettings,
         *,
         services: Callable[[Daemon], LocalServices] | None = None,
+        local: Callable[[Daemon], LocalNetwork] | None = None,
     ) -> None:
         self.bundle = bundle
         self.settings = settings
@@ -237,15 +142,17 @@ class Daemon:
         # Linked peer -> (its vIP, when learned) from its hostname's records (learn_peer_vips);
         # pruned to linked peers, re-learned after timing.PEER_VIP_TTL_S.
         self.peer_vips: dict[NodeId, tuple[IPv4Address, float]] = {}
-        self._local: list[Endpoint] = []
+        self._endpoints: list[Endpoint] = []  # our own addresses on the overlay port
         self.arp = ArpResponder(None, self.subnet)
         self._arp_type = ETH_P_ARP.to_bytes(2, "big")
         self.netcheck_result: NetcheckResult | None = None
-        self._stun_socks: dict[int, socket.socket] = {}
+        self.nat = NatSockets(settings.listen.host, self.stats)
         self.addrwatch: AddressWatcher | None = None
         self.peer_store = PeerStore(settings.state_dir, network=self.network)
         self._remembering = False  # set once _start has begun noting links
         self.no_links = NoLinkWatch(now=time.time())
+        # Last: it may use any of the above.
+        self.local: LocalNetwork | None = local(self) if local is not None else None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -274,7 +181,7 @@ class Daemon:
             load_crl_file(identity.trust, s.crl_file, now=now)
         self.udp = UdpSocket(s.listen)
         local = await self._local_endpoints(self.udp.port)
-        self._local = local
+        self._endpoints = local
         bootstrap = [ep for ep in self.bundle.bootstrap if ep not in local]
         remembered = [ep for ep in self.peer_store.load() if ep not in local]
         self.node = Node(
@@ -294,17 +201,24 @@ class Daemon:
             local_fd,
             subnet=self.subnet,
             lookup_owner=self.lookup_owner,
-            local_frame=self._local_frame,
+            local_frame=self.local.feed if self.local is not None else self._local_frame,
             local_side=local_side,
             vnet_hdr=self.tap is not None and self.tap.vnet_hdr,
         )
         if self.tap is not None:
             self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
-        if self._services_factory is not None:
+        if self._services_factory is not None and self.local is None:
             self.services = self._services_factory(self)
-        self.node.attach(self.udp, open_socket=self._open_punch_socket)
-        self.node.core.stun.serve = self.settings.stun_serve
-        self._open_stun_alternates(local)
+        self.node.attach(self.udp, open_socket=self.nat.open_punch)
+        self.node.core.stun.serve = s.stun_serve
+        if s.stun_serve:
+            self.nat.open_alternates(
+                self.node,
+                self.udp.port,
+                local,
+                alternate=s.stun_alternate,
+                alt_port=s.stun_alt_port,
+            )
         self.node.start()
         self.dataplane.start()
         self._watch_addresses(local)
@@ -326,9 +240,11 @@ class Daemon:
     async def _open_local(self) -> tuple[int, LocalSide | None, str]:
         """Open the local side: (fd to read frames from, its LocalSide or None, its name).
 
-        A node's is its TAP (None: one fixed Ethernet header); router mode overrides this
-        with its LAN interface.
+        A node's is its TAP (None: one fixed Ethernet header), else the plugged-in one.
         """
+        if self.local is not None:
+            fd, side, name = await self.local.open()
+            return fd, side, name
         s = self.settings
         self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU, vnet_hdr=True)
         await self.tap.configure()
@@ -346,7 +262,7 @@ class Daemon:
         self.addrwatch.start(local)
 
     def _local_endpoints_changed(self, local: list[Endpoint]) -> None:
-        self._local = local
+        self._endpoints = local
         if self.node is not None:
             self.node.set_local_endpoints(local[:4])
 
@@ -375,7 +291,8 @@ class Daemon:
         vip = await self.address.claim(node.dht)
         assert self.dataplane is not None
         self.dataplane.set_own_ip(vip)
-        if not self.ANSWERS_OWN_ARP:
+        # ARP for our own vIP: the TAP's kernel answers it; a plugged-in side answers it itself.
+        if self.local is None:
             self.arp.set_own_ip(vip)
         if self.settings.addressing == "static" and self.tap is not None:
             await self.tap.set_address(vip, self.subnet, self.gateway)
@@ -397,6 +314,8 @@ class Daemon:
             on_ready()
 
     async def _shutdown(self) -> None:
+        if self.local is not None:
+            await self.local.stop()
         if self.addrwatch is not None:
             await self.addrwatch.close()
         await self.tasks.close()
@@ -409,11 +328,13 @@ class Daemon:
             if self._remembering:
                 self.remember_links(now=time.time(), final=True)
             await self.node.close()
-        self._close_stun_alternates()
+        self.nat.close()
         if self.udp is not None:
             self.udp.close()
         if self.tap is not None:
             self.tap.close()
+        if self.local is not None:
+            self.local.close()
         log.info("event=stopped")
 
     # --- state ------------------------------------------------------------------------------
@@ -425,7 +346,7 @@ class Daemon:
         if node is None:
             return
         store = self.peer_store
-        own = [*self._local, *node.core.overlay.endpoints()]
+        own = [*self._endpoints, *node.core.overlay.endpoints()]
         if store.note((info.path for info in node.core.link.peers()), own=own):
             node.core.overlay.set_remembered(store.endpoints)
         if store.save_due(now=now) or (final and store.dirty):
@@ -454,7 +375,7 @@ class Daemon:
             links=len(link.peers()),
             drops=link.drops,
             handshake_failed=link.stats["handshake_failed"],
-            tried=len({*self.bundle.bootstrap, *self.peer_store.endpoints} - set(self._local)),
+            tried=len({*self.bundle.bootstrap, *self.peer_store.endpoints} - set(self._endpoints)),
         )
         if words is not None:
             log.warning("event=no_links why=%r", words)
@@ -538,8 +459,10 @@ class Daemon:
             drops.append(prefixed("dht", node.dht.drops))
         if plane is not None:
             drops.append(prefixed("vnet", plane.drops))
-        drops.append(prefixed("arp", self.arp.drops))
-        drops.append(self.extra_drops())
+        if self.local is None:
+            drops.append(prefixed("arp", self.arp.drops))
+        else:
+            drops.append(self.local.drops())
         if self.services is not None:
             drops.append(self.services.drops())
         dns = self.dns_status()
@@ -548,7 +471,8 @@ class Daemon:
         if self.udp is not None:
             drops.append(prefixed("udp", self.udp.errors))
         counters = [prefixed("vnet", plane.counters)] if plane is not None else []
-        counters.append(self.extra_counters())
+        if self.local is not None:
+            counters.append(self.local.counters())
         measured = self.netcheck_result.nat if self.netcheck_result is not None else None
         return LocalView(
             node_id=self.bundle.node_id.hex(),
@@ -562,7 +486,7 @@ class Daemon:
             measured_nat=measured,
             drops=tuple(drops),
             counters=tuple(counters),
-            lan_hosts=tuple(self.lan_host_rows()),
+            lan_hosts=tuple(self.local.lan_hosts()) if self.local is not None else (),
             dns=dns,
         )
 
@@ -606,19 +530,9 @@ class Daemon:
 
     def dns_status(self) -> DnsStatus | None:
         """The gateway resolver's counters for ``ipop status`` (None: no DNS here)."""
+        if self.local is not None:
+            return self.local.dns_status()
         return self.services.dns_status() if self.services is not None else None
-
-    def extra_drops(self) -> dict[str, int]:
-        """Drops of what a subclass adds (router mode: the LAN's DHCP, ARP, host table)."""
-        return {}
-
-    def extra_counters(self) -> dict[str, int]:
-        """Counters of what a subclass adds (router mode: the LAN socket's checksums)."""
-        return {}
-
-    def lan_host_rows(self) -> list[LanHostStatus]:
-        """Hosts served on the local side besides this node (router mode); none for a TAP."""
-        return []
 
     def path_to(self, peer: NodeId) -> PathKind:
         node = self.node
@@ -629,264 +543,20 @@ class Daemon:
                 return "relayed" if isinstance(info.path, RelayPath) else "direct"
         return "overlay"
 
-    # --- NAT discovery (ipop.nat.stun, ipop.nat.netcheck) --------------------------------------
-
-    def _open_stun_alternates(self, local: list[Endpoint]) -> None:
-        """A STUN-serving node with a second address serves CHANGE-REQUEST: two more sockets,
-        (first address, alt port) and (second address, alt port), owned by the daemon and
-        read here; what the agent answers from them leaves through :meth:`_stun_alt_send`."""
-        s = self.settings
-        node, udp = self.node, self.udp
-        assert node is not None and udp is not None
-        if not s.stun_serve or s.stun_alternate == "off" or not local:
-            return
-        primary = Endpoint(local[0].host, udp.port)
-        if s.stun_alternate == "auto":
-            others = [ep.host for ep in local[1:] if ep.host != primary.host]
-            if not others:
-                return
-            alt_host = others[0]
-        else:
-            alt_host = s.stun_alternate
-        alt_port = s.stun_alt_port or udp.port + 1
-        loop = asyncio.get_running_loop()
-        try:
-            for source, host in ((SOURCE_ALT_PORT, primary.host), (SOURCE_ALT_BOTH, alt_host)):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                self._stun_socks[source] = sock
-                sock.bind((host, alt_port))
-                sock.setblocking(False)
-                loop.add_reader(sock.fileno(), self._stun_readable, source, sock)
-        except OSError as exc:
-            log.warning("event=stun_alternate_failed error=%s", exc)
-            self._close_stun_alternates()
-            return
-        node.core.stun.set_sources(primary, alt_port=alt_port, alt_host=alt_host)
-        node.core.stun_alt_send = self._stun_alt_send
-        log.info("event=stun_server primary=%s alternate=%s:%d", primary, alt_host, alt_port)
-
-    def _open_punch_socket(
-        self, on_datagram: Callable[[bytes, tuple[str, int]], None]
-    ) -> LoopUdpSocket:
-        """One more socket for port guessing (ipop.nat.portguess), on the overlay socket's
-        address."""
-        _raise_fd_limit()
-        return LoopUdpSocket(self.settings.listen.host, on_datagram, self.stats)
-
-    def _close_stun_alternates(self) -> None:
-        socks, self._stun_socks = self._stun_socks, {}
-        for sock in socks.values():
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
-
-    def _stun_readable(self, source: int, sock: socket.socket) -> None:
-        node = self.node
-        if node is None:
-            return
-        now = time.time()
-        for _ in range(64):  # bounded: the overlay socket must not starve
-            try:
-                data, addr = sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self.stats["stun_recv_error"] += 1
-                break
-            if data and data[0] < 4:
-                node.core.stun.receive(data, Endpoint(addr[0], addr[1]), now=now, via=source)
-            else:
-                self.stats["stun_alt_not_stun"] += 1
-        node.core.stun_flush()
-        if node.driver is not None:
-            node.driver.pump()
-
-    def _stun_alt_send(self, source: int, data: bytes, dst: Endpoint) -> None:
-        sock = self._stun_socks.get(source)
-        if sock is None:
-            self.stats["stun_no_socket"] += 1
-            return
-        try:
-            sock.sendto(data, (dst.host, dst.port))
-        except OSError:
-            self.stats["stun_send_error"] += 1
-
-    async def stun_transact(
-        self, server: Endpoint, change_ip: bool, change_port: bool, *, pad: bool = True
-    ) -> StunAnswer | None:
-        """One Binding transaction from the overlay socket (retransmitted by the core).
-
-        ``pad``: PADDING up to what an ipop server needs to answer (ipop.nat.stun); off for servers
-        we did not write (an RFC 3489 server such as stund drops what it does not know)."""
-        node = self.node
-        if node is None or node.driver is None:
-            return None
-        core = node.core
-        key = core.stun.request(
-            server, now=time.time(), change_ip=change_ip, change_port=change_port, pad=pad
-        )
-        core.stun_flush()
-        node.driver.pump()
-        deadline = time.monotonic() + STUN_DEADLINE_S
-        while time.monotonic() < deadline:
-            outcome = core.stun.take_result(key)
-            if outcome is not None:
-                return outcome.answer
-            await asyncio.sleep(STUN_POLL_S)
-        return None
+    # --- NAT discovery (ipop.aio.natio) --------------------------------------------------------
 
     async def netcheck(self, servers: list[Endpoint], *, second_opinion: bool) -> NetcheckResult:
-        """Run :func:`ipop.nat.netcheck.run_netcheck` on our socket (pystun3 alongside, threads)."""
+        """Run :func:`ipop.aio.natio.netcheck` on our socket, with the configured servers."""
         node = self.node
         if node is None:
             raise CommandFailed("the node has not started")
-        local = [Endpoint(ep.host, ep.port) for ep in self._local]
-        extra = list(dict.fromkeys([*self.settings.stun_servers, *servers]))
-        stun_servers = [ep for ep in self.bundle.bootstrap if ep not in local] + extra
-        peers = [
-            info.path
-            for info in node.core.link.peers()
-            if isinstance(info.path, Endpoint) and info.path not in stun_servers
-        ]
-        echoed = [ep for ep in node.core.overlay.endpoints() if ep not in local]
-        opinions: list[asyncio.Future[SecondOpinion]] = []
-        if second_opinion:
-            source_ip = local[0].host if local else "0.0.0.0"
-            opinions = [
-                asyncio.ensure_future(asyncio.to_thread(_pystun3, ep, source_ip)) for ep in extra
-            ]
-        external = set(extra)
-
-        async def transact(
-            server: Endpoint, change_ip: bool, change_port: bool
-        ) -> StunAnswer | None:
-            pad = server not in external
-            return await self.stun_transact(server, change_ip, change_port, pad=pad)
-
-        result = await run_netcheck(
-            transact,
-            servers=stun_servers,
-            peers=peers[:MAX_NETCHECK_PEERS],
-            local=local,
-            echoed=echoed,
-            gather=asyncio.gather,
+        result = await natio.netcheck(
+            node,
+            local=self._endpoints,
+            bootstrap=self.bundle.bootstrap,
+            servers=[*self.settings.stun_servers, *servers],
+            second_opinion=second_opinion,
         )
-        if opinions:
-            got = await asyncio.gather(*opinions)
-            notes = result.notes
-            if any(o.kind != result.nat for o in got):
-                notes += ("pystun3 disagrees; its known traps: " + "; ".join(PYSTUN3_TRAPS),)
-            result = dataclasses.replace(result, second_opinion=tuple(got), notes=notes)
         self.netcheck_result = result
         log.info("event=netcheck nat=%s mapping=%s", result.nat, result.mapping)
         return result
-
-
-def _pystun3(server: Endpoint, source_ip: str) -> SecondOpinion:
-    """pystun3's verdict (blocking: run in a thread), bound to our own address, not 0.0.0.0:
-    bound to the wildcard it cannot tell an open host from a full cone."""
-    import stun  # pystun3; imported here because only netcheck needs it
-
-    try:
-        verdict, ext_ip, ext_port = stun.get_ip_info(
-            source_ip=source_ip, source_port=0, stun_host=server.host, stun_port=server.port
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        return SecondOpinion(server=server, verdict=None, kind=None, error=str(exc))
-    external = Endpoint(ext_ip, ext_port) if ext_ip and ext_port else None
-    return SecondOpinion(
-        server=server,
-        verdict=str(verdict),
-        kind=pystun3_kind(str(verdict)),
-        external=external,
-    )
-
-
-class DaemonControl:
-    """The control socket's handler (ipop.aio.control.ControlHandler) for a :class:`Daemon`."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
-
-    async def status(self) -> Status:
-        return self.d.status()
-
-    async def ping(self, target: str, seq: int, timeout_s: float) -> PingReply:
-        d = self.d
-        vip = await d.resolve(target)
-        if vip is None:
-            raise CommandFailed(f"cannot resolve {target!r}")
-        owner = await d.lookup_owner(vip)
-        if owner is None:
-            raise CommandFailed(f"no node holds {vip}")
-        assert d.node is not None
-        if owner == d.node.node_id:
-            return PingReply(seq=seq, ok=True, rtt_ms=0.0, path="direct", hops=0)
-        try:
-            answer = await d.node.ping(owner, timeout_s=timeout_s)
-        except TimeoutError:
-            return PingReply(seq=seq, ok=False)
-        d.rtts[owner] = (answer.rtt_s, time.time())
-        path = d.path_to(owner) if answer.hops == 0 else "overlay"
-        return PingReply(
-            seq=seq,
-            ok=True,
-            rtt_ms=round(answer.rtt_s * 1000, 3),
-            path=path,
-            hops=answer.hops + 1,
-        )
-
-    async def dht_get(self, key: str) -> str | None:
-        node = self.d.node
-        if node is None or node.dht is None or not node.dht_ready.is_set():
-            raise CommandFailed("the DHT has not joined yet")
-        record = await node.dht.get(self._key(key))
-        if record is None or record.tombstone:
-            return None
-        return record.value.decode("utf-8", "replace")
-
-    async def dht_put(self, key: str, value: str, ttl_s: int) -> bool:
-        node = self.d.node
-        if node is None or node.dht is None or not node.dht_ready.is_set():
-            raise CommandFailed("the DHT has not joined yet")
-        data = value.encode()
-        if len(data) > MAX_VALUE_BYTES:
-            raise CommandFailed(f"the value is {len(data)} bytes; the DHT holds {MAX_VALUE_BYTES}")
-        if not 1 <= len(key) <= MAX_USER_KEY or not key.isascii() or not key.isprintable():
-            raise CommandFailed(f"a key is 1-{MAX_USER_KEY} printable ASCII characters")
-        return await node.dht.put(self._key(key), data, float(ttl_s))
-
-    async def resolve(self, name: str) -> str | None:
-        vip = await self.d.resolve(name)
-        return str(vip) if vip is not None else None
-
-    async def crl_push(self, crl: str) -> int:
-        d = self.d
-        if d.node is None:
-            raise CommandFailed("the node is not running yet")
-        try:
-            installed = d.node.apply_crl(crl.encode("ascii", "replace"))
-        except CrlError as exc:
-            raise CommandFailed(f"CRL refused: {exc.reason} ({exc})") from None
-        log.info("event=crl_pushed number=%d", installed.number)
-        return installed.number
-
-    async def netcheck(self, servers: list[str], second_opinion: bool) -> NetcheckResult:
-        eps = [Endpoint.parse(s, key="servers") for s in servers]
-        return await self.d.netcheck(eps, second_opinion=second_opinion)
-
-    def _key(self, key: str) -> str:
-        # User keys live in their own namespace of this network: they cannot touch ip/name records.
-        return f"{self.d.network}:user:{key}"
-
-
-@functools.cache
-def _raise_fd_limit() -> None:
-    """Port guessing holds BIRTHDAY_SOCKETS sockets: lift a low soft limit (systemd's 1024)
-    toward the hard one, once per process; failing that, the sockets past the limit are
-    counted."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))

@@ -1,4 +1,4 @@
-"""router.daemon against hostile LAN hosts: the real RouterDaemon's LAN handlers, driven with
+"""router.daemon against hostile LAN hosts: the real RouterLan's LAN handlers, driven with
 frames built by scapy, over a FakeDht and a fake data plane (no sockets, no root).
 
 What a LAN host must not be able to do: stop the router (a failure in its handling, a race of
@@ -24,9 +24,10 @@ from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
+import router.claims as rc
 import router.daemon as rd
 from dhcp_dns.dhcp import parse_dhcp
-from ipop.aio.daemon import DaemonSettings
+from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.bundle import Bundle
 from ipop.dht.names import c_name
 from ipop.dht.record import ip_key, name_key
@@ -36,7 +37,7 @@ from ipop.testing.identities import make_bundle
 from ipop.types import Endpoint, NodeId
 from ipop.vnet.packet import parse_udp_frame
 from router.config import RouterSection
-from router.daemon import RouterDaemon, _LanSide
+from router.daemon import RouterLan, _LanSide, router_daemon
 from router.hosts import LanHost, mac_str
 from router.lan import CsumDrop
 from tools.ipopd import run_daemon
@@ -109,9 +110,11 @@ class Clock:
         return self.now
 
 
-def _router(bundle: Bundle, state: Path, **section: Any) -> RouterDaemon:
+def _router(bundle: Bundle, state: Path, **section: Any) -> RouterLan:
     settings = DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=state, lease_s=600.0)
-    r = RouterDaemon(bundle, settings, RouterSection(interface="lan0", **section))
+    d = router_daemon(bundle, settings, RouterSection(interface="lan0", **section))
+    r = d.local
+    assert isinstance(r, RouterLan) and r.daemon is d
     r.clock = Clock()
     return r
 
@@ -135,27 +138,27 @@ class FakeLanSocket:
 @pytest.fixture(autouse=True)
 def _fake_lan(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rd, "LanSocket", FakeLanSocket)
-    monkeypatch.setattr(rd, "EXPIRY_CHECK_S", 0.005)
+    monkeypatch.setattr(rc, "EXPIRY_CHECK_S", 0.005)
 
 
-async def _start(r: RouterDaemon, *, ready: bool = True) -> FakeNode:
-    """What RouterDaemon._start does, with fakes for the node, data plane and LAN socket."""
-    node = FakeNode(r.bundle.node_id)
+async def _start(r: RouterLan, *, ready: bool = True) -> FakeNode:
+    """What Daemon._start does, with fakes for the node, data plane and LAN socket."""
+    node = FakeNode(r.daemon.bundle.node_id)
     if not ready:
         node.dht_ready.clear()
-    r.node = node  # type: ignore[assignment]
-    r.dataplane = FakeDataPlane()  # type: ignore[assignment]
-    await r._open_local()
+    r.daemon.node = node  # type: ignore[assignment]
+    r.daemon.dataplane = FakeDataPlane()  # type: ignore[assignment]
+    await r.daemon._open_local()
     return node
 
 
-def _run(bundle: Bundle, state: Path, body: Callable[[RouterDaemon], Awaitable[None]], **kw: Any):
+def _run(bundle: Bundle, state: Path, body: Callable[[RouterLan], Awaitable[None]], **kw: Any):
     async def main() -> None:
         r = _router(bundle, state, **kw)
         try:
             await body(r)
         finally:
-            await r._shutdown()
+            await r.daemon._shutdown()
 
     asyncio.run(main())
 
@@ -168,13 +171,21 @@ async def until(cond: Callable[[], bool], deadline_s: float = 3.0) -> None:
         await asyncio.sleep(0.001)
 
 
-async def settle(r: RouterDaemon) -> None:
+async def settle(r: RouterLan) -> None:
     """Until every task the router spawned has ended, but its expiry loop."""
     await until(lambda: len(r.tasks) <= 1)
 
 
-def _running(r: RouterDaemon) -> bool:
-    return not r._stop.is_set() and getattr(r, "failure", None) is None
+async def _started_with_static_host(r: RouterLan, mac: bytes, vip: IPv4Address) -> FakeNode:
+    """Started, with ``mac`` bound to ``vip`` as a static host (its first frame claimed it)."""
+    node = await _start(r)
+    _LanSide(r).admit(memoryview(_ip_frame(mac, vip)))
+    await settle(r)
+    return node
+
+
+def _running(r: RouterLan) -> bool:
+    return not r.daemon._stop.is_set() and getattr(r.daemon, "failure", None) is None
 
 
 def _ip_frame(mac: bytes, src: IPv4Address, dst: str = "100.70.0.9") -> bytes:
@@ -218,7 +229,7 @@ def _arp_request(mac: bytes, spa: IPv4Address, tpa: IPv4Address) -> bytes:
     )
 
 
-def _offers_to(r: RouterDaemon, mac: bytes) -> list[IPv4Address]:
+def _offers_to(r: RouterLan, mac: bytes) -> list[IPv4Address]:
     out = []
     for frame in r.dataplane.written:  # type: ignore[union-attr]
         try:
@@ -240,7 +251,7 @@ def _random_mac(rng: random.Random) -> bytes:
 def test_the_lan_side_reads_through_the_lan_socket_and_its_counts_show(
     bundle: Bundle, tmp_path: Path
 ) -> None:
-    async def body(r: RouterDaemon) -> None:
+    async def body(r: RouterLan) -> None:
         await _start(r)
         lan = r.lan
         assert isinstance(lan, FakeLanSocket)
@@ -250,8 +261,8 @@ def test_the_lan_side_reads_through_the_lan_socket_and_its_counts_show(
         assert _LanSide(r).read_into(buf) == len(frame) and bytes(buf[: len(frame)]) == frame
         lan.drops[CsumDrop.FRAGMENT] += 2
         lan.counters["csum_completed"] += 5
-        assert r.extra_drops()["lan.csum_fragment"] == 2
-        assert r.extra_counters()["lan.csum_completed"] == 5
+        assert r.drops()["lan.csum_fragment"] == 2
+        assert r.counters()["lan.csum_completed"] == 5
 
     _run(bundle, tmp_path, body)
 
@@ -260,7 +271,7 @@ def test_the_lan_side_reads_through_the_lan_socket_and_its_counts_show(
 
 
 def test_two_macs_claiming_one_address_at_once(bundle: Bundle, tmp_path: Path) -> None:
-    async def body(r: RouterDaemon) -> None:
+    async def body(r: RouterLan) -> None:
         await _start(r)
         side = _LanSide(r)
         assert not side.admit(memoryview(_ip_frame(M1, V1)))
@@ -280,9 +291,9 @@ def test_two_macs_claiming_one_address_at_once(bundle: Bundle, tmp_path: Path) -
 def test_a_dhcp_request_and_a_static_claim_of_one_address_at_once(
     bundle: Bundle, tmp_path: Path
 ) -> None:
-    async def body(r: RouterDaemon) -> None:
+    async def body(r: RouterLan) -> None:
         await _start(r)
-        r._local_frame(_discover(M1, requested=V1))
+        r.feed(_discover(M1, requested=V1))
         _LanSide(r).admit(memoryview(_ip_frame(M2, V1)))
         await settle(r)
         assert _running(r)
@@ -298,10 +309,10 @@ def test_a_discover_flood_past_max_hosts_is_refused_and_counted(
 ) -> None:
     rng = random.Random(1)
 
-    async def body(r: RouterDaemon) -> None:
+    async def body(r: RouterLan) -> None:
         node = await _start(r)
         for _ in range(40):
-            r._local_frame(_discover(_random_mac(rng)))
+            r.feed(_discover(_random_mac(rng)))
         await settle(r)
         assert _running(r)
         assert len(r.hosts) == 4
@@ -309,15 +320,15 @@ def test_a_discover_flood_past_max_hosts_is_refused_and_counted(
         creates = node.dht.calls["create"]
         assert creates <= 8  # DHT work for the admitted ones only
         # An honest host still gets an address: the oldest unrequested offer makes room.
-        r._local_frame(_discover(M1))
+        r.feed(_discover(M1))
         await settle(r)
         [offer] = _offers_to(r, M1)
-        r._local_frame(_request(M1, offer))
+        r.feed(_request(M1, offer))
         assert r.hosts.by_mac(M1) is not None and r.rdrops["offer_evicted"] == 1
         saved = json.loads((tmp_path / "lan_hosts.json").read_text())["hosts"]
         assert [row["mac"] for row in saved] == [mac_str(M1)]  # offers never reach the disk
         # The flood's offers are never REQUESTed: they are given back soon; M1 keeps its lease.
-        r.clock.now += rd.OFFER_HOLD_S + rd.EXPIRY_GRACE_S + 1  # type: ignore[attr-defined]
+        r.clock.now += rc.OFFER_HOLD_S + rc.EXPIRY_GRACE_S + 1  # type: ignore[attr-defined]
         await until(lambda: len(r.hosts) == 1)
         assert r.hosts.by_mac(M1) is not None and _running(r)
 
@@ -327,7 +338,7 @@ def test_a_discover_flood_past_max_hosts_is_refused_and_counted(
 def test_one_hosts_failure_is_counted_logged_once_and_forgotten(
     bundle: Bundle, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def body(r: RouterDaemon) -> None:
+    async def body(r: RouterLan) -> None:
         await _start(r)
         assert r.dhcp is not None
         assign = r.dhcp.assign
@@ -338,15 +349,15 @@ def test_one_hosts_failure_is_counted_logged_once_and_forgotten(
             assign(mac, ip, **kw)
 
         r.dhcp.assign = broken  # type: ignore[method-assign]
-        r._local_frame(_discover(M1))
-        r._local_frame(_discover(M2))
+        r.feed(_discover(M1))
+        r.feed(_discover(M2))
         await settle(r)
         r.clock.now += 11  # type: ignore[attr-defined]  # past the DHCP server's retry stamp
-        r._local_frame(_discover(M1))
+        r.feed(_discover(M1))
         await settle(r)
         assert _running(r)
         assert r.rdrops["host_failed_alloc"] == 2
-        assert r.hosts.by_mac(M1) is None and M1 not in r._leases and not r._busy
+        assert r.hosts.by_mac(M1) is None and M1 not in r.claims._leases and not r.claims._busy
         assert r.hosts.by_mac(M2) is not None and _offers_to(r, M2)
 
     with caplog.at_level(logging.ERROR, logger="ipop-router"):
@@ -358,18 +369,19 @@ def test_one_hosts_failure_is_counted_logged_once_and_forgotten(
 def test_a_fatal_error_makes_the_router_exit_non_zero(
     bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def start(self: RouterDaemon) -> None:
-        node = await _start(self)
+    async def start(self: Daemon) -> None:
+        assert isinstance(self.local, RouterLan)
+        node = await _start(self.local)
         node.dht_ready.clear()  # no vIP claim in this test
 
         def broken() -> list[Any]:
             raise RuntimeError("the host table is broken")
 
-        self.hosts.hosts = broken  # type: ignore[method-assign]
+        self.local.hosts.hosts = broken  # type: ignore[method-assign]
 
-    monkeypatch.setattr(RouterDaemon, "_start", start)
+    monkeypatch.setattr(Daemon, "_start", start)
     r = _router(bundle, tmp_path)
-    assert run_daemon("ipop-router", r, tmp_path / "ctl.sock") == 1
+    assert run_daemon("ipop-router", r.daemon, tmp_path / "ctl.sock") == 1
 
 
 # --- bounded work --------------------------------------------------------------------------------
@@ -383,16 +395,16 @@ def test_an_arp_flood_for_random_addresses_makes_bounded_lookups(
     def random_vip() -> IPv4Address:
         return IPv4Address(int(SUBNET.network_address) + 2 + rng.randrange(1 << 20))
 
-    async def body(r: RouterDaemon) -> None:
+    async def body(r: RouterLan) -> None:
         node = await _start(r)
         # One host asking for 2,000 addresses: its per-MAC budget.
         for _ in range(2000):
-            r._local_frame(_arp_request(M1, V1, random_vip()))
+            r.feed(_arp_request(M1, V1, random_vip()))
         await settle(r)
         assert node.dht.calls["get"] == rd.LOOKUP_BURST_PER_MAC
         # 2,000 hosts (random MACs) asking: the LAN-wide budget.
         for _ in range(2000):
-            r._local_frame(_arp_request(_random_mac(rng), V1, random_vip()))
+            r.feed(_arp_request(_random_mac(rng), V1, random_vip()))
         await settle(r)
         assert node.dht.calls["get"] <= rd.LOOKUP_BURST
         refused = sum(
@@ -402,7 +414,7 @@ def test_an_arp_flood_for_random_addresses_makes_bounded_lookups(
         # Ten seconds later: at most the rate's worth more.
         r.clock.now += 10  # type: ignore[attr-defined]
         for _ in range(2000):
-            r._local_frame(_arp_request(_random_mac(rng), V1, random_vip()))
+            r.feed(_arp_request(_random_mac(rng), V1, random_vip()))
         await settle(r)
         assert node.dht.calls["get"] <= rd.LOOKUP_BURST + 10 * rd.LOOKUP_RATE
         assert _running(r)
@@ -415,18 +427,18 @@ def test_arp_answers_are_cached_and_one_lookup_runs_per_address(
 ) -> None:
     remote = IPv4Address("100.64.9.9")
 
-    async def body(r: RouterDaemon) -> None:
+    async def body(r: RouterLan) -> None:
         node = await _start(r)
         node.dht.hold(ip_key(r.network, remote), OTHER)
         node.dht.gate.clear()
         for i in range(10):
-            r._local_frame(_arp_request(bytes([0x0A, 0, 0, 0, 1, i]), V1, remote))
+            r.feed(_arp_request(bytes([0x0A, 0, 0, 0, 1, i]), V1, remote))
         node.dht.gate.set()
         await settle(r)
         assert node.dht.calls["get"] == 1
         assert len(r.dataplane.written) == 4  # type: ignore[union-attr]  # max_waiters
         assert r.rdrops["arp_waiters_full"] == 6
-        r._local_frame(_arp_request(M1, V1, remote))  # from the cache
+        r.feed(_arp_request(M1, V1, remote))  # from the cache
         assert node.dht.calls["get"] == 1 and len(r.dataplane.written) == 5  # type: ignore[union-attr]
 
     _run(bundle, tmp_path, body, static_hosts=False)
@@ -435,7 +447,7 @@ def test_arp_answers_are_cached_and_one_lookup_runs_per_address(
 def test_static_claims_from_random_sources_are_bounded(bundle: Bundle, tmp_path: Path) -> None:
     rng = random.Random(3)
 
-    async def body(r: RouterDaemon) -> None:
+    async def body(r: RouterLan) -> None:
         node = await _start(r)
         node.dht.gate.clear()  # the DHT is slow: claims pile up in flight
         side = _LanSide(r)
@@ -446,11 +458,11 @@ def test_static_claims_from_random_sources_are_bounded(bundle: Bundle, tmp_path:
             vip = IPv4Address(int(SUBNET.network_address) + 2 + rng.randrange(1 << 20))
             side.admit(memoryview(_ip_frame(M2, vip)))
         await asyncio.sleep(0)
-        assert node.dht.calls["create"] == rd.MAX_CLAIMS
+        assert node.dht.calls["create"] == rc.MAX_CLAIMS
         assert r.rdrops["claims_busy"] > 900
         node.dht.gate.set()
         await settle(r)
-        assert len(r.hosts) == rd.MAX_CLAIMS and _running(r)
+        assert len(r.hosts) == rc.MAX_CLAIMS and _running(r)
 
     _run(bundle, tmp_path, body)
 
@@ -467,9 +479,9 @@ def test_a_saved_hosts_address_cannot_be_taken_before_it_is_restored(
         )
     )
 
-    async def body(r: RouterDaemon) -> None:
+    async def body(r: RouterLan) -> None:
         node = await _start(r, ready=False)
-        node.dht.hold(ip_key(r.network, V1), r.bundle.node_id, M1)  # ours, from before
+        node.dht.hold(ip_key(r.network, V1), r.daemon.bundle.node_id, M1)  # ours, from before
         node.dht_ready.set()
         side = _LanSide(r)
         assert not side.admit(memoryview(_ip_frame(M2, V1)))  # M2 spoofs M1's address
@@ -490,10 +502,10 @@ def test_the_routers_own_address_cannot_be_taken_by_a_lan_host(
 ) -> None:
     (tmp_path / "state.json").write_text(json.dumps({"vip": str(V2), "network": "lab-net"}))
 
-    async def body(r: RouterDaemon) -> None:
+    async def body(r: RouterLan) -> None:
         node = await _start(r)
-        node.dht.hold(ip_key(r.network, V2), r.bundle.node_id)  # ours, before our claim
-        r._local_frame(_arp_request(M2, V2, IPv4Address("100.64.0.1")))
+        node.dht.hold(ip_key(r.network, V2), r.daemon.bundle.node_id)  # ours, before our claim
+        r.feed(_arp_request(M2, V2, IPv4Address("100.64.0.1")))
         _LanSide(r).admit(memoryview(_ip_frame(M2, V2)))
         await settle(r)
         assert r.hosts.by_ip(V2) is None and r.rdrops["lan_addr_taken"] == 2
@@ -505,7 +517,7 @@ def test_the_routers_own_address_cannot_be_taken_by_a_lan_host(
 def test_a_host_spoofing_a_bound_hosts_address_is_dropped_and_counted(
     bundle: Bundle, tmp_path: Path
 ) -> None:
-    async def body(r: RouterDaemon) -> None:
+    async def body(r: RouterLan) -> None:
         node = await _start(r)
         side = _LanSide(r)
         side.admit(memoryview(_ip_frame(M1, V1)))
@@ -514,7 +526,7 @@ def test_a_host_spoofing_a_bound_hosts_address_is_dropped_and_counted(
         creates = node.dht.calls["create"]
         for _ in range(3):
             assert not side.admit(memoryview(_ip_frame(M2, V1)))
-        r._local_frame(_arp_request(M2, V1, V2))
+        r.feed(_arp_request(M2, V1, V2))
         assert r.hosts.drops["lan_spoofed_src"] == 3 and r.rdrops["lan_addr_taken"] == 4
         assert node.dht.calls["create"] == creates  # no DHT work for a spoofer
         # A known host sending from another address is dropped too.
@@ -534,13 +546,11 @@ def test_drop_reasons_are_one_checked_list(bundle: Bundle, tmp_path: Path) -> No
 def test_a_host_whose_address_another_node_took_is_forgotten(
     bundle: Bundle, tmp_path: Path
 ) -> None:
-    async def body(r: RouterDaemon) -> None:
-        node = await _start(r)
-        _LanSide(r).admit(memoryview(_ip_frame(M1, V1)))
-        await settle(r)
+    async def body(r: RouterLan) -> None:
+        node = await _started_with_static_host(r, M1, V1)
         assert r.hosts.by_mac(M1) is not None
         node.dht.hold(ip_key(r.network, V1), OTHER)  # say, after a partition healed
-        [lease] = r._leases[M1]
+        [lease] = r.claims._leases[M1]
         assert await lease.dht.renew(lease.key, lease.ttl) is False
         lease.on_lost()  # what the lease calls when its renewal finds another owner
         assert r.hosts.by_mac(M1) is None and V1 not in r.dataplane.local  # type: ignore[union-attr]
@@ -559,11 +569,59 @@ def test_a_lan_hosts_taken_name_is_a_warning_naming_the_fix(
     r = _router(rb, tmp_path)
     dht = FakeDht(rb.node_id)
     dht.hold(name_key("lab-net", "laptop.r1"), OTHER, V2.packed)
-    r.node = SimpleNamespace(identity=rb.identity(now=time.time()), dht=dht)  # type: ignore[assignment]
+    r.daemon.node = SimpleNamespace(identity=rb.identity(now=time.time()), dht=dht)  # type: ignore[assignment]
     host = LanHost(M1, V1, "dhcp")
     with caplog.at_level(logging.WARNING, logger="ipop-router"):
-        asyncio.run(r._register_hostname(host, "laptop"))
+        asyncio.run(r.claims._register_hostname(host, "laptop"))
     assert r.rdrops["hostname_taken"] == 1
     (line,) = [rec.getMessage() for rec in caplog.records if "host_name_taken" in rec.getMessage()]
     assert "name=laptop.r1.ipop" in line and "give the host another hostname" in line
     assert c_name(V1) in line
+
+
+# --- HostClaims (router.claims) -------------------------------------------------------------------
+
+
+def test_forgetting_a_host_leaves_no_trace_and_gives_its_address_back(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    async def body(r: RouterLan) -> None:
+        node = await _started_with_static_host(r, M1, V1)
+        assert r.hosts.by_mac(M1) is not None and V1 in r.dataplane.local  # type: ignore[union-attr]
+        r.claims._reserved[V2.packed] = M1  # say, a second claim of M1's in flight
+        r.claims.forget(M1)
+        await settle(r)
+        assert r.hosts.by_mac(M1) is None and V1 not in r.dataplane.local  # type: ignore[union-attr]
+        assert M1 not in r.claims._leases and not r.claims._reserved
+        assert ip_key(r.network, V1) not in node.dht.records  # released, not left to lapse
+        assert r.claims._free_here(V1, M2) and r.claims._free_here(V2, M2)
+
+    _run(bundle, tmp_path, body)
+
+
+def test_stopping_the_claims_leaves_the_records_to_lapse(bundle: Bundle, tmp_path: Path) -> None:
+    async def body(r: RouterLan) -> None:
+        node = await _started_with_static_host(r, M1, V1)
+        renews = node.dht.calls["renew"]
+        await r.claims.stop()
+        assert ip_key(r.network, V1) in node.dht.records  # a restart within the lease keeps it
+        assert node.dht.calls["delete"] == 0 and node.dht.calls["renew"] == renews
+        saved = json.loads((tmp_path / "lan_hosts.json").read_text())["hosts"]
+        assert [(row["mac"], row["vip"]) for row in saved] == [(mac_str(M1), str(V1))]
+
+    _run(bundle, tmp_path, body)
+
+
+def test_a_router_without_a_name_domain_counts_a_checked_reason(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    import time
+
+    r = _router(bundle, tmp_path)  # no hostname in its certificate: no names for its hosts
+    r.daemon.node = SimpleNamespace(  # type: ignore[assignment]
+        identity=bundle.identity(now=time.time()), dht=FakeDht(bundle.node_id)
+    )
+    r.claims._naming.add(M1)
+    asyncio.run(r.claims._register_hostname(LanHost(M1, V1, "dhcp"), "laptop"))
+    assert r.rdrops["no_name_authority"] == 1 and set(r.rdrops) <= rd.DROP_REASONS
+    assert M1 not in r.claims._naming  # the table of names in flight keeps no such MAC

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from ipop.aio.daemon import Daemon, DaemonControl, DaemonSettings
+from ipop.aio.commands import DaemonControl
+from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.link.events import LinkInfo
 from ipop.nat.portguess import PortGuessing
 from ipop.node import NodeCore
@@ -33,7 +34,7 @@ from ipop.testing.identities import make_bundle
 from ipop.testing.snapshots import link_info
 from ipop.types import Endpoint, NodeId, RelayPath
 from router.config import RouterSection
-from router.daemon import RouterDaemon
+from router.daemon import RouterLan, router_daemon
 from router.hosts import LanHost
 
 DATA = Path(__file__).parent / "data"
@@ -148,7 +149,6 @@ def _wire(d: Daemon) -> None:
     )
     d.node, d.dataplane = node, plane
     d.udp = SimpleNamespace(errors=Counter({"send_error": 1}))  # type: ignore[assignment]
-    d.arp.drops["arp_not_for_us"] += 2
     d.vip = IPv4Address("100.64.0.1")
     d.names = ["C064000001.ipop", "alice.ipop"]
     d.rtts[FRANK] = (0.0201, NOW - 5)
@@ -166,15 +166,19 @@ def _node_daemon(tmp_path: Path) -> Daemon:
     d = Daemon(bundle, DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path))
     d.services = _Services()  # type: ignore[assignment]
     _wire(d)
+    d.arp.drops["arp_not_for_us"] += 2
     return d
 
 
-def _router_daemon(tmp_path: Path) -> RouterDaemon:
+def _router_daemon(tmp_path: Path) -> Daemon:
     bundle = _bundle("router1")
     settings = DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path)
-    r = RouterDaemon(bundle, settings, RouterSection(interface="lan0"))
+    d = router_daemon(bundle, settings, RouterSection(interface="lan0"))
+    r = d.local
+    assert isinstance(r, RouterLan)
     r.clock = lambda: NOW
-    _wire(r)
+    _wire(d)
+    r.arp.drops["arp_not_for_us"] += 2
     r.hosts.own_mac = bytes.fromhex("020000000001")
     r.hosts.add(
         LanHost(
@@ -202,7 +206,7 @@ def _router_daemon(tmp_path: Path) -> RouterDaemon:
     r.lan_services = SimpleNamespace(  # type: ignore[assignment]
         drops=Counter({"not_ours": 7}), dns_status=_Services().dns_status
     )
-    return r
+    return d
 
 
 def _status_json(d: Daemon) -> str:

@@ -1,0 +1,104 @@
+"""The control socket's commands carried out on a running :class:`ipop.aio.daemon.Daemon`.
+
+:mod:`ipop.aio.control` owns the socket, its line protocol, the validation of each request and
+the :class:`ipop.aio.control.ControlHandler` contract; this module owns what each command does
+to the daemon: status, ping (resolve, owner lookup, overlay ping, its round trip remembered for
+status), the user namespace of the DHT, name resolution, CRL pushes and netcheck. A refusal is
+a :class:`ipop.aio.control.CommandFailed` whose message the client prints as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ipop.aio.control import CommandFailed
+from ipop.aio.daemon import Daemon
+from ipop.dht.policy import MAX_USER_KEY
+from ipop.dht.record import MAX_VALUE_BYTES
+from ipop.identity import CrlError
+from ipop.nat.netcheck import NetcheckResult
+from ipop.status import PingReply, Status
+from ipop.types import Endpoint
+
+__all__ = ["DaemonControl"]
+
+log = logging.getLogger("ipopd")
+
+
+class DaemonControl:
+    """The control socket's handler (ipop.aio.control.ControlHandler) for a :class:`Daemon`."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    async def status(self) -> Status:
+        return self.d.status()
+
+    async def ping(self, target: str, seq: int, timeout_s: float) -> PingReply:
+        d = self.d
+        vip = await d.resolve(target)
+        if vip is None:
+            raise CommandFailed(f"cannot resolve {target!r}")
+        owner = await d.lookup_owner(vip)
+        if owner is None:
+            raise CommandFailed(f"no node holds {vip}")
+        assert d.node is not None
+        if owner == d.node.node_id:
+            return PingReply(seq=seq, ok=True, rtt_ms=0.0, path="direct", hops=0)
+        try:
+            answer = await d.node.ping(owner, timeout_s=timeout_s)
+        except TimeoutError:
+            return PingReply(seq=seq, ok=False)
+        d.rtts[owner] = (answer.rtt_s, time.time())
+        path = d.path_to(owner) if answer.hops == 0 else "overlay"
+        return PingReply(
+            seq=seq,
+            ok=True,
+            rtt_ms=round(answer.rtt_s * 1000, 3),
+            path=path,
+            hops=answer.hops + 1,
+        )
+
+    async def dht_get(self, key: str) -> str | None:
+        node = self.d.node
+        if node is None or node.dht is None or not node.dht_ready.is_set():
+            raise CommandFailed("the DHT has not joined yet")
+        record = await node.dht.get(self._key(key))
+        if record is None or record.tombstone:
+            return None
+        return record.value.decode("utf-8", "replace")
+
+    async def dht_put(self, key: str, value: str, ttl_s: int) -> bool:
+        node = self.d.node
+        if node is None or node.dht is None or not node.dht_ready.is_set():
+            raise CommandFailed("the DHT has not joined yet")
+        data = value.encode()
+        if len(data) > MAX_VALUE_BYTES:
+            raise CommandFailed(f"the value is {len(data)} bytes; the DHT holds {MAX_VALUE_BYTES}")
+        if not 1 <= len(key) <= MAX_USER_KEY or not key.isascii() or not key.isprintable():
+            raise CommandFailed(f"a key is 1-{MAX_USER_KEY} printable ASCII characters")
+        return await node.dht.put(self._key(key), data, float(ttl_s))
+
+    async def resolve(self, name: str) -> str | None:
+        vip = await self.d.resolve(name)
+        return str(vip) if vip is not None else None
+
+    async def crl_push(self, crl: str) -> int:
+        d = self.d
+        if d.node is None:
+            raise CommandFailed("the node is not running yet")
+        try:
+            installed = d.node.apply_crl(crl.encode("ascii", "replace"))
+        except CrlError as exc:
+            raise CommandFailed(f"CRL refused: {exc.reason} ({exc})") from None
+        log.info("event=crl_pushed number=%d", installed.number)
+        return installed.number
+
+    async def netcheck(self, servers: list[str], second_opinion: bool) -> NetcheckResult:
+        eps = [Endpoint.parse(s, key="servers") for s in servers]
+        return await self.d.netcheck(eps, second_opinion=second_opinion)
+
+    def _key(self, key: str) -> str:
+        # User keys live in their own namespace of this network: they cannot touch ip/name records.
+        return f"{self.d.network}:user:{key}"
