@@ -2,7 +2,7 @@
 
 :class:`RouterDaemon` is :class:`ipop.aio.daemon.Daemon` with another local side (the packet
 path is the same :class:`ipop.aio.dataplane.DataPlane`): an AF_PACKET socket on the LAN
-interface, with one Ethernet header per host (:class:`router.hosts.LanHosts`). On the LAN it:
+interface, with one Ethernet header per host (:class:`ipop.router.hosts.LanHosts`). On the LAN it:
 
 * serves DHCP (``dhcp_dns.DhcpServer``): a host's first DISCOVER makes the router claim an
   address in the DHT, held by the router's node identity (so peers' anti-spoofing check, "the
@@ -29,7 +29,7 @@ LAN hosts are untrusted (issue 13's "LAN host" attacker). What one of them can m
 * **Make work**: control frames (ARP, DHCP) are rate-limited per source MAC; address claims
   (DHCP and static) run at most :data:`MAX_CLAIMS` at once, within ``max_hosts`` (a full
   table refuses and counts, after taking back the oldest unrequested offer); proxy ARP's DHT
-  lookups go through :class:`router.limits.OwnerLookups` (cached answers, one lookup per
+  lookups go through :class:`ipop.router.limits.OwnerLookups` (cached answers, one lookup per
   address, a cap in flight) behind per-MAC and global rate limits.
 * **Break its own handling**: any error in one host's handling (:meth:`_host_failed`) is
   counted by stage, logged once per MAC, and that host's state is forgotten; the router and
@@ -53,7 +53,10 @@ from collections.abc import Callable, Coroutine
 from ipaddress import IPv4Address
 from typing import Any, Literal
 
-from dhcp_dns.dhcp import (
+from ipop.aio.daemon import DEFAULT_TAP_MTU, Daemon, DaemonSettings
+from ipop.aio.dataplane import LocalSide
+from ipop.bundle import Bundle
+from ipop.dhcp_dns.dhcp import (
     SERVER_PORT,
     AddressDeclined,
     AddressReleased,
@@ -63,24 +66,21 @@ from dhcp_dns.dhcp import (
     LeaseGranted,
     parse_dhcp,
 )
-from dhcp_dns.dns import DnsResolver
-from dhcp_dns.services import TapServices, TapServicesRunner
-from ipop.aio.daemon import DEFAULT_TAP_MTU, Daemon, DaemonSettings
-from ipop.aio.dataplane import LocalSide
-from ipop.bundle import Bundle
+from ipop.dhcp_dns.dns import DnsResolver
+from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.dht.alloc import AllocationFailed, DhtLease, IpLease, allocate_ip, is_usable
 from ipop.dht.names import c_name, lan_host_name, register_name
 from ipop.dht.record import ip_key, name_key
 from ipop.errors import ConfigError, LocalProtocolError
 from ipop.ratelimit import KeyedBuckets, TokenBucket
+from ipop.router.config import RouterSection
+from ipop.router.hosts import LanHost, LanHosts, mac_str
+from ipop.router.lan import LanSocket
+from ipop.router.limits import OwnerLookups, lru_put
 from ipop.status import DnsStatus, LanHostStatus
 from ipop.types import Endpoint
 from ipop.vnet.arp import ArpResponder
 from ipop.vnet.packet import PacketError, parse_udp_frame
-from router.config import RouterSection
-from router.hosts import LanHost, LanHosts, mac_str
-from router.lan import LanSocket
-from router.limits import OwnerLookups, lru_put
 
 __all__ = ["DROP_REASONS", "RouterDaemon"]
 
