@@ -3,7 +3,8 @@
 What it holds: one top-level import name, ``ipop`` (router/, dhcp_dns/ and tools/ go in as
 ipop.router, ipop.dhcp_dns and ipop.tools, the import names docs/architecture.toml gives them),
 and every module of those folders; installed, every console script of pyproject.toml answers,
-``ipop-sim`` and ``ipop-config`` do real work, with no clone on the path.
+``ipop-sim`` and ``ipop-config`` do real work, and (as root) ``ipop-lab bench`` brings up two
+``ipopd`` from the installed venv, with no clone on the path.
 
 The tree is copied before the build: setuptools packs whatever an earlier build left in
 ``build/lib``, and a stale top-level ``tools`` there would pass for one the wheel ships. The
@@ -167,3 +168,14 @@ def test_installed_sim_and_config_do_real_work(installed: Installed) -> None:
     installed.ok([*cfg, "node", "pkgnet", "a", "--hostname", "pa", "--out", str(bundle)])
     text = bundle.read_text()
     assert 'network = "pkgnet"' in text and "BEGIN CERTIFICATE" in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: builds network namespaces")
+def test_installed_lab_bench_runs_two_ipopd(installed: Installed) -> None:
+    # The bench starts ipop-config and both ipopd with the interpreter it runs on: from this
+    # venv, with no clone (and no .venv) anywhere on the path.
+    argv = [str(installed.venv / "bin" / "ipop-lab"), "bench", "--systems", "ipop"]
+    out = installed.ok([*argv, "--duration", "1", "--pings", "3", "--json"], 180)
+    (row,) = json.loads(out)["results"]
+    assert row["system"] == "ipop" and "error" not in row, row
+    assert row["mbit_s"] > 0 and row["rtt_ms"] > 0

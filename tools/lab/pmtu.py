@@ -42,7 +42,7 @@ from typing import Any
 from ipop.link.pmtu import RELAY_OVERHEAD
 from ipop.status import Status
 from ipop.tools.lab import netns
-from ipop.tools.lab.bench import A_UL, REPO, UP_TIMEOUT_S, BenchError, _ipop, _Run
+from ipop.tools.lab.bench import A_UL, UP_TIMEOUT_S, BenchError, _ipop, _Run
 from ipop.tools.lab.ipopnet import IpopNet
 from ipop.tools.lab.lab import WAN_IF, Lab
 from ipop.tools.lab.topology import topology_from_dict
@@ -134,8 +134,7 @@ def run_gso_burst(
         namespaces = _setup(run, link_mtu, False)
         before = {ns: _snmp_ip(ns) for ns in namespaces}
         code = _BURST_PY % (A_UL, batches, size, per_batch, B_UL)
-        py = str(REPO / ".venv" / "bin" / "python")
-        run.sh(["env", f"PYTHONPATH={REPO}", py, "-c", code], ns=run.ns_a)
+        run.sh([sys.executable, "-c", code], ns=run.ns_a)
         return _deltas(run.prefix, namespaces, before)
     finally:
         _teardown(run)
