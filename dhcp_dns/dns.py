@@ -38,7 +38,7 @@ zones RA says whether an upstream is set, so a REFUSED sends them on to the usua
 :attr:`DnsResolver.latency` keeps a histogram of query-to-answer times and the recent ones
 for percentiles; drops are counted by reasons of :data:`DROP_REASONS`.
 
-Time (``now``) comes from the caller; there is no I/O here: :mod:`dhcp_dns.services` moves the
+Time (``now``) comes from the caller; there is no I/O here: :mod:`ipop.dhcp_dns.services` moves the
 bytes and runs the lookups.
 """
 

@@ -3,7 +3,7 @@
 :class:`TapServices` is sans-IO. The daemon's TAP read path offers it every frame the kernel
 writes; :meth:`TapServices.handle_frame` returns True when the frame was for the gateway's
 services (ARP for a subnet address, DHCP to port 67, DNS to the gateway on UDP or TCP port
-53, the latter through :mod:`dhcp_dns.tcp`) and the daemon must not route it. It costs three
+53, the latter through :mod:`ipop.dhcp_dns.tcp`) and the daemon must not route it. It costs three
 ``unpack_from`` calls for ordinary traffic: ethertype, protocol, destination address. Replies
 wait in :meth:`frames_to_send`.
 
@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Final, NamedTuple
 
-from dhcp_dns.dhcp import SERVER_PORT as DHCP_SERVER_PORT
-from dhcp_dns.dhcp import DhcpEvent, DhcpServer
-from dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup
-from dhcp_dns.tcp import IPPROTO_TCP, DnsTcp, TcpClient
+from ipop.dhcp_dns.dhcp import SERVER_PORT as DHCP_SERVER_PORT
+from ipop.dhcp_dns.dhcp import DhcpEvent, DhcpServer
+from ipop.dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup
+from ipop.dhcp_dns.tcp import IPPROTO_TCP, DnsTcp, TcpClient
 from ipop.errors import LocalProtocolError
 from ipop.status import DnsLatency, DnsStatus
 from ipop.tasks import TaskSet
@@ -146,7 +146,7 @@ class TapServices:
         self.dhcp = dhcp
         self.dns = dns
         self.mac = parse_mac(mac)
-        # DNS over TCP on the same path (dhcp_dns.tcp explains why not a kernel listener).
+        # DNS over TCP on the same path (ipop.dhcp_dns.tcp explains why not a kernel listener).
         self.tcp = DnsTcp(int(gateway_ip), self.mac) if dns is not None else None
         self.drops: collections.Counter[str] = collections.Counter()
         self.tap_mac: bytes | None = None

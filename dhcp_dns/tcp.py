@@ -2,7 +2,7 @@
 
 Why here and not a kernel socket: the gateway address (``100.64.0.1``) is not an address of
 the host. DNS over UDP is answered from the frames the kernel writes into the TAP
-(:mod:`dhcp_dns.services`), and a router answers its LAN the same way from a packet socket.
+(:mod:`ipop.dhcp_dns.services`), and a router answers its LAN the same way from a packet socket.
 A kernel listener would need the host (or the router) to hold the gateway address, and then
 the kernel, not the TAP, would get every packet to it, UDP included: ARP, DHCP and DNS would
 all have to move, and a router's LAN hosts would see its real stack. Answering TC=1 does not

@@ -1,6 +1,6 @@
 """Router mode's LAN hosts' addresses: who may claim what, the claims, the leases, the names.
 
-:class:`HostClaims` is the part of :class:`router.daemon.RouterLan` that binds LAN hosts to
+:class:`HostClaims` is the part of :class:`ipop.router.daemon.RouterLan` that binds LAN hosts to
 virtual IPs the router holds for them in the DHT: a DHCP host's allocation (:meth:`dhcp_event`
 on the DHCP server's events; the waiting DISCOVER or REQUEST answered at once), a static host's
 registration (:meth:`saw_source`), the check that no host takes an address the router holds
@@ -9,7 +9,7 @@ flight (:data:`MAX_CLAIMS`, ``max_hosts``, the oldest unrequested offer evicted 
 leases and name records that keep a bound host's address, their expiry, and
 ``lan_hosts.json``, which carries the hosts across restarts (:meth:`start` restores them).
 
-Its drops are counted through the router's one checked list (``router.daemon.DROP_REASONS``),
+Its drops are counted through the router's one checked list (``ipop.router.daemon.DROP_REASONS``),
 and one host's failure is handled by the router's policy (``RouterLan._host_failed``, which
 calls :meth:`forget`); ``self.lan`` is the router it belongs to.
 """
@@ -27,7 +27,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from dhcp_dns.dhcp import (
+from ipop.dhcp_dns.dhcp import (
     AddressDeclined,
     AddressReleased,
     AddressWanted,
@@ -40,12 +40,12 @@ from ipop.dht.names import c_name, lan_host_name, register_name
 from ipop.dht.record import ip_key, name_key
 from ipop.errors import ConfigError, LocalProtocolError
 from ipop.ratelimit import KeyedBuckets
+from ipop.router.hosts import LanHost, mac_str
+from ipop.router.limits import lru_put
 from ipop.vnet.packet import PacketError, parse_udp_frame
-from router.hosts import LanHost, mac_str
-from router.limits import lru_put
 
 if TYPE_CHECKING:
-    from router.daemon import RouterLan
+    from ipop.router.daemon import RouterLan
 
 __all__ = [
     "EXPIRY_CHECK_S",

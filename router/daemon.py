@@ -3,10 +3,10 @@
 :func:`router_daemon` composes an :class:`ipop.aio.daemon.Daemon` with :class:`RouterLan` as
 its local side (:class:`ipop.aio.local.LocalNetwork`; the packet path is the same
 :class:`ipop.aio.dataplane.DataPlane`): an AF_PACKET socket on the LAN interface, with one
-Ethernet header per host (:class:`router.hosts.LanHosts`). The daemon keeps the node, its own
+Ethernet header per host (:class:`ipop.router.hosts.LanHosts`). The daemon keeps the node, its own
 vIP and the lifecycle; on the LAN, :class:`RouterLan`:
 
-* serves DHCP (``dhcp_dns.DhcpServer``): a host's first DISCOVER makes the router claim an
+* serves DHCP (``ipop.dhcp_dns.DhcpServer``): a host's first DISCOVER makes the router claim an
   address in the DHT, held by the router's node identity (so peers' anti-spoofing check, "the
   inner source is held by the sending node", holds), the same address for the same MAC again
   (``lan_hosts.json`` in the state directory, also across router restarts); the DISCOVER or
@@ -15,7 +15,7 @@ vIP and the lifecycle; on the LAN, :class:`RouterLan`:
   under the router's certified hostname are the only ones replicas let a router hold for its
   hosts, so no LAN host can take a member's name, ``ipop.dht.policy``); the DHT records are
   renewed while the DHCP lease is live; an address offered to a MAC that never REQUESTs it is
-  given back after :data:`router.claims.OFFER_HOLD_S`;
+  given back after :data:`ipop.router.claims.OFFER_HOLD_S`;
 * answers ARP for the gateway and for remote virtual IPs that are live in the DHT, only those
   (never for a LAN host: it answers itself, and LAN-to-LAN traffic stays on the LAN);
 * serves DNS for ``*.<suffix>`` on the gateway address;
@@ -29,9 +29,9 @@ LAN hosts are untrusted (issue 13's "LAN host" attacker). What one of them can m
   the DHT cannot tell those apart, every such record being the router's own). Frames enter
   the overlay only with the source vIP bound to the sending MAC (``LanHosts.admit``).
 * **Make work**: control frames (ARP, DHCP) are rate-limited per source MAC; address claims
-  (DHCP and static) run at most :data:`router.claims.MAX_CLAIMS` at once, within
+  (DHCP and static) run at most :data:`ipop.router.claims.MAX_CLAIMS` at once, within
   ``max_hosts`` (a full table refuses and counts, after taking back the oldest unrequested
-  offer); proxy ARP's DHT lookups go through :class:`router.limits.OwnerLookups` (cached
+  offer); proxy ARP's DHT lookups go through :class:`ipop.router.limits.OwnerLookups` (cached
   answers, one lookup per address, a cap in flight) behind per-MAC and global rate limits.
 * **Break its own handling**: any error in one host's handling (:meth:`_host_failed`) is
   counted by stage, logged once per MAC, and that host's state is forgotten; the router and
@@ -39,8 +39,8 @@ LAN hosts are untrusted (issue 13's "LAN host" attacker). What one of them can m
   (``Daemon.failure``) and the service manager restarts it.
 
 The address claims (DHCP allocations, static hosts, leases, names, ``lan_hosts.json``) are
-:class:`router.claims.HostClaims` (``RouterLan.claims``); frames, ARP, the failure policy and
-status are here. Drops are counted under the names in :data:`DROP_REASONS` (``router.*`` in
+:class:`ipop.router.claims.HostClaims` (``RouterLan.claims``); frames, ARP, the failure policy and
+status are here. Drops are counted under the names in :data:`DROP_REASONS` (``ipop.router.*`` in
 ``ipop status``), claims' included.
 """
 
@@ -54,26 +54,26 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
 
-from dhcp_dns.dhcp import (
-    SERVER_PORT,
-    DhcpServer,
-)
-from dhcp_dns.dns import DnsResolver
-from dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.aio.daemon import DEFAULT_TAP_MTU, Daemon, DaemonSettings
 from ipop.aio.dataplane import DataPlane, LocalSide
 from ipop.aio.node import Node
 from ipop.bundle import Bundle
+from ipop.dhcp_dns.dhcp import (
+    SERVER_PORT,
+    DhcpServer,
+)
+from ipop.dhcp_dns.dns import DnsResolver
+from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.errors import LocalProtocolError
 from ipop.ratelimit import KeyedBuckets, TokenBucket
+from ipop.router.claims import MAX_REMEMBERED, STAGES, HostClaims, HostTask, Stage
+from ipop.router.config import RouterSection
+from ipop.router.hosts import LanHosts, mac_str
+from ipop.router.lan import LanSocket
+from ipop.router.limits import OwnerLookups, lru_put
 from ipop.status import DnsStatus, LanHostStatus
 from ipop.types import Endpoint
 from ipop.vnet.arp import ArpResponder
-from router.claims import MAX_REMEMBERED, STAGES, HostClaims, HostTask, Stage
-from router.config import RouterSection
-from router.hosts import LanHosts, mac_str
-from router.lan import LanSocket
-from router.limits import OwnerLookups, lru_put
 
 __all__ = ["DROP_REASONS", "RouterLan", "router_daemon"]
 

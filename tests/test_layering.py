@@ -59,7 +59,7 @@ class Exception_:
 @dataclass(frozen=True)
 class Card:
     name: str
-    packages: tuple[str, ...]
+    packages: dict[str, str]  # folder -> the import name it is installed under
     shared: str
     parts: dict[str, Part]
     arrows: frozenset[tuple[str, str]]
@@ -129,7 +129,7 @@ def load_card(path: Path) -> Card:
     sans_io = raw.get("sans_io", {})
     return Card(
         name=path.name,
-        packages=tuple(raw["packages"]),
+        packages=_packages(raw["packages"]),
         shared=raw.get("shared", ""),
         parts=parts,
         arrows=frozenset((a, b) for a, b in raw.get("arrows", [])),
@@ -142,6 +142,12 @@ def load_card(path: Path) -> Card:
             Exception_(e["module"], e["imports"], e["why"]) for e in raw.get("exceptions", [])
         ),
     )
+
+
+def _packages(raw: list[str] | dict[str, str]) -> dict[str, str]:
+    """`packages` is a list of folders imported under their own names, or a table from folder
+    to import name (router = "ipop.router": router/daemon.py is the module ipop.router.daemon)."""
+    return {f: f for f in raw} if isinstance(raw, list) else dict(raw)
 
 
 def card_errors(card: Card) -> list[str]:
@@ -197,12 +203,17 @@ class Problem:
         return f"{self.path}:{self.line}: {self.text}"
 
 
-def modules(root: Path, packages: tuple[str, ...]) -> dict[str, Module]:
+def modules(root: Path, packages: dict[str, str]) -> dict[str, Module]:
+    """Every module under the `packages` folders, by the dotted name it is imported as."""
     found = {}
-    for pkg in packages:
-        for file in sorted((root / pkg).rglob("*.py")):
+    for folder, name in packages.items():
+        for file in sorted((root / folder).rglob("*.py")):
             rel = file.relative_to(root)
-            names = list(rel.with_suffix("").parts)
+            inner = rel.relative_to(folder).with_suffix("").parts
+            # ipop/router is a link to ../router: its modules are found once, under router/.
+            if any((root / folder / Path(*inner[:i])).is_symlink() for i in range(len(inner))):
+                continue
+            names = [*name.split("."), *inner]
             if names[-1] == "__init__":
                 names.pop()
             found[".".join(names)] = Module(".".join(names), rel.as_posix(), file)
@@ -329,10 +340,17 @@ def check(root: Path, card: Card) -> list[Problem]:
     def covered(path: str, prefixes: tuple[str, ...]) -> bool:
         return any(_covers(path, p) for p in prefixes)
 
+    moved = {f: n for f, n in card.packages.items() if f != n}
     for mod in known.values():
         texts: list[tuple[int, str]] = []
         for name, line in imports(mod, known):
             if excused(mod, name):
+                continue
+            top, _, rest = name.partition(".")
+            if top in moved:
+                # The folder's own name imports only inside a clone; installed, it is not there.
+                new = ".".join(filter(None, [moved[top], rest]))
+                texts.append((line, f"imports {name}: {top}/ is installed as {moved[top]}: {new}"))
                 continue
             tgt = _target(name, known)
             if core(mod.path):
@@ -383,7 +401,7 @@ PROBLEMS = check(ROOT, THE_CARD)
 
 def test_modules_found() -> None:
     assert "ipop.types" in MODULES and "ipop.testing.clock" in MODULES
-    assert "tools.lab.main" in MODULES and "router.daemon" in MODULES
+    assert "ipop.tools.lab.main" in MODULES and "ipop.router.daemon" in MODULES
 
 
 def test_card_is_consistent() -> None:
@@ -595,6 +613,25 @@ def test_card_keys_in_the_wrong_table_are_refused(tmp_path: Path) -> None:
 
 def test_relative_and_from_imports_resolve(tmp_path: Path) -> None:
     _fake(tmp_path)
-    known = modules(tmp_path, ("pkg",))
+    known = modules(tmp_path, {"pkg": "pkg"})
     assert imports(known["pkg.side.c"], known) == [("pkg.base", 1)]
     assert imports(known["pkg.low.a"], known) == [("pkg.base", 1)]
+
+
+def test_checker_reads_folders_installed_under_another_name(tmp_path: Path) -> None:
+    card = FAKE_CARD.replace('packages = ["pkg"]', 'packages = { pkg = "pkg", ext = "pkg.ext" }')
+    card = card.replace(
+        'paths = ["pkg/top/", "pkg/sim/"]', 'paths = ["pkg/top/", "pkg/sim/", "ext/"]'
+    )
+    tree = {"ext/__init__.py": "", "ext/e.py": "from pkg.high import b\nfrom . import f\n"}
+    _write(tmp_path, tree | {"ext/f.py": "", "pkg/high/g.py": "from pkg.ext import e\n"})
+    (tmp_path / "pkg" / "ext").symlink_to("../ext")
+    got = _fake(tmp_path, card, pkg__low__h="import ext.f\n")
+    known = modules(tmp_path, {"pkg": "pkg", "ext": "pkg.ext"})
+    assert "pkg.ext.e" in known and "ext.e" not in known and "pkg.ext.ext.e" not in known
+    assert imports(known["pkg.ext.e"], known) == [("pkg.high.b", 1), ("pkg.ext.f", 2)]
+    assert got == [
+        "pkg/high/g.py:1: imports pkg.ext.e: High -> Top points up (level 2 to 3): imports "
+        "point down only",
+        "pkg/low/h.py:1: imports ext.f: ext/ is installed as pkg.ext: pkg.ext.f",
+    ]

@@ -13,7 +13,7 @@ Commands::
 The socket is ``--socket``, else ``$IPOP_SOCKET``, else ``/run/ipop/ipopd.sock``.
 
 This module is thin on purpose: it parses arguments and maps failures to exit codes; each
-subcommand lives in its own module (``tools.cli_status`` …), which calls the daemon through
+subcommand lives in its own module (``ipop.tools.cli_status`` …), which calls the daemon through
 :class:`ipop.aio.control.ControlClient` and only formats :mod:`ipop.status` objects.
 
 Exit codes: 0 success; 1 the daemon answered "no" (ping unanswered, name or key not found, a
@@ -37,7 +37,7 @@ from ipop.aio.control import (
     ControlUnavailable,
 )
 from ipop.config import DEFAULT_CONTROL_SOCKET
-from tools import cli_crl, cli_dht, cli_netcheck, cli_ping, cli_resolve, cli_status
+from ipop.tools import cli_crl, cli_dht, cli_netcheck, cli_ping, cli_resolve, cli_status
 
 PROG = "ipop"
 SOCKET_ENV = "IPOP_SOCKET"

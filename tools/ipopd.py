@@ -14,14 +14,14 @@ import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from dhcp_dns.dhcp import DhcpServer
-from dhcp_dns.dns import DnsResolver
-from dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.aio.commands import DaemonControl
 from ipop.aio.control import ControlServer
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.bundle import Bundle, load_bundle
 from ipop.config import NodeConfig, load_config
+from ipop.dhcp_dns.dhcp import DhcpServer
+from ipop.dhcp_dns.dns import DnsResolver
+from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.errors import ConfigError
 from ipop.status import DnsStatus
 

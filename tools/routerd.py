@@ -12,9 +12,9 @@ import sys
 
 from ipop.aio.daemon import DaemonSettings
 from ipop.errors import ConfigError
-from router.config import check_authority, load_router_config
-from router.daemon import router_daemon
-from tools.ipopd import load_valid_bundle, run_daemon, setup_logging
+from ipop.router.config import check_authority, load_router_config
+from ipop.router.daemon import router_daemon
+from ipop.tools.ipopd import load_valid_bundle, run_daemon, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:

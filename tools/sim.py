@@ -218,7 +218,7 @@ def overlay_targets(result: dict[str, Any]) -> dict[str, tuple[object, str, bool
 
 def _natmatrix(args: argparse.Namespace) -> int:
     """The lab's ``natmatrix`` on the simulator's NAT models, with the same row keys."""
-    from tools.lab.natmatrix import format_table
+    from ipop.tools.lab.natmatrix import format_table
 
     wall = time.perf_counter()
     result = run_matrix(seed=args.seed)

@@ -62,7 +62,7 @@ class LocalNetwork(Protocol):
         ...
 
     def drops(self) -> dict[str, int]:
-        """Its drops, prefixed by source (``arp.x``, ``router.y``), in the order status shows
+        """Its drops, prefixed by source (``arp.x``, ``ipop.router.y``), in the order status shows
         them (after the data plane's ``vnet.*``)."""
         ...
 

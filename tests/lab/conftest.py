@@ -14,8 +14,8 @@ from types import FrameType
 
 import pytest
 
-from tools.lab.lab import Lab, cleanup_stale, process_prefix
-from tools.lab.topology import Topology, default_topology
+from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
+from ipop.tools.lab.topology import Topology, default_topology
 
 ECHO_PORT = 3478
 ALT_PORT = 3479

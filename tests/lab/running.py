@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tools.lab.ipopnet import IpopNet
-from tools.lab.lab import Lab, cleanup_stale, process_prefix
-from tools.lab.topology import Topology
+from ipop.tools.lab.ipopnet import IpopNet
+from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
+from ipop.tools.lab.topology import Topology
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tools.lab.main import main
+from ipop.tools.lab.main import main
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: builds network namespaces")

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from tools.lab.demo import format_table, run_demo
-from tools.lab.topology import default_topology
+from ipop.tools.lab.demo import format_table, run_demo
+from ipop.tools.lab.topology import default_topology
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("iptables") is None,

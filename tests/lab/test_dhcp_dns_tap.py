@@ -1,7 +1,7 @@
 """Real DHCP and DNS clients against TapServices on a real TAP, inside a network namespace.
 
 A helper process (the script below, run under ``ip netns exec``) opens a TAP in a fresh
-namespace and pumps its frames through :class:`dhcp_dns.services.TapServicesRunner`, as the
+namespace and pumps its frames through :class:`ipop.dhcp_dns.services.TapServicesRunner`, as the
 daemon will. Then ISC dhclient and busybox udhcpc get an address from it, and dig resolves
 address names, a registered hostname and an unknown one through the virtual gateway.
 """
@@ -33,8 +33,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytun
 
-from dhcp_dns.dhcp import AddressWanted
-from dhcp_dns.services import TapServices, TapServicesRunner
+from ipop.dhcp_dns.dhcp import AddressWanted
+from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 
 tap_name, vip = sys.argv[1], IPv4Address(sys.argv[2])
 HOSTS = {"alice-laptop": IPv4Address("100.64.1.3")}

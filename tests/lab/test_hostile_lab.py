@@ -1,6 +1,6 @@
 """An insider's modified ipopd against real daemons (root): issue 13's attacks, end to end.
 
-Host ``m`` runs :mod:`tools.lab.hostile` (the real daemon with one valid certificate, plus the
+Host ``m`` runs :mod:`ipop.tools.lab.hostile` (the real daemon with one valid certificate, plus the
 attacks) against honest ``ipopd``s on ``pub1``, ``pub2`` and ``a``/``b``/``c`` behind three NAT
 kinds. ``v`` runs nothing: it is the third party the attacker asks everyone to connect to. What
 is checked with things we did not write: UDP listeners on the victims' vIPs count forged packets
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tools.lab.hostile import MARKER
-from tools.lab.ipopnet import IPOP_PORT, IpopNet
-from tools.lab.lab import Lab, cleanup_stale, process_prefix
-from tools.lab.topology import topology_from_dict
+from ipop.tools.lab.hostile import MARKER
+from ipop.tools.lab.ipopnet import IPOP_PORT, IpopNet
+from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
+from ipop.tools.lab.topology import topology_from_dict
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
@@ -112,7 +112,7 @@ def test_a_hostile_member_forges_nothing_hijacks_nothing_and_reflects_little(
     lab.write_resolv_conf("m", net.gateway)
     underlay = ",".join(f"203.0.113.{i}:{IPOP_PORT}" for i in (10, 11))
     hostile = [
-        sys.executable, "-m", "tools.lab.hostile", "--config", str(m.config),
+        sys.executable, "-m", "ipop.tools.lab.hostile", "--config", str(m.config),
         "--victims", ",".join(VICTIMS), "--duration", str(ATTACK_S),
         "--reflect", f"{REFLECT}:9", "--underlay", underlay, "--report", str(report),
     ]  # fmt: skip

@@ -21,11 +21,11 @@ import pytest
 
 from ipop.dht.names import c_name
 from ipop.status import Status
+from ipop.tools.lab import netns
+from ipop.tools.lab.ipopnet import IPOP_PORT, IpopNet
+from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
+from ipop.tools.lab.topology import Topology, topology_from_dict
 from ipop.vnet.arp import VIRTUAL_MAC
-from tools.lab import netns
-from tools.lab.ipopnet import IPOP_PORT, IpopNet
-from tools.lab.lab import Lab, cleanup_stale, process_prefix
-from tools.lab.topology import Topology, topology_from_dict
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
@@ -84,7 +84,7 @@ def _cli(net: IpopNet, host: str, *args: str, timeout: float = 20) -> tuple[int,
     sock = str(net.files(host).socket)
     res = net.lab.exec(
         host,
-        ["env", f"IPOP_SOCKET={sock}", sys.executable, "-m", "tools.cli", *args],
+        ["env", f"IPOP_SOCKET={sock}", sys.executable, "-m", "ipop.tools.cli", *args],
         timeout=timeout,
     )
     return res.returncode, res.stdout + res.stderr
@@ -172,7 +172,7 @@ def test_a_burst_of_1000_queries_over_5_cold_names_is_answered(net: IpopNet) -> 
     assert qlen >= 2 * 1000  # room for the whole burst and then some
     res = net.lab.exec(
         "pub2",
-        [sys.executable, "-m", "tools.bench.dns_burst", "--json", "--count", "1000", *names],
+        [sys.executable, "-m", "ipop.tools.bench.dns_burst", "--json", "--count", "1000", *names],
         timeout=30,
     )
     assert res.returncode == 0, res.stdout + res.stderr

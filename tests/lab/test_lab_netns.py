@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from ipop.errors import ConfigError
-from tools.lab import netns
-from tools.lab.lab import Lab, cleanup_stale, process_prefix
-from tools.lab.main import main
-from tools.lab.topology import Topology, default_topology, load_topology, topology_from_dict
+from ipop.tools.lab import netns
+from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
+from ipop.tools.lab.main import main
+from ipop.tools.lab.topology import Topology, default_topology, load_topology, topology_from_dict
 
 from .conftest import ALT_PORT, ECHO_PORT, ECHO_PY, PROBE_PY, wait_for_file_text
 

@@ -14,7 +14,7 @@ from statistics import median
 
 import pytest
 
-from tools.lab.natmatrix import KINDS, run_matrix
+from ipop.tools.lab.natmatrix import KINDS, run_matrix
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("iptables") is None,

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from tools.lab.ipopnet import IPOP_PORT, IpopNet
-from tools.lab.lab import Lab, cleanup_stale, process_prefix
-from tools.lab.topology import Topology, topology_from_dict
+from ipop.tools.lab.ipopnet import IPOP_PORT, IpopNet
+from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
+from ipop.tools.lab.topology import Topology, topology_from_dict
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
@@ -160,7 +160,7 @@ def _netcheck(net: IpopNet, host: str, *args: str) -> dict[str, Any]:
     sock = net.files(host).socket
     res = net.lab.exec(
         host,
-        ["env", f"IPOP_SOCKET={sock}", sys.executable, "-m", "tools.cli", "netcheck", *args],
+        ["env", f"IPOP_SOCKET={sock}", sys.executable, "-m", "ipop.tools.cli", "netcheck", *args],
         timeout=NETCHECK_TIMEOUT_S,
     )
     assert res.stdout.strip(), f"{host}: netcheck printed nothing; stderr {res.stderr!r}"

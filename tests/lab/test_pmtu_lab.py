@@ -1,6 +1,6 @@
 """A 1124-byte link in the middle of the underlay path, with and without ICMP "fragmentation
 needed" dropped by its routers (issue 14, finding 4; tools/lab/pmtu.py builds it), and the
-same small hop behind a relay (two symmetric NATs, :func:`tools.lab.pmtu.run_relayed`).
+same small hop behind a relay (two symmetric NATs, :func:`ipop.tools.lab.pmtu.run_relayed`).
 
 Before: overlay datagrams were fragmented (415,352 fragments reassembled at b in a 5 s run),
 and with ICMP dropped TCP across the VN stalled (0.0 Mbit/s). Now every datagram carries DF,
@@ -16,7 +16,7 @@ stream must go on. Measured with it (7 interleaved rounds against the code befor
 needs 1348/1013 = 1.33 times the datagrams for the same bytes.
 
 The issue's target is 80 % of the 1500-byte path's throughput. Measured best of two on a
-quiet moment: 86 % and 93 % (python -m tools.lab.pmtu prints single runs); but on this shared
+quiet moment: 86 % and 93 % (python -m ipop.tools.lab.pmtu prints single runs); but on this shared
 2-core machine one run swings by a third or more either way (the 1500-byte path alone gave
 623-1203 Mbit/s), so the test asserts :data:`MIN_RATIO`, which only a stall or a start
 without a known path size (big packets vanish until probing answers) falls under. The old
@@ -31,8 +31,8 @@ import shutil
 import pytest
 
 from ipop.link.pmtu import RELAY_OVERHEAD
+from ipop.tools.lab.pmtu import run_gso_burst, run_pmtu, run_relayed
 from ipop.wire.header import DATA_MIN_BYTES
-from tools.lab.pmtu import run_gso_burst, run_pmtu, run_relayed
 
 DURATION_S = 4
 MIN_RATIO = 0.5

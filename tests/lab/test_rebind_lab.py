@@ -29,9 +29,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tools.lab.ipopnet import IpopNet
-from tools.lab.soak import FLUSH_CONNTRACK_PY
-from tools.lab.topology import topology_from_dict
+from ipop.tools.lab.ipopnet import IpopNet
+from ipop.tools.lab.soak import FLUSH_CONNTRACK_PY
+from ipop.tools.lab.topology import topology_from_dict
 
 from .running import make_direct, outage_around, peer_path, running_net, wait_for
 

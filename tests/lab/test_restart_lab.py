@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tools.lab.ipopnet import IpopNet
-from tools.lab.topology import topology_from_dict
+from ipop.tools.lab.ipopnet import IpopNet
+from ipop.tools.lab.topology import topology_from_dict
 
 from .running import running_net
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tools.lab.ipopnet import IpopNet
-from tools.lab.lab import HOST_IF
-from tools.lab.topology import topology_from_dict
+from ipop.tools.lab.ipopnet import IpopNet
+from ipop.tools.lab.lab import HOST_IF
+from ipop.tools.lab.topology import topology_from_dict
 
 from .running import make_direct, outage_around, peer_path, running_net, wait_for
 

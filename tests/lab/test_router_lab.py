@@ -25,8 +25,8 @@ from scapy.layers.l2 import ARP, Ether
 
 from ipop.dht.names import c_name
 from ipop.status import Status
-from tools.lab.ipopnet import IpopNet
-from tools.lab.topology import Topology, topology_from_dict
+from ipop.tools.lab.ipopnet import IpopNet
+from ipop.tools.lab.topology import Topology, topology_from_dict
 
 from .running import running_net
 
@@ -274,7 +274,7 @@ def test_plain_hosts_get_leases_fast_and_the_router_lists_them(
             f"IPOP_SOCKET={net.files('r1').socket}",
             sys.executable,
             "-m",
-            "tools.cli",
+            "ipop.tools.cli",
             "status",
         ],
         timeout=20,
@@ -331,7 +331,7 @@ def test_a_host_that_leaves_checksums_to_its_nic_gets_dns_and_tcp(
 ) -> None:
     """p1's veth keeps TX checksum offload on (the kernel's default, as in VMs and
     containers): its UDP and TCP leave with the checksum unfinished, and the router must
-    finish it (router.lan) before answering (DNS) or forwarding (TCP) them."""
+    finish it (ipop.router.lan) before answering (DNS) or forwarding (TCP) them."""
     res = net.lab.exec("p1", [sys.executable, "-c", TX_CSUM_PY, "eth0"], timeout=10, check=True)
     assert res.stdout.strip() == "1", "the lab turned TX checksum offload off again"
     _router_status(net, "r1", named=("p1",))

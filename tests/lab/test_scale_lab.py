@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from ipop.errors import ConfigError
-from tools.lab import main as lab_main
-from tools.lab.ipopnet import IpopNet
-from tools.lab.lab import HOST_IF, Lab
-from tools.lab.soak import sweep, target_name
-from tools.lab.topology import (
+from ipop.tools.lab import main as lab_main
+from ipop.tools.lab.ipopnet import IpopNet
+from ipop.tools.lab.lab import HOST_IF, Lab
+from ipop.tools.lab.soak import sweep, target_name
+from ipop.tools.lab.topology import (
     parse_nat_mix,
     preset_topology,
     scaled_topology,
@@ -136,7 +136,7 @@ def test_ci_preset_every_pair_by_name(make_lab: MakeLab) -> None:
         others = [ln for ln in neigh.splitlines() if ln and not ln.startswith(f"{net.gateway} ")]
         assert not others, f"{h.name} keeps a neighbour entry per peer: {others[:3]}"
     # On the lab's internet too, each host keeps a neighbour entry for its segment's router
-    # only (tools.lab.lab: segments are routed, as the internet is): a flat segment held one
+    # only (ipop.tools.lab.lab: segments are routed, as the internet is): a flat segment held one
     # per pair of hosts that talked, and 30 daemons overflowed the machine's table.
     for h in (h for h in lab.hosts if h.nat_kind is None and h.lan_router is None):
         gw = str(lab.topology.segment_of(h.ip).network_address + 1)

@@ -7,7 +7,7 @@ address (x1,280). Each test runs the attacker's message and the same scenario wi
 
 from __future__ import annotations
 
-from tools.bench.amplification import ROWS, Row, measure
+from ipop.tools.bench.amplification import ROWS, Row, measure
 
 # A handshake Init with its certificate, its responder binding and cookie MAC (what a
 # connect-back sends).

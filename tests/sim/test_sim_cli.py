@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.sim import main
+from ipop.tools.sim import main
 
 
 @pytest.mark.parametrize("loss", [0.0, 0.05])

@@ -15,7 +15,7 @@ import pytest
 from ipop.errors import ConfigError
 from ipop.testing import scenario
 from ipop.testing.scenario import OverlayScenario, parse_nat_mix, run_overlay
-from tools.sim import main, overlay_targets
+from ipop.tools.sim import main, overlay_targets
 
 KEYS = {
     "nodes",

@@ -27,7 +27,7 @@ from ipop.bundle import (
 from ipop.errors import ConfigError
 from ipop.identity import CertificateError, CrlError, node_id_for
 from ipop.testing.identities import make_identity, make_network
-from tools.config_cli import main
+from ipop.tools.config_cli import main
 
 NOW = 1_795_305_600.0  # 2026-11-22
 DAY = 86400.0

@@ -34,8 +34,8 @@ from ipop.aio.control import (
 from ipop.errors import ConfigError
 from ipop.nat.kinds import NatKind
 from ipop.status import PeerStatus, PingReply, SelfStatus, Status
-from tools.cli import main
-from tools.cli_status import format_status
+from ipop.tools.cli import main
+from ipop.tools.cli_status import format_status
 
 T = TypeVar("T")
 A_ID = "a1" * 20
@@ -504,7 +504,7 @@ def test_missing_daemon_is_one_line_exit_2(
 
 
 def test_default_socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tools.cli import default_socket
+    from ipop.tools.cli import default_socket
 
     monkeypatch.delenv("IPOP_SOCKET", raising=False)
     assert default_socket() == "/run/ipop/ipopd.sock"

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
-from tools.bench.dataplane_bench import A_EP, bench, bench_dataplane, linked_pair
+from ipop.tools.bench.dataplane_bench import A_EP, bench, bench_dataplane, linked_pair
 
 
 def test_fast_path_round_trip_between_an_in_memory_pair() -> None:

@@ -1,4 +1,4 @@
-"""dhcp_dns.dhcp: the codec against scapy's, and the server's exchanges (RFC 2131)."""
+"""ipop.dhcp_dns.dhcp: the codec against scapy's, and the server's exchanges (RFC 2131)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from dhcp_dns.dhcp import (
+from ipop.dhcp_dns.dhcp import (
     BOOTREPLY,
     BOOTREQUEST,
     AddressDeclined,

@@ -1,4 +1,4 @@
-"""dhcp_dns.dns (the sans-IO resolver) and dhcp_dns.services (the TAP entry point)."""
+"""ipop.dhcp_dns.dns (the sans-IO resolver) and ipop.dhcp_dns.services (the TAP entry point)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from dhcp_dns import services as services_module
-from dhcp_dns.dhcp import AddressWanted
-from dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup, Waiting
-from dhcp_dns.services import TapServices, TapServicesRunner
+from ipop.dhcp_dns import services as services_module
+from ipop.dhcp_dns.dhcp import AddressWanted
+from ipop.dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup, Waiting
+from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.errors import LocalProtocolError
 
 SUBNET = IPv4Network("100.64.0.0/10")
@@ -427,7 +427,7 @@ def test_runner_forwards_to_upstream_on_loopback() -> None:
     asyncio.run(main())
 
 
-# --- DNS over TCP (dhcp_dns.tcp) -----------------------------------------------------------------
+# --- DNS over TCP (ipop.dhcp_dns.tcp) ---------------------------------------------------------
 
 
 def _tcp(flags: str, seq: int, ack: int = 0, payload: bytes = b"", sport: int = 40100) -> bytes:

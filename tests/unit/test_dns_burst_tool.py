@@ -1,4 +1,4 @@
-"""tools.bench.dns_burst against a server on 127.0.0.1 that answers, drops or mangles."""
+"""ipop.tools.bench.dns_burst against a server on 127.0.0.1 that answers, drops or mangles."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from dnslib import QTYPE, RR, A, DNSRecord
 
-from tools.bench.dns_burst import burst
+from ipop.tools.bench.dns_burst import burst
 
 
 class _Server(asyncio.DatagramProtocol):

@@ -6,7 +6,7 @@ import select
 import socket
 import time
 
-from tools.bench.floor_tunnel import make_handlers
+from ipop.tools.bench.floor_tunnel import make_handlers
 
 
 def _end() -> tuple[socket.socket, socket.socket, socket.socket]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import config_cli, ipopd
+from ipop.tools import config_cli, ipopd
 
 
 def _write_config(path: Path, bundle: str, extra: str = "") -> Path:

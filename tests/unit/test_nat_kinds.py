@@ -12,9 +12,9 @@ from ipop.nat.kinds import BUILDABLE_KINDS, NAT_KINDS, NatKind
 from ipop.testing.fake_links import MODELLED_KINDS, FakeLinkWorld
 from ipop.testing.nat import NAT_KIND_NAMES
 from ipop.testing.nat import NAT_KINDS as SIM_BEHAVIOURS
+from ipop.tools.lab.natrules import NAT_KINDS as LAB_RULE_KINDS
+from ipop.tools.lab.topology import topology_from_dict
 from ipop.types import NodeId
-from tools.lab.natrules import NAT_KINDS as LAB_RULE_KINDS
-from tools.lab.topology import topology_from_dict
 
 
 def test_values_are_the_spellings_and_serialise_as_plain_strings() -> None:

@@ -24,9 +24,9 @@ from ipop.nat.netcheck import (
     run_netcheck,
 )
 from ipop.nat.stun import StunAnswer
+from ipop.tools.cli import main
+from ipop.tools.cli_netcheck import format_netcheck
 from ipop.types import Endpoint
-from tools.cli import main
-from tools.cli_netcheck import format_netcheck
 
 LOCAL = Endpoint("198.18.1.2", 5800)
 WAN = "203.0.113.101"

@@ -17,7 +17,7 @@ from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError, cert_serial
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
-from tools.cli import main
+from ipop.tools.cli import main
 
 NOW = SIM_EPOCH
 

@@ -1,4 +1,4 @@
-"""router.config: the [router] section on top of a node config; every error names its key."""
+"""ipop.router.config: the [router] section on top of a node config; every error names its key."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ipop.errors import ConfigError
-from router.config import load_router_config
+from ipop.router.config import load_router_config
 
 BASE = 'bundle = "b.toml"\nstate_dir = "state"\n'
 
@@ -53,7 +53,7 @@ def test_the_example_config_parses() -> None:
 
 def test_the_certificate_must_grant_the_routers_hosts() -> None:
     from ipop.identity import NetworkCA, NodeIdentity
-    from router.config import RouterSection, check_authority
+    from ipop.router.config import RouterSection, check_authority
 
     ca = NetworkCA.create("testnet", now=1_800_000_000.0)
     now = 1_800_000_000.0

@@ -1,4 +1,4 @@
-"""router.daemon against hostile LAN hosts: the real RouterLan's LAN handlers, driven with
+"""ipop.router.daemon against hostile LAN hosts: the real RouterLan's LAN handlers, driven with
 frames built by scapy, over a FakeDht and a fake data plane (no sockets, no root).
 
 What a LAN host must not be able to do: stop the router (a failure in its handling, a race of
@@ -24,23 +24,23 @@ from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-import router.claims as rc
-import router.daemon as rd
-from dhcp_dns.dhcp import parse_dhcp
+import ipop.router.claims as rc
+import ipop.router.daemon as rd
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.bundle import Bundle
+from ipop.dhcp_dns.dhcp import parse_dhcp
 from ipop.dht.names import c_name
 from ipop.dht.record import ip_key, name_key
 from ipop.errors import LocalProtocolError
+from ipop.router.config import RouterSection
+from ipop.router.daemon import RouterLan, _LanSide, router_daemon
+from ipop.router.hosts import LanHost, mac_str
+from ipop.router.lan import CsumDrop
 from ipop.testing.fake_dht import FakeDht
 from ipop.testing.identities import make_bundle
+from ipop.tools.ipopd import run_daemon
 from ipop.types import Endpoint, NodeId
 from ipop.vnet.packet import parse_udp_frame
-from router.config import RouterSection
-from router.daemon import RouterLan, _LanSide, router_daemon
-from router.hosts import LanHost, mac_str
-from router.lan import CsumDrop
-from tools.ipopd import run_daemon
 
 NOW = 1_800_000_000.0
 SUBNET = IPv4Network("100.64.0.0/10")

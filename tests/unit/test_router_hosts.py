@@ -1,4 +1,4 @@
-"""router.hosts: the LAN host table, its per-host Ethernet headers and the source check."""
+"""ipop.router.hosts: the LAN host table, its per-host Ethernet headers and the source check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
 from ipop.errors import LocalProtocolError
-from router.hosts import LanHost, LanHosts, mac_str
+from ipop.router.hosts import LanHost, LanHosts, mac_str
 
 OWN = bytes.fromhex("020000000001")
 M1 = bytes.fromhex("0a0000000001")

@@ -1,4 +1,4 @@
-"""router.lan: finishing the TCP/UDP checksums LAN hosts leave to their NIC, and cutting the
+"""ipop.router.lan: finishing the TCP/UDP checksums LAN hosts leave to their NIC, and cutting the
 batches they hand on (TSO, UDP GSO, GRO), as the packet socket's virtio header says.
 
 The expected checksums come from scapy (which computes them itself); the "partial" frames are
@@ -21,7 +21,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
-from router.lan import (
+from ipop.router.lan import (
     CSUM_REASONS,
     DATA_VALID,
     GSO_NONE,

@@ -1,11 +1,11 @@
-"""router.limits: the ARP lookup gate and the LRU bound, each table bounded."""
+"""ipop.router.limits: the ARP lookup gate and the LRU bound, each table bounded."""
 
 from __future__ import annotations
 
 import pytest
 
 from ipop.errors import LocalProtocolError
-from router.limits import OwnerLookups, lru_put
+from ipop.router.limits import OwnerLookups, lru_put
 
 
 def test_lru_put_evicts_the_least_recent() -> None:

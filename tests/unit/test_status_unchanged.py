@@ -29,13 +29,13 @@ from ipop.nat.portguess import PortGuessing
 from ipop.node import NodeCore
 from ipop.overlay.node import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.table import ConnectionKind
+from ipop.router.config import RouterSection
+from ipop.router.daemon import RouterLan, router_daemon
+from ipop.router.hosts import LanHost
 from ipop.status import DnsLatency, DnsStatus
 from ipop.testing.identities import make_bundle
 from ipop.testing.snapshots import link_info
 from ipop.types import Endpoint, NodeId, RelayPath
-from router.config import RouterSection
-from router.daemon import RouterLan, router_daemon
-from router.hosts import LanHost
 
 DATA = Path(__file__).parent / "data"
 NOW = 1_800_000_000.0

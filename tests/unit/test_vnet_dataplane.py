@@ -21,18 +21,13 @@ from typing import cast
 import pytest
 from dnslib import DNSRecord
 
-from dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.aio.dataplane import DROP_REASONS, LOCAL_BATCH, DataPlane, IoDrop
+from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.link.pmtu import MAX_DATAGRAM
 from ipop.node import ROUTED_IP_MTU, NodeCore
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.testing.tcp import tcp_segment
-from ipop.types import NodeId
-from ipop.vnet.filter import Drop, Verdict
-from ipop.vnet.gro import GSO_TCPV4, NO_GSO, VNET_HDR
-from ipop.vnet.owners import LOOKUP_BURST, LOOKUP_RATE_PER_S, MAX_IN_FLIGHT, LookupDrop
-from ipop.vnet.packet import IPPROTO_UDP, build_ipv4, build_udp_frame
-from tools.bench.dataplane_bench import (
+from ipop.tools.bench.dataplane_bench import (
     A_EP,
     A_VIP,
     B_EP,
@@ -45,6 +40,11 @@ from tools.bench.dataplane_bench import (
     fake_tap,
     linked_pair,
 )
+from ipop.types import NodeId
+from ipop.vnet.filter import Drop, Verdict
+from ipop.vnet.gro import GSO_TCPV4, NO_GSO, VNET_HDR
+from ipop.vnet.owners import LOOKUP_BURST, LOOKUP_RATE_PER_S, MAX_IN_FLIGHT, LookupDrop
+from ipop.vnet.packet import IPPROTO_UDP, build_ipv4, build_udp_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 C_ID = NodeId(0xC0FFEE)
@@ -346,7 +346,7 @@ def test_the_fast_path_delivers_exactly_what_the_filter_says() -> None:
     _run(go)
 
 
-# --- a LAN side that holds frames the fd does not signal (router.lan: a cut TCP batch) -----------
+# --- a LAN side that holds frames the fd does not signal (ipop.router.lan: a cut TCP batch) -------
 
 
 class QueuedSide:

@@ -1,7 +1,7 @@
 """ipop.vnet.gro: a batch's TCP segments of one flow coalesced into one packet for the TAP.
 
 The proof that a coalesced packet is right: cutting it again as the kernel's GSO would
-(router.lan.split_tcp, checked against the kernel by the router's lab tests) gives back the
+(ipop.router.lan.split_tcp, checked against the kernel by the router's lab tests) gives back the
 very segments that were merged, checksums included; and the checksum a NIC would finish from
 its CHECKSUM_PARTIAL field is the packet's true checksum.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ipop.router.lan import split_tcp
 from ipop.testing.tcp import ACK, FIN, PSH, SYN, TIMESTAMPS, tcp_segment
 from ipop.vnet.gro import (
     GSO_TCPV4,
@@ -32,7 +33,6 @@ from ipop.vnet.packet import (
     internet_checksum,
     transport_checksum,
 )
-from router.lan import split_tcp
 
 SRC, DST = IPv4Address("100.64.0.1"), IPv4Address("100.64.0.2")
 ETH = bytes(12) + b"\x08\x00"

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from ipop.status import PeerStatus, SelfStatus, Status
-from tools import ipopd
-from tools.cli_status import format_status
+from ipop.tools import ipopd
+from ipop.tools.cli_status import format_status
 
 
 @pytest.fixture

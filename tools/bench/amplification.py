@@ -13,7 +13,7 @@ caused. Amplification = caused bytes / bytes of the datagram that carried the me
 past every retry). The third-party column counts only bytes toward addresses no member
 holds, the reflector case (findings 4 and 5 of the issue)::
 
-    .venv/bin/python -m tools.bench.amplification [--json]
+    .venv/bin/python -m ipop.tools.bench.amplification [--json]
 
 Columns: ``in B`` the message's datagram, ``caused`` what V sent because of it (to members:
 the difference between the runs; to third parties: all of it), ``ampl`` their ratio, ``3rd B``

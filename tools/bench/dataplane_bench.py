@@ -11,7 +11,7 @@ socket stand-in, and sealed datagrams handed to its receive path, whose TAP writ
 collected. Prints µs per packet; the kernel's share (TAP and UDP syscalls) and the event loop's
 are not in these numbers: ``ipop-lab bench`` measures the whole path.
 
-Run: ``.venv/bin/python -m tools.bench.dataplane_bench [--count 100000] [--batch 64]``.
+Run: ``.venv/bin/python -m ipop.tools.bench.dataplane_bench [--count 100000] [--batch 64]``.
 """
 
 from __future__ import annotations

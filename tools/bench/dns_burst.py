@@ -4,7 +4,7 @@ Issue 14's target: "a burst of 1,000 DNS queries: 100 % answered, p99 <= 100 ms 
 cold". Run it inside a host of the lab, at the gateway, with names nobody there has asked for
 yet (the gateway caches answers for 60 s)::
 
-    ip netns exec <host-ns> .venv/bin/python -m tools.bench.dns_burst \\
+    ip netns exec <host-ns> .venv/bin/python -m ipop.tools.bench.dns_burst \\
         --server 100.64.0.1 --count 1000 a.ipop b.ipop c.ipop d.ipop pub1.ipop [--json]
 
 All ``count`` queries (type A, the names in turn, distinct ids) leave one UDP socket as fast

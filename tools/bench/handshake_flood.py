@@ -1,6 +1,6 @@
 """Benchmark of the handshake flood guard: a responder under a flood of forged Inits.
 
-Run: ``.venv/bin/python -m tools.bench.handshake_flood [--rate 20000] [--seconds 3]``.
+Run: ``.venv/bin/python -m ipop.tools.bench.handshake_flood [--rate 20000] [--seconds 3]``.
 
 The flood arrives at ``--rate`` forged Inits a second into a socket buffer of ``--queue``
 datagrams (what arrives while it is full is lost, as the kernel does). The forged Inits

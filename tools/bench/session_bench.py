@@ -1,6 +1,6 @@
 """Micro benchmark of the session hot path: LinkLayer.seal and the DATA receive branch.
 
-Run: ``.venv/bin/python -m tools.bench.session_bench [--size 1400] [--count 200000]``. Prints
+Run: ``.venv/bin/python -m ipop.tools.bench.session_bench [--size 1400] [--count 200000]``. Prints
 packets/s and µs per packet for each cipher, for seal and open
 (receive_datagram of a DATA, including the LinkMessage event). Not a test: numbers depend on
 the machine and its load (other processes share the 2 cores), hence the best of N.

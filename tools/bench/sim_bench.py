@@ -4,7 +4,7 @@ Runs ``ipop-sim overlay`` with 1,000 nodes, 30% public / 56% port-restricted con
 symmetric NAT (70% behind NATs, of which 20% symmetric), 1% loss, every node allocating an
 IP at once, then ``--churn 0.3``; prints the JSON result and one line per target (met or not)::
 
-    timeout 3600 .venv/bin/python -m tools.bench.sim_bench [--nodes N] [--seed S]
+    timeout 3600 .venv/bin/python -m ipop.tools.bench.sim_bench [--nodes N] [--seed S]
 """
 
 from __future__ import annotations

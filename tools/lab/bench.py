@@ -1,7 +1,7 @@
 """ipop-lab bench: ipop's data plane next to the underlay, tinc, wireguard-go and nebula.
 
-Also ``python-floor`` (and ``python-floor-epoll``): :mod:`tools.bench.floor_tunnel`, the least a
-Python tunnel can do per packet, so that what Python itself costs shows in the same table.
+Also ``python-floor`` (and ``python-floor-epoll``): :mod:`ipop.tools.bench.floor_tunnel`, the
+least a Python tunnel can do per packet, so that what Python itself costs shows in the same table.
 
 This module owns one benchmark run: two network namespaces joined by a veth (underlay
 198.51.100.1/24 and .2), and for each system in turn: bring it up between the two, 20 pings
@@ -45,7 +45,6 @@ B_UL = "198.51.100.2"
 PINGS = 20
 IPERF_PORT = 5201
 UP_TIMEOUT_S = 30.0
-REPO = Path(__file__).resolve().parents[2]
 
 
 class BenchError(Exception):
@@ -227,18 +226,14 @@ def _ipop(
     """ipopd on both ends; ``status``, if given, gets each one's status after the
     measurement (keys ``a``, ``b``)."""
     d = Path(tempfile.mkdtemp(prefix="ipop-", dir=run.work))
-    py = str(REPO / ".venv" / "bin" / "python")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     home = d / "home"
 
     def cfg(*args: str) -> None:
         p = subprocess.run(
-            [py, "-m", "tools.config_cli", "--home", str(home), *args],
+            [sys.executable, "-m", "ipop.tools.config_cli", "--home", str(home), *args],
             capture_output=True,
             text=True,
             timeout=60,
-            cwd=REPO,
-            env=env,
             check=False,
         )
         if p.returncode != 0:
@@ -252,7 +247,7 @@ def _ipop(
             f'bundle = "{n}.bundle.toml"\nstate_dir = "state{n}"\nlisten = "0.0.0.0:5800"\n'
             f'log_level = "info"\n[control]\nsocket = "{d / n}.sock"\n'
         )
-        argv = ["env", f"PYTHONPATH={REPO}", py, "-m", "tools.ipopd"]
+        argv = [sys.executable, "-m", "ipop.tools.ipopd"]
         procs.append(run.spawn(ns, [*argv, "--config", str(d / f"{n}.toml")], f"ipop-{n}.log"))
     try:
         vips: dict[str, str] = {}
@@ -280,14 +275,13 @@ def _ipop(
 
 
 def _python_floor(run: _Run, duration_s: int, *, loop: str = "asyncio") -> tuple[float, float]:
-    """tools.bench.floor_tunnel on both ends: what Python itself costs per packet."""
-    py = str(REPO / ".venv" / "bin" / "python")
+    """ipop.tools.bench.floor_tunnel on both ends: what Python itself costs per packet."""
     procs = []
     tun = run.prefix + "fl"
     ends = (("a", run.ns_a, "100.64.2.1", B_UL), ("b", run.ns_b, "100.64.2.2", A_UL))
     for n, ns, vpn, peer in ends:
         argv = [
-            "env", f"PYTHONPATH={REPO}", py, "-m", "tools.bench.floor_tunnel", "--tun", tun,
+            sys.executable, "-m", "ipop.tools.bench.floor_tunnel", "--tun", tun,
             "--addr", f"{vpn}/24", "--peer", f"{peer}:7000", "--loop", loop,
             "--max-seconds", str(duration_s + 120),
         ]  # fmt: skip
@@ -529,7 +523,7 @@ def main_bench(args: argparse.Namespace) -> int:
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """Registrar for :data:`tools.lab.main.EXTRA_COMMANDS` (adds ``bench``)."""
+    """Registrar for :data:`ipop.tools.lab.main.EXTRA_COMMANDS` (adds ``bench``)."""
     p = sub.add_parser("bench", parents=[common], help="throughput/RTT vs tinc, wg-go, nebula")
     _add_args(p)
     p.set_defaults(func=main_bench)

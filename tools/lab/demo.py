@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.lab.ipopnet import IpopNet, NotReady
-from tools.lab.lab import Host, Lab
-from tools.lab.natmatrix import watch_pings
-from tools.lab.topology import Topology, with_router_clusters
+from ipop.tools.lab.ipopnet import IpopNet, NotReady
+from ipop.tools.lab.lab import Host, Lab
+from ipop.tools.lab.natmatrix import watch_pings
+from ipop.tools.lab.topology import Topology, with_router_clusters
 
 __all__ = ["run_demo"]
 

@@ -16,7 +16,7 @@ bounded in count:
 - **Init flood**: handshake-shaped garbage at ``--underlay`` endpoints.
 
 What it sent is written to ``--report`` as JSON when it stops. Lab use only: the lab's tests
-start it in a namespace of their own instead of ``tools.ipopd``.
+start it in a namespace of their own instead of ``ipop.tools.ipopd``.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ from ipop.overlay.messages import (
     Purpose,
 )
 from ipop.testing.hostile import Eclipser, forge_routed, send_routed_raw
+from ipop.tools.ipopd import NodeServices, load_valid_bundle, run_daemon, setup_logging
 from ipop.types import Endpoint, NodeId
 from ipop.vnet.packet import build_ipv4, build_udp
-from tools.ipopd import NodeServices, load_valid_bundle, run_daemon, setup_logging
 
 MARKER = b"IPOP-FORGED-ORIGIN"
 _log = logging.getLogger("ipop-hostile")

@@ -1,13 +1,13 @@
 """The ipop virtual network running on a lab: one CA, a bundle and a config per host, ipopd.
 
-:class:`IpopNet` owns what ipop puts on a :class:`tools.lab.lab.Lab`: ``prepare()`` makes the
+:class:`IpopNet` owns what ipop puts on a :class:`ipop.tools.lab.lab.Lab`: ``prepare()`` makes the
 network CA and every host's bundle with ``ipop-config`` (in-process, the same code as the CLI)
 and writes each host's node TOML into the lab's per-host directory; ``start(host)`` runs a real
 ``ipopd`` in the host's namespace (its PID recorded by the lab, so ``down`` always ends it) and
 points the namespace's resolver at the virtual gateway, where ipopd answers DNS for ``*.ipop``;
 ``wait_ready`` polls the host's control socket until the daemon holds a virtual IP.
 
-Router clusters: a cluster's router host runs ``ipop-router`` (``tools.routerd``) on the
+Router clusters: a cluster's router host runs ``ipop-router`` (``ipop.tools.routerd``) on the
 cluster's LAN bridge instead of ``ipopd``; its plain hosts run only a real DHCP client
 (``start_plain``: ``udhcpc`` or ``dhclient``, with :data:`DHCP_SCRIPT` applying the lease with
 ``ip``), and ``wait_lease`` polls their interface for the leased address.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 from ipop.aio.control import ControlClient, ControlError
 from ipop.status import Status
-from tools import config_cli
-from tools.lab.lab import CLUSTER_BRIDGE, Host, Lab
+from ipop.tools import config_cli
+from ipop.tools.lab.lab import CLUSTER_BRIDGE, Host, Lab
 
 __all__ = ["DEFAULT_SUBNET", "DHCP_SCRIPT", "IPOP_PORT", "IpopNet", "NotReady"]
 
@@ -170,7 +170,7 @@ class IpopNet:
         f = self.files(h)
         self.lab.write_resolv_conf(h, self.gateway)
         self.started_at[h.name] = time.monotonic()
-        module = "tools.routerd" if self.lab.is_router(h) else "tools.ipopd"
+        module = "ipop.tools.routerd" if self.lab.is_router(h) else "ipop.tools.ipopd"
         self.lab.spawn(h, [sys.executable, "-m", module, "--config", str(f.config)], log_path=f.log)
 
     # --- plain hosts of router clusters -------------------------------------------------------

@@ -36,9 +36,9 @@ from types import TracebackType
 from typing import Any
 
 from ipop.errors import LocalProtocolError
-from tools.lab import netns
-from tools.lab.natrules import iptables_rules, nft_ruleset
-from tools.lab.topology import HostSpec, Topology, topology_from_dict
+from ipop.tools.lab import netns
+from ipop.tools.lab.natrules import iptables_rules, nft_ruleset
+from ipop.tools.lab.topology import HostSpec, Topology, topology_from_dict
 
 STATE_FILE = "lab.json"
 STATE_VERSION = 1
@@ -394,7 +394,7 @@ class Lab:
                 netns.set_master(rns, port, CLUSTER_BRIDGE)
                 netns.link_up(rns, port)
                 # Offload stays as the kernel sets it (on, for a veth): the host leaves its
-                # TCP/UDP checksums to a NIC, as VMs and containers do (router.lan).
+                # TCP/UDP checksums to a NIC, as VMs and containers do (ipop.router.lan).
                 netns.link_up(p.ns, HOST_IF)
 
     @staticmethod

@@ -1,7 +1,7 @@
 """ipop-lab: the command line of the namespace lab: up, status, exec, logs, down.
 
 This module owns argument parsing and what each subcommand prints; the lab itself lives in
-:mod:`tools.lab.lab`. A lab brought ``up`` stays up after the command returns; its state is in
+:mod:`ipop.tools.lab.lab`. A lab brought ``up`` stays up after the command returns; its state is in
 ``--workdir`` (default /run/ipop-lab/current) so later commands find it. SIGINT and SIGTERM
 while a lab is being built tear it down before exiting.
 
@@ -22,10 +22,10 @@ from types import FrameType
 from typing import Any
 
 from ipop.errors import ConfigError, IpopError
-from tools.lab import netns
-from tools.lab.ipopnet import IpopNet
-from tools.lab.lab import STATE_FILE, Lab, cleanup_stale
-from tools.lab.topology import (
+from ipop.tools.lab import netns
+from ipop.tools.lab.ipopnet import IpopNet
+from ipop.tools.lab.lab import STATE_FILE, Lab, cleanup_stale
+from ipop.tools.lab.topology import (
     DEFAULT_MIX,
     PRESETS,
     Topology,
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_natmatrix(args: argparse.Namespace) -> int:
-    from tools.lab.natmatrix import main_natmatrix
+    from ipop.tools.lab.natmatrix import main_natmatrix
 
     kinds = tuple(k for k in str(args.kinds).split(",") if k)
     bad = [k for k in kinds if k not in NAT_MATRIX_KINDS]
@@ -340,7 +340,7 @@ def cmd_natmatrix(args: argparse.Namespace) -> int:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from tools.lab.soak import SoakPlan, main_soak
+    from ipop.tools.lab.soak import SoakPlan, main_soak
 
     plan = SoakPlan(
         minutes=args.minutes,
@@ -357,14 +357,14 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tools.lab.demo import main_demo
+    from ipop.tools.lab.demo import main_demo
 
     topo = load_topology(Path(args.topology)) if args.topology else default_topology()
     return main_demo(topo, as_json=args.json)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from tools.lab.bench import main_bench
+    from ipop.tools.lab.bench import main_bench
 
     return main_bench(args)
 

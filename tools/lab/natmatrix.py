@@ -28,10 +28,10 @@ from typing import Any
 
 from ipop.nat.kinds import NAT_KINDS, NatKind
 from ipop.nat.stun import direct_expected
-from tools.lab import netns
-from tools.lab.ipopnet import IpopNet, NotReady
-from tools.lab.lab import Lab
-from tools.lab.topology import topology_from_dict
+from ipop.tools.lab import netns
+from ipop.tools.lab.ipopnet import IpopNet, NotReady
+from ipop.tools.lab.lab import Lab
+from ipop.tools.lab.topology import topology_from_dict
 
 __all__ = ["KINDS", "measure_pair", "run_matrix"]
 

@@ -17,7 +17,7 @@ fragmentation counters of every namespace (``Ip: FragCreates``, ``ReasmReqds`` o
 batches (GSO) of 1400-byte datagrams from a to b, and the counters say whether any of them was
 fragmented on the way (before: every one, its segments left without DF).
 
-:func:`run_relayed` is the relayed variant, on a :class:`tools.lab.lab.Lab`: a public relay
+:func:`run_relayed` is the relayed variant, on a :class:`ipop.tools.lab.lab.Lab`: a public relay
 ``boot`` and two hosts ``x`` and ``y`` behind symmetric NATs (they cannot punch, so they stay
 relayed through ``boot``), the WAN link of ``y``'s NAT router at ``link_mtu`` on both ends.
 The internet is a bridge, which drops a frame too big for a port without a word: a PMTU
@@ -41,12 +41,12 @@ from typing import Any
 
 from ipop.link.pmtu import RELAY_OVERHEAD
 from ipop.status import Status
+from ipop.tools.lab import netns
+from ipop.tools.lab.bench import A_UL, UP_TIMEOUT_S, BenchError, _ipop, _Run
+from ipop.tools.lab.ipopnet import IpopNet
+from ipop.tools.lab.lab import WAN_IF, Lab
+from ipop.tools.lab.topology import topology_from_dict
 from ipop.wire.header import DATA_MIN_BYTES
-from tools.lab import netns
-from tools.lab.bench import A_UL, REPO, UP_TIMEOUT_S, BenchError, _ipop, _Run
-from tools.lab.ipopnet import IpopNet
-from tools.lab.lab import WAN_IF, Lab
-from tools.lab.topology import topology_from_dict
 
 __all__ = ["FRAG_COUNTERS", "main_pmtu", "run_gso_burst", "run_pmtu", "run_relayed"]
 
@@ -134,8 +134,7 @@ def run_gso_burst(
         namespaces = _setup(run, link_mtu, False)
         before = {ns: _snmp_ip(ns) for ns in namespaces}
         code = _BURST_PY % (A_UL, batches, size, per_batch, B_UL)
-        py = str(REPO / ".venv" / "bin" / "python")
-        run.sh(["env", f"PYTHONPATH={REPO}", py, "-c", code], ns=run.ns_a)
+        run.sh([sys.executable, "-c", code], ns=run.ns_a)
         return _deltas(run.prefix, namespaces, before)
     finally:
         _teardown(run)
@@ -271,7 +270,7 @@ def run_relayed(*, link_mtu: int, duration_s: int) -> dict[str, Any]:
 
 
 def main_pmtu(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.lab.pmtu", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m ipop.tools.lab.pmtu", description=__doc__)
     p.add_argument("--mtu", type=int, default=1124, help="the small link's MTU")
     p.add_argument("--duration", type=int, default=5, help="iperf3 seconds (after 1 s omitted)")
     args = p.parse_args(argv)

@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from ipop.aio.control import ControlError
-from tools.lab.ipopnet import IpopNet, NotReady
-from tools.lab.lab import HOST_IF, Host, Lab
-from tools.lab.topology import SHAREABLE_NATS, Topology
+from ipop.tools.lab.ipopnet import IpopNet, NotReady
+from ipop.tools.lab.lab import HOST_IF, Host, Lab
+from ipop.tools.lab.topology import SHAREABLE_NATS, Topology
 
 __all__ = ["SoakPlan", "main_soak", "run_soak", "sweep"]
 

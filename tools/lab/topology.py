@@ -69,7 +69,7 @@ from typing import Any
 
 from ipop.errors import ConfigError
 from ipop.nat.kinds import NatKind
-from tools.lab.natrules import NAT_KINDS
+from ipop.tools.lab.natrules import NAT_KINDS
 
 ROLES = ("public", "nat")
 # NAT kinds that several LAN hosts can share: the cone kinds DNAT inbound traffic to one host.
