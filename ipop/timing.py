@@ -161,7 +161,7 @@ DHT_JOIN_RETRY_S = 2.0
 # peers re-keyed at start) already reach the DHT; the DHT join itself checks that a peer
 # answers.
 DHT_JOIN_WAIT_S = 1.0
-# The overlay's linked peers are taken in as contacts this often at most (ipop/dht/service.py):
+# The overlay's linked peers are taken in as contacts this often at most (ipop/dht/lookup.py):
 # links come and go in bursts while the ring forms, and each absorb walks every link.
 DHT_LINK_ABSORB_S = 5.0
 # After a lost create's withdrawal its tombstone is sent to the replicas again this much later:
