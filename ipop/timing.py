@@ -104,7 +104,7 @@ CRL_VERIFY_BACKOFF_S = 30.0
 # We ask one peer for its newer list at most this often.
 CRL_PULL_WAIT_S = 10.0
 
-# --- identity and certificates (ipop/identity.py, tools/config_cli.py) ----------------------------
+# --- identity and certificates (ipop/identity/, tools/config_cli.py) ----------------------------
 # Certificates start this long before the moment they are signed, so a node whose clock runs
 # a little behind the machine that ran ipop-config can use a freshly made bundle at once.
 CERT_BACKDATE_S = 3600.0
