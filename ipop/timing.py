@@ -104,7 +104,7 @@ CRL_VERIFY_BACKOFF_S = 30.0
 # We ask one peer for its newer list at most this often.
 CRL_PULL_WAIT_S = 10.0
 
-# --- identity and certificates (ipop/identity.py, tools/config_cli.py) ----------------------------
+# --- identity and certificates (ipop/identity/, tools/config_cli.py) ----------------------------
 # Certificates start this long before the moment they are signed, so a node whose clock runs
 # a little behind the machine that ran ipop-config can use a freshly made bundle at once.
 CERT_BACKDATE_S = 3600.0
@@ -161,7 +161,7 @@ DHT_JOIN_RETRY_S = 2.0
 # peers re-keyed at start) already reach the DHT; the DHT join itself checks that a peer
 # answers.
 DHT_JOIN_WAIT_S = 1.0
-# The overlay's linked peers are taken in as contacts this often at most (ipop/dht/service.py):
+# The overlay's linked peers are taken in as contacts this often at most (ipop/dht/lookup.py):
 # links come and go in bursts while the ring forms, and each absorb walks every link.
 DHT_LINK_ABSORB_S = 5.0
 # After a lost create's withdrawal its tombstone is sent to the replicas again this much later:

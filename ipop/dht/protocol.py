@@ -19,7 +19,7 @@ but it replaces rpcudp's datagram handling, which we cannot use as shipped:
   from it) gets one try per call: a paused or killed node costs each later lookup one timeout.
   A peer that left even one try unanswered is :meth:`~IpopKademliaProtocol.unresponsive`
   until anything arrives from it (at most ``DHT_SILENT_PEER_S``): reads ask the next-nearest
-  node instead of waiting for it (:meth:`ipop.dht.service.DhtService.get`).
+  node instead of waiting for it (:meth:`ipop.dht.read.QuorumReader.get`).
 * stock ``welcome_if_new`` pushes every stored key to each new contact, synchronously, and
   ``rpc_store`` accepts anything. Here a new contact is added to the routing table and handed
   to ``on_new_contact`` (the service offers it the records it is now near, store-on-join),
@@ -416,7 +416,7 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         result: tuple[bool, Any] = (False, None)
         if isinstance(answer, NodesFound):
             # Contact objects, not kademlia's (id, ip, port) tuples: our crawl
-            # (ipop.dht.service._LiveNodeCrawl) takes them as they are.
+            # (ipop.dht.lookup.LiveNodeCrawl) takes them as they are.
             found = [kad_node(n) for n in answer.nodes if n != self.local_id]
             result = (True, found)
         return self._handle_result(result, node_to_ask)

@@ -300,7 +300,7 @@ def test_overlay_links_become_contacts() -> None:
         assert await c.nodes[1].put(K, b"one", 60)
         loner = c.add_node()  # never bootstrapped: no kademlia contact at all
         assert loner.contacts() == []
-        loner._linked = Linked([c.nodes[3].node_id, c.nodes[7].node_id])
+        loner.lookups.linked = Linked([c.nodes[3].node_id, c.nodes[7].node_id])
         got = await loner.get(K)
         assert got is not None and got.value == b"one"
         assert {c.nodes[3].node_id, c.nodes[7].node_id} <= set(loner.contacts())

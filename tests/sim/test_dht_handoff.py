@@ -12,9 +12,10 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from ipop.dht.handoff import MAX_HANDOFF_RECORDS
 from ipop.dht.names import lookup_name, register_name
 from ipop.dht.record import ip_key, key_id, name_key
-from ipop.dht.service import MAX_HANDOFF_RECORDS, DhtConfig, DhtService
+from ipop.dht.service import DhtConfig, DhtService
 from ipop.testing.clock import run_virtual
 from ipop.testing.fake_overlay import DhtCluster
 

@@ -107,7 +107,7 @@ def test_keys_of_other_networks_and_unknown_kinds_are_refused() -> None:
         assert drops["store_key_other_network"] >= 2 * 5
         assert drops["store_key_unknown_kind"] >= 5
         with pytest.raises(LocalProtocolError):  # counting a reason not in the list is a bug
-            mallory._drop("fetched", "made_up")
+            mallory.replica_calls.drop("fetched", "made_up")
 
     run_cluster(body, n=12, hostnames=NAMES, config=CONFIG)
 

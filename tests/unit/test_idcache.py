@@ -8,7 +8,7 @@ import pytest
 from kademlia.node import Node, NodeHeap
 
 from ipop import idcache
-from ipop.dht.service import _IndexedNodeHeap
+from ipop.dht.lookup import IndexedNodeHeap
 from ipop.types import NodeId
 
 
@@ -37,7 +37,7 @@ def test_indexed_heap_behaves_like_kademlias() -> None:
     rng = random.Random(4)
     me = Node(rng.randbytes(20))
     pool = [Node(rng.randbytes(20)) for _ in range(60)]
-    stock, ours = NodeHeap(me, 20), _IndexedNodeHeap(me, 20)
+    stock, ours = NodeHeap(me, 20), IndexedNodeHeap(me, 20)
     for _ in range(30):
         batch = rng.sample(pool, 8)
         for heap in (stock, ours):

@@ -26,7 +26,7 @@ STAYS: dict[tuple[str, str], str] = {
     ("ipop/aio/dataplane.py", "GSO_RETRY_S"): "kernel offload workaround, not protocol",
     ("ipop/config.py", "DEFAULT_LEASE_S"): "configuration default (router DHCP)",
     ("ipop/config.py", "MIN_LEASE_S"): "configuration bound (router DHCP)",
-    ("ipop/identity.py", "_DAY_S"): "a unit, not a timing",
+    ("ipop/identity/ca.py", "_DAY_S"): "a unit, not a timing",
     ("ipop/nolinks.py", "NO_LINK_GRACE_S"): "diagnostic heuristic, a NoLinkWatch default",
     ("ipop/vnet/owners.py", "LOOKUP_RATE_PER_S"): "a rate kept with its burst and table bounds",
     ("ipop/link/layer.py", "RELAY_REKEY_PER_S"): "a rate kept with its burst and table bound",

@@ -1,0 +1,124 @@
+"""A node's own identity: :class:`NodeIdentity`, its private key, its certificate and the CA it
+trusts (everything it needs to prove itself), generated under a CA or loaded from a bundle.
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ipop.errors import ConfigError, LocalProtocolError
+from ipop.identity.ca import NetworkCA
+from ipop.identity.cert import CertificateError, NodeCertificate, pem_damage
+from ipop.identity.keys import raw_public
+from ipop.identity.trust import CaTrust
+from ipop.timing import NODE_CERT_DEFAULT_DAYS
+from ipop.types import NodeId
+
+__all__ = ["NodeIdentity"]
+
+
+class NodeIdentity:
+    """A node's private key, its certificate and the CA it trusts: everything to prove itself."""
+
+    __slots__ = ("cert", "private_key", "public_key_raw", "trust")
+
+    def __init__(self, private_key: Ed25519PrivateKey, cert: NodeCertificate, trust: CaTrust):
+        public_key_raw = raw_public(private_key.public_key())
+        if public_key_raw != cert.public_key_raw:
+            raise LocalProtocolError("private key does not match the certificate")
+        if cert.network != trust.network:
+            raise LocalProtocolError("certificate belongs to another network than the CA")
+        self.private_key = private_key
+        self.cert = cert
+        self.trust = trust
+        self.public_key_raw = public_key_raw
+
+    @classmethod
+    def generate(
+        cls,
+        ca: NetworkCA,
+        name: str,
+        *,
+        now: float,
+        days: int = NODE_CERT_DEFAULT_DAYS,
+        hostname: str | None = None,
+        router_hosts: int = 0,
+    ) -> NodeIdentity:
+        """A fresh key signed by ``ca`` (what ``ipop-config node`` and the test factories do)."""
+        key = Ed25519PrivateKey.generate()
+        cert = ca.sign_node(
+            raw_public(key.public_key()),
+            name,
+            now=now,
+            days=days,
+            hostname=hostname,
+            router_hosts=router_hosts,
+        )
+        return cls(key, cert, ca.trust)
+
+    @classmethod
+    def from_pem(
+        cls,
+        key_pem: bytes,
+        cert_pem: bytes,
+        trust: CaTrust,
+        *,
+        now: float,
+        key_name: str = "node_key",
+        cert_name: str = "node_cert",
+    ) -> NodeIdentity:
+        """Load and check a node's key and certificate; problems raise ConfigError naming keys."""
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                key_name, pem_damage(exc, "private key"), "re-create the bundle"
+            ) from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(key_name, "not an Ed25519 key", "re-create the bundle")
+        try:
+            der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                cert_name, pem_damage(exc, "certificate"), "re-create the bundle"
+            ) from None
+        try:
+            cert = trust.verify(der, now=now)
+        except CertificateError as exc:
+            fixes = {
+                "cert_expired": "ask for a new bundle: 'ipop-config node NETWORK NAME --force'",
+                "cert_not_yet_valid": "check this machine's clock",
+            }
+            raise ConfigError(
+                cert_name,
+                f"refused by the bundled CA: {exc}",
+                fixes.get(exc.reason, "re-create the bundle with 'ipop-config node'"),
+            ) from None
+        if raw_public(key.public_key()) != cert.public_key_raw:
+            raise ConfigError(
+                key_name, "the private key does not match node_cert", "re-create the bundle"
+            )
+        return cls(key, cert, trust)
+
+    @property
+    def node_id(self) -> NodeId:
+        return self.cert.node_id
+
+    @property
+    def network(self) -> str:
+        return self.cert.network
+
+    def sign(self, data: bytes) -> bytes:
+        return self.private_key.sign(data)
+
+    def private_key_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def __repr__(self) -> str:
+        return f"NodeIdentity({self.cert.name!r}, {self.node_id!r})"

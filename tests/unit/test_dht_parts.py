@@ -1,0 +1,168 @@
+"""The DHT service's parts through their own public interfaces: Lookups, ReplicaCalls,
+QuorumReader, QuorumWriter, Handoff (ipop.dht.{lookup,replicas,read,write,handoff}), and the
+pure ``nearer`` count store-on-join decides with."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ipop.dht.config import DhtConfig
+from ipop.dht.handoff import nearer
+from ipop.dht.record import Record, StoreOutcome, key_id
+from ipop.dht.replicas import ReplicaCalls
+from ipop.dht.storage import STORE_REASONS
+from ipop.dht.wire import StoreAnswered
+from ipop.errors import LocalProtocolError
+from ipop.testing.fake_overlay import DhtCluster, run_cluster
+from ipop.testing.waiting import until
+from ipop.types import NodeId
+
+K = "testnet:user:parts"
+
+
+def test_nearer_counts_nodes_strictly_nearer_and_stops_at_the_limit() -> None:
+    target = 0b1000
+    nodes = [0b1001, 0b1010, 0b1100, 0b0000, 0b1000]  # distances 1, 2, 4, 8, 0
+    assert nearer(nodes, target, 3, limit=10) == 3  # 1, 2 and 0 are < 3
+    assert nearer(nodes, target, 1, limit=10) == 1  # only the target itself
+    assert nearer(nodes, target, 100, limit=2) == 2  # counting stops at the limit
+    assert nearer([], target, 100, limit=2) == 0
+
+
+def test_replica_calls_acks_count_accepted_answers_only() -> None:
+    answers: dict[NodeId, StoreAnswered | None] = {
+        NodeId(1): StoreAnswered(StoreOutcome.STORED, None),
+        NodeId(2): StoreAnswered(StoreOutcome.UNCHANGED, None),
+        NodeId(3): StoreAnswered(StoreOutcome.CONFLICT, None),
+        NodeId(4): None,
+    }
+    assert ReplicaCalls.acks(answers) == 2
+    assert ReplicaCalls.acks({}) == 0
+
+
+def test_replica_calls_count_drops_by_checked_reason() -> None:
+    async def body(c: DhtCluster) -> None:
+        calls = c.nodes[0].replica_calls
+        reason = sorted(STORE_REASONS)[0]
+        calls.drop("fetched", reason)
+        assert calls.drops == {f"fetched_{reason}": 1}
+        assert c.nodes[0].drops[f"fetched_{reason}"] == 1  # the service's total includes it
+        with pytest.raises(LocalProtocolError):
+            calls.drop("fetched", "made_up")
+
+    run_cluster(body, n=3)
+
+
+def test_replica_calls_refuse_to_send_what_replicas_would_refuse() -> None:
+    async def body(c: DhtCluster) -> None:
+        svc = c.nodes[0]
+        now = asyncio.get_running_loop().time()
+        ours = Record.sign(svc.identity, K, b"v", seq=1, expires_at=now + 60)
+        foreign = Record.sign(svc.identity, "othernet:user:x", b"v", seq=1, expires_at=now + 60)
+        assert svc.replica_calls.allowed(ours)
+        assert not svc.replica_calls.allowed(foreign)
+        assert svc.replica_calls.drops["own_key_other_network"] == 1
+
+    run_cluster(body, n=3)
+
+
+def test_replica_calls_store_quorum_and_fetch() -> None:
+    async def body(c: DhtCluster) -> None:
+        svc = c.nodes[2]
+        now = asyncio.get_running_loop().time()
+        record = Record.sign(svc.identity, K, b"v", seq=1, expires_at=now + 60)
+        replicas = await svc.lookups.replica_set(record.key_id)
+        assert len(replicas) == svc.config.replicas
+        need = svc.config.needed(len(replicas))
+        answers = await svc.replica_calls.store_quorum(replicas, record, need)
+        assert set(answers) == set(replicas)
+        assert ReplicaCalls.acks(answers) >= need
+        answered, got = await svc.replica_calls.fetch_at(replicas[0], record.key_id)
+        assert answered and got is not None and got.value == b"v"
+
+    run_cluster(body, n=10)
+
+
+def test_lookups_known_nearest_is_sorted_by_distance_and_includes_us() -> None:
+    async def body(c: DhtCluster) -> None:
+        svc = c.nodes[4]
+        kid = key_id(K)
+        near = svc.lookups.known_nearest(kid, 5)
+        target = int.from_bytes(kid, "big")
+        assert len(near) == 5
+        assert near == sorted(near, key=lambda n: n.value ^ target)
+        everyone = svc.lookups.known_nearest(kid, 100)
+        assert svc.node_id in everyone
+        assert set(svc.lookups.contacts()) | {svc.node_id} == set(everyone)
+
+    run_cluster(body, n=8)
+
+
+def test_lookups_bootstrap_through_nobody_fails() -> None:
+    async def body(c: DhtCluster) -> None:
+        loner = c.add_node()
+        assert not await loner.lookups.bootstrap([loner.node_id])  # only ourselves: nobody
+        assert loner.lookups.contacts() == []
+        assert await loner.lookups.bootstrap([c.nodes[0].node_id])
+        assert c.nodes[0].node_id in loner.lookups.contacts()
+
+    run_cluster(body, n=4)
+
+
+def test_writer_owns_what_it_wrote_and_reader_reads_it() -> None:
+    async def body(c: DhtCluster) -> None:
+        owner, other = c.nodes[1], c.nodes[6]
+        assert await owner.writer.put(K, b"one", 60)
+        assert set(owner.writer.owned()) == {K}
+        got = await other.reader.get(K)
+        assert got is not None and got.value == b"one" and got.owner == owner.node_id
+        assert not await other.writer.create(K, b"mine", 60)  # a live claim of another owner
+        assert other.writer.owned() == {}
+        assert await owner.writer.delete(K)
+        assert owner.writer.owned() == {}
+
+    run_cluster(body, n=10)
+
+
+def test_handoff_offers_a_newcomer_the_records_it_is_near() -> None:
+    # R=3 in 10 nodes: a newcomer is among the 3 nearest of some keys and not of others.
+    config = DhtConfig(replicas=3, ksize=20)
+    keys = [f"testnet:user:k{i}" for i in range(12)]
+
+    async def body(c: DhtCluster) -> None:
+        for i, key in enumerate(keys):
+            assert await c.nodes[i % 10].put(key, b"v", 600)
+        newcomer = c.add_node()  # not bootstrapped: nobody knows it yet
+        everyone = [s.node_id for s in c.nodes]
+
+        def among_nearest(key: str) -> bool:
+            target = int.from_bytes(key_id(key), "big")
+            ranked = sorted(everyone, key=lambda n: n.value ^ target)
+            return newcomer.node_id in ranked[: config.replicas]
+
+        expected = {k for k in keys if among_nearest(k)}
+        assert expected and expected != set(keys)
+        for holder in c.nodes[:10]:
+            holder.handoff.offer(newcomer.node_id)
+        assert sum(s.stats["handoffs"] for s in c.nodes) >= len(expected)
+
+        def held() -> set[str]:
+            return {r.key for r in newcomer.storage.records()}
+
+        assert await until(lambda: held() == expected, 5.0), (held(), expected)
+
+    run_cluster(body, n=10, config=config)
+
+
+def test_handoff_offers_nothing_once_closed() -> None:
+    async def body(c: DhtCluster) -> None:
+        holder = c.nodes[0]
+        assert await holder.put(K, b"v", 600)
+        newcomer = c.add_node()
+        await holder.close()
+        holder.handoff.offer(newcomer.node_id)
+        assert holder.stats["handoffs"] == 0
+
+    run_cluster(body, n=5)
