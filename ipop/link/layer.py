@@ -164,17 +164,17 @@ import contextlib
 import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ipop import timing
-from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
-from ipop.identity import CERT_REASONS, NodeCertificate, NodeIdentity
+from ipop.errors import LocalProtocolError, RemoteProtocolError
+from ipop.identity import NodeCertificate, NodeIdentity
 from ipop.link import echo
-from ipop.link.cookie import GUARD_DROP_REASONS, InitGuard, mac2_for
-from ipop.link.crypto import CIPHER_IDS, DEFAULT_CIPHERS, InvalidTag, nonce_for
+from ipop.link.config import LINK_DROP_REASONS, LinkConfig
+from ipop.link.cookie import InitGuard, mac2_for
+from ipop.link.crypto import InvalidTag, nonce_for
 from ipop.link.events import (
     HandshakeFailed,
     LinkDown,
@@ -198,6 +198,7 @@ from ipop.link.handshake import (
 )
 from ipop.link.keys import IndexTable, Keypair
 from ipop.link.paths import PathQuality, Roam, better_path, should_roam
+from ipop.link.peer import Peer
 from ipop.link.pmtu import PROBE_TAG, PathMtuProber, ack_payload
 from ipop.link.timers import DeadlineHeap
 from ipop.ratelimit import TokenBucket
@@ -242,32 +243,6 @@ LAST_INIT_MAX: Final = 65536
 _REBIND_QUIET: Final = timing.REBIND_QUIET_S
 _REBIND_ECHO_WAIT: Final = timing.REBIND_ECHO_WAIT_S
 _REBIND_BUSY: Final = timing.REBIND_BUSY_PACKETS
-# Every reason ``LinkLayer.drops`` may count (tests check that nothing else is counted).
-LINK_DROP_REASONS: Final = frozenset(
-    {
-        "empty",
-        "unknown_type",
-        "malformed",
-        "unknown_index",
-        "expired_key",
-        "replay",
-        "too_old",
-        "auth_failed",
-        "bad_signature",
-        "stale_handshake",
-        "own_identity",
-        "not_for_us",
-        "handshake_collision",
-        "no_common_cipher",
-        "bad_cipher",
-        "bad_key",
-        "unexpected_peer",
-        "bad_cookie_reply",
-        "bad_probe",
-    }
-    | frozenset(CERT_REASONS)
-    | GUARD_DROP_REASONS
-)
 _HDR_PACK = DATA_HEADER.pack
 _HDR_PACK_INTO = DATA_HEADER.pack_into
 _HDR_UNPACK_FROM = DATA_HEADER.unpack_from
@@ -284,143 +259,7 @@ def _responder_of(path: Path, expected: NodeId | None) -> NodeId | Endpoint:
     return path.remote if isinstance(path, SocketPath) else path
 
 
-# --- configuration ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LinkConfig:
-    """Every threshold of the session layer; defaults from :mod:`ipop.timing`."""
-
-    ciphers: tuple[str, ...] = DEFAULT_CIPHERS
-    rekey_after_s: float = timing.REKEY_AFTER_S
-    reject_after_s: float = timing.REJECT_AFTER_S
-    rekey_after_messages: int = timing.REKEY_AFTER_MESSAGES
-    reject_after_messages: int = timing.REJECT_AFTER_MESSAGES
-    handshake_retry_s: float = timing.HANDSHAKE_RETRY_S
-    handshake_retry_max_s: float = timing.HANDSHAKE_RETRY_MAX_S
-    handshake_timeout_s: float = timing.HANDSHAKE_TIMEOUT_S
-    handshake_clock_skew_s: float = timing.HANDSHAKE_CLOCK_SKEW_S
-    previous_key_grace_s: float = timing.PREVIOUS_KEY_GRACE_S
-    keepalive_interval_s: float = timing.KEEPALIVE_INTERVAL_S
-    link_timeout_s: float = timing.LINK_TIMEOUT_S
-    silent_peer_s: float = timing.SILENT_PEER_S
-    replay_window: int = timing.REPLAY_WINDOW
-    # Init retransmissions each leave one unconfirmed responder key set; a few cover a lossy
-    # or slow path without letting one peer pin much memory.
-    max_pending_responses: int = 4
-    # Probe each path's MTU (ipop.link.pmtu). Probes are DATA like keepalives, so tests
-    # that count a link's datagrams or messages exactly turn them off.
-    path_mtu_probes: bool = True
-    # Echo busy direct links that fall silent, to notice our NAT rebinding (ipop.link.echo).
-    # Echoes are DATA too: tests that count a link's datagrams exactly turn them off.
-    rebind_echoes: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.ciphers or any(c not in CIPHER_IDS for c in self.ciphers):
-            raise ConfigError(
-                "link.ciphers", f"{self.ciphers!r}", f"choose from {', '.join(CIPHER_IDS)}"
-            )
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name not in ("ciphers", "path_mtu_probes", "rebind_echoes") and not value > 0:
-                raise ConfigError(f"link.{f.name}", f"{value!r} must be positive")
-        if self.rekey_after_s >= self.reject_after_s:
-            raise ConfigError("link.rekey_after_s", "must be below reject_after_s")
-        if self.rekey_after_messages >= self.reject_after_messages:
-            raise ConfigError("link.rekey_after_messages", "must be below reject_after_messages")
-
-
 # --- internal state --------------------------------------------------------------------------
-
-
-class _Peer:
-    __slots__ = (
-        "cert",
-        "current",
-        "due",
-        "due_seq",
-        "echo_at",
-        "echo_id",
-        "echo_witness",
-        "established_at",
-        "last_rx",
-        "last_tx",
-        "node_id",
-        "observed",
-        "older",
-        "path",
-        "path_rtt",
-        "path_rx",
-        "pending",
-        "previous",
-        "probe_after",
-        "rekeyed_stale_at",
-        "rekeys",
-        "roam_candidate",
-        "rtt",
-        "rx_bytes",
-        "rx_gap",
-        "rx_packets",
-        "rx_streak",
-        "spare",
-        "spare_until",
-        "tx_bytes",
-        "tx_first",
-        "tx_packets",
-        "unlinked_check",
-        "up",
-        "watched",
-    )
-
-    def __init__(self, node_id: NodeId, cert: NodeCertificate, path: Path) -> None:
-        self.node_id = node_id
-        self.probe_after = 0.0
-        self.cert = cert
-        self.path: Path = path
-        # The handshake RTT measured on ``path`` (inf: not measured, we answered) and when an
-        # authenticated packet last came in on it: path choice and roaming hysteresis.
-        self.path_rtt = _INF
-        self.path_rx = 0.0
-        # (path, when): the direct path the newest authenticated DATA came from while roaming
-        # onto it was held (see _maybe_roam); None once the session moved, or never held.
-        self.roam_candidate: tuple[Path, float] | None = None
-        # The last handshake's round trip from either side, for status only (path choice keeps
-        # to path_rtt): Init -> Resp as initiator, Resp -> key confirmation as responder.
-        # None until a handshake completed.
-        self.rtt: float | None = None
-        self.up = False
-        self.current: Keypair[_Peer] | None = None
-        self.previous: Keypair[_Peer] | None = None
-        # Keys ``previous`` held before, still in their grace period (see _install).
-        self.older: dict[int, Keypair[_Peer]] = {}
-        self.pending: dict[int, Keypair[_Peer]] = {}
-        # Pending keys a sibling's confirmation left unconfirmed, kept until ``spare_until``
-        # (see LinkLayer._confirm).
-        self.spare: dict[int, Keypair[_Peer]] = {}
-        self.spare_until = _INF
-        self.observed: Endpoint | None = None
-        self.established_at = 0.0
-        self.last_rx = 0.0
-        self.last_tx = 0.0
-        self.rx_bytes = self.rx_packets = self.tx_bytes = self.tx_packets = 0
-        # NAT rebinding (ipop.link.echo): the gap before the last authenticated packet, how
-        # many packets in a row came within REBIND_QUIET_S of the one before (the peer is
-        # busy), our first message since the last one (inf: none), and the echo outstanding
-        # (its id, None: none; when it left; whether it asks a witness).
-        self.rx_gap = _INF
-        self.rx_streak = 0
-        self.watched = False  # upper-layer traffic flows to it: see LinkLayer.watch
-        self.tx_first = _INF
-        self.echo_id: int | None = None
-        self.echo_at = -_INF
-        self.echo_witness = False
-        self.rekeys = 0
-        self.rekeyed_stale_at = -_INF
-        # (since, until) while peer_unlinked checks whether the peer still holds the session.
-        self.unlinked_check: tuple[float, float] | None = None
-        # The deadline and seq of this peer's live heap entry (see ipop.link.timers).
-        self.due = _INF
-        self.due_seq = 0
 
 
 class _Answered:
@@ -451,9 +290,9 @@ class LinkLayer:
         self.drops: collections.Counter[str] = collections.Counter()
         # Facts that are not refusals (roaming, rekeys, collisions): for metrics and tests.
         self.stats: collections.Counter[str] = collections.Counter()
-        self._peers: dict[NodeId, _Peer] = {}
+        self._peers: dict[NodeId, Peer] = {}
         # Our local indices -> keys, and the indices we retired (see _unknown_index).
-        self._keys: IndexTable[_Peer] = IndexTable(rng)
+        self._keys: IndexTable[Peer] = IndexTable(rng)
         self._lookup = self._keys.lookup
         self._initiations: dict[int, Initiation] = {}
         # (initiator, responder the Init names) -> newest Init timestamp accepted (ms).
@@ -464,7 +303,7 @@ class LinkLayer:
         self._timer: float | None = None
         self._timer_dirty = False
         # Each peer's earliest deadline (see _touch and ipop.link.timers).
-        self._deadlines: DeadlineHeap[NodeId, _Peer] = DeadlineHeap(self._peers.get)
+        self._deadlines: DeadlineHeap[NodeId, Peer] = DeadlineHeap(self._peers.get)
         self._next_gc = 0.0
         # When our own address last changed (local_address_changed): a direct path that has
         # carried nothing since leads to where we no longer are.
@@ -542,7 +381,7 @@ class LinkLayer:
         return self._seal(st, kp, payload, now), st.path
 
     def _seal(
-        self, st: _Peer, kp: Keypair[_Peer], payload: bytes | bytearray | memoryview, now: float
+        self, st: Peer, kp: Keypair[Peer], payload: bytes | bytearray | memoryview, now: float
     ) -> bytes:
         """Seal one DATA datagram with ``kp`` and do the bookkeeping (counters, rekey)."""
         counter = kp.send_counter
@@ -903,7 +742,7 @@ class LinkLayer:
                 del self._answered[raw]
         self._timer_dirty = True
 
-    def _peer_timer(self, st: _Peer, now: float) -> None:
+    def _peer_timer(self, st: Peer, now: float) -> None:
         """Whatever is due for one peer (its heap entry came up)."""
         cfg = self.config
         timeout = cfg.handshake_timeout_s
@@ -964,7 +803,7 @@ class LinkLayer:
         elif now >= self._echo_deadline(st):
             self._send_echo(st, now, witness=False)
 
-    def _peer_deadline(self, st: _Peer) -> float:
+    def _peer_deadline(self, st: Peer) -> float:
         cfg = self.config
         t = _INF
         for kp in st.pending.values():
@@ -993,7 +832,7 @@ class LinkLayer:
             t = 0.0  # nothing left: forget the peer at the next firing
         return t
 
-    def _touch(self, st: _Peer) -> None:
+    def _touch(self, st: Peer) -> None:
         """Push ``st``'s deadline if it moved earlier than its live heap entry."""
         if self._deadlines.push(st.node_id, st, self._peer_deadline(st)):
             self._timer_dirty = True
@@ -1119,7 +958,7 @@ class LinkLayer:
         node = verified.cert.node_id
         st = self._peers.get(node)
         if st is None:
-            st = self._peers[node] = _Peer(node, verified.cert, path)
+            st = self._peers[node] = Peer(node, verified.cert, path)
         kp = Keypair(keys, st, verified.cert, now, cfg)
         st.pending[index] = kp
         self._keys.add(kp)
@@ -1193,7 +1032,7 @@ class LinkLayer:
         del self._initiations[ini.index]
         st = self._peers.get(node)
         if st is None:
-            st = self._peers[node] = _Peer(node, cert, path)
+            st = self._peers[node] = Peer(node, cert, path)
         kp = Keypair(keys, st, cert, now, self.config)
         self._keys.add(kp)
         # Round trip of this handshake: what path choice compares (a retransmitted Init counts
@@ -1205,7 +1044,7 @@ class LinkLayer:
 
     # --- session state changes --------------------------------------------------------------
 
-    def _confirm(self, st: _Peer, kp: Keypair[_Peer], path: Path, now: float) -> None:
+    def _confirm(self, st: Peer, kp: Keypair[Peer], path: Path, now: float) -> None:
         """Responder side: ``kp`` was just proven by the initiator's first DATA.
 
         The other pending keys are kept as ``spare`` for ``SPARE_KEYS_S``, not dropped: when
@@ -1230,13 +1069,13 @@ class LinkLayer:
         st.spare.pop(kp.local_index, None)
         self._install(st, kp, path, now, None)
 
-    def _drop_spare(self, st: _Peer) -> None:
+    def _drop_spare(self, st: Peer) -> None:
         for index in st.spare:
             self._keys.retire(index, st.node_id)
         st.spare.clear()
         st.spare_until = _INF
 
-    def _on_older_keys(self, st: _Peer, kp: Keypair[_Peer], path: Path, now: float) -> None:
+    def _on_older_keys(self, st: Peer, kp: Keypair[Peer], path: Path, now: float) -> None:
         """An authenticated DATA arrived on keys that are not ``current``."""
         if kp.local_index in st.pending:
             self._confirm(st, kp, path, now)
@@ -1265,8 +1104,8 @@ class LinkLayer:
 
     def _install(
         self,
-        st: _Peer,
-        kp: Keypair[_Peer],
+        st: Peer,
+        kp: Keypair[Peer],
         path: Path,
         now: float,
         observed: Endpoint | None,
@@ -1396,7 +1235,7 @@ class LinkLayer:
         self.stats["rehandshake_relayed_unknown"] += 1
         self._start_initiation(path, peer, now)
 
-    def _maybe_roam(self, st: _Peer, path: Path, now: float) -> None:
+    def _maybe_roam(self, st: Peer, path: Path, now: float) -> None:
         """Newest authenticated DATA came from ``path``, not the session's: follow it or not
         (:func:`ipop.link.paths.should_roam`)."""
         roam = should_roam(PathQuality(st.path, st.path_rtt, st.path_rx), path, now)
@@ -1419,7 +1258,7 @@ class LinkLayer:
                 self.stats["seen_sent"] += 1
                 self._outbox.append((self._seal(st, st.current, seen, now), path))
 
-    def _move(self, st: _Peer, path: Path, now: float) -> None:
+    def _move(self, st: Peer, path: Path, now: float) -> None:
         st.roam_candidate = None
         st.path = path
         st.path_rtt = _INF
@@ -1428,7 +1267,7 @@ class LinkLayer:
         self._events.append(LinkPathChanged(st.node_id, path, "roamed"))
         self._probe_path(st, now)
 
-    def _teardown(self, st: _Peer, reason: str) -> None:
+    def _teardown(self, st: Peer, reason: str) -> None:
         for kp in (
             st.current,
             st.previous,
@@ -1447,7 +1286,7 @@ class LinkLayer:
 
     # --- path MTU probes (ipop.link.pmtu) ----------------------------------------------------
 
-    def _probe_path(self, st: _Peer, now: float) -> None:
+    def _probe_path(self, st: Peer, now: float) -> None:
         """Search the MTU of ``st``'s path anew (it came up or moved); a relayed path is
         probed end to end, through the relay (see :mod:`ipop.link.pmtu`)."""
         if self.config.path_mtu_probes:
@@ -1484,7 +1323,7 @@ class LinkLayer:
                 continue  # the path moved: _probe_path restarted the search
             self._outbox.append((self._seal(st, st.current, payload, now), path))
 
-    def _on_probe(self, st: _Peer, payload: bytes, path: Path, now: float) -> None:
+    def _on_probe(self, st: Peer, payload: bytes, path: Path, now: float) -> None:
         """An authenticated probe (answered with an ack, smaller than any probe, on the path
         we send on) or ack, or an echo or its ack (:mod:`ipop.link.echo`, which came over
         ``path``); anything else of the kind is malformed."""
@@ -1501,7 +1340,7 @@ class LinkLayer:
 
     # --- NAT rebinding (ipop.link.echo) -------------------------------------------------------
 
-    def _heard(self, st: _Peer, now: float) -> None:
+    def _heard(self, st: Peer, now: float) -> None:
         """An authenticated DATA from ``st`` arrived: liveness and echo bookkeeping."""
         gap = now - st.last_rx
         st.last_rx = now
@@ -1514,7 +1353,7 @@ class LinkLayer:
         if st.rx_streak == _REBIND_BUSY and st.watched and now + _REBIND_QUIET < st.due:
             self._touch(st)  # it just got busy: its silence is worth an echo from now on
 
-    def _echo_deadline(self, st: _Peer) -> float:
+    def _echo_deadline(self, st: Peer) -> float:
         """When an echo to up ``st`` is due (inf: none), or its outstanding one times out.
 
         One echo per silence (none again before the peer spoke), on direct paths only:
@@ -1533,7 +1372,7 @@ class LinkLayer:
             t = min(t, st.tx_first + _REBIND_QUIET)
         return t
 
-    def _send_echo(self, st: _Peer, now: float, *, witness: bool) -> None:
+    def _send_echo(self, st: Peer, now: float, *, witness: bool) -> None:
         kp = st.current
         if kp is None or not st.up:
             return
@@ -1545,7 +1384,7 @@ class LinkLayer:
         self._outbox.append((self._seal(st, kp, echo.echo_payload(st.echo_id), now), st.path))
         self._touch(st)
 
-    def _ask_witnesses(self, silent: _Peer, now: float) -> None:
+    def _ask_witnesses(self, silent: Peer, now: float) -> None:
         """A busy direct link answers nothing: if our NAT rebound, peers that can still hear
         us see us elsewhere now. Ask the most recently heard few (their answers go through
         :meth:`_on_echo`); at most once per ``REBIND_WITNESS_MIN_S``, whatever went silent."""
@@ -1562,7 +1401,7 @@ class LinkLayer:
         for p in heapq.nlargest(timing.REBIND_WITNESSES, candidates, key=lambda p: p.last_rx):
             self._send_echo(p, now, witness=True)
 
-    def _on_echo(self, st: _Peer, payload: bytes, path: Path, now: float) -> None:
+    def _on_echo(self, st: Peer, payload: bytes, path: Path, now: float) -> None:
         """An echo (answered on the path it came over with where it came from) or our echo's
         answer (a changed observed endpoint is news: ObservedEndpoint)."""
         msg = echo.parse(payload)
@@ -1611,7 +1450,7 @@ class LinkLayer:
             st.observed = observed
             self._events.append(ObservedEndpoint(observed, st.node_id, rebound))
 
-    def _rekey_due(self, st: _Peer, kp: Keypair[_Peer], now: float) -> None:
+    def _rekey_due(self, st: Peer, kp: Keypair[Peer], now: float) -> None:
         """Called from seal when ``kp`` crossed a rekey threshold (or a retry of it is due)."""
         cfg = self.config
         if now >= kp.reject_at or kp.send_counter >= cfg.reject_after_messages:
