@@ -44,7 +44,7 @@ SILENT_PEER_S = 20.0
 # that session (see LinkLayer.peer_unlinked): several round trips, and two Init copies.
 UNLINKED_CHECK_S = 3.0
 # Keys we answered for a peer's other Inits when one of them was confirmed ("spare", see
-# LinkLayer._confirm) open its DATA this long after: the initiator installs every Resp that
+# Handshakes._confirm) open its DATA this long after: the initiator installs every Resp that
 # reaches it, in arrival order, so the last one it installed (and seals with) may be confirmed
 # after another; a few round trips of the slowest path a handshake completes on.
 SPARE_KEYS_S = 3.0

@@ -20,11 +20,12 @@ Owns:
 
 :class:`ipop.link.layer.LinkLayer` stays the owner of the peer table, the index table, the
 outputs (datagram outbox, event queue, ``drops``/``stats``), receive dispatch and the timer;
-it hands them to :class:`Handshakes` when it makes it, with the four things a handshake needs
-of the session layer: seal a DATA, re-push a peer's deadline, restart a path's MTU search, and
-mark the timer stale. Every refusal is counted in the shared ``drops`` under a reason of
-:data:`ipop.link.config.LINK_DROP_REASONS`; nothing unauthenticated is answered except by the
-flood guard's cookie reply (invariant 1 of :mod:`ipop.link.layer`).
+it hands them to :class:`Handshakes` when it makes it (:class:`ipop.link.peer.Shared`), with
+the four things a handshake needs of the session layer: seal a DATA, re-push a peer's
+deadline, restart a path's MTU search, and mark the timer stale. Every refusal is counted
+in the shared ``drops`` under a reason of :data:`ipop.link.config.LINK_DROP_REASONS`;
+nothing unauthenticated is answered except by the flood guard's cookie reply (invariant 1
+of :mod:`ipop.link.layer`).
 
 Above 600 lines (a quarter of them docstrings and comments) because both sides share one
 table and one step: an Init crossing ours (invariant 4) is judged against our initiations and
@@ -35,7 +36,6 @@ those would travel back and forth between the halves.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 from typing import Final
 
@@ -44,11 +44,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from ipop import timing
 from ipop.errors import RemoteProtocolError
 from ipop.identity import NodeIdentity
-from ipop.link.config import LinkConfig
 from ipop.link.cookie import InitGuard, mac2_for
 from ipop.link.events import (
     HandshakeFailed,
-    LinkEvent,
     LinkPathChanged,
     LinkUp,
     ObservedEndpoint,
@@ -64,9 +62,9 @@ from ipop.link.handshake import (
     make_resp,
     verify_resp,
 )
-from ipop.link.keys import IndexTable, Keypair
+from ipop.link.keys import Keypair
 from ipop.link.paths import PathQuality, better_path
-from ipop.link.peer import Peer
+from ipop.link.peer import LinkPart, Peer, Shared
 from ipop.ratelimit import TokenBucket
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath
 from ipop.wire.handshake import (
@@ -129,41 +127,19 @@ class Answered:
         self.paths: dict[Path, tuple[bytes, int]] = {}
 
 
-class Handshakes:
+class Handshakes(LinkPart):
     """Every handshake of one node, both sides (see the module docstring)."""
 
     def __init__(
-        self,
-        identity: NodeIdentity,
-        config: LinkConfig,
-        *,
-        peers: dict[NodeId, Peer],
-        keys: IndexTable[Peer],
-        outbox: list[tuple[bytes, Path]],
-        events: collections.deque[LinkEvent],
-        drops: collections.Counter[str],
-        stats: collections.Counter[str],
-        seal: Callable[[Peer, Keypair[Peer], bytes, float], bytes],
-        touch: Callable[[Peer], None],
-        probe_path: Callable[[Peer, float], None],
-        wake: Callable[[], None],
+        self, identity: NodeIdentity, shared: Shared, *, probe_path: Callable[[Peer, float], None]
     ) -> None:
+        super().__init__(shared)
         self._identity = identity
         self._trust = identity.trust
-        self.config = config
         self.local_id: NodeId = identity.node_id
-        # Shared with the layer that made us (the same objects, never rebound).
-        self._peers = peers
-        self._keys = keys
-        self._lookup = keys.lookup
-        self._outbox = outbox
-        self._events = events
-        self.drops = drops
-        self.stats = stats
-        self._seal = seal
-        self._touch = touch
+        self._lookup = shared.keys.lookup
+        # Restart the path MTU search of a session that came up or moved (ipop.link.probing).
         self._probe_path = probe_path
-        self._wake = wake
         # Our initiations, by the index we chose.
         self._initiations: dict[int, Initiation] = {}
         # (initiator, responder the Init names) -> newest Init timestamp accepted (ms).

@@ -6,12 +6,17 @@ runs over. A *path* (:data:`ipop.types.Path`, a direct :class:`Endpoint` or a
 path, and outputs are ``(bytes, path)`` pairs the driver (or the overlay, for relay paths)
 delivers.
 
-Beside it, each in its own module: the events it yields (:mod:`ipop.link.events`), the keys
-and the index table (:mod:`ipop.link.keys`), path choice (:mod:`ipop.link.paths`) and the
-per-peer deadline heap (:mod:`ipop.link.timers`). This module stays above 600 lines because
-what is left all reads and writes one per-peer record: receive dispatch, Init/Resp processing,
-install/confirm/rekey, liveness, and the probe and echo bookkeeping carried in DATA; the
-echo/rebinding part (``_heard`` ... ``_on_echo``) is the next piece that could leave.
+Beside it, each in its own module: the events it yields (:mod:`ipop.link.events`), its
+configuration and drop reasons (:mod:`ipop.link.config`), the per-peer record
+(:mod:`ipop.link.peer`), the keys and the index table (:mod:`ipop.link.keys`), path choice
+(:mod:`ipop.link.paths`), the per-peer deadline heap (:mod:`ipop.link.timers`), and the three
+sub-machines it owns and hands its tables to: both sides of every handshake
+(:mod:`ipop.link.handshakes`), NAT-rebinding echoes (:mod:`ipop.link.rebind`) and path MTU
+probing (:mod:`ipop.link.probing`). What stays here: the peer table, receive dispatch, the
+DATA seal/open paths (kept flat: they are per packet), rekey triggers, liveness and
+keepalives, roaming, the timer, and the commands and queries. The module stays above 600
+lines because about 200 of them are this theory of operation, which the sub-machines' own
+docstrings refer to by invariant number.
 
 Theory of operation
 -------------------
@@ -43,12 +48,13 @@ Invariants:
    follows its peer to a new port says so once per move, invariant 8). Every refusal is a
    path MTU probe (:mod:`ipop.link.pmtu`), with an ack smaller than any probe, and relayed
    DATA that only a session we lost can explain (an Init back through the relay, an
-   authenticated member, to the node it named: ``_rekey_relayed``). Every refusal is a
+   authenticated member, to the node it named: ``Handshakes._rekey_relayed``). Every refusal is a
    ``drops`` counter (a reason of :data:`LINK_DROP_REASONS`) and nothing else. The one
    exception is the flood guard's (:mod:`ipop.link.cookie`): under load, an Init without a
    valid cookie gets a 37-byte COOKIE_REPLY, always smaller than the Init, and no other work.
 2. Init freshness and binding: an Init must name us (our node id; an Init bound to an
-   endpoint, a bootstrap's, is accepted wherever it lands, see ``_on_init``); its timestamp
+   endpoint, a bootstrap's, is accepted wherever it lands, see
+   :meth:`ipop.link.handshakes.Handshakes.on_init`); its timestamp
    must be within ``handshake_clock_skew_s`` of ``now`` and strictly newer than the last
    Init accepted from that node *naming the same responder* (so a replayed Init gets nothing,
    and a copy of an Init meant for someone else can never make ours look stale); our own
@@ -161,7 +167,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import heapq
 import random
 from collections.abc import Callable
 from typing import Final
@@ -178,14 +183,15 @@ from ipop.link.events import (
     LinkEvent,
     LinkInfo,
     LinkPathChanged,
-    ObservedEndpoint,
     link_message,
 )
 from ipop.link.handshakes import Handshakes
 from ipop.link.keys import IndexTable, Keypair
 from ipop.link.paths import PathQuality, Roam, should_roam
-from ipop.link.peer import Peer
-from ipop.link.pmtu import PROBE_TAG, PathMtuProber, ack_payload
+from ipop.link.peer import Peer, Shared
+from ipop.link.pmtu import PROBE_TAG
+from ipop.link.probing import PathProbing
+from ipop.link.rebind import Rebinding
 from ipop.link.timers import DeadlineHeap
 from ipop.types import Endpoint, NodeId, Path, SocketPath, is_direct
 from ipop.wire.header import (
@@ -206,8 +212,6 @@ __all__ = [
 
 _INF: Final = float("inf")
 _REBIND_QUIET: Final = timing.REBIND_QUIET_S
-_REBIND_ECHO_WAIT: Final = timing.REBIND_ECHO_WAIT_S
-_REBIND_BUSY: Final = timing.REBIND_BUSY_PACKETS
 _HDR_PACK = DATA_HEADER.pack
 _HDR_PACK_INTO = DATA_HEADER.pack_into
 _HDR_UNPACK_FROM = DATA_HEADER.unpack_from
@@ -243,19 +247,8 @@ class LinkLayer:
         self._deadlines: DeadlineHeap[NodeId, Peer] = DeadlineHeap(self._peers.get)
         self._next_gc = 0.0
         self._reject_messages = self.config.reject_after_messages
-        # Path MTU per peer, probed over the session (ipop.link.pmtu).
-        self.pmtu = PathMtuProber()
-        # NAT rebinding (ipop.link.echo): the last echo id, when witnesses may be asked again,
-        # and until when a witness's first answer that differs from every peer's counts as a
-        # rebinding (ObservedEndpoint.rebound).
-        self._echoes = self.config.rebind_echoes
-        self._echo_seq = 0
-        self._witness_ok_at = -_INF
-        self._suspect_until = -_INF
-        # Both sides of every handshake (ipop.link.handshakes).
-        hs = self.handshakes = Handshakes(
-            identity,
-            self.config,
+        shared = Shared(
+            config=self.config,
             peers=self._peers,
             keys=self._keys,
             outbox=self._outbox,
@@ -264,9 +257,19 @@ class LinkLayer:
             stats=self.stats,
             seal=self._seal,
             touch=self._touch,
-            probe_path=self._probe_path,
             wake=self._wake,
         )
+        # NAT rebinding (ipop.link.rebind): echoes of silent links, witnesses.
+        rb = self.rebinding = Rebinding(shared, enabled=self.config.rebind_echoes)
+        self._heard = rb.heard  # every authenticated DATA: bound once, one call as before
+        # Path MTU per peer, probed over the session (ipop.link.probing, ipop.link.pmtu).
+        self.probing = PathProbing(
+            shared, enabled=self.config.path_mtu_probes, watch=self.watch, on_echo=rb.on_echo
+        )
+        self.pmtu = self.probing.pmtu
+        self._on_probe = self.probing.on_probe
+        # Both sides of every handshake (ipop.link.handshakes).
+        hs = self.handshakes = Handshakes(identity, shared, probe_path=self.probing.restart)
         self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
             TYPE_HANDSHAKE_INIT: hs.on_init,
             TYPE_HANDSHAKE_RESP: hs.on_resp,
@@ -658,7 +661,7 @@ class LinkLayer:
             self._peer_timer(st, now)
             if peers.get(st.node_id) is st:
                 self._touch(st)
-        self._send_probes(now)
+        self.probing.send_due(now)
         if now >= self._next_gc:
             self._next_gc = now + self.config.handshake_timeout_s
             self.handshakes.forget_old(now)
@@ -714,14 +717,7 @@ class LinkLayer:
             if not st.pending and not self.handshakes.expecting(st.node_id):
                 self.stats["silent_peer_rehandshake"] += 1
                 self.handshakes.start(st.path, st.node_id, now)
-        if st.echo_id is not None:
-            if now >= st.echo_at + _REBIND_ECHO_WAIT:
-                st.echo_id = None
-                self.stats["echo_unanswered"] += 1
-                if not st.echo_witness:
-                    self._ask_witnesses(st, now)
-        elif now >= self._echo_deadline(st):
-            self._send_echo(st, now, witness=False)
+        self.rebinding.due(st, now)
 
     def _peer_deadline(self, st: Peer) -> float:
         cfg = self.config
@@ -743,7 +739,7 @@ class LinkLayer:
                 t = min(t, st.previous.reject_at)
             for old in st.older.values():
                 t = min(t, old.reject_at)
-            t = min(t, self._echo_deadline(st))
+            t = min(t, self.rebinding.deadline(st))
             if st.unlinked_check is not None:
                 t = min(t, st.unlinked_check[1])
             if st.spare:
@@ -793,7 +789,7 @@ class LinkLayer:
         st.path_rx = now
         self.stats["roamed"] += 1
         self._events.append(LinkPathChanged(st.node_id, path, "roamed"))
-        self._probe_path(st, now)
+        self.probing.restart(st, now)
 
     def _teardown(self, st: Peer, reason: str) -> None:
         for kp in (
@@ -812,16 +808,7 @@ class LinkLayer:
             self.stats[f"link_down_{reason}"] += 1
             self._events.append(LinkDown(st.node_id, reason))
 
-    # --- path MTU probes (ipop.link.pmtu) ----------------------------------------------------
-
-    def _probe_path(self, st: Peer, now: float) -> None:
-        """Search the MTU of ``st``'s path anew (it came up or moved); a relayed path is
-        probed end to end, through the relay (see :mod:`ipop.link.pmtu`)."""
-        if self.config.path_mtu_probes:
-            self.pmtu.start(st.node_id, st.path, now=now)
-        else:
-            self.pmtu.forget(st.node_id)
-        self._timer_dirty = True
+    # --- path MTU and NAT rebinding (ipop.link.probing, ipop.link.rebind) -------------------
 
     def watch(self, peer: NodeId) -> None:
         """Upper-layer traffic (what a user notices: IP packets, pings) flows to ``peer``:
@@ -831,152 +818,13 @@ class LinkLayer:
         end cost a 150-node simulation 9 echoes per node per second (its wall time doubled);
         the overlay notices their loss on its own timers. Until the session ends."""
         st = self._peers.get(peer)
-        if st is not None and self._echoes:
-            st.watched = True
+        if st is not None:
+            self.rebinding.watch(st)
 
     def want_path_mtu(self, peer: NodeId, *, now: float) -> None:
         """Data flows to ``peer``: probe its path's MTU (see :mod:`ipop.link.pmtu`), and watch
         its session (:meth:`watch`)."""
-        if peer in self.pmtu.wanted or peer not in self._peers:
-            return
-        self.watch(peer)
-        if self.pmtu.want(peer, now=now):
-            self._send_probes(now)
-            self._timer_dirty = True
-
-    def _send_probes(self, now: float) -> None:
-        for peer, path, payload in self.pmtu.due(now):
-            st = self._peers.get(peer)
-            if st is None or not st.up or st.current is None or st.path != path:
-                continue  # the path moved: _probe_path restarted the search
-            self._outbox.append((self._seal(st, st.current, payload, now), path))
-
-    def _on_probe(self, st: Peer, payload: bytes, path: Path, now: float) -> None:
-        """An authenticated probe (answered with an ack, smaller than any probe, on the path
-        we send on) or ack, or an echo or its ack (:mod:`ipop.link.echo`, which came over
-        ``path``); anything else of the kind is malformed."""
-        kind = payload[1] if len(payload) > 1 else -1
-        if kind in (echo.ECHO, echo.ECHO_ACK, echo.SEEN):
-            self._on_echo(st, payload, path, now)
-        elif kind == 0 and len(payload) >= 6 and st.up and st.current is not None:
-            ack = ack_payload(int.from_bytes(payload[2:6], "big"))
-            self._outbox.append((self._seal(st, st.current, ack, now), st.path))
-        elif kind != 1 or not self.pmtu.on_ack(st.node_id, payload, now=now):
-            self.drops["bad_probe"] += 1
-        else:
-            self._timer_dirty = True  # the first ack brings the round's end closer
-
-    # --- NAT rebinding (ipop.link.echo) -------------------------------------------------------
-
-    def _heard(self, st: Peer, now: float) -> None:
-        """An authenticated DATA from ``st`` arrived: liveness and echo bookkeeping."""
-        gap = now - st.last_rx
-        st.last_rx = now
-        st.tx_first = _INF
-        st.rx_gap = gap
-        if gap > _REBIND_QUIET:
-            st.rx_streak = 0
-            return
-        st.rx_streak += 1
-        if st.rx_streak == _REBIND_BUSY and st.watched and now + _REBIND_QUIET < st.due:
-            self._touch(st)  # it just got busy: its silence is worth an echo from now on
-
-    def _echo_deadline(self, st: Peer) -> float:
-        """When an echo to up ``st`` is due (inf: none), or its outstanding one times out.
-
-        One echo per silence (none again before the peer spoke), on direct paths only:
-        ``REBIND_QUIET_S`` after the last packet of a busy peer (``REBIND_BUSY_PACKETS`` in a
-        row, each within ``REBIND_QUIET_S`` of the one before), or after our first message
-        since its last packet (nothing at all came back); at once for a busy peer that never
-        told us where it sees us (the answer is what a later one is compared with)."""
-        if st.echo_id is not None:
-            return st.echo_at + _REBIND_ECHO_WAIT
-        if st.echo_at >= st.last_rx or not st.watched or not is_direct(st.path):
-            return _INF
-        t = _INF
-        if st.rx_streak >= _REBIND_BUSY:
-            t = st.last_rx if st.observed is None else st.last_rx + _REBIND_QUIET
-        if st.tx_first >= st.last_rx:
-            t = min(t, st.tx_first + _REBIND_QUIET)
-        return t
-
-    def _send_echo(self, st: Peer, now: float, *, witness: bool) -> None:
-        kp = st.current
-        if kp is None or not st.up:
-            return
-        self._echo_seq = (self._echo_seq + 1) & 0xFFFFFFFF
-        st.echo_id = self._echo_seq
-        st.echo_at = now
-        st.echo_witness = witness
-        self.stats["echo_witness_sent" if witness else "echo_sent"] += 1
-        self._outbox.append((self._seal(st, kp, echo.echo_payload(st.echo_id), now), st.path))
-        self._touch(st)
-
-    def _ask_witnesses(self, silent: Peer, now: float) -> None:
-        """A busy direct link answers nothing: if our NAT rebound, peers that can still hear
-        us see us elsewhere now. Ask the most recently heard few (their answers go through
-        :meth:`_on_echo`); at most once per ``REBIND_WITNESS_MIN_S``, whatever went silent."""
-        if now < self._witness_ok_at:
-            return
-        self._witness_ok_at = now + timing.REBIND_WITNESS_MIN_S
-        self._suspect_until = now + 2 * _REBIND_ECHO_WAIT
-        self.stats["rebind_suspected"] += 1
-        candidates = (
-            p
-            for p in self._peers.values()
-            if p is not silent and p.up and p.echo_id is None and is_direct(p.path)
-        )
-        for p in heapq.nlargest(timing.REBIND_WITNESSES, candidates, key=lambda p: p.last_rx):
-            self._send_echo(p, now, witness=True)
-
-    def _on_echo(self, st: Peer, payload: bytes, path: Path, now: float) -> None:
-        """An echo (answered on the path it came over with where it came from) or our echo's
-        answer (a changed observed endpoint is news: ObservedEndpoint)."""
-        msg = echo.parse(payload)
-        if msg is None:
-            self.drops["bad_probe"] += 1
-            return
-        kind, echo_id, observed = msg
-        if kind == echo.ECHO:
-            seen = path.remote if type(path) is SocketPath else path
-            kp = st.current
-            if type(seen) is Endpoint and kp is not None and st.up:
-                ack = echo.ack_payload(echo_id, seen)
-                if ack is not None:
-                    self.stats["echo_answered"] += 1
-                    self._outbox.append((self._seal(st, kp, ack, now), path))
-            return
-        if observed is None:
-            return  # parse() gives an endpoint for every ack and seen
-        if type(path) is SocketPath:
-            return  # a punching socket's mapping, not our main socket's (see Handshakes._install)
-        old = st.observed
-        if kind == echo.SEEN:
-            # Unasked, but the peer's own observation of our authenticated DATA, as a Resp's
-            # is: it followed us to a new port. Without earlier word from it, that move is
-            # the news (a port change on one address: our NAT rebound). A port, not an
-            # address: where peers have seen us, a seen naming another address is refused,
-            # so an insider cannot make us advertise somebody else's.
-            hosts = {p.observed.host for p in self._peers.values() if p.observed is not None}
-            if hosts and observed.host not in hosts:
-                self.stats["seen_refused"] += 1
-                return
-            self.stats["seen_received"] += 1
-            rebound = old is None
-        elif echo_id != st.echo_id:
-            self.stats["echo_late"] += 1
-            return
-        else:
-            st.echo_id = None
-            self._touch(st)
-            rebound = (
-                old is None
-                and now < self._suspect_until
-                and all(p.observed != observed for p in self._peers.values() if p is not st)
-            )
-        if observed != old:
-            st.observed = observed
-            self._events.append(ObservedEndpoint(observed, st.node_id, rebound))
+        self.probing.want(peer, now)
 
     def _rekey_due(self, st: Peer, kp: Keypair[Peer], now: float) -> None:
         """Called from seal when ``kp`` crossed a rekey threshold (or a retry of it is due)."""

@@ -1,22 +1,28 @@
 """One peer's session state (:class:`Peer`): its keys (current, previous, older, pending,
 spare), its path and the hysteresis of path choice, counters, liveness and the NAT-rebinding
-echo bookkeeping, and its place in the deadline heap.
+echo bookkeeping, and its place in the deadline heap. Also what the layer shares with the
+sub-machines it owns (:class:`Shared`, bound once by :class:`LinkPart`).
 
 A plain record with slots: :class:`ipop.link.layer.LinkLayer` owns the table of them (keyed by
 the node id a certificate proved) and its sub-machines (:mod:`ipop.link.handshakes`,
-:mod:`ipop.link.rebind`, :mod:`ipop.link.probes`) read and write the fields they own; the
+:mod:`ipop.link.rebind`, :mod:`ipop.link.probing`) read and write the fields they own; the
 module docstring of :mod:`ipop.link.layer` says what each set of keys means.
 """
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 from ipop.identity import NodeCertificate
-from ipop.link.keys import Keypair
+from ipop.link.config import LinkConfig
+from ipop.link.events import LinkEvent
+from ipop.link.keys import IndexTable, Keypair
 from ipop.types import Endpoint, NodeId, Path
 
-__all__ = ["Peer"]
+__all__ = ["LinkPart", "Peer", "Shared"]
 
 _INF: Final = float("inf")
 
@@ -85,7 +91,7 @@ class Peer:
         self.older: dict[int, Keypair[Peer]] = {}
         self.pending: dict[int, Keypair[Peer]] = {}
         # Pending keys a sibling's confirmation left unconfirmed, kept until ``spare_until``
-        # (see LinkLayer._confirm).
+        # (see Handshakes._confirm).
         self.spare: dict[int, Keypair[Peer]] = {}
         self.spare_until = _INF
         self.observed: Endpoint | None = None
@@ -111,3 +117,42 @@ class Peer:
         # The deadline and seq of this peer's live heap entry (see ipop.link.timers).
         self.due = _INF
         self.due_seq = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What :class:`ipop.link.layer.LinkLayer` shares with the sub-machines it owns: its tables
+    and outputs (the very objects, never rebound) and the services they need of it."""
+
+    config: LinkConfig
+    # Sessions by the node id a certificate proved, and our local indices -> keys.
+    peers: dict[NodeId, Peer]
+    keys: IndexTable[Peer]
+    # Datagrams to send and events to yield, and the counters (ipop.link.config's reasons).
+    outbox: list[tuple[bytes, Path]]
+    events: collections.deque[LinkEvent]
+    drops: collections.Counter[str]
+    stats: collections.Counter[str]
+    # Seal one DATA payload with these keys (counters, rekey trigger included).
+    seal: Callable[[Peer, Keypair[Peer], bytes, float], bytes]
+    # A peer's deadline may have moved earlier: re-push it into the heap.
+    touch: Callable[[Peer], None]
+    # Something moved a deadline outside the heap: recompute the timer.
+    wake: Callable[[], None]
+
+
+class LinkPart:
+    """Base of the layer's sub-machines: binds what they share (:class:`Shared`) once, to the
+    attribute names the layer itself uses, so code moved out of it reads the same."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.config = shared.config
+        self._peers = shared.peers
+        self._keys = shared.keys
+        self._outbox = shared.outbox
+        self._events = shared.events
+        self.drops = shared.drops
+        self.stats = shared.stats
+        self._seal = shared.seal
+        self._touch = shared.touch
+        self._wake = shared.wake

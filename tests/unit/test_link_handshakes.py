@@ -3,20 +3,19 @@ two of them exchange Init and Resp by hand, with the session layer's four servic
 
 from __future__ import annotations
 
-import collections
 import random
 
 from ipop.identity import NetworkCA
-from ipop.link.config import LINK_DROP_REASONS, LinkConfig
+from ipop.link.config import LINK_DROP_REASONS
 from ipop.link.cookie import InitGuard
-from ipop.link.events import HandshakeFailed, LinkEvent, LinkUp
+from ipop.link.events import HandshakeFailed, LinkUp
 from ipop.link.handshakes import Handshakes
-from ipop.link.keys import IndexTable, Keypair
 from ipop.link.layer import LinkLayer
 from ipop.link.peer import Peer
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
-from ipop.types import Endpoint, NodeId, Path
+from ipop.testing.link_parts import SharedRecorder
+from ipop.types import Endpoint
 
 NOW = SIM_EPOCH
 A_EP = Endpoint("198.51.100.1", 5800)
@@ -24,48 +23,16 @@ B_EP = Endpoint("203.0.113.2", 5800)
 C_EP = Endpoint("203.0.113.3", 5800)
 
 
-class Side:
-    """One Handshakes with its shared tables and a record of what it asked the layer for."""
+class Side(SharedRecorder):
+    """One Handshakes over the tables a LinkLayer would share with it."""
 
     def __init__(self, name: str, seed: int, ca: NetworkCA) -> None:
+        super().__init__(seed=seed)
         self.identity = make_identity(ca, name, now=NOW - 60)
-        self.config = LinkConfig()
-        self.peers: dict[NodeId, Peer] = {}
-        self.keys: IndexTable[Peer] = IndexTable(random.Random(seed))
-        self.outbox: list[tuple[bytes, Path]] = []
-        self.events: collections.deque[LinkEvent] = collections.deque()
-        self.drops: collections.Counter[str] = collections.Counter()
-        self.stats: collections.Counter[str] = collections.Counter()
-        self.sealed: list[tuple[Peer, Keypair[Peer], bytes]] = []
-        self.touched: list[Peer] = []
         self.probed: list[Peer] = []
-        self.wakes = 0
         self.hs = Handshakes(
-            self.identity,
-            self.config,
-            peers=self.peers,
-            keys=self.keys,
-            outbox=self.outbox,
-            events=self.events,
-            drops=self.drops,
-            stats=self.stats,
-            seal=self._seal,
-            touch=self.touched.append,
-            probe_path=lambda st, now: self.probed.append(st),
-            wake=self._wake,
+            self.identity, self.shared, probe_path=lambda st, now: self.probed.append(st)
         )
-
-    def _seal(self, st: Peer, kp: Keypair[Peer], payload: bytes, now: float) -> bytes:
-        self.sealed.append((st, kp, payload))
-        return b"sealed"
-
-    def _wake(self) -> None:
-        self.wakes += 1
-
-    def take(self) -> list[tuple[bytes, Path]]:
-        out = list(self.outbox)
-        self.outbox.clear()
-        return out
 
 
 def pair() -> tuple[Side, Side]:
@@ -95,7 +62,7 @@ def test_a_handshake_completes_through_the_public_interface() -> None:
     (up,) = a.events
     assert isinstance(up, LinkUp) and up.peer == b.identity.node_id
     # The key confirmation is sealed (by the layer) under the new keys, with nothing in it.
-    assert a.sealed == [(st_a, st_a.current, b"")] and a.take() == [(b"sealed", B_EP)]
+    assert a.sealed == [(st_a, st_a.current, b"")] and a.take() == [(b"", B_EP)]
     assert a.probed == [st_a]
     # The initiator's first DATA confirms the responder's pending keys.
     kp = next(iter(st_b.pending.values()))
