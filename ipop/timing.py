@@ -354,7 +354,7 @@ ROAM_RELAY_RETRY_S = 10.0
 # dropped our mappings, while our own sessions all look dead at once (no traffic for the whole
 # gap): re-key and re-advertise as after a roam, instead of closing every link and rejoining.
 WAKE_GAP_S = 10.0
-# NAT rebinding (ipop/link/echo.py, ipop/link/layer.py): a direct link carrying traffic
+# NAT rebinding (ipop/link/echo.py, ipop/link/rebind.py): a direct link carrying traffic
 # that was busy (its last REBIND_BUSY_PACKETS + 1 packets each within REBIND_QUIET_S of the one
 # before), or that answered nothing to a message of ours, gets one authenticated echo once it
 # has been silent for REBIND_QUIET_S (links carrying only overlay messages get none: their
