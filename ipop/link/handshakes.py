@@ -31,7 +31,8 @@ Above 600 lines (a quarter of them docstrings and comments) because both sides s
 table and one step: an Init crossing ours (invariant 4) is judged against our initiations and
 makes us abandon one, a responder allocates its index out of the same space as the initiator,
 and a completed handshake on either side ends in the same key installation. Split in two,
-those would travel back and forth between the halves.
+those would travel back and forth between the halves (wireguard-go keeps both sides in one
+file too, noise-protocol.go, about 700 lines).
 """
 
 from __future__ import annotations
