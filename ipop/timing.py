@@ -44,7 +44,7 @@ SILENT_PEER_S = 20.0
 # that session (see LinkLayer.peer_unlinked): several round trips, and two Init copies.
 UNLINKED_CHECK_S = 3.0
 # Keys we answered for a peer's other Inits when one of them was confirmed ("spare", see
-# LinkLayer._confirm) open its DATA this long after: the initiator installs every Resp that
+# Handshakes._confirm) open its DATA this long after: the initiator installs every Resp that
 # reaches it, in arrival order, so the last one it installed (and seals with) may be confirmed
 # after another; a few round trips of the slowest path a handshake completes on.
 SPARE_KEYS_S = 3.0
@@ -359,7 +359,7 @@ ROAM_RELAY_RETRY_S = 10.0
 # dropped our mappings, while our own sessions all look dead at once (no traffic for the whole
 # gap): re-key and re-advertise as after a roam, instead of closing every link and rejoining.
 WAKE_GAP_S = 10.0
-# NAT rebinding (ipop/link/echo.py, ipop/link/layer.py): a direct link carrying traffic
+# NAT rebinding (ipop/link/echo.py, ipop/link/rebind.py): a direct link carrying traffic
 # that was busy (its last REBIND_BUSY_PACKETS + 1 packets each within REBIND_QUIET_S of the one
 # before), or that answered nothing to a message of ours, gets one authenticated echo once it
 # has been silent for REBIND_QUIET_S (links carrying only overlay messages get none: their

@@ -5,7 +5,7 @@ link) gives every flow behind it a new external port at its next outbound packet
 sending to the old one, which leads nowhere; a peer behind a filtering NAT also drops
 whatever comes from the new one. The node behind the NAT hears nothing of it, so it asks: an
 echo is an authenticated DATA payload its peer answers with where it saw the echo come from.
-:class:`ipop.link.layer.LinkLayer` decides when to send them (a link that fell silent,
+:class:`ipop.link.rebind.Rebinding` decides when to send them (a link that fell silent,
 witnesses when one stays silent) and turns a changed answer into an ``ObservedEndpoint``;
 this module only owns the bytes.
 

@@ -5,13 +5,13 @@ Every set of keys is registered under the index *we* chose (``receiver_index`` o
 header), so a received DATA finds its keys with one dict lookup, before any crypto
 (:attr:`IndexTable.lookup`). Keys dropped before they expired on their own (answered but never
 confirmed, replaced by a rekey, past their grace period) are *retired*: the table remembers
-whose index it was, so DATA that still arrives under it tells
-:class:`ipop.link.layer.LinkLayer` that the two ends hold different keys (see its
-``_unknown_index``). The retired indices are bounded (:data:`RETIRED_MAX`, oldest forgotten
-first): a forgotten one only turns that hint into a plain ``unknown_index`` drop.
+whose index it was, so DATA that still arrives under it tells the link layer that the two
+ends hold different keys (see :meth:`ipop.link.handshakes.Handshakes.unknown_index`). The
+retired indices are bounded (:data:`RETIRED_MAX`, oldest forgotten first): a forgotten one
+only turns that hint into a plain ``unknown_index`` drop.
 
 Which keys are current, previous, pending or spare is the session's business
-(:mod:`ipop.link.layer`); this module only owns the keys and the index space.
+(:mod:`ipop.link.handshakes`); this module only owns the keys and the index space.
 """
 
 from __future__ import annotations

@@ -6,12 +6,17 @@ runs over. A *path* (:data:`ipop.types.Path`, a direct :class:`Endpoint` or a
 path, and outputs are ``(bytes, path)`` pairs the driver (or the overlay, for relay paths)
 delivers.
 
-Beside it, each in its own module: the events it yields (:mod:`ipop.link.events`), the keys
-and the index table (:mod:`ipop.link.keys`), path choice (:mod:`ipop.link.paths`) and the
-per-peer deadline heap (:mod:`ipop.link.timers`). This module stays above 600 lines because
-what is left all reads and writes one per-peer record: receive dispatch, Init/Resp processing,
-install/confirm/rekey, liveness, and the probe and echo bookkeeping carried in DATA; the
-echo/rebinding part (``_heard`` ... ``_on_echo``) is the next piece that could leave.
+Beside it, each in its own module: the events it yields (:mod:`ipop.link.events`), its
+configuration and drop reasons (:mod:`ipop.link.config`), the per-peer record
+(:mod:`ipop.link.peer`), the keys and the index table (:mod:`ipop.link.keys`), path choice
+(:mod:`ipop.link.paths`), the per-peer deadline heap (:mod:`ipop.link.timers`), and the three
+sub-machines it owns and hands its tables to: both sides of every handshake
+(:mod:`ipop.link.handshakes`), NAT-rebinding echoes (:mod:`ipop.link.rebind`) and path MTU
+probing (:mod:`ipop.link.probing`). What stays here: the peer table, receive dispatch, the
+DATA seal/open paths (kept flat: they are per packet), rekey triggers, liveness and
+keepalives, roaming, the timer, and the commands and queries. The module stays above 600
+lines because about 200 of them are this theory of operation, which the sub-machines' own
+docstrings refer to by invariant number.
 
 Theory of operation
 -------------------
@@ -43,12 +48,13 @@ Invariants:
    follows its peer to a new port says so once per move, invariant 8). Every refusal is a
    path MTU probe (:mod:`ipop.link.pmtu`), with an ack smaller than any probe, and relayed
    DATA that only a session we lost can explain (an Init back through the relay, an
-   authenticated member, to the node it named: ``_rekey_relayed``). Every refusal is a
+   authenticated member, to the node it named: ``Handshakes._rekey_relayed``). Every refusal is a
    ``drops`` counter (a reason of :data:`LINK_DROP_REASONS`) and nothing else. The one
    exception is the flood guard's (:mod:`ipop.link.cookie`): under load, an Init without a
    valid cookie gets a 37-byte COOKIE_REPLY, always smaller than the Init, and no other work.
 2. Init freshness and binding: an Init must name us (our node id; an Init bound to an
-   endpoint, a bootstrap's, is accepted wherever it lands, see ``_on_init``); its timestamp
+   endpoint, a bootstrap's, is accepted wherever it lands, see
+   :meth:`ipop.link.handshakes.Handshakes.on_init`); its timestamp
    must be within ``handshake_clock_skew_s`` of ``now`` and strictly newer than the last
    Init accepted from that node *naming the same responder* (so a replayed Init gets nothing,
    and a copy of an Init meant for someone else can never make ours look stale); our own
@@ -161,55 +167,33 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import Final
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from ipop import timing
-from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
-from ipop.identity import CERT_REASONS, NodeCertificate, NodeIdentity
+from ipop.errors import LocalProtocolError
+from ipop.identity import NodeCertificate, NodeIdentity
 from ipop.link import echo
-from ipop.link.cookie import GUARD_DROP_REASONS, InitGuard, mac2_for
-from ipop.link.crypto import CIPHER_IDS, DEFAULT_CIPHERS, InvalidTag, nonce_for
+from ipop.link.config import LINK_DROP_REASONS, LinkConfig
+from ipop.link.cookie import InitGuard
+from ipop.link.crypto import InvalidTag, nonce_for
 from ipop.link.events import (
-    HandshakeFailed,
     LinkDown,
     LinkEvent,
     LinkInfo,
     LinkPathChanged,
-    LinkUp,
-    ObservedEndpoint,
     link_message,
 )
-from ipop.link.handshake import (
-    Initiation,
-    VerifiedInit,
-    check_init_cert,
-    check_init_signature,
-    check_init_time,
-    choose_cipher,
-    make_init,
-    make_resp,
-    verify_resp,
-)
+from ipop.link.handshakes import Handshakes
 from ipop.link.keys import IndexTable, Keypair
-from ipop.link.paths import PathQuality, Roam, better_path, should_roam
-from ipop.link.pmtu import PROBE_TAG, PathMtuProber, ack_payload
+from ipop.link.paths import PathQuality, Roam, should_roam
+from ipop.link.peer import Peer, Shared
+from ipop.link.pmtu import PROBE_TAG
+from ipop.link.probing import PathProbing
+from ipop.link.rebind import Rebinding
 from ipop.link.timers import DeadlineHeap
-from ipop.ratelimit import TokenBucket
-from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
-from ipop.wire.handshake import (
-    MAC2_BYTES,
-    CookieReply,
-    HandshakeInit,
-    HandshakeResp,
-    init_core,
-    init_digest,
-)
+from ipop.types import Endpoint, NodeId, Path, SocketPath, is_direct
 from ipop.wire.header import (
     DATA_HEADER,
     DATA_HEADER_BYTES,
@@ -227,212 +211,11 @@ __all__ = [
 ]
 
 _INF: Final = float("inf")
-# Relayed peers keyed afresh after DATA under an index we never gave out (see
-# LinkLayer._rekey_relayed), with when: the oldest go first. Behind the per-peer limit a
-# global one (a relay names the origin, so a relay that makes ids up could churn the table):
-# a restarted node's relayed peers are a handful.
-RELAY_REKEYED_MAX: Final = 1024
-RELAY_REKEY_PER_S: Final = 2.0
-RELAY_REKEY_BURST: Final = 32.0
-# Init freshness entries (initiator, responder named) kept at most; the oldest go first. One
-# per node for Inits naming us; an insider naming made-up endpoints adds one per verified
-# Init (rate-limited by the flood guard), and a forgotten entry only lets a replay within the
-# skew window create keys nobody confirms.
-LAST_INIT_MAX: Final = 65536
 _REBIND_QUIET: Final = timing.REBIND_QUIET_S
-_REBIND_ECHO_WAIT: Final = timing.REBIND_ECHO_WAIT_S
-_REBIND_BUSY: Final = timing.REBIND_BUSY_PACKETS
-# Every reason ``LinkLayer.drops`` may count (tests check that nothing else is counted).
-LINK_DROP_REASONS: Final = frozenset(
-    {
-        "empty",
-        "unknown_type",
-        "malformed",
-        "unknown_index",
-        "expired_key",
-        "replay",
-        "too_old",
-        "auth_failed",
-        "bad_signature",
-        "stale_handshake",
-        "own_identity",
-        "not_for_us",
-        "handshake_collision",
-        "no_common_cipher",
-        "bad_cipher",
-        "bad_key",
-        "unexpected_peer",
-        "bad_cookie_reply",
-        "bad_probe",
-    }
-    | frozenset(CERT_REASONS)
-    | GUARD_DROP_REASONS
-)
 _HDR_PACK = DATA_HEADER.pack
 _HDR_PACK_INTO = DATA_HEADER.pack_into
 _HDR_UNPACK_FROM = DATA_HEADER.unpack_from
 _EMPTY = b""
-_NO_MAC2 = bytes(MAC2_BYTES)
-
-
-def _responder_of(path: Path, expected: NodeId | None) -> NodeId | Endpoint:
-    """Whom an Init toward ``path`` names: the node we expect, else where it goes."""
-    if expected is not None:
-        return expected
-    if isinstance(path, RelayPath):
-        return path.peer
-    return path.remote if isinstance(path, SocketPath) else path
-
-
-# --- configuration ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LinkConfig:
-    """Every threshold of the session layer; defaults from :mod:`ipop.timing`."""
-
-    ciphers: tuple[str, ...] = DEFAULT_CIPHERS
-    rekey_after_s: float = timing.REKEY_AFTER_S
-    reject_after_s: float = timing.REJECT_AFTER_S
-    rekey_after_messages: int = timing.REKEY_AFTER_MESSAGES
-    reject_after_messages: int = timing.REJECT_AFTER_MESSAGES
-    handshake_retry_s: float = timing.HANDSHAKE_RETRY_S
-    handshake_retry_max_s: float = timing.HANDSHAKE_RETRY_MAX_S
-    handshake_timeout_s: float = timing.HANDSHAKE_TIMEOUT_S
-    handshake_clock_skew_s: float = timing.HANDSHAKE_CLOCK_SKEW_S
-    previous_key_grace_s: float = timing.PREVIOUS_KEY_GRACE_S
-    keepalive_interval_s: float = timing.KEEPALIVE_INTERVAL_S
-    link_timeout_s: float = timing.LINK_TIMEOUT_S
-    silent_peer_s: float = timing.SILENT_PEER_S
-    replay_window: int = timing.REPLAY_WINDOW
-    # Init retransmissions each leave one unconfirmed responder key set; a few cover a lossy
-    # or slow path without letting one peer pin much memory.
-    max_pending_responses: int = 4
-    # Probe each path's MTU (ipop.link.pmtu). Probes are DATA like keepalives, so tests
-    # that count a link's datagrams or messages exactly turn them off.
-    path_mtu_probes: bool = True
-    # Echo busy direct links that fall silent, to notice our NAT rebinding (ipop.link.echo).
-    # Echoes are DATA too: tests that count a link's datagrams exactly turn them off.
-    rebind_echoes: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.ciphers or any(c not in CIPHER_IDS for c in self.ciphers):
-            raise ConfigError(
-                "link.ciphers", f"{self.ciphers!r}", f"choose from {', '.join(CIPHER_IDS)}"
-            )
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name not in ("ciphers", "path_mtu_probes", "rebind_echoes") and not value > 0:
-                raise ConfigError(f"link.{f.name}", f"{value!r} must be positive")
-        if self.rekey_after_s >= self.reject_after_s:
-            raise ConfigError("link.rekey_after_s", "must be below reject_after_s")
-        if self.rekey_after_messages >= self.reject_after_messages:
-            raise ConfigError("link.rekey_after_messages", "must be below reject_after_messages")
-
-
-# --- internal state --------------------------------------------------------------------------
-
-
-class _Peer:
-    __slots__ = (
-        "cert",
-        "current",
-        "due",
-        "due_seq",
-        "echo_at",
-        "echo_id",
-        "echo_witness",
-        "established_at",
-        "last_rx",
-        "last_tx",
-        "node_id",
-        "observed",
-        "older",
-        "path",
-        "path_rtt",
-        "path_rx",
-        "pending",
-        "previous",
-        "probe_after",
-        "rekeyed_stale_at",
-        "rekeys",
-        "roam_candidate",
-        "rtt",
-        "rx_bytes",
-        "rx_gap",
-        "rx_packets",
-        "rx_streak",
-        "spare",
-        "spare_until",
-        "tx_bytes",
-        "tx_first",
-        "tx_packets",
-        "unlinked_check",
-        "up",
-        "watched",
-    )
-
-    def __init__(self, node_id: NodeId, cert: NodeCertificate, path: Path) -> None:
-        self.node_id = node_id
-        self.probe_after = 0.0
-        self.cert = cert
-        self.path: Path = path
-        # The handshake RTT measured on ``path`` (inf: not measured, we answered) and when an
-        # authenticated packet last came in on it: path choice and roaming hysteresis.
-        self.path_rtt = _INF
-        self.path_rx = 0.0
-        # (path, when): the direct path the newest authenticated DATA came from while roaming
-        # onto it was held (see _maybe_roam); None once the session moved, or never held.
-        self.roam_candidate: tuple[Path, float] | None = None
-        # The last handshake's round trip from either side, for status only (path choice keeps
-        # to path_rtt): Init -> Resp as initiator, Resp -> key confirmation as responder.
-        # None until a handshake completed.
-        self.rtt: float | None = None
-        self.up = False
-        self.current: Keypair[_Peer] | None = None
-        self.previous: Keypair[_Peer] | None = None
-        # Keys ``previous`` held before, still in their grace period (see _install).
-        self.older: dict[int, Keypair[_Peer]] = {}
-        self.pending: dict[int, Keypair[_Peer]] = {}
-        # Pending keys a sibling's confirmation left unconfirmed, kept until ``spare_until``
-        # (see LinkLayer._confirm).
-        self.spare: dict[int, Keypair[_Peer]] = {}
-        self.spare_until = _INF
-        self.observed: Endpoint | None = None
-        self.established_at = 0.0
-        self.last_rx = 0.0
-        self.last_tx = 0.0
-        self.rx_bytes = self.rx_packets = self.tx_bytes = self.tx_packets = 0
-        # NAT rebinding (ipop.link.echo): the gap before the last authenticated packet, how
-        # many packets in a row came within REBIND_QUIET_S of the one before (the peer is
-        # busy), our first message since the last one (inf: none), and the echo outstanding
-        # (its id, None: none; when it left; whether it asks a witness).
-        self.rx_gap = _INF
-        self.rx_streak = 0
-        self.watched = False  # upper-layer traffic flows to it: see LinkLayer.watch
-        self.tx_first = _INF
-        self.echo_id: int | None = None
-        self.echo_at = -_INF
-        self.echo_witness = False
-        self.rekeys = 0
-        self.rekeyed_stale_at = -_INF
-        # (since, until) while peer_unlinked checks whether the peer still holds the session.
-        self.unlinked_check: tuple[float, float] | None = None
-        # The deadline and seq of this peer's live heap entry (see ipop.link.timers).
-        self.due = _INF
-        self.due_seq = 0
-
-
-class _Answered:
-    """An Init core we verified and answered: the Resp and pending index of each path it came
-    from (at most ``max_pending_responses`` paths, oldest forgotten first)."""
-
-    __slots__ = ("cipher", "paths", "verified")
-
-    def __init__(self, verified: VerifiedInit, cipher: str) -> None:
-        self.verified = verified
-        self.cipher = cipher
-        self.paths: dict[Path, tuple[bytes, int]] = {}
 
 
 # --- the layer -------------------------------------------------------------------------------
@@ -451,48 +234,56 @@ class LinkLayer:
         self.drops: collections.Counter[str] = collections.Counter()
         # Facts that are not refusals (roaming, rekeys, collisions): for metrics and tests.
         self.stats: collections.Counter[str] = collections.Counter()
-        self._peers: dict[NodeId, _Peer] = {}
-        # Our local indices -> keys, and the indices we retired (see _unknown_index).
-        self._keys: IndexTable[_Peer] = IndexTable(rng)
+        self._peers: dict[NodeId, Peer] = {}
+        # Our local indices -> keys, and the indices we retired (see Handshakes.unknown_index).
+        self._keys: IndexTable[Peer] = IndexTable(rng)
         self._lookup = self._keys.lookup
-        self._initiations: dict[int, Initiation] = {}
-        # (initiator, responder the Init names) -> newest Init timestamp accepted (ms).
-        self._last_init_ms: dict[tuple[NodeId, NodeId | Endpoint], int] = {}
-        self._last_sent_ms = 0
+        # Never rebound: the sub-machines below append to the same list (datagrams_to_send).
         self._outbox: list[tuple[bytes, Path]] = []
         self._events: collections.deque[LinkEvent] = collections.deque()
         self._timer: float | None = None
         self._timer_dirty = False
         # Each peer's earliest deadline (see _touch and ipop.link.timers).
-        self._deadlines: DeadlineHeap[NodeId, _Peer] = DeadlineHeap(self._peers.get)
+        self._deadlines: DeadlineHeap[NodeId, Peer] = DeadlineHeap(self._peers.get)
         self._next_gc = 0.0
-        # When our own address last changed (local_address_changed): a direct path that has
-        # carried nothing since leads to where we no longer are.
-        self._roamed_at = -_INF
-        # Init cores we answered -> how (see _Answered): a retransmitted copy of the same Init
-        # (our Resp was lost) gets the same Resp again; a copy from another path gets its own.
-        self._answered: dict[bytes, _Answered] = {}
-        # What an Init may cost before it proved anything (ipop.link.cookie).
-        self.guard = InitGuard()
-        # Relayed peer -> when _rekey_relayed last keyed it afresh (insertion order), and
-        # the global budget of those handshakes (made on first use: it needs ``now``).
-        self._relay_rekeyed: dict[NodeId, float] = {}
-        self._relay_rekey_budget: TokenBucket | None = None
         self._reject_messages = self.config.reject_after_messages
-        # Path MTU per peer, probed over the session (ipop.link.pmtu).
-        self.pmtu = PathMtuProber()
-        # NAT rebinding (ipop.link.echo): the last echo id, when witnesses may be asked again,
-        # and until when a witness's first answer that differs from every peer's counts as a
-        # rebinding (ObservedEndpoint.rebound).
-        self._echoes = self.config.rebind_echoes
-        self._echo_seq = 0
-        self._witness_ok_at = -_INF
-        self._suspect_until = -_INF
+        shared = Shared(
+            config=self.config,
+            peers=self._peers,
+            keys=self._keys,
+            outbox=self._outbox,
+            events=self._events,
+            drops=self.drops,
+            stats=self.stats,
+            seal=self._seal,
+            touch=self._touch,
+            wake=self._wake,
+        )
+        # NAT rebinding (ipop.link.rebind): echoes of silent links, witnesses.
+        rb = self.rebinding = Rebinding(shared, enabled=self.config.rebind_echoes)
+        self._heard = rb.heard  # every authenticated DATA: bound once, one call as before
+        # Path MTU per peer, probed over the session (ipop.link.probing, ipop.link.pmtu).
+        self.probing = PathProbing(
+            shared, enabled=self.config.path_mtu_probes, watch=self.watch, on_echo=rb.on_echo
+        )
+        self.pmtu = self.probing.pmtu
+        self._on_probe = self.probing.on_probe
+        # Both sides of every handshake (ipop.link.handshakes).
+        hs = self.handshakes = Handshakes(identity, shared, probe_path=self.probing.restart)
         self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
-            TYPE_HANDSHAKE_INIT: self._on_init,
-            TYPE_HANDSHAKE_RESP: self._on_resp,
-            TYPE_COOKIE_REPLY: self._on_cookie,
+            TYPE_HANDSHAKE_INIT: hs.on_init,
+            TYPE_HANDSHAKE_RESP: hs.on_resp,
+            TYPE_COOKIE_REPLY: hs.on_cookie,
         }
+
+    @property
+    def guard(self) -> InitGuard:
+        """What an Init may cost before it proved anything (:mod:`ipop.link.cookie`)."""
+        return self.handshakes.guard
+
+    @guard.setter
+    def guard(self, guard: InitGuard) -> None:
+        self.handshakes.guard = guard
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -518,17 +309,7 @@ class LinkLayer:
         for peer in self._peers.values():
             if peer.up and peer.path == path and expected in (None, peer.node_id):
                 return
-        for ini in self._initiations.values():
-            if ini.path == path and expected in (None, ini.expected):
-                if retransmit and ini.next_retry_at == _INF:
-                    # A one-shot punch toward where we now want a link ourselves: it retries
-                    # from here on, as any of ours.
-                    ini.next_retry_at = now + ini.interval
-                    wait = self.config.handshake_timeout_s if timeout_s is None else timeout_s
-                    ini.deadline = max(ini.deadline, now + wait)
-                    self._timer_dirty = True
-                return
-        self._start_initiation(path, expected, now, retransmit=retransmit, timeout_s=timeout_s)
+        self.handshakes.initiate(path, expected, now, retransmit=retransmit, timeout_s=timeout_s)
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
         """Seal ``payload`` to ``peer``'s current path and queue it for datagrams_to_send()."""
@@ -542,7 +323,7 @@ class LinkLayer:
         return self._seal(st, kp, payload, now), st.path
 
     def _seal(
-        self, st: _Peer, kp: Keypair[_Peer], payload: bytes | bytearray | memoryview, now: float
+        self, st: Peer, kp: Keypair[Peer], payload: bytes | bytearray | memoryview, now: float
     ) -> bytes:
         """Seal one DATA datagram with ``kp`` and do the bookkeeping (counters, rekey)."""
         counter = kp.send_counter
@@ -608,7 +389,7 @@ class LinkLayer:
         _, index, counter = _HDR_UNPACK_FROM(data)
         kp = self._lookup(index)
         if kp is None:
-            self._unknown_index(index, path, now)
+            self.handshakes.unknown_index(index, path, now)
             return None
         if now >= kp.reject_at or counter >= self._reject_messages:
             self.drops["expired_key"] += 1
@@ -630,7 +411,7 @@ class LinkLayer:
         replay.accept(counter)
         st = kp.peer
         if kp is not st.current:
-            self._on_older_keys(st, kp, path, now)
+            self.handshakes.on_older_keys(st, kp, path, now)
         self._heard(st, now)
         st.rx_packets += 1
         st.rx_bytes += len(data)
@@ -652,8 +433,7 @@ class LinkLayer:
 
     def close(self, peer: NodeId, *, now: float) -> None:
         """Forget every key of ``peer`` and cancel our handshakes expecting it (LinkDown if up)."""
-        for ini in [i for i in self._initiations.values() if i.expected == peer]:
-            del self._initiations[ini.index]
+        self.handshakes.cancel(peer)
         st = self._peers.get(peer)
         if st is not None:
             self._teardown(st, "closed")
@@ -680,8 +460,7 @@ class LinkLayer:
                 # Keys expired: the peer learns from the silence instead.
                 with contextlib.suppress(LocalProtocolError):
                     self._outbox.append(self.seal(st.node_id, farewell, now=now))
-            for ini in [i for i in self._initiations.values() if i.expected == st.node_id]:
-                del self._initiations[ini.index]
+            self.handshakes.cancel(st.node_id)
             self._teardown(st, "revoked")
         if gone:
             self._timer_dirty = True
@@ -699,12 +478,12 @@ class LinkLayer:
         (retransmitted as any Init) until the overlay's re-advertisement made them punch back
         (:meth:`peer_moved` on their side). Returns how many handshakes were started.
         """
-        self._roamed_at = now
+        self.handshakes.roamed_at = now
         started = 0
-        busy = {i.expected for i in self._initiations.values()}
+        busy = self.handshakes.expected_peers()
         for st in list(self._peers.values()):
             if st.up and is_direct(st.path) and st.node_id not in busy:
-                self._start_initiation(st.path, st.node_id, now)
+                self.handshakes.start(st.path, st.node_id, now)
                 started += 1
         self.stats["roam_rehandshakes"] += started
         return started
@@ -774,8 +553,8 @@ class LinkLayer:
         # second may have lost a crossing and never be confirmed, and an idle live peer sends
         # nothing else within the check: its session was torn down on our side only (cold
         # start: pairs on one LAN that lost every ping until the silent-peer timer).
-        if not any(i.expected == peer and i.path == st.path for i in self._initiations.values()):
-            self._start_initiation(st.path, peer, now)
+        if not self.handshakes.expecting_on(peer, st.path):
+            self.handshakes.start(st.path, peer, now)
         self._touch(st)
         return True
 
@@ -862,7 +641,8 @@ class LinkLayer:
         return bool(self._outbox or self._events)
 
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Path]]:
-        out, self._outbox = self._outbox, []
+        out = self._outbox.copy()
+        self._outbox.clear()
         return out
 
     def next_event(self) -> LinkEvent | None:
@@ -875,35 +655,19 @@ class LinkLayer:
         return self._timer
 
     def handle_timer(self, *, now: float) -> None:
-        cfg = self.config
-        for ini in list(self._initiations.values()):
-            if now >= ini.deadline:
-                del self._initiations[ini.index]
-                self.stats["handshake_failed"] += 1
-                self._events.append(HandshakeFailed(ini.path, ini.last_reason))
-            elif now >= ini.next_retry_at:
-                ini.interval = min(ini.interval * 2, cfg.handshake_retry_max_s)
-                ini.next_retry_at = now + ini.interval
-                self.stats["handshake_retransmitted"] += 1
-                self._send_init(ini, now)
+        self.handshakes.retransmit(now)
         peers = self._peers
         for st in self._deadlines.pop_due(now):
             self._peer_timer(st, now)
             if peers.get(st.node_id) is st:
                 self._touch(st)
-        self._send_probes(now)
+        self.probing.send_due(now)
         if now >= self._next_gc:
-            self._next_gc = now + cfg.handshake_timeout_s
-            # An Init older than the skew window is refused anyway, so its node's entry can go.
-            horizon_ms = (now - cfg.handshake_clock_skew_s) * 1000.0
-            for key in [k for k, ms in self._last_init_ms.items() if ms < horizon_ms]:
-                del self._last_init_ms[key]
-            gone = [raw for raw, ans in self._answered.items() if not self._pending_answer(ans)]
-            for raw in gone:
-                del self._answered[raw]
+            self._next_gc = now + self.config.handshake_timeout_s
+            self.handshakes.forget_old(now)
         self._timer_dirty = True
 
-    def _peer_timer(self, st: _Peer, now: float) -> None:
+    def _peer_timer(self, st: Peer, now: float) -> None:
         """Whatever is due for one peer (its heap entry came up)."""
         cfg = self.config
         timeout = cfg.handshake_timeout_s
@@ -912,7 +676,7 @@ class LinkLayer:
                 del st.pending[index]
                 self._keys.retire(index, st.node_id)
         if st.spare and now >= st.spare_until:
-            self._drop_spare(st)
+            self.handshakes.drop_spare(st)
         cur = st.current
         if not st.up or cur is None:
             if not st.pending:
@@ -950,21 +714,12 @@ class LinkLayer:
             # trimmed link, lost CLOSING) while we still route into it. A fresh handshake
             # either re-keys a live peer or finds out (WireGuard's rule of the same name).
             st.probe_after = now + cfg.handshake_timeout_s
-            if not st.pending and not any(
-                i.expected == st.node_id for i in self._initiations.values()
-            ):
+            if not st.pending and not self.handshakes.expecting(st.node_id):
                 self.stats["silent_peer_rehandshake"] += 1
-                self._start_initiation(st.path, st.node_id, now)
-        if st.echo_id is not None:
-            if now >= st.echo_at + _REBIND_ECHO_WAIT:
-                st.echo_id = None
-                self.stats["echo_unanswered"] += 1
-                if not st.echo_witness:
-                    self._ask_witnesses(st, now)
-        elif now >= self._echo_deadline(st):
-            self._send_echo(st, now, witness=False)
+                self.handshakes.start(st.path, st.node_id, now)
+        self.rebinding.due(st, now)
 
-    def _peer_deadline(self, st: _Peer) -> float:
+    def _peer_deadline(self, st: Peer) -> float:
         cfg = self.config
         t = _INF
         for kp in st.pending.values():
@@ -984,7 +739,7 @@ class LinkLayer:
                 t = min(t, st.previous.reject_at)
             for old in st.older.values():
                 t = min(t, old.reject_at)
-            t = min(t, self._echo_deadline(st))
+            t = min(t, self.rebinding.deadline(st))
             if st.unlinked_check is not None:
                 t = min(t, st.unlinked_check[1])
             if st.spare:
@@ -993,410 +748,18 @@ class LinkLayer:
             t = 0.0  # nothing left: forget the peer at the next firing
         return t
 
-    def _touch(self, st: _Peer) -> None:
+    def _wake(self) -> None:
+        """Something moved a deadline that is not in the heap: recompute the timer."""
+        self._timer_dirty = True
+
+    def _touch(self, st: Peer) -> None:
         """Push ``st``'s deadline if it moved earlier than its live heap entry."""
         if self._deadlines.push(st.node_id, st, self._peer_deadline(st)):
             self._timer_dirty = True
 
     # --- receive paths ----------------------------------------------------------------------
 
-    def _on_init(self, data: bytes, path: Path, now: float) -> None:
-        cfg = self.config
-        try:
-            init = HandshakeInit.parse(data)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
-            return
-        # Free checks first. An Init naming another node is a replay or a mistake; one bound
-        # to an endpoint (a bootstrap's, whose id the initiator did not know) is not checked
-        # against ours, which a node cannot enumerate (wildcard binds, port forwards, NAT
-        # mappings not learned yet): freshness is kept per (node, responder) instead, so a
-        # copy replayed here can never make a later Init meant for us look stale.
-        responder = init.responder
-        if isinstance(responder, NodeId) and responder != self.local_id:
-            self.drops["not_for_us"] += 1
-            return
-        core = init_core(data)
-        answered = self._answered.get(core)
-        if answered is not None and self._pending_answer(answered):
-            entry = answered.paths.get(path)
-            if entry is not None:
-                # Our Resp to this very Init was lost: the same answer again, nothing new.
-                self._outbox.append((entry[0], path))
-                self.stats["handshake_reanswered"] += 1
-                return
-        try:
-            check_init_time(init, now=now, skew_s=cfg.handshake_clock_skew_s)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
-            return
-        verdict = self.guard.admit(core, init.mac2, path, now)
-        if verdict is not None:
-            if verdict == "cookie":
-                reply = self.guard.cookie_reply(init.sender_index, core, path, now)
-                self._outbox.append((reply, path))
-                self.stats["cookie_sent"] += 1
-                verdict = "under_load"
-            self.drops[verdict] += 1
-            return
-        # From here on an Init costs public-key operations: the guard bounds how many per s.
-        self.stats["init_expensive"] += 1
-        if answered is not None and self._pending_answer(answered):
-            # An Init we verified and answered, unconfirmed yet, arriving from another path:
-            # a copy an observer raced ahead of the original, or the original behind the
-            # copy. Refusing it as stale would let whoever forwards a copy first block the
-            # handshake; answering each path (bounded like retransmissions) lets the real
-            # initiator confirm the keys it got, and the copy's keys expire unconfirmed.
-            self._answer(answered, path, now)
-            return
-        try:
-            cert = check_init_cert(self._trust, init, now=now)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
-            return
-        # Refusals first, before the signature check (the costliest step of an Init, and
-        # Inits cross whenever both ends of a new link connect): refusing changes nothing,
-        # so it may rest on what the Init merely claims.
-        node = cert.node_id
-        if node == self.local_id:
-            self.drops["own_identity"] += 1
-            return
-        ts = init.timestamp_ms
-        fresh_key = (node, responder)
-        last = self._last_init_ms.get(fresh_key)
-        if last is not None and ts <= last:
-            self.drops["stale_handshake"] += 1
-            return
-        mine = self._initiation_crossing(node, path)
-        if mine is not None and self.local_id > node:
-            self.drops["handshake_collision"] += 1
-            return
-        try:
-            verified = check_init_signature(init, cert, data)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
-            return
-        if mine is not None:
-            del self._initiations[mine.index]
-            self.stats["collision_yielded"] += 1
-        cipher = choose_cipher(verified.init.ciphers, cfg.ciphers)
-        if cipher is None:
-            self.drops["no_common_cipher"] += 1
-            return
-        if self._answer(_Answered(verified, cipher), path, now):
-            last_init = self._last_init_ms
-            last_init.pop(fresh_key, None)
-            last_init[fresh_key] = ts
-            if len(last_init) > LAST_INIT_MAX:
-                del last_init[next(iter(last_init))]
-
-    def _pending_answer(self, answered: _Answered) -> bool:
-        """Are keys we derived for this answered Init still waiting for confirmation?"""
-        lookup = self._lookup
-        for _, index in answered.paths.values():
-            kp = lookup(index)
-            if kp is not None and index in kp.peer.pending:
-                return True
-        return False
-
-    def _answer(self, answered: _Answered, path: Path, now: float) -> bool:
-        """Resp to the verified Init of ``answered``, arriving over ``path``; keys pending."""
-        cfg = self.config
-        verified = answered.verified
-        index = self._keys.allocate(self._initiations)
-        observed: Endpoint | None = None
-        if isinstance(path, Endpoint):
-            observed = path
-        elif isinstance(path, SocketPath):
-            observed = path.remote
-        try:
-            resp, keys = make_resp(
-                self._identity, verified, index=index, cipher=answered.cipher, observed=observed
-            )
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
-            return False
-        node = verified.cert.node_id
-        st = self._peers.get(node)
-        if st is None:
-            st = self._peers[node] = _Peer(node, verified.cert, path)
-        kp = Keypair(keys, st, verified.cert, now, cfg)
-        st.pending[index] = kp
-        self._keys.add(kp)
-        while len(st.pending) > cfg.max_pending_responses:
-            oldest = next(iter(st.pending))
-            del st.pending[oldest]
-            self._keys.retire(oldest, st.node_id)
-        paths = answered.paths
-        paths.pop(path, None)
-        paths[path] = (resp, index)
-        while len(paths) > cfg.max_pending_responses:
-            del paths[next(iter(paths))]
-        self._answered[verified.raw] = answered
-        self._outbox.append((resp, path))
-        self.stats["handshake_answered"] += 1
-        self._touch(st)
-        return True
-
-    def _initiation_answered(self, receiver_index: int) -> Initiation | None:
-        """Our initiation a Resp or cookie reply names (counted as a drop when none)."""
-        ini = self._initiations.get(receiver_index)
-        if ini is None:
-            self.drops["unknown_index"] += 1
-        return ini
-
-    def _on_cookie(self, data: bytes, path: Path, now: float) -> None:
-        """A responder under load sent a cookie for one of our Inits: resend it with mac2."""
-        try:
-            reply = CookieReply.parse(data)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
-            return
-        ini = self._initiation_answered(reply.receiver_index)
-        if ini is None:
-            return
-        if path != ini.path or not any(init_digest(c) == reply.init_digest for c in ini.sent):
-            self.drops["bad_cookie_reply"] += 1
-            return
-        ini.cookie = reply.cookie
-        self.stats["cookie_received"] += 1
-        # At once (the cookie round trip is all the delay a loaded responder adds), but at most
-        # once per retry interval: cookie replies must not make us send Inits as fast as they
-        # come (an on-path sender could otherwise make us flood the responder).
-        if now >= ini.cookie_resent_at + self.config.handshake_retry_s:
-            ini.cookie_resent_at = now
-            self.stats["cookie_resent"] += 1
-            self._send_init(ini, now)
-
-    def _on_resp(self, data: bytes, path: Path, now: float) -> None:
-        try:
-            resp = HandshakeResp.parse(data)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
-            return
-        ini = self._initiation_answered(resp.receiver_index)
-        if ini is None:
-            return
-        try:
-            cert, keys = verify_resp(
-                self._trust, ini, resp, data, now=now, offered=self.config.ciphers
-            )
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
-            ini.last_reason = exc.reason
-            return
-        node = cert.node_id
-        if node == self.local_id:
-            self.drops["own_identity"] += 1
-            ini.last_reason = "own_identity"
-            return
-        del self._initiations[ini.index]
-        st = self._peers.get(node)
-        if st is None:
-            st = self._peers[node] = _Peer(node, cert, path)
-        kp = Keypair(keys, st, cert, now, self.config)
-        self._keys.add(kp)
-        # Round trip of this handshake: what path choice compares (a retransmitted Init counts
-        # from its first copy, which only makes a lossy path look worse).
-        st.rtt = now - ini.started_at
-        self._install(st, kp, path, now, resp.observed, rtt=st.rtt)
-        # Key confirmation for the responder, which stays silent until it sees our DATA.
-        self._outbox.append(self.seal(node, _EMPTY, now=now))
-
-    # --- session state changes --------------------------------------------------------------
-
-    def _confirm(self, st: _Peer, kp: Keypair[_Peer], path: Path, now: float) -> None:
-        """Responder side: ``kp`` was just proven by the initiator's first DATA.
-
-        The other pending keys are kept as ``spare`` for ``SPARE_KEYS_S``, not dropped: when
-        the initiator's Inits reached us over several paths at once (a shortcut punched to
-        every endpoint of ours, a relay alongside), it installs each Resp that gets back, in
-        arrival order, and seals with the last. Its confirmation of an earlier one may reach
-        us first; dropping the rest made us refuse everything it then sealed with the keys it
-        kept (``unknown_index``), pings lost both ways until a rehandshake (cold start of 30
-        daemons: 1-4 of 1,190 pairs lost both pings). A spare key becomes current only when
-        authenticated DATA under it arrives, as a pending one does.
-        """
-        del st.pending[kp.local_index]
-        # The initiator confirms as soon as our Resp arrives: one round trip since we answered.
-        st.rtt = now - kp.created_at
-        if st.pending:
-            st.spare.update(st.pending)
-            st.pending.clear()
-            while len(st.spare) > self.config.max_pending_responses:
-                oldest = next(iter(st.spare))
-                self._keys.retire(st.spare.pop(oldest).local_index, st.node_id)
-            st.spare_until = now + timing.SPARE_KEYS_S
-        st.spare.pop(kp.local_index, None)
-        self._install(st, kp, path, now, None)
-
-    def _drop_spare(self, st: _Peer) -> None:
-        for index in st.spare:
-            self._keys.retire(index, st.node_id)
-        st.spare.clear()
-        st.spare_until = _INF
-
-    def _on_older_keys(self, st: _Peer, kp: Keypair[_Peer], path: Path, now: float) -> None:
-        """An authenticated DATA arrived on keys that are not ``current``."""
-        if kp.local_index in st.pending:
-            self._confirm(st, kp, path, now)
-            return
-        if st.spare.pop(kp.local_index, None) is not None:
-            # The initiator kept these keys (see _confirm): seal with them too.
-            self.stats["spare_keys_confirmed"] += 1
-            st.rtt = now - kp.created_at
-            self._install(st, kp, path, now, None)
-            return
-        cur = st.current
-        # The peer still seals with our previous keys half a grace period after we switched:
-        # normal in-flight overlap lasts one round trip, so the two sides disagree on which
-        # keys are current (crossing handshakes invariant 4 could not pair up, or our key
-        # confirmation was lost). A fresh handshake from here is sequential and converges,
-        # and it completes before the previous keys stop opening.
-        if (
-            cur is not None
-            and (kp is st.previous or kp.local_index in st.older)
-            and now - cur.created_at > self.config.previous_key_grace_s / 2
-            and not st.pending
-            and not any(i.expected == st.node_id for i in self._initiations.values())
-        ):
-            self.stats["rehandshake_diverged"] += 1
-            self._start_initiation(st.path, st.node_id, now)
-
-    def _install(
-        self,
-        st: _Peer,
-        kp: Keypair[_Peer],
-        path: Path,
-        now: float,
-        observed: Endpoint | None,
-        *,
-        rtt: float | None = None,
-    ) -> None:
-        if type(path) is SocketPath:
-            # Where the peer sees a punching socket is that socket's own NAT mapping: nothing
-            # to advertise, and compared with the main socket's it looked like a NAT rebinding
-            # (a roam, every session re-keyed, at every cold start).
-            observed = None
-        old = st.current
-        heard = st.last_rx  # before this handshake: how long the session had been silent
-        if old is not None:
-            old.reject_at = min(old.reject_at, now + self.config.previous_key_grace_s)
-            prev = st.previous
-            if prev is not None:
-                # Replaced within its grace period: the peer may still seal with it (it
-                # switches when our key confirmation, or its own Resp, arrives).
-                older = st.older
-                older[prev.local_index] = prev
-                while len(older) > self.config.max_pending_responses:
-                    self._keys.retire(older.pop(next(iter(older))).local_index, st.node_id)
-            st.previous = old
-            st.rekeys += 1
-        st.current = kp
-        st.cert = kp.cert
-        st.last_rx = now
-        st.tx_first = _INF
-        self._touch(st)
-        if not st.up:
-            st.up = True
-            st.path = path
-            st.path_rtt = _INF if rtt is None else rtt
-            st.path_rx = now
-            st.established_at = now
-            st.last_tx = now
-            st.observed = observed
-            self.stats["link_up"] += 1
-            self._events.append(LinkUp(st.node_id, kp.cert, path, observed, st.rtt))
-            self._probe_path(st, now)
-            return
-        if path == st.path:
-            if rtt is not None:
-                st.path_rtt = rtt
-        elif better_path(
-            PathQuality(st.path, st.path_rtt, st.path_rx),
-            PathQuality(path, _INF if rtt is None else rtt, now),
-            now,
-            heard=heard,
-            roamed_at=self._roamed_at,
-        ):
-            st.roam_candidate = None
-            st.path = path
-            st.path_rtt = _INF if rtt is None else rtt
-            st.path_rx = now
-            self._events.append(LinkPathChanged(st.node_id, path, "handshake"))
-            self._probe_path(st, now)
-        else:
-            self.stats["path_kept"] += 1
-        if observed is not None and observed != st.observed:
-            st.observed = observed
-            self._events.append(ObservedEndpoint(observed, st.node_id))
-
-    def _unknown_index(self, index: int, path: Path, now: float) -> None:
-        """DATA under an index we no longer hold. If it is one we gave out and retired (keys
-        we answered but dropped unconfirmed, keys a rekey replaced) and the peer's session is
-        up, the two ends hold different keys (crossing handshakes over different relays, a
-        lost key confirmation) and the link would stay dead until the link timeout: key it
-        afresh toward its path. An index is 32 random bits seen only by the peer, so this is
-        no answer to garbage (invariant 1); at most one such handshake per handshake timeout.
-        Relayed DATA under an index we never gave out: see :meth:`_rekey_relayed`."""
-        self.drops["unknown_index"] += 1
-        peer = self._keys.retired_owner(index)
-        if peer is None:
-            if type(path) is RelayPath:
-                self._rekey_relayed(path, now)
-            return
-        # Our peer seals with keys we dropped: the two ends diverged (tests expect none at a
-        # cold start, tests/sim/test_coldstart_keys.py).
-        self.stats["data_under_retired_keys"] += 1
-        st = self._peers.get(peer)
-        if st is None or not st.up or now < st.rekeyed_stale_at + self.config.handshake_timeout_s:
-            return
-        if st.pending or any(i.expected == peer for i in self._initiations.values()):
-            return
-        st.rekeyed_stale_at = now
-        self.stats["rehandshake_stale_keys"] += 1
-        self._start_initiation(st.path, peer, now)
-
-    def _rekey_relayed(self, path: RelayPath, now: float) -> None:
-        """DATA relayed to us from ``path.peer``, with whom we hold no session, under keys we
-        do not hold: the peer still seals with a session we lost (we were restarted: kill -9,
-        no goodbye) and will until its silent-peer timer, 20-35 s. A direct peer is re-keyed
-        from the remembered peers at start; a relayed one is not remembered (its relay may be
-        gone next time), so key it afresh here, through the relay it came by: the peer
-        replaces its dead session once our handshake completes (``_confirm``).
-
-        No answer to garbage (invariant 1): the datagram came inside an authenticated link
-        from the relay, a member, and our Init goes back through that relay only, to the node
-        it named, which alone can complete it. At most one per peer per handshake timeout,
-        the table of those is bounded (``RELAY_REKEYED_MAX``), and all of them share one
-        budget (``RELAY_REKEY_PER_S``; spent: counted in ``relayed_rekey_over_budget``).
-        """
-        peer = path.peer
-        st = self._peers.get(peer)
-        if peer == self.local_id or (st is not None and (st.up or st.pending)):
-            return
-        if any(i.expected == peer for i in self._initiations.values()):
-            return
-        rekeyed = self._relay_rekeyed
-        last = rekeyed.pop(peer, None)
-        if last is not None and now < last + self.config.handshake_timeout_s:
-            rekeyed[peer] = last
-            return
-        budget = self._relay_rekey_budget
-        if budget is None:
-            budget = self._relay_rekey_budget = TokenBucket(
-                RELAY_REKEY_PER_S, RELAY_REKEY_BURST, now
-            )
-        if not budget.take(now):
-            self.stats["relayed_rekey_over_budget"] += 1
-            return
-        rekeyed[peer] = now
-        if len(rekeyed) > RELAY_REKEYED_MAX:
-            del rekeyed[next(iter(rekeyed))]
-        self.stats["rehandshake_relayed_unknown"] += 1
-        self._start_initiation(path, peer, now)
-
-    def _maybe_roam(self, st: _Peer, path: Path, now: float) -> None:
+    def _maybe_roam(self, st: Peer, path: Path, now: float) -> None:
         """Newest authenticated DATA came from ``path``, not the session's: follow it or not
         (:func:`ipop.link.paths.should_roam`)."""
         roam = should_roam(PathQuality(st.path, st.path_rtt, st.path_rx), path, now)
@@ -1419,16 +782,16 @@ class LinkLayer:
                 self.stats["seen_sent"] += 1
                 self._outbox.append((self._seal(st, st.current, seen, now), path))
 
-    def _move(self, st: _Peer, path: Path, now: float) -> None:
+    def _move(self, st: Peer, path: Path, now: float) -> None:
         st.roam_candidate = None
         st.path = path
         st.path_rtt = _INF
         st.path_rx = now
         self.stats["roamed"] += 1
         self._events.append(LinkPathChanged(st.node_id, path, "roamed"))
-        self._probe_path(st, now)
+        self.probing.restart(st, now)
 
-    def _teardown(self, st: _Peer, reason: str) -> None:
+    def _teardown(self, st: Peer, reason: str) -> None:
         for kp in (
             st.current,
             st.previous,
@@ -1445,16 +808,7 @@ class LinkLayer:
             self.stats[f"link_down_{reason}"] += 1
             self._events.append(LinkDown(st.node_id, reason))
 
-    # --- path MTU probes (ipop.link.pmtu) ----------------------------------------------------
-
-    def _probe_path(self, st: _Peer, now: float) -> None:
-        """Search the MTU of ``st``'s path anew (it came up or moved); a relayed path is
-        probed end to end, through the relay (see :mod:`ipop.link.pmtu`)."""
-        if self.config.path_mtu_probes:
-            self.pmtu.start(st.node_id, st.path, now=now)
-        else:
-            self.pmtu.forget(st.node_id)
-        self._timer_dirty = True
+    # --- path MTU and NAT rebinding (ipop.link.probing, ipop.link.rebind) -------------------
 
     def watch(self, peer: NodeId) -> None:
         """Upper-layer traffic (what a user notices: IP packets, pings) flows to ``peer``:
@@ -1464,8 +818,8 @@ class LinkLayer:
         end cost a 150-node simulation 9 echoes per node per second (its wall time doubled);
         the overlay notices their loss on its own timers. Until the session ends."""
         st = self._peers.get(peer)
-        if st is not None and self._echoes:
-            st.watched = True
+        if st is not None:
+            self.rebinding.watch(st)
 
     def echo(self, peer: NodeId, *, now: float) -> bool:
         """Ask ``peer`` where it sees us now (an echo, :mod:`ipop.link.echo`), as
@@ -1483,148 +837,9 @@ class LinkLayer:
     def want_path_mtu(self, peer: NodeId, *, now: float) -> None:
         """Data flows to ``peer``: probe its path's MTU (see :mod:`ipop.link.pmtu`), and watch
         its session (:meth:`watch`)."""
-        if peer in self.pmtu.wanted or peer not in self._peers:
-            return
-        self.watch(peer)
-        if self.pmtu.want(peer, now=now):
-            self._send_probes(now)
-            self._timer_dirty = True
+        self.probing.want(peer, now)
 
-    def _send_probes(self, now: float) -> None:
-        for peer, path, payload in self.pmtu.due(now):
-            st = self._peers.get(peer)
-            if st is None or not st.up or st.current is None or st.path != path:
-                continue  # the path moved: _probe_path restarted the search
-            self._outbox.append((self._seal(st, st.current, payload, now), path))
-
-    def _on_probe(self, st: _Peer, payload: bytes, path: Path, now: float) -> None:
-        """An authenticated probe (answered with an ack, smaller than any probe, on the path
-        we send on) or ack, or an echo or its ack (:mod:`ipop.link.echo`, which came over
-        ``path``); anything else of the kind is malformed."""
-        kind = payload[1] if len(payload) > 1 else -1
-        if kind in (echo.ECHO, echo.ECHO_ACK, echo.SEEN):
-            self._on_echo(st, payload, path, now)
-        elif kind == 0 and len(payload) >= 6 and st.up and st.current is not None:
-            ack = ack_payload(int.from_bytes(payload[2:6], "big"))
-            self._outbox.append((self._seal(st, st.current, ack, now), st.path))
-        elif kind != 1 or not self.pmtu.on_ack(st.node_id, payload, now=now):
-            self.drops["bad_probe"] += 1
-        else:
-            self._timer_dirty = True  # the first ack brings the round's end closer
-
-    # --- NAT rebinding (ipop.link.echo) -------------------------------------------------------
-
-    def _heard(self, st: _Peer, now: float) -> None:
-        """An authenticated DATA from ``st`` arrived: liveness and echo bookkeeping."""
-        gap = now - st.last_rx
-        st.last_rx = now
-        st.tx_first = _INF
-        st.rx_gap = gap
-        if gap > _REBIND_QUIET:
-            st.rx_streak = 0
-            return
-        st.rx_streak += 1
-        if st.rx_streak == _REBIND_BUSY and st.watched and now + _REBIND_QUIET < st.due:
-            self._touch(st)  # it just got busy: its silence is worth an echo from now on
-
-    def _echo_deadline(self, st: _Peer) -> float:
-        """When an echo to up ``st`` is due (inf: none), or its outstanding one times out.
-
-        One echo per silence (none again before the peer spoke), on direct paths only:
-        ``REBIND_QUIET_S`` after the last packet of a busy peer (``REBIND_BUSY_PACKETS`` in a
-        row, each within ``REBIND_QUIET_S`` of the one before), or after our first message
-        since its last packet (nothing at all came back); at once for a busy peer that never
-        told us where it sees us (the answer is what a later one is compared with)."""
-        if st.echo_id is not None:
-            return st.echo_at + _REBIND_ECHO_WAIT
-        if st.echo_at >= st.last_rx or not st.watched or not is_direct(st.path):
-            return _INF
-        t = _INF
-        if st.rx_streak >= _REBIND_BUSY:
-            t = st.last_rx if st.observed is None else st.last_rx + _REBIND_QUIET
-        if st.tx_first >= st.last_rx:
-            t = min(t, st.tx_first + _REBIND_QUIET)
-        return t
-
-    def _send_echo(self, st: _Peer, now: float, *, witness: bool) -> None:
-        kp = st.current
-        if kp is None or not st.up:
-            return
-        self._echo_seq = (self._echo_seq + 1) & 0xFFFFFFFF
-        st.echo_id = self._echo_seq
-        st.echo_at = now
-        st.echo_witness = witness
-        self.stats["echo_witness_sent" if witness else "echo_sent"] += 1
-        self._outbox.append((self._seal(st, kp, echo.echo_payload(st.echo_id), now), st.path))
-        self._touch(st)
-
-    def _ask_witnesses(self, silent: _Peer, now: float) -> None:
-        """A busy direct link answers nothing: if our NAT rebound, peers that can still hear
-        us see us elsewhere now. Ask the most recently heard few (their answers go through
-        :meth:`_on_echo`); at most once per ``REBIND_WITNESS_MIN_S``, whatever went silent."""
-        if now < self._witness_ok_at:
-            return
-        self._witness_ok_at = now + timing.REBIND_WITNESS_MIN_S
-        self._suspect_until = now + 2 * _REBIND_ECHO_WAIT
-        self.stats["rebind_suspected"] += 1
-        candidates = (
-            p
-            for p in self._peers.values()
-            if p is not silent and p.up and p.echo_id is None and is_direct(p.path)
-        )
-        for p in heapq.nlargest(timing.REBIND_WITNESSES, candidates, key=lambda p: p.last_rx):
-            self._send_echo(p, now, witness=True)
-
-    def _on_echo(self, st: _Peer, payload: bytes, path: Path, now: float) -> None:
-        """An echo (answered on the path it came over with where it came from) or our echo's
-        answer (a changed observed endpoint is news: ObservedEndpoint)."""
-        msg = echo.parse(payload)
-        if msg is None:
-            self.drops["bad_probe"] += 1
-            return
-        kind, echo_id, observed = msg
-        if kind == echo.ECHO:
-            seen = path.remote if type(path) is SocketPath else path
-            kp = st.current
-            if type(seen) is Endpoint and kp is not None and st.up:
-                ack = echo.ack_payload(echo_id, seen)
-                if ack is not None:
-                    self.stats["echo_answered"] += 1
-                    self._outbox.append((self._seal(st, kp, ack, now), path))
-            return
-        if observed is None:
-            return  # parse() gives an endpoint for every ack and seen
-        if type(path) is SocketPath:
-            return  # a punching socket's mapping, not our main socket's (see _install)
-        old = st.observed
-        if kind == echo.SEEN:
-            # Unasked, but the peer's own observation of our authenticated DATA, as a Resp's
-            # is: it followed us to a new port. Without earlier word from it, that move is
-            # the news (a port change on one address: our NAT rebound). A port, not an
-            # address: where peers have seen us, a seen naming another address is refused,
-            # so an insider cannot make us advertise somebody else's.
-            hosts = {p.observed.host for p in self._peers.values() if p.observed is not None}
-            if hosts and observed.host not in hosts:
-                self.stats["seen_refused"] += 1
-                return
-            self.stats["seen_received"] += 1
-            rebound = old is None
-        elif echo_id != st.echo_id:
-            self.stats["echo_late"] += 1
-            return
-        else:
-            st.echo_id = None
-            self._touch(st)
-            rebound = (
-                old is None
-                and now < self._suspect_until
-                and all(p.observed != observed for p in self._peers.values() if p is not st)
-            )
-        if observed != old:
-            st.observed = observed
-            self._events.append(ObservedEndpoint(observed, st.node_id, rebound))
-
-    def _rekey_due(self, st: _Peer, kp: Keypair[_Peer], now: float) -> None:
+    def _rekey_due(self, st: Peer, kp: Keypair[Peer], now: float) -> None:
         """Called from seal when ``kp`` crossed a rekey threshold (or a retry of it is due)."""
         cfg = self.config
         if now >= kp.reject_at or kp.send_counter >= cfg.reject_after_messages:
@@ -1633,75 +848,15 @@ class LinkLayer:
         kp.rekey_at = min(now + cfg.handshake_timeout_s, kp.reject_at)
         kp.rekey_counter_at = cfg.reject_after_messages
         self._touch(st)
-        if st.pending or any(i.expected == st.node_id for i in self._initiations.values()):
+        if st.pending or self.handshakes.expecting(st.node_id):
             return
         self.stats["rekey_started"] += 1
-        self._start_initiation(st.path, st.node_id, now)
+        self.handshakes.start(st.path, st.node_id, now)
 
     # --- handshakes -------------------------------------------------------------------------
 
-    def _start_initiation(
-        self,
-        path: Path,
-        expected: NodeId | None,
-        now: float,
-        *,
-        retransmit: bool = True,
-        timeout_s: float | None = None,
-    ) -> None:
-        cfg = self.config
-        ini = Initiation(
-            index=self._keys.allocate(self._initiations),
-            path=path,
-            expected=expected,
-            ephemeral=X25519PrivateKey.generate(),
-            started_at=now,
-            deadline=now + (cfg.handshake_timeout_s if timeout_s is None else timeout_s),
-            next_retry_at=now + cfg.handshake_retry_s if retransmit else _INF,
-            interval=cfg.handshake_retry_s,
-        )
-        self._initiations[ini.index] = ini
-        self._send_init(ini, now)
-        self._timer_dirty = True
-
-    def _send_init(self, ini: Initiation, now: float) -> None:
-        if ini.sent:
-            # A retransmission: the same signed core (see the module docstring).
-            core = ini.sent[-1]
-        else:
-            ts = max(int(now * 1000.0), self._last_sent_ms + 1)
-            self._last_sent_ms = ts
-            core = make_init(
-                self._identity,
-                index=ini.index,
-                ephemeral=ini.ephemeral,
-                timestamp_ms=ts,
-                ciphers=self.config.ciphers,
-                responder=_responder_of(ini.path, ini.expected),
-            )
-            ini.sent.append(core)
-        mac2 = _NO_MAC2 if ini.cookie is None else mac2_for(ini.cookie, core)
-        self._outbox.append((core + mac2, ini.path))
-
-    def _initiation_crossing(self, node: NodeId, path: Path) -> Initiation | None:
-        """Our initiation that an Init from ``node`` over ``path`` crosses, if any.
-
-        Only one toward the same path counts: our Init then travels the reverse of the way
-        theirs came, so it should reach them. An initiation toward another path (a punch
-        that may never get through) must not make us refuse a handshake that did arrive.
-        """
-        for ini in self._initiations.values():
-            # A single Init that is never retransmitted (a connect-back's punch) does not
-            # count: refusing their Init for it would wait on an Init their NAT most likely
-            # dropped, and ours comes no more.
-            if ini.path == path and ini.expected in (None, node) and ini.next_retry_at != _INF:
-                return ini
-        return None
-
     def _compute_timer(self) -> float | None:
-        t = self._deadlines.next_deadline()
-        for ini in self._initiations.values():
-            t = min(t, ini.next_retry_at, ini.deadline)
+        t = self.handshakes.next_time(self._deadlines.next_deadline())
         probe = self.pmtu.next_time()
         if probe is not None:
             t = min(t, probe)

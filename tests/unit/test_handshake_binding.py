@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-import ipop.link.layer as layer_module
+import ipop.link.handshakes as handshakes_module
 from ipop.link.layer import LinkLayer
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
@@ -115,7 +115,7 @@ def test_copy_raced_ahead_of_the_original_does_not_block_it() -> None:
 def test_freshness_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # An insider can name any endpoint as responder: each verified Init adds a freshness
     # entry (initiator, endpoint), so the table has a bound and forgets the oldest.
-    monkeypatch.setattr(layer_module, "LAST_INIT_MAX", 3)
+    monkeypatch.setattr(handshakes_module, "LAST_INIT_MAX", 3)
     w = Trio()
     for i in range(6):
         target = Endpoint("203.0.113.3", 6000 + i)  # Carol's, as far as Alice can tell
@@ -123,4 +123,4 @@ def test_freshness_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         ((init, _),) = w.out(w.a, NOW + i)
         w.c.receive_datagram(init, A_EP, now=NOW + i)
     assert w.c.stats["handshake_answered"] == 6
-    assert len(w.c._last_init_ms) == 3
+    assert w.c.handshakes.freshness_entries() == 3

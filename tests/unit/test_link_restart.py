@@ -14,7 +14,7 @@ import random
 import pytest
 
 from ipop import timing
-from ipop.link import layer
+from ipop.link import handshakes
 from ipop.link.events import LinkDown, LinkEvent, LinkMessage, LinkPathChanged, LinkUp
 from ipop.link.layer import LinkLayer
 from ipop.testing.clock import SIM_EPOCH
@@ -256,7 +256,7 @@ def test_relayed_rekeys_are_bounded_whatever_ids_a_relay_names() -> None:
     datagram = DATA_HEADER.pack(TYPE_DATA, 12345, 0) + bytes(DATA_MIN_BYTES - DATA_HEADER_BYTES)
     for i in range(1, 101):
         a2.receive_datagram(datagram, RelayPath(to_a.via, NodeId(i)), now=NOW)
-    assert len(_out(a2, NOW)) == layer.RELAY_REKEY_BURST
-    assert a2.stats["relayed_rekey_over_budget"] == 100 - layer.RELAY_REKEY_BURST
+    assert len(_out(a2, NOW)) == handshakes.RELAY_REKEY_BURST
+    assert a2.stats["relayed_rekey_over_budget"] == 100 - handshakes.RELAY_REKEY_BURST
     assert a2.drops == {"unknown_index": 100}
-    assert len(a2._relay_rekeyed) <= layer.RELAY_REKEYED_MAX
+    assert a2.handshakes.relay_rekeyed_entries() <= handshakes.RELAY_REKEYED_MAX

@@ -29,7 +29,7 @@ STAYS: dict[tuple[str, str], str] = {
     ("ipop/identity/ca.py", "_DAY_S"): "a unit, not a timing",
     ("ipop/nolinks.py", "NO_LINK_GRACE_S"): "diagnostic heuristic, a NoLinkWatch default",
     ("ipop/vnet/owners.py", "LOOKUP_RATE_PER_S"): "a rate kept with its burst and table bounds",
-    ("ipop/link/layer.py", "RELAY_REKEY_PER_S"): "a rate kept with its burst and table bound",
+    ("ipop/link/handshakes.py", "RELAY_REKEY_PER_S"): "a rate kept with its burst and table bound",
     ("ipop/dht/alloc.py", "PREFERRED_RETRY_S"): "tests shrink it on the module: move with them",
     ("ipop/link/pmtu.py", "ROUND_WAIT_S"): "path MTU probing: to move with its rework",
     ("ipop/link/pmtu.py", "MIN_SPREAD_S"): "path MTU probing: to move with its rework",
