@@ -827,12 +827,7 @@ class LinkLayer:
         none within REBIND_ECHO_WAIT_S asks witnesses. False if none went (no direct
         session up, echoes off, one already out)."""
         st = self._peers.get(peer)
-        if st is None or not self._echoes or not st.up or st.echo_id is not None:
-            return False
-        if type(st.path) is not Endpoint:
-            return False
-        self._send_echo(st, now, witness=False)
-        return True
+        return st is not None and self.rebinding.ask(st, now)
 
     def want_path_mtu(self, peer: NodeId, *, now: float) -> None:
         """Data flows to ``peer``: probe its path's MTU (see :mod:`ipop.link.pmtu`), and watch

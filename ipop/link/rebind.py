@@ -68,6 +68,15 @@ class Rebinding(LinkPart):
         elif now >= self.deadline(st):
             self._send_echo(st, now, witness=False)
 
+    def ask(self, st: Peer, now: float) -> bool:
+        """Echo ``st`` now, unasked by its silence (:meth:`ipop.link.layer.LinkLayer.echo`);
+        False if echoes are off, one is out, or its session is down or not on our main
+        socket (a punching socket's mapping is not the one checked)."""
+        if not self._echoes or st.echo_id is not None or not st.up or type(st.path) is not Endpoint:
+            return False
+        self._send_echo(st, now, witness=False)
+        return True
+
     def heard(self, st: Peer, now: float) -> None:
         """An authenticated DATA from ``st`` arrived: liveness and echo bookkeeping."""
         gap = now - st.last_rx

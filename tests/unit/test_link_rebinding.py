@@ -184,3 +184,17 @@ def test_on_probe_answers_probes_forwards_echoes_and_drops_the_rest() -> None:
     f.pp.on_probe(st, ack_payload(1) + b"x", st.path, NOW)
     assert f.drops == collections.Counter({"bad_probe": 2})
     assert set(f.drops) <= LINK_DROP_REASONS
+
+
+def test_ask_echoes_an_idle_main_socket_session_once_at_a_time() -> None:
+    f, off = Fixture(), Fixture(enabled=False)
+    idle = f.peer(0, Endpoint("203.0.113.2", 5800))  # never watched, never busy
+    assert f.rb.ask(idle, NOW)
+    sent = f.take()
+    assert len(sent) == 1 and echo.parse(sent[0][0]) == (echo.ECHO, idle.echo_id, None)
+    assert not f.rb.ask(idle, NOW + 0.1)  # one out already
+    f.rb.due(idle, NOW + WAIT)  # unanswered: witnesses asked, and it may be asked again
+    assert idle.echo_id is None
+    relayed = f.peer(1, RelayPath(f.ids[2].node_id, f.ids[1].node_id))
+    assert not f.rb.ask(relayed, NOW)  # no mapping of ours to check on a relayed path
+    assert not off.rb.ask(off.peer(0, Endpoint("203.0.113.2", 5800)), NOW)
