@@ -65,15 +65,16 @@ Brunet-style ring (DESIGN.md §5):
   many endpoints (with the usual retries: we asked). A NEIGHBOURS pull is answered at
   most once per ``neighbours_reply_min_s`` per peer past a burst of four.
   tools/bench/amplification.py measures every message type's worst case with the real cores.
-- **Routing** is greedy over every up link (:func:`ipop.overlay.ring.next_hop`): strictly
-  closer at each hop, so it cannot loop; exact delivery drops at a local minimum
-  ("no_route"), closest delivery delivers there. At a local minimum an exact message may take
-  one detour, bounded by the TTL: to the near peer that told us it holds a link to the target,
-  else back the way the target's own last routed message came to us (a reverse-path hint: a
-  node that has just joined sends requests before the ring around it has formed, and the
-  answers must find it), else, at the message's source only, to our peer nearest the target.
-  A suspect next hop is skipped when another one is strictly closer than we are; it is used
-  anyway when none is, so suspicion never turns a route into a drop or a loop.
+- **Routing** (decided by :mod:`ipop.overlay.routing`, applied here) is greedy over every up
+  link (:func:`ipop.overlay.ring.next_hop`): strictly closer at each hop, so it cannot loop;
+  exact delivery drops at a local minimum ("no_route"), closest delivery delivers there. At a
+  local minimum an exact message may take one detour, bounded by the TTL: to the near peer that
+  told us it holds a link to the target, else back the way the target's own last routed message
+  came to us (a reverse-path hint: a node that has just joined sends requests before the ring
+  around it has formed, and the answers must find it), else, at the message's source only, to
+  our peer nearest the target. A suspect next hop is skipped when another one is strictly closer
+  than we are; it is used anyway when none is, so suspicion never turns a route into a drop or a
+  loop.
 - **Trimming** closes links with no reason left after a grace period (policies.py).
 
 Invariants:
@@ -92,11 +93,10 @@ from __future__ import annotations
 
 import collections
 import functools
-import heapq
 import ipaddress
 import random
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from ipop import timing
@@ -122,7 +122,6 @@ from ipop.overlay.events import (
     Roamed,
     Routable,
 )
-from ipop.overlay.hints import ReverseHints
 from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
@@ -161,10 +160,10 @@ from ipop.overlay.proven import ProvenIds
 from ipop.overlay.relay import RelayFallbacks, forward_refusal, relay_candidates
 from ipop.overlay.ring import (
     estimate_size,
-    next_hop_sorted,
     ring_neighbours_sorted,
     sample_far_target,
 )
+from ipop.overlay.routing import Deliver, Drop, Forward, Router, Verdict
 from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
 from ipop.ratelimit import KeyedBuckets
@@ -484,9 +483,6 @@ class OverlayNode:
         # Ids heard from peers, with who told us, until when we trust the news (the near keeper
         # below keeps them; routing takes hints from them).
         self._seen = SeenIds()
-        # Source of a routed message we do not hold a link to -> the peer that handed it to us
-        # (for answers at a local minimum, see _route).
-        self._reverse = ReverseHints(lambda msg, now: origin.check(msg, now=now))
         # Rate limits on what peers' messages make us do (ipop.ratelimit): CTMs acted on per
         # requester, connect-back attempts per destination address, and when we last answered
         # each linked peer's NEIGHBOURS pull.
@@ -519,6 +515,16 @@ class OverlayNode:
             rto_initial_s=config.hop_rto_initial_s,
         )
         self._seen_ttl = 3 * config.gossip_interval_s
+        # Where each routed message goes (ipop.overlay.routing); it owns the reverse hints.
+        self._router = Router(
+            local_id,
+            table=self._table,
+            silent=self._silent_hops,
+            seen=self._seen,
+            check=lambda msg, now: origin.check(msg, now=now),
+            stats=self.stats,
+            pull_min_s=config.neighbours_reply_min_s,
+        )
         # Near upkeep (ipop.overlay.near): candidates, what we asked, the brackets test.
         self._keeper = NearKeeper(
             local_id,
@@ -537,7 +543,6 @@ class OverlayNode:
         self._last_probe = -_INF
         self._next_gossip = 0.0
         self._gossip_due = False
-        self._no_route_pull_at = -_INF  # see _pull_around
         self._link_handlers: dict[type, Callable[[object, float], None]] = {
             LinkUp: self._on_link_up,  # type: ignore[dict-item]
             LinkDown: self._on_link_down,  # type: ignore[dict-item]
@@ -613,7 +618,7 @@ class OverlayNode:
         msg = self._origin.routed(
             flags, ttl, payload_kind, dst, None, payload, now=now, cert_budget=cert_budget
         )
-        return self._route(msg, received=False, now=now)
+        return self._route(msg, now=now)
 
     def send_direct(self, peer: NodeId, payload_kind: int, payload: bytes, *, now: float) -> bool:
         """Send ``payload`` to the linked ``peer`` itself with no routing header (DIRECT).
@@ -907,15 +912,11 @@ class OverlayNode:
     # --- overlay messages -------------------------------------------------------------------
 
     def _on_routed(self, msg: Routed, peer: NodeId, now: float) -> None:
-        if msg.hops == 0 and msg.src != peer:
-            self.drops["spoofed_src"] += 1
-            return
-        if msg.src == self.local_id:
-            self.drops["own_src_returned"] += 1
-            return
-        if msg.src not in self._table:
-            self._reverse.note(msg, peer, now)
-        self._route(msg, received=True, now=now)
+        verdict = self._router.decide(msg, peer, now)
+        if type(verdict) is Forward:  # the common case, kept flat
+            self._send_routed(verdict.hop, verdict.msg.encode(), now)
+        else:
+            self._apply_route(verdict, received=True, now=now)
 
     def _on_relay_forward(self, msg: RelayForward, peer: NodeId, now: float) -> None:
         refusal = forward_refusal(self._table, self.local_id, peer, msg.target)
@@ -1004,83 +1005,27 @@ class OverlayNode:
 
     # --- routing ----------------------------------------------------------------------------
 
-    def _route(self, msg: Routed, *, received: bool, now: float) -> bool:
-        if msg.via is not None and msg.via == self.local_id:
-            msg = replace(msg, flags=msg.flags & ~FLAG_VIA, via=None)
-        exclude: NodeId | None = None
-        if msg.via is not None:
-            target, exact = msg.via, True
-        else:
-            target, exact = msg.dst, msg.exact
-            if msg.flags & FLAG_EXCLUDE_SRC:
-                exclude = msg.src
-        hop = self._next_hop(target, now, exact=exact, exclude=exclude)
-        hops_so_far = msg.hops + 1 if received else 0
-        if hop is None and exact and target != self.local_id:
-            # A local minimum for an exact destination: the ring around ``target`` is still
-            # forming (a near link being set up, a relay link not up yet). A near peer that
-            # told us it holds a link to ``target`` can take it the last hop; the TTL bounds
-            # any detour this makes.
-            hop = self._hinted_hop(self._seen.get(target), now, "routed_via_informer")
-            if hop is None:
-                hop = self._reverse.hop(target, now)
-                if hop is not None and hop in self._table:
-                    self.stats["routed_via_reverse"] += 1
-                else:
-                    hop = None
-            if hop is None and not received:
-                # Our own message, and none of our peers is closer to the target than we
-                # are: a node that joined a moment ago holds one or two links, and the node
-                # that told it about the target (a DHT contact, say) is usually one of them
-                # and linked to it. Only the source detours (see _detour_hop).
-                hop = self._detour_hop(target, now)
-                if hop is not None:
-                    self.stats["routed_source_detour"] += 1
-                    if msg.via is None:
-                        msg = replace(msg, flags=msg.flags | FLAG_EXCLUDE_SRC)
-        if hop is None:
-            if (
-                msg.via is not None
-                or (exact and msg.dst != self.local_id)
-                or (exclude == self.local_id)
-            ):
-                self.drops["no_route"] += 1
-                self._pull_around(target, now)
-                return False
-            self._deliver(msg, hops_so_far, received=received, now=now)
+    def _route(self, msg: Routed, *, now: float) -> bool:
+        """Route one of our own messages (a peer's go through _on_routed)."""
+        return self._apply_route(self._router.decide(msg, None, now), received=False, now=now)
+
+    def _apply_route(self, verdict: Verdict, *, received: bool, now: float) -> bool:
+        """Carry out a routing verdict: send the forward, deliver, or count the drop."""
+        if type(verdict) is Forward:
+            return self._send_routed(verdict.hop, verdict.msg.encode(), now)
+        if type(verdict) is Deliver:
+            self._deliver(verdict.msg, verdict.hops, received=received, now=now)
             return True
-        if hops_so_far >= msg.ttl:
-            self.drops["ttl_expired"] += 1
-            return False
-        # The constructor, not dataclasses.replace: this runs for every forwarded message.
-        fwd = Routed(
-            msg.flags,
-            hops_so_far,
-            msg.ttl,
-            msg.kind,
-            msg.src,
-            msg.dst,
-            msg.via,
-            msg.payload,
-            msg.ts,
-            msg.sig,
-            msg.cert,
-        )
-        return self._send_routed(hop, fwd.encode(), now)
+        assert type(verdict) is Drop
+        self.drops[verdict.reason] += 1
+        if verdict.pull is not None:
+            self._pull_around(verdict.pull, now)
+        return False
 
     def _pull_around(self, target: NodeId, now: float) -> None:
-        """No hop toward ``target``: nobody we know is nearer to it than we are, yet it is not
-        ours, so our view of the ring around it misses the node that links to it (a ring
-        still forming at a cold start, where such messages died until the next gossip, up to
-        OVERLAY_GOSSIP_INTERVAL_S later). Pull the neighbour lists of our two direct peers
-        nearest it now: what they know becomes a routing hint (``_hinted_hop``) and a near
-        candidate at the next tick. At most once per OVERLAY_NEIGHBOURS_REPLY_MIN_S."""
-        if now - self._no_route_pull_at < self.config.neighbours_reply_min_s:
-            return
-        self._no_route_pull_at = now
-        peers = heapq.nsmallest(
-            2, self._table.direct_peers(), key=lambda p: (ring_distance(p, target), p)
-        )
+        """No hop toward ``target``: pull the neighbour lists of the peers
+        :meth:`Router.pull_peers` names (see there why)."""
+        peers = self._router.pull_peers(target, now)
         if not peers:
             return
         pull = self._neighbours_message(reply_wanted=True)
@@ -1094,53 +1039,6 @@ class OverlayNode:
             return False
         self._silent_hops.sent(hop, now)
         return True
-
-    def _next_hop(
-        self, target: NodeId, now: float, *, exact: bool, exclude: NodeId | None = None
-    ) -> NodeId | None:
-        """Greedy next hop; a suspect one (ipop.overlay.suspect) only if no other makes
-        progress: suspicion may lengthen a route, never drop a message or loop it (every hop
-        is still strictly closer to the target)."""
-        table = self._table
-        v = next_hop_sorted(self.local_id, target, table.ring(), exact=exact, exclude=exclude)
-        if v is None:
-            return None
-        hop = table.peer_of(v)
-        silent = self._silent_hops
-        if not len(silent) or not silent.suspect(hop, now):
-            return hop
-        alt = next_hop_sorted(
-            self.local_id,
-            target,
-            table.ring(),
-            exact=exact,
-            exclude=exclude,
-            avoid=lambda x: silent.suspect(table.peer_of(x), now),
-        )
-        if alt is None:
-            self.stats["routed_via_suspect"] += 1
-            return hop
-        self.stats["routed_around_suspect"] += 1
-        return table.peer_of(alt)
-
-    def _detour_hop(self, target: NodeId, now: float) -> NodeId | None:
-        """Our peer nearest ``target`` although we are nearer: the first hop of a detour.
-
-        For our own exact message when no peer is closer to the target than we are. The
-        message must carry EXCLUDE_SRC, so that no hop hands it back to us (greedy routing
-        would: we are nearer the target than that peer); the nodes around the target hold
-        links to it.
-        """
-        return self._next_hop(target, now, exact=False, exclude=self.local_id)
-
-    def _hinted_hop(
-        self, hint: tuple[NodeId, float] | None, now: float, stat: str
-    ) -> NodeId | None:
-        """The peer a hint (peer, trusted until) names, if still trusted and linked."""
-        if hint is None or hint[1] < now or hint[0] not in self._table:
-            return None
-        self.stats[stat] += 1
-        return hint[0]
 
     def _deliver(self, msg: Routed, hops: int, *, received: bool, now: float) -> None:
         if received:
@@ -1185,16 +1083,16 @@ class OverlayNode:
             via = None
         detour = False
         if via is not None:
-            hop = self._next_hop(via, now, exact=True)
+            hop = self._router.next_hop(via, now, exact=True)
         else:
             exclude = None if exact else self.local_id
-            hop = self._next_hop(target, now, exact=exact, exclude=exclude)
+            hop = self._router.next_hop(target, now, exact=exact, exclude=exclude)
             if hop is None and exact and target != self.local_id:
                 # Whoever told us about ``target`` is not linked to us (a joiner whose only
                 # links are its bootstraps, a node whose near peers all died). Without the
                 # detour such a node never reaches the neighbours it hears of, and stays off
                 # the ring for good.
-                hop = self._detour_hop(target, now)
+                hop = self._router.detour_hop(target, now)
                 detour = hop is not None
         if hop is None:
             self.stats["ctm_no_route"] += 1
@@ -1234,7 +1132,7 @@ class OverlayNode:
         out = self._origin.routed(
             flags, self.config.ttl, KIND_CTM_REPLY, requester, via, reply.encode(), now=now
         )
-        self._route(out, received=False, now=now)
+        self._route(out, now=now)
         remote = _purpose_kinds(ctm.purpose)
         if requester in self._table:
             for k in remote:
