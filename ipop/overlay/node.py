@@ -37,19 +37,19 @@ Brunet-style ring (DESIGN.md §5):
 - **Far links** follow Symphony: about log2 N of them, targets drawn from the harmonic
   distribution using N estimated from the near spacing; a CTM to the target address (closest
   delivery) finds the node that owns that arc.
-- **Relay links.** If no direct link to a NEAR candidate comes up (every endpoint failed, or
-  the deadline passed), we key a link over ``RelayPath(via=X, peer=T)`` through a node X that
-  both of us hold direct links to (from T's CTM answer). X forwards sealed datagrams
-  (RELAY_FORWARD → RELAY_DELIVER) and holds both links as RELAY while traffic flows; the two
-  ends hold their link to X as RELAY too (else the trim policy would cut X away under them).
-  A relay attempt starts ``relay_after_s`` after the direct ones, alongside them; the end
-  with the larger id waits ``relay_yield_s`` longer, so that two ends needing each other do
-  not key two relayed links through different relays at once. A relay that
-  holds no direct link to T answers RELAY_REFUSED: a pending attempt moves on to the next
-  candidate, an up relayed link is dropped at once (instead of swallowing traffic until the
-  link layer's timeout) and the ring repairs it. When the target's answer names no peer we
-  hold directly, we ask a few of the peers it named for direct links (**relay helpers**) and
-  relay through the first that comes up.
+- **Relay links** (:class:`ipop.overlay.relay.RelayRole` plays both parts). If no direct link to
+  a NEAR candidate comes up (every endpoint failed, or the deadline passed), we key a link over
+  ``RelayPath(via=X, peer=T)`` through a node X that both of us hold direct links to (from T's
+  CTM answer). X forwards sealed datagrams (RELAY_FORWARD → RELAY_DELIVER) and holds both links
+  as RELAY while traffic flows; the two ends hold their link to X as RELAY too (else the trim
+  policy would cut X away under them). A relay attempt starts ``relay_after_s`` after the direct
+  ones, alongside them; the end with the larger id waits ``relay_yield_s`` longer, so that two
+  ends needing each other do not key two relayed links through different relays at once. A relay
+  that holds no direct link to T answers RELAY_REFUSED: a pending attempt moves on to the next
+  candidate, an up relayed link is dropped at once (instead of swallowing traffic until the link
+  layer's timeout) and the ring repairs it. When the target's answer names no peer we hold
+  directly, we ask a few of the peers it named for direct links (**relay helpers**) and relay
+  through the first that comes up.
 - **Backoff.** A near candidate we failed to reach is not asked again for a while: briefly
   when only a CTM went unanswered or no relay candidate existed yet (one lost datagram, a ring
   still forming), ``failed_backoff_s`` after a relay failed too. Failures of direct-only
@@ -157,7 +157,7 @@ from ipop.overlay.policies import (
     decide,
 )
 from ipop.overlay.proven import ProvenIds
-from ipop.overlay.relay import RelayFallbacks, forward_refusal, relay_candidates
+from ipop.overlay.relay import RelayRole, relay_candidates
 from ipop.overlay.ring import (
     estimate_size,
     ring_neighbours_sorted,
@@ -187,8 +187,6 @@ __all__ = [
 ]
 
 DEFAULT_TTL = 64
-# Relays a roam's fallback tries for one link (each refusal costs one round trip).
-ROAM_RELAY_TRIES = 4
 # How many of our own observed public endpoints we advertise (newest first): a node behind a
 # NAT that changed its mapping has a stale one or two at most.
 _OBSERVED_KEEP = 3
@@ -477,8 +475,6 @@ class OverlayNode:
         self._readvertise_at: float | None = None
         self._roamed_at = -_INF
         self._rebind_ok_at = -_INF
-        # Links keyed afresh through a relay after a roam left their direct path dead.
-        self._fallbacks = RelayFallbacks(timing.ROAM_RELAY_RETRY_S)
         self._near: frozenset[NodeId] = frozenset()
         # Ids heard from peers, with who told us, until when we trust the news (the near keeper
         # below keeps them; routing takes hints from them).
@@ -504,8 +500,6 @@ class OverlayNode:
         # relay stamp) it was built at: see _connection_views.
         self._views: dict[NodeId, tuple[int, ConnectionView]] = {}
         self._views_all: tuple[tuple[int, int], tuple[ConnectionView, ...]] | None = None
-        # Bumped whenever a row's last_relay moves (it is not part of the row's rev).
-        self._relay_stamp = 0
         # Peer -> when we last got an overlay message from it (or it became near / linked).
         self._heard: dict[NodeId, float] = {}
         # Next hops we route into without hearing back (ipop.overlay.suspect).
@@ -543,6 +537,22 @@ class OverlayNode:
         self._last_probe = -_INF
         self._next_gossip = 0.0
         self._gossip_due = False
+        # Our part in relayed links, as the relay and as an end (ipop.overlay.relay).
+        self._relay = RelayRole(
+            local_id,
+            table=self._table,
+            links=links,
+            attempts=self._attempts,
+            seen=self._seen,
+            drops=self.drops,
+            stats=self.stats,
+            send=self._send,
+            add_kind=self._add_kind,
+            emit=self._events.append,
+            connect=self._connect,
+            forget=self._forget,
+            fallback_retry_s=timing.ROAM_RELAY_RETRY_S,
+        )
         self._link_handlers: dict[type, Callable[[object, float], None]] = {
             LinkUp: self._on_link_up,  # type: ignore[dict-item]
             LinkDown: self._on_link_down,  # type: ignore[dict-item]
@@ -553,11 +563,11 @@ class OverlayNode:
         }
         self._message_handlers: dict[type, Callable[[object, NodeId, float], None]] = {
             Routed: self._on_routed,  # type: ignore[dict-item]
-            RelayForward: self._on_relay_forward,  # type: ignore[dict-item]
-            RelayDeliver: self._on_relay_deliver,  # type: ignore[dict-item]
+            RelayForward: self._relay.on_forward,  # type: ignore[dict-item]
+            RelayDeliver: self._relay.on_deliver,  # type: ignore[dict-item]
             Neighbours: self._on_neighbours,  # type: ignore[dict-item]
             Closing: self._on_closing,  # type: ignore[dict-item]
-            RelayRefused: self._on_relay_refused,  # type: ignore[dict-item]
+            RelayRefused: self._relay.on_refused,  # type: ignore[dict-item]
             Alive: self._on_alive,  # type: ignore[dict-item]
         }
         self._control_handlers: dict[int, Callable[[Routed, float], None]] = {
@@ -634,14 +644,7 @@ class OverlayNode:
 
     def wrap_relay(self, datagram: bytes, path: RelayPath, *, now: float) -> None:
         """Carry one of our link layer's datagrams for a relayed link to its relay node."""
-        if not isinstance(path, RelayPath):
-            raise LocalProtocolError("wrap_relay() needs a RelayPath")
-        row = self._table.get(path.via)
-        if row is None or not row.direct:
-            self.drops["relay_via_down"] += 1
-            return
-        if self._send(path.via, RelayForward(path.peer, datagram).encode(), now):
-            self._hold_relay(row, now)
+        self._relay.wrap(datagram, path, now=now)
 
     def request_shortcut(self, peer: NodeId, *, now: float) -> None:
         """Ask for a direct SHORTCUT link to ``peer`` (for traffic we exchange with it)."""
@@ -656,42 +659,8 @@ class OverlayNode:
         self, peer: NodeId, *, now: float, relays: Collection[NodeId] | None = None
     ) -> bool:
         """Key our link to ``peer`` afresh through a relay: its direct path died under a roam
-        of ours (NodeCore asks when the session heard nothing since, ROAM_RELAY_AFTER_S on).
-
-        Why: a pair that port guessing joined (a symmetric NAT facing a filtering one) cannot
-        follow a roam directly. The new mapping toward the peer is one nobody knows, so our
-        re-key never gets in, and without this the link stayed dead until the silent-neighbour
-        timer closed it (about 15 s). The link layer lets the relayed session take over a
-        direct path that carried nothing since we roamed; traffic then asks for a direct
-        shortcut anew. Relays: the node that told us of ``peer`` (it holds a link to it), then
-        our direct peers nearest ``peer`` on the ring, one at a time; only those in ``relays``
-        if given (the caller knows which ones still hear us). False if none is tried.
-        """
-        row = self._table.get(peer)
-        if row is None or not row.direct:
-            return False
-        mine = [
-            p for p in self._table.direct_peers() if p != peer and (relays is None or p in relays)
-        ]
-        if not mine:
-            return False  # nobody to try yet: no retry_s wait for a later call
-        mine.sort(key=lambda p: (ring_distance(p, peer), p))
-        news = self._seen.get(peer)
-        told = [news[0]] if news is not None and news[0] in mine else []
-        if not self._fallbacks.begin(peer, [*told, *mine[:ROAM_RELAY_TRIES]], now=now):
-            return False
-        self.stats["relay_fallbacks"] += 1
-        return self._fallback_next(peer, now)
-
-    def _fallback_next(self, peer: NodeId, now: float) -> bool:
-        while (via := self._fallbacks.next_via(peer)) is not None:
-            row = self._table.get(via)
-            if row is None or not row.direct:
-                continue
-            self.stats["relay_fallback_attempts"] += 1
-            self._links.connect(RelayPath(via=via, peer=peer), now=now, expected=peer)
-            return True
-        return False
+        of ours. See :meth:`ipop.overlay.relay.RelayRole.fallback`; False if none is tried."""
+        return self._relay.fallback(peer, now=now, relays=relays)
 
     def drop_shortcut(self, peer: NodeId, *, now: float) -> None:
         """We no longer need a shortcut to ``peer``; trimmed later if nothing else holds it."""
@@ -881,8 +850,7 @@ class OverlayNode:
     def _on_path_changed(self, ev: LinkPathChanged, now: float) -> None:
         if ev.peer in self._table:
             self._table.add(ev.peer, ev.path, now=now)
-            if isinstance(ev.path, RelayPath):
-                self._fallbacks.done(ev.peer)
+            self._relay.path_changed(ev.peer, ev.path)
 
     def _on_link_message(self, ev: LinkMessage, now: float) -> None:
         if ev.peer not in self._table:
@@ -918,31 +886,6 @@ class OverlayNode:
         else:
             self._apply_route(verdict, received=True, now=now)
 
-    def _on_relay_forward(self, msg: RelayForward, peer: NodeId, now: float) -> None:
-        refusal = forward_refusal(self._table, self.local_id, peer, msg.target)
-        if refusal is not None:
-            self.drops[refusal] += 1
-            if refusal in ("relay_no_link", "relay_target_not_direct"):
-                # Tell the origin, or its relayed link to ``target`` stays up (keyed, silent)
-                # and swallows its traffic until the link layer times it out.
-                self._send(peer, RelayRefused(msg.target).encode(), now)
-            return
-        if self._send(msg.target, RelayDeliver(peer, msg.data).encode(), now):
-            self.stats["relayed"] += 1
-            for p in (peer, msg.target):
-                row = self._table.get(p)
-                if row is not None:
-                    self._relayed_now(row, now)
-                    self._add_kind(p, ConnectionKind.RELAY, now)
-
-    def _on_relay_deliver(self, msg: RelayDeliver, peer: NodeId, now: float) -> None:
-        row = self._table.get(peer)
-        if msg.origin in (self.local_id, peer) or row is None or not row.direct:
-            self.drops["relay_bad_deliver"] += 1
-            return
-        self._hold_relay(row, now)
-        self._events.append(RelayDatagram(msg.data, RelayPath(via=peer, peer=msg.origin)))
-
     def _on_neighbours(self, msg: Neighbours, peer: NodeId, now: float) -> None:
         self._keeper.consider(msg.ids, peer, now)
         if msg.reply_wanted:
@@ -953,44 +896,6 @@ class OverlayNode:
                 self.drops["neighbours_pull_too_often"] += 1
                 return
             self._send(peer, self._neighbours_message(reply_wanted=False), now)
-
-    def _hold_relay(self, row: Connection, now: float) -> None:
-        """Keep our link to a relay node while a relayed link of ours runs through it.
-
-        Why: the relay holds both its links as RELAY, but without this our end of it has no
-        reason of its own (the relay is rarely our near or far peer), so the trim policy would
-        close it after the grace period and take the relayed link (often a near one) with it.
-        The relayed link's own keepalives keep ``last_relay`` fresh.
-        """
-        self._relayed_now(row, now)
-        if ConnectionKind.RELAY not in row.kinds:
-            self._add_kind(row.peer, ConnectionKind.RELAY, now)
-
-    def _relayed_now(self, row: Connection, now: float) -> None:
-        # last_relay is not part of the row's rev: the stamp tells the views cache it moved.
-        row.last_relay = now
-        self._relay_stamp += 1
-
-    def _on_relay_refused(self, msg: RelayRefused, peer: NodeId, now: float) -> None:
-        path = RelayPath(via=peer, peer=msg.target)
-        actions = self._attempts.relay_refused(path, now)
-        if actions is not None:
-            self._connect(actions, now)
-            return
-        row = self._table.get(msg.target)
-        if row is not None and row.direct and self._fallbacks.trying(msg.target):
-            # A fallback's relay cannot reach the peer: the next one now.
-            self.stats["relay_fallback_refused"] += 1
-            self._fallback_next(msg.target, now)
-            return
-        if row is None or row.path != path:
-            self.drops["relay_refused_stale"] += 1
-            return
-        # Our link to ``target`` runs through ``peer``, which can no longer reach it: the link
-        # is dead. Drop it now; the tick repairs (a near peer is asked for again).
-        self.stats["relay_refused"] += 1
-        self._forget(msg.target, now)
-        self._links.close(msg.target, now=now)
 
     def _on_alive(self, msg: Alive, peer: NodeId, now: float) -> None:
         if msg.reply_wanted:
@@ -1449,7 +1354,7 @@ class OverlayNode:
         Why: every node builds these every tick, and most rows change far less often; most
         ticks nothing changed at all and the last answer is returned whole.
         """
-        key = (self._table.stamp, self._relay_stamp)
+        key = (self._table.stamp, self._relay.stamp)
         whole = self._views_all
         if whole is not None and whole[0] == key:
             return whole[1]
@@ -1628,7 +1533,7 @@ class OverlayNode:
         row = self._table.remove(peer)
         if row is None:
             return False
-        self._fallbacks.forget(peer)
+        self._relay.forget(peer)
         self._keeper.forget(peer)
         self._pull_budget.forget(peer)
         self._heard.pop(peer, None)
