@@ -55,15 +55,15 @@ Brunet-style ring (DESIGN.md §5):
   still forming), ``failed_backoff_s`` after a relay failed too. Failures of direct-only
   attempts (far links, shortcuts, connect-backs) never gate near requests. Attempts, their
   states and the backoff set live in :mod:`ipop.overlay.attempts`.
-- **Bounded work.** What a peer's message makes us send is bounded, because a member may
-  lie: a CTM's endpoints are only the requester's word (the requester itself is authenticated
-  end to end). Each requester's CTMs are acted on within a token bucket (``ctm_burst``, one
-  per ``ctm_refill_s``); a connect-back tries at most ``connect_back_max`` of them (one LAN
-  endpoint at most) with a single Init each, never retransmitted; every address we connect
-  back to spends a token of that address's bucket, whoever named it, and at most
-  ``connect_back_inflight`` connect-backs run at once. An answer to our own CTM is tried at as
-  many endpoints (with the usual retries: we asked). A NEIGHBOURS pull is answered at
-  most once per ``neighbours_reply_min_s`` per peer past a burst of four.
+- **Bounded work** (CTMs: :class:`ipop.overlay.ctm.CtmAgent`). What a peer's message makes us
+  send is bounded, because a member may lie: a CTM's endpoints are only the requester's word
+  (the requester itself is authenticated end to end). Each requester's CTMs are acted on within
+  a token bucket (``ctm_burst``, one per ``ctm_refill_s``); a connect-back tries at most
+  ``connect_back_max`` of them (one LAN endpoint at most) with a single Init each, never
+  retransmitted; every address we connect back to spends a token of that address's bucket,
+  whoever named it, and at most ``connect_back_inflight`` connect-backs run at once. An answer
+  to our own CTM is tried at as many endpoints (with the usual retries: we asked). A NEIGHBOURS
+  pull is answered at most once per ``neighbours_reply_min_s`` per peer past a burst of four.
   tools/bench/amplification.py measures every message type's worst case with the real cores.
 - **Routing** (decided by :mod:`ipop.overlay.routing`, applied here) is greedy over every up
   link (:func:`ipop.overlay.ring.next_hop`): strictly closer at each hop, so it cannot loop;
@@ -92,8 +92,6 @@ Invariants:
 from __future__ import annotations
 
 import collections
-import functools
-import ipaddress
 import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -112,6 +110,7 @@ from ipop.link.events import (
 )
 from ipop.overlay.attempts import Action as AttemptAction
 from ipop.overlay.attempts import Attempts, Backoff, Bootstraps, Connect
+from ipop.overlay.ctm import CtmAgent
 from ipop.overlay.events import (
     ConnectionAdded,
     ConnectionRemoved,
@@ -124,8 +123,6 @@ from ipop.overlay.events import (
 )
 from ipop.overlay.messages import (
     FLAG_EXACT,
-    FLAG_EXCLUDE_SRC,
-    FLAG_VIA,
     KIND_CTM,
     KIND_CTM_REPLY,
     MAX_ENDPOINTS,
@@ -135,8 +132,6 @@ from ipop.overlay.messages import (
     UPPER_KIND_MAX,
     Alive,
     Closing,
-    ConnectToMe,
-    ConnectToMeReply,
     Neighbours,
     Purpose,
     RelayDeliver,
@@ -157,7 +152,7 @@ from ipop.overlay.policies import (
     decide,
 )
 from ipop.overlay.proven import ProvenIds
-from ipop.overlay.relay import RelayRole, relay_candidates
+from ipop.overlay.relay import RelayRole
 from ipop.overlay.ring import (
     estimate_size,
     ring_neighbours_sorted,
@@ -167,7 +162,7 @@ from ipop.overlay.routing import Deliver, Drop, Forward, Router, Verdict
 from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
 from ipop.ratelimit import KeyedBuckets
-from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct, ring_distance
+from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct
 
 __all__ = [
     "ConnectionAdded",
@@ -190,30 +185,8 @@ DEFAULT_TTL = 64
 # How many of our own observed public endpoints we advertise (newest first): a node behind a
 # NAT that changed its mapping has a stale one or two at most.
 _OBSERVED_KEEP = 3
-_NEIGHBOUR_SAMPLE = 32
-# Relay helpers recruited per attempt with no common direct neighbour (see _recruit_helpers):
-# behind a symmetric NAT only public nodes link to us directly, a third of them or so.
-_HELPERS_PER_ATTEMPT = 4
 _INF = float("inf")
 _DIRECT_TAG = bytes((TYPE_DIRECT,))
-# Documentation ranges that Python counts as private but that stand for the public internet
-# in our simulator and lab (DESIGN.md's underlay addresses).
-_PUBLIC_TEST_NETS = (
-    ipaddress.IPv4Network("198.51.100.0/24"),
-    ipaddress.IPv4Network("203.0.113.0/24"),
-)
-
-
-@functools.lru_cache(maxsize=4096)
-def _lan_like(host: str) -> bool:
-    """True for an address only reachable from its own LAN (private, link-local, loopback)."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv4Address) and any(ip in n for n in _PUBLIC_TEST_NETS):
-        return False
-    return ip.is_private
 
 
 class Links(Protocol):
@@ -269,8 +242,6 @@ class Origins(Protocol):
 
 # CLOSING is sent this many times (see OverlayNode._close_link).
 _CLOSING_COPIES = 3
-# Peers whose CTM endpoints we remember (see peer_hosts): the oldest go first.
-_PEER_ENDPOINTS_MAX = 4096
 # NEIGHBOURS pulls a peer gets answered at once before the per-peer rate applies.
 _PULL_BURST = 4
 
@@ -303,7 +274,7 @@ class OverlayConfig:
     hop_rto_min_s: float = timing.OVERLAY_HOP_RTO_MIN_S
     hop_rto_max_s: float = timing.OVERLAY_HOP_RTO_MAX_S
     hop_rto_initial_s: float = timing.OVERLAY_HOP_RTO_INITIAL_S
-    # What a CONNECT_TO_ME may make us send (see _on_ctm and timing.py).
+    # What a CONNECT_TO_ME may make us send (see ipop.overlay.ctm and timing.py).
     connect_back_max: int = timing.OVERLAY_CONNECT_BACK_MAX
     connect_back_timeout_s: float = timing.OVERLAY_CONNECT_BACK_TIMEOUT_S
     connect_back_inflight: int = timing.OVERLAY_CONNECT_BACK_INFLIGHT
@@ -402,21 +373,6 @@ class OverlaySnapshot:
 # --- internal state ----------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Request:
-    purpose: Purpose
-    target: NodeId
-    expires: float
-
-
-def _purpose_kinds(purpose: Purpose) -> set[ConnectionKind]:
-    if purpose is Purpose.FAR:
-        return {ConnectionKind.FAR}
-    if purpose is Purpose.SHORTCUT:
-        return {ConnectionKind.SHORTCUT}
-    return set()  # JOIN and NEAR: near-ness is computed, never assigned
-
-
 class OverlayNode:
     """One node of the ring; see the module docstring for the theory of operation."""
 
@@ -462,7 +418,6 @@ class OverlayNode:
             connect_timeout_s=config.connect_timeout_s,
             retry_s=config.bootstrap_retry_s,
         )
-        self._requests: dict[int, _Request] = {}
         # Near candidates not to ask again for a while.
         self._backoff = Backoff()
         self._observed: dict[Endpoint, float] = {}
@@ -479,21 +434,11 @@ class OverlayNode:
         # Ids heard from peers, with who told us, until when we trust the news (the near keeper
         # below keeps them; routing takes hints from them).
         self._seen = SeenIds()
-        # Rate limits on what peers' messages make us do (ipop.ratelimit): CTMs acted on per
-        # requester, connect-back attempts per destination address, and when we last answered
-        # each linked peer's NEIGHBOURS pull.
-        self._ctm_budget: KeyedBuckets[NodeId] = KeyedBuckets(
-            1 / config.ctm_refill_s, config.ctm_burst
-        )
-        self._connect_ip_budget: KeyedBuckets[str] = KeyedBuckets(
-            1 / config.connect_back_ip_refill_s, config.connect_back_ip_burst
-        )
+        # When we last answered each linked peer's NEIGHBOURS pull (ipop.ratelimit; the CTM
+        # agent holds the budgets of what CTMs make us do).
         self._pull_budget: KeyedBuckets[NodeId] = KeyedBuckets(
             1 / config.neighbours_reply_min_s, _PULL_BURST
         )
-        # Peer -> the endpoints it gave in its last CTM to us or answer to ours (its word,
-        # authenticated as its own): where port guessing may send (see peer_hosts).
-        self._peer_endpoints: dict[NodeId, tuple[Endpoint, ...]] = {}
         # Ids that authenticated a link or a routed message to us: see NearKeeper.brackets_linked.
         self._proven = ProvenIds()
         # Peer -> (row rev, its policy view), and the whole answer with the (table stamp,
@@ -529,6 +474,31 @@ class OverlayNode:
             backoff=self._backoff,
             proven=self._proven,
             seen=self._seen,
+        )
+        # CONNECT_TO_ME: our asks in flight, answering peers' asks, and their bounds
+        # (ipop.overlay.ctm).
+        self._ctm = CtmAgent(
+            local_id,
+            config=config,
+            rng=rng,
+            origin=origin,
+            router=self._router,
+            table=self._table,
+            attempts=self._attempts,
+            seen=self._seen,
+            keeper=self._keeper,
+            drops=self.drops,
+            stats=self.stats,
+            endpoints=self.endpoints,
+            own_endpoints=lambda: (*self._observed, *self._local_endpoints),
+            near_peers=self.near_peers,
+            route=self._route,
+            send_routed=self._send_routed,
+            add_kind=self._add_kind,
+            connect=self._connect,
+            joined=self._on_joined,
+            update_routable=self._update_routable,
+            follow_move=self._follow_move,
         )
         self._started = False
         self._joined = False
@@ -571,8 +541,8 @@ class OverlayNode:
             Alive: self._on_alive,  # type: ignore[dict-item]
         }
         self._control_handlers: dict[int, Callable[[Routed, float], None]] = {
-            KIND_CTM: self._on_ctm,
-            KIND_CTM_REPLY: self._on_ctm_reply,
+            KIND_CTM: self._ctm.on_ctm,
+            KIND_CTM_REPLY: self._ctm.on_reply,
         }
 
     # --- commands ---------------------------------------------------------------------------
@@ -628,7 +598,7 @@ class OverlayNode:
         msg = self._origin.routed(
             flags, ttl, payload_kind, dst, None, payload, now=now, cert_budget=cert_budget
         )
-        return self._route(msg, now=now)
+        return self._route(msg, now)
 
     def send_direct(self, peer: NodeId, payload_kind: int, payload: bytes, *, now: float) -> bool:
         """Send ``payload`` to the linked ``peer`` itself with no routing header (DIRECT).
@@ -653,7 +623,7 @@ class OverlayNode:
         if peer in self._table:
             self._add_kind(peer, ConnectionKind.SHORTCUT, now)
         elif peer not in self._attempts:
-            self._send_ctm(peer, Purpose.SHORTCUT, exact=True, now=now)
+            self._ctm.send(peer, Purpose.SHORTCUT, exact=True, now=now)
 
     def relay_fallback(
         self, peer: NodeId, *, now: float, relays: Collection[NodeId] | None = None
@@ -713,6 +683,11 @@ class OverlayNode:
         return self._near
 
     @property
+    def ctm(self) -> CtmAgent:
+        """CONNECT_TO_ME: our asks in flight, answers to peers' asks, and their bounds."""
+        return self._ctm
+
+    @property
     def near_keeper(self) -> NearKeeper:
         """Near upkeep: the ids we heard of, the candidates we want, the brackets test."""
         return self._keeper
@@ -744,18 +719,7 @@ class OverlayNode:
         """The addresses ``peer`` is known at: its direct link's path, and the public ones it
         gave us in a CONNECT_TO_ME or in its answer to ours. Not what any other message names:
         port guessing sends only here (ipop.nat.portguess)."""
-        hosts = {e.host for e in self._peer_endpoints.get(peer, ()) if not _lan_like(e.host)}
-        row = self._table.get(peer)
-        if row is not None and type(row.path) is Endpoint:
-            hosts.add(row.path.host)
-        return frozenset(hosts)
-
-    def _remember_endpoints(self, peer: NodeId, endpoints: tuple[Endpoint, ...]) -> None:
-        table = self._peer_endpoints
-        table.pop(peer, None)  # re-inserted last: the dict stays oldest-first
-        if len(table) >= _PEER_ENDPOINTS_MAX:
-            del table[next(iter(table))]
-        table[peer] = endpoints
+        return self._ctm.peer_hosts(peer)
 
     def snapshot(self) -> OverlaySnapshot:
         conns = tuple(
@@ -802,7 +766,7 @@ class OverlayNode:
         helped = self._attempts.helper_linked(peer)
         if helped is not None and is_direct(ev.path):
             self._helper_up(peer, helped, now)
-        if not self._joined and not self._join_outstanding(now):
+        if not self._joined and not self._ctm.join_outstanding(now):
             self._probe_near(now)
         if ev.observed is not None and self._readvertise_at is not None and is_direct(ev.path):
             self._readvertise(now, via=peer)
@@ -910,7 +874,7 @@ class OverlayNode:
 
     # --- routing ----------------------------------------------------------------------------
 
-    def _route(self, msg: Routed, *, now: float) -> bool:
+    def _route(self, msg: Routed, now: float) -> bool:
         """Route one of our own messages (a peer's go through _on_routed)."""
         return self._apply_route(self._router.decide(msg, None, now), received=False, now=now)
 
@@ -965,198 +929,6 @@ class OverlayNode:
 
     # --- CONNECT_TO_ME ----------------------------------------------------------------------
 
-    def _send_ctm(
-        self,
-        target: NodeId,
-        purpose: Purpose,
-        *,
-        exact: bool,
-        now: float,
-        via: NodeId | None = None,
-        avoid_us: bool = False,
-    ) -> bool:
-        """Route a CONNECT_TO_ME; ``via`` (a node linked to ``target``) goes first if given.
-
-        ``avoid_us``: no hop may hand it back to us (EXCLUDE_SRC), for a roam's
-        re-advertisement, which must not come back to our dead link to ``target``.
-
-        Why ``via``: a node we should link to is usually *between* us and our current
-        neighbours, and greedy routing from us toward it stops at once (nobody we hold is
-        closer to it than we are). The node that told us about it holds a link to it.
-        """
-        if via == self.local_id or via == target:
-            via = None
-        detour = False
-        if via is not None:
-            hop = self._router.next_hop(via, now, exact=True)
-        else:
-            exclude = None if exact else self.local_id
-            hop = self._router.next_hop(target, now, exact=exact, exclude=exclude)
-            if hop is None and exact and target != self.local_id:
-                # Whoever told us about ``target`` is not linked to us (a joiner whose only
-                # links are its bootstraps, a node whose near peers all died). Without the
-                # detour such a node never reaches the neighbours it hears of, and stays off
-                # the ring for good.
-                hop = self._router.detour_hop(target, now)
-                detour = hop is not None
-        if hop is None:
-            self.stats["ctm_no_route"] += 1
-            return False
-        if detour:
-            self.stats["ctm_detour"] += 1
-        token = self._rng.getrandbits(32)
-        while token in self._requests:
-            token = self._rng.getrandbits(32)
-        body = ConnectToMe(token, purpose, hop, self.endpoints()).encode()
-        flags = FLAG_EXACT if exact else FLAG_EXCLUDE_SRC
-        if detour or avoid_us:
-            flags |= FLAG_EXCLUDE_SRC
-        if via is not None:
-            flags |= FLAG_VIA
-        msg = self._origin.routed(flags, self.config.ttl, KIND_CTM, target, via, body, now=now)
-        if not self._send_routed(hop, msg.encode(), now):
-            return False
-        self._requests[token] = _Request(purpose, target, now + self.config.ctm_timeout_s)
-        self.stats[f"ctm_sent_{purpose.name.lower()}"] += 1
-        return True
-
-    def _on_ctm(self, msg: Routed, now: float) -> None:
-        ctm = ConnectToMe.decode(msg.payload)
-        requester = msg.src
-        if requester == self.local_id:
-            return
-        if not self._ctm_budget.take(requester, now):
-            # Past its burst a requester gets nothing: no answer, no connect-back.
-            self.drops["ctm_rate_limited"] += 1
-            return
-        previous = self._peer_endpoints.get(requester)
-        self._remember_endpoints(requester, ctm.endpoints)
-        reply = ConnectToMeReply(ctm.token, self.endpoints(), self._neighbour_sample(requester))
-        via = ctm.reply_via if ctm.reply_via not in (self.local_id, requester) else None
-        flags = FLAG_EXACT | (FLAG_VIA if via is not None else 0)
-        out = self._origin.routed(
-            flags, self.config.ttl, KIND_CTM_REPLY, requester, via, reply.encode(), now=now
-        )
-        self._route(out, now=now)
-        remote = _purpose_kinds(ctm.purpose)
-        if requester in self._table:
-            for k in remote:
-                self._add_kind(requester, k, now, remote=True)
-            self._follow_move(requester, ctm.endpoints, previous, now)
-        else:
-            # Connect back at once: with the requester connecting to us as it reads our
-            # answer, the two attempts cross and punch through cone NATs. Relays are the
-            # requester's job, so a failure here is simply forgotten. The endpoints are only
-            # the requester's word (a member could name anybody's address): a few of them,
-            # one Init each, within the per-address budget (see _connect_back_endpoints).
-            attempt = self._attempts.start(
-                requester,
-                self._connect_back_endpoints(ctm.endpoints, now),
-                set(),
-                remote,
-                own=self.endpoints(),
-                relay_allowed=False,
-                candidates=[],
-                now=now,
-                connect_back=True,
-            )
-            self._connect(attempt, now)
-
-    def _connect_back_endpoints(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
-        """The endpoints of a CTM we connect back to: what _worth_trying keeps, at most one LAN
-        endpoint and connect_back_max in all, each within its address's budget, none while
-        connect_back_inflight attempts are under way."""
-        cfg = self.config
-        if self._attempts.connect_backs() >= cfg.connect_back_inflight:
-            self.drops["connect_back_busy"] += 1
-            return []
-        out = []
-        for ep in self._few(self._worth_trying(endpoints)):
-            # Addresses named by many requesters (or by one, many times) get a bounded number
-            # of handshakes from us, whoever named them.
-            if self._connect_ip_budget.take(ep.host, now):
-                out.append(ep)
-            else:
-                self.drops["connect_address_over_budget"] += 1
-        return out
-
-    def _few(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-        """At most one LAN endpoint and connect_back_max in all, public ones after the LAN one
-        (a node advertises its socket's, then up to three observed ones)."""
-        lan = [e for e in endpoints if _lan_like(e.host)][:1]
-        public = [e for e in endpoints if not _lan_like(e.host)]
-        picked = [*lan, *public][: self.config.connect_back_max]
-        self.stats["connect_endpoints_capped"] += len(endpoints) - len(picked)
-        return picked
-
-    def _worth_trying(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-        """A peer's advertised endpoints minus LAN ones that cannot be on our LAN.
-
-        Why: every node advertises its LAN endpoint first, and handshakes to another LAN's
-        private address can only time out (a third of a 1,000-node simulation's datagrams).
-        A LAN endpoint is kept when the peer's public address is ours (one NAT, one LAN), and
-        whenever we cannot tell: the peer advertised no public endpoint, or no peer has told us
-        our public address yet.
-        """
-        peer_public = {e.host for e in endpoints if not _lan_like(e.host)}
-        if not peer_public:
-            return list(endpoints)
-        ours = {e.host for e in (*self._observed, *self._local_endpoints) if not _lan_like(e.host)}
-        if not ours or peer_public & ours:
-            return list(endpoints)
-        kept = [e for e in endpoints if not _lan_like(e.host)]
-        self.stats["lan_endpoints_skipped"] += len(endpoints) - len(kept)
-        return kept
-
-    def _on_ctm_reply(self, msg: Routed, now: float) -> None:
-        rep = ConnectToMeReply.decode(msg.payload)
-        req = self._requests.pop(rep.token, None)
-        if req is None:
-            self.drops["unknown_token"] += 1
-            return
-        responder = msg.src
-        if req.purpose in (Purpose.NEAR, Purpose.SHORTCUT) and responder != req.target:
-            self.drops["ctm_wrong_responder"] += 1
-            return
-        self._remember_endpoints(responder, rep.endpoints)
-        helping = self._attempts.helping(responder, now) and req.purpose is Purpose.NEAR
-        if req.purpose is Purpose.JOIN and not self._joined:
-            self._joined = True
-            self._events.append(Joined())
-        if responder != self.local_id:
-            kinds = _purpose_kinds(req.purpose)
-            if responder in self._table:
-                for k in kinds:
-                    self._add_kind(responder, k, now)
-            else:
-                # Last resort: whoever told us about the responder holds a link to it.
-                news = self._seen.get(responder)
-                candidates = relay_candidates(
-                    self.local_id,
-                    responder,
-                    self._table.direct_peers(),
-                    rep.neighbours,
-                    fallback=None if news is None else news[0],
-                )
-                relay_allowed = req.purpose in (Purpose.JOIN, Purpose.NEAR) and not helping
-                attempt = self._attempts.start(
-                    responder,
-                    # Not charged to the addresses' buckets: we asked (one answer per request),
-                    # and a member draining a peer's bucket must not stop our own links to it.
-                    self._few(self._worth_trying(rep.endpoints)),
-                    kinds,
-                    set(),
-                    own=self.endpoints(),
-                    relay_allowed=relay_allowed,
-                    candidates=candidates,
-                    now=now,
-                )
-                self._connect(attempt, now)
-                if relay_allowed and not candidates:
-                    self._recruit_helpers(responder, rep.neighbours, now)
-        self._keeper.consider(rep.neighbours, responder, now)
-        self._update_routable(now)
-
     # --- connecting -------------------------------------------------------------------------
 
     def _connect(self, actions: Sequence[AttemptAction], now: float) -> None:
@@ -1173,25 +945,6 @@ class OverlayNode:
         row = self._table.get(peer)
         return row is not None and row.direct
 
-    def _recruit_helpers(self, target: NodeId, listed: Sequence[NodeId], now: float) -> None:
-        """Link directly to a few of ``target``'s neighbours, to relay our link to it through.
-
-        Why: a relay must hold direct links to both ends, and two near neighbours that cannot
-        link directly (symmetric vs port-restricted NAT) often share no such node, above all
-        after churn killed the ones they shared; both ends then retried the same empty
-        candidate list until the ring gave up on them (400 nodes, 30% churn, seed 3: 20
-        violations after 60 s, every one such a pair). A random few of the target's listed
-        peers are asked for a link (a NEAR CTM, direct only); whichever comes up directly is
-        the relay candidate the pending attempt lacked.
-        """
-        pool = self._attempts.helper_pool(listed, target, self._table)
-        if not pool:
-            return
-        for n in self._rng.sample(pool, min(_HELPERS_PER_ATTEMPT, len(pool))):
-            if self._send_ctm(n, Purpose.NEAR, exact=True, now=now):
-                self._attempts.helper_asked(n, target, now)
-                self.stats["relay_helpers_asked"] += 1
-
     def _helper_up(self, helper: NodeId, target: NodeId, now: float) -> None:
         """A relay helper linked directly: relay the pending attempt to ``target`` through it."""
         if target in self._table:
@@ -1205,19 +958,22 @@ class OverlayNode:
     def _ask_near(self, now: float) -> None:
         keeper = self._keeper
         for c, via in keeper.to_ask(now):
-            if self._send_ctm(c, Purpose.NEAR, exact=True, now=now, via=via):
+            if self._ctm.send(c, Purpose.NEAR, exact=True, now=now, via=via):
                 keeper.asked(c, now + self.config.ctm_timeout_s)
 
     def _probe_near(self, now: float) -> None:
         """Route a JOIN to our own address and pull neighbour lists from our near peers."""
         self._last_probe = now
-        self._send_ctm(self.local_id, Purpose.JOIN, exact=False, now=now)
+        self._ctm.send(self.local_id, Purpose.JOIN, exact=False, now=now)
         pull = self._neighbours_message(reply_wanted=True)
         for p in sorted(self._near):
             self._send(p, pull, now)
 
-    def _join_outstanding(self, now: float) -> bool:
-        return any(r.purpose is Purpose.JOIN and r.expires > now for r in self._requests.values())
+    def _on_joined(self) -> None:
+        """Our JOIN was answered (the first answer counts)."""
+        if not self._joined:
+            self._joined = True
+            self._events.append(Joined())
 
     def _refresh_near(self, now: float) -> None:
         table = self._table
@@ -1260,12 +1016,6 @@ class OverlayNode:
         ids = tuple(sorted(self._near))[:MAX_NEIGHBOURS]
         return Neighbours(reply_wanted, ids).encode()
 
-    def _neighbour_sample(self, about: NodeId) -> tuple[NodeId, ...]:
-        """Our near set plus the direct peers nearest ``about``: its near and relay candidates."""
-        direct = sorted(self._table.direct_peers(), key=lambda p: (ring_distance(p, about), p))
-        out = list(dict.fromkeys([*sorted(self._near), *direct]))
-        return tuple(p for p in out if p != about)[:_NEIGHBOUR_SAMPLE]
-
     # --- the tick ---------------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
@@ -1273,14 +1023,12 @@ class OverlayNode:
         if self._readvertise_at is not None and now >= self._readvertise_at:
             # Nobody told us our new public endpoint in time: advertise what we know.
             self._readvertise(now, via=None)
-        for tok in [t for t, r in self._requests.items() if r.expires <= now]:
-            req = self._requests.pop(tok)
-            if req.purpose is Purpose.NEAR:
-                # Unanswered: dead, or unreachable through what we know. Stop counting it as
-                # a neighbour (it would hide a live one) and do not ask again for a while.
-                # Not for long, though: one lost datagram on a multi-hop path does this too.
-                self._backoff.put(req.target, now + cfg.near_retry_s)
-                self.stats["ctm_unanswered"] += 1
+        for target in self._ctm.expire(now):
+            # A NEAR CTM unanswered: dead, or unreachable through what we know. Stop counting
+            # it as a neighbour (it would hide a live one) and do not ask again for a while.
+            # Not for long, though: one lost datagram on a multi-hop path does this too.
+            self._backoff.put(target, now + cfg.near_retry_s)
+            self.stats["ctm_unanswered"] += 1
         self._keeper.expire(now)
         self._backoff.expire(now)
         self._boot.expire(now)
@@ -1330,7 +1078,7 @@ class OverlayNode:
 
     def _policy_view(self) -> PolicyView:
         cfg = self.config
-        pending_far = sum(1 for r in self._requests.values() if r.purpose is Purpose.FAR)
+        pending_far = self._ctm.pending(Purpose.FAR)
         pending_far += self._attempts.wanting(ConnectionKind.FAR)
         return PolicyView(
             local=self.local_id,
@@ -1394,7 +1142,7 @@ class OverlayNode:
             target = sample_far_target(
                 self.local_id, estimate_size(self.local_id, self._near), self._rng
             )
-            self._send_ctm(target, Purpose.FAR, exact=False, now=now)
+            self._ctm.send(target, Purpose.FAR, exact=False, now=now)
         elif isinstance(action, KindExpired):
             self._drop_kind(action.peer, action.kind, now)
         elif isinstance(action, LinkUseless):
@@ -1470,7 +1218,7 @@ class OverlayNode:
             via = max(heard)[1] if heard else None
         direct = [row.peer for row in self._table if is_direct(row.path)]
         for peer in sorted(direct, key=lambda p: (p != via, p)):
-            if self._send_ctm(peer, Purpose.NEAR, exact=True, now=now, via=via, avoid_us=True):
+            if self._ctm.send(peer, Purpose.NEAR, exact=True, now=now, via=via, avoid_us=True):
                 self.stats["roam_ctm_sent"] += 1
 
     def _follow_move(
@@ -1496,7 +1244,7 @@ class OverlayNode:
             return
         self.stats["peer_moved"] += 1
         self._links.peer_moved(peer, now=now)
-        for ep in self._connect_back_endpoints(endpoints, now):
+        for ep in self._ctm.connect_back_endpoints(endpoints, now):
             self._links.connect(
                 ep,
                 now=now,

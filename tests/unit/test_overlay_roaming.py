@@ -20,9 +20,9 @@ from ipop.overlay.messages import (
     decode_message,
 )
 from ipop.overlay.node import OverlayConfig, OverlayNode
-from ipop.testing.fake_links import fake_certificate
+from ipop.testing.fake_links import RecordingLinks, fake_certificate
 from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
-from ipop.types import Endpoint, NodeId, Path
+from ipop.types import Endpoint, NodeId
 
 ME = NodeId(1 << 150)
 P, B = NodeId(3 << 150), NodeId(5 << 150)
@@ -31,38 +31,8 @@ OLD, NEW = Endpoint("198.18.0.2", 5800), Endpoint("198.18.0.9", 5800)
 KEYRING = FakeKeyring()
 
 
-class _Links:
-    def __init__(self, local_id: NodeId) -> None:
-        self.local_id = local_id
-        self.connects: list[tuple[Path, NodeId | None, bool]] = []
-        self.sent: list[tuple[NodeId, bytes]] = []
-        self.moved: list[NodeId] = []
-
-    def connect(
-        self,
-        path: Path,
-        *,
-        now: float,
-        expected: NodeId | None = None,
-        retransmit: bool = True,
-        timeout_s: float | None = None,
-    ) -> None:
-        self.connects.append((path, expected, retransmit))
-
-    def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
-        self.sent.append((peer, payload))
-
-    def close(self, peer: NodeId, *, now: float) -> None: ...
-
-    def is_up(self, peer: NodeId) -> bool:
-        return True
-
-    def peer_moved(self, peer: NodeId, *, now: float) -> None:
-        self.moved.append(peer)
-
-
-def _node() -> tuple[OverlayNode, _Links]:
-    links = _Links(ME)
+def _node() -> tuple[OverlayNode, RecordingLinks]:
+    links = RecordingLinks(ME)
     cfg = OverlayConfig(local_endpoints=(OLD,), far_links=False)
     node = OverlayNode(
         ME, links, rng=random.Random(1), config=cfg, bootstrap=[], origin=FakeOrigin(ME, KEYRING)
@@ -78,7 +48,7 @@ def _node() -> tuple[OverlayNode, _Links]:
     return node, links
 
 
-def _ctms(links: _Links) -> list[tuple[NodeId, Routed, ConnectToMe]]:
+def _ctms(links: RecordingLinks) -> list[tuple[NodeId, Routed, ConnectToMe]]:
     out = []
     for peer, data in links.sent:
         msg = decode_message(data)

@@ -201,7 +201,7 @@ def _ctm_third_parties(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> Non
     """A routes a CONNECT_TO_ME to V naming 8 third-party endpoints as its own."""
     a.overlay._local_endpoints = VICTIMS
     a.overlay._observed.clear()
-    a.overlay._send_ctm(v.local_id, Purpose.SHORTCUT, exact=True, now=wire.now)
+    a.overlay.ctm.send(v.local_id, Purpose.SHORTCUT, exact=True, now=wire.now)
     a.overlay._local_endpoints = (A_EP,)
 
 
