@@ -76,6 +76,9 @@ Brunet-style ring (DESIGN.md §5):
   than we are; it is used anyway when none is, so suspicion never turns a route into a drop or a
   loop.
 - **Trimming** closes links with no reason left after a grace period (policies.py).
+- **Roaming** (:class:`ipop.overlay.roaming.Roaming`): our endpoints as we and our peers see
+  them; a new address, a wake-up or a NAT rebinding re-advertises them to every direct peer,
+  and a linked peer whose CTM names new endpoints is followed and punched back to.
 
 Invariants:
 
@@ -158,6 +161,7 @@ from ipop.overlay.ring import (
     ring_neighbours_sorted,
     sample_far_target,
 )
+from ipop.overlay.roaming import Roaming
 from ipop.overlay.routing import Deliver, Drop, Forward, Router, Verdict
 from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
@@ -182,9 +186,6 @@ __all__ = [
 ]
 
 DEFAULT_TTL = 64
-# How many of our own observed public endpoints we advertise (newest first): a node behind a
-# NAT that changed its mapping has a stale one or two at most.
-_OBSERVED_KEEP = 3
 _INF = float("inf")
 _DIRECT_TAG = bytes((TYPE_DIRECT,))
 
@@ -398,7 +399,6 @@ class OverlayNode:
         self.stats: collections.Counter[str] = collections.Counter()
         self._links = links
         self._rng = rng
-        self._local_endpoints = tuple(config.local_endpoints)
         self._table = ConnectionTable()
         self._events: collections.deque[OverlayEvent] = collections.deque()
         # Links we are trying to bring up (ipop.overlay.attempts), and the bootstraps'.
@@ -420,16 +420,6 @@ class OverlayNode:
         )
         # Near candidates not to ask again for a while.
         self._backoff = Backoff()
-        self._observed: dict[Endpoint, float] = {}
-        # Linked peer -> where it last told us it sees us (LinkUp, ObservedEndpoint): a change
-        # is our NAT rebinding (see _on_observed). Rows leave with the peer's link.
-        self._observed_by: dict[NodeId, Endpoint] = {}
-        # Roaming (see local_endpoints_changed): when our endpoints are re-advertised at the
-        # latest (None: nothing pending), when the last roam began, and when a rebinding may
-        # start the next one.
-        self._readvertise_at: float | None = None
-        self._roamed_at = -_INF
-        self._rebind_ok_at = -_INF
         self._near: frozenset[NodeId] = frozenset()
         # Ids heard from peers, with who told us, until when we trust the news (the near keeper
         # below keeps them; routing takes hints from them).
@@ -490,7 +480,7 @@ class OverlayNode:
             drops=self.drops,
             stats=self.stats,
             endpoints=self.endpoints,
-            own_endpoints=lambda: (*self._observed, *self._local_endpoints),
+            own_endpoints=lambda: self._roaming.known(),
             near_peers=self.near_peers,
             route=self._route,
             send_routed=self._send_routed,
@@ -498,7 +488,23 @@ class OverlayNode:
             connect=self._connect,
             joined=self._on_joined,
             update_routable=self._update_routable,
-            follow_move=self._follow_move,
+            follow_move=lambda peer, eps, previous, now: self._roaming.follow_move(
+                peer, eps, previous, now
+            ),
+        )
+        # Our endpoints, our roams and peers' moves (ipop.overlay.roaming).
+        self._roaming = Roaming(
+            config.local_endpoints,
+            table=self._table,
+            links=links,
+            ctm=self._ctm,
+            backoff=self._backoff,
+            keeper=self._keeper,
+            heard=self._heard,
+            stats=self.stats,
+            emit=self._events.append,
+            hop_heard=self._hop_heard,
+            connect_back_timeout_s=config.connect_back_timeout_s,
         )
         self._started = False
         self._joined = False
@@ -528,7 +534,7 @@ class OverlayNode:
             LinkDown: self._on_link_down,  # type: ignore[dict-item]
             LinkMessage: self._on_link_message,  # type: ignore[dict-item]
             HandshakeFailed: self._on_handshake_failed,  # type: ignore[dict-item]
-            ObservedEndpoint: self._on_observed,  # type: ignore[dict-item]
+            ObservedEndpoint: self._roaming.on_observed,  # type: ignore[dict-item]
             LinkPathChanged: self._on_path_changed,  # type: ignore[dict-item]
         }
         self._message_handlers: dict[type, Callable[[object, NodeId, float], None]] = {
@@ -567,9 +573,7 @@ class OverlayNode:
 
     def set_local_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace our own socket endpoints (e.g. once the driver bound its socket)."""
-        if len(endpoints) > MAX_ENDPOINTS:
-            raise LocalProtocolError(f"at most {MAX_ENDPOINTS} endpoints")
-        self._local_endpoints = tuple(endpoints)
+        self._roaming.set_local(endpoints)
 
     def send_routed(
         self,
@@ -683,6 +687,11 @@ class OverlayNode:
         return self._near
 
     @property
+    def roaming(self) -> Roaming:
+        """Our endpoints, our roams and peers' moves."""
+        return self._roaming
+
+    @property
     def ctm(self) -> CtmAgent:
         """CONNECT_TO_ME: our asks in flight, answers to peers' asks, and their bounds."""
         return self._ctm
@@ -697,23 +706,19 @@ class OverlayNode:
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         """What we advertise: our socket's endpoints, then the newest observed public ones."""
-        observed = sorted(self._observed, key=lambda e: self._observed[e], reverse=True)
-        out = list(dict.fromkeys([*self._local_endpoints, *observed[:_OBSERVED_KEEP]]))
-        return tuple(out[:MAX_ENDPOINTS])
+        return self._roaming.endpoints()
 
     @property
     def local_endpoints(self) -> tuple[Endpoint, ...]:
         """Our own socket's endpoints, as the I/O layer told us."""
-        return self._local_endpoints
+        return self._roaming.local_endpoints
 
     def observed_endpoints(self) -> tuple[Endpoint, ...]:
         """Where peers saw us come from, newest first, minus our own socket's endpoints.
 
         More than one of them on one host means a mapping per destination (a symmetric NAT).
         """
-        local = set(self._local_endpoints)
-        observed = sorted(self._observed, key=lambda e: self._observed[e], reverse=True)
-        return tuple(e for e in observed if e not in local)
+        return self._roaming.observed_endpoints()
 
     def peer_hosts(self, peer: NodeId) -> frozenset[str]:
         """The addresses ``peer`` is known at: its direct link's path, and the public ones it
@@ -745,9 +750,7 @@ class OverlayNode:
         self._proven.add(peer)
         if ev.rtt_s is not None:
             self._silent_hops.measured(peer, ev.rtt_s)
-        if ev.observed is not None:
-            self._note_observed(ev.observed, now)
-            self._observed_by[peer] = ev.observed
+        self._roaming.link_up(peer, ev.observed, now)
         pend = self._attempts.linked(peer)
         was_bootstrap = self._boot.settled(ev.path)
         is_new = peer not in self._table
@@ -768,8 +771,8 @@ class OverlayNode:
             self._helper_up(peer, helped, now)
         if not self._joined and not self._ctm.join_outstanding(now):
             self._probe_near(now)
-        if ev.observed is not None and self._readvertise_at is not None and is_direct(ev.path):
-            self._readvertise(now, via=peer)
+        if ev.observed is not None and is_direct(ev.path):
+            self._roaming.heard_us(peer, now)
 
     def _on_link_down(self, ev: LinkDown, now: float) -> None:
         self._forget(ev.peer, now)
@@ -779,37 +782,6 @@ class OverlayNode:
         if self._boot.settled(path):
             self.stats["bootstrap_failed"] += 1
         self._connect(self._attempts.path_failed(path, now), now)
-
-    def _on_observed(self, ev: ObservedEndpoint, now: float) -> None:
-        by = ev.by
-        self._hop_heard(by, now)  # from an authenticated answer of its (Resp, echo ack)
-        self._note_observed(ev.endpoint, now)
-        # A peer that sees us at our own address reached us with no NAT between (a host on
-        # our LAN): its view says nothing of our NAT's mappings. Compared with where peers
-        # outside see us it looked like a rebinding, and two hosts behind one symmetric NAT
-        # re-keyed every session at a cold start.
-        lan_view = any(ev.endpoint.host == e.host for e in self._local_endpoints)
-        before = self._observed_by.get(by) if by in self._table else None
-        if by in self._table and not lan_view:
-            self._observed_by[by] = ev.endpoint
-        if self._readvertise_at is not None:
-            self._readvertise(now, via=by)
-        elif (
-            not lan_view
-            and now >= self._rebind_ok_at
-            and (
-                (ev.rebound and not self._seen_there_by_others(ev.endpoint, by))
-                or (before is not None and before != ev.endpoint)
-            )
-        ):
-            self._nat_rebound(ev.endpoint, by, now)
-
-    def _seen_there_by_others(self, endpoint: Endpoint, by: NodeId) -> bool:
-        """Does a peer other than ``by`` already see us at ``endpoint``? Then ``by``'s first
-        word of it (a "seen" notice, an echo's answer) is no news of a rebinding, however
-        the link layer judged it from its own peers' views: at a cold start, a port-
-        restricted host that every peer saw at one mapping re-keyed all its sessions."""
-        return any(v == endpoint for k, v in self._observed_by.items() if k != by)
 
     def _on_path_changed(self, ev: LinkPathChanged, now: float) -> None:
         if ev.peer in self._table:
@@ -1020,9 +992,7 @@ class OverlayNode:
 
     def _tick(self, now: float) -> None:
         cfg = self.config
-        if self._readvertise_at is not None and now >= self._readvertise_at:
-            # Nobody told us our new public endpoint in time: advertise what we know.
-            self._readvertise(now, via=None)
+        self._roaming.tick(now)
         for target in self._ctm.expire(now):
             # A NEAR CTM unanswered: dead, or unreachable through what we know. Stop counting
             # it as a neighbour (it would hide a live one) and do not ask again for a while.
@@ -1153,21 +1123,8 @@ class OverlayNode:
 
     def local_endpoints_changed(self, endpoints: Sequence[Endpoint], *, now: float) -> None:
         """Our socket's own addresses changed (the I/O layer's address watcher): we roamed.
-
-        Theory: every peer keeps sending to our old address, and a peer behind a filtering NAT
-        drops what we send from the new one until it has sent there itself. So: forget what
-        peers told us about our old public endpoint, lift backoffs earned from the old address,
-        and re-advertise our endpoints to every direct peer with a CONNECT_TO_ME
-        (:meth:`_readvertise`), which makes each punch back to our new endpoints
-        (:meth:`_follow_move` on its side). The link layer meanwhile keys every session afresh
-        from the new address (NodeCore does that); the first answer tells us our new public
-        endpoint, and the re-advertisement goes out at once, through the peer that answered,
-        or at the latest ``timing.ROAM_ADVERTISE_WAIT_S`` later with what we know.
-        """
-        self.set_local_endpoints(endpoints)
-        self._observed.clear()
-        self._observed_by.clear()
-        self._roam("local", now)
+        See :meth:`ipop.overlay.roaming.Roaming.changed`."""
+        self._roaming.changed(endpoints, now=now)
 
     def woke(self, *, now: float) -> None:
         """We did not run for a while (NodeCore saw a gap of timing.WAKE_GAP_S): peers fell
@@ -1179,79 +1136,7 @@ class OverlayNode:
             if t < suspect:
                 self._heard[p] = suspect
         self._silent_hops.restart()  # the silence was ours
-        self._roam("woke", now)
-
-    def _roam(self, reason: str, now: float) -> None:
-        self.stats[f"roamed_{reason}"] += 1
-        self._roamed_at = now
-        self._rebind_ok_at = now + timing.ROAM_REBIND_MIN_S
-        self._backoff.clear()
-        self._keeper.check_due = True
-        self._readvertise_at = now + timing.ROAM_ADVERTISE_WAIT_S
-        self._events.append(Roamed(reason))
-
-    def _nat_rebound(self, seen: Endpoint, by: NodeId, now: float) -> None:
-        """``by`` now sees us at ``seen``, not where it (or, ObservedEndpoint.rebound, every
-        other peer) saw us before: our NAT gave us new mappings, and peers behind filtering
-        NATs cannot hear us any more. Every endpoint observed before is stale (a NAT that
-        rebinds one flow has usually dropped them all). Roam (NodeCore re-keys our direct
-        sessions from the new mappings), and tell the others through ``by``, which just
-        heard us."""
-        self._observed.clear()
-        self._note_observed(seen, now)
-        self._roam("rebound", now)
-        self._readvertise(now, via=by)
-
-    def _readvertise(self, now: float, *, via: NodeId | None) -> None:
-        """A CONNECT_TO_ME with our endpoints to every direct peer, ``via`` first.
-
-        Why a CTM: it is the message that already makes a peer connect to the endpoints in it,
-        and a peer behind a filtering NAT has to send to our new address before anything of
-        ours gets in. Why ``via``: a peer that has just heard us from the new address can
-        forward; our own links to filtering peers are dead until they punch back, so the CTMs
-        must not be handed back to us (EXCLUDE_SRC). Without ``via`` the most recently heard
-        peer since the roam stands in, if any.
-        """
-        self._readvertise_at = None
-        if via is None or via not in self._table:
-            heard = [(t, p) for p, t in self._heard.items() if t > self._roamed_at]
-            via = max(heard)[1] if heard else None
-        direct = [row.peer for row in self._table if is_direct(row.path)]
-        for peer in sorted(direct, key=lambda p: (p != via, p)):
-            if self._ctm.send(peer, Purpose.NEAR, exact=True, now=now, via=via, avoid_us=True):
-                self.stats["roam_ctm_sent"] += 1
-
-    def _follow_move(
-        self,
-        peer: NodeId,
-        endpoints: tuple[Endpoint, ...],
-        previous: tuple[Endpoint, ...] | None,
-        now: float,
-    ) -> None:
-        """A linked ``peer`` advertised endpoints that changed and no longer include the path
-        our link to it runs over: it roamed. Stop holding on to the old path (the link layer
-        follows its next datagram at once) and punch back to its new endpoints: behind a
-        filtering NAT nothing from its new address gets in until we have sent there.
-
-        The endpoints are the peer's own word about itself (the CTM is authenticated end to
-        end), so it can only misdirect its own link; the punches are connect-backs within the
-        usual per-address budget.
-        """
-        row = self._table.get(peer)
-        if row is None or type(row.path) is not Endpoint:
-            return
-        if row.path in endpoints or endpoints == previous:
-            return
-        self.stats["peer_moved"] += 1
-        self._links.peer_moved(peer, now=now)
-        for ep in self._ctm.connect_back_endpoints(endpoints, now):
-            self._links.connect(
-                ep,
-                now=now,
-                expected=peer,
-                retransmit=False,
-                timeout_s=self.config.connect_back_timeout_s,
-            )
+        self._roaming.roam("woke", now)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -1286,7 +1171,7 @@ class OverlayNode:
         self._pull_budget.forget(peer)
         self._heard.pop(peer, None)
         self._silent_hops.forget(peer)
-        self._observed_by.pop(peer, None)
+        self._roaming.forget(peer)
         for kind in row.kinds:
             self._events.append(ConnectionRemoved(peer, kind))
         if ConnectionKind.NEAR in row.kinds:
@@ -1298,9 +1183,3 @@ class OverlayNode:
         if not self._near:
             self._update_routable(now)
         return True
-
-    def _note_observed(self, ep: Endpoint, now: float) -> None:
-        self._observed[ep] = now
-        if len(self._observed) > 2 * _OBSERVED_KEEP:
-            oldest = min(self._observed, key=lambda e: self._observed[e])
-            del self._observed[oldest]
