@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from ipop.overlay.attempts import Action as AttemptAction
 from ipop.overlay.attempts import Attempts
+from ipop.overlay.config import OverlayConfig
 from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
