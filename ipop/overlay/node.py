@@ -145,7 +145,6 @@ from ipop.overlay.messages import (
 from ipop.overlay.near import NearKeeper, SeenIds
 from ipop.overlay.policies import (
     Action,
-    ConnectionView,
     FarLinkWanted,
     KindExpired,
     LinkUseless,
@@ -164,7 +163,8 @@ from ipop.overlay.roaming import Roaming
 from ipop.overlay.routing import Deliver, Drop, Forward, Router, Verdict
 from ipop.overlay.snapshot import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.suspect import SilentHops
-from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
+from ipop.overlay.table import ConnectionKind, ConnectionTable
+from ipop.overlay.views import ConnectionViews
 from ipop.ratelimit import KeyedBuckets
 from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct
 
@@ -306,10 +306,6 @@ class OverlayNode:
         )
         # Ids that authenticated a link or a routed message to us: see NearKeeper.brackets_linked.
         self._proven = ProvenIds()
-        # Peer -> (row rev, its policy view), and the whole answer with the (table stamp,
-        # relay stamp) it was built at: see _connection_views.
-        self._views: dict[NodeId, tuple[int, ConnectionView]] = {}
-        self._views_all: tuple[tuple[int, int], tuple[ConnectionView, ...]] | None = None
         # Peer -> when we last got an overlay message from it (or it became near / linked).
         self._heard: dict[NodeId, float] = {}
         # Next hops we route into without hearing back (ipop.overlay.suspect).
@@ -404,6 +400,8 @@ class OverlayNode:
             forget=self._forget,
             fallback_retry_s=timing.ROAM_RELAY_RETRY_S,
         )
+        # The table as the policies see it, cached between ticks (ipop.overlay.views).
+        self._views = ConnectionViews(self._table, relay_stamp=lambda: self._relay.stamp)
         self._link_handlers: dict[type, Callable[[object, float], None]] = {
             LinkUp: self._on_link_up,  # type: ignore[dict-item]
             LinkDown: self._on_link_down,  # type: ignore[dict-item]
@@ -565,6 +563,11 @@ class OverlayNode:
     def roaming(self) -> Roaming:
         """Our endpoints, our roams and peers' moves."""
         return self._roaming
+
+    @property
+    def connection_views(self) -> ConnectionViews:
+        """The connection table as the policies see it (cached between ticks)."""
+        return self._views
 
     @property
     def ctm(self) -> CtmAgent:
@@ -929,7 +932,7 @@ class OverlayNode:
             local=self.local_id,
             joined=self._joined and cfg.far_links,
             n_estimate=estimate_size(self.local_id, self._near),
-            connections=self._connection_views(),
+            connections=self._views.current(),
             pending_far=pending_far,
             last_near_probe=self._last_probe,
             near_per_side=cfg.near_per_side,
@@ -939,45 +942,6 @@ class OverlayNode:
             relay_hold_s=cfg.relay_hold_s,
             near_retry_s=cfg.near_retry_s,
             near_probe_s=cfg.near_probe_s,
-        )
-
-    def _connection_views(self) -> tuple[ConnectionView, ...]:
-        """Every row's policy view, reusing last tick's where the row did not change.
-
-        Why: every node builds these every tick, and most rows change far less often; most
-        ticks nothing changed at all and the last answer is returned whole.
-        """
-        key = (self._table.stamp, self._relay.stamp)
-        whole = self._views_all
-        if whole is not None and whole[0] == key:
-            return whole[1]
-        cache = self._views
-        fresh: dict[NodeId, tuple[int, ConnectionView]] = {}
-        out = []
-        for c in self._table:
-            hit = cache.get(c.peer)
-            if hit is not None and hit[0] == c.rev and hit[1].last_relay == c.last_relay:
-                view = hit[1]
-            else:
-                view = self._view(c)
-            fresh[c.peer] = (c.rev, view)
-            out.append(view)
-        self._views = fresh
-        views = tuple(out)
-        self._views_all = (key, views)
-        return views
-
-    @staticmethod
-    def _view(c: Connection) -> ConnectionView:
-        far = ConnectionKind.FAR in c.kinds and ConnectionKind.FAR not in c.remote_kinds
-        return ConnectionView(
-            peer=c.peer,
-            kinds=frozenset(c.kinds),
-            local_far=far,
-            far_since=c.kinds.get(ConnectionKind.FAR),
-            leaf_since=c.kinds.get(ConnectionKind.LEAF),
-            last_relay=c.last_relay,
-            idle_since=c.idle_since,
         )
 
     def _apply(self, action: Action, now: float) -> None:
