@@ -34,7 +34,7 @@ import ipaddress
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 from ipop.overlay.attempts import Action as AttemptAction
 from ipop.overlay.attempts import Attempts
@@ -51,14 +51,12 @@ from ipop.overlay.messages import (
     Routed,
 )
 from ipop.overlay.near import NearKeeper, SeenIds
+from ipop.overlay.ports import Origins
 from ipop.overlay.relay import relay_candidates
 from ipop.overlay.routing import Router
 from ipop.overlay.table import ConnectionKind, ConnectionTable
 from ipop.ratelimit import KeyedBuckets
 from ipop.types import Endpoint, NodeId, ring_distance
-
-if TYPE_CHECKING:
-    from ipop.overlay.node import Origins, OverlayConfig
 
 __all__ = ["CTM_DROPS", "CtmAgent"]
 

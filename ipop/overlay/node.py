@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-An :class:`OverlayNode` sits on a link layer (the narrow :class:`Links` protocol below, which
-:class:`ipop.link.layer.LinkLayer` satisfies) and turns authenticated links into a
+An :class:`OverlayNode` sits on a link layer (the narrow :class:`ipop.overlay.ports.Links`
+protocol, which :class:`ipop.link.layer.LinkLayer` satisfies) and turns authenticated links into a
 Brunet-style ring (DESIGN.md §5):
 
 - **Join.** ``start()`` links to the bootstrap endpoints (LEAF links). Over the first link a
@@ -90,6 +90,18 @@ Invariants:
 3. Nothing a peer sends raises out of :meth:`on_link_event`: parse failures and refusals are
    counted in ``drops`` by reason. API misuse raises :class:`LocalProtocolError`.
 4. One timer: :meth:`get_timer` is the next maintenance tick; all deadlines are checked there.
+
+Who does what
+-------------
+This module keeps the commands, the dispatch of link events and overlay messages, near upkeep
+and the tick, and applies what the objects it owns decide: :class:`ipop.overlay.routing.Router`
+(where a routed message goes), :class:`ipop.overlay.relay.RelayRole` (relayed links, both
+parts), :class:`ipop.overlay.ctm.CtmAgent` (CONNECT_TO_ME), :class:`ipop.overlay.roaming.Roaming`
+(our endpoints and roams), :class:`ipop.overlay.near.NearKeeper` (near candidates),
+:class:`ipop.overlay.attempts.Attempts` (links being brought up),
+:class:`ipop.overlay.suspect.SilentHops` (silent next hops) and
+:class:`ipop.overlay.views.ConnectionViews` (the policies' view of the table). Settings are
+:class:`ipop.overlay.config.OverlayConfig`, status :class:`ipop.overlay.snapshot.OverlaySnapshot`.
 """
 
 from __future__ import annotations
@@ -97,11 +109,9 @@ from __future__ import annotations
 import collections
 import random
 from collections.abc import Callable, Collection, Sequence
-from typing import Protocol
 
 from ipop import timing
 from ipop.errors import LocalProtocolError, RemoteProtocolError
-from ipop.identity import NodeCertificate
 from ipop.link.events import (
     HandshakeFailed,
     LinkDown,
@@ -152,6 +162,7 @@ from ipop.overlay.policies import (
     PolicyView,
     decide,
 )
+from ipop.overlay.ports import Links, Origins
 from ipop.overlay.proven import ProvenIds
 from ipop.overlay.relay import RelayRole
 from ipop.overlay.ring import (
@@ -166,7 +177,7 @@ from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import ConnectionKind, ConnectionTable
 from ipop.overlay.views import ConnectionViews
 from ipop.ratelimit import KeyedBuckets
-from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct
+from ipop.types import Endpoint, NodeId, RelayPath, is_direct
 
 __all__ = [
     "ConnectionAdded",
@@ -187,57 +198,6 @@ __all__ = [
 
 _INF = float("inf")
 _DIRECT_TAG = bytes((TYPE_DIRECT,))
-
-
-class Links(Protocol):
-    """What the overlay needs from the link layer (the consumer owns the interface)."""
-
-    local_id: NodeId
-
-    def connect(
-        self,
-        path: Path,
-        *,
-        now: float,
-        expected: NodeId | None = None,
-        retransmit: bool = True,
-        timeout_s: float | None = None,
-    ) -> None: ...
-
-    def send(self, peer: NodeId, payload: bytes, *, now: float) -> None: ...
-
-    def close(self, peer: NodeId, *, now: float) -> None: ...
-
-    def is_up(self, peer: NodeId) -> bool: ...
-
-    def peer_moved(self, peer: NodeId, *, now: float) -> None: ...
-
-
-class Origins(Protocol):
-    """End-to-end origin authentication of routed messages.
-
-    :class:`ipop.overlay.origin.OriginAuth`; in worlds of made-up ids,
-    :class:`ipop.testing.fake_origin.FakeOrigin`.
-    """
-
-    local_id: NodeId
-
-    def routed(
-        self,
-        flags: int,
-        ttl: int,
-        kind: int,
-        dst: NodeId,
-        via: NodeId | None,
-        payload: bytes,
-        *,
-        now: float,
-        cert_budget: int | None = None,
-    ) -> Routed: ...
-
-    def learn(self, cert: NodeCertificate) -> None: ...
-
-    def check(self, msg: Routed, *, now: float) -> str | None: ...
 
 
 # CLOSING is sent this many times (see OverlayNode._close_link).

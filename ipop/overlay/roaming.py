@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from ipop import timing
 from ipop.errors import LocalProtocolError
@@ -33,11 +32,9 @@ from ipop.overlay.ctm import CtmAgent
 from ipop.overlay.events import Roamed
 from ipop.overlay.messages import MAX_ENDPOINTS, Purpose
 from ipop.overlay.near import NearKeeper
+from ipop.overlay.ports import Links
 from ipop.overlay.table import ConnectionTable
 from ipop.types import Endpoint, NodeId, is_direct
-
-if TYPE_CHECKING:
-    from ipop.overlay.node import Links
 
 __all__ = ["Roaming"]
 
