@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-An :class:`OverlayNode` sits on a link layer (the narrow :class:`Links` protocol below, which
-:class:`ipop.link.layer.LinkLayer` satisfies) and turns authenticated links into a
+An :class:`OverlayNode` sits on a link layer (the narrow :class:`ipop.overlay.ports.Links`
+protocol, which :class:`ipop.link.layer.LinkLayer` satisfies) and turns authenticated links into a
 Brunet-style ring (DESIGN.md §5):
 
 - **Join.** ``start()`` links to the bootstrap endpoints (LEAF links). Over the first link a
@@ -37,44 +37,48 @@ Brunet-style ring (DESIGN.md §5):
 - **Far links** follow Symphony: about log2 N of them, targets drawn from the harmonic
   distribution using N estimated from the near spacing; a CTM to the target address (closest
   delivery) finds the node that owns that arc.
-- **Relay links.** If no direct link to a NEAR candidate comes up (every endpoint failed, or
-  the deadline passed), we key a link over ``RelayPath(via=X, peer=T)`` through a node X that
-  both of us hold direct links to (from T's CTM answer). X forwards sealed datagrams
-  (RELAY_FORWARD → RELAY_DELIVER) and holds both links as RELAY while traffic flows; the two
-  ends hold their link to X as RELAY too (else the trim policy would cut X away under them).
-  A relay attempt starts ``relay_after_s`` after the direct ones, alongside them; the end
-  with the larger id waits ``relay_yield_s`` longer, so that two ends needing each other do
-  not key two relayed links through different relays at once. A relay that
-  holds no direct link to T answers RELAY_REFUSED: a pending attempt moves on to the next
-  candidate, an up relayed link is dropped at once (instead of swallowing traffic until the
-  link layer's timeout) and the ring repairs it. When the target's answer names no peer we
-  hold directly, we ask a few of the peers it named for direct links (**relay helpers**) and
-  relay through the first that comes up.
+- **Relay links** (:class:`ipop.overlay.relay.RelayRole` plays both parts). If no direct link to
+  a NEAR candidate comes up (every endpoint failed, or the deadline passed), we key a link over
+  ``RelayPath(via=X, peer=T)`` through a node X that both of us hold direct links to (from T's
+  CTM answer). X forwards sealed datagrams (RELAY_FORWARD → RELAY_DELIVER) and holds both links
+  as RELAY while traffic flows; the two ends hold their link to X as RELAY too (else the trim
+  policy would cut X away under them). A relay attempt starts ``relay_after_s`` after the direct
+  ones, alongside them; the end with the larger id waits ``relay_yield_s`` longer, so that two
+  ends needing each other do not key two relayed links through different relays at once. A relay
+  that holds no direct link to T answers RELAY_REFUSED: a pending attempt moves on to the next
+  candidate, an up relayed link is dropped at once (instead of swallowing traffic until the link
+  layer's timeout) and the ring repairs it. When the target's answer names no peer we hold
+  directly, we ask a few of the peers it named for direct links (**relay helpers**) and relay
+  through the first that comes up.
 - **Backoff.** A near candidate we failed to reach is not asked again for a while: briefly
   when only a CTM went unanswered or no relay candidate existed yet (one lost datagram, a ring
   still forming), ``failed_backoff_s`` after a relay failed too. Failures of direct-only
   attempts (far links, shortcuts, connect-backs) never gate near requests. Attempts, their
   states and the backoff set live in :mod:`ipop.overlay.attempts`.
-- **Bounded work.** What a peer's message makes us send is bounded, because a member may
-  lie: a CTM's endpoints are only the requester's word (the requester itself is authenticated
-  end to end). Each requester's CTMs are acted on within a token bucket (``ctm_burst``, one
-  per ``ctm_refill_s``); a connect-back tries at most ``connect_back_max`` of them (one LAN
-  endpoint at most) with a single Init each, never retransmitted; every address we connect
-  back to spends a token of that address's bucket, whoever named it, and at most
-  ``connect_back_inflight`` connect-backs run at once. An answer to our own CTM is tried at as
-  many endpoints (with the usual retries: we asked). A NEIGHBOURS pull is answered at
-  most once per ``neighbours_reply_min_s`` per peer past a burst of four.
+- **Bounded work** (CTMs: :class:`ipop.overlay.ctm.CtmAgent`). What a peer's message makes us
+  send is bounded, because a member may lie: a CTM's endpoints are only the requester's word
+  (the requester itself is authenticated end to end). Each requester's CTMs are acted on within
+  a token bucket (``ctm_burst``, one per ``ctm_refill_s``); a connect-back tries at most
+  ``connect_back_max`` of them (one LAN endpoint at most) with a single Init each, never
+  retransmitted; every address we connect back to spends a token of that address's bucket,
+  whoever named it, and at most ``connect_back_inflight`` connect-backs run at once. An answer
+  to our own CTM is tried at as many endpoints (with the usual retries: we asked). A NEIGHBOURS
+  pull is answered at most once per ``neighbours_reply_min_s`` per peer past a burst of four.
   tools/bench/amplification.py measures every message type's worst case with the real cores.
-- **Routing** is greedy over every up link (:func:`ipop.overlay.ring.next_hop`): strictly
-  closer at each hop, so it cannot loop; exact delivery drops at a local minimum
-  ("no_route"), closest delivery delivers there. At a local minimum an exact message may take
-  one detour, bounded by the TTL: to the near peer that told us it holds a link to the target,
-  else back the way the target's own last routed message came to us (a reverse-path hint: a
-  node that has just joined sends requests before the ring around it has formed, and the
-  answers must find it), else, at the message's source only, to our peer nearest the target.
-  A suspect next hop is skipped when another one is strictly closer than we are; it is used
-  anyway when none is, so suspicion never turns a route into a drop or a loop.
+- **Routing** (decided by :mod:`ipop.overlay.routing`, applied here) is greedy over every up
+  link (:func:`ipop.overlay.ring.next_hop`): strictly closer at each hop, so it cannot loop;
+  exact delivery drops at a local minimum ("no_route"), closest delivery delivers there. At a
+  local minimum an exact message may take one detour, bounded by the TTL: to the near peer that
+  told us it holds a link to the target, else back the way the target's own last routed message
+  came to us (a reverse-path hint: a node that has just joined sends requests before the ring
+  around it has formed, and the answers must find it), else, at the message's source only, to
+  our peer nearest the target. A suspect next hop is skipped when another one is strictly closer
+  than we are; it is used anyway when none is, so suspicion never turns a route into a drop or a
+  loop.
 - **Trimming** closes links with no reason left after a grace period (policies.py).
+- **Roaming** (:class:`ipop.overlay.roaming.Roaming`): our endpoints as we and our peers see
+  them; a new address, a wake-up or a NAT rebinding re-advertises them to every direct peer,
+  and a linked peer whose CTM names new endpoints is followed and punched back to.
 
 Invariants:
 
@@ -86,22 +90,28 @@ Invariants:
 3. Nothing a peer sends raises out of :meth:`on_link_event`: parse failures and refusals are
    counted in ``drops`` by reason. API misuse raises :class:`LocalProtocolError`.
 4. One timer: :meth:`get_timer` is the next maintenance tick; all deadlines are checked there.
+
+Who does what
+-------------
+This module keeps the commands, the dispatch of link events and overlay messages, near upkeep
+and the tick, and applies what the objects it owns decide: :class:`ipop.overlay.routing.Router`
+(where a routed message goes), :class:`ipop.overlay.relay.RelayRole` (relayed links, both
+parts), :class:`ipop.overlay.ctm.CtmAgent` (CONNECT_TO_ME), :class:`ipop.overlay.roaming.Roaming`
+(our endpoints and roams), :class:`ipop.overlay.near.NearKeeper` (near candidates),
+:class:`ipop.overlay.attempts.Attempts` (links being brought up),
+:class:`ipop.overlay.suspect.SilentHops` (silent next hops) and
+:class:`ipop.overlay.views.ConnectionViews` (the policies' view of the table). Settings are
+:class:`ipop.overlay.config.OverlayConfig`, status :class:`ipop.overlay.snapshot.OverlaySnapshot`.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
-import heapq
-import ipaddress
 import random
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol
 
 from ipop import timing
-from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
-from ipop.identity import NodeCertificate
+from ipop.errors import LocalProtocolError, RemoteProtocolError
 from ipop.link.events import (
     HandshakeFailed,
     LinkDown,
@@ -112,6 +122,8 @@ from ipop.link.events import (
 )
 from ipop.overlay.attempts import Action as AttemptAction
 from ipop.overlay.attempts import Attempts, Backoff, Bootstraps, Connect
+from ipop.overlay.config import OverlayConfig
+from ipop.overlay.ctm import CtmAgent
 from ipop.overlay.events import (
     ConnectionAdded,
     ConnectionRemoved,
@@ -122,22 +134,16 @@ from ipop.overlay.events import (
     Roamed,
     Routable,
 )
-from ipop.overlay.hints import ReverseHints
 from ipop.overlay.messages import (
     FLAG_EXACT,
-    FLAG_EXCLUDE_SRC,
-    FLAG_VIA,
     KIND_CTM,
     KIND_CTM_REPLY,
-    MAX_ENDPOINTS,
     MAX_NEIGHBOURS,
     MAX_TTL,
     TYPE_DIRECT,
     UPPER_KIND_MAX,
     Alive,
     Closing,
-    ConnectToMe,
-    ConnectToMeReply,
     Neighbours,
     Purpose,
     RelayDeliver,
@@ -149,7 +155,6 @@ from ipop.overlay.messages import (
 from ipop.overlay.near import NearKeeper, SeenIds
 from ipop.overlay.policies import (
     Action,
-    ConnectionView,
     FarLinkWanted,
     KindExpired,
     LinkUseless,
@@ -157,18 +162,22 @@ from ipop.overlay.policies import (
     PolicyView,
     decide,
 )
+from ipop.overlay.ports import Links, Origins
 from ipop.overlay.proven import ProvenIds
-from ipop.overlay.relay import RelayFallbacks, forward_refusal, relay_candidates
+from ipop.overlay.relay import RelayRole
 from ipop.overlay.ring import (
     estimate_size,
-    next_hop_sorted,
     ring_neighbours_sorted,
     sample_far_target,
 )
+from ipop.overlay.roaming import Roaming
+from ipop.overlay.routing import Deliver, Drop, Forward, Router, Verdict
+from ipop.overlay.snapshot import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.suspect import SilentHops
-from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
+from ipop.overlay.table import ConnectionKind, ConnectionTable
+from ipop.overlay.views import ConnectionViews
 from ipop.ratelimit import KeyedBuckets
-from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct, ring_distance
+from ipop.types import Endpoint, NodeId, RelayPath, is_direct
 
 __all__ = [
     "ConnectionAdded",
@@ -187,237 +196,17 @@ __all__ = [
     "Routable",
 ]
 
-DEFAULT_TTL = 64
-# Relays a roam's fallback tries for one link (each refusal costs one round trip).
-ROAM_RELAY_TRIES = 4
-# How many of our own observed public endpoints we advertise (newest first): a node behind a
-# NAT that changed its mapping has a stale one or two at most.
-_OBSERVED_KEEP = 3
-_NEIGHBOUR_SAMPLE = 32
-# Relay helpers recruited per attempt with no common direct neighbour (see _recruit_helpers):
-# behind a symmetric NAT only public nodes link to us directly, a third of them or so.
-_HELPERS_PER_ATTEMPT = 4
 _INF = float("inf")
 _DIRECT_TAG = bytes((TYPE_DIRECT,))
-# Documentation ranges that Python counts as private but that stand for the public internet
-# in our simulator and lab (DESIGN.md's underlay addresses).
-_PUBLIC_TEST_NETS = (
-    ipaddress.IPv4Network("198.51.100.0/24"),
-    ipaddress.IPv4Network("203.0.113.0/24"),
-)
-
-
-@functools.lru_cache(maxsize=4096)
-def _lan_like(host: str) -> bool:
-    """True for an address only reachable from its own LAN (private, link-local, loopback)."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv4Address) and any(ip in n for n in _PUBLIC_TEST_NETS):
-        return False
-    return ip.is_private
-
-
-class Links(Protocol):
-    """What the overlay needs from the link layer (the consumer owns the interface)."""
-
-    local_id: NodeId
-
-    def connect(
-        self,
-        path: Path,
-        *,
-        now: float,
-        expected: NodeId | None = None,
-        retransmit: bool = True,
-        timeout_s: float | None = None,
-    ) -> None: ...
-
-    def send(self, peer: NodeId, payload: bytes, *, now: float) -> None: ...
-
-    def close(self, peer: NodeId, *, now: float) -> None: ...
-
-    def is_up(self, peer: NodeId) -> bool: ...
-
-    def peer_moved(self, peer: NodeId, *, now: float) -> None: ...
-
-
-class Origins(Protocol):
-    """End-to-end origin authentication of routed messages.
-
-    :class:`ipop.overlay.origin.OriginAuth`; in worlds of made-up ids,
-    :class:`ipop.testing.fake_origin.FakeOrigin`.
-    """
-
-    local_id: NodeId
-
-    def routed(
-        self,
-        flags: int,
-        ttl: int,
-        kind: int,
-        dst: NodeId,
-        via: NodeId | None,
-        payload: bytes,
-        *,
-        now: float,
-        cert_budget: int | None = None,
-    ) -> Routed: ...
-
-    def learn(self, cert: NodeCertificate) -> None: ...
-
-    def check(self, msg: Routed, *, now: float) -> str | None: ...
 
 
 # CLOSING is sent this many times (see OverlayNode._close_link).
 _CLOSING_COPIES = 3
-# Peers whose CTM endpoints we remember (see peer_hosts): the oldest go first.
-_PEER_ENDPOINTS_MAX = 4096
 # NEIGHBOURS pulls a peer gets answered at once before the per-peer rate applies.
 _PULL_BURST = 4
 
 
-@dataclass(frozen=True, slots=True)
-class OverlayConfig:
-    near_per_side: int = 3
-    # Our own socket's endpoints (LAN side); public ones are learned from peers.
-    local_endpoints: tuple[Endpoint, ...] = ()
-    ttl: int = DEFAULT_TTL
-    far_links: bool = True
-    far_cap: int = 20
-    tick_s: float = timing.OVERLAY_TICK_S
-    gossip_interval_s: float = timing.OVERLAY_GOSSIP_INTERVAL_S
-    near_retry_s: float = timing.OVERLAY_NEAR_RETRY_S
-    near_probe_s: float = timing.OVERLAY_NEAR_PROBE_S
-    connect_timeout_s: float = timing.OVERLAY_CONNECT_TIMEOUT_S
-    relay_after_s: float = timing.OVERLAY_RELAY_AFTER_S
-    relay_yield_s: float = timing.OVERLAY_RELAY_YIELD_S
-    ctm_timeout_s: float = timing.OVERLAY_CTM_TIMEOUT_S
-    leaf_hold_s: float = timing.OVERLAY_LEAF_HOLD_S
-    trim_grace_s: float = timing.OVERLAY_TRIM_GRACE_S
-    relay_hold_s: float = timing.OVERLAY_RELAY_HOLD_S
-    bootstrap_retry_s: float = timing.OVERLAY_BOOTSTRAP_RETRY_S
-    failed_backoff_s: float = timing.OVERLAY_FAILED_BACKOFF_S
-    near_suspect_s: float = timing.OVERLAY_NEAR_SUSPECT_S
-    near_dead_s: float = timing.OVERLAY_NEAR_DEAD_S
-    # Silent next hops (ipop.overlay.suspect): their retransmission timeout's floor, cap and
-    # value before any round trip was measured.
-    hop_rto_min_s: float = timing.OVERLAY_HOP_RTO_MIN_S
-    hop_rto_max_s: float = timing.OVERLAY_HOP_RTO_MAX_S
-    hop_rto_initial_s: float = timing.OVERLAY_HOP_RTO_INITIAL_S
-    # What a CONNECT_TO_ME may make us send (see _on_ctm and timing.py).
-    connect_back_max: int = timing.OVERLAY_CONNECT_BACK_MAX
-    connect_back_timeout_s: float = timing.OVERLAY_CONNECT_BACK_TIMEOUT_S
-    connect_back_inflight: int = timing.OVERLAY_CONNECT_BACK_INFLIGHT
-    connect_back_ip_burst: int = timing.OVERLAY_CONNECT_BACK_IP_BURST
-    connect_back_ip_refill_s: float = timing.OVERLAY_CONNECT_BACK_IP_REFILL_S
-    ctm_burst: int = timing.OVERLAY_CTM_BURST
-    ctm_refill_s: float = timing.OVERLAY_CTM_REFILL_S
-    neighbours_reply_min_s: float = timing.OVERLAY_NEIGHBOURS_REPLY_MIN_S
-
-    def __post_init__(self) -> None:
-        if self.near_per_side < 1:
-            raise ConfigError("overlay.near_per_side", f"{self.near_per_side} < 1", "use 2-4")
-        if not 1 <= self.ttl <= MAX_TTL:
-            raise ConfigError("overlay.ttl", f"{self.ttl} not in 1..{MAX_TTL}", "use 64")
-        for name in (
-            "tick_s",
-            "gossip_interval_s",
-            "near_retry_s",
-            "near_probe_s",
-            "connect_timeout_s",
-            "relay_after_s",
-            "relay_yield_s",
-            "ctm_timeout_s",
-            "leaf_hold_s",
-            "trim_grace_s",
-            "relay_hold_s",
-            "bootstrap_retry_s",
-            "failed_backoff_s",
-            "near_suspect_s",
-            "near_dead_s",
-            "hop_rto_min_s",
-            "hop_rto_max_s",
-            "hop_rto_initial_s",
-            "connect_back_timeout_s",
-            "connect_back_ip_refill_s",
-            "ctm_refill_s",
-            "neighbours_reply_min_s",
-            "connect_back_max",
-            "connect_back_inflight",
-            "connect_back_ip_burst",
-            "ctm_burst",
-        ):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"overlay.{name}", "must be positive")
-        if self.near_dead_s <= self.near_suspect_s:
-            raise ConfigError("overlay.near_dead_s", "must exceed near_suspect_s")
-        if self.hop_rto_max_s < self.hop_rto_min_s:
-            raise ConfigError("overlay.hop_rto_max_s", "must not be below hop_rto_min_s")
-        if len(self.local_endpoints) > MAX_ENDPOINTS:
-            raise ConfigError("overlay.local_endpoints", f"more than {MAX_ENDPOINTS}")
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionInfo:
-    peer: NodeId
-    path: Path
-    kinds: tuple[ConnectionKind, ...]
-    since: float
-
-
-@dataclass(frozen=True, slots=True)
-class OverlaySnapshot:
-    """Status material: every connection with its kinds and path."""
-
-    local_id: NodeId
-    routable: bool
-    n_estimate: float
-    connections: tuple[ConnectionInfo, ...]
-    drops: tuple[tuple[str, int], ...]
-
-    def by_kind(self, kind: ConnectionKind) -> tuple[ConnectionInfo, ...]:
-        return tuple(c for c in self.connections if kind in c.kinds)
-
-    @property
-    def near(self) -> tuple[ConnectionInfo, ...]:
-        return self.by_kind(ConnectionKind.NEAR)
-
-    @property
-    def far(self) -> tuple[ConnectionInfo, ...]:
-        return self.by_kind(ConnectionKind.FAR)
-
-    @property
-    def shortcut(self) -> tuple[ConnectionInfo, ...]:
-        return self.by_kind(ConnectionKind.SHORTCUT)
-
-    @property
-    def relay(self) -> tuple[ConnectionInfo, ...]:
-        return self.by_kind(ConnectionKind.RELAY)
-
-    @property
-    def relayed(self) -> tuple[ConnectionInfo, ...]:
-        """Connections whose own path runs through a relay."""
-        return tuple(c for c in self.connections if isinstance(c.path, RelayPath))
-
-
 # --- internal state ----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Request:
-    purpose: Purpose
-    target: NodeId
-    expires: float
-
-
-def _purpose_kinds(purpose: Purpose) -> set[ConnectionKind]:
-    if purpose is Purpose.FAR:
-        return {ConnectionKind.FAR}
-    if purpose is Purpose.SHORTCUT:
-        return {ConnectionKind.SHORTCUT}
-    return set()  # JOIN and NEAR: near-ness is computed, never assigned
 
 
 class OverlayNode:
@@ -445,7 +234,6 @@ class OverlayNode:
         self.stats: collections.Counter[str] = collections.Counter()
         self._links = links
         self._rng = rng
-        self._local_endpoints = tuple(config.local_endpoints)
         self._table = ConnectionTable()
         self._events: collections.deque[OverlayEvent] = collections.deque()
         # Links we are trying to bring up (ipop.overlay.attempts), and the bootstraps'.
@@ -465,51 +253,19 @@ class OverlayNode:
             connect_timeout_s=config.connect_timeout_s,
             retry_s=config.bootstrap_retry_s,
         )
-        self._requests: dict[int, _Request] = {}
         # Near candidates not to ask again for a while.
         self._backoff = Backoff()
-        self._observed: dict[Endpoint, float] = {}
-        # Linked peer -> where it last told us it sees us (LinkUp, ObservedEndpoint): a change
-        # is our NAT rebinding (see _on_observed). Rows leave with the peer's link.
-        self._observed_by: dict[NodeId, Endpoint] = {}
-        # Roaming (see local_endpoints_changed): when our endpoints are re-advertised at the
-        # latest (None: nothing pending), when the last roam began, and when a rebinding may
-        # start the next one.
-        self._readvertise_at: float | None = None
-        self._roamed_at = -_INF
-        self._rebind_ok_at = -_INF
-        # Links keyed afresh through a relay after a roam left their direct path dead.
-        self._fallbacks = RelayFallbacks(timing.ROAM_RELAY_RETRY_S)
         self._near: frozenset[NodeId] = frozenset()
         # Ids heard from peers, with who told us, until when we trust the news (the near keeper
         # below keeps them; routing takes hints from them).
         self._seen = SeenIds()
-        # Source of a routed message we do not hold a link to -> the peer that handed it to us
-        # (for answers at a local minimum, see _route).
-        self._reverse = ReverseHints(lambda msg, now: origin.check(msg, now=now))
-        # Rate limits on what peers' messages make us do (ipop.ratelimit): CTMs acted on per
-        # requester, connect-back attempts per destination address, and when we last answered
-        # each linked peer's NEIGHBOURS pull.
-        self._ctm_budget: KeyedBuckets[NodeId] = KeyedBuckets(
-            1 / config.ctm_refill_s, config.ctm_burst
-        )
-        self._connect_ip_budget: KeyedBuckets[str] = KeyedBuckets(
-            1 / config.connect_back_ip_refill_s, config.connect_back_ip_burst
-        )
+        # When we last answered each linked peer's NEIGHBOURS pull (ipop.ratelimit; the CTM
+        # agent holds the budgets of what CTMs make us do).
         self._pull_budget: KeyedBuckets[NodeId] = KeyedBuckets(
             1 / config.neighbours_reply_min_s, _PULL_BURST
         )
-        # Peer -> the endpoints it gave in its last CTM to us or answer to ours (its word,
-        # authenticated as its own): where port guessing may send (see peer_hosts).
-        self._peer_endpoints: dict[NodeId, tuple[Endpoint, ...]] = {}
         # Ids that authenticated a link or a routed message to us: see NearKeeper.brackets_linked.
         self._proven = ProvenIds()
-        # Peer -> (row rev, its policy view), and the whole answer with the (table stamp,
-        # relay stamp) it was built at: see _connection_views.
-        self._views: dict[NodeId, tuple[int, ConnectionView]] = {}
-        self._views_all: tuple[tuple[int, int], tuple[ConnectionView, ...]] | None = None
-        # Bumped whenever a row's last_relay moves (it is not part of the row's rev).
-        self._relay_stamp = 0
         # Peer -> when we last got an overlay message from it (or it became near / linked).
         self._heard: dict[NodeId, float] = {}
         # Next hops we route into without hearing back (ipop.overlay.suspect).
@@ -519,6 +275,16 @@ class OverlayNode:
             rto_initial_s=config.hop_rto_initial_s,
         )
         self._seen_ttl = 3 * config.gossip_interval_s
+        # Where each routed message goes (ipop.overlay.routing); it owns the reverse hints.
+        self._router = Router(
+            local_id,
+            table=self._table,
+            silent=self._silent_hops,
+            seen=self._seen,
+            check=lambda msg, now: origin.check(msg, now=now),
+            stats=self.stats,
+            pull_min_s=config.neighbours_reply_min_s,
+        )
         # Near upkeep (ipop.overlay.near): candidates, what we asked, the brackets test.
         self._keeper = NearKeeper(
             local_id,
@@ -530,6 +296,47 @@ class OverlayNode:
             proven=self._proven,
             seen=self._seen,
         )
+        # CONNECT_TO_ME: our asks in flight, answering peers' asks, and their bounds
+        # (ipop.overlay.ctm).
+        self._ctm = CtmAgent(
+            local_id,
+            config=config,
+            rng=rng,
+            origin=origin,
+            router=self._router,
+            table=self._table,
+            attempts=self._attempts,
+            seen=self._seen,
+            keeper=self._keeper,
+            drops=self.drops,
+            stats=self.stats,
+            endpoints=self.endpoints,
+            own_endpoints=lambda: self._roaming.known(),
+            near_peers=self.near_peers,
+            route=self._route,
+            send_routed=self._send_routed,
+            add_kind=self._add_kind,
+            connect=self._connect,
+            joined=self._on_joined,
+            update_routable=self._update_routable,
+            follow_move=lambda peer, eps, previous, now: self._roaming.follow_move(
+                peer, eps, previous, now
+            ),
+        )
+        # Our endpoints, our roams and peers' moves (ipop.overlay.roaming).
+        self._roaming = Roaming(
+            config.local_endpoints,
+            table=self._table,
+            links=links,
+            ctm=self._ctm,
+            backoff=self._backoff,
+            keeper=self._keeper,
+            heard=self._heard,
+            stats=self.stats,
+            emit=self._events.append,
+            hop_heard=self._hop_heard,
+            connect_back_timeout_s=config.connect_back_timeout_s,
+        )
         self._started = False
         self._joined = False
         self._routable = False
@@ -537,27 +344,44 @@ class OverlayNode:
         self._last_probe = -_INF
         self._next_gossip = 0.0
         self._gossip_due = False
-        self._no_route_pull_at = -_INF  # see _pull_around
+        # Our part in relayed links, as the relay and as an end (ipop.overlay.relay).
+        self._relay = RelayRole(
+            local_id,
+            table=self._table,
+            links=links,
+            attempts=self._attempts,
+            seen=self._seen,
+            drops=self.drops,
+            stats=self.stats,
+            send=self._send,
+            add_kind=self._add_kind,
+            emit=self._events.append,
+            connect=self._connect,
+            forget=self._forget,
+            fallback_retry_s=timing.ROAM_RELAY_RETRY_S,
+        )
+        # The table as the policies see it, cached between ticks (ipop.overlay.views).
+        self._views = ConnectionViews(self._table, relay_stamp=lambda: self._relay.stamp)
         self._link_handlers: dict[type, Callable[[object, float], None]] = {
             LinkUp: self._on_link_up,  # type: ignore[dict-item]
             LinkDown: self._on_link_down,  # type: ignore[dict-item]
             LinkMessage: self._on_link_message,  # type: ignore[dict-item]
             HandshakeFailed: self._on_handshake_failed,  # type: ignore[dict-item]
-            ObservedEndpoint: self._on_observed,  # type: ignore[dict-item]
+            ObservedEndpoint: self._roaming.on_observed,  # type: ignore[dict-item]
             LinkPathChanged: self._on_path_changed,  # type: ignore[dict-item]
         }
         self._message_handlers: dict[type, Callable[[object, NodeId, float], None]] = {
             Routed: self._on_routed,  # type: ignore[dict-item]
-            RelayForward: self._on_relay_forward,  # type: ignore[dict-item]
-            RelayDeliver: self._on_relay_deliver,  # type: ignore[dict-item]
+            RelayForward: self._relay.on_forward,  # type: ignore[dict-item]
+            RelayDeliver: self._relay.on_deliver,  # type: ignore[dict-item]
             Neighbours: self._on_neighbours,  # type: ignore[dict-item]
             Closing: self._on_closing,  # type: ignore[dict-item]
-            RelayRefused: self._on_relay_refused,  # type: ignore[dict-item]
+            RelayRefused: self._relay.on_refused,  # type: ignore[dict-item]
             Alive: self._on_alive,  # type: ignore[dict-item]
         }
         self._control_handlers: dict[int, Callable[[Routed, float], None]] = {
-            KIND_CTM: self._on_ctm,
-            KIND_CTM_REPLY: self._on_ctm_reply,
+            KIND_CTM: self._ctm.on_ctm,
+            KIND_CTM_REPLY: self._ctm.on_reply,
         }
 
     # --- commands ---------------------------------------------------------------------------
@@ -582,9 +406,7 @@ class OverlayNode:
 
     def set_local_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace our own socket endpoints (e.g. once the driver bound its socket)."""
-        if len(endpoints) > MAX_ENDPOINTS:
-            raise LocalProtocolError(f"at most {MAX_ENDPOINTS} endpoints")
-        self._local_endpoints = tuple(endpoints)
+        self._roaming.set_local(endpoints)
 
     def send_routed(
         self,
@@ -613,7 +435,7 @@ class OverlayNode:
         msg = self._origin.routed(
             flags, ttl, payload_kind, dst, None, payload, now=now, cert_budget=cert_budget
         )
-        return self._route(msg, received=False, now=now)
+        return self._route(msg, now)
 
     def send_direct(self, peer: NodeId, payload_kind: int, payload: bytes, *, now: float) -> bool:
         """Send ``payload`` to the linked ``peer`` itself with no routing header (DIRECT).
@@ -629,14 +451,7 @@ class OverlayNode:
 
     def wrap_relay(self, datagram: bytes, path: RelayPath, *, now: float) -> None:
         """Carry one of our link layer's datagrams for a relayed link to its relay node."""
-        if not isinstance(path, RelayPath):
-            raise LocalProtocolError("wrap_relay() needs a RelayPath")
-        row = self._table.get(path.via)
-        if row is None or not row.direct:
-            self.drops["relay_via_down"] += 1
-            return
-        if self._send(path.via, RelayForward(path.peer, datagram).encode(), now):
-            self._hold_relay(row, now)
+        self._relay.wrap(datagram, path, now=now)
 
     def request_shortcut(self, peer: NodeId, *, now: float) -> None:
         """Ask for a direct SHORTCUT link to ``peer`` (for traffic we exchange with it)."""
@@ -645,48 +460,14 @@ class OverlayNode:
         if peer in self._table:
             self._add_kind(peer, ConnectionKind.SHORTCUT, now)
         elif peer not in self._attempts:
-            self._send_ctm(peer, Purpose.SHORTCUT, exact=True, now=now)
+            self._ctm.send(peer, Purpose.SHORTCUT, exact=True, now=now)
 
     def relay_fallback(
         self, peer: NodeId, *, now: float, relays: Collection[NodeId] | None = None
     ) -> bool:
         """Key our link to ``peer`` afresh through a relay: its direct path died under a roam
-        of ours (NodeCore asks when the session heard nothing since, ROAM_RELAY_AFTER_S on).
-
-        Why: a pair that port guessing joined (a symmetric NAT facing a filtering one) cannot
-        follow a roam directly. The new mapping toward the peer is one nobody knows, so our
-        re-key never gets in, and without this the link stayed dead until the silent-neighbour
-        timer closed it (about 15 s). The link layer lets the relayed session take over a
-        direct path that carried nothing since we roamed; traffic then asks for a direct
-        shortcut anew. Relays: the node that told us of ``peer`` (it holds a link to it), then
-        our direct peers nearest ``peer`` on the ring, one at a time; only those in ``relays``
-        if given (the caller knows which ones still hear us). False if none is tried.
-        """
-        row = self._table.get(peer)
-        if row is None or not row.direct:
-            return False
-        mine = [
-            p for p in self._table.direct_peers() if p != peer and (relays is None or p in relays)
-        ]
-        if not mine:
-            return False  # nobody to try yet: no retry_s wait for a later call
-        mine.sort(key=lambda p: (ring_distance(p, peer), p))
-        news = self._seen.get(peer)
-        told = [news[0]] if news is not None and news[0] in mine else []
-        if not self._fallbacks.begin(peer, [*told, *mine[:ROAM_RELAY_TRIES]], now=now):
-            return False
-        self.stats["relay_fallbacks"] += 1
-        return self._fallback_next(peer, now)
-
-    def _fallback_next(self, peer: NodeId, now: float) -> bool:
-        while (via := self._fallbacks.next_via(peer)) is not None:
-            row = self._table.get(via)
-            if row is None or not row.direct:
-                continue
-            self.stats["relay_fallback_attempts"] += 1
-            self._links.connect(RelayPath(via=via, peer=peer), now=now, expected=peer)
-            return True
-        return False
+        of ours. See :meth:`ipop.overlay.relay.RelayRole.fallback`; False if none is tried."""
+        return self._relay.fallback(peer, now=now, relays=relays)
 
     def drop_shortcut(self, peer: NodeId, *, now: float) -> None:
         """We no longer need a shortcut to ``peer``; trimmed later if nothing else holds it."""
@@ -739,6 +520,21 @@ class OverlayNode:
         return self._near
 
     @property
+    def roaming(self) -> Roaming:
+        """Our endpoints, our roams and peers' moves."""
+        return self._roaming
+
+    @property
+    def connection_views(self) -> ConnectionViews:
+        """The connection table as the policies see it (cached between ticks)."""
+        return self._views
+
+    @property
+    def ctm(self) -> CtmAgent:
+        """CONNECT_TO_ME: our asks in flight, answers to peers' asks, and their bounds."""
+        return self._ctm
+
+    @property
     def near_keeper(self) -> NearKeeper:
         """Near upkeep: the ids we heard of, the candidates we want, the brackets test."""
         return self._keeper
@@ -748,40 +544,25 @@ class OverlayNode:
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         """What we advertise: our socket's endpoints, then the newest observed public ones."""
-        observed = sorted(self._observed, key=lambda e: self._observed[e], reverse=True)
-        out = list(dict.fromkeys([*self._local_endpoints, *observed[:_OBSERVED_KEEP]]))
-        return tuple(out[:MAX_ENDPOINTS])
+        return self._roaming.endpoints()
 
     @property
     def local_endpoints(self) -> tuple[Endpoint, ...]:
         """Our own socket's endpoints, as the I/O layer told us."""
-        return self._local_endpoints
+        return self._roaming.local_endpoints
 
     def observed_endpoints(self) -> tuple[Endpoint, ...]:
         """Where peers saw us come from, newest first, minus our own socket's endpoints.
 
         More than one of them on one host means a mapping per destination (a symmetric NAT).
         """
-        local = set(self._local_endpoints)
-        observed = sorted(self._observed, key=lambda e: self._observed[e], reverse=True)
-        return tuple(e for e in observed if e not in local)
+        return self._roaming.observed_endpoints()
 
     def peer_hosts(self, peer: NodeId) -> frozenset[str]:
         """The addresses ``peer`` is known at: its direct link's path, and the public ones it
         gave us in a CONNECT_TO_ME or in its answer to ours. Not what any other message names:
         port guessing sends only here (ipop.nat.portguess)."""
-        hosts = {e.host for e in self._peer_endpoints.get(peer, ()) if not _lan_like(e.host)}
-        row = self._table.get(peer)
-        if row is not None and type(row.path) is Endpoint:
-            hosts.add(row.path.host)
-        return frozenset(hosts)
-
-    def _remember_endpoints(self, peer: NodeId, endpoints: tuple[Endpoint, ...]) -> None:
-        table = self._peer_endpoints
-        table.pop(peer, None)  # re-inserted last: the dict stays oldest-first
-        if len(table) >= _PEER_ENDPOINTS_MAX:
-            del table[next(iter(table))]
-        table[peer] = endpoints
+        return self._ctm.peer_hosts(peer)
 
     def snapshot(self) -> OverlaySnapshot:
         conns = tuple(
@@ -807,9 +588,7 @@ class OverlayNode:
         self._proven.add(peer)
         if ev.rtt_s is not None:
             self._silent_hops.measured(peer, ev.rtt_s)
-        if ev.observed is not None:
-            self._note_observed(ev.observed, now)
-            self._observed_by[peer] = ev.observed
+        self._roaming.link_up(peer, ev.observed, now)
         pend = self._attempts.linked(peer)
         was_bootstrap = self._boot.settled(ev.path)
         is_new = peer not in self._table
@@ -828,10 +607,10 @@ class OverlayNode:
         helped = self._attempts.helper_linked(peer)
         if helped is not None and is_direct(ev.path):
             self._helper_up(peer, helped, now)
-        if not self._joined and not self._join_outstanding(now):
+        if not self._joined and not self._ctm.join_outstanding(now):
             self._probe_near(now)
-        if ev.observed is not None and self._readvertise_at is not None and is_direct(ev.path):
-            self._readvertise(now, via=peer)
+        if ev.observed is not None and is_direct(ev.path):
+            self._roaming.heard_us(peer, now)
 
     def _on_link_down(self, ev: LinkDown, now: float) -> None:
         self._forget(ev.peer, now)
@@ -842,42 +621,10 @@ class OverlayNode:
             self.stats["bootstrap_failed"] += 1
         self._connect(self._attempts.path_failed(path, now), now)
 
-    def _on_observed(self, ev: ObservedEndpoint, now: float) -> None:
-        by = ev.by
-        self._hop_heard(by, now)  # from an authenticated answer of its (Resp, echo ack)
-        self._note_observed(ev.endpoint, now)
-        # A peer that sees us at our own address reached us with no NAT between (a host on
-        # our LAN): its view says nothing of our NAT's mappings. Compared with where peers
-        # outside see us it looked like a rebinding, and two hosts behind one symmetric NAT
-        # re-keyed every session at a cold start.
-        lan_view = any(ev.endpoint.host == e.host for e in self._local_endpoints)
-        before = self._observed_by.get(by) if by in self._table else None
-        if by in self._table and not lan_view:
-            self._observed_by[by] = ev.endpoint
-        if self._readvertise_at is not None:
-            self._readvertise(now, via=by)
-        elif (
-            not lan_view
-            and now >= self._rebind_ok_at
-            and (
-                (ev.rebound and not self._seen_there_by_others(ev.endpoint, by))
-                or (before is not None and before != ev.endpoint)
-            )
-        ):
-            self._nat_rebound(ev.endpoint, by, now)
-
-    def _seen_there_by_others(self, endpoint: Endpoint, by: NodeId) -> bool:
-        """Does a peer other than ``by`` already see us at ``endpoint``? Then ``by``'s first
-        word of it (a "seen" notice, an echo's answer) is no news of a rebinding, however
-        the link layer judged it from its own peers' views: at a cold start, a port-
-        restricted host that every peer saw at one mapping re-keyed all its sessions."""
-        return any(v == endpoint for k, v in self._observed_by.items() if k != by)
-
     def _on_path_changed(self, ev: LinkPathChanged, now: float) -> None:
         if ev.peer in self._table:
             self._table.add(ev.peer, ev.path, now=now)
-            if isinstance(ev.path, RelayPath):
-                self._fallbacks.done(ev.peer)
+            self._relay.path_changed(ev.peer, ev.path)
 
     def _on_link_message(self, ev: LinkMessage, now: float) -> None:
         if ev.peer not in self._table:
@@ -907,40 +654,11 @@ class OverlayNode:
     # --- overlay messages -------------------------------------------------------------------
 
     def _on_routed(self, msg: Routed, peer: NodeId, now: float) -> None:
-        if msg.hops == 0 and msg.src != peer:
-            self.drops["spoofed_src"] += 1
-            return
-        if msg.src == self.local_id:
-            self.drops["own_src_returned"] += 1
-            return
-        if msg.src not in self._table:
-            self._reverse.note(msg, peer, now)
-        self._route(msg, received=True, now=now)
-
-    def _on_relay_forward(self, msg: RelayForward, peer: NodeId, now: float) -> None:
-        refusal = forward_refusal(self._table, self.local_id, peer, msg.target)
-        if refusal is not None:
-            self.drops[refusal] += 1
-            if refusal in ("relay_no_link", "relay_target_not_direct"):
-                # Tell the origin, or its relayed link to ``target`` stays up (keyed, silent)
-                # and swallows its traffic until the link layer times it out.
-                self._send(peer, RelayRefused(msg.target).encode(), now)
-            return
-        if self._send(msg.target, RelayDeliver(peer, msg.data).encode(), now):
-            self.stats["relayed"] += 1
-            for p in (peer, msg.target):
-                row = self._table.get(p)
-                if row is not None:
-                    self._relayed_now(row, now)
-                    self._add_kind(p, ConnectionKind.RELAY, now)
-
-    def _on_relay_deliver(self, msg: RelayDeliver, peer: NodeId, now: float) -> None:
-        row = self._table.get(peer)
-        if msg.origin in (self.local_id, peer) or row is None or not row.direct:
-            self.drops["relay_bad_deliver"] += 1
-            return
-        self._hold_relay(row, now)
-        self._events.append(RelayDatagram(msg.data, RelayPath(via=peer, peer=msg.origin)))
+        verdict = self._router.decide(msg, peer, now)
+        if type(verdict) is Forward:  # the common case, kept flat
+            self._send_routed(verdict.hop, verdict.msg.encode(), now)
+        else:
+            self._apply_route(verdict, received=True, now=now)
 
     def _on_neighbours(self, msg: Neighbours, peer: NodeId, now: float) -> None:
         self._keeper.consider(msg.ids, peer, now)
@@ -952,44 +670,6 @@ class OverlayNode:
                 self.drops["neighbours_pull_too_often"] += 1
                 return
             self._send(peer, self._neighbours_message(reply_wanted=False), now)
-
-    def _hold_relay(self, row: Connection, now: float) -> None:
-        """Keep our link to a relay node while a relayed link of ours runs through it.
-
-        Why: the relay holds both its links as RELAY, but without this our end of it has no
-        reason of its own (the relay is rarely our near or far peer), so the trim policy would
-        close it after the grace period and take the relayed link (often a near one) with it.
-        The relayed link's own keepalives keep ``last_relay`` fresh.
-        """
-        self._relayed_now(row, now)
-        if ConnectionKind.RELAY not in row.kinds:
-            self._add_kind(row.peer, ConnectionKind.RELAY, now)
-
-    def _relayed_now(self, row: Connection, now: float) -> None:
-        # last_relay is not part of the row's rev: the stamp tells the views cache it moved.
-        row.last_relay = now
-        self._relay_stamp += 1
-
-    def _on_relay_refused(self, msg: RelayRefused, peer: NodeId, now: float) -> None:
-        path = RelayPath(via=peer, peer=msg.target)
-        actions = self._attempts.relay_refused(path, now)
-        if actions is not None:
-            self._connect(actions, now)
-            return
-        row = self._table.get(msg.target)
-        if row is not None and row.direct and self._fallbacks.trying(msg.target):
-            # A fallback's relay cannot reach the peer: the next one now.
-            self.stats["relay_fallback_refused"] += 1
-            self._fallback_next(msg.target, now)
-            return
-        if row is None or row.path != path:
-            self.drops["relay_refused_stale"] += 1
-            return
-        # Our link to ``target`` runs through ``peer``, which can no longer reach it: the link
-        # is dead. Drop it now; the tick repairs (a near peer is asked for again).
-        self.stats["relay_refused"] += 1
-        self._forget(msg.target, now)
-        self._links.close(msg.target, now=now)
 
     def _on_alive(self, msg: Alive, peer: NodeId, now: float) -> None:
         if msg.reply_wanted:
@@ -1004,83 +684,27 @@ class OverlayNode:
 
     # --- routing ----------------------------------------------------------------------------
 
-    def _route(self, msg: Routed, *, received: bool, now: float) -> bool:
-        if msg.via is not None and msg.via == self.local_id:
-            msg = replace(msg, flags=msg.flags & ~FLAG_VIA, via=None)
-        exclude: NodeId | None = None
-        if msg.via is not None:
-            target, exact = msg.via, True
-        else:
-            target, exact = msg.dst, msg.exact
-            if msg.flags & FLAG_EXCLUDE_SRC:
-                exclude = msg.src
-        hop = self._next_hop(target, now, exact=exact, exclude=exclude)
-        hops_so_far = msg.hops + 1 if received else 0
-        if hop is None and exact and target != self.local_id:
-            # A local minimum for an exact destination: the ring around ``target`` is still
-            # forming (a near link being set up, a relay link not up yet). A near peer that
-            # told us it holds a link to ``target`` can take it the last hop; the TTL bounds
-            # any detour this makes.
-            hop = self._hinted_hop(self._seen.get(target), now, "routed_via_informer")
-            if hop is None:
-                hop = self._reverse.hop(target, now)
-                if hop is not None and hop in self._table:
-                    self.stats["routed_via_reverse"] += 1
-                else:
-                    hop = None
-            if hop is None and not received:
-                # Our own message, and none of our peers is closer to the target than we
-                # are: a node that joined a moment ago holds one or two links, and the node
-                # that told it about the target (a DHT contact, say) is usually one of them
-                # and linked to it. Only the source detours (see _detour_hop).
-                hop = self._detour_hop(target, now)
-                if hop is not None:
-                    self.stats["routed_source_detour"] += 1
-                    if msg.via is None:
-                        msg = replace(msg, flags=msg.flags | FLAG_EXCLUDE_SRC)
-        if hop is None:
-            if (
-                msg.via is not None
-                or (exact and msg.dst != self.local_id)
-                or (exclude == self.local_id)
-            ):
-                self.drops["no_route"] += 1
-                self._pull_around(target, now)
-                return False
-            self._deliver(msg, hops_so_far, received=received, now=now)
+    def _route(self, msg: Routed, now: float) -> bool:
+        """Route one of our own messages (a peer's go through _on_routed)."""
+        return self._apply_route(self._router.decide(msg, None, now), received=False, now=now)
+
+    def _apply_route(self, verdict: Verdict, *, received: bool, now: float) -> bool:
+        """Carry out a routing verdict: send the forward, deliver, or count the drop."""
+        if type(verdict) is Forward:
+            return self._send_routed(verdict.hop, verdict.msg.encode(), now)
+        if type(verdict) is Deliver:
+            self._deliver(verdict.msg, verdict.hops, received=received, now=now)
             return True
-        if hops_so_far >= msg.ttl:
-            self.drops["ttl_expired"] += 1
-            return False
-        # The constructor, not dataclasses.replace: this runs for every forwarded message.
-        fwd = Routed(
-            msg.flags,
-            hops_so_far,
-            msg.ttl,
-            msg.kind,
-            msg.src,
-            msg.dst,
-            msg.via,
-            msg.payload,
-            msg.ts,
-            msg.sig,
-            msg.cert,
-        )
-        return self._send_routed(hop, fwd.encode(), now)
+        assert type(verdict) is Drop
+        self.drops[verdict.reason] += 1
+        if verdict.pull is not None:
+            self._pull_around(verdict.pull, now)
+        return False
 
     def _pull_around(self, target: NodeId, now: float) -> None:
-        """No hop toward ``target``: nobody we know is nearer to it than we are, yet it is not
-        ours, so our view of the ring around it misses the node that links to it (a ring
-        still forming at a cold start, where such messages died until the next gossip, up to
-        OVERLAY_GOSSIP_INTERVAL_S later). Pull the neighbour lists of our two direct peers
-        nearest it now: what they know becomes a routing hint (``_hinted_hop``) and a near
-        candidate at the next tick. At most once per OVERLAY_NEIGHBOURS_REPLY_MIN_S."""
-        if now - self._no_route_pull_at < self.config.neighbours_reply_min_s:
-            return
-        self._no_route_pull_at = now
-        peers = heapq.nsmallest(
-            2, self._table.direct_peers(), key=lambda p: (ring_distance(p, target), p)
-        )
+        """No hop toward ``target``: pull the neighbour lists of the peers
+        :meth:`Router.pull_peers` names (see there why)."""
+        peers = self._router.pull_peers(target, now)
         if not peers:
             return
         pull = self._neighbours_message(reply_wanted=True)
@@ -1094,53 +718,6 @@ class OverlayNode:
             return False
         self._silent_hops.sent(hop, now)
         return True
-
-    def _next_hop(
-        self, target: NodeId, now: float, *, exact: bool, exclude: NodeId | None = None
-    ) -> NodeId | None:
-        """Greedy next hop; a suspect one (ipop.overlay.suspect) only if no other makes
-        progress: suspicion may lengthen a route, never drop a message or loop it (every hop
-        is still strictly closer to the target)."""
-        table = self._table
-        v = next_hop_sorted(self.local_id, target, table.ring(), exact=exact, exclude=exclude)
-        if v is None:
-            return None
-        hop = table.peer_of(v)
-        silent = self._silent_hops
-        if not len(silent) or not silent.suspect(hop, now):
-            return hop
-        alt = next_hop_sorted(
-            self.local_id,
-            target,
-            table.ring(),
-            exact=exact,
-            exclude=exclude,
-            avoid=lambda x: silent.suspect(table.peer_of(x), now),
-        )
-        if alt is None:
-            self.stats["routed_via_suspect"] += 1
-            return hop
-        self.stats["routed_around_suspect"] += 1
-        return table.peer_of(alt)
-
-    def _detour_hop(self, target: NodeId, now: float) -> NodeId | None:
-        """Our peer nearest ``target`` although we are nearer: the first hop of a detour.
-
-        For our own exact message when no peer is closer to the target than we are. The
-        message must carry EXCLUDE_SRC, so that no hop hands it back to us (greedy routing
-        would: we are nearer the target than that peer); the nodes around the target hold
-        links to it.
-        """
-        return self._next_hop(target, now, exact=False, exclude=self.local_id)
-
-    def _hinted_hop(
-        self, hint: tuple[NodeId, float] | None, now: float, stat: str
-    ) -> NodeId | None:
-        """The peer a hint (peer, trusted until) names, if still trusted and linked."""
-        if hint is None or hint[1] < now or hint[0] not in self._table:
-            return None
-        self.stats[stat] += 1
-        return hint[0]
 
     def _deliver(self, msg: Routed, hops: int, *, received: bool, now: float) -> None:
         if received:
@@ -1162,198 +739,6 @@ class OverlayNode:
 
     # --- CONNECT_TO_ME ----------------------------------------------------------------------
 
-    def _send_ctm(
-        self,
-        target: NodeId,
-        purpose: Purpose,
-        *,
-        exact: bool,
-        now: float,
-        via: NodeId | None = None,
-        avoid_us: bool = False,
-    ) -> bool:
-        """Route a CONNECT_TO_ME; ``via`` (a node linked to ``target``) goes first if given.
-
-        ``avoid_us``: no hop may hand it back to us (EXCLUDE_SRC), for a roam's
-        re-advertisement, which must not come back to our dead link to ``target``.
-
-        Why ``via``: a node we should link to is usually *between* us and our current
-        neighbours, and greedy routing from us toward it stops at once (nobody we hold is
-        closer to it than we are). The node that told us about it holds a link to it.
-        """
-        if via == self.local_id or via == target:
-            via = None
-        detour = False
-        if via is not None:
-            hop = self._next_hop(via, now, exact=True)
-        else:
-            exclude = None if exact else self.local_id
-            hop = self._next_hop(target, now, exact=exact, exclude=exclude)
-            if hop is None and exact and target != self.local_id:
-                # Whoever told us about ``target`` is not linked to us (a joiner whose only
-                # links are its bootstraps, a node whose near peers all died). Without the
-                # detour such a node never reaches the neighbours it hears of, and stays off
-                # the ring for good.
-                hop = self._detour_hop(target, now)
-                detour = hop is not None
-        if hop is None:
-            self.stats["ctm_no_route"] += 1
-            return False
-        if detour:
-            self.stats["ctm_detour"] += 1
-        token = self._rng.getrandbits(32)
-        while token in self._requests:
-            token = self._rng.getrandbits(32)
-        body = ConnectToMe(token, purpose, hop, self.endpoints()).encode()
-        flags = FLAG_EXACT if exact else FLAG_EXCLUDE_SRC
-        if detour or avoid_us:
-            flags |= FLAG_EXCLUDE_SRC
-        if via is not None:
-            flags |= FLAG_VIA
-        msg = self._origin.routed(flags, self.config.ttl, KIND_CTM, target, via, body, now=now)
-        if not self._send_routed(hop, msg.encode(), now):
-            return False
-        self._requests[token] = _Request(purpose, target, now + self.config.ctm_timeout_s)
-        self.stats[f"ctm_sent_{purpose.name.lower()}"] += 1
-        return True
-
-    def _on_ctm(self, msg: Routed, now: float) -> None:
-        ctm = ConnectToMe.decode(msg.payload)
-        requester = msg.src
-        if requester == self.local_id:
-            return
-        if not self._ctm_budget.take(requester, now):
-            # Past its burst a requester gets nothing: no answer, no connect-back.
-            self.drops["ctm_rate_limited"] += 1
-            return
-        previous = self._peer_endpoints.get(requester)
-        self._remember_endpoints(requester, ctm.endpoints)
-        reply = ConnectToMeReply(ctm.token, self.endpoints(), self._neighbour_sample(requester))
-        via = ctm.reply_via if ctm.reply_via not in (self.local_id, requester) else None
-        flags = FLAG_EXACT | (FLAG_VIA if via is not None else 0)
-        out = self._origin.routed(
-            flags, self.config.ttl, KIND_CTM_REPLY, requester, via, reply.encode(), now=now
-        )
-        self._route(out, received=False, now=now)
-        remote = _purpose_kinds(ctm.purpose)
-        if requester in self._table:
-            for k in remote:
-                self._add_kind(requester, k, now, remote=True)
-            self._follow_move(requester, ctm.endpoints, previous, now)
-        else:
-            # Connect back at once: with the requester connecting to us as it reads our
-            # answer, the two attempts cross and punch through cone NATs. Relays are the
-            # requester's job, so a failure here is simply forgotten. The endpoints are only
-            # the requester's word (a member could name anybody's address): a few of them,
-            # one Init each, within the per-address budget (see _connect_back_endpoints).
-            attempt = self._attempts.start(
-                requester,
-                self._connect_back_endpoints(ctm.endpoints, now),
-                set(),
-                remote,
-                own=self.endpoints(),
-                relay_allowed=False,
-                candidates=[],
-                now=now,
-                connect_back=True,
-            )
-            self._connect(attempt, now)
-
-    def _connect_back_endpoints(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]:
-        """The endpoints of a CTM we connect back to: what _worth_trying keeps, at most one LAN
-        endpoint and connect_back_max in all, each within its address's budget, none while
-        connect_back_inflight attempts are under way."""
-        cfg = self.config
-        if self._attempts.connect_backs() >= cfg.connect_back_inflight:
-            self.drops["connect_back_busy"] += 1
-            return []
-        out = []
-        for ep in self._few(self._worth_trying(endpoints)):
-            # Addresses named by many requesters (or by one, many times) get a bounded number
-            # of handshakes from us, whoever named them.
-            if self._connect_ip_budget.take(ep.host, now):
-                out.append(ep)
-            else:
-                self.drops["connect_address_over_budget"] += 1
-        return out
-
-    def _few(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-        """At most one LAN endpoint and connect_back_max in all, public ones after the LAN one
-        (a node advertises its socket's, then up to three observed ones)."""
-        lan = [e for e in endpoints if _lan_like(e.host)][:1]
-        public = [e for e in endpoints if not _lan_like(e.host)]
-        picked = [*lan, *public][: self.config.connect_back_max]
-        self.stats["connect_endpoints_capped"] += len(endpoints) - len(picked)
-        return picked
-
-    def _worth_trying(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-        """A peer's advertised endpoints minus LAN ones that cannot be on our LAN.
-
-        Why: every node advertises its LAN endpoint first, and handshakes to another LAN's
-        private address can only time out (a third of a 1,000-node simulation's datagrams).
-        A LAN endpoint is kept when the peer's public address is ours (one NAT, one LAN), and
-        whenever we cannot tell: the peer advertised no public endpoint, or no peer has told us
-        our public address yet.
-        """
-        peer_public = {e.host for e in endpoints if not _lan_like(e.host)}
-        if not peer_public:
-            return list(endpoints)
-        ours = {e.host for e in (*self._observed, *self._local_endpoints) if not _lan_like(e.host)}
-        if not ours or peer_public & ours:
-            return list(endpoints)
-        kept = [e for e in endpoints if not _lan_like(e.host)]
-        self.stats["lan_endpoints_skipped"] += len(endpoints) - len(kept)
-        return kept
-
-    def _on_ctm_reply(self, msg: Routed, now: float) -> None:
-        rep = ConnectToMeReply.decode(msg.payload)
-        req = self._requests.pop(rep.token, None)
-        if req is None:
-            self.drops["unknown_token"] += 1
-            return
-        responder = msg.src
-        if req.purpose in (Purpose.NEAR, Purpose.SHORTCUT) and responder != req.target:
-            self.drops["ctm_wrong_responder"] += 1
-            return
-        self._remember_endpoints(responder, rep.endpoints)
-        helping = self._attempts.helping(responder, now) and req.purpose is Purpose.NEAR
-        if req.purpose is Purpose.JOIN and not self._joined:
-            self._joined = True
-            self._events.append(Joined())
-        if responder != self.local_id:
-            kinds = _purpose_kinds(req.purpose)
-            if responder in self._table:
-                for k in kinds:
-                    self._add_kind(responder, k, now)
-            else:
-                # Last resort: whoever told us about the responder holds a link to it.
-                news = self._seen.get(responder)
-                candidates = relay_candidates(
-                    self.local_id,
-                    responder,
-                    self._table.direct_peers(),
-                    rep.neighbours,
-                    fallback=None if news is None else news[0],
-                )
-                relay_allowed = req.purpose in (Purpose.JOIN, Purpose.NEAR) and not helping
-                attempt = self._attempts.start(
-                    responder,
-                    # Not charged to the addresses' buckets: we asked (one answer per request),
-                    # and a member draining a peer's bucket must not stop our own links to it.
-                    self._few(self._worth_trying(rep.endpoints)),
-                    kinds,
-                    set(),
-                    own=self.endpoints(),
-                    relay_allowed=relay_allowed,
-                    candidates=candidates,
-                    now=now,
-                )
-                self._connect(attempt, now)
-                if relay_allowed and not candidates:
-                    self._recruit_helpers(responder, rep.neighbours, now)
-        self._keeper.consider(rep.neighbours, responder, now)
-        self._update_routable(now)
-
     # --- connecting -------------------------------------------------------------------------
 
     def _connect(self, actions: Sequence[AttemptAction], now: float) -> None:
@@ -1370,25 +755,6 @@ class OverlayNode:
         row = self._table.get(peer)
         return row is not None and row.direct
 
-    def _recruit_helpers(self, target: NodeId, listed: Sequence[NodeId], now: float) -> None:
-        """Link directly to a few of ``target``'s neighbours, to relay our link to it through.
-
-        Why: a relay must hold direct links to both ends, and two near neighbours that cannot
-        link directly (symmetric vs port-restricted NAT) often share no such node, above all
-        after churn killed the ones they shared; both ends then retried the same empty
-        candidate list until the ring gave up on them (400 nodes, 30% churn, seed 3: 20
-        violations after 60 s, every one such a pair). A random few of the target's listed
-        peers are asked for a link (a NEAR CTM, direct only); whichever comes up directly is
-        the relay candidate the pending attempt lacked.
-        """
-        pool = self._attempts.helper_pool(listed, target, self._table)
-        if not pool:
-            return
-        for n in self._rng.sample(pool, min(_HELPERS_PER_ATTEMPT, len(pool))):
-            if self._send_ctm(n, Purpose.NEAR, exact=True, now=now):
-                self._attempts.helper_asked(n, target, now)
-                self.stats["relay_helpers_asked"] += 1
-
     def _helper_up(self, helper: NodeId, target: NodeId, now: float) -> None:
         """A relay helper linked directly: relay the pending attempt to ``target`` through it."""
         if target in self._table:
@@ -1402,19 +768,22 @@ class OverlayNode:
     def _ask_near(self, now: float) -> None:
         keeper = self._keeper
         for c, via in keeper.to_ask(now):
-            if self._send_ctm(c, Purpose.NEAR, exact=True, now=now, via=via):
+            if self._ctm.send(c, Purpose.NEAR, exact=True, now=now, via=via):
                 keeper.asked(c, now + self.config.ctm_timeout_s)
 
     def _probe_near(self, now: float) -> None:
         """Route a JOIN to our own address and pull neighbour lists from our near peers."""
         self._last_probe = now
-        self._send_ctm(self.local_id, Purpose.JOIN, exact=False, now=now)
+        self._ctm.send(self.local_id, Purpose.JOIN, exact=False, now=now)
         pull = self._neighbours_message(reply_wanted=True)
         for p in sorted(self._near):
             self._send(p, pull, now)
 
-    def _join_outstanding(self, now: float) -> bool:
-        return any(r.purpose is Purpose.JOIN and r.expires > now for r in self._requests.values())
+    def _on_joined(self) -> None:
+        """Our JOIN was answered (the first answer counts)."""
+        if not self._joined:
+            self._joined = True
+            self._events.append(Joined())
 
     def _refresh_near(self, now: float) -> None:
         table = self._table
@@ -1457,27 +826,17 @@ class OverlayNode:
         ids = tuple(sorted(self._near))[:MAX_NEIGHBOURS]
         return Neighbours(reply_wanted, ids).encode()
 
-    def _neighbour_sample(self, about: NodeId) -> tuple[NodeId, ...]:
-        """Our near set plus the direct peers nearest ``about``: its near and relay candidates."""
-        direct = sorted(self._table.direct_peers(), key=lambda p: (ring_distance(p, about), p))
-        out = list(dict.fromkeys([*sorted(self._near), *direct]))
-        return tuple(p for p in out if p != about)[:_NEIGHBOUR_SAMPLE]
-
     # --- the tick ---------------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
         cfg = self.config
-        if self._readvertise_at is not None and now >= self._readvertise_at:
-            # Nobody told us our new public endpoint in time: advertise what we know.
-            self._readvertise(now, via=None)
-        for tok in [t for t, r in self._requests.items() if r.expires <= now]:
-            req = self._requests.pop(tok)
-            if req.purpose is Purpose.NEAR:
-                # Unanswered: dead, or unreachable through what we know. Stop counting it as
-                # a neighbour (it would hide a live one) and do not ask again for a while.
-                # Not for long, though: one lost datagram on a multi-hop path does this too.
-                self._backoff.put(req.target, now + cfg.near_retry_s)
-                self.stats["ctm_unanswered"] += 1
+        self._roaming.tick(now)
+        for target in self._ctm.expire(now):
+            # A NEAR CTM unanswered: dead, or unreachable through what we know. Stop counting
+            # it as a neighbour (it would hide a live one) and do not ask again for a while.
+            # Not for long, though: one lost datagram on a multi-hop path does this too.
+            self._backoff.put(target, now + cfg.near_retry_s)
+            self.stats["ctm_unanswered"] += 1
         self._keeper.expire(now)
         self._backoff.expire(now)
         self._boot.expire(now)
@@ -1527,13 +886,13 @@ class OverlayNode:
 
     def _policy_view(self) -> PolicyView:
         cfg = self.config
-        pending_far = sum(1 for r in self._requests.values() if r.purpose is Purpose.FAR)
+        pending_far = self._ctm.pending(Purpose.FAR)
         pending_far += self._attempts.wanting(ConnectionKind.FAR)
         return PolicyView(
             local=self.local_id,
             joined=self._joined and cfg.far_links,
             n_estimate=estimate_size(self.local_id, self._near),
-            connections=self._connection_views(),
+            connections=self._views.current(),
             pending_far=pending_far,
             last_near_probe=self._last_probe,
             near_per_side=cfg.near_per_side,
@@ -1545,45 +904,6 @@ class OverlayNode:
             near_probe_s=cfg.near_probe_s,
         )
 
-    def _connection_views(self) -> tuple[ConnectionView, ...]:
-        """Every row's policy view, reusing last tick's where the row did not change.
-
-        Why: every node builds these every tick, and most rows change far less often; most
-        ticks nothing changed at all and the last answer is returned whole.
-        """
-        key = (self._table.stamp, self._relay_stamp)
-        whole = self._views_all
-        if whole is not None and whole[0] == key:
-            return whole[1]
-        cache = self._views
-        fresh: dict[NodeId, tuple[int, ConnectionView]] = {}
-        out = []
-        for c in self._table:
-            hit = cache.get(c.peer)
-            if hit is not None and hit[0] == c.rev and hit[1].last_relay == c.last_relay:
-                view = hit[1]
-            else:
-                view = self._view(c)
-            fresh[c.peer] = (c.rev, view)
-            out.append(view)
-        self._views = fresh
-        views = tuple(out)
-        self._views_all = (key, views)
-        return views
-
-    @staticmethod
-    def _view(c: Connection) -> ConnectionView:
-        far = ConnectionKind.FAR in c.kinds and ConnectionKind.FAR not in c.remote_kinds
-        return ConnectionView(
-            peer=c.peer,
-            kinds=frozenset(c.kinds),
-            local_far=far,
-            far_since=c.kinds.get(ConnectionKind.FAR),
-            leaf_since=c.kinds.get(ConnectionKind.LEAF),
-            last_relay=c.last_relay,
-            idle_since=c.idle_since,
-        )
-
     def _apply(self, action: Action, now: float) -> None:
         if isinstance(action, NearProbeDue):
             self._probe_near(now)
@@ -1591,7 +911,7 @@ class OverlayNode:
             target = sample_far_target(
                 self.local_id, estimate_size(self.local_id, self._near), self._rng
             )
-            self._send_ctm(target, Purpose.FAR, exact=False, now=now)
+            self._ctm.send(target, Purpose.FAR, exact=False, now=now)
         elif isinstance(action, KindExpired):
             self._drop_kind(action.peer, action.kind, now)
         elif isinstance(action, LinkUseless):
@@ -1602,21 +922,8 @@ class OverlayNode:
 
     def local_endpoints_changed(self, endpoints: Sequence[Endpoint], *, now: float) -> None:
         """Our socket's own addresses changed (the I/O layer's address watcher): we roamed.
-
-        Theory: every peer keeps sending to our old address, and a peer behind a filtering NAT
-        drops what we send from the new one until it has sent there itself. So: forget what
-        peers told us about our old public endpoint, lift backoffs earned from the old address,
-        and re-advertise our endpoints to every direct peer with a CONNECT_TO_ME
-        (:meth:`_readvertise`), which makes each punch back to our new endpoints
-        (:meth:`_follow_move` on its side). The link layer meanwhile keys every session afresh
-        from the new address (NodeCore does that); the first answer tells us our new public
-        endpoint, and the re-advertisement goes out at once, through the peer that answered,
-        or at the latest ``timing.ROAM_ADVERTISE_WAIT_S`` later with what we know.
-        """
-        self.set_local_endpoints(endpoints)
-        self._observed.clear()
-        self._observed_by.clear()
-        self._roam("local", now)
+        See :meth:`ipop.overlay.roaming.Roaming.changed`."""
+        self._roaming.changed(endpoints, now=now)
 
     def woke(self, *, now: float) -> None:
         """We did not run for a while (NodeCore saw a gap of timing.WAKE_GAP_S): peers fell
@@ -1628,79 +935,7 @@ class OverlayNode:
             if t < suspect:
                 self._heard[p] = suspect
         self._silent_hops.restart()  # the silence was ours
-        self._roam("woke", now)
-
-    def _roam(self, reason: str, now: float) -> None:
-        self.stats[f"roamed_{reason}"] += 1
-        self._roamed_at = now
-        self._rebind_ok_at = now + timing.ROAM_REBIND_MIN_S
-        self._backoff.clear()
-        self._keeper.check_due = True
-        self._readvertise_at = now + timing.ROAM_ADVERTISE_WAIT_S
-        self._events.append(Roamed(reason))
-
-    def _nat_rebound(self, seen: Endpoint, by: NodeId, now: float) -> None:
-        """``by`` now sees us at ``seen``, not where it (or, ObservedEndpoint.rebound, every
-        other peer) saw us before: our NAT gave us new mappings, and peers behind filtering
-        NATs cannot hear us any more. Every endpoint observed before is stale (a NAT that
-        rebinds one flow has usually dropped them all). Roam (NodeCore re-keys our direct
-        sessions from the new mappings), and tell the others through ``by``, which just
-        heard us."""
-        self._observed.clear()
-        self._note_observed(seen, now)
-        self._roam("rebound", now)
-        self._readvertise(now, via=by)
-
-    def _readvertise(self, now: float, *, via: NodeId | None) -> None:
-        """A CONNECT_TO_ME with our endpoints to every direct peer, ``via`` first.
-
-        Why a CTM: it is the message that already makes a peer connect to the endpoints in it,
-        and a peer behind a filtering NAT has to send to our new address before anything of
-        ours gets in. Why ``via``: a peer that has just heard us from the new address can
-        forward; our own links to filtering peers are dead until they punch back, so the CTMs
-        must not be handed back to us (EXCLUDE_SRC). Without ``via`` the most recently heard
-        peer since the roam stands in, if any.
-        """
-        self._readvertise_at = None
-        if via is None or via not in self._table:
-            heard = [(t, p) for p, t in self._heard.items() if t > self._roamed_at]
-            via = max(heard)[1] if heard else None
-        direct = [row.peer for row in self._table if is_direct(row.path)]
-        for peer in sorted(direct, key=lambda p: (p != via, p)):
-            if self._send_ctm(peer, Purpose.NEAR, exact=True, now=now, via=via, avoid_us=True):
-                self.stats["roam_ctm_sent"] += 1
-
-    def _follow_move(
-        self,
-        peer: NodeId,
-        endpoints: tuple[Endpoint, ...],
-        previous: tuple[Endpoint, ...] | None,
-        now: float,
-    ) -> None:
-        """A linked ``peer`` advertised endpoints that changed and no longer include the path
-        our link to it runs over: it roamed. Stop holding on to the old path (the link layer
-        follows its next datagram at once) and punch back to its new endpoints: behind a
-        filtering NAT nothing from its new address gets in until we have sent there.
-
-        The endpoints are the peer's own word about itself (the CTM is authenticated end to
-        end), so it can only misdirect its own link; the punches are connect-backs within the
-        usual per-address budget.
-        """
-        row = self._table.get(peer)
-        if row is None or type(row.path) is not Endpoint:
-            return
-        if row.path in endpoints or endpoints == previous:
-            return
-        self.stats["peer_moved"] += 1
-        self._links.peer_moved(peer, now=now)
-        for ep in self._connect_back_endpoints(endpoints, now):
-            self._links.connect(
-                ep,
-                now=now,
-                expected=peer,
-                retransmit=False,
-                timeout_s=self.config.connect_back_timeout_s,
-            )
+        self._roaming.roam("woke", now)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -1730,12 +965,12 @@ class OverlayNode:
         row = self._table.remove(peer)
         if row is None:
             return False
-        self._fallbacks.forget(peer)
+        self._relay.forget(peer)
         self._keeper.forget(peer)
         self._pull_budget.forget(peer)
         self._heard.pop(peer, None)
         self._silent_hops.forget(peer)
-        self._observed_by.pop(peer, None)
+        self._roaming.forget(peer)
         for kind in row.kinds:
             self._events.append(ConnectionRemoved(peer, kind))
         if ConnectionKind.NEAR in row.kinds:
@@ -1747,9 +982,3 @@ class OverlayNode:
         if not self._near:
             self._update_routable(now)
         return True
-
-    def _note_observed(self, ep: Endpoint, now: float) -> None:
-        self._observed[ep] = now
-        if len(self._observed) > 2 * _OBSERVED_KEEP:
-            oldest = min(self._observed, key=lambda e: self._observed[e])
-            del self._observed[oldest]

@@ -14,14 +14,40 @@ Rules, each with its reason:
 - A link already up whose direct path died under a roam of ours (:class:`RelayFallbacks`)
   is keyed afresh through a relay: common neighbours first, then any direct peer nearest the
   target on the ring, one at a time (a refusal moves to the next).
+
+:class:`RelayRole` is the node's part in all of this, on either side of a relayed link; its
+drop reasons are :data:`RELAY_DROPS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import collections
+from collections.abc import Callable, Collection, Sequence
+from typing import Final, Protocol
 
-from ipop.overlay.table import ConnectionTable
-from ipop.types import NodeId, ring_distance
+from ipop.errors import LocalProtocolError
+from ipop.overlay.attempts import Action as AttemptAction
+from ipop.overlay.attempts import Attempts
+from ipop.overlay.events import RelayDatagram
+from ipop.overlay.messages import RelayDeliver, RelayForward, RelayRefused
+from ipop.overlay.near import SeenIds
+from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
+from ipop.types import NodeId, Path, RelayPath, ring_distance
+
+# Every reason the relay role drops a datagram or a relay message for (in the node's drops).
+RELAY_DROPS: Final = frozenset(
+    {
+        "relay_loop",
+        "relay_origin_not_direct",
+        "relay_no_link",
+        "relay_target_not_direct",
+        "relay_via_down",
+        "relay_bad_deliver",
+        "relay_refused_stale",
+    }
+)
+# Relays a roam's fallback tries for one link (each refusal costs one round trip).
+ROAM_RELAY_TRIES = 4
 
 
 def relay_candidates(
@@ -101,3 +127,183 @@ class RelayFallbacks:
     def forget(self, peer: NodeId) -> None:
         self._left.pop(peer, None)
         self._began.pop(peer, None)
+
+
+class RelayLinks(Protocol):
+    """What the relay role needs of the link layer (:class:`ipop.overlay.node.Links` has it)."""
+
+    def connect(self, path: Path, *, now: float, expected: NodeId | None = None) -> None: ...
+
+    def close(self, peer: NodeId, *, now: float) -> None: ...
+
+
+class RelayRole:
+    """Our part in relayed links, on both sides of one (see the module docstring).
+
+    As the relay X: RELAY_FORWARD from one direct peer goes on as RELAY_DELIVER to another,
+    or is refused (RELAY_REFUSED tells the origin when the target is out of reach). As an end:
+    our link layer's datagrams for a relayed link go to X wrapped (:meth:`wrap`), what X
+    delivers comes out as :class:`RelayDatagram`, our link to X is held while traffic runs
+    through it, and a refusal moves a pending attempt or a roam's fallback on, or drops the
+    relayed link it killed. The node owns it; the callables are the node's own ways to send,
+    mark kinds, emit events, carry out attempts' actions and forget a peer.
+    """
+
+    def __init__(
+        self,
+        local_id: NodeId,
+        *,
+        table: ConnectionTable,
+        links: RelayLinks,
+        attempts: Attempts,
+        seen: SeenIds,
+        drops: collections.Counter[str],
+        stats: collections.Counter[str],
+        send: Callable[[NodeId, bytes, float], bool],
+        add_kind: Callable[[NodeId, ConnectionKind, float], None],
+        emit: Callable[[RelayDatagram], None],
+        connect: Callable[[Sequence[AttemptAction], float], None],
+        forget: Callable[[NodeId, float], bool],
+        fallback_retry_s: float,
+    ) -> None:
+        self.local_id = local_id
+        self._table = table
+        self._links = links
+        self._attempts = attempts
+        self._seen = seen
+        self._drops = drops
+        self._stats = stats
+        self._send = send
+        self._add_kind = add_kind
+        self._emit = emit
+        self._connect = connect
+        self._forget = forget
+        # Links keyed afresh through a relay after a roam left their direct path dead.
+        self._fallbacks = RelayFallbacks(fallback_retry_s)
+        # Bumped whenever a row's last_relay moves (it is not part of the row's rev): the
+        # node's policy-view cache keys on it.
+        self.stamp = 0
+
+    def forget(self, peer: NodeId) -> None:
+        """``peer``'s link is gone: no fallback for it any more."""
+        self._fallbacks.forget(peer)
+
+    def path_changed(self, peer: NodeId, path: Path) -> None:
+        """Our link to ``peer`` now runs over ``path``: a relayed one ends its fallback."""
+        if isinstance(path, RelayPath):
+            self._fallbacks.done(peer)
+
+    def wrap(self, datagram: bytes, path: RelayPath, *, now: float) -> None:
+        """Carry one of our link layer's datagrams for a relayed link to its relay node."""
+        if not isinstance(path, RelayPath):
+            raise LocalProtocolError("wrap_relay() needs a RelayPath")
+        row = self._table.get(path.via)
+        if row is None or not row.direct:
+            self._drops["relay_via_down"] += 1
+            return
+        if self._send(path.via, RelayForward(path.peer, datagram).encode(), now):
+            self._hold(row, now)
+
+    def fallback(
+        self, peer: NodeId, *, now: float, relays: Collection[NodeId] | None = None
+    ) -> bool:
+        """Key our link to ``peer`` afresh through a relay: its direct path died under a roam
+        of ours (NodeCore asks when the session heard nothing since, ROAM_RELAY_AFTER_S on).
+
+        Why: a pair that port guessing joined (a symmetric NAT facing a filtering one) cannot
+        follow a roam directly. The new mapping toward the peer is one nobody knows, so our
+        re-key never gets in, and without this the link stayed dead until the silent-neighbour
+        timer closed it (about 15 s). The link layer lets the relayed session take over a
+        direct path that carried nothing since we roamed; traffic then asks for a direct
+        shortcut anew. Relays: the node that told us of ``peer`` (it holds a link to it), then
+        our direct peers nearest ``peer`` on the ring, one at a time; only those in ``relays``
+        if given (the caller knows which ones still hear us). False if none is tried.
+        """
+        row = self._table.get(peer)
+        if row is None or not row.direct:
+            return False
+        mine = [
+            p for p in self._table.direct_peers() if p != peer and (relays is None or p in relays)
+        ]
+        if not mine:
+            return False  # nobody to try yet: no retry_s wait for a later call
+        mine.sort(key=lambda p: (ring_distance(p, peer), p))
+        news = self._seen.get(peer)
+        told = [news[0]] if news is not None and news[0] in mine else []
+        if not self._fallbacks.begin(peer, [*told, *mine[:ROAM_RELAY_TRIES]], now=now):
+            return False
+        self._stats["relay_fallbacks"] += 1
+        return self._fallback_next(peer, now)
+
+    def _fallback_next(self, peer: NodeId, now: float) -> bool:
+        while (via := self._fallbacks.next_via(peer)) is not None:
+            row = self._table.get(via)
+            if row is None or not row.direct:
+                continue
+            self._stats["relay_fallback_attempts"] += 1
+            self._links.connect(RelayPath(via=via, peer=peer), now=now, expected=peer)
+            return True
+        return False
+
+    def _hold(self, row: Connection, now: float) -> None:
+        """Keep our link to a relay node while a relayed link of ours runs through it.
+
+        Why: the relay holds both its links as RELAY, but without this our end of it has no
+        reason of its own (the relay is rarely our near or far peer), so the trim policy would
+        close it after the grace period and take the relayed link (often a near one) with it.
+        The relayed link's own keepalives keep ``last_relay`` fresh.
+        """
+        self._relayed_now(row, now)
+        if ConnectionKind.RELAY not in row.kinds:
+            self._add_kind(row.peer, ConnectionKind.RELAY, now)
+
+    def _relayed_now(self, row: Connection, now: float) -> None:
+        # last_relay is not part of the row's rev: the stamp tells the views cache it moved.
+        row.last_relay = now
+        self.stamp += 1
+
+    def on_refused(self, msg: RelayRefused, peer: NodeId, now: float) -> None:
+        path = RelayPath(via=peer, peer=msg.target)
+        actions = self._attempts.relay_refused(path, now)
+        if actions is not None:
+            self._connect(actions, now)
+            return
+        row = self._table.get(msg.target)
+        if row is not None and row.direct and self._fallbacks.trying(msg.target):
+            # A fallback's relay cannot reach the peer: the next one now.
+            self._stats["relay_fallback_refused"] += 1
+            self._fallback_next(msg.target, now)
+            return
+        if row is None or row.path != path:
+            self._drops["relay_refused_stale"] += 1
+            return
+        # Our link to ``target`` runs through ``peer``, which can no longer reach it: the link
+        # is dead. Drop it now; the tick repairs (a near peer is asked for again).
+        self._stats["relay_refused"] += 1
+        self._forget(msg.target, now)
+        self._links.close(msg.target, now=now)
+
+    def on_forward(self, msg: RelayForward, peer: NodeId, now: float) -> None:
+        refusal = forward_refusal(self._table, self.local_id, peer, msg.target)
+        if refusal is not None:
+            self._drops[refusal] += 1
+            if refusal in ("relay_no_link", "relay_target_not_direct"):
+                # Tell the origin, or its relayed link to ``target`` stays up (keyed, silent)
+                # and swallows its traffic until the link layer times it out.
+                self._send(peer, RelayRefused(msg.target).encode(), now)
+            return
+        if self._send(msg.target, RelayDeliver(peer, msg.data).encode(), now):
+            self._stats["relayed"] += 1
+            for p in (peer, msg.target):
+                row = self._table.get(p)
+                if row is not None:
+                    self._relayed_now(row, now)
+                    self._add_kind(p, ConnectionKind.RELAY, now)
+
+    def on_deliver(self, msg: RelayDeliver, peer: NodeId, now: float) -> None:
+        row = self._table.get(peer)
+        if msg.origin in (self.local_id, peer) or row is None or not row.direct:
+            self._drops["relay_bad_deliver"] += 1
+            return
+        self._hold(row, now)
+        self._emit(RelayDatagram(msg.data, RelayPath(via=peer, peer=msg.origin)))

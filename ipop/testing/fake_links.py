@@ -61,12 +61,48 @@ __all__ = [
     "LinkDown",
     "LinkMessage",
     "LinkUp",
+    "RecordingLinks",
 ]
 
 _MAGIC = b"FK"
 
 
 MODELLED_KINDS = (NatKind.NONE, NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC)
+
+
+class RecordingLinks:
+    """A link layer for one overlay node driven by hand: records what the node asks of it
+    (handshakes as (path, expected, retransmit), sends, closes, moves); every send succeeds."""
+
+    def __init__(self, local_id: NodeId) -> None:
+        self.local_id = local_id
+        self.connects: list[tuple[Path, NodeId | None, bool]] = []
+        self.sent: list[tuple[NodeId, bytes]] = []
+        self.closed: list[NodeId] = []
+        self.moved: list[NodeId] = []
+
+    def connect(
+        self,
+        path: Path,
+        *,
+        now: float,
+        expected: NodeId | None = None,
+        retransmit: bool = True,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.connects.append((path, expected, retransmit))
+
+    def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
+        self.sent.append((peer, payload))
+
+    def close(self, peer: NodeId, *, now: float) -> None:
+        self.closed.append(peer)
+
+    def is_up(self, peer: NodeId) -> bool:
+        return True
+
+    def peer_moved(self, peer: NodeId, *, now: float) -> None:
+        self.moved.append(peer)
 
 
 def fake_certificate(node_id: NodeId) -> NodeCertificate:

@@ -353,17 +353,17 @@ def test_lan_endpoints_of_another_lan_are_not_tried() -> None:
     node = _silent_node(me, cfg)
     far_lan, far_pub = Endpoint("198.18.7.2", 5800), Endpoint("203.0.113.9", 40000)
     # Before anyone told us our public address we cannot tell: everything is kept.
-    assert node._worth_trying([far_lan, far_pub]) == [far_lan, far_pub]
+    assert node.ctm.worth_trying([far_lan, far_pub]) == [far_lan, far_pub]
     node.on_link_event(ObservedEndpoint(Endpoint("198.51.100.4", 1234), NodeId(7)), now=0.0)
-    assert node._worth_trying([far_lan, far_pub]) == [far_pub]
+    assert node.ctm.worth_trying([far_lan, far_pub]) == [far_pub]
     assert node.stats["lan_endpoints_skipped"] == 1
     # Behind our own NAT (same public address): the LAN endpoint is the way in.
     near_lan, near_pub = Endpoint("198.18.0.3", 5800), Endpoint("198.51.100.4", 999)
-    assert node._worth_trying([near_lan, near_pub]) == [near_lan, near_pub]
+    assert node.ctm.worth_trying([near_lan, near_pub]) == [near_lan, near_pub]
     # Only LAN endpoints known, or loopback labs: nothing else to try, all kept.
-    assert node._worth_trying([far_lan]) == [far_lan]
+    assert node.ctm.worth_trying([far_lan]) == [far_lan]
     loop = [Endpoint("127.0.0.1", 5801)]
-    assert node._worth_trying(loop) == loop
+    assert node.ctm.worth_trying(loop) == loop
 
 
 @functools.lru_cache(maxsize=1)
@@ -696,7 +696,7 @@ def test_near_peer_with_no_common_relay_gets_one_through_a_recruited_helper() ->
     listed = [NodeId(1100 + i) for i in range(6)]
     links = _StubLinks(a)
     node = _node_with(links, {far: Endpoint("198.51.100.2", 5800)})
-    node._send_ctm(t, Purpose.NEAR, exact=True, now=2.0)
+    node.ctm.send(t, Purpose.NEAR, exact=True, now=2.0)
     (ctm,) = _ctms_to(links, t)
     _reply(node, far, t, ctm.token, listed)
     # No relay candidate in T's answer: helpers are asked (a few, not all).

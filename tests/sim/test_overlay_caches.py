@@ -81,8 +81,8 @@ def check_all(world: FakeLinkWorld, seen: dict[str, int]) -> None:
         want = brackets_from_scratch(keeper, world.now)
         assert keeper.brackets_linked(world.now) is want, n.short()
         seen[str(want)] += 1
-        fresh = tuple(node._view(c) for c in node._table)
-        assert node._connection_views() == fresh, n.short()
+        views = node.connection_views
+        assert views.current() == views.from_scratch(), n.short()
         # The informer index agrees with the news itself.
         for informer in {i for _, (i, _) in keeper.seen.items()}:
             told = {c for c, (i, _) in keeper.seen.items() if i == informer}

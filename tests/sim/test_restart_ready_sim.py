@@ -217,9 +217,9 @@ def test_the_dht_joins_through_links_while_the_overlay_join_is_unanswered() -> N
             newcomer = _node_at(hosts[7], identity, hosts[0], 33)
             nodes.append(newcomer)
             # Its JOIN is lost for good (as if routed into a paused node).
-            overlay = newcomer.core.overlay
-            send_ctm = overlay._send_ctm
-            overlay._send_ctm = lambda target, purpose, **kw: (  # type: ignore[method-assign]
+            ctm = newcomer.core.overlay.ctm
+            send_ctm = ctm.send
+            ctm.send = lambda target, purpose, **kw: (  # type: ignore[method-assign]
                 purpose is not Purpose.JOIN and send_ctm(target, purpose, **kw)
             )
             t0 = loop.time()

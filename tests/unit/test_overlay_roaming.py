@@ -8,21 +8,26 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import pytest
+
+from ipop import timing
+from ipop.errors import LocalProtocolError
 from ipop.link.events import LinkMessage, LinkUp, ObservedEndpoint
 from ipop.overlay.events import Roamed
 from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
     KIND_CTM,
+    MAX_ENDPOINTS,
     ConnectToMe,
     Purpose,
     Routed,
     decode_message,
 )
 from ipop.overlay.node import OverlayConfig, OverlayNode
-from ipop.testing.fake_links import fake_certificate
+from ipop.testing.fake_links import RecordingLinks, fake_certificate
 from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
-from ipop.types import Endpoint, NodeId, Path
+from ipop.types import Endpoint, NodeId
 
 ME = NodeId(1 << 150)
 P, B = NodeId(3 << 150), NodeId(5 << 150)
@@ -31,38 +36,8 @@ OLD, NEW = Endpoint("198.18.0.2", 5800), Endpoint("198.18.0.9", 5800)
 KEYRING = FakeKeyring()
 
 
-class _Links:
-    def __init__(self, local_id: NodeId) -> None:
-        self.local_id = local_id
-        self.connects: list[tuple[Path, NodeId | None, bool]] = []
-        self.sent: list[tuple[NodeId, bytes]] = []
-        self.moved: list[NodeId] = []
-
-    def connect(
-        self,
-        path: Path,
-        *,
-        now: float,
-        expected: NodeId | None = None,
-        retransmit: bool = True,
-        timeout_s: float | None = None,
-    ) -> None:
-        self.connects.append((path, expected, retransmit))
-
-    def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
-        self.sent.append((peer, payload))
-
-    def close(self, peer: NodeId, *, now: float) -> None: ...
-
-    def is_up(self, peer: NodeId) -> bool:
-        return True
-
-    def peer_moved(self, peer: NodeId, *, now: float) -> None:
-        self.moved.append(peer)
-
-
-def _node() -> tuple[OverlayNode, _Links]:
-    links = _Links(ME)
+def _node() -> tuple[OverlayNode, RecordingLinks]:
+    links = RecordingLinks(ME)
     cfg = OverlayConfig(local_endpoints=(OLD,), far_links=False)
     node = OverlayNode(
         ME, links, rng=random.Random(1), config=cfg, bootstrap=[], origin=FakeOrigin(ME, KEYRING)
@@ -78,7 +53,7 @@ def _node() -> tuple[OverlayNode, _Links]:
     return node, links
 
 
-def _ctms(links: _Links) -> list[tuple[NodeId, Routed, ConnectToMe]]:
+def _ctms(links: RecordingLinks) -> list[tuple[NodeId, Routed, ConnectToMe]]:
     out = []
     for peer, data in links.sent:
         msg = decode_message(data)
@@ -180,3 +155,55 @@ def test_a_linked_peer_that_moved_is_followed_once() -> None:
     _ctm_from(node, B, (b_new,), now=7.0)  # the same news again: nothing more
     assert links.moved == [B] and len(links.connects) == 1
     assert node.stats["peer_moved"] == 1
+
+
+# --- the Roaming object's own interface (node.roaming) -----------------------------------------
+
+
+def test_we_advertise_our_socket_then_the_three_newest_observed_endpoints() -> None:
+    node, _ = _node()
+    roaming = node.roaming
+    # P's handshake saw us at 203.0.113.50:1024.
+    assert roaming.endpoints() == (OLD, Endpoint("203.0.113.50", 1024))
+    seen = [Endpoint("203.0.113.50", 2000 + i) for i in range(8)]
+    for i, ep in enumerate(seen):
+        roaming.note_observed(ep, 2.0 + i)
+    assert roaming.endpoints() == (OLD, seen[7], seen[6], seen[5])
+    # At most 2 * 3 observed ones are remembered, newest first.
+    assert roaming.observed_endpoints() == tuple(reversed(seen[2:]))
+    assert set(roaming.known()) == {OLD, *seen[2:]}
+    assert node.endpoints() == roaming.endpoints()
+    roaming.forget_observed()
+    assert roaming.endpoints() == (OLD,) and roaming.observed_endpoints() == ()
+
+
+def test_our_own_socket_endpoints_are_bounded_and_never_listed_as_observed() -> None:
+    node, _ = _node()
+    roaming = node.roaming
+    roaming.note_observed(OLD, 2.0)  # a peer on our LAN sees us at our own address
+    assert OLD not in roaming.observed_endpoints()
+    roaming.set_local([NEW])
+    assert node.local_endpoints == roaming.local_endpoints == (NEW,)
+    with pytest.raises(LocalProtocolError):
+        roaming.set_local([Endpoint("198.18.0.2", 6000 + i) for i in range(MAX_ENDPOINTS + 1)])
+
+
+def test_a_roam_readvertises_at_its_deadline_or_through_the_first_peer_that_hears_us() -> None:
+    node, links = _node()
+    roaming = node.roaming
+    roaming.heard_us(P, 5.0)  # nothing pending: nothing sent
+    roaming.tick(5.0)
+    assert _ctms(links) == []
+    roaming.roam("woke", 10.0)
+    assert Roamed("woke") in _events(node) and node.stats["roamed_woke"] == 1
+    roaming.tick(10.0 + timing.ROAM_ADVERTISE_WAIT_S - 0.01)
+    assert _ctms(links) == []
+    roaming.tick(10.0 + timing.ROAM_ADVERTISE_WAIT_S)
+    assert {m.dst for _, m, _ in _ctms(links)} == {P, B}
+    links.sent.clear()
+    roaming.roam("local", 20.0)
+    roaming.heard_us(B, 20.1)
+    assert [(peer, m.dst) for peer, m, _ in _ctms(links)] == [(B, B), (B, P)]
+    links.sent.clear()
+    roaming.tick(30.0)  # sent already: the deadline is gone
+    assert _ctms(links) == []

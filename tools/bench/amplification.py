@@ -199,20 +199,20 @@ def build(*, a_linked_to_v: bool) -> tuple[Wire, NodeCore, NodeCore, NodeCore]:
 
 def _ctm_third_parties(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
     """A routes a CONNECT_TO_ME to V naming 8 third-party endpoints as its own."""
-    a.overlay._local_endpoints = VICTIMS
-    a.overlay._observed.clear()
-    a.overlay._send_ctm(v.local_id, Purpose.SHORTCUT, exact=True, now=wire.now)
-    a.overlay._local_endpoints = (A_EP,)
+    a.overlay.set_local_endpoints(VICTIMS)
+    a.overlay.roaming.forget_observed()
+    a.overlay.ctm.send(v.local_id, Purpose.SHORTCUT, exact=True, now=wire.now)
+    a.overlay.set_local_endpoints((A_EP,))
 
 
 def _ctm_reply_third_parties(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
     """V asks A for a shortcut; A answers naming 8 third-party endpoints as its own."""
-    a.overlay._local_endpoints = VICTIMS
-    a.overlay._observed.clear()
+    a.overlay.set_local_endpoints(VICTIMS)
+    a.overlay.roaming.forget_observed()
     v.overlay.request_shortcut(a.local_id, now=wire.now)
     v.flush(now=wire.now)
     wire.pump()  # the CTM there, the answer back
-    a.overlay._local_endpoints = (A_EP,)
+    a.overlay.set_local_endpoints((A_EP,))
 
 
 def _neighbours_pull(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
@@ -253,7 +253,7 @@ def _hello(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
     answer wanted) naming third parties as its endpoints: V's openers would go there."""
     from ipop.nat.portguess import FLAG_ANSWER, _encode_hello
 
-    v.overlay._note_observed(Endpoint(V_EP.host, 40000), wire.now)
+    v.overlay.roaming.note_observed(Endpoint(V_EP.host, 40000), wire.now)
     hello = _encode_hello(FLAG_ANSWER, VICTIMS[:4])
     a.overlay.send_direct(v.local_id, KIND_BIRTHDAY, hello, now=wire.now)
 

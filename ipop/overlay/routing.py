@@ -1,0 +1,253 @@
+"""Routing decisions (sans-IO): where one routed message goes next, and why not.
+
+:class:`Router` owns the choice for a routed message, ours or one a peer handed us, and
+answers with a verdict: :class:`Forward` (the hop and the message as it leaves, its hop count
+raised), :class:`Deliver` (it is ours, or ours to settle as the closest node) or
+:class:`Drop` (a reason from :data:`ROUTE_DROPS`). It sends nothing and emits nothing: the
+overlay node applies the verdict (sends the forward, counts the drop, delivers the message).
+It counts only the facts of how it chose a hop (``routed_*`` in the stats counter it is given).
+
+The rules (DESIGN.md §5; the node's theory of operation tells why):
+
+- Greedy over every up link (:func:`ipop.overlay.ring.next_hop_sorted`): strictly closer at
+  each hop, so a message cannot loop. Exact delivery drops at a local minimum (``no_route``),
+  closest delivery delivers there.
+- A suspect next hop (:mod:`ipop.overlay.suspect`) is skipped when another one makes
+  progress, and used when none does: suspicion may lengthen a route, never drop or loop it.
+- At a local minimum an exact message may take one detour, bounded by its TTL: to the peer
+  that told us it holds a link to the target (:class:`ipop.overlay.near.SeenIds`), else back
+  the way the target's own last routed message came (:class:`ipop.overlay.hints.ReverseHints`,
+  owned here), else, at the message's source only, to our peer nearest the target with
+  EXCLUDE_SRC set so that no hop hands it back to us.
+- A message a peer hands us with ``hops == 0`` must come from its source (``spoofed_src``),
+  and one of ours that comes back is dropped (``own_src_returned``).
+
+The forward path runs for every routed message a node carries, so :meth:`Router.decide` keeps
+it flat: one greedy lookup and the one :class:`Forward` it returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Final
+
+from ipop.overlay.hints import ReverseHints
+from ipop.overlay.messages import FLAG_EXCLUDE_SRC, FLAG_VIA, Routed
+from ipop.overlay.near import SeenIds
+from ipop.overlay.ring import next_hop_sorted
+from ipop.overlay.suspect import SilentHops
+from ipop.overlay.table import ConnectionTable
+from ipop.types import NodeId, ring_distance
+
+__all__ = ["ROUTE_DROPS", "Deliver", "Drop", "Forward", "Router", "Verdict"]
+
+# Every reason a routing decision drops a message for (counted by the node in ``drops``).
+ROUTE_DROPS: Final = frozenset({"spoofed_src", "own_src_returned", "no_route", "ttl_expired"})
+
+_INF = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send ``msg`` (its hop count already raised) to the linked peer ``hop``."""
+
+    hop: NodeId
+    msg: Routed
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """``msg`` ends here, after ``hops`` links (0: our own message, delivered to ourselves)."""
+
+    msg: Routed
+    hops: int
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """``msg`` goes no further, for ``reason`` (one of :data:`ROUTE_DROPS`).
+
+    ``pull``: for ``no_route``, the target whose part of the ring we should pull neighbour
+    lists around (:meth:`Router.pull_peers`).
+    """
+
+    reason: str
+    pull: NodeId | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason not in ROUTE_DROPS:
+            raise ValueError(f"not a routing drop reason: {self.reason!r}")
+
+
+Verdict = Forward | Deliver | Drop
+
+
+class Router:
+    """The routing decision over a node's table; see the module docstring.
+
+    Reads the node's connection table, silent hops and ids heard of; owns the reverse-path
+    hints and the rate of no-route pulls.
+    """
+
+    def __init__(
+        self,
+        local_id: NodeId,
+        *,
+        table: ConnectionTable,
+        silent: SilentHops,
+        seen: SeenIds,
+        check: Callable[[Routed, float], str | None],
+        stats: collections.Counter[str],
+        pull_min_s: float,
+    ) -> None:
+        self.local_id = local_id
+        self._table = table
+        self._silent = silent
+        self._seen = seen
+        self._stats = stats
+        self._pull_min_s = pull_min_s
+        # Source of a routed message we do not hold a link to -> the peer that handed it to us
+        # (for answers at a local minimum, see decide).
+        self._reverse = ReverseHints(check)
+        self._no_route_pull_at = -_INF  # see pull_peers
+
+    @property
+    def reverse(self) -> ReverseHints:
+        """The reverse-path hints, noted from messages handed to us."""
+        return self._reverse
+
+    def decide(self, msg: Routed, frm: NodeId | None, now: float) -> Verdict:
+        """Where ``msg`` goes: handed to us by the peer ``frm``, or ours (``frm`` None)."""
+        received = frm is not None
+        if frm is not None:
+            if msg.hops == 0 and msg.src != frm:
+                return Drop("spoofed_src")
+            if msg.src == self.local_id:
+                return Drop("own_src_returned")
+            if msg.src not in self._table:
+                self._reverse.note(msg, frm, now)
+        if msg.via is not None and msg.via == self.local_id:
+            msg = replace(msg, flags=msg.flags & ~FLAG_VIA, via=None)
+        exclude: NodeId | None = None
+        if msg.via is not None:
+            target, exact = msg.via, True
+        else:
+            target, exact = msg.dst, msg.exact
+            if msg.flags & FLAG_EXCLUDE_SRC:
+                exclude = msg.src
+        hop = self.next_hop(target, now, exact=exact, exclude=exclude)
+        hops_so_far = msg.hops + 1 if received else 0
+        if hop is None and exact and target != self.local_id:
+            # A local minimum for an exact destination: the ring around ``target`` is still
+            # forming (a near link being set up, a relay link not up yet). A near peer that
+            # told us it holds a link to ``target`` can take it the last hop; the TTL bounds
+            # any detour this makes.
+            hop = self._hinted_hop(self._seen.get(target), now, "routed_via_informer")
+            if hop is None:
+                hop = self._reverse.hop(target, now)
+                if hop is not None and hop in self._table:
+                    self._stats["routed_via_reverse"] += 1
+                else:
+                    hop = None
+            if hop is None and not received:
+                # Our own message, and none of our peers is closer to the target than we
+                # are: a node that joined a moment ago holds one or two links, and the node
+                # that told it about the target (a DHT contact, say) is usually one of them
+                # and linked to it. Only the source detours (see detour_hop).
+                hop = self.detour_hop(target, now)
+                if hop is not None:
+                    self._stats["routed_source_detour"] += 1
+                    if msg.via is None:
+                        msg = replace(msg, flags=msg.flags | FLAG_EXCLUDE_SRC)
+        if hop is None:
+            if (
+                msg.via is not None
+                or (exact and msg.dst != self.local_id)
+                or (exclude == self.local_id)
+            ):
+                return Drop("no_route", target)
+            return Deliver(msg, hops_so_far)
+        if hops_so_far >= msg.ttl:
+            return Drop("ttl_expired")
+        # The constructor, not dataclasses.replace: this runs for every forwarded message.
+        fwd = Routed(
+            msg.flags,
+            hops_so_far,
+            msg.ttl,
+            msg.kind,
+            msg.src,
+            msg.dst,
+            msg.via,
+            msg.payload,
+            msg.ts,
+            msg.sig,
+            msg.cert,
+        )
+        return Forward(hop, fwd)
+
+    def next_hop(
+        self, target: NodeId, now: float, *, exact: bool, exclude: NodeId | None = None
+    ) -> NodeId | None:
+        """Greedy next hop; a suspect one (ipop.overlay.suspect) only if no other makes
+        progress: suspicion may lengthen a route, never drop a message or loop it (every hop
+        is still strictly closer to the target)."""
+        table = self._table
+        v = next_hop_sorted(self.local_id, target, table.ring(), exact=exact, exclude=exclude)
+        if v is None:
+            return None
+        hop = table.peer_of(v)
+        silent = self._silent
+        if not len(silent) or not silent.suspect(hop, now):
+            return hop
+        alt = next_hop_sorted(
+            self.local_id,
+            target,
+            table.ring(),
+            exact=exact,
+            exclude=exclude,
+            avoid=lambda x: silent.suspect(table.peer_of(x), now),
+        )
+        if alt is None:
+            self._stats["routed_via_suspect"] += 1
+            return hop
+        self._stats["routed_around_suspect"] += 1
+        return table.peer_of(alt)
+
+    def detour_hop(self, target: NodeId, now: float) -> NodeId | None:
+        """Our peer nearest ``target`` although we are nearer: the first hop of a detour.
+
+        For our own exact message when no peer is closer to the target than we are. The
+        message must carry EXCLUDE_SRC, so that no hop hands it back to us (greedy routing
+        would: we are nearer the target than that peer); the nodes around the target hold
+        links to it.
+        """
+        return self.next_hop(target, now, exact=False, exclude=self.local_id)
+
+    def _hinted_hop(
+        self, hint: tuple[NodeId, float] | None, now: float, stat: str
+    ) -> NodeId | None:
+        """The peer a hint (peer, trusted until) names, if still trusted and linked."""
+        if hint is None or hint[1] < now or hint[0] not in self._table:
+            return None
+        self._stats[stat] += 1
+        return hint[0]
+
+    def pull_peers(self, target: NodeId, now: float) -> list[NodeId]:
+        """Whom to pull neighbour lists from after a ``no_route`` toward ``target``.
+
+        No hop toward ``target``: nobody we know is nearer to it than we are, yet it is not
+        ours, so our view of the ring around it misses the node that links to it (a ring
+        still forming at a cold start, where such messages died until the next gossip, up to
+        OVERLAY_GOSSIP_INTERVAL_S later). Our two direct peers nearest it: what they know
+        becomes a routing hint (the informer hop above) and a near candidate at the next
+        tick. Nobody more often than once per ``pull_min_s``.
+        """
+        if now - self._no_route_pull_at < self._pull_min_s:
+            return []
+        self._no_route_pull_at = now
+        return heapq.nsmallest(
+            2, self._table.direct_peers(), key=lambda p: (ring_distance(p, target), p)
+        )
