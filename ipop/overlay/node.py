@@ -359,6 +359,7 @@ class OverlayNode:
             connect=self._connect,
             forget=self._forget,
             fallback_retry_s=timing.ROAM_RELAY_RETRY_S,
+            silent=self._silent_hops,
         )
         # The table as the policies see it, cached between ticks (ipop.overlay.views).
         self._views = ConnectionViews(self._table, relay_stamp=lambda: self._relay.stamp)

@@ -14,6 +14,11 @@ Rules, each with its reason:
 - A link already up whose direct path died under a roam of ours (:class:`RelayFallbacks`)
   is keyed afresh through a relay: common neighbours first, then any direct peer nearest the
   target on the ring, one at a time (a refusal moves to the next).
+- A relayed link whose relay falls silent (it died without a word) moves to another relay
+  the same way (:meth:`RelayRole.wrap`): what we wrap for X counts as traffic routed into X
+  for :class:`ipop.overlay.suspect.SilentHops`, which probes X and finds it suspect within a
+  few of its round trips. Before, the pair waited for the silent-neighbour timer or the link
+  timeout (about 15 s) to close the dead relayed link.
 
 :class:`RelayRole` is the node's part in all of this, on either side of a relayed link; its
 drop reasons are :data:`RELAY_DROPS`.
@@ -31,6 +36,7 @@ from ipop.overlay.attempts import Attempts
 from ipop.overlay.events import RelayDatagram
 from ipop.overlay.messages import RelayDeliver, RelayForward, RelayRefused
 from ipop.overlay.near import SeenIds
+from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
 from ipop.types import NodeId, Path, RelayPath, ring_distance
 
@@ -165,6 +171,7 @@ class RelayRole:
         connect: Callable[[Sequence[AttemptAction], float], None],
         forget: Callable[[NodeId, float], bool],
         fallback_retry_s: float,
+        silent: SilentHops,
     ) -> None:
         self.local_id = local_id
         self._table = table
@@ -178,8 +185,10 @@ class RelayRole:
         self._emit = emit
         self._connect = connect
         self._forget = forget
-        # Links keyed afresh through a relay after a roam left their direct path dead.
+        # Links keyed afresh through a relay after a roam left their direct path dead, or
+        # through another relay after theirs fell silent.
         self._fallbacks = RelayFallbacks(fallback_retry_s)
+        self._silent = silent
         # Bumped whenever a row's last_relay moves (it is not part of the row's rev): the
         # node's policy-view cache keys on it.
         self.stamp = 0
@@ -201,8 +210,25 @@ class RelayRole:
         if row is None or not row.direct:
             self._drops["relay_via_down"] += 1
             return
-        if self._send(path.via, RelayForward(path.peer, datagram).encode(), now):
+        via = path.via
+        if self._send(via, RelayForward(path.peer, datagram).encode(), now):
             self._hold(row, now)
+            silent = self._silent
+            silent.sent(via, now)
+            if silent.suspect(via, now):
+                self._failover(path.peer, via, now)
+
+    def _failover(self, peer: NodeId, dead: NodeId, now: float) -> None:
+        """``peer``'s relayed link runs through ``dead``, which answers nothing any more: key
+        it through another relay (as :meth:`fallback` picks them, none that is suspect too),
+        at most once per retry interval. The link layer moves a relayed session to the relay
+        whose handshake completed last (:func:`ipop.link.paths.better_path`)."""
+        if peer not in self._table or self._fallbacks.trying(peer):
+            return
+        silent = self._silent
+        if self._begin(peer, lambda p: p != dead and not silent.suspect(p, now), now):
+            self._stats["relay_failovers"] += 1
+            self._fallback_next(peer, now)
 
     def fallback(
         self, peer: NodeId, *, now: float, relays: Collection[NodeId] | None = None
@@ -222,18 +248,22 @@ class RelayRole:
         row = self._table.get(peer)
         if row is None or not row.direct:
             return False
-        mine = [
-            p for p in self._table.direct_peers() if p != peer and (relays is None or p in relays)
-        ]
-        if not mine:
-            return False  # nobody to try yet: no retry_s wait for a later call
-        mine.sort(key=lambda p: (ring_distance(p, peer), p))
-        news = self._seen.get(peer)
-        told = [news[0]] if news is not None and news[0] in mine else []
-        if not self._fallbacks.begin(peer, [*told, *mine[:ROAM_RELAY_TRIES]], now=now):
+        if not self._begin(peer, lambda p: relays is None or p in relays, now):
             return False
         self._stats["relay_fallbacks"] += 1
         return self._fallback_next(peer, now)
+
+    def _begin(self, peer: NodeId, usable: Callable[[NodeId], bool], now: float) -> bool:
+        """Start keying ``peer`` through relays: the node that told us of it (it holds a link
+        to it), then our usable direct peers nearest it on the ring. False if none is usable
+        (no retry_s wait for a later call) or one began within retry_s."""
+        mine = [p for p in self._table.direct_peers() if p != peer and usable(p)]
+        if not mine:
+            return False
+        mine.sort(key=lambda p: (ring_distance(p, peer), p))
+        news = self._seen.get(peer)
+        told = [news[0]] if news is not None and news[0] in mine else []
+        return self._fallbacks.begin(peer, [*told, *mine[:ROAM_RELAY_TRIES]], now=now)
 
     def _fallback_next(self, peer: NodeId, now: float) -> bool:
         while (via := self._fallbacks.next_via(peer)) is not None:

@@ -1,6 +1,6 @@
 """The relay role (ipop.overlay.relay.RelayRole) on its own, without an overlay node: relaying
 between two direct peers, each refusal, wrapping and delivering datagrams, refusals of our
-relayed links, and a roam's fallback through relays."""
+relayed links, and a roam's fallback through relays, and a failover when the relay falls silent."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ipop.overlay.events import RelayDatagram
 from ipop.overlay.messages import RelayDeliver, RelayForward, RelayRefused, decode_message
 from ipop.overlay.near import SeenIds
 from ipop.overlay.relay import RELAY_DROPS, RelayRole
+from ipop.overlay.suspect import SUSPECT_RTOS, SilentHops
 from ipop.overlay.table import ConnectionKind, ConnectionTable
 from ipop.types import Endpoint, NodeId, Path, RelayPath
 
@@ -48,6 +49,7 @@ class World:
         self.events: list[RelayDatagram] = []
         self.forgotten: list[NodeId] = []
         self.actions: list[Action] = []
+        self.silent = SilentHops(rto_min_s=0.2, rto_max_s=1.0, rto_initial_s=0.5)
         attempts = Attempts(
             L,
             direct=lambda p: (row := self.table.get(p)) is not None and row.direct,
@@ -73,6 +75,7 @@ class World:
             connect=lambda actions, now: self.actions.extend(actions),
             forget=self.forget,
             fallback_retry_s=10.0,
+            silent=self.silent,
         )
 
     def send(self, peer: NodeId, data: bytes, now: float) -> bool:
@@ -186,3 +189,25 @@ def test_no_fallback_without_a_direct_link_or_a_relay_to_try() -> None:
     assert not w.role.fallback(C, now=1.0)  # not direct
     assert not w.role.fallback(A, now=1.0)  # nobody else to relay through
     assert not w.links.connected
+
+
+def test_a_relay_that_falls_silent_hands_its_relayed_link_to_another_relay() -> None:
+    w = World(direct=(A, B, C), relayed={D: A})
+    path = RelayPath(via=A, peer=D)
+    w.role.wrap(b"first", path, now=0.0)  # an episode starts: we wait to hear from A
+    assert w.links.connected == []
+    late = SUSPECT_RTOS * w.silent.rto(A)
+    w.role.wrap(b"meanwhile", path, now=late / 2)
+    assert w.links.connected == []  # not suspect yet
+    w.role.wrap(b"still nothing", path, now=late)
+    # Another relay, the direct peer nearest D first; never A, which fell silent.
+    assert w.links.connected == [(RelayPath(via=C, peer=D), D)]
+    assert w.stats["relay_failovers"] == 1
+    w.role.wrap(b"again", path, now=late + 0.1)
+    assert len(w.links.connected) == 1  # one failover at a time
+    # A relay that answers never causes one.
+    w2 = World(direct=(A, B, C), relayed={D: A})
+    w2.role.wrap(b"first", path, now=0.0)
+    w2.silent.heard(A, 0.1)
+    w2.role.wrap(b"later", path, now=late)
+    assert w2.links.connected == []
