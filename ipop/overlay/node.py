@@ -460,7 +460,12 @@ class OverlayNode:
             raise LocalProtocolError("shortcut to ourselves")
         if peer in self._table:
             self._add_kind(peer, ConnectionKind.SHORTCUT, now)
-        elif peer not in self._attempts:
+        elif (att := self._attempts.get(peer)) is not None:
+            # An attempt for another reason (a far link) is under way: the link it brings up
+            # is our shortcut too. Dropped, the request was lost: traffic (which asks once)
+            # ran over a far link that the trim policy may take away.
+            att.kinds.add(ConnectionKind.SHORTCUT)
+        else:
             self._ctm.send(peer, Purpose.SHORTCUT, exact=True, now=now)
 
     def relay_fallback(

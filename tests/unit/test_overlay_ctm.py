@@ -21,6 +21,7 @@ from ipop.overlay.messages import (
     decode_message,
 )
 from ipop.overlay.node import OverlayConfig, OverlayNode
+from ipop.overlay.table import ConnectionKind
 from ipop.testing.fake_links import RecordingLinks, fake_certificate
 from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
 from ipop.types import Endpoint, NodeId
@@ -148,3 +149,17 @@ def _reply_from(src: NodeId, reply: ConnectToMeReply) -> Routed:
     return FakeOrigin(src, KEYRING).routed(
         FLAG_EXACT, 64, KIND_CTM_REPLY, ME, None, reply.encode(), now=3.0
     )
+
+
+def test_a_shortcut_asked_while_a_far_attempt_is_under_way_is_on_the_link_it_brings() -> None:
+    node, links = _node()
+    ctm = node.ctm
+    ctm.send(TARGET, Purpose.FAR, exact=True, now=3.0)
+    ((_, _, body),) = _sent_ctms(links)
+    ep = Endpoint("203.0.113.61", 41000)
+    ctm.on_reply(_reply_from(TARGET, ConnectToMeReply(body.token, (ep,), ())), 3.1)
+    node.request_shortcut(TARGET, now=3.2)  # traffic asks once, while the far attempt runs
+    node.on_link_event(LinkUp(TARGET, fake_certificate(TARGET), ep, None), now=3.3)
+    (row,) = [c for c in node.snapshot().connections if c.peer == TARGET]
+    # Before: the request was dropped and the link came up as FAR only.
+    assert ConnectionKind.SHORTCUT in row.kinds and ConnectionKind.FAR in row.kinds
