@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from ipop.errors import LocalProtocolError
 from ipop.vnet.arp import VIRTUAL_MAC
@@ -60,6 +60,7 @@ __all__ = [
     "BOOTREPLY",
     "BOOTREQUEST",
     "CLIENT_PORT",
+    "DROP_REASONS",
     "SERVER_PORT",
     "AddressDeclined",
     "AddressReleased",
@@ -76,6 +77,34 @@ __all__ = [
 
 SERVER_PORT = 67
 CLIENT_PORT = 68
+
+# Every reason DhcpServer.drops counts under: parse_dhcp's and handle_frame's PacketError
+# reasons, then the server's own refusals. (A frame that is not IPv4/UDP at all is counted
+# under ipop.vnet.packet's reasons: "eth_short", "ipv4_bad_checksum", ...)
+DROP_REASONS: Final = frozenset(
+    {
+        # parse_dhcp, handle_frame
+        "dhcp_short",
+        "dhcp_bad_magic",
+        "dhcp_bad_op",
+        "dhcp_bad_hw",
+        "dhcp_bad_option",
+        "dhcp_no_end",
+        "dhcp_wrong_port",
+        # the server
+        "dhcp_not_request",  # a BOOTREPLY sent to the server port
+        "dhcp_bad_mac",  # chaddr is not a unicast MAC
+        "dhcp_no_type",  # no message type option
+        "dhcp_bad_type",  # a message type a server never receives
+        "dhcp_awaiting_address",  # the node has no address of its own yet
+        "dhcp_too_many_pending",  # max_pending clients waiting for an allocation
+        "dhcp_other_server",  # a REQUEST that picked another server's offer
+        "dhcp_request_no_address",  # a REQUEST naming no address we can give
+        "dhcp_decline_unknown",  # a DECLINE of an address we did not lease to it
+        "dhcp_release_unknown",  # a RELEASE of an address we did not lease to it
+        "dhcp_inform_bad_ciaddr",  # an INFORM from an address not its own
+    }
+)
 BOOTREQUEST = 1
 BOOTREPLY = 2
 MAGIC_COOKIE = b"\x63\x82\x53\x63"
