@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from ipop.errors import LocalProtocolError
 from ipop.vnet.arp import VIRTUAL_MAC
@@ -60,6 +60,8 @@ __all__ = [
     "BOOTREPLY",
     "BOOTREQUEST",
     "CLIENT_PORT",
+    "DROP_REASONS",
+    "PACKET_REASONS",
     "SERVER_PORT",
     "AddressDeclined",
     "AddressReleased",
@@ -76,6 +78,54 @@ __all__ = [
 
 SERVER_PORT = 67
 CLIENT_PORT = 68
+
+# The reasons of ipop.vnet.packet's PacketError (parse_udp_frame and the parsers under it),
+# which the gateway's services count for frames that are not well-formed IPv4/UDP. Here, not
+# there, for now: ipop/vnet/ was being cut on another branch when the lists were written.
+PACKET_REASONS: Final = frozenset(
+    {
+        "eth_short",
+        "eth_not_ipv4",
+        "ipv4_short",
+        "ipv4_bad_version",
+        "ipv4_bad_ihl",
+        "ipv4_bad_length",
+        "ipv4_bad_checksum",
+        "ipv4_not_udp",
+        "ipv4_fragment",
+        "udp_short",
+        "udp_bad_length",
+        "udp_bad_checksum",
+    }
+)
+
+# Every reason DhcpServer.drops counts under: the frame's (PACKET_REASONS), parse_dhcp's and
+# handle_frame's PacketError reasons, then the server's own refusals.
+DROP_REASONS: Final = frozenset(
+    {
+        *PACKET_REASONS,
+        # parse_dhcp, handle_frame
+        "dhcp_short",
+        "dhcp_bad_magic",
+        "dhcp_bad_op",
+        "dhcp_bad_hw",
+        "dhcp_bad_option",
+        "dhcp_no_end",
+        "dhcp_wrong_port",
+        # the server
+        "dhcp_not_request",  # a BOOTREPLY sent to the server port
+        "dhcp_bad_mac",  # chaddr is not a unicast MAC
+        "dhcp_no_type",  # no message type option
+        "dhcp_bad_type",  # a message type a server never receives
+        "dhcp_awaiting_address",  # the node has no address of its own yet
+        "dhcp_too_many_pending",  # max_pending clients waiting for an allocation
+        "dhcp_other_server",  # a REQUEST that picked another server's offer
+        "dhcp_request_no_address",  # a REQUEST naming no address we can give
+        "dhcp_decline_unknown",  # a DECLINE of an address we did not lease to it
+        "dhcp_release_unknown",  # a RELEASE of an address we did not lease to it
+        "dhcp_inform_bad_ciaddr",  # an INFORM from an address not its own
+    }
+)
 BOOTREQUEST = 1
 BOOTREPLY = 2
 MAGIC_COOKIE = b"\x63\x82\x53\x63"

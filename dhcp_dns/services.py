@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Final, NamedTuple
 
+from ipop.dhcp_dns.dhcp import PACKET_REASONS, DhcpEvent, DhcpServer
 from ipop.dhcp_dns.dhcp import SERVER_PORT as DHCP_SERVER_PORT
-from ipop.dhcp_dns.dhcp import DhcpEvent, DhcpServer
 from ipop.dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup
 from ipop.dhcp_dns.tcp import IPPROTO_TCP, DnsTcp, TcpClient
 from ipop.errors import LocalProtocolError
@@ -66,8 +66,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DNS_PORT = 53
+# Every reason TapServices.drops counts under: frames to the gateway that do not parse
+# (PACKET_REASONS), then the resolver runner's own.
 DROP_REASONS: Final = frozenset(
     {
+        *PACKET_REASONS,
         "dns_too_many_tasks",  # the runner's lookup tasks are all busy: SERVFAIL
         "dns_lookup_failed",  # the lookup raised or timed out: SERVFAIL
         "dns_too_many_forwards",  # max_forwards queries upstream already: no reply

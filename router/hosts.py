@@ -11,10 +11,19 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Final
 
 from ipop.errors import LocalProtocolError
 
-__all__ = ["LanHost", "LanHosts", "mac_str"]
+__all__ = ["DROP_REASONS", "LanHost", "LanHosts", "mac_str"]
+
+# Every reason LanHosts.drops counts under (status: "lan.<reason>").
+DROP_REASONS: Final = frozenset(
+    {
+        "lan_unknown_src",  # an IPv4 frame from an address no known host holds
+        "lan_spoofed_src",  # a known host's address from another MAC
+    }
+)
 
 _ETH_IP = b"\x08\x00"
 

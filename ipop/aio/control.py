@@ -65,6 +65,7 @@ from ipop.types import Endpoint
 __all__ = [
     "COMMANDS",
     "DEFAULT_REPLY_TIMEOUT_S",
+    "DROP_REASONS",
     "MAX_LINE_BYTES",
     "CommandFailed",
     "ControlClient",
@@ -81,6 +82,20 @@ log = logging.getLogger(__name__)
 
 # A status of a few hundred peers is tens of KiB; a line past this is garbage or an attack.
 MAX_LINE_BYTES: Final = 1 << 20
+# Every reason ControlServer.drops counts under: the request parser's (_BadRequest), the
+# server's own.
+DROP_REASONS: Final = frozenset(
+    {
+        "not_json",  # the line is not JSON
+        "not_object",  # not a JSON object with a "cmd"
+        "no_cmd",  # no "cmd" string
+        "unknown_cmd",  # a command not in COMMANDS
+        "bad_args",  # a missing, unexpected or mistyped argument
+        "line_too_long",  # a request line over MAX_LINE_BYTES
+        "too_many_connections",  # MAX_CONNECTIONS clients connected already
+        "handler_error",  # the daemon's handler raised
+    }
+)
 # Each connection is one CLI invocation; more than this at once is a runaway script.
 MAX_CONNECTIONS: Final = 64
 # How long the CLI waits for an answer before saying the daemon is stuck.

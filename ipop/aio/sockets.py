@@ -16,8 +16,12 @@ import contextlib
 import socket
 from collections import Counter
 from collections.abc import Callable
+from typing import Final
 
-__all__ = ["LoopUdpSocket", "dont_fragment"]
+__all__ = ["DROP_REASONS", "LoopUdpSocket", "dont_fragment"]
+
+# Every reason a LoopUdpSocket counts in the errors counter it is given.
+DROP_REASONS: Final = frozenset({"punch_send_busy", "punch_send_error", "punch_recv_error"})
 
 # linux/in.h (Python 3.11's socket module does not name them).
 IP_MTU_DISCOVER = 10

@@ -42,13 +42,13 @@ import random
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.routing import RoutingTable
 
-from ipop.dht.record import Record
+from ipop.dht.record import RECORD_REASONS, Record
 from ipop.dht.shim import Address, address_for, node_for
 from ipop.dht.storage import RecordStorage
 from ipop.dht.wire import (
@@ -80,6 +80,33 @@ from ipop.timing import (
 from ipop.types import NodeId
 
 log = logging.getLogger(__name__)
+
+# Every reason IpopKademliaProtocol.drops counts under: decode_message's (ipop.dht.wire, and the
+# records it carries), then the protocol's own.
+DROP_REASONS: Final = frozenset(
+    {
+        "dht_truncated",
+        "dht_bad_type",
+        "dht_unknown_method",
+        "dht_bad_length",
+        "dht_bad_flag",
+        "dht_bad_outcome",
+        # decode_record's, on top of the checks of RECORD_REASONS
+        "record_type",
+        "record_truncated",
+        "record_version",
+        "record_flags",
+        "record_key_utf8",
+        "record_length",
+        *RECORD_REASONS,
+        "bad_address",  # the source is not an overlay address
+        "sender_mismatch",  # the sender id is not the node the link layer authenticated
+        "after_shutdown",  # a datagram after the service stopped
+        "unsolicited_response",  # a response to no request of ours
+        "response_wrong_peer",  # a response from another node than the one asked
+        "response_wrong_method",  # a response of another method than the request's
+    }
+)
 
 # Bounds the replay cache whatever the request rate (each entry is one encoded answer).
 MAX_CACHED_ANSWERS = 4096

@@ -3,9 +3,10 @@
 Owns storing a record at a peer (this node's own replica short-circuits the network), storing
 at many and returning once a quorum acknowledged (stragglers finish in the background),
 fetching a key's copy, and checking every copy a replica hands back as an offer would be
-checked (a replica could lie), counting refused ones by reason in ``drops`` (reasons from
-:data:`ipop.dht.storage.STORE_REASONS`). It also refuses to send a record of our own that our
-own replica would refuse (:meth:`ReplicaCalls.allowed`).
+checked (a replica could lie), counting refused ones by reason in ``drops`` under
+:data:`DROP_REASONS`: ``<where>_<reason>``, where the copy came from (:data:`DROP_SOURCES`)
+and why it was refused (:data:`ipop.dht.storage.STORE_REASONS`). It also refuses to send a
+record of our own that our own replica would refuse (:meth:`ReplicaCalls.allowed`).
 
 Every write counts real acknowledgements (STORED or UNCHANGED answers), never "sent".
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from typing import Final
 
 from ipop.dht.hooks import ServiceHooks
 from ipop.dht.policy import RecordPolicy
@@ -25,7 +27,13 @@ from ipop.dht.wire import StoreAnswered
 from ipop.errors import LocalProtocolError, RemoteProtocolError
 from ipop.types import NodeId
 
-__all__ = ["ReplicaCalls"]
+__all__ = ["DROP_REASONS", "DROP_SOURCES", "ReplicaCalls"]
+
+# Where a refused copy came from: a replica's FIND_VALUE answer, the copy a refusing replica
+# says it holds, or a record of our own that our replica would refuse.
+DROP_SOURCES: Final = ("fetched", "answer", "own")
+# Every reason ReplicaCalls.drops counts under: a bounded family, sources x store reasons.
+DROP_REASONS: Final = frozenset(f"{w}_{r}" for w in DROP_SOURCES for r in STORE_REASONS)
 
 # The service's logger: these lines were its own before the parts moved out.
 log = logging.getLogger("ipop.dht.service")
@@ -120,9 +128,10 @@ class ReplicaCalls:
 
     def drop(self, where: str, reason: str) -> None:
         """Count a refused record: ``where`` it came from, ``reason`` from the checked list."""
-        if reason not in STORE_REASONS:
-            raise LocalProtocolError(f"unknown DHT drop reason {reason!r}")
-        self.drops[f"{where}_{reason}"] += 1
+        name = f"{where}_{reason}"
+        if name not in DROP_REASONS:
+            raise LocalProtocolError(f"unknown DHT drop reason {name!r}")
+        self.drops[name] += 1
 
     def allowed(self, record: Record) -> bool:
         """Would replicas take our ``record``? If not, do not send it (counted, logged once)."""

@@ -21,13 +21,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from ipop.idcache import node_id_from_hex
 from ipop.types import ID_BYTES, NodeId
 
 # Kademlia's contact address for an overlay node: (40 hex digits, port 0).
 Address = tuple[str, int]
+
+# Every reason OverlayShim.drops counts under.
+DROP_REASONS: Final = frozenset(
+    {
+        "send_after_close",  # kademlia sent after the transport closed
+        "send_bad_address",  # to an address that is not an overlay node's
+        "deliver_while_closed",  # a datagram arrived after close
+    }
+)
 
 
 class OverlayPort(Protocol):

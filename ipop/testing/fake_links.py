@@ -42,6 +42,7 @@ import itertools
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeCertificate
@@ -54,6 +55,7 @@ from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
 from ipop.types import ID_BYTES, Endpoint, NodeId, Path, RelayPath
 
 __all__ = [
+    "DROP_REASONS",
     "MODELLED_KINDS",
     "FakeLinkWorld",
     "FakeLinks",
@@ -65,6 +67,14 @@ __all__ = [
 ]
 
 _MAGIC = b"FK"
+
+# Every reason FakeLinks.drops counts under.
+DROP_REASONS: Final = frozenset(
+    {
+        "not_fake",  # not a fake-link datagram over a relay path
+        "no_session",  # from a peer with no link up to us over that path
+    }
+)
 
 
 MODELLED_KINDS = (NatKind.NONE, NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC)

@@ -1,5 +1,6 @@
 """One way for lab tests to hold a network of running daemons: built, every daemon ready, and
-always torn down (namespaces, processes, stale leftovers of this prefix); and what the tests
+always torn down (namespaces, processes, stale leftovers of this prefix) (:func:`running_net`,
+:func:`start_daemons` for a test that owns its lab); and what the tests
 that time an outage with ``ping`` share (:func:`peer_path`, :func:`wait_for`,
 :func:`make_direct`, :func:`outage_around`)."""
 
@@ -9,7 +10,7 @@ import contextlib
 import itertools
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ipop.tools.lab.ipopnet import IpopNet
@@ -17,21 +18,46 @@ from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
 from ipop.tools.lab.topology import Topology
 
 
+def start_daemons(
+    lab: Lab,
+    *,
+    ready_s: float,
+    addressing: dict[str, str] | None = None,
+    hosts: Iterable[str] | None = None,
+) -> IpopNet:
+    """Configure every host of ``lab`` (``addressing``: host -> "dhcp"), start the daemons of
+    ``hosts`` in that order (default: all, the bootstrap first) and wait until each holds its
+    virtual IP."""
+    ipop = IpopNet(lab)
+    ipop.prepare(addressing=addressing)
+    if hosts is None:
+        ipop.start_all()
+        names = [h.name for h in lab.hosts]
+    else:
+        names = list(hosts)
+        for name in names:
+            ipop.start(name)
+    for name in names:
+        ipop.wait_ready(name, timeout_s=ready_s)
+    return ipop
+
+
 @contextlib.contextmanager
 def running_net(
-    topology: Topology, workdir: Path, *, prefix_tag: str, ready_s: float
+    topology: Topology,
+    workdir: Path,
+    *,
+    prefix_tag: str,
+    ready_s: float,
+    addressing: dict[str, str] | None = None,
+    hosts: Iterable[str] | None = None,
 ) -> Iterator[IpopNet]:
-    """Build ``topology``, start a daemon per host and wait until each holds its virtual IP."""
+    """Build ``topology`` and :func:`start_daemons` on it; tear all of it down afterwards."""
     prefix = process_prefix(prefix_tag)
     lab = Lab(topology, workdir=workdir, prefix=prefix)
     try:
         lab.up()
-        ipop = IpopNet(lab)
-        ipop.prepare()
-        ipop.start_all()
-        for h in lab.hosts:
-            ipop.wait_ready(h, timeout_s=ready_s)
-        yield ipop
+        yield start_daemons(lab, ready_s=ready_s, addressing=addressing, hosts=hosts)
     finally:
         lab.down()
         cleanup_stale(prefix)

@@ -22,8 +22,9 @@ import pytest
 
 from ipop.tools.lab.hostile import MARKER
 from ipop.tools.lab.ipopnet import IPOP_PORT, IpopNet
-from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
 from ipop.tools.lab.topology import topology_from_dict
+
+from .running import running_net
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
@@ -67,20 +68,10 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
             ]
         }
     )
-    prefix = process_prefix("x")
-    lab = Lab(topo, workdir=tmp_path_factory.mktemp("hostile"), prefix=prefix)
-    try:
-        lab.up()
-        ipop = IpopNet(lab)
-        ipop.prepare()
-        for h in HONEST:
-            ipop.start(h)
-        for h in HONEST:
-            ipop.wait_ready(h, timeout_s=30)
+    with running_net(
+        topo, tmp_path_factory.mktemp("hostile"), prefix_tag="x", ready_s=30, hosts=HONEST
+    ) as ipop:
         yield ipop
-    finally:
-        lab.down()
-        cleanup_stale(prefix)
 
 
 def _ping(net: IpopNet, src: str, name: str) -> bool:

@@ -27,6 +27,8 @@ from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
 from ipop.tools.lab.topology import Topology, topology_from_dict
 from ipop.vnet.arp import VIRTUAL_MAC
 
+from .running import running_net, start_daemons
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
 SUBNET = IPv4Network("100.64.0.0/10")
@@ -51,19 +53,14 @@ def _topology() -> Topology:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
-    prefix = process_prefix("d")
-    lab = Lab(_topology(), workdir=tmp_path_factory.mktemp("ipopd"), prefix=prefix)
-    try:
-        lab.up()
-        ipop = IpopNet(lab)
-        ipop.prepare(addressing={"d": "dhcp"})
-        ipop.start_all()
-        for h in lab.hosts:
-            ipop.wait_ready(h, timeout_s=READY_S)
+    with running_net(
+        _topology(),
+        tmp_path_factory.mktemp("ipopd"),
+        prefix_tag="d",
+        ready_s=READY_S,
+        addressing={"d": "dhcp"},
+    ) as ipop:
         yield ipop
-    finally:
-        lab.down()
-        cleanup_stale(prefix)
 
 
 def _status(net: IpopNet, host: str) -> Status:
@@ -398,11 +395,7 @@ def test_teardown_leaves_no_namespace_or_process(tmp_path: Path) -> None:
     lab = Lab(topo, workdir=tmp_path / "lab", prefix=prefix)
     try:
         lab.up()
-        ipop = IpopNet(lab)
-        ipop.prepare()
-        ipop.start_all()
-        for h in lab.hosts:
-            ipop.wait_ready(h, timeout_s=READY_S)
+        start_daemons(lab, ready_s=READY_S)
         pids = [p.pid for p in lab.processes]
         assert len(pids) == 2
     finally:

@@ -22,7 +22,7 @@ import pytest
 
 from ipop.tools.lab.ipopnet import IPOP_PORT, IpopNet
 from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
-from ipop.tools.lab.topology import Topology, topology_from_dict
+from ipop.tools.lab.topology import Topology, default_topology, topology_from_dict
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
@@ -44,23 +44,22 @@ SERVERS = {"coturn": COTURN, "stund": STUND}
 
 
 def _topology() -> Topology:
+    """The default topology's public hosts (pub1, the bootstrap, with the second address its
+    CHANGE-REQUEST answers need; pub2), one host behind each NAT kind, the two STUN servers."""
+    base = default_topology().to_dict()
+    public = [h for h in base["hosts"] if h["role"] == "public"]
     return topology_from_dict(
         {
+            **base,
             "hosts": [
-                {
-                    "name": "pub1",
-                    "role": "public",
-                    "ip": "203.0.113.10",
-                    "extra_ips": ["203.0.113.20"],
-                },
-                {"name": "pub2", "role": "public", "ip": "203.0.113.11"},
+                *public,
                 {"name": "fc", "role": "nat", "kind": "full-cone"},
                 {"name": "rc", "role": "nat", "kind": "restricted-cone"},
                 {"name": "prc", "role": "nat", "kind": "port-restricted-cone"},
                 {"name": "sym", "role": "nat", "kind": "symmetric"},
                 {"name": "coturn", "role": "public", "ip": COTURN[0], "extra_ips": [COTURN[1]]},
                 {"name": "stund", "role": "public", "ip": STUND[0], "extra_ips": [STUND[1]]},
-            ]
+            ],
         }
     )
 

@@ -32,42 +32,13 @@ from ipop.aio.control import (
     request_sync,
 )
 from ipop.errors import ConfigError
-from ipop.nat.kinds import NatKind
-from ipop.status import PeerStatus, PingReply, SelfStatus, Status
+from ipop.status import PingReply, Status
+from ipop.testing.snapshots import A_ID, B_ID, sample_status
 from ipop.tools.cli import main
 from ipop.tools.cli_status import format_status
 
 T = TypeVar("T")
-A_ID = "a1" * 20
-B_ID = "b2" * 20
-
-STATUS = Status(
-    self_=SelfStatus(
-        node_id=A_ID,
-        node_name="alice",
-        vip="100.64.1.1",
-        names=["alice-laptop.ipop", "C064001001.ipop"],
-        nat=NatKind.CONE,
-        uptime_s=3725.0,
-        endpoints=["203.0.113.5:5800"],
-        routable=True,
-    ),
-    peers=[
-        PeerStatus(
-            node_id=B_ID,
-            name="bob",
-            vip="100.64.1.2",
-            path="direct",
-            endpoint="198.51.100.7:5800",
-            rtt_ms=1.5,
-            bytes_in=2048,
-            bytes_out=100,
-            kinds=["shortcut"],
-        )
-    ],
-    drops={"bad_mac": 2},
-    counters={"dht_get": 1},
-)
+STATUS = sample_status()
 
 
 class FakeHandler:

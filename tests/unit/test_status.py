@@ -21,51 +21,8 @@ from ipop.status import (
     SelfStatus,
     Status,
 )
-
-A_ID = "a1" * 20
-B_ID = "b2" * 20
-C_ID = "c3" * 20
-
-
-def sample() -> Status:
-    return Status(
-        self_=SelfStatus(
-            node_id=A_ID,
-            node_name="alice",
-            vip="100.64.1.1",
-            names=["alice-laptop.ipop", "C064001001.ipop"],
-            nat=NatKind.CONE,
-            uptime_s=3725.5,
-            endpoints=["203.0.113.5:5800"],
-            routable=True,
-        ),
-        peers=[
-            PeerStatus(
-                node_id=B_ID,
-                name="bob",
-                vip="100.64.1.2",
-                path="direct",
-                endpoint="198.51.100.7:5800",
-                rtt_ms=1.25,
-                bytes_in=1200,
-                bytes_out=3400,
-                kinds=["near", "shortcut"],
-            ),
-            PeerStatus(
-                node_id=C_ID,
-                name=None,
-                vip=None,
-                path="overlay",
-                endpoint=None,
-                rtt_ms=None,
-                bytes_in=0,
-                bytes_out=0,
-                kinds=[],
-            ),
-        ],
-        drops={"bad_mac": 2},
-        counters={"dht_get": 7},
-    )
+from ipop.testing.snapshots import A_ID
+from ipop.testing.snapshots import sample_status as sample
 
 
 def test_round_trip_json_and_dict() -> None:
@@ -161,7 +118,7 @@ def test_from_json_rejects_garbage(text: str) -> None:
 
 
 def test_nan_is_not_written() -> None:
-    doc = sample().to_json().replace("1.25", "NaN")
+    doc = sample().to_json().replace('"rtt_ms": 1.5', '"rtt_ms": NaN')
     with pytest.raises(ValueError):
         Status.from_json(doc)
     bad = PingReply(seq=1, ok=True, rtt_ms=float("nan"), path="direct", hops=1)
