@@ -136,6 +136,26 @@ from ipop.errors import RemoteProtocolError
 from ipop.idcache import node_id_from_bytes
 from ipop.types import ID_BYTES, Endpoint, NodeId
 
+# Every reason a malformed message raises (RemoteProtocolError.reason); whoever decodes one
+# counts it in its drops (tests/unit/test_drop_reasons.py keeps this list whole).
+DECODE_REASONS = frozenset(
+    {
+        "bad_cert_length",
+        "bad_endpoint",
+        "bad_flags",
+        "bad_kind",
+        "bad_purpose",
+        "bad_ttl",
+        "crl_bad_chunk",
+        "crl_bad_op",
+        "empty",
+        "too_many_endpoints",
+        "too_many_ids",
+        "truncated",
+        "unknown_type",
+    }
+)
+
 # --- type bytes ------------------------------------------------------------------------------
 TYPE_ROUTED = 0x01
 TYPE_RELAY_FORWARD = 0x02

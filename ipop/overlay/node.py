@@ -109,6 +109,7 @@ from __future__ import annotations
 import collections
 import random
 from collections.abc import Callable, Collection, Sequence
+from typing import Final
 
 from ipop import timing
 from ipop.errors import LocalProtocolError, RemoteProtocolError
@@ -123,7 +124,7 @@ from ipop.link.events import (
 from ipop.overlay.attempts import Action as AttemptAction
 from ipop.overlay.attempts import Attempts, Backoff, Bootstraps, Connect
 from ipop.overlay.config import OverlayConfig
-from ipop.overlay.ctm import CtmAgent
+from ipop.overlay.ctm import CTM_DROPS, CtmAgent
 from ipop.overlay.events import (
     ConnectionAdded,
     ConnectionRemoved,
@@ -135,6 +136,7 @@ from ipop.overlay.events import (
     Routable,
 )
 from ipop.overlay.messages import (
+    DECODE_REASONS,
     FLAG_EXACT,
     KIND_CTM,
     KIND_CTM_REPLY,
@@ -153,6 +155,7 @@ from ipop.overlay.messages import (
     decode_message,
 )
 from ipop.overlay.near import NearKeeper, SeenIds
+from ipop.overlay.origin import DROP_REASONS as ORIGIN_DROPS
 from ipop.overlay.policies import (
     Action,
     FarLinkWanted,
@@ -164,14 +167,14 @@ from ipop.overlay.policies import (
 )
 from ipop.overlay.ports import Links, Origins
 from ipop.overlay.proven import ProvenIds
-from ipop.overlay.relay import RelayRole
+from ipop.overlay.relay import RELAY_DROPS, RelayRole
 from ipop.overlay.ring import (
     estimate_size,
     ring_neighbours_sorted,
     sample_far_target,
 )
 from ipop.overlay.roaming import Roaming
-from ipop.overlay.routing import Deliver, Drop, Forward, Router, Verdict
+from ipop.overlay.routing import ROUTE_DROPS, Deliver, Drop, Forward, Router, Verdict
 from ipop.overlay.snapshot import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import ConnectionKind, ConnectionTable
@@ -195,6 +198,26 @@ __all__ = [
     "Roamed",
     "Routable",
 ]
+
+# Every reason the node counts in ``drops``: its own, those of the parts that count into the
+# same counter (routing, the relay role, CONNECT_TO_ME, routed origins) and the reasons a
+# malformed overlay message raises (ipop.overlay.messages, counted in _on_link_message).
+OVERLAY_DROPS: Final = (
+    frozenset(
+        {
+            "unknown_peer",
+            "direct_bad_kind",
+            "neighbours_pull_too_often",
+            "unknown_kind",
+            "link_not_up",
+        }
+    )
+    | ROUTE_DROPS
+    | RELAY_DROPS
+    | CTM_DROPS
+    | ORIGIN_DROPS
+    | DECODE_REASONS
+)
 
 _INF = float("inf")
 _DIRECT_TAG = bytes((TYPE_DIRECT,))
