@@ -50,3 +50,20 @@ def test_after_compile_bytecode_a_daemon_compiles_nothing_at_start(module: str) 
     assert compile_bytecode()
     compiled = json.loads(_run(_COMPILED.format(module=module)))
     assert compiled == []
+
+
+# Libraries a daemon must not import at start, with why.
+NOT_AT_START = {
+    # ~0.07 s of CPU to import (its __init__ loads every netlink family); the daemon's few
+    # netlink requests are ipop.aio.rtnl.
+    "pyroute2": "ipop.aio.rtnl makes the daemon's netlink requests",
+    # Tests and lab tools build packets with it; the data plane parses bytes itself.
+    "scapy": "packets are built and parsed by ipop.vnet",
+}
+
+
+@pytest.mark.parametrize("module", DAEMONS)
+def test_a_daemon_does_not_import_heavy_libraries(module: str) -> None:
+    code = f"import sys, json, {module}; print(json.dumps(sorted(sys.modules)))"
+    loaded = {name.split(".")[0] for name in json.loads(_run(code))}
+    assert {name: NOT_AT_START[name] for name in NOT_AT_START.keys() & loaded} == {}
