@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from ipop.tools.bench import start_cost
 from ipop.tools.lab.ipopnet import compile_bytecode
 
 DAEMONS = ("ipop.tools.ipopd", "ipop.tools.routerd")
@@ -67,3 +68,12 @@ def test_a_daemon_does_not_import_heavy_libraries(module: str) -> None:
     code = f"import sys, json, {module}; print(json.dumps(sorted(sys.modules)))"
     loaded = {name.split(".")[0] for name in json.loads(_run(code))}
     assert {name: NOT_AT_START[name] for name in NOT_AT_START.keys() & loaded} == {}
+
+
+def test_start_cost_bench_reports_both_daemons() -> None:
+    report = start_cost.measure(runs=1, top=3)
+    assert set(report) == {"ipopd", "ipop-router"}
+    for r in report.values():
+        assert isinstance(r["import_cpu_s"], float) and r["import_cpu_s"] > 0
+        assert isinstance(r["dataclass_cpu_s"], float) and 0 < r["dataclass_cpu_s"] < 10
+        assert isinstance(r["heaviest_ms"], list) and len(r["heaviest_ms"]) == 3
