@@ -34,8 +34,6 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-
 from ipop import timing
 from ipop.aio import natio
 from ipop.aio.address import AddressKeeper
@@ -46,6 +44,7 @@ from ipop.aio.local import LocalNetwork, LocalServices
 from ipop.aio.natio import NatSockets
 from ipop.aio.node import Node
 from ipop.aio.peerstore import PeerStore
+from ipop.aio.rtnl import Rtnl
 from ipop.aio.settings import DaemonSettings, load_crl_file
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
@@ -270,9 +269,9 @@ class Daemon:
         eps: list[Endpoint] = []
         if self.settings.listen.host not in ("0.0.0.0", ""):
             return [Endpoint(self.settings.listen.host, port)]
-        async with AsyncIPRoute() as ipr:
-            async for a in await ipr.get_addr(family=2):
-                addr = a.get("IFA_ADDRESS")
+        async with Rtnl() as nl:
+            for a in await nl.ipv4_addresses():
+                addr = a.address
                 if addr and not addr.startswith("127.") and IPv4Address(addr) not in self.subnet:
                     eps.append(Endpoint(addr, port))
         return eps

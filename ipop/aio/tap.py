@@ -2,21 +2,22 @@
 
 pytun opens the device; the data plane then uses the raw fd with ``os.read``/``os.write``
 (pytun's ``read()`` raises ``pytun.Error`` on EAGAIN and ``write()`` refuses memoryviews,
-DESIGN.md §8). Addresses and link state go through pyroute2's asyncio netlink client (its
-synchronous ``IPRoute`` runs an event loop of its own and cannot be used inside ours) rather
-than shelling out to ``ip``: no process per change, errors come back with the errno.
+DESIGN.md §8). Addresses and link state go through rtnetlink on the event loop
+(:class:`ipop.aio.rtnl.Rtnl`) rather than shelling out to ``ip``: no process per change,
+errors come back with the errno.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytun
-from pyroute2 import AsyncIPRoute
 
+from ipop.aio.rtnl import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, Rtnl
 from ipop.errors import ConfigError
 from ipop.vnet.arp import VIRTUAL_MAC
 
@@ -30,8 +31,6 @@ TAP_TXQLEN = 2048
 
 # linux/if_addr.h: no kernel route for the address's prefix (we add our own, via the gateway).
 IFA_F_NOPREFIXROUTE = 0x200
-# linux/rtnetlink.h: the gateway is on the link itself.
-RT_SCOPE_LINK = 253
 # linux/neighbour.h: a neighbour entry the kernel never probes, ages or drops.
 NUD_PERMANENT = 0x80
 
@@ -74,11 +73,11 @@ class Tap:
     async def configure(self) -> None:
         """MTU, queue length and link up; IPv6 off (router solicitations would only be counted
         drops)."""
-        async with AsyncIPRoute() as ipr:
-            self.index = (await ipr.link_lookup(ifname=self.name))[0]
-            with contextlib.suppress(OSError):
-                Path(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6").write_text("1")
-            await ipr.link("set", index=self.index, mtu=self.mtu, txqlen=TAP_TXQLEN, state="up")
+        self.index = socket.if_nametoindex(self.name)
+        with contextlib.suppress(OSError):
+            Path(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6").write_text("1")
+        async with Rtnl() as nl:
+            await nl.set_link(self.index, mtu=self.mtu, txqlen=TAP_TXQLEN, up=True)
 
     async def set_address(
         self,
@@ -101,30 +100,18 @@ class Tap:
         small queue (~200 kB). In a burst of DNS queries on a loaded machine whole bursts
         were lost there (UdpSndbufErrors, IpOutDiscards) before the daemon had answered.
         """
-        async with AsyncIPRoute() as ipr:
-            async for a in await ipr.get_addr(index=self.index, family=2):
-                await ipr.addr(
-                    "del", index=self.index, address=a.get("IFA_ADDRESS"), prefixlen=a["prefixlen"]
-                )
-            await ipr.addr(
-                "add",
-                index=self.index,
-                address=str(addr),
-                prefixlen=subnet.prefixlen,
-                flags=IFA_F_NOPREFIXROUTE,
+        async with Rtnl() as nl:
+            for a in await nl.ipv4_addresses(self.index):
+                if a.address is not None:
+                    await nl.del_address(self.index, IPv4Address(a.address), a.prefixlen)
+            await nl.add_address(self.index, addr, subnet.prefixlen, flags=IFA_F_NOPREFIXROUTE)
+            await nl.replace_route(
+                IPv4Network(f"{gateway}/32"), oif=self.index, prefsrc=addr, scope=RT_SCOPE_LINK
             )
-            for dst, extra in (
-                (f"{gateway}/32", {"scope": RT_SCOPE_LINK}),
-                (str(subnet), {"gateway": str(gateway)}),
-            ):
-                await ipr.route("replace", dst=dst, oif=self.index, prefsrc=str(addr), **extra)
-            await ipr.neigh(
-                "replace",
-                dst=str(gateway),
-                lladdr=gateway_mac.hex(":"),
-                ifindex=self.index,
-                state=NUD_PERMANENT,
+            await nl.replace_route(
+                subnet, oif=self.index, prefsrc=addr, gateway=gateway, scope=RT_SCOPE_UNIVERSE
             )
+            await nl.replace_neigh(self.index, gateway, gateway_mac, NUD_PERMANENT)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -15,6 +15,7 @@ cluster's LAN bridge instead of ``ipopd``; its plain hosts run only a real DHCP 
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import io
 import re
@@ -25,12 +26,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+import ipop
 from ipop.aio.control import ControlClient, ControlError
 from ipop.status import Status
 from ipop.tools import config_cli
 from ipop.tools.lab.lab import CLUSTER_BRIDGE, Host, Lab
 
-__all__ = ["DEFAULT_SUBNET", "DHCP_SCRIPT", "IPOP_PORT", "IpopNet", "NotReady"]
+__all__ = ["DEFAULT_SUBNET", "DHCP_SCRIPT", "IPOP_PORT", "IpopNet", "NotReady", "compile_bytecode"]
 
 IPOP_PORT = 5800
 DEFAULT_SUBNET = IPv4Network("100.64.0.0/10")
@@ -65,6 +67,25 @@ case "$ev" in
 esac
 exit 0
 """
+
+
+def compile_bytecode() -> bool:
+    """Write the bytecode (``__pycache__``) of every ipop module, as ``pip install`` does.
+
+    Daemons then load it instead of compiling ~130 modules from source at every start: with
+    ``PYTHONDONTWRITEBYTECODE`` set (or an editable install never imported before) each daemon
+    spent ~0.09 s of CPU on that, a quarter of its start, and 32 daemons starting at once on
+    two cores waited for each other's compiles. Only files whose source changed are
+    compiled again. False when some file could not be compiled or written (the daemons then
+    compile it themselves, as before).
+    """
+    root = Path(ipop.__file__).parent
+    ok = bool(compileall.compile_dir(root, quiet=1))
+    # compile_dir skips symlinked folders: router/, dhcp_dns/ and tools/ are linked into ipop/
+    # in a source tree (pyproject.toml).
+    for link in sorted(d for d in root.iterdir() if d.is_symlink() and d.is_dir()):
+        ok = bool(compileall.compile_dir(link, quiet=1)) and ok
+    return ok
 
 
 class NotReady(RuntimeError):
@@ -115,12 +136,14 @@ class IpopNet:
             raise RuntimeError(f"ipop-config {' '.join(argv)} failed: {err.getvalue().strip()}")
 
     def prepare(self, *, addressing: dict[str, str] | None = None) -> None:
-        """CA, bundles and node configs for every host (``addressing``: host → "dhcp").
+        """CA, bundles and node configs for every host (``addressing``: host → "dhcp"), and
+        the ipop bytecode the daemons load (:func:`compile_bytecode`).
 
         A new lab in a workdir an earlier lab used (``ipop-lab up``, ``down``, ``up``) starts
         from nothing: the earlier lab's CA, daemon state and logs are removed first.
         """
         shutil.rmtree(self._home, ignore_errors=True)
+        compile_bytecode()
         for h in self.lab.hosts:
             f = self.files(h)
             shutil.rmtree(f.state_dir, ignore_errors=True)

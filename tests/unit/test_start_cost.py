@@ -1,0 +1,79 @@
+"""What a daemon's start costs in CPU: what it imports and what it compiles.
+
+Each check runs a clean interpreter (a subprocess), so modules this test process already
+imported cannot hide an import. 32 daemons starting at once on two cores waited on exactly
+these costs (issue 14's cold start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ipop.tools.bench import start_cost
+from ipop.tools.lab.ipopnet import compile_bytecode
+
+DAEMONS = ("ipop.tools.ipopd", "ipop.tools.routerd")
+
+# Prints the source files the import had to compile (no usable bytecode) as a JSON list.
+_COMPILED = """
+import importlib.machinery, json, sys
+compiled = []
+_orig = importlib.machinery.SourceFileLoader.source_to_code
+def _count(self, data, path, *args, **kwargs):
+    compiled.append(str(path))
+    return _orig(self, data, path, *args, **kwargs)
+importlib.machinery.SourceFileLoader.source_to_code = _count
+import {module}
+print(json.dumps([p for p in compiled if "/ipop/" in p or "/router/" in p or "/tools/" in p
+                  or "/dhcp_dns/" in p]))
+"""
+
+
+def _run(code: str) -> str:
+    # As in the lab's environment: no bytecode written by the import itself.
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("module", DAEMONS)
+def test_after_compile_bytecode_a_daemon_compiles_nothing_at_start(module: str) -> None:
+    """The lab compiles once (IpopNet.prepare); no daemon compiles an ipop module itself,
+    the modules of the folders linked into ipop/ (router, dhcp_dns, tools) included."""
+    assert compile_bytecode()
+    compiled = json.loads(_run(_COMPILED.format(module=module)))
+    assert compiled == []
+
+
+# Libraries a daemon must not import at start, with why.
+NOT_AT_START = {
+    # ~0.07 s of CPU to import (its __init__ loads every netlink family); the daemon's few
+    # netlink requests are ipop.aio.rtnl.
+    "pyroute2": "ipop.aio.rtnl makes the daemon's netlink requests",
+    # Tests and lab tools build packets with it; the data plane parses bytes itself.
+    "scapy": "packets are built and parsed by ipop.vnet",
+}
+
+
+@pytest.mark.parametrize("module", DAEMONS)
+def test_a_daemon_does_not_import_heavy_libraries(module: str) -> None:
+    code = f"import sys, json, {module}; print(json.dumps(sorted(sys.modules)))"
+    loaded = {name.split(".")[0] for name in json.loads(_run(code))}
+    assert {name: NOT_AT_START[name] for name in NOT_AT_START.keys() & loaded} == {}
+
+
+def test_start_cost_bench_reports_both_daemons() -> None:
+    report = start_cost.measure(runs=1, top=3)
+    assert set(report) == {"ipopd", "ipop-router"}
+    for r in report.values():
+        assert isinstance(r["import_cpu_s"], float) and r["import_cpu_s"] > 0
+        assert isinstance(r["dataclass_cpu_s"], float) and 0 < r["dataclass_cpu_s"] < 10
+        assert isinstance(r["heaviest_ms"], list) and len(r["heaviest_ms"]) == 3
