@@ -61,7 +61,7 @@ MODULES = (
     Counting("dhcp_dns/dns.py"),
     Counting("dhcp_dns/services.py", raises=(PACKET,)),
     Counting("dhcp_dns/tcp.py"),
-    Counting("ipop/aio/control.py", raises=(("ipop/aio/control.py", "_BadRequest"),)),
+    Counting("ipop/aio/control.py", raises=(("ipop/aio/controlproto.py", "BadRequest"),)),
     Counting("ipop/aio/dataplane.py"),
     Counting("ipop/aio/sockets.py"),
     Counting(
