@@ -30,6 +30,9 @@ Every problem with the input is reported as exactly one line on stderr,
 written to a temporary name and moved into place only after every check passed. ``show``
 exits 0 when the bundle is usable now and 1 when it is not (expired, not yet valid).
 
+The folder's files (settings, register, CRL, all-or-nothing writes) are
+:mod:`ipop.tools.config_home`; this module owns the commands and their arguments.
+
 This is a composition root: it alone reads the real clock (``time.time()``); ``main`` takes a
 ``now`` override so tests can stand at any moment.
 """
@@ -39,27 +42,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 import time
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from ipaddress import IPv4Network
 from pathlib import Path
 from typing import NoReturn
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from ipop.bundle import (
     DEFAULT_DNS_SUFFIX,
     Bundle,
     dump_bundle,
-    format_toml,
     load_bundle,
-    parse_bootstrap,
     parse_dns_suffix,
     parse_subnet,
 )
@@ -74,21 +69,21 @@ from ipop.identity import (
     validate_node_name,
 )
 from ipop.timing import CA_DEFAULT_DAYS, NODE_CERT_DEFAULT_DAYS
+from ipop.tools.config_home import (
+    Issued,
+    NetworkSettings,
+    Register,
+    UsageError,
+    current_crl,
+    read_file,
+    tmp_name,
+    write_file,
+)
 from ipop.types import Endpoint
 
 PROG = "ipop-config"
-NETWORK_FILE_FORMAT = 1
-REGISTER_FILE_FORMAT = 1
-REGISTER_FILE = "issued.json"
 # Ten years of days is the longest any certificate we sign may run; past that, rotate.
 MAX_DAYS = 36500
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit code 2."""
-
-    def __init__(self, problem: str, fix: str) -> None:
-        super().__init__(f"{problem} ({fix})")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,182 +107,6 @@ def _days(value: int, flag: str = "--days") -> int:
     if not 1 <= value <= MAX_DAYS:
         raise UsageError(f"{flag} {value} is out of range", f"use 1 to {MAX_DAYS} days")
     return value
-
-
-# --- files ------------------------------------------------------------------------------------
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _write_file(path: Path, data: bytes, mode: int, *, overwrite: bool) -> None:
-    """Write ``data`` to ``path`` with ``mode`` via a temporary file; never a partial file."""
-    tmp = _tmp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have narrowed or (0600 files) must not widen
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            # link() fails if the target appeared meanwhile: no silent clobbering.
-            os.link(tmp, path)
-            os.unlink(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(
-            f"cannot read {what} {path}: {exc.strerror or exc}",
-            "check the path and permissions",
-        ) from None
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkSettings:
-    """What ``network.toml`` holds: what every bundle of the network shares besides the CA."""
-
-    network: str
-    subnet: IPv4Network
-    bootstrap: tuple[Endpoint, ...]
-    dns_suffix: str
-
-    def to_toml(self) -> str:
-        return format_toml(
-            [
-                ("format", NETWORK_FILE_FORMAT),
-                ("network", self.network),
-                ("subnet", str(self.subnet)),
-                ("bootstrap", [str(ep) for ep in self.bootstrap]),
-                ("dns_suffix", self.dns_suffix),
-            ],
-            header=f"ipop network {self.network!r}: settings copied into every node bundle",
-        )
-
-    @classmethod
-    def from_toml(cls, text: str, *, network: str) -> NetworkSettings:
-        table = tomllib.loads(text)
-        if table.get("network") != network:
-            raise ConfigError("network", f"network.toml is not for {network!r}", "restore it")
-        return cls(
-            network=network,
-            subnet=parse_subnet(table.get("subnet")),
-            bootstrap=parse_bootstrap(table.get("bootstrap")),
-            dns_suffix=parse_dns_suffix(table.get("dns_suffix", DEFAULT_DNS_SUFFIX)),
-        )
-
-
-# --- the register of issued certificates -----------------------------------------------------
-
-
-@dataclass(slots=True)
-class Issued:
-    """One certificate the CA signed, as the register remembers it."""
-
-    serial: int
-    node_id: str
-    name: str
-    hostname: str | None
-    not_after: float
-    issued_at: float
-    revoked_at: float | None = None
-
-    def live(self, now: float) -> bool:
-        return self.revoked_at is None and now <= self.not_after
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "serial": f"{self.serial:x}",
-            "node_id": self.node_id,
-            "name": self.name,
-            "hostname": self.hostname,
-            "not_after": int(self.not_after),
-            "issued_at": int(self.issued_at),
-            "revoked_at": None if self.revoked_at is None else int(self.revoked_at),
-        }
-
-
-@dataclass(slots=True)
-class Register:
-    """``issued.json``: what the CA signed and revoked, and the last CRL number it used."""
-
-    certs: list[Issued]
-    crl_number: int = 0
-
-    @classmethod
-    def load(cls, folder: Path) -> Register:
-        path = folder / REGISTER_FILE
-        if not path.exists():
-            # Networks made before the register: nothing known, nothing to refuse.
-            return cls([])
-        try:
-            table = json.loads(_read(path, "register"))
-            certs = [
-                Issued(
-                    serial=int(c["serial"], 16),
-                    node_id=str(c["node_id"]),
-                    name=str(c["name"]),
-                    hostname=c["hostname"],
-                    not_after=float(c["not_after"]),
-                    issued_at=float(c["issued_at"]),
-                    revoked_at=None if c["revoked_at"] is None else float(c["revoked_at"]),
-                )
-                for c in table["certs"]
-            ]
-            return cls(certs, int(table["crl_number"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(
-                f"{path} is damaged ({type(exc).__name__}: {exc})", "restore it from a backup"
-            ) from None
-
-    def save(self, folder: Path) -> None:
-        doc = {
-            "format": REGISTER_FILE_FORMAT,
-            "crl_number": self.crl_number,
-            "certs": [c.to_json() for c in self.certs],
-        }
-        data = (json.dumps(doc, indent=1) + "\n").encode()
-        _write_file(folder / REGISTER_FILE, data, 0o600, overwrite=True)
-
-    def revoke(self, victims: Sequence[Issued], *, now: float) -> None:
-        for c in victims:
-            c.revoked_at = now
-
-    def write_crl(self, ca: NetworkCA, folder: Path, *, now: float) -> Path:
-        """Sign the next CRL (revoked certificates not yet expired) and write it as PEM."""
-        self.crl_number += 1
-        revoked = [
-            (c.serial, c.revoked_at)
-            for c in self.certs
-            if c.revoked_at is not None and now <= c.not_after
-        ]
-        der = ca.make_crl(revoked, number=self.crl_number, now=now)
-        path = _crl_path(folder, ca.network)
-        _write_file(path, _crl_pem(der), 0o644, overwrite=True)
-        return path
-
-
-def _crl_path(folder: Path, network: str) -> Path:
-    return folder / f"{network}.crl.pem"
-
-
-def _crl_pem(der: bytes) -> bytes:
-    return x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM)
-
-
-def _current_crl(folder: Path, network: str) -> bytes | None:
-    path = _crl_path(folder, network)
-    return _read(path, "revocation list") if path.exists() else None
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -314,12 +133,12 @@ def cmd_init(args: argparse.Namespace, *, now: float) -> int:
 
     ca = NetworkCA.create(network, now=now, days=days)
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    staging = _tmp_name(target)
+    staging = tmp_name(target)
     staging.mkdir(mode=0o700)
     try:
-        _write_file(staging / "ca.key", ca.key_pem(), 0o600, overwrite=False)
-        _write_file(staging / "ca.crt", ca.cert_pem(), 0o644, overwrite=False)
-        _write_file(staging / "network.toml", settings.to_toml().encode(), 0o644, overwrite=False)
+        write_file(staging / "ca.key", ca.key_pem(), 0o600, overwrite=False)
+        write_file(staging / "ca.crt", ca.cert_pem(), 0o644, overwrite=False)
+        write_file(staging / "network.toml", settings.to_toml().encode(), 0o644, overwrite=False)
         if target.exists():  # appeared while we worked: do not replace it
             raise UsageError(f"network {network!r} already exists in {target}", "choose another")
         staging.rename(target)
@@ -343,9 +162,9 @@ def _load_network(home: Path, network: str) -> tuple[NetworkCA, NetworkSettings]
             f"unknown network {network!r} in {home}",
             f"create it with '{PROG} init {network} --subnet ... --bootstrap ...' or pass --home",
         )
-    key_pem = _read(folder / "ca.key", "CA key")
-    cert_pem = _read(folder / "ca.crt", "CA certificate")
-    settings_text = _read(folder / "network.toml", "network settings")
+    key_pem = read_file(folder / "ca.key", "CA key")
+    cert_pem = read_file(folder / "ca.crt", "CA certificate")
+    settings_text = read_file(folder / "network.toml", "network settings")
     ca = NetworkCA.load(key_pem, cert_pem)
     if ca.network != network:
         raise UsageError(f"{folder} holds the CA of {ca.network!r}", "restore the right files")
@@ -439,10 +258,10 @@ def cmd_node(args: argparse.Namespace, *, now: float) -> int:
         node_key_pem=identity.private_key_pem(),
         hostname=hostname,
         dns_suffix=settings.dns_suffix,
-        crl_pem=_current_crl(folder, network),
+        crl_pem=current_crl(folder, network),
     )
     data = dump_bundle(bundle).encode("utf-8")
-    _write_file(out, data, 0o600, overwrite=args.force)
+    write_file(out, data, 0o600, overwrite=args.force)
     print(f"wrote {out}")
     print(f"node id {identity.node_id.hex()}")
     print(f"size {len(data)} bytes")
@@ -493,7 +312,7 @@ def cmd_revoke(args: argparse.Namespace, *, now: float) -> int:
     register.save(folder)
     pem = path.read_bytes()
     if args.out:
-        _write_file(Path(args.out), pem, 0o644, overwrite=True)
+        write_file(Path(args.out), pem, 0o644, overwrite=True)
     for c in victims:
         print(f"revoked {c.name} node id {c.node_id} serial {c.serial:x}")
     print(f"wrote CRL number {register.crl_number} to {args.out or path} ({len(pem)} bytes)")

@@ -122,6 +122,10 @@ Protocol flow (A joins; B bootstrap; T, U the nodes around A's address)::
 
 Parsers are strict on required fields and lax on trailing bytes (DESIGN.md §12.4), except
 where the trailing bytes are the payload itself.
+
+Why this module is over 600 lines: it is one concept, every overlay message's byte layout and
+its codec, kept in one place next to the byte diagrams above so that a layout change is one
+diff to one file that can be checked against its diagram.
 """
 
 from __future__ import annotations

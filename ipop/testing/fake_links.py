@@ -45,13 +45,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ipop.errors import LocalProtocolError
-from ipop.identity import NodeCertificate
 from ipop.link.events import HandshakeFailed, LinkDown, LinkEvent, LinkMessage, LinkUp
 from ipop.nat.kinds import NatKind
 from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram
 from ipop.overlay.node import OverlayConfig, OverlayNode
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
+from ipop.testing.recording_links import RecordingLinks, fake_certificate
 from ipop.types import ID_BYTES, Endpoint, NodeId, Path, RelayPath
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "LinkMessage",
     "LinkUp",
     "RecordingLinks",
+    "fake_certificate",
 ]
 
 _MAGIC = b"FK"
@@ -78,55 +79,6 @@ DROP_REASONS: Final = frozenset(
 
 
 MODELLED_KINDS = (NatKind.NONE, NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC)
-
-
-class RecordingLinks:
-    """A link layer for one overlay node driven by hand: records what the node asks of it
-    (handshakes as (path, expected, retransmit), sends, closes, moves); every send succeeds."""
-
-    def __init__(self, local_id: NodeId) -> None:
-        self.local_id = local_id
-        self.connects: list[tuple[Path, NodeId | None, bool]] = []
-        self.sent: list[tuple[NodeId, bytes]] = []
-        self.closed: list[NodeId] = []
-        self.moved: list[NodeId] = []
-
-    def connect(
-        self,
-        path: Path,
-        *,
-        now: float,
-        expected: NodeId | None = None,
-        retransmit: bool = True,
-        timeout_s: float | None = None,
-    ) -> None:
-        self.connects.append((path, expected, retransmit))
-
-    def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
-        self.sent.append((peer, payload))
-
-    def close(self, peer: NodeId, *, now: float) -> None:
-        self.closed.append(peer)
-
-    def is_up(self, peer: NodeId) -> bool:
-        return True
-
-    def peer_moved(self, peer: NodeId, *, now: float) -> None:
-        self.moved.append(peer)
-
-
-def fake_certificate(node_id: NodeId) -> NodeCertificate:
-    """A placeholder certificate: the overlay never looks inside LinkUp.cert."""
-    return NodeCertificate(
-        der=b"",
-        node_id=node_id,
-        network="fake",
-        name=node_id.short(),
-        hostname=None,
-        public_key_raw=b"",
-        not_before=0.0,
-        not_after=float("inf"),
-    )
 
 
 @dataclass(eq=False)

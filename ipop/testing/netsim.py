@@ -2,10 +2,12 @@
 
 This module owns the simulated world: segments (one internet, LANs), hosts with UDP sockets,
 NAT boxes between a LAN and the internet, datagram delivery with latency, jitter, loss and MTU,
-drop counters, and an optional packet trace. NAT behaviour itself lives in ``nat.py``. Nothing
-here reads the real clock or the global ``random``: time is ``loop.time()`` (virtual on
-:class:`~ipop.testing.clock.VirtualTimeLoop`, but any asyncio loop works) and every random
-draw comes from the one ``random.Random`` given to :class:`Network`, so a seed fixes a run.
+drop counters, and an optional packet trace. NAT behaviour itself lives in ``nat.py``, the
+hosts, sockets, segments and NAT boxes in ``simhosts.py`` (re-exported here), the topology as
+data in ``netspec.py``. Nothing here reads the real clock or the global ``random``: time is
+``loop.time()`` (virtual on :class:`~ipop.testing.clock.VirtualTimeLoop`, but any asyncio loop
+works) and every random draw comes from the one ``random.Random`` given to :class:`Network`,
+so a seed fixes a run.
 
 Topology::
 
@@ -61,17 +63,19 @@ import math
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from ipop.errors import ConfigError, LocalProtocolError
-from ipop.nat.kinds import NatKind
-from ipop.testing.nat import (
-    KIND_NONE,
-    NAT_KIND_NAMES,
-    NatBehaviour,
-    NatTable,
-    behaviour_from_data,
-    nat_kind,
+from ipop.testing.nat import KIND_NONE, NatBehaviour, nat_kind
+from ipop.testing.netspec import add_topology
+from ipop.testing.simhosts import (
+    DEFAULT_MTU,
+    UDP_IP_OVERHEAD,
+    Host,
+    NatBox,
+    Segment,
+    SimSocket,
+    TraceRecord,
 )
 from ipop.types import Endpoint
 
@@ -87,9 +91,6 @@ __all__ = [
     "build",
 ]
 
-# IPv4 header (20) + UDP header (8): what a UDP payload costs against an IP MTU.
-UDP_IP_OVERHEAD = 28
-
 # Every reason a datagram can be dropped for; each is also a key of Network.stats.
 DROP_REASONS = (
     "loss",  # the segment's loss probability hit
@@ -103,195 +104,16 @@ DROP_REASONS = (
     "nat_ports_exhausted",  # the NAT has no free external port
 )
 
-EPHEMERAL_MIN = 49152
 # What the virtual-time loop allows a timer to run early (VirtualTimeLoop._clock_resolution).
 _DUE_SLACK_S = 1e-6
-EPHEMERAL_MAX = 65535
 DEFAULT_INTERNET_LATENCY_S = 0.02
 DEFAULT_LAN_LATENCY_S = 0.0005
-DEFAULT_MTU = 1500
 
 _PUBLIC_NETS = (
     ipaddress.IPv4Network("203.0.113.0/24"),
     ipaddress.IPv4Network("198.51.100.0/24"),
 )
 _LAN_SPACE = ipaddress.IPv4Network("198.18.0.0/15")
-
-OnDatagram = Callable[[bytes, Endpoint], None]
-
-
-class TraceRecord(NamedTuple):
-    """One line of the packet trace. ``event``: sent, delivered, dropped, nat_out, nat_in."""
-
-    time: float
-    event: str
-    src: Endpoint
-    dst: Endpoint
-    size: int
-    note: str
-
-
-class Segment:
-    """A link layer with one latency, jitter, loss and MTU: the internet or a LAN."""
-
-    __slots__ = (
-        "_next_index",
-        "hosts",
-        "jitter_s",
-        "latency_s",
-        "loss",
-        "mtu",
-        "name",
-        "nat",
-        "subnet",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        subnet: ipaddress.IPv4Network | None,
-        latency_s: float,
-        jitter_s: float = 0.0,
-        loss: float = 0.0,
-        mtu: int = DEFAULT_MTU,
-    ) -> None:
-        if latency_s < 0 or jitter_s < 0:
-            raise LocalProtocolError(f"segment {name!r}: latency and jitter must be >= 0")
-        if not 0.0 <= loss <= 1.0:
-            raise LocalProtocolError(f"segment {name!r}: loss must be within 0..1, got {loss}")
-        if mtu < UDP_IP_OVERHEAD:
-            raise LocalProtocolError(f"segment {name!r}: mtu {mtu} is below {UDP_IP_OVERHEAD}")
-        self.name = name
-        self.subnet = subnet
-        self.latency_s = float(latency_s)
-        self.jitter_s = float(jitter_s)
-        self.loss = float(loss)
-        self.mtu = int(mtu)
-        # Hosts on this segment by address (a LAN's; the internet keeps its own table).
-        self.hosts: dict[str, Host] = {}
-        self.nat: NatBox | None = None
-        self._next_index = 2  # .1 is the NAT's inside address
-
-    def __repr__(self) -> str:
-        return (
-            f"Segment({self.name!r}, {self.subnet or 'internet'}, latency={self.latency_s}s, "
-            f"jitter={self.jitter_s}s, loss={self.loss}, mtu={self.mtu})"
-        )
-
-
-class SimSocket:
-    """A bound UDP port on a simulated host; the driver's ``DatagramSocket`` shape."""
-
-    __slots__ = ("_network", "closed", "host", "local", "on_datagram")
-
-    def __init__(self, host: Host, port: int, on_datagram: OnDatagram) -> None:
-        self.host = host
-        self.local = Endpoint(host.address, port)
-        self.on_datagram = on_datagram
-        self.closed = False
-        self._network = host.network
-
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Send one datagram; it arrives later (or never), never inside this call."""
-        if self.closed:
-            raise LocalProtocolError(f"sendto on closed socket {self.local}")
-        self._network._send(self, data, addr)
-
-    def close(self) -> None:
-        """Unbind; datagrams arriving afterwards are dropped as "no_listener"."""
-        if not self.closed:
-            self.closed = True
-            if self.host._sockets.get(self.local.port) is self:
-                del self.host._sockets[self.local.port]
-
-    def __repr__(self) -> str:
-        return f"SimSocket({self.host.name} {self.local}{' closed' if self.closed else ''})"
-
-
-class Host:
-    """A machine with one IPv4 address on one segment."""
-
-    __slots__ = ("_sockets", "address", "name", "nat", "network", "segment")
-
-    def __init__(
-        self, network: Network, name: str, address: str, segment: Segment, nat: NatBox | None
-    ) -> None:
-        self.network = network
-        self.name = name
-        self.address = address
-        self.segment = segment
-        self.nat = nat
-        self._sockets: dict[int, SimSocket] = {}
-
-    @property
-    def nat_kind(self) -> NatKind:
-        """The classic name of the NAT in front of this host; "none" on the internet."""
-        return KIND_NONE if self.nat is None else self.nat.kind
-
-    @property
-    def public_ip(self) -> str:
-        """The address the internet sees this host's traffic come from."""
-        return self.address if self.nat is None else self.nat.public_ip
-
-    def bind(self, port: int, on_datagram: OnDatagram) -> SimSocket:
-        """Bind ``port`` (0: a free ephemeral port drawn from the network's rng)."""
-        if not 0 <= port <= 65535:
-            raise LocalProtocolError(f"{self.name}: port {port} is not 0-65535")
-        if port == 0:
-            rng = self.network.rng
-            port = rng.randint(EPHEMERAL_MIN, EPHEMERAL_MAX)
-            while port in self._sockets:
-                port = rng.randint(EPHEMERAL_MIN, EPHEMERAL_MAX)
-        elif port in self._sockets:
-            raise LocalProtocolError(f"{self.name}: port {port} is already bound")
-        sock = SimSocket(self, port, on_datagram)
-        self._sockets[port] = sock
-        return sock
-
-    def sockets(self) -> list[SimSocket]:
-        return list(self._sockets.values())
-
-    def __repr__(self) -> str:
-        return f"Host({self.name!r}, {self.address}, nat={self.nat_kind})"
-
-
-class NatBox:
-    """A NAT between one LAN and the internet, with one public address."""
-
-    __slots__ = ("behaviour", "lan", "lan_ip", "name", "network", "public_ip", "table")
-
-    def __init__(
-        self,
-        network: Network,
-        name: str,
-        public_ip: str,
-        lan: Segment,
-        behaviour: NatBehaviour,
-    ) -> None:
-        assert lan.subnet is not None
-        self.network = network
-        self.name = name
-        self.public_ip = public_ip
-        self.lan = lan
-        self.lan_ip = str(lan.subnet.network_address + 1)
-        self.behaviour = behaviour
-        self.table = NatTable(public_ip, behaviour, network.rng)
-        lan.nat = self
-
-    @property
-    def kind(self) -> NatKind:
-        return self.behaviour.kind
-
-    def add_host(self, name: str, *, address: str | None = None) -> Host:
-        """A new host on this NAT's LAN (next free address unless ``address`` is given)."""
-        return self.network._add_lan_host(self, name, address)
-
-    def hosts(self) -> list[Host]:
-        return list(self.lan.hosts.values())
-
-    def __repr__(self) -> str:
-        return f"NatBox({self.name!r}, {self.public_ip}, {self.kind}, lan={self.lan.subnet})"
 
 
 class Network:
@@ -418,86 +240,9 @@ class Network:
     def build(self, topology: Mapping[str, Any]) -> dict[str, Host]:
         """Add a topology given as data (a dict as parsed from TOML); return its hosts by name.
 
-        ::
-
-            [segments.internet]          # optional: the internet's link parameters
-            latency_s = 0.03             # also jitter_s, loss, mtu
-            [segments.office]            # a LAN (optional; a NAT's LAN is made if not named)
-            latency_s = 0.001            # also subnet = "198.18.7.0/24", jitter_s, loss, mtu
-
-            [nats.office-nat]
-            kind = "port-restricted-cone"   # or a table: { base = "symmetric", hairpinning = true }
-            lan = "office"                  # optional; public_ip = "..." optional
-
-            [hosts.alice]
-            nat = "office-nat"           # behind that NAT ...
-            [hosts.bob]
-            kind = "symmetric"           # ... or alone behind a NAT of its own ("none": public)
-            [hosts.carol]                # neither: on the internet; address = "..." optional
-
-        Problems raise :class:`ConfigError` naming the key.
+        The schema and its checks: :func:`ipop.testing.netspec.add_topology`.
         """
-        _only(topology, ("segments", "nats", "hosts"), "topology")
-        segments = _table(topology, "segments", "topology")
-        nats = _table(topology, "nats", "topology")
-        hosts = _table(topology, "hosts", "topology")
-        seg_keys = ("latency_s", "jitter_s", "loss", "mtu")
-        for seg_name, raw in segments.items():
-            key = f"segments.{seg_name}"
-            spec = _table({seg_name: raw}, seg_name, "segments")
-            if seg_name == "internet":
-                _only(spec, seg_keys, key)
-                for k in seg_keys:
-                    if k in spec:
-                        setattr(self.internet, k, _number(spec, k, key))
-                continue
-            _only(spec, (*seg_keys, "subnet"), key)
-            kwargs: dict[str, Any] = {k: _number(spec, k, key) for k in seg_keys if k in spec}
-            if "subnet" in spec:
-                kwargs["subnet"] = spec["subnet"]
-            with _as_config_error(key):
-                self.add_lan(seg_name, **kwargs)
-        for nat_name, raw in nats.items():
-            key = f"nats.{nat_name}"
-            spec = _table({nat_name: raw}, nat_name, "nats")
-            _only(spec, ("kind", "lan", "public_ip"), key)
-            behaviour = _behaviour(spec.get("kind"), f"{key}.kind")
-            if behaviour is None:
-                raise ConfigError(
-                    f"{key}.kind", "'none' is not a NAT", "put such hosts under [hosts] alone"
-                )
-            with _as_config_error(key):
-                self.add_nat(
-                    nat_name, behaviour, public_ip=spec.get("public_ip"), lan=spec.get("lan")
-                )
-        made: dict[str, Host] = {}
-        for host_name, raw in hosts.items():
-            key = f"hosts.{host_name}"
-            spec = _table({host_name: raw}, host_name, "hosts")
-            _only(spec, ("nat", "kind", "address"), key)
-            if "nat" in spec and "kind" in spec:
-                raise ConfigError(key, "has both nat and kind", "give one of them")
-            address = spec.get("address")
-            with _as_config_error(key):
-                if "nat" in spec:
-                    box = self.nats.get(spec["nat"])
-                    if box is None:
-                        raise ConfigError(
-                            f"{key}.nat",
-                            f"no NAT {spec['nat']!r}",
-                            f"define [nats.{spec['nat']}] or use one of: "
-                            f"{', '.join(self.nats) or '(none defined)'}",
-                        )
-                    made[host_name] = box.add_host(host_name, address=address)
-                    continue
-                behaviour = _behaviour(spec.get("kind", KIND_NONE), f"{key}.kind")
-                if behaviour is None:
-                    made[host_name] = self.add_public_host(host_name, address=address)
-                else:
-                    self._check_name(host_name)
-                    box = self.add_nat(f"{host_name}-nat", behaviour)
-                    made[host_name] = box.add_host(host_name, address=address)
-        return made
+        return add_topology(self, topology)
 
     # --- inspection ---------------------------------------------------------------------
 
@@ -858,69 +603,3 @@ def build(topology: Mapping[str, Any], *, rng: random.Random, trace: bool = Fals
     network = Network(rng=rng, trace=trace)
     network.build(topology)
     return network
-
-
-# --- topology-as-data helpers --------------------------------------------------------------
-
-
-class _as_config_error:
-    """Turn API misuse found while building from data into a ConfigError naming the key."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if isinstance(exc, LocalProtocolError):
-            raise ConfigError(self.key, str(exc), "fix the topology data") from exc
-
-
-def _only(spec: Mapping[str, Any], allowed: tuple[str, ...], key: str) -> None:
-    extra = sorted(set(spec) - set(allowed))
-    if extra:
-        raise ConfigError(
-            f"{key}.{extra[0]}", "unknown key", f"valid keys here: {', '.join(allowed)}"
-        )
-
-
-def _table(spec: Mapping[str, Any], name: str, key: str) -> dict[str, Any]:
-    value = spec.get(name, {})
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key}.{name}", f"must be a table, got {value!r}", "write a table")
-    return dict(value)
-
-
-def _number(spec: Mapping[str, Any], k: str, key: str) -> Any:
-    value = spec[k]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key}.{k}", f"must be a number, got {value!r}", "write a number")
-    if k == "mtu":
-        if not isinstance(value, int) or value < UDP_IP_OVERHEAD:
-            raise ConfigError(f"{key}.mtu", f"{value!r} is not a valid MTU", "e.g. mtu = 1500")
-        return value
-    if value < 0 or (k == "loss" and value > 1):
-        raise ConfigError(
-            f"{key}.{k}", f"{value!r} is out of range", "latency >= 0, 0 <= loss <= 1"
-        )
-    return float(value)
-
-
-def _behaviour(raw: Any, key: str) -> NatBehaviour | None:
-    """``None`` for kind "none"."""
-    if raw is None:
-        raise ConfigError(key, "missing", f"give one of: {', '.join(NAT_KIND_NAMES)}")
-    if isinstance(raw, str):
-        if raw == KIND_NONE:
-            return None
-        try:
-            return nat_kind(raw)
-        except LocalProtocolError as exc:
-            raise ConfigError(key, str(exc)) from None
-    if isinstance(raw, Mapping):
-        try:
-            return behaviour_from_data(dict(raw))
-        except LocalProtocolError as exc:
-            raise ConfigError(key, str(exc)) from None
-    raise ConfigError(key, f"{raw!r} is neither a kind name nor a table", "e.g. kind = 'symmetric'")

@@ -18,15 +18,11 @@ import pytest
 
 from ipop.errors import ConfigError
 from ipop.tools.lab import main as lab_main
+from ipop.tools.lab.generated import parse_nat_mix, preset_topology, scaled_topology
 from ipop.tools.lab.ipopnet import IpopNet
 from ipop.tools.lab.lab import HOST_IF, Lab
 from ipop.tools.lab.soak import sweep, target_name
-from ipop.tools.lab.topology import (
-    parse_nat_mix,
-    preset_topology,
-    scaled_topology,
-    topology_from_dict,
-)
+from ipop.tools.lab.topology import topology_from_dict
 
 MakeLab = Callable[..., Lab]
 needs_root = pytest.mark.skipif(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from ipop.tools.lab.generated import scaled_topology
 from ipop.tools.lab.lab import process_prefix
 from ipop.tools.lab.soak import SoakPlan, run_soak
-from ipop.tools.lab.topology import scaled_topology
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("iptables") is None,

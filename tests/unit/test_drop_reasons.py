@@ -57,11 +57,18 @@ class Counting:
 PACKET = ("ipop/vnet/packet.py", "PacketError")  # counted where frames are parsed
 # To add a module: one line here (and a DROP_REASONS frozenset or enum in the module).
 MODULES = (
-    Counting("dhcp_dns/dhcp.py", raises=(("dhcp_dns/dhcp.py", "PacketError"), PACKET)),
+    Counting(
+        "dhcp_dns/dhcp.py",
+        raises=(
+            ("dhcp_dns/dhcp.py", "PacketError"),
+            ("dhcp_dns/dhcpwire.py", "PacketError"),
+            PACKET,
+        ),
+    ),
     Counting("dhcp_dns/dns.py"),
     Counting("dhcp_dns/services.py", raises=(PACKET,)),
     Counting("dhcp_dns/tcp.py"),
-    Counting("ipop/aio/control.py", raises=(("ipop/aio/control.py", "_BadRequest"),)),
+    Counting("ipop/aio/control.py", raises=(("ipop/aio/controlproto.py", "BadRequest"),)),
     Counting("ipop/aio/dataplane.py"),
     Counting("ipop/aio/sockets.py"),
     Counting(

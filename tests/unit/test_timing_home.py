@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # (module path, name) -> why it stays next to its code.
 STAYS: dict[tuple[str, str], str] = {
-    ("ipop/aio/control.py", "DEFAULT_REPLY_TIMEOUT_S"): "control socket reply wait (CLI)",
-    ("ipop/aio/control.py", "PING_REPLY_MARGIN_S"): "control socket reply wait (CLI)",
-    ("ipop/aio/control.py", "NETCHECK_REPLY_TIMEOUT_S"): "control socket reply wait (CLI)",
-    ("ipop/aio/control.py", "MAX_PING_TIMEOUT_S"): "bound on a CLI argument",
+    ("ipop/aio/controlclient.py", "DEFAULT_REPLY_TIMEOUT_S"): "control socket reply wait (CLI)",
+    ("ipop/aio/controlclient.py", "PING_REPLY_MARGIN_S"): "control socket reply wait (CLI)",
+    ("ipop/aio/controlclient.py", "NETCHECK_REPLY_TIMEOUT_S"): "control socket reply wait (CLI)",
+    ("ipop/aio/controlproto.py", "MAX_PING_TIMEOUT_S"): "bound on a CLI argument",
     ("ipop/aio/natio.py", "STUN_DEADLINE_S"): "adapter's wait on a core transaction",
     ("ipop/aio/natio.py", "STUN_POLL_S"): "adapter polling",
     ("ipop/aio/daemon.py", "JOURNAL_DRAIN_S"): "log housekeeping",

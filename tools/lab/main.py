@@ -23,17 +23,10 @@ from typing import Any
 
 from ipop.errors import ConfigError, IpopError
 from ipop.tools.lab import netns
+from ipop.tools.lab.generated import DEFAULT_MIX, PRESETS, preset_topology, scaled_topology
 from ipop.tools.lab.ipopnet import IpopNet
 from ipop.tools.lab.lab import STATE_FILE, Lab, cleanup_stale
-from ipop.tools.lab.topology import (
-    DEFAULT_MIX,
-    PRESETS,
-    Topology,
-    default_topology,
-    load_topology,
-    preset_topology,
-    scaled_topology,
-)
+from ipop.tools.lab.topology import Topology, default_topology, load_topology
 
 DEFAULT_WORKDIR = Path("/run/ipop-lab/current")
 

@@ -1,6 +1,7 @@
 """``ipop-lab soak``: a large lab churned for M minutes, every live pair swept by name.
 
-This module owns the soak's fault schedule, its sweeps and its report. Theory of operation:
+This module owns the soak's fault schedule, its rounds and its report; the sweeps and the
+cold-start probe it measures with are :mod:`ipop.tools.lab.sweep`. Theory of operation:
 
 - Build the lab (``--nodes 30`` by default: a generated topology with several hosts per NAT,
   two bootstraps and two router clusters), start every daemon and DHCP client, wait for all.
@@ -47,24 +48,23 @@ from typing import Any
 from ipop.aio.control import ControlError
 from ipop.tools.lab.ipopnet import IpopNet, NotReady
 from ipop.tools.lab.lab import HOST_IF, Host, Lab
+from ipop.tools.lab.sweep import (
+    cold_probe,
+    cold_summary,
+    summarise,
+    sweep,
+    target_name,
+)
 from ipop.tools.lab.topology import SHAREABLE_NATS, Topology
 
-__all__ = ["SoakPlan", "main_soak", "run_soak", "sweep"]
+__all__ = ["SoakPlan", "main_soak", "run_soak", "sweep", "target_name"]
 
 RESTART_AFTER_S = 2.0
 READY_TIMEOUT_S = 40.0
 LEASE_TIMEOUT_S = 20.0
-SWEEP_TIMEOUT_S = 90.0
 PROBE_GAP_S = 0.5
 PROBE_PEERS = 3
 RECOVER_TIMEOUT_S = 60.0
-PING_WAIT_S = 1
-# Names one source probes at once: with ``workers`` sources that bounds the lookups in flight
-# (6 x 4), so the sweep measures the network, not a DNS burst of its own.
-SOURCE_CONCURRENCY = 4
-# The resolver's own bound on a lookup (glibc reads RES_OPTIONS): two tries of 3 s, not
-# glibc's 5 s x 2; no answer by then counts as a failure ("servfail": EAI_AGAIN).
-RES_OPTIONS = "timeout:3 attempts:2"
 # Re-addressed public hosts move to .230 and up of their segment (generated labs use .9-.100
 # for public hosts and .101 and up for NAT routers).
 READDRESS_FIRST = 230
@@ -72,72 +72,6 @@ READDRESS_LAN_FIRST = 100
 FAULT_KINDS = frozenset(
     {"kill9", "restart", "readdress", "nat_flush", "pause", "continue", "bootstraps_stopped"}
 )
-
-# Run in a source's namespace: argv[1] a JSON list of names, argv[2] ping -W seconds, argv[3]
-# names probed at once. For each name: getaddrinfo timed, then, if it resolved, `ping -c 1` by
-# name, retried once. Prints [{"to", "ok", "dns_ms", "dns_err"}] as JSON.
-SWEEP_PY = r"""
-import json, socket, subprocess, sys, threading, time
-names, wait = json.loads(sys.argv[1]), sys.argv[2]
-gate = threading.Semaphore(int(sys.argv[3]))
-out = [None] * len(names)
-def one(i, name):
-    with gate:
-        probe(i, name)
-def probe(i, name):
-    t0 = time.perf_counter()
-    err = None
-    try:
-        socket.getaddrinfo(name, None, socket.AF_INET)
-    except socket.gaierror as e:
-        kinds = {socket.EAI_NONAME: "nxdomain", socket.EAI_AGAIN: "servfail"}
-        err = kinds.get(e.errno, str(e.errno))
-    dns_ms = (time.perf_counter() - t0) * 1000
-    ok = False
-    for _ in range(0 if err else 2):
-        r = subprocess.run(["ping", "-n", "-c", "1", "-W", wait, name],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if r.returncode == 0:
-            ok = True
-            break
-    out[i] = {"to": name, "ok": ok, "dns_ms": round(dns_ms, 3), "dns_err": err}
-ts = [threading.Thread(target=one, args=(i, n)) for i, n in enumerate(names)]
-for t in ts: t.start()
-for t in ts: t.join()
-print(json.dumps(out))
-"""
-
-# Run in the first bootstrap's namespace while the lab cold-starts: argv[1] a JSON list of
-# names, argv[2] seconds to keep trying. One thread per name resolves it and pings it once
-# (ping -W 1) again and again, 0.2 s after each miss, until it answers; prints {name:
-# the wall-clock time of its first answer, or null} as JSON. A name's own loop, not rounds
-# over all names: a round waits for its slowest miss (a second each), and the first answer
-# would be measured that late.
-COLD_PY = r"""
-import json, socket, subprocess, sys, threading, time
-names, until = json.loads(sys.argv[1]), time.time() + float(sys.argv[2])
-first = dict.fromkeys(names)
-def one(name):
-    while time.time() < until:
-        try:
-            socket.getaddrinfo(name, None, socket.AF_INET)
-        except OSError:
-            time.sleep(0.2)
-            continue
-        r = subprocess.run(["ping", "-n", "-c", "1", "-W", "1", name],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if r.returncode == 0:
-            first[name] = time.time()
-            return
-        time.sleep(0.2)
-ts = [threading.Thread(target=one, args=(n,)) for n in names]
-for t in ts: t.start()
-for t in ts: t.join()
-print(json.dumps(first))
-"""
-# The resolver's bound while names are cold: one quick try, the name's loop retries.
-COLD_RES_OPTIONS = "timeout:1 attempts:1"
-COLD_PROBE_S = 60.0
 
 # Run in a NAT router's namespace: flush its IPv4 conntrack table over netlink (the message
 # `conntrack -F` sends: IPCTNL_MSG_CT_DELETE without attributes), exit 0 on the kernel's ack.
@@ -168,66 +102,6 @@ class SoakPlan:
 
 def _say(msg: str) -> None:
     print(f"soak: {msg}", file=sys.stderr, flush=True)
-
-
-def target_name(h: Host) -> str:
-    # A LAN host's name is under its router's (ipop.dht.policy).
-    return f"{h.name}.{h.lan_router}.ipop" if h.lan_router else f"{h.name}.ipop"
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(q * len(s)))], 3)
-
-
-def sweep(
-    lab: Lab, sources: list[Host], targets: list[Host], *, workers: int
-) -> list[dict[str, Any]]:
-    """Every ordered (source, target) pair of distinct hosts: one row each, by name."""
-
-    def run(src: Host) -> list[dict[str, Any]]:
-        names = [target_name(t) for t in targets if t.name != src.name]
-        if not names:
-            return []
-        try:
-            argv = [
-                sys.executable, "-c", SWEEP_PY, json.dumps(names), str(PING_WAIT_S),
-                str(SOURCE_CONCURRENCY),
-            ]  # fmt: skip
-            res = lab.exec(
-                src, ["env", f"RES_OPTIONS={RES_OPTIONS}", *argv], timeout=SWEEP_TIMEOUT_S
-            )
-            rows: list[dict[str, Any]] = json.loads(res.stdout)
-        except Exception as exc:  # a source that cannot run counts all its pairs as failed
-            rows = [{"to": n, "ok": False, "dns_ms": None, "dns_err": repr(exc)} for n in names]
-        return [dict(r, **{"from": src.name}) for r in rows]
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return [row for rows in pool.map(run, sources) for row in rows]
-
-
-def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    ok = sum(1 for r in rows if r["ok"])
-    dns = [float(r["dns_ms"]) for r in rows if r["dns_ms"] is not None and not r["dns_err"]]
-    errors: dict[str, int] = {}
-    for r in rows:
-        if r["dns_err"]:
-            errors[str(r["dns_err"])] = errors.get(str(r["dns_err"]), 0) + 1
-    return {
-        "pairs": len(rows),
-        "pairs_ok": ok,
-        "pairs_ok_ratio": round(ok / len(rows), 4) if rows else 1.0,
-        "dns_ms": {
-            "n": len(dns),
-            "p50": _percentile(dns, 0.5),
-            "p99": _percentile(dns, 0.99),
-            "max": round(max(dns), 3) if dns else None,
-        },
-        "dns_errors": errors,
-        "failed": [f"{r['from']}->{r['to']}" for r in rows if not r["ok"]][:30],
-    }
 
 
 def _proc_sample(pid: int) -> tuple[int, float] | None:
@@ -497,12 +371,12 @@ def run_soak(
             net.prepare()
             started = time.monotonic()
             with ThreadPoolExecutor(max_workers=1) as cold:
-                probed = cold.submit(_cold_probe, lab)
+                probed = cold.submit(cold_probe, lab)
                 started_at = _start_all(net, plan.start_gap_s)
                 net.wait_all_ready(
                     lab.hosts, timeout_s=READY_TIMEOUT_S + len(lab.hosts) * (1 + plan.start_gap_s)
                 )
-                result["cold_start"] = _cold_summary(probed.result(), started_at)
+                result["cold_start"] = cold_summary(probed.result(), started_at)
             for p in lab.plain_hosts:
                 net.start_plain(p)
             for p in lab.plain_hosts:
@@ -557,38 +431,6 @@ def _start_all(net: IpopNet, gap_s: float) -> dict[str, float]:
     return at
 
 
-def _cold_probe(lab: Lab) -> dict[str, float | None]:
-    """From the first bootstrap, every other daemon by name (a router's too) until each
-    answers a ping: name -> wall-clock time of its first answer (None: not within
-    COLD_PROBE_S). The prober itself is not measured: it is what the others are reached from."""
-    prober = lab.bootstraps[0]
-    names = [target_name(h) for h in lab.hosts if h.name != prober.name]
-    argv = [sys.executable, "-c", COLD_PY, json.dumps(names), str(COLD_PROBE_S)]
-    try:
-        res = lab.exec(
-            prober,
-            ["env", f"RES_OPTIONS={COLD_RES_OPTIONS}", *argv],
-            timeout=COLD_PROBE_S + 30,
-        )
-        got: dict[str, float | None] = json.loads(res.stdout)
-    except Exception:  # a probe that cannot run measures nothing: every name unanswered
-        got = dict.fromkeys(names)
-    return {n.split(".")[0]: t for n, t in got.items()}
-
-
-def _cold_summary(first: dict[str, float | None], started_at: dict[str, float]) -> dict[str, Any]:
-    """Seconds from each daemon's own start to its first answer by name from the prober."""
-    after = {h: (round(t - started_at[h], 2) if t is not None else None) for h, t in first.items()}
-    got = [v for v in after.values() if v is not None]
-    return {
-        "pingable_s": after,
-        "p50": _percentile(got, 0.5),
-        "max": max(got) if got else None,
-        "within_5s": sum(1 for v in got if v <= 5.0),
-        "daemons": len(after),
-    }
-
-
 def _plan_dict(plan: SoakPlan) -> dict[str, Any]:
     return {k: getattr(plan, k) for k in SoakPlan.__slots__}
 
@@ -603,7 +445,7 @@ def _one_sweep(soak: _Soak) -> dict[str, Any]:
     row = {
         "t_s": round(started - soak.t0, 2),
         "live": len(live),
-        **_summarise(rows),
+        **summarise(rows),
         "recovering": started - soak.last_fault < soak.plan.recovery_s,
         "took_s": round(time.monotonic() - started, 2),
     }

@@ -1,0 +1,195 @@
+"""The lab's by-name reachability measurements: the pair sweep and the cold-start probe.
+
+This module owns what ``ipop-lab soak`` (and the scale lab tests) measure and how: a sweep
+runs, in every source namespace at once, a small script that resolves every target's name
+with the system resolver (timed) and pings it by name with the system ``ping``; the cold-start
+probe pings every daemon by name from the first bootstrap until each answers. Each returns
+plain rows; :func:`summarise` and :func:`cold_summary` reduce them to the report's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ipop.tools.lab.lab import Host, Lab
+
+__all__ = [
+    "COLD_PROBE_S",
+    "SWEEP_TIMEOUT_S",
+    "cold_probe",
+    "cold_summary",
+    "percentile",
+    "summarise",
+    "sweep",
+    "target_name",
+]
+
+SWEEP_TIMEOUT_S = 90.0
+PING_WAIT_S = 1
+# Names one source probes at once: with ``workers`` sources that bounds the lookups in flight
+# (6 x 4), so the sweep measures the network, not a DNS burst of its own.
+SOURCE_CONCURRENCY = 4
+# The resolver's own bound on a lookup (glibc reads RES_OPTIONS): two tries of 3 s, not
+# glibc's 5 s x 2; no answer by then counts as a failure ("servfail": EAI_AGAIN).
+RES_OPTIONS = "timeout:3 attempts:2"
+
+# Run in a source's namespace: argv[1] a JSON list of names, argv[2] ping -W seconds, argv[3]
+# names probed at once. For each name: getaddrinfo timed, then, if it resolved, `ping -c 1` by
+# name, retried once. Prints [{"to", "ok", "dns_ms", "dns_err"}] as JSON.
+SWEEP_PY = r"""
+import json, socket, subprocess, sys, threading, time
+names, wait = json.loads(sys.argv[1]), sys.argv[2]
+gate = threading.Semaphore(int(sys.argv[3]))
+out = [None] * len(names)
+def one(i, name):
+    with gate:
+        probe(i, name)
+def probe(i, name):
+    t0 = time.perf_counter()
+    err = None
+    try:
+        socket.getaddrinfo(name, None, socket.AF_INET)
+    except socket.gaierror as e:
+        kinds = {socket.EAI_NONAME: "nxdomain", socket.EAI_AGAIN: "servfail"}
+        err = kinds.get(e.errno, str(e.errno))
+    dns_ms = (time.perf_counter() - t0) * 1000
+    ok = False
+    for _ in range(0 if err else 2):
+        r = subprocess.run(["ping", "-n", "-c", "1", "-W", wait, name],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if r.returncode == 0:
+            ok = True
+            break
+    out[i] = {"to": name, "ok": ok, "dns_ms": round(dns_ms, 3), "dns_err": err}
+ts = [threading.Thread(target=one, args=(i, n)) for i, n in enumerate(names)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(json.dumps(out))
+"""
+
+# Run in the first bootstrap's namespace while the lab cold-starts: argv[1] a JSON list of
+# names, argv[2] seconds to keep trying. One thread per name resolves it and pings it once
+# (ping -W 1) again and again, 0.2 s after each miss, until it answers; prints {name:
+# the wall-clock time of its first answer, or null} as JSON. A name's own loop, not rounds
+# over all names: a round waits for its slowest miss (a second each), and the first answer
+# would be measured that late.
+COLD_PY = r"""
+import json, socket, subprocess, sys, threading, time
+names, until = json.loads(sys.argv[1]), time.time() + float(sys.argv[2])
+first = dict.fromkeys(names)
+def one(name):
+    while time.time() < until:
+        try:
+            socket.getaddrinfo(name, None, socket.AF_INET)
+        except OSError:
+            time.sleep(0.2)
+            continue
+        r = subprocess.run(["ping", "-n", "-c", "1", "-W", "1", name],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if r.returncode == 0:
+            first[name] = time.time()
+            return
+        time.sleep(0.2)
+ts = [threading.Thread(target=one, args=(n,)) for n in names]
+for t in ts: t.start()
+for t in ts: t.join()
+print(json.dumps(first))
+"""
+# The resolver's bound while names are cold: one quick try, the name's loop retries.
+COLD_RES_OPTIONS = "timeout:1 attempts:1"
+COLD_PROBE_S = 60.0
+
+
+def target_name(h: Host) -> str:
+    # A LAN host's name is under its router's (ipop.dht.policy).
+    return f"{h.name}.{h.lan_router}.ipop" if h.lan_router else f"{h.name}.ipop"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(q * len(s)))], 3)
+
+
+def sweep(
+    lab: Lab, sources: list[Host], targets: list[Host], *, workers: int
+) -> list[dict[str, Any]]:
+    """Every ordered (source, target) pair of distinct hosts: one row each, by name."""
+
+    def run(src: Host) -> list[dict[str, Any]]:
+        names = [target_name(t) for t in targets if t.name != src.name]
+        if not names:
+            return []
+        try:
+            argv = [
+                sys.executable, "-c", SWEEP_PY, json.dumps(names), str(PING_WAIT_S),
+                str(SOURCE_CONCURRENCY),
+            ]  # fmt: skip
+            res = lab.exec(
+                src, ["env", f"RES_OPTIONS={RES_OPTIONS}", *argv], timeout=SWEEP_TIMEOUT_S
+            )
+            rows: list[dict[str, Any]] = json.loads(res.stdout)
+        except Exception as exc:  # a source that cannot run counts all its pairs as failed
+            rows = [{"to": n, "ok": False, "dns_ms": None, "dns_err": repr(exc)} for n in names]
+        return [dict(r, **{"from": src.name}) for r in rows]
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return [row for rows in pool.map(run, sources) for row in rows]
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = sum(1 for r in rows if r["ok"])
+    dns = [float(r["dns_ms"]) for r in rows if r["dns_ms"] is not None and not r["dns_err"]]
+    errors: dict[str, int] = {}
+    for r in rows:
+        if r["dns_err"]:
+            errors[str(r["dns_err"])] = errors.get(str(r["dns_err"]), 0) + 1
+    return {
+        "pairs": len(rows),
+        "pairs_ok": ok,
+        "pairs_ok_ratio": round(ok / len(rows), 4) if rows else 1.0,
+        "dns_ms": {
+            "n": len(dns),
+            "p50": percentile(dns, 0.5),
+            "p99": percentile(dns, 0.99),
+            "max": round(max(dns), 3) if dns else None,
+        },
+        "dns_errors": errors,
+        "failed": [f"{r['from']}->{r['to']}" for r in rows if not r["ok"]][:30],
+    }
+
+
+def cold_probe(lab: Lab) -> dict[str, float | None]:
+    """From the first bootstrap, every other daemon by name (a router's too) until each
+    answers a ping: name -> wall-clock time of its first answer (None: not within
+    COLD_PROBE_S). The prober itself is not measured: it is what the others are reached from."""
+    prober = lab.bootstraps[0]
+    names = [target_name(h) for h in lab.hosts if h.name != prober.name]
+    argv = [sys.executable, "-c", COLD_PY, json.dumps(names), str(COLD_PROBE_S)]
+    try:
+        res = lab.exec(
+            prober,
+            ["env", f"RES_OPTIONS={COLD_RES_OPTIONS}", *argv],
+            timeout=COLD_PROBE_S + 30,
+        )
+        got: dict[str, float | None] = json.loads(res.stdout)
+    except Exception:  # a probe that cannot run measures nothing: every name unanswered
+        got = dict.fromkeys(names)
+    return {n.split(".")[0]: t for n, t in got.items()}
+
+
+def cold_summary(first: dict[str, float | None], started_at: dict[str, float]) -> dict[str, Any]:
+    """Seconds from each daemon's own start to its first answer by name from the prober."""
+    after = {h: (round(t - started_at[h], 2) if t is not None else None) for h, t in first.items()}
+    got = [v for v in after.values() if v is not None]
+    return {
+        "pingable_s": after,
+        "p50": percentile(got, 0.5),
+        "max": max(got) if got else None,
+        "within_5s": sum(1 for v in got if v <= 5.0),
+        "daemons": len(after),
+    }
