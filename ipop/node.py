@@ -12,34 +12,21 @@
   up (a shortcut or any other link) and is routed over the ring otherwise. The first packet to
   a peer with no link asks the overlay for a shortcut, so later packets go direct;
 - traffic to a peer over a relayed link or over the ring also starts port guessing
-  (:mod:`ipop.nat.portguess`), the only way to a direct path between a symmetric NAT and a
-  port-restricted one. Its openers leave from punching sockets (``SocketPath``), which the I/O
-  layer opens on first use; a knock on one of them starts a handshake there. Openers and
-  knocks go only to the addresses the overlay knows the peer at
-  (:meth:`ipop.overlay.node.OverlayNode.peer_hosts`), never to one a birthday message names.
-
+  (:mod:`ipop.punching`). Its openers leave from punching sockets (``SocketPath``), which the
+  I/O layer opens on first use; a knock on one of them starts a handshake there;
 - inner IP packets (:meth:`send_ip`) are held to the size that the path to their destination
   carries without fragmentation (:meth:`ip_mtu`); a larger one is not sent, and the caller
   answers it with ICMP "fragmentation needed" (:mod:`ipop.vnet.toobig`). The size comes from
   the path the packet takes now: a direct or relayed link's probed size
   (:mod:`ipop.link.pmtu`, end to end through the relay), a relayed link's first hop until its
   probe answers, and for a packet routed over the ring, the route's size probed end to end
-  (below).
+  (:mod:`ipop.routes`).
 
-Routes over the ring: a pair that cannot link (two symmetric NATs, not near each other: a
-shortcut is never relayed) exchanges its IP traffic routed for good, and each hop of the
-route is another node's link, whose size nobody probes. So a route that IP flows over is
-probed like a link, with the same probe and ack messages (:mod:`ipop.link.pmtu`) as routed
-messages of kind KIND_PMTU, authenticated end to end like any routed message
-(:mod:`ipop.overlay.origin`), which the destination answers. A probe with an n-byte payload
-is exactly as large on every hop as an IP packet of n bytes routed the same way (same header,
-same authentication, same certificate rule), so the largest acknowledged n is the route's
-MTU. Until the first answer: what a 1,500-byte hop carries around a signed routed message.
-Once a route's size is known, IP packets and probes to that peer carry our certificate only
-within it (:meth:`_route_cert_budget`): the certificate rides on small messages only, so
-otherwise a message with it could be larger than a bigger one without it.
-At most ROUTE_PROBED_MAX routes are probed at once (the least recently used goes), and one
-is forgotten timing.ROUTE_PROBE_IDLE_S after its last packet or once a link to its peer is up.
+Routes over the ring that IP flows over are probed end to end like links; their table, probes
+and certificate rule are :class:`ipop.routes.RouteProbes`. Shortcut upkeep (when data asks
+for one, when an idle one goes) is :class:`ipop.shortcuts.ShortcutKeeper`; port guessing's
+messages over the overlay are :class:`ipop.punching.Punching`. NodeCore keeps the wiring
+(:meth:`_settle`), the commands and the timer.
 
 Theory of operation: every input (datagram, timer, command) ends with :meth:`_settle`, which
 moves events and datagrams between the two layers until neither has anything left. Both layers
@@ -52,7 +39,7 @@ from __future__ import annotations
 import collections
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ipop import timing
@@ -62,14 +49,7 @@ from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
 from ipop.link.events import LinkDown, LinkInfo, LinkMessage, LinkPathChanged, LinkUp
 from ipop.link.layer import LinkConfig, LinkLayer
-from ipop.link.pmtu import (
-    MAX_DATAGRAM,
-    MESSAGE_BYTES,
-    PROBE_TAG,
-    RELAY_OVERHEAD,
-    PathMtuProber,
-    ack_payload,
-)
+from ipop.link.pmtu import MAX_DATAGRAM, RELAY_OVERHEAD
 from ipop.nat.mapping import MappingCheck, Observer
 from ipop.nat.portguess import PortGuessing, is_knock
 from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
@@ -84,34 +64,19 @@ from ipop.overlay.messages import (
     Closing,
 )
 from ipop.overlay.node import OverlayConfig, OverlayNode, OverlaySnapshot
-from ipop.overlay.origin import CERT_BUDGET_BYTES, ROUTED_OVERHEAD, OriginAuth
+from ipop.overlay.origin import OriginAuth
+from ipop.punching import NO_VIEW, PublicView, Punching, public_view
 from ipop.revocation import CrlGossip
+from ipop.routes import ROUTED_IP_MTU, RouteProbes
+from ipop.shortcuts import ShortcutKeeper
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 from ipop.wire.header import DATA_MIN_BYTES
 
-__all__ = ["NodeCore", "NodeSnapshot", "PublicView"]
+__all__ = ["ROUTED_IP_MTU", "NodeCore", "NodeSnapshot", "PublicView"]
 
 _CRL_TAG = bytes([TYPE_CRL])
 # A DIRECT message's datagram is its inner packet plus this (DIRECT header, DATA header, tag).
 _DIRECT_GROWTH = DATA_MIN_BYTES + 2
-# The largest inner packet a routed message carries within a 1,500-byte hop (see ip_mtu).
-ROUTED_IP_MTU = MAX_DATAGRAM - DATA_MIN_BYTES - ROUTED_OVERHEAD
-# The least a routed message adds around its payload: header, ts and a pairwise MAC.
-_ROUTED_MIN_OVERHEAD = ROUTED_OVERHEAD - 64 + 16
-# Routes probed at once, and how long one stays probed after its last IP packet.
-ROUTE_PROBED_MAX = 64
-
-
-@dataclass(frozen=True, slots=True)
-class PublicView:
-    """What peers' echoes say of our NAT (:meth:`NodeCore.public_view`)."""
-
-    host: str | None  # our public address; None: nobody told us yet
-    symmetric: bool  # peers saw different ports: a mapping per destination
-    translated: bool  # the port they see differs from our socket's: the NAT translated it
-
-
-_NO_VIEW = PublicView(None, False, False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +90,7 @@ class NodeSnapshot:
     overlay: OverlaySnapshot  # connections with their kinds, routable
     links: tuple[LinkInfo, ...] = ()  # up sessions
     endpoints: tuple[Endpoint, ...] = ()  # what we advertise: our socket's, then observed ones
-    public: PublicView = _NO_VIEW
+    public: PublicView = NO_VIEW
     shortcuts: dict[NodeId, float] = field(default_factory=dict)  # peer -> last data time
     peer_nat: dict[NodeId, int] = field(default_factory=dict)  # port guessing's HELLO flags
     drops: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -162,13 +127,13 @@ class NodeCore:
         self.stats: collections.Counter[str] = collections.Counter()
         self._out: list[tuple[bytes, Path]] = []
         self._events: collections.deque[OverlayEvent] = collections.deque()
-        self._shortcut_asked: dict[NodeId, float] = {}
+        self.shortcut_keeper = ShortcutKeeper(self.overlay, self.stats)
+        # The keeper's own dict (never rebound): the packet paths mark data without a call.
+        self._shortcut_used = self.shortcut_keeper.used
         self.fallback = RoamFallback()
         self.mapping = MappingCheck()
         # The last handle_timer: a gap past timing.WAKE_GAP_S means we did not run (_woke).
         self._last_timer = math.inf
-        # Peers we asked a shortcut to, with the last time data went to them (idle expiry).
-        self._shortcut_used: dict[NodeId, float] = {}
         # STUN on the overlay socket (ipop.nat.stun): answered here, never seen by the link layer.
         # ``stun_alt_send`` is the I/O layer's way to send from a node's alternate sockets.
         # Answered only with ``stun_serve`` (``[stun] serve``): see ipop.nat.stun.
@@ -177,12 +142,14 @@ class NodeCore:
         self.birthday = PortGuessing(rng=random.Random(rng.random()))
         # Links up and down, path changes and punching, for the adapter to log (ipop.journal).
         self.journal = Journal()
+        # Port guessing's HELLO/GO over the overlay (ipop.punching).
+        self.punching = Punching(self.overlay, self.birthday, self.journal, self._emit)
         # The revocation list epidemic (ipop.revocation): TYPE_CRL link messages stop here.
         self.revocation = CrlGossip(identity.trust)
-        # Routes over the ring that IP flows over, probed end to end (module docstring). A
-        # size here is a routed probe's payload plus DATA_MIN_BYTES (read like a link's).
-        self.route_pmtu = PathMtuProber()
-        self._route_used: dict[NodeId, float] = {}  # peer -> last IP packet, oldest first
+        # Routes over the ring that IP flows over, probed end to end (ipop.routes); ip_mtu
+        # reads their prober's limits.
+        self.routes = RouteProbes(self.overlay, self.stats)
+        self.route_pmtu = self.routes.prober
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -207,19 +174,15 @@ class NodeCore:
         if overlay.send_direct(dst, kind, payload, now=now):
             self.stats["sent_direct"] += 1
             if self.shortcuts and type(self.link.path_of(dst)) is RelayPath:
-                self._guess_ports(dst, now)
+                self.punching.guess(dst, now)
             self._settle(now)
             return True
-        budget = self._route_cert_budget(dst) if kind == KIND_IP else None
+        budget = self.routes.cert_budget(dst) if kind == KIND_IP else None
         ok = overlay.send_routed(dst, kind, payload, exact=True, now=now, cert_budget=budget)
         self.stats["sent_routed"] += 1
         if self.shortcuts and dst != self.local_id:
-            asked = self._shortcut_asked.get(dst)
-            if asked is None or now - asked >= timing.SHORTCUT_RETRY_S:
-                self._shortcut_asked[dst] = now
-                self._shortcut_used[dst] = now
-                overlay.request_shortcut(dst, now=now)
-            self._guess_ports(dst, now)
+            self.shortcut_keeper.ask(dst, now)
+            self.punching.guess(dst, now)
         self._settle(now)
         return ok
 
@@ -246,77 +209,12 @@ class NodeCore:
         to answer with ICMP "fragmentation needed" (:func:`ipop.vnet.toobig.frag_needed`)."""
         mtu = self.ip_mtu(dst)
         if not self.overlay.is_linked(dst) and dst != self.local_id:
-            self._probe_route(dst, now)
+            self.routes.probe(dst, now)
         if mtu is not None and len(packet) > mtu:
             self.stats["ip_too_big"] += 1
             return mtu
         self.send(dst, KIND_IP, packet, now=now)
         return None
-
-    # --- path MTU of routes over the ring ---------------------------------------------------
-
-    def _probe_route(self, dst: NodeId, now: float) -> None:
-        """IP flows to ``dst`` over the ring: keep its route probed (see the module docstring)."""
-        used = self._route_used
-        if used.pop(dst, None) is not None:
-            used[dst] = now  # most recently used last
-            return
-        if len(used) >= ROUTE_PROBED_MAX:
-            oldest = next(iter(used))
-            del used[oldest]
-            self.route_pmtu.forget(oldest)
-            self.stats["route_probe_evicted"] += 1
-        used[dst] = now
-        self.route_pmtu.want(dst, now=now)
-        self.route_pmtu.start(dst, None, now=now, top=ROUTED_IP_MTU + DATA_MIN_BYTES)
-        self._send_route_probes(now)
-
-    def _send_route_probes(self, now: float) -> None:
-        for peer, _, payload in self.route_pmtu.due(now):
-            # A probe's payload is its size less DATA_MIN_BYTES: on every hop exactly as
-            # large as a routed IP packet of that many bytes.
-            budget = self._route_cert_budget(peer)
-            self.overlay.send_routed(
-                peer, KIND_PMTU, payload, exact=True, now=now, cert_budget=budget
-            )
-
-    def _route_cert_budget(self, dst: NodeId) -> int | None:
-        """How large a routed message to ``dst`` may be and still carry our certificate.
-
-        Why: the certificate (~350 bytes) rides on messages up to CERT_BUDGET_BYTES only, so
-        on a route smaller than a 1,500-byte hop a message with it can be larger than a bigger
-        one without it, and packets well below :meth:`ip_mtu` would vanish. Within the size
-        the route was seen to carry, every message below ip_mtu fits. None: the default."""
-        limit = self.route_pmtu.limits.get(dst)
-        if limit is None:
-            return None
-        return min(CERT_BUDGET_BYTES, limit - DATA_MIN_BYTES + _ROUTED_MIN_OVERHEAD)
-
-    def _expire_routes(self, now: float) -> None:
-        """Forget routes idle for timing.ROUTE_PROBE_IDLE_S, or replaced by a link to their peer."""
-        gone = [
-            p
-            for p, t in self._route_used.items()
-            if now - t >= timing.ROUTE_PROBE_IDLE_S or self.overlay.is_linked(p)
-        ]
-        for peer in gone:
-            del self._route_used[peer]
-            self.route_pmtu.forget(peer)
-
-    def _on_route_probe(self, ev: Delivered, now: float) -> None:
-        """A routed probe (answered with a routed ack) or an ack of ours; else counted."""
-        p = ev.payload
-        if len(p) >= MESSAGE_BYTES and p[0] == PROBE_TAG and p[1] == 0 and ev.exact:
-            ack = ack_payload(int.from_bytes(p[2:6], "big"))
-            self.stats["route_probes_answered"] += 1
-            self.overlay.send_routed(ev.src, KIND_PMTU, ack, exact=True, now=now)
-        elif not (
-            len(p) == MESSAGE_BYTES
-            and p[0] == PROBE_TAG
-            and p[1] == 1
-            and self.route_pmtu.on_ack(ev.src, p, now=now)
-        ):
-            self.stats["bad_route_probe"] += 1
 
     def apply_crl(self, data: bytes, *, now: float) -> VerifiedCrl:
         """Install a CRL (DER or PEM) handed over locally (bundle, file, operator), then end
@@ -449,47 +347,22 @@ class NodeCore:
         if t is not None and now >= t:
             self.birthday.handle_timer(now=now)
             self._out.extend(self.birthday.datagrams_to_send())
-        t = self.route_pmtu.next_time()
+        t = self.routes.next_time()
         if t is not None and now >= t:
-            self._send_route_probes(now)
+            self.routes.send_due(now)
         if self.fallback.due is not None and now >= self.fallback.due:
             self._relay_fallbacks(now)
         if self.mapping.ready(now):
             self._check_mapping(now)
-        self._expire_shortcuts(now)
-        if self._route_used:
-            self._expire_routes(now)
-        # Forget old shortcut requests so the table cannot grow with every peer ever seen.
-        if len(self._shortcut_asked) > 256:
-            self._shortcut_asked = {
-                p: t0
-                for p, t0 in self._shortcut_asked.items()
-                if now - t0 < timing.SHORTCUT_RETRY_S
-            }
+        self.shortcut_keeper.expire(now)
+        if self.routes.used:
+            self.routes.expire(now)
+        self.shortcut_keeper.forget_old_asks(now)
         self._settle(now)
-
-    def _expire_shortcuts(self, now: float) -> None:
-        """Release shortcuts idle for SHORTCUT_IDLE_S, and the least used past SHORTCUT_MAX."""
-        used = self._shortcut_used
-        if not used:
-            return
-        idle = [p for p, t in used.items() if now - t >= timing.SHORTCUT_IDLE_S]
-        excess = len(used) - len(idle) - timing.SHORTCUT_MAX
-        if excess > 0:
-            live = sorted(
-                (p for p, t in used.items() if now - t < timing.SHORTCUT_IDLE_S),
-                key=used.__getitem__,
-            )
-            idle += live[:excess]
-        for peer in idle:
-            del used[peer]
-            self._shortcut_asked.pop(peer, None)
-            self.overlay.drop_shortcut(peer, now=now)
-            self.stats["shortcut_released"] += 1
 
     def shortcut_peers(self) -> dict[NodeId, float]:
         """Peers we hold (or are forming) a shortcut to, with their last data time."""
-        return dict(self._shortcut_used)
+        return self.shortcut_keeper.peers()
 
     def snapshot(self) -> NodeSnapshot:
         """Every layer's status material at once (see NodeSnapshot)."""
@@ -524,13 +397,16 @@ class NodeCore:
             self.link.get_timer(),
             self.stun.get_timer(),
             self.birthday.get_timer(),
-            self.route_pmtu.next_time(),
+            self.routes.next_time(),
             self.fallback.due,
             self.mapping.due(),
         ):
             if t is not None and (due is None or t < due):
                 due = t
         return due
+
+    def _emit(self, datagrams: Iterable[tuple[bytes, Path]]) -> None:
+        self._out.extend(datagrams)
 
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Path]]:
         out, self._out = self._out, []
@@ -572,55 +448,7 @@ class NodeCore:
 
     def public_view(self) -> PublicView:
         """What peers' echoes say of our NAT (the one reading of them; see PublicView)."""
-        seen = self.overlay.observed_endpoints()
-        if not seen:
-            return _NO_VIEW
-        host = seen[0].host
-        ports = {e.port for e in seen if e.host == host}
-        local = {e.port for e in self.overlay.local_endpoints}
-        return PublicView(host, len(ports) > 1, bool(local) and not ports & local)
-
-    def _guess_ports(self, peer: NodeId, now: float) -> None:
-        view = self.public_view()
-        if view.host is None:
-            return
-        hello = self.birthday.hello(
-            peer,
-            symmetric=view.symmetric,
-            translated=view.translated,
-            endpoints=self._advertised(),
-            now=now,
-        )
-        if hello is not None:
-            self.journal.punch_started(peer, now=now)
-            self._send_birthday(peer, hello, now)
-
-    def _on_birthday(self, ev: Delivered, now: float) -> None:
-        view = self.public_view()
-        answer = self.birthday.receive(
-            ev.src,
-            ev.payload,
-            symmetric=view.symmetric,
-            translated=view.translated,
-            public_host=view.host,
-            endpoints=self._advertised(),
-            now=now,
-            seen_hosts=self.overlay.peer_hosts(ev.src),
-        )
-        # Openers first: the GO must not overtake them, or the peer knocks on closed ports.
-        self._out.extend(self.birthday.datagrams_to_send())
-        if answer is not None:
-            self._send_birthday(ev.src, answer, now)
-
-    def _advertised(self) -> tuple[Endpoint, ...]:
-        # Public ones first: a HELLO carries only a few, and openers to a LAN address of a
-        # peer behind another NAT go nowhere.
-        observed = self.overlay.observed_endpoints()
-        return tuple(dict.fromkeys([*observed, *self.overlay.endpoints()]))
-
-    def _send_birthday(self, peer: NodeId, payload: bytes, now: float) -> None:
-        if not self.overlay.send_direct(peer, KIND_BIRTHDAY, payload, now=now):
-            self.overlay.send_routed(peer, KIND_BIRTHDAY, payload, exact=True, now=now)
+        return public_view(self.overlay)
 
     def _on_roamed(self, now: float, reason: str) -> None:
         """We roamed (a new address, or our NAT rebound): what port guessing learned and the
@@ -629,7 +457,7 @@ class NodeCore:
         (:meth:`_relay_fallbacks`): ROAM_RELAY_AFTER_S after a new address or a wake-up,
         REBIND_RELAY_AFTER_S after a rebinding."""
         self.birthday.roamed()
-        self._shortcut_asked.clear()
+        self.shortcut_keeper.roamed()
         self.fallback.roamed(reason, now=now)
 
     def _woke(self, now: float) -> None:
@@ -740,10 +568,10 @@ class NodeCore:
                 elif isinstance(oev, Delivered) and oev.kind == KIND_BIRTHDAY:
                     busy = True
                     self._routed_around(oev, now)
-                    self._on_birthday(oev, now)
+                    self.punching.on_birthday(oev, now)
                 elif isinstance(oev, Delivered) and oev.kind == KIND_PMTU:
                     busy = True
-                    self._on_route_probe(oev, now)
+                    self.routes.on_probe(oev, now)
                 elif type(oev) is Roamed:
                     self._on_roamed(now, oev.reason)
                     if oev.reason == "rebound":

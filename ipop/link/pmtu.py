@@ -28,7 +28,7 @@ wherever it is, and give nobody a new way to lower a path's size. Only an acknow
 raises a size, and a shrink needs two rounds in a row in which the larger probes went
 unanswered: whoever can do that (a relay or anyone on the path) can drop all traffic anyway.
 Cost: a round of about ten probes a minute per relayed peer that data flows to. The same
-search serves routes over the ring (:mod:`ipop.node`: no path, a top size of its own, probes
+search serves routes over the ring (:mod:`ipop.routes`: no path, a top size of its own, probes
 carried as routed messages).
 
 Search: a *round* sends one probe of each coarse size (:data:`COARSE`, 64 bytes apart) below

@@ -5,7 +5,7 @@ Owns :class:`SeenIds` (ids our peers told us about, by informer and by ring valu
 ``version``) and :class:`NearKeeper`: the pooling of neighbour lists, the near candidates we
 want (:meth:`NearKeeper.wanted`), which of them to ask and when we last did, and the brackets
 test behind ``routable`` (:meth:`NearKeeper.brackets_linked`), with the caches both answers keep.
-It decides; :class:`ipop.overlay.node.OverlayNode` sends (the CTMs, the NEIGHBOURS lists) and
+It decides; :class:`ipop.overlay.upkeep.RingUpkeep` sends (the CTMs, the NEIGHBOURS lists) and
 keeps the near set itself. The theory (ring stabilisation) is in :mod:`ipop.overlay.node`.
 """
 

@@ -17,13 +17,13 @@ Brunet-style ring (DESIGN.md §5):
   CONNECT_TO_ME. After a near link goes down we pull lists from the remaining near peers and
   re-probe our own address. This is ring stabilisation: every node converges on its true
   neighbours because each one tells its neighbours about theirs. Which candidates to ask,
-  and whether both sides are linked, is :class:`ipop.overlay.near.NearKeeper`'s to say.
-- **Silent near peers.** Every overlay message from a peer counts as hearing from it; a near
-  peer silent for ``near_suspect_s`` (its gossip is late) is pulled every tick, and one silent
-  for ``near_dead_s`` is closed as dead, so a crashed neighbour is replaced in seconds rather
-  than at the link layer's keepalive timeout. A peer that becomes near after a long silence
-  (a far link: keepalives only) is suspect at once, so a run of dead nodes behind a dead
-  neighbour is cleared at ``near_dead_s - near_suspect_s`` per node.
+  and whether both sides are linked, is :class:`ipop.overlay.near.NearKeeper`'s to say; the
+  upkeep itself is :class:`ipop.overlay.upkeep.RingUpkeep`'s to do.
+- **Silent near peers** (:mod:`ipop.overlay.upkeep`): a near peer whose gossip is late
+  (``near_suspect_s``) is pulled every tick, one silent for ``near_dead_s`` is closed as dead,
+  so a crashed neighbour is replaced in seconds, not at the link layer's keepalive timeout. A
+  peer that becomes near after a long silence is suspect at once, so a run of dead nodes
+  behind a dead neighbour is cleared at ``near_dead_s - near_suspect_s`` per node.
 - **Silent next hops** (:mod:`ipop.overlay.suspect`). A peer we route into without hearing
   back is asked whether it is there (ALIVE) after one retransmission timeout of its own round
   trip and again after two; after three it is *suspect* and routing takes any other hop that
@@ -93,15 +93,26 @@ Invariants:
 
 Who does what
 -------------
-This module keeps the commands, the dispatch of link events and overlay messages, near upkeep
+This module keeps the commands, the queries, the dispatch of link events and overlay messages
 and the tick, and applies what the objects it owns decide: :class:`ipop.overlay.routing.Router`
 (where a routed message goes), :class:`ipop.overlay.relay.RelayRole` (relayed links, both
 parts), :class:`ipop.overlay.ctm.CtmAgent` (CONNECT_TO_ME), :class:`ipop.overlay.roaming.Roaming`
-(our endpoints and roams), :class:`ipop.overlay.near.NearKeeper` (near candidates),
-:class:`ipop.overlay.attempts.Attempts` (links being brought up),
+(our endpoints and roams), :class:`ipop.overlay.upkeep.RingUpkeep` (the near set, gossip,
+silent near peers, routable, the policies), :class:`ipop.overlay.near.NearKeeper` (near
+candidates), :class:`ipop.overlay.attempts.Attempts` (links being brought up),
 :class:`ipop.overlay.suspect.SilentHops` (silent next hops) and
 :class:`ipop.overlay.views.ConnectionViews` (the policies' view of the table). Settings are
 :class:`ipop.overlay.config.OverlayConfig`, status :class:`ipop.overlay.snapshot.OverlaySnapshot`.
+
+Why over 600 lines: what remains is what ties the parts together and cannot leave without
+splitting one decision over two modules. The constructor wires the parts to each other (each
+gets the table, the counters and the callbacks it acts through: about 200 lines, most of them
+keyword arguments); the dispatch tables and handlers of link events and overlay messages touch
+several parts per event (a LinkUp teaches the origin, the silent-hop timer, roaming, attempts,
+the table and the upkeep, in that order); the packet paths (``_on_link_message``, the routed
+forward) stay here so that a forwarded message costs no extra call; and the tick orders the
+parts' timers. This docstring is the overlay's theory of operation, which the parts' own
+docstrings refer to.
 """
 
 from __future__ import annotations
@@ -140,7 +151,6 @@ from ipop.overlay.messages import (
     FLAG_EXACT,
     KIND_CTM,
     KIND_CTM_REPLY,
-    MAX_NEIGHBOURS,
     MAX_TTL,
     TYPE_DIRECT,
     UPPER_KIND_MAX,
@@ -156,30 +166,19 @@ from ipop.overlay.messages import (
 )
 from ipop.overlay.near import NearKeeper, SeenIds
 from ipop.overlay.origin import DROP_REASONS as ORIGIN_DROPS
-from ipop.overlay.policies import (
-    Action,
-    FarLinkWanted,
-    KindExpired,
-    LinkUseless,
-    NearProbeDue,
-    PolicyView,
-    decide,
-)
 from ipop.overlay.ports import Links, Origins
 from ipop.overlay.proven import ProvenIds
 from ipop.overlay.relay import RELAY_DROPS, RelayRole
 from ipop.overlay.ring import (
     estimate_size,
-    ring_neighbours_sorted,
-    sample_far_target,
 )
 from ipop.overlay.roaming import Roaming
 from ipop.overlay.routing import ROUTE_DROPS, Deliver, Drop, Forward, Router, Verdict
 from ipop.overlay.snapshot import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import ConnectionKind, ConnectionTable
+from ipop.overlay.upkeep import NEAR_DROPS, RingUpkeep
 from ipop.overlay.views import ConnectionViews
-from ipop.ratelimit import KeyedBuckets
 from ipop.types import Endpoint, NodeId, RelayPath, is_direct
 
 __all__ = [
@@ -207,7 +206,6 @@ OVERLAY_DROPS: Final = (
         {
             "unknown_peer",
             "direct_bad_kind",
-            "neighbours_pull_too_often",
             "unknown_kind",
             "link_not_up",
         }
@@ -215,18 +213,16 @@ OVERLAY_DROPS: Final = (
     | ROUTE_DROPS
     | RELAY_DROPS
     | CTM_DROPS
+    | NEAR_DROPS
     | ORIGIN_DROPS
     | DECODE_REASONS
 )
 
-_INF = float("inf")
 _DIRECT_TAG = bytes((TYPE_DIRECT,))
 
 
 # CLOSING is sent this many times (see OverlayNode._close_link).
 _CLOSING_COPIES = 3
-# NEIGHBOURS pulls a peer gets answered at once before the per-peer rate applies.
-_PULL_BURST = 4
 
 
 # --- internal state ----------------------------------------------------------------------------
@@ -278,15 +274,9 @@ class OverlayNode:
         )
         # Near candidates not to ask again for a while.
         self._backoff = Backoff()
-        self._near: frozenset[NodeId] = frozenset()
         # Ids heard from peers, with who told us, until when we trust the news (the near keeper
         # below keeps them; routing takes hints from them).
         self._seen = SeenIds()
-        # When we last answered each linked peer's NEIGHBOURS pull (ipop.ratelimit; the CTM
-        # agent holds the budgets of what CTMs make us do).
-        self._pull_budget: KeyedBuckets[NodeId] = KeyedBuckets(
-            1 / config.neighbours_reply_min_s, _PULL_BURST
-        )
         # Ids that authenticated a link or a routed message to us: see NearKeeper.brackets_linked.
         self._proven = ProvenIds()
         # Peer -> when we last got an overlay message from it (or it became near / linked).
@@ -340,8 +330,8 @@ class OverlayNode:
             send_routed=self._send_routed,
             add_kind=self._add_kind,
             connect=self._connect,
-            joined=self._on_joined,
-            update_routable=self._update_routable,
+            joined=lambda: self._upkeep.on_joined(),
+            update_routable=lambda now: self._upkeep.update_routable(now),
             follow_move=lambda peer, eps, previous, now: self._roaming.follow_move(
                 peer, eps, previous, now
             ),
@@ -361,12 +351,7 @@ class OverlayNode:
             connect_back_timeout_s=config.connect_back_timeout_s,
         )
         self._started = False
-        self._joined = False
-        self._routable = False
         self._next_tick: float | None = None
-        self._last_probe = -_INF
-        self._next_gossip = 0.0
-        self._gossip_due = False
         # Our part in relayed links, as the relay and as an end (ipop.overlay.relay).
         self._relay = RelayRole(
             local_id,
@@ -386,6 +371,25 @@ class OverlayNode:
         )
         # The table as the policies see it, cached between ticks (ipop.overlay.views).
         self._views = ConnectionViews(self._table, relay_stamp=lambda: self._relay.stamp)
+        # The near set, the join, gossip, silent near peers, routable, the policies
+        # (ipop.overlay.upkeep).
+        self._upkeep = RingUpkeep(
+            local_id,
+            config=config,
+            rng=rng,
+            table=self._table,
+            keeper=self._keeper,
+            ctm=self._ctm,
+            attempts=self._attempts,
+            views=self._views,
+            heard=self._heard,
+            drops=self.drops,
+            stats=self.stats,
+            emit=self._events.append,
+            send=self._send,
+            close_link=self._close_link,
+            drop_kind=self._drop_kind,
+        )
         self._link_handlers: dict[type, Callable[[object, float], None]] = {
             LinkUp: self._on_link_up,  # type: ignore[dict-item]
             LinkDown: self._on_link_down,  # type: ignore[dict-item]
@@ -398,7 +402,7 @@ class OverlayNode:
             Routed: self._on_routed,  # type: ignore[dict-item]
             RelayForward: self._relay.on_forward,  # type: ignore[dict-item]
             RelayDeliver: self._relay.on_deliver,  # type: ignore[dict-item]
-            Neighbours: self._on_neighbours,  # type: ignore[dict-item]
+            Neighbours: self._upkeep.on_neighbours,  # type: ignore[dict-item]
             Closing: self._on_closing,  # type: ignore[dict-item]
             RelayRefused: self._relay.on_refused,  # type: ignore[dict-item]
             Alive: self._on_alive,  # type: ignore[dict-item]
@@ -417,7 +421,7 @@ class OverlayNode:
         self._started = True
         self._connect(self._boot.connect(self.endpoints(), now), now)
         self._next_tick = now + self.config.tick_s * self._rng.uniform(0.5, 1.0)
-        self._next_gossip = now + self.config.gossip_interval_s
+        self._upkeep.start(now)
 
     def set_remembered(self, endpoints: Sequence[Endpoint]) -> None:
         """Endpoints of peers we once linked to, tried with the bootstraps when we have no link.
@@ -539,14 +543,14 @@ class OverlayNode:
 
     @property
     def routable(self) -> bool:
-        return self._routable
+        return self._upkeep.routable
 
     def is_linked(self, peer: NodeId) -> bool:
         """``peer`` is in our table: a link to it is up (what send_direct requires)."""
         return peer in self._table
 
     def near_peers(self) -> frozenset[NodeId]:
-        return self._near
+        return self._upkeep.near
 
     @property
     def roaming(self) -> Roaming:
@@ -565,8 +569,13 @@ class OverlayNode:
 
     @property
     def near_keeper(self) -> NearKeeper:
-        """Near upkeep: the ids we heard of, the candidates we want, the brackets test."""
+        """Near candidates: the ids we heard of, the candidates we want, the brackets test."""
         return self._keeper
+
+    @property
+    def near_upkeep(self) -> RingUpkeep:
+        """The near set, the join, gossip, silent near peers and routable."""
+        return self._upkeep
 
     def connected_peers(self) -> list[NodeId]:
         return self._table.peers()
@@ -600,8 +609,8 @@ class OverlayNode:
         )
         return OverlaySnapshot(
             self.local_id,
-            self._routable,
-            estimate_size(self.local_id, self._near),
+            self._upkeep.routable,
+            estimate_size(self.local_id, self._upkeep.near),
             conns,
             tuple(sorted(self.drops.items())),
         )
@@ -632,12 +641,11 @@ class OverlayNode:
             # A bootstrap link, or someone linked to us unasked (a joiner, or a CTM whose
             # answer is still on its way): keep it long enough to be useful.
             self._add_kind(peer, ConnectionKind.LEAF, now)
-        self._refresh_near(now)
+        self._upkeep.refresh(now)
         helped = self._attempts.helper_linked(peer)
         if helped is not None and is_direct(ev.path):
             self._helper_up(peer, helped, now)
-        if not self._joined and not self._ctm.join_outstanding(now):
-            self._probe_near(now)
+        self._upkeep.linked(now)
         if ev.observed is not None and is_direct(ev.path):
             self._roaming.heard_us(peer, now)
 
@@ -689,17 +697,6 @@ class OverlayNode:
         else:
             self._apply_route(verdict, received=True, now=now)
 
-    def _on_neighbours(self, msg: Neighbours, peer: NodeId, now: float) -> None:
-        self._keeper.consider(msg.ids, peer, now)
-        if msg.reply_wanted:
-            # Our list is larger than the pull (up to 48 ids for 3 bytes): a peer's pulls are
-            # answered within a small burst (a repair pulls, and a tick may pull again), then
-            # one per neighbours_reply_min_s, so a pull loop gains a peer nothing.
-            if not self._pull_budget.take(peer, now):
-                self.drops["neighbours_pull_too_often"] += 1
-                return
-            self._send(peer, self._neighbours_message(reply_wanted=False), now)
-
     def _on_alive(self, msg: Alive, peer: NodeId, now: float) -> None:
         if msg.reply_wanted:
             # No larger than the probe, to an authenticated peer: nothing to bound.
@@ -736,10 +733,7 @@ class OverlayNode:
         peers = self._router.pull_peers(target, now)
         if not peers:
             return
-        pull = self._neighbours_message(reply_wanted=True)
-        for p in peers:
-            self._send(p, pull, now)
-        self.stats["no_route_pulled"] += 1
+        self._upkeep.pull(peers, now)
 
     def _send_routed(self, hop: NodeId, data: bytes, now: float) -> bool:
         """Send a routed message into ``hop``; a hop that stays silent becomes suspect."""
@@ -792,69 +786,6 @@ class OverlayNode:
         if not self._attempts.helper_up(helper, target, now) and self._backoff.lift(target):
             self._keeper.check_due = True
 
-    # --- near maintenance -------------------------------------------------------------------
-
-    def _ask_near(self, now: float) -> None:
-        keeper = self._keeper
-        for c, via in keeper.to_ask(now):
-            if self._ctm.send(c, Purpose.NEAR, exact=True, now=now, via=via):
-                keeper.asked(c, now + self.config.ctm_timeout_s)
-
-    def _probe_near(self, now: float) -> None:
-        """Route a JOIN to our own address and pull neighbour lists from our near peers."""
-        self._last_probe = now
-        self._ctm.send(self.local_id, Purpose.JOIN, exact=False, now=now)
-        pull = self._neighbours_message(reply_wanted=True)
-        for p in sorted(self._near):
-            self._send(p, pull, now)
-
-    def _on_joined(self) -> None:
-        """Our JOIN was answered (the first answer counts)."""
-        if not self._joined:
-            self._joined = True
-            self._events.append(Joined())
-
-    def _refresh_near(self, now: float) -> None:
-        table = self._table
-        near = frozenset(
-            table.peer_of(v)
-            for v in ring_neighbours_sorted(self.local_id, table.ring(), self.config.near_per_side)
-        )
-        if near == self._near:
-            return
-        gained, lost = self._table.set_near(near, now=now)
-        self._near = near
-        suspect = now - self.config.near_suspect_s
-        for p in gained:
-            # A peer we have not heard from lately is suspect at once: pulled at the next tick,
-            # closed if it stays silent past near_dead_s. Why not count its silence from now:
-            # after churn the dead run behind a dead near peer moves into the near set one by
-            # one, and a fresh silence clock for each cost a full near_dead_s per dead node
-            # (150 nodes, 30% churn: repair took 35-48 s, most of it dead far links turned
-            # near). A live one answers the pull within a round trip.
-            last = self._heard.get(p)
-            self._heard[p] = suspect if last is None or last < suspect else last
-            self._events.append(ConnectionAdded(p, ConnectionKind.NEAR))
-        for p in lost:
-            self._events.append(ConnectionRemoved(p, ConnectionKind.NEAR))
-        self._gossip_due = True
-        self._update_routable(now)
-
-    def _update_routable(self, now: float) -> None:
-        # Routable means: our JOIN was answered AND we hold links to our immediate neighbours
-        # on both sides, as far as anyone told us (a node we heard of, not backed off, that
-        # lies between us and our closest linked peer on a side means that side is not yet
-        # linked). A mere "some link exists" would count a node as routable while messages
-        # for its address still end at a neighbour that does not know it.
-        routable = self._joined and self._keeper.brackets_linked(now)
-        if routable and not self._routable:
-            self._events.append(Routable())
-        self._routable = routable
-
-    def _neighbours_message(self, *, reply_wanted: bool) -> bytes:
-        ids = tuple(sorted(self._near))[:MAX_NEIGHBOURS]
-        return Neighbours(reply_wanted, ids).encode()
-
     # --- the tick ---------------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
@@ -872,19 +803,14 @@ class OverlayNode:
         self._connect(self._attempts.advance(now), now)
         if not len(self._table) and self._boot.due(now):
             self._connect(self._boot.connect(self.endpoints(), now), now)
-        self._refresh_near(now)
-        self._update_routable(now)
+        upkeep = self._upkeep
+        upkeep.refresh(now)
+        upkeep.update_routable(now)
         if self._keeper.check_due:
-            self._ask_near(now)
-        for action in decide(self._policy_view(), now):
-            self._apply(action, now)
-        self._check_silent_near(now)
-        if now >= self._next_gossip or self._gossip_due:
-            self._gossip_due = False
-            self._next_gossip = now + cfg.gossip_interval_s * self._rng.uniform(0.8, 1.2)
-            msg = self._neighbours_message(reply_wanted=False)
-            for p in sorted(self._near):
-                self._send(p, msg, now)
+            upkeep.ask(now)
+        upkeep.run_policies(now)
+        upkeep.check_silent(now)
+        upkeep.gossip(now)
 
     def _close_link(self, peer: NodeId, now: float) -> None:
         """Close our link to ``peer`` and tell it so.
@@ -899,54 +825,6 @@ class OverlayNode:
         self._forget(peer, now)
         self._links.close(peer, now=now)
 
-    def _check_silent_near(self, now: float) -> None:
-        cfg = self.config
-        pull: bytes | None = None
-        for p in sorted(self._near):
-            silent = now - self._heard.setdefault(p, now)
-            if silent >= cfg.near_dead_s:
-                self.stats["near_silent_closed"] += 1
-                self._close_link(p, now)
-            elif silent >= cfg.near_suspect_s:
-                if pull is None:
-                    pull = self._neighbours_message(reply_wanted=True)
-                self.stats["near_silent_pulled"] += 1
-                self._send(p, pull, now)
-
-    def _policy_view(self) -> PolicyView:
-        cfg = self.config
-        pending_far = self._ctm.pending(Purpose.FAR)
-        pending_far += self._attempts.wanting(ConnectionKind.FAR)
-        return PolicyView(
-            local=self.local_id,
-            joined=self._joined and cfg.far_links,
-            n_estimate=estimate_size(self.local_id, self._near),
-            connections=self._views.current(),
-            pending_far=pending_far,
-            last_near_probe=self._last_probe,
-            near_per_side=cfg.near_per_side,
-            far_cap=cfg.far_cap if cfg.far_links else 0,
-            leaf_hold_s=cfg.leaf_hold_s,
-            trim_grace_s=cfg.trim_grace_s,
-            relay_hold_s=cfg.relay_hold_s,
-            near_retry_s=cfg.near_retry_s,
-            near_probe_s=cfg.near_probe_s,
-        )
-
-    def _apply(self, action: Action, now: float) -> None:
-        if isinstance(action, NearProbeDue):
-            self._probe_near(now)
-        elif isinstance(action, FarLinkWanted):
-            target = sample_far_target(
-                self.local_id, estimate_size(self.local_id, self._near), self._rng
-            )
-            self._ctm.send(target, Purpose.FAR, exact=False, now=now)
-        elif isinstance(action, KindExpired):
-            self._drop_kind(action.peer, action.kind, now)
-        elif isinstance(action, LinkUseless):
-            self.stats["trimmed"] += 1
-            self._close_link(action.peer, now)
-
     # --- roaming ----------------------------------------------------------------------------
 
     def local_endpoints_changed(self, endpoints: Sequence[Endpoint], *, now: float) -> None:
@@ -959,10 +837,7 @@ class OverlayNode:
         silent only in our eyes, so none is closed as dead for the gap; near peers are suspect
         (pulled at once, closed at near_dead_s if still silent). Our NAT mappings may be gone:
         roam, so the endpoints are re-advertised and dead direct paths fall back to relays."""
-        suspect = now - self.config.near_suspect_s
-        for p, t in self._heard.items():
-            if t < suspect:
-                self._heard[p] = suspect
+        self._upkeep.woke(now)
         self._silent_hops.restart()  # the silence was ours
         self._roaming.roam("woke", now)
 
@@ -996,18 +871,10 @@ class OverlayNode:
             return False
         self._relay.forget(peer)
         self._keeper.forget(peer)
-        self._pull_budget.forget(peer)
-        self._heard.pop(peer, None)
+        self._upkeep.forget(peer)
         self._silent_hops.forget(peer)
         self._roaming.forget(peer)
         for kind in row.kinds:
             self._events.append(ConnectionRemoved(peer, kind))
-        if ConnectionKind.NEAR in row.kinds:
-            self._near = self._near - {peer}
-            # Repair at the next tick: a JOIN to our own address finds whoever is now closest,
-            # and pulling our remaining near peers' lists finds their replacements.
-            self._last_probe = -_INF
-        self._refresh_near(now)
-        if not self._near:
-            self._update_routable(now)
+        self._upkeep.removed(peer, was_near=ConnectionKind.NEAR in row.kinds, now=now)
         return True

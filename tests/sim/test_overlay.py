@@ -551,15 +551,15 @@ def test_routable_needs_links_to_the_nearest_known_node_on_each_side() -> None:
     between = NodeId((me.value + gap // 2) % RING)
     keeper = node.near_keeper
     keeper.seen.put(between, ids[0], world.now + 30.0, now=world.now)
-    node._update_routable(world.now)
+    node.near_upkeep.update_routable(world.now)
     assert node.routable
     # ... but once that node proved itself to us, our successor side is not linked, and we
     # are not routable until it is.
     keeper.proven.add(between)
-    node._update_routable(world.now)
+    node.near_upkeep.update_routable(world.now)
     assert not node.routable
     keeper.seen.discard(between)
-    node._update_routable(world.now)
+    node.near_upkeep.update_routable(world.now)
     assert node.routable
 
 
@@ -570,13 +570,13 @@ def test_silent_near_peer_is_pulled_then_closed() -> None:
     node = world.node(ids[3])
     peer = sorted(node.near_peers())[0]
     # Late gossip: pulled, the pull is answered, nothing is closed.
-    node._heard[peer] = world.now - cfg.near_suspect_s - 0.5
+    node.near_upkeep.heard[peer] = world.now - cfg.near_suspect_s - 0.5
     world.run_for(3.0)
     assert node.stats["near_silent_pulled"] >= 1
     assert node.stats["near_silent_closed"] == 0 and peer in node.near_peers()
     # Silent past near_dead_s (as a crashed peer is): closed, and the peer is told.
     before = world.node(peer).stats["near_silent_closed"]
-    node._heard[peer] = world.now - cfg.near_dead_s - 0.5
+    node.near_upkeep.heard[peer] = world.now - cfg.near_dead_s - 0.5
     world.run_for(1.0)
     assert node.stats["near_silent_closed"] == 1
     assert world.node(peer).stats["near_silent_closed"] == before

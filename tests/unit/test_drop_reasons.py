@@ -96,6 +96,7 @@ MODULES = (
         name="OVERLAY_DROPS",
         raises=(("ipop/overlay/messages.py", "RemoteProtocolError"),),
     ),
+    Counting("ipop/overlay/upkeep.py", name="NEAR_DROPS"),
     Counting("ipop/revocation.py"),
     Counting("ipop/testing/fake_links.py"),
     Counting("ipop/testing/netsim.py"),

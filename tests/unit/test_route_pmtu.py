@@ -1,4 +1,4 @@
-"""Routes over the ring that IP flows over are probed end to end (ipop.node): the table of
+"""Routes over the ring that IP flows over are probed end to end (ipop.routes): the table of
 probed routes is bounded, idle ones are forgotten, and any routed probe payload is answered,
 taken or counted, never raised."""
 
@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipop.link.pmtu import PROBE_TAG
-from ipop.node import ROUTE_PROBED_MAX, ROUTED_IP_MTU, NodeCore
+from ipop.node import NodeCore
 from ipop.overlay.events import Delivered
 from ipop.overlay.messages import KIND_PMTU
+from ipop.routes import ROUTE_PROBED_MAX, ROUTED_IP_MTU
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
 from ipop.timing import ROUTE_PROBE_IDLE_S
@@ -68,7 +69,7 @@ def test_any_routed_probe_payload_is_answered_taken_or_counted(
         payload = bytes([PROBE_TAG]) + payload
     before = core.stats["route_probes_answered"] + core.stats["bad_route_probe"]
     ev = Delivered(NodeId(9), core.local_id, KIND_PMTU, payload, hops=2, exact=True)
-    core._on_route_probe(ev, SIM_EPOCH)
+    core.routes.on_probe(ev, SIM_EPOCH)
     late = core.route_pmtu.stats["late_acks"]
     after = core.stats["route_probes_answered"] + core.stats["bad_route_probe"] + late
     assert after == before + 1
