@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The folders scanned, and the import name each is installed under (docs/architecture.toml).
 PACKAGES = {"ipop": "ipop", "router": "ipop.router", "dhcp_dns": "ipop.dhcp_dns"}
 # Counters of drops (a Counter keyed by reason) and the helpers that count one.
-COUNTERS = frozenset({"drops", "rdrops", "errors", "_errors"})
+COUNTERS = frozenset({"drops", "_drops", "rdrops", "errors", "_errors"})
 HELPERS = frozenset({"_drop", "count_drop"})
 
 
@@ -91,6 +91,8 @@ MODULES = (
         raises=(("ipop/wire/stun.py", "StunDecodeError"),),
     ),
     Counting("ipop/node.py", owner="ipop.nat.stun", name="STUN_DROP_REASONS"),  # stun.drops
+    Counting("ipop/overlay/ctm.py", name="CTM_DROPS"),  # a malformed CTM: the node counts it
+    Counting("ipop/overlay/relay.py", name="RELAY_DROPS"),
     Counting(
         "ipop/overlay/node.py",
         name="OVERLAY_DROPS",
