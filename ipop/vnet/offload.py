@@ -40,7 +40,6 @@ from ipop.vnet.packet import (
     IPPROTO_TCP,
     IPPROTO_UDP,
     IPV4_MIN_HLEN,
-    transport_checksum,
 )
 
 __all__ = [
@@ -61,9 +60,9 @@ _CSUM_AT = {IPPROTO_TCP: (16, 20), IPPROTO_UDP: (6, 8)}
 _IP_FRAG = 0x3FFF  # MF and the fragment offset
 _IPV4 = struct.Struct("!BxHxxHxBxx4s4s")  # ver|ihl, total_len, flags|frag, proto, src, dst
 _TCP_FIN, _TCP_PSH, _TCP_CWR = 0x01, 0x08, 0x80
-_LEN_ID = struct.Struct("!HH")  # IPv4 total length and id
-_H = struct.Struct("!H")
-_I = struct.Struct("!I")
+# IPv4 from the total length to the checksum; TCP from the sequence number to the checksum.
+_IP_FIELDS = struct.Struct("!HHHBBH")
+_TCP = struct.Struct("!IIBBHH")
 
 
 class CsumDrop(StrEnum):
@@ -113,8 +112,10 @@ def finish_frame(frame: bytearray | memoryview) -> CsumDrop | None:
     if end - start < min_len:
         return CsumDrop.MALFORMED
     field = start + at
+    # Summed again from the pseudo-header's fields rather than trusting the field's partial
+    # sum: a frame is finished right whatever the field held.
     frame[field : field + 2] = b"\x00\x00"
-    csum = transport_checksum(proto, src, dst, frame[start:end])
+    csum = _csum(src + dst + proto + end - start + _sum16(frame[start:end]))
     if csum == 0 and proto == IPPROTO_UDP:
         csum = 0xFFFF  # a zero UDP checksum says "none" (RFC 768)
     frame[field : field + 2] = csum.to_bytes(2, "big")
@@ -173,12 +174,13 @@ def _csum(total: int) -> int:
 
 
 def split_tcp(
-    frame: bytes | bytearray | memoryview, mtu: int, mss: int = 0
+    frame: bytes | bytearray | memoryview, mtu: int, mss: int = 0, *, lead: bytes | None = None
 ) -> list[bytearray] | CsumDrop:
     """The IPv4 TCP packet in ``frame`` (an Ethernet frame) cut into frames of at most ``mtu``
     IP bytes and, if ``mss`` is given (a batch's ``gso_size``), ``mss`` bytes of data each,
     every checksum finished (whatever the original's held); why not, if it cannot be. Each
-    segment is one new buffer, headers and data (the data plane seals it in place)."""
+    segment is one new buffer: ``frame``'s Ethernet header, or ``lead`` in its place (the
+    data plane's DIRECT header: the buffer is then the message it seals), and the packet."""
     ip = _ipv4(frame)
     if isinstance(ip, CsumDrop):
         return ip
@@ -194,13 +196,21 @@ def split_tcp(
         return CsumDrop.MALFORMED
     head = bytearray(frame[: start + thl])  # Ethernet, IPv4 and TCP headers, per segment
     ident = int.from_bytes(head[ETH_HLEN + 4 : ETH_HLEN + 6], "big")
-    seq = int.from_bytes(head[start + 4 : start + 8], "big")
-    flags = head[start + 13]
+    frag, ttl = int.from_bytes(head[ETH_HLEN + 6 : ETH_HLEN + 8], "big"), head[ETH_HLEN + 8]
+    seq, ack, off, flags, window, _ = _TCP.unpack_from(head, start + 4)
     ip_sum = _ip_sum(head, ihl)
-    head[start + 16 : start + 18] = b"\x00\x00"  # summed with the data below
-    # The pseudo-header's addresses and protocol; each segment adds its length, then its TCP
-    # header and data (one integer: sum16). Summed modulo 0xFFFF.
-    base = src_n + dst_n + IPPROTO_TCP
+    # The pseudo-header's addresses and protocol, and the TCP header but for its sequence
+    # number, flags and checksum; each segment adds those, its length and its data. Summed
+    # modulo 0xFFFF.
+    tcp = bytearray(head[start:])
+    tcp[4:8] = bytes(4)
+    tcp[13] = 0
+    tcp[16:18] = b"\x00\x00"
+    base = src_n + dst_n + IPPROTO_TCP + _sum16(tcp)
+    ipo, tcpo = ETH_HLEN, start  # where the IPv4 and TCP headers sit in a segment
+    if lead is not None:
+        head[:ETH_HLEN] = lead
+        ipo, tcpo = len(lead), start - ETH_HLEN + len(lead)
     view = memoryview(frame)
     hlen = start + thl
     offsets = range(hlen, max(end, hlen + 1), chunk)
@@ -209,29 +219,38 @@ def split_tcp(
     out: list[bytearray] = []
     # FIN and PSH end the batch: the last segment's; CWR was sent once, with the first.
     mid = flags & ~(_TCP_FIN | _TCP_PSH)
-    # One loop pass per segment on the data plane's hot path: packs in place and the
-    # checksums inline (sum16's folds), no calls but the C ones.
-    pack_len_id, pack_h, pack_i = _LEN_ID.pack_into, _H.pack_into, _I.pack_into
-    from_bytes, mv = int.from_bytes, memoryview
+    # One loop pass per segment on the data plane's hot path: two packs in place, the
+    # checksums inline (sum16's folds over the data alone), no calls but the C ones.
+    pack_ip, pack_tcp = _IP_FIELDS.pack_into, _TCP.pack_into
+    from_bytes = int.from_bytes
     for i, at in enumerate(offsets):
         stop = at + chunk if at + chunk < end else end
-        seg = head + view[at:stop]
-        tcp_len = thl + stop - at
-        ident = (ident + 1) & 0xFFFF if i else ident
-        pack_len_id(seg, ETH_HLEN + 2, ihl + tcp_len, ident)
-        c = (ip_sum + ihl + tcp_len + ident) % 0xFFFF
-        pack_h(seg, ETH_HLEN + 10, 0xFFFF - c if c else 0)
-        pack_i(seg, start + 4, (seq + at) & 0xFFFFFFFF)
-        seg[start + 13] = (flags if at == last else mid) & (0xFF if i == 0 else ~_TCP_CWR)
-        n = from_bytes(mv(seg)[start:], "big")
-        if tcp_len & 1:
+        data = view[at:stop]
+        size = stop - at
+        n = from_bytes(data, "big")
+        if size & 1:
             n <<= 8
-        if tcp_len > 256:
-            if tcp_len > 512:
+        if size > 256:
+            if size > 512:
                 n = (n >> 4096) + (n & _FOLD_4096)
             n = (n >> 2048) + (n & _FOLD_2048)
-        c = (base + tcp_len + n) % 0xFFFF
-        pack_h(seg, start + 16, 0xFFFF - c if c else 0)
+        s = (seq + at) & 0xFFFFFFFF
+        f = (flags if at == last else mid) & (0xFF if i == 0 else ~_TCP_CWR)
+        c = (base + thl + size + n + (s >> 16) + (s & 0xFFFF) + f) % 0xFFFF
+        seg = head + data
+        pack_tcp(seg, tcpo + 4, s, ack, off, f, window, 0xFFFF - c if c else 0)
+        ident = (ident + 1) & 0xFFFF if i else ident
+        c = (ip_sum + ihl + thl + size + ident) % 0xFFFF
+        pack_ip(
+            seg,
+            ipo + 2,
+            ihl + thl + size,
+            ident,
+            frag,
+            ttl,
+            IPPROTO_TCP,
+            0xFFFF - c if c else 0,
+        )
         out.append(seg)
     return out
 

@@ -97,6 +97,15 @@ def test_a_batch_is_cut_into_segments_each_right(size: int, mss: int, mtu: int) 
     assert got == data
 
 
+def test_a_lead_takes_the_ethernet_headers_place() -> None:
+    """The data plane's DIRECT header in place of the Ethernet one: the same packets."""
+    frame = _batch(bytes(range(256)) * 10)
+    plain = split_tcp(frame, 1500, 1000)
+    led = split_tcp(frame, 1500, 1000, lead=b"\x01\x02")
+    assert not isinstance(plain, CsumDrop) and not isinstance(led, CsumDrop)
+    assert [b"\x01\x02" + p[14:] for p in plain] == led
+
+
 def test_what_is_not_an_ipv4_tcp_batch_is_refused_not_cut() -> None:
     data = bytes(3000)
     udp = ETH + build_ipv4(SRC, DST, IPPROTO_UDP, bytes(8) + data)
