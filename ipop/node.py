@@ -379,43 +379,6 @@ class NodeCore:
                 used[dst] = now
         return sealed
 
-    def seal_ip_many(
-        self,
-        dst: NodeId,
-        plaintexts: Sequence[bytes | bytearray | memoryview],
-        *,
-        now: float,
-    ) -> tuple[list[bytes], Endpoint | SocketPath | None]:
-        """:meth:`seal_ip` for several DIRECT messages to one ``dst`` at one ``now`` (the
-        segments of a TCP batch read from the TAP): the same checks and bookkeeping, done once
-        for all of them, since nothing between two seals can change their outcome but the
-        seal itself. Returns the datagrams sealed, in order, and where to send them; fewer
-        than given (none, and no path) from the first that :meth:`seal_ip` would have
-        returned None for: the caller sends those through :meth:`send`."""
-        if not self.overlay.is_linked(dst):
-            return [], None
-        link = self.link
-        if dst not in link.pmtu.wanted:
-            link.want_path_mtu(dst, now=now)
-        seal_direct = link.seal_direct
-        out: list[bytes] = []
-        path: Endpoint | SocketPath | None = None
-        for plaintext in plaintexts:
-            try:
-                sealed = seal_direct(dst, plaintext, now=now)
-            except LocalProtocolError:  # keys expired: send() counts it and routes instead
-                break
-            if sealed is None:
-                break
-            out.append(sealed[0])
-            path = sealed[1]
-        if out:
-            self.stats["sent_direct"] += len(out)
-            used = self._shortcut_used
-            if dst in used:
-                used[dst] = now
-        return out, path
-
     def receive_direct(
         self, data: bytes, path: Path, *, now: float, kind: int
     ) -> tuple[NodeId, bytes] | None:

@@ -204,7 +204,6 @@ class Daemon:
             local_frame=self.local.feed if self.local is not None else self._local_frame,
             local_side=local_side,
             vnet_hdr=self.tap is not None and self.tap.vnet_hdr,
-            offload=self.tap is not None and self.tap.offload,
         )
         if self.tap is not None:
             self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
@@ -247,9 +246,7 @@ class Daemon:
             fd, side, name = await self.local.open()
             return fd, side, name
         s = self.settings
-        # No offloads asked (TSO, checksums): cutting and summing 64 kB batches in Python cost
-        # the sender more than the reads it saves (ipop.aio.dataplane, "TAP reads").
-        self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU, vnet_hdr=True, offload=False)
+        self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU, vnet_hdr=True)
         await self.tap.configure()
         return self.tap.fd, None, self.tap.name
 

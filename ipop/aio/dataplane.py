@@ -30,22 +30,6 @@ TAP writes: on a TAP opened with a virtio header (:class:`ipop.aio.tap.Tap`, the
 the frames a UDP batch delivers are written with TCP segments of one flow merged into one
 packet, which the kernel's receive path then handles once (:mod:`ipop.vnet.gro`).
 
-TAP reads: a TAP granted offloads (``offload``) hands over a local TCP stream in batches of up
-to 64 kB (``GSO_TCPV4``) and TCP/UDP packets with their checksum only begun (``NEEDS_CSUM``);
-:mod:`ipop.vnet.offload` finishes the one in place, and cuts the other into segments that fit
-the path to the destination's node (its probed size, whatever the batch's segment size: no
-ICMP is needed for them), all sealed by one :meth:`NodeCore.seal_ip_many` after one verdict
-for the batch (:meth:`DataPlane._cut_batch`; what is not for a direct path goes segment by
-segment through the per-frame code). The daemon does not ask for offloads: measured, they do
-not pay in Python. Per 1,013-byte segment (``ipop.tools.bench.dataplane_bench``, TAP -> UDP)
-a cut costs 3.2-3.5 µs against 4.5-4.8 read one by one, but each segment's TCP checksum, which
-the kernel's software GSO computes in C, costs ~2 µs here (``int.from_bytes`` and the modulo),
-every ACK read needs its checksum finished too, and in ``python -m ipop.tools.lab.pmtu``
-(interleaved with the code without, medians of 3-6 runs) the 1500-byte path took 10-12 % more
-daemon CPU per Gbit (962-994 -> 1092-1107 ms, 850-937 -> 783-792 Mbit/s) and the 1124-byte
-one the same (1248 -> 1246 ms/Gbit). Carrying the begun checksum to the receiving peer (whose
-TAP write can take it, :mod:`ipop.vnet.gro`) would drop that cost, but needs a flag on the wire.
-
 Latency (a lone packet, e.g. a ping every 50 ms): a wake-up after a quiet spell
 (:data:`ipop.timing.DATAPLANE_SPARSE_S`) reads one packet, without the extra read that would
 find the fd empty, and a UDP batch's TAP writes are followed by a TAP read at once (see
@@ -66,7 +50,7 @@ import socket
 import struct
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
@@ -79,8 +63,7 @@ from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.types import Endpoint, NodeId, SocketPath
 from ipop.vnet.echo import echo_reply
 from ipop.vnet.filter import Drop, PacketFilter, Verdict
-from ipop.vnet.gro import NEEDS_CSUM, NO_GSO, VNET_HDR, coalesce
-from ipop.vnet.offload import CsumDrop, finish_frame, split_tcp
+from ipop.vnet.gro import NO_GSO, VNET_HDR, coalesce
 from ipop.vnet.owners import Held, LookupDrop, OwnerTable
 from ipop.vnet.toobig import frag_needed
 from ipop.wire.header import DATA_MIN_BYTES
@@ -104,8 +87,6 @@ BATCH = 256
 # rest of the burst is read, and later queries hit the cache.
 LOCAL_BATCH = 32
 _ETH_IP = b"\x08\x00"
-# A DIRECT message's header for an IP packet: what the ethertype becomes in a frame sealed.
-_DIRECT_IP = bytes((TYPE_DIRECT, KIND_IP))
 _RECV_MAX = 65535
 # The local side's read buffer: a whole 64 kB IPv4 packet and its Ethernet header (a LAN host's
 # batch, cut by router.lan; a TAP never reads more than its MTU).
@@ -147,9 +128,6 @@ class IoDrop(StrEnum):
     # Too big for its peer's path and not answerable with ICMP (see ipop.vnet.toobig).
     TOO_BIG_FOR_PATH = "too_big_for_path"
     GRO_UNAVAILABLE = "gro_unavailable"
-    # A TAP frame with offloads (a begun checksum, a TCP batch) we could not finish or cut:
-    # not IPv4 TCP/UDP, or headers that do not add up (ipop.vnet.offload says which).
-    TAP_OFFLOAD = "tap_offload"
 
 
 # Every name a DataPlane's ``drops`` counter may hold.
@@ -357,7 +335,6 @@ class DataPlane:
         clock: Callable[[], float] = time.time,
         local_side: LocalSide | None = None,
         vnet_hdr: bool = False,
-        offload: bool = False,
     ) -> None:
         self.node = node
         # None: a TAP (fixed header, no source check); else a LAN (see LocalSide).
@@ -376,10 +353,7 @@ class DataPlane:
         # A TAP opened with IFF_VNET_HDR: a virtio header before every frame read or written,
         # and a batch's TCP segments written coalesced (ipop.vnet.gro).
         self._vnet = vnet_hdr and local_side is None
-        self._vnet_in = bytearray(VNET_HDR.size)  # each read's header
-        # The TAP was granted offloads (ipop.aio.tap.Tap): each read's header says whether its
-        # checksum is to be finished or its TCP batch cut (ipop.vnet.offload).
-        self._offload = offload and self._vnet
+        self._vnet_in = bytearray(VNET_HDR.size)  # each read's header (ignored: see Tap)
         # Ethernet header for frames we write: dst = the tap's MAC, src = the virtual MAC;
         # _eth_header with the virtio header of a frame written as it is, if the TAP has one.
         self._mac_header = b""
@@ -671,43 +645,24 @@ class DataPlane:
         path_limit = core.link.pmtu.limits.get
         readv = os.readv
         # Sealed datagrams per destination, sent together after the batch (GSO).
-        out: defaultdict[Endpoint | SocketPath, list[bytes]] = defaultdict(list)
+        out: dict[Endpoint | SocketPath, list[bytes]] = {}
         now = self.clock()
         limit = BATCH if now - self._tap_seen < timing.DATAPLANE_SPARSE_S else 1
         self._tap_seen = now
         n = 0
         local = 0
-        # A TAP granted offloads: each read's virtio header (flags, gso_type first).
-        vin = self._vnet_in if self._offload else None
-        # Segments of a TCP batch handled as frames read, last first (see _cut_batch).
-        pending: list[bytearray] = []
-        while True:
-            if pending:
-                seg = pending.pop()
-                size = len(seg)
-                buf[:size] = seg
-            else:
-                if n >= limit or local >= LOCAL_BATCH:
-                    break
-                try:
-                    size = readv(fd, bufs) - skip if lan_read is None else lan_read(buf)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    self.drops[IoDrop.TAP_READ_ERROR] += 1
-                    log.debug("tap read: %s", exc)
-                    break
-                n += 1
-                if size <= 0:  # dropped by the LAN side (a TAP never reads 0 bytes)
-                    continue
-                if vin is not None and (vin[1] or vin[0] & NEEDS_CSUM):
-                    if vin[1]:  # a TCP batch: cut, and sealed here if it can be
-                        pending, cut = self._cut_batch(size, now, out)
-                        n += cut - 1
-                        continue
-                    if finish_frame(view[:size]) is not None:
-                        self.drops[IoDrop.TAP_OFFLOAD] += 1
-                        continue
+        while n < limit and local < LOCAL_BATCH:
+            try:
+                size = readv(fd, bufs) - skip if lan_read is None else lan_read(buf)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.drops[IoDrop.TAP_READ_ERROR] += 1
+                log.debug("tap read: %s", exc)
+                break
+            n += 1
+            if size <= 0:  # dropped by the LAN side (a TAP never reads 0 bytes)
+                continue
             verdict = check_out(buf, size, now)
             if type(verdict) is NodeId:
                 if admit is not None and not admit(view[:size]):
@@ -722,7 +677,12 @@ class DataPlane:
                 buf[13] = KIND_IP
                 sealed = seal_ip(verdict, view[12:size], now=now)
                 if sealed is not None:
-                    out[sealed[1]].append(sealed[0])
+                    data, ep = sealed
+                    batch = out.get(ep)
+                    if batch is None:
+                        out[ep] = [data]
+                    else:
+                        batch.append(data)
                 else:  # relayed, routed, or not probed yet: the core's own size check
                     mtu = core.send_ip(verdict, bytes(view[14:size]), now=now)
                     if mtu is not None:
@@ -760,46 +720,6 @@ class DataPlane:
         self.counters["tap_batches"] += 1
         self.counters["tap_frames"] += n
         self._flush_core(now)
-
-    def _cut_batch(
-        self, size: int, now: float, out: defaultdict[Endpoint | SocketPath, list[bytes]]
-    ) -> tuple[list[bytearray], int]:
-        """A TCP batch of ``size`` bytes in the read buffer (``GSO_TCPV4``: a TAP granted
-        offloads, :class:`ipop.aio.tap.Tap`), cut into segments (:func:`split_tcp`) that fit
-        the path to its destination's node when that is known, and sealed into ``out`` as
-        :meth:`_drain_tap` seals a frame read, with the same checks (one verdict: every
-        segment has the batch's addresses). Returns the segments left to handle as frames
-        read (last first: the local services', a lookup's, a drop's, a relayed or unprobed
-        path's; none if all were sealed) and how many segments there were."""
-        self.counters["tso_batches"] += 1
-        gso_size = int.from_bytes(self._vnet_in[4:6], sys.byteorder)
-        verdict = self.filter.check_out(self._rbuf, size, now)
-        core = self.node.core
-        mtu = _FRAME_MAX
-        if type(verdict) is NodeId:
-            path_max = core.link.pmtu.limits.get(verdict)
-            if path_max is not None:  # each segment as a datagram fits the path
-                mtu = path_max - _SEAL_GROWTH - 14
-        # For a node: segments that are the DIRECT messages to seal, as a frame read becomes
-        # one in place (the ethertype's two bytes replaced).
-        lead = _DIRECT_IP if type(verdict) is NodeId else None
-        segs = split_tcp(self._rview[:size], mtu, gso_size, lead=lead)
-        if isinstance(segs, CsumDrop):
-            self.drops[IoDrop.TAP_OFFLOAD] += 1
-            return [], 1
-        count = len(segs)
-        self.counters["tso_segments"] += count
-        if type(verdict) is NodeId:
-            sealed, path = core.seal_ip_many(verdict, segs, now=now)
-            if path is not None:
-                out[path].extend(sealed)
-            if len(sealed) == count:
-                return [], count
-            # Relayed, routed, expired: the per-frame path's way, as Ethernet frames again.
-            eth = bytes(self._rview[:12]) + _ETH_IP
-            segs = [bytearray(eth + seg[2:]) for seg in segs[len(sealed) :]]
-        segs.reverse()
-        return segs, count
 
     def _too_big(self, packet: memoryview, mtu: int) -> None:
         """``packet`` does not fit the path to its destination's node (direct, relayed or

@@ -7,7 +7,6 @@ import time
 
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.tools.bench.dataplane_bench import A_EP, bench, bench_dataplane, linked_pair
-from ipop.types import NodeId
 
 
 def test_fast_path_round_trip_between_an_in_memory_pair() -> None:
@@ -21,24 +20,6 @@ def test_fast_path_round_trip_between_an_in_memory_pair() -> None:
     # The same datagram again is a replay: refused and counted, not delivered.
     assert b.receive_direct(sealed[0], A_EP, now=now, kind=KIND_IP) is None
     assert sum(b.link.drops.values()) == 1
-
-
-def test_seal_ip_many_seals_as_seal_ip_does_each_in_turn() -> None:
-    """NodeCore.seal_ip_many (a TCP batch's segments): the datagrams open at the peer into
-    the same messages, in order, with the counters seal_ip would have left; nothing for a
-    node that is not linked."""
-    now = time.time()
-    a, b = linked_pair(now)
-    msgs = [bytes((TYPE_DIRECT, KIND_IP)) + b"\x45" + bytes(40 + i) for i in range(3)]
-    one = a.seal_ip(b.local_id, msgs[0], now=now)
-    assert one is not None
-    sealed, path = a.seal_ip_many(b.local_id, [memoryview(m) for m in msgs[1:]], now=now)
-    assert path == one[1] and len(sealed) == 2
-    assert [b.receive_direct(d, A_EP, now=now, kind=KIND_IP) for d in [one[0], *sealed]] == [
-        (a.local_id, m) for m in msgs
-    ]
-    assert a.stats["sent_direct"] == 3
-    assert a.seal_ip_many(NodeId(12345), msgs, now=now) == ([], None)
 
 
 def test_bench_reports_positive_costs() -> None:

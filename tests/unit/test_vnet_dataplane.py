@@ -26,7 +26,7 @@ from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.link.pmtu import MAX_DATAGRAM
 from ipop.node import ROUTED_IP_MTU, NodeCore
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
-from ipop.testing.tcp import ACK, PSH, tcp_segment
+from ipop.testing.tcp import tcp_segment
 from ipop.tools.bench.dataplane_bench import (
     A_EP,
     A_VIP,
@@ -42,7 +42,7 @@ from ipop.tools.bench.dataplane_bench import (
 )
 from ipop.types import NodeId
 from ipop.vnet.filter import Drop, Verdict
-from ipop.vnet.gro import GSO_TCPV4, NEEDS_CSUM, NO_GSO, VNET_HDR
+from ipop.vnet.gro import GSO_TCPV4, NO_GSO, VNET_HDR
 from ipop.vnet.owners import LOOKUP_BURST, LOOKUP_RATE_PER_S, MAX_IN_FLIGHT, LookupDrop
 from ipop.vnet.packet import IPPROTO_UDP, build_ipv4, build_udp_frame
 
@@ -105,7 +105,6 @@ class Harness:
         lookups: Callable[[IPv4Address], Awaitable[NodeId | None]],
         *,
         vnet_hdr: bool = False,
-        offload: bool = False,
     ) -> None:
         self.now = time.time()
         self.a, self.b = linked_pair(self.now)
@@ -116,7 +115,6 @@ class Harness:
             clock=lambda: self.now,
             lookup_owner=lookups,
             vnet_hdr=vnet_hdr,
-            offload=offload,
         )
         self.dp.set_own_ip(B_VIP)
 
@@ -149,15 +147,6 @@ class Harness:
     def routed(self, packet: bytes, src: NodeId | None = None) -> None:
         """``packet`` delivered by the overlay from ``src`` (default A), the slow path."""
         self.dp._from_overlay(src if src is not None else self.a.local_id, packet)
-
-
-async def _probed_1124(h: Harness, lookups: Lookups) -> None:
-    """B knows A holds A_VIP, its TAP is read empty, and its path to A was probed at 1124."""
-    lookups.owners[A_VIP] = h.a.local_id
-    h.routed(_ip(A_VIP, B_VIP))  # learn A's address
-    await _until(lambda: not h.dp._lookups, "the lookup")
-    _tap_frames(h.kernel)
-    h.b.link.pmtu.limits[h.a.local_id] = 1124 - 28  # what probing found
 
 
 def _run(test: Callable[[], Awaitable[None]]) -> None:
@@ -470,8 +459,12 @@ def test_a_packet_too_big_for_its_peers_path_is_answered_with_frag_needed() -> N
     async def go() -> None:
         lookups = Lookups({})
         h = Harness(lookups)
+        lookups.owners[A_VIP] = h.a.local_id
         try:
-            await _probed_1124(h, lookups)
+            h.routed(_ip(A_VIP, B_VIP))  # learn A's address
+            await _until(lambda: not h.dp._lookups, "the lookup")
+            _tap_frames(h.kernel)
+            h.b.link.pmtu.limits[h.a.local_id] = 1124 - 28  # what probing found
             sent = cast(SinkUdp, h.dp.udp).sent
             for inner in (1400, 1065, 1066):
                 h.kernel.send(
@@ -533,120 +526,6 @@ def test_a_batchs_tcp_segments_reach_a_vnet_tap_in_one_write() -> None:
             assert len(sent) == 1
             opened = h.a.receive_direct(sent[0][0], B_EP, now=h.now, kind=KIND_IP)
             assert opened is not None and opened[1][2:] == _ip(B_VIP, A_VIP)
-        finally:
-            h.close()
-
-    _run(go)
-
-
-def _tcp_checksum_ok(ip: bytes) -> bool:
-    """The TCP checksum of IPv4 ``ip``, checked word by word (not the module's folding)."""
-    tcp = ip[20:]
-    data = ip[12:20] + b"\x00\x06" + len(tcp).to_bytes(2, "big") + tcp + b"\x00"
-    s = 0
-    for i in range(0, len(data) - 1, 2):
-        s += data[i] << 8 | data[i + 1]
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s == 0xFFFF
-
-
-def test_a_tcp_batch_read_from_an_offloading_tap_leaves_as_segments_that_fit_the_path() -> None:
-    """A TAP granted offloads (ipop.aio.tap.Tap) hands over a TCP batch of 64 kB in one read
-    (GSO_TCPV4, its checksum only begun): it is cut into segments that fit the peer's probed
-    path (1124 bytes: 1013 data bytes each with timestamps, though the batch says 1348),
-    each sealed with both checksums right, none answered with frag_needed. A frame whose
-    checksum is only begun (NEEDS_CSUM) leaves with it finished."""
-
-    async def go() -> None:
-        lookups = Lookups({})
-        h = Harness(lookups, vnet_hdr=True, offload=True)
-        try:
-            await _probed_1124(h, lookups)
-            sent = cast(SinkUdp, h.dp.udp).sent
-            data = random.Random(1).randbytes(48 * 1348)
-            batch = bytearray(tcp_segment(9, data, src=B_VIP, dst=A_VIP, flags=ACK | PSH))
-            batch[36:38] = b"\x00\x01"  # begun: the pseudo-header's sum, not the data's
-            vnet = VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 14 + 52, 1348, 14 + 20, 16)
-            h.kernel.send(vnet + VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + batch)
-            h.dp._drain_tap()
-            assert h.dp.counters["tso_batches"] == 1
-            assert h.dp.counters["tso_segments"] == len(sent) == -(-len(data) // 1013)
-            assert h.dp.counters["frag_needed_sent"] == 0
-            assert max(len(d) for d, _ in sent) == 1124 - 28  # fills the path, to the byte
-            stream = b""
-            for d, _ in sent:
-                opened = h.a.receive_direct(d, B_EP, now=h.now, kind=KIND_IP)
-                assert opened is not None
-                ip = opened[1][2:]
-                assert _tcp_checksum_ok(ip) and int.from_bytes(ip[2:4], "big") == len(ip)
-                stream += ip[52:]
-            assert stream == data
-            # One frame, its checksum begun: sealed finished.
-            sent.clear()
-            one = bytearray(tcp_segment(1, b"abc", src=B_VIP, dst=A_VIP))
-            one[36:38] = b"\x00\x01"
-            vnet = VNET_HDR.pack(NEEDS_CSUM, 0, 0, 0, 14 + 20, 16)
-            h.kernel.send(vnet + VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + one)
-            h.dp._drain_tap()
-            opened = h.a.receive_direct(sent[0][0], B_EP, now=h.now, kind=KIND_IP)
-            assert opened is not None and _tcp_checksum_ok(opened[1][2:])
-            assert not h.dp.drops
-        finally:
-            h.close()
-
-    _run(go)
-
-
-def test_a_tcp_batch_for_an_unknown_owner_is_held_segment_by_segment() -> None:
-    """A batch whose destination's owner is not known yet takes the per-frame path after it
-    is cut: each segment is held for the lookup like any frame read, and leaves once the
-    owner is known, finished."""
-
-    async def go() -> None:
-        lookups = Lookups({A_VIP: NodeId(0)})
-        h = Harness(lookups, vnet_hdr=True, offload=True)
-        lookups.owners[A_VIP] = h.a.local_id
-        try:
-            sent = cast(SinkUdp, h.dp.udp).sent
-            data = bytes(range(256)) * 12
-            batch = tcp_segment(9, data, src=B_VIP, dst=A_VIP)
-            vnet = VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 14 + 52, 1000, 14 + 20, 16)
-            h.kernel.send(vnet + VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + batch)
-            h.dp._drain_tap()
-            assert h.dp.counters["tso_segments"] == 4
-            await _until(lambda: not h.dp._lookups, "the lookup")
-            out = [d for d, _ in sent] + [d for d, _ in h.b.datagrams_to_send(now=h.now)]
-            ips = [h.a.receive_direct(d, B_EP, now=h.now, kind=KIND_IP) for d in out]
-            segs = [got[1][2:] for got in ips if got is not None]  # the rest: the core's own
-            assert len(segs) == 4 and all(_tcp_checksum_ok(ip) for ip in segs)
-            assert b"".join(ip[52:] for ip in segs) == data
-        finally:
-            h.close()
-
-    _run(go)
-
-
-def test_a_tcp_batch_for_a_node_without_a_direct_link_goes_the_per_frame_way() -> None:
-    """A batch whose destination's node is reached over the ring (no link: nothing can be
-    sealed directly) is cut and each segment sent as a frame read would be: routed if it
-    fits what a routed message carries, answered with frag_needed if not."""
-
-    async def go() -> None:
-        lookups = Lookups({})
-        h = Harness(lookups, vnet_hdr=True, offload=True)
-        h.dp.owners.answer(C_VIP.packed, C_ID, now=h.now)
-        try:
-            eth = VIRTUAL_MAC + TAP_MAC + b"\x08\x00"
-            for mss in (1000, 1348):
-                batch = tcp_segment(9, bytes(3 * mss), src=B_VIP, dst=C_VIP)
-                vnet = VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 14 + 52, mss, 14 + 20, 16)
-                h.kernel.send(vnet + eth + batch)
-                h.dp._drain_tap()
-            assert h.dp.counters["tso_batches"] == 2 and h.dp.counters["tso_segments"] == 6
-            assert h.b.stats["sent_routed"] == 3  # 1072 bytes: a routed message carries them
-            assert h.dp.counters["frag_needed_sent"] == 3  # 1400 bytes: it does not
-            assert not h.dp.drops
         finally:
             h.close()
 

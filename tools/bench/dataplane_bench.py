@@ -8,8 +8,7 @@ overlay membership check), plus the end-of-batch ``flush`` every ``--batch`` pac
 is measured beside it. Then the same through :class:`ipop.aio.dataplane.DataPlane` itself
 (its packet checks included): frames drained from a fake TAP (a unix socket pair) to a UDP
 socket stand-in, and sealed datagrams handed to its receive path, whose TAP writes are only
-collected; and TCP segments read from a TAP one by one against cut from 64 kB batches
-(offloads). Prints µs per packet; the kernel's share (TAP and UDP syscalls) and the event loop's
+collected. Prints µs per packet; the kernel's share (TAP and UDP syscalls) and the event loop's
 are not in these numbers: ``ipop-lab bench`` measures the whole path.
 
 Run: ``.venv/bin/python -m ipop.tools.bench.dataplane_bench [--count 100000] [--batch 64]``.
@@ -31,9 +30,7 @@ from ipop.aio.node import Node
 from ipop.node import NodeCore
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.testing.identities import make_identity, make_network
-from ipop.testing.tcp import tcp_segment
 from ipop.types import Endpoint, NodeId, SocketPath
-from ipop.vnet.gro import GSO_TCPV4, NEEDS_CSUM, NO_GSO, VNET_HDR
 from ipop.vnet.packet import IPPROTO_UDP, build_ipv4
 
 A_EP = Endpoint("198.51.100.1", 5800)
@@ -95,11 +92,9 @@ def dataplane(
     clock: Callable[[], float],
     lookup_owner: Callable[[IPv4Address], Awaitable[NodeId | None]] = _no_owner,
     vnet_hdr: bool = False,
-    offload: bool = False,
 ) -> DataPlane:
     """A DataPlane over ``core`` with a fake TAP and a :class:`SinkUdp` (call in a loop);
-    ``vnet_hdr``: as over a TAP opened with IFF_VNET_HDR; ``offload``: and granted
-    checksum and TCP segmentation offloads (ipop.aio.tap.Tap)."""
+    ``vnet_hdr``: as over a TAP opened with IFF_VNET_HDR."""
     dp = DataPlane(
         cast(Node, PlaneNode(core)),
         cast(UdpSocket, SinkUdp()),
@@ -109,7 +104,6 @@ def dataplane(
         local_frame=lambda frame: False,
         clock=clock,
         vnet_hdr=vnet_hdr,
-        offload=offload,
     )
     dp.set_link_layer(TAP_MAC, VIRTUAL_MAC)
     return dp
@@ -224,49 +218,6 @@ async def bench_dataplane(count: int, batch: int, size: int) -> dict[str, float]
             s.close()
 
 
-async def bench_tcp_read(count: int, mss: int, *, offload: bool) -> float:
-    """µs per TCP segment of ``mss`` data bytes from a TAP with a virtio header to the UDP
-    socket stand-in: read one by one (``offload`` False, the kernel cut them), or in batches
-    of 64 kB that the data plane cuts itself (``offload``: ``GSO_TCPV4``,
-    :mod:`ipop.vnet.offload`). The read syscalls are in the number; the kernel's own cutting
-    (software GSO) is not."""
-    now = time.time()
-    a, b = linked_pair(now)
-    ta, ka = fake_tap()
-    dp = dataplane(a, ta.fileno(), clock=lambda: now, vnet_hdr=True, offload=offload)
-    try:
-        dp.set_own_ip(A_VIP)
-        dp.owners.answer(B_VIP.packed, b.local_id, now=now)
-        eth = VIRTUAL_MAC + TAP_MAC + b"\x08\x00"
-        per_batch = 64_000 // mss
-        if offload:
-            data = bytes(per_batch * mss)
-            vnet = VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 14 + 52, mss, 14 + 20, 16)
-            frames = [vnet + eth + tcp_segment(1, data, src=A_VIP, dst=B_VIP)]
-        else:
-            frames = [
-                NO_GSO + eth + tcp_segment(1 + i * mss, bytes(mss), src=A_VIP, dst=B_VIP)
-                for i in range(per_batch)
-            ]
-        spent = 0.0
-        rounds = max(1, count // per_batch)
-        for _ in range(rounds):
-            for frame in frames:
-                ka.send(frame)
-            t0 = time.perf_counter()
-            dp._drain_tap()
-            spent += time.perf_counter() - t0
-        sent = cast(SinkUdp, dp.udp).sent
-        if len(sent) != rounds * per_batch:
-            raise RuntimeError(f"sent {len(sent)} of {rounds * per_batch}: {dict(dp.drops)}")
-        return spent / len(sent) * 1e6
-    finally:
-        dp.close()
-        cast(SinkUdp, dp.udp).close()
-        ta.close()
-        ka.close()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(prog="dataplane_bench", description=__doc__)
     ap.add_argument("--count", type=int, default=100_000)
@@ -286,18 +237,6 @@ def main() -> None:
     print(f"  slow path send+receive, per packet:    {best['slow_roundtrip_us']:6.2f} us/packet")
     print(f"  DataPlane TAP -> UDP (checks + seal):  {best['dp_tap_to_udp_us']:6.2f} us/packet")
     print(f"  DataPlane UDP -> TAP (open + checks):  {best['dp_udp_to_tap_us']:6.2f} us/packet")
-    for mss in (1348, 1013):
-        read = {
-            offload: min(
-                asyncio.run(bench_tcp_read(args.count, mss, offload=offload))
-                for _ in range(args.repeat)
-            )
-            for offload in (False, True)
-        }
-        print(
-            f"  TCP {mss} B/segment TAP -> UDP, read one by one: {read[False]:6.2f} us/segment,"
-            f" cut from 64 kB batches: {read[True]:6.2f}"
-        )
 
 
 if __name__ == "__main__":
