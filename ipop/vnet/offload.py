@@ -6,10 +6,11 @@ handled here or sealed into the overlay, the checksum must be finished and the b
 NIC would on its way out: a remote kernel would drop the one as corrupt, and the other needs IP
 fragmentation on the underlay.
 
-Two readers have those frames: the router's LAN packet socket (:mod:`ipop.router.lan`: hosts on
-veth, VMs and containers hand on their offloads) and the daemon's own TAP when it asks for
-offloads (:class:`ipop.aio.tap.Tap`, ``TUNSETOFFLOAD``: the kernel's TCP then hands over 64 kB at
-a time and the data plane saves a TAP read per segment).
+The router's LAN packet socket reads such frames (:mod:`ipop.router.lan`: hosts on veth, VMs
+and containers hand on their offloads). The daemon's own TAP could too (``TUNSETOFFLOAD``: the
+kernel's TCP would hand over 64 kB at a time, a TAP read saved per segment); tried and
+measured slower in Python, the TCP checksum of every segment costing more than the read
+(commit a303c63 and its revert). ``split_tcp``'s ``lead`` is what that data plane used.
 
 * :func:`finish_frame` completes a ``NEEDS_CSUM`` frame's TCP/UDP checksum in place;
 * :func:`split_tcp` cuts a TCP batch (TSO) into segments of ``gso_size`` data that also fit an
@@ -24,8 +25,8 @@ Checksums: the RFC 1071 sum of 16-bit words modulo 0xFFFF is the sum of the whol
 integer modulo 0xFFFF (2**16 ≡ 1), which CPython computes in C. The modulo of a ~1 kB integer
 divides once per 30-bit digit, though; :func:`_sum16` first folds the integer by halves
 (shifts, masks and an addition: no division) down to 2,048 bits. Measured on a 1,045-byte
-segment: 1.4 µs for ``int.from_bytes``, then 2.8 µs for the modulo alone against 1.8 µs folded
-and reduced.
+segment (a loaded machine): 0.8-1.4 µs for ``int.from_bytes``, then 1.9-2.8 µs for the modulo
+alone against 1.4-1.8 µs folded and reduced.
 """
 
 from __future__ import annotations
