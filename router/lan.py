@@ -52,21 +52,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-import struct
 from collections import Counter, deque
-from enum import StrEnum
 from pathlib import Path
 
 from ipop.errors import ConfigError
 from ipop.vnet.gro import GSO_NONE, GSO_TCPV4, NEEDS_CSUM, VNET_HDR
-from ipop.vnet.packet import (
-    ETH_HLEN,
-    ETH_P_IP,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
-    IPV4_MIN_HLEN,
-    transport_checksum,
+from ipop.vnet.offload import (
+    CSUM_REASONS,
+    GSO_UDP_L4,
+    CsumDrop,
+    finish_frame,
+    split_batch,
+    split_tcp,
+    split_udp,
 )
+from ipop.vnet.packet import ETH_HLEN
 
 __all__ = [
     "CSUM_REASONS",
@@ -94,198 +94,9 @@ SOL_PACKET = 263
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
 # struct virtio_net_hdr: VNET_HDR, NEEDS_CSUM (the sender left the checksum to a NIC) and the
-# GSO types a TAP uses too come from ipop.vnet.gro.
+# GSO types a TAP uses too come from ipop.vnet.gro; finishing and cutting (shared with the TAP)
+# from ipop.vnet.offload.
 DATA_VALID = 2  # VIRTIO_NET_HDR_F_DATA_VALID: the kernel or the NIC verified it
-GSO_UDP_L4 = 5  # UDP_SEGMENT batches and UDP GRO (not 3: the old UFO, IP fragments)
-_GSO_ECN = 0x80  # a flag on TCP batches (CWR set): the split handles CWR itself
-# Where the checksum field sits in each transport header, and the header's minimum length.
-_CSUM_AT = {IPPROTO_TCP: (16, 20), IPPROTO_UDP: (6, 8)}
-_IP_FRAG = 0x3FFF  # MF and the fragment offset
-_IPV4 = struct.Struct("!BxHxxHxBxx4s4s")  # ver|ihl, total_len, flags|frag, proto, src, dst
-_TCP_FIN, _TCP_PSH, _TCP_CWR = 0x01, 0x08, 0x80
-
-
-class CsumDrop(StrEnum):
-    """Why a LAN frame was dropped before any handling (counted as ``lan.<reason>``)."""
-
-    MALFORMED = "csum_malformed"  # partial or a batch, but its IPv4/TCP/UDP headers do not add up
-    FRAGMENT = "csum_fragment"  # partial or a batch, yet a fragment (the checksum spans others)
-    PROTOCOL = "csum_protocol"  # partial or a batch, not IPv4 TCP or UDP: we cannot finish it
-    TRUNCATED = "lan_truncated"  # larger than the read buffer (MSG_TRUNC)
-    OVERSIZE = "lan_oversize"  # UDP above the MTU: a datagram is not ours to cut smaller
-    GSO_TYPE = "lan_gso_type"  # a batch of a kind we do not cut (TCPv6, UFO)
-
-
-# Every name LanSocket.drops may hold.
-CSUM_REASONS: frozenset[str] = frozenset(r.value for r in CsumDrop)
-
-
-def _ipv4(frame: bytes | bytearray | memoryview) -> tuple[int, int, int, int, int] | CsumDrop:
-    """(header length, total length, protocol, src, dst) of the unfragmented IPv4 packet in
-    ``frame``, checked to lie inside it; else why not."""
-    if len(frame) < ETH_HLEN + IPV4_MIN_HLEN or (frame[12] << 8 | frame[13]) != ETH_P_IP:
-        return CsumDrop.PROTOCOL  # IPv6, VLAN-in-frame...: the data plane routes none of it
-    vihl, total, frag, proto, src, dst = _IPV4.unpack_from(frame, ETH_HLEN)
-    ihl = (vihl & 0x0F) * 4
-    if vihl >> 4 != 4 or ihl < IPV4_MIN_HLEN or total < ihl or ETH_HLEN + total > len(frame):
-        return CsumDrop.MALFORMED
-    if frag & _IP_FRAG:
-        return CsumDrop.FRAGMENT
-    return ihl, total, proto, int.from_bytes(src, "big"), int.from_bytes(dst, "big")
-
-
-def finish_frame(frame: bytearray | memoryview) -> CsumDrop | None:
-    """Complete in place the TCP/UDP checksum of ``frame`` (one Ethernet frame, exactly as
-    read, that the kernel marked ``NEEDS_CSUM``); None when the frame is fit to handle, else
-    why it must be dropped. In place because the data plane seals straight out of its read
-    buffer; never raises, whatever the bytes."""
-    ip = _ipv4(frame)
-    if isinstance(ip, CsumDrop):
-        return ip
-    ihl, total, proto, src, dst = ip
-    where = _CSUM_AT.get(proto)
-    if where is None:
-        return CsumDrop.PROTOCOL
-    at, min_len = where
-    start, end = ETH_HLEN + ihl, ETH_HLEN + total  # bytes past ``end``: Ethernet padding
-    if end - start < min_len:
-        return CsumDrop.MALFORMED
-    field = start + at
-    frame[field : field + 2] = b"\x00\x00"
-    csum = transport_checksum(proto, src, dst, frame[start:end])
-    if csum == 0 and proto == IPPROTO_UDP:
-        csum = 0xFFFF  # a zero UDP checksum says "none" (RFC 768)
-    frame[field : field + 2] = csum.to_bytes(2, "big")
-    return None
-
-
-def _ip_sum(head: bytearray, ihl: int) -> int:
-    """Zero the total length, id and checksum of the IPv4 header after the Ethernet one in
-    ``head``; the sum of what is left (:func:`_sum16`), which no segment changes."""
-    ip = ETH_HLEN
-    head[ip + 2 : ip + 6] = bytes(4)
-    head[ip + 10 : ip + 12] = b"\x00\x00"
-    return _sum16(head[ip : ip + ihl])
-
-
-def _set_ip(head: bytearray, ip_sum: int, total: int, ident: int) -> None:
-    """Give the IPv4 header in ``head`` (whose other words sum to ``ip_sum``) a total length,
-    an id and the checksum that goes with them."""
-    ip = ETH_HLEN
-    ident &= 0xFFFF
-    head[ip + 2 : ip + 4] = total.to_bytes(2, "big")
-    head[ip + 4 : ip + 6] = ident.to_bytes(2, "big")
-    head[ip + 10 : ip + 12] = _csum(ip_sum + total + ident).to_bytes(2, "big")
-
-
-def _sum16(data: bytes | bytearray | memoryview) -> int:
-    """The ones' complement sum of ``data``'s 16-bit words, modulo 0xFFFF (0 stands for
-    0xFFFF): 2**16 ≡ 1, so the whole buffer as one integer, in C (as
-    ``ipop.vnet.packet.internet_checksum`` does); an odd last byte is a word's high half."""
-    n = int.from_bytes(data, "big")
-    return (n << 8 if len(data) & 1 else n) % 0xFFFF
-
-
-def _csum(total: int) -> int:
-    """The checksum field for words summing to ``total`` (any nonzero sum, before the modulo):
-    the complement of their ones' complement sum, 0 when that sum is 0xFFFF (as the kernel's
-    csum_fold gives; UDP then writes 0xFFFF, RFC 768)."""
-    s = total % 0xFFFF
-    return 0xFFFF - s if s else 0
-
-
-def split_tcp(
-    frame: bytes | bytearray | memoryview, mtu: int, mss: int = 0
-) -> list[bytes] | CsumDrop:
-    """The IPv4 TCP packet in ``frame`` cut into frames of at most ``mtu`` IP bytes and, if
-    ``mss`` is given (a batch's ``gso_size``), ``mss`` bytes of data each, every checksum
-    finished (whatever the original's held); why not, if it cannot be."""
-    ip = _ipv4(frame)
-    if isinstance(ip, CsumDrop):
-        return ip
-    ihl, total, proto, src_n, dst_n = ip
-    if proto != IPPROTO_TCP:
-        return CsumDrop.OVERSIZE
-    start, end = ETH_HLEN + ihl, ETH_HLEN + total
-    thl = (frame[start + 12] >> 4) * 4 if end - start >= 20 else 0
-    chunk = mtu - ihl - thl
-    if mss > 0:
-        chunk = min(chunk, mss)
-    if thl < 20 or start + thl > end or chunk <= 0:
-        return CsumDrop.MALFORMED
-    head = bytearray(frame[: start + thl])  # Ethernet, IPv4 and TCP headers, per segment
-    ident = int.from_bytes(head[ETH_HLEN + 4 : ETH_HLEN + 6], "big")
-    seq = int.from_bytes(head[start + 4 : start + 8], "big")
-    flags = head[start + 13]
-    ip_sum = _ip_sum(head, ihl)
-    # The pseudo-header's addresses and protocol; each segment adds its length, its header
-    # (sequence number and flags change) and its data. Summed modulo 0xFFFF.
-    base = src_n + dst_n + IPPROTO_TCP
-    data = memoryview(frame)[start + thl : end]
-    out: list[bytes] = []
-    offsets = range(0, max(len(data), 1), chunk)
-    for i, at in enumerate(offsets):
-        piece = data[at : at + chunk]
-        last = i == len(offsets) - 1
-        _set_ip(head, ip_sum, ihl + thl + len(piece), ident + i)
-        head[start + 4 : start + 8] = ((seq + at) & 0xFFFFFFFF).to_bytes(4, "big")
-        # FIN and PSH end the batch: the last segment's; CWR was sent once, with the first.
-        head[start + 13] = (
-            flags & ~(0 if last else _TCP_FIN | _TCP_PSH) & ~(0 if i == 0 else _TCP_CWR)
-        )
-        head[start + 16 : start + 18] = b"\x00\x00"
-        csum = _csum(base + thl + len(piece) + _sum16(head[start:]) + _sum16(piece))
-        head[start + 16 : start + 18] = csum.to_bytes(2, "big")
-        out.append(bytes(head) + piece)
-    return out
-
-
-def split_udp(frame: bytes | bytearray | memoryview, size: int, mtu: int) -> list[bytes] | CsumDrop:
-    """The IPv4 UDP batch in ``frame`` cut into datagrams of ``size`` payload bytes each (the
-    last one shorter), as the sender's ``send`` calls would have been: each with its IP total
-    length, IP id (one up per datagram), IP checksum, UDP length and full UDP checksum; why
-    not, if it cannot be (a datagram above ``mtu`` IP bytes: ``OVERSIZE``)."""
-    ip = _ipv4(frame)
-    if isinstance(ip, CsumDrop):
-        return ip
-    ihl, total, proto, src_n, dst_n = ip
-    start, end = ETH_HLEN + ihl, ETH_HLEN + total
-    if proto != IPPROTO_UDP or end - start < 8 or size <= 0:
-        return CsumDrop.MALFORMED
-    if ihl + 8 + min(size, end - start - 8) > mtu:
-        return CsumDrop.OVERSIZE
-    head = bytearray(frame[: start + 8])  # Ethernet, IPv4 and UDP headers, rewritten per datagram
-    ident = int.from_bytes(head[ETH_HLEN + 4 : ETH_HLEN + 6], "big")
-    ip_sum = _ip_sum(head, ihl)
-    # Pseudo-header (addresses, protocol) and ports; each datagram adds its length twice
-    # (pseudo-header and UDP header) and its payload. Words are summed modulo 0xFFFF.
-    base = src_n + dst_n + IPPROTO_UDP + int.from_bytes(head[start : start + 4], "big")
-    data = memoryview(frame)[start + 8 : end]
-    out: list[bytes] = []
-    for i, at in enumerate(range(0, max(len(data), 1), size)):
-        piece = data[at : at + size]
-        ulen = 8 + len(piece)
-        _set_ip(head, ip_sum, ihl + ulen, ident + i)
-        head[start + 4 : start + 6] = ulen.to_bytes(2, "big")
-        csum = _csum(base + 2 * ulen + _sum16(piece)) or 0xFFFF  # 0 would say "none"
-        head[start + 6 : start + 8] = csum.to_bytes(2, "big")
-        out.append(bytes(head) + piece)
-    return out
-
-
-def split_batch(
-    frame: bytes | bytearray | memoryview, gso_type: int, gso_size: int, mtu: int
-) -> list[bytes] | CsumDrop:
-    """The batch in ``frame`` cut as its ``gso_type`` says (:func:`split_tcp`,
-    :func:`split_udp`); ``GSO_NONE``: a frame above ``mtu``, cut if it is TCP."""
-    kind = gso_type & ~_GSO_ECN
-    if kind == GSO_NONE:
-        return split_tcp(frame, mtu)
-    if kind == GSO_TCPV4:
-        return split_tcp(frame, mtu, gso_size)
-    if kind == GSO_UDP_L4:
-        return split_udp(frame, gso_size, mtu)
-    return CsumDrop.GSO_TYPE
 
 
 def _packet_socket(proto: int) -> socket.socket:
@@ -334,7 +145,7 @@ class LanSocket:
         # Each read's virtio_net_hdr, reused (read_into scatters the frame behind it).
         self._vnet = bytearray(VNET_HDR.size)
         # Pieces of one cut batch not read yet: never more than one batch's (split_batch).
-        self._pending: deque[bytes] = deque()
+        self._pending: deque[bytes | bytearray] = deque()
         # Only CsumDrop members: see CSUM_REASONS.
         self.drops: Counter[CsumDrop] = Counter()
         # Frames whose checksum we completed ("csum_completed") or the kernel verified, and

@@ -7,7 +7,7 @@ from ipaddress import IPv4Address
 
 from ipop.vnet.packet import IPPROTO_TCP, build_ipv4, transport_checksum
 
-__all__ = ["ACK", "FIN", "PSH", "SYN", "TIMESTAMPS", "tcp_segment"]
+__all__ = ["ACK", "DST", "FIN", "PSH", "SRC", "SYN", "TIMESTAMPS", "tcp_segment"]
 
 FIN, SYN, PSH, ACK = 0x01, 0x02, 0x08, 0x10
 # The timestamp option, as Linux sends it on every segment (two NOPs first).

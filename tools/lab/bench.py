@@ -220,11 +220,21 @@ def _underlay(run: _Run, duration_s: int) -> tuple[float, float]:
     return _measure(run, B_UL, duration_s)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _ipop(
-    run: _Run, duration_s: int, *, status: dict[str, Status] | None = None
+    run: _Run,
+    duration_s: int,
+    *,
+    status: dict[str, Status] | None = None,
+    cpu: dict[str, float] | None = None,
 ) -> tuple[float, float]:
     """ipopd on both ends; ``status``, if given, gets each one's status after the
-    measurement (keys ``a``, ``b``)."""
+    measurement (keys ``a``, ``b``), ``cpu`` the CPU seconds each used during it."""
     d = Path(tempfile.mkdtemp(prefix="ipop-", dir=run.work))
     home = d / "home"
 
@@ -265,7 +275,11 @@ def _ipop(
         _wait(lambda: _pings_ok(run, vips["b"]), UP_TIMEOUT_S, "ping over ipop", 0.3)
         # The first packets go over the ring while the shortcut comes up: warm up first.
         _pings_ok(run, vips["b"])
+        before = [_cpu_s(p.pid) for p in procs]
         measured = _measure(run, vips["b"], duration_s)
+        if cpu is not None:
+            for n, p, t0 in zip("ab", procs, before, strict=True):
+                cpu[n] = _cpu_s(p.pid) - t0
         if status is not None:
             for n in "ab":
                 status[n] = ControlClient(d / f"{n}.sock").status()

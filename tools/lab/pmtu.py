@@ -141,9 +141,10 @@ def run_gso_burst(
 
 
 def run_pmtu(*, link_mtu: int, block_icmp: bool, duration_s: int) -> dict[str, Any]:
-    """One run: ``{"link_mtu", "block_icmp", "mbit_s", "rtt_ms", "fragments": {ns: {...}},
-    "coalesced", "tap_write_errors"}``, the fragment counters as differences over the run (the
-    daemons' life included), the last two b's (the receiver's) TAP counters."""
+    """One run: ``{"link_mtu", "block_icmp", "mbit_s", "cpu_ms_per_gbit", "cpu_s", "rtt_ms",
+    "fragments": {ns: {...}}, "coalesced", "tap_write_errors"}``, the fragment counters as
+    differences over the run (the daemons' life included), ``cpu_s`` each daemon's CPU
+    seconds during the measurement, the last two b's (the receiver's) TAP counters."""
     if os.geteuid() != 0:
         raise BenchError("needs root: builds network namespaces")
     work = Path(tempfile.mkdtemp(prefix="ipop-pmtu-"))
@@ -152,7 +153,8 @@ def run_pmtu(*, link_mtu: int, block_icmp: bool, duration_s: int) -> dict[str, A
         namespaces = _setup(run, link_mtu, block_icmp)
         before = {ns: _snmp_ip(ns) for ns in namespaces}
         status: dict[str, Status] = {}
-        mbit_s, rtt_ms = _ipop(run, duration_s, status=status)
+        cpu: dict[str, float] = {}
+        mbit_s, rtt_ms = _ipop(run, duration_s, status=status, cpu=cpu)
         fragments = _deltas(run.prefix, namespaces, before)
     finally:
         _teardown(run)
@@ -164,6 +166,12 @@ def run_pmtu(*, link_mtu: int, block_icmp: bool, duration_s: int) -> dict[str, A
         "link_mtu": link_mtu,
         "block_icmp": block_icmp,
         "mbit_s": round(mbit_s, 1),
+        # Both daemons' CPU per Gbit carried (iperf3's omitted first second counted as
+        # carried at the same rate): steadier than throughput on a shared machine.
+        "cpu_ms_per_gbit": round(1e6 * (cpu["a"] + cpu["b"]) / (mbit_s * (duration_s + 1)))
+        if mbit_s > 0
+        else None,
+        "cpu_s": {n: round(v, 2) for n, v in cpu.items()},
         "rtt_ms": rtt_ms,
         "fragments": fragments,
         "fragments_total": sum(sum(v.values()) for v in fragments.values()),
