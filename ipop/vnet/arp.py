@@ -29,7 +29,30 @@ from ipaddress import IPv4Address, IPv4Network
 from ipop.errors import LocalProtocolError
 from ipop.vnet.packet import ETH_HLEN, ETH_P_ARP, ETH_P_IP, parse_mac
 
-__all__ = ["ARP_REPLY", "ARP_REQUEST", "VIRTUAL_MAC", "ArpResponder", "arp_target"]
+__all__ = [
+    "ARP_REPLY",
+    "ARP_REQUEST",
+    "DROP_REASONS",
+    "VIRTUAL_MAC",
+    "ArpResponder",
+    "arp_target",
+]
+
+# Every frame the responder does not answer, by why (its ``drops``).
+DROP_REASONS = frozenset(
+    {
+        "arp_short",
+        "not_arp",
+        "arp_bad_format",
+        "arp_not_request",
+        "arp_outside_subnet",
+        "arp_probe",
+        "arp_gratuitous",
+        "arp_not_host",
+        "arp_local",
+        "arp_bad_sender",
+    }
+)
 
 # Locally administered (bit 1 of the first octet), unicast: never collides with a vendor MAC.
 VIRTUAL_MAC = bytes.fromhex("021b0a000001")
