@@ -44,7 +44,7 @@ def dont_fragment(sock: socket.socket) -> None:
     never arrives, a forged one (nothing authenticates it) would otherwise shrink a peer's path
     to 552 bytes for ten minutes, and a learned value would keep probes from finding that a
     path grew back. A send larger than the interface still fails at once (``EMSGSIZE``; a GSO
-    send with ``EINVAL``): :class:`ipop.aio.dataplane.UdpSocket` limits that destination only.
+    send with ``EINVAL``): :class:`ipop.aio.udp.UdpSocket` limits that destination only.
     """
     sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
 

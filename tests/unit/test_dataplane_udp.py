@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from ipop.aio.dataplane import GSO_RETRY_S, IoDrop, UdpSocket
 from ipop.aio.sockets import LoopUdpSocket
+from ipop.aio.udp import GSO_RETRY_S, IoDrop, UdpSocket
 from ipop.types import Endpoint
 
 

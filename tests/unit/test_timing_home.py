@@ -23,7 +23,7 @@ STAYS: dict[tuple[str, str], str] = {
     ("ipop/aio/daemon.py", "REMEMBER_CHECK_S"): "peer store housekeeping",
     ("ipop/aio/daemon.py", "REMEMBER_FIRST_S"): "peer store housekeeping",
     ("ipop/aio/peerstore.py", "REMEMBER_WRITE_S"): "file writes",
-    ("ipop/aio/dataplane.py", "GSO_RETRY_S"): "kernel offload workaround, not protocol",
+    ("ipop/aio/udp.py", "GSO_RETRY_S"): "kernel offload workaround, not protocol",
     ("ipop/config.py", "DEFAULT_LEASE_S"): "configuration default (router DHCP)",
     ("ipop/config.py", "MIN_LEASE_S"): "configuration bound (router DHCP)",
     ("ipop/identity/ca.py", "_DAY_S"): "a unit, not a timing",
