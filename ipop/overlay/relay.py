@@ -221,8 +221,10 @@ class RelayRole:
     def _failover(self, peer: NodeId, dead: NodeId, now: float) -> None:
         """``peer``'s relayed link runs through ``dead``, which answers nothing any more: key
         it through another relay (as :meth:`fallback` picks them, none that is suspect too),
-        at most once per retry interval. The link layer moves a relayed session to the relay
-        whose handshake completed last (:func:`ipop.link.paths.better_path`)."""
+        at most once per retry interval. Both ends may move at once, each through a relay of
+        its own choice: each end's own handshake moves the path it sends on (the link layer
+        moves a relayed session to the relay whose handshake completed last,
+        :func:`ipop.link.paths.better_path`)."""
         if peer not in self._table or self._fallbacks.trying(peer):
             return
         silent = self._silent

@@ -35,11 +35,13 @@ def test_a_relayed_pair_moves_to_another_relay_within_2s_after_its_relay_dies(
         loop = asyncio.get_running_loop()
         net = Network(rng=random.Random(seed))
         ca = make_network("relaydeath", now=loop.time())
-        hosts = [net.add_public_host(f"pub{i}") for i in range(4)]
+        # Five nodes: each is near every other (three per side), so the symmetric pair keeps
+        # a relayed near link (a shortcut between two symmetric NATs is never relayed: in a
+        # larger ring a far pair is routed over the ring instead).
+        hosts = [net.add_public_host(f"pub{i}") for i in range(3)]
         hosts += [net.add_host("a", "symmetric"), net.add_host("b", "symmetric")]
-        hosts += [net.add_host(f"c{i}", "port-restricted-cone") for i in range(4)]
         nodes = start_nodes(hosts, ca, rng=random.Random(seed + 10))
-        a, b = nodes[4], nodes[5]
+        a, b = nodes[3], nodes[4]
         answered: list[float] = []
         task: asyncio.Task[None] | None = None
         try:
