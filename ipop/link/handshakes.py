@@ -38,7 +38,7 @@ file too, noise-protocol.go, about 700 lines).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -88,6 +88,8 @@ __all__ = [
 
 _INF: Final = float("inf")
 _EMPTY = b""
+# A Resp or a cookie reply: both name our initiation by its receiver index.
+_Answer = TypeVar("_Answer", CookieReply, HandshakeResp)
 _NO_MAC2 = bytes(MAC2_BYTES)
 
 # Relayed peers keyed afresh after DATA under an index we never gave out (see
@@ -383,23 +385,28 @@ class Handshakes(LinkPart):
         self._touch(st)
         return True
 
-    def _initiation_answered(self, receiver_index: int) -> Initiation | None:
-        """Our initiation a Resp or cookie reply names (counted as a drop when none)."""
-        ini = self._initiations.get(receiver_index)
+    def _parse_answer(
+        self, parse: Callable[[bytes], _Answer], data: bytes
+    ) -> tuple[_Answer, Initiation] | None:
+        """A Resp or cookie reply and the initiation of ours it names; None (counted as a
+        drop) if it does not parse or names none."""
+        try:
+            msg = parse(data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return None
+        ini = self._initiations.get(msg.receiver_index)
         if ini is None:
             self.drops["unknown_index"] += 1
-        return ini
+            return None
+        return msg, ini
 
     def on_cookie(self, data: bytes, path: Path, now: float) -> None:
         """A responder under load sent a cookie for one of our Inits: resend it with mac2."""
-        try:
-            reply = CookieReply.parse(data)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
+        answered = self._parse_answer(CookieReply.parse, data)
+        if answered is None:
             return
-        ini = self._initiation_answered(reply.receiver_index)
-        if ini is None:
-            return
+        reply, ini = answered
         if path != ini.path or not any(init_digest(c) == reply.init_digest for c in ini.sent):
             self.drops["bad_cookie_reply"] += 1
             return
@@ -414,14 +421,10 @@ class Handshakes(LinkPart):
             self.send_init(ini, now)
 
     def on_resp(self, data: bytes, path: Path, now: float) -> None:
-        try:
-            resp = HandshakeResp.parse(data)
-        except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
+        answered = self._parse_answer(HandshakeResp.parse, data)
+        if answered is None:
             return
-        ini = self._initiation_answered(resp.receiver_index)
-        if ini is None:
-            return
+        resp, ini = answered
         try:
             cert, keys = verify_resp(
                 self._trust, ini, resp, data, now=now, offered=self.config.ciphers
