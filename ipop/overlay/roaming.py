@@ -84,6 +84,11 @@ class Roaming:
         self._readvertise_at: float | None = None
         self._roamed_at = -_INF
         self._rebind_ok_at = -_INF
+        # Since the last roam: what we last advertised, the peers that told us where they see
+        # us, and how many more advertisements their news earned (see _news_since_roam).
+        self._advertised: tuple[Endpoint, ...] = ()
+        self._reporters: set[NodeId] = set()
+        self._extra_adverts = 0
 
     # --- our endpoints ----------------------------------------------------------------------
 
@@ -128,6 +133,7 @@ class Roaming:
         if observed is not None:
             self.note_observed(observed, now)
             self._observed_by[peer] = observed
+            self._news_since_roam(peer, observed, now)
 
     def heard_us(self, peer: NodeId, now: float) -> None:
         """``peer`` answered us directly from where we are now: a pending re-advertisement
@@ -172,6 +178,9 @@ class Roaming:
         self._backoff.clear()
         self._keeper.check_due = True
         self._readvertise_at = now + timing.ROAM_ADVERTISE_WAIT_S
+        self._advertised = ()
+        self._reporters.clear()
+        self._extra_adverts = 0
         self._emit(Roamed(reason))
 
     def _nat_rebound(self, seen: Endpoint, by: NodeId, now: float) -> None:
@@ -197,6 +206,7 @@ class Roaming:
         peer since the roam stands in, if any.
         """
         self._readvertise_at = None
+        self._advertised = self.endpoints()
         if via is None or via not in self._table:
             heard = [(t, p) for p, t in self._heard.items() if t > self._roamed_at]
             via = max(heard)[1] if heard else None
@@ -260,6 +270,34 @@ class Roaming:
             )
         ):
             self._nat_rebound(ev.endpoint, by, now)
+        elif not lan_view:
+            self._news_since_roam(by, ev.endpoint, now)
+        self._reporters.add(by)
+
+    def _news_since_roam(self, by: NodeId, seen: Endpoint, now: float) -> None:
+        """Soon after a roam, a peer that had not spoken yet sees us at a public endpoint we
+        did not advertise: our NAT maps us per destination now, and a peer behind a filtering
+        NAT may be reachable only from a mapping like that one. Re-advertise.
+
+        Seen in the lab: two hosts behind one port-preserving NAT whose table was flushed.
+        Whichever of them first sends to a peer keeps its port toward that peer; the other
+        gets another port toward it, the same one toward each peer where it lost. Peers
+        told it only of the kept port, so a filtering peer punched back to the wrong host,
+        and the pair stayed cut off until its link timed out. Bounds: once per peer per
+        roam, at most _OBSERVED_KEEP times, within ROAM_REBIND_MIN_S of the roam (observed
+        endpoints come from authenticated answers only)."""
+        if (
+            self._readvertise_at is None
+            and self._advertised
+            and now < self._rebind_ok_at
+            and by not in self._reporters
+            and seen not in self._advertised
+            and self._extra_adverts < _OBSERVED_KEEP
+        ):
+            self._extra_adverts += 1
+            self._stats["roam_readvertised"] += 1
+            self.readvertise(now, via=by)
+        self._reporters.add(by)
 
     def _seen_there_by_others(self, endpoint: Endpoint, by: NodeId) -> bool:
         """Does a peer other than ``by`` already see us at ``endpoint``? Then ``by``'s first

@@ -207,3 +207,33 @@ def test_a_roam_readvertises_at_its_deadline_or_through_the_first_peer_that_hear
     links.sent.clear()
     roaming.tick(30.0)  # sent already: the deadline is gone
     assert _ctms(links) == []
+
+
+def test_a_peer_first_heard_after_a_roam_that_sees_another_port_is_readvertised() -> None:
+    # Two hosts behind one port-preserving NAT after it flushed its table: toward P we kept
+    # our port, toward B (and any peer where the other host sent first) we got another one.
+    # A filtering peer punches back only to what we advertise: without B's port in a new
+    # CONNECT_TO_ME, such a peer stays cut off until the link times out.
+    node, links = _node()
+    kept, other = Endpoint("203.0.113.50", 2000), Endpoint("203.0.113.50", 21200)
+    node.on_link_event(ObservedEndpoint(kept, P), now=20.0)
+    assert Roamed("rebound") in _events(node)
+    assert all(c.endpoints == (OLD, kept) for _, _, c in _ctms(links))
+    links.sent.clear()
+    node.on_link_event(ObservedEndpoint(other, B), now=20.01)
+    ctms = _ctms(links)
+    assert {m.dst for _, m, _ in ctms} == {P, B}
+    assert all(c.endpoints == (OLD, other, kept) for _, _, c in ctms)
+    assert node.stats["roam_readvertised"] == 1
+    # The same peer's further news, or news that we advertised already, is not re-sent.
+    links.sent.clear()
+    node.on_link_event(ObservedEndpoint(Endpoint("203.0.113.50", 21201), B), now=20.5)
+    node.on_link_event(ObservedEndpoint(kept, B), now=20.6)
+    assert _ctms(links) == []
+    # Nor is anything once the roam is ROAM_REBIND_MIN_S old.
+    q = NodeId(7 << 150)
+    node.on_link_event(
+        LinkUp(q, fake_certificate(q), Endpoint("203.0.113.77", 5800), None), now=40.0
+    )
+    node.on_link_event(ObservedEndpoint(Endpoint("203.0.113.50", 3000), q), now=40.0)
+    assert node.stats["roam_readvertised"] == 1
