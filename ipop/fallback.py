@@ -11,7 +11,8 @@ for its 20 s timeout).
 
 The check runs ROAM_RELAY_AFTER_S after a new address or a wake-up, REBIND_RELAY_AFTER_S
 after a rebinding (later, so that a filtering cone that punches back to the mapping we
-re-advertise wins first), and again every ROAM_RELAY_CHECK_S while a session stays silent,
+re-advertise wins first; only for port-guessed sessions then, the rest from
+REBIND_RELAY_ALL_AFTER_S), and again every ROAM_RELAY_CHECK_S while a session stays silent,
 up to ROAM_FALLBACK_WINDOW_S after the roam: at the first check no relay may have been heard
 from yet. Pure: :class:`ipop.node.NodeCore` feeds it the sessions and applies the plan.
 """
@@ -78,12 +79,16 @@ class RoamFallback:
         self._due = None
         relays: set[NodeId] = set()
         silent: list[NodeId] = []
+        waiting = False
+        everyone = (
+            not self._rebound_only or now >= self._began + timing.REBIND_RELAY_ALL_AFTER_S
+        )
         for s in sessions:
             if s.heard is None or not is_direct(s.path):
                 continue
             if s.heard >= self._began:
                 relays.add(s.peer)
-            elif not self._rebound_only or (
+            elif everyone or (
                 # After a rebinding our address stayed, and a peer behind a filtering cone
                 # punches back to the mapping we re-advertise (a relay taking over first kept
                 # the pair relayed: tests/lab/test_rebind_lab.py). Port guessing joined a
@@ -92,6 +97,10 @@ class RoamFallback:
                 s.knocked or type(s.path) is SocketPath
             ):
                 silent.append(s.peer)
-        if silent and now + timing.ROAM_RELAY_CHECK_S < self._began + timing.ROAM_FALLBACK_WINDOW_S:
+            else:
+                waiting = True  # silent too: falls back from REBIND_RELAY_ALL_AFTER_S
+        if (silent or waiting) and (
+            now + timing.ROAM_RELAY_CHECK_S < self._began + timing.ROAM_FALLBACK_WINDOW_S
+        ):
             self._due = now + timing.ROAM_RELAY_CHECK_S
         return FallbackPlan(tuple(silent), frozenset(relays))

@@ -346,6 +346,11 @@ ROAM_RELAY_AFTER_S = 1.0
 # port guessing joined cannot (the guessing side's NAT admits only the old mapping), and it
 # stayed cut off until its link timed out (50 s in the soak's NAT flushes).
 REBIND_RELAY_AFTER_S = 2.0
+# ... and every other direct session still silent this long after the rebinding: its peer did
+# not punch back within a second or two, so our new mapping toward it is not the one we
+# advertised (two hosts behind one NAT that lost its table each keep the old port only toward
+# the peers they reached first). Without it the pair waited for its link timeout (14 s).
+REBIND_RELAY_ALL_AFTER_S = 4.0
 # After that first check, sessions still silent are looked at again this often (a relay may
 # have been heard from since, or one fallback's relay failed), for this long after the roam:
 # well before the link timeout, past which the overlay reconnects anyway.

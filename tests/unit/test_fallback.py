@@ -71,3 +71,17 @@ def test_after_a_rebinding_only_port_guessed_sessions_fall_back() -> None:
     fb.roamed("local", now=20.0)
     plan = fb.plan([Session(A, EP, heard=5.0)], now=21.0)
     assert plan.silent == (A,)
+
+
+def test_after_a_rebinding_every_session_still_silent_falls_back_later() -> None:
+    # A peer behind a filtering NAT that did not punch back within a second or two heard of a
+    # mapping that is not ours toward it (two hosts behind one NAT that lost its table keep
+    # their old port only toward the peers each reached first).
+    fb = RoamFallback()
+    fb.roamed("rebound", now=10.0)
+    plan = fb.plan([Session(A, EP, heard=5.0), Session(B, EP, heard=10.3)], now=12.0)
+    assert plan.silent == ()
+    assert fb.due == 12.0 + timing.ROAM_RELAY_CHECK_S  # A is silent: looked at again
+    now = 10.0 + timing.REBIND_RELAY_ALL_AFTER_S
+    plan = fb.plan([Session(A, EP, heard=5.0), Session(B, EP, heard=10.3)], now=now)
+    assert plan.silent == (A,) and plan.relays == frozenset({B})
