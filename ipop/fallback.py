@@ -13,7 +13,7 @@ The check runs ROAM_RELAY_AFTER_S after a new address or a wake-up, REBIND_RELAY
 after a rebinding (later, so that a filtering cone that punches back to the mapping we
 re-advertise wins first), and again every ROAM_RELAY_CHECK_S while a session stays silent,
 up to ROAM_FALLBACK_WINDOW_S after the roam: at the first check no relay may have been heard
-from yet. Pure: :class:`ipop.node.NodeCore` feeds it the sessions and applies the plan.
+from yet. Pure: :class:`ipop.core.NodeCore` feeds it the sessions and applies the plan.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from typing import Any
 
 from ipop.aio.daemon import DEFAULT_TAP_MTU, Daemon, DaemonSettings
 from ipop.aio.dataplane import DataPlane, LocalSide
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.bundle import Bundle
 from ipop.dhcp_dns.dhcp import (
     SERVER_PORT,

@@ -3,7 +3,7 @@
 Start-up, in order (each step logs one structured line):
 
 1. open the UDP socket and the TAP (MTU from the config, else :data:`DEFAULT_TAP_MTU`);
-2. build the :class:`ipop.aio.node.Node` and join through the bundle's bootstrap list (our own
+2. build the :class:`ipop.aio.stack.Node` and join through the bundle's bootstrap list (our own
    endpoints are taken out of it: a bootstrap node's bundle names itself);
 3. once the DHT has joined, claim a virtual IP (the one in the state directory first, so a
    restart keeps its address), renew it on a lease, register our hostname, and configure the
@@ -42,10 +42,10 @@ from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
 from ipop.aio.local import LocalNetwork, LocalServices
 from ipop.aio.natio import NatSockets
-from ipop.aio.node import Node
 from ipop.aio.peerstore import PeerStore
 from ipop.aio.rtnl import Rtnl
 from ipop.aio.settings import DaemonSettings, load_crl_file
+from ipop.aio.stack import Node
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
 from ipop.dht.names import lookup_name

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.dht.record import Record, StoreOutcome
 from ipop.dht.wire import (
     MSG_ID_BYTES,

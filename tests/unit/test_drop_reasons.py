@@ -91,7 +91,7 @@ MODULES = (
         name="STUN_DROP_REASONS",
         raises=(("ipop/wire/stun.py", "StunDecodeError"),),
     ),
-    Counting("ipop/node.py", owner="ipop.nat.stun", name="STUN_DROP_REASONS"),  # stun.drops
+    Counting("ipop/core.py", owner="ipop.nat.stun", name="STUN_DROP_REASONS"),  # stun.drops
     Counting("ipop/overlay/ctm.py", name="CTM_DROPS"),  # a malformed CTM: the node counts it
     Counting("ipop/overlay/relay.py", name="RELAY_DROPS"),
     Counting(

@@ -24,9 +24,9 @@ import pytest
 
 from ipop.aio.commands import DaemonControl
 from ipop.aio.daemon import Daemon, DaemonSettings
+from ipop.core import NodeCore
 from ipop.link.events import LinkInfo
 from ipop.nat.portguess import PortGuessing
-from ipop.node import NodeCore
 from ipop.overlay.node import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.table import ConnectionKind
 from ipop.router.config import RouterSection

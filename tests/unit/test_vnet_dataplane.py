@@ -22,9 +22,9 @@ import pytest
 from dnslib import DNSRecord
 
 from ipop.aio.dataplane import DROP_REASONS, LOCAL_BATCH, DataPlane, IoDrop
+from ipop.core import ROUTED_IP_MTU, NodeCore
 from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.link.pmtu import MAX_DATAGRAM
-from ipop.node import ROUTED_IP_MTU, NodeCore
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.testing.tcp import tcp_segment
 from ipop.tools.bench.dataplane_bench import (
