@@ -103,7 +103,7 @@ MODULES = (
     Counting("ipop/revocation.py"),
     Counting("ipop/testing/fake_links.py"),
     Counting("ipop/testing/netsim.py"),
-    Counting("router/claims.py", owner="ipop.router.daemon"),  # counts through RouterLan._drop
+    Counting("router/claims.py", owner="ipop.router.daemon"),  # counts through RouterLan.count_drop
     Counting("ipop/vnet/arp.py"),
     Counting("router/daemon.py", families=("host_failed_",)),
     Counting("router/hosts.py"),
@@ -235,7 +235,7 @@ def test_the_scan_sees_what_it_must() -> None:
     # The scanner itself: each kind of site, as written in the modules above.
     src = (
         "self.drops['a'] += 1\n"
-        "self.lan._drop('b' if x else 'c')\n"
+        "self.lan.count_drop('b' if x else 'c')\n"
         "self.drops[f'fam_{s}'] += 1\n"
         "self.drops[exc.reason] += 1\n"
         "self.errors[E.X] += 1\n"
