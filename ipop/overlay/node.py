@@ -563,6 +563,11 @@ class OverlayNode:
         return self._views
 
     @property
+    def origin(self) -> Origins:
+        """What authenticates our routed messages and checks others' origins."""
+        return self._origin
+
+    @property
     def ctm(self) -> CtmAgent:
         """CONNECT_TO_ME: our asks in flight, answers to peers' asks, and their bounds."""
         return self._ctm
