@@ -252,7 +252,6 @@ class RouterLan:
         self.lan_services = TapServices(
             gateway_ip=self.gateway,
             subnet=self.subnet,
-            arp=None,
             dhcp=self.dhcp,
             dns=DnsResolver(self.subnet, suffix=self.suffix, upstream=self.upstream is not None)
             if self.dns_enabled

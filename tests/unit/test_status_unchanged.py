@@ -166,6 +166,7 @@ def _node_daemon(tmp_path: Path) -> Daemon:
     d = Daemon(bundle, DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path))
     d.services = _Services()  # type: ignore[assignment]
     _wire(d)
+    assert d.arp is not None
     d.arp.drops["arp_not_for_us"] += 2
     return d
 

@@ -406,7 +406,7 @@ def test_a_dns_burst_lets_the_lookup_it_started_run_before_the_burst_is_read() -
 
     async def go() -> None:
         h = Harness(Lookups({}))
-        services = TapServices.for_node(SUBNET, B_VIP, mac=VIRTUAL_MAC)
+        services = TapServices.for_node(SUBNET, mac=VIRTUAL_MAC)
         dns = services.dns
         assert dns is not None
         read_when_started: list[int] = []
