@@ -186,11 +186,11 @@ def build(*, a_linked_to_v: bool) -> tuple[Wire, NodeCore, NodeCore, NodeCore]:
         # In a ring of three everybody is a near candidate: make A and V stop asking for each
         # other, as two far members would not (their failed attempts would hide the CTM's).
         for x, y in ((v, a), (a, v)):
-            x.overlay._backoff.put(y.local_id, float("inf"))
+            x.overlay.backoff.put(y.local_id, float("inf"))
         wire.run(LIFETIME_S)  # the last handshakes toward each other time out
         # (JOIN probes still answer each other: drop what that started, just before.)
         for x, y in ((v, a), (a, v)):
-            x.overlay._attempts.cancel(y.local_id)
+            x.overlay.attempts.cancel(y.local_id)
     return wire, m, v, a
 
 
