@@ -1,11 +1,13 @@
-"""The virtual gateway's services on one TAP: ARP, DHCP and DNS, behind one frame entry point.
+"""The virtual gateway's services on one TAP: DHCP and DNS, behind one frame entry point.
 
 :class:`TapServices` is sans-IO. The daemon's TAP read path offers it every frame the kernel
 writes; :meth:`TapServices.handle_frame` returns True when the frame was for the gateway's
-services (ARP for a subnet address, DHCP to port 67, DNS to the gateway on UDP or TCP port
-53, the latter through :mod:`ipop.dhcp_dns.tcp`) and the daemon must not route it. It costs three
-``unpack_from`` calls for ordinary traffic: ethertype, protocol, destination address. Replies
-wait in :meth:`frames_to_send`.
+services (DHCP to port 67, DNS to the gateway on UDP or TCP port 53, the latter through
+:mod:`ipop.dhcp_dns.tcp`) and the daemon must not route it. ARP is not among them: the owner
+of the local side answers it before a frame reaches these services (the daemon on its own
+TAP, router mode on its LAN, each with its :class:`ipop.vnet.arp.ArpResponder`), so a local
+side has one ARP owner. It costs three ``unpack_from`` calls for ordinary traffic:
+ethertype, protocol, destination address. Replies wait in :meth:`frames_to_send`.
 
 DNS needs I/O in two cases: a hostname lookup (the DHT) and a query forwarded upstream. Both
 are handed out as work items (:meth:`lookups`, :meth:`forwards`) with a token and finished
@@ -38,10 +40,9 @@ from ipop.dhcp_dns.tcp import IPPROTO_TCP, DnsTcp, TcpClient
 from ipop.errors import LocalProtocolError
 from ipop.status import DnsLatency, DnsStatus
 from ipop.tasks import TaskSet
-from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder, arp_target
+from ipop.vnet.arp import VIRTUAL_MAC
 from ipop.vnet.packet import (
     ETH_HLEN,
-    ETH_P_ARP,
     ETH_P_IP,
     IPPROTO_UDP,
     IPV4_BROADCAST,
@@ -124,9 +125,9 @@ class _Forwarded:
 
 
 class TapServices:
-    """ARP, DHCP and DNS of the virtual gateway for one TAP (or, in router mode, one LAN).
+    """DHCP and DNS of the virtual gateway for one TAP (or, in router mode, one LAN).
 
-    Any of ``arp``, ``dhcp`` and ``dns`` may be None (that service is off). ``gateway_ip`` is
+    Either of ``dhcp`` and ``dns`` may be None (that service is off). ``gateway_ip`` is
     where DNS queries must be sent and the source of DNS replies.
     """
 
@@ -135,7 +136,6 @@ class TapServices:
         *,
         gateway_ip: IPv4Address,
         subnet: IPv4Network,
-        arp: ArpResponder | None,
         dhcp: DhcpServer | None,
         dns: DnsResolver | None,
         mac: bytes | str = VIRTUAL_MAC,
@@ -145,7 +145,6 @@ class TapServices:
             raise LocalProtocolError(f"gateway {gateway_ip} is not in {subnet}")
         self.gateway_ip = gateway_ip
         self.subnet = subnet
-        self.arp = arp
         self.dhcp = dhcp
         self.dns = dns
         self.mac = parse_mac(mac)
@@ -154,8 +153,6 @@ class TapServices:
         self.drops: collections.Counter[str] = collections.Counter()
         self.tap_mac: bytes | None = None
         self._gw = int(gateway_ip)
-        self._net = int(subnet.network_address)
-        self._mask = int(subnet.netmask)
         self._out: list[bytes] = []
         self._lookups: list[LookupWanted] = []
         self._forwards: list[ForwardWanted] = []
@@ -167,7 +164,6 @@ class TapServices:
     def for_node(
         cls,
         subnet: IPv4Network,
-        own_ip: IPv4Address | None,
         *,
         suffix: str = "ipop",
         mtu: int | None = None,
@@ -180,7 +176,6 @@ class TapServices:
         return cls(
             gateway_ip=gateway,
             subnet=subnet,
-            arp=ArpResponder(own_ip, subnet, mac),
             dhcp=DhcpServer(
                 gateway,
                 subnet,
@@ -218,16 +213,6 @@ class TapServices:
                     self._dns(_Client(mac, src_ip, src_port), payload, now)
                     return True
             return self._udp(frame, now)
-        if ethertype == ETH_P_ARP:
-            tpa = arp_target(frame)
-            if tpa is None or tpa & self._mask != self._net:
-                return False
-            self.tap_mac = bytes(frame[6:12])
-            if self.arp is not None:
-                reply = self.arp.reply(frame)
-                if reply is not None:
-                    self._out.append(reply)
-            return True
         return False
 
     def _udp(self, frame: bytes | bytearray | memoryview, now: float) -> bool:

@@ -14,7 +14,7 @@ after a rebinding (later, so that a filtering cone that punches back to the mapp
 re-advertise wins first; only for port-guessed sessions then, the rest from
 REBIND_RELAY_ALL_AFTER_S), and again every ROAM_RELAY_CHECK_S while a session stays silent,
 up to ROAM_FALLBACK_WINDOW_S after the roam: at the first check no relay may have been heard
-from yet. Pure: :class:`ipop.node.NodeCore` feeds it the sessions and applies the plan.
+from yet. Pure: :class:`ipop.core.NodeCore` feeds it the sessions and applies the plan.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ openers first. Openers and knocks go only to the addresses the overlay knows the
 :func:`public_view` is the one reading of what peers' echoes say of our NAT
 (:class:`PublicView`), for port guessing and for ``ipop status``.
 
-:class:`ipop.node.NodeCore` owns one :class:`Punching` and the :class:`PortGuessing` machine it
+:class:`ipop.core.NodeCore` owns one :class:`Punching` and the :class:`PortGuessing` machine it
 drives (the core's timer, knocks and link events reach that machine directly). Sans-IO:
 ``now`` comes with every call; openers leave through the ``emit`` the core passes in.
 """
@@ -33,7 +33,7 @@ __all__ = ["NO_VIEW", "PublicView", "Punching", "public_view"]
 
 @dataclass(frozen=True, slots=True)
 class PublicView:
-    """What peers' echoes say of our NAT (:meth:`ipop.node.NodeCore.public_view`)."""
+    """What peers' echoes say of our NAT (:meth:`ipop.core.NodeCore.public_view`)."""
 
     host: str | None  # our public address; None: nobody told us yet
     symmetric: bool  # peers saw different ports: a mapping per destination

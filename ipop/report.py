@@ -1,7 +1,7 @@
 """``ipop status`` assembled from snapshots: pure functions, no I/O, no clock.
 
 This module owns how the status document (:mod:`ipop.status`) is made from what the layers
-report: the core's :class:`ipop.node.NodeSnapshot` (links, overlay connections, public view,
+report: the core's :class:`ipop.core.NodeSnapshot` (links, overlay connections, public view,
 drops and counters per layer) and the daemon's :class:`LocalView` (its address and names, the
 data plane's owner table, round trips from ``ipop ping``, netcheck's measured NAT, and the
 drops and counters of the parts outside the core). It decides the words status uses: the NAT
@@ -21,11 +21,11 @@ from ipaddress import IPv4Address
 from typing import TypeVar
 
 from ipop import timing
+from ipop.core import NodeSnapshot
 from ipop.link.events import LinkInfo
 from ipop.nat.kinds import NatKind
 from ipop.nat.portguess import nat_flags
 from ipop.nat.portguess import why_relayed as _punch_why
-from ipop.node import NodeSnapshot
 from ipop.status import DnsStatus, LanHostStatus, PeerStatus, SelfStatus, Status
 from ipop.types import NodeId, RelayPath
 

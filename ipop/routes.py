@@ -18,7 +18,7 @@ Bounds: at most :data:`ROUTE_PROBED_MAX` routes are probed at once (the least re
 goes), and one is forgotten timing.ROUTE_PROBE_IDLE_S after its last packet or once a link
 to its peer is up (:meth:`RouteProbes.expire`).
 
-:class:`RouteProbes` owns the table of probed routes and its prober; :class:`ipop.node.NodeCore`
+:class:`RouteProbes` owns the table of probed routes and its prober; :class:`ipop.core.NodeCore`
 calls it from its packet path (:meth:`RouteProbes.probe`, :meth:`RouteProbes.cert_budget`), its
 timer, and for every KIND_PMTU message delivered to us (:meth:`RouteProbes.on_probe`). It counts
 into the node's counters (``route_probe_evicted``, ``route_probes_answered``,

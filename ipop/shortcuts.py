@@ -12,7 +12,7 @@ Bounds: :attr:`ShortcutKeeper.used` holds at most SHORTCUT_MAX live peers after 
 :attr:`ShortcutKeeper.asked` is cut to the asks still within SHORTCUT_RETRY_S once it holds
 more than 256.
 
-:class:`ipop.node.NodeCore` owns one: its packet paths mark data to a peer in :attr:`used`
+:class:`ipop.core.NodeCore` owns one: its packet paths mark data to a peer in :attr:`used`
 directly (the same dict, no call per packet), and its timer calls :meth:`expire`. Counts into
 the node's counters (``shortcut_released``). Sans-IO: ``now`` comes with every call.
 """

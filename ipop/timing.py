@@ -112,7 +112,7 @@ CERT_BACKDATE_S = 3600.0
 CA_DEFAULT_DAYS = 3650
 NODE_CERT_DEFAULT_DAYS = 365
 
-# --- DHT (ipop/dht; joining: ipop/aio/node.py; vIP claims: ipop/aio/daemon.py) --------------------
+# --- DHT (ipop/dht; joining: ipop/aio/stack.py; vIP claims: ipop/aio/daemon.py) -------------------
 # Retransmit an unanswered DHT RPC (same message id) after this long: a few overlay round
 # trips, so one lost datagram costs hundreds of ms instead of kademlia's 5 s stall.
 DHT_RPC_RETRY_S = 0.4
@@ -153,7 +153,7 @@ DHT_LEASE_TTL_S = 600.0
 DHT_LEASE_RENEW_FRACTION = 0.5
 # After a failed renewal, try again this soon (the lease still has half its life left).
 DHT_LEASE_RETRY_S = 10.0
-# Between DHT join attempts while the first ones find nobody to answer (ipop/aio/node.py).
+# Between DHT join attempts while the first ones find nobody to answer (ipop/aio/stack.py).
 DHT_JOIN_RETRY_S = 2.0
 # The DHT waits this long for the overlay's JOIN answer before joining through the links it
 # has. Why: a JOIN routed into a paused node (SIGSTOP) is lost until the silent-neighbour timer
@@ -293,7 +293,7 @@ OVERLAY_FAILED_BACKOFF_S = 10.0
 # links take to form, after which the ring routes its answers.
 OVERLAY_REVERSE_HINT_S = 10.0
 
-# --- shortcuts (ipop/node.py) ---------------------------------------------------------------------
+# --- shortcuts (ipop/core.py) ---------------------------------------------------------------------
 # A shortcut (a direct link asked for because we exchange data with a peer) is released after
 # this long without data to that peer: its keepalives would hold a NAT mapping for nothing.
 SHORTCUT_IDLE_S = 120.0
@@ -304,7 +304,7 @@ SHORTCUT_MAX = 128
 # A shortcut request for one peer stands this long before traffic may ask again: a request
 # costs a CONNECT_TO_ME and handshakes, and its link is usually up within a second or two.
 SHORTCUT_RETRY_S = 10.0
-# A route over the ring probed for its path MTU (ipop/node.py) is forgotten this long after its
+# A route over the ring probed for its path MTU (ipop/core.py) is forgotten this long after its
 # last IP packet: the TAP's MTU follows live routes only.
 ROUTE_PROBE_IDLE_S = 120.0
 
@@ -410,6 +410,6 @@ BIRTHDAY_GO_WAIT_S = 10.0
 # 256 openers of 20 bytes each per endpoint.
 BIRTHDAY_OPEN_ENDPOINTS = 2
 # Punching sockets no session uses are closed this long after port guessing last opened them
-# (ipop/aio/node.py; a guess is over within BIRTHDAY_WINDOW_S; the retry interval is
+# (ipop/aio/stack.py; a guess is over within BIRTHDAY_WINDOW_S; the retry interval is
 # BIRTHDAY_RETRY_S).
 PUNCH_SOCKET_IDLE_S = 30.0

@@ -10,7 +10,7 @@ leases and name records that keep a bound host's address, their expiry, and
 ``lan_hosts.json``, which carries the hosts across restarts (:meth:`start` restores them).
 
 Its drops are counted through the router's one checked list (``ipop.router.daemon.DROP_REASONS``),
-and one host's failure is handled by the router's policy (``RouterLan._host_failed``, which
+and one host's failure is handled by the router's policy (``RouterLan.host_failed``, which
 calls :meth:`forget`); ``self.lan`` is the router it belongs to.
 """
 
@@ -145,7 +145,7 @@ class HostClaims:
                     self._save_hosts()
                 if ev.hostname and len(host.names) < 2 and ev.mac not in self._naming:
                     self._naming.add(ev.mac)
-                    self.lan._spawn_host(ev.mac, "name", self._register_hostname, host, ev.hostname)
+                    self.lan.spawn_host(ev.mac, "name", self._register_hostname, host, ev.hostname)
         elif isinstance(ev, AddressReleased):
             host = self.hosts.by_mac(ev.mac)
             if host is not None:
@@ -161,7 +161,7 @@ class HostClaims:
             return None
         if len(self.hosts) + len(self._busy) >= self.rcfg.max_hosts and self._offered:
             oldest = next(iter(self._offered))
-            self.lan._drop("offer_evicted")
+            self.lan.count_drop("offer_evicted")
             self._drop_host(oldest)
         if len(self.hosts) + len(self._busy) >= self.rcfg.max_hosts:
             return "host_table_full"
@@ -171,10 +171,10 @@ class HostClaims:
         """Start one address claim for ``mac`` (DHT work) if the bounds allow; else count why."""
         why = self._claim_room(mac)
         if why is not None:
-            self.lan._drop(why)
+            self.lan.count_drop(why)
             return False
         self._busy.add(mac)
-        self.lan._spawn_host(mac, stage, fn, *args)
+        self.lan.spawn_host(mac, stage, fn, *args)
         return True
 
     def _want_address(self, mac: bytes) -> None:
@@ -243,7 +243,7 @@ class HostClaims:
                     break
                 preferred = None
             if vip is None:
-                self.lan._drop("host_alloc_failed")
+                self.lan.count_drop("host_alloc_failed")
                 return
             expires = self.lan.clock() + OFFER_HOLD_S
             if self._bind(mac, vip, "dhcp", expires=expires, offer=True) is None:
@@ -273,10 +273,10 @@ class HostClaims:
             return old
         if not self._free_here(vip, mac):
             # Another claim of ours won the race; the record is the other host's: keep it.
-            self.lan._drop("lan_addr_taken")
+            self.lan.count_drop("lan_addr_taken")
             return None
         if old is None and len(self.hosts) >= self.rcfg.max_hosts:
-            self.lan._drop("host_table_full")
+            self.lan.count_drop("host_table_full")
             self.tasks.spawn(self._release([IpLease(self.lan.node.dht, self.network, vip)]))
             return None
         if old is not None:
@@ -305,7 +305,7 @@ class HostClaims:
         serving it there, or its traffic would pose as that node's; its next DISCOVER gets
         a new one."""
         if self.hosts.by_mac(host.mac) is host:
-            self.lan._drop("host_lease_lost")
+            self.lan.count_drop("host_lease_lost")
             log.warning("event=host_lease_lost mac=%s vip=%s", mac_str(host.mac), host.vip)
             self._drop_host(host.mac)
 
@@ -314,7 +314,7 @@ class HostClaims:
         assert node is not None and node.dht is not None
         under = node.identity.cert.hostname
         if under is None or not node.identity.cert.is_router:
-            self.lan._drop("no_name_authority")  # tools/routerd refuses such bundles
+            self.lan.count_drop("no_name_authority")  # tools/routerd refuses such bundles
             self._naming.discard(host.mac)
             return
         try:
@@ -323,7 +323,7 @@ class HostClaims:
                 node.dht, self.network, name, host.vip, ttl=self.settings.lease_s
             )
         except ConfigError:
-            self.lan._drop("bad_hostname")
+            self.lan.count_drop("bad_hostname")
             return
         except Exception as exc:  # the DHT did not answer: the next renewal tries again
             log.warning("event=host_name_failed name=%s error=%s", name, exc)
@@ -331,7 +331,7 @@ class HostClaims:
         finally:
             self._naming.discard(host.mac)
         if not ok:
-            self.lan._drop("hostname_taken")
+            self.lan.count_drop("hostname_taken")
             log.warning(
                 "event=host_name_taken mac=%s name=%s.%s vip=%s why=%r",
                 mac_str(host.mac),
@@ -391,7 +391,7 @@ class HostClaims:
                     try:
                         self._drop_host(host.mac)
                     except Exception as exc:
-                        self.lan._host_failed(host.mac, "expire", exc)
+                        self.lan.host_failed(host.mac, "expire", exc)
 
     # --- static hosts -------------------------------------------------------------------------
 
@@ -402,22 +402,22 @@ class HostClaims:
         known = self.hosts.by_mac(mac)
         if known is not None:
             if known.vip != vip:
-                self.lan._drop("lan_wrong_src")
+                self.lan.count_drop("lan_wrong_src")
             return
         if mac in self._busy or self.lan.node is None or not self.lan.node.dht_ready.is_set():
             return
         if self.lan.dhcp is not None and self.lan.dhcp.binding(mac) is not None:
             return
         if not self._free_here(vip, mac):
-            self.lan._drop("lan_addr_taken")
+            self.lan.count_drop("lan_addr_taken")
             return
         now = self.lan.clock()
         refused = self._refused.get((mac, vip))
         if refused is not None and now - refused < STATIC_RETRY_S:
-            self.lan._drop("static_refused")
+            self.lan.count_drop("static_refused")
             return
         if not self._claim_rate.take(mac, now):
-            self.lan._drop("static_rate_limited")
+            self.lan.count_drop("static_rate_limited")
             return
         if self._start_claim(mac, "static", self._claim_static, mac, vip):
             self._reserved[vip.packed] = mac  # before the claim's task first runs
@@ -432,7 +432,7 @@ class HostClaims:
                 ok = False
             if not ok:
                 lru_put(self._refused, (mac, vip), self.lan.clock(), MAX_REMEMBERED)
-                self.lan._drop("static_refused")
+                self.lan.count_drop("static_refused")
                 log.warning("event=static_refused mac=%s vip=%s", mac_str(mac), vip)
                 return
             if self._bind(mac, vip, "static", expires=None) is not None:
@@ -492,7 +492,7 @@ class HostClaims:
             try:
                 await self._restore_host(mac, vip, kind, names.get(mac, []))
             except Exception as exc:
-                self.lan._host_failed(mac, "restore", exc)
+                self.lan.host_failed(mac, "restore", exc)
             finally:
                 if self._reserved.get(vip.packed) == mac:
                     del self._reserved[vip.packed]
@@ -503,7 +503,7 @@ class HostClaims:
         if self.hosts.by_mac(mac) is not None or not self._free_here(vip, mac):
             return
         if not await node.dht.create(ip_key(self.network, vip), mac, self.settings.lease_s):
-            self.lan._drop("restore_lost")
+            self.lan.count_drop("restore_lost")
             return
         host = self._bind(mac, vip, kind, expires=self.lan.clock() + self.rcfg.dhcp_lease_s)
         if host is None:
@@ -513,7 +513,5 @@ class HostClaims:
                 self.lan.dhcp.assign(mac, vip)
         for full in list(names)[1:2]:  # a host has one name besides its c-name
             self._naming.add(mac)
-            self.lan._spawn_host(
-                mac, "name", self._register_hostname, host, str(full).split(".")[0]
-            )
+            self.lan.spawn_host(mac, "name", self._register_hostname, host, str(full).split(".")[0])
         log.info("event=host_restored mac=%s vip=%s", mac_str(mac), vip)

@@ -33,7 +33,7 @@ LAN hosts are untrusted (issue 13's "LAN host" attacker). What one of them can m
   ``max_hosts`` (a full table refuses and counts, after taking back the oldest unrequested
   offer); proxy ARP's DHT lookups go through :class:`ipop.router.limits.OwnerLookups` (cached
   answers, one lookup per address, a cap in flight) behind per-MAC and global rate limits.
-* **Break its own handling**: any error in one host's handling (:meth:`_host_failed`) is
+* **Break its own handling**: any error in one host's handling (:meth:`host_failed`) is
   counted by stage, logged once per MAC, and that host's state is forgotten; the router and
   its other hosts carry on. An error anywhere else is fatal: the process exits non-zero
   (``Daemon.failure``) and the service manager restarts it.
@@ -56,7 +56,7 @@ from typing import Any
 
 from ipop.aio.daemon import DEFAULT_TAP_MTU, Daemon, DaemonSettings
 from ipop.aio.dataplane import DataPlane, LocalSide
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.bundle import Bundle
 from ipop.dhcp_dns.dhcp import (
     SERVER_PORT,
@@ -144,7 +144,7 @@ class _LanSide:
         try:
             r.claims.saw_source(mac, IPv4Address(bytes(frame[26:30])))
         except Exception as exc:  # one host's frame must not end the data plane's batch
-            r._host_failed(mac, "frame", exc)
+            r.host_failed(mac, "frame", exc)
         return False
 
 
@@ -224,7 +224,7 @@ class RouterLan:
     def write_frame(self, frame: bytes) -> None:
         self.daemon.write_frame(frame)
 
-    def _drop(self, reason: str) -> None:
+    def count_drop(self, reason: str) -> None:
         if reason not in DROP_REASONS:
             raise LocalProtocolError(f"router drop reason {reason!r} is not in DROP_REASONS")
         self.rdrops[reason] += 1
@@ -252,7 +252,6 @@ class RouterLan:
         self.lan_services = TapServices(
             gateway_ip=self.gateway,
             subnet=self.subnet,
-            arp=None,
             dhcp=self.dhcp,
             dns=DnsResolver(self.subnet, suffix=self.suffix, upstream=self.upstream is not None)
             if self.dns_enabled
@@ -273,7 +272,7 @@ class RouterLan:
         try:
             return self._lan_frame(frame, self.clock())
         except Exception as exc:  # one host's frame must not reach the event loop
-            self._host_failed(frame[6:12], "frame", exc)
+            self.host_failed(frame[6:12], "frame", exc)
             return True
 
     def _lan_frame(self, frame: bytes, now: float) -> bool:
@@ -282,7 +281,7 @@ class RouterLan:
             if self._frames.take(mac, now):
                 self._arp(frame, now)
             else:
-                self._drop("lan_rate_limited")
+                self.count_drop("lan_rate_limited")
             return True
         if (
             frame[12:14] == _ETH_IP
@@ -291,7 +290,7 @@ class RouterLan:
             and int.from_bytes(frame[36:38], "big") == SERVER_PORT
         ):
             if not self._frames.take(mac, now):
-                self._drop("lan_rate_limited")
+                self.count_drop("lan_rate_limited")
                 return True
             lru_put(self.claims.last_dhcp, mac, frame, MAX_REMEMBERED)
         if self.runner is None:
@@ -300,9 +299,9 @@ class RouterLan:
 
     # --- one host's failure -------------------------------------------------------------------
 
-    def _spawn_host(self, mac: bytes, stage: Stage, fn: HostTask, *args: Any) -> None:
+    def spawn_host(self, mac: bytes, stage: Stage, fn: HostTask, *args: Any) -> None:
         """Run ``fn(*args)``, one host's task: its failure is that host's
-        (:meth:`_host_failed`), not the router's. The coroutine is made inside the guard, so
+        (:meth:`host_failed`), not the router's. The coroutine is made inside the guard, so
         a task cancelled before it starts leaves none behind unawaited."""
         self.tasks.spawn(self._guarded(mac, stage, fn, *args))
 
@@ -310,12 +309,12 @@ class RouterLan:
         try:
             await fn(*args)
         except Exception as exc:  # CancelledError is not an Exception: shutdown passes
-            self._host_failed(mac, stage, exc)
+            self.host_failed(mac, stage, exc)
 
-    def _host_failed(self, mac: bytes, stage: Stage, exc: BaseException) -> None:
+    def host_failed(self, mac: bytes, stage: Stage, exc: BaseException) -> None:
         """One LAN host's handling failed: count it, log it (once per MAC) and forget the
         host, so that its next DISCOVER or frame starts afresh; everything else carries on."""
-        self._drop(f"host_failed_{stage}")
+        self.count_drop(f"host_failed_{stage}")
         if mac not in self._logged:
             lru_put(self._logged, mac, None, MAX_REMEMBERED)
             log.error(
@@ -352,16 +351,16 @@ class RouterLan:
         joined = self.owners.wait(key, reply)
         if joined is not None:
             if not joined:
-                self._drop("arp_waiters_full")
+                self.count_drop("arp_waiters_full")
             return
         mac = frame[6:12]
         if not self._lookup_rate.take(mac, now) or not self._lookup_all.take(now):
-            self._drop("arp_rate_limited")
+            self.count_drop("arp_rate_limited")
             return
         if not self.owners.start(key, reply):
-            self._drop("arp_lookups_busy")
+            self.count_drop("arp_lookups_busy")
             return
-        self._spawn_host(mac, "arp", self._arp_lookup, tpa)
+        self.spawn_host(mac, "arp", self._arp_lookup, tpa)
 
     async def _arp_lookup(self, tpa: IPv4Address) -> None:
         """Answer the ARPs waiting on ``tpa`` only if some node holds it in the DHT now."""
@@ -377,7 +376,7 @@ class RouterLan:
 
     def _arp_answer(self, tpa: IPv4Address, reply: bytes, live: bool) -> None:
         if not live or self.hosts.by_ip(tpa) is not None:
-            self._drop("arp_not_live")
+            self.count_drop("arp_not_live")
             return
         self.write_frame(reply)
 

@@ -577,9 +577,9 @@ def test_the_real_card_catches_what_issue_15_names(tmp_path: Path) -> None:
     # The project's own card on a small tree laid out like the project's.
     tree = {
         "ipop/link/x.py": "from ipop.overlay import node\n",
-        "ipop/overlay/node.py": "from ipop.node import NodeCore\n",
+        "ipop/overlay/node.py": "from ipop.core import NodeCore\n",
         "ipop/identity/x.py": "from ipop.aio import daemon\n",
-        "ipop/node.py": "import time\n",
+        "ipop/core.py": "import time\n",
         "ipop/vnet/x.py": "from ipop.dht import record\n",
         "ipop/dht/record.py": "from ipop.testing.netsim import Net\n",
         "ipop/aio/daemon.py": "",
@@ -596,9 +596,9 @@ def test_the_real_card_catches_what_issue_15_names(tmp_path: Path) -> None:
     assert ring and said(
         f"ipop/link/x.py:1: imports ipop.overlay.node: Link -> Overlay is forbidden: {ring}"
     )
-    assert said("ipop/overlay/node.py:1: imports ipop.node: Overlay -> Stack is forbidden")
+    assert said("ipop/overlay/node.py:1: imports ipop.core: Overlay -> Stack is forbidden")
     assert said("ipop/identity/x.py:1: imports ipop.aio.daemon: Identity -> Aio is forbidden")
-    assert said(f"ipop/node.py:1: imports time: {THE_CARD.forbidden['time']}")
+    assert said(f"ipop/core.py:1: imports time: {THE_CARD.forbidden['time']}")
     assert said("ipop/vnet/x.py:1: imports ipop.dht.record: VNet -> DHT is not an arrow")
     assert said("ipop/dht/record.py:1: imports ipop.testing.netsim: DHT -> Testing is forbidden")
     assert said("ipop/shiny.py:0: belongs to no part")

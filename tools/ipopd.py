@@ -61,7 +61,6 @@ class NodeServices:
         self.services = TapServices(
             gateway_ip=gateway,
             subnet=daemon.subnet,
-            arp=None,
             dhcp=DhcpServer(
                 gateway,
                 daemon.subnet,

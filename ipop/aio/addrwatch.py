@@ -4,7 +4,7 @@
 and answers it with a callback. It is a thin adapter: what counts as a local endpoint is the
 caller's ``read`` coroutine (the daemon lists the host's IPv4 addresses outside the virtual
 subnet, with the overlay socket's port), and what a change means is the core's business
-(:meth:`ipop.node.NodeCore.local_endpoints_changed`).
+(:meth:`ipop.core.NodeCore.local_endpoints_changed`).
 
 How it notices: a netlink socket subscribed to RTMGRP_IPV4_IFADDR (new and deleted IPv4
 addresses; no privileges needed) is read with ``loop.add_reader``. The messages themselves are

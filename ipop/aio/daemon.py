@@ -3,7 +3,7 @@
 Start-up, in order (each step logs one structured line):
 
 1. open the UDP socket and the TAP (MTU from the config, else :data:`DEFAULT_TAP_MTU`);
-2. build the :class:`ipop.aio.node.Node` and join through the bundle's bootstrap list (our own
+2. build the :class:`ipop.aio.stack.Node` and join through the bundle's bootstrap list (our own
    endpoints are taken out of it: a bootstrap node's bundle names itself);
 3. once the DHT has joined, claim a virtual IP (the one in the state directory first, so a
    restart keeps its address), renew it on a lease, register our hostname, and configure the
@@ -42,10 +42,10 @@ from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
 from ipop.aio.local import LocalNetwork, LocalServices
 from ipop.aio.natio import NatSockets
-from ipop.aio.node import Node
 from ipop.aio.peerstore import PeerStore
 from ipop.aio.rtnl import Rtnl
 from ipop.aio.settings import DaemonSettings, load_crl_file
+from ipop.aio.stack import Node
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
 from ipop.dht.names import lookup_name
@@ -142,7 +142,9 @@ class Daemon:
         # pruned to linked peers, re-learned after timing.PEER_VIP_TTL_S.
         self.peer_vips: dict[NodeId, tuple[IPv4Address, float]] = {}
         self._endpoints: list[Endpoint] = []  # our own addresses on the overlay port
-        self.arp = ArpResponder(None, self.subnet)
+        # ARP on the TAP: the daemon answers it (a plugged-in side answers its own, and then
+        # the daemon holds no responder: one owner per local side).
+        self.arp: ArpResponder | None = ArpResponder(None, self.subnet) if local is None else None
         self._arp_type = ETH_P_ARP.to_bytes(2, "big")
         self.netcheck_result: NetcheckResult | None = None
         self.nat = NatSockets(settings.listen.host, self.stats)
@@ -291,7 +293,7 @@ class Daemon:
         assert self.dataplane is not None
         self.dataplane.set_own_ip(vip)
         # ARP for our own vIP: the TAP's kernel answers it; a plugged-in side answers it itself.
-        if self.local is None:
+        if self.arp is not None:
             self.arp.set_own_ip(vip)
         if self.settings.addressing == "static" and self.tap is not None:
             await self.tap.set_address(vip, self.subnet, self.gateway)
@@ -428,7 +430,10 @@ class Daemon:
     # --- the TAP's local traffic ------------------------------------------------------------
 
     def _local_frame(self, frame: bytes) -> bool:
+        """A frame from the TAP that is not for the overlay: ARP is ours to answer (every ARP
+        frame is consumed), DHCP and DNS the services'."""
         if frame[12:14] == self._arp_type:
+            assert self.arp is not None  # the TAP's local frames come here only without a side
             reply = self.arp.reply(frame)
             if reply is not None:
                 self.write_frame(reply)
@@ -458,10 +463,10 @@ class Daemon:
             drops.append(prefixed("dht", node.dht.drops))
         if plane is not None:
             drops.append(prefixed("vnet", plane.drops))
-        if self.local is None:
-            drops.append(prefixed("arp", self.arp.drops))
-        else:
+        if self.local is not None:
             drops.append(self.local.drops())
+        elif self.arp is not None:
+            drops.append(prefixed("arp", self.arp.drops))
         if self.services is not None:
             drops.append(self.services.drops())
         dns = self.dns_status()

@@ -22,7 +22,7 @@ one address leave in as few GSO ``sendmsg`` calls as possible; a received DATA d
 plaintext is DIRECT + KIND_IP from a linked peer comes back from
 :meth:`NodeCore.receive_direct` instead of travelling as LinkMessage -> Delivered events, and
 is written to the TAP after the same checks (datagrams on punching sockets come
-from :class:`ipop.aio.node.Node` one by one and are handled together once the socket's drain is
+from :class:`ipop.aio.stack.Node` one by one and are handled together once the socket's drain is
 over, through the same code). Everything else (handshakes, keepalives, relayed paths, DHT and
 overlay traffic, unknown owners, drops) takes the slow path through the core's events and the
 driver, as before.
@@ -53,7 +53,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from ipop import timing
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.aio.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, IoDrop, UdpSocket
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.types import Endpoint, NodeId, SocketPath

@@ -25,8 +25,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from ipop.aio.node import Node
 from ipop.aio.sockets import LoopUdpSocket
+from ipop.aio.stack import Node
 from ipop.nat.netcheck import (
     PYSTUN3_TRAPS,
     NetcheckResult,

@@ -22,7 +22,8 @@ The parts, one concept each:
 - :mod:`ipop.identity.crl`: revocation lists as data, their refusal reasons and bounds;
 - :mod:`ipop.identity.trust`: :class:`CaTrust`, verification and the CRL in force;
 - :mod:`ipop.identity.ca`: :class:`NetworkCA`, which signs node certificates and CRLs;
-- :mod:`ipop.identity.node`: :class:`NodeIdentity`, a node's key, certificate and CA.
+- :mod:`ipop.identity.credentials`: :class:`NodeIdentity`, a node's credentials: its key,
+  certificate and the CA it trusts.
 
 Every public name is re-exported here, so ``from ipop.identity import X`` works as before.
 
@@ -43,6 +44,7 @@ from ipop.identity.cert import (
     cert_serial,
     pem_damage,
 )
+from ipop.identity.credentials import NodeIdentity
 from ipop.identity.crl import (
     CRL_DEFAULT_DAYS,
     CRL_REASONS,
@@ -53,7 +55,6 @@ from ipop.identity.crl import (
 )
 from ipop.identity.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, node_id_for, verify_signature
 from ipop.identity.names import validate_hostname, validate_network, validate_node_name
-from ipop.identity.node import NodeIdentity
 from ipop.identity.trust import VERIFY_CACHE_SIZE, CaTrust
 
 __all__ = [

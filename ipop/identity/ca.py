@@ -111,7 +111,7 @@ class NetworkCA:
             raise ConfigError("ca.key", "not an Ed25519 key", "restore ca.key")
         if raw_public(key.public_key()) != trust.public_key_raw:
             raise ConfigError("ca.key", "does not match ca.crt", "restore the matching pair")
-        return cls(key, trust._cert)
+        return cls(key, trust.certificate)
 
     @property
     def network(self) -> str:

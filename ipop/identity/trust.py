@@ -139,6 +139,11 @@ class CaTrust:
         return cls(cert)
 
     @property
+    def certificate(self) -> x509.Certificate:
+        """The CA certificate this trust was built from (already checked)."""
+        return self._cert
+
+    @property
     def public_key_raw(self) -> bytes:
         return raw_public(self._public_key)
 

@@ -118,7 +118,7 @@ def ceiling(path: Path) -> int:
 
 @dataclass
 class _Search:
-    path: Path | None  # None: a route over the ring (see ipop.node), not a link's path
+    path: Path | None  # None: a route over the ring (see ipop.core), not a link's path
     top: int  # the largest size probed (the path's ceiling)
     # When the current round ends (its result is taken) and when the next one starts.
     round_start: float = 0.0

@@ -149,7 +149,7 @@ class _Run:
 class PortGuessing:
     """Both roles of port guessing for one node; see the module docstring.
 
-    The owner (:class:`ipop.node.NodeCore`) feeds it the node's public view on every call
+    The owner (:class:`ipop.core.NodeCore`) feeds it the node's public view on every call
     (``symmetric``, ``public_host``, ``endpoints``), sends the payloads it returns to the peer
     over the overlay, sends :meth:`datagrams_to_send` (openers on :class:`SocketPath`, knocks on
     plain endpoints) *before* those payloads, and starts a handshake where :meth:`on_knock`

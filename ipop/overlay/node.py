@@ -563,6 +563,21 @@ class OverlayNode:
         return self._views
 
     @property
+    def attempts(self) -> Attempts:
+        """The links we are trying to bring up: their state, paths and relay candidates."""
+        return self._attempts
+
+    @property
+    def backoff(self) -> Backoff:
+        """Near candidates not to ask again before a time."""
+        return self._backoff
+
+    @property
+    def origin(self) -> Origins:
+        """What authenticates our routed messages and checks others' origins."""
+        return self._origin
+
+    @property
     def ctm(self) -> CtmAgent:
         """CONNECT_TO_ME: our asks in flight, answers to peers' asks, and their bounds."""
         return self._ctm

@@ -173,7 +173,7 @@ class OriginAuth:
     ) -> Routed:
         """A new routed message from us, authenticated, with our certificate if the whole
         stays within ``cert_budget`` bytes (default CERT_BUDGET_BYTES; less on a route known
-        to carry less, see ipop.node)."""
+        to carry less, see ipop.core)."""
         ts = int(now)
         signed = routed_signed_bytes(flags, kind, ts, self.local_id, dst, payload)
         member = self._members.get(dst) if flags & FLAG_EXACT else None

@@ -143,26 +143,26 @@ class FakeLinks:
         # Links come up or fail by policy here: how many Inits go out does not matter.
         if expected == self.local_id:
             raise LocalProtocolError("connect() to our own node id")
-        self._world._start_attempt(self.local_id, path, expected, now)
+        self._world.start_attempt(self.local_id, path, expected, now)
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
-        link = self._world._link(self.local_id, peer)
+        link = self._world.link_between(self.local_id, peer)
         if link is None or not link.up.get(self.local_id):
             raise LocalProtocolError(f"no session with {peer!r}")
         # As the real driver pumps after every send: the overlay's timer may have moved
         # earlier (a probe of a silent next hop, ipop.overlay.suspect).
-        self._world._dirty.add(self.local_id)
+        self._world.mark_dirty(self.local_id)
         if link.via is None:
-            self._world._deliver_direct(link, self.local_id, payload)
+            self._world.deliver_direct(link, self.local_id, payload)
         else:
             data = _MAGIC + self.local_id.to_bytes() + payload
             self._out.append((data, link.paths[self.local_id]))
 
     def close(self, peer: NodeId, *, now: float) -> None:
-        self._world._close(self.local_id, peer)
+        self._world.close_link(self.local_id, peer)
 
     def is_up(self, peer: NodeId) -> bool:
-        link = self._world._link(self.local_id, peer)
+        link = self._world.link_between(self.local_id, peer)
         return link is not None and bool(link.up.get(self.local_id))
 
     def peer_moved(self, peer: NodeId, *, now: float) -> None:
@@ -183,7 +183,7 @@ class FakeLinks:
             self.drops["not_fake"] += 1
             return
         origin = NodeId.from_bytes(data[2 : 2 + ID_BYTES])
-        link = self._world._link(self.local_id, origin)
+        link = self._world.link_between(self.local_id, origin)
         if (
             origin != path.peer
             or link is None
@@ -194,9 +194,10 @@ class FakeLinks:
             return
         self._events.append(LinkMessage(origin, data[2 + ID_BYTES :], path))
 
-    def _push(self, ev: LinkEvent) -> None:
+    def push(self, ev: LinkEvent) -> None:
+        """The world hands this node a link event (up, down, failed, a message)."""
         self._events.append(ev)
-        self._world._dirty.add(self.local_id)
+        self._world.mark_dirty(self.local_id)
 
 
 class FakeLinkWorld:
@@ -386,13 +387,20 @@ class FakeLinkWorld:
 
     # --- links --------------------------------------------------------------------------------
 
-    def _link(self, a: NodeId, b: NodeId) -> _Link | None:
+    # The side of the world each node's FakeLinks calls: the link between two nodes, an
+    # attempt to start, a payload to carry, a link to close, a node whose events wait.
+
+    def link_between(self, a: NodeId, b: NodeId) -> _Link | None:
         return self._links.get(frozenset((a, b)))
+
+    def mark_dirty(self, node_id: NodeId) -> None:
+        """``node_id`` has events or a timer to look at: the next pump visits it."""
+        self._dirty.add(node_id)
 
     def _allowed(self, a: NodeId, b: NodeId) -> bool:
         return self.pair_policy is None or self.pair_policy(a, b)
 
-    def _start_attempt(self, src: NodeId, path: Path, expected: NodeId | None, now: float) -> None:
+    def start_attempt(self, src: NodeId, path: Path, expected: NodeId | None, now: float) -> None:
         att = _Attempt(src, path, expected, now + self.handshake_timeout_s)
         rtt = 2 * self.latency_s
         if isinstance(path, RelayPath):
@@ -408,7 +416,7 @@ class FakeLinkWorld:
         att.done = True
         self._attempts = [a for a in self._attempts if not a.done]
         if self.hosts[att.src].alive:
-            self.hosts[att.src].links._push(HandshakeFailed(att.path, "timeout"))
+            self.hosts[att.src].links.push(HandshakeFailed(att.path, "timeout"))
 
     def _reaches(self, src: NodeId, dst: NodeId, ep: Endpoint, *, punched: bool) -> bool:
         """Would a handshake from ``src`` to ``dst``'s endpoint ``ep`` get through?"""
@@ -430,7 +438,7 @@ class FakeLinkWorld:
             return  # nobody answers: the deadline reports the failure
         if att.expected is not None and dst != att.expected:
             att.done = True
-            self.hosts[att.src].links._push(HandshakeFailed(att.path, "unexpected_peer"))
+            self.hosts[att.src].links.push(HandshakeFailed(att.path, "unexpected_peer"))
             return
         att.target = dst
         if self._fully_up(att.src, dst):
@@ -463,7 +471,7 @@ class FakeLinkWorld:
             return
         if att.expected is not None and dst != att.expected:
             return
-        hop1, hop2 = self._link(att.src, via), self._link(via, dst)
+        hop1, hop2 = self.link_between(att.src, via), self.link_between(via, dst)
         for hop in (hop1, hop2):
             if hop is None or hop.via is not None or not all(hop.up.values()):
                 return
@@ -472,7 +480,7 @@ class FakeLinkWorld:
             self._establish(att.src, dst, att.path, via)
 
     def _fully_up(self, a: NodeId, b: NodeId) -> bool:
-        link = self._link(a, b)
+        link = self.link_between(a, b)
         return link is not None and all(link.up.get(n) for n in (a, b))
 
     def _establish(self, a: NodeId, b: NodeId, path_a: Path, via: NodeId | None) -> None:
@@ -496,14 +504,14 @@ class FakeLinkWorld:
             def fire() -> None:
                 if self._links.get(frozenset((a, b))) is link and self.hosts[n].alive:
                     link.up[n] = True
-                    self.hosts[n].links._push(ev)
+                    self.hosts[n].links.push(ev)
 
             return fire
 
         self.schedule(when, up(a, LinkUp(b, fake_certificate(b), path_a, observed)))
         self.schedule(when, up(b, LinkUp(a, fake_certificate(a), path_b, None)))
 
-    def _deliver_direct(self, link: _Link, src: NodeId, payload: bytes) -> None:
+    def deliver_direct(self, link: _Link, src: NodeId, payload: bytes) -> None:
         dst = link.other(src)
         path = link.paths[dst]
         latency = self.latency_s
@@ -515,16 +523,16 @@ class FakeLinkWorld:
         def fire() -> None:
             current = self._links.get(frozenset((src, dst))) is link
             if current and link.up.get(dst) and self.hosts[dst].alive:
-                self.hosts[dst].links._push(LinkMessage(src, payload, path))
+                self.hosts[dst].links.push(LinkMessage(src, payload, path))
 
         self.schedule(self.now + latency, fire)
 
-    def _close(self, a: NodeId, b: NodeId) -> None:
-        link = self._link(a, b)
+    def close_link(self, a: NodeId, b: NodeId) -> None:
+        link = self.link_between(a, b)
         if link is None or not link.up.get(a):
             return
         link.up[a] = False
-        self.hosts[a].links._push(LinkDown(b, "closed"))
+        self.hosts[a].links.push(LinkDown(b, "closed"))
         self._time_out(link)
         for other in list(self._links.values()):
             if other.via is not None and other.via in (a, b) and {a, b} & {other.a, other.b}:
@@ -540,7 +548,7 @@ class FakeLinkWorld:
             for n in (link.a, link.b):
                 if link.up.get(n) and self.hosts[n].alive:
                     link.up[n] = False
-                    self.hosts[n].links._push(LinkDown(link.other(n), "timeout"))
+                    self.hosts[n].links.push(LinkDown(link.other(n), "timeout"))
             for other in list(self._links.values()):
                 if other.via in (link.a, link.b) and {link.a, link.b} & {other.a, other.b}:
                     self._time_out(other)

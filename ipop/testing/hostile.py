@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.dht.record import Record, StoreOutcome
 from ipop.dht.wire import (
     MSG_ID_BYTES,
@@ -97,7 +97,7 @@ def send_routed_raw(node: Node, dst: NodeId, msg: Routed) -> int:
         return 0
     hop = dst if dst in peers else min(peers, key=lambda p: abs(p.value - dst.value))
     core.link.send(hop, msg.encode(), now=now)
-    core._settle(now)
+    core.flush(now=now)
     if node.driver is not None:
         node.driver.pump()
     return 1
@@ -105,7 +105,7 @@ def send_routed_raw(node: Node, dst: NodeId, msg: Routed) -> int:
 
 def forge_routed(node: Node, src: NodeId, dst: NodeId, kind: int, payload: bytes) -> int:
     """A routed message in ``src``'s name (authenticated by us, not by ``src``), sent on."""
-    own = node.core.overlay._origin.routed(
+    own = node.core.overlay.origin.routed(
         FLAG_EXACT, 64, kind, dst, None, payload, now=node.clock()
     )
     # hops=1: the first hop checks src only on a message its sender originated.

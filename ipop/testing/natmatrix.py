@@ -18,7 +18,7 @@ import random
 from statistics import median
 from typing import Any
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.nat.kinds import NAT_KINDS, NatKind
 from ipop.nat.stun import direct_expected
 from ipop.testing.clock import SIM_EPOCH, run_virtual

@@ -172,7 +172,7 @@ class Network:
 
     def add_public_host(self, name: str, *, address: str | None = None) -> Host:
         """A host directly on the internet (NAT kind "none")."""
-        self._check_name(name)
+        self.check_name(name)
         addr = self._take_public(address, what=f"host {name!r}")
         host = Host(self, name, addr, self.internet, None)
         self._public[addr] = host
@@ -234,7 +234,7 @@ class Network:
         """
         if kind == KIND_NONE:
             return self.add_public_host(name)
-        self._check_name(name)
+        self.check_name(name)
         return self.add_nat(f"{name}-nat", kind).add_host(name)
 
     def build(self, topology: Mapping[str, Any]) -> dict[str, Host]:
@@ -290,7 +290,7 @@ class Network:
             del lans[old]
             lans[new] = host
         host.address = new
-        for sock in host._sockets.values():
+        for sock in host.sockets():
             sock.local = Endpoint(new, sock.local.port)
         return new
 
@@ -315,7 +315,8 @@ class Network:
 
     # --- the datagram path (kept lean: it carries every simulated packet) -------------
 
-    def _send(self, sock: SimSocket, data: bytes, dst: tuple[str, int]) -> None:
+    def send_datagram(self, sock: SimSocket, data: bytes, dst: tuple[str, int]) -> None:
+        """Carry one datagram from ``sock`` (its :meth:`SimSocket.sendto`)."""
         loop = asyncio.get_running_loop()
         self.stats["sent"] += 1
         size = len(data) + UDP_IP_OVERHEAD
@@ -487,7 +488,7 @@ class Network:
             self._deliver(host, internal.port, data, src)
 
     def _deliver(self, host: Host, port: int, data: bytes, src: Endpoint) -> None:
-        sock = host._sockets.get(port)
+        sock = host.socket_at(port)
         if sock is None:
             self._drop("no_listener", src, host.address, port, len(data) + UDP_IP_OVERHEAD)
             return
@@ -512,7 +513,8 @@ class Network:
 
     # --- addresses ----------------------------------------------------------------------
 
-    def _check_name(self, name: str) -> None:
+    def check_name(self, name: str) -> None:
+        """Raise unless ``name`` is a new host name (the topology loader asks first)."""
         if not name:
             raise LocalProtocolError("host names must not be empty")
         if name in self.hosts:
@@ -560,8 +562,9 @@ class Network:
         self._lan_subnets.add(net)
         return net
 
-    def _add_lan_host(self, nat: NatBox, name: str, address: str | None) -> Host:
-        self._check_name(name)
+    def add_lan_host(self, nat: NatBox, name: str, address: str | None) -> Host:
+        """A new host on ``nat``'s LAN (:meth:`NatBox.add_host`)."""
+        self.check_name(name)
         address = self._take_lan_address(nat, name, address)
         host = Host(self, name, address, nat.lan, nat)
         nat.lan.hosts[address] = host
@@ -573,13 +576,10 @@ class Network:
         lan = nat.lan
         assert lan.subnet is not None
         if address is None:
-            last = lan.subnet.num_addresses - 2
-            while lan._next_index <= last:
-                candidate = str(lan.subnet.network_address + lan._next_index)
-                lan._next_index += 1
-                if candidate not in lan.hosts:
-                    return candidate
-            raise LocalProtocolError(f"LAN {lan.name!r} ({lan.subnet}) is full")
+            free = lan.next_free_address()
+            if free is None:
+                raise LocalProtocolError(f"LAN {lan.name!r} ({lan.subnet}) is full")
+            return free
         try:
             ip = ipaddress.IPv4Address(address)
         except ValueError:

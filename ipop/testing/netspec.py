@@ -105,7 +105,7 @@ def add_topology(network: Network, topology: Mapping[str, Any]) -> dict[str, Hos
             if behaviour is None:
                 made[host_name] = network.add_public_host(host_name, address=address)
             else:
-                network._check_name(host_name)
+                network.check_name(host_name)
                 box = network.add_nat(f"{host_name}-nat", behaviour)
                 made[host_name] = box.add_host(host_name, address=address)
     return made

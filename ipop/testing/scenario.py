@@ -1,7 +1,7 @@
 """The overlay scenario: N complete node stacks on the simulated internet, joined and measured.
 
 This module owns ``ipop-sim overlay`` (and the tests and benchmark that run it): it builds N
-:class:`ipop.aio.node.Node` stacks (NodeCore + driver + DHT, exactly what the daemon runs) on
+:class:`ipop.aio.stack.Node` stacks (NodeCore + driver + DHT, exactly what the daemon runs) on
 :mod:`ipop.testing.netsim` with a NAT mix, starts them staggered over ``join_spread_s`` of
 virtual time, waits for the ring to converge, and measures:
 
@@ -64,7 +64,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.dht.alloc import AllocationFailed, allocate_ip
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError

@@ -96,6 +96,18 @@ class Segment:
         self.nat: NatBox | None = None
         self._next_index = 2  # .1 is the NAT's inside address
 
+    def next_free_address(self) -> str | None:
+        """The next address of this LAN that no host holds, counting up from .2 and never
+        back (None when the count has passed the last host address)."""
+        assert self.subnet is not None
+        last = self.subnet.num_addresses - 2
+        while self._next_index <= last:
+            candidate = str(self.subnet.network_address + self._next_index)
+            self._next_index += 1
+            if candidate not in self.hosts:
+                return candidate
+        return None
+
     def __repr__(self) -> str:
         return (
             f"Segment({self.name!r}, {self.subnet or 'internet'}, latency={self.latency_s}s, "
@@ -119,14 +131,13 @@ class SimSocket:
         """Send one datagram; it arrives later (or never), never inside this call."""
         if self.closed:
             raise LocalProtocolError(f"sendto on closed socket {self.local}")
-        self._network._send(self, data, addr)
+        self._network.send_datagram(self, data, addr)
 
     def close(self) -> None:
         """Unbind; datagrams arriving afterwards are dropped as "no_listener"."""
         if not self.closed:
             self.closed = True
-            if self.host._sockets.get(self.local.port) is self:
-                del self.host._sockets[self.local.port]
+            self.host.unbind(self)
 
     def __repr__(self) -> str:
         return f"SimSocket({self.host.name} {self.local}{' closed' if self.closed else ''})"
@@ -175,6 +186,15 @@ class Host:
     def sockets(self) -> list[SimSocket]:
         return list(self._sockets.values())
 
+    def socket_at(self, port: int) -> SimSocket | None:
+        """The socket bound to ``port``, if any (the network delivers to it)."""
+        return self._sockets.get(port)
+
+    def unbind(self, sock: SimSocket) -> None:
+        """Forget ``sock`` (its :meth:`SimSocket.close`), unless its port is bound anew."""
+        if self._sockets.get(sock.local.port) is sock:
+            del self._sockets[sock.local.port]
+
     def __repr__(self) -> str:
         return f"Host({self.name!r}, {self.address}, nat={self.nat_kind})"
 
@@ -208,7 +228,7 @@ class NatBox:
 
     def add_host(self, name: str, *, address: str | None = None) -> Host:
         """A new host on this NAT's LAN (next free address unless ``address`` is given)."""
-        return self.network._add_lan_host(self, name, address)
+        return self.network.add_lan_host(self, name, address)
 
     def hosts(self) -> list[Host]:
         return list(self.lan.hosts.values())

@@ -1,6 +1,6 @@
 """Full node stacks on simulated hosts, wired the one way the daemon wires them (tests only).
 
-:func:`start_nodes` builds an :class:`ipop.aio.node.Node` per host on the virtual-time loop:
+:func:`start_nodes` builds an :class:`ipop.aio.stack.Node` per host on the virtual-time loop:
 its overlay socket on ``port``, its own endpoint advertised, punching sockets for port guessing
 opened on demand on the same host, the first host as everybody's bootstrap.
 :func:`pinger` pings one node from another forever, recording which pings were answered: the
@@ -16,7 +16,7 @@ import functools
 import random
 from collections.abc import Sequence
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.identity import NetworkCA
 from ipop.link.layer import LinkConfig
 from ipop.overlay.node import OverlayConfig

@@ -2,7 +2,7 @@
 
 Owns one choice, made for the path MTU work (:mod:`ipop.link.pmtu`): the TAP keeps its MTU
 (1400 by default) and a packet too big for the path to its destination's node (direct,
-through a relay, or routed over the ring: :meth:`ipop.node.NodeCore.ip_mtu`) is answered
+through a relay, or routed over the ring: :meth:`ipop.core.NodeCore.ip_mtu`) is answered
 the way a router answers it, with ICMP type 3 code 4 carrying the MTU that fits, toward the
 inner sender. The sender's kernel then keeps that MTU for that destination (TCP lowers its
 segment size; a UDP socket without DF fragments its later datagrams itself), so a peer on a

@@ -35,6 +35,7 @@ import pytun
 
 from ipop.dhcp_dns.dhcp import AddressWanted
 from ipop.dhcp_dns.services import TapServices, TapServicesRunner
+from ipop.vnet.arp import ArpResponder
 
 tap_name, vip = sys.argv[1], IPv4Address(sys.argv[2])
 HOSTS = {"alice-laptop": IPv4Address("100.64.1.3")}
@@ -45,7 +46,10 @@ async def main() -> None:
     tap.up()
     fd = tap.fileno()
     os.set_blocking(fd, False)
-    services = TapServices.for_node(IPv4Network("100.64.0.0/10"), vip, mtu=1400, lease_s=600)
+    subnet = IPv4Network("100.64.0.0/10")
+    # As the daemon does: it answers ARP on its TAP, the services get the other frames.
+    arp = ArpResponder(vip, subnet)
+    services = TapServices.for_node(subnet, mtu=1400, lease_s=600)
     loop = asyncio.get_running_loop()
 
     def on_event(ev: object) -> None:
@@ -68,6 +72,11 @@ async def main() -> None:
                 frame = os.read(fd, 65536)
             except BlockingIOError:
                 return
+            if frame[12:14] == b"\x08\x06":
+                reply = arp.reply(frame)
+                if reply is not None:
+                    os.write(fd, reply)
+                continue
             runner.feed(frame, now=time.time())
 
     loop.add_reader(fd, readable)
@@ -79,7 +88,7 @@ async def main() -> None:
     await runner.close()
     tap.close()
     drops = {
-        "arp": dict(services.arp.drops),
+        "arp": dict(arp.drops),
         "dhcp": dict(services.dhcp.drops),
         "dns": dict(services.dns.drops),
         "services": dict(services.drops),

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.dht.names import register_name
 from ipop.dht.record import Record, ip_key, key_id, name_key
 from ipop.testing.clock import SIM_EPOCH, run_virtual

@@ -7,7 +7,7 @@ import functools
 import random
 import re
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.journal import NOTE_EVENTS, Journal, Note
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_identity, make_network

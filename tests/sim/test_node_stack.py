@@ -7,7 +7,7 @@ import functools
 import random
 from ipaddress import IPv4Network
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
 from ipop.overlay.messages import KIND_IP
 from ipop.testing.clock import SIM_EPOCH, run_virtual

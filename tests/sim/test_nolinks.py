@@ -6,7 +6,7 @@ import asyncio
 import functools
 import random
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.identity import CERT_REASONS
 from ipop.nolinks import CERT_WORDS, NoLinkWatch
 from ipop.testing.clock import SIM_EPOCH, run_virtual

@@ -340,8 +340,8 @@ def test_the_larger_id_yields_before_keying_a_relayed_link() -> None:
     ):
         node = _silent_node(me, CFG)
         # No endpoint to try: every direct path has "failed" at once.
-        node._attempts.start(peer, [], set(), set(), relay_allowed=True, candidates=[], now=0.0)
-        pend = node._attempts.get(peer)
+        node.attempts.start(peer, [], set(), set(), relay_allowed=True, candidates=[], now=0.0)
+        pend = node.attempts.get(peer)
         assert pend is not None
         assert pend.relay_at == wait and pend.state is AttemptState.DIRECT
 

@@ -11,7 +11,7 @@ import ipaddress
 import random
 import statistics
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_identity, make_network

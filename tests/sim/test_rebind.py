@@ -18,7 +18,7 @@ import random
 import pytest
 
 from ipop import timing
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.link.layer import LinkConfig
 from ipop.overlay.node import OverlayConfig
 from ipop.testing.clock import SIM_EPOCH, run_virtual

@@ -7,8 +7,8 @@ import functools
 import random
 from pathlib import Path
 
-from ipop.aio.node import Node
 from ipop.aio.peerstore import PeerStore
+from ipop.aio.stack import Node
 from ipop.identity import NodeIdentity
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_identity, make_network

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Network

@@ -18,9 +18,9 @@ import random
 import struct
 from collections.abc import Callable
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
+from ipop.core import ROUTED_IP_MTU
 from ipop.link.pmtu import MAX_DATAGRAM, RELAY_OVERHEAD
-from ipop.node import ROUTED_IP_MTU
 from ipop.overlay.node import OverlayConfig
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network

@@ -19,7 +19,7 @@ import ipaddress
 import random
 from dataclasses import dataclass, field
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
 from ipop.dht.names import lookup_name, register_name
 from ipop.dht.record import ip_key, key_id, name_key

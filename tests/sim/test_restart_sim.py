@@ -17,8 +17,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipop.aio.node import Node
 from ipop.aio.peerstore import PeerStore
+from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
 from ipop.identity import NodeIdentity
 from ipop.testing.clock import SIM_EPOCH, run_virtual

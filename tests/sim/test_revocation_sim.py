@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from ipop.aio.node import Node
+from ipop.aio.stack import Node
 from ipop.identity import CrlError, NodeIdentity, cert_serial
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_identity, make_network

@@ -10,6 +10,8 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from types import SimpleNamespace
 
+from scapy.layers.l2 import ARP, Ether
+
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.aio.dataplane import LocalSide
 from ipop.aio.local import LocalNetwork
@@ -94,7 +96,7 @@ def test_status_shows_the_sides_drops_counters_dns_and_hosts_in_place_of_the_tap
     tmp_path: Path,
 ) -> None:
     d, _ = _daemon(tmp_path, [])
-    d.arp.drops["arp_not_for_us"] += 4  # the TAP's responder: not this daemon's ARP
+    assert d.arp is None  # the side answers its own ARP: the daemon holds no responder
     d.dataplane = SimpleNamespace(  # type: ignore[assignment]
         drops=Counter({"no_such_vip": 1}), counters=Counter({"tap_writes": 9}), known_owners=dict
     )
@@ -111,6 +113,7 @@ def test_status_shows_the_sides_drops_counters_dns_and_hosts_in_place_of_the_tap
 def test_a_daemon_without_a_side_keeps_its_taps_arp_and_no_hosts(tmp_path: Path) -> None:
     bundle = make_bundle("lab-net", "n1", subnet=SUBNET, bootstrap=BOOT, now=time.time())
     d = Daemon(bundle, DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path))
+    assert d.arp is not None
     d.arp.drops["arp_not_for_us"] += 4
     view = d.local_view(now=time.time())
     assert list(view.drops) == [{"arp.arp_not_for_us": 4}]
@@ -128,3 +131,21 @@ def test_shutdown_stops_the_side_first_and_closes_it_last(tmp_path: Path) -> Non
     d.dataplane = Plane()  # type: ignore[assignment]
     asyncio.run(d._shutdown())
     assert log == ["stop", "dataplane.close", "close"]
+
+
+def test_without_a_side_the_daemon_is_the_one_that_answers_arp_on_its_tap(
+    tmp_path: Path,
+) -> None:
+    bundle = make_bundle("lab-net", "n1", subnet=SUBNET, bootstrap=BOOT, now=time.time())
+    d = Daemon(bundle, DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path))
+    fed: list[bytes] = []
+    written: list[bytes] = []
+    d.services = SimpleNamespace(feed=lambda frame, now: fed.append(frame) or True)  # type: ignore[assignment]
+    d.dataplane = SimpleNamespace(write_frame=written.append)  # type: ignore[assignment]
+    tap_mac = "52:54:00:12:34:56"
+    arp = bytes(Ether(src=tap_mac) / ARP(hwsrc=tap_mac, psrc="100.64.1.2", pdst="100.64.1.3"))
+    outside = bytes(Ether(src=tap_mac) / ARP(psrc="100.64.1.2", pdst="198.18.0.1"))
+    assert d._local_frame(arp) and d._local_frame(outside)  # every ARP frame is consumed
+    [reply] = written
+    assert Ether(reply)[ARP].hwsrc == "02:1b:0a:00:00:01" and Ether(reply)[ARP].op == 2
+    assert fed == []  # the services never see ARP

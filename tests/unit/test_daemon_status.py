@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from ipop.aio.daemon import Daemon, DaemonSettings
+from ipop.core import NodeSnapshot
 from ipop.dht.record import ip_key, name_key
 from ipop.journal import Journal
 from ipop.link.events import LinkInfo
-from ipop.node import NodeSnapshot
 from ipop.overlay.node import OverlaySnapshot
 from ipop.status import PeerStatus
 from ipop.testing.clock import SIM_EPOCH, run_virtual

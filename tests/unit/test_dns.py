@@ -219,7 +219,7 @@ def test_drop_reasons_are_checked() -> None:
     r = DnsResolver(SUBNET)
     with pytest.raises(AssertionError):
         r._drop("made_up")
-    s = TapServices.for_node(SUBNET, OWN)
+    s = TapServices.for_node(SUBNET)
     with pytest.raises(AssertionError):
         s.count_drop("made_up")
 
@@ -249,7 +249,7 @@ def _dns_frame(name: str, qtype: str = "A", dst: str = "100.64.0.1", sport: int 
 
 
 def test_services_dns_reply_frame() -> None:
-    s = TapServices.for_node(SUBNET, OWN)
+    s = TapServices.for_node(SUBNET)
     assert s.handle_frame(_dns_frame("C064001003.ipop"), now=NOW)
     [frame] = s.frames_to_send()
     f = Ether(frame)
@@ -295,31 +295,30 @@ def test_services_fast_dns_path_decides_as_the_strict_parser(
         if pos < len(frame):
             frame[pos] = value
     data = bytes(frame[: len(frame) - cut])
-    fast = _outcome(TapServices.for_node(SUBNET, OWN), data)
+    fast = _outcome(TapServices.for_node(SUBNET), data)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(services_module, "_plain_dns", lambda frame: None)
-        strict = _outcome(TapServices.for_node(SUBNET, OWN), data)
+        strict = _outcome(TapServices.for_node(SUBNET), data)
     assert fast == strict
 
 
 def test_services_leaves_other_traffic() -> None:
-    s = TapServices.for_node(SUBNET, OWN)
+    s = TapServices.for_node(SUBNET)
     peer = bytes(
         Ether(src=TAP_MAC) / IP(src=str(OWN), dst="100.64.1.3") / UDP(dport=53) / (b"x" * 20)
     )
     assert not s.handle_frame(peer, now=NOW)
     assert not s.handle_frame(_dns_frame("C064001003.ipop", dst="100.64.1.3"), now=NOW)
+    # ARP is the local side's owner's (the daemon answers it on its TAP), in or out of subnet.
     outside_arp = bytes(Ether(src=TAP_MAC) / ARP(psrc=str(OWN), pdst="198.18.0.1"))
     assert not s.handle_frame(outside_arp, now=NOW)
-    assert s.frames_to_send() == []
     arp = bytes(Ether(src=TAP_MAC) / ARP(hwsrc=TAP_MAC, psrc=str(OWN), pdst="100.64.1.3"))
-    assert s.handle_frame(arp, now=NOW)
-    [reply] = s.frames_to_send()
-    assert Ether(reply)[ARP].hwsrc == "02:1b:0a:00:00:01"
+    assert not s.handle_frame(arp, now=NOW)
+    assert s.frames_to_send() == [] and s.tap_mac is None
 
 
 def test_services_lookup_roundtrip() -> None:
-    s = TapServices.for_node(SUBNET, OWN)
+    s = TapServices.for_node(SUBNET)
     assert s.handle_frame(_dns_frame("bob.ipop"), now=NOW)
     assert s.frames_to_send() == []
     [want] = s.lookups()
@@ -351,7 +350,7 @@ def test_runner_lookups_forwards_and_close() -> None:
                 await gate.wait()
             return IPv4Address("100.64.2.2") if name == "bob" else None
 
-        s = TapServices.for_node(SUBNET, OWN)
+        s = TapServices.for_node(SUBNET)
         runner = TapServicesRunner(s, written.append, lookup, None, on_event=events.append)
         assert runner.feed(_dns_frame("bob.ipop"), now=NOW)
         assert runner.feed(_dns_frame("nobody.ipop"), now=NOW)
@@ -413,7 +412,7 @@ def test_runner_forwards_to_upstream_on_loopback() -> None:
             async def lookup(name: str) -> IPv4Address | None:
                 return None
 
-            s = TapServices.for_node(SUBNET, OWN, upstream=True)
+            s = TapServices.for_node(SUBNET, upstream=True)
             runner = TapServicesRunner(s, write, lookup, ("127.0.0.1", port))
             assert runner.feed(_dns_frame("example.com"), now=NOW)
             await asyncio.wait_for(got.wait(), 5)
@@ -456,7 +455,7 @@ def _segments(s: TapServices) -> list[Any]:
 
 def test_dns_over_tcp_to_the_gateway_is_answered() -> None:
     """dig +tcp hung: TCP to the gateway's port 53 went unanswered."""
-    s = TapServices.for_node(SUBNET, OWN)
+    s = TapServices.for_node(SUBNET)
     assert s.handle_frame(_tcp("S", 1000), now=NOW)
     [synack] = _segments(s)
     assert synack.flags == "SA" and synack.ack == 1001 and synack.sport == 53
@@ -496,7 +495,7 @@ def test_dns_over_tcp_to_the_gateway_is_answered() -> None:
 
 
 def test_dns_over_tcp_refuses_what_it_cannot_hold() -> None:
-    s = TapServices.for_node(SUBNET, OWN)
+    s = TapServices.for_node(SUBNET)
     assert s.tcp is not None
     s.tcp.max_conns = 1
     s.handle_frame(_tcp("S", 1, sport=1), now=NOW)
@@ -545,7 +544,7 @@ def test_tcp_garbage_never_raises(segments: list[bytes]) -> None:
     """Random segments (checksummed, to our port) are answered or dropped, never raised."""
     from ipop.vnet.packet import ETH_P_IP, build_ethernet, build_ipv4, internet_checksum
 
-    s = TapServices.for_node(SUBNET, OWN)
+    s = TapServices.for_node(SUBNET)
     src, dst = int(OWN), int(IPv4Address("100.64.0.1"))
     for i, body in enumerate(segments):
         seg = bytearray((40100 + i % 2).to_bytes(2, "big") + b"\x00\x35" + body)

@@ -91,7 +91,7 @@ MODULES = (
         name="STUN_DROP_REASONS",
         raises=(("ipop/wire/stun.py", "StunDecodeError"),),
     ),
-    Counting("ipop/node.py", owner="ipop.nat.stun", name="STUN_DROP_REASONS"),  # stun.drops
+    Counting("ipop/core.py", owner="ipop.nat.stun", name="STUN_DROP_REASONS"),  # stun.drops
     Counting("ipop/overlay/ctm.py", name="CTM_DROPS"),  # a malformed CTM: the node counts it
     Counting("ipop/overlay/relay.py", name="RELAY_DROPS"),
     Counting(
@@ -103,7 +103,7 @@ MODULES = (
     Counting("ipop/revocation.py"),
     Counting("ipop/testing/fake_links.py"),
     Counting("ipop/testing/netsim.py"),
-    Counting("router/claims.py", owner="ipop.router.daemon"),  # counts through RouterLan._drop
+    Counting("router/claims.py", owner="ipop.router.daemon"),  # counts through RouterLan.count_drop
     Counting("ipop/vnet/arp.py"),
     Counting("router/daemon.py", families=("host_failed_",)),
     Counting("router/hosts.py"),
@@ -235,7 +235,7 @@ def test_the_scan_sees_what_it_must() -> None:
     # The scanner itself: each kind of site, as written in the modules above.
     src = (
         "self.drops['a'] += 1\n"
-        "self.lan._drop('b' if x else 'c')\n"
+        "self.lan.count_drop('b' if x else 'c')\n"
         "self.drops[f'fam_{s}'] += 1\n"
         "self.drops[exc.reason] += 1\n"
         "self.errors[E.X] += 1\n"

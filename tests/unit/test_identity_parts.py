@@ -19,10 +19,10 @@ from ipop.identity.cert import (
     router_hosts_of,
     serial_of,
 )
+from ipop.identity.credentials import NodeIdentity
 from ipop.identity.crl import MAX_CRL_BYTES, CrlError, load_crl_bytes
 from ipop.identity.keys import PUBLIC_KEY_BYTES, node_id_for, raw_public
 from ipop.identity.names import LABEL_RE
-from ipop.identity.node import NodeIdentity
 
 NOW = 1_750_000_000.0
 
@@ -33,7 +33,7 @@ def ca() -> NetworkCA:
 
 
 def test_every_public_name_is_reexported_from_its_part() -> None:
-    parts = ["keys", "names", "cert", "crl", "trust", "ca", "node"]
+    parts = ["keys", "names", "cert", "crl", "trust", "ca", "credentials"]
     homes = {n: importlib.import_module(f"ipop.identity.{n}") for n in parts}
     for name in ipop.identity.__all__:
         obj = getattr(ipop.identity, name)

@@ -110,13 +110,13 @@ def test_peer_replaces_the_dead_session_on_the_new_authenticated_handshake_only(
 def _session(a: LinkLayer, b: LinkLayer, a_path: Path, b_path: Path, now: float) -> None:
     """A keys a session with B: A's datagrams reach B over ``a_path``, B's reach A over
     ``b_path`` (the path names each side sees the other on)."""
-    a.connect(b_path, now=now, expected=b._identity.node_id)
+    a.connect(b_path, now=now, expected=b.local_id)
     for _ in range(3):
         for data, _ in _out(a, now):
             b.receive_datagram(data, a_path, now=now)
         for data, _ in _out(b, now):
             a.receive_datagram(data, b_path, now=now)
-    assert a.is_up(b._identity.node_id) and b.is_up(a._identity.node_id)
+    assert a.is_up(b.local_id) and b.is_up(a.local_id)
     _events(a), _events(b)
 
 
@@ -147,7 +147,7 @@ def test_a_relay_takes_over_a_direct_path_that_went_silent() -> None:
 def test_a_relay_handshake_racing_a_live_direct_path_does_not_take_it_over() -> None:
     a, b, _, to_a, to_b = _trio()
     _session(a, b, A_EP, B_EP, NOW)
-    b.receive_datagram(a.seal(b._identity.node_id, b"fresh", now=NOW + 1)[0], A_EP, now=NOW + 1)
+    b.receive_datagram(a.seal(b.local_id, b"fresh", now=NOW + 1)[0], A_EP, now=NOW + 1)
     # Alice's relay attempt, started alongside the direct one, completes a moment later.
     _session(a, b, to_a, to_b, NOW + 1.5)
     assert b.peers()[0].path == A_EP and b.stats["path_kept"] == 1
@@ -159,7 +159,7 @@ def test_restarted_node_keys_a_relayed_peer_afresh_through_its_relay() -> None:
     a, b, a2, to_a, to_b = _trio()
     _session(a, b, to_a, to_b, NOW)
     t = NOW + 2
-    stale = b.seal(a._identity.node_id, b"into the dead session", now=t)[0]
+    stale = b.seal(a.local_id, b"into the dead session", now=t)[0]
     a2.receive_datagram(stale, B_EP, now=t)  # direct: garbage for all she knows, no answer
     assert _out(a2, t) == []
     a2.receive_datagram(stale, to_b, now=t)
@@ -172,7 +172,7 @@ def test_restarted_node_keys_a_relayed_peer_afresh_through_its_relay() -> None:
         a2.receive_datagram(data, to_b, now=t + 1)
     for data, _ in _out(a2, t + 1):
         b.receive_datagram(data, to_a, now=t + 1)
-    assert a2.is_up(b._identity.node_id)
+    assert a2.is_up(b.local_id)
     assert b.peers()[0].keys_established_at == t + 1 and b.peers()[0].path == to_a
     assert a2.drops == {"unknown_index": 3}
 
@@ -189,7 +189,7 @@ def test_a_session_its_peer_routed_around_is_checked_and_dropped_when_dead() -> 
     punched = Endpoint("198.51.100.1", 40999)
     _session(a, b, punched, B_EP, NOW)
     t = NOW + 3
-    alice = a._identity.node_id
+    alice = a.local_id
     assert b.peer_unlinked(alice, now=t)
     ((init, path),) = _out(b, t)
     assert path == punched and init[0] == TYPE_HANDSHAKE_INIT  # a fresh Init, to that path
@@ -208,7 +208,7 @@ def test_a_live_peer_keeps_its_session_through_a_check() -> None:
     a, b, _, _, _ = _trio()
     _session(a, b, A_EP, B_EP, NOW)
     t = NOW + 3
-    alice = a._identity.node_id
+    alice = a.local_id
     assert b.peer_unlinked(alice, now=t)
     for _ in range(3):
         for data, _ in _out(b, t):
@@ -231,7 +231,7 @@ def test_a_live_peer_is_checked_on_its_path_while_a_handshake_to_another_one_han
     test_coldstart_keys.py: pairs on one LAN lost every ping until the silent-peer timer)."""
     a, b, _, _, _ = _trio()
     _session(a, b, A_EP, B_EP, NOW)
-    alice = a._identity.node_id
+    alice = a.local_id
     public = Endpoint("203.0.113.77", 5800)
     b.connect(public, now=NOW, expected=alice)
     assert [p for _, p in _out(b, NOW)] == [public]  # lost: no hairpin

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import random
 
+from ipop.core import NodeCore
 from ipop.link.events import LinkDown, LinkEvent, LinkUp
 from ipop.link.layer import LinkLayer
-from ipop.node import NodeCore
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import alice_and_bob, make_identity, make_network
 from ipop.types import Endpoint

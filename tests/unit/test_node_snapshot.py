@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ipop.node import NodeCore, NodeSnapshot, PublicView
+from ipop.core import NodeCore, NodeSnapshot, PublicView
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from ipaddress import IPv4Address
 
+from ipop.core import NodeSnapshot, PublicView
 from ipop.link.events import LinkInfo
 from ipop.nat.kinds import NatKind
 from ipop.nat.portguess import FLAG_SYMMETRIC, FLAG_TRANSLATED
-from ipop.node import NodeSnapshot, PublicView
 from ipop.overlay.node import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.table import ConnectionKind
 from ipop.report import LocalView, build_status, nat_kind, why_no_link, why_relayed

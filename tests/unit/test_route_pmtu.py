@@ -9,8 +9,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipop.core import NodeCore
 from ipop.link.pmtu import PROBE_TAG
-from ipop.node import NodeCore
 from ipop.overlay.events import Delivered
 from ipop.overlay.messages import KIND_PMTU
 from ipop.routes import ROUTE_PROBED_MAX, ROUTED_IP_MTU

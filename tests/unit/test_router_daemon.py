@@ -539,7 +539,7 @@ def test_a_host_spoofing_a_bound_hosts_address_is_dropped_and_counted(
 def test_drop_reasons_are_one_checked_list(bundle: Bundle, tmp_path: Path) -> None:
     r = _router(bundle, tmp_path)
     with pytest.raises(LocalProtocolError):
-        r._drop("no_such_reason")
+        r.count_drop("no_such_reason")
     assert "host_failed_alloc" in rd.DROP_REASONS and "arp_rate_limited" in rd.DROP_REASONS
 
 

@@ -24,9 +24,9 @@ import pytest
 
 from ipop.aio.commands import DaemonControl
 from ipop.aio.daemon import Daemon, DaemonSettings
+from ipop.core import NodeCore
 from ipop.link.events import LinkInfo
 from ipop.nat.portguess import PortGuessing
-from ipop.node import NodeCore
 from ipop.overlay.node import ConnectionInfo, OverlaySnapshot
 from ipop.overlay.table import ConnectionKind
 from ipop.router.config import RouterSection
@@ -166,6 +166,7 @@ def _node_daemon(tmp_path: Path) -> Daemon:
     d = Daemon(bundle, DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path))
     d.services = _Services()  # type: ignore[assignment]
     _wire(d)
+    assert d.arp is not None
     d.arp.drops["arp_not_for_us"] += 2
     return d
 

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from ipop.core import NodeCore
 from ipop.errors import LocalProtocolError
 from ipop.nat.kinds import NAT_KINDS, NatKind
 from ipop.nat.stun import (
@@ -21,7 +22,6 @@ from ipop.nat.stun import (
     filtering_behaviour,
     mapping_behaviour,
 )
-from ipop.node import NodeCore
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint
 from ipop.wire.stun import (

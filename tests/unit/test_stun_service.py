@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 
 from ipop import timing
+from ipop.core import NodeCore
 from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
-from ipop.node import NodeCore
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint
 from ipop.wire.stun import BINDING_REQUEST, MAGIC_COOKIE, StunMessage, decode, encode

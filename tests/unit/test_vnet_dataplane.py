@@ -22,9 +22,9 @@ import pytest
 from dnslib import DNSRecord
 
 from ipop.aio.dataplane import DROP_REASONS, LOCAL_BATCH, DataPlane, IoDrop
+from ipop.core import ROUTED_IP_MTU, NodeCore
 from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.link.pmtu import MAX_DATAGRAM
-from ipop.node import ROUTED_IP_MTU, NodeCore
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.testing.tcp import tcp_segment
 from ipop.tools.bench.dataplane_bench import (
@@ -406,7 +406,7 @@ def test_a_dns_burst_lets_the_lookup_it_started_run_before_the_burst_is_read() -
 
     async def go() -> None:
         h = Harness(Lookups({}))
-        services = TapServices.for_node(SUBNET, B_VIP, mac=VIRTUAL_MAC)
+        services = TapServices.for_node(SUBNET, mac=VIRTUAL_MAC)
         dns = services.dns
         assert dns is not None
         read_when_started: list[int] = []

@@ -1,6 +1,6 @@
 """What one message of an insider makes a node send: the "bounded work" table of issue 13.
 
-Real cores (:class:`ipop.node.NodeCore`: link layer + overlay + port guessing) on a tiny
+Real cores (:class:`ipop.core.NodeCore`: link layer + overlay + port guessing) on a tiny
 in-memory wire, in virtual time. Three members: M (the attacker's first hop), V (the victim
 node we measure) and A (the attacker, a certified member running a modified build: it sends
 messages the honest code would not). Every datagram any core sends is logged with its size
@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ipop.core import NodeCore
 from ipop.dht.service import DhtConfig
 from ipop.dht.wire import (
     MAX_FIND_NODES,
@@ -47,7 +48,6 @@ from ipop.dht.wire import (
     encode_message,
 )
 from ipop.identity import NodeIdentity
-from ipop.node import NodeCore
 from ipop.overlay.messages import (
     KIND_BIRTHDAY,
     KIND_PING,
@@ -133,7 +133,7 @@ class Wire:
 
 
 def _answer_ping(core: NodeCore, ev: object, now: float) -> None:
-    """What ipop.aio.node.Node does with a ping: the same bytes back, the way it came."""
+    """What ipop.aio.stack.Node does with a ping: the same bytes back, the way it came."""
     from ipop.overlay.events import Delivered
 
     if type(ev) is not Delivered or ev.kind != KIND_PING or len(ev.payload) != 6:
@@ -186,11 +186,11 @@ def build(*, a_linked_to_v: bool) -> tuple[Wire, NodeCore, NodeCore, NodeCore]:
         # In a ring of three everybody is a near candidate: make A and V stop asking for each
         # other, as two far members would not (their failed attempts would hide the CTM's).
         for x, y in ((v, a), (a, v)):
-            x.overlay._backoff.put(y.local_id, float("inf"))
+            x.overlay.backoff.put(y.local_id, float("inf"))
         wire.run(LIFETIME_S)  # the last handshakes toward each other time out
         # (JOIN probes still answer each other: drop what that started, just before.)
         for x, y in ((v, a), (a, v)):
-            x.overlay._attempts.cancel(y.local_id)
+            x.overlay.attempts.cancel(y.local_id)
     return wire, m, v, a
 
 

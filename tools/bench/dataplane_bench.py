@@ -1,6 +1,6 @@
 """Micro benchmark of the data plane's per-packet core work, without sockets or a TAP.
 
-Two :class:`ipop.node.NodeCore` objects link up in memory (real handshake, real overlay
+Two :class:`ipop.core.NodeCore` objects link up in memory (real handshake, real overlay
 join); then a 1,400-byte IP packet goes the fast path both ways: ``seal_ip`` on the sender
 (DIRECT header + AES-GCM), ``receive_direct`` on the receiver (replay window, AES-GCM open,
 overlay membership check), plus the end-of-batch ``flush`` every ``--batch`` packets, as
@@ -26,8 +26,8 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import cast
 
 from ipop.aio.dataplane import DataPlane, UdpSocket
-from ipop.aio.node import Node
-from ipop.node import NodeCore
+from ipop.aio.stack import Node
+from ipop.core import NodeCore
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint, NodeId, SocketPath
@@ -43,7 +43,7 @@ VIRTUAL_MAC = b"\x02\x00\x00\x00\x00\xfe"
 
 
 class PlaneNode:
-    """What a DataPlane uses of :class:`ipop.aio.node.Node`, around a bare NodeCore."""
+    """What a DataPlane uses of :class:`ipop.aio.stack.Node`, around a bare NodeCore."""
 
     def __init__(self, core: NodeCore) -> None:
         self.core = core

@@ -148,7 +148,7 @@ class Attacker:
         node = self.daemon.node
         assert node is not None
         overlay, now = node.core.overlay, node.clock()
-        origin = overlay._origin
+        origin = overlay.origin
         for _, _, dst in victims:
             token = self.rng.getrandbits(32)
             ctm = ConnectToMe(token, Purpose.SHORTCUT, dst, (target,) * 8).encode()

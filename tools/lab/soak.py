@@ -172,7 +172,7 @@ class _Soak:
             time.monotonic() - self.paused_at >= self.plan.pause_s
             or time.monotonic() + self.plan.sweep_every_s > deadline
         ):
-            watch.append(self._continue())
+            watch.append(self.resume())
         if round_no == 1 and self.paused is None:
             self._pause()
         killed: list[tuple[Host, str | None]] = []
@@ -241,7 +241,8 @@ class _Soak:
             self.down.add(victims[0].name)
             self._fault("pause", victims[0].name, for_s=self.plan.pause_s)
 
-    def _continue(self) -> tuple[dict[str, Any], Host]:
+    def resume(self) -> tuple[dict[str, Any], Host]:
+        """Let the paused daemon run again (SIGCONT) and record the fault's end."""
         assert self.paused is not None
         h = self.lab.host(self.paused)
         self.lab.signal(h, signal.SIGCONT)
@@ -403,7 +404,7 @@ def run_soak(
                         break
             finally:
                 if soak.paused is not None:
-                    soak._continue()  # a stopped daemon cannot act on SIGTERM at teardown
+                    soak.resume()  # a stopped daemon cannot act on SIGTERM at teardown
     except NotReady as exc:
         result["error"] = str(exc)
     finally:

@@ -1,4 +1,4 @@
-"""A complete node on an asyncio loop: :class:`ipop.node.NodeCore` + driver + DHT + overlay ping.
+"""A complete node on an asyncio loop: :class:`ipop.core.NodeCore` + driver + DHT + overlay ping.
 
 This is the one composition of the protocol stack; the daemon (on a real UDP socket and the
 real clock) and the simulator (on ``ipop.testing.netsim`` sockets and the virtual-time loop)
@@ -29,10 +29,10 @@ from typing import Protocol
 
 from ipop import timing
 from ipop.aio.driver import DatagramSocket, Driver
+from ipop.core import NodeCore
 from ipop.dht.service import DhtConfig, DhtService
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.link.layer import LinkConfig
-from ipop.node import NodeCore
 from ipop.overlay.events import Delivered, Joined, Roamed, Routable
 from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
 from ipop.overlay.node import OverlayConfig
@@ -41,7 +41,8 @@ from ipop.types import Endpoint, NodeId, Path, SocketPath
 
 __all__ = ["Node", "OverlayPing"]
 
-log = logging.getLogger(__name__)
+# The name ipopd's log lines have always carried for this module (it was ipop/aio/node.py).
+log = logging.getLogger("ipop.aio.node")
 
 _PING = struct.Struct(">BIB")
 _PING_REQUEST = 0
@@ -290,7 +291,7 @@ class Node:
 
     def set_local_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         """Our socket's addresses changed (the address watcher, :mod:`ipop.aio.addrwatch`):
-        roam (see :meth:`ipop.node.NodeCore.local_endpoints_changed`)."""
+        roam (see :meth:`ipop.core.NodeCore.local_endpoints_changed`)."""
         self.core.local_endpoints_changed(endpoints, now=self.clock())
         if self.driver is not None:
             self.driver.pump()
