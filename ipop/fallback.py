@@ -80,9 +80,7 @@ class RoamFallback:
         relays: set[NodeId] = set()
         silent: list[NodeId] = []
         waiting = False
-        everyone = (
-            not self._rebound_only or now >= self._began + timing.REBIND_RELAY_ALL_AFTER_S
-        )
+        everyone = not self._rebound_only or now >= self._began + timing.REBIND_RELAY_ALL_AFTER_S
         for s in sessions:
             if s.heard is None or not is_direct(s.path):
                 continue

@@ -11,8 +11,9 @@ first of the two to send to a peer takes the preserved port toward that peer, so
 mapping moves and ``b1``'s NAT drops it until ``b1`` punches back. When ``a1`` reached ``b1``
 first, ``c1``'s port toward ``b1`` is not the one its first witnesses saw: ``c1`` re-advertises
 the port a later witness sees (the same one toward every peer where it lost), and this test
-failed about 1 run in 8 before it did (``b1`` punched only ``a1``'s port); and ``a2`` behind a symmetric NAT (``MASQUERADE
---random``: a new port) with ``b2`` behind a restricted cone (which admits it).
+failed about 1 run in 8 before it did (``b1`` punched only ``a1``'s port); and ``a2`` behind
+a symmetric NAT (``MASQUERADE --random``: a new port) with ``b2`` behind a restricted cone
+(which admits it).
 
 The flush comes 3 s into the pings, once the path MTU probes that data traffic starts (which
 would restore the mapping by chance) are over. This lab's NATs keep the source port after a
