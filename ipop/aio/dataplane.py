@@ -159,7 +159,8 @@ class DataPlane:
         # Seal and open each destination's or path's packets in runs, one call each
         # (ipop.link.fastpath), with the native module unless IPOP_FASTPATH=python (then its
         # pure-Python twin); runs=False: one by one, the reference the runs are tested against.
-        fastpath.use(os.environ.get("IPOP_FASTPATH", "auto"))
+        # Chosen before the node is attached (Daemon._start), so every key is made after it.
+        log.info("data path: %s", fastpath.use(os.environ.get("IPOP_FASTPATH", "auto")))
         self.runs = True if runs is None else runs
         # None: a TAP (fixed header, no source check); else a LAN (see LocalSide).
         self.local_side = local_side

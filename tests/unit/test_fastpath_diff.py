@@ -343,3 +343,9 @@ def test_the_backend_is_chosen_by_the_driver() -> None:
     assert fastpath.use("auto") == ("python" if NATIVE is None else "native")
     assert random.Random(0)  # (hypothesis and random are both deterministic here)
 
+
+@needs_native
+def test_the_fuzz_harness_finds_native_and_twin_equal_on_random_runs() -> None:
+    from ipop.tools.bench.fastpath_fuzz import fuzz
+
+    assert fuzz(300, 7, None, None, guided=False) == 300
