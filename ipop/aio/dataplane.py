@@ -488,7 +488,7 @@ class DataPlane:
         # Sealed datagrams per destination, sent together after the batch (GSO).
         out: dict[Endpoint | SocketPath, list[bytes]] = {}
         # With the native path: each destination's DIRECT messages, sealed after the batch.
-        runs: dict[int, tuple[NodeId, list[bytes]]] | None = {} if self.runs else None
+        runs: dict[int, tuple[NodeId, list[bytes], int | None]] | None = {} if self.runs else None
         now = self.clock()
         limit = BATCH if now - self._tap_seen < timing.DATAPLANE_SPARSE_S else 1
         self._tap_seen = now
@@ -510,7 +510,17 @@ class DataPlane:
             if type(verdict) is NodeId:
                 if admit is not None and not admit(view[:size]):
                     continue
-                path_max = path_limit(verdict)
+                if runs is None:
+                    run = None
+                    path_max = path_limit(verdict)
+                else:
+                    # Runs: each destination's messages, sealed in one call after the batch,
+                    # and its path limit, read once (keyed by the id's int: NodeId's own
+                    # __hash__ is a Python call).
+                    run = runs.get(verdict.value)
+                    if run is None:
+                        run = runs[verdict.value] = (verdict, [], path_limit(verdict))
+                    path_max = run[2]
                 if path_max is not None and size + _SEAL_GROWTH > path_max:
                     self._too_big(view[14:size], path_max - _SEAL_GROWTH - 14)
                     continue
@@ -518,14 +528,8 @@ class DataPlane:
                 # so the packet is sealed straight out of the read buffer.
                 buf[12] = TYPE_DIRECT
                 buf[13] = KIND_IP
-                if runs is None:
-                    self._seal(verdict, view[12:size], now, out)
-                    continue
-                # Native: each destination's messages are sealed in one call after the batch
-                # (keyed by the id's int: NodeId's own __hash__ is a Python call).
-                run = runs.get(verdict.value)
                 if run is None:
-                    runs[verdict.value] = (verdict, [bytes(view[12:size])])
+                    self._seal(verdict, view[12:size], now, out)
                 else:
                     run[1].append(bytes(view[12:size]))
             elif verdict is Drop.TAP_NOT_IPV4 or verdict is Drop.TAP_OUTSIDE_SUBNET:
@@ -553,7 +557,9 @@ class DataPlane:
         if n == 0:  # nothing read: nothing reached the core
             return
         if runs:
-            for dst, messages in runs.values():
+            for dst, messages, _ in runs.values():
+                if not messages:  # every one too big for the path
+                    continue
                 sealed = core.seal_ip_run(dst, messages, now=now)
                 if sealed is None:  # as one by one (relayed, rekey due...)
                     for message in messages:
