@@ -33,8 +33,9 @@ a UDP batch's datagrams from one address are opened together (:meth:`NodeCore.re
 one call per run under one key); what a run cannot take (a rekey due, other keys, a relayed
 path, handshakes) goes one by one as above. The packet checks stay here, per packet, in
 Python. ``IPOP_FASTPATH=python`` runs the same code with the native module's pure twin.
-Measured (``dataplane_bench``, 1,400 B, batch 64, medians of 3): TAP -> UDP 4.5 µs per
-packet one by one, 2.7 in runs with the twin, 2.5 native; UDP -> TAP 2.35, 2.0, 1.4.
+Measured (``dataplane_bench --count 50000 --repeat 5``, 1,400 B, batch 64, medians of 3):
+TAP -> UDP 4.3 µs per packet one by one, 2.6 in runs with the twin, 2.3 native; UDP -> TAP
+2.2, 1.9, 1.3.
 
 TAP writes: on a TAP opened with a virtio header (:class:`ipop.aio.tap.Tap`, the daemon's),
 the frames a UDP batch delivers are written with TCP segments of one flow merged into one

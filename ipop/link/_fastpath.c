@@ -57,6 +57,15 @@ static void nonce_of(unsigned char nonce[12], uint64_t counter) {
     put_be64(nonce + 4, counter);
 }
 
+/* "O&" converter: a Python int in 0 .. 2**64 - 1, else OverflowError/TypeError (as the
+ * twin's struct packing refuses it), never silently wrapped. */
+static int to_u64(PyObject *obj, void *out) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return 0;
+    *(unsigned long long *)out = v;
+    return 1;
+}
+
 static int BatchAead_init(BatchAead *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"cipher_id", "key", NULL};
     int cipher_id;
@@ -136,7 +145,8 @@ static PyObject *seal_one(BatchAead *self, uint32_t index, uint64_t counter, PyO
 static PyObject *BatchAead_seal(BatchAead *self, PyObject *args) {
     unsigned long long index, counter;
     PyObject *payloads;
-    if (!PyArg_ParseTuple(args, "KKO", &index, &counter, &payloads)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O", to_u64, &index, to_u64, &counter, &payloads))
+        return NULL;
     if (index > 0xFFFFFFFFULL) {
         PyErr_SetString(PyExc_ValueError, "index out of range");
         return NULL;
@@ -229,10 +239,15 @@ static PyObject *BatchAead_open(BatchAead *self, PyObject *args) {
     PyObject *datagrams, *window;
     Py_ssize_t start;
     unsigned long long index, limit;
-    if (!PyArg_ParseTuple(args, "OnKKO", &datagrams, &start, &index, &limit, &window))
+    if (!PyArg_ParseTuple(args, "OnO&O&O", &datagrams, &start, to_u64, &index, to_u64, &limit,
+                          &window))
         return NULL;
     if (!PyList_Check(datagrams)) {
         PyErr_SetString(PyExc_TypeError, "datagrams must be a list");
+        return NULL;
+    }
+    if (index > 0xFFFFFFFFULL) {
+        PyErr_SetString(PyExc_ValueError, "index out of range");
         return NULL;
     }
     if (limit > (unsigned long long)INT64_MAX) {

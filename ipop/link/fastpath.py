@@ -36,6 +36,14 @@ else is handed in and handed back on each call:
 - a rekey, key expiry or teardown drops the Keypair in Python, and its BatchAead goes with
   it: the native side never outlives or overrules the Python key state.
 
+Result (same bench, DataPlane with its checks and the TAP read, medians of 3 runs of best of
+5): TAP -> UDP 4.3 µs per packet one by one, 2.6 in runs with the twin, 2.3 in runs native;
+UDP -> TAP 2.2, 1.9, 1.3. Alone, the native BatchAead seals or opens a 1,400-byte packet in
+0.44 µs (the twin: 0.67 and 1.0), so native runs are bound by the AEAD; what remains per
+packet is the TAP read, the packet checks and the loop around them, all Python by design.
+A C extension (the aioquic model) rather than cffi: one call per run, and the window and
+counters read and written in place without a conversion layer.
+
 The two implementations: ``_fastpath.BatchAead`` (``ipop/link/_fastpath.c``, built by
 ``setup.py`` when a compiler and libcrypto's headers are there, optional) and
 :class:`PyBatchAead` below, the definition, with the same wire bytes and the same verdicts
@@ -43,7 +51,7 @@ The two implementations: ``_fastpath.BatchAead`` (``ipop/link/_fastpath.c``, bui
 which one new keys get: the native one when it imports, unless the driver said otherwise
 (:func:`use`; the daemon's data plane passes ``IPOP_FASTPATH=python|native|auto``). The data
 plane seals and opens in runs with either (:mod:`ipop.aio.dataplane`): the runs alone, in
-Python, took most of the per-packet bookkeeping away (measured below), so the pure path
+Python, took most of the per-packet bookkeeping away (measured above), so the pure path
 gets them too, and the two differ in nothing but the class that does the crypto loop.
 """
 

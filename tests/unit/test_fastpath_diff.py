@@ -193,6 +193,14 @@ def test_native_refuses_bad_arguments_without_touching_the_window() -> None:
     frozen.seen = cast(bytearray, bytes(8))
     with pytest.raises(TypeError):
         nat.open([], 0, INDEX, 10, frozen)
+    with pytest.raises(OverflowError):
+        nat.seal(-1, 0, [b""])
+    with pytest.raises(OverflowError):
+        nat.open([], 0, INDEX, 1 << 64, ReplayWindow(8))
+    with pytest.raises(ValueError):
+        nat.open([], 0, INDEX, 1 << 63, ReplayWindow(8))  # counters beyond the window's int64
+    with pytest.raises(ValueError):
+        nat.seal(INDEX, (1 << 64) - 1, [b"", b""])  # the second counter would wrap
     w = ReplayWindow(8)
     assert nat.open([cast(bytes, bytearray(40))], 0, INDEX, 10, w) == (0, [])
     assert w.top == -1
