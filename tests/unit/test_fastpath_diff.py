@@ -19,6 +19,7 @@ The native side is skipped, with the reason, when ``ipop.link._fastpath`` was no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ from ipop.link.replay import ReplayWindow
 from ipop.node import NodeCore
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.tools.bench import dataplane_bench as bench
-from ipop.types import NodeId
+from ipop.types import NodeId, SocketPath
 from ipop.vnet.packet import IPPROTO_UDP, build_ipv4
 from ipop.wire.header import DATA_HEADER, TYPE_DATA
 
@@ -335,6 +336,39 @@ def test_the_data_plane_in_runs_is_the_data_plane_one_by_one(backend: str) -> No
     frames, drops, sent = ref
     assert len(frames) == 32 and sent == 34
     assert drops == {"spoofed_inner_src": 1, "inner_dst_not_ours": 1, "replay": 2}
+
+
+def _punched_scenario(runs: bool) -> tuple[int, dict[str, int]]:
+    """Datagrams handed over one by one by a punching socket's drain, as Node does."""
+
+    async def go() -> tuple[int, dict[str, int]]:
+        now = time.time()
+        with bench.planes(now, runs) as p:
+            msg = bytes((TYPE_DIRECT, KIND_IP)) + build_ipv4(
+                bench.A_VIP, bench.B_VIP, IPPROTO_UDP, b"guessed"
+            )
+            sealed = [p.a.seal_ip(p.b.local_id, msg, now=now) for _ in range(6)]
+            datagrams = [s[0] for s in sealed if s is not None]
+            # Two paths: the session's own, then another (the slow path's roaming rules).
+            for d in datagrams[:4] + datagrams[:1]:
+                p.dpb._receive_punched(d, cast(SocketPath, bench.A_EP))
+            for d in datagrams[4:]:
+                p.dpb._receive_punched(d, SocketPath(3, bench.A_EP))
+            await asyncio.sleep(0)  # the batch runs from the loop
+            await asyncio.sleep(0)
+            frames = 0
+            with contextlib.suppress(BlockingIOError):
+                while p.tap_b.recv(65535):
+                    frames += 1
+            return frames, {**dict(p.b.link.drops), **dict(p.b.link.stats)}
+
+    return asyncio.run(go())
+
+
+def test_punched_datagrams_in_runs_are_punched_datagrams_one_by_one() -> None:
+    ref = _punched_scenario(False)
+    assert _punched_scenario(True) == ref
+    assert ref[0] == 6 and ref[1]["replay"] == 1
 
 
 def test_the_backend_is_chosen_by_the_driver() -> None:

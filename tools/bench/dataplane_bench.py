@@ -186,6 +186,7 @@ class Planes:
     dpa: DataPlane
     dpb: DataPlane
     tap_a: socket.socket  # the kernel's end of A's TAP: frames sent here are read by dpa
+    tap_b: socket.socket  # the kernel's end of B's TAP: what dpb writes is read here
     now: float
 
 
@@ -202,7 +203,7 @@ def planes(now: float, runs: bool | None = None) -> Iterator[Planes]:
         dpb.set_own_ip(B_VIP)
         dpa.owners.answer(B_VIP.packed, b.local_id, now=now)
         dpb.owners.answer(A_VIP.packed, a.local_id, now=now)
-        yield Planes(a, b, dpa, dpb, ka, now)
+        yield Planes(a, b, dpa, dpb, ka, kb, now)
     finally:
         for dp in (dpa, dpb):
             dp.close()
