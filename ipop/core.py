@@ -300,12 +300,66 @@ class NodeCore:
             and self.overlay.is_linked(peer)  # what the overlay checks first
         ):
             return got
+        self._message_in(peer, payload, path, now)
+        return None
+
+    def _message_in(self, peer: NodeId, payload: bytes, path: Path, now: float) -> None:
+        """An authenticated message the fast path does not return: the usual path's."""
         if payload[0] == TYPE_CRL:
             self._on_crl(peer, payload, now)
         else:
             self.overlay.on_link_event(LinkMessage(peer, payload, path), now=now)
         self._settle(now)
-        return None
+
+    # --- runs of packets (ipop.link.fastpath; the data plane uses them when it is native) ---
+
+    def seal_ip_run(
+        self, dst: NodeId, messages: list[bytes], *, now: float
+    ) -> tuple[list[bytes], Endpoint | SocketPath] | None:
+        """:meth:`seal_ip` for several DIRECT messages to ``dst`` in one native call
+        (:meth:`LinkLayer.seal_run`), with the same effects as calling it for each. None:
+        nothing sealed, nothing counted; the caller calls :meth:`seal_ip` for each instead."""
+        if not self.overlay.is_linked(dst):
+            return None
+        link = self.link
+        if dst not in link.pmtu.wanted:
+            link.want_path_mtu(dst, now=now)
+        sealed = link.seal_run(dst, messages, now=now)
+        if sealed is not None:
+            self.stats["sent_direct"] += len(messages)
+            used = self._shortcut_used
+            if dst in used:
+                used[dst] = now
+        return sealed
+
+    def receive_direct_run(
+        self, datagrams: list[bytes], path: Path, *, now: float, kind: int
+    ) -> list[tuple[NodeId, bytes]]:
+        """:meth:`receive_direct` for every datagram of ``datagrams`` (one path), in order:
+        the DIRECT messages of ``kind`` it would have returned, in that order. Runs under one
+        key are opened in one native call (:meth:`LinkLayer.open_run`); the rest go through
+        :meth:`receive_direct` one by one. Call :meth:`flush` after a batch."""
+        out: list[tuple[NodeId, bytes]] = []
+        open_run = self.link.open_run
+        receive_direct = self.receive_direct
+        i, n = 0, len(datagrams)
+        while i < n:
+            run = open_run(datagrams, i, path, now=now)
+            if run is None:
+                got = receive_direct(datagrams[i], path, now=now, kind=kind)
+                if got is not None:
+                    out.append(got)
+                i += 1
+                continue
+            peer, i, payloads = run
+            linked = self.overlay.is_linked(peer)
+            for payload in payloads:
+                if linked and payload[0] == TYPE_DIRECT and len(payload) > 1 and payload[1] == kind:
+                    out.append((peer, payload))
+                else:
+                    self._message_in(peer, payload, path, now)
+                    linked = self.overlay.is_linked(peer)
+        return out
 
     def flush(self, *, now: float) -> None:
         """Move whatever the fast path left queued in the layers to the outputs."""

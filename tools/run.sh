@@ -9,8 +9,9 @@ ROOT=$PWD
 VENV=$ROOT/.venv
 
 # Debian packages: the lab's plumbing and the real clients the tests and the demo use.
+# gcc, python3-dev and libssl-dev build the optional native data path (setup.py).
 APT_PACKAGES=(python3 python3-venv openssl iproute2 iptables nftables iputils-ping dnsutils
-  udhcpc isc-dhcp-client iperf3 procps coturn stun-server)
+  udhcpc isc-dhcp-client iperf3 procps coturn stun-server gcc python3-dev libssl-dev)
 # Only for `run.sh bench`: the peers ipop is measured against.
 BENCH_PACKAGES=(tinc wireguard-go wireguard-tools nebula)
 
@@ -45,7 +46,8 @@ pick_python() {
 
 install_venv() {
   local stamp=$VENV/.pyproject.sha256 want
-  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  # The native module is built by the install too: a change to it reinstalls.
+  want=$(cat pyproject.toml setup.py ipop/link/_fastpath.c | sha256sum | cut -d' ' -f1)
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return
   fi

@@ -27,6 +27,17 @@ over, through the same code). Everything else (handshakes, keepalives, relayed p
 overlay traffic, unknown owners, drops) takes the slow path through the core's events and the
 driver, as before.
 
+Runs (issue 16; :mod:`ipop.link.fastpath`): a TAP batch's frames for one node are sealed
+together after the batch (:meth:`NodeCore.seal_ip_run`, one native call for all of them), and
+a UDP batch's datagrams from one address (or a punching socket's drain's from one path) are
+opened together (:meth:`NodeCore.receive_direct_run`, one call per run under one key); what
+a run cannot take (a rekey due, other keys, a relayed path, handshakes) goes one by one as
+above. The packet checks stay here, per packet, in
+Python. ``IPOP_FASTPATH=python`` runs the same code with the native module's pure twin.
+Measured (``dataplane_bench --count 50000 --repeat 5``, 1,400 B, batch 64, medians of 3):
+TAP -> UDP 4.3 µs per packet one by one, 2.6 in runs with the twin, 2.3 native; UDP -> TAP
+2.2, 1.9, 1.3.
+
 TAP writes: on a TAP opened with a virtio header (:class:`ipop.aio.tap.Tap`, the daemon's),
 the frames a UDP batch delivers are written with TCP segments of one flow merged into one
 packet, which the kernel's receive path then handles once (:mod:`ipop.vnet.gro`).
@@ -55,6 +66,7 @@ from typing import Protocol
 from ipop import timing
 from ipop.aio.stack import Node
 from ipop.aio.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, IoDrop, UdpSocket
+from ipop.link import fastpath
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.types import Endpoint, NodeId, SocketPath
 from ipop.vnet.echo import echo_reply
@@ -143,8 +155,15 @@ class DataPlane:
         clock: Callable[[], float] = time.time,
         local_side: LocalSide | None = None,
         vnet_hdr: bool = False,
+        runs: bool | None = None,
     ) -> None:
         self.node = node
+        # Seal and open each destination's or path's packets in runs, one call each
+        # (ipop.link.fastpath), with the native module unless IPOP_FASTPATH=python (then its
+        # pure-Python twin); runs=False: one by one, the reference the runs are tested against.
+        # Chosen before the node is attached (Daemon._start), so every key is made after it.
+        log.info("data path: %s", fastpath.use(os.environ.get("IPOP_FASTPATH", "auto")))
+        self.runs = True if runs is None else runs
         # None: a TAP (fixed header, no source check); else a LAN (see LocalSide).
         self.local_side = local_side
         self.udp = udp
@@ -267,8 +286,17 @@ class DataPlane:
         if self._closed:
             return
         now = self.clock()
+        # Consecutive datagrams from one path go to the core together (one run, if in runs).
+        run: list[bytes] = []
+        run_path: SocketPath | None = None
         for data, path in punched:
-            self._take((data,), path, now, tap_out)
+            if run_path is not None and path is not run_path and path != run_path:
+                self._take(run, run_path, now, tap_out)
+                run = []
+            run.append(data)
+            run_path = path
+        if run_path is not None:
+            self._take(run, run_path, now, tap_out)
         self.counters["punched_datagrams"] += len(punched)
         self._flush_core(now)
 
@@ -280,6 +308,9 @@ class DataPlane:
         limit = BATCH if now - self._udp_seen < timing.DATAPLANE_SPARSE_S else 1
         self._udp_seen = now
         n = calls = 0
+        # With the native path: consecutive datagrams from one address, taken at once.
+        run: list[bytes] | None = [] if self.runs else None
+        run_ep: Endpoint | None = None
         while n < limit:
             try:
                 datagrams, addr = recv_batch()
@@ -298,7 +329,16 @@ class DataPlane:
                 if len(eps) > 4096:
                     eps.clear()
                 ep = eps[addr] = Endpoint(addr[0], addr[1])
-            take(datagrams, ep, now, tap_out)
+            if run is None:
+                take(datagrams, ep, now, tap_out)
+            elif ep is run_ep:  # one path's datagrams go to the core as one run
+                run.extend(datagrams)
+            else:
+                if run and run_ep is not None:
+                    take(run, run_ep, now, tap_out)
+                run, run_ep = datagrams, ep
+        if run and run_ep is not None:
+            take(run, run_ep, now, tap_out)
         counters = self.counters
         counters["udp_batches"] += 1
         counters["udp_datagrams"] += n
@@ -315,25 +355,30 @@ class DataPlane:
 
     def _take(
         self,
-        datagrams: Sequence[bytes],
+        datagrams: list[bytes],
         path: Endpoint | SocketPath,
         now: float,
         tap_out: list[tuple[bytes, bytes | memoryview]],
     ) -> None:
         """Feed datagrams from one path to the core; the IP packets it hands back go to
         ``tap_out`` (or the slow path's checks)."""
-        receive_direct = self.node.core.receive_direct
+        core = self.node.core
+        if self.runs:  # opened in runs by the native path (ipop.link.fastpath)
+            got = core.receive_direct_run(datagrams, path, now=now, kind=KIND_IP)
+        else:
+            receive_direct = core.receive_direct
+            got = []
+            for data in datagrams:
+                # Fast path: an IP packet over a direct link comes back here instead of
+                # travelling as LinkMessage -> Delivered events; the rest went the usual way.
+                one = receive_direct(data, path, now=now, kind=KIND_IP)
+                if one is not None:
+                    got.append(one)
         check_in = self.filter.check_in
         accepted = self.filter.accepted
         owners = self.owners.entries
         eth = self._eth_header
-        for data in datagrams:
-            # Fast path: an IP packet over a direct link comes back here instead of
-            # travelling as LinkMessage -> Delivered events; the rest went the usual way.
-            got = receive_direct(data, path, now=now, kind=KIND_IP)
-            if got is None:
-                continue
-            src, msg = got  # msg = TYPE_DIRECT, KIND_IP, packet
+        for src, msg in got:  # msg = TYPE_DIRECT, KIND_IP, packet
             # PacketFilter.check_in's DELIVER case inline (a call costs as much as the
             # check; test_vnet_dataplane holds the two equal): for an address of ours, IPv4,
             # from the address its sender holds. Anything else gets the filter's verdict.
@@ -440,7 +485,6 @@ class DataPlane:
         fd = self.tap_fd
         node = self.node
         core = node.core
-        seal_ip = core.seal_ip
         send_batch = self.udp.send_batch
         check_out = self.filter.check_out
         buf, view = self._rbuf, self._rview
@@ -454,6 +498,8 @@ class DataPlane:
         readv = os.readv
         # Sealed datagrams per destination, sent together after the batch (GSO).
         out: dict[Endpoint | SocketPath, list[bytes]] = {}
+        # With the native path: each destination's DIRECT messages, sealed after the batch.
+        runs: dict[int, tuple[NodeId, list[bytes], int | None]] | None = {} if self.runs else None
         now = self.clock()
         limit = BATCH if now - self._tap_seen < timing.DATAPLANE_SPARSE_S else 1
         self._tap_seen = now
@@ -475,7 +521,17 @@ class DataPlane:
             if type(verdict) is NodeId:
                 if admit is not None and not admit(view[:size]):
                     continue
-                path_max = path_limit(verdict)
+                if runs is None:
+                    run = None
+                    path_max = path_limit(verdict)
+                else:
+                    # Runs: each destination's messages, sealed in one call after the batch,
+                    # and its path limit, read once (keyed by the id's int: NodeId's own
+                    # __hash__ is a Python call).
+                    run = runs.get(verdict.value)
+                    if run is None:
+                        run = runs[verdict.value] = (verdict, [], path_limit(verdict))
+                    path_max = run[2]
                 if path_max is not None and size + _SEAL_GROWTH > path_max:
                     self._too_big(view[14:size], path_max - _SEAL_GROWTH - 14)
                     continue
@@ -483,18 +539,10 @@ class DataPlane:
                 # so the packet is sealed straight out of the read buffer.
                 buf[12] = TYPE_DIRECT
                 buf[13] = KIND_IP
-                sealed = seal_ip(verdict, view[12:size], now=now)
-                if sealed is not None:
-                    data, ep = sealed
-                    batch = out.get(ep)
-                    if batch is None:
-                        out[ep] = [data]
-                    else:
-                        batch.append(data)
-                else:  # relayed, routed, or not probed yet: the core's own size check
-                    mtu = core.send_ip(verdict, bytes(view[14:size]), now=now)
-                    if mtu is not None:
-                        self._too_big(view[14:size], mtu)
+                if run is None:
+                    self._seal(verdict, view[12:size], now, out)
+                else:
+                    run[1].append(bytes(view[12:size]))
             elif verdict is Drop.TAP_NOT_IPV4 or verdict is Drop.TAP_OUTSIDE_SUBNET:
                 # ARP, DHCP, DNS to the gateway...: the local services' (counted if refused).
                 local += 1
@@ -519,6 +567,18 @@ class DataPlane:
             self._loop.call_soon(self._drain_tap)  # no readable fd will wake us for those
         if n == 0:  # nothing read: nothing reached the core
             return
+        if runs:
+            for dst, messages, _ in runs.values():
+                if not messages:  # every one too big for the path
+                    continue
+                sealed = core.seal_ip_run(dst, messages, now=now)
+                if sealed is None:  # as one by one (relayed, rekey due...)
+                    for message in messages:
+                        self._seal(dst, memoryview(message), now, out)
+                elif (batch := out.get(sealed[1])) is None:
+                    out[sealed[1]] = sealed[0]
+                else:
+                    batch.extend(sealed[0])
         for ep, batch in out.items():
             if isinstance(ep, Endpoint):
                 send_batch(batch, ep)
@@ -528,6 +588,30 @@ class DataPlane:
         self.counters["tap_batches"] += 1
         self.counters["tap_frames"] += n
         self._flush_core(now)
+
+    def _seal(
+        self,
+        dst: NodeId,
+        message: memoryview,
+        now: float,
+        out: dict[Endpoint | SocketPath, list[bytes]],
+    ) -> None:
+        """Seal one DIRECT ``message`` (IP) for ``dst`` into ``out`` (its datagrams per
+        path), or send it the slow way (relayed, routed, not probed yet)."""
+        core = self.node.core
+        sealed = core.seal_ip(dst, message, now=now)
+        if sealed is not None:
+            data, ep = sealed
+            batch = out.get(ep)
+            if batch is None:
+                out[ep] = [data]
+            else:
+                batch.append(data)
+            return
+        # The core's own size check: too big for a relayed or routed path is answered.
+        mtu = core.send_ip(dst, bytes(message[2:]), now=now)
+        if mtu is not None:
+            self._too_big(message[2:], mtu)
 
     def _too_big(self, packet: memoryview, mtu: int) -> None:
         """``packet`` does not fit the path to its destination's node (direct, relayed or

@@ -22,6 +22,7 @@ from typing import Final, Generic, Protocol, TypeVar
 
 from ipop.identity import NodeCertificate
 from ipop.link.crypto import Aead
+from ipop.link.fastpath import batch_aead
 from ipop.link.handshake import SessionKeys
 from ipop.link.replay import ReplayWindow
 from ipop.types import NodeId
@@ -61,6 +62,7 @@ class Keypair(Generic[PeerT]):
         "peer",
         "recv",
         "recv_aead",
+        "recv_batch",
         "reject_at",
         "rekey_at",
         "rekey_counter_at",
@@ -68,6 +70,7 @@ class Keypair(Generic[PeerT]):
         "replay",
         "send",
         "send_aead",
+        "send_batch",
         "send_counter",
     )
 
@@ -80,6 +83,9 @@ class Keypair(Generic[PeerT]):
         self.recv = Aead(keys.cipher, keys.recv_key)
         self.send_aead = self.send.primitive
         self.recv_aead = self.recv.primitive
+        # The same keys for runs of datagrams (ipop.link.fastpath): they go with this object.
+        self.send_batch = batch_aead(keys.cipher, keys.send_key)
+        self.recv_batch = batch_aead(keys.cipher, keys.recv_key)
         self.cipher = keys.cipher
         self.is_initiator = keys.is_initiator
         self.peer = peer

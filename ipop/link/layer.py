@@ -356,13 +356,97 @@ class LinkLayer:
         :meth:`seal`'s bookkeeping happens: counters, ``last_tx``, the rekey trigger (whose
         Init lands in the outbox like any other).
         """
+        got = self._direct(peer)
+        if got is None:
+            return None
+        st, kp, path = got
+        return self._seal(st, kp, payload, now), path
+
+    def _direct(self, peer: NodeId) -> tuple[Peer, Keypair[Peer], Endpoint | SocketPath] | None:
+        """``peer``'s up session, its current keys and its path, if that path is direct."""
         st = self._peers.get(peer)
         if st is None or (kp := st.current) is None or not st.up:
             return None
         path = st.path
         if type(path) is not Endpoint and type(path) is not SocketPath:
             return None
-        return self._seal(st, kp, payload, now), path
+        return st, kp, path
+
+    def seal_run(
+        self, peer: NodeId, payloads: list[bytes], *, now: float
+    ) -> tuple[list[bytes], Endpoint | SocketPath] | None:
+        """:meth:`seal_direct` for several payloads to one peer in one native call
+        (:mod:`ipop.link.fastpath`), with the same bookkeeping as sealing them one by one.
+        None (nothing sealed, nothing counted): the caller seals them one by one instead: no
+        direct session, or a rekey threshold falls within the run (the per-packet path
+        starts the rekey, or refuses expired keys, at the exact packet)."""
+        got = self._direct(peer)
+        if got is None:
+            return None
+        st, kp, path = got
+        counter = kp.send_counter
+        n = len(payloads)
+        if counter + n > kp.rekey_counter_at or now >= kp.rekey_at:
+            return None
+        kp.send_counter = counter + n
+        data = kp.send_batch.seal(kp.remote_index, counter, payloads)
+        st.last_tx = now
+        st.tx_packets += n
+        st.tx_bytes += sum(map(len, data))
+        if st.tx_first == _INF and st.watched and any(payloads):
+            st.tx_first = now  # as _seal: our first message since the peer last spoke
+            if now + _REBIND_QUIET < st.due:
+                self._touch(st)
+        return data, path
+
+    def open_run(
+        self, datagrams: list[bytes], start: int, path: Path, *, now: float
+    ) -> tuple[NodeId, int, list[bytes]] | None:
+        """:meth:`open_data` for the run of datagrams from ``datagrams[start]`` on that are
+        DATA under one index, in one native call (:mod:`ipop.link.fastpath`): ``(peer, stop,
+        payloads)``, ``stop`` the first datagram not taken, ``payloads`` the non-empty
+        authenticated ones in order that :meth:`open_data` would have returned (the rest it
+        counted, queued or handled exactly as there).
+
+        None (nothing taken): the caller hands ``datagrams[start]`` to :meth:`open_data`.
+        A run is taken only for the peer's current keys, not past their time, on the
+        session's own path, with no event queued: the cases that never confirm keys, roam,
+        or queue a message behind an event. Everything else is the per-packet path's.
+        """
+        data = datagrams[start]
+        if len(data) < DATA_MIN_BYTES or data[0] != TYPE_DATA or self._events:
+            return None
+        index = _HDR_UNPACK_FROM(data)[1]
+        kp = self._lookup(index)
+        if kp is None:
+            return None
+        st = kp.peer
+        if kp is not st.current or now >= kp.reject_at or not (path is st.path or path == st.path):
+            return None
+        stop, results = kp.recv_batch.open(
+            datagrams, start, index, self._reject_messages, kp.replay
+        )
+        if stop == start:  # not a datagram the run takes (a bytes subclass, say)
+            return None
+        out = []
+        drops, heard, events = self.drops, self._heard, self._events
+        for payload in results:
+            if isinstance(payload, str):
+                drops[payload] += 1
+                continue
+            heard(st, now)
+            st.rx_packets += 1
+            st.rx_bytes += len(payload) + DATA_MIN_BYTES
+            st.path_rx = now
+            if not payload:
+                continue
+            if payload[0] == PROBE_TAG:
+                self._on_probe(st, payload, path, now)
+            elif events:
+                events.append(link_message(st.node_id, payload, path))
+            else:
+                out.append(payload)
+        return st.node_id, stop, out
 
     def open_data(self, data: bytes, path: Path, *, now: float) -> tuple[NodeId, bytes] | None:
         """Data-plane fast path: :meth:`receive_datagram` for one datagram, except that an

@@ -30,13 +30,15 @@ REASON_TOO_OLD = "too_old"
 class ReplayWindow:
     """Which counters of one key's receive direction were already accepted."""
 
-    __slots__ = ("_seen", "top", "width")
+    __slots__ = ("seen", "top", "width")
 
     def __init__(self, width: int = REPLAY_WINDOW) -> None:
         if width < 1:
             raise LocalProtocolError("replay window width must be >= 1")
         self.width = width
-        self._seen = bytearray(width)
+        # Slot c % width: counter c in (top - width, top] was accepted. Public: the native
+        # data path (ipop.link.fastpath) checks and marks this same buffer.
+        self.seen = bytearray(width)
         self.top = -1
 
     def reject_reason(self, counter: int) -> str | None:
@@ -46,7 +48,7 @@ class ReplayWindow:
             return None
         if d >= self.width:
             return REASON_TOO_OLD
-        if self._seen[counter % self.width]:
+        if self.seen[counter % self.width]:
             return REASON_REPLAY
         return None
 
@@ -56,7 +58,7 @@ class ReplayWindow:
 
     def accept(self, counter: int) -> None:
         """Mark ``counter`` seen; call only after authenticating the packet and check() passed."""
-        top, width, seen = self.top, self.width, self._seen
+        top, width, seen = self.top, self.width, self.seen
         n = counter - top
         if n > 0:
             if n >= width:

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import cast
 
 from ipop.aio.dataplane import DataPlane, UdpSocket
 from ipop.aio.stack import Node
 from ipop.core import NodeCore
+from ipop.link import fastpath
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.testing.identities import make_identity, make_network
 from ipop.types import Endpoint, NodeId, SocketPath
@@ -92,6 +95,7 @@ def dataplane(
     clock: Callable[[], float],
     lookup_owner: Callable[[IPv4Address], Awaitable[NodeId | None]] = _no_owner,
     vnet_hdr: bool = False,
+    runs: bool | None = None,
 ) -> DataPlane:
     """A DataPlane over ``core`` with a fake TAP and a :class:`SinkUdp` (call in a loop);
     ``vnet_hdr``: as over a TAP opened with IFF_VNET_HDR."""
@@ -104,6 +108,7 @@ def dataplane(
         local_frame=lambda frame: False,
         clock=clock,
         vnet_hdr=vnet_hdr,
+        runs=runs,
     )
     dp.set_link_layer(TAP_MAC, VIRTUAL_MAC)
     return dp
@@ -172,18 +177,49 @@ def bench(count: int, batch: int, size: int) -> dict[str, float]:
     return out
 
 
-async def bench_dataplane(count: int, batch: int, size: int) -> dict[str, float]:
-    """µs per packet through DataPlane: TAP -> UDP (``_drain_tap``), UDP -> TAP (``_take``)."""
-    now = time.time()
+@dataclass
+class Planes:
+    """Two linked nodes' data planes over fake TAPs, each knowing the other's vIP."""
+
+    a: NodeCore
+    b: NodeCore
+    dpa: DataPlane
+    dpb: DataPlane
+    tap_a: socket.socket  # the kernel's end of A's TAP: frames sent here are read by dpa
+    tap_b: socket.socket  # the kernel's end of B's TAP: what dpb writes is read here
+    now: float
+
+
+@contextlib.contextmanager
+def planes(now: float, runs: bool | None = None) -> Iterator[Planes]:
+    """:class:`Planes` at ``now`` (call in a loop), closed afterwards; ``runs``: in runs
+    (ipop.link.fastpath) or one by one (None: the DataPlane's default)."""
     a, b = linked_pair(now)
     (ta, ka), (tb, kb) = fake_tap(), fake_tap()
-    dpa = dataplane(a, ta.fileno(), clock=lambda: now)
-    dpb = dataplane(b, tb.fileno(), clock=lambda: now)
+    dpa = dataplane(a, ta.fileno(), clock=lambda: now, runs=runs)
+    dpb = dataplane(b, tb.fileno(), clock=lambda: now, runs=runs)
     try:
         dpa.set_own_ip(A_VIP)
         dpb.set_own_ip(B_VIP)
         dpa.owners.answer(B_VIP.packed, b.local_id, now=now)
         dpb.owners.answer(A_VIP.packed, a.local_id, now=now)
+        yield Planes(a, b, dpa, dpb, ka, kb, now)
+    finally:
+        for dp in (dpa, dpb):
+            dp.close()
+            cast(SinkUdp, dp.udp).close()
+        for s in (ta, ka, tb, kb):
+            s.close()
+
+
+async def bench_dataplane(
+    count: int, batch: int, size: int, runs: bool | None = None
+) -> dict[str, float]:
+    """µs per packet through DataPlane: TAP -> UDP (``_drain_tap``), UDP -> TAP (``_take``);
+    ``runs`` as for :func:`planes`."""
+    now = time.time()
+    with planes(now, runs) as p:
+        dpa, dpb, ka = p.dpa, p.dpb, p.tap_a
         packet = build_ipv4(A_VIP, B_VIP, IPPROTO_UDP, bytes(size - 20))
         frame = VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + packet
         out: dict[str, float] = {}
@@ -210,12 +246,6 @@ async def bench_dataplane(count: int, batch: int, size: int) -> dict[str, float]
         if delivered != len(datagrams):
             raise RuntimeError(f"delivered {delivered} of {len(datagrams)}: {dict(dpb.drops)}")
         return out
-    finally:
-        for dp in (dpa, dpb):
-            dp.close()
-            cast(SinkUdp, dp.udp).close()
-        for s in (ta, ka, tb, kb):
-            s.close()
 
 
 def main() -> None:
@@ -226,17 +256,30 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     best: dict[str, float] = {}
+    # The DataPlane one by one (as with IPOP_FASTPATH=python), and in runs with each backend
+    # (the pure twin's runs are not what the daemon uses: they show what the native code buys).
+    modes = [("one by one", "python", False), ("runs, python twin", "python", True)]
+    if fastpath.native_class() is not None:
+        modes.append(("runs, native", "native", True))
     for _ in range(args.repeat):
         got = bench(args.count, args.batch, args.size)
-        got.update(asyncio.run(bench_dataplane(args.count, args.batch, args.size)))
         for k, v in got.items():
             best[k] = min(v, best.get(k, v))
+        for name, backend, runs in modes:
+            fastpath.use(backend)
+            got = asyncio.run(bench_dataplane(args.count, args.batch, args.size, runs))
+            for k, v in got.items():
+                key = f"{k} {name}"
+                best[key] = min(v, best.get(key, v))
+    fastpath.use("auto")
     print(f"packet {args.size} B, batch {args.batch}, best of {args.repeat}:")
     print(f"  fast path seal (TAP -> UDP core work): {best['seal_us']:6.2f} us/packet")
     print(f"  fast path open (UDP -> TAP core work): {best['open_us']:6.2f} us/packet")
     print(f"  slow path send+receive, per packet:    {best['slow_roundtrip_us']:6.2f} us/packet")
-    print(f"  DataPlane TAP -> UDP (checks + seal):  {best['dp_tap_to_udp_us']:6.2f} us/packet")
-    print(f"  DataPlane UDP -> TAP (open + checks):  {best['dp_udp_to_tap_us']:6.2f} us/packet")
+    for name, _, _ in modes:
+        tap, udp = best[f"dp_tap_to_udp_us {name}"], best[f"dp_udp_to_tap_us {name}"]
+        print(f"  DataPlane TAP -> UDP (checks + seal), {name + ':':<18} {tap:6.2f} us/packet")
+        print(f"  DataPlane UDP -> TAP (open + checks), {name + ':':<18} {udp:6.2f} us/packet")
 
 
 if __name__ == "__main__":

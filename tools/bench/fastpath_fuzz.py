@@ -1,0 +1,234 @@
+"""Fuzz the native open path against its pure-Python twin, optionally under AddressSanitizer.
+
+Each input becomes a run of datagrams (valid ones sealed with a fixed key, then cut, flipped,
+re-indexed, re-typed or replaced by raw bytes as the input says), a replay window (width and
+a pre-accepted counter) and a message limit; the native ``_fastpath.BatchAead.open`` and
+:class:`ipop.link.fastpath.PyBatchAead` open it from every stop on, and must return the same
+stop, results and window, and ``seal`` the same bytes. A difference raises (a crash for the
+fuzzer). With atheris installed (``pip install atheris==3.0.0``, not a dependency) the inputs
+are coverage-guided: the twin is instrumented Python whose branches are the C code's; without
+it, a seeded random loop makes them.
+
+``--asan`` builds ``ipop/link/_fastpath.c`` again with ``-fsanitize=address,undefined`` (gcc)
+into a temporary folder, grows a corpus coverage-guided on the plain build (libFuzzer's
+coverage breaks with gcc's libasan preloaded), then replays that corpus and as many random
+inputs in a child with gcc's libasan preloaded and ``PYTHONMALLOC=malloc`` (so that every
+bytes object is a malloc block ASan guards): an out-of-bounds read or write, a use after free
+or undefined behaviour in the C code aborts it.
+
+Run (the lead's CI, or by hand; prints one summary line)::
+
+    python -m ipop.tools.bench.fastpath_fuzz --runs 20000            # plain
+    python -m ipop.tools.bench.fastpath_fuzz --asan --runs 20000     # under ASan + UBSan
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import os
+import random
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "ipop" / "link" / "_fastpath.c"
+KEY = bytes(range(32))
+INDEX = 0x0A0B0C0D
+_MODULE = "ipop.link._fastpath"
+
+
+class Input:
+    """Reads choices from the fuzzer's bytes (atheris' provider, or a random stream)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._at = 0
+
+    def byte(self) -> int:
+        if self._at >= len(self._data):
+            return 0
+        self._at += 1
+        return self._data[self._at - 1]
+
+    def number(self, n: int) -> int:
+        return int.from_bytes(bytes(self.byte() for _ in range(n)), "big")
+
+    def raw(self, n: int) -> bytes:
+        return bytes(self.byte() for _ in range(n))
+
+    def done(self) -> bool:
+        return self._at >= len(self._data)
+
+
+def one_input(data: bytes, native: Any, twin: Any, window_class: Any) -> None:
+    """One fuzz case: build the run ``data`` describes, compare both implementations."""
+    inp = Input(data)
+    width = 1 + inp.number(2) % 300
+    limit = 1 + inp.number(2) * (1 + inp.byte())
+    datagrams: list[bytes] = []
+    while not inp.done() and len(datagrams) < 64:
+        op = inp.byte() % 8
+        counter = inp.number(2) % 1200
+        payload = inp.raw(inp.byte() % 48)
+        d = twin.seal(INDEX, counter, [payload])[0]
+        if d != native.seal(INDEX, counter, [payload])[0]:
+            raise AssertionError(f"seal differs at counter {counter}")
+        at = inp.byte()
+        if op == 1:
+            d = d[: at % (len(d) + 1)]
+        elif op == 2:
+            b = bytearray(d)
+            b[at % len(b)] ^= 1 << (inp.byte() % 8)
+            d = bytes(b)
+        elif op == 3:
+            d = d[:1] + inp.raw(4) + d[5:]
+        elif op == 4:
+            d = bytes([inp.byte()]) + d[1:]
+        elif op == 5:
+            d = inp.raw(at % 64)
+        elif op == 6 and datagrams:
+            d = datagrams[at % len(datagrams)]  # a replay
+        datagrams.append(d)
+    windows = [window_class(width), window_class(width)]
+    pre = inp.number(2) % 1200
+    if pre % 3 == 0:
+        for w in windows:
+            w.accept(pre)
+    i = 0
+    while i <= len(datagrams):
+        got_n = native.open(datagrams, i, INDEX, limit, windows[0])
+        got_t = twin.open(datagrams, i, INDEX, limit, windows[1])
+        if got_n != got_t:
+            raise AssertionError(f"open differs from {i}: native {got_n!r}, twin {got_t!r}")
+        if (windows[0].top, windows[0].seen) != (windows[1].top, windows[1].seen):
+            raise AssertionError(f"windows differ after opening from {i}")
+        i = got_n[0] + 1 if got_n[0] >= i else i + 1
+
+
+def _load_native(path: str | None) -> ModuleType:
+    """The native module: the ASan build at ``path`` if given, else the installed one."""
+    if path is None:
+        return importlib.import_module(_MODULE)
+    spec = importlib.util.spec_from_file_location(_MODULE, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[_MODULE] = mod  # before ipop.link.fastpath looks for it
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fuzz(runs: int, seed: int, native_path: str | None, corpus: Path | None, guided: bool) -> int:
+    """Run ``runs`` inputs; returns how many (with atheris, libFuzzer exits at the end).
+    ``guided``: with atheris if installed, growing ``corpus``; else every file in ``corpus``
+    first, then seeded random inputs."""
+    mod = _load_native(native_path)
+    atheris: Any = None
+    with contextlib.suppress(ImportError):  # not a dependency (see the module docstring)
+        atheris = importlib.import_module("atheris")
+    if atheris is None or not guided:
+        from ipop.link.fastpath import PyBatchAead
+        from ipop.link.replay import ReplayWindow
+
+        native, twin = mod.BatchAead(1, KEY), PyBatchAead(1, KEY)
+        files = sorted(corpus.iterdir()) if corpus is not None and corpus.is_dir() else []
+        for f in files:
+            one_input(f.read_bytes(), native, twin, ReplayWindow)
+        rng = random.Random(seed)
+        for _ in range(runs):
+            one_input(rng.randbytes(rng.randrange(8, 600)), native, twin, ReplayWindow)
+        return len(files) + runs
+    # The twin's and the window's branches (the C code's, in Python) guide the inputs.
+    with atheris.instrument_imports(include=["ipop.link.fastpath", "ipop.link.replay"]):
+        from ipop.link.fastpath import PyBatchAead
+        from ipop.link.replay import ReplayWindow
+    native, twin = mod.BatchAead(1, KEY), PyBatchAead(1, KEY)
+    case = atheris.instrument_func(one_input)
+
+    def test_one(data: bytes) -> None:
+        case(data, native, twin, ReplayWindow)
+
+    print(f"fastpath_fuzz: atheris, {runs} inputs, native == twin checked on each", flush=True)
+    argv = [sys.argv[0], f"-runs={runs}", f"-seed={seed}", "-max_len=800"]
+    if corpus is not None:
+        corpus.mkdir(parents=True, exist_ok=True)
+        argv.append(str(corpus))
+    atheris.Setup(argv, test_one)
+    atheris.Fuzz()  # exits: 0 when every input passed
+    return runs
+
+
+def build_asan(out_dir: Path) -> Path:
+    """``_fastpath.c`` compiled with ASan and UBSan into ``out_dir``; the module's path."""
+    ext = sysconfig.get_config_var("EXT_SUFFIX")
+    target = out_dir / f"_fastpath{ext}"
+    cmd = [
+        os.environ.get("CC", "gcc"),
+        "-shared",
+        "-fPIC",
+        "-O1",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=undefined",
+        f"-I{sysconfig.get_paths()['include']}",
+        str(SOURCE),
+        "-o",
+        str(target),
+        "-lcrypto",
+    ]
+    subprocess.run(cmd, check=True)
+    return target
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="fastpath_fuzz", description=__doc__)
+    ap.add_argument("--runs", type=int, default=20000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--corpus", type=Path, help="libFuzzer corpus folder (kept, grown)")
+    ap.add_argument("--asan", action="store_true", help="build with ASan+UBSan, run under it")
+    ap.add_argument("--native", help=argparse.SUPPRESS)  # the child's ASan build
+    ap.add_argument("--replay", action="store_true", help=argparse.SUPPRESS)  # the ASan child
+    args = ap.parse_args()
+    if not args.asan:
+        done = fuzz(args.runs, args.seed, args.native, args.corpus, not args.replay)
+        where = "ASan+UBSan build" if args.native else "installed build"
+        print(f"fastpath_fuzz: {done} inputs, native == twin on every one ({where})")
+        return
+    libasan = subprocess.run(
+        [os.environ.get("CC", "gcc"), "-print-file-name=libasan.so"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="fastpath-asan-") as tmp:
+        target = build_asan(Path(tmp))
+        corpus = args.corpus or Path(tmp) / "corpus"
+        me = [sys.executable, "-m", "ipop.tools.bench.fastpath_fuzz", "--seed", str(args.seed)]
+        me += ["--corpus", str(corpus)]
+        # 1. Coverage-guided (atheris, if installed) on the plain build: libFuzzer's coverage
+        # does not work with gcc's libasan preloaded, so the corpus is grown here ...
+        rc = subprocess.run([*me, "--runs", str(args.runs)]).returncode
+        if rc != 0:
+            sys.exit(rc)
+        # 2. ... and replayed, with as many random inputs again, on the ASan+UBSan build.
+        env = dict(os.environ)
+        env.update(
+            LD_PRELOAD=libasan,
+            ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+            UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
+            PYTHONMALLOC="malloc",
+        )
+        child = [*me, "--runs", str(args.runs), "--native", str(target), "--replay"]
+        sys.exit(subprocess.run(child, env=env).returncode)
+
+
+if __name__ == "__main__":
+    main()
