@@ -30,12 +30,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipop.core import NodeCore
 from ipop.link import fastpath
 from ipop.link.config import LINK_DROP_REASONS
 from ipop.link.crypto import AES_256_GCM, CHACHA20_POLY1305, CIPHER_IDS
 from ipop.link.fastpath import BatchAead, PyBatchAead
 from ipop.link.replay import ReplayWindow
-from ipop.core import NodeCore
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.tools.bench import dataplane_bench as bench
 from ipop.types import NodeId, SocketPath
