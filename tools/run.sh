@@ -65,6 +65,11 @@ run_tests() {
   ruff format --check .
   echo "== mypy"
   mypy
+  # The native data path is optional for users, not here: a compile that failed would turn
+  # its differential tests into skips without a word.
+  echo "== native data path (built, then fuzzed against its twin under ASan + UBSan)"
+  python -c 'from ipop.link import fastpath as f; assert f.BACKEND == "native", "not built"'
+  python -m ipop.tools.bench.fastpath_fuzz --asan --runs 20000
   echo "== pytest"
   pytest -q -p no:cacheprovider "$@"
 }
