@@ -9,6 +9,14 @@ This module owns one benchmark run: two network namespaces joined by a veth (und
 omitted), tear it down. The method is the one of /work/shared/reference/bench_peers.sh, so
 the numbers compare with DESIGN.md §8.
 
+Besides throughput and RTT, each row has the CPU seconds the tunnel's own processes used per
+GB that iperf3 moved (user + system time of the daemons, read from /proc around the iperf3
+run, over every byte of it, the omitted second included; the kernel's share of the underlay
+and the TAP is not in it, for any system). ``ipop-relayed`` runs three ipopd: a third
+namespace joined to each end by a veth of its own, the ends' direct UDP dropped, so the pair
+keys its link through the third. ``--loss P`` drops a random P % of every datagram each end
+receives on the underlay (iptables ``statistic``: this kernel has no netem), for every system.
+
 Ground rules: every namespace name starts with a prefix unique to this process; every file
 lives in one temporary directory; only the processes started here are signalled (each in its
 own session, so its group is ours); the namespaces are deleted in ``finally`` whatever
@@ -35,13 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from ipop.aio.control import ControlClient
-from ipop.status import Status
 
 __all__ = ["SYSTEMS", "main_bench", "register", "run_bench"]
 
-SYSTEMS = ("underlay", "python-floor", "ipop", "tinc", "wireguard-go", "nebula")
+SYSTEMS = ("underlay", "python-floor", "ipop", "ipop-relayed", "tinc", "wireguard-go", "nebula")
 A_UL = "198.51.100.1"
 B_UL = "198.51.100.2"
+# ipop-relayed's third namespace: one veth to each end, a /30 of the lab's other underlay range.
+RELAY_A, A_RL = "203.0.113.1", "203.0.113.2"
+RELAY_B, B_RL = "203.0.113.5", "203.0.113.6"
 PINGS = 20
 IPERF_PORT = 5201
 UP_TIMEOUT_S = 30.0
@@ -49,6 +59,16 @@ UP_TIMEOUT_S = 30.0
 
 class BenchError(Exception):
     """A system could not be brought up or measured (becomes an error row)."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One system's numbers in one run."""
+
+    mbit_s: float
+    rtt_ms: float
+    # CPU seconds of the tunnel's processes per GB moved; None without a tunnel (underlay).
+    cpu_s_per_gb: float | None
 
 
 @dataclass
@@ -60,6 +80,7 @@ class _Run:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     iperf_port: int = IPERF_PORT
     pings: int = PINGS
+    loss_pct: float = 0.0
 
     @property
     def ns_a(self) -> str:
@@ -68,6 +89,10 @@ class _Run:
     @property
     def ns_b(self) -> str:
         return self.prefix + "b"
+
+    @property
+    def ns_relay(self) -> str:
+        return self.prefix + "r"
 
     def sh(self, argv: Sequence[str], *, ns: str | None = None, timeout: float = 30.0) -> str:
         full = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
@@ -152,19 +177,32 @@ def _setup(run: _Run) -> None:
         run.sh(["ip", "-n", ns, "link", "set", ifc, "name", "ul0"])
         run.sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "ul0"])
         run.sh(["ip", "-n", ns, "link", "set", "ul0", "up"])
+        if run.loss_pct > 0:
+            run.sh(_loss_rule("-A", run.loss_pct), ns=ns)
+
+
+def _loss_rule(op: str, pct: float, *, ifc: str = "ul0") -> list[str]:
+    """iptables: drop ``pct`` % of what arrives on the underlay, at random (both ends have
+    it, so each direction loses ``pct`` %)."""
+    return [
+        *("iptables", op, "INPUT", "-i", ifc, "-m", "statistic"),
+        *("--mode", "random", "--probability", f"{pct / 100:.4f}", "-j", "DROP"),
+    ]
 
 
 def _teardown(run: _Run) -> None:
     run.stop(list(run.procs))
-    for ns in (run.ns_a, run.ns_b):
+    for ns in (run.ns_a, run.ns_b, run.ns_relay):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
 
 
 # ---------------------------------------------------------------- measurement
 
 
-def _measure(run: _Run, dst: str, duration_s: int) -> tuple[float, float]:
-    """(Mbit/s of one iperf3 TCP stream, average ping RTT in ms) from A to ``dst``."""
+def _measure(run: _Run, dst: str, duration_s: int) -> Measured:
+    """One iperf3 TCP stream's Mbit/s, the average ping RTT in ms from A to ``dst``, and the
+    CPU per GB of the processes running when it starts (the system's own)."""
+    tunnel = [p.pid for p in run.procs if p.poll() is None]
     out = subprocess.run(
         [*_in_a(run), "ping", "-c", str(run.pings), "-i", "0.05", "-W", "1", "-q", dst],
         capture_output=True,
@@ -181,13 +219,17 @@ def _measure(run: _Run, dst: str, duration_s: int) -> tuple[float, float]:
     server = run.spawn(run.ns_b, ["iperf3", "-s", "-1", "-p", port], f"iperf3-s-{port}.log")
     try:
         _wait(lambda: f":{port} " in run.sh(["ss", "-Hltn"], ns=run.ns_b), 10, "iperf3 server")
-        bps = _iperf(run, dst, port, duration_s)
+        before = [_cpu_s(pid) for pid in tunnel]
+        bps, moved = _iperf(run, dst, port, duration_s)
+        cpu = sum(_cpu_s(pid) for pid in tunnel) - sum(before)
     finally:
         run.stop([server])
-    return bps / 1e6, rtt
+    per_gb = round(cpu / (moved / 1e9), 3) if tunnel and moved > 0 else None
+    return Measured(bps / 1e6, rtt, per_gb)
 
 
-def _iperf(run: _Run, dst: str, port: str, duration_s: int) -> float:
+def _iperf(run: _Run, dst: str, port: str, duration_s: int) -> tuple[float, float]:
+    """(bits per second received after the omitted second, bytes sent in all)."""
     p = subprocess.run(
         [
             *_in_a(run),
@@ -207,16 +249,18 @@ def _iperf(run: _Run, dst: str, port: str, duration_s: int) -> float:
         check=False,
     )
     try:
-        bps = float(json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"])
+        doc = json.loads(p.stdout)
+        bps = float(doc["end"]["sum_received"]["bits_per_second"])
+        moved = float(sum(i["sum"]["bytes"] for i in doc["intervals"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise BenchError(f"iperf3 failed: {(p.stdout + p.stderr).strip()[-200:]}") from exc
-    return bps
+    return bps, moved
 
 
 # ---------------------------------------------------------------- systems
 
 
-def _underlay(run: _Run, duration_s: int) -> tuple[float, float]:
+def _underlay(run: _Run, duration_s: int) -> Measured:
     return _measure(run, B_UL, duration_s)
 
 
@@ -226,15 +270,9 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _ipop(
-    run: _Run,
-    duration_s: int,
-    *,
-    status: dict[str, Status] | None = None,
-    cpu: dict[str, float] | None = None,
-) -> tuple[float, float]:
-    """ipopd on both ends; ``status``, if given, gets each one's status after the
-    measurement (keys ``a``, ``b``), ``cpu`` the CPU seconds each used during it."""
+def _ipop(run: _Run, duration_s: int, *, relayed: bool = False) -> Measured:
+    """ipopd on both ends (and, ``relayed``, on a third namespace that has to carry their
+    link: see the module docstring); the relayed pair must report a relayed path."""
     d = Path(tempfile.mkdtemp(prefix="ipop-", dir=run.work))
     home = d / "home"
 
@@ -249,9 +287,16 @@ def _ipop(
         if p.returncode != 0:
             raise BenchError(f"config_cli {args[0]}: {p.stderr.strip()[-200:]}")
 
-    cfg("init", "benchnet", "--subnet", "100.64.0.0/10", "--bootstrap", f"{A_UL}:5800")
+    nodes = [("a", run.ns_a), ("b", run.ns_b)]
+    if relayed:
+        _relay_topology(run)
+        nodes.insert(0, ("r", run.ns_relay))
+        boot = ["--bootstrap", f"{RELAY_A}:5800", "--bootstrap", f"{RELAY_B}:5800"]
+    else:
+        boot = ["--bootstrap", f"{A_UL}:5800"]
+    cfg("init", "benchnet", "--subnet", "100.64.0.0/10", *boot)
     procs = []
-    for n, ns in (("a", run.ns_a), ("b", run.ns_b)):
+    for n, ns in nodes:
         cfg("node", "benchnet", n, "--hostname", f"bench{n}", "--out", str(d / f"{n}.bundle.toml"))
         (d / f"{n}.toml").write_text(
             f'bundle = "{n}.bundle.toml"\nstate_dir = "state{n}"\nlisten = "0.0.0.0:5800"\n'
@@ -263,32 +308,68 @@ def _ipop(
         vips: dict[str, str] = {}
 
         def ready() -> bool:
-            for n, proc in zip("ab", procs, strict=True):
+            for (n, _), proc in zip(nodes, procs, strict=True):
                 if proc.poll() is not None:
                     raise BenchError(f"ipopd {n} exited: {run.log(f'ipop-{n}.log')[-300:]}")
                 m = re.search(r"event=ready vip=([\d.]+)", run.log(f"ipop-{n}.log"))
                 if m:
                     vips[n] = m.group(1)
-            return len(vips) == 2
+            return len(vips) == len(nodes)
 
         _wait(ready, UP_TIMEOUT_S, "ipopd ready")
         _wait(lambda: _pings_ok(run, vips["b"]), UP_TIMEOUT_S, "ping over ipop", 0.3)
         # The first packets go over the ring while the shortcut comes up: warm up first.
         _pings_ok(run, vips["b"])
-        before = [_cpu_s(p.pid) for p in procs]
+        if relayed:
+            # Only a relayed link counts: a pair routed over the overlay would be measured
+            # through the same third node, on another code path.
+            _wait(lambda: _path(d / "a.sock", vips["b"]) == "relayed", 10, "relayed link")
         measured = _measure(run, vips["b"], duration_s)
-        if cpu is not None:
-            for n, p, t0 in zip("ab", procs, before, strict=True):
-                cpu[n] = _cpu_s(p.pid) - t0
-        if status is not None:
-            for n in "ab":
-                status[n] = ControlClient(d / f"{n}.sock").status()
+        if relayed and _path(d / "a.sock", vips["b"]) != "relayed":
+            raise BenchError("the pair did not stay relayed during the measurement")
         return measured
     finally:
         run.stop(procs)
 
 
-def _python_floor(run: _Run, duration_s: int, *, loop: str = "asyncio") -> tuple[float, float]:
+def _path(sock: Path, vip: str) -> str | None:
+    """The path kind ``ipop status`` on ``sock`` reports for the peer holding ``vip``."""
+    peers = ControlClient(sock).status().peers
+    return next((p.path for p in peers if p.vip == vip), None)
+
+
+def _relay_topology(run: _Run) -> None:
+    """A third namespace with a veth to each end (its own /30 on each); the ends' UDP to
+    each other's underlay address is dropped, and neither routes to the other's /30: only the
+    third node reaches both."""
+    r = run.ns_relay
+    run.sh(["ip", "netns", "add", r])
+    run.sh(["ip", "-n", r, "link", "set", "lo", "up"])
+    ends = ((run.ns_a, A_RL, RELAY_A, B_UL, "ra"), (run.ns_b, B_RL, RELAY_B, A_UL, "rb"))
+    for ns, end_ip, relay_ip, other_ul, tag in ends:
+        ve, vr = run.prefix + tag + "e", run.prefix + tag + "r"
+        run.sh(
+            ["ip", "link", "add", ve, "netns", ns, "type", "veth", "peer", "name", vr, "netns", r]
+        )
+        for where, ifc, addr in ((ns, ve, end_ip), (r, vr, relay_ip)):
+            run.sh(["ip", "-n", where, "addr", "add", f"{addr}/30", "dev", ifc])
+            run.sh(["ip", "-n", where, "link", "set", ifc, "up"])
+        run.sh(["iptables", "-A", "OUTPUT", "-p", "udp", "-d", other_ul, "-j", "DROP"], ns=ns)
+        if run.loss_pct > 0:
+            run.sh(_loss_rule("-A", run.loss_pct, ifc=ve), ns=ns)
+
+
+def _ipop_relayed(run: _Run, duration_s: int) -> Measured:
+    try:
+        return _ipop(run, duration_s, relayed=True)
+    finally:
+        for ns, other in ((run.ns_a, B_UL), (run.ns_b, A_UL)):
+            drop = ["iptables", "-D", "OUTPUT", "-p", "udp", "-d", other, "-j", "DROP"]
+            subprocess.run(["ip", "netns", "exec", ns, *drop], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", run.ns_relay], capture_output=True, check=False)
+
+
+def _python_floor(run: _Run, duration_s: int, *, loop: str = "asyncio") -> Measured:
     """ipop.tools.bench.floor_tunnel on both ends: what Python itself costs per packet."""
     procs = []
     tun = run.prefix + "fl"
@@ -307,11 +388,11 @@ def _python_floor(run: _Run, duration_s: int, *, loop: str = "asyncio") -> tuple
         run.stop(procs)
 
 
-def _python_floor_epoll(run: _Run, duration_s: int) -> tuple[float, float]:
+def _python_floor_epoll(run: _Run, duration_s: int) -> Measured:
     return _python_floor(run, duration_s, loop="epoll")
 
 
-def _tinc(run: _Run, duration_s: int) -> tuple[float, float]:
+def _tinc(run: _Run, duration_s: int) -> Measured:
     if shutil.which("tincd") is None:
         raise BenchError("tincd not installed")
     procs = []
@@ -343,7 +424,7 @@ def _tinc(run: _Run, duration_s: int) -> tuple[float, float]:
         run.stop(procs)
 
 
-def _wireguard_go(run: _Run, duration_s: int) -> tuple[float, float]:
+def _wireguard_go(run: _Run, duration_s: int) -> Measured:
     if shutil.which("wireguard-go") is None or shutil.which("wg") is None:
         raise BenchError("wireguard-go or wg not installed")
     d = Path(tempfile.mkdtemp(prefix="wg-", dir=run.work))
@@ -385,7 +466,7 @@ def _wireguard_go(run: _Run, duration_s: int) -> tuple[float, float]:
             s.unlink(missing_ok=True)
 
 
-def _nebula(run: _Run, duration_s: int) -> tuple[float, float]:
+def _nebula(run: _Run, duration_s: int) -> Measured:
     if shutil.which("nebula") is None or shutil.which("nebula-cert") is None:
         raise BenchError("nebula or nebula-cert not installed")
     d = Path(tempfile.mkdtemp(prefix="nebula-", dir=run.work))
@@ -427,11 +508,12 @@ def _nebula(run: _Run, duration_s: int) -> tuple[float, float]:
         run.stop(procs)
 
 
-_RUNNERS: dict[str, Callable[[_Run, int], tuple[float, float]]] = {
+_RUNNERS: dict[str, Callable[[_Run, int], Measured]] = {
     "underlay": _underlay,
     "python-floor": _python_floor,
     "python-floor-epoll": _python_floor_epoll,
     "ipop": _ipop,
+    "ipop-relayed": _ipop_relayed,
     "tinc": _tinc,
     "wireguard-go": _wireguard_go,
     "nebula": _nebula,
@@ -442,23 +524,34 @@ _RUNNERS: dict[str, Callable[[_Run, int], tuple[float, float]]] = {
 
 
 def run_bench(
-    *, systems: list[str], duration_s: int, runs: int, json_out: bool, pings: int = PINGS
+    *,
+    systems: list[str],
+    duration_s: int,
+    runs: int,
+    json_out: bool,
+    pings: int = PINGS,
+    loss_pct: float = 0.0,
 ) -> dict[str, Any]:
     """Measure ``systems`` ``runs`` times each on one fresh topology per run.
 
-    Returns ``{"results": [{"system", "mbit_s", "rtt_ms"} | {..., "error"}]}`` with the median
-    over runs (and every run's values under ``"runs"``); prints the table unless ``json_out``.
+    Returns ``{"loss_pct": P, "results": [{"system", "mbit_s", "rtt_ms", "cpu_s_per_gb"} |
+    {..., "error"}]}`` with the median over runs (and every run's values under ``"runs"``);
+    prints the table unless ``json_out``.
     """
     if os.geteuid() != 0:
         raise BenchError("needs root: builds network namespaces")
     unknown = [s for s in systems if s not in _RUNNERS]
     if unknown:
         raise BenchError(f"unknown systems {unknown}; choose from {', '.join(_RUNNERS)}")
-    per: dict[str, list[tuple[float, float]]] = {s: [] for s in systems}
+    if not 0.0 <= loss_pct < 100.0:
+        raise BenchError(f"--loss {loss_pct}: give a percentage from 0 to below 100, e.g. 1")
+    per: dict[str, list[Measured]] = {s: [] for s in systems}
     errors: dict[str, str] = {}
     for i in range(runs):
         work = Path(tempfile.mkdtemp(prefix="ipop-bench-"))
-        run = _Run(prefix=f"ib{os.getpid() % 10000:04d}{i % 10}", work=work, pings=pings)
+        run = _Run(
+            prefix=f"ib{os.getpid() % 10000:04d}{i % 10}", work=work, pings=pings, loss_pct=loss_pct
+        )
         try:
             _setup(run)
             for s in systems:
@@ -468,7 +561,9 @@ def run_bench(
                     got = errors[s] = f"run {i + 1}: {exc}"
                 else:
                     per[s].append(result)
-                    got = f"{result[0]:.1f} Mbit/s, rtt {result[1]:.3f} ms"
+                    got = f"{result.mbit_s:.1f} Mbit/s, rtt {result.rtt_ms:.3f} ms"
+                    if result.cpu_s_per_gb is not None:
+                        got += f", {result.cpu_s_per_gb:.2f} CPU s/GB"
                 if not json_out:
                     print(f"run {i + 1}/{runs} {s}: {got}", file=sys.stderr)
         finally:
@@ -478,35 +573,43 @@ def run_bench(
     for s in systems:
         vals = per[s]
         if not vals:
-            results.append({"system": s, "mbit_s": None, "rtt_ms": None, "error": errors[s]})
+            row: dict[str, Any] = {"system": s, "mbit_s": None, "rtt_ms": None}
+            results.append({**row, "cpu_s_per_gb": None, "error": errors[s]})
             continue
-        row: dict[str, Any] = {
+        cpu = [v.cpu_s_per_gb for v in vals if v.cpu_s_per_gb is not None]
+        row = {
             "system": s,
-            "mbit_s": round(statistics.median(v[0] for v in vals), 1),
-            "rtt_ms": round(statistics.median(v[1] for v in vals), 3),
-            "runs": [{"mbit_s": round(m, 1), "rtt_ms": r} for m, r in vals],
+            "mbit_s": round(statistics.median(v.mbit_s for v in vals), 1),
+            "rtt_ms": round(statistics.median(v.rtt_ms for v in vals), 3),
+            "cpu_s_per_gb": round(statistics.median(cpu), 3) if cpu else None,
+            "runs": [
+                {"mbit_s": round(v.mbit_s, 1), "rtt_ms": v.rtt_ms, "cpu_s_per_gb": v.cpu_s_per_gb}
+                for v in vals
+            ],
         }
         if s in errors:
             row["error"] = errors[s]
         results.append(row)
-    report = {"results": results}
+    report = {"loss_pct": loss_pct, "results": results}
     if not json_out:
         print(format_table(report, duration_s=duration_s, runs=runs, pings=pings))
     return report
 
 
 def format_table(report: dict[str, Any], *, duration_s: int, runs: int, pings: int = PINGS) -> str:
+    loss = report.get("loss_pct") or 0.0
     lines = [
         f"iperf3 TCP 1 stream {duration_s} s (+1 s omitted), {pings} pings @ 50 ms; "
-        f"median of {runs} run(s)",
-        f"{'system':<18} {'Mbit/s':>9} {'rtt ms':>8}  per run",
+        f"median of {runs} run(s)" + (f"; {loss:g} % underlay loss each way" if loss else ""),
+        f"{'system':<18} {'Mbit/s':>9} {'rtt ms':>8} {'CPU s/GB':>9}  per run",
     ]
     for r in report["results"]:
         if r["mbit_s"] is None:
-            lines.append(f"{r['system']:<18} {'error':>9} {'':>8}  {r['error']}")
+            lines.append(f"{r['system']:<18} {'error':>9} {'':>8} {'':>9}  {r['error']}")
             continue
         each = " / ".join(f"{x['mbit_s']:.0f}" for x in r["runs"])
-        lines.append(f"{r['system']:<18} {r['mbit_s']:>9.1f} {r['rtt_ms']:>8.3f}  {each}")
+        cpu = "-" if r["cpu_s_per_gb"] is None else f"{r['cpu_s_per_gb']:.2f}"
+        lines.append(f"{r['system']:<18} {r['mbit_s']:>9.1f} {r['rtt_ms']:>8.3f} {cpu:>9}  {each}")
     return "\n".join(lines)
 
 
@@ -525,6 +628,7 @@ def main_bench(args: argparse.Namespace) -> int:
             runs=int(args.runs),
             json_out=args.json,
             pings=int(args.pings),
+            loss_pct=float(args.loss),
         )
     except BenchError as exc:
         print(f"ipop-lab bench: {exc}", file=sys.stderr)
@@ -549,6 +653,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=1)
     # The average of 20 pings swings with one scheduling hiccup on a shared machine.
     p.add_argument("--pings", type=int, default=PINGS, help="pings per system and run, @ 50 ms")
+    p.add_argument(
+        "--loss", type=float, default=0.0, help="random underlay loss in %% each way (e.g. 1)"
+    )
     p.add_argument("--json", action="store_true", help='print {"results": [...]}')
 
 
