@@ -14,8 +14,11 @@ GB that iperf3 moved (user + system time of the daemons, read from /proc around 
 run, over every byte of it, the omitted second included; the kernel's share of the underlay
 and the TAP is not in it, for any system). ``ipop-relayed`` runs three ipopd: a third
 namespace joined to each end by a veth of its own, the ends' direct UDP dropped, so the pair
-keys its link through the third. ``--loss P`` drops a random P % of every datagram each end
+keys its link through the third; ``ipop-python`` forces the pure-Python twin of the native
+data path (IPOP_FASTPATH=python). ``--loss P`` drops a random P % of every datagram each end
 receives on the underlay (iptables ``statistic``: this kernel has no netem), for every system.
+The match sees packets after the receiver's GRO, so a datagram train the kernel coalesced
+(TCP on the underlay row; UDP where a tunnel asks for GRO, as ipop does) is lost whole.
 
 Ground rules: every namespace name starts with a prefix unique to this process; every file
 lives in one temporary directory; only the processes started here are signalled (each in its
@@ -43,10 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from ipop.aio.control import ControlClient
+from ipop.status import Status
 
-__all__ = ["SYSTEMS", "main_bench", "register", "run_bench"]
+__all__ = ["SYSTEMS", "add_bench_args", "main_bench", "register", "run_bench"]
 
-SYSTEMS = ("underlay", "python-floor", "ipop", "ipop-relayed", "tinc", "wireguard-go", "nebula")
+SYSTEMS = (
+    *("underlay", "python-floor", "ipop", "ipop-python", "ipop-relayed"),
+    *("tinc", "wireguard-go", "nebula"),
+)
 A_UL = "198.51.100.1"
 B_UL = "198.51.100.2"
 # ipop-relayed's third namespace: one veth to each end, a /30 of the lab's other underlay range.
@@ -101,7 +108,10 @@ class _Run:
             raise BenchError(f"{' '.join(argv[:3])}: {(p.stderr or p.stdout).strip()[:200]}")
         return p.stdout
 
-    def spawn(self, ns: str, argv: Sequence[str], log_name: str) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, ns: str, argv: Sequence[str], log_name: str, *, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in ``ns`` (``env`` added to ours), its output in ``log_name``."""
         with open(self.work / log_name, "wb") as log:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", ns, *argv],
@@ -110,6 +120,7 @@ class _Run:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 cwd=self.work,
+                env={**os.environ, **env} if env else None,
             )
         self.procs.append(proc)
         return proc
@@ -270,9 +281,20 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _ipop(run: _Run, duration_s: int, *, relayed: bool = False) -> Measured:
+def _ipop(
+    run: _Run,
+    duration_s: int,
+    *,
+    relayed: bool = False,
+    fastpath: str = "auto",
+    status: dict[str, Status] | None = None,
+    cpu: dict[str, float] | None = None,
+) -> Measured:
     """ipopd on both ends (and, ``relayed``, on a third namespace that has to carry their
-    link: see the module docstring); the relayed pair must report a relayed path."""
+    link: see the module docstring); the relayed pair must report a relayed path.
+    ``fastpath``: IPOP_FASTPATH for the daemons (``python`` forces the pure-Python twin of
+    the native data path). ``status``, if given, gets each end's status after the
+    measurement (keys ``a``, ``b``), ``cpu`` the CPU seconds each end used during it."""
     d = Path(tempfile.mkdtemp(prefix="ipop-", dir=run.work))
     home = d / "home"
 
@@ -303,7 +325,9 @@ def _ipop(run: _Run, duration_s: int, *, relayed: bool = False) -> Measured:
             f'log_level = "info"\n[control]\nsocket = "{d / n}.sock"\n'
         )
         argv = [sys.executable, "-m", "ipop.tools.ipopd"]
-        procs.append(run.spawn(ns, [*argv, "--config", str(d / f"{n}.toml")], f"ipop-{n}.log"))
+        conf = ["--config", str(d / f"{n}.toml")]
+        env = {"IPOP_FASTPATH": fastpath}
+        procs.append(run.spawn(ns, [*argv, *conf], f"ipop-{n}.log", env=env))
     try:
         vips: dict[str, str] = {}
 
@@ -324,9 +348,15 @@ def _ipop(run: _Run, duration_s: int, *, relayed: bool = False) -> Measured:
             # Only a relayed link counts: a pair routed over the overlay would be measured
             # through the same third node, on another code path.
             _wait(lambda: _path(d / "a.sock", vips["b"]) == "relayed", 10, "relayed link")
+        ends = {n: p for (n, _), p in zip(nodes, procs, strict=True) if n in "ab"}
+        before = {n: _cpu_s(p.pid) for n, p in ends.items()}
         measured = _measure(run, vips["b"], duration_s)
         if relayed and _path(d / "a.sock", vips["b"]) != "relayed":
             raise BenchError("the pair did not stay relayed during the measurement")
+        if cpu is not None:
+            cpu.update({n: _cpu_s(p.pid) - before[n] for n, p in ends.items()})
+        if status is not None:
+            status.update({n: ControlClient(d / f"{n}.sock").status() for n in "ab"})
         return measured
     finally:
         run.stop(procs)
@@ -357,6 +387,10 @@ def _relay_topology(run: _Run) -> None:
         run.sh(["iptables", "-A", "OUTPUT", "-p", "udp", "-d", other_ul, "-j", "DROP"], ns=ns)
         if run.loss_pct > 0:
             run.sh(_loss_rule("-A", run.loss_pct, ifc=ve), ns=ns)
+
+
+def _ipop_python(run: _Run, duration_s: int) -> Measured:
+    return _ipop(run, duration_s, fastpath="python")
 
 
 def _ipop_relayed(run: _Run, duration_s: int) -> Measured:
@@ -513,6 +547,7 @@ _RUNNERS: dict[str, Callable[[_Run, int], Measured]] = {
     "python-floor": _python_floor,
     "python-floor-epoll": _python_floor_epoll,
     "ipop": _ipop,
+    "ipop-python": _ipop_python,
     "ipop-relayed": _ipop_relayed,
     "tinc": _tinc,
     "wireguard-go": _wireguard_go,
@@ -643,11 +678,12 @@ def register(
 ) -> None:
     """Registrar for :data:`ipop.tools.lab.main.EXTRA_COMMANDS` (adds ``bench``)."""
     p = sub.add_parser("bench", parents=[common], help="throughput/RTT vs tinc, wg-go, nebula")
-    _add_args(p)
+    add_bench_args(p)
     p.set_defaults(func=main_bench)
 
 
-def _add_args(p: argparse.ArgumentParser) -> None:
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    """The bench's options, on ``ipop-lab bench``'s parser or this module's own."""
     p.add_argument("--systems", default=" ".join(SYSTEMS), help="space/comma separated")
     p.add_argument("--duration", type=int, default=5, help="iperf3 seconds (after 1 s omitted)")
     p.add_argument("--runs", type=int, default=1)
@@ -661,5 +697,5 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="ipop-lab bench")
-    _add_args(parser)
+    add_bench_args(parser)
     sys.exit(main_bench(parser.parse_args()))

@@ -282,13 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
-        "bench", help="throughput and RTT: underlay, python floor, ipop, tinc, wg-go, nebula"
+        "bench",
+        help="throughput, RTT and CPU per GB: underlay, python floor, ipop (native, pure "
+        "Python, relayed), tinc, wg-go, nebula",
     )
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--duration", type=int, default=5, help="iperf3 seconds per system")
-    p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--pings", type=int, default=20, help="pings per system and run, 50 ms apart")
-    p.add_argument("--systems", default="underlay,ipop,tinc,wireguard-go,nebula")
+    from ipop.tools.lab.bench import add_bench_args
+
+    add_bench_args(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("natmatrix", help="every pair of NAT kinds: reachable, direct, timing")

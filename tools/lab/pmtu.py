@@ -154,7 +154,8 @@ def run_pmtu(*, link_mtu: int, block_icmp: bool, duration_s: int) -> dict[str, A
         before = {ns: _snmp_ip(ns) for ns in namespaces}
         status: dict[str, Status] = {}
         cpu: dict[str, float] = {}
-        mbit_s, rtt_ms = _ipop(run, duration_s, status=status, cpu=cpu)
+        measured = _ipop(run, duration_s, status=status, cpu=cpu)
+        mbit_s, rtt_ms = measured.mbit_s, measured.rtt_ms
         fragments = _deltas(run.prefix, namespaces, before)
     finally:
         _teardown(run)
