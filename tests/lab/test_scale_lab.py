@@ -80,6 +80,18 @@ def test_up_refuses_two_topology_sources(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the CI-sized lab
 
 
+def _view(net: IpopNet, row: dict[str, object]) -> str:
+    """A failed sweep row, with the source daemon's status row for the target (if any)."""
+    src, to = str(row["from"]), str(row["to"])
+    try:
+        peers = net.status(src).peers
+    except Exception as exc:  # a plain LAN host has no daemon to ask
+        return f"{src}->{to} {row} (no status: {type(exc).__name__})"
+    target = to.split(".")[0]
+    peer = next((p for p in peers if p.name == target), None)
+    return f"{src}->{to} {row} path {peer.path if peer else 'none'} {peer}"
+
+
 @needs_root
 def test_ci_preset_every_pair_by_name(make_lab: MakeLab) -> None:
     """14 daemons (several behind each shared NAT) + two router clusters of plain hosts: every
@@ -102,6 +114,8 @@ def test_ci_preset_every_pair_by_name(make_lab: MakeLab) -> None:
     assert len(endpoints) == 14 + 5
     rows = sweep(lab, endpoints, endpoints, workers=6)
     first_ok = sum(r["ok"] for r in rows)
+    # What each failing source saw of its target right after the sweep (for the message).
+    seen = {f"{r['from']}->{r['to']}": _view(net, r) for r in rows if not r["ok"]}
     print(f"ci preset: first sweep {first_ok}/{len(rows)} pairs by name")  # shown with -s
     assert len(rows) == 19 * 18
     failed = {(r["from"], r["to"]) for r in rows if not r["ok"]}
@@ -123,7 +137,9 @@ def test_ci_preset_every_pair_by_name(make_lab: MakeLab) -> None:
     first_failed = sorted(
         f"{r['from']}->{r['to']}" for r in rows if not r["ok"] and "sym" not in r["from"] + r["to"]
     )
-    assert not first_failed, f"first sweep {first_ok}/{len(rows)}: {first_failed}"
+    assert not first_failed, (
+        f"first sweep {first_ok}/{len(rows)}: {[seen[k] for k in first_failed]}"
+    )
     # The kernel of every daemon keeps one neighbour entry on its TAP (the gateway), not one
     # per peer: the neighbour table is shared by the machine's namespaces (1,024 entries by
     # default), and on-link peers overflowed it at 30 daemons (sends failed with ENOBUFS).
