@@ -572,7 +572,11 @@ class DataPlane:
                 if not messages:  # every one too big for the path
                     continue
                 sealed = core.seal_ip_run(dst, messages, now=now)
-                if sealed is None:  # as one by one (relayed, rekey due...)
+                if sealed is None:
+                    # A relayed link's run leaves with the core's output (_flush_core);
+                    # else as one by one (rekey due, not probed yet...).
+                    if core.send_relayed_run(dst, messages, now=now):
+                        continue
                     for message in messages:
                         self._seal(dst, memoryview(message), now, out)
                 elif (batch := out.get(sealed[1])) is None:
