@@ -411,7 +411,7 @@ class NodeCore:
         while i < n:
             path = got[i].path
             k = i + 1
-            while k < n and got[k].path == path:
+            while k < n and ((p := got[k].path) is path or p == path):
                 k += 1
             self._open_runs([d.data for d in got[i:k]], path, now, kind, out, self._open_one)
             i = k

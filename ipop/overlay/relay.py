@@ -333,7 +333,8 @@ class RelayRole:
         in one run. One message is the per-packet path (:meth:`on_forward`)."""
         table, local = self._table, self.local_id
         head = RelayDeliver(peer, b"").encode()
-        out: dict[NodeId, list[bytes]] = {}
+        # Each target's deliveries, keyed by the id's int (NodeId's __hash__ is a Python call).
+        out: dict[int, tuple[NodeId, list[bytes]]] = {}
         for msg in msgs:
             target = msg.target
             refusal = forward_refusal(table, local, peer, target)
@@ -344,12 +345,12 @@ class RelayRole:
                     # silent) and swallows its traffic until the link layer times it out.
                     self._send(peer, RelayRefused(target).encode(), now)
                 continue
-            batch = out.get(target)
-            if batch is None:
-                out[target] = [head + msg.data]
+            got = out.get(target.value)
+            if got is None:
+                out[target.value] = (target, [head + msg.data])
             else:
-                batch.append(head + msg.data)
-        for target, batch in out.items():
+                got[1].append(head + msg.data)
+        for target, batch in out.values():
             sent = self._send_run(target, batch, now)
             if sent:
                 self._stats["relayed"] += sent
@@ -372,12 +373,17 @@ class RelayRole:
         row = self._table.get(peer)
         local = self.local_id
         out = []
+        # One RelayPath per origin in a run: the core groups the run's datagrams by path.
+        paths: dict[int, RelayPath] = {}
         for msg in msgs:
             origin = msg.origin
             if origin in (local, peer) or row is None or not row.direct:
                 self._drops["relay_bad_deliver"] += 1
                 continue
-            out.append(RelayDatagram(msg.data, RelayPath(via=peer, peer=origin)))
+            path = paths.get(origin.value)
+            if path is None:
+                path = paths[origin.value] = RelayPath(via=peer, peer=origin)
+            out.append(RelayDatagram(msg.data, path))
         if out and row is not None:
             self._hold(row, now)
         return out
