@@ -61,6 +61,8 @@ from ipop.overlay.messages import (
     KIND_PMTU,
     TYPE_CRL,
     TYPE_DIRECT,
+    TYPE_RELAY_DELIVER,
+    TYPE_RELAY_FORWARD,
     Closing,
 )
 from ipop.overlay.node import OverlayConfig, OverlayNode, OverlaySnapshot
@@ -288,6 +290,13 @@ class NodeCore:
         if data and data[0] < 4:  # STUN (RFC 7983 demultiplexing): not for the link layer
             self._stun_in(data, path, now)
             return None
+        return self._open_one(data, path, now=now, kind=kind)
+
+    def _open_one(
+        self, data: bytes, path: Path, *, now: float, kind: int
+    ) -> tuple[NodeId, bytes] | None:
+        """:meth:`receive_direct` of a link datagram (a relayed link's come here straight, as
+        the slow path feeds them to the link layer: no STUN inside a relay)."""
         got = self.link.open_data(data, path, now=now)
         if got is None:
             self._settle(now)
@@ -340,26 +349,101 @@ class NodeCore:
         key are opened in one native call (:meth:`LinkLayer.open_run`); the rest go through
         :meth:`receive_direct` one by one. Call :meth:`flush` after a batch."""
         out: list[tuple[NodeId, bytes]] = []
+        self._open_runs(datagrams, path, now, kind, out, self.receive_direct)
+        return out
+
+    def _open_runs(
+        self,
+        datagrams: list[bytes],
+        path: Path,
+        now: float,
+        kind: int,
+        out: list[tuple[NodeId, bytes]],
+        one: Callable[..., tuple[NodeId, bytes] | None],
+    ) -> None:
+        """Open ``datagrams`` (one path) in runs, ``one`` for those a run does not take; the
+        DIRECT messages of ``kind`` go to ``out``. A run's RELAY_FORWARD and RELAY_DELIVER
+        messages are handled a run at a time too (:meth:`_relay_run`)."""
         open_run = self.link.open_run
-        receive_direct = self.receive_direct
         i, n = 0, len(datagrams)
         while i < n:
             run = open_run(datagrams, i, path, now=now)
             if run is None:
-                got = receive_direct(datagrams[i], path, now=now, kind=kind)
+                got = one(datagrams[i], path, now=now, kind=kind)
                 if got is not None:
                     out.append(got)
                 i += 1
                 continue
             peer, i, payloads = run
             linked = self.overlay.is_linked(peer)
-            for payload in payloads:
-                if linked and payload[0] == TYPE_DIRECT and len(payload) > 1 and payload[1] == kind:
+            j, m = 0, len(payloads)
+            while j < m:
+                payload = payloads[j]
+                tag = payload[0]
+                if linked and tag == TYPE_DIRECT and len(payload) > 1 and payload[1] == kind:
                     out.append((peer, payload))
+                    j += 1
+                    continue
+                if tag in (TYPE_RELAY_FORWARD, TYPE_RELAY_DELIVER):
+                    k = j + 1
+                    while k < m and payloads[k][0] == tag:
+                        k += 1
+                    self._relay_run(peer, payloads[j:k], now, kind, out)
+                    j = k
                 else:
                     self._message_in(peer, payload, path, now)
-                    linked = self.overlay.is_linked(peer)
-        return out
+                    j += 1
+                linked = self.overlay.is_linked(peer)
+
+    def _relay_run(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        now: float,
+        kind: int,
+        out: list[tuple[NodeId, bytes]],
+    ) -> None:
+        """Relay messages of one type from ``peer`` (:meth:`OverlayNode.relay_run`): as the
+        relay, each target's forwards sealed in one run; as an end, the datagrams delivered
+        for each relayed link opened in runs, as the slow path opens them one by one."""
+        got = self.overlay.relay_run(peer, payloads, now=now)
+        i, n = 0, len(got)
+        while i < n:
+            path = got[i].path
+            k = i + 1
+            while k < n and ((p := got[k].path) is path or p == path):
+                k += 1
+            self._open_runs([d.data for d in got[i:k]], path, now, kind, out, self._open_one)
+            i = k
+        self._settle(now)
+
+    # --- a relayed link's runs (the data plane's sender) ---------------------------------------
+
+    def send_relayed_run(self, dst: NodeId, messages: list[bytes], *, now: float) -> bool:
+        """:meth:`send_ip` for several DIRECT messages (``TYPE_DIRECT, KIND_IP``, packet) to a
+        peer whose link runs over a relay, with the same effects as sending them one by one:
+        sealed end to end in one run, wrapped for the relay and sealed for it in one more
+        (:meth:`OverlayNode.wrap_relay_run`); they leave on the next :meth:`flush`. False
+        (nothing sent, nothing counted): the caller sends them one by one. Taken only once the
+        relayed path's MTU was probed end to end (the data plane checked each packet against
+        it, as :meth:`ip_mtu` would have)."""
+        link = self.link
+        if not self.overlay.is_linked(dst) or dst not in link.pmtu.limits:
+            return False
+        sealed = link.seal_relayed_run(dst, messages, now=now)
+        if sealed is None:
+            return False
+        used = self._shortcut_used
+        if dst in used:
+            used[dst] = now
+        if dst not in link.pmtu.wanted:
+            link.want_path_mtu(dst, now=now)
+        self.stats["sent_direct"] += len(messages)
+        self.overlay.wrap_relay_run(sealed[0], sealed[1], now=now)
+        if self.shortcuts:
+            self.punching.guess(dst, now)
+        self._settle(now)
+        return True
 
     def flush(self, *, now: float) -> None:
         """Move whatever the fast path left queued in the layers to the outputs."""

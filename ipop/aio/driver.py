@@ -54,6 +54,12 @@ class Driver:
         self.clock = clock
         self.on_event = on_event
         self.on_other_path = on_other_path
+        # A socket that sends runs (ipop.aio.udp.UdpSocket: UDP GSO) gets the core's
+        # consecutive datagrams of one size to one address at once (a relay's forwards, a
+        # relayed link's runs); the simulator's sends one by one.
+        self._send_batch: Callable[[list[bytes], Endpoint], None] | None = getattr(
+            sock, "send_batch", None
+        )
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -72,11 +78,30 @@ class Driver:
         if self._closed:
             return
         now = self.clock()
-        for data, path in self.core.datagrams_to_send(now=now):
-            if isinstance(path, Endpoint):
+        out = self.core.datagrams_to_send(now=now)
+        send_batch = self._send_batch
+        i, n = 0, len(out)
+        while i < n:
+            data, path = out[i]
+            if not isinstance(path, Endpoint):
+                if self.on_other_path is not None:
+                    self.on_other_path(data, path)
+                i += 1
+                continue
+            j = i + 1
+            if send_batch is not None:
+                # Consecutive datagrams of one size to one address: one GSO send. Only of one
+                # size: a router forwards or drops a GSO packet whole, so a datagram too big
+                # for a hop beyond us (a path MTU probe) would take smaller ones with it.
+                size = len(data)
+                while j < n and len(out[j][0]) == size and ((p := out[j][1]) is path or p == path):
+                    j += 1
+            if j == i + 1:
                 self.sock.sendto(data, path)
-            elif self.on_other_path is not None:
-                self.on_other_path(data, path)
+            else:
+                assert send_batch is not None
+                send_batch([d for d, _ in out[i:j]], path)
+            i = j
         while (ev := self.core.next_event()) is not None:
             self.on_event(ev)
         self._arm()

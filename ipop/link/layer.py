@@ -193,7 +193,7 @@ from ipop.link.pmtu import PROBE_TAG
 from ipop.link.probing import PathProbing
 from ipop.link.rebind import Rebinding
 from ipop.link.timers import DeadlineHeap
-from ipop.types import Endpoint, NodeId, Path, SocketPath, is_direct
+from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
 from ipop.wire.header import (
     DATA_HEADER,
     DATA_HEADER_BYTES,
@@ -384,6 +384,38 @@ class LinkLayer:
         if got is None:
             return None
         st, kp, path = got
+        data = self._seal_run(st, kp, payloads, now)
+        return None if data is None else (data, path)
+
+    def seal_relayed_run(
+        self, peer: NodeId, payloads: list[bytes], *, now: float
+    ) -> tuple[list[bytes], RelayPath] | None:
+        """:meth:`seal_run` for a peer whose up session runs over a relay: the datagrams the
+        per-packet :meth:`send` would have queued for its :class:`RelayPath` (the caller wraps
+        them for the relay, as the overlay does with the outbox's); None as there."""
+        st = self._peers.get(peer)
+        if st is None or (kp := st.current) is None or not st.up:
+            return None
+        path = st.path
+        if type(path) is not RelayPath:
+            return None
+        data = self._seal_run(st, kp, payloads, now)
+        return None if data is None else (data, path)
+
+    def send_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> bool:
+        """:meth:`send` for several payloads to a peer on a direct path, sealed in one run and
+        queued in order; False (nothing sealed, nothing queued): the caller sends them one by
+        one (:meth:`seal_run`'s cases)."""
+        sealed = self.seal_run(peer, payloads, now=now)
+        if sealed is None:
+            return False
+        data, path = sealed
+        self._outbox.extend([(d, path) for d in data])
+        return True
+
+    def _seal_run(
+        self, st: Peer, kp: Keypair[Peer], payloads: list[bytes], now: float
+    ) -> list[bytes] | None:
         counter = kp.send_counter
         n = len(payloads)
         if counter + n > kp.rekey_counter_at or now >= kp.rekey_at:
@@ -397,7 +429,7 @@ class LinkLayer:
             st.tx_first = now  # as _seal: our first message since the peer last spoke
             if now + _REBIND_QUIET < st.due:
                 self._touch(st)
-        return data, path
+        return data
 
     def open_run(
         self, datagrams: list[bytes], start: int, path: Path, *, now: float

@@ -120,7 +120,7 @@ from __future__ import annotations
 import collections
 import random
 from collections.abc import Callable, Collection, Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 from ipop import timing
 from ipop.errors import LocalProtocolError, RemoteProtocolError
@@ -153,6 +153,7 @@ from ipop.overlay.messages import (
     KIND_CTM_REPLY,
     MAX_TTL,
     TYPE_DIRECT,
+    TYPE_RELAY_FORWARD,
     UPPER_KIND_MAX,
     Alive,
     Closing,
@@ -219,6 +220,7 @@ OVERLAY_DROPS: Final = (
 )
 
 _DIRECT_TAG = bytes((TYPE_DIRECT,))
+_M = TypeVar("_M", RelayForward, RelayDeliver)
 
 
 # CLOSING is sent this many times (see OverlayNode._close_link).
@@ -362,6 +364,7 @@ class OverlayNode:
             drops=self.drops,
             stats=self.stats,
             send=self._send,
+            send_run=self._send_run,
             add_kind=self._add_kind,
             emit=self._events.append,
             connect=self._connect,
@@ -480,6 +483,31 @@ class OverlayNode:
     def wrap_relay(self, datagram: bytes, path: RelayPath, *, now: float) -> None:
         """Carry one of our link layer's datagrams for a relayed link to its relay node."""
         self._relay.wrap(datagram, path, now=now)
+
+    def wrap_relay_run(self, datagrams: list[bytes], path: RelayPath, *, now: float) -> None:
+        """:meth:`wrap_relay` for several datagrams of one relayed link, in one run."""
+        self._relay.wrap_run(datagrams, path, now=now)
+
+    def relay_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> list[RelayDatagram]:
+        """What :meth:`on_link_event` does with LinkMessages from ``peer`` carrying these
+        ``payloads``, all RELAY_FORWARD or all RELAY_DELIVER (the data plane's runs,
+        :meth:`ipop.core.NodeCore.receive_direct_run`): the same checks, drops and counters,
+        each target's forwards sealed in one run; what RELAY_DELIVERs bring is returned
+        instead of emitted as :class:`RelayDatagram` events, in order."""
+        if peer not in self._table:
+            self.drops["unknown_peer"] += len(payloads)
+            return []
+        self._heard[peer] = now
+        got: list[RelayDatagram] = []
+        if payloads[0][0] == TYPE_RELAY_FORWARD:
+            forwards = [m for d in payloads if (m := self._decoded(RelayForward.decode, d))]
+            if forwards:
+                self._relay.on_forward_run(forwards, peer, now)
+        else:
+            delivers = [r for d in payloads if (r := self._decoded(RelayDeliver.decode, d))]
+            got = self._relay.on_deliver_run(delivers, peer, now)
+        self._hop_heard(peer, now)
+        return got
 
     def request_shortcut(self, peer: NodeId, *, now: float) -> None:
         """Ask for a direct SHORTCUT link to ``peer`` (for traffic we exchange with it)."""
@@ -857,6 +885,22 @@ class OverlayNode:
         self._roaming.roam("woke", now)
 
     # --- helpers ----------------------------------------------------------------------------
+
+    def _decoded(self, decode: Callable[[bytes], _M], data: bytes) -> _M | None:
+        """``decode(data)``, or None with the reason counted (malformed peer input)."""
+        try:
+            return decode(data)
+        except RemoteProtocolError as exc:
+            self.drops[exc.reason] += 1
+            return None
+
+    def _send_run(self, peer: NodeId, payloads: list[bytes], now: float) -> int:
+        """:meth:`_send` for each of ``payloads``, sealed in one run where the link layer can:
+        how many were sent."""
+        if self._links.send_run(peer, payloads, now=now):
+            return len(payloads)
+        send = self._send
+        return sum(send(peer, data, now) for data in payloads)
 
     def _send(self, peer: NodeId, data: bytes, now: float) -> bool:
         try:

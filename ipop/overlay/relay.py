@@ -166,6 +166,7 @@ class RelayRole:
         drops: collections.Counter[str],
         stats: collections.Counter[str],
         send: Callable[[NodeId, bytes, float], bool],
+        send_run: Callable[[NodeId, list[bytes], float], int] | None = None,
         add_kind: Callable[[NodeId, ConnectionKind, float], None],
         emit: Callable[[RelayDatagram], None],
         connect: Callable[[Sequence[AttemptAction], float], None],
@@ -181,6 +182,8 @@ class RelayRole:
         self._drops = drops
         self._stats = stats
         self._send = send
+        # Several messages to one peer at once (sealed in one run): how many went.
+        self._send_run = send_run or (lambda p, msgs, now: sum(send(p, m, now) for m in msgs))
         self._add_kind = add_kind
         self._emit = emit
         self._connect = connect
@@ -204,14 +207,20 @@ class RelayRole:
 
     def wrap(self, datagram: bytes, path: RelayPath, *, now: float) -> None:
         """Carry one of our link layer's datagrams for a relayed link to its relay node."""
+        self.wrap_run([datagram], path, now=now)
+
+    def wrap_run(self, datagrams: list[bytes], path: RelayPath, *, now: float) -> None:
+        """:meth:`wrap` for several datagrams of one relayed link, sent to the relay in one
+        run (the data plane's sender: :meth:`ipop.core.NodeCore.send_relayed_run`)."""
         if not isinstance(path, RelayPath):
             raise LocalProtocolError("wrap_relay() needs a RelayPath")
         row = self._table.get(path.via)
         if row is None or not row.direct:
-            self._drops["relay_via_down"] += 1
+            self._drops["relay_via_down"] += len(datagrams)
             return
         via = path.via
-        if self._send(via, RelayForward(path.peer, datagram).encode(), now):
+        head = RelayForward(path.peer, b"").encode()
+        if self._send_run(via, [head + d for d in datagrams], now):
             self._hold(row, now)
             silent = self._silent
             silent.sent(via, now)
@@ -316,26 +325,65 @@ class RelayRole:
         self._links.close(msg.target, now=now)
 
     def on_forward(self, msg: RelayForward, peer: NodeId, now: float) -> None:
-        refusal = forward_refusal(self._table, self.local_id, peer, msg.target)
-        if refusal is not None:
-            self._drops[refusal] += 1
-            if refusal in ("relay_no_link", "relay_target_not_direct"):
-                # Tell the origin, or its relayed link to ``target`` stays up (keyed, silent)
-                # and swallows its traffic until the link layer times it out.
-                self._send(peer, RelayRefused(msg.target).encode(), now)
-            return
-        if self._send(msg.target, RelayDeliver(peer, msg.data).encode(), now):
-            self._stats["relayed"] += 1
-            for p in (peer, msg.target):
-                row = self._table.get(p)
-                if row is not None:
-                    self._relayed_now(row, now)
-                    self._add_kind(p, ConnectionKind.RELAY, now)
+        self.on_forward_run([msg], peer, now)
+
+    def on_forward_run(self, msgs: list[RelayForward], peer: NodeId, now: float) -> None:
+        """RELAY_FORWARD messages from ``peer``, in order: each checked on its own
+        (:func:`forward_refusal`), those that pass delivered to their target, each target's
+        in one run. One message is the per-packet path (:meth:`on_forward`)."""
+        table, local = self._table, self.local_id
+        head = RelayDeliver(peer, b"").encode()
+        # Each target's deliveries, keyed by the id's int (NodeId's __hash__ is a Python call).
+        out: dict[int, tuple[NodeId, list[bytes]]] = {}
+        for msg in msgs:
+            target = msg.target
+            refusal = forward_refusal(table, local, peer, target)
+            if refusal is not None:
+                self._drops[refusal] += 1
+                if refusal in ("relay_no_link", "relay_target_not_direct"):
+                    # Tell the origin, or its relayed link to ``target`` stays up (keyed,
+                    # silent) and swallows its traffic until the link layer times it out.
+                    self._send(peer, RelayRefused(target).encode(), now)
+                continue
+            got = out.get(target.value)
+            if got is None:
+                out[target.value] = (target, [head + msg.data])
+            else:
+                got[1].append(head + msg.data)
+        for target, batch in out.values():
+            sent = self._send_run(target, batch, now)
+            if sent:
+                self._stats["relayed"] += sent
+                for p in (peer, target):
+                    row = table.get(p)
+                    if row is not None:
+                        self._relayed_now(row, now)
+                        self._add_kind(p, ConnectionKind.RELAY, now)
 
     def on_deliver(self, msg: RelayDeliver, peer: NodeId, now: float) -> None:
+        for got in self.on_deliver_run([msg], peer, now):
+            self._emit(got)
+
+    def on_deliver_run(
+        self, msgs: list[RelayDeliver], peer: NodeId, now: float
+    ) -> list[RelayDatagram]:
+        """RELAY_DELIVER messages from ``peer``, in order: the datagrams of relayed links
+        that pass the checks (:meth:`on_deliver` emits them; the data plane's receiver opens
+        them in runs, :meth:`ipop.core.NodeCore.receive_direct_run`)."""
         row = self._table.get(peer)
-        if msg.origin in (self.local_id, peer) or row is None or not row.direct:
-            self._drops["relay_bad_deliver"] += 1
-            return
-        self._hold(row, now)
-        self._emit(RelayDatagram(msg.data, RelayPath(via=peer, peer=msg.origin)))
+        local = self.local_id
+        out = []
+        # One RelayPath per origin in a run: the core groups the run's datagrams by path.
+        paths: dict[int, RelayPath] = {}
+        for msg in msgs:
+            origin = msg.origin
+            if origin in (local, peer) or row is None or not row.direct:
+                self._drops["relay_bad_deliver"] += 1
+                continue
+            path = paths.get(origin.value)
+            if path is None:
+                path = paths[origin.value] = RelayPath(via=peer, peer=origin)
+            out.append(RelayDatagram(msg.data, path))
+        if out and row is not None:
+            self._hold(row, now)
+        return out

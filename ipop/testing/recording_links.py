@@ -36,6 +36,9 @@ class RecordingLinks:
     ) -> None:
         self.connects.append((path, expected, retransmit))
 
+    def send_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> bool:
+        return False  # no runs: the overlay sends one by one
+
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
         self.sent.append((peer, payload))
 

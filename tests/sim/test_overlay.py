@@ -318,6 +318,9 @@ class _SilentLinks:
     ) -> None:
         self.connects.append(path)
 
+    def send_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> bool:
+        return False  # no runs: the overlay sends one by one
+
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None: ...
 
     def close(self, peer: NodeId, *, now: float) -> None: ...
@@ -469,6 +472,9 @@ class _StubLinks:
         self, path: Path, *, now: float, expected: NodeId | None = None, **_: object
     ) -> None:
         self.connects.append(path)
+
+    def send_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> bool:
+        return False  # no runs: the overlay sends one by one
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
         self.sent.append((peer, payload))
