@@ -132,7 +132,8 @@ def _peers(out: Exposition, peers: list[PeerStatus], cap: int) -> None:
             },
         )
     out.family("ipop_peer_rtt_seconds", "gauge", "A peer's last measured round trip.")
-    out.samples((_who(p), p.rtt_ms / 1000) for p in shown if p.rtt_ms is not None)
+    # Status keeps microseconds (ms to 3 places): so do the seconds, without float noise.
+    out.samples((_who(p), round(p.rtt_ms / 1000, 6)) for p in shown if p.rtt_ms is not None)
     out.family("ipop_peer_sent_bytes_total", "counter", "Bytes sent to a peer on its link.")
     out.samples((_who(p), p.bytes_out) for p in shown)
     out.family(

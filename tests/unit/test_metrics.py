@@ -35,7 +35,7 @@ def _peer(n: int, path: str = "direct", *, name: str | None = None, sent: int = 
         vip=f"100.64.1.{n % 250}",
         path=path,  # type: ignore[arg-type]
         endpoint="203.0.113.9:5800" if path == "direct" else None,
-        rtt_ms=1.5 if path != "overlay" else None,
+        rtt_ms=3.97 if path != "overlay" else None,
         bytes_in=n,
         bytes_out=sent,
         kinds=[],
@@ -116,7 +116,8 @@ def test_peers_path_rtt_and_bytes() -> None:
     got = {lab["name"]: v for lab, v in _samples(text, "ipop_peer_received_bytes_total")}
     assert sent["p1"] == 500 and got["p3"] == 3
     rtt = {lab["name"]: v for lab, v in _samples(text, "ipop_peer_rtt_seconds")}
-    assert rtt == {"p1": 0.0015, "p2": 0.0015}  # seconds; the overlay peer has none
+    assert rtt == {"p1": 0.00397, "p2": 0.00397}  # seconds; the overlay peer has none
+    assert "} 0.00397\n" in text  # not 0.0039700000000000004
     by_path = {lab["path"]: v for lab, v in _samples(text, "ipop_peers")}
     assert by_path == {"direct": 1, "relayed": 1, "overlay": 1}
 

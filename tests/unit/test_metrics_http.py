@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ipop.aio.metrics import MAX_REQUEST_BYTES, MetricsServer
+from ipop.errors import ConfigError
 from ipop.types import Endpoint
 
 PAGE = "# HELP ipop_up Up.\n# TYPE ipop_up gauge\nipop_up 1\n"
@@ -125,3 +127,13 @@ def test_the_page_is_rendered_at_most_once_per_interval() -> None:
 
     server = _run(t, clock=clock)
     assert server.served == 4 and server.renders == 2
+
+
+def test_a_port_in_use_is_a_config_error_naming_the_key() -> None:
+    async def t(server: MetricsServer) -> None:
+        other = MetricsServer(Endpoint("127.0.0.1", server.port), lambda: PAGE)
+        with pytest.raises(ConfigError) as info:
+            await other.start()
+        assert info.value.key == "metrics.listen" and "cannot listen" in info.value.problem
+
+    _run(t)
