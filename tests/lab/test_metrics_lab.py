@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -51,11 +50,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
         yield ipop
 
 
-def _scrape(net: IpopNet, host: str, save: Path | None = None) -> str:
+def _scrape(net: IpopNet, host: str) -> str:
     res = net.lab.exec(host, ["curl", "-sS", "--max-time", "5", URL], timeout=10)
     assert res.returncode == 0, res.stderr
-    if save is not None:
-        save.write_text(res.stdout)
     return res.stdout
 
 
@@ -74,6 +71,19 @@ def _peer(text: str, name: str) -> tuple[str | None, float, float]:
             elif s.name == "ipop_peer_received_bytes_total":
                 received = s.value
     return path, sent, received
+
+
+def _routable_scrape(net: IpopNet, host: str) -> str:
+    """A scrape of ``host`` once it says it is routable (which may follow the vIP by a few
+    seconds: the daemons count as ready once they hold their address)."""
+    page = [""]
+
+    def routable() -> bool:
+        page[0] = _scrape(net, host)
+        return "\nipop_routable 1\n" in page[0]
+
+    assert wait_for(routable, 20), page[0]
+    return page[0]
 
 
 def _ping(net: IpopNet, src: str, dst: str, count: int) -> None:
@@ -107,7 +117,7 @@ def test_a_scrape_names_the_peer_with_its_path_and_bytes_that_grow(net: IpopNet)
 
 
 def test_a_scrape_carries_the_node_dht_handshakes_and_backend(net: IpopNet) -> None:
-    text = _scrape(net, "a", save=net.lab.workdir / "scrape-a.txt")
+    text = _routable_scrape(net, "a")
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     (node,) = fams["ipop_node_info"].samples
     assert node.labels["node_name"] == "a" and node.labels["vip"].startswith("100.")
@@ -170,6 +180,6 @@ def test_a_relayed_peer_shows_as_relayed_and_the_relay_counts_its_bytes(net: Ipo
 
 
 def test_the_router_serves_its_metrics_too(net: IpopNet) -> None:
-    fams = {f.name: f for f in text_string_to_metric_families(_scrape(net, "r1"))}
+    fams = {f.name: f for f in text_string_to_metric_families(_routable_scrape(net, "r1"))}
     (node,) = fams["ipop_node_info"].samples
     assert node.labels["node_name"] == "r1" and fams["ipop_routable"].samples[0].value == 1
