@@ -28,6 +28,10 @@ meaning is documented in ``deploy/ipop.example.toml``::
     alt_port = 0                       # 0 = listen port + 1
     [identity]
     crl = "/etc/ipop/lab-net.crl.pem"   # optional: a newer revocation list than the bundle's
+    [metrics]
+    listen = "127.0.0.1:9580"          # optional: Prometheus text on GET /metrics; absent: off
+    allow_remote = false               # true: listen may be a non-loopback address
+    max_peers = 256                    # per-peer series at most (1..4096)
 
 Loading is separate from validation: :func:`read_config_table` does the I/O and the TOML
 syntax, :func:`parse_config` checks a table and builds a :class:`NodeConfig` (no I/O, so tests
@@ -62,6 +66,7 @@ __all__ = [
     "DhtConfig",
     "DnsConfig",
     "IdentityConfig",
+    "MetricsConfig",
     "NodeConfig",
     "StunConfig",
     "TapConfig",
@@ -83,6 +88,9 @@ MAX_IFNAME_LEN: Final = 15
 # 576 is the IPv4 minimum datagram every host must accept (RFC 791); 9000 is a jumbo frame.
 MIN_MTU: Final = 576
 MAX_MTU: Final = 9000
+# Per-peer metric series: each peer is a handful of series; past the cap they are counted only.
+DEFAULT_METRICS_PEERS: Final = 256
+MAX_METRICS_PEERS: Final = 4096
 # A node config is a few hundred bytes; anything this large is the wrong file.
 MAX_CONFIG_BYTES: Final = 64_000
 
@@ -102,6 +110,7 @@ _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "dht": ("lease_s",),
     "stun": ("servers", "serve", "alternate", "alt_port"),
     "identity": ("crl",),
+    "metrics": ("listen", "allow_remote", "max_peers"),
 }
 # Every key a config may hold, dotted; the example file must document each (tested).
 ALL_KEYS: Final[tuple[str, ...]] = _TOP_KEYS + tuple(
@@ -169,6 +178,19 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus text exposition on ``listen`` (None: off, the default).
+
+    Metrics name every peer, its path and its traffic: the overlay's shape. So ``listen``
+    must be a loopback address unless ``allow_remote`` says otherwise.
+    """
+
+    listen: Endpoint | None = None
+    allow_remote: bool = False
+    max_peers: int = DEFAULT_METRICS_PEERS
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """A validated node config; every path in it is absolute."""
 
@@ -183,6 +205,7 @@ class NodeConfig:
     dht: DhtConfig = field(default_factory=DhtConfig)
     stun: StunConfig = field(default_factory=StunConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def effective_hostname(self, bundle_hostname: str | None) -> str | None:
         """The hostname to register: the certificate's (the bundle's), or none.
@@ -315,6 +338,30 @@ def _stun(section: Mapping[str, object]) -> StunConfig:
     )
 
 
+def _metrics(section: Mapping[str, object]) -> MetricsConfig:
+    allow_remote = _bool(section.get("allow_remote", False), "metrics.allow_remote")
+    peers_fix = f"use a number of peers from 1 to {MAX_METRICS_PEERS}, e.g. {DEFAULT_METRICS_PEERS}"
+    max_peers = _int(
+        section.get("max_peers", DEFAULT_METRICS_PEERS), "metrics.max_peers", peers_fix
+    )
+    if not 1 <= max_peers <= MAX_METRICS_PEERS:
+        raise ConfigError("metrics.max_peers", f"{max_peers} is out of range", peers_fix)
+    raw = section.get("listen")
+    if raw is None:
+        return MetricsConfig(allow_remote=allow_remote, max_peers=max_peers)
+    text = _str(raw, "metrics.listen", "write it as IPv4:PORT, e.g. '127.0.0.1:9580'")
+    listen = Endpoint.parse(text, key="metrics.listen")
+    if not allow_remote and not ipaddress.IPv4Address(listen.host).is_loopback:
+        raise ConfigError(
+            "metrics.listen",
+            f"{listen.host} is not a loopback address, and metrics show every peer, its path "
+            "and its traffic",
+            f"use '127.0.0.1:{listen.port}', or add allow_remote = true to [metrics] to "
+            "serve them on this address",
+        )
+    return MetricsConfig(listen=listen, allow_remote=allow_remote, max_peers=max_peers)
+
+
 def _section(table: Mapping[str, object], name: str) -> Mapping[str, object]:
     value = table.get(name, {})
     if not isinstance(value, dict):
@@ -373,6 +420,7 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
     dht = _section(table, "dht")
     stun = _section(table, "stun")
     ident = _section(table, "identity")
+    metrics = _section(table, "metrics")
     crl_raw = ident.get("crl")
     return NodeConfig(
         bundle=_path(table["bundle"], "bundle", base_dir, "node.bundle.toml"),
@@ -411,6 +459,7 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
             if crl_raw is None
             else _path(crl_raw, "identity.crl", base_dir, "/etc/ipop/lab-net.crl.pem")
         ),
+        metrics=_metrics(metrics),
     )
 
 

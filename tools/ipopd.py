@@ -17,12 +17,14 @@ from pathlib import Path
 from ipop.aio.commands import DaemonControl
 from ipop.aio.control import ControlServer
 from ipop.aio.daemon import Daemon, DaemonSettings
+from ipop.aio.metrics import MetricsServer
 from ipop.bundle import Bundle, load_bundle
-from ipop.config import NodeConfig, load_config
+from ipop.config import MetricsConfig, NodeConfig, load_config
 from ipop.dhcp_dns.dhcp import DhcpServer
 from ipop.dhcp_dns.dns import DnsResolver
 from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.errors import ConfigError
+from ipop.report import prefixed
 from ipop.status import DnsStatus
 
 _LEVELS = {
@@ -106,14 +108,27 @@ class NodeServices:
         await self.runner.close()
 
 
-async def serve(daemon: Daemon, control_socket: Path) -> None:
-    """Run ``daemon`` with its control socket until it stops (shared with ipop-router)."""
+async def serve(daemon: Daemon, control_socket: Path, metrics: MetricsConfig) -> None:
+    """Run ``daemon`` with its control socket, and its metrics if configured, until it stops
+    (shared with ipop-router)."""
     control = ControlServer(control_socket, DaemonControl(daemon))
-    await control.start()
+    exporter: MetricsServer | None = None
+    if metrics.listen is not None:
+        exporter = MetricsServer(
+            metrics.listen,
+            lambda: daemon.metrics_text(
+                max_peers=metrics.max_peers,
+                drops=prefixed("metrics", exporter.drops) if exporter is not None else None,
+            ),
+        )
+        await exporter.start()
     try:
+        await control.start()
         await daemon.run()
     finally:
         await control.close()
+        if exporter is not None:
+            await exporter.close()
 
 
 # kademlia's modules log under these names; its filters must sit on each (a logger's filters
@@ -149,10 +164,12 @@ def setup_logging(level: str) -> None:
             lg.addFilter(QuietKademlia())
 
 
-def run_daemon(prog: str, daemon: Daemon, control_socket: Path) -> int:
+def run_daemon(
+    prog: str, daemon: Daemon, control_socket: Path, metrics: MetricsConfig | None = None
+) -> int:
     """Serve until stopped; the exit code: 0 clean stop, 2 bad config found late, 1 failure."""
     try:
-        asyncio.run(serve(daemon, control_socket))
+        asyncio.run(serve(daemon, control_socket, metrics or MetricsConfig()))
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
@@ -185,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(cfg.log_level)
     daemon = Daemon(bundle, settings, services=lambda d: NodeServices(d, cfg))
-    return run_daemon("ipopd", daemon, cfg.control.socket)
+    return run_daemon("ipopd", daemon, cfg.control.socket, cfg.metrics)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -51,6 +51,8 @@ from ipop.bundle import Bundle
 from ipop.dht.names import lookup_name
 from ipop.dht.record import ip_key
 from ipop.dht.service import DhtConfig
+from ipop.link import fastpath
+from ipop.metrics import MetricsInput, render_metrics
 from ipop.nat.netcheck import NetcheckResult
 from ipop.nolinks import NoLinkWatch
 from ipop.report import LocalView, build_status, prefixed
@@ -492,6 +494,22 @@ class Daemon:
             counters=tuple(counters),
             lan_hosts=tuple(self.local.lan_hosts()) if self.local is not None else (),
             dns=dns,
+        )
+
+    def metrics_text(self, *, max_peers: int, drops: Mapping[str, int] | None = None) -> str:
+        """The Prometheus page (ipop.metrics) of this node's status; ``drops``: the metrics
+        server's own, "metrics.<reason>"."""
+        dht = self.node.dht if self.node is not None else None
+        return render_metrics(
+            MetricsInput(
+                status=self.status(),
+                started_at=self.started_at,
+                backend=fastpath.BACKEND,
+                max_peers=max_peers,
+                dht_ops=dict(dht.ops.counts) if dht is not None else {},
+                dht_durations=dht.ops.durations() if dht is not None else {},
+                drops=drops or {},
+            )
         )
 
     async def learn_peer_vips(self, *, now: float) -> int:

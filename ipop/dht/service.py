@@ -62,6 +62,7 @@ from ipop.dht.config import DhtConfig
 from ipop.dht.handoff import Handoff
 from ipop.dht.hooks import ServiceHooks
 from ipop.dht.lookup import Lookups
+from ipop.dht.opstats import DhtOpStats
 from ipop.dht.policy import RecordPolicy
 from ipop.dht.protocol import IpopKademliaProtocol
 from ipop.dht.read import QuorumReader
@@ -106,6 +107,7 @@ class DhtService:
         self._tasks = TaskSet(self._task_failed, loop=self._loop)
         self._closed = False
         self.stats: Counter[str] = Counter()
+        self.ops = DhtOpStats()  # the public operations' outcomes and durations (metrics)
         self.background_errors: list[BaseException] = []
         # Record time (leases, seqs, certificates) is UNIX time; timers run on the loop.
         self._now = clock or self._loop.time
@@ -248,14 +250,24 @@ class DhtService:
         """The R nodes nearest ``kid`` that answered the lookup, this node included if near."""
         return await self.lookups.replica_set(kid)
 
+    async def _timed(self, op: str, work: Awaitable[T]) -> T:
+        """``work``'s result, its outcome and duration recorded in :attr:`ops`."""
+        start, outcome = self._loop.time(), "error"
+        try:
+            result = await work
+            outcome = "no" if result is None or result is False else "ok"
+            return result
+        finally:
+            self.ops.record(op, outcome, self._loop.time() - start)
+
     async def get(self, key: str) -> Record | None:
         """The live record for ``key`` a quorum view believes, or None; repairs stale copies
         (:meth:`QuorumReader.get <ipop.dht.read.QuorumReader.get>`)."""
-        return await self.reader.get(key)
+        return await self._timed("get", self.reader.get(key))
 
     async def put(self, key: str, value: bytes, ttl: float) -> bool:
         """Write our record; True iff a quorum of the replica set acknowledged it."""
-        return await self.writer.put(key, value, ttl)
+        return await self._timed("put", self.writer.put(key, value, ttl))
 
     async def create(self, key: str, value: bytes, ttl: float) -> bool:
         """Claim ``key`` unless another owner holds a live record there (quorum CAS).
@@ -263,15 +275,15 @@ class DhtService:
         True: a quorum of the replica set holds our record. False: someone else holds the key
         (or the votes kept splitting); then no replica that answered keeps our value.
         """
-        return await self.writer.create(key, value, ttl)
+        return await self._timed("create", self.writer.create(key, value, ttl))
 
     async def renew(self, key: str, ttl: float) -> bool:
         """Extend our own lease on ``key`` to ``now + ttl``; False if we do not hold it."""
-        return await self.writer.renew(key, ttl)
+        return await self._timed("renew", self.writer.renew(key, ttl))
 
     async def delete(self, key: str) -> bool:
         """Release our record on ``key`` (a signed tombstone); False if it is not ours."""
-        return await self.writer.delete(key)
+        return await self._timed("delete", self.writer.delete(key))
 
     def owned(self) -> dict[str, Record]:
         """Our live records (the ones we republish)."""

@@ -24,11 +24,12 @@ def start_daemons(
     ready_s: float,
     addressing: dict[str, str] | None = None,
     hosts: Iterable[str] | None = None,
+    metrics: bool = False,
 ) -> IpopNet:
-    """Configure every host of ``lab`` (``addressing``: host -> "dhcp"), start the daemons of
-    ``hosts`` in that order (default: all, the bootstrap first) and wait until each holds its
-    virtual IP."""
-    ipop = IpopNet(lab)
+    """Configure every host of ``lab`` (``addressing``: host -> "dhcp"; ``metrics``: each
+    daemon serves them on ipopnet.METRICS_LISTEN), start the daemons of ``hosts`` in that
+    order (default: all, the bootstrap first) and wait until each holds its virtual IP."""
+    ipop = IpopNet(lab, metrics=metrics)
     ipop.prepare(addressing=addressing)
     if hosts is None:
         ipop.start_all()
@@ -51,13 +52,16 @@ def running_net(
     ready_s: float,
     addressing: dict[str, str] | None = None,
     hosts: Iterable[str] | None = None,
+    metrics: bool = False,
 ) -> Iterator[IpopNet]:
     """Build ``topology`` and :func:`start_daemons` on it; tear all of it down afterwards."""
     prefix = process_prefix(prefix_tag)
     lab = Lab(topology, workdir=workdir, prefix=prefix)
     try:
         lab.up()
-        yield start_daemons(lab, ready_s=ready_s, addressing=addressing, hosts=hosts)
+        yield start_daemons(
+            lab, ready_s=ready_s, addressing=addressing, hosts=hosts, metrics=metrics
+        )
     finally:
         lab.down()
         cleanup_stale(prefix)

@@ -237,3 +237,36 @@ def test_stun_section() -> None:
         with pytest.raises(ConfigError) as info:
             parse_config({"bundle": "b", "stun": bad}, base_dir=Path("/"), source="t")
         assert info.value.key == key
+
+
+def test_metrics_section_is_off_by_default_and_loopback_only_unless_allowed() -> None:
+    from ipop.config import MetricsConfig
+
+    def parse(section: dict[str, object]) -> MetricsConfig:
+        return parse_config(
+            {"bundle": "b", "metrics": section}, base_dir=Path("/"), source="t"
+        ).metrics
+
+    assert parse({}) == MetricsConfig() and MetricsConfig().listen is None  # opt-in
+    on = parse({"listen": "127.0.0.1:9580"})
+    assert on.listen == Endpoint("127.0.0.1", 9580) and on.max_peers == 256
+    assert parse({"listen": "127.0.0.2:9580", "max_peers": 4}).max_peers == 4
+    remote = parse({"listen": "198.51.100.20:9580", "allow_remote": True})
+    assert remote.listen == Endpoint("198.51.100.20", 9580)
+    with pytest.raises(ConfigError) as info:
+        parse({"listen": "0.0.0.0:9580"})
+    assert info.value.key == "metrics.listen"
+    assert "loopback" in info.value.problem and "allow_remote = true" in info.value.fix
+    for bad, key in (
+        ({"listen": "198.51.100.20:9580"}, "metrics.listen"),
+        ({"listen": "localhost:9580"}, "metrics.listen"),
+        ({"listen": "127.0.0.1:0"}, "metrics.listen"),
+        ({"listen": 9580}, "metrics.listen"),
+        ({"allow_remote": "yes"}, "metrics.allow_remote"),
+        ({"max_peers": 0}, "metrics.max_peers"),
+        ({"max_peers": 100_000}, "metrics.max_peers"),
+        ({"port": 9580}, "metrics.port"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse(bad)
+        assert info.value.key == key, bad

@@ -189,3 +189,19 @@ def test_a_direct_link_gone_quiet_says_so_before_it_times_out(tmp_path: Path) ->
     assert why[CAROL.hex()] is None
     assert why[BOB.hex()].startswith("nothing heard for 30 s")
     assert "the link closes after 50 s of silence" in why[BOB.hex()]
+
+
+def test_metrics_page_of_a_daemon_not_started_yet(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ipop.link import fastpath
+
+    d = _daemon(tmp_path)
+    text = d.metrics_text(max_peers=4, drops={"metrics.not_found": 1})
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert fams["ipop_dataplane_backend_info"].samples[0].labels == {"backend": fastpath.BACKEND}
+    assert fams["ipop_node_info"].samples[0].labels["node_name"] == "alice"
+    assert fams["ipop_start_time_seconds"].samples[0].value == d.started_at
+    (drop,) = fams["ipop_drops"].samples
+    assert drop.labels == {"layer": "metrics", "reason": "not_found"} and drop.value == 1
+    assert fams["ipop_routable"].samples[0].value == 0 and not fams["ipop_peer_info"].samples

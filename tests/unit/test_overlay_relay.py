@@ -101,6 +101,7 @@ def test_a_relay_passes_a_datagram_on_between_two_direct_peers_and_holds_both() 
     w.role.on_forward(RelayForward(B, b"sealed"), A, 1.0)
     assert w.sent == [(B, RelayDeliver(A, b"sealed"))]
     assert w.stats["relayed"] == 1
+    assert w.stats["relayed_bytes"] == len(RelayDeliver(A, b"sealed").encode())
     assert ConnectionKind.RELAY in w.kinds(A) and ConnectionKind.RELAY in w.kinds(B)
     for p in (A, B):
         row = w.table.get(p)

@@ -38,6 +38,9 @@ IPOP_PORT = 5800
 DEFAULT_SUBNET = IPv4Network("100.64.0.0/10")
 POLL_S = 0.05
 ROUTER_DHCP_LEASE_S = 120
+# Where every daemon serves its metrics when the lab enables them: each host has a namespace,
+# and so a loopback, of its own (`ipop-lab exec HOST -- curl -s 127.0.0.1:9580/metrics`).
+METRICS_LISTEN = "127.0.0.1:9580"
 _INET = re.compile(r"inet ([0-9.]+)/")
 
 # Applies a lease from udhcpc ("$1" bound/renew/deconfig, $ip $subnet $mtu) or dhclient
@@ -109,8 +112,10 @@ class IpopNet:
         network: str = "labnet",
         subnet: IPv4Network = DEFAULT_SUBNET,
         log_level: str = "info",
+        metrics: bool = False,
     ) -> None:
         self.lab = lab
+        self.metrics = metrics
         self.network = network
         self.subnet = subnet
         self.gateway = IPv4Address(int(subnet.network_address) + 1)
@@ -177,6 +182,8 @@ class IpopNet:
                 if h.extra_ips:
                     # A second address serves STUN CHANGE-REQUEST (netcheck's filtering tests).
                     lines += [f'alternate = "{h.extra_ips[0]}"']
+            if self.metrics:
+                lines += ["[metrics]", f'listen = "{METRICS_LISTEN}"']
             if self.lab.is_router(h):
                 lines += [
                     "[router]",

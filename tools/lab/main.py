@@ -82,7 +82,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _print_hosts(lab)
     if args.no_daemons:
         return 0
-    net = IpopNet(lab)
+    net = IpopNet(lab, metrics=args.metrics)
     try:
         net.prepare()
         net.start_all()
@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_topology_args(p)
     p.add_argument("--prefix", help="namespace prefix (default: ipl + 5 random hex digits + -)")
     p.add_argument("--no-daemons", action="store_true", help="build the network only")
+    p.add_argument(
+        "--metrics",
+        action="store_true",
+        help="every daemon serves Prometheus metrics on 127.0.0.1:9580 in its namespace",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("status", parents=[common], help="show the lab that is up")
