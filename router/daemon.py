@@ -262,7 +262,7 @@ class RouterLan:
         self.runner = TapServicesRunner(
             self.lan_services,
             self.write_frame,
-            self.daemon.resolve,
+            self.daemon.dns_lookup,
             (up.host, up.port) if up is not None else None,
             on_event=self.claims.dhcp_event,
         )
