@@ -52,7 +52,7 @@ from ipop.dht.names import lookup_name
 from ipop.dht.publish import ServicePublisher, list_services
 from ipop.dht.record import ip_key
 from ipop.dht.service import DhtConfig
-from ipop.dht.srv import PROTOS, ServiceValue
+from ipop.dht.srv import PROTOS, SERVICE_QUOTA, ServiceValue
 from ipop.nat.netcheck import NetcheckResult
 from ipop.nolinks import NoLinkWatch
 from ipop.report import LocalView, build_status, prefixed
@@ -305,7 +305,11 @@ class Daemon:
             self.services.address_assigned(vip)
         # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
         self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
-        self.publisher = ServicePublisher(node.dht, self.network, ttl=self.settings.lease_s)
+        # A router may publish for its LAN hosts too: replicas grant it one more each.
+        quota = SERVICE_QUOTA + self.bundle.node_cert.router_hosts
+        self.publisher = ServicePublisher(
+            node.dht, self.network, ttl=self.settings.lease_s, quota=quota
+        )
         # Published last: a status showing the vIP means the node answers to all its names.
         self.vip = vip
         log.info(

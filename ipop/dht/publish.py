@@ -91,10 +91,19 @@ class _Published:
 class ServicePublisher:
     """The services this node publishes in ``network``, each kept alive with a lease."""
 
-    def __init__(self, dht: DhtLike, network: str, *, ttl: float = DHT_LEASE_TTL_S) -> None:
+    def __init__(
+        self,
+        dht: DhtLike,
+        network: str,
+        *,
+        ttl: float = DHT_LEASE_TTL_S,
+        quota: int = SERVICE_QUOTA,
+    ) -> None:
+        """``quota``: services at most, what replicas keep for us (a router: more)."""
         self.dht = dht
         self.network = network
         self.ttl = ttl
+        self.quota = quota
         self._held: dict[tuple[str, str], _Published] = {}
         self._lock = asyncio.Lock()
 
@@ -114,9 +123,9 @@ class ServicePublisher:
             raise PublishFailed(str(exc)) from None
         async with self._lock:
             current = self._held.get((name, proto))
-            if current is None and len(self._held) >= SERVICE_QUOTA:
+            if current is None and len(self._held) >= self.quota:
                 raise PublishFailed(
-                    f"this node publishes {SERVICE_QUOTA} services already, the most replicas "
+                    f"this node publishes {self.quota} services already, the most replicas "
                     "keep for one member: withdraw one first"
                 )
             slots = allowed_slots(self.dht.node_id, name, proto)
