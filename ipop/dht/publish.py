@@ -183,31 +183,44 @@ async def list_services(
     *,
     subnet: IPv4Network | None = None,
 ) -> list[ServiceInstance]:
-    """Every live instance of ``name``/``proto`` whose owner holds its address, sorted."""
+    """Every live instance of ``name``/``proto`` whose owner holds its address, sorted.
+
+    Each slot's address check starts as soon as that slot is read: the reads of empty slots
+    (a lookup that finds nothing) take longest, and the checks run alongside them.
+    """
     check_name(name, proto)
-    keys = [service_key(network, name, proto, slot) for slot in range(SLOTS)]
-    records = await asyncio.gather(*(dht.get(k) for k in keys), return_exceptions=True)
-    found: list[tuple[Record, ServiceValue]] = []
-    for record in records:
-        if not isinstance(record, Record) or record.tombstone:
-            continue
+    holders: dict[IPv4Address, asyncio.Task[Record | None]] = {}
+
+    async def one(slot: int) -> ServiceInstance | None:
+        record = await dht.get(service_key(network, name, proto, slot))
+        if record is None or record.tombstone:
+            return None
         try:
             value = decode_value(record.value)
         except RemoteProtocolError:
-            continue
+            return None
         if subnet is not None and value.addr not in subnet:
-            continue
-        found.append((record, value))
-    addrs = sorted({v.addr for _, v in found})
-    holders = await asyncio.gather(
-        *(dht.get(ip_key(network, a)) for a in addrs), return_exceptions=True
-    )
-    owner_of = {a: h.owner for a, h in zip(addrs, holders, strict=True) if isinstance(h, Record)}
+            return None
+        # One read per address, shared by every slot naming it (a router's LAN host).
+        task = holders.get(value.addr)
+        if task is None:
+            task = holders[value.addr] = asyncio.ensure_future(dht.get(ip_key(network, value.addr)))
+        holder = await asyncio.shield(task)
+        if holder is None or holder.owner != record.owner:
+            return None
+        return ServiceInstance(
+            name, proto, value.addr, value.port, value.txt, record.owner, record.expires_at
+        )
+
+    try:
+        results = await asyncio.gather(*(one(s) for s in range(SLOTS)), return_exceptions=True)
+    finally:
+        for task in holders.values():
+            task.cancel()
     out: dict[tuple[NodeId, IPv4Address, int], ServiceInstance] = {}
-    for r, v in found:
+    for inst in results:
         # One instance per (owner, address, port): copies in two slots (a moved publisher's
         # old slot, not yet withdrawn) count once.
-        if owner_of.get(v.addr) == r.owner:
-            inst = ServiceInstance(name, proto, v.addr, v.port, v.txt, r.owner, r.expires_at)
-            out.setdefault((r.owner, v.addr, v.port), inst)
+        if isinstance(inst, ServiceInstance):
+            out.setdefault((inst.owner, inst.addr, inst.port), inst)
     return sorted(out.values(), key=lambda i: (i.addr, i.port, i.owner.value))
