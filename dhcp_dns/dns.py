@@ -10,6 +10,9 @@ query                                 outcome
 ``printer.lab.ipop`` (a LAN host of   :class:`Waiting` (a lookup for it is in flight); the
 router ``lab``)                       caller resolves it once (DHT) and calls
                                       :meth:`~DnsResolver.complete`: one reply per waiter
+``_http._tcp.ipop`` (a service, SRV/   :class:`NeedsLookup` / :class:`Waiting` as for a
+TXT; ``_udp`` too)                    hostname: the caller lists the service's verified
+                                      instances (DHT) and completes with them
 anything else under the suffix        :class:`DnsAnswer` NXDOMAIN
 a reverse name of a subnet address    :class:`DnsAnswer` PTR → its address name
 a name outside the suffix             :class:`Forward` (raw query) with an upstream, else
@@ -17,6 +20,14 @@ a name outside the suffix             :class:`Forward` (raw query) with an upstr
 not A for a name that exists          empty NOERROR (the name exists, the type does not)
 a response, garbage                   None: no reply, counted in ``drops``
 ====================================  ====================================================
+
+Service answers (SRV, TXT) are built from the instances a lookup completes with
+(:class:`ipop.dht.srv.ServiceValue`): one SRV per instance (priority 0, weight 0, its port,
+target its address name ``C064001002.<suffix>``), its TXT strings as one TXT record, and the
+targets' A records in the additional section, at most :data:`MAX_SRV_ANSWERS` instances and
+as many A records as fit 512 bytes (a reply that plain UDP carries). Services are cached for
+``service_ttl`` (5 s: a withdrawn service leaves the answers within seconds; a burst of
+queries still costs one DHT read per name per 5 s), none found for ``negative_ttl``.
 
 Hostname lookups are cached for ``ttl`` seconds, misses for ``negative_ttl`` (1 s: a node
 registers its name within a second or two of its start, and a longer cache keeps answering
@@ -57,16 +68,19 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from ipop.dht.names import c_name, parse_c_name
 from ipop.dht.policy import is_name
+from ipop.dht.srv import PROTOS, ServiceValue, validate_service_name
 from ipop.errors import LocalProtocolError
 
 __all__ = [
     "DROP_REASONS",
     "LATENCY_BUCKETS_MS",
+    "MAX_SRV_ANSWERS",
     "DnsAnswer",
     "DnsOutcome",
     "DnsResolver",
     "Forward",
     "LatencyHistogram",
+    "LookupAnswer",
     "NeedsLookup",
     "Waiting",
     "rcode_name",
@@ -78,6 +92,8 @@ _OPCODE_QUERY = 0
 _QTYPE_A: Final = QTYPE.A
 _QTYPE_PTR: Final = QTYPE.PTR
 _QTYPE_ANY: Final = QTYPE.ANY
+_QTYPE_SRV: Final = QTYPE.SRV
+_QTYPE_TXT: Final = QTYPE.TXT
 _RCODE_NOERROR: Final = RCODE.NOERROR
 _RCODE_FORMERR: Final = RCODE.FORMERR
 _RCODE_SERVFAIL: Final = RCODE.SERVFAIL
@@ -96,6 +112,14 @@ DROP_REASONS: Final = frozenset(
         "dns_too_many_waiters",  # max_waiters queries waiting: SERVFAIL
     }
 )
+
+# Instances one SRV reply lists: 12 SRV records with compressed targets fit 512 bytes.
+MAX_SRV_ANSWERS: Final = 12
+_SERVICE_PROTOS: Final = {f"_{p}".encode(): p for p in PROTOS}
+_UDP_PLAIN_MAX = 512
+
+# What a lookup finds: a name's address, a service's instances, or nothing (None).
+LookupAnswer = IPv4Address | tuple[ServiceValue, ...] | None
 
 # Upper bounds (ms) of the latency histogram's buckets; one more bucket holds the rest.
 LATENCY_BUCKETS_MS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -146,7 +170,8 @@ class DnsAnswer:
 
 @dataclass(frozen=True, slots=True)
 class NeedsLookup:
-    """Resolve ``name`` (hostname or <host>.<router>, lower case); then ``complete(token, ip)``."""
+    """Resolve ``name`` (hostname or <host>.<router>, lower case; or a service,
+    ``_<name>._<proto>``: list its instances); then ``complete(token, answer)``."""
 
     token: int
     name: str
@@ -257,6 +282,7 @@ class DnsResolver:
         upstream: bool = False,
         ttl: int = 60,
         negative_ttl: int = 1,
+        service_ttl: int = 5,
         max_lookups: int = 512,
         max_waiters: int = 8192,
         cache_size: int = 1024,
@@ -269,6 +295,7 @@ class DnsResolver:
         self.upstream = upstream
         self.ttl = ttl
         self.negative_ttl = negative_ttl
+        self.service_ttl = service_ttl
         self.max_lookups = max_lookups
         self.max_waiters = max_waiters
         self.cache_size = cache_size
@@ -282,7 +309,7 @@ class DnsResolver:
         self._lookups: dict[int, _Lookup] = {}  # token -> lookup in flight
         self._by_name: dict[str, int] = {}  # name -> token of its lookup in flight
         self._waiting = 0
-        self._cache: collections.OrderedDict[str, tuple[IPv4Address | None, float]] = (
+        self._cache: collections.OrderedDict[str, tuple[LookupAnswer, float]] = (
             collections.OrderedDict()
         )
 
@@ -323,17 +350,22 @@ class DnsResolver:
         self.answers[rcode_name(reply)] += 1
         self.latency.add(now - since)
 
-    def complete(
-        self, token: int, ip: IPv4Address | None, *, now: float
-    ) -> list[tuple[Hashable, bytes]]:
-        """Replies for every query waiting on lookup ``token``: ``ip`` is the name's address,
-        or None if unknown. Each reply comes with the ``client`` its query came with."""
+    def complete(self, token: int, ip: LookupAnswer, *, now: float) -> list[tuple[Hashable, bytes]]:
+        """Replies for every query waiting on lookup ``token``: ``ip`` is the name's address
+        (a service's instances), or None if unknown. Each reply comes with the ``client`` its
+        query came with."""
         lookup = self._finish(token)
-        if ip is not None and ip not in self.subnet:
+        if isinstance(ip, tuple):
+            inside = tuple(v for v in ip if v.addr in self.subnet)
+            if len(inside) != len(ip):
+                self._drop("dns_lookup_outside_subnet")
+            ip = inside or None
+        elif ip is not None and ip not in self.subnet:
             self._drop("dns_lookup_outside_subnet")
             ip = None
         self._remember(lookup.name, ip, lookup.since)
-        return self._reply_all(lookup, now, lambda w: self._answer(w.query, w.qtype, ip))
+        answer = ip
+        return self._reply_all(lookup, now, lambda w: self._answer(w.query, w.qtype, answer))
 
     def fail(self, token: int, *, now: float) -> list[tuple[Hashable, bytes]]:
         """SERVFAIL for every query waiting on ``token`` (the lookup errored; nothing cached)."""
@@ -402,6 +434,7 @@ class DnsResolver:
             label = b".".join(rel).decode("ascii")
         except UnicodeDecodeError:
             return DnsAnswer(self._reply(query, _RCODE_NXDOMAIN))
+        service = len(rel) == 2 and rel[0][:1] == b"_" and rel[1] in _SERVICE_PROTOS
         # A name cached or in flight was checked when it came first: skip the regexes (a
         # burst of queries for a few names is the case that must be cheap).
         token = self._by_name.get(label)
@@ -412,12 +445,16 @@ class DnsResolver:
                 return DnsAnswer(self._answer(query, qtype, cached[0]))
             del self._cache[label]
         if token is None:
-            addr = parse_c_name(label, self.subnet)
-            if addr is not None:
-                return DnsAnswer(self._answer(query, qtype, addr))
-            # A member's hostname, or a router's LAN host: <host>.<router hostname>.
-            if not is_name(label):
-                return DnsAnswer(self._reply(query, _RCODE_NXDOMAIN))
+            if service:
+                if validate_service_name(label[1:].partition(".")[0]) is not None:
+                    return DnsAnswer(self._reply(query, _RCODE_NXDOMAIN))
+            else:
+                addr = parse_c_name(label, self.subnet)
+                if addr is not None:
+                    return DnsAnswer(self._answer(query, qtype, addr))
+                # A member's hostname, or a router's LAN host: <host>.<router hostname>.
+                if not is_name(label):
+                    return DnsAnswer(self._reply(query, _RCODE_NXDOMAIN))
         key = (client, query.id)
         if token is not None and key in self._lookups[token].waiters:
             self.stats["retransmits"] += 1  # already waiting: its one reply will come
@@ -440,8 +477,11 @@ class DnsResolver:
         self.stats["lookups"] += 1
         return NeedsLookup(token, label)
 
-    def _remember(self, name: str, ip: IPv4Address | None, since: float) -> None:
-        ttl = self.ttl if ip is not None else self.negative_ttl
+    def _remember(self, name: str, ip: LookupAnswer, since: float) -> None:
+        if ip is None:
+            ttl = self.negative_ttl
+        else:
+            ttl = self.service_ttl if isinstance(ip, tuple) else self.ttl
         self._cache[name] = (ip, since + ttl)
         self._cache.move_to_end(name)
         while len(self._cache) > self.cache_size:
@@ -471,28 +511,79 @@ class DnsResolver:
             answers = _RR.pack(_QNAME_PTR, _QTYPE_PTR, _CLASS_IN, self.ttl, len(target)) + target
         return self._pack(query, _RCODE_NOERROR, aa=True, ra=True, answers=answers)
 
-    def _answer(self, query: _Query, qtype: int, addr: IPv4Address | None) -> bytes:
+    def _answer(self, query: _Query, qtype: int, addr: LookupAnswer) -> bytes:
         if addr is None:
             return self._reply(query, _RCODE_NXDOMAIN)
+        if isinstance(addr, tuple):
+            return self._services(query, qtype, addr)
         answers = b""
         if qtype in (_QTYPE_A, _QTYPE_ANY):
             answers = _RR.pack(_QNAME_PTR, _QTYPE_A, _CLASS_IN, self.ttl, 4) + addr.packed
         return self._pack(query, _RCODE_NOERROR, aa=True, ra=True, answers=answers)
 
+    def _services(self, query: _Query, qtype: int, found: tuple[ServiceValue, ...]) -> bytes:
+        """SRV and TXT answers for a service's instances, the targets' A records added."""
+        assert query.labels is not None  # only questions in the zone get here
+        # Targets end in a pointer to the suffix as the question wrote it (compression).
+        offset = 12 + sum(1 + len(lbl) for lbl in query.labels[: -len(self._suffix)])
+        suffix_ptr = (0xC000 | offset).to_bytes(2, "big")
+        ttl = self.service_ttl
+        records: list[bytes] = []
+        extra: list[bytes] = []
+        for v in found[:MAX_SRV_ANSWERS]:
+            target = _pack_name([c_name(v.addr).encode("ascii")])[:-1] + suffix_ptr
+            if qtype in (_QTYPE_SRV, _QTYPE_ANY):
+                rdata = _SRV.pack(0, 0, v.port) + target
+                records.append(_RR.pack(_QNAME_PTR, _QTYPE_SRV, _CLASS_IN, ttl, len(rdata)) + rdata)
+                extra.append(target + _RR.pack(0, _QTYPE_A, _CLASS_IN, ttl, 4)[2:] + v.addr.packed)
+            if qtype in (_QTYPE_TXT, _QTYPE_ANY) and v.txt:
+                rdata = b"".join(bytes((len(t),)) + t.encode("ascii") for t in v.txt)
+                records.append(_RR.pack(_QNAME_PTR, _QTYPE_TXT, _CLASS_IN, ttl, len(rdata)) + rdata)
+        size = 12 + len(query.question) + sum(map(len, records))
+        fits = 0
+        for a in extra:
+            if size + len(a) > _UDP_PLAIN_MAX:
+                break
+            size += len(a)
+            fits += 1
+        return self._pack(
+            query,
+            _RCODE_NOERROR,
+            aa=True,
+            ra=True,
+            answers=b"".join(records),
+            ancount=len(records),
+            additional=b"".join(extra[:fits]),
+            arcount=fits,
+        )
+
     def _reply(self, query: _Query, rcode: int, *, aa: bool = True, ra: bool = True) -> bytes:
         return self._pack(query, rcode, aa=aa, ra=ra, answers=b"")
 
-    def _pack(self, query: _Query, rcode: int, *, aa: bool, ra: bool, answers: bytes) -> bytes:
+    def _pack(
+        self,
+        query: _Query,
+        rcode: int,
+        *,
+        aa: bool,
+        ra: bool,
+        answers: bytes,
+        ancount: int | None = None,
+        additional: bytes = b"",
+        arcount: int = 0,
+    ) -> bytes:
         flags = 0x8000 | (query.opcode & 0xF) << 11 | int(aa) << 10 | (query.rd & 1) << 8
         flags |= int(ra or self.upstream) << 7 | rcode & 0xF
         question = query.question
-        header = _HEADER.pack(query.id, flags, 1 if question else 0, 1 if answers else 0, 0, 0)
-        return header + question + answers
+        an = (1 if answers else 0) if ancount is None else ancount
+        header = _HEADER.pack(query.id, flags, 1 if question else 0, an, 0, arcount)
+        return header + question + answers + additional
 
 
 _HEADER = struct.Struct("!HHHHHH")
 _QUESTION = struct.Struct("!HH")
 _RR = struct.Struct("!HHHIH")  # name (a pointer), type, class, TTL, rdata length
+_SRV = struct.Struct("!HHH")  # priority, weight, port
 _QNAME_PTR = 0xC00C  # the question's name, right after the 12-byte header
 
 

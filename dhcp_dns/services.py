@@ -35,7 +35,7 @@ from typing import Final, NamedTuple
 
 from ipop.dhcp_dns.dhcp import PACKET_REASONS, DhcpEvent, DhcpServer
 from ipop.dhcp_dns.dhcp import SERVER_PORT as DHCP_SERVER_PORT
-from ipop.dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, NeedsLookup
+from ipop.dhcp_dns.dns import DnsAnswer, DnsResolver, Forward, LookupAnswer, NeedsLookup
 from ipop.dhcp_dns.tcp import IPPROTO_TCP, DnsTcp, TcpClient
 from ipop.errors import LocalProtocolError
 from ipop.status import DnsLatency, DnsStatus
@@ -300,8 +300,9 @@ class TapServices:
 
     # -- completions ---------------------------------------------------------------------------
 
-    def complete_lookup(self, token: int, ip: IPv4Address | None, *, now: float) -> None:
-        """Finish a hostname lookup (``ip`` None: no such name); queues one reply per waiter."""
+    def complete_lookup(self, token: int, ip: LookupAnswer, *, now: float) -> None:
+        """Finish a lookup (``ip`` None: no such name; a tuple: a service's instances);
+        queues one reply per waiter."""
         if self.dns is None:
             raise LocalProtocolError(f"no pending lookup {token}")
         self._reply_all(self.dns.complete(token, ip, now=now), now)
@@ -413,7 +414,8 @@ class TapServicesRunner:
     """Drives :class:`TapServices` from asyncio: writes replies, runs lookups and forwards.
 
     ``write_frame`` writes one frame into the TAP; ``lookup`` resolves a hostname (None if
-    unknown); ``upstream`` is the resolver queries outside the suffix go to. ``on_event``
+    unknown) or lists a service ``_<name>._<proto>`` (its instances); ``upstream`` is the
+    resolver queries outside the suffix go to. ``on_event``
     receives DHCP events after each frame. At most ``max_tasks`` lookups and forwards run at
     once; beyond that a lookup gets SERVFAIL and a forward is dropped.
     """
@@ -422,7 +424,7 @@ class TapServicesRunner:
         self,
         services: TapServices,
         write_frame: Callable[[bytes], None],
-        lookup: Callable[[str], Awaitable[IPv4Address | None]],
+        lookup: Callable[[str], Awaitable[LookupAnswer]],
         upstream: tuple[str, int] | None,
         *,
         on_event: Callable[[DhcpEvent], None] | None = None,

@@ -151,6 +151,11 @@ DHT_LEASE_TTL_S = 600.0
 # Renew a lease when this fraction of its TTL has passed (DHCP's T1 is 0.5), leaving time
 # for several retries before it lapses.
 DHT_LEASE_RENEW_FRACTION = 0.5
+# How long a stopping daemon waits for its services' withdrawals (tombstones: quorum writes)
+# before it leaves them to lapse with their leases.
+SERVICE_WITHDRAW_S = 3.0
+# How often a router checks its [[service]] tables against its LAN hosts' addresses.
+LAN_SERVICE_SYNC_S = 1.0
 # After a failed renewal, try again this soon (the lease still has half its life left).
 DHT_LEASE_RETRY_S = 10.0
 # Between DHT join attempts while the first ones find nobody to answer (ipop/aio/stack.py).

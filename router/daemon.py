@@ -19,6 +19,8 @@ vIP and the lifecycle; on the LAN, :class:`RouterLan`:
 * answers ARP for the gateway and for remote virtual IPs that are live in the DHT, only those
   (never for a LAN host: it answers itself, and LAN-to-LAN traffic stays on the LAN);
 * serves DNS for ``*.<suffix>`` on the gateway address;
+* publishes the services of its config's ``[[service]]`` tables at their LAN hosts'
+  addresses (:class:`ipop.router.lanservices.LanServices`);
 * registers hosts that configured a free virtual IP themselves (seen in ARP or IP traffic);
   a host claiming an address held elsewhere is refused (its traffic is dropped and counted).
 
@@ -70,6 +72,7 @@ from ipop.router.claims import MAX_REMEMBERED, STAGES, HostClaims, HostTask, Sta
 from ipop.router.config import RouterSection
 from ipop.router.hosts import LanHosts, mac_str
 from ipop.router.lan import LanSocket
+from ipop.router.lanservices import LanServices
 from ipop.router.limits import OwnerLookups, lru_put
 from ipop.status import DnsStatus, LanHostStatus
 from ipop.types import Endpoint
@@ -206,6 +209,13 @@ class RouterLan:
         self._lookup_all = TokenBucket(LOOKUP_RATE, LOOKUP_BURST, 0.0)
         self.owners: OwnerLookups[bytes] = OwnerLookups()
         self.claims = HostClaims(self)
+        # [[service]] tables: published at their LAN hosts' addresses while those hold one.
+        self.published = LanServices(
+            router.services,
+            hosts=self.hosts.hosts,
+            publisher=lambda: daemon.publisher,
+            under=f"{daemon.bundle.hostname}.{daemon.suffix}",
+        )
 
     # What the daemon's node, data plane and own address are now (None until they exist).
 
@@ -262,11 +272,13 @@ class RouterLan:
         self.runner = TapServicesRunner(
             self.lan_services,
             self.write_frame,
-            self.daemon.resolve,
+            self.daemon.dns_lookup,
             (up.host, up.port) if up is not None else None,
             on_event=self.claims.dhcp_event,
         )
         self.claims.start()
+        if self.published.services:
+            self.tasks.spawn(self.published.run())
 
     def feed(self, frame: bytes) -> bool:
         try:

@@ -9,6 +9,9 @@ Commands::
     ipop [--socket PATH] resolve NAME
     ipop [--socket PATH] netcheck [--json] [--server HOST:PORT ...] [--no-second-opinion]
     ipop [--socket PATH] crl push FILE
+    ipop [--socket PATH] service publish NAME PORT [--proto tcp|udp] [--txt K=V ...]
+    ipop [--socket PATH] service list [NAME] [--proto tcp|udp] [--json]
+    ipop [--socket PATH] service withdraw NAME [--proto tcp|udp]
 
 The socket is ``--socket``, else ``$IPOP_SOCKET``, else ``/run/ipop/ipopd.sock``.
 
@@ -37,7 +40,15 @@ from ipop.aio.control import (
     ControlUnavailable,
 )
 from ipop.config import DEFAULT_CONTROL_SOCKET
-from ipop.tools import cli_crl, cli_dht, cli_netcheck, cli_ping, cli_resolve, cli_status
+from ipop.tools import (
+    cli_crl,
+    cli_dht,
+    cli_netcheck,
+    cli_ping,
+    cli_resolve,
+    cli_service,
+    cli_status,
+)
 
 PROG = "ipop"
 SOCKET_ENV = "IPOP_SOCKET"
@@ -70,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"control socket (default ${SOCKET_ENV} or {DEFAULT_CONTROL_SOCKET})",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (cli_status, cli_ping, cli_dht, cli_resolve, cli_netcheck, cli_crl):
+    for module in (cli_status, cli_ping, cli_dht, cli_resolve, cli_netcheck, cli_crl, cli_service):
         module.add_parser(sub)
     return parser
 

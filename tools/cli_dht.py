@@ -12,18 +12,12 @@ import sys
 from typing import Any
 
 from ipop.aio.control import ControlClient
+from ipop.tools.cli_args import int_in
 
 DEFAULT_TTL_S = 3600
 
 
-def _ttl(text: str) -> int:
-    try:
-        ttl = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
-    if ttl < 1:
-        raise argparse.ArgumentTypeError("the TTL must be at least 1 second")
-    return ttl
+_ttl = int_in(1, None, "TTL in seconds")
 
 
 def add_parser(sub: argparse._SubParsersAction[Any]) -> None:

@@ -80,7 +80,7 @@ class NodeServices:
         self.runner = TapServicesRunner(
             self.services,
             daemon.write_frame,
-            daemon.resolve,
+            daemon.dns_lookup,
             (upstream.host, upstream.port) if upstream is not None else None,
         )
 

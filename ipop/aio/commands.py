@@ -3,19 +3,23 @@
 :mod:`ipop.aio.control` owns the socket, its line protocol, the validation of each request and
 the :class:`ipop.aio.control.ControlHandler` contract; this module owns what each command does
 to the daemon: status, ping (resolve, owner lookup, overlay ping, its round trip remembered for
-status), the user namespace of the DHT, name resolution, CRL pushes and netcheck. A refusal is
-a :class:`ipop.aio.control.CommandFailed` whose message the client prints as is.
+status), the user namespace of the DHT, name resolution, services (publish, list, withdraw:
+:mod:`ipop.dht.publish`), CRL pushes and netcheck. A refusal is a
+:class:`ipop.aio.control.CommandFailed` whose message the client prints as is.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from ipop.aio.control import CommandFailed
 from ipop.aio.daemon import Daemon
 from ipop.dht.policy import MAX_USER_KEY
+from ipop.dht.publish import PublishFailed, ServicePublisher, check_name, list_services
 from ipop.dht.record import MAX_VALUE_BYTES
+from ipop.dht.srv import PROTOS, ServiceValue
 from ipop.identity import CrlError
 from ipop.nat.netcheck import NetcheckResult
 from ipop.status import PingReply, Status
@@ -84,6 +88,51 @@ class DaemonControl:
         vip = await self.d.resolve(name)
         return str(vip) if vip is not None else None
 
+    async def service_publish(
+        self, name: str, port: int, proto: str, txt: list[str]
+    ) -> dict[str, Any]:
+        publisher = self._publisher()
+        vip = self.d.vip
+        assert vip is not None  # the publisher is made once the address is ours
+        value = ServiceValue(vip, port, tuple(txt))
+        try:
+            slot = await publisher.publish(name, proto, value)
+        except PublishFailed as exc:
+            raise CommandFailed(str(exc)) from None
+        return {**_value_dict(name, proto, value), "slot": slot}
+
+    async def service_list(self, name: str, proto: str) -> list[dict[str, Any]]:
+        """Every live instance of ``name`` (``proto`` "": both); ``name`` "": ours."""
+        protos = PROTOS if proto == "" else (proto,)
+        if name == "":
+            return [
+                _value_dict(n, p, v) for n, p, v in self._publisher().published() if p in protos
+            ]
+        node = self.d.node
+        if node is None or node.dht is None or not node.dht_ready.is_set():
+            raise CommandFailed("the DHT has not joined yet")
+        out: list[dict[str, Any]] = []
+        for p in protos:
+            try:
+                check_name(name, p)
+            except PublishFailed as exc:
+                raise CommandFailed(str(exc)) from None
+            found = await list_services(node.dht, self.d.network, name, p, subnet=self.d.subnet)
+            out.extend(i.to_dict() for i in found)
+        return out
+
+    async def service_withdraw(self, name: str, proto: str) -> bool:
+        try:
+            check_name(name, proto)
+        except PublishFailed as exc:
+            raise CommandFailed(str(exc)) from None
+        return await self._publisher().withdraw(name, proto)
+
+    def _publisher(self) -> ServicePublisher:
+        if self.d.publisher is None:
+            raise CommandFailed("the node has no address yet: try again once it is ready")
+        return self.d.publisher
+
     async def crl_push(self, crl: str) -> int:
         d = self.d
         if d.node is None:
@@ -102,3 +151,13 @@ class DaemonControl:
     def _key(self, key: str) -> str:
         # User keys live in their own namespace of this network: they cannot touch ip/name records.
         return f"{self.d.network}:user:{key}"
+
+
+def _value_dict(name: str, proto: str, value: ServiceValue) -> dict[str, Any]:
+    return {
+        "name": name,
+        "proto": proto,
+        "addr": str(value.addr),
+        "port": value.port,
+        "txt": list(value.txt),
+    }

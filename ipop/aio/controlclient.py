@@ -194,6 +194,24 @@ class ControlClient:
             raise self._malformed("dht_put", f"{type_name(result)} is not true or false")
         return result
 
+    def service_publish(self, name: str, port: int, proto: str, txt: list[str]) -> dict[str, Any]:
+        result = self._call("service_publish", name=name, port=port, proto=proto, txt=txt)
+        if not isinstance(result, dict):
+            raise self._malformed("service_publish", f"{type_name(result)} is not an object")
+        return result
+
+    def service_list(self, name: str, proto: str) -> list[dict[str, Any]]:
+        result = self._call("service_list", name=name, proto=proto)
+        if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
+            raise self._malformed("service_list", f"{type_name(result)} is not a list of objects")
+        return result
+
+    def service_withdraw(self, name: str, proto: str) -> bool:
+        result = self._call("service_withdraw", name=name, proto=proto)
+        if not isinstance(result, bool):
+            raise self._malformed("service_withdraw", f"{type_name(result)} is not true or false")
+        return result
+
     def resolve(self, name: str) -> str | None:
         result = self._call("resolve", name=name)
         if result is not None and not isinstance(result, str):

@@ -15,6 +15,12 @@ answered in order on a connection::
     -> {"cmd": "netcheck", "servers": ["203.0.113.30:3478"], "second_opinion": true}
                                        <- {"ok": true, "result": {"nat": "full-cone", ...}}
                                                           (ipop.nat.netcheck.NetcheckResult)
+    -> {"cmd": "service_publish", "name": "http", "port": 8000, "proto": "tcp",
+        "txt": ["path=/"]}        <- {"ok": true, "result": {"name": "http", ..., "slot": 3}}
+    -> {"cmd": "service_list", "name": "http", "proto": ""}   ("": both; name "": ours)
+                                  <- {"ok": true, "result": [{"name": "http", "addr": ...}]}
+    -> {"cmd": "service_withdraw", "name": "http", "proto": "tcp"}
+                                                          <- {"ok": true, "result": true}
     -> {"cmd": "crl_push", "crl": "-----BEGIN X509 CRL-----..."}
                                 <- {"ok": true, "result": 3}   (the CRL number now in force)
     -> anything else                                      <- {"ok": false, "error": "why"}
@@ -64,6 +70,8 @@ __all__ = [
 # A status of a few hundred peers is tens of KiB; a line past this is garbage or an attack.
 MAX_LINE_BYTES: Final = 1 << 20
 MAX_NETCHECK_SERVERS: Final = 8
+# TXT strings one service carries (ipop.dht.srv.MAX_TXT).
+MAX_TXT_STRINGS: Final = 8
 # An overlay ping that has not come back in a minute is not coming back.
 MAX_PING_TIMEOUT_S: Final = 60.0
 
@@ -84,6 +92,14 @@ class ControlHandler(Protocol):
     async def netcheck(self, servers: list[str], second_opinion: bool) -> NetcheckResult: ...
 
     async def crl_push(self, crl: str) -> int: ...
+
+    async def service_publish(
+        self, name: str, port: int, proto: str, txt: list[str]
+    ) -> dict[str, Any]: ...
+
+    async def service_list(self, name: str, proto: str) -> list[dict[str, Any]]: ...
+
+    async def service_withdraw(self, name: str, proto: str) -> bool: ...
 
 
 class ControlError(IpopError):
@@ -177,6 +193,34 @@ def _arg_endpoints(name: str, value: object) -> list[str]:
     return list(value)
 
 
+def _arg_port(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 0xFFFF:
+        raise BadRequest("bad_args", f"{name} must be an integer in 1..65535")
+    return value
+
+
+def _arg_strings(name: str, value: object) -> list[str]:
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_TXT_STRINGS
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise BadRequest("bad_args", f"{name} must be a list of at most {MAX_TXT_STRINGS} strings")
+    return list(value)
+
+
+def _result_dict(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"handler returned {type_name(value)}, not dict")
+    return value
+
+
+def _result_dicts(value: object) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise TypeError(f"handler returned {type_name(value)}, not a list of dicts")
+    return value
+
+
 def _arg_crl(name: str, value: object) -> str:
     # A PEM CRL within ipop.identity.MAX_CRL_BYTES of DER is at most ~23 KB of text.
     if not isinstance(value, str) or len(value) > 2 * MAX_CRL_BYTES:
@@ -253,6 +297,21 @@ COMMANDS: Final[Mapping[str, _Command]] = {
         _result_netcheck,
     ),
     "crl_push": _Command((("crl", _arg_crl),), lambda h, a: h.crl_push(a["crl"]), _result_int),
+    "service_publish": _Command(
+        (("name", _arg_str), ("port", _arg_port), ("proto", _arg_str), ("txt", _arg_strings)),
+        lambda h, a: h.service_publish(a["name"], a["port"], a["proto"], a["txt"]),
+        _result_dict,
+    ),
+    "service_list": _Command(
+        (("name", _arg_str), ("proto", _arg_str)),
+        lambda h, a: h.service_list(a["name"], a["proto"]),
+        _result_dicts,
+    ),
+    "service_withdraw": _Command(
+        (("name", _arg_str), ("proto", _arg_str)),
+        lambda h, a: h.service_withdraw(a["name"], a["proto"]),
+        _result_bool,
+    ),
 }
 
 

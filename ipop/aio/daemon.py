@@ -49,8 +49,10 @@ from ipop.aio.stack import Node
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
 from ipop.dht.names import lookup_name
+from ipop.dht.publish import ServicePublisher, list_services
 from ipop.dht.record import ip_key
 from ipop.dht.service import DhtConfig
+from ipop.dht.srv import PROTOS, SERVICE_QUOTA, ServiceValue
 from ipop.link import fastpath
 from ipop.metrics import MetricsInput, render_metrics
 from ipop.nat.netcheck import NetcheckResult
@@ -129,6 +131,8 @@ class Daemon:
             rng=self.rng,
         )
         self.node: Node | None = None
+        # The services we publish (ipop service publish); made once the DHT has our address.
+        self.publisher: ServicePublisher | None = None
         self.udp: UdpSocket | None = None
         self.tap: Tap | None = None
         self.dataplane: DataPlane | None = None
@@ -303,6 +307,11 @@ class Daemon:
             self.services.address_assigned(vip)
         # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
         self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
+        # A router may publish for its LAN hosts too: replicas grant it one more each.
+        quota = SERVICE_QUOTA + self.bundle.node_cert.router_hosts
+        self.publisher = ServicePublisher(
+            node.dht, self.network, ttl=self.settings.lease_s, quota=quota
+        )
         # Published last: a status showing the vIP means the node answers to all its names.
         self.vip = vip
         log.info(
@@ -322,6 +331,13 @@ class Daemon:
         if self.addrwatch is not None:
             await self.addrwatch.close()
         await self.tasks.close()
+        if self.publisher is not None:
+            # Withdrawn now, not left to lapse: a stopped node's services must not be found.
+            try:
+                async with asyncio.timeout(timing.SERVICE_WITHDRAW_S):
+                    await self.publisher.withdraw_all()
+            except TimeoutError:
+                log.warning("event=service_withdraw_timeout")
         await self.address.stop()
         if self.services is not None:
             await self.services.close()
@@ -428,6 +444,20 @@ class Daemon:
         if node is None or node.dht is None:
             return None
         return await lookup_name(node.dht, self.network, name, self.subnet)
+
+    async def dns_lookup(self, name: str) -> IPv4Address | tuple[ServiceValue, ...] | None:
+        """What DNS asks the DHT: a service ``_<name>._<proto>`` (its verified instances) or
+        a hostname (its vIP)."""
+        service, dot, proto = name.partition(".")
+        if dot and service.startswith("_") and proto[1:] in PROTOS:
+            node = self.node
+            if node is None or node.dht is None:
+                return None
+            found = await list_services(
+                node.dht, self.network, service[1:], proto[1:], subnet=self.subnet
+            )
+            return tuple(ServiceValue(i.addr, i.port, i.txt) for i in found)
+        return await self.resolve(name)
 
     # --- the TAP's local traffic ------------------------------------------------------------
 

@@ -19,9 +19,13 @@ Keys: ``<network>:<kind>:<rest>``, the network being this DHT's own. Kinds::
                                                                      certificate names it
            <host>.<router hostname>     4-byte IPv4 (in the subnet)  that router (quota N + 1)
     user   1..64 printable ASCII        0..255 bytes                 any member (quota 8)
+    svc    <name>.<proto>.<slot>        addr, port, TXT strings      any member, in its own
+                                        (:mod:`ipop.dht.srv`)        slots (quota 8; a
+                                                                     router 8 + N)
 
 (``user``: ``ipop dht put/get``, the operator's own keys; ``ip`` and ``name``: leases and
-names, :mod:`ipop.dht.alloc` and :mod:`ipop.dht.names`.) Anything else is refused.
+names, :mod:`ipop.dht.alloc` and :mod:`ipop.dht.names`; ``svc``: ``ipop service publish``,
+:mod:`ipop.dht.srv`.) Anything else is refused.
 
 Why LAN host names are ``<host>.<router hostname>``: a member's hostname is one DNS label (no
 dot, :func:`ipop.identity.validate_hostname`), a LAN host's name always has one, so no LAN host
@@ -43,6 +47,7 @@ from dataclasses import dataclass
 from ipaddress import AddressValueError, IPv4Address, IPv4Network
 
 from ipop.dht.record import Record
+from ipop.dht.srv import SERVICE_QUOTA, allowed_slots, decode_value, parse_service_key
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.identity import (
     CERT_REASONS,
@@ -62,6 +67,7 @@ class Kind(enum.Enum):
     IP = "ip"
     NAME = "name"
     USER = "user"
+    SVC = "svc"
 
 
 # Every reason the policy refuses a record for (drop counters); certificate reasons included.
@@ -74,6 +80,8 @@ POLICY_REASONS = frozenset(
         "key_ip_outside_subnet",
         "key_bad_name",  # not a hostname, nor <host>.<router hostname>
         "key_bad_user",
+        "key_bad_service",  # not <name>.<tcp|udp>.<slot> (ipop.dht.srv)
+        "service_slot_not_owner",  # a slot the owner's node id does not give it
         "name_not_certified",  # a hostname the owner's certificate does not carry
         "name_not_router",  # a LAN host name from a node that is not that router
         "value_size",  # wrong length for the kind
@@ -160,6 +168,8 @@ class RecordPolicy:
             self._check_ip(record, rest, cert)
         elif kind is Kind.NAME:
             self._check_name(record, rest, cert)
+        elif kind is Kind.SVC:
+            self._check_service(record, rest)
         elif not 1 <= len(rest) <= MAX_USER_KEY or not rest.isascii() or not rest.isprintable():
             raise _refuse("key_bad_user", rest[:16])
         return Admitted(cert, kind)
@@ -168,10 +178,13 @@ class RecordPolicy:
         """Records of ``kind`` one owner may have at one replica.
 
         A plain node: one address and its certificate's hostname. A router: its own and
-        ``router_hosts`` LAN hosts' of each. Everyone: :data:`USER_QUOTA` operator keys.
+        ``router_hosts`` LAN hosts' of each. Everyone: :data:`USER_QUOTA` operator keys and
+        :data:`~ipop.dht.srv.SERVICE_QUOTA` services (a router: plus one per LAN host).
         """
         if kind is Kind.USER:
             return USER_QUOTA
+        if kind is Kind.SVC:
+            return SERVICE_QUOTA + cert.router_hosts
         return 1 + cert.router_hosts
 
     # --- per kind -------------------------------------------------------------------------------
@@ -209,6 +222,16 @@ class RecordPolicy:
         if len(record.value) != 4:
             raise _refuse("value_size", f"name value {len(record.value)} bytes")
         if self.subnet is not None and IPv4Address(record.value) not in self.subnet:
+            raise _refuse("value_outside_subnet")
+
+    def _check_service(self, record: Record, rest: str) -> None:
+        name, proto, slot = parse_service_key(rest)
+        if slot not in allowed_slots(record.owner, name, proto):
+            raise _refuse("service_slot_not_owner", rest[:32])
+        if record.tombstone:
+            return
+        value = decode_value(record.value)
+        if self.subnet is not None and value.addr not in self.subnet:
             raise _refuse("value_outside_subnet")
 
 

@@ -66,6 +66,7 @@ STORE_REASONS = (
             "quota_ip",
             "quota_name",
             "quota_user",
+            "quota_svc",
             "store_full",
         }
     )

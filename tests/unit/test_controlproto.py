@@ -73,3 +73,27 @@ def test_reply_lines_decode_to_their_result_or_error() -> None:
 def test_a_broken_reply_is_a_reply_error(raw: bytes) -> None:
     with pytest.raises(ControlReplyError):
         decode_reply(raw, "/s")
+
+
+def test_service_requests_are_checked() -> None:
+    def line(**obj: object) -> bytes:
+        return json.dumps(obj).encode()
+
+    cmd, _, args = parse_request(
+        line(cmd="service_publish", name="http", port=80, proto="tcp", txt=["a=b"])
+    )
+    assert cmd == "service_publish" and args["port"] == 80 and args["txt"] == ["a=b"]
+    for bad in (
+        {"port": 0},
+        {"port": 65536},
+        {"port": True},
+        {"txt": "a=b"},
+        {"txt": [1]},
+        {"txt": ["a=b"] * 9},
+    ):
+        obj = {"cmd": "service_publish", "name": "http", "port": 80, "proto": "tcp", "txt": []}
+        with pytest.raises(BadRequest):
+            parse_request(line(**{**obj, **bad}))
+    assert parse_request(line(cmd="service_list", name="", proto=""))[0] == "service_list"
+    with pytest.raises(BadRequest):
+        parse_request(line(cmd="service_withdraw", name="http"))

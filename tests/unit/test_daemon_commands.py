@@ -15,6 +15,7 @@ from ipop.aio.commands import DaemonControl
 from ipop.aio.control import CommandFailed
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.dht.policy import MAX_USER_KEY
+from ipop.dht.publish import ServicePublisher
 from ipop.dht.record import MAX_VALUE_BYTES, ip_key
 from ipop.testing.fake_dht import FakeDht
 from ipop.testing.identities import make_bundle
@@ -133,3 +134,37 @@ def test_a_ping_without_an_answer_is_not_ok(tmp_path: Path) -> None:
     dht.hold(ip_key("lab-net", BOB_VIP), other)
     reply = asyncio.run(DaemonControl(d).ping(str(BOB_VIP), 2, 0.1))
     assert (reply.seq, reply.ok) == (2, False) and other not in d.rtts
+
+
+def test_services_publish_list_withdraw(tmp_path: Path) -> None:
+    d, dht = _daemon(tmp_path)
+    ctl = DaemonControl(d)
+
+    async def body() -> None:
+        with pytest.raises(CommandFailed, match="no address yet"):
+            await ctl.service_publish("http", 80, "tcp", [])
+        d.vip = IPv4Address("100.64.0.9")
+        dht.hold(ip_key("lab-net", d.vip), dht.node_id)
+        d.publisher = ServicePublisher(dht, "lab-net", ttl=60)
+        got = await ctl.service_publish("http", 8000, "tcp", ["path=/"])
+        assert got["addr"] == "100.64.0.9" and got["port"] == 8000 and 0 <= got["slot"] < 16
+        with pytest.raises(CommandFailed, match="not a service name"):
+            await ctl.service_publish("Not_A_Name", 1, "tcp", [])
+        with pytest.raises(CommandFailed, match="TXT"):
+            await ctl.service_publish("web", 1, "tcp", ["no-equals-sign"])
+        [ours] = await ctl.service_list("", "")
+        assert ours == {
+            "name": "http",
+            "proto": "tcp",
+            "addr": "100.64.0.9",
+            "port": 8000,
+            "txt": ["path=/"],
+        }
+        [found] = await ctl.service_list("http", "")
+        assert found["owner"] == dht.node_id.to_bytes().hex() and found["port"] == 8000
+        assert await ctl.service_list("http", "udp") == []
+        assert await ctl.service_withdraw("http", "tcp")
+        assert await ctl.service_list("http", "") == []
+        assert not await ctl.service_withdraw("http", "tcp")
+
+    asyncio.run(body())
