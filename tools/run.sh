@@ -72,6 +72,11 @@ run_tests() {
   python -m ipop.tools.bench.fastpath_fuzz --asan --runs 20000
   echo "== pytest"
   pytest -q -p no:cacheprovider "$@"
+  if [ $# -eq 0 ]; then
+    # Both data paths pass every lab test: the lab again, with the native module's twin.
+    echo "== pytest tests/lab with IPOP_FASTPATH=python"
+    IPOP_FASTPATH=python pytest -q -p no:cacheprovider tests/lab
+  fi
 }
 
 cmd=${1:-}
