@@ -62,6 +62,7 @@ from typing import Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 
+from ipop.errors import ConfigError
 from ipop.link.crypto import CIPHER_IDS, Aead, nonce_for
 from ipop.link.replay import ReplayWindow
 from ipop.wire.header import DATA_HEADER, DATA_HEADER_BYTES, DATA_MIN_BYTES, TYPE_DATA
@@ -166,13 +167,20 @@ BACKEND = "python" if _native is None else "native"
 
 def use(choice: str) -> str:
     """Pick the implementation for keys made from now on: ``"auto"`` (native if built),
-    ``"python"``, or ``"native"`` (ImportError if not built); returns :data:`BACKEND`. The
+    ``"python"``, or ``"native"``; returns :data:`BACKEND`. Anything else, or ``"native"``
+    without the module, is a ConfigError naming the fix (ipopd prints it and exits 2). The
     driver calls it with ``IPOP_FASTPATH`` (a core reads no environment)."""
     global _CLASS, BACKEND
     if choice not in ("auto", "python", "native"):
-        raise ValueError(f"IPOP_FASTPATH must be auto, python or native, not {choice!r}")
+        raise ConfigError(
+            "IPOP_FASTPATH", f"{choice!r} is not a data path", "set it to auto, python or native"
+        )
     if choice == "native" and _native is None:
-        raise ImportError("IPOP_FASTPATH=native but ipop.link._fastpath was not built")
+        raise ConfigError(
+            "IPOP_FASTPATH",
+            "native, but ipop.link._fastpath was not built",
+            "install gcc, python3-dev and libssl-dev and reinstall ipop, or use auto",
+        )
     if choice == "python" or _native is None:
         _CLASS, BACKEND = PyBatchAead, "python"
     else:
