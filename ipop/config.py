@@ -32,6 +32,14 @@ meaning is documented in ``deploy/ipop.example.toml``::
     listen = "127.0.0.1:9580"          # optional: Prometheus text on GET /metrics; absent: off
     allow_remote = false               # true: listen may be a non-loopback address
     max_peers = 256                    # per-peer series at most (1..4096)
+    [[service]]                        # any number up to MAX_SERVICES: published at our vIP
+    name = "http"                      # a service name (RFC 6335), answered as _http._tcp
+    port = 8000                        # 1..65535
+    proto = "tcp"                      # tcp | udp
+    txt = ["path=/"]                   # KEY=VALUE strings, default none
+
+``[[service]]`` tables are checked by :func:`parse_services`, which a router's config
+(:mod:`ipop.router.config`) shares with one more key, ``host`` (the LAN host it publishes for).
 
 Loading is separate from validation: :func:`read_config_table` does the I/O and the TOML
 syntax, :func:`parse_config` checks a table and builds a :class:`NodeConfig` (no I/O, so tests
@@ -51,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, cast
 
+from ipop.dht.srv import PROTOS, ServiceValue, validate_service_name
 from ipop.errors import ConfigError
 from ipop.identity import validate_hostname
 from ipop.types import Endpoint
@@ -62,16 +71,19 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "LOG_LEVELS",
     "MAX_CONFIG_BYTES",
+    "MAX_SERVICES",
     "ControlConfig",
     "DhtConfig",
     "DnsConfig",
     "IdentityConfig",
     "MetricsConfig",
     "NodeConfig",
+    "ServiceConfig",
     "StunConfig",
     "TapConfig",
     "load_config",
     "parse_config",
+    "parse_services",
     "read_config_table",
 ]
 
@@ -118,6 +130,10 @@ ALL_KEYS: Final[tuple[str, ...]] = _TOP_KEYS + tuple(
 )
 
 _FIX_SEE_EXAMPLE = "see deploy/ipop.example.toml"
+# [[service]] tables at most: what one member's quota at the replicas could ever hold is far
+# less for a node (ipop.dht.srv.SERVICE_QUOTA), more for a router (one per LAN host).
+MAX_SERVICES: Final = 32
+_SERVICE_KEYS = ("name", "port", "proto", "txt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +207,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """A ``[[service]]`` table: ``name``/``proto`` at ``port``, at our own vIP or (a router's)
+    at the LAN host ``host``'s address."""
+
+    name: str
+    port: int
+    proto: str = "tcp"
+    txt: tuple[str, ...] = ()
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """A validated node config; every path in it is absolute."""
 
@@ -206,6 +234,7 @@ class NodeConfig:
     stun: StunConfig = field(default_factory=StunConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    services: tuple[ServiceConfig, ...] = ()
 
     def effective_hostname(self, bundle_hostname: str | None) -> str | None:
         """The hostname to register: the certificate's (the bundle's), or none.
@@ -394,8 +423,63 @@ def parse_config(table: Mapping[str, object], *, base_dir: Path, source: str) ->
         raise ConfigError(exc.key, f"{exc.problem} in {source}", exc.fix) from None
 
 
+def parse_services(
+    value: object, *, lan_hosts: bool = False, example: str = "ipop.example.toml"
+) -> tuple[ServiceConfig, ...]:
+    """The ``[[service]]`` tables; ConfigError naming the table, key and fix.
+
+    ``lan_hosts`` (a router's): each table also needs ``host``, a LAN host's DHCP hostname.
+    One (name, proto) per config: a member holds one instance of each.
+    """
+    host_eg = ', host = "printer"' if lan_hosts else ""
+    fix = f'[[service]] name = "http", port = 80{host_eg} (see {example})'
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_SERVICES:
+        raise ConfigError("service", f"must be at most {MAX_SERVICES} [[service]] tables", fix)
+    keys = (*_SERVICE_KEYS, "host") if lan_hosts else _SERVICE_KEYS
+    out: list[ServiceConfig] = []
+    for i, t in enumerate(value):
+        where = f"service[{i}]"
+        if not isinstance(t, dict):
+            raise ConfigError(where, "is not a table", fix)
+        unknown = sorted(set(t) - set(keys))
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}", "is not a service key", fix)
+        name = t.get("name")
+        why = validate_service_name(name) if isinstance(name, str) else "missing or not a string"
+        if why is not None or not isinstance(name, str):
+            raise ConfigError(f"{where}.name", str(why), fix)
+        proto = t.get("proto", "tcp")
+        if proto not in PROTOS:
+            raise ConfigError(f"{where}.proto", f"must be one of {', '.join(PROTOS)}", fix)
+        host = t.get("host")
+        if lan_hosts:
+            try:
+                validate_hostname(host if isinstance(host, str) else "")
+            except ConfigError:
+                raise ConfigError(
+                    f"{where}.host", f"must be a LAN host's DHCP hostname, got {host!r}", fix
+                ) from None
+        port = t.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 0xFFFF:
+            raise ConfigError(f"{where}.port", f"must be an integer 1..65535, got {port!r}", fix)
+        txt = t.get("txt", [])
+        if not isinstance(txt, list) or not all(isinstance(x, str) for x in txt):
+            raise ConfigError(f"{where}.txt", "must be a list of KEY=VALUE strings", fix)
+        try:
+            ServiceValue(ipaddress.IPv4Address(0), port, tuple(txt)).encode()
+        except ValueError as exc:
+            raise ConfigError(f"{where}.txt", str(exc), fix) from None
+        svc = ServiceConfig(name, port, str(proto), tuple(txt), str(host) if lan_hosts else None)
+        if any((s.name, s.proto) == (svc.name, svc.proto) for s in out):
+            raise ConfigError(f"{where}.name", f"{name}/{proto} is listed twice", fix)
+        out.append(svc)
+    return tuple(out)
+
+
 def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
-    unknown = sorted(set(table) - set(_TOP_KEYS) - set(_SECTIONS))
+    unknown = sorted(set(table) - set(_TOP_KEYS) - set(_SECTIONS) - {"service"})
     if unknown:
         raise ConfigError(
             unknown[0],
@@ -460,6 +544,7 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
             else _path(crl_raw, "identity.crl", base_dir, "/etc/ipop/lab-net.crl.pem")
         ),
         metrics=_metrics(metrics),
+        services=parse_services(table.get("service")),
     )
 
 

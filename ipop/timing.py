@@ -154,7 +154,8 @@ DHT_LEASE_RENEW_FRACTION = 0.5
 # How long a stopping daemon waits for its services' withdrawals (tombstones: quorum writes)
 # before it leaves them to lapse with their leases.
 SERVICE_WITHDRAW_S = 3.0
-# How often a router checks its [[service]] tables against its LAN hosts' addresses.
+# How often a config's [[service]] tables are checked against their addresses (a router's LAN
+# hosts'; a node's own vIP) and ones that failed to publish are retried.
 LAN_SERVICE_SYNC_S = 1.0
 # After a failed renewal, try again this soon (the lease still has half its life left).
 DHT_LEASE_RETRY_S = 10.0

@@ -16,7 +16,8 @@ has no TAP); ``deploy/router.example.toml`` documents the ``[router]`` keys:
 router publishes for its LAN hosts (``ipop.dht.publish``), each ``name`` (a service name,
 ``http``), ``port`` (1..65535), ``proto`` (``tcp``, default, or ``udp``), ``host`` (the LAN
 host's DHCP hostname, ``printer``: published while a host of that name holds an address) and
-``txt`` (a list of ``KEY=VALUE`` strings, default none). One (name, proto) per router.
+``txt`` (a list of ``KEY=VALUE`` strings, default none). One (name, proto) per router. They
+are checked by :func:`ipop.config.parse_services`, like a node's own ``[[service]]`` tables.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from pathlib import Path
 
-from ipop.config import NodeConfig, parse_config, read_config_table
-from ipop.dht.srv import PROTOS, ServiceValue, validate_service_name
+from ipop.config import MAX_SERVICES, NodeConfig, ServiceConfig, parse_config, read_config_table
+from ipop.config import parse_services as parse_node_services
 from ipop.errors import ConfigError
-from ipop.identity import NodeCertificate, validate_hostname
+from ipop.identity import NodeCertificate
 
 __all__ = [
     "MAX_LAN_SERVICES",
@@ -44,20 +44,11 @@ __all__ = [
 
 _FIX = "see deploy/router.example.toml"
 _KEYS = ("interface", "dhcp_lease_s", "static_hosts", "max_hosts")
-_SERVICE_KEYS = ("name", "port", "proto", "host", "txt")
-# Services one router publishes for its hosts: a few per LAN, well within its DHT quota.
-MAX_LAN_SERVICES = 32
+MAX_LAN_SERVICES = MAX_SERVICES
 
 
-@dataclass(frozen=True, slots=True)
-class LanService:
-    """A ``[[service]]`` table: ``name``/``proto`` at ``port`` of the LAN host ``host``."""
-
-    name: str
-    port: int
-    host: str
-    proto: str = "tcp"
-    txt: tuple[str, ...] = ()
+# A router's [[service]] table: a node's, with ``host`` (the LAN host it publishes for) set.
+LanService = ServiceConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,48 +94,7 @@ def parse_router_section(value: object) -> RouterSection:
 
 def parse_services(value: object) -> tuple[LanService, ...]:
     """The ``[[service]]`` tables (module docstring); ConfigError naming the bad one."""
-    fix = '[[service]] name = "http", port = 80, host = "printer" (see router.example.toml)'
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > MAX_LAN_SERVICES:
-        raise ConfigError("service", f"must be at most {MAX_LAN_SERVICES} [[service]] tables", fix)
-    out: list[LanService] = []
-    for i, t in enumerate(value):
-        where = f"service[{i}]"
-        if not isinstance(t, dict):
-            raise ConfigError(where, "is not a table", fix)
-        unknown = sorted(set(t) - set(_SERVICE_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}", "is not a service key", fix)
-        name = t.get("name")
-        why = validate_service_name(name) if isinstance(name, str) else "missing or not a string"
-        if why is not None or not isinstance(name, str):
-            raise ConfigError(f"{where}.name", str(why), fix)
-        proto = t.get("proto", "tcp")
-        if proto not in PROTOS:
-            raise ConfigError(f"{where}.proto", f"must be one of {', '.join(PROTOS)}", fix)
-        host = t.get("host")
-        try:
-            validate_hostname(host if isinstance(host, str) else "")
-        except ConfigError:
-            raise ConfigError(
-                f"{where}.host", f"must be a LAN host's DHCP hostname, got {host!r}", fix
-            ) from None
-        port = t.get("port")
-        txt = t.get("txt", [])
-        if not isinstance(txt, list) or not all(isinstance(x, str) for x in txt):
-            raise ConfigError(f"{where}.txt", "must be a list of KEY=VALUE strings", fix)
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 0xFFFF:
-            raise ConfigError(f"{where}.port", f"must be an integer 1..65535, got {port!r}", fix)
-        try:
-            ServiceValue(IPv4Address(0), port, tuple(txt)).encode()
-        except ValueError as exc:
-            raise ConfigError(f"{where}.txt", str(exc), fix) from None
-        svc = LanService(name, port, str(host), str(proto), tuple(txt))
-        if any((s.name, s.proto) == (svc.name, svc.proto) for s in out):
-            raise ConfigError(f"{where}.name", f"{name}/{proto} is listed twice", fix)
-        out.append(svc)
-    return tuple(out)
+    return parse_node_services(value, lan_hosts=True, example="router.example.toml")
 
 
 def load_router_config(path: str | Path) -> RouterConfig:

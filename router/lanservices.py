@@ -7,29 +7,24 @@ name the router registered for it), the service is published at that address wit
 router's own publisher (:class:`ipop.dht.publish.ServicePublisher`: the router holds the
 host's ``ip`` record, so readers believe it). When the host's address changes the service
 follows; when the host is gone the service is withdrawn. :meth:`LanServices.sync` does one
-round; :meth:`LanServices.run` repeats it every :data:`ipop.timing.LAN_SERVICE_SYNC_S`.
+round; :meth:`LanServices.run` repeats it every :data:`ipop.timing.LAN_SERVICE_SYNC_S`. The
+publishing itself is :class:`ipop.dht.publish.ServiceKeeper`'s, shared with ``ipopd``'s own
+``[[service]]`` tables.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 
-from ipop import timing
-from ipop.dht.publish import PublishFailed, ServicePublisher
-from ipop.dht.srv import ServiceValue
-from ipop.errors import IpopError
+from ipop.dht.publish import ServiceKeeper, ServicePublisher
 from ipop.router.config import LanService
 from ipop.router.hosts import LanHost
 
 __all__ = ["LanServices"]
 
-log = logging.getLogger("ipop.router")
 
-
-class LanServices:
+class LanServices(ServiceKeeper[LanService]):
     """Keeps ``services`` published at their LAN hosts' current addresses."""
 
     def __init__(
@@ -42,11 +37,10 @@ class LanServices:
     ) -> None:
         """``hosts``: the LAN's hosts now; ``publisher``: the daemon's, None until it has an
         address; ``under``: the router's hostname plus the DNS suffix (``lab.ipop``)."""
-        self.services = tuple(services)
+        super().__init__(services, where=self._where_now, publisher=publisher, what="lan_service")
         self._hosts = hosts
-        self._publisher = publisher
         self._under = under
-        self.published: dict[tuple[str, str], IPv4Address] = {}
+        self._now: dict[str, IPv4Address] = {}
 
     def _addresses(self) -> dict[str, IPv4Address]:
         suffix = "." + self._under
@@ -57,34 +51,10 @@ class LanServices:
                     out[name[: -len(suffix)]] = h.vip
         return out
 
-    async def sync(self) -> int:
-        """One round: publish, move or withdraw what changed; how many changed."""
-        pub = self._publisher()
-        if pub is None:
-            return 0
-        where = self._addresses()
-        changed = 0
-        for svc in self.services:
-            key = (svc.name, svc.proto)
-            vip = where.get(svc.host)
-            if vip == self.published.get(key):
-                continue
-            try:
-                if vip is None:
-                    await pub.withdraw(*key)
-                    del self.published[key]
-                else:
-                    await pub.publish(svc.name, svc.proto, ServiceValue(vip, svc.port, svc.txt))
-                    self.published[key] = vip
-                changed += 1
-            except (PublishFailed, IpopError, OSError, TimeoutError) as exc:
-                # The DHT may still be converging, or the slots busy: the next round retries.
-                log.warning(
-                    "event=lan_service_failed name=%s host=%s error=%s", svc.name, svc.host, exc
-                )
-        return changed
+    def _where_now(self, svc: LanService) -> IPv4Address | None:
+        return None if svc.host is None else self._now.get(svc.host)
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(timing.LAN_SERVICE_SYNC_S)
-            await self.sync()
+    async def sync(self) -> int:
+        # The hosts' addresses once per round, not once per service.
+        self._now = self._addresses()
+        return await super().sync()

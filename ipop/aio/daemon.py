@@ -49,7 +49,7 @@ from ipop.aio.stack import Node
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
 from ipop.dht.names import lookup_name
-from ipop.dht.publish import ServicePublisher, list_services
+from ipop.dht.publish import ServiceKeeper, ServicePublisher, list_services
 from ipop.dht.record import ip_key
 from ipop.dht.service import DhtConfig
 from ipop.dht.srv import PROTOS, SERVICE_QUOTA, ServiceValue
@@ -133,6 +133,11 @@ class Daemon:
         self.node: Node | None = None
         # The services we publish (ipop service publish); made once the DHT has our address.
         self.publisher: ServicePublisher | None = None
+        # The config's [[service]] tables, published with it at our vIP (republished at every
+        # start: they are config, not state; withdrawn on stop with everything it publishes).
+        self.configured = ServiceKeeper(
+            settings.services, where=lambda _svc: self.vip, publisher=lambda: self.publisher
+        )
         self.udp: UdpSocket | None = None
         self.tap: Tap | None = None
         self.dataplane: DataPlane | None = None
@@ -322,6 +327,8 @@ class Daemon:
         )
         self.ready.set()
         self.tasks.spawn(self._learn_peer_vips())
+        if self.configured.services:
+            self.tasks.spawn(self.configured.run())
         if on_ready is not None:
             on_ready()
 

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipop.config import NodeConfig
+from ipop.config import NodeConfig, ServiceConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
 from ipop.types import Endpoint
@@ -40,6 +40,8 @@ class DaemonSettings:
     stun_alt_port: int = 0
     # A revocation list file read at start (ipop.config.IdentityConfig.crl); None: the bundle's.
     crl_file: Path | None = None
+    # [[service]] tables: published at our vIP once we hold it, at every start.
+    services: tuple[ServiceConfig, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: NodeConfig, *, bundle_hostname: str | None) -> DaemonSettings:
@@ -56,6 +58,7 @@ class DaemonSettings:
             stun_alternate=cfg.stun.alternate,
             stun_alt_port=cfg.stun.alt_port,
             crl_file=cfg.identity.crl,
+            services=cfg.services,
         )
 
 

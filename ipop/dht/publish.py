@@ -9,6 +9,10 @@ publisher takes the same slot back) and keeps it with a lease, like a name. ``wi
 deletes it at once (a tombstone), and the daemon withdraws every service when it stops; a
 publisher that dies stops renewing, so its instances lapse with the lease.
 
+:class:`ServiceKeeper` keeps a fixed list of services (a config's ``[[service]]`` tables: a
+node's at its own vIP, a router's at its LAN hosts') published wherever each one's address is
+now, through a publisher: one code path for both.
+
 Listing reads every slot of the name at once, and keeps an instance only if the address it
 names is held (its ``ip`` record) by the same member that signed the service record: a member
 can publish its own vIP or, as a router, its LAN hosts', never somebody else's machine. The
@@ -20,9 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import Generic, Protocol, TypeVar
 
+from ipop import timing
 from ipop.dht.alloc import DhtLease, DhtLike
 from ipop.dht.record import Record, ip_key
 from ipop.dht.srv import (
@@ -39,7 +46,14 @@ from ipop.errors import IpopError, RemoteProtocolError
 from ipop.timing import DHT_LEASE_TTL_S
 from ipop.types import NodeId
 
-__all__ = ["PublishFailed", "ServiceInstance", "ServicePublisher", "list_services"]
+__all__ = [
+    "PublishFailed",
+    "ServiceInstance",
+    "ServiceKeeper",
+    "ServicePublisher",
+    "ServiceSpec",
+    "list_services",
+]
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +187,72 @@ class ServicePublisher:
         """Withdraw everything (the daemon stops)."""
         for name, proto, _ in self.published():
             await self.withdraw(name, proto)
+
+
+class ServiceSpec(Protocol):
+    """What :class:`ServiceKeeper` needs of a configured service (``ipop.config.ServiceConfig``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def proto(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def txt(self) -> tuple[str, ...]: ...
+
+
+S = TypeVar("S", bound=ServiceSpec)
+
+
+class ServiceKeeper(Generic[S]):
+    """Keeps ``services`` published at the address ``where`` gives each (None: withdrawn)."""
+
+    def __init__(
+        self,
+        services: Iterable[S],
+        *,
+        where: Callable[[S], IPv4Address | None],
+        publisher: Callable[[], ServicePublisher | None],
+        what: str = "service",
+    ) -> None:
+        """``publisher``: the daemon's, None until it has an address; ``what``: the log
+        event's prefix."""
+        self.services = tuple(services)
+        self._where = where
+        self._publisher = publisher
+        self._what = what
+        self.published: dict[tuple[str, str], IPv4Address] = {}
+
+    async def sync(self) -> int:
+        """One round: publish, move or withdraw what changed; how many changed."""
+        pub = self._publisher()
+        if pub is None:
+            return 0
+        changed = 0
+        for svc in self.services:
+            key = (svc.name, svc.proto)
+            vip = self._where(svc)
+            if vip == self.published.get(key):
+                continue
+            try:
+                if vip is None:
+                    await pub.withdraw(*key)
+                    del self.published[key]
+                else:
+                    await pub.publish(svc.name, svc.proto, ServiceValue(vip, svc.port, svc.txt))
+                    self.published[key] = vip
+                changed += 1
+            except (PublishFailed, IpopError, OSError, TimeoutError) as exc:
+                # The DHT may still be converging, or the slots busy: the next round retries.
+                log.warning("event=%s_failed name=%s error=%s", self._what, svc.name, exc)
+        return changed
+
+    async def run(self) -> None:
+        """Sync now, then every :data:`ipop.timing.LAN_SERVICE_SYNC_S`."""
+        while True:
+            await self.sync()
+            await asyncio.sleep(timing.LAN_SERVICE_SYNC_S)
 
 
 async def list_services(

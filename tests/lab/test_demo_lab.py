@@ -1,9 +1,11 @@
-"""The README's main job, ``ipop-lab demo``, end to end (root): every pair by name, and the
-shortcut moment (relayed first, then direct by port guessing, symmetric NAT included)."""
+"""The README's main job, ``ipop-lab demo``, end to end (root): every pair by name, the
+shortcut moment (relayed first, then direct by port guessing, symmetric NAT included), and the
+Grid Appliance moment (a plain LAN host finds a node's web server by SRV and fetches it)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -31,3 +33,13 @@ def test_demo_pings_every_pair_and_shows_the_shortcut_moment() -> None:
     # the pair's traffic is direct in the all-pairs table too
     ac = [p for p in result["pings"] if (p["from"], p["to"]) == (sc["from"], sc["to"])]
     assert ac and ac[0]["path"] == "direct", table
+    # The Grid Appliance moment: found by SRV through the router's DNS, fetched with curl.
+    sv = result["service"]
+    assert sv["fetched"] and "unmodified python3 -m http.server" in sv["page"], table
+    assert (sv["publisher_nat"], sv["via"]) == ("symmetric", "r1"), table
+    assert re.fullmatch(r"0 0 8000 C\d{9}\.ipop\.", sv["srv"]), table
+    assert sv["url"] == f"http://{sv['srv'].split()[-1].rstrip('.')}:8000/", table
+    assert sv["srv_ms"] is not None and sv["srv_ms"] <= 1000, table
+    assert sv["phase_s"] <= 5.0, table
+    assert "the Grid Appliance moment" in table and "fetched=True" in table
+    assert sv["server_stopped"], table  # by its PID, before the lab came down

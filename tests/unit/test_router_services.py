@@ -34,8 +34,8 @@ def test_service_tables_parse(tmp_path: Path) -> None:
         '[[service]]\nname = "syslog"\nport = 514\nproto = "udp"\nhost = "nas"\n',
     )
     assert got == (
-        LanService("http", 80, "printer", "tcp", ("path=/",)),
-        LanService("syslog", 514, "nas", "udp"),
+        LanService("http", 80, "tcp", ("path=/",), host="printer"),
+        LanService("syslog", 514, "udp", host="nas"),
     )
 
 
@@ -71,7 +71,10 @@ def test_lan_services_follow_their_hosts() -> None:
         pub = ServicePublisher(dht, "lab-net", ttl=60)
         hosts: list[LanHost] = []
         lan = LanServices(
-            [LanService("http", 80, "printer", txt=("path=/",)), LanService("ssh", 22, "nas")],
+            [
+                LanService("http", 80, txt=("path=/",), host="printer"),
+                LanService("ssh", 22, host="nas"),
+            ],
             hosts=lambda: hosts,
             publisher=lambda: pub,
             under="lab.ipop",

@@ -21,7 +21,14 @@ its ``ipop status`` is polled; the first replies come over the relay, then port 
 (``ipop.nat.portguess``) opens a direct path and the RTT drops. The table shows each reply with the
 path it took and the seconds until the path was direct (JSON: ``shortcut``).
 
-Everything is torn down at the end, also on failure or Ctrl-C.
+After the pairs, the demo shows *the Grid Appliance moment* (issue 17): a node (the one behind
+the symmetric NAT) runs an unmodified ``python3 -m http.server`` on its vIP, published through
+a ``[[service]]`` table in its ``ipopd`` config; a plain LAN host behind a router finds it with
+``dig SRV _http._tcp.ipop`` through its router's DNS and fetches the page with ``curl`` from the
+SRV answer's target and port (JSON: ``service``). The demo succeeds only if the page arrives.
+
+Everything is torn down at the end, also on failure or Ctrl-C; the HTTP server is stopped by
+its PID as soon as its phase ends.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import re
 import sys
 import tempfile
 import time
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +55,13 @@ PING_ATTEMPTS = 3
 SHORTCUT_PINGS = 40
 SHORTCUT_INTERVAL_S = 0.05
 _RTT = re.compile(r"time=([0-9.]+) ms")
+# The Grid Appliance moment: the service a node publishes from its config, and its page.
+SERVICE_NAME = "http"
+SERVICE_PORT = 8000
+SERVICE_SRV = f"_{SERVICE_NAME}._tcp.ipop"
+SERVICE_WAIT_S = 10.0
+_SRV = re.compile(r"\bIN\s+SRV\s+(\d+\s+\d+\s+(\d+)\s+(\S+))")
+_QUERY_MS = re.compile(r"Query time: (\d+) msec")
 
 
 def _progress(msg: str, *, quiet: bool) -> None:
@@ -85,6 +100,13 @@ def run_demo(
             lab.up()
             net = IpopNet(lab)
             net.prepare()
+            publisher = _service_publisher(lab)
+            if publisher is not None:
+                with net.files(publisher).config.open("a") as f:
+                    f.write(
+                        f'[[service]]\nname = "{SERVICE_NAME}"\nport = {SERVICE_PORT}\n'
+                        'txt = ["path=/"]\n'
+                    )
             t0 = {}
             for h in sorted(lab.hosts, key=lambda h: not h.is_bootstrap):
                 t0[h.name] = time.monotonic()
@@ -163,13 +185,112 @@ def run_demo(
                             "path": path if ok else None,
                         }
                     )
-            result["ok"] = all(p["ok"] for p in result["pings"]) and bool(result["pings"])
+            if publisher is not None and lab.plain_hosts:
+                fetcher = lab.plain_hosts[0]
+                _progress(
+                    f"the Grid Appliance moment: {fetcher.name} finds {publisher.name}'s "
+                    f"web server by SRV",
+                    quiet=quiet,
+                )
+                result["service"] = service_moment(net, publisher, fetcher)
+            pings_ok = all(p["ok"] for p in result["pings"]) and bool(result["pings"])
+            service_ok = result.get("service", {}).get("fetched", False) or publisher is None
+            result["ok"] = pings_ok and service_ok
     except NotReady as exc:
         result["error"] = str(exc)
     finally:
         if tmp is not None:
             tmp.cleanup()
     return result
+
+
+def _service_publisher(lab: Lab) -> Host | None:
+    """The node that serves the Grid Appliance moment: behind the symmetric NAT if one is
+    (the hardest to reach), else any ipopd host that is not a bootstrap."""
+    nodes = [h for h in lab.hosts if not lab.is_router(h) and not h.is_bootstrap]
+    sym = [h for h in nodes if h.nat_kind == "symmetric"]
+    return sym[0] if sym else (nodes[0] if nodes else None)
+
+
+def service_moment(net: IpopNet, publisher: Host, fetcher: Host) -> dict[str, Any]:
+    """``publisher`` serves a page with an unmodified ``python3 -m http.server`` on its vIP
+    (its ``[[service]]`` table published it at start); ``fetcher``, a plain LAN host, finds it
+    by SRV through its router's DNS and fetches it with ``curl``. The server is stopped (by
+    its PID) before this returns."""
+    lab = net.lab
+    vip = net.status(publisher).self_.vip
+    out: dict[str, Any] = {
+        "name": SERVICE_SRV,
+        "publisher": publisher.name,
+        "publisher_nat": publisher.nat_kind or "none",
+        "from": fetcher.name,
+        "via": fetcher.lan_router,
+        "published_by": "[[service]] in ipopd's config",
+        "server": f"python3 -m http.server {SERVICE_PORT} --bind {vip}",
+        "dns": str(net.gateway),  # the router's DNS, what the host's DHCP lease named
+        "srv": None,
+        "srv_ms": None,
+        "srv_queries": 0,
+        "fetched": False,
+    }
+    if vip is None:
+        out["error"] = f"{publisher.name} holds no address"
+        return out
+    site = lab.workdir / "demo-site"
+    site.mkdir(exist_ok=True)
+    page = f"hello from {publisher.name} ({vip}), an unmodified python3 -m http.server"
+    (site / "index.html").write_text(page + "\n")
+    argv = [sys.executable, "-m", "http.server", str(SERVICE_PORT), "--bind", str(vip)]
+    proc = lab.spawn(
+        publisher, [*argv, "--directory", str(site)], log_path=lab.workdir / "demo-http.log"
+    )
+    t0 = time.monotonic()
+    try:
+        _service_lookup_and_fetch(net, publisher, fetcher, IPv4Address(vip), page, out)
+    finally:
+        lab.stop_pid(proc.pid)
+        out["server_stopped"] = proc.poll() is not None
+    out["phase_s"] = round(time.monotonic() - t0, 3)  # server start to server stopped
+    return out
+
+
+def _service_lookup_and_fetch(
+    net: IpopNet, publisher: Host, fetcher: Host, vip: IPv4Address, page: str, out: dict[str, Any]
+) -> None:
+    lab = net.lab
+    deadline = time.monotonic() + SERVICE_WAIT_S
+    local = f"http://{vip}:{SERVICE_PORT}/"
+    while lab.exec(publisher, ["curl", "-sf", "-m", "1", local], timeout=5).returncode != 0:
+        if time.monotonic() > deadline:
+            out["error"] = f"the HTTP server on {publisher.name} did not start"
+            return
+        time.sleep(0.05)
+    dig = ["dig", f"@{net.gateway}", "SRV", SERVICE_SRV, "+noall", "+answer", "+additional"]
+    dig += ["+stats"]
+    dig += ["+tries=1", "+time=2"]
+    t0 = time.monotonic()
+    answer = None
+    while answer is None:
+        res = lab.exec(fetcher, dig, timeout=10)
+        out["srv_queries"] += 1
+        answer = _SRV.search(res.stdout)
+        if answer is None and time.monotonic() > deadline:
+            out["error"] = f"no SRV answer for {SERVICE_SRV} on {fetcher.name}: {res.stdout}"
+            return
+        if answer is None:
+            time.sleep(0.1)  # a miss is cached for a second: ask again after a moment
+    ms = _QUERY_MS.search(res.stdout)
+    out["srv"] = answer.group(1)
+    out["srv_ms"] = float(ms.group(1)) if ms else None
+    out["srv_wall_s"] = round(time.monotonic() - t0, 3)
+    out["dig"] = [line for line in res.stdout.splitlines() if re.search(r"\sIN\s", line)]
+    port, target = int(answer.group(2)), answer.group(3).rstrip(".")
+    out["url"] = url = f"http://{target}:{port}/"
+    t0 = time.monotonic()
+    res = lab.exec(fetcher, ["curl", "-sS", "-m", "5", url], timeout=10)
+    out["fetch_ms"] = round((time.monotonic() - t0) * 1000, 1)
+    out["page"] = res.stdout.strip() or res.stderr.strip()
+    out["fetched"] = res.returncode == 0 and res.stdout.strip() == page
 
 
 def _shortcut_pair(lab: Lab) -> tuple[Host, Host] | None:
@@ -238,6 +359,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"{p['from']:<8} {p['to']:<8} {p['target']:<14} {ok:<4} {rtt:>8}  {p['path'] or '-'}"
         )
+    if result.get("service"):
+        lines.append("")
+        lines.extend(_format_service(result["service"]))
     joins = result["join_s"]
     if joins:
         lines.append("")
@@ -278,6 +402,28 @@ def _format_shortcut(sc: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(f"  stayed {sc.get('path')}: {sc.get('why') or '-'}")
+    return lines
+
+
+def _format_service(sv: dict[str, Any]) -> list[str]:
+    lines = [
+        f"the Grid Appliance moment: {sv['publisher']} ({sv['publisher_nat']}) runs "
+        f"`{sv['server']}`, published by {sv['published_by']}",
+        f"  (on {sv['from']}, a plain host behind {sv['via']}) $ dig @{sv['dns']} SRV {sv['name']}",
+    ]
+    lines += [f"  {line}" for line in sv.get("dig", [])]
+    if sv["srv"] is not None:
+        took = "-" if sv["srv_ms"] is None else f"{sv['srv_ms']:.0f}"
+        lines.append(
+            f"  SRV answer in {took} ms (query {sv['srv_queries']}, {sv['srv_wall_s']:.2f} s)"
+        )
+        lines.append(f"  (on {sv['from']}) $ curl {sv['url']}")
+        lines.append(f"  {sv['page']}")
+        lines.append(f"  fetched={sv['fetched']} in {sv['fetch_ms']:.0f} ms")
+    if "phase_s" in sv:
+        lines.append(f"  phase took {sv['phase_s']:.2f} s (server start to server stopped)")
+    if "error" in sv:
+        lines.append(f"  error: {sv['error']}")
     return lines
 
 

@@ -472,6 +472,13 @@ class Lab:
         name = self.host(host).name
         self._terminate([p for p in self._procs if p.host == name], grace_s)
 
+    def stop_pid(self, pid: int, *, grace_s: float = STOP_GRACE_S) -> bool:
+        """Stop the one process we spawned with ``pid`` (and its group) as :meth:`stop` does;
+        False if it is not one of ours."""
+        procs = [p for p in self._procs if p.pid == pid]
+        self._terminate(procs, grace_s)
+        return bool(procs)
+
     def signal(self, host: Host | str, sig: signal.Signals) -> list[int]:
         """Send ``sig`` to every live process spawned on ``host`` (only our recorded PIDs, each
         checked against its start time); the PIDs signalled. A process that dies of it (SIGKILL)
