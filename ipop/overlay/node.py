@@ -500,11 +500,11 @@ class OverlayNode:
         self._heard[peer] = now
         got: list[RelayDatagram] = []
         if payloads[0][0] == TYPE_RELAY_FORWARD:
-            forwards = [m for d in payloads if (m := self._decoded(RelayForward.decode, d))]
+            forwards = RelayForward.decode_run(payloads, self._refused)
             if forwards:
                 self._relay.on_forward_run(forwards, peer, now)
         else:
-            delivers = [r for d in payloads if (r := self._decoded(RelayDeliver.decode, d))]
+            delivers = RelayDeliver.decode_run(payloads, self._refused)
             got = self._relay.on_deliver_run(delivers, peer, now)
         self._hop_heard(peer, now)
         return got
@@ -891,8 +891,11 @@ class OverlayNode:
         try:
             return decode(data)
         except RemoteProtocolError as exc:
-            self.drops[exc.reason] += 1
+            self._refused(exc)
             return None
+
+    def _refused(self, exc: RemoteProtocolError) -> None:
+        self.drops[exc.reason] += 1
 
     def _send_run(self, peer: NodeId, payloads: list[bytes], now: float) -> int:
         """:meth:`_send` for each of ``payloads``, sealed in one run where the link layer can:

@@ -9,6 +9,7 @@ import collections
 import pytest
 
 from ipop.errors import LocalProtocolError
+from ipop.overlay import relay as relay_module
 from ipop.overlay.attempts import Action, Attempts
 from ipop.overlay.events import RelayDatagram
 from ipop.overlay.messages import RelayDeliver, RelayForward, RelayRefused, decode_message
@@ -212,3 +213,38 @@ def test_a_relay_that_falls_silent_hands_its_relayed_link_to_another_relay() -> 
     w2.silent.heard(A, 0.1)
     w2.role.wrap(b"later", path, now=late)
     assert w2.links.connected == []
+
+
+def test_a_run_of_forwards_takes_each_targets_verdict_once_and_counts_every_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = World((A, B), relayed={C: A})
+    asked: list[NodeId] = []
+    refusal = relay_module.forward_refusal
+
+    def counted(table: ConnectionTable, local: NodeId, origin: NodeId, target: NodeId) -> object:
+        asked.append(target)
+        return refusal(table, local, origin, target)
+
+    monkeypatch.setattr(relay_module, "forward_refusal", counted)
+    run = [RelayForward(t, bytes([k])) for k, t in enumerate((B, D, B, D, B, C))]
+    w.role.on_forward_run(run, A, 1.0)
+    assert asked == [B, D, C]  # once per target, not per message
+    assert w.checked_drops() == {"relay_no_link": 2, "relay_target_not_direct": 1}
+    assert w.sent == [
+        (A, RelayRefused(D)),
+        (A, RelayRefused(D)),
+        (A, RelayRefused(C)),
+        *((B, RelayDeliver(A, bytes([k]))) for k in (0, 2, 4)),
+    ]
+    assert w.stats["relayed"] == 3
+
+
+def test_a_run_of_deliveries_checks_each_origin_and_drops_every_spoofed_one() -> None:
+    w = World((A, B))
+    run = [RelayDeliver(o, bytes([k])) for k, o in enumerate((B, L, B, A, L))]
+    got = w.role.on_deliver_run(run, A, 1.0)
+    assert [(d.data, d.path) for d in got] == [
+        (bytes([k]), RelayPath(via=A, peer=B)) for k in (0, 2)
+    ]
+    assert w.checked_drops() == {"relay_bad_deliver": 3}  # L twice, A (the relay) once

@@ -113,7 +113,8 @@ def _scenario(backend: str, runs: bool, inner: list[bytes] | None = None) -> dic
 
     stream = [*to_r[:6], to_r[2], _tamper(to_r[6], 30), *to_r[7:10]]
     stream += [fwd(STRANGER, b"\xc3" + bytes(40)), fwd(a.local_id, b"\xc3" + bytes(40))]
-    stream += [*to_r[10:14]]
+    # A refused target again, after valid ones: its verdict is counted (and told) each time.
+    stream += [*to_r[10:12], fwd(STRANGER, b"\xc3" + bytes(41)), *to_r[12:14]]
     stream += [a.link.seal(r.local_id, b"\x02" + bytes(5), now=now)[0]]  # undecodable
     stream += [fwd(b.local_id, _tamper(b"\xc3" + bytes(60), 3)), *to_r[14:]]
     before = r.overlay.stats["relayed"]
@@ -130,8 +131,9 @@ def _scenario(backend: str, runs: bool, inner: list[bytes] | None = None) -> dic
     stream = [*to_b[:5], to_b[1], _tamper(to_b[5], 40), *to_b[6:9]]
     stream += [dlv(b.local_id, inner_e2e), dlv(r.local_id, inner_e2e)]  # spoofed origins
     stream += [dlv(a.local_id, _tamper(inner_e2e, 30)), *to_b[9:12]]  # tampered inside
+    stream += [dlv(b.local_id, inner_e2e), *to_b[12:13]]  # a spoofed origin again
     stream += [dlv(a.local_id, inner_e2e), dlv(a.local_id, inner_e2e)]  # once, then a replay
-    stream += [dlv(STRANGER, b"\xc3" + bytes(60)), *to_b[12:]]  # an origin B holds no link to
+    stream += [dlv(STRANGER, b"\xc3" + bytes(60)), *to_b[13:]]  # an origin B holds no link to
     stream += [r.link.seal(b.local_id, b"\x03" + bytes(7), now=now)[0]]  # undecodable
     delivered = _receive(b, stream, bench.R_EP, now, runs)
     # A hears R's refusal (no link of its own to that target: a stale one, counted).
@@ -155,10 +157,10 @@ def test_a_relayed_link_in_runs_is_the_relayed_link_one_by_one(backend: str) -> 
     # R's own TAP gets nothing of it; R passed on the 23 of A's 24 it got untampered, and the
     # forward whose inside was tampered (R cannot tell); not the replay, not the refused.
     assert ref["relayed"] == ([], 24)
-    assert ref["a"]["overlay_drops"] == {"relay_refused_stale": 1}  # R told A of STRANGER
-    assert ref["r"]["overlay_drops"] == {"relay_no_link": 1, "relay_loop": 1, "truncated": 1}
+    assert ref["a"]["overlay_drops"] == {"relay_refused_stale": 2}  # R told A of STRANGER
+    assert ref["r"]["overlay_drops"] == {"relay_no_link": 2, "relay_loop": 1, "truncated": 1}
     assert ref["r"]["link_drops"] == {"replay": 1, "auth_failed": 1}
-    assert ref["b"]["overlay_drops"] == {"relay_bad_deliver": 2, "truncated": 1}
+    assert ref["b"]["overlay_drops"] == {"relay_bad_deliver": 3, "truncated": 1}
     # Outer and inner: a replay and a tampered datagram each; the junk A forwarded and the
     # stranger's name no key of B's (the stranger's starts a handshake back, as one by one).
     assert ref["b"]["link_drops"] == {"replay": 2, "auth_failed": 2, "unknown_index": 2}
