@@ -32,6 +32,14 @@ Theory of operation: every input (datagram, timer, command) ends with :meth:`_se
 moves events and datagrams between the two layers until neither has anything left. Both layers
 only queue work, so the loop is bounded by what the input caused. The core reads no clock:
 ``now`` comes with every call.
+
+Why over 600 lines: the data path's run forms (:meth:`NodeCore.seal_ip_run`,
+:meth:`NodeCore.receive_direct_run`, :meth:`NodeCore.send_relayed_run` and the relayed
+receive) sit beside the one-packet forms they must equal (``tests/unit/test_fastpath_diff.py``,
+``tests/unit/test_relay_runs_diff.py``); each is the one place that asks the link layer, the
+overlay and the shortcuts together whether a packet may skip the event path. Route probes,
+shortcuts, punching, relay fallback and the CRL already live in modules of their own; the next
+seam is the run forms as one object over the core (about 150 lines).
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ The daemon keeps the lifecycle; the control socket's commands are :mod:`ipop.aio
 the NAT sockets and netcheck :mod:`ipop.aio.natio`.
 SIGTERM/SIGINT stop the daemon: the TAP, the socket and the control socket are released; the
 IP record is left to lapse so that a restart within the lease gets the same address back.
+
+Why over 600 lines: lifecycle (start, the vIP claim, stop in order), remembered peers and the
+link watch, name and owner lookups for DNS and the data plane, and the inputs of status,
+metrics and netcheck, each a thin call into a part of its own (:mod:`ipop.report`,
+:mod:`ipop.metrics`, :mod:`ipop.dht.names`, :mod:`ipop.dht.publish`). The next seam is the
+lookups (about 80 lines) in a module of their own.
 """
 
 from __future__ import annotations

@@ -61,6 +61,11 @@ find the fd empty, and a UDP batch's TAP writes are followed by a TAP read at on
 Measured and rejected: busy polling after activity. A socket or TAP write wakes the next
 process on the writer's CPU, so the four hops of a ping round trip run serially, mostly on one
 CPU, and a poller only delays the process it waits for.
+
+Why over 600 lines: both directions of the packet path, their batch tails (UDP, TAP, punching
+sockets) and the relayed runs share one flush, which orders what the core queued meanwhile;
+split by direction, that ordering would be decided in two places. The verdicts themselves live
+in :mod:`ipop.vnet` (filter, owners, offload, gro, toobig) and the sealing in the core.
 """
 
 from __future__ import annotations
