@@ -6,7 +6,11 @@ identities in well under a second.
 
 from __future__ import annotations
 
+import random
 from ipaddress import IPv4Network
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ipop.bundle import Bundle
 from ipop.identity import NetworkCA, NodeIdentity
@@ -28,6 +32,25 @@ def make_identity(
 ) -> NodeIdentity:
     """A fresh node key with a certificate from ``ca``."""
     return NodeIdentity.generate(ca, name, now=now, days=days, hostname=hostname)
+
+
+def seeded_identity(
+    ca: NetworkCA,
+    name: str,
+    rng: random.Random,
+    *,
+    now: float,
+    hostname: str | None = None,
+) -> NodeIdentity:
+    """A node identity whose key (hence overlay address) comes from ``rng``.
+
+    Why: ``NodeIdentity.generate`` draws a fresh key from the OS, so every run would put the
+    nodes at other ring positions and no run could be reproduced from its seed (simulator
+    tests that drew fresh keys failed now and then, each time in another arrangement).
+    """
+    key = Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return NodeIdentity(key, ca.sign_node(raw, name, now=now, hostname=hostname), ca.trust)
 
 
 def make_bundle(

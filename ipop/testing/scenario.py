@@ -61,18 +61,14 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from ipop.aio.stack import Node
 from ipop.dht.alloc import AllocationFailed, allocate_ip
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
-from ipop.identity import NetworkCA, NodeIdentity
 from ipop.link.layer import LinkConfig
 from ipop.overlay.node import OverlayConfig
 from ipop.testing.clock import SIM_EPOCH, run_virtual
-from ipop.testing.identities import make_network
+from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.invariants import ring_violations
 from ipop.testing.nat import NAT_KIND_NAMES
 from ipop.testing.netsim import Host, NatBox, Network
@@ -186,17 +182,6 @@ class OverlayScenario:
         random.Random(self.seed).shuffle(kinds)
         kinds.remove("none")
         return ["none", *kinds]
-
-
-def seeded_identity(ca: NetworkCA, name: str, rng: random.Random, *, now: float) -> NodeIdentity:
-    """A node identity whose key (hence overlay address) comes from ``rng``.
-
-    Why: ``NodeIdentity.generate`` draws a fresh key from the OS, so every run would put the
-    nodes at other ring positions and no run could be reproduced from its seed.
-    """
-    key = Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return NodeIdentity(key, ca.sign_node(raw, name, now=now), ca.trust)
 
 
 def _percentile(values: list[float], q: float) -> float | None:

@@ -20,7 +20,7 @@ from ipop.aio.stack import Node
 from ipop.identity import NetworkCA
 from ipop.link.layer import LinkConfig
 from ipop.overlay.node import OverlayConfig
-from ipop.testing.identities import make_identity
+from ipop.testing.identities import seeded_identity
 from ipop.testing.netsim import Host
 from ipop.types import Endpoint, is_direct
 
@@ -73,9 +73,11 @@ def start_nodes(
     loop = asyncio.get_running_loop()
     nodes: list[Node] = []
     boot: list[Endpoint] = []
+    # Keys from the seed too (ring positions with them): reproducible runs.
+    keys = random.Random(rng.getrandbits(64))
     for host in hosts:
         node = Node(
-            make_identity(ca, host.name, now=loop.time(), hostname=host.name),
+            seeded_identity(ca, host.name, keys, now=loop.time(), hostname=host.name),
             bootstrap=boot,
             clock=loop.time,
             rng=random.Random(rng.random()),

@@ -22,10 +22,9 @@ from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
 from ipop.identity import NodeIdentity
 from ipop.testing.clock import SIM_EPOCH, run_virtual
-from ipop.testing.identities import make_network
+from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.nat import nat_kind
 from ipop.testing.netsim import Host, Network, SimSocket
-from ipop.testing.scenario import seeded_identity
 from ipop.types import Endpoint
 
 PORT = 5800
