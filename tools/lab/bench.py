@@ -76,6 +76,8 @@ class Measured:
     rtt_ms: float
     # CPU seconds of the tunnel's processes per GB moved; None without a tunnel (underlay).
     cpu_s_per_gb: float | None
+    # Each tunnel process's CPU seconds during the iperf3 run, by PID.
+    cpu_s_by_pid: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -230,13 +232,14 @@ def _measure(run: _Run, dst: str, duration_s: int) -> Measured:
     server = run.spawn(run.ns_b, ["iperf3", "-s", "-1", "-p", port], f"iperf3-s-{port}.log")
     try:
         _wait(lambda: f":{port} " in run.sh(["ss", "-Hltn"], ns=run.ns_b), 10, "iperf3 server")
-        before = [_cpu_s(pid) for pid in tunnel]
+        before = {pid: _cpu_s(pid) for pid in tunnel}
         bps, moved = _iperf(run, dst, port, duration_s)
-        cpu = sum(_cpu_s(pid) for pid in tunnel) - sum(before)
+        used = {pid: _cpu_s(pid) - t0 for pid, t0 in before.items()}
     finally:
         run.stop([server])
+    cpu = sum(used.values())
     per_gb = round(cpu / (moved / 1e9), 3) if tunnel and moved > 0 else None
-    return Measured(bps / 1e6, rtt, per_gb)
+    return Measured(bps / 1e6, rtt, per_gb, used)
 
 
 def _iperf(run: _Run, dst: str, port: str, duration_s: int) -> tuple[float, float]:
@@ -294,7 +297,7 @@ def _ipop(
     link: see the module docstring); the relayed pair must report a relayed path.
     ``fastpath``: IPOP_FASTPATH for the daemons (``python`` forces the pure-Python twin of
     the native data path). ``status``, if given, gets each end's status after the
-    measurement (keys ``a``, ``b``), ``cpu`` the CPU seconds each end used during it."""
+    measurement (keys ``a``, ``b``), ``cpu`` the CPU seconds each end used during the iperf3 run."""
     d = Path(tempfile.mkdtemp(prefix="ipop-", dir=run.work))
     home = d / "home"
 
@@ -348,13 +351,12 @@ def _ipop(
             # Only a relayed link counts: a pair routed over the overlay would be measured
             # through the same third node, on another code path.
             _wait(lambda: _path(d / "a.sock", vips["b"]) == "relayed", 10, "relayed link")
-        ends = {n: p for (n, _), p in zip(nodes, procs, strict=True) if n in "ab"}
-        before = {n: _cpu_s(p.pid) for n, p in ends.items()}
         measured = _measure(run, vips["b"], duration_s)
         if relayed and _path(d / "a.sock", vips["b"]) != "relayed":
             raise BenchError("the pair did not stay relayed during the measurement")
         if cpu is not None:
-            cpu.update({n: _cpu_s(p.pid) - before[n] for n, p in ends.items()})
+            ends = zip(nodes, procs, strict=True)
+            cpu.update({n: measured.cpu_s_by_pid[p.pid] for (n, _), p in ends if n in "ab"})
         if status is not None:
             status.update({n: ControlClient(d / f"{n}.sock").status() for n in "ab"})
         return measured
