@@ -303,7 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("soak", help="churn a large network for M minutes, sweeping every pair")
     add_topology_args(p, file=False)
-    p.set_defaults(nodes=30)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--seed", type=int, default=1)
@@ -340,6 +339,8 @@ def cmd_natmatrix(args: argparse.Namespace) -> int:
 def cmd_soak(args: argparse.Namespace) -> int:
     from ipop.tools.lab.soak import SoakPlan, main_soak
 
+    if args.preset is None and args.nodes is None:
+        args.nodes = 30  # the size; --preset picks another
     plan = SoakPlan(
         minutes=args.minutes,
         seed=args.seed,
