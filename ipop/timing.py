@@ -179,6 +179,10 @@ VIP_ALLOC_RETRY_S = 2.0
 # Linked peers' vIPs are learned from their hostnames (Daemon.learn_peer_vips) this often,
 # and an answer holds this long: a lease moves rarely, and each sweep costs DHT lookups.
 PEER_VIP_SWEEP_S = 30.0
+# The first sweep waits this long after the node is ready: a network's first seconds are its
+# busiest, and a display column must not compete with claims and names for them (a cold start
+# of 32 daemons spent ~16 lookups per node here, most of them for names not yet registered).
+PEER_VIP_FIRST_S = 10.0
 PEER_VIP_TTL_S = 300.0
 
 # --- virtual IP owners (ipop/vnet/owners.py, ipop/aio/dataplane.py) -------------------------------

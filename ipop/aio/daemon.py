@@ -246,13 +246,14 @@ class Daemon:
         self.tasks.spawn(self._watch_links())
         self.tasks.spawn(self._log_journal())
         log.info(
-            "event=started node=%s listen=%s:%d local=%s bootstrap=%d remembered=%d",
+            "event=started node=%s listen=%s:%d local=%s bootstrap=%d remembered=%d cpu_s=%.3f",
             identity.node_id.short(),
             s.listen.host,
             self.udp.port,
             local_name,
             len(bootstrap),
             len(remembered),
+            time.process_time(),
         )
 
     async def _open_local(self) -> tuple[int, LocalSide | None, str]:
@@ -305,7 +306,11 @@ class Daemon:
         node = self.node
         assert node is not None and node.dht is not None
         await node.dht_ready.wait()
-        log.info("event=dht_joined after_s=%.3f", time.time() - self.started_at)
+        log.info(
+            "event=dht_joined after_s=%.3f cpu_s=%.3f",
+            time.time() - self.started_at,
+            time.process_time(),
+        )
         vip = await self.address.claim(node.dht)
         assert self.dataplane is not None
         self.dataplane.set_own_ip(vip)
@@ -326,10 +331,11 @@ class Daemon:
         # Published last: a status showing the vIP means the node answers to all its names.
         self.vip = vip
         log.info(
-            "event=ready vip=%s names=%s after_s=%.3f",
+            "event=ready vip=%s names=%s after_s=%.3f cpu_s=%.3f",
             vip,
             ",".join(self.names),
             time.time() - self.started_at,
+            time.process_time(),
         )
         self.ready.set()
         self.tasks.spawn(self._learn_peer_vips())
@@ -589,6 +595,7 @@ class Daemon:
         return learned
 
     async def _learn_peer_vips(self) -> None:
+        await asyncio.sleep(timing.PEER_VIP_FIRST_S)
         while True:
             await self.learn_peer_vips(now=time.time())
             await asyncio.sleep(timing.PEER_VIP_SWEEP_S)

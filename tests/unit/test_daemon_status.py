@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ipop import timing
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.core import NodeSnapshot
 from ipop.dht.record import ip_key, name_key
@@ -110,6 +111,31 @@ def test_vip_of_a_linked_peer_is_learned_from_its_hostname(tmp_path: Path) -> No
     infos.pop(0)  # bob's link went: forgotten
     asyncio.run(d.learn_peer_vips(now=1.0))
     assert BOB not in d.peer_vips
+
+
+def test_the_first_peer_vip_sweep_waits_out_the_networks_busiest_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cold start of 32 daemons spent ~16 DHT lookups per node on this display column while
+    # the same DHT was claiming everyone's addresses and names.
+    d = _daemon(tmp_path)
+    seen: list[tuple[str, float]] = []
+
+    async def fake_sleep(s: float) -> None:
+        seen.append(("sleep", s))
+        if len(seen) > 2:
+            raise asyncio.CancelledError
+
+    async def fake_learn(*, now: float) -> int:
+        seen.append(("learn", now))
+        return 0
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(d, "learn_peer_vips", fake_learn)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(d._learn_peer_vips())
+    assert seen[0] == ("sleep", timing.PEER_VIP_FIRST_S) and seen[1][0] == "learn"
+    assert timing.PEER_VIP_FIRST_S >= 5.0
 
 
 def test_link_notes_are_logged_rare_at_info_routine_at_debug(
