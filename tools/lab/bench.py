@@ -14,9 +14,12 @@ GB that iperf3 moved (user + system time of the daemons, read from /proc around 
 run, over every byte of it, the omitted second included; the kernel's share of the underlay
 and the TAP is not in it, for any system). ``ipop-relayed`` runs three ipopd: a third
 namespace joined to each end by a veth of its own, the ends' direct UDP dropped, so the pair
-keys its link through the third; ``ipop-python`` forces the pure-Python twin of the native
-data path (IPOP_FASTPATH=python). ``--loss P`` drops a random P % of every datagram each end
-receives on the underlay (iptables ``statistic``: this kernel has no netem), for every system.
+keys its link through the third; ``ipop-guessed`` runs its pair behind real lab NATs (a
+symmetric one and a port-restricted cone, :class:`ipop.tools.lab.lab.Lab`, beside this run's
+namespaces), so that their path is a port-guessed one; ``ipop-python`` forces the pure-Python
+twin of the native data path (IPOP_FASTPATH=python). ``--loss P`` drops a random P % of every
+datagram each end receives on the underlay (iptables ``statistic``: this kernel has no netem),
+for every system.
 The match sees packets after the receiver's GRO, so a datagram train the kernel coalesced
 (TCP on the underlay row; UDP where a tunnel asks for GRO, as ipop does) is lost whole.
 
@@ -46,12 +49,15 @@ from pathlib import Path
 from typing import Any
 
 from ipop.aio.control import ControlClient
-from ipop.status import Status
+from ipop.status import PeerStatus, Status
+from ipop.tools.lab.ipopnet import IpopNet, NotReady
+from ipop.tools.lab.lab import Lab
+from ipop.tools.lab.topology import topology_from_dict
 
 __all__ = ["SYSTEMS", "add_bench_args", "main_bench", "register", "run_bench"]
 
 SYSTEMS = (
-    *("underlay", "python-floor", "ipop", "ipop-python", "ipop-relayed"),
+    *("underlay", "python-floor", "ipop", "ipop-python", "ipop-relayed", "ipop-guessed"),
     *("tinc", "wireguard-go", "nebula"),
 )
 A_UL = "198.51.100.1"
@@ -162,13 +168,13 @@ def _wait(cond: Callable[[], bool], timeout_s: float, what: str, interval: float
     raise BenchError(f"{what} not within {timeout_s:.0f} s")
 
 
-def _in_a(run: _Run) -> list[str]:
-    return ["ip", "netns", "exec", run.ns_a]
-
-
 def _pings_ok(run: _Run, dst: str) -> bool:
+    return _pings_ok_in(run.ns_a, dst)
+
+
+def _pings_ok_in(ns: str, dst: str) -> bool:
     p = subprocess.run(
-        ["ip", "netns", "exec", run.ns_a, "ping", "-c1", "-W1", dst],
+        ["ip", "netns", "exec", ns, "ping", "-c1", "-W1", dst],
         capture_output=True,
         timeout=5,
         check=False,
@@ -212,12 +218,24 @@ def _teardown(run: _Run) -> None:
 # ---------------------------------------------------------------- measurement
 
 
-def _measure(run: _Run, dst: str, duration_s: int) -> Measured:
+def _measure(
+    run: _Run,
+    dst: str,
+    duration_s: int,
+    *,
+    ends: tuple[str, str] | None = None,
+    tunnel: list[int] | None = None,
+) -> Measured:
     """One iperf3 TCP stream's Mbit/s, the average ping RTT in ms from A to ``dst``, and the
-    CPU per GB of the processes running when it starts (the system's own)."""
-    tunnel = [p.pid for p in run.procs if p.poll() is None]
+    CPU per GB of the processes running when it starts (the system's own). ``ends``: the
+    client's and the server's namespaces when not A and B; ``tunnel``: the tunnel's PIDs when
+    they are not ``run``'s processes."""
+    client_ns, server_ns = ends or (run.ns_a, run.ns_b)
+    if tunnel is None:
+        tunnel = [p.pid for p in run.procs if p.poll() is None]
+    ping = ["ping", "-c", str(run.pings), "-i", "0.05", "-W", "1", "-q", dst]
     out = subprocess.run(
-        [*_in_a(run), "ping", "-c", str(run.pings), "-i", "0.05", "-W", "1", "-q", dst],
+        ["ip", "netns", "exec", client_ns, *ping],
         capture_output=True,
         text=True,
         timeout=30 + run.pings * 0.1,
@@ -229,11 +247,11 @@ def _measure(run: _Run, dst: str, duration_s: int) -> Measured:
     # tunnel stays "busy running a test" for minutes.
     run.iperf_port += 1
     port = str(run.iperf_port)
-    server = run.spawn(run.ns_b, ["iperf3", "-s", "-1", "-p", port], f"iperf3-s-{port}.log")
+    server = run.spawn(server_ns, ["iperf3", "-s", "-1", "-p", port], f"iperf3-s-{port}.log")
     try:
-        _wait(lambda: f":{port} " in run.sh(["ss", "-Hltn"], ns=run.ns_b), 10, "iperf3 server")
+        _wait(lambda: f":{port} " in run.sh(["ss", "-Hltn"], ns=server_ns), 10, "iperf3 server")
         before = {pid: _cpu_s(pid) for pid in tunnel}
-        bps, moved = _iperf(run, dst, port, duration_s)
+        bps, moved = _iperf(client_ns, dst, port, duration_s)
         used = {pid: _cpu_s(pid) - t0 for pid, t0 in before.items()}
     finally:
         run.stop([server])
@@ -242,11 +260,11 @@ def _measure(run: _Run, dst: str, duration_s: int) -> Measured:
     return Measured(bps / 1e6, rtt, per_gb, used)
 
 
-def _iperf(run: _Run, dst: str, port: str, duration_s: int) -> tuple[float, float]:
+def _iperf(client_ns: str, dst: str, port: str, duration_s: int) -> tuple[float, float]:
     """(bits per second received after the omitted second, bytes sent in all)."""
     p = subprocess.run(
         [
-            *_in_a(run),
+            *("ip", "netns", "exec", client_ns),
             "iperf3",
             "-c",
             dst,
@@ -366,8 +384,8 @@ def _ipop(
 
 def _path(sock: Path, vip: str) -> str | None:
     """The path kind ``ipop status`` on ``sock`` reports for the peer holding ``vip``."""
-    peers = ControlClient(sock).status().peers
-    return next((p.path for p in peers if p.vip == vip), None)
+    path = _peer(ControlClient(sock).status().peers, vip, "path")
+    return None if path is None else str(path)
 
 
 def _relay_topology(run: _Run) -> None:
@@ -403,6 +421,53 @@ def _ipop_relayed(run: _Run, duration_s: int) -> Measured:
             drop = ["iptables", "-D", "OUTPUT", "-p", "udp", "-d", other, "-j", "DROP"]
             subprocess.run(["ip", "netns", "exec", ns, *drop], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", run.ns_relay], capture_output=True, check=False)
+
+
+def _ipop_guessed(run: _Run, duration_s: int) -> Measured:
+    """ipopd on ``x`` behind a symmetric NAT and ``y`` behind a port-restricted cone, with a
+    public bootstrap: plain punching cannot link them, port guessing can (ipop.nat.portguess).
+    Built by ipop-lab (:class:`Lab`, real NAT rules) beside this run's own namespaces; the pair
+    must hold a port-guessed path (a punching socket's, ``endpoint`` ``addr:port#socket``) before
+    and after the measurement."""
+    topo = topology_from_dict(
+        {
+            "hosts": [
+                {"name": "boot", "role": "public", "ip": "203.0.113.10"},
+                {"name": "x", "role": "nat", "kind": "symmetric"},
+                {"name": "y", "role": "nat", "kind": "port-restricted-cone"},
+            ]
+        }
+    )
+    with Lab(topo, workdir=run.work / "guessed") as lab:
+        lab.up()
+        x, y = lab.host("x"), lab.host("y")
+        if run.loss_pct > 0:
+            for h in (x, y):
+                run.sh(_loss_rule("-A", run.loss_pct, ifc="eth0"), ns=h.ns)
+        net = IpopNet(lab, log_level="warning")
+        net.prepare()
+        net.start_all()
+        try:
+            ready = net.wait_all_ready(lab.hosts, timeout_s=UP_TIMEOUT_S)
+        except NotReady as exc:
+            raise BenchError(f"ipopd not ready: {exc}") from exc
+        y_vip = str(ready["y"][0].self_.vip)
+
+        def guessed() -> bool:
+            # Traffic over the relay or the ring is what starts port guessing.
+            _pings_ok_in(x.ns, y_vip)
+            return "#" in str(_peer(net.status("x").peers, y_vip, "endpoint"))
+
+        _wait(guessed, UP_TIMEOUT_S, "a port-guessed path", 0.3)
+        pids = [p.pid for p in lab.processes if p.host in ("x", "y") and p.alive()]
+        measured = _measure(run, y_vip, duration_s, ends=(x.ns, y.ns), tunnel=pids)
+        if "#" not in str(_peer(net.status("x").peers, y_vip, "endpoint")):
+            raise BenchError("the pair did not keep its port-guessed path during the measurement")
+        return measured
+
+
+def _peer(peers: Sequence[PeerStatus], vip: str, what: str) -> object:
+    return next((getattr(p, what) for p in peers if p.vip == vip), None)
 
 
 def _python_floor(run: _Run, duration_s: int, *, loop: str = "asyncio") -> Measured:
@@ -551,6 +616,7 @@ _RUNNERS: dict[str, Callable[[_Run, int], Measured]] = {
     "ipop": _ipop,
     "ipop-python": _ipop_python,
     "ipop-relayed": _ipop_relayed,
+    "ipop-guessed": _ipop_guessed,
     "tinc": _tinc,
     "wireguard-go": _wireguard_go,
     "nebula": _nebula,
