@@ -603,9 +603,8 @@ class DataPlane:
         for ep, batch in out.items():
             if isinstance(ep, Endpoint):
                 send_batch(batch, ep)
-            else:  # a punching socket's path (port guessing): no GSO there, few such peers
-                for data in batch:
-                    node.send_on_path(data, ep)
+            else:  # a punching socket's path (port guessing)
+                node.send_batch_on_path(batch, ep)
         self.counters["tap_batches"] += 1
         self.counters["tap_frames"] += n
         self._flush_core(now)

@@ -3,10 +3,9 @@
 The main overlay socket belongs to the batched data plane (:mod:`ipop.aio.dataplane`). Punching
 sockets carry openers, a handshake, and for a pair that found its path this way that one peer's
 traffic, which the node hands to the data plane's fast path as it drains (the data plane handles
-a drain's datagrams together): a plain ``add_reader`` with a bounded drain is enough.
-
-Also owns :func:`dont_fragment`, the one socket option every overlay socket gets: each datagram
-leaves with the IP don't-fragment bit, so no datagram of ours is ever fragmented on the way.
+a drain's datagrams together): a plain ``add_reader`` with a bounded drain is enough. That
+traffic gets the main socket's offloads (:mod:`ipop.aio.udp`): GSO for a run of sealed
+datagrams, GRO on the way in, and DF on every datagram.
 """
 
 from __future__ import annotations
@@ -18,35 +17,19 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["DROP_REASONS", "LoopUdpSocket", "dont_fragment"]
+from ipop.aio.udp import GRO_CMSG_SPACE, dont_fragment, enable_gro, gro_split, gso_cmsg, gso_end
+
+__all__ = ["DROP_REASONS", "LoopUdpSocket"]
 
 # Every reason a LoopUdpSocket counts in the errors counter it is given.
-DROP_REASONS: Final = frozenset({"punch_send_busy", "punch_send_error", "punch_recv_error"})
-
-# linux/in.h (Python 3.11's socket module does not name them).
-IP_MTU_DISCOVER = 10
-IP_PMTUDISC_PROBE = 3
+DROP_REASONS: Final = frozenset(
+    {"punch_send_busy", "punch_send_error", "punch_recv_error", "punch_gso_refused"}
+)
 
 # Datagrams read per wake-up at most: a flood on one punching socket must not starve the loop.
 _DRAIN_MAX = 64
-
-
-def dont_fragment(sock: socket.socket) -> None:
-    """Every datagram ``sock`` sends carries DF, GSO segments included.
-
-    Linux's default (``IP_PMTUDISC_WANT``) sets DF only on a datagram that fits the path MTU the
-    kernel knows; a GSO send is one large buffer, so its segments left without DF and were
-    fragmented by the first smaller link (many NATs and firewalls drop fragments).
-
-    ``PROBE`` rather than ``DO``: DF, and the kernel ignores the path MTUs it learns from ICMP
-    "fragmentation needed" (it limits sends by the outgoing interface's MTU only). Each path's
-    size is found by probing instead (:mod:`ipop.link.pmtu`, RFC 8899's choice): ICMP often
-    never arrives, a forged one (nothing authenticates it) would otherwise shrink a peer's path
-    to 552 bytes for ten minutes, and a learned value would keep probes from finding that a
-    path grew back. A send larger than the interface still fails at once (``EMSGSIZE``; a GSO
-    send with ``EINVAL``): :class:`ipop.aio.udp.UdpSocket` limits that destination only.
-    """
-    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+# What one receive call reads at most: a GRO-coalesced run.
+_RECV_MAX = 65535
 
 
 class LoopUdpSocket:
@@ -70,6 +53,10 @@ class LoopUdpSocket:
         except OSError:
             self._sock.close()
             raise
+        self._gro = enable_gro(self._sock)
+        # One peer's path per socket: a GSO send it refuses (a smaller MTU on the way) turns
+        # GSO off for this socket only.
+        self._gso = True
         self._closed = False
 
     @property
@@ -86,16 +73,43 @@ class LoopUdpSocket:
         except OSError:
             self._errors["punch_send_error"] += 1
 
+    def send_batch(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
+        """Send ``datagrams`` in order, runs of them in one GSO ``sendmsg`` each."""
+        n = len(datagrams)
+        i = 0
+        while i < n:
+            j = gso_end(datagrams, i) if self._gso else i + 1
+            if j - i == 1 or self._closed:
+                self.sendto(datagrams[i], addr)
+                i += 1
+                continue
+            try:
+                self._sock.sendmsg(datagrams[i:j], gso_cmsg(len(datagrams[i])), 0, addr)
+            except (BlockingIOError, InterruptedError):
+                self._errors["punch_send_busy"] += j - i
+            except OSError:
+                self._errors["punch_gso_refused"] += 1
+                self._gso = False
+                for data in datagrams[i:j]:
+                    self.sendto(data, addr)
+            i = j
+
     def _readable(self) -> None:
         for _ in range(_DRAIN_MAX):
             try:
-                data, addr = self._sock.recvfrom(65535)
+                if self._gro:
+                    raw, anc, _flags, addr = self._sock.recvmsg(_RECV_MAX, GRO_CMSG_SPACE)
+                    datagrams = gro_split(raw, anc)
+                else:
+                    data, addr = self._sock.recvfrom(_RECV_MAX)
+                    datagrams = [data]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self._errors["punch_recv_error"] += 1
                 return
-            self._on_datagram(data, addr)
+            for data in datagrams:
+                self._on_datagram(data, addr)
 
     def close(self) -> None:
         if self._closed:

@@ -66,6 +66,7 @@ class PunchSocket(Protocol):
     """An extra socket for port guessing (the real UDP one and the simulator's both fit)."""
 
     def sendto(self, data: bytes, addr: Endpoint) -> None: ...
+    def send_batch(self, datagrams: list[bytes], addr: Endpoint) -> None: ...
     def close(self) -> None: ...
 
 
@@ -158,31 +159,39 @@ class Node:
             on_other_path=self._send_other,
         )
 
-    def send_on_path(self, data: bytes, path: SocketPath) -> None:
-        """Send a datagram the data plane sealed for a peer on a punching socket's path."""
-        self._send_other(data, path)
+    def send_batch_on_path(self, datagrams: list[bytes], path: SocketPath) -> None:
+        """Send datagrams the data plane sealed for a peer on a punching socket's path."""
+        sock = self._punch_socket(path)
+        if sock is not None:
+            sock.send_batch(datagrams, path.remote)
 
     def _send_other(self, data: bytes, path: Path) -> None:
         if type(path) is not SocketPath:
             self.stats["unsendable_path"] += 1
             return
+        sock = self._punch_socket(path)
+        if sock is not None:
+            sock.sendto(data, path.remote)
+
+    def _punch_socket(self, path: SocketPath) -> PunchSocket | None:
+        """The punching socket ``path`` leaves from, opened on first use (None: cannot)."""
         sock = self._punch_socks.get(path.socket)
         if sock is None:
             if self._open_socket is None or self._closed:
                 self.stats["no_punch_socket"] += 1
-                return
+                return None
             index = path.socket
             try:
                 sock = self._open_socket(lambda data, addr: self._punch_received(index, data, addr))
             except OSError:
                 self.stats["punch_socket_failed"] += 1
-                return
+                return None
             self._punch_socks[index] = sock
             if self._punch_sweep is None:
                 self._punch_sweep = asyncio.get_running_loop().call_later(
                     timing.PUNCH_SOCKET_IDLE_S, self._sweep_punch_sockets
                 )
-        sock.sendto(data, path.remote)
+        return sock
 
     def _sweep_punch_sockets(self) -> None:
         """Close the punching sockets no session runs on once guessing has been idle a while

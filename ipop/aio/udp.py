@@ -1,6 +1,9 @@
 """The overlay's one UDP socket: non-blocking sends that never raise, and the kernel's UDP
 segmentation offloads (GSO on the way out, GRO on the way in), with DF on every datagram.
 
+Also owns those options' pieces that port guessing's punching sockets (:mod:`ipop.aio.sockets`)
+share: :func:`dont_fragment`, :func:`enable_gro`, :func:`gro_split` and :func:`gso_end`.
+
 Split from :mod:`ipop.aio.dataplane`, which drains it; :class:`IoDrop` names the counters of
 both (I/O refusals, as opposed to the packets' verdicts).
 """
@@ -17,16 +20,21 @@ from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
 
-from ipop.aio.sockets import dont_fragment
 from ipop.types import Endpoint
 
 __all__ = [
+    "GRO_CMSG_SPACE",
     "GSO_LIMITS_MAX",
     "GSO_MAX_BYTES",
     "GSO_MAX_SEGMENTS",
     "GSO_RETRY_S",
     "IoDrop",
     "UdpSocket",
+    "dont_fragment",
+    "enable_gro",
+    "gro_split",
+    "gso_cmsg",
+    "gso_end",
 ]
 
 log = logging.getLogger("ipop.aio.dataplane")
@@ -36,7 +44,7 @@ _RECV_MAX = 65535
 _UDP_SEGMENT = 103
 _UDP_GRO = 104
 _U16 = struct.Struct("=H").pack
-_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 # Kernel limits for one GSO send: UDP_MAX_SEGMENTS (64 on older kernels) and the IP length.
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
@@ -46,6 +54,72 @@ GSO_MAX_BYTES = 65000
 GSO_RETRY_S = 30.0
 # Destinations with a GSO limit remembered at once (one per peer path that refused one).
 GSO_LIMITS_MAX = 1024
+
+
+# linux/in.h (Python 3.11's socket module does not name them).
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_PROBE = 3
+
+
+def dont_fragment(sock: socket.socket) -> None:
+    """Every datagram ``sock`` sends carries DF, GSO segments included.
+
+    Linux's default (``IP_PMTUDISC_WANT``) sets DF only on a datagram that fits the path MTU the
+    kernel knows; a GSO send is one large buffer, so its segments left without DF and were
+    fragmented by the first smaller link (many NATs and firewalls drop fragments).
+
+    ``PROBE`` rather than ``DO``: DF, and the kernel ignores the path MTUs it learns from ICMP
+    "fragmentation needed" (it limits sends by the outgoing interface's MTU only). Each path's
+    size is found by probing instead (:mod:`ipop.link.pmtu`, RFC 8899's choice): ICMP often
+    never arrives, a forged one (nothing authenticates it) would otherwise shrink a peer's path
+    to 552 bytes for ten minutes, and a learned value would keep probes from finding that a
+    path grew back. A send larger than the interface still fails at once (``EMSGSIZE``; a GSO
+    send with ``EINVAL``): :class:`ipop.aio.udp.UdpSocket` limits that destination only.
+    """
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+
+
+def gso_cmsg(size: int) -> list[tuple[int, int, bytes]]:
+    """The ancillary data of a GSO ``sendmsg`` whose segments are ``size`` bytes."""
+    return [(socket.SOL_UDP, _UDP_SEGMENT, _U16(size))]
+
+
+def gso_end(datagrams: list[bytes], i: int) -> int:
+    """Where the GSO send that starts at ``datagrams[i]`` ends (exclusive): a run of
+    equal-size datagrams, optionally ending with one shorter one, at most
+    :data:`GSO_MAX_SEGMENTS` of them and :data:`GSO_MAX_BYTES` in all."""
+    n = len(datagrams)
+    size = total = len(datagrams[i])
+    j = i + 1
+    while j < n and j - i < GSO_MAX_SEGMENTS:
+        length = len(datagrams[j])
+        if length > size or total + length > GSO_MAX_BYTES:
+            break
+        total += length
+        j += 1
+        if length < size:  # a shorter segment can only be the last one
+            break
+    return j
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Ask the kernel to hand ``sock``'s runs of datagrams back coalesced; False if it can't."""
+    try:
+        sock.setsockopt(socket.SOL_UDP, _UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def gro_split(data: bytes, anc: list[tuple[int, int, bytes]]) -> list[bytes]:
+    """The datagrams in one ``recvmsg`` result (``data``, its ancillary data), which GRO may
+    have coalesced: every segment has the size its ``UDP_GRO`` message gives but the last."""
+    for level, kind, cdata in anc:
+        if level == socket.SOL_UDP and kind == _UDP_GRO and len(cdata) >= 4:
+            seg = int.from_bytes(cdata[:4], sys.byteorder)
+            if 0 < seg < len(data):
+                return [data[k : k + seg] for k in range(0, len(data), seg)]
+    return [data]
 
 
 class IoDrop(StrEnum):
@@ -77,7 +151,7 @@ class UdpSocket:
     datagram; the wire still carries separate datagrams), and ``UDP_GRO`` lets the kernel hand
     back such runs coalesced, which :meth:`recv_batch` splits again.
 
-    Every datagram carries DF (:func:`ipop.aio.sockets.dont_fragment`). A refused GSO send
+    Every datagram carries DF (:func:`dont_fragment`). A refused GSO send
     concerns one destination's route (its interface's MTU is smaller than the segments, or it
     cannot offload): that run leaves one datagram per call, and runs of that segment size or larger
     to that destination do so for :data:`GSO_RETRY_S`; every other destination keeps batching.
@@ -105,13 +179,9 @@ class UdpSocket:
         # Destination -> (smallest segment size its path refused in a GSO send, until when).
         # Keyed by peers' endpoints; bounded by GSO_LIMITS_MAX, oldest entry evicted first.
         self._gso_limits: dict[Endpoint, tuple[int, float]] = {}
-        self.gro = False
-        if offload:
-            try:
-                self.sock.setsockopt(socket.SOL_UDP, _UDP_GRO, 1)
-                self.gro = True
-            except OSError:
-                self.errors[IoDrop.GRO_UNAVAILABLE] += 1
+        self.gro = offload and enable_gro(self.sock)
+        if offload and not self.gro:
+            self.errors[IoDrop.GRO_UNAVAILABLE] += 1
 
     @property
     def port(self) -> int:
@@ -156,12 +226,8 @@ class UdpSocket:
         self.errors[IoDrop.GSO_REFUSED] += 1
 
     def send_batch(self, datagrams: list[bytes], addr: Endpoint) -> None:
-        """Send ``datagrams`` to ``addr`` in order, as few ``sendmsg`` calls as GSO allows.
-
-        A GSO send is a run of equal-size datagrams, optionally ending with one shorter one,
-        at most :data:`GSO_MAX_SEGMENTS` of them and :data:`GSO_MAX_BYTES` in all, with
-        segments smaller than the destination's :meth:`gso_limit`.
-        """
+        """Send ``datagrams`` to ``addr`` in order, as few ``sendmsg`` calls as GSO allows
+        (:func:`gso_end`), with segments smaller than the destination's :meth:`gso_limit`."""
         n = len(datagrams)
         if n == 1 or not self.gso:
             for data in datagrams:
@@ -176,21 +242,12 @@ class UdpSocket:
                 self.sendto(datagrams[i], addr)
                 i += 1
                 continue
-            total = size
-            j = i + 1
-            while j < n and j - i < GSO_MAX_SEGMENTS:
-                length = len(datagrams[j])
-                if length > size or total + length > GSO_MAX_BYTES:
-                    break
-                total += length
-                j += 1
-                if length < size:  # a shorter segment can only be the last one
-                    break
+            j = gso_end(datagrams, i)
             if j - i == 1:
                 self.sendto(datagrams[i], addr)
             else:
                 try:
-                    sendmsg(datagrams[i:j], [(socket.SOL_UDP, _UDP_SEGMENT, _U16(size))], 0, addr)
+                    sendmsg(datagrams[i:j], gso_cmsg(size), 0, addr)
                 except BlockingIOError:
                     self.errors[IoDrop.SEND_WOULD_BLOCK] += j - i
                 except OSError as exc:
@@ -207,13 +264,8 @@ class UdpSocket:
         if not self.gro:
             data, addr = self.sock.recvfrom(_RECV_MAX)
             return [data], addr
-        data, anc, _flags, addr = self.sock.recvmsg(_RECV_MAX, _GRO_CMSG_SPACE)
-        for level, kind, cdata in anc:
-            if level == socket.SOL_UDP and kind == _UDP_GRO and len(cdata) >= 4:
-                seg = int.from_bytes(cdata[:4], sys.byteorder)
-                if 0 < seg < len(data):
-                    return [data[k : k + seg] for k in range(0, len(data), seg)], addr
-        return [data], addr
+        data, anc, _flags, addr = self.sock.recvmsg(_RECV_MAX, GRO_CMSG_SPACE)
+        return gro_split(data, anc), addr
 
     def close(self) -> None:
         self.sock.close()

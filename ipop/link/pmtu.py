@@ -3,7 +3,7 @@
 Owns the probe messages and the per-peer search. ICMP "fragmentation needed" is never needed:
 many paths drop it (a PMTU black hole), so a size counts as usable only once the peer has
 acknowledged an authenticated probe of exactly that size. Every overlay datagram carries DF
-(:func:`ipop.aio.sockets.dont_fragment`), so a probe larger than the path simply never arrives.
+(:func:`ipop.aio.udp.dont_fragment`), so a probe larger than the path simply never arrives.
 
 Messages (the payload of an authenticated DATA datagram; ``PROBE_TAG`` is a payload type the
 overlay's messages never start with, so the link layer takes them before any LinkMessage)::

@@ -133,6 +133,11 @@ class SimSocket:
             raise LocalProtocolError(f"sendto on closed socket {self.local}")
         self._network.send_datagram(self, data, addr)
 
+    def send_batch(self, datagrams: list[bytes], addr: tuple[str, int]) -> None:
+        """Send each datagram in order (a real socket may hand a run to GSO)."""
+        for data in datagrams:
+            self.sendto(data, addr)
+
     def close(self) -> None:
         """Unbind; datagrams arriving afterwards are dropped as "no_listener"."""
         if not self.closed:

@@ -98,6 +98,78 @@ def test_punching_sockets_carry_df_too() -> None:
     assert asyncio.run(main()) == _IP_PMTUDISC_PROBE
 
 
+def test_a_punching_socket_sends_runs_with_gso_and_reads_them_back_split() -> None:
+    """Port-guessed paths take the main socket's offloads too: a run leaves in few sendmsg
+    calls, and a GRO-coalesced run arrives as the datagrams sent, in order."""
+
+    async def main() -> tuple[list[bytes], list[bytes], Counter[str], int]:
+        got: list[bytes] = []
+        arrived = asyncio.Event()
+        errors: Counter[str] = Counter()
+        sizes = [1400] * 40 + [600] + [1400] * 30 + [200, 200, 1] + [900] * 29
+        sent = [os.urandom(n) for n in sizes]
+
+        def on_datagram(data: bytes, _addr: tuple[str, int]) -> None:
+            got.append(data)
+            if len(got) == len(sent):
+                arrived.set()
+
+        rx = LoopUdpSocket("127.0.0.1", on_datagram, errors)
+        tx = LoopUdpSocket("127.0.0.1", lambda _d, _a: None, errors)
+        calls = 0
+        real = tx._sock
+
+        class Counting:
+            def sendmsg(self, *args: object) -> int:
+                nonlocal calls
+                calls += 1
+                return real.sendmsg(*args)  # type: ignore[arg-type]
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+        tx._sock = Counting()  # type: ignore[assignment]
+        try:
+            tx.send_batch(sent, ("127.0.0.1", rx.port))
+            await asyncio.wait_for(arrived.wait(), 5.0)
+        finally:
+            tx._sock = real
+            rx.close()
+            tx.close()
+        return got, sent, errors, calls
+
+    got, sent, errors, calls = asyncio.run(main())
+    assert got == sent
+    assert not errors
+    assert 0 < calls < 10  # 103 datagrams in a handful of GSO sends, not one call each
+
+
+def test_a_punching_socket_whose_gso_send_is_refused_sends_singly_from_then_on() -> None:
+    async def main() -> tuple[int, Counter[str]]:
+        got: list[bytes] = []
+        errors: Counter[str] = Counter()
+        rx = LoopUdpSocket("127.0.0.1", lambda d, _a: got.append(d), errors)
+        tx = LoopUdpSocket("127.0.0.1", lambda _d, _a: None, errors)
+        real = tx._sock
+        tx._sock = _RefusingSocket(real, {("127.0.0.1", rx.port)})  # type: ignore[assignment]
+        try:
+            batch = [bytes([i]) * 500 for i in range(8)]
+            tx.send_batch(batch, Endpoint("127.0.0.1", rx.port))
+            tx.send_batch(batch, Endpoint("127.0.0.1", rx.port))
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while len(got) < 16 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            tx._sock = real
+            rx.close()
+            tx.close()
+        return len(got), errors
+
+    n, errors = asyncio.run(main())
+    assert n == 16  # nothing lost: the refused run went one datagram per call
+    assert errors == Counter({"punch_gso_refused": 1})  # GSO tried once, then off
+
+
 class _RefusingSocket:
     """A UDP socket whose GSO sends to some destinations fail as a small-MTU route's do
     (``EINVAL`` under DF); it records every ``sendmsg`` destination."""

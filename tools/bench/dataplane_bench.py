@@ -55,7 +55,7 @@ class PlaneNode:
         self.on_ip: Callable[[NodeId, bytes], None] | None = None
         self.punch_sink: Callable[[bytes, SocketPath], None] | None = None
 
-    def send_on_path(self, data: bytes, path: SocketPath) -> None:
+    def send_batch_on_path(self, datagrams: list[bytes], path: SocketPath) -> None:
         pass
 
 
