@@ -175,15 +175,15 @@ def _f(x: float) -> str:
 
 def _style(edge: _Edge) -> tuple[str, float, str | None]:
     """(class of the kind, stroke width, dash pattern) from the overlay's kinds."""
+    if edge.path == "overlay":
+        return "routed", 3.5, "3 5"  # no link: packets go over the ring
     if "near" in edge.kinds:
         return "near", 5.0, None
     if "far" in edge.kinds:
         return "far", 3.5, None
     if "shortcut" in edge.kinds:
         return "shortcut", 3.5, "12 6"
-    if edge.kinds:
-        return "link", 3.5, None  # leaf / relay-only connections
-    return "routed", 3.5, "3 5"  # no link: packets go over the ring
+    return "link", 3.5, None  # a link outside the table's kinds (leaf, relay-only, forming)
 
 
 def _hover_end(end: _End, nodes: dict[str, _Node]) -> str:
@@ -284,7 +284,7 @@ def _legend(counts: dict[str, int], note: Iterable[str]) -> list[str]:
     y += 10
     for name, width, dash in (
         ("near link", 5, ""),
-        ("far link", 3.5, ""),
+        ("far or other link", 3.5, ""),
         ("shortcut", 3.5, ' stroke-dasharray="12 6"'),
         ("no link (ring)", 3.5, ' stroke-dasharray="3 5"'),
     ):

@@ -88,6 +88,9 @@ def test_each_path_kind_has_its_edge_colour_style_and_hover() -> None:
     assert [g.findtext(f"{SVG}text") for g in relays] == ["peer1"]
     assert "kind-far" in relayed[0].get("class", "")
     assert "kind-routed" in overlay[0].get("class", "")
+    # A link the overlay's table holds under no kind is still a link, not a routed path.
+    bare = _edges(render_map([_status([_peer(5, "relayed", kinds=[], via=None)])]), "relayed")
+    assert "kind-link" in bare[0].get("class", "")
     assert any(g.get("class", "").endswith("kind-shortcut") for g in direct)
     hover = relayed[0].find(f"{SVG}title")
     assert hover is not None and hover.text is not None
