@@ -26,7 +26,7 @@ _STYLE: Final = """
 body { font-family: sans-serif; margin: 1em 2em; color: #202020; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { padding: 2px 10px; text-align: left; border-bottom: 1px solid #e0e0e0; }
-td.num { text-align: right; }
+td.num { text-align: right; white-space: nowrap; }
 .facts { color: #505050; }
 """.strip()
 
