@@ -32,6 +32,11 @@ meaning is documented in ``deploy/ipop.example.toml``::
     listen = "127.0.0.1:9580"          # optional: Prometheus text on GET /metrics; absent: off
     allow_remote = false               # true: listen may be a non-loopback address
     max_peers = 256                    # per-peer series at most (1..4096)
+    [web]
+    listen = "127.0.0.1:9581"          # optional: status page, map.svg, status.json; absent: off
+    allow_remote = false               # true: listen may be a non-loopback address
+    refresh_s = 5                      # the page reloads itself every N s (0: never; 0..3600)
+    max_peers = 64                     # peers drawn on the map at most (1..1024)
     [[service]]                        # any number up to MAX_SERVICES: published at our vIP
     name = "http"                      # a service name (RFC 6335), answered as _http._tcp
     port = 8000                        # 1..65535
@@ -81,6 +86,7 @@ __all__ = [
     "ServiceConfig",
     "StunConfig",
     "TapConfig",
+    "WebConfig",
     "load_config",
     "parse_config",
     "parse_services",
@@ -103,6 +109,11 @@ MAX_MTU: Final = 9000
 # Per-peer metric series: each peer is a handful of series; past the cap they are counted only.
 DEFAULT_METRICS_PEERS: Final = 256
 MAX_METRICS_PEERS: Final = 4096
+# Peers drawn on the web page's map: past a few dozen the ring's labels overlap.
+DEFAULT_WEB_PEERS: Final = 64
+MAX_WEB_PEERS: Final = 1024
+DEFAULT_WEB_REFRESH_S: Final = 5
+MAX_WEB_REFRESH_S: Final = 3600
 # A node config is a few hundred bytes; anything this large is the wrong file.
 MAX_CONFIG_BYTES: Final = 64_000
 
@@ -123,6 +134,7 @@ _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "stun": ("servers", "serve", "alternate", "alt_port"),
     "identity": ("crl",),
     "metrics": ("listen", "allow_remote", "max_peers"),
+    "web": ("listen", "allow_remote", "refresh_s", "max_peers"),
 }
 # Every key a config may hold, dotted; the example file must document each (tested).
 ALL_KEYS: Final[tuple[str, ...]] = _TOP_KEYS + tuple(
@@ -207,6 +219,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The status web page (``/``, ``/map.svg``, ``/status.json``, ``/metrics``) on ``listen``
+    (None: off, the default); loopback only unless ``allow_remote``, as for metrics.
+
+    A listener of its own rather than more paths on ``[metrics] listen``: metrics are for a
+    scraper (often let through to a monitoring network), the page for a person at this
+    machine, and turning one on must not turn on the other.
+    """
+
+    listen: Endpoint | None = None
+    allow_remote: bool = False
+    refresh_s: int = DEFAULT_WEB_REFRESH_S
+    max_peers: int = DEFAULT_WEB_PEERS
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """A ``[[service]]`` table: ``name``/``proto`` at ``port``, at our own vIP or (a router's)
     at the LAN host ``host``'s address."""
@@ -234,6 +262,7 @@ class NodeConfig:
     stun: StunConfig = field(default_factory=StunConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     services: tuple[ServiceConfig, ...] = ()
 
     def effective_hostname(self, bundle_hostname: str | None) -> str | None:
@@ -369,26 +398,49 @@ def _stun(section: Mapping[str, object]) -> StunConfig:
 
 def _metrics(section: Mapping[str, object]) -> MetricsConfig:
     allow_remote = _bool(section.get("allow_remote", False), "metrics.allow_remote")
-    peers_fix = f"use a number of peers from 1 to {MAX_METRICS_PEERS}, e.g. {DEFAULT_METRICS_PEERS}"
-    max_peers = _int(
-        section.get("max_peers", DEFAULT_METRICS_PEERS), "metrics.max_peers", peers_fix
+    max_peers = _bounded(section, "metrics.max_peers", DEFAULT_METRICS_PEERS, 1, MAX_METRICS_PEERS)
+    listen = _local_listen(section, "metrics", 9580, allow_remote, "metrics show")
+    return MetricsConfig(listen=listen, allow_remote=allow_remote, max_peers=max_peers)
+
+
+def _web(section: Mapping[str, object]) -> WebConfig:
+    allow_remote = _bool(section.get("allow_remote", False), "web.allow_remote")
+    refresh_s = _bounded(section, "web.refresh_s", DEFAULT_WEB_REFRESH_S, 0, MAX_WEB_REFRESH_S)
+    max_peers = _bounded(section, "web.max_peers", DEFAULT_WEB_PEERS, 1, MAX_WEB_PEERS)
+    listen = _local_listen(section, "web", 9581, allow_remote, "the page shows")
+    return WebConfig(
+        listen=listen, allow_remote=allow_remote, refresh_s=refresh_s, max_peers=max_peers
     )
-    if not 1 <= max_peers <= MAX_METRICS_PEERS:
-        raise ConfigError("metrics.max_peers", f"{max_peers} is out of range", peers_fix)
+
+
+def _bounded(section: Mapping[str, object], key: str, default: int, low: int, high: int) -> int:
+    """``section``'s integer at ``key`` (dotted), ``default`` when absent, within [low, high]."""
+    fix = f"use a number from {low} to {high}, e.g. {default}"
+    value = _int(section.get(key.split(".", 1)[1], default), key, fix)
+    if not low <= value <= high:
+        raise ConfigError(key, f"{value} is out of range", fix)
+    return value
+
+
+def _local_listen(
+    section: Mapping[str, object], name: str, port: int, allow_remote: bool, what: str
+) -> Endpoint | None:
+    """``[name] listen``: None when absent; a loopback address unless ``allow_remote``."""
     raw = section.get("listen")
     if raw is None:
-        return MetricsConfig(allow_remote=allow_remote, max_peers=max_peers)
-    text = _str(raw, "metrics.listen", "write it as IPv4:PORT, e.g. '127.0.0.1:9580'")
-    listen = Endpoint.parse(text, key="metrics.listen")
+        return None
+    key = f"{name}.listen"
+    text = _str(raw, key, f"write it as IPv4:PORT, e.g. '127.0.0.1:{port}'")
+    listen = Endpoint.parse(text, key=key)
     if not allow_remote and not ipaddress.IPv4Address(listen.host).is_loopback:
         raise ConfigError(
-            "metrics.listen",
-            f"{listen.host} is not a loopback address, and metrics show every peer, its path "
+            key,
+            f"{listen.host} is not a loopback address, and {what} every peer, its path "
             "and its traffic",
-            f"use '127.0.0.1:{listen.port}', or add allow_remote = true to [metrics] to "
+            f"use '127.0.0.1:{listen.port}', or add allow_remote = true to [{name}] to "
             "serve them on this address",
         )
-    return MetricsConfig(listen=listen, allow_remote=allow_remote, max_peers=max_peers)
+    return listen
 
 
 def _section(table: Mapping[str, object], name: str) -> Mapping[str, object]:
@@ -505,6 +557,7 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
     stun = _section(table, "stun")
     ident = _section(table, "identity")
     metrics = _section(table, "metrics")
+    web = _section(table, "web")
     crl_raw = ident.get("crl")
     return NodeConfig(
         bundle=_path(table["bundle"], "bundle", base_dir, "node.bundle.toml"),
@@ -544,6 +597,7 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
             else _path(crl_raw, "identity.crl", base_dir, "/etc/ipop/lab-net.crl.pem")
         ),
         metrics=_metrics(metrics),
+        web=_web(web),
         services=parse_services(table.get("service")),
     )
 

@@ -3,7 +3,7 @@
 :func:`render_metrics` turns the ``ipop status`` document (:class:`ipop.status.Status`, built
 by :mod:`ipop.report`) and the few facts status does not carry (:class:`MetricsInput`: start
 time, data path backend, DHT operations) into a Prometheus text page (:mod:`ipop.promtext`).
-The served page is what :mod:`ipop.aio.metrics` answers ``GET /metrics`` with.
+The served page is what :mod:`ipop.aio.localhttp` answers ``GET /metrics`` with.
 
 Families (base units in names, counters end in ``_total``):
 

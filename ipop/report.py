@@ -137,6 +137,7 @@ def peer_statuses(core: NodeSnapshot, local: LocalView, *, now: float) -> list[P
                     if relayed
                     else why_silent(info, now)
                 ),
+                via=path.via.hex() if isinstance(path, RelayPath) else None,
             )
         )
     linked = {info.peer for info in core.links}

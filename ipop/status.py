@@ -17,6 +17,7 @@ Document shape (``Status.to_dict()``)::
       "peers": [{"node_id": "<40 hex>", "name": "bob", "vip": "100.64.1.2",
                  "path": "direct", "endpoint": "198.51.100.7:5800", "rtt_ms": 1.5,
                  "bytes_in": 1200, "bytes_out": 3400, "kinds": ["near", "shortcut"]}],
+                 # a relayed peer adds "why" and "via": the relay's node id
       "drops": {"bad_mac": 2},
       "counters": {"dht_get": 7},
       "lan_hosts": [{"mac": "02:00:00:00:00:01", "vip": "100.64.1.3",
@@ -177,6 +178,9 @@ class PeerStatus(Document):
     kinds: list[str] = field(metadata=doc(read_str_list))
     # Why the path is not direct ("both sides symmetric NAT", ...); absent (None) when direct.
     why: str | None = field(default=None, metadata=doc(read_str, optional=True))
+    # The relay's node id (40 hex) for "relayed"; absent (None) otherwise. ``endpoint`` says
+    # "via <first 8 digits>" for a person; this is for the map and for scripts.
+    via: str | None = field(default=None, metadata=doc(_node_id, optional=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 Commands::
 
     ipop [--socket PATH] status [--json]
+    ipop [--socket PATH] map [-o FILE] [--max-peers N]
     ipop [--socket PATH] ping NAME|IP [-c N] [-i INTERVAL] [-W TIMEOUT] [--json]
     ipop [--socket PATH] dht get KEY
     ipop [--socket PATH] dht put KEY VALUE [--ttl S]
@@ -43,6 +44,7 @@ from ipop.config import DEFAULT_CONTROL_SOCKET
 from ipop.tools import (
     cli_crl,
     cli_dht,
+    cli_map,
     cli_netcheck,
     cli_ping,
     cli_resolve,
@@ -81,7 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"control socket (default ${SOCKET_ENV} or {DEFAULT_CONTROL_SOCKET})",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (cli_status, cli_ping, cli_dht, cli_resolve, cli_netcheck, cli_crl, cli_service):
+    for module in (
+        cli_status,
+        cli_map,
+        cli_ping,
+        cli_dht,
+        cli_resolve,
+        cli_netcheck,
+        cli_crl,
+        cli_service,
+    ):
         module.add_parser(sub)
     return parser
 

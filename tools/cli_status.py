@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from ipop.aio.control import ControlClient
+from ipop.human import human_bytes, human_duration
 from ipop.status import DnsStatus, PeerStatus, Status
 
 HEADER = ("NODE", "VIP", "NAME", "PATH", "ENDPOINT", "RTT", "IN", "OUT")
@@ -30,29 +31,6 @@ def run(args: argparse.Namespace, client: ControlClient) -> int:
     else:
         print("\n".join(format_status(status)))
     return 0
-
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def human_duration(seconds: float) -> str:
-    s = int(seconds)
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{s:02d}s"
-    return f"{s}s"
 
 
 def _routing(routable: bool, *, joined: bool) -> str:

@@ -17,15 +17,18 @@ from pathlib import Path
 from ipop.aio.commands import DaemonControl
 from ipop.aio.control import ControlServer
 from ipop.aio.daemon import Daemon, DaemonSettings
-from ipop.aio.metrics import MetricsServer
+from ipop.aio.localhttp import LocalHttpServer, Page
 from ipop.bundle import Bundle, load_bundle
-from ipop.config import MetricsConfig, NodeConfig, load_config
+from ipop.config import MetricsConfig, NodeConfig, WebConfig, load_config
 from ipop.dhcp_dns.dhcp import DhcpServer
 from ipop.dhcp_dns.dns import DnsResolver
 from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.errors import ConfigError
+from ipop.overlaymap import render_map
+from ipop.promtext import CONTENT_TYPE
 from ipop.report import prefixed
 from ipop.status import DnsStatus
+from ipop.webpage import render_page
 
 _LEVELS = {
     "error": logging.ERROR,
@@ -108,27 +111,75 @@ class NodeServices:
         await self.runner.close()
 
 
-async def serve(daemon: Daemon, control_socket: Path, metrics: MetricsConfig) -> None:
-    """Run ``daemon`` with its control socket, and its metrics if configured, until it stops
-    (shared with ipop-router)."""
-    control = ControlServer(control_socket, DaemonControl(daemon))
-    exporter: MetricsServer | None = None
+# The HTML page runs no script and loads nothing from elsewhere; its inline style is all.
+WEB_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def http_servers(daemon: Daemon, metrics: MetricsConfig, web: WebConfig) -> list[LocalHttpServer]:
+    """The local HTTP listeners the config asks for: ``[metrics]`` (``/metrics``) and ``[web]``
+    (the page, ``/map.svg``, ``/status.json`` and ``/metrics``), each counting its own drops
+    under its own layer."""
+    servers: list[LocalHttpServer] = []
+    by_layer: dict[str, LocalHttpServer] = {}
+
+    def metrics_page() -> str:
+        mine = {
+            k: v for layer, srv in by_layer.items() for k, v in prefixed(layer, srv.drops).items()
+        }
+        return daemon.metrics_text(max_peers=metrics.max_peers, drops=mine)
+
     if metrics.listen is not None:
-        exporter = MetricsServer(
-            metrics.listen,
-            lambda: daemon.metrics_text(
-                max_peers=metrics.max_peers,
-                drops=prefixed("metrics", exporter.drops) if exporter is not None else None,
-            ),
+        by_layer["metrics"] = LocalHttpServer(
+            metrics.listen, {"/metrics": Page(CONTENT_TYPE, metrics_page)}
         )
-        await exporter.start()
+        servers.append(by_layer["metrics"])
+    if web.listen is not None:
+        pages = {
+            "/": Page(
+                "text/html; charset=utf-8",
+                lambda: render_page(
+                    daemon.status(), refresh_s=web.refresh_s, max_peers=web.max_peers
+                ),
+                WEB_PAGE_HEADERS,
+            ),
+            "/map.svg": Page(
+                "image/svg+xml; charset=utf-8",
+                lambda: render_map([daemon.status()], max_peers=web.max_peers),
+                WEB_PAGE_HEADERS,
+            ),
+            "/status.json": Page(
+                "application/json; charset=utf-8",
+                lambda: daemon.status().to_json(indent=2) + "\n",
+            ),
+            "/metrics": Page(CONTENT_TYPE, metrics_page),
+        }
+        by_layer["web"] = LocalHttpServer(web.listen, pages, key="web.listen", check_host=True)
+        servers.append(by_layer["web"])
+    return servers
+
+
+async def serve(
+    daemon: Daemon,
+    control_socket: Path,
+    metrics: MetricsConfig,
+    web: WebConfig | None = None,
+) -> None:
+    """Run ``daemon`` with its control socket, and its metrics and web page if configured,
+    until it stops (shared with ipop-router)."""
+    control = ControlServer(control_socket, DaemonControl(daemon))
+    servers = http_servers(daemon, metrics, web or WebConfig())
     try:
+        for server in servers:
+            await server.start()
         await control.start()
         await daemon.run()
     finally:
         await control.close()
-        if exporter is not None:
-            await exporter.close()
+        for server in servers:
+            await server.close()
 
 
 # kademlia's modules log under these names; its filters must sit on each (a logger's filters
@@ -165,11 +216,15 @@ def setup_logging(level: str) -> None:
 
 
 def run_daemon(
-    prog: str, daemon: Daemon, control_socket: Path, metrics: MetricsConfig | None = None
+    prog: str,
+    daemon: Daemon,
+    control_socket: Path,
+    metrics: MetricsConfig | None = None,
+    web: WebConfig | None = None,
 ) -> int:
     """Serve until stopped; the exit code: 0 clean stop, 2 bad config found late, 1 failure."""
     try:
-        asyncio.run(serve(daemon, control_socket, metrics or MetricsConfig()))
+        asyncio.run(serve(daemon, control_socket, metrics or MetricsConfig(), web))
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
@@ -202,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(cfg.log_level)
     daemon = Daemon(bundle, settings, services=lambda d: NodeServices(d, cfg))
-    return run_daemon("ipopd", daemon, cfg.control.socket, cfg.metrics)
+    return run_daemon("ipopd", daemon, cfg.control.socket, cfg.metrics, cfg.web)
 
 
 if __name__ == "__main__":

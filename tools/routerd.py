@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         dns_enabled=node.dns.enabled,
         upstream=node.dns.upstream[0] if node.dns.upstream else None,
     )
-    return run_daemon("ipop-router", daemon, node.control.socket, node.metrics)
+    return run_daemon("ipop-router", daemon, node.control.socket, node.metrics, node.web)
 
 
 if __name__ == "__main__":

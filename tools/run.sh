@@ -9,9 +9,11 @@ ROOT=$PWD
 VENV=$ROOT/.venv
 
 # Debian packages: the lab's plumbing and the real clients the tests and the demo use.
-# gcc, python3-dev and libssl-dev build the optional native data path (setup.py).
+# gcc, python3-dev and libssl-dev build the optional native data path (setup.py); chromium
+# renders the status page and the overlay map in tests/lab/test_web_lab.py (headless).
 APT_PACKAGES=(python3 python3-venv openssl iproute2 iptables nftables iputils-ping dnsutils
-  udhcpc isc-dhcp-client iperf3 procps coturn stun-server gcc python3-dev libssl-dev)
+  udhcpc isc-dhcp-client iperf3 procps coturn stun-server gcc python3-dev libssl-dev chromium
+  curl)
 # Only for `run.sh bench`: the peers ipop is measured against.
 BENCH_PACKAGES=(tinc wireguard-go wireguard-tools nebula)
 

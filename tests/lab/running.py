@@ -25,11 +25,13 @@ def start_daemons(
     addressing: dict[str, str] | None = None,
     hosts: Iterable[str] | None = None,
     metrics: bool = False,
+    web: bool = False,
 ) -> IpopNet:
     """Configure every host of ``lab`` (``addressing``: host -> "dhcp"; ``metrics``: each
-    daemon serves them on ipopnet.METRICS_LISTEN), start the daemons of ``hosts`` in that
-    order (default: all, the bootstrap first) and wait until each holds its virtual IP."""
-    ipop = IpopNet(lab, metrics=metrics)
+    daemon serves them on ipopnet.METRICS_LISTEN; ``web``: its status page on
+    ipopnet.WEB_LISTEN), start the daemons of ``hosts`` in that order (default: all, the
+    bootstrap first) and wait until each holds its virtual IP."""
+    ipop = IpopNet(lab, metrics=metrics, web=web)
     ipop.prepare(addressing=addressing)
     if hosts is None:
         ipop.start_all()
@@ -53,6 +55,7 @@ def running_net(
     addressing: dict[str, str] | None = None,
     hosts: Iterable[str] | None = None,
     metrics: bool = False,
+    web: bool = False,
 ) -> Iterator[IpopNet]:
     """Build ``topology`` and :func:`start_daemons` on it; tear all of it down afterwards."""
     prefix = process_prefix(prefix_tag)
@@ -60,7 +63,7 @@ def running_net(
     try:
         lab.up()
         yield start_daemons(
-            lab, ready_s=ready_s, addressing=addressing, hosts=hosts, metrics=metrics
+            lab, ready_s=ready_s, addressing=addressing, hosts=hosts, metrics=metrics, web=web
         )
     finally:
         lab.down()

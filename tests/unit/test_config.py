@@ -239,6 +239,34 @@ def test_stun_section() -> None:
         assert info.value.key == key
 
 
+def test_web_section_is_off_by_default_and_loopback_only_unless_allowed() -> None:
+    from ipop.config import WebConfig
+
+    def parse(section: dict[str, object]) -> WebConfig:
+        return parse_config({"bundle": "b", "web": section}, base_dir=Path("/"), source="t").web
+
+    assert parse({}) == WebConfig() and WebConfig().listen is None  # opt-in
+    on = parse({"listen": "127.0.0.1:9581", "refresh_s": 0, "max_peers": 8})
+    assert on.listen == Endpoint("127.0.0.1", 9581) and on.refresh_s == 0 and on.max_peers == 8
+    remote = parse({"listen": "198.51.100.20:9581", "allow_remote": True})
+    assert remote.listen == Endpoint("198.51.100.20", 9581)
+    with pytest.raises(ConfigError) as info:
+        parse({"listen": "0.0.0.0:9581"})
+    assert info.value.key == "web.listen"
+    assert "loopback" in info.value.problem and "allow_remote = true to [web]" in info.value.fix
+    for bad, key in (
+        ({"listen": "localhost:9581"}, "web.listen"),
+        ({"refresh_s": -1}, "web.refresh_s"),
+        ({"refresh_s": 3601}, "web.refresh_s"),
+        ({"max_peers": 0}, "web.max_peers"),
+        ({"allow_remote": 1}, "web.allow_remote"),
+        ({"path": "/"}, "web.path"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse(bad)
+        assert info.value.key == key, bad
+
+
 def test_metrics_section_is_off_by_default_and_loopback_only_unless_allowed() -> None:
     from ipop.config import MetricsConfig
 

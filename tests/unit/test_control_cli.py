@@ -431,6 +431,18 @@ def test_dht_put_get(cli: Run) -> None:
     assert handler.calls[-1] == ("dht_put", "full", "x", 3600)
 
 
+def test_map_writes_the_svg_to_stdout_or_a_file(cli: Run, tmp_path: Path) -> None:
+    rc, out, err = cli("map")
+    assert rc == 0 and err == "" and out.startswith("<svg ") and "bob" in out
+    target = tmp_path / "map.svg"
+    rc, out, err = cli("map", "-o", str(target), "--max-peers", "1")
+    assert rc == 0 and err == ""
+    assert out.startswith(f"wrote {target}: 1 of {len(STATUS.peers)} peers, ")
+    assert target.read_text().startswith("<svg ")
+    rc, out, err = cli("map", "-o", str(tmp_path / "no" / "such" / "dir.svg"))
+    assert rc == 2 and out == "" and err.startswith("ipop: cannot write ") and err.count("\n") == 1
+
+
 def test_resolve(cli: Run) -> None:
     assert cli("resolve", "bob.ipop") == (0, "100.64.1.2\n", "")
     rc, out, err = cli("resolve", "carol")
@@ -447,6 +459,7 @@ def test_resolve(cli: Run) -> None:
         ["dht", "put", "k"],
         ["dht", "put", "k", "v", "--ttl", "0"],
         ["dht"],
+        ["map", "--max-peers", "0"],
         ["frobnicate"],
         [],
     ],

@@ -70,7 +70,7 @@ MODULES = (
     Counting("dhcp_dns/tcp.py"),
     Counting("ipop/aio/control.py", raises=(("ipop/aio/controlproto.py", "BadRequest"),)),
     Counting("ipop/aio/dataplane.py"),
-    Counting("ipop/aio/metrics.py"),
+    Counting("ipop/aio/localhttp.py"),
     Counting("ipop/aio/udp.py", owner="ipop.aio.dataplane"),  # counts IoDrop, in DROP_REASONS
     Counting("ipop/aio/sockets.py"),
     Counting(

@@ -41,6 +41,8 @@ ROUTER_DHCP_LEASE_S = 120
 # Where every daemon serves its metrics when the lab enables them: each host has a namespace,
 # and so a loopback, of its own (`ipop-lab exec HOST -- curl -s 127.0.0.1:9580/metrics`).
 METRICS_LISTEN = "127.0.0.1:9580"
+# And its status page and map (`ipop-lab exec HOST -- curl -s 127.0.0.1:9581/map.svg`).
+WEB_LISTEN = "127.0.0.1:9581"
 _INET = re.compile(r"inet ([0-9.]+)/")
 
 # Applies a lease from udhcpc ("$1" bound/renew/deconfig, $ip $subnet $mtu) or dhclient
@@ -113,9 +115,11 @@ class IpopNet:
         subnet: IPv4Network = DEFAULT_SUBNET,
         log_level: str = "info",
         metrics: bool = False,
+        web: bool = False,
     ) -> None:
         self.lab = lab
         self.metrics = metrics
+        self.web = web
         self.network = network
         self.subnet = subnet
         self.gateway = IPv4Address(int(subnet.network_address) + 1)
@@ -184,6 +188,8 @@ class IpopNet:
                     lines += [f'alternate = "{h.extra_ips[0]}"']
             if self.metrics:
                 lines += ["[metrics]", f'listen = "{METRICS_LISTEN}"']
+            if self.web:
+                lines += ["[web]", f'listen = "{WEB_LISTEN}"']
             if self.lab.is_router(h):
                 lines += [
                     "[router]",

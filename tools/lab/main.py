@@ -1,4 +1,4 @@
-"""ipop-lab: the command line of the namespace lab: up, status, exec, logs, down.
+"""ipop-lab: the command line of the namespace lab: up, status, map, exec, logs, down.
 
 This module owns argument parsing and what each subcommand prints; the lab itself lives in
 :mod:`ipop.tools.lab.lab`. A lab brought ``up`` stays up after the command returns; its state is in
@@ -21,7 +21,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ipop.aio.control import ControlError
 from ipop.errors import ConfigError, IpopError
+from ipop.overlaymap import DEFAULT_MAX_PEERS, render_map
+from ipop.status import Status
 from ipop.tools.lab import netns
 from ipop.tools.lab.generated import DEFAULT_MIX, PRESETS, preset_topology, scaled_topology
 from ipop.tools.lab.ipopnet import IpopNet
@@ -82,7 +85,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _print_hosts(lab)
     if args.no_daemons:
         return 0
-    net = IpopNet(lab, metrics=args.metrics)
+    net = IpopNet(lab, metrics=args.metrics, web=args.web)
     try:
         net.prepare()
         net.start_all()
@@ -169,6 +172,42 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  pid {p['pid']:<7} {'alive' if p['alive'] else 'dead ':<5} on {p['host']:<12} "
             f"{' '.join(p['argv'])}  (log {p['log']})"
         )
+    return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    """One merged SVG of the overlay, from every daemon's own view (ipop.overlaymap)."""
+    lab = _load(args.workdir)
+    if lab is None:
+        return 1
+    net = IpopNet(lab)
+    views: list[Status] = []
+    for h in lab.hosts:
+        try:
+            st = net.status(h)
+        except ControlError as exc:
+            print(f"  {h.name:<10} no status ({exc}); left out", file=sys.stderr)
+            continue
+        kinds = {
+            k: sum(1 for p in st.peers if p.path == k) for k in ("direct", "relayed", "overlay")
+        }
+        print(
+            f"  {h.name:<10} {len(st.peers)} peers: "
+            + ", ".join(f"{n} {k}" for k, n in kinds.items()),
+            file=sys.stderr,
+        )
+        views.append(st)
+        if args.each is not None:
+            args.each.mkdir(parents=True, exist_ok=True)
+            (args.each / f"{h.name}.svg").write_text(render_map([st], max_peers=args.max_peers))
+    if not views:
+        print("ipop-lab map: no daemon answered (is the lab up with daemons?)", file=sys.stderr)
+        return 1
+    svg = render_map(views, max_peers=args.max_peers, title=f"lab {lab.prefix}: {len(views)} views")
+    args.output.write_text(svg)
+    print(f"wrote {args.output}: {len(views)} nodes' views merged, {len(svg)} bytes")
+    if args.each is not None:
+        print(f"wrote one picture per node in {args.each}/")
     return 0
 
 
@@ -259,7 +298,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="every daemon serves Prometheus metrics on 127.0.0.1:9580 in its namespace",
     )
+    p.add_argument(
+        "--web",
+        action="store_true",
+        help="every daemon serves its status page and map on 127.0.0.1:9581 in its namespace",
+    )
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser(
+        "map", parents=[common], help="an SVG of the lab's overlay, every view merged"
+    )
+    p.add_argument("-o", "--output", type=Path, default=Path("lab-map.svg"), help="(lab-map.svg)")
+    p.add_argument(
+        "--each", type=Path, default=None, metavar="DIR", help="also DIR/HOST.svg per node"
+    )
+    p.add_argument(
+        "--max-peers", type=int, default=DEFAULT_MAX_PEERS, help="peers drawn per node at most"
+    )
+    p.set_defaults(func=cmd_map)
 
     p = sub.add_parser("status", parents=[common], help="show the lab that is up")
     p.add_argument("--json", action="store_true")
