@@ -52,6 +52,7 @@ from ipop.aio.peerstore import PeerStore
 from ipop.aio.rtnl import Rtnl
 from ipop.aio.settings import DaemonSettings, load_crl_file
 from ipop.aio.stack import Node
+from ipop.aio.sysdns import SystemDns, SystemDnsError, routing_domains
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
 from ipop.dht.names import lookup_name
@@ -114,6 +115,7 @@ class Daemon:
         *,
         services: Callable[[Daemon], LocalServices] | None = None,
         local: Callable[[Daemon], LocalNetwork] | None = None,
+        system_dns: SystemDns | None = None,
     ) -> None:
         self.bundle = bundle
         self.settings = settings
@@ -123,6 +125,9 @@ class Daemon:
         self.suffix = bundle.dns_suffix
         self._services_factory = services
         self.services: LocalServices | None = None
+        # Split DNS with the host's resolver (ipop.aio.sysdns): registered once the TAP has
+        # its address, removed at stop. Only for a TAP of our own (router mode has a LAN).
+        self.system_dns = system_dns if local is None else None
         self.started_at = time.time()
         self.vip: IPv4Address | None = None
         self.names: list[str] = []
@@ -316,6 +321,7 @@ class Daemon:
             await self.tap.set_address(vip, self.subnet, self.gateway)
         if self.services is not None:
             self.services.address_assigned(vip)
+        await self._register_dns()
         # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
         self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
         # A router may publish for its LAN hosts too: replicas grant it one more each.
@@ -338,7 +344,27 @@ class Daemon:
         if on_ready is not None:
             on_ready()
 
+    async def _register_dns(self) -> None:
+        """Route the suffix (and the subnet's reverse zones) from the host's resolver to our
+        gateway. A failure leaves nothing registered and is logged: names still resolve by
+        asking the gateway directly, so the node keeps running."""
+        if self.system_dns is None or self.tap is None:
+            return
+        domains = routing_domains(self.suffix, self.subnet)
+        try:
+            await self.system_dns.register(self.tap.name, self.gateway, domains)
+        except SystemDnsError as exc:
+            self.stats["dns_system_failed"] += 1
+            log.warning(
+                "event=dns_register_failed error=%r fix=%r", str(exc), "see README#split-dns"
+            )
+        else:
+            self.stats["dns_system_registered"] += 1
+
     async def _shutdown(self) -> None:
+        if self.system_dns is not None:
+            # First: the host must stop sending queries to a gateway about to vanish.
+            await self.system_dns.unregister()
         if self.local is not None:
             await self.local.stop()
         if self.addrwatch is not None:
