@@ -11,7 +11,8 @@ VENV=$ROOT/.venv
 # Debian packages: the lab's plumbing and the real clients the tests and the demo use.
 # gcc, python3-dev and libssl-dev build the optional native data path (setup.py).
 APT_PACKAGES=(python3 python3-venv openssl iproute2 iptables nftables iputils-ping dnsutils
-  udhcpc isc-dhcp-client iperf3 procps coturn stun-server gcc python3-dev libssl-dev)
+  udhcpc isc-dhcp-client iperf3 procps coturn stun-server gcc python3-dev libssl-dev
+  dnsmasq-base)
 # Only for `run.sh bench`: the peers ipop is measured against.
 BENCH_PACKAGES=(tinc wireguard-go wireguard-tools nebula)
 
