@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "scenario",
         nargs="?",
-        default="sessions",
         choices=["sessions", "demo", "overlay", "natmatrix"],
+        help="default: overlay if an overlay option (--nodes ...) is given, else sessions",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--per-kind", type=int, default=3)
@@ -262,7 +262,26 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="round each hop's arrival up to a multiple of this (0: exact times)",
     )
+    # Which overlay options were given: their defaults are filled in after parsing, so that
+    # `ipop-sim --nodes 300` runs the overlay (it silently ran sessions, ignoring --nodes).
+    defaults = {a.dest: a.default for a in overlay._group_actions}
+    for action in overlay._group_actions:
+        action.default = None
     args = ap.parse_args(argv)
+    given = [d for d in defaults if getattr(args, d) is not None]
+    for dest, default in defaults.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+    if args.scenario is None:
+        args.scenario = "overlay" if given else "sessions"
+    elif given and args.scenario != "overlay":
+        flag = "--" + given[0].replace("_", "-")
+        print(
+            f"ipop-sim: {flag} is an option of the overlay scenario, not {args.scenario}; "
+            f"run 'ipop-sim overlay {flag} ...' or drop it",
+            file=sys.stderr,
+        )
+        return 2
     if not 0.0 <= args.loss < 1.0 or args.per_kind < 1:
         print("ipop-sim: --loss must be in [0, 1) and --per-kind >= 1", file=sys.stderr)
         return 2
