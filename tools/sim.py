@@ -230,6 +230,23 @@ def _natmatrix(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _read_topology(path: str) -> dict[str, object]:
+    """The TOML topology at ``path``; ConfigError naming it and the fix."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(
+            path,
+            f"cannot be read ({exc.strerror or exc})",
+            "check the path given to --topology",
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            path, f"is not valid TOML ({exc})", "fix the syntax (see ipop.testing.netsim)"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ipop-sim", description=__doc__)
     ap.add_argument(
@@ -292,14 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     topology = None
     try:
         if args.topology:
-            with open(args.topology, "rb") as f:
-                topology = tomllib.load(f)
+            topology = _read_topology(args.topology)
         wall = time.perf_counter()
         result = run_virtual(
             _sessions(args.seed, args.per_kind, args.loss, 60.0, topology), start=SIM_EPOCH
         )
-    except (OSError, tomllib.TOMLDecodeError, ConfigError) as exc:
-        print(f"ipop-sim: {args.topology}: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"ipop-sim: {exc}", file=sys.stderr)
         return 2
     result["wall_s"] = round(time.perf_counter() - wall, 3)
     if args.json:

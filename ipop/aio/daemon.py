@@ -60,6 +60,7 @@ from ipop.dht.publish import ServiceKeeper, ServicePublisher, list_services
 from ipop.dht.record import ip_key
 from ipop.dht.service import DhtConfig
 from ipop.dht.srv import PROTOS, SERVICE_QUOTA, ServiceValue
+from ipop.errors import ConfigError
 from ipop.link import fastpath
 from ipop.metrics import MetricsInput, render_metrics
 from ipop.nat.netcheck import NetcheckResult
@@ -202,7 +203,15 @@ class Daemon:
         identity = self.bundle.identity(now=now)
         if s.crl_file is not None:
             load_crl_file(identity.trust, s.crl_file, now=now)
-        self.udp = UdpSocket(s.listen)
+        try:
+            self.udp = UdpSocket(s.listen)
+        except OSError as exc:
+            raise ConfigError(
+                "listen",
+                f"cannot listen on {s.listen} ({exc.strerror or exc})",
+                "stop what holds that port (another ipopd?), or set listen to a free port on "
+                "an address of this host",
+            ) from None
         local = await self._local_endpoints(self.udp.port)
         self._endpoints = local
         bootstrap = [ep for ep in self.bundle.bootstrap if ep not in local]
