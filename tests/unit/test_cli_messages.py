@@ -1,9 +1,11 @@
 """Mistakes a user can make at the command line end in one line naming the fix, not a
 traceback: a port already taken, a control socket where none can be made, a lab state file
-that is not one, no lab, a topology file missing or broken."""
+that is not one, no lab, a topology file missing or broken; and ``ipop netcheck`` says what
+it waits for."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import socket
 import time
@@ -17,7 +19,7 @@ from ipop.aio.control import ControlServer
 from ipop.bundle import dump_bundle
 from ipop.errors import ConfigError
 from ipop.testing.identities import make_bundle
-from ipop.tools import ipopd, sim
+from ipop.tools import cli_netcheck, ipopd, sim
 from ipop.tools.lab import main as lab_main
 from ipop.types import Endpoint
 
@@ -102,3 +104,18 @@ def test_ipop_sim_topology_missing_or_broken(
     assert sim.main(["overlay", "--nat-mix", "cone:1"]) == 2
     line = _one_line(capsys, "ipop-sim")
     assert "none, full-cone" in line and "NatKind" not in line
+
+
+def test_ipop_netcheck_says_what_it_waits_for_on_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    class Client:
+        def netcheck(self, servers: list[str], *, second_opinion: bool) -> object:
+            raise SystemExit(0)  # what it printed before asking is what is checked
+
+    args = argparse.Namespace(server=["203.0.113.9:3478"], second_opinion=True, json=False)
+    with pytest.raises(SystemExit):
+        cli_netcheck.run(args, Client())  # type: ignore[arg-type]
+    out, err = capsys.readouterr()
+    assert out == "" and "asking the bootstrap nodes and 1 more server" in err
+    assert "30 s" in err
