@@ -557,6 +557,10 @@ class Daemon:
         counters = [prefixed("vnet", plane.counters)] if plane is not None else []
         if self.local is not None:
             counters.append(self.local.counters())
+        # Split DNS with the host's resolver (ipop.aio.sysdns): registered, or why not.
+        sysdns = {f"dns.{k[4:]}": v for k, v in self.stats.items() if k.startswith("dns_system_")}
+        if sysdns:
+            counters.append(sysdns)
         measured = self.netcheck_result.nat if self.netcheck_result is not None else None
         return LocalView(
             node_id=self.bundle.node_id.hex(),
