@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from ipop.aio.control import ControlServer
+from ipop.aio.sysdns import resolved_running
 from ipop.bundle import dump_bundle
 from ipop.errors import ConfigError
 from ipop.testing.identities import make_bundle
@@ -59,6 +60,17 @@ def test_ipopd_on_a_port_in_use_names_listen_and_the_fix(
     line = _one_line(capsys, "ipopd")
     assert line.startswith("ipopd: listen: cannot listen on 127.0.0.1:") and "in use" in line
     assert "free port" in line
+
+
+@pytest.mark.skipif(resolved_running(), reason="systemd-resolved runs here")
+def test_ipopd_refuses_dns_system_resolved_where_resolved_does_not_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _node_config(tmp_path, "127.0.0.1:5879")  # never bound: refused before
+    cfg.write_text(cfg.read_text().replace("[control]", '[dns]\nsystem = "resolved"\n[control]'))
+    assert ipopd.main(["--config", str(cfg)]) == 2
+    line = _one_line(capsys, "ipopd")
+    assert line.startswith("ipopd: dns.system: ") and "dnsmasq" in line
 
 
 def test_a_control_socket_that_cannot_be_made_names_the_key_and_the_fix(
