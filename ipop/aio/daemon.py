@@ -330,7 +330,6 @@ class Daemon:
             await self.tap.set_address(vip, self.subnet, self.gateway)
         if self.services is not None:
             self.services.address_assigned(vip)
-        await self._register_dns()
         # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
         self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
         # A router may publish for its LAN hosts too: replicas grant it one more each.
@@ -352,6 +351,9 @@ class Daemon:
             self.tasks.spawn(self.configured.run())
         if on_ready is not None:
             on_ready()
+        # After ready: a resolver slow to answer (resolvectl waits up to 5 s a command) must
+        # not hold up the address, the names or the services.
+        await self._register_dns()
 
     async def _register_dns(self) -> None:
         """Route the suffix (and the subnet's reverse zones) from the host's resolver to our
@@ -371,14 +373,15 @@ class Daemon:
             self.stats["dns_system_registered"] += 1
 
     async def _shutdown(self) -> None:
-        if self.system_dns is not None:
-            # First: the host must stop sending queries to a gateway about to vanish.
-            await self.system_dns.unregister()
         if self.local is not None:
             await self.local.stop()
         if self.addrwatch is not None:
             await self.addrwatch.close()
         await self.tasks.close()
+        if self.system_dns is not None:
+            # Once no registration is in flight (it ran in _claim), before the TAP goes: the
+            # host must stop sending queries to a gateway about to vanish.
+            await self.system_dns.unregister()
         if self.publisher is not None:
             # Withdrawn now, not left to lapse: a stopped node's services must not be found.
             try:

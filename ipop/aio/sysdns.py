@@ -130,6 +130,12 @@ async def run_command(argv: Sequence[str]) -> tuple[int, str]:
         proc.kill()
         await proc.wait()
         return 124, f"no answer in {COMMAND_TIMEOUT_S:g} s"
+    except asyncio.CancelledError:
+        # Stopping mid-registration: end the command, so that the revert that follows cannot
+        # be overtaken by it.
+        proc.kill()
+        await proc.wait()
+        raise
     return proc.returncode or 0, err.decode(errors="replace").strip()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import SimpleNamespace
@@ -151,3 +152,29 @@ def test_a_failed_registration_is_counted_and_the_daemon_goes_on(tmp_path: Path)
     assert fake.verbs() == ["revert", "dns", "revert"]
     asyncio.run(d._shutdown())
     assert fake.verbs() == ["revert", "dns", "revert"]  # nothing left to remove
+
+
+def test_a_stop_during_registration_still_reverts_the_link() -> None:
+    class Stuck(RecordingRunner):
+        """resolvectl that never answers 'domain' (resolved wedged)."""
+
+        async def __call__(self, argv: Sequence[str]) -> tuple[int, str]:
+            rc = await super().__call__(argv)
+            if argv[1] == "domain":
+                await asyncio.Event().wait()
+            return rc
+
+    fake = Stuck()
+    link = ResolvedLink(fake)
+
+    async def run() -> None:
+        task = asyncio.create_task(link.register("ipop0", GW, DOMAINS))
+        while fake.verbs()[-1:] != ["domain"]:
+            await asyncio.sleep(0)
+        task.cancel()  # what the daemon's TaskSet does at stop
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await link.unregister()
+
+    asyncio.run(run())
+    assert fake.verbs() == ["revert", "dns", "domain", "revert"]
