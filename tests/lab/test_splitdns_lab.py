@@ -101,18 +101,22 @@ def test_dnsmasq_split_dns_resolves_ipop_names_and_leaves_the_rest(net: IpopNet)
             f"address=/example.test/{EXAMPLE_IP}",
         ],
     )
+    # The resolvers the host had (here: the stand-in), kept apart from resolv.conf (README).
+    had = net.lab.host_dir("a") / "resolv.dnsmasq"
+    had.write_text(f"nameserver {UPSTREAM}\n")
     _dnsmasq(
         net,
         "a",
         "split",
         [
-            "port=53",
+            *split_dns_lines(net.gateway, "ipop", net.subnet),
+            f"resolv-file={had}",
             "listen-address=127.0.0.1",
             "bind-interfaces",
-            "no-resolv",
             "no-hosts",
-            *split_dns_lines(net.gateway, "ipop", net.subnet),
-            f"server={UPSTREAM}",
+            # It reads resolv-file after dropping to "nobody", who cannot enter pytest's
+            # private (0700) temp dir where the file is.
+            "user=root",
         ],
     )
     net.lab.write_resolv_conf("a", "127.0.0.1")
