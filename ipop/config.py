@@ -19,6 +19,7 @@ meaning is documented in ``deploy/ipop.example.toml``::
     [dns]
     enabled = true
     upstream = []                      # ["IPv4:PORT", ...]
+    system = "auto"                    # auto | resolved | off: split DNS with the host resolver
     [dht]
     lease_s = 3600                     # at least 60
     [stun]
@@ -74,6 +75,7 @@ __all__ = [
     "DEFAULT_CONTROL_SOCKET",
     "DEFAULT_LISTEN",
     "DEFAULT_STATE_DIR",
+    "DNS_SYSTEMS",
     "LOG_LEVELS",
     "MAX_CONFIG_BYTES",
     "MAX_SERVICES",
@@ -121,6 +123,8 @@ LogLevel = Literal["error", "warning", "info", "debug"]
 LOG_LEVELS: Final[tuple[str, ...]] = ("error", "warning", "info", "debug")
 Addressing = Literal["static", "dhcp"]
 ADDRESSING_MODES: Final[tuple[str, ...]] = ("static", "dhcp")
+DnsSystem = Literal["auto", "resolved", "off"]
+DNS_SYSTEMS: Final[tuple[str, ...]] = ("auto", "resolved", "off")
 
 # Interface names: no '/', ':', whitespace or leading '.', which the kernel or `ip` reject.
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -129,7 +133,7 @@ _TOP_KEYS = ("bundle", "state_dir", "listen", "hostname", "log_level")
 _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "tap": ("name", "addressing", "mtu"),
     "control": ("socket",),
-    "dns": ("enabled", "upstream"),
+    "dns": ("enabled", "upstream", "system"),
     "dht": ("lease_s",),
     "stun": ("servers", "serve", "alternate", "alt_port"),
     "identity": ("crl",),
@@ -166,10 +170,16 @@ class ControlConfig:
 
 @dataclass(frozen=True, slots=True)
 class DnsConfig:
-    """The resolver on the tap: ``*.<suffix>`` answered locally, the rest sent upstream."""
+    """The resolver on the tap: ``*.<suffix>`` answered locally, the rest sent upstream.
+
+    ``system``: how the host's resolver learns of it (split DNS, :mod:`ipop.aio.sysdns`):
+    "auto" registers the suffix with systemd-resolved where it runs, "resolved" insists on it,
+    "off" leaves the host's DNS alone.
+    """
 
     enabled: bool = True
     upstream: tuple[Endpoint, ...] = ()
+    system: DnsSystem = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,6 +598,7 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
         dns=DnsConfig(
             enabled=_bool(dns.get("enabled", True), "dns.enabled"),
             upstream=_upstream(dns.get("upstream", [])),
+            system=cast(DnsSystem, _choice(dns.get("system", "auto"), "dns.system", DNS_SYSTEMS)),
         ),
         dht=DhtConfig(lease_s=_lease_s(dht.get("lease_s", DEFAULT_LEASE_S))),
         stun=_stun(stun),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ipop.aio.control import ControlClient
@@ -47,6 +48,11 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace, client: ControlClient) -> int:
+    # One request and one answer, seconds apart: say what is going on meanwhile (stderr, so
+    # that stdout stays the result).
+    extra = f" and {len(args.server)} more server(s)" if args.server else ""
+    wait = "; pystun3's second opinion can take 30 s more" if args.second_opinion else ""
+    print(f"ipop: netcheck: asking the bootstrap nodes{extra}{wait}", file=sys.stderr, flush=True)
     result = client.netcheck(args.server, second_opinion=args.second_opinion)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -134,6 +134,14 @@ def format_status(status: Status) -> list[str]:
         lines.extend(format_table(hrows))
     if status.dns is not None and status.dns.counters.get("queries", 0):
         lines.append(format_dns(status.dns))
+    # Split DNS (ipop.aio.sysdns): only when ipopd tried; "off" and no resolved say nothing.
+    if status.counters.get("dns.system_failed", 0):
+        lines.append(
+            "split DNS: registering with systemd-resolved failed (the daemon's log says why: "
+            "event=dns_register_failed; README, Split DNS)"
+        )
+    elif status.counters.get("dns.system_registered", 0):
+        lines.append("split DNS: names of this network are routed here by systemd-resolved")
     total_drops = sum(status.drops.values())
     if total_drops:
         top = sorted(status.drops.items(), key=lambda kv: (-kv[1], kv[0]))[:5]

@@ -18,6 +18,7 @@ from ipop.aio.commands import DaemonControl
 from ipop.aio.control import ControlServer
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.aio.localhttp import LocalHttpServer, Page
+from ipop.aio.sysdns import system_dns_for
 from ipop.bundle import Bundle, load_bundle
 from ipop.config import MetricsConfig, NodeConfig, WebConfig, load_config
 from ipop.dhcp_dns.dhcp import DhcpServer
@@ -252,11 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         bundle = load_valid_bundle(cfg.bundle)
         settings = DaemonSettings.from_config(cfg, bundle_hostname=bundle.hostname)
+        system_dns = system_dns_for(cfg.dns.system, dns_enabled=cfg.dns.enabled)
     except ConfigError as exc:
         print(f"ipopd: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
-    daemon = Daemon(bundle, settings, services=lambda d: NodeServices(d, cfg))
+    daemon = Daemon(
+        bundle, settings, services=lambda d: NodeServices(d, cfg), system_dns=system_dns
+    )
     return run_daemon("ipopd", daemon, cfg.control.socket, cfg.metrics, cfg.web)
 
 

@@ -230,13 +230,30 @@ def _natmatrix(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _read_topology(path: str) -> dict[str, object]:
+    """The TOML topology at ``path``; ConfigError naming it and the fix."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(
+            path,
+            f"cannot be read ({exc.strerror or exc})",
+            "check the path given to --topology",
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            path, f"is not valid TOML ({exc})", "fix the syntax (see ipop.testing.netsim)"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ipop-sim", description=__doc__)
     ap.add_argument(
         "scenario",
         nargs="?",
-        default="sessions",
         choices=["sessions", "demo", "overlay", "natmatrix"],
+        help="default: overlay if an overlay option (--nodes ...) is given, else sessions",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--per-kind", type=int, default=3)
@@ -262,7 +279,26 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="round each hop's arrival up to a multiple of this (0: exact times)",
     )
+    # Which overlay options were given: their defaults are filled in after parsing, so that
+    # `ipop-sim --nodes 300` runs the overlay (it silently ran sessions, ignoring --nodes).
+    defaults = {a.dest: a.default for a in overlay._group_actions}
+    for action in overlay._group_actions:
+        action.default = None
     args = ap.parse_args(argv)
+    given = [d for d in defaults if getattr(args, d) is not None]
+    for dest, default in defaults.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+    if args.scenario is None:
+        args.scenario = "overlay" if given else "sessions"
+    elif given and args.scenario != "overlay":
+        flag = "--" + given[0].replace("_", "-")
+        print(
+            f"ipop-sim: {flag} is an option of the overlay scenario, not {args.scenario}; "
+            f"run 'ipop-sim overlay {flag} ...' or drop it",
+            file=sys.stderr,
+        )
+        return 2
     if not 0.0 <= args.loss < 1.0 or args.per_kind < 1:
         print("ipop-sim: --loss must be in [0, 1) and --per-kind >= 1", file=sys.stderr)
         return 2
@@ -273,14 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     topology = None
     try:
         if args.topology:
-            with open(args.topology, "rb") as f:
-                topology = tomllib.load(f)
+            topology = _read_topology(args.topology)
         wall = time.perf_counter()
         result = run_virtual(
             _sessions(args.seed, args.per_kind, args.loss, 60.0, topology), start=SIM_EPOCH
         )
-    except (OSError, tomllib.TOMLDecodeError, ConfigError) as exc:
-        print(f"ipop-sim: {args.topology}: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"ipop-sim: {exc}", file=sys.stderr)
         return 2
     result["wall_s"] = round(time.perf_counter() - wall, 3)
     if args.json:

@@ -143,7 +143,15 @@ class ControlServer:
     async def start(self) -> None:
         if self._server is not None:
             raise LocalProtocolError("ControlServer.start() called twice")
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fix = (
+            "run the daemon as root, or set [control] socket to a path in a directory you may write"
+        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        except OSError as exc:
+            raise ConfigError(
+                "control.socket", f"cannot create {self.path.parent} ({exc.strerror or exc})", fix
+            ) from None
         _claim_path(self.path)
         # The umask makes bind() create the file 0600 already, so there is no moment in which
         # another user could connect; chmod afterwards is the belt to those braces.
@@ -152,6 +160,10 @@ class ControlServer:
             server = await asyncio.start_unix_server(
                 self._on_connection, path=str(self.path), limit=MAX_LINE_BYTES
             )
+        except OSError as exc:
+            raise ConfigError(
+                "control.socket", f"cannot listen on {self.path} ({exc.strerror or exc})", fix
+            ) from None
         finally:
             os.umask(old_umask)
         try:

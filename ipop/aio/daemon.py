@@ -52,6 +52,7 @@ from ipop.aio.peerstore import PeerStore
 from ipop.aio.rtnl import Rtnl
 from ipop.aio.settings import DaemonSettings, load_crl_file
 from ipop.aio.stack import Node
+from ipop.aio.sysdns import SystemDns, SystemDnsError, routing_domains
 from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
 from ipop.dht.names import lookup_name
@@ -59,6 +60,7 @@ from ipop.dht.publish import ServiceKeeper, ServicePublisher, list_services
 from ipop.dht.record import ip_key
 from ipop.dht.service import DhtConfig
 from ipop.dht.srv import PROTOS, SERVICE_QUOTA, ServiceValue
+from ipop.errors import ConfigError
 from ipop.link import fastpath
 from ipop.metrics import MetricsInput, render_metrics
 from ipop.nat.netcheck import NetcheckResult
@@ -114,6 +116,7 @@ class Daemon:
         *,
         services: Callable[[Daemon], LocalServices] | None = None,
         local: Callable[[Daemon], LocalNetwork] | None = None,
+        system_dns: SystemDns | None = None,
     ) -> None:
         self.bundle = bundle
         self.settings = settings
@@ -123,6 +126,9 @@ class Daemon:
         self.suffix = bundle.dns_suffix
         self._services_factory = services
         self.services: LocalServices | None = None
+        # Split DNS with the host's resolver (ipop.aio.sysdns): registered once the TAP has
+        # its address, removed at stop. Only for a TAP of our own (router mode has a LAN).
+        self.system_dns = system_dns if local is None else None
         self.started_at = time.time()
         self.vip: IPv4Address | None = None
         self.names: list[str] = []
@@ -197,7 +203,15 @@ class Daemon:
         identity = self.bundle.identity(now=now)
         if s.crl_file is not None:
             load_crl_file(identity.trust, s.crl_file, now=now)
-        self.udp = UdpSocket(s.listen)
+        try:
+            self.udp = UdpSocket(s.listen)
+        except OSError as exc:
+            raise ConfigError(
+                "listen",
+                f"cannot listen on {s.listen} ({exc.strerror or exc})",
+                "stop what holds that port (another ipopd?), or set listen to a free port on "
+                "an address of this host",
+            ) from None
         local = await self._local_endpoints(self.udp.port)
         self._endpoints = local
         bootstrap = [ep for ep in self.bundle.bootstrap if ep not in local]
@@ -343,6 +357,26 @@ class Daemon:
             self.tasks.spawn(self.configured.run())
         if on_ready is not None:
             on_ready()
+        # After ready: a resolver slow to answer (resolvectl waits up to 5 s a command) must
+        # not hold up the address, the names or the services.
+        await self._register_dns()
+
+    async def _register_dns(self) -> None:
+        """Route the suffix (and the subnet's reverse zones) from the host's resolver to our
+        gateway. A failure leaves nothing registered and is logged: names still resolve by
+        asking the gateway directly, so the node keeps running."""
+        if self.system_dns is None or self.tap is None:
+            return
+        domains = routing_domains(self.suffix, self.subnet)
+        try:
+            await self.system_dns.register(self.tap.name, self.gateway, domains)
+        except SystemDnsError as exc:
+            self.stats["dns_system_failed"] += 1
+            log.warning(
+                "event=dns_register_failed error=%r fix=%r", str(exc), "see README#split-dns"
+            )
+        else:
+            self.stats["dns_system_registered"] += 1
 
     async def _shutdown(self) -> None:
         if self.local is not None:
@@ -350,6 +384,10 @@ class Daemon:
         if self.addrwatch is not None:
             await self.addrwatch.close()
         await self.tasks.close()
+        if self.system_dns is not None:
+            # Once no registration is in flight (it ran in _claim), before the TAP goes: the
+            # host must stop sending queries to a gateway about to vanish.
+            await self.system_dns.unregister()
         if self.publisher is not None:
             # Withdrawn now, not left to lapse: a stopped node's services must not be found.
             try:
@@ -528,6 +566,10 @@ class Daemon:
         counters = [prefixed("vnet", plane.counters)] if plane is not None else []
         if self.local is not None:
             counters.append(self.local.counters())
+        # Split DNS with the host's resolver (ipop.aio.sysdns): registered, or why not.
+        sysdns = {f"dns.{k[4:]}": v for k, v in self.stats.items() if k.startswith("dns_system_")}
+        if sysdns:
+            counters.append(sysdns)
         measured = self.netcheck_result.nat if self.netcheck_result is not None else None
         return LocalView(
             node_id=self.bundle.node_id.hex(),

@@ -94,7 +94,9 @@ def parse_nat_mix(text: str) -> dict[str, float]:
         kind = kind.strip()
         if not sep or kind not in NAT_KIND_NAMES:
             raise ConfigError(
-                "nat-mix", f"bad entry {part!r}", f"use KIND:FRACTION, KIND one of {NAT_KIND_NAMES}"
+                "nat-mix",
+                f"bad entry {part!r}",
+                "use KIND:FRACTION, KIND one of " + ", ".join(str(k) for k in NAT_KIND_NAMES),
             )
         try:
             value = float(frac)

@@ -58,3 +58,19 @@ def test_natmatrix_prints_the_lab_keys(capsys: pytest.CaptureFixture[str]) -> No
     assert len(out["pairs"]) == 15 and all(keys <= set(p) for p in out["pairs"])
     relayed = {(p["a"], p["b"]) for p in out["pairs"] if not p["direct"]}
     assert relayed == {("symmetric", "symmetric")}
+
+
+def test_nodes_without_a_scenario_runs_the_overlay(capsys: pytest.CaptureFixture[str]) -> None:
+    small = ["--pairs", "5", "--records", "5", "--join-spread", "2"]
+    main(["--nodes", "6", *small, "--json"])
+    out, err = capsys.readouterr()
+    assert json.loads(out)["scenario"] == "overlay" and json.loads(out)["nodes"] == 6
+    assert "6 nodes" in err and "join done" in err  # its phases, as they end
+
+
+def test_an_overlay_option_with_another_scenario_is_one_line_naming_the_fix(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["sessions", "--nodes", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--nodes" in err and "ipop-sim overlay --nodes" in err

@@ -167,6 +167,8 @@ BASE = 'bundle = "b.toml"\n'
         (BASE + '[dns]\nupstream = "198.51.100.53:53"\n', "dns.upstream"),
         (BASE + '[dns]\nupstream = ["198.51.100.53:53", "nope"]\n', "dns.upstream[1]"),
         (BASE + "[dns]\nupstream = [53]\n", "dns.upstream[0]"),
+        (BASE + '[dns]\nsystem = "systemd"\n', "dns.system"),
+        (BASE + "[dns]\nsystem = true\n", "dns.system"),
         (BASE + "[dht]\nlease_s = 59\n", "dht.lease_s"),
         (BASE + '[dht]\nlease_s = "1h"\n', "dht.lease_s"),
         (BASE + "[dht]\nttl = 60\n", "dht.ttl"),

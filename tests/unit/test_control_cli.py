@@ -524,3 +524,15 @@ def test_status_shows_a_dns_line_once_queries_came() -> None:
         "p50 3.2 ms, p99 40.0 ms" in text
     )
     assert "dns:" not in "\n".join(format_status(STATUS))
+
+
+def test_status_says_whether_split_dns_is_registered() -> None:
+    def text(counters: dict[str, int]) -> str:
+        st = dataclasses.replace(STATUS, counters={**STATUS.counters, **counters})
+        return "\n".join(format_status(st))
+
+    assert "routed here by systemd-resolved" in text({"dns.system_registered": 1})
+    failed = text({"dns.system_failed": 1})
+    assert "split DNS: registering with systemd-resolved failed" in failed
+    assert "event=dns_register_failed" in failed
+    assert "split DNS" not in text({})

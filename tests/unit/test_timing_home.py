@@ -17,6 +17,7 @@ STAYS: dict[tuple[str, str], str] = {
     ("ipop/aio/controlclient.py", "NETCHECK_REPLY_TIMEOUT_S"): "control socket reply wait (CLI)",
     ("ipop/aio/controlproto.py", "MAX_PING_TIMEOUT_S"): "bound on a CLI argument",
     ("ipop/aio/natio.py", "STUN_DEADLINE_S"): "adapter's wait on a core transaction",
+    ("ipop/aio/sysdns.py", "COMMAND_TIMEOUT_S"): "wait on a local command (resolvectl)",
     ("ipop/aio/natio.py", "STUN_POLL_S"): "adapter polling",
     ("ipop/aio/daemon.py", "JOURNAL_DRAIN_S"): "log housekeeping",
     ("ipop/aio/daemon.py", "LINK_WATCH_S"): "diagnostics housekeeping",

@@ -178,6 +178,10 @@ class IpopNet:
                 f'addressing = "{mode}"',
                 "[control]",
                 f'socket = "{f.socket}"',
+                # Never the machine's resolver: a lab daemon's split DNS is a test's to set up
+                # in its own namespace (tests/lab/test_splitdns_lab.py).
+                "[dns]",
+                'system = "off"',
             ]
             if h.nat_kind is None and h.lan_router is None:
                 # Public hosts (the bootstrap first) are the lab's STUN references: netcheck

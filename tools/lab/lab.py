@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ipop.errors import LocalProtocolError
+from ipop.errors import ConfigError, LocalProtocolError
 from ipop.tools.lab import netns
 from ipop.tools.lab.natrules import iptables_rules, nft_ruleset
 from ipop.tools.lab.topology import HostSpec, Topology, topology_from_dict
@@ -274,16 +274,27 @@ class Lab:
     def load(cls, workdir: Path) -> Lab:
         """The lab recorded in ``workdir/lab.json`` (left up by an earlier process)."""
         path = Path(workdir) / STATE_FILE
-        data = json.loads(path.read_text())
-        if data.get("version") != STATE_VERSION:
-            raise LocalProtocolError(f"{path}: unknown state version {data.get('version')!r}")
-        lab = cls(
-            topology_from_dict(data["topology"]), workdir=Path(workdir), prefix=data["prefix"]
+        fix = (
+            "remove it, and its namespaces with 'ipop-lab down --prefix PREFIX' "
+            "(PREFIX: the start of their names in 'ip netns list')"
         )
-        lab.state = str(data["state"])
-        lab._procs = [SpawnedProcess.from_dict(p) for p in data["processes"]]
-        lab._etc_dirs = [str(d) for d in data["etc_netns"]]
-        lab._made_etc_netns = bool(data.get("made_etc_netns", False))
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") != STATE_VERSION:
+                raise ConfigError(
+                    str(path), f"has unknown state version {data.get('version')!r}", fix
+                )
+            lab = cls(
+                topology_from_dict(data["topology"]), workdir=Path(workdir), prefix=data["prefix"]
+            )
+            lab.state = str(data["state"])
+            lab._procs = [SpawnedProcess.from_dict(p) for p in data["processes"]]
+            lab._etc_dirs = [str(d) for d in data["etc_netns"]]
+            lab._made_etc_netns = bool(data.get("made_etc_netns", False))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(
+                str(path), f"is not a lab state file ({type(exc).__name__}: {exc})", fix
+            ) from None
         return lab
 
     # ------------------------------------------------------------ build

@@ -60,7 +60,11 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 def _load(workdir: Path) -> Lab | None:
     if not (workdir / STATE_FILE).exists():
-        print(f"ipop-lab: no lab in {workdir}", file=sys.stderr)
+        print(
+            f"ipop-lab: no lab in {workdir} (start one with 'ipop-lab up', or pass the "
+            "--workdir it was started with)",
+            file=sys.stderr,
+        )
         return None
     return Lab.load(workdir)
 
