@@ -182,10 +182,14 @@ class NetworkCA:
         days: int = NODE_CERT_DEFAULT_DAYS,
         hostname: str | None = None,
         router_hosts: int = 0,
+        serial: int | None = None,
     ) -> NodeCertificate:
         """Admit the node with this key; its certificate never outlives the CA.
 
         ``router_hosts`` > 0 makes it a router certificate for that many LAN hosts.
+        ``serial``: the X.509 serial number, random (the library's) when None; simulations
+        pass one from their seed, since a random serial's DER length varies and with it the
+        size of every datagram carrying the certificate.
         Raises ConfigError for a bad name, hostname, days or host count, or if the CA has
         expired at ``now``.
         """
@@ -226,7 +230,7 @@ class NetworkCA:
             )
             .issuer_name(self._cert.subject)
             .public_key(node_public)
-            .serial_number(x509.random_serial_number())
+            .serial_number(x509.random_serial_number() if serial is None else serial)
             .not_valid_before(_dt(not_before))
             .not_valid_after(_dt(not_after))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
