@@ -11,7 +11,7 @@ from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
 from ipop.overlay.messages import KIND_IP
 from ipop.testing.clock import SIM_EPOCH, run_virtual
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.netsim import Network
 from ipop.types import Endpoint, NodeId
 
@@ -23,6 +23,7 @@ async def _build(n: int, seed: int) -> tuple[Network, list[Node]]:
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
     net = Network(rng=random.Random(seed + 1))
+    keys = random.Random(seed + 2)  # ring positions from the seed too: reproducible runs
     ca = make_network("simnet", now=loop.time())
     nodes: list[Node] = []
     boot: list[Endpoint] = []
@@ -30,7 +31,7 @@ async def _build(n: int, seed: int) -> tuple[Network, list[Node]]:
         kind = "none" if i == 0 else KINDS[i % len(KINDS)]
         host = net.add_host(f"h{i}", kind)
         node = Node(
-            make_identity(ca, f"h{i}", now=loop.time()),
+            seeded_identity(ca, f"h{i}", keys, now=loop.time()),
             bootstrap=boot,
             clock=loop.time,
             rng=random.Random(rng.random()),
