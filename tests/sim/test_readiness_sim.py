@@ -14,7 +14,7 @@ import statistics
 from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
 from ipop.testing.clock import SIM_EPOCH, run_virtual
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.nat import nat_kind
 from ipop.testing.netsim import Network
 from ipop.testing.simnode import PORT, start_nodes
@@ -90,13 +90,14 @@ def test_a_node_started_before_its_bootstrap_joins_on_an_early_retry() -> None:
         loop = asyncio.get_running_loop()
         net = Network(rng=random.Random(3), internet_latency_s=0.0001)
         ca = make_network("early", now=loop.time())
+        keys = random.Random(4)  # ring positions from a seed: reproducible runs
         boot_host = net.add_public_host("boot")
         late_host = net.add_nat("nat", nat_kind("port-restricted-cone")).add_host("early")
         boot_ep = Endpoint(boot_host.address, PORT)
 
         def node(name: str, bootstrap: list[Endpoint]) -> Node:
             return Node(
-                make_identity(ca, name, now=loop.time()),
+                seeded_identity(ca, name, keys, now=loop.time()),
                 bootstrap=bootstrap,
                 clock=loop.time,
                 rng=random.Random(name),

@@ -27,7 +27,7 @@ from ipop.identity import NodeIdentity
 from ipop.overlay.messages import Purpose
 from ipop.overlay.node import OverlayConfig
 from ipop.testing.clock import SIM_EPOCH, run_virtual
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.netsim import Host, Network
 from ipop.testing.simnode import PORT, start_nodes
 from ipop.types import Endpoint
@@ -129,7 +129,9 @@ def _scenario(seed: int, count: int = 14, *, fresh: bool = False) -> Outcome:
                 hosts.append(host)
                 nodes.append(nodes[0])  # a placeholder, replaced below
                 victim_i, hostname, preferred = len(nodes) - 1, host.name, None
-                identity = make_identity(ca, hostname, now=loop.time(), hostname=hostname)
+                identity = seeded_identity(
+                    ca, hostname, random.Random(seed + 3), now=loop.time(), hostname=hostname
+                )
                 remembered: list[Endpoint] = []
             else:
                 # What ipopd's peers.json holds: the endpoints of the victim's direct links.
@@ -213,7 +215,7 @@ def test_the_dht_joins_through_links_while_the_overlay_join_is_unanswered() -> N
         nodes = start_nodes(hosts[:7], ca, rng=random.Random(32))
         try:
             await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
-            identity = make_identity(ca, "h7", now=loop.time(), hostname="h7")
+            identity = seeded_identity(ca, "h7", random.Random(35), now=loop.time(), hostname="h7")
             newcomer = _node_at(hosts[7], identity, hosts[0], 33)
             nodes.append(newcomer)
             # Its JOIN is lost for good (as if routed into a paused node).
