@@ -668,9 +668,11 @@ class LinkLayer:
         # the public endpoint of a peer on our LAN, through a NAT without hairpinning), the
         # second may have lost a crossing and never be confirmed, and an idle live peer sends
         # nothing else within the check: its session was torn down on our side only (cold
-        # start: pairs on one LAN that lost every ping until the silent-peer timer).
-        if not self.handshakes.expecting_on(peer, st.path):
-            self.handshakes.start(st.path, peer, now)
+        # start: pairs on one LAN that lost every ping until the silent-peer timer). A one-shot
+        # punch of ours already on that path is made to retry (initiate): sent once, it may have
+        # lost a crossing at the peer (the larger id drops the smaller's Init), and waiting on
+        # it tore down the session of a live idle peer that still sealed with it.
+        self.handshakes.initiate(st.path, peer, now)
         self._touch(st)
         return True
 

@@ -249,6 +249,32 @@ def test_a_live_peer_is_checked_on_its_path_while_a_handshake_to_another_one_han
     assert b.is_up(alice) and not _down(_events(b))
 
 
+def test_a_live_peer_is_checked_although_a_one_shot_punch_of_ours_is_on_its_path() -> None:
+    """Bob's connect-back punch (one Init, never retransmitted) toward Alice's LAN path was
+    lost (she dropped it: their Inits crossed and her larger id won), then her routed message
+    makes him check their session there. The check waited on that punch: an idle Alice sent
+    nothing within the check and Bob tore the live session down on his side only (cold
+    start, tests/sim/test_coldstart_keys.py seed 12: prc3-0 -> prc3-1 lost every ping 3 s
+    later). The punch must retry instead."""
+    a, b, _, _, _ = _trio()
+    _session(a, b, A_EP, B_EP, NOW)
+    alice = a.local_id
+    b.handshakes.start(A_EP, alice, NOW, retransmit=False)
+    assert [p for _, p in _out(b, NOW)] == [A_EP]  # dropped by Alice
+    t = NOW + 1
+    assert b.peer_unlinked(alice, now=t)
+    now = t
+    while now < t + timing.UNLINKED_CHECK_S:
+        b.handle_timer(now=now)
+        a.handle_timer(now=now)
+        _deliver(b, a, B_EP, now)
+        _deliver(a, b, A_EP, now)
+        now += 0.05
+    b.handle_timer(now=t + timing.UNLINKED_CHECK_S)
+    assert b.is_up(alice) and not _down(_events(b))
+    assert b.stats["handshake_retransmitted"] >= 1
+
+
 def test_relayed_rekeys_are_bounded_whatever_ids_a_relay_names() -> None:
     """The relay names the origin: one that makes ids up gets a bounded number of our Inits
     (a global budget behind the per-peer limit), and the table of them stays bounded."""
