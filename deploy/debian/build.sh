@@ -9,6 +9,7 @@
 #   /usr/bin/<command>           links to /usr/lib/ipop/bin/<command>, the six console scripts
 #   /lib/systemd/system/         ipopd.service and ipop-router.service from deploy/, run from /usr/bin
 #   /etc/ipop/node.toml          deploy/ipop.example.toml, a conffile (bundle = node.bundle.toml)
+#   /usr/share/polkit-1/rules.d/ deploy/50-ipop-resolved.rules (split DNS as the user ipop)
 #   /usr/share/doc/ipop/         README.md, copyright, examples/router.toml
 #
 # The wheel is `python -m build`'s unless --wheel names one. Its dependencies come from pip's
@@ -92,6 +93,8 @@ done
 install -D -m 0644 deploy/ipop.example.toml "$PKG/etc/ipop/node.toml"
 install -D -m 0644 README.md "$PKG/usr/share/doc/ipop/README.md"
 install -D -m 0644 deploy/router.example.toml "$PKG/usr/share/doc/ipop/examples/router.toml"
+# Lets the user ipop register split DNS with systemd-resolved (README, "Split DNS").
+install -D -m 0644 deploy/50-ipop-resolved.rules "$PKG/usr/share/polkit-1/rules.d/50-ipop-resolved.rules"
 { echo "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
   echo "Upstream-Name: ipop"
   echo

@@ -117,11 +117,13 @@ def test_deb_units_are_deploys_run_from_usr_bin(deb: Deb) -> None:
     assert "\nExecStart=/usr/bin/ipopd --config /etc/ipop/node.toml\n" in ipopd
 
 
-def test_deb_configuration_is_the_example_as_its_one_conffile(deb: Deb) -> None:
+def test_deb_configuration_is_the_example_and_the_polkit_rule(deb: Deb) -> None:
     assert (deb.tree / "DEBIAN" / "conffiles").read_text().split() == ["/etc/ipop/node.toml"]
     node = (deb.tree / "etc" / "ipop" / "node.toml").read_text()
     assert node == (ROOT / "deploy" / "ipop.example.toml").read_text()
     assert '\nbundle = "node.bundle.toml"\n' in node
+    rule = deb.tree / "usr" / "share" / "polkit-1" / "rules.d" / "50-ipop-resolved.rules"
+    assert rule.read_text() == (ROOT / "deploy" / "50-ipop-resolved.rules").read_text()
     for script in ("postinst", "prerm", "postrm"):
         path = deb.tree / "DEBIAN" / script
         assert path.stat().st_mode & 0o111, script
