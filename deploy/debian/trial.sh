@@ -21,7 +21,9 @@
 #   4. dpkg -r (after `systemctl enable ipopd`): disabled, the program gone, /etc/ipop and the
 #      user kept;
 #   5. dpkg --purge: no file of the package or of ipopd left, no user, no group: the file list
-#      of the root equals the one before the install.
+#      of the root equals the one before the install;
+#   6. with a bundle already in /etc/ipop, dpkg -i enables ipopd.service (offline, as systemctl
+#      does in a chroot), and a purge again leaves the root as it was.
 # The root's /proc mount, the namespaces, both ipopd and the root itself go in every case (trap),
 # and those of earlier runs that were killed before their trap ran go at the next start.
 # Needs root, debootstrap and the Debian mirror that apt uses here ($IPOP_DEB_MIRROR overrides).
@@ -174,6 +176,7 @@ echo "== 2. a network: a bundle in /etc/ipop, and a bootstrap node"
 show ipop-config --home /root/ca init debnet --subnet 100.64.0.0/10 --bootstrap 198.51.100.11:5800
 show ipop-config --home /root/ca node debnet deb1 --hostname deb1 --out /etc/ipop/node.bundle.toml
 show "chgrp ipop /etc/ipop/node.bundle.toml && chmod 0640 /etc/ipop/node.bundle.toml"
+cp "$ROOT/etc/ipop/node.bundle.toml" "$WORK/"  # for step 6, outside the root
 mkdir -p "$ROOT/root/boot"
 show ipop-config --home /root/ca node debnet boot --hostname boot --out /root/boot/boot.bundle.toml
 cat >"$ROOT/root/boot/node.toml" <<'TOML'
@@ -256,17 +259,33 @@ show "ls /etc/ipop; id ipop"
 in_root getent passwd ipop >/dev/null || fail "dpkg -r removed the user"
 ok "dpkg -r: disabled, program gone, /etc/ipop and the user kept"
 
+# Purge, then check that nothing of the package, of ipopd or of the user is left.
+purge_and_compare() {
+  show dpkg --purge ipop
+  show "ls -d /etc/ipop /usr/lib/ipop /var/lib/ipop /run/ipop /usr/bin/ipopd; getent passwd ipop; getent group ipop" || true
+  for p in /etc/ipop /usr/lib/ipop /var/lib/ipop /run/ipop /usr/bin/ipopd /lib/systemd/system/ipopd.service; do
+    [ ! -e "$ROOT$p" ] || fail "$p is left"
+  done
+  ! in_root getent passwd ipop >/dev/null || fail "user ipop is left"
+  ! in_root getent group ipop >/dev/null || fail "group ipop is left"
+  list_files >"$WORK/after.txt"
+  if ! diff "$WORK/before.txt" "$WORK/after.txt" >"$WORK/diff.txt"; then
+    cat "$WORK/diff.txt"; fail "the root's files differ from before the install (diff above)"
+  fi
+  ok "no file, user or group left: the root's $(wc -l <"$WORK/after.txt") paths are those before the install"
+}
+
 echo "== 5. purge"
-show dpkg --purge ipop
-show "ls -d /etc/ipop /usr/lib/ipop /var/lib/ipop /run/ipop /usr/bin/ipopd; getent passwd ipop; getent group ipop" || true
-for p in /etc/ipop /usr/lib/ipop /var/lib/ipop /run/ipop /usr/bin/ipopd /lib/systemd/system/ipopd.service; do
-  [ ! -e "$ROOT$p" ] || fail "$p is left"
-done
-! in_root getent passwd ipop >/dev/null || fail "user ipop is left"
-! in_root getent group ipop >/dev/null || fail "group ipop is left"
-list_files >"$WORK/after.txt"
-if ! diff "$WORK/before.txt" "$WORK/after.txt" >"$WORK/diff.txt"; then
-  cat "$WORK/diff.txt"; fail "the root's files differ from before the install (diff above)"
-fi
-ok "no file, user or group left: the root's $(wc -l <"$WORK/after.txt") paths are those before the install"
+purge_and_compare
+
+echo "== 6. a bundle in place before the first install: ipopd.service enabled, then purged"
+install -d "$ROOT/etc/ipop"
+cp "$WORK/node.bundle.toml" "$ROOT/etc/ipop/"
+show dpkg -i "$DEB_IN"
+[ -L "$ROOT/etc/systemd/system/multi-user.target.wants/ipopd.service" ] ||
+  fail "a bundle was in place, and ipopd.service was not enabled"
+[ ! -e "$ROOT/etc/systemd/system/multi-user.target.wants/ipop-router.service" ] ||
+  fail "ipop-router.service was enabled"
+ok "with a bundle in place, the first install enables ipopd.service (only)"
+purge_and_compare
 echo "deb trial: OK ($CHECKS checks)"

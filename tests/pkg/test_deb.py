@@ -38,6 +38,7 @@ TRIAL_CHECKS = (
     "ipopd stopped on SIGTERM, exit 0",
     "dpkg -r: disabled, program gone, /etc/ipop and the user kept",
     "no file, user or group left",
+    "with a bundle in place, the first install enables ipopd.service (only)",
 )
 
 
@@ -145,3 +146,5 @@ def test_deb_installs_runs_ipopd_from_a_bundle_and_purges_cleanly(deb: Deb) -> N
     passed = [ln.strip()[4:] for ln in transcript.splitlines() if ln.startswith("   ok: ")]
     for check in TRIAL_CHECKS:
         assert any(ok.startswith(check) for ok in passed), (check, passed)
+    # Both purges (after dpkg -r, and after an install that enabled the unit) left nothing.
+    assert sum(ok.startswith("no file, user or group left") for ok in passed) == 2, passed
