@@ -383,25 +383,39 @@ class NodeCore:
                 i += 1
                 continue
             peer, i, payloads = run
+            self._opened(peer, payloads, path, now, kind, out)
+
+    def _opened(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        path: Path,
+        now: float,
+        kind: int,
+        out: list[tuple[NodeId, bytes]],
+    ) -> None:
+        """The payloads a run opened from ``peer`` on ``path``: DIRECT messages of ``kind``
+        to ``out``, RELAY_FORWARD and RELAY_DELIVER a run at a time (:meth:`_relay_run`),
+        the rest as one by one."""
+        linked = self.overlay.is_linked(peer)
+        j, m = 0, len(payloads)
+        while j < m:
+            payload = payloads[j]
+            tag = payload[0]
+            if linked and tag == TYPE_DIRECT and len(payload) > 1 and payload[1] == kind:
+                out.append((peer, payload))
+                j += 1
+                continue
+            if tag in (TYPE_RELAY_FORWARD, TYPE_RELAY_DELIVER):
+                k = j + 1
+                while k < m and payloads[k][0] == tag:
+                    k += 1
+                self._relay_run(peer, payloads[j:k] if j or k < m else payloads, now, kind, out)
+                j = k
+            else:
+                self._message_in(peer, payload, path, now)
+                j += 1
             linked = self.overlay.is_linked(peer)
-            j, m = 0, len(payloads)
-            while j < m:
-                payload = payloads[j]
-                tag = payload[0]
-                if linked and tag == TYPE_DIRECT and len(payload) > 1 and payload[1] == kind:
-                    out.append((peer, payload))
-                    j += 1
-                    continue
-                if tag in (TYPE_RELAY_FORWARD, TYPE_RELAY_DELIVER):
-                    k = j + 1
-                    while k < m and payloads[k][0] == tag:
-                        k += 1
-                    self._relay_run(peer, payloads[j:k], now, kind, out)
-                    j = k
-                else:
-                    self._message_in(peer, payload, path, now)
-                    j += 1
-                linked = self.overlay.is_linked(peer)
 
     def _relay_run(
         self,
@@ -412,17 +426,22 @@ class NodeCore:
         out: list[tuple[NodeId, bytes]],
     ) -> None:
         """Relay messages of one type from ``peer`` (:meth:`OverlayNode.relay_run`): as the
-        relay, each target's forwards sealed in one run; as an end, the datagrams delivered
-        for each relayed link opened in runs, as the slow path opens them one by one."""
-        got = self.overlay.relay_run(peer, payloads, now=now)
-        i, n = 0, len(got)
-        while i < n:
-            path = got[i].path
-            k = i + 1
-            while k < n and ((p := got[k].path) is path or p == path):
-                k += 1
-            self._open_runs([d.data for d in got[i:k]], path, now, kind, out, self._open_one)
-            i = k
+        relay, each target's forwards re-sealed in runs; as an end, the datagrams delivered
+        for each relayed link opened in runs straight from the messages, as the slow path
+        opens them one by one."""
+
+        def take(payloads: list[bytes], start: int, path: RelayPath, head: bytes) -> int:
+            run = self.link.open_run(payloads, start, path, now=now, head=head)
+            if run is None:
+                got = self._open_one(payloads[start][len(head) :], path, now=now, kind=kind)
+                if got is not None:
+                    out.append(got)
+                return start + 1
+            origin, stop, opened = run
+            self._opened(origin, opened, path, now, kind, out)
+            return stop
+
+        self.overlay.relay_run(peer, payloads, now=now, take=take)
         self._settle(now)
 
     # --- a relayed link's runs (the data plane's sender) ---------------------------------------
