@@ -170,6 +170,7 @@ import contextlib
 import operator
 import random
 from collections.abc import Callable
+from itertools import repeat
 from typing import Final
 
 from ipop import timing
@@ -431,7 +432,7 @@ class LinkLayer:
         if sealed is None:
             return 0
         data, path = sealed
-        self._outbox.extend([(d, path) for d in data])
+        self._outbox.extend(zip(data, repeat(path)))  # (in C: no Python step per datagram)
         return len(data)
 
     def _seal_run(
