@@ -147,6 +147,7 @@ def _overlay(args: argparse.Namespace) -> int:
             latency_model=latency,
             settle_s=args.settle,
             allocate=not args.no_allocate,
+            proximity=not args.no_proximity,
         )
         # Phases of a big run take minutes: say when each ends (stderr: stdout is the result).
         _say(f"{sc.nodes} nodes, seed {sc.seed}: joining over {sc.join_spread_s:g} s virtual")
@@ -286,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     overlay.add_argument(
         "--no-allocate", action="store_true", help="skip the concurrent IP allocation phase"
+    )
+    overlay.add_argument(
+        "--no-proximity",
+        action="store_true",
+        help="far links by Symphony's random draws alone, not by measured round trips",
     )
     overlay.add_argument(
         "--tick-ms",

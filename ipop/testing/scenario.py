@@ -172,6 +172,9 @@ class OverlayScenario:
     # Virtual seconds the converged overlay runs on before routes are measured (0: at once):
     # time for far links chosen by latency to settle.
     settle_s: float = 0.0
+    # Far links chosen by measured round trips (OverlayConfig.proximity; off: Symphony's
+    # random draws alone, for comparison).
+    proximity: bool = True
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -286,6 +289,7 @@ class _World:
                 near_per_side=self.sc.near_per_side,
                 local_endpoints=(Endpoint(host.address, PORT),),
                 connect_timeout_s=self.sc.handshake_timeout_s + 2.0,
+                proximity=self.sc.proximity,
             ),
             link_config=LinkConfig(
                 handshake_timeout_s=self.sc.handshake_timeout_s,
@@ -492,6 +496,7 @@ async def run_overlay_async(
     }
     if sc.latency_model is not None:
         out["latency_model"] = sc.latency_model.describe()
+        out["proximity"] = sc.proximity
         out["settle_s"] = sc.settle_s
     phases: dict[str, float] = {}
     mark = time.perf_counter()
