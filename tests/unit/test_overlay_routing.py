@@ -211,8 +211,8 @@ def test_no_route_pulls_the_two_direct_peers_nearest_the_target_at_a_bounded_rat
 
 TARGET = NodeId(10_000)
 GREEDY = NodeId(9_000)  # 1,000 from the target: the greedy hop
-WITHIN = NodeId(8_200)  # 1,800 from it: within twice the greedy hop's distance
-BEYOND = NodeId(7_500)  # 2,500 from it: outside the window
+WITHIN = NodeId(8_200)  # 1,800 from it: within the window (8 x the greedy hop's 1,000)
+BEYOND = NodeId(1_500)  # 8,500 from it: outside the window, yet nearer than we are (9,000)
 
 
 def _prs(rtts: dict[NodeId, float | None], *, proximity: bool = True) -> Router:
