@@ -291,6 +291,17 @@ OVERLAY_TRIM_GRACE_S = 30.0
 # A link we relay over keeps its RELAY reason this long after the last relayed datagram:
 # above two keepalive intervals, so an idle but live tunnel is never cut under its users.
 OVERLAY_RELAY_HOLD_S = 60.0
+# Proximity neighbour selection (ipop/overlay/proximity.py): one far-link exploration at a
+# time, at most one per this interval: one a tick, so a node holding ~10 far links has
+# tried four candidates per bucket about a minute after it joined.
+OVERLAY_FAR_EXPLORE_S = 1.0
+# Explorations per distance bucket and epoch. Why four: with k candidates the fastest is
+# from the nearest of r equal regions with probability 1 - (1 - 1/r)**k (r = 6: 52 % for the
+# four, 60 % with the link Symphony drew first); each costs a handshake and a link that lives
+# out the trim grace. Why an epoch: churn replaces far links with ones drawn at random, and
+# nodes near us may have joined since; ten minutes cost a node ~4 handshakes a minute at most.
+OVERLAY_FAR_EXPLORE_PER_BUCKET = 4
+OVERLAY_FAR_EXPLORE_EPOCH_S = 600.0
 # Retry the bootstrap endpoints this often while we have no link at all.
 OVERLAY_BOOTSTRAP_RETRY_S = 10.0
 # A peer we could not link to at all (not even relayed) is not asked again for this long.

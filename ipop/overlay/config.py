@@ -26,6 +26,11 @@ class OverlayConfig:
     ttl: int = DEFAULT_TTL
     far_links: bool = True
     far_cap: int = 20
+    # Far links chosen by the round trips we measured (ipop.overlay.proximity).
+    proximity: bool = True
+    far_explore_s: float = timing.OVERLAY_FAR_EXPLORE_S
+    far_explore_per_bucket: int = timing.OVERLAY_FAR_EXPLORE_PER_BUCKET
+    far_explore_epoch_s: float = timing.OVERLAY_FAR_EXPLORE_EPOCH_S
     tick_s: float = timing.OVERLAY_TICK_S
     gossip_interval_s: float = timing.OVERLAY_GOSSIP_INTERVAL_S
     near_retry_s: float = timing.OVERLAY_NEAR_RETRY_S
@@ -84,6 +89,9 @@ class OverlayConfig:
             "connect_back_ip_refill_s",
             "ctm_refill_s",
             "neighbours_reply_min_s",
+            "far_explore_s",
+            "far_explore_per_bucket",
+            "far_explore_epoch_s",
             "connect_back_max",
             "connect_back_inflight",
             "connect_back_ip_burst",

@@ -299,6 +299,7 @@ class OverlayNode:
             check=lambda msg, now: origin.check(msg, now=now),
             stats=self.stats,
             pull_min_s=config.neighbours_reply_min_s,
+            proximity=config.proximity,
         )
         # Near upkeep (ipop.overlay.near): candidates, what we asked, the brackets test.
         self._keeper = NearKeeper(
@@ -678,7 +679,7 @@ class OverlayNode:
         pend = self._attempts.linked(peer)
         was_bootstrap = self._boot.settled(ev.path)
         is_new = peer not in self._table
-        self._table.add(peer, ev.path, now=now)
+        self._table.add(peer, ev.path, now=now, rtt_s=ev.rtt_s)
         self._heard[peer] = now  # the handshake just came from it
         if pend is not None:
             for k in pend.kinds:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ipop.overlay.proximity import far_bucket
 from ipop.overlay.ring import far_target_count
 from ipop.overlay.table import ConnectionKind
 from ipop.types import NodeId
@@ -29,6 +30,8 @@ class ConnectionView:
     leaf_since: float | None
     last_relay: float
     idle_since: float | None
+    # The link's round trip as our link layer measured it (None: unknown; see table.py).
+    rtt_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,11 @@ class PolicyView:
     relay_hold_s: float
     near_retry_s: float
     near_probe_s: float
+    # Proximity neighbour selection (ipop.overlay.proximity): on or off, buckets explored
+    # enough this epoch, and the time before which no exploration starts.
+    proximity: bool = False
+    explore_spent: frozenset[int] = frozenset()
+    explore_at: float = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,13 @@ class NearProbeDue:
 @dataclass(frozen=True, slots=True)
 class FarLinkWanted:
     """Ask for one more Symphony far link."""
+
+
+@dataclass(frozen=True, slots=True)
+class FarExplore:
+    """Ask for one more far link, at a point of ``bucket`` (ipop.overlay.proximity)."""
+
+    bucket: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +86,7 @@ class LinkUseless:
     peer: NodeId
 
 
-Action = NearProbeDue | FarLinkWanted | KindExpired | LinkUseless
+Action = NearProbeDue | FarLinkWanted | FarExplore | KindExpired | LinkUseless
 
 
 def decide_near(view: PolicyView, now: float) -> list[Action]:
@@ -84,7 +99,23 @@ def decide_near(view: PolicyView, now: float) -> list[Action]:
     return []
 
 
+def _rtt(c: ConnectionView) -> float:
+    """A link's round trip for comparison: unknown counts as the slowest."""
+    return _INF if c.rtt_s is None else c.rtt_s
+
+
+_INF = float("inf")
+
+
 def decide_far(view: PolicyView, now: float) -> list[Action]:
+    """Symphony's count of far links, and with ``proximity`` the fastest in each bucket.
+
+    Proximity (ipop.overlay.proximity): over the target, a link that shares its distance
+    bucket with a faster one of ours loses its FAR kind, slowest first; with nothing pending,
+    one exploration of the bucket whose far link is slowest. Only our own
+    far links are weighed (a peer's request is its own business), and only by round trips
+    we measured; near links are never touched.
+    """
     if not view.joined:
         return []
     target = far_target_count(view.n_estimate, view.near_per_side, view.far_cap)
@@ -93,10 +124,34 @@ def decide_far(view: PolicyView, now: float) -> list[Action]:
         # One request per tick: a burst after join would land many on the same region
         # before the size estimate has settled.
         return [FarLinkWanted()]
+    if view.proximity and len(mine) > target:
+        losers = _bucket_losers(view.local, mine)[: len(mine) - target]
+        if losers:
+            return [KindExpired(c.peer, ConnectionKind.FAR) for c in losers]
     if len(mine) > target + FAR_HYSTERESIS:
         newest = sorted(mine, key=lambda c: (c.far_since or 0.0, c.peer), reverse=True)
         return [KindExpired(c.peer, ConnectionKind.FAR) for c in newest[: len(mine) - target]]
+    # An exploration that lands in a bucket of its own is kept (one more far link is no
+    # harm); the band keeps such links from ever being shed for count alone.
+    explore = view.proximity and mine and len(mine) < target + FAR_HYSTERESIS
+    if explore and not view.pending_far and now >= view.explore_at:
+        open_ = [c for c in mine if far_bucket(view.local, c.peer) not in view.explore_spent]
+        if open_:
+            slowest = max(open_, key=lambda c: (_rtt(c), c.peer))
+            return [FarExplore(far_bucket(view.local, slowest.peer))]
     return []
+
+
+def _bucket_losers(local: NodeId, mine: list[ConnectionView]) -> list[ConnectionView]:
+    """Our far links that share a distance bucket with a faster one of ours, slowest first."""
+    buckets: dict[int, list[ConnectionView]] = {}
+    for c in mine:
+        buckets.setdefault(far_bucket(local, c.peer), []).append(c)
+    losers = []
+    for links in buckets.values():
+        if len(links) > 1:
+            losers.extend(sorted(links, key=lambda c: (_rtt(c), c.peer))[1:])
+    return sorted(losers, key=lambda c: (-_rtt(c), c.peer))
 
 
 def decide_trim(view: PolicyView, now: float) -> list[Action]:

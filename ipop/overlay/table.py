@@ -13,6 +13,11 @@ one peer can hold several at once (Brunet's ConnectionType), each with the time 
 - LEAF: a bootstrap link, or an unsolicited inbound one: kept for a grace period so join
   answers can travel over it.
 
+Each row carries the round trip our own link layer measured in the link's handshake
+(``rtt_s``; None: not measured, or the path changed since). Only we time it: a handshake's
+answer needs our own message first, so a peer can make it look slower, never faster. The
+far-link policy chooses by it (:func:`ipop.overlay.policies.decide_far`).
+
 A row without any kind is *idle* since ``idle_since``; the trim policy closes it after a grace
 period. Invariant: ``idle_since is None`` iff ``kinds`` is non-empty.
 """
@@ -45,6 +50,8 @@ class Connection:
     remote_kinds: set[ConnectionKind] = field(default_factory=set)
     idle_since: float | None = None
     last_relay: float = 0.0
+    # The handshake's round trip as we measured it (seconds); None: unknown (see above).
+    rtt_s: float | None = None
     # A stamp unique across rows, renewed by the table on every change of kinds, remote kinds
     # or idleness (not last_relay): lets the node reuse what it derived from the row.
     rev: int = 0
@@ -100,12 +107,28 @@ class ConnectionTable:
     def with_kind(self, kind: ConnectionKind) -> list[Connection]:
         return [c for c in self._rows.values() if kind in c.kinds]
 
-    def add(self, peer: NodeId, path: Path, *, now: float) -> Connection:
+    def add(
+        self, peer: NodeId, path: Path, *, now: float, rtt_s: float | None = None
+    ) -> Connection:
+        """The row of ``peer``'s up link over ``path``: made, or moved to ``path``.
+
+        ``rtt_s``: the round trip our link layer measured over ``path`` (None: none). A row
+        moved to another path forgets the old path's unless a new one comes with it.
+        """
         row = self._rows.get(peer)
         if row is not None:
+            if row.path != path or row.rtt_s is None:
+                rtt = rtt_s  # a new path: the old one's round trip says nothing of it
+            elif rtt_s is None:
+                rtt = row.rtt_s
+            else:
+                rtt = min(row.rtt_s, rtt_s)  # the least sample: queueing only adds
+            if rtt != row.rtt_s:
+                row.rtt_s = rtt
+                row.rev = self._bump()
             row.path = path  # the link layer moved the link to a better path
             return row
-        row = Connection(peer, path, now, idle_since=now, rev=self._bump())
+        row = Connection(peer, path, now, idle_since=now, rev=self._bump(), rtt_s=rtt_s)
         self._rows[peer] = row
         self.version += 1
         bisect.insort(self._ring, peer.value)

@@ -42,6 +42,7 @@ from ipop.overlay.messages import MAX_NEIGHBOURS, Neighbours, Purpose
 from ipop.overlay.near import NearKeeper
 from ipop.overlay.policies import (
     Action,
+    FarExplore,
     FarLinkWanted,
     KindExpired,
     LinkUseless,
@@ -49,6 +50,7 @@ from ipop.overlay.policies import (
     PolicyView,
     decide,
 )
+from ipop.overlay.proximity import FarExplorer, sample_in_bucket
 from ipop.overlay.ring import estimate_size, ring_neighbours_sorted, sample_far_target
 from ipop.overlay.table import ConnectionKind, ConnectionTable
 from ipop.overlay.views import ConnectionViews
@@ -114,6 +116,12 @@ class RingUpkeep:
         # agent holds the budgets of what CTMs make us do).
         self._pull_budget: KeyedBuckets[NodeId] = KeyedBuckets(
             1 / config.neighbours_reply_min_s, _PULL_BURST
+        )
+        # Far links chosen by round trip: what exploration has done (ipop.overlay.proximity).
+        self._explorer = FarExplorer(
+            per_bucket=config.far_explore_per_bucket,
+            interval_s=config.far_explore_s,
+            epoch_s=config.far_explore_epoch_s,
         )
 
     def start(self, now: float) -> None:
@@ -236,11 +244,12 @@ class RingUpkeep:
 
     def run_policies(self, now: float) -> None:
         """Carry out what the connection policies decide now (ipop.overlay.policies)."""
-        for action in decide(self._policy_view(), now):
+        for action in decide(self._policy_view(now), now):
             self._apply(action, now)
 
-    def _policy_view(self) -> PolicyView:
+    def _policy_view(self, now: float) -> PolicyView:
         cfg = self.config
+        proximity = cfg.proximity and cfg.far_links
         pending_far = self._ctm.pending(Purpose.FAR)
         pending_far += self._attempts.wanting(ConnectionKind.FAR)
         return PolicyView(
@@ -257,6 +266,9 @@ class RingUpkeep:
             relay_hold_s=cfg.relay_hold_s,
             near_retry_s=cfg.near_retry_s,
             near_probe_s=cfg.near_probe_s,
+            proximity=proximity,
+            explore_spent=self._explorer.spent(now) if proximity else frozenset(),
+            explore_at=self._explorer.next_at if proximity else _INF,
         )
 
     def _apply(self, action: Action, now: float) -> None:
@@ -267,7 +279,14 @@ class RingUpkeep:
                 self.local_id, estimate_size(self.local_id, self.near), self._rng
             )
             self._ctm.send(target, Purpose.FAR, exact=False, now=now)
+        elif isinstance(action, FarExplore):
+            self.stats["far_explored"] += 1
+            self._explorer.explored(action.bucket, now)
+            target = sample_in_bucket(self.local_id, action.bucket, self._rng)
+            self._ctm.send(target, Purpose.FAR, exact=False, now=now)
         elif isinstance(action, KindExpired):
+            if action.kind is ConnectionKind.FAR:
+                self.stats["far_shed"] += 1
             self._drop_kind(action.peer, action.kind, now)
         elif isinstance(action, LinkUseless):
             self.stats["trimmed"] += 1

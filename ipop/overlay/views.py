@@ -67,4 +67,5 @@ class ConnectionViews:
             leaf_since=c.kinds.get(ConnectionKind.LEAF),
             last_relay=c.last_relay,
             idle_since=c.idle_since,
+            rtt_s=c.rtt_s,
         )

@@ -42,6 +42,11 @@ Batching (``tick_s`` > 0, off by default): every hop's arrival time is also roun
 multiple of ``tick_s``, so hops of one tick share one wake-up. The price: up to ``tick_s``
 more latency per hop, and datagrams of one tick are not reordered by jitter.
 
+Latency: with no map, every internet hop costs the internet segment's latency; with a
+:class:`~ipop.testing.latency.LatencyMap` (``Network(latency=...)``) each internet address is
+placed on a site of a region as it is handed out, and a hop costs the map's latency between its
+two ends (LAN hops keep their segment's). :meth:`Network.path_latency_s` is a direct path's.
+
 Invariants: every datagram sent is counted once in ``stats["sent"]`` and ends exactly once as
 ``stats["delivered"]`` or ``stats["dropped"]`` (plus its reason) — except those still in flight.
 The per-datagram path allocates nothing beyond its queue entry unless tracing is on.
@@ -66,6 +71,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ipop.errors import ConfigError, LocalProtocolError
+from ipop.testing.latency import LatencyMap
 from ipop.testing.nat import KIND_NONE, NatBehaviour, nat_kind
 from ipop.testing.netspec import add_topology
 from ipop.testing.simhosts import (
@@ -134,11 +140,15 @@ class Network:
         internet_loss: float = 0.0,
         internet_mtu: int = DEFAULT_MTU,
         tick_s: float = 0.0,
+        latency: LatencyMap | None = None,
     ) -> None:
         if tick_s < 0:
             raise ConfigError("netsim.tick_s", f"{tick_s!r} is negative", "use 0 (off) or more")
         self.rng = rng
         self.tick_s = tick_s
+        # Where each internet address sits (ipop.testing.latency); None: every internet hop
+        # costs the internet segment's latency.
+        self.latency = latency
         # Hops in flight: (due, send order, function, args), a heap; one loop timer, armed for
         # the earliest (see "Scheduling").
         self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
@@ -176,6 +186,8 @@ class Network:
         addr = self._take_public(address, what=f"host {name!r}")
         host = Host(self, name, addr, self.internet, None)
         self._public[addr] = host
+        if self.latency is not None:
+            self.latency.place(addr)
         self.hosts[name] = host
         return host
 
@@ -224,6 +236,8 @@ class Network:
         addr = self._take_public(public_ip, what=f"NAT {name!r}")
         box = NatBox(self, name, addr, seg, behaviour)
         self._public[addr] = box
+        if self.latency is not None:
+            self.latency.place(addr)
         self.nats[name] = box
         return box
 
@@ -284,6 +298,8 @@ class Network:
             new = self._take_public(address, what=f"host {host.name!r}")
             del self._public[old]
             self._public[new] = host
+            if self.latency is not None:
+                self.latency.move(old, new)  # the same host, where it stood
         else:
             new = self._take_lan_address(host.nat, host.name, address)
             lans = host.segment.hosts
@@ -312,6 +328,17 @@ class Network:
             if address in box.lan.hosts:
                 return box.lan.hosts[address]
         return None
+
+    def path_latency_s(self, a: Host, b: Host) -> float:
+        """One-way latency of a datagram from ``a`` to ``b`` on their direct path: LANs and the
+        internet hop, without jitter or the delivery tick (the denominator of a stretch)."""
+        seg = a.segment
+        if seg is b.segment and seg.nat is not None:
+            return seg.latency_s
+        lans = sum(h.segment.latency_s for h in (a, b) if h.nat is not None)
+        lat = self.latency
+        wan = self.internet.latency_s if lat is None else lat.latency_s(a.public_ip, b.public_ip)
+        return lans + wan
 
     # --- the datagram path (kept lean: it carries every simulated packet) -------------
 
@@ -446,13 +473,18 @@ class Network:
         if inet.loss and self.rng.random() < inet.loss:
             self._drop("loss", src, dip, dport, size)
             return
-        delay += inet.latency_s
+        lat = self.latency
+        if lat is None:
+            delay += inet.latency_s
         if inet.jitter_s:
             delay += self.rng.random() * inet.jitter_s
         target = self._public.get(dip)
         if target is None:
             self._drop("no_route", src, dip, dport, size)
-        elif isinstance(target, Host):
+            return
+        if lat is not None:
+            delay += lat.latency_s(src.host, dip)
+        if isinstance(target, Host):
             self._later(loop, delay, self._deliver, target, dport, data, src)
         else:
             self._later(loop, delay, self._nat_inbound, target, dport, data, src)

@@ -33,6 +33,16 @@ virtual time, waits for the ring to converge, and measures:
     first bootstrap node), wait up to ``repair_deadline_s`` for the ring to be consistent again,
     then measure again; ``records_lost`` counts records put before the churn that a survivor's
     ``get`` no longer finds.
+``stretch_p50`` / ``stretch_p90``, ``route_rtt_p50_ms`` / ``route_rtt_p90_ms``
+    with a latency map (``latency_model``, :mod:`ipop.testing.latency`) only: per answered
+    pair, the routed ping's round trip (request and reply each routed over the ring) divided
+    by twice the one-way latency of the pair's direct underlay path
+    (:meth:`ipop.testing.netsim.Network.path_latency_s`: LANs plus the map's internet hop);
+    and the round trips themselves. The delivery tick adds up to ``delivery_tick_s`` per hop.
+``dht_get_p50_s`` / ``dht_get_p90_s``
+    with a latency map only: virtual seconds each ``get`` of ``dht_get_success`` took.
+``settle_s``
+    with ``settle_s > 0``: the converged overlay runs that long before routes are measured.
 ``virtual_s`` / ``wall_s``
     virtual and wall seconds (time.perf_counter) of the whole scenario; ``wall_phases_s``
     splits the wall seconds by phase (join, converge, dht_ready, routes, put, get, allocate,
@@ -70,9 +80,10 @@ from ipop.overlay.node import OverlayConfig
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.invariants import ring_violations
+from ipop.testing.latency import LatencyMap, LatencySpec
 from ipop.testing.nat import NAT_KIND_NAMES
 from ipop.testing.netsim import Host, NatBox, Network
-from ipop.types import Endpoint, RelayPath
+from ipop.types import Endpoint, NodeId, RelayPath
 
 __all__ = ["OverlayScenario", "parse_nat_mix", "run_overlay", "run_overlay_async"]
 
@@ -136,6 +147,8 @@ class OverlayScenario:
     records: int = 100
     # Brunet used 8: with R=3, 30% churn kills all replicas of 0.3**3 = 2.7% of records.
     replicas: int = 8
+    # Claim an address per node at once and count duplicates (off: skip that phase, which
+    # takes most of a 1,000-node run's wall time when a latency map slows the DHT).
     allocate: bool = True
     subnet: str = "100.64.0.0/16"
     near_per_side: int = 3
@@ -155,6 +168,15 @@ class OverlayScenario:
     # failure a 1 ms tick once exposed at 60 nodes, seed 2, was two relayed handshakes crossing
     # through different relays: fixed by OverlayConfig.relay_yield_s.)
     delivery_tick_s: float = 0.001
+    # The simulated internet's map (ipop.testing.latency): None, every internet hop costs
+    # the same 20 ms; with one, routing stretch and DHT get latency are reported too.
+    latency_model: LatencySpec | None = None
+    # Virtual seconds the converged overlay runs on before routes are measured (0: at once):
+    # time for far links chosen by latency to settle.
+    settle_s: float = 0.0
+    # Far links chosen by measured round trips (OverlayConfig.proximity; off: Symphony's
+    # random draws alone, for comparison).
+    proximity: bool = True
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -165,6 +187,8 @@ class OverlayScenario:
             raise ConfigError("churn", f"{self.churn} not in [0, 1)", "use e.g. 0.3")
         if self.hosts_per_nat < 1:
             raise ConfigError("hosts_per_nat", "must be >= 1")
+        if self.settle_s < 0:
+            raise ConfigError("settle", f"{self.settle_s} < 0", "use 0 or more virtual seconds")
 
     def plan(self) -> list[str]:
         """NAT kind of each node, node 0 (the first bootstrap) public; deterministic."""
@@ -186,6 +210,10 @@ class OverlayScenario:
         return ["none", *kinds]
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 1)
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile; None when the sample is empty or the rank is infinite."""
     if not values:
@@ -202,8 +230,14 @@ class _World:
         self.loop = asyncio.get_running_loop()
         self.rng = random.Random(sc.seed)
         self._key_rng = random.Random(sc.seed * 104729 + 17)
+        spec = sc.latency_model
+        # The map draws from its own rng: without one, the run is what it was.
+        latency = None if spec is None else LatencyMap(spec, random.Random(sc.seed * 7907 + 29))
         self.net = Network(
-            rng=random.Random(sc.seed + 1), internet_loss=sc.loss, tick_s=sc.delivery_tick_s
+            rng=random.Random(sc.seed + 1),
+            internet_loss=sc.loss,
+            tick_s=sc.delivery_tick_s,
+            latency=latency,
         )
         self.ca = make_network("simnet", now=self.loop.time())
         self.nodes: list[Node] = []
@@ -240,6 +274,7 @@ class _World:
             )
         self.kinds = kinds
         self.hosts = [self.host(i, k) for i, k in enumerate(kinds)]
+        self.host_of: dict[NodeId, Host] = {}
         pubs = [i for i, k in enumerate(kinds) if k == "none"][: self.sc.bootstraps]
         self.boot = [Endpoint(self.hosts[i].address, PORT) for i in pubs]
 
@@ -256,6 +291,7 @@ class _World:
                 near_per_side=self.sc.near_per_side,
                 local_endpoints=(Endpoint(host.address, PORT),),
                 connect_timeout_s=self.sc.handshake_timeout_s + 2.0,
+                proximity=self.sc.proximity,
             ),
             link_config=LinkConfig(
                 handshake_timeout_s=self.sc.handshake_timeout_s,
@@ -278,6 +314,7 @@ class _World:
             if due > self.loop.time():
                 await asyncio.sleep(due - self.loop.time())
             node = self.make_node(i)
+            self.host_of[node.node_id] = self.hosts[i]
             self.nodes.append(node)
             self.alive.append(True)
             self.started.append(self.loop.time())
@@ -317,6 +354,10 @@ class _World:
             pairs.append((a, b))
 
         first_try = 0
+        # Round trip over the overlay / round trip on the direct underlay path, per pair
+        # answered (with a latency map only).
+        stretches: list[float] = []
+        rtts: list[float] = []
 
         async def one(a: Node, b: Node) -> int | None:
             nonlocal first_try
@@ -326,6 +367,12 @@ class _World:
                 except TimeoutError:
                     continue
                 first_try += attempt == 0
+                if self.net.latency is not None:
+                    direct = self.net.path_latency_s(
+                        self.host_of[a.node_id], self.host_of[b.node_id]
+                    )
+                    stretches.append(ping.rtt_s / (2 * direct))
+                    rtts.append(ping.rtt_s)
                 return ping.hops
             return None
 
@@ -336,7 +383,15 @@ class _World:
 
         got = await asyncio.gather(*(staggered(k, a, b) for k, (a, b) in enumerate(pairs)))
         hops = [h for h in got if h is not None]
-        return {
+        extra: dict[str, Any] = {}
+        if self.net.latency is not None:
+            extra = {
+                "stretch_p50": _percentile(stretches, 0.5),
+                "stretch_p90": _percentile(stretches, 0.9),
+                "route_rtt_p50_ms": _ms(_percentile(rtts, 0.5)),
+                "route_rtt_p90_ms": _ms(_percentile(rtts, 0.9)),
+            }
+        return extra | {
             "route_success": round(len(hops) / len(pairs), 4) if pairs else None,
             "mean_hops": round(sum(hops) / len(hops), 3) if hops else None,
             "p99_hops": _percentile([float(h) for h in hops], 0.99),
@@ -359,13 +414,17 @@ class _World:
         return records
 
     async def get_records(self, records: Mapping[str, bytes]) -> int:
-        """How many of ``records`` a random live node's get returns with the right value."""
+        """How many of ``records`` a random live node's get returns with the right value
+        (each get's virtual duration goes to ``get_times``)."""
         live = [nd for nd in self.live() if nd.dht is not None]
+        self.get_times: list[float] = []
 
         async def get(key: str, value: bytes) -> bool:
             nd = self.rng.choice(live)
             assert nd.dht is not None
+            t0 = self.loop.time()
             rec = await nd.dht.get(key)
+            self.get_times.append(self.loop.time() - t0)
             return rec is not None and rec.value == value
 
         got = await asyncio.gather(*(get(k, v) for k, v in records.items()))
@@ -437,6 +496,10 @@ async def run_overlay_async(
         "nat_mix": dict(sc.nat_mix),
         "hosts_per_nat": sc.hosts_per_nat,
     }
+    if sc.latency_model is not None:
+        out["latency_model"] = sc.latency_model.describe()
+        out["proximity"] = sc.proximity
+        out["settle_s"] = sc.settle_s
     phases: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -464,6 +527,9 @@ async def run_overlay_async(
         out.update(w.relays())
         out["dht_ready"] = await w.wait_dht(60.0)
         phase("dht_ready")
+        if sc.settle_s > 0:
+            await asyncio.sleep(sc.settle_s)
+            phase("settle")
         out.update(await w.routes())
         phase("routes")
         records = await w.put_records()
@@ -471,6 +537,9 @@ async def run_overlay_async(
         phase("put")
         found = await w.get_records(records)
         out["dht_get_success"] = round(found / len(records), 4) if records else None
+        if sc.latency_model is not None:
+            out["dht_get_p50_s"] = _percentile(w.get_times, 0.5)
+            out["dht_get_p90_s"] = _percentile(w.get_times, 0.9)
         phase("get")
         if sc.allocate:
             out.update(await w.allocate())
@@ -491,6 +560,9 @@ async def run_overlay_async(
             after["records_lost"] = len(records) - found2
             after["dht_get_success"] = round(found2 / len(records), 4) if records else None
             after["records_checked_at_s"] = round(w.loop.time() - t_kill, 3)
+            if sc.latency_model is not None:
+                after["dht_get_p50_s"] = _percentile(w.get_times, 0.5)
+                after["dht_get_p90_s"] = _percentile(w.get_times, 0.9)
             after.update(await w.routes())
             phase("churn_measure")
             out["churn"] = after

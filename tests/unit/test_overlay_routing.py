@@ -205,3 +205,56 @@ def test_no_route_pulls_the_two_direct_peers_nearest_the_target_at_a_bounded_rat
     assert w.router.pull_peers(NEAR_US, 1.0) == [A, B]  # c's link is relayed
     assert w.router.pull_peers(NEAR_US, 1.5) == []  # within pull_min_s
     assert w.router.pull_peers(NEAR_US, 2.0) == [A, B]
+
+
+# --- proximity route selection --------------------------------------------------------------
+
+TARGET = NodeId(10_000)
+GREEDY = NodeId(9_000)  # 1,000 from the target: the greedy hop
+WITHIN = NodeId(8_200)  # 1,800 from it: within the window (8 x the greedy hop's 1,000)
+BEYOND = NodeId(1_500)  # 8,500 from it: outside the window, yet nearer than we are (9,000)
+
+
+def _prs(rtts: dict[NodeId, float | None], *, proximity: bool = True) -> Router:
+    table = ConnectionTable()
+    for i, (p, rtt) in enumerate(rtts.items()):
+        table.add(p, Endpoint("198.51.100.1", 4000 + i), now=0.0, rtt_s=rtt)
+    return Router(
+        L,
+        table=table,
+        silent=SilentHops(rto_min_s=0.05, rto_max_s=1.0, rto_initial_s=0.3),
+        seen=SeenIds(),
+        check=lambda msg, now: None,
+        stats=collections.Counter(),
+        pull_min_s=1.0,
+        proximity=proximity,
+    )
+
+
+def test_a_much_faster_link_that_still_makes_progress_is_taken() -> None:
+    r = _prs({GREEDY: 0.200, WITHIN: 0.020, BEYOND: 0.001})
+    assert r.next_hop(TARGET, 1.0, exact=True) == WITHIN
+    # Off: greedy, whatever the round trips.
+    assert (
+        _prs({GREEDY: 0.200, WITHIN: 0.020}, proximity=False).next_hop(TARGET, 1.0, exact=True)
+        == GREEDY
+    )
+
+
+def test_only_a_measured_saving_of_half_moves_the_hop() -> None:
+    assert _prs({GREEDY: 0.200, WITHIN: 0.120}).next_hop(TARGET, 1.0, exact=True) == GREEDY
+    # An unmeasured link is never preferred, and an unmeasured greedy hop is kept.
+    assert _prs({GREEDY: 0.200, WITHIN: None}).next_hop(TARGET, 1.0, exact=True) == GREEDY
+    assert _prs({GREEDY: None, WITHIN: 0.001}).next_hop(TARGET, 1.0, exact=True) == GREEDY
+
+
+def test_the_target_itself_and_progress_come_first() -> None:
+    # Linked to the target: straight there, however slow.
+    r = _prs({TARGET: 0.300, WITHIN: 0.001})
+    assert r.next_hop(TARGET, 1.0, exact=True) == TARGET
+    # A fast link within the window but no nearer the target than we are (615 against our
+    # 600) is never a hop: every hop makes progress, so no loops and no detours.
+    r = _prs({NodeId(1_290): 0.300, NodeId(2_215): 0.001})
+    assert r.next_hop(NodeId(1_600), 1.0, exact=True) == NodeId(1_290)
+    r = _prs({NodeId(1_290): 0.300, NodeId(2_150): 0.001})  # 550: progress, so taken
+    assert r.next_hop(NodeId(1_600), 1.0, exact=True) == NodeId(2_150)

@@ -1,0 +1,74 @@
+"""Far links and hops chosen by measured round trips, on a map of regions (issue 17, item 5).
+
+One seeded 100-node network on the latency map (ipop.testing.latency), run with proximity
+and without: routes must be shorter in time with it, and the ring exactly as consistent.
+The 1,000-node figures come from ``ipop-sim overlay --latency-model world`` (README).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from ipop.overlay.messages import KIND_PING
+from ipop.overlay.node import OverlayConfig
+from ipop.testing.fake_links import FakeLinkWorld
+from ipop.testing.invariants import ring_violations
+from ipop.testing.latency import LatencySpec
+from ipop.testing.scenario import OverlayScenario, run_overlay
+from ipop.types import RING, NodeId
+
+
+def _run(proximity: bool) -> dict[str, Any]:
+    sc = OverlayScenario(
+        nodes=100,
+        seed=1,
+        nat_mix={"none": 0.5, "port-restricted-cone": 0.5},
+        latency_model=LatencySpec(),
+        settle_s=30.0,
+        proximity=proximity,
+        allocate=False,
+        records=20,
+        pairs=150,
+    )
+    return run_overlay(sc)
+
+
+def test_proximity_shortens_routes_and_keeps_the_ring() -> None:
+    off, on = _run(False), _run(True)
+    for r in (off, on):
+        assert r["ring_consistent"] is True and r["ring_violations"] == 0
+        assert r["route_success"] == 1.0
+        assert r["dht_get_success"] == 1.0
+        assert r["mean_hops"] <= math.log2(100)
+        assert r["stretch_p50"] >= 1.0  # the map obeys the triangle inequality
+    assert on["stretch_p50"] < 0.85 * off["stretch_p50"], (off, on)
+    assert on["stretch_p90"] < 0.85 * off["stretch_p90"], (off, on)
+    assert on["route_rtt_p50_ms"] < off["route_rtt_p50_ms"]
+
+
+def test_round_trips_we_did_not_time_in_a_handshake_choose_nothing() -> None:
+    """Fake links come up with no handshake round trip; peers answer ALIVE probes (whose
+    answers a peer could send early: the tokens are predictable), yet no link gets a round
+    trip, no hop is chosen by one, and exploration only ever weighs unknowns."""
+    rng = random.Random(4)
+    world = FakeLinkWorld(rng=rng)
+    ids = [NodeId(rng.randrange(RING)) for _ in range(24)]
+    world.spawn(ids[0], config=OverlayConfig(), bootstrap=[], seed=4)
+    boot = world.public_endpoint(ids[0])
+    for i, node_id in enumerate(ids[1:], 1):
+        world.spawn(node_id, config=OverlayConfig(), bootstrap=[boot], start_at=0.1 * i, seed=i)
+    world.run_for(60.0)
+    for k in range(200):
+        src, dst = rng.sample(ids, 2)
+        world.node(src).send_routed(dst, KIND_PING, b"p%d" % k, exact=True, now=world.now)
+        world.run_for(0.05)
+    world.run_for(5.0)
+    nodes = [world.node(p) for p in world.alive_ids()]
+    near = {n.local_id: n.near_peers() for n in nodes}
+    assert not ring_violations(near, per_side=OverlayConfig().near_per_side)
+    assert sum(n.stats["hop_probed"] for n in nodes) > 0  # ALIVEs went out and came back
+    assert sum(n.stats["far_explored"] for n in nodes) > 0  # exploration ran
+    assert all(v.rtt_s is None for n in nodes for v in n.connection_views.current())
+    assert sum(n.stats["routed_nearby"] for n in nodes) == 0
