@@ -384,8 +384,8 @@ def _ipop(
 
 def _path(sock: Path, vip: str) -> str | None:
     """The path kind ``ipop status`` on ``sock`` reports for the peer holding ``vip``."""
-    path = _peer(ControlClient(sock).status().peers, vip, "path")
-    return None if path is None else str(path)
+    peer = _peer(ControlClient(sock).status().peers, vip)
+    return None if peer is None else peer.path
 
 
 def _relay_topology(run: _Run) -> None:
@@ -445,10 +445,8 @@ def _ipop_guessed(run: _Run, duration_s: int) -> Measured:
             for h in (x, y):
                 run.sh(_loss_rule("-A", run.loss_pct, ifc="eth0"), ns=h.ns)
         net = IpopNet(lab, log_level="warning")
-        net.prepare()
-        net.start_all()
         try:
-            ready = net.wait_all_ready(lab.hosts, timeout_s=UP_TIMEOUT_S)
+            ready = net.up_all(timeout_s=UP_TIMEOUT_S)
         except NotReady as exc:
             raise BenchError(f"ipopd not ready: {exc}") from exc
         y_vip = str(ready["y"][0].self_.vip)
@@ -456,18 +454,24 @@ def _ipop_guessed(run: _Run, duration_s: int) -> Measured:
         def guessed() -> bool:
             # Traffic over the relay or the ring is what starts port guessing.
             _pings_ok_in(x.ns, y_vip)
-            return "#" in str(_peer(net.status("x").peers, y_vip, "endpoint"))
+            return _guessed(net.status("x").peers, y_vip)
 
         _wait(guessed, UP_TIMEOUT_S, "a port-guessed path", 0.3)
         pids = [p.pid for p in lab.processes if p.host in ("x", "y") and p.alive()]
         measured = _measure(run, y_vip, duration_s, ends=(x.ns, y.ns), tunnel=pids)
-        if "#" not in str(_peer(net.status("x").peers, y_vip, "endpoint")):
+        if not _guessed(net.status("x").peers, y_vip):
             raise BenchError("the pair did not keep its port-guessed path during the measurement")
         return measured
 
 
-def _peer(peers: Sequence[PeerStatus], vip: str, what: str) -> object:
-    return next((getattr(p, what) for p in peers if p.vip == vip), None)
+def _peer(peers: Sequence[PeerStatus], vip: str) -> PeerStatus | None:
+    return next((p for p in peers if p.vip == vip), None)
+
+
+def _guessed(peers: Sequence[PeerStatus], vip: str) -> bool:
+    """Whether the peer holding ``vip`` is on a punching socket's path (``addr:port#i``)."""
+    peer = _peer(peers, vip)
+    return peer is not None and "#" in (peer.endpoint or "")
 
 
 def _python_floor(run: _Run, duration_s: int, *, loop: str = "asyncio") -> Measured:

@@ -272,6 +272,12 @@ class IpopNet:
     def status(self, host: Host | str) -> Status:
         return self.client(host).status()
 
+    def up_all(self, *, timeout_s: float) -> dict[str, tuple[Status, float]]:
+        """Configure and start every daemon of the lab, then :meth:`wait_all_ready` for all."""
+        self.prepare()
+        self.start_all()
+        return self.wait_all_ready(self.lab.hosts, timeout_s=timeout_s)
+
     def wait_all_ready(
         self, hosts: list[Host], *, timeout_s: float
     ) -> dict[str, tuple[Status, float]]:

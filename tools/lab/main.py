@@ -91,9 +91,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     net = IpopNet(lab, metrics=args.metrics, web=args.web)
     try:
-        net.prepare()
-        net.start_all()
-        ready = net.wait_all_ready(lab.hosts, timeout_s=30.0 + len(lab.hosts))
+        ready = net.up_all(timeout_s=30.0 + len(lab.hosts))
         for h in lab.hosts:
             st = ready[h.name][0]
             print(f"  ipopd on {h.name:<10} {st.self_.vip:<16} {' '.join(st.self_.names)}")

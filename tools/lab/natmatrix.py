@@ -73,10 +73,8 @@ def measure_pair(a: str, b: str, *, workdir: Path) -> dict[str, Any]:
     with Lab(topo, workdir=workdir) as lab:
         lab.up()
         net = IpopNet(lab, log_level="warning")
-        net.prepare()
-        net.start_all()
         try:
-            ready = net.wait_all_ready(lab.hosts, timeout_s=READY_S)
+            ready = net.up_all(timeout_s=READY_S)
         except NotReady as exc:
             row["error"] = str(exc)
             return row

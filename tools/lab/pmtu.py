@@ -221,9 +221,7 @@ def run_relayed(*, link_mtu: int, duration_s: int) -> dict[str, Any]:
             namespaces = lab.namespaces
             before = {ns: _snmp_ip(ns) for ns in namespaces}
             net = IpopNet(lab, log_level="info")
-            net.prepare()
-            net.start_all()
-            ready = net.wait_all_ready(lab.hosts, timeout_s=UP_TIMEOUT_S)
+            ready = net.up_all(timeout_s=UP_TIMEOUT_S)
             y_id, y_vip = ready["y"][0].self_.node_id, str(ready["y"][0].self_.vip)
 
             def path() -> str | None:
