@@ -147,8 +147,15 @@ def test_a_punching_socket_sends_runs_with_gso_and_reads_them_back_split() -> No
 def test_a_punching_socket_whose_gso_send_is_refused_sends_singly_from_then_on() -> None:
     async def main() -> tuple[int, Counter[str]]:
         got: list[bytes] = []
+        arrived = asyncio.Event()
         errors: Counter[str] = Counter()
-        rx = LoopUdpSocket("127.0.0.1", lambda d, _a: got.append(d), errors)
+
+        def on_datagram(data: bytes, _addr: tuple[str, int]) -> None:
+            got.append(data)
+            if len(got) == 16:
+                arrived.set()
+
+        rx = LoopUdpSocket("127.0.0.1", on_datagram, errors)
         tx = LoopUdpSocket("127.0.0.1", lambda _d, _a: None, errors)
         real = tx._sock
         tx._sock = _RefusingSocket(real, {("127.0.0.1", rx.port)})  # type: ignore[assignment]
@@ -156,9 +163,7 @@ def test_a_punching_socket_whose_gso_send_is_refused_sends_singly_from_then_on()
             batch = [bytes([i]) * 500 for i in range(8)]
             tx.send_batch(batch, Endpoint("127.0.0.1", rx.port))
             tx.send_batch(batch, Endpoint("127.0.0.1", rx.port))
-            deadline = asyncio.get_running_loop().time() + 5.0
-            while len(got) < 16 and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(arrived.wait(), 5.0)
         finally:
             tx._sock = real
             rx.close()
