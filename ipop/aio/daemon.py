@@ -65,7 +65,6 @@ from ipop.link import fastpath
 from ipop.metrics import MetricsInput, render_metrics
 from ipop.nat.netcheck import NetcheckResult
 from ipop.nolinks import NoLinkWatch
-from ipop.overlay.config import OverlayConfig
 from ipop.report import LocalView, build_status, prefixed
 from ipop.status import (
     DnsStatus,
@@ -224,10 +223,6 @@ class Daemon:
             rng=self.rng,
             # The DHT refuses ip keys and name values outside the network's subnet.
             dht_config=DhtConfig(subnet=self.subnet),
-            # Proximity (ipop.overlay.proximity) stays in the simulator for now: in the lab it
-            # made test_rebind_lab's c1-b1 pair miss its direct path in 2 of 4 runs (0 of 3
-            # without it), which is not understood yet.
-            overlay_config=OverlayConfig(proximity=False),
         )
         self.node.core.overlay.set_local_endpoints(local[:4])
         self.node.core.overlay.set_remembered(remembered)
