@@ -88,15 +88,19 @@ def wait_for(cond: Callable[[], bool], deadline_s: float) -> bool:
     return False
 
 
-def make_direct(net: IpopNet, a: str, b: str) -> tuple[str, str]:
+def make_direct(net: IpopNet, a: str, b: str, deadline_s: float = 20.0) -> tuple[str, str]:
     """Ping ``b`` from ``a`` until both hold a direct path to the other (the pings make the
     shortcut); return their virtual IPs."""
     a_vip, b_vip = net.status(a).self_.vip, net.status(b).self_.vip
     assert a_vip is not None and b_vip is not None
-    for _ in range(20):
+    # A deadline, not a count: answered pings return at once, and a shortcut that waits out a
+    # punch or a relay's hand-over takes seconds, not twenty round trips.
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
         net.lab.exec(a, ["ping", "-c", "1", "-W", "1", b_vip], timeout=5)
         if peer_path(net, a, b_vip)[0] == "direct" and peer_path(net, b, a_vip)[0] == "direct":
             break
+        time.sleep(0.2)  # paces the pings; the loop's exit is the condition above
     assert peer_path(net, b, a_vip)[0] == "direct", net.status(b).peers
     assert peer_path(net, a, b_vip)[0] == "direct", net.status(a).peers
     return a_vip, b_vip
