@@ -22,6 +22,7 @@ __all__ = [
     "LinkInfo",
     "LinkMessage",
     "LinkPathChanged",
+    "LinkPathDisplaced",
     "LinkUp",
     "ObservedEndpoint",
     "link_message",
@@ -93,6 +94,18 @@ class LinkPathChanged:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class LinkPathDisplaced:
+    """Another peer's authenticated traffic now comes from ``path``, the direct path our up
+    session with ``peer`` seals to: a NAT in front of both (two hosts behind one NAT, each on
+    the same port) gave that mapping toward us to the other one, so what we send ``peer``
+    there reaches the wrong host. The session's hold on the path is dropped
+    (:func:`ipop.link.paths.displaced`); the overlay keys ``peer`` through a relay meanwhile."""
+
+    peer: NodeId
+    path: Endpoint
+
+
 # A frozen slots dataclass's __init__ sets each field through object.__setattr__: 1.8 µs for
 # LinkMessage here, more than the AEAD itself. The receive hot path fills the slots through
 # their member descriptors instead (0.7 µs); the result is an ordinary, equal, frozen instance.
@@ -119,7 +132,15 @@ def link_message(peer: NodeId, payload: bytes, path: Path) -> LinkMessage:
     return msg
 
 
-LinkEvent = LinkUp | LinkDown | LinkMessage | HandshakeFailed | ObservedEndpoint | LinkPathChanged
+LinkEvent = (
+    LinkUp
+    | LinkDown
+    | LinkMessage
+    | HandshakeFailed
+    | ObservedEndpoint
+    | LinkPathChanged
+    | LinkPathDisplaced
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -556,6 +556,7 @@ class Handshakes(LinkPart):
             self.stats["link_up"] += 1
             self._events.append(LinkUp(st.node_id, kp.cert, path, observed, st.rtt))
             self._probe_path(st, now)
+            self._claim(st, path)
             return
         if path == st.path:
             if rtt is not None:
@@ -573,6 +574,7 @@ class Handshakes(LinkPart):
             st.path_rx = now
             self._events.append(LinkPathChanged(st.node_id, path, "handshake"))
             self._probe_path(st, now)
+            self._claim(st, path)
         else:
             self.stats["path_kept"] += 1
         if observed is not None and observed != st.observed:

@@ -110,7 +110,11 @@ Invariants:
    (:meth:`LinkLayer.set_path`). When our own address changes,
    :meth:`LinkLayer.local_address_changed` keys every direct session afresh from it
    (``roam_rehandshakes``); when a peer says it left the path we hold for it,
-   :meth:`LinkLayer.peer_moved` drops the hysteresis for that session (``peer_moved``).
+   :meth:`LinkLayer.peer_moved` drops the hysteresis for that session (``peer_moved``); when
+   another peer's handshake or roam proves our main socket's endpoint of a session its own
+   (two hosts behind one NAT, one port toward us), that session loses its hold on it too
+   and a LinkPathDisplaced tells the overlay (``path_displaced``; :func:`ipop.link.paths.
+   displaced`).
 8. NAT rebinding (:mod:`ipop.link.echo`): a session that carries upper-layer traffic
    (:meth:`LinkLayer.watch`) on a direct path gets one echo when it falls silent (a busy
    peer quiet for ``REBIND_QUIET_S``, or a peer that answered nothing to our message for as
@@ -183,11 +187,12 @@ from ipop.link.events import (
     LinkEvent,
     LinkInfo,
     LinkPathChanged,
+    LinkPathDisplaced,
     link_message,
 )
 from ipop.link.handshakes import Handshakes
 from ipop.link.keys import IndexTable, Keypair
-from ipop.link.paths import PathQuality, Roam, should_roam
+from ipop.link.paths import PathQuality, Roam, displaced, should_roam
 from ipop.link.peer import Peer, Shared
 from ipop.link.pmtu import PROBE_TAG
 from ipop.link.probing import PathProbing
@@ -258,6 +263,7 @@ class LinkLayer:
             seal=self._seal,
             touch=self._touch,
             wake=self._wake,
+            claim=self._claim,
         )
         # NAT rebinding (ipop.link.rebind): echoes of silent links, witnesses.
         rb = self.rebinding = Rebinding(shared, enabled=self.config.rebind_echoes)
@@ -908,6 +914,22 @@ class LinkLayer:
         self.stats["roamed"] += 1
         self._events.append(LinkPathChanged(st.node_id, path, "roamed"))
         self.probing.restart(st, now)
+        self._claim(st, path)
+
+    def _claim(self, st: Peer, path: Path) -> None:
+        """``st``'s authenticated traffic now comes from ``path``: any other session on it lost
+        it (:func:`ipop.link.paths.displaced`). Dropping that session's hold on the path lets a
+        relay's handshake take over at once (:func:`ipop.link.paths.better_path`) and the
+        peer's DATA from anywhere else move it (``peer_moved`` does the same)."""
+        if type(path) is not Endpoint:
+            return
+        peers = self._peers
+        up = ((p.node_id, p.path) for p in peers.values() if p.up and p is not st)
+        for peer in displaced(path, st.node_id, up):
+            other = peers[peer]
+            other.path_rx = -_INF
+            self.stats["path_displaced"] += 1
+            self._events.append(LinkPathDisplaced(peer, path))
 
     def _teardown(self, st: Peer, reason: str) -> None:
         for kp in (

@@ -7,6 +7,7 @@ runs over (invariant 7 of its module docstring), in the shape of tailscale's mag
 - :func:`better_path`: a handshake completed on another path; move the session there?
 - :func:`should_roam`: the newest authenticated DATA came from another path; follow it
   (:class:`Roam` says how)?
+- :func:`displaced`: a session just proved a direct path its own; whose sessions held it?
 
 Both are hysteresis: two live paths must never make a session flap. The thresholds are
 ``timing.PATH_SILENT_S``, ``timing.PATH_SWITCH_RATIO`` and ``timing.RELAY_TAKEOVER_SILENT_S``.
@@ -16,13 +17,14 @@ Nothing here reads a clock or mutates a session; the link layer applies the answ
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
 from ipop import timing
-from ipop.types import Endpoint, Path, RelayPath, is_direct
+from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct
 
-__all__ = ["PathQuality", "Roam", "better_path", "should_roam"]
+__all__ = ["PathQuality", "Roam", "better_path", "displaced", "should_roam"]
 
 _INF: Final = float("inf")
 
@@ -113,3 +115,24 @@ def should_roam(current: PathQuality, offered: Path, now: float) -> Roam:
     if now - current.rx < timing.PATH_SILENT_S:
         return Roam.HOLD
     return Roam.MOVE
+
+
+def displaced(path: Path, owner: NodeId, sessions: Iterable[tuple[NodeId, Path]]) -> list[NodeId]:
+    """The peers, other than ``owner``, whose sessions seal to ``path``, once ``owner``'s
+    authenticated traffic came from it (a handshake completed or DATA roamed there).
+
+    Why: toward us a NAT maps one public endpoint to one host. Two hosts behind one NAT that
+    both use the same port each hold that port toward the peers they reached first; after the
+    NAT lost its table (a flush, a reboot) the first to send to us takes it, and the other's
+    traffic leaves from a port nobody knows. Our session with the other one still seals to the
+    endpoint, which now delivers to the wrong host, and nothing tells it (its own witnesses see
+    its old port toward everyone else): in the lab such a pair lost every packet until the
+    link timeout. The proof is ``owner``'s, authenticated on that endpoint just now, so a
+    member can only claim an endpoint it sends from; the others lose nothing but a path that
+    no longer leads to them (the overlay keys them through a relay, and traffic asks for a
+    direct path anew). Only our main socket's endpoints: a punching socket's path
+    (``SocketPath``) and relays are ours alone.
+    """
+    if type(path) is not Endpoint:
+        return []
+    return [peer for peer, held in sessions if held == path and peer != owner]

@@ -139,6 +139,8 @@ class Shared:
     touch: Callable[[Peer], None]
     # Something moved a deadline outside the heap: recompute the timer.
     wake: Callable[[], None]
+    # A session's authenticated traffic now comes from this path: others lose it (displaced).
+    claim: Callable[[Peer, Path], None]
 
 
 class LinkPart:
@@ -156,3 +158,4 @@ class LinkPart:
         self._seal = shared.seal
         self._touch = shared.touch
         self._wake = shared.wake
+        self._claim = shared.claim

@@ -129,6 +129,7 @@ from ipop.link.events import (
     LinkDown,
     LinkMessage,
     LinkPathChanged,
+    LinkPathDisplaced,
     LinkUp,
     ObservedEndpoint,
 )
@@ -401,6 +402,7 @@ class OverlayNode:
             HandshakeFailed: self._on_handshake_failed,  # type: ignore[dict-item]
             ObservedEndpoint: self._roaming.on_observed,  # type: ignore[dict-item]
             LinkPathChanged: self._on_path_changed,  # type: ignore[dict-item]
+            LinkPathDisplaced: self._on_path_displaced,  # type: ignore[dict-item]
         }
         self._message_handlers: dict[type, Callable[[object, NodeId, float], None]] = {
             Routed: self._on_routed,  # type: ignore[dict-item]
@@ -706,6 +708,13 @@ class OverlayNode:
         if ev.peer in self._table:
             self._table.add(ev.peer, ev.path, now=now)
             self._relay.path_changed(ev.peer, ev.path)
+
+    def _on_path_displaced(self, ev: LinkPathDisplaced, now: float) -> None:
+        """Another peer now owns the endpoint our direct path to ``ev.peer`` leads to (see
+        LinkPathDisplaced): key it through a relay, as after a roam of ours; traffic then asks
+        for a direct shortcut to wherever its NAT maps it now."""
+        if self._relay.fallback(ev.peer, now=now):
+            self.stats["displaced_relay_fallbacks"] += 1
 
     def _on_link_message(self, ev: LinkMessage, now: float) -> None:
         if ev.peer not in self._table:

@@ -31,6 +31,7 @@ class SharedRecorder:
         self.sealed: list[tuple[Peer, Keypair[Peer], bytes]] = []
         self.touched: list[Peer] = []
         self.wakes = 0
+        self.claimed: list[tuple[Peer, Path]] = []
         self.shared = Shared(
             config=self.config,
             peers=self.peers,
@@ -42,6 +43,7 @@ class SharedRecorder:
             seal=self._seal,
             touch=self.touched.append,
             wake=self._wake,
+            claim=lambda st, path: self.claimed.append((st, path)),
         )
 
     def _seal(self, st: Peer, kp: Keypair[Peer], payload: bytes, now: float) -> bytes:
