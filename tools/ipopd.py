@@ -29,6 +29,7 @@ from ipop.overlaymap import render_map
 from ipop.promtext import CONTENT_TYPE
 from ipop.report import prefixed
 from ipop.status import DnsStatus
+from ipop.tools import classcache
 from ipop.webpage import render_page
 
 _LEVELS = {
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ipopd", description="the ipop node daemon")
     ap.add_argument("--config", required=True, help="node TOML (deploy/ipop.example.toml)")
     args = ap.parse_args(argv)
+    classcache.save()  # the imports are done: keep what they compiled for the next start
     try:
         cfg = load_config(args.config)
         bundle = load_valid_bundle(cfg.bundle)

@@ -53,6 +53,23 @@ def test_after_compile_bytecode_a_daemon_compiles_nothing_at_start(module: str) 
     assert compiled == []
 
 
+# Prints how many dataclass methods the import compiled and found in ipop.tools.classcache.
+_CLASSES = """
+import json, {module}
+from ipop.tools import classcache
+print(json.dumps(classcache.stats()))
+"""
+
+
+@pytest.mark.parametrize("module", DAEMONS)
+def test_after_compile_bytecode_a_daemon_compiles_no_dataclass_method(module: str) -> None:
+    """compile_bytecode also writes the dataclass methods' code: a daemon finds every one of
+    them (~0.07 CPU s of compiles saved at each start), whichever daemon the lab starts."""
+    assert compile_bytecode()
+    stats = json.loads(_run(_CLASSES.format(module=module)))
+    assert stats["misses"] == 0 and stats["hits"] > 500
+
+
 # Libraries a daemon must not import at start, with why.
 NOT_AT_START = {
     # ~0.07 s of CPU to import (its __init__ loads every netlink family); the daemon's few
