@@ -13,11 +13,11 @@ import sys
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ipop.aio.commands import DaemonControl
 from ipop.aio.control import ControlServer
 from ipop.aio.daemon import Daemon, DaemonSettings
-from ipop.aio.localhttp import LocalHttpServer, Page
 from ipop.aio.sysdns import system_dns_for
 from ipop.bundle import Bundle, load_bundle
 from ipop.config import MetricsConfig, NodeConfig, WebConfig, load_config
@@ -25,11 +25,13 @@ from ipop.dhcp_dns.dhcp import DhcpServer
 from ipop.dhcp_dns.dns import DnsResolver
 from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.errors import ConfigError
-from ipop.overlaymap import render_map
 from ipop.promtext import CONTENT_TYPE
 from ipop.report import prefixed
 from ipop.status import DnsStatus
-from ipop.webpage import render_page
+from ipop.tools import classcache
+
+if TYPE_CHECKING:
+    from ipop.aio.localhttp import LocalHttpServer
 
 _LEVELS = {
     "error": logging.ERROR,
@@ -124,6 +126,14 @@ def http_servers(daemon: Daemon, metrics: MetricsConfig, web: WebConfig) -> list
     (the page, ``/map.svg``, ``/status.json`` and ``/metrics``), each counting its own drops
     under its own layer."""
     servers: list[LocalHttpServer] = []
+    if metrics.listen is None and web.listen is None:
+        return servers
+    # Imported only when a listener is configured: the page and the map are ~5 ms of a
+    # daemon's import CPU that a node without [web] never needs (issue 14's cold start).
+    from ipop.aio.localhttp import LocalHttpServer, Page
+    from ipop.overlaymap import render_map
+    from ipop.webpage import render_page
+
     by_layer: dict[str, LocalHttpServer] = {}
 
     def metrics_page() -> str:
@@ -249,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ipopd", description="the ipop node daemon")
     ap.add_argument("--config", required=True, help="node TOML (deploy/ipop.example.toml)")
     args = ap.parse_args(argv)
+    classcache.save()  # the imports are done: keep what they compiled for the next start
     try:
         cfg = load_config(args.config)
         bundle = load_valid_bundle(cfg.bundle)

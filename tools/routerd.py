@@ -14,6 +14,7 @@ from ipop.aio.daemon import DaemonSettings
 from ipop.errors import ConfigError
 from ipop.router.config import check_authority, load_router_config
 from ipop.router.daemon import router_daemon
+from ipop.tools import classcache
 from ipop.tools.ipopd import load_valid_bundle, run_daemon, setup_logging
 
 
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ipop-router", description="ipop router mode")
     ap.add_argument("--config", required=True, help="router TOML (deploy/router.example.toml)")
     args = ap.parse_args(argv)
+    classcache.save()  # the imports are done: keep what they compiled for the next start
     try:
         cfg = load_router_config(args.config)
         node = cfg.node

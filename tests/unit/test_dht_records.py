@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from kademlia.node import Node
 from kademlia.routing import KBucket, RoutingTable
 
+from ipop.dht import storage as storage_module
 from ipop.dht.alloc import usable_range
 from ipop.dht.names import c_name, parse_c_name
 from ipop.dht.policy import RecordPolicy
@@ -201,6 +202,33 @@ def test_storage_refuses_forgeries_and_forgets_expired() -> None:
     # Anyone may claim it after expiry; replication never extended Alice's lease.
     bob = Record.sign(BOB, good.key, b"b", seq=1, expires_at=clock.now + 30)
     assert store.offer(bob) is StoreOutcome.STORED
+
+
+def test_storage_verifies_a_copy_equal_to_the_one_it_holds_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Handoffs and repairs offer one copy many times: its signature is checked once."""
+    checked: list[Record] = []
+
+    def counting(record: Record, **kw: Any) -> None:
+        checked.append(record)
+        check_record(record, **kw)
+
+    monkeypatch.setattr(storage_module, "check_record", counting)
+    clock = FakeClock()
+    store = storage(clock)
+    good = rec(seq=3, ttl=30)
+    assert store.offer(good) is StoreOutcome.STORED
+    assert store.offer(decode_record(good.encode())) is StoreOutcome.UNCHANGED
+    assert checked == [good]
+    # A copy that differs from the held one in its signature alone is checked, and refused.
+    assert store.offer(dataclasses.replace(good, sig=bytes(64))) is StoreOutcome.INVALID
+    assert len(checked) == 2
+    assert store.refused == Counter({"record_bad_signature": 1})
+    # The equal copy is still judged now: once expired it is refused.
+    clock.now += 31
+    assert store.offer(good) is StoreOutcome.EXPIRED
+    assert len(checked) == 2
 
 
 def test_storage_setitem_checks_key_id() -> None:

@@ -20,6 +20,7 @@ import contextlib
 import io
 import re
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from pathlib import Path
 import ipop
 from ipop.aio.control import ControlClient, ControlError
 from ipop.status import Status
-from ipop.tools import config_cli
+from ipop.tools import classcache, config_cli
 from ipop.tools.lab.lab import CLUSTER_BRIDGE, Host, Lab
 
 __all__ = ["DEFAULT_SUBNET", "DHCP_SCRIPT", "IPOP_PORT", "IpopNet", "NotReady", "compile_bytecode"]
@@ -90,7 +91,26 @@ def compile_bytecode() -> bool:
     # in a source tree (pyproject.toml).
     for link in sorted(d for d in root.iterdir() if d.is_symlink() and d.is_dir()):
         ok = bool(compileall.compile_dir(link, quiet=1)) and ok
-    return ok
+    return write_class_cache() and ok
+
+
+# Imports both daemons as ``python -m`` does, then writes the table of dataclass methods they
+# compiled (bytecode writing is off in the lab's environment: forced).
+_CLASS_CACHE_PY = (
+    "import ipop.tools.ipopd, ipop.tools.routerd\n"
+    "from ipop.tools import classcache\n"
+    "classcache.save(force=True)\n"
+)
+
+
+def write_class_cache() -> bool:
+    """Write the compiled code of the daemons' dataclass methods (:mod:`ipop.tools.classcache`)
+    where the daemons load it, as the bytecode above: ~0.08 CPU s less for each at start.
+    False when it could not be written (the daemons then compile those methods, as before)."""
+    res = subprocess.run(
+        [sys.executable, "-c", _CLASS_CACHE_PY], capture_output=True, text=True, timeout=120
+    )
+    return res.returncode == 0 and classcache.cache_path().is_file()
 
 
 class NotReady(RuntimeError):
