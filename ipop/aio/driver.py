@@ -64,6 +64,7 @@ class Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
+        self._handing_up = False  # pump()'s event loop is running (see there)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._closed:
@@ -74,11 +75,30 @@ class Driver:
         self.pump()
 
     def pump(self) -> None:
-        """Send what the core queued, hand its events up, and re-arm its timer."""
+        """Send what the core queued, hand its events up, and re-arm its timer.
+
+        A handler that commands the core (the DHT answering a request it was just handed, via
+        ``send_routed``) calls pump again: that inner call sends what the command queued and
+        returns, and the outer loop hands up the next event. Events still go up in order, each
+        after the datagrams of the one before. Why not recurse: each inner call used to hand up
+        the rest of the queue itself, ~7 frames per event, and a bootstrap handed ~140 DHT
+        requests in one batch at a 32-daemon cold start hit the recursion limit, lost the
+        batch, and in some labs never got its virtual IP.
+        """
         if self._closed:
             return
-        now = self.clock()
-        out = self.core.datagrams_to_send(now=now)
+        self._send(self.core.datagrams_to_send(now=self.clock()))
+        if self._handing_up:
+            return
+        self._handing_up = True
+        try:
+            while (ev := self.core.next_event()) is not None:
+                self.on_event(ev)
+        finally:
+            self._handing_up = False
+        self._arm()
+
+    def _send(self, out: list[tuple[bytes, Path]]) -> None:
         send_batch = self._send_batch
         i, n = 0, len(out)
         while i < n:
@@ -102,9 +122,6 @@ class Driver:
                 assert send_batch is not None
                 send_batch([d for d, _ in out[i:j]], path)
             i = j
-        while (ev := self.core.next_event()) is not None:
-            self.on_event(ev)
-        self._arm()
 
     def _arm(self) -> None:
         deadline = self.core.get_timer()
