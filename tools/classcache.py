@@ -34,7 +34,7 @@ from typing import Any
 
 import ipop
 
-__all__ = ["cache_path", "install", "installed", "save", "stats", "uninstall"]
+__all__ = ["cache_path", "install", "installed", "save", "stats", "uninstall", "write_for_daemons"]
 
 _MAGIC = importlib.util.MAGIC_NUMBER
 # Refuse to read a table larger than this (ipopd's and ipop-router's together are ~0.6 MB).
@@ -133,3 +133,15 @@ def save(path: Path | None = None, *, force: bool = False) -> bool:
         return False
     _new.clear()
     return True
+
+
+def write_for_daemons() -> bool:
+    """Import both daemons as ``python -m`` does and write the table of the dataclass methods
+    they compiled (forced: the lab and a package build turn bytecode writing off); True if the
+    table is there afterwards. Run it in a fresh interpreter: the table must hold what a
+    daemon's own imports compile, not what the caller imported first."""
+    import ipop.tools.ipopd
+    import ipop.tools.routerd  # noqa: F401
+
+    save(force=True)
+    return cache_path().is_file()

@@ -77,9 +77,8 @@ grep -rlF "$PKG" "$VENV/bin" "$VENV/pyvenv.cfg" | xargs -r sed -i "s#$PKG##g"
 # that it is the package's file: a daemon that found it incomplete would write one of its own
 # into the venv, which dpkg -r would then leave behind.
 # -I: the venv's ipop, not the source tree's (the working directory comes first on sys.path).
-"$VENV/bin/python" -I -c 'import ipop.tools.ipopd, ipop.tools.routerd
-from ipop.tools import classcache
-import sys; sys.exit(0 if classcache.save(force=True) else 1)' || die "the dataclass table was not written"
+"$VENV/bin/python" -I -c 'import sys; from ipop.tools import classcache
+sys.exit(0 if classcache.write_for_daemons() else 1)' || die "the dataclass table was not written"
 if left=$(grep -rlF "$PKG" "$VENV"); then
   die "the staging path is still named in: $left"
 fi

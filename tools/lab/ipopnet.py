@@ -30,7 +30,7 @@ from pathlib import Path
 import ipop
 from ipop.aio.control import ControlClient, ControlError
 from ipop.status import Status
-from ipop.tools import classcache, config_cli
+from ipop.tools import config_cli
 from ipop.tools.lab.lab import CLUSTER_BRIDGE, Host, Lab
 
 __all__ = ["DEFAULT_SUBNET", "DHCP_SCRIPT", "IPOP_PORT", "IpopNet", "NotReady", "compile_bytecode"]
@@ -94,12 +94,11 @@ def compile_bytecode() -> bool:
     return write_class_cache() and ok
 
 
-# Imports both daemons as ``python -m`` does, then writes the table of dataclass methods they
-# compiled (bytecode writing is off in the lab's environment: forced).
-_CLASS_CACHE_PY = (
-    "import ipop.tools.ipopd, ipop.tools.routerd\n"
+# A fresh interpreter's: ipop.tools.classcache.write_for_daemons says why.
+_WRITE_TABLE_PY = (
+    "import sys\n"
     "from ipop.tools import classcache\n"
-    "classcache.save(force=True)\n"
+    "sys.exit(0 if classcache.write_for_daemons() else 1)\n"
 )
 
 
@@ -108,9 +107,12 @@ def write_class_cache() -> bool:
     where the daemons load it, as the bytecode above: ~0.08 CPU s less for each at start.
     False when it could not be written (the daemons then compile those methods, as before)."""
     res = subprocess.run(
-        [sys.executable, "-c", _CLASS_CACHE_PY], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _WRITE_TABLE_PY],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    return res.returncode == 0 and classcache.cache_path().is_file()
+    return res.returncode == 0
 
 
 class NotReady(RuntimeError):
