@@ -924,7 +924,7 @@ class LinkLayer:
         if type(path) is not Endpoint:
             return
         peers = self._peers
-        up = ((p.node_id, p.path) for p in peers.values() if p.up and p is not st)
+        up = ((p.node_id, p.path) for p in peers.values() if p.up)
         for peer in displaced(path, st.node_id, up):
             other = peers[peer]
             other.path_rx = -_INF
