@@ -1,7 +1,8 @@
 """Store-on-join (kademlia's): :class:`Handoff` offers a new contact the records it is near.
 
 When a node enters our routing table and fewer than R of the nodes we know are nearer a key we
-hold than it, we offer it that record (at most ``MAX_HANDOFF_RECORDS`` per contact). Lookups for
+hold than it, we offer it that record (at most ``MAX_HANDOFF_RECORDS`` per contact) if we are
+one of the ``HANDOFF_SENDERS`` nearest holders we know of the key, not every replica. Lookups for
 the key will reach the newcomer, so records stay where lookups look as the ring grows, not only
 after the owner's next republish (a network grown from 2 to 24 nodes answered NXDOMAIN for the
 first names for up to 66 s). Any replica may hand records on: they are signed and carry their
@@ -22,7 +23,7 @@ from ipop.dht.replicas import ReplicaCalls
 from ipop.dht.storage import RecordStorage
 from ipop.types import NodeId
 
-__all__ = ["MAX_HANDOFF_RECORDS", "MAX_HANDOFF_SCAN", "Handoff", "nearer"]
+__all__ = ["HANDOFF_SENDERS", "MAX_HANDOFF_RECORDS", "MAX_HANDOFF_SCAN", "Handoff", "nearer"]
 
 # Records offered to one new contact at most, and records looked at for it at most
 # (store-on-join): bounds the work a contact costs. Honest load is ~2 R records per node (see
@@ -30,6 +31,13 @@ __all__ = ["MAX_HANDOFF_RECORDS", "MAX_HANDOFF_SCAN", "Handoff", "nearer"]
 # records then wait for their owners' republish.
 MAX_HANDOFF_RECORDS = 64
 MAX_HANDOFF_SCAN = 1024
+# Holders of a record that hand it to a newcomer: the nearest this many of the key we know
+# (kademlia lets only the nearest one send). Each of the R replicas used to send its copy:
+# in a 32-daemon cold start that was ~77 of a node's ~96 stores in its first 10 s, all but one
+# of each set turned away as copies the newcomer already held. Two, so that one holder that
+# died or never heard of the newcomer does not leave it without the record until the owner's
+# republish.
+HANDOFF_SENDERS = 2
 
 
 def nearer(nodes: list[int], target: int, distance: int, limit: int) -> int:
@@ -69,9 +77,11 @@ class Handoff:
 
         A record goes to ``peer`` when fewer than R of the nodes this node knows are nearer its
         key than ``peer`` (lookups for the key will reach ``peer``, so it must hold the record
-        before the owner's next republish), and this node is itself among the R nearest it
-        knows, ``peer`` aside (a node holding a copy it is no replica of, e.g. a racer's
-        early copy taken while the ring was forming, does not spread it). The records are
+        before the owner's next republish), and this node is itself among the
+        ``HANDOFF_SENDERS`` nearest it knows, ``peer`` aside: the other replicas leave it to
+        those (their copies would be turned away as held already), and a node holding a copy
+        it is no replica of, e.g. a racer's early copy taken while the ring was forming, does
+        not spread it. The records are
         signed by their owners and carry their certificates, so any replica may hand them on
         and the receiver checks them like any offer; copies never extend a lease. At most
         ``MAX_HANDOFF_RECORDS`` per contact out of ``MAX_HANDOFF_SCAN`` looked at, in one
@@ -93,7 +103,7 @@ class Handoff:
             theirs = peer.value ^ target
             if nearer(others, target, theirs, r) + (mine < theirs) >= r:
                 continue
-            if nearer(others, target, mine, r) >= r:
+            if nearer(others, target, mine, HANDOFF_SENDERS) >= HANDOFF_SENDERS:
                 continue
             records.append(record)
             if len(records) >= MAX_HANDOFF_RECORDS:

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from ipop.dht.handoff import MAX_HANDOFF_RECORDS
+from ipop.dht import handoff
 from ipop.dht.names import lookup_name, register_name
 from ipop.dht.record import ip_key, key_id, name_key
 from ipop.dht.service import DhtConfig, DhtService
@@ -236,9 +236,13 @@ def test_a_two_node_network_still_claims_with_both_nodes() -> None:
     run(body, n=2, seed=1)
 
 
-def test_a_handoff_is_bounded_and_comes_only_from_replicas() -> None:
-    """A new contact is offered at most MAX_HANDOFF_RECORDS records, and only by a node that
-    is itself among the R nearest it knows of each key."""
+def test_a_handoff_is_bounded_and_comes_only_from_its_nearest_holders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new contact is offered at most MAX_HANDOFF_RECORDS records (12 here, so that 200
+    records reach it), and a record only by a node that is itself among the HANDOFF_SENDERS
+    nearest it knows of the key: not by every replica, which sent R copies of each."""
+    monkeypatch.setattr(handoff, "MAX_HANDOFF_RECORDS", 12)
 
     async def body(c: DhtCluster) -> None:
         first = c.nodes[0]
@@ -251,12 +255,16 @@ def test_a_handoff_is_bounded_and_comes_only_from_replicas() -> None:
         assert await late.bootstrap([first.node_id])
         await asyncio.sleep(1)
         given = {id(s): s.stats["handoffs"] - before[id(s)] for s in c.nodes[:12]}
-        assert all(n <= MAX_HANDOFF_RECORDS for n in given.values()), given
-        assert max(given.values()) == MAX_HANDOFF_RECORDS, given  # the bound was reached
+        assert all(n <= 12 for n in given.values()), given
+        assert max(given.values()) == 12, given  # the bound was reached
         # Whatever the newcomer holds now is a key it is among the R nearest of.
         ids = [s.node_id.value for s in c.nodes]
-        for record in late.storage.records():
+        held = late.storage.records()
+        for record in held:
             target = int.from_bytes(record.key_id, "big")
             assert sorted(ids, key=lambda v: v ^ target).index(late.node_id.value) < 8
+        # Each copy it was sent came from one of the key's HANDOFF_SENDERS nearest holders:
+        # at most that many sends per record it holds (every replica sent one before).
+        assert 0 < sum(given.values()) <= handoff.HANDOFF_SENDERS * len(held), given
 
     run(body, n=13, seed=2)
