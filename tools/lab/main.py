@@ -378,6 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="seconds between daemon starts at cold start (0: all at once)",
     )
+    p.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="run the lab in DIR and leave its configs and logs there (DIR/hosts/HOST/)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning"),
+        help="the daemons' log level (debug: links, paths and punching too)",
+    )
     p.set_defaults(func=cmd_soak)
 
     register_extra_commands(sub, common)
@@ -410,7 +422,9 @@ def cmd_soak(args: argparse.Namespace) -> int:
         bootstraps_stop_at=args.bootstraps_stop_at,
         start_gap_s=args.start_gap,
     )
-    return main_soak(_topology(args), plan, as_json=args.json)
+    return main_soak(
+        _topology(args), plan, as_json=args.json, workdir=args.keep, log_level=args.log_level
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

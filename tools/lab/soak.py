@@ -356,6 +356,7 @@ def run_soak(
     *,
     workdir: Path | None = None,
     prefix: str | None = None,
+    log_level: str = "info",
 ) -> dict[str, Any]:
     tmp = None
     if workdir is None:
@@ -368,7 +369,7 @@ def run_soak(
         with Lab(topology, workdir=workdir, prefix=prefix) as lab:
             _say(f"lab {lab.prefix}: {len(lab.hosts)} daemons, {len(lab.plain_hosts)} LAN hosts")
             lab.up()
-            net = IpopNet(lab)
+            net = IpopNet(lab, log_level=log_level)
             net.prepare()
             started = time.monotonic()
             with ThreadPoolExecutor(max_workers=1) as cold:
@@ -490,7 +491,14 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main_soak(topology: Topology, plan: SoakPlan, *, as_json: bool) -> int:
-    result = run_soak(topology, plan)
+def main_soak(
+    topology: Topology,
+    plan: SoakPlan,
+    *,
+    as_json: bool,
+    workdir: Path | None = None,
+    log_level: str = "info",
+) -> int:
+    result = run_soak(topology, plan, workdir=workdir, log_level=log_level)
     print(json.dumps(result, indent=2) if as_json else format_report(result))
     return 0 if result["ok"] else 1
