@@ -31,6 +31,7 @@ stderr; the report (text or ``--json``) to stdout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -406,6 +407,8 @@ def run_soak(
             finally:
                 if soak.paused is not None:
                     soak.resume()  # a stopped daemon cannot act on SIGTERM at teardown
+                if tmp is None:
+                    _keep_statuses(net)
     except NotReady as exc:
         result["error"] = str(exc)
     finally:
@@ -419,6 +422,14 @@ def run_soak(
     result["min_ok_ratio_after_recovery"] = min((s["pairs_ok_ratio"] for s in steady), default=None)
     result["ok"] = "error" not in result and bool(result["sweeps"])
     return result
+
+
+def _keep_statuses(net: IpopNet) -> None:
+    """Each live daemon's last status (counters and drops too) beside its log, for a soak
+    whose lab is kept (--keep): a failed pair's two ends can be compared after teardown."""
+    for h in net.lab.hosts:
+        with contextlib.suppress(ControlError, OSError):
+            (net.lab.host_dir(h) / "status.json").write_text(net.status(h).to_json(indent=1))
 
 
 def _start_all(net: IpopNet, gap_s: float) -> dict[str, float]:
