@@ -27,8 +27,9 @@ The rules (DESIGN.md §5; the node's theory of operation tells why):
 - At a local minimum an exact message may take one detour, bounded by its TTL: to the peer
   that told us it holds a link to the target (:class:`ipop.overlay.near.SeenIds`), else back
   the way the target's own last routed message came (:class:`ipop.overlay.hints.ReverseHints`,
-  owned here), else, at the message's source only, to our peer nearest the target with
-  EXCLUDE_SRC set so that no hop hands it back to us.
+  owned here), but never to the peer that just handed it to us (``routed_hint_bounced``),
+  else, at the message's source only, to our peer nearest the target with EXCLUDE_SRC set so
+  that no hop hands it back to us.
 - A message a peer hands us with ``hops == 0`` must come from its source (``spoofed_src``),
   and one of ours that comes back is dropped (``own_src_returned``).
 
@@ -163,11 +164,16 @@ class Router:
             # A local minimum for an exact destination: the ring around ``target`` is still
             # forming (a near link being set up, a relay link not up yet). A near peer that
             # told us it holds a link to ``target`` can take it the last hop; the TTL bounds
-            # any detour this makes.
-            hop = self._hinted_hop(self._seen.get(target), now, "routed_via_informer")
+            # any detour this makes. Never back to the peer that handed it to us: it holds
+            # no link to the target either (else it had delivered), and it hands the message
+            # straight back (we are nearer), so the two bounced it until its TTL ran out.
+            hop = self._hinted_hop(self._seen.get(target), now, "routed_via_informer", frm)
             if hop is None:
                 hop = self._reverse.hop(target, now)
-                if hop is not None and hop in self._table:
+                if hop is not None and hop == frm:
+                    self._stats["routed_hint_bounced"] += 1
+                    hop = None
+                elif hop is not None and hop in self._table:
                     self._stats["routed_via_reverse"] += 1
                 else:
                     hop = None
@@ -290,10 +296,14 @@ class Router:
         return self.next_hop(target, now, exact=False, exclude=self.local_id)
 
     def _hinted_hop(
-        self, hint: tuple[NodeId, float] | None, now: float, stat: str
+        self, hint: tuple[NodeId, float] | None, now: float, stat: str, back: NodeId | None
     ) -> NodeId | None:
-        """The peer a hint (peer, trusted until) names, if still trusted and linked."""
+        """The peer a hint (peer, trusted until) names, if still trusted and linked, and not
+        ``back`` (the peer the message came from)."""
         if hint is None or hint[1] < now or hint[0] not in self._table:
+            return None
+        if hint[0] == back:
+            self._stats["routed_hint_bounced"] += 1
             return None
         self._stats[stat] += 1
         return hint[0]
