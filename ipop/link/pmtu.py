@@ -208,7 +208,11 @@ class PathMtuProber:
             sizes.add(top)
             if s.confirmed:
                 sizes.update(range(s.confirmed, min(s.confirmed + 64, top + 1), FINE_STEP))
-            for size in sorted(sizes, reverse=True):
+            # Smallest first: a route's far end checks each probe's origin (ipop.overlay.origin)
+            # and may not know us yet; only the small probes carry our certificate, so the
+            # larger ones must arrive after it (largest first, all of them were dropped there
+            # and the route measured 548 bytes until the next round, a minute later).
+            for size in sorted(sizes):
                 probe_id = self._next_id
                 self._next_id = (self._next_id + 1) & 0xFFFFFFFF
                 s.outstanding[probe_id] = size
