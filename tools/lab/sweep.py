@@ -38,7 +38,8 @@ RES_OPTIONS = "timeout:3 attempts:2"
 
 # Run in a source's namespace: argv[1] a JSON list of names, argv[2] ping -W seconds, argv[3]
 # names probed at once. For each name: getaddrinfo timed, then, if it resolved, `ping -c 1` by
-# name, retried once. Prints [{"to", "ok", "dns_ms", "dns_err"}] as JSON.
+# name, retried once. Prints [{"to", "ok", "dns_ms", "dns_err", "at"}] as JSON ("at": when
+# the first ping left).
 SWEEP_PY = r"""
 import json, socket, subprocess, sys, threading, time
 names, wait = json.loads(sys.argv[1]), sys.argv[2]
@@ -57,13 +58,15 @@ def probe(i, name):
         err = kinds.get(e.errno, str(e.errno))
     dns_ms = (time.perf_counter() - t0) * 1000
     ok = False
+    at = time.time()
     for _ in range(0 if err else 2):
         r = subprocess.run(["ping", "-n", "-c", "1", "-W", wait, name],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if r.returncode == 0:
             ok = True
             break
-    out[i] = {"to": name, "ok": ok, "dns_ms": round(dns_ms, 3), "dns_err": err}
+    out[i] = {"to": name, "ok": ok, "dns_ms": round(dns_ms, 3), "dns_err": err,
+              "at": round(at, 3)}
 ts = [threading.Thread(target=one, args=(i, n)) for i, n in enumerate(names)]
 for t in ts: t.start()
 for t in ts: t.join()
@@ -160,6 +163,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "dns_errors": errors,
         "failed": [f"{r['from']}->{r['to']}" for r in rows if not r["ok"]][:30],
+        # When each failed pair's first ping left (wall clock): to find it in the daemons' logs.
+        "failed_at": {f"{r['from']}->{r['to']}": r.get("at") for r in rows if not r["ok"]},
     }
 
 
