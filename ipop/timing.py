@@ -424,6 +424,11 @@ BIRTHDAY_WINDOW_S = 5.0
 BIRTHDAY_RETRY_S = 30.0
 # Knock runs at once: bounds what GOs from many peers can make us send.
 BIRTHDAY_MAX_RUNS = 4
+# Peers a symmetric node opens its punching sockets toward within one BIRTHDAY_WINDOW_S (each
+# open is BIRTHDAY_SOCKETS openers per endpoint, and knock runs answer it): when a whole
+# network first talks to one symmetric node at once (a 31-daemon lab's first sweep: ~13 each),
+# the rest wait for their next HELLO and their traffic keeps its relayed or routed path.
+BIRTHDAY_MAX_OPENS = 4
 # A GO is acted on only this long after our HELLO to its sender (the HELLO it answers
 # crossed the overlay once, the GO once back): a GO nobody asked for starts nothing.
 BIRTHDAY_GO_WAIT_S = 10.0

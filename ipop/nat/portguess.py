@@ -57,6 +57,8 @@ either, and
 - at most one knock run per peer per :data:`ipop.timing.BIRTHDAY_RETRY_S` (enforced, whatever
   the HELLOs), at most :data:`ipop.timing.BIRTHDAY_MAX_RUNS` runs at once, and a run is at most
   ROUNDS x KNOCKS datagrams of 20 bytes;
+- S opens toward at most :data:`ipop.timing.BIRTHDAY_MAX_OPENS` peers per
+  BIRTHDAY_WINDOW_S: a burst of HELLOs from a whole network is taken a few at a time;
 - openers go only to endpoints of the peer on ``seen_hosts``, at most
   :data:`ipop.timing.BIRTHDAY_OPEN_ENDPOINTS` of them, once per peer per BIRTHDAY_RETRY_S; a
   HELLO is answered at most once per peer per BIRTHDAY_RETRY_S.
@@ -89,6 +91,7 @@ DROP_REASONS = frozenset(
         "birthday_no_public_view",
         "birthday_no_endpoints",
         "birthday_busy",
+        "birthday_open_busy",
         "birthday_go_unasked",
         "birthday_go_wrong_role",
         "birthday_go_unseen_address",
@@ -173,6 +176,8 @@ class PortGuessing:
         self._out: list[tuple[bytes, Path]] = []
         self._hello_at: dict[NodeId, float] = {}
         self._go_at: dict[NodeId, float] = {}
+        # When we last opened toward any peer (at most BIRTHDAY_MAX_OPENS, newest last).
+        self._opened: collections.deque[float] = collections.deque()
         # Peer -> until when a GO from it answers a HELLO of ours (see _on_go).
         self._go_welcome: dict[NodeId, float] = {}
         # Peer -> when we last started a knock run at it / answered its HELLO.
@@ -302,6 +307,13 @@ class PortGuessing:
             # None of its endpoints is where we saw it: openers would go to whoever it named.
             self._drop("birthday_no_endpoints")
             return None
+        opened = self._opened
+        while opened and now - opened[0] >= timing.BIRTHDAY_WINDOW_S:
+            opened.popleft()
+        if len(opened) >= timing.BIRTHDAY_MAX_OPENS:
+            self._drop("birthday_open_busy")
+            return None
+        opened.append(now)
         self._go_at[peer] = now
         self.last_open_at = now
         token = self._rng.randbytes(12)

@@ -383,3 +383,28 @@ def test_a_roam_forgets_verdicts_and_lets_a_hello_go_again() -> None:
     c.roamed()
     assert "filters too strictly" not in s.why_relayed(C_ID, symmetric=False, translated=False)
     assert c.hello(S_ID, symmetric=False, translated=False, endpoints=(), now=T0 + 1) is not None
+
+
+def test_a_symmetric_node_opens_toward_a_few_peers_at_a_time() -> None:
+    """HELLOs from a whole network at once (a lab's first sweep pinged each symmetric node
+    from ~13 peers within seconds) open the punching sockets toward BIRTHDAY_MAX_OPENS peers
+    per BIRTHDAY_WINDOW_S; the others are refused until a later HELLO, and in the meantime
+    their traffic keeps its path. Before, each HELLO sent 256 openers per endpoint at once."""
+    s = PortGuessing(rng=random.Random(6), sockets=8, knocks=8)
+    peers = [NodeId((i + 1) << 95) for i in range(timing.BIRTHDAY_MAX_OPENS + 2)]
+
+    def hello_from(peer: NodeId, now: float) -> bytes | None:
+        c = PortGuessing(rng=random.Random(int(now)), sockets=8, knocks=8)
+        hello = c.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=now)
+        assert hello is not None
+        return s.receive(
+            peer, hello, symmetric=False, translated=True, public_host=S_PUBLIC, endpoints=(),
+            now=now, seen_hosts=C_SEEN,
+        )  # fmt: skip
+
+    gos = [hello_from(p, T0 + i * 0.1) for i, p in enumerate(peers)]
+    assert sum(g is not None for g in gos) == timing.BIRTHDAY_MAX_OPENS
+    assert s.drops["birthday_open_busy"] == 2
+    assert s.stats["openers_sent"] == timing.BIRTHDAY_MAX_OPENS * 8
+    # Once the window has passed, a refused peer's next HELLO opens.
+    assert hello_from(peers[-1], T0 + timing.BIRTHDAY_WINDOW_S + 0.5) is not None
