@@ -14,6 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ipop.tools.lab import netns
 from ipop.tools.lab.lab import Host, Lab
 
 __all__ = [
@@ -171,8 +172,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def cold_probe(lab: Lab) -> dict[str, float | None]:
     """From the first bootstrap, every other daemon by name (a router's too) until each
     answers a ping: name -> wall-clock time of its first answer (None: not within
-    COLD_PROBE_S). The prober itself is not measured: it is what the others are reached from."""
+    COLD_PROBE_S). The prober itself is not measured: it is what the others are reached from.
+    Its namespace's resolv.conf must be written first (see the soak)."""
     prober = lab.bootstraps[0]
+    if not (netns.ETC_NETNS_DIR / prober.ns / "resolv.conf").exists():
+        # Without it the probe would ask the host's resolver, outside the lab.
+        raise RuntimeError(f"cold probe: no resolv.conf for {prober.ns} yet")
     names = [target_name(h) for h in lab.hosts if h.name != prober.name]
     argv = [sys.executable, "-c", COLD_PY, json.dumps(names), str(COLD_PROBE_S)]
     try:
