@@ -11,10 +11,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from ipop.tools.bench import start_cost
+from ipop.tools.ipopd import config_arg
 from ipop.tools.lab.ipopnet import compile_bytecode
 
 DAEMONS = ("ipop.tools.ipopd", "ipop.tools.routerd")
@@ -97,6 +99,50 @@ def test_a_daemon_does_not_import_heavy_libraries(module: str) -> None:
     loaded = {name.split(".")[0] for name in modules}
     assert {name: NOT_AT_START[name] for name in NOT_AT_START.keys() & loaded} == {}
     assert {name: ONLY_WHEN_ASKED[name] for name in ONLY_WHEN_ASKED.keys() & modules} == {}
+
+
+# Runs a daemon's main() as its service manager would (its config missing: exit 2 right after
+# the command line) and prints [exit code, the modules above that it imported].
+_MAIN = """
+import json, sys
+import {module} as daemon
+code = daemon.main({argv!r})
+print(json.dumps([code, sorted({{"argparse", "shutil", "gettext"}} & set(sys.modules))]))
+"""
+
+
+@pytest.mark.parametrize("module", DAEMONS)
+def test_a_daemon_reads_its_config_argument_without_argparse(module: str, tmp_path: Path) -> None:
+    """``--config FILE`` needs no argparse: it and the shutil, bz2 and lzma its help formatter
+    imports were ~22 M instructions of each daemon's start (issue 14's cold start)."""
+    argv = ["--config", str(tmp_path / "missing.toml")]
+    assert json.loads(_run(_MAIN.format(module=module, argv=argv))) == [2, []]
+
+
+@pytest.mark.parametrize(
+    ("argv", "config"),
+    [
+        (["--config", "a.toml"], "a.toml"),
+        (["--config=a.toml"], "a.toml"),
+        (["--config", ""], ""),
+        (["--conf", "a.toml"], "a.toml"),  # argparse's abbreviation, kept
+        (["--config=-a.toml"], "-a.toml"),
+    ],
+)
+def test_config_arg_takes_what_argparse_takes(argv: list[str], config: str) -> None:
+    assert config_arg("ipopd", "d", "h", argv) == config
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["--config"], ["--config", "-a.toml"], ["--config", "a", "b"], ["--help"]]
+)
+def test_config_arg_leaves_the_rest_to_argparse(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        config_arg("ipopd", "the ipop node daemon", "node TOML", argv)
+    out = capsys.readouterr()
+    assert "usage: ipopd [-h] --config CONFIG" in out.out + out.err
 
 
 def test_a_daemon_with_web_and_metrics_gets_its_pages() -> None:
