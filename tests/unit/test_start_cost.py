@@ -72,6 +72,23 @@ def test_after_compile_bytecode_a_daemon_compiles_no_dataclass_method(module: st
     assert stats["misses"] == 0 and stats["hits"] > 500
 
 
+# Prints how many regular expressions the import compiled and found in ipop.tools.recache.
+_PATTERNS = """
+import json, {module}
+from ipop.tools import recache
+print(json.dumps(recache.stats()))
+"""
+
+
+@pytest.mark.parametrize("module", DAEMONS)
+def test_after_compile_bytecode_a_daemon_compiles_no_regular_expression(module: str) -> None:
+    """compile_bytecode also writes the code of the daemons' regular expressions: a daemon
+    finds every one (~0.015 CPU s saved at each start, most of it cryptography.x509's)."""
+    assert compile_bytecode()
+    stats = json.loads(_run(_PATTERNS.format(module=module)))
+    assert stats["misses"] == 0 and stats["hits"] > 30
+
+
 # Libraries a daemon must not import at start, with why.
 NOT_AT_START = {
     # ~0.07 s of CPU to import (its __init__ loads every netlink family); the daemon's few
