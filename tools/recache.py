@@ -81,8 +81,10 @@ def _build(pattern: str | bytes, entry: _Entry) -> re.Pattern[Any]:
 
 def _compile(p: Any, flags: int = 0) -> re.Pattern[Any]:
     """``re._compiler.compile`` with the parse and code generation looked up first."""
-    if not isinstance(p, (str, bytes)) or flags & re.DEBUG:
+    # Only what marshal stores as it is: str and bytes themselves, not subclasses.
+    if type(p) not in (str, bytes) or flags & re.DEBUG:
         return _original(p, flags)  # type: ignore[no-any-return]
+    flags = int(flags)  # re passes an int; a RegexFlag from a direct call is stored as one
     key = (p, flags)
     entry = _kept.entries.get(key)
     if entry is not None:

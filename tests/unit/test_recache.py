@@ -113,6 +113,23 @@ def test_save_follows_dont_write_bytecode(
     assert path.is_file()
 
 
+def test_flags_and_patterns_marshal_cannot_store_as_they_are_still_save(
+    tmp_path: Path, restore: None
+) -> None:
+    """A RegexFlag from a direct call is kept as its int; a str subclass is left to re."""
+
+    class Text(str):
+        pass
+
+    path = tmp_path / "re.marshal"
+    recache.uninstall()
+    recache.install(path)
+    assert recache._compile(r"flag(s)?", re.IGNORECASE) == recache._original(r"flag(s)?", 2)
+    assert recache._compile(Text("sub")) == recache._original("sub", 0)
+    assert recache.save(path, force=True)
+    assert set(recache._kept.read(path)) == {(r"flag(s)?", 2)}
+
+
 def test_a_debug_compile_is_left_to_re(restore: None, capsys: pytest.CaptureFixture[str]) -> None:
     recache.uninstall()
     recache.install(Path("/nonexistent/re.marshal"))
