@@ -177,6 +177,8 @@ _Handler = Callable[["DhcpServer", DhcpMessage, bytes, float], list[bytes]]
 
 @dataclass(slots=True)
 class _Binding:
+    """A client's address binding: the IP, its lease, its hostname and its end."""
+
     ip: IPv4Address
     lease_s: int
     hostname: str | None = None

@@ -261,6 +261,8 @@ class _Waiter(NamedTuple):
 
 @dataclass(slots=True)
 class _Lookup:
+    """A name lookup in flight, with the queries waiting for its answer."""
+
     name: str
     since: float
     # (client, query id) -> waiter: a retransmitted query adds no second waiter.

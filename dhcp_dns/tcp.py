@@ -79,6 +79,8 @@ class TcpClient:
 
 @dataclass(slots=True)
 class _Conn:
+    """One DNS-over-TCP connection: its sequence numbers, MSS, and the bytes received."""
+
     client: TcpClient
     irs: int  # the client's initial sequence number
     rcv_nxt: int

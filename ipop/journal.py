@@ -36,6 +36,8 @@ NOTE_EVENTS: Final = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Note:
+    """One link event to log (``event=… peer=…``), with its fields and its level."""
+
     at: float
     event: str  # one of NOTE_EVENTS
     peer: NodeId

@@ -53,6 +53,8 @@ LanService = ServiceConfig
 
 @dataclass(frozen=True, slots=True)
 class RouterSection:
+    """The ``[router]`` section: the LAN interface, DHCP leases, hosts and services."""
+
     interface: str
     dhcp_lease_s: int = 600
     static_hosts: bool = True
@@ -62,6 +64,8 @@ class RouterSection:
 
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
+    """A router's config: the node's own and its ``[router]`` section."""
+
     node: NodeConfig
     router: RouterSection
 

@@ -34,6 +34,8 @@ def mac_str(mac: bytes) -> str:
 
 @dataclass(slots=True)
 class LanHost:
+    """A host on the router's LAN: its MAC, vIP, names, and how it got its address."""
+
     mac: bytes
     vip: IPv4Address
     kind: str  # "dhcp" | "static"

@@ -22,64 +22,37 @@ interpreter version (its magic number differs), an unreadable or a corrupt one i
 from __future__ import annotations
 
 import builtins
-import contextlib
 import dataclasses
 import importlib.util
-import marshal
-import os
-import sys
 from pathlib import Path
 from types import CodeType
 from typing import Any
 
-import ipop
+from ipop.tools.kept import KeptTable
 
 __all__ = ["cache_path", "install", "installed", "save", "stats", "uninstall", "write_for_daemons"]
 
-_MAGIC = importlib.util.MAGIC_NUMBER
-# Refuse to read a table larger than this (ipopd's and ipop-router's together are ~0.6 MB).
-_MAX_BYTES = 16 << 20
-
-_table: dict[str, CodeType] = {}
-_new: dict[str, CodeType] = {}
-_counts = {"hits": 0, "misses": 0}
+_kept: KeptTable[str, CodeType] = KeptTable(
+    "dataclass-methods",
+    importlib.util.MAGIC_NUMBER,
+    lambda k, v: isinstance(k, str) and isinstance(v, CodeType),
+)
 
 
 def cache_path() -> Path:
     """Where the table lives: next to ipop's own bytecode, one file per interpreter version."""
-    tag = sys.implementation.cache_tag or "none"
-    return Path(ipop.__file__).parent / "__pycache__" / f"dataclass-methods.{tag}.marshal"
-
-
-def _load(path: Path) -> dict[str, CodeType]:
-    try:
-        with path.open("rb") as f:
-            data = f.read(_MAX_BYTES + 1)
-    except OSError:
-        return {}
-    if len(data) > _MAX_BYTES or not data.startswith(_MAGIC):
-        return {}
-    try:
-        table = marshal.loads(data[len(_MAGIC) :])
-    except (EOFError, ValueError, TypeError):
-        return {}
-    if not isinstance(table, dict):
-        return {}
-    return {k: v for k, v in table.items() if isinstance(k, str) and isinstance(v, CodeType)}
+    return _kept.path()
 
 
 def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
     """``exec`` as ``dataclasses`` calls it, with the compile looked up first."""
     if type(source) is str:
-        code = _table.get(source)
+        code = _kept.hit(source)
         if code is None:
             # dont_inherit: compile as the builtin exec called from dataclasses would, without
             # this module's ``from __future__ import annotations``.
             code = compile(source, "<string>", "exec", dont_inherit=True)
-            _table[source] = _new[source] = code
-            _counts["misses"] += 1
-        else:
-            _counts["hits"] += 1
+            _kept.add(source, code)
         source = code
     builtins.exec(source, globals, locals)
 
@@ -88,7 +61,7 @@ def install(path: Path | None = None) -> None:
     """Load the table and route ``dataclasses``' compiles through it (idempotent)."""
     if installed():
         return
-    _table.update(_load(path or cache_path()))
+    _kept.load(path)
     dataclasses.exec = _exec  # type: ignore[attr-defined]
 
 
@@ -100,48 +73,31 @@ def uninstall() -> None:
     """Back to the builtin ``exec``; the table is forgotten."""
     if installed():
         del dataclasses.exec  # type: ignore[attr-defined]
-    _table.clear()
-    _new.clear()
-    _counts.update(hits=0, misses=0)
+    _kept.clear()
 
 
 def stats() -> dict[str, int]:
     """Texts found in the table and compiled since :func:`install`, and the table's size."""
-    return {**_counts, "entries": len(_table)}
+    return _kept.stats()
 
 
 def save(path: Path | None = None, *, force: bool = False) -> bool:
-    """Write the table if texts were compiled since it was loaded; True if written.
-
-    Off when bytecode writing is (``sys.dont_write_bytecode``) unless ``force``. Written to a
-    temporary file and renamed, so daemons starting together never read a half-written one;
-    a folder we may not write to is not an error (the daemon compiles, as without a table).
-    """
-    if not _new or not installed() or (sys.dont_write_bytecode and not force):
-        return False
-    path = path or cache_path()
-    # Entries of the file written since we loaded it (another program's classes) are kept.
-    table = {**_load(path), **_table}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(_MAGIC + marshal.dumps(table))
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        return False
-    _new.clear()
-    return True
+    """Write the table if texts were compiled since it was loaded; True if written (as
+    :meth:`ipop.tools.kept.KeptTable.save` says: not when bytecode writing is off, unless
+    ``force``)."""
+    return installed() and _kept.save(path, force=force)
 
 
 def write_for_daemons() -> bool:
     """Import both daemons as ``python -m`` does and write the table of the dataclass methods
-    they compiled (forced: the lab and a package build turn bytecode writing off); True if the
-    table is there afterwards. Run it in a fresh interpreter: the table must hold what a
-    daemon's own imports compile, not what the caller imported first."""
+    they compiled, and :mod:`ipop.tools.recache`'s of their regular expressions (forced: the
+    lab and a package build turn bytecode writing off); True if both tables are there
+    afterwards. Run it in a fresh interpreter: the tables must hold what a daemon's own
+    imports compile, not what the caller imported first."""
     import ipop.tools.ipopd
     import ipop.tools.routerd  # noqa: F401
+    from ipop.tools import recache
 
     save(force=True)
-    return cache_path().is_file()
+    recache.save(force=True)
+    return cache_path().is_file() and recache.cache_path().is_file()

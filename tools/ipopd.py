@@ -6,7 +6,6 @@ stderr naming the key and the fix), 1 when the daemon failed while running.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
@@ -28,7 +27,7 @@ from ipop.errors import ConfigError
 from ipop.promtext import CONTENT_TYPE
 from ipop.report import prefixed
 from ipop.status import DnsStatus
-from ipop.tools import classcache
+from ipop.tools import classcache, recache
 
 if TYPE_CHECKING:
     from ipop.aio.localhttp import LocalHttpServer
@@ -255,13 +254,36 @@ def load_valid_bundle(path: Path) -> Bundle:
     return bundle
 
 
+def config_arg(prog: str, description: str, config_help: str, argv: list[str] | None) -> str:
+    """The ``--config FILE`` a daemon takes, and nothing else (shared with ipop-router).
+
+    The command line every service manager and the lab give, ``--config FILE``, is taken as
+    argparse takes it; anything else (``--help``, a typo, ``--config=FILE``) goes to argparse.
+    Why not always argparse: importing it and building a parser cost ~22 M instructions (~3%
+    of a daemon's CPU to ``event=started``; its help formatter imports shutil, bz2 and lzma),
+    and 31 daemons starting at once on two cores wait on each other's CPU (issue 14).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    # A value starting with "-" is an option to argparse (or a negative number): its call.
+    if len(args) == 2 and args[0] == "--config" and not args[1].startswith("-"):
+        return args[1]
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--config", required=True, help=config_help)
+    config: str = ap.parse_args(args).config
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ipopd", description="the ipop node daemon")
-    ap.add_argument("--config", required=True, help="node TOML (deploy/ipop.example.toml)")
-    args = ap.parse_args(argv)
-    classcache.save()  # the imports are done: keep what they compiled for the next start
+    config = config_arg(
+        "ipopd", "the ipop node daemon", "node TOML (deploy/ipop.example.toml)", argv
+    )
+    # The imports are done: keep what they compiled for the next start.
+    classcache.save()
+    recache.save()
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(config)
         bundle = load_valid_bundle(cfg.bundle)
         settings = DaemonSettings.from_config(cfg, bundle_hostname=bundle.hostname)
         system_dns = system_dns_for(cfg.dns.system, dns_enabled=cfg.dns.enabled)

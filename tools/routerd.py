@@ -7,24 +7,25 @@ or bundle, 1 when the router failed while running.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ipop.aio.daemon import DaemonSettings
 from ipop.errors import ConfigError
 from ipop.router.config import check_authority, load_router_config
 from ipop.router.daemon import router_daemon
-from ipop.tools import classcache
-from ipop.tools.ipopd import load_valid_bundle, run_daemon, setup_logging
+from ipop.tools import classcache, recache
+from ipop.tools.ipopd import config_arg, load_valid_bundle, run_daemon, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ipop-router", description="ipop router mode")
-    ap.add_argument("--config", required=True, help="router TOML (deploy/router.example.toml)")
-    args = ap.parse_args(argv)
-    classcache.save()  # the imports are done: keep what they compiled for the next start
+    config = config_arg(
+        "ipop-router", "ipop router mode", "router TOML (deploy/router.example.toml)", argv
+    )
+    # The imports are done: keep what they compiled for the next start.
+    classcache.save()
+    recache.save()
     try:
-        cfg = load_router_config(args.config)
+        cfg = load_router_config(config)
         node = cfg.node
         bundle = load_valid_bundle(node.bundle)
         check_authority(cfg.router, bundle.node_cert)

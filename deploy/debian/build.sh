@@ -73,12 +73,13 @@ rm -f "$VENV"/bin/activate* "$VENV"/bin/Activate.ps1 "$VENV"/lib/python3.*/site-
 grep -rlF "$PKG" "$VENV/bin" "$VENV/pyvenv.cfg" | xargs -r sed -i "s#$PKG##g"
 "$TARGET_PY" -m compileall -q -j0 --invalidation-mode unchecked-hash -s "$PKG" -p / \
   "$VENV/lib" >/dev/null
-# The daemons' table of compiled dataclass methods (ipop.tools.classcache), written here so
-# that it is the package's file: a daemon that found it incomplete would write one of its own
-# into the venv, which dpkg -r would then leave behind.
+# The daemons' tables of compiled dataclass methods and regular expressions
+# (ipop.tools.classcache, ipop.tools.recache), written here so that they are the package's
+# files: a daemon that found one incomplete would write its own into the venv, which dpkg -r
+# would then leave behind.
 # -I: the venv's ipop, not the source tree's (the working directory comes first on sys.path).
 "$VENV/bin/python" -I -c 'import sys; from ipop.tools import classcache
-sys.exit(0 if classcache.write_for_daemons() else 1)' || die "the dataclass table was not written"
+sys.exit(0 if classcache.write_for_daemons() else 1)' || die "the dataclass and regex tables were not written"
 if left=$(grep -rlF "$PKG" "$VENV"); then
   die "the staging path is still named in: $left"
 fi

@@ -266,6 +266,8 @@ def _result_ping(value: object) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class _Command:
+    """A control command: its argument checkers, its handler call, and its result's check."""
+
     args: tuple[tuple[str, Callable[[str, object], object]], ...]
     call: Callable[[ControlHandler, dict[str, Any]], Awaitable[object]]
     result: Callable[[object], object]

@@ -221,6 +221,8 @@ def _mark(peers: OrderedDict[NodeId, float], peer: NodeId, until: float) -> None
 
 @dataclass(slots=True)
 class _Pending:
+    """A request in flight: the peer asked, the answer type expected, its future."""
+
     peer: NodeId
     answer_type: type[Response]
     future: asyncio.Future[Response | None]

@@ -97,6 +97,8 @@ def check_name(name: str, proto: str) -> None:
 
 @dataclass(slots=True)
 class _Published:
+    """A service we publish: its value, its slot, and the lease that keeps it."""
+
     value: ServiceValue
     slot: int
     lease: DhtLease

@@ -55,41 +55,53 @@ M_STORE = 0x04
 
 @dataclass(frozen=True, slots=True)
 class PingRequested:
-    pass
+    """PING: is the node there?"""
 
 
 @dataclass(frozen=True, slots=True)
 class NodesRequested:
+    """FIND_NODE: the nodes closest to ``target`` the node knows."""
+
     target: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class RecordRequested:
+    """FETCH: the record the node holds at ``key_id``."""
+
     key_id: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class StoreRequested:
+    """STORE: keep ``record`` (the node's policy decides)."""
+
     record: Record
 
 
 @dataclass(frozen=True, slots=True)
 class PingAnswered:
-    pass
+    """PING's answer."""
 
 
 @dataclass(frozen=True, slots=True)
 class NodesFound:
+    """FIND_NODE's answer: the closest nodes the node knows."""
+
     nodes: tuple[NodeId, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class RecordFound:
+    """FETCH's answer: the record held, or None."""
+
     record: Record | None
 
 
 @dataclass(frozen=True, slots=True)
 class StoreAnswered:
+    """STORE's answer: what the node did, and the record it holds now."""
+
     outcome: StoreOutcome
     current: Record | None
 
@@ -101,6 +113,8 @@ Message = Request | Response
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
+    """A DHT message with its id and its sender (see the module docstring)."""
+
     msg_id: bytes
     sender: NodeId
     message: Message

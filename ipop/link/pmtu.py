@@ -118,6 +118,8 @@ def ceiling(path: Path) -> int:
 
 @dataclass
 class _Search:
+    """One path's MTU search: its ceiling, the current round and its probes."""
+
     path: Path | None  # None: a route over the ring (see ipop.core), not a link's path
     top: int  # the largest size probed (the path's ceiling)
     # When the current round ends (its result is taken) and when the next one starts.

@@ -154,6 +154,8 @@ class StunOutcome:
 
 @dataclass(slots=True)
 class _Txn:
+    """One STUN binding request in flight: where to, its bytes, and its retransmission timer."""
+
     server: Endpoint
     datagram: bytes
     started: float

@@ -20,6 +20,8 @@ DEFAULT_TTL = 64
 
 @dataclass(frozen=True, slots=True)
 class OverlayConfig:
+    """The overlay's knobs: ring neighbours, far links, TTL and our own endpoints."""
+
     near_per_side: int = 3
     # Our own socket's endpoints (LAN side); public ones are learned from peers.
     local_endpoints: tuple[Endpoint, ...] = ()

@@ -80,6 +80,8 @@ _HELPERS_PER_ATTEMPT = 4
 
 @dataclass(slots=True)
 class _Request:
+    """A CONNECT_TO_ME we sent: why, toward whom, and until when we wait for its reply."""
+
     purpose: Purpose
     target: NodeId
     expires: float

@@ -34,6 +34,8 @@ HINTS_MAX: Final = 4096
 
 @dataclass(slots=True)
 class _Hint:
+    """The way back to a node: the peer its message came through, until when, its check."""
+
     peer: NodeId
     until: float
     unchecked: Routed | None  # the message to check before first use; None once checked

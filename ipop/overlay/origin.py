@@ -132,6 +132,8 @@ def _mac(key: bytes, data: bytes) -> bytes:
 
 @dataclass(slots=True)
 class _Member:
+    """A member whose routed messages we check: its certificate, key and pair key."""
+
     cert: NodeCertificate
     key: Ed25519PublicKey
     pair_key: bytes | None = None  # derived on first use

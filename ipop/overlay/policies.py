@@ -23,6 +23,8 @@ FAR_HYSTERESIS = 2
 
 @dataclass(frozen=True, slots=True)
 class ConnectionView:
+    """One link as the policies see it: its kinds, ages and use."""
+
     peer: NodeId
     kinds: frozenset[ConnectionKind]
     local_far: bool  # FAR held because *we* asked for it (only those may be shed by us)
@@ -36,6 +38,8 @@ class ConnectionView:
 
 @dataclass(frozen=True, slots=True)
 class PolicyView:
+    """What the policies decide on: our links, the ring's size estimate and the caps."""
+
     local: NodeId
     joined: bool
     n_estimate: float
@@ -75,6 +79,8 @@ class FarExplore:
 
 @dataclass(frozen=True, slots=True)
 class KindExpired:
+    """Drop ``kind`` from the link to ``peer``: its reason to be held has lapsed."""
+
     peer: NodeId
     kind: ConnectionKind
 

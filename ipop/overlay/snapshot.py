@@ -13,6 +13,8 @@ __all__ = ["ConnectionInfo", "OverlaySnapshot"]
 
 @dataclass(frozen=True, slots=True)
 class ConnectionInfo:
+    """One link in a snapshot: the peer, its path, the kinds held, and since when."""
+
     peer: NodeId
     path: Path
     kinds: tuple[ConnectionKind, ...]

@@ -50,6 +50,8 @@ _RTT_BETA = 1 / 4
 
 @dataclass(slots=True)
 class _Episode:
+    """A linked peer we route into without hearing back: when it turns suspect, its probes."""
+
     since: float
     suspect_at: float
     probe_due: float
@@ -59,6 +61,8 @@ class _Episode:
 
 @dataclass(slots=True)
 class _Rtt:
+    """A peer's smoothed round trip and its variation (RFC 6298), for the silence timeout."""
+
     srtt: float
     rttvar: float
 

@@ -42,6 +42,8 @@ class ConnectionKind(enum.StrEnum):
 
 @dataclass(slots=True)
 class Connection:
+    """A linked peer in the table: its path, since when, and the kinds we and it hold."""
+
     peer: NodeId
     path: Path
     since: float

@@ -9,8 +9,12 @@ numbers depend on the machine and its load; the tests that keep the known saving
 tests/unit/test_start_cost.py.
 
 In a 4-host lab one ipopd had spent 0.36 CPU s when it logged ``event=ready``, 0.34 of them
-before ``event=started`` (bytecode compiled at every start, pyroute2); now 0.16-0.18, of which
-the imports are ~0.14.
+before ``event=started`` (bytecode compiled at every start, pyroute2); then 0.16-0.18, of which
+the imports were ~0.14; with the regular expressions' code kept (ipop.tools.recache) and no
+argparse for ``--config FILE``, ~0.14 at ``event=started`` (imports ~0.12).
+
+For counts that do not depend on the machine's load, run a daemon under callgrind, e.g.
+``valgrind --tool=callgrind python -c "import ipop.tools.ipopd"`` (total Ir).
 """
 
 from __future__ import annotations
@@ -27,22 +31,27 @@ from ipop.tools.lab.ipopnet import compile_bytecode
 
 DAEMONS = {"ipopd": "ipop.tools.ipopd", "ipop-router": "ipop.tools.routerd"}
 
-# Imports ``module`` and prints {"cpu_s", "dataclass_s"}: the process's CPU so far and the
-# part of it spent in dataclasses' class processing.
+# Imports ``module`` and prints {"cpu_s", "dataclass_s", "re_s"}: the process's CPU so far and
+# the parts of it spent in dataclasses' class processing and in compiling regular expressions
+# (parse and code generation: what re does for a pattern ipop.tools.recache did not find).
 _PROBE = """
 import json, resource, time, dataclasses
-_orig = dataclasses._process_class
-_spent = [0.0]
-def _timed(*args, **kwargs):
-    t = time.process_time()
-    try:
-        return _orig(*args, **kwargs)
-    finally:
-        _spent[0] += time.process_time() - t
-dataclasses._process_class = _timed
+from re import _compiler, _parser
+_spent = {{"dataclass_s": 0.0, "re_s": 0.0}}
+def _timed(orig, what):
+    def timed(*args, **kwargs):
+        t = time.process_time()
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            _spent[what] += time.process_time() - t
+    return timed
+dataclasses._process_class = _timed(dataclasses._process_class, "dataclass_s")
+_parser.parse = _timed(_parser.parse, "re_s")
+_compiler._code = _timed(_compiler._code, "re_s")
 import {module}
 r = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({{"cpu_s": r.ru_utime + r.ru_stime, "dataclass_s": _spent[0]}}))
+print(json.dumps({{"cpu_s": r.ru_utime + r.ru_stime, **_spent}}))
 """
 
 _IMPORTTIME = re.compile(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)")
@@ -83,6 +92,7 @@ def measure(runs: int, top: int) -> dict[str, dict[str, object]]:
         report[name] = {
             "import_cpu_s": round(statistics.median(p["cpu_s"] for p in probes), 3),
             "dataclass_cpu_s": round(statistics.median(p["dataclass_s"] for p in probes), 3),
+            "re_compile_cpu_s": round(statistics.median(p["re_s"] for p in probes), 4),
             "heaviest_ms": _heaviest(module, top),
         }
     return report
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in report.items():
         print(
             f"{name}: import {r['import_cpu_s']} CPU s (median of {args.runs}), "
-            f"dataclass creation {r['dataclass_cpu_s']} s"
+            f"dataclass creation {r['dataclass_cpu_s']} s, regex compiles {r['re_compile_cpu_s']} s"
         )
         heaviest = r["heaviest_ms"]
         assert isinstance(heaviest, list)

@@ -104,8 +104,9 @@ _WRITE_TABLE_PY = (
 
 def write_class_cache() -> bool:
     """Write the compiled code of the daemons' dataclass methods (:mod:`ipop.tools.classcache`)
-    where the daemons load it, as the bytecode above: ~0.08 CPU s less for each at start.
-    False when it could not be written (the daemons then compile those methods, as before)."""
+    and regular expressions (:mod:`ipop.tools.recache`) where the daemons load it, as the
+    bytecode above: ~0.08 and ~0.015 CPU s less for each at start. False when it could not be
+    written (the daemons then compile those, as before)."""
     res = subprocess.run(
         [sys.executable, "-c", _WRITE_TABLE_PY],
         capture_output=True,
