@@ -128,11 +128,15 @@ class FastPeerPool:
         if self._waiting:
             self._waiting = {p: t for p, t in self._waiting.items() if t >= now}
 
+    def due(self, now: float) -> bool:
+        """Whether a question may go now (the caller then ranks its peers: :meth:`to_ask`)."""
+        self._roll(now)
+        return now >= self._next_at and len(self._asked) < self._per_epoch
+
     def to_ask(self, fastest: Iterable[NodeId], now: float) -> NodeId | None:
         """Whom to ask now, given our peers fastest first (None: nobody, not yet); the
         caller sends the question and the answer is awaited from then on."""
-        self._roll(now)
-        if now < self._next_at or len(self._asked) >= self._per_epoch:
+        if not self.due(now):
             return None
         for peer in fastest:
             if peer not in self._asked:

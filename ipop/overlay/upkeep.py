@@ -254,6 +254,8 @@ class RingUpkeep:
         """With proximity, once joined: ask the next of our fastest peers for its list."""
         if not (self.joined and self.config.proximity and self.config.far_links):
             return
+        if not self._fast.due(now):
+            return  # most ticks: no need to rank our links
         peer = self._fast.to_ask(self.fastest(), now)
         if peer is not None:
             self._send(peer, FastPeers(True).encode(), now)
