@@ -302,6 +302,17 @@ OVERLAY_FAR_EXPLORE_S = 1.0
 # nodes near us may have joined since; ten minutes cost a node ~4 handshakes a minute at most.
 OVERLAY_FAR_EXPLORE_PER_BUCKET = 4
 OVERLAY_FAR_EXPLORE_EPOCH_S = 600.0
+# Far-link candidates from our fastest peers' fastest links (FAST_PEERS, see
+# ipop/overlay/proximity.py): this many peers asked per exploration epoch, one per interval.
+# Why four, five seconds apart: the first answers come while exploration has just begun (it
+# needs about a minute), and four lists of 16 hold more candidates than the ~40 explorations
+# of an epoch can use. An answer is awaited this long (a round trip, with room to spare).
+OVERLAY_FAST_PEERS_PER_EPOCH = 4
+OVERLAY_FAST_PEERS_ASK_S = 5.0
+OVERLAY_FAST_PEERS_TIMEOUT_S = 5.0
+# A peer's FAST_PEERS questions answered at once, then one per this interval: the answer is
+# larger than the question (up to 323 bytes for 3), and one per epoch is all a node asks.
+OVERLAY_FAST_PEERS_REPLY_MIN_S = 30.0
 # Retry the bootstrap endpoints this often while we have no link at all.
 OVERLAY_BOOTSTRAP_RETRY_S = 10.0
 # A peer we could not link to at all (not even relayed) is not asked again for this long.

@@ -81,6 +81,17 @@ keep routing into without hearing back is asked; the answer is no larger than th
     flags: 0x01 REPLY_WANTED (the probe; the answer has no flag set and the probe's token,
     which tells which probe it answers: a round-trip sample)
 
+FAST_PEERS (0x0A): "which of your links are fastest?" and the answer, for proximity neighbour
+selection (:mod:`ipop.overlay.proximity`: a node asks its lowest round-trip peers, whose own
+fastest links are likely near it too)::
+
+    +--------+--------+--------+--------------------------+
+    |  0x0A  | flags  | count  | count x NodeId (20 each) |
+    +--------+--------+--------+--------------------------+
+    flags: 0x01 REPLY_WANTED (the question, count 0); the answer has no flag set and at most
+    MAX_FAST_PEERS ids, fastest first as the sender measured them (no round trips travel: the
+    asker measures its own, in its own handshakes, before any id counts for anything)
+
 CRL (0x08): revocation list gossip between linked peers (:mod:`ipop.revocation`; NodeCore
 takes these before the overlay, so :func:`decode_message` does not know the type; use
 :func:`decode_crl`)::
@@ -170,6 +181,7 @@ TYPE_CLOSING = 0x05
 TYPE_DIRECT = 0x06
 TYPE_RELAY_REFUSED = 0x07
 TYPE_ALIVE = 0x09
+TYPE_FAST_PEERS = 0x0A
 
 # --- routed header --------------------------------------------------------------------------
 FLAG_EXACT = 0x01
@@ -195,9 +207,12 @@ KIND_CTM_REPLY = 0x81
 MAX_TTL = 255
 NEIGHBOURS_FLAG_REPLY_WANTED = 0x01
 ALIVE_FLAG_REPLY_WANTED = 0x01
+FAST_PEERS_FLAG_REPLY_WANTED = 0x01
 # Bounds that keep any one message well under a 1,400-byte datagram.
 MAX_ENDPOINTS = 8
 MAX_NEIGHBOURS = 48
+# Ids in a FAST_PEERS answer: what one answer can make us consider (ipop.overlay.proximity).
+MAX_FAST_PEERS = 16
 
 _ROUTED_FIXED = struct.Struct("!BBBBB")
 _ROUTED_SIGNED_HEAD = struct.Struct("!BBI")
@@ -504,15 +519,11 @@ class Neighbours:
     ids: tuple[NodeId, ...]
 
     def encode(self) -> bytes:
-        flags = NEIGHBOURS_FLAG_REPLY_WANTED if self.reply_wanted else 0
-        return bytes([TYPE_NEIGHBOURS, flags]) + _encode_ids(self.ids)
+        return _encode_id_list(TYPE_NEIGHBOURS, NEIGHBOURS_FLAG_REPLY_WANTED, self)
 
     @classmethod
     def decode(cls, data: bytes) -> Neighbours:
-        _need(data, 3, "neighbours")
-        reply_wanted = _reply_flag(data, NEIGHBOURS_FLAG_REPLY_WANTED)
-        ids, _ = _decode_ids(data, 2)
-        return cls(reply_wanted, ids)
+        return cls(*_decode_id_list(data, NEIGHBOURS_FLAG_REPLY_WANTED, MAX_NEIGHBOURS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,7 +576,44 @@ class Alive:
         return cls(_reply_flag(data, ALIVE_FLAG_REPLY_WANTED), _U16.unpack_from(data, 2)[0])
 
 
-OverlayMessage = Routed | RelayForward | RelayDeliver | Neighbours | Closing | RelayRefused | Alive
+@dataclass(frozen=True, slots=True)
+class FastPeers:
+    """Type 0x0A: a question (``reply_wanted``, no ids) or its answer: the sender's fastest
+    links, fastest first (at most :data:`MAX_FAST_PEERS`; see the diagram above)."""
+
+    reply_wanted: bool
+    ids: tuple[NodeId, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.ids) > MAX_FAST_PEERS:
+            raise ValueError(f"at most {MAX_FAST_PEERS} fast peers")
+
+    def encode(self) -> bytes:
+        return _encode_id_list(TYPE_FAST_PEERS, FAST_PEERS_FLAG_REPLY_WANTED, self)
+
+    @classmethod
+    def decode(cls, data: bytes) -> FastPeers:
+        return cls(*_decode_id_list(data, FAST_PEERS_FLAG_REPLY_WANTED, MAX_FAST_PEERS))
+
+
+def _encode_id_list(type_byte: int, flag: int, msg: Neighbours | FastPeers) -> bytes:
+    """NEIGHBOURS and FAST_PEERS: type, flags (``flag`` when a reply is wanted), the ids."""
+    return bytes([type_byte, flag if msg.reply_wanted else 0]) + _encode_ids(msg.ids)
+
+
+def _decode_id_list(data: bytes, flag: int, limit: int) -> tuple[bool, tuple[NodeId, ...]]:
+    """(reply wanted, ids) of a NEIGHBOURS or FAST_PEERS message of at most ``limit`` ids."""
+    _need(data, 3, "id list")
+    reply_wanted = _reply_flag(data, flag)
+    if data[2] > limit:
+        raise RemoteProtocolError("too_many_ids", str(data[2]))
+    ids, _ = _decode_ids(data, 2)
+    return reply_wanted, ids
+
+
+OverlayMessage = (
+    Routed | RelayForward | RelayDeliver | Neighbours | Closing | RelayRefused | Alive | FastPeers
+)
 
 _DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
     TYPE_ROUTED: Routed.decode,
@@ -575,6 +623,7 @@ _DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
     TYPE_CLOSING: Closing.decode,
     TYPE_RELAY_REFUSED: RelayRefused.decode,
     TYPE_ALIVE: Alive.decode,
+    TYPE_FAST_PEERS: FastPeers.decode,
 }
 
 

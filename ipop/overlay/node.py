@@ -158,6 +158,7 @@ from ipop.overlay.messages import (
     UPPER_KIND_MAX,
     Alive,
     Closing,
+    FastPeers,
     Neighbours,
     Purpose,
     RelayDeliver,
@@ -412,6 +413,7 @@ class OverlayNode:
             Closing: self._on_closing,  # type: ignore[dict-item]
             RelayRefused: self._relay.on_refused,  # type: ignore[dict-item]
             Alive: self._on_alive,  # type: ignore[dict-item]
+            FastPeers: self._upkeep.on_fast_peers,  # type: ignore[dict-item]
         }
         self._control_handlers: dict[int, Callable[[Routed, float], None]] = {
             KIND_CTM: self._ctm.on_ctm,
@@ -862,6 +864,7 @@ class OverlayNode:
         if self._keeper.check_due:
             upkeep.ask(now)
         upkeep.run_policies(now)
+        upkeep.ask_fast_peers(now)
         upkeep.check_silent(now)
         upkeep.gossip(now)
 

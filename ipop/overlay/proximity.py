@@ -23,15 +23,28 @@ and a handshake's answer needs our own message first, so a peer can look slower 
 is, never faster; the point explored is drawn by us, and its owner is wherever the ring
 puts it (addresses come from key hashes). A link whose round trip we did not measure never
 wins a bucket, and one that holds a bucket is the first to be challenged.
+
+Where the points come from: a random point of a bucket owns a node of our region only as
+often as the region is large (one in six on the simulator's map), so four draws miss it
+half the time. Pastry seeds its table from the tables of nodes near it; so do we
+(:class:`FastPeerPool`): we ask our fastest peers, a few per epoch, for *their* fastest links
+(FAST_PEERS, :class:`ipop.overlay.messages.FastPeers`), and an exploration of a bucket goes to
+such a listed node when one lies in it, to a random point when none does. A list is only a
+list of points: the exploration budget above is the same, the CTM goes to the point like any
+other, and the node that answers is weighed by the round trip our own handshake measures.
+A lying peer can make us explore a node of its choosing instead of a random one (as anyone
+whose key hashes there can), never explore more, never see a slow node win a bucket; lists
+come only from peers we asked, once per question, and hold at most ``MAX_FAST_PEERS`` ids.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Container, Iterable
 
 from ipop.types import ID_BITS, RING, NodeId, ring_distance
 
-__all__ = ["FarExplorer", "far_bucket", "sample_in_bucket"]
+__all__ = ["FarExplorer", "FastPeerPool", "far_bucket", "sample_in_bucket"]
 
 
 def far_bucket(local: NodeId, peer: NodeId) -> int:
@@ -79,3 +92,88 @@ class FarExplorer:
         """One exploration of ``bucket`` left now."""
         self._counts[bucket] = self._counts.get(bucket, 0) + 1
         self.next_at = now + self._interval_s
+
+
+class FastPeerPool:
+    """Far-link candidates learned from our fastest peers' FAST_PEERS answers (sans-IO).
+
+    Bounds: ``per_epoch`` questions per ``epoch_s``, one per ``interval_s``, each to a peer
+    not asked yet this epoch; one answer per question, accepted within ``timeout_s``; at
+    most ``size`` candidates held (the first kept: they come from our fastest peers, fastest
+    first). A new epoch forgets the candidates and who was asked: tables change.
+    """
+
+    def __init__(
+        self, *, per_epoch: int, interval_s: float, epoch_s: float, timeout_s: float, size: int
+    ) -> None:
+        self._per_epoch = per_epoch
+        self._interval_s = interval_s
+        self._epoch_s = epoch_s
+        self._timeout_s = timeout_s
+        self._size = size
+        self._epoch_start = -float("inf")
+        self._asked: set[NodeId] = set()
+        self._waiting: dict[NodeId, float] = {}  # peer -> answer accepted until
+        self._next_at = -float("inf")
+        self._candidates: dict[NodeId, None] = {}  # insertion-ordered set
+
+    def __len__(self) -> int:
+        return len(self._candidates)
+
+    def _roll(self, now: float) -> None:
+        if now - self._epoch_start >= self._epoch_s:
+            self._epoch_start = now
+            self._asked.clear()
+            self._candidates.clear()
+        if self._waiting:
+            self._waiting = {p: t for p, t in self._waiting.items() if t >= now}
+
+    def due(self, now: float) -> bool:
+        """Whether a question may go now (the caller then ranks its peers: :meth:`to_ask`)."""
+        self._roll(now)
+        return now >= self._next_at and len(self._asked) < self._per_epoch
+
+    def to_ask(self, fastest: Iterable[NodeId], now: float) -> NodeId | None:
+        """Whom to ask now, given our peers fastest first (None: nobody, not yet); the
+        caller sends the question and the answer is awaited from then on."""
+        if not self.due(now):
+            return None
+        for peer in fastest:
+            if peer not in self._asked:
+                self._asked.add(peer)
+                self._waiting[peer] = now + self._timeout_s
+                self._next_at = now + self._interval_s
+                return peer
+        return None
+
+    def answered(
+        self,
+        peer: NodeId,
+        ids: Iterable[NodeId],
+        local: NodeId,
+        linked: Container[NodeId],
+        now: float,
+    ) -> bool:
+        """``peer``'s answer: False (and nothing learned) unless it answers our question in
+        time; ourselves and peers we hold links to are no candidates."""
+        until = self._waiting.pop(peer, None)
+        if until is None or now > until:
+            return False
+        for c in ids:
+            if len(self._candidates) >= self._size:
+                break
+            if c != local and c not in linked:
+                self._candidates[c] = None
+        return True
+
+    def take(self, local: NodeId, bucket: int, linked: Container[NodeId]) -> NodeId | None:
+        """The first candidate in ``bucket`` we hold no link to, gone from the pool."""
+        for c in self._candidates:
+            if far_bucket(local, c) == bucket and c not in linked:
+                del self._candidates[c]
+                return c
+        return None
+
+    def forget(self, peer: NodeId) -> None:
+        """``peer``'s link is gone: an answer from it is no longer awaited."""
+        self._waiting.pop(peer, None)

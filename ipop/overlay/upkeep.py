@@ -34,11 +34,12 @@ import random
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from ipop import timing
 from ipop.overlay.attempts import Attempts
 from ipop.overlay.config import OverlayConfig
 from ipop.overlay.ctm import CtmAgent
 from ipop.overlay.events import ConnectionAdded, ConnectionRemoved, Joined, OverlayEvent, Routable
-from ipop.overlay.messages import MAX_NEIGHBOURS, Neighbours, Purpose
+from ipop.overlay.messages import MAX_FAST_PEERS, MAX_NEIGHBOURS, FastPeers, Neighbours, Purpose
 from ipop.overlay.near import NearKeeper
 from ipop.overlay.policies import (
     Action,
@@ -50,7 +51,7 @@ from ipop.overlay.policies import (
     PolicyView,
     decide,
 )
-from ipop.overlay.proximity import FarExplorer, sample_in_bucket
+from ipop.overlay.proximity import FarExplorer, FastPeerPool, sample_in_bucket
 from ipop.overlay.ring import estimate_size, ring_neighbours_sorted, sample_far_target
 from ipop.overlay.table import ConnectionKind, ConnectionTable
 from ipop.overlay.views import ConnectionViews
@@ -60,11 +61,17 @@ from ipop.types import NodeId
 __all__ = ["NEAR_DROPS", "RingUpkeep"]
 
 # What near upkeep counts in the node's ``drops`` (part of OVERLAY_DROPS).
-NEAR_DROPS: Final = frozenset({"neighbours_pull_too_often"})
+NEAR_DROPS: Final = frozenset(
+    {"neighbours_pull_too_often", "fast_peers_too_often", "fast_peers_unasked"}
+)
 
 _INF = float("inf")
 # NEIGHBOURS pulls a peer gets answered at once before the per-peer rate applies.
 _PULL_BURST = 4
+# FAST_PEERS questions a peer gets answered at once before the per-peer rate applies.
+_FAST_PEERS_BURST = 2
+# Far-link candidates held from FAST_PEERS answers: four answers' worth.
+_FAST_PEERS_POOL = 4 * MAX_FAST_PEERS
 
 
 class RingUpkeep:
@@ -122,6 +129,18 @@ class RingUpkeep:
             per_bucket=config.far_explore_per_bucket,
             interval_s=config.far_explore_s,
             epoch_s=config.far_explore_epoch_s,
+        )
+        # Points to explore learned from our fastest peers (ipop.overlay.proximity), and the
+        # budget of FAST_PEERS questions we answer per peer.
+        self._fast = FastPeerPool(
+            per_epoch=timing.OVERLAY_FAST_PEERS_PER_EPOCH,
+            interval_s=timing.OVERLAY_FAST_PEERS_ASK_S,
+            epoch_s=config.far_explore_epoch_s,
+            timeout_s=timing.OVERLAY_FAST_PEERS_TIMEOUT_S,
+            size=_FAST_PEERS_POOL,
+        )
+        self._fast_budget: KeyedBuckets[NodeId] = KeyedBuckets(
+            1 / timing.OVERLAY_FAST_PEERS_REPLY_MIN_S, _FAST_PEERS_BURST
         )
 
     def start(self, now: float) -> None:
@@ -210,6 +229,38 @@ class RingUpkeep:
                 return
             self._send(peer, self.neighbours_message(reply_wanted=False), now)
 
+    def on_fast_peers(self, msg: FastPeers, peer: NodeId, now: float) -> None:
+        """A FAST_PEERS question (answered within a per-peer budget) or the answer to ours
+        (its ids become points to explore, nothing more: ipop.overlay.proximity)."""
+        if msg.reply_wanted:
+            if not self._fast_budget.take(peer, now):
+                self.drops["fast_peers_too_often"] += 1
+                return
+            ids = tuple(p for p in self.fastest() if p != peer)[:MAX_FAST_PEERS]
+            self._send(peer, FastPeers(False, ids).encode(), now)
+            self.stats["fast_peers_answered"] += 1
+        elif self._fast.answered(peer, msg.ids, self.local_id, self._table, now):
+            self.stats["fast_peers_learned"] += 1
+        else:
+            self.drops["fast_peers_unasked"] += 1
+
+    def fastest(self) -> list[NodeId]:
+        """Our peers whose round trip we measured, fastest first."""
+        timed = [(c.rtt_s, c.peer) for c in self._table if c.rtt_s is not None]
+        timed.sort()
+        return [p for _, p in timed]
+
+    def ask_fast_peers(self, now: float) -> None:
+        """With proximity, once joined: ask the next of our fastest peers for its list."""
+        if not (self.joined and self.config.proximity and self.config.far_links):
+            return
+        if not self._fast.due(now):
+            return  # most ticks: no need to rank our links
+        peer = self._fast.to_ask(self.fastest(), now)
+        if peer is not None:
+            self._send(peer, FastPeers(True).encode(), now)
+            self.stats["fast_peers_asked"] += 1
+
     def pull(self, peers: Iterable[NodeId], now: float) -> None:
         """Pull the neighbour lists of ``peers`` (routing found no hop: see Router.pull_peers)."""
         pull = self.neighbours_message(reply_wanted=True)
@@ -282,8 +333,15 @@ class RingUpkeep:
         elif isinstance(action, FarExplore):
             self.stats["far_explored"] += 1
             self._explorer.explored(action.bucket, now)
-            target = sample_in_bucket(self.local_id, action.bucket, self._rng)
-            self._ctm.send(target, Purpose.FAR, exact=False, now=now)
+            # A node one of our fastest peers listed, if one lies in the bucket (a point like
+            # any other: who answers there is weighed by our own handshake).
+            listed = self._fast.take(self.local_id, action.bucket, self._table)
+            if listed is not None:
+                self.stats["far_explored_listed"] += 1
+                self._ctm.send(listed, Purpose.FAR, exact=False, now=now)
+            else:
+                target = sample_in_bucket(self.local_id, action.bucket, self._rng)
+                self._ctm.send(target, Purpose.FAR, exact=False, now=now)
         elif isinstance(action, KindExpired):
             if action.kind is ConnectionKind.FAR:
                 self.stats["far_shed"] += 1
@@ -304,6 +362,8 @@ class RingUpkeep:
     def forget(self, peer: NodeId) -> None:
         """``peer``'s link is gone: its silence clock and pull budget go with it."""
         self._pull_budget.forget(peer)
+        self._fast_budget.forget(peer)
+        self._fast.forget(peer)
         self.heard.pop(peer, None)
 
     def removed(self, peer: NodeId, *, was_near: bool, now: float) -> None:

@@ -172,3 +172,12 @@ def test_table_keeps_the_least_handshake_rtt_and_forgets_it_on_a_new_path() -> N
     assert row.rtt_s == 0.060
     t.add(p, RelayPath(via=NodeId(10), peer=p), now=4.0)  # moved: unknown until measured
     assert row.rtt_s is None and views.current()[0].rtt_s is None
+
+
+def test_a_listed_node_timed_slower_loses_its_bucket() -> None:
+    """A FAST_PEERS list (ipop.overlay.proximity.FastPeerPool) named a node far from us as
+    fast, we explored it and it linked: our handshake timed it at 180 ms against our own far
+    link's 8 ms in its bucket, so over the target it is the one that loses its FAR kind."""
+    listed = _at(3)
+    links = (_far(_at(0), 0.05), _far(_at(1), 0.05), _far(_at(2), 0.05), _far(_at(3, 9), 0.008))
+    assert _far_actions(_view((*links, _far(listed, 0.180)))) == [KindExpired(listed, FAR)]

@@ -211,8 +211,8 @@ def test_no_route_pulls_the_two_direct_peers_nearest_the_target_at_a_bounded_rat
 
 TARGET = NodeId(10_000)
 GREEDY = NodeId(9_000)  # 1,000 from the target: the greedy hop
-WITHIN = NodeId(8_200)  # 1,800 from it: within the window (8 x the greedy hop's 1,000)
-BEYOND = NodeId(1_500)  # 8,500 from it: outside the window, yet nearer than we are (9,000)
+WITHIN = NodeId(8_200)  # 1,800 from it
+BEYOND = NodeId(1_500)  # 8,500 from it: little progress, yet nearer than we are (9,000)
 
 
 def _prs(rtts: dict[NodeId, float | None], *, proximity: bool = True) -> Router:
@@ -232,8 +232,12 @@ def _prs(rtts: dict[NodeId, float | None], *, proximity: bool = True) -> Router:
 
 
 def test_a_much_faster_link_that_still_makes_progress_is_taken() -> None:
-    r = _prs({GREEDY: 0.200, WITHIN: 0.020, BEYOND: 0.001})
+    r = _prs({GREEDY: 0.200, WITHIN: 0.020, BEYOND: 0.030})
     assert r.next_hop(TARGET, 1.0, exact=True) == WITHIN
+    # However little progress it makes (8.5 times as far from the target as the greedy hop):
+    # a hop inside our region costs a fraction of one that leaves it.
+    r = _prs({GREEDY: 0.200, WITHIN: 0.020, BEYOND: 0.001})
+    assert r.next_hop(TARGET, 1.0, exact=True) == BEYOND
     # Off: greedy, whatever the round trips.
     assert (
         _prs({GREEDY: 0.200, WITHIN: 0.020}, proximity=False).next_hop(TARGET, 1.0, exact=True)
