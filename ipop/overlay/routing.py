@@ -168,16 +168,11 @@ class Router:
             # any detour this makes. Never back to the peer that handed it to us: it holds
             # no link to the target either (else it had delivered), and it hands the message
             # straight back (we are nearer), so the two bounced it until its TTL ran out.
-            hop = self._hinted_hop(self._seen.get(target), now, "routed_via_informer", frm)
+            hint = self._seen.get(target)
+            hop = None if hint is None or hint[1] < now else hint[0]
+            hop = self._detour(hop, frm, "routed_via_informer")
             if hop is None:
-                hop = self._reverse.hop(target, now)
-                if hop is not None and hop == frm:
-                    self._stats["routed_hint_bounced"] += 1
-                    hop = None
-                elif hop is not None and hop in self._table:
-                    self._stats["routed_via_reverse"] += 1
-                else:
-                    hop = None
+                hop = self._detour(self._reverse.hop(target, now), frm, "routed_via_reverse")
             if hop is None and not received:
                 # Our own message, and none of our peers is closer to the target than we
                 # are: a node that joined a moment ago holds one or two links, and the node
@@ -294,18 +289,16 @@ class Router:
         """
         return self.next_hop(target, now, exact=False, exclude=self.local_id)
 
-    def _hinted_hop(
-        self, hint: tuple[NodeId, float] | None, now: float, stat: str, back: NodeId | None
-    ) -> NodeId | None:
-        """The peer a hint (peer, trusted until) names, if still trusted and linked, and not
-        ``back`` (the peer the message came from)."""
-        if hint is None or hint[1] < now or hint[0] not in self._table:
+    def _detour(self, hop: NodeId | None, back: NodeId | None, stat: str) -> NodeId | None:
+        """``hop``, a detour a hint names, if we are linked to it and it is not ``back`` (the
+        peer the message came from); counted under ``stat`` when taken."""
+        if hop is None or hop not in self._table:
             return None
-        if hint[0] == back:
+        if hop == back:
             self._stats["routed_hint_bounced"] += 1
             return None
         self._stats[stat] += 1
-        return hint[0]
+        return hop
 
     def pull_peers(self, target: NodeId, now: float) -> list[NodeId]:
         """Whom to pull neighbour lists from after a ``no_route`` toward ``target``.
