@@ -14,3 +14,11 @@ recache.install()
 from ipop.tools import classcache  # noqa: E402
 
 classcache.install()
+
+
+def save_tables(*, force: bool = False) -> None:
+    """Write both tables if this program compiled entries they lacked (after its imports: the
+    next start finds them); ``force``: even with bytecode writing off (the lab, a package
+    build)."""
+    recache.save(force=force)
+    classcache.save(force=force)

@@ -96,8 +96,7 @@ def write_for_daemons() -> bool:
     imports compile, not what the caller imported first."""
     import ipop.tools.ipopd
     import ipop.tools.routerd  # noqa: F401
-    from ipop.tools import recache
+    from ipop.tools import recache, save_tables
 
-    save(force=True)
-    recache.save(force=True)
+    save_tables(force=True)
     return cache_path().is_file() and recache.cache_path().is_file()

@@ -27,7 +27,7 @@ from ipop.errors import ConfigError
 from ipop.promtext import CONTENT_TYPE
 from ipop.report import prefixed
 from ipop.status import DnsStatus
-from ipop.tools import classcache, recache
+from ipop.tools import save_tables
 
 if TYPE_CHECKING:
     from ipop.aio.localhttp import LocalHttpServer
@@ -279,9 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_arg(
         "ipopd", "the ipop node daemon", "node TOML (deploy/ipop.example.toml)", argv
     )
-    # The imports are done: keep what they compiled for the next start.
-    classcache.save()
-    recache.save()
+    save_tables()  # the imports are done: keep what they compiled for the next start
     try:
         cfg = load_config(config)
         bundle = load_valid_bundle(cfg.bundle)
