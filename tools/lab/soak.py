@@ -373,10 +373,7 @@ def run_soak(
             net = IpopNet(lab, log_level=log_level)
             net.prepare()
             started = time.monotonic()
-            # The prober's namespace must see its resolv.conf before the probe's first
-            # `ip netns exec`: the file is bound over /etc/resolv.conf only if it exists
-            # then. Written by net.start alone, it raced the probe, which then asked the
-            # host's resolver for 60 s and measured nothing.
+            # Before the probe's first exec, in this thread (see cold_probe).
             lab.write_resolv_conf(lab.bootstraps[0], net.gateway)
             with ThreadPoolExecutor(max_workers=1) as cold:
                 probed = cold.submit(cold_probe, lab)
