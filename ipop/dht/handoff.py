@@ -81,11 +81,10 @@ class Handoff:
         ``HANDOFF_SENDERS`` nearest it knows, ``peer`` aside: the other replicas leave it to
         those (their copies would be turned away as held already), and a node holding a copy
         it is no replica of, e.g. a racer's early copy taken while the ring was forming, does
-        not spread it. The records are
-        signed by their owners and carry their certificates, so any replica may hand them on
-        and the receiver checks them like any offer; copies never extend a lease. At most
-        ``MAX_HANDOFF_RECORDS`` per contact out of ``MAX_HANDOFF_SCAN`` looked at, in one
-        tracked task.
+        not spread it. The records are signed by their owners and carry their certificates,
+        so any replica may hand them on and the receiver checks them like any offer; copies
+        never extend a lease. At most ``MAX_HANDOFF_RECORDS`` per contact out of
+        ``MAX_HANDOFF_SCAN`` looked at, in one tracked task.
         """
         if self._hooks.closed():
             return
