@@ -212,13 +212,21 @@ def test_native_refuses_bad_arguments_without_touching_the_window() -> None:
 # --- 2. the node -----------------------------------------------------------------------------
 
 
-def _session(core: NodeCore, peer: NodeCore) -> dict[str, Any]:
+def _byte_counts(core: NodeCore, peer: NodeCore) -> tuple[int, int]:
+    st = core.link._peers[peer.local_id]
+    return st.rx_bytes, st.tx_bytes
+
+
+def _session(core: NodeCore, peer: NodeCore, linked: tuple[int, int]) -> dict[str, Any]:
+    """The session's state; byte counts from `linked` on, since each pair's handshake
+    signatures (fresh keys per scenario) differ in length by a byte or two."""
     st = core.link._peers[peer.local_id]
     kp = st.current
     assert kp is not None
+    rx_bytes, tx_bytes = st.rx_bytes - linked[0], st.tx_bytes - linked[1]
     return {
-        "rx": (st.rx_packets, st.rx_bytes, st.last_rx, st.path_rx, st.rx_streak),
-        "tx": (st.tx_packets, st.tx_bytes, st.last_tx, kp.send_counter),
+        "rx": (st.rx_packets, rx_bytes, st.last_rx, st.path_rx, st.rx_streak),
+        "tx": (st.tx_packets, tx_bytes, st.last_tx, kp.send_counter),
         "window": (kp.replay.top, bytes(kp.replay.seen)),
     }
 
@@ -238,6 +246,7 @@ def _node_scenario(
     """The same traffic through a fresh pair, in runs or one by one; what came out."""
     fastpath.use(backend)
     a, b = bench.linked_pair(now)
+    a_linked, b_linked = _byte_counts(a, b), _byte_counts(b, a)
     msg = bytes((TYPE_DIRECT, KIND_IP)) + b"\x45" + bytes(60)
     msgs = [msg[:-i] if i else msg for i in range(20)]
     if runs:
@@ -266,7 +275,11 @@ def _node_scenario(
     b.flush(now=now)
     a.flush(now=now)
     out = [(src == a.local_id, m) for src, m in out] + [path]
-    return out, {**_node_counters(b), **_session(b, a)}, {**_node_counters(a), **_session(a, b)}
+    return (
+        out,
+        {**_node_counters(b), **_session(b, a, b_linked)},
+        {**_node_counters(a), **_session(a, b, a_linked)},
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
