@@ -96,6 +96,7 @@ _ARP_REQUEST = b"\x00\x01\x08\x00\x06\x04\x00\x01"
 DROP_REASONS = frozenset(
     {
         "arp_not_live",  # proxy ARP for an address no node holds (or a LAN host's)
+        "arp_lookup_failed",  # proxy ARP's DHT lookup failed or timed out (its ARPs unanswered)
         "arp_rate_limited",  # a lookup refused by the per-MAC or the LAN-wide rate
         "arp_lookups_busy",  # a lookup refused: too many in flight
         "arp_waiters_full",  # an ARP for an address whose lookup has enough waiters
@@ -379,10 +380,14 @@ class RouterLan:
         try:
             owner = await asyncio.wait_for(self.daemon.lookup_owner(tpa), ARP_LOOKUP_TIMEOUT_S)
         except asyncio.CancelledError:
-            self.owners.finish(tpa.packed, False, self.clock())
+            self.owners.finish(tpa.packed, None, self.clock())
             raise
-        except Exception:  # a DHT failure or timeout is a miss; the host asks again
-            owner = None
+        except Exception:
+            # A DHT failure or timeout is a miss, not an answer: the host's next ARP (a
+            # second later) starts a new lookup instead of meeting a cached "absent".
+            self.count_drop("arp_lookup_failed")
+            self.owners.finish(tpa.packed, None, self.clock())
+            return
         for reply in self.owners.finish(tpa.packed, owner is not None, self.clock()):
             self._arp_answer(tpa, reply, owner is not None)
 
