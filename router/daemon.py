@@ -17,7 +17,8 @@ vIP and the lifecycle; on the LAN, :class:`RouterLan`:
   renewed while the DHCP lease is live; an address offered to a MAC that never REQUESTs it is
   given back after :data:`ipop.router.claims.OFFER_HOLD_S`;
 * answers ARP for the gateway and for remote virtual IPs that are live in the DHT, only those
-  (never for a LAN host: it answers itself, and LAN-to-LAN traffic stays on the LAN);
+  (never for a LAN host: it answers itself, and LAN-to-LAN traffic stays on the LAN); an
+  address the data plane holds a fresh DHT answer for is answered without another lookup;
 * serves DNS for ``*.<suffix>`` on the gateway address;
 * publishes the services of its config's ``[[service]]`` tables at their LAN hosts'
   addresses (:class:`ipop.router.lanservices.LanServices`);
@@ -358,6 +359,11 @@ class RouterLan:
             return
         key = tpa.packed
         live = self.owners.answer(key, now)
+        if live is None and (dp := self.dataplane) is not None and dp.live_owner(key) is not None:
+            # The data plane holds a fresh DHT answer for it: a host's ARP for the sender of
+            # a packet we just delivered (its reply's next hop), answered without asking the
+            # DHT again. Under load that get took seconds, and the first replies were lost.
+            live = True
         if live is not None:
             self._arp_answer(tpa, reply, live)
             return

@@ -448,6 +448,26 @@ def test_arp_answers_are_cached_and_one_lookup_runs_per_address(
     _run(bundle, tmp_path, body, static_hosts=False)
 
 
+def test_an_arp_for_an_address_the_data_plane_holds_an_answer_for_is_answered_at_once(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    """A LAN host's reply to a remote sender: the data plane checked that sender's address a
+    moment ago, so its ARP waits on no DHT get (which, slow, cost the first replies)."""
+    remote = IPv4Address("100.64.9.9")
+
+    async def body(r: RouterLan) -> None:
+        node = await _start(r)
+        node.dht.gate.clear()  # a DHT get would not end
+        r.dataplane.owners[remote.packed] = OTHER  # type: ignore[union-attr]
+        r.feed(_arp_request(M1, V1, remote))
+        assert node.dht.calls["get"] == 0
+        (reply,) = r.dataplane.written  # type: ignore[union-attr]
+        assert ARP(reply[14:]).psrc == str(remote) and ARP(reply[14:]).op == 2
+        node.dht.gate.set()
+
+    _run(bundle, tmp_path, body, static_hosts=False)
+
+
 def test_a_failed_arp_lookup_is_not_remembered_as_absent(bundle: Bundle, tmp_path: Path) -> None:
     remote = IPv4Address("100.64.9.9")
 
