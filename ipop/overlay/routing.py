@@ -14,19 +14,22 @@ The rules (DESIGN.md §5; the node's theory of operation tells why):
   closest delivery delivers there.
 - A suspect next hop (:mod:`ipop.overlay.suspect`) is skipped when another one makes
   progress, and used when none does: suspicion may lengthen a route, never drop or loop it.
-- Proximity (``proximity``, Gummadi et al.'s proximity route selection): among the links
-  strictly nearer the target than we are, one whose round trip (as our link layer measured
-  it) is under half the greedy hop's is taken instead (the fastest such). Every hop still
-  makes progress, so routes cannot loop and end where greedy routing ends (a local minimum);
-  the links are read from the sorted ring outward from the target, at most ``_PRS_READ`` a
-  side (bounded work per message; a node holds about 40 links at 1,000 nodes). Why no
-  window on how little progress such a hop may make: a hop inside our region costs a
-  fraction of one that leaves it, and a pair of one region (direct ~10 ms) whose route
-  leaves the region once has a stretch of 5 or more. Measured on the latency map at 1,000
-  nodes (seed 1, 60 s settled, the links of a run frozen and routed both ways for 400
-  pairs): windows of 8, 32, 64 times the greedy hop's distance from the target gave stretch
-  p90 6.07, 4.17, 4.17 and none 3.89 (3.3, 4.1, 4.1, 4.3 hops); p50 1.55, 1.49, 1.49, 1.51.
-  (At 300 nodes a window of 2 gave p90 10.7 and 8 gave 5.76, 2.09 and 2.47 hops.)
+- Proximity (``proximity``, Gummadi et al.'s proximity route selection, with the cost
+  estimate of Dabek et al., NSDI 2004): among the links strictly nearer the target than we
+  are, the one with the least *estimated route cost*: its round trip (as our link layer
+  measured it) plus ``_PRS_BIT_S`` for each bit of ring distance it leaves to the target
+  (``log2`` of the distance: about a fixed share of a hop is left per halving). Greedy
+  alone ignores latency; the fastest hop alone (the former rule: any link under half the
+  greedy hop's round trip) buys a small saving now with many hops later. Every hop still
+  makes progress, so routes cannot loop and end where greedy routing ends (a local
+  minimum); the links are read from the sorted ring outward from the target, at most
+  ``_PRS_READ`` a side (bounded work per message; a node holds about 40 links at 1,000
+  nodes). Measured on the latency map at 1,000 nodes (60 s settled, the links of the run
+  frozen and 2,000 pairs routed both ways, seeds 1 / 2): the former rule gave stretch p50
+  1.58 / 1.59, p90 3.79 / 3.92, 4.36 / 4.42 hops; 5 ms a bit 1.51 / 1.51, 3.60 / 3.56,
+  3.79 / 3.89 hops (``ipop.timing.OVERLAY_PRS_BIT_S``). The tail left is pairs of one
+  region (a sixth of all pairs, direct 2-15 ms) whose route leaves the region for its last
+  hop or two: no link of ours tells which of our peers holds a link to the target.
 - At a local minimum an exact message may take one detour, bounded by its TTL: to the peer
   that told us it holds a link to the target (:class:`ipop.overlay.near.SeenIds`), else back
   the way the target's own last routed message came (:class:`ipop.overlay.hints.ReverseHints`,
@@ -45,10 +48,12 @@ from __future__ import annotations
 import bisect
 import collections
 import heapq
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
+from ipop import timing
 from ipop.overlay.hints import ReverseHints
 from ipop.overlay.messages import FLAG_EXCLUDE_SRC, FLAG_VIA, Routed
 from ipop.overlay.near import SeenIds
@@ -64,9 +69,9 @@ ROUTE_DROPS: Final = frozenset({"spoofed_src", "own_src_returned", "no_route", "
 
 _INF = float("inf")
 # Proximity route selection: entries read on each side of the target (bounded work), and the
-# share of the greedy hop's round trip a link must beat (see the module docstring).
+# round trip a hop is worth per bit of ring distance it leaves to the target (module docstring).
 _PRS_READ = 24
-_PRS_GAIN = 0.5
+_PRS_BIT_S = timing.OVERLAY_PRS_BIT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,18 +250,18 @@ class Router:
     def _nearby_hop(
         self, target: NodeId, greedy: NodeId, exclude: NodeId | None, now: float
     ) -> NodeId | None:
-        """A link strictly nearer ``target`` than we are whose measured round trip is under
-        ``_PRS_GAIN`` of ``greedy``'s (the fastest such), not suspect; None: keep ``greedy``
-        (module docstring)."""
+        """The link strictly nearer ``target`` than we are with the least estimated route
+        cost (measured round trip plus ``_PRS_BIT_S`` per bit of distance left), not suspect,
+        if it beats ``greedy``; None: keep ``greedy`` (module docstring)."""
         table = self._table
         row = table.get(greedy)
         if row is None or row.rtt_s is None:
             # Unknown counts as slow, but we must know what we save: keep the greedy hop.
             return None
-        bar = row.rtt_s * _PRS_GAIN
+        d = target.value
+        bar = row.rtt_s + _PRS_BIT_S * math.log2(ring_distance(greedy, target) or 1)
         ring = table.ring()
         n = len(ring)
-        d = target.value
         ours = route_key(self.local_id, target)
         i = bisect.bisect_left(ring, d)
         best: NodeId | None = None
@@ -267,16 +272,18 @@ class Router:
                 v = ring[k % n]
                 k += step
                 peer = table.peer_of(v)
-                if route_key(peer, target) >= ours:
+                key = route_key(peer, target)
+                if key >= ours:
                     break  # read outward from the target: the rest of this side is no nearer
                 if peer in (exclude, greedy):
                     continue
                 c = table.get(peer)
                 if c is None or c.rtt_s is None or c.rtt_s >= bar:
                     continue
-                if len(silent) and silent.suspect(peer, now):
+                cost = c.rtt_s + _PRS_BIT_S * math.log2(key[0] or 1)
+                if cost >= bar or (len(silent) and silent.suspect(peer, now)):
                     continue
-                best, bar = peer, c.rtt_s
+                best, bar = peer, cost
         return best
 
     def detour_hop(self, target: NodeId, now: float) -> NodeId | None:
