@@ -134,7 +134,12 @@ class Handshakes(LinkPart):
     """Every handshake of one node, both sides (see the module docstring)."""
 
     def __init__(
-        self, identity: NodeIdentity, shared: Shared, *, probe_path: Callable[[Peer, float], None]
+        self,
+        identity: NodeIdentity,
+        shared: Shared,
+        *,
+        probe_path: Callable[[Peer, float], None],
+        relayed: Callable[[Peer, float], None],
     ) -> None:
         super().__init__(shared)
         self._identity = identity
@@ -143,6 +148,8 @@ class Handshakes(LinkPart):
         self._lookup = shared.keys.lookup
         # Restart the path MTU search of a session that came up or moved (ipop.link.probing).
         self._probe_path = probe_path
+        # A session leaves a direct path for a relay (ipop.link.rebind, Rebinding.relayed).
+        self._relayed = relayed
         # Our initiations, by the index we chose.
         self._initiations: dict[int, Initiation] = {}
         # (initiator, responder the Init names) -> newest Init timestamp accepted (ms).
@@ -569,6 +576,8 @@ class Handshakes(LinkPart):
             roamed_at=self.roamed_at,
         ):
             st.roam_candidate = None
+            if type(path) is RelayPath:
+                self._relayed(st, now)
             st.path = path
             st.path_rtt = _INF if rtt is None else rtt
             st.path_rx = now

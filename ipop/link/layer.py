@@ -275,7 +275,9 @@ class LinkLayer:
         self.pmtu = self.probing.pmtu
         self._on_probe = self.probing.on_probe
         # Both sides of every handshake (ipop.link.handshakes).
-        hs = self.handshakes = Handshakes(identity, shared, probe_path=self.probing.restart)
+        hs = self.handshakes = Handshakes(
+            identity, shared, probe_path=self.probing.restart, relayed=rb.relayed
+        )
         self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
             TYPE_HANDSHAKE_INIT: hs.on_init,
             TYPE_HANDSHAKE_RESP: hs.on_resp,
@@ -895,6 +897,7 @@ class LinkLayer:
             return
         if roam is Roam.FOLLOW_RELAY:
             self.stats["relay_followed"] += 1
+            self.rebinding.relayed(st, now)
             self._move(st, path, now)
             return
         self._move(st, path, now)
