@@ -77,7 +77,9 @@ Invariants:
    end up sealing with different keys, each still opens the other's on ``previous``, and
    the first side to see
    its previous keys still in use half a grace period after switching starts one more
-   (sequential, hence converging) handshake ("rehandshake_diverged"). DATA under an index of
+   (sequential, hence converging) handshake ("rehandshake_diverged"); only one of its own
+   toward the session's path defers either repair (one toward another path may hang for the
+   whole handshake timeout, past the grace). DATA under an index of
    ours that we retired (keys answered but dropped unconfirmed, keys a rekey replaced), for a
    peer whose session is up, starts one too ("rehandshake_stale_keys", one per handshake
    timeout): the two ends hold different keys, and waiting for the link timeout would lose
@@ -275,7 +277,9 @@ class LinkLayer:
         self.pmtu = self.probing.pmtu
         self._on_probe = self.probing.on_probe
         # Both sides of every handshake (ipop.link.handshakes).
-        hs = self.handshakes = Handshakes(identity, shared, probe_path=self.probing.restart)
+        hs = self.handshakes = Handshakes(
+            identity, shared, probe_path=self.probing.restart, relayed=rb.relayed
+        )
         self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
             TYPE_HANDSHAKE_INIT: hs.on_init,
             TYPE_HANDSHAKE_RESP: hs.on_resp,
@@ -602,9 +606,14 @@ class LinkLayer:
         """
         self.handshakes.roamed_at = now
         started = 0
-        busy = self.handshakes.expected_peers()
         for st in list(self._peers.values()):
-            if st.up and is_direct(st.path) and st.node_id not in busy:
+            # Skipped only while one of ours toward the session's own path is under way: one
+            # toward another path (a punch, a port the peer's NAT filters) may never complete.
+            if (
+                st.up
+                and is_direct(st.path)
+                and not self.handshakes.expecting_on(st.node_id, st.path)
+            ):
                 self.handshakes.start(st.path, st.node_id, now)
                 started += 1
         self.stats["roam_rehandshakes"] += started
@@ -895,6 +904,7 @@ class LinkLayer:
             return
         if roam is Roam.FOLLOW_RELAY:
             self.stats["relay_followed"] += 1
+            self.rebinding.relayed(st, now)
             self._move(st, path, now)
             return
         self._move(st, path, now)

@@ -77,7 +77,7 @@ Brunet-style ring (DESIGN.md §5):
   loop.
 - **Trimming** closes links with no reason left after a grace period (policies.py).
 - **Roaming** (:class:`ipop.overlay.roaming.Roaming`): our endpoints as we and our peers see
-  them; a new address, a wake-up or a NAT rebinding re-advertises them to every direct peer,
+  them; a new address, a wake-up or a NAT rebinding re-advertises them to every linked peer,
   and a linked peer whose CTM names new endpoints is followed and punched back to.
 
 Invariants:

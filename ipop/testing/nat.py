@@ -96,6 +96,11 @@ class NatBehaviour:
     # Keep the internal source port as the external one when it is free (Linux MASQUERADE).
     port_preservation: bool = True
     port_allocation: PortAllocation = PortAllocation.SEQUENTIAL
+    # After a flush, may the ports of the flushed mappings be handed out again at once? False:
+    # every flow gets a new port (a reboot that draws afresh). True: as the lab's Linux router
+    # after ``conntrack -F``, the first inside host to send again keeps its port, which may be
+    # the one another host behind this NAT held before.
+    reuse_flushed_ports: bool = False
 
     def __post_init__(self) -> None:
         if not self.mapping_timeout_s > 0:
@@ -163,7 +168,13 @@ _ENUM_FIELDS: dict[str, type[Enum]] = {
     "filtering": Filtering,
     "port_allocation": PortAllocation,
 }
-_BEHAVIOUR_FIELDS = ("mapping_timeout_s", "hairpinning", "port_preservation", *_ENUM_FIELDS)
+_BEHAVIOUR_FIELDS = (
+    "mapping_timeout_s",
+    "hairpinning",
+    "port_preservation",
+    "reuse_flushed_ports",
+    *_ENUM_FIELDS,
+)
 
 
 def behaviour_from_data(data: dict[str, Any]) -> NatBehaviour:
@@ -316,9 +327,11 @@ class NatTable:
     def flush(self) -> int:
         """Forget every mapping and its permissions (a NAT reboot, a conntrack flush); return
         how many went. Inbound packets to their ports are dropped ("no_mapping") until the
-        inside sends again, from a new external port."""
+        inside sends again, from a new external port (``reuse_flushed_ports``: from the first
+        free one as for any new mapping, which may be a port another host held before)."""
         gone = len(self._by_ext)
-        self._flushed = frozenset(self._by_ext)
+        if not self.behaviour.reuse_flushed_ports:
+            self._flushed = frozenset(self._by_ext)
         self._by_ext.clear()
         self._by_key.clear()
         self.stats["mapping_flushed"] += gone

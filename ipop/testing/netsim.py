@@ -313,8 +313,9 @@ class Network:
     def flush_nat(self, nat: NatBox) -> int:
         """Drop every mapping of ``nat`` (as ``conntrack -F`` on the lab's NAT router does, see
         ``tools/lab/soak.py``); return how many went. Its hosts are not told: each flow gets a
-        new external port when its inside host next sends, and until then every datagram to
-        an old one is dropped ("no_mapping")."""
+        new external port when its inside host next sends (a kept one with the NAT's
+        ``reuse_flushed_ports``), and until then every datagram to an old one is dropped
+        ("no_mapping")."""
         if self.nats.get(nat.name) is not nat:
             raise LocalProtocolError(f"{nat!r} is not a NAT of this network")
         return nat.table.flush()

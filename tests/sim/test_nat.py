@@ -10,6 +10,7 @@ import random
 import pytest
 
 from ipop.errors import LocalProtocolError
+from ipop.nat.kinds import NatKind
 from ipop.testing.clock import run_virtual
 from ipop.testing.nat import (
     NAT_KIND_NAMES,
@@ -17,6 +18,7 @@ from ipop.testing.nat import (
     Filtering,
     Mapping,
     NatBehaviour,
+    NatMapping,
     NatTable,
     PortAllocation,
     UnknownNatKind,
@@ -300,6 +302,22 @@ def test_a_flush_drops_every_mapping_and_the_next_outbound_gets_a_new_port(kind:
     assert net.stats["no_mapping"] == 1
     old, new = sources
     assert old.host == new.host and old.port != new.port  # even where ports are preserved
+
+
+def test_with_reuse_flushed_ports_the_first_host_to_send_after_a_flush_keeps_the_port() -> None:
+    # As the lab's Linux router after conntrack -F: hosts 1 and 2 both bind 5800; 1 held it,
+    # 2 sends first after the flush and takes it, and 1 gets another port.
+    kind = dataclasses.replace(NAT_KINDS[NatKind.PORT_RESTRICTED_CONE], reuse_flushed_ports=True)
+    table = NatTable("203.0.113.9", kind, random.Random(1))
+    first = table.outbound("198.18.0.2", 5800, "203.0.113.1", 5800, 0.0)
+    second = table.outbound("198.18.0.3", 5800, "203.0.113.1", 5800, 0.0)
+    assert isinstance(first, NatMapping) and isinstance(second, NatMapping)
+    assert first.external.port == 5800 != second.external.port
+    assert table.flush() == 2
+    second = table.outbound("198.18.0.3", 5800, "203.0.113.1", 5800, 1.0)
+    first = table.outbound("198.18.0.2", 5800, "203.0.113.1", 5800, 1.0)
+    assert isinstance(first, NatMapping) and isinstance(second, NatMapping)
+    assert second.external.port == 5800 != first.external.port
 
 
 def test_flush_refuses_a_foreign_nat() -> None:

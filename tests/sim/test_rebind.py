@@ -13,6 +13,7 @@ and symmetric behind restricted-cone (symmetric x port-restricted needs port gue
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 
 import pytest
@@ -20,11 +21,13 @@ import pytest
 from ipop import timing
 from ipop.aio.stack import Node
 from ipop.link.layer import LinkConfig
+from ipop.nat.kinds import NatKind
 from ipop.overlay.node import OverlayConfig
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
+from ipop.testing.nat import NAT_KINDS
 from ipop.testing.netsim import NatBox, Network
-from ipop.testing.simnode import direct_both_ways, pinger, start_nodes
+from ipop.testing.simnode import PORT, direct_both_ways, pinger, start_nodes
 from ipop.testing.waiting import until
 from ipop.types import Endpoint
 
@@ -54,10 +57,11 @@ async def _keeps_flowing(answered: list[float], since: float) -> None:
     assert len(late) >= 0.9 * 4.5 / PING_EVERY_S
 
 
-async def _stop(pinger: asyncio.Task[None] | None, nodes: list[Node]) -> None:
-    if pinger is not None:
-        pinger.cancel()
-        await asyncio.gather(pinger, return_exceptions=True)
+async def _stop(pingers: list[asyncio.Task[None] | None], nodes: list[Node]) -> None:
+    running = [t for t in pingers if t is not None]
+    for t in running:
+        t.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
     await asyncio.gather(*(n.close() for n in nodes))
 
 
@@ -101,7 +105,7 @@ def test_traffic_resumes_direct_within_2s_after_the_nat_flushes_its_mappings(
             assert b.core.overlay.stats["near_silent_closed"] == 0
             assert a.core.overlay.stats["near_silent_closed"] == 0
         finally:
-            await _stop(task, nodes)
+            await _stop([task], nodes)
 
     run_virtual(body(), start=SIM_EPOCH)
 
@@ -143,7 +147,7 @@ def test_a_port_guessed_pair_resumes_within_4s_after_a_nat_flush(flushed: str) -
             assert a.core.stats["roam_relay_fallbacks"] >= 1
             await _keeps_flowing(answered, flushed_at + resumed)
         finally:
-            await _stop(task, nodes)
+            await _stop([task], nodes)
 
     run_virtual(body(), start=SIM_EPOCH)
 
@@ -205,6 +209,80 @@ def test_an_idle_host_is_reachable_within_3s_after_its_nat_flushes() -> None:
                 task = None
             assert a.core.stats["mapping_checks"] >= 1
         finally:
-            await _stop(task, nodes)
+            await _stop([task], nodes)
+
+    run_virtual(body(), start=SIM_EPOCH)
+
+
+# After the flush, within this long: tests/lab/test_rebind_lab.py allows the 9 s of pings left
+# and 5 s more.
+DIRECT_AGAIN_WITHIN_S = 5.0
+
+# The lab's shared case (tests/lab/test_rebind_lab.py, c1 behind a1's router): a Linux router
+# keeps the source port after ``conntrack -F``, and whichever of its hosts sends first takes it.
+_LINUX_PORT_RESTRICTED = dataclasses.replace(
+    NAT_KINDS[NatKind.PORT_RESTRICTED_CONE], reuse_flushed_ports=True
+)
+
+
+# Seeds whose runs lost the race as the lab did (without the fix, the pair stayed relayed).
+@pytest.mark.parametrize(("net_seed", "node_seed"), [(1, 101), (3, 103), (9, 109)])
+def test_a_host_whose_port_its_neighbour_took_after_the_flush_is_direct_again(
+    net_seed: int, node_seed: int
+) -> None:
+    """``c`` and ``a`` share one port-preserving port-restricted NAT; ``c`` spoke first, so it
+    held the socket's port toward every peer, and ``b`` (behind a port-restricted NAT of its
+    own) pings it. The NAT flushes and ``a``, busy with ``p`` and ``b``, sends first: the port
+    is ``a``'s now, ``c``'s traffic leaves from another one, and ``b`` and ``p`` see ``a``
+    where ``c`` was and key ``c`` through relays (ipop.link.paths.displaced) before ``c``'s
+    own echoes could ask them where they see it. ``c`` must still learn its new port, and the
+    pair find a direct path to it. Before, ``c`` never learned it: no session of its went to a peer
+    outside directly any more (its echoes and mapping checks go over direct paths only), and
+    the pair stayed relayed (seen in the lab, 1 run in 25)."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        net = Network(rng=random.Random(net_seed))
+        ca = make_network("rebind", now=loop.time())
+        shared = net.add_nat("shared-nat", _LINUX_PORT_RESTRICTED)
+        # c before a: c speaks first and keeps the socket's port.
+        hosts = [
+            net.add_public_host("p"),
+            shared.add_host("c"),
+            shared.add_host("a"),
+            net.add_host("b", "port-restricted-cone"),
+        ]
+        nodes = start_nodes(hosts, ca, rng=random.Random(node_seed))
+        p, c, a, b = nodes
+        tasks: list[asyncio.Task[None] | None] = []
+        answered: list[float] = []
+        try:
+            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            tasks.append(loop.create_task(pinger(b, c, answered, every_s=PING_EVERY_S)))
+            tasks += [loop.create_task(pinger(a, x, [], every_s=PING_EVERY_S)) for x in (p, b)]
+            assert await until(lambda: direct_both_ways(b, c), 30), "no direct b<->c before"
+            await asyncio.sleep(3)
+            held = shared.table.lookup(PORT)
+            assert held is not None and held.internal.host == hosts[1].address, "c held no port"
+            flushed_at = loop.time()
+            assert net.flush_nat(shared) > 0
+            # The premise: a took the port, and b keyed c through a relay.
+            assert await until(lambda: b.core.overlay.stats["displaced_relay_fallbacks"] > 0, 5)
+            taken = shared.table.lookup(PORT)
+            assert taken is not None and taken.internal.host == hosts[2].address
+            assert await until(lambda: any(t > flushed_at for t in answered), 30)
+            resumed = min(t for t in answered if t > flushed_at) - flushed_at
+            assert resumed <= RESUME_WITHIN_S, f"traffic resumed only after {resumed:.2f} s"
+            # Direct again: b at c's new port (port guessing or a punch back).
+            left = flushed_at + DIRECT_AGAIN_WITHIN_S - loop.time()
+            assert await until(lambda: direct_both_ways(b, c), left), (
+                b.core.link.path_of(c.node_id),
+                c.core.link.path_of(b.node_id),
+            )
+            path = b.core.link.path_of(c.node_id)
+            assert isinstance(path, Endpoint) and path.host == shared.public_ip
+            assert path.port != PORT
+        finally:
+            await _stop(tasks, nodes)
 
     run_virtual(body(), start=SIM_EPOCH)

@@ -1,5 +1,5 @@
 """The overlay's roaming reactions, driven by hand (sans-IO): our address changed or our NAT
-rebound -> stale knowledge forgotten, a CTM with our endpoints to every direct peer through a
+rebound -> stale knowledge forgotten, a CTM with our endpoints to every linked peer through a
 peer that hears us; a linked peer re-advertising other endpoints -> its path is let go and we
 punch back to where it is now, once."""
 
@@ -27,7 +27,7 @@ from ipop.overlay.messages import (
 from ipop.overlay.node import OverlayConfig, OverlayNode
 from ipop.testing.fake_links import RecordingLinks, fake_certificate
 from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
-from ipop.types import Endpoint, NodeId
+from ipop.types import Endpoint, NodeId, RelayPath
 
 ME = NodeId(1 << 150)
 P, B = NodeId(3 << 150), NodeId(5 << 150)
@@ -155,6 +155,28 @@ def test_a_linked_peer_that_moved_is_followed_once() -> None:
     _ctm_from(node, B, (b_new,), now=7.0)  # the same news again: nothing more
     assert links.moved == [B] and len(links.connects) == 1
     assert node.stats["peer_moved"] == 1
+
+
+def test_a_relayed_peer_that_moved_is_punched_back_and_hears_of_our_own_roams() -> None:
+    # Q's link went through a relay when its direct path died under its NAT's flush (another
+    # host behind that NAT took Q's port toward us: ipop.link.paths.displaced). Q's new
+    # endpoints are the only way back to a direct path, for either of us.
+    node, links = _node()
+    q, q_old, q_new = (
+        NodeId(7 << 150),
+        Endpoint("203.0.113.77", 5800),
+        Endpoint("203.0.113.77", 40000),
+    )
+    node.on_link_event(LinkUp(q, fake_certificate(q), RelayPath(via=P, peer=q), None), now=1.0)
+    _ctm_from(node, q, (q_old,), now=5.0)  # what we knew of it
+    links.connects.clear()
+    _ctm_from(node, q, (q_new,), now=6.0)
+    assert links.connects == [(q_new, q, False)]  # one punch to where it is now
+    assert links.moved == []  # no direct path of ours to let go
+    # And our own roam tells Q where we are now, as it tells direct peers.
+    links.sent.clear()
+    node.on_link_event(ObservedEndpoint(Endpoint("203.0.113.50", 2000), P), now=20.0)
+    assert {m.dst for _, m, _ in _ctms(links)} == {P, B, q}
 
 
 # --- the Roaming object's own interface (node.roaming) -----------------------------------------
