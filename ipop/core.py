@@ -61,7 +61,7 @@ from ipop.link.pmtu import MAX_DATAGRAM, RELAY_OVERHEAD
 from ipop.nat.mapping import MappingCheck, Observer
 from ipop.nat.portguess import PortGuessing, is_knock
 from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
-from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram, Roamed
+from ipop.overlay.events import Delivered, OverlayEvent, PeerHidden, RelayDatagram, Roamed
 from ipop.overlay.messages import (
     KIND_BIRTHDAY,
     KIND_IP,
@@ -718,6 +718,8 @@ class NodeCore:
                 elif isinstance(oev, Delivered) and oev.kind == KIND_PMTU:
                     busy = True
                     self.routes.on_probe(oev, now)
+                elif type(oev) is PeerHidden:
+                    self.birthday.hidden(oev.peer, now=now)
                 elif type(oev) is Roamed:
                     self._on_roamed(now, oev.reason)
                     if oev.reason == "rebound":

@@ -353,6 +353,7 @@ class OverlayNode:
             stats=self.stats,
             emit=self._events.append,
             hop_heard=self._hop_heard,
+            relay_fallback=lambda peer, now: self._relay.fallback(peer, now=now),
             connect_back_timeout_s=config.connect_back_timeout_s,
         )
         self._started = False

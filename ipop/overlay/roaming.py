@@ -29,7 +29,7 @@ from ipop.errors import LocalProtocolError
 from ipop.link.events import ObservedEndpoint
 from ipop.overlay.attempts import Backoff
 from ipop.overlay.ctm import CtmAgent
-from ipop.overlay.events import Roamed
+from ipop.overlay.events import PeerHidden, Roamed
 from ipop.overlay.messages import MAX_ENDPOINTS, Purpose
 from ipop.overlay.near import NearKeeper
 from ipop.overlay.ports import Links
@@ -58,8 +58,9 @@ class Roaming:
         keeper: NearKeeper,
         heard: Mapping[NodeId, float],
         stats: collections.Counter[str],
-        emit: Callable[[Roamed], None],
+        emit: Callable[[Roamed | PeerHidden], None],
         hop_heard: Callable[[NodeId, float], None],
+        relay_fallback: Callable[[NodeId, float], bool],
         connect_back_timeout_s: float,
     ) -> None:
         self._local_endpoints = tuple(local_endpoints)
@@ -73,6 +74,7 @@ class Roaming:
         self._stats = stats
         self._emit = emit
         self._hop_heard = hop_heard
+        self._relay_fallback = relay_fallback
         self._connect_back_timeout_s = connect_back_timeout_s
         # Our public endpoints as peers saw them -> when last.
         self._observed: dict[Endpoint, float] = {}
@@ -236,9 +238,19 @@ class Roaming:
         always replaces a relay). Not a path port guessing found (a punching socket's): plain
         punches from our main socket did not get through there before.
 
+        An endpoint it names that another linked peer's traffic comes from (a host behind the
+        same NAT holds that port toward us: after the NAT lost its table, it sent to us first)
+        is the peer's mapping toward others, not toward us, and the one toward us is a port
+        nobody can tell us: key a direct link through a relay now, not when our silent path
+        times out (4 s of lost traffic in tests/lab/test_rebind_lab.py's shared case), and
+        let port guessing find that port with the peer as the opening side (PeerHidden). We
+        still punch every endpoint: the other peer may have left that port since, and a
+        direct handshake replaces the relay.
+
         The endpoints are the peer's own word about itself (the CTM is authenticated end to
         end), so it can only misdirect its own link; the punches are connect-backs within the
-        usual per-address budget.
+        usual per-address budget, and the relay fallback is one per peer per
+        ``ROAM_RELAY_RETRY_S``.
         """
         row = self._table.get(peer)
         if row is None or type(row.path) is SocketPath:
@@ -248,6 +260,12 @@ class Roaming:
         self._stats["peer_moved"] += 1
         if type(row.path) is Endpoint:
             self._links.peer_moved(peer, now=now)
+        held = {r.path for r in self._table if r.peer != peer}
+        if any(ep in held for ep in endpoints):
+            self._stats["peer_moved_to_taken"] += 1
+            self._emit(PeerHidden(peer))
+            if type(row.path) is Endpoint and self._relay_fallback(peer, now):
+                self._stats["peer_moved_to_taken_relayed"] += 1
         for ep in self._ctm.connect_back_endpoints(endpoints, now):
             self._links.connect(
                 ep,
