@@ -232,10 +232,17 @@ class PortGuessing:
         through our filtering NAT. Ask it to open as S does (FLAG_HIDDEN in our next HELLO,
         which may go at once) and knock at its address.
 
-        Bounds: a HELLO per peer as before (this lifts only the wait for ours); the flag lasts
-        BIRTHDAY_RETRY_S and ends with a direct path or our roam."""
+        A knock run at the peer within BIRTHDAY_RETRY_S (the pair may have been joined by
+        guessing before) does not hold this one back: it aimed at a mapping the peer lost.
+
+        Bounds: the flag lasts BIRTHDAY_RETRY_S and ends with a direct path or our roam, and
+        only a mark that is not already set lifts the waits for our HELLO and knock run: at
+        most one extra of each per peer per BIRTHDAY_RETRY_S."""
+        if self._hidden_flag(peer, now):
+            return
         self._hidden.pop(peer, None)
         self._hidden[peer] = now + timing.BIRTHDAY_RETRY_S
+        self._knocked_at.pop(peer, None)
         self._hello_at.pop(peer, None)
         self._peer_flags.pop(peer, None)  # what it said of its NAT described another mapping
         self.stats["peer_hidden"] += 1

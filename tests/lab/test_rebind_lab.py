@@ -25,11 +25,12 @@ that fails without it; this one times the real thing and guards it.
 In the race ``c1`` can lose for good, ``a1`` (which held port 5800 toward ``b1`` before the
 flush) takes it toward ``b1`` again while ``c1`` keeps it toward ``pub1``: ``c1``'s port toward
 ``b1`` is then one nobody can tell it, and re-advertised it names ``a1``'s path at ``b1``.
-``b1`` keys ``c1`` through a relay at once and port guessing looks for that port, with ``c1``
-as the side that opens (the shared case failed about 1 run in 20 on a 4 s outage before, and
-then stayed relayed). ``test_losing_the_port_to_a_neighbour_costs_under_2s`` forces that race:
-``a1`` pings ``b1`` at 20 Hz and ``c1`` pings ``pub1`` across the flush, and ``c1``'s datagrams
-to ``b1`` leave its router only 0.2 s after it (3.9 s outages in 3 of 3 runs before).
+``b1`` keys ``c1`` through a relay at once and port guessing finds that port, with ``c1`` as
+the side that opens (the shared case failed about 1 run in 20 on a 4 s outage before, and the
+pair then stayed relayed). ``test_losing_the_port_to_a_neighbour_costs_under_2s`` forces that
+race: ``a1`` pings ``b1`` at 20 Hz and ``c1`` pings ``pub1`` across the flush, and ``c1``'s main
+socket reaches ``b1`` only 0.2 s after it (before: 3.9 s outages and relayed for good, 3 of 3
+runs).
 
 Each case starts on a settled network that no other case flushed: ``a1``'s and ``a2``'s cases
 share one network without ``c1``, and ``c1``'s runs on one of its own (``NETWORKS``).
@@ -124,20 +125,13 @@ def test_pings_resume_within_2s_direct_after_the_nat_flushes_its_mappings(
     print(f"{a} flushed: outage {outage_s:.1f} s ({len(answered)} of {PINGS} answered)")
     assert outage_s <= 2.0, f"pings stopped for {outage_s:.1f} s"
     assert answered[-1] >= PINGS - 5, "pings did not resume to the end"
-    _direct_or_port_taken(net, a, b, a_vip, b_vip)
+    _both_direct(net, a, b, a_vip, b_vip)
     assert net.status(a).self_.vip == a_vip and net.status(b).self_.vip == b_vip
 
 
-def _direct_or_port_taken(net: IpopNet, a: str, b: str, a_vip: str, b_vip: str) -> None:
-    """Both ends direct again within 5 s; or else ``a``'s NAT gave its port toward ``b`` to
-    another host behind it (b counted it, and asked port guessing to find the new one): a
-    mapping nobody can tell us, which only a guess that hits makes direct again."""
-    if wait_for(lambda: peer_path(net, b, a_vip)[0] == "direct", 5):
-        assert wait_for(lambda: peer_path(net, a, b_vip)[0] == "direct", 5), net.status(a).peers
-        return
-    counters = net.status(b).counters
-    assert counters.get("overlay.peer_moved_to_taken", 0) >= 1, net.status(b).peers
-    print(f"{a} stays relayed: its NAT gave its port toward {b} to another host")
+def _both_direct(net: IpopNet, a: str, b: str, a_vip: str, b_vip: str) -> None:
+    assert wait_for(lambda: peer_path(net, b, a_vip)[0] == "direct", 5), net.status(b).peers
+    assert wait_for(lambda: peer_path(net, a, b_vip)[0] == "direct", 5), net.status(a).peers
 
 
 def test_losing_the_port_to_a_neighbour_costs_under_2s(
@@ -162,7 +156,10 @@ def test_losing_the_port_to_a_neighbour_costs_under_2s(
             argv = ["ping", "-n", "-q", "-c", "300", "-i", "0.05", vip]
             net.lab.spawn(host, argv, log_path=net.lab.workdir / f"busy-{host}.log")
         b1_public = str(net.lab.host("b1").public_ip)
-        block = f"iptables -{{}} FORWARD -s {net.lab.host('c1').ip} -d {b1_public} -j DROP"
+        # Only c1's main socket (port 5800) is held back: port guessing's openers, which may
+        # leave within the 0.2 s, come from other ports.
+        c1_ip = net.lab.host("c1").ip
+        block = f"iptables -{{}} FORWARD -s {c1_ip} -d {b1_public} -p udp --sport 5800 -j DROP"
 
         def flush() -> None:
             script = "; ".join(
@@ -182,4 +179,4 @@ def test_losing_the_port_to_a_neighbour_costs_under_2s(
         print(f"c1 lost its port toward b1: outage {outage_s:.1f} s ({len(answered)} answered)")
         assert outage_s <= 2.0, f"pings stopped for {outage_s:.1f} s"
         assert answered[-1] >= PINGS - 5, "pings did not resume to the end"
-        _direct_or_port_taken(net, "c1", "b1", c_vip, b_vip)
+        _both_direct(net, "c1", "b1", c_vip, b_vip)

@@ -496,3 +496,26 @@ def test_the_hidden_mark_does_not_lift_the_openers_bounds() -> None:
             opened += 1
     assert opened == 1
     assert len(h.datagrams_to_send()) == 8
+
+
+def test_a_peer_marked_hidden_soon_after_a_guess_is_guessed_again_once() -> None:
+    """Guessing joined the pair 10 s ago; then the peer's NAT lost its table and a neighbour
+    took its port: the new guess is not held back by the old run, but a second mark within
+    the retry interval lifts nothing."""
+    k, h = _pair()
+    go = _go_from_s(h, k)  # k knocks at h (the first join)
+    assert _knocks_after(k, go, now=T0, seen=S_SEEN) > 0
+    t = T0 + 10
+    k.hidden(S_ID, now=t)
+    hello = k.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=t)
+    assert hello is not None and hello[1] & FLAG_HIDDEN
+    h2 = PortGuessing(rng=random.Random(7), sockets=8, knocks=16)
+    go2 = h2.receive(
+        C_ID, hello, symmetric=False, translated=False, public_host=S_PUBLIC, endpoints=(),
+        now=t, seen_hosts=C_SEEN,
+    )  # fmt: skip
+    assert go2 is not None
+    assert _knocks_after(k, go2, now=t, seen=S_SEEN) > 0
+    assert k.drops["birthday_go_too_soon"] == 0
+    k.hidden(S_ID, now=t + 1)  # already marked: lifts nothing
+    assert k.hello(S_ID, symmetric=False, translated=False, endpoints=(), now=t + 1) is None
