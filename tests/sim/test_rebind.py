@@ -25,7 +25,7 @@ from ipop.nat.kinds import NatKind
 from ipop.overlay.node import OverlayConfig
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
-from ipop.testing.nat import NAT_KINDS
+from ipop.testing.nat import NAT_KINDS, PortAllocation
 from ipop.testing.netsim import NatBox, Network
 from ipop.testing.simnode import PORT, direct_both_ways, pinger, start_nodes
 from ipop.testing.waiting import until
@@ -282,6 +282,84 @@ def test_a_host_whose_port_its_neighbour_took_after_the_flush_is_direct_again(
             path = b.core.link.path_of(c.node_id)
             assert isinstance(path, Endpoint) and path.host == shared.public_ip
             assert path.port != PORT
+        finally:
+            await _stop(tasks, nodes)
+
+    run_virtual(body(), start=SIM_EPOCH)
+
+
+# The lab's Linux NAT as conntrack makes it: a port per remote endpoint, the inside port kept
+# toward a remote unless another host holds it toward that very remote (ipop.testing.nat).
+# On a clash it draws another port at random (what the lab saw: c1's port toward b1 after the
+# flush was one nobody could predict).
+_LINUX_FLOWS = dataclasses.replace(
+    _LINUX_PORT_RESTRICTED, ports_per_flow=True, port_allocation=PortAllocation.RANDOM
+)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_host_that_keeps_its_port_toward_one_peer_but_not_another_is_direct_again(
+    seed: int,
+) -> None:
+    """tests/lab/test_rebind_lab.py's forced case on NATs that keep ports per flow, as Linux
+    conntrack does: ``a`` and ``c`` share one NAT and one socket port. ``a`` joined first and
+    holds the port toward ``b``, so ``c``'s flow to ``b`` leaves from another one (port guessing
+    finds it). The NAT flushes while ``a`` pings ``b`` and ``c`` pings ``p``, and for 0.2 s
+    ``c``'s main socket cannot reach ``b`` (nor ``a``'s reach ``p``): ``a`` takes the port toward
+    ``b`` again, ``c`` takes it toward ``p``, so ``p`` sees ``c`` where ``b`` sees ``a`` and ``c``
+    advertises an endpoint that is ``a``'s path at ``b`` (``peer_moved_to_taken``). Traffic
+    must resume within 2 s and the pair be direct again. What this does not stage: in the lab's
+    failing runs the pair's path was ``c``'s main socket; here it is a punching socket, whose
+    own port the flush gives back, so the pair stays direct throughout."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        net = Network(rng=random.Random(seed))
+        ca = make_network("rebind", now=loop.time())
+        shared = net.add_nat("shared-nat", _LINUX_FLOWS)
+        b_nat = net.add_nat("b-nat", _LINUX_FLOWS)
+        p_host, a_host = net.add_public_host("p"), shared.add_host("a")
+        b_host, c_host = b_nat.add_host("b"), shared.add_host("c")
+        rng = random.Random(100 + seed)
+        nodes = start_nodes([p_host, a_host, b_host], ca, rng=rng)
+        tasks: list[asyncio.Task[None] | None] = []
+        answered: list[float] = []
+        try:
+            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            p, a, b = nodes
+            tasks.append(loop.create_task(pinger(a, b, [], every_s=0.05)))
+            assert await until(lambda: direct_both_ways(a, b), 30), "no direct a<->b before"
+            boot = [Endpoint(p_host.address, PORT)]
+            nodes += start_nodes([c_host], ca, rng=rng, bootstrap=boot)
+            c = nodes[3]
+            await asyncio.wait_for(c.dht_ready.wait(), 60)
+            toward_b, toward_p = Endpoint(b_nat.public_ip, PORT), Endpoint(p_host.address, PORT)
+            tasks.append(loop.create_task(pinger(b, c, answered, every_s=PING_EVERY_S)))
+            assert await until(lambda: direct_both_ways(b, c), 30), "no direct b<->c before"
+            held = shared.table.lookup(PORT, toward_b)
+            assert held is not None and held.internal.host == a_host.address, "premise: a first"
+            tasks.append(loop.create_task(pinger(c, p, [], every_s=0.05)))
+            await asyncio.sleep(2)
+            flushed_at = loop.time()
+            net.block(c_host, b_nat.public_ip, until=flushed_at + 0.2, port=PORT)
+            net.block(a_host, p_host.address, until=flushed_at + 0.2, port=PORT)
+            assert net.flush_nat(shared) > 0
+            # The premise: c keeps the port toward p, a takes it toward b again.
+            assert await until(lambda: shared.table.lookup(PORT, toward_b) is not None, 2)
+            assert await until(lambda: shared.table.lookup(PORT, toward_p) is not None, 2)
+            for remote, holder in ((toward_b, a_host), (toward_p, c_host)):
+                m = shared.table.lookup(PORT, remote)
+                assert m is not None and m.internal.host == holder.address, (remote, m)
+            assert await until(lambda: b.core.overlay.stats["peer_moved_to_taken"] > 0, 3)
+            assert await until(lambda: any(t > flushed_at for t in answered), 30)
+            resumed = min(t for t in answered if t > flushed_at) - flushed_at
+            print(f"c lost its port toward b only: traffic resumed after {resumed:.2f} s")
+            assert resumed <= RESUME_WITHIN_S, f"traffic resumed only after {resumed:.2f} s"
+            left = flushed_at + DIRECT_AGAIN_WITHIN_S - loop.time()
+            assert await until(lambda: direct_both_ways(b, c), left), (
+                b.core.link.path_of(c.node_id),
+                c.core.link.path_of(b.node_id),
+            )
         finally:
             await _stop(tasks, nodes)
 
