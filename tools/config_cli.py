@@ -321,30 +321,44 @@ def cmd_revoke(args: argparse.Namespace, *, now: float) -> int:
 
 
 def describe(bundle: Bundle, *, path: str, size: int, now: float) -> dict[str, object]:
-    """The JSON document ``show --json`` prints (a contract for scripts)."""
+    """The JSON document ``show --json`` prints (a contract for scripts). The network keys are
+    null for an overlay-only bundle; the ``overlay*`` keys appear only when the bundle names
+    an overlay, so a one-network bundle's document is what it always was."""
     problems = bundle.problems(now=now)
-    cert = bundle.node_cert
-    return {
+    cert, trust = bundle.node_cert, bundle.trust
+    info: dict[str, object] = {
         "path": path,
         "valid": not problems,
         "problems": [f"{key}: {problem} ({fix})" for key, problem, fix in problems],
         "network": bundle.network,
-        "subnet": str(bundle.subnet),
+        "subnet": None if bundle.subnet is None else str(bundle.subnet),
         "bootstrap": [str(ep) for ep in bundle.bootstrap],
-        "dns_suffix": bundle.dns_suffix,
+        "dns_suffix": bundle.dns_suffix if bundle.is_member else None,
         "node_name": bundle.node_name,
         "hostname": bundle.hostname,
-        "router_hosts": cert.router_hosts,
+        "router_hosts": None if cert is None else cert.router_hosts,
         "node_id": bundle.node_id.hex(),
-        "cert_not_before": _iso(cert.not_before),
-        "cert_not_after": _iso(cert.not_after),
-        "ca_not_before": _iso(bundle.trust.not_before),
-        "ca_not_after": _iso(bundle.trust.not_after),
-        "ca_fingerprint": bundle.trust.fingerprint,
-        "crl_number": bundle.trust.check_crl(bundle.crl_pem).number if bundle.crl_pem else 0,
+        "cert_not_before": None if cert is None else _iso(cert.not_before),
+        "cert_not_after": None if cert is None else _iso(cert.not_after),
+        "ca_not_before": None if trust is None else _iso(trust.not_before),
+        "ca_not_after": None if trust is None else _iso(trust.not_after),
+        "ca_fingerprint": None if trust is None else trust.fingerprint,
+        "crl_number": trust.check_crl(bundle.crl_pem).number
+        if trust is not None and bundle.crl_pem
+        else 0,
         "size_bytes": size,
         "format": bundle.format_version,
     }
+    if bundle.overlay is not None:
+        ocert, otrust = bundle.overlay_cert, bundle.overlay_trust
+        info |= {
+            "overlay": bundle.overlay,
+            "overlay_cert_not_before": _iso(ocert.not_before),
+            "overlay_cert_not_after": _iso(ocert.not_after),
+            "overlay_ca_not_after": _iso(otrust.not_after),
+            "overlay_ca_fingerprint": otrust.fingerprint,
+        }
+    return info
 
 
 def cmd_show(args: argparse.Namespace, *, now: float) -> int:
