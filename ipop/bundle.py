@@ -16,20 +16,22 @@ certificate and private key, the bootstrap endpoints, the virtual subnet and the
     node_key = '''-----BEGIN PRIVATE KEY-----…'''
     crl = '''-----BEGIN X509 CRL-----…'''   # optional: the network's revocation list
 
-A network on a shared overlay (issue 17) adds three keys; the node key stays one, so both
-certificates certify it and the node id is one::
+A network on a shared overlay (issue 17) adds three keys and an optional fourth; the node
+key stays one, so both certificates certify it and the node id is one::
 
     overlay = "shared"                          # the overlay's name (its CA's O=)
     overlay_ca_cert = '''-----BEGIN CERTIFICATE-----…'''   # the overlay CA
     overlay_cert = '''-----BEGIN CERTIFICATE-----…'''      # this node's, from the overlay CA
+    overlay_crl = '''-----BEGIN X509 CRL-----…'''         # optional: the overlay's CRL
 
 Links, routing and origin auth then use the overlay credentials
 (:meth:`Bundle.overlay_identity`), the network's DHT records the network ones
 (:meth:`Bundle.identity`); :meth:`Bundle.identities` gives both, the same object for a bundle
 without overlay keys, which is exactly today's one-network node (such files are read and
 written byte for byte as before). An overlay-only bundle has ``format``, ``overlay``,
-``overlay_ca_cert``, ``overlay_cert``, ``node_key``, ``bootstrap`` and ``node_name`` only: no
-network key at all (:meth:`Bundle.identity` and :meth:`Bundle.membership` raise for it).
+``overlay_ca_cert``, ``overlay_cert``, ``node_key``, ``bootstrap``, ``node_name`` and perhaps
+``overlay_crl`` only: no network key at all (:meth:`Bundle.identity` and
+:meth:`Bundle.membership` raise for it).
 Sizes measured with ``ipop-config`` (one bootstrap endpoint, a hostname): 1.6 KB for a
 one-network bundle, 2.75 KB with the overlay keys (3.1 KB with a one-entry CRL), 1.56 KB
 overlay-only; MAX_BUNDLE_BYTES (25 KB) stays, with room for hundreds of bootstrap endpoints.
@@ -45,6 +47,8 @@ The optional ``crl`` is the CA-signed revocation list in force when ``ipop-confi
 bundle (see :meth:`ipop.identity.CaTrust.apply_crl`); it is verified at construction and
 installed in the bundle's trust by :meth:`Bundle.identity`, so a new node refuses revoked
 members from its first handshake. Revocations of unexpired certificates only: ~40 bytes each.
+On a shared overlay ``crl`` is the network CA's (it refuses DHT records of revoked members)
+and ``overlay_crl`` the overlay CA's (it refuses their links), each installed in its trust.
 
 Writing uses a small TOML emitter of our own (the stdlib only reads TOML); it escapes every
 string so what :func:`dump_bundle` writes, :func:`parse_bundle` reads back unchanged.
@@ -239,6 +243,7 @@ _KEYS = (
     "node_cert",
     "node_key",
     "crl",
+    "overlay_crl",
 )
 # Every bundle has these; a member's also the network keys; one on a shared overlay also these.
 _BASE_KEYS = ("format", "bootstrap", "node_name", "node_key")
@@ -266,6 +271,15 @@ def _certificate(trust: CaTrust, pem: bytes, *, key: str, ca: str, fix: str) -> 
         return trust.verify_untimed(der)
     except CertificateError as exc:
         raise ConfigError(key, f"not accepted by the bundled {ca} ({exc})", fix) from None
+
+
+def _check_crl(trust: CaTrust, pem: bytes | None, *, key: str, ca: str, fix: str) -> None:
+    """The bundle's CRL ``key`` (if any) is one ``trust``'s CA signed."""
+    if pem is not None:
+        try:
+            trust.check_crl(pem)
+        except CrlError as exc:
+            raise ConfigError(key, f"not accepted by the bundled {ca} ({exc})", fix) from None
 
 
 def _window(
@@ -315,6 +329,7 @@ class Bundle:
     overlay: str | None = None
     overlay_ca_cert_pem: bytes | None = None
     overlay_cert_pem: bytes | None = None
+    overlay_crl_pem: bytes | None = None
     # Derived in __post_init__: the network's CA and certificate (None: overlay-only) and the
     # overlay's (the network's own objects when the bundle names no overlay).
     trust: CaTrust | None = field(init=False, repr=False, compare=False)
@@ -346,6 +361,7 @@ class Bundle:
             for key, value in (
                 ("overlay_ca_cert", self.overlay_ca_cert_pem),
                 ("overlay_cert", self.overlay_cert_pem),
+                ("overlay_crl", self.overlay_crl_pem),
             ):
                 if value is not None:
                     raise ConfigError("overlay", "is missing", f"name the overlay {key} is of")
@@ -401,13 +417,7 @@ class Bundle:
             )
         if self._public_key("node_cert", _FIX_REMAKE) != cert.public_key_raw:
             raise ConfigError("node_key", "does not match node_cert", _FIX_REMAKE)
-        if self.crl_pem is not None:
-            try:
-                trust.check_crl(self.crl_pem)
-            except CrlError as exc:
-                raise ConfigError(
-                    "crl", f"not accepted by the bundled CA ({exc})", _FIX_REMAKE
-                ) from None
+        _check_crl(trust, self.crl_pem, key="crl", ca="CA", fix=_FIX_REMAKE)
         return trust, cert
 
     def _check_no_network(self) -> None:
@@ -465,6 +475,7 @@ class Bundle:
                 )
         elif self._public_key("overlay_cert", fix) != cert.public_key_raw:
             raise ConfigError("node_key", "does not match overlay_cert", fix)
+        _check_crl(trust, self.overlay_crl_pem, key="overlay_crl", ca="overlay CA", fix=fix)
         return trust, cert
 
     # --- what the rest of the code asks for ---------------------------------------------------
@@ -527,6 +538,9 @@ class Bundle:
             assert member is not None
             return member, member
         assert self.overlay_cert_pem is not None
+        if self.overlay_crl_pem is not None:
+            with contextlib.suppress(CrlError):  # as crl above
+                self.overlay_trust.apply_crl(self.overlay_crl_pem, now=now)
         overlay = NodeIdentity.from_pem(
             self.node_key_pem,
             self.overlay_cert_pem,
@@ -616,7 +630,7 @@ def _check_key_set(table: dict[str, object]) -> None:
                     "remove it, or make a member's bundle with 'ipop-config node NETWORK NAME'",
                 )
     if not has_overlay:
-        for key in _OVERLAY_KEYS:
+        for key in (*_OVERLAY_KEYS, "overlay_crl"):
             if key in table:
                 raise ConfigError(
                     "overlay", f"is missing, but {key} is there", "name the overlay or remove it"
@@ -679,6 +693,7 @@ def parse_bundle(text: str, *, source: str) -> Bundle:
             overlay=None if overlay is None else str(overlay),
             overlay_ca_cert_pem=_optional_pem(table, "overlay_ca_cert"),
             overlay_cert_pem=_optional_pem(table, "overlay_cert"),
+            overlay_crl_pem=_optional_pem(table, "overlay_crl"),
         )
     except ConfigError as exc:
         raise _with_source(exc, source) from None
@@ -735,6 +750,7 @@ def dump_bundle(b: Bundle) -> str:
         ("node_cert", b.node_cert_pem),
         ("node_key", b.node_key_pem),
         ("crl", b.crl_pem),
+        ("overlay_crl", b.overlay_crl_pem),
     ):
         if pem is not None:
             items.append((key, pem.decode("ascii")))

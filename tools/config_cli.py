@@ -24,6 +24,7 @@ Commands::
     ipop-config overlay init OVERLAY [--days N]
     ipop-config overlay node OVERLAY NAME --bootstrap IP:PORT [...] [--days N] [--out FILE]
                 [--force]
+    ipop-config overlay revoke OVERLAY NAME|NETWORK/NAME|NODE_ID [--out FILE]
     ipop-config show BUNDLE [--json]
 
 Overlays: ``overlay init`` makes an overlay CA (an ordinary ipop CA whose O= is the overlay's
@@ -33,7 +34,9 @@ issues two certificates for the node's one key, the network's (DHT records, name
 overlay's (links, routing; in the overlay's register as ``NETWORK/NAME``); the overlay's home
 is local to this tool, where in a real split the overlay's operator signs the second.
 ``overlay node`` makes an overlay-only bundle (no network keys). ``revoke`` revokes network
-certificates only; a node's overlay certificate is revoked when ``node --force`` re-issues it.
+certificates only (DHT records); ``overlay revoke`` revokes overlay certificates (links), a
+member's as ``NETWORK/NAME``; ``node --force`` revokes a member's earlier ones of both. Bundles
+carry each CA's list in force: ``crl`` and ``overlay_crl``.
 
 Names are bound to certificates: ``node`` refuses a node name or hostname that a live
 (unexpired, unrevoked) certificate of the register already carries. ``--force`` re-issues a node
@@ -416,6 +419,9 @@ def cmd_node(args: argparse.Namespace, *, now: float) -> int:
         hostname=hostname,
         dns_suffix=settings.dns_suffix,
         crl_pem=current_crl(folder, network),
+        overlay_crl_pem=None
+        if overlay_ca is None
+        else current_crl(overlay_folder(args.home, overlay_ca.network), overlay_ca.network),
         overlay=None if overlay_ca is None else overlay_ca.network,
         overlay_ca_cert_pem=None if overlay_ca is None else overlay_ca.cert_pem(),
         overlay_cert_pem=None if overlay is None else overlay.cert.pem(),
@@ -455,6 +461,7 @@ def cmd_overlay_node(args: argparse.Namespace, *, now: float) -> int:
         node_key_pem=identity.private_key_pem(),
         bootstrap=bootstrap,
         node_name=name,
+        overlay_crl_pem=current_crl(folder, overlay),
     )
     data = dump_bundle(bundle).encode("utf-8")
     write_file(out, data, 0o600, overwrite=args.force)
@@ -487,7 +494,17 @@ def _victims(register: Register, target: str, now: float) -> list[Issued]:
 def cmd_revoke(args: argparse.Namespace, *, now: float) -> int:
     network = validate_network(args.network, key="NETWORK")
     ca, _settings = _load_network(args.home, network)
-    folder = args.home / network
+    return _revoke(args, ca, args.home / network, now=now)
+
+
+def cmd_overlay_revoke(args: argparse.Namespace, *, now: float) -> int:
+    overlay = validate_network(args.overlay, key="OVERLAY")
+    ca = _load_overlay(args.home, overlay)
+    return _revoke(args, ca, overlay_folder(args.home, overlay), now=now)
+
+
+def _revoke(args: argparse.Namespace, ca: NetworkCA, folder: Path, *, now: float) -> int:
+    """Revoke what ``args.target`` names in ``folder``'s register and write the next CRL."""
     register = Register.load(folder)
     victims = _victims(register, args.target, now)
     if not victims:
@@ -545,6 +562,9 @@ def describe(bundle: Bundle, *, path: str, size: int, now: float) -> dict[str, o
             "overlay_cert_not_after": _iso(ocert.not_after),
             "overlay_ca_not_after": _iso(otrust.not_after),
             "overlay_ca_fingerprint": otrust.fingerprint,
+            "overlay_crl_number": otrust.check_crl(bundle.overlay_crl_pem).number
+            if bundle.overlay_crl_pem
+            else 0,
         }
     return info
 
@@ -666,6 +686,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=NODE_CERT_DEFAULT_DAYS, help="cert lifetime")
     _add_bundle_out(p)
     p.set_defaults(func=cmd_overlay_node)
+    p = osub.add_parser("revoke", help="revoke overlay certificates; writes the overlay's CRL")
+    p.add_argument("overlay", metavar="OVERLAY")
+    p.add_argument(
+        "target", metavar="NAME|NETWORK/NAME|NODE_ID", help="a network member is NETWORK/NAME"
+    )
+    p.add_argument("--out", help="also write the CRL (PEM) here")
+    _add_home(p)
+    p.set_defaults(func=cmd_overlay_revoke)
 
     p = sub.add_parser("show", help="what a bundle holds and whether it is valid now")
     p.add_argument("bundle", metavar="BUNDLE")

@@ -26,6 +26,7 @@ from ipop.errors import ConfigError
 from ipop.identity import CaTrust, NetworkCA, NodeIdentity
 from ipop.testing.identities import make_identity, make_network
 from ipop.tools.config_cli import main
+from ipop.tools.config_home import crl_pem
 from ipop.types import Endpoint
 
 NOW = 1_795_305_600.0  # 2026-11-22
@@ -133,6 +134,28 @@ def test_reissue_revokes_the_old_overlay_certificate(ws: Path, run: Run) -> None
     assert trust.is_revoked(old.overlay_cert)
     new = load_bundle(ws / "alice.bundle.toml")
     assert not trust.is_revoked(new.overlay_cert)
+
+
+def test_overlay_revoke_cuts_a_member_and_new_bundles_carry_the_list(ws: Path, run: Run) -> None:
+    assert run("node", "lab", "alice")[0] == 0
+    alice = load_bundle(ws / "alice.bundle.toml")
+    rc, out, err = run("overlay", "revoke", "shared", "lab/alice", "--out", "shared.crl.pem")
+    assert rc == 0, err
+    assert f"revoked lab/alice node id {alice.node_id.hex()}" in out
+    rc, _, err = run("overlay", "revoke", "shared", "lab/alice")
+    assert rc == 2 and "no live certificate" in err
+    # The network register is the network's: alice's network certificate still stands.
+    assert 'revoked_at": null' in (ws / "home/lab/issued.json").read_text()
+    assert run("node", "lab", "bob")[0] == 0
+    bob = load_bundle(ws / "bob.bundle.toml")
+    assert bob.overlay_crl_pem == (ws / "shared.crl.pem").read_bytes()
+    assert bob.crl_pem is None  # the network revoked nothing
+    overlay, member = bob.identities(now=NOW)
+    assert overlay.trust.is_revoked(alice.overlay_cert) and overlay.trust.crl_number == 1
+    assert member is not None and member.trust.crl_number == 0
+    assert json.loads(run("show", "bob.bundle.toml", "--json")[1])["overlay_crl_number"] == 1
+    assert run("overlay", "node", "shared", "relay1", *BOOT)[0] == 0
+    assert load_bundle(ws / "relay1.bundle.toml").overlay_crl_pem is not None
 
 
 @pytest.mark.parametrize(
@@ -256,6 +279,7 @@ def _other_key_cert(c: Creds) -> bytes:
         ({"overlay": None}, "overlay", "is missing, but overlay_ca_cert is there"),
         ({"network": None}, "subnet", "overlay-only bundle names no network"),
         ({"overlay_ca_cert": "garbage"}, "overlay_ca_cert", ""),
+        ({"overlay_crl": "NETWORK_CRL"}, "overlay_crl", "not accepted by the bundled overlay CA"),
     ],
 )
 def test_overlay_keys_that_do_not_fit_name_the_key(
@@ -268,6 +292,7 @@ def test_overlay_keys_that_do_not_fit_name_the_key(
         "OTHER_KEY": _other_key_cert(creds).decode(),
         "NETWORK_CERT": creds.member.cert.pem().decode(),
         "NETWORK_CA": creds.network.cert_pem().decode(),
+        "NETWORK_CRL": crl_pem(creds.network.make_crl([], number=1, now=NOW)).decode(),
     }
     resolved = {k: values.get(v, v) if isinstance(v, str) else v for k, v in changes.items()}
     with pytest.raises(ConfigError) as exc:
