@@ -76,7 +76,7 @@ from ipop.overlay.messages import (
 from ipop.overlay.node import OverlayConfig, OverlayNode, OverlaySnapshot
 from ipop.overlay.origin import OriginAuth
 from ipop.punching import NO_VIEW, PublicView, Punching, public_view
-from ipop.revocation import CrlGossip
+from ipop.revocation import CrlGossip, signed_by
 from ipop.routes import ROUTED_IP_MTU, RouteProbes
 from ipop.shortcuts import ShortcutKeeper
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
@@ -121,8 +121,15 @@ class NodeCore:
         link_config: LinkConfig | None = None,
         shortcuts: bool = True,
         stun_serve: bool = False,
+        member: NodeIdentity | None = None,
     ) -> None:
+        """``identity``: the overlay identity (links, origin auth, the CRL gossiped here);
+        ``member``: the network identity over the same key (its CA's CRL is installed by
+        :meth:`apply_crl`), the same object when the network is its own overlay (default)."""
+        if member is not None and member.node_id != identity.node_id:
+            raise LocalProtocolError("overlay and network identities hold different keys")
         self.identity = identity
+        self.member = identity if member is None else member
         self.local_id = identity.node_id
         self.link = LinkLayer(identity, rng=random.Random(rng.random()), config=link_config)
         self.overlay = OverlayNode(
@@ -228,7 +235,13 @@ class NodeCore:
 
     def apply_crl(self, data: bytes, *, now: float) -> VerifiedCrl:
         """Install a CRL (DER or PEM) handed over locally (bundle, file, operator), then end
-        revoked peers' sessions and spread it. Raises :class:`ipop.identity.CrlError`."""
+        revoked peers' sessions and spread it. Raises :class:`ipop.identity.CrlError`.
+
+        On a shared overlay a CRL of the network's CA goes to the network trust instead: it
+        refuses the revoked members' DHT records; links are the overlay CA's to cut, and the
+        gossip carries only the overlay's list (both trusts are one object otherwise)."""
+        if self.member.trust is not self.identity.trust and signed_by(self.member.trust, data):
+            return self.member.trust.apply_crl(data, now=now)
         crl = self.identity.trust.apply_crl(data, now=now)
         self._crl_installed(None, now)
         self._settle(now)

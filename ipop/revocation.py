@@ -24,6 +24,13 @@ counted in ``stats["chunk_duplicate"]`` and dropped before any work.
 
 The intervals are in :mod:`ipop.timing`.
 
+Which CA (issue 17, shared overlays): the gossip runs over links, so it carries the OVERLAY
+CA's list, the one that decides who may link; a one-network node's overlay CA is its network
+CA, so nothing changes there. A member on a shared overlay installs its network CA's list
+(bundle ``crl``, ``[identity] crl``, ``ipop crl push``) in its network trust only, picked by
+:func:`signed_by`: it refuses the revoked members' DHT records; it is not gossiped (peers on
+the overlay need not be members, and one number per link cannot name two lists).
+
 Bounds (an insider can send any TYPE_CRL it likes): per peer one assembly of at most
 MAX_CRL_BYTES, discarded after CRL_ASSEMBLY_TIMEOUT_S; one CRL pushed per peer per
 CRL_PUSH_INTERVAL_S; a peer whose CRL failed verification is ignored for CRL_VERIFY_BACKOFF_S
@@ -48,6 +55,7 @@ __all__ = [
     "DROP_REASONS",
     "MAX_PEERS",
     "CrlGossip",
+    "signed_by",
 ]
 
 MAX_PEERS: Final = 1024
@@ -89,6 +97,16 @@ class _PeerState:
         self.asked_at = -1e18
         self.backoff_until = -1e18
         self.assembly: _Assembly | None = None
+
+
+def signed_by(trust: CaTrust, data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` is a CRL that ``trust``'s CA signed (of two trusts, which one it is
+    for). One parse and one signature check; changes nothing."""
+    try:
+        trust.check_crl(data)
+    except CrlError:
+        return False
+    return True
 
 
 class CrlGossip:

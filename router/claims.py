@@ -312,8 +312,10 @@ class HostClaims:
     async def _register_hostname(self, host: LanHost, hostname: str) -> None:
         node = self.lan.node
         assert node is not None and node.dht is not None
-        under = node.identity.cert.hostname
-        if under is None or not node.identity.cert.is_router:
+        # The network certificate (on a shared overlay the links' one names no hosts).
+        cert = self.lan.daemon.membership.node_cert
+        under = cert.hostname
+        if under is None or not cert.is_router:
             self.lan.count_drop("no_name_authority")  # tools/routerd refuses such bundles
             self._naming.discard(host.mac)
             return

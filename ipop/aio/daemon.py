@@ -120,8 +120,10 @@ class Daemon:
     ) -> None:
         self.bundle = bundle
         self.settings = settings
-        self.network = bundle.network
-        self.subnet: IPv4Network = bundle.subnet
+        # The network this daemon serves (ConfigError for an overlay-only bundle: not yet).
+        self.membership = bundle.membership()
+        self.network = self.membership.network
+        self.subnet: IPv4Network = self.membership.subnet
         self.gateway = IPv4Address(int(self.subnet.network_address) + 1)
         self.suffix = bundle.dns_suffix
         self._services_factory = services
@@ -200,9 +202,12 @@ class Daemon:
     async def _start(self) -> None:
         s = self.settings
         now = time.time()
-        identity = self.bundle.identity(now=now)
+        # Overlay identity for links and routing, network identity for DHT records: one
+        # object unless the bundle puts the network on a shared overlay.
+        identity, member = self.bundle.identities(now=now)
+        assert member is not None  # membership() refused overlay-only bundles
         if s.crl_file is not None:
-            load_crl_file(identity.trust, s.crl_file, now=now)
+            load_crl_file(identity.trust, s.crl_file, now=now, network=member.trust)
         try:
             self.udp = UdpSocket(s.listen)
         except OSError as exc:
@@ -218,6 +223,7 @@ class Daemon:
         remembered = [ep for ep in self.peer_store.load() if ep not in local]
         self.node = Node(
             identity,
+            member=member,
             bootstrap=bootstrap,
             clock=time.time,
             rng=self.rng,
@@ -338,7 +344,7 @@ class Daemon:
         # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
         self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
         # A router may publish for its LAN hosts too: replicas grant it one more each.
-        quota = SERVICE_QUOTA + self.bundle.node_cert.router_hosts
+        quota = SERVICE_QUOTA + self.membership.node_cert.router_hosts
         self.publisher = ServicePublisher(
             node.dht, self.network, ttl=self.settings.lease_s, quota=quota
         )

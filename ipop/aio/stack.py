@@ -105,18 +105,24 @@ class Node:
         link_config: LinkConfig | None = None,
         dht_config: DhtConfig | None = None,
         on_ip: Callable[[NodeId, bytes], None] | None = None,
+        member: NodeIdentity | None = None,
     ) -> None:
-        self.identity = identity
-        self.node_id = identity.node_id
-        self.clock = clock
-        self._rng = rng
+        """``identity``: the overlay identity (links, routing); ``member``: the network
+        identity over the same key, which signs and checks DHT records (default: the same
+        object, a network that is its own overlay)."""
         self.core = NodeCore(
             identity,
             rng=random.Random(rng.random()),
             bootstrap=bootstrap,
             overlay_config=overlay_config,
             link_config=link_config,
+            member=member,
         )
+        self.identity = identity
+        self.member = self.core.member
+        self.node_id = identity.node_id
+        self.clock = clock
+        self._rng = rng
         self._dht_config = dht_config
         self.on_ip = on_ip
         self.dht: DhtService | None = None
@@ -235,7 +241,7 @@ class Node:
         if self.driver is None:
             raise RuntimeError("attach() a socket before start()")
         self.dht = DhtService(
-            self.identity,
+            self.member,
             _Port(self),
             rng=random.Random(self._rng.random()),
             config=self._dht_config,

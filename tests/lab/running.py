@@ -26,12 +26,13 @@ def start_daemons(
     hosts: Iterable[str] | None = None,
     metrics: bool = False,
     web: bool = False,
+    overlay: str | None = None,
 ) -> IpopNet:
     """Configure every host of ``lab`` (``addressing``: host -> "dhcp"; ``metrics``: each
     daemon serves them on ipopnet.METRICS_LISTEN; ``web``: its status page on
     ipopnet.WEB_LISTEN), start the daemons of ``hosts`` in that order (default: all, the
     bootstrap first) and wait until each holds its virtual IP."""
-    ipop = IpopNet(lab, metrics=metrics, web=web)
+    ipop = IpopNet(lab, metrics=metrics, web=web, overlay=overlay)
     ipop.prepare(addressing=addressing)
     if hosts is None:
         ipop.start_all()
@@ -56,6 +57,7 @@ def running_net(
     hosts: Iterable[str] | None = None,
     metrics: bool = False,
     web: bool = False,
+    overlay: str | None = None,
 ) -> Iterator[IpopNet]:
     """Build ``topology`` and :func:`start_daemons` on it; tear all of it down afterwards."""
     prefix = process_prefix(prefix_tag)
@@ -63,11 +65,29 @@ def running_net(
     try:
         lab.up()
         yield start_daemons(
-            lab, ready_s=ready_s, addressing=addressing, hosts=hosts, metrics=metrics, web=web
+            lab,
+            ready_s=ready_s,
+            addressing=addressing,
+            hosts=hosts,
+            metrics=metrics,
+            web=web,
+            overlay=overlay,
         )
     finally:
         lab.down()
         cleanup_stale(prefix)
+
+
+def ping_ok(net: IpopNet, src: str, target: str, tries: int = 3) -> str:
+    """``ping -c 1`` from ``src`` to ``target`` until one answers (its output), at most
+    ``tries`` times; AssertionError with the last output otherwise."""
+    out = ""
+    for _ in range(tries):
+        res = net.lab.exec(src, ["ping", "-c", "1", "-W", "2", target], timeout=10)
+        out = res.stdout + res.stderr
+        if res.returncode == 0:
+            return out
+    raise AssertionError(f"{src} -> {target} failed: {out}")
 
 
 def peer_path(net: IpopNet, host: str, vip: str) -> tuple[str, str | None]:

@@ -86,7 +86,7 @@ class Attacker:
         for name, vip, _ in victims[:2]:
             for key, value in ((name_key(d.network, name), (d.vip or vip).packed),
                                (ip_key(d.network, vip), b"")):  # fmt: skip
-                rec = Record.sign(node.identity, key, value, seq=1 << 20, expires_at=expires)
+                rec = Record.sign(node.member, key, value, seq=1 << 20, expires_at=expires)
                 eclipsers.append(Eclipser(node, key_id(key), rec))
         for e in eclipsers:
             self._count("eclipse_plants", e.plant([v[2] for v in victims]))

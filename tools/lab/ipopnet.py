@@ -139,8 +139,12 @@ class IpopNet:
         log_level: str = "info",
         metrics: bool = False,
         web: bool = False,
+        overlay: str | None = None,
     ) -> None:
+        """``overlay``: put the network on an overlay of that name with a CA of its own
+        (``ipop-config overlay init``), so every bundle holds two certificates."""
         self.lab = lab
+        self.overlay = overlay
         self.metrics = metrics
         self.web = web
         self.network = network
@@ -182,7 +186,11 @@ class IpopNet:
             for stale in (f.config, f.bundle, f.log, f.socket):
                 stale.unlink(missing_ok=True)
         boots = [a for b in self.lab.bootstraps for a in ("--bootstrap", f"{b.ip}:{IPOP_PORT}")]
-        self._config_cli(["init", self.network, "--subnet", str(self.subnet), *boots])
+        on: list[str] = []
+        if self.overlay is not None:
+            self._config_cli(["overlay", "init", self.overlay])
+            on = ["--overlay", self.overlay]
+        self._config_cli(["init", self.network, "--subnet", str(self.subnet), *boots, *on])
         for h in self.lab.hosts:
             f = self.files(h)
             # A router's certificate grants its LAN hosts' records (router.max_hosts' default).
