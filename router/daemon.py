@@ -189,6 +189,7 @@ class RouterLan:
         self.daemon = daemon
         # What does not change for the daemon's life, named here as the code below uses it.
         self.settings, self.network, self.rng = daemon.settings, daemon.network, daemon.rng
+        self.namespace = daemon.namespace  # of the DHT keys it claims (ipop.dht.record)
         self.subnet, self.gateway, self.suffix = daemon.subnet, daemon.gateway, daemon.suffix
         self.tasks, self.address = daemon.tasks, daemon.address
         self.arp = ArpResponder(None, self.subnet)

@@ -57,7 +57,7 @@ from ipop.aio.tap import Tap
 from ipop.bundle import Bundle
 from ipop.dht.names import lookup_name
 from ipop.dht.publish import ServiceKeeper, ServicePublisher, list_services
-from ipop.dht.record import ip_key
+from ipop.dht.record import ip_key, namespace_of
 from ipop.dht.service import DhtConfig
 from ipop.dht.srv import PROTOS, SERVICE_QUOTA, ServiceValue
 from ipop.errors import ConfigError
@@ -123,6 +123,8 @@ class Daemon:
         # The network this daemon serves (ConfigError for an overlay-only bundle: not yet).
         self.membership = bundle.membership()
         self.network = self.membership.network
+        # Every DHT key of the network starts with it: names the CA key (ipop.dht.record).
+        self.namespace = namespace_of(self.membership.trust)
         self.subnet: IPv4Network = self.membership.subnet
         self.gateway = IPv4Address(int(self.subnet.network_address) + 1)
         self.suffix = bundle.dns_suffix
@@ -139,6 +141,7 @@ class Daemon:
         self.address = AddressKeeper(
             state_dir=settings.state_dir,
             network=self.network,
+            namespace=self.namespace,
             subnet=self.subnet,
             suffix=self.suffix,
             lease_s=settings.lease_s,
@@ -346,7 +349,7 @@ class Daemon:
         # A router may publish for its LAN hosts too: replicas grant it one more each.
         quota = SERVICE_QUOTA + self.membership.node_cert.router_hosts
         self.publisher = ServicePublisher(
-            node.dht, self.network, ttl=self.settings.lease_s, quota=quota
+            node.dht, self.namespace, ttl=self.settings.lease_s, quota=quota
         )
         # Published last: a status showing the vIP means the node answers to all its names.
         self.vip = vip
@@ -489,7 +492,7 @@ class Daemon:
         node = self.node
         if node is None or node.dht is None:
             return None
-        record = await node.dht.get(ip_key(self.network, vip))
+        record = await node.dht.get(ip_key(self.namespace, vip))
         if record is None or record.tombstone:
             return None
         return record.owner
@@ -506,7 +509,7 @@ class Daemon:
         node = self.node
         if node is None or node.dht is None:
             return None
-        return await lookup_name(node.dht, self.network, name, self.subnet)
+        return await lookup_name(node.dht, self.namespace, name, self.subnet)
 
     async def dns_lookup(self, name: str) -> IPv4Address | tuple[ServiceValue, ...] | None:
         """What DNS asks the DHT: a service ``_<name>._<proto>`` (its verified instances) or
@@ -517,7 +520,7 @@ class Daemon:
             if node is None or node.dht is None:
                 return None
             found = await list_services(
-                node.dht, self.network, service[1:], proto[1:], subnet=self.subnet
+                node.dht, self.namespace, service[1:], proto[1:], subnet=self.subnet
             )
             return tuple(ServiceValue(i.addr, i.port, i.txt) for i in found)
         return await self.resolve(name)
@@ -636,7 +639,7 @@ class Daemon:
         learned = 0
         for info in todo:
             assert info.hostname is not None
-            vip = await lookup_name(node.dht, self.network, info.hostname, self.subnet)
+            vip = await lookup_name(node.dht, self.namespace, info.hostname, self.subnet)
             if vip is not None and await self.lookup_owner(vip) == info.peer:
                 self.peer_vips[info.peer] = (vip, now)
                 learned += 1

@@ -21,11 +21,18 @@ Byte layout of an encoded record (all integers big-endian)::
     Other flag bits must be zero. Trailing bytes are refused: a record is exact.
     The whole record is at most MAX_RECORD_BYTES (1023): a record always fits one overlay
     datagram. Measured (tests/unit/test_dht_policy.py): a name record of node "node1" with
-    hostname "alice" in network "testnet" is 544 bytes (its certificate 383), an ip record
-    543; a router's 32 bytes more (its certificate carries the router extension). Names at
-    the limits of every length rule (56-byte network, 63-byte node name, two 63-byte labels)
-    would make a 1,065-byte name record: signing refuses it rather than sending what replicas
-    would refuse.
+    hostname "alice" in network "testnet" is 597 bytes (its certificate 383, its key 71 of
+    which the namespace is 60), an ip record 596; a router's 32 bytes more (its certificate
+    carries the router extension). The namespace (:func:`namespace_of`) made every key 53
+    bytes longer (544/543/576 before). Keys: the longest legal one, a LAN host name of two
+    63-byte labels in a 56-byte network, is 242 bytes (namespace 109 + ":name:" + 127), under
+    MAX_KEY_BYTES (255). Whole records: names at the limits of every length rule (56-byte
+    network, 63-byte node name, two 63-byte labels, a router) would make a 1,118-byte name
+    record (1,065 before namespaces); signing refuses it rather than sending what replicas
+    would refuse. Such a worst-case router fits while the network name is at most 37 bytes
+    (each network byte is in the key once and in the certificate four times); a plain node's
+    name record at every limit is 1,023 bytes, just in. User and service records with large
+    values at long names did not fit before either: signing refuses them.
 
 Why the owner's certificate travels with every record: replicas and readers must know the
 owner is a certified member of this network (:mod:`ipop.dht.policy`), and copies reach them from
@@ -53,14 +60,17 @@ replication and read repair copy bytes, they never re-sign.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ipop.errors import LocalProtocolError, RemoteProtocolError
-from ipop.identity import NodeIdentity, node_id_for, verify_signature
+from ipop.identity import CaTrust, NodeIdentity, node_id_for, verify_signature
+from ipop.identity.names import LABEL_RE
 from ipop.types import ID_BYTES, NodeId
 
 VERSION = 2
@@ -95,19 +105,70 @@ MAX_RECORD_BYTES = 1023
 _FIXED_BYTES = 3 + 2 + _TAIL.size + ID_BYTES + PUBLIC_KEY_BYTES + 2 + SIGNATURE_BYTES
 
 
+# DHT namespaces (:func:`namespace_of`): "<network>~<52 base32 characters of the CA key>".
+NAMESPACE_SEP = "~"
+_B32_CHARS = 52  # ceil(32 * 8 / 5)
+_B32_RE = re.compile(r"[a-z2-7]+")
+# A network's CA certificate has CN "ipop CA <network>", at most 64 characters (X.509 upper
+# bound): so a network name is at most 56 bytes, a namespace at most 109.
+MAX_NETWORK_BYTES = 56
+MAX_NAMESPACE_BYTES = MAX_NETWORK_BYTES + len(NAMESPACE_SEP) + _B32_CHARS
+
+
 def key_id(key: str) -> bytes:
     """The 20-byte DHT id of a namespaced key (blake2b, personalised so it is ours alone)."""
     return hashlib.blake2b(key.encode(), digest_size=ID_BYTES, person=KEY_ID_PERSON).digest()
 
 
-def ip_key(network: str, addr: object) -> str:
-    """``<network>:ip:<addr>``: who holds a virtual IP in ``network``."""
-    return f"{network}:ip:{addr}"
+def namespace_of(trust: CaTrust) -> str:
+    """The DHT namespace of ``trust``'s network: ``<network>~<b32 of the CA's public key>``.
+
+    The key part is lowercase RFC 4648 base32, unpadded (52 characters), of the CA's raw
+    Ed25519 public key: any replica can verify a record of the namespace with no
+    configuration (:class:`ipop.identity.CaKeyTrust`), and two networks of one name never share
+    keys. Every key of the network starts with it (:func:`ip_key`, :func:`name_key`,
+    :func:`user_key`, :func:`ipop.dht.srv.service_key`).
+    """
+    return _namespace(trust.network, trust.public_key_raw)
 
 
-def name_key(network: str, hostname: str) -> str:
-    """``<network>:name:<hostname>``: which IP a hostname points to in ``network``."""
-    return f"{network}:name:{hostname}"
+def _namespace(network: str, ca_public_raw: bytes) -> str:
+    b32 = base64.b32encode(ca_public_raw).decode("ascii").rstrip("=").lower()
+    return f"{network}{NAMESPACE_SEP}{b32}"
+
+
+def parse_namespace(namespace: str) -> tuple[str, bytes]:
+    """(network, CA raw public key) of a namespace :func:`namespace_of` could have made.
+
+    Strict: a valid network name, ``~``, exactly 52 lowercase base32 characters that encode
+    32 bytes canonically (the unused low bits zero), so one CA key has one namespace.
+    ValueError otherwise, saying why (a replica counts it as ``key_bad_namespace``,
+    :mod:`ipop.dht.policy`).
+    """
+    network, sep, b32 = namespace.partition(NAMESPACE_SEP)
+    if not sep or len(b32) != _B32_CHARS or not _B32_RE.fullmatch(b32):
+        raise ValueError(f"not <network>~<52 base32 characters>: {namespace[:128]!r}")
+    if not LABEL_RE.fullmatch(network) or len(network) > MAX_NETWORK_BYTES:
+        raise ValueError(f"not a network name: {network[:64]!r}")
+    raw = base64.b32decode(b32.upper() + "=" * (-_B32_CHARS % 8))
+    if _namespace(network, raw) != namespace:
+        raise ValueError(f"non-canonical base32: {b32!r}")
+    return network, raw
+
+
+def ip_key(namespace: str, addr: object) -> str:
+    """``<namespace>:ip:<addr>``: who holds a virtual IP in the network of ``namespace``."""
+    return f"{namespace}:ip:{addr}"
+
+
+def name_key(namespace: str, hostname: str) -> str:
+    """``<namespace>:name:<hostname>``: which IP a hostname points to there."""
+    return f"{namespace}:name:{hostname}"
+
+
+def user_key(namespace: str, key: str) -> str:
+    """``<namespace>:user:<key>``: an operator's own key (``ipop dht put/get``)."""
+    return f"{namespace}:user:{key}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,8 +30,9 @@ Theory of operation
     and never this node alone (a node that knows no other node cannot claim anything).
   * Writes (:mod:`ipop.dht.write`) count real acknowledgements and return at a quorum;
     ``create`` is a compare-and-set on the replica set.
-  * Records: only a certified member's, under this network's keys and within its rights
-    (:mod:`ipop.dht.policy`). Replicas refuse the rest (:mod:`ipop.dht.storage`), readers
+  * Records: only a certified member's, under the keys of the network whose CA certified it
+    (the namespace names the CA key: any network's records, not only ours) and within its
+    rights (:mod:`ipop.dht.policy`). Replicas refuse the rest (:mod:`ipop.dht.storage`), readers
     disbelieve it (a copy a replica returns is checked like an offer), and this node does not
     even send a record its own replica would refuse (the write fails, counted).
   * Reads (:mod:`ipop.dht.read`) ask the nearest nodes known first and do not wait for a node
@@ -66,7 +67,7 @@ from ipop.dht.opstats import DhtOpStats
 from ipop.dht.policy import RecordPolicy
 from ipop.dht.protocol import IpopKademliaProtocol
 from ipop.dht.read import QuorumReader
-from ipop.dht.record import Record
+from ipop.dht.record import Record, namespace_of
 from ipop.dht.replicas import ReplicaCalls
 from ipop.dht.shim import LinkedPeers, OverlayPort, OverlayShim
 from ipop.dht.storage import RecordStorage
@@ -112,6 +113,9 @@ class DhtService:
         # Record time (leases, seqs, certificates) is UNIX time; timers run on the loop.
         self._now = clock or self._loop.time
         self.policy = RecordPolicy(identity.trust, subnet=self.config.subnet)
+        # Our network's keys start with it (ipop.dht.record.namespace_of); we store any
+        # namespace's records that its CA key vouches for (ipop.dht.policy).
+        self.namespace = namespace_of(identity.trust)
         self.storage = RecordStorage(
             self._now,
             policy=self.policy,

@@ -18,9 +18,16 @@ from ipop.identity import NetworkCA, NodeIdentity
 from ipop.types import Endpoint
 
 
-def make_network(network: str = "testnet", *, now: float) -> NetworkCA:
-    """A fresh network CA valid from ``now`` for the default lifetime."""
-    return NetworkCA.create(network, now=now)
+def make_network(network: str = "testnet", *, now: float, seed: str | None = None) -> NetworkCA:
+    """A fresh network CA valid from ``now`` for the default lifetime.
+
+    ``seed``: its key comes from the seed, so its DHT namespace (and every key id of the
+    network, :func:`ipop.dht.record.namespace_of`) is the same every run; None: a random key.
+    """
+    key = None
+    if seed is not None:
+        key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed.encode()).digest())
+    return NetworkCA.create(network, now=now, key=key)
 
 
 def make_identity(

@@ -73,6 +73,7 @@ from typing import Any
 
 from ipop.aio.stack import Node
 from ipop.dht.alloc import AllocationFailed, allocate_ip
+from ipop.dht.record import namespace_of, user_key
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.link.layer import LinkConfig
@@ -239,7 +240,8 @@ class _World:
             tick_s=sc.delivery_tick_s,
             latency=latency,
         )
-        self.ca = make_network("simnet", now=self.loop.time())
+        # Seeded: the CA key names the DHT namespace, so it places every key on the ring.
+        self.ca = make_network("simnet", now=self.loop.time(), seed=f"simnet-{sc.seed}")
         self.nodes: list[Node] = []
         self.kinds: list[str] = []
         self.started: list[float] = []
@@ -405,7 +407,7 @@ class _World:
 
         async def put(k: int) -> None:
             nd = self.rng.choice(live)
-            key, value = f"simnet:user:{k}", f"value-{k}".encode()
+            key, value = user_key(namespace_of(self.ca.trust), f"{k}"), f"value-{k}".encode()
             assert nd.dht is not None
             if await nd.dht.put(key, value, 3600.0):
                 records[key] = value
@@ -438,7 +440,10 @@ class _World:
             assert nd.dht is not None
             try:
                 return await allocate_ip(
-                    nd.dht, subnet, network="simnet", rng=random.Random(self.sc.seed * 7919 + i)
+                    nd.dht,
+                    subnet,
+                    namespace=namespace_of(self.ca.trust),
+                    rng=random.Random(self.sc.seed * 7919 + i),
                 )
             except AllocationFailed:
                 return None

@@ -15,13 +15,16 @@ import pytest
 
 from ipop.dht import alloc
 from ipop.dht.alloc import allocate_ip
-from ipop.dht.record import ip_key
+from ipop.dht.record import ip_key, namespace_of
+from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.fake_dht import FakeDht
+from ipop.testing.identities import make_network
 from ipop.types import NodeId
 
 SUBNET = ipaddress.ip_network("100.64.0.0/24")
 PREFERRED = ipaddress.ip_address("100.64.0.77")
-KEY = ip_key("net", PREFERRED)
+NS = namespace_of(make_network("net", now=SIM_EPOCH).trust)
+KEY = ip_key(NS, PREFERRED)
 ME = NodeId(1)
 RIVAL = NodeId(2)
 
@@ -45,7 +48,7 @@ class ShortOfQuorum(FakeDht):
 def _allocate(dht: FakeDht) -> ipaddress.IPv4Address:
     async def body() -> ipaddress.IPv4Address:
         return await allocate_ip(
-            dht, SUBNET, network="net", rng=random.Random(1), preferred=PREFERRED
+            dht, SUBNET, namespace=NS, rng=random.Random(1), preferred=PREFERRED
         )
 
     return asyncio.run(body())

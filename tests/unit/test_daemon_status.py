@@ -98,10 +98,10 @@ def test_rtt_of_every_linked_peer_comes_from_its_handshake_or_a_newer_ping(
 def test_vip_of_a_linked_peer_is_learned_from_its_hostname(tmp_path: Path) -> None:
     d = _daemon(tmp_path)
     dht = FakeDht(NodeId(1))
-    dht.hold(name_key("lab-net", "bob"), BOB, BOB_VIP.packed)
-    dht.hold(ip_key("lab-net", BOB_VIP), BOB)
+    dht.hold(name_key(d.namespace, "bob"), BOB, BOB_VIP.packed)
+    dht.hold(ip_key(d.namespace, BOB_VIP), BOB)
     # carol's name points at bob's address: not carol's, not shown.
-    dht.hold(name_key("lab-net", "carol"), CAROL, BOB_VIP.packed)
+    dht.hold(name_key(d.namespace, "carol"), CAROL, BOB_VIP.packed)
     infos = [_info(BOB, "bob", 0.01, at=1.0), _info(CAROL, "carol", 0.01, at=1.0)]
     _wire(d, infos, dht)
     assert asyncio.run(d.learn_peer_vips(now=0.0)) == 1

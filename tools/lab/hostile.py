@@ -36,7 +36,8 @@ from typing import Any
 
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.config import load_config
-from ipop.dht.record import Record, ip_key, key_id, name_key
+from ipop.dht.record import Record, ip_key, key_id, name_key, namespace_of, user_key
+from ipop.identity import NetworkCA
 from ipop.overlay.messages import (
     FLAG_EXACT,
     KIND_BIRTHDAY,
@@ -84,8 +85,8 @@ class Attacker:
         expires = time.time() + 600
         eclipsers = []
         for name, vip, _ in victims[:2]:
-            for key, value in ((name_key(d.network, name), (d.vip or vip).packed),
-                               (ip_key(d.network, vip), b"")):  # fmt: skip
+            for key, value in ((name_key(d.namespace, name), (d.vip or vip).packed),
+                               (ip_key(d.namespace, vip), b"")):  # fmt: skip
                 rec = Record.sign(node.member, key, value, seq=1 << 20, expires_at=expires)
                 eclipsers.append(Eclipser(node, key_id(key), rec))
         for e in eclipsers:
@@ -93,16 +94,18 @@ class Attacker:
         # Plain writes a modified build can make: others' keys, foreign keys, a second vIP.
         dht = node.dht
         spare = IPv4Address(int(d.subnet.network_address) + 4000)
+        # Another network's namespace (a CA of its own, same name or not): not ours to write.
+        foreign = namespace_of(NetworkCA.create("othernet", now=time.time()).trust)
         writes = [
-            ("dht_foreign_write", dht.put("othernet:name:x", b"y", 600)),
-            ("dht_second_vip", dht.create(ip_key(d.network, spare), b"", 600)),
+            ("dht_foreign_write", dht.put(name_key(foreign, "x"), b"y", 600)),
+            ("dht_second_vip", dht.create(ip_key(d.namespace, spare), b"", 600)),
         ]
         for name, vip, _ in victims:
-            writes.append(("dht_name_hijack", dht.put(name_key(d.network, name), _EVIL, 600)))
-            writes.append(("dht_vip_hijack", dht.create(ip_key(d.network, vip), b"", 600)))
+            writes.append(("dht_name_hijack", dht.put(name_key(d.namespace, name), _EVIL, 600)))
+            writes.append(("dht_vip_hijack", dht.create(ip_key(d.namespace, vip), b"", 600)))
         # A flood of writes of its own: replicas keep a quota of them (8 user keys).
         writes += [
-            ("dht_flood", dht.put(f"{d.network}:user:flood{i}", bytes(200), 600))
+            ("dht_flood", dht.put(user_key(d.namespace, f"flood{i}"), bytes(200), 600))
             for i in range(DHT_FLOOD)
         ]
         for what, write in writes:
