@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
-from ipop.dht.record import ip_key
+from ipop.dht.record import ip_key, namespace_of
 from ipop.identity import NetworkCA, NodeIdentity
 from ipop.overlay.messages import KIND_IP
 from ipop.testing.clock import SIM_EPOCH, run_virtual
@@ -102,10 +102,11 @@ def test_members_link_with_overlay_certs_and_sign_records_with_network_certs() -
             assert await _wait(lambda: got, 10)
             assert got == [(a.node_id, b"over-the-overlay")]
             # DHT records carry the network certificate.
-            vip = await allocate_ip(a.dht, SUBNET, network="simnet", rng=random.Random(1))  # type: ignore[arg-type]
+            ns = namespace_of(network_ca.trust)
+            vip = await allocate_ip(a.dht, SUBNET, namespace=ns, rng=random.Random(1))  # type: ignore[arg-type]
             assert isinstance(vip, IPv4Address)
             assert b.dht is not None
-            record = await b.dht.get(ip_key("simnet", vip))
+            record = await b.dht.get(ip_key(ns, vip))
             assert record is not None and record.owner == a.node_id
             cert = network_ca.trust.verify(record.cert, now=loop.time())
             assert cert.network == "simnet" and cert.node_id == a.node_id
