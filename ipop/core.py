@@ -121,17 +121,29 @@ class NodeCore:
         link_config: LinkConfig | None = None,
         shortcuts: bool = True,
         stun_serve: bool = False,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
+        """``random_bytes``: where the nonces of routed messages sealed end to end come from
+        (:mod:`ipop.overlay.origin`; they must never repeat under a pair's key, across
+        restarts too: the daemon passes the OS's). None: drawn from ``rng`` (the simulator's
+        runs replay from their seed)."""
         self.identity = identity
         self.local_id = identity.node_id
         self.link = LinkLayer(identity, rng=random.Random(rng.random()), config=link_config)
+        # Seeded after every other part's generator, so that their seeds are what they were.
+        seal_rng = random.Random(0)
+        self.origin = OriginAuth(
+            identity,
+            revoked=identity.trust.is_revoked,
+            random_bytes=seal_rng.randbytes if random_bytes is None else random_bytes,
+        )
         self.overlay = OverlayNode(
             identity.node_id,
             self.link,
             rng=random.Random(rng.random()),
             config=overlay_config or OverlayConfig(),
             bootstrap=bootstrap,
-            origin=OriginAuth(identity, revoked=identity.trust.is_revoked),
+            origin=self.origin,
         )
         self.shortcuts = shortcuts
         self.stats: collections.Counter[str] = collections.Counter()
@@ -160,6 +172,7 @@ class NodeCore:
         # reads their prober's limits.
         self.routes = RouteProbes(self.overlay, self.stats)
         self.route_pmtu = self.routes.prober
+        seal_rng.seed(rng.random())
 
     # --- commands ---------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import secrets
 import signal
@@ -223,6 +224,8 @@ class Daemon:
             rng=self.rng,
             # The DHT refuses ip keys and name values outside the network's subnet.
             dht_config=DhtConfig(subnet=self.subnet),
+            # Nonces of routed messages sealed end to end: never twice, across restarts too.
+            random_bytes=os.urandom,
         )
         self.node.core.overlay.set_local_endpoints(local[:4])
         self.node.core.overlay.set_remembered(remembered)

@@ -105,7 +105,9 @@ class Node:
         link_config: LinkConfig | None = None,
         dht_config: DhtConfig | None = None,
         on_ip: Callable[[NodeId, bytes], None] | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
+        """``random_bytes``: see :class:`ipop.core.NodeCore` (the daemon's is the OS's)."""
         self.identity = identity
         self.node_id = identity.node_id
         self.clock = clock
@@ -116,6 +118,7 @@ class Node:
             bootstrap=bootstrap,
             overlay_config=overlay_config,
             link_config=link_config,
+            random_bytes=random_bytes,
         )
         self._dht_config = dht_config
         self.on_ip = on_ip
