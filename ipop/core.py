@@ -11,6 +11,10 @@
 - upper-layer traffic (:meth:`send`) goes DIRECT over a link to the destination when one is
   up (a shortcut or any other link) and is routed over the ring otherwise. The first packet to
   a peer with no link asks the overlay for a shortcut, so later packets go direct;
+- IP is routed over the ring only sealed end to end (:mod:`ipop.overlay.origin`), so only under
+  the pairwise key, which needs the destination's certificate: the caller hands it over with the
+  DHT record that named the destination (:meth:`NodeCore.learn_certificate`); a packet sent
+  before is dropped (``ip_unsealable``) while the route probe and the shortcut request fetch it;
 - traffic to a peer over a relayed link or over the ring also starts port guessing
   (:mod:`ipop.punching`). Its openers leave from punching sockets (``SocketPath``), which the
   I/O layer opens on first use; a knock on one of them starts a handshake there;
@@ -200,14 +204,38 @@ class NodeCore:
                 self.punching.guess(dst, now)
             self._settle(now)
             return True
-        budget = self.routes.cert_budget(dst) if kind == KIND_IP else None
-        ok = overlay.send_routed(dst, kind, payload, exact=True, now=now, cert_budget=budget)
-        self.stats["sent_routed"] += 1
+        budget = None
+        ok = True
+        if kind == KIND_IP and dst != self.local_id:
+            budget = self.routes.cert_budget(dst)
+            if not self.origin.sealable(dst):
+                # IP is never routed in the clear (every forwarder could read it): without
+                # dst's certificate there is no pair key to seal it under. The caller hands
+                # it over with the DHT record that named dst (learn_certificate); until then
+                # the route probe and the shortcut's CONNECT_TO_ME below, both signed and
+                # carrying ours, are answered sealed with dst's certificate attached.
+                self.stats["ip_unsealable"] += 1
+                self.routes.probe(dst, now)
+                ok = False
+        if ok:
+            ok = overlay.send_routed(dst, kind, payload, exact=True, now=now, cert_budget=budget)
+            self.stats["sent_routed"] += 1
         if self.shortcuts and dst != self.local_id:
             self.shortcut_keeper.ask(dst, now)
             self.punching.guess(dst, now)
         self._settle(now)
         return ok
+
+    def learn_certificate(self, node: NodeId, der: bytes, *, now: float) -> bool:
+        """``der`` is ``node``'s certificate as a verified DHT record carried it (the owner of
+        a vIP): kept for routed messages to ``node`` if it verifies against our trust and is
+        ``node``'s, so that IP routed to it before any link is sealed from the first packet
+        (see :meth:`send`). False (counted) if it is not."""
+        reason = self.origin.learn_der(node, der, now=now)
+        if reason is not None:
+            self.stats["cert_refused"] += 1
+            return False
+        return True
 
     def ip_mtu(self, dst: NodeId) -> int | None:
         """The largest inner IP packet for node ``dst`` that no hop of its current path has to

@@ -489,6 +489,9 @@ class Daemon:
         record = await node.dht.get(ip_key(self.network, vip))
         if record is None or record.tombstone:
             return None
+        # The record's certificate (verified by the DHT's policy) is the owner's: with it our
+        # first IP packet routed to the owner is sealed end to end (NodeCore.send).
+        node.core.learn_certificate(record.owner, record.cert, now=time.time())
         return record.owner
 
     async def resolve(self, name: str) -> IPv4Address | None:

@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from ipop.core import NodeCore
 from ipop.errors import RemoteProtocolError
 from ipop.identity import NodeIdentity
 from ipop.overlay.messages import (
@@ -179,3 +180,39 @@ def test_a_certificate_handed_over_is_verified_and_must_be_its_nodes(trio: Trio)
     assert oa.sealable(b.node_id)
     assert oa.learn_der(a.node_id, a.cert.der, now=NOW) is None
     assert not oa.sealable(a.node_id)  # our own messages are delivered here, never sealed
+
+
+def _core(ident: NodeIdentity) -> NodeCore:
+    core = NodeCore(ident, rng=random.Random(1), bootstrap=[])
+    core.start(now=NOW)
+    return core
+
+
+def test_ip_without_the_pair_key_is_not_routed_in_the_clear(trio: Trio) -> None:
+    """NodeCore routes IP only sealed: without dst's certificate nothing leaves (counted), the
+    route probe that brings it back goes; with the certificate a DHT record carried, the first
+    packet leaves sealed."""
+    a, b, c = trio
+    core = _core(a)
+    made: list[Routed] = []
+    routed = core.origin.routed
+
+    def spy(*args: object, **kw: object) -> Routed:
+        msg = routed(*args, **kw)  # type: ignore[arg-type]
+        made.append(msg)
+        return msg
+
+    core.origin.routed = spy  # type: ignore[method-assign]
+    assert core.send_ip(b.node_id, PACKET, now=NOW) is None
+    assert core.stats["ip_unsealable"] == 1 and "sent_routed" not in core.stats
+    assert made and all(m.kind == KIND_PMTU for m in made)  # probes only: they carry our cert
+    assert all(PACKET not in m.encode() for m in made)
+    # The owner's certificate as a DHT record carries it: refused unless it is b's own.
+    assert not core.learn_certificate(b.node_id, c.cert.der, now=NOW)
+    assert core.stats["cert_refused"] == 1
+    assert core.learn_certificate(b.node_id, b.cert.der, now=NOW)
+    made.clear()
+    assert core.send_ip(b.node_id, PACKET, now=NOW) is None
+    ip = [m for m in made if m.kind == KIND_IP]
+    assert len(ip) == 1 and ip[0].flags & FLAG_SEALED and PACKET not in ip[0].encode()
+    assert core.stats["ip_unsealable"] == 1 and core.stats["sent_routed"] == 1
