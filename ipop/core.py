@@ -11,6 +11,10 @@
 - upper-layer traffic (:meth:`send`) goes DIRECT over a link to the destination when one is
   up (a shortcut or any other link) and is routed over the ring otherwise. The first packet to
   a peer with no link asks the overlay for a shortcut, so later packets go direct;
+- IP is routed over the ring only sealed end to end (:mod:`ipop.overlay.origin`), so only under
+  the pairwise key, which needs the destination's certificate: the caller hands it over with the
+  DHT record that named the destination (:meth:`NodeCore.learn_certificate`); a packet sent
+  before is dropped (``ip_unsealable``) while the route probe and the shortcut request fetch it;
 - traffic to a peer over a relayed link or over the ring also starts port guessing
   (:mod:`ipop.punching`). Its openers leave from punching sockets (``SocketPath``), which the
   I/O layer opens on first use; a knock on one of them starts a handshake there;
@@ -53,7 +57,7 @@ from dataclasses import dataclass, field
 from ipop import timing
 from ipop.errors import LocalProtocolError
 from ipop.fallback import RoamFallback, Session
-from ipop.identity import NodeIdentity, VerifiedCrl
+from ipop.identity import CertificateError, NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
 from ipop.link.events import LinkDown, LinkInfo, LinkMessage, LinkPathChanged, LinkUp
 from ipop.link.layer import LinkConfig, LinkLayer
@@ -122,23 +126,35 @@ class NodeCore:
         shortcuts: bool = True,
         stun_serve: bool = False,
         member: NodeIdentity | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
         """``identity``: the overlay identity (links, origin auth, the CRL gossiped here);
         ``member``: the network identity over the same key (its CA's CRL is installed by
-        :meth:`apply_crl`), the same object when the network is its own overlay (default)."""
+        :meth:`apply_crl`), the same object when the network is its own overlay (default).
+        ``random_bytes``: where the nonces of routed messages sealed end to end come from
+        (:mod:`ipop.overlay.origin`; they must never repeat under a pair's key, across
+        restarts too: the daemon passes the OS's). None: drawn from ``rng`` (the simulator's
+        runs replay from their seed)."""
         if member is not None and member.node_id != identity.node_id:
             raise LocalProtocolError("overlay and network identities hold different keys")
         self.identity = identity
         self.member = identity if member is None else member
         self.local_id = identity.node_id
         self.link = LinkLayer(identity, rng=random.Random(rng.random()), config=link_config)
+        # Seeded after every other part's generator, so that their seeds are what they were.
+        seal_rng = random.Random(0)
+        self.origin = OriginAuth(
+            identity,
+            revoked=identity.trust.is_revoked,
+            random_bytes=seal_rng.randbytes if random_bytes is None else random_bytes,
+        )
         self.overlay = OverlayNode(
             identity.node_id,
             self.link,
             rng=random.Random(rng.random()),
             config=overlay_config or OverlayConfig(),
             bootstrap=bootstrap,
-            origin=OriginAuth(identity, revoked=identity.trust.is_revoked),
+            origin=self.origin,
         )
         self.shortcuts = shortcuts
         self.stats: collections.Counter[str] = collections.Counter()
@@ -167,6 +183,7 @@ class NodeCore:
         # reads their prober's limits.
         self.routes = RouteProbes(self.overlay, self.stats)
         self.route_pmtu = self.routes.prober
+        seal_rng.seed(rng.random())
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -194,14 +211,54 @@ class NodeCore:
                 self.punching.guess(dst, now)
             self._settle(now)
             return True
-        budget = self.routes.cert_budget(dst) if kind == KIND_IP else None
-        ok = overlay.send_routed(dst, kind, payload, exact=True, now=now, cert_budget=budget)
-        self.stats["sent_routed"] += 1
+        budget = None
+        ok = True
+        if kind == KIND_IP and dst != self.local_id:
+            budget = self.routes.cert_budget(dst)
+            if not self.origin.sealable(dst):
+                # IP is never routed in the clear (every forwarder could read it): without
+                # dst's certificate there is no pair key to seal it under. The caller hands
+                # it over with the DHT record that named dst (learn_certificate); until then
+                # the route probe and the shortcut's CONNECT_TO_ME below, both signed and
+                # carrying ours, are answered sealed with dst's certificate attached.
+                self.stats["ip_unsealable"] += 1
+                self.routes.probe(dst, now)
+                ok = False
+        if ok:
+            ok = overlay.send_routed(dst, kind, payload, exact=True, now=now, cert_budget=budget)
+            self.stats["sent_routed"] += 1
         if self.shortcuts and dst != self.local_id:
             self.shortcut_keeper.ask(dst, now)
             self.punching.guess(dst, now)
         self._settle(now)
         return ok
+
+    def learn_certificate(self, node: NodeId, der: bytes, *, now: float) -> bool:
+        """``der`` is ``node``'s certificate as a verified DHT record carried it (the owner of
+        a vIP): kept for routed messages to ``node`` if it verifies against our trust and is
+        ``node``'s, so that IP routed to it before any link is sealed from the first packet
+        (see :meth:`send`). False (counted) if it is not.
+
+        On a shared overlay the record carries the owner's network certificate, from another
+        CA than the overlay certificates the origin checks use: it is verified against the
+        network's CA instead. Either certificate certifies the one key the pair key comes from
+        (the node id is its hash), so a node already known needs nothing more."""
+        if self.origin.knows(node):
+            return True
+        reason = self.origin.learn_der(node, der, now=now)
+        if reason is not None and self.member is not self.identity:
+            try:
+                cert = self.member.trust.verify(der, now=now)
+            except CertificateError:
+                pass
+            else:
+                if cert.node_id == node:
+                    self.origin.learn(cert)
+                    reason = None
+        if reason is not None:
+            self.stats["cert_refused"] += 1
+            return False
+        return True
 
     def ip_mtu(self, dst: NodeId) -> int | None:
         """The largest inner IP packet for node ``dst`` that no hop of its current path has to

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import secrets
 import signal
@@ -232,6 +233,8 @@ class Daemon:
             rng=self.rng,
             # The DHT refuses ip keys and name values outside the network's subnet.
             dht_config=DhtConfig(subnet=self.subnet),
+            # Nonces of routed messages sealed end to end: never twice, across restarts too.
+            random_bytes=os.urandom,
         )
         self.node.core.overlay.set_local_endpoints(local[:4])
         self.node.core.overlay.set_remembered(remembered)
@@ -495,6 +498,9 @@ class Daemon:
         record = await node.dht.get(ip_key(self.namespace, vip))
         if record is None or record.tombstone:
             return None
+        # The record's certificate (verified by the DHT's policy) is the owner's: with it our
+        # first IP packet routed to the owner is sealed end to end (NodeCore.send).
+        node.core.learn_certificate(record.owner, record.cert, now=time.time())
         return record.owner
 
     async def resolve(self, name: str) -> IPv4Address | None:

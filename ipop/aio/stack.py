@@ -106,10 +106,12 @@ class Node:
         dht_config: DhtConfig | None = None,
         on_ip: Callable[[NodeId, bytes], None] | None = None,
         member: NodeIdentity | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
         """``identity``: the overlay identity (links, routing); ``member``: the network
         identity over the same key, which signs and checks DHT records (default: the same
-        object, a network that is its own overlay)."""
+        object, a network that is its own overlay); ``random_bytes``: see
+        :class:`ipop.core.NodeCore` (the daemon's is the OS's)."""
         self.core = NodeCore(
             identity,
             rng=random.Random(rng.random()),
@@ -117,6 +119,7 @@ class Node:
             overlay_config=overlay_config,
             link_config=link_config,
             member=member,
+            random_bytes=random_bytes,
         )
         self.identity = identity
         self.member = self.core.member

@@ -15,7 +15,8 @@ ROUTED (0x01): a message greedily routed over the ring toward ``dst``::
     |            dst NodeId (20 bytes)           |
     |   via NodeId (20 bytes, only if VIA flag)  |
     | cert length (u16) + src's certificate DER  |  only if CERT flag
-    |            payload                         |
+    |  nonce (12 bytes)                          |  only if SEALED flag
+    |            payload (SEALED: its ciphertext)|
     |  ts (u32, UNIX seconds) | auth             |  the last 68 (or 20) bytes
     +--------------------------------------------+
 
@@ -24,17 +25,26 @@ ROUTED (0x01): a message greedily routed over the ring toward ``dst``::
            0x04 VIA          first route exactly to ``via``, which clears the flag and goes on
                              (how answers reach a node that is not on the ring yet)
            0x08 CERT         the source's certificate travels with the message
-           0x10 MAC          auth is a 16-byte MAC under the source's and dst's pairwise key
-                             (EXACT only), not a 64-byte Ed25519 signature
+           0x10 MAC          auth is 16 bytes under the source's and dst's pairwise key
+                             (EXACT only), not a 64-byte Ed25519 signature: without SEALED a
+                             BLAKE2s MAC over the clear payload (the older form, no longer sent)
+           0x20 SEALED       (MAC only) the payload field is nonce || AES-256-GCM ciphertext of
+                             the payload under the pair's sealing key and auth is the GCM tag;
+                             the associated data is :func:`routed_signed_bytes` with an empty
+                             payload (EXACT, kind, ts, src, dst). Only dst can open it
     hops:  links crossed before the current one (the originator sends 0)
     ttl:   the message crosses at most ``ttl`` links (1..255)
     kind:  0x01..0x7F upper layers (DHT 1, IP 2, ping 3); 0x80..0xFF overlay control below
     auth:  the source's Ed25519 signature, or its MAC for dst, over :func:`routed_signed_bytes`
-           (EXACT, kind, ts, src, dst, payload): what a forwarder may not change. hops, ttl, via
-           and EXCLUDE_SRC
-           are routing state that forwarders rewrite or that only steers the route; a forwarder
-           can drop or misroute a message anyway, so signing them would buy nothing
-           (:mod:`ipop.overlay.origin` verifies, and says when the certificate is attached).
+           (EXACT, kind, ts, src, dst, payload), or the seal's tag over the same: what a
+           forwarder may not change. hops, ttl, via and EXCLUDE_SRC are routing state that
+           forwarders rewrite or that only steers the route; a forwarder can drop or misroute a
+           message anyway, so signing them would buy nothing (:mod:`ipop.overlay.origin`
+           verifies, seals and opens, and says when the certificate is attached). SEALED
+           itself is not in the associated data: the seal's key is not the MAC's, so flipping
+           the flag only makes the message fail to check. Refused as ``bad_flags``: MAC
+           without EXACT, SEALED without MAC; a SEALED payload shorter than its nonce is
+           ``truncated``.
 
 RELAY_FORWARD (0x02), sent to the relay ``via``; RELAY_DELIVER (0x03), sent by it::
 
@@ -191,7 +201,9 @@ FLAG_VIA = 0x04
 # and MAC when ``Routed.sig`` is a MAC_BYTES MAC.
 FLAG_CERT = 0x08
 FLAG_MAC = 0x10
-_KNOWN_FLAGS = FLAG_EXACT | FLAG_EXCLUDE_SRC | FLAG_VIA
+# Kept in ``Routed.flags`` (nothing else tells a sealed payload from a clear one).
+FLAG_SEALED = 0x20
+_KNOWN_FLAGS = FLAG_EXACT | FLAG_EXCLUDE_SRC | FLAG_VIA | FLAG_SEALED
 
 # Payload kinds: upper layers register handlers for 0x01..0x7F.
 KIND_DHT = 0x01
@@ -220,6 +232,8 @@ _U16 = struct.Struct("!H")
 _TS = struct.Struct("!I")
 SIG_BYTES = 64
 MAC_BYTES = 16
+# A SEALED payload starts with its AES-GCM nonce (random: see ipop.overlay.origin).
+SEAL_NONCE_BYTES = 12
 # ts + signature at the end of a signed routed message (a MAC'd one ends in ts + MAC).
 ROUTED_TRAILER_BYTES = _TS.size + SIG_BYTES
 # A node certificate is ~300-400 bytes DER; anything far larger is not one of ours.
@@ -313,9 +327,10 @@ def routed_signed_bytes(
 class Routed:
     """A routed message (type 0x01); ``via`` is set exactly when the VIA flag is.
 
-    ``ts`` and ``sig`` (a signature, or a MAC_BYTES MAC) authenticate it end to end
-    (:mod:`ipop.overlay.origin`); ``cert`` is the source's certificate DER, or empty when it does
-    not travel with this message.
+    ``ts`` and ``sig`` (a signature, or a MAC_BYTES MAC or seal tag) authenticate it end to
+    end (:mod:`ipop.overlay.origin`); with FLAG_SEALED in ``flags``, ``payload`` is the nonce
+    and the ciphertext, which only ``dst`` can open. ``cert`` is the source's certificate DER,
+    or empty when it does not travel with this message.
     """
 
     flags: int
@@ -351,6 +366,10 @@ class Routed:
             if not self.flags & FLAG_EXACT:
                 raise ValueError("a MAC needs an EXACT destination")
             flags |= FLAG_MAC
+        elif self.flags & FLAG_SEALED:
+            raise ValueError("a sealed message's auth is its MAC_BYTES tag")
+        if self.flags & FLAG_SEALED and len(self.payload) < SEAL_NONCE_BYTES:
+            raise ValueError("a sealed payload starts with its nonce")
         parts = [
             _ROUTED_FIXED.pack(TYPE_ROUTED, flags, self.hops, self.ttl, self.kind),
             self.src.to_bytes(),
@@ -370,8 +389,10 @@ class Routed:
     def decode(cls, data: bytes) -> Routed:
         _need(data, _ROUTED_FIXED.size, "routed header")
         _t, flags, hops, ttl, kind = _ROUTED_FIXED.unpack_from(data, 0)
-        if flags & ~(_KNOWN_FLAGS | FLAG_CERT | FLAG_MAC) or (
-            flags & (FLAG_MAC | FLAG_EXACT) == FLAG_MAC
+        if (
+            flags & ~(_KNOWN_FLAGS | FLAG_CERT | FLAG_MAC)
+            or flags & (FLAG_MAC | FLAG_EXACT) == FLAG_MAC
+            or flags & (FLAG_SEALED | FLAG_MAC) == FLAG_SEALED
         ):
             raise RemoteProtocolError("bad_flags", f"{flags:#x}")
         trailer = _TS.size + (MAC_BYTES if flags & FLAG_MAC else SIG_BYTES)
@@ -401,6 +422,8 @@ class Routed:
                 raise RemoteProtocolError("truncated", "certificate")
             cert = bytes(data[off : off + n])
             off += n
+        if flags & FLAG_SEALED and end - off < SEAL_NONCE_BYTES:
+            raise RemoteProtocolError("truncated", "sealed payload")
         (ts,) = _TS.unpack_from(data, end)
         sig = bytes(data[end + _TS.size :])
         return cls(

@@ -801,11 +801,14 @@ class OverlayNode:
     def _deliver(self, msg: Routed, hops: int, *, received: bool, now: float) -> None:
         if received:
             # The one place a routed message becomes a fact for us or an upper layer: from
-            # here on ``msg.src`` is the node that signed it, whatever the number of hops.
-            reason = self._origin.check(msg, now=now)
-            if reason is not None:
-                self.drops[reason] += 1
+            # here on ``msg.src`` is the node that signed it, whatever the number of hops, and
+            # a sealed payload is opened.
+            opened = self._origin.open(msg, now=now)
+            if type(opened) is str:
+                self.drops[opened] += 1
                 return
+            assert type(opened) is Routed
+            msg = opened
             self._proven.add(msg.src)
         if msg.kind <= UPPER_KIND_MAX:
             self._events.append(Delivered(msg.src, msg.dst, msg.kind, msg.payload, hops, msg.exact))

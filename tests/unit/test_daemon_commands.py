@@ -50,8 +50,10 @@ def _daemon(tmp_path: Path, *, joined: bool = True) -> tuple[Daemon, FakeDht]:
         dht=dht,
         dht_ready=ready,
         ping=ping,
-        core=SimpleNamespace(link=SimpleNamespace(peers=lambda: [])),
+        core=SimpleNamespace(link=SimpleNamespace(peers=lambda: []), learned=[]),
     )
+    # What the daemon hands the core from the records it looks up (NodeCore.learn_certificate).
+    d.node.core.learn_certificate = lambda node, der, now: d.node.core.learned.append((node, der))
     return d, dht
 
 
@@ -113,6 +115,8 @@ def test_ping_resolves_looks_up_the_owner_and_remembers_the_round_trip(tmp_path:
         "overlay",
     )
     assert d.rtts[BOB][0] == 0.0125
+    # The owner's certificate went with the answer: our routed messages to it are sealed.
+    assert d.node.core.learned == [(BOB, b"")]  # (the fake DHT's records carry none)
 
 
 def test_ping_of_ourselves_is_zero_hops_and_of_nobody_a_refusal(tmp_path: Path) -> None:

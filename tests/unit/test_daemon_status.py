@@ -62,6 +62,7 @@ def _wire(
     core = SimpleNamespace(
         link=SimpleNamespace(peers=lambda: infos),
         overlay=SimpleNamespace(),
+        learn_certificate=lambda node, der, now: True,  # owner records' certificates
         snapshot=lambda: NodeSnapshot(
             node_id=NodeId(1),
             overlay=OverlaySnapshot(NodeId(1), False, 1.0, (), ()),

@@ -30,6 +30,7 @@ from typing import cast
 from ipop.aio.dataplane import DataPlane, UdpSocket
 from ipop.aio.stack import Node
 from ipop.core import NodeCore
+from ipop.identity import NetworkCA
 from ipop.link import fastpath
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.testing.identities import make_identity, make_network
@@ -114,8 +115,9 @@ def dataplane(
     return dp
 
 
-def linked_pair(now: float) -> tuple[NodeCore, NodeCore]:
-    ca = make_network("benchnet", now=now - 60)
+def linked_pair(now: float, ca: NetworkCA | None = None) -> tuple[NodeCore, NodeCore]:
+    """Nodes a and b of ``ca`` (default: a new network's), linked in memory."""
+    ca = make_network("benchnet", now=now - 60) if ca is None else ca
     b = NodeCore(make_identity(ca, "b", now=now - 60), rng=random.Random(2), bootstrap=[])
     a = NodeCore(make_identity(ca, "a", now=now - 60), rng=random.Random(1), bootstrap=[B_EP])
     b.start(now=now)
