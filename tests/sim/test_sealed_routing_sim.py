@@ -15,7 +15,7 @@ from ipaddress import IPv4Network
 
 from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
-from ipop.dht.record import ip_key
+from ipop.dht.record import ip_key, namespace_of
 from ipop.link.events import LinkEvent, LinkMessage
 from ipop.overlay.messages import FLAG_SEALED, KIND_IP, TYPE_ROUTED, Routed
 from ipop.overlay.node import OverlayConfig
@@ -57,7 +57,8 @@ def _send(node: Node, dst: Node, packet: bytes) -> None:
 def test_the_forwarder_between_two_members_never_reads_their_routed_ip() -> None:
     async def body() -> None:
         net = Network(rng=random.Random(7))
-        ca = make_network(NETWORK, now=asyncio.get_running_loop().time())
+        ca = make_network(NETWORK, now=asyncio.get_running_loop().time(), seed="sealsim")
+        ns = namespace_of(ca.trust)
         hosts = [net.add_host("b"), net.add_host("a", "symmetric"), net.add_host("c", "symmetric")]
         nodes = start_nodes(
             hosts, ca, rng=random.Random(8), overlay_config=OverlayConfig(relay_after_s=1e6)
@@ -73,9 +74,9 @@ def test_the_forwarder_between_two_members_never_reads_their_routed_ip() -> None
             # c holds an address; a resolves it as the daemon does (lookup_owner): the record's
             # owner and certificate, which the core keeps for sealing.
             vip = await allocate_ip(
-                c.dht, IPv4Network("100.64.0.0/24"), network=NETWORK, rng=random.Random(1)
+                c.dht, IPv4Network("100.64.0.0/24"), namespace=ns, rng=random.Random(1)
             )
-            record = await a.dht.get(ip_key(NETWORK, vip))
+            record = await a.dht.get(ip_key(ns, vip))
             assert record is not None and record.owner == c.node_id
             assert a.core.learn_certificate(record.owner, record.cert, now=a.clock())
             assert a.core.origin.sealable(c.node_id)

@@ -216,3 +216,25 @@ def test_ip_without_the_pair_key_is_not_routed_in_the_clear(trio: Trio) -> None:
     ip = [m for m in made if m.kind == KIND_IP]
     assert len(ip) == 1 and ip[0].flags & FLAG_SEALED and PACKET not in ip[0].encode()
     assert core.stats["ip_unsealable"] == 1 and core.stats["sent_routed"] == 1
+
+
+def test_on_a_shared_overlay_the_records_network_certificate_makes_ip_sealable() -> None:
+    """Links and origin checks use overlay certificates; a DHT record carries the owner's
+    network certificate (another CA, the same key). The core verifies that one against the
+    network's CA, so IP to the owner is sealed from the first packet; a certificate of neither
+    CA, or of another node, is refused."""
+    overlay_ca = make_network("shared", now=NOW - 60)
+    network_ca = make_network("neta", now=NOW - 60)
+    a_net, b_net = (make_identity(network_ca, n, now=NOW - 60) for n in ("a", "b"))
+    a_ovl = a_net.certified_by(overlay_ca, "a", now=NOW - 60)
+    core = NodeCore(a_ovl, rng=random.Random(1), bootstrap=[], member=a_net)
+    core.start(now=NOW)
+    stranger = make_identity(make_network("netb", now=NOW - 60), "b", now=NOW - 60)
+    assert not core.learn_certificate(stranger.node_id, stranger.cert.der, now=NOW)
+    assert not core.learn_certificate(b_net.node_id, a_net.cert.der, now=NOW)
+    assert core.stats["cert_refused"] == 2
+    assert not core.origin.sealable(b_net.node_id)
+    assert core.learn_certificate(b_net.node_id, b_net.cert.der, now=NOW)
+    assert core.origin.sealable(b_net.node_id)
+    assert core.send_ip(b_net.node_id, PACKET, now=NOW) is None
+    assert core.stats["ip_unsealable"] == 0 and core.stats["sent_routed"] == 1
