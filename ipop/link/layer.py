@@ -709,6 +709,12 @@ class LinkLayer:
         st = self._peers.get(peer)
         return st is not None and st.up
 
+    def payload_limit(self, peer: NodeId) -> int | None:
+        """The largest payload a DATA datagram to ``peer`` carries on the path size probing
+        confirmed (:mod:`ipop.link.pmtu`; end to end for a relayed path); None: not probed."""
+        limit = self.pmtu.limits.get(peer)
+        return None if limit is None else limit - DATA_MIN_BYTES
+
     def path_of(self, peer: NodeId) -> Path | None:
         """The path an up session with ``peer`` seals to; None without one."""
         st = self._peers.get(peer)

@@ -118,6 +118,7 @@ docstrings refer to.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 from collections.abc import Callable, Collection, Sequence
 from typing import Final, TypeVar
@@ -773,7 +774,11 @@ class OverlayNode:
     def _apply_route(self, verdict: Verdict, *, received: bool, now: float) -> bool:
         """Carry out a routing verdict: send the forward, deliver, or count the drop."""
         if type(verdict) is Forward:
-            return self._send_routed(verdict.hop, verdict.msg.encode(), now)
+            msg = verdict.msg
+            data = msg.encode()
+            if msg.cert and self._cert_needless(verdict.hop, msg, len(data)):
+                data = dataclasses.replace(msg, cert=b"").encode()
+            return self._send_routed(verdict.hop, data, now)
         if type(verdict) is Deliver:
             self._deliver(verdict.msg, verdict.hops, received=received, now=now)
             return True
@@ -781,6 +786,22 @@ class OverlayNode:
         self.drops[verdict.reason] += 1
         if verdict.pull is not None:
             self._pull_around(verdict.pull, now)
+        return False
+
+    def _cert_needless(self, hop: NodeId, msg: Routed, size: int) -> bool:
+        """Whether ``msg`` goes without the certificate it carries. It rides along for a
+        destination that may not hold it; it stays behind when the hop is the destination
+        and the message is ours (our link's handshake gave it our certificate), or when the
+        whole is bigger than the hop's probed path carries (every datagram has DF: it would
+        vanish). Why: a DHT record, its owner's certificate inside, plus ours overflowed a
+        1,124-byte path, and no node behind it could claim an address."""
+        if hop == msg.dst and msg.src == self.local_id:
+            self.stats["cert_left_known"] += 1
+            return True
+        limit = self._links.payload_limit(hop)
+        if limit is not None and size > limit:
+            self.stats["cert_left_for_mtu"] += 1
+            return True
         return False
 
     def _pull_around(self, target: NodeId, now: float) -> None:

@@ -39,6 +39,11 @@ class Links(Protocol):
 
     def is_up(self, peer: NodeId) -> bool: ...
 
+    def payload_limit(self, peer: NodeId) -> int | None:
+        """The largest payload one datagram to ``peer`` carries on its probed path (None:
+        not probed yet)."""
+        ...
+
     def peer_moved(self, peer: NodeId, *, now: float) -> None: ...
 
 

@@ -24,6 +24,8 @@ class RecordingLinks:
         self.sent: list[tuple[NodeId, bytes]] = []
         self.closed: list[NodeId] = []
         self.moved: list[NodeId] = []
+        # Probed payload sizes a test sets: peer -> bytes (none: not probed).
+        self.limits: dict[NodeId, int] = {}
 
     def connect(
         self,
@@ -47,6 +49,9 @@ class RecordingLinks:
 
     def is_up(self, peer: NodeId) -> bool:
         return True
+
+    def payload_limit(self, peer: NodeId) -> int | None:
+        return self.limits.get(peer)
 
     def peer_moved(self, peer: NodeId, *, now: float) -> None:
         self.moved.append(peer)
