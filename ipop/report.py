@@ -64,6 +64,7 @@ class LocalView:
     counters: Sequence[Mapping[str, int]] = ()
     lan_hosts: tuple[LanHostStatus, ...] = ()
     dns: DnsStatus | None = None
+    overlay_only: bool = False  # a node of no network (ipop.aio.daemon)
 
 
 def build_status(core: NodeSnapshot | None, local: LocalView, *, now: float) -> Status:
@@ -77,6 +78,7 @@ def build_status(core: NodeSnapshot | None, local: LocalView, *, now: float) -> 
         uptime_s=round(local.uptime_s, 3),
         endpoints=[f"{ep.host}:{ep.port}" for ep in core.endpoints] if core else [],
         routable=core.overlay.routable if core else False,
+        overlay_only=local.overlay_only,
     )
     drops: Counter[str] = Counter()
     counters: Counter[str] = Counter()

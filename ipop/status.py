@@ -157,6 +157,9 @@ class SelfStatus(Document):
     endpoints: list[str] = field(metadata=doc(read_str_list))
     # joined the ring: overlay routing to and from this node works
     routable: bool = field(metadata=doc(read_bool))
+    # a node of no virtual network: it routes, relays and stores DHT records for the
+    # overlay's networks, and never holds a vIP (left out of the JSON when false)
+    overlay_only: bool = field(default=False, metadata=doc(read_bool, optional=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -314,7 +314,7 @@ class HostClaims:
         node = self.lan.node
         assert node is not None and node.dht is not None
         # The network certificate (on a shared overlay the links' one names no hosts).
-        cert = self.lan.daemon.membership.node_cert
+        cert = self.lan.membership.node_cert
         under = cert.hostname
         if under is None or not cert.is_router:
             self.lan.count_drop("no_name_authority")  # tools/routerd refuses such bundles

@@ -110,7 +110,12 @@ def format_status(status: Status) -> list[str]:
         lines.append("endpoints: " + ", ".join(me.endpoints))
     if not status.peers:
         lines.append("no peers yet")
-    if me.vip is None:
+    if me.overlay_only:
+        lines.append(
+            "overlay-only node: it routes, relays and stores DHT records for the networks on "
+            "its overlay, and is a member of none (no virtual IP, no names)"
+        )
+    elif me.vip is None:
         # Why, not just "-": a lone first node waits here until a second node joins.
         lines.append(
             "no virtual IP yet: an address is claimed by a quorum of DHT replicas, so a node "

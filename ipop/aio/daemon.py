@@ -10,6 +10,13 @@ Start-up, in order (each step logs one structured line):
    TAP (static addressing) or hand the address to the DHCP server (``addressing = "dhcp"``);
 4. serve the control socket.
 
+An overlay-only node (a bundle with no network, ``ipop-config overlay node``; issue 17) opens no
+TAP and claims nothing: it is ready once its DHT has joined, and from then on it routes,
+relays and stores DHT records for every network on its overlay, none of which it can read or
+write (:mod:`ipop.overlay.origin` seals members' routed traffic; :mod:`ipop.dht.policy`
+checks each network's records against the CA key its namespace names). What needs a
+network (``network``, ``subnet``, ``suffix``, ...) raises :class:`CommandFailed` there.
+
 Local services (DHCP and DNS on the TAP) are plugged in by the composition root
 (``tools/ipopd.py``) through :class:`ipop.aio.local.LocalServices`: the core does not import
 ``dhcp_dns``. Router mode replaces the TAP with its LAN through
@@ -38,6 +45,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -55,7 +63,7 @@ from ipop.aio.settings import DaemonSettings, load_crl_file
 from ipop.aio.stack import Node
 from ipop.aio.sysdns import SystemDns, SystemDnsError, routing_domains
 from ipop.aio.tap import Tap
-from ipop.bundle import Bundle
+from ipop.bundle import Bundle, Membership
 from ipop.dht.names import lookup_name
 from ipop.dht.publish import ServiceKeeper, ServicePublisher, list_services
 from ipop.dht.record import ip_key, namespace_of
@@ -106,6 +114,35 @@ REMEMBER_CHECK_S = 10.0
 REMEMBER_FIRST_S = 1.0
 
 
+# The data plane's subnet on an overlay-only node: it accepts no address, so every IP packet
+# is refused before this is read; a /32 nobody holds keeps the filter's arithmetic defined.
+_NO_SUBNET = IPv4Network("255.255.255.255/32")
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """The network a member daemon serves, as its network parts read it."""
+
+    network: str
+    namespace: str
+    subnet: IPv4Network
+    gateway: IPv4Address
+    suffix: str
+
+    @classmethod
+    def of(cls, membership: Membership | None, suffix: str) -> _Served | None:
+        if membership is None:
+            return None
+        subnet = membership.subnet
+        return cls(
+            membership.network,
+            namespace_of(membership.trust),
+            subnet,
+            IPv4Address(int(subnet.network_address) + 1),
+            suffix,
+        )
+
+
 class Daemon:
     """One node and its local side; see the module docstring. ``services``: DHCP/DNS on the
     TAP; ``local``: another local side instead of the TAP (then ``services`` is unused)."""
@@ -121,14 +158,9 @@ class Daemon:
     ) -> None:
         self.bundle = bundle
         self.settings = settings
-        # The network this daemon serves (ConfigError for an overlay-only bundle: not yet).
-        self.membership = bundle.membership()
-        self.network = self.membership.network
-        # Every DHT key of the network starts with it: names the CA key (ipop.dht.record).
-        self.namespace = namespace_of(self.membership.trust)
-        self.subnet: IPv4Network = self.membership.subnet
-        self.gateway = IPv4Address(int(self.subnet.network_address) + 1)
-        self.suffix = bundle.dns_suffix
+        # The network this daemon serves; None: an overlay-only node (module docstring).
+        self.membership: Membership | None = bundle.membership() if bundle.is_member else None
+        self._served = _Served.of(self.membership, bundle.dns_suffix)
         self._services_factory = services
         self.services: LocalServices | None = None
         # Split DNS with the host's resolver (ipop.aio.sysdns): registered once the TAP has
@@ -139,15 +171,17 @@ class Daemon:
         self.names: list[str] = []
         self.stats: Counter[str] = Counter()
         self.rng = random.Random(secrets.randbits(64))
-        self.address = AddressKeeper(
-            state_dir=settings.state_dir,
-            network=self.network,
-            namespace=self.namespace,
-            subnet=self.subnet,
-            suffix=self.suffix,
-            lease_s=settings.lease_s,
-            rng=self.rng,
-        )
+        self.address: AddressKeeper | None = None
+        if self._served is not None:
+            self.address = AddressKeeper(
+                state_dir=settings.state_dir,
+                network=self.network,
+                namespace=self.namespace,
+                subnet=self.subnet,
+                suffix=self.suffix,
+                lease_s=settings.lease_s,
+                rng=self.rng,
+            )
         self.node: Node | None = None
         # The services we publish (ipop service publish); made once the DHT has our address.
         self.publisher: ServicePublisher | None = None
@@ -173,16 +207,45 @@ class Daemon:
         self._endpoints: list[Endpoint] = []  # our own addresses on the overlay port
         # ARP on the TAP: the daemon answers it (a plugged-in side answers its own, and then
         # the daemon holds no responder: one owner per local side).
-        self.arp: ArpResponder | None = ArpResponder(None, self.subnet) if local is None else None
+        self.arp: ArpResponder | None = None
+        if local is None and self._served is not None:
+            self.arp = ArpResponder(None, self.subnet)
         self._arp_type = ETH_P_ARP.to_bytes(2, "big")
         self.netcheck_result: NetcheckResult | None = None
         self.nat = NatSockets(settings.listen.host, self.stats)
         self.addrwatch: AddressWatcher | None = None
-        self.peer_store = PeerStore(settings.state_dir, network=self.network)
+        # Remembered peers are the overlay's (the network itself when it is its own overlay).
+        self.peer_store = PeerStore(settings.state_dir, network=bundle.overlay_name)
         self._remembering = False  # set once _start has begun noting links
         self.no_links = NoLinkWatch(now=time.time())
         # Last: it may use any of the above.
         self.local: LocalNetwork | None = local(self) if local is not None else None
+
+    def _serving(self) -> _Served:
+        if self._served is None:
+            raise CommandFailed("an overlay-only node serves no network (its bundle has none)")
+        return self._served
+
+    @property
+    def network(self) -> str:
+        return self._serving().network
+
+    @property
+    def namespace(self) -> str:
+        """Every DHT key of the network starts with it: it names the CA key (ipop.dht.record)."""
+        return self._serving().namespace
+
+    @property
+    def subnet(self) -> IPv4Network:
+        return self._serving().subnet
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return self._serving().gateway
+
+    @property
+    def suffix(self) -> str:
+        return self._serving().suffix
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -196,7 +259,10 @@ class Daemon:
                 loop.add_signal_handler(sig, self.stop)
         try:
             await self._start()
-            self.tasks.spawn(self._claim(on_ready))
+            if self.membership is not None:
+                self.tasks.spawn(self._claim(on_ready))
+            else:
+                self.tasks.spawn(self._serve_overlay(on_ready))
             await self._stop.wait()
         finally:
             await self._shutdown()
@@ -209,9 +275,9 @@ class Daemon:
         # Overlay identity for links and routing, network identity for DHT records: one
         # object unless the bundle puts the network on a shared overlay.
         identity, member = self.bundle.identities(now=now)
-        assert member is not None  # membership() refused overlay-only bundles
         if s.crl_file is not None:
-            load_crl_file(identity.trust, s.crl_file, now=now, network=member.trust)
+            network_trust = member.trust if member is not None else None
+            load_crl_file(identity.trust, s.crl_file, now=now, network=network_trust)
         try:
             self.udp = UdpSocket(s.listen)
         except OSError as exc:
@@ -232,9 +298,10 @@ class Daemon:
             clock=time.time,
             rng=self.rng,
             # The DHT refuses ip keys and name values outside the network's subnet.
-            dht_config=DhtConfig(subnet=self.subnet),
+            dht_config=DhtConfig(subnet=self.subnet if member is not None else None),
             # Nonces of routed messages sealed end to end: never twice, across restarts too.
             random_bytes=os.urandom,
+            overlay_only=member is None,
         )
         self.node.core.overlay.set_local_endpoints(local[:4])
         self.node.core.overlay.set_remembered(remembered)
@@ -243,7 +310,8 @@ class Daemon:
             self.node,
             self.udp,
             local_fd,
-            subnet=self.subnet,
+            # An overlay-only node accepts no address, so no IP packet passes its filter.
+            subnet=self.subnet if member is not None else _NO_SUBNET,
             lookup_owner=self.lookup_owner,
             local_frame=self.local.feed if self.local is not None else self._local_frame,
             local_side=local_side,
@@ -251,7 +319,7 @@ class Daemon:
         )
         if self.tap is not None:
             self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
-        if self._services_factory is not None and self.local is None:
+        if self._services_factory is not None and self.local is None and member is not None:
             self.services = self._services_factory(self)
         self.node.attach(self.udp, open_socket=self.nat.open_punch)
         self.node.core.stun.serve = s.stun_serve
@@ -282,11 +350,14 @@ class Daemon:
             time.process_time(),
         )
 
-    async def _open_local(self) -> tuple[int, LocalSide | None, str]:
+    async def _open_local(self) -> tuple[int | None, LocalSide | None, str]:
         """Open the local side: (fd to read frames from, its LocalSide or None, its name).
 
-        A node's is its TAP (None: one fixed Ethernet header), else the plugged-in one.
+        A node's is its TAP (None: one fixed Ethernet header), else the plugged-in one; an
+        overlay-only node has none (fd None).
         """
+        if self.membership is None:
+            return None, None, "none (overlay-only)"
         if self.local is not None:
             fd, side, name = await self.local.open()
             return fd, side, name
@@ -318,9 +389,14 @@ class Daemon:
         async with Rtnl() as nl:
             for a in await nl.ipv4_addresses():
                 addr = a.address
-                if addr and not addr.startswith("127.") and IPv4Address(addr) not in self.subnet:
+                if addr and not addr.startswith("127.") and not self._in_subnet(addr):
                     eps.append(Endpoint(addr, port))
         return eps
+
+    def _in_subnet(self, addr: str) -> bool:
+        """Is ``addr`` one of the virtual network's (our TAP's address is no underlay one)?"""
+        served = self._served
+        return served is not None and IPv4Address(addr) in served.subnet
 
     def _task_failed(self, exc: BaseException) -> None:
         log.error("event=task_failed error=%r", exc)
@@ -337,6 +413,7 @@ class Daemon:
             time.time() - self.started_at,
             time.process_time(),
         )
+        assert self.address is not None  # a member's (run() claims only for members)
         vip = await self.address.claim(node.dht)
         assert self.dataplane is not None
         self.dataplane.set_own_ip(vip)
@@ -350,6 +427,7 @@ class Daemon:
         # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
         self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
         # A router may publish for its LAN hosts too: replicas grant it one more each.
+        assert self.membership is not None
         quota = SERVICE_QUOTA + self.membership.node_cert.router_hosts
         self.publisher = ServicePublisher(
             node.dht, self.namespace, ttl=self.settings.lease_s, quota=quota
@@ -372,6 +450,22 @@ class Daemon:
         # After ready: a resolver slow to answer (resolvectl waits up to 5 s a command) must
         # not hold up the address, the names or the services.
         await self._register_dns()
+
+    async def _serve_overlay(self, on_ready: Callable[[], Any] | None) -> None:
+        """An overlay-only node is ready once its DHT has joined: from then on it routes,
+        relays and stores records for every network on the overlay, and claims nothing."""
+        node = self.node
+        assert node is not None
+        await node.dht_ready.wait()
+        log.info(
+            "event=ready overlay_only=1 overlay=%s after_s=%.3f cpu_s=%.3f",
+            self.bundle.overlay_name,
+            time.time() - self.started_at,
+            time.process_time(),
+        )
+        self.ready.set()
+        if on_ready is not None:
+            on_ready()
 
     async def _register_dns(self) -> None:
         """Route the suffix (and the subnet's reverse zones) from the host's resolver to our
@@ -407,7 +501,8 @@ class Daemon:
                     await self.publisher.withdraw_all()
             except TimeoutError:
                 log.warning("event=service_withdraw_timeout")
-        await self.address.stop()
+        if self.address is not None:
+            await self.address.stop()
         if self.services is not None:
             await self.services.close()
         if self.dataplane is not None:
@@ -600,6 +695,7 @@ class Daemon:
             counters=tuple(counters),
             lan_hosts=tuple(self.local.lan_hosts()) if self.local is not None else (),
             dns=dns,
+            overlay_only=self.membership is None,
         )
 
     def metrics_text(self, *, max_peers: int, drops: Mapping[str, int] | None = None) -> str:

@@ -164,7 +164,7 @@ class DataPlane:
         self,
         node: Node,
         udp: UdpSocket,
-        tap_fd: int,
+        tap_fd: int | None,
         *,
         subnet: IPv4Network,
         lookup_owner: Callable[[IPv4Address], Awaitable[NodeId | None]],
@@ -184,9 +184,12 @@ class DataPlane:
         # None: a TAP (fixed header, no source check); else a LAN (see LocalSide).
         self.local_side = local_side
         self.udp = udp
+        # None: no local side at all (an overlay-only node, ipop.aio.daemon): the node accepts
+        # no address, so the filter drops every IP packet for it before a write.
         self.tap_fd = tap_fd
         # Where frames are written: the TAP itself, or what the local side says.
-        self.out_fd = tap_fd if local_side is None else local_side.out_fd
+        out = tap_fd if local_side is None else local_side.out_fd
+        self.out_fd = -1 if out is None else out
         self.subnet = subnet
         self._lookup_owner = lookup_owner
         self._local_frame = local_frame
@@ -243,7 +246,8 @@ class DataPlane:
 
     def start(self) -> None:
         self._loop.add_reader(self.udp.sock.fileno(), self._drain_udp)
-        self._loop.add_reader(self.tap_fd, self._drain_tap)
+        if self.tap_fd is not None:
+            self._loop.add_reader(self.tap_fd, self._drain_tap)
 
     def close(self) -> None:
         if self._closed:
@@ -252,6 +256,8 @@ class DataPlane:
         if self.node.punch_sink == self._receive_punched:
             self.node.punch_sink = None
         for fd in (self.udp.sock.fileno(), self.tap_fd):
+            if fd is None:
+                continue
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(fd)
         for task in self._lookups.values():
@@ -505,6 +511,7 @@ class DataPlane:
     def _drain_tap(self) -> None:
         """Seal up to :data:`BATCH` frames from the TAP (one after a quiet spell) and send them."""
         fd = self.tap_fd
+        assert fd is not None  # read only once start() registered it
         node = self.node
         core = node.core
         send_batch = self.udp.send_batch

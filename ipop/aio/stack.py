@@ -31,6 +31,7 @@ from ipop import timing
 from ipop.aio.driver import DatagramSocket, Driver
 from ipop.core import NodeCore
 from ipop.dht.service import DhtConfig, DhtService
+from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.link.layer import LinkConfig
 from ipop.overlay.events import Delivered, Joined, Roamed, Routable
@@ -107,11 +108,15 @@ class Node:
         on_ip: Callable[[NodeId, bytes], None] | None = None,
         member: NodeIdentity | None = None,
         random_bytes: Callable[[int], bytes] | None = None,
+        overlay_only: bool = False,
     ) -> None:
         """``identity``: the overlay identity (links, routing); ``member``: the network
         identity over the same key, which signs and checks DHT records (default: the same
         object, a network that is its own overlay); ``random_bytes``: see
-        :class:`ipop.core.NodeCore` (the daemon's is the OS's)."""
+        :class:`ipop.core.NodeCore` (the daemon's is the OS's). ``overlay_only``: a node of
+        no network (no ``member``): its DHT stores every network's records, writes none."""
+        if overlay_only and member is not None:
+            raise LocalProtocolError("an overlay-only node has no network identity")
         self.core = NodeCore(
             identity,
             rng=random.Random(rng.random()),
@@ -127,6 +132,7 @@ class Node:
         self.clock = clock
         self._rng = rng
         self._dht_config = dht_config
+        self.overlay_only = overlay_only
         self.on_ip = on_ip
         self.dht: DhtService | None = None
         self.driver: Driver | None = None
@@ -250,6 +256,7 @@ class Node:
             config=self._dht_config,
             # Leases and certificates are UNIX time; the loop's time is per-host monotonic.
             clock=self.clock,
+            member=not self.overlay_only,
         )
         self.core.start(now=self.clock())
         self.driver.pump()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ipop.aio.control import CommandFailed
 from ipop.aio.daemon import Daemon, DaemonSettings, load_crl_file
 from ipop.bundle import Bundle
 from ipop.core import NodeCore
@@ -138,9 +139,36 @@ def test_the_daemon_links_with_the_overlay_identity_and_signs_with_the_network_o
     asyncio.run(asyncio.wait_for(go(), 30))
 
 
-def test_the_daemon_refuses_an_overlay_only_bundle_naming_the_key(tmp_path: Path) -> None:
+def test_an_overlay_only_daemon_runs_with_no_network_and_stores_any_networks_records(
+    tmp_path: Path,
+) -> None:
+    """ipopd with an overlay-only bundle: it links with its overlay identity, opens no TAP,
+    its DHT stores any network's records (no namespace of its own), its status says what it is,
+    and what needs a network is refused with words instead of a crash."""
+    bundle = _shared_bundle(overlay_only=True)
     settings = DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path)
-    with pytest.raises(ConfigError) as exc:
-        Daemon(_shared_bundle(overlay_only=True), settings)
-    assert exc.value.key == "network" and "overlay-only" in exc.value.problem
-    assert "ipop-config node NETWORK NAME" in exc.value.fix
+    d = Daemon(bundle, settings)
+    assert d.membership is None and d.address is None and d.arp is None
+    with pytest.raises(CommandFailed, match="overlay-only node serves no network"):
+        _ = d.subnet
+
+    async def go() -> None:
+        await d._start()
+        try:
+            assert d.node is not None and d.node.dht is not None and d.dataplane is not None
+            assert d.tap is None and d.dataplane.tap_fd is None and d.services is None
+            assert d.node.core.identity.cert.network == "shared"
+            assert d.node.dht.policy.trust is None  # every namespace is a stranger's
+            st = d.status()
+            assert st.self_.overlay_only and st.self_.vip is None
+            assert '"overlay_only": true' in st.to_json()
+        finally:
+            await d._shutdown()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_a_members_status_json_has_no_overlay_only_key(tmp_path: Path) -> None:
+    settings = DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path)
+    st = Daemon(_shared_bundle(), settings).status()
+    assert not st.self_.overlay_only and "overlay_only" not in st.to_json()
