@@ -27,12 +27,22 @@ def start_daemons(
     metrics: bool = False,
     web: bool = False,
     overlay: str | None = None,
+    overlay_only: Iterable[str] = (),
+    networks: dict[str, str] | None = None,
 ) -> IpopNet:
     """Configure every host of ``lab`` (``addressing``: host -> "dhcp"; ``metrics``: each
     daemon serves them on ipopnet.METRICS_LISTEN; ``web``: its status page on
     ipopnet.WEB_LISTEN), start the daemons of ``hosts`` in that order (default: all, the
-    bootstrap first) and wait until each holds its virtual IP."""
-    ipop = IpopNet(lab, metrics=metrics, web=web, overlay=overlay)
+    bootstrap first) and wait until each holds its virtual IP (``overlay_only`` hosts: until
+    each has joined the ring)."""
+    ipop = IpopNet(
+        lab,
+        metrics=metrics,
+        web=web,
+        overlay=overlay,
+        overlay_only=tuple(overlay_only),
+        networks=networks,
+    )
     ipop.prepare(addressing=addressing)
     if hosts is None:
         ipop.start_all()
@@ -58,6 +68,8 @@ def running_net(
     metrics: bool = False,
     web: bool = False,
     overlay: str | None = None,
+    overlay_only: Iterable[str] = (),
+    networks: dict[str, str] | None = None,
 ) -> Iterator[IpopNet]:
     """Build ``topology`` and :func:`start_daemons` on it; tear all of it down afterwards."""
     prefix = process_prefix(prefix_tag)
@@ -72,6 +84,8 @@ def running_net(
             metrics=metrics,
             web=web,
             overlay=overlay,
+            overlay_only=overlay_only,
+            networks=networks,
         )
     finally:
         lab.down()

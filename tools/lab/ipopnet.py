@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -140,11 +141,21 @@ class IpopNet:
         metrics: bool = False,
         web: bool = False,
         overlay: str | None = None,
+        overlay_only: Collection[str] = (),
+        networks: Mapping[str, str] | None = None,
     ) -> None:
         """``overlay``: put the network on an overlay of that name with a CA of its own
-        (``ipop-config overlay init``), so every bundle holds two certificates."""
+        (``ipop-config overlay init``), so every bundle holds two certificates;
+        ``overlay_only``: these hosts get overlay-only bundles (``ipop-config overlay node``):
+        they route, relay and store records, and hold no address; ``networks``: host -> the
+        network it is a member of, for hosts not in ``network`` (each such network is made on
+        the overlay with the same subnet: ranges of different networks may overlap)."""
+        if (overlay_only or networks) and overlay is None:
+            raise ValueError("overlay-only hosts and other networks need an overlay")
         self.lab = lab
         self.overlay = overlay
+        self.overlay_only = frozenset(overlay_only)
+        self.networks = dict(networks or {})
         self.metrics = metrics
         self.web = web
         self.network = network
@@ -190,14 +201,21 @@ class IpopNet:
         if self.overlay is not None:
             self._config_cli(["overlay", "init", self.overlay])
             on = ["--overlay", self.overlay]
-        self._config_cli(["init", self.network, "--subnet", str(self.subnet), *boots, *on])
+        for net in sorted({self.network, *self.networks.values()}):
+            self._config_cli(["init", net, "--subnet", str(self.subnet), *boots, *on])
         for h in self.lab.hosts:
             f = self.files(h)
             # A router's certificate grants its LAN hosts' records (router.max_hosts' default).
             role = ["--router", "--max-hosts", "1024"] if self.lab.is_router(h) else []
-            self._config_cli(
-                ["node", self.network, h.name, "--hostname", h.name, "--out", str(f.bundle), *role]
-            )
+            if h.name in self.overlay_only:
+                assert self.overlay is not None
+                self._config_cli(
+                    ["overlay", "node", self.overlay, h.name, "--out", str(f.bundle), *boots]
+                )
+            else:
+                net = self.networks.get(h.name, self.network)
+                named = ["--hostname", h.name, "--out", str(f.bundle), *role]
+                self._config_cli(["node", net, h.name, *named])
             mode = (addressing or {}).get(h.name, "static")
             lines = [
                 f'bundle = "{f.bundle}"',
@@ -323,13 +341,18 @@ class IpopNet:
                     st = self.status(h)
                 except ControlError:
                     continue
-                if st.self_.vip is not None:
+                if self._ready(st):
                     done[h.name] = (st, time.monotonic())
             time.sleep(POLL_S / 2)
         for h in hosts:
             if h.name not in done:
                 self.wait_ready(h, timeout_s=0.0)  # raises NotReady with the log tail
         return done
+
+    @staticmethod
+    def _ready(st: Status) -> bool:
+        """A member holds its vIP; an overlay-only node has joined the ring."""
+        return st.self_.vip is not None or (st.self_.overlay_only and st.self_.routable)
 
     def wait_ready(self, host: Host | str, *, timeout_s: float) -> Status:
         """Poll until ``host``'s daemon holds a virtual IP; :class:`NotReady` after the deadline."""
@@ -339,7 +362,7 @@ class IpopNet:
         while True:
             try:
                 st = self.status(h)
-                if st.self_.vip is not None:
+                if self._ready(st):
                     return st
                 last = "joined, no virtual IP yet" if st.self_.routable else "not routable yet"
             except ControlError as exc:

@@ -1,0 +1,176 @@
+"""Two virtual networks on one shared overlay of three overlay-only nodes (root; issue 17,
+items 1-3), with real daemons and real clients.
+
+The overlay ``shared`` has its own CA. Its three public nodes hold only overlay bundles
+(``ipop-config overlay node``): they are the bootstraps, they route, relay and store both
+networks' DHT records, and they hold no address. ``labnet`` (``a1``, ``a2``) and ``othernet``
+(``b1``, ``b2``) are two networks on it with their own CAs and the same address range. Checked
+with ``ping``, ``dig`` and ``tcpdump``:
+
+- the members of each network find each other by name and ping each other;
+- a member of one network resolves none of the other's names (a reverse lookup gives only the
+  address's own computed C-name) and reaches none of its addresses;
+- the overlay-only nodes say so in ``ipop status``, hold links to members of both networks,
+  and never see a member's ping payload on their wire (tcpdump), though they carry the
+  networks' traffic and records.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ipop.bundle import load_bundle
+from ipop.tools.lab.ipopnet import IpopNet
+from ipop.tools.lab.topology import Topology, topology_from_dict
+
+from .running import ping_ok, running_net, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
+
+READY_S = 40.0
+GATEWAY = "100.64.0.1"
+OVERLAY_ONLY = ("ov1", "ov2", "ov3")
+# Hosts of the second network; the rest of the members are in labnet.
+OTHERNET = {"b1": "othernet", "b2": "othernet"}
+# ping -p fills the payload with this: what tcpdump on the overlay-only nodes must never see.
+PATTERN = "5eed0ca7c0ffee5eed0ca7c0ffee0001"
+
+
+def _topology() -> Topology:
+    return topology_from_dict(
+        {
+            "bootstraps": 3,
+            "hosts": [
+                {"name": "ov1", "role": "public", "ip": "203.0.113.10"},
+                {"name": "ov2", "role": "public", "ip": "203.0.113.11"},
+                {"name": "ov3", "role": "public", "ip": "203.0.113.12"},
+                {"name": "a1", "role": "nat", "kind": "port-restricted-cone"},
+                {"name": "a2", "role": "nat", "kind": "symmetric"},
+                {"name": "b1", "role": "nat", "kind": "port-restricted-cone"},
+                {"name": "b2", "role": "nat", "kind": "symmetric"},
+            ],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
+    with running_net(
+        _topology(),
+        tmp_path_factory.mktemp("twonets"),
+        prefix_tag="tn",
+        ready_s=READY_S,
+        overlay="shared",
+        overlay_only=OVERLAY_ONLY,
+        networks=OTHERNET,
+    ) as ipop:
+        yield ipop
+
+
+def _dig(net: IpopNet, host: str, *args: str) -> str:
+    res = net.lab.exec(host, ["dig", f"@{GATEWAY}", "+tries=1", "+time=3", *args], timeout=10)
+    return res.stdout
+
+
+def test_the_bundles_are_what_the_roles_say(net: IpopNet) -> None:
+    for name in OVERLAY_ONLY:
+        b = load_bundle(net.files(name).bundle)
+        assert not b.is_member and b.overlay == "shared"
+    a1, b1 = load_bundle(net.files("a1").bundle), load_bundle(net.files("b1").bundle)
+    assert (a1.network, b1.network) == ("labnet", "othernet")
+    assert a1.subnet == b1.subnet  # ranges of different networks may overlap
+    assert a1.trust is not None and b1.trust is not None
+    assert a1.trust.fingerprint != b1.trust.fingerprint
+    assert a1.overlay_trust.fingerprint == b1.overlay_trust.fingerprint
+
+
+def test_members_of_each_network_ping_each_other_by_name(net: IpopNet) -> None:
+    for src, dst in (("a1", "a2"), ("a2", "a1"), ("b1", "b2"), ("b2", "b1")):
+        ping_ok(net, src, f"{dst}.ipop")
+
+
+def test_overlay_only_nodes_hold_no_address_and_link_both_networks(net: IpopNet) -> None:
+    linked: set[str] = set()
+    for name in OVERLAY_ONLY:
+        st = net.status(name)
+        assert st.self_.overlay_only and st.self_.vip is None and not st.self_.names
+        assert st.self_.routable
+        linked |= {p.name for p in st.peers}
+    assert {"a1", "a2", "b1", "b2"} <= linked, linked
+    sock = f"IPOP_SOCKET={net.files('ov1').socket}"
+    words = net.lab.exec(
+        "ov1", ["env", sock, sys.executable, "-m", "ipop.tools.cli", "status"], timeout=20
+    )
+    assert "overlay-only node" in words.stdout + words.stderr
+
+
+def test_a_member_neither_resolves_nor_reaches_the_other_network(net: IpopNet) -> None:
+    b1_vip = net.status("b1").self_.vip
+    a1_vip = net.status("a1").self_.vip
+    assert b1_vip is not None and a1_vip is not None
+    # Forward and reverse names of the other network: not ours to answer.
+    for host, other, vip in (("a1", "b1", b1_vip), ("b1", "a1", a1_vip)):
+        out = _dig(net, host, f"{other}.ipop", "A")
+        assert "status: NXDOMAIN" in out, out
+        # A reverse name is the address's own C-name (computed, no lookup: it tells nothing
+        # the asker did not know); never the other network's hostname.
+        out = _dig(net, host, "-x", vip)
+        assert f"{other}.ipop" not in out, out
+    # Its addresses lead nowhere: nobody in labnet holds b1's vIP.
+    res = net.lab.exec("a1", ["ping", "-c", "3", "-i", "0.2", "-W", "1", b1_vip], timeout=10)
+    assert res.returncode != 0 and " 0 received" in res.stdout, res.stdout
+    # And a1's own network still works.
+    ping_ok(net, "a1", "a2.ipop")
+
+
+def _capture(net: IpopNet, host: str, pcap: Path) -> int:
+    """Start tcpdump on every interface of ``host`` (UDP only, written as it comes); its PID."""
+    argv = ["tcpdump", "-i", "any", "-U", "-w", str(pcap), "udp"]
+    return net.lab.spawn(host, argv, log_path=pcap.with_suffix(".log")).pid
+
+
+def test_the_overlay_only_nodes_carry_traffic_they_cannot_read(
+    net: IpopNet, tmp_path: Path
+) -> None:
+    pcaps = {name: tmp_path / f"{name}.pcap" for name in OVERLAY_ONLY}
+    pids = [_capture(net, name, pcap) for name, pcap in pcaps.items()]
+    try:
+        assert wait_for(lambda: all(p.exists() for p in pcaps.values()), 10), "tcpdump not up"
+        relayed_before = _forwarded(net)
+        for src, dst in (("a1", "a2"), ("b2", "b1")):
+            vip = net.status(dst).self_.vip
+            assert vip is not None
+            argv = ["ping", "-c", "20", "-i", "0.05", "-W", "1", "-p", PATTERN, "-s", "200", vip]
+            res = net.lab.exec(src, argv, timeout=20)
+            assert " 0 received" not in res.stdout, res.stdout
+    finally:
+        for pid in pids:
+            net.lab.stop_pid(pid)
+    captured = {name: pcap.read_bytes() for name, pcap in pcaps.items()}
+    # They did carry datagrams (links, the ring, DHT, maybe a relayed path) ...
+    assert all(len(data) > 1000 for data in captured.values()), {
+        k: len(v) for k, v in captured.items()
+    }
+    # ... and never a member's inner packet in the clear.
+    marker = bytes.fromhex(PATTERN)
+    assert not any(marker in data for data in captured.values())
+    print(
+        "overlay-only captures (bytes):",
+        {k: len(v) for k, v in captured.items()},
+        "relay bytes forwarded before/after:",
+        relayed_before,
+        _forwarded(net),
+    )
+
+
+def _forwarded(net: IpopNet) -> int:
+    total = 0
+    for name in OVERLAY_ONLY:
+        counters = net.status(name).counters
+        total += sum(v for k, v in counters.items() if "relay" in k and "bytes" in k)
+    return total
