@@ -2,7 +2,7 @@
 always torn down (namespaces, processes, stale leftovers of this prefix) (:func:`running_net`,
 :func:`start_daemons` for a test that owns its lab); and what the tests
 that time an outage with ``ping`` share (:func:`peer_path`, :func:`wait_for`,
-:func:`make_direct`, :func:`outage_around`)."""
+:func:`make_direct`, :func:`outage_around`); and the attack tests' :data:`LISTENER`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,22 @@ from pathlib import Path
 from ipop.tools.lab.ipopnet import IpopNet
 from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
 from ipop.tools.lab.topology import Topology
+
+# Counts datagrams carrying the marker on the victim's vIP, port 9, for a bounded time.
+LISTENER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9))
+s.settimeout(0.2)
+n, end = 0, time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        data = s.recv(2048)
+    except socket.timeout:
+        continue
+    n += sys.argv[3].encode() in data
+open(sys.argv[4], "w").write(str(n))
+"""
 
 
 def start_daemons(
