@@ -10,6 +10,9 @@ with ``ping``, ``dig`` and ``tcpdump``:
 - the members of each network find each other by name and ping each other;
 - a member of one network resolves none of the other's names (a reverse lookup gives only the
   address's own computed C-name) and reaches none of its addresses;
+- a modified daemon of the other network, told the victims' addresses, node ids and
+  namespace, writes none of their keys and gets none of its forged or spoofed IP onto their
+  TAPs;
 - the overlay-only nodes say so in ``ipop status``, hold links to members of both networks,
   and never see a member's ping payload on their wire (tcpdump), though they carry the
   networks' traffic and records.
@@ -17,6 +20,7 @@ with ``ping``, ``dig`` and ``tcpdump``:
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -25,18 +29,23 @@ from pathlib import Path
 import pytest
 
 from ipop.bundle import load_bundle
+from ipop.dht.record import namespace_of
+from ipop.tools.lab.hostile import MARKER
 from ipop.tools.lab.ipopnet import IpopNet
 from ipop.tools.lab.topology import Topology, topology_from_dict
 
-from .running import ping_ok, running_net, wait_for
+from .running import LISTENER, ping_ok, running_net, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
 READY_S = 40.0
 GATEWAY = "100.64.0.1"
 OVERLAY_ONLY = ("ov1", "ov2", "ov3")
-# Hosts of the second network; the rest of the members are in labnet.
-OTHERNET = {"b1": "othernet", "b2": "othernet"}
+# Hosts of the second network; the rest of the members are in labnet. ``m`` runs the hostile
+# build (ipop.tools.lab.hostile) against labnet's members, started by its test.
+OTHERNET = {"b1": "othernet", "b2": "othernet", "m": "othernet"}
+HONEST = ["ov1", "ov2", "ov3", "a1", "a2", "b1", "b2"]
+ATTACK_S = 10.0
 # ping -p fills the payload with this: what tcpdump on the overlay-only nodes must never see.
 PATTERN = "5eed0ca7c0ffee5eed0ca7c0ffee0001"
 
@@ -53,6 +62,7 @@ def _topology() -> Topology:
                 {"name": "a2", "role": "nat", "kind": "symmetric"},
                 {"name": "b1", "role": "nat", "kind": "port-restricted-cone"},
                 {"name": "b2", "role": "nat", "kind": "symmetric"},
+                {"name": "m", "role": "nat", "kind": "port-restricted-cone"},
             ],
         }
     )
@@ -68,6 +78,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
         overlay="shared",
         overlay_only=OVERLAY_ONLY,
         networks=OTHERNET,
+        hosts=HONEST,
     ) as ipop:
         yield ipop
 
@@ -174,3 +185,55 @@ def _forwarded(net: IpopNet) -> int:
         counters = net.status(name).counters
         total += sum(v for k, v in counters.items() if "relay" in k and "bytes" in k)
     return total
+
+
+def test_a_member_of_the_other_network_injects_nothing(net: IpopNet) -> None:
+    """``m`` (othernet) knows labnet's namespace and a1's and a2's vIPs and node ids from
+    outside its own DHT. It writes their name and ip keys in labnet's namespace, forges IP
+    between them in their names, and sends them IP over its own links: replicas refuse the
+    writes (its certificate is not labnet CA's), and no marker reaches their TAPs."""
+    lab = net.lab
+    victims = ("a1", "a2")
+    bundle = load_bundle(net.files("a1").bundle)
+    assert bundle.trust is not None
+    foreign = []
+    counts: dict[str, Path] = {}
+    for h in victims:
+        me = net.status(h).self_
+        assert me.vip is not None
+        foreign += ["--foreign", f"{h}={me.vip}@{me.node_id}"]
+        counts[h] = lab.workdir / f"marker-{h}.txt"
+        argv = [sys.executable, "-c", LISTENER, me.vip, str(ATTACK_S + 20), MARKER.decode()]
+        lab.spawn(h, [*argv, str(counts[h])], log_path=lab.workdir / f"listener-{h}.log")
+    report = lab.workdir / "cross-report.json"
+    m = net.files("m")
+    hostile = [
+        sys.executable, "-m", "ipop.tools.lab.hostile", "--config", str(m.config),
+        "--victims", "", *foreign, "--foreign-namespace", namespace_of(bundle.trust),
+        "--duration", str(ATTACK_S), "--report", str(report),
+    ]  # fmt: skip
+    lab.spawn("m", hostile, log_path=m.log)
+    assert wait_for(report.exists, 60 + ATTACK_S), m.log.read_text()[-3000:]
+    sent = json.loads(report.read_text())
+    assert sent["done"], sent
+    s = sent["sent"]
+    assert s["dht_foreign_name_hijack_refused"] == len(victims), s
+    assert s["dht_foreign_vip_hijack_refused"] == len(victims), s
+    assert not any(k.endswith("_accepted") and k.startswith("dht_foreign") for k in s), s
+    assert s["forged_routed_ip"] > 0, s
+    # Names and addresses are labnet's still, and nothing forged reached a TAP.
+    a2_vip = net.status("a2").self_.vip
+    res = lab.exec("a1", ["dig", "+short", f"@{GATEWAY}", "a2.ipop"], timeout=10)
+    assert res.stdout.strip() == a2_vip, res.stdout
+    assert wait_for(lambda: all(p.exists() for p in counts.values()), ATTACK_S + 30)
+    assert {h: int(p.read_text()) for h, p in counts.items()} == {h: 0 for h in victims}
+    ping_ok(net, "a1", "a2.ipop")
+    # The victims refused it themselves, and counted why (forged origins, foreign sources).
+    refused = {
+        h: {k: v for k, v in net.status(h).drops.items() if k.split(".")[0] in ("vnet", "overlay")}
+        for h in victims
+    }
+    print(f"cross-network attack: sent {s}; victims' drops {refused}")
+    assert any(
+        v for d in refused.values() for k, v in d.items() if "origin" in k or "inner_src" in k
+    ), refused
