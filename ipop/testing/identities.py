@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import random
 from ipaddress import IPv4Network
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ipop.bundle import Bundle
+from ipop.errors import LocalProtocolError
 from ipop.identity import NetworkCA, NodeIdentity
 from ipop.types import Endpoint
 
@@ -78,21 +80,42 @@ def make_bundle(
     now: float,
     hostname: str | None = None,
     router_hosts: int = 0,
+    overlay: str | None = None,
+    overlay_only: bool = False,
 ) -> Bundle:
-    """A node bundle of a fresh network CA: what 'ipop-config node' writes, in memory."""
+    """A node bundle of a fresh network CA: what 'ipop-config node' writes, in memory.
+
+    ``overlay``: the network sits on a shared overlay of that name with a fresh CA of its own
+    (the bundle holds both certificates, 'ipop-config init --overlay'); ``overlay_only``: the
+    bundle of an overlay-only node ('ipop-config overlay node'), without the network's keys.
+    """
     ca = make_network(network, now=now)
     ident = NodeIdentity.generate(
         ca, node_name, now=now, hostname=hostname, router_hosts=router_hosts
     )
+    network_keys: dict[str, Any] = {
+        "network": network,
+        "subnet": subnet,
+        "ca_cert_pem": ca.cert_pem(),
+        "node_cert_pem": ident.cert.pem(),
+        "hostname": hostname,
+    }
+    overlay_keys: dict[str, Any] = {}
+    if overlay is not None:
+        overlay_ca = make_network(overlay, now=now)
+        overlay_keys = {
+            "overlay": overlay,
+            "overlay_ca_cert_pem": overlay_ca.cert_pem(),
+            "overlay_cert_pem": ident.certified_by(overlay_ca, node_name, now=now).cert.pem(),
+        }
+    elif overlay_only:
+        raise LocalProtocolError("an overlay-only bundle needs its overlay")
     return Bundle(
-        network=network,
-        subnet=subnet,
         bootstrap=bootstrap,
         node_name=node_name,
-        ca_cert_pem=ca.cert_pem(),
-        node_cert_pem=ident.cert.pem(),
         node_key_pem=ident.private_key_pem(),
-        hostname=hostname,
+        **({} if overlay_only else network_keys),
+        **overlay_keys,
     )
 
 

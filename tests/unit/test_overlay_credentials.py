@@ -10,7 +10,6 @@ import time
 from ipaddress import IPv4Network
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -22,7 +21,7 @@ from ipop.errors import ConfigError
 from ipop.identity import CrlError, cert_serial
 from ipop.revocation import signed_by
 from ipop.testing.clock import SIM_EPOCH
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import make_bundle, make_identity, make_network
 from ipop.types import Endpoint
 
 NOW = SIM_EPOCH
@@ -72,25 +71,14 @@ def test_crls_go_to_the_trust_of_the_ca_that_signed_them(tmp_path: Path) -> None
 
 
 def _shared_bundle(*, overlay_only: bool = False) -> Bundle:
-    now = time.time()
-    overlay_ca = make_network("shared", now=now - 60)
-    network_ca = make_network("lab", now=now - 60)
-    member = make_identity(network_ca, "alice", now=now - 60)
-    overlay = member.certified_by(overlay_ca, "alice", now=now - 60)
-    network_keys: dict[str, Any] = {
-        "network": "lab",
-        "subnet": IPv4Network("100.64.0.0/16"),
-        "ca_cert_pem": network_ca.cert_pem(),
-        "node_cert_pem": member.cert.pem(),
-    }
-    return Bundle(
+    return make_bundle(
+        "lab",
+        "alice",
+        subnet=IPv4Network("100.64.0.0/16"),
         bootstrap=(Endpoint("127.0.0.1", 9),),
-        node_name="alice",
-        node_key_pem=member.private_key_pem(),
+        now=time.time() - 60,
         overlay="shared",
-        overlay_ca_cert_pem=overlay_ca.cert_pem(),
-        overlay_cert_pem=overlay.cert.pem(),
-        **({} if overlay_only else network_keys),
+        overlay_only=overlay_only,
     )
 
 
