@@ -715,7 +715,8 @@ class Daemon:
         )
 
     async def learn_peer_vips(self, *, now: float) -> int:
-        """Learn linked peers' vIPs from their hostnames' records; how many were learned.
+        """Learn linked peers' vIPs from their hostnames' records (on a shared overlay, their
+        node names'); how many were learned.
 
         The data plane knows the vIPs of peers we exchanged traffic with; a ring neighbour we
         never talked to would show no VIP in ``ipop status``. A hostname names the vIP, and
@@ -733,15 +734,21 @@ class Daemon:
         ]:
             del self.peer_vips[peer]
         known = self.dataplane.known_owners()
+        # On a shared overlay, links present overlay certificates, which name no hostname:
+        # the node name stands in (ipop-config names a member alike in both certificates), and
+        # the owner check below decides as for a hostname. A peer of another network, or an
+        # overlay-only one, resolves to nothing (a lookup a sweep, MAX_PEER_VIP_LOOKUPS bound).
+        shared = self.bundle.overlay is not None
         todo = [
-            info
+            (info, name)
             for info in infos
-            if info.hostname and info.peer not in known and info.peer not in self.peer_vips
+            if (name := info.hostname or (info.name if shared else None))
+            and info.peer not in known
+            and info.peer not in self.peer_vips
         ][:MAX_PEER_VIP_LOOKUPS]
         learned = 0
-        for info in todo:
-            assert info.hostname is not None
-            vip = await lookup_name(node.dht, self.namespace, info.hostname, self.subnet)
+        for info, name in todo:
+            vip = await lookup_name(node.dht, self.namespace, name, self.subnet)
             if vip is not None and await self.lookup_owner(vip) == info.peer:
                 self.peer_vips[info.peer] = (vip, now)
                 learned += 1
