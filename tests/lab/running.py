@@ -108,12 +108,12 @@ def running_net(
         cleanup_stale(prefix)
 
 
-def ping_ok(net: IpopNet, src: str, target: str, tries: int = 3) -> str:
+def ping_ok(net: IpopNet, src: str, target: str, tries: int = 3, *, timeout_s: float = 10.0) -> str:
     """``ping -c 1`` from ``src`` to ``target`` until one answers (its output), at most
-    ``tries`` times; AssertionError with the last output otherwise."""
+    ``tries`` times (each within ``timeout_s``); AssertionError with the last output otherwise."""
     out = ""
     for _ in range(tries):
-        res = net.lab.exec(src, ["ping", "-c", "1", "-W", "2", target], timeout=10)
+        res = net.lab.exec(src, ["ping", "-c", "1", "-W", "2", target], timeout=timeout_s)
         out = res.stdout + res.stderr
         if res.returncode == 0:
             return out
