@@ -67,6 +67,7 @@ from ipop.nat.portguess import PortGuessing, is_knock
 from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
 from ipop.overlay.events import Delivered, OverlayEvent, PeerHidden, RelayDatagram, Roamed
 from ipop.overlay.messages import (
+    CRL_OP_NETWORK,
     KIND_BIRTHDAY,
     KIND_IP,
     KIND_PING,
@@ -80,7 +81,7 @@ from ipop.overlay.messages import (
 from ipop.overlay.node import OverlayConfig, OverlayNode, OverlaySnapshot
 from ipop.overlay.origin import OriginAuth
 from ipop.punching import NO_VIEW, PublicView, Punching, public_view
-from ipop.revocation import CrlGossip, signed_by
+from ipop.revocation import CrlGossip, NetworkCrls, signed_by
 from ipop.routes import ROUTED_IP_MTU, RouteProbes
 from ipop.shortcuts import ShortcutKeeper
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
@@ -89,6 +90,7 @@ from ipop.wire.header import DATA_MIN_BYTES
 __all__ = ["ROUTED_IP_MTU", "NodeCore", "NodeSnapshot", "PublicView"]
 
 _CRL_TAG = bytes([TYPE_CRL])
+_CRL_NETWORK_OP = bytes([CRL_OP_NETWORK])
 # A DIRECT message's datagram is its inner packet plus this (DIRECT header, DATA header, tag).
 _DIRECT_GROWTH = DATA_MIN_BYTES + 2
 
@@ -110,6 +112,8 @@ class NodeSnapshot:
     drops: dict[str, dict[str, int]] = field(default_factory=dict)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     crl_number: int = 0  # the revocation list in force (0: none)
+    # On a shared overlay, our network CA's list in force (None: the network is the overlay).
+    network_crl_number: int | None = None
 
 
 class NodeCore:
@@ -179,6 +183,10 @@ class NodeCore:
         self.punching = Punching(self.overlay, self.birthday, self.journal, self._emit)
         # The revocation list epidemic (ipop.revocation): TYPE_CRL link messages stop here.
         self.revocation = CrlGossip(identity.trust)
+        # Virtual networks' lists on a shared overlay (TYPE_CRL NETWORK), ours pinned.
+        self.network_crls = NetworkCrls()
+        if self.member.trust is not identity.trust:
+            self.network_crls.pin(self.member.trust)
         # Routes over the ring that IP flows over, probed end to end (ipop.routes); ip_mtu
         # reads their prober's limits.
         self.routes = RouteProbes(self.overlay, self.stats)
@@ -297,8 +305,14 @@ class NodeCore:
         On a shared overlay a CRL of the network's CA goes to the network trust instead: it
         refuses the revoked members' DHT records; links are the overlay CA's to cut, and the
         gossip carries only the overlay's list (both trusts are one object otherwise)."""
-        if self.member.trust is not self.identity.trust and signed_by(self.member.trust, data):
-            return self.member.trust.apply_crl(data, now=now)
+        member = self.member.trust
+        if member is not self.identity.trust and signed_by(member, data):
+            crl = member.apply_crl(data, now=now)
+            self.stats["network_crl_installed"] += 1
+            peers = [p.peer for p in self.link.peers()]
+            self.network_crls.announce(member.public_key_raw, peers, source=None)
+            self._send_crl_output(now)
+            return crl
         crl = self.identity.trust.apply_crl(data, now=now)
         self._crl_installed(None, now)
         self._settle(now)
@@ -596,14 +610,21 @@ class NodeCore:
                 "overlay": dict(overlay.drops),
                 "stun": dict(self.stun.drops),
                 "crl": dict(revocation.drops),
+                "network_crl": dict(self.network_crls.drops),
             },
             counters={
                 "link": dict(link.stats),
                 "overlay": dict(overlay.stats),
                 "node": dict(self.stats),
                 "crl": dict(revocation.stats),
+                "network_crl": dict(self.network_crls.stats),
             },
             crl_number=self.identity.trust.crl_number,
+            network_crl_number=(
+                self.member.trust.crl_number
+                if self.member.trust is not self.identity.trust
+                else None
+            ),
         )
 
     def get_timer(self) -> float | None:
@@ -719,9 +740,19 @@ class NodeCore:
     # --- revocation (ipop.revocation) ------------------------------------------------------
 
     def _on_crl(self, peer: NodeId, payload: bytes, now: float) -> None:
-        if self.revocation.receive(peer, payload, now=now) is not None:
+        if payload[1:2] == _CRL_NETWORK_OP:
+            self._on_network_crl(peer, payload, now)
+        elif self.revocation.receive(peer, payload, now=now) is not None:
             self._crl_installed(peer, now)
         self._send_crl_output(now)
+
+    def _on_network_crl(self, peer: NodeId, payload: bytes, now: float) -> None:
+        got = self.network_crls.receive(peer, payload, now=now)
+        if got is not None:
+            # Passed on to every other linked peer; a member's own list is now in force in its
+            # network trust (ipop.dht.policy refuses the revoked members' records).
+            peers = [p.peer for p in self.link.peers()]
+            self.network_crls.announce(got[0], peers, source=peer)
 
     def _crl_installed(self, source: NodeId | None, now: float) -> None:
         """A newer CRL is in force: revoked peers lose their sessions (their LinkDowns reach
@@ -735,7 +766,7 @@ class NodeCore:
         self._send_crl_output(now)
 
     def _send_crl_output(self, now: float) -> None:
-        for peer, payload in self.revocation.outgoing():
+        for peer, payload in (*self.revocation.outgoing(), *self.network_crls.outgoing()):
             if not self.link.is_up(peer):
                 continue
             try:
@@ -765,10 +796,12 @@ class NodeCore:
                     self._on_link_path(lev.peer, now)
                 if type(lev) is LinkUp:
                     self.revocation.link_up(lev.peer, now=now)
+                    self.network_crls.link_up(lev.peer, now=now)
                     self._send_crl_output(now)
                 elif type(lev) is LinkDown:
                     self.journal.link_down(lev.peer, lev.reason, now=now)
                     self.revocation.link_down(lev.peer)
+                    self.network_crls.link_down(lev.peer)
                     self.birthday.unlinked(lev.peer)
                 overlay.on_link_event(lev, now=now)
             for data, path in link.datagrams_to_send(now=now):

@@ -88,6 +88,8 @@ def build_status(core: NodeSnapshot | None, local: LocalView, *, now: float) -> 
         for layer, counts in core.counters.items():
             counters.update(prefixed(layer, counts))
         counters["crl.number"] = core.crl_number  # what an operator checks after a push
+        if core.network_crl_number is not None:  # a shared overlay: our network's list
+            counters["network_crl.number"] = core.network_crl_number
     for more in local.drops:
         drops.update(more)
     merged = dict(counters)

@@ -257,6 +257,7 @@ class Node:
             # Leases and certificates are UNIX time; the loop's time is per-host monotonic.
             clock=self.clock,
             member=not self.overlay_only,
+            revoked=self.core.network_crls.revoked,
         )
         self.core.start(now=self.clock())
         self.driver.pump()

@@ -22,11 +22,12 @@ key). Which checks apply depends on whose namespace it is:
     key, a leaf, O= and the SAN naming the namespace's network, node id = hash of its key, the
     certificate's validity window), and every rule below that needs no configuration. That
     network's subnet is unknown here: an ip key must be a canonical IPv4 address and a name
-    value 4 bytes, of any address; revocation (its CRL) and the CA's lifetime are unknowable
-    too. Members of that network check all three when they read
-    (their own namespace), so a stranger replica can at worst keep a record readers then
-    disbelieve; it can never let a non-member create or squat a key, which is what matters
-    for create-if-absent.
+    value 4 bytes, of any address; the CA's lifetime is unknowable too, and its revocations
+    are known only once its CRL has reached this node (:class:`ipop.revocation.NetworkCrls`
+    carries every network's list over the overlay's links). Members of that network check
+    all of it when they read (their own namespace), so a stranger replica can at worst keep
+    a record readers then disbelieve; it can never let a non-member create or squat a key,
+    which is what matters for create-if-absent.
 
 Verifiers of other namespaces are made on demand and kept in a bounded LRU
 (:data:`FOREIGN_NAMESPACES`, each caching :data:`FOREIGN_CERT_CACHE` certificates). Records
@@ -76,6 +77,7 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import AddressValueError, IPv4Address, IPv4Network
 from typing import Protocol
@@ -89,6 +91,7 @@ from ipop.identity import (
     CaTrust,
     CertificateError,
     NodeCertificate,
+    cert_serial,
     validate_hostname,
 )
 
@@ -205,10 +208,19 @@ class RecordPolicy:
     included); None: a node of no network (overlay-only), to which every namespace is foreign.
     """
 
-    __slots__ = ("_foreign", "namespace", "network", "subnet", "trust")
+    __slots__ = ("_foreign", "_revoked", "namespace", "network", "subnet", "trust")
 
-    def __init__(self, trust: CaTrust | None, *, subnet: IPv4Network | None = None) -> None:
+    def __init__(
+        self,
+        trust: CaTrust | None,
+        *,
+        subnet: IPv4Network | None = None,
+        revoked: Callable[[bytes], frozenset[int]] | None = None,
+    ) -> None:
+        """``revoked``: the serials another network's CA (by raw key) has revoked, as far as
+        this node knows (:meth:`ipop.revocation.NetworkCrls.revoked`); None: unknown."""
         self.trust = trust
+        self._revoked = revoked
         self.network = trust.network if trust is not None else None
         self.namespace = namespace_of(trust) if trust is not None else None
         self.subnet = subnet
@@ -248,6 +260,10 @@ class RecordPolicy:
             # Not signed by the key the namespace names: whoever signed it, not this network.
             reason = "key_wrong_ca" if exc.reason == "cert_bad_signature" else exc.reason
             raise _refuse(reason, exc.detail) from None
+        if self._revoked is not None and type(verifier) is CaKeyTrust:
+            serials = self._revoked(verifier.public_key_raw)
+            if serials and cert_serial(cert) in serials:
+                raise _refuse("cert_revoked", f"{cert.name}: on its network's CRL")
         if cert.public_key_raw != bytes(record.owner_pub):
             raise _refuse("record_cert_key_mismatch")
         if kind is Kind.IP:

@@ -95,13 +95,15 @@ class DhtService:
         config: DhtConfig | None = None,
         clock: Callable[[], float] | None = None,
         member: bool = True,
+        revoked: Callable[[bytes], frozenset[int]] | None = None,
     ) -> None:
         """``clock``: UNIX time, for leases, seqs and certificates (a daemon's loop time is
         monotonic, and each host's differs); None: the loop's (the simulator's is UNIX-like).
         ``member``: False on an overlay-only node, which belongs to no network: it stores and
         serves every network's records that the network's own CA key vouches for, and has no
         namespace of its own (``identity`` is its overlay identity, which certifies nothing in
-        any network)."""
+        any network). ``revoked``: other networks' revocations this node has heard of, by CA
+        key (:class:`ipop.dht.policy.RecordPolicy`)."""
         if port.local_id != identity.node_id:
             raise LocalProtocolError("overlay port and identity disagree on our node id")
         self._loop = asyncio.get_running_loop()
@@ -116,7 +118,9 @@ class DhtService:
         self.background_errors: list[BaseException] = []
         # Record time (leases, seqs, certificates) is UNIX time; timers run on the loop.
         self._now = clock or self._loop.time
-        self.policy = RecordPolicy(identity.trust if member else None, subnet=self.config.subnet)
+        self.policy = RecordPolicy(
+            identity.trust if member else None, subnet=self.config.subnet, revoked=revoked
+        )
         # Our network's keys start with it (ipop.dht.record.namespace_of); we store any
         # namespace's records that its CA key vouches for (ipop.dht.policy).
         self.namespace = namespace_of(identity.trust)

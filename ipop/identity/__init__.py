@@ -56,7 +56,13 @@ from ipop.identity.crl import (
 )
 from ipop.identity.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, node_id_for, verify_signature
 from ipop.identity.names import validate_hostname, validate_network, validate_node_name
-from ipop.identity.trust import KEY_TRUST_CACHE_SIZE, VERIFY_CACHE_SIZE, CaKeyTrust, CaTrust
+from ipop.identity.trust import (
+    KEY_TRUST_CACHE_SIZE,
+    VERIFY_CACHE_SIZE,
+    CaKeyTrust,
+    CaTrust,
+    KeyCrl,
+)
 
 __all__ = [
     "CERT_REASONS",
@@ -75,6 +81,7 @@ __all__ = [
     "CaTrust",
     "CertificateError",
     "CrlError",
+    "KeyCrl",
     "NetworkCA",
     "NodeCertificate",
     "NodeIdentity",

@@ -41,11 +41,18 @@ from ipop.identity.cert import (
     router_hosts_of,
     serial_of,
 )
-from ipop.identity.crl import MAX_CRL_NUMBER, CrlError, VerifiedCrl, load_crl_bytes
+from ipop.identity.crl import CrlError, VerifiedCrl, verify_crl
 from ipop.identity.keys import node_id_for, raw_public
 from ipop.identity.names import LABEL_RE, validate_network
 
-__all__ = ["KEY_TRUST_CACHE_SIZE", "VERIFY_CACHE_SIZE", "CaKeyTrust", "CaTrust", "verify_node_der"]
+__all__ = [
+    "KEY_TRUST_CACHE_SIZE",
+    "VERIFY_CACHE_SIZE",
+    "CaKeyTrust",
+    "CaTrust",
+    "KeyCrl",
+    "verify_node_der",
+]
 
 # Verified certificates remembered by DER; one per live peer is plenty, the bound keeps a peer
 # that cycles through many valid certificates from growing memory without limit.
@@ -241,27 +248,7 @@ class CaTrust:
 
         Changes nothing: :meth:`apply_crl` installs. Costs one parse and one Ed25519 check.
         """
-        der = load_crl_bytes(data)
-        try:
-            crl = x509.load_der_x509_crl(der)
-            sig_oid = crl.signature_algorithm_oid
-            issuer = crl.issuer
-            last_update = crl.last_update_utc.timestamp()
-            number_ext = crl.extensions.get_extension_for_class(x509.CRLNumber).value
-            serials = frozenset(entry.serial_number for entry in crl)
-        except x509.ExtensionNotFound:
-            raise CrlError("crl_malformed", "no CRL number") from None
-        except Exception as exc:
-            # Foreign parser fed peer bytes (see _verify_uncached): any failure is garbage.
-            raise CrlError("crl_malformed", f"{type(exc).__name__}: {exc}") from None
-        if sig_oid != SignatureAlgorithmOID.ED25519 or issuer != self._cert.subject:
-            raise CrlError("crl_bad_signature", "not signed by this network's CA")
-        if not crl.is_signature_valid(self._public_key):
-            raise CrlError("crl_bad_signature", "signature does not verify")
-        number = number_ext.crl_number
-        if not 1 <= number <= MAX_CRL_NUMBER:
-            raise CrlError("crl_malformed", f"CRL number {number} out of range")
-        return VerifiedCrl(der=der, number=number, serials=serials, last_update=last_update)
+        return verify_crl(data, ca_key=self._public_key, issuer=self._cert.subject)
 
     def apply_crl(self, data: bytes | bytearray | memoryview, *, now: float) -> VerifiedCrl:
         """Install a CRL (DER or PEM) if the CA signed it and it is newer than the one held.
@@ -270,9 +257,7 @@ class CaTrust:
         changes nothing. Returns the installed list; callers then end sessions of certificates
         it revokes (:meth:`ipop.link.layer.LinkLayer.close_revoked`).
         """
-        crl = self.check_crl(data)
-        if crl.number <= self.crl_number:
-            raise CrlError("crl_stale", f"number {crl.number}, holding {self.crl_number}")
+        crl = _newer(self.check_crl(data), self.crl_number)
         self._revoked = crl.serials
         self.crl_number = crl.number
         self.crl_der = crl.der
@@ -318,6 +303,56 @@ class CaKeyTrust:
     def _verify_uncached(self, der: bytes) -> tuple[NodeCertificate, int]:
         # The issuer's name is not known (only the key): the signature alone decides.
         return verify_node_der(der, ca_key=self._public_key, issuer=None, network=self.network)
+
+
+class KeyCrl:
+    """The newest revocation list that a CA known only by its raw public key signed, as this
+    node holds it: what a stranger (an overlay-only node, another network's member) keeps of
+    a network's CRL so that it can carry the list on (:class:`ipop.revocation.NetworkCrls`)
+    and refuse the revoked members' records (:mod:`ipop.dht.policy`). The same interface as
+    :class:`CaTrust`'s revocation half; the issuer's name is unknown, the key's signature
+    alone decides."""
+
+    __slots__ = (
+        "_public_key",
+        "crl_applied_at",
+        "crl_der",
+        "crl_number",
+        "public_key_raw",
+        "revoked",
+    )
+
+    def __init__(self, public_key_raw: bytes) -> None:
+        """LocalProtocolError unless ``public_key_raw`` is 32 bytes of an Ed25519 key."""
+        try:
+            self._public_key = Ed25519PublicKey.from_public_bytes(public_key_raw)
+        except ValueError as exc:
+            raise LocalProtocolError(f"not an Ed25519 public key: {exc}") from None
+        self.public_key_raw = bytes(public_key_raw)
+        self.revoked: frozenset[int] = frozenset()
+        self.crl_number: int = 0
+        self.crl_der: bytes | None = None
+        self.crl_applied_at: float | None = None
+
+    def check_crl(self, data: bytes | bytearray | memoryview) -> VerifiedCrl:
+        """Parse and verify a CRL against the key; CrlError if refused. Changes nothing."""
+        return verify_crl(data, ca_key=self._public_key, issuer=None)
+
+    def apply_crl(self, data: bytes | bytearray | memoryview, *, now: float) -> VerifiedCrl:
+        """Install a CRL the key signed if it is newer than the one held (as CaTrust does)."""
+        crl = _newer(self.check_crl(data), self.crl_number)
+        self.revoked = crl.serials
+        self.crl_number = crl.number
+        self.crl_der = crl.der
+        self.crl_applied_at = now
+        return crl
+
+
+def _newer(crl: VerifiedCrl, held: int) -> VerifiedCrl:
+    """``crl`` if its number is above ``held`` (numbers order CRLs, not time); else crl_stale."""
+    if crl.number <= held:
+        raise CrlError("crl_stale", f"number {crl.number}, holding {held}")
+    return crl
 
 
 def verify_node_der(

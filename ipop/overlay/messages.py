@@ -114,6 +114,13 @@ takes these before the overlay, so :func:`decode_message` does not know the type
     CHUNK: bytes [offset, offset + len(chunk)) of CRL number N's DER, which is ``total`` bytes
     (1..MAX_CRL_BYTES); chunks are CRL_CHUNK_BYTES long (the last one shorter) and start at
     multiples of it. Number 0 means "no CRL" and is only ever offered.
+    +--------+--------+---------------------------+-------------------------------+
+    |  0x08  |  0x03  | CA public key (32 bytes)  | an OFFER or a CHUNK, as above |
+    +--------+--------+---------------------------+-------------------------------+
+    NETWORK: the same gossip for the list of a virtual network's CA, named by its raw Ed25519
+    key (a shared overlay carries several networks' lists beside its own; issue 17). The inner
+    message is never itself a NETWORK one. A network CHUNK is 34 bytes longer than the
+    overlay's: CRL_CHUNK_BYTES leaves room for that under the smallest link payload.
 
 Routed payload kind 0x80 CONNECT_TO_ME (CTM; a JOIN is a CTM with purpose JOIN)::
 
@@ -718,12 +725,16 @@ class ConnectToMeReply:
 TYPE_CRL = 0x08
 CRL_OP_OFFER = 0x01
 CRL_OP_CHUNK = 0x02
-# 1,000 bytes of CRL per message keeps a CHUNK (14 bytes of header) under any link MTU.
-CRL_CHUNK_BYTES = 1000
+CRL_OP_NETWORK = 0x03
+# 960 bytes of CRL per message keeps a CHUNK (14 bytes of header, 48 in a NETWORK message)
+# under any link MTU: no bigger than the 1,014 bytes an overlay CHUNK had at 1,000.
+CRL_CHUNK_BYTES = 960
+CRL_KEY_BYTES = 32
 # Mirrors ipop.identity.MAX_CRL_BYTES (messages import nothing of identity; a test pins both).
 CRL_MAX_TOTAL = 16_384
 _CRL_OFFER = struct.Struct("!BBQ")
 _CRL_CHUNK = struct.Struct("!BBQHH")
+_CRL_NETWORK = struct.Struct("!BB32s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -755,6 +766,20 @@ class CrlChunk:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class NetworkCrl:
+    """TYPE_CRL NETWORK: an OFFER or CHUNK (``inner``, encoded) of the list of the network CA
+    whose raw public key is ``ca_key``."""
+
+    ca_key: bytes
+    inner: bytes
+
+    def encode(self) -> bytes:
+        if len(self.ca_key) != CRL_KEY_BYTES:
+            raise ValueError("a CA key is 32 bytes")
+        return _CRL_NETWORK.pack(TYPE_CRL, CRL_OP_NETWORK, self.ca_key) + self.inner
+
+
 def _chunk_fits(total: int, offset: int, size: int) -> bool:
     return (
         offset % CRL_CHUNK_BYTES == 0
@@ -763,12 +788,20 @@ def _chunk_fits(total: int, offset: int, size: int) -> bool:
     )
 
 
-def decode_crl(data: bytes) -> CrlOffer | CrlChunk:
-    """Parse one TYPE_CRL message; anything malformed raises :class:`RemoteProtocolError`."""
+def decode_crl(data: bytes) -> CrlOffer | CrlChunk | NetworkCrl:
+    """Parse one TYPE_CRL message; anything malformed raises :class:`RemoteProtocolError`.
+    A NETWORK message's inner one is checked as well (and may not be a NETWORK one)."""
     _need(data, _CRL_OFFER.size, "crl")
     if data[0] != TYPE_CRL:
         raise RemoteProtocolError("unknown_type", f"{data[0]:#x}")
     op = data[1]
+    if op == CRL_OP_NETWORK:
+        _need(data, _CRL_NETWORK.size + _CRL_OFFER.size, "crl network")
+        inner = bytes(data[_CRL_NETWORK.size :])
+        if inner[1] == CRL_OP_NETWORK:
+            raise RemoteProtocolError("crl_bad_op", "a NETWORK message inside a NETWORK one")
+        decode_crl(inner)
+        return NetworkCrl(bytes(data[2 : _CRL_NETWORK.size]), inner)
     if op == CRL_OP_OFFER:
         return CrlOffer(_CRL_OFFER.unpack_from(data, 0)[2])
     if op != CRL_OP_CHUNK:

@@ -16,8 +16,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
-from ipop.dht.record import ip_key, namespace_of
-from ipop.identity import NetworkCA, NodeIdentity
+from ipop.dht.record import Record, StoreOutcome, ip_key, namespace_of
+from ipop.identity import NetworkCA, NodeIdentity, cert_serial
 from ipop.overlay.messages import KIND_IP
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network, seeded_identity
@@ -34,21 +34,35 @@ def _node(
     name: str,
     kind: str,
     overlay_ca: NetworkCA,
-    network_ca: NetworkCA,
+    network_ca: NetworkCA | None,
     keys: random.Random,
     boot: list[Endpoint],
     rng: random.Random,
+    *,
+    own_trust: bool = False,
 ) -> tuple[Node, Endpoint]:
+    """``network_ca`` None: an overlay-only node. ``own_trust``: the member's network trust is
+    its own (as on a real machine), so a revocation list installed at one member is not
+    thereby known at all of them."""
     loop = asyncio.get_running_loop()
-    member = seeded_identity(network_ca, name, keys, now=loop.time(), hostname=name)
     host = net.add_host(name, kind)
-    node = Node(
-        member.certified_by(overlay_ca, name, now=loop.time()),
-        member=member,
-        bootstrap=boot,
-        clock=loop.time,
-        rng=random.Random(rng.random()),
-    )
+    if network_ca is None:
+        ident = seeded_identity(overlay_ca, name, keys, now=loop.time())
+        node = Node(
+            ident, bootstrap=boot, clock=loop.time, rng=random.Random(rng.random()),
+            overlay_only=True,
+        )  # fmt: skip
+    else:
+        member = seeded_identity(network_ca, name, keys, now=loop.time(), hostname=name)
+        if own_trust:
+            member = NodeIdentity(member.private_key, member.cert, member.trust.fork())
+        node = Node(
+            member.certified_by(overlay_ca, name, now=loop.time()),
+            member=member,
+            bootstrap=boot,
+            clock=loop.time,
+            rng=random.Random(rng.random()),
+        )
     node.attach(
         host.bind(PORT, node.datagram_received), open_socket=functools.partial(host.bind, 0)
     )
@@ -159,3 +173,64 @@ def test_a_node_refuses_an_overlay_and_network_identity_of_two_keys() -> None:
     b: NodeIdentity = make_identity(netw, "a", now=SIM_EPOCH)
     with pytest.raises(LocalProtocolError):
         Node(a, member=b, bootstrap=[], clock=lambda: SIM_EPOCH, rng=random.Random(1))
+
+
+def test_a_networks_crl_given_to_one_member_reaches_every_node_of_the_overlay() -> None:
+    """Issue 17: a network's revocation list is not the overlay's, yet it must reach every
+    member (and the overlay-only replicas that serve its records) without an operator pushing
+    it to each: before NetworkCrls it stayed in the one member it was pushed to."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        rng, keys = random.Random(31), random.Random(32)
+        net = Network(rng=random.Random(33))
+        overlay_ca = make_network("shared", now=loop.time())
+        network_ca = make_network("simnet", now=loop.time())
+        nodes: list[Node] = []
+        boot: list[Endpoint] = []
+        for i in range(3):  # overlay-only: they hold no network certificate
+            node, ep = _node(net, f"o{i}", "none", overlay_ca, None, keys, boot, rng)
+            nodes.append(node)
+            boot = boot or [ep]
+        members: list[Node] = []
+        for i in range(5):
+            node, _ = _node(
+                net, f"m{i}", KINDS[i % 4], overlay_ca, network_ca, keys, boot, rng,
+                own_trust=True,
+            )  # fmt: skip
+            members.append(node)
+        everyone = [*nodes, *members]
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(nd.dht_ready.wait() for nd in everyone[1:])), 60
+            )
+            victim = members[4]
+            crl = network_ca.make_crl(
+                [(cert_serial(victim.member.cert), loop.time())], number=3, now=loop.time()
+            )
+            key = network_ca.trust.public_key_raw
+            members[0].apply_crl(crl)
+            assert members[0].member.trust.crl_number == 3
+            # The overlay's own list is untouched: links are the overlay CA's to cut.
+            assert members[0].identity.trust.crl_number == 0
+
+            def spread() -> bool:
+                return all(m.member.trust.crl_number == 3 for m in members) and all(
+                    o.core.network_crls.holds(key) == 3 for o in nodes
+                )
+
+            assert await _wait(spread, 30), [m.member.trust.crl_number for m in members]
+            assert all(m.member.trust.is_revoked(victim.member.cert) for m in members)
+            # An overlay-only replica refuses the revoked member's records from now on.
+            ns = namespace_of(network_ca.trust)
+            record = Record.sign(
+                victim.member, ip_key(ns, "100.64.0.77"), b"", seq=1, expires_at=loop.time() + 600
+            )
+            replica = nodes[1].dht
+            assert replica is not None
+            assert replica.storage.offer(record) is StoreOutcome.INVALID
+            assert replica.storage.refused["cert_revoked"] == 1
+        finally:
+            await asyncio.gather(*(nd.close() for nd in everyone))
+
+    run_virtual(body(), start=SIM_EPOCH)
