@@ -15,7 +15,9 @@ with ``ping``, ``dig`` and ``tcpdump``:
   TAPs;
 - the overlay-only nodes say so in ``ipop status``, hold links to members of both networks,
   and never see a member's ping payload on their wire (tcpdump), though they carry the
-  networks' traffic and records.
+  networks' traffic and records;
+- a network's revocation list pushed to one member reaches the other members over the
+  overlay's links, and the overlay-only nodes carry it on.
 """
 
 from __future__ import annotations
@@ -237,3 +239,27 @@ def test_a_member_of_the_other_network_injects_nothing(net: IpopNet) -> None:
     assert any(
         v for d in refused.values() for k, v in d.items() if "origin" in k or "inner_src" in k
     ), refused
+
+
+def test_a_networks_crl_pushed_to_one_member_reaches_the_others(net: IpopNet) -> None:
+    """Last in the module: it revokes ``m``. othernet's CRL, pushed to b1 only, is in force
+    at b2 within seconds (b2 counts it in ``network_crl.number``), and the overlay-only nodes
+    hold it too; labnet's members and the overlay's own list are untouched."""
+    pem = net.revoke("othernet", "m")
+    number = net.client("b1").crl_push(pem)
+    assert number >= 1
+
+    def spread() -> bool:
+        return net.status("b2").counters.get("network_crl.number") == number
+
+    assert wait_for(spread, 30), net.status("b2").counters
+    for h in ("a1", "a2"):
+        assert net.status(h).counters.get("network_crl.number") == 0
+    for h in (*OVERLAY_ONLY, "b1", "b2"):
+        counters = net.status(h).counters
+        assert counters.get("crl.number") == 0, (h, counters)  # the overlay's list: none
+    carried = [
+        net.status(h).counters.get("network_crl.network_crl_installed", 0) for h in OVERLAY_ONLY
+    ]
+    print(f"othernet's CRL {number}: b2 has it; overlay-only nodes installed {carried}")
+    assert any(carried), carried

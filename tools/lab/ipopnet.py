@@ -182,6 +182,13 @@ class IpopNet:
         if code != 0:
             raise RuntimeError(f"ipop-config {' '.join(argv)} failed: {err.getvalue().strip()}")
 
+    def revoke(self, network: str, name: str) -> str:
+        """Revoke host ``name``'s certificate of ``network`` (``ipop-config revoke``); the
+        network's new CRL, PEM, for ``ipop crl push``."""
+        out = self._home / f"{network}-crl.pem"
+        self._config_cli(["revoke", network, name, "--out", str(out)])
+        return out.read_text()
+
     def prepare(self, *, addressing: dict[str, str] | None = None) -> None:
         """CA, bundles and node configs for every host (``addressing``: host → "dhcp"), and
         the ipop bytecode the daemons load (:func:`compile_bytecode`).
