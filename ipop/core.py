@@ -67,8 +67,10 @@ from ipop.nat.portguess import PortGuessing, is_knock
 from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
 from ipop.overlay.events import Delivered, OverlayEvent, PeerHidden, RelayDatagram, Roamed
 from ipop.overlay.messages import (
+    IP_KINDS,
     KIND_BIRTHDAY,
     KIND_IP,
+    KIND_IP_NET,
     KIND_PING,
     KIND_PMTU,
     TYPE_CRL,
@@ -201,7 +203,7 @@ class NodeCore:
         overlay = self.overlay
         if dst in self._shortcut_used:
             self._shortcut_used[dst] = now
-        if kind == KIND_IP and dst not in self.link.pmtu.wanted:
+        if kind in IP_KINDS and dst not in self.link.pmtu.wanted:
             self.link.want_path_mtu(dst, now=now)
         elif kind == KIND_PING:
             self.link.watch(dst)  # pings are what users measure reachability with
@@ -213,7 +215,7 @@ class NodeCore:
             return True
         budget = None
         ok = True
-        if kind == KIND_IP and dst != self.local_id:
+        if kind in IP_KINDS and dst != self.local_id:
             budget = self.routes.cert_budget(dst)
             if not self.origin.sealable(dst):
                 # IP is never routed in the clear (every forwarder could read it): without
@@ -277,17 +279,23 @@ class NodeCore:
             limit = pmtu.limits.get(path.via, MAX_DATAGRAM) - RELAY_OVERHEAD
         return limit - _DIRECT_GROWTH
 
-    def send_ip(self, dst: NodeId, packet: bytes, *, now: float) -> int | None:
+    def send_ip(self, dst: NodeId, packet: bytes, *, now: float, tag: bytes = b"") -> int | None:
         """:meth:`send` an inner IP ``packet`` to node ``dst``, unless it is larger than
         :meth:`ip_mtu`: then nothing leaves, and the MTU that fits is returned for the caller
-        to answer with ICMP "fragmentation needed" (:func:`ipop.vnet.toobig.frag_needed`)."""
+        to answer with ICMP "fragmentation needed" (:func:`ipop.vnet.toobig.frag_needed`).
+
+        ``tag``: the packet's network, from a node in several (:mod:`ipop.vnet.networks`): it
+        goes as KIND_IP_NET, the tag before the packet, and the MTU is the tag's less."""
         mtu = self.ip_mtu(dst)
         if not self.overlay.is_linked(dst) and dst != self.local_id:
             self.routes.probe(dst, now)
-        if mtu is not None and len(packet) > mtu:
+        if mtu is not None and len(packet) + len(tag) > mtu:
             self.stats["ip_too_big"] += 1
-            return mtu
-        self.send(dst, KIND_IP, packet, now=now)
+            return mtu - len(tag)
+        if tag:
+            self.send(dst, KIND_IP_NET, tag + packet, now=now)
+        else:
+            self.send(dst, KIND_IP, packet, now=now)
         return None
 
     def apply_crl(self, data: bytes, *, now: float) -> VerifiedCrl:

@@ -83,6 +83,7 @@ from ipop.status import (
 from ipop.tasks import TaskSet
 from ipop.types import Endpoint, NodeId, RelayPath
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder
+from ipop.vnet.networks import network_tag
 from ipop.vnet.packet import ETH_P_ARP
 
 __all__ = [
@@ -128,6 +129,8 @@ class _Served:
     subnet: IPv4Network
     gateway: IPv4Address
     suffix: str
+    # Its tag on tagged IP (ipop.vnet.networks): taken from members in several networks.
+    tag: bytes
 
     @classmethod
     def of(cls, membership: Membership | None, suffix: str) -> _Served | None:
@@ -140,6 +143,7 @@ class _Served:
             subnet,
             IPv4Address(int(subnet.network_address) + 1),
             suffix,
+            network_tag(membership.trust.public_key_raw),
         )
 
 
@@ -316,6 +320,7 @@ class Daemon:
             local_frame=self.local.feed if self.local is not None else self._local_frame,
             local_side=local_side,
             vnet_hdr=self.tap is not None and self.tap.vnet_hdr,
+            tag=self._served.tag if self._served is not None else b"",
         )
         if self.tap is not None:
             self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)

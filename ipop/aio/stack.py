@@ -35,7 +35,7 @@ from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.link.layer import LinkConfig
 from ipop.overlay.events import Delivered, Joined, Roamed, Routable
-from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
+from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_IP_NET, KIND_PING
 from ipop.overlay.node import OverlayConfig
 from ipop.tasks import TaskSet
 from ipop.types import Endpoint, NodeId, Path, SocketPath
@@ -134,6 +134,9 @@ class Node:
         self._dht_config = dht_config
         self.overlay_only = overlay_only
         self.on_ip = on_ip
+        # IP tagged with its network (KIND_IP_NET, tag + packet; ipop.vnet.networks): the
+        # data plane's, which knows the daemon's networks.
+        self.on_net_ip: Callable[[NodeId, bytes], None] | None = None
         self.dht: DhtService | None = None
         self.driver: Driver | None = None
         self.routable = asyncio.Event()
@@ -153,6 +156,7 @@ class Node:
         self._kinds: dict[int, Callable[[Delivered], None]] = {
             KIND_DHT: self._on_dht,
             KIND_IP: self._on_ip,
+            KIND_IP_NET: self._on_net_ip,
             KIND_PING: self._on_ping,
         }
 
@@ -389,6 +393,10 @@ class Node:
     def _on_ip(self, ev: Delivered) -> None:
         if self.on_ip is not None:
             self.on_ip(ev.src, ev.payload)
+
+    def _on_net_ip(self, ev: Delivered) -> None:
+        if self.on_net_ip is not None:
+            self.on_net_ip(ev.src, ev.payload)
 
     def _on_ping(self, ev: Delivered) -> None:
         if len(ev.payload) != _PING.size:
