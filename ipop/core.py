@@ -141,6 +141,8 @@ class NodeCore:
             raise LocalProtocolError("overlay and network identities hold different keys")
         self.identity = identity
         self.member = identity if member is None else member
+        # Our other networks' identities (a daemon in several, issue 17; add_network).
+        self.other_members: list[NodeIdentity] = []
         self.local_id = identity.node_id
         self.link = LinkLayer(identity, rng=random.Random(rng.random()), config=link_config)
         # Seeded after every other part's generator, so that their seeds are what they were.
@@ -248,19 +250,27 @@ class NodeCore:
         if self.origin.knows(node):
             return True
         reason = self.origin.learn_der(node, der, now=now)
-        if reason is not None and self.member is not self.identity:
+        members = [self.member, *self.other_members]
+        for member in members if reason is not None and self.member is not self.identity else ():
             try:
-                cert = self.member.trust.verify(der, now=now)
+                cert = member.trust.verify(der, now=now)
             except CertificateError:
-                pass
-            else:
-                if cert.node_id == node:
-                    self.origin.learn(cert)
-                    reason = None
+                continue
+            if cert.node_id == node:
+                self.origin.learn(cert)
+                reason = None
+                break
         if reason is not None:
             self.stats["cert_refused"] += 1
             return False
         return True
+
+    def add_network(self, member: NodeIdentity) -> None:
+        """One more network of ours (same key, that network's certificate): the DHT records
+        of its members name certificates of its CA, which :meth:`learn_certificate` takes."""
+        if member.node_id != self.local_id:
+            raise LocalProtocolError("a network identity of another key")
+        self.other_members.append(member)
 
     def ip_mtu(self, dst: NodeId) -> int | None:
         """The largest inner IP packet for node ``dst`` that no hop of its current path has to

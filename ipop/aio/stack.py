@@ -25,6 +25,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from typing import Protocol
 
 from ipop import timing
@@ -137,6 +138,8 @@ class Node:
         # IP tagged with its network (KIND_IP_NET, tag + packet; ipop.vnet.networks): the
         # data plane's, which knows the daemon's networks.
         self.on_net_ip: Callable[[NodeId, bytes], None] | None = None
+        # Our other networks (add_network): identity there, subnet.
+        self._other_networks: list[tuple[NodeIdentity, IPv4Network]] = []
         self.dht: DhtService | None = None
         self.driver: Driver | None = None
         self.routable = asyncio.Event()
@@ -161,6 +164,18 @@ class Node:
         }
 
     # --- lifecycle --------------------------------------------------------------------------
+
+    def add_network(self, member: NodeIdentity, subnet: IPv4Network) -> None:
+        """One more network of this node (a daemon in several, issue 17), before
+        :meth:`start`: its certificate signs that network's DHT records, its CA checks its
+        members' (:meth:`ipop.dht.service.DhtService.add_network`,
+        :meth:`ipop.core.NodeCore.add_network`)."""
+        if self.overlay_only:
+            raise LocalProtocolError("an overlay-only node has no network identity")
+        if self.dht is not None:
+            raise LocalProtocolError("add networks before start()")
+        self.core.add_network(member)
+        self._other_networks.append((member, subnet))
 
     def attach(self, sock: DatagramSocket, *, open_socket: OpenSocket | None = None) -> None:
         """Give the node its underlay socket (feed its input to :meth:`datagram_received`).
@@ -262,6 +277,8 @@ class Node:
             clock=self.clock,
             member=not self.overlay_only,
         )
+        for member, subnet in self._other_networks:
+            self.dht.add_network(member, subnet=subnet)
         self.core.start(now=self.clock())
         self.driver.pump()
         self._tasks.spawn(self._join_dht())
