@@ -21,7 +21,11 @@ from ipop.aio.rtnl import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, Rtnl
 from ipop.errors import ConfigError
 from ipop.vnet.arp import VIRTUAL_MAC
 
-__all__ = ["TAP_TXQLEN", "Tap"]
+__all__ = ["DEFAULT_TAP_MTU", "TAP_TXQLEN", "Tap"]
+
+# 1500-byte underlay minus IPv4 (20) + UDP (8) + link DATA header (13) + AEAD tag (16) +
+# DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
+DEFAULT_TAP_MTU = 1400
 
 # Frames the kernel queues for us to read. Its default, 1,000, is what a burst of 1,000 DNS
 # queries at the gateway fills while the daemon answers the first ones: the rest were
