@@ -119,6 +119,10 @@ REMEMBER_CHECK_S = 10.0
 REMEMBER_FIRST_S = 1.0
 
 
+# The routing table (and rule priority) of the second network's TAP, the third's next...:
+# below the kernel's main-table rule (32766), above its local one (0); seldom used by others.
+FIRST_SIDE_TABLE = 201
+
 # The data plane's subnet on an overlay-only node: it accepts no address, so every IP packet
 # is refused before this is read; a /32 nobody holds keeps the filter's arithmetic defined.
 _NO_SUBNET = IPv4Network("255.255.255.255/32")
@@ -159,6 +163,8 @@ class Daemon:
         self.address: AddressKeeper | None = None
         # The other networks (issue 17, item 2), each on a TAP of its own; none: one network.
         self.sides: list[MemberSide] = []
+        # Our first network's TAP routes live in the main table (the others': in their own).
+        self.route_table: int | None = None
         self._open_tap = open_tap
         if networks:
             check_same_overlay(
@@ -171,8 +177,15 @@ class Daemon:
             if local is not None:
                 raise ConfigError("network", "is not for a router", "run one network per router")
             self.sides = [
-                MemberSide(b, tap_name=tap, settings=settings, rng=self.rng, open_tap=open_tap)
-                for b, tap in networks
+                MemberSide(
+                    b,
+                    tap_name=tap,
+                    settings=settings,
+                    rng=self.rng,
+                    open_tap=open_tap,
+                    route_table=FIRST_SIDE_TABLE + i,
+                )
+                for i, (b, tap) in enumerate(networks)
             ]
         if self._served is not None:
             self.address = AddressKeeper(

@@ -198,6 +198,8 @@ class Addressed(Protocol):
     arp: ArpResponder | None
     tap: Tap | None
     services: LocalServices | None
+    # The routing table of its TAP's routes (None: the main one; see Tap.set_address).
+    route_table: int | None
 
 
 async def take_address(vip: IPv4Address, served: Served, side: Addressed) -> None:
@@ -209,7 +211,7 @@ async def take_address(vip: IPv4Address, served: Served, side: Addressed) -> Non
     if side.arp is not None:
         side.arp.set_own_ip(vip)
     if side.settings.addressing == "static" and side.tap is not None:
-        await side.tap.set_address(vip, served.subnet, served.gateway)
+        await side.tap.set_address(vip, served.subnet, served.gateway, table=side.route_table)
     if side.services is not None:
         side.services.address_assigned(vip)
 
@@ -228,7 +230,10 @@ class MemberSide:
         settings: DaemonSettings,
         rng: random.Random,
         open_tap: Callable[[str, int], Tap] | None = None,
+        route_table: int | None = None,
     ) -> None:
+        """``route_table``: where its TAP's routes go (the daemon gives each other network
+        one of its own: their ranges may overlap the first network's)."""
         self.bundle = bundle
         self.membership = bundle.membership()
         served = Served.of(self.membership, bundle.dns_suffix)
@@ -249,6 +254,7 @@ class MemberSide:
         )
         self.arp: ArpResponder | None = ArpResponder(None, served.subnet)
         self._open_tap = open_tap
+        self.route_table = route_table
         self.identity: NodeIdentity | None = None  # ours in this network, from start()
         self.node: Node | None = None
         self.tap: Tap | None = None

@@ -69,12 +69,16 @@ class FakeTap:
         self.mac = b"\x02\x00\x00\x00\x00" + bytes([len(name)])
         self.vnet_hdr = False
         self.addresses: list[tuple[IPv4Address, IPv4Network, IPv4Address]] = []
+        self.tables: list[int | None] = []
 
     async def configure(self) -> None:
         pass
 
-    async def set_address(self, addr: IPv4Address, subnet: IPv4Network, gw: IPv4Address) -> None:
+    async def set_address(
+        self, addr: IPv4Address, subnet: IPv4Network, gw: IPv4Address, *, table: int | None
+    ) -> None:
         self.addresses.append((addr, subnet, gw))
+        self.tables.append(table)
 
     def close(self) -> None:
         self.ours.close()
@@ -137,6 +141,8 @@ def test_a_daemon_in_two_networks_serves_each_on_its_own_tap(tmp_path: Path) -> 
             assert set(taps) == {"ipop-lab", "ipop-other"}
             assert taps["ipop-lab"].addresses[0][0] == d.vip
             assert taps["ipop-other"].addresses[0][0] == side.vip
+            # The first network's routes in the main table, the other's in a table of its own.
+            assert taps["ipop-lab"].tables == [None] and taps["ipop-other"].tables == [201]
             assert d.dataplane is not None and side.dataplane is not None
             assert side.dataplane.udp is d.dataplane.udp and not side.dataplane.primary
             # Each plane sends tagged with its network; the demux knows both.
