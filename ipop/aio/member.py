@@ -11,10 +11,14 @@ namespace; its records are signed with its certificate (:meth:`ipop.aio.stack.No
 
 The daemon's first network (its ``bundle``) is served by the daemon itself as ever, through
 the same functions below (:func:`owner_of`, :func:`resolve_in`, :func:`dns_answer`,
-:func:`local_frame`, :func:`take_address`); a daemon of one network has no MemberSide. What
-is left for a later slice: the extra networks' system DNS registration and their routes in a
-table of their own (the host's routing picks one TAP per destination prefix, so networks with
-overlapping ranges need policy routing on the host; today the TAP's routes are replaced).
+:func:`local_frame`, :func:`take_address`); a daemon of one network has no MemberSide.
+The networks' ranges may overlap, and the host routes by destination: a MemberSide's TAP
+routes go to a table of its own (``route_table``), which rules send its replies (from its
+address) and what is sent out of its TAP to (:meth:`ipop.aio.tap.Tap.set_address`); the first
+network keeps the main table. Left for a later slice: the other networks' split DNS with the
+host's resolver (their names are asked of their gateway from their address, or out of their
+TAP), and keeping a daemon's addresses in its networks apart (two networks could grant it
+the same address; its "from" rule would then take the first network's replies too).
 """
 
 from __future__ import annotations
