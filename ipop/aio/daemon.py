@@ -446,10 +446,10 @@ class Daemon:
             time.process_time(),
         )
         assert self.address is not None  # a member's (run() claims only for members)
-        for side in self.sides:  # each network's claim runs beside ours
-            self.tasks.spawn(side.claim())
         vip = await self.address.claim(node.dht)
         await take_address(vip, self._serving(), self)
+        if self.sides:
+            self.tasks.spawn(self._claim_sides(vip))
         # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
         self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
         # A router may publish for its LAN hosts too: replicas grant it one more each.
@@ -476,6 +476,15 @@ class Daemon:
         # After ready: a resolver slow to answer (resolvectl waits up to 5 s a command) must
         # not hold up the address, the names or the services.
         await self._register_dns()
+
+    async def _claim_sides(self, first: IPv4Address) -> None:
+        """The other networks' claims, one after another, each avoiding the addresses the
+        ones before got (ipop.aio.member.MemberSide.claim)."""
+        taken = [first]
+        for side in self.sides:
+            await side.claim(avoid=taken)
+            if side.vip is not None:
+                taken.append(side.vip)
 
     async def _serve_overlay(self, on_ready: Callable[[], Any] | None) -> None:
         """An overlay-only node is ready once its DHT has joined: from then on it routes,

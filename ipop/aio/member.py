@@ -17,8 +17,8 @@ routes go to a table of its own (``route_table``), which rules send its replies 
 address) and what is sent out of its TAP to (:meth:`ipop.aio.tap.Tap.set_address`); the first
 network keeps the main table. Left for a later slice: the other networks' split DNS with the
 host's resolver (their names are asked of their gateway from their address, or out of their
-TAP), and keeping a daemon's addresses in its networks apart (two networks could grant it
-the same address; its "from" rule would then take the first network's replies too).
+TAP). The daemon's addresses in its networks are kept apart (each claim avoids the ones
+before it): with one address in two networks, its "from" rule would take both's replies.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Protocol
@@ -329,11 +329,13 @@ class MemberSide:
             self.services = services(self)
         return plane
 
-    async def claim(self) -> None:
-        """Claim our address and names in this network (the DHT has joined)."""
+    async def claim(self, *, avoid: Collection[IPv4Address] = ()) -> None:
+        """Claim our address and names in this network (the DHT has joined). ``avoid``: our
+        addresses in the daemon's other networks, never this one's too (the host could not
+        tell its replies apart: see :meth:`ipop.aio.tap.Tap.set_address`)."""
         node = self.node
         assert node is not None and node.dht is not None and self.dataplane is not None
-        vip = await self.address.claim(node.dht)
+        vip = await self.address.claim(node.dht, avoid=avoid)
         await take_address(vip, self.served, self)
         self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
         self.vip = vip

@@ -127,6 +127,10 @@ def test_a_daemon_in_two_networks_serves_each_on_its_own_tap(tmp_path: Path) -> 
     (side,) = d.sides
     assert side.name == "othernet" and side.tap_name == "ipop-other"
 
+    # Both networks remember one address (the ranges overlap): the second must take another.
+    for folder in (tmp_path / "ab", tmp_path / "ab" / "networks" / "othernet"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "state.json").write_text('{"vip": "100.64.0.77", "network": "x"}\n')
     boot = Daemon(
         overlay_only_bundle(OVERLAY_CA, "o1", bootstrap=(BOOT,), now=NOW),
         DaemonSettings(listen=BOOT, state_dir=tmp_path / "o1"),
@@ -138,6 +142,7 @@ def test_a_daemon_in_two_networks_serves_each_on_its_own_tap(tmp_path: Path) -> 
         try:
             assert await until(lambda: d.vip is not None and side.vip is not None, 30)
             # One node, one socket; a TAP per network, each with its own address.
+            assert d.vip == IPv4Address("100.64.0.77") and side.vip != d.vip
             assert set(taps) == {"ipop-lab", "ipop-other"}
             assert taps["ipop-lab"].addresses[0][0] == d.vip
             assert taps["ipop-other"].addresses[0][0] == side.vip
