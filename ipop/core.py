@@ -68,8 +68,10 @@ from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
 from ipop.overlay.events import Delivered, OverlayEvent, PeerHidden, RelayDatagram, Roamed
 from ipop.overlay.messages import (
     CRL_OP_NETWORK,
+    IP_KINDS,
     KIND_BIRTHDAY,
     KIND_IP,
+    KIND_IP_NET,
     KIND_PING,
     KIND_PMTU,
     TYPE_CRL,
@@ -143,6 +145,8 @@ class NodeCore:
             raise LocalProtocolError("overlay and network identities hold different keys")
         self.identity = identity
         self.member = identity if member is None else member
+        # Our other networks' identities (a daemon in several, issue 17; add_network).
+        self.other_members: list[NodeIdentity] = []
         self.local_id = identity.node_id
         self.link = LinkLayer(identity, rng=random.Random(rng.random()), config=link_config)
         # Seeded after every other part's generator, so that their seeds are what they were.
@@ -209,7 +213,7 @@ class NodeCore:
         overlay = self.overlay
         if dst in self._shortcut_used:
             self._shortcut_used[dst] = now
-        if kind == KIND_IP and dst not in self.link.pmtu.wanted:
+        if kind in IP_KINDS and dst not in self.link.pmtu.wanted:
             self.link.want_path_mtu(dst, now=now)
         elif kind == KIND_PING:
             self.link.watch(dst)  # pings are what users measure reachability with
@@ -221,7 +225,7 @@ class NodeCore:
             return True
         budget = None
         ok = True
-        if kind == KIND_IP and dst != self.local_id:
+        if kind in IP_KINDS and dst != self.local_id:
             budget = self.routes.cert_budget(dst)
             if not self.origin.sealable(dst):
                 # IP is never routed in the clear (every forwarder could read it): without
@@ -254,19 +258,28 @@ class NodeCore:
         if self.origin.knows(node):
             return True
         reason = self.origin.learn_der(node, der, now=now)
-        if reason is not None and self.member is not self.identity:
+        members = [self.member, *self.other_members]
+        for member in members if reason is not None and self.member is not self.identity else ():
             try:
-                cert = self.member.trust.verify(der, now=now)
+                cert = member.trust.verify(der, now=now)
             except CertificateError:
-                pass
-            else:
-                if cert.node_id == node:
-                    self.origin.learn(cert)
-                    reason = None
+                continue
+            if cert.node_id == node:
+                self.origin.learn(cert)
+                reason = None
+                break
         if reason is not None:
             self.stats["cert_refused"] += 1
             return False
         return True
+
+    def add_network(self, member: NodeIdentity) -> None:
+        """One more network of ours (same key, that network's certificate): the DHT records
+        of its members name certificates of its CA, which :meth:`learn_certificate` takes."""
+        if member.node_id != self.local_id:
+            raise LocalProtocolError("a network identity of another key")
+        self.other_members.append(member)
+        self.network_crls.pin(member.trust)  # its list travels and is in force here
 
     def ip_mtu(self, dst: NodeId) -> int | None:
         """The largest inner IP packet for node ``dst`` that no hop of its current path has to
@@ -285,28 +298,36 @@ class NodeCore:
             limit = pmtu.limits.get(path.via, MAX_DATAGRAM) - RELAY_OVERHEAD
         return limit - _DIRECT_GROWTH
 
-    def send_ip(self, dst: NodeId, packet: bytes, *, now: float) -> int | None:
+    def send_ip(self, dst: NodeId, packet: bytes, *, now: float, tag: bytes = b"") -> int | None:
         """:meth:`send` an inner IP ``packet`` to node ``dst``, unless it is larger than
         :meth:`ip_mtu`: then nothing leaves, and the MTU that fits is returned for the caller
-        to answer with ICMP "fragmentation needed" (:func:`ipop.vnet.toobig.frag_needed`)."""
+        to answer with ICMP "fragmentation needed" (:func:`ipop.vnet.toobig.frag_needed`).
+
+        ``tag``: the packet's network, from a node in several (:mod:`ipop.vnet.networks`): it
+        goes as KIND_IP_NET, the tag before the packet, and the MTU is the tag's less."""
         mtu = self.ip_mtu(dst)
         if not self.overlay.is_linked(dst) and dst != self.local_id:
             self.routes.probe(dst, now)
-        if mtu is not None and len(packet) > mtu:
+        if mtu is not None and len(packet) + len(tag) > mtu:
             self.stats["ip_too_big"] += 1
-            return mtu
-        self.send(dst, KIND_IP, packet, now=now)
+            return mtu - len(tag)
+        if tag:
+            self.send(dst, KIND_IP_NET, tag + packet, now=now)
+        else:
+            self.send(dst, KIND_IP, packet, now=now)
         return None
 
     def apply_crl(self, data: bytes, *, now: float) -> VerifiedCrl:
         """Install a CRL (DER or PEM) handed over locally (bundle, file, operator), then end
         revoked peers' sessions and spread it. Raises :class:`ipop.identity.CrlError`.
 
-        On a shared overlay a CRL of the network's CA goes to the network trust instead: it
-        refuses the revoked members' DHT records; links are the overlay CA's to cut, and the
-        gossip carries only the overlay's list (both trusts are one object otherwise)."""
-        member = self.member.trust
-        if member is not self.identity.trust and signed_by(member, data):
+        On a shared overlay a CRL of one of our networks' CAs goes to that network's trust
+        instead: it refuses the revoked members' DHT records; links are the overlay CA's to
+        cut, and the network lists travel apart (ipop.revocation.NetworkCrls; both trusts are
+        one object when the network is its own overlay)."""
+        for member in (self.member.trust, *(m.trust for m in self.other_members)):
+            if member is self.identity.trust or not signed_by(member, data):
+                continue
             crl = member.apply_crl(data, now=now)
             self.stats["network_crl_installed"] += 1
             peers = [p.peer for p in self.link.peers()]

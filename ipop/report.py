@@ -26,7 +26,7 @@ from ipop.link.events import LinkInfo
 from ipop.nat.kinds import NatKind
 from ipop.nat.portguess import nat_flags
 from ipop.nat.portguess import why_relayed as _punch_why
-from ipop.status import DnsStatus, LanHostStatus, PeerStatus, SelfStatus, Status
+from ipop.status import DnsStatus, LanHostStatus, NetworkStatus, PeerStatus, SelfStatus, Status
 from ipop.types import NodeId, RelayPath
 
 _Key = TypeVar("_Key", bound=str)  # a drop reason: a str or a StrEnum member
@@ -65,6 +65,8 @@ class LocalView:
     lan_hosts: tuple[LanHostStatus, ...] = ()
     dns: DnsStatus | None = None
     overlay_only: bool = False  # a node of no network (ipop.aio.daemon)
+    # A daemon in several networks: each (ipop.aio.member); empty for one network.
+    networks: tuple[NetworkStatus, ...] = ()
 
 
 def build_status(core: NodeSnapshot | None, local: LocalView, *, now: float) -> Status:
@@ -101,6 +103,7 @@ def build_status(core: NodeSnapshot | None, local: LocalView, *, now: float) -> 
         drops=dict(drops),
         counters=merged,
         lan_hosts=list(local.lan_hosts),
+        networks=list(local.networks),
         dns=local.dns,
     )
 

@@ -129,6 +129,13 @@ def format_status(status: Status) -> list[str]:
     for p in status.peers:
         if p.why:
             lines.append(f"{p.node_id[:SHORT_ID]} ({p.name or p.vip or '?'}) {p.path}: {p.why}")
+    if status.networks:  # a daemon in several networks: each, its first (self's) first
+        lines.append("")
+        lines.append(f"networks ({len(status.networks)}):")
+        nrows: list[tuple[str, ...]] = [("NETWORK", "TAP", "VIP", "SUFFIX", "NAMES")]
+        for n in status.networks:
+            nrows.append((n.network, n.tap, n.vip or "-", n.suffix, " ".join(n.names)))
+        lines.extend(format_table(nrows))
     if status.lan_hosts:
         lines.append("")
         lines.append(f"LAN hosts ({len(status.lan_hosts)}):")

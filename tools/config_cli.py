@@ -70,6 +70,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from ipop.bundle import (
     DEFAULT_DNS_SUFFIX,
     Bundle,
@@ -369,6 +372,25 @@ def _report_crl(path: Path | None, count: int, name: str) -> None:
         print("hand it to running nodes: 'ipop crl push FILE' on any one of them")
 
 
+def _key_of(path: str, overlay_ca: NetworkCA | None) -> Ed25519PrivateKey:
+    """The node key of the bundle at ``path`` (``node --key``: one more network for a node
+    that is a member already, on the same overlay; issue 17)."""
+    fix = "name a bundle of this node that 'ipop-config node' wrote for a network on this overlay"
+    try:
+        bundle = load_bundle(Path(path))
+    except ConfigError as exc:
+        raise UsageError(f"--key {path}: {exc}", fix) from None
+    if overlay_ca is None or bundle.overlay_trust.public_key_raw != overlay_ca.trust.public_key_raw:
+        raise UsageError(
+            f"--key {path}: that bundle is not on this network's overlay",
+            "a daemon serves networks of one overlay: make this network with "
+            f"'{PROG} init NETWORK --overlay {bundle.overlay_name}'",
+        )
+    key = serialization.load_pem_private_key(bundle.node_key_pem, password=None)
+    assert isinstance(key, Ed25519PrivateKey)  # the bundle checked its key at load
+    return key
+
+
 def cmd_node(args: argparse.Namespace, *, now: float) -> int:
     network = validate_network(args.network, key="NETWORK")
     name = validate_node_name(args.name, key="NAME")
@@ -397,8 +419,9 @@ def cmd_node(args: argparse.Namespace, *, now: float) -> int:
                 f"choose another hostname, or first '{PROG} revoke {network} {taken[0].name}'",
             )
 
+    key = _key_of(args.key, overlay_ca) if args.key else None
     identity = NodeIdentity.generate(
-        ca, name, now=now, days=days, hostname=hostname, router_hosts=router_hosts
+        ca, name, now=now, days=days, hostname=hostname, router_hosts=router_hosts, key=key
     )
     _register_issue(register, identity, name, hostname, now)
     crl_written = _reissue(register, ca, folder, same_name, now)
@@ -650,6 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=NODE_CERT_DEFAULT_DAYS, help="cert lifetime")
     p.add_argument(
         "--router", action="store_true", help="a router certificate (names its LAN hosts)"
+    )
+    p.add_argument(
+        "--key",
+        metavar="BUNDLE",
+        help="certify the node key of this bundle (the same node in one more network on the "
+        "same overlay: its ipopd config names both bundles, [[network]])",
     )
     p.add_argument(
         "--max-hosts",

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Collection
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -73,9 +74,9 @@ class AddressKeeper:
         tmp.write_text(json.dumps({"vip": str(vip), "network": self.network}) + "\n")
         os.replace(tmp, path)
 
-    async def claim(self, dht: DhtLike) -> IPv4Address:
+    async def claim(self, dht: DhtLike, *, avoid: Collection[IPv4Address] = ()) -> IPv4Address:
         """Claim an address (the saved one first) until the DHT grants one; save it and keep
-        it with a lease."""
+        it with a lease. ``avoid``: none of these (our addresses in other networks)."""
         preferred = self.saved()
         while True:
             try:
@@ -86,6 +87,7 @@ class AddressKeeper:
                     rng=self.rng,
                     preferred=preferred,
                     ttl=self.lease_s,
+                    avoid=avoid,
                 )
                 break
             except Exception as exc:  # the DHT may still be converging: try again

@@ -44,8 +44,7 @@ import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -55,20 +54,29 @@ from ipop.aio.address import AddressKeeper
 from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
-from ipop.aio.local import LocalNetwork, LocalServices
+from ipop.aio.local import LocalNetwork, LocalServices, ServedSide
+from ipop.aio.member import (
+    MemberSide,
+    Served,
+    check_same_overlay,
+    dns_answer,
+    local_frame,
+    owner_of,
+    resolve_in,
+    take_address,
+)
 from ipop.aio.natio import NatSockets
 from ipop.aio.peerstore import PeerStore
 from ipop.aio.rtnl import Rtnl
 from ipop.aio.settings import DaemonSettings, load_crl_file
 from ipop.aio.stack import Node
 from ipop.aio.sysdns import SystemDns, SystemDnsError, routing_domains
-from ipop.aio.tap import Tap
+from ipop.aio.tap import DEFAULT_TAP_MTU, Tap
 from ipop.bundle import Bundle, Membership
 from ipop.dht.names import lookup_name
-from ipop.dht.publish import ServiceKeeper, ServicePublisher, list_services
-from ipop.dht.record import ip_key, namespace_of
+from ipop.dht.publish import ServiceKeeper, ServicePublisher
 from ipop.dht.service import DhtConfig
-from ipop.dht.srv import PROTOS, SERVICE_QUOTA, ServiceValue
+from ipop.dht.srv import SERVICE_QUOTA, ServiceValue
 from ipop.errors import ConfigError
 from ipop.link import fastpath
 from ipop.metrics import MetricsInput, render_metrics
@@ -77,13 +85,13 @@ from ipop.nolinks import NoLinkWatch
 from ipop.report import LocalView, build_status, prefixed
 from ipop.status import (
     DnsStatus,
+    NetworkStatus,
     PathKind,
     Status,
 )
 from ipop.tasks import TaskSet
 from ipop.types import Endpoint, NodeId, RelayPath
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder
-from ipop.vnet.packet import ETH_P_ARP
 
 __all__ = [
     "DEFAULT_TAP_MTU",
@@ -96,9 +104,6 @@ __all__ = [
 
 log = logging.getLogger("ipopd")
 
-# 1500-byte underlay minus IPv4 (20) + UDP (8) + link DATA header (13) + AEAD tag (16) +
-# DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
-DEFAULT_TAP_MTU = 1400
 # Linked peers' vIPs from their hostnames (learn_peer_vips): how often, how many lookups a
 # sweep, and how long an answer holds.
 MAX_PEER_VIP_LOOKUPS = 8
@@ -114,53 +119,37 @@ REMEMBER_CHECK_S = 10.0
 REMEMBER_FIRST_S = 1.0
 
 
+# The routing table (and rule priority) of the second network's TAP, the third's next...:
+# below the kernel's main-table rule (32766), above its local one (0); seldom used by others.
+FIRST_SIDE_TABLE = 201
+
 # The data plane's subnet on an overlay-only node: it accepts no address, so every IP packet
 # is refused before this is read; a /32 nobody holds keeps the filter's arithmetic defined.
 _NO_SUBNET = IPv4Network("255.255.255.255/32")
 
 
-@dataclass(frozen=True, slots=True)
-class _Served:
-    """The network a member daemon serves, as its network parts read it."""
-
-    network: str
-    namespace: str
-    subnet: IPv4Network
-    gateway: IPv4Address
-    suffix: str
-
-    @classmethod
-    def of(cls, membership: Membership | None, suffix: str) -> _Served | None:
-        if membership is None:
-            return None
-        subnet = membership.subnet
-        return cls(
-            membership.network,
-            namespace_of(membership.trust),
-            subnet,
-            IPv4Address(int(subnet.network_address) + 1),
-            suffix,
-        )
-
-
 class Daemon:
     """One node and its local side; see the module docstring. ``services``: DHCP/DNS on the
-    TAP; ``local``: another local side instead of the TAP (then ``services`` is unused)."""
+    TAP; ``local``: another local side instead of the TAP (then ``services`` is unused).
+    ``networks``: more networks on the bundle's overlay, (bundle, TAP name) each, served by
+    :class:`ipop.aio.member.MemberSide` (``open_tap``: how their TAPs open, for tests)."""
 
     def __init__(
         self,
         bundle: Bundle,
         settings: DaemonSettings,
         *,
-        services: Callable[[Daemon], LocalServices] | None = None,
+        services: Callable[[ServedSide], LocalServices] | None = None,
         local: Callable[[Daemon], LocalNetwork] | None = None,
         system_dns: SystemDns | None = None,
+        networks: Sequence[tuple[Bundle, str]] = (),
+        open_tap: Callable[[str, int], Tap] | None = None,
     ) -> None:
         self.bundle = bundle
         self.settings = settings
         # The network this daemon serves; None: an overlay-only node (module docstring).
         self.membership: Membership | None = bundle.membership() if bundle.is_member else None
-        self._served = _Served.of(self.membership, bundle.dns_suffix)
+        self._served = Served.of(self.membership, bundle.dns_suffix)
         self._services_factory = services
         self.services: LocalServices | None = None
         # Split DNS with the host's resolver (ipop.aio.sysdns): registered once the TAP has
@@ -172,6 +161,32 @@ class Daemon:
         self.stats: Counter[str] = Counter()
         self.rng = random.Random(secrets.randbits(64))
         self.address: AddressKeeper | None = None
+        # The other networks (issue 17, item 2), each on a TAP of its own; none: one network.
+        self.sides: list[MemberSide] = []
+        # Our first network's TAP routes live in the main table (the others': in their own).
+        self.route_table: int | None = None
+        self._open_tap = open_tap
+        if networks:
+            check_same_overlay(
+                bundle, [(f"network[{i}].bundle", b) for i, (b, _) in enumerate(networks)]
+            )
+            if self.membership is None:
+                raise ConfigError(
+                    "bundle", "is overlay-only", "[[network]] needs a member bundle first"
+                )
+            if local is not None:
+                raise ConfigError("network", "is not for a router", "run one network per router")
+            self.sides = [
+                MemberSide(
+                    b,
+                    tap_name=tap,
+                    settings=settings,
+                    rng=self.rng,
+                    open_tap=open_tap,
+                    route_table=FIRST_SIDE_TABLE + i,
+                )
+                for i, (b, tap) in enumerate(networks)
+            ]
         if self._served is not None:
             self.address = AddressKeeper(
                 state_dir=settings.state_dir,
@@ -210,7 +225,6 @@ class Daemon:
         self.arp: ArpResponder | None = None
         if local is None and self._served is not None:
             self.arp = ArpResponder(None, self.subnet)
-        self._arp_type = ETH_P_ARP.to_bytes(2, "big")
         self.netcheck_result: NetcheckResult | None = None
         self.nat = NatSockets(settings.listen.host, self.stats)
         self.addrwatch: AddressWatcher | None = None
@@ -221,7 +235,7 @@ class Daemon:
         # Last: it may use any of the above.
         self.local: LocalNetwork | None = local(self) if local is not None else None
 
-    def _serving(self) -> _Served:
+    def _serving(self) -> Served:
         if self._served is None:
             raise CommandFailed("an overlay-only node serves no network (its bundle has none)")
         return self._served
@@ -305,6 +319,8 @@ class Daemon:
         )
         self.node.core.overlay.set_local_endpoints(local[:4])
         self.node.core.overlay.set_remembered(remembered)
+        for side in self.sides:
+            side.identify(self.node, now=now)
         local_fd, local_side, local_name = await self._open_local()
         self.dataplane = DataPlane(
             self.node,
@@ -316,11 +332,17 @@ class Daemon:
             local_frame=self.local.feed if self.local is not None else self._local_frame,
             local_side=local_side,
             vnet_hdr=self.tap is not None and self.tap.vnet_hdr,
+            tag=self._served.tag if self._served is not None else b"",
         )
         if self.tap is not None:
             self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
         if self._services_factory is not None and self.local is None and member is not None:
             self.services = self._services_factory(self)
+        if self.sides:
+            # One UDP side for all: the first plane feeds every network's (ipop.vnet.networks).
+            primary = self.dataplane
+            planes = [await side.open(primary, self._services_factory) for side in self.sides]
+            primary.join(planes)
         self.node.attach(self.udp, open_socket=self.nat.open_punch)
         self.node.core.stun.serve = s.stun_serve
         if s.stun_serve:
@@ -333,6 +355,9 @@ class Daemon:
             )
         self.node.start()
         self.dataplane.start()
+        for side in self.sides:
+            assert side.dataplane is not None
+            side.dataplane.start()
         self._watch_addresses(local)
         self._remembering = True
         self.tasks.spawn(self._remember_peers())
@@ -362,7 +387,11 @@ class Daemon:
             fd, side, name = await self.local.open()
             return fd, side, name
         s = self.settings
-        self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU, vnet_hdr=True)
+        mtu = s.tap_mtu or DEFAULT_TAP_MTU
+        if self._open_tap is not None:
+            self.tap = self._open_tap(s.tap_name, mtu)
+        else:
+            self.tap = Tap(s.tap_name, mtu=mtu, vnet_hdr=True)
         await self.tap.configure()
         return self.tap.fd, None, self.tap.name
 
@@ -395,8 +424,11 @@ class Daemon:
 
     def _in_subnet(self, addr: str) -> bool:
         """Is ``addr`` one of the virtual network's (our TAP's address is no underlay one)?"""
+        ip = IPv4Address(addr)
         served = self._served
-        return served is not None and IPv4Address(addr) in served.subnet
+        return (served is not None and ip in served.subnet) or any(
+            ip in side.subnet for side in self.sides
+        )
 
     def _task_failed(self, exc: BaseException) -> None:
         log.error("event=task_failed error=%r", exc)
@@ -415,15 +447,9 @@ class Daemon:
         )
         assert self.address is not None  # a member's (run() claims only for members)
         vip = await self.address.claim(node.dht)
-        assert self.dataplane is not None
-        self.dataplane.set_own_ip(vip)
-        # ARP for our own vIP: the TAP's kernel answers it; a plugged-in side answers it itself.
-        if self.arp is not None:
-            self.arp.set_own_ip(vip)
-        if self.settings.addressing == "static" and self.tap is not None:
-            await self.tap.set_address(vip, self.subnet, self.gateway)
-        if self.services is not None:
-            self.services.address_assigned(vip)
+        await take_address(vip, self._serving(), self)
+        if self.sides:
+            self.tasks.spawn(self._claim_sides(vip))
         # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
         self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
         # A router may publish for its LAN hosts too: replicas grant it one more each.
@@ -450,6 +476,15 @@ class Daemon:
         # After ready: a resolver slow to answer (resolvectl waits up to 5 s a command) must
         # not hold up the address, the names or the services.
         await self._register_dns()
+
+    async def _claim_sides(self, first: IPv4Address) -> None:
+        """The other networks' claims, one after another, each avoiding the addresses the
+        ones before got (ipop.aio.member.MemberSide.claim)."""
+        taken = [first]
+        for side in self.sides:
+            await side.claim(avoid=taken)
+            if side.vip is not None:
+                taken.append(side.vip)
 
     async def _serve_overlay(self, on_ready: Callable[[], Any] | None) -> None:
         """An overlay-only node is ready once its DHT has joined: from then on it routes,
@@ -503,6 +538,8 @@ class Daemon:
                 log.warning("event=service_withdraw_timeout")
         if self.address is not None:
             await self.address.stop()
+        for side in self.sides:
+            await side.stop()
         if self.services is not None:
             await self.services.close()
         if self.dataplane is not None:
@@ -516,6 +553,8 @@ class Daemon:
             self.udp.close()
         if self.tap is not None:
             self.tap.close()
+        for side in self.sides:
+            side.close()
         if self.local is not None:
             self.local.close()
         log.info("event=stopped")
@@ -587,59 +626,24 @@ class Daemon:
     # --- lookups ----------------------------------------------------------------------------
 
     async def lookup_owner(self, vip: IPv4Address) -> NodeId | None:
-        node = self.node
-        if node is None or node.dht is None:
-            return None
-        record = await node.dht.get(ip_key(self.namespace, vip))
-        if record is None or record.tombstone:
-            return None
-        # The record's certificate (verified by the DHT's policy) is the owner's: with it our
-        # first IP packet routed to the owner is sealed end to end (NodeCore.send).
-        node.core.learn_certificate(record.owner, record.cert, now=time.time())
-        return record.owner
+        """The holder of ``vip`` in our (first) network (:func:`ipop.aio.member.owner_of`)."""
+        return await owner_of(self.node, self.namespace, vip)
 
     async def resolve(self, name: str) -> IPv4Address | None:
         """A name (with or without the DNS suffix) or a dotted address → vIP."""
-        name = name.strip().rstrip(".").lower()
-        with contextlib.suppress(ValueError):
-            addr = IPv4Address(name)
-            return addr if addr in self.subnet else None
-        suffix = "." + self.suffix
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-        node = self.node
-        if node is None or node.dht is None:
-            return None
-        return await lookup_name(node.dht, self.namespace, name, self.subnet)
+        return await resolve_in(self.node, self.namespace, self.subnet, self.suffix, name)
 
     async def dns_lookup(self, name: str) -> IPv4Address | tuple[ServiceValue, ...] | None:
         """What DNS asks the DHT: a service ``_<name>._<proto>`` (its verified instances) or
         a hostname (its vIP)."""
-        service, dot, proto = name.partition(".")
-        if dot and service.startswith("_") and proto[1:] in PROTOS:
-            node = self.node
-            if node is None or node.dht is None:
-                return None
-            found = await list_services(
-                node.dht, self.namespace, service[1:], proto[1:], subnet=self.subnet
-            )
-            return tuple(ServiceValue(i.addr, i.port, i.txt) for i in found)
-        return await self.resolve(name)
+        return await dns_answer(self.node, self.namespace, self.subnet, self.suffix, name)
 
     # --- the TAP's local traffic ------------------------------------------------------------
 
     def _local_frame(self, frame: bytes) -> bool:
         """A frame from the TAP that is not for the overlay: ARP is ours to answer (every ARP
         frame is consumed), DHCP and DNS the services'."""
-        if frame[12:14] == self._arp_type:
-            assert self.arp is not None  # the TAP's local frames come here only without a side
-            reply = self.arp.reply(frame)
-            if reply is not None:
-                self.write_frame(reply)
-            return True
-        if self.services is None:
-            return False
-        return self.services.feed(frame, now=time.time())
+        return local_frame(frame, self.arp, self.services, self.write_frame)
 
     def write_frame(self, frame: bytes) -> None:
         if self.dataplane is not None:
@@ -696,7 +700,21 @@ class Daemon:
             lan_hosts=tuple(self.local.lan_hosts()) if self.local is not None else (),
             dns=dns,
             overlay_only=self.membership is None,
+            networks=self.networks_status(),
         )
+
+    def networks_status(self) -> tuple[NetworkStatus, ...]:
+        """Each network of a daemon in several, the first (``self``'s) first; () for one."""
+        if not self.sides or self._served is None:
+            return ()
+        first = NetworkStatus(
+            network=self.network,
+            vip=str(self.vip) if self.vip is not None else None,
+            names=list(self.names),
+            suffix=self.suffix,
+            tap=self.tap.name if self.tap is not None else self.settings.tap_name,
+        )
+        return (first, *(side.status() for side in self.sides))
 
     def metrics_text(self, *, max_peers: int, drops: Mapping[str, int] | None = None) -> str:
         """The Prometheus page (ipop.metrics) of this node's status; ``drops``: the metrics

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Protocol
 
@@ -88,10 +88,14 @@ async def allocate_ip(
     value: bytes = b"",
     ttl: float = DHT_LEASE_TTL_S,
     attempts: int = ALLOC_ATTEMPTS,
+    avoid: Collection[IPv4Address] = (),
 ) -> IPv4Address:
-    """Claim a free address of ``subnet`` under ``namespace``; raise :class:`AllocationFailed`."""
+    """Claim a free address of ``subnet`` under ``namespace``; raise :class:`AllocationFailed`.
+    ``avoid``: never these, free or not (a daemon's addresses in its other networks)."""
     first, last = usable_range(subnet)
-    tried: set[int] = set()
+    tried: set[int] = {int(a) for a in avoid if first <= int(a) <= last}
+    if preferred is not None and preferred in avoid:
+        preferred = None
     if preferred is not None:
         if not is_usable(subnet, preferred):
             # A remembered address from before a subnet change: not an error, just unusable.

@@ -206,9 +206,11 @@ class RecordPolicy:
 
     ``trust``: this node's own network (its namespace gets every check, revocation
     included); None: a node of no network (overlay-only), to which every namespace is foreign.
+    A node in several networks adds the others with :meth:`add_network`: theirs get every
+    check too.
     """
 
-    __slots__ = ("_foreign", "_revoked", "namespace", "network", "subnet", "trust")
+    __slots__ = ("_foreign", "_own", "_revoked", "namespace", "network", "subnet", "trust")
 
     def __init__(
         self,
@@ -225,11 +227,20 @@ class RecordPolicy:
         self.namespace = namespace_of(trust) if trust is not None else None
         self.subnet = subnet
         self._foreign: OrderedDict[str, CaKeyTrust] = OrderedDict()
+        # Our other networks (a daemon in several): namespace -> (their trust, their subnet).
+        self._own: dict[str, tuple[CaTrust, IPv4Network | None]] = {}
+
+    def add_network(self, trust: CaTrust, *, subnet: IPv4Network | None) -> None:
+        """One more network of ours: its namespace is checked as our own is."""
+        self._own[namespace_of(trust)] = (trust, subnet)
 
     def verifier(self, namespace: str) -> tuple[CertVerifier, IPv4Network | None]:
         """Who checks certificates of ``namespace``, and its subnet (None: unknown here)."""
         if namespace == self.namespace and self.trust is not None:
             return self.trust, self.subnet
+        own = self._own.get(namespace)
+        if own is not None:
+            return own
         held = self._foreign.get(namespace)
         if held is not None:
             self._foreign.move_to_end(namespace)

@@ -57,6 +57,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from ipaddress import IPv4Network
 from typing import Any, TypeVar
 
 from ipop.dht.config import DhtConfig
@@ -196,6 +197,14 @@ class DhtService:
         self._spawn(self._every(self.config.refresh_interval_s, self.lookups.refresh))
 
     # --- plumbing -------------------------------------------------------------------------------
+
+    def add_network(self, identity: NodeIdentity, *, subnet: IPv4Network | None) -> None:
+        """One more network of this node (a daemon in several, issue 17): its keys are signed
+        with ``identity`` (our certificate there) and its records checked as our own
+        network's are."""
+        namespace = namespace_of(identity.trust)
+        self.writer.add_signer(namespace, identity)
+        self.policy.add_network(identity.trust, subnet=subnet)
 
     def deliver(self, src: NodeId, payload: bytes) -> None:
         """The overlay hands us a DHT payload from authenticated ``src``."""

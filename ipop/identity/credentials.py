@@ -49,10 +49,13 @@ class NodeIdentity:
         days: int = NODE_CERT_DEFAULT_DAYS,
         hostname: str | None = None,
         router_hosts: int = 0,
+        key: Ed25519PrivateKey | None = None,
     ) -> NodeIdentity:
-        """A fresh key signed by ``ca`` (what ``ipop-config node`` and the test factories do)."""
+        """A fresh key signed by ``ca`` (what ``ipop-config node`` and the test factories do);
+        ``key``: this existing key instead (a node joining one more network keeps its one key
+        and node id, issue 17)."""
         return cls._signed(
-            Ed25519PrivateKey.generate(),
+            Ed25519PrivateKey.generate() if key is None else key,
             ca,
             name,
             now=now,

@@ -218,6 +218,12 @@ KIND_IP = 0x02
 KIND_PING = 0x03
 KIND_BIRTHDAY = 0x04  # port guessing toward symmetric NATs (ipop.nat.portguess), for NodeCore
 KIND_PMTU = 0x05  # path MTU probes of a route over the ring (ipop.link.pmtu), handled by NodeCore
+# An IP packet of one of the sender's networks, when it is in several (issue 17): the
+# network's 4-byte tag (ipop.vnet.networks) before the packet. A node in one network sends
+# KIND_IP as ever (and the native fast path knows only that kind).
+KIND_IP_NET = 0x06
+# The kinds that carry IP: sealed when routed, path MTU wanted.
+IP_KINDS = frozenset({KIND_IP, KIND_IP_NET})
 UPPER_KIND_MAX = 0x7F
 # Overlay control kinds, handled inside the overlay node.
 KIND_CTM = 0x80

@@ -79,7 +79,7 @@ from ipop.identity import CaTrust, CertificateError, NodeCertificate, NodeIdenti
 from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_SEALED,
-    KIND_IP,
+    IP_KINDS,
     MAC_BYTES,
     MAX_CERT_BYTES,
     SEAL_NONCE_BYTES,
@@ -116,7 +116,8 @@ _PAIR_INFO: Final = b"ipop routed mac v1"
 # A separate key from the same X25519 secret: the MAC key never doubles as a cipher key.
 _SEAL_INFO: Final = b"ipop routed seal v1"
 # Kinds delivered only sealed: a signed (clear) one could have been read, or written, on the way.
-SEALED_KINDS: Final = frozenset({KIND_IP})
+# Both IP kinds, the tagged one of a node in several networks (KIND_IP_NET) as plain KIND_IP.
+SEALED_KINDS: Final = IP_KINDS
 
 # Every reason this module refuses a routed message for; the overlay counts them in its drops.
 DROP_REASONS: Final = frozenset(

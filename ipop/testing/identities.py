@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from ipaddress import IPv4Network
 from typing import Any
 
@@ -116,6 +117,62 @@ def make_bundle(
         node_key_pem=ident.private_key_pem(),
         **({} if overlay_only else network_keys),
         **overlay_keys,
+    )
+
+
+def member_bundles(
+    networks: Sequence[tuple[str, IPv4Network]],
+    node_name: str,
+    *,
+    overlay: str,
+    bootstrap: tuple[Endpoint, ...],
+    now: float,
+    hostname: str | None = None,
+    overlay_ca: NetworkCA | None = None,
+) -> list[Bundle]:
+    """One node's bundles for several networks on one shared overlay (issue 17): one key,
+    one overlay CA (``overlay_ca``, else a fresh one; the same overlay certificate in each),
+    a fresh CA per network."""
+    overlay_ca = make_network(overlay, now=now) if overlay_ca is None else overlay_ca
+    first: NodeIdentity | None = None
+    out = []
+    for network, subnet in networks:
+        ca = make_network(network, now=now)
+        if first is None:
+            ident = first = NodeIdentity.generate(ca, node_name, now=now, hostname=hostname)
+            overlay_cert = first.certified_by(overlay_ca, node_name, now=now).cert.pem()
+        else:
+            ident = first.certified_by(ca, node_name, now=now)
+        out.append(
+            Bundle(
+                bootstrap=bootstrap,
+                node_name=node_name,
+                node_key_pem=first.private_key_pem(),
+                network=network,
+                subnet=subnet,
+                ca_cert_pem=ca.cert_pem(),
+                node_cert_pem=ident.cert.pem(),
+                hostname=hostname if ident is first else None,
+                overlay=overlay,
+                overlay_ca_cert_pem=overlay_ca.cert_pem(),
+                overlay_cert_pem=overlay_cert,
+            )
+        )
+    return out
+
+
+def overlay_only_bundle(
+    overlay_ca: NetworkCA, node_name: str, *, bootstrap: tuple[Endpoint, ...], now: float
+) -> Bundle:
+    """An overlay-only node's bundle of ``overlay_ca`` ('ipop-config overlay node')."""
+    ident = NodeIdentity.generate(overlay_ca, node_name, now=now)
+    return Bundle(
+        bootstrap=bootstrap,
+        node_name=node_name,
+        node_key_pem=ident.private_key_pem(),
+        overlay=overlay_ca.network,
+        overlay_ca_cert_pem=overlay_ca.cert_pem(),
+        overlay_cert_pem=ident.cert.pem(),
     )
 
 

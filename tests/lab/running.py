@@ -45,6 +45,7 @@ def start_daemons(
     overlay: str | None = None,
     overlay_only: Iterable[str] = (),
     networks: dict[str, str] | None = None,
+    also: dict[str, tuple[str, ...]] | None = None,
 ) -> IpopNet:
     """Configure every host of ``lab`` (``addressing``: host -> "dhcp"; ``metrics``: each
     daemon serves them on ipopnet.METRICS_LISTEN; ``web``: its status page on
@@ -58,6 +59,7 @@ def start_daemons(
         overlay=overlay,
         overlay_only=tuple(overlay_only),
         networks=networks,
+        also=also,
     )
     ipop.prepare(addressing=addressing)
     if hosts is None:
@@ -86,6 +88,7 @@ def running_net(
     overlay: str | None = None,
     overlay_only: Iterable[str] = (),
     networks: dict[str, str] | None = None,
+    also: dict[str, tuple[str, ...]] | None = None,
 ) -> Iterator[IpopNet]:
     """Build ``topology`` and :func:`start_daemons` on it; tear all of it down afterwards."""
     prefix = process_prefix(prefix_tag)
@@ -102,18 +105,29 @@ def running_net(
             overlay=overlay,
             overlay_only=overlay_only,
             networks=networks,
+            also=also,
         )
     finally:
         lab.down()
         cleanup_stale(prefix)
 
 
-def ping_ok(net: IpopNet, src: str, target: str, tries: int = 3, *, timeout_s: float = 10.0) -> str:
+def ping_ok(
+    net: IpopNet,
+    src: str,
+    target: str,
+    tries: int = 3,
+    *,
+    timeout_s: float = 10.0,
+    interface: str | None = None,
+) -> str:
     """``ping -c 1`` from ``src`` to ``target`` until one answers (its output), at most
-    ``tries`` times (each within ``timeout_s``); AssertionError with the last output otherwise."""
+    ``tries`` times (each within ``timeout_s``); AssertionError with the last output otherwise.
+    ``interface``: out of that one (``ping -I``)."""
     out = ""
+    via = ["-I", interface] if interface is not None else []
     for _ in range(tries):
-        res = net.lab.exec(src, ["ping", "-c", "1", "-W", "2", target], timeout=timeout_s)
+        res = net.lab.exec(src, ["ping", "-c", "1", "-W", "2", *via, target], timeout=timeout_s)
         out = res.stdout + res.stderr
         if res.returncode == 0:
             return out

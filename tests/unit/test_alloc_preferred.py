@@ -83,3 +83,22 @@ def test_the_preferred_address_is_given_up_after_bounded_tries(
     got = _allocate(dht)
     assert got != PREFERRED
     assert dht.calls["create"] == alloc.PREFERRED_ATTEMPTS + 1
+
+
+def test_avoided_addresses_are_never_claimed_even_when_preferred_and_free() -> None:
+    """A daemon in two networks keeps its addresses apart (issue 17): its claim in the second
+    network avoids its address in the first, saved state or not."""
+    small = ipaddress.ip_network("100.64.0.0/29")  # usable .2 .. .6 (.1 is the gateway)
+    avoid = [ipaddress.ip_address(f"100.64.0.{i}") for i in (2, 3, 5, 6)]
+
+    async def body() -> ipaddress.IPv4Address:
+        return await allocate_ip(
+            FakeDht(ME),
+            small,
+            namespace=NS,
+            rng=random.Random(1),
+            preferred=avoid[0],
+            avoid=avoid,
+        )
+
+    assert asyncio.run(body()) == ipaddress.ip_address("100.64.0.4")

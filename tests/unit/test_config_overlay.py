@@ -332,3 +332,27 @@ def test_certified_by_keeps_the_key(creds: Creds) -> None:
         raw.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         == creds.member.public_key_raw
     )
+
+
+def test_node_key_makes_one_more_networks_bundle_for_the_same_node(ws: Path, run: Run) -> None:
+    """Issue 17, item 2: a node in two networks of one overlay holds one key; ``node --key``
+    certifies it in the second network, and a bundle of another overlay is refused."""
+    assert run("init", "other", "--overlay", "shared", *SUBNET, *BOOT)[0] == 0
+    assert run("node", "lab", "ab", "--hostname", "ab", "--out", "ab-lab.toml")[0] == 0
+    rc, _, err = run(
+        "node", "other", "ab", "--hostname", "ab", "--key", "ab-lab.toml", "--out", "ab-o.toml"
+    )
+    assert rc == 0, err
+    lab, other = load_bundle(Path("ab-lab.toml")), load_bundle(Path("ab-o.toml"))
+    assert lab.node_id == other.node_id and lab.network != other.network
+    assert lab.overlay_trust.public_key_raw == other.overlay_trust.public_key_raw
+    assert other.hostname == "ab"
+    # Without --key: another key, another node.
+    assert run("node", "other", "cd", "--out", "cd.toml")[0] == 0
+    assert load_bundle(Path("cd.toml")).node_id != lab.node_id
+    # A bundle of another overlay's network: refused, saying which overlay.
+    assert run("overlay", "init", "elsewhere")[0] == 0
+    assert run("init", "far", "--overlay", "elsewhere", *SUBNET, *BOOT)[0] == 0
+    rc, _, err = run("node", "far", "ab", "--key", "ab-lab.toml", "--out", "ab-far.toml")
+    assert rc == 2 and "not on this network's overlay" in err and "--overlay shared" in err
+    assert not Path("ab-far.toml").exists()

@@ -9,8 +9,11 @@ the dozen) are counted and change nothing beyond the stated bounds.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from ipop.core import NodeCore
 from ipop.dht.policy import RecordPolicy
 from ipop.dht.record import Record, ip_key, namespace_of
 from ipop.errors import RemoteProtocolError
@@ -180,3 +183,28 @@ def test_a_stranger_replica_refuses_a_revoked_members_record_once_it_holds_the_l
     with pytest.raises(RemoteProtocolError) as info:
         policy.admit(record, now=NOW)
     assert info.value.reason == "cert_revoked"
+
+
+def test_a_node_in_two_networks_puts_each_networks_list_in_that_networks_trust() -> None:
+    """A daemon in several networks (``NodeCore.add_network``): a CRL of its second network,
+    handed over locally, is in force in that network's trust and offered to linked peers;
+    the first network's and the overlay's lists are untouched."""
+    overlay = make_network("shared", now=NOW - 60)
+    first, second = make_network("labnet", now=NOW - 60), make_network("othernet", now=NOW - 60)
+    a = make_identity(first, "ab", now=NOW - 60)
+    a = NodeIdentity(a.private_key, a.cert, a.trust.fork())
+    b = a.certified_by(second, "ab", now=NOW - 60)
+    b = NodeIdentity(b.private_key, b.cert, b.trust.fork())
+    core = NodeCore(
+        a.certified_by(overlay, "ab", now=NOW - 60),
+        member=a,
+        rng=random.Random(1),
+        bootstrap=[],
+    )
+    core.add_network(b)
+    victim = make_identity(second, "mallory", now=NOW - 60)
+    crl = second.make_crl([(cert_serial(victim.cert), NOW)], number=4, now=NOW)
+    assert core.apply_crl(crl, now=NOW).number == 4
+    assert b.trust.crl_number == 4 and b.trust.is_revoked(victim.cert)
+    assert a.trust.crl_number == 0 and core.identity.trust.crl_number == 0
+    assert core.network_crls.holds(second.trust.public_key_raw) == 4

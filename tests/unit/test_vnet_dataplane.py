@@ -42,6 +42,7 @@ from ipop.tools.bench.dataplane_bench import (
     dataplane,
     fake_tap,
     linked_pair,
+    tap_frames,
 )
 from ipop.types import NodeId
 from ipop.vnet.filter import Drop, Verdict
@@ -92,12 +93,7 @@ def _ip(src: IPv4Address | str, dst: IPv4Address | str, body: bytes = b"x" * 20)
 
 
 def _tap_frames(kernel: socket.socket) -> list[bytes]:
-    frames = []
-    while True:
-        try:
-            frames.append(kernel.recv(65536))
-        except BlockingIOError:
-            return frames
+    return tap_frames(kernel)
 
 
 class Harness:

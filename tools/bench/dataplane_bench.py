@@ -54,6 +54,7 @@ class PlaneNode:
         self.node_id = core.local_id
         self.driver = None
         self.on_ip: Callable[[NodeId, bytes], None] | None = None
+        self.on_net_ip: Callable[[NodeId, bytes], None] | None = None
         self.punch_sink: Callable[[bytes, SocketPath], None] | None = None
 
     def send_batch_on_path(self, datagrams: list[bytes], path: SocketPath) -> None:
@@ -89,6 +90,16 @@ def fake_tap() -> tuple[socket.socket, socket.socket]:
     return ours, kernel
 
 
+def tap_frames(kernel: socket.socket) -> list[bytes]:
+    """Every frame waiting at the kernel's end of a :func:`fake_tap`."""
+    frames = []
+    while True:
+        try:
+            frames.append(kernel.recv(65536))
+        except BlockingIOError:
+            return frames
+
+
 def dataplane(
     core: NodeCore,
     tap_fd: int,
@@ -97,11 +108,15 @@ def dataplane(
     lookup_owner: Callable[[IPv4Address], Awaitable[NodeId | None]] = _no_owner,
     vnet_hdr: bool = False,
     runs: bool | None = None,
+    node: PlaneNode | None = None,
+    tag: bytes = b"",
+    primary: bool = True,
 ) -> DataPlane:
     """A DataPlane over ``core`` with a fake TAP and a :class:`SinkUdp` (call in a loop);
-    ``vnet_hdr``: as over a TAP opened with IFF_VNET_HDR."""
+    ``vnet_hdr``: as over a TAP opened with IFF_VNET_HDR; ``node``, ``tag``, ``primary``: one
+    of the planes of a node in several networks (DataPlane.join)."""
     dp = DataPlane(
-        cast(Node, PlaneNode(core)),
+        cast(Node, PlaneNode(core) if node is None else node),
         cast(UdpSocket, SinkUdp()),
         tap_fd,
         subnet=SUBNET,
@@ -110,6 +125,8 @@ def dataplane(
         clock=clock,
         vnet_hdr=vnet_hdr,
         runs=runs,
+        tag=tag,
+        primary=primary,
     )
     dp.set_link_layer(TAP_MAC, VIRTUAL_MAC)
     return dp

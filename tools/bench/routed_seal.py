@@ -20,7 +20,7 @@ from ipop.overlay.messages import FLAG_EXACT, KIND_DHT, Routed, routed_signed_by
 from ipop.overlay.origin import OriginAuth, pairwise_mac
 
 
-def _cpu_us(fn: Callable[[], object], count: int) -> float:
+def cpu_us(fn: Callable[[], object], count: int) -> float:
     """Best of five: µs of process CPU per call of ``fn``."""
     best = float("inf")
     for _ in range(5):
@@ -66,10 +66,10 @@ def bench(count: int) -> dict[int, dict[str, float]]:
 
         assert isinstance(mac_check(), Routed) and isinstance(seal_open(), Routed)
         out[size] = {
-            "mac_make": _cpu_us(mac_make, count),
-            "mac_check": _cpu_us(mac_check, count),
-            "seal_make": _cpu_us(seal_make, count),
-            "seal_open": _cpu_us(seal_open, count),
+            "mac_make": cpu_us(mac_make, count),
+            "mac_check": cpu_us(mac_check, count),
+            "seal_make": cpu_us(seal_make, count),
+            "seal_open": cpu_us(seal_open, count),
         }
     return out
 

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -130,6 +130,11 @@ class HostFiles:
     state_dir: Path
 
 
+def tap_name(index: int) -> str:
+    """A lab daemon's TAP for its ``index``-th network (0: its first; ``also``'s after)."""
+    return f"ipop{index}"
+
+
 class IpopNet:
     def __init__(
         self,
@@ -143,19 +148,24 @@ class IpopNet:
         overlay: str | None = None,
         overlay_only: Collection[str] = (),
         networks: Mapping[str, str] | None = None,
+        also: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """``overlay``: put the network on an overlay of that name with a CA of its own
         (``ipop-config overlay init``), so every bundle holds two certificates;
         ``overlay_only``: these hosts get overlay-only bundles (``ipop-config overlay node``):
         they route, relay and store records, and hold no address; ``networks``: host -> the
         network it is a member of, for hosts not in ``network`` (each such network is made on
-        the overlay with the same subnet: ranges of different networks may overlap)."""
-        if (overlay_only or networks) and overlay is None:
+        the overlay with the same subnet: ranges of different networks may overlap); ``also``:
+        host -> more networks it is a member of at once (its one key certified in each with
+        ``ipop-config node --key``; a ``[[network]]`` table and a TAP ``ipop1``, ``ipop2``...
+        each)."""
+        if (overlay_only or networks or also) and overlay is None:
             raise ValueError("overlay-only hosts and other networks need an overlay")
         self.lab = lab
         self.overlay = overlay
         self.overlay_only = frozenset(overlay_only)
         self.networks = dict(networks or {})
+        self.also = {host: tuple(nets) for host, nets in (also or {}).items()}
         self.metrics = metrics
         self.web = web
         self.network = network
@@ -208,7 +218,8 @@ class IpopNet:
         if self.overlay is not None:
             self._config_cli(["overlay", "init", self.overlay])
             on = ["--overlay", self.overlay]
-        for net in sorted({self.network, *self.networks.values()}):
+        more = {n for nets in self.also.values() for n in nets}
+        for net in sorted({self.network, *self.networks.values(), *more}):
             self._config_cli(["init", net, "--subnet", str(self.subnet), *boots, *on])
         for h in self.lab.hosts:
             f = self.files(h)
@@ -256,6 +267,11 @@ class IpopNet:
                     f'interface = "{CLUSTER_BRIDGE}"',
                     f"dhcp_lease_s = {ROUTER_DHCP_LEASE_S}",
                 ]
+            for i, other in enumerate(self.also.get(h.name, ()), start=1):
+                path = f.bundle.with_name(f"bundle-{other}.toml")
+                named = ["--hostname", h.name, "--key", str(f.bundle), "--out", str(path)]
+                self._config_cli(["node", other, h.name, *named])
+                lines += ["[[network]]", f'bundle = "{path}"', f'tap = "{tap_name(i)}"']
             f.config.write_text("\n".join([*lines, ""]))
         script = self.lab.workdir / "dhcp-script.sh"
         script.write_text(DHCP_SCRIPT)
