@@ -63,6 +63,7 @@ from ipop.aio.member import (
     local_frame,
     owner_of,
     resolve_in,
+    route_tables,
     take_address,
 )
 from ipop.aio.natio import NatSockets
@@ -119,10 +120,6 @@ REMEMBER_CHECK_S = 10.0
 REMEMBER_FIRST_S = 1.0
 
 
-# The routing table (and rule priority) of the second network's TAP, the third's next...:
-# below the kernel's main-table rule (32766), above its local one (0); seldom used by others.
-FIRST_SIDE_TABLE = 201
-
 # The data plane's subnet on an overlay-only node: it accepts no address, so every IP packet
 # is refused before this is read; a /32 nobody holds keeps the filter's arithmetic defined.
 _NO_SUBNET = IPv4Network("255.255.255.255/32")
@@ -176,6 +173,9 @@ class Daemon:
                 )
             if local is not None:
                 raise ConfigError("network", "is not for a router", "run one network per router")
+            tables = route_tables(
+                self.membership.subnet, [b.membership().subnet for b, _ in networks]
+            )
             self.sides = [
                 MemberSide(
                     b,
@@ -183,9 +183,9 @@ class Daemon:
                     settings=settings,
                     rng=self.rng,
                     open_tap=open_tap,
-                    route_table=FIRST_SIDE_TABLE + i,
+                    route_table=table,
                 )
-                for i, (b, tap) in enumerate(networks)
+                for (b, tap), table in zip(networks, tables, strict=True)
             ]
         if self._served is not None:
             self.address = AddressKeeper(

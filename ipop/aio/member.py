@@ -12,13 +12,16 @@ namespace; its records are signed with its certificate (:meth:`ipop.aio.stack.No
 The daemon's first network (its ``bundle``) is served by the daemon itself as ever, through
 the same functions below (:func:`owner_of`, :func:`resolve_in`, :func:`dns_answer`,
 :func:`local_frame`, :func:`take_address`); a daemon of one network has no MemberSide.
-The networks' ranges may overlap, and the host routes by destination: a MemberSide's TAP
-routes go to a table of its own (``route_table``), which rules send its replies (from its
-address) and what is sent out of its TAP to (:meth:`ipop.aio.tap.Tap.set_address`); the first
-network keeps the main table. Left for a later slice: the other networks' split DNS with the
-host's resolver (their names are asked of their gateway from their address, or out of their
-TAP). The daemon's addresses in its networks are kept apart (each claim avoids the ones
-before it): with one address in two networks, its "from" rule would take both's replies.
+The networks' ranges may overlap, and the host routes by destination: a MemberSide whose
+range overlaps an earlier network's puts its TAP routes in a table of its own
+(``route_table``, :func:`route_tables`), which rules send its replies (from its address) and
+what is sent out of its TAP to (:meth:`ipop.aio.tap.Tap.set_address`); the first network
+keeps the main table, and so does a network whose range overlaps none before it (then a plain
+``ping`` to one of its addresses finds its TAP, as a user of two networks expects). Left for
+a later slice: the other networks' split DNS with the host's resolver (their names are asked
+of their gateway from their address, or out of their TAP). The daemon's addresses in its
+networks are kept apart (each claim avoids the ones before it): with one address in two
+networks, its "from" rule would take both's replies.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from ipop.aio.address import AddressKeeper
 from ipop.aio.dataplane import DataPlane
@@ -70,6 +73,12 @@ log = logging.getLogger("ipopd")
 _ARP_TYPE = ETH_P_ARP.to_bytes(2, "big")
 
 
+# The first routing table (and rule priority) a further network's TAP routes may go to
+# (route_tables): below the kernel's main-table rule (32766), above its local one (0);
+# seldom used by others.
+FIRST_SIDE_TABLE: Final = 201
+
+
 @dataclass(frozen=True, slots=True)
 class Served:
     """A network a member daemon serves, as its network parts read it."""
@@ -95,6 +104,19 @@ class Served:
             suffix,
             network_tag(membership.trust.public_key_raw),
         )
+
+
+def route_tables(first: IPv4Network, others: Sequence[IPv4Network]) -> list[int | None]:
+    """Where each further network's TAP routes go: the main table (None) when its range
+    overlaps neither the first network's nor an earlier one's, else table ``FIRST_SIDE_TABLE
+    + i`` (reached by its rules only: a destination in two ranges can mean either)."""
+    tables: list[int | None] = []
+    seen = [first]
+    for i, subnet in enumerate(others):
+        overlaps = any(subnet.overlaps(s) for s in seen)
+        tables.append(FIRST_SIDE_TABLE + i if overlaps else None)
+        seen.append(subnet)
+    return tables
 
 
 def check_same_overlay(first: Bundle, others: Sequence[tuple[str, Bundle]]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ipop.aio.daemon import Daemon, DaemonSettings
-from ipop.aio.member import check_same_overlay
+from ipop.aio.member import FIRST_SIDE_TABLE, check_same_overlay, route_tables
 from ipop.bundle import Bundle, dump_bundle
 from ipop.errors import ConfigError
 from ipop.status import Status
@@ -203,3 +203,14 @@ def test_ipopd_refuses_a_network_of_another_overlay_naming_the_table(
     assert ipopd.main(["--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "network[0].bundle" in err and "another CA" in err and "--overlay" in err
+
+
+def test_a_further_network_keeps_the_main_table_unless_its_range_overlaps() -> None:
+    """A plain ``ping`` to an address of a second network with a range of its own must find
+    that network's TAP (its routes in the main table); only a range that overlaps an earlier
+    network's goes to a table of its own, reached by its rules."""
+    first = IPv4Network("100.64.0.0/16")
+    assert route_tables(first, [IPv4Network("100.65.0.0/16")]) == [None]
+    assert route_tables(first, [IPv4Network("100.64.0.0/10")]) == [FIRST_SIDE_TABLE]
+    others = [IPv4Network("100.65.0.0/16"), IPv4Network("100.65.128.0/17")]
+    assert route_tables(first, others) == [None, FIRST_SIDE_TABLE + 1]
