@@ -11,6 +11,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from ipop.tools.lab.ipopnet import IpopNet
@@ -46,6 +47,7 @@ def start_daemons(
     overlay_only: Iterable[str] = (),
     networks: dict[str, str] | None = None,
     also: dict[str, tuple[str, ...]] | None = None,
+    subnets: dict[str, IPv4Network] | None = None,
 ) -> IpopNet:
     """Configure every host of ``lab`` (``addressing``: host -> "dhcp"; ``metrics``: each
     daemon serves them on ipopnet.METRICS_LISTEN; ``web``: its status page on
@@ -60,6 +62,7 @@ def start_daemons(
         overlay_only=tuple(overlay_only),
         networks=networks,
         also=also,
+        subnets=subnets,
     )
     ipop.prepare(addressing=addressing)
     if hosts is None:
@@ -89,6 +92,7 @@ def running_net(
     overlay_only: Iterable[str] = (),
     networks: dict[str, str] | None = None,
     also: dict[str, tuple[str, ...]] | None = None,
+    subnets: dict[str, IPv4Network] | None = None,
 ) -> Iterator[IpopNet]:
     """Build ``topology`` and :func:`start_daemons` on it; tear all of it down afterwards."""
     prefix = process_prefix(prefix_tag)
@@ -106,6 +110,7 @@ def running_net(
             overlay_only=overlay_only,
             networks=networks,
             also=also,
+            subnets=subnets,
         )
     finally:
         lab.down()

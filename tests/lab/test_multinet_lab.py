@@ -12,15 +12,19 @@ in a table of their own). Checked:
   that network's resolver on ``ab``'s own gateway), and ``a1`` and ``b1`` ping ``ab`` by name
   (each gets ``ab``'s address in its own network);
 - ``a1`` still cannot reach ``b1``;
-- tcpdump on ``ab``'s labnet TAP never sees othernet's traffic (and its othernet TAP does).
+- tcpdump on ``ab``'s labnet TAP never sees othernet's traffic (and its othernet TAP does);
+- with the two ranges apart (a lab of its own), ``ab`` reaches both networks' addresses with
+  a plain ``ping``, no interface named: a range that overlaps none keeps the main table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 from collections.abc import Iterator
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -61,20 +65,30 @@ def _networks_ready(net: IpopNet) -> bool:
     return len(nets) == 2 and all(n.vip is not None for n in nets)
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
+@contextlib.contextmanager
+def _multinet(
+    workdir: Path, tag: str, subnets: dict[str, IPv4Network] | None = None
+) -> Iterator[IpopNet]:
+    """The lab above, running, once ab holds an address in both networks."""
     with running_net(
         _topology(),
-        tmp_path_factory.mktemp("multinet"),
-        prefix_tag="mn",
+        workdir,
+        prefix_tag=tag,
         ready_s=READY_S,
         overlay="shared",
         overlay_only=("ov1", "ov2"),
         networks={"b1": "othernet"},
         also={"ab": ("othernet",)},
         hosts=HOSTS,
+        subnets=subnets,
     ) as ipop:
         assert wait_for(lambda: _networks_ready(ipop), READY_S), ipop.status("ab").networks
+        yield ipop
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpopNet]:
+    with _multinet(tmp_path_factory.mktemp("multinet"), "mn") as ipop:
         yield ipop
 
 
@@ -149,3 +163,20 @@ def test_abs_labnet_tap_never_sees_othernet_traffic(net: IpopNet, tmp_path: Path
     marker = bytes.fromhex(PATTERN)
     assert marker in pcaps[1].read_bytes()  # othernet's TAP carried it ...
     assert marker not in pcaps[0].read_bytes()  # ... labnet's never
+
+
+def test_with_ranges_apart_ab_reaches_both_networks_with_a_plain_ping(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A host in two networks whose ranges do not overlap routes by destination alone, as a
+    ZeroTier or tinc user in two networks expects: before, the second network's routes were
+    only in a table of its own, and a ping that named no interface found no route there."""
+    subnets = {"labnet": IPv4Network("100.64.0.0/16"), "othernet": IPv4Network("100.65.0.0/16")}
+    with _multinet(tmp_path_factory.mktemp("multinet-apart"), "ma", subnets) as apart:
+        for peer, network in (("a1", "labnet"), ("b1", "othernet")):
+            vip = apart.status(peer).self_.vip
+            assert vip is not None and IPv4Network(f"{vip}/32").subnet_of(subnets[network])
+            ping_ok(apart, "ab", vip)  # no -I: the kernel's main table finds the TAP
+        b1_vip = apart.status("b1").self_.vip
+        out = apart.lab.exec("ab", ["ip", "route", "get", str(b1_vip)], timeout=10).stdout
+        assert f"dev {tap_name(1)}" in out, out

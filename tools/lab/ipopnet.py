@@ -149,6 +149,7 @@ class IpopNet:
         overlay_only: Collection[str] = (),
         networks: Mapping[str, str] | None = None,
         also: Mapping[str, Sequence[str]] | None = None,
+        subnets: Mapping[str, IPv4Network] | None = None,
     ) -> None:
         """``overlay``: put the network on an overlay of that name with a CA of its own
         (``ipop-config overlay init``), so every bundle holds two certificates;
@@ -158,7 +159,7 @@ class IpopNet:
         the overlay with the same subnet: ranges of different networks may overlap); ``also``:
         host -> more networks it is a member of at once (its one key certified in each with
         ``ipop-config node --key``; a ``[[network]]`` table and a TAP ``ipop1``, ``ipop2``...
-        each)."""
+        each); ``subnets``: network -> its range where it is not ``subnet`` (ranges apart)."""
         if (overlay_only or networks or also) and overlay is None:
             raise ValueError("overlay-only hosts and other networks need an overlay")
         self.lab = lab
@@ -166,6 +167,7 @@ class IpopNet:
         self.overlay_only = frozenset(overlay_only)
         self.networks = dict(networks or {})
         self.also = {host: tuple(nets) for host, nets in (also or {}).items()}
+        self.subnets = dict(subnets or {})
         self.metrics = metrics
         self.web = web
         self.network = network
@@ -220,7 +222,8 @@ class IpopNet:
             on = ["--overlay", self.overlay]
         more = {n for nets in self.also.values() for n in nets}
         for net in sorted({self.network, *self.networks.values(), *more}):
-            self._config_cli(["init", net, "--subnet", str(self.subnet), *boots, *on])
+            subnet = self.subnets.get(net, self.subnet)
+            self._config_cli(["init", net, "--subnet", str(subnet), *boots, *on])
         for h in self.lab.hosts:
             f = self.files(h)
             # A router's certificate grants its LAN hosts' records (router.max_hosts' default).
