@@ -347,6 +347,13 @@ def check_record(record: Record, *, expected_key_id: bytes | None = None) -> Non
     the canonical encoding, and (if given) the key hashes to ``expected_key_id``. Whether the
     owner may hold this key at all is :meth:`ipop.dht.policy.RecordPolicy.admit`'s question.
     """
+    body = _check_unsigned(record, expected_key_id)
+    if not verify_signature(bytes(record.owner_pub), bytes(record.sig), SIG_DOMAIN + body):
+        raise RemoteProtocolError("record_bad_signature")
+
+
+def _check_unsigned(record: Record, expected_key_id: bytes | None) -> bytes:
+    """:func:`check_record` up to the signature, in its order; the body the signature covers."""
     try:
         owner = node_id_for(bytes(record.owner_pub))
     except LocalProtocolError:
@@ -355,9 +362,50 @@ def check_record(record: Record, *, expected_key_id: bytes | None = None) -> Non
         raise RemoteProtocolError("record_owner_mismatch")
     if expected_key_id is not None and record.key_id != expected_key_id:
         raise RemoteProtocolError("record_key_mismatch")
-    body = _encode_body(record)
-    if not verify_signature(bytes(record.owner_pub), bytes(record.sig), SIG_DOMAIN + body):
-        raise RemoteProtocolError("record_bad_signature")
+    return _encode_body(record)
+
+
+# Records a RecordChecker remembers as authentic (a few KB each at most: ~1 MB bounded).
+CHECKED_RECORDS_MAX = 256
+
+
+class RecordChecker:
+    """:func:`check_record` that verifies one exact record's signature once.
+
+    Why: a reader fetches a key from its R replicas and checks every copy (a replica could
+    lie), and the copies are almost always the same bytes: in a simulated 32-node network
+    with 100 records, 464 of 564 copies readers checked were repeats, each an Ed25519 verify.
+    Remembered are the encodings (body and signature, every field of the record) that passed;
+    the checks before the signature (owner binding, key id) run every time, in
+    :func:`check_record`'s order and with its reasons. A verdict depends on those bytes alone,
+    so a hit is the verdict a fresh check gives. Bounded: the oldest is forgotten first.
+    """
+
+    __slots__ = ("_passed", "_size", "hits")
+
+    def __init__(self, size: int = CHECKED_RECORDS_MAX) -> None:
+        self._size = size
+        self._passed: dict[bytes, None] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._passed)
+
+    def check(self, record: Record, *, expected_key_id: bytes | None = None) -> None:
+        """Raise :class:`RemoteProtocolError` unless ``record`` is authentic (as
+        :func:`check_record`)."""
+        body = _check_unsigned(record, expected_key_id)
+        sig = bytes(record.sig)
+        signed = body + sig
+        if signed in self._passed:
+            self.hits += 1
+            return
+        if not verify_signature(bytes(record.owner_pub), sig, SIG_DOMAIN + body):
+            raise RemoteProtocolError("record_bad_signature")
+        if len(self._passed) >= self._size:
+            # Dicts keep insertion order: the first entry is the oldest.
+            del self._passed[next(iter(self._passed))]
+        self._passed[signed] = None
 
 
 class StoreOutcome(enum.IntEnum):

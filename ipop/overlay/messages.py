@@ -362,6 +362,30 @@ class Routed:
     def exact(self) -> bool:
         return bool(self.flags & FLAG_EXACT)
 
+    def copy_with(
+        self,
+        *,
+        flags: int | None = None,
+        hops: int | None = None,
+        payload: bytes | None = None,
+        cert: bytes | None = None,
+    ) -> Routed:
+        """A copy with the fields given changed. The constructor, not dataclasses.replace
+        (~1.7x the cost): every forwarded, opened or certificate-less message is one."""
+        return Routed(
+            self.flags if flags is None else flags,
+            self.hops if hops is None else hops,
+            self.ttl,
+            self.kind,
+            self.src,
+            self.dst,
+            self.via,
+            self.payload if payload is None else payload,
+            self.ts,
+            self.sig,
+            self.cert if cert is None else cert,
+        )
+
     def signed_bytes(self) -> bytes:
         return routed_signed_bytes(self.flags, self.kind, self.ts, self.src, self.dst, self.payload)
 

@@ -118,7 +118,6 @@ docstrings refer to.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import random
 from collections.abc import Callable, Collection, Sequence
 from typing import Final, TypeVar
@@ -774,11 +773,14 @@ class OverlayNode:
     def _apply_route(self, verdict: Verdict, *, received: bool, now: float) -> bool:
         """Carry out a routing verdict: send the forward, deliver, or count the drop."""
         if type(verdict) is Forward:
-            msg = verdict.msg
+            msg, hop = verdict.msg, verdict.hop
+            if msg.cert and self._cert_known_at(hop, msg):
+                # Decided before encoding: the message is encoded once, without it.
+                return self._send_routed(hop, msg.copy_with(cert=b"").encode(), now)
             data = msg.encode()
-            if msg.cert and self._cert_needless(verdict.hop, msg, len(data)):
-                data = dataclasses.replace(msg, cert=b"").encode()
-            return self._send_routed(verdict.hop, data, now)
+            if msg.cert and self._cert_too_big(hop, len(data)):
+                data = msg.copy_with(cert=b"").encode()
+            return self._send_routed(hop, data, now)
         if type(verdict) is Deliver:
             self._deliver(verdict.msg, verdict.hops, received=received, now=now)
             return True
@@ -788,16 +790,22 @@ class OverlayNode:
             self._pull_around(verdict.pull, now)
         return False
 
-    def _cert_needless(self, hop: NodeId, msg: Routed, size: int) -> bool:
-        """Whether ``msg`` goes without the certificate it carries. It rides along for a
-        destination that may not hold it; it stays behind when the hop is the destination
-        and the message is ours (our link's handshake gave it our certificate), or when the
-        whole is bigger than the hop's probed path carries (every datagram has DF: it would
-        vanish). Why: a DHT record, its owner's certificate inside, plus ours overflowed a
-        1,124-byte path, and no node behind it could claim an address."""
+    # A routed message carries its source's certificate for a destination that may not hold
+    # it. It stays behind when the hop is the destination and the message is ours (our link's
+    # handshake gave it our certificate), or when the whole is bigger than the hop's probed
+    # path carries (every datagram has DF: it would vanish). Why: a DHT record, its owner's
+    # certificate inside, plus ours overflowed a 1,124-byte path, and no node behind it could
+    # claim an address.
+
+    def _cert_known_at(self, hop: NodeId, msg: Routed) -> bool:
+        """Does ``hop`` hold the certificate ``msg`` carries (see above)?"""
         if hop == msg.dst and msg.src == self.local_id:
             self.stats["cert_left_known"] += 1
             return True
+        return False
+
+    def _cert_too_big(self, hop: NodeId, size: int) -> bool:
+        """Is a message of ``size`` bytes with its certificate too big for ``hop``'s path?"""
         limit = self._links.payload_limit(hop)
         if limit is not None and size > limit:
             self.stats["cert_left_for_mtu"] += 1

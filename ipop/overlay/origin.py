@@ -299,19 +299,7 @@ class OriginAuth:
             if msg.kind in self._sealed_kinds:
                 return "origin_unsealed"
             return msg
-        return Routed(
-            msg.flags & ~FLAG_SEALED,
-            msg.hops,
-            msg.ttl,
-            msg.kind,
-            msg.src,
-            msg.dst,
-            msg.via,
-            got,
-            msg.ts,
-            msg.sig,
-            msg.cert,
-        )
+        return msg.copy_with(flags=msg.flags & ~FLAG_SEALED, payload=got)
 
     def _authenticate(self, msg: Routed, now: float) -> str | bytes:
         """The reason ``msg`` is not authentically from ``msg.src``, or its payload (opened,

@@ -198,21 +198,10 @@ class Router:
             return Deliver(msg, hops_so_far)
         if hops_so_far >= msg.ttl:
             return Drop("ttl_expired")
-        # The constructor, not dataclasses.replace: this runs for every forwarded message.
-        fwd = Routed(
-            msg.flags,
-            hops_so_far,
-            msg.ttl,
-            msg.kind,
-            msg.src,
-            msg.dst,
-            msg.via,
-            msg.payload,
-            msg.ts,
-            msg.sig,
-            msg.cert,
-        )
-        return Forward(hop, fwd)
+        if hops_so_far == msg.hops:
+            # Ours (hops 0 both): frozen, so the message itself goes, no copy to make.
+            return Forward(hop, msg)
+        return Forward(hop, msg.copy_with(hops=hops_so_far))
 
     def next_hop(
         self, target: NodeId, now: float, *, exact: bool, exclude: NodeId | None = None

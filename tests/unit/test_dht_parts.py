@@ -5,9 +5,11 @@ pure ``nearer`` count store-on-join decides with."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
+from ipop.dht import record as record_module
 from ipop.dht.config import DhtConfig
 from ipop.dht.handoff import nearer
 from ipop.dht.record import Record, StoreOutcome, key_id, namespace_of, user_key
@@ -89,6 +91,43 @@ def test_replica_calls_store_quorum_and_fetch() -> None:
         assert ReplicaCalls.acks(answers) >= need
         answered, got = await svc.replica_calls.fetch_at(replicas[0], record.key_id)
         assert answered and got is not None and got.value == b"v"
+
+    run_cluster(body, n=10)
+
+
+def test_replica_calls_verify_the_copies_of_one_record_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read fetches one record from R replicas: its signature is verified once, and a
+    copy that differs in a byte is still refused."""
+    verified: list[bytes] = []
+    real = record_module.verify_signature
+
+    def counting(pub: bytes, sig: bytes, data: bytes) -> bool:
+        verified.append(sig)
+        return real(pub, sig, data)
+
+    monkeypatch.setattr(record_module, "verify_signature", counting)
+
+    async def body(c: DhtCluster) -> None:
+        svc = c.nodes[2]
+        now = asyncio.get_running_loop().time()
+        record = Record.sign(svc.identity, key(c), b"v", seq=1, expires_at=now + 60)
+        replicas = await svc.lookups.replica_set(record.key_id)
+        await svc.replica_calls.store_quorum(replicas, record, len(replicas))
+        others = [p for p in replicas if p != svc.node_id][:4]
+        verified.clear()
+        for peer in others:
+            answered, got = await svc.replica_calls.fetch_at(peer, record.key_id)
+            assert answered and got == record
+        assert verified == [record.sig]
+        assert svc.replica_calls.checker.hits == len(others) - 1
+        # Another signature over the same body is verified (and refused), not taken as seen.
+        forged = dataclasses.replace(record, sig=bytes(64))
+        answer = StoreAnswered(StoreOutcome.CONFLICT, forged)
+        assert svc.replica_calls.verified_current(answer, record.key_id) is None
+        assert verified == [record.sig, bytes(64)]
+        assert svc.replica_calls.drops["answer_record_bad_signature"] == 1
 
     run_cluster(body, n=10)
 

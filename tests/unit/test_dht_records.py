@@ -25,6 +25,7 @@ from ipop.dht.record import (
     MAX_RECORD_BYTES,
     MAX_VALUE_BYTES,
     Record,
+    RecordChecker,
     StoreOutcome,
     check_record,
     choose_best,
@@ -137,6 +138,34 @@ def test_owner_must_match_public_key() -> None:
     with pytest.raises(RemoteProtocolError) as err:
         check_record(stolen)
     assert err.value.reason == "record_bad_signature"
+
+
+def test_record_checker_gives_check_records_verdicts_and_reasons() -> None:
+    checker = RecordChecker(size=2)
+    good = rec()
+    checker.check(decode_record(good.encode()))
+    checker.check(good, expected_key_id=good.key_id)  # an equal copy: remembered
+    assert (checker.hits, len(checker)) == (1, 1)
+    other_key = key_id(ip_key(namespace_of(_CA.trust), "100.64.0.3"))
+    forged_owner = dataclasses.replace(rec(who=BOB), owner=ALICE.node_id)
+    for bad, expected_key, reason in [
+        (good, other_key, "record_key_mismatch"),  # a remembered record, asked for another key
+        (forged_owner, None, "record_owner_mismatch"),
+        (dataclasses.replace(good, sig=rec(who=BOB).sig), None, "record_bad_signature"),
+        (dataclasses.replace(good, seq=2), None, "record_bad_signature"),  # signed bytes differ
+    ]:
+        with pytest.raises(RemoteProtocolError) as err:
+            checker.check(bad, expected_key_id=expected_key)
+        assert err.value.reason == reason
+        with pytest.raises(RemoteProtocolError) as err:
+            check_record(bad, expected_key_id=expected_key)
+        assert err.value.reason == reason
+    # Bounded: two more records, and the first is forgotten (checked again: no hit).
+    checker.check(rec(seq=5))
+    checker.check(rec(seq=6))
+    assert len(checker) == 2
+    checker.check(good)
+    assert checker.hits == 1
 
 
 def test_key_id_must_match() -> None:

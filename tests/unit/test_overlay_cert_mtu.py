@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import pytest
+
 from ipop.link.events import LinkUp
 from ipop.overlay.messages import KIND_DHT, Routed, decode_message
 from ipop.overlay.node import OverlayConfig, OverlayNode
@@ -74,3 +76,27 @@ def test_our_message_to_the_linked_destination_itself_goes_without_our_certifica
     assert node.send_routed(HOP, KIND_DHT, bytes(600), exact=True, now=2.0)
     _, msg = _sent(links)
     assert not msg.cert and node.stats["cert_left_known"] == 1
+
+
+def test_our_message_to_the_linked_destination_is_encoded_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whether the certificate stays behind is known before encoding: the message is encoded
+    once, without it (most of our own messages at a cold start go to a linked peer)."""
+    node, links = _node()
+    encoded: list[bool] = []
+    real = Routed.encode
+
+    def counting(self: Routed) -> bytes:
+        encoded.append(bool(self.cert))
+        return real(self)
+
+    monkeypatch.setattr(Routed, "encode", counting)
+    assert node.send_routed(HOP, KIND_DHT, bytes(600), exact=True, now=2.0)
+    assert not _sent(links)[1].cert
+    assert encoded == [False]
+    # Toward another destination through HOP it rides along, still encoded once.
+    encoded.clear()
+    assert node.send_routed(TARGET, KIND_DHT, bytes(600), exact=True, now=2.0)
+    assert _sent(links)[1].cert
+    assert encoded == [True]
