@@ -325,8 +325,14 @@ OVERLAY_PRS_BIT_S = 0.005
 OVERLAY_LINK_HINT_RTT_S = 0.030
 # A peer's list is sent again when our links changed, at most this often, and at least this
 # often anyway; what a peer said is believed for HINT_S (three refreshes: one lost list is
-# no gap). ~350 bytes per minute per fast link, plus one list per 10 s while links change.
+# no gap). At 1,000 nodes a node's links change about every 10 s while far links are being
+# explored, so a fast link carries about one ~380-byte list per 10 s each way (~40 B/s).
 OVERLAY_LINK_IDS_MIN_S = 10.0
+# A new link gets its first list only this long after it came up. Why: the two ends of a
+# simultaneous open may still disagree on the session's keys for a moment; a list sent then
+# lands under keys the peer dropped (unknown_index) and sets off a key repair that costs the
+# link's other traffic (300 nodes: routed pings lost on the first try, slower convergence).
+OVERLAY_LINK_IDS_SETTLE_S = 5.0
 OVERLAY_LINK_IDS_REFRESH_S = 60.0
 OVERLAY_LINK_HINT_S = 180.0
 # Retry the bootstrap endpoints this often while we have no link at all.

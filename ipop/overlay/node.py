@@ -802,7 +802,10 @@ class OverlayNode:
         if teller is None or not self._upkeep.joined:
             return
         table = self._table
-        due = teller.due(((c.peer, c.rtt_s) for c in table), table.version, now)
+        # Not over a link younger than OVERLAY_LINK_IDS_SETTLE_S (see timing.py).
+        young = now - timing.OVERLAY_LINK_IDS_SETTLE_S
+        peers = ((c.peer, c.rtt_s) for c in table if c.since <= young)
+        due = teller.due(peers, table.version, now)
         if not due:
             return
         data = LinkIds.of(self._link_ids_listed()).encode()

@@ -378,13 +378,15 @@ def test_once_joined_a_node_tells_its_fast_peers_its_links_and_hears_theirs() ->
     assert not links.sent_of(LinkIds)  # not joined yet
     node.near_upkeep.on_joined()
     node.handle_timer(now=4.0)  # the tick is jittered: one second +-10 %
+    assert not links.sent_of(LinkIds)  # the links came up at 1.0: not settled yet
+    node.handle_timer(now=6.5)
     assert links.sent_of(LinkIds) == [(fast, LinkIds.of([fast, slow]))]
     ep = Endpoint("203.0.113.9", 5800)
     said = LinkIds.of([_id(60)]).encode()
-    node.on_link_event(LinkMessage(fast, said, ep), now=4.5)
-    node.on_link_event(LinkMessage(slow, said, ep), now=4.5)
+    node.on_link_event(LinkMessage(fast, said, ep), now=6.6)
+    node.on_link_event(LinkMessage(slow, said, ep), now=6.6)
     assert node.stats["link_ids_heard"] == 1 and node.stats["link_ids_ignored"] == 1
-    node.on_link_event(LinkMessage(fast, b"\x0b\x00\x05" + bytes(8), ep), now=4.6)
+    node.on_link_event(LinkMessage(fast, b"\x0b\x00\x05" + bytes(8), ep), now=6.7)
     assert node.drops["truncated"] == 1
-    node.handle_timer(now=6.0)
+    node.handle_timer(now=8.0)
     assert len(links.sent_of(LinkIds)) == 1  # nothing changed: the next list is the refresh
