@@ -18,8 +18,9 @@ sort of at most 64 integers and sends nothing back: a peer that repeats it gains
 
 :class:`LinkIdsTeller` says when to tell whom: a linked peer whose round trip we measured at
 most ``rtt_max_s`` (the router uses hints only from such peers, by its own measurement, and
-round trips are about symmetric) gets our list when the link is new to the teller, again when
-our links changed and ``min_s`` has passed since the last list we sent it, and again every
+round trips are about symmetric) gets our list when the link is new to the teller (the node
+offers it a link only OVERLAY_LINK_IDS_SETTLE_S after it came up), again when our links
+changed and ``min_s`` has passed since the last list we sent it, and again every
 ``refresh_s`` (which keeps the entry alive at the peer: ``hint_s`` is a few refreshes).
 
 What a liar can do: claim links it does not hold, and so draw messages for those nodes from

@@ -58,7 +58,7 @@ def test_hops_by_cost_and_link_hints_cut_the_stretch_tail_and_the_hops() -> None
     saving now with more hops later. Measured on this network (1,000 pairs): former rule
     stretch p50 1.316, p90 2.343, 3.27 hops; cost rule 1.280, 2.138, 2.94 (seed 2: p90
     2.402 -> 2.352, 3.26 -> 3.04 hops). Link hints (a fast peer that says it holds a link
-    to the target takes the message, ipop.overlay.linkhints) on top: 1.223, 1.846, 2.68."""
+    to the target takes the message, ipop.overlay.linkhints) on top: 1.232, 1.823, 2.66."""
     r = _run(True, nodes=250, settle_s=60.0, pairs=1000)
     assert r["ring_consistent"] is True and r["ring_violations"] == 0
     assert r["route_success"] == 1.0 and r["dht_get_success"] == 1.0
