@@ -32,15 +32,20 @@ ROUTED (0x01): a message greedily routed over the ring toward ``dst``::
                              the payload under the pair's sealing key and auth is the GCM tag;
                              the associated data is :func:`routed_signed_bytes` with an empty
                              payload (EXACT, kind, ts, src, dst). Only dst can open it
+           0x40 SIDEWAYS     the message made its one sideways step: a hop to a peer no nearer
+                             the target than the sender, taken on that peer's LINK_IDS word
+                             (:mod:`ipop.overlay.routing`); from then on every hop must be
+                             strictly nearer, so a false word costs one hop, never a loop
     hops:  links crossed before the current one (the originator sends 0)
     ttl:   the message crosses at most ``ttl`` links (1..255)
     kind:  0x01..0x7F upper layers (DHT 1, IP 2, ping 3); 0x80..0xFF overlay control below
     auth:  the source's Ed25519 signature, or its MAC for dst, over :func:`routed_signed_bytes`
            (EXACT, kind, ts, src, dst, payload), or the seal's tag over the same: what a
-           forwarder may not change. hops, ttl, via and EXCLUDE_SRC are routing state that
-           forwarders rewrite or that only steers the route; a forwarder can drop or misroute a
-           message anyway, so signing them would buy nothing (:mod:`ipop.overlay.origin`
-           verifies, seals and opens, and says when the certificate is attached). SEALED
+           forwarder may not change. hops, ttl, via, EXCLUDE_SRC and SIDEWAYS are routing
+           state that forwarders rewrite or that only steers the route; a forwarder can drop
+           or misroute a message anyway, so signing them would buy nothing
+           (:mod:`ipop.overlay.origin` verifies, seals and opens, and says when the
+           certificate is attached). SEALED
            itself is not in the associated data: the seal's key is not the MAC's, so flipping
            the flag only makes the message fail to check. Refused as ``bad_flags``: MAC
            without EXACT, SEALED without MAC; a SEALED payload shorter than its nonce is
@@ -102,6 +107,18 @@ fastest links are likely near it too)::
     MAX_FAST_PEERS ids, fastest first as the sender measured them (no round trips travel: the
     asker measures its own, in its own handshakes, before any id counts for anything)
 
+LINK_IDS (0x0B): "these are the nodes I hold links to", told to a linked peer that we measured
+fast (:mod:`ipop.overlay.linkhints`: it may then hand us a message for one of them, or for a key
+one of them is near, when that beats the hops its own links offer)::
+
+    +--------+--------+--------+------------------------------------------+
+    |  0x0B  | flags  | count  | count x id prefix (u64, the id's top 8)   |
+    +--------+--------+--------+------------------------------------------+
+    flags: none defined (0; others refused as bad_flags); count <= MAX_LINK_IDS. An id travels
+    as its top 64 bits: at 2**64 prefixes two of a node's links share one about never, and a
+    prefix that names the wrong node costs what any false claim costs (a detour the routing
+    rule bounds). Order is the sender's (ascending as we send them); duplicates are harmless.
+
 CRL (0x08): revocation list gossip between linked peers (:mod:`ipop.revocation`; NodeCore
 takes these before the overlay, so :func:`decode_message` does not know the type; use
 :func:`decode_crl`)::
@@ -161,7 +178,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -199,6 +216,7 @@ TYPE_DIRECT = 0x06
 TYPE_RELAY_REFUSED = 0x07
 TYPE_ALIVE = 0x09
 TYPE_FAST_PEERS = 0x0A
+TYPE_LINK_IDS = 0x0B
 
 # --- routed header --------------------------------------------------------------------------
 FLAG_EXACT = 0x01
@@ -210,7 +228,9 @@ FLAG_CERT = 0x08
 FLAG_MAC = 0x10
 # Kept in ``Routed.flags`` (nothing else tells a sealed payload from a clear one).
 FLAG_SEALED = 0x20
-_KNOWN_FLAGS = FLAG_EXACT | FLAG_EXCLUDE_SRC | FLAG_VIA | FLAG_SEALED
+# Routing state (not signed): the one sideways step was taken (ipop.overlay.routing).
+FLAG_SIDEWAYS = 0x40
+_KNOWN_FLAGS = FLAG_EXACT | FLAG_EXCLUDE_SRC | FLAG_VIA | FLAG_SEALED | FLAG_SIDEWAYS
 
 # Payload kinds: upper layers register handlers for 0x01..0x7F.
 KIND_DHT = 0x01
@@ -238,10 +258,14 @@ MAX_ENDPOINTS = 8
 MAX_NEIGHBOURS = 48
 # Ids in a FAST_PEERS answer: what one answer can make us consider (ipop.overlay.proximity).
 MAX_FAST_PEERS = 16
+# Ids in a LINK_IDS list (a node holds ~40 links at 1,000 nodes): 3 + 64 x 8 = 515 bytes at most.
+MAX_LINK_IDS = 64
+LINK_ID_PREFIX_BYTES = 8
 
 _ROUTED_FIXED = struct.Struct("!BBBBB")
 _ROUTED_SIGNED_HEAD = struct.Struct("!BBI")
 _U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
 _TS = struct.Struct("!I")
 SIG_BYTES = 64
 MAC_BYTES = 16
@@ -656,6 +680,45 @@ class FastPeers:
         return cls(*_decode_id_list(data, FAST_PEERS_FLAG_REPLY_WANTED, MAX_FAST_PEERS))
 
 
+@dataclass(frozen=True, slots=True)
+class LinkIds:
+    """Type 0x0B: the top 64 bits of each id the sender holds a link to (at most
+    :data:`MAX_LINK_IDS`; see the diagram above and :mod:`ipop.overlay.linkhints`)."""
+
+    prefixes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.prefixes) > MAX_LINK_IDS:
+            raise ValueError(f"at most {MAX_LINK_IDS} link ids")
+        if any(not 0 <= p < 1 << 64 for p in self.prefixes):
+            raise ValueError("a prefix is a u64")
+
+    @classmethod
+    def of(cls, ids: Iterable[NodeId]) -> LinkIds:
+        """The list for ``ids`` (at most MAX_LINK_IDS of them), ascending."""
+        return cls(tuple(sorted({id_prefix(i) for i in ids})))
+
+    def encode(self) -> bytes:
+        return bytes([TYPE_LINK_IDS, 0, len(self.prefixes)]) + b"".join(
+            _U64.pack(p) for p in self.prefixes
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> LinkIds:
+        _need(data, 3, "link ids")
+        _reply_flag(data, 0)  # no flag defined: any set is refused
+        n = data[2]
+        if n > MAX_LINK_IDS:
+            raise RemoteProtocolError("too_many_ids", str(n))
+        _need(data, 3 + n * LINK_ID_PREFIX_BYTES, "link ids")
+        return cls(tuple(_U64.unpack_from(data, 3 + k * LINK_ID_PREFIX_BYTES)[0] for k in range(n)))
+
+
+def id_prefix(node: NodeId) -> int:
+    """The top 64 bits of ``node``'s id: how LINK_IDS names it."""
+    return node.value >> (8 * (ID_BYTES - LINK_ID_PREFIX_BYTES))
+
+
 def _encode_id_list(type_byte: int, flag: int, msg: Neighbours | FastPeers) -> bytes:
     """NEIGHBOURS and FAST_PEERS: type, flags (``flag`` when a reply is wanted), the ids."""
     return bytes([type_byte, flag if msg.reply_wanted else 0]) + _encode_ids(msg.ids)
@@ -672,7 +735,15 @@ def _decode_id_list(data: bytes, flag: int, limit: int) -> tuple[bool, tuple[Nod
 
 
 OverlayMessage = (
-    Routed | RelayForward | RelayDeliver | Neighbours | Closing | RelayRefused | Alive | FastPeers
+    Routed
+    | RelayForward
+    | RelayDeliver
+    | Neighbours
+    | Closing
+    | RelayRefused
+    | Alive
+    | FastPeers
+    | LinkIds
 )
 
 _DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
@@ -684,6 +755,7 @@ _DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
     TYPE_RELAY_REFUSED: RelayRefused.decode,
     TYPE_ALIVE: Alive.decode,
     TYPE_FAST_PEERS: FastPeers.decode,
+    TYPE_LINK_IDS: LinkIds.decode,
 }
 
 

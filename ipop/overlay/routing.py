@@ -30,6 +30,20 @@ The rules (DESIGN.md §5; the node's theory of operation tells why):
   3.79 / 3.89 hops (``ipop.timing.OVERLAY_PRS_BIT_S``). The tail left is pairs of one
   region (a sixth of all pairs, direct 2-15 ms) whose route leaves the region for its last
   hop or two: no link of ours tells which of our peers holds a link to the target.
+- Link hints (``hints``, :mod:`ipop.overlay.linkhints`): when one of our peers that we
+  measured within ``OVERLAY_LINK_HINT_RTT_S`` says (LINK_IDS) it holds a link to the target
+  itself, the fastest such peer takes the message instead of the hop our own links chose;
+  it hands it to the target at once. That peer may be no nearer the target than we are: a
+  *sideways* step, allowed once per message and marked in it (FLAG_SIDEWAYS). Every other
+  hop is strictly nearer, so a false or stale claim costs one hop, never a loop; our own
+  message back after its sideways step goes on (every hop nearer from here) instead of
+  being dropped. A hint never points back to the peer that handed us the message. Only the
+  target itself counts: hints toward nodes merely near a key (DHT gets, far-link CTMs),
+  taken as progress steps weighed by the cost estimate above, lost routed pings and DHT
+  requests on an 80-node map run (first-try answers 300/300 -> 298/300, link datagrams
+  under unknown indices 26 -> 105) for a smaller gain, so they are not used. Measured with
+  the links of a 1,000-node run frozen (2,000 pairs): stretch p90 2.90 -> 2.02, p50 1.42
+  -> 1.22, hops 3.81 -> 2.85; without the sideways step p90 2.33.
 - At a local minimum an exact message may take one detour, bounded by its TTL: to the peer
   that told us it holds a link to the target (:class:`ipop.overlay.near.SeenIds`), else back
   the way the target's own last routed message came (:class:`ipop.overlay.hints.ReverseHints`,
@@ -37,7 +51,8 @@ The rules (DESIGN.md §5; the node's theory of operation tells why):
   else, at the message's source only, to our peer nearest the target with EXCLUDE_SRC set so
   that no hop hands it back to us.
 - A message a peer hands us with ``hops == 0`` must come from its source (``spoofed_src``),
-  and one of ours that comes back is dropped (``own_src_returned``).
+  and one of ours that comes back is dropped (``own_src_returned``) unless it made its
+  sideways step (see the link hints above).
 
 The forward path runs for every routed message a node carries, so :meth:`Router.decide` keeps
 it flat: one greedy lookup and the one :class:`Forward` it returns.
@@ -55,7 +70,8 @@ from typing import Final
 
 from ipop import timing
 from ipop.overlay.hints import ReverseHints
-from ipop.overlay.messages import FLAG_EXCLUDE_SRC, FLAG_VIA, Routed
+from ipop.overlay.linkhints import LinkHints
+from ipop.overlay.messages import FLAG_EXCLUDE_SRC, FLAG_SIDEWAYS, FLAG_VIA, Routed
 from ipop.overlay.near import SeenIds
 from ipop.overlay.ring import next_hop_sorted, route_key
 from ipop.overlay.suspect import SilentHops
@@ -127,9 +143,11 @@ class Router:
         stats: collections.Counter[str],
         pull_min_s: float,
         proximity: bool = False,
+        hints: LinkHints | None = None,
     ) -> None:
         self.local_id = local_id
         self._proximity = proximity
+        self._hints = hints
         self._table = table
         self._silent = silent
         self._seen = seen
@@ -152,7 +170,12 @@ class Router:
             if msg.hops == 0 and msg.src != frm:
                 return Drop("spoofed_src")
             if msg.src == self.local_id:
-                return Drop("own_src_returned")
+                if not msg.flags & FLAG_SIDEWAYS:
+                    return Drop("own_src_returned")
+                # Our own message, back after its sideways step: the peer we handed it to
+                # holds no link to the target any more (or lied). It goes on from here, every
+                # hop strictly nearer, so it cannot come back again through honest peers.
+                self._stats["routed_sideways_returned"] += 1
             if msg.src not in self._table:
                 self._reverse.note(msg, frm, now)
         if msg.via is not None and msg.via == self.local_id:
@@ -166,6 +189,18 @@ class Router:
                 exclude = msg.src
         hop = self.next_hop(target, now, exact=exact, exclude=exclude)
         hops_so_far = msg.hops + 1 if received else 0
+        sideways = 0
+        if (
+            hop is not None
+            and self._hints is not None
+            and msg.via is None
+            and exclude is None
+            and hop.value != target.value
+        ):
+            hinted = self._hinted_hop(target, hop, frm, not msg.flags & FLAG_SIDEWAYS, now)
+            if hinted is not None:
+                hop = hinted[0]
+                sideways = FLAG_SIDEWAYS if hinted[1] else 0
         if hop is None and exact and target != self.local_id:
             # A local minimum for an exact destination: the ring around ``target`` is still
             # forming (a near link being set up, a relay link not up yet). A near peer that
@@ -198,10 +233,10 @@ class Router:
             return Deliver(msg, hops_so_far)
         if hops_so_far >= msg.ttl:
             return Drop("ttl_expired")
-        if hops_so_far == msg.hops:
+        if hops_so_far == msg.hops and not sideways:
             # Ours (hops 0 both): frozen, so the message itself goes, no copy to make.
             return Forward(hop, msg)
-        return Forward(hop, msg.copy_with(hops=hops_so_far))
+        return Forward(hop, msg.copy_with(flags=msg.flags | sideways, hops=hops_so_far))
 
     def next_hop(
         self, target: NodeId, now: float, *, exact: bool, exclude: NodeId | None = None
@@ -274,6 +309,30 @@ class Router:
                     continue
                 best, bar = peer, cost
         return best
+
+    def _hinted_hop(
+        self, target: NodeId, hop: NodeId, back: NodeId | None, sideways_ok: bool, now: float
+    ) -> tuple[NodeId, bool] | None:
+        """The fastest of our fast peers that says it holds a link to ``target``, instead of
+        ``hop`` (the hop our own links chose), and whether that step is sideways (the peer is
+        no nearer ``target`` than we are: allowed only while ``sideways_ok``); None: keep
+        ``hop`` (module docstring)."""
+        hints = self._hints
+        assert hints is not None
+        held = hints.holder(target, now)
+        if held is None:
+            return None
+        peer = held[1]
+        if peer in (hop, back):
+            return None  # our hop already; or it handed us the message, so it has no link
+        sideways = route_key(peer, target) >= route_key(self.local_id, target)
+        if sideways and not sideways_ok:
+            self._stats["routed_sideways_spent"] += 1
+            return None
+        if len(self._silent) and self._silent.suspect(peer, now):
+            return None
+        self._stats["routed_hinted_sideways" if sideways else "routed_hinted"] += 1
+        return peer, sideways
 
     def detour_hop(self, target: NodeId, now: float) -> NodeId | None:
         """Our peer nearest ``target`` although we are nearer: the first hop of a detour.

@@ -178,6 +178,9 @@ class OverlayScenario:
     # Far links chosen by measured round trips (OverlayConfig.proximity; off: Symphony's
     # random draws alone, for comparison).
     proximity: bool = True
+    # With proximity: fast peers swap the ids they link to and routing uses them
+    # (OverlayConfig.link_hints; off, for comparison).
+    link_hints: bool = True
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -294,6 +297,7 @@ class _World:
                 local_endpoints=(Endpoint(host.address, PORT),),
                 connect_timeout_s=self.sc.handshake_timeout_s + 2.0,
                 proximity=self.sc.proximity,
+                link_hints=self.sc.link_hints,
             ),
             link_config=LinkConfig(
                 handshake_timeout_s=self.sc.handshake_timeout_s,
@@ -504,6 +508,7 @@ async def run_overlay_async(
     if sc.latency_model is not None:
         out["latency_model"] = sc.latency_model.describe()
         out["proximity"] = sc.proximity
+        out["link_hints"] = sc.link_hints
         out["settle_s"] = sc.settle_s
     phases: dict[str, float] = {}
     mark = time.perf_counter()
