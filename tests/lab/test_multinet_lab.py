@@ -1,7 +1,8 @@
 """One ipopd in two virtual networks at once (root; issue 17, item 2), with real daemons and
 real clients.
 
-Two overlay-only nodes (``ov1``, ``ov2``: the bootstraps) carry the overlay ``shared``.
+Three overlay-only nodes (``ov1``..``ov3``: the bootstraps) carry the overlay ``shared``, as
+the issue's target has it.
 ``labnet`` and ``othernet`` are two networks on it with their own CAs and the SAME address
 range; ``a1`` is in labnet, ``b1`` in othernet, and ``ab`` in both: one key, one UDP socket,
 a TAP per network (``ipop0`` for labnet, ``ipop1`` for othernet; the second network's routes
@@ -39,7 +40,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespace
 
 READY_S = 40.0
 GATEWAY = "100.64.0.1"  # the same in both networks: their ranges are one
-HOSTS = ["ov1", "ov2", "a1", "b1", "ab"]
+OVERLAY_ONLY = ("ov1", "ov2", "ov3")
+HOSTS = [*OVERLAY_ONLY, "a1", "b1", "ab"]
 # ping -p fills the payload with this: othernet's, which ab's labnet TAP must never see.
 PATTERN = "0be5e7ed0ca7c0ffee0be5e7ed0ca7c0"
 _A = re.compile(r"^(100\.\d+\.\d+\.\d+)$", re.MULTILINE)
@@ -48,10 +50,11 @@ _A = re.compile(r"^(100\.\d+\.\d+\.\d+)$", re.MULTILINE)
 def _topology() -> Topology:
     return topology_from_dict(
         {
-            "bootstraps": 2,
+            "bootstraps": 3,
             "hosts": [
                 {"name": "ov1", "role": "public", "ip": "203.0.113.10"},
                 {"name": "ov2", "role": "public", "ip": "203.0.113.11"},
+                {"name": "ov3", "role": "public", "ip": "203.0.113.12"},
                 {"name": "a1", "role": "nat", "kind": "port-restricted-cone"},
                 {"name": "b1", "role": "nat", "kind": "port-restricted-cone"},
                 {"name": "ab", "role": "nat", "kind": "port-restricted-cone"},
@@ -76,7 +79,7 @@ def _multinet(
         prefix_tag=tag,
         ready_s=READY_S,
         overlay="shared",
-        overlay_only=("ov1", "ov2"),
+        overlay_only=OVERLAY_ONLY,
         networks={"b1": "othernet"},
         also={"ab": ("othernet",)},
         hosts=HOSTS,
