@@ -108,13 +108,22 @@ def test_members_of_each_network_ping_each_other_by_name(net: IpopNet) -> None:
 
 
 def test_overlay_only_nodes_hold_no_address_and_link_both_networks(net: IpopNet) -> None:
-    linked: set[str] = set()
     for name in OVERLAY_ONLY:
         st = net.status(name)
         assert st.self_.overlay_only and st.self_.vip is None and not st.self_.names
-        assert st.self_.routable
-        linked |= {p.name for p in st.peers}
-    assert {"a1", "a2", "b1", "b2"} <= linked, linked
+    # Routable and linked are where the ring settles, not a given at any instant: on a quiet
+    # machine the members are ready within 0.2 s, while a bootstrap that counted itself
+    # routable alone learns of nodes between it and its neighbours and links them later.
+    linked: set[str] = set()
+
+    def settled() -> bool:
+        linked.clear()
+        statuses = [net.status(name) for name in OVERLAY_ONLY]
+        for st in statuses:
+            linked.update(p.name for p in st.peers)
+        return all(st.self_.routable for st in statuses) and {"a1", "a2", "b1", "b2"} <= linked
+
+    assert wait_for(settled, 20), (linked, [net.status(n).self_ for n in OVERLAY_ONLY])
     sock = f"IPOP_SOCKET={net.files('ov1').socket}"
     words = net.lab.exec(
         "ov1", ["env", sock, sys.executable, "-m", "ipop.tools.cli", "status"], timeout=20
