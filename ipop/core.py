@@ -83,7 +83,7 @@ from ipop.overlay.messages import (
 from ipop.overlay.node import OverlayConfig, OverlayNode, OverlaySnapshot
 from ipop.overlay.origin import OriginAuth
 from ipop.punching import NO_VIEW, PublicView, Punching, public_view
-from ipop.revocation import CrlGossip, NetworkCrls, signed_by
+from ipop.revocation import CrlGossip, NetworkCrls
 from ipop.routes import ROUTED_IP_MTU, RouteProbes
 from ipop.shortcuts import ShortcutKeeper
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
@@ -325,13 +325,10 @@ class NodeCore:
         instead: it refuses the revoked members' DHT records; links are the overlay CA's to
         cut, and the network lists travel apart (ipop.revocation.NetworkCrls; both trusts are
         one object when the network is its own overlay)."""
-        for member in (self.member.trust, *(m.trust for m in self.other_members)):
-            if member is self.identity.trust or not signed_by(member, data):
-                continue
-            crl = member.apply_crl(data, now=now)
+        peers = [p.peer for p in self.link.peers()]
+        crl = self.network_crls.install_local(data, now=now, peers=peers)
+        if crl is not None:
             self.stats["network_crl_installed"] += 1
-            peers = [p.peer for p in self.link.peers()]
-            self.network_crls.announce(member.public_key_raw, peers, source=None)
             self._send_crl_output(now)
             return crl
         crl = self.identity.trust.apply_crl(data, now=now)

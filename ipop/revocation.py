@@ -63,10 +63,12 @@ from ipop.errors import LocalProtocolError, RemoteProtocolError
 from ipop.identity import CRL_REASONS, CaTrust, CrlError, KeyCrl, VerifiedCrl
 from ipop.overlay.messages import (
     CRL_CHUNK_BYTES,
+    CRL_OP_NETWORK,
     CrlChunk,
     CrlOffer,
     NetworkCrl,
     decode_crl,
+    decode_network_crl,
 )
 from ipop.types import NodeId
 
@@ -80,6 +82,7 @@ __all__ = [
 ]
 
 MAX_PEERS: Final = 1024
+_NETWORK_OP = bytes([CRL_OP_NETWORK])
 # Network lists a node carries besides its pinned ones (see Bounds): at most 16 KiB each.
 MAX_NETWORK_LISTS: Final = 32
 
@@ -127,7 +130,7 @@ class _PeerState:
         self.assembly: _Assembly | None = None
 
 
-def signed_by(trust: CaTrust, data: bytes | bytearray | memoryview) -> bool:
+def signed_by(trust: _ListHolder, data: bytes | bytearray | memoryview) -> bool:
     """Whether ``data`` is a CRL that ``trust``'s CA signed (of two trusts, which one it is
     for). One parse and one signature check; changes nothing."""
     try:
@@ -146,6 +149,8 @@ class _ListHolder(Protocol):
 
     @property
     def crl_der(self) -> bytes | None: ...
+
+    def check_crl(self, data: bytes | bytearray | memoryview) -> VerifiedCrl: ...
 
     def apply_crl(self, data: bytes | bytearray | memoryview, *, now: float) -> VerifiedCrl: ...
 
@@ -207,12 +212,17 @@ class CrlGossip(_Outbox):
         except RemoteProtocolError as exc:
             self._drop(exc.reason)
             return None
+        if isinstance(msg, NetworkCrl):  # a network's list: NodeCore hands those to NetworkCrls
+            self._drop("crl_wrong_list")
+            return None
+        return self.take(peer, msg, now=now)
+
+    def take(self, peer: NodeId, msg: CrlOffer | CrlChunk, *, now: float) -> VerifiedCrl | None:
+        """:meth:`receive` for a message parsed already (NetworkCrls parses its inner one)."""
         if type(msg) is CrlOffer:
             self._on_offer(peer, msg.number, now)
             return None
-        if type(msg) is not CrlChunk:  # a network's list: NodeCore hands those to NetworkCrls
-            self._drop("crl_wrong_list")
-            return None
+        assert type(msg) is CrlChunk
         return self._on_chunk(peer, msg, now)
 
     # --- internals ----------------------------------------------------------------------------
@@ -294,14 +304,6 @@ class CrlGossip(_Outbox):
         return crl
 
 
-def _offers_a_list(inner: bytes) -> bool:
-    try:
-        msg = decode_crl(inner)
-    except RemoteProtocolError:
-        return False
-    return type(msg) is CrlOffer and msg.number > 0
-
-
 class NetworkCrls(_Outbox):
     """The virtual networks' revocation lists this node carries on a shared overlay, one
     :class:`CrlGossip` each, by CA key; see the module docstring. NodeCore feeds it link ups
@@ -353,35 +355,53 @@ class NetworkCrls(_Outbox):
     def receive(self, peer: NodeId, data: bytes, *, now: float) -> tuple[bytes, VerifiedCrl] | None:
         """One TYPE_CRL NETWORK payload from linked ``peer``; (CA key, list) when it completed
         a newer list of that CA and we installed it."""
+        if data[1:2] != _NETWORK_OP:
+            self._drop("crl_wrong_list")
+            return None
         try:
-            msg = decode_crl(data)
+            key, inner = decode_network_crl(data)
         except RemoteProtocolError as exc:
             self._drop(exc.reason)
             return None
-        if type(msg) is not NetworkCrl:
-            self._drop("crl_wrong_list")
-            return None
-        key = msg.ca_key
-        gossip = self._pinned.get(key)
+        gossip = self._gossip_for(key, inner)
         if gossip is None:
-            gossip = self._carried.get(key)
-            if gossip is not None:
-                self._carried.move_to_end(key)
-            elif not _offers_a_list(msg.inner):
-                # Chunks come only after we asked (our OFFER back), and an offer of nothing
-                # needs no list: neither makes one.
-                self._drop("crl_unknown_list")
-                return None
-            else:
-                gossip = self._carry(key)
-                if gossip is None:
-                    return None
-        crl = gossip.receive(peer, msg.inner, now=now)
+            return None
+        crl = gossip.take(peer, inner, now=now)
         self._collect(key, gossip)
         if crl is None:
             return None
         self.stats["network_crl_installed"] += 1
         return key, crl
+
+    def install_local(
+        self, data: bytes | bytearray | memoryview, *, now: float, peers: Iterable[NodeId]
+    ) -> VerifiedCrl | None:
+        """A CRL handed over locally (bundle, file, operator): installed in the pinned trust
+        whose CA signed it and offered to ``peers``; None when no network of ours signed it.
+        Raises :class:`ipop.identity.CrlError` as that trust's ``apply_crl`` does."""
+        for key, gossip in self._pinned.items():
+            if signed_by(gossip.trust, data):
+                crl = gossip.trust.apply_crl(data, now=now)
+                gossip.announce(peers, source=None)
+                self._collect(key, gossip)
+                return crl
+        return None
+
+    def _gossip_for(self, key: bytes, inner: CrlOffer | CrlChunk) -> CrlGossip | None:
+        """The list of ``key`` that ``inner`` is about: ours, one we carry, or a new one to
+        carry when ``inner`` offers one (chunks come only after we asked, with our OFFER
+        back, and an offer of nothing needs no list: neither makes one)."""
+        gossip = self._pinned.get(key)
+        if gossip is not None:
+            return gossip
+        gossip = self._carried.get(key)
+        if gossip is not None:
+            self._carried.move_to_end(key)
+            return gossip
+        if type(inner) is not CrlOffer or not inner.number:
+            self._drop("crl_unknown_list")
+            return None
+        return self._carry(key)
 
     def _lists(self) -> list[tuple[bytes, CrlGossip]]:
         return [*self._pinned.items(), *self._carried.items()]

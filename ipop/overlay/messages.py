@@ -890,20 +890,33 @@ def _chunk_fits(total: int, offset: int, size: int) -> bool:
     )
 
 
+def decode_network_crl(data: bytes) -> tuple[bytes, CrlOffer | CrlChunk]:
+    """A TYPE_CRL NETWORK message's CA key and its inner OFFER or CHUNK, parsed (the inner
+    one may not be a NETWORK one); anything malformed raises :class:`RemoteProtocolError`."""
+    _need(data, _CRL_NETWORK.size + _CRL_OFFER.size, "crl network")
+    if data[0] != TYPE_CRL or data[1] != CRL_OP_NETWORK:
+        raise RemoteProtocolError("crl_bad_op", f"{data[1]:#x} is no NETWORK message")
+    inner = bytes(data[_CRL_NETWORK.size :])
+    if inner[0] != TYPE_CRL:
+        raise RemoteProtocolError("unknown_type", f"{inner[0]:#x}")
+    return bytes(data[2 : _CRL_NETWORK.size]), _decode_list_message(inner)
+
+
 def decode_crl(data: bytes) -> CrlOffer | CrlChunk | NetworkCrl:
     """Parse one TYPE_CRL message; anything malformed raises :class:`RemoteProtocolError`.
     A NETWORK message's inner one is checked as well (and may not be a NETWORK one)."""
     _need(data, _CRL_OFFER.size, "crl")
     if data[0] != TYPE_CRL:
         raise RemoteProtocolError("unknown_type", f"{data[0]:#x}")
+    if data[1] == CRL_OP_NETWORK:
+        ca_key, _inner = decode_network_crl(data)
+        return NetworkCrl(ca_key, bytes(data[_CRL_NETWORK.size :]))
+    return _decode_list_message(data)
+
+
+def _decode_list_message(data: bytes) -> CrlOffer | CrlChunk:
+    """An OFFER or a CHUNK (its type byte checked by the caller); any other op is refused."""
     op = data[1]
-    if op == CRL_OP_NETWORK:
-        _need(data, _CRL_NETWORK.size + _CRL_OFFER.size, "crl network")
-        inner = bytes(data[_CRL_NETWORK.size :])
-        if inner[1] == CRL_OP_NETWORK:
-            raise RemoteProtocolError("crl_bad_op", "a NETWORK message inside a NETWORK one")
-        decode_crl(inner)
-        return NetworkCrl(bytes(data[2 : _CRL_NETWORK.size]), inner)
     if op == CRL_OP_OFFER:
         return CrlOffer(_CRL_OFFER.unpack_from(data, 0)[2])
     if op != CRL_OP_CHUNK:
