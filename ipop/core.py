@@ -255,23 +255,19 @@ class NodeCore:
         CA than the overlay certificates the origin checks use: it is verified against the
         network's CA instead. Either certificate certifies the one key the pair key comes from
         (the node id is its hash), so a node already known needs nothing more."""
-        if self.origin.knows(node):
+        if self.origin.knows(node) or self.origin.learn_der(node, der, now=now) is None:
             return True
-        reason = self.origin.learn_der(node, der, now=now)
-        members = [self.member, *self.other_members]
-        for member in members if reason is not None and self.member is not self.identity else ():
-            try:
-                cert = member.trust.verify(der, now=now)
-            except CertificateError:
-                continue
-            if cert.node_id == node:
-                self.origin.learn(cert)
-                reason = None
-                break
-        if reason is not None:
-            self.stats["cert_refused"] += 1
-            return False
-        return True
+        if self.member is not self.identity:  # a shared overlay: one of our networks' CAs
+            for member in (self.member, *self.other_members):
+                try:
+                    cert = member.trust.verify(der, now=now)
+                except CertificateError:
+                    continue
+                if cert.node_id == node:
+                    self.origin.learn(cert)
+                    return True
+        self.stats["cert_refused"] += 1
+        return False
 
     def add_network(self, member: NodeIdentity) -> None:
         """One more network of ours (same key, that network's certificate): the DHT records
