@@ -61,6 +61,8 @@ from ipop.aio.member import (
     check_same_overlay,
     dns_answer,
     local_frame,
+    network_row,
+    open_tap,
     owner_of,
     resolve_in,
     route_tables,
@@ -387,12 +389,7 @@ class Daemon:
             fd, side, name = await self.local.open()
             return fd, side, name
         s = self.settings
-        mtu = s.tap_mtu or DEFAULT_TAP_MTU
-        if self._open_tap is not None:
-            self.tap = self._open_tap(s.tap_name, mtu)
-        else:
-            self.tap = Tap(s.tap_name, mtu=mtu, vnet_hdr=True)
-        await self.tap.configure()
+        self.tap = await open_tap(s.tap_name, s, self._open_tap)
         return self.tap.fd, None, self.tap.name
 
     def _watch_addresses(self, local: list[Endpoint]) -> None:
@@ -707,13 +704,8 @@ class Daemon:
         """Each network of a daemon in several, the first (``self``'s) first; () for one."""
         if not self.sides or self._served is None:
             return ()
-        first = NetworkStatus(
-            network=self.network,
-            vip=str(self.vip) if self.vip is not None else None,
-            names=list(self.names),
-            suffix=self.suffix,
-            tap=self.tap.name if self.tap is not None else self.settings.tap_name,
-        )
+        tap = self.tap.name if self.tap is not None else self.settings.tap_name
+        first = network_row(self._served, self.vip, self.names, tap)
         return (first, *(side.status() for side in self.sides))
 
     def metrics_text(self, *, max_peers: int, drops: Mapping[str, int] | None = None) -> str:

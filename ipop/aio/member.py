@@ -29,10 +29,10 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 from ipop.aio.address import AddressKeeper
 from ipop.aio.dataplane import DataPlane
@@ -52,9 +52,6 @@ from ipop.types import NodeId
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder
 from ipop.vnet.networks import network_tag
 from ipop.vnet.packet import ETH_P_ARP
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 __all__ = [
     "Addressed",
@@ -242,6 +239,29 @@ async def take_address(vip: IPv4Address, served: Served, side: Addressed) -> Non
         side.services.address_assigned(vip)
 
 
+async def open_tap(
+    name: str, settings: DaemonSettings, opener: Callable[[str, int], Tap] | None
+) -> Tap:
+    """The TAP ``name`` at the configured MTU, configured (``opener``: a test's stand-in)."""
+    mtu = settings.tap_mtu or DEFAULT_TAP_MTU
+    tap = opener(name, mtu) if opener is not None else Tap(name, mtu=mtu, vnet_hdr=True)
+    await tap.configure()
+    return tap
+
+
+def network_row(
+    served: Served, vip: IPv4Address | None, names: Sequence[str], tap: str
+) -> NetworkStatus:
+    """One network's row of ``ipop status`` (a daemon in several)."""
+    return NetworkStatus(
+        network=served.network,
+        vip=str(vip) if vip is not None else None,
+        names=list(names),
+        suffix=served.suffix,
+        tap=tap,
+    )
+
+
 # --- the other networks ----------------------------------------------------------------------
 
 
@@ -328,12 +348,7 @@ class MemberSide:
         (the caller joins them)."""
         node = self.node
         assert node is not None  # identify() first
-        mtu = self.settings.tap_mtu or DEFAULT_TAP_MTU
-        if self._open_tap is not None:
-            self.tap = self._open_tap(self.tap_name, mtu)
-        else:
-            self.tap = Tap(self.tap_name, mtu=mtu, vnet_hdr=True)
-        await self.tap.configure()
+        self.tap = await open_tap(self.tap_name, self.settings, self._open_tap)
         plane = DataPlane(
             node,
             primary.udp,
@@ -387,13 +402,7 @@ class MemberSide:
 
     def status(self) -> NetworkStatus:
         """This network's row of ``ipop status``."""
-        return NetworkStatus(
-            network=self.name,
-            vip=str(self.vip) if self.vip is not None else None,
-            names=list(self.names),
-            suffix=self.suffix,
-            tap=self.tap_name,
-        )
+        return network_row(self.served, self.vip, self.names, self.tap_name)
 
     async def stop(self) -> None:
         """Stop renewing (the records lapse, as the daemon's own) and the services."""
