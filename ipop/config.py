@@ -68,10 +68,10 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, cast
+from typing import Any, Final, Literal, cast
 
 from ipop.dht.srv import PROTOS, ServiceValue, validate_service_name
 from ipop.errors import ConfigError
@@ -510,23 +510,34 @@ def parse_config(table: Mapping[str, object], *, base_dir: Path, source: str) ->
         raise ConfigError(exc.key, f"{exc.problem} in {source}", exc.fix) from None
 
 
+def _tables(
+    value: object, what: str, limit: int, keys: Collection[str], fix: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """A config's ``[[what]]`` tables, each with where it is (``what[i]``, for errors);
+    ConfigError unless a list of at most ``limit`` tables, each holding only ``keys``."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > limit:
+        raise ConfigError(what, f"must be at most {limit} [[{what}]] tables", fix)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, t in enumerate(value):
+        where = f"{what}[{i}]"
+        if not isinstance(t, dict):
+            raise ConfigError(where, "is not a table", fix)
+        unknown = sorted(set(t) - set(keys))
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}", f"is not a {what} key", fix)
+        out.append((where, t))
+    return out
+
+
 def parse_networks(value: object, *, base_dir: Path, tap: str) -> tuple[NetworkConfig, ...]:
     """The ``[[network]]`` tables; ConfigError naming the table, key and fix. ``tap``: the
     first network's TAP name, which no other may take."""
     fix = '[[network]] bundle = "other.bundle.toml", tap = "ipop1" (see ipop.example.toml)'
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > MAX_NETWORKS:
-        raise ConfigError("network", f"must be at most {MAX_NETWORKS} [[network]] tables", fix)
     out: list[NetworkConfig] = []
     taps = {tap}
-    for i, t in enumerate(value):
-        where = f"network[{i}]"
-        if not isinstance(t, dict):
-            raise ConfigError(where, "is not a table", fix)
-        unknown = sorted(set(t) - set(_NETWORK_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}", "is not a network key", fix)
+    for where, t in _tables(value, "network", MAX_NETWORKS, _NETWORK_KEYS, fix):
         for key in _NETWORK_KEYS:
             if key not in t:
                 raise ConfigError(f"{where}.{key}", "is missing", fix)
@@ -552,19 +563,9 @@ def parse_services(
     """
     host_eg = ', host = "printer"' if lan_hosts else ""
     fix = f'[[service]] name = "http", port = 80{host_eg} (see {example})'
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > MAX_SERVICES:
-        raise ConfigError("service", f"must be at most {MAX_SERVICES} [[service]] tables", fix)
     keys = (*_SERVICE_KEYS, "host") if lan_hosts else _SERVICE_KEYS
     out: list[ServiceConfig] = []
-    for i, t in enumerate(value):
-        where = f"service[{i}]"
-        if not isinstance(t, dict):
-            raise ConfigError(where, "is not a table", fix)
-        unknown = sorted(set(t) - set(keys))
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}", "is not a service key", fix)
+    for where, t in _tables(value, "service", MAX_SERVICES, keys, fix):
         name = t.get("name")
         why = validate_service_name(name) if isinstance(name, str) else "missing or not a string"
         if why is not None or not isinstance(name, str):
