@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ipop.tools.lab.ipopnet import IpopNet
 from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
-from ipop.tools.lab.topology import Topology
+from ipop.tools.lab.topology import Topology, topology_from_dict
 
 # Counts datagrams carrying the marker on the victim's vIP, port 9, for a bounded time.
 LISTENER = """
@@ -209,3 +209,14 @@ def outage_around(
     answered = sorted({int(m) for m in re.findall(r"bytes from .*icmp_seq=(\d+)", text)})
     gaps = [b - a - 1 for a, b in itertools.pairwise(answered)]
     return max(gaps, default=0) * every_s, answered, text
+
+
+def shared_overlay_topology(overlay_only: Iterable[str], nat_hosts: dict[str, str]) -> Topology:
+    """Public overlay-only bootstraps (203.0.113.10, .11, ...) and hosts behind NATs of the
+    given kinds (host -> kind): the shared-overlay labs' topology."""
+    public = [
+        {"name": name, "role": "public", "ip": f"203.0.113.{10 + i}"}
+        for i, name in enumerate(overlay_only)
+    ]
+    nat = [{"name": name, "role": "nat", "kind": kind} for name, kind in nat_hosts.items()]
+    return topology_from_dict({"bootstraps": len(public), "hosts": [*public, *nat]})

@@ -32,9 +32,9 @@ import pytest
 
 from ipop.status import NetworkStatus
 from ipop.tools.lab.ipopnet import IpopNet, tap_name
-from ipop.tools.lab.topology import Topology, topology_from_dict
+from ipop.tools.lab.topology import Topology
 
-from .running import ping_ok, running_net, wait_for
+from .running import ping_ok, running_net, shared_overlay_topology, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
@@ -48,18 +48,9 @@ _A = re.compile(r"^(100\.\d+\.\d+\.\d+)$", re.MULTILINE)
 
 
 def _topology() -> Topology:
-    return topology_from_dict(
-        {
-            "bootstraps": 3,
-            "hosts": [
-                {"name": "ov1", "role": "public", "ip": "203.0.113.10"},
-                {"name": "ov2", "role": "public", "ip": "203.0.113.11"},
-                {"name": "ov3", "role": "public", "ip": "203.0.113.12"},
-                {"name": "a1", "role": "nat", "kind": "port-restricted-cone"},
-                {"name": "b1", "role": "nat", "kind": "port-restricted-cone"},
-                {"name": "ab", "role": "nat", "kind": "port-restricted-cone"},
-            ],
-        }
+    return shared_overlay_topology(
+        OVERLAY_ONLY,
+        {"a1": "port-restricted-cone", "b1": "port-restricted-cone", "ab": "port-restricted-cone"},
     )
 
 

@@ -34,9 +34,9 @@ from ipop.bundle import load_bundle
 from ipop.dht.record import namespace_of
 from ipop.tools.lab.hostile import MARKER
 from ipop.tools.lab.ipopnet import IpopNet
-from ipop.tools.lab.topology import Topology, topology_from_dict
+from ipop.tools.lab.topology import Topology
 
-from .running import LISTENER, ping_ok, running_net, wait_for
+from .running import LISTENER, ping_ok, running_net, shared_overlay_topology, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
@@ -53,20 +53,15 @@ PATTERN = "5eed0ca7c0ffee5eed0ca7c0ffee0001"
 
 
 def _topology() -> Topology:
-    return topology_from_dict(
+    return shared_overlay_topology(
+        OVERLAY_ONLY,
         {
-            "bootstraps": 3,
-            "hosts": [
-                {"name": "ov1", "role": "public", "ip": "203.0.113.10"},
-                {"name": "ov2", "role": "public", "ip": "203.0.113.11"},
-                {"name": "ov3", "role": "public", "ip": "203.0.113.12"},
-                {"name": "a1", "role": "nat", "kind": "port-restricted-cone"},
-                {"name": "a2", "role": "nat", "kind": "symmetric"},
-                {"name": "b1", "role": "nat", "kind": "port-restricted-cone"},
-                {"name": "b2", "role": "nat", "kind": "symmetric"},
-                {"name": "m", "role": "nat", "kind": "port-restricted-cone"},
-            ],
-        }
+            "a1": "port-restricted-cone",
+            "a2": "symmetric",
+            "b1": "port-restricted-cone",
+            "b2": "symmetric",
+            "m": "port-restricted-cone",
+        },
     )
 
 
