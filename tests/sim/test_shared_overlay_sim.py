@@ -22,6 +22,7 @@ from ipop.overlay.messages import KIND_IP
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.netsim import Network
+from ipop.testing.waiting import until
 from ipop.types import Endpoint, NodeId
 
 PORT = 5800
@@ -70,16 +71,6 @@ def _node(
     return node, Endpoint(host.address, PORT)
 
 
-async def _wait(cond: object, timeout_s: float) -> bool:
-    """Poll ``cond()`` in virtual time until true or ``timeout_s`` passed; its last value."""
-    assert callable(cond)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond() and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    return bool(cond())
-
-
 def test_members_link_with_overlay_certs_and_sign_records_with_network_certs() -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
@@ -113,7 +104,7 @@ def test_members_link_with_overlay_certs_and_sign_records_with_network_certs() -
             got: list[tuple[NodeId, bytes]] = []
             b.on_ip = lambda src, pkt: got.append((src, pkt))
             assert a.send(b.node_id, KIND_IP, b"over-the-overlay")
-            assert await _wait(lambda: got, 10)
+            assert await until(lambda: bool(got), 10, every_s=0.05)
             assert got == [(a.node_id, b"over-the-overlay")]
             # DHT records carry the network certificate.
             ns = namespace_of(network_ca.trust)
@@ -149,7 +140,9 @@ def test_an_overlay_cert_of_another_overlay_ca_is_refused_at_the_handshake() -> 
         try:
             await asyncio.wait_for(asyncio.gather(*(nd.dht_ready.wait() for nd in nodes[1:])), 60)
             first = nodes[0]
-            assert await _wait(lambda: first.core.link.drops["cert_bad_signature"] > 0, 30)
+            assert await until(
+                lambda: first.core.link.drops["cert_bad_signature"] > 0, 30, every_s=0.05
+            )
             await asyncio.sleep(5)  # give it time to try every member it may have heard of
             assert not intruder.core.link.peers()
             assert all(not nd.core.link.is_up(intruder.node_id) for nd in nodes)
@@ -219,7 +212,9 @@ def test_a_networks_crl_given_to_one_member_reaches_every_node_of_the_overlay() 
                     o.core.network_crls.holds(key) == 3 for o in nodes
                 )
 
-            assert await _wait(spread, 30), [m.member.trust.crl_number for m in members]
+            assert await until(spread, 30, every_s=0.05), [
+                m.member.trust.crl_number for m in members
+            ]
             assert all(m.member.trust.is_revoked(victim.member.cert) for m in members)
             # An overlay-only replica refuses the revoked member's records from now on.
             ns = namespace_of(network_ca.trust)
