@@ -373,7 +373,7 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
 
     def _on_store(self, src: NodeId, msg: StoreRequested) -> Response:
         offered = msg.record
-        outcome = self.record_storage.offer(offered)
+        outcome = self.record_storage.offer(offered, sender=src)
         current = None
         # The current record tells a creator who holds the key; only a member may see it (the
         # offer's certificate is its proof: a forged offer must not read the key for free).
