@@ -204,6 +204,15 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type h
                 self.evicted += 1
         return True
 
+    def counters(self) -> dict[str, int]:
+        """For status: records held, of them unproven, and records that gave way."""
+        return {
+            "store_records": len(self),
+            "store_unproven": self.unproven,
+            "store_displaced": self.displaced,
+            "store_evicted": self.evicted,
+        }
+
     @property
     def unproven(self) -> int:
         """Records held whose owner has not stored here itself (module docstring, shares)."""
