@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ipop.tools import starting_daemon
 from ipop.tools.bench import start_cost
 from ipop.tools.ipopd import config_arg
 from ipop.tools.lab.ipopnet import compile_bytecode
@@ -207,3 +208,53 @@ def test_start_cost_bench_reports_both_daemons() -> None:
         # compile_bytecode wrote the regex table: next to nothing is compiled.
         assert isinstance(r["re_compile_cpu_s"], float) and 0 <= r["re_compile_cpu_s"] < 0.005
         assert isinstance(r["heaviest_ms"], list) and len(r["heaviest_ms"]) == 3
+
+
+# Prints whether the collector is on once ipop.tools is imported, then after imports_done and
+# how many objects that froze.
+_GC = """
+import gc, json, sys
+import ipop.tools
+during = gc.isenabled()
+ipop.tools.imports_done()
+print(json.dumps([during, gc.isenabled(), gc.get_freeze_count() > 1000]))
+"""
+
+
+@pytest.mark.parametrize("name", ["ipopd", "ipop-router"])
+def test_a_daemon_imports_without_the_collector_then_freezes_them(
+    name: str, tmp_path: Path
+) -> None:
+    """Run as the daemon's console script is: the collector is off during the imports and
+    on after imports_done, with what they made frozen (~80 collections fewer at start)."""
+    script = tmp_path / name
+    script.write_text(_GC)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [False, True, True]
+
+
+def test_other_programs_keep_the_collector_on(tmp_path: Path) -> None:
+    script = tmp_path / "ipop-config"
+    script.write_text(_GC)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("orig_argv", "argv0", "daemon"),
+    [
+        (["python", "-m", "ipop.tools.ipopd", "--config", "a"], "-m", True),
+        (["python", "-X", "importtime", "-m", "ipop.tools.routerd"], "-m", True),
+        (["python", "-m", "ipop.tools.cli", "status"], "-m", False),
+        (["python", "-m"], "-m", False),
+        (["/usr/local/bin/ipopd", "--config", "a"], "/usr/local/bin/ipopd", True),
+        (["/usr/bin/python3", "/usr/local/bin/ipop-router"], "/usr/local/bin/ipop-router", True),
+        (["pytest", "-q"], "pytest", False),
+    ],
+)
+def test_starting_daemon_knows_the_daemons_command_lines(
+    orig_argv: list[str], argv0: str, daemon: bool
+) -> None:
+    assert starting_daemon(orig_argv, argv0) is daemon
