@@ -258,3 +258,26 @@ def test_starting_daemon_knows_the_daemons_command_lines(
     orig_argv: list[str], argv0: str, daemon: bool
 ) -> None:
     assert starting_daemon(orig_argv, argv0) is daemon
+
+
+def test_start_cost_lab_reads_each_event_cpu_and_the_phases_between() -> None:
+    log = (
+        "ts=a level=info logger=ipopd event=started node=1 cpu_s=0.150\n"
+        "ts=b level=info logger=ipopd event=dht_joined after_s=0.5 cpu_s=0.190\n"
+        "ts=c level=info logger=ipopd event=ready vip=100.64.0.2 after_s=2.1 cpu_s=0.300\n"
+        "ts=d level=info logger=ipopd event=ready vip=100.64.0.2 after_s=9.0 cpu_s=0.900\n"
+    )
+    first = start_cost.event_cpu(log)
+    assert first == {"started": 0.15, "dht_joined": 0.19, "ready": 0.3}
+    other = {"started": 0.17, "dht_joined": 0.2, "ready": 0.4}
+    phases = start_cost.lab_phases([first, other, {"started": 0.1}])  # the last never ready
+    assert phases == {
+        "at_started": 0.16,
+        "at_dht_joined": 0.195,
+        "at_ready": 0.35,
+        "to_started": 0.16,
+        "started_to_dht_joined": 0.035,
+        "dht_joined_to_ready": 0.155,
+        "daemons": 2,
+    }
+    assert start_cost.lab_phases([{"started": 0.1}]) == {}
