@@ -67,13 +67,16 @@ print(json.dumps({{"cpu_s": r.ru_utime + r.ru_stime, **_spent}}))
 _IMPORTTIME = re.compile(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)")
 
 
-def _probe(module: str) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(module=module)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def _probe(name: str, module: str) -> dict[str, float]:
+    """One clean interpreter's numbers, run as a script called ``name`` (the daemon's console
+    script's name): ipop.tools starts a daemon's imports as the daemon's own (the collector
+    off), as it would not for ``python -c``."""
+    with tempfile.TemporaryDirectory(prefix="ipop-startcost-") as tmp:
+        script = Path(tmp) / name
+        script.write_text(_PROBE.format(module=module))
+        out = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, check=True
+        )
     result: dict[str, float] = json.loads(out.stdout)
     return result
 
@@ -98,7 +101,7 @@ def measure(runs: int, top: int) -> dict[str, dict[str, object]]:
     compile_bytecode()  # as the lab does before it starts daemons
     report: dict[str, dict[str, object]] = {}
     for name, module in DAEMONS.items():
-        probes = [_probe(module) for _ in range(runs)]
+        probes = [_probe(name, module) for _ in range(runs)]
         report[name] = {
             "import_cpu_s": round(statistics.median(p["cpu_s"] for p in probes), 3),
             "dataclass_cpu_s": round(statistics.median(p["dataclass_s"] for p in probes), 3),
