@@ -691,7 +691,7 @@ class Daemon:
         if sysdns:
             counters.append(sysdns)
         if node is not None and node.dht is not None:
-            counters.append(prefixed("dht", node.dht.storage.counters()))
+            counters.append(prefixed("dht", node.dht.counters()))
         measured = self.netcheck_result.nat if self.netcheck_result is not None else None
         return LocalView(
             node_id=self.bundle.node_id.hex(),

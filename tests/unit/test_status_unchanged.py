@@ -137,14 +137,12 @@ def _wire(d: Daemon) -> None:
         core=core,
         dht=SimpleNamespace(
             drops=Counter({"bad_record": 2}),
-            storage=SimpleNamespace(
-                counters=lambda: {
-                    "store_records": 40,
-                    "store_unproven": 3,
-                    "store_displaced": 1,
-                    "store_evicted": 0,
-                }
-            ),
+            counters=lambda: {
+                "store_records": 40,
+                "store_unproven": 3,
+                "store_displaced": 1,
+                "store_evicted": 0,
+            },
         ),
         node_id=ME,
         identity=core.identity,
