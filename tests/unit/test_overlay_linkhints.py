@@ -265,7 +265,7 @@ def test_without_hints_the_router_is_the_proximity_router() -> None:
 
 def test_a_relayed_link_to_the_target_yields_to_a_faster_fast_peer_that_holds_it() -> None:
     """A route's last hop over a relayed link crosses the relay, often in another region:
-    at 1,000 nodes (seed 2) that was most of the stretch tail. A fast peer that lists the
+    a third of the stretch tail of a 300-node run (seed 2). A fast peer that lists the
     target (lists name direct links only) takes it when we timed it faster than the relayed
     path; a direct link to the target is never handed away, nor a faster relayed one."""
     table = _table({BEHIND: FAST, AHEAD: 0.150})
