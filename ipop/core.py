@@ -394,19 +394,13 @@ class NodeCore:
         becoming a Delivered event. Everything else takes the usual path (None). Call
         :meth:`flush` after a batch.
         """
-        kinds = (kind,) if also is None else (kind, also)
-        return self._direct_one(data, path, now=now, kinds=kinds)
-
-    def _direct_one(
-        self, data: bytes, path: Path, *, now: float, kinds: tuple[int, ...]
-    ) -> tuple[NodeId, bytes] | None:
         if data and data[0] < 4:  # STUN (RFC 7983 demultiplexing): not for the link layer
             self._stun_in(data, path, now)
             return None
-        return self._open_one(data, path, now=now, kinds=kinds)
+        return self._open_one(data, path, now=now, kind=kind, also=also)
 
     def _open_one(
-        self, data: bytes, path: Path, *, now: float, kinds: tuple[int, ...]
+        self, data: bytes, path: Path, *, now: float, kind: int, also: int | None = None
     ) -> tuple[NodeId, bytes] | None:
         """:meth:`receive_direct` of a link datagram (a relayed link's come here straight, as
         the slow path feeds them to the link layer: no STUN inside a relay)."""
@@ -418,7 +412,7 @@ class NodeCore:
         if (
             payload[0] == TYPE_DIRECT
             and len(payload) > 1
-            and payload[1] in kinds
+            and (payload[1] == kind or payload[1] == also)
             and self.overlay.is_linked(peer)  # what the overlay checks first
         ):
             return got
@@ -468,8 +462,7 @@ class NodeCore:
         Runs under one key are opened in one native call (:meth:`LinkLayer.open_run`); the
         rest go through :meth:`receive_direct` one by one. Call :meth:`flush` after a batch."""
         out: list[tuple[NodeId, bytes]] = []
-        kinds = (kind,) if also is None else (kind, also)
-        self._open_runs(datagrams, path, now, kinds, out, self._direct_one)
+        self._open_runs(datagrams, path, now, kind, also, out, self.receive_direct)
         return out
 
     def _open_runs(
@@ -477,19 +470,20 @@ class NodeCore:
         datagrams: list[bytes],
         path: Path,
         now: float,
-        kinds: tuple[int, ...],
+        kind: int,
+        also: int | None,
         out: list[tuple[NodeId, bytes]],
         one: Callable[..., tuple[NodeId, bytes] | None],
     ) -> None:
         """Open ``datagrams`` (one path) in runs, ``one`` for those a run does not take; the
-        DIRECT messages of ``kinds`` go to ``out``. A run's RELAY_FORWARD and RELAY_DELIVER
-        messages are handled a run at a time too (:meth:`_relay_run`)."""
+        DIRECT messages of ``kind`` (or ``also``) go to ``out``. A run's RELAY_FORWARD and
+        RELAY_DELIVER messages are handled a run at a time too (:meth:`_relay_run`)."""
         open_run = self.link.open_run
         i, n = 0, len(datagrams)
         while i < n:
             run = open_run(datagrams, i, path, now=now)
             if run is None:
-                got = one(datagrams[i], path, now=now, kinds=kinds)
+                got = one(datagrams[i], path, now=now, kind=kind, also=also)
                 if got is not None:
                     out.append(got)
                 i += 1
@@ -500,7 +494,12 @@ class NodeCore:
             while j < m:
                 payload = payloads[j]
                 tag = payload[0]
-                if linked and tag == TYPE_DIRECT and len(payload) > 1 and payload[1] in kinds:
+                if (
+                    linked
+                    and tag == TYPE_DIRECT
+                    and len(payload) > 1
+                    and (payload[1] == kind or payload[1] == also)
+                ):
                     out.append((peer, payload))
                     j += 1
                     continue
@@ -508,7 +507,7 @@ class NodeCore:
                     k = j + 1
                     while k < m and payloads[k][0] == tag:
                         k += 1
-                    self._relay_run(peer, payloads[j:k], now, kinds, out)
+                    self._relay_run(peer, payloads[j:k], now, kind, also, out)
                     j = k
                 else:
                     self._message_in(peer, payload, path, now)
@@ -520,7 +519,8 @@ class NodeCore:
         peer: NodeId,
         payloads: list[bytes],
         now: float,
-        kinds: tuple[int, ...],
+        kind: int,
+        also: int | None,
         out: list[tuple[NodeId, bytes]],
     ) -> None:
         """Relay messages of one type from ``peer`` (:meth:`OverlayNode.relay_run`): as the
@@ -533,7 +533,8 @@ class NodeCore:
             k = i + 1
             while k < n and ((p := got[k].path) is path or p == path):
                 k += 1
-            self._open_runs([d.data for d in got[i:k]], path, now, kinds, out, self._open_one)
+            runs = [d.data for d in got[i:k]]
+            self._open_runs(runs, path, now, kind, also, out, self._open_one)
             i = k
         self._settle(now)
 

@@ -137,6 +137,16 @@ def _frame(name: str) -> bytes:
     )
 
 
+def _labnet_gateway() -> TapServices:
+    """labnet's gateway, DNS only, answering othernet's zone too."""
+    return TapServices(
+        gateway_ip=IPv4Address("100.64.0.1"),
+        subnet=LABNET,
+        dhcp=None,
+        dns=DnsResolver(LABNET, suffix="ipop", other_zones=[OTHER]),
+    )
+
+
 def test_the_runner_asks_each_zones_own_lookup() -> None:
     async def main() -> None:
         asked: list[tuple[str, str]] = []
@@ -148,12 +158,7 @@ def test_the_runner_asks_each_zones_own_lookup() -> None:
 
             return lookup
 
-        services = TapServices(
-            gateway_ip=IPv4Address("100.64.0.1"),
-            subnet=LABNET,
-            dhcp=None,
-            dns=DnsResolver(LABNET, suffix="ipop", other_zones=[OTHER]),
-        )
+        services = _labnet_gateway()
         written: list[bytes] = []
         runner = TapServicesRunner(
             services,
@@ -182,12 +187,7 @@ def test_a_runner_needs_a_lookup_for_every_zone() -> None:
     async def lookup(name: str) -> IPv4Address | None:
         return None
 
-    services = TapServices(
-        gateway_ip=IPv4Address("100.64.0.1"),
-        subnet=LABNET,
-        dhcp=None,
-        dns=DnsResolver(LABNET, suffix="ipop", other_zones=[OTHER]),
-    )
+    services = _labnet_gateway()
     with pytest.raises(LocalProtocolError, match="2 DNS zones, 1 lookups"):
         TapServicesRunner(services, lambda _f: None, lookup, None)
 
