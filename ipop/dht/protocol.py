@@ -208,6 +208,10 @@ class RttEstimator:
         while len(self._peers) > self._max_peers:
             self._peers.popitem(last=False)
 
+    def sampled(self, peer: NodeId) -> bool:
+        """Whether ``peer``'s timeout comes from its own round trips (not all peers')."""
+        return peer in self._peers
+
     def timeout(self, peer: NodeId) -> float:
         est = self._peers.get(peer) or self._all
         if est is None:
