@@ -75,12 +75,16 @@ class LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is untyp
     mentions it pushes it back, already marked contacted, so dead nodes can end up in the
     result (measured: half of a key's replica set after 10 of 24 nodes left).
 
-    ``hasty`` (a read's lookup) does not wait in a round for a peer late to answer (past its
-    retransmission timeout): a round waits for its slowest peer, and a node that just died is
+    ``hasty`` (a read's lookup) has no rounds: it keeps ``alpha`` calls waited for while
+    answers bring nearer nodes and asks all of the k nearest once one brought none (stock
+    kademlia's rule), each as soon as an answer makes room. Why: a round waited for its
+    slowest peer, and in a world-wide overlay round trips differ tenfold (1,000 simulated
+    nodes: read lookups took 1.01 s at the median, 0.59 s without rounds). Nor does it wait
+    for a peer late to answer (past its retransmission timeout): a node that just died is
     named by every answer, so it cost each read's lookup its tries. An unresponsive peer
     counts as silent without being asked, and so does a late one whose timeout comes from its
     own round trips. A late one whose timeout is borrowed from all peers' (we never heard it)
-    may just be far: its call goes on beside the next rounds and its answer is taken when it
+    may just be far: its call goes on beside the next asks and its answer is taken when it
     comes; the crawl waits for it at the end only while it is nearer the target than the
     ``enough``-th nearest node that answered (the replica set is not settled without it).
     Why: in a world-wide overlay the peers near a key may all be a region away, slower than
@@ -96,7 +100,6 @@ class LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is untyp
         self.answered: set[bytes] = set()
         self._hasty = hasty
         self._enough = enough
-        self._last_ids: list[bytes] = []
         stock: Any = self.nearest
         indexed = IndexedNodeHeap(self.node, self.ksize)
         indexed.push([node for _, node in stock.heap])
@@ -131,21 +134,25 @@ class LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is untyp
         calls: dict[_Call, Node] = {}
         due: dict[_Call, float] = {}
         late: set[_Call] = set()  # far maybe: still asked
+        # Calls kept waited for at once: alpha while answers bring nearer nodes, all of the
+        # k nearest once one brought none (stock kademlia's rounds, without waiting for a
+        # round's slowest peer before the next asks).
+        window = self.alpha
 
         def take(done: set[_Call]) -> None:
+            nonlocal window
+            before = self.nearest.get_ids()
             self._take({calls[t].id: t.result() for t in done})
             for task in done:
                 del calls[task]
                 late.discard(task)
+            window = self.alpha if self.nearest.get_ids() != before else self.ksize
 
         try:
             while True:
-                # Stock rounds: alpha peers, all uncontacted ones once nothing nearer came up.
-                ids = self.nearest.get_ids()
-                count = len(self.nearest) if ids == self._last_ids else self.alpha
-                self._last_ids = ids
+                active = sum(1 for t in calls if t not in late)
                 unresponsive = []
-                for peer in self.nearest.get_uncontacted()[:count]:
+                for peer in self.nearest.get_uncontacted()[: max(0, window - active)]:
                     self.nearest.mark_contacted(peer)
                     node = node_id_from_bytes(peer.id)
                     if protocol.unresponsive(node):
@@ -155,28 +162,30 @@ class LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is untyp
                     calls[task] = peer
                     due[task] = loop.time() + protocol.rtt.timeout(node)
                 self.nearest.remove(unresponsive)
-                # The round: until each of its calls answered or is late.
-                while waiting := [t for t in calls if t not in late]:
-                    wait = max(0.0, min(due[t] for t in waiting) - loop.time())
-                    done, _ = await asyncio.wait(
-                        set(calls), timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                    )
+                waiting = [t for t in calls if t not in late]
+                if not waiting:
+                    if self.nearest.get_uncontacted():
+                        continue
+                    if not any(self._may_lead_nearer(calls[t]) for t in late):
+                        break
+                    done, _ = await asyncio.wait(late, return_when=asyncio.FIRST_COMPLETED)
                     take(done)
-                    now = loop.time()
-                    for task in [t for t in calls if t not in late and due[t] <= now]:
-                        node = node_id_from_bytes(calls[task].id)
-                        if protocol.rtt.sampled(node):
-                            task.cancel()
-                            protocol.missed(node)
-                            self.nearest.remove([calls.pop(task)])
-                        else:
-                            late.add(task)
-                if not self.nearest.have_contacted_all():
                     continue
-                if not any(self._may_lead_nearer(calls[t]) for t in late):
-                    break
-                done, _ = await asyncio.wait(late, return_when=asyncio.FIRST_COMPLETED)
-                take(done)
+                wait = max(0.0, min(due[t] for t in waiting) - loop.time())
+                done, _ = await asyncio.wait(
+                    set(calls), timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done:
+                    take(done)
+                now = loop.time()
+                for task in [t for t in calls if t not in late and due[t] <= now]:
+                    node = node_id_from_bytes(calls[task].id)
+                    if protocol.rtt.sampled(node):
+                        task.cancel()
+                        protocol.missed(node)
+                        self.nearest.remove([calls.pop(task)])
+                    else:
+                        late.add(task)
         finally:
             for task in calls:
                 task.cancel()

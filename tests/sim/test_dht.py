@@ -529,6 +529,39 @@ def test_a_reads_lookup_reaches_replicas_a_region_away(seed: int) -> None:
     run_cluster(body, n=40, seed=seed, latency=0.005, jitter=0.002)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_reads_lookup_does_not_wait_for_a_slow_peer_before_asking_the_next(seed: int) -> None:
+    """A third of the nodes answer in 0.09 s, the rest in 0.01 s (all within the timeout):
+    a read's lookup asks the next nearest node as soon as any answer makes room, so the slow
+    peers cost it about two of their round trips, not one per round of the crawl (in rounds:
+    0.45, 0.27 and 0.19 s for seeds 1-3; now 0.19-0.20 s); and it still finds the key's
+    nearest nodes."""
+    slow_s = 0.045  # one way
+
+    async def body(c: DhtCluster) -> None:
+        loop = asyncio.get_running_loop()
+        slow = {svc.node_id for i, svc in enumerate(c.nodes) if i % 3 == 0}
+        reader = next(svc for svc in c.nodes if svc.node_id not in slow)
+        target = int.from_bytes(key_id(K), "big")
+        nearest = sorted((svc.node_id for svc in c.nodes), key=lambda n: n.value ^ target)
+
+        def delay(src: NodeId, dst: NodeId, payload: bytes) -> bool:
+            if src not in slow and dst not in slow:
+                return True
+            c.overlay.inject(src, dst, payload, delay=slow_s)
+            return False
+
+        c.overlay.check = delay
+        start = loop.time()
+        found = await reader.lookups.lookup(key_id(K), hasty=True)
+        elapsed = loop.time() - start
+        by_distance = sorted(found, key=lambda n: n.value ^ target)
+        assert by_distance[:8] == [n for n in nearest if n != reader.node_id][:8]
+        assert elapsed < 2.5 * 2 * slow_s, elapsed
+
+    run_cluster(body, n=60, seed=seed, latency=0.005, jitter=0.002)
+
+
 def test_late_replicas_seats_do_not_hand_the_read_to_a_rival() -> None:
     """A guard (it passes on the old code too): a read that does not wait for late replicas
     still counts R votes at most (spares only fill seats, lookups leave unresponsive nodes
