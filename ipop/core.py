@@ -46,9 +46,11 @@ from __future__ import annotations
 
 import collections
 import math
+import operator
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from ipop import timing
 from ipop.errors import LocalProtocolError
@@ -87,6 +89,20 @@ __all__ = ["ROUTED_IP_MTU", "NodeCore", "NodeSnapshot", "PublicView"]
 _CRL_TAG = bytes([TYPE_CRL])
 # A DIRECT message's datagram is its inner packet plus this (DIRECT header, DATA header, tag).
 _DIRECT_GROWTH = DATA_MIN_BYTES + 2
+
+
+# A run's message types and DIRECT kinds, read in C: bytes(map(_FIRST_BYTE, payloads)).
+_FIRST_BYTE = operator.itemgetter(0)
+_SECOND_BYTE = operator.itemgetter(1)
+
+
+def _all_of_kind(messages: list[bytes], kind: int) -> bool:
+    """Every one of ``messages`` (DIRECT) has a kind byte, and it is ``kind``."""
+    try:
+        kinds = bytes(map(_SECOND_BYTE, messages))
+    except IndexError:  # a bare DIRECT type byte: the one-by-one path's
+        return False
+    return kinds.count(kind) == len(kinds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,25 +399,42 @@ class NodeCore:
                 i += 1
                 continue
             peer, i, payloads = run
-            linked = self.overlay.is_linked(peer)
-            j, m = 0, len(payloads)
-            while j < m:
-                payload = payloads[j]
-                tag = payload[0]
-                if linked and tag == TYPE_DIRECT and len(payload) > 1 and payload[1] == kind:
-                    out.append((peer, payload))
-                    j += 1
-                    continue
-                if tag in (TYPE_RELAY_FORWARD, TYPE_RELAY_DELIVER):
-                    k = j + 1
-                    while k < m and payloads[k][0] == tag:
-                        k += 1
-                    self._relay_run(peer, payloads[j:k], now, kind, out)
-                    j = k
-                else:
-                    self._message_in(peer, payload, path, now)
-                    j += 1
+            self._opened(peer, payloads, path, now, kind, out)
+
+    def _opened(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        path: Path,
+        now: float,
+        kind: int,
+        out: list[tuple[NodeId, bytes]],
+    ) -> None:
+        """The payloads a run opened from ``peer`` on ``path``: DIRECT messages of ``kind``
+        to ``out``, RELAY_FORWARD and RELAY_DELIVER a run at a time (:meth:`_relay_run`),
+        the rest as one by one."""
+        linked = self.overlay.is_linked(peer)
+        # Each message's type and, for DIRECT ones, kind, read in C (map over itemgetter):
+        # a run is mostly one type, taken at once below (a run's payloads are never empty).
+        tags = bytes(map(_FIRST_BYTE, payloads))
+        j, m = 0, len(payloads)
+        while j < m:
+            tag = tags[j]
+            k = m - len(tags[j:].lstrip(tags[j : j + 1]))  # this type's run: [j, k)
+            run = payloads[j:k] if j or k < m else payloads
+            j = k
+            if tag in (TYPE_RELAY_FORWARD, TYPE_RELAY_DELIVER):
+                self._relay_run(peer, run, now, kind, out)
                 linked = self.overlay.is_linked(peer)
+            elif tag == TYPE_DIRECT and linked and _all_of_kind(run, kind):
+                out.extend(zip(repeat(peer), run))
+            else:  # one by one, as the event path would take them
+                for payload in run:
+                    if linked and tag == TYPE_DIRECT and len(payload) > 1 and payload[1] == kind:
+                        out.append((peer, payload))
+                        continue
+                    self._message_in(peer, payload, path, now)
+                    linked = self.overlay.is_linked(peer)
 
     def _relay_run(
         self,
@@ -412,17 +445,22 @@ class NodeCore:
         out: list[tuple[NodeId, bytes]],
     ) -> None:
         """Relay messages of one type from ``peer`` (:meth:`OverlayNode.relay_run`): as the
-        relay, each target's forwards sealed in one run; as an end, the datagrams delivered
-        for each relayed link opened in runs, as the slow path opens them one by one."""
-        got = self.overlay.relay_run(peer, payloads, now=now)
-        i, n = 0, len(got)
-        while i < n:
-            path = got[i].path
-            k = i + 1
-            while k < n and ((p := got[k].path) is path or p == path):
-                k += 1
-            self._open_runs([d.data for d in got[i:k]], path, now, kind, out, self._open_one)
-            i = k
+        relay, each target's forwards re-sealed in runs; as an end, the datagrams delivered
+        for each relayed link opened in runs straight from the messages, as the slow path
+        opens them one by one."""
+
+        def take(payloads: list[bytes], start: int, path: RelayPath, head: bytes) -> int:
+            run = self.link.open_run(payloads, start, path, now=now, head=head)
+            if run is None:
+                got = self._open_one(payloads[start][len(head) :], path, now=now, kind=kind)
+                if got is not None:
+                    out.append(got)
+                return start + 1
+            origin, stop, opened = run
+            self._opened(origin, opened, path, now, kind, out)
+            return stop
+
+        self.overlay.relay_run(peer, payloads, now=now, take=take)
         self._settle(now)
 
     # --- a relayed link's runs (the data plane's sender) ---------------------------------------

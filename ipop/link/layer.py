@@ -171,8 +171,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import operator
 import random
 from collections.abc import Callable
+from itertools import repeat
 from typing import Final
 
 from ipop import timing
@@ -220,6 +222,8 @@ _REBIND_QUIET: Final = timing.REBIND_QUIET_S
 _HDR_PACK = DATA_HEADER.pack
 _HDR_PACK_INTO = DATA_HEADER.pack_into
 _HDR_UNPACK_FROM = DATA_HEADER.unpack_from
+# A run's message types at once: bytes(map(_FIRST_BYTE, payloads)) iterates in C.
+_FIRST_BYTE = operator.itemgetter(0)
 _EMPTY = b""
 
 
@@ -268,6 +272,7 @@ class LinkLayer:
         # NAT rebinding (ipop.link.rebind): echoes of silent links, witnesses.
         rb = self.rebinding = Rebinding(shared, enabled=self.config.rebind_echoes)
         self._heard = rb.heard  # every authenticated DATA: bound once, one call as before
+        self._heard_run = rb.heard_run
         # Path MTU per peer, probed over the session (ipop.link.probing, ipop.link.pmtu).
         self.probing = PathProbing(
             shared, enabled=self.config.path_mtu_probes, watch=self.watch, on_echo=rb.on_echo
@@ -379,18 +384,26 @@ class LinkLayer:
         return st, kp, path
 
     def seal_run(
-        self, peer: NodeId, payloads: list[bytes], *, now: float
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        *,
+        now: float,
+        head: bytes = b"",
+        strip: bytes = b"",
     ) -> tuple[list[bytes], Endpoint | SocketPath] | None:
         """:meth:`seal_direct` for several payloads to one peer in one native call
         (:mod:`ipop.link.fastpath`), with the same bookkeeping as sealing them one by one.
         None (nothing sealed, nothing counted): the caller seals them one by one instead: no
         direct session, or a rekey threshold falls within the run (the per-packet path
-        starts the rekey, or refuses expired keys, at the exact packet)."""
+        starts the rekey, or refuses expired keys, at the exact packet). ``head`` and
+        ``strip``: each plaintext is ``head`` + the payload after ``strip``, the run ending
+        at the first payload that does not start with ``strip`` (:meth:`BatchAead.seal`)."""
         got = self._direct(peer)
         if got is None:
             return None
         st, kp, path = got
-        data = self._seal_run(st, kp, payloads, now)
+        data = self._seal_run(st, kp, payloads, now, head, strip)
         return None if data is None else (data, path)
 
     def seal_relayed_run(
@@ -405,40 +418,59 @@ class LinkLayer:
         path = st.path
         if type(path) is not RelayPath:
             return None
-        data = self._seal_run(st, kp, payloads, now)
+        data = self._seal_run(st, kp, payloads, now, b"", b"")
         return None if data is None else (data, path)
 
-    def send_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> bool:
-        """:meth:`send` for several payloads to a peer on a direct path, sealed in one run and
-        queued in order; False (nothing sealed, nothing queued): the caller sends them one by
-        one (:meth:`seal_run`'s cases)."""
-        sealed = self.seal_run(peer, payloads, now=now)
+    def send_run(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        *,
+        now: float,
+        head: bytes = b"",
+        strip: bytes = b"",
+    ) -> int:
+        """:meth:`send` for ``head`` + each of several payloads to a peer on a direct path,
+        sealed in one run and queued in order: how many (:meth:`seal_run`'s ``strip``); 0
+        (nothing sealed, nothing queued): the caller sends them one by one (:meth:`seal_run`'s
+        cases)."""
+        sealed = self.seal_run(peer, payloads, now=now, head=head, strip=strip)
         if sealed is None:
-            return False
+            return 0
         data, path = sealed
-        self._outbox.extend([(d, path) for d in data])
-        return True
+        self._outbox.extend(zip(data, repeat(path)))  # (in C: no Python step per datagram)
+        return len(data)
 
     def _seal_run(
-        self, st: Peer, kp: Keypair[Peer], payloads: list[bytes], now: float
+        self,
+        st: Peer,
+        kp: Keypair[Peer],
+        payloads: list[bytes],
+        now: float,
+        head: bytes,
+        strip: bytes,
     ) -> list[bytes] | None:
         counter = kp.send_counter
         n = len(payloads)
+        # (With strip the run may end early: the threshold is checked for all of them.)
         if counter + n > kp.rekey_counter_at or now >= kp.rekey_at:
             return None
+        data = kp.send_batch.seal(kp.remote_index, counter, payloads, head, strip)
+        n = len(data)
+        if not n and strip:
+            return None
         kp.send_counter = counter + n
-        data = kp.send_batch.seal(kp.remote_index, counter, payloads)
         st.last_tx = now
         st.tx_packets += n
         st.tx_bytes += sum(map(len, data))
-        if st.tx_first == _INF and st.watched and any(payloads):
+        if st.tx_first == _INF and st.watched and (head or strip or any(payloads)):
             st.tx_first = now  # as _seal: our first message since the peer last spoke
             if now + _REBIND_QUIET < st.due:
                 self._touch(st)
         return data
 
     def open_run(
-        self, datagrams: list[bytes], start: int, path: Path, *, now: float
+        self, datagrams: list[bytes], start: int, path: Path, *, now: float, head: bytes = b""
     ) -> tuple[NodeId, int, list[bytes]] | None:
         """:meth:`open_data` for the run of datagrams from ``datagrams[start]`` on that are
         DATA under one index, in one native call (:mod:`ipop.link.fastpath`): ``(peer, stop,
@@ -450,11 +482,16 @@ class LinkLayer:
         A run is taken only for the peer's current keys, not past their time, on the
         session's own path, with no event queued: the cases that never confirm keys, roam,
         or queue a message behind an event. Everything else is the per-packet path's.
+
+        ``head``: each datagram of the run follows these bytes in its element (the caller
+        checked ``datagrams[start]`` starts with them): a run of RELAY_DELIVER messages from
+        one origin, opened as they came (:meth:`ipop.core.NodeCore.receive_direct_run`).
         """
         data = datagrams[start]
-        if len(data) < DATA_MIN_BYTES or data[0] != TYPE_DATA or self._events:
+        skip = len(head)
+        if len(data) < DATA_MIN_BYTES + skip or data[skip] != TYPE_DATA or self._events:
             return None
-        index = _HDR_UNPACK_FROM(data)[1]
+        index = _HDR_UNPACK_FROM(data, skip)[1]
         kp = self._lookup(index)
         if kp is None:
             return None
@@ -462,16 +499,29 @@ class LinkLayer:
         if kp is not st.current or now >= kp.reject_at or not (path is st.path or path == st.path):
             return None
         stop, results = kp.recv_batch.open(
-            datagrams, start, index, self._reject_messages, kp.replay
+            datagrams, start, index, self._reject_messages, kp.replay, head
         )
         if stop == start:  # not a datagram the run takes (a bytes subclass, say)
             return None
+        opened = [p for p in results if type(p) is bytes]
+        if len(opened) < len(results):
+            drops = self.drops
+            for reason in results:
+                if type(reason) is str:
+                    drops[reason] += 1
+        n = len(opened)
+        if n and b"" not in opened and PROBE_TAG not in bytes(map(_FIRST_BYTE, opened)):
+            # The common run: messages only (no keepalive, no probe). Its bookkeeping at once,
+            # as the loop below would have done it one by one (the run began with no event
+            # queued, and only a probe queues one).
+            self._heard_run(st, now, n)
+            st.rx_packets += n
+            st.rx_bytes += sum(map(len, opened)) + n * DATA_MIN_BYTES
+            st.path_rx = now
+            return st.node_id, stop, opened
         out = []
-        drops, heard, events = self.drops, self._heard, self._events
-        for payload in results:
-            if isinstance(payload, str):
-                drops[payload] += 1
-                continue
+        heard, events = self._heard, self._events
+        for payload in opened:
             heard(st, now)
             st.rx_packets += 1
             st.rx_bytes += len(payload) + DATA_MIN_BYTES
