@@ -59,7 +59,7 @@ from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
 from ipop.link.events import LinkDown, LinkInfo, LinkMessage, LinkPathChanged, LinkUp
 from ipop.link.layer import LinkConfig, LinkLayer
-from ipop.link.pmtu import MAX_DATAGRAM, RELAY_OVERHEAD
+from ipop.link.pmtu import MAX_DATAGRAM, PROBE_TAG, RELAY_OVERHEAD
 from ipop.nat.mapping import MappingCheck, Observer
 from ipop.nat.portguess import PortGuessing, is_knock
 from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
@@ -409,11 +409,20 @@ class NodeCore:
         now: float,
         kind: int,
         out: list[tuple[NodeId, bytes]],
+        relay: NodeId | None = None,
     ) -> None:
         """The payloads a run opened from ``peer`` on ``path``: DIRECT messages of ``kind``
         to ``out``, RELAY_FORWARD and RELAY_DELIVER a run at a time (:meth:`_relay_run`),
-        the rest as one by one."""
-        linked = self.overlay.is_linked(peer)
+        probes to the link layer in their place (:meth:`LinkLayer.probe_in`), the rest as
+        one by one.
+
+        ``relay``: the node that delivered them (:meth:`_relay_run`), where one by one each
+        came as an event after its RELAY_DELIVER: the relay is heard before each message that
+        may answer through it and before each group of messages after one (an answer never
+        finds it suspect; the episode an answer begins ends with the relay's next message),
+        and DIRECT messages hear ``peer``, as the event path's overlay does."""
+        overlay = self.overlay
+        linked = overlay.is_linked(peer)
         # Each message's type and, for DIRECT ones, kind, read in C (map over itemgetter):
         # a run is mostly one type, taken at once below (a run's payloads are never empty).
         tags = bytes(map(_FIRST_BYTE, payloads))
@@ -423,18 +432,30 @@ class NodeCore:
             k = m - len(tags[j:].lstrip(tags[j : j + 1]))  # this type's run: [j, k)
             run = payloads[j:k] if j or k < m else payloads
             j = k
+            if relay is not None:
+                overlay.hop_heard(relay, now=now)
             if tag in (TYPE_RELAY_FORWARD, TYPE_RELAY_DELIVER):
                 self._relay_run(peer, run, now, kind, out)
-                linked = self.overlay.is_linked(peer)
+                linked = overlay.is_linked(peer)
             elif tag == TYPE_DIRECT and linked and _all_of_kind(run, kind):
                 out.extend(zip(repeat(peer), run))
+                if relay is not None:
+                    overlay.direct_heard(peer, now=now)
             else:  # one by one, as the event path would take them
-                for payload in run:
+                for i, payload in enumerate(run):
+                    if i and relay is not None:
+                        overlay.hop_heard(relay, now=now)
                     if linked and tag == TYPE_DIRECT and len(payload) > 1 and payload[1] == kind:
                         out.append((peer, payload))
+                        if relay is not None:
+                            overlay.direct_heard(peer, now=now)
+                        continue
+                    if tag == PROBE_TAG:  # (answered here, after the messages before it)
+                        self.link.probe_in(peer, payload, path, now=now)
+                        self._settle(now)
                         continue
                     self._message_in(peer, payload, path, now)
-                    linked = self.overlay.is_linked(peer)
+                    linked = overlay.is_linked(peer)
 
     def _relay_run(
         self,
@@ -447,7 +468,8 @@ class NodeCore:
         """Relay messages of one type from ``peer`` (:meth:`OverlayNode.relay_run`): as the
         relay, each target's forwards re-sealed in runs; as an end, the datagrams delivered
         for each relayed link opened in runs straight from the messages, as the slow path
-        opens them one by one."""
+        opens them one by one (``relay`` of :meth:`_opened`)."""
+        overlay = self.overlay
 
         def take(payloads: list[bytes], start: int, path: RelayPath, head: bytes) -> int:
             run = self.link.open_run(payloads, start, path, now=now, head=head)
@@ -455,12 +477,14 @@ class NodeCore:
                 got = self._open_one(payloads[start][len(head) :], path, now=now, kind=kind)
                 if got is not None:
                     out.append(got)
+                    overlay.direct_heard(got[0], now=now)  # (the event path's overlay's)
                 return start + 1
             origin, stop, opened = run
-            self._opened(origin, opened, path, now, kind, out)
+            if opened:
+                self._opened(origin, opened, path, now, kind, out, peer)
             return stop
 
-        self.overlay.relay_run(peer, payloads, now=now, take=take)
+        overlay.relay_run(peer, payloads, now=now, take=take)
         self._settle(now)
 
     # --- a relayed link's runs (the data plane's sender) ---------------------------------------

@@ -171,7 +171,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import operator
 import random
 from collections.abc import Callable
 from itertools import repeat
@@ -222,8 +221,6 @@ _REBIND_QUIET: Final = timing.REBIND_QUIET_S
 _HDR_PACK = DATA_HEADER.pack
 _HDR_PACK_INTO = DATA_HEADER.pack_into
 _HDR_UNPACK_FROM = DATA_HEADER.unpack_from
-# A run's message types at once: bytes(map(_FIRST_BYTE, payloads)) iterates in C.
-_FIRST_BYTE = operator.itemgetter(0)
 _EMPTY = b""
 
 
@@ -475,8 +472,9 @@ class LinkLayer:
         """:meth:`open_data` for the run of datagrams from ``datagrams[start]`` on that are
         DATA under one index, in one native call (:mod:`ipop.link.fastpath`): ``(peer, stop,
         payloads)``, ``stop`` the first datagram not taken, ``payloads`` the non-empty
-        authenticated ones in order that :meth:`open_data` would have returned (the rest it
-        counted, queued or handled exactly as there).
+        authenticated ones in order: those :meth:`open_data` would have returned, and the
+        probes, which the caller hands to :meth:`probe_in` in their place (the rest it
+        counted or dropped exactly as there).
 
         None (nothing taken): the caller hands ``datagrams[start]`` to :meth:`open_data`.
         A run is taken only for the peer's current keys, not past their time, on the
@@ -510,31 +508,29 @@ class LinkLayer:
                 if type(reason) is str:
                     drops[reason] += 1
         n = len(opened)
-        if n and b"" not in opened and PROBE_TAG not in bytes(map(_FIRST_BYTE, opened)):
-            # The common run: messages only (no keepalive, no probe). Its bookkeeping at once,
-            # as the loop below would have done it one by one (the run began with no event
-            # queued, and only a probe queues one).
+        if n:
+            # The run's bookkeeping at once, as one by one would have done it (the run began
+            # with no event queued, and nothing here queues one: probes are the caller's).
             self._heard_run(st, now, n)
             st.rx_packets += n
             st.rx_bytes += sum(map(len, opened)) + n * DATA_MIN_BYTES
             st.path_rx = now
-            return st.node_id, stop, opened
-        out = []
-        heard, events = self._heard, self._events
-        for payload in opened:
-            heard(st, now)
-            st.rx_packets += 1
-            st.rx_bytes += len(payload) + DATA_MIN_BYTES
-            st.path_rx = now
-            if not payload:
-                continue
-            if payload[0] == PROBE_TAG:
-                self._on_probe(st, payload, path, now)
-            elif events:
-                events.append(link_message(st.node_id, payload, path))
-            else:
-                out.append(payload)
-        return st.node_id, stop, out
+            if b"" in opened:  # keepalives: counted, nothing to hand on
+                opened = [p for p in opened if p]
+        return st.node_id, stop, opened
+
+    def probe_in(self, peer: NodeId, payload: bytes, path: Path, *, now: float) -> None:
+        """A probe (``PROBE_TAG``) that :meth:`open_run` returned in its place among the
+        run's messages, handled as :meth:`open_data` handles one.
+
+        Why the caller: one by one, a probe is answered after every message before it in the
+        run was handled (their answers took the counters first, and a relay that delivered
+        them was heard before each, :meth:`ipop.core.NodeCore._opened`). Answered while the
+        run was opened, its answer went ahead of theirs, and an answer through a relay began
+        a silent-hop episode that later messages of the run did not end."""
+        st = self._peers.get(peer)
+        if st is not None:
+            self._on_probe(st, payload, path, now)
 
     def open_data(self, data: bytes, path: Path, *, now: float) -> tuple[NodeId, bytes] | None:
         """Data-plane fast path: :meth:`receive_datagram` for one datagram, except that an

@@ -513,11 +513,12 @@ class OverlayNode:
         self._heard[peer] = now
         if payloads[0][0] == TYPE_RELAY_FORWARD:
             self._relay.on_forward_payloads(payloads, peer, now)
+            self._hop_heard(peer, now)  # after the handlers, as on_link_event
         else:
             if take is None:
                 raise LocalProtocolError("relay_run() of RELAY_DELIVER needs take")
-            self._relay.on_deliver_payloads(payloads, peer, now, take)
-        self._hop_heard(peer, now)
+            # The hop is heard before each delivered datagram is opened (see there).
+            self._relay.on_deliver_payloads(payloads, peer, now, take, self._hop_heard)
 
     def request_shortcut(self, peer: NodeId, *, now: float) -> None:
         """Ask for a direct SHORTCUT link to ``peer`` (for traffic we exchange with it)."""
@@ -743,6 +744,19 @@ class OverlayNode:
             self.drops[exc.reason] += 1
         # After the handler: an ALIVE answer is a round-trip sample first (see _on_alive).
         self._hop_heard(ev.peer, now)
+
+    def hop_heard(self, peer: NodeId, *, now: float) -> None:
+        """Anything came from ``peer`` (the relay of :meth:`relay_run`'s datagrams, before
+        the core opens each): a silent-hop episode toward it ends."""
+        self._hop_heard(peer, now)
+
+    def direct_heard(self, peer: NodeId, *, now: float) -> None:
+        """DIRECT messages from linked ``peer`` that the core took without a LinkMessage (a
+        relayed link's, which one by one came as events): heard, as :meth:`on_link_event`
+        hears them."""
+        if peer in self._table:
+            self._heard[peer] = now
+            self._hop_heard(peer, now)
 
     def _hop_heard(self, peer: NodeId, now: float) -> None:
         if self._silent_hops.heard(peer, now):

@@ -480,7 +480,12 @@ class RelayRole:
         return out
 
     def on_deliver_payloads(
-        self, payloads: list[bytes], peer: NodeId, now: float, take: TakeDelivered
+        self,
+        payloads: list[bytes],
+        peer: NodeId,
+        now: float,
+        take: TakeDelivered,
+        heard: Callable[[NodeId, float], None],
     ) -> None:
         """:meth:`on_deliver_run` for the RELAY_DELIVER payloads of a run as they came (the
         data plane's receiver: :meth:`ipop.core.NodeCore.receive_direct_run`), in order.
@@ -491,7 +496,15 @@ class RelayRole:
         origin, so the same path) and returns the index after the last one it took (the link
         layer's run: :meth:`ipop.link.layer.LinkLayer.open_run` with ``head``). Why: as for
         :meth:`on_forward_payloads`, a RelayDeliver and a RelayDatagram per message cost the
-        receiver more than its AEAD passes."""
+        receiver more than its AEAD passes.
+
+        ``heard(peer, now)`` (the node's silent-hop bookkeeping) is called before each
+        message, or each run ``take`` opens, as one by one: there the relay is heard before
+        the datagrams it delivered are opened (they are events, taken after the message). Why
+        it matters: a datagram delivered here may make us answer through ``peer`` (a
+        handshake's response); hearing ``peer`` only after the run, that answer found it still
+        suspect from before and failed the link over to another relay, and an episode the
+        answer began was ended at once."""
         row = self._table.get(peer)
         local = self.local_id
         held = False
@@ -499,6 +512,7 @@ class RelayRole:
         paths: dict[int, RelayPath] = {}
         i, n = 0, len(payloads)
         while i < n:
+            heard(peer, now)
             data = payloads[i]
             try:
                 origin = RelayDeliver.decode(data).origin

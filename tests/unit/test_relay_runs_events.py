@@ -1,0 +1,427 @@
+"""Relayed links in runs through the events of a cold start are relayed links one by one.
+
+``test_relay_runs_diff`` holds one relayed link's steady traffic equal both ways. Here five
+:class:`ipop.core.NodeCore` objects in memory (ends A, C and B, relays R1 and R2, every end
+linked to both relays, the ends' direct datagrams lost to their NATs until a pair "punches")
+live through what cold starts bring, in a seeded random order, while IP packets and pings
+flow both ways: a rekey, a handshake over a relay while data flows, a failover to the other
+relay with the old one still delivering late datagrams, the pair punching direct with
+datagrams still arriving through the relay, a relay that fell silent (a suspect hop) and
+speaks again, a relay that lost its link to the target (RELAY_REFUSED), two origins in one
+RELAY_DELIVER run, overlay control and probes inside runs.
+
+Two worlds live through the same script: one whose nodes take every datagram one by one
+(``receive_direct``, ``send_ip``), one whose nodes take them in runs of random length
+(``receive_direct_run``, ``send_relayed_run``). Ephemeral keys are drawn from a counter, so
+that the two worlds are byte for byte the same as long as they behave the same: every
+datagram on the wire, every IP packet and event, and each node's counters and sessions are
+compared after every step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from ipop.core import NodeCore
+from ipop.identity import NodeIdentity
+from ipop.identity import ca as ca_mod
+from ipop.identity import credentials as credentials_mod
+from ipop.link import fastpath
+from ipop.link import handshake as handshake_mod
+from ipop.link import handshakes as handshakes_mod
+from ipop.overlay.events import Delivered
+from ipop.overlay.messages import KIND_IP, KIND_PING, TYPE_DIRECT, Alive
+from ipop.testing.identities import make_identity, make_network
+from ipop.types import Endpoint, NodeId, RelayPath
+
+NATIVE = fastpath.native_class()
+BACKENDS = [
+    "python",
+    pytest.param("native", marks=pytest.mark.skipif(NATIVE is None, reason="not built")),
+]
+NAMES = ("r1", "r2", "a", "c", "b")
+ENDS = ("a", "c", "b")
+EPS = {
+    "r1": Endpoint("198.51.100.11", 5800),
+    "r2": Endpoint("198.51.100.12", 5800),
+    "a": Endpoint("203.0.113.21", 5800),
+    "c": Endpoint("203.0.113.23", 5800),
+    "b": Endpoint("203.0.113.22", 5800),
+}
+T0 = time.time()
+
+
+class _CountedSigningKeys:
+    """Ed25519PrivateKey for the identities, its ``generate`` drawn from a counter: the same
+    node ids (the same places on the ring) in every run of the test."""
+
+    def __init__(self) -> None:
+        self.drawn = itertools.count()
+
+    def generate(self) -> Ed25519PrivateKey:
+        seed = hashlib.sha256(b"signing %d" % next(self.drawn)).digest()
+        return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def _identities() -> dict[str, NodeIdentity]:
+    with pytest.MonkeyPatch.context() as mp:
+        keys = _CountedSigningKeys()
+        mp.setattr(ca_mod, "Ed25519PrivateKey", keys)
+        mp.setattr(credentials_mod, "Ed25519PrivateKey", keys)
+        ca = make_network("quintet", now=T0 - 60)
+        return {name: make_identity(ca, name, now=T0 - 60) for name in NAMES}
+
+
+IDS = _identities()  # both worlds: the same ids
+
+
+class _CountedKeys:
+    """X25519PrivateKey for the handshakes, its ``generate`` drawn from a counter."""
+
+    def __init__(self) -> None:
+        self.drawn: Iterator[int] = itertools.count()
+
+    def generate(self) -> X25519PrivateKey:
+        seed = hashlib.sha256(b"ephemeral %d" % next(self.drawn)).digest()
+        return X25519PrivateKey.from_private_bytes(seed)
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend() -> Iterator[None]:
+    yield
+    fastpath.use("auto")
+
+
+@dataclass
+class World:
+    """Five cores in memory; ``runs``: the data plane's runs, else one by one."""
+
+    runs: bool
+    split: random.Random
+    whole: bool = False  # each batch in one run, else split at random (1 to 9 long)
+    cores: dict[str, NodeCore] = field(default_factory=dict)
+    # End pairs whose direct datagrams get through (punched).
+    direct: set[frozenset[str]] = field(default_factory=set)
+    # (src, dst) whose datagrams wait in ``held`` until released (a stalled hop).
+    stalled: set[tuple[str, str]] = field(default_factory=set)
+    held: list[tuple[str, str, bytes]] = field(default_factory=list)
+    wire: list[tuple[str, str, bytes]] = field(default_factory=list)
+    got: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
+    events: list[tuple[str, str]] = field(default_factory=list)
+
+    def name_at(self, ep: Endpoint) -> str | None:
+        for name, e in EPS.items():
+            if e == ep:
+                return name
+        return None
+
+    def name_of(self, node: NodeId) -> str:
+        for name, core in self.cores.items():
+            if core.local_id == node:
+                return name
+        return "?"
+
+    def id(self, name: str) -> NodeId:
+        return self.cores[name].local_id
+
+    def take(self, dst: str, src: str, datagrams: list[bytes], now: float) -> None:
+        """What the data plane does with ``datagrams`` from ``src`` (one recvmmsg's)."""
+        core = self.cores[dst]
+        ep = EPS[src]
+        out: list[tuple[NodeId, bytes]] = []
+        if self.runs:
+            i = 0
+            while i < len(datagrams):
+                k = len(datagrams) if self.whole else i + self.split.randint(1, 9)
+                out += core.receive_direct_run(datagrams[i:k], ep, now=now, kind=KIND_IP)
+                i = k
+        else:
+            for data in datagrams:
+                one = core.receive_direct(data, ep, now=now, kind=KIND_IP)
+                if one is not None:
+                    out.append(one)
+        core.flush(now=now)
+        for peer, msg in out:
+            self.got.setdefault((dst, self.name_of(peer)), []).append(msg[2:])
+        self.drain_events(dst)
+
+    def drain_events(self, name: str) -> None:
+        core = self.cores[name]
+        while (ev := core.next_event()) is not None:
+            if type(ev) is Delivered and ev.kind == KIND_IP:
+                self.got.setdefault((name, self.name_of(ev.src)), []).append(ev.payload)
+            else:
+                self.events.append((name, repr(ev)))
+
+    def move(self, now: float) -> bool:
+        """Carry every queued datagram once, grouped per (source, destination) in order."""
+        moved = False
+        for src in NAMES:
+            core = self.cores[src]
+            batches: dict[str, list[bytes]] = {}
+            for data, path in core.datagrams_to_send(now=now):
+                moved = True
+                dst = self.name_at(path) if isinstance(path, Endpoint) else None
+                if dst is None:
+                    continue
+                if dst in ENDS and src in ENDS and frozenset((src, dst)) not in self.direct:
+                    continue
+                if (src, dst) in self.stalled:
+                    self.held.append((src, dst, data))
+                    continue
+                self.wire.append((src, dst, data))
+                batches.setdefault(dst, []).append(data)
+            for dst, datagrams in batches.items():
+                self.take(dst, src, datagrams, now)
+        return moved
+
+    def settle(self, now: float) -> None:
+        for _ in range(20):
+            if not self.move(now):
+                return
+
+    def release(self, src: str, dst: str, now: float) -> None:
+        """The stalled hop speaks again: what it held arrives late, in one batch."""
+        self.stalled.discard((src, dst))
+        late = [d for s, t, d in self.held if (s, t) == (src, dst)]
+        self.held = [h for h in self.held if (h[0], h[1]) != (src, dst)]
+        self.wire += [(src, dst, d) for d in late]
+        if late:
+            self.take(dst, src, late, now)
+
+    def timers(self, now: float) -> None:
+        for name in NAMES:
+            core = self.cores[name]
+            due = core.get_timer()
+            if due is not None and due <= now:
+                core.handle_timer(now=now)
+            self.drain_events(name)
+
+    def send_ip(self, src: str, dst: str, packets: list[bytes], now: float) -> None:
+        """The data plane's sender: a relayed link's packets in one run where it can."""
+        core, to = self.cores[src], self.id(dst)
+        msgs = [bytes((TYPE_DIRECT, KIND_IP)) + p for p in packets]
+        if self.runs and core.send_relayed_run(to, msgs, now=now):
+            return
+        for p in packets:
+            core.send_ip(to, p, now=now)
+        core.flush(now=now)
+
+
+def _world(runs: bool, seed: int, keys: _CountedKeys) -> tuple[World, float, Iterator[int]]:
+    drawn = keys.drawn = itertools.count()
+    w = World(runs, random.Random(seed))
+    boot = {"r1": [], "r2": [EPS["r1"]]}
+    for i, name in enumerate(NAMES):
+        w.cores[name] = NodeCore(
+            IDS[name],
+            rng=random.Random(100 + i),
+            bootstrap=boot.get(name, [EPS["r1"], EPS["r2"]]),
+        )
+    now = T0
+    for name in NAMES:
+        w.cores[name].start(now=now)
+    for _ in range(300):
+        now += 0.02
+        w.timers(now)
+        w.settle(now)
+    return w, now, drawn
+
+
+def _state(w: World) -> dict[str, Any]:
+    # The wire per (source, destination), in order: the order across destinations is the
+    # outbox's (a relayed run's datagrams leave after a handshake queued for another relay,
+    # say), which no network keeps anyway.
+    wire: dict[tuple[str, str], list[bytes]] = {}
+    for src, dst, data in w.wire:
+        wire.setdefault((src, dst), []).append(data)
+    out: dict[str, Any] = {"wire": wire, "got": w.got, "events": w.events, "held": w.held}
+    for name, core in w.cores.items():
+        sessions = {}
+        for st in core.link._peers.values():
+            kp = st.current
+            keys = None if kp is None else (kp.send_counter, kp.replay.top, bytes(kp.replay.seen))
+            sessions[w.name_of(st.node_id)] = (
+                repr(st.path),
+                st.up,
+                (st.rx_packets, st.rx_bytes, st.last_rx, st.tx_packets, st.tx_bytes),
+                keys,
+            )
+        out[name] = {
+            "sessions": sessions,
+            "link_drops": dict(core.link.drops),
+            "link_stats": dict(core.link.stats),
+            "node": dict(core.stats),
+            "overlay_drops": dict(core.overlay.drops),
+            "overlay_stats": dict(core.overlay.stats),
+            "linked": sorted(w.name_of(p) for p in core.overlay.connected_peers()),
+            # Links up and down, path changes and their reasons, punches (the adapter's log).
+            "journal": [(n.at, n.line()) for n in core.journal._notes],
+        }
+    return out
+
+
+def _packets(rng: random.Random, n: int) -> list[bytes]:
+    return [b"\x45" + bytes(rng.randrange(20, 300)) + bytes([k]) for k in range(n)]
+
+
+def _script(w: World, seed: int, now: float, steps: int) -> Iterator[str]:
+    """The script both worlds live through: yields each step's name once it is done."""
+    rng = random.Random(seed)  # the same draws in both worlds: the script's own
+
+    def relay(x: str, y: str, via: str) -> None:
+        w.cores[x].link.connect(RelayPath(via=w.id(via), peer=w.id(y)), now=now, expected=w.id(y))
+        w.cores[x].flush(now=now)
+
+    relay("a", "b", "r1")
+    relay("c", "b", "r1")
+    w.settle(now)
+    yield "relayed"
+    for _ in range(steps):
+        now += rng.choice((0.001, 0.01, 0.05, 0.3))
+        step = rng.choice(
+            (
+                "traffic",
+                "traffic",
+                "traffic",
+                "ping",
+                "rekey",
+                "failover",
+                "failback",
+                "punch",
+                "stall",
+                "refused",
+                "probe",
+            )
+        )
+        if step == "rekey":  # the next packet starts a rekey over the relayed path
+            x, y = rng.choice((("a", "b"), ("b", "a"), ("c", "b")))
+            st = w.cores[x].link._peers.get(w.id(y))
+            if st is not None and st.current is not None:
+                st.current.rekey_at = now
+        elif step in ("failover", "failback"):  # a handshake over the other relay
+            x, y = rng.choice((("a", "b"), ("b", "a"), ("c", "b")))
+            via = "r2" if step == "failover" else "r1"
+            old = "r1" if via == "r2" else "r2"
+            w.stalled.add((old, y))  # the old relay's deliveries come late
+            relay(x, y, via)
+        elif step == "punch":
+            x, y = rng.choice((("a", "b"), ("b", "a")))
+            path = w.cores[x].link.path_of(w.id(y))
+            if isinstance(path, RelayPath):  # its relay's deliveries come after the punch
+                w.stalled.add((w.name_of(path.via), y))
+            w.direct.add(frozenset((x, y)))
+            # The punch gets through now: an attempt still retrying there starts afresh.
+            w.cores[x].link.handshakes.cancel(w.id(y))
+            w.cores[x].link.connect(EPS[y], now=now, expected=w.id(y))
+            w.cores[x].flush(now=now)
+        elif step == "stall":  # a relay falls silent toward an end for a while
+            w.stalled.add((rng.choice(("r1", "r2")), rng.choice(ENDS)))
+        elif step == "refused":  # a relay loses its link to an end
+            r, y = rng.choice(("r1", "r2")), rng.choice(ENDS)
+            w.cores[r].link.close(w.id(y), now=now)
+            w.cores[r].flush(now=now)
+        elif step == "probe":
+            x, y = rng.choice((("a", "b"), ("b", "a"), ("c", "b")))
+            w.cores[x].link.want_path_mtu(w.id(y), now=now)
+        # Traffic every step: IP packets (runs), pings (overlay), both ways.
+        for x, y in (("a", "b"), ("b", "a"), ("c", "b"), ("b", "c")):
+            if rng.random() < 0.6:
+                w.send_ip(x, y, _packets(rng, rng.randrange(1, 12)), now)
+            if step == "ping" and rng.random() < 0.5:
+                w.cores[x].send(w.id(y), KIND_PING, b"ping", now=now)
+                w.cores[x].flush(now=now)
+        w.timers(now)
+        w.settle(now)
+        if w.stalled and rng.random() < 0.3:
+            src, dst = sorted(w.stalled)[rng.randrange(len(w.stalled))]
+            w.release(src, dst, now)
+            w.settle(now)
+        yield step
+
+
+def _compare(backend: str, seed: int, steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = _CountedKeys()
+    monkeypatch.setattr(handshake_mod, "X25519PrivateKey", keys)
+    monkeypatch.setattr(handshakes_mod, "X25519PrivateKey", keys)
+    fastpath.use("python")
+    one, t, one_keys = _world(False, seed, keys)
+    fastpath.use(backend)
+    run, t2, run_keys = _world(True, seed, keys)
+    assert t == t2
+    assert _state(one) == _state(run)
+    # Both through the same script in lockstep, each world drawing its ephemeral keys from
+    # its own counter (as the setup did): the same keys as long as they behave the same.
+    counts = {False: one_keys, True: run_keys}
+    scripts = {False: _script(one, seed, t, steps), True: _script(run, seed, t, steps)}
+    history: list[str] = []
+    while True:
+        steps_done = []
+        for runs in (False, True):
+            keys.drawn = counts[runs]
+            steps_done.append(next(scripts[runs], None))
+        assert steps_done[0] == steps_done[1]
+        if steps_done[0] is None:
+            break
+        history.append(steps_done[0])
+        a, b = _state(one), _state(run)
+        for key in a:
+            assert a[key] == b[key], (seed, history, key)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(6))
+def test_relayed_runs_through_cold_start_events(
+    backend: str, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _compare(backend, seed, 60, monkeypatch)
+
+
+@pytest.mark.parametrize("runs", [False, True])
+def test_an_answer_inside_a_delivered_run_never_finds_its_relay_suspect(
+    runs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # B sent into R1 and heard nothing back for seconds (R1 is suspect to B). Then R1 speaks:
+    # it delivers A's packets and A's ALIVE question (A probing B as a silent next hop),
+    # whose answer B sends back through R1. One by one, B heard R1 (each RELAY_DELIVER)
+    # before it opened what R1 delivered; in runs it heard R1 only after the whole run, so
+    # the answer found R1 suspect and failed B's link to A over to R2: a relay failover for
+    # nothing ("path_changed path=relayed was=relayed at=via:R2 reason=handshake").
+    keys = _CountedKeys()
+    monkeypatch.setattr(handshake_mod, "X25519PrivateKey", keys)
+    monkeypatch.setattr(handshakes_mod, "X25519PrivateKey", keys)
+    fastpath.use("python")
+    w, now, _ = _world(runs, 0, keys)
+    a, b = w.cores["a"], w.cores["b"]
+    a.link.connect(RelayPath(via=w.id("r1"), peer=w.id("b")), now=now, expected=w.id("b"))
+    a.flush(now=now)
+    w.settle(now)
+    via_r1 = RelayPath(via=w.id("r1"), peer=w.id("a"))
+    assert b.link.path_of(w.id("a")) == via_r1
+    w.stalled.add(("r1", "b"))
+    now += 0.1
+    w.send_ip("b", "a", _packets(random.Random(1), 3), now)  # into R1: an episode begins
+    w.settle(now)
+    now += 4.0  # past SUSPECT_RTOS timeouts of any RTO: R1 is suspect to B
+    assert b.overlay._silent_hops.suspect(w.id("r1"), now)
+    w.held.clear()  # what R1 sent B meanwhile (its own gossip, say) was lost
+    a.link.send(w.id("b"), Alive(True, 7).encode(), now=now)
+    w.send_ip("a", "b", _packets(random.Random(2), 8), now)
+    w.settle(now)
+    assert w.held and all(s == "r1" for s, _, _ in w.held)
+    w.whole = True
+    w.release("r1", "b", now)  # R1 speaks: A's deliveries, in one batch
+    w.settle(now)
+    assert b.overlay.stats["relay_failovers"] == 0
+    assert b.link.path_of(w.id("a")) == via_r1
+    assert len(w.got[("a", "b")]) == 3 and len(w.got[("b", "a")]) == 8
