@@ -17,7 +17,8 @@ vIP and the lifecycle; on the LAN, :class:`RouterLan`:
   renewed while the DHCP lease is live; an address offered to a MAC that never REQUESTs it is
   given back after :data:`ipop.router.claims.OFFER_HOLD_S`;
 * answers ARP for the gateway and for remote virtual IPs that are live in the DHT, only those
-  (never for a LAN host: it answers itself, and LAN-to-LAN traffic stays on the LAN);
+  (never for a LAN host: it answers itself, and LAN-to-LAN traffic stays on the LAN); an
+  address the data plane holds a fresh DHT answer for is answered without another lookup;
 * serves DNS for ``*.<suffix>`` on the gateway address;
 * publishes the services of its config's ``[[service]]`` tables at their LAN hosts'
   addresses (:class:`ipop.router.lanservices.LanServices`);
@@ -96,6 +97,7 @@ _ARP_REQUEST = b"\x00\x01\x08\x00\x06\x04\x00\x01"
 DROP_REASONS = frozenset(
     {
         "arp_not_live",  # proxy ARP for an address no node holds (or a LAN host's)
+        "arp_lookup_failed",  # proxy ARP's DHT lookup failed or timed out (its ARPs unanswered)
         "arp_rate_limited",  # a lookup refused by the per-MAC or the LAN-wide rate
         "arp_lookups_busy",  # a lookup refused: too many in flight
         "arp_waiters_full",  # an ARP for an address whose lookup has enough waiters
@@ -357,6 +359,11 @@ class RouterLan:
             return
         key = tpa.packed
         live = self.owners.answer(key, now)
+        if live is None and (dp := self.dataplane) is not None and dp.live_owner(key) is not None:
+            # The data plane holds a fresh DHT answer for it: a host's ARP for the sender of
+            # a packet we just delivered (its reply's next hop), answered without asking the
+            # DHT again. Under load that get took seconds, and the first replies were lost.
+            live = True
         if live is not None:
             self._arp_answer(tpa, reply, live)
             return
@@ -379,10 +386,14 @@ class RouterLan:
         try:
             owner = await asyncio.wait_for(self.daemon.lookup_owner(tpa), ARP_LOOKUP_TIMEOUT_S)
         except asyncio.CancelledError:
-            self.owners.finish(tpa.packed, False, self.clock())
+            self.owners.finish(tpa.packed, None, self.clock())
             raise
-        except Exception:  # a DHT failure or timeout is a miss; the host asks again
-            owner = None
+        except Exception:
+            # A DHT failure or timeout is a miss, not an answer: the host's next ARP (a
+            # second later) starts a new lookup instead of meeting a cached "absent".
+            self.count_drop("arp_lookup_failed")
+            self.owners.finish(tpa.packed, None, self.clock())
+            return
         for reply in self.owners.finish(tpa.packed, owner is not None, self.clock()):
             self._arp_answer(tpa, reply, owner is not None)
 

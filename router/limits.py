@@ -90,8 +90,10 @@ class OwnerLookups(Generic[W]):
         self.started += 1
         return True
 
-    def finish(self, vip: bytes, live: bool, now: float) -> list[W]:
-        """Record the verdict of ``vip``'s lookup; its waiters (the caller answers them)."""
-        ttl = self.live_ttl_s if live else self.dead_ttl_s
-        lru_put(self._cache, vip, (live, now + ttl), self.max_cached)
+    def finish(self, vip: bytes, live: bool | None, now: float) -> list[W]:
+        """Record the verdict of ``vip``'s lookup (None: the lookup failed or timed out, which
+        says nothing of the address and is not cached); its waiters (the caller answers them)."""
+        if live is not None:
+            ttl = self.live_ttl_s if live else self.dead_ttl_s
+            lru_put(self._cache, vip, (live, now + ttl), self.max_cached)
         return self._in_flight.pop(vip, [])

@@ -261,6 +261,11 @@ class DataPlane:
     def owner_of(self, addr: bytes) -> NodeId | None:
         return self.owners.owner_of(addr)
 
+    def live_owner(self, addr: bytes) -> NodeId | None:
+        """The holder of ``addr`` by a DHT answer this data plane still trusts (the one its
+        packet checks use), without a lookup."""
+        return self.owners.holder(addr, now=self.clock())
+
     def known_owners(self) -> dict[NodeId, bytes]:
         return self.owners.known()
 

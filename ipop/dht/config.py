@@ -41,7 +41,9 @@ class DhtConfig:
     # lookups were a fifth of all overlay traffic. Lookups for a replica set keep ``ksize``:
     # with k=10 two creators racing in a fresh 50-node network saw different replica sets and
     # both won (tests/sim/test_dht_alloc.py), and at 1,000 nodes one put in 100 landed on 8
-    # nodes none of which was among the key's 8 nearest.
+    # nodes none of which was among the key's 8 nearest. One exception: a create's first
+    # lookup, which only picks whom to offer the claim to first; the claim is judged on a
+    # ksize-wide lookup that finds nobody it was not offered to (ipop.dht.write, _converge).
     lookup_k: int | None = None
     alpha: int = 3
     rpc_retry_s: float = DHT_RPC_RETRY_S  # the ceiling of the adaptive timeout

@@ -239,10 +239,11 @@ class Lookups:
         found = await spider.find()
         return [node_id_from_bytes(n.id) for n in found if n.id in spider.answered]
 
-    async def replica_set(self, kid: bytes) -> list[NodeId]:
-        """The R nodes nearest ``kid`` that answered the lookup, this node included if near."""
+    async def replica_set(self, kid: bytes, *, width: int | None = None) -> list[NodeId]:
+        """The R nodes nearest ``kid`` that answered the lookup (``width`` wide, default
+        ``ksize``), this node included if near."""
         await self.ensure_contacts()
-        found = set(await self.lookup(kid)) | {self.node_id}
+        found = set(await self.lookup(kid, width=width)) | {self.node_id}
         target = int.from_bytes(kid, "big")
         return sorted(found, key=lambda n: n.value ^ target)[: self.config.replicas]
 

@@ -137,6 +137,12 @@ class OwnerTable:
         entry = self.entries.get(vip)
         return entry[0] if entry is not None else None
 
+    def holder(self, vip: bytes, *, now: float) -> NodeId | None:
+        """The node holding ``vip`` by an answer still fresh at ``now`` (or a pin); None if
+        the answer is absence, stale or missing."""
+        entry = self.entries.get(vip)
+        return entry[0] if entry is not None and entry[1] > now else None
+
     # --- lookups ------------------------------------------------------------------------------
 
     def hold_out(self, vip: bytes, packet: bytes, *, now: float) -> Held | LookupDrop:

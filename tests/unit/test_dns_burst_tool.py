@@ -39,7 +39,7 @@ class _Server(asyncio.DatagramProtocol):
         self.transport.sendto(reply.pack(), addr)  # a duplicate: counted once
 
 
-def _run(drop_every: int = 0) -> dict[str, Any]:
+def _run(drop_every: int = 0, retry_s: float = 0.2) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
@@ -47,7 +47,7 @@ def _run(drop_every: int = 0) -> dict[str, Any]:
         )
         try:
             port = transport.get_extra_info("sockname")[1]
-            got = await burst(("127.0.0.1", port), ["a.ipop", "nx.ipop"], 200, retry_s=0.2)
+            got = await burst(("127.0.0.1", port), ["a.ipop", "nx.ipop"], 200, retry_s=retry_s)
             return got.summary()
         finally:
             transport.close()
@@ -56,7 +56,8 @@ def _run(drop_every: int = 0) -> dict[str, Any]:
 
 
 def test_every_reply_is_counted_once_with_its_rcode() -> None:
-    s = _run()
+    # A retry time no loaded machine reaches: any resend here would be the tool's fault.
+    s = _run(retry_s=30.0)
     assert s["answered"] == 200 and s["resent"] == 0
     assert s["rcodes"] == {"NOERROR": 100, "NXDOMAIN": 100} and s["ok"] == 100
     assert s["p50_ms"] is not None and s["p99_ms"] is not None and s["p50_ms"] <= s["p99_ms"]

@@ -85,6 +85,10 @@ class FakeDataPlane:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.local: set[IPv4Address] = set()
+        self.owners: dict[bytes, NodeId] = {}  # fresh DHT answers its packet checks hold
+
+    def live_owner(self, addr: bytes) -> NodeId | None:
+        return self.owners.get(addr)
 
     def write_frame(self, frame: bytes) -> None:
         self.written.append(frame)
@@ -440,6 +444,51 @@ def test_arp_answers_are_cached_and_one_lookup_runs_per_address(
         assert r.rdrops["arp_waiters_full"] == 6
         r.feed(_arp_request(M1, V1, remote))  # from the cache
         assert node.dht.calls["get"] == 1 and len(r.dataplane.written) == 5  # type: ignore[union-attr]
+
+    _run(bundle, tmp_path, body, static_hosts=False)
+
+
+def test_an_arp_for_an_address_the_data_plane_holds_an_answer_for_is_answered_at_once(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    """A LAN host's reply to a remote sender: the data plane checked that sender's address a
+    moment ago, so its ARP waits on no DHT get (which, slow, cost the first replies)."""
+    remote = IPv4Address("100.64.9.9")
+
+    async def body(r: RouterLan) -> None:
+        node = await _start(r)
+        node.dht.gate.clear()  # a DHT get would not end
+        r.dataplane.owners[remote.packed] = OTHER  # type: ignore[union-attr]
+        r.feed(_arp_request(M1, V1, remote))
+        assert node.dht.calls["get"] == 0
+        (reply,) = r.dataplane.written  # type: ignore[union-attr]
+        assert ARP(reply[14:]).psrc == str(remote) and ARP(reply[14:]).op == 2
+        node.dht.gate.set()
+
+    _run(bundle, tmp_path, body, static_hosts=False)
+
+
+def test_a_failed_arp_lookup_is_not_remembered_as_absent(bundle: Bundle, tmp_path: Path) -> None:
+    remote = IPv4Address("100.64.9.9")
+
+    async def body(r: RouterLan) -> None:
+        node = await _start(r)
+        node.dht.hold(ip_key(r.network, remote), OTHER)
+        real_get = node.dht.get
+
+        async def failing_get(key: str) -> Any:
+            raise TimeoutError("the DHT did not answer")
+
+        node.dht.get = failing_get  # type: ignore[method-assign]
+        r.feed(_arp_request(M1, V1, remote))
+        await settle(r)
+        assert r.rdrops["arp_lookup_failed"] == 1 and not r.dataplane.written  # type: ignore[union-attr]
+        node.dht.get = real_get  # type: ignore[method-assign]
+        r.clock.now += 1.0  # type: ignore[attr-defined]  # the host's next ARP
+        r.feed(_arp_request(M1, V1, remote))
+        await settle(r)
+        assert node.dht.calls["get"] == 1  # asked again: not a cached "absent"
+        assert len(r.dataplane.written) == 1  # type: ignore[union-attr]
 
     _run(bundle, tmp_path, body, static_hosts=False)
 

@@ -49,6 +49,20 @@ def test_absence_is_cached_for_a_short_while() -> None:
     assert t.owner_of(_vip(5)) is None
 
 
+def test_a_holder_is_named_only_while_its_answer_is_fresh() -> None:
+    t = OwnerTable()
+    t.hold_out(_vip(5), b"a", now=NOW)
+    t.answer(_vip(5), PEER, now=NOW)
+    t.hold_out(_vip(6), b"a", now=NOW)
+    t.answer(_vip(6), None, now=NOW)
+    t.pin(_vip(7), ME)
+    assert t.holder(_vip(5), now=NOW + OWNER_TTL_S - 1) == PEER
+    assert t.holder(_vip(5), now=NOW + OWNER_TTL_S) is None  # stale: ask again
+    assert t.holder(_vip(6), now=NOW) is None  # absent
+    assert t.holder(_vip(8), now=NOW) is None  # never asked
+    assert t.holder(_vip(7), now=NOW + 1e9) == ME  # pinned
+
+
 def test_packets_held_per_address_are_bounded() -> None:
     t = OwnerTable()
     got = [t.hold_in(_vip(5), PEER, b"p", now=NOW) for _ in range(PENDING_MAX + 5)]
