@@ -16,8 +16,29 @@ certificate and private key, the bootstrap endpoints, the virtual subnet and the
     node_key = '''-----BEGIN PRIVATE KEY-----…'''
     crl = '''-----BEGIN X509 CRL-----…'''   # optional: the network's revocation list
 
+A network on a shared overlay (issue 17) adds three keys and an optional fourth; the node
+key stays one, so both certificates certify it and the node id is one::
+
+    overlay = "shared"                          # the overlay's name (its CA's O=)
+    overlay_ca_cert = '''-----BEGIN CERTIFICATE-----…'''   # the overlay CA
+    overlay_cert = '''-----BEGIN CERTIFICATE-----…'''      # this node's, from the overlay CA
+    overlay_crl = '''-----BEGIN X509 CRL-----…'''         # optional: the overlay's CRL
+
+Links, routing and origin auth then use the overlay credentials
+(:meth:`Bundle.overlay_identity`), the network's DHT records the network ones
+(:meth:`Bundle.identity`); :meth:`Bundle.identities` gives both, the same object for a bundle
+without overlay keys, which is exactly today's one-network node (such files are read and
+written byte for byte as before). An overlay-only bundle has ``format``, ``overlay``,
+``overlay_ca_cert``, ``overlay_cert``, ``node_key``, ``bootstrap``, ``node_name`` and perhaps
+``overlay_crl`` only: no network key at all (:meth:`Bundle.identity` and
+:meth:`Bundle.membership` raise for it).
+Sizes measured with ``ipop-config`` (one bootstrap endpoint, a hostname): 1.6 KB for a
+one-network bundle, 2.75 KB with the overlay keys (3.1 KB with a one-entry CRL), 1.56 KB
+overlay-only; MAX_BUNDLE_BYTES (25 KB) stays, with room for hundreds of bootstrap endpoints.
+
 Parsing is strict: unknown keys, wrong types and anything that does not fit together (the key
-does not match the certificate, the certificate is not from the bundled CA, the name differs)
+does not match the certificate, the certificate is not from the bundled CA, the name differs,
+the overlay certificate is not from the overlay CA or certifies another key than node_cert)
 raise :class:`ConfigError` naming the key and the fix. A :class:`Bundle` is checked when it is
 constructed, so holding one means everything but time is right; :meth:`Bundle.identity` and
 :meth:`Bundle.problems` add the validity window at a given ``now``.
@@ -26,6 +47,8 @@ The optional ``crl`` is the CA-signed revocation list in force when ``ipop-confi
 bundle (see :meth:`ipop.identity.CaTrust.apply_crl`); it is verified at construction and
 installed in the bundle's trust by :meth:`Bundle.identity`, so a new node refuses revoked
 members from its first handshake. Revocations of unexpired certificates only: ~40 bytes each.
+On a shared overlay ``crl`` is the network CA's (it refuses DHT records of revoked members)
+and ``overlay_crl`` the overlay CA's (it refuses their links), each installed in its trust.
 
 Writing uses a small TOML emitter of our own (the stdlib only reads TOML); it escapes every
 string so what :func:`dump_bundle` writes, :func:`parse_bundle` reads back unchanged.
@@ -66,6 +89,7 @@ __all__ = [
     "DEFAULT_SUBNET",
     "MAX_BUNDLE_BYTES",
     "Bundle",
+    "Membership",
     "dump_bundle",
     "format_toml",
     "load_bundle",
@@ -206,42 +230,112 @@ def format_toml(items: Sequence[tuple[str, TomlValue]], *, header: str = "") -> 
 
 _KEYS = (
     "format",
+    "overlay",
     "network",
     "subnet",
     "dns_suffix",
     "bootstrap",
     "node_name",
     "hostname",
+    "overlay_ca_cert",
+    "overlay_cert",
     "ca_cert",
     "node_cert",
     "node_key",
     "crl",
+    "overlay_crl",
 )
+# Every bundle has these; a member's also the network keys; one on a shared overlay also these.
+_BASE_KEYS = ("format", "bootstrap", "node_name", "node_key")
+_NETWORK_KEYS = ("network", "subnet", "ca_cert", "node_cert")
+_NETWORK_OPTIONAL = ("dns_suffix", "hostname", "crl")
+_OVERLAY_KEYS = ("overlay", "overlay_ca_cert", "overlay_cert")
 _FIX_REMAKE = "make a new bundle with 'ipop-config node NETWORK NAME --force'"
+_FIX_REMAKE_OVERLAY = (
+    "make a new bundle with 'ipop-config node NETWORK NAME --force' (a member) or "
+    "'ipop-config overlay node OVERLAY NAME --force' (an overlay-only node)"
+)
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass(frozen=True)
-class Bundle:
-    """A parsed, internally consistent bundle. Construction checks everything but time."""
+def _certificate(trust: CaTrust, pem: bytes, *, key: str, ca: str, fix: str) -> NodeCertificate:
+    """The node certificate ``pem`` (bundle key ``key``) as ``trust`` verifies it, all but time."""
+    try:
+        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(key, pem_damage(exc, "certificate"), fix) from None
+    try:
+        return trust.verify_untimed(der)
+    except CertificateError as exc:
+        raise ConfigError(key, f"not accepted by the bundled {ca} ({exc})", fix) from None
+
+
+def _check_crl(trust: CaTrust, pem: bytes | None, *, key: str, ca: str, fix: str) -> None:
+    """The bundle's CRL ``key`` (if any) is one ``trust``'s CA signed."""
+    if pem is not None:
+        try:
+            trust.check_crl(pem)
+        except CrlError as exc:
+            raise ConfigError(key, f"not accepted by the bundled {ca} ({exc})", fix) from None
+
+
+def _window(
+    key: str, who: str, not_before: float, not_after: float, now: float, expired_fix: str
+) -> list[tuple[str, str, str]]:
+    """The validity-window problem of ``key`` at ``now`` (``who``: the subject, "" for none)."""
+    if now > not_after:
+        return [(key, f"{who} expired at {_iso(not_after)}".lstrip(), expired_fix)]
+    if now < not_before:
+        early = f"{who} is valid only from" if who else "valid only from"
+        return [(key, f"{early} {_iso(not_before)}", "check this machine's clock")]
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """The network half of a member's bundle (:meth:`Bundle.membership`), typed for the code
+    that serves a network: its name, subnet, CA and this node's certificate in it."""
 
     network: str
     subnet: ipaddress.IPv4Network
+    trust: CaTrust
+    node_cert: NodeCertificate
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bundle:
+    """A parsed, internally consistent bundle. Construction checks everything but time.
+
+    Three shapes (see the module docstring): a one-network bundle (``network`` and its keys,
+    no ``overlay``: the overlay is the network itself), a member on a shared overlay (both),
+    and an overlay-only bundle (``overlay`` and its keys, no ``network``). The node key is
+    always one: both certificates must certify it.
+    """
+
     bootstrap: tuple[Endpoint, ...]
     node_name: str
-    ca_cert_pem: bytes
-    node_cert_pem: bytes
     node_key_pem: bytes
+    network: str | None = None
+    subnet: ipaddress.IPv4Network | None = None
+    ca_cert_pem: bytes | None = None
+    node_cert_pem: bytes | None = None
     hostname: str | None = None
     dns_suffix: str = DEFAULT_DNS_SUFFIX
     format_version: int = BUNDLE_FORMAT
     crl_pem: bytes | None = None
-    # Derived in __post_init__: the parsed CA and node certificate.
-    trust: CaTrust = field(init=False, repr=False, compare=False)
-    node_cert: NodeCertificate = field(init=False, repr=False, compare=False)
+    overlay: str | None = None
+    overlay_ca_cert_pem: bytes | None = None
+    overlay_cert_pem: bytes | None = None
+    overlay_crl_pem: bytes | None = None
+    # Derived in __post_init__: the network's CA and certificate (None: overlay-only) and the
+    # overlay's (the network's own objects when the bundle names no overlay).
+    trust: CaTrust | None = field(init=False, repr=False, compare=False)
+    node_cert: NodeCertificate | None = field(init=False, repr=False, compare=False)
+    overlay_trust: CaTrust = field(init=False, repr=False, compare=False)
+    overlay_cert: NodeCertificate = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.format_version != BUNDLE_FORMAT:
@@ -250,15 +344,57 @@ class Bundle:
                 f"version {self.format_version} is not supported (this ipop reads {BUNDLE_FORMAT})",
                 "make the bundle with the same ipop version",
             )
-        validate_network(self.network)
-        if not isinstance(self.subnet, ipaddress.IPv4Network):
-            raise LocalProtocolError("subnet must be an IPv4Network")
+        if self.network is None and self.overlay is None:
+            raise ConfigError("network", "is missing", _FIX_REMAKE)
         if not self.bootstrap:
             raise ConfigError("bootstrap", "is empty", 'list at least one "IPv4:PORT"')
-        parse_dns_suffix(self.dns_suffix)
         validate_node_name(self.node_name, key="node_name")
+        trust: CaTrust | None = None
+        cert: NodeCertificate | None = None
+        if self.network is not None:
+            trust, cert = self._check_network()
+        else:
+            self._check_no_network()
+        if self.overlay is not None:
+            overlay_trust, overlay_cert = self._check_overlay(trust, cert)
+        else:
+            for key, value in (
+                ("overlay_ca_cert", self.overlay_ca_cert_pem),
+                ("overlay_cert", self.overlay_cert_pem),
+                ("overlay_crl", self.overlay_crl_pem),
+            ):
+                if value is not None:
+                    raise ConfigError("overlay", "is missing", f"name the overlay {key} is of")
+            assert trust is not None and cert is not None  # the network is set (checked above)
+            overlay_trust, overlay_cert = trust, cert
+        object.__setattr__(self, "trust", trust)
+        object.__setattr__(self, "node_cert", cert)
+        object.__setattr__(self, "overlay_trust", overlay_trust)
+        object.__setattr__(self, "overlay_cert", overlay_cert)
+
+    def _public_key(self, cert_key: str, fix: str) -> bytes:
+        """The raw public key of ``node_key``; ``cert_key`` names the certificate it must match."""
+        try:
+            key = serialization.load_pem_private_key(self.node_key_pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError("node_key", pem_damage(exc, "private key"), fix) from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError("node_key", "is not an Ed25519 key", fix)
+        return key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    def _check_network(self) -> tuple[CaTrust, NodeCertificate]:
+        assert self.network is not None
+        validate_network(self.network)
+        if not isinstance(self.subnet, ipaddress.IPv4Network):
+            raise ConfigError("subnet", "is missing", _FIX_REMAKE)
+        parse_dns_suffix(self.dns_suffix)
         if self.hostname is not None:
             validate_hostname(self.hostname)
+        if self.ca_cert_pem is None or self.node_cert_pem is None:
+            missing = "ca_cert" if self.ca_cert_pem is None else "node_cert"
+            raise ConfigError(missing, "is missing", _FIX_REMAKE)
         trust = CaTrust.from_pem(self.ca_cert_pem, key="ca_cert")
         if trust.network != self.network:
             raise ConfigError(
@@ -266,18 +402,7 @@ class Bundle:
                 f"{self.network!r} differs from the CA's network {trust.network!r}",
                 _FIX_REMAKE,
             )
-        try:
-            der = x509.load_pem_x509_certificate(self.node_cert_pem).public_bytes(
-                serialization.Encoding.DER
-            )
-        except (ValueError, TypeError) as exc:
-            raise ConfigError("node_cert", pem_damage(exc, "certificate"), _FIX_REMAKE) from None
-        try:
-            cert = trust.verify_untimed(der)
-        except CertificateError as exc:
-            raise ConfigError(
-                "node_cert", f"not accepted by the bundled CA ({exc})", _FIX_REMAKE
-            ) from None
+        cert = _certificate(trust, self.node_cert_pem, key="node_cert", ca="CA", fix=_FIX_REMAKE)
         if cert.name != self.node_name:
             raise ConfigError(
                 "node_name",
@@ -290,78 +415,178 @@ class Bundle:
                 f"{self.hostname!r} differs from the certificate's {cert.hostname!r}",
                 _FIX_REMAKE,
             )
-        try:
-            key = serialization.load_pem_private_key(self.node_key_pem, password=None)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError("node_key", pem_damage(exc, "private key"), _FIX_REMAKE) from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError("node_key", "is not an Ed25519 key", _FIX_REMAKE)
-        public_raw = key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        if public_raw != cert.public_key_raw:
+        if self._public_key("node_cert", _FIX_REMAKE) != cert.public_key_raw:
             raise ConfigError("node_key", "does not match node_cert", _FIX_REMAKE)
-        if self.crl_pem is not None:
-            try:
-                trust.check_crl(self.crl_pem)
-            except CrlError as exc:
+        _check_crl(trust, self.crl_pem, key="crl", ca="CA", fix=_FIX_REMAKE)
+        return trust, cert
+
+    def _check_no_network(self) -> None:
+        """An overlay-only bundle carries nothing of a network: a stray key is a mistake."""
+        for key, value in (
+            ("subnet", self.subnet),
+            ("ca_cert", self.ca_cert_pem),
+            ("node_cert", self.node_cert_pem),
+            ("hostname", self.hostname),
+            ("crl", self.crl_pem),
+        ):
+            if value is not None:
                 raise ConfigError(
-                    "crl", f"not accepted by the bundled CA ({exc})", _FIX_REMAKE
-                ) from None
-        object.__setattr__(self, "trust", trust)
-        object.__setattr__(self, "node_cert", cert)
+                    key,
+                    "is a network key, but this overlay-only bundle names no network",
+                    "remove it, or make a member's bundle with 'ipop-config node NETWORK NAME'",
+                )
+
+    def _check_overlay(
+        self, network_trust: CaTrust | None, network_cert: NodeCertificate | None
+    ) -> tuple[CaTrust, NodeCertificate]:
+        assert self.overlay is not None
+        fix = _FIX_REMAKE_OVERLAY
+        validate_network(self.overlay, key="overlay")
+        if self.overlay_ca_cert_pem is None or self.overlay_cert_pem is None:
+            missing = "overlay_ca_cert" if self.overlay_ca_cert_pem is None else "overlay_cert"
+            raise ConfigError(missing, "is missing: an overlay needs its CA and certificate", fix)
+        trust = CaTrust.from_pem(self.overlay_ca_cert_pem, key="overlay_ca_cert")
+        if network_trust is not None and trust.fingerprint == network_trust.fingerprint:
+            raise ConfigError(
+                "overlay_ca_cert",
+                "is the network's own CA (ca_cert)",
+                "drop the overlay keys: a bundle without them uses the network as its overlay",
+            )
+        if trust.network != self.overlay:
+            raise ConfigError(
+                "overlay",
+                f"{self.overlay!r} differs from the overlay CA's name {trust.network!r}",
+                fix,
+            )
+        cert = _certificate(
+            trust, self.overlay_cert_pem, key="overlay_cert", ca="overlay CA", fix=fix
+        )
+        if cert.name != self.node_name:
+            raise ConfigError(
+                "node_name", f"{self.node_name!r} differs from overlay_cert's {cert.name!r}", fix
+            )
+        if network_cert is not None:
+            if cert.public_key_raw != network_cert.public_key_raw:
+                raise ConfigError(
+                    "overlay_cert",
+                    f"certifies node id {cert.node_id.hex()[:16]}, node_cert node id "
+                    f"{network_cert.node_id.hex()[:16]}: both must certify node_key",
+                    fix,
+                )
+        elif self._public_key("overlay_cert", fix) != cert.public_key_raw:
+            raise ConfigError("node_key", "does not match overlay_cert", fix)
+        _check_crl(trust, self.overlay_crl_pem, key="overlay_crl", ca="overlay CA", fix=fix)
+        return trust, cert
+
+    # --- what the rest of the code asks for ---------------------------------------------------
 
     @property
     def node_id(self) -> NodeId:
-        return self.node_cert.node_id
+        """This node's id: one key, so the same in both certificates."""
+        return self.overlay_cert.node_id
 
-    def identity(self, *, now: float) -> NodeIdentity:
-        """The node's identity, checked at ``now``; ConfigError if anything expired."""
+    @property
+    def is_member(self) -> bool:
+        """Whether the bundle makes this node a member of a network (False: overlay-only)."""
+        return self.network is not None
+
+    @property
+    def overlay_name(self) -> str:
+        """The overlay this node links into: ``overlay``, or the network itself."""
+        return self.overlay_trust.network
+
+    def membership(self) -> Membership:
+        """The network this bundle makes the node a member of; ConfigError if overlay-only."""
+        if (
+            self.network is None
+            or self.subnet is None
+            or self.trust is None
+            or self.node_cert is None
+        ):
+            raise ConfigError(
+                "network",
+                f"is missing: this is an overlay-only bundle of overlay {self.overlay!r}",
+                "a member needs a network bundle: 'ipop-config node NETWORK NAME'",
+            )
+        return Membership(self.network, self.subnet, self.trust, self.node_cert)
+
+    def identities(self, *, now: float) -> tuple[NodeIdentity, NodeIdentity | None]:
+        """``(overlay identity, network identity)`` checked at ``now``: the first for links,
+        routing and origin auth, the second for the network's DHT records (None: an
+        overlay-only bundle). Without overlay keys both are the SAME object, so a one-network
+        node behaves exactly as before. The network's ``crl`` is installed in the network
+        identity's trust. ConfigError if anything is outside its validity window."""
         problems = self.problems(now=now)
         if problems:
             key, problem, fix = problems[0]
             raise ConfigError(key, problem, fix)
-        if self.crl_pem is not None:
-            # Checked at construction, so only crl_stale can refuse it: already installed.
-            with contextlib.suppress(CrlError):
-                self.trust.apply_crl(self.crl_pem, now=now)
-        return NodeIdentity.from_pem(
+        member: NodeIdentity | None = None
+        if self.trust is not None and self.node_cert_pem is not None:
+            if self.crl_pem is not None:
+                # Checked at construction, so only crl_stale can refuse it: already installed.
+                with contextlib.suppress(CrlError):
+                    self.trust.apply_crl(self.crl_pem, now=now)
+            member = NodeIdentity.from_pem(
+                self.node_key_pem,
+                self.node_cert_pem,
+                self.trust,
+                now=now,
+                key_name="node_key",
+                cert_name="node_cert",
+            )
+        if self.overlay is None:
+            assert member is not None
+            return member, member
+        assert self.overlay_cert_pem is not None
+        if self.overlay_crl_pem is not None:
+            with contextlib.suppress(CrlError):  # as crl above
+                self.overlay_trust.apply_crl(self.overlay_crl_pem, now=now)
+        overlay = NodeIdentity.from_pem(
             self.node_key_pem,
-            self.node_cert_pem,
-            self.trust,
+            self.overlay_cert_pem,
+            self.overlay_trust,
             now=now,
             key_name="node_key",
-            cert_name="node_cert",
+            cert_name="overlay_cert",
         )
+        return overlay, member
+
+    def identity(self, *, now: float) -> NodeIdentity:
+        """The network identity (network CA + node_cert), checked at ``now``; ConfigError if
+        anything expired or if this is an overlay-only bundle (it has none)."""
+        self.membership()  # overlay-only: says so
+        member = self.identities(now=now)[1]
+        assert member is not None
+        return member
+
+    def overlay_identity(self, *, now: float) -> NodeIdentity:
+        """The overlay identity (overlay CA + overlay_cert, or the network's own without an
+        overlay), checked at ``now``; ConfigError if anything expired."""
+        return self.identities(now=now)[0]
 
     def problems(self, *, now: float) -> list[tuple[str, str, str]]:
         """What makes this bundle unusable at ``now``, as (key, problem, fix); empty if valid."""
         out: list[tuple[str, str, str]] = []
-        if now > self.trust.not_after:
-            out.append(
-                (
-                    "ca_cert",
-                    f"the network CA expired at {_iso(self.trust.not_after)}",
-                    "the network needs a new CA ('ipop-config init') and new bundles",
-                )
+        if self.trust is not None and self.node_cert is not None:
+            ca_fix = "the network needs a new CA ('ipop-config init') and new bundles"
+            out += _window(
+                "ca_cert",
+                "the network CA",
+                self.trust.not_before,
+                self.trust.not_after,
+                now,
+                ca_fix,
             )
-        if now < self.trust.not_before:
-            out.append(
-                (
-                    "ca_cert",
-                    f"the network CA is valid only from {_iso(self.trust.not_before)}",
-                    "check this machine's clock",
-                )
+            cert = self.node_cert
+            out += _window("node_cert", "", cert.not_before, cert.not_after, now, _FIX_REMAKE)
+        if self.overlay is not None:
+            trust, cert = self.overlay_trust, self.overlay_cert
+            ca_fix = "the overlay needs a new CA ('ipop-config overlay init') and new bundles"
+            out += _window(
+                "overlay_ca_cert", "the overlay CA", trust.not_before, trust.not_after, now, ca_fix
             )
-        if now > self.node_cert.not_after:
-            out.append(("node_cert", f"expired at {_iso(self.node_cert.not_after)}", _FIX_REMAKE))
-        if now < self.node_cert.not_before:
-            out.append(
-                (
-                    "node_cert",
-                    f"valid only from {_iso(self.node_cert.not_before)}",
-                    "check this machine's clock",
-                )
+            out += _window(
+                "overlay_cert", "", cert.not_before, cert.not_after, now, _FIX_REMAKE_OVERLAY
             )
         return out
 
@@ -378,6 +603,38 @@ def _pem_field(table: dict[str, object], key: str) -> bytes:
         return value.encode("ascii")
     except UnicodeEncodeError:
         raise ConfigError(key, "PEM text must be ASCII", _FIX_REMAKE) from None
+
+
+def _optional_pem(table: dict[str, object], key: str) -> bytes | None:
+    return _pem_field(table, key) if key in table else None
+
+
+def _check_key_set(table: dict[str, object]) -> None:
+    """The keys of one of the three shapes are all there, and no key of another shape."""
+    has_overlay = "overlay" in table
+    is_member = "network" in table or not has_overlay
+    required = [*_BASE_KEYS]
+    if is_member:
+        required += _NETWORK_KEYS
+    if has_overlay:
+        required += _OVERLAY_KEYS
+    for key in _KEYS:  # in file order: the first missing key is the one named
+        if key in required and key not in table:
+            raise ConfigError(key, "is missing", _FIX_REMAKE if is_member else _FIX_REMAKE_OVERLAY)
+    if not is_member:
+        for key in (*_NETWORK_KEYS, *_NETWORK_OPTIONAL):
+            if key in table:
+                raise ConfigError(
+                    key,
+                    "is a network key, but this overlay-only bundle names no network",
+                    "remove it, or make a member's bundle with 'ipop-config node NETWORK NAME'",
+                )
+    if not has_overlay:
+        for key in (*_OVERLAY_KEYS, "overlay_crl"):
+            if key in table:
+                raise ConfigError(
+                    "overlay", f"is missing, but {key} is there", "name the overlay or remove it"
+                )
 
 
 def parse_bundle(text: str, *, source: str) -> Bundle:
@@ -408,11 +665,9 @@ def parse_bundle(text: str, *, source: str) -> Bundle:
         unknown = sorted(set(table) - set(_KEYS))
         if unknown:
             raise ConfigError(unknown[0], "is not a bundle key", "remove it or fix its spelling")
-        for key in _KEYS:
-            if key not in table and key not in ("hostname", "dns_suffix", "crl"):
-                raise ConfigError(key, "is missing", _FIX_REMAKE)
-        for key in ("network", "node_name"):
-            if not isinstance(table[key], str):
+        _check_key_set(table)
+        for key in ("network", "node_name", "overlay"):
+            if key in table and not isinstance(table[key], str):
                 raise ConfigError(
                     key, f"must be a string, got {type(table[key]).__name__}", _FIX_REMAKE
                 )
@@ -421,18 +676,24 @@ def parse_bundle(text: str, *, source: str) -> Bundle:
             raise ConfigError(
                 "hostname", f"must be a string, got {type(hostname).__name__}", _FIX_REMAKE
             )
+        network = table.get("network")
+        overlay = table.get("overlay")
         return Bundle(
-            network=str(table["network"]),
-            subnet=parse_subnet(table["subnet"]),
+            network=None if network is None else str(network),
+            subnet=parse_subnet(table["subnet"]) if "subnet" in table else None,
             bootstrap=parse_bootstrap(table["bootstrap"]),
             node_name=str(table["node_name"]),
-            ca_cert_pem=_pem_field(table, "ca_cert"),
-            node_cert_pem=_pem_field(table, "node_cert"),
+            ca_cert_pem=_optional_pem(table, "ca_cert"),
+            node_cert_pem=_optional_pem(table, "node_cert"),
             node_key_pem=_pem_field(table, "node_key"),
             hostname=hostname,
             dns_suffix=parse_dns_suffix(table.get("dns_suffix", DEFAULT_DNS_SUFFIX)),
             format_version=fmt,
-            crl_pem=_pem_field(table, "crl") if "crl" in table else None,
+            crl_pem=_optional_pem(table, "crl"),
+            overlay=None if overlay is None else str(overlay),
+            overlay_ca_cert_pem=_optional_pem(table, "overlay_ca_cert"),
+            overlay_cert_pem=_optional_pem(table, "overlay_cert"),
+            overlay_crl_pem=_optional_pem(table, "overlay_crl"),
         )
     except ConfigError as exc:
         raise _with_source(exc, source) from None
@@ -463,26 +724,44 @@ def load_bundle(path: str | Path) -> Bundle:
 
 
 def dump_bundle(b: Bundle) -> str:
-    """The bundle as TOML text that :func:`parse_bundle` reads back to an equal Bundle."""
-    items: list[tuple[str, TomlValue]] = [
-        ("format", b.format_version),
-        ("network", b.network),
-        ("subnet", str(b.subnet)),
-        ("dns_suffix", b.dns_suffix),
+    """The bundle as TOML text that :func:`parse_bundle` reads back to an equal Bundle.
+
+    A bundle without overlay keys is written exactly as before they existed."""
+    items: list[tuple[str, TomlValue]] = [("format", b.format_version)]
+    if b.overlay is not None:
+        items.append(("overlay", b.overlay))
+    if b.network is not None:
+        assert b.subnet is not None
+        items += [
+            ("network", b.network),
+            ("subnet", str(b.subnet)),
+            ("dns_suffix", b.dns_suffix),
+        ]
+    items += [
         ("bootstrap", [str(ep) for ep in b.bootstrap]),
         ("node_name", b.node_name),
     ]
     if b.hostname is not None:
         items.append(("hostname", b.hostname))
-    items += [
-        ("ca_cert", b.ca_cert_pem.decode("ascii")),
-        ("node_cert", b.node_cert_pem.decode("ascii")),
-        ("node_key", b.node_key_pem.decode("ascii")),
-    ]
-    if b.crl_pem is not None:
-        items.append(("crl", b.crl_pem.decode("ascii")))
+    for key, pem in (
+        ("overlay_ca_cert", b.overlay_ca_cert_pem),
+        ("overlay_cert", b.overlay_cert_pem),
+        ("ca_cert", b.ca_cert_pem),
+        ("node_cert", b.node_cert_pem),
+        ("node_key", b.node_key_pem),
+        ("crl", b.crl_pem),
+        ("overlay_crl", b.overlay_crl_pem),
+    ):
+        if pem is not None:
+            items.append((key, pem.decode("ascii")))
+    if b.network is None:
+        what = f"overlay-only bundle for {b.node_name!r} in overlay {b.overlay!r}"
+    elif b.overlay is None:
+        what = f"node bundle for {b.node_name!r} in network {b.network!r}"
+    else:
+        what = f"node bundle for {b.node_name!r} in network {b.network!r} on overlay {b.overlay!r}"
     header = (
-        f"ipop node bundle for {b.node_name!r} in network {b.network!r}\n"
+        f"ipop {what}\n"
         f"node id {b.node_id.hex()}\n"
         "SECRET: holds this node's private key. Keep it mode 0600; give it to one machine only."
     )

@@ -38,11 +38,19 @@ meaning is documented in ``deploy/ipop.example.toml``::
     allow_remote = false               # true: listen may be a non-loopback address
     refresh_s = 5                      # the page reloads itself every N s (0: never; 0..3600)
     max_peers = 64                     # peers drawn on the map at most (1..1024)
+    [[network]]                        # more networks on the bundle's overlay (issue 17)
+    bundle = "other.bundle.toml"       # same overlay CA and node key as `bundle`
+    tap = "ipop1"                      # this network's TAP: distinct from tap.name
     [[service]]                        # any number up to MAX_SERVICES: published at our vIP
     name = "http"                      # a service name (RFC 6335), answered as _http._tcp
     port = 8000                        # 1..65535
     proto = "tcp"                      # tcp | udp
     txt = ["path=/"]                   # KEY=VALUE strings, default none
+
+``[[network]]`` tables make the node a member of more networks than the one ``bundle`` names
+(one TAP each, one UDP socket and one overlay node for all): each names a bundle of a network
+on the same overlay and that network's TAP; :func:`parse_networks` checks them, the daemon's
+composition root checks that the bundles share the overlay and the key (it reads them).
 
 ``[[service]]`` tables are checked by :func:`parse_services`, which a router's config
 (:mod:`ipop.router.config`) shares with one more key, ``host`` (the LAN host it publishes for).
@@ -60,10 +68,10 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, cast
+from typing import Any, Final, Literal, cast
 
 from ipop.dht.srv import PROTOS, ServiceValue, validate_service_name
 from ipop.errors import ConfigError
@@ -84,6 +92,7 @@ __all__ = [
     "DnsConfig",
     "IdentityConfig",
     "MetricsConfig",
+    "NetworkConfig",
     "NodeConfig",
     "ServiceConfig",
     "StunConfig",
@@ -91,6 +100,7 @@ __all__ = [
     "WebConfig",
     "load_config",
     "parse_config",
+    "parse_networks",
     "parse_services",
     "read_config_table",
 ]
@@ -140,10 +150,15 @@ _SECTIONS: Final[dict[str, tuple[str, ...]]] = {
     "metrics": ("listen", "allow_remote", "max_peers"),
     "web": ("listen", "allow_remote", "refresh_s", "max_peers"),
 }
+_NETWORK_KEYS = ("bundle", "tap")
 # Every key a config may hold, dotted; the example file must document each (tested).
-ALL_KEYS: Final[tuple[str, ...]] = _TOP_KEYS + tuple(
-    f"{section}.{key}" for section, keys in _SECTIONS.items() for key in keys
+ALL_KEYS: Final[tuple[str, ...]] = (
+    _TOP_KEYS
+    + tuple(f"{section}.{key}" for section, keys in _SECTIONS.items() for key in keys)
+    + tuple(f"network.{key}" for key in _NETWORK_KEYS)
 )
+# [[network]] tables at most: each is a TAP, an address and a DHT lease of its own.
+MAX_NETWORKS: Final = 8
 
 _FIX_SEE_EXAMPLE = "see deploy/ipop.example.toml"
 # [[service]] tables at most: what one member's quota at the replicas could ever hold is far
@@ -257,6 +272,14 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """A ``[[network]]`` table: one more network of this node, its bundle and its TAP."""
+
+    bundle: Path
+    tap_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """A validated node config; every path in it is absolute."""
 
@@ -274,6 +297,8 @@ class NodeConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     web: WebConfig = field(default_factory=WebConfig)
     services: tuple[ServiceConfig, ...] = ()
+    # More networks than the bundle's (one TAP each), on its overlay.
+    networks: tuple[NetworkConfig, ...] = ()
 
     def effective_hostname(self, bundle_hostname: str | None) -> str | None:
         """The hostname to register: the certificate's (the bundle's), or none.
@@ -351,11 +376,11 @@ def _listen(value: object) -> Endpoint:
     return ep
 
 
-def _tap_name(value: object) -> str:
+def _tap_name(value: object, key: str = "tap.name") -> str:
     fix = f"use 1-{MAX_IFNAME_LEN} letters, digits, '_', '.' or '-', e.g. 'ipop0'"
-    name = _str(value, "tap.name", fix)
+    name = _str(value, key, fix)
     if not name or len(name) > MAX_IFNAME_LEN or not _IFNAME_RE.match(name):
-        raise ConfigError("tap.name", f"{name!r} is not a usable interface name", fix)
+        raise ConfigError(key, f"{name!r} is not a usable interface name", fix)
     return name
 
 
@@ -485,6 +510,49 @@ def parse_config(table: Mapping[str, object], *, base_dir: Path, source: str) ->
         raise ConfigError(exc.key, f"{exc.problem} in {source}", exc.fix) from None
 
 
+def _tables(
+    value: object, what: str, limit: int, keys: Collection[str], fix: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """A config's ``[[what]]`` tables, each with where it is (``what[i]``, for errors);
+    ConfigError unless a list of at most ``limit`` tables, each holding only ``keys``."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > limit:
+        raise ConfigError(what, f"must be at most {limit} [[{what}]] tables", fix)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, t in enumerate(value):
+        where = f"{what}[{i}]"
+        if not isinstance(t, dict):
+            raise ConfigError(where, "is not a table", fix)
+        unknown = sorted(set(t) - set(keys))
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}", f"is not a {what} key", fix)
+        out.append((where, t))
+    return out
+
+
+def parse_networks(value: object, *, base_dir: Path, tap: str) -> tuple[NetworkConfig, ...]:
+    """The ``[[network]]`` tables; ConfigError naming the table, key and fix. ``tap``: the
+    first network's TAP name, which no other may take."""
+    fix = '[[network]] bundle = "other.bundle.toml", tap = "ipop1" (see ipop.example.toml)'
+    out: list[NetworkConfig] = []
+    taps = {tap}
+    for where, t in _tables(value, "network", MAX_NETWORKS, _NETWORK_KEYS, fix):
+        for key in _NETWORK_KEYS:
+            if key not in t:
+                raise ConfigError(f"{where}.{key}", "is missing", fix)
+        name = _tap_name(t["tap"], f"{where}.tap")
+        if name in taps:
+            raise ConfigError(
+                f"{where}.tap",
+                f"{name!r} is another network's TAP",
+                "give each network a TAP of its own (tap.name is the first network's)",
+            )
+        taps.add(name)
+        out.append(NetworkConfig(_path(t["bundle"], f"{where}.bundle", base_dir, "b.toml"), name))
+    return tuple(out)
+
+
 def parse_services(
     value: object, *, lan_hosts: bool = False, example: str = "ipop.example.toml"
 ) -> tuple[ServiceConfig, ...]:
@@ -495,19 +563,9 @@ def parse_services(
     """
     host_eg = ', host = "printer"' if lan_hosts else ""
     fix = f'[[service]] name = "http", port = 80{host_eg} (see {example})'
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > MAX_SERVICES:
-        raise ConfigError("service", f"must be at most {MAX_SERVICES} [[service]] tables", fix)
     keys = (*_SERVICE_KEYS, "host") if lan_hosts else _SERVICE_KEYS
     out: list[ServiceConfig] = []
-    for i, t in enumerate(value):
-        where = f"service[{i}]"
-        if not isinstance(t, dict):
-            raise ConfigError(where, "is not a table", fix)
-        unknown = sorted(set(t) - set(keys))
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}", "is not a service key", fix)
+    for where, t in _tables(value, "service", MAX_SERVICES, keys, fix):
         name = t.get("name")
         why = validate_service_name(name) if isinstance(name, str) else "missing or not a string"
         if why is not None or not isinstance(name, str):
@@ -541,7 +599,7 @@ def parse_services(
 
 
 def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
-    unknown = sorted(set(table) - set(_TOP_KEYS) - set(_SECTIONS) - {"service"})
+    unknown = sorted(set(table) - set(_TOP_KEYS) - set(_SECTIONS) - {"service", "network"})
     if unknown:
         raise ConfigError(
             unknown[0],
@@ -569,6 +627,7 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
     metrics = _section(table, "metrics")
     web = _section(table, "web")
     crl_raw = ident.get("crl")
+    tap_name = _tap_name(tap.get("name", DEFAULT_TAP_NAME))
     return NodeConfig(
         bundle=_path(table["bundle"], "bundle", base_dir, "node.bundle.toml"),
         state_dir=_path(
@@ -580,7 +639,7 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
             LogLevel, _choice(table.get("log_level", "warning"), "log_level", LOG_LEVELS)
         ),
         tap=TapConfig(
-            name=_tap_name(tap.get("name", DEFAULT_TAP_NAME)),
+            name=tap_name,
             addressing=cast(
                 Addressing,
                 _choice(tap.get("addressing", "static"), "tap.addressing", ADDRESSING_MODES),
@@ -610,6 +669,7 @@ def _parse(table: Mapping[str, object], *, base_dir: Path) -> NodeConfig:
         metrics=_metrics(metrics),
         web=_web(web),
         services=parse_services(table.get("service")),
+        networks=parse_networks(table.get("network"), base_dir=base_dir, tap=tap_name),
     )
 
 

@@ -11,6 +11,10 @@
 - upper-layer traffic (:meth:`send`) goes DIRECT over a link to the destination when one is
   up (a shortcut or any other link) and is routed over the ring otherwise. The first packet to
   a peer with no link asks the overlay for a shortcut, so later packets go direct;
+- IP is routed over the ring only sealed end to end (:mod:`ipop.overlay.origin`), so only under
+  the pairwise key, which needs the destination's certificate: the caller hands it over with the
+  DHT record that named the destination (:meth:`NodeCore.learn_certificate`); a packet sent
+  before is dropped (``ip_unsealable``) while the route probe and the shortcut request fetch it;
 - traffic to a peer over a relayed link or over the ring also starts port guessing
   (:mod:`ipop.punching`). Its openers leave from punching sockets (``SocketPath``), which the
   I/O layer opens on first use; a knock on one of them starts a handshake there;
@@ -55,7 +59,7 @@ from itertools import repeat
 from ipop import timing
 from ipop.errors import LocalProtocolError
 from ipop.fallback import RoamFallback, Session
-from ipop.identity import NodeIdentity, VerifiedCrl
+from ipop.identity import CertificateError, NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
 from ipop.link.events import LinkDown, LinkInfo, LinkMessage, LinkPathChanged, LinkUp
 from ipop.link.layer import LinkConfig, LinkLayer
@@ -63,10 +67,13 @@ from ipop.link.pmtu import MAX_DATAGRAM, PROBE_TAG, RELAY_OVERHEAD
 from ipop.nat.mapping import MappingCheck, Observer
 from ipop.nat.portguess import PortGuessing, is_knock
 from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
-from ipop.overlay.events import Delivered, OverlayEvent, RelayDatagram, Roamed
+from ipop.overlay.events import Delivered, OverlayEvent, PeerHidden, RelayDatagram, Roamed
 from ipop.overlay.messages import (
+    CRL_OP_NETWORK,
+    IP_KINDS,
     KIND_BIRTHDAY,
     KIND_IP,
+    KIND_IP_NET,
     KIND_PING,
     KIND_PMTU,
     TYPE_CRL,
@@ -78,7 +85,7 @@ from ipop.overlay.messages import (
 from ipop.overlay.node import OverlayConfig, OverlayNode, OverlaySnapshot
 from ipop.overlay.origin import OriginAuth
 from ipop.punching import NO_VIEW, PublicView, Punching, public_view
-from ipop.revocation import CrlGossip
+from ipop.revocation import CrlGossip, NetworkCrls
 from ipop.routes import ROUTED_IP_MTU, RouteProbes
 from ipop.shortcuts import ShortcutKeeper
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
@@ -87,6 +94,7 @@ from ipop.wire.header import DATA_MIN_BYTES
 __all__ = ["ROUTED_IP_MTU", "NodeCore", "NodeSnapshot", "PublicView"]
 
 _CRL_TAG = bytes([TYPE_CRL])
+_CRL_NETWORK_OP = bytes([CRL_OP_NETWORK])
 # A DIRECT message's datagram is its inner packet plus this (DIRECT header, DATA header, tag).
 _DIRECT_GROWTH = DATA_MIN_BYTES + 2
 
@@ -122,6 +130,8 @@ class NodeSnapshot:
     drops: dict[str, dict[str, int]] = field(default_factory=dict)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     crl_number: int = 0  # the revocation list in force (0: none)
+    # On a shared overlay, our network CA's list in force (None: the network is the overlay).
+    network_crl_number: int | None = None
 
 
 class NodeCore:
@@ -137,17 +147,38 @@ class NodeCore:
         link_config: LinkConfig | None = None,
         shortcuts: bool = True,
         stun_serve: bool = False,
+        member: NodeIdentity | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
+        """``identity``: the overlay identity (links, origin auth, the CRL gossiped here);
+        ``member``: the network identity over the same key (its CA's CRL is installed by
+        :meth:`apply_crl`), the same object when the network is its own overlay (default).
+        ``random_bytes``: where the nonces of routed messages sealed end to end come from
+        (:mod:`ipop.overlay.origin`; they must never repeat under a pair's key, across
+        restarts too: the daemon passes the OS's). None: drawn from ``rng`` (the simulator's
+        runs replay from their seed)."""
+        if member is not None and member.node_id != identity.node_id:
+            raise LocalProtocolError("overlay and network identities hold different keys")
         self.identity = identity
+        self.member = identity if member is None else member
+        # Our other networks' identities (a daemon in several, issue 17; add_network).
+        self.other_members: list[NodeIdentity] = []
         self.local_id = identity.node_id
         self.link = LinkLayer(identity, rng=random.Random(rng.random()), config=link_config)
+        # Seeded after every other part's generator, so that their seeds are what they were.
+        seal_rng = random.Random(0)
+        self.origin = OriginAuth(
+            identity,
+            revoked=identity.trust.is_revoked,
+            random_bytes=seal_rng.randbytes if random_bytes is None else random_bytes,
+        )
         self.overlay = OverlayNode(
             identity.node_id,
             self.link,
             rng=random.Random(rng.random()),
             config=overlay_config or OverlayConfig(),
             bootstrap=bootstrap,
-            origin=OriginAuth(identity, revoked=identity.trust.is_revoked),
+            origin=self.origin,
         )
         self.shortcuts = shortcuts
         self.stats: collections.Counter[str] = collections.Counter()
@@ -172,10 +203,15 @@ class NodeCore:
         self.punching = Punching(self.overlay, self.birthday, self.journal, self._emit)
         # The revocation list epidemic (ipop.revocation): TYPE_CRL link messages stop here.
         self.revocation = CrlGossip(identity.trust)
+        # Virtual networks' lists on a shared overlay (TYPE_CRL NETWORK), ours pinned.
+        self.network_crls = NetworkCrls()
+        if self.member.trust is not identity.trust:
+            self.network_crls.pin(self.member.trust)
         # Routes over the ring that IP flows over, probed end to end (ipop.routes); ip_mtu
         # reads their prober's limits.
         self.routes = RouteProbes(self.overlay, self.stats)
         self.route_pmtu = self.routes.prober
+        seal_rng.seed(rng.random())
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -193,7 +229,7 @@ class NodeCore:
         overlay = self.overlay
         if dst in self._shortcut_used:
             self._shortcut_used[dst] = now
-        if kind == KIND_IP and dst not in self.link.pmtu.wanted:
+        if kind in IP_KINDS and dst not in self.link.pmtu.wanted:
             self.link.want_path_mtu(dst, now=now)
         elif kind == KIND_PING:
             self.link.watch(dst)  # pings are what users measure reachability with
@@ -203,14 +239,59 @@ class NodeCore:
                 self.punching.guess(dst, now)
             self._settle(now)
             return True
-        budget = self.routes.cert_budget(dst) if kind == KIND_IP else None
-        ok = overlay.send_routed(dst, kind, payload, exact=True, now=now, cert_budget=budget)
-        self.stats["sent_routed"] += 1
+        budget = None
+        ok = True
+        if kind in IP_KINDS and dst != self.local_id:
+            budget = self.routes.cert_budget(dst)
+            if not self.origin.sealable(dst):
+                # IP is never routed in the clear (every forwarder could read it): without
+                # dst's certificate there is no pair key to seal it under. The caller hands
+                # it over with the DHT record that named dst (learn_certificate); until then
+                # the route probe and the shortcut's CONNECT_TO_ME below, both signed and
+                # carrying ours, are answered sealed with dst's certificate attached.
+                self.stats["ip_unsealable"] += 1
+                self.routes.probe(dst, now)
+                ok = False
+        if ok:
+            ok = overlay.send_routed(dst, kind, payload, exact=True, now=now, cert_budget=budget)
+            self.stats["sent_routed"] += 1
         if self.shortcuts and dst != self.local_id:
             self.shortcut_keeper.ask(dst, now)
             self.punching.guess(dst, now)
         self._settle(now)
         return ok
+
+    def learn_certificate(self, node: NodeId, der: bytes, *, now: float) -> bool:
+        """``der`` is ``node``'s certificate as a verified DHT record carried it (the owner of
+        a vIP): kept for routed messages to ``node`` if it verifies against our trust and is
+        ``node``'s, so that IP routed to it before any link is sealed from the first packet
+        (see :meth:`send`). False (counted) if it is not.
+
+        On a shared overlay the record carries the owner's network certificate, from another
+        CA than the overlay certificates the origin checks use: it is verified against the
+        network's CA instead. Either certificate certifies the one key the pair key comes from
+        (the node id is its hash), so a node already known needs nothing more."""
+        if self.origin.knows(node) or self.origin.learn_der(node, der, now=now) is None:
+            return True
+        if self.member is not self.identity:  # a shared overlay: one of our networks' CAs
+            for member in (self.member, *self.other_members):
+                try:
+                    cert = member.trust.verify(der, now=now)
+                except CertificateError:
+                    continue
+                if cert.node_id == node:
+                    self.origin.learn(cert)
+                    return True
+        self.stats["cert_refused"] += 1
+        return False
+
+    def add_network(self, member: NodeIdentity) -> None:
+        """One more network of ours (same key, that network's certificate): the DHT records
+        of its members name certificates of its CA, which :meth:`learn_certificate` takes."""
+        if member.node_id != self.local_id:
+            raise LocalProtocolError("a network identity of another key")
+        self.other_members.append(member)
+        self.network_crls.pin(member.trust)  # its list travels and is in force here
 
     def ip_mtu(self, dst: NodeId) -> int | None:
         """The largest inner IP packet for node ``dst`` that no hop of its current path has to
@@ -229,22 +310,39 @@ class NodeCore:
             limit = pmtu.limits.get(path.via, MAX_DATAGRAM) - RELAY_OVERHEAD
         return limit - _DIRECT_GROWTH
 
-    def send_ip(self, dst: NodeId, packet: bytes, *, now: float) -> int | None:
+    def send_ip(self, dst: NodeId, packet: bytes, *, now: float, tag: bytes = b"") -> int | None:
         """:meth:`send` an inner IP ``packet`` to node ``dst``, unless it is larger than
         :meth:`ip_mtu`: then nothing leaves, and the MTU that fits is returned for the caller
-        to answer with ICMP "fragmentation needed" (:func:`ipop.vnet.toobig.frag_needed`)."""
+        to answer with ICMP "fragmentation needed" (:func:`ipop.vnet.toobig.frag_needed`).
+
+        ``tag``: the packet's network, from a node in several (:mod:`ipop.vnet.networks`): it
+        goes as KIND_IP_NET, the tag before the packet, and the MTU is the tag's less."""
         mtu = self.ip_mtu(dst)
         if not self.overlay.is_linked(dst) and dst != self.local_id:
             self.routes.probe(dst, now)
-        if mtu is not None and len(packet) > mtu:
+        if mtu is not None and len(packet) + len(tag) > mtu:
             self.stats["ip_too_big"] += 1
-            return mtu
-        self.send(dst, KIND_IP, packet, now=now)
+            return mtu - len(tag)
+        if tag:
+            self.send(dst, KIND_IP_NET, tag + packet, now=now)
+        else:
+            self.send(dst, KIND_IP, packet, now=now)
         return None
 
     def apply_crl(self, data: bytes, *, now: float) -> VerifiedCrl:
         """Install a CRL (DER or PEM) handed over locally (bundle, file, operator), then end
-        revoked peers' sessions and spread it. Raises :class:`ipop.identity.CrlError`."""
+        revoked peers' sessions and spread it. Raises :class:`ipop.identity.CrlError`.
+
+        On a shared overlay a CRL of one of our networks' CAs goes to that network's trust
+        instead: it refuses the revoked members' DHT records; links are the overlay CA's to
+        cut, and the network lists travel apart (ipop.revocation.NetworkCrls; both trusts are
+        one object when the network is its own overlay)."""
+        peers = [p.peer for p in self.link.peers()]
+        crl = self.network_crls.install_local(data, now=now, peers=peers)
+        if crl is not None:
+            self.stats["network_crl_installed"] += 1
+            self._send_crl_output(now)
+            return crl
         crl = self.identity.trust.apply_crl(data, now=now)
         self._crl_installed(None, now)
         self._settle(now)
@@ -588,14 +686,21 @@ class NodeCore:
                 "overlay": dict(overlay.drops),
                 "stun": dict(self.stun.drops),
                 "crl": dict(revocation.drops),
+                "network_crl": dict(self.network_crls.drops),
             },
             counters={
                 "link": dict(link.stats),
                 "overlay": dict(overlay.stats),
                 "node": dict(self.stats),
                 "crl": dict(revocation.stats),
+                "network_crl": dict(self.network_crls.stats),
             },
             crl_number=self.identity.trust.crl_number,
+            network_crl_number=(
+                self.member.trust.crl_number
+                if self.member.trust is not self.identity.trust
+                else None
+            ),
         )
 
     def get_timer(self) -> float | None:
@@ -711,9 +816,19 @@ class NodeCore:
     # --- revocation (ipop.revocation) ------------------------------------------------------
 
     def _on_crl(self, peer: NodeId, payload: bytes, now: float) -> None:
-        if self.revocation.receive(peer, payload, now=now) is not None:
+        if payload[1:2] == _CRL_NETWORK_OP:
+            self._on_network_crl(peer, payload, now)
+        elif self.revocation.receive(peer, payload, now=now) is not None:
             self._crl_installed(peer, now)
         self._send_crl_output(now)
+
+    def _on_network_crl(self, peer: NodeId, payload: bytes, now: float) -> None:
+        got = self.network_crls.receive(peer, payload, now=now)
+        if got is not None:
+            # Passed on to every other linked peer; a member's own list is now in force in its
+            # network trust (ipop.dht.policy refuses the revoked members' records).
+            peers = [p.peer for p in self.link.peers()]
+            self.network_crls.announce(got[0], peers, source=peer)
 
     def _crl_installed(self, source: NodeId | None, now: float) -> None:
         """A newer CRL is in force: revoked peers lose their sessions (their LinkDowns reach
@@ -727,7 +842,7 @@ class NodeCore:
         self._send_crl_output(now)
 
     def _send_crl_output(self, now: float) -> None:
-        for peer, payload in self.revocation.outgoing():
+        for peer, payload in (*self.revocation.outgoing(), *self.network_crls.outgoing()):
             if not self.link.is_up(peer):
                 continue
             try:
@@ -757,10 +872,12 @@ class NodeCore:
                     self._on_link_path(lev.peer, now)
                 if type(lev) is LinkUp:
                     self.revocation.link_up(lev.peer, now=now)
+                    self.network_crls.link_up(lev.peer, now=now)
                     self._send_crl_output(now)
                 elif type(lev) is LinkDown:
                     self.journal.link_down(lev.peer, lev.reason, now=now)
                     self.revocation.link_down(lev.peer)
+                    self.network_crls.link_down(lev.peer)
                     self.birthday.unlinked(lev.peer)
                 overlay.on_link_event(lev, now=now)
             for data, path in link.datagrams_to_send(now=now):
@@ -780,6 +897,8 @@ class NodeCore:
                 elif isinstance(oev, Delivered) and oev.kind == KIND_PMTU:
                     busy = True
                     self.routes.on_probe(oev, now)
+                elif type(oev) is PeerHidden:
+                    self.birthday.hidden(oev.peer, now=now)
                 elif type(oev) is Roamed:
                     self._on_roamed(now, oev.reason)
                     if oev.reason == "rebound":

@@ -26,7 +26,7 @@ from ipop.link.events import LinkInfo
 from ipop.nat.kinds import NatKind
 from ipop.nat.portguess import nat_flags
 from ipop.nat.portguess import why_relayed as _punch_why
-from ipop.status import DnsStatus, LanHostStatus, PeerStatus, SelfStatus, Status
+from ipop.status import DnsStatus, LanHostStatus, NetworkStatus, PeerStatus, SelfStatus, Status
 from ipop.types import NodeId, RelayPath
 
 _Key = TypeVar("_Key", bound=str)  # a drop reason: a str or a StrEnum member
@@ -64,6 +64,9 @@ class LocalView:
     counters: Sequence[Mapping[str, int]] = ()
     lan_hosts: tuple[LanHostStatus, ...] = ()
     dns: DnsStatus | None = None
+    overlay_only: bool = False  # a node of no network (ipop.aio.daemon)
+    # A daemon in several networks: each (ipop.aio.member); empty for one network.
+    networks: tuple[NetworkStatus, ...] = ()
 
 
 def build_status(core: NodeSnapshot | None, local: LocalView, *, now: float) -> Status:
@@ -77,6 +80,7 @@ def build_status(core: NodeSnapshot | None, local: LocalView, *, now: float) -> 
         uptime_s=round(local.uptime_s, 3),
         endpoints=[f"{ep.host}:{ep.port}" for ep in core.endpoints] if core else [],
         routable=core.overlay.routable if core else False,
+        overlay_only=local.overlay_only,
     )
     drops: Counter[str] = Counter()
     counters: Counter[str] = Counter()
@@ -86,6 +90,8 @@ def build_status(core: NodeSnapshot | None, local: LocalView, *, now: float) -> 
         for layer, counts in core.counters.items():
             counters.update(prefixed(layer, counts))
         counters["crl.number"] = core.crl_number  # what an operator checks after a push
+        if core.network_crl_number is not None:  # a shared overlay: our network's list
+            counters["network_crl.number"] = core.network_crl_number
     for more in local.drops:
         drops.update(more)
     merged = dict(counters)
@@ -97,6 +103,7 @@ def build_status(core: NodeSnapshot | None, local: LocalView, *, now: float) -> 
         drops=dict(drops),
         counters=merged,
         lan_hosts=list(local.lan_hosts),
+        networks=list(local.networks),
         dns=local.dns,
     )
 

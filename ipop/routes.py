@@ -34,16 +34,19 @@ from ipop.link.pmtu import MAX_DATAGRAM, MESSAGE_BYTES, PROBE_TAG, PathMtuProber
 from ipop.overlay.events import Delivered
 from ipop.overlay.messages import KIND_PMTU
 from ipop.overlay.node import OverlayNode
-from ipop.overlay.origin import CERT_BUDGET_BYTES, ROUTED_OVERHEAD
+from ipop.overlay.origin import CERT_BUDGET_BYTES, ROUTED_OVERHEAD, ROUTED_SEALED_OVERHEAD
 from ipop.types import NodeId
 from ipop.wire.header import DATA_MIN_BYTES
 
 __all__ = ["ROUTED_IP_MTU", "ROUTE_PROBED_MAX", "RouteProbes"]
 
 # The largest inner packet a routed message carries within a 1,500-byte hop (NodeCore.ip_mtu).
+# Signed, although routed IP always goes sealed (36 bytes smaller): a route's probes go signed
+# until the far end's certificate is known, and the largest must fit a hop then too.
 ROUTED_IP_MTU = MAX_DATAGRAM - DATA_MIN_BYTES - ROUTED_OVERHEAD
-# The least a routed message adds around its payload: header, ts and a pairwise MAC.
-_ROUTED_MIN_OVERHEAD = ROUTED_OVERHEAD - 64 + 16
+# The least a routed message of ours adds around its payload: header, nonce, ts and tag (a
+# sealed one; a signed one adds more).
+_ROUTED_MIN_OVERHEAD = ROUTED_SEALED_OVERHEAD
 # Routes probed at once, and how long one stays probed after its last IP packet.
 ROUTE_PROBED_MAX = 64
 

@@ -80,6 +80,7 @@ __all__ = [
     "DnsLatency",
     "DnsStatus",
     "LanHostStatus",
+    "NetworkStatus",
     "PathKind",
     "PeerStatus",
     "PingReply",
@@ -157,6 +158,24 @@ class SelfStatus(Document):
     endpoints: list[str] = field(metadata=doc(read_str_list))
     # joined the ring: overlay routing to and from this node works
     routable: bool = field(metadata=doc(read_bool))
+    # a node of no virtual network: it routes, relays and stores DHT records for the
+    # overlay's networks, and never holds a vIP (left out of the JSON when false)
+    overlay_only: bool = field(default=False, metadata=doc(read_bool, optional=True))
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkStatus(Document):
+    """One virtual network of a daemon that is a member of several (issue 17)."""
+
+    WHERE = "network"
+
+    network: str = field(metadata=doc(read_str))
+    # None until the address lease in that network is won
+    vip: str | None = field(metadata=doc(read_opt_str))
+    # every DNS name that resolves to this node in that network
+    names: list[str] = field(metadata=doc(read_str_list))
+    suffix: str = field(metadata=doc(read_str))  # its DNS suffix
+    tap: str = field(metadata=doc(read_str))  # its TAP's name
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +260,11 @@ class Status(Document):
     )
     # None: the gateway's DNS is off
     dns: DnsStatus | None = field(default=None, metadata=doc(DnsStatus.from_dict, optional=True))
+    # a daemon in several networks only: each of them, its first one (``self``'s) first
+    networks: list[NetworkStatus] = field(
+        default_factory=list,
+        metadata=doc(read_list(NetworkStatus.from_dict), optional=True),
+    )
 
     def to_json(self, *, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, indent=indent)

@@ -313,6 +313,28 @@ OVERLAY_FAST_PEERS_TIMEOUT_S = 5.0
 # A peer's FAST_PEERS questions answered at once, then one per this interval: the answer is
 # larger than the question (up to 323 bytes for 3), and one per epoch is all a node asks.
 OVERLAY_FAST_PEERS_REPLY_MIN_S = 30.0
+# Proximity route selection (ipop/overlay/routing.py): a hop's estimated cost is its round
+# trip plus this much per bit of ring distance it leaves to the target. Why 5 ms: on the
+# simulator's map (1,000 nodes, links frozen, 2,000 pairs) 4-6 ms gave the least stretch, 3
+# and 8 ms more; a bit left costs about 0.4 more hops, inside a region ~6 ms one way each.
+OVERLAY_PRS_BIT_S = 0.005
+# Link hints (ipop/overlay/linkhints.py): a peer we measured within this round trip tells us
+# which nodes it holds links to, and we tell it ours. Why 30 ms: inside a region links are 2-15
+# ms one way on the simulator's map, between regions 20-150; a hop to a peer this fast that
+# holds a link to the target saves the region-leaving last hops the stretch tail is made of.
+OVERLAY_LINK_HINT_RTT_S = 0.030
+# A peer's list is sent again when our links changed, at most this often, and at least this
+# often anyway; what a peer said is believed for HINT_S (three refreshes: one lost list is
+# no gap). At 1,000 nodes a node's links change about every 10 s while far links are being
+# explored, so a fast link carries about one ~380-byte list per 10 s each way (~40 B/s).
+OVERLAY_LINK_IDS_MIN_S = 10.0
+# A new link gets its first list only this long after it came up. Why: the two ends of a
+# simultaneous open may still disagree on the session's keys for a moment; a list sent then
+# lands under keys the peer dropped (unknown_index) and sets off a key repair that costs the
+# link's other traffic (300 nodes: routed pings lost on the first try, slower convergence).
+OVERLAY_LINK_IDS_SETTLE_S = 5.0
+OVERLAY_LINK_IDS_REFRESH_S = 60.0
+OVERLAY_LINK_HINT_S = 180.0
 # Retry the bootstrap endpoints this often while we have no link at all.
 OVERLAY_BOOTSTRAP_RETRY_S = 10.0
 # A peer we could not link to at all (not even relayed) is not asked again for this long.

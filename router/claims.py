@@ -90,6 +90,7 @@ class HostClaims:
         # The router's, for its life (the same objects and values as its daemon's).
         self.hosts, self.tasks, self.address = lan.hosts, lan.tasks, lan.address
         self.settings, self.network, self.rng = lan.settings, lan.network, lan.rng
+        self.namespace = lan.namespace
         self.subnet, self.suffix, self.rcfg = lan.subnet, lan.suffix, lan.rcfg
         self._leases: dict[bytes, list[DhtLease]] = {}
         # MACs with a claim (DHCP allocation or static registration) in flight.
@@ -226,7 +227,7 @@ class HostClaims:
                     got = await allocate_ip(
                         node.dht,
                         self.subnet,
-                        network=self.network,
+                        namespace=self.namespace,
                         rng=self.rng,
                         preferred=preferred,
                         value=mac,
@@ -277,7 +278,7 @@ class HostClaims:
             return None
         if old is None and len(self.hosts) >= self.rcfg.max_hosts:
             self.lan.count_drop("host_table_full")
-            self.tasks.spawn(self._release([IpLease(self.lan.node.dht, self.network, vip)]))
+            self.tasks.spawn(self._release([IpLease(self.lan.node.dht, self.namespace, vip)]))
             return None
         if old is not None:
             self._drop_host(mac)
@@ -289,7 +290,7 @@ class HostClaims:
         self.lan.arp.add_local(vip)
         lease = IpLease(
             self.lan.node.dht,
-            self.network,
+            self.namespace,
             vip,
             ttl=self.settings.lease_s,
             value=mac,
@@ -312,15 +313,17 @@ class HostClaims:
     async def _register_hostname(self, host: LanHost, hostname: str) -> None:
         node = self.lan.node
         assert node is not None and node.dht is not None
-        under = node.identity.cert.hostname
-        if under is None or not node.identity.cert.is_router:
+        # The network certificate (on a shared overlay the links' one names no hosts).
+        cert = self.lan.membership.node_cert
+        under = cert.hostname
+        if under is None or not cert.is_router:
             self.lan.count_drop("no_name_authority")  # tools/routerd refuses such bundles
             self._naming.discard(host.mac)
             return
         try:
             name = lan_host_name(hostname.lower(), under)
             ok = await register_name(
-                node.dht, self.network, name, host.vip, ttl=self.settings.lease_s
+                node.dht, self.namespace, name, host.vip, ttl=self.settings.lease_s
             )
         except ConfigError:
             self.lan.count_drop("bad_hostname")
@@ -348,7 +351,10 @@ class HostClaims:
         if full not in host.names:
             host.names.append(full)
         lease = DhtLease(
-            node.dht, name_key(self.network, name), value=host.vip.packed, ttl=self.settings.lease_s
+            node.dht,
+            name_key(self.namespace, name),
+            value=host.vip.packed,
+            ttl=self.settings.lease_s,
         )
         lease.start()
         self._leases.setdefault(host.mac, []).append(lease)
@@ -427,7 +433,7 @@ class HostClaims:
         assert node is not None and node.dht is not None
         try:
             try:
-                ok = await node.dht.create(ip_key(self.network, vip), mac, self.settings.lease_s)
+                ok = await node.dht.create(ip_key(self.namespace, vip), mac, self.settings.lease_s)
             except Exception:  # the DHT did not answer: not a claim, try again later
                 ok = False
             if not ok:
@@ -502,7 +508,7 @@ class HostClaims:
         assert node is not None and node.dht is not None
         if self.hosts.by_mac(mac) is not None or not self._free_here(vip, mac):
             return
-        if not await node.dht.create(ip_key(self.network, vip), mac, self.settings.lease_s):
+        if not await node.dht.create(ip_key(self.namespace, vip), mac, self.settings.lease_s):
             self.lan.count_drop("restore_lost")
             return
         host = self._bind(mac, vip, kind, expires=self.lan.clock() + self.rcfg.dhcp_lease_s)

@@ -67,7 +67,7 @@ from ipop.dhcp_dns.dhcp import (
 )
 from ipop.dhcp_dns.dns import DnsResolver
 from ipop.dhcp_dns.services import TapServices, TapServicesRunner
-from ipop.errors import LocalProtocolError
+from ipop.errors import ConfigError, LocalProtocolError
 from ipop.ratelimit import KeyedBuckets, TokenBucket
 from ipop.router.claims import MAX_REMEMBERED, STAGES, HostClaims, HostTask, Stage
 from ipop.router.config import RouterSection
@@ -162,7 +162,13 @@ def router_daemon(
     upstream: Endpoint | None = None,
 ) -> Daemon:
     """A daemon whose local side is the LAN of ``router`` (its :class:`RouterLan` is
-    ``daemon.local``)."""
+    ``daemon.local``). ConfigError for an overlay-only bundle: a router serves a network."""
+    if not bundle.is_member:
+        raise ConfigError(
+            "bundle",
+            "is an overlay-only node's: a router gives its LAN addresses of a network",
+            "make the router's bundle with 'ipop-config node NETWORK NAME --router'",
+        )
 
     def lan(daemon: Daemon) -> RouterLan:
         return RouterLan(daemon, router, dns_enabled=dns_enabled, upstream=upstream)
@@ -189,8 +195,12 @@ class RouterLan:
         self.daemon = daemon
         # What does not change for the daemon's life, named here as the code below uses it.
         self.settings, self.network, self.rng = daemon.settings, daemon.network, daemon.rng
+        self.namespace = daemon.namespace  # of the DHT keys it claims (ipop.dht.record)
         self.subnet, self.gateway, self.suffix = daemon.subnet, daemon.gateway, daemon.suffix
+        # A member's, as router_daemon checked: the LAN's addresses are the network's.
+        assert daemon.address is not None and daemon.membership is not None
         self.tasks, self.address = daemon.tasks, daemon.address
+        self.membership = daemon.membership
         self.arp = ArpResponder(None, self.subnet)
         self.rcfg = router
         self.dns_enabled = dns_enabled

@@ -110,7 +110,12 @@ def format_status(status: Status) -> list[str]:
         lines.append("endpoints: " + ", ".join(me.endpoints))
     if not status.peers:
         lines.append("no peers yet")
-    if me.vip is None:
+    if me.overlay_only:
+        lines.append(
+            "overlay-only node: it routes, relays and stores DHT records for the networks on "
+            "its overlay, and is a member of none (no virtual IP, no names)"
+        )
+    elif me.vip is None:
         # Why, not just "-": a lone first node waits here until a second node joins.
         lines.append(
             "no virtual IP yet: an address is claimed by a quorum of DHT replicas, so a node "
@@ -124,6 +129,13 @@ def format_status(status: Status) -> list[str]:
     for p in status.peers:
         if p.why:
             lines.append(f"{p.node_id[:SHORT_ID]} ({p.name or p.vip or '?'}) {p.path}: {p.why}")
+    if status.networks:  # a daemon in several networks: each, its first (self's) first
+        lines.append("")
+        lines.append(f"networks ({len(status.networks)}):")
+        nrows: list[tuple[str, ...]] = [("NETWORK", "TAP", "VIP", "SUFFIX", "NAMES")]
+        for n in status.networks:
+            nrows.append((n.network, n.tap, n.vip or "-", n.suffix, " ".join(n.names)))
+        lines.extend(format_table(nrows))
     if status.lan_hosts:
         lines.append("")
         lines.append(f"LAN hosts ({len(status.lan_hosts)}):")

@@ -1,5 +1,9 @@
 """A network's home folder on the CA's machine: its settings, its register, its CRL file.
 
+An overlay CA (issue 17: several networks on one overlay) has a home of the same make in
+:func:`overlay_folder`: its CA, its register and its CRL; a network on it names it in
+``network.toml`` (``overlay``, ``overlay_ca``).
+
 This module owns what ``ipop-config`` keeps in ``<home>/<network>/`` besides the CA's key and
 certificate: ``network.toml`` (:class:`NetworkSettings`), the register of issued certificates
 ``issued.json`` (:class:`Register` of :class:`Issued`), the revocation list in force, and the
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Sequence
@@ -23,13 +28,14 @@ from cryptography.hazmat.primitives import serialization
 
 from ipop.bundle import (
     DEFAULT_DNS_SUFFIX,
+    TomlValue,
     format_toml,
     parse_bootstrap,
     parse_dns_suffix,
     parse_subnet,
 )
 from ipop.errors import ConfigError
-from ipop.identity import NetworkCA
+from ipop.identity import NetworkCA, validate_network
 from ipop.types import Endpoint
 
 __all__ = [
@@ -43,6 +49,7 @@ __all__ = [
     "crl_path",
     "crl_pem",
     "current_crl",
+    "overlay_folder",
     "read_file",
     "tmp_name",
     "write_file",
@@ -107,17 +114,23 @@ class NetworkSettings:
     subnet: IPv4Network
     bootstrap: tuple[Endpoint, ...]
     dns_suffix: str
+    # A network on a shared overlay: the overlay's name and its CA's fingerprint (so a
+    # re-made overlay home is noticed, not silently signed into bundles). None: its own.
+    overlay: str | None = None
+    overlay_ca: str | None = None
 
     def to_toml(self) -> str:
+        items: list[tuple[str, TomlValue]] = [
+            ("format", NETWORK_FILE_FORMAT),
+            ("network", self.network),
+            ("subnet", str(self.subnet)),
+            ("bootstrap", [str(ep) for ep in self.bootstrap]),
+            ("dns_suffix", self.dns_suffix),
+        ]
+        if self.overlay is not None and self.overlay_ca is not None:
+            items += [("overlay", self.overlay), ("overlay_ca", self.overlay_ca)]
         return format_toml(
-            [
-                ("format", NETWORK_FILE_FORMAT),
-                ("network", self.network),
-                ("subnet", str(self.subnet)),
-                ("bootstrap", [str(ep) for ep in self.bootstrap]),
-                ("dns_suffix", self.dns_suffix),
-            ],
-            header=f"ipop network {self.network!r}: settings copied into every node bundle",
+            items, header=f"ipop network {self.network!r}: settings copied into every node bundle"
         )
 
     @classmethod
@@ -125,12 +138,33 @@ class NetworkSettings:
         table = tomllib.loads(text)
         if table.get("network") != network:
             raise ConfigError("network", f"network.toml is not for {network!r}", "restore it")
+        overlay, overlay_ca = table.get("overlay"), table.get("overlay_ca")
+        if (overlay is None) != (overlay_ca is None):
+            raise ConfigError(
+                "overlay" if overlay is None else "overlay_ca",
+                "is missing (network.toml names an overlay by both its name and CA fingerprint)",
+                "restore network.toml",
+            )
+        if overlay is not None:
+            validate_network(overlay, key="overlay")
+        if overlay_ca is not None and not (
+            isinstance(overlay_ca, str) and re.fullmatch(r"[0-9a-f]{64}", overlay_ca)
+        ):
+            raise ConfigError("overlay_ca", "is not a SHA-256 fingerprint", "restore network.toml")
         return cls(
             network=network,
             subnet=parse_subnet(table.get("subnet")),
             bootstrap=parse_bootstrap(table.get("bootstrap")),
             dns_suffix=parse_dns_suffix(table.get("dns_suffix", DEFAULT_DNS_SUFFIX)),
+            overlay=overlay,
+            overlay_ca=overlay_ca,
         )
+
+
+def overlay_folder(home: Path, overlay: str) -> Path:
+    """An overlay CA's home: ``<home>/<overlay>.overlay/`` (network names have no dot, so it
+    never meets a network's folder). Same files as a network's but ``network.toml``."""
+    return home / f"{overlay}.overlay"
 
 
 # --- the register of issued certificates -----------------------------------------------------

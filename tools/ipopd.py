@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ipop.aio.commands import DaemonControl
 from ipop.aio.control import ControlServer
 from ipop.aio.daemon import Daemon, DaemonSettings
+from ipop.aio.local import ServedSide
 from ipop.aio.sysdns import system_dns_for
 from ipop.bundle import Bundle, load_bundle
 from ipop.config import MetricsConfig, NodeConfig, WebConfig, load_config
@@ -60,7 +61,7 @@ class NodeServices:
     are retransmitted, as RFC 2131 clients do.
     """
 
-    def __init__(self, daemon: Daemon, cfg: NodeConfig) -> None:
+    def __init__(self, daemon: ServedSide, cfg: NodeConfig) -> None:
         self.daemon = daemon
         self.dhcp_mode = cfg.tap.addressing == "dhcp"
         gateway = daemon.gateway
@@ -254,6 +255,20 @@ def load_valid_bundle(path: Path) -> Bundle:
     return bundle
 
 
+def load_networks(cfg: NodeConfig) -> list[tuple[Bundle, str]]:
+    """The ``[[network]]`` tables' bundles (valid now) and TAP names; the daemon checks that
+    they share the first bundle's overlay and key."""
+    out = []
+    for i, net in enumerate(cfg.networks):
+        try:
+            out.append((load_valid_bundle(net.bundle), net.tap_name))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"network[{i}].bundle", f"{exc.key}: {exc.problem}", exc.fix
+            ) from None
+    return out
+
+
 def config_arg(prog: str, description: str, config_help: str, argv: list[str] | None) -> str:
     """The ``--config FILE`` a daemon takes, and nothing else (shared with ipop-router).
 
@@ -283,15 +298,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(config)
         bundle = load_valid_bundle(cfg.bundle)
+        networks = load_networks(cfg)
         settings = DaemonSettings.from_config(cfg, bundle_hostname=bundle.hostname)
         system_dns = system_dns_for(cfg.dns.system, dns_enabled=cfg.dns.enabled)
+        daemon = Daemon(
+            bundle,
+            settings,
+            services=lambda d: NodeServices(d, cfg),
+            system_dns=system_dns,
+            networks=networks,
+        )
     except ConfigError as exc:
         print(f"ipopd: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
-    daemon = Daemon(
-        bundle, settings, services=lambda d: NodeServices(d, cfg), system_dns=system_dns
-    )
     return run_daemon("ipopd", daemon, cfg.control.socket, cfg.metrics, cfg.web)
 
 

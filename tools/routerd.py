@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_router_config(config)
         node = cfg.node
         bundle = load_valid_bundle(node.bundle)
-        check_authority(cfg.router, bundle.node_cert)
+        check_authority(cfg.router, bundle.membership().node_cert)
         settings = DaemonSettings.from_config(node, bundle_hostname=bundle.hostname)
     except ConfigError as exc:
         print(f"ipop-router: {exc}", file=sys.stderr)

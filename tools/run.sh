@@ -12,10 +12,11 @@ VENV=$ROOT/.venv
 # gcc, python3-dev and libssl-dev build the optional native data path (setup.py); chromium
 # renders the status page and the overlay map in tests/lab/test_web_lab.py (headless);
 # dnsmasq-base (the binary, no service) is the split-DNS resolver of tests/lab/test_splitdns_lab.py;
-# debootstrap makes the throwaway Debian root the .deb is tried in (tests/pkg/test_deb.py).
+# debootstrap makes the throwaway Debian root the .deb is tried in (tests/pkg/test_deb.py);
+# tcpdump watches an overlay-only node's wire in tests/lab/test_two_networks_lab.py.
 APT_PACKAGES=(python3 python3-venv openssl iproute2 iptables nftables iputils-ping dnsutils
   udhcpc isc-dhcp-client iperf3 procps coturn stun-server gcc python3-dev libssl-dev chromium
-  curl dnsmasq-base debootstrap)
+  curl dnsmasq-base debootstrap tcpdump)
 # Only for `run.sh bench`: the peers ipop is measured against.
 BENCH_PACKAGES=(tinc wireguard-go wireguard-tools nebula)
 

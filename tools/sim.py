@@ -148,6 +148,7 @@ def _overlay(args: argparse.Namespace) -> int:
             settle_s=args.settle,
             allocate=not args.no_allocate,
             proximity=not args.no_proximity,
+            link_hints=not args.no_link_hints,
         )
         # Phases of a big run take minutes: say when each ends (stderr: stdout is the result).
         _say(f"{sc.nodes} nodes, seed {sc.seed}: joining over {sc.join_spread_s:g} s virtual")
@@ -309,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-proximity",
         action="store_true",
         help="far links by Symphony's random draws alone, not by measured round trips",
+    )
+    overlay.add_argument(
+        "--no-link-hints",
+        action="store_true",
+        help="routing weighs our own links only, not the ids fast peers say they link to",
     )
     overlay.add_argument(
         "--tick-ms",

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Collection
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class AddressKeeper:
         *,
         state_dir: Path,
         network: str,
+        namespace: str,
         subnet: IPv4Network,
         suffix: str,
         lease_s: float,
@@ -47,6 +49,7 @@ class AddressKeeper:
     ) -> None:
         self.state_file = state_dir / "state.json"
         self.network = network
+        self.namespace = namespace  # of our DHT keys (ipop.dht.record.namespace_of)
         self.subnet = subnet
         self.suffix = suffix
         self.lease_s = lease_s
@@ -71,26 +74,27 @@ class AddressKeeper:
         tmp.write_text(json.dumps({"vip": str(vip), "network": self.network}) + "\n")
         os.replace(tmp, path)
 
-    async def claim(self, dht: DhtLike) -> IPv4Address:
+    async def claim(self, dht: DhtLike, *, avoid: Collection[IPv4Address] = ()) -> IPv4Address:
         """Claim an address (the saved one first) until the DHT grants one; save it and keep
-        it with a lease."""
+        it with a lease. ``avoid``: none of these (our addresses in other networks)."""
         preferred = self.saved()
         while True:
             try:
                 vip = await allocate_ip(
                     dht,
                     self.subnet,
-                    network=self.network,
+                    namespace=self.namespace,
                     rng=self.rng,
                     preferred=preferred,
                     ttl=self.lease_s,
+                    avoid=avoid,
                 )
                 break
             except Exception as exc:  # the DHT may still be converging: try again
                 log.warning("event=alloc_retry error=%s", exc)
                 await asyncio.sleep(timing.VIP_ALLOC_RETRY_S)
         self.save(vip)
-        self.lease = IpLease(dht, self.network, vip, ttl=self.lease_s)
+        self.lease = IpLease(dht, self.namespace, vip, ttl=self.lease_s)
         self.lease.start()
         return vip
 
@@ -99,10 +103,10 @@ class AddressKeeper:
         it (then kept with a lease; a name another node holds is logged and left out)."""
         names = [f"{c_name(vip)}.{self.suffix}"]
         if hostname:
-            if await register_name(dht, self.network, hostname, vip, ttl=self.lease_s):
+            if await register_name(dht, self.namespace, hostname, vip, ttl=self.lease_s):
                 names.append(f"{hostname}.{self.suffix}")
                 self.name_lease = DhtLease(
-                    dht, name_key(self.network, hostname), value=vip.packed, ttl=self.lease_s
+                    dht, name_key(self.namespace, hostname), value=vip.packed, ttl=self.lease_s
                 )
                 self.name_lease.start()
             else:

@@ -18,7 +18,7 @@ from ipop.aio.control import CommandFailed
 from ipop.aio.daemon import Daemon
 from ipop.dht.policy import MAX_USER_KEY
 from ipop.dht.publish import PublishFailed, ServicePublisher, check_name, list_services
-from ipop.dht.record import MAX_VALUE_BYTES
+from ipop.dht.record import MAX_VALUE_BYTES, user_key
 from ipop.dht.srv import PROTOS, ServiceValue
 from ipop.identity import CrlError
 from ipop.nat.netcheck import NetcheckResult
@@ -117,7 +117,7 @@ class DaemonControl:
                 check_name(name, p)
             except PublishFailed as exc:
                 raise CommandFailed(str(exc)) from None
-            found = await list_services(node.dht, self.d.network, name, p, subnet=self.d.subnet)
+            found = await list_services(node.dht, self.d.namespace, name, p, subnet=self.d.subnet)
             out.extend(i.to_dict() for i in found)
         return out
 
@@ -149,8 +149,9 @@ class DaemonControl:
         return await self.d.netcheck(eps, second_opinion=second_opinion)
 
     def _key(self, key: str) -> str:
-        # User keys live in their own namespace of this network: they cannot touch ip/name records.
-        return f"{self.d.network}:user:{key}"
+        # User keys are a kind of their own in this network's namespace: they cannot touch
+        # ip/name records.
+        return user_key(self.d.namespace, key)
 
 
 def _value_dict(name: str, proto: str, value: ServiceValue) -> dict[str, Any]:

@@ -10,6 +10,13 @@ Start-up, in order (each step logs one structured line):
    TAP (static addressing) or hand the address to the DHCP server (``addressing = "dhcp"``);
 4. serve the control socket.
 
+An overlay-only node (a bundle with no network, ``ipop-config overlay node``; issue 17) opens no
+TAP and claims nothing: it is ready once its DHT has joined, and from then on it routes,
+relays and stores DHT records for every network on its overlay, none of which it can read or
+write (:mod:`ipop.overlay.origin` seals members' routed traffic; :mod:`ipop.dht.policy`
+checks each network's records against the CA key its namespace names). What needs a
+network (``network``, ``subnet``, ``suffix``, ...) raises :class:`CommandFailed` there.
+
 Local services (DHCP and DNS on the TAP) are plugged in by the composition root
 (``tools/ipopd.py``) through :class:`ipop.aio.local.LocalServices`: the core does not import
 ``dhcp_dns``. Router mode replaces the TAP with its LAN through
@@ -31,12 +38,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -46,20 +54,32 @@ from ipop.aio.address import AddressKeeper
 from ipop.aio.addrwatch import AddressWatcher
 from ipop.aio.control import CommandFailed
 from ipop.aio.dataplane import DataPlane, LocalSide, UdpSocket
-from ipop.aio.local import LocalNetwork, LocalServices
+from ipop.aio.local import LocalNetwork, LocalServices, ServedSide
+from ipop.aio.member import (
+    MemberSide,
+    Served,
+    check_same_overlay,
+    dns_answer,
+    local_frame,
+    network_row,
+    open_tap,
+    owner_of,
+    resolve_in,
+    route_tables,
+    take_address,
+)
 from ipop.aio.natio import NatSockets
 from ipop.aio.peerstore import PeerStore
 from ipop.aio.rtnl import Rtnl
 from ipop.aio.settings import DaemonSettings, load_crl_file
 from ipop.aio.stack import Node
 from ipop.aio.sysdns import SystemDns, SystemDnsError, routing_domains
-from ipop.aio.tap import Tap
-from ipop.bundle import Bundle
+from ipop.aio.tap import DEFAULT_TAP_MTU, Tap
+from ipop.bundle import Bundle, Membership
 from ipop.dht.names import lookup_name
-from ipop.dht.publish import ServiceKeeper, ServicePublisher, list_services
-from ipop.dht.record import ip_key
+from ipop.dht.publish import ServiceKeeper, ServicePublisher
 from ipop.dht.service import DhtConfig
-from ipop.dht.srv import PROTOS, SERVICE_QUOTA, ServiceValue
+from ipop.dht.srv import SERVICE_QUOTA, ServiceValue
 from ipop.errors import ConfigError
 from ipop.link import fastpath
 from ipop.metrics import MetricsInput, render_metrics
@@ -68,13 +88,13 @@ from ipop.nolinks import NoLinkWatch
 from ipop.report import LocalView, build_status, prefixed
 from ipop.status import (
     DnsStatus,
+    NetworkStatus,
     PathKind,
     Status,
 )
 from ipop.tasks import TaskSet
 from ipop.types import Endpoint, NodeId, RelayPath
 from ipop.vnet.arp import VIRTUAL_MAC, ArpResponder
-from ipop.vnet.packet import ETH_P_ARP
 
 __all__ = [
     "DEFAULT_TAP_MTU",
@@ -87,9 +107,6 @@ __all__ = [
 
 log = logging.getLogger("ipopd")
 
-# 1500-byte underlay minus IPv4 (20) + UDP (8) + link DATA header (13) + AEAD tag (16) +
-# DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
-DEFAULT_TAP_MTU = 1400
 # Linked peers' vIPs from their hostnames (learn_peer_vips): how often, how many lookups a
 # sweep, and how long an answer holds.
 MAX_PEER_VIP_LOOKUPS = 8
@@ -105,25 +122,33 @@ REMEMBER_CHECK_S = 10.0
 REMEMBER_FIRST_S = 1.0
 
 
+# The data plane's subnet on an overlay-only node: it accepts no address, so every IP packet
+# is refused before this is read; a /32 nobody holds keeps the filter's arithmetic defined.
+_NO_SUBNET = IPv4Network("255.255.255.255/32")
+
+
 class Daemon:
     """One node and its local side; see the module docstring. ``services``: DHCP/DNS on the
-    TAP; ``local``: another local side instead of the TAP (then ``services`` is unused)."""
+    TAP; ``local``: another local side instead of the TAP (then ``services`` is unused).
+    ``networks``: more networks on the bundle's overlay, (bundle, TAP name) each, served by
+    :class:`ipop.aio.member.MemberSide` (``open_tap``: how their TAPs open, for tests)."""
 
     def __init__(
         self,
         bundle: Bundle,
         settings: DaemonSettings,
         *,
-        services: Callable[[Daemon], LocalServices] | None = None,
+        services: Callable[[ServedSide], LocalServices] | None = None,
         local: Callable[[Daemon], LocalNetwork] | None = None,
         system_dns: SystemDns | None = None,
+        networks: Sequence[tuple[Bundle, str]] = (),
+        open_tap: Callable[[str, int], Tap] | None = None,
     ) -> None:
         self.bundle = bundle
         self.settings = settings
-        self.network = bundle.network
-        self.subnet: IPv4Network = bundle.subnet
-        self.gateway = IPv4Address(int(self.subnet.network_address) + 1)
-        self.suffix = bundle.dns_suffix
+        # The network this daemon serves; None: an overlay-only node (module docstring).
+        self.membership: Membership | None = bundle.membership() if bundle.is_member else None
+        self._served = Served.of(self.membership, bundle.dns_suffix)
         self._services_factory = services
         self.services: LocalServices | None = None
         # Split DNS with the host's resolver (ipop.aio.sysdns): registered once the TAP has
@@ -134,14 +159,46 @@ class Daemon:
         self.names: list[str] = []
         self.stats: Counter[str] = Counter()
         self.rng = random.Random(secrets.randbits(64))
-        self.address = AddressKeeper(
-            state_dir=settings.state_dir,
-            network=self.network,
-            subnet=self.subnet,
-            suffix=self.suffix,
-            lease_s=settings.lease_s,
-            rng=self.rng,
-        )
+        self.address: AddressKeeper | None = None
+        # The other networks (issue 17, item 2), each on a TAP of its own; none: one network.
+        self.sides: list[MemberSide] = []
+        # Our first network's TAP routes live in the main table (the others': in their own).
+        self.route_table: int | None = None
+        self._open_tap = open_tap
+        if networks:
+            check_same_overlay(
+                bundle, [(f"network[{i}].bundle", b) for i, (b, _) in enumerate(networks)]
+            )
+            if self.membership is None:
+                raise ConfigError(
+                    "bundle", "is overlay-only", "[[network]] needs a member bundle first"
+                )
+            if local is not None:
+                raise ConfigError("network", "is not for a router", "run one network per router")
+            tables = route_tables(
+                self.membership.subnet, [b.membership().subnet for b, _ in networks]
+            )
+            self.sides = [
+                MemberSide(
+                    b,
+                    tap_name=tap,
+                    settings=settings,
+                    rng=self.rng,
+                    open_tap=open_tap,
+                    route_table=table,
+                )
+                for (b, tap), table in zip(networks, tables, strict=True)
+            ]
+        if self._served is not None:
+            self.address = AddressKeeper(
+                state_dir=settings.state_dir,
+                network=self.network,
+                namespace=self.namespace,
+                subnet=self.subnet,
+                suffix=self.suffix,
+                lease_s=settings.lease_s,
+                rng=self.rng,
+            )
         self.node: Node | None = None
         # The services we publish (ipop service publish); made once the DHT has our address.
         self.publisher: ServicePublisher | None = None
@@ -167,16 +224,44 @@ class Daemon:
         self._endpoints: list[Endpoint] = []  # our own addresses on the overlay port
         # ARP on the TAP: the daemon answers it (a plugged-in side answers its own, and then
         # the daemon holds no responder: one owner per local side).
-        self.arp: ArpResponder | None = ArpResponder(None, self.subnet) if local is None else None
-        self._arp_type = ETH_P_ARP.to_bytes(2, "big")
+        self.arp: ArpResponder | None = None
+        if local is None and self._served is not None:
+            self.arp = ArpResponder(None, self.subnet)
         self.netcheck_result: NetcheckResult | None = None
         self.nat = NatSockets(settings.listen.host, self.stats)
         self.addrwatch: AddressWatcher | None = None
-        self.peer_store = PeerStore(settings.state_dir, network=self.network)
+        # Remembered peers are the overlay's (the network itself when it is its own overlay).
+        self.peer_store = PeerStore(settings.state_dir, network=bundle.overlay_name)
         self._remembering = False  # set once _start has begun noting links
         self.no_links = NoLinkWatch(now=time.time())
         # Last: it may use any of the above.
         self.local: LocalNetwork | None = local(self) if local is not None else None
+
+    def _serving(self) -> Served:
+        if self._served is None:
+            raise CommandFailed("an overlay-only node serves no network (its bundle has none)")
+        return self._served
+
+    @property
+    def network(self) -> str:
+        return self._serving().network
+
+    @property
+    def namespace(self) -> str:
+        """Every DHT key of the network starts with it: it names the CA key (ipop.dht.record)."""
+        return self._serving().namespace
+
+    @property
+    def subnet(self) -> IPv4Network:
+        return self._serving().subnet
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return self._serving().gateway
+
+    @property
+    def suffix(self) -> str:
+        return self._serving().suffix
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -190,7 +275,10 @@ class Daemon:
                 loop.add_signal_handler(sig, self.stop)
         try:
             await self._start()
-            self.tasks.spawn(self._claim(on_ready))
+            if self.membership is not None:
+                self.tasks.spawn(self._claim(on_ready))
+            else:
+                self.tasks.spawn(self._serve_overlay(on_ready))
             await self._stop.wait()
         finally:
             await self._shutdown()
@@ -200,9 +288,12 @@ class Daemon:
     async def _start(self) -> None:
         s = self.settings
         now = time.time()
-        identity = self.bundle.identity(now=now)
+        # Overlay identity for links and routing, network identity for DHT records: one
+        # object unless the bundle puts the network on a shared overlay.
+        identity, member = self.bundle.identities(now=now)
         if s.crl_file is not None:
-            load_crl_file(identity.trust, s.crl_file, now=now)
+            network_trust = member.trust if member is not None else None
+            load_crl_file(identity.trust, s.crl_file, now=now, network=network_trust)
         try:
             self.udp = UdpSocket(s.listen)
         except OSError as exc:
@@ -218,29 +309,42 @@ class Daemon:
         remembered = [ep for ep in self.peer_store.load() if ep not in local]
         self.node = Node(
             identity,
+            member=member,
             bootstrap=bootstrap,
             clock=time.time,
             rng=self.rng,
             # The DHT refuses ip keys and name values outside the network's subnet.
-            dht_config=DhtConfig(subnet=self.subnet),
+            dht_config=DhtConfig(subnet=self.subnet if member is not None else None),
+            # Nonces of routed messages sealed end to end: never twice, across restarts too.
+            random_bytes=os.urandom,
+            overlay_only=member is None,
         )
         self.node.core.overlay.set_local_endpoints(local[:4])
         self.node.core.overlay.set_remembered(remembered)
+        for side in self.sides:
+            side.identify(self.node, now=now)
         local_fd, local_side, local_name = await self._open_local()
         self.dataplane = DataPlane(
             self.node,
             self.udp,
             local_fd,
-            subnet=self.subnet,
+            # An overlay-only node accepts no address, so no IP packet passes its filter.
+            subnet=self.subnet if member is not None else _NO_SUBNET,
             lookup_owner=self.lookup_owner,
             local_frame=self.local.feed if self.local is not None else self._local_frame,
             local_side=local_side,
             vnet_hdr=self.tap is not None and self.tap.vnet_hdr,
+            tag=self._served.tag if self._served is not None else b"",
         )
         if self.tap is not None:
             self.dataplane.set_link_layer(self.tap.mac, VIRTUAL_MAC)
-        if self._services_factory is not None and self.local is None:
+        if self._services_factory is not None and self.local is None and member is not None:
             self.services = self._services_factory(self)
+        if self.sides:
+            # One UDP side for all: the first plane feeds every network's (ipop.vnet.networks).
+            primary = self.dataplane
+            planes = [await side.open(primary, self._services_factory) for side in self.sides]
+            primary.join(planes)
         self.node.attach(self.udp, open_socket=self.nat.open_punch)
         self.node.core.stun.serve = s.stun_serve
         if s.stun_serve:
@@ -253,6 +357,9 @@ class Daemon:
             )
         self.node.start()
         self.dataplane.start()
+        for side in self.sides:
+            assert side.dataplane is not None
+            side.dataplane.start()
         self._watch_addresses(local)
         self._remembering = True
         self.tasks.spawn(self._remember_peers())
@@ -270,17 +377,19 @@ class Daemon:
             time.process_time(),
         )
 
-    async def _open_local(self) -> tuple[int, LocalSide | None, str]:
+    async def _open_local(self) -> tuple[int | None, LocalSide | None, str]:
         """Open the local side: (fd to read frames from, its LocalSide or None, its name).
 
-        A node's is its TAP (None: one fixed Ethernet header), else the plugged-in one.
+        A node's is its TAP (None: one fixed Ethernet header), else the plugged-in one; an
+        overlay-only node has none (fd None).
         """
+        if self.membership is None:
+            return None, None, "none (overlay-only)"
         if self.local is not None:
             fd, side, name = await self.local.open()
             return fd, side, name
         s = self.settings
-        self.tap = Tap(s.tap_name, mtu=s.tap_mtu or DEFAULT_TAP_MTU, vnet_hdr=True)
-        await self.tap.configure()
+        self.tap = await open_tap(s.tap_name, s, self._open_tap)
         return self.tap.fd, None, self.tap.name
 
     def _watch_addresses(self, local: list[Endpoint]) -> None:
@@ -306,9 +415,17 @@ class Daemon:
         async with Rtnl() as nl:
             for a in await nl.ipv4_addresses():
                 addr = a.address
-                if addr and not addr.startswith("127.") and IPv4Address(addr) not in self.subnet:
+                if addr and not addr.startswith("127.") and not self._in_subnet(addr):
                     eps.append(Endpoint(addr, port))
         return eps
+
+    def _in_subnet(self, addr: str) -> bool:
+        """Is ``addr`` one of the virtual network's (our TAP's address is no underlay one)?"""
+        ip = IPv4Address(addr)
+        served = self._served
+        return (served is not None and ip in served.subnet) or any(
+            ip in side.subnet for side in self.sides
+        )
 
     def _task_failed(self, exc: BaseException) -> None:
         log.error("event=task_failed error=%r", exc)
@@ -325,22 +442,18 @@ class Daemon:
             time.time() - self.started_at,
             time.process_time(),
         )
+        assert self.address is not None  # a member's (run() claims only for members)
         vip = await self.address.claim(node.dht)
-        assert self.dataplane is not None
-        self.dataplane.set_own_ip(vip)
-        # ARP for our own vIP: the TAP's kernel answers it; a plugged-in side answers it itself.
-        if self.arp is not None:
-            self.arp.set_own_ip(vip)
-        if self.settings.addressing == "static" and self.tap is not None:
-            await self.tap.set_address(vip, self.subnet, self.gateway)
-        if self.services is not None:
-            self.services.address_assigned(vip)
+        await take_address(vip, self._serving(), self)
+        if self.sides:
+            self.tasks.spawn(self._claim_sides(vip))
         # The certificate's hostname (DaemonSettings.from_config refuses a config that differs).
         self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
         # A router may publish for its LAN hosts too: replicas grant it one more each.
-        quota = SERVICE_QUOTA + self.bundle.node_cert.router_hosts
+        assert self.membership is not None
+        quota = SERVICE_QUOTA + self.membership.node_cert.router_hosts
         self.publisher = ServicePublisher(
-            node.dht, self.network, ttl=self.settings.lease_s, quota=quota
+            node.dht, self.namespace, ttl=self.settings.lease_s, quota=quota
         )
         # Published last: a status showing the vIP means the node answers to all its names.
         self.vip = vip
@@ -360,6 +473,31 @@ class Daemon:
         # After ready: a resolver slow to answer (resolvectl waits up to 5 s a command) must
         # not hold up the address, the names or the services.
         await self._register_dns()
+
+    async def _claim_sides(self, first: IPv4Address) -> None:
+        """The other networks' claims, one after another, each avoiding the addresses the
+        ones before got (ipop.aio.member.MemberSide.claim)."""
+        taken = [first]
+        for side in self.sides:
+            await side.claim(avoid=taken)
+            if side.vip is not None:
+                taken.append(side.vip)
+
+    async def _serve_overlay(self, on_ready: Callable[[], Any] | None) -> None:
+        """An overlay-only node is ready once its DHT has joined: from then on it routes,
+        relays and stores records for every network on the overlay, and claims nothing."""
+        node = self.node
+        assert node is not None
+        await node.dht_ready.wait()
+        log.info(
+            "event=ready overlay_only=1 overlay=%s after_s=%.3f cpu_s=%.3f",
+            self.bundle.overlay_name,
+            time.time() - self.started_at,
+            time.process_time(),
+        )
+        self.ready.set()
+        if on_ready is not None:
+            on_ready()
 
     async def _register_dns(self) -> None:
         """Route the suffix (and the subnet's reverse zones) from the host's resolver to our
@@ -395,7 +533,10 @@ class Daemon:
                     await self.publisher.withdraw_all()
             except TimeoutError:
                 log.warning("event=service_withdraw_timeout")
-        await self.address.stop()
+        if self.address is not None:
+            await self.address.stop()
+        for side in self.sides:
+            await side.stop()
         if self.services is not None:
             await self.services.close()
         if self.dataplane is not None:
@@ -409,6 +550,8 @@ class Daemon:
             self.udp.close()
         if self.tap is not None:
             self.tap.close()
+        for side in self.sides:
+            side.close()
         if self.local is not None:
             self.local.close()
         log.info("event=stopped")
@@ -480,56 +623,24 @@ class Daemon:
     # --- lookups ----------------------------------------------------------------------------
 
     async def lookup_owner(self, vip: IPv4Address) -> NodeId | None:
-        node = self.node
-        if node is None or node.dht is None:
-            return None
-        record = await node.dht.get(ip_key(self.network, vip))
-        if record is None or record.tombstone:
-            return None
-        return record.owner
+        """The holder of ``vip`` in our (first) network (:func:`ipop.aio.member.owner_of`)."""
+        return await owner_of(self.node, self.namespace, vip)
 
     async def resolve(self, name: str) -> IPv4Address | None:
         """A name (with or without the DNS suffix) or a dotted address → vIP."""
-        name = name.strip().rstrip(".").lower()
-        with contextlib.suppress(ValueError):
-            addr = IPv4Address(name)
-            return addr if addr in self.subnet else None
-        suffix = "." + self.suffix
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-        node = self.node
-        if node is None or node.dht is None:
-            return None
-        return await lookup_name(node.dht, self.network, name, self.subnet)
+        return await resolve_in(self.node, self.namespace, self.subnet, self.suffix, name)
 
     async def dns_lookup(self, name: str) -> IPv4Address | tuple[ServiceValue, ...] | None:
         """What DNS asks the DHT: a service ``_<name>._<proto>`` (its verified instances) or
         a hostname (its vIP)."""
-        service, dot, proto = name.partition(".")
-        if dot and service.startswith("_") and proto[1:] in PROTOS:
-            node = self.node
-            if node is None or node.dht is None:
-                return None
-            found = await list_services(
-                node.dht, self.network, service[1:], proto[1:], subnet=self.subnet
-            )
-            return tuple(ServiceValue(i.addr, i.port, i.txt) for i in found)
-        return await self.resolve(name)
+        return await dns_answer(self.node, self.namespace, self.subnet, self.suffix, name)
 
     # --- the TAP's local traffic ------------------------------------------------------------
 
     def _local_frame(self, frame: bytes) -> bool:
         """A frame from the TAP that is not for the overlay: ARP is ours to answer (every ARP
         frame is consumed), DHCP and DNS the services'."""
-        if frame[12:14] == self._arp_type:
-            assert self.arp is not None  # the TAP's local frames come here only without a side
-            reply = self.arp.reply(frame)
-            if reply is not None:
-                self.write_frame(reply)
-            return True
-        if self.services is None:
-            return False
-        return self.services.feed(frame, now=time.time())
+        return local_frame(frame, self.arp, self.services, self.write_frame)
 
     def write_frame(self, frame: bytes) -> None:
         if self.dataplane is not None:
@@ -585,7 +696,17 @@ class Daemon:
             counters=tuple(counters),
             lan_hosts=tuple(self.local.lan_hosts()) if self.local is not None else (),
             dns=dns,
+            overlay_only=self.membership is None,
+            networks=self.networks_status(),
         )
+
+    def networks_status(self) -> tuple[NetworkStatus, ...]:
+        """Each network of a daemon in several, the first (``self``'s) first; () for one."""
+        if not self.sides or self._served is None:
+            return ()
+        tap = self.tap.name if self.tap is not None else self.settings.tap_name
+        first = network_row(self._served, self.vip, self.names, tap)
+        return (first, *(side.status() for side in self.sides))
 
     def metrics_text(self, *, max_peers: int, drops: Mapping[str, int] | None = None) -> str:
         """The Prometheus page (ipop.metrics) of this node's status; ``drops``: the metrics
@@ -604,7 +725,8 @@ class Daemon:
         )
 
     async def learn_peer_vips(self, *, now: float) -> int:
-        """Learn linked peers' vIPs from their hostnames' records; how many were learned.
+        """Learn linked peers' vIPs from their hostnames' records (on a shared overlay, their
+        node names'); how many were learned.
 
         The data plane knows the vIPs of peers we exchanged traffic with; a ring neighbour we
         never talked to would show no VIP in ``ipop status``. A hostname names the vIP, and
@@ -622,15 +744,21 @@ class Daemon:
         ]:
             del self.peer_vips[peer]
         known = self.dataplane.known_owners()
+        # On a shared overlay, links present overlay certificates, which name no hostname:
+        # the node name stands in (ipop-config names a member alike in both certificates), and
+        # the owner check below decides as for a hostname. A peer of another network, or an
+        # overlay-only one, resolves to nothing (a lookup a sweep, MAX_PEER_VIP_LOOKUPS bound).
+        shared = self.bundle.overlay is not None
         todo = [
-            info
+            (info, name)
             for info in infos
-            if info.hostname and info.peer not in known and info.peer not in self.peer_vips
+            if (name := info.hostname or (info.name if shared else None))
+            and info.peer not in known
+            and info.peer not in self.peer_vips
         ][:MAX_PEER_VIP_LOOKUPS]
         learned = 0
-        for info in todo:
-            assert info.hostname is not None
-            vip = await lookup_name(node.dht, self.network, info.hostname, self.subnet)
+        for info, name in todo:
+            vip = await lookup_name(node.dht, self.namespace, name, self.subnet)
             if vip is not None and await self.lookup_owner(vip) == info.peer:
                 self.peer_vips[info.peer] = (vip, now)
                 learned += 1

@@ -55,6 +55,15 @@ TAP writes: on a TAP opened with a virtio header (:class:`ipop.aio.tap.Tap`, the
 the frames a UDP batch delivers are written with TCP segments of one flow merged into one
 packet, which the kernel's receive path then handles once (:mod:`ipop.vnet.gro`).
 
+Several networks (issue 17, item 2): a daemon in several virtual networks has one DataPlane
+per network (its TAP, filter, owner table and lookups in that network's namespace). The first
+drains the UDP socket for all of them (:meth:`DataPlane.join`): every IP packet from the
+overlay goes through :class:`ipop.vnet.networks.NetworkDemux`, which names the network's plane
+after that network's checks (``ip_wrong_network`` else). Such a daemon sends its IP tagged
+(KIND_IP_NET) and one by one through :meth:`NodeCore.send_ip`, and receives tagged IP through
+the core's events: the pure-Python path, not the runs (see docs/design.md). A plane of a
+daemon in one network sends untagged KIND_IP and takes tagged IP for its own network too.
+
 Latency (a lone packet, e.g. a ping every 50 ms): a wake-up after a quiet spell
 (:data:`ipop.timing.DATAPLANE_SPARSE_S`) reads one packet, without the extra read that would
 find the fd empty, and a UDP batch's TAP writes are followed by a TAP read at once (see
@@ -90,6 +99,7 @@ from ipop.types import Endpoint, NodeId, SocketPath
 from ipop.vnet.echo import echo_reply
 from ipop.vnet.filter import Drop, PacketFilter, Verdict
 from ipop.vnet.gro import NO_GSO, VNET_HDR, coalesce
+from ipop.vnet.networks import NetDrop, NetworkDemux
 from ipop.vnet.owners import Held, LookupDrop, OwnerTable
 from ipop.vnet.toobig import frag_needed
 from ipop.wire.header import DATA_MIN_BYTES
@@ -120,7 +130,9 @@ _FRAME_MAX = 65535 + 14
 # the DIRECT header replaces the Ethernet header, and the link adds its header and tag.
 _SEAL_GROWTH = DATA_MIN_BYTES + 2 - 14
 # Every name a DataPlane's ``drops`` counter may hold.
-DROP_REASONS: frozenset[str] = frozenset(r.value for e in (IoDrop, Drop, LookupDrop) for r in e)
+DROP_REASONS: frozenset[str] = frozenset(
+    r.value for e in (IoDrop, Drop, LookupDrop, NetDrop) for r in e
+)
 
 
 class LocalSide(Protocol):
@@ -165,7 +177,7 @@ class DataPlane:
         self,
         node: Node,
         udp: UdpSocket,
-        tap_fd: int,
+        tap_fd: int | None,
         *,
         subnet: IPv4Network,
         lookup_owner: Callable[[IPv4Address], Awaitable[NodeId | None]],
@@ -174,7 +186,12 @@ class DataPlane:
         local_side: LocalSide | None = None,
         vnet_hdr: bool = False,
         runs: bool | None = None,
+        tag: bytes = b"",
+        primary: bool = True,
     ) -> None:
+        """``tag``: the network's tag (:func:`ipop.vnet.networks.network_tag`), so that IP
+        tagged for it is taken; ``primary``: False for the other networks' planes of a daemon
+        in several, which the first one feeds (:meth:`join`)."""
         self.node = node
         # Seal and open each destination's or path's packets in runs, one call each
         # (ipop.link.fastpath), with the native module unless IPOP_FASTPATH=python (then its
@@ -185,15 +202,18 @@ class DataPlane:
         # None: a TAP (fixed header, no source check); else a LAN (see LocalSide).
         self.local_side = local_side
         self.udp = udp
+        # None: no local side at all (an overlay-only node, ipop.aio.daemon): the node accepts
+        # no address, so the filter drops every IP packet for it before a write.
         self.tap_fd = tap_fd
         # Where frames are written: the TAP itself, or what the local side says.
-        self.out_fd = tap_fd if local_side is None else local_side.out_fd
+        out = tap_fd if local_side is None else local_side.out_fd
+        self.out_fd = -1 if out is None else out
         self.subnet = subnet
         self._lookup_owner = lookup_owner
         self._local_frame = local_frame
         self.clock = clock
-        # Only IoDrop, filter.Drop and owners.LookupDrop members: see DROP_REASONS.
-        self.drops: Counter[IoDrop | Drop | LookupDrop] = Counter()
+        # Only IoDrop, filter.Drop, owners.LookupDrop and NetDrop members: see DROP_REASONS.
+        self.drops: Counter[IoDrop | Drop | LookupDrop | NetDrop] = Counter()
         self.counters: Counter[str] = Counter()
         # A TAP opened with IFF_VNET_HDR: a virtio header before every frame read or written,
         # and a batch's TCP segments written coalesced (ipop.vnet.gro).
@@ -205,6 +225,14 @@ class DataPlane:
         self._eth_header = b""
         self.owners = OwnerTable()
         self.filter = PacketFilter(node.node_id, subnet, self.owners)
+        self.tag = tag
+        # What this plane's IP goes with: b"" (KIND_IP) unless the daemon is in several
+        # networks (then its tag, KIND_IP_NET; set by join).
+        self._send_tag = b""
+        self.primary = primary
+        # Every plane the UDP side feeds, in the demux's order (this one alone unless join).
+        self._planes: list[DataPlane] = [self]
+        self.demux = NetworkDemux([(tag, self.filter)])
         self._lookups: dict[bytes, asyncio.Task[None]] = {}
         self._endpoints: dict[tuple[str, int], Endpoint] = {}
         self._loop = asyncio.get_running_loop()
@@ -220,8 +248,19 @@ class DataPlane:
         # When each fd was last read (clock time), for timing.DATAPLANE_SPARSE_S.
         self._udp_seen = 0.0
         self._tap_seen = 0.0
-        node.on_ip = self._from_overlay
-        node.punch_sink = self._receive_punched
+        if primary:
+            node.on_ip = self._from_overlay
+            node.on_net_ip = self._from_overlay_tagged
+            node.punch_sink = self._receive_punched
+
+    def join(self, others: Sequence[DataPlane]) -> None:
+        """This (primary) plane feeds ``others`` too, one per network of the daemon, each
+        made with ``primary=False``; from now on every plane sends its IP tagged."""
+        planes = [self, *others]
+        self.demux = NetworkDemux([(p.tag, p.filter) for p in planes])
+        self._planes = planes
+        for plane in planes:
+            plane._send_tag = plane.tag
 
     def set_link_layer(self, tap_mac: bytes, virtual_mac: bytes) -> None:
         self._mac_header = tap_mac + virtual_mac + _ETH_IP
@@ -243,8 +282,10 @@ class DataPlane:
         self.filter.unaccept(addr.packed)
 
     def start(self) -> None:
-        self._loop.add_reader(self.udp.sock.fileno(), self._drain_udp)
-        self._loop.add_reader(self.tap_fd, self._drain_tap)
+        if self.primary:
+            self._loop.add_reader(self.udp.sock.fileno(), self._drain_udp)
+        if self.tap_fd is not None:
+            self._loop.add_reader(self.tap_fd, self._drain_tap)
 
     def close(self) -> None:
         if self._closed:
@@ -252,7 +293,9 @@ class DataPlane:
         self._closed = True
         if self.node.punch_sink == self._receive_punched:
             self.node.punch_sink = None
-        for fd in (self.udp.sock.fileno(), self.tap_fd):
+        for fd in (self.udp.sock.fileno() if self.primary else None, self.tap_fd):
+            if fd is None:
+                continue
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(fd)
         for task in self._lookups.values():
@@ -397,6 +440,10 @@ class DataPlane:
                 one = receive_direct(data, path, now=now, kind=KIND_IP)
                 if one is not None:
                     got.append(one)
+        if len(self._planes) > 1:  # several networks: which one's is the demux's to say
+            for src, msg in got:
+                self._from_overlay_kind(src, False, msg[2:], now)
+            return
         check_in = self.filter.check_in
         accepted = self.filter.accepted
         owners = self.owners.entries
@@ -425,7 +472,26 @@ class DataPlane:
         """An IP packet from ``src`` that came the slow path (routed, relayed): ``src`` is its
         authenticated origin."""
         now = self.clock()
+        if len(self._planes) > 1:
+            self._from_overlay_kind(src, False, packet, now)
+            return
         self._handle_in(self.filter.check_in(src, packet, 0, now), src, packet, now)
+
+    def _from_overlay_tagged(self, src: NodeId, payload: bytes) -> None:
+        """A tagged IP packet (KIND_IP_NET: the network's tag, then the packet) from ``src``;
+        always the slow path."""
+        self._from_overlay_kind(src, True, payload, self.clock())
+
+    def _from_overlay_kind(self, src: NodeId, tagged: bool, payload: bytes, now: float) -> None:
+        """An IP message (``tagged``: KIND_IP_NET, else KIND_IP) to the plane of its network,
+        with that network's verdict (:class:`ipop.vnet.networks.NetworkDemux`); counted here
+        if it is no network's."""
+        got = self.demux.check_in(src, tagged, payload, now)
+        if isinstance(got, NetDrop):
+            self.drops[got] += 1
+            return
+        side, off, verdict = got
+        self._planes[side]._handle_in(verdict, src, payload[off:] if off else payload, now)
 
     def _handle_in(self, verdict: Verdict | Drop, src: NodeId, packet: bytes, now: float) -> None:
         if verdict is Verdict.DELIVER:
@@ -448,7 +514,7 @@ class DataPlane:
             self.drops[IoDrop.NO_LOCAL_HOST] += 1
             return
         self.counters["own_echo_answered"] += 1
-        self.node.core.send_ip(src, reply, now=now)
+        self.node.core.send_ip(src, reply, now=now, tag=self._send_tag)
         self._flush_core(now)
 
     def _write(self, packet: bytes) -> None:
@@ -506,6 +572,7 @@ class DataPlane:
     def _drain_tap(self) -> None:
         """Seal up to :data:`BATCH` frames from the TAP (one after a quiet spell) and send them."""
         fd = self.tap_fd
+        assert fd is not None  # read only once start() registered it
         node = self.node
         core = node.core
         send_batch = self.udp.send_batch
@@ -523,6 +590,7 @@ class DataPlane:
         out: dict[Endpoint | SocketPath, list[bytes]] = {}
         # With the native path: each destination's DIRECT messages, sealed after the batch.
         runs: dict[int, tuple[NodeId, list[bytes], int | None]] | None = {} if self.runs else None
+        send_tag = self._send_tag
         now = self.clock()
         limit = BATCH if now - self._tap_seen < timing.DATAPLANE_SPARSE_S else 1
         self._tap_seen = now
@@ -543,6 +611,11 @@ class DataPlane:
             verdict = check_out(buf, size, now)
             if type(verdict) is NodeId:
                 if admit is not None and not admit(view[:size]):
+                    continue
+                if send_tag:  # in several networks: tagged, one by one (module docstring)
+                    mtu = core.send_ip(verdict, bytes(view[14:size]), now=now, tag=send_tag)
+                    if mtu is not None:
+                        self._too_big(view[14:size], mtu)
                     continue
                 if runs is None:
                     run = None
@@ -635,7 +708,7 @@ class DataPlane:
                 batch.append(data)
             return
         # The core's own size check: too big for a relayed or routed path is answered.
-        mtu = core.send_ip(dst, bytes(message[2:]), now=now)
+        mtu = core.send_ip(dst, bytes(message[2:]), now=now, tag=self._send_tag)
         if mtu is not None:
             self._too_big(message[2:], mtu)
 
@@ -692,7 +765,7 @@ class DataPlane:
             self.drops[Drop.TO_SELF] += len(out)
             return
         for packet in out:
-            mtu = self.node.core.send_ip(owner, packet, now=now)
+            mtu = self.node.core.send_ip(owner, packet, now=now, tag=self._send_tag)
             if mtu is not None:
                 self._too_big(memoryview(packet), mtu)
         if self.node.driver is not None:

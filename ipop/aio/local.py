@@ -7,6 +7,8 @@ the daemon:
 
 * :class:`LocalServices` (``Daemon(services=...)``, ``tools/ipopd.py``): DHCP and DNS of the
   virtual gateway on the daemon's own TAP, which the daemon opens and answers ARP on itself.
+  The factory gets a :class:`ServedSide`: the daemon for its first network, an
+  :class:`ipop.aio.member.MemberSide` for each other network of a daemon in several.
 * :class:`LocalNetwork` (``Daemon(local=...)``, ``router/daemon.py``): a whole other local
   side instead of the TAP, such as router mode's LAN of plain hosts. It opens its interface,
   takes every local frame (ARP included) and reports its own drops, counters, DNS and hosts;
@@ -15,13 +17,36 @@ the daemon:
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from ipop.aio.dataplane import LocalSide
+from ipop.aio.tap import Tap
+from ipop.dht.srv import ServiceValue
 from ipop.status import DnsStatus, LanHostStatus
 
-__all__ = ["LocalNetwork", "LocalServices"]
+__all__ = ["LocalNetwork", "LocalServices", "ServedSide"]
+
+
+class ServedSide(Protocol):
+    """One network's local side as its services see it: its gateway, subnet and suffix, its
+    TAP, how to write a frame there and how to answer a DNS question in that network."""
+
+    @property
+    def gateway(self) -> IPv4Address: ...
+
+    @property
+    def subnet(self) -> IPv4Network: ...
+
+    @property
+    def suffix(self) -> str: ...
+
+    @property
+    def tap(self) -> Tap | None: ...
+
+    def write_frame(self, frame: bytes) -> None: ...
+
+    async def dns_lookup(self, name: str) -> IPv4Address | tuple[ServiceValue, ...] | None: ...
 
 
 class LocalServices(Protocol):

@@ -23,6 +23,7 @@ Message layout (``<linux/netlink.h>``, ``<linux/rtnetlink.h>``), host byte order
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
@@ -57,6 +58,8 @@ RTM_DELADDR = 21
 RTM_GETADDR = 22
 RTM_NEWROUTE = 24
 RTM_NEWNEIGH = 28
+RTM_NEWRULE = 32
+RTM_DELRULE = 33
 # attribute types
 IFLA_MTU = 4
 IFLA_TXQLEN = 13
@@ -69,6 +72,12 @@ RTA_GATEWAY = 5
 RTA_PREFSRC = 7
 NDA_DST = 1
 NDA_LLADDR = 2
+# <linux/fib_rules.h>: a rule's selectors and action ("lookup TABLE")
+FRA_SRC = 2
+FRA_PRIORITY = 6
+FRA_TABLE = 15
+FRA_OIFNAME = 17
+FR_ACT_TO_TBL = 1
 # rtmsg fields: the main table, a route set by an admin tool (what ``ip -d route`` shows as
 # "proto static"), a plain unicast route; scopes as in <linux/rtnetlink.h>.
 RT_TABLE_MAIN = 254
@@ -151,14 +160,31 @@ def route_body(
     prefsrc: IPv4Address,
     gateway: IPv4Address | None = None,
     scope: int = RT_SCOPE_UNIVERSE,
+    table: int = RT_TABLE_MAIN,
 ) -> bytes:
-    """RTM_NEWROUTE in the main table, protocol static, unicast."""
+    """RTM_NEWROUTE in ``table`` (default the main one; 1..255), protocol static, unicast."""
     head = _RTMSG.pack(
-        socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, scope, RTN_UNICAST, 0
+        socket.AF_INET, dst.prefixlen, 0, 0, table, RTPROT_STATIC, scope, RTN_UNICAST, 0
     )
     body = head + _attr(RTA_DST, dst.network_address.packed) + _attr(RTA_OIF, _U32.pack(oif))
     body += _attr(RTA_PREFSRC, prefsrc.packed)
     return body + (_attr(RTA_GATEWAY, gateway.packed) if gateway is not None else b"")
+
+
+def rule_body(
+    *, table: int, priority: int, src: IPv4Address | None = None, oifname: str | None = None
+) -> bytes:
+    """A routing rule (RTM_NEWRULE/RTM_DELRULE): packets from ``src``, or sent on interface
+    ``oifname``, look up ``table``; at ``priority``. Its header is an rtmsg's layout
+    (fib_rule_hdr: family, dst_len, src_len, tos, table, two reserved, action; flags)."""
+    src_len = 32 if src is not None else 0
+    head = _RTMSG.pack(socket.AF_INET, 0, src_len, 0, table, 0, 0, FR_ACT_TO_TBL, 0)
+    body = head + _attr(FRA_PRIORITY, _U32.pack(priority)) + _attr(FRA_TABLE, _U32.pack(table))
+    if src is not None:
+        body += _attr(FRA_SRC, src.packed)
+    if oifname is not None:
+        body += _attr(FRA_OIFNAME, oifname.encode() + b"\0")
+    return body
 
 
 def neigh_body(index: int, dst: IPv4Address, lladdr: bytes, state: int) -> bytes:
@@ -261,9 +287,23 @@ class Rtnl:
         prefsrc: IPv4Address,
         gateway: IPv4Address | None = None,
         scope: int = RT_SCOPE_UNIVERSE,
+        table: int = RT_TABLE_MAIN,
     ) -> None:
-        body = route_body(dst, oif=oif, prefsrc=prefsrc, gateway=gateway, scope=scope)
+        body = route_body(dst, oif=oif, prefsrc=prefsrc, gateway=gateway, scope=scope, table=table)
         await self._exchange(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, body)
+
+    async def set_rules(self, *, table: int, priority: int, src: IPv4Address, oifname: str) -> None:
+        """Exactly two rules at ``priority``: from ``src``, and out of ``oifname``, look up
+        ``table`` (the ones an earlier run left there, with its address, go first)."""
+        gone = rule_body(table=table, priority=priority)
+        with contextlib.suppress(FileNotFoundError):
+            for _ in range(16):  # each call deletes one rule of that priority
+                await self._exchange(RTM_DELRULE, NLM_F_ACK, gone)
+        for body in (
+            rule_body(table=table, priority=priority, src=src),
+            rule_body(table=table, priority=priority, oifname=oifname),
+        ):
+            await self._exchange(RTM_NEWRULE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
 
     async def replace_neigh(self, index: int, dst: IPv4Address, lladdr: bytes, state: int) -> None:
         body = neigh_body(index, dst, lladdr, state)

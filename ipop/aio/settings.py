@@ -14,6 +14,7 @@ from pathlib import Path
 from ipop.config import NodeConfig, ServiceConfig
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, CrlError
+from ipop.revocation import signed_by
 from ipop.types import Endpoint
 
 __all__ = ["DaemonSettings", "load_crl_file"]
@@ -62,17 +63,23 @@ class DaemonSettings:
         )
 
 
-def load_crl_file(trust: CaTrust, path: Path, *, now: float) -> None:
+def load_crl_file(
+    trust: CaTrust, path: Path, *, now: float, network: CaTrust | None = None
+) -> None:
     """Install the CRL file ``[identity] crl`` names, unless the bundle's is as new.
 
-    A file that is unreadable, forged or not a CRL stops the start (ConfigError): a node that
-    silently ignored its operator's revocation list would accept revoked members.
+    ``trust`` is the overlay's; ``network``, on a shared overlay, the network CA's: a CRL it
+    signed goes there (:func:`ipop.revocation.signed_by`). A file that is unreadable, forged
+    or not a CRL stops the start (ConfigError): a node that silently ignored its operator's
+    revocation list would accept revoked members.
     """
     fix = "use the <network>.crl.pem that 'ipop-config revoke' wrote, or remove identity.crl"
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError("identity.crl", f"cannot read {path}: {exc.strerror}", fix) from None
+    if network is not None and network is not trust and signed_by(network, data):
+        trust = network
     try:
         crl = trust.apply_crl(data, now=now)
     except CrlError as exc:

@@ -25,16 +25,18 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from typing import Protocol
 
 from ipop import timing
 from ipop.aio.driver import DatagramSocket, Driver
 from ipop.core import NodeCore
 from ipop.dht.service import DhtConfig, DhtService
+from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity, VerifiedCrl
 from ipop.link.layer import LinkConfig
 from ipop.overlay.events import Delivered, Joined, Roamed, Routable
-from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_PING
+from ipop.overlay.messages import KIND_DHT, KIND_IP, KIND_IP_NET, KIND_PING
 from ipop.overlay.node import OverlayConfig
 from ipop.tasks import TaskSet
 from ipop.types import Endpoint, NodeId, Path, SocketPath
@@ -105,20 +107,39 @@ class Node:
         link_config: LinkConfig | None = None,
         dht_config: DhtConfig | None = None,
         on_ip: Callable[[NodeId, bytes], None] | None = None,
+        member: NodeIdentity | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
+        overlay_only: bool = False,
     ) -> None:
-        self.identity = identity
-        self.node_id = identity.node_id
-        self.clock = clock
-        self._rng = rng
+        """``identity``: the overlay identity (links, routing); ``member``: the network
+        identity over the same key, which signs and checks DHT records (default: the same
+        object, a network that is its own overlay); ``random_bytes``: see
+        :class:`ipop.core.NodeCore` (the daemon's is the OS's). ``overlay_only``: a node of
+        no network (no ``member``): its DHT stores every network's records, writes none."""
+        if overlay_only and member is not None:
+            raise LocalProtocolError("an overlay-only node has no network identity")
         self.core = NodeCore(
             identity,
             rng=random.Random(rng.random()),
             bootstrap=bootstrap,
             overlay_config=overlay_config,
             link_config=link_config,
+            member=member,
+            random_bytes=random_bytes,
         )
+        self.identity = identity
+        self.member = self.core.member
+        self.node_id = identity.node_id
+        self.clock = clock
+        self._rng = rng
         self._dht_config = dht_config
+        self.overlay_only = overlay_only
         self.on_ip = on_ip
+        # IP tagged with its network (KIND_IP_NET, tag + packet; ipop.vnet.networks): the
+        # data plane's, which knows the daemon's networks.
+        self.on_net_ip: Callable[[NodeId, bytes], None] | None = None
+        # Our other networks (add_network): identity there, subnet.
+        self._other_networks: list[tuple[NodeIdentity, IPv4Network]] = []
         self.dht: DhtService | None = None
         self.driver: Driver | None = None
         self.routable = asyncio.Event()
@@ -138,10 +159,23 @@ class Node:
         self._kinds: dict[int, Callable[[Delivered], None]] = {
             KIND_DHT: self._on_dht,
             KIND_IP: self._on_ip,
+            KIND_IP_NET: self._on_net_ip,
             KIND_PING: self._on_ping,
         }
 
     # --- lifecycle --------------------------------------------------------------------------
+
+    def add_network(self, member: NodeIdentity, subnet: IPv4Network) -> None:
+        """One more network of this node (a daemon in several, issue 17), before
+        :meth:`start`: its certificate signs that network's DHT records, its CA checks its
+        members' (:meth:`ipop.dht.service.DhtService.add_network`,
+        :meth:`ipop.core.NodeCore.add_network`)."""
+        if self.overlay_only:
+            raise LocalProtocolError("an overlay-only node has no network identity")
+        if self.dht is not None:
+            raise LocalProtocolError("add networks before start()")
+        self.core.add_network(member)
+        self._other_networks.append((member, subnet))
 
     def attach(self, sock: DatagramSocket, *, open_socket: OpenSocket | None = None) -> None:
         """Give the node its underlay socket (feed its input to :meth:`datagram_received`).
@@ -235,13 +269,17 @@ class Node:
         if self.driver is None:
             raise RuntimeError("attach() a socket before start()")
         self.dht = DhtService(
-            self.identity,
+            self.member,
             _Port(self),
             rng=random.Random(self._rng.random()),
             config=self._dht_config,
             # Leases and certificates are UNIX time; the loop's time is per-host monotonic.
             clock=self.clock,
+            member=not self.overlay_only,
+            revoked=self.core.network_crls.revoked,
         )
+        for member, subnet in self._other_networks:
+            self.dht.add_network(member, subnet=subnet)
         self.core.start(now=self.clock())
         self.driver.pump()
         self._tasks.spawn(self._join_dht())
@@ -373,6 +411,10 @@ class Node:
     def _on_ip(self, ev: Delivered) -> None:
         if self.on_ip is not None:
             self.on_ip(ev.src, ev.payload)
+
+    def _on_net_ip(self, ev: Delivered) -> None:
+        if self.on_net_ip is not None:
+            self.on_net_ip(ev.src, ev.payload)
 
     def _on_ping(self, ev: Delivered) -> None:
         if len(ev.payload) != _PING.size:

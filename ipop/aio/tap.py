@@ -17,11 +17,15 @@ from pathlib import Path
 
 import pytun
 
-from ipop.aio.rtnl import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, Rtnl
+from ipop.aio.rtnl import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, Rtnl
 from ipop.errors import ConfigError
 from ipop.vnet.arp import VIRTUAL_MAC
 
-__all__ = ["TAP_TXQLEN", "Tap"]
+__all__ = ["DEFAULT_TAP_MTU", "TAP_TXQLEN", "Tap"]
+
+# 1500-byte underlay minus IPv4 (20) + UDP (8) + link DATA header (13) + AEAD tag (16) +
+# DIRECT (2) = 1441; rounded down so a routed first packet (45 bytes more) rarely fragments.
+DEFAULT_TAP_MTU = 1400
 
 # Frames the kernel queues for us to read. Its default, 1,000, is what a burst of 1,000 DNS
 # queries at the gateway fills while the daemon answers the first ones: the rest were
@@ -86,8 +90,14 @@ class Tap:
         gateway: IPv4Address,
         *,
         gateway_mac: bytes = VIRTUAL_MAC,
+        table: int | None = None,
     ) -> None:
         """Give the tap ``addr``, and route the subnet through ``gateway`` rather than on-link.
+
+        ``table`` (a network of a daemon in several, issue 17): the routes go to that table
+        instead of the main one, which rules send what leaves from ``addr`` or out of this TAP
+        to (``ip rule``): the networks' ranges may overlap, and each network's replies and
+        ``ping -I <tap>`` must leave by its own TAP.
 
         The ARP responder gives every address of the subnet the same virtual MAC, so on-link
         and via-the-gateway deliver alike; but on-link costs one kernel neighbour entry per
@@ -105,12 +115,24 @@ class Tap:
                 if a.address is not None:
                     await nl.del_address(self.index, IPv4Address(a.address), a.prefixlen)
             await nl.add_address(self.index, addr, subnet.prefixlen, flags=IFA_F_NOPREFIXROUTE)
+            where = RT_TABLE_MAIN if table is None else table
             await nl.replace_route(
-                IPv4Network(f"{gateway}/32"), oif=self.index, prefsrc=addr, scope=RT_SCOPE_LINK
+                IPv4Network(f"{gateway}/32"),
+                oif=self.index,
+                prefsrc=addr,
+                scope=RT_SCOPE_LINK,
+                table=where,
             )
             await nl.replace_route(
-                subnet, oif=self.index, prefsrc=addr, gateway=gateway, scope=RT_SCOPE_UNIVERSE
+                subnet,
+                oif=self.index,
+                prefsrc=addr,
+                gateway=gateway,
+                scope=RT_SCOPE_UNIVERSE,
+                table=where,
             )
+            if table is not None:
+                await nl.set_rules(table=table, priority=table, src=addr, oifname=self.name)
             await nl.replace_neigh(self.index, gateway, gateway_mac, NUD_PERMANENT)
 
     def close(self) -> None:

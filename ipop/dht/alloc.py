@@ -1,6 +1,6 @@
 """Virtual IP allocation on the DHT, and leases that keep owned keys alive.
 
-An address belongs to whoever holds the live record ``<network>:ip:<addr>`` (created with the
+An address belongs to whoever holds the live record ``<namespace>:ip:<addr>`` (created with the
 DHT's quorum compare-and-set, IPOP's DHCP-over-DHT and Brunet's ``Create``, DESIGN.md §6).
 
 Allocation: try ``preferred`` first (a restarting node asks for the address it had; its own
@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Protocol
 
@@ -82,23 +82,27 @@ async def allocate_ip(
     dht: DhtLike,
     subnet: IPv4Network,
     *,
-    network: str,
+    namespace: str,
     rng: random.Random,
     preferred: IPv4Address | None = None,
     value: bytes = b"",
     ttl: float = DHT_LEASE_TTL_S,
     attempts: int = ALLOC_ATTEMPTS,
+    avoid: Collection[IPv4Address] = (),
 ) -> IPv4Address:
-    """Claim a free address of ``subnet`` in ``network``; raise :class:`AllocationFailed`."""
+    """Claim a free address of ``subnet`` under ``namespace``; raise :class:`AllocationFailed`.
+    ``avoid``: never these, free or not (a daemon's addresses in its other networks)."""
     first, last = usable_range(subnet)
-    tried: set[int] = set()
+    tried: set[int] = {int(a) for a in avoid if first <= int(a) <= last}
+    if preferred is not None and preferred in avoid:
+        preferred = None
     if preferred is not None:
         if not is_usable(subnet, preferred):
             # A remembered address from before a subnet change: not an error, just unusable.
             log.warning("preferred address %s is not usable in %s", preferred, subnet)
         else:
             tried.add(int(preferred))
-            if await _claim_preferred(dht, ip_key(network, preferred), value, ttl):
+            if await _claim_preferred(dht, ip_key(namespace, preferred), value, ttl):
                 return preferred
     span = last - first + 1
     for _ in range(attempts):
@@ -109,7 +113,7 @@ async def allocate_ip(
             pick = first + rng.randrange(span)
         tried.add(pick)
         addr = IPv4Address(pick)
-        if await dht.create(ip_key(network, addr), value, ttl):
+        if await dht.create(ip_key(namespace, addr), value, ttl):
             return addr
     raise AllocationFailed(f"no free address in {subnet} after {len(tried)} tries")
 
@@ -201,9 +205,9 @@ class DhtLease:
 class IpLease(DhtLease):
     """The lease on one virtual address."""
 
-    def __init__(self, dht: DhtLike, network: str, address: IPv4Address, **kw: Any) -> None:
-        super().__init__(dht, ip_key(network, address), **kw)
-        self.network = network
+    def __init__(self, dht: DhtLike, namespace: str, address: IPv4Address, **kw: Any) -> None:
+        super().__init__(dht, ip_key(namespace, address), **kw)
+        self.namespace = namespace
         self.address = address
 
 
@@ -211,14 +215,16 @@ async def lease_ip(
     dht: DhtLike,
     subnet: IPv4Network,
     *,
-    network: str,
+    namespace: str,
     rng: random.Random,
     preferred: IPv4Address | None = None,
     ttl: float = DHT_LEASE_TTL_S,
     on_lost: Callable[[], None] | None = None,
 ) -> IpLease:
     """Allocate an address (``preferred`` first) and start renewing it."""
-    addr = await allocate_ip(dht, subnet, network=network, rng=rng, preferred=preferred, ttl=ttl)
-    lease = IpLease(dht, network, addr, ttl=ttl, on_lost=on_lost)
+    addr = await allocate_ip(
+        dht, subnet, namespace=namespace, rng=rng, preferred=preferred, ttl=ttl
+    )
+    lease = IpLease(dht, namespace, addr, ttl=ttl, on_lost=on_lost)
     lease.start()
     return lease

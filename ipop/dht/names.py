@@ -3,7 +3,7 @@
 * Address names: ``C`` + the last three octets of the virtual IP, each zero-padded to three
   digits (``100.64.1.2`` → ``C064001002``). The first octet comes from the subnet, so any
   subnet of /8 or narrower maps names to addresses one to one and no lookup is needed.
-* Hostnames: the record ``<network>:name:<hostname>`` (value: the 4-byte IPv4 address),
+* Hostnames: the record ``<namespace>:name:<hostname>`` (value: the 4-byte IPv4 address),
   claimed with the DHT's quorum create like an address. A hostname only resolves if the node
   that owns the name record also owns the address it points to, so nobody can point a name at
   someone else's address. Only the member whose certificate carries the hostname may hold it
@@ -50,7 +50,7 @@ def parse_c_name(name: str, subnet: IPv4Network) -> IPv4Address | None:
 
 
 async def register_name(
-    dht: DhtLike, network: str, hostname: str, ip: IPv4Address, *, ttl: float = DHT_LEASE_TTL_S
+    dht: DhtLike, namespace: str, hostname: str, ip: IPv4Address, *, ttl: float = DHT_LEASE_TTL_S
 ) -> bool:
     """Claim ``hostname`` → ``ip``; False if another node holds the name, or our certificate
     does not give it to us. Keep it with a lease.
@@ -63,11 +63,11 @@ async def register_name(
             f"{hostname!r} is not a hostname or a <host>.<router hostname> name",
             "use 1-63 lowercase letters, digits and inner hyphens, e.g. 'alice-laptop'",
         )
-    return await dht.create(name_key(network, hostname), ip.packed, ttl)
+    return await dht.create(name_key(namespace, hostname), ip.packed, ttl)
 
 
 async def lookup_name(
-    dht: DhtLike, network: str, name: str, subnet: IPv4Network
+    dht: DhtLike, namespace: str, name: str, subnet: IPv4Network
 ) -> IPv4Address | None:
     """Resolve an address name at once, a hostname through the DHT; None if unknown."""
     addr = parse_c_name(name, subnet)
@@ -76,13 +76,13 @@ async def lookup_name(
     hostname = name.lower()
     if not is_name(hostname):
         return None
-    record = await dht.get(name_key(network, hostname))
+    record = await dht.get(name_key(namespace, hostname))
     if record is None or len(record.value) != 4:
         return None
     addr = IPv4Address(record.value)
     if addr not in subnet:
         return None
-    holder = await dht.get(ip_key(network, addr))
+    holder = await dht.get(ip_key(namespace, addr))
     if holder is None or holder.owner != record.owner:
         return None
     return addr

@@ -1,15 +1,45 @@
-"""Which records a member may own: certificates, key namespaces, hostnames, value sizes, quotas.
+"""Which records an owner may hold: certificates, key namespaces, hostnames, value sizes, quotas.
 
 Pure: no clock, no I/O (``now`` comes in). Replicas (:class:`ipop.dht.storage.RecordStorage`)
 and readers (:meth:`ipop.dht.service.DhtService.get`) both ask :meth:`RecordPolicy.admit`, so a
 record the policy refuses is neither stored nor believed, whoever relays it.
 
-Owner: the certificate the record carries (:mod:`ipop.dht.record`) must verify against this
-network's CA at ``now`` (``CaTrust.verify``: chain, network, validity, and revocation where
-the CA trust enforces it) and carry the record's signing key. A key with no certificate of
-this network stores nothing.
+Keys: ``<namespace>:<kind>:<rest>``. The namespace, ``<network>~<b32 of the CA's public key>``
+(:func:`ipop.dht.record.namespace_of`), names the network's CA key, so a replica that is no
+member of that network (an overlay-only node, a member of another network on the same overlay)
+can still check every record of it with no configuration. A key whose namespace is not of that
+syntax stores nothing (``key_bad_namespace``).
 
-Keys: ``<network>:<kind>:<rest>``, the network being this DHT's own. Kinds::
+Owner: the certificate the record carries (:mod:`ipop.dht.record`) must verify under the
+namespace's CA at ``now`` and carry the record's signing key; one that the namespace's key did
+not sign is refused as ``key_wrong_ca`` (another network's member, or a forgery, squatting the
+key). Which checks apply depends on whose namespace it is:
+
+  * this node's own network (:attr:`RecordPolicy.namespace`): everything, through the member's
+    ``CaTrust`` (chain, network, validity of the certificate and of the CA, revocation), and
+    the subnet rules below (``key_ip_outside_subnet``, ``value_outside_subnet``);
+  * any other namespace: :class:`ipop.identity.CaKeyTrust` (signature under the namespace's
+    key, a leaf, O= and the SAN naming the namespace's network, node id = hash of its key, the
+    certificate's validity window), and every rule below that needs no configuration. That
+    network's subnet is unknown here: an ip key must be a canonical IPv4 address and a name
+    value 4 bytes, of any address; the CA's lifetime is unknowable too, and its revocations
+    are known only once its CRL has reached this node (:class:`ipop.revocation.NetworkCrls`
+    carries every network's list over the overlay's links). Members of that network check
+    all of it when they read (their own namespace), so a stranger replica can at worst keep
+    a record readers then disbelieve; it can never let a non-member create or squat a key,
+    which is what matters for create-if-absent.
+
+Verifiers of other namespaces are made on demand and kept in a bounded LRU
+(:data:`FOREIGN_NAMESPACES`, each caching :data:`FOREIGN_CERT_CACHE` certificates). Records
+naming made-up namespaces can churn it; that costs a verification per record (about 170 us
+of CPU uncached, 5 us cached), never memory beyond the bound.
+
+Known limit: anyone can make a CA, so a namespace proves only that one key vouched for the
+record, not that the network is anyone's. Per-owner quotas (per namespace, :mod:`ipop.dht.storage`)
+and the replica's record bound are what limit an overlay member that mints namespaces; who may
+send STOREs at all is the overlay's credential (issue 17), not this module's.
+
+Kinds::
 
     kind   rest                         value                        who may own it
     ip     a canonical IPv4 address     b"" (the node itself),       any member (quota 1);
@@ -36,24 +66,32 @@ form (``lab-printer``) would collide with a member called ``lab-printer``.
 
 Address names (``C064001002``) are computed, never stored, so they need no record.
 
-Quotas (per owner, per kind, at each replica): see :meth:`RecordPolicy.quota`. They count
-every unexpired record of the owner, tombstones included (a tombstone occupies memory too).
+Quotas (per owner, namespace and kind, at each replica): see :meth:`RecordPolicy.quota`. They
+count every unexpired record of the owner, tombstones included (a tombstone occupies memory
+too). The quota in a namespace follows the owner's certificate of that namespace's network: one
+node key in two networks holds each network's quota in that network's namespace, never the sum
+of both in one.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import AddressValueError, IPv4Address, IPv4Network
+from typing import Protocol
 
-from ipop.dht.record import Record
+from ipop.dht.record import Record, namespace_of, parse_namespace
 from ipop.dht.srv import SERVICE_QUOTA, allowed_slots, decode_value, parse_service_key
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.identity import (
     CERT_REASONS,
+    CaKeyTrust,
     CaTrust,
     CertificateError,
     NodeCertificate,
+    cert_serial,
     validate_hostname,
 )
 
@@ -61,6 +99,11 @@ MAC_BYTES = 6
 MAX_USER_KEY = 64
 # Operator keys per member per replica: plenty for ``ipop dht put``, small for a flooder.
 USER_QUOTA = 8
+# Other networks' CA verifiers one node keeps (LRU), and certificates each caches: a replica
+# serves every network of its overlay; the bounds cap memory near 8,192 certificates (~8 MB)
+# whatever namespaces records name. A verifier evicted costs one Ed25519 check per record.
+FOREIGN_NAMESPACES = 64
+FOREIGN_CERT_CACHE = 128
 
 
 class Kind(enum.Enum):
@@ -74,7 +117,8 @@ class Kind(enum.Enum):
 POLICY_REASONS = frozenset(
     {
         "record_cert_key_mismatch",  # the certificate is not the signing key's
-        "key_other_network",  # not under this network's prefix
+        "key_bad_namespace",  # no <network>~<52 base32 chars of a CA key> before the kind
+        "key_wrong_ca",  # the certificate was not signed by the CA key the namespace names
         "key_unknown_kind",
         "key_bad_ip",  # not a canonical IPv4 address
         "key_ip_outside_subnet",
@@ -91,12 +135,24 @@ POLICY_REASONS = frozenset(
 ) | frozenset(CERT_REASONS)
 
 
+class CertVerifier(Protocol):
+    """What checks an owner's certificate: a member's :class:`CaTrust` or a
+    :class:`CaKeyTrust` made from a namespace."""
+
+    @property
+    def network(self) -> str: ...
+
+    def verify(self, der: bytes | bytearray | memoryview, *, now: float) -> NodeCertificate: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """A record the policy allows: its owner's verified certificate and the key's kind."""
+    """A record the policy allows: its owner's verified certificate, the key's kind and
+    namespace (quotas count per owner, namespace and kind)."""
 
     cert: NodeCertificate
     kind: Kind
+    namespace: str
 
 
 def _refuse(reason: str, detail: str = "") -> RemoteProtocolError:
@@ -105,19 +161,22 @@ def _refuse(reason: str, detail: str = "") -> RemoteProtocolError:
     return RemoteProtocolError(reason, detail)
 
 
-def split_key(key: str, network: str) -> tuple[Kind, str]:
-    """(kind, rest) of a key of ``network``; RemoteProtocolError(reason) otherwise."""
-    prefix = network + ":"
-    if not key.startswith(prefix):
-        raise _refuse("key_other_network", key[:64])
-    kind_s, sep, rest = key[len(prefix) :].partition(":")
+def split_key(key: str) -> tuple[str, Kind, str]:
+    """(namespace, kind, rest) of a key; RemoteProtocolError(reason) otherwise.
+
+    The namespace's own syntax is :func:`ipop.dht.record.parse_namespace`'s to check.
+    """
+    namespace, sep, tail = key.partition(":")
+    if not sep:
+        raise _refuse("key_bad_namespace", key[:64])
+    kind_s, sep, rest = tail.partition(":")
     try:
         kind = Kind(kind_s)
     except ValueError:
         raise _refuse("key_unknown_kind", kind_s[:16]) from None
     if not sep:
         raise _refuse("key_unknown_kind", "no ':' after the kind")
-    return kind, rest
+    return namespace, kind, rest
 
 
 def lan_host_name(host: str, router_hostname: str) -> str:
@@ -143,36 +202,90 @@ def is_name(name: str) -> bool:
 
 
 class RecordPolicy:
-    """This network's rules for records (module docstring); one per DHT node."""
+    """The rules for records of every namespace (module docstring); one per DHT node.
 
-    __slots__ = ("network", "subnet", "trust")
+    ``trust``: this node's own network (its namespace gets every check, revocation
+    included); None: a node of no network (overlay-only), to which every namespace is foreign.
+    A node in several networks adds the others with :meth:`add_network`: theirs get every
+    check too.
+    """
 
-    def __init__(self, trust: CaTrust, *, subnet: IPv4Network | None = None) -> None:
+    __slots__ = ("_foreign", "_own", "_revoked", "namespace", "network", "subnet", "trust")
+
+    def __init__(
+        self,
+        trust: CaTrust | None,
+        *,
+        subnet: IPv4Network | None = None,
+        revoked: Callable[[bytes], frozenset[int]] | None = None,
+    ) -> None:
+        """``revoked``: the serials another network's CA (by raw key) has revoked, as far as
+        this node knows (:meth:`ipop.revocation.NetworkCrls.revoked`); None: unknown."""
         self.trust = trust
-        self.network = trust.network
+        self._revoked = revoked
+        self.network = trust.network if trust is not None else None
+        self.namespace = namespace_of(trust) if trust is not None else None
         self.subnet = subnet
+        self._foreign: OrderedDict[str, CaKeyTrust] = OrderedDict()
+        # Our other networks (a daemon in several): namespace -> (their trust, their subnet).
+        self._own: dict[str, tuple[CaTrust, IPv4Network | None]] = {}
+
+    def add_network(self, trust: CaTrust, *, subnet: IPv4Network | None) -> None:
+        """One more network of ours: its namespace is checked as our own is."""
+        self._own[namespace_of(trust)] = (trust, subnet)
+
+    def verifier(self, namespace: str) -> tuple[CertVerifier, IPv4Network | None]:
+        """Who checks certificates of ``namespace``, and its subnet (None: unknown here)."""
+        if namespace == self.namespace and self.trust is not None:
+            return self.trust, self.subnet
+        own = self._own.get(namespace)
+        if own is not None:
+            return own
+        held = self._foreign.get(namespace)
+        if held is not None:
+            self._foreign.move_to_end(namespace)
+            return held, None
+        try:
+            network, ca_public_raw = parse_namespace(namespace)
+        except ValueError as exc:
+            raise _refuse("key_bad_namespace", str(exc)) from None
+        try:
+            held = CaKeyTrust(network, ca_public_raw, cache_size=FOREIGN_CERT_CACHE)
+        except LocalProtocolError:
+            raise _refuse("key_bad_namespace", "not an Ed25519 key") from None
+        if len(self._foreign) >= FOREIGN_NAMESPACES:
+            self._foreign.popitem(last=False)
+        self._foreign[namespace] = held
+        return held, None
 
     def admit(self, record: Record, *, now: float) -> Admitted:
         """Raise RemoteProtocolError (reason in :data:`POLICY_REASONS`) unless allowed.
 
         The signature is :func:`ipop.dht.record.check_record`'s business; call both.
         """
-        kind, rest = split_key(record.key, self.network)
+        namespace, kind, rest = split_key(record.key)
+        verifier, subnet = self.verifier(namespace)
         try:
-            cert = self.trust.verify(record.cert, now=now)
+            cert = verifier.verify(record.cert, now=now)
         except CertificateError as exc:
-            raise _refuse(exc.reason, exc.detail) from None
+            # Not signed by the key the namespace names: whoever signed it, not this network.
+            reason = "key_wrong_ca" if exc.reason == "cert_bad_signature" else exc.reason
+            raise _refuse(reason, exc.detail) from None
+        if self._revoked is not None and type(verifier) is CaKeyTrust:
+            serials = self._revoked(verifier.public_key_raw)
+            if serials and cert_serial(cert) in serials:
+                raise _refuse("cert_revoked", f"{cert.name}: on its network's CRL")
         if cert.public_key_raw != bytes(record.owner_pub):
             raise _refuse("record_cert_key_mismatch")
         if kind is Kind.IP:
-            self._check_ip(record, rest, cert)
+            self._check_ip(record, rest, cert, subnet)
         elif kind is Kind.NAME:
-            self._check_name(record, rest, cert)
+            self._check_name(record, rest, cert, subnet)
         elif kind is Kind.SVC:
-            self._check_service(record, rest)
+            self._check_service(record, rest, subnet)
         elif not 1 <= len(rest) <= MAX_USER_KEY or not rest.isascii() or not rest.isprintable():
             raise _refuse("key_bad_user", rest[:16])
-        return Admitted(cert, kind)
+        return Admitted(cert, kind, namespace)
 
     def quota(self, cert: NodeCertificate, kind: Kind) -> int:
         """Records of ``kind`` one owner may have at one replica.
@@ -189,7 +302,9 @@ class RecordPolicy:
 
     # --- per kind -------------------------------------------------------------------------------
 
-    def _check_ip(self, record: Record, rest: str, cert: NodeCertificate) -> None:
+    def _check_ip(
+        self, record: Record, rest: str, cert: NodeCertificate, subnet: IPv4Network | None
+    ) -> None:
         try:
             addr = IPv4Address(rest)
         except (AddressValueError, ValueError):
@@ -197,7 +312,7 @@ class RecordPolicy:
         if str(addr) != rest:
             # One address, one key: "100.064.0.1" must not be a second key for 100.64.0.1.
             raise _refuse("key_bad_ip", rest[:32])
-        if self.subnet is not None and addr not in self.subnet:
+        if subnet is not None and addr not in subnet:
             raise _refuse("key_ip_outside_subnet", rest)
         if record.tombstone:
             return
@@ -207,7 +322,9 @@ class RecordPolicy:
         elif record.value:
             raise _refuse("value_size", f"ip value {len(record.value)} bytes")
 
-    def _check_name(self, record: Record, rest: str, cert: NodeCertificate) -> None:
+    def _check_name(
+        self, record: Record, rest: str, cert: NodeCertificate, subnet: IPv4Network | None
+    ) -> None:
         if not is_name(rest):
             raise _refuse("key_bad_name", rest[:64])
         host, dot, under = rest.partition(".")
@@ -221,24 +338,27 @@ class RecordPolicy:
             return
         if len(record.value) != 4:
             raise _refuse("value_size", f"name value {len(record.value)} bytes")
-        if self.subnet is not None and IPv4Address(record.value) not in self.subnet:
+        if subnet is not None and IPv4Address(record.value) not in subnet:
             raise _refuse("value_outside_subnet")
 
-    def _check_service(self, record: Record, rest: str) -> None:
+    def _check_service(self, record: Record, rest: str, subnet: IPv4Network | None) -> None:
         name, proto, slot = parse_service_key(rest)
         if slot not in allowed_slots(record.owner, name, proto):
             raise _refuse("service_slot_not_owner", rest[:32])
         if record.tombstone:
             return
         value = decode_value(record.value)
-        if self.subnet is not None and value.addr not in self.subnet:
+        if subnet is not None and value.addr not in subnet:
             raise _refuse("value_outside_subnet")
 
 
 __all__ = [
+    "FOREIGN_CERT_CACHE",
+    "FOREIGN_NAMESPACES",
     "POLICY_REASONS",
     "USER_QUOTA",
     "Admitted",
+    "CertVerifier",
     "Kind",
     "RecordPolicy",
     "is_name",

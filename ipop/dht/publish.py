@@ -105,19 +105,19 @@ class _Published:
 
 
 class ServicePublisher:
-    """The services this node publishes in ``network``, each kept alive with a lease."""
+    """The services this node publishes in ``namespace``, each kept alive with a lease."""
 
     def __init__(
         self,
         dht: DhtLike,
-        network: str,
+        namespace: str,
         *,
         ttl: float = DHT_LEASE_TTL_S,
         quota: int = SERVICE_QUOTA,
     ) -> None:
         """``quota``: services at most, what replicas keep for us (a router: more)."""
         self.dht = dht
-        self.network = network
+        self.namespace = namespace
         self.ttl = ttl
         self.quota = quota
         self._held: dict[tuple[str, str], _Published] = {}
@@ -150,13 +150,15 @@ class ServicePublisher:
                 slots = (current.slot, *(s for s in slots if s != current.slot))
                 await current.lease.stop()
             for slot in slots:
-                key = service_key(self.network, name, proto, slot)
+                key = service_key(self.namespace, name, proto, slot)
                 if await self.dht.create(key, data, self.ttl):
                     lease = DhtLease(self.dht, key, value=data, ttl=self.ttl)
                     lease.start()
                     self._held[(name, proto)] = _Published(value, slot, lease)
                     if current is not None and current.slot != slot:
-                        await self.dht.delete(service_key(self.network, name, proto, current.slot))
+                        await self.dht.delete(
+                            service_key(self.namespace, name, proto, current.slot)
+                        )
                     log.info("event=service_published name=%s proto=%s slot=%d", name, proto, slot)
                     return slot
             if current is not None:
@@ -259,7 +261,7 @@ class ServiceKeeper(Generic[S]):
 
 async def list_services(
     dht: DhtLike,
-    network: str,
+    namespace: str,
     name: str,
     proto: str,
     *,
@@ -274,7 +276,7 @@ async def list_services(
     holders: dict[IPv4Address, asyncio.Task[Record | None]] = {}
 
     async def one(slot: int) -> ServiceInstance | None:
-        record = await dht.get(service_key(network, name, proto, slot))
+        record = await dht.get(service_key(namespace, name, proto, slot))
         if record is None or record.tombstone:
             return None
         try:
@@ -286,7 +288,9 @@ async def list_services(
         # One read per address, shared by every slot naming it (a router's LAN host).
         task = holders.get(value.addr)
         if task is None:
-            task = holders[value.addr] = asyncio.ensure_future(dht.get(ip_key(network, value.addr)))
+            task = holders[value.addr] = asyncio.ensure_future(
+                dht.get(ip_key(namespace, value.addr))
+            )
         holder = await asyncio.shield(task)
         if holder is None or holder.owner != record.owner:
             return None

@@ -21,7 +21,7 @@ from typing import Final
 from ipop.dht.hooks import ServiceHooks
 from ipop.dht.policy import RecordPolicy
 from ipop.dht.protocol import IpopKademliaProtocol
-from ipop.dht.record import Record, check_record
+from ipop.dht.record import Record, RecordChecker
 from ipop.dht.storage import STORE_REASONS, RecordStorage
 from ipop.dht.wire import StoreAnswered
 from ipop.errors import LocalProtocolError, RemoteProtocolError
@@ -58,6 +58,8 @@ class ReplicaCalls:
         self.policy = policy
         # Records refused, "<where>_<reason>": fetched copies, answers' copies, our own.
         self.drops: Counter[str] = Counter()
+        # The R copies of one record a read fetches are verified once (see RecordChecker).
+        self.checker = RecordChecker()
 
     async def store_at(self, peer: NodeId, record: Record) -> StoreAnswered | None:
         """Offer ``record`` at ``peer`` (ours: straight to storage); None: no answer."""
@@ -119,7 +121,7 @@ class ReplicaCalls:
     def _believable(self, record: Record, kid: bytes, where: str) -> Record | None:
         """``record`` if it is authentic and the policy allows it (a replica could lie)."""
         try:
-            check_record(record, expected_key_id=kid)
+            self.checker.check(record, expected_key_id=kid)
             self.policy.admit(record, now=self._hooks.now())
         except RemoteProtocolError as exc:
             self.drop(where, exc.reason)

@@ -30,8 +30,9 @@ Theory of operation
     and never this node alone (a node that knows no other node cannot claim anything).
   * Writes (:mod:`ipop.dht.write`) count real acknowledgements and return at a quorum;
     ``create`` is a compare-and-set on the replica set.
-  * Records: only a certified member's, under this network's keys and within its rights
-    (:mod:`ipop.dht.policy`). Replicas refuse the rest (:mod:`ipop.dht.storage`), readers
+  * Records: only a certified member's, under the keys of the network whose CA certified it
+    (the namespace names the CA key: any network's records, not only ours) and within its
+    rights (:mod:`ipop.dht.policy`). Replicas refuse the rest (:mod:`ipop.dht.storage`), readers
     disbelieve it (a copy a replica returns is checked like an offer), and this node does not
     even send a record its own replica would refuse (the write fails, counted).
   * Reads (:mod:`ipop.dht.read`) ask the nearest nodes known first and do not wait for a node
@@ -56,6 +57,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from ipaddress import IPv4Network
 from typing import Any, TypeVar
 
 from ipop.dht.config import DhtConfig
@@ -66,7 +68,7 @@ from ipop.dht.opstats import DhtOpStats
 from ipop.dht.policy import RecordPolicy
 from ipop.dht.protocol import IpopKademliaProtocol
 from ipop.dht.read import QuorumReader
-from ipop.dht.record import Record
+from ipop.dht.record import Record, namespace_of
 from ipop.dht.replicas import ReplicaCalls
 from ipop.dht.shim import LinkedPeers, OverlayPort, OverlayShim
 from ipop.dht.storage import RecordStorage
@@ -93,10 +95,16 @@ class DhtService:
         rng: random.Random,
         config: DhtConfig | None = None,
         clock: Callable[[], float] | None = None,
+        member: bool = True,
+        revoked: Callable[[bytes], frozenset[int]] | None = None,
     ) -> None:
         """``clock``: UNIX time, for leases, seqs and certificates (a daemon's loop time is
         monotonic, and each host's differs); None: the loop's (the simulator's is UNIX-like).
-        """
+        ``member``: False on an overlay-only node, which belongs to no network: it stores and
+        serves every network's records that the network's own CA key vouches for, and has no
+        namespace of its own (``identity`` is its overlay identity, which certifies nothing in
+        any network). ``revoked``: other networks' revocations this node has heard of, by CA
+        key (:class:`ipop.dht.policy.RecordPolicy`)."""
         if port.local_id != identity.node_id:
             raise LocalProtocolError("overlay port and identity disagree on our node id")
         self._loop = asyncio.get_running_loop()
@@ -111,7 +119,12 @@ class DhtService:
         self.background_errors: list[BaseException] = []
         # Record time (leases, seqs, certificates) is UNIX time; timers run on the loop.
         self._now = clock or self._loop.time
-        self.policy = RecordPolicy(identity.trust, subnet=self.config.subnet)
+        self.policy = RecordPolicy(
+            identity.trust if member else None, subnet=self.config.subnet, revoked=revoked
+        )
+        # Our network's keys start with it (ipop.dht.record.namespace_of); we store any
+        # namespace's records that its CA key vouches for (ipop.dht.policy).
+        self.namespace = namespace_of(identity.trust)
         self.storage = RecordStorage(
             self._now,
             policy=self.policy,
@@ -184,6 +197,14 @@ class DhtService:
         self._spawn(self._every(self.config.refresh_interval_s, self.lookups.refresh))
 
     # --- plumbing -------------------------------------------------------------------------------
+
+    def add_network(self, identity: NodeIdentity, *, subnet: IPv4Network | None) -> None:
+        """One more network of this node (a daemon in several, issue 17): its keys are signed
+        with ``identity`` (our certificate there) and its records checked as our own
+        network's are."""
+        namespace = namespace_of(identity.trust)
+        self.writer.add_signer(namespace, identity)
+        self.policy.add_network(identity.trust, subnet=subnet)
 
     def deliver(self, src: NodeId, payload: bytes) -> None:
         """The overlay hands us a DHT payload from authenticated ``src``."""

@@ -3,7 +3,7 @@
 A service instance is one member's claim "``NAME`` over ``PROTO`` answers at ``ADDR:PORT``",
 what DNS SRV answers (``_NAME._PROTO.<suffix>``) and ``ipop service list`` print. Several
 members may publish the same NAME (a Condor pool has several managers), but a DHT key holds
-one owner's record, so a name has :data:`SLOTS` keys, ``<network>:svc:<name>.<proto>.<slot>``,
+one owner's record, so a name has :data:`SLOTS` keys, ``<namespace>:svc:<name>.<proto>.<slot>``,
 and each instance holds one slot; a reader reads all of them at once.
 
 Which slots a member may hold is fixed by its node id: :func:`allowed_slots` picks
@@ -73,13 +73,14 @@ def validate_service_name(name: str) -> str | None:
     return None
 
 
-def service_key(network: str, name: str, proto: str, slot: int) -> str:
-    """``<network>:svc:<name>.<proto>.<slot>``: one slot of a service name."""
-    return f"{network}:svc:{name}.{proto}.{slot}"
+def service_key(namespace: str, name: str, proto: str, slot: int) -> str:
+    """``<namespace>:svc:<name>.<proto>.<slot>``: one slot of a service name
+    (``namespace``: :func:`ipop.dht.record.namespace_of`)."""
+    return f"{namespace}:svc:{name}.{proto}.{slot}"
 
 
 def parse_service_key(rest: str) -> tuple[str, str, int]:
-    """(name, proto, slot) of a key's ``rest`` after ``<network>:svc:``; raise otherwise."""
+    """(name, proto, slot) of a key's ``rest`` after ``<namespace>:svc:``; raise otherwise."""
     name, _, tail = rest.partition(".")
     proto, _, slot_s = tail.partition(".")
     if validate_service_name(name) is not None:

@@ -9,15 +9,17 @@ allowed that key, and was never replaced except by its own owner with a higher s
 it expired or was released by a tombstone.
 
 Bounds (a store is a table keyed by what members send):
-  * per owner and key kind, :meth:`~ipop.dht.policy.RecordPolicy.quota` records (tombstones
-    count). A new record beyond the quota displaces that owner's lowest-seq record of the kind,
+  * per owner, namespace and key kind, :meth:`~ipop.dht.policy.RecordPolicy.quota` records
+    (tombstones count), the quota of the owner's certificate in that namespace. A new record
+    beyond the quota displaces that owner's lowest-seq record of the kind (and namespace),
     unless it is itself the lowest: then it is refused. Why not refuse every newcomer: an honest
     node that lost its state and claims a new address must not be locked out by its own old
     lease for an hour; owners sign seqs from their clock, so "latest claim wins" and a read
     repair of the superseded record is refused. Only an owner's own records are ever displaced.
   * at most ``max_records`` records in all. When full, expired records go first; a new key is
     then refused (``store_full``), never accepted by evicting someone else's record: with the
-    per-owner quotas, filling a replica takes that many certificates.
+    per-owner quotas, filling a replica takes that many certificates (of one CA each: see
+    :mod:`ipop.dht.policy` on namespaces anyone can mint).
   * each record is at most ``MAX_RECORD_BYTES`` (:mod:`ipop.dht.record`).
 
 Time comes from the ``clock`` callable, UNIX time (leases are absolute times and certificates
@@ -73,6 +75,10 @@ STORE_REASONS = (
 )
 
 
+# What a quota counts: one owner's records of one kind in one namespace.
+_Slot = tuple[NodeId, str, Kind]
+
+
 class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type hints
     """Records by 20-byte key id; expired ones vanish on access."""
 
@@ -89,9 +95,9 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type h
         self._max_ttl = max_ttl
         self._max_records = max_records
         self._data: dict[bytes, Record] = {}
-        # Key ids held per (owner, kind): what the quotas count. Kept in step with _data.
-        self._by_owner: dict[tuple[NodeId, Kind], set[bytes]] = {}
-        self._kind: dict[bytes, Kind] = {}
+        # Key ids held per (owner, namespace, kind): what the quotas count. In step with _data.
+        self._by_owner: dict[_Slot, set[bytes]] = {}
+        self._slot: dict[bytes, _Slot] = {}
         # Refusals by reason: the replica-side half of the DHT's drop counters.
         self.refused: Counter[str] = Counter()
         # Records that gave way to a newer one of the same owner and kind (quota).
@@ -126,21 +132,22 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type h
         if outcome is StoreOutcome.UNCHANGED:
             return outcome
         quota = self._policy.quota(admitted.cert, admitted.kind)
-        if not self._room_for(record, kid, admitted.kind, quota=quota):
+        slot = (record.owner, admitted.namespace, admitted.kind)
+        if not self._room_for(record, kid, slot, quota=quota):
             return StoreOutcome.REFUSED
-        self._put(kid, record, admitted.kind)
+        self._put(kid, record, slot)
         return outcome
 
-    def _room_for(self, record: Record, kid: bytes, kind: Kind, *, quota: int) -> bool:
+    def _room_for(self, record: Record, kid: bytes, slot: _Slot, *, quota: int) -> bool:
         """Make room for ``record`` under the bounds (module docstring), or refuse it."""
         current = self._data.get(kid)
         if current is not None and current.owner == record.owner:
             return True  # a replacement: the owner's count does not change
-        held = self._owned(record.owner, kind)
+        held = self._owned(slot)
         if len(held) >= quota:
             lowest = min(held, key=lambda k: self._data[k].seq)
             if self._data[lowest].seq >= record.seq:
-                self._refuse(f"quota_{kind.value}")
+                self._refuse(f"quota_{slot[2].value}")
                 return False
             self._remove(lowest)
             self.displaced += 1
@@ -151,28 +158,28 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type h
                 return False
         return True
 
-    def _owned(self, owner: NodeId, kind: Kind) -> set[bytes]:
-        """Key ids of ``owner``'s unexpired records of ``kind`` (expired ones are dropped)."""
-        held = self._by_owner.get((owner, kind), set())
+    def _owned(self, slot: _Slot) -> set[bytes]:
+        """Key ids of the unexpired records ``slot`` counts (expired ones are dropped)."""
+        held = self._by_owner.get(slot, set())
         now = self._clock()
         for k in [k for k in held if self._data[k].expires_at <= now]:
             self._remove(k)
-        return self._by_owner.get((owner, kind), set())
+        return self._by_owner.get(slot, set())
 
-    def _put(self, kid: bytes, record: Record, kind: Kind) -> None:
+    def _put(self, kid: bytes, record: Record, slot: _Slot) -> None:
         if kid in self._data:
             self._remove(kid)
         self._data[kid] = record
-        self._kind[kid] = kind
-        self._by_owner.setdefault((record.owner, kind), set()).add(kid)
+        self._slot[kid] = slot
+        self._by_owner.setdefault(slot, set()).add(kid)
 
     def _remove(self, kid: bytes) -> None:
-        record = self._data.pop(kid)
-        kind = self._kind.pop(kid)
-        held = self._by_owner[(record.owner, kind)]
+        self._data.pop(kid)
+        slot = self._slot.pop(kid)
+        held = self._by_owner[slot]
         held.discard(kid)
         if not held:
-            del self._by_owner[(record.owner, kind)]
+            del self._by_owner[slot]
 
     def lookup(self, kid: bytes) -> Record | None:
         """The unexpired record held for ``kid`` (tombstones included), else None."""
@@ -190,8 +197,10 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type h
         return list(self._data.values())
 
     def held_by(self, owner: NodeId, kind: Kind | None = None) -> int:
-        """How many unexpired records ``owner`` has here, of ``kind`` (None: all kinds)."""
-        return sum(len(self._owned(owner, k)) for k in Kind if kind is None or k is kind)
+        """How many unexpired records ``owner`` has here, of ``kind`` (None: all kinds), in
+        every namespace."""
+        slots = [s for s in self._by_owner if s[0] == owner and kind in (None, s[2])]
+        return sum(len(self._owned(s)) for s in slots)
 
     def cull(self) -> int:
         """Drop every expired record; returns how many went."""

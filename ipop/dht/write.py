@@ -75,6 +75,15 @@ class QuorumWriter:
         self._rng = rng
         self._owned: dict[str, Record] = {}
         self._last_seq = 0
+        # Namespace -> the identity that signs its keys, for a node in several networks (the
+        # certificate a record carries must be of its namespace's CA); else self.identity.
+        self._signers: dict[str, NodeIdentity] = {}
+
+    def add_signer(self, namespace: str, identity: NodeIdentity) -> None:
+        """Sign the keys of ``namespace`` with ``identity`` (our certificate in that network)."""
+        if identity.node_id != self.node_id:
+            raise LocalProtocolError("a network identity of another key")
+        self._signers[namespace] = identity
 
     def owned(self) -> dict[str, Record]:
         """Our live records (the ones we republish)."""
@@ -94,9 +103,8 @@ class QuorumWriter:
         owned = self._owned.get(key)
         seq = max(self._last_seq + 1, int(now * 1000), owned.seq + 1 if owned else 0)
         self._last_seq = seq
-        return Record.sign(
-            self.identity, key, value, seq=seq, expires_at=expires_at, tombstone=tombstone
-        )
+        signer = self._signers.get(key.partition(":")[0], self.identity)
+        return Record.sign(signer, key, value, seq=seq, expires_at=expires_at, tombstone=tombstone)
 
     def _bump_past(self, answers: dict[NodeId, StoreAnswered | None], kid: bytes) -> bool:
         """If replicas hold a newer record of ours (an earlier incarnation), skip past it."""

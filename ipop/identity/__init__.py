@@ -21,6 +21,7 @@ The parts, one concept each:
   extension, serial numbers;
 - :mod:`ipop.identity.crl`: revocation lists as data, their refusal reasons and bounds;
 - :mod:`ipop.identity.trust`: :class:`CaTrust`, verification and the CRL in force;
+  :class:`CaKeyTrust`, the same checks for a stranger knowing only the CA's public key;
 - :mod:`ipop.identity.ca`: :class:`NetworkCA`, which signs node certificates and CRLs;
 - :mod:`ipop.identity.credentials`: :class:`NodeIdentity`, a node's credentials: its key,
   certificate and the CA it trusts.
@@ -55,12 +56,19 @@ from ipop.identity.crl import (
 )
 from ipop.identity.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, node_id_for, verify_signature
 from ipop.identity.names import validate_hostname, validate_network, validate_node_name
-from ipop.identity.trust import VERIFY_CACHE_SIZE, CaTrust
+from ipop.identity.trust import (
+    KEY_TRUST_CACHE_SIZE,
+    VERIFY_CACHE_SIZE,
+    CaKeyTrust,
+    CaTrust,
+    KeyCrl,
+)
 
 __all__ = [
     "CERT_REASONS",
     "CRL_DEFAULT_DAYS",
     "CRL_REASONS",
+    "KEY_TRUST_CACHE_SIZE",
     "MAX_CRL_BYTES",
     "MAX_CRL_NUMBER",
     "MAX_ROUTER_HOSTS",
@@ -69,9 +77,11 @@ __all__ = [
     "SIGNATURE_BYTES",
     "URI_SCHEME",
     "VERIFY_CACHE_SIZE",
+    "CaKeyTrust",
     "CaTrust",
     "CertificateError",
     "CrlError",
+    "KeyCrl",
     "NetworkCA",
     "NodeCertificate",
     "NodeIdentity",

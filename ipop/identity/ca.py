@@ -59,11 +59,21 @@ class NetworkCA:
         self._trust = CaTrust(cert)
 
     @classmethod
-    def create(cls, network: str, *, now: float, days: int = CA_DEFAULT_DAYS) -> NetworkCA:
+    def create(
+        cls,
+        network: str,
+        *,
+        now: float,
+        days: int = CA_DEFAULT_DAYS,
+        key: Ed25519PrivateKey | None = None,
+    ) -> NetworkCA:
+        """A new CA for ``network``; its key fresh from the OS unless given (the simulator
+        gives one from a seed: the CA key names the network's DHT namespace, so it decides
+        where every key lives on the ring, and a seeded run must place them alike)."""
         validate_network(network)
         if days < 1:
             raise ConfigError("days", f"{days} is not a positive number of days", "use >= 1")
-        key = Ed25519PrivateKey.generate()
+        key = key or Ed25519PrivateKey.generate()
         name = x509.Name(
             [
                 x509.NameAttribute(NameOID.COMMON_NAME, f"ipop CA {network}"),

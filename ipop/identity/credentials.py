@@ -1,5 +1,9 @@
 """A node's own identity: :class:`NodeIdentity`, its private key, its certificate and the CA it
 trusts (everything it needs to prove itself), generated under a CA or loaded from a bundle.
+
+A member of a network on a shared overlay holds two of them over ONE key (one node id): the
+overlay identity (overlay CA, for links and routing) and the network identity (network CA,
+for DHT records); :meth:`NodeIdentity.certified_by` makes the second from the first.
 """
 
 from __future__ import annotations
@@ -45,9 +49,43 @@ class NodeIdentity:
         days: int = NODE_CERT_DEFAULT_DAYS,
         hostname: str | None = None,
         router_hosts: int = 0,
+        key: Ed25519PrivateKey | None = None,
     ) -> NodeIdentity:
-        """A fresh key signed by ``ca`` (what ``ipop-config node`` and the test factories do)."""
-        key = Ed25519PrivateKey.generate()
+        """A fresh key signed by ``ca`` (what ``ipop-config node`` and the test factories do);
+        ``key``: this existing key instead (a node joining one more network keeps its one key
+        and node id, issue 17)."""
+        return cls._signed(
+            Ed25519PrivateKey.generate() if key is None else key,
+            ca,
+            name,
+            now=now,
+            days=days,
+            hostname=hostname,
+            router_hosts=router_hosts,
+        )
+
+    def certified_by(
+        self, ca: NetworkCA, name: str, *, now: float, days: int = NODE_CERT_DEFAULT_DAYS
+    ) -> NodeIdentity:
+        """This node's key with a certificate of another CA: one key, one node id, whatever
+        certifies it. What a member's overlay certificate is; it names no hostname and grants
+        no router rights (those are the network's, in the network certificate)."""
+        return self._signed(
+            self.private_key, ca, name, now=now, days=days, hostname=None, router_hosts=0
+        )
+
+    @classmethod
+    def _signed(
+        cls,
+        key: Ed25519PrivateKey,
+        ca: NetworkCA,
+        name: str,
+        *,
+        now: float,
+        days: int,
+        hostname: str | None,
+        router_hosts: int,
+    ) -> NodeIdentity:
         cert = ca.sign_node(
             raw_public(key.public_key()),
             name,

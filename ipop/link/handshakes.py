@@ -134,7 +134,12 @@ class Handshakes(LinkPart):
     """Every handshake of one node, both sides (see the module docstring)."""
 
     def __init__(
-        self, identity: NodeIdentity, shared: Shared, *, probe_path: Callable[[Peer, float], None]
+        self,
+        identity: NodeIdentity,
+        shared: Shared,
+        *,
+        probe_path: Callable[[Peer, float], None],
+        relayed: Callable[[Peer, float], None],
     ) -> None:
         super().__init__(shared)
         self._identity = identity
@@ -143,6 +148,8 @@ class Handshakes(LinkPart):
         self._lookup = shared.keys.lookup
         # Restart the path MTU search of a session that came up or moved (ipop.link.probing).
         self._probe_path = probe_path
+        # A session leaves a direct path for a relay (ipop.link.rebind, Rebinding.relayed).
+        self._relayed = relayed
         # Our initiations, by the index we chose.
         self._initiations: dict[int, Initiation] = {}
         # (initiator, responder the Init names) -> newest Init timestamp accepted (ms).
@@ -500,13 +507,14 @@ class Handshakes(LinkPart):
         # normal in-flight overlap lasts one round trip, so the two sides disagree on which
         # keys are current (crossing handshakes invariant 4 could not pair up, or our key
         # confirmation was lost). A fresh handshake from here is sequential and converges,
-        # and it completes before the previous keys stop opening.
+        # and it completes before the previous keys stop opening. Only a handshake of ours
+        # toward the session's own path makes it wait (_repairing).
         if (
             cur is not None
             and (kp is st.previous or kp.local_index in st.older)
             and now - cur.created_at > self.config.previous_key_grace_s / 2
             and not st.pending
-            and not self.expecting(st.node_id)
+            and not self._repairing(st)
         ):
             self.stats["rehandshake_diverged"] += 1
             self.start(st.path, st.node_id, now)
@@ -569,6 +577,8 @@ class Handshakes(LinkPart):
             roamed_at=self.roamed_at,
         ):
             st.roam_candidate = None
+            if type(path) is RelayPath:
+                self._relayed(st, now)
             st.path = path
             st.path_rtt = _INF if rtt is None else rtt
             st.path_rx = now
@@ -601,11 +611,21 @@ class Handshakes(LinkPart):
         st = self._peers.get(peer)
         if st is None or not st.up or now < st.rekeyed_stale_at + self.config.handshake_timeout_s:
             return
-        if st.pending or self.expecting(peer):
+        if st.pending or self._repairing(st):
             return
         st.rekeyed_stale_at = now
         self.stats["rehandshake_stale_keys"] += 1
         self.start(st.path, peer, now)
+
+    def _repairing(self, st: Peer) -> bool:
+        """Is a handshake of ours toward ``st``'s own path under way (the one that repairs
+        keys the two ends disagree on)? One toward another path does not count: it may never
+        be answered (an Init to a port the peer's NAT filters, a punch) and then waits out the
+        whole handshake timeout (20 s), past the previous keys' grace (10 s). Counted as
+        under way, it held back both repairs while the pair lost every packet both ways
+        (tests/unit/test_link_endpoint.py; the lab's shared-NAT case after port guessing
+        crossed a punch on another path showed the same counters)."""
+        return self.expecting_on(st.node_id, st.path)
 
     def _rekey_relayed(self, path: RelayPath, now: float) -> None:
         """DATA relayed to us from ``path.peer``, with whom we hold no session, under keys we

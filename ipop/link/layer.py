@@ -77,7 +77,9 @@ Invariants:
    end up sealing with different keys, each still opens the other's on ``previous``, and
    the first side to see
    its previous keys still in use half a grace period after switching starts one more
-   (sequential, hence converging) handshake ("rehandshake_diverged"). DATA under an index of
+   (sequential, hence converging) handshake ("rehandshake_diverged"); only one of its own
+   toward the session's path defers either repair (one toward another path may hang for the
+   whole handshake timeout, past the grace). DATA under an index of
    ours that we retired (keys answered but dropped unconfirmed, keys a rekey replaced), for a
    peer whose session is up, starts one too ("rehandshake_stale_keys", one per handshake
    timeout): the two ends hold different keys, and waiting for the link timeout would lose
@@ -277,7 +279,9 @@ class LinkLayer:
         self.pmtu = self.probing.pmtu
         self._on_probe = self.probing.on_probe
         # Both sides of every handshake (ipop.link.handshakes).
-        hs = self.handshakes = Handshakes(identity, shared, probe_path=self.probing.restart)
+        hs = self.handshakes = Handshakes(
+            identity, shared, probe_path=self.probing.restart, relayed=rb.relayed
+        )
         self._handlers: dict[int, Callable[[bytes, Path, float], None]] = {
             TYPE_HANDSHAKE_INIT: hs.on_init,
             TYPE_HANDSHAKE_RESP: hs.on_resp,
@@ -648,9 +652,14 @@ class LinkLayer:
         """
         self.handshakes.roamed_at = now
         started = 0
-        busy = self.handshakes.expected_peers()
         for st in list(self._peers.values()):
-            if st.up and is_direct(st.path) and st.node_id not in busy:
+            # Skipped only while one of ours toward the session's own path is under way: one
+            # toward another path (a punch, a port the peer's NAT filters) may never complete.
+            if (
+                st.up
+                and is_direct(st.path)
+                and not self.handshakes.expecting_on(st.node_id, st.path)
+            ):
                 self.handshakes.start(st.path, st.node_id, now)
                 started += 1
         self.stats["roam_rehandshakes"] += started
@@ -745,6 +754,12 @@ class LinkLayer:
     def is_up(self, peer: NodeId) -> bool:
         st = self._peers.get(peer)
         return st is not None and st.up
+
+    def payload_limit(self, peer: NodeId) -> int | None:
+        """The largest payload a DATA datagram to ``peer`` carries on the path size probing
+        confirmed (:mod:`ipop.link.pmtu`; end to end for a relayed path); None: not probed."""
+        limit = self.pmtu.limits.get(peer)
+        return None if limit is None else limit - DATA_MIN_BYTES
 
     def path_of(self, peer: NodeId) -> Path | None:
         """The path an up session with ``peer`` seals to; None without one."""
@@ -941,6 +956,7 @@ class LinkLayer:
             return
         if roam is Roam.FOLLOW_RELAY:
             self.stats["relay_followed"] += 1
+            self.rebinding.relayed(st, now)
             self._move(st, path, now)
             return
         self._move(st, path, now)

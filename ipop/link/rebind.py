@@ -7,15 +7,17 @@ owns the decisions around them (invariant 8 of :mod:`ipop.link.layer`).
 ``tx_first``, ``echo_id``, ``echo_at``, ``echo_witness``, ``observed``).
 :class:`ipop.link.layer.LinkLayer` calls :meth:`Rebinding.heard` for every authenticated DATA
 (its receive path: kept to one call), :meth:`Rebinding.deadline` when it computes a peer's
-deadline, :meth:`Rebinding.due` when that deadline fires, and :meth:`Rebinding.on_echo` for an
+deadline, :meth:`Rebinding.due` when that deadline fires, :meth:`Rebinding.relayed` when a
+session leaves a direct path for a relay, and :meth:`Rebinding.on_echo` for an
 echo, its ack or a *seen* (:mod:`ipop.link.probing` sorts them from path MTU probes). The
 sealing side stays in the layer's ``_seal`` (``tx_first``: our first message since the peer
 last spoke), and the *seen* a session sends when it follows its peer to a new port in its
 ``_maybe_roam``.
 
 Counted in the layer's ``stats``: ``echo_sent``, ``echo_answered``, ``echo_unanswered``,
-``echo_witness_sent``, ``echo_late``, ``rebind_suspected``, ``seen_received``,
-``seen_refused``; a malformed echo is a ``bad_probe`` drop.
+``echo_witness_sent``, ``echo_left_path`` (of ``echo_sent``: :meth:`Rebinding.relayed`),
+``echo_late``, ``rebind_suspected``, ``seen_received``, ``seen_refused``; a malformed echo
+is a ``bad_probe`` drop.
 """
 
 from __future__ import annotations
@@ -121,7 +123,30 @@ class Rebinding(LinkPart):
             t = min(t, st.tx_first + _REBIND_QUIET)
         return t
 
-    def _send_echo(self, st: Peer, now: float, *, witness: bool) -> None:
+    def relayed(self, st: Peer, now: float) -> None:
+        """``st``'s session is about to leave its direct path for a relay: the peer's relay
+        handshake or relayed DATA won over a path that had fallen silent, so the peer no
+        longer reaches us there. Called before the move (``st.path`` is still the direct one).
+
+        Why echo it there: if our NAT gave us another port (a rebinding, or another host
+        behind it took ours, which our peers see as a claim on our endpoint,
+        :func:`ipop.link.paths.displaced`), every peer outside may key us through a relay
+        before our own echoes ask where it sees us, and those go over direct paths only: we
+        never learned our new port nor re-advertised it, and in the lab such a pair stayed
+        relayed (tests/lab/test_rebind_lab.py, c1). A peer that hears us there answers with
+        where it sees us (ObservedEndpoint); one that does not leaves the echo unanswered,
+        which asks witnesses as for a silent link. It replaces an echo still out: one sent
+        before our port moved is answered where nobody hears it. Not where the peer said it
+        left, or where another peer proved the endpoint its own (``path_rx`` is -inf then):
+        nobody we know answers there."""
+        left = st.path
+        if not self._echoes or not st.up or type(left) is not Endpoint or st.path_rx == -_INF:
+            return
+        self.stats["echo_left_path"] += 1
+        self._send_echo(st, now, witness=False, path=left)
+
+    def _send_echo(self, st: Peer, now: float, *, witness: bool, path: Path | None = None) -> None:
+        """Echo ``st`` on ``path`` (default: its session's)."""
         kp = st.current
         if kp is None or not st.up:
             return
@@ -130,7 +155,8 @@ class Rebinding(LinkPart):
         st.echo_at = now
         st.echo_witness = witness
         self.stats["echo_witness_sent" if witness else "echo_sent"] += 1
-        self._outbox.append((self._seal(st, kp, echo.echo_payload(st.echo_id), now), st.path))
+        payload = echo.echo_payload(st.echo_id)
+        self._outbox.append((self._seal(st, kp, payload, now), st.path if path is None else path))
         self._touch(st)
 
     def _ask_witnesses(self, silent: Peer, now: float) -> None:

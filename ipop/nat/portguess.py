@@ -107,6 +107,10 @@ OP_GO = 0x02
 FLAG_SYMMETRIC = 0x01
 FLAG_ANSWER = 0x02
 FLAG_TRANSLATED = 0x04
+# "The port you reach me from is none you told us of": another host behind the receiver's NAT
+# holds the port the receiver advertised toward us (see PortGuessing.hidden). The receiver
+# plays S, whatever its own flags say.
+FLAG_HIDDEN = 0x08
 MAX_HELLO_ENDPOINTS = 4
 
 _HELLO_HEAD = struct.Struct(">BBB")
@@ -186,6 +190,9 @@ class PortGuessing:
         self._runs: dict[NodeId, _Run] = {}
         self._expected: dict[bytes, tuple[NodeId, float]] = {}
         self._peer_flags: dict[NodeId, int] = {}
+        # Peer -> until when its mapping toward us is one nobody can tell us (hidden()): our
+        # HELLOs ask it to open, and its GO is welcome whatever its flags say.
+        self._hidden: dict[NodeId, float] = {}
         # Peers whose direct path our knocking found (we are the cone side; the symmetric
         # side's path is a SocketPath). Kept across our roams, unlike everything above: it
         # describes the session, whose peer's NAT admits only the mapping we knocked from.
@@ -214,7 +221,36 @@ class PortGuessing:
         self._hello_at[peer] = now
         self._welcome_go(peer, now)
         self.stats["hello_sent"] += 1
-        return _encode_hello(FLAG_ANSWER | nat_flags(symmetric, translated), endpoints)
+        flags = FLAG_ANSWER | nat_flags(symmetric, translated) | self._hidden_flag(peer, now)
+        return _encode_hello(flags, endpoints)
+
+    def hidden(self, peer: NodeId, *, now: float) -> None:
+        """``peer`` moved, and an endpoint it named is where another peer's traffic comes from
+        (:meth:`ipop.overlay.roaming.Roaming.follow_move`): a host behind its NAT took that
+        port toward us (the NAT lost its table, and the other host sent to us first), so the
+        peer's mapping toward us is a port nobody can tell us, and a plain punch cannot get
+        through our filtering NAT. Ask it to open as S does (FLAG_HIDDEN in our next HELLO,
+        which may go at once) and knock at its address.
+
+        A knock run at the peer within BIRTHDAY_RETRY_S (the pair may have been joined by
+        guessing before) does not hold this one back: it aimed at a mapping the peer lost.
+
+        Bounds: the flag lasts BIRTHDAY_RETRY_S and ends with a direct path or our roam, and
+        only a mark that is not already set lifts the waits for our HELLO and knock run: at
+        most one extra of each per peer per BIRTHDAY_RETRY_S."""
+        if self._hidden_flag(peer, now):
+            return
+        self._hidden.pop(peer, None)
+        self._hidden[peer] = now + timing.BIRTHDAY_RETRY_S
+        self._knocked_at.pop(peer, None)
+        self._hello_at.pop(peer, None)
+        self._peer_flags.pop(peer, None)  # what it said of its NAT described another mapping
+        self.stats["peer_hidden"] += 1
+        self._forget_old(now)
+
+    def _hidden_flag(self, peer: NodeId, now: float) -> int:
+        until = self._hidden.get(peer)
+        return FLAG_HIDDEN if until is not None and now <= until else 0
 
     def _welcome_go(self, peer: NodeId, now: float) -> None:
         """We said HELLO to ``peer``: one GO from it is welcome for a while."""
@@ -277,10 +313,13 @@ class PortGuessing:
         if mine & theirs_flags & FLAG_SYMMETRIC:
             self.stats["both_symmetric"] += 1
             return None
-        if _should_open(mine, theirs_flags):
+        if _should_open(mine, theirs_flags) or theirs_flags & FLAG_HIDDEN:
             seen = [e for e in theirs if e.host in seen_hosts][: timing.BIRTHDAY_OPEN_ENDPOINTS]
+            if theirs_flags & FLAG_HIDDEN and not _should_open(mine, theirs_flags):
+                self.stats["hello_hidden_open"] += 1
             return self._open(peer, public_host, seen, now)
-        if _should_open(theirs_flags, mine) and theirs_flags & FLAG_ANSWER:
+        hidden = self._hidden_flag(peer, now)
+        if (_should_open(theirs_flags, mine) or hidden) and theirs_flags & FLAG_ANSWER:
             last = self._answered_at.get(peer)
             if last is not None and now - last < timing.BIRTHDAY_RETRY_S:
                 self._drop("birthday_hello_too_soon")
@@ -288,7 +327,7 @@ class PortGuessing:
             self._answered_at[peer] = now
             self._welcome_go(peer, now)
             self.stats["hello_answered"] += 1
-            return _encode_hello(mine, endpoints)
+            return _encode_hello(mine | hidden, endpoints)
         self.stats["hello_nothing_to_do"] += 1
         return None
 
@@ -350,7 +389,11 @@ class PortGuessing:
             self._drop("birthday_go_unasked")  # no HELLO of ours for it to answer
             return
         theirs = self._peer_flags.get(peer)
-        if theirs is not None and not _should_open(theirs, mine):
+        if (
+            theirs is not None
+            and not _should_open(theirs, mine)
+            and not self._hidden_flag(peer, now)
+        ):
             self._drop("birthday_go_wrong_role")  # by what it told us, it should knock
             return
         if host not in seen_hosts:
@@ -406,6 +449,7 @@ class PortGuessing:
             self._runs,
             self._expected,
             self._peer_flags,
+            self._hidden,
         ):
             table.clear()
         self.stats["roamed"] += 1
@@ -423,6 +467,7 @@ class PortGuessing:
             self._joined[peer] = None
         else:
             self._joined.pop(peer, None)
+        self._hidden.pop(peer, None)
         if self._runs.pop(peer, None) is None:
             return False
         self.stats["runs_ended_linked"] += 1
@@ -489,6 +534,7 @@ class PortGuessing:
             self._go_welcome,
             self._peer_flags,
             self._joined,
+            self._hidden,
         )
         for table in bounded:
             while len(table) > _MAX_PEERS:

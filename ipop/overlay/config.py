@@ -30,6 +30,9 @@ class OverlayConfig:
     far_cap: int = 20
     # Far links chosen by the round trips we measured (ipop.overlay.proximity).
     proximity: bool = True
+    # With proximity: fast peers swap the ids they hold links to, and routing may take a hop
+    # to a peer that holds a link near the target (ipop.overlay.linkhints).
+    link_hints: bool = True
     far_explore_s: float = timing.OVERLAY_FAR_EXPLORE_S
     far_explore_per_bucket: int = timing.OVERLAY_FAR_EXPLORE_PER_BUCKET
     far_explore_epoch_s: float = timing.OVERLAY_FAR_EXPLORE_EPOCH_S

@@ -18,6 +18,7 @@ __all__ = [
     "Delivered",
     "Joined",
     "OverlayEvent",
+    "PeerHidden",
     "RelayDatagram",
     "Roamed",
     "Routable",
@@ -81,6 +82,23 @@ class Roamed:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class PeerHidden:
+    """A linked ``peer`` moved and named an endpoint another peer's traffic comes from (a host
+    behind its NAT holds that port toward us): its port toward us is unknown, and only port
+    guessing with the peer as the opening side finds it (:meth:`ipop.nat.portguess.
+    PortGuessing.hidden`). Its link is keyed through a relay meanwhile."""
+
+    peer: NodeId
+
+
 OverlayEvent = (
-    Delivered | Joined | Routable | ConnectionAdded | ConnectionRemoved | RelayDatagram | Roamed
+    Delivered
+    | Joined
+    | Routable
+    | ConnectionAdded
+    | ConnectionRemoved
+    | RelayDatagram
+    | Roamed
+    | PeerHidden
 )

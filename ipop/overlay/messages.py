@@ -15,7 +15,8 @@ ROUTED (0x01): a message greedily routed over the ring toward ``dst``::
     |            dst NodeId (20 bytes)           |
     |   via NodeId (20 bytes, only if VIA flag)  |
     | cert length (u16) + src's certificate DER  |  only if CERT flag
-    |            payload                         |
+    |  nonce (12 bytes)                          |  only if SEALED flag
+    |            payload (SEALED: its ciphertext)|
     |  ts (u32, UNIX seconds) | auth             |  the last 68 (or 20) bytes
     +--------------------------------------------+
 
@@ -24,17 +25,31 @@ ROUTED (0x01): a message greedily routed over the ring toward ``dst``::
            0x04 VIA          first route exactly to ``via``, which clears the flag and goes on
                              (how answers reach a node that is not on the ring yet)
            0x08 CERT         the source's certificate travels with the message
-           0x10 MAC          auth is a 16-byte MAC under the source's and dst's pairwise key
-                             (EXACT only), not a 64-byte Ed25519 signature
+           0x10 MAC          auth is 16 bytes under the source's and dst's pairwise key
+                             (EXACT only), not a 64-byte Ed25519 signature: without SEALED a
+                             BLAKE2s MAC over the clear payload (the older form, no longer sent)
+           0x20 SEALED       (MAC only) the payload field is nonce || AES-256-GCM ciphertext of
+                             the payload under the pair's sealing key and auth is the GCM tag;
+                             the associated data is :func:`routed_signed_bytes` with an empty
+                             payload (EXACT, kind, ts, src, dst). Only dst can open it
+           0x40 SIDEWAYS     the message made its one sideways step: a hop to a peer no nearer
+                             the target than the sender, taken on that peer's LINK_IDS word
+                             (:mod:`ipop.overlay.routing`); from then on every hop must be
+                             strictly nearer, so a false word costs one hop, never a loop
     hops:  links crossed before the current one (the originator sends 0)
     ttl:   the message crosses at most ``ttl`` links (1..255)
     kind:  0x01..0x7F upper layers (DHT 1, IP 2, ping 3); 0x80..0xFF overlay control below
     auth:  the source's Ed25519 signature, or its MAC for dst, over :func:`routed_signed_bytes`
-           (EXACT, kind, ts, src, dst, payload): what a forwarder may not change. hops, ttl, via
-           and EXCLUDE_SRC
-           are routing state that forwarders rewrite or that only steers the route; a forwarder
-           can drop or misroute a message anyway, so signing them would buy nothing
-           (:mod:`ipop.overlay.origin` verifies, and says when the certificate is attached).
+           (EXACT, kind, ts, src, dst, payload), or the seal's tag over the same: what a
+           forwarder may not change. hops, ttl, via, EXCLUDE_SRC and SIDEWAYS are routing
+           state that forwarders rewrite or that only steers the route; a forwarder can drop
+           or misroute a message anyway, so signing them would buy nothing
+           (:mod:`ipop.overlay.origin` verifies, seals and opens, and says when the
+           certificate is attached). SEALED
+           itself is not in the associated data: the seal's key is not the MAC's, so flipping
+           the flag only makes the message fail to check. Refused as ``bad_flags``: MAC
+           without EXACT, SEALED without MAC; a SEALED payload shorter than its nonce is
+           ``truncated``.
 
 RELAY_FORWARD (0x02), sent to the relay ``via``; RELAY_DELIVER (0x03), sent by it::
 
@@ -92,6 +107,18 @@ fastest links are likely near it too)::
     MAX_FAST_PEERS ids, fastest first as the sender measured them (no round trips travel: the
     asker measures its own, in its own handshakes, before any id counts for anything)
 
+LINK_IDS (0x0B): "these are the nodes I hold links to", told to a linked peer that we measured
+fast (:mod:`ipop.overlay.linkhints`: it may then hand us a message for one of them, or for a key
+one of them is near, when that beats the hops its own links offer)::
+
+    +--------+--------+--------+------------------------------------------+
+    |  0x0B  | flags  | count  | count x id prefix (u64, the id's top 8)   |
+    +--------+--------+--------+------------------------------------------+
+    flags: none defined (0; others refused as bad_flags); count <= MAX_LINK_IDS. An id travels
+    as its top 64 bits: at 2**64 prefixes two of a node's links share one about never, and a
+    prefix that names the wrong node costs what any false claim costs (a detour the routing
+    rule bounds). Order is the sender's (ascending as we send them); duplicates are harmless.
+
 CRL (0x08): revocation list gossip between linked peers (:mod:`ipop.revocation`; NodeCore
 takes these before the overlay, so :func:`decode_message` does not know the type; use
 :func:`decode_crl`)::
@@ -104,6 +131,13 @@ takes these before the overlay, so :func:`decode_message` does not know the type
     CHUNK: bytes [offset, offset + len(chunk)) of CRL number N's DER, which is ``total`` bytes
     (1..MAX_CRL_BYTES); chunks are CRL_CHUNK_BYTES long (the last one shorter) and start at
     multiples of it. Number 0 means "no CRL" and is only ever offered.
+    +--------+--------+---------------------------+-------------------------------+
+    |  0x08  |  0x03  | CA public key (32 bytes)  | an OFFER or a CHUNK, as above |
+    +--------+--------+---------------------------+-------------------------------+
+    NETWORK: the same gossip for the list of a virtual network's CA, named by its raw Ed25519
+    key (a shared overlay carries several networks' lists beside its own; issue 17). The inner
+    message is never itself a NETWORK one. A network CHUNK is 34 bytes longer than the
+    overlay's: CRL_CHUNK_BYTES leaves room for that under the smallest link payload.
 
 Routed payload kind 0x80 CONNECT_TO_ME (CTM; a JOIN is a CTM with purpose JOIN)::
 
@@ -144,7 +178,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ipop.errors import RemoteProtocolError
@@ -181,6 +215,7 @@ TYPE_DIRECT = 0x06
 TYPE_RELAY_REFUSED = 0x07
 TYPE_ALIVE = 0x09
 TYPE_FAST_PEERS = 0x0A
+TYPE_LINK_IDS = 0x0B
 # A RELAY_FORWARD's or RELAY_DELIVER's head: the type and the node id; the sealed datagram
 # follows (relays and receivers compare heads to take a run of one link's messages at once).
 RELAY_HEAD_BYTES = 1 + ID_BYTES
@@ -193,7 +228,11 @@ FLAG_VIA = 0x04
 # and MAC when ``Routed.sig`` is a MAC_BYTES MAC.
 FLAG_CERT = 0x08
 FLAG_MAC = 0x10
-_KNOWN_FLAGS = FLAG_EXACT | FLAG_EXCLUDE_SRC | FLAG_VIA
+# Kept in ``Routed.flags`` (nothing else tells a sealed payload from a clear one).
+FLAG_SEALED = 0x20
+# Routing state (not signed): the one sideways step was taken (ipop.overlay.routing).
+FLAG_SIDEWAYS = 0x40
+_KNOWN_FLAGS = FLAG_EXACT | FLAG_EXCLUDE_SRC | FLAG_VIA | FLAG_SEALED | FLAG_SIDEWAYS
 
 # Payload kinds: upper layers register handlers for 0x01..0x7F.
 KIND_DHT = 0x01
@@ -201,6 +240,12 @@ KIND_IP = 0x02
 KIND_PING = 0x03
 KIND_BIRTHDAY = 0x04  # port guessing toward symmetric NATs (ipop.nat.portguess), for NodeCore
 KIND_PMTU = 0x05  # path MTU probes of a route over the ring (ipop.link.pmtu), handled by NodeCore
+# An IP packet of one of the sender's networks, when it is in several (issue 17): the
+# network's 4-byte tag (ipop.vnet.networks) before the packet. A node in one network sends
+# KIND_IP as ever (and the native fast path knows only that kind).
+KIND_IP_NET = 0x06
+# The kinds that carry IP: sealed when routed, path MTU wanted.
+IP_KINDS = frozenset({KIND_IP, KIND_IP_NET})
 UPPER_KIND_MAX = 0x7F
 # Overlay control kinds, handled inside the overlay node.
 KIND_CTM = 0x80
@@ -215,13 +260,19 @@ MAX_ENDPOINTS = 8
 MAX_NEIGHBOURS = 48
 # Ids in a FAST_PEERS answer: what one answer can make us consider (ipop.overlay.proximity).
 MAX_FAST_PEERS = 16
+# Ids in a LINK_IDS list (a node holds ~40 links at 1,000 nodes): 3 + 64 x 8 = 515 bytes at most.
+MAX_LINK_IDS = 64
+LINK_ID_PREFIX_BYTES = 8
 
 _ROUTED_FIXED = struct.Struct("!BBBBB")
 _ROUTED_SIGNED_HEAD = struct.Struct("!BBI")
 _U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
 _TS = struct.Struct("!I")
 SIG_BYTES = 64
 MAC_BYTES = 16
+# A SEALED payload starts with its AES-GCM nonce (random: see ipop.overlay.origin).
+SEAL_NONCE_BYTES = 12
 # ts + signature at the end of a signed routed message (a MAC'd one ends in ts + MAC).
 ROUTED_TRAILER_BYTES = _TS.size + SIG_BYTES
 # A node certificate is ~300-400 bytes DER; anything far larger is not one of ours.
@@ -315,9 +366,10 @@ def routed_signed_bytes(
 class Routed:
     """A routed message (type 0x01); ``via`` is set exactly when the VIA flag is.
 
-    ``ts`` and ``sig`` (a signature, or a MAC_BYTES MAC) authenticate it end to end
-    (:mod:`ipop.overlay.origin`); ``cert`` is the source's certificate DER, or empty when it does
-    not travel with this message.
+    ``ts`` and ``sig`` (a signature, or a MAC_BYTES MAC or seal tag) authenticate it end to
+    end (:mod:`ipop.overlay.origin`); with FLAG_SEALED in ``flags``, ``payload`` is the nonce
+    and the ciphertext, which only ``dst`` can open. ``cert`` is the source's certificate DER,
+    or empty when it does not travel with this message.
     """
 
     flags: int
@@ -336,6 +388,30 @@ class Routed:
     def exact(self) -> bool:
         return bool(self.flags & FLAG_EXACT)
 
+    def copy_with(
+        self,
+        *,
+        flags: int | None = None,
+        hops: int | None = None,
+        payload: bytes | None = None,
+        cert: bytes | None = None,
+    ) -> Routed:
+        """A copy with the fields given changed. The constructor, not dataclasses.replace
+        (~1.7x the cost): every forwarded, opened or certificate-less message is one."""
+        return Routed(
+            self.flags if flags is None else flags,
+            self.hops if hops is None else hops,
+            self.ttl,
+            self.kind,
+            self.src,
+            self.dst,
+            self.via,
+            self.payload if payload is None else payload,
+            self.ts,
+            self.sig,
+            self.cert if cert is None else cert,
+        )
+
     def signed_bytes(self) -> bytes:
         return routed_signed_bytes(self.flags, self.kind, self.ts, self.src, self.dst, self.payload)
 
@@ -353,6 +429,10 @@ class Routed:
             if not self.flags & FLAG_EXACT:
                 raise ValueError("a MAC needs an EXACT destination")
             flags |= FLAG_MAC
+        elif self.flags & FLAG_SEALED:
+            raise ValueError("a sealed message's auth is its MAC_BYTES tag")
+        if self.flags & FLAG_SEALED and len(self.payload) < SEAL_NONCE_BYTES:
+            raise ValueError("a sealed payload starts with its nonce")
         parts = [
             _ROUTED_FIXED.pack(TYPE_ROUTED, flags, self.hops, self.ttl, self.kind),
             self.src.to_bytes(),
@@ -372,8 +452,10 @@ class Routed:
     def decode(cls, data: bytes) -> Routed:
         _need(data, _ROUTED_FIXED.size, "routed header")
         _t, flags, hops, ttl, kind = _ROUTED_FIXED.unpack_from(data, 0)
-        if flags & ~(_KNOWN_FLAGS | FLAG_CERT | FLAG_MAC) or (
-            flags & (FLAG_MAC | FLAG_EXACT) == FLAG_MAC
+        if (
+            flags & ~(_KNOWN_FLAGS | FLAG_CERT | FLAG_MAC)
+            or flags & (FLAG_MAC | FLAG_EXACT) == FLAG_MAC
+            or flags & (FLAG_SEALED | FLAG_MAC) == FLAG_SEALED
         ):
             raise RemoteProtocolError("bad_flags", f"{flags:#x}")
         trailer = _TS.size + (MAC_BYTES if flags & FLAG_MAC else SIG_BYTES)
@@ -403,6 +485,8 @@ class Routed:
                 raise RemoteProtocolError("truncated", "certificate")
             cert = bytes(data[off : off + n])
             off += n
+        if flags & FLAG_SEALED and end - off < SEAL_NONCE_BYTES:
+            raise RemoteProtocolError("truncated", "sealed payload")
         (ts,) = _TS.unpack_from(data, end)
         sig = bytes(data[end + _TS.size :])
         return cls(
@@ -537,6 +621,45 @@ class FastPeers:
         return cls(*_decode_id_list(data, FAST_PEERS_FLAG_REPLY_WANTED, MAX_FAST_PEERS))
 
 
+@dataclass(frozen=True, slots=True)
+class LinkIds:
+    """Type 0x0B: the top 64 bits of each id the sender holds a link to (at most
+    :data:`MAX_LINK_IDS`; see the diagram above and :mod:`ipop.overlay.linkhints`)."""
+
+    prefixes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.prefixes) > MAX_LINK_IDS:
+            raise ValueError(f"at most {MAX_LINK_IDS} link ids")
+        if any(not 0 <= p < 1 << 64 for p in self.prefixes):
+            raise ValueError("a prefix is a u64")
+
+    @classmethod
+    def of(cls, ids: Iterable[NodeId]) -> LinkIds:
+        """The list for ``ids`` (at most MAX_LINK_IDS of them), ascending."""
+        return cls(tuple(sorted({id_prefix(i) for i in ids})))
+
+    def encode(self) -> bytes:
+        return bytes([TYPE_LINK_IDS, 0, len(self.prefixes)]) + b"".join(
+            _U64.pack(p) for p in self.prefixes
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> LinkIds:
+        _need(data, 3, "link ids")
+        _reply_flag(data, 0)  # no flag defined: any set is refused
+        n = data[2]
+        if n > MAX_LINK_IDS:
+            raise RemoteProtocolError("too_many_ids", str(n))
+        _need(data, 3 + n * LINK_ID_PREFIX_BYTES, "link ids")
+        return cls(tuple(_U64.unpack_from(data, 3 + k * LINK_ID_PREFIX_BYTES)[0] for k in range(n)))
+
+
+def id_prefix(node: NodeId) -> int:
+    """The top 64 bits of ``node``'s id: how LINK_IDS names it."""
+    return node.value >> (8 * (ID_BYTES - LINK_ID_PREFIX_BYTES))
+
+
 def _encode_id_list(type_byte: int, flag: int, msg: Neighbours | FastPeers) -> bytes:
     """NEIGHBOURS and FAST_PEERS: type, flags (``flag`` when a reply is wanted), the ids."""
     return bytes([type_byte, flag if msg.reply_wanted else 0]) + _encode_ids(msg.ids)
@@ -553,7 +676,15 @@ def _decode_id_list(data: bytes, flag: int, limit: int) -> tuple[bool, tuple[Nod
 
 
 OverlayMessage = (
-    Routed | RelayForward | RelayDeliver | Neighbours | Closing | RelayRefused | Alive | FastPeers
+    Routed
+    | RelayForward
+    | RelayDeliver
+    | Neighbours
+    | Closing
+    | RelayRefused
+    | Alive
+    | FastPeers
+    | LinkIds
 )
 
 _DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
@@ -565,6 +696,7 @@ _DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
     TYPE_RELAY_REFUSED: RelayRefused.decode,
     TYPE_ALIVE: Alive.decode,
     TYPE_FAST_PEERS: FastPeers.decode,
+    TYPE_LINK_IDS: LinkIds.decode,
 }
 
 
@@ -636,12 +768,16 @@ class ConnectToMeReply:
 TYPE_CRL = 0x08
 CRL_OP_OFFER = 0x01
 CRL_OP_CHUNK = 0x02
-# 1,000 bytes of CRL per message keeps a CHUNK (14 bytes of header) under any link MTU.
-CRL_CHUNK_BYTES = 1000
+CRL_OP_NETWORK = 0x03
+# 960 bytes of CRL per message keeps a CHUNK (14 bytes of header, 48 in a NETWORK message)
+# under any link MTU: no bigger than the 1,014 bytes an overlay CHUNK had at 1,000.
+CRL_CHUNK_BYTES = 960
+CRL_KEY_BYTES = 32
 # Mirrors ipop.identity.MAX_CRL_BYTES (messages import nothing of identity; a test pins both).
 CRL_MAX_TOTAL = 16_384
 _CRL_OFFER = struct.Struct("!BBQ")
 _CRL_CHUNK = struct.Struct("!BBQHH")
+_CRL_NETWORK = struct.Struct("!BB32s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -673,6 +809,20 @@ class CrlChunk:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class NetworkCrl:
+    """TYPE_CRL NETWORK: an OFFER or CHUNK (``inner``, encoded) of the list of the network CA
+    whose raw public key is ``ca_key``."""
+
+    ca_key: bytes
+    inner: bytes
+
+    def encode(self) -> bytes:
+        if len(self.ca_key) != CRL_KEY_BYTES:
+            raise ValueError("a CA key is 32 bytes")
+        return _CRL_NETWORK.pack(TYPE_CRL, CRL_OP_NETWORK, self.ca_key) + self.inner
+
+
 def _chunk_fits(total: int, offset: int, size: int) -> bool:
     return (
         offset % CRL_CHUNK_BYTES == 0
@@ -681,11 +831,32 @@ def _chunk_fits(total: int, offset: int, size: int) -> bool:
     )
 
 
-def decode_crl(data: bytes) -> CrlOffer | CrlChunk:
-    """Parse one TYPE_CRL message; anything malformed raises :class:`RemoteProtocolError`."""
+def decode_network_crl(data: bytes) -> tuple[bytes, CrlOffer | CrlChunk]:
+    """A TYPE_CRL NETWORK message's CA key and its inner OFFER or CHUNK, parsed (the inner
+    one may not be a NETWORK one); anything malformed raises :class:`RemoteProtocolError`."""
+    _need(data, _CRL_NETWORK.size + _CRL_OFFER.size, "crl network")
+    if data[0] != TYPE_CRL or data[1] != CRL_OP_NETWORK:
+        raise RemoteProtocolError("crl_bad_op", f"{data[1]:#x} is no NETWORK message")
+    inner = bytes(data[_CRL_NETWORK.size :])
+    if inner[0] != TYPE_CRL:
+        raise RemoteProtocolError("unknown_type", f"{inner[0]:#x}")
+    return bytes(data[2 : _CRL_NETWORK.size]), _decode_list_message(inner)
+
+
+def decode_crl(data: bytes) -> CrlOffer | CrlChunk | NetworkCrl:
+    """Parse one TYPE_CRL message; anything malformed raises :class:`RemoteProtocolError`.
+    A NETWORK message's inner one is checked as well (and may not be a NETWORK one)."""
     _need(data, _CRL_OFFER.size, "crl")
     if data[0] != TYPE_CRL:
         raise RemoteProtocolError("unknown_type", f"{data[0]:#x}")
+    if data[1] == CRL_OP_NETWORK:
+        ca_key, _inner = decode_network_crl(data)
+        return NetworkCrl(ca_key, bytes(data[_CRL_NETWORK.size :]))
+    return _decode_list_message(data)
+
+
+def _decode_list_message(data: bytes) -> CrlOffer | CrlChunk:
+    """An OFFER or a CHUNK (its type byte checked by the caller); any other op is refused."""
     op = data[1]
     if op == CRL_OP_OFFER:
         return CrlOffer(_CRL_OFFER.unpack_from(data, 0)[2])

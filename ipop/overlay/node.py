@@ -74,10 +74,12 @@ Brunet-style ring (DESIGN.md §5):
   around it has formed, and the answers must find it), else, at the message's source only, to
   our peer nearest the target. A suspect next hop is skipped when another one is strictly closer
   than we are; it is used anyway when none is, so suspicion never turns a route into a drop or a
-  loop.
+  loop. With proximity, peers we timed fast tell us which nodes they hold links to (LINK_IDS,
+  :mod:`ipop.overlay.linkhints`, sent from the tick), and the fastest one that holds a link to
+  the target takes the message, at most one such step per message not getting nearer.
 - **Trimming** closes links with no reason left after a grace period (policies.py).
 - **Roaming** (:class:`ipop.overlay.roaming.Roaming`): our endpoints as we and our peers see
-  them; a new address, a wake-up or a NAT rebinding re-advertises them to every direct peer,
+  them; a new address, a wake-up or a NAT rebinding re-advertises them to every linked peer,
   and a linked peer whose CTM names new endpoints is followed and punched back to.
 
 Invariants:
@@ -147,11 +149,13 @@ from ipop.overlay.events import (
     Roamed,
     Routable,
 )
+from ipop.overlay.linkhints import LinkHints, LinkIdsTeller
 from ipop.overlay.messages import (
     DECODE_REASONS,
     FLAG_EXACT,
     KIND_CTM,
     KIND_CTM_REPLY,
+    MAX_LINK_IDS,
     MAX_TTL,
     TYPE_DIRECT,
     TYPE_RELAY_FORWARD,
@@ -159,6 +163,7 @@ from ipop.overlay.messages import (
     Alive,
     Closing,
     FastPeers,
+    LinkIds,
     Neighbours,
     Purpose,
     RelayDeliver,
@@ -227,6 +232,10 @@ _M = TypeVar("_M", RelayForward, RelayDeliver)
 
 # CLOSING is sent this many times (see OverlayNode._close_link).
 _CLOSING_COPIES = 3
+# Peers whose LINK_IDS lists we keep at most (ipop.overlay.linkhints): fast ones are a region's
+# share of our ~40 links at 1,000 nodes.
+_LINK_HINT_PEERS = 32
+_INF = float("inf")
 
 
 # --- internal state ----------------------------------------------------------------------------
@@ -292,6 +301,23 @@ class OverlayNode:
             rto_initial_s=config.hop_rto_initial_s,
         )
         self._seen_ttl = 3 * config.gossip_interval_s
+        # What our fast peers hold links to, and when we tell them ours (ipop.overlay.linkhints).
+        hinting = config.proximity and config.link_hints
+        self._link_hints = LinkHints(
+            self._table,
+            rtt_max_s=timing.OVERLAY_LINK_HINT_RTT_S,
+            hint_s=timing.OVERLAY_LINK_HINT_S,
+            max_peers=_LINK_HINT_PEERS,
+        )
+        self._link_ids_teller = (
+            LinkIdsTeller(
+                rtt_max_s=timing.OVERLAY_LINK_HINT_RTT_S,
+                min_s=timing.OVERLAY_LINK_IDS_MIN_S,
+                refresh_s=timing.OVERLAY_LINK_IDS_REFRESH_S,
+            )
+            if hinting
+            else None
+        )
         # Where each routed message goes (ipop.overlay.routing); it owns the reverse hints.
         self._router = Router(
             local_id,
@@ -302,6 +328,7 @@ class OverlayNode:
             stats=self.stats,
             pull_min_s=config.neighbours_reply_min_s,
             proximity=config.proximity,
+            hints=self._link_hints if hinting else None,
         )
         # Near upkeep (ipop.overlay.near): candidates, what we asked, the brackets test.
         self._keeper = NearKeeper(
@@ -353,6 +380,7 @@ class OverlayNode:
             stats=self.stats,
             emit=self._events.append,
             hop_heard=self._hop_heard,
+            relay_fallback=lambda peer, now: self._relay.fallback(peer, now=now),
             connect_back_timeout_s=config.connect_back_timeout_s,
         )
         self._started = False
@@ -414,6 +442,7 @@ class OverlayNode:
             RelayRefused: self._relay.on_refused,  # type: ignore[dict-item]
             Alive: self._on_alive,  # type: ignore[dict-item]
             FastPeers: self._upkeep.on_fast_peers,  # type: ignore[dict-item]
+            LinkIds: self._on_link_ids,  # type: ignore[dict-item]
         }
         self._control_handlers: dict[int, Callable[[Routed, float], None]] = {
             KIND_CTM: self._ctm.on_ctm,
@@ -778,6 +807,44 @@ class OverlayNode:
         else:
             self._silent_hops.answered(peer, msg.token, now)
 
+    def _on_link_ids(self, msg: LinkIds, peer: NodeId, now: float) -> None:
+        # Kept only from a peer we measured fast (LinkHints.put): bounded work, no answer.
+        if self._link_ids_teller is None or not self._link_hints.put(peer, msg.prefixes, now):
+            self.stats["link_ids_ignored"] += 1
+        else:
+            self.stats["link_ids_heard"] += 1
+
+    def _tell_link_ids(self, now: float) -> None:
+        """Send our LINK_IDS list to the fast peers it is due to (ipop.overlay.linkhints)."""
+        teller = self._link_ids_teller
+        if teller is None or not self._upkeep.joined:
+            return
+        table = self._table
+        # Not over a link younger than OVERLAY_LINK_IDS_SETTLE_S (see timing.py).
+        young = now - timing.OVERLAY_LINK_IDS_SETTLE_S
+        peers = ((c.peer, c.rtt_s) for c in table if c.since <= young)
+        due = teller.due(peers, table.version, now)
+        if not due:
+            return
+        data = LinkIds.of(self._link_ids_listed()).encode()
+        for peer in due:
+            if self._send(peer, data, now):
+                self.stats["link_ids_sent"] += 1
+                self.stats["link_ids_bytes"] += len(data)
+
+    def _link_ids_listed(self) -> list[NodeId]:
+        """The links we list (at most MAX_LINK_IDS): near ones first (each the only way to
+        its part of the ring), then the rest fastest first."""
+        rows = sorted(
+            self._table,
+            key=lambda c: (
+                ConnectionKind.NEAR not in c.kinds,
+                _INF if c.rtt_s is None else c.rtt_s,
+                c.peer.value,
+            ),
+        )
+        return [c.peer for c in rows[:MAX_LINK_IDS]]
+
     def _on_closing(self, msg: Closing, peer: NodeId, now: float) -> None:
         if self._forget(peer, now):
             self._links.close(peer, now=now)
@@ -791,7 +858,14 @@ class OverlayNode:
     def _apply_route(self, verdict: Verdict, *, received: bool, now: float) -> bool:
         """Carry out a routing verdict: send the forward, deliver, or count the drop."""
         if type(verdict) is Forward:
-            return self._send_routed(verdict.hop, verdict.msg.encode(), now)
+            msg, hop = verdict.msg, verdict.hop
+            if msg.cert and self._cert_known_at(hop, msg):
+                # Decided before encoding: the message is encoded once, without it.
+                return self._send_routed(hop, msg.copy_with(cert=b"").encode(), now)
+            data = msg.encode()
+            if msg.cert and self._cert_too_big(hop, len(data)):
+                data = msg.copy_with(cert=b"").encode()
+            return self._send_routed(hop, data, now)
         if type(verdict) is Deliver:
             self._deliver(verdict.msg, verdict.hops, received=received, now=now)
             return True
@@ -799,6 +873,28 @@ class OverlayNode:
         self.drops[verdict.reason] += 1
         if verdict.pull is not None:
             self._pull_around(verdict.pull, now)
+        return False
+
+    # A routed message carries its source's certificate for a destination that may not hold
+    # it. It stays behind when the hop is the destination and the message is ours (our link's
+    # handshake gave it our certificate), or when the whole is bigger than the hop's probed
+    # path carries (every datagram has DF: it would vanish). Why: a DHT record, its owner's
+    # certificate inside, plus ours overflowed a 1,124-byte path, and no node behind it could
+    # claim an address.
+
+    def _cert_known_at(self, hop: NodeId, msg: Routed) -> bool:
+        """Does ``hop`` hold the certificate ``msg`` carries (see above)?"""
+        if hop == msg.dst and msg.src == self.local_id:
+            self.stats["cert_left_known"] += 1
+            return True
+        return False
+
+    def _cert_too_big(self, hop: NodeId, size: int) -> bool:
+        """Is a message of ``size`` bytes with its certificate too big for ``hop``'s path?"""
+        limit = self._links.payload_limit(hop)
+        if limit is not None and size > limit:
+            self.stats["cert_left_for_mtu"] += 1
+            return True
         return False
 
     def _pull_around(self, target: NodeId, now: float) -> None:
@@ -819,11 +915,14 @@ class OverlayNode:
     def _deliver(self, msg: Routed, hops: int, *, received: bool, now: float) -> None:
         if received:
             # The one place a routed message becomes a fact for us or an upper layer: from
-            # here on ``msg.src`` is the node that signed it, whatever the number of hops.
-            reason = self._origin.check(msg, now=now)
-            if reason is not None:
-                self.drops[reason] += 1
+            # here on ``msg.src`` is the node that signed it, whatever the number of hops, and
+            # a sealed payload is opened.
+            opened = self._origin.open(msg, now=now)
+            if type(opened) is str:
+                self.drops[opened] += 1
                 return
+            assert type(opened) is Routed
+            msg = opened
             self._proven.add(msg.src)
         if msg.kind <= UPPER_KIND_MAX:
             self._events.append(Delivered(msg.src, msg.dst, msg.kind, msg.payload, hops, msg.exact))
@@ -886,6 +985,7 @@ class OverlayNode:
         upkeep.ask_fast_peers(now)
         upkeep.check_silent(now)
         upkeep.gossip(now)
+        self._tell_link_ids(now)
 
     def _close_link(self, peer: NodeId, now: float) -> None:
         """Close our link to ``peer`` and tell it so.
@@ -972,6 +1072,9 @@ class OverlayNode:
         self._upkeep.forget(peer)
         self._silent_hops.forget(peer)
         self._roaming.forget(peer)
+        self._link_hints.forget(peer)
+        if self._link_ids_teller is not None:
+            self._link_ids_teller.forget(peer)
         for kind in row.kinds:
             self._events.append(ConnectionRemoved(peer, kind))
         self._upkeep.removed(peer, was_near=ConnectionKind.NEAR in row.kinds, now=now)

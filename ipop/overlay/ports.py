@@ -49,6 +49,11 @@ class Links(Protocol):
 
     def is_up(self, peer: NodeId) -> bool: ...
 
+    def payload_limit(self, peer: NodeId) -> int | None:
+        """The largest payload one datagram to ``peer`` carries on its probed path (None:
+        not probed yet)."""
+        ...
+
     def peer_moved(self, peer: NodeId, *, now: float) -> None: ...
 
 
@@ -77,3 +82,8 @@ class Origins(Protocol):
     def learn(self, cert: NodeCertificate) -> None: ...
 
     def check(self, msg: Routed, *, now: float) -> str | None: ...
+
+    def open(self, msg: Routed, *, now: float) -> Routed | str:
+        """``msg`` as its source wrote it (opened if sealed) if it checks and may be
+        delivered in the form it came in; else the reason it may not."""
+        ...

@@ -8,7 +8,7 @@
 - **Our roams.** New socket addresses (:meth:`changed`), a wake-up after a gap (:meth:`roam`
   from the node's ``woke``) or a NAT that rebound our mappings (a peer sees us somewhere new,
   :meth:`on_observed`) each start a roam: backoffs earned from the old address are lifted, near
-  candidates are asked again, and our endpoints are re-advertised to every direct peer with a
+  candidates are asked again, and our endpoints are re-advertised to every linked peer with a
   CONNECT_TO_ME (:meth:`readvertise`), through the first peer that hears us from the new
   address, or at the latest ``timing.ROAM_ADVERTISE_WAIT_S`` later (:meth:`tick`).
 - **Peers' roams.** A linked peer whose CTM names endpoints that no longer include its link's
@@ -29,12 +29,12 @@ from ipop.errors import LocalProtocolError
 from ipop.link.events import ObservedEndpoint
 from ipop.overlay.attempts import Backoff
 from ipop.overlay.ctm import CtmAgent
-from ipop.overlay.events import Roamed
+from ipop.overlay.events import PeerHidden, Roamed
 from ipop.overlay.messages import MAX_ENDPOINTS, Purpose
 from ipop.overlay.near import NearKeeper
 from ipop.overlay.ports import Links
 from ipop.overlay.table import ConnectionTable
-from ipop.types import Endpoint, NodeId, is_direct
+from ipop.types import Endpoint, NodeId, SocketPath
 
 __all__ = ["Roaming"]
 
@@ -58,8 +58,9 @@ class Roaming:
         keeper: NearKeeper,
         heard: Mapping[NodeId, float],
         stats: collections.Counter[str],
-        emit: Callable[[Roamed], None],
+        emit: Callable[[Roamed | PeerHidden], None],
         hop_heard: Callable[[NodeId, float], None],
+        relay_fallback: Callable[[NodeId, float], bool],
         connect_back_timeout_s: float,
     ) -> None:
         self._local_endpoints = tuple(local_endpoints)
@@ -73,6 +74,7 @@ class Roaming:
         self._stats = stats
         self._emit = emit
         self._hop_heard = hop_heard
+        self._relay_fallback = relay_fallback
         self._connect_back_timeout_s = connect_back_timeout_s
         # Our public endpoints as peers saw them -> when last.
         self._observed: dict[Endpoint, float] = {}
@@ -158,7 +160,7 @@ class Roaming:
         Theory: every peer keeps sending to our old address, and a peer behind a filtering NAT
         drops what we send from the new one until it has sent there itself. So: forget what
         peers told us about our old public endpoint, lift backoffs earned from the old address,
-        and re-advertise our endpoints to every direct peer with a CONNECT_TO_ME
+        and re-advertise our endpoints to every linked peer with a CONNECT_TO_ME
         (:meth:`readvertise`), which makes each punch back to our new endpoints
         (:meth:`follow_move` on its side). The link layer meanwhile keys every session afresh
         from the new address (NodeCore does that); the first answer tells us our new public
@@ -196,22 +198,25 @@ class Roaming:
         self.readvertise(now, via=by)
 
     def readvertise(self, now: float, *, via: NodeId | None) -> None:
-        """A CONNECT_TO_ME with our endpoints to every direct peer, ``via`` first.
+        """A CONNECT_TO_ME with our endpoints to every linked peer, ``via`` first.
 
         Why a CTM: it is the message that already makes a peer connect to the endpoints in it,
         and a peer behind a filtering NAT has to send to our new address before anything of
         ours gets in. Why ``via``: a peer that has just heard us from the new address can
         forward; our own links to filtering peers are dead until they punch back, so the CTMs
         must not be handed back to us (EXCLUDE_SRC). Without ``via`` the most recently heard
-        peer since the roam stands in, if any.
+        peer since the roam stands in, if any. Why relayed peers too: a peer that lost our
+        old endpoint keys us through a relay, often before we know where we are now (another
+        host behind our NAT took our port toward it: ipop.link.paths.displaced), and only our
+        new endpoints let it go direct again (:meth:`follow_move` on its side).
         """
         self._readvertise_at = None
         self._advertised = self.endpoints()
         if via is None or via not in self._table:
             heard = [(t, p) for p, t in self._heard.items() if t > self._roamed_at]
             via = max(heard)[1] if heard else None
-        direct = [row.peer for row in self._table if is_direct(row.path)]
-        for peer in sorted(direct, key=lambda p: (p != via, p)):
+        linked = [row.peer for row in self._table]
+        for peer in sorted(linked, key=lambda p: (p != via, p)):
             if self._ctm.send(peer, Purpose.NEAR, exact=True, now=now, via=via, avoid_us=True):
                 self._stats["roam_ctm_sent"] += 1
 
@@ -227,17 +232,40 @@ class Roaming:
         follows its next datagram at once) and punch back to its new endpoints: behind a
         filtering NAT nothing from its new address gets in until we have sent there.
 
+        A relayed link is punched back too: we keyed it through a relay when its direct path
+        died under the peer's roam (or another host behind the peer's NAT took its endpoint:
+        ipop.link.paths.displaced), and the punch makes it direct again (a direct handshake
+        always replaces a relay). Not a path port guessing found (a punching socket's): plain
+        punches from our main socket did not get through there before.
+
+        An endpoint it names that another linked peer's traffic comes from (a host behind the
+        same NAT holds that port toward us: after the NAT lost its table, it sent to us first)
+        is the peer's mapping toward others, not toward us, and the one toward us is a port
+        nobody can tell us: key a direct link through a relay now, not when our silent path
+        times out (4 s of lost traffic in tests/lab/test_rebind_lab.py's shared case), and
+        let port guessing find that port with the peer as the opening side (PeerHidden). We
+        still punch every endpoint: the other peer may have left that port since, and a
+        direct handshake replaces the relay.
+
         The endpoints are the peer's own word about itself (the CTM is authenticated end to
         end), so it can only misdirect its own link; the punches are connect-backs within the
-        usual per-address budget.
+        usual per-address budget, and the relay fallback is one per peer per
+        ``ROAM_RELAY_RETRY_S``.
         """
         row = self._table.get(peer)
-        if row is None or type(row.path) is not Endpoint:
+        if row is None or type(row.path) is SocketPath:
             return
         if row.path in endpoints or endpoints == previous:
             return
         self._stats["peer_moved"] += 1
-        self._links.peer_moved(peer, now=now)
+        if type(row.path) is Endpoint:
+            self._links.peer_moved(peer, now=now)
+        held = {r.path for r in self._table if r.peer != peer}
+        if any(ep in held for ep in endpoints):
+            self._stats["peer_moved_to_taken"] += 1
+            self._emit(PeerHidden(peer))
+            if type(row.path) is Endpoint and self._relay_fallback(peer, now):
+                self._stats["peer_moved_to_taken_relayed"] += 1
         for ep in self._ctm.connect_back_endpoints(endpoints, now):
             self._links.connect(
                 ep,

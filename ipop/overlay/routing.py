@@ -14,19 +14,36 @@ The rules (DESIGN.md §5; the node's theory of operation tells why):
   closest delivery delivers there.
 - A suspect next hop (:mod:`ipop.overlay.suspect`) is skipped when another one makes
   progress, and used when none does: suspicion may lengthen a route, never drop or loop it.
-- Proximity (``proximity``, Gummadi et al.'s proximity route selection): among the links
-  strictly nearer the target than we are, one whose round trip (as our link layer measured
-  it) is under half the greedy hop's is taken instead (the fastest such). Every hop still
-  makes progress, so routes cannot loop and end where greedy routing ends (a local minimum);
-  the links are read from the sorted ring outward from the target, at most ``_PRS_READ`` a
-  side (bounded work per message; a node holds about 40 links at 1,000 nodes). Why no
-  window on how little progress such a hop may make: a hop inside our region costs a
-  fraction of one that leaves it, and a pair of one region (direct ~10 ms) whose route
-  leaves the region once has a stretch of 5 or more. Measured on the latency map at 1,000
-  nodes (seed 1, 60 s settled, the links of a run frozen and routed both ways for 400
-  pairs): windows of 8, 32, 64 times the greedy hop's distance from the target gave stretch
-  p90 6.07, 4.17, 4.17 and none 3.89 (3.3, 4.1, 4.1, 4.3 hops); p50 1.55, 1.49, 1.49, 1.51.
-  (At 300 nodes a window of 2 gave p90 10.7 and 8 gave 5.76, 2.09 and 2.47 hops.)
+- Proximity (``proximity``, Gummadi et al.'s proximity route selection, with the cost
+  estimate of Dabek et al., NSDI 2004): among the links strictly nearer the target than we
+  are, the one with the least *estimated route cost*: its round trip (as our link layer
+  measured it) plus ``_PRS_BIT_S`` for each bit of ring distance it leaves to the target
+  (``log2`` of the distance: about a fixed share of a hop is left per halving). Greedy
+  alone ignores latency; the fastest hop alone (the former rule: any link under half the
+  greedy hop's round trip) buys a small saving now with many hops later. Every hop still
+  makes progress, so routes cannot loop and end where greedy routing ends (a local
+  minimum); the links are read from the sorted ring outward from the target, at most
+  ``_PRS_READ`` a side (bounded work per message; a node holds about 40 links at 1,000
+  nodes). Measured on the latency map at 1,000 nodes (60 s settled, the links of the run
+  frozen and 2,000 pairs routed both ways, seeds 1 / 2): the former rule gave stretch p50
+  1.58 / 1.59, p90 3.79 / 3.92, 4.36 / 4.42 hops; 5 ms a bit 1.51 / 1.51, 3.60 / 3.56,
+  3.79 / 3.89 hops (``ipop.timing.OVERLAY_PRS_BIT_S``). The tail left is pairs of one
+  region (a sixth of all pairs, direct 2-15 ms) whose route leaves the region for its last
+  hop or two: no link of ours tells which of our peers holds a link to the target.
+- Link hints (``hints``, :mod:`ipop.overlay.linkhints`): when one of our peers that we
+  measured within ``OVERLAY_LINK_HINT_RTT_S`` says (LINK_IDS) it holds a link to the target
+  itself, the fastest such peer takes the message instead of the hop our own links chose;
+  it hands it to the target at once. That peer may be no nearer the target than we are: a
+  *sideways* step, allowed once per message and marked in it (FLAG_SIDEWAYS). Every other
+  hop is strictly nearer, so a false or stale claim costs one hop, never a loop; our own
+  message back after its sideways step goes on (every hop nearer from here) instead of
+  being dropped. A hint never points back to the peer that handed us the message. Only the
+  target itself counts: hints toward nodes merely near a key (DHT gets, far-link CTMs),
+  taken as progress steps weighed by the cost estimate above, lost routed pings and DHT
+  requests on an 80-node map run (first-try answers 300/300 -> 298/300, link datagrams
+  under unknown indices 26 -> 105) for a smaller gain, so they are not used. Measured with
+  the links of a 1,000-node run frozen (2,000 pairs): stretch p90 2.90 -> 2.02, p50 1.42
+  -> 1.22, hops 3.81 -> 2.85; without the sideways step p90 2.33.
 - At a local minimum an exact message may take one detour, bounded by its TTL: to the peer
   that told us it holds a link to the target (:class:`ipop.overlay.near.SeenIds`), else back
   the way the target's own last routed message came (:class:`ipop.overlay.hints.ReverseHints`,
@@ -34,7 +51,8 @@ The rules (DESIGN.md §5; the node's theory of operation tells why):
   else, at the message's source only, to our peer nearest the target with EXCLUDE_SRC set so
   that no hop hands it back to us.
 - A message a peer hands us with ``hops == 0`` must come from its source (``spoofed_src``),
-  and one of ours that comes back is dropped (``own_src_returned``).
+  and one of ours that comes back is dropped (``own_src_returned``) unless it made its
+  sideways step (see the link hints above).
 
 The forward path runs for every routed message a node carries, so :meth:`Router.decide` keeps
 it flat: one greedy lookup and the one :class:`Forward` it returns.
@@ -45,12 +63,15 @@ from __future__ import annotations
 import bisect
 import collections
 import heapq
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
+from ipop import timing
 from ipop.overlay.hints import ReverseHints
-from ipop.overlay.messages import FLAG_EXCLUDE_SRC, FLAG_VIA, Routed
+from ipop.overlay.linkhints import LinkHints
+from ipop.overlay.messages import FLAG_EXCLUDE_SRC, FLAG_SIDEWAYS, FLAG_VIA, Routed
 from ipop.overlay.near import SeenIds
 from ipop.overlay.ring import next_hop_sorted, route_key
 from ipop.overlay.suspect import SilentHops
@@ -64,9 +85,9 @@ ROUTE_DROPS: Final = frozenset({"spoofed_src", "own_src_returned", "no_route", "
 
 _INF = float("inf")
 # Proximity route selection: entries read on each side of the target (bounded work), and the
-# share of the greedy hop's round trip a link must beat (see the module docstring).
+# round trip a hop is worth per bit of ring distance it leaves to the target (module docstring).
 _PRS_READ = 24
-_PRS_GAIN = 0.5
+_PRS_BIT_S = timing.OVERLAY_PRS_BIT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +143,11 @@ class Router:
         stats: collections.Counter[str],
         pull_min_s: float,
         proximity: bool = False,
+        hints: LinkHints | None = None,
     ) -> None:
         self.local_id = local_id
         self._proximity = proximity
+        self._hints = hints
         self._table = table
         self._silent = silent
         self._seen = seen
@@ -147,7 +170,12 @@ class Router:
             if msg.hops == 0 and msg.src != frm:
                 return Drop("spoofed_src")
             if msg.src == self.local_id:
-                return Drop("own_src_returned")
+                if not msg.flags & FLAG_SIDEWAYS:
+                    return Drop("own_src_returned")
+                # Our own message, back after its sideways step: the peer we handed it to
+                # holds no link to the target any more (or lied). It goes on from here, every
+                # hop strictly nearer, so it cannot come back again through honest peers.
+                self._stats["routed_sideways_returned"] += 1
             if msg.src not in self._table:
                 self._reverse.note(msg, frm, now)
         if msg.via is not None and msg.via == self.local_id:
@@ -161,6 +189,18 @@ class Router:
                 exclude = msg.src
         hop = self.next_hop(target, now, exact=exact, exclude=exclude)
         hops_so_far = msg.hops + 1 if received else 0
+        sideways = 0
+        if (
+            hop is not None
+            and self._hints is not None
+            and msg.via is None
+            and exclude is None
+            and hop.value != target.value
+        ):
+            hinted = self._hinted_hop(target, hop, frm, not msg.flags & FLAG_SIDEWAYS, now)
+            if hinted is not None:
+                hop = hinted[0]
+                sideways = FLAG_SIDEWAYS if hinted[1] else 0
         if hop is None and exact and target != self.local_id:
             # A local minimum for an exact destination: the ring around ``target`` is still
             # forming (a near link being set up, a relay link not up yet). A near peer that
@@ -193,21 +233,10 @@ class Router:
             return Deliver(msg, hops_so_far)
         if hops_so_far >= msg.ttl:
             return Drop("ttl_expired")
-        # The constructor, not dataclasses.replace: this runs for every forwarded message.
-        fwd = Routed(
-            msg.flags,
-            hops_so_far,
-            msg.ttl,
-            msg.kind,
-            msg.src,
-            msg.dst,
-            msg.via,
-            msg.payload,
-            msg.ts,
-            msg.sig,
-            msg.cert,
-        )
-        return Forward(hop, fwd)
+        if hops_so_far == msg.hops and not sideways:
+            # Ours (hops 0 both): frozen, so the message itself goes, no copy to make.
+            return Forward(hop, msg)
+        return Forward(hop, msg.copy_with(flags=msg.flags | sideways, hops=hops_so_far))
 
     def next_hop(
         self, target: NodeId, now: float, *, exact: bool, exclude: NodeId | None = None
@@ -245,18 +274,18 @@ class Router:
     def _nearby_hop(
         self, target: NodeId, greedy: NodeId, exclude: NodeId | None, now: float
     ) -> NodeId | None:
-        """A link strictly nearer ``target`` than we are whose measured round trip is under
-        ``_PRS_GAIN`` of ``greedy``'s (the fastest such), not suspect; None: keep ``greedy``
-        (module docstring)."""
+        """The link strictly nearer ``target`` than we are with the least estimated route
+        cost (measured round trip plus ``_PRS_BIT_S`` per bit of distance left), not suspect,
+        if it beats ``greedy``; None: keep ``greedy`` (module docstring)."""
         table = self._table
         row = table.get(greedy)
         if row is None or row.rtt_s is None:
             # Unknown counts as slow, but we must know what we save: keep the greedy hop.
             return None
-        bar = row.rtt_s * _PRS_GAIN
+        d = target.value
+        bar = row.rtt_s + _PRS_BIT_S * math.log2(ring_distance(greedy, target) or 1)
         ring = table.ring()
         n = len(ring)
-        d = target.value
         ours = route_key(self.local_id, target)
         i = bisect.bisect_left(ring, d)
         best: NodeId | None = None
@@ -267,17 +296,43 @@ class Router:
                 v = ring[k % n]
                 k += step
                 peer = table.peer_of(v)
-                if route_key(peer, target) >= ours:
+                key = route_key(peer, target)
+                if key >= ours:
                     break  # read outward from the target: the rest of this side is no nearer
                 if peer in (exclude, greedy):
                     continue
                 c = table.get(peer)
                 if c is None or c.rtt_s is None or c.rtt_s >= bar:
                     continue
-                if len(silent) and silent.suspect(peer, now):
+                cost = c.rtt_s + _PRS_BIT_S * math.log2(key[0] or 1)
+                if cost >= bar or (len(silent) and silent.suspect(peer, now)):
                     continue
-                best, bar = peer, c.rtt_s
+                best, bar = peer, cost
         return best
+
+    def _hinted_hop(
+        self, target: NodeId, hop: NodeId, back: NodeId | None, sideways_ok: bool, now: float
+    ) -> tuple[NodeId, bool] | None:
+        """The fastest of our fast peers that says it holds a link to ``target``, instead of
+        ``hop`` (the hop our own links chose), and whether that step is sideways (the peer is
+        no nearer ``target`` than we are: allowed only while ``sideways_ok``); None: keep
+        ``hop`` (module docstring)."""
+        hints = self._hints
+        assert hints is not None
+        held = hints.holder(target, now)
+        if held is None:
+            return None
+        peer = held[1]
+        if peer in (hop, back):
+            return None  # our hop already; or it handed us the message, so it has no link
+        sideways = route_key(peer, target) >= route_key(self.local_id, target)
+        if sideways and not sideways_ok:
+            self._stats["routed_sideways_spent"] += 1
+            return None
+        if len(self._silent) and self._silent.suspect(peer, now):
+            return None
+        self._stats["routed_hinted_sideways" if sideways else "routed_hinted"] += 1
+        return peer, sideways
 
     def detour_hop(self, target: NodeId, now: float) -> NodeId | None:
         """Our peer nearest ``target`` although we are nearer: the first hop of a detour.

@@ -176,6 +176,9 @@ class FakeLinks:
         link = self._world.link_between(self.local_id, peer)
         return link is not None and bool(link.up.get(self.local_id))
 
+    def payload_limit(self, peer: NodeId) -> int | None:
+        return None  # no path sizes in this world
+
     def peer_moved(self, peer: NodeId, *, now: float) -> None:
         """Fake links have no paths to hold on to: counted only."""
         self.stats["peer_moved"] += 1

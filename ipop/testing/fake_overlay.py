@@ -20,10 +20,10 @@ from typing import TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ipop.dht.record import Record, key_id
+from ipop.dht.record import Record, StoreOutcome, key_id, namespace_of
 from ipop.dht.service import DhtConfig, DhtService
 from ipop.identity import NodeIdentity
-from ipop.testing.clock import run_virtual
+from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.types import NodeId
 
@@ -123,6 +123,12 @@ class FakeOverlay:
         self._handles.clear()
 
 
+# Every cluster's CA key comes from this seed, so the namespace of its keys, hence every key
+# id and replica set, is the same in every run (and known before a cluster exists).
+CA_SEED = "dht-cluster-testnet-ca"
+TESTNET_NS = namespace_of(make_network("testnet", now=SIM_EPOCH, seed=CA_SEED).trust)
+
+
 class DhtCluster:
     """N :class:`~ipop.dht.service.DhtService` nodes of one network on one :class:`FakeOverlay`.
 
@@ -147,7 +153,8 @@ class DhtCluster:
         self.routers = dict(routers or {})
         self.config = config
         self.seed = seed
-        self.ca = make_network("testnet", now=asyncio.get_running_loop().time())
+        self.ca = make_network("testnet", now=asyncio.get_running_loop().time(), seed=CA_SEED)
+        self.namespace = namespace_of(self.ca.trust)  # == TESTNET_NS
         self.nodes: list[DhtService] = []
         self._count = 0
         self._key_rng = random.Random(f"keys-{seed}")
@@ -290,3 +297,14 @@ def live_owners(cluster: DhtCluster, key: str) -> set[NodeId]:
     """Owners of the live (unexpired, not released) copies of ``key`` held anywhere."""
     now = asyncio.get_running_loop().time()
     return {r.owner for _, r in holders(cluster, key) if r.live(now=now)}
+
+
+async def offer_everywhere(sender: DhtService, record: Record) -> list[StoreOutcome]:
+    """``sender`` sends ``record`` as a STORE RPC to every other replica of its key."""
+    outcomes = []
+    for peer in await sender.replica_set(record.key_id):
+        if peer != sender.node_id:
+            answer = await sender.protocol.store_record(peer, record)
+            assert answer is not None
+            outcomes.append(answer.outcome)
+    return outcomes

@@ -8,19 +8,29 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from ipaddress import IPv4Network
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ipop.bundle import Bundle
+from ipop.errors import LocalProtocolError
 from ipop.identity import NetworkCA, NodeIdentity
 from ipop.types import Endpoint
 
 
-def make_network(network: str = "testnet", *, now: float) -> NetworkCA:
-    """A fresh network CA valid from ``now`` for the default lifetime."""
-    return NetworkCA.create(network, now=now)
+def make_network(network: str = "testnet", *, now: float, seed: str | None = None) -> NetworkCA:
+    """A fresh network CA valid from ``now`` for the default lifetime.
+
+    ``seed``: its key comes from the seed, so its DHT namespace (and every key id of the
+    network, :func:`ipop.dht.record.namespace_of`) is the same every run; None: a random key.
+    """
+    key = None
+    if seed is not None:
+        key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed.encode()).digest())
+    return NetworkCA.create(network, now=now, key=key)
 
 
 def make_identity(
@@ -71,21 +81,98 @@ def make_bundle(
     now: float,
     hostname: str | None = None,
     router_hosts: int = 0,
+    overlay: str | None = None,
+    overlay_only: bool = False,
 ) -> Bundle:
-    """A node bundle of a fresh network CA: what 'ipop-config node' writes, in memory."""
+    """A node bundle of a fresh network CA: what 'ipop-config node' writes, in memory.
+
+    ``overlay``: the network sits on a shared overlay of that name with a fresh CA of its own
+    (the bundle holds both certificates, 'ipop-config init --overlay'); ``overlay_only``: the
+    bundle of an overlay-only node ('ipop-config overlay node'), without the network's keys.
+    """
     ca = make_network(network, now=now)
     ident = NodeIdentity.generate(
         ca, node_name, now=now, hostname=hostname, router_hosts=router_hosts
     )
+    network_keys: dict[str, Any] = {
+        "network": network,
+        "subnet": subnet,
+        "ca_cert_pem": ca.cert_pem(),
+        "node_cert_pem": ident.cert.pem(),
+        "hostname": hostname,
+    }
+    overlay_keys: dict[str, Any] = {}
+    if overlay is not None:
+        overlay_ca = make_network(overlay, now=now)
+        overlay_keys = {
+            "overlay": overlay,
+            "overlay_ca_cert_pem": overlay_ca.cert_pem(),
+            "overlay_cert_pem": ident.certified_by(overlay_ca, node_name, now=now).cert.pem(),
+        }
+    elif overlay_only:
+        raise LocalProtocolError("an overlay-only bundle needs its overlay")
     return Bundle(
-        network=network,
-        subnet=subnet,
         bootstrap=bootstrap,
         node_name=node_name,
-        ca_cert_pem=ca.cert_pem(),
-        node_cert_pem=ident.cert.pem(),
         node_key_pem=ident.private_key_pem(),
-        hostname=hostname,
+        **({} if overlay_only else network_keys),
+        **overlay_keys,
+    )
+
+
+def member_bundles(
+    networks: Sequence[tuple[str, IPv4Network]],
+    node_name: str,
+    *,
+    overlay: str,
+    bootstrap: tuple[Endpoint, ...],
+    now: float,
+    hostname: str | None = None,
+    overlay_ca: NetworkCA | None = None,
+) -> list[Bundle]:
+    """One node's bundles for several networks on one shared overlay (issue 17): one key,
+    one overlay CA (``overlay_ca``, else a fresh one; the same overlay certificate in each),
+    a fresh CA per network."""
+    overlay_ca = make_network(overlay, now=now) if overlay_ca is None else overlay_ca
+    first: NodeIdentity | None = None
+    out = []
+    for network, subnet in networks:
+        ca = make_network(network, now=now)
+        if first is None:
+            ident = first = NodeIdentity.generate(ca, node_name, now=now, hostname=hostname)
+            overlay_cert = first.certified_by(overlay_ca, node_name, now=now).cert.pem()
+        else:
+            ident = first.certified_by(ca, node_name, now=now)
+        out.append(
+            Bundle(
+                bootstrap=bootstrap,
+                node_name=node_name,
+                node_key_pem=first.private_key_pem(),
+                network=network,
+                subnet=subnet,
+                ca_cert_pem=ca.cert_pem(),
+                node_cert_pem=ident.cert.pem(),
+                hostname=hostname if ident is first else None,
+                overlay=overlay,
+                overlay_ca_cert_pem=overlay_ca.cert_pem(),
+                overlay_cert_pem=overlay_cert,
+            )
+        )
+    return out
+
+
+def overlay_only_bundle(
+    overlay_ca: NetworkCA, node_name: str, *, bootstrap: tuple[Endpoint, ...], now: float
+) -> Bundle:
+    """An overlay-only node's bundle of ``overlay_ca`` ('ipop-config overlay node')."""
+    ident = NodeIdentity.generate(overlay_ca, node_name, now=now)
+    return Bundle(
+        bootstrap=bootstrap,
+        node_name=node_name,
+        node_key_pem=ident.private_key_pem(),
+        overlay=overlay_ca.network,
+        overlay_ca_cert_pem=overlay_ca.cert_pem(),
+        overlay_cert_pem=ident.cert.pem(),
     )
 
 

@@ -23,10 +23,19 @@ Theory of operation (:class:`NatTable`):
   endpoints (address-and-port-dependent) the inside has sent to, each with its own last-outbound
   time and the same timeout. Endpoint-independent filtering needs no permissions.
 - Invariants: ``_by_ext`` and ``_by_key`` always hold exactly the same live-or-lazily-expired
-  mappings; an external port belongs to at most one mapping; time passed in never goes backwards
-  for correct results (the simulator's clock guarantees it).
+  mappings; an external port belongs to at most one mapping (with ``ports_per_flow``: an
+  external port and remote endpoint, ``_by_ext`` then keyed by both); time passed in never
+  goes backwards for correct results (the simulator's clock guarantees it).
 - Expired mappings are removed lazily when touched, plus a sweep whenever the table grows past
   a threshold, so a symmetric NAT talking to many peers does not grow without bound.
+- ``ports_per_flow`` (Linux conntrack, which the lab's port-restricted NATs are): every flow
+  (inside endpoint, remote endpoint) is its own mapping, and an external port is unique per
+  *remote endpoint*, not per NAT. Port preservation keeps the inside port toward a remote
+  unless another flow already reaches that very remote from it, so two inside hosts bound to
+  one port can both hold it toward different remotes, and one of them gets another port toward
+  a remote the other reached first. A STUN server sees a port-restricted cone. Why it matters:
+  after a flush, the host that sends first toward a remote takes the shared port toward it
+  only (the lab's rebinding race, tests/lab/test_rebind_lab.py).
 - :meth:`NatTable.flush` drops every mapping at once (a NAT reboot, ``conntrack -F``): the
   next outbound packet of each flow creates a fresh mapping, on a port none of the flushed
   ones held (as the lab's NATs usually hand out, since the inside hosts race for the
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -96,11 +106,25 @@ class NatBehaviour:
     # Keep the internal source port as the external one when it is free (Linux MASQUERADE).
     port_preservation: bool = True
     port_allocation: PortAllocation = PortAllocation.SEQUENTIAL
+    # After a flush, may the ports of the flushed mappings be handed out again at once? False:
+    # every flow gets a new port (a reboot that draws afresh). True: as the lab's Linux router
+    # after ``conntrack -F``, the first inside host to send again keeps its port, which may be
+    # the one another host behind this NAT held before.
+    reuse_flushed_ports: bool = False
+    # One mapping per flow, an external port unique per remote endpoint (Linux conntrack; see
+    # the module docstring). Only with address-and-port-dependent filtering: a flow admits
+    # its own remote only.
+    ports_per_flow: bool = False
 
     def __post_init__(self) -> None:
         if not self.mapping_timeout_s > 0:
             raise LocalProtocolError(
                 f"mapping_timeout_s must be > 0, got {self.mapping_timeout_s!r}"
+            )
+        if self.ports_per_flow and self.filtering is not Filtering.ADDRESS_AND_PORT_DEPENDENT:
+            raise LocalProtocolError(
+                "ports_per_flow needs address-and-port-dependent filtering (a flow admits "
+                "only its own remote)"
             )
 
     @property
@@ -163,7 +187,14 @@ _ENUM_FIELDS: dict[str, type[Enum]] = {
     "filtering": Filtering,
     "port_allocation": PortAllocation,
 }
-_BEHAVIOUR_FIELDS = ("mapping_timeout_s", "hairpinning", "port_preservation", *_ENUM_FIELDS)
+_BEHAVIOUR_FIELDS = (
+    "mapping_timeout_s",
+    "hairpinning",
+    "port_preservation",
+    "reuse_flushed_ports",
+    "ports_per_flow",
+    *_ENUM_FIELDS,
+)
 
 
 def behaviour_from_data(data: dict[str, Any]) -> NatBehaviour:
@@ -246,7 +277,12 @@ class NatTable:
         self.rng = rng
         self.stats: Counter[str] = Counter()
         self._by_key: dict[tuple[Any, ...], NatMapping] = {}
-        self._by_ext: dict[int, NatMapping] = {}
+        # External port -> its mapping; with ports_per_flow (port, remote ip, remote port).
+        self._by_ext: dict[Any, NatMapping] = {}
+        self._per_flow = behaviour.ports_per_flow
+        # With ports_per_flow: how many flows hold each external port (a port no flow holds
+        # is what a clash falls back to, as conntrack's search for a free tuple finds).
+        self._port_flows: Counter[int] = Counter()
         self._timeout = behaviour.mapping_timeout_s
         self._mapping = behaviour.mapping
         self._filtering = behaviour.filtering
@@ -268,8 +304,10 @@ class NatTable:
     ) -> NatMapping | str:
         """An inside endpoint sends to ``rip:rport``: the mapping it leaves through."""
         mapping = self._mapping
-        if mapping is Mapping.ENDPOINT_INDEPENDENT:
-            key: tuple[Any, ...] = (int_ip, int_port)
+        if self._per_flow:
+            key: tuple[Any, ...] = (int_ip, int_port, rip, rport)
+        elif mapping is Mapping.ENDPOINT_INDEPENDENT:
+            key = (int_ip, int_port)
         elif mapping is Mapping.ADDRESS_DEPENDENT:
             key = (int_ip, int_port, rip)
         else:
@@ -280,13 +318,17 @@ class NatTable:
             self.stats["mapping_expired"] += 1
             m = None
         if m is None:
-            port = self._allocate(int_port, now)
+            port = self._allocate(int_port, (rip, rport), now)
             if port is None:
                 self.stats["nat_ports_exhausted"] += 1
                 return "nat_ports_exhausted"
             m = NatMapping(key, Endpoint(int_ip, int_port), Endpoint(self.public_ip, port), now)
             self._by_key[key] = m
-            self._by_ext[port] = m
+            if self._per_flow:
+                self._by_ext[(port, rip, rport)] = m
+                self._port_flows[port] += 1
+            else:
+                self._by_ext[port] = m
             self.stats["mapping_created"] += 1
         m.last_out = now
         filtering = self._filtering
@@ -298,7 +340,12 @@ class NatTable:
 
     def inbound(self, rip: str, rport: int, ext_port: int, now: float) -> NatMapping | str:
         """``rip:rport`` sends to the public address at ``ext_port``: the mapping that admits it."""
-        m = self._by_ext.get(ext_port)
+        if self._per_flow:
+            m = self._by_ext.get((ext_port, rip, rport))
+            if m is None:
+                return "nat_filtered" if self._port_flows[ext_port] else "no_mapping"
+        else:
+            m = self._by_ext.get(ext_port)
         if m is None:
             return "no_mapping"
         if now - m.last_out > self._timeout:
@@ -316,36 +363,58 @@ class NatTable:
     def flush(self) -> int:
         """Forget every mapping and its permissions (a NAT reboot, a conntrack flush); return
         how many went. Inbound packets to their ports are dropped ("no_mapping") until the
-        inside sends again, from a new external port."""
+        inside sends again, from a new external port (``reuse_flushed_ports``: from the first
+        free one as for any new mapping, which may be a port another host held before)."""
         gone = len(self._by_ext)
-        self._flushed = frozenset(self._by_ext)
+        if not self.behaviour.reuse_flushed_ports:
+            self._flushed = frozenset(m.external.port for m in self._by_ext.values())
         self._by_ext.clear()
         self._by_key.clear()
+        self._port_flows.clear()
         self.stats["mapping_flushed"] += gone
         return gone
 
-    def lookup(self, ext_port: int) -> NatMapping | None:
-        """The mapping on ``ext_port``, expired or not (inspection only; changes nothing)."""
-        return self._by_ext.get(ext_port)
+    def lookup(self, ext_port: int, remote: Endpoint | None = None) -> NatMapping | None:
+        """The mapping on ``ext_port``, expired or not (inspection only; changes nothing).
+
+        With ``ports_per_flow`` the one toward ``remote`` (None: the oldest flow on the port).
+        """
+        if not self._per_flow:
+            return self._by_ext.get(ext_port)
+        if remote is not None:
+            return self._by_ext.get((ext_port, remote.host, remote.port))
+        return next((m for m in self._by_ext.values() if m.external.port == ext_port), None)
 
     def _remove(self, m: NatMapping) -> None:
         del self._by_key[m.key]
-        del self._by_ext[m.external.port]
+        port = m.external.port
+        if self._per_flow:
+            _, _, rip, rport = m.key
+            del self._by_ext[(port, rip, rport)]
+            self._port_flows[port] -= 1
+            if not self._port_flows[port]:
+                del self._port_flows[port]
+        else:
+            del self._by_ext[port]
 
-    def _allocate(self, int_port: int, now: float) -> int | None:
+    def _allocate(self, int_port: int, remote: tuple[str, int], now: float) -> int | None:
         if len(self._by_ext) >= self._sweep_at:
             self.sweep(now=now)
-        by_ext = self._by_ext
+        # The ports no new mapping may take: every held one, or with ports_per_flow, the ones
+        # held toward ``remote`` for the inside port's own (any held one for a fallback).
+        by_ext: Container[int] = self._port_flows if self._per_flow else self._by_ext
+        kept = (int_port, *remote) if self._per_flow else int_port
         flushed = self._flushed
         if (
             self.behaviour.port_preservation
             and int_port >= _PORT_MIN
-            and int_port not in by_ext
+            and kept not in self._by_ext
             and int_port not in flushed
         ):
             return int_port
         span = _PORT_MAX - _PORT_MIN + 1
-        if len(by_ext) + len(flushed) >= span:
+        held = len(self._port_flows) if self._per_flow else len(self._by_ext)
+        if held + len(flushed) >= span:
             return None
         if self.behaviour.port_allocation is PortAllocation.RANDOM:
             # The table is far from full in any sane scenario, so a few draws suffice.

@@ -108,6 +108,7 @@ DROP_REASONS = (
     "nat_filtered",  # the mapping exists but its filtering refuses this source
     "no_hairpin",  # a LAN host sent to its own NAT's public address; hairpinning is off
     "nat_ports_exhausted",  # the NAT has no free external port
+    "blocked",  # a scenario's block(): a firewall dropping one host's traffic for a while
 )
 
 # What the virtual-time loop allows a timer to run early (VirtualTimeLoop._clock_resolution).
@@ -177,6 +178,8 @@ class Network:
         self._lan_pool: Iterator[ipaddress.IPv4Network] = _LAN_SPACE.subnets(new_prefix=24)
         self._lan_subnets: set[ipaddress.IPv4Network] = set()
         self._t0: float | None = None
+        # block(): (host, its source port or None, destination address, until when), few.
+        self._blocks: list[tuple[Host, int | None, str, float]] = []
 
     # --- building the world ------------------------------------------------------------
 
@@ -313,11 +316,26 @@ class Network:
     def flush_nat(self, nat: NatBox) -> int:
         """Drop every mapping of ``nat`` (as ``conntrack -F`` on the lab's NAT router does, see
         ``tools/lab/soak.py``); return how many went. Its hosts are not told: each flow gets a
-        new external port when its inside host next sends, and until then every datagram to
-        an old one is dropped ("no_mapping")."""
+        new external port when its inside host next sends (a kept one with the NAT's
+        ``reuse_flushed_ports``), and until then every datagram to an old one is dropped
+        ("no_mapping")."""
         if self.nats.get(nat.name) is not nat:
             raise LocalProtocolError(f"{nat!r} is not a NAT of this network")
         return nat.table.flush()
+
+    def block(self, host: Host, dst: str, *, until: float, port: int | None = None) -> None:
+        """Drop what ``host`` (from its ``port`` only, if given) sends to the address ``dst``
+        until loop time ``until`` ("blocked"), as a firewall rule would: how a scenario
+        decides who wins a race on a shared NAT (tests/sim/test_rebind.py, as the lab's
+        forced case does with iptables)."""
+        self._blocks.append((host, port, dst, until))
+
+    def _blocked(self, sock: SimSocket, dip: str, now: float) -> bool:
+        self._blocks = [b for b in self._blocks if b[3] > now]
+        return any(
+            h is sock.host and (p is None or p == sock.local.port) and d == dip
+            for h, p, d, _ in self._blocks
+        )
 
     def host_at(self, address: str) -> Host | None:
         """The host holding ``address`` (public or on any LAN)."""
@@ -349,6 +367,9 @@ class Network:
         size = len(data) + UDP_IP_OVERHEAD
         src = sock.local
         dip, dport = dst
+        if self._blocks and self._blocked(sock, dip, loop.time()):
+            self._drop("blocked", src, dip, dport, size)
+            return
         trace = self.trace
         if trace is not None:
             if self._t0 is None:

@@ -1,17 +1,30 @@
 """Hand-driven stand-ins for one overlay node's link layer, for unit tests of the overlay.
 
 This module owns :class:`RecordingLinks`, which records what an
-:class:`ipop.overlay.node.OverlayNode` asks of its links and lets every send succeed, and
-:func:`fake_certificate`, the placeholder certificate a fake ``LinkUp`` carries. The simulated
-many-node link world is :mod:`ipop.testing.fake_links`.
+:class:`ipop.overlay.node.OverlayNode` asks of its links and lets every send succeed,
+:func:`fake_certificate`, the placeholder certificate a fake ``LinkUp`` carries, and
+:func:`node_by_hand` / :func:`timed_link_up`, a started node on such links and a link of it
+coming up with a round trip. The simulated many-node link world is
+:mod:`ipop.testing.fake_links`.
 """
 
 from __future__ import annotations
 
-from ipop.identity import NodeCertificate
-from ipop.types import NodeId, Path
+import random
+from typing import TypeVar
 
-__all__ = ["RecordingLinks", "fake_certificate"]
+from ipop.errors import RemoteProtocolError
+from ipop.identity import NodeCertificate
+from ipop.link.events import LinkUp
+from ipop.overlay.config import OverlayConfig
+from ipop.overlay.messages import OverlayMessage, decode_message
+from ipop.overlay.node import OverlayNode
+from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
+from ipop.types import Endpoint, NodeId, Path
+
+__all__ = ["RecordingLinks", "fake_certificate", "node_by_hand", "timed_link_up"]
+
+_T = TypeVar("_T", bound=OverlayMessage)
 
 
 class RecordingLinks:
@@ -24,6 +37,8 @@ class RecordingLinks:
         self.sent: list[tuple[NodeId, bytes]] = []
         self.closed: list[NodeId] = []
         self.moved: list[NodeId] = []
+        # Probed payload sizes a test sets: peer -> bytes (none: not probed).
+        self.limits: dict[NodeId, int] = {}
 
     def connect(
         self,
@@ -56,8 +71,24 @@ class RecordingLinks:
     def is_up(self, peer: NodeId) -> bool:
         return True
 
+    def payload_limit(self, peer: NodeId) -> int | None:
+        return self.limits.get(peer)
+
     def peer_moved(self, peer: NodeId, *, now: float) -> None:
         self.moved.append(peer)
+
+    def sent_of(self, kind: type[_T]) -> list[tuple[NodeId, _T]]:
+        """(peer, message) of every overlay message of type ``kind`` sent, in order (DIRECT
+        payloads and CRL gossip, which :func:`decode_message` does not parse, are skipped)."""
+        out: list[tuple[NodeId, _T]] = []
+        for peer, data in self.sent:
+            try:
+                msg = decode_message(data)
+            except RemoteProtocolError:
+                continue
+            if isinstance(msg, kind):
+                out.append((peer, msg))
+        return out
 
 
 def fake_certificate(node_id: NodeId) -> NodeCertificate:
@@ -72,3 +103,24 @@ def fake_certificate(node_id: NodeId) -> NodeCertificate:
         not_before=0.0,
         not_after=float("inf"),
     )
+
+
+def node_by_hand(local_id: NodeId, keyring: FakeKeyring) -> tuple[OverlayNode, RecordingLinks]:
+    """A started overlay node (one near peer a side, no bootstrap) on :class:`RecordingLinks`."""
+    links = RecordingLinks(local_id)
+    node = OverlayNode(
+        local_id,
+        links,
+        rng=random.Random(1),
+        config=OverlayConfig(near_per_side=1),
+        bootstrap=[],
+        origin=FakeOrigin(local_id, keyring),
+    )
+    node.start(now=0.0)
+    return node, links
+
+
+def timed_link_up(node: OverlayNode, peer: NodeId, k: int, rtt: float | None) -> None:
+    """``peer``'s link comes up at time 1 (at the ``k``-th test endpoint), ``rtt`` measured."""
+    ep = Endpoint("203.0.113.9", 5800 + k)
+    node.on_link_event(LinkUp(peer, fake_certificate(peer), ep, None, rtt_s=rtt), now=1.0)

@@ -73,6 +73,7 @@ from typing import Any
 
 from ipop.aio.stack import Node
 from ipop.dht.alloc import AllocationFailed, allocate_ip
+from ipop.dht.record import namespace_of, user_key
 from ipop.dht.service import DhtConfig
 from ipop.errors import ConfigError
 from ipop.link.layer import LinkConfig
@@ -177,6 +178,9 @@ class OverlayScenario:
     # Far links chosen by measured round trips (OverlayConfig.proximity; off: Symphony's
     # random draws alone, for comparison).
     proximity: bool = True
+    # With proximity: fast peers swap the ids they link to and routing uses them
+    # (OverlayConfig.link_hints; off, for comparison).
+    link_hints: bool = True
 
     def __post_init__(self) -> None:
         if self.nodes < 2:
@@ -239,7 +243,8 @@ class _World:
             tick_s=sc.delivery_tick_s,
             latency=latency,
         )
-        self.ca = make_network("simnet", now=self.loop.time())
+        # Seeded: the CA key names the DHT namespace, so it places every key on the ring.
+        self.ca = make_network("simnet", now=self.loop.time(), seed=f"simnet-{sc.seed}")
         self.nodes: list[Node] = []
         self.kinds: list[str] = []
         self.started: list[float] = []
@@ -292,6 +297,7 @@ class _World:
                 local_endpoints=(Endpoint(host.address, PORT),),
                 connect_timeout_s=self.sc.handshake_timeout_s + 2.0,
                 proximity=self.sc.proximity,
+                link_hints=self.sc.link_hints,
             ),
             link_config=LinkConfig(
                 handshake_timeout_s=self.sc.handshake_timeout_s,
@@ -405,7 +411,7 @@ class _World:
 
         async def put(k: int) -> None:
             nd = self.rng.choice(live)
-            key, value = f"simnet:user:{k}", f"value-{k}".encode()
+            key, value = user_key(namespace_of(self.ca.trust), f"{k}"), f"value-{k}".encode()
             assert nd.dht is not None
             if await nd.dht.put(key, value, 3600.0):
                 records[key] = value
@@ -438,7 +444,10 @@ class _World:
             assert nd.dht is not None
             try:
                 return await allocate_ip(
-                    nd.dht, subnet, network="simnet", rng=random.Random(self.sc.seed * 7919 + i)
+                    nd.dht,
+                    subnet,
+                    namespace=namespace_of(self.ca.trust),
+                    rng=random.Random(self.sc.seed * 7919 + i),
                 )
             except AllocationFailed:
                 return None
@@ -499,6 +508,7 @@ async def run_overlay_async(
     if sc.latency_model is not None:
         out["latency_model"] = sc.latency_model.describe()
         out["proximity"] = sc.proximity
+        out["link_hints"] = sc.link_hints
         out["settle_s"] = sc.settle_s
     phases: dict[str, float] = {}
     mark = time.perf_counter()

@@ -66,13 +66,14 @@ def start_nodes(
     port: int = PORT,
     overlay_config: OverlayConfig | None = None,
     link_config: LinkConfig | None = None,
+    bootstrap: Sequence[Endpoint] = (),
 ) -> list[Node]:
-    """One started node per host (call on the running loop); ``hosts[0]`` bootstraps the rest.
-    ``overlay_config``: every node's, its ``local_endpoints`` set per host; ``link_config``:
-    every node's."""
+    """One started node per host (call on the running loop); ``hosts[0]`` bootstraps the rest
+    (``bootstrap``: every node's, for nodes joining a running network). ``overlay_config``:
+    every node's, its ``local_endpoints`` set per host; ``link_config``: every node's."""
     loop = asyncio.get_running_loop()
     nodes: list[Node] = []
-    boot: list[Endpoint] = []
+    boot: list[Endpoint] = list(bootstrap)
     # Keys from the seed too (ring positions with them): reproducible runs.
     keys = random.Random(rng.getrandbits(64))
     for host in hosts:

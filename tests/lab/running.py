@@ -2,7 +2,7 @@
 always torn down (namespaces, processes, stale leftovers of this prefix) (:func:`running_net`,
 :func:`start_daemons` for a test that owns its lab); and what the tests
 that time an outage with ``ping`` share (:func:`peer_path`, :func:`wait_for`,
-:func:`make_direct`, :func:`outage_around`)."""
+:func:`make_direct`, :func:`outage_around`); and the attack tests' :data:`LISTENER`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,28 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from ipop.tools.lab.ipopnet import IpopNet
 from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
-from ipop.tools.lab.topology import Topology
+from ipop.tools.lab.topology import Topology, topology_from_dict
+
+# Counts datagrams carrying the marker on the victim's vIP, port 9, for a bounded time.
+LISTENER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9))
+s.settimeout(0.2)
+n, end = 0, time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        data = s.recv(2048)
+    except socket.timeout:
+        continue
+    n += sys.argv[3].encode() in data
+open(sys.argv[4], "w").write(str(n))
+"""
 
 
 def start_daemons(
@@ -26,12 +43,27 @@ def start_daemons(
     hosts: Iterable[str] | None = None,
     metrics: bool = False,
     web: bool = False,
+    overlay: str | None = None,
+    overlay_only: Iterable[str] = (),
+    networks: dict[str, str] | None = None,
+    also: dict[str, tuple[str, ...]] | None = None,
+    subnets: dict[str, IPv4Network] | None = None,
 ) -> IpopNet:
     """Configure every host of ``lab`` (``addressing``: host -> "dhcp"; ``metrics``: each
     daemon serves them on ipopnet.METRICS_LISTEN; ``web``: its status page on
     ipopnet.WEB_LISTEN), start the daemons of ``hosts`` in that order (default: all, the
-    bootstrap first) and wait until each holds its virtual IP."""
-    ipop = IpopNet(lab, metrics=metrics, web=web)
+    bootstrap first) and wait until each holds its virtual IP (``overlay_only`` hosts: until
+    each has joined the ring)."""
+    ipop = IpopNet(
+        lab,
+        metrics=metrics,
+        web=web,
+        overlay=overlay,
+        overlay_only=tuple(overlay_only),
+        networks=networks,
+        also=also,
+        subnets=subnets,
+    )
     ipop.prepare(addressing=addressing)
     if hosts is None:
         ipop.start_all()
@@ -56,6 +88,11 @@ def running_net(
     hosts: Iterable[str] | None = None,
     metrics: bool = False,
     web: bool = False,
+    overlay: str | None = None,
+    overlay_only: Iterable[str] = (),
+    networks: dict[str, str] | None = None,
+    also: dict[str, tuple[str, ...]] | None = None,
+    subnets: dict[str, IPv4Network] | None = None,
 ) -> Iterator[IpopNet]:
     """Build ``topology`` and :func:`start_daemons` on it; tear all of it down afterwards."""
     prefix = process_prefix(prefix_tag)
@@ -63,11 +100,43 @@ def running_net(
     try:
         lab.up()
         yield start_daemons(
-            lab, ready_s=ready_s, addressing=addressing, hosts=hosts, metrics=metrics, web=web
+            lab,
+            ready_s=ready_s,
+            addressing=addressing,
+            hosts=hosts,
+            metrics=metrics,
+            web=web,
+            overlay=overlay,
+            overlay_only=overlay_only,
+            networks=networks,
+            also=also,
+            subnets=subnets,
         )
     finally:
         lab.down()
         cleanup_stale(prefix)
+
+
+def ping_ok(
+    net: IpopNet,
+    src: str,
+    target: str,
+    tries: int = 3,
+    *,
+    timeout_s: float = 10.0,
+    interface: str | None = None,
+) -> str:
+    """``ping -c 1`` from ``src`` to ``target`` until one answers (its output), at most
+    ``tries`` times (each within ``timeout_s``); AssertionError with the last output otherwise.
+    ``interface``: out of that one (``ping -I``)."""
+    out = ""
+    via = ["-I", interface] if interface is not None else []
+    for _ in range(tries):
+        res = net.lab.exec(src, ["ping", "-c", "1", "-W", "2", *via, target], timeout=timeout_s)
+        out = res.stdout + res.stderr
+        if res.returncode == 0:
+            return out
+    raise AssertionError(f"{src} -> {target} failed: {out}")
 
 
 def peer_path(net: IpopNet, host: str, vip: str) -> tuple[str, str | None]:
@@ -140,3 +209,14 @@ def outage_around(
     answered = sorted({int(m) for m in re.findall(r"bytes from .*icmp_seq=(\d+)", text)})
     gaps = [b - a - 1 for a, b in itertools.pairwise(answered)]
     return max(gaps, default=0) * every_s, answered, text
+
+
+def shared_overlay_topology(overlay_only: Iterable[str], nat_hosts: dict[str, str]) -> Topology:
+    """Public overlay-only bootstraps (203.0.113.10, .11, ...) and hosts behind NATs of the
+    given kinds (host -> kind): the shared-overlay labs' topology."""
+    public = [
+        {"name": name, "role": "public", "ip": f"203.0.113.{10 + i}"}
+        for i, name in enumerate(overlay_only)
+    ]
+    nat = [{"name": name, "role": "nat", "kind": kind} for name, kind in nat_hosts.items()]
+    return topology_from_dict({"bootstraps": len(public), "hosts": [*public, *nat]})

@@ -24,7 +24,7 @@ from ipop.tools.lab.hostile import MARKER
 from ipop.tools.lab.ipopnet import IPOP_PORT, IpopNet
 from ipop.tools.lab.topology import topology_from_dict
 
-from .running import running_net
+from .running import LISTENER, running_net
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
@@ -35,22 +35,6 @@ REFLECT = "203.0.113.14"
 # Bytes the kernel counts at ``v`` while CONNECT_TO_MEs and GOs name it: a few handshakes at
 # most (before the fix: every CTM's 8 endpoints retried for 20 s, GOs 3,000 knocks each).
 REFLECT_PACKETS_MAX = 200
-
-# Counts datagrams carrying the marker on the victim's vIP, port 9, for a bounded time.
-LISTENER = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 9))
-s.settimeout(0.2)
-n, end = 0, time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
-    try:
-        data = s.recv(2048)
-    except socket.timeout:
-        continue
-    n += sys.argv[3].encode() in data
-open(sys.argv[4], "w").write(str(n))
-"""
 
 
 @pytest.fixture(scope="module")

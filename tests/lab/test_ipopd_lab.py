@@ -27,7 +27,7 @@ from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
 from ipop.tools.lab.topology import Topology, topology_from_dict
 from ipop.vnet.arp import VIRTUAL_MAC
 
-from .running import running_net, start_daemons
+from .running import ping_ok, running_net, start_daemons
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and TAPs")
 
@@ -68,13 +68,7 @@ def _status(net: IpopNet, host: str) -> Status:
 
 
 def _ping(net: IpopNet, src: str, target: str, tries: int = 3) -> str:
-    out = ""
-    for _ in range(tries):
-        res = net.lab.exec(src, ["ping", "-c", "1", "-W", "2", target], timeout=10)
-        out = res.stdout + res.stderr
-        if res.returncode == 0:
-            return out
-    raise AssertionError(f"{src} -> {target} failed: {out}")
+    return ping_ok(net, src, target, tries)
 
 
 def _cli(net: IpopNet, host: str, *args: str, timeout: float = 20) -> tuple[int, str]:

@@ -12,6 +12,7 @@ import pytest
 
 from ipop.errors import ConfigError
 from ipop.tools.lab import netns
+from ipop.tools.lab.ipopnet import IpopNet
 from ipop.tools.lab.lab import Lab, cleanup_stale, process_prefix
 from ipop.tools.lab.main import main
 from ipop.tools.lab.topology import Topology, default_topology, load_topology, topology_from_dict
@@ -192,13 +193,18 @@ TWO_PUBLIC = """hosts = [
 """
 
 
-def test_up_down_up_in_one_workdir_starts_a_fresh_network(tmp_path: Path) -> None:
-    """The second ``up`` must not trip over the first lab's CA, bundles or daemon state."""
+def _two_public_up(tmp_path: Path, tag: str) -> tuple[list[str], Path, str]:
+    """``ipop-lab up`` of the two-public-host topology: (argv, workdir, namespace prefix)."""
     topo = tmp_path / "two.toml"
     topo.write_text(TWO_PUBLIC)
     work = tmp_path / "w"
-    prefix = process_prefix("u")
-    argv = ["up", str(topo), "--workdir", str(work), "--prefix", prefix]
+    prefix = process_prefix(tag)
+    return ["up", str(topo), "--workdir", str(work), "--prefix", prefix], work, prefix
+
+
+def test_up_down_up_in_one_workdir_starts_a_fresh_network(tmp_path: Path) -> None:
+    """The second ``up`` must not trip over the first lab's CA, bundles or daemon state."""
+    argv, work, prefix = _two_public_up(tmp_path, "u")
     try:
         for _ in range(2):
             assert main(argv) == 0
@@ -280,3 +286,28 @@ def test_default_topology_round_trips_through_its_dict() -> None:
     assert [h.name for h in topo.hosts] == ["pub1", "pub2", "a", "b", "c"]
     assert topo.bootstrap.name == "pub1"
     assert len({h.public_ip for h in topo.hosts}) == 5
+
+
+def test_up_puts_the_network_on_a_shared_overlay_with_an_overlay_only_node(
+    tmp_path: Path,
+) -> None:
+    """``ipop-lab up --overlay shared --overlay-only pub1``: pub1 runs an overlay-only node
+    (the bootstrap: it routes and stores, holds no address), pub2 a member that claims one."""
+    argv, work, prefix = _two_public_up(tmp_path, "so")
+    try:
+        assert main([*argv, "--overlay", "shared", "--overlay-only", "pub1"]) == 0
+        net = IpopNet(Lab.load(work))
+        ov, member = net.status("pub1").self_, net.status("pub2").self_
+        assert ov.overlay_only and ov.vip is None
+        assert not member.overlay_only and member.vip is not None
+        assert main(["down", "--workdir", str(work)]) == 0
+    finally:
+        cleanup_stale(prefix)
+
+
+def test_up_refuses_overlay_hosts_without_an_overlay_or_a_topology_host(tmp_path: Path) -> None:
+    base, work, _ = _two_public_up(tmp_path, "sx")
+    assert main([*base, "--overlay-only", "pub1"]) == 2
+    assert main([*base, "--overlay", "shared", "--member-of", "nohost=othernet"]) == 2
+    assert main([*base, "--overlay", "shared", "--member-of", "pub2"]) == 2
+    assert not (work / "lab.json").exists()

@@ -28,7 +28,7 @@ from ipop.status import Status
 from ipop.tools.lab.ipopnet import IpopNet
 from ipop.tools.lab.topology import Topology, topology_from_dict
 
-from .running import running_net
+from .running import ping_ok, running_net
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, bridges")
 
@@ -208,13 +208,7 @@ def _router_status(net: IpopNet, router: str, *, named: tuple[str, ...] = ()) ->
 
 
 def _ping(net: IpopNet, src: str, target: str, tries: int = 4) -> str:
-    out = ""
-    for _ in range(tries):
-        res = net.lab.exec(src, ["ping", "-c", "1", "-W", "2", target], timeout=15)
-        out = res.stdout + res.stderr
-        if res.returncode == 0:
-            return out
-    raise AssertionError(f"{src} -> {target} failed: {out}")
+    return ping_ok(net, src, target, tries, timeout_s=15.0)
 
 
 def _ping_fails(net: IpopNet, src: str, target: str) -> bool:

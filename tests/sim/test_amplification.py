@@ -49,3 +49,10 @@ def test_an_alive_probe_is_answered_by_no_more_than_itself() -> None:
     r = measure(_row("ALIVE"))
     assert r.third_party_bytes == 0
     assert r.caused_bytes <= r.message_bytes
+
+
+def test_a_link_ids_list_is_answered_by_nothing() -> None:
+    r = measure(_row("LINK_IDS"))
+    assert r.message_bytes > 8 * 64
+    assert r.third_party_bytes == 0
+    assert r.caused_bytes == 0

@@ -9,7 +9,7 @@ from ipaddress import IPv4Address, IPv4Network
 from ipop.dht.alloc import IpLease, allocate_ip, is_usable, lease_ip
 from ipop.dht.names import c_name, lookup_name, register_name
 from ipop.dht.record import ip_key
-from ipop.testing.fake_overlay import DhtCluster, live_owners, run_cluster
+from ipop.testing.fake_overlay import TESTNET_NS, DhtCluster, live_owners, run_cluster
 
 SUBNET = IPv4Network("100.64.5.0/24")
 
@@ -19,14 +19,14 @@ def test_fifty_nodes_allocate_at_once_without_duplicates() -> None:
         rngs = [random.Random(i) for i in range(len(c.nodes))]
         addrs = await asyncio.gather(
             *(
-                allocate_ip(svc, SUBNET, network="testnet", rng=rng, ttl=600)
+                allocate_ip(svc, SUBNET, namespace=TESTNET_NS, rng=rng, ttl=600)
                 for svc, rng in zip(c.nodes, rngs, strict=True)
             )
         )
         assert len(set(addrs)) == len(addrs) == 50
         assert all(is_usable(SUBNET, a) for a in addrs)
         for svc, addr in zip(c.nodes, addrs, strict=True):
-            assert live_owners(c, ip_key("testnet", addr)) == {svc.node_id}
+            assert live_owners(c, ip_key(TESTNET_NS, addr)) == {svc.node_id}
 
     run_cluster(body, n=50, seed=5)
 
@@ -34,22 +34,22 @@ def test_fifty_nodes_allocate_at_once_without_duplicates() -> None:
 def test_restart_keeps_the_address() -> None:
     async def body(c: DhtCluster) -> None:
         node = c.nodes[3]
-        addr = await allocate_ip(node, SUBNET, network="testnet", rng=random.Random(1))
+        addr = await allocate_ip(node, SUBNET, namespace=TESTNET_NS, rng=random.Random(1))
         identity = node.identity
         await c.remove(node)
         # Someone else asking for that address while the lease lives gets another one.
         other = await allocate_ip(
-            c.nodes[5], SUBNET, network="testnet", rng=random.Random(2), preferred=addr
+            c.nodes[5], SUBNET, namespace=TESTNET_NS, rng=random.Random(2), preferred=addr
         )
         assert other != addr
         await asyncio.sleep(20)
         again = c.add_node(identity)
         assert await again.bootstrap([c.nodes[0].node_id])
         got = await allocate_ip(
-            again, SUBNET, network="testnet", rng=random.Random(3), preferred=addr
+            again, SUBNET, namespace=TESTNET_NS, rng=random.Random(3), preferred=addr
         )
         assert got == addr
-        assert live_owners(c, ip_key("testnet", addr)) == {identity.node_id}
+        assert live_owners(c, ip_key(TESTNET_NS, addr)) == {identity.node_id}
 
     run_cluster(body, n=12)
 
@@ -57,9 +57,9 @@ def test_restart_keeps_the_address() -> None:
 def test_ip_lease_renews_then_lapses() -> None:
     async def body(c: DhtCluster) -> None:
         node, reader = c.nodes[2], c.nodes[8]
-        lease = await lease_ip(node, SUBNET, network="testnet", rng=random.Random(4), ttl=40)
+        lease = await lease_ip(node, SUBNET, namespace=TESTNET_NS, rng=random.Random(4), ttl=40)
         assert isinstance(lease, IpLease)
-        key = ip_key("testnet", lease.address)
+        key = ip_key(TESTNET_NS, lease.address)
         await asyncio.sleep(200)
         assert lease.renewals >= 8 and not lease.lost
         got = await reader.get(key)
@@ -67,7 +67,7 @@ def test_ip_lease_renews_then_lapses() -> None:
         await lease.stop()
         await asyncio.sleep(41)
         assert await reader.get(key) is None
-        lease2 = await lease_ip(reader, SUBNET, network="testnet", rng=random.Random(4), ttl=40)
+        lease2 = await lease_ip(reader, SUBNET, namespace=TESTNET_NS, rng=random.Random(4), ttl=40)
         assert lease2.address == lease.address  # same rng, the address is free again
         assert await lease2.release()
         assert await node.get(key) is None
@@ -78,21 +78,21 @@ def test_ip_lease_renews_then_lapses() -> None:
 def test_names_register_and_resolve() -> None:
     async def body(c: DhtCluster) -> None:
         alice, bob, mallory = c.nodes[1], c.nodes[2], c.nodes[3]
-        a_ip = await allocate_ip(alice, SUBNET, network="testnet", rng=random.Random(1))
-        assert await register_name(alice, "testnet", "alice-laptop", a_ip)
-        assert await lookup_name(bob, "testnet", "alice-laptop", SUBNET) == a_ip
-        assert await lookup_name(bob, "testnet", "ALICE-LAPTOP", SUBNET) == a_ip
+        a_ip = await allocate_ip(alice, SUBNET, namespace=TESTNET_NS, rng=random.Random(1))
+        assert await register_name(alice, TESTNET_NS, "alice-laptop", a_ip)
+        assert await lookup_name(bob, TESTNET_NS, "alice-laptop", SUBNET) == a_ip
+        assert await lookup_name(bob, TESTNET_NS, "ALICE-LAPTOP", SUBNET) == a_ip
         # Address names need no lookup at all.
         sent = c.overlay.stats["sent"]
-        assert await lookup_name(bob, "testnet", c_name(a_ip), SUBNET) == a_ip
+        assert await lookup_name(bob, TESTNET_NS, c_name(a_ip), SUBNET) == a_ip
         assert c.overlay.stats["sent"] == sent
         # A name is its certificate's; a name pointing at an address its owner does not hold
         # never resolves.
-        assert not await register_name(bob, "testnet", "alice-laptop", IPv4Address("100.64.5.9"))
-        assert await register_name(mallory, "testnet", "bank", a_ip)
-        assert await lookup_name(bob, "testnet", "bank", SUBNET) is None
-        assert await lookup_name(bob, "testnet", "nobody", SUBNET) is None
-        assert await lookup_name(bob, "testnet", "not a name!", SUBNET) is None
+        assert not await register_name(bob, TESTNET_NS, "alice-laptop", IPv4Address("100.64.5.9"))
+        assert await register_name(mallory, TESTNET_NS, "bank", a_ip)
+        assert await lookup_name(bob, TESTNET_NS, "bank", SUBNET) is None
+        assert await lookup_name(bob, TESTNET_NS, "nobody", SUBNET) is None
+        assert await lookup_name(bob, TESTNET_NS, "not a name!", SUBNET) is None
         # Networks are separate namespaces on one overlay.
         assert await lookup_name(bob, "othernet", "alice-laptop", SUBNET) is None
 
@@ -104,8 +104,8 @@ def test_lease_reclaims_after_a_lapse() -> None:
 
     async def body(c: DhtCluster) -> None:
         node = c.nodes[2]
-        lease = await lease_ip(node, SUBNET, network="testnet", rng=random.Random(9), ttl=40)
-        key = ip_key("testnet", lease.address)
+        lease = await lease_ip(node, SUBNET, namespace=TESTNET_NS, rng=random.Random(9), ttl=40)
+        key = ip_key(TESTNET_NS, lease.address)
         c.overlay.check = lambda src, dst, p: src != node.node_id
         await asyncio.sleep(50)
         assert lease.failures >= 1

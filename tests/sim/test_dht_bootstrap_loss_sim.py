@@ -14,6 +14,7 @@ import random
 
 from ipop.dht.alloc import allocate_ip
 from ipop.dht.names import lookup_name, register_name
+from ipop.dht.record import namespace_of
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Network
@@ -21,6 +22,8 @@ from ipop.testing.simnode import start_nodes
 
 SUBNET = ipaddress.ip_network("100.64.0.0/10")
 NET = "boot"
+# The CA is seeded: its key names the DHT namespace, so it places every key on the ring.
+NS = namespace_of(make_network(NET, seed=NET, now=SIM_EPOCH).trust)
 
 
 def test_name_lookups_stay_fast_after_the_bootstrap_stops() -> None:
@@ -29,7 +32,7 @@ def test_name_lookups_stay_fast_after_the_bootstrap_stops() -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
         net = Network(rng=random.Random(2), internet_latency_s=0.005)
-        ca = make_network(NET, now=loop.time())
+        ca = make_network(NET, seed=NET, now=loop.time())
         hosts = [net.add_public_host(f"h{i}") for i in range(14)]
         nodes = start_nodes(hosts, ca, rng=random.Random(3))
         names: dict[str, ipaddress.IPv4Address] = {}
@@ -38,9 +41,9 @@ def test_name_lookups_stay_fast_after_the_bootstrap_stops() -> None:
             node = nodes[i]
             await node.dht_ready.wait()
             assert node.dht is not None
-            addr = await allocate_ip(node.dht, SUBNET, network=NET, rng=random.Random(i))
+            addr = await allocate_ip(node.dht, SUBNET, namespace=NS, rng=random.Random(i))
             assert addr is not None
-            assert await register_name(node.dht, NET, hosts[i].name, addr)
+            assert await register_name(node.dht, NS, hosts[i].name, addr)
             names[hosts[i].name] = addr
 
         try:
@@ -53,7 +56,7 @@ def test_name_lookups_stay_fast_after_the_bootstrap_stops() -> None:
                 assert node.dht is not None
                 for name in rng.sample(sorted(names), 5):
                     t0 = loop.time()
-                    got = await lookup_name(node.dht, NET, name, SUBNET)
+                    got = await lookup_name(node.dht, NS, name, SUBNET)
                     slowest = max(slowest, loop.time() - t0)
                     if got != names[name]:
                         missing.append(name)

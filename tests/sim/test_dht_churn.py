@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from ipop.dht.service import DhtConfig
-from ipop.testing.fake_overlay import DhtCluster, holders, run_cluster
+from ipop.testing.fake_overlay import TESTNET_NS, DhtCluster, holders, run_cluster
 
 TIMINGS: dict[str, list[float]] = {}
 
@@ -23,7 +23,7 @@ def test_bootstrap_and_operations_under_loss(loss: float) -> None:
         puts, gets = [], []
         for i in range(15):
             writer, reader = rng.sample(c.nodes, 2)
-            key = f"testnet:user:host{i}"
+            key = f"{TESTNET_NS}:user:host{i}"
             t0 = loop.time()
             assert await writer.put(key, f"v{i}".encode(), 300)
             t1 = loop.time()
@@ -50,7 +50,7 @@ def test_records_survive_departures() -> None:
 
     async def body(c: DhtCluster) -> None:
         owners = c.nodes[:4]
-        keys = [f"testnet:user:n{i}" for i in range(4)]
+        keys = [f"{TESTNET_NS}:user:n{i}" for i in range(4)]
         for owner, key in zip(owners, keys, strict=True):
             assert await owner.create(key, key.encode(), 600)
         # Every replica of the first key leaves at once (except its owner), plus a few more.

@@ -17,9 +17,9 @@ from ipop.dht.names import lookup_name, register_name
 from ipop.dht.record import ip_key, key_id, name_key
 from ipop.dht.service import DhtConfig, DhtService
 from ipop.testing.clock import run_virtual
-from ipop.testing.fake_overlay import DhtCluster
+from ipop.testing.fake_overlay import TESTNET_NS, DhtCluster
 
-NET = "testnet"
+NET = TESTNET_NS  # the keys of every DhtCluster network (its CA key is seeded)
 SUBNET = IPv4Network("100.64.0.0/16")
 NAMES = {i: f"host{i}" for i in range(40)}
 CONFIG = DhtConfig(subnet=SUBNET)

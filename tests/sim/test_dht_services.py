@@ -9,7 +9,7 @@ from ipop.dht.publish import ServicePublisher, list_services
 from ipop.dht.record import Record, StoreOutcome, ip_key
 from ipop.dht.service import DhtConfig, DhtService
 from ipop.dht.srv import SLOTS, ServiceValue, allowed_slots, service_key
-from ipop.testing.fake_overlay import DhtCluster, run_cluster
+from ipop.testing.fake_overlay import TESTNET_NS, DhtCluster, run_cluster
 
 SUBNET = IPv4Network("100.64.5.0/24")
 CONFIG = DhtConfig(subnet=SUBNET)
@@ -18,12 +18,12 @@ TTL = 60.0
 
 async def _own_address(node: DhtService, last: int) -> IPv4Address:
     addr = SUBNET.network_address + last
-    assert await node.create(ip_key("testnet", addr), b"", 600)
+    assert await node.create(ip_key(TESTNET_NS, addr), b"", 600)
     return addr
 
 
 async def _ports(reader: DhtService) -> list[tuple[IPv4Address, int]]:
-    found = await list_services(reader, "testnet", "condor", "tcp", subnet=SUBNET)
+    found = await list_services(reader, TESTNET_NS, "condor", "tcp", subnet=SUBNET)
     return [(i.addr, i.port) for i in found]
 
 
@@ -31,16 +31,16 @@ def test_publish_list_withdraw_and_lapse() -> None:
     async def body(c: DhtCluster) -> None:
         a, b, m, reader = c.nodes[1], c.nodes[4], c.nodes[7], c.nodes[10]
         ip_a, ip_b, ip_m = [await _own_address(n, i) for n, i in ((a, 10), (b, 20), (m, 30))]
-        pub_a = ServicePublisher(a, "testnet", ttl=TTL)
-        pub_b = ServicePublisher(b, "testnet", ttl=TTL)
+        pub_a = ServicePublisher(a, TESTNET_NS, ttl=TTL)
+        pub_b = ServicePublisher(b, TESTNET_NS, ttl=TTL)
         await pub_a.publish("condor", "tcp", ServiceValue(ip_a, 9618, ("pool=grid",)))
         await pub_b.publish("condor", "tcp", ServiceValue(ip_b, 9618))
         # Mallory publishes her own machine (fine) and, in her second slot, Alice's.
-        pub_m = ServicePublisher(m, "testnet", ttl=TTL)
+        pub_m = ServicePublisher(m, TESTNET_NS, ttl=TTL)
         await pub_m.publish("condor", "tcp", ServiceValue(ip_m, 9618))
         lie_slot = allowed_slots(m.node_id, "condor", "tcp")[3]
         assert await m.create(
-            service_key("testnet", "condor", "tcp", lie_slot),
+            service_key(TESTNET_NS, "condor", "tcp", lie_slot),
             ServiceValue(ip_a, 22).encode(),
             TTL,
         )
@@ -50,14 +50,14 @@ def test_publish_list_withdraw_and_lapse() -> None:
         t0 = loop.time()
         assert await _ports(reader) == [(ip_a, 9618), (ip_b, 9618), (ip_m, 9618)]
         assert loop.time() - t0 < 1.0
-        found = await list_services(reader, "testnet", "condor", "tcp")
+        found = await list_services(reader, TESTNET_NS, "condor", "tcp")
         assert found[0].txt == ("pool=grid",) and found[0].owner == a.node_id
         # A slot outside Mallory's own is refused by every replica.
         other = next(s for s in range(SLOTS) if s not in allowed_slots(m.node_id, "condor", "tcp"))
         now = loop.time()
         forged = Record.sign(
             m.identity,
-            service_key("testnet", "condor", "tcp", other),
+            service_key(TESTNET_NS, "condor", "tcp", other),
             ServiceValue(ip_m, 1).encode(),
             seq=1,
             expires_at=now + TTL,

@@ -15,7 +15,7 @@ import pytest
 
 from ipop.aio.stack import Node
 from ipop.dht.names import register_name
-from ipop.dht.record import Record, ip_key, key_id, name_key
+from ipop.dht.record import Record, ip_key, key_id, name_key, namespace_of
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.hostile import Eclipser
 from ipop.testing.identities import make_network
@@ -23,6 +23,8 @@ from ipop.testing.netsim import Network
 from ipop.testing.simnode import start_nodes
 
 NET = "simnet"
+# The CA is seeded: its key names the DHT namespace, so it places every key on the ring.
+NS = namespace_of(make_network(NET, seed=NET, now=SIM_EPOCH).trust)
 KINDS = ["none", "port-restricted-cone", "symmetric", "full-cone", "restricted-cone"]
 VICTIM_IP = IPv4Address("100.64.0.33")
 ATTACKER_IP = IPv4Address("100.64.0.66")
@@ -30,7 +32,7 @@ ATTACKER_IP = IPv4Address("100.64.0.66")
 
 async def _network(n: int, seed: int) -> list[Node]:
     net = Network(rng=random.Random(seed))
-    ca = make_network(NET, now=asyncio.get_running_loop().time())
+    ca = make_network(NET, seed=NET, now=asyncio.get_running_loop().time())
     hosts = [net.add_host(f"h{i}", "none" if i == 0 else KINDS[i % len(KINDS)]) for i in range(n)]
     nodes = start_nodes(hosts, ca, rng=random.Random(seed + 1))
     await asyncio.wait_for(asyncio.gather(*(nd.dht_ready.wait() for nd in nodes[1:])), 60)
@@ -45,10 +47,10 @@ def test_one_certificate_cannot_eclipse_a_name_or_an_address(seed: int) -> None:
         try:
             honest, attacker, victim = nodes[:-1], nodes[-1], nodes[3]
             assert victim.dht is not None and attacker.dht is not None
-            assert await victim.dht.create(ip_key(NET, VICTIM_IP), b"", 600)
+            assert await victim.dht.create(ip_key(NS, VICTIM_IP), b"", 600)
             name = victim.identity.cert.hostname
             assert name is not None
-            assert await register_name(victim.dht, NET, name, VICTIM_IP)
+            assert await register_name(victim.dht, NS, name, VICTIM_IP)
             expires = loop.time() + 600
             eclipsers = [
                 Eclipser(
@@ -57,8 +59,8 @@ def test_one_certificate_cannot_eclipse_a_name_or_an_address(seed: int) -> None:
                     Record.sign(attacker.identity, key, value, seq=99, expires_at=expires),
                 )
                 for key, value in (
-                    (name_key(NET, name), ATTACKER_IP.packed),
-                    (ip_key(NET, VICTIM_IP), b""),
+                    (name_key(NS, name), ATTACKER_IP.packed),
+                    (ip_key(NS, VICTIM_IP), b""),
                 )
             ]
             targets = [nd.node_id for nd in honest]
@@ -72,7 +74,7 @@ def test_one_certificate_cannot_eclipse_a_name_or_an_address(seed: int) -> None:
             hijacked = 0
             for reader in honest[1:6]:
                 assert reader.dht is not None
-                for key in (name_key(NET, name), ip_key(NET, VICTIM_IP)):
+                for key in (name_key(NS, name), ip_key(NS, VICTIM_IP)):
                     got = await reader.dht.get(key)
                     assert got is not None, key
                     hijacked += got.owner != victim.node_id

@@ -10,6 +10,7 @@ import random
 import pytest
 
 from ipop.errors import LocalProtocolError
+from ipop.nat.kinds import NatKind
 from ipop.testing.clock import run_virtual
 from ipop.testing.nat import (
     NAT_KIND_NAMES,
@@ -17,6 +18,7 @@ from ipop.testing.nat import (
     Filtering,
     Mapping,
     NatBehaviour,
+    NatMapping,
     NatTable,
     PortAllocation,
     UnknownNatKind,
@@ -302,6 +304,22 @@ def test_a_flush_drops_every_mapping_and_the_next_outbound_gets_a_new_port(kind:
     assert old.host == new.host and old.port != new.port  # even where ports are preserved
 
 
+def test_with_reuse_flushed_ports_the_first_host_to_send_after_a_flush_keeps_the_port() -> None:
+    # As the lab's Linux router after conntrack -F: hosts 1 and 2 both bind 5800; 1 held it,
+    # 2 sends first after the flush and takes it, and 1 gets another port.
+    kind = dataclasses.replace(NAT_KINDS[NatKind.PORT_RESTRICTED_CONE], reuse_flushed_ports=True)
+    table = NatTable("203.0.113.9", kind, random.Random(1))
+    first = table.outbound("198.18.0.2", 5800, "203.0.113.1", 5800, 0.0)
+    second = table.outbound("198.18.0.3", 5800, "203.0.113.1", 5800, 0.0)
+    assert isinstance(first, NatMapping) and isinstance(second, NatMapping)
+    assert first.external.port == 5800 != second.external.port
+    assert table.flush() == 2
+    second = table.outbound("198.18.0.3", 5800, "203.0.113.1", 5800, 1.0)
+    first = table.outbound("198.18.0.2", 5800, "203.0.113.1", 5800, 1.0)
+    assert isinstance(first, NatMapping) and isinstance(second, NatMapping)
+    assert second.external.port == 5800 != first.external.port
+
+
 def test_flush_refuses_a_foreign_nat() -> None:
     other = world().add_nat("n", "full-cone")
     with pytest.raises(LocalProtocolError, match="not a NAT of this network"):
@@ -443,3 +461,51 @@ def test_punching_cones_survives_a_one_second_skew() -> None:
         return await punch(net, a, b, skew_s=1.0)
 
     assert run_virtual(main())
+
+
+# --- Linux conntrack: ports per flow ---------------------------------------------------------
+
+_PER_FLOW = dataclasses.replace(
+    NAT_KINDS[NatKind.PORT_RESTRICTED_CONE],
+    ports_per_flow=True,
+    port_allocation=PortAllocation.RANDOM,
+    reuse_flushed_ports=True,
+)
+
+
+def _flow(table: NatTable, host: str, remote: str, now: float) -> NatMapping:
+    m = table.outbound(host, 5800, remote, 5800, now)
+    assert isinstance(m, NatMapping), m
+    return m
+
+
+def test_with_ports_per_flow_two_hosts_hold_one_port_toward_different_remotes() -> None:
+    table = NatTable("203.0.113.9", _PER_FLOW, random.Random(3))
+    a, c, x, y = "198.18.0.2", "198.18.0.3", "203.0.113.1", "203.0.113.2"
+    a_to_x, c_to_y, c_to_x = (
+        _flow(table, a, x, 0.0),
+        _flow(table, c, y, 0.0),
+        _flow(table, c, x, 0.0),
+    )
+    assert a_to_x.external.port == c_to_y.external.port == 5800 != c_to_x.external.port
+    # Each remote reaches the host of its own flow; a third remote reaches nobody.
+    assert table.inbound(x, 5800, 5800, 1.0) is a_to_x
+    assert table.inbound(y, 5800, 5800, 1.0) is c_to_y
+    assert table.inbound(x, 5800, c_to_x.external.port, 1.0) is c_to_x
+    assert table.inbound("203.0.113.7", 5800, 5800, 1.0) == "nat_filtered"
+    assert table.inbound("203.0.113.7", 5800, 4444, 1.0) == "no_mapping"
+    assert table.lookup(5800, Endpoint(y, 5800)) is c_to_y
+    # After a flush, whoever sends first toward a remote takes the port toward it only.
+    assert table.flush() == 3
+    c_to_x, a_to_x, a_to_y = (
+        _flow(table, c, x, 2.0),
+        _flow(table, a, x, 2.0),
+        _flow(table, a, y, 2.0),
+    )
+    assert c_to_x.external.port == a_to_y.external.port == 5800 != a_to_x.external.port
+    assert len(table) == 3
+
+
+def test_ports_per_flow_needs_port_dependent_filtering() -> None:
+    with pytest.raises(LocalProtocolError, match="ports_per_flow"):
+        dataclasses.replace(NAT_KINDS[NatKind.FULL_CONE], ports_per_flow=True)

@@ -24,7 +24,7 @@ async def _build(n: int, seed: int) -> tuple[Network, list[Node]]:
     rng = random.Random(seed)
     net = Network(rng=random.Random(seed + 1))
     keys = random.Random(seed + 2)  # ring positions from the seed too: reproducible runs
-    ca = make_network("simnet", now=loop.time())
+    ca = make_network("simnet", seed="simnet", now=loop.time())
     nodes: list[Node] = []
     boot: list[Endpoint] = []
     for i in range(n):
@@ -75,7 +75,7 @@ def test_stack_joins_pings_and_allocates_behind_nats() -> None:
             subnet = IPv4Network("100.64.0.0/24")
             addrs = await asyncio.gather(
                 *(
-                    allocate_ip(nd.dht, subnet, network="simnet", rng=random.Random(i))
+                    allocate_ip(nd.dht, subnet, namespace=nd.dht.namespace, rng=random.Random(i))
                     for i, nd in enumerate(nodes)
                     if nd.dht is not None
                 )

@@ -39,7 +39,7 @@ def _slowest_ready(seed: int) -> tuple[float, int]:
     async def body() -> None:
         loop = asyncio.get_running_loop()
         net = Network(rng=random.Random(seed), internet_latency_s=0.0001)
-        ca = make_network("ready", now=loop.time())
+        ca = make_network("ready", seed="ready", now=loop.time())
         hosts = [
             net.add_public_host(name)
             if kind is None
@@ -54,7 +54,9 @@ def _slowest_ready(seed: int) -> tuple[float, int]:
             node = nodes[i]
             await node.dht_ready.wait()
             assert node.dht is not None
-            await allocate_ip(node.dht, SUBNET, network="ready", rng=random.Random(seed * 10 + i))
+            await allocate_ip(
+                node.dht, SUBNET, namespace=node.dht.namespace, rng=random.Random(seed * 10 + i)
+            )
             done.append(loop.time() - t0)
 
         try:
@@ -89,7 +91,7 @@ def test_a_node_started_before_its_bootstrap_joins_on_an_early_retry() -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
         net = Network(rng=random.Random(3), internet_latency_s=0.0001)
-        ca = make_network("early", now=loop.time())
+        ca = make_network("early", seed="early", now=loop.time())
         keys = random.Random(4)  # ring positions from a seed: reproducible runs
         boot_host = net.add_public_host("boot")
         late_host = net.add_nat("nat", nat_kind("port-restricted-cone")).add_host("early")

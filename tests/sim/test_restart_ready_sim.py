@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
 from ipop.dht.names import lookup_name, register_name
-from ipop.dht.record import ip_key, key_id, name_key
+from ipop.dht.record import ip_key, key_id, name_key, namespace_of
 from ipop.identity import NodeIdentity
 from ipop.overlay.messages import Purpose
 from ipop.overlay.node import OverlayConfig
@@ -33,6 +33,8 @@ from ipop.testing.simnode import PORT, start_nodes
 from ipop.types import Endpoint
 
 NET = "ready"
+# The CA is seeded: its key names the DHT namespace, so it places every key on the ring.
+NS = namespace_of(make_network(NET, seed=NET, now=SIM_EPOCH).trust)
 SUBNET = ipaddress.ip_network("100.64.0.0/10")
 RESTART_AFTER_S = 2.0  # as the soak does
 READY_WITHIN_S = 5.0
@@ -91,7 +93,7 @@ def _scenario(seed: int, count: int = 14, *, fresh: bool = False) -> Outcome:
     async def body() -> None:
         loop = asyncio.get_running_loop()
         net = Network(rng=random.Random(seed), internet_latency_s=0.005)
-        ca = make_network(NET, now=loop.time())
+        ca = make_network(NET, seed=NET, now=loop.time())
         hosts = [net.add_public_host(f"h{i}") for i in range(count)]
         nodes = start_nodes(hosts, ca, rng=random.Random(seed + 1))
         closed: set[int] = set()
@@ -109,16 +111,16 @@ def _scenario(seed: int, count: int = 14, *, fresh: bool = False) -> Outcome:
             victim = nodes[victim_i]
             assert victim.dht is not None
             out.vip_before = await allocate_ip(
-                victim.dht, SUBNET, network=NET, rng=random.Random(seed)
+                victim.dht, SUBNET, namespace=NS, rng=random.Random(seed)
             )
             hostname = hosts[victim_i].name
-            assert await register_name(victim.dht, NET, hostname, out.vip_before)
+            assert await register_name(victim.dht, NS, hostname, out.vip_before)
             await asyncio.sleep(3)
             # Of each record's replicas (the address's and the name's), one paused and one
             # dead; never the bootstrap (node 0), the victim, or the reader.
             reader_i = 1
             spare = {0, victim_i, reader_i}
-            for key in (ip_key(NET, out.vip_before), name_key(NET, hostname)):
+            for key in (ip_key(NS, out.vip_before), name_key(NS, hostname)):
                 near = [i for i in _replicas_of(nodes, key_id(key), 8) if i not in spare]
                 _pause(hosts[near[0]])
                 await close(near[1])
@@ -159,17 +161,17 @@ def _scenario(seed: int, count: int = 14, *, fresh: bool = False) -> Outcome:
             out.vip_after = await allocate_ip(
                 restarted.dht,
                 SUBNET,
-                network=NET,
+                namespace=NS,
                 rng=random.Random(seed + 2),
                 preferred=preferred,
             )
             out.stamps["alloc"] = loop.time() - t0
-            out.named = await register_name(restarted.dht, NET, hostname, out.vip_after)
+            out.named = await register_name(restarted.dht, NS, hostname, out.vip_after)
             out.stamps["name"] = loop.time() - t0
             reader = nodes[reader_i]
             assert reader.dht is not None
             while loop.time() - t0 < 30:
-                out.resolved = await lookup_name(reader.dht, NET, hostname, SUBNET)
+                out.resolved = await lookup_name(reader.dht, NS, hostname, SUBNET)
                 if out.resolved == out.vip_after:
                     break
                 await asyncio.sleep(0.1)
@@ -210,7 +212,7 @@ def test_the_dht_joins_through_links_while_the_overlay_join_is_unanswered() -> N
     async def body() -> None:
         loop = asyncio.get_running_loop()
         net = Network(rng=random.Random(31), internet_latency_s=0.005)
-        ca = make_network(NET, now=loop.time())
+        ca = make_network(NET, seed=NET, now=loop.time())
         hosts = [net.add_public_host(f"h{i}") for i in range(8)]
         nodes = start_nodes(hosts[:7], ca, rng=random.Random(32))
         try:
@@ -230,8 +232,8 @@ def test_the_dht_joins_through_links_while_the_overlay_join_is_unanswered() -> N
             result["dht_ready_s"] = loop.time() - t0
             result["joined"] = newcomer.joined.is_set()
             assert newcomer.dht is not None and nodes[1].dht is not None
-            addr = await allocate_ip(newcomer.dht, SUBNET, network=NET, rng=random.Random(34))
-            held = await nodes[1].dht.get(ip_key(NET, addr))
+            addr = await allocate_ip(newcomer.dht, SUBNET, namespace=NS, rng=random.Random(34))
+            held = await nodes[1].dht.get(ip_key(NS, addr))
             result["claimed_s"] = loop.time() - t0
             result["held_by_newcomer"] = held is not None and held.owner == newcomer.node_id
         finally:

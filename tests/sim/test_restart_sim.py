@@ -20,6 +20,7 @@ from pathlib import Path
 from ipop.aio.peerstore import PeerStore
 from ipop.aio.stack import Node
 from ipop.dht.alloc import allocate_ip
+from ipop.dht.record import namespace_of
 from ipop.identity import NodeIdentity
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network, seeded_identity
@@ -29,6 +30,8 @@ from ipop.types import Endpoint
 
 PORT = 5800
 NETWORK = "restart"
+# The CA is seeded: its key names the DHT namespace, so it places every key on the ring.
+NS = namespace_of(make_network(NETWORK, seed=NETWORK, now=SIM_EPOCH).trust)
 SUBNET = ipaddress.ip_network("100.64.0.0/10")
 # More peers than the old bound on remembered peers (16): a restarted ipopd in a 30-node soak
 # had linked to every other node (the sweeps ping all pairs). None: a public host.
@@ -81,7 +84,7 @@ def _restart_scenario(seed: int, state: Path, kinds: tuple[str | None, ...] = KI
     async def body() -> None:
         loop = asyncio.get_running_loop()
         net = Network(rng=random.Random(seed), internet_latency_s=0.01)
-        ca = make_network(NETWORK, now=loop.time())
+        ca = make_network(NETWORK, seed=NETWORK, now=loop.time())
         hosts = [
             net.add_public_host(f"h{i}")
             if kind is None
@@ -124,7 +127,7 @@ def _restart_scenario(seed: int, state: Path, kinds: tuple[str | None, ...] = KI
             victim = nodes[VICTIM]
             assert victim.dht is not None
             out.vip_before = await allocate_ip(
-                victim.dht, SUBNET, network=NETWORK, rng=random.Random(seed)
+                victim.dht, SUBNET, namespace=NS, rng=random.Random(seed)
             )
             # Traffic both ways with every peer: each gets a direct link (a shortcut).
             for _ in range(8):
@@ -156,7 +159,7 @@ def _restart_scenario(seed: int, state: Path, kinds: tuple[str | None, ...] = KI
                 out.vip_after = await allocate_ip(
                     restarted.dht,
                     SUBNET,
-                    network=NETWORK,
+                    namespace=NS,
                     rng=random.Random(seed + 2),
                     preferred=out.vip_before,
                 )

@@ -11,21 +11,25 @@ from pathlib import Path
 
 from ipop.aio.address import AddressKeeper
 from ipop.dht.names import c_name
-from ipop.dht.record import ip_key, name_key
+from ipop.dht.record import ip_key, name_key, namespace_of
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.fake_dht import FakeDht
+from ipop.testing.identities import make_network
 from ipop.timing import VIP_ALLOC_RETRY_S
 from ipop.types import NodeId
 
 SUBNET = IPv4Network("100.64.0.0/10")
 SAVED = IPv4Address("100.64.3.7")
 ME, OTHER = NodeId(1), NodeId(2)
+# A namespace of some CA: the keeper only prefixes keys with it.
+NS = namespace_of(make_network("lab-net", now=SIM_EPOCH).trust)
 
 
 def _keeper(tmp_path: Path) -> AddressKeeper:
     return AddressKeeper(
         state_dir=tmp_path,
         network="lab-net",
+        namespace=NS,
         subnet=SUBNET,
         suffix="ipop",
         lease_s=60.0,
@@ -61,9 +65,9 @@ def test_the_saved_address_is_claimed_saved_renewed_and_named(tmp_path: Path) ->
 
     vip, names, renewed, after_stop = run_virtual(body(), start=SIM_EPOCH)
     assert vip == SAVED == keeper.saved()
-    assert dht.records[ip_key("lab-net", SAVED)][0] == ME
+    assert dht.records[ip_key(NS, SAVED)][0] == ME
     assert names == [f"{c_name(SAVED)}.ipop", "alice.ipop"] == keeper.names
-    assert dht.records[name_key("lab-net", "alice")] == (ME, SAVED.packed)
+    assert dht.records[name_key(NS, "alice")] == (ME, SAVED.packed)
     assert renewed >= 2 and after_stop == 0  # both leases renewed, then left to lapse
     assert json.loads((tmp_path / "state.json").read_text()) == {
         "vip": str(SAVED),
@@ -75,7 +79,7 @@ def test_a_taken_name_is_left_out_and_a_claim_is_retried_until_the_dht_answers(
     tmp_path: Path,
 ) -> None:
     keeper, dht = _keeper(tmp_path), _Converging(ME, ready_at=SIM_EPOCH + 5)
-    dht.hold(name_key("lab-net", "alice"), OTHER, b"\x64\x40\x00\x09")
+    dht.hold(name_key(NS, "alice"), OTHER, b"\x64\x40\x00\x09")
 
     async def body() -> tuple[IPv4Address, list[str], float]:
         loop = asyncio.get_running_loop()

@@ -15,13 +15,16 @@ import pytest
 
 from ipop.dht import alloc
 from ipop.dht.alloc import allocate_ip
-from ipop.dht.record import ip_key
+from ipop.dht.record import ip_key, namespace_of
+from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.fake_dht import FakeDht
+from ipop.testing.identities import make_network
 from ipop.types import NodeId
 
 SUBNET = ipaddress.ip_network("100.64.0.0/24")
 PREFERRED = ipaddress.ip_address("100.64.0.77")
-KEY = ip_key("net", PREFERRED)
+NS = namespace_of(make_network("net", now=SIM_EPOCH).trust)
+KEY = ip_key(NS, PREFERRED)
 ME = NodeId(1)
 RIVAL = NodeId(2)
 
@@ -45,7 +48,7 @@ class ShortOfQuorum(FakeDht):
 def _allocate(dht: FakeDht) -> ipaddress.IPv4Address:
     async def body() -> ipaddress.IPv4Address:
         return await allocate_ip(
-            dht, SUBNET, network="net", rng=random.Random(1), preferred=PREFERRED
+            dht, SUBNET, namespace=NS, rng=random.Random(1), preferred=PREFERRED
         )
 
     return asyncio.run(body())
@@ -80,3 +83,22 @@ def test_the_preferred_address_is_given_up_after_bounded_tries(
     got = _allocate(dht)
     assert got != PREFERRED
     assert dht.calls["create"] == alloc.PREFERRED_ATTEMPTS + 1
+
+
+def test_avoided_addresses_are_never_claimed_even_when_preferred_and_free() -> None:
+    """A daemon in two networks keeps its addresses apart (issue 17): its claim in the second
+    network avoids its address in the first, saved state or not."""
+    small = ipaddress.ip_network("100.64.0.0/29")  # usable .2 .. .6 (.1 is the gateway)
+    avoid = [ipaddress.ip_address(f"100.64.0.{i}") for i in (2, 3, 5, 6)]
+
+    async def body() -> ipaddress.IPv4Address:
+        return await allocate_ip(
+            FakeDht(ME),
+            small,
+            namespace=NS,
+            rng=random.Random(1),
+            preferred=avoid[0],
+            avoid=avoid,
+        )
+
+    assert asyncio.run(body()) == ipaddress.ip_address("100.64.0.4")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ipop.testing.kept_tables import build_in_clean_interpreter, reinstalled
 from ipop.tools import classcache
 
 # Imports ipopd with the table at TABLE (or none: "") and prints, for every dataclass method
@@ -68,27 +69,12 @@ def _methods(table: Path | None) -> dict[str, object]:
 @pytest.fixture
 def restore() -> Iterator[None]:
     """Tests below replace this process's table: the real one is back afterwards."""
-    yield
-    classcache.uninstall()
-    classcache.install()
+    yield from reinstalled(classcache)
 
 
 def test_classes_from_the_table_carry_the_code_a_compile_gives(tmp_path: Path) -> None:
     table = tmp_path / "table.marshal"
-    build = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from pathlib import Path; import ipop.tools.classcache as cc; "
-            "cc.uninstall(); cc.install(Path(sys.argv[1])); import ipop.tools.ipopd; "
-            "sys.exit(0 if cc.save(Path(sys.argv[1]), force=True) else 1)",
-            str(table),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert build.returncode == 0, build.stderr
+    build_in_clean_interpreter("ipop.tools.classcache", table, "ipop.tools.ipopd")
     compiled, cached = _methods(None), _methods(table)
     stats = cached["stats"]
     assert isinstance(stats, dict)

@@ -14,6 +14,7 @@ from ipop.config import (
     ControlConfig,
     DhtConfig,
     DnsConfig,
+    NetworkConfig,
     NodeConfig,
     TapConfig,
     load_config,
@@ -300,3 +301,37 @@ def test_metrics_section_is_off_by_default_and_loopback_only_unless_allowed() ->
         with pytest.raises(ConfigError) as info:
             parse(bad)
         assert info.value.key == key, bad
+
+
+def test_network_tables_name_each_networks_bundle_and_tap() -> None:
+    table = {
+        "bundle": "lab.toml",
+        "tap": {"name": "ipop-lab"},
+        "network": [{"bundle": "other.toml", "tap": "ipop-other"}],
+    }
+    cfg = parse_config(table, base_dir=Path("/etc/ipop"), source="t")
+    assert cfg.networks == (NetworkConfig(Path("/etc/ipop/other.toml"), "ipop-other"),)
+    assert parse_config({"bundle": "b"}, base_dir=Path("/"), source="t").networks == ()
+
+
+@pytest.mark.parametrize(
+    ("network", "key", "words"),
+    [
+        ([{"bundle": "o.toml"}], "network[0].tap", "is missing"),
+        ([{"tap": "ipop1"}], "network[0].bundle", "is missing"),
+        ([{"bundle": "o.toml", "tap": "ipop0"}], "network[0].tap", "another network's TAP"),
+        ([{"bundle": "o.toml", "tap": "x/y"}], "network[0].tap", "not a usable"),
+        ([{"bundle": "o.toml", "tap": "a", "mtu": 1}], "network[0].mtu", "not a network key"),
+        (
+            [{"bundle": "o.toml", "tap": "a"}, {"bundle": "p.toml", "tap": "a"}],
+            "network[1].tap",
+            "another network's TAP",
+        ),
+        ({"bundle": "o.toml"}, "network", "[[network]] tables"),
+    ],
+)
+def test_bad_network_tables_name_the_key_and_the_fix(network: object, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"bundle": "b", "network": network}, base_dir=Path("/"), source="t")
+    assert err.value.key == key and words in err.value.problem
+    assert err.value.fix

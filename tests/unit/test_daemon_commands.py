@@ -16,7 +16,7 @@ from ipop.aio.control import CommandFailed
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.dht.policy import MAX_USER_KEY
 from ipop.dht.publish import ServicePublisher
-from ipop.dht.record import MAX_VALUE_BYTES, ip_key
+from ipop.dht.record import MAX_VALUE_BYTES, ip_key, user_key
 from ipop.testing.fake_dht import FakeDht
 from ipop.testing.identities import make_bundle
 from ipop.types import Endpoint, NodeId
@@ -50,8 +50,10 @@ def _daemon(tmp_path: Path, *, joined: bool = True) -> tuple[Daemon, FakeDht]:
         dht=dht,
         dht_ready=ready,
         ping=ping,
-        core=SimpleNamespace(link=SimpleNamespace(peers=lambda: [])),
+        core=SimpleNamespace(link=SimpleNamespace(peers=lambda: []), learned=[]),
     )
+    # What the daemon hands the core from the records it looks up (NodeCore.learn_certificate).
+    d.node.core.learn_certificate = lambda node, der, now: d.node.core.learned.append((node, der))
     return d, dht
 
 
@@ -65,14 +67,14 @@ def test_user_keys_live_in_their_own_namespace(tmp_path: Path) -> None:
         assert await ctl.dht_get("other") is None
 
     asyncio.run(body())
-    assert list(dht.records) == ["lab-net:user:k"]
+    assert list(dht.records) == [user_key(d.namespace, "k")]
 
 
 def test_a_user_key_cannot_reach_an_address_record(tmp_path: Path) -> None:
     d, dht = _daemon(tmp_path)
-    key = ip_key("lab-net", BOB_VIP)
+    key = ip_key(d.namespace, BOB_VIP)
     dht.hold(key, BOB, b"bob")
-    assert asyncio.run(DaemonControl(d).dht_get(key)) is None  # lab-net:user:lab-net:ip:...
+    assert asyncio.run(DaemonControl(d).dht_get(key)) is None  # <ns>:user:<ns>:ip:...
 
 
 @pytest.mark.parametrize(
@@ -103,7 +105,7 @@ def test_dht_commands_wait_for_the_join(tmp_path: Path) -> None:
 
 def test_ping_resolves_looks_up_the_owner_and_remembers_the_round_trip(tmp_path: Path) -> None:
     d, dht = _daemon(tmp_path)
-    dht.hold(ip_key("lab-net", BOB_VIP), BOB)
+    dht.hold(ip_key(d.namespace, BOB_VIP), BOB)
     reply = asyncio.run(DaemonControl(d).ping(str(BOB_VIP), 3, 1.0))
     assert (reply.seq, reply.ok, reply.rtt_ms, reply.hops, reply.path) == (
         3,
@@ -113,12 +115,14 @@ def test_ping_resolves_looks_up_the_owner_and_remembers_the_round_trip(tmp_path:
         "overlay",
     )
     assert d.rtts[BOB][0] == 0.0125
+    # The owner's certificate went with the answer: our routed messages to it are sealed.
+    assert d.node.core.learned == [(BOB, b"")]  # (the fake DHT's records carry none)
 
 
 def test_ping_of_ourselves_is_zero_hops_and_of_nobody_a_refusal(tmp_path: Path) -> None:
     d, dht = _daemon(tmp_path)
     me = IPv4Address("100.64.0.1")
-    dht.hold(ip_key("lab-net", me), d.bundle.node_id)
+    dht.hold(ip_key(d.namespace, me), d.bundle.node_id)
     ctl = DaemonControl(d)
     reply = asyncio.run(ctl.ping(str(me), 1, 1.0))
     assert (reply.ok, reply.rtt_ms, reply.hops, reply.path) == (True, 0.0, 0, "direct")
@@ -131,7 +135,7 @@ def test_ping_of_ourselves_is_zero_hops_and_of_nobody_a_refusal(tmp_path: Path) 
 def test_a_ping_without_an_answer_is_not_ok(tmp_path: Path) -> None:
     d, dht = _daemon(tmp_path)
     other = NodeId(0xCA201)
-    dht.hold(ip_key("lab-net", BOB_VIP), other)
+    dht.hold(ip_key(d.namespace, BOB_VIP), other)
     reply = asyncio.run(DaemonControl(d).ping(str(BOB_VIP), 2, 0.1))
     assert (reply.seq, reply.ok) == (2, False) and other not in d.rtts
 
@@ -144,8 +148,8 @@ def test_services_publish_list_withdraw(tmp_path: Path) -> None:
         with pytest.raises(CommandFailed, match="no address yet"):
             await ctl.service_publish("http", 80, "tcp", [])
         d.vip = IPv4Address("100.64.0.9")
-        dht.hold(ip_key("lab-net", d.vip), dht.node_id)
-        d.publisher = ServicePublisher(dht, "lab-net", ttl=60)
+        dht.hold(ip_key(d.namespace, d.vip), dht.node_id)
+        d.publisher = ServicePublisher(dht, d.namespace, ttl=60)
         got = await ctl.service_publish("http", 8000, "tcp", ["path=/"])
         assert got["addr"] == "100.64.0.9" and got["port"] == 8000 and 0 <= got["slot"] < 16
         with pytest.raises(CommandFailed, match="not a service name"):

@@ -34,13 +34,14 @@ BOB, CAROL = NodeId(0xB0B), NodeId(0xCA201)
 BOB_VIP = IPv4Address("100.64.0.7")
 
 
-def _daemon(tmp_path: Path) -> Daemon:
+def _daemon(tmp_path: Path, *, overlay: str | None = None) -> Daemon:
     bundle = make_bundle(
         "lab-net",
         "alice",
         subnet=SUBNET,
         bootstrap=(Endpoint("203.0.113.10", 5800),),
         now=time.time(),
+        overlay=overlay,
     )
     settings = DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path)
     return Daemon(bundle, settings)
@@ -62,6 +63,7 @@ def _wire(
     core = SimpleNamespace(
         link=SimpleNamespace(peers=lambda: infos),
         overlay=SimpleNamespace(),
+        learn_certificate=lambda node, der, now: True,  # owner records' certificates
         snapshot=lambda: NodeSnapshot(
             node_id=NodeId(1),
             overlay=OverlaySnapshot(NodeId(1), False, 1.0, (), ()),
@@ -98,10 +100,10 @@ def test_rtt_of_every_linked_peer_comes_from_its_handshake_or_a_newer_ping(
 def test_vip_of_a_linked_peer_is_learned_from_its_hostname(tmp_path: Path) -> None:
     d = _daemon(tmp_path)
     dht = FakeDht(NodeId(1))
-    dht.hold(name_key("lab-net", "bob"), BOB, BOB_VIP.packed)
-    dht.hold(ip_key("lab-net", BOB_VIP), BOB)
+    dht.hold(name_key(d.namespace, "bob"), BOB, BOB_VIP.packed)
+    dht.hold(ip_key(d.namespace, BOB_VIP), BOB)
     # carol's name points at bob's address: not carol's, not shown.
-    dht.hold(name_key("lab-net", "carol"), CAROL, BOB_VIP.packed)
+    dht.hold(name_key(d.namespace, "carol"), CAROL, BOB_VIP.packed)
     infos = [_info(BOB, "bob", 0.01, at=1.0), _info(CAROL, "carol", 0.01, at=1.0)]
     _wire(d, infos, dht)
     assert asyncio.run(d.learn_peer_vips(now=0.0)) == 1
@@ -111,6 +113,24 @@ def test_vip_of_a_linked_peer_is_learned_from_its_hostname(tmp_path: Path) -> No
     infos.pop(0)  # bob's link went: forgotten
     asyncio.run(d.learn_peer_vips(now=1.0))
     assert BOB not in d.peer_vips
+
+
+def test_on_a_shared_overlay_a_peers_vip_is_learned_from_its_node_name(tmp_path: Path) -> None:
+    """Overlay certificates name no hostname: the node name stands in, under the same owner
+    check (one-network links without a hostname are not looked up, as before)."""
+    d = _daemon(tmp_path, overlay="shared")
+    dht = FakeDht(NodeId(1))
+    dht.hold(name_key(d.namespace, "bob"), BOB, BOB_VIP.packed)
+    dht.hold(ip_key(d.namespace, BOB_VIP), BOB)
+    bob = link_info(BOB, Endpoint("203.0.113.20", 5800), at=1.0, name="bob", hostname=None)
+    _wire(d, [bob], dht)
+    assert asyncio.run(d.learn_peer_vips(now=0.0)) == 1
+    assert _peers(d)[BOB.hex()].vip == str(BOB_VIP)
+    one = _daemon(tmp_path / "one")
+    dht.hold(name_key(one.namespace, "bob"), BOB, BOB_VIP.packed)
+    dht.hold(ip_key(one.namespace, BOB_VIP), BOB)
+    _wire(one, [bob], dht)
+    assert asyncio.run(one.learn_peer_vips(now=0.0)) == 0
 
 
 def test_the_first_peer_vip_sweep_waits_out_the_networks_busiest_seconds(

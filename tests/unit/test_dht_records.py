@@ -25,6 +25,7 @@ from ipop.dht.record import (
     MAX_RECORD_BYTES,
     MAX_VALUE_BYTES,
     Record,
+    RecordChecker,
     StoreOutcome,
     check_record,
     choose_best,
@@ -33,6 +34,8 @@ from ipop.dht.record import (
     ip_key,
     key_id,
     name_key,
+    namespace_of,
+    user_key,
 )
 from ipop.dht.shim import address_for
 from ipop.dht.storage import RecordStorage
@@ -58,11 +61,12 @@ MAX_TTL = 86400.0
 _CA = make_network("testnet", now=NOW)
 ALICE = make_identity(_CA, "alice", now=NOW)
 BOB = make_identity(_CA, "bob", now=NOW)
+NS_USER_K = user_key(namespace_of(_CA.trust), "k")
 
 
 def rec(
     who: NodeIdentity = ALICE,
-    key: str = "testnet:user:k",
+    key: str = NS_USER_K,
     value: bytes = b"v",
     *,
     seq: int = 1,
@@ -77,7 +81,7 @@ def test_round_trip_and_authentic() -> None:
     data = r.encode()
     back = decode_record(data)
     assert back == r
-    check_record(back, expected_key_id=key_id("testnet:user:k"))
+    check_record(back, expected_key_id=key_id(NS_USER_K))
     assert back.owner == ALICE.node_id
 
 
@@ -100,9 +104,14 @@ def test_largest_record_fits_under_1kb() -> None:
 
 
 def test_keys_are_namespaced_per_network() -> None:
-    assert ip_key("net-a", IPv4Address("100.64.0.2")) == "net-a:ip:100.64.0.2"
-    assert name_key("net-a", "alice") == "net-a:name:alice"
-    assert key_id(ip_key("net-a", "100.64.0.2")) != key_id(ip_key("net-b", "100.64.0.2"))
+    ns = namespace_of(_CA.trust)
+    assert ip_key(ns, IPv4Address("100.64.0.2")) == f"{ns}:ip:100.64.0.2"
+    assert name_key(ns, "alice") == f"{ns}:name:alice"
+    assert user_key(ns, "k") == f"{ns}:user:k"
+    # Another network, or another CA of the same network name: other keys.
+    for other in ("net-b", "testnet"):
+        other_ns = namespace_of(make_network(other, now=NOW).trust)
+        assert key_id(ip_key(ns, "100.64.0.2")) != key_id(ip_key(other_ns, "100.64.0.2"))
     assert len(key_id("x")) == 20
 
 
@@ -131,9 +140,37 @@ def test_owner_must_match_public_key() -> None:
     assert err.value.reason == "record_bad_signature"
 
 
+def test_record_checker_gives_check_records_verdicts_and_reasons() -> None:
+    checker = RecordChecker(size=2)
+    good = rec()
+    checker.check(decode_record(good.encode()))
+    checker.check(good, expected_key_id=good.key_id)  # an equal copy: remembered
+    assert (checker.hits, len(checker)) == (1, 1)
+    other_key = key_id(ip_key(namespace_of(_CA.trust), "100.64.0.3"))
+    forged_owner = dataclasses.replace(rec(who=BOB), owner=ALICE.node_id)
+    for bad, expected_key, reason in [
+        (good, other_key, "record_key_mismatch"),  # a remembered record, asked for another key
+        (forged_owner, None, "record_owner_mismatch"),
+        (dataclasses.replace(good, sig=rec(who=BOB).sig), None, "record_bad_signature"),
+        (dataclasses.replace(good, seq=2), None, "record_bad_signature"),  # signed bytes differ
+    ]:
+        with pytest.raises(RemoteProtocolError) as err:
+            checker.check(bad, expected_key_id=expected_key)
+        assert err.value.reason == reason
+        with pytest.raises(RemoteProtocolError) as err:
+            check_record(bad, expected_key_id=expected_key)
+        assert err.value.reason == reason
+    # Bounded: two more records, and the first is forgotten (checked again: no hit).
+    checker.check(rec(seq=5))
+    checker.check(rec(seq=6))
+    assert len(checker) == 2
+    checker.check(good)
+    assert checker.hits == 1
+
+
 def test_key_id_must_match() -> None:
     with pytest.raises(RemoteProtocolError) as err:
-        check_record(rec(), expected_key_id=key_id("testnet:ip:100.64.0.3"))
+        check_record(rec(), expected_key_id=key_id(ip_key(namespace_of(_CA.trust), "100.64.0.3")))
     assert err.value.reason == "record_key_mismatch"
 
 

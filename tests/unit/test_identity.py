@@ -18,13 +18,16 @@ from hypothesis import strategies as st
 
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.identity import (
+    KEY_TRUST_CACHE_SIZE,
     MAX_ROUTER_HOSTS,
     ROUTER_HOSTS_OID,
     VERIFY_CACHE_SIZE,
+    CaKeyTrust,
     CaTrust,
     CertificateError,
     NetworkCA,
     NodeIdentity,
+    cert_serial,
     node_id_for,
     validate_hostname,
     validate_network,
@@ -48,7 +51,7 @@ def alice(ca: NetworkCA) -> NodeIdentity:
     return make_identity(ca, "alice", now=NOW, hostname="alice-laptop")
 
 
-def _reason(trust: CaTrust, der: bytes, *, now: float = NOW) -> str:
+def _reason(trust: CaTrust | CaKeyTrust, der: bytes, *, now: float = NOW) -> str:
     with pytest.raises(CertificateError) as info:
         trust.verify(der, now=now)
     assert isinstance(info.value, RemoteProtocolError)
@@ -288,6 +291,61 @@ def test_wrong_network(ca: NetworkCA) -> None:
     # Our CA's signature, but another network in O or in the URI.
     assert _reason(ca.trust, _forge(ca, org="othernet")) == "cert_wrong_network"
     assert _reason(ca.trust, _forge(ca, uri_network="othernet")) == "cert_wrong_network"
+
+
+# --- a CA known by its public key alone (a DHT namespace's, for strangers) --------------------
+
+
+def _key_trust(ca: NetworkCA, network: str = "testnet") -> CaKeyTrust:
+    return CaKeyTrust(network, ca.trust.public_key_raw)
+
+
+def test_key_trust_accepts_what_the_ca_signed(ca: NetworkCA, alice: NodeIdentity) -> None:
+    got = _key_trust(ca).verify(alice.cert.der, now=NOW)
+    assert got == ca.trust.verify(alice.cert.der, now=NOW)
+    assert got.hostname == "alice-laptop" and got.node_id == alice.node_id
+
+
+def test_key_trust_refuses_like_ca_trust(ca: NetworkCA, alice: NodeIdentity) -> None:
+    """One implementation: every refusal the key alone can decide is CaTrust's, reason for
+    reason."""
+    other = make_network("testnet", now=NOW)  # same name, another key
+    cases = {
+        make_identity(other, "x", now=NOW).cert.der: "cert_bad_signature",
+        _forge(ca, org="othernet"): "cert_wrong_network",
+        _forge(ca, uri_network="othernet"): "cert_wrong_network",
+        _forge(ca, node_id=NodeId(12345)): "cert_node_id_mismatch",
+        b"garbage": "cert_malformed",
+    }
+    for der, reason in cases.items():
+        assert _reason(ca.trust, der) == reason
+        assert _reason(_key_trust(ca), der) == reason
+    # Alice is a member of "testnet", not of a network of the same key named otherwise.
+    assert _reason(_key_trust(ca, "othernet"), alice.cert.der) == "cert_wrong_network"
+    # The CA's own certificate verifies under its key (self-signed) but is no node's.
+    ca_der = ca.trust.certificate.public_bytes(serialization.Encoding.DER)
+    assert _reason(_key_trust(ca), ca_der) == "cert_not_node"
+
+
+def test_key_trust_checks_the_window_but_cannot_know_revocation(ca: NetworkCA) -> None:
+    short = make_identity(ca, "short", now=NOW, days=1)
+    trust = _key_trust(ca)
+    assert trust.verify(short.cert.der, now=NOW).name == "short"
+    assert _reason(trust, short.cert.der, now=NOW + DAY + 1) == "cert_expired"
+    assert _reason(trust, short.cert.der, now=NOW - DAY) == "cert_not_yet_valid"
+    member = ca.trust.fork()
+    member.apply_crl(ca.make_crl([(cert_serial(short.cert), NOW)], number=1, now=NOW), now=NOW)
+    assert _reason(member, short.cert.der) == "cert_revoked"
+    assert trust.verify(short.cert.der, now=NOW).name == "short"  # a stranger holds no CRL
+
+
+def test_key_trust_cache_is_bounded_and_key_checked(ca: NetworkCA) -> None:
+    trust = _key_trust(ca)
+    for i in range(KEY_TRUST_CACHE_SIZE + 5):
+        trust.verify(make_identity(ca, f"k{i}", now=NOW).cert.der, now=NOW)
+    assert len(trust._cache) == KEY_TRUST_CACHE_SIZE
+    with pytest.raises(LocalProtocolError):
+        CaKeyTrust("testnet", b"short")
 
 
 def test_node_id_mismatch(ca: NetworkCA) -> None:

@@ -600,3 +600,67 @@ def test_keys_replaced_twice_within_a_grace_period_still_open_what_the_peer_seal
     w.run_until(w.now + w.a.config.previous_key_grace_s + 1.0)
     w.a.receive_datagram(late, B_EP, now=w.now)
     assert b"late" not in payloads(events(w.a) + w.received["a"])
+
+
+B_EP2 = Endpoint("203.0.113.2", 40000)  # B's punching socket's mapping
+
+
+class TwoPathWorld(World):
+    """World where B also dials A's other port (A_EP2) from a punching socket of its own,
+    B_EP2: A answers there, so two handshakes cross over different paths. What is sent to a
+    path in ``filtered`` (a port whose NAT drops it) is lost."""
+
+    filtered: frozenset[Path] = frozenset()
+
+    def _collect(self) -> None:
+        for name, ep in (("a", self.a), ("b", self.b)):
+            for data, path in ep.datagrams_to_send(now=self.now):
+                to = "b" if path in (B_EP, B_EP2) else "a"
+                if path in self.filtered:
+                    continue
+                src = (B_EP2 if path == A_EP2 else B_EP) if name == "b" else self.a_addr
+                self.seq += 1
+                heapq.heappush(self.wire, (self.now + self.latency, self.seq, data, src, to))
+            self.received[name] += events(ep)
+
+
+def test_diverged_keys_are_repaired_while_a_handshake_to_another_path_hangs() -> None:
+    """Crossing handshakes over two paths (port guessing: one side dials from a punching
+    socket while the other punches its main socket's port) can leave each side sealing with
+    the keys the other holds as ``previous``. The repair (a sequential handshake, invariant 4)
+    must not wait on a handshake of ours toward a path that never answers (a port the peer's
+    NAT filters), which is retransmitted for the whole handshake timeout (20 s): the previous
+    keys lapsed at their 10 s grace and the pair lost every packet both ways (DATA under
+    retired keys, no rehandshake), as in the lab's shared-NAT case
+    (tests/lab/test_rebind_lab.py) after port guessing."""
+    w = TwoPathWorld(latency=0.01)
+    # Ports of each other's that the NATs filter: each side's Init there hangs.
+    dead_a, dead_b = Endpoint("198.51.100.1", 6000), Endpoint("203.0.113.2", 6000)
+    w.filtered = frozenset((dead_a, dead_b))
+    w.a.connect(dead_b, now=w.now, expected=w.idb.node_id)
+    w.b.connect(dead_a, now=w.now, expected=w.ida.node_id)
+    # Both dial each other over different paths at once: each ends on the other's keys.
+    w.a.connect(B_EP, now=w.now, expected=w.idb.node_id)
+    w.b.connect(A_EP2, now=w.now, expected=w.ida.node_id)
+    w.run_until(w.now + 0.1)
+    assert w.a.is_up(w.idb.node_id) and w.b.is_up(w.ida.node_id)
+    lost: list[bytes] = []
+    for i in range(300):  # 15 s of pings both ways, past the previous keys' grace
+        for frm in ("a", "b"):
+            payload = b"%s%d" % (frm.encode(), i)
+            w.send(frm, payload)
+            if i >= 240:  # the last 3 s
+                lost.append(payload)
+        w.run_until(w.now + 0.05)
+    w.run_until(w.now + 0.1)
+    got = set(payloads(w.received["a"])) | set(payloads(w.received["b"]))
+    assert [p for p in lost if p not in got] == []
+
+
+def test_a_roam_rekeys_a_session_whose_peer_we_also_dial_on_a_dead_path() -> None:
+    """After our address changed, a session is keyed afresh on its own path even while a
+    handshake of ours to the same peer waits on another path that never answers."""
+    w = up_pair()
+    w.a.connect(Endpoint("203.0.113.2", 6000), now=w.now, expected=w.idb.node_id)
+    assert w.a.local_address_changed(now=w.now) == 1
+    assert w.a.local_address_changed(now=w.now) == 0  # now under way on the session's path

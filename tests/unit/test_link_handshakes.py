@@ -30,8 +30,12 @@ class Side(SharedRecorder):
         super().__init__(seed=seed)
         self.identity = make_identity(ca, name, now=NOW - 60)
         self.probed: list[Peer] = []
+        self.relayed: list[Peer] = []
         self.hs = Handshakes(
-            self.identity, self.shared, probe_path=lambda st, now: self.probed.append(st)
+            self.identity,
+            self.shared,
+            probe_path=lambda st, now: self.probed.append(st),
+            relayed=lambda st, now: self.relayed.append(st),
         )
 
 

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from ipop.link import echo
 from ipop.link.events import LinkEvent, ObservedEndpoint
 from ipop.link.layer import LinkConfig, LinkLayer
 from ipop.link.pmtu import PROBE_TAG
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
-from ipop.timing import REBIND_ECHO_WAIT_S, REBIND_QUIET_S, REBIND_WITNESS_MIN_S
-from ipop.types import Endpoint, NodeId
+from ipop.timing import (
+    PATH_SILENT_S,
+    REBIND_ECHO_WAIT_S,
+    REBIND_QUIET_S,
+    REBIND_WITNESS_MIN_S,
+    RELAY_TAKEOVER_SILENT_S,
+)
+from ipop.types import Endpoint, NodeId, RelayPath
 
 A_OLD = Endpoint("198.51.100.1", 5800)
 A_NEW = Endpoint("198.51.100.1", 61000)
@@ -59,6 +67,12 @@ class Wire:
             src = A_NEW if name == "a" and self.rebound else self.addr[name]
             for data, path in ep.datagrams_to_send(now=self.now):
                 moved = True
+                if type(path) is RelayPath:
+                    # A relay that forwards everything: the far end sees it come from us.
+                    far = next(n for n in self.ids if self.id(n) == path.peer)
+                    back = RelayPath(via=path.via, peer=self.id(name))
+                    self.eps[far].receive_datagram(data, back, now=self.now)
+                    continue
                 to = self._to(path)
                 if to is None or (src == A_NEW and to in self.filtering):
                     continue
@@ -167,6 +181,34 @@ def test_a_peer_that_follows_us_to_a_new_port_says_so_even_on_an_idle_link() -> 
     w.run_until(w.now + 0.01)
     assert w.eps["c"].path_of(w.id("a")) == moved
     assert w.eps["c"].stats["roamed"] == 1 and w.eps["c"].stats["seen_sent"] == 0
+
+
+@pytest.mark.parametrize("how", ["relayed data", "relay handshake"])
+def test_a_peer_that_keys_us_through_a_relay_is_echoed_on_the_direct_path_we_leave(
+    how: str,
+) -> None:
+    """A's port moved, and B keys A through a relay (C) before any echo of A's asked B where
+    it sees A: as B does when another host behind A's NAT took A's old port toward B
+    (ipop.link.paths.displaced), and so does every peer that host reached first. A echoes B
+    on the direct path it leaves; B still hears A there and says where. Before, A learned
+    nothing: its echoes and witnesses go over direct paths only, none was left, and in the
+    lab such a pair stayed relayed (tests/sim/test_rebind.py, the shared NAT's case)."""
+    w = Wire()
+    w.link("a", "b")
+    w.rebound = True
+    a, b = w.eps["a"], w.eps["b"]
+    to_a, to_b = (RelayPath(via=w.id("c"), peer=w.id(n)) for n in "ab")
+    if how == "relayed data":
+        b.set_path(w.id("a"), to_a)
+        w.run_until(w.now + PATH_SILENT_S)  # A's direct path from B falls silent
+        b.send(w.id("a"), b"through the relay", now=w.now)
+    else:
+        w.run_until(w.now + RELAY_TAKEOVER_SILENT_S)  # a relay may replace a silent path
+        b.connect(to_a, now=w.now, expected=w.id("a"))
+    w.run_until(w.now + 0.01)
+    assert a.path_of(w.id("b")) == to_b
+    assert ObservedEndpoint(A_NEW, w.id("b")) in w.events["a"]
+    assert a.stats["echo_left_path"] == 1 and b.stats["echo_answered"] >= 1
 
 
 def test_unasked_answers_seens_of_another_address_and_malformed_echoes_change_nothing() -> None:

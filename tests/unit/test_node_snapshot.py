@@ -50,8 +50,8 @@ def test_a_fresh_core_has_an_empty_snapshot() -> None:
     snap = core.snapshot()
     assert snap.node_id == core.local_id and snap.links == () and snap.shortcuts == {}
     assert snap.public == PublicView(None, False, False) and not snap.overlay.routable
-    assert list(snap.drops) == ["link", "overlay", "stun", "crl"]
-    assert list(snap.counters) == ["link", "overlay", "node", "crl"]
+    assert list(snap.drops) == ["link", "overlay", "stun", "crl", "network_crl"]
+    assert list(snap.counters) == ["link", "overlay", "node", "crl", "network_crl"]
     assert snap.crl_number == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.crl_number = 1  # type: ignore[misc]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import random
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -19,6 +20,7 @@ from ipop.testing.identities import make_identity, make_network
 from ipop.types import NodeId
 
 NOW = 1_795_305_600.0
+_RNG = random.Random(0)  # seal nonces
 Trio = tuple[NodeIdentity, NodeIdentity, NodeIdentity]
 
 
@@ -54,7 +56,7 @@ def test_the_x25519_form_of_an_ed25519_key_is_the_one_its_seed_expands_to() -> N
 
 def test_exact_messages_to_a_known_node_carry_a_mac_others_a_signature(trio: Trio) -> None:
     a, b, _ = trio
-    oa, ob = OriginAuth(a), OriginAuth(b)
+    oa, ob = OriginAuth(a, random_bytes=_RNG.randbytes), OriginAuth(b, random_bytes=_RNG.randbytes)
     first = oa.routed(FLAG_EXACT, 64, KIND_DHT, b.node_id, None, b"hello", now=NOW)
     assert len(first.sig) == SIG_BYTES and first.cert == a.cert.der
     assert ob.check(first, now=NOW) is None  # b learns a's certificate from the message
@@ -69,7 +71,11 @@ def test_exact_messages_to_a_known_node_carry_a_mac_others_a_signature(trio: Tri
 
 def test_forged_altered_stale_and_foreign_messages_are_refused(trio: Trio) -> None:
     a, b, c = trio
-    oa, ob, oc = OriginAuth(a), OriginAuth(b), OriginAuth(c)
+    oa, ob, oc = (
+        OriginAuth(a, random_bytes=_RNG.randbytes),
+        OriginAuth(b, random_bytes=_RNG.randbytes),
+        OriginAuth(c, random_bytes=_RNG.randbytes),
+    )
     oa.learn(b.cert)
     ob.learn(a.cert)
     mac = oa.routed(FLAG_EXACT, 64, KIND_DHT, b.node_id, None, b"store x", now=NOW)
@@ -89,7 +95,9 @@ def test_forged_altered_stale_and_foreign_messages_are_refused(trio: Trio) -> No
     assert ob.check(dataclasses.replace(bare, src=NodeId(12345)), now=NOW) == "origin_unknown"
     # A certificate of another network's CA.
     other = make_identity(make_network("othernet", now=NOW), "x", now=NOW)
-    foreign = OriginAuth(other).routed(0, 64, KIND_DHT, b.node_id, None, b"", now=NOW)
+    foreign = OriginAuth(other, random_bytes=_RNG.randbytes).routed(
+        0, 64, KIND_DHT, b.node_id, None, b"", now=NOW
+    )
     assert ob.check(foreign, now=NOW) == "origin_bad_cert"
     # An expired certificate, even one we cached while it was valid.
     assert ob.check(sig, now=a.cert.not_after + 1) in ("origin_stale", "origin_expired")
@@ -99,8 +107,10 @@ def test_forged_altered_stale_and_foreign_messages_are_refused(trio: Trio) -> No
 
 def test_every_reason_is_in_the_checked_list(trio: Trio) -> None:
     a, b, _ = trio
-    ob = OriginAuth(b, revoked=lambda cert: cert.node_id == a.node_id)
-    msg = OriginAuth(a).routed(0, 64, KIND_DHT, b.node_id, None, b"", now=NOW)
+    ob = OriginAuth(b, revoked=lambda cert: cert.node_id == a.node_id, random_bytes=_RNG.randbytes)
+    msg = OriginAuth(a, random_bytes=_RNG.randbytes).routed(
+        0, 64, KIND_DHT, b.node_id, None, b"", now=NOW
+    )
     assert ob.check(msg, now=NOW) == "origin_revoked"
     assert {"origin_revoked", "origin_stale", "origin_bad_sig"} <= DROP_REASONS
 
@@ -108,7 +118,7 @@ def test_every_reason_is_in_the_checked_list(trio: Trio) -> None:
 def test_the_certificate_cache_is_bounded(trio: Trio, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b, c = trio
     monkeypatch.setattr(origin_mod, "CERT_CACHE_SIZE", 2)
-    ob = OriginAuth(b)
+    ob = OriginAuth(b, random_bytes=_RNG.randbytes)
     for ident in (a, c, b):
         ob.learn(ident.cert)
     assert not ob.knows(a.node_id) and ob.knows(c.node_id) and ob.knows(b.node_id)
@@ -116,7 +126,9 @@ def test_the_certificate_cache_is_bounded(trio: Trio, monkeypatch: pytest.Monkey
 
 def test_a_large_message_goes_without_the_certificate(trio: Trio) -> None:
     a, b, _ = trio
-    big = OriginAuth(a).routed(FLAG_EXACT, 64, 2, b.node_id, None, bytes(1300), now=NOW)
+    big = OriginAuth(a, random_bytes=_RNG.randbytes).routed(
+        FLAG_EXACT, 64, 2, b.node_id, None, bytes(1300), now=NOW
+    )
     assert big.cert == b"" and len(big.encode()) < 1443
 
 
@@ -125,10 +137,12 @@ def test_a_large_message_goes_without_the_certificate(trio: Trio) -> None:
 
 def test_a_hint_is_used_only_once_its_message_checks(trio: Trio) -> None:
     a, b, c = trio
-    ob = OriginAuth(b)
+    ob = OriginAuth(b, random_bytes=_RNG.randbytes)
     hints = ReverseHints(lambda m, now: ob.check(m, now=now))
     p, q = NodeId(1), NodeId(2)
-    real = OriginAuth(a).routed(0, 64, KIND_DHT, c.node_id, None, b"", now=NOW)
+    real = OriginAuth(a, random_bytes=_RNG.randbytes).routed(
+        0, 64, KIND_DHT, c.node_id, None, b"", now=NOW
+    )
     forged = dataclasses.replace(real, payload=b"x")
     hints.note(forged, p, NOW)
     assert hints.hop(a.node_id, NOW) is None  # checked at first use, and dropped
@@ -145,7 +159,7 @@ def test_a_hint_is_used_only_once_its_message_checks(trio: Trio) -> None:
 
 def test_a_maced_message_leaves_no_hint_and_hints_are_bounded(trio: Trio) -> None:
     a, _, c = trio
-    oa = OriginAuth(a)
+    oa = OriginAuth(a, random_bytes=_RNG.randbytes)
     oa.learn(c.cert)
     hints = ReverseHints(lambda m, now: None, max_entries=3)
     hints.note(oa.routed(FLAG_EXACT, 64, KIND_DHT, c.node_id, None, b"", now=NOW), NodeId(1), NOW)
@@ -162,8 +176,8 @@ def test_a_revoked_member_routes_nothing_even_with_its_certificate_cached() -> N
     ca = make_network("revnet", now=NOW)
     a, b = make_identity(ca, "a", now=NOW), make_identity(ca, "b", now=NOW)
     trust = b.trust.fork()
-    ob = OriginAuth(b, trust=trust, revoked=trust.is_revoked)
-    oa = OriginAuth(a)
+    ob = OriginAuth(b, trust=trust, revoked=trust.is_revoked, random_bytes=_RNG.randbytes)
+    oa = OriginAuth(a, random_bytes=_RNG.randbytes)
     oa.learn(b.cert)
     ob.learn(a.cert)
     mac = oa.routed(FLAG_EXACT, 64, KIND_DHT, b.node_id, None, b"x", now=NOW)

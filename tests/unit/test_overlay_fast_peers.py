@@ -4,19 +4,15 @@ teach us, and that a lying list buys its sender no more work from us and no buck
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from ipop.errors import RemoteProtocolError
-from ipop.link.events import LinkUp
 from ipop.overlay.messages import MAX_FAST_PEERS, FastPeers, decode_message
-from ipop.overlay.node import OverlayConfig, OverlayNode
 from ipop.overlay.proximity import FarExplorer, FastPeerPool, far_bucket
 from ipop.overlay.upkeep import NEAR_DROPS
-from ipop.testing.fake_links import RecordingLinks, fake_certificate
-from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
-from ipop.types import ID_BITS, Endpoint, NodeId
+from ipop.testing.fake_origin import FakeKeyring
+from ipop.testing.recording_links import node_by_hand, timed_link_up
+from ipop.types import ID_BITS, NodeId
 
 LOCAL = NodeId(0)
 ME = NodeId(1 << 150)
@@ -115,41 +111,17 @@ def test_a_lying_list_costs_no_more_explorations() -> None:
 KEYRING = FakeKeyring()
 
 
-def _node() -> tuple[OverlayNode, RecordingLinks]:
-    links = RecordingLinks(ME)
-    node = OverlayNode(
-        ME,
-        links,
-        rng=random.Random(1),
-        config=OverlayConfig(near_per_side=1),
-        bootstrap=[],
-        origin=FakeOrigin(ME, KEYRING),
-    )
-    node.start(now=0.0)
-    return node, links
-
-
-def _up(node: OverlayNode, peer: NodeId, k: int, rtt: float | None) -> None:
-    ep = Endpoint("203.0.113.9", 5800 + k)
-    node.on_link_event(LinkUp(peer, fake_certificate(peer), ep, None, rtt_s=rtt), now=1.0)
-
-
-def _answers(links: RecordingLinks) -> list[tuple[NodeId, FastPeers]]:
-    out = [(p, decode_message(d)) for p, d in links.sent]
-    return [(p, m) for p, m in out if isinstance(m, FastPeers)]
-
-
 def test_a_question_is_answered_with_our_timed_links_fastest_first_within_a_budget() -> None:
-    node, links = _node()
+    node, links = node_by_hand(ME, KEYRING)
     asker, slow, fast, untimed = (NodeId((k + 2) << 150) for k in range(4))
-    _up(node, asker, 0, 0.004)
-    _up(node, slow, 1, 0.120)
-    _up(node, fast, 2, 0.010)
-    _up(node, untimed, 3, None)
+    timed_link_up(node, asker, 0, 0.004)
+    timed_link_up(node, slow, 1, 0.120)
+    timed_link_up(node, fast, 2, 0.010)
+    timed_link_up(node, untimed, 3, None)
     links.sent.clear()
     for _ in range(4):
         node.near_upkeep.on_fast_peers(FastPeers(True), asker, 2.0)
-    answers = _answers(links)
+    answers = links.sent_of(FastPeers)
     # The asker is not told of itself, nor of a link whose round trip we never measured.
     assert answers == [(asker, FastPeers(False, (fast, slow)))] * 2
     assert node.drops["fast_peers_too_often"] == 2
@@ -157,23 +129,23 @@ def test_a_question_is_answered_with_our_timed_links_fastest_first_within_a_budg
 
 
 def test_an_answer_we_did_not_ask_for_is_dropped() -> None:
-    node, _ = _node()
+    node, _ = node_by_hand(ME, KEYRING)
     peer = NodeId(3 << 150)
-    _up(node, peer, 0, 0.004)
+    timed_link_up(node, peer, 0, 0.004)
     node.near_upkeep.on_fast_peers(FastPeers(False, (NodeId(9 << 150),)), peer, 2.0)
     assert node.drops["fast_peers_unasked"] == 1
     assert node.stats["fast_peers_learned"] == 0
 
 
 def test_once_joined_a_tick_asks_our_fastest_peer_and_its_answer_teaches() -> None:
-    node, links = _node()
+    node, links = node_by_hand(ME, KEYRING)
     fast, slow = NodeId(3 << 150), NodeId(9 << 150)
-    _up(node, slow, 0, 0.150)
-    _up(node, fast, 1, 0.006)
+    timed_link_up(node, slow, 0, 0.150)
+    timed_link_up(node, fast, 1, 0.006)
     node.handle_timer(now=5.0)
-    assert not _answers(links)  # not joined yet: nobody asked
+    assert not links.sent_of(FastPeers)  # not joined yet: nobody asked
     node.near_upkeep.on_joined()
     node.handle_timer(now=10.0)
-    assert _answers(links) == [(fast, FastPeers(True))]
+    assert links.sent_of(FastPeers) == [(fast, FastPeers(True))]
     node.near_upkeep.on_fast_peers(FastPeers(False, (NodeId(5 << 150),)), fast, 10.1)
     assert node.stats["fast_peers_learned"] == 1 and not node.drops["fast_peers_unasked"]

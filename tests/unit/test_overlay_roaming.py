@@ -1,5 +1,5 @@
 """The overlay's roaming reactions, driven by hand (sans-IO): our address changed or our NAT
-rebound -> stale knowledge forgotten, a CTM with our endpoints to every direct peer through a
+rebound -> stale knowledge forgotten, a CTM with our endpoints to every linked peer through a
 peer that hears us; a linked peer re-advertising other endpoints -> its path is let go and we
 punch back to where it is now, once."""
 
@@ -13,7 +13,7 @@ import pytest
 from ipop import timing
 from ipop.errors import LocalProtocolError
 from ipop.link.events import LinkMessage, LinkUp, ObservedEndpoint
-from ipop.overlay.events import Roamed
+from ipop.overlay.events import PeerHidden, Roamed
 from ipop.overlay.messages import (
     FLAG_EXACT,
     FLAG_EXCLUDE_SRC,
@@ -27,7 +27,7 @@ from ipop.overlay.messages import (
 from ipop.overlay.node import OverlayConfig, OverlayNode
 from ipop.testing.fake_links import RecordingLinks, fake_certificate
 from ipop.testing.fake_origin import FakeKeyring, FakeOrigin
-from ipop.types import Endpoint, NodeId
+from ipop.types import Endpoint, NodeId, RelayPath
 
 ME = NodeId(1 << 150)
 P, B = NodeId(3 << 150), NodeId(5 << 150)
@@ -155,6 +155,64 @@ def test_a_linked_peer_that_moved_is_followed_once() -> None:
     _ctm_from(node, B, (b_new,), now=7.0)  # the same news again: nothing more
     assert links.moved == [B] and len(links.connects) == 1
     assert node.stats["peer_moved"] == 1
+
+
+def test_a_relayed_peer_that_moved_is_punched_back_and_hears_of_our_own_roams() -> None:
+    # Q's link went through a relay when its direct path died under its NAT's flush (another
+    # host behind that NAT took Q's port toward us: ipop.link.paths.displaced). Q's new
+    # endpoints are the only way back to a direct path, for either of us.
+    node, links = _node()
+    q, q_old, q_new = (
+        NodeId(7 << 150),
+        Endpoint("203.0.113.77", 5800),
+        Endpoint("203.0.113.77", 40000),
+    )
+    node.on_link_event(LinkUp(q, fake_certificate(q), RelayPath(via=P, peer=q), None), now=1.0)
+    _ctm_from(node, q, (q_old,), now=5.0)  # what we knew of it
+    links.connects.clear()
+    _ctm_from(node, q, (q_new,), now=6.0)
+    assert links.connects == [(q_new, q, False)]  # one punch to where it is now
+    assert links.moved == []  # no direct path of ours to let go
+    # And our own roam tells Q where we are now, as it tells direct peers.
+    links.sent.clear()
+    node.on_link_event(ObservedEndpoint(Endpoint("203.0.113.50", 2000), P), now=20.0)
+    assert {m.dst for _, m, _ in _ctms(links)} == {P, B, q}
+
+
+def _shared_nat_node() -> tuple[OverlayNode, RecordingLinks, NodeId, NodeId, Endpoint]:
+    """We hold direct links to A and Q, two hosts behind one NAT (203.0.113.77): A holds the
+    NAT's port 5800 toward us, Q another one. Returns the node, its links, A, Q and A's path."""
+    node, links = _node()
+    a, q = NodeId(6 << 150), NodeId(7 << 150)
+    a_ep, q_old = Endpoint("203.0.113.77", 5800), Endpoint("203.0.113.77", 34000)
+    node.on_link_event(LinkUp(a, fake_certificate(a), a_ep, None), now=1.0)
+    node.on_link_event(LinkUp(q, fake_certificate(q), q_old, None), now=1.0)
+    _events(node)
+    _ctm_from(node, q, (q_old,), now=5.0)  # what we knew of it
+    links.connects.clear()
+    return node, links, a, q, a_ep
+
+
+def test_a_peer_that_moved_to_another_peers_endpoint_goes_through_a_relay_at_once() -> None:
+    # Q's NAT lost its table and A, behind it too, sent to us first: A took port 5800 toward
+    # us, and Q's port toward us is one nobody can tell Q. Q re-advertises what its other
+    # peers see (5800), which is A's path here.
+    node, links, _, q, a_ep = _shared_nat_node()
+    _ctm_from(node, q, (Endpoint("198.18.1.3", 5800), a_ep), now=6.0)
+    relayed = [p for p, exp, _ in links.connects if isinstance(p, RelayPath) and exp == q]
+    assert len(relayed) == 1  # keyed through a relay now, not after the path's silence
+    assert (a_ep, q, False) in links.connects  # and still punched: A may have left it
+    assert PeerHidden(q) in _events(node)  # port guessing, with Q as the side that opens
+    assert node.stats["peer_moved_to_taken_relayed"] == 1
+
+
+def test_a_peer_that_moved_to_a_port_nobody_holds_is_only_punched_back() -> None:
+    node, links, _, q, _ = _shared_nat_node()
+    q_new = Endpoint("203.0.113.77", 40000)
+    _ctm_from(node, q, (q_new,), now=6.0)
+    assert links.connects == [(q_new, q, False)]
+    assert not any(isinstance(e, PeerHidden) for e in _events(node))
+    assert node.stats["peer_moved_to_taken"] == 0
 
 
 # --- the Roaming object's own interface (node.roaming) -----------------------------------------

@@ -4,12 +4,13 @@ the detours at a local minimum and around a suspect hop, without an overlay node
 from __future__ import annotations
 
 import collections
+import math
 
 import pytest
 
 from ipop.overlay.messages import FLAG_EXACT, FLAG_EXCLUDE_SRC, FLAG_VIA, Routed
 from ipop.overlay.near import SeenIds
-from ipop.overlay.routing import ROUTE_DROPS, Deliver, Drop, Forward, Router
+from ipop.overlay.routing import _PRS_BIT_S, ROUTE_DROPS, Deliver, Drop, Forward, Router
 from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import ConnectionTable
 from ipop.types import Endpoint, NodeId, Path, RelayPath
@@ -234,8 +235,9 @@ def _prs(rtts: dict[NodeId, float | None], *, proximity: bool = True) -> Router:
 def test_a_much_faster_link_that_still_makes_progress_is_taken() -> None:
     r = _prs({GREEDY: 0.200, WITHIN: 0.020, BEYOND: 0.030})
     assert r.next_hop(TARGET, 1.0, exact=True) == WITHIN
-    # However little progress it makes (8.5 times as far from the target as the greedy hop):
-    # a hop inside our region costs a fraction of one that leaves it.
+    # Less progress (8.5 times as far from the target as the greedy hop) is taken when it
+    # saves more than the bits it leaves to go are worth: a hop inside our region costs a
+    # fraction of one that leaves it.
     r = _prs({GREEDY: 0.200, WITHIN: 0.020, BEYOND: 0.001})
     assert r.next_hop(TARGET, 1.0, exact=True) == BEYOND
     # Off: greedy, whatever the round trips.
@@ -245,8 +247,17 @@ def test_a_much_faster_link_that_still_makes_progress_is_taken() -> None:
     )
 
 
-def test_only_a_measured_saving_of_half_moves_the_hop() -> None:
-    assert _prs({GREEDY: 0.200, WITHIN: 0.120}).next_hop(TARGET, 1.0, exact=True) == GREEDY
+def test_a_hop_must_save_more_than_the_distance_it_leaves_is_worth() -> None:
+    # BEYOND leaves log2(8.5) bits more to go than the greedy hop: worth _PRS_BIT_S each.
+    extra = _PRS_BIT_S * math.log2(8_500 / 1_000)
+    slower = 0.200 - extra + 0.002
+    faster = 0.200 - extra - 0.002
+    assert _prs({GREEDY: 0.200, BEYOND: slower}).next_hop(TARGET, 1.0, exact=True) == GREEDY
+    assert _prs({GREEDY: 0.200, BEYOND: faster}).next_hop(TARGET, 1.0, exact=True) == BEYOND
+    # The least estimated cost wins, not the fastest: WITHIN, 1.8 times as far as the greedy
+    # hop, beats BEYOND although BEYOND is a little faster.
+    r = _prs({GREEDY: 0.200, WITHIN: 0.050, BEYOND: 0.045})
+    assert r.next_hop(TARGET, 1.0, exact=True) == WITHIN
     # An unmeasured link is never preferred, and an unmeasured greedy hop is kept.
     assert _prs({GREEDY: 0.200, WITHIN: None}).next_hop(TARGET, 1.0, exact=True) == GREEDY
     assert _prs({GREEDY: None, WITHIN: 0.001}).next_hop(TARGET, 1.0, exact=True) == GREEDY

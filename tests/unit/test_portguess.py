@@ -9,6 +9,7 @@ import random
 from ipop import timing
 from ipop.nat.portguess import (
     FLAG_ANSWER,
+    FLAG_HIDDEN,
     FLAG_SYMMETRIC,
     FLAG_TRANSLATED,
     OP_GO,
@@ -408,3 +409,113 @@ def test_a_symmetric_node_opens_toward_a_few_peers_at_a_time() -> None:
     assert s.stats["openers_sent"] == timing.BIRTHDAY_MAX_OPENS * 8
     # Once the window has passed, a refused peer's next HELLO opens.
     assert hello_from(peers[-1], T0 + timing.BIRTHDAY_WINDOW_S + 0.5) is not None
+
+
+def _hidden_pair() -> tuple[PortGuessing, PortGuessing, bytes]:
+    """K (a cone, the knocker) learned that peer H's advertised port is another host's
+    (PortGuessing.hidden); both sides are plain cones. K's HELLO and H's answer."""
+    k, h = _pair()
+    h_hello = h.hello(C_ID, symmetric=False, translated=False, endpoints=(), now=T0)
+    assert h_hello is not None
+    # H's HELLO came first: K remembers H as "neither", which hidden() must forget.
+    assert k.receive(
+        S_ID, h_hello, symmetric=False, translated=False, public_host=C_PUBLIC.host,
+        endpoints=(C_PUBLIC,), now=T0, seen_hosts=S_SEEN,
+    ) is None  # fmt: skip
+    k.hidden(S_ID, now=T0)
+    hello = k.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
+    assert hello is not None and hello[1] & FLAG_HIDDEN
+    return k, h, hello
+
+
+def test_a_peer_told_its_port_is_hidden_opens_though_it_is_a_cone() -> None:
+    k, h, hello = _hidden_pair()
+    go = h.receive(
+        C_ID, hello, symmetric=False, translated=False, public_host=S_PUBLIC, endpoints=(),
+        now=T0, seen_hosts=C_SEEN,
+    )  # fmt: skip
+    assert go is not None and go[0] == OP_GO
+    assert [p for _, p in h.datagrams_to_send()] == [SocketPath(i, C_PUBLIC) for i in range(1, 9)]
+    assert h.stats["hello_hidden_open"] == 1
+    # Its GO starts our knocking although both said they are cones.
+    assert _knocks_after(k, go, now=T0, seen=S_SEEN) > 0
+    assert k.drops["birthday_go_wrong_role"] == 0
+
+
+def test_without_the_hidden_mark_two_cones_still_do_nothing() -> None:
+    k, h = _pair()
+    hello = k.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
+    assert hello is not None and not hello[1] & FLAG_HIDDEN
+    assert h.receive(
+        C_ID, hello, symmetric=False, translated=False, public_host=S_PUBLIC, endpoints=(),
+        now=T0, seen_hosts=C_SEEN,
+    ) is None  # fmt: skip
+    assert h.datagrams_to_send() == []
+
+
+def test_a_hidden_peers_plain_hello_is_answered_with_the_mark() -> None:
+    k, h = _pair()
+    k.hidden(S_ID, now=T0)
+    h_hello = h.hello(C_ID, symmetric=False, translated=False, endpoints=(), now=T0)
+    assert h_hello is not None
+    back = k.receive(
+        S_ID, h_hello, symmetric=False, translated=False, public_host=C_PUBLIC.host,
+        endpoints=(C_PUBLIC,), now=T0, seen_hosts=S_SEEN,
+    )  # fmt: skip
+    assert back is not None and back[1] & FLAG_HIDDEN and not back[1] & FLAG_ANSWER
+
+
+def test_the_hidden_mark_ends_with_a_direct_path_a_roam_or_its_time() -> None:
+    for end in ("linked", "roamed", "expired"):
+        k, _ = _pair()
+        k.hidden(S_ID, now=T0)
+        now = T0
+        if end == "linked":
+            k.linked(S_ID, now=T0)
+        elif end == "roamed":
+            k.roamed()
+        else:
+            now = T0 + timing.BIRTHDAY_RETRY_S + 1
+        hello = k.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=now)
+        assert hello is not None and not hello[1] & FLAG_HIDDEN, end
+
+
+def test_the_hidden_mark_does_not_lift_the_openers_bounds() -> None:
+    """A member that marks us hidden again and again gets one open per retry interval."""
+    _, h = _pair()
+    opened = 0
+    for i in range(5):
+        k = PortGuessing(rng=random.Random(20 + i), sockets=8, knocks=16)
+        k.hidden(S_ID, now=T0)
+        hello = k.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=T0)
+        assert hello is not None
+        if h.receive(
+            C_ID, hello, symmetric=False, translated=False, public_host=S_PUBLIC, endpoints=(),
+            now=T0 + i, seen_hosts=C_SEEN,
+        ) is not None:  # fmt: skip
+            opened += 1
+    assert opened == 1
+    assert len(h.datagrams_to_send()) == 8
+
+
+def test_a_peer_marked_hidden_soon_after_a_guess_is_guessed_again_once() -> None:
+    """Guessing joined the pair 10 s ago; then the peer's NAT lost its table and a neighbour
+    took its port: the new guess is not held back by the old run, but a second mark within
+    the retry interval lifts nothing."""
+    k, h = _pair()
+    go = _go_from_s(h, k)  # k knocks at h (the first join)
+    assert _knocks_after(k, go, now=T0, seen=S_SEEN) > 0
+    t = T0 + 10
+    k.hidden(S_ID, now=t)
+    hello = k.hello(S_ID, symmetric=False, translated=False, endpoints=(C_PUBLIC,), now=t)
+    assert hello is not None and hello[1] & FLAG_HIDDEN
+    h2 = PortGuessing(rng=random.Random(7), sockets=8, knocks=16)
+    go2 = h2.receive(
+        C_ID, hello, symmetric=False, translated=False, public_host=S_PUBLIC, endpoints=(),
+        now=t, seen_hosts=C_SEEN,
+    )  # fmt: skip
+    assert go2 is not None
+    assert _knocks_after(k, go2, now=t, seen=S_SEEN) > 0
+    assert k.drops["birthday_go_too_soon"] == 0
+    k.hidden(S_ID, now=t + 1)  # already marked: lifts nothing
+    assert k.hello(S_ID, symmetric=False, translated=False, endpoints=(), now=t + 1) is None

@@ -7,22 +7,14 @@ from __future__ import annotations
 
 import marshal
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ipop.testing.kept_tables import build_in_clean_interpreter, reinstalled
 from ipop.tools import recache
-
-# Imports both daemons with a fresh table at argv[1] and writes what they compiled there.
-_BUILD = (
-    "import sys; from pathlib import Path; import ipop.tools.recache as rc; "
-    "rc.uninstall(); rc.install(Path(sys.argv[1])); "
-    "import ipop.tools.ipopd, ipop.tools.routerd; "
-    "sys.exit(0 if rc.save(Path(sys.argv[1]), force=True) else 1)"
-)
 
 # Patterns of every kind the table must carry: groups, named groups, bytes, flags, inline
 # flags, look-arounds, big Unicode classes (the reason for the table).
@@ -40,17 +32,13 @@ SAMPLES: list[tuple[str | bytes, int]] = [
 @pytest.fixture
 def restore() -> Iterator[None]:
     """Tests below replace this process's table: the real one is back afterwards."""
-    yield
-    recache.uninstall()
-    recache.install()
+    yield from reinstalled(recache)
 
 
 def test_every_pattern_a_daemon_compiles_is_built_equal_from_the_table(tmp_path: Path) -> None:
     table = tmp_path / "re.marshal"
-    build = subprocess.run(
-        [sys.executable, "-c", _BUILD, str(table)], capture_output=True, text=True, timeout=120
-    )
-    assert build.returncode == 0, build.stderr
+    # Both daemons' imports, with a fresh table, as the lab builds it.
+    build_in_clean_interpreter("ipop.tools.recache", table, "ipop.tools.ipopd, ipop.tools.routerd")
     entries = recache._kept.read(table)
     # cryptography's, tomllib's, logging's, ours...
     assert len(entries) > 40

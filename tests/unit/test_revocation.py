@@ -191,12 +191,13 @@ def _crl_world() -> tuple[NetworkCA, NodeIdentity, bytes]:
 
 def test_messages_round_trip_and_refuse_bad_chunks() -> None:
     assert decode_crl(CrlOffer(42).encode()) == CrlOffer(42)
-    chunk = CrlChunk(3, 2500, 2000, b"x" * 500)
+    step = CRL_CHUNK_BYTES
+    chunk = CrlChunk(3, 2 * step + 500, 2 * step, b"x" * 500)
     assert decode_crl(chunk.encode()) == chunk
     bad = [
         bytes([TYPE_CRL, 0x09]) + bytes(8),  # unknown op
-        CrlChunk(3, 2500, 1000, b"x" * 1000).encode()[:-1],  # short middle chunk
-        CrlChunk(3, 2500, 2000, b"x" * 500).encode() + b"y",  # long last chunk
+        CrlChunk(3, 2 * step + 500, step, b"x" * step).encode()[:-1],  # short middle chunk
+        chunk.encode() + b"y",  # long last chunk
         bytes([TYPE_CRL, 0x02]) + bytes(8) + b"\x00\x10\x00\x00" + b"x" * 16,  # number 0
         bytes([TYPE_CRL, 0x01, 0]),  # truncated
     ]

@@ -22,6 +22,7 @@ from ipop.types import NodeId
 from ipop.wire.header import DATA_MIN_BYTES
 
 _CA = make_network("routes", now=SIM_EPOCH - 60)
+_RNG = random.Random(0)  # seal nonces
 _ID = make_identity(_CA, "a", now=SIM_EPOCH - 60)
 
 
@@ -95,7 +96,10 @@ def test_a_route_probe_round_first_sends_the_probe_that_carries_our_certificate(
     core.send_ip(far.node_id, bytes(100), now=SIM_EPOCH)
     probes = [(payload, budget) for kind, payload, budget in sent if kind == KIND_PMTU]
     assert len(probes) > 2
-    ours, theirs = OriginAuth(_ID), OriginAuth(far)
+    ours, theirs = (
+        OriginAuth(_ID, random_bytes=_RNG.randbytes),
+        OriginAuth(far, random_bytes=_RNG.randbytes),
+    )
     verdicts = []
     for payload, budget in probes:
         msg = ours.routed(

@@ -76,6 +76,8 @@ class FakeNode:
         self.dht = FakeDht(node_id)
         self.dht_ready = asyncio.Event()
         self.dht_ready.set()
+        # What the daemon hands the core from the owner records it looks up.
+        self.core = SimpleNamespace(learn_certificate=lambda node, der, now: True)
 
     async def close(self) -> None:
         pass
@@ -433,7 +435,7 @@ def test_arp_answers_are_cached_and_one_lookup_runs_per_address(
 
     async def body(r: RouterLan) -> None:
         node = await _start(r)
-        node.dht.hold(ip_key(r.network, remote), OTHER)
+        node.dht.hold(ip_key(r.namespace, remote), OTHER)
         node.dht.gate.clear()
         for i in range(10):
             r.feed(_arp_request(bytes([0x0A, 0, 0, 0, 1, i]), V1, remote))
@@ -473,7 +475,7 @@ def test_a_failed_arp_lookup_is_not_remembered_as_absent(bundle: Bundle, tmp_pat
 
     async def body(r: RouterLan) -> None:
         node = await _start(r)
-        node.dht.hold(ip_key(r.network, remote), OTHER)
+        node.dht.hold(ip_key(r.namespace, remote), OTHER)
         real_get = node.dht.get
 
         async def failing_get(key: str) -> Any:
@@ -530,7 +532,7 @@ def test_a_saved_hosts_address_cannot_be_taken_before_it_is_restored(
 
     async def body(r: RouterLan) -> None:
         node = await _start(r, ready=False)
-        node.dht.hold(ip_key(r.network, V1), r.daemon.bundle.node_id, M1)  # ours, from before
+        node.dht.hold(ip_key(r.namespace, V1), r.daemon.bundle.node_id, M1)  # ours, from before
         node.dht_ready.set()
         side = _LanSide(r)
         assert not side.admit(memoryview(_ip_frame(M2, V1)))  # M2 spoofs M1's address
@@ -553,7 +555,7 @@ def test_the_routers_own_address_cannot_be_taken_by_a_lan_host(
 
     async def body(r: RouterLan) -> None:
         node = await _start(r)
-        node.dht.hold(ip_key(r.network, V2), r.daemon.bundle.node_id)  # ours, before our claim
+        node.dht.hold(ip_key(r.namespace, V2), r.daemon.bundle.node_id)  # ours, before our claim
         r.feed(_arp_request(M2, V2, IPv4Address("100.64.0.1")))
         _LanSide(r).admit(memoryview(_ip_frame(M2, V2)))
         await settle(r)
@@ -598,7 +600,7 @@ def test_a_host_whose_address_another_node_took_is_forgotten(
     async def body(r: RouterLan) -> None:
         node = await _started_with_static_host(r, M1, V1)
         assert r.hosts.by_mac(M1) is not None
-        node.dht.hold(ip_key(r.network, V1), OTHER)  # say, after a partition healed
+        node.dht.hold(ip_key(r.namespace, V1), OTHER)  # say, after a partition healed
         [lease] = r.claims._leases[M1]
         assert await lease.dht.renew(lease.key, lease.ttl) is False
         lease.on_lost()  # what the lease calls when its renewal finds another owner
@@ -617,7 +619,7 @@ def test_a_lan_hosts_taken_name_is_a_warning_naming_the_fix(
     rb = _bundle(hostname="r1", router_hosts=4)
     r = _router(rb, tmp_path)
     dht = FakeDht(rb.node_id)
-    dht.hold(name_key("lab-net", "laptop.r1"), OTHER, V2.packed)
+    dht.hold(name_key(r.namespace, "laptop.r1"), OTHER, V2.packed)
     r.daemon.node = SimpleNamespace(identity=rb.identity(now=time.time()), dht=dht)  # type: ignore[assignment]
     host = LanHost(M1, V1, "dhcp")
     with caplog.at_level(logging.WARNING, logger="ipop-router"):
@@ -642,7 +644,7 @@ def test_forgetting_a_host_leaves_no_trace_and_gives_its_address_back(
         await settle(r)
         assert r.hosts.by_mac(M1) is None and V1 not in r.dataplane.local  # type: ignore[union-attr]
         assert M1 not in r.claims._leases and not r.claims._reserved
-        assert ip_key(r.network, V1) not in node.dht.records  # released, not left to lapse
+        assert ip_key(r.namespace, V1) not in node.dht.records  # released, not left to lapse
         assert r.claims._free_here(V1, M2) and r.claims._free_here(V2, M2)
 
     _run(bundle, tmp_path, body)
@@ -653,7 +655,7 @@ def test_stopping_the_claims_leaves_the_records_to_lapse(bundle: Bundle, tmp_pat
         node = await _started_with_static_host(r, M1, V1)
         renews = node.dht.calls["renew"]
         await r.claims.stop()
-        assert ip_key(r.network, V1) in node.dht.records  # a restart within the lease keeps it
+        assert ip_key(r.namespace, V1) in node.dht.records  # a restart within the lease keeps it
         assert node.dht.calls["delete"] == 0 and node.dht.calls["renew"] == renews
         saved = json.loads((tmp_path / "lan_hosts.json").read_text())["hosts"]
         assert [(row["mac"], row["vip"]) for row in saved] == [(mac_str(M1), str(V1))]

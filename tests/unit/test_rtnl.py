@@ -124,3 +124,21 @@ def test_dump_lists_the_same_ipv4_addresses_as_ip() -> None:
     }
     assert ours == theirs
     assert any(address == "127.0.0.1" for _i, address, _p in ours)
+
+
+def test_rule_body_from_an_address_or_out_of_an_interface_looks_up_a_table() -> None:
+    by_src = rtnl.rule_body(table=201, priority=201, src=IPv4Address("100.64.3.4"))
+    fields = struct.unpack_from("=BBBBBBBBI", by_src)
+    assert fields == (socket.AF_INET, 0, 32, 0, 201, 0, 0, rtnl.FR_ACT_TO_TBL, 0)
+    attrs = _attrs(by_src, 12)
+    assert attrs[rtnl.FRA_SRC] == bytes([100, 64, 3, 4])
+    assert attrs[rtnl.FRA_TABLE] == struct.pack("=I", 201)
+    assert attrs[rtnl.FRA_PRIORITY] == struct.pack("=I", 201)
+    by_oif = rtnl.rule_body(table=201, priority=201, oifname="ipop1")
+    assert struct.unpack_from("=BBBBBBBBI", by_oif)[2] == 0  # no source length
+    assert _attrs(by_oif, 12)[rtnl.FRA_OIFNAME] == b"ipop1\0"
+    assert rtnl.FRA_SRC not in _attrs(by_oif, 12)
+    table = rtnl.route_body(
+        IPv4Network("100.64.0.0/10"), oif=3, prefsrc=IPv4Address("100.64.3.4"), table=201
+    )
+    assert struct.unpack_from("=BBBBBBBBI", table)[4] == 201

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ipop.dht.policy import POLICY_REASONS, Kind, RecordPolicy
 from ipop.dht.publish import PublishFailed, ServicePublisher, list_services
-from ipop.dht.record import Record, StoreOutcome, ip_key
+from ipop.dht.record import Record, StoreOutcome, ip_key, namespace_of
 from ipop.dht.srv import (
     SERVICE_QUOTA,
     SLOTS,
@@ -34,6 +34,7 @@ from ipop.types import NodeId
 NOW = SIM_EPOCH
 SUBNET = IPv4Network("100.64.0.0/16")
 _CA = make_network("testnet", now=NOW)
+NS = namespace_of(_CA.trust)
 # Keys from a seed: the slots a member may hold follow from its key, and with fresh keys
 # Alice's first slot was one of Mallory's first two in 52 runs of 400 (one record then
 # overwrote the other and test_list_keeps_only_instances_at_their_owners_addresses failed).
@@ -56,7 +57,7 @@ def _svc(
 ) -> Record:
     if slot is None:
         slot = allowed_slots(who.node_id, name, "tcp")[0]
-    key = service_key("testnet", name, "tcp", slot)
+    key = service_key(NS, name, "tcp", slot)
     return Record.sign(who, key, value.encode(), seq=seq, expires_at=expires_at)
 
 
@@ -131,12 +132,12 @@ def test_a_member_publishes_in_its_own_slots_only() -> None:
 
 def test_malformed_service_keys_and_values_are_refused() -> None:
     store = _storage()
-    for key in ("testnet:svc:http", "testnet:svc:http.sctp.1", "testnet:svc:http.tcp.16"):
+    for key in (f"{NS}:svc:http", f"{NS}:svc:http.sctp.1", f"{NS}:svc:http.tcp.16"):
         r = Record.sign(ALICE, key, ServiceValue(A_IP, 1).encode(), seq=1, expires_at=NOW + 60)
         assert store.offer(r) is StoreOutcome.INVALID
     assert store.refused["key_bad_service"] == 3
     slot = allowed_slots(ALICE.node_id, "http", "tcp")[0]
-    key = service_key("testnet", "http", "tcp", slot)
+    key = service_key(NS, "http", "tcp", slot)
     garbage = Record.sign(ALICE, key, b"\x01\x02", seq=1, expires_at=NOW + 60)
     assert store.offer(garbage) is StoreOutcome.INVALID
     outside = _svc(ALICE, ServiceValue(IPv4Address("198.51.100.1"), 80), seq=2)
@@ -224,7 +225,7 @@ class _Reads:
 
 
 def _ip(who: NodeIdentity, addr: IPv4Address) -> Record:
-    return Record.sign(who, ip_key("testnet", addr), b"", seq=1, expires_at=NOW + 600)
+    return Record.sign(who, ip_key(NS, addr), b"", seq=1, expires_at=NOW + 600)
 
 
 def test_list_keeps_only_instances_at_their_owners_addresses() -> None:
@@ -237,15 +238,15 @@ def test_list_keeps_only_instances_at_their_owners_addresses() -> None:
     records = {r.key: r for r in (alice, mallory_own, mallory_lie)}
     assert len(records) == 3  # three slots: none of the records hides another
     records |= {r.key: r for r in (_ip(ALICE, A_IP), _ip(MALLORY, M_IP))}
-    found = asyncio.run(list_services(_Reads(ALICE.node_id, records), "testnet", "http", "tcp"))
+    found = asyncio.run(list_services(_Reads(ALICE.node_id, records), NS, "http", "tcp"))
     assert [(i.addr, i.port, i.owner) for i in found] == [
         (A_IP, 8000, ALICE.node_id),
         (M_IP, 8080, MALLORY.node_id),
     ]
     assert found[0].txt == ("path=/",)
     # An address nobody holds (its holder gone) serves nothing either.
-    del records[ip_key("testnet", M_IP)]
-    found = asyncio.run(list_services(_Reads(ALICE.node_id, records), "testnet", "http", "tcp"))
+    del records[ip_key(NS, M_IP)]
+    found = asyncio.run(list_services(_Reads(ALICE.node_id, records), NS, "http", "tcp"))
     assert [i.addr for i in found] == [A_IP]
 
 
@@ -254,9 +255,9 @@ def test_publisher_takes_its_first_free_slot_and_bounds_itself() -> None:
         dht = _Reads(ALICE.node_id, {})
         mine = allowed_slots(ALICE.node_id, "http", "tcp")
         # Another member holds our first slot: the next one is taken.
-        taken = service_key("testnet", "http", "tcp", mine[0])
+        taken = service_key(NS, "http", "tcp", mine[0])
         dht.records[taken] = _svc(MALLORY, ServiceValue(M_IP, 1), slot=mine[0])
-        pub = ServicePublisher(dht, "testnet", ttl=60)
+        pub = ServicePublisher(dht, NS, ttl=60)
         assert await pub.publish("http", "tcp", ServiceValue(A_IP, 8000)) == mine[1]
         # An update stays in its slot.
         assert await pub.publish("http", "tcp", ServiceValue(A_IP, 8001)) == mine[1]
@@ -268,7 +269,7 @@ def test_publisher_takes_its_first_free_slot_and_bounds_itself() -> None:
         with pytest.raises(PublishFailed, match="withdraw one first"):
             await pub.publish("onemore", "tcp", ServiceValue(A_IP, 1))
         assert await pub.withdraw("http", "tcp")
-        assert dht.deleted == [service_key("testnet", "http", "tcp", mine[1])]
+        assert dht.deleted == [service_key(NS, "http", "tcp", mine[1])]
         assert not await pub.withdraw("http", "tcp")
         await pub.withdraw_all()
         assert pub.published() == []

@@ -94,6 +94,7 @@ def _core() -> SimpleNamespace:
     punch.receive(
         CAROL, hello, symmetric=True, translated=True, public_host=None, endpoints=(), now=NOW
     )
+    identity = SimpleNamespace(trust=SimpleNamespace(crl_number=3))
     core = SimpleNamespace(
         local_id=ME,
         link=SimpleNamespace(
@@ -105,8 +106,10 @@ def _core() -> SimpleNamespace:
         stats=Counter({"shortcut_asked": 4}),
         stun=SimpleNamespace(drops=Counter({"stun_relayed": 1})),
         revocation=SimpleNamespace(drops=Counter({"crl_stale": 2}), stats=Counter({"sent": 6})),
+        network_crls=SimpleNamespace(drops=Counter(), stats=Counter()),
         birthday=punch,
-        identity=SimpleNamespace(trust=SimpleNamespace(crl_number=3)),
+        identity=identity,
+        member=identity,  # a network that is its own overlay: no network_crl.number
         shortcut_peers=lambda: {ERIN: NOW + 5, FRANK: NOW - 60},
     )
     core.public_view = lambda: NodeCore.public_view(core)  # type: ignore[arg-type]

@@ -24,8 +24,11 @@ from dnslib import DNSRecord
 from ipop.aio.dataplane import DROP_REASONS, LOCAL_BATCH, DataPlane, IoDrop
 from ipop.core import ROUTED_IP_MTU, NodeCore
 from ipop.dhcp_dns.services import TapServices, TapServicesRunner
+from ipop.identity import NetworkCA
 from ipop.link.pmtu import MAX_DATAGRAM
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
+from ipop.overlay.origin import ROUTED_OVERHEAD, ROUTED_SEALED_OVERHEAD
+from ipop.testing.identities import make_identity, make_network
 from ipop.testing.tcp import tcp_segment
 from ipop.tools.bench.dataplane_bench import (
     A_EP,
@@ -39,6 +42,7 @@ from ipop.tools.bench.dataplane_bench import (
     dataplane,
     fake_tap,
     linked_pair,
+    tap_frames,
 )
 from ipop.types import NodeId
 from ipop.vnet.filter import Drop, Verdict
@@ -89,12 +93,7 @@ def _ip(src: IPv4Address | str, dst: IPv4Address | str, body: bytes = b"x" * 20)
 
 
 def _tap_frames(kernel: socket.socket) -> list[bytes]:
-    frames = []
-    while True:
-        try:
-            frames.append(kernel.recv(65536))
-        except BlockingIOError:
-            return frames
+    return tap_frames(kernel)
 
 
 class Harness:
@@ -105,9 +104,10 @@ class Harness:
         lookups: Callable[[IPv4Address], Awaitable[NodeId | None]],
         *,
         vnet_hdr: bool = False,
+        ca: NetworkCA | None = None,
     ) -> None:
         self.now = time.time()
-        self.a, self.b = linked_pair(self.now)
+        self.a, self.b = linked_pair(self.now, ca)
         self.ours, self.kernel = fake_tap()
         self.dp: DataPlane = dataplane(
             self.b,
@@ -533,14 +533,19 @@ def test_a_batchs_tcp_segments_reach_a_vnet_tap_in_one_write() -> None:
 
 
 def test_a_packet_too_big_for_a_routed_path_is_answered_too() -> None:
-    """A node with no link to the destination routes: a signed routed message around a
-    1,400-byte packet is 1,542 bytes, more than a 1,500-byte hop carries (with DF it never
-    left). The inner sender gets ICMP 3/4 with what a routed message carries, both for the
-    packet held during the owner lookup and for the next one."""
+    """A node with no link to the destination routes: a routed message around a 1,400-byte
+    packet is more than a 1,500-byte hop carries (with DF it never left). The inner sender gets
+    ICMP 3/4 with what a routed message carries, both for the packet held during the owner
+    lookup and for the next one."""
 
     async def go() -> None:
-        lookups = Lookups({C_VIP: C_ID})
-        h = Harness(lookups)
+        ca = make_network("benchnet", now=time.time() - 60)
+        c = make_identity(ca, "c", now=time.time() - 60)
+        lookups = Lookups({C_VIP: c.node_id})
+        h = Harness(lookups, ca=ca)
+        # What the daemon's owner lookup hands the core with the owner (the record's
+        # certificate): routed IP leaves sealed, never in the clear.
+        assert h.b.learn_certificate(c.node_id, c.cert.der, now=h.now)
         try:
             sent = cast(SinkUdp, h.dp.udp).sent
             for inner in (1400, 1400, ROUTED_IP_MTU):
@@ -559,7 +564,9 @@ def test_a_packet_too_big_for_a_routed_path_is_answered_too() -> None:
             assert h.dp.counters["frag_needed_sent"] == 2
             assert h.b.stats["ip_too_big"] == 2 and h.b.stats["sent_routed"] == 1
             out = [len(d) for d, _ in h.b.datagrams_to_send(now=h.now)] + [len(d) for d, _ in sent]
-            assert max(out) == MAX_DATAGRAM  # the largest routed packet fills a hop, to the byte
+            # The largest routed packet fits a hop: sealed, with room for the signature that a
+            # route probe to a node whose certificate we lack carries instead.
+            assert max(out) == MAX_DATAGRAM - (ROUTED_OVERHEAD - ROUTED_SEALED_OVERHEAD)
         finally:
             h.close()
 

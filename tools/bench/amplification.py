@@ -51,8 +51,10 @@ from ipop.identity import NodeIdentity
 from ipop.overlay.messages import (
     KIND_BIRTHDAY,
     KIND_PING,
+    MAX_LINK_IDS,
     Alive,
     Closing,
+    LinkIds,
     Neighbours,
     Purpose,
     RelayDeliver,
@@ -219,6 +221,12 @@ def _neighbours_pull(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
     a.link.send(v.local_id, Neighbours(True, ()).encode(), now=wire.now)
 
 
+def _link_ids(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
+    """A says it holds links to 64 nodes (none of them real)."""
+    fake = [NodeId((k + 1) << 150) for k in range(MAX_LINK_IDS)]
+    a.link.send(v.local_id, LinkIds.of(fake).encode(), now=wire.now)
+
+
 def _alive_probe(wire: Wire, m: NodeCore, v: NodeCore, a: NodeCore) -> None:
     a.link.send(v.local_id, Alive(True, 7).encode(), now=wire.now)
 
@@ -294,6 +302,7 @@ ROWS: tuple[Row, ...] = (
     ),
     Row("NEIGHBOURS reply_wanted", _neighbours_pull, True, "per peer: 4 answers, then 1 per 0.5 s"),
     Row("ALIVE probe", _alive_probe, True, "1:1, the answer is the probe's size"),
+    Row("LINK_IDS (64 ids)", _link_ids, True, "no answer; kept per linked fast peer"),
     Row("RELAY_FORWARD (64 B)", _relay_forward, True, "1:1, to a linked member"),
     Row("RELAY_DELIVER (an Init)", _relay_deliver, True, "the link layer's Init handling"),
     Row("CLOSING", _closing, True, "one re-link; 58 CLOSINGs in 30 s caused 1.3 KB (<1x)"),

@@ -30,6 +30,7 @@ from typing import cast
 from ipop.aio.dataplane import DataPlane, UdpSocket
 from ipop.aio.stack import Node
 from ipop.core import NodeCore
+from ipop.identity import NetworkCA
 from ipop.link import fastpath
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.testing.identities import make_identity, make_network
@@ -53,6 +54,7 @@ class PlaneNode:
         self.node_id = core.local_id
         self.driver = None
         self.on_ip: Callable[[NodeId, bytes], None] | None = None
+        self.on_net_ip: Callable[[NodeId, bytes], None] | None = None
         self.punch_sink: Callable[[bytes, SocketPath], None] | None = None
 
     def send_batch_on_path(self, datagrams: list[bytes], path: SocketPath) -> None:
@@ -88,6 +90,16 @@ def fake_tap() -> tuple[socket.socket, socket.socket]:
     return ours, kernel
 
 
+def tap_frames(kernel: socket.socket) -> list[bytes]:
+    """Every frame waiting at the kernel's end of a :func:`fake_tap`."""
+    frames = []
+    while True:
+        try:
+            frames.append(kernel.recv(65536))
+        except BlockingIOError:
+            return frames
+
+
 def dataplane(
     core: NodeCore,
     tap_fd: int,
@@ -96,11 +108,15 @@ def dataplane(
     lookup_owner: Callable[[IPv4Address], Awaitable[NodeId | None]] = _no_owner,
     vnet_hdr: bool = False,
     runs: bool | None = None,
+    node: PlaneNode | None = None,
+    tag: bytes = b"",
+    primary: bool = True,
 ) -> DataPlane:
     """A DataPlane over ``core`` with a fake TAP and a :class:`SinkUdp` (call in a loop);
-    ``vnet_hdr``: as over a TAP opened with IFF_VNET_HDR."""
+    ``vnet_hdr``: as over a TAP opened with IFF_VNET_HDR; ``node``, ``tag``, ``primary``: one
+    of the planes of a node in several networks (DataPlane.join)."""
     dp = DataPlane(
-        cast(Node, PlaneNode(core)),
+        cast(Node, PlaneNode(core) if node is None else node),
         cast(UdpSocket, SinkUdp()),
         tap_fd,
         subnet=SUBNET,
@@ -109,13 +125,16 @@ def dataplane(
         clock=clock,
         vnet_hdr=vnet_hdr,
         runs=runs,
+        tag=tag,
+        primary=primary,
     )
     dp.set_link_layer(TAP_MAC, VIRTUAL_MAC)
     return dp
 
 
-def linked_pair(now: float) -> tuple[NodeCore, NodeCore]:
-    ca = make_network("benchnet", now=now - 60)
+def linked_pair(now: float, ca: NetworkCA | None = None) -> tuple[NodeCore, NodeCore]:
+    """Nodes a and b of ``ca`` (default: a new network's), linked in memory."""
+    ca = make_network("benchnet", now=now - 60) if ca is None else ca
     b = NodeCore(make_identity(ca, "b", now=now - 60), rng=random.Random(2), bootstrap=[])
     a = NodeCore(make_identity(ca, "a", now=now - 60), rng=random.Random(1), bootstrap=[B_EP])
     b.start(now=now)

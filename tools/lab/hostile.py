@@ -15,6 +15,11 @@ bounded in count:
   naming ``--reflect`` (an address that runs nothing) as the endpoint to contact;
 - **Init flood**: handshake-shaped garbage at ``--underlay`` endpoints.
 
+Across networks on a shared overlay (issue 17): ``--foreign NAME=VIP@NODEID`` names victims of
+another network that it knows of from outside its own DHT, and ``--foreign-namespace`` that
+network's DHT namespace; it then writes those victims' keys there, forges IP between them in
+their names and sends them IP from its own links, as above.
+
 What it sent is written to ``--report`` as JSON when it stops. Lab use only: the lab's tests
 start it in a namespace of their own instead of ``ipop.tools.ipopd``.
 """
@@ -36,7 +41,8 @@ from typing import Any
 
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.config import load_config
-from ipop.dht.record import Record, ip_key, key_id, name_key
+from ipop.dht.record import Record, ip_key, key_id, name_key, namespace_of, user_key
+from ipop.identity import NetworkCA
 from ipop.overlay.messages import (
     FLAG_EXACT,
     KIND_BIRTHDAY,
@@ -80,29 +86,37 @@ class Attacker:
             if vip is not None and owner is not None:
                 victims.append((name, vip, owner))
         self.sent["victims_found"] = len(victims)
+        victims += self.args.foreign
         deadline = time.monotonic() + self.args.duration
         expires = time.time() + 600
         eclipsers = []
         for name, vip, _ in victims[:2]:
-            for key, value in ((name_key(d.network, name), (d.vip or vip).packed),
-                               (ip_key(d.network, vip), b"")):  # fmt: skip
-                rec = Record.sign(node.identity, key, value, seq=1 << 20, expires_at=expires)
+            for key, value in ((name_key(d.namespace, name), (d.vip or vip).packed),
+                               (ip_key(d.namespace, vip), b"")):  # fmt: skip
+                rec = Record.sign(node.member, key, value, seq=1 << 20, expires_at=expires)
                 eclipsers.append(Eclipser(node, key_id(key), rec))
         for e in eclipsers:
             self._count("eclipse_plants", e.plant([v[2] for v in victims]))
         # Plain writes a modified build can make: others' keys, foreign keys, a second vIP.
         dht = node.dht
         spare = IPv4Address(int(d.subnet.network_address) + 4000)
+        # Another network's namespace (a CA of its own, same name or not): not ours to write.
+        foreign = namespace_of(NetworkCA.create("othernet", now=time.time()).trust)
         writes = [
-            ("dht_foreign_write", dht.put("othernet:name:x", b"y", 600)),
-            ("dht_second_vip", dht.create(ip_key(d.network, spare), b"", 600)),
+            ("dht_foreign_write", dht.put(name_key(foreign, "x"), b"y", 600)),
+            ("dht_second_vip", dht.create(ip_key(d.namespace, spare), b"", 600)),
         ]
+        theirs = self.args.foreign_namespace
+        for name, vip, _ in self.args.foreign if theirs is not None else ():
+            # Another network's keys of its members, signed with our own certificate.
+            writes.append(("dht_foreign_name_hijack", dht.put(name_key(theirs, name), _EVIL, 600)))
+            writes.append(("dht_foreign_vip_hijack", dht.create(ip_key(theirs, vip), b"", 600)))
         for name, vip, _ in victims:
-            writes.append(("dht_name_hijack", dht.put(name_key(d.network, name), _EVIL, 600)))
-            writes.append(("dht_vip_hijack", dht.create(ip_key(d.network, vip), b"", 600)))
+            writes.append(("dht_name_hijack", dht.put(name_key(d.namespace, name), _EVIL, 600)))
+            writes.append(("dht_vip_hijack", dht.create(ip_key(d.namespace, vip), b"", 600)))
         # A flood of writes of its own: replicas keep a quota of them (8 user keys).
         writes += [
-            ("dht_flood", dht.put(f"{d.network}:user:flood{i}", bytes(200), 600))
+            ("dht_flood", dht.put(user_key(d.namespace, f"flood{i}"), bytes(200), 600))
             for i in range(DHT_FLOOD)
         ]
         for what, write in writes:
@@ -177,14 +191,23 @@ def _endpoint(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _victim(text: str) -> tuple[str, IPv4Address, NodeId]:
+    """``NAME=VIP@NODEID`` (40 hex digits) of --foreign."""
+    name, _, rest = text.partition("=")
+    vip, _, node = rest.partition("@")
+    return name, IPv4Address(vip), NodeId(int(node, 16))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ipop-hostile", description=__doc__)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--victims", type=lambda s: s.split(","), required=True)
+    ap.add_argument("--victims", type=lambda s: [v for v in s.split(",") if v], required=True)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--reflect", type=_endpoint, default=None)
     ap.add_argument("--underlay", type=lambda s: [_endpoint(x) for x in s.split(",")], default=[])
     ap.add_argument("--report", type=Path, required=True)
+    ap.add_argument("--foreign", type=_victim, action="append", default=[])
+    ap.add_argument("--foreign-namespace", default=None)
     args = ap.parse_args(argv)
     if args.duration > 120:
         ap.error("--duration is bounded: at most 120 s")

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -129,6 +130,11 @@ class HostFiles:
     state_dir: Path
 
 
+def tap_name(index: int) -> str:
+    """A lab daemon's TAP for its ``index``-th network (0: its first; ``also``'s after)."""
+    return f"ipop{index}"
+
+
 class IpopNet:
     def __init__(
         self,
@@ -139,8 +145,29 @@ class IpopNet:
         log_level: str = "info",
         metrics: bool = False,
         web: bool = False,
+        overlay: str | None = None,
+        overlay_only: Collection[str] = (),
+        networks: Mapping[str, str] | None = None,
+        also: Mapping[str, Sequence[str]] | None = None,
+        subnets: Mapping[str, IPv4Network] | None = None,
     ) -> None:
+        """``overlay``: put the network on an overlay of that name with a CA of its own
+        (``ipop-config overlay init``), so every bundle holds two certificates;
+        ``overlay_only``: these hosts get overlay-only bundles (``ipop-config overlay node``):
+        they route, relay and store records, and hold no address; ``networks``: host -> the
+        network it is a member of, for hosts not in ``network`` (each such network is made on
+        the overlay with the same subnet: ranges of different networks may overlap); ``also``:
+        host -> more networks it is a member of at once (its one key certified in each with
+        ``ipop-config node --key``; a ``[[network]]`` table and a TAP ``ipop1``, ``ipop2``...
+        each); ``subnets``: network -> its range where it is not ``subnet`` (ranges apart)."""
+        if (overlay_only or networks or also) and overlay is None:
+            raise ValueError("overlay-only hosts and other networks need an overlay")
         self.lab = lab
+        self.overlay = overlay
+        self.overlay_only = frozenset(overlay_only)
+        self.networks = dict(networks or {})
+        self.also = {host: tuple(nets) for host, nets in (also or {}).items()}
+        self.subnets = dict(subnets or {})
         self.metrics = metrics
         self.web = web
         self.network = network
@@ -167,6 +194,13 @@ class IpopNet:
         if code != 0:
             raise RuntimeError(f"ipop-config {' '.join(argv)} failed: {err.getvalue().strip()}")
 
+    def revoke(self, network: str, name: str) -> str:
+        """Revoke host ``name``'s certificate of ``network`` (``ipop-config revoke``); the
+        network's new CRL, PEM, for ``ipop crl push``."""
+        out = self._home / f"{network}-crl.pem"
+        self._config_cli(["revoke", network, name, "--out", str(out)])
+        return out.read_text()
+
     def prepare(self, *, addressing: dict[str, str] | None = None) -> None:
         """CA, bundles and node configs for every host (``addressing``: host → "dhcp"), and
         the ipop bytecode the daemons load (:func:`compile_bytecode`).
@@ -182,14 +216,27 @@ class IpopNet:
             for stale in (f.config, f.bundle, f.log, f.socket):
                 stale.unlink(missing_ok=True)
         boots = [a for b in self.lab.bootstraps for a in ("--bootstrap", f"{b.ip}:{IPOP_PORT}")]
-        self._config_cli(["init", self.network, "--subnet", str(self.subnet), *boots])
+        on: list[str] = []
+        if self.overlay is not None:
+            self._config_cli(["overlay", "init", self.overlay])
+            on = ["--overlay", self.overlay]
+        more = {n for nets in self.also.values() for n in nets}
+        for net in sorted({self.network, *self.networks.values(), *more}):
+            subnet = self.subnets.get(net, self.subnet)
+            self._config_cli(["init", net, "--subnet", str(subnet), *boots, *on])
         for h in self.lab.hosts:
             f = self.files(h)
             # A router's certificate grants its LAN hosts' records (router.max_hosts' default).
             role = ["--router", "--max-hosts", "1024"] if self.lab.is_router(h) else []
-            self._config_cli(
-                ["node", self.network, h.name, "--hostname", h.name, "--out", str(f.bundle), *role]
-            )
+            if h.name in self.overlay_only:
+                assert self.overlay is not None
+                self._config_cli(
+                    ["overlay", "node", self.overlay, h.name, "--out", str(f.bundle), *boots]
+                )
+            else:
+                net = self.networks.get(h.name, self.network)
+                named = ["--hostname", h.name, "--out", str(f.bundle), *role]
+                self._config_cli(["node", net, h.name, *named])
             mode = (addressing or {}).get(h.name, "static")
             lines = [
                 f'bundle = "{f.bundle}"',
@@ -223,6 +270,11 @@ class IpopNet:
                     f'interface = "{CLUSTER_BRIDGE}"',
                     f"dhcp_lease_s = {ROUTER_DHCP_LEASE_S}",
                 ]
+            for i, other in enumerate(self.also.get(h.name, ()), start=1):
+                path = f.bundle.with_name(f"bundle-{other}.toml")
+                named = ["--hostname", h.name, "--key", str(f.bundle), "--out", str(path)]
+                self._config_cli(["node", other, h.name, *named])
+                lines += ["[[network]]", f'bundle = "{path}"', f'tap = "{tap_name(i)}"']
             f.config.write_text("\n".join([*lines, ""]))
         script = self.lab.workdir / "dhcp-script.sh"
         script.write_text(DHCP_SCRIPT)
@@ -315,13 +367,18 @@ class IpopNet:
                     st = self.status(h)
                 except ControlError:
                     continue
-                if st.self_.vip is not None:
+                if self._ready(st):
                     done[h.name] = (st, time.monotonic())
             time.sleep(POLL_S / 2)
         for h in hosts:
             if h.name not in done:
                 self.wait_ready(h, timeout_s=0.0)  # raises NotReady with the log tail
         return done
+
+    @staticmethod
+    def _ready(st: Status) -> bool:
+        """A member holds its vIP; an overlay-only node has joined the ring."""
+        return st.self_.vip is not None or (st.self_.overlay_only and st.self_.routable)
 
     def wait_ready(self, host: Host | str, *, timeout_s: float) -> Status:
         """Poll until ``host``'s daemon holds a virtual IP; :class:`NotReady` after the deadline."""
@@ -331,7 +388,7 @@ class IpopNet:
         while True:
             try:
                 st = self.status(h)
-                if st.self_.vip is not None:
+                if self._ready(st):
                     return st
                 last = "joined, no virtual IP yet" if st.self_.routable else "not routable yet"
             except ControlError as exc:

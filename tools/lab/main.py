@@ -83,18 +83,20 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
         return 1
     topo = _topology(args)
+    shared = _shared_overlay(args, {h.name for h in topo.hosts})
     lab = Lab(topo, workdir=workdir, prefix=args.prefix)
     lab.up()  # tears down by itself on failure or interrupt
     print(f"lab {lab.prefix} up ({len(lab.namespaces)} namespaces), state in {lab.state_path}")
     _print_hosts(lab)
     if args.no_daemons:
         return 0
-    net = IpopNet(lab, metrics=args.metrics, web=args.web)
+    net = IpopNet(lab, metrics=args.metrics, web=args.web, **shared)
     try:
         ready = net.up_all(timeout_s=30.0 + len(lab.hosts))
         for h in lab.hosts:
             st = ready[h.name][0]
-            print(f"  ipopd on {h.name:<10} {st.self_.vip:<16} {' '.join(st.self_.names)}")
+            vip = st.self_.vip or "overlay-only"
+            print(f"  ipopd on {h.name:<10} {vip:<16} {' '.join(st.self_.names)}")
         for p in lab.plain_hosts:
             net.start_plain(p)
         for p in lab.plain_hosts:
@@ -105,6 +107,33 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise
     print("try: ipop-lab exec HOST -- ping NAME.ipop   |   ipop-lab exec HOST -- ipop status")
     return 0
+
+
+def _shared_overlay(args: argparse.Namespace, hosts: set[str]) -> dict[str, Any]:
+    """IpopNet's shared-overlay arguments from ``--overlay``, ``--overlay-only`` and
+    ``--member-of`` (ConfigError naming the option for a host the topology lacks)."""
+    only = [h for h in args.overlay_only.split(",") if h]
+    member_of: dict[str, str] = {}
+    for item in (x for x in args.member_of.split(",") if x):
+        host, sep, network = item.partition("=")
+        if not sep or not network:
+            raise ConfigError("--member-of", f"{item!r} is not HOST=NETWORK", "e.g. a2=othernet")
+        member_of[host] = network
+    if (only or member_of) and args.overlay is None:
+        raise ConfigError(
+            "--overlay", "is missing", "name the overlay these hosts share, e.g. --overlay shared"
+        )
+    for option, named in (("--overlay-only", only), ("--member-of", list(member_of))):
+        unknown = sorted(set(named) - hosts)
+        if unknown:
+            raise ConfigError(
+                option,
+                f"no host {', '.join(unknown)} in the topology",
+                "name hosts of the topology (ipop-lab up --no-daemons lists them)",
+            )
+    if args.overlay is None:
+        return {}
+    return {"overlay": args.overlay, "overlay_only": only, "networks": member_of}
 
 
 def _topology(args: argparse.Namespace) -> Topology:
@@ -304,6 +333,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--web",
         action="store_true",
         help="every daemon serves its status page and map on 127.0.0.1:9581 in its namespace",
+    )
+    p.add_argument(
+        "--overlay",
+        metavar="NAME",
+        help="put the network on a shared overlay of this name, with a CA of its own",
+    )
+    p.add_argument(
+        "--overlay-only",
+        default="",
+        metavar="HOSTS",
+        help="HOST,... that run overlay-only nodes (route, relay, store; no address)",
+    )
+    p.add_argument(
+        "--member-of",
+        default="",
+        metavar="HOST=NET,...",
+        help="HOST=NETWORK,... members of other networks on the overlay (same subnet)",
     )
     p.set_defaults(func=cmd_up)
 

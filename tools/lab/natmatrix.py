@@ -6,7 +6,10 @@ of those kinds (or public, for "none"). Once both daemons hold an address, ``x``
 ``y.ipop`` every 50 ms while ``x``'s ``ipop status`` is polled for the path it holds to ``y``;
 the row reports whether ``y`` was reachable, whether the path became direct (and whether the
 measured punching results say it should), the seconds from the first ping until the path was
-direct, the RTT of the replies before and after that moment, and the pings lost.
+direct, the RTT of the replies before and after that moment, and the pings lost. ``path`` is the
+link ``x`` settled on: where the train ended with no link yet (routed over the ring while the
+relay forms, ``OVERLAY_RELAY_AFTER_S`` after the attempts began, later on a loaded machine),
+status is polled until a link is up or SETTLE_S has passed.
 
 With three nodes, ``x`` and ``y`` are ring neighbours: they try to link while joining, before the
 first ping, so ``time_to_direct_s`` is usually 0 here; a pair that cannot punch stays relayed
@@ -39,6 +42,10 @@ KINDS = NAT_KINDS
 PINGS = 60
 INTERVAL_S = 0.05
 READY_S = 30.0
+# How long after the ping train a pair with no link yet may take to settle on one: the relay
+# starts 2 s after the direct attempts (5 s for the end that yields) and needs a few round
+# trips through the bootstrap; a loaded machine adds its scheduling delays.
+SETTLE_S = 15.0
 _REPLY = re.compile(r"^\[([0-9.]+)\].*icmp_seq=(\d+).*time=([0-9.]+) ms")
 _SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
 
@@ -82,7 +89,27 @@ def measure_pair(a: str, b: str, *, workdir: Path) -> dict[str, Any]:
         watched = watch_pings(net, "x", "y.ipop", y_id, count=PINGS, interval_s=INTERVAL_S)
         del watched["replies"]  # the matrix keeps the summary; the demo shows the replies
         row.update(watched)
+        if row["path"] not in ("direct", "relayed"):
+            row["path"], row["why"] = settled_path(net, "x", y_id, timeout_s=SETTLE_S)
     return row
+
+
+def settled_path(
+    net: IpopNet, src: str, peer_id: str, *, timeout_s: float
+) -> tuple[str | None, str | None]:
+    """The path ``src`` holds to ``peer_id`` once it has a link (direct or relayed), or what it
+    holds at the deadline; with status's reason when not direct."""
+    deadline = time.monotonic() + timeout_s
+    path: str | None = None
+    why: str | None = None
+    while True:
+        path, why = None, None
+        for p in net.status(src).peers:
+            if p.node_id == peer_id:
+                path, why = p.path, p.why
+        if path in ("direct", "relayed") or time.monotonic() >= deadline:
+            return path, (why if path != "direct" else None)
+        time.sleep(0.1)
 
 
 def watch_pings(
