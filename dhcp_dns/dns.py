@@ -49,6 +49,15 @@ zones RA says whether an upstream is set, so a REFUSED sends them on to the usua
 :attr:`DnsResolver.latency` keeps a histogram of query-to-answer times and the recent ones
 for percentiles; drops are counted by reasons of :data:`DROP_REASONS`.
 
+Other zones (``other_zones``): a daemon in several networks answers, at each network's gateway,
+the other networks' suffixes too, each name in its own network (its subnet, its lookup, its
+cache): a host whose resolv.conf names one gateway resolves every network it is in, as a
+ZeroTier or tinc host in two networks does. Only this host's own kernel reaches a gateway (the
+TAP is the daemon's alone; the overlay never delivers to a gateway address), so no member of
+one network learns another's names this way. The longest suffix that matches wins; a zone
+whose suffix another zone already has is left out (:attr:`DnsResolver.shadowed`): its names
+are asked at its own gateway.
+
 Time (``now``) comes from the caller; there is no I/O here: :mod:`ipop.dhcp_dns.services` moves the
 bytes and runs the lookups.
 """
@@ -59,7 +68,7 @@ import bisect
 import collections
 import itertools
 import struct
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Final, NamedTuple
@@ -83,6 +92,7 @@ __all__ = [
     "LookupAnswer",
     "NeedsLookup",
     "Waiting",
+    "Zone",
     "rcode_name",
 ]
 
@@ -162,6 +172,22 @@ class LatencyHistogram:
 
 
 @dataclass(frozen=True, slots=True)
+class Zone:
+    """A network's names: ``<name>.<suffix>`` for the addresses of ``subnet``."""
+
+    suffix: str
+    subnet: IPv4Network
+
+    @property
+    def labels(self) -> tuple[bytes, ...]:
+        """The suffix's labels, lower case (:class:`LocalProtocolError` if it has none)."""
+        labels = tuple(lbl.encode("ascii") for lbl in self.suffix.lower().split(".") if lbl)
+        if not labels:
+            raise LocalProtocolError(f"suffix {self.suffix!r} has no labels")
+        return labels
+
+
+@dataclass(frozen=True, slots=True)
 class DnsAnswer:
     """The reply to send back to the client."""
 
@@ -171,10 +197,12 @@ class DnsAnswer:
 @dataclass(frozen=True, slots=True)
 class NeedsLookup:
     """Resolve ``name`` (hostname or <host>.<router>, lower case; or a service,
-    ``_<name>._<proto>``: list its instances); then ``complete(token, answer)``."""
+    ``_<name>._<proto>``: list its instances) in zone ``zone`` (0: the resolver's own, ``i``:
+    its ``other_zones[i - 1]``); then ``complete(token, answer)``."""
 
     token: int
     name: str
+    zone: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +292,7 @@ class _Lookup:
     """A name lookup in flight, with the queries waiting for its answer."""
 
     name: str
+    zone: int
     since: float
     # (client, query id) -> waiter: a retransmitted query adds no second waiter.
     waiters: dict[tuple[Hashable, int], _Waiter] = field(default_factory=dict)
@@ -281,6 +310,7 @@ class DnsResolver:
         subnet: IPv4Network,
         *,
         suffix: str = "ipop",
+        other_zones: Sequence[Zone] = (),
         upstream: bool = False,
         ttl: int = 60,
         negative_ttl: int = 1,
@@ -289,11 +319,20 @@ class DnsResolver:
         max_waiters: int = 8192,
         cache_size: int = 1024,
     ) -> None:
-        labels = tuple(lbl for lbl in suffix.lower().strip(".").split(".") if lbl)
-        if not labels:
-            raise LocalProtocolError(f"suffix {suffix!r} has no labels")
+        own = Zone(suffix, subnet)
         self.subnet = subnet
-        self.suffix = ".".join(labels)
+        self.suffix = b".".join(own.labels).decode("ascii")
+        # Index i of a zone is what NeedsLookup.zone names; a suffix already taken is skipped.
+        self.zones: tuple[Zone, ...] = (Zone(self.suffix, subnet), *other_zones)
+        self.shadowed: tuple[Zone, ...] = ()
+        # (labels, zone index), longest suffix first: the one a name matches is the nearest.
+        matching: dict[tuple[bytes, ...], int] = {}
+        for i, zone in enumerate(self.zones):
+            if zone.labels in matching:
+                self.shadowed += (zone,)
+            else:
+                matching[zone.labels] = i
+        self._matching = sorted(matching.items(), key=lambda m: -len(m[0]))
         self.upstream = upstream
         self.ttl = ttl
         self.negative_ttl = negative_ttl
@@ -306,12 +345,11 @@ class DnsResolver:
         self.stats: collections.Counter[str] = collections.Counter()
         self.answers: collections.Counter[str] = collections.Counter()  # by rcode name
         self.latency = LatencyHistogram()
-        self._suffix = tuple(lbl.encode("ascii") for lbl in labels)
         self._tokens = itertools.count(1)
         self._lookups: dict[int, _Lookup] = {}  # token -> lookup in flight
-        self._by_name: dict[str, int] = {}  # name -> token of its lookup in flight
+        self._by_name: dict[tuple[int, str], int] = {}  # (zone, name) -> token of its lookup
         self._waiting = 0
-        self._cache: collections.OrderedDict[str, tuple[LookupAnswer, float]] = (
+        self._cache: collections.OrderedDict[tuple[int, str], tuple[LookupAnswer, float]] = (
             collections.OrderedDict()
         )
 
@@ -357,17 +395,18 @@ class DnsResolver:
         (a service's instances), or None if unknown. Each reply comes with the ``client`` its
         query came with."""
         lookup = self._finish(token)
+        subnet = self.zones[lookup.zone].subnet
         if isinstance(ip, tuple):
-            inside = tuple(v for v in ip if v.addr in self.subnet)
+            inside = tuple(v for v in ip if v.addr in subnet)
             if len(inside) != len(ip):
                 self._drop("dns_lookup_outside_subnet")
             ip = inside or None
-        elif ip is not None and ip not in self.subnet:
+        elif ip is not None and ip not in subnet:
             self._drop("dns_lookup_outside_subnet")
             ip = None
-        self._remember(lookup.name, ip, lookup.since)
-        answer = ip
-        return self._reply_all(lookup, now, lambda w: self._answer(w.query, w.qtype, answer))
+        self._remember((lookup.zone, lookup.name), ip, lookup.since)
+        answer, zone = ip, lookup.zone
+        return self._reply_all(lookup, now, lambda w: self._answer(w.query, w.qtype, answer, zone))
 
     def fail(self, token: int, *, now: float) -> list[tuple[Hashable, bytes]]:
         """SERVFAIL for every query waiting on ``token`` (the lookup errored; nothing cached)."""
@@ -387,7 +426,7 @@ class DnsResolver:
         lookup = self._lookups.pop(token, None)
         if lookup is None:
             raise LocalProtocolError(f"no pending DNS lookup {token}")
-        del self._by_name[lookup.name]
+        del self._by_name[lookup.zone, lookup.name]
         self._waiting -= len(lookup.waiters)
         return lookup
 
@@ -408,14 +447,15 @@ class DnsResolver:
             return DnsAnswer(self._reply(query, _RCODE_FORMERR, aa=False))
         q = query
         labels = tuple(map(bytes.lower, query.labels))
-        n = len(self._suffix)
-        if labels[-n:] == self._suffix and len(labels) >= n:
-            if q.qclass not in (_CLASS_IN, _CLASS_ANY):
-                return DnsAnswer(self._reply(query, _RCODE_REFUSED, aa=False))
-            return self._in_zone(query, labels[:-n], q.qtype, now, client)
+        for suffix, zone in self._matching:
+            n = len(suffix)
+            if labels[-n:] == suffix and len(labels) >= n:
+                if q.qclass not in (_CLASS_IN, _CLASS_ANY):
+                    return DnsAnswer(self._reply(query, _RCODE_REFUSED, aa=False))
+                return self._in_zone(query, labels[:-n], q.qtype, now, client, zone)
         reverse = self._reverse(labels)
         if reverse is not None:
-            return DnsAnswer(self._ptr(query, q.qtype, reverse))
+            return DnsAnswer(self._ptr(query, q.qtype, *reverse))
         if self.upstream:
             return Forward(bytes(data))
         return DnsAnswer(self._reply(query, _RCODE_REFUSED, aa=False, ra=False))
@@ -427,6 +467,7 @@ class DnsResolver:
         qtype: int,
         now: float,
         client: Hashable,
+        zone: int,
     ) -> DnsOutcome:
         if not rel:
             return DnsAnswer(self._reply(query, _RCODE_NOERROR))  # the zone apex exists
@@ -439,21 +480,22 @@ class DnsResolver:
         service = len(rel) == 2 and rel[0][:1] == b"_" and rel[1] in _SERVICE_PROTOS
         # A name cached or in flight was checked when it came first: skip the regexes (a
         # burst of queries for a few names is the case that must be cheap).
-        token = self._by_name.get(label)
-        cached = self._cache.get(label) if token is None else None
+        name = (zone, label)
+        token = self._by_name.get(name)
+        cached = self._cache.get(name) if token is None else None
         if cached is not None:
             if cached[1] > now:
                 self.stats["cache_hits"] += 1
-                return DnsAnswer(self._answer(query, qtype, cached[0]))
-            del self._cache[label]
+                return DnsAnswer(self._answer(query, qtype, cached[0], zone))
+            del self._cache[name]
         if token is None:
             if service:
                 if validate_service_name(label[1:].partition(".")[0]) is not None:
                     return DnsAnswer(self._reply(query, _RCODE_NXDOMAIN))
             else:
-                addr = parse_c_name(label, self.subnet)
+                addr = parse_c_name(label, self.zones[zone].subnet)
                 if addr is not None:
-                    return DnsAnswer(self._answer(query, qtype, addr))
+                    return DnsAnswer(self._answer(query, qtype, addr, zone))
                 # A member's hostname, or a router's LAN host: <host>.<router hostname>.
                 if not is_name(label):
                     return DnsAnswer(self._reply(query, _RCODE_NXDOMAIN))
@@ -474,12 +516,12 @@ class DnsResolver:
             self._lookups[token].waiters[key] = waiter
             return Waiting(token)
         token = next(self._tokens)
-        self._lookups[token] = _Lookup(label, now, {key: waiter})
-        self._by_name[label] = token
+        self._lookups[token] = _Lookup(label, zone, now, {key: waiter})
+        self._by_name[name] = token
         self.stats["lookups"] += 1
-        return NeedsLookup(token, label)
+        return NeedsLookup(token, label, zone)
 
-    def _remember(self, name: str, ip: LookupAnswer, since: float) -> None:
+    def _remember(self, name: tuple[int, str], ip: LookupAnswer, since: float) -> None:
         if ip is None:
             ttl = self.negative_ttl
         else:
@@ -489,8 +531,9 @@ class DnsResolver:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _reverse(self, labels: tuple[bytes, ...]) -> IPv4Address | None:
-        """The subnet address a full ``d.c.b.a.in-addr.arpa`` name stands for, else None."""
+    def _reverse(self, labels: tuple[bytes, ...]) -> tuple[IPv4Address, int] | None:
+        """The address a full ``d.c.b.a.in-addr.arpa`` name stands for and the first zone
+        whose subnet holds it (ranges of networks may overlap: our own comes first)."""
         if len(labels) != 6 or labels[4:] != (b"in-addr", b"arpa"):
             return None
         try:
@@ -501,33 +544,39 @@ class DnsResolver:
         if any(o > 255 or str(o).encode() != s for o, s in zip(octets, labels[3::-1], strict=True)):
             return None
         addr = IPv4Address(bytes(octets))
-        return addr if addr in self.subnet else None
+        for i, zone in enumerate(self.zones):
+            if addr in zone.subnet and zone not in self.shadowed:
+                return addr, i
+        return None
 
     # Replies are packed by hand: dnslib's RR/pack took ~50 us a reply, half the CPU of a
     # 1,000-query burst; these take a few. The question is echoed as the client wrote it.
 
-    def _ptr(self, query: _Query, qtype: int, addr: IPv4Address) -> bytes:
+    def _ptr(self, query: _Query, qtype: int, addr: IPv4Address, zone: int) -> bytes:
         answers = b""
         if qtype in (_QTYPE_PTR, _QTYPE_ANY):
-            target = _pack_name(f"{c_name(addr)}.{self.suffix}".encode("ascii").split(b"."))
+            name = [c_name(addr).encode("ascii"), *self.zones[zone].labels]
+            target = _pack_name(name)
             answers = _RR.pack(_QNAME_PTR, _QTYPE_PTR, _CLASS_IN, self.ttl, len(target)) + target
         return self._pack(query, _RCODE_NOERROR, aa=True, ra=True, answers=answers)
 
-    def _answer(self, query: _Query, qtype: int, addr: LookupAnswer) -> bytes:
+    def _answer(self, query: _Query, qtype: int, addr: LookupAnswer, zone: int) -> bytes:
         if addr is None:
             return self._reply(query, _RCODE_NXDOMAIN)
         if isinstance(addr, tuple):
-            return self._services(query, qtype, addr)
+            return self._services(query, qtype, addr, len(self.zones[zone].labels))
         answers = b""
         if qtype in (_QTYPE_A, _QTYPE_ANY):
             answers = _RR.pack(_QNAME_PTR, _QTYPE_A, _CLASS_IN, self.ttl, 4) + addr.packed
         return self._pack(query, _RCODE_NOERROR, aa=True, ra=True, answers=answers)
 
-    def _services(self, query: _Query, qtype: int, found: tuple[ServiceValue, ...]) -> bytes:
+    def _services(
+        self, query: _Query, qtype: int, found: tuple[ServiceValue, ...], suffix_labels: int
+    ) -> bytes:
         """SRV and TXT answers for a service's instances, the targets' A records added."""
         assert query.labels is not None  # only questions in the zone get here
         # Targets end in a pointer to the suffix as the question wrote it (compression).
-        offset = 12 + sum(1 + len(lbl) for lbl in query.labels[: -len(self._suffix)])
+        offset = 12 + sum(1 + len(lbl) for lbl in query.labels[:-suffix_labels])
         suffix_ptr = (0xC000 | offset).to_bytes(2, "big")
         ttl = self.service_ttl
         records: list[bytes] = []

@@ -28,7 +28,7 @@ import itertools
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Final, NamedTuple
@@ -91,10 +91,12 @@ _IP_MF_OFFSET = 0x3FFF  # more-fragments bit and fragment offset
 
 @dataclass(frozen=True, slots=True)
 class LookupWanted:
-    """Resolve hostname ``name`` and call ``complete_lookup(token, ip)``."""
+    """Resolve hostname ``name`` in zone ``zone`` (:class:`ipop.dhcp_dns.dns.NeedsLookup`)
+    and call ``complete_lookup(token, ip)``."""
 
     token: int
     name: str
+    zone: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +266,7 @@ class TapServices:
         if isinstance(outcome, DnsAnswer):
             self._reply(client, outcome.data, now)
         elif isinstance(outcome, NeedsLookup):
-            self._lookups.append(LookupWanted(outcome.token, outcome.name))
+            self._lookups.append(LookupWanted(outcome.token, outcome.name, outcome.zone))
         elif isinstance(outcome, Forward):
             if len(self._fwd_clients) >= self.max_forwards:
                 self.count_drop("dns_too_many_forwards")
@@ -414,8 +416,9 @@ class TapServicesRunner:
     """Drives :class:`TapServices` from asyncio: writes replies, runs lookups and forwards.
 
     ``write_frame`` writes one frame into the TAP; ``lookup`` resolves a hostname (None if
-    unknown) or lists a service ``_<name>._<proto>`` (its instances); ``upstream`` is the
-    resolver queries outside the suffix go to. ``on_event``
+    unknown) or lists a service ``_<name>._<proto>`` (its instances); ``other_lookups`` do
+    the same in the resolver's other zones, in their order; ``upstream`` is the
+    resolver queries outside the suffixes go to. ``on_event``
     receives DHCP events after each frame. At most ``max_tasks`` lookups and forwards run at
     once; beyond that a lookup gets SERVFAIL and a forward is dropped.
     """
@@ -427,6 +430,7 @@ class TapServicesRunner:
         lookup: Callable[[str], Awaitable[LookupAnswer]],
         upstream: tuple[str, int] | None,
         *,
+        other_lookups: Sequence[Callable[[str], Awaitable[LookupAnswer]]] = (),
         on_event: Callable[[DhcpEvent], None] | None = None,
         lookup_timeout_s: float = 3.0,
         forward_timeout_s: float = 3.0,
@@ -435,7 +439,10 @@ class TapServicesRunner:
     ) -> None:
         self.services = services
         self._write = write_frame
-        self._lookup = lookup
+        self._lookups = (lookup, *other_lookups)  # by zone
+        zones = services.dns.zones if services.dns is not None else ()
+        if len(zones) > len(self._lookups):
+            raise LocalProtocolError(f"{len(zones)} DNS zones, {len(self._lookups)} lookups")
         self._upstream = upstream
         self._on_event = on_event
         self.lookup_timeout_s = lookup_timeout_s
@@ -484,7 +491,7 @@ class TapServicesRunner:
             # asyncio.timeout, not wait_for: wait_for runs the lookup in a task of its own,
             # one more loop pass (a burst's worth of queries read) before its first message.
             async with asyncio.timeout(self.lookup_timeout_s):
-                ip = await self._lookup(item.name)
+                ip = await self._lookups[item.zone](item.name)
         except asyncio.CancelledError:
             raise
         except Exception:  # the lookup failed or timed out: the client hears SERVFAIL

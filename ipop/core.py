@@ -104,13 +104,13 @@ _FIRST_BYTE = operator.itemgetter(0)
 _SECOND_BYTE = operator.itemgetter(1)
 
 
-def _all_of_kind(messages: list[bytes], kind: int) -> bool:
-    """Every one of ``messages`` (DIRECT) has a kind byte, and it is ``kind``."""
+def _all_of_kinds(messages: list[bytes], kinds: tuple[int, ...]) -> bool:
+    """Every one of ``messages`` (DIRECT) has a kind byte, and it is one of ``kinds``."""
     try:
-        kinds = bytes(map(_SECOND_BYTE, messages))
+        got = bytes(map(_SECOND_BYTE, messages))
     except IndexError:  # a bare DIRECT type byte: the one-by-one path's
         return False
-    return kinds.count(kind) == len(kinds)
+    return not got.translate(None, bytes(kinds))  # (in C: nothing left once they go)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,20 +402,27 @@ class NodeCore:
         return sealed
 
     def receive_direct(
-        self, data: bytes, path: Path, *, now: float, kind: int
+        self, data: bytes, path: Path, *, now: float, kind: int, also: int | None = None
     ) -> tuple[NodeId, bytes] | None:
-        """:meth:`receive_datagram`, except that a DIRECT message of upper-layer ``kind`` from a
-        linked peer is returned as ``(peer, message)`` (``message`` still starts with the two
-        DIRECT bytes) instead of becoming a Delivered event. Everything else takes the usual
-        path (None). Call :meth:`flush` after a batch.
+        """:meth:`receive_datagram`, except that a DIRECT message of upper-layer ``kind`` (or
+        ``also``: KIND_IP_NET for a daemon in several networks) from a linked peer is returned
+        as ``(peer, message)`` (``message`` still starts with the two DIRECT bytes) instead of
+        becoming a Delivered event. Everything else takes the usual path (None). Call
+        :meth:`flush` after a batch.
         """
+        kinds = (kind,) if also is None else (kind, also)
+        return self._direct_one(data, path, now=now, kinds=kinds)
+
+    def _direct_one(
+        self, data: bytes, path: Path, *, now: float, kinds: tuple[int, ...]
+    ) -> tuple[NodeId, bytes] | None:
         if data and data[0] < 4:  # STUN (RFC 7983 demultiplexing): not for the link layer
             self._stun_in(data, path, now)
             return None
-        return self._open_one(data, path, now=now, kind=kind)
+        return self._open_one(data, path, now=now, kinds=kinds)
 
     def _open_one(
-        self, data: bytes, path: Path, *, now: float, kind: int
+        self, data: bytes, path: Path, *, now: float, kinds: tuple[int, ...]
     ) -> tuple[NodeId, bytes] | None:
         """:meth:`receive_direct` of a link datagram (a relayed link's come here straight, as
         the slow path feeds them to the link layer: no STUN inside a relay)."""
@@ -427,7 +434,7 @@ class NodeCore:
         if (
             payload[0] == TYPE_DIRECT
             and len(payload) > 1
-            and payload[1] == kind
+            and payload[1] in kinds
             and self.overlay.is_linked(peer)  # what the overlay checks first
         ):
             return got
@@ -464,14 +471,21 @@ class NodeCore:
         return sealed
 
     def receive_direct_run(
-        self, datagrams: list[bytes], path: Path, *, now: float, kind: int
+        self,
+        datagrams: list[bytes],
+        path: Path,
+        *,
+        now: float,
+        kind: int,
+        also: int | None = None,
     ) -> list[tuple[NodeId, bytes]]:
         """:meth:`receive_direct` for every datagram of ``datagrams`` (one path), in order:
-        the DIRECT messages of ``kind`` it would have returned, in that order. Runs under one
-        key are opened in one native call (:meth:`LinkLayer.open_run`); the rest go through
-        :meth:`receive_direct` one by one. Call :meth:`flush` after a batch."""
+        the DIRECT messages of ``kind`` (or ``also``) it would have returned, in that order.
+        Runs under one key are opened in one native call (:meth:`LinkLayer.open_run`); the
+        rest go through :meth:`receive_direct` one by one. Call :meth:`flush` after a batch."""
         out: list[tuple[NodeId, bytes]] = []
-        self._open_runs(datagrams, path, now, kind, out, self.receive_direct)
+        kinds = (kind,) if also is None else (kind, also)
+        self._open_runs(datagrams, path, now, kinds, out, self._direct_one)
         return out
 
     def _open_runs(
@@ -479,25 +493,25 @@ class NodeCore:
         datagrams: list[bytes],
         path: Path,
         now: float,
-        kind: int,
+        kinds: tuple[int, ...],
         out: list[tuple[NodeId, bytes]],
         one: Callable[..., tuple[NodeId, bytes] | None],
     ) -> None:
         """Open ``datagrams`` (one path) in runs, ``one`` for those a run does not take; the
-        DIRECT messages of ``kind`` go to ``out``. A run's RELAY_FORWARD and RELAY_DELIVER
+        DIRECT messages of ``kinds`` go to ``out``. A run's RELAY_FORWARD and RELAY_DELIVER
         messages are handled a run at a time too (:meth:`_relay_run`)."""
         open_run = self.link.open_run
         i, n = 0, len(datagrams)
         while i < n:
             run = open_run(datagrams, i, path, now=now)
             if run is None:
-                got = one(datagrams[i], path, now=now, kind=kind)
+                got = one(datagrams[i], path, now=now, kinds=kinds)
                 if got is not None:
                     out.append(got)
                 i += 1
                 continue
             peer, i, payloads = run
-            self._opened(peer, payloads, path, now, kind, out)
+            self._opened(peer, payloads, path, now, kinds, out)
 
     def _opened(
         self,
@@ -505,11 +519,11 @@ class NodeCore:
         payloads: list[bytes],
         path: Path,
         now: float,
-        kind: int,
+        kinds: tuple[int, ...],
         out: list[tuple[NodeId, bytes]],
         relay: NodeId | None = None,
     ) -> None:
-        """The payloads a run opened from ``peer`` on ``path``: DIRECT messages of ``kind``
+        """The payloads a run opened from ``peer`` on ``path``: DIRECT messages of ``kinds``
         to ``out``, RELAY_FORWARD and RELAY_DELIVER a run at a time (:meth:`_relay_run`),
         probes to the link layer in their place (:meth:`LinkLayer.probe_in`), the rest as
         one by one.
@@ -533,9 +547,9 @@ class NodeCore:
             if relay is not None:
                 overlay.hop_heard(relay, now=now)
             if tag in (TYPE_RELAY_FORWARD, TYPE_RELAY_DELIVER):
-                self._relay_run(peer, run, now, kind, out)
+                self._relay_run(peer, run, now, kinds, out)
                 linked = overlay.is_linked(peer)
-            elif tag == TYPE_DIRECT and linked and _all_of_kind(run, kind):
+            elif tag == TYPE_DIRECT and linked and _all_of_kinds(run, kinds):
                 out.extend(zip(repeat(peer), run))
                 if relay is not None:
                     overlay.direct_heard(peer, now=now)
@@ -543,7 +557,7 @@ class NodeCore:
                 for i, payload in enumerate(run):
                     if i and relay is not None:
                         overlay.hop_heard(relay, now=now)
-                    if linked and tag == TYPE_DIRECT and len(payload) > 1 and payload[1] == kind:
+                    if linked and tag == TYPE_DIRECT and len(payload) > 1 and payload[1] in kinds:
                         out.append((peer, payload))
                         if relay is not None:
                             overlay.direct_heard(peer, now=now)
@@ -560,7 +574,7 @@ class NodeCore:
         peer: NodeId,
         payloads: list[bytes],
         now: float,
-        kind: int,
+        kinds: tuple[int, ...],
         out: list[tuple[NodeId, bytes]],
     ) -> None:
         """Relay messages of one type from ``peer`` (:meth:`OverlayNode.relay_run`): as the
@@ -572,14 +586,14 @@ class NodeCore:
         def take(payloads: list[bytes], start: int, path: RelayPath, head: bytes) -> int:
             run = self.link.open_run(payloads, start, path, now=now, head=head)
             if run is None:
-                got = self._open_one(payloads[start][len(head) :], path, now=now, kind=kind)
+                got = self._open_one(payloads[start][len(head) :], path, now=now, kinds=kinds)
                 if got is not None:
                     out.append(got)
                     overlay.direct_heard(got[0], now=now)  # (the event path's overlay's)
                 return start + 1
             origin, stop, opened = run
             if opened:
-                self._opened(origin, opened, path, now, kind, out, peer)
+                self._opened(origin, opened, path, now, kinds, out, peer)
             return stop
 
         overlay.relay_run(peer, payloads, now=now, take=take)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ from ipop.aio.sysdns import system_dns_for
 from ipop.bundle import Bundle, load_bundle
 from ipop.config import MetricsConfig, NodeConfig, WebConfig, load_config
 from ipop.dhcp_dns.dhcp import DhcpServer
-from ipop.dhcp_dns.dns import DnsResolver
+from ipop.dhcp_dns.dns import DnsResolver, Zone
 from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.errors import ConfigError
 from ipop.promtext import CONTENT_TYPE
@@ -32,6 +33,8 @@ from ipop.tools import save_tables
 
 if TYPE_CHECKING:
     from ipop.aio.localhttp import LocalHttpServer
+
+log = logging.getLogger("ipopd")
 
 _LEVELS = {
     "error": logging.ERROR,
@@ -58,10 +61,13 @@ class NodeServices:
 
     The only DHCP client on a node's TAP is its own kernel: it gets the DHT-allocated address
     once the daemon has it (``address_assigned``); until then its DISCOVERs go unanswered and
-    are retransmitted, as RFC 2131 clients do.
+    are retransmitted, as RFC 2131 clients do. ``others``: the daemon's other networks, whose
+    names this gateway answers too (:class:`ipop.dhcp_dns.dns.Zone`), each in its own network.
     """
 
-    def __init__(self, daemon: ServedSide, cfg: NodeConfig) -> None:
+    def __init__(
+        self, daemon: ServedSide, cfg: NodeConfig, others: Sequence[ServedSide] = ()
+    ) -> None:
         self.daemon = daemon
         self.dhcp_mode = cfg.tap.addressing == "dhcp"
         gateway = daemon.gateway
@@ -79,15 +85,31 @@ class NodeServices:
             )
             if self.dhcp_mode
             else None,
-            dns=DnsResolver(daemon.subnet, suffix=daemon.suffix, upstream=upstream is not None)
+            dns=DnsResolver(
+                daemon.subnet,
+                suffix=daemon.suffix,
+                other_zones=[Zone(o.suffix, o.subnet) for o in others],
+                upstream=upstream is not None,
+            )
             if cfg.dns.enabled
             else None,
         )
+        if self.services.dns is not None:
+            for zone in self.services.dns.shadowed:
+                log.warning(
+                    "event=dns_suffix_shared gateway=%s suffix=%s subnet=%s: names under it "
+                    "are this network's here; the other network's are answered at its own "
+                    "gateway (give the networks distinct suffixes to resolve both anywhere)",
+                    gateway,
+                    zone.suffix,
+                    zone.subnet,
+                )
         self.runner = TapServicesRunner(
             self.services,
             daemon.write_frame,
             daemon.dns_lookup,
             (upstream.host, upstream.port) if upstream is not None else None,
+            other_lookups=[o.dns_lookup for o in others],
         )
 
     def feed(self, frame: bytes, *, now: float) -> bool:
@@ -304,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         daemon = Daemon(
             bundle,
             settings,
-            services=lambda d: NodeServices(d, cfg),
+            # Each network's gateway also answers the daemon's other networks' names.
+            services=lambda d: NodeServices(
+                d, cfg, [o for o in daemon.served_sides() if o is not d]
+            ),
             system_dns=system_dns,
             networks=networks,
         )

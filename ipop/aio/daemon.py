@@ -501,11 +501,14 @@ class Daemon:
 
     async def _register_dns(self) -> None:
         """Route the suffix (and the subnet's reverse zones) from the host's resolver to our
-        gateway. A failure leaves nothing registered and is logged: names still resolve by
-        asking the gateway directly, so the node keeps running."""
+        gateway; in several networks, the other networks' too: our gateway answers each (the
+        composition root's services; a name's network is its suffix's). A failure leaves
+        nothing registered and is logged: names still resolve by asking the gateway
+        directly, so the node keeps running."""
         if self.system_dns is None or self.tap is None:
             return
-        domains = routing_domains(self.suffix, self.subnet)
+        every = (routing_domains(s.suffix, s.subnet) for s in self.served_sides())
+        domains = tuple(dict.fromkeys(d for some in every for d in some))
         try:
             await self.system_dns.register(self.tap.name, self.gateway, domains)
         except SystemDnsError as exc:
@@ -629,6 +632,12 @@ class Daemon:
     async def resolve(self, name: str) -> IPv4Address | None:
         """A name (with or without the DNS suffix) or a dotted address → vIP."""
         return await resolve_in(self.node, self.namespace, self.subnet, self.suffix, name)
+
+    def served_sides(self) -> list[ServedSide]:
+        """The networks this daemon serves a local side for, its first network first (none
+        for an overlay-only node's first bundle)."""
+        first: list[ServedSide] = [self] if self._served is not None else []
+        return [*first, *self.sides]
 
     async def dns_lookup(self, name: str) -> IPv4Address | tuple[ServiceValue, ...] | None:
         """What DNS asks the DHT: a service ``_<name>._<proto>`` (its verified instances) or

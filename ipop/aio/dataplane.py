@@ -60,9 +60,12 @@ per network (its TAP, filter, owner table and lookups in that network's namespac
 drains the UDP socket for all of them (:meth:`DataPlane.join`): every IP packet from the
 overlay goes through :class:`ipop.vnet.networks.NetworkDemux`, which names the network's plane
 after that network's checks (``ip_wrong_network`` else). Such a daemon sends its IP tagged
-(KIND_IP_NET) and one by one through :meth:`NodeCore.send_ip`, and receives tagged IP through
-the core's events: the pure-Python path, not the runs (see docs/design.md). A plane of a
-daemon in one network sends untagged KIND_IP and takes tagged IP for its own network too.
+(KIND_IP_NET: the network's 4-byte tag between the DIRECT header and the packet, one copy of
+the packet where an untagged one is sealed in place), in the same runs and batches as untagged
+IP; tagged IP comes back from the runs as KIND_IP does, and each network's frames of a UDP
+batch are written to its TAP together. A plane of a daemon in one network sends untagged
+KIND_IP and takes tagged IP for its own network too (a message whose kind byte is not
+KIND_IP leaves the inline check for the demux).
 
 Latency (a lone packet, e.g. a ping every 50 ms): a wake-up after a quiet spell
 (:data:`ipop.timing.DATAPLANE_SPARSE_S`) reads one packet, without the extra read that would
@@ -94,7 +97,7 @@ from ipop import timing
 from ipop.aio.stack import Node
 from ipop.aio.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, IoDrop, UdpSocket
 from ipop.link import fastpath
-from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
+from ipop.overlay.messages import KIND_IP, KIND_IP_NET, TYPE_DIRECT
 from ipop.types import Endpoint, NodeId, SocketPath
 from ipop.vnet.echo import echo_reply
 from ipop.vnet.filter import Drop, PacketFilter, Verdict
@@ -337,15 +340,21 @@ class DataPlane:
             self._loop.call_soon(self._batch, self._receive_punched_batch)
 
     def _batch(self, receive: Callable[[list[tuple[bytes, bytes | memoryview]]], None]) -> None:
+        planes = self._planes
         tap_out: list[tuple[bytes, bytes | memoryview]] = []
         self._tap_out = tap_out
+        for plane in planes[1:]:  # in several networks: each TAP's frames, written together
+            plane._tap_out = []
         try:
             receive(tap_out)
         finally:
-            self._tap_out = None
-        if tap_out:
-            self._write_frames(tap_out)
-            self._drain_tap()
+            outs = [(plane, plane._tap_out) for plane in planes]
+            for plane in planes:
+                plane._tap_out = None
+        for plane, out in outs:
+            if out:
+                plane._write_frames(out)
+                plane._drain_tap()
 
     def _receive_punched_batch(self, tap_out: list[tuple[bytes, bytes | memoryview]]) -> None:
         punched, self._punched = self._punched, []
@@ -429,26 +438,30 @@ class DataPlane:
         """Feed datagrams from one path to the core; the IP packets it hands back go to
         ``tap_out`` (or the slow path's checks)."""
         core = self.node.core
+        # Tagged IP (KIND_IP_NET, from a daemon in several networks) comes back as IP does.
         if self.runs:  # opened in runs by the native path (ipop.link.fastpath)
-            got = core.receive_direct_run(datagrams, path, now=now, kind=KIND_IP)
+            got = core.receive_direct_run(datagrams, path, now=now, kind=KIND_IP, also=KIND_IP_NET)
         else:
             receive_direct = core.receive_direct
             got = []
             for data in datagrams:
                 # Fast path: an IP packet over a direct link comes back here instead of
                 # travelling as LinkMessage -> Delivered events; the rest went the usual way.
-                one = receive_direct(data, path, now=now, kind=KIND_IP)
+                one = receive_direct(data, path, now=now, kind=KIND_IP, also=KIND_IP_NET)
                 if one is not None:
                     got.append(one)
         if len(self._planes) > 1:  # several networks: which one's is the demux's to say
             for src, msg in got:
-                self._from_overlay_kind(src, False, msg[2:], now)
+                self._from_overlay_kind(src, msg[1] == KIND_IP_NET, msg[2:], now)
             return
         check_in = self.filter.check_in
         accepted = self.filter.accepted
         owners = self.owners.entries
         eth = self._eth_header
         for src, msg in got:  # msg = TYPE_DIRECT, KIND_IP, packet
+            if msg[1] != KIND_IP:  # tagged by a daemon in several networks: the demux's
+                self._from_overlay_kind(src, True, msg[2:], now)
+                continue
             # PacketFilter.check_in's DELIVER case inline (a call costs as much as the
             # check; test_vnet_dataplane holds the two equal): for an address of ours, IPv4,
             # from the address its sender holds. Anything else gets the filter's verdict.
@@ -478,8 +491,8 @@ class DataPlane:
         self._handle_in(self.filter.check_in(src, packet, 0, now), src, packet, now)
 
     def _from_overlay_tagged(self, src: NodeId, payload: bytes) -> None:
-        """A tagged IP packet (KIND_IP_NET: the network's tag, then the packet) from ``src``;
-        always the slow path."""
+        """A tagged IP packet (KIND_IP_NET: the network's tag, then the packet) from ``src``
+        that came the slow path (routed, relayed one by one)."""
         self._from_overlay_kind(src, True, payload, self.clock())
 
     def _from_overlay_kind(self, src: NodeId, tagged: bool, payload: bytes, now: float) -> None:
@@ -591,6 +604,9 @@ class DataPlane:
         # With the native path: each destination's DIRECT messages, sealed after the batch.
         runs: dict[int, tuple[NodeId, list[bytes], int | None]] | None = {} if self.runs else None
         send_tag = self._send_tag
+        # In several networks, each message is DIRECT, KIND_IP_NET, the tag, the packet.
+        tagged = bytes((TYPE_DIRECT, KIND_IP_NET)) + send_tag if send_tag else b""
+        grown = _SEAL_GROWTH + len(send_tag)
         now = self.clock()
         limit = BATCH if now - self._tap_seen < timing.DATAPLANE_SPARSE_S else 1
         self._tap_seen = now
@@ -612,11 +628,6 @@ class DataPlane:
             if type(verdict) is NodeId:
                 if admit is not None and not admit(view[:size]):
                     continue
-                if send_tag:  # in several networks: tagged, one by one (module docstring)
-                    mtu = core.send_ip(verdict, bytes(view[14:size]), now=now, tag=send_tag)
-                    if mtu is not None:
-                        self._too_big(view[14:size], mtu)
-                    continue
                 if runs is None:
                     run = None
                     path_max = path_limit(verdict)
@@ -628,17 +639,21 @@ class DataPlane:
                     if run is None:
                         run = runs[verdict.value] = (verdict, [], path_limit(verdict))
                     path_max = run[2]
-                if path_max is not None and size + _SEAL_GROWTH > path_max:
-                    self._too_big(view[14:size], path_max - _SEAL_GROWTH - 14)
+                if path_max is not None and size + grown > path_max:
+                    self._too_big(view[14:size], path_max - grown - 14)
                     continue
-                # Fast path: the ethertype's two bytes become the DIRECT header in place,
-                # so the packet is sealed straight out of the read buffer.
-                buf[12] = TYPE_DIRECT
-                buf[13] = KIND_IP
-                if run is None:
-                    self._seal(verdict, view[12:size], now, out)
+                if tagged:  # one copy: the tag does not fit in place of the ethertype
+                    message = memoryview(tagged + view[14:size])
                 else:
-                    run[1].append(bytes(view[12:size]))
+                    # Fast path: the ethertype's two bytes become the DIRECT header in place,
+                    # so the packet is sealed straight out of the read buffer.
+                    buf[12] = TYPE_DIRECT
+                    buf[13] = KIND_IP
+                    message = view[12:size]
+                if run is None:
+                    self._seal(verdict, message, now, out)
+                else:
+                    run[1].append(bytes(message))
             elif verdict is Drop.TAP_NOT_IPV4 or verdict is Drop.TAP_OUTSIDE_SUBNET:
                 # ARP, DHCP, DNS to the gateway...: the local services' (counted if refused).
                 local += 1
@@ -673,8 +688,8 @@ class DataPlane:
                     # else as one by one (rekey due, not probed yet...).
                     if core.send_relayed_run(dst, messages, now=now):
                         continue
-                    for message in messages:
-                        self._seal(dst, memoryview(message), now, out)
+                    for one in messages:
+                        self._seal(dst, memoryview(one), now, out)
                 elif (batch := out.get(sealed[1])) is None:
                     out[sealed[1]] = sealed[0]
                 else:
@@ -708,9 +723,10 @@ class DataPlane:
                 batch.append(data)
             return
         # The core's own size check: too big for a relayed or routed path is answered.
-        mtu = core.send_ip(dst, bytes(message[2:]), now=now, tag=self._send_tag)
+        packet = message[2 + len(self._send_tag) :]  # after the DIRECT header and any tag
+        mtu = core.send_ip(dst, bytes(packet), now=now, tag=self._send_tag)
         if mtu is not None:
-            self._too_big(message[2:], mtu)
+            self._too_big(packet, mtu)
 
     def _too_big(self, packet: memoryview, mtu: int) -> None:
         """``packet`` does not fit the path to its destination's node (direct, relayed or

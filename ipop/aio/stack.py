@@ -31,6 +31,7 @@ from typing import Protocol
 from ipop import timing
 from ipop.aio.driver import DatagramSocket, Driver
 from ipop.core import NodeCore
+from ipop.dht.record import namespace_of
 from ipop.dht.service import DhtConfig, DhtService
 from ipop.errors import LocalProtocolError
 from ipop.identity import NodeIdentity, VerifiedCrl
@@ -277,6 +278,8 @@ class Node:
             clock=self.clock,
             member=not self.overlay_only,
             revoked=self.core.network_crls.revoked,
+            # Every node of the overlay holds its CA's certificate: its namespace needs none.
+            overlay=namespace_of(self.core.identity.trust),
         )
         for member, subnet in self._other_networks:
             self.dht.add_network(member, subnet=subnet)

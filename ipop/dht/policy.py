@@ -34,6 +34,17 @@ Verifiers of other namespaces are made on demand and kept in a bounded LRU
 naming made-up namespaces can churn it; that costs a verification per record (about 170 us
 of CPU uncached, 5 us cached), never memory beyond the bound.
 
+Readers (issue 17, item 3: a member of one network cannot resolve or enumerate another's
+names): a replica shows a record only to a member of its namespace's network
+(:meth:`RecordPolicy.may_read`): the asker's certificate in that namespace (a FETCH's proof;
+a STORE's offered record carries its own) must verify as an owner's does and be the asking
+node's own (its node id, which the overlay authenticated). A namespace whose CA is the
+overlay's (``readable``: a network that is its own overlay) needs no proof: every node that
+can ask holds that CA's certificate. Without this, any node could ask for ``ip:<addr>`` over
+a whole range, or for guessed names, and read another network's holders and addresses. What
+it does not hide: the records a node itself stores as a replica (their keys name them); only
+records encrypted under a key of the network would, and then strangers could check nothing.
+
 Known limit: anyone can make a CA, so a namespace proves only that one key vouched for the
 record, not that the network is anyone's. Per-owner quotas (per namespace, :mod:`ipop.dht.storage`)
 and the replica's record bound are what limit an overlay member that mints namespaces; who may
@@ -94,6 +105,7 @@ from ipop.identity import (
     cert_serial,
     validate_hostname,
 )
+from ipop.types import NodeId
 
 MAC_BYTES = 6
 MAX_USER_KEY = 64
@@ -210,7 +222,16 @@ class RecordPolicy:
     check too.
     """
 
-    __slots__ = ("_foreign", "_own", "_revoked", "namespace", "network", "subnet", "trust")
+    __slots__ = (
+        "_foreign",
+        "_own",
+        "_revoked",
+        "namespace",
+        "network",
+        "readable",
+        "subnet",
+        "trust",
+    )
 
     def __init__(
         self,
@@ -218,11 +239,15 @@ class RecordPolicy:
         *,
         subnet: IPv4Network | None = None,
         revoked: Callable[[bytes], frozenset[int]] | None = None,
+        readable: str | None = None,
     ) -> None:
         """``revoked``: the serials another network's CA (by raw key) has revoked, as far as
-        this node knows (:meth:`ipop.revocation.NetworkCrls.revoked`); None: unknown."""
+        this node knows (:meth:`ipop.revocation.NetworkCrls.revoked`); None: unknown.
+        ``readable``: the namespace any node of the overlay may read (its CA is the
+        overlay's); None: every namespace needs a member's proof."""
         self.trust = trust
         self._revoked = revoked
+        self.readable = readable
         self.network = trust.network if trust is not None else None
         self.namespace = namespace_of(trust) if trust is not None else None
         self.subnet = subnet
@@ -264,17 +289,7 @@ class RecordPolicy:
         The signature is :func:`ipop.dht.record.check_record`'s business; call both.
         """
         namespace, kind, rest = split_key(record.key)
-        verifier, subnet = self.verifier(namespace)
-        try:
-            cert = verifier.verify(record.cert, now=now)
-        except CertificateError as exc:
-            # Not signed by the key the namespace names: whoever signed it, not this network.
-            reason = "key_wrong_ca" if exc.reason == "cert_bad_signature" else exc.reason
-            raise _refuse(reason, exc.detail) from None
-        if self._revoked is not None and type(verifier) is CaKeyTrust:
-            serials = self._revoked(verifier.public_key_raw)
-            if serials and cert_serial(cert) in serials:
-                raise _refuse("cert_revoked", f"{cert.name}: on its network's CRL")
+        cert, subnet = self._certified(namespace, record.cert, now)
         if cert.public_key_raw != bytes(record.owner_pub):
             raise _refuse("record_cert_key_mismatch")
         if kind is Kind.IP:
@@ -286,6 +301,42 @@ class RecordPolicy:
         elif not 1 <= len(rest) <= MAX_USER_KEY or not rest.isascii() or not rest.isprintable():
             raise _refuse("key_bad_user", rest[:16])
         return Admitted(cert, kind, namespace)
+
+    def may_read(self, asker: NodeId, key: str, proof: bytes, *, now: float) -> bool:
+        """May node ``asker`` see the record at ``key``? Yes for the ``readable`` namespace;
+        else only if ``proof`` is ``asker``'s own certificate in the key's namespace, valid
+        and not revoked, as an owner's would have to be (module docstring, "Readers")."""
+        try:
+            namespace = split_key(key)[0]
+        except RemoteProtocolError:
+            return False
+        if namespace == self.readable:
+            return True
+        if not proof:
+            return False
+        try:
+            cert, _ = self._certified(namespace, proof, now)
+        except RemoteProtocolError:
+            return False
+        return cert.node_id == asker
+
+    def _certified(
+        self, namespace: str, der: bytes, now: float
+    ) -> tuple[NodeCertificate, IPv4Network | None]:
+        """The certificate ``der`` as ``namespace``'s CA vouches for it, and the namespace's
+        subnet; RemoteProtocolError (reason in :data:`POLICY_REASONS`) if it does not."""
+        verifier, subnet = self.verifier(namespace)
+        try:
+            cert = verifier.verify(der, now=now)
+        except CertificateError as exc:
+            # Not signed by the key the namespace names: whoever signed it, not this network.
+            reason = "key_wrong_ca" if exc.reason == "cert_bad_signature" else exc.reason
+            raise _refuse(reason, exc.detail) from None
+        if self._revoked is not None and type(verifier) is CaKeyTrust:
+            serials = self._revoked(verifier.public_key_raw)
+            if serials and cert_serial(cert) in serials:
+                raise _refuse("cert_revoked", f"{cert.name}: on its network's CRL")
+        return cert, subnet
 
     def quota(self, cert: NodeCertificate, kind: Kind) -> int:
         """Records of ``kind`` one owner may have at one replica.

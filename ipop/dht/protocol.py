@@ -105,8 +105,13 @@ DROP_REASONS: Final = frozenset(
         "unsolicited_response",  # a response to no request of ours
         "response_wrong_peer",  # a response from another node than the one asked
         "response_wrong_method",  # a response of another method than the request's
+        "fetch_not_member",  # a record asked for by a node that proved no membership: none
     }
 )
+
+# (asker, key, proof) -> may the asker see the record at key? (RecordPolicy.may_read, at the
+# service's UNIX time.)
+ReadCheck = Callable[[NodeId, str, bytes], bool]
 
 # Bounds the replay cache whatever the request rate (each entry is one encoded answer).
 MAX_CACHED_ANSWERS = 4096
@@ -245,8 +250,12 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         attempts: int = DHT_RPC_ATTEMPTS,
         answer_cache_s: float = DHT_RESPONSE_CACHE_S,
         silent_s: float = DHT_SILENT_PEER_S,
+        may_read: ReadCheck | None = None,
     ) -> None:
+        """``may_read``: who sees a record it asks for, or a refused store's current one
+        (None: anyone; :meth:`ipop.dht.policy.RecordPolicy.may_read`)."""
         super().__init__(kad_node(local_id), storage, ksize)
+        self._may_read = may_read
         self.router = ExactRoutingTable(self, ksize, self.source_node)
         self.local_id = local_id
         self.record_storage = storage
@@ -356,14 +365,24 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
         return NodesFound(tuple(node_id_from_bytes(n.id) for n in found))
 
     def _on_fetch(self, src: NodeId, msg: RecordRequested) -> Response:
-        return RecordFound(self.record_storage.lookup(msg.key_id))
+        record = self.record_storage.lookup(msg.key_id)
+        if record is not None and not self._readable(src, record.key, msg.proof):
+            self.drops["fetch_not_member"] += 1
+            record = None  # as if we held none: a stranger learns nothing, not even that
+        return RecordFound(record)
 
     def _on_store(self, src: NodeId, msg: StoreRequested) -> Response:
-        outcome = self.record_storage.offer(msg.record)
+        offered = msg.record
+        outcome = self.record_storage.offer(offered)
         current = None
-        if not outcome.accepted:
-            current = self.record_storage.lookup(msg.record.key_id)
+        # The current record tells a creator who holds the key; only a member may see it (the
+        # offer's certificate is its proof: a forged offer must not read the key for free).
+        if not outcome.accepted and self._readable(src, offered.key, offered.cert):
+            current = self.record_storage.lookup(offered.key_id)
         return StoreAnswered(outcome, current)
+
+    def _readable(self, src: NodeId, key: str, proof: bytes) -> bool:
+        return src == self.local_id or self._may_read is None or self._may_read(src, key, proof)
 
     # --- outbound ------------------------------------------------------------------------------
 
@@ -467,8 +486,11 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
     async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> tuple[bool, Any]:
         raise NotImplementedError("use store_record: stock stores bypass the record rules")
 
-    async def fetch_record(self, peer: NodeId, kid: bytes) -> RecordFound | None:
-        answer = await self.call(peer, RecordRequested(kid))
+    async def fetch_record(
+        self, peer: NodeId, kid: bytes, proof: bytes = b""
+    ) -> RecordFound | None:
+        """``proof``: our certificate in the key's namespace, if that needs one (wire)."""
+        answer = await self.call(peer, RecordRequested(kid, proof))
         self._handle_result((isinstance(answer, RecordFound), None), kad_node(peer))
         return answer if isinstance(answer, RecordFound) else None
 

@@ -73,6 +73,7 @@ class QuorumReader:
         whichever read reaches a verdict first answers.
         """
         kid = key_id(key)
+        proof = self._calls.proof_for(key)  # what replicas of a shared overlay ask of us
         await self._lookups.ensure_contacts()
         r = self.config.replicas
         # Unresponsive nodes are not counted on (see _read), nor asked: the nearest others are.
@@ -80,7 +81,7 @@ class QuorumReader:
             p for p in self._lookups.known_nearest(kid, 2 * r) if not self.protocol.unresponsive(p)
         ]
         stalled = asyncio.Event()
-        fast = self._hooks.spawn(self._read(known[:r], kid, stalled=stalled))
+        fast = self._hooks.spawn(self._read(known[:r], kid, proof, stalled=stalled))
         slow: asyncio.Task[Record | None] | None = None
         try:
             waiter = self._hooks.spawn(stalled.wait())
@@ -90,7 +91,7 @@ class QuorumReader:
                 waiter.cancel()
             best: Record | None = fast.result()[0] if fast.done() else None
             if best is None:
-                slow = self._hooks.spawn(self._read_replica_set(kid))
+                slow = self._hooks.spawn(self._read_replica_set(kid, proof))
                 await asyncio.wait({fast, slow}, return_when=asyncio.FIRST_COMPLETED)
                 best = fast.result()[0] if fast.done() else None
                 if best is None:
@@ -102,7 +103,7 @@ class QuorumReader:
         self._hooks.stats["get_found" if best else "get_missing"] += 1
         return best
 
-    async def _read_replica_set(self, kid: bytes) -> Record | None:
+    async def _read_replica_set(self, kid: bytes, proof: bytes) -> Record | None:
         """``get``'s read of the replica set a lookup finds (widened, repaired)."""
         r = self.config.replicas
         # Unresponsive nodes are not asked, nor late ones waited for: this read would not
@@ -111,10 +112,10 @@ class QuorumReader:
         target = int.from_bytes(kid, "big")
         ordered = sorted(set(found) | {self.node_id}, key=lambda n: n.value ^ target)
         replicas = ordered[:r]
-        best, held = await self._read(replicas, kid, spares=ordered[r:])
+        best, held = await self._read(replicas, kid, proof, spares=ordered[r:])
         if best is None and len(ordered) > len(replicas):
             self._hooks.stats["get_widened"] += 1
-            best, _ = await self._read(ordered[len(replicas) :], kid)
+            best, _ = await self._read(ordered[len(replicas) :], kid, proof)
         self._plan_repairs(held, best)
         return best
 
@@ -122,6 +123,7 @@ class QuorumReader:
         self,
         peers: list[NodeId],
         kid: bytes,
+        proof: bytes,
         *,
         stalled: asyncio.Event | None = None,
         spares: list[NodeId] | None = None,
@@ -155,7 +157,7 @@ class QuorumReader:
         asked = [0] * len(peers)
 
         def ask(peer: NodeId, index: int) -> _Fetch:
-            task = self._hooks.spawn(self._calls.fetch_at(peer, kid))
+            task = self._hooks.spawn(self._calls.fetch_at(peer, kid, proof))
             seat[task], rank[task], peer_of[task] = index, asked[index], peer
             asked[index] += 1
             wait = 0.0 if self.protocol.unresponsive(peer) else self.protocol.rtt.timeout(peer)

@@ -6,7 +6,9 @@ fetching a key's copy, and checking every copy a replica hands back as an offer 
 checked (a replica could lie), counting refused ones by reason in ``drops`` under
 :data:`DROP_REASONS`: ``<where>_<reason>``, where the copy came from (:data:`DROP_SOURCES`)
 and why it was refused (:data:`ipop.dht.storage.STORE_REASONS`). It also refuses to send a
-record of our own that our own replica would refuse (:meth:`ReplicaCalls.allowed`).
+record of our own that our own replica would refuse (:meth:`ReplicaCalls.allowed`). A fetch
+carries our certificate in the key's namespace where a replica needs it to show us the record
+(:attr:`ReplicaCalls.proofs`; :meth:`ipop.dht.policy.RecordPolicy.may_read`).
 
 Every write counts real acknowledgements (STORED or UNCHANGED answers), never "sent".
 """
@@ -58,6 +60,9 @@ class ReplicaCalls:
         self.policy = policy
         # Records refused, "<where>_<reason>": fetched copies, answers' copies, our own.
         self.drops: Counter[str] = Counter()
+        # Namespace -> our certificate (DER) there, sent with fetches of its keys: our
+        # networks' on a shared overlay (none for the overlay's own: no proof needed).
+        self.proofs: dict[str, bytes] = {}
         # The R copies of one record a read fetches are verified once (see RecordChecker).
         self.checker = RecordChecker()
 
@@ -101,11 +106,18 @@ class ReplicaCalls:
             self._hooks.stats["store_stragglers"] += len(pending)
         return answers
 
-    async def fetch_at(self, peer: NodeId, kid: bytes) -> tuple[bool, Record | None]:
-        """(answered, authentic record or None). A forged copy reads as an empty replica."""
+    def proof_for(self, key: str) -> bytes:
+        """What a fetch of ``key`` shows a replica (:attr:`proofs`), or nothing."""
+        return self.proofs.get(key.partition(":")[0], b"")
+
+    async def fetch_at(
+        self, peer: NodeId, kid: bytes, proof: bytes = b""
+    ) -> tuple[bool, Record | None]:
+        """(answered, authentic record or None). A forged copy reads as an empty replica.
+        ``proof``: :meth:`proof_for` the key."""
         if peer == self.node_id:
             return True, self.storage.lookup(kid)
-        found = await self.protocol.fetch_record(peer, kid)
+        found = await self.protocol.fetch_record(peer, kid, proof)
         if found is None:
             return False, None
         if found.record is None:

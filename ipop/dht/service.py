@@ -97,6 +97,7 @@ class DhtService:
         clock: Callable[[], float] | None = None,
         member: bool = True,
         revoked: Callable[[bytes], frozenset[int]] | None = None,
+        overlay: str | None = None,
     ) -> None:
         """``clock``: UNIX time, for leases, seqs and certificates (a daemon's loop time is
         monotonic, and each host's differs); None: the loop's (the simulator's is UNIX-like).
@@ -104,7 +105,10 @@ class DhtService:
         serves every network's records that the network's own CA key vouches for, and has no
         namespace of its own (``identity`` is its overlay identity, which certifies nothing in
         any network). ``revoked``: other networks' revocations this node has heard of, by CA
-        key (:class:`ipop.dht.policy.RecordPolicy`)."""
+        key (:class:`ipop.dht.policy.RecordPolicy`). ``overlay``: the namespace of the
+        overlay's own CA, which every node of the overlay may read (default: ``identity``'s,
+        a network that is its own overlay); any other namespace's records are shown to its
+        members only (:meth:`ipop.dht.policy.RecordPolicy.may_read`)."""
         if port.local_id != identity.node_id:
             raise LocalProtocolError("overlay port and identity disagree on our node id")
         self._loop = asyncio.get_running_loop()
@@ -119,12 +123,15 @@ class DhtService:
         self.background_errors: list[BaseException] = []
         # Record time (leases, seqs, certificates) is UNIX time; timers run on the loop.
         self._now = clock or self._loop.time
-        self.policy = RecordPolicy(
-            identity.trust if member else None, subnet=self.config.subnet, revoked=revoked
-        )
         # Our network's keys start with it (ipop.dht.record.namespace_of); we store any
         # namespace's records that its CA key vouches for (ipop.dht.policy).
         self.namespace = namespace_of(identity.trust)
+        self.policy = RecordPolicy(
+            identity.trust if member else None,
+            subnet=self.config.subnet,
+            revoked=revoked,
+            readable=self.namespace if overlay is None else overlay,
+        )
         self.storage = RecordStorage(
             self._now,
             policy=self.policy,
@@ -142,6 +149,7 @@ class DhtService:
             min_retry_s=self.config.rpc_min_retry_s,
             attempts=self.config.rpc_attempts,
             answer_cache_s=self.config.answer_cache_s,
+            may_read=self._may_read,
         )
         hooks = ServiceHooks(
             loop=self._loop,
@@ -165,6 +173,8 @@ class DhtService:
             self.policy,
             hooks=hooks,
         )
+        if member:
+            self._add_proof(self.namespace, identity)
         self.reader = QuorumReader(
             self.node_id,
             self.config,
@@ -205,6 +215,14 @@ class DhtService:
         namespace = namespace_of(identity.trust)
         self.writer.add_signer(namespace, identity)
         self.policy.add_network(identity.trust, subnet=subnet)
+        self._add_proof(namespace, identity)
+
+    def _add_proof(self, namespace: str, identity: NodeIdentity) -> None:
+        if namespace != self.policy.readable:  # the overlay's own: every node may read it
+            self.replica_calls.proofs[namespace] = identity.cert.der
+
+    def _may_read(self, asker: NodeId, key: str, proof: bytes) -> bool:
+        return self.policy.may_read(asker, key, proof, now=self._now())
 
     def deliver(self, src: NodeId, payload: bytes) -> None:
         """The overlay hands us a DHT payload from authenticated ``src``."""

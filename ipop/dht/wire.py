@@ -12,11 +12,13 @@ Byte layout of every message::
     bodies                request                     response
     PING                  (empty)                     (empty)
     FIND_NODE             target id (20)              count (u8) + count x NodeId (20)
-    FETCH                 key id (20)                 has (u8: 0/1) + record (rest, if has)
+    FETCH                 key id (20) + proof (rest)  has (u8: 0/1) + record (rest, if has)
     STORE                 record (rest)               outcome (u8) + has (u8) + record (rest)
 
 Records are encoded by :mod:`ipop.dht.record`. A STORE response carries the replica's current
-record when it refused the offer, so a creator learns who holds the key.
+record when it refused the offer, so a creator learns who holds the key. A FETCH's proof is the
+asker's certificate (DER) in the namespace of the key it asks for, or nothing: on a shared
+overlay a replica shows a network's records to its members only (:mod:`ipop.dht.policy`).
 
 Protocol flow::
 
@@ -46,6 +48,8 @@ KIND_RESPONSE = 0x01
 MSG_ID_BYTES = 8
 HEADER_BYTES = 1 + MSG_ID_BYTES + 1 + ID_BYTES
 MAX_FIND_NODES = 40
+# A FETCH's proof at most: one certificate (ours are ~0.5 KB; X.509 allows far more, we don't).
+MAX_PROOF_BYTES = 2048
 
 M_PING = 0x01
 M_FIND_NODE = 0x02
@@ -67,9 +71,11 @@ class NodesRequested:
 
 @dataclass(frozen=True, slots=True)
 class RecordRequested:
-    """FETCH: the record the node holds at ``key_id``."""
+    """FETCH: the record the node holds at ``key_id``; ``proof``: the asker's certificate in
+    the key's namespace (empty: none, e.g. a key of the overlay's own network)."""
 
     key_id: bytes
+    proof: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +140,8 @@ def _body(message: Message) -> tuple[int, int, bytes]:
             return KIND_REQUEST, M_PING, b""
         case NodesRequested(target):
             return KIND_REQUEST, M_FIND_NODE, target
-        case RecordRequested(kid):
-            return KIND_REQUEST, M_FETCH, kid
+        case RecordRequested(kid, proof):
+            return KIND_REQUEST, M_FETCH, kid + proof
         case StoreRequested(record):
             return KIND_REQUEST, M_STORE, record.encode()
         case PingAnswered():
@@ -197,6 +203,12 @@ def _store_answer(body: bytes) -> StoreAnswered:
     return StoreAnswered(outcome, _opt_record(body[1:]))
 
 
+def _fetch(body: bytes) -> RecordRequested:
+    if len(body) < ID_BYTES or len(body) > ID_BYTES + MAX_PROOF_BYTES:
+        raise RemoteProtocolError("dht_bad_length", f"fetch: {len(body)}")
+    return RecordRequested(body[:ID_BYTES], body[ID_BYTES:])
+
+
 def _empty(body: bytes, answer: Message) -> Message:
     if body:
         raise RemoteProtocolError("dht_bad_length", "ping body")
@@ -206,7 +218,7 @@ def _empty(body: bytes, answer: Message) -> Message:
 _DECODERS = {
     (KIND_REQUEST, M_PING): lambda b: _empty(b, PingRequested()),
     (KIND_REQUEST, M_FIND_NODE): lambda b: NodesRequested(_id20(b, "target")),
-    (KIND_REQUEST, M_FETCH): lambda b: RecordRequested(_id20(b, "key id")),
+    (KIND_REQUEST, M_FETCH): _fetch,
     (KIND_REQUEST, M_STORE): lambda b: StoreRequested(decode_record(b)),
     (KIND_RESPONSE, M_PING): lambda b: _empty(b, PingAnswered()),
     (KIND_RESPONSE, M_FIND_NODE): _nodes,

@@ -145,8 +145,13 @@ class DhtCluster:
         hostnames: Mapping[int, str] | None = None,
         routers: Mapping[int, int] | None = None,
         clock: Callable[[], float] | None = None,
+        shared: str | None = None,
     ) -> None:
+        """``shared``: the namespace of the overlay's own CA when the cluster models networks
+        on a shared overlay (every node may read it; others' records need a member's proof,
+        ``DhtService(overlay=)``); None: the cluster's network is its own overlay."""
         self.overlay = overlay
+        self.shared = shared
         self.clock = clock  # every node's record clock (None: the loop's time)
         # Certificate fields of the i-th node made (hostname; router: its LAN host quota).
         self.hostnames = dict(hostnames or {})
@@ -173,12 +178,19 @@ class DhtCluster:
         hostnames: Mapping[int, str] | None = None,
         routers: Mapping[int, int] | None = None,
         clock: Callable[[], float] | None = None,
+        shared: str | None = None,
     ) -> DhtCluster:
         overlay = FakeOverlay(
             rng=random.Random(f"overlay-{seed}"), latency=latency, jitter=jitter, loss=loss
         )
         cluster = cls(
-            overlay, seed=seed, config=config, hostnames=hostnames, routers=routers, clock=clock
+            overlay,
+            seed=seed,
+            config=config,
+            hostnames=hostnames,
+            routers=routers,
+            clock=clock,
+            shared=shared,
         )
         for _ in range(n):
             cluster.add_node()
@@ -212,6 +224,7 @@ class DhtCluster:
             rng=random.Random(f"dht-{self.seed}-{self._count}"),
             config=self.config,
             clock=self.clock,
+            overlay=self.shared,
         )
         self.overlay.attach(identity.node_id, svc.deliver)
         self.nodes.append(svc)
@@ -251,6 +264,7 @@ def run_cluster(
     hostnames: Mapping[int, str] | None = None,
     routers: Mapping[int, int] | None = None,
     clock: Callable[[], float] | None = None,
+    shared: str | None = None,
 ) -> T:
     """Run ``body`` on a fresh ``n``-node cluster on virtual time, then close it.
 
@@ -268,6 +282,7 @@ def run_cluster(
             hostnames=hostnames,
             routers=routers,
             clock=clock,
+            shared=shared,
         )
         nodes = list(cluster.nodes)
         try:

@@ -48,6 +48,7 @@ def start_daemons(
     networks: dict[str, str] | None = None,
     also: dict[str, tuple[str, ...]] | None = None,
     subnets: dict[str, IPv4Network] | None = None,
+    suffixes: dict[str, str] | None = None,
 ) -> IpopNet:
     """Configure every host of ``lab`` (``addressing``: host -> "dhcp"; ``metrics``: each
     daemon serves them on ipopnet.METRICS_LISTEN; ``web``: its status page on
@@ -63,6 +64,7 @@ def start_daemons(
         networks=networks,
         also=also,
         subnets=subnets,
+        suffixes=suffixes,
     )
     ipop.prepare(addressing=addressing)
     if hosts is None:
@@ -93,6 +95,7 @@ def running_net(
     networks: dict[str, str] | None = None,
     also: dict[str, tuple[str, ...]] | None = None,
     subnets: dict[str, IPv4Network] | None = None,
+    suffixes: dict[str, str] | None = None,
 ) -> Iterator[IpopNet]:
     """Build ``topology`` and :func:`start_daemons` on it; tear all of it down afterwards."""
     prefix = process_prefix(prefix_tag)
@@ -111,6 +114,7 @@ def running_net(
             networks=networks,
             also=also,
             subnets=subnets,
+            suffixes=suffixes,
         )
     finally:
         lab.down()

@@ -14,8 +14,11 @@ in a table of their own). Checked:
   (each gets ``ab``'s address in its own network);
 - ``a1`` still cannot reach ``b1``;
 - tcpdump on ``ab``'s labnet TAP never sees othernet's traffic (and its othernet TAP does);
-- with the two ranges apart (a lab of its own), ``ab`` reaches both networks' addresses with
-  a plain ``ping``, no interface named: a range that overlaps none keeps the main table.
+- with the two ranges apart and othernet's suffix ``other`` (a lab of its own), ``ab``
+  reaches both networks' addresses with a plain ``ping``, no interface named (a range that
+  overlaps none keeps the main table), and by name with its one resolv.conf: labnet's gateway
+  answers othernet's names too, each from its own network, while ``a1`` (labnet only) gets
+  none of them.
 """
 
 from __future__ import annotations
@@ -61,7 +64,10 @@ def _networks_ready(net: IpopNet) -> bool:
 
 @contextlib.contextmanager
 def _multinet(
-    workdir: Path, tag: str, subnets: dict[str, IPv4Network] | None = None
+    workdir: Path,
+    tag: str,
+    subnets: dict[str, IPv4Network] | None = None,
+    suffixes: dict[str, str] | None = None,
 ) -> Iterator[IpopNet]:
     """The lab above, running, once ab holds an address in both networks."""
     with running_net(
@@ -75,6 +81,7 @@ def _multinet(
         also={"ab": ("othernet",)},
         hosts=HOSTS,
         subnets=subnets,
+        suffixes=suffixes,
     ) as ipop:
         assert wait_for(lambda: _networks_ready(ipop), READY_S), ipop.status("ab").networks
         yield ipop
@@ -164,9 +171,14 @@ def test_with_ranges_apart_ab_reaches_both_networks_with_a_plain_ping(
 ) -> None:
     """A host in two networks whose ranges do not overlap routes by destination alone, as a
     ZeroTier or tinc user in two networks expects: before, the second network's routes were
-    only in a table of its own, and a ping that named no interface found no route there."""
+    only in a table of its own, and a ping that named no interface found no route there.
+
+    Names too: ab's resolv.conf names labnet's gateway only (100.64.0.1), and before,
+    ``b1.other`` got REFUSED there: only ``dig @100.65.0.1`` found it."""
     subnets = {"labnet": IPv4Network("100.64.0.0/16"), "othernet": IPv4Network("100.65.0.0/16")}
-    with _multinet(tmp_path_factory.mktemp("multinet-apart"), "ma", subnets) as apart:
+    suffixes = {"othernet": "other"}
+    workdir = tmp_path_factory.mktemp("multinet-apart")
+    with _multinet(workdir, "ma", subnets, suffixes) as apart:
         for peer, network in (("a1", "labnet"), ("b1", "othernet")):
             vip = apart.status(peer).self_.vip
             assert vip is not None and IPv4Network(f"{vip}/32").subnet_of(subnets[network])
@@ -174,3 +186,15 @@ def test_with_ranges_apart_ab_reaches_both_networks_with_a_plain_ping(
         b1_vip = apart.status("b1").self_.vip
         out = apart.lab.exec("ab", ["ip", "route", "get", str(b1_vip)], timeout=10).stdout
         assert f"dev {tap_name(1)}" in out, out
+        # By name, with the system resolver (ping, getent) and BIND's host.
+        for name, peer in (("b1.other", "b1"), ("a1.ipop", "a1")):
+            out = ping_ok(apart, "ab", name)
+            assert f"({apart.status(peer).self_.vip})" in out, out
+        host = apart.lab.exec("ab", ["host", "-W", "3", "b1.other"], timeout=15)
+        assert f"has address {b1_vip}" in host.stdout, host.stdout + host.stderr
+        nets = {n.network: n for n in apart.status("ab").networks}
+        out = ping_ok(apart, "b1", "ab.other")  # b1's own gateway, othernet's suffix
+        assert f"({nets['othernet'].vip})" in out, out
+        # a1 is in labnet only: its gateway knows no zone "other".
+        res = apart.lab.exec("a1", ["getent", "hosts", "b1.other"], timeout=15)
+        assert res.returncode != 0 and str(b1_vip) not in res.stdout, res.stdout

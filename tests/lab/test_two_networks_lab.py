@@ -195,9 +195,10 @@ def _forwarded(net: IpopNet) -> int:
 
 def test_a_member_of_the_other_network_injects_nothing(net: IpopNet) -> None:
     """``m`` (othernet) knows labnet's namespace and a1's and a2's vIPs and node ids from
-    outside its own DHT. It writes their name and ip keys in labnet's namespace, forges IP
-    between them in their names, and sends them IP over its own links: replicas refuse the
-    writes (its certificate is not labnet CA's), and no marker reaches their TAPs."""
+    outside its own DHT. It reads and writes their name and ip keys in labnet's namespace,
+    forges IP between them in their names, and sends them IP over its own links: replicas
+    refuse the writes (its certificate is not labnet CA's) and show it none of the records
+    (it is no member), and no marker reaches their TAPs."""
     lab = net.lab
     victims = ("a1", "a2")
     bundle = load_bundle(net.files("a1").bundle)
@@ -226,6 +227,11 @@ def test_a_member_of_the_other_network_injects_nothing(net: IpopNet) -> None:
     assert s["dht_foreign_name_hijack_refused"] == len(victims), s
     assert s["dht_foreign_vip_hijack_refused"] == len(victims), s
     assert not any(k.endswith("_accepted") and k.startswith("dht_foreign") for k in s), s
+    # Reads: found only where m is itself a replica of the key (its own copy, "_held").
+    for what in ("name", "vip"):
+        reads = {k: v for k, v in s.items() if k.startswith(f"dht_foreign_{what}_read_")}
+        assert sum(reads.values()) == len(victims), s
+        assert f"dht_foreign_{what}_read_found" not in reads, s
     assert s["forged_routed_ip"] > 0, s
     # Names and addresses are labnet's still, and nothing forged reached a TAP.
     a2_vip = net.status("a2").self_.vip

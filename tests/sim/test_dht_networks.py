@@ -31,6 +31,8 @@ CONFIG = DhtConfig(subnet=SUBNET)
 A_NODES, B_NODES = 10, 10
 ALICE, CAROL = 1, 2  # members of A (testnet, the cluster's own network)
 NAMES = {ALICE: "alice", CAROL: "carol"}
+# The overlay both networks are on: its CA is neither's, so each network's records are its own.
+SHARED_NS = namespace_of(make_network("shared", now=0.0, seed="shared-ca").trust)
 
 
 async def add_network_b(c: DhtCluster) -> list[DhtService]:
@@ -80,14 +82,26 @@ def test_two_networks_replicate_each_others_records_and_squat_none() -> None:
         # Replicas of A's keys include B's members (strangers), and they hold A's record.
         a_holders = {svc for svc, _ in holders(c, name_key(TESTNET_NS, "alice"))}
         assert a_holders & set(b_nodes) and a_holders - set(b_nodes)
-        # Each network resolves its own "alice"; a member can read the other's (verified by
-        # the namespace's key alone).
+        # Each network resolves its own "alice"; a member of one reads none of the other's
+        # records: every replica, strangers included, shows them to members only. Before,
+        # B's reader got A's alice and her address (verified by the namespace's key alone).
         assert await lookup_name(a_reader, TESTNET_NS, "alice", SUBNET) == addr
         assert (await a_reader.get(ip_key(TESTNET_NS, addr))).owner == alice.node_id  # type: ignore[union-attr]
         assert (await b_reader.get(ip_key(ns_b, addr))).owner == b_alice.node_id  # type: ignore[union-attr]
-        assert (await b_reader.get(ip_key(TESTNET_NS, addr))).owner == alice.node_id  # type: ignore[union-attr]
+        # (A stranger that is itself a replica of a key holds it: asking is what it cannot.)
+        a_keys = (ip_key(TESTNET_NS, addr), name_key(TESTNET_NS, "alice"))
+        held = {svc for key in a_keys for svc, _ in holders(c, key)}
+        outsider = next(s for s in b_nodes if s not in held)
+        b_keys = (ip_key(ns_b, addr), name_key(ns_b, "alice"))
+        b_held = {svc for key in b_keys for svc, _ in holders(c, key)}
+        a_outsider = next(s for s in c.nodes if s not in b_nodes and s not in b_held)
+        refused = sum(s.protocol.drops["fetch_not_member"] for s in c.nodes)
+        assert await outsider.get(ip_key(TESTNET_NS, addr)) is None
+        assert await lookup_name(outsider, TESTNET_NS, "alice", SUBNET) is None
+        assert await a_outsider.get(ip_key(ns_b, addr)) is None
+        assert sum(s.protocol.drops["fetch_not_member"] for s in c.nodes) > refused
         # A's other member still cannot take alice's address (create-if-absent holds).
         assert not await carol.create(ip_key(TESTNET_NS, addr), b"", 600)
         assert live_owners(c, ip_key(TESTNET_NS, addr)) == {alice.node_id}
 
-    run_cluster(body, n=A_NODES, hostnames=NAMES, config=CONFIG)
+    run_cluster(body, n=A_NODES, hostnames=NAMES, config=CONFIG, shared=SHARED_NS)

@@ -4,6 +4,7 @@ on stop and on a failed start, with a recording fake resolvectl; and the daemon'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
@@ -23,7 +24,7 @@ from ipop.aio.sysdns import (
 )
 from ipop.errors import ConfigError
 from ipop.testing.fake_resolvectl import RecordingRunner
-from ipop.testing.identities import make_bundle
+from ipop.testing.identities import make_bundle, member_bundles
 from ipop.types import Endpoint
 
 GW = IPv4Address("100.64.0.1")
@@ -142,6 +143,31 @@ def test_the_daemon_registers_its_tap_gateway_and_suffix_and_reverts_first_at_st
     asyncio.run(run())
     assert fake.commands[-1] == ["resolvectl", "revert", "ipop7"]
     assert {"dns.system_registered": 1} in d.local_view(now=time.time()).counters
+
+
+def test_a_daemon_in_two_networks_routes_both_suffixes_to_its_first_gateway(
+    tmp_path: Path,
+) -> None:
+    """Its first gateway answers the second network's names too (tools/ipopd.py gives it the
+    zone), so resolved must send them there: before, only ``~ipop`` was routed and
+    ``b1.other`` went to the host's usual resolver, which knows nothing of it."""
+    now = time.time()
+    boot = (Endpoint("203.0.113.10", 5800),)
+    nets = [("labnet", IPv4Network("100.64.0.0/16")), ("othernet", IPv4Network("100.65.0.0/16"))]
+    first, second = member_bundles(nets, "ab", overlay="shared", bootstrap=boot, now=now)
+    fake = RecordingRunner()
+    settings = DaemonSettings(listen=Endpoint("127.0.0.1", 0), state_dir=tmp_path)
+    d = Daemon(
+        first,
+        settings,
+        system_dns=ResolvedLink(fake),
+        networks=[(dataclasses.replace(second, dns_suffix="other"), "ipop8")],
+    )
+    d.tap = SimpleNamespace(name="ipop7", close=lambda: None)  # type: ignore[assignment]
+    asyncio.run(d._register_dns())
+    assert ["resolvectl", "dns", "ipop7", "100.64.0.1"] in fake.commands
+    domains = ["~ipop", "~64.100.in-addr.arpa", "~other", "~65.100.in-addr.arpa"]
+    assert ["resolvectl", "domain", "ipop7", *domains] in fake.commands
 
 
 def test_a_failed_registration_is_counted_and_the_daemon_goes_on(tmp_path: Path) -> None:

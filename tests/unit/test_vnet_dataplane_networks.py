@@ -8,18 +8,23 @@ import asyncio
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
+from typing import cast
+
+import pytest
 
 from ipop.aio.dataplane import DataPlane
 from ipop.core import NodeCore
-from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
+from ipop.overlay.messages import KIND_IP, KIND_IP_NET, TYPE_DIRECT
 from ipop.testing.waiting import until
 from ipop.tools.bench.dataplane_bench import (
     A_EP,
     A_VIP,
+    B_EP,
     B_VIP,
     TAP_MAC,
     VIRTUAL_MAC,
     PlaneNode,
+    SinkUdp,
     dataplane,
     fake_tap,
     linked_pair,
@@ -46,7 +51,7 @@ def _ip(src: IPv4Address, dst: IPv4Address) -> bytes:
 
 
 class TwoNetworks:
-    def __init__(self) -> None:
+    def __init__(self, runs: bool | None = None) -> None:
         self.now = time.time()
         self.a, self.b = linked_pair(self.now)
         node = PlaneNode(self.b)
@@ -68,6 +73,7 @@ class TwoNetworks:
                 node=node,
                 tag=tag,
                 primary=i == 0,
+                runs=runs,
             )
 
         self.one = plane(0, TAG1, owners1)
@@ -88,6 +94,13 @@ class TwoNetworks:
         """``packet`` from A over the link, untagged (A is in one network): the fast path's."""
         a: NodeCore = self.a
         sealed = a.seal_ip(self.b.local_id, bytes((TYPE_DIRECT, KIND_IP)) + packet, now=self.now)
+        assert sealed is not None
+        self.one._batch(lambda out: self.one._take([sealed[0]], A_EP, self.now, out))
+
+    def direct_tagged(self, tag: bytes, packet: bytes) -> None:
+        """``tag + packet`` from A over the link as KIND_IP_NET (A in several networks)."""
+        message = bytes((TYPE_DIRECT, KIND_IP_NET)) + tag + packet
+        sealed = self.a.seal_ip(self.b.local_id, message, now=self.now)
         assert sealed is not None
         self.one._batch(lambda out: self.one._take([sealed[0]], A_EP, self.now, out))
 
@@ -148,9 +161,76 @@ def test_a_member_of_one_network_gets_nothing_onto_the_others_tap_even_tagged() 
     asyncio.run(go())
 
 
-def test_each_networks_tap_sends_tagged_with_its_network() -> None:
+@pytest.mark.parametrize("runs", [False, True], ids=["one-by-one", "runs"])
+def test_tagged_ip_over_a_link_takes_the_fast_path_to_its_networks_tap(runs: bool) -> None:
+    """A daemon in several networks sends KIND_IP_NET; over a direct link it is opened with
+    the IP of the batch (runs or one by one), not as a core event, and each network's frames
+    are written to its TAP after the batch. Before, the link handed it to the overlay's events
+    (``on_net_ip``) one packet at a time."""
+
     async def go() -> None:
-        h = TwoNetworks()
+        h = TwoNetworks(runs=runs)
+        events: list[bytes] = []
+        slow = h.node.on_net_ip
+        assert slow is not None
+
+        def counted(src: NodeId, payload: bytes) -> None:
+            events.append(payload)
+            slow(src, payload)
+
+        h.node.on_net_ip = counted
+        try:
+            h.one.owners.answer(A_VIP.packed, h.a.local_id, now=h.now)
+            h.direct_tagged(TAG1, _ip(A_VIP, B_VIP))
+            assert h.seen() == (1, 0) and events == []
+            # Network 2's tag from A, whose address there is C's: refused on network 2's side.
+            h.two.owners.answer(A_VIP.packed, C_ID, now=h.now)
+            h.direct_tagged(TAG2, _ip(A_VIP, B2_VIP))
+            assert h.seen() == (0, 0) and h.two.drops["spoofed_inner_src"] == 1
+            h.direct_tagged(network_tag(b"3" * 32), _ip(A_VIP, B_VIP))
+            assert h.one.drops["ip_wrong_network"] == 1 and events == []
+        finally:
+            h.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("runs", [False, True], ids=["one-by-one", "runs"])
+def test_a_one_network_plane_takes_its_own_tag_off_the_fast_path(runs: bool) -> None:
+    """A plane of a daemon in one network: tagged IP over the link leaves the inline check
+    (its offsets are the tag's) for the demux: its own tag delivered, another refused."""
+
+    async def go() -> None:
+        now = time.time()
+        a, b = linked_pair(now)
+        ours, kernel = fake_tap()
+        dp = dataplane(b, ours.fileno(), clock=lambda: now, tag=TAG1, runs=runs)
+        dp.set_own_ip(B_VIP)
+        dp.owners.answer(A_VIP.packed, a.local_id, now=now)
+        try:
+            for tag in (TAG1, TAG2):
+                message = bytes((TYPE_DIRECT, KIND_IP_NET)) + tag + _ip(A_VIP, B_VIP)
+                sealed = a.seal_ip(b.local_id, message, now=now)
+                assert sealed is not None
+                dp._batch(lambda out, d=sealed[0]: dp._take([d], A_EP, now, out))
+            frames = tap_frames(kernel)
+            assert len(frames) == 1 and frames[0][14:] == _ip(A_VIP, B_VIP)
+            assert dp.drops["ip_wrong_network"] == 1
+        finally:
+            dp.close()
+            ours.close()
+            kernel.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("runs", [False, True], ids=["one-by-one", "runs"])
+def test_each_networks_tap_sends_tagged_with_its_network(runs: bool) -> None:
+    """Over a link, sealed at once with the tag after the DIRECT header; to a peer with no
+    link (C), through the core's send_ip with the tag, as before."""
+
+    async def go() -> None:
+        h = TwoNetworks(runs=runs)
         sent: list[tuple[NodeId, bytes, bytes]] = []
         inner = h.b.send_ip
 
@@ -167,11 +247,14 @@ def test_each_networks_tap_sends_tagged_with_its_network() -> None:
             h.one.owners.answer(A_VIP.packed, h.a.local_id, now=h.now)
             h.taps[0][1].send(frame)
             h.one._drain_tap()
+            [(datagram, _)] = cast(SinkUdp, h.one.udp).sent
+            got = h.a.receive_direct(datagram, B_EP, now=h.now, kind=KIND_IP, also=KIND_IP_NET)
+            assert got == (h.b.local_id, bytes((TYPE_DIRECT, KIND_IP_NET)) + TAG1 + frame[14:])
             # In network 2 it is C's: TAP 2's frame goes to C, tagged 2.
             h.two.owners.answer(A_VIP.packed, C_ID, now=h.now)
             h.taps[1][1].send(TAP_MAC + VIRTUAL_MAC + b"\x08\x00" + _ip(B2_VIP, A_VIP))
             h.two._drain_tap()
-            assert [(d, t) for d, _, t in sent] == [(h.a.local_id, TAG1), (C_ID, TAG2)]
+            assert [(d, p, t) for d, p, t in sent] == [(C_ID, _ip(B2_VIP, A_VIP), TAG2)]
         finally:
             h.close()
 

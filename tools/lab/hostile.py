@@ -17,8 +17,9 @@ bounded in count:
 
 Across networks on a shared overlay (issue 17): ``--foreign NAME=VIP@NODEID`` names victims of
 another network that it knows of from outside its own DHT, and ``--foreign-namespace`` that
-network's DHT namespace; it then writes those victims' keys there, forges IP between them in
-their names and sends them IP from its own links, as above.
+network's DHT namespace; it then reads and writes those victims' keys there (a read counts as
+``..._held`` where its own store holds the key: a replica cannot be kept from its own copy),
+forges IP between them in their names and sends them IP from its own links, as above.
 
 What it sent is written to ``--report`` as JSON when it stops. Lab use only: the lab's tests
 start it in a namespace of their own instead of ``ipop.tools.ipopd``.
@@ -125,6 +126,12 @@ class Attacker:
             except Exception:  # a guard on our own side refused to send it: fine too
                 ok = False
             self._count(f"{what}_{'accepted' if ok else 'refused'}")
+        for name, vip, _ in self.args.foreign if theirs is not None else ():
+            # Another network's names and addresses, asked of its replicas like a member.
+            for what, key in (("name", name_key(theirs, name)), ("vip", ip_key(theirs, vip))):
+                held = "_held" if dht.storage.lookup(key_id(key)) is not None else ""
+                found = await dht.get(key) is not None
+                self._count(f"dht_foreign_{what}_read_{'found' if found else 'none'}{held}")
         reflect = None if self.args.reflect is None else Endpoint(*self.args.reflect)
         flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         flood.setblocking(False)

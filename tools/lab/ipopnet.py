@@ -150,6 +150,7 @@ class IpopNet:
         networks: Mapping[str, str] | None = None,
         also: Mapping[str, Sequence[str]] | None = None,
         subnets: Mapping[str, IPv4Network] | None = None,
+        suffixes: Mapping[str, str] | None = None,
     ) -> None:
         """``overlay``: put the network on an overlay of that name with a CA of its own
         (``ipop-config overlay init``), so every bundle holds two certificates;
@@ -159,7 +160,8 @@ class IpopNet:
         the overlay with the same subnet: ranges of different networks may overlap); ``also``:
         host -> more networks it is a member of at once (its one key certified in each with
         ``ipop-config node --key``; a ``[[network]]`` table and a TAP ``ipop1``, ``ipop2``...
-        each); ``subnets``: network -> its range where it is not ``subnet`` (ranges apart)."""
+        each); ``subnets``: network -> its range where it is not ``subnet`` (ranges apart);
+        ``suffixes``: network -> its DNS suffix where it is not ``ipop``."""
         if (overlay_only or networks or also) and overlay is None:
             raise ValueError("overlay-only hosts and other networks need an overlay")
         self.lab = lab
@@ -168,6 +170,7 @@ class IpopNet:
         self.networks = dict(networks or {})
         self.also = {host: tuple(nets) for host, nets in (also or {}).items()}
         self.subnets = dict(subnets or {})
+        self.suffixes = dict(suffixes or {})
         self.metrics = metrics
         self.web = web
         self.network = network
@@ -223,7 +226,8 @@ class IpopNet:
         more = {n for nets in self.also.values() for n in nets}
         for net in sorted({self.network, *self.networks.values(), *more}):
             subnet = self.subnets.get(net, self.subnet)
-            self._config_cli(["init", net, "--subnet", str(subnet), *boots, *on])
+            named = ["--dns-suffix", self.suffixes[net]] if net in self.suffixes else []
+            self._config_cli(["init", net, "--subnet", str(subnet), *named, *boots, *on])
         for h in self.lab.hosts:
             f = self.files(h)
             # A router's certificate grants its LAN hosts' records (router.max_hosts' default).
@@ -283,7 +287,9 @@ class IpopNet:
     def start(self, host: Host | str) -> None:
         h = self.lab.host(host)
         f = self.files(h)
-        self.lab.write_resolv_conf(h, self.gateway)
+        # Its first network's gateway: ranges of other networks may lie apart.
+        subnet = self.subnets.get(self.networks.get(h.name, self.network), self.subnet)
+        self.lab.write_resolv_conf(h, IPv4Address(int(subnet.network_address) + 1))
         self.started_at[h.name] = time.monotonic()
         module = "ipop.tools.routerd" if self.lab.is_router(h) else "ipop.tools.ipopd"
         self.lab.spawn(h, [sys.executable, "-m", module, "--config", str(f.config)], log_path=f.log)
