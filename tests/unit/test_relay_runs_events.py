@@ -41,7 +41,7 @@ from ipop.link import handshake as handshake_mod
 from ipop.link import handshakes as handshakes_mod
 from ipop.overlay.events import Delivered
 from ipop.overlay.messages import KIND_IP, KIND_PING, TYPE_DIRECT, Alive
-from ipop.testing.identities import make_identity, make_network
+from ipop.testing.identities import make_identity, make_network, seeded_identity
 from ipop.types import Endpoint, NodeId, RelayPath
 
 NATIVE = fastpath.native_class()
@@ -85,6 +85,31 @@ def _identities() -> dict[str, NodeIdentity]:
 IDS = _identities()  # both worlds: the same ids
 
 
+def _clustered_identities() -> dict[str, NodeIdentity]:
+    """Identities whose ends lie close together on the ring, A < B < C, and whose relays lie
+    across it: with A and C unlinked, B is the greedy hop between them both ways, so a message
+    routed A -> C (or C -> A) crosses two relayed links, B forwarding it from one to the other.
+    Drawn from seeded keys in order (the same ids every run)."""
+    ca = make_network("clustered", now=T0 - 60, seed="clustered")
+    size = 1 << 160
+    ends: list[NodeIdentity] = []
+    relays: list[NodeIdentity] = []
+    for k in itertools.count():
+        ident = seeded_identity(ca, f"n{k}", random.Random(k), now=T0 - 60)
+        at = ident.node_id.value
+        if at < size // 16 and len(ends) < 3:
+            ends.append(ident)
+        elif size // 2 <= at < size * 3 // 4 and len(relays) < 2:
+            relays.append(ident)
+        if len(ends) == 3 and len(relays) == 2:
+            break
+    a, b, c = sorted(ends, key=lambda i: i.node_id.value)
+    return {"r1": relays[0], "r2": relays[1], "a": a, "b": b, "c": c}
+
+
+CLUSTERED = _clustered_identities()
+
+
 class _CountedKeys:
     """X25519PrivateKey for the handshakes, its ``generate`` drawn from a counter."""
 
@@ -94,6 +119,14 @@ class _CountedKeys:
     def generate(self) -> X25519PrivateKey:
         seed = hashlib.sha256(b"ephemeral %d" % next(self.drawn)).digest()
         return X25519PrivateKey.from_private_bytes(seed)
+
+
+def _counted_keys(monkeypatch: pytest.MonkeyPatch) -> _CountedKeys:
+    """Every handshake's ephemeral key drawn from one counter (see _CountedKeys)."""
+    keys = _CountedKeys()
+    monkeypatch.setattr(handshake_mod, "X25519PrivateKey", keys)
+    monkeypatch.setattr(handshakes_mod, "X25519PrivateKey", keys)
+    return keys
 
 
 @pytest.fixture(autouse=True)
@@ -218,13 +251,15 @@ class World:
         core.flush(now=now)
 
 
-def _world(runs: bool, seed: int, keys: _CountedKeys) -> tuple[World, float, Iterator[int]]:
+def _world(
+    runs: bool, seed: int, keys: _CountedKeys, ids: dict[str, NodeIdentity] = IDS
+) -> tuple[World, float, Iterator[int]]:
     drawn = keys.drawn = itertools.count()
     w = World(runs, random.Random(seed))
     boot = {"r1": [], "r2": [EPS["r1"]]}
     for i, name in enumerate(NAMES):
         w.cores[name] = NodeCore(
-            IDS[name],
+            ids[name],
             rng=random.Random(100 + i),
             bootstrap=boot.get(name, [EPS["r1"], EPS["r2"]]),
         )
@@ -351,9 +386,7 @@ def _script(w: World, seed: int, now: float, steps: int) -> Iterator[str]:
 
 
 def _compare(backend: str, seed: int, steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    keys = _CountedKeys()
-    monkeypatch.setattr(handshake_mod, "X25519PrivateKey", keys)
-    monkeypatch.setattr(handshakes_mod, "X25519PrivateKey", keys)
+    keys = _counted_keys(monkeypatch)
     fastpath.use("python")
     one, t, one_keys = _world(False, seed, keys)
     fastpath.use(backend)
@@ -397,9 +430,7 @@ def test_an_answer_inside_a_delivered_run_never_finds_its_relay_suspect(
     # before it opened what R1 delivered; in runs it heard R1 only after the whole run, so
     # the answer found R1 suspect and failed B's link to A over to R2: a relay failover for
     # nothing ("path_changed path=relayed was=relayed at=via:R2 reason=handshake").
-    keys = _CountedKeys()
-    monkeypatch.setattr(handshake_mod, "X25519PrivateKey", keys)
-    monkeypatch.setattr(handshakes_mod, "X25519PrivateKey", keys)
+    keys = _counted_keys(monkeypatch)
     fastpath.use("python")
     w, now, _ = _world(runs, 0, keys)
     a, b = w.cores["a"], w.cores["b"]
@@ -425,3 +456,77 @@ def test_an_answer_inside_a_delivered_run_never_finds_its_relay_suspect(
     assert b.overlay.stats["relay_failovers"] == 0
     assert b.link.path_of(w.id("a")) == via_r1
     assert len(w.got[("a", "b")]) == 3 and len(w.got[("b", "a")]) == 8
+
+
+def _routed_world(runs: bool, backend: str, keys: _CountedKeys) -> tuple[World, float]:
+    """The clustered ends after a cold start, A-B and B-C linked over relay R1 and A-C not
+    linked at all (as while a shortcut forms): routed messages between A and C go through B."""
+    fastpath.use(backend)
+    w, now, _ = _world(runs, 0, keys, CLUSTERED)
+    for x, y in (("a", "b"), ("b", "c")):
+        path = w.cores[x].link.path_of(w.id(y))
+        if not isinstance(path, RelayPath):  # the cold start may have linked them otherwise
+            w.cores[x].link.connect(RelayPath(via=w.id("r1"), peer=w.id(y)), now=now)
+            w.cores[x].flush(now=now)
+    w.settle(now)
+    # A and C forget each other at once (no CLOSING in flight), and no timer runs from here
+    # on: nothing links them again, nor asks for a shortcut (send_routed asks for none).
+    for x, y in (("a", "c"), ("c", "a")):
+        w.cores[x].link.close(w.id(y), now=now)
+        w.cores[x].flush(now=now)
+    w.settle(now)
+    return w, now
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_routed_messages_cross_relayed_hops_in_runs(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16's cold starts: routed pings (no shortcut yet) toward a node behind a symmetric
+    # NAT, whose ring links are relayed, were feared lost where a hop on the route is a
+    # relayed link taken in runs (the relay re-sealing behind a swapped head, the receiver
+    # opening the datagrams behind it and handing ROUTED messages to the overlay). Here:
+    # A -> R1 -> B routed on by B -> R1 -> C, the reverse, and routed messages whose
+    # destination is the relayed peer itself, several at once (runs at R1 and at each end)
+    # with IP packets on the same relayed links, in runs and one by one.
+    keys = _counted_keys(monkeypatch)
+    worlds = {
+        runs: _routed_world(runs, "python" if not runs else backend, keys) for runs in (False, True)
+    }
+    for runs, (w, now) in worlds.items():
+        fastpath.use("python" if not runs else backend)
+        w.whole = runs  # each batch in one run: every routed message inside a relayed run
+        w.events.clear()
+        ids = {name: w.id(name) for name in ENDS}
+        assert not w.cores["a"].overlay.is_linked(ids["c"])
+        for x, y in (("a", "b"), ("b", "c")):
+            assert isinstance(w.cores[x].link.path_of(ids[y]), RelayPath)
+            assert isinstance(w.cores[y].link.path_of(ids[x]), RelayPath)
+        rng = random.Random(5)
+        for step in range(6):
+            now += 0.01
+            for x, y in (("a", "c"), ("c", "a"), ("a", "b"), ("b", "a"), ("c", "b")):
+                for k in range(4):
+                    w.cores[x].send_routed(
+                        ids[y],
+                        KIND_PING,
+                        b"%s>%s %d.%d" % (x.encode(), y.encode(), step, k),
+                        exact=True,
+                        now=now,
+                    )
+            for x, y in (("a", "b"), ("b", "a"), ("c", "b")):
+                w.send_ip(x, y, _packets(rng, 3), now)
+            w.settle(now)
+        got: dict[tuple[str, str], list[int]] = {}
+        for name, line in w.events:
+            if line.startswith("Delivered(") and f"kind={KIND_PING}," in line:
+                src = next(n for n in ENDS if line.startswith(f"Delivered(src={ids[n]!r}"))
+                got.setdefault((src, name), []).append(int(line.split("hops=")[1].split(",")[0]))
+        assert got[("a", "c")] == [2] * 24 and got[("c", "a")] == [2] * 24, (runs, got)
+        assert got[("a", "b")] == got[("b", "a")] == got[("c", "b")] == [1] * 24, (runs, got)
+        for core in w.cores.values():
+            assert not set(core.overlay.drops) & {"no_route", "own_src_returned", "unknown_peer"}
+            assert not core.link.drops["unknown_index"]
+    one, run = _state(worlds[False][0]), _state(worlds[True][0])
+    for key in one:
+        assert one[key] == run[key], key
