@@ -563,7 +563,8 @@ class NodeCore:
                             overlay.direct_heard(peer, now=now)
                         continue
                     if tag == PROBE_TAG:  # (answered here, after the messages before it)
-                        self.link.probe_in(peer, payload, path, now=now)
+                        last = j == m and i == len(run) - 1
+                        self.link.probe_in(peer, payload, path, now=now, last=last)
                         self._settle(now)
                         continue
                     self._message_in(peer, payload, path, now)

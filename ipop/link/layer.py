@@ -523,7 +523,9 @@ class LinkLayer:
                 opened = [p for p in opened if p]
         return st.node_id, stop, opened
 
-    def probe_in(self, peer: NodeId, payload: bytes, path: Path, *, now: float) -> None:
+    def probe_in(
+        self, peer: NodeId, payload: bytes, path: Path, *, now: float, last: bool = True
+    ) -> None:
         """A probe (``PROBE_TAG``) that :meth:`open_run` returned in its place among the
         run's messages, handled as :meth:`open_data` handles one.
 
@@ -533,8 +535,17 @@ class LinkLayer:
         run was opened, its answer went ahead of theirs, and an answer through a relay began
         a silent-hop episode that later messages of the run did not end."""
         st = self._peers.get(peer)
-        if st is not None:
-            self._on_probe(st, payload, path, now)
+        if st is None:
+            return
+        self._on_probe(st, payload, path, now)
+        if not last:
+            # ``last``: no message of the run follows it. One by one, the datagrams after a
+            # probe are heard after its answer, and the first of them clears the mark that
+            # answer set (tx_first: our first message since the peer spoke); open_run heard
+            # them all before. Left set, it echoed REBIND_QUIET_S later a peer that never
+            # fell silent (lab cold starts: echoes +40 %, witnesses asked twice as often).
+            # (A keepalive after the last probe is not told apart: it clears it one by one.)
+            st.tx_first = _INF
 
     def open_data(self, data: bytes, path: Path, *, now: float) -> tuple[NodeId, bytes] | None:
         """Data-plane fast path: :meth:`receive_datagram` for one datagram, except that an

@@ -633,3 +633,32 @@ def test_cold_start_with_nated_ends_in_runs_is_one_by_one(
     ]
     assert len(relayed) >= 8, relayed
     assert sum(h >= 2 for h in run.hops) >= 20, run.hops
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("runs", [False, True])
+def test_a_probe_answered_in_a_run_leaves_no_mark_the_datagrams_after_it_clear(
+    backend: str, runs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # R1 echoes R2 and sends a packet right after: R2 takes both in one run. One by one, R2
+    # hears the echo, answers it (its first message since R1 spoke: ``tx_first``) and then
+    # hears the packet, which clears the mark. When the run heard every datagram before the
+    # probe was answered, the mark stayed: R2 echoed R1 REBIND_QUIET_S later whether or not
+    # R1 fell silent (in one lab cold start, echoes +40 % and witnesses asked twice as often
+    # as on main, whose runs answered probes in place).
+    keys = _counted_keys(monkeypatch)
+    fastpath.use(backend if runs else "python")
+    w, now, _ = _world(runs, 0, keys)
+    w.whole = True
+    r1, r2 = w.cores["r1"], w.cores["r2"]
+    r2.link.watch(w.id("r1"))
+    st = r2.link._peers[w.id("r1")]
+    now += 1.0
+    answered = r2.link.stats["echo_answered"]
+    assert r1.link.echo(w.id("r2"), now=now)
+    r1.send(w.id("r2"), KIND_PING, b"ping", now=now)
+    r1.flush(now=now)
+    w.settle(now)
+    assert r2.link.stats["echo_answered"] == answered + 1
+    # No mark: R2 echoes R1 only once R1 falls silent after a busy spell (rx_streak).
+    assert st.tx_first == float("inf")
