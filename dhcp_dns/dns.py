@@ -324,14 +324,17 @@ class DnsResolver:
         self.suffix = b".".join(own.labels).decode("ascii")
         # Index i of a zone is what NeedsLookup.zone names; a suffix already taken is skipped.
         self.zones: tuple[Zone, ...] = (Zone(self.suffix, subnet), *other_zones)
-        self.shadowed: tuple[Zone, ...] = ()
-        # (labels, zone index), longest suffix first: the one a name matches is the nearest.
+        # Each zone's labels, by index (made once: Zone.labels parses the suffix).
+        self._labels = tuple(zone.labels for zone in self.zones)
+        # The suffix's first zone answers for it: labels -> zone index.
         matching: dict[tuple[bytes, ...], int] = {}
-        for i, zone in enumerate(self.zones):
-            if zone.labels in matching:
-                self.shadowed += (zone,)
-            else:
-                matching[zone.labels] = i
+        for i, labels in enumerate(self._labels):
+            matching.setdefault(labels, i)
+        answering = set(matching.values())
+        self.shadowed = tuple(z for i, z in enumerate(self.zones) if i not in answering)
+        # Zones that answer, in order: where a reverse name goes (ours first).
+        self._answering = [(i, self.zones[i].subnet) for i in sorted(answering)]
+        # (labels, zone index), longest suffix first: the one a name matches is the nearest.
         self._matching = sorted(matching.items(), key=lambda m: -len(m[0]))
         self.upstream = upstream
         self.ttl = ttl
@@ -544,8 +547,8 @@ class DnsResolver:
         if any(o > 255 or str(o).encode() != s for o, s in zip(octets, labels[3::-1], strict=True)):
             return None
         addr = IPv4Address(bytes(octets))
-        for i, zone in enumerate(self.zones):
-            if addr in zone.subnet and zone not in self.shadowed:
+        for i, zone_subnet in self._answering:
+            if addr in zone_subnet:
                 return addr, i
         return None
 
@@ -555,7 +558,7 @@ class DnsResolver:
     def _ptr(self, query: _Query, qtype: int, addr: IPv4Address, zone: int) -> bytes:
         answers = b""
         if qtype in (_QTYPE_PTR, _QTYPE_ANY):
-            name = [c_name(addr).encode("ascii"), *self.zones[zone].labels]
+            name = [c_name(addr).encode("ascii"), *self._labels[zone]]
             target = _pack_name(name)
             answers = _RR.pack(_QNAME_PTR, _QTYPE_PTR, _CLASS_IN, self.ttl, len(target)) + target
         return self._pack(query, _RCODE_NOERROR, aa=True, ra=True, answers=answers)
@@ -564,7 +567,7 @@ class DnsResolver:
         if addr is None:
             return self._reply(query, _RCODE_NXDOMAIN)
         if isinstance(addr, tuple):
-            return self._services(query, qtype, addr, len(self.zones[zone].labels))
+            return self._services(query, qtype, addr, len(self._labels[zone]))
         answers = b""
         if qtype in (_QTYPE_A, _QTYPE_ANY):
             answers = _RR.pack(_QNAME_PTR, _QTYPE_A, _CLASS_IN, self.ttl, 4) + addr.packed

@@ -113,6 +113,14 @@ def _all_of_kinds(messages: list[bytes], kinds: tuple[int, ...]) -> bool:
     return not got.translate(None, bytes(kinds))  # (in C: nothing left once they go)
 
 
+def _kind_also(kinds: tuple[int, ...]) -> tuple[int, int]:
+    """``kinds`` (one or two: :meth:`NodeCore.receive_direct_run`'s ``kind`` and ``also``) as
+    the ``kind`` and ``also`` of :meth:`NodeCore.receive_direct` for a datagram a run does not
+    take (one kind: ``also`` is that kind again, which matches nothing more)."""
+    assert 1 <= len(kinds) <= 2, kinds
+    return kinds[0], kinds[-1]
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSnapshot:
     """Status material of the whole core, each layer's part from that layer's own reading
@@ -410,19 +418,13 @@ class NodeCore:
         becoming a Delivered event. Everything else takes the usual path (None). Call
         :meth:`flush` after a batch.
         """
-        kinds = (kind,) if also is None else (kind, also)
-        return self._direct_one(data, path, now=now, kinds=kinds)
-
-    def _direct_one(
-        self, data: bytes, path: Path, *, now: float, kinds: tuple[int, ...]
-    ) -> tuple[NodeId, bytes] | None:
         if data and data[0] < 4:  # STUN (RFC 7983 demultiplexing): not for the link layer
             self._stun_in(data, path, now)
             return None
-        return self._open_one(data, path, now=now, kinds=kinds)
+        return self._open_one(data, path, now=now, kind=kind, also=also)
 
     def _open_one(
-        self, data: bytes, path: Path, *, now: float, kinds: tuple[int, ...]
+        self, data: bytes, path: Path, *, now: float, kind: int, also: int | None = None
     ) -> tuple[NodeId, bytes] | None:
         """:meth:`receive_direct` of a link datagram (a relayed link's come here straight, as
         the slow path feeds them to the link layer: no STUN inside a relay)."""
@@ -434,7 +436,7 @@ class NodeCore:
         if (
             payload[0] == TYPE_DIRECT
             and len(payload) > 1
-            and payload[1] in kinds
+            and (payload[1] == kind or payload[1] == also)
             and self.overlay.is_linked(peer)  # what the overlay checks first
         ):
             return got
@@ -484,8 +486,8 @@ class NodeCore:
         Runs under one key are opened in one native call (:meth:`LinkLayer.open_run`); the
         rest go through :meth:`receive_direct` one by one. Call :meth:`flush` after a batch."""
         out: list[tuple[NodeId, bytes]] = []
-        kinds = (kind,) if also is None else (kind, also)
-        self._open_runs(datagrams, path, now, kinds, out, self._direct_one)
+        kinds = (kind,) if also is None else (kind, also)  # (once a batch)
+        self._open_runs(datagrams, path, now, kinds, out, self.receive_direct)
         return out
 
     def _open_runs(
@@ -500,12 +502,13 @@ class NodeCore:
         """Open ``datagrams`` (one path) in runs, ``one`` for those a run does not take; the
         DIRECT messages of ``kinds`` go to ``out``. A run's RELAY_FORWARD and RELAY_DELIVER
         messages are handled a run at a time too (:meth:`_relay_run`)."""
+        kind, also = _kind_also(kinds)
         open_run = self.link.open_run
         i, n = 0, len(datagrams)
         while i < n:
             run = open_run(datagrams, i, path, now=now)
             if run is None:
-                got = one(datagrams[i], path, now=now, kinds=kinds)
+                got = one(datagrams[i], path, now=now, kind=kind, also=also)
                 if got is not None:
                     out.append(got)
                 i += 1
@@ -583,11 +586,13 @@ class NodeCore:
         for each relayed link opened in runs straight from the messages, as the slow path
         opens them one by one (``relay`` of :meth:`_opened`)."""
         overlay = self.overlay
+        kind, also = _kind_also(kinds)
 
         def take(payloads: list[bytes], start: int, path: RelayPath, head: bytes) -> int:
             run = self.link.open_run(payloads, start, path, now=now, head=head)
             if run is None:
-                got = self._open_one(payloads[start][len(head) :], path, now=now, kinds=kinds)
+                data = payloads[start][len(head) :]
+                got = self._open_one(data, path, now=now, kind=kind, also=also)
                 if got is not None:
                     out.append(got)
                     overlay.direct_heard(got[0], now=now)  # (the event path's overlay's)

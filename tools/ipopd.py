@@ -29,7 +29,7 @@ from ipop.errors import ConfigError
 from ipop.promtext import CONTENT_TYPE
 from ipop.report import prefixed
 from ipop.status import DnsStatus
-from ipop.tools import save_tables
+from ipop.tools import imports_done
 
 if TYPE_CHECKING:
     from ipop.aio.localhttp import LocalHttpServer
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_arg(
         "ipopd", "the ipop node daemon", "node TOML (deploy/ipop.example.toml)", argv
     )
-    save_tables()  # the imports are done: keep what they compiled for the next start
+    imports_done()  # keep what they compiled for the next start; collect garbage from here
     try:
         cfg = load_config(config)
         bundle = load_valid_bundle(cfg.bundle)

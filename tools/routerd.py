@@ -13,7 +13,7 @@ from ipop.aio.daemon import DaemonSettings
 from ipop.errors import ConfigError
 from ipop.router.config import check_authority, load_router_config
 from ipop.router.daemon import router_daemon
-from ipop.tools import save_tables
+from ipop.tools import imports_done
 from ipop.tools.ipopd import config_arg, load_valid_bundle, run_daemon, setup_logging
 
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_arg(
         "ipop-router", "ipop router mode", "router TOML (deploy/router.example.toml)", argv
     )
-    save_tables()  # the imports are done: keep what they compiled for the next start
+    imports_done()  # keep what they compiled for the next start; collect garbage from here
     try:
         cfg = load_router_config(config)
         node = cfg.node

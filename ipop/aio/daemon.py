@@ -690,6 +690,8 @@ class Daemon:
         sysdns = {f"dns.{k[4:]}": v for k, v in self.stats.items() if k.startswith("dns_system_")}
         if sysdns:
             counters.append(sysdns)
+        if node is not None and node.dht is not None:
+            counters.append(prefixed("dht", node.dht.counters()))
         measured = self.netcheck_result.nat if self.netcheck_result is not None else None
         return LocalView(
             node_id=self.bundle.node_id.hex(),

@@ -38,6 +38,8 @@ from ipop.types import NodeId
 
 __all__ = ["IndexedNodeHeap", "LiveNodeCrawl", "Lookups"]
 
+_Call = asyncio.Task[tuple[bool, Any]]  # one find_node call of a hasty crawl
+
 
 class IndexedNodeHeap(NodeHeap):  # type: ignore[misc]  # kademlia is untyped
     """Kademlia's NodeHeap with an id set: stock membership scans the whole heap per push.
@@ -72,43 +74,48 @@ class LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is untyp
     Stock ``NodeSpiderCrawl`` drops a silent node from its heap, but a later answer that
     mentions it pushes it back, already marked contacted, so dead nodes can end up in the
     result (measured: half of a key's replica set after 10 of 24 nodes left).
+
+    ``hasty`` (a read's lookup) does not wait in a round for a peer late to answer (past its
+    retransmission timeout): a round waits for its slowest peer, and a node that just died is
+    named by every answer, so it cost each read's lookup its tries. An unresponsive peer
+    counts as silent without being asked, and so does a late one whose timeout comes from its
+    own round trips. A late one whose timeout is borrowed from all peers' (we never heard it)
+    may just be far: its call goes on beside the next rounds and its answer is taken when it
+    comes; the crawl waits for it at the end only while it is nearer the target than the
+    ``enough``-th nearest node that answered (the replica set is not settled without it).
+    Why: in a world-wide overlay the peers near a key may all be a region away, slower than
+    the near peers that set the shared estimate; cut off at that estimate, a read's lookup
+    found 4-6 nodes, none near the key, and the read missed a record all of the key's
+    replicas held (3 of 100 gets at 1,000 simulated nodes). The price: a node near the key
+    that just died and was never heard holds the first read after its death for its call's
+    tries (2 borrowed timeouts, not 1); its silence is remembered after that.
     """
 
-    def __init__(self, *args: Any, hasty: bool = False) -> None:
+    def __init__(self, *args: Any, hasty: bool = False, enough: int = 1) -> None:
         super().__init__(*args)
         self.answered: set[bytes] = set()
         self._hasty = hasty
+        self._enough = enough
+        self._last_ids: list[bytes] = []
         stock: Any = self.nearest
         indexed = IndexedNodeHeap(self.node, self.ksize)
         indexed.push([node for _, node in stock.heap])
         self.nearest: Any = indexed
 
     async def find(self) -> Any:
-        return await self._find(self._ask)
-
-    async def _ask(self, peer: Node, target: Node) -> tuple[bool, Any]:
-        if not self._hasty:
-            return await self.protocol.call_find_node(peer, target)  # type: ignore[no-any-return]
-        # A hasty lookup (a read's) counts an unresponsive peer as silent without asking it,
-        # and one late to answer (past its retransmission timeout) as silent then: a round
-        # waits for its slowest peer, and a node that just died is named by every answer,
-        # so it cost each read's lookup its tries. The nodes a late peer would have named are
-        # named by the others as well.
-        protocol: IpopKademliaProtocol = self.protocol
-        node = node_id_from_bytes(peer.id)
-        if protocol.unresponsive(node):
-            return (False, None)
-        try:
-            return await asyncio.wait_for(
-                protocol.call_find_node(peer, target), protocol.rtt.timeout(node)
-            )
-        except TimeoutError:
-            protocol.missed(node)
-            return (False, None)
+        if self._hasty:
+            return await self._find_hasty()
+        return await self._find(self.protocol.call_find_node)
 
     async def _nodes_found(self, responses: dict[bytes, tuple[bool, Any]]) -> Any:
         # Stock NodeSpiderCrawl._nodes_found, except that answers list contact objects
         # (IpopKademliaProtocol.call_find_node) instead of tuples to rebuild them from.
+        self._take(responses)
+        if self.nearest.have_contacted_all():
+            return list(self.nearest)
+        return await self.find()
+
+    def _take(self, responses: dict[bytes, tuple[bool, Any]]) -> None:
         silent = []
         for peer, (ok, nodes) in responses.items():
             if ok:
@@ -117,9 +124,72 @@ class LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is untyp
             else:
                 silent.append(peer)
         self.nearest.remove(silent)
-        if self.nearest.have_contacted_all():
-            return list(self.nearest)
-        return await self.find()
+
+    async def _find_hasty(self) -> Any:
+        protocol: IpopKademliaProtocol = self.protocol
+        loop = asyncio.get_running_loop()
+        calls: dict[_Call, Node] = {}
+        due: dict[_Call, float] = {}
+        late: set[_Call] = set()  # far maybe: still asked
+
+        def take(done: set[_Call]) -> None:
+            self._take({calls[t].id: t.result() for t in done})
+            for task in done:
+                del calls[task]
+                late.discard(task)
+
+        try:
+            while True:
+                # Stock rounds: alpha peers, all uncontacted ones once nothing nearer came up.
+                ids = self.nearest.get_ids()
+                count = len(self.nearest) if ids == self._last_ids else self.alpha
+                self._last_ids = ids
+                unresponsive = []
+                for peer in self.nearest.get_uncontacted()[:count]:
+                    self.nearest.mark_contacted(peer)
+                    node = node_id_from_bytes(peer.id)
+                    if protocol.unresponsive(node):
+                        unresponsive.append(peer)
+                        continue
+                    task = loop.create_task(protocol.call_find_node(peer, self.node))
+                    calls[task] = peer
+                    due[task] = loop.time() + protocol.rtt.timeout(node)
+                self.nearest.remove(unresponsive)
+                # The round: until each of its calls answered or is late.
+                while waiting := [t for t in calls if t not in late]:
+                    wait = max(0.0, min(due[t] for t in waiting) - loop.time())
+                    done, _ = await asyncio.wait(
+                        set(calls), timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    take(done)
+                    now = loop.time()
+                    for task in [t for t in calls if t not in late and due[t] <= now]:
+                        node = node_id_from_bytes(calls[task].id)
+                        if protocol.rtt.sampled(node):
+                            task.cancel()
+                            protocol.missed(node)
+                            self.nearest.remove([calls.pop(task)])
+                        else:
+                            late.add(task)
+                if not self.nearest.have_contacted_all():
+                    continue
+                if not any(self._may_lead_nearer(calls[t]) for t in late):
+                    break
+                done, _ = await asyncio.wait(late, return_when=asyncio.FIRST_COMPLETED)
+                take(done)
+        finally:
+            for task in calls:
+                task.cancel()
+        return list(self.nearest)
+
+    def _may_lead_nearer(self, peer: Node) -> bool:
+        """Is ``peer`` nearer the target than the ``enough``-th nearest node that answered
+        (or have fewer than that answered)?"""
+        answered = [n for n in self.nearest if n.id in self.answered]
+        if len(answered) < self._enough:
+            return True
+        farthest = answered[self._enough - 1]
+        return bool(self.node.distance_to(peer) < self.node.distance_to(farthest))
 
 
 class Lookups:
@@ -235,7 +305,15 @@ class Lookups:
         nearest = self.protocol.router.find_neighbors(node, width)
         if not nearest:
             return []
-        spider = LiveNodeCrawl(self.protocol, node, nearest, width, self.config.alpha, hasty=hasty)
+        spider = LiveNodeCrawl(
+            self.protocol,
+            node,
+            nearest,
+            width,
+            self.config.alpha,
+            hasty=hasty,
+            enough=self.config.replicas,
+        )
         found = await spider.find()
         return [node_id_from_bytes(n.id) for n in found if n.id in spider.answered]
 

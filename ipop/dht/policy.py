@@ -46,9 +46,11 @@ it does not hide: the records a node itself stores as a replica (their keys name
 records encrypted under a key of the network would, and then strangers could check nothing.
 
 Known limit: anyone can make a CA, so a namespace proves only that one key vouched for the
-record, not that the network is anyone's. Per-owner quotas (per namespace, :mod:`ipop.dht.storage`)
-and the replica's record bound are what limit an overlay member that mints namespaces; who may
-send STOREs at all is the overlay's credential (issue 17), not this module's.
+record, not that the network is anyone's. Per-owner quotas (per namespace) cannot limit an
+overlay member that mints namespaces and keys; the store's shares by overlay identity do
+(:mod:`ipop.dht.storage`: a quarter of a replica per identity that stores there itself, three
+quarters for all owners that never did). Who may send STOREs at all is the overlay's
+credential (issue 17), not this module's.
 
 Kinds::
 

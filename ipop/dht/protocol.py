@@ -208,6 +208,10 @@ class RttEstimator:
         while len(self._peers) > self._max_peers:
             self._peers.popitem(last=False)
 
+    def sampled(self, peer: NodeId) -> bool:
+        """Whether ``peer``'s timeout comes from its own round trips (not all peers')."""
+        return peer in self._peers
+
     def timeout(self, peer: NodeId) -> float:
         est = self._peers.get(peer) or self._all
         if est is None:
@@ -373,7 +377,7 @@ class IpopKademliaProtocol(KademliaProtocol):  # type: ignore[misc]  # kademlia 
 
     def _on_store(self, src: NodeId, msg: StoreRequested) -> Response:
         offered = msg.record
-        outcome = self.record_storage.offer(offered)
+        outcome = self.record_storage.offer(offered, sender=src)
         current = None
         # The current record tells a creator who holds the key; only a member may see it (the
         # offer's certificate is its proof: a forged offer must not read the key for free).

@@ -243,6 +243,10 @@ class DhtService:
         total.update(self.stats_drops)
         return total
 
+    def counters(self) -> dict[str, int]:
+        """Our replica's store, for status (:meth:`RecordStorage.counters`)."""
+        return self.storage.counters()
+
     def contacts(self) -> list[NodeId]:
         """Every node in our routing table."""
         return self.lookups.contacts()

@@ -16,10 +16,20 @@ Bounds (a store is a table keyed by what members send):
     node that lost its state and claims a new address must not be locked out by its own old
     lease for an hour; owners sign seqs from their clock, so "latest claim wins" and a read
     repair of the superseded record is refused. Only an owner's own records are ever displaced.
-  * at most ``max_records`` records in all. When full, expired records go first; a new key is
-    then refused (``store_full``), never accepted by evicting someone else's record: with the
-    per-owner quotas, filling a replica takes that many certificates (of one CA each: see
-    :mod:`ipop.dht.policy` on namespaces anyone can mint).
+  * at most ``max_records`` records in all. When full, expired records go first; then a new
+    key is refused (``store_full``), unless the records below can give way.
+  * shares (issue 17: anyone on a shared overlay can mint a CA, a namespace, and certificates
+    for any number of keys, so per-owner quotas alone bound nothing): an owner is *proven*
+    here once it stored a record of its own itself (the STORE's sender, which the overlay
+    authenticated, is the owner; local offers count as proven). A proven owner holds at most
+    ``OWNER_SHARE`` of the store in all namespaces together (``store_owner_share``): one
+    overlay identity, however many namespaces it mints for its key, never fills a replica.
+    Records of owners not proven here (copies handed over or repaired by others, or made-up
+    owners a flooder sends) take at most ``UNPROVEN_SHARE`` of it, and when the store is full
+    the oldest of them gives way to a proven owner's new record (counted in ``evicted``).
+    So a flooder holding one overlay identity can take a quarter of a replica with its own
+    key and three quarters with made-up ones, and every member that stores its own records
+    still gets in. An owner's handed-over records count as proven once it stores here itself.
   * each record is at most ``MAX_RECORD_BYTES`` (:mod:`ipop.dht.record`).
 
 Time comes from the ``clock`` callable, UNIX time (leases are absolute times and certificates
@@ -33,7 +43,7 @@ which resurrects stale values. Here ``iter_older_than`` yields nothing: only own
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 
 from kademlia.storage import IStorage
@@ -50,6 +60,11 @@ from ipop.dht.record import (
 from ipop.errors import LocalProtocolError, RemoteProtocolError
 from ipop.timing import DHT_MAX_TTL_S
 from ipop.types import NodeId
+
+# Share of the store one proven owner may hold, in every namespace together (module docstring).
+OWNER_SHARE = 0.25
+# Share of the store records of owners not proven here may take.
+UNPROVEN_SHARE = 0.75
 
 # Records one replica holds at most. Honest load is about 2 R records per replica whatever the
 # network's size (each node: one address and one name, R copies each, spread over N nodes),
@@ -70,6 +85,7 @@ STORE_REASONS = (
             "quota_user",
             "quota_svc",
             "store_full",
+            "store_owner_share",  # a proven owner's records fill its share of the store
         }
     )
 )
@@ -98,18 +114,30 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type h
         # Key ids held per (owner, namespace, kind): what the quotas count. In step with _data.
         self._by_owner: dict[_Slot, set[bytes]] = {}
         self._slot: dict[bytes, _Slot] = {}
+        # Key ids held per owner, every namespace: what OWNER_SHARE counts. In step with _data.
+        self._owner_kids: dict[NodeId, set[bytes]] = {}
+        # Owners that stored a record of their own here themselves (LRU, bounded).
+        self._proven: OrderedDict[NodeId, None] = OrderedDict()
+        # Key ids of records whose owner was not proven when they came, oldest first.
+        self._unproven: OrderedDict[bytes, None] = OrderedDict()
+        self._owner_cap = max(1, int(max_records * OWNER_SHARE))
+        self._unproven_cap = max(1, int(max_records * UNPROVEN_SHARE))
         # Refusals by reason: the replica-side half of the DHT's drop counters.
         self.refused: Counter[str] = Counter()
         # Records that gave way to a newer one of the same owner and kind (quota).
         self.displaced = 0
+        # Records of owners not proven here that gave way to a proven owner's (shares).
+        self.evicted = 0
 
     def _refuse(self, reason: str) -> None:
         if reason not in STORE_REASONS:
             raise LocalProtocolError(f"unknown store refusal reason {reason!r}")
         self.refused[reason] += 1
 
-    def offer(self, record: Record) -> StoreOutcome:
-        """Authenticate ``record`` and store it if the policy, the rule and the bounds allow."""
+    def offer(self, record: Record, *, sender: NodeId | None = None) -> StoreOutcome:
+        """Authenticate ``record`` and store it if the policy, the rule and the bounds allow.
+        ``sender``: the node whose STORE it came in (authenticated); None: this node's own
+        offer (module docstring, "shares")."""
         now = self._clock()
         try:
             # A copy equal to the one held here passed check_record when it was stored, and
@@ -123,6 +151,8 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type h
         except RemoteProtocolError as exc:
             self._refuse(exc.reason)
             return StoreOutcome.INVALID
+        if sender is None or sender == record.owner:
+            self._prove(record.owner)
         kid = record.key_id
         current = self.lookup(kid)
         outcome = decide_store(current, record, now=now, max_ttl=self._max_ttl)
@@ -151,12 +181,53 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type h
                 return False
             self._remove(lowest)
             self.displaced += 1
-        if current is None and len(self._data) >= self._max_records:
+        proven = record.owner in self._proven
+        if len(self._owner_kids.get(record.owner, ())) >= self._owner_cap:
             self.cull()
-            if len(self._data) >= self._max_records:
+            if len(self._owner_kids.get(record.owner, ())) >= self._owner_cap:
+                self._refuse("store_owner_share")
+                return False
+        if current is not None:
+            return True  # the key's expired or released record makes way: no new room needed
+        if not proven and len(self._unproven) >= self._unproven_cap:
+            self.cull()
+            if len(self._unproven) >= self._unproven_cap:
                 self._refuse("store_full")
                 return False
+        if len(self._data) >= self._max_records:
+            self.cull()
+            if len(self._data) >= self._max_records:
+                if not proven or not self._unproven:
+                    self._refuse("store_full")
+                    return False
+                self._remove(next(iter(self._unproven)))
+                self.evicted += 1
         return True
+
+    def counters(self) -> dict[str, int]:
+        """For status: records held, of them unproven, and records that gave way."""
+        return {
+            "store_records": len(self),
+            "store_unproven": self.unproven,
+            "store_displaced": self.displaced,
+            "store_evicted": self.evicted,
+        }
+
+    @property
+    def unproven(self) -> int:
+        """Records held whose owner has not stored here itself (module docstring, shares)."""
+        return len(self._unproven)
+
+    def _prove(self, owner: NodeId) -> None:
+        """``owner`` stored here itself: its records count as proven from now on."""
+        if owner in self._proven:
+            self._proven.move_to_end(owner)
+            return
+        self._proven[owner] = None
+        if len(self._proven) > self._max_records:  # bounded: the least recent is forgotten
+            self._proven.popitem(last=False)
+        for kid in self._owner_kids.get(owner, ()):
+            self._unproven.pop(kid, None)
 
     def _owned(self, slot: _Slot) -> set[bytes]:
         """Key ids of the unexpired records ``slot`` counts (expired ones are dropped)."""
@@ -172,14 +243,22 @@ class RecordStorage(IStorage):  # type: ignore[misc]  # kademlia ships no type h
         self._data[kid] = record
         self._slot[kid] = slot
         self._by_owner.setdefault(slot, set()).add(kid)
+        self._owner_kids.setdefault(record.owner, set()).add(kid)
+        if record.owner not in self._proven:
+            self._unproven[kid] = None
 
     def _remove(self, kid: bytes) -> None:
-        self._data.pop(kid)
+        owner = self._data.pop(kid).owner
         slot = self._slot.pop(kid)
         held = self._by_owner[slot]
         held.discard(kid)
         if not held:
             del self._by_owner[slot]
+        kids = self._owner_kids[owner]
+        kids.discard(kid)
+        if not kids:
+            del self._owner_kids[owner]
+        self._unproven.pop(kid, None)
 
     def lookup(self, kid: bytes) -> Record | None:
         """The unexpired record held for ``kid`` (tombstones included), else None."""

@@ -4,10 +4,13 @@ Why: greedy routing with proximity (:mod:`ipop.overlay.routing`) weighs only our
 a message between two nodes of one region often leaves the region for its last hop or two: a
 peer 5 ms away may hold a link to the target, and nothing told us. Measured on the simulator's
 map (1,000 nodes, links frozen, 2,000 pairs), that tail held stretch p90 at 3.6-3.9. So linked
-peers that measured each other fast tell each other which nodes they hold links to (LINK_IDS,
-:class:`ipop.overlay.messages.LinkIds`), and the router hands a message to the fastest such
-peer that says it holds a link to the target itself (:mod:`ipop.overlay.routing` says why
-only the target itself, and what it measured).
+peers that measured each other fast tell each other which nodes they hold direct links to
+(LINK_IDS, :class:`ipop.overlay.messages.LinkIds`), and the router hands a message to the
+fastest such peer that says it holds a link to the target itself (:mod:`ipop.overlay.routing`
+says why only the target itself, and what it measured). Direct links only: the peer hands the
+message to the target at once, and over a relayed link that hop crosses the relay too, a ring
+neighbour usually in another region; a relayed link of our own to the target yields to such
+a peer when we timed the peer faster.
 
 :class:`LinkHints` keeps what each peer said: one entry per linked peer (forgotten with the
 link), at most ``MAX_LINK_IDS`` prefixes each, aged out ``hint_s`` after it was said, and at

@@ -834,9 +834,11 @@ class OverlayNode:
 
     def _link_ids_listed(self) -> list[NodeId]:
         """The links we list (at most MAX_LINK_IDS): near ones first (each the only way to
-        its part of the ring), then the rest fastest first."""
+        its part of the ring), then the rest fastest first. Direct links only: a peer that
+        takes a message on our word hands it to the target at once, and over a relayed link
+        that last hop crosses the relay too (ipop.overlay.linkhints)."""
         rows = sorted(
-            self._table,
+            (c for c in self._table if c.direct),
             key=lambda c: (
                 ConnectionKind.NEAR not in c.kinds,
                 _INF if c.rtt_s is None else c.rtt_s,

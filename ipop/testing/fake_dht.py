@@ -23,6 +23,7 @@ class FakeDht:
         self._node_id = node_id
         self.calls: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()  # what status reads of the real one (none here)
+        self.store: dict[str, int] = {}  # what counters() says of a replica's store
         self.records: dict[str, tuple[NodeId, bytes]] = {}
         self.gate = asyncio.Event()
         self.gate.set()
@@ -30,6 +31,9 @@ class FakeDht:
     @property
     def node_id(self) -> NodeId:
         return self._node_id
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.store)
 
     def hold(self, key: str, owner: NodeId, value: bytes = b"") -> None:
         """Make ``owner`` the holder of ``key`` (another node's record, or one of ours that

@@ -167,6 +167,9 @@ def test_a_daemon_in_two_networks_serves_each_on_its_own_tap(tmp_path: Path) -> 
             assert [n.tap for n in st.networks] == ["ipop-lab", "ipop-other"]
             assert st.networks[1].vip == str(side.vip) and st.self_.vip == str(d.vip)
             assert Status.from_json(st.to_json()) == st
+            # The replica's store in status: both networks' records are held here.
+            assert st.counters["dht.store_records"] >= 2, st.counters
+            assert st.counters["dht.store_evicted"] == 0
             text = "\n".join(format_status(st))
             assert "networks (2):" in text and "othernet  ipop-other  " + str(side.vip) in text
         finally:

@@ -5,18 +5,23 @@ in two networks, one resolv.conf): ``DnsResolver(other_zones=...)`` and the runn
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from ipop.config import NodeConfig
 from ipop.dhcp_dns.dns import DnsAnswer, DnsResolver, NeedsLookup, Zone
 from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.dht.srv import ServiceValue
 from ipop.errors import LocalProtocolError
+from ipop.tools.ipopd import NodeServices
 
 LABNET = IPv4Network("100.64.0.0/16")
 OTHERNET = IPv4Network("100.65.0.0/16")
@@ -132,6 +137,16 @@ def _frame(name: str) -> bytes:
     )
 
 
+def _labnet_gateway() -> TapServices:
+    """labnet's gateway, DNS only, answering othernet's zone too."""
+    return TapServices(
+        gateway_ip=IPv4Address("100.64.0.1"),
+        subnet=LABNET,
+        dhcp=None,
+        dns=DnsResolver(LABNET, suffix="ipop", other_zones=[OTHER]),
+    )
+
+
 def test_the_runner_asks_each_zones_own_lookup() -> None:
     async def main() -> None:
         asked: list[tuple[str, str]] = []
@@ -143,12 +158,7 @@ def test_the_runner_asks_each_zones_own_lookup() -> None:
 
             return lookup
 
-        services = TapServices(
-            gateway_ip=IPv4Address("100.64.0.1"),
-            subnet=LABNET,
-            dhcp=None,
-            dns=DnsResolver(LABNET, suffix="ipop", other_zones=[OTHER]),
-        )
+        services = _labnet_gateway()
         written: list[bytes] = []
         runner = TapServicesRunner(
             services,
@@ -177,11 +187,44 @@ def test_a_runner_needs_a_lookup_for_every_zone() -> None:
     async def lookup(name: str) -> IPv4Address | None:
         return None
 
-    services = TapServices(
-        gateway_ip=IPv4Address("100.64.0.1"),
-        subnet=LABNET,
-        dhcp=None,
-        dns=DnsResolver(LABNET, suffix="ipop", other_zones=[OTHER]),
-    )
+    services = _labnet_gateway()
     with pytest.raises(LocalProtocolError, match="2 DNS zones, 1 lookups"):
         TapServicesRunner(services, lambda _f: None, lookup, None)
+
+
+def _side(suffix: str, subnet: IPv4Network) -> SimpleNamespace:
+    """What NodeServices reads of a network's side (ipop.aio.local.ServedSide)."""
+
+    async def dns_lookup(name: str) -> IPv4Address | None:
+        return None
+
+    return SimpleNamespace(
+        gateway=subnet.network_address + 1,
+        subnet=subnet,
+        suffix=suffix,
+        tap=None,
+        write_frame=lambda frame: None,
+        dns_lookup=dns_lookup,
+    )
+
+
+def test_ipopd_gives_each_gateway_the_other_networks_and_says_when_a_suffix_is_shared(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def go() -> None:
+        cfg = NodeConfig(bundle=Path("/nonexistent"))
+        lab, other, same = (
+            _side("ipop", LABNET),
+            _side("other", OTHERNET),
+            _side("ipop", IPv4Network("100.66.0.0/16")),
+        )
+        with caplog.at_level(logging.WARNING, logger="ipopd"):
+            services = NodeServices(lab, cfg, [other, same])  # type: ignore[arg-type]
+        dns = services.services.dns
+        assert dns is not None
+        assert [z.suffix for z in dns.zones] == ["ipop", "other", "ipop"]
+        assert dns.shadowed == (Zone("ipop", IPv4Network("100.66.0.0/16")),)
+        assert "event=dns_suffix_shared" in caplog.text and "100.66.0.0/16" in caplog.text
+        await services.close()
+
+    asyncio.run(go())

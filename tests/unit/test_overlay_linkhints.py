@@ -11,7 +11,7 @@ import random
 import pytest
 
 from ipop.errors import RemoteProtocolError
-from ipop.link.events import LinkMessage
+from ipop.link.events import LinkMessage, LinkUp
 from ipop.overlay import routing
 from ipop.overlay.linkhints import LinkHints, LinkIdsTeller
 from ipop.overlay.messages import (
@@ -30,8 +30,8 @@ from ipop.overlay.routing import Deliver, Drop, Forward, Router
 from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import ConnectionTable
 from ipop.testing.fake_origin import FakeKeyring
-from ipop.testing.recording_links import node_by_hand, timed_link_up
-from ipop.types import RING, Endpoint, NodeId
+from ipop.testing.recording_links import fake_certificate, node_by_hand, timed_link_up
+from ipop.types import RING, Endpoint, NodeId, RelayPath
 
 SIG = bytes(64)
 FAST, SLOW = 0.004, 0.080  # round trips under and over OVERLAY_LINK_HINT_RTT_S (30 ms)
@@ -263,6 +263,33 @@ def test_without_hints_the_router_is_the_proximity_router() -> None:
     assert plain.decide(_msg(), None, 1.0) == Forward(GREEDY, _msg())
 
 
+def test_a_relayed_link_to_the_target_yields_to_a_faster_fast_peer_that_holds_it() -> None:
+    """A route's last hop over a relayed link crosses the relay, often in another region:
+    a third of the stretch tail of a 300-node run (seed 2). A fast peer that lists the
+    target (lists name direct links only) takes it when we timed it faster than the relayed
+    path; a direct link to the target is never handed away, nor a faster relayed one."""
+    table = _table({BEHIND: FAST, AHEAD: 0.150})
+    table.add(TARGET, RelayPath(AHEAD, TARGET), now=0.0, rtt_s=0.300)
+    hints = _hints(table)
+    stats: collections.Counter[str] = collections.Counter()
+    r = _router_at(US, table, stats, hints)
+    assert r.decide(_msg(), None, 1.0) == Forward(TARGET, _msg())
+    hints.put(BEHIND, [id_prefix(TARGET)], 1.0)
+    assert r.decide(_msg(), None, 1.0) == Forward(BEHIND, _msg(FLAG_SIDEWAYS))
+    assert stats["routed_hinted_past_relay"] == 1
+    # The sideways step spent already: the relayed link it is.
+    src = _id(5)
+    got = r.decide(_msg(FLAG_SIDEWAYS, 1, src), AHEAD, 1.0)
+    assert got == Forward(TARGET, _msg(FLAG_SIDEWAYS, 2, src))
+    # A relayed path faster than the peer: kept.
+    table.add(TARGET, RelayPath(AHEAD, TARGET), now=2.0, rtt_s=0.003)
+    assert r.decide(_msg(), None, 2.0) == Forward(TARGET, _msg())
+    # A direct link to the target: kept, however slow.
+    table.add(TARGET, Endpoint("198.51.100.7", 4000), now=3.0, rtt_s=0.300)
+    assert r.decide(_msg(), None, 3.0) == Forward(TARGET, _msg())
+    assert stats["routed_hinted_past_relay"] == 1
+
+
 # --- a liar in a network of routers ------------------------------------------------------------
 
 
@@ -390,3 +417,19 @@ def test_once_joined_a_node_tells_its_fast_peers_its_links_and_hears_theirs() ->
     assert node.drops["truncated"] == 1
     node.handle_timer(now=8.0)
     assert len(links.sent_of(LinkIds)) == 1  # nothing changed: the next list is the refresh
+
+
+def test_a_node_lists_its_direct_links_only() -> None:
+    """A peer that takes a message on our list hands it to the target at once: over a relayed
+    link of ours that hop would cross the relay as well."""
+    node, links = node_by_hand(ME, KEYRING)
+    fast, relayed = _id(21), _id(22)
+    timed_link_up(node, fast, 0, FAST)
+    node.on_link_event(
+        LinkUp(relayed, fake_certificate(relayed), RelayPath(fast, relayed), None, rtt_s=SLOW),
+        now=1.0,
+    )
+    node.near_upkeep.on_joined()
+    node.handle_timer(now=6.5)
+    assert relayed in node.connected_peers()
+    assert links.sent_of(LinkIds) == [(fast, LinkIds.of([fast]))]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ipop.tools import starting_daemon
 from ipop.tools.bench import start_cost
 from ipop.tools.ipopd import config_arg
 from ipop.tools.lab.ipopnet import compile_bytecode
@@ -207,3 +208,76 @@ def test_start_cost_bench_reports_both_daemons() -> None:
         # compile_bytecode wrote the regex table: next to nothing is compiled.
         assert isinstance(r["re_compile_cpu_s"], float) and 0 <= r["re_compile_cpu_s"] < 0.005
         assert isinstance(r["heaviest_ms"], list) and len(r["heaviest_ms"]) == 3
+
+
+# Prints whether the collector is on once ipop.tools is imported, then after imports_done and
+# how many objects that froze.
+_GC = """
+import gc, json, sys
+import ipop.tools
+during = gc.isenabled()
+ipop.tools.imports_done()
+print(json.dumps([during, gc.isenabled(), gc.get_freeze_count() > 1000]))
+"""
+
+
+@pytest.mark.parametrize("name", ["ipopd", "ipop-router"])
+def test_a_daemon_imports_without_the_collector_then_freezes_them(
+    name: str, tmp_path: Path
+) -> None:
+    """Run as the daemon's console script is: the collector is off during the imports and
+    on after imports_done, with what they made frozen (~80 collections fewer at start)."""
+    script = tmp_path / name
+    script.write_text(_GC)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [False, True, True]
+
+
+def test_other_programs_keep_the_collector_on(tmp_path: Path) -> None:
+    script = tmp_path / "ipop-config"
+    script.write_text(_GC)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("orig_argv", "argv0", "daemon"),
+    [
+        (["python", "-m", "ipop.tools.ipopd", "--config", "a"], "-m", True),
+        (["python", "-X", "importtime", "-m", "ipop.tools.routerd"], "-m", True),
+        (["python", "-m", "ipop.tools.cli", "status"], "-m", False),
+        (["python", "-m"], "-m", False),
+        (["/usr/local/bin/ipopd", "--config", "a"], "/usr/local/bin/ipopd", True),
+        (["/usr/bin/python3", "/usr/local/bin/ipop-router"], "/usr/local/bin/ipop-router", True),
+        (["pytest", "-q"], "pytest", False),
+    ],
+)
+def test_starting_daemon_knows_the_daemons_command_lines(
+    orig_argv: list[str], argv0: str, daemon: bool
+) -> None:
+    assert starting_daemon(orig_argv, argv0) is daemon
+
+
+def test_start_cost_lab_reads_each_event_cpu_and_the_phases_between() -> None:
+    log = (
+        "ts=a level=info logger=ipopd event=started node=1 cpu_s=0.150\n"
+        "ts=b level=info logger=ipopd event=dht_joined after_s=0.5 cpu_s=0.190\n"
+        "ts=c level=info logger=ipopd event=ready vip=100.64.0.2 after_s=2.1 cpu_s=0.300\n"
+        "ts=d level=info logger=ipopd event=ready vip=100.64.0.2 after_s=9.0 cpu_s=0.900\n"
+    )
+    first = start_cost.event_cpu(log)
+    assert first == {"started": 0.15, "dht_joined": 0.19, "ready": 0.3}
+    other = {"started": 0.17, "dht_joined": 0.2, "ready": 0.4}
+    phases = start_cost.lab_phases([first, other, {"started": 0.1}])  # the last never ready
+    assert phases == {
+        "at_started": 0.16,
+        "at_dht_joined": 0.195,
+        "at_ready": 0.35,
+        "to_started": 0.16,
+        "started_to_dht_joined": 0.035,
+        "dht_joined_to_ready": 0.155,
+        "daemons": 2,
+    }
+    assert start_cost.lab_phases([{"started": 0.1}]) == {}

@@ -135,7 +135,15 @@ def _wire(d: Daemon) -> None:
     core = _core()
     node: Any = SimpleNamespace(
         core=core,
-        dht=SimpleNamespace(drops=Counter({"bad_record": 2})),
+        dht=SimpleNamespace(
+            drops=Counter({"bad_record": 2}),
+            counters=lambda: {
+                "store_records": 40,
+                "store_unproven": 3,
+                "store_displaced": 1,
+                "store_evicted": 0,
+            },
+        ),
         node_id=ME,
         identity=core.identity,
     )
