@@ -50,9 +50,11 @@ from __future__ import annotations
 
 import collections
 import math
+import operator
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from ipop import timing
 from ipop.errors import LocalProtocolError
@@ -61,7 +63,7 @@ from ipop.identity import CertificateError, NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
 from ipop.link.events import LinkDown, LinkInfo, LinkMessage, LinkPathChanged, LinkUp
 from ipop.link.layer import LinkConfig, LinkLayer
-from ipop.link.pmtu import MAX_DATAGRAM, RELAY_OVERHEAD
+from ipop.link.pmtu import MAX_DATAGRAM, PROBE_TAG, RELAY_OVERHEAD
 from ipop.nat.mapping import MappingCheck, Observer
 from ipop.nat.portguess import PortGuessing, is_knock
 from ipop.nat.stun import SOURCE_PRIMARY, StunAgent
@@ -95,6 +97,28 @@ _CRL_TAG = bytes([TYPE_CRL])
 _CRL_NETWORK_OP = bytes([CRL_OP_NETWORK])
 # A DIRECT message's datagram is its inner packet plus this (DIRECT header, DATA header, tag).
 _DIRECT_GROWTH = DATA_MIN_BYTES + 2
+
+
+# A run's message types and DIRECT kinds, read in C: bytes(map(_FIRST_BYTE, payloads)).
+_FIRST_BYTE = operator.itemgetter(0)
+_SECOND_BYTE = operator.itemgetter(1)
+
+
+def _all_of_kinds(messages: list[bytes], kinds: tuple[int, ...]) -> bool:
+    """Every one of ``messages`` (DIRECT) has a kind byte, and it is one of ``kinds``."""
+    try:
+        got = bytes(map(_SECOND_BYTE, messages))
+    except IndexError:  # a bare DIRECT type byte: the one-by-one path's
+        return False
+    return not got.translate(None, bytes(kinds))  # (in C: nothing left once they go)
+
+
+def _kind_also(kinds: tuple[int, ...]) -> tuple[int, int]:
+    """``kinds`` (one or two: :meth:`NodeCore.receive_direct_run`'s ``kind`` and ``also``) as
+    the ``kind`` and ``also`` of :meth:`NodeCore.receive_direct` for a datagram a run does not
+    take (one kind: ``also`` is that kind again, which matches nothing more)."""
+    assert 1 <= len(kinds) <= 2, kinds
+    return kinds[0], kinds[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,7 +486,8 @@ class NodeCore:
         Runs under one key are opened in one native call (:meth:`LinkLayer.open_run`); the
         rest go through :meth:`receive_direct` one by one. Call :meth:`flush` after a batch."""
         out: list[tuple[NodeId, bytes]] = []
-        self._open_runs(datagrams, path, now, kind, also, out, self.receive_direct)
+        kinds = (kind,) if also is None else (kind, also)  # (once a batch)
+        self._open_runs(datagrams, path, now, kinds, out, self.receive_direct)
         return out
 
     def _open_runs(
@@ -470,14 +495,14 @@ class NodeCore:
         datagrams: list[bytes],
         path: Path,
         now: float,
-        kind: int,
-        also: int | None,
+        kinds: tuple[int, ...],
         out: list[tuple[NodeId, bytes]],
         one: Callable[..., tuple[NodeId, bytes] | None],
     ) -> None:
         """Open ``datagrams`` (one path) in runs, ``one`` for those a run does not take; the
-        DIRECT messages of ``kind`` (or ``also``) go to ``out``. A run's RELAY_FORWARD and
-        RELAY_DELIVER messages are handled a run at a time too (:meth:`_relay_run`)."""
+        DIRECT messages of ``kinds`` go to ``out``. A run's RELAY_FORWARD and RELAY_DELIVER
+        messages are handled a run at a time too (:meth:`_relay_run`)."""
+        kind, also = _kind_also(kinds)
         open_run = self.link.open_run
         i, n = 0, len(datagrams)
         while i < n:
@@ -489,53 +514,95 @@ class NodeCore:
                 i += 1
                 continue
             peer, i, payloads = run
-            linked = self.overlay.is_linked(peer)
-            j, m = 0, len(payloads)
-            while j < m:
-                payload = payloads[j]
-                tag = payload[0]
-                if (
-                    linked
-                    and tag == TYPE_DIRECT
-                    and len(payload) > 1
-                    and (payload[1] == kind or payload[1] == also)
-                ):
-                    out.append((peer, payload))
-                    j += 1
-                    continue
-                if tag in (TYPE_RELAY_FORWARD, TYPE_RELAY_DELIVER):
-                    k = j + 1
-                    while k < m and payloads[k][0] == tag:
-                        k += 1
-                    self._relay_run(peer, payloads[j:k], now, kind, also, out)
-                    j = k
-                else:
+            self._opened(peer, payloads, path, now, kinds, out)
+
+    def _opened(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        path: Path,
+        now: float,
+        kinds: tuple[int, ...],
+        out: list[tuple[NodeId, bytes]],
+        relay: NodeId | None = None,
+    ) -> None:
+        """The payloads a run opened from ``peer`` on ``path``: DIRECT messages of ``kinds``
+        to ``out``, RELAY_FORWARD and RELAY_DELIVER a run at a time (:meth:`_relay_run`),
+        probes to the link layer in their place (:meth:`LinkLayer.probe_in`), the rest as
+        one by one.
+
+        ``relay``: the node that delivered them (:meth:`_relay_run`), where one by one each
+        came as an event after its RELAY_DELIVER: the relay is heard before each message that
+        may answer through it and before each group of messages after one (an answer never
+        finds it suspect; the episode an answer begins ends with the relay's next message),
+        and DIRECT messages hear ``peer``, as the event path's overlay does."""
+        overlay = self.overlay
+        linked = overlay.is_linked(peer)
+        # Each message's type and, for DIRECT ones, kind, read in C (map over itemgetter):
+        # a run is mostly one type, taken at once below (a run's payloads are never empty).
+        tags = bytes(map(_FIRST_BYTE, payloads))
+        j, m = 0, len(payloads)
+        while j < m:
+            tag = tags[j]
+            k = m - len(tags[j:].lstrip(tags[j : j + 1]))  # this type's run: [j, k)
+            run = payloads[j:k] if j or k < m else payloads
+            j = k
+            if relay is not None:
+                overlay.hop_heard(relay, now=now)
+            if tag in (TYPE_RELAY_FORWARD, TYPE_RELAY_DELIVER):
+                self._relay_run(peer, run, now, kinds, out)
+                linked = overlay.is_linked(peer)
+            elif tag == TYPE_DIRECT and linked and _all_of_kinds(run, kinds):
+                out.extend(zip(repeat(peer), run))
+                if relay is not None:
+                    overlay.direct_heard(peer, now=now)
+            else:  # one by one, as the event path would take them
+                for i, payload in enumerate(run):
+                    if i and relay is not None:
+                        overlay.hop_heard(relay, now=now)
+                    if linked and tag == TYPE_DIRECT and len(payload) > 1 and payload[1] in kinds:
+                        out.append((peer, payload))
+                        if relay is not None:
+                            overlay.direct_heard(peer, now=now)
+                        continue
+                    if tag == PROBE_TAG:  # (answered here, after the messages before it)
+                        last = j == m and i == len(run) - 1
+                        self.link.probe_in(peer, payload, path, now=now, last=last)
+                        self._settle(now)
+                        continue
                     self._message_in(peer, payload, path, now)
-                    j += 1
-                linked = self.overlay.is_linked(peer)
+                    linked = overlay.is_linked(peer)
 
     def _relay_run(
         self,
         peer: NodeId,
         payloads: list[bytes],
         now: float,
-        kind: int,
-        also: int | None,
+        kinds: tuple[int, ...],
         out: list[tuple[NodeId, bytes]],
     ) -> None:
         """Relay messages of one type from ``peer`` (:meth:`OverlayNode.relay_run`): as the
-        relay, each target's forwards sealed in one run; as an end, the datagrams delivered
-        for each relayed link opened in runs, as the slow path opens them one by one."""
-        got = self.overlay.relay_run(peer, payloads, now=now)
-        i, n = 0, len(got)
-        while i < n:
-            path = got[i].path
-            k = i + 1
-            while k < n and ((p := got[k].path) is path or p == path):
-                k += 1
-            runs = [d.data for d in got[i:k]]
-            self._open_runs(runs, path, now, kind, also, out, self._open_one)
-            i = k
+        relay, each target's forwards re-sealed in runs; as an end, the datagrams delivered
+        for each relayed link opened in runs straight from the messages, as the slow path
+        opens them one by one (``relay`` of :meth:`_opened`)."""
+        overlay = self.overlay
+        kind, also = _kind_also(kinds)
+
+        def take(payloads: list[bytes], start: int, path: RelayPath, head: bytes) -> int:
+            run = self.link.open_run(payloads, start, path, now=now, head=head)
+            if run is None:
+                data = payloads[start][len(head) :]
+                got = self._open_one(data, path, now=now, kind=kind, also=also)
+                if got is not None:
+                    out.append(got)
+                    overlay.direct_heard(got[0], now=now)  # (the event path's overlay's)
+                return start + 1
+            origin, stop, opened = run
+            if opened:
+                self._opened(origin, opened, path, now, kinds, out, peer)
+            return stop
+
+        overlay.relay_run(peer, payloads, now=now, take=take)
         self._settle(now)
 
     # --- a relayed link's runs (the data plane's sender) ---------------------------------------

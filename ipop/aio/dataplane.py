@@ -40,12 +40,13 @@ through a relay are sealed end to end, wrapped and sealed for the relay in two r
 (:meth:`NodeCore.send_relayed_run`) and leave with the core's output, which the driver sends
 with GSO to each address; on the relay, a run of RELAY_FORWARD from one peer is checked per
 message and re-sealed for each target in one run; on the receiving end, a run of
-RELAY_DELIVER is checked per message and the end-to-end datagrams inside are opened in runs,
-their IP packets coming back here for the same TAP checks (all in
-:meth:`NodeCore.receive_direct_run`). Measured (``relay_bench``, 1,300 B, batch 64, native,
+RELAY_DELIVER is checked per origin and the end-to-end datagrams inside are opened in runs
+straight from the messages, their IP packets coming back here for the same TAP checks (all
+in :meth:`NodeCore.receive_direct_run`). Measured (``relay_bench``, 1,300 B, batch 64, native,
 µs per packet, sender / relay / receiver): one by one 15.1 / 10.5 / 11.4, in runs 1.4 / 2.2
-/ 2.5 (the relay and the receiver decode and check each run's messages per id: see
-DESIGN.md §8).
+/ 2.5; then the relay and the receiver re-seal and open behind a run's message heads
+(``relay_bench --callgrind``, instructions per packet: 20,307 / 32,720 / 38,059 before,
+19,852 / 20,982 / 19,656 after; see DESIGN.md §8).
 Measured (``dataplane_bench --count 50000 --repeat 5``, 1,400 B, batch 64, medians of 3):
 TAP -> UDP 4.3 µs per packet one by one, 2.6 in runs with the twin, 2.3 native; UDP -> TAP
 2.2, 1.9, 1.3.

@@ -12,6 +12,7 @@ Why a UNIX-scale clock: cores check certificate validity and handshake timestamp
 from __future__ import annotations
 
 import asyncio
+import operator
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -30,6 +31,33 @@ class DatagramSocket(Protocol):
     """What the driver needs of a socket: the real UDP one and the simulator's both fit."""
 
     def sendto(self, data: bytes, addr: Endpoint) -> None: ...
+
+
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+
+
+def _run_end(sizes: list[int], paths: list[Path], i: int, whole: bool = True) -> int:
+    """The end (exclusive) of the run from ``i`` of datagrams of one size to one path.
+
+    ``whole``: a run of two or more is first compared in C as the whole rest, or all of it but
+    a shorter last one (the common batch: a relay's or a relayed link's run). That costs the
+    length of the rest whatever the run's, so a caller allows it once a batch: tried at each
+    datagram, a batch of short runs (a cold start's fan-out to many peers) cost its square,
+    and a 30-node lab cold start's daemons lagged (echoes answered late, pairs lost)."""
+    n, size, path = len(sizes), sizes[i], paths[i]
+    j = i + 1
+    if j == n or sizes[j] != size or not ((p := paths[j]) is path or p == path):
+        return j  # a run of one (checked first, in constant time)
+    if whole:
+        for k in (n, n - 1):
+            m = k - i
+            if m > 1 and sizes[i:k] == [size] * m and paths[i:k].count(path) == m:
+                return k
+    j += 1
+    while j < n and sizes[j] == size and ((p := paths[j]) is path or p == path):
+        j += 1
+    return j
 
 
 class Driver:
@@ -101,6 +129,13 @@ class Driver:
     def _send(self, out: list[tuple[bytes, Path]]) -> None:
         send_batch = self._send_batch
         i, n = 0, len(out)
+        sizes: list[int] = []
+        paths: list[Path] = []
+        whole = True  # _run_end's comparison of the whole rest: once a batch
+        if send_batch is not None and n > 1:
+            # Each datagram's size and path, read in C (see _run_end).
+            sizes = list(map(len, map(_FIRST, out)))
+            paths = list(map(_SECOND, out))
         while i < n:
             data, path = out[i]
             if not isinstance(path, Endpoint):
@@ -109,18 +144,17 @@ class Driver:
                 i += 1
                 continue
             j = i + 1
-            if send_batch is not None:
+            if send_batch is not None and n > 1:
                 # Consecutive datagrams of one size to one address: one GSO send. Only of one
                 # size: a router forwards or drops a GSO packet whole, so a datagram too big
                 # for a hop beyond us (a path MTU probe) would take smaller ones with it.
-                size = len(data)
-                while j < n and len(out[j][0]) == size and ((p := out[j][1]) is path or p == path):
-                    j += 1
+                j = _run_end(sizes, paths, i, whole)
+                whole = whole and j == i + 1  # (a run of one never tries it)
             if j == i + 1:
                 self.sock.sendto(data, path)
             else:
                 assert send_batch is not None
-                send_batch([d for d, _ in out[i:j]], path)
+                send_batch(list(map(_FIRST, out[i:j])), path)
             i = j
 
     def _arm(self) -> None:

@@ -107,22 +107,18 @@ static void BatchAead_dealloc(BatchAead *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* One datagram: header + encrypt(payload) + tag. New reference, or NULL with an exception. */
-static PyObject *seal_one(BatchAead *self, uint32_t index, uint64_t counter, PyObject *payload) {
-    Py_buffer pt;
+/* One datagram: header + encrypt(head + body) + tag. New reference, or NULL with an exception. */
+static PyObject *seal_one(BatchAead *self, uint32_t index, uint64_t counter, const Py_buffer *head,
+                          const unsigned char *body, Py_ssize_t blen) {
     unsigned char nonce[12];
     int len;
-    if (PyObject_GetBuffer(payload, &pt, PyBUF_SIMPLE) < 0) return NULL;
-    if (pt.len > INT_MAX - HDR - TAG) {
-        PyBuffer_Release(&pt);
+    if (blen > INT_MAX - HDR - TAG - head->len) {
         PyErr_SetString(PyExc_ValueError, "payload too large");
         return NULL;
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, HDR + pt.len + TAG);
-    if (out == NULL) {
-        PyBuffer_Release(&pt);
-        return NULL;
-    }
+    Py_ssize_t plen = head->len + blen;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, HDR + plen + TAG);
+    if (out == NULL) return NULL;
     unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
     o[0] = TYPE_DATA;
     put_be32(o + 1, index);
@@ -130,10 +126,11 @@ static PyObject *seal_one(BatchAead *self, uint32_t index, uint64_t counter, PyO
     nonce_of(nonce, counter);
     int ok = EVP_EncryptInit_ex(self->enc, NULL, NULL, NULL, nonce) == 1 &&
              EVP_EncryptUpdate(self->enc, NULL, &len, o, HDR) == 1 &&
-             EVP_EncryptUpdate(self->enc, o + HDR, &len, pt.buf, (int)pt.len) == 1 &&
-             EVP_EncryptFinal_ex(self->enc, o + HDR + len, &len) == 1 &&
-             EVP_CIPHER_CTX_ctrl(self->enc, EVP_CTRL_AEAD_GET_TAG, TAG, o + HDR + pt.len) == 1;
-    PyBuffer_Release(&pt);
+             (head->len == 0 || EVP_EncryptUpdate(self->enc, o + HDR, &len, head->buf,
+                                                  (int)head->len) == 1) &&
+             EVP_EncryptUpdate(self->enc, o + HDR + head->len, &len, body, (int)blen) == 1 &&
+             EVP_EncryptFinal_ex(self->enc, o + HDR + plen, &len) == 1 &&
+             EVP_CIPHER_CTX_ctrl(self->enc, EVP_CTRL_AEAD_GET_TAG, TAG, o + HDR + plen) == 1;
     if (!ok) {
         Py_DECREF(out);
         PyErr_SetString(PyExc_RuntimeError, "EVP encryption failed");
@@ -142,39 +139,53 @@ static PyObject *seal_one(BatchAead *self, uint32_t index, uint64_t counter, PyO
     return out;
 }
 
+/* seal(index, counter, payloads, head=b"", strip=b""): each payload sealed as head + what
+ * follows strip in it; the run stops at the first payload that does not start with strip or
+ * has nothing after it (strip non-empty: PyBatchAead.seal). */
 static PyObject *BatchAead_seal(BatchAead *self, PyObject *args) {
     unsigned long long index, counter;
     PyObject *payloads;
-    if (!PyArg_ParseTuple(args, "O&O&O", to_u64, &index, to_u64, &counter, &payloads))
+    Py_buffer head = {0}, strip = {0};
+    PyObject *seq = NULL, *out = NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O|y*y*", to_u64, &index, to_u64, &counter, &payloads, &head,
+                          &strip))
         return NULL;
     if (index > 0xFFFFFFFFULL) {
         PyErr_SetString(PyExc_ValueError, "index out of range");
-        return NULL;
+        goto done;
     }
-    PyObject *seq = PySequence_Fast(payloads, "payloads must be a sequence");
-    if (seq == NULL) return NULL;
+    seq = PySequence_Fast(payloads, "payloads must be a sequence");
+    if (seq == NULL) goto done;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     if (n > 0 && counter > UINT64_MAX - (uint64_t)(n - 1)) {
-        Py_DECREF(seq);
         PyErr_SetString(PyExc_ValueError, "counter out of range");
-        return NULL;
+        goto done;
     }
-    PyObject *out = PyList_New(n);
-    if (out == NULL) {
-        Py_DECREF(seq);
-        return NULL;
-    }
+    out = PyList_New(0);
+    if (out == NULL) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *d = seal_one(self, (uint32_t)index, counter + (uint64_t)i,
-                               PySequence_Fast_GET_ITEM(seq, i));
-        if (d == NULL) {
-            Py_DECREF(seq);
-            Py_DECREF(out);
-            return NULL;
+        Py_buffer pt;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &pt, PyBUF_SIMPLE) < 0) goto fail;
+        const unsigned char *p = (const unsigned char *)pt.buf;
+        if (strip.len > 0 && (pt.len <= strip.len || memcmp(p, strip.buf, (size_t)strip.len))) {
+            PyBuffer_Release(&pt);
+            break; /* not this run's: the caller's */
         }
-        PyList_SET_ITEM(out, i, d);
+        PyObject *d = seal_one(self, (uint32_t)index, counter + (uint64_t)i, &head,
+                               p + strip.len, pt.len - strip.len);
+        PyBuffer_Release(&pt);
+        if (d == NULL) goto fail;
+        int rc = PyList_Append(out, d);
+        Py_DECREF(d);
+        if (rc < 0) goto fail;
     }
-    Py_DECREF(seq);
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    Py_XDECREF(seq);
+    if (head.obj != NULL) PyBuffer_Release(&head);
+    if (strip.obj != NULL) PyBuffer_Release(&strip);
     return out;
 }
 
@@ -235,13 +246,10 @@ static void window_accept(unsigned char *seen, uint64_t width, int64_t *top, uin
     seen[counter % width] = 1;
 }
 
-static PyObject *BatchAead_open(BatchAead *self, PyObject *args) {
-    PyObject *datagrams, *window;
-    Py_ssize_t start;
-    unsigned long long index, limit;
-    if (!PyArg_ParseTuple(args, "OnO&O&O", &datagrams, &start, to_u64, &index, to_u64, &limit,
-                          &window))
-        return NULL;
+/* The run of datagrams[start:] that BatchAead_open takes (its arguments parsed). */
+static PyObject *open_run(BatchAead *self, PyObject *datagrams, Py_ssize_t start,
+                          unsigned long long index, unsigned long long limit, PyObject *window,
+                          const Py_buffer *head) {
     if (!PyList_Check(datagrams)) {
         PyErr_SetString(PyExc_TypeError, "datagrams must be a list");
         return NULL;
@@ -287,6 +295,9 @@ static PyObject *BatchAead_open(BatchAead *self, PyObject *args) {
         if (!PyBytes_Check(item)) break;
         const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(item);
         Py_ssize_t len = PyBytes_GET_SIZE(item);
+        if (head->len > 0 && (len < head->len || memcmp(d, head->buf, (size_t)head->len))) break;
+        d += head->len;
+        len -= head->len;
         /* The run is DATA under this index only; anything else is the caller's. */
         if (len < HDR + TAG || d[0] != TYPE_DATA || get_be32(d + 1) != (uint32_t)index) break;
         uint64_t counter = get_be64(d + 5);
@@ -339,11 +350,27 @@ error:
     return NULL;
 }
 
+/* open(datagrams, start, index, limit, window, head=b""): each datagram taken is an element
+ * that starts with head, the DATA datagram after it (PyBatchAead.open). */
+static PyObject *BatchAead_open(BatchAead *self, PyObject *args) {
+    PyObject *datagrams, *window;
+    Py_ssize_t start;
+    unsigned long long index, limit;
+    Py_buffer head = {0};
+    if (!PyArg_ParseTuple(args, "OnO&O&O|y*", &datagrams, &start, to_u64, &index, to_u64, &limit,
+                          &window, &head))
+        return NULL;
+    PyObject *ret = open_run(self, datagrams, start, index, limit, window, &head);
+    if (head.obj != NULL) PyBuffer_Release(&head);
+    return ret;
+}
+
 static PyMethodDef BatchAead_methods[] = {
     {"seal", (PyCFunction)BatchAead_seal, METH_VARARGS,
-     "seal(index, counter, payloads) -> list of DATA datagrams, counters counter, counter+1..."},
+     "seal(index, counter, payloads, head=b'', strip=b'') -> DATA datagrams, counters counter, "
+     "counter+1..."},
     {"open", (PyCFunction)BatchAead_open, METH_VARARGS,
-     "open(datagrams, start, index, limit, window) -> (stop, results)"},
+     "open(datagrams, start, index, limit, window, head=b'') -> (stop, results)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -82,18 +82,35 @@ Payload = bytes | bytearray | memoryview
 class BatchAead(Protocol):
     """What both implementations offer (one direction's key)."""
 
-    def seal(self, index: int, counter: int, payloads: Sequence[Payload]) -> list[bytes]:
+    def seal(
+        self,
+        index: int,
+        counter: int,
+        payloads: Sequence[Payload],
+        head: bytes = b"",
+        strip: bytes = b"",
+    ) -> list[bytes]:
         """DATA datagrams for ``payloads`` under the peer's ``index``, with counters
-        ``counter``, ``counter + 1``, ...: the caller advances its counter by len(payloads)."""
+        ``counter``, ``counter + 1``, ...: the caller advances its counter by the number
+        returned. Each plaintext is ``head`` and what follows ``strip`` in the payload; with
+        ``strip``, the run stops at the first payload that does not start with it or has
+        nothing after it (a relay's forwards to one target re-sealed for it, no copy)."""
         ...
 
     def open(
-        self, datagrams: list[bytes], start: int, index: int, limit: int, window: ReplayWindow
+        self,
+        datagrams: list[bytes],
+        start: int,
+        index: int,
+        limit: int,
+        window: ReplayWindow,
+        head: bytes = b"",
     ) -> tuple[int, list[bytes | str]]:
-        """Open ``datagrams[start:]`` while each is DATA under our ``index``: ``(stop, results)``
-        with ``stop`` the first datagram not taken, and per datagram taken its plaintext or
-        its drop reason. Counters at or past ``limit`` are ``expired_key``; ``window`` is
-        checked before and marked after each tag verified."""
+        """Open ``datagrams[start:]`` while each is ``head`` then DATA under our ``index``:
+        ``(stop, results)`` with ``stop`` the first datagram not taken, and per datagram
+        taken its plaintext or its drop reason. Counters at or past ``limit`` are
+        ``expired_key``; ``window`` is checked before and marked after each tag verified.
+        (``head``: the datagrams inside a run of one origin's RELAY_DELIVER messages.)"""
         ...
 
 
@@ -108,23 +125,44 @@ class PyBatchAead:
             raise ValueError("unknown cipher id")
         self._aead = Aead(names[cipher_id], key).primitive
 
-    def seal(self, index: int, counter: int, payloads: Sequence[Payload]) -> list[bytes]:
+    def seal(
+        self,
+        index: int,
+        counter: int,
+        payloads: Sequence[Payload],
+        head: bytes = b"",
+        strip: bytes = b"",
+    ) -> list[bytes]:
         out = []
         encrypt = self._aead.encrypt
+        cut = len(strip)
         for i, payload in enumerate(payloads):
+            if cut and (len(payload) <= cut or payload[:cut] != strip):
+                break
             header = _HDR_PACK(TYPE_DATA, index, counter + i)
-            out.append(header + encrypt(nonce_for(counter + i), payload, header))
+            body = head + payload[cut:] if head or cut else payload
+            out.append(header + encrypt(nonce_for(counter + i), body, header))
         return out
 
     def open(
-        self, datagrams: list[bytes], start: int, index: int, limit: int, window: ReplayWindow
+        self,
+        datagrams: list[bytes],
+        start: int,
+        index: int,
+        limit: int,
+        window: ReplayWindow,
+        head: bytes = b"",
     ) -> tuple[int, list[bytes | str]]:
         results: list[bytes | str] = []
         decrypt = self._aead.decrypt
         i, n = min(max(start, 0), len(datagrams)), len(datagrams)
+        skip = len(head)
         while i < n:
             data = datagrams[i]
-            if type(data) is not bytes or len(data) < DATA_MIN_BYTES or data[0] != TYPE_DATA:
+            if type(data) is not bytes or (skip and not data.startswith(head)):
+                break
+            data = data[skip:] if skip else data
+            if len(data) < DATA_MIN_BYTES or data[0] != TYPE_DATA:
                 break
             _, got_index, counter = _HDR_UNPACK_FROM(data)
             if got_index != index:

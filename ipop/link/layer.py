@@ -175,6 +175,7 @@ import collections
 import contextlib
 import random
 from collections.abc import Callable
+from itertools import repeat
 from typing import Final
 
 from ipop import timing
@@ -270,6 +271,7 @@ class LinkLayer:
         # NAT rebinding (ipop.link.rebind): echoes of silent links, witnesses.
         rb = self.rebinding = Rebinding(shared, enabled=self.config.rebind_echoes)
         self._heard = rb.heard  # every authenticated DATA: bound once, one call as before
+        self._heard_run = rb.heard_run
         # Path MTU per peer, probed over the session (ipop.link.probing, ipop.link.pmtu).
         self.probing = PathProbing(
             shared, enabled=self.config.path_mtu_probes, watch=self.watch, on_echo=rb.on_echo
@@ -383,18 +385,26 @@ class LinkLayer:
         return st, kp, path
 
     def seal_run(
-        self, peer: NodeId, payloads: list[bytes], *, now: float
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        *,
+        now: float,
+        head: bytes = b"",
+        strip: bytes = b"",
     ) -> tuple[list[bytes], Endpoint | SocketPath] | None:
         """:meth:`seal_direct` for several payloads to one peer in one native call
         (:mod:`ipop.link.fastpath`), with the same bookkeeping as sealing them one by one.
         None (nothing sealed, nothing counted): the caller seals them one by one instead: no
         direct session, or a rekey threshold falls within the run (the per-packet path
-        starts the rekey, or refuses expired keys, at the exact packet)."""
+        starts the rekey, or refuses expired keys, at the exact packet). ``head`` and
+        ``strip``: each plaintext is ``head`` + the payload after ``strip``, the run ending
+        at the first payload that does not start with ``strip`` (:meth:`BatchAead.seal`)."""
         got = self._direct(peer)
         if got is None:
             return None
         st, kp, path = got
-        data = self._seal_run(st, kp, payloads, now)
+        data = self._seal_run(st, kp, payloads, now, head, strip)
         return None if data is None else (data, path)
 
     def seal_relayed_run(
@@ -409,56 +419,81 @@ class LinkLayer:
         path = st.path
         if type(path) is not RelayPath:
             return None
-        data = self._seal_run(st, kp, payloads, now)
+        data = self._seal_run(st, kp, payloads, now, b"", b"")
         return None if data is None else (data, path)
 
-    def send_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> bool:
-        """:meth:`send` for several payloads to a peer on a direct path, sealed in one run and
-        queued in order; False (nothing sealed, nothing queued): the caller sends them one by
-        one (:meth:`seal_run`'s cases)."""
-        sealed = self.seal_run(peer, payloads, now=now)
+    def send_run(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        *,
+        now: float,
+        head: bytes = b"",
+        strip: bytes = b"",
+    ) -> int:
+        """:meth:`send` for ``head`` + each of several payloads to a peer on a direct path,
+        sealed in one run and queued in order: how many (:meth:`seal_run`'s ``strip``); 0
+        (nothing sealed, nothing queued): the caller sends them one by one (:meth:`seal_run`'s
+        cases)."""
+        sealed = self.seal_run(peer, payloads, now=now, head=head, strip=strip)
         if sealed is None:
-            return False
+            return 0
         data, path = sealed
-        self._outbox.extend([(d, path) for d in data])
-        return True
+        self._outbox.extend(zip(data, repeat(path)))  # (in C: no Python step per datagram)
+        return len(data)
 
     def _seal_run(
-        self, st: Peer, kp: Keypair[Peer], payloads: list[bytes], now: float
+        self,
+        st: Peer,
+        kp: Keypair[Peer],
+        payloads: list[bytes],
+        now: float,
+        head: bytes,
+        strip: bytes,
     ) -> list[bytes] | None:
         counter = kp.send_counter
         n = len(payloads)
+        # (With strip the run may end early: the threshold is checked for all of them.)
         if counter + n > kp.rekey_counter_at or now >= kp.rekey_at:
             return None
+        data = kp.send_batch.seal(kp.remote_index, counter, payloads, head, strip)
+        n = len(data)
+        if not n and strip:
+            return None
         kp.send_counter = counter + n
-        data = kp.send_batch.seal(kp.remote_index, counter, payloads)
         st.last_tx = now
         st.tx_packets += n
         st.tx_bytes += sum(map(len, data))
-        if st.tx_first == _INF and st.watched and any(payloads):
+        if st.tx_first == _INF and st.watched and (head or strip or any(payloads)):
             st.tx_first = now  # as _seal: our first message since the peer last spoke
             if now + _REBIND_QUIET < st.due:
                 self._touch(st)
         return data
 
     def open_run(
-        self, datagrams: list[bytes], start: int, path: Path, *, now: float
+        self, datagrams: list[bytes], start: int, path: Path, *, now: float, head: bytes = b""
     ) -> tuple[NodeId, int, list[bytes]] | None:
         """:meth:`open_data` for the run of datagrams from ``datagrams[start]`` on that are
         DATA under one index, in one native call (:mod:`ipop.link.fastpath`): ``(peer, stop,
         payloads)``, ``stop`` the first datagram not taken, ``payloads`` the non-empty
-        authenticated ones in order that :meth:`open_data` would have returned (the rest it
-        counted, queued or handled exactly as there).
+        authenticated ones in order: those :meth:`open_data` would have returned, and the
+        probes, which the caller hands to :meth:`probe_in` in their place (the rest it
+        counted or dropped exactly as there).
 
         None (nothing taken): the caller hands ``datagrams[start]`` to :meth:`open_data`.
         A run is taken only for the peer's current keys, not past their time, on the
         session's own path, with no event queued: the cases that never confirm keys, roam,
         or queue a message behind an event. Everything else is the per-packet path's.
+
+        ``head``: each datagram of the run follows these bytes in its element (the caller
+        checked ``datagrams[start]`` starts with them): a run of RELAY_DELIVER messages from
+        one origin, opened as they came (:meth:`ipop.core.NodeCore.receive_direct_run`).
         """
         data = datagrams[start]
-        if len(data) < DATA_MIN_BYTES or data[0] != TYPE_DATA or self._events:
+        skip = len(head)
+        if len(data) < DATA_MIN_BYTES + skip or data[skip] != TYPE_DATA or self._events:
             return None
-        index = _HDR_UNPACK_FROM(data)[1]
+        index = _HDR_UNPACK_FROM(data, skip)[1]
         kp = self._lookup(index)
         if kp is None:
             return None
@@ -466,29 +501,51 @@ class LinkLayer:
         if kp is not st.current or now >= kp.reject_at or not (path is st.path or path == st.path):
             return None
         stop, results = kp.recv_batch.open(
-            datagrams, start, index, self._reject_messages, kp.replay
+            datagrams, start, index, self._reject_messages, kp.replay, head
         )
         if stop == start:  # not a datagram the run takes (a bytes subclass, say)
             return None
-        out = []
-        drops, heard, events = self.drops, self._heard, self._events
-        for payload in results:
-            if isinstance(payload, str):
-                drops[payload] += 1
-                continue
-            heard(st, now)
-            st.rx_packets += 1
-            st.rx_bytes += len(payload) + DATA_MIN_BYTES
+        opened = [p for p in results if type(p) is bytes]
+        if len(opened) < len(results):
+            drops = self.drops
+            for reason in results:
+                if type(reason) is str:
+                    drops[reason] += 1
+        n = len(opened)
+        if n:
+            # The run's bookkeeping at once, as one by one would have done it (the run began
+            # with no event queued, and nothing here queues one: probes are the caller's).
+            self._heard_run(st, now, n)
+            st.rx_packets += n
+            st.rx_bytes += sum(map(len, opened)) + n * DATA_MIN_BYTES
             st.path_rx = now
-            if not payload:
-                continue
-            if payload[0] == PROBE_TAG:
-                self._on_probe(st, payload, path, now)
-            elif events:
-                events.append(link_message(st.node_id, payload, path))
-            else:
-                out.append(payload)
-        return st.node_id, stop, out
+            if b"" in opened:  # keepalives: counted, nothing to hand on
+                opened = [p for p in opened if p]
+        return st.node_id, stop, opened
+
+    def probe_in(
+        self, peer: NodeId, payload: bytes, path: Path, *, now: float, last: bool = True
+    ) -> None:
+        """A probe (``PROBE_TAG``) that :meth:`open_run` returned in its place among the
+        run's messages, handled as :meth:`open_data` handles one.
+
+        Why the caller: one by one, a probe is answered after every message before it in the
+        run was handled (their answers took the counters first, and a relay that delivered
+        them was heard before each, :meth:`ipop.core.NodeCore._opened`). Answered while the
+        run was opened, its answer went ahead of theirs, and an answer through a relay began
+        a silent-hop episode that later messages of the run did not end."""
+        st = self._peers.get(peer)
+        if st is None:
+            return
+        self._on_probe(st, payload, path, now)
+        if not last:
+            # ``last``: no message of the run follows it. One by one, the datagrams after a
+            # probe are heard after its answer, and the first of them clears the mark that
+            # answer set (tx_first: our first message since the peer spoke); open_run heard
+            # them all before. Left set, it echoed REBIND_QUIET_S later a peer that never
+            # fell silent (lab cold starts: echoes +40 %, witnesses asked twice as often).
+            # (A keepalive after the last probe is not told apart: it clears it one by one.)
+            st.tx_first = _INF
 
     def open_data(self, data: bytes, path: Path, *, now: float) -> tuple[NodeId, bytes] | None:
         """Data-plane fast path: :meth:`receive_datagram` for one datagram, except that an

@@ -92,6 +92,18 @@ class Rebinding(LinkPart):
         if st.rx_streak == _REBIND_BUSY and st.watched and now + _REBIND_QUIET < st.due:
             self._touch(st)  # it just got busy: its silence is worth an echo from now on
 
+    def heard_run(self, st: Peer, now: float, n: int) -> None:
+        """:meth:`heard` ``n`` times at one ``now`` (a run's datagrams, opened at once): the
+        first as one, the rest with no gap, each one more in the streak."""
+        self.heard(st, now)
+        if n < 2:
+            return
+        st.rx_gap = 0.0
+        before = st.rx_streak
+        st.rx_streak = before + n - 1
+        if before < _REBIND_BUSY <= before + n - 1 and st.watched and now + _REBIND_QUIET < st.due:
+            self._touch(st)
+
     def deadline(self, st: Peer) -> float:
         """When an echo to up ``st`` is due (inf: none), or its outstanding one times out.
 

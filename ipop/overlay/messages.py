@@ -180,7 +180,6 @@ import ipaddress
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from ipop.errors import RemoteProtocolError
 from ipop.idcache import node_id_from_bytes
@@ -217,6 +216,9 @@ TYPE_RELAY_REFUSED = 0x07
 TYPE_ALIVE = 0x09
 TYPE_FAST_PEERS = 0x0A
 TYPE_LINK_IDS = 0x0B
+# A RELAY_FORWARD's or RELAY_DELIVER's head: the type and the node id; the sealed datagram
+# follows (relays and receivers compare heads to take a run of one link's messages at once).
+RELAY_HEAD_BYTES = 1 + ID_BYTES
 
 # --- routed header --------------------------------------------------------------------------
 FLAG_EXACT = 0x01
@@ -517,14 +519,6 @@ class RelayForward:
         _need(data, 1 + ID_BYTES + 1, "relay forward")
         return cls(_node_id(data, 1), bytes(data[1 + ID_BYTES :]))
 
-    @classmethod
-    def decode_run(
-        cls, payloads: list[bytes], bad: Callable[[RemoteProtocolError], None]
-    ) -> list[RelayForward]:
-        """:meth:`decode` for each of ``payloads`` (a relay's run from one peer), in order;
-        each one refused goes to ``bad`` (see :func:`_decode_relay_run`)."""
-        return _decode_relay_run(cls, payloads, bad, _target_of)
-
 
 @dataclass(frozen=True, slots=True)
 class RelayDeliver:
@@ -540,59 +534,6 @@ class RelayDeliver:
     def decode(cls, data: bytes) -> RelayDeliver:
         _need(data, 1 + ID_BYTES + 1, "relay deliver")
         return cls(_node_id(data, 1), bytes(data[1 + ID_BYTES :]))
-
-    @classmethod
-    def decode_run(
-        cls, payloads: list[bytes], bad: Callable[[RemoteProtocolError], None]
-    ) -> list[RelayDeliver]:
-        """:meth:`decode` for each of ``payloads`` (a receiver's run from one relay), in
-        order; each one refused goes to ``bad`` (see :func:`_decode_relay_run`)."""
-        return _decode_relay_run(cls, payloads, bad, _origin_of)
-
-
-_R = TypeVar("_R", RelayForward, RelayDeliver)
-
-
-def _target_of(msg: RelayForward) -> NodeId:
-    return msg.target
-
-
-def _origin_of(msg: RelayDeliver) -> NodeId:
-    return msg.origin
-
-
-def _decode_relay_run(
-    cls: type[_R],
-    payloads: list[bytes],
-    bad: Callable[[RemoteProtocolError], None],
-    node_of: Callable[[_R], NodeId],
-) -> list[_R]:
-    """``cls.decode`` for each payload, in order, the refused ones handed to ``bad``.
-
-    Why: a relay's run mostly names one node over and over (one relayed link's traffic), and
-    decoding each message on its own cost the relay a quarter of its data-path time (py-spy
-    on ``ipop-lab bench --systems ipop-relayed``). A message whose type byte and node id equal
-    the last decoded one's, with data after them, is what ``cls.decode`` would return with
-    that one's NodeId; every other message goes through ``cls.decode`` itself, so the format
-    is still defined there alone (``tests/unit/test_relay_runs_diff.py`` holds the two equal).
-    """
-    out: list[_R] = []
-    head_len = 1 + ID_BYTES
-    last_head = b""
-    node: NodeId | None = None
-    for data in payloads:
-        head = data[:head_len]
-        if node is not None and head == last_head and len(data) > head_len:
-            out.append(cls(node, bytes(data[head_len:])))
-            continue
-        try:
-            msg = cls.decode(data)
-        except RemoteProtocolError as exc:
-            bad(exc)
-            continue
-        out.append(msg)
-        last_head, node = bytes(head), node_of(msg)
-    return out
 
 
 @dataclass(frozen=True, slots=True)

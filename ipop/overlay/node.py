@@ -176,7 +176,7 @@ from ipop.overlay.near import NearKeeper, SeenIds
 from ipop.overlay.origin import DROP_REASONS as ORIGIN_DROPS
 from ipop.overlay.ports import Links, Origins
 from ipop.overlay.proven import ProvenIds
-from ipop.overlay.relay import RELAY_DROPS, RelayRole
+from ipop.overlay.relay import RELAY_DROPS, RelayRole, TakeDelivered
 from ipop.overlay.ring import (
     estimate_size,
 )
@@ -522,26 +522,32 @@ class OverlayNode:
         """:meth:`wrap_relay` for several datagrams of one relayed link, in one run."""
         self._relay.wrap_run(datagrams, path, now=now)
 
-    def relay_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> list[RelayDatagram]:
+    def relay_run(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        *,
+        now: float,
+        take: TakeDelivered | None = None,
+    ) -> None:
         """What :meth:`on_link_event` does with LinkMessages from ``peer`` carrying these
         ``payloads``, all RELAY_FORWARD or all RELAY_DELIVER (the data plane's runs,
         :meth:`ipop.core.NodeCore.receive_direct_run`): the same checks, drops and counters,
-        each target's forwards sealed in one run; what RELAY_DELIVERs bring is returned
-        instead of emitted as :class:`RelayDatagram` events, in order."""
+        each target's forwards re-sealed in runs (:meth:`RelayRole.on_forward_payloads`);
+        the datagrams RELAY_DELIVERs bring are handed to ``take`` instead of emitted as
+        :class:`RelayDatagram` events, in order (:meth:`RelayRole.on_deliver_payloads`)."""
         if peer not in self._table:
             self.drops["unknown_peer"] += len(payloads)
-            return []
+            return
         self._heard[peer] = now
-        got: list[RelayDatagram] = []
         if payloads[0][0] == TYPE_RELAY_FORWARD:
-            forwards = RelayForward.decode_run(payloads, self._refused)
-            if forwards:
-                self._relay.on_forward_run(forwards, peer, now)
+            self._relay.on_forward_payloads(payloads, peer, now)
+            self._hop_heard(peer, now)  # after the handlers, as on_link_event
         else:
-            delivers = RelayDeliver.decode_run(payloads, self._refused)
-            got = self._relay.on_deliver_run(delivers, peer, now)
-        self._hop_heard(peer, now)
-        return got
+            if take is None:
+                raise LocalProtocolError("relay_run() of RELAY_DELIVER needs take")
+            # The hop is heard before each delivered datagram is opened (see there).
+            self._relay.on_deliver_payloads(payloads, peer, now, take, self._hop_heard)
 
     def request_shortcut(self, peer: NodeId, *, now: float) -> None:
         """Ask for a direct SHORTCUT link to ``peer`` (for traffic we exchange with it)."""
@@ -767,6 +773,19 @@ class OverlayNode:
             self.drops[exc.reason] += 1
         # After the handler: an ALIVE answer is a round-trip sample first (see _on_alive).
         self._hop_heard(ev.peer, now)
+
+    def hop_heard(self, peer: NodeId, *, now: float) -> None:
+        """Anything came from ``peer`` (the relay of :meth:`relay_run`'s datagrams, before
+        the core opens each): a silent-hop episode toward it ends."""
+        self._hop_heard(peer, now)
+
+    def direct_heard(self, peer: NodeId, *, now: float) -> None:
+        """DIRECT messages from linked ``peer`` that the core took without a LinkMessage (a
+        relayed link's, which one by one came as events): heard, as :meth:`on_link_event`
+        hears them."""
+        if peer in self._table:
+            self._heard[peer] = now
+            self._hop_heard(peer, now)
 
     def _hop_heard(self, peer: NodeId, now: float) -> None:
         if self._silent_hops.heard(peer, now):
@@ -1012,13 +1031,17 @@ class OverlayNode:
     def _refused(self, exc: RemoteProtocolError) -> None:
         self.drops[exc.reason] += 1
 
-    def _send_run(self, peer: NodeId, payloads: list[bytes], now: float) -> int:
-        """:meth:`_send` for each of ``payloads``, sealed in one run where the link layer can:
-        how many were sent."""
-        if self._links.send_run(peer, payloads, now=now):
-            return len(payloads)
+    def _send_run(
+        self, peer: NodeId, payloads: list[bytes], now: float, head: bytes, strip: bytes
+    ) -> int:
+        """:meth:`_send` for each of ``payloads`` (``head`` before each), sealed in one run
+        where the link layer can: how many were sent (:class:`ipop.overlay.relay.SendRun`;
+        with ``strip``, 0 when the link layer declines: the caller goes one by one)."""
+        sent = self._links.send_run(peer, payloads, now=now, head=head, strip=strip)
+        if sent or strip:
+            return sent
         send = self._send
-        return sum(send(peer, data, now) for data in payloads)
+        return sum(send(peer, head + data, now) for data in payloads)
 
     def _send(self, peer: NodeId, data: bytes, now: float) -> bool:
         try:

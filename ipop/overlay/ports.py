@@ -30,9 +30,19 @@ class Links(Protocol):
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None: ...
 
-    def send_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> bool:
-        """:meth:`send` for each of ``payloads`` in one go, or False (nothing sent): the
-        caller sends them one by one (a link layer without runs always says False)."""
+    def send_run(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        *,
+        now: float,
+        head: bytes = b"",
+        strip: bytes = b"",
+    ) -> int:
+        """:meth:`send` for ``head`` + each of ``payloads`` in one go: how many were sent, 0
+        (nothing sent) when the caller must send them one by one (a link layer without runs
+        always says 0). With ``strip``, the run takes payloads while they start with it and
+        have more after it, and sends ``head`` + what follows it."""
         ...
 
     def close(self, peer: NodeId, *, now: float) -> None: ...

@@ -30,11 +30,11 @@ import collections
 from collections.abc import Callable, Collection, Sequence
 from typing import Final, Protocol
 
-from ipop.errors import LocalProtocolError
+from ipop.errors import LocalProtocolError, RemoteProtocolError
 from ipop.overlay.attempts import Action as AttemptAction
 from ipop.overlay.attempts import Attempts
 from ipop.overlay.events import RelayDatagram
-from ipop.overlay.messages import RelayDeliver, RelayForward, RelayRefused
+from ipop.overlay.messages import RELAY_HEAD_BYTES, RelayDeliver, RelayForward, RelayRefused
 from ipop.overlay.near import SeenIds
 from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
@@ -73,6 +73,35 @@ def relay_candidates(
         assert fallback is not None
         common.append(fallback)
     return common
+
+
+class SendRun(Protocol):
+    """Several messages to one peer, sealed in one run where the link layer can: how many
+    went (see :meth:`ipop.overlay.ports.Links.send_run` for ``head`` and ``strip``). With
+    ``strip``, 0 means declined and nothing was sent: the caller sends one by one."""
+
+    def __call__(
+        self, peer: NodeId, payloads: list[bytes], now: float, head: bytes, strip: bytes
+    ) -> int: ...
+
+
+class TakeDelivered(Protocol):
+    """Opens the relayed datagrams from ``payloads[start]`` on that follow ``head`` and
+    arrived on ``path`` (the core's, :meth:`RelayRole.on_deliver_payloads`): the index
+    after the last one taken."""
+
+    def __call__(self, payloads: list[bytes], start: int, path: RelayPath, head: bytes) -> int: ...
+
+
+def _one_by_one(send: Callable[[NodeId, bytes, float], bool]) -> SendRun:
+    """A :class:`SendRun` without runs: each message on its own (declined with ``strip``)."""
+
+    def send_run(peer: NodeId, payloads: list[bytes], now: float, head: bytes, strip: bytes) -> int:
+        if strip:
+            return 0
+        return sum(send(peer, head + m, now) for m in payloads)
+
+    return send_run
 
 
 def forward_refusal(
@@ -166,7 +195,7 @@ class RelayRole:
         drops: collections.Counter[str],
         stats: collections.Counter[str],
         send: Callable[[NodeId, bytes, float], bool],
-        send_run: Callable[[NodeId, list[bytes], float], int] | None = None,
+        send_run: SendRun | None = None,
         add_kind: Callable[[NodeId, ConnectionKind, float], None],
         emit: Callable[[RelayDatagram], None],
         connect: Callable[[Sequence[AttemptAction], float], None],
@@ -183,7 +212,7 @@ class RelayRole:
         self._stats = stats
         self._send = send
         # Several messages to one peer at once (sealed in one run): how many went.
-        self._send_run = send_run or (lambda p, msgs, now: sum(send(p, m, now) for m in msgs))
+        self._send_run: SendRun = send_run or _one_by_one(send)
         self._add_kind = add_kind
         self._emit = emit
         self._connect = connect
@@ -219,8 +248,9 @@ class RelayRole:
             self._drops["relay_via_down"] += len(datagrams)
             return
         via = path.via
+        # Each datagram sealed behind the head as it is (no copy per datagram).
         head = RelayForward(path.peer, b"").encode()
-        if self._send_run(via, [head + d for d in datagrams], now):
+        if self._send_run(via, datagrams, now, head, b""):
             self._hold(row, now)
             silent = self._silent
             silent.sent(via, now)
@@ -331,26 +361,13 @@ class RelayRole:
         """RELAY_FORWARD messages from ``peer``, in order: each checked on its own
         (:func:`forward_refusal`), those that pass delivered to their target, each target's
         in one run. One message is the per-packet path (:meth:`on_forward`)."""
-        table, local = self._table, self.local_id
         head = RelayDeliver(peer, b"").encode()
         # Each target's deliveries, keyed by the id's int (NodeId's __hash__ is a Python call).
         out: dict[int, tuple[NodeId, list[bytes]]] = {}
-        # Each target's verdict, taken once per run: forward_refusal reads only the table,
-        # which nothing in this loop changes, and it cost the relay more than its crypto
-        # (relay_bench's profile). Every message still gets the verdict and its counter.
         verdicts: dict[int, str | None] = {}
         for msg in msgs:
             target = msg.target
-            if (key := target.value) in verdicts:
-                refusal = verdicts[key]
-            else:
-                refusal = verdicts[key] = forward_refusal(table, local, peer, target)
-            if refusal is not None:
-                self._drops[refusal] += 1
-                if refusal in ("relay_no_link", "relay_target_not_direct"):
-                    # Tell the origin, or its relayed link to ``target`` stays up (keyed,
-                    # silent) and swallows its traffic until the link layer times it out.
-                    self._send(peer, RelayRefused(target).encode(), now)
+            if not self._may_forward(peer, target, verdicts, now):
                 continue
             got = out.get(target.value)
             if got is None:
@@ -358,16 +375,80 @@ class RelayRole:
             else:
                 got[1].append(head + msg.data)
         for target, batch in out.values():
-            sent = self._send_run(target, batch, now)
-            if sent:
-                self._stats["relayed"] += sent
-                # Per run, not per packet: sum(map(len)) runs in C (the metrics' relayed bytes).
-                self._stats["relayed_bytes"] += sum(map(len, batch[:sent]))
-                for p in (peer, target):
-                    row = table.get(p)
-                    if row is not None:
-                        self._relayed_now(row, now)
-                        self._add_kind(p, ConnectionKind.RELAY, now)
+            sent = self._send_run(target, batch, now, b"", b"")
+            self._forwarded(peer, target, batch[:sent], now)
+
+    def on_forward_payloads(self, payloads: list[bytes], peer: NodeId, now: float) -> None:
+        """:meth:`on_forward_run` for the RELAY_FORWARD payloads of a run as they came (the
+        data plane's relay: :meth:`ipop.core.NodeCore.receive_direct_run`), in order.
+
+        Each message is decoded and checked as there, except the ones right after a message
+        that passed whose first :data:`RELAY_HEAD_BYTES` equal its own (the same type and
+        target, so ``RelayForward.decode`` would give the same target) with data after them:
+        the link layer re-seals those for the target in the same run, the RELAY_DELIVER head
+        in place of theirs (``strip``/``head`` of :meth:`ipop.link.fastpath.BatchAead.seal`),
+        without a decode, a check or a copy per message in Python. Why: decoding each message
+        into a RelayForward and building each RELAY_DELIVER cost the relay more than both of
+        its AEAD passes (relay_bench's profile). The same verdicts, counters and datagrams as
+        one by one (``tests/unit/test_relay_runs_diff.py``); a run the link layer declines (a
+        rekey due) goes one message at a time."""
+        head = RelayDeliver(peer, b"").encode()
+        verdicts: dict[int, str | None] = {}
+        i, n = 0, len(payloads)
+        while i < n:
+            data = payloads[i]
+            try:
+                msg = RelayForward.decode(data)
+            except RemoteProtocolError as exc:
+                self._drops[exc.reason] += 1
+                i += 1
+                continue
+            target = msg.target
+            if not self._may_forward(peer, target, verdicts, now):
+                i += 1
+                continue
+            rest = payloads[i:] if i else payloads
+            taken = sent = self._send_run(target, rest, now, head, data[:RELAY_HEAD_BYTES])
+            if not sent:  # declined: this one on its own (the per-packet path)
+                taken, sent = 1, int(self._send(target, head + msg.data, now))
+            self._forwarded(peer, target, rest[:sent], now)
+            i += taken
+
+    def _may_forward(
+        self, peer: NodeId, target: NodeId, verdicts: dict[int, str | None], now: float
+    ) -> bool:
+        """:func:`forward_refusal` for ``peer`` -> ``target``, a refusal counted (and told)."""
+        # Each target's verdict, taken once per run (``verdicts``, by the id's int: NodeId's
+        # __hash__ is a Python call): forward_refusal reads only the table, which forwarding
+        # does not change, and it cost the relay more than its crypto (relay_bench's
+        # profile). Every message still gets the verdict and its counter.
+        if (key := target.value) in verdicts:
+            refusal = verdicts[key]
+        else:
+            refusal = verdicts[key] = forward_refusal(self._table, self.local_id, peer, target)
+        if refusal is None:
+            return True
+        self._drops[refusal] += 1
+        if refusal in ("relay_no_link", "relay_target_not_direct"):
+            # Tell the origin, or its relayed link to ``target`` stays up (keyed, silent)
+            # and swallows its traffic until the link layer times it out.
+            self._send(peer, RelayRefused(target).encode(), now)
+        return False
+
+    def _forwarded(self, peer: NodeId, target: NodeId, sent: list[bytes], now: float) -> None:
+        """The bookkeeping of ``sent``, messages from ``peer`` passed on to ``target``."""
+        if not sent:
+            return
+        self._stats["relayed"] += len(sent)
+        # Per run, not per packet: sum(map(len)) runs in C (the metrics' relayed bytes; a
+        # forward and its delivery have heads of one length).
+        self._stats["relayed_bytes"] += sum(map(len, sent))
+        table = self._table
+        for p in (peer, target):
+            row = table.get(p)
+            if row is not None:
+                self._relayed_now(row, now)
+                self._add_kind(p, ConnectionKind.RELAY, now)
 
     def on_deliver(self, msg: RelayDeliver, peer: NodeId, now: float) -> None:
         for got in self.on_deliver_run([msg], peer, now):
@@ -397,3 +478,57 @@ class RelayRole:
         if out and row is not None:
             self._hold(row, now)
         return out
+
+    def on_deliver_payloads(
+        self,
+        payloads: list[bytes],
+        peer: NodeId,
+        now: float,
+        take: TakeDelivered,
+        heard: Callable[[NodeId, float], None],
+    ) -> None:
+        """:meth:`on_deliver_run` for the RELAY_DELIVER payloads of a run as they came (the
+        data plane's receiver: :meth:`ipop.core.NodeCore.receive_direct_run`), in order.
+
+        Each message is decoded and its origin checked as there; from one that passes,
+        ``take(payloads, i, path, head)`` opens the datagrams inside it and the messages right
+        after it with the same first :data:`RELAY_HEAD_BYTES` (``head``: the same type and
+        origin, so the same path) and returns the index after the last one it took (the link
+        layer's run: :meth:`ipop.link.layer.LinkLayer.open_run` with ``head``). Why: as for
+        :meth:`on_forward_payloads`, a RelayDeliver and a RelayDatagram per message cost the
+        receiver more than its AEAD passes.
+
+        ``heard(peer, now)`` (the node's silent-hop bookkeeping) is called before each
+        message, or each run ``take`` opens, as one by one: there the relay is heard before
+        the datagrams it delivered are opened (they are events, taken after the message). Why
+        it matters: a datagram delivered here may make us answer through ``peer`` (a
+        handshake's response); hearing ``peer`` only after the run, that answer found it still
+        suspect from before and failed the link over to another relay, and an episode the
+        answer began was ended at once."""
+        row = self._table.get(peer)
+        local = self.local_id
+        held = False
+        # One RelayPath per origin in a run: the link layer compares paths by identity first.
+        paths: dict[int, RelayPath] = {}
+        i, n = 0, len(payloads)
+        while i < n:
+            heard(peer, now)
+            data = payloads[i]
+            try:
+                origin = RelayDeliver.decode(data).origin
+            except RemoteProtocolError as exc:
+                self._drops[exc.reason] += 1
+                i += 1
+                continue
+            path = paths.get(origin.value)
+            if path is None:
+                # Checked once per origin and run: an origin with a path passed already.
+                if origin in (local, peer) or row is None or not row.direct:
+                    self._drops["relay_bad_deliver"] += 1
+                    i += 1
+                    continue
+                path = paths[origin.value] = RelayPath(via=peer, peer=origin)
+            if not held and row is not None:  # before the first datagram is opened
+                held = True
+                self._hold(row, now)
+            i = max(i + 1, take(payloads, i, path, data[:RELAY_HEAD_BYTES]))

@@ -145,8 +145,16 @@ class FakeLinks:
             raise LocalProtocolError("connect() to our own node id")
         self._world.start_attempt(self.local_id, path, expected, now)
 
-    def send_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> bool:
-        return False  # no runs: the overlay sends one by one
+    def send_run(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        *,
+        now: float,
+        head: bytes = b"",
+        strip: bytes = b"",
+    ) -> int:
+        return 0  # no runs: the overlay sends one by one
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
         link = self._world.link_between(self.local_id, peer)

@@ -51,8 +51,16 @@ class RecordingLinks:
     ) -> None:
         self.connects.append((path, expected, retransmit))
 
-    def send_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> bool:
-        return False  # no runs: the overlay sends one by one
+    def send_run(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        *,
+        now: float,
+        head: bytes = b"",
+        strip: bytes = b"",
+    ) -> int:
+        return 0  # no runs: the overlay sends one by one
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
         self.sent.append((peer, payload))

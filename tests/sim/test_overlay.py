@@ -318,8 +318,16 @@ class _SilentLinks:
     ) -> None:
         self.connects.append(path)
 
-    def send_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> bool:
-        return False  # no runs: the overlay sends one by one
+    def send_run(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        *,
+        now: float,
+        head: bytes = b"",
+        strip: bytes = b"",
+    ) -> int:
+        return 0  # no runs: the overlay sends one by one
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None: ...
 
@@ -473,8 +481,16 @@ class _StubLinks:
     ) -> None:
         self.connects.append(path)
 
-    def send_run(self, peer: NodeId, payloads: list[bytes], *, now: float) -> bool:
-        return False  # no runs: the overlay sends one by one
+    def send_run(
+        self,
+        peer: NodeId,
+        payloads: list[bytes],
+        *,
+        now: float,
+        head: bytes = b"",
+        strip: bytes = b"",
+    ) -> int:
+        return 0  # no runs: the overlay sends one by one
 
     def send(self, peer: NodeId, payload: bytes, *, now: float) -> None:
         self.sent.append((peer, payload))

@@ -11,9 +11,18 @@ import socket
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipop.aio.sockets import LoopUdpSocket
-from ipop.aio.udp import GSO_RETRY_S, IoDrop, UdpSocket
+from ipop.aio.udp import (
+    GSO_MAX_BYTES,
+    GSO_MAX_SEGMENTS,
+    GSO_RETRY_S,
+    IoDrop,
+    UdpSocket,
+    gso_end,
+)
 from ipop.types import Endpoint
 
 
@@ -247,3 +256,40 @@ def test_a_datagram_larger_than_its_path_is_counted_as_too_big() -> None:
         assert tx.errors == {IoDrop.SEND_TOO_BIG: 1}
     finally:
         tx.close()
+
+
+_ZEROS = bytes(65000)
+
+
+def _gso_end_by_definition(sizes: list[int], i: int) -> int:
+    """The greedy loop gso_end ran over the datagrams (before the compared-in-C run)."""
+    size, total, j = sizes[i], sizes[i], i + 1
+    while j < len(sizes) and j - i < GSO_MAX_SEGMENTS:
+        length = sizes[j]
+        if length > size or total + length > GSO_MAX_BYTES:
+            break
+        total += length
+        j += 1
+        if length < size:
+            break
+    return j
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([1, 600, 1000, 1354, 1355, 1400, 1401, 65000, 0]),
+            st.integers(0, 9000),
+        ),
+        max_size=150,
+    ).flatmap(lambda xs: st.tuples(st.just(xs), st.integers(0, max(0, len(xs) - 1))))
+)
+def test_gso_runs_end_where_the_greedy_loop_ends_them(case: tuple[list[int], int]) -> None:
+    sizes, i = case
+    # Long runs of one size (each GRO'd train of a TCP stream), with a shorter one after.
+    runs = ([1354] * 70, [1400] * 46 + [600], [1354] * 48 + [8], [1354] * 48 + [600], [9] * 64)
+    for s in (sizes, *(run + sizes for run in runs)):
+        for at in {0, min(i, len(s) - 1)} if s else set():
+            datagrams = [_ZEROS[:n] for n in s]
+            assert gso_end(datagrams, at) == _gso_end_by_definition(s, at), (s, at)

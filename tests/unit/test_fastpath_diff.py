@@ -180,6 +180,52 @@ def test_random_runs_are_equal(ops: list[tuple[int, str, int]], width: int, limi
         i = got_r[0] if got_r[0] > i else i + 1
 
 
+FWD = b"\x02" + bytes(range(20))  # a RELAY_FORWARD's head (type, target)
+DLV = b"\x03" + bytes(range(1, 21))  # the RELAY_DELIVER head a relay puts in its place
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cipher", [AES_256_GCM, CHACHA20_POLY1305])
+def test_sealing_behind_a_head_is_sealing_the_head_and_the_rest(backend: str, cipher: str) -> None:
+    cid = CIPHER_IDS[cipher]
+    aead = PyBatchAead(cid, KEY) if backend == "python" else _native(cid, KEY)
+    ref = PyBatchAead(cid, KEY)
+    # A relay's forwards to one target: the run ends at the first that is not one (another
+    # target, another type, a bare head, a cut head), each sealed as the delivery it becomes.
+    payloads = [FWD + b"a", FWD + bytes(1400), b"\x02" + bytes(20) + b"x", FWD + b"b"]
+    got = aead.seal(INDEX, 7, payloads, DLV, FWD)
+    assert got == ref.seal(INDEX, 7, [DLV + b"a", DLV + bytes(1400)])
+    for stop in (FWD, FWD[:-1], b"\x03" + FWD[1:] + b"z", b""):
+        assert aead.seal(INDEX, 7, [FWD + b"a", stop, FWD + b"c"], DLV, FWD) == got[:1]
+    assert aead.seal(INDEX, 7, [b"", FWD + b"a"], DLV, FWD) == []
+    # A sender's forwards: the head before each datagram as it is; memoryviews as bytes.
+    datagrams = [b"", bytes(1413), memoryview(b"0123456789")[2:5]]
+    assert aead.seal(INDEX, 0, datagrams, FWD) == ref.seal(
+        INDEX, 0, [FWD, FWD + bytes(1413), FWD + b"234"]
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("width", [8, 2048])
+def test_opening_behind_a_head_is_opening_what_follows_it(backend: str, width: int) -> None:
+    ref = PyBatchAead(1, KEY)
+    aead = ref if backend == "python" else _native(1, KEY)
+    plain = _scenario(lambda c, p: ref.seal(INDEX, c, [p])[0])
+    wrapped = [DLV + d for d in plain]
+    # Where the head is another origin's, cut, or missing, the run stops as at a non-DATA.
+    wrapped[5] = b"\x03" + bytes(20) + plain[5]
+    wrapped[9] = DLV[:-1]
+    wrapped[14] = plain[14]
+    expect = [*plain[:5], b"", *plain[6:9], b"", *plain[10:14], b"", *plain[15:]]
+    windows = ReplayWindow(width), ReplayWindow(width)
+    i = 0
+    while i < len(wrapped):
+        got = aead.open(wrapped, i, INDEX, 1000, windows[0], DLV)
+        assert got == ref.open(expect, i, INDEX, 1000, windows[1]), i
+        assert (windows[0].top, windows[0].seen) == (windows[1].top, windows[1].seen)
+        i = got[0] if got[0] > i else i + 1
+
+
 @needs_native
 def test_native_refuses_bad_arguments_without_touching_the_window() -> None:
     nat = _native(1, KEY)
@@ -260,7 +306,11 @@ def _node_scenario(
     # A keepalive and a PMTU-sized slow-path message in the middle, a replay, tampering,
     # another index, a truncated and an unknown datagram.
     keepalive = a.link.seal(b.local_id, b"", now=now)[0]
-    stream = [*datagrams[:5], keepalive, *datagrams[5:10], datagrams[3], datagrams[9]]
+    # Between runs of IP: DIRECT of another kind, a bare DIRECT type byte (each taken one by
+    # one, as the event path takes them).
+    other = [a.link.seal(b.local_id, m, now=now)[0] for m in (b"\x06\x09other", b"\x06")]
+    stream = [*datagrams[:5], keepalive, *datagrams[5:8], *other, *datagrams[8:10]]
+    stream += [datagrams[3], datagrams[9]]
     stream += [_tamper(datagrams[10], 30), _tamper(datagrams[11], 2), _tamper(datagrams[12], -3)]
     stream += [datagrams[13][:1] + b"\x00\x00\x00\x07" + datagrams[13][5:], datagrams[14][:25]]
     stream += [b"\xc7junk", *datagrams[15:], datagrams[15]]

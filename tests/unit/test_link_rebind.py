@@ -241,3 +241,33 @@ def test_echo_messages_round_trip_and_the_answer_is_never_larger() -> None:
     assert echo.parse(ack) == (echo.ECHO_ACK, 7, A_NEW)
     assert echo.ack_payload(7, Endpoint("2001:db8::1", 5800)) is None
     assert echo.parse(e[:-1]) is None
+
+
+def _rebind_state(w: Wire) -> tuple[object, ...]:
+    st = w.eps["a"]._peers[w.id("b")]
+    return (st.last_rx, st.rx_gap, st.rx_streak, st.tx_first, st.due, w.eps["a"].get_timer())
+
+
+def test_a_runs_heard_is_heard_once_per_datagram() -> None:
+    # The run form (LinkLayer.open_run) counts a run's datagrams at once: the same streak,
+    # gap, echo deadline and timer as one call per datagram, whichever side of the busy
+    # threshold the run starts and ends on, watched or not, after a silence or not.
+    for n in range(1, 8):
+        for streak in (0, 2, 3, 4, 9):
+            for quiet in (0.1, REBIND_QUIET_S + 1):
+                got = []
+                for one_by_one in (True, False):
+                    w = Wire()
+                    w.link("a", "b")
+                    w.eps["a"].watch(w.id("b"))
+                    st = w.eps["a"]._peers[w.id("b")]
+                    st.rx_streak = streak
+                    w.run_until(w.now + quiet)
+                    rb = w.eps["a"].rebinding
+                    if one_by_one:
+                        for _ in range(n):
+                            rb.heard(st, w.now)
+                    else:
+                        rb.heard_run(st, w.now, n)
+                    got.append(_rebind_state(w))
+                assert got[0] == got[1], (n, streak, quiet)

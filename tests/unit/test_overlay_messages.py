@@ -175,34 +175,3 @@ def test_mutated_messages_only_raise_remote_errors(msg: object, pos: int, byte: 
     for cut in (len(data), pos % (len(data) + 1)):
         with contextlib.suppress(RemoteProtocolError):
             decode_message(bytes(data[:cut]))
-
-
-def _decode_each(cls: type[RelayForward] | type[RelayDeliver], payloads: list[bytes]) -> object:
-    out: list[object] = []
-    for data in payloads:
-        try:
-            out.append(cls.decode(data))
-        except RemoteProtocolError as exc:
-            out.append(exc.reason)
-    return out
-
-
-@pytest.mark.parametrize("cls", [RelayForward, RelayDeliver])
-@given(
-    picks=st.lists(st.tuples(st.integers(0, 2), st.binary(max_size=3)), max_size=12),
-)
-def test_a_run_of_relay_messages_decodes_as_each_one_does(
-    cls: type[RelayForward] | type[RelayDeliver], picks: list[tuple[int, bytes]]
-) -> None:
-    # Repeated ids (the run's shortcut), other ids, and messages cut at or before the id's
-    # end, which the shortcut must leave to decode (a bare head repeats the last one's).
-    ids = [NodeId(7).to_bytes(), NodeId(RING - 1).to_bytes()]
-    payloads = []
-    for which, tail in picks:
-        head = bytes([cls(NodeId(7), b"x").encode()[0]])
-        payloads.append(head + ids[which] + tail if which < 2 else head + tail)
-    refused: list[str] = []
-    got = cls.decode_run(payloads, lambda exc: refused.append(exc.reason))
-    each = _decode_each(cls, payloads)
-    assert got == [m for m in each if not isinstance(m, str)]  # type: ignore[comparison-overlap]
-    assert refused == [m for m in each if isinstance(m, str)]  # type: ignore[comparison-overlap]

@@ -27,10 +27,11 @@ import pytest
 from ipop.core import NodeCore
 from ipop.link import fastpath
 from ipop.overlay.events import Delivered
-from ipop.overlay.messages import KIND_IP, TYPE_DIRECT, RelayDeliver, RelayForward
+from ipop.overlay.messages import KIND_IP, KIND_IP_NET, TYPE_DIRECT, RelayDeliver, RelayForward
 from ipop.tools.bench import dataplane_bench as planes
 from ipop.tools.bench import relay_bench as bench
 from ipop.types import NodeId
+from ipop.vnet.networks import network_tag
 from ipop.vnet.packet import IPPROTO_UDP, build_ipv4
 
 NATIVE = fastpath.native_class()
@@ -224,3 +225,85 @@ def test_the_receivers_data_plane_in_runs_is_the_data_plane_one_by_one(backend: 
     frames, drops = ref
     assert len(frames) == 16
     assert drops == {"spoofed_inner_src": 1, "inner_dst_not_ours": 1}
+
+
+# --- a daemon in several networks: tagged IP (KIND_IP_NET) over a relayed link -----------------
+
+
+def _tagged_scenario(backend: str, runs: bool) -> dict[str, Any]:
+    """A sends plain and tagged IP to B through R; B takes both kinds, as a daemon in several
+    networks' data plane asks (``kind=KIND_IP, also=KIND_IP_NET``). Besides the run, R brings a
+    replay and a tampered delivery, and one end-to-end datagram no run takes (B opens it
+    alone, with the same two kinds)."""
+    fastpath.use(backend)
+    now = NOW
+    trio = bench.relayed_trio(now - 10, IDS)
+    a, r, b = trio.a, trio.r, trio.b
+    tag = network_tag(b"1" * 32)
+    packets = [build_ipv4(planes.A_VIP, planes.B_VIP, IPPROTO_UDP, bytes(k)) for k in range(12)]
+    tagged = bytes((TYPE_DIRECT, KIND_IP_NET)) + tag
+    msgs = [
+        (tagged + p if k % 3 else bytes((TYPE_DIRECT, KIND_IP)) + p) for k, p in enumerate(packets)
+    ]
+    assert a.send_relayed_run(b.local_id, msgs, now=now)
+    a.flush(now=now)
+    r.receive_direct_run(bench._deliver(a, bench.R_EP, now), bench.A_EP, now=now, kind=KIND_IP)
+    r.flush(now=now)
+    to_b = bench._deliver(r, bench.B_EP, now)
+    assert len(to_b) == len(msgs)
+
+    def dlv(data: bytes) -> bytes:
+        return r.link.seal(b.local_id, RelayDeliver(a.local_id, data).encode(), now=now)[0]
+
+    inner = a.link.seal(b.local_id, tagged + packets[0], now=now)[0]
+    stream = [*to_b[:4], to_b[1], _tamper(to_b[4], 40), *to_b[5:8], dlv(inner), *to_b[8:]]
+    if runs:
+        # The link declines a run at that one (as it does with an event queued, say): B's
+        # core opens it alone, as one by one.
+        take_run = b.link.open_run
+
+        def open_run(datagrams: list[bytes], start: int, path: Any, **kw: Any) -> Any:
+            ends = enumerate(datagrams[start:], start) if kw.get("head") else ()
+            at = [i for i, d in ends if d.endswith(inner)]
+            if at and at[0] == start:
+                return None
+            return take_run(datagrams[: at[0]] if at else datagrams, start, path, **kw)
+
+        b.link.open_run = open_run  # type: ignore[method-assign]
+        got = b.receive_direct_run(stream, bench.R_EP, now=now, kind=KIND_IP, also=KIND_IP_NET)
+    else:
+        each = (
+            b.receive_direct(d, bench.R_EP, now=now, kind=KIND_IP, also=KIND_IP_NET) for d in stream
+        )
+        got = [g for g in each if g is not None]
+    b.flush(now=now)
+    # What the data plane gets: IP returned, or (one by one, as the slow path has it)
+    # Delivered events of either IP kind; as (from A, kind, payload after the kind).
+    returned = [(src == a.local_id, msg[1], msg[2:]) for src, msg in got]
+    delivered, other = [], []
+    while (ev := b.next_event()) is not None:
+        if type(ev) is Delivered and ev.kind in (KIND_IP, KIND_IP_NET):
+            delivered.append((ev.src == a.local_id, ev.kind, ev.payload))
+        else:
+            other.append(repr(ev))
+    return {
+        "returned": returned,
+        "ip": returned + delivered,
+        "other": other,
+        "b": _counters(b, r, a),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tagged_ip_over_a_relayed_link_in_runs_is_one_by_one(backend: str) -> None:
+    ref = _tagged_scenario("python", False)
+    got = _tagged_scenario(backend, True)
+    assert ref["returned"] == []  # one by one, what a relay brings comes as events
+    assert got["ip"] == ref["ip"] and got["other"] == ref["other"] and got["b"] == ref["b"]
+    # In runs every IP message came straight back to the data plane, tagged or not (none
+    # became an event); the replay and the tampered delivery did not.
+    ip = got["returned"]
+    assert ip == ref["ip"]
+    assert len(ip) == 12 - 1 + 1 and all(from_a for from_a, _, _ in ip)
+    # Eight of the twelve tagged; the tampered one was (the fifth); the one alone is.
+    assert sum(kind == KIND_IP_NET for _, kind, _ in ip) == 8 - 1 + 1

@@ -4,7 +4,10 @@ Each input becomes a run of datagrams (valid ones sealed with a fixed key, then 
 re-indexed, re-typed or replaced by raw bytes as the input says), a replay window (width and
 a pre-accepted counter) and a message limit; the native ``_fastpath.BatchAead.open`` and
 :class:`ipop.link.fastpath.PyBatchAead` open it from every stop on, and must return the same
-stop, results and window, and ``seal`` the same bytes. A difference raises (a crash for the
+stop, results and window, and ``seal`` the same bytes. Both again with a head: the same
+run with every datagram behind one (some behind a cut or changed one), and payloads sealed
+behind a head in place of a stripped prefix (some without it), as a relay and a receiver of
+relayed links call them. A difference raises (a crash for the
 fuzzer). With atheris installed (``pip install atheris==3.0.0``, not a dependency) the inputs
 are coverage-guided: the twin is instrumented Python whose branches are the C code's; without
 it, a seeded random loop makes them.
@@ -73,6 +76,15 @@ def one_input(data: bytes, native: Any, twin: Any, window_class: Any) -> None:
     inp = Input(data)
     width = 1 + inp.number(2) % 300
     limit = 1 + inp.number(2) * (1 + inp.byte())
+    # The relay's and the receiver's forms: sealed behind a head in place of a stripped one,
+    # opened behind a head (every datagram's below, some with the head cut or changed).
+    head, strip = inp.raw(inp.byte() % 24), inp.raw(inp.byte() % 4)
+    bodies = [(strip if inp.byte() % 4 else b"") + inp.raw(inp.byte() % 40) for _ in range(6)]
+    counter = inp.number(2)
+    if twin.seal(INDEX, counter, bodies, head, strip) != native.seal(
+        INDEX, counter, bodies, head, strip
+    ):
+        raise AssertionError("seal with a head differs")
     datagrams: list[bytes] = []
     while not inp.done() and len(datagrams) < 64:
         op = inp.byte() % 8
@@ -97,20 +109,32 @@ def one_input(data: bytes, native: Any, twin: Any, window_class: Any) -> None:
         elif op == 6 and datagrams:
             d = datagrams[at % len(datagrams)]  # a replay
         datagrams.append(d)
-    windows = [window_class(width), window_class(width)]
     pre = inp.number(2) % 1200
-    if pre % 3 == 0:
-        for w in windows:
-            w.accept(pre)
-    i = 0
-    while i <= len(datagrams):
-        got_n = native.open(datagrams, i, INDEX, limit, windows[0])
-        got_t = twin.open(datagrams, i, INDEX, limit, windows[1])
-        if got_n != got_t:
-            raise AssertionError(f"open differs from {i}: native {got_n!r}, twin {got_t!r}")
-        if (windows[0].top, windows[0].seen) != (windows[1].top, windows[1].seen):
-            raise AssertionError(f"windows differ after opening from {i}")
-        i = got_n[0] + 1 if got_n[0] >= i else i + 1
+    wrapped = [_behind(head, d) for d in datagrams]
+    for run, behind in ((datagrams, b""), (wrapped, head)):
+        windows = [window_class(width), window_class(width)]
+        if pre % 3 == 0:
+            for w in windows:
+                w.accept(pre)
+        i = 0
+        while i <= len(run):
+            got_n = native.open(run, i, INDEX, limit, windows[0], behind)
+            got_t = twin.open(run, i, INDEX, limit, windows[1], behind)
+            if got_n != got_t:
+                raise AssertionError(f"open differs from {i}: native {got_n!r}, twin {got_t!r}")
+            if (windows[0].top, windows[0].seen) != (windows[1].top, windows[1].seen):
+                raise AssertionError(f"windows differ after opening from {i}")
+            i = got_n[0] + 1 if got_n[0] >= i else i + 1
+
+
+def _behind(head: bytes, d: bytes) -> bytes:
+    """``d`` behind ``head``; for some (by d's last byte), the head cut short or changed."""
+    pick = d[-1] % 8 if d else 0
+    if pick == 1:
+        return head[:-1] + d
+    if pick == 2 and head:
+        return bytes([head[0] ^ 1]) + head[1:] + d
+    return head + d
 
 
 def _load_native(path: str | None) -> ModuleType:

@@ -18,6 +18,16 @@ Prints µs per packet per node (best of ``--repeat``); ``--profile NODE`` prints
 cProfile in runs (``--one-by-one``: one by one). The kernel's share (no GSO one by one: a
 ``sendto`` per datagram on A and R) and the event loop's are not in these numbers.
 
+``--callgrind NODE`` counts instructions instead of time, repeatable on a busy machine: it
+runs ``--count`` packets in runs with only that node's work inside ``functools.reduce`` (a
+C function nothing else on these paths calls), so that callgrind collects just it::
+
+    valgrind --tool=callgrind --toggle-collect=functools_reduce \
+        .venv/bin/python -m ipop.tools.bench.relay_bench --callgrind relay --count 6400
+
+and the instructions it reports ("Collected"), divided by ``--count``, are that node's per
+relayed packet (setup and the other nodes are not collected).
+
 Run: ``.venv/bin/python -m ipop.tools.bench.relay_bench [--count 20000] [--batch 64]``.
 """
 
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import pstats
 import random
 import time
@@ -193,6 +204,48 @@ def bench(
     return {k: v / n * 1e6 for k, v in spent.items()}
 
 
+def callgrind(count: int, batch: int, size: int, node: str) -> int:
+    """``bench`` in runs with ``node``'s work (as there) called through functools.reduce, for
+    ``valgrind --tool=callgrind --toggle-collect=functools_reduce`` (module docstring); the
+    packets delivered."""
+    now = time.time()
+    trio = relayed_trio(now - 10)
+    a, r, b = trio.a, trio.r, trio.b
+    message = bytes((TYPE_DIRECT, KIND_IP)) + bytes(size)
+    delivered = 0
+
+    def region(name: str, work: Any) -> Any:
+        if name != node:
+            return work()
+        return functools.reduce(lambda _, f: f(), [work], None)
+
+    def send() -> list[bytes]:
+        if not a.send_relayed_run(b.local_id, [message] * batch, now=now):
+            raise RuntimeError("the relayed run was declined")
+        a.flush(now=now)
+        return _deliver(a, R_EP, now)
+
+    def relay(to_r: list[bytes]) -> list[bytes]:
+        r.receive_direct_run(to_r, A_EP, now=now, kind=KIND_IP)
+        r.flush(now=now)
+        return _deliver(r, B_EP, now)
+
+    def receive(to_b: list[bytes]) -> int:
+        got = b.receive_direct_run(to_b, R_EP, now=now, kind=KIND_IP)
+        b.flush(now=now)
+        return len(got)
+
+    for _ in range(max(1, count // batch)):
+        to_r = region("sender", send)
+        to_b = region("relay", functools.partial(relay, to_r))
+        delivered += region("receiver", functools.partial(receive, to_b))
+        for core in (a, r, b):
+            core.datagrams_to_send(now=now)
+            while core.next_event() is not None:
+                pass
+    return delivered
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="relay_bench", description=__doc__)
     ap.add_argument("--count", type=int, default=20_000)
@@ -202,8 +255,17 @@ def main() -> None:
     ap.add_argument("--backend", choices=["auto", "python", "native"], default="auto")
     ap.add_argument("--profile", choices=["sender", "relay", "receiver"])
     ap.add_argument("--one-by-one", action="store_true", help="profile the per-packet path")
+    ap.add_argument(
+        "--callgrind",
+        choices=["sender", "relay", "receiver"],
+        help="that node's work alone inside functools.reduce, for callgrind (see above)",
+    )
     args = ap.parse_args()
     fastpath.use(args.backend)
+    if args.callgrind is not None:
+        n = callgrind(args.count, args.batch, args.size, args.callgrind)
+        print(f"relayed, {n} packets of {args.size} B in runs of {args.batch}, {fastpath.BACKEND}")
+        return
     if args.profile is not None:
         bench(args.count, args.batch, args.size, runs=not args.one_by_one, profile=args.profile)
         return
