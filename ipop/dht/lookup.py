@@ -166,7 +166,10 @@ class LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is untyp
                 if not waiting:
                     if self.nearest.get_uncontacted():
                         continue
-                    if not any(self._may_lead_nearer(calls[t]) for t in late):
+                    bound = self._settled_at()  # (once: it walks the heap)
+                    if not any(
+                        bound is None or self.node.distance_to(calls[t]) < bound for t in late
+                    ):
                         break
                     done, _ = await asyncio.wait(late, return_when=asyncio.FIRST_COMPLETED)
                     take(done)
@@ -191,14 +194,13 @@ class LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is untyp
                 task.cancel()
         return list(self.nearest)
 
-    def _may_lead_nearer(self, peer: Node) -> bool:
-        """Is ``peer`` nearer the target than the ``enough``-th nearest node that answered
-        (or have fewer than that answered)?"""
+    def _settled_at(self) -> int | None:
+        """The distance to the target of the ``enough``-th nearest node that answered (a late
+        peer nearer than that may change the replica set); None while fewer answered."""
         answered = [n for n in self.nearest if n.id in self.answered]
         if len(answered) < self._enough:
-            return True
-        farthest = answered[self._enough - 1]
-        return bool(self.node.distance_to(peer) < self.node.distance_to(farthest))
+            return None
+        return int(self.node.distance_to(answered[self._enough - 1]))
 
 
 class Lookups:
