@@ -244,8 +244,15 @@ class DhtService:
         return total
 
     def counters(self) -> dict[str, int]:
-        """Our replica's store, for status (:meth:`RecordStorage.counters`)."""
-        return self.storage.counters()
+        """Our replica's store (:meth:`RecordStorage.counters`) and our RPCs (requests
+        served, retransmissions, timeouts), for status."""
+        return {
+            **self.storage.counters(),
+            **{
+                (k if k.startswith("rpc_") else f"rpc_{k}"): v
+                for k, v in self.protocol.counters.items()
+            },
+        }
 
     def contacts(self) -> list[NodeId]:
         """Every node in our routing table."""

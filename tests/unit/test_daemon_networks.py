@@ -170,6 +170,8 @@ def test_a_daemon_in_two_networks_serves_each_on_its_own_tap(tmp_path: Path) -> 
             # The replica's store in status: both networks' records are held here.
             assert st.counters["dht.store_records"] >= 2, st.counters
             assert st.counters["dht.store_evicted"] == 0
+            # and its RPCs: the bootstrap answered this daemon's join, claims and names
+            assert boot.status().counters["dht.rpc_requests_served"] > 0, st.counters
             text = "\n".join(format_status(st))
             assert "networks (2):" in text and "othernet  ipop-other  " + str(side.vip) in text
         finally:
