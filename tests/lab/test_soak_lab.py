@@ -74,6 +74,9 @@ def test_soak_small_reports_sweeps_and_churn(tmp_path: Path) -> None:
     cold = result["cold_start"]
     assert cold["daemons"] == len(cold["pingable_s"]) == 6, cold
     assert all(v is not None and v >= 0 for v in cold["pingable_s"].values()), cold
+    # each name resolved there before its first ping answered (what is left is the path)
+    resolved = cold["resolved_s"]
+    assert all(resolved[h] is not None and resolved[h] <= v for h, v in cold["pingable_s"].items())
     assert isinstance(result["vips_kept"], bool)
     assert "rss_growth" in result and result["daemons"]
     assert all(d["rss_kb_last"] > 0 for d in result["daemons"])

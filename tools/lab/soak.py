@@ -52,6 +52,7 @@ from ipop.tools.lab.lab import HOST_IF, Host, Lab
 from ipop.tools.lab.sweep import (
     cold_probe,
     cold_summary,
+    percentile,
     summarise,
     sweep,
     target_name,
@@ -446,6 +447,10 @@ def _start_all(net: IpopNet, gap_s: float) -> dict[str, float]:
     return at
 
 
+def _known(times: dict[str, float | None]) -> list[float]:
+    return [t for t in times.values() if t is not None]
+
+
 def _plan_dict(plan: SoakPlan) -> dict[str, Any]:
     return {k: getattr(plan, k) for k in SoakPlan.__slots__}
 
@@ -489,7 +494,8 @@ def format_report(result: dict[str, Any]) -> str:
     if cold:
         lines.append(
             f"cold start: {cold['within_5s']}/{cold['daemons']} daemons pingable by name within"
-            f" 5 s of their own start (p50 {cold['p50']} s, max {cold['max']} s)"
+            f" 5 s of their own start (p50 {cold['p50']} s, max {cold['max']} s; their names"
+            f" first resolved at p50 {percentile(_known(cold['resolved_s']), 0.5)} s)"
         )
     lines.append(f"vips_kept={result['vips_kept']} rss_growth={result['rss_growth']}")
     cpu = [d["cpu_pct"] for d in result["daemons"] if d["cpu_pct"] is not None]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 from ipop.tools.lab.lab import Host, Lab
 
@@ -83,6 +83,7 @@ COLD_PY = r"""
 import json, socket, subprocess, sys, threading, time
 names, until = json.loads(sys.argv[1]), time.time() + float(sys.argv[2])
 first = dict.fromkeys(names)
+resolved = dict.fromkeys(names)
 def one(name):
     while time.time() < until:
         try:
@@ -90,6 +91,8 @@ def one(name):
         except OSError:
             time.sleep(0.2)
             continue
+        if resolved[name] is None:
+            resolved[name] = time.time()
         r = subprocess.run(["ping", "-n", "-c", "1", "-W", "1", name],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if r.returncode == 0:
@@ -99,7 +102,7 @@ def one(name):
 ts = [threading.Thread(target=one, args=(n,)) for n in names]
 for t in ts: t.start()
 for t in ts: t.join()
-print(json.dumps(first))
+print(json.dumps({"first": first, "resolved": resolved}))
 """
 # The resolver's bound while names are cold: one quick try, the name's loop retries.
 COLD_RES_OPTIONS = "timeout:1 attempts:1"
@@ -168,10 +171,17 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def cold_probe(lab: Lab) -> dict[str, float | None]:
+class ColdProbe(NamedTuple):
+    """Wall-clock times, by host name, of the prober's first answer for each daemon: its
+    name's first resolution and its first ping reply by name (None: not within COLD_PROBE_S)."""
+
+    resolved: dict[str, float | None]
+    pingable: dict[str, float | None]
+
+
+def cold_probe(lab: Lab) -> ColdProbe:
     """From the first bootstrap, every other daemon by name (a router's too) until each
-    answers a ping: name -> wall-clock time of its first answer (None: not within
-    COLD_PROBE_S). The prober itself is not measured: it is what the others are reached from.
+    answers a ping. The prober itself is not measured: it is what the others are reached from.
 
     The caller writes the prober's resolv.conf first (:meth:`Lab.write_resolv_conf`, before
     starting the daemons): ``ip netns exec`` binds it over /etc/resolv.conf only if it exists
@@ -179,26 +189,39 @@ def cold_probe(lab: Lab) -> dict[str, float | None]:
     prober = lab.bootstraps[0]
     names = [target_name(h) for h in lab.hosts if h.name != prober.name]
     argv = [sys.executable, "-c", COLD_PY, json.dumps(names), str(COLD_PROBE_S)]
+    none = dict.fromkeys(names)
     try:
         res = lab.exec(
             prober,
             ["env", f"RES_OPTIONS={COLD_RES_OPTIONS}", *argv],
             timeout=COLD_PROBE_S + 30,
         )
-        got: dict[str, float | None] = json.loads(res.stdout)
+        got: dict[str, dict[str, float | None]] = json.loads(res.stdout)
     except Exception:  # a probe that cannot run measures nothing: every name unanswered
-        got = dict.fromkeys(names)
-    return {n.split(".")[0]: t for n, t in got.items()}
+        got = {"first": none, "resolved": none}
+
+    def by_host(times: dict[str, float | None]) -> dict[str, float | None]:
+        return {n.split(".")[0]: times.get(n) for n in names}
+
+    return ColdProbe(resolved=by_host(got["resolved"]), pingable=by_host(got["first"]))
 
 
-def cold_summary(first: dict[str, float | None], started_at: dict[str, float]) -> dict[str, Any]:
-    """Seconds from each daemon's own start to its first answer by name from the prober."""
-    after = {h: (round(t - started_at[h], 2) if t is not None else None) for h, t in first.items()}
-    got = [v for v in after.values() if v is not None]
+def cold_summary(probe: ColdProbe, started_at: dict[str, float]) -> dict[str, Any]:
+    """Seconds from each daemon's own start to its first answer by name from the prober (and,
+    apart, to its name's first resolution there: what is left is the ping's path)."""
+
+    def after(times: dict[str, float | None]) -> dict[str, float | None]:
+        return {
+            h: (round(t - started_at[h], 2) if t is not None else None) for h, t in times.items()
+        }
+
+    pingable = after(probe.pingable)
+    got = [v for v in pingable.values() if v is not None]
     return {
-        "pingable_s": after,
+        "pingable_s": pingable,
+        "resolved_s": after(probe.resolved),
         "p50": percentile(got, 0.5),
         "max": max(got) if got else None,
         "within_5s": sum(1 for v in got if v <= 5.0),
-        "daemons": len(after),
+        "daemons": len(pingable),
     }
