@@ -201,6 +201,8 @@ class DataPlane:
         # pure-Python twin); runs=False: one by one, the reference the runs are tested against.
         # Chosen before the node is attached (Daemon._start), so every key is made after it.
         log.info("data path: %s", fastpath.use(os.environ.get("IPOP_FASTPATH", "auto")))
+        # A batch's TCP segments merged for the TAP: natively with the native backend.
+        self._coalesce = fastpath.native_coalesce() or coalesce
         self.runs = True if runs is None else runs
         # None: a TAP (fixed header, no source check); else a LAN (see LocalSide).
         self.local_side = local_side
@@ -552,7 +554,8 @@ class DataPlane:
         iovecs: Sequence[tuple[bytes | bytearray | memoryview, ...]] = frames
         if self._vnet and len(frames) > 1:
             mac = self._mac_header
-            iovecs = [(vnet, mac, packet) for vnet, packet in coalesce([p for _, p in frames])]
+            merged = self._coalesce([p for _, p in frames])
+            iovecs = [(vnet, mac, packet) for vnet, packet in merged]
             if len(iovecs) < len(frames):
                 self.counters["tap_coalesced"] += len(frames) - len(iovecs)
         writev = os.writev

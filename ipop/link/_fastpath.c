@@ -1,4 +1,5 @@
-/* ipop.link._fastpath: seal and open runs of DATA datagrams for one established key.
+/* ipop.link._fastpath: seal and open runs of DATA datagrams for one established key, and
+ * coalesce a batch's TCP segments for the TAP (at the end of this file).
  *
  * The native twin of ipop.link.fastpath.PyBatchAead (read that module's docstring first: it
  * is the definition; this file only does the same thing without a Python call per packet).
@@ -386,9 +387,183 @@ static PyTypeObject BatchAeadType = {
     .tp_methods = BatchAead_methods,
 };
 
+/* --- coalesce: the native twin of ipop.vnet.gro.coalesce (read its docstring: the rules) ----
+ *
+ * A batch's TCP segments of one flow, adjacent and in sequence, become one packet behind a
+ * virtio header asking the kernel for GSO (GSO_TCPV4, NEEDS_CSUM); every other packet is
+ * returned as it came, the very object, behind NO_GSO. Pure byte work, no state.
+ */
+#define IP_HLEN 20
+#define ETH_HLEN 14
+#define GRO_MAX_SEGMENTS 64
+#define GRO_MAX_BYTES 65000
+#define TCP_ACK 0x10
+#define TCP_PSH 0x08
+
+static PyObject *NO_GSO; /* the 10 zero bytes of a virtio header without GSO */
+
+static unsigned get_be16(const unsigned char *p) { return ((unsigned)p[0] << 8) | p[1]; }
+
+/* A packet that may be coalesced: IPv4 without options or fragmentation, TCP with ACK and
+ * nothing but ACK and PSH, carrying data, its total length its buffer's (gro._segment). */
+static int gro_segment(const unsigned char *p, Py_ssize_t n, Py_ssize_t *hlen, uint32_t *seq,
+                       unsigned char *flags) {
+    if (n < 34) return 0;
+    Py_ssize_t total = (Py_ssize_t)get_be16(p + 2);
+    Py_ssize_t thl = (Py_ssize_t)(p[32] >> 4) * 4;
+    *flags = p[33];
+    if (p[0] != 0x45 || p[9] != 6 || (get_be16(p + 6) & 0x3FFF) ||
+        (*flags & (0xFF & ~TCP_PSH)) != TCP_ACK || total != n || thl < 20 ||
+        total <= IP_HLEN + thl)
+        return 0;
+    *hlen = IP_HLEN + thl;
+    *seq = get_be32(p + 24);
+    return 1;
+}
+
+/* Do two hlen-byte IPv4 + TCP headers agree in all but total length, IP id and checksum,
+ * sequence number, TCP flags and checksum (gro._flow_mask)? hlen >= 40. */
+static int gro_same_flow(const unsigned char *a, const unsigned char *b, Py_ssize_t hlen) {
+    return memcmp(a, b, 2) == 0 && memcmp(a + 6, b + 6, 4) == 0 &&
+           memcmp(a + 12, b + 12, 12) == 0 && memcmp(a + 28, b + 28, 5) == 0 &&
+           a[34] == b[34] && a[35] == b[35] && memcmp(a + 38, b + 38, (size_t)(hlen - 38)) == 0;
+}
+
+/* (virtio header, packet) for the count segments at bufs (gro._merged). */
+static PyObject *gro_merged(const Py_buffer *bufs, Py_ssize_t count, Py_ssize_t hlen,
+                            unsigned char psh) {
+    Py_ssize_t total = hlen;
+    for (Py_ssize_t k = 0; k < count; k++) total += bufs[k].len - hlen;
+    PyObject *packet = PyBytes_FromStringAndSize(NULL, total);
+    if (packet == NULL) return NULL;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(packet);
+    memcpy(o, bufs[0].buf, (size_t)hlen);
+    o[2] = (unsigned char)(total >> 8);
+    o[3] = (unsigned char)total;
+    o[10] = o[11] = 0;
+    uint32_t sum = 0;
+    for (int k = 0; k < IP_HLEN; k += 2) sum += get_be16(o + k);
+    while (sum >> 16) sum = (sum & 0xFFFF) + (sum >> 16);
+    sum = ~sum & 0xFFFF;
+    o[10] = (unsigned char)(sum >> 8);
+    o[11] = (unsigned char)sum;
+    o[33] |= psh;
+    /* CHECKSUM_PARTIAL: the pseudo-header's sum, folded, not complemented. */
+    sum = get_be16(o + 12) + get_be16(o + 14) + get_be16(o + 16) + get_be16(o + 18) + 6 +
+          (uint32_t)(total - IP_HLEN);
+    while (sum >> 16) sum = (sum & 0xFFFF) + (sum >> 16);
+    o[36] = (unsigned char)(sum >> 8);
+    o[37] = (unsigned char)sum;
+    unsigned char *at = o + hlen;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        size_t len = (size_t)(bufs[k].len - hlen);
+        memcpy(at, (const unsigned char *)bufs[k].buf + hlen, len);
+        at += len;
+    }
+    /* struct virtio_net_hdr, host byte order: flags, gso_type, hdr_len, gso_size,
+     * csum_start, csum_offset. */
+    unsigned char vnet[10];
+    uint16_t hdr_len = (uint16_t)(ETH_HLEN + hlen), gso_size = (uint16_t)(bufs[0].len - hlen);
+    uint16_t csum_start = ETH_HLEN + IP_HLEN, csum_offset = 16;
+    vnet[0] = 1; /* NEEDS_CSUM */
+    vnet[1] = 1; /* GSO_TCPV4 */
+    memcpy(vnet + 2, &hdr_len, 2);
+    memcpy(vnet + 4, &gso_size, 2);
+    memcpy(vnet + 6, &csum_start, 2);
+    memcpy(vnet + 8, &csum_offset, 2);
+    PyObject *v = PyBytes_FromStringAndSize((const char *)vnet, 10);
+    if (v == NULL) {
+        Py_DECREF(packet);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_Pack(2, v, packet);
+    Py_DECREF(v);
+    Py_DECREF(packet);
+    return pair;
+}
+
+static int gro_append(PyObject *out, PyObject *vnet, PyObject *packet) {
+    PyObject *pair = PyTuple_Pack(2, vnet, packet);
+    if (pair == NULL) return -1;
+    int rc = PyList_Append(out, pair);
+    Py_DECREF(pair);
+    return rc;
+}
+
+static PyObject *fp_coalesce(PyObject *Py_UNUSED(module), PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "coalesce() takes a sequence of packets");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), got = 0;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *out = NULL;
+    Py_buffer *bufs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Py_buffer));
+    if (bufs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < n; got++)
+        if (PyObject_GetBuffer(items[got], &bufs[got], PyBUF_SIMPLE) < 0) goto done;
+    out = PyList_New(0);
+    if (out == NULL) goto done;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        const unsigned char *p = bufs[i].buf;
+        Py_ssize_t start = i++, hlen = 0;
+        uint32_t seqno = 0;
+        unsigned char flags = 0, psh = 0;
+        if (!gro_segment(p, bufs[start].len, &hlen, &seqno, &flags) || (flags & TCP_PSH)) {
+            if (gro_append(out, NO_GSO, items[start]) < 0) goto fail;
+            continue;
+        }
+        Py_ssize_t size = bufs[start].len - hlen, total = bufs[start].len, count = 1;
+        uint32_t next = seqno + (uint32_t)size;
+        while (i < n && count < GRO_MAX_SEGMENTS) {
+            const unsigned char *q = bufs[i].buf;
+            Py_ssize_t qlen = bufs[i].len, qsize = qlen - hlen;
+            if (qsize > size || qsize <= 0 || total + qsize > GRO_MAX_BYTES) break;
+            unsigned char qflags = q[33];
+            if (get_be32(q + 24) != next || (Py_ssize_t)get_be16(q + 2) != qlen ||
+                (qflags & (0xFF & ~TCP_PSH)) != TCP_ACK || !gro_same_flow(p, q, hlen))
+                break;
+            count++;
+            total += qsize;
+            next += (uint32_t)qsize;
+            i++;
+            psh = qflags & TCP_PSH;
+            if (psh || qsize < size) break; /* a pushed or shorter segment ends the run */
+        }
+        if (count == 1) {
+            if (gro_append(out, NO_GSO, items[start]) < 0) goto fail;
+            continue;
+        }
+        PyObject *pair = gro_merged(bufs + start, count, hlen, psh);
+        if (pair == NULL) goto fail;
+        int rc = PyList_Append(out, pair);
+        Py_DECREF(pair);
+        if (rc < 0) goto fail;
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    if (bufs != NULL) {
+        for (Py_ssize_t k = 0; k < got; k++) PyBuffer_Release(&bufs[k]);
+        PyMem_Free(bufs);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+static PyMethodDef fastpath_functions[] = {
+    {"coalesce", (PyCFunction)fp_coalesce, METH_O,
+     "coalesce(packets) -> [(virtio header, packet)]: ipop.vnet.gro.coalesce, natively"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef fastpath_module = {
-    PyModuleDef_HEAD_INIT, "_fastpath", "Native runs of DATA seal/open (ipop.link.fastpath).",
-    -1, NULL, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_fastpath",
+    "Native runs of DATA seal/open (ipop.link.fastpath) and TCP receive coalescing (ipop.vnet.gro).",
+    -1, fastpath_functions, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
@@ -397,7 +572,8 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     R_TOO_OLD = PyUnicode_InternFromString("too_old");
     R_REPLAY = PyUnicode_InternFromString("replay");
     R_AUTH = PyUnicode_InternFromString("auth_failed");
-    if (!R_EXPIRED || !R_TOO_OLD || !R_REPLAY || !R_AUTH) return NULL;
+    NO_GSO = PyBytes_FromStringAndSize("\0\0\0\0\0\0\0\0\0\0", 10);
+    if (!R_EXPIRED || !R_TOO_OLD || !R_REPLAY || !R_AUTH || !NO_GSO) return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (m == NULL) return NULL;
     Py_INCREF(&BatchAeadType);

@@ -67,7 +67,16 @@ from ipop.link.crypto import CIPHER_IDS, Aead, nonce_for
 from ipop.link.replay import ReplayWindow
 from ipop.wire.header import DATA_HEADER, DATA_HEADER_BYTES, DATA_MIN_BYTES, TYPE_DATA
 
-__all__ = ["BACKEND", "BatchAead", "PyBatchAead", "batch_aead", "native_class", "use"]
+__all__ = [
+    "BACKEND",
+    "BatchAead",
+    "Coalesce",
+    "PyBatchAead",
+    "batch_aead",
+    "native_class",
+    "native_coalesce",
+    "use",
+]
 
 # The reason a datagram past the message limit is dropped (LINK_DROP_REASONS).
 REASON_EXPIRED: Final = "expired_key"
@@ -224,6 +233,24 @@ def use(choice: str) -> str:
     else:
         _CLASS, BACKEND = _native, "native"
     return BACKEND
+
+
+# A batch's TCP segments coalesced for the TAP: (virtio header, packet) pairs to write.
+Coalesce = Callable[[Sequence[Payload]], list[tuple[bytes, Payload]]]
+
+
+def native_coalesce() -> Coalesce | None:
+    """The native twin of :func:`ipop.vnet.gro.coalesce` (the definition: same pairs, the
+    packets that stay apart returned as the very objects given), when :data:`BACKEND` is
+    native; None: the caller uses the definition. Here because the native module is this
+    layer's; coalescing is the data plane's (ipop.aio.dataplane picks one when it starts).
+    Measured (``python -m ipop.tools.bench.gro_bench``): see that module."""
+    if _CLASS is PyBatchAead or _native is None:
+        return None
+    from ipop.link import _fastpath  # type: ignore[attr-defined]
+
+    fn: Coalesce = _fastpath.coalesce
+    return fn
 
 
 def batch_aead(cipher: str, key: bytes) -> BatchAead:

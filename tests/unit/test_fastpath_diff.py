@@ -455,3 +455,51 @@ def test_the_fuzz_harness_finds_native_and_twin_equal_on_random_runs() -> None:
     from ipop.tools.bench.fastpath_fuzz import fuzz
 
     assert fuzz(300, 7, None, None, guided=False) == 300
+
+
+# --- TCP receive coalescing (ipop.vnet.gro.coalesce and its native twin) ----------------------
+
+
+@needs_native
+def test_the_data_plane_coalesces_with_the_backend_it_was_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ipop.link import _fastpath  # type: ignore[attr-defined]
+    from ipop.vnet.gro import coalesce
+
+    assert fastpath.use("python") == "python" and fastpath.native_coalesce() is None
+    assert fastpath.use("native") == "native"
+    assert fastpath.native_coalesce() is _fastpath.coalesce
+
+    async def plane_coalesce() -> object:
+        with bench.planes(time.time()) as p:
+            return p.dpb._coalesce
+
+    # The driver's choice reaches the data plane (IPOP_FASTPATH, read when it starts).
+    for choice, want in (("python", coalesce), ("native", _fastpath.coalesce)):
+        monkeypatch.setenv("IPOP_FASTPATH", choice)
+        assert asyncio.run(plane_coalesce()) is want, choice
+
+
+@needs_native
+def test_the_coalesce_fuzz_case_fails_when_the_twins_differ() -> None:
+    """The harness can fail: a native side that loses a packet, or copies one it should hand
+    back as given, is caught on random inputs."""
+    from ipop.link import _fastpath  # type: ignore[attr-defined]
+    from ipop.tools.bench.fastpath_fuzz import coalesce_input
+    from ipop.vnet.gro import coalesce
+
+    def loses_one(packets: list[bytes]) -> list[tuple[bytes, Any]]:
+        return list(_fastpath.coalesce(packets))[:-1]
+
+    def copies(packets: list[bytes]) -> list[tuple[bytes, Any]]:
+        return [(v, bytes(p)) for v, p in _fastpath.coalesce(packets)]
+
+    rng = random.Random(3)
+    inputs = [rng.randbytes(rng.randrange(60, 600)) for _ in range(50)]
+    for data in inputs:
+        coalesce_input(data, _fastpath.coalesce, coalesce)  # equal: no error
+    for wrong in (loses_one, copies):
+        with pytest.raises(AssertionError, match="coalesce"):
+            for data in inputs:
+                coalesce_input(data, wrong, coalesce)

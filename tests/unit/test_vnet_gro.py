@@ -9,13 +9,16 @@ its CHECKSUM_PARTIAL field is the packet's true checksum.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
 
+from ipop.link import fastpath
 from ipop.router.lan import split_tcp
 from ipop.testing.tcp import ACK, FIN, PSH, SYN, TIMESTAMPS, tcp_segment
+from ipop.vnet import gro
 from ipop.vnet.gro import (
     GSO_TCPV4,
     MAX_BYTES,
@@ -23,7 +26,6 @@ from ipop.vnet.gro import (
     NEEDS_CSUM,
     NO_GSO,
     VNET_HDR,
-    coalesce,
 )
 from ipop.vnet.packet import (
     ETH_HLEN,
@@ -33,6 +35,21 @@ from ipop.vnet.packet import (
     internet_checksum,
     transport_checksum,
 )
+
+Coalesce = Callable[[Sequence[bytes]], list[tuple[bytes, Any]]]
+
+
+@pytest.fixture(params=["python", "native"])
+def coalesce(request: pytest.FixtureRequest) -> Coalesce:
+    """Each test runs on ipop.vnet.gro.coalesce, the definition, and on its native twin
+    (ipop.link._fastpath.coalesce, through ipop.link.fastpath.native_coalesce)."""
+    if request.param == "python":
+        return gro.coalesce
+    native = fastpath.native_coalesce()
+    if native is None:
+        pytest.skip("ipop.link._fastpath was not built (gcc, python3-dev, libssl-dev)")
+    return native
+
 
 SRC, DST = IPv4Address("100.64.0.1"), IPv4Address("100.64.0.2")
 ETH = bytes(12) + b"\x08\x00"
@@ -62,7 +79,7 @@ def full_checksum(packet: bytes) -> int:
     return internet_checksum(packet[20:])
 
 
-def test_one_flows_segments_become_one_packet_that_cuts_back_into_them() -> None:
+def test_one_flows_segments_become_one_packet_that_cuts_back_into_them(coalesce: Coalesce) -> None:
     segs = stream(10, 1013, last=500)
     out = coalesce(segs)
     assert len(out) == 1
@@ -86,7 +103,7 @@ def test_one_flows_segments_become_one_packet_that_cuts_back_into_them() -> None
     assert [bytes(f[ETH_HLEN:]) for f in again] == segs
 
 
-def test_a_shorter_segment_ends_the_run_and_the_next_one_starts_another() -> None:
+def test_a_shorter_segment_ends_the_run_and_the_next_one_starts_another(coalesce: Coalesce) -> None:
     head = stream(4, 1000, last=600)
     tail = [segment(1000 + 3 * 1000 + 600 + i * 1000, bytes(1000)) for i in range(3)]
     out = coalesce(head + tail)
@@ -114,12 +131,14 @@ def test_a_shorter_segment_ends_the_run_and_the_next_one_starts_another() -> Non
         ("a larger segment", segment(2000, bytes(1001))),
     ],
 )
-def test_what_may_not_join_a_run_is_written_as_it_came(name: str, second: bytes) -> None:
+def test_what_may_not_join_a_run_is_written_as_it_came(
+    coalesce: Coalesce, name: str, second: bytes
+) -> None:
     first = segment(1000, bytes(1000))
     assert coalesce([first, second]) == [(NO_GSO, first), (NO_GSO, second)], name
 
 
-def test_packets_that_are_not_plain_tcp_data_pass_through_in_order() -> None:
+def test_packets_that_are_not_plain_tcp_data_pass_through_in_order(coalesce: Coalesce) -> None:
     udp = build_ipv4(SRC, DST, IPPROTO_UDP, bytes(100))
     options = bytearray(segment(1000, bytes(1000)))
     options[0] = 0x46  # an IP header with options: never merged
@@ -132,7 +151,7 @@ def test_packets_that_are_not_plain_tcp_data_pass_through_in_order() -> None:
     assert coalesce(packets) == [(NO_GSO, p) for p in packets]
 
 
-def test_interleaved_flows_and_a_run_between_other_packets() -> None:
+def test_interleaved_flows_and_a_run_between_other_packets(coalesce: Coalesce) -> None:
     a = stream(3, 800)
     udp = build_ipv4(SRC, DST, IPPROTO_UDP, bytes(10))
     b = [segment(5000 + i * 800, bytes(800), sport=40001) for i in range(3)]
@@ -147,7 +166,7 @@ def test_interleaved_flows_and_a_run_between_other_packets() -> None:
     ]
 
 
-def test_a_run_is_capped_in_segments_and_bytes() -> None:
+def test_a_run_is_capped_in_segments_and_bytes(coalesce: Coalesce) -> None:
     small = stream(MAX_SEGMENTS + 6, 100)
     out = coalesce(small)
     assert [VNET_HDR.unpack(v)[1] for v, _ in out] == [GSO_TCPV4, GSO_TCPV4]
@@ -159,7 +178,7 @@ def test_a_run_is_capped_in_segments_and_bytes() -> None:
     assert len(sizes) == 2
 
 
-def test_random_batches_cut_back_into_exactly_what_came() -> None:
+def test_random_batches_cut_back_into_exactly_what_came(coalesce: Coalesce) -> None:
     """Whatever the mix, writing the output and cutting each batch again (the kernel's side)
     gives the input packets, in order."""
     rng = random.Random(5)

@@ -1,4 +1,5 @@
-"""Fuzz the native open path against its pure-Python twin, optionally under AddressSanitizer.
+"""Fuzz the native open path and TCP coalescing against their pure-Python twins, optionally
+under AddressSanitizer.
 
 Each input becomes a run of datagrams (valid ones sealed with a fixed key, then cut, flipped,
 re-indexed, re-typed or replaced by raw bytes as the input says), a replay window (width and
@@ -7,10 +8,12 @@ a pre-accepted counter) and a message limit; the native ``_fastpath.BatchAead.op
 stop, results and window, and ``seal`` the same bytes. Both again with a head: the same
 run with every datagram behind one (some behind a cut or changed one), and payloads sealed
 behind a head in place of a stripped prefix (some without it), as a relay and a receiver of
-relayed links call them. A difference raises (a crash for the
-fuzzer). With atheris installed (``pip install atheris==3.0.0``, not a dependency) the inputs
-are coverage-guided: the twin is instrumented Python whose branches are the C code's; without
-it, a seeded random loop makes them.
+relayed links call them. The same input also makes a batch of TCP segments (one flow's, with
+headers, lengths and sequence numbers broken among them, and raw bytes) that the native
+``coalesce`` and ``ipop.vnet.gro.coalesce`` must turn into the same pairs. A difference
+raises (a crash for the fuzzer). With atheris installed (``pip install atheris==3.0.0``, not
+a dependency) the inputs are coverage-guided: the twins are instrumented Python whose branches
+are the C code's; without it, a seeded random loop makes them.
 
 ``--asan`` builds ``ipop/link/_fastpath.c`` again with ``-fsanitize=address,undefined`` (gcc)
 into a temporary folder, grows a corpus coverage-guided on the plain build (libFuzzer's
@@ -127,6 +130,55 @@ def one_input(data: bytes, native: Any, twin: Any, window_class: Any) -> None:
             i = got_n[0] + 1 if got_n[0] >= i else i + 1
 
 
+def coalesce_input(data: bytes, native: Any, twin: Any) -> None:
+    """One fuzz case of TCP receive coalescing: a batch ``data`` describes (one flow's
+    segments, in sequence or not, with headers changed, lengths wrong, other flows and raw
+    bytes among them, as bytes, bytearray or memoryview), coalesced by the native
+    ``_fastpath.coalesce`` and by ``ipop.vnet.gro.coalesce``: the same pairs, byte for byte,
+    and the packets left apart returned as the very objects given."""
+    inp = Input(data)
+    thl = 20 + 4 * (inp.byte() % 11)
+    ip = bytearray(inp.raw(20))
+    ip[0], ip[9] = 0x45, 6
+    ip[6] = (ip[6] & 0x40) if inp.byte() % 4 else ip[6]  # DF alone, mostly
+    ip[7] = 0 if inp.byte() % 4 else ip[7]
+    tcp = bytearray(inp.raw(thl))
+    tcp[12] = (thl // 4) << 4
+    seq = inp.number(4)
+    size = 1 + inp.number(2) % 1460
+    packets: list[bytes | bytearray | memoryview] = []
+    while not inp.done() and len(packets) < 80:
+        op = inp.byte() % 12
+        n = size if op < 6 else 1 + inp.number(2) % 1500
+        head = bytearray(ip + tcp)
+        head[24:28] = seq.to_bytes(4, "big")
+        head[33] = 0x10 | (0x08 if op == 6 else 0)
+        if op == 7:
+            head[inp.byte() % len(head)] ^= 1 << (inp.byte() % 8)
+        elif op == 8:
+            head[24:28] = inp.raw(4)  # out of sequence
+        pkt = bytearray(head + bytes(n))
+        pkt[2:4] = (len(pkt) & 0xFFFF).to_bytes(2, "big")
+        if op == 9:
+            pkt[2:4] = inp.raw(2)  # a total length that lies
+        elif op == 10:
+            pkt = bytearray(inp.raw(inp.byte() % 80))
+        elif op == 11:
+            pkt = pkt[: inp.number(2) % (len(pkt) + 1)]
+        if op not in (8, 10):
+            seq = (seq + n) & 0xFFFFFFFF
+        kind = inp.byte() % 3
+        packets.append(bytes(pkt) if kind == 0 else pkt if kind == 1 else memoryview(bytes(pkt)))
+    got_n, got_t = native(packets), twin(packets)
+    if len(got_n) != len(got_t):
+        raise AssertionError(f"coalesce: {len(got_n)} pairs native, {len(got_t)} twin")
+    for k, ((vn, pn), (vt, pt)) in enumerate(zip(got_n, got_t, strict=True)):
+        if bytes(vn) != bytes(vt) or bytes(pn) != bytes(pt):
+            raise AssertionError(f"coalesce differs at pair {k}")
+        if vt == bytes(10) and pn is not pt:
+            raise AssertionError(f"coalesce: pair {k} is not the packet given")
+
+
 def _behind(head: bytes, d: bytes) -> bytes:
     """``d`` behind ``head``; for some (by d's last byte), the head cut short or changed."""
     pick = d[-1] % 8 if d else 0
@@ -160,24 +212,33 @@ def fuzz(runs: int, seed: int, native_path: str | None, corpus: Path | None, gui
     if atheris is None or not guided:
         from ipop.link.fastpath import PyBatchAead
         from ipop.link.replay import ReplayWindow
+        from ipop.vnet.gro import coalesce
 
         native, twin = mod.BatchAead(1, KEY), PyBatchAead(1, KEY)
         files = sorted(corpus.iterdir()) if corpus is not None and corpus.is_dir() else []
         for f in files:
             one_input(f.read_bytes(), native, twin, ReplayWindow)
+            coalesce_input(f.read_bytes(), mod.coalesce, coalesce)
         rng = random.Random(seed)
         for _ in range(runs):
-            one_input(rng.randbytes(rng.randrange(8, 600)), native, twin, ReplayWindow)
+            data = rng.randbytes(rng.randrange(8, 600))
+            one_input(data, native, twin, ReplayWindow)
+            coalesce_input(data, mod.coalesce, coalesce)
         return len(files) + runs
     # The twin's and the window's branches (the C code's, in Python) guide the inputs.
-    with atheris.instrument_imports(include=["ipop.link.fastpath", "ipop.link.replay"]):
+    with atheris.instrument_imports(
+        include=["ipop.link.fastpath", "ipop.link.replay", "ipop.vnet.gro"]
+    ):
         from ipop.link.fastpath import PyBatchAead
         from ipop.link.replay import ReplayWindow
+        from ipop.vnet.gro import coalesce
     native, twin = mod.BatchAead(1, KEY), PyBatchAead(1, KEY)
     case = atheris.instrument_func(one_input)
+    gro_case = atheris.instrument_func(coalesce_input)
 
     def test_one(data: bytes) -> None:
         case(data, native, twin, ReplayWindow)
+        gro_case(data, mod.coalesce, coalesce)
 
     print(f"fastpath_fuzz: atheris, {runs} inputs, native == twin checked on each", flush=True)
     argv = [sys.argv[0], f"-runs={runs}", f"-seed={seed}", "-max_len=800"]
