@@ -334,6 +334,7 @@ class Daemon:
             local_frame=self.local.feed if self.local is not None else self._local_frame,
             local_side=local_side,
             vnet_hdr=self.tap is not None and self.tap.vnet_hdr,
+            offload=self.tap is not None and self.tap.offload,
             tag=self._served.tag if self._served is not None else b"",
         )
         if self.tap is not None:

@@ -55,6 +55,19 @@ TAP writes: on a TAP opened with a virtio header (:class:`ipop.aio.tap.Tap`, the
 the frames a UDP batch delivers are written with TCP segments of one flow merged into one
 packet, which the kernel's receive path then handles once (:mod:`ipop.vnet.gro`).
 
+TAP reads: a TAP granted offloads (``offload``: the daemon's TAPs ask, ``TUNSETOFFLOAD``) hands
+over a local TCP stream in batches of up to 64 kB (``GSO_TCPV4``) and TCP/UDP packets with
+their checksum only begun (``NEEDS_CSUM``): one read where there were up to 45. The one is
+finished in place; the other gets one verdict (every segment has the batch's addresses) and
+is cut (:meth:`DataPlane._cut_batch`) into segments of the batch's segment size that also fit
+the probed path to the destination's node, every checksum finished, each cut straight as the
+DIRECT message a frame read becomes, and they join that node's run like frames read; a batch
+not for a node (a lookup, the local services, a drop) is handled segment by segment as frames
+read. The cutting is :mod:`ipop.vnet.offload`'s, natively with the native backend
+(``fastpath.native_offload``): in Python each segment's checksum cost more than the read it
+saved (commit 911a964 and its revert); natively, ``ipop-lab bench --systems ipop`` went
+from about 2,100 to about 3,000 Mbit/s (see the commit that turned it on).
+
 Several networks (issue 17, item 2): a daemon in several virtual networks has one DataPlane
 per network (its TAP, filter, owner table and lookups in that network's namespace). The first
 drains the UDP socket for all of them (:meth:`DataPlane.join`): every IP packet from the
@@ -87,6 +100,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -101,8 +115,9 @@ from ipop.overlay.messages import KIND_IP, KIND_IP_NET, TYPE_DIRECT
 from ipop.types import Endpoint, NodeId, SocketPath
 from ipop.vnet.echo import echo_reply
 from ipop.vnet.filter import Drop, PacketFilter, Verdict
-from ipop.vnet.gro import NO_GSO, VNET_HDR, coalesce
+from ipop.vnet.gro import GSO_TCPV4, NEEDS_CSUM, NO_GSO, VNET_HDR, coalesce
 from ipop.vnet.networks import NetDrop, NetworkDemux
+from ipop.vnet.offload import finish_frame, split_tcp
 from ipop.vnet.owners import Held, LookupDrop, OwnerTable
 from ipop.vnet.toobig import frag_needed
 from ipop.wire.header import DATA_MIN_BYTES
@@ -132,6 +147,10 @@ _FRAME_MAX = 65535 + 14
 # A frame read from the TAP (Ethernet header included) becomes a DATA datagram this much larger:
 # the DIRECT header replaces the Ethernet header, and the link adds its header and tag.
 _SEAL_GROWTH = DATA_MIN_BYTES + 2 - 14
+# A DIRECT message's header for an IP packet: what the ethertype becomes in a frame sealed.
+_DIRECT_IP = bytes((TYPE_DIRECT, KIND_IP))
+# The ECN flag of a TCP batch's gso_type (CWR set): split_tcp handles CWR itself.
+_GSO_ECN = 0x80
 # Every name a DataPlane's ``drops`` counter may hold.
 DROP_REASONS: frozenset[str] = frozenset(
     r.value for e in (IoDrop, Drop, LookupDrop, NetDrop) for r in e
@@ -191,6 +210,7 @@ class DataPlane:
         runs: bool | None = None,
         tag: bytes = b"",
         primary: bool = True,
+        offload: bool = False,
     ) -> None:
         """``tag``: the network's tag (:func:`ipop.vnet.networks.network_tag`), so that IP
         tagged for it is taken; ``primary``: False for the other networks' planes of a daemon
@@ -223,7 +243,14 @@ class DataPlane:
         # A TAP opened with IFF_VNET_HDR: a virtio header before every frame read or written,
         # and a batch's TCP segments written coalesced (ipop.vnet.gro).
         self._vnet = vnet_hdr and local_side is None
-        self._vnet_in = bytearray(VNET_HDR.size)  # each read's header (ignored: see Tap)
+        self._vnet_in = bytearray(VNET_HDR.size)  # each read's header
+        # The TAP was granted offloads (ipop.aio.tap.Tap): each read's header says whether its
+        # checksum is to be finished or its TCP batch cut (ipop.vnet.offload; natively with
+        # the native backend, as coalescing).
+        self._offload = offload and self._vnet
+        cut = fastpath.native_offload()
+        self._split_tcp: fastpath.SplitTcp = split_tcp if cut is None else cut[0]
+        self._finish_frame: fastpath.FinishFrame = finish_frame if cut is None else cut[1]
         # Ethernet header for frames we write: dst = the tap's MAC, src = the virtual MAC;
         # _eth_header with the virtio header of a frame written as it is, if the TAP has one.
         self._mac_header = b""
@@ -615,18 +642,36 @@ class DataPlane:
         self._tap_seen = now
         n = 0
         local = 0
-        while n < limit and local < LOCAL_BATCH:
-            try:
-                size = readv(fd, bufs) - skip if lan_read is None else lan_read(buf)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self.drops[IoDrop.TAP_READ_ERROR] += 1
-                log.debug("tap read: %s", exc)
-                break
-            n += 1
-            if size <= 0:  # dropped by the LAN side (a TAP never reads 0 bytes)
-                continue
+        # A TAP granted offloads: each read's virtio header (flags, gso_type first).
+        vin = self._vnet_in if self._offload else None
+        # A TCP batch's segments to handle as frames read, last first (see _cut_batch).
+        pending: list[bytearray] = []
+        while True:
+            if pending:
+                seg = pending.pop()
+                size = len(seg)
+                buf[:size] = seg
+            else:
+                if n >= limit or local >= LOCAL_BATCH:
+                    break
+                try:
+                    size = readv(fd, bufs) - skip if lan_read is None else lan_read(buf)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    self.drops[IoDrop.TAP_READ_ERROR] += 1
+                    log.debug("tap read: %s", exc)
+                    break
+                n += 1
+                if size <= 0:  # dropped by the LAN side (a TAP never reads 0 bytes)
+                    continue
+                if vin is not None and (vin[1] or vin[0] & NEEDS_CSUM):
+                    if vin[1]:  # a TCP batch: cut, and into the runs if it can be
+                        pending = self._cut_batch(size, now, runs, out, tagged, grown)
+                        continue
+                    if self._finish_frame(view[:size]) is not None:
+                        self.drops[IoDrop.TAP_OFFLOAD] += 1
+                        continue
             verdict = check_out(buf, size, now)
             if type(verdict) is NodeId:
                 if admit is not None and not admit(view[:size]):
@@ -705,6 +750,57 @@ class DataPlane:
         self.counters["tap_batches"] += 1
         self.counters["tap_frames"] += n
         self._flush_core(now)
+
+    def _cut_batch(
+        self,
+        size: int,
+        now: float,
+        runs: dict[int, tuple[NodeId, list[bytes], int | None]] | None,
+        out: dict[Endpoint | SocketPath, list[bytes]],
+        tagged: bytes,
+        grown: int,
+    ) -> list[bytearray]:
+        """A TCP batch of ``size`` bytes in the read buffer (``GSO_TCPV4``: a TAP granted
+        offloads), cut into segments (:func:`ipop.vnet.offload.split_tcp`) of its segment size
+        that also fit the probed path to its destination's node, every checksum finished. For
+        a node (one verdict: every segment has the batch's addresses), the segments are cut as
+        the DIRECT messages :meth:`_drain_tap` makes of frames read and join that node's run
+        (or are sealed one by one without runs); else they are returned, last first, as
+        frames for :meth:`_drain_tap` to handle as if read (the local services', a lookup's,
+        a drop's)."""
+        self.counters["tso_batches"] += 1
+        vin = self._vnet_in
+        gso_size = int.from_bytes(vin[4:6], sys.byteorder)
+        view = self._rview[:size]
+        verdict = self.filter.check_out(self._rbuf, size, now)
+        segs: list[bytearray] | str
+        if type(verdict) is NodeId and (vin[1] & ~_GSO_ECN) == GSO_TCPV4:
+            path_max = self.node.core.link.pmtu.limits.get(verdict)
+            mtu = _FRAME_MAX if path_max is None else path_max - grown - 14
+            segs = self._split_tcp(view, mtu, gso_size, lead=tagged or _DIRECT_IP)
+            if isinstance(segs, str):
+                self.drops[IoDrop.TAP_OFFLOAD] += 1
+                return []
+            self.counters["tso_segments"] += len(segs)
+            if runs is None:
+                for seg in segs:
+                    self._seal(verdict, memoryview(seg), now, out)
+                return []
+            run = runs.get(verdict.value)
+            if run is None:
+                run = runs[verdict.value] = (verdict, [], path_max)
+            run[1].extend(segs)  # type: ignore[arg-type]  # bytearrays seal as bytes do
+            return []
+        if (vin[1] & ~_GSO_ECN) != GSO_TCPV4:
+            self.drops[IoDrop.TAP_OFFLOAD] += 1  # a batch kind we never asked for
+            return []
+        segs = self._split_tcp(view, _FRAME_MAX, gso_size)
+        if isinstance(segs, str):
+            self.drops[IoDrop.TAP_OFFLOAD] += 1
+            return []
+        self.counters["tso_segments"] += len(segs)
+        segs.reverse()
+        return segs
 
     def _seal(
         self,

@@ -10,6 +10,8 @@ errors come back with the errno.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import socket
 from ipaddress import IPv4Address, IPv4Network
@@ -20,6 +22,8 @@ import pytun
 from ipop.aio.rtnl import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, Rtnl
 from ipop.errors import ConfigError
 from ipop.vnet.arp import VIRTUAL_MAC
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_TAP_MTU", "TAP_TXQLEN", "Tap"]
 
@@ -33,6 +37,10 @@ DEFAULT_TAP_MTU = 1400
 # queues here when the daemon cannot keep up; twice the burst keeps that queue short.
 TAP_TXQLEN = 2048
 
+# linux/if_tun.h: TUNSETOFFLOAD = _IOW('T', 208, unsigned int), and what we take on.
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01  # frames may come with the TCP/UDP checksum only begun (NEEDS_CSUM)
+TUN_F_TSO4 = 0x02  # and TCP over IPv4 in batches of up to 64 kB (GSO_TCPV4)
 # linux/if_addr.h: no kernel route for the address's prefix (we add our own, via the gateway).
 IFA_F_NOPREFIXROUTE = 0x200
 # linux/neighbour.h: a neighbour entry the kernel never probes, ages or drops.
@@ -44,13 +52,18 @@ class Tap:
 
     With ``vnet_hdr`` (the daemon's choice) every frame read or written starts with a
     ``struct virtio_net_hdr`` (:mod:`ipop.vnet.gro`), so that the data plane can write
-    coalesced TCP segments as one packet. No offload is asked for the other direction
-    (``TUNSETOFFLOAD``): frames read carry a finished checksum and are never batches, and
-    their header says nothing (the kernel finishes and cuts everything itself, as for a
-    plain TAP). A kernel that refuses the flag gets a plain TAP (``vnet_hdr`` is then
-    False)."""
+    coalesced TCP segments as one packet. With ``offload`` too, the kernel is told
+    (``TUNSETOFFLOAD``) that we finish checksums and cut TCP batches ourselves
+    (:mod:`ipop.vnet.offload`, natively with the native data path): a frame read may then
+    carry a begun checksum (``NEEDS_CSUM``) or a whole TCP batch (``GSO_TCPV4``, up to 64 kB),
+    and one read replaces up to 45 (see :class:`ipop.aio.dataplane.DataPlane`). Without it,
+    frames read carry a finished checksum and are never batches (the kernel finishes and cuts
+    everything itself, as for a plain TAP). ``offload`` says what was granted. A kernel that
+    refuses the virtio header gets a plain TAP (``vnet_hdr`` is then False)."""
 
-    def __init__(self, name: str, *, mtu: int, vnet_hdr: bool = False) -> None:
+    def __init__(
+        self, name: str, *, mtu: int, vnet_hdr: bool = False, offload: bool = False
+    ) -> None:
         flags = pytun.IFF_TAP | pytun.IFF_NO_PI
         try:
             try:
@@ -71,6 +84,13 @@ class Tap:
         os.set_blocking(self.fd, False)
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
+        self.offload = False
+        if vnet_hdr and offload:
+            try:
+                fcntl.ioctl(self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
+                self.offload = True
+            except OSError as exc:  # an old kernel: frames come finished and one by one
+                log.info("event=tap_offload_refused tap=%s error=%s", self.name, exc)
         self.index = 0
         self.mac: bytes = bytes(self._dev.hwaddr)
 

@@ -157,6 +157,9 @@ class IoDrop(StrEnum):
     # Too big for its peer's path and not answerable with ICMP (see ipop.vnet.toobig).
     TOO_BIG_FOR_PATH = "too_big_for_path"
     GRO_UNAVAILABLE = "gro_unavailable"
+    # A TAP frame with offloads (a begun checksum, a TCP batch) we could not finish or cut:
+    # not IPv4 TCP/UDP, or headers that do not add up (ipop.vnet.offload says which).
+    TAP_OFFLOAD = "tap_offload"
 
 
 class UdpSocket:

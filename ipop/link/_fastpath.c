@@ -554,9 +554,175 @@ done:
     return out;
 }
 
+/* --- split_tcp and finish_frame: the native twins of ipop.vnet.offload's (read its
+ * docstring: the rules). A frame the TAP hands over with offloads is a TCP batch of up to
+ * 64 kB to cut into segments, or a packet whose TCP/UDP checksum is only begun. Sums are
+ * kept modulo 0xFFFF as there (2**16 == 1), so the fields come out bit for bit the same.
+ */
+#define ETH_P_IP 0x0800
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+
+static PyObject *D_MALFORMED, *D_FRAGMENT, *D_PROTOCOL, *D_OVERSIZE;
+
+/* The 16-bit big-endian words of p[0:n] summed (an odd last byte is a word's high half). */
+static uint64_t sum_words(const unsigned char *p, Py_ssize_t n) {
+    uint64_t s = 0;
+    Py_ssize_t i = 0;
+    for (; i + 1 < n; i += 2) s += ((uint32_t)p[i] << 8) | p[i + 1];
+    if (i < n) s += (uint32_t)p[i] << 8;
+    return s;
+}
+
+static unsigned csum_field(uint64_t total) {
+    unsigned s = (unsigned)(total % 0xFFFF);
+    return s ? 0xFFFF - s : 0;
+}
+
+static void put_be16(unsigned char *p, unsigned v) {
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+/* offload._ipv4: header length, total length, protocol of the unfragmented IPv4 packet in
+ * an Ethernet frame, or the drop reason (a borrowed, interned string). */
+static PyObject *ipv4_of(const unsigned char *f, Py_ssize_t n, Py_ssize_t *ihl, Py_ssize_t *total,
+                         int *proto) {
+    if (n < ETH_HLEN + IP_HLEN || get_be16(f + 12) != ETH_P_IP) return D_PROTOCOL;
+    unsigned char vihl = f[ETH_HLEN];
+    *ihl = (Py_ssize_t)(vihl & 0x0F) * 4;
+    *total = (Py_ssize_t)get_be16(f + ETH_HLEN + 2);
+    *proto = f[ETH_HLEN + 9];
+    if ((vihl >> 4) != 4 || *ihl < IP_HLEN || *total < *ihl || ETH_HLEN + *total > n)
+        return D_MALFORMED;
+    if (get_be16(f + ETH_HLEN + 6) & 0x3FFF) return D_FRAGMENT;
+    return NULL;
+}
+
+static PyObject *fp_finish_frame(PyObject *Py_UNUSED(module), PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_WRITABLE) < 0) return NULL;
+    unsigned char *f = b.buf;
+    Py_ssize_t ihl = 0, total = 0;
+    int proto = 0;
+    PyObject *why = ipv4_of(f, b.len, &ihl, &total, &proto);
+    if (why == NULL) {
+        Py_ssize_t at = proto == IPPROTO_TCP_ ? 16 : 6, min_len = proto == IPPROTO_TCP_ ? 20 : 8;
+        Py_ssize_t start = ETH_HLEN + ihl, end = ETH_HLEN + total;
+        if (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_)
+            why = D_PROTOCOL;
+        else if (end - start < min_len)
+            why = D_MALFORMED;
+        else {
+            unsigned char *field = f + start + at;
+            field[0] = field[1] = 0;
+            uint64_t sum = sum_words(f + ETH_HLEN + 12, 8) + (uint64_t)proto +
+                           (uint64_t)(end - start) + sum_words(f + start, end - start);
+            unsigned c = csum_field(sum);
+            if (c == 0 && proto == IPPROTO_UDP_) c = 0xFFFF; /* zero says "none" (RFC 768) */
+            put_be16(field, c);
+        }
+    }
+    PyBuffer_Release(&b);
+    if (why == NULL) Py_RETURN_NONE;
+    Py_INCREF(why);
+    return why;
+}
+
+static PyObject *fp_split_tcp(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"frame", "mtu", "mss", "lead", NULL};
+    Py_buffer b = {0}, lead = {0};
+    Py_ssize_t mtu, mss = 0;
+    PyObject *lead_obj = Py_None, *out = NULL, *why = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*n|n$O", kwlist, &b, &mtu, &mss, &lead_obj))
+        return NULL;
+    if (lead_obj != Py_None && PyObject_GetBuffer(lead_obj, &lead, PyBUF_SIMPLE) < 0) goto done;
+    const unsigned char *f = b.buf;
+    Py_ssize_t ihl = 0, total = 0;
+    int proto = 0;
+    why = ipv4_of(f, b.len, &ihl, &total, &proto);
+    if (why != NULL) goto done;
+    if (proto != IPPROTO_TCP_) {
+        why = D_OVERSIZE;
+        goto done;
+    }
+    Py_ssize_t start = ETH_HLEN + ihl, end = ETH_HLEN + total;
+    Py_ssize_t thl = end - start >= 20 ? (Py_ssize_t)(f[start + 12] >> 4) * 4 : 0;
+    Py_ssize_t chunk = mtu - ihl - thl;
+    if (mss > 0 && mss < chunk) chunk = mss;
+    if (thl < 20 || start + thl > end || chunk <= 0) {
+        why = D_MALFORMED;
+        goto done;
+    }
+    Py_ssize_t hlen = start + thl;
+    /* The segment's header: the frame's, or lead in place of its Ethernet header. */
+    const unsigned char *lead_p = lead.obj != NULL ? lead.buf : f;
+    Py_ssize_t lead_n = lead.obj != NULL ? lead.len : ETH_HLEN;
+    Py_ssize_t ipo = lead_n, tcpo = start - ETH_HLEN + lead_n, seg_hlen = hlen - ETH_HLEN + lead_n;
+    const unsigned char *ip = f + ETH_HLEN, *tcp = f + start;
+    unsigned ident = get_be16(ip + 4), frag = get_be16(ip + 6), ttl = ip[8];
+    uint32_t seq = get_be32(tcp + 4);
+    unsigned char flags = tcp[13];
+    /* What no segment changes, summed: the IPv4 header but for total length, id and
+     * checksum; the pseudo-header's addresses and protocol and the TCP header but for its
+     * sequence number, flags and checksum. */
+    uint64_t ip_sum = sum_words(ip, ihl) - get_be16(ip + 2) - get_be16(ip + 4) - get_be16(ip + 10);
+    uint64_t base = sum_words(ip + 12, 8) + IPPROTO_TCP_ + sum_words(tcp, thl) -
+                    get_be16(tcp + 4) - get_be16(tcp + 6) - tcp[13] - get_be16(tcp + 16);
+    Py_ssize_t stop_at = end > hlen ? end : hlen + 1;
+    Py_ssize_t count = (stop_at - hlen + chunk - 1) / chunk, last = hlen + (count - 1) * chunk;
+    unsigned char mid = flags & (unsigned char)~(0x01 | TCP_PSH);
+    out = PyList_New(count);
+    if (out == NULL) goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t at = hlen + i * chunk, stop = at + chunk < end ? at + chunk : end;
+        Py_ssize_t size = stop > at ? stop - at : 0;
+        PyObject *seg = PyByteArray_FromStringAndSize(NULL, seg_hlen + size);
+        if (seg == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        unsigned char *o = (unsigned char *)PyByteArray_AS_STRING(seg);
+        memcpy(o, lead_p, (size_t)lead_n);
+        memcpy(o + lead_n, f + ETH_HLEN, (size_t)(hlen - ETH_HLEN));
+        memcpy(o + seg_hlen, f + at, (size_t)size);
+        uint32_t s = seq + (uint32_t)(at - hlen);
+        unsigned char fl = (at == last ? flags : mid) & (i == 0 ? 0xFF : 0x7F);
+        uint64_t c = base + (uint64_t)(thl + size) + sum_words(f + at, size) + (s >> 16) +
+                     (s & 0xFFFF) + fl;
+        unsigned char *t = o + tcpo;
+        put_be32(t + 4, s);
+        t[13] = fl;
+        put_be16(t + 16, csum_field(c));
+        if (i) ident = (ident + 1) & 0xFFFF;
+        unsigned char *h = o + ipo;
+        unsigned tot = (unsigned)(ihl + thl + size);
+        put_be16(h + 2, tot);
+        put_be16(h + 4, ident);
+        put_be16(h + 6, frag);
+        h[8] = (unsigned char)ttl;
+        h[9] = IPPROTO_TCP_;
+        put_be16(h + 10, csum_field(ip_sum + tot + ident));
+        PyList_SET_ITEM(out, i, seg);
+    }
+done:
+    if (lead.obj != NULL) PyBuffer_Release(&lead);
+    PyBuffer_Release(&b);
+    if (why != NULL) {
+        Py_INCREF(why);
+        return why;
+    }
+    return out;
+}
+
 static PyMethodDef fastpath_functions[] = {
     {"coalesce", (PyCFunction)fp_coalesce, METH_O,
      "coalesce(packets) -> [(virtio header, packet)]: ipop.vnet.gro.coalesce, natively"},
+    {"split_tcp", (PyCFunction)(void (*)(void))fp_split_tcp, METH_VARARGS | METH_KEYWORDS,
+     "split_tcp(frame, mtu, mss=0, *, lead=None) -> [bytearray] | reason: "
+     "ipop.vnet.offload.split_tcp, natively"},
+    {"finish_frame", (PyCFunction)fp_finish_frame, METH_O,
+     "finish_frame(frame) -> None | reason: ipop.vnet.offload.finish_frame, natively"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -573,7 +739,13 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     R_REPLAY = PyUnicode_InternFromString("replay");
     R_AUTH = PyUnicode_InternFromString("auth_failed");
     NO_GSO = PyBytes_FromStringAndSize("\0\0\0\0\0\0\0\0\0\0", 10);
-    if (!R_EXPIRED || !R_TOO_OLD || !R_REPLAY || !R_AUTH || !NO_GSO) return NULL;
+    D_MALFORMED = PyUnicode_InternFromString("csum_malformed");
+    D_FRAGMENT = PyUnicode_InternFromString("csum_fragment");
+    D_PROTOCOL = PyUnicode_InternFromString("csum_protocol");
+    D_OVERSIZE = PyUnicode_InternFromString("lan_oversize");
+    if (!R_EXPIRED || !R_TOO_OLD || !R_REPLAY || !R_AUTH || !NO_GSO || !D_MALFORMED ||
+        !D_FRAGMENT || !D_PROTOCOL || !D_OVERSIZE)
+        return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (m == NULL) return NULL;
     Py_INCREF(&BatchAeadType);

@@ -71,10 +71,13 @@ __all__ = [
     "BACKEND",
     "BatchAead",
     "Coalesce",
+    "FinishFrame",
     "PyBatchAead",
+    "SplitTcp",
     "batch_aead",
     "native_class",
     "native_coalesce",
+    "native_offload",
     "use",
 ]
 
@@ -251,6 +254,29 @@ def native_coalesce() -> Coalesce | None:
 
     fn: Coalesce = _fastpath.coalesce
     return fn
+
+
+# A TAP frame's TCP batch cut into segments, or the drop reason (ipop.vnet.offload.split_tcp:
+# frame, IP bytes per segment at most, data bytes per segment (0: any), what replaces the
+# Ethernet header); and a frame's begun TCP/UDP checksum finished in place, or the drop reason
+# (ipop.vnet.offload.finish_frame).
+SplitTcp = Callable[..., "list[bytearray] | str"]
+FinishFrame = Callable[[bytearray | memoryview], "str | None"]
+
+
+def native_offload() -> tuple[SplitTcp, FinishFrame] | None:
+    """The native twins of :func:`ipop.vnet.offload.split_tcp` and
+    :func:`~ipop.vnet.offload.finish_frame` (the definitions: the same segments, fields and
+    verdicts; reasons as the strings the definitions' ``CsumDrop`` values are), when
+    :data:`BACKEND` is native; None: the caller uses the definitions. As
+    :func:`native_coalesce`, for the data plane."""
+    if _CLASS is PyBatchAead or _native is None:
+        return None
+    from ipop.link import _fastpath  # type: ignore[attr-defined]
+
+    split: SplitTcp = _fastpath.split_tcp
+    finish: FinishFrame = _fastpath.finish_frame
+    return split, finish
 
 
 def batch_aead(cipher: str, key: bytes) -> BatchAead:

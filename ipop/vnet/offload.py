@@ -7,10 +7,15 @@ NIC would on its way out: a remote kernel would drop the one as corrupt, and the
 fragmentation on the underlay.
 
 The router's LAN packet socket reads such frames (:mod:`ipop.router.lan`: hosts on veth, VMs
-and containers hand on their offloads). The daemon's own TAP could too (``TUNSETOFFLOAD``: the
-kernel's TCP would hand over 64 kB at a time, a TAP read saved per segment); tried and
-measured slower in Python, the TCP checksum of every segment costing more than the read
-(commit a303c63 and its revert). ``split_tcp``'s ``lead`` is what that data plane used.
+and containers hand on their offloads), and so does the daemon's own TAP (``TUNSETOFFLOAD``:
+the kernel's TCP hands over 64 kB at a time, a TAP read saved per segment;
+:class:`ipop.aio.dataplane.DataPlane`). In Python that did not pay: the TCP checksum of every
+segment cost more than the read it saved (commit 911a964 and its revert), so the data plane
+cuts and finishes with the native twins of :func:`split_tcp` and :func:`finish_frame`
+(``ipop/link/_fastpath.c``, kept equal by ``tests/unit/test_fastpath_diff.py`` and
+``tools/bench/fastpath_fuzz.py``) when the native backend runs, and with these, the
+definitions, when ``IPOP_FASTPATH=python``. ``split_tcp``'s ``lead`` is the DIRECT header the
+data plane seals each segment behind.
 
 * :func:`finish_frame` completes a ``NEEDS_CSUM`` frame's TCP/UDP checksum in place;
 * :func:`split_tcp` cuts a TCP batch (TSO) into segments of ``gso_size`` data that also fit an

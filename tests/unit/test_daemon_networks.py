@@ -68,6 +68,7 @@ class FakeTap:
         self.fd = self.ours.fileno()
         self.mac = b"\x02\x00\x00\x00\x00" + bytes([len(name)])
         self.vnet_hdr = False
+        self.offload = False
         self.addresses: list[tuple[IPv4Address, IPv4Network, IPv4Address]] = []
         self.tables: list[int | None] = []
 

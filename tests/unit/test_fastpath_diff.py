@@ -503,3 +503,63 @@ def test_the_coalesce_fuzz_case_fails_when_the_twins_differ() -> None:
         with pytest.raises(AssertionError, match="coalesce"):
             for data in inputs:
                 coalesce_input(data, wrong, coalesce)
+
+
+# --- the TAP's offloads cut and finished (ipop.vnet.offload and its native twins) --------------
+
+
+@needs_native
+def test_offload_twins_cut_and_finish_alike_and_the_data_plane_picks_by_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ipop.link import _fastpath  # type: ignore[attr-defined]
+    from ipop.tools.bench.fastpath_fuzz import offload_input
+    from ipop.vnet import offload
+
+    rng = random.Random(11)
+    for _ in range(300):
+        offload_input(rng.randbytes(rng.randrange(8, 600)), _fastpath)
+    assert fastpath.use("python") == "python" and fastpath.native_offload() is None
+    assert fastpath.use("native") == "native"
+    assert fastpath.native_offload() == (_fastpath.split_tcp, _fastpath.finish_frame)
+
+    async def plane_cutters() -> tuple[object, object]:
+        with bench.planes(time.time()) as p:
+            return p.dpb._split_tcp, p.dpb._finish_frame
+
+    for choice, want in (
+        ("python", (offload.split_tcp, offload.finish_frame)),
+        ("native", (_fastpath.split_tcp, _fastpath.finish_frame)),
+    ):
+        monkeypatch.setenv("IPOP_FASTPATH", choice)
+        assert asyncio.run(plane_cutters()) == want, choice
+
+
+@needs_native
+def test_the_offload_fuzz_case_fails_when_the_twins_differ() -> None:
+    """The harness can fail: a native side whose segments lose a byte, or that finishes a
+    checksum one off, is caught on random inputs."""
+    from types import SimpleNamespace
+
+    from ipop.link import _fastpath  # type: ignore[attr-defined]
+    from ipop.tools.bench.fastpath_fuzz import offload_input
+
+    def short_segments(*args: Any, **kw: Any) -> Any:
+        got = _fastpath.split_tcp(*args, **kw)
+        return [seg[:-1] for seg in got] if isinstance(got, list) else got
+
+    def off_by_one(frame: bytearray) -> Any:
+        why = _fastpath.finish_frame(frame)
+        if why is None:
+            frame[-1] ^= 1
+        return why
+
+    rng = random.Random(12)
+    inputs = [rng.randbytes(rng.randrange(60, 600)) for _ in range(100)]
+    for wrong in (
+        SimpleNamespace(split_tcp=short_segments, finish_frame=_fastpath.finish_frame),
+        SimpleNamespace(split_tcp=_fastpath.split_tcp, finish_frame=off_by_one),
+    ):
+        with pytest.raises(AssertionError, match="differs"):
+            for data in inputs:
+                offload_input(data, wrong)

@@ -25,11 +25,12 @@ from ipop.aio.dataplane import DROP_REASONS, LOCAL_BATCH, DataPlane, IoDrop
 from ipop.core import ROUTED_IP_MTU, NodeCore
 from ipop.dhcp_dns.services import TapServices, TapServicesRunner
 from ipop.identity import NetworkCA
+from ipop.link import fastpath
 from ipop.link.pmtu import MAX_DATAGRAM
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.overlay.origin import ROUTED_OVERHEAD, ROUTED_SEALED_OVERHEAD
 from ipop.testing.identities import make_identity, make_network
-from ipop.testing.tcp import tcp_segment
+from ipop.testing.tcp import ACK, PSH, tcp_segment
 from ipop.tools.bench.dataplane_bench import (
     A_EP,
     A_VIP,
@@ -46,7 +47,7 @@ from ipop.tools.bench.dataplane_bench import (
 )
 from ipop.types import NodeId
 from ipop.vnet.filter import Drop, Verdict
-from ipop.vnet.gro import GSO_TCPV4, NO_GSO, VNET_HDR
+from ipop.vnet.gro import GSO_TCPV4, NEEDS_CSUM, NO_GSO, VNET_HDR
 from ipop.vnet.owners import LOOKUP_BURST, LOOKUP_RATE_PER_S, MAX_IN_FLIGHT, LookupDrop
 from ipop.vnet.packet import IPPROTO_UDP, build_ipv4, build_udp_frame
 
@@ -105,6 +106,8 @@ class Harness:
         *,
         vnet_hdr: bool = False,
         ca: NetworkCA | None = None,
+        offload: bool = False,
+        runs: bool | None = None,
     ) -> None:
         self.now = time.time()
         self.a, self.b = linked_pair(self.now, ca)
@@ -115,6 +118,8 @@ class Harness:
             clock=lambda: self.now,
             lookup_owner=lookups,
             vnet_hdr=vnet_hdr,
+            offload=offload,
+            runs=runs,
         )
         self.dp.set_own_ip(B_VIP)
 
@@ -593,3 +598,137 @@ def test_counters_are_only_indexed_by_the_modules_reasons(module: str) -> None:
         ):
             bad.append(node.lineno)
     assert bad == []
+
+
+# --- TCP batches read from a TAP granted offloads (ipop.aio.tap.Tap, ipop.vnet.offload) ------
+
+
+def _tcp_checksum_ok(ip: bytes) -> bool:
+    """The TCP checksum of IPv4 ``ip``, checked word by word (not the modules' folding)."""
+    tcp = ip[20:]
+    data = ip[12:20] + b"\x00\x06" + len(tcp).to_bytes(2, "big") + tcp + b"\x00"
+    s = 0
+    for i in range(0, len(data) - 1, 2):
+        s += data[i] << 8 | data[i + 1]
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s == 0xFFFF
+
+
+async def _probed_1124(h: Harness, lookups: Lookups) -> None:
+    """B knows A holds A_VIP, its TAP is read empty, and its path to A was probed at 1124."""
+    lookups.owners[A_VIP] = h.a.local_id
+    h.routed(_ip(A_VIP, B_VIP))  # learn A's address
+    await _until(lambda: not h.dp._lookups, "the lookup")
+    _tap_frames(h.kernel)
+    h.b.link.pmtu.limits[h.a.local_id] = 1124 - 28  # what probing found
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The data path the planes of a test start with (IPOP_FASTPATH), its parameter."""
+    name: str = request.param
+    if name == "native" and fastpath.native_class() is None:
+        pytest.skip("ipop.link._fastpath was not built (gcc, python3-dev, libssl-dev)")
+    monkeypatch.setenv("IPOP_FASTPATH", name)
+    return name
+
+
+OFFLOAD_CASES = [
+    pytest.param(backend, runs, id=f"{backend}-{'runs' if runs else 'one-by-one'}")
+    for backend in ("python", "native")
+    for runs in (True, False)
+]
+
+
+@pytest.mark.parametrize(("backend", "runs"), OFFLOAD_CASES, indirect=["backend"])
+def test_a_tcp_batch_read_from_an_offloading_tap_leaves_as_segments_that_fit_the_path(
+    backend: str, runs: bool
+) -> None:
+    """A TAP granted offloads hands over a TCP batch of 64 kB in one read (GSO_TCPV4, its
+    checksum only begun): it is cut into segments that fit the peer's probed path (1124
+    bytes: 1013 data bytes each with timestamps, though the batch says 1348), each sealed
+    with both checksums right, none answered with frag_needed; with either backend's cutting
+    (the native twin or ipop.vnet.offload), in runs or one by one. A frame whose checksum
+    is only begun (NEEDS_CSUM) leaves with it finished."""
+
+    async def go() -> None:
+        lookups = Lookups({})
+        h = Harness(lookups, vnet_hdr=True, offload=True, runs=runs)
+        try:
+            await _probed_1124(h, lookups)
+            sent = cast(SinkUdp, h.dp.udp).sent
+            data = random.Random(1).randbytes(48 * 1348)
+            batch = bytearray(tcp_segment(9, data, src=B_VIP, dst=A_VIP, flags=ACK | PSH))
+            batch[36:38] = b"\x00\x01"  # begun: the pseudo-header's sum, not the data's
+            vnet = VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 14 + 52, 1348, 14 + 20, 16)
+            h.kernel.send(vnet + VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + batch)
+            h.dp._drain_tap()
+            assert h.dp.counters["tso_batches"] == 1
+            assert h.dp.counters["tso_segments"] == len(sent) == -(-len(data) // 1013)
+            assert h.dp.counters["frag_needed_sent"] == 0
+            assert max(len(d) for d, _ in sent) == 1124 - 28  # fills the path, to the byte
+            stream = b""
+            flags = []
+            for d, _ in sent:
+                opened = h.a.receive_direct(d, B_EP, now=h.now, kind=KIND_IP)
+                assert opened is not None
+                ip = opened[1][2:]
+                assert _tcp_checksum_ok(ip) and int.from_bytes(ip[2:4], "big") == len(ip)
+                stream += ip[52:]
+                flags.append(ip[33])
+            assert stream == data
+            assert flags == [ACK] * (len(flags) - 1) + [ACK | PSH]  # PSH ends the batch
+            # One frame, its checksum begun: sealed finished.
+            sent.clear()
+            one = bytearray(tcp_segment(1, b"abc", src=B_VIP, dst=A_VIP))
+            one[36:38] = b"\x00\x01"
+            vnet = VNET_HDR.pack(NEEDS_CSUM, 0, 0, 0, 14 + 20, 16)
+            h.kernel.send(vnet + VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + one)
+            h.dp._drain_tap()
+            opened = h.a.receive_direct(sent[0][0], B_EP, now=h.now, kind=KIND_IP)
+            assert opened is not None and _tcp_checksum_ok(opened[1][2:])
+            assert not h.dp.drops
+        finally:
+            h.close()
+
+    _run(go)
+
+
+@pytest.mark.parametrize(("backend", "runs"), OFFLOAD_CASES, indirect=["backend"])
+def test_a_tcp_batch_for_an_unknown_owner_is_held_segment_by_segment(
+    backend: str, runs: bool
+) -> None:
+    """A batch whose destination's owner is not known yet takes the per-frame path after it
+    is cut: each segment is held for the lookup like any frame read, and leaves once the
+    owner is known, finished. A batch that does not add up is dropped and counted."""
+
+    async def go() -> None:
+        lookups = Lookups({})
+        h = Harness(lookups, vnet_hdr=True, offload=True, runs=runs)
+        lookups.owners[A_VIP] = h.a.local_id
+        try:
+            sent = cast(SinkUdp, h.dp.udp).sent
+            data = bytes(range(256)) * 12
+            batch = tcp_segment(9, data, src=B_VIP, dst=A_VIP)
+            vnet = VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 14 + 52, 1000, 14 + 20, 16)
+            h.kernel.send(vnet + VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + batch)
+            h.dp._drain_tap()
+            assert h.dp.counters["tso_segments"] == 4
+            await _until(lambda: not h.dp._lookups, "the lookup")
+            out = [d for d, _ in sent] + [d for d, _ in h.b.datagrams_to_send(now=h.now)]
+            ips = [h.a.receive_direct(d, B_EP, now=h.now, kind=KIND_IP) for d in out]
+            segs = [got[1][2:] for got in ips if got is not None]  # the rest: the core's own
+            assert len(segs) == 4 and all(_tcp_checksum_ok(ip) for ip in segs)
+            assert b"".join(ip[52:] for ip in segs) == data
+            # A batch whose IP total length lies: nothing sent, one drop.
+            sent.clear()
+            bad = bytearray(batch)
+            bad[2:4] = (len(bad) + 100).to_bytes(2, "big")
+            h.kernel.send(vnet + VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + bad)
+            h.dp._drain_tap()
+            assert not sent and h.dp.drops[IoDrop.TAP_OFFLOAD] == 1
+        finally:
+            h.close()
+
+    _run(go)

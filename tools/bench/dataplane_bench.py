@@ -112,10 +112,12 @@ def dataplane(
     node: PlaneNode | None = None,
     tag: bytes = b"",
     primary: bool = True,
+    offload: bool = False,
 ) -> DataPlane:
     """A DataPlane over ``core`` with a fake TAP and a :class:`SinkUdp` (call in a loop);
-    ``vnet_hdr``: as over a TAP opened with IFF_VNET_HDR; ``node``, ``tag``, ``primary``: one
-    of the planes of a node in several networks (DataPlane.join)."""
+    ``vnet_hdr``: as over a TAP opened with IFF_VNET_HDR (``offload``: and granted offloads,
+    its reads TCP batches and begun checksums); ``node``, ``tag``, ``primary``: one of the
+    planes of a node in several networks (DataPlane.join)."""
     dp = DataPlane(
         cast(Node, PlaneNode(core) if node is None else node),
         cast(UdpSocket, SinkUdp()),
@@ -128,6 +130,7 @@ def dataplane(
         runs=runs,
         tag=tag,
         primary=primary,
+        offload=offload,
     )
     dp.set_link_layer(TAP_MAC, VIRTUAL_MAC)
     return dp

@@ -1,5 +1,5 @@
-"""Fuzz the native open path and TCP coalescing against their pure-Python twins, optionally
-under AddressSanitizer.
+"""Fuzz the native open path, TCP coalescing and offload cutting against their pure-Python
+twins, optionally under AddressSanitizer.
 
 Each input becomes a run of datagrams (valid ones sealed with a fixed key, then cut, flipped,
 re-indexed, re-typed or replaced by raw bytes as the input says), a replay window (width and
@@ -10,7 +10,9 @@ run with every datagram behind one (some behind a cut or changed one), and paylo
 behind a head in place of a stripped prefix (some without it), as a relay and a receiver of
 relayed links call them. The same input also makes a batch of TCP segments (one flow's, with
 headers, lengths and sequence numbers broken among them, and raw bytes) that the native
-``coalesce`` and ``ipop.vnet.gro.coalesce`` must turn into the same pairs. A difference
+``coalesce`` and ``ipop.vnet.gro.coalesce`` must turn into the same pairs, and an Ethernet
+frame (IPv4 TCP or UDP, lengths and bits broken) that the native ``split_tcp`` and
+``finish_frame`` and ``ipop.vnet.offload``'s must cut and finish alike. A difference
 raises (a crash for the fuzzer). With atheris installed (``pip install atheris==3.0.0``, not
 a dependency) the inputs are coverage-guided: the twins are instrumented Python whose branches
 are the C code's; without it, a seeded random loop makes them.
@@ -179,6 +181,50 @@ def coalesce_input(data: bytes, native: Any, twin: Any) -> None:
             raise AssertionError(f"coalesce: pair {k} is not the packet given")
 
 
+def offload_input(data: bytes, native: Any) -> None:
+    """One fuzz case of the TAP's offloads: an Ethernet frame ``data`` describes (IPv4 TCP or
+    UDP, header lengths, flags and lengths from the input, bits flipped, cut short) cut by the
+    native ``split_tcp`` and by ``ipop.vnet.offload.split_tcp`` at an MTU and segment size
+    from the input, with or without a lead; and finished in place by both ``finish_frame``:
+    the same segments, fields and verdicts, byte for byte."""
+    from ipop.vnet import offload
+
+    inp = Input(data)
+    ihl = 20 + 4 * (inp.byte() % 3)
+    thl = 20 + 4 * (inp.byte() % 11)
+    proto = (6, 6, 6, 17, inp.byte())[inp.byte() % 5]
+    body = bytes(inp.number(2) % 4000)  # zeros: the choices below read the input
+    ip = bytearray(inp.raw(ihl))
+    ip[0] = 0x40 | (ihl // 4)
+    ip[6] &= 0x40 if inp.byte() % 4 else 0xFF
+    ip[7] = 0 if inp.byte() % 4 else ip[7]
+    ip[9] = proto
+    tcp = bytearray(inp.raw(thl))
+    tcp[12] = (thl // 4) << 4
+    pkt = ip + tcp + body
+    pkt[2:4] = (len(pkt) & 0xFFFF).to_bytes(2, "big")
+    frame = bytearray(bytes(12) + b"\x08\x00" + pkt)
+    for _ in range(inp.byte() % 4):
+        at = inp.number(2) % len(frame)
+        frame[at] ^= 1 << (inp.byte() % 8)
+    if inp.byte() % 5 == 1:
+        frame = frame[: inp.number(2) % (len(frame) + 1)]
+    mtu = (1500, 1124, 576, 68, inp.number(2) - 100)[inp.byte() % 5]
+    mss = (0, 1448, 1000, 1, inp.number(2) - 100)[inp.byte() % 5]
+    lead = (None, None, b"\x06\x02", b"", inp.raw(6))[inp.byte() % 5]
+    if not inp.done():  # the rest of the input as the data, when there is some
+        rest = inp.raw(len(data))
+        frame[-len(body) or len(frame) :] = rest[: len(body)].ljust(len(body), b"\0")
+    got_t = offload.split_tcp(bytes(frame), mtu, mss, lead=lead)
+    got_n = native.split_tcp(bytes(frame), mtu, mss, lead=lead)
+    if got_n != got_t:
+        raise AssertionError(f"split_tcp differs: native {got_n!r:.80}, twin {got_t!r:.80}")
+    f_t, f_n = bytearray(frame), bytearray(frame)
+    why_t, why_n = offload.finish_frame(f_t), native.finish_frame(f_n)
+    if why_t != why_n or f_t != f_n:
+        raise AssertionError(f"finish_frame differs: native {why_n!r}, twin {why_t!r}")
+
+
 def _behind(head: bytes, d: bytes) -> bytes:
     """``d`` behind ``head``; for some (by d's last byte), the head cut short or changed."""
     pick = d[-1] % 8 if d else 0
@@ -219,15 +265,17 @@ def fuzz(runs: int, seed: int, native_path: str | None, corpus: Path | None, gui
         for f in files:
             one_input(f.read_bytes(), native, twin, ReplayWindow)
             coalesce_input(f.read_bytes(), mod.coalesce, coalesce)
+            offload_input(f.read_bytes(), mod)
         rng = random.Random(seed)
         for _ in range(runs):
             data = rng.randbytes(rng.randrange(8, 600))
             one_input(data, native, twin, ReplayWindow)
             coalesce_input(data, mod.coalesce, coalesce)
+            offload_input(data, mod)
         return len(files) + runs
     # The twin's and the window's branches (the C code's, in Python) guide the inputs.
     with atheris.instrument_imports(
-        include=["ipop.link.fastpath", "ipop.link.replay", "ipop.vnet.gro"]
+        include=["ipop.link.fastpath", "ipop.link.replay", "ipop.vnet.gro", "ipop.vnet.offload"]
     ):
         from ipop.link.fastpath import PyBatchAead
         from ipop.link.replay import ReplayWindow
@@ -235,10 +283,12 @@ def fuzz(runs: int, seed: int, native_path: str | None, corpus: Path | None, gui
     native, twin = mod.BatchAead(1, KEY), PyBatchAead(1, KEY)
     case = atheris.instrument_func(one_input)
     gro_case = atheris.instrument_func(coalesce_input)
+    offload_case = atheris.instrument_func(offload_input)
 
     def test_one(data: bytes) -> None:
         case(data, native, twin, ReplayWindow)
         gro_case(data, mod.coalesce, coalesce)
+        offload_case(data, mod)
 
     print(f"fastpath_fuzz: atheris, {runs} inputs, native == twin checked on each", flush=True)
     argv = [sys.argv[0], f"-runs={runs}", f"-seed={seed}", "-max_len=800"]
