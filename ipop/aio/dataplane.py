@@ -667,7 +667,10 @@ class DataPlane:
                     continue
                 if vin is not None and (vin[1] or vin[0] & NEEDS_CSUM):
                     if vin[1]:  # a TCP batch: cut, and into the runs if it can be
-                        pending = self._cut_batch(size, now, runs, out, tagged, grown)
+                        pending, cut = self._cut_batch(size, now, runs, out, tagged, grown)
+                        # Its segments count as frames read: a drain holds at most BATCH
+                        # packets' worth (not BATCH batches, 16 MB), as without offloads.
+                        n += max(0, cut - 1)
                         continue
                     if self._finish_frame(view[:size]) is not None:
                         self.drops[IoDrop.TAP_OFFLOAD] += 1
@@ -759,7 +762,7 @@ class DataPlane:
         out: dict[Endpoint | SocketPath, list[bytes]],
         tagged: bytes,
         grown: int,
-    ) -> list[bytearray]:
+    ) -> tuple[list[bytearray], int]:
         """A TCP batch of ``size`` bytes in the read buffer (``GSO_TCPV4``: a TAP granted
         offloads), cut into segments (:func:`ipop.vnet.offload.split_tcp`) of its segment size
         that also fit the probed path to its destination's node, every checksum finished. For
@@ -767,7 +770,7 @@ class DataPlane:
         the DIRECT messages :meth:`_drain_tap` makes of frames read and join that node's run
         (or are sealed one by one without runs); else they are returned, last first, as
         frames for :meth:`_drain_tap` to handle as if read (the local services', a lookup's,
-        a drop's)."""
+        a drop's). Also returns how many segments the batch made (0: dropped)."""
         self.counters["tso_batches"] += 1
         vin = self._vnet_in
         gso_size = int.from_bytes(vin[4:6], sys.byteorder)
@@ -780,27 +783,27 @@ class DataPlane:
             segs = self._split_tcp(view, mtu, gso_size, lead=tagged or _DIRECT_IP)
             if isinstance(segs, str):
                 self.drops[IoDrop.TAP_OFFLOAD] += 1
-                return []
+                return [], 0
             self.counters["tso_segments"] += len(segs)
             if runs is None:
                 for seg in segs:
                     self._seal(verdict, memoryview(seg), now, out)
-                return []
+                return [], len(segs)
             run = runs.get(verdict.value)
             if run is None:
                 run = runs[verdict.value] = (verdict, [], path_max)
             run[1].extend(segs)  # type: ignore[arg-type]  # bytearrays seal as bytes do
-            return []
+            return [], len(segs)
         if (vin[1] & ~_GSO_ECN) != GSO_TCPV4:
             self.drops[IoDrop.TAP_OFFLOAD] += 1  # a batch kind we never asked for
-            return []
+            return [], 0
         segs = self._split_tcp(view, _FRAME_MAX, gso_size)
         if isinstance(segs, str):
             self.drops[IoDrop.TAP_OFFLOAD] += 1
-            return []
+            return [], 0
         self.counters["tso_segments"] += len(segs)
         segs.reverse()
-        return segs
+        return segs, len(segs)
 
     def _seal(
         self,

@@ -732,3 +732,34 @@ def test_a_tcp_batch_for_an_unknown_owner_is_held_segment_by_segment(
             h.close()
 
     _run(go)
+
+
+@pytest.mark.parametrize(("backend", "runs"), OFFLOAD_CASES, indirect=["backend"])
+def test_a_drain_counts_a_batchs_segments_toward_its_limit(backend: str, runs: bool) -> None:
+    """A drain reads at most BATCH packets' worth: a TCP batch counts as its segments, so ten
+    batches of 40 segments leave over three drains (one read after a quiet spell, then 7
+    batches: 280 segments, then the last 2), not as 16 MB in one."""
+
+    async def go() -> None:
+        lookups = Lookups({})
+        h = Harness(lookups, vnet_hdr=True, offload=True, runs=runs)
+        try:
+            await _probed_1124(h, lookups)
+            sent = cast(SinkUdp, h.dp.udp).sent
+            vnet = VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 14 + 52, 100, 14 + 20, 16)
+            seq = 9
+            for _ in range(10):
+                batch = tcp_segment(seq, bytes(4000), src=B_VIP, dst=A_VIP)
+                h.kernel.send(vnet + VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + batch)
+                seq += 4000
+            counts = []
+            for _ in range(4):
+                before = len(sent)
+                h.dp._drain_tap()
+                counts.append(len(sent) - before)
+            assert counts == [40, 280, 80, 0]
+            assert h.dp.counters["tso_segments"] == 400
+        finally:
+            h.close()
+
+    _run(go)
