@@ -66,7 +66,7 @@ not for a node (a lookup, the local services, a drop) is handled segment by segm
 read. The cutting is :mod:`ipop.vnet.offload`'s, natively with the native backend
 (``fastpath.native_offload``): in Python each segment's checksum cost more than the read it
 saved (commit 911a964 and its revert); natively, ``ipop-lab bench --systems ipop`` went
-from about 2,100 to about 3,000 Mbit/s (see the commit that turned it on).
+from 2,080-2,194 to 3,551-3,721 Mbit/s on one quiet day (docs/design.md §8).
 
 Several networks (issue 17, item 2): a daemon in several virtual networks has one DataPlane
 per network (its TAP, filter, owner table and lookups in that network's namespace). The first
