@@ -58,7 +58,7 @@ gets them too, and the two differ in nothing but the class that does the crypto 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 
@@ -248,12 +248,21 @@ def native_coalesce() -> Coalesce | None:
     native; None: the caller uses the definition. Here because the native module is this
     layer's; coalescing is the data plane's (ipop.aio.dataplane picks one when it starts).
     Measured (``python -m ipop.tools.bench.gro_bench``): see that module."""
+    mod = _native_module()
+    if mod is None:
+        return None
+    fn: Coalesce = mod.coalesce
+    return fn
+
+
+def _native_module() -> Any:
+    """The native module when :data:`BACKEND` is native, else None (the callers of the
+    ``native_*`` functions then use the pure-Python definitions)."""
     if _CLASS is PyBatchAead or _native is None:
         return None
     from ipop.link import _fastpath  # type: ignore[attr-defined]
 
-    fn: Coalesce = _fastpath.coalesce
-    return fn
+    return _fastpath
 
 
 # A TAP frame's TCP batch cut into segments, or the drop reason (ipop.vnet.offload.split_tcp:
@@ -270,12 +279,11 @@ def native_offload() -> tuple[SplitTcp, FinishFrame] | None:
     verdicts; reasons as the strings the definitions' ``CsumDrop`` values are), when
     :data:`BACKEND` is native; None: the caller uses the definitions. As
     :func:`native_coalesce`, for the data plane."""
-    if _CLASS is PyBatchAead or _native is None:
+    mod = _native_module()
+    if mod is None:
         return None
-    from ipop.link import _fastpath  # type: ignore[attr-defined]
-
-    split: SplitTcp = _fastpath.split_tcp
-    finish: FinishFrame = _fastpath.finish_frame
+    split: SplitTcp = mod.split_tcp
+    finish: FinishFrame = mod.finish_frame
     return split, finish
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from dnslib import DNSRecord
@@ -634,6 +634,19 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return name
 
 
+async def _offload_plane(runs: bool) -> tuple[Harness, list[tuple[bytes, Any]]]:
+    """B's plane over a TAP granted offloads (in runs or one by one), its path to A probed
+    at 1124 (:func:`_probed_1124`), and the list of what it sends; close it after."""
+    lookups = Lookups({})
+    h = Harness(lookups, vnet_hdr=True, offload=True, runs=runs)
+    try:
+        await _probed_1124(h, lookups)
+    except BaseException:
+        h.close()
+        raise
+    return h, cast(SinkUdp, h.dp.udp).sent
+
+
 OFFLOAD_CASES = [
     pytest.param(backend, runs, id=f"{backend}-{'runs' if runs else 'one-by-one'}")
     for backend in ("python", "native")
@@ -653,11 +666,8 @@ def test_a_tcp_batch_read_from_an_offloading_tap_leaves_as_segments_that_fit_the
     is only begun (NEEDS_CSUM) leaves with it finished."""
 
     async def go() -> None:
-        lookups = Lookups({})
-        h = Harness(lookups, vnet_hdr=True, offload=True, runs=runs)
+        h, sent = await _offload_plane(runs)
         try:
-            await _probed_1124(h, lookups)
-            sent = cast(SinkUdp, h.dp.udp).sent
             data = random.Random(1).randbytes(48 * 1348)
             batch = bytearray(tcp_segment(9, data, src=B_VIP, dst=A_VIP, flags=ACK | PSH))
             batch[36:38] = b"\x00\x01"  # begun: the pseudo-header's sum, not the data's
@@ -741,11 +751,8 @@ def test_a_drain_counts_a_batchs_segments_toward_its_limit(backend: str, runs: b
     batches: 280 segments, then the last 2), not as 16 MB in one."""
 
     async def go() -> None:
-        lookups = Lookups({})
-        h = Harness(lookups, vnet_hdr=True, offload=True, runs=runs)
+        h, sent = await _offload_plane(runs)
         try:
-            await _probed_1124(h, lookups)
-            sent = cast(SinkUdp, h.dp.udp).sent
             vnet = VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 14 + 52, 100, 14 + 20, 16)
             seq = 9
             for _ in range(10):
