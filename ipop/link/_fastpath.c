@@ -1,5 +1,6 @@
-/* ipop.link._fastpath: seal and open runs of DATA datagrams for one established key, and
- * coalesce a batch's TCP segments for the TAP (at the end of this file).
+/* ipop.link._fastpath: seal and open runs of DATA datagrams for one established key; and,
+ * after them in this file, the TAP's TCP byte work: a batch's segments coalesced for a write
+ * (ipop.vnet.gro) and a read's batch cut, or its checksum finished (ipop.vnet.offload).
  *
  * The native twin of ipop.link.fastpath.PyBatchAead (read that module's docstring first: it
  * is the definition; this file only does the same thing without a Python call per packet).
@@ -404,6 +405,31 @@ static PyObject *NO_GSO; /* the 10 zero bytes of a virtio header without GSO */
 
 static unsigned get_be16(const unsigned char *p) { return ((unsigned)p[0] << 8) | p[1]; }
 
+/* Checksums, kept modulo 0xFFFF (2**16 == 1) as ipop.vnet.offload and ipop.vnet.gro keep
+ * them, so the fields come out bit for bit the same: sum_words adds the 16-bit big-endian
+ * words of p[0:n] (an odd last byte is a word's high half); csum_field is the checksum field
+ * for words summing to total (offload._csum); ones_sum the folded ones' complement sum itself
+ * (0xFFFF for a nonzero multiple of it: a CHECKSUM_PARTIAL field). */
+static uint64_t sum_words(const unsigned char *p, Py_ssize_t n) {
+    uint64_t s = 0;
+    Py_ssize_t i = 0;
+    for (; i + 1 < n; i += 2) s += ((uint32_t)p[i] << 8) | p[i + 1];
+    if (i < n) s += (uint32_t)p[i] << 8;
+    return s;
+}
+
+static unsigned csum_field(uint64_t total) {
+    unsigned s = (unsigned)(total % 0xFFFF);
+    return s ? 0xFFFF - s : 0;
+}
+
+static unsigned ones_sum(uint64_t total) { return total ? 0xFFFF - csum_field(total) : 0; }
+
+static void put_be16(unsigned char *p, unsigned v) {
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
 /* A packet that may be coalesced: IPv4 without options or fragmentation, TCP with ACK and
  * nothing but ACK and PSH, carrying data, its total length its buffer's (gro._segment). */
 static int gro_segment(const unsigned char *p, Py_ssize_t n, Py_ssize_t *hlen, uint32_t *seq,
@@ -438,22 +464,12 @@ static PyObject *gro_merged(const Py_buffer *bufs, Py_ssize_t count, Py_ssize_t 
     if (packet == NULL) return NULL;
     unsigned char *o = (unsigned char *)PyBytes_AS_STRING(packet);
     memcpy(o, bufs[0].buf, (size_t)hlen);
-    o[2] = (unsigned char)(total >> 8);
-    o[3] = (unsigned char)total;
+    put_be16(o + 2, (unsigned)total);
     o[10] = o[11] = 0;
-    uint32_t sum = 0;
-    for (int k = 0; k < IP_HLEN; k += 2) sum += get_be16(o + k);
-    while (sum >> 16) sum = (sum & 0xFFFF) + (sum >> 16);
-    sum = ~sum & 0xFFFF;
-    o[10] = (unsigned char)(sum >> 8);
-    o[11] = (unsigned char)sum;
+    put_be16(o + 10, csum_field(sum_words(o, IP_HLEN)));
     o[33] |= psh;
     /* CHECKSUM_PARTIAL: the pseudo-header's sum, folded, not complemented. */
-    sum = get_be16(o + 12) + get_be16(o + 14) + get_be16(o + 16) + get_be16(o + 18) + 6 +
-          (uint32_t)(total - IP_HLEN);
-    while (sum >> 16) sum = (sum & 0xFFFF) + (sum >> 16);
-    o[36] = (unsigned char)(sum >> 8);
-    o[37] = (unsigned char)sum;
+    put_be16(o + 36, ones_sum(sum_words(o + 12, 8) + 6 + (uint64_t)(total - IP_HLEN)));
     unsigned char *at = o + hlen;
     for (Py_ssize_t k = 0; k < count; k++) {
         size_t len = (size_t)(bufs[k].len - hlen);
@@ -556,33 +572,13 @@ done:
 
 /* --- split_tcp and finish_frame: the native twins of ipop.vnet.offload's (read its
  * docstring: the rules). A frame the TAP hands over with offloads is a TCP batch of up to
- * 64 kB to cut into segments, or a packet whose TCP/UDP checksum is only begun. Sums are
- * kept modulo 0xFFFF as there (2**16 == 1), so the fields come out bit for bit the same.
+ * 64 kB to cut into segments, or a packet whose TCP/UDP checksum is only begun.
  */
 #define ETH_P_IP 0x0800
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
 
 static PyObject *D_MALFORMED, *D_FRAGMENT, *D_PROTOCOL, *D_OVERSIZE;
-
-/* The 16-bit big-endian words of p[0:n] summed (an odd last byte is a word's high half). */
-static uint64_t sum_words(const unsigned char *p, Py_ssize_t n) {
-    uint64_t s = 0;
-    Py_ssize_t i = 0;
-    for (; i + 1 < n; i += 2) s += ((uint32_t)p[i] << 8) | p[i + 1];
-    if (i < n) s += (uint32_t)p[i] << 8;
-    return s;
-}
-
-static unsigned csum_field(uint64_t total) {
-    unsigned s = (unsigned)(total % 0xFFFF);
-    return s ? 0xFFFF - s : 0;
-}
-
-static void put_be16(unsigned char *p, unsigned v) {
-    p[0] = (unsigned char)(v >> 8);
-    p[1] = (unsigned char)v;
-}
 
 /* offload._ipv4: header length, total length, protocol of the unfragmented IPv4 packet in
  * an Ethernet frame, or the drop reason (a borrowed, interned string). */
@@ -728,7 +724,8 @@ static PyMethodDef fastpath_functions[] = {
 
 static struct PyModuleDef fastpath_module = {
     PyModuleDef_HEAD_INIT, "_fastpath",
-    "Native runs of DATA seal/open (ipop.link.fastpath) and TCP receive coalescing (ipop.vnet.gro).",
+    "Native runs of DATA seal/open (ipop.link.fastpath), TCP coalescing (ipop.vnet.gro) and "
+    "offload cutting (ipop.vnet.offload).",
     -1, fastpath_functions, NULL, NULL, NULL, NULL,
 };
 
