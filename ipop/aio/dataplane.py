@@ -773,11 +773,14 @@ class DataPlane:
         a drop's). Also returns how many segments the batch made (0: dropped)."""
         self.counters["tso_batches"] += 1
         vin = self._vnet_in
+        if (vin[1] & ~_GSO_ECN) != GSO_TCPV4:
+            self.drops[IoDrop.TAP_OFFLOAD] += 1  # a batch kind we never asked for
+            return [], 0
         gso_size = int.from_bytes(vin[4:6], sys.byteorder)
         view = self._rview[:size]
         verdict = self.filter.check_out(self._rbuf, size, now)
         segs: list[bytearray] | str
-        if type(verdict) is NodeId and (vin[1] & ~_GSO_ECN) == GSO_TCPV4:
+        if type(verdict) is NodeId:
             path_max = self.node.core.link.pmtu.limits.get(verdict)
             mtu = _FRAME_MAX if path_max is None else path_max - grown - 14
             segs = self._split_tcp(view, mtu, gso_size, lead=tagged or _DIRECT_IP)
@@ -794,9 +797,6 @@ class DataPlane:
                 run = runs[verdict.value] = (verdict, [], path_max)
             run[1].extend(segs)  # type: ignore[arg-type]  # bytearrays seal as bytes do
             return [], len(segs)
-        if (vin[1] & ~_GSO_ECN) != GSO_TCPV4:
-            self.drops[IoDrop.TAP_OFFLOAD] += 1  # a batch kind we never asked for
-            return [], 0
         segs = self._split_tcp(view, _FRAME_MAX, gso_size)
         if isinstance(segs, str):
             self.drops[IoDrop.TAP_OFFLOAD] += 1
