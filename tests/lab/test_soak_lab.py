@@ -77,6 +77,7 @@ def test_soak_small_reports_sweeps_and_churn(tmp_path: Path) -> None:
     # each name resolved there before its first ping answered (what is left is the path)
     resolved = cold["resolved_s"]
     assert all(resolved[h] is not None and resolved[h] <= v for h, v in cold["pingable_s"].items())
+    assert cold["resolved_p50"] is not None and cold["resolved_p50"] <= cold["p50"], cold
     assert isinstance(result["vips_kept"], bool)
     assert "rss_growth" in result and result["daemons"]
     assert all(d["rss_kb_last"] > 0 for d in result["daemons"])

@@ -52,7 +52,6 @@ from ipop.tools.lab.lab import HOST_IF, Host, Lab
 from ipop.tools.lab.sweep import (
     cold_probe,
     cold_summary,
-    percentile,
     summarise,
     sweep,
     target_name,
@@ -447,10 +446,6 @@ def _start_all(net: IpopNet, gap_s: float) -> dict[str, float]:
     return at
 
 
-def _known(times: dict[str, float | None]) -> list[float]:
-    return [t for t in times.values() if t is not None]
-
-
 def _plan_dict(plan: SoakPlan) -> dict[str, Any]:
     return {k: getattr(plan, k) for k in SoakPlan.__slots__}
 
@@ -495,7 +490,7 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(
             f"cold start: {cold['within_5s']}/{cold['daemons']} daemons pingable by name within"
             f" 5 s of their own start (p50 {cold['p50']} s, max {cold['max']} s; their names"
-            f" first resolved at p50 {percentile(_known(cold['resolved_s']), 0.5)} s)"
+            f" first resolved at p50 {cold['resolved_p50']} s)"
         )
     lines.append(f"vips_kept={result['vips_kept']} rss_growth={result['rss_growth']}")
     cpu = [d["cpu_pct"] for d in result["daemons"] if d["cpu_pct"] is not None]

@@ -215,11 +215,12 @@ def cold_summary(probe: ColdProbe, started_at: dict[str, float]) -> dict[str, An
             h: (round(t - started_at[h], 2) if t is not None else None) for h, t in times.items()
         }
 
-    pingable = after(probe.pingable)
+    pingable, resolved = after(probe.pingable), after(probe.resolved)
     got = [v for v in pingable.values() if v is not None]
     return {
         "pingable_s": pingable,
-        "resolved_s": after(probe.resolved),
+        "resolved_s": resolved,
+        "resolved_p50": percentile([v for v in resolved.values() if v is not None], 0.5),
         "p50": percentile(got, 0.5),
         "max": max(got) if got else None,
         "within_5s": sum(1 for v in got if v <= 5.0),
