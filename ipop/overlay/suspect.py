@@ -19,9 +19,10 @@ handshake.
 The timeout is the peer's own, from the round trips of its probe answers (RFC 6298's srtt +
 4 rttvar; each probe carries a token its answer echoes, so a late answer to an earlier probe
 is never taken for a fast one) or at first its link's handshake, clamped to
-``[rto_min_s, rto_max_s]``: a 10 ms link is suspect within a few tenths of a second, a
-300 ms one after about 1.5 s, and a 5 %-lossy one only when both probes or both answers are
-lost (about 1 % of its episodes, and then for one round trip of the next probe).
+``[rto_min_s, rto_max_s]``: a 10 ms link is suspect after 0.6 s (the floor: a busy peer
+answers late), a 300 ms one after about 1.5 s, and a 5 %-lossy one only when both probes or
+both answers are lost (about 1 % of its episodes, and then for one round trip of the next
+probe).
 
 Bounds: state exists only for peers we route to (the caller forgets a peer with its link), at
 most one episode each and ``_TOKENS_KEPT`` probe tokens each; the timer heap holds at most

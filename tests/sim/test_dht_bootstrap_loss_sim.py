@@ -66,5 +66,7 @@ def test_name_lookups_stay_fast_after_the_bootstrap_stops() -> None:
 
     run_virtual(body(), start=SIM_EPOCH)
     assert result["missing"] == [], result
-    # Before: a get waited for every replica, the dead one's 4 tries x 0.4 s included.
-    assert isinstance(result["slowest"], float) and result["slowest"] < 0.2, result
+    # Before: a get waited for every replica, the dead one's 4 tries x 0.4 s included. The
+    # slowest here is 0.22 s since a silent next hop is suspected after 3 x 0.2 s, not 3 x
+    # 0.03 s (ipop.timing.OVERLAY_HOP_RTO_MIN_S: false probes of busy peers): 0.13 s before.
+    assert isinstance(result["slowest"], float) and result["slowest"] < 0.3, result

@@ -7,6 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ipop.overlay.config import OverlayConfig
 from ipop.overlay.ring import next_hop, next_hop_sorted
 from ipop.overlay.suspect import SUSPECT_RTOS, SilentHops
 from ipop.timing import OVERLAY_HOP_PROBE_MAX_S as PROBE_MAX_S
@@ -106,3 +107,25 @@ def test_next_hop_avoiding_some_is_next_hop_over_the_rest(
     rest = [n for n in nbrs if n.value not in avoided]
     want = next_hop(local, dst, rest, exact=exact, exclude=exclude)
     assert got == (None if want is None else want.value)
+
+
+def test_a_busy_peer_on_a_fast_link_is_not_probed_with_the_daemons_defaults() -> None:
+    # A 32-daemon cold start on two cores: links that handshook in 5-20 ms, peers whose
+    # answers then took 50-250 ms while their event loops were busy. With a 30 ms floor each
+    # such wait sent an ALIVE probe and drew its answer (3,400 probes, a tenth of all
+    # datagrams, nearly all answered at once): probing load grew with the load it waited on.
+    cfg = OverlayConfig()
+    hops = SilentHops(
+        rto_min_s=cfg.hop_rto_min_s,
+        rto_max_s=cfg.hop_rto_max_s,
+        rto_initial_s=cfg.hop_rto_initial_s,
+    )
+    hops.measured(P, 0.005)
+    hops.sent(P, 10.0)
+    due = hops.next_due()
+    assert due is not None and due > 10.15
+    assert hops.due(10.15) == []
+    assert not hops.heard(P, 10.15)
+    # A peer that died is still avoided well inside a second.
+    hops.sent(P, 20.0)
+    assert hops.suspect(P, 20.61)
