@@ -81,7 +81,12 @@ class QuorumReader:
             p for p in self._lookups.known_nearest(kid, 2 * r) if not self.protocol.unresponsive(p)
         ]
         stalled = asyncio.Event()
-        fast = self._hooks.spawn(self._read(known[:r], kid, proof, stalled=stalled))
+        # Every fetch of this get, by node: a node the first read asked is not asked again
+        # by the replica set's read, which takes its answer, or waits for it.
+        fetches: dict[NodeId, _Fetch] = {}
+        fast = self._hooks.spawn(
+            self._read(known[:r], kid, proof, stalled=stalled, fetches=fetches)
+        )
         slow: asyncio.Task[Record | None] | None = None
         try:
             waiter = self._hooks.spawn(stalled.wait())
@@ -91,19 +96,21 @@ class QuorumReader:
                 waiter.cancel()
             best: Record | None = fast.result()[0] if fast.done() else None
             if best is None:
-                slow = self._hooks.spawn(self._read_replica_set(kid, proof))
+                slow = self._hooks.spawn(self._read_replica_set(kid, proof, fetches))
                 await asyncio.wait({fast, slow}, return_when=asyncio.FIRST_COMPLETED)
                 best = fast.result()[0] if fast.done() else None
                 if best is None:
                     best = await slow
         finally:
-            for task in (fast, slow):
+            for task in (fast, slow, *fetches.values()):
                 if task is not None and not task.done():
                     task.cancel()
         self._hooks.stats["get_found" if best else "get_missing"] += 1
         return best
 
-    async def _read_replica_set(self, kid: bytes, proof: bytes) -> Record | None:
+    async def _read_replica_set(
+        self, kid: bytes, proof: bytes, fetches: dict[NodeId, _Fetch]
+    ) -> Record | None:
         """``get``'s read of the replica set a lookup finds (widened, repaired)."""
         r = self.config.replicas
         # Unresponsive nodes are not asked, nor late ones waited for: this read would not
@@ -112,10 +119,10 @@ class QuorumReader:
         target = int.from_bytes(kid, "big")
         ordered = sorted(set(found) | {self.node_id}, key=lambda n: n.value ^ target)
         replicas = ordered[:r]
-        best, held = await self._read(replicas, kid, proof, spares=ordered[r:])
+        best, held = await self._read(replicas, kid, proof, spares=ordered[r:], fetches=fetches)
         if best is None and len(ordered) > len(replicas):
             self._hooks.stats["get_widened"] += 1
-            best, _ = await self._read(ordered[len(replicas) :], kid, proof)
+            best, _ = await self._read(ordered[len(replicas) :], kid, proof, fetches=fetches)
         self._plan_repairs(held, best)
         return best
 
@@ -127,6 +134,7 @@ class QuorumReader:
         *,
         stalled: asyncio.Event | None = None,
         spares: list[NodeId] | None = None,
+        fetches: dict[NodeId, _Fetch] | None = None,
     ) -> tuple[Record | None, dict[NodeId, Record | None]]:
         """(best record, what each peer counted holds) from fetching at ``peers``.
 
@@ -146,6 +154,12 @@ class QuorumReader:
         once every seat still waited for holds a spare's vote, late peers are not waited for.
         Why: a replica that just died (a bootstrap that stopped) held every read whose quorum
         needed it for all its tries (0.4 s and more; tests/sim/test_dht.py).
+
+        ``fetches`` (node -> its fetch, shared by the reads of one ``get``): a node already
+        asked is not asked again, its fetch's answer (or its wait) counts here too, and no
+        shared fetch is cancelled here (``get`` cancels what is left). Why: the read of a key
+        nobody holds (a name not registered yet, a typo behind a search domain) asked its
+        nearest nodes twice, before and after the lookup, which mostly finds the same nodes.
         """
         agreed = stalled is not None
         need = min(self.config.needed(len(peers)), len(peers))
@@ -157,7 +171,11 @@ class QuorumReader:
         asked = [0] * len(peers)
 
         def ask(peer: NodeId, index: int) -> _Fetch:
-            task = self._hooks.spawn(self._calls.fetch_at(peer, kid, proof))
+            task = fetches.get(peer) if fetches is not None else None
+            if task is None or task.cancelled():
+                task = self._hooks.spawn(self._calls.fetch_at(peer, kid, proof))
+                if fetches is not None:
+                    fetches[peer] = task
             seat[task], rank[task], peer_of[task] = index, asked[index], peer
             asked[index] += 1
             wait = 0.0 if self.protocol.unresponsive(peer) else self.protocol.rtt.timeout(peer)
@@ -182,8 +200,9 @@ class QuorumReader:
                         votes[seat[task]] = (rank[task], peer_of[task], record)
                 # Nodes of a seat farther than the one whose vote it holds are not needed.
                 moot = {t for t in pending if seat[t] in votes and rank[t] > votes[seat[t]][0]}
-                for task in moot:
-                    task.cancel()
+                if fetches is None:
+                    for task in moot:
+                        task.cancel()
                 pending -= moot
                 now = self._hooks.loop.time()
                 for task in [t for t in pending if t not in late and due[t] <= now]:
@@ -211,8 +230,9 @@ class QuorumReader:
                 ):
                     break
         finally:
-            for task in pending:
-                task.cancel()
+            if fetches is None:
+                for task in pending:
+                    task.cancel()
         held = {peer: record for _, peer, record in votes.values()}
         if agreed and best is not None:
             owners = Counter(r.owner for r in held.values() if r is not None)

@@ -469,6 +469,29 @@ def test_a_replica_set_read_asks_the_next_node_for_a_replica_that_stopped_answer
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_key_nobody_holds_asks_each_node_once(seed: int) -> None:
+    """The read of a missing key (a name not registered yet, a typo behind a search domain)
+    asks the nearest nodes it knows, looks the replica set up and reads that, widened: the
+    nodes the first read heard from are not asked again (it read the key's 8 nearest twice)."""
+
+    async def body(c: DhtCluster) -> None:
+        reader = c.nodes[9]
+        asked: dict[NodeId, int] = {}
+
+        def count(src: NodeId, dst: NodeId, payload: bytes) -> bool:
+            if src == reader.node_id and payload[1 + MSG_ID_BYTES] == M_FETCH:
+                asked[dst] = asked.get(dst, 0) + 1
+            return True
+
+        c.overlay.check = count
+        assert await reader.get(K) is None
+        assert asked and max(asked.values()) == 1, asked
+        assert reader.stats["get_missing"] == 1
+
+    run_cluster(body, n=40, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_reads_lookup_does_not_wait_for_a_node_that_just_died(seed: int) -> None:
     """The node nearest a key just died, and every other node still names it: the lookup of
     a get (here of a key nobody holds) counts it as silent after one timeout instead of
