@@ -843,6 +843,16 @@ class DataPlane:
 
     # --- vIP → node lookups -----------------------------------------------------------------
 
+    def learn_owner(self, vip: IPv4Address, owner: NodeId) -> None:
+        """``owner`` holds ``vip`` by a DHT answer read elsewhere (a name lookup's check of
+        the address's holder: the record a lookup of ours would read), kept as our own
+        lookup's answer; never over an entry we hold, nor while a lookup of ours runs."""
+        key = vip.packed
+        if key in self._lookups or self.owners.holder(key, now=self.clock()) is not None:
+            return
+        self.counters["owners_learned"] += 1
+        self.owners.answer(key, owner, now=self.clock())
+
     def _held(self, got: Held | LookupDrop, vip: bytes) -> None:
         """What the owner table did with a packet waiting for ``vip``'s owner."""
         if got is Held.START:

@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 from ipop.dht.alloc import DhtLike
 from ipop.dht.policy import is_name, lan_host_name
-from ipop.dht.record import ip_key, name_key
+from ipop.dht.record import Record, ip_key, name_key
 from ipop.errors import ConfigError
 from ipop.timing import DHT_LEASE_TTL_S
 
@@ -67,9 +68,18 @@ async def register_name(
 
 
 async def lookup_name(
-    dht: DhtLike, namespace: str, name: str, subnet: IPv4Network
+    dht: DhtLike,
+    namespace: str,
+    name: str,
+    subnet: IPv4Network,
+    *,
+    learned: Callable[[IPv4Address, Record], None] | None = None,
 ) -> IPv4Address | None:
-    """Resolve an address name at once, a hostname through the DHT; None if unknown."""
+    """Resolve an address name at once, a hostname through the DHT; None if unknown.
+
+    ``learned`` is given the address and its holder's record (the address's own, verified
+    as any read) when a hostname resolves: the caller's first packet to it needs that owner,
+    and would read the same record again."""
     addr = parse_c_name(name, subnet)
     if addr is not None:
         return addr
@@ -85,4 +95,6 @@ async def lookup_name(
     holder = await dht.get(ip_key(namespace, addr))
     if holder is None or holder.owner != record.owner:
         return None
+    if learned is not None and not holder.tombstone:
+        learned(addr, holder)
     return addr

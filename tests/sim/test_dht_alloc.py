@@ -8,8 +8,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 from ipop.dht.alloc import IpLease, allocate_ip, is_usable, lease_ip
 from ipop.dht.names import c_name, lookup_name, register_name
-from ipop.dht.record import ip_key
+from ipop.dht.record import Record, ip_key
 from ipop.testing.fake_overlay import TESTNET_NS, DhtCluster, live_owners, run_cluster
+from ipop.types import NodeId
 
 SUBNET = IPv4Network("100.64.5.0/24")
 
@@ -95,6 +96,27 @@ def test_names_register_and_resolve() -> None:
         assert await lookup_name(bob, TESTNET_NS, "not a name!", SUBNET) is None
         # Networks are separate namespaces on one overlay.
         assert await lookup_name(bob, "othernet", "alice-laptop", SUBNET) is None
+
+    run_cluster(body, n=12, hostnames={1: "alice-laptop", 3: "bank"})
+
+
+def test_a_name_lookup_hands_on_the_holder_it_checked() -> None:
+    """What ``lookup_name`` read of the address's holder goes to ``learned`` (the data plane
+    keeps the owner: ipop.aio.member.owner_learner), only when the name resolves."""
+
+    async def body(c: DhtCluster) -> None:
+        alice, bob, mallory = c.nodes[1], c.nodes[2], c.nodes[3]
+        a_ip = await allocate_ip(alice, SUBNET, namespace=TESTNET_NS, rng=random.Random(1))
+        assert await register_name(alice, TESTNET_NS, "alice-laptop", a_ip)
+        assert await register_name(mallory, TESTNET_NS, "bank", a_ip)
+        got: list[tuple[IPv4Address, NodeId]] = []
+
+        def learned(addr: IPv4Address, holder: Record) -> None:
+            got.append((addr, holder.owner))
+
+        for name in ("alice-laptop", c_name(a_ip), "bank", "nobody"):
+            await lookup_name(bob, TESTNET_NS, name, SUBNET, learned=learned)
+        assert got == [(a_ip, alice.node_id)]
 
     run_cluster(body, n=12, hostnames={1: "alice-laptop", 3: "bank"})
 

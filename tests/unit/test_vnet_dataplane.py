@@ -316,6 +316,41 @@ def test_a_flood_of_random_destinations_from_the_tap_is_bounded_too() -> None:
     _run(go)
 
 
+def test_an_owner_a_name_lookup_learned_sends_the_first_packet_without_a_lookup() -> None:
+    """``ping NAME``: the name lookup read the address's holder record already; the data
+    plane keeps that owner (learn_owner) and its first packet reads the DHT no more. Never
+    over a fresh answer of its own, nor while its own lookup runs."""
+
+    async def go() -> None:
+        lookups = Lookups({}, default=NodeId(0xBAD))
+        h = Harness(lookups)
+        try:
+            sink = h.dp.udp
+            assert isinstance(sink, SinkUdp)
+            h.dp.learn_owner(A_VIP, h.a.local_id)
+            h.kernel.send(VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + _ip(B_VIP, A_VIP))
+            h.dp._drain_tap()
+            assert lookups.started == 0
+            assert [ep for _, ep in sink.sent] == [A_EP]
+            assert h.dp.counters["owners_learned"] == 1
+            h.dp.learn_owner(A_VIP, C_ID)  # an answer we hold stays
+            assert h.dp.live_owner(A_VIP.packed) == h.a.local_id
+            # While a lookup of ours runs, its answer decides.
+            lookups.gate.clear()
+            h.kernel.send(VIRTUAL_MAC + TAP_MAC + b"\x08\x00" + _ip(B_VIP, C_VIP))
+            h.dp._drain_tap()
+            await _until(lambda: lookups.running == 1, "the lookup")
+            h.dp.learn_owner(C_VIP, C_ID)
+            assert h.dp.live_owner(C_VIP.packed) is None
+            lookups.gate.set()
+            await _until(lambda: not h.dp._lookups, "the lookup's end")
+            assert h.dp.live_owner(C_VIP.packed) == NodeId(0xBAD)
+        finally:
+            h.close()
+
+    _run(go)
+
+
 # --- the fast path's inlined check equals the filter's verdict -----------------------------------
 
 
