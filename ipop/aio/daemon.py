@@ -63,7 +63,6 @@ from ipop.aio.member import (
     local_frame,
     network_row,
     open_tap,
-    owner_learner,
     owner_of,
     resolve_in,
     route_tables,
@@ -633,14 +632,7 @@ class Daemon:
 
     async def resolve(self, name: str) -> IPv4Address | None:
         """A name (with or without the DNS suffix) or a dotted address → vIP."""
-        return await resolve_in(
-            self.node,
-            self.namespace,
-            self.subnet,
-            self.suffix,
-            name,
-            learned=owner_learner(self.node, self.dataplane),
-        )
+        return await resolve_in(self, name)
 
     def served_sides(self) -> list[ServedSide]:
         """The networks this daemon serves a local side for, its first network first (none
@@ -651,14 +643,7 @@ class Daemon:
     async def dns_lookup(self, name: str) -> IPv4Address | tuple[ServiceValue, ...] | None:
         """What DNS asks the DHT: a service ``_<name>._<proto>`` (its verified instances) or
         a hostname (its vIP)."""
-        return await dns_answer(
-            self.node,
-            self.namespace,
-            self.subnet,
-            self.suffix,
-            name,
-            learned=owner_learner(self.node, self.dataplane),
-        )
+        return await dns_answer(self, name)
 
     # --- the TAP's local traffic ------------------------------------------------------------
 

@@ -56,6 +56,7 @@ from ipop.vnet.packet import ETH_P_ARP
 __all__ = [
     "Addressed",
     "MemberSide",
+    "Naming",
     "Served",
     "check_same_overlay",
     "dns_answer",
@@ -161,67 +162,68 @@ async def owner_of(node: Node | None, namespace: str, vip: IPv4Address) -> NodeI
     return record.owner
 
 
-def owner_learner(
-    node: Node | None, plane: DataPlane | None
-) -> Callable[[IPv4Address, Record], None]:
+class Naming(Protocol):
+    """What resolves names in one network: the daemon (its first network) or a side."""
+
+    @property
+    def node(self) -> Node | None: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def subnet(self) -> IPv4Network: ...
+    @property
+    def suffix(self) -> str: ...
+    @property
+    def dataplane(self) -> DataPlane | None: ...
+
+
+def _owner_learner(node: Node, plane: DataPlane | None) -> Callable[[IPv4Address, Record], None]:
     """What a name lookup learns of its address's holder, kept as :func:`owner_of` keeps it:
     the certificate by the core, the owner by the data plane, whose first packet to the
     address then reads the DHT no more (one quorum read fewer before a ``ping NAME``: ~0.1 s
     on a quiet network, seconds in a 32-daemon cold start)."""
 
     def learned(addr: IPv4Address, holder: Record) -> None:
-        if node is not None:
-            node.core.learn_certificate(holder.owner, holder.cert, now=time.time())
+        node.core.learn_certificate(holder.owner, holder.cert, now=time.time())
         if plane is not None:
             plane.learn_owner(addr, holder.owner)
 
     return learned
 
 
-async def resolve_in(
-    node: Node | None,
-    namespace: str,
-    subnet: IPv4Network,
-    suffix: str,
-    name: str,
-    *,
-    learned: Callable[[IPv4Address, Record], None] | None = None,
-) -> IPv4Address | None:
-    """A name (with or without the DNS suffix) or a dotted address → vIP, in one network
-    (``learned``: see :func:`ipop.dht.names.lookup_name`)."""
+async def resolve_in(side: Naming, name: str) -> IPv4Address | None:
+    """A name (with or without the DNS suffix) or a dotted address → vIP, in ``side``'s
+    network; what it learns of the address's holder goes to ``side``'s data plane too."""
     name = name.strip().rstrip(".").lower()
     try:
         addr = IPv4Address(name)
     except ValueError:
         pass
     else:
-        return addr if addr in subnet else None
-    dotted = "." + suffix
+        return addr if addr in side.subnet else None
+    dotted = "." + side.suffix
     if name.endswith(dotted):
         name = name[: -len(dotted)]
+    node = side.node
     if node is None or node.dht is None:
         return None
-    return await lookup_name(node.dht, namespace, name, subnet, learned=learned)
+    learned = _owner_learner(node, side.dataplane)
+    return await lookup_name(node.dht, side.namespace, name, side.subnet, learned=learned)
 
 
-async def dns_answer(
-    node: Node | None,
-    namespace: str,
-    subnet: IPv4Network,
-    suffix: str,
-    name: str,
-    *,
-    learned: Callable[[IPv4Address, Record], None] | None = None,
-) -> IPv4Address | tuple[ServiceValue, ...] | None:
+async def dns_answer(side: Naming, name: str) -> IPv4Address | tuple[ServiceValue, ...] | None:
     """What DNS asks the DHT: a service ``_<name>._<proto>`` (its verified instances) or a
     hostname (its vIP)."""
     service, dot, proto = name.partition(".")
     if dot and service.startswith("_") and proto[1:] in PROTOS:
+        node = side.node
         if node is None or node.dht is None:
             return None
-        found = await list_services(node.dht, namespace, service[1:], proto[1:], subnet=subnet)
+        found = await list_services(
+            node.dht, side.namespace, service[1:], proto[1:], subnet=side.subnet
+        )
         return tuple(ServiceValue(i.addr, i.port, i.txt) for i in found)
-    return await resolve_in(node, namespace, subnet, suffix, name, learned=learned)
+    return await resolve_in(side, name)
 
 
 def local_frame(
@@ -422,24 +424,10 @@ class MemberSide:
         return await owner_of(self.node, self.namespace, vip)
 
     async def resolve(self, name: str) -> IPv4Address | None:
-        return await resolve_in(
-            self.node,
-            self.namespace,
-            self.subnet,
-            self.suffix,
-            name,
-            learned=owner_learner(self.node, self.dataplane),
-        )
+        return await resolve_in(self, name)
 
     async def dns_lookup(self, name: str) -> IPv4Address | tuple[ServiceValue, ...] | None:
-        return await dns_answer(
-            self.node,
-            self.namespace,
-            self.subnet,
-            self.suffix,
-            name,
-            learned=owner_learner(self.node, self.dataplane),
-        )
+        return await dns_answer(self, name)
 
     def local_frame(self, frame: bytes) -> bool:
         return local_frame(frame, self.arp, self.services, self.write_frame)

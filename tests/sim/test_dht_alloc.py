@@ -102,7 +102,7 @@ def test_names_register_and_resolve() -> None:
 
 def test_a_name_lookup_hands_on_the_holder_it_checked() -> None:
     """What ``lookup_name`` read of the address's holder goes to ``learned`` (the data plane
-    keeps the owner: ipop.aio.member.owner_learner), only when the name resolves."""
+    keeps the owner: ipop.aio.member.resolve_in), only when the name resolves."""
 
     async def body(c: DhtCluster) -> None:
         alice, bob, mallory = c.nodes[1], c.nodes[2], c.nodes[3]
