@@ -76,7 +76,6 @@ from ipop.aio.stack import Node
 from ipop.aio.sysdns import SystemDns, SystemDnsError, routing_domains
 from ipop.aio.tap import DEFAULT_TAP_MTU, Tap
 from ipop.bundle import Bundle, Membership
-from ipop.dht.names import lookup_name
 from ipop.dht.publish import ServiceKeeper, ServicePublisher
 from ipop.dht.service import DhtConfig
 from ipop.dht.srv import SERVICE_QUOTA, ServiceValue
@@ -769,9 +768,17 @@ class Daemon:
             and info.peer not in self.peer_vips
         ][:MAX_PEER_VIP_LOOKUPS]
         learned = 0
+        plane = self.dataplane
         for info, name in todo:
-            vip = await lookup_name(node.dht, self.namespace, name, self.subnet)
-            if vip is not None and await self.lookup_owner(vip) == info.peer:
+            vip = await resolve_in(self, name)
+            if vip is None:
+                continue
+            # The name's lookup read the address's holder and handed it to the data plane:
+            # asking the DHT again cost a third read a peer (issue 14's cold start).
+            owner = plane.live_owner(vip.packed)
+            if owner is None:
+                owner = await self.lookup_owner(vip)
+            if owner == info.peer:
                 self.peer_vips[info.peer] = (vip, now)
                 learned += 1
         return learned

@@ -72,8 +72,13 @@ def _wire(
         ),
     )
     node: Any = SimpleNamespace(core=core, dht=dht, node_id=NodeId(1))
+    learned: dict[bytes, NodeId] = {}  # what name lookups handed the data plane
     plane: Any = SimpleNamespace(
-        known_owners=lambda: dict(owners or {}), drops=Counter(), counters=Counter()
+        known_owners=lambda: dict(owners or {}),
+        drops=Counter(),
+        counters=Counter(),
+        learn_owner=lambda vip, owner: learned.setdefault(vip.packed, owner),
+        live_owner=learned.get,
     )
     d.node, d.dataplane = node, plane
 
@@ -110,6 +115,9 @@ def test_vip_of_a_linked_peer_is_learned_from_its_hostname(tmp_path: Path) -> No
     rows = _peers(d)
     assert rows[BOB.hex()].vip == str(BOB_VIP)
     assert rows[CAROL.hex()].vip is None
+    # Two reads a peer: its name, then its address's holder, which the name's check read
+    # (the owner check asked the DHT for it a third time).
+    assert dht.calls["get"] == 4
     infos.pop(0)  # bob's link went: forgotten
     asyncio.run(d.learn_peer_vips(now=1.0))
     assert BOB not in d.peer_vips
