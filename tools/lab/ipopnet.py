@@ -389,6 +389,14 @@ class IpopNet:
                 self.wait_ready(h, timeout_s=0.0)  # raises NotReady with the log tail
         return done
 
+    def ready_log(self, host: Host | str) -> tuple[str, int] | None:
+        """Where the next start of ``host``'s daemon will log ``event=ready``: its log and the
+        offset its lines will begin at (None: the log level hides that event)."""
+        if self.log_level not in ("info", "debug"):
+            return None
+        log = self.files(host).log
+        return str(log), log.stat().st_size if log.exists() else 0
+
     def logged_ready(self, host: Host | str) -> bool:
         """Has the daemon :meth:`start` ran last logged ``event=ready``? True when that cannot
         tell (a daemon started elsewhere, or logging at warning): then its status decides."""

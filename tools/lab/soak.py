@@ -376,7 +376,8 @@ def run_soak(
             # Before the probe's first exec, in this thread (see cold_probe).
             lab.write_resolv_conf(lab.bootstraps[0], net.gateway)
             with ThreadPoolExecutor(max_workers=1) as cold:
-                probed = cold.submit(cold_probe, lab)
+                logs = {h.name: at for h in lab.hosts if (at := net.ready_log(h)) is not None}
+                probed = cold.submit(cold_probe, lab, logs)
                 started_at = _start_all(net, plan.start_gap_s)
                 net.wait_all_ready(
                     lab.hosts, timeout_s=READY_TIMEOUT_S + len(lab.hosts) * (1 + plan.start_gap_s)
@@ -492,6 +493,12 @@ def format_report(result: dict[str, Any]) -> str:
             f" 5 s of their own start (p50 {cold['p50']} s, max {cold['max']} s; their names"
             f" first resolved at p50 {cold['resolved_p50']} s)"
         )
+        missed = cold.get("misses_after_ready") or {}
+        if missed:
+            lines.append(
+                "names that failed to resolve after their daemon was ready: "
+                + ", ".join(f"{h} {kinds}" for h, kinds in sorted(missed.items()))
+            )
     lines.append(f"vips_kept={result['vips_kept']} rss_growth={result['rss_growth']}")
     cpu = [d["cpu_pct"] for d in result["daemons"] if d["cpu_pct"] is not None]
     if cpu:

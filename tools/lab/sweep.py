@@ -74,21 +74,46 @@ print(json.dumps(out))
 """
 
 # Run in the first bootstrap's namespace while the lab cold-starts: argv[1] a JSON list of
-# names, argv[2] seconds to keep trying. One thread per name resolves it and pings it once
-# (ping -W 1) again and again, 0.2 s after each miss, until it answers; prints {name:
-# the wall-clock time of its first answer, or null} as JSON. A name's own loop, not rounds
-# over all names: a round waits for its slowest miss (a second each), and the first answer
-# would be measured that late.
+# names, argv[2] seconds to keep trying, argv[3] {name: [its daemon's log, offset]}. One
+# thread per name resolves it and pings it once (ping -W 1) again and again, 0.2 s after each
+# miss, until it answers; prints {name: the wall-clock time of its first answer, or null} as
+# JSON. A name's own loop, not rounds over all names: a round waits for its slowest miss (a
+# second each), and the first answer would be measured that late. A name whose daemon has a
+# log is asked once that log says ``event=ready`` (its name is claimed then, not before):
+# asked from the start, the names not claimed yet drew DHT reads of keys nobody held, a fifth
+# of the cold start's DHT requests (32 daemons), all at the prober, in the busiest seconds.
+# Each failed resolution after ``event=ready`` is counted by its error (EAI_NONAME: NXDOMAIN;
+# EAI_AGAIN: SERVFAIL or no answer in time): the issue wants none for a live node.
 COLD_PY = r"""
 import json, socket, subprocess, sys, threading, time
 names, until = json.loads(sys.argv[1]), time.time() + float(sys.argv[2])
+logs = json.loads(sys.argv[3])
 first = dict.fromkeys(names)
 resolved = dict.fromkeys(names)
+misses = {}
+def ready(name):
+    path, offset = logs[name]
+    while time.time() < until:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                if b" event=ready " in f.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
 def one(name):
+    if name in logs:
+        ready(name)
     while time.time() < until:
         try:
             socket.getaddrinfo(name, None, socket.AF_INET)
-        except OSError:
+        except OSError as exc:
+            if name in logs:
+                kind = {socket.EAI_NONAME: "nxdomain", socket.EAI_AGAIN: "again"}.get(
+                    getattr(exc, "errno", None), "other")
+                misses.setdefault(name, {}).setdefault(kind, 0)
+                misses[name][kind] += 1
             time.sleep(0.2)
             continue
         if resolved[name] is None:
@@ -102,7 +127,7 @@ def one(name):
 ts = [threading.Thread(target=one, args=(n,)) for n in names]
 for t in ts: t.start()
 for t in ts: t.join()
-print(json.dumps({"first": first, "resolved": resolved}))
+print(json.dumps({"first": first, "resolved": resolved, "misses": misses}))
 """
 # The resolver's bound while names are cold: one quick try, the name's loop retries.
 COLD_RES_OPTIONS = "timeout:1 attempts:1"
@@ -177,18 +202,24 @@ class ColdProbe(NamedTuple):
 
     resolved: dict[str, float | None]
     pingable: dict[str, float | None]
+    # By host: its name's failed resolutions after its daemon logged ready, by error.
+    misses: dict[str, dict[str, int]]
 
 
-def cold_probe(lab: Lab) -> ColdProbe:
+def cold_probe(lab: Lab, logs: dict[str, tuple[str, int]] | None = None) -> ColdProbe:
     """From the first bootstrap, every other daemon by name (a router's too) until each
     answers a ping. The prober itself is not measured: it is what the others are reached from.
+    ``logs`` (host -> its daemon's log and where this start's lines begin): a name is asked
+    once its daemon logged ``event=ready`` (COLD_PY says why).
 
     The caller writes the prober's resolv.conf first (:meth:`Lab.write_resolv_conf`, before
     starting the daemons): ``ip netns exec`` binds it over /etc/resolv.conf only if it exists
     then, and without it the probe asks the host's own resolver for 60 s."""
     prober = lab.bootstraps[0]
-    names = [target_name(h) for h in lab.hosts if h.name != prober.name]
-    argv = [sys.executable, "-c", COLD_PY, json.dumps(names), str(COLD_PROBE_S)]
+    hosts = [h for h in lab.hosts if h.name != prober.name]
+    names = [target_name(h) for h in hosts]
+    at = {target_name(h): logs[h.name] for h in hosts if logs and h.name in logs}
+    argv = [sys.executable, "-c", COLD_PY, json.dumps(names), str(COLD_PROBE_S), json.dumps(at)]
     none = dict.fromkeys(names)
     try:
         res = lab.exec(
@@ -196,19 +227,23 @@ def cold_probe(lab: Lab) -> ColdProbe:
             ["env", f"RES_OPTIONS={COLD_RES_OPTIONS}", *argv],
             timeout=COLD_PROBE_S + 30,
         )
-        got: dict[str, dict[str, float | None]] = json.loads(res.stdout)
+        got: dict[str, Any] = json.loads(res.stdout)
     except Exception:  # a probe that cannot run measures nothing: every name unanswered
-        got = {"first": none, "resolved": none}
+        got = {"first": none, "resolved": none, "misses": {}}
 
     def by_host(times: dict[str, float | None]) -> dict[str, float | None]:
         return {n.split(".")[0]: times.get(n) for n in names}
 
-    return ColdProbe(resolved=by_host(got["resolved"]), pingable=by_host(got["first"]))
+    misses = {n.split(".")[0]: kinds for n, kinds in got.get("misses", {}).items()}
+    return ColdProbe(
+        resolved=by_host(got["resolved"]), pingable=by_host(got["first"]), misses=misses
+    )
 
 
 def cold_summary(probe: ColdProbe, started_at: dict[str, float]) -> dict[str, Any]:
     """Seconds from each daemon's own start to its first answer by name from the prober (and,
-    apart, to its name's first resolution there: what is left is the ping's path)."""
+    apart, to its name's first resolution there: what is left is the ping's path); and the
+    failed resolutions of names whose daemons were ready (by host and error; none wanted)."""
 
     def after(times: dict[str, float | None]) -> dict[str, float | None]:
         return {
@@ -225,4 +260,5 @@ def cold_summary(probe: ColdProbe, started_at: dict[str, float]) -> dict[str, An
         "max": max(got) if got else None,
         "within_5s": sum(1 for v in got if v <= 5.0),
         "daemons": len(pingable),
+        "misses_after_ready": probe.misses,
     }
