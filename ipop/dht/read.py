@@ -132,9 +132,9 @@ class QuorumReader:
         kid: bytes,
         proof: bytes,
         *,
+        fetches: dict[NodeId, _Fetch],
         stalled: asyncio.Event | None = None,
         spares: list[NodeId] | None = None,
-        fetches: dict[NodeId, _Fetch] | None = None,
     ) -> tuple[Record | None, dict[NodeId, Record | None]]:
         """(best record, what each peer counted holds) from fetching at ``peers``.
 
@@ -157,9 +157,10 @@ class QuorumReader:
 
         ``fetches`` (node -> its fetch, shared by the reads of one ``get``): a node already
         asked is not asked again, its fetch's answer (or its wait) counts here too, and no
-        shared fetch is cancelled here (``get`` cancels what is left). Why: the read of a key
-        nobody holds (a name not registered yet, a typo behind a search domain) asked its
-        nearest nodes twice, before and after the lookup, which mostly finds the same nodes.
+        fetch is cancelled here (``get`` cancels what is left when it returns). Why: the read
+        of a key nobody holds (a name not registered yet, a typo behind a search domain) asked
+        its nearest nodes twice, before and after the lookup, which mostly finds the same
+        nodes.
         """
         agreed = stalled is not None
         need = min(self.config.needed(len(peers)), len(peers))
@@ -171,11 +172,9 @@ class QuorumReader:
         asked = [0] * len(peers)
 
         def ask(peer: NodeId, index: int) -> _Fetch:
-            task = fetches.get(peer) if fetches is not None else None
-            if task is None or task.cancelled():
-                task = self._hooks.spawn(self._calls.fetch_at(peer, kid, proof))
-                if fetches is not None:
-                    fetches[peer] = task
+            task = fetches.get(peer)
+            if task is None:
+                task = fetches[peer] = self._hooks.spawn(self._calls.fetch_at(peer, kid, proof))
             seat[task], rank[task], peer_of[task] = index, asked[index], peer
             asked[index] += 1
             wait = 0.0 if self.protocol.unresponsive(peer) else self.protocol.rtt.timeout(peer)
@@ -186,53 +185,40 @@ class QuorumReader:
         late: set[_Fetch] = set()
         votes: dict[int, tuple[int, NodeId, Record | None]] = {}
         best: Record | None = None
-        try:
-            while pending:
-                timers = [due[t] for t in pending if t not in late]
-                timeout = max(0.0, min(timers) - self._hooks.loop.time()) if timers else None
-                done, pending = await asyncio.wait(
-                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in done:
-                    answered, record = task.result()
-                    vote = votes.get(seat[task])
-                    if answered and (vote is None or rank[task] < vote[0]):
-                        votes[seat[task]] = (rank[task], peer_of[task], record)
-                # Nodes of a seat farther than the one whose vote it holds are not needed.
-                moot = {t for t in pending if seat[t] in votes and rank[t] > votes[seat[t]][0]}
-                if fetches is None:
-                    for task in moot:
-                        task.cancel()
-                pending -= moot
-                now = self._hooks.loop.time()
-                for task in [t for t in pending if t not in late and due[t] <= now]:
-                    late.add(task)
-                    self.protocol.missed(peer_of[task])
-                    if queue:
-                        pending.add(ask(queue.pop(0), seat[task]))
-                        self._hooks.stats["read_spares_asked"] += 1
-                held = {peer: record for _, peer, record in votes.values()}
-                best = choose_best(
-                    [r for r in held.values() if r is not None], now=self._hooks.now()
-                )
-                if stalled is not None:
-                    owners = Counter(r.owner for r in held.values() if r is not None)
-                    if best is not None and owners[best.owner] >= need:
-                        break
-                    top = max(owners.values(), default=0)
-                    if top + len({seat[t] for t in pending}) < need:
-                        best = None
-                        break
-                    if top + len({seat[t] for t in pending if t not in late}) < need:
-                        stalled.set()
-                elif (len(held) >= need and best is not None) or all(
-                    seat[t] in votes for t in pending
-                ):
+        while pending:
+            timers = [due[t] for t in pending if t not in late]
+            timeout = max(0.0, min(timers) - self._hooks.loop.time()) if timers else None
+            done, pending = await asyncio.wait(
+                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                answered, record = task.result()
+                vote = votes.get(seat[task])
+                if answered and (vote is None or rank[task] < vote[0]):
+                    votes[seat[task]] = (rank[task], peer_of[task], record)
+            # Nodes of a seat farther than the one whose vote it holds are not needed.
+            pending -= {t for t in pending if seat[t] in votes and rank[t] > votes[seat[t]][0]}
+            now = self._hooks.loop.time()
+            for task in [t for t in pending if t not in late and due[t] <= now]:
+                late.add(task)
+                self.protocol.missed(peer_of[task])
+                if queue:
+                    pending.add(ask(queue.pop(0), seat[task]))
+                    self._hooks.stats["read_spares_asked"] += 1
+            held = {peer: record for _, peer, record in votes.values()}
+            best = choose_best([r for r in held.values() if r is not None], now=self._hooks.now())
+            if stalled is not None:
+                owners = Counter(r.owner for r in held.values() if r is not None)
+                if best is not None and owners[best.owner] >= need:
                     break
-        finally:
-            if fetches is None:
-                for task in pending:
-                    task.cancel()
+                top = max(owners.values(), default=0)
+                if top + len({seat[t] for t in pending}) < need:
+                    best = None
+                    break
+                if top + len({seat[t] for t in pending if t not in late}) < need:
+                    stalled.set()
+            elif (len(held) >= need and best is not None) or all(seat[t] in votes for t in pending):
+                break
         held = {peer: record for _, peer, record in votes.values()}
         if agreed and best is not None:
             owners = Counter(r.owner for r in held.values() if r is not None)
