@@ -779,31 +779,27 @@ class DataPlane:
         gso_size = int.from_bytes(vin[4:6], sys.byteorder)
         view = self._rview[:size]
         verdict = self.filter.check_out(self._rbuf, size, now)
-        segs: list[bytearray] | str
-        if type(verdict) is NodeId:
-            path_max = self.node.core.link.pmtu.limits.get(verdict)
-            mtu = _FRAME_MAX if path_max is None else path_max - grown - 14
-            segs = self._split_tcp(view, mtu, gso_size, lead=tagged or _DIRECT_IP)
-            if isinstance(segs, str):
-                self.drops[IoDrop.TAP_OFFLOAD] += 1
-                return [], 0
-            self.counters["tso_segments"] += len(segs)
-            if runs is None:
-                for seg in segs:
-                    self._seal(verdict, memoryview(seg), now, out)
-                return [], len(segs)
-            run = runs.get(verdict.value)
-            if run is None:
-                run = runs[verdict.value] = (verdict, [], path_max)
-            run[1].extend(segs)  # type: ignore[arg-type]  # bytearrays seal as bytes do
-            return [], len(segs)
-        segs = self._split_tcp(view, _FRAME_MAX, gso_size)
+        node = verdict if type(verdict) is NodeId else None  # else a lookup's, ours, a drop
+        path_max = None if node is None else self.node.core.link.pmtu.limits.get(node)
+        mtu = _FRAME_MAX if path_max is None else path_max - grown - 14
+        lead = None if node is None else (tagged or _DIRECT_IP)
+        segs = self._split_tcp(view, mtu, gso_size, lead=lead)
         if isinstance(segs, str):
             self.drops[IoDrop.TAP_OFFLOAD] += 1
             return [], 0
         self.counters["tso_segments"] += len(segs)
-        segs.reverse()
-        return segs, len(segs)
+        if node is None:
+            segs.reverse()
+            return segs, len(segs)
+        if runs is None:
+            for seg in segs:
+                self._seal(node, memoryview(seg), now, out)
+            return [], len(segs)
+        run = runs.get(node.value)
+        if run is None:
+            run = runs[node.value] = (node, [], path_max)
+        run[1].extend(segs)  # type: ignore[arg-type]  # bytearrays seal as bytes do
+        return [], len(segs)
 
     def _seal(
         self,
