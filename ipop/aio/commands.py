@@ -18,6 +18,7 @@ from ipop.aio.control import CommandFailed
 from ipop.aio.daemon import Daemon
 from ipop.dht.policy import MAX_USER_KEY
 from ipop.dht.publish import PublishFailed, ServicePublisher, check_name, list_services
+from ipop.dht.read import NoQuorum
 from ipop.dht.record import MAX_VALUE_BYTES, user_key
 from ipop.dht.srv import PROTOS, ServiceValue
 from ipop.identity import CrlError
@@ -41,10 +42,13 @@ class DaemonControl:
 
     async def ping(self, target: str, seq: int, timeout_s: float) -> PingReply:
         d = self.d
-        vip = await d.resolve(target)
-        if vip is None:
-            raise CommandFailed(f"cannot resolve {target!r}")
-        owner = await d.lookup_owner(vip)
+        try:
+            vip = await d.resolve(target)
+            if vip is None:
+                raise CommandFailed(f"cannot resolve {target!r}")
+            owner = await d.lookup_owner(vip)
+        except NoQuorum as exc:
+            raise CommandFailed(f"cannot tell who holds {target!r} now: {exc}") from None
         if owner is None:
             raise CommandFailed(f"no node holds {vip}")
         assert d.node is not None
@@ -85,7 +89,10 @@ class DaemonControl:
         return await node.dht.put(self._key(key), data, float(ttl_s))
 
     async def resolve(self, name: str) -> str | None:
-        vip = await self.d.resolve(name)
+        try:
+            vip = await self.d.resolve(name)
+        except NoQuorum as exc:
+            raise CommandFailed(f"cannot resolve {name!r} now: {exc}") from None
         return str(vip) if vip is not None else None
 
     async def service_publish(

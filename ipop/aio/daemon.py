@@ -77,6 +77,7 @@ from ipop.aio.sysdns import SystemDns, SystemDnsError, routing_domains
 from ipop.aio.tap import DEFAULT_TAP_MTU, Tap
 from ipop.bundle import Bundle, Membership
 from ipop.dht.publish import ServiceKeeper, ServicePublisher
+from ipop.dht.read import NoQuorum
 from ipop.dht.service import DhtConfig
 from ipop.dht.srv import SERVICE_QUOTA, ServiceValue
 from ipop.errors import ConfigError
@@ -770,14 +771,17 @@ class Daemon:
         learned = 0
         plane = self.dataplane
         for info, name in todo:
-            vip = await resolve_in(self, name)
-            if vip is None:
-                continue
-            # The name's lookup read the address's holder and handed it to the data plane:
-            # asking the DHT again cost a third read a peer (issue 14's cold start).
-            owner = plane.live_owner(vip.packed)
-            if owner is None:
-                owner = await self.lookup_owner(vip)
+            try:
+                vip = await resolve_in(self, name)
+                if vip is None:
+                    continue
+                # The name's lookup read the address's holder and handed it to the data
+                # plane: asking the DHT again cost a third read a peer (issue 14's cold start).
+                owner = plane.live_owner(vip.packed)
+                if owner is None:
+                    owner = await self.lookup_owner(vip)
+            except NoQuorum:
+                continue  # the next sweep asks again
             if owner == info.peer:
                 self.peer_vips[info.peer] = (vip, now)
                 learned += 1

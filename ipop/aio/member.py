@@ -155,7 +155,7 @@ async def owner_of(node: Node | None, namespace: str, vip: IPv4Address) -> NodeI
     core, so our first IP packet routed to it is sealed end to end."""
     if node is None or node.dht is None:
         return None
-    record = await node.dht.get(ip_key(namespace, vip))
+    record = await node.dht.get(ip_key(namespace, vip), strict=True)
     if record is None or record.tombstone:
         return None
     node.core.learn_certificate(record.owner, record.cert, now=time.time())

@@ -76,6 +76,8 @@ async def lookup_name(
     learned: Callable[[IPv4Address, Record], None] | None = None,
 ) -> IPv4Address | None:
     """Resolve an address name at once, a hostname through the DHT; None if unknown.
+    Raises :class:`~ipop.dht.read.NoQuorum` when too few replicas answered to tell (DNS
+    answers SERVFAIL, which no resolver caches, not NXDOMAIN).
 
     ``learned`` is given the address and its holder's record (the address's own, verified
     as any read) when a hostname resolves: the caller's first packet to it needs that owner,
@@ -86,13 +88,13 @@ async def lookup_name(
     hostname = name.lower()
     if not is_name(hostname):
         return None
-    record = await dht.get(name_key(namespace, hostname))
+    record = await dht.get(name_key(namespace, hostname), strict=True)
     if record is None or len(record.value) != 4:
         return None
     addr = IPv4Address(record.value)
     if addr not in subnet:
         return None
-    holder = await dht.get(ip_key(namespace, addr))
+    holder = await dht.get(ip_key(namespace, addr), strict=True)
     if holder is None or holder.owner != record.owner:
         return None
     if learned is not None and not holder.tombstone:

@@ -17,6 +17,12 @@ up by reads (the protocol's ``unresponsive``), and a read's lookup counts a node
 as silent after one timeout. Why: a replica that had just died held a get for all its tries
 (0.4-1 s where a get takes 0.05 s).
 
+A read that heard fewer than a quorum of the replica set, and no record, has not learned that
+the key is absent: ``get(key, strict=True)`` then reads once more, with a full lookup, and
+raises :class:`NoQuorum` if that read is no better. Why: a name lookup answered NXDOMAIN for a
+live node (cached by the resolver) when the replicas it found did not answer in time, e.g.
+right after the asking node restarted; SERVFAIL, not cached, is the true answer then.
+
 Copies a replica returns are checked like offers (:meth:`ipop.dht.replicas.ReplicaCalls.fetch_at`):
 a forged one reads as an empty replica.
 """
@@ -32,12 +38,17 @@ from ipop.dht.lookup import Lookups
 from ipop.dht.protocol import IpopKademliaProtocol
 from ipop.dht.record import Record, choose_best, key_id, newest_by_owner
 from ipop.dht.replicas import ReplicaCalls
+from ipop.errors import IpopError
 from ipop.types import NodeId
 
-__all__ = ["QuorumReader"]
+__all__ = ["NoQuorum", "QuorumReader"]
 
 # One replica's fetch in a read: (answered, authentic record or None).
 _Fetch = asyncio.Task[tuple[bool, Record | None]]
+
+
+class NoQuorum(IpopError):
+    """A strict read heard too few of a key's replicas to tell that the key is absent."""
 
 
 class QuorumReader:
@@ -60,8 +71,12 @@ class QuorumReader:
         self._lookups = lookups
         self._calls = calls
 
-    async def get(self, key: str) -> Record | None:
+    async def get(self, key: str, *, strict: bool = False) -> Record | None:
         """The live record for ``key`` a quorum view believes, or None; repairs stale copies.
+
+        ``strict``: None only when a quorum of the replica set answered (holding nothing
+        live); a read that heard fewer is tried once more with a full lookup, then raises
+        :class:`NoQuorum`. Not strict: None for either.
 
         First the R nearest nodes this node already knows are asked (unresponsive ones left
         out), without a lookup; a record a quorum of them holds is the answer (no waiting for
@@ -72,8 +87,24 @@ class QuorumReader:
         read's quorum needs a node that is late to answer (dead, or one datagram lost), and
         whichever read reaches a verdict first answers.
         """
-        kid = key_id(key)
-        proof = self._calls.proof_for(key)  # what replicas of a shared overlay ask of us
+        kid, proof = key_id(key), self._calls.proof_for(key)
+        best, heard = await self._get(kid, proof)
+        if best is None and not heard and strict:
+            self._hooks.stats["get_retried"] += 1
+            fetches: dict[NodeId, _Fetch] = {}
+            try:
+                best, heard = await self._read_replica_set(kid, proof, fetches, hasty=False)
+            finally:
+                for task in fetches.values():
+                    task.cancel()
+            if best is None and not heard:
+                self._hooks.stats["get_no_quorum"] += 1
+                raise NoQuorum(f"too few replicas of {key!r} answered")
+        self._hooks.stats["get_found" if best else "get_missing"] += 1
+        return best
+
+    async def _get(self, kid: bytes, proof: bytes) -> tuple[Record | None, bool]:
+        """``get``'s reads: (the record, whether a quorum of the replica set was heard)."""
         await self._lookups.ensure_contacts()
         r = self.config.replicas
         # Unresponsive nodes are not counted on (see _read), nor asked: the nearest others are.
@@ -87,7 +118,8 @@ class QuorumReader:
         fast = self._hooks.spawn(
             self._read(known[:r], kid, proof, stalled=stalled, fetches=fetches)
         )
-        slow: asyncio.Task[Record | None] | None = None
+        slow: asyncio.Task[tuple[Record | None, bool]] | None = None
+        heard = True  # a record an agreed quorum holds is an answer
         try:
             waiter = self._hooks.spawn(stalled.wait())
             try:
@@ -100,31 +132,32 @@ class QuorumReader:
                 await asyncio.wait({fast, slow}, return_when=asyncio.FIRST_COMPLETED)
                 best = fast.result()[0] if fast.done() else None
                 if best is None:
-                    best = await slow
+                    best, heard = await slow
         finally:
             for task in (fast, slow, *fetches.values()):
                 if task is not None and not task.done():
                     task.cancel()
-        self._hooks.stats["get_found" if best else "get_missing"] += 1
-        return best
+        return best, heard
 
     async def _read_replica_set(
-        self, kid: bytes, proof: bytes, fetches: dict[NodeId, _Fetch]
-    ) -> Record | None:
-        """``get``'s read of the replica set a lookup finds (widened, repaired)."""
+        self, kid: bytes, proof: bytes, fetches: dict[NodeId, _Fetch], *, hasty: bool = True
+    ) -> tuple[Record | None, bool]:
+        """``get``'s read of the replica set a lookup finds (widened, repaired): the record,
+        and whether a quorum of the replica set answered."""
         r = self.config.replicas
-        # Unresponsive nodes are not asked, nor late ones waited for: this read would not
-        # wait for them either.
-        found = await self._lookups.lookup(kid, hasty=True)
+        # Hasty: unresponsive nodes are not asked, nor late ones waited for: this read would
+        # not wait for them either.
+        found = await self._lookups.lookup(kid, hasty=hasty)
         target = int.from_bytes(kid, "big")
         ordered = sorted(set(found) | {self.node_id}, key=lambda n: n.value ^ target)
         replicas = ordered[:r]
         best, held = await self._read(replicas, kid, proof, spares=ordered[r:], fetches=fetches)
+        heard = len(held) >= self.config.needed(len(replicas))  # this node alone: never
         if best is None and len(ordered) > len(replicas):
             self._hooks.stats["get_widened"] += 1
             best, _ = await self._read(ordered[len(replicas) :], kid, proof, fetches=fetches)
         self._plan_repairs(held, best)
-        return best
+        return best, heard or best is not None
 
     async def _read(
         self,

@@ -244,10 +244,13 @@ class DhtService:
         return total
 
     def counters(self) -> dict[str, int]:
-        """Our replica's store (:meth:`RecordStorage.counters`) and our RPCs (requests
-        served, retransmissions, timeouts), for status."""
+        """Our replica's store (:meth:`RecordStorage.counters`), our RPCs (requests
+        served, retransmissions, timeouts) and strict reads that heard too few replicas (read
+        again; then failed), for status."""
         return {
             **self.storage.counters(),
+            "get_retried": self.stats["get_retried"],
+            "get_no_quorum": self.stats["get_no_quorum"],
             **{
                 (k if k.startswith("rpc_") else f"rpc_{k}"): v
                 for k, v in self.protocol.counters.items()
@@ -310,10 +313,11 @@ class DhtService:
         finally:
             self.ops.record(op, outcome, self._loop.time() - start)
 
-    async def get(self, key: str) -> Record | None:
-        """The live record for ``key`` a quorum view believes, or None; repairs stale copies
-        (:meth:`QuorumReader.get <ipop.dht.read.QuorumReader.get>`)."""
-        return await self._timed("get", self.reader.get(key))
+    async def get(self, key: str, *, strict: bool = False) -> Record | None:
+        """The live record for ``key`` a quorum view believes, or None; repairs stale copies.
+        ``strict``: raise :class:`~ipop.dht.read.NoQuorum` rather than answer None when too
+        few replicas were heard (:meth:`QuorumReader.get <ipop.dht.read.QuorumReader.get>`)."""
+        return await self._timed("get", self.reader.get(key, strict=strict))
 
     async def put(self, key: str, value: bytes, ttl: float) -> bool:
         """Write our record; True iff a quorum of the replica set acknowledged it."""

@@ -69,7 +69,7 @@ class FakeDht:
         del self.records[key]
         return True
 
-    async def get(self, key: str) -> Record | None:
+    async def get(self, key: str, *, strict: bool = False) -> Record | None:
         await self._op("get")
         held = self.records.get(key)
         if held is None:

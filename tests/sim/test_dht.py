@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+from ipaddress import IPv4Network
 
 import pytest
 
 from ipop.dht.lookup import Lookups
+from ipop.dht.names import lookup_name
 from ipop.dht.protocol import kad_node
+from ipop.dht.read import NoQuorum
 from ipop.dht.record import Record, StoreOutcome, key_id
 from ipop.dht.service import DhtService
 from ipop.dht.wire import (
@@ -489,6 +492,41 @@ def test_a_key_nobody_holds_asks_each_node_once(seed: int) -> None:
         assert reader.stats["get_missing"] == 1
 
     run_cluster(body, n=40, seed=seed)
+
+
+def test_a_strict_read_that_hears_too_few_replicas_raises_rather_than_answer_absent() -> None:
+    """A reader whose fetches all go unanswered (it has just restarted into a ring whose
+    replicas are busy, or a path is cut) has not learned that a name is absent: a strict get
+    reads once more, then raises NoQuorum (DNS then answers SERVFAIL, which no resolver
+    caches; before, it answered None, an NXDOMAIN cached for seconds). A non-strict get keeps
+    answering None, and a quorum of replicas that answered "nothing" is an answer."""
+
+    async def body(c: DhtCluster) -> None:
+        writer = c.nodes[1]
+        assert await writer.put(K, b"one", 600)
+        reader = next(svc for svc in c.nodes if svc.storage.lookup(key_id(K)) is None)
+
+        def mute(src: NodeId, dst: NodeId, payload: bytes) -> bool:
+            return not (src == reader.node_id and payload[1 + MSG_ID_BYTES] == M_FETCH)
+
+        c.overlay.check = mute
+        assert await reader.get(K) is None
+        with pytest.raises(NoQuorum):
+            await reader.get(K, strict=True)
+        assert reader.stats["get_retried"] == 1 and reader.stats["get_no_quorum"] == 1
+        with pytest.raises(NoQuorum):
+            await lookup_name(reader, TESTNET_NS, "alice", IPv4Network("100.64.0.0/10"))
+        # Fetches reach a quorum again, of replicas that hold nothing: absent is an answer.
+        nobody = f"{TESTNET_NS}:user:nobody"
+        others = [p for p in await reader.replica_set(key_id(nobody)) if p != reader.node_id]
+        few = set(others[: len(others) // 2 - 1])  # fewer than a quorum can spare
+        c.overlay.check = lambda src, dst, p: (
+            not (src == reader.node_id and dst in few and p[1 + MSG_ID_BYTES] == M_FETCH)
+        )
+        assert await reader.get(nobody, strict=True) is None
+        assert reader.stats["get_no_quorum"] == 2  # the name's first read only
+
+    run_cluster(body, n=14, latency=0.005, jitter=0.002)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

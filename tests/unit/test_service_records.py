@@ -205,7 +205,7 @@ class _Reads:
     def node_id(self) -> NodeId:
         return self._owner
 
-    async def get(self, key: str) -> Record | None:
+    async def get(self, key: str, *, strict: bool = False) -> Record | None:
         return self.records.get(key)
 
     async def create(self, key: str, value: bytes, ttl: float) -> bool:

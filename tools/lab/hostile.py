@@ -42,6 +42,7 @@ from typing import Any
 
 from ipop.aio.daemon import Daemon, DaemonSettings
 from ipop.config import load_config
+from ipop.dht.read import NoQuorum
 from ipop.dht.record import Record, ip_key, key_id, name_key, namespace_of, user_key
 from ipop.identity import NetworkCA
 from ipop.overlay.messages import (
@@ -82,8 +83,11 @@ class Attacker:
         assert node is not None and node.dht is not None
         victims: list[tuple[str, IPv4Address, NodeId]] = []
         for name in self.args.victims:
-            vip = await d.resolve(name)
-            owner = None if vip is None else await d.lookup_owner(vip)
+            try:
+                vip = await d.resolve(name)
+                owner = None if vip is None else await d.lookup_owner(vip)
+            except NoQuorum:
+                continue
             if vip is not None and owner is not None:
                 victims.append((name, vip, owner))
         self.sent["victims_found"] = len(victims)
