@@ -444,7 +444,7 @@ class Daemon:
             time.process_time(),
         )
         assert self.address is not None  # a member's (run() claims only for members)
-        vip = await self.address.claim(node.dht)
+        vip = await self.address.claim(node.dht, hostname=self.bundle.hostname)
         await take_address(vip, self._serving(), self)
         if self.sides:
             self.tasks.spawn(self._claim_sides(vip))

@@ -408,7 +408,7 @@ class MemberSide:
         tell its replies apart: see :meth:`ipop.aio.tap.Tap.set_address`)."""
         node = self.node
         assert node is not None and node.dht is not None and self.dataplane is not None
-        vip = await self.address.claim(node.dht, avoid=avoid)
+        vip = await self.address.claim(node.dht, avoid=avoid, hostname=self.bundle.hostname)
         await take_address(vip, self.served, self)
         self.names = await self.address.name(node.dht, vip, self.bundle.hostname)
         self.vip = vip

@@ -89,9 +89,12 @@ async def allocate_ip(
     ttl: float = DHT_LEASE_TTL_S,
     attempts: int = ALLOC_ATTEMPTS,
     avoid: Collection[IPv4Address] = (),
+    pick: IPv4Address | None = None,
 ) -> IPv4Address:
     """Claim a free address of ``subnet`` under ``namespace``; raise :class:`AllocationFailed`.
-    ``avoid``: never these, free or not (a daemon's addresses in its other networks)."""
+    ``avoid``: never these, free or not (a daemon's addresses in its other networks).
+    ``pick``: the first random address to try (one try, as any pick): one the caller chose
+    beforehand with :func:`random_address`, e.g. to claim a name pointing at it meanwhile."""
     first, last = usable_range(subnet)
     tried: set[int] = {int(a) for a in avoid if first <= int(a) <= last}
     if preferred is not None and preferred in avoid:
@@ -108,14 +111,23 @@ async def allocate_ip(
     for _ in range(attempts):
         if len(tried) >= span:
             break
-        pick = first + rng.randrange(span)
-        while pick in tried:
-            pick = first + rng.randrange(span)
-        tried.add(pick)
-        addr = IPv4Address(pick)
-        if await dht.create(ip_key(namespace, addr), value, ttl):
-            return addr
+        if pick is None or int(pick) in tried or not is_usable(subnet, pick):
+            pick = random_address(subnet, rng, tried)
+        tried.add(int(pick))
+        if await dht.create(ip_key(namespace, pick), value, ttl):
+            return pick
+        pick = None
     raise AllocationFailed(f"no free address in {subnet} after {len(tried)} tries")
+
+
+def random_address(subnet: IPv4Network, rng: random.Random, tried: Collection[int]) -> IPv4Address:
+    """A usable address of ``subnet`` (uniform) not among ``tried`` (ints); ``subnet`` must
+    have one left."""
+    first, last = usable_range(subnet)
+    addr = first + rng.randrange(last - first + 1)
+    while addr in tried:
+        addr = first + rng.randrange(last - first + 1)
+    return IPv4Address(addr)
 
 
 async def _claim_preferred(dht: DhtLike, key: str, value: bytes, ttl: float) -> bool:

@@ -102,3 +102,65 @@ def test_a_saved_address_outside_the_subnet_or_garbage_is_not_offered(tmp_path: 
     assert keeper.saved() is None
     (tmp_path / "state.json").write_text("{not json")
     assert keeper.saved() is None
+
+
+def test_a_fresh_nodes_name_is_claimed_while_its_address_is(tmp_path: Path) -> None:
+    """Both creates are in flight at once (they took a cold start's 1-3 s one after the
+    other), the name pointing at the address tried first; no third create when it is granted."""
+    keeper, dht = _keeper(tmp_path), FakeDht(ME)
+
+    async def body() -> tuple[IPv4Address, list[str], int]:
+        dht.gate.clear()
+        claim = asyncio.ensure_future(keeper.claim(dht, hostname="alice"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        in_flight = dht.calls["create"]
+        dht.gate.set()
+        vip = await claim
+        names = await keeper.name(dht, vip, "alice")
+        await keeper.stop()
+        return vip, names, in_flight
+
+    vip, names, in_flight = run_virtual(body(), start=SIM_EPOCH)
+    assert in_flight == 2 and dht.calls["create"] == 2
+    assert names == [f"{c_name(vip)}.ipop", "alice.ipop"]
+    assert dht.records[name_key(NS, "alice")] == (ME, vip.packed)
+
+
+def _claim_named(keeper: AddressKeeper, dht: FakeDht) -> tuple[IPv4Address, list[str]]:
+    """Claim an address with the hostname "alice", then the names; stop."""
+
+    async def body() -> tuple[IPv4Address, list[str]]:
+        vip = await keeper.claim(dht, hostname="alice")
+        names = await keeper.name(dht, vip, "alice")
+        await keeper.stop()
+        return vip, names
+
+    return run_virtual(body(), start=SIM_EPOCH)
+
+
+class _FirstAddressTaken(FakeDht):
+    """The first address asked for is another node's by the time our create arrives."""
+
+    async def create(self, key: str, value: bytes, ttl: float) -> bool:
+        if ":ip:" in key and self.calls["create_ip"] == 0:
+            self.calls["create_ip"] += 1
+            self.hold(key, OTHER)
+        return await super().create(key, value, ttl)
+
+
+def test_a_name_claimed_for_an_address_we_did_not_get_is_moved_to_ours(tmp_path: Path) -> None:
+    keeper, dht = _keeper(tmp_path), _FirstAddressTaken(ME)
+
+    vip, names = _claim_named(keeper, dht)
+    assert [k for k, (owner, _) in dht.records.items() if owner == OTHER and ":ip:" in k]
+    assert names == [f"{c_name(vip)}.ipop", "alice.ipop"]
+    assert dht.records[name_key(NS, "alice")] == (ME, vip.packed)  # not the one we lost
+
+
+def test_an_early_name_claim_the_forming_dht_refused_is_made_again(tmp_path: Path) -> None:
+    keeper, dht = _keeper(tmp_path), _Converging(ME, ready_at=SIM_EPOCH + 5)
+
+    vip, names = _claim_named(keeper, dht)
+    assert names == [f"{c_name(vip)}.ipop", "alice.ipop"]
+    assert dht.records[name_key(NS, "alice")] == (ME, vip.packed)
