@@ -52,16 +52,23 @@ import collections
 import math
 import operator
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
 from ipop import timing
 from ipop.errors import LocalProtocolError
-from ipop.fallback import RoamFallback, Session
+from ipop.fallback import RoamFallback, Session, SilentPaths
 from ipop.identity import CertificateError, NodeIdentity, VerifiedCrl
 from ipop.journal import Journal
-from ipop.link.events import LinkDown, LinkInfo, LinkMessage, LinkPathChanged, LinkUp
+from ipop.link.events import (
+    LinkDown,
+    LinkInfo,
+    LinkMessage,
+    LinkPathChanged,
+    LinkPathSilent,
+    LinkUp,
+)
 from ipop.link.layer import LinkConfig, LinkLayer
 from ipop.link.pmtu import MAX_DATAGRAM, PROBE_TAG, RELAY_OVERHEAD
 from ipop.nat.mapping import MappingCheck, Observer
@@ -196,6 +203,7 @@ class NodeCore:
         # The keeper's own dict (never rebound): the packet paths mark data without a call.
         self._shortcut_used = self.shortcut_keeper.used
         self.fallback = RoamFallback()
+        self.silent_paths = SilentPaths()
         self.mapping = MappingCheck()
         # The last handle_timer: a gap past timing.WAKE_GAP_S means we did not run (_woke).
         self._last_timer = math.inf
@@ -678,6 +686,8 @@ class NodeCore:
             self.routes.send_due(now)
         if self.fallback.due is not None and now >= self.fallback.due:
             self._relay_fallbacks(now)
+        if self.silent_paths.due is not None and now >= self.silent_paths.due:
+            self._silent_path_fallbacks(now)
         if self.mapping.ready(now):
             self._check_mapping(now)
         self.shortcut_keeper.expire(now)
@@ -732,6 +742,7 @@ class NodeCore:
             self.birthday.get_timer(),
             self.routes.next_time(),
             self.fallback.due,
+            self.silent_paths.due,
             self.mapping.due(),
         ):
             if t is not None and (due is None or t < due):
@@ -792,6 +803,7 @@ class NodeCore:
         self.birthday.roamed()
         self.shortcut_keeper.roamed()
         self.fallback.roamed(reason, now=now)
+        self.silent_paths.roamed()
 
     def _woke(self, now: float) -> None:
         """Our timers (due at least every overlay tick) did not run for WAKE_GAP_S: the process
@@ -806,17 +818,23 @@ class NodeCore:
     def _relay_fallbacks(self, now: float) -> None:
         """Key every direct session silent since the roam through a relay (:mod:`ipop.fallback`
         says which, and through whom)."""
-        link, joined = self.link, self.birthday.joined
-        plan = self.fallback.plan(
-            (
-                Session(i.peer, i.path, link.last_heard(i.peer), joined(i.peer))
-                for i in link.peers()
-            ),
-            now=now,
-        )
+        plan = self.fallback.plan(self._sessions(), now=now)
         for peer in plan.silent:
             if self.overlay.relay_fallback(peer, relays=plan.relays, now=now):
                 self.stats["roam_relay_fallbacks"] += 1
+
+    def _sessions(self) -> Iterator[Session]:
+        link, joined = self.link, self.birthday.joined
+        return (
+            Session(i.peer, i.path, link.last_heard(i.peer), joined(i.peer)) for i in link.peers()
+        )
+
+    def _silent_path_fallbacks(self, now: float) -> None:
+        """Key each direct session whose path fell silent through a relay (not a roam of ours:
+        :class:`ipop.fallback.SilentPaths`); traffic then asks for a direct shortcut anew."""
+        for peer in self.silent_paths.plan(self._sessions(), now=now):
+            if self.overlay.relay_fallback(peer, now=now):
+                self.stats["silent_path_relay_fallbacks"] += 1
 
     def _check_mapping(self, now: float) -> None:
         """Behind a NAT, ask one peer outside it where it sees us (:mod:`ipop.nat.mapping`)."""
@@ -884,6 +902,9 @@ class NodeCore:
                 if type(lev) is LinkMessage and lev.payload[:1] == _CRL_TAG:
                     self._on_crl(lev.peer, lev.payload, now)
                     continue
+                if type(lev) is LinkPathSilent:
+                    self.silent_paths.noted(lev.peer, now=now)
+                    continue
                 if type(lev) is LinkUp:
                     self.journal.link_up(lev.peer, lev.path, now=now)
                 elif type(lev) is LinkPathChanged:
@@ -899,6 +920,7 @@ class NodeCore:
                     self.revocation.link_down(lev.peer)
                     self.network_crls.link_down(lev.peer)
                     self.birthday.unlinked(lev.peer)
+                    self.silent_paths.forget(lev.peer)
                 overlay.on_link_event(lev, now=now)
             for data, path in link.datagrams_to_send(now=now):
                 if isinstance(path, RelayPath):

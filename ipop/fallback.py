@@ -1,4 +1,5 @@
-"""Relay fallback after we roam: which direct sessions go through a relay, through whom, when.
+"""Relay fallback: which direct sessions go through a relay, through whom, when: after we
+roam (:class:`RoamFallback`), and when one session's path falls silent (:class:`SilentPaths`).
 
 After a roam (a new underlay address, our NAT rebinding, a wake-up) most peers hear the
 re-key from our new mapping within a round trip. A peer whose NAT admits only our old
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 
 from ipop import timing
 from ipop.types import NodeId, Path, SocketPath, is_direct
+
+__all__ = ["FallbackPlan", "RoamFallback", "Session", "SilentPaths"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +105,59 @@ class RoamFallback:
         ):
             self._due = now + timing.ROAM_RELAY_CHECK_S
         return FallbackPlan(tuple(silent), frozenset(relays))
+
+
+class SilentPaths:
+    """Direct sessions whose path fell silent (:class:`ipop.link.events.LinkPathSilent`: two
+    echoes unanswered, nothing else heard), to key through a relay.
+
+    Each is looked at ``timing.SILENT_PATH_RELAY_AFTER_S`` after it was noted: by then the
+    witnesses asked at the first unanswered echo have said whether our NAT rebound, and if it
+    did, the roam's own fallback (:class:`RoamFallback`) decides instead (:meth:`roamed`
+    forgets every noted session). A session heard from since, or no longer direct, is left
+    alone. Bounds: one entry per session (:meth:`forget` runs with its link); the relay
+    fallback itself is tried once per peer per ``ROAM_RELAY_RETRY_S``. Pure: NodeCore feeds
+    it and applies what :meth:`plan` returns.
+    """
+
+    def __init__(self) -> None:
+        self._noted: dict[NodeId, float] = {}
+        self._due: float | None = None
+
+    @property
+    def due(self) -> float | None:
+        """When :meth:`plan` should run next, or None when nothing is noted."""
+        return self._due
+
+    def noted(self, peer: NodeId, *, now: float) -> None:
+        """``peer``'s direct path fell silent at ``now``."""
+        if peer not in self._noted:
+            self._noted[peer] = now
+            self._reschedule()
+
+    def forget(self, peer: NodeId) -> None:
+        """``peer``'s link is gone."""
+        if self._noted.pop(peer, None) is not None:
+            self._reschedule()
+
+    def roamed(self) -> None:
+        """We roamed: the roam's fallback looks at every silent session now."""
+        self._noted.clear()
+        self._due = None
+
+    def plan(self, sessions: Iterable[Session], *, now: float) -> list[NodeId]:
+        """The sessions noted long enough ago that are still direct and silent since."""
+        after = timing.SILENT_PATH_RELAY_AFTER_S
+        ripe = {p: t for p, t in self._noted.items() if now >= t + after}
+        for peer in ripe:
+            del self._noted[peer]
+        self._reschedule()
+        return [
+            s.peer
+            for s in sessions
+            if s.peer in ripe and is_direct(s.path) and (s.heard is None or s.heard < ripe[s.peer])
+        ]
+
+    def _reschedule(self) -> None:
+        first = min(self._noted.values(), default=None)
+        self._due = None if first is None else first + timing.SILENT_PATH_RELAY_AFTER_S

@@ -414,6 +414,10 @@ REBIND_RELAY_ALL_AFTER_S = 4.0
 # well before the link timeout, past which the overlay reconnects anyway.
 ROAM_RELAY_CHECK_S = 1.0
 ROAM_FALLBACK_WINDOW_S = 20.0
+# A direct session whose path fell silent (two echoes unanswered, ipop.link.rebind) is keyed
+# through a relay this long after: the witnesses asked at its first unanswered echo have
+# answered by then (2 x REBIND_ECHO_WAIT_S), and a rebinding of our NAT is a roam's to handle.
+SILENT_PATH_RELAY_AFTER_S = 0.5
 # One relay fallback per peer per this long: a relay that cannot reach the peer either is not
 # retried at every roam of a restless host.
 ROAM_RELAY_RETRY_S = 10.0

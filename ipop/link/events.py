@@ -23,6 +23,7 @@ __all__ = [
     "LinkMessage",
     "LinkPathChanged",
     "LinkPathDisplaced",
+    "LinkPathSilent",
     "LinkUp",
     "ObservedEndpoint",
     "link_message",
@@ -106,6 +107,18 @@ class LinkPathDisplaced:
     path: Endpoint
 
 
+@dataclass(frozen=True, slots=True)
+class LinkPathSilent:
+    """Two echoes in a row over the up session with ``peer`` on the direct ``path`` went
+    unanswered while nothing else came back: the path delivers nothing now (a NAT or a
+    firewall on the way lost or dropped the flow). Whether our own NAT rebound is the
+    witnesses' to say (ObservedEndpoint); if not, the node keys ``peer`` through a relay
+    (:class:`ipop.fallback.SilentPaths`)."""
+
+    peer: NodeId
+    path: Path
+
+
 # A frozen slots dataclass's __init__ sets each field through object.__setattr__: 1.8 µs for
 # LinkMessage here, more than the AEAD itself. The receive hot path fills the slots through
 # their member descriptors instead (0.7 µs); the result is an ordinary, equal, frozen instance.
@@ -140,6 +153,7 @@ LinkEvent = (
     | ObservedEndpoint
     | LinkPathChanged
     | LinkPathDisplaced
+    | LinkPathSilent
 )
 
 

@@ -37,6 +37,7 @@ class Peer:
         "due_seq",
         "echo_at",
         "echo_id",
+        "echo_misses",
         "echo_witness",
         "established_at",
         "last_rx",
@@ -110,6 +111,9 @@ class Peer:
         self.echo_id: int | None = None
         self.echo_at = -_INF
         self.echo_witness = False
+        # Our echoes in a row that went unanswered, nothing else heard since (two: the path
+        # is silent, LinkPathSilent).
+        self.echo_misses = 0
         self.rekeys = 0
         self.rekeyed_stale_at = -_INF
         # (since, until) while peer_unlinked checks whether the peer still holds the session.

@@ -16,8 +16,8 @@ last spoke), and the *seen* a session sends when it follows its peer to a new po
 
 Counted in the layer's ``stats``: ``echo_sent``, ``echo_answered``, ``echo_unanswered``,
 ``echo_witness_sent``, ``echo_left_path`` (of ``echo_sent``: :meth:`Rebinding.relayed`),
-``echo_late``, ``rebind_suspected``, ``seen_received``, ``seen_refused``; a malformed echo
-is a ``bad_probe`` drop.
+``echo_late``, ``rebind_suspected``, ``seen_received``, ``seen_refused``, ``echo_retried``
+and ``path_silent`` (:meth:`Rebinding.due`); a malformed echo is a ``bad_probe`` drop.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Final
 
 from ipop import timing
 from ipop.link import echo
-from ipop.link.events import ObservedEndpoint
+from ipop.link.events import LinkPathSilent, ObservedEndpoint
 from ipop.link.peer import LinkPart, Peer, Shared
 from ipop.types import Endpoint, Path, SocketPath, is_direct
 
@@ -59,16 +59,35 @@ class Rebinding(LinkPart):
             st.watched = True
 
     def due(self, st: Peer, now: float) -> None:
-        """``st``'s deadline fired: time out its outstanding echo (and, for a link that was not
-        itself a witness, ask witnesses), or send the echo that is due."""
+        """``st``'s deadline fired: time out its outstanding echo (for a link that was not
+        itself a witness: :meth:`_unanswered`), or send the echo that is due."""
         if st.echo_id is not None:
             if now >= st.echo_at + _REBIND_ECHO_WAIT:
                 st.echo_id = None
                 self.stats["echo_unanswered"] += 1
                 if not st.echo_witness:
-                    self._ask_witnesses(st, now)
+                    self._unanswered(st, now)
         elif now >= self.deadline(st):
             self._send_echo(st, now, witness=False)
+
+    def _unanswered(self, st: Peer, now: float) -> None:
+        """An echo over ``st``'s silent link went unanswered. The first time: ask witnesses
+        (our NAT may have rebound) and echo once more (one lost datagram is no silence). The
+        second in a row, nothing heard since: the direct path delivers nothing now
+        (LinkPathSilent). Why: a path can die without our NAT rebinding, e.g. a NAT shared
+        with other hosts gave our flow toward one peer another port after a flush while every
+        witness still saw us where it did, and the pair stayed cut off, each end sending into
+        the dead path, until the link timed out (50 s; the soak's nat_flush of a NAT with three
+        hosts behind it)."""
+        st.echo_misses += 1
+        if st.echo_misses == 1:
+            self._ask_witnesses(st, now)
+            if st.up and is_direct(st.path):
+                self.stats["echo_retried"] += 1
+                self._send_echo(st, now, witness=False)
+        elif st.echo_misses == 2 and st.up and is_direct(st.path):
+            self.stats["path_silent"] += 1
+            self._events.append(LinkPathSilent(st.node_id, st.path))
 
     def ask(self, st: Peer, now: float) -> bool:
         """Echo ``st`` now, unasked by its silence (:meth:`ipop.link.layer.LinkLayer.echo`);
@@ -84,6 +103,7 @@ class Rebinding(LinkPart):
         gap = now - st.last_rx
         st.last_rx = now
         st.tx_first = _INF
+        st.echo_misses = 0
         st.rx_gap = gap
         if gap > _REBIND_QUIET:
             st.rx_streak = 0

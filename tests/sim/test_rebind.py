@@ -144,7 +144,12 @@ def test_a_port_guessed_pair_resumes_within_4s_after_a_nat_flush(flushed: str) -
             resumed = min(t for t in answered if t > flushed_at) - flushed_at
             print(f"{flushed} flushed: traffic resumed after {resumed:.2f} s")
             assert resumed <= GUESSED_RESUME_WITHIN_S, f"traffic resumed after {resumed:.2f} s"
-            assert a.core.stats["roam_relay_fallbacks"] >= 1
+            # Keyed through a relay: after the rebinding a notices, or as a path that fell
+            # silent, at either end (the pinging one is often first: 2.2 -> 1.2 s here).
+            fallbacks = a.core.stats["roam_relay_fallbacks"] + sum(
+                n.core.stats["silent_path_relay_fallbacks"] for n in (a, b)
+            )
+            assert fallbacks >= 1
             await _keeps_flowing(answered, flushed_at + resumed)
         finally:
             await _stop([task], nodes)

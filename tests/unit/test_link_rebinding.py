@@ -12,7 +12,7 @@ import pytest
 from ipop import timing
 from ipop.link import echo
 from ipop.link.config import LINK_DROP_REASONS
-from ipop.link.events import ObservedEndpoint
+from ipop.link.events import LinkPathSilent, ObservedEndpoint
 from ipop.link.keys import Keypair
 from ipop.link.peer import Peer
 from ipop.link.pmtu import PROBE_TAG, ack_payload, probe_payload
@@ -115,8 +115,9 @@ def test_an_unanswered_echo_asks_witnesses_and_their_answer_is_news() -> None:
     assert f.rb.deadline(silent) == t + WAIT
     f.rb.due(silent, t + WAIT)
     assert f.stats["echo_unanswered"] == 1 and f.stats["rebind_suspected"] == 1
-    ((asked, to),) = f.take()
+    (asked, to), (_, again) = f.take()  # the witness asked, the silent peer echoed once more
     assert to == witness.path and f.stats["echo_witness_sent"] == 1
+    assert again == silent.path and f.stats["echo_retried"] == 1
     parsed = echo.parse(asked)
     assert parsed is not None and witness.echo_id == parsed[1]
     # The witness sees us at a new port: our NAT rebound.
@@ -127,6 +128,38 @@ def test_an_unanswered_echo_asks_witnesses_and_their_answer_is_news() -> None:
     (ev,) = f.events
     assert ev == ObservedEndpoint(moved, witness.node_id, True)
     assert witness.echo_id is None and witness.observed == moved
+
+
+def test_two_unanswered_echoes_in_a_row_say_the_path_is_silent() -> None:
+    """The second echo unanswered, nothing heard since: LinkPathSilent (the node keys the
+    peer through a relay). Anything heard in between starts the count again: one lost echo
+    on a live path is no silence. A witness's unanswered echo says nothing of its path."""
+    f = Fixture()
+    silent = f.peer(0, Endpoint("203.0.113.2", 5800))
+    witness = f.peer(1, Endpoint("203.0.113.3", 5800))
+    f.rb.watch(silent)
+    silent.observed = ME_SEEN
+    t = busy(f, silent, NOW) + QUIET
+    f.rb.due(silent, t)
+    f.rb.due(silent, t + WAIT)  # the first echo unanswered: a witness asked, one more echo
+    assert silent.echo_misses == 1 and silent.echo_id is not None and not f.events
+    f.rb.due(witness, t + 2 * WAIT)  # the witness does not answer either
+    f.rb.due(silent, t + 2 * WAIT)
+    assert list(f.events) == [LinkPathSilent(silent.node_id, silent.path)]
+    assert f.stats["path_silent"] == 1
+    f.rb.due(silent, t + 3 * WAIT)  # no third echo, no second event for this silence
+    assert list(f.events) == [LinkPathSilent(silent.node_id, silent.path)]
+    assert silent.echo_id is None
+    # Heard again: a later silence starts its count afresh.
+    f.events.clear()
+    f.take()
+    f.rb.heard(silent, t + 4 * WAIT)
+    assert silent.echo_misses == 0
+    t2 = busy(f, silent, t + 4 * WAIT) + QUIET
+    f.rb.due(silent, t2)
+    f.rb.due(silent, t2 + WAIT)
+    f.rb.heard(silent, t2 + WAIT + 0.1)  # the retry's answer (any DATA) came
+    assert silent.echo_misses == 0 and not f.events
 
 
 def test_an_echo_is_answered_with_where_it_came_from_and_a_late_ack_is_counted() -> None:
@@ -193,8 +226,11 @@ def test_ask_echoes_an_idle_main_socket_session_once_at_a_time() -> None:
     sent = f.take()
     assert len(sent) == 1 and echo.parse(sent[0][0]) == (echo.ECHO, idle.echo_id, None)
     assert not f.rb.ask(idle, NOW + 0.1)  # one out already
-    f.rb.due(idle, NOW + WAIT)  # unanswered: witnesses asked, and it may be asked again
-    assert idle.echo_id is None
+    f.rb.due(idle, NOW + WAIT)  # unanswered: witnesses asked, and one more echo
+    assert idle.echo_id is not None and f.stats["echo_retried"] == 1
+    f.rb.due(idle, NOW + 2 * WAIT)  # that one too: the path is silent; it may be asked again
+    assert idle.echo_id is None and list(f.events) == [LinkPathSilent(idle.node_id, idle.path)]
+    assert f.rb.ask(idle, NOW + 2 * WAIT)
     relayed = f.peer(1, RelayPath(f.ids[2].node_id, f.ids[1].node_id))
     assert not f.rb.ask(relayed, NOW)  # no mapping of ours to check on a relayed path
     assert not off.rb.ask(off.peer(0, Endpoint("203.0.113.2", 5800)), NOW)
