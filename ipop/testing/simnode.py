@@ -24,7 +24,7 @@ from ipop.testing.identities import seeded_identity
 from ipop.testing.netsim import Host
 from ipop.types import Endpoint, is_direct
 
-__all__ = ["PORT", "direct_both_ways", "pinger", "start_nodes"]
+__all__ = ["PORT", "direct_both_ways", "pinger", "start_nodes", "stop_all"]
 
 PORT = 5800
 
@@ -101,3 +101,13 @@ def direct_both_ways(a: Node, b: Node) -> bool:
     """Are ``a``'s session with ``b`` and ``b``'s with ``a`` both up on direct paths?"""
     pa, pb = a.core.link.path_of(b.node_id), b.core.link.path_of(a.node_id)
     return pa is not None and pb is not None and is_direct(pa) and is_direct(pb)
+
+
+async def stop_all(tasks: Sequence[asyncio.Task[None] | None], nodes: Sequence[Node]) -> None:
+    """A scenario's teardown: cancel its tasks (pingers; None: not started) and close its
+    nodes."""
+    running = [t for t in tasks if t is not None]
+    for t in running:
+        t.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    await asyncio.gather(*(n.close() for n in nodes))

@@ -27,7 +27,7 @@ from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.nat import NAT_KINDS, PortAllocation
 from ipop.testing.netsim import NatBox, Network
-from ipop.testing.simnode import PORT, direct_both_ways, pinger, start_nodes
+from ipop.testing.simnode import PORT, direct_both_ways, pinger, start_nodes, stop_all
 from ipop.testing.waiting import until
 from ipop.types import Endpoint
 
@@ -55,14 +55,6 @@ async def _keeps_flowing(answered: list[float], since: float) -> None:
     await asyncio.sleep(5)
     late = [t for t in answered if since < t <= since + 4.5]
     assert len(late) >= 0.9 * 4.5 / PING_EVERY_S
-
-
-async def _stop(pingers: list[asyncio.Task[None] | None], nodes: list[Node]) -> None:
-    running = [t for t in pingers if t is not None]
-    for t in running:
-        t.cancel()
-    await asyncio.gather(*running, return_exceptions=True)
-    await asyncio.gather(*(n.close() for n in nodes))
 
 
 @pytest.mark.parametrize("pinging", ["a", "b"])
@@ -105,7 +97,7 @@ def test_traffic_resumes_direct_within_2s_after_the_nat_flushes_its_mappings(
             assert b.core.overlay.stats["near_silent_closed"] == 0
             assert a.core.overlay.stats["near_silent_closed"] == 0
         finally:
-            await _stop([task], nodes)
+            await stop_all([task], nodes)
 
     run_virtual(body(), start=SIM_EPOCH)
 
@@ -152,7 +144,7 @@ def test_a_port_guessed_pair_resumes_within_4s_after_a_nat_flush(flushed: str) -
             assert fallbacks >= 1
             await _keeps_flowing(answered, flushed_at + resumed)
         finally:
-            await _stop([task], nodes)
+            await stop_all([task], nodes)
 
     run_virtual(body(), start=SIM_EPOCH)
 
@@ -214,7 +206,7 @@ def test_an_idle_host_is_reachable_within_3s_after_its_nat_flushes() -> None:
                 task = None
             assert a.core.stats["mapping_checks"] >= 1
         finally:
-            await _stop([task], nodes)
+            await stop_all([task], nodes)
 
     run_virtual(body(), start=SIM_EPOCH)
 
@@ -288,7 +280,7 @@ def test_a_host_whose_port_its_neighbour_took_after_the_flush_is_direct_again(
             assert isinstance(path, Endpoint) and path.host == shared.public_ip
             assert path.port != PORT
         finally:
-            await _stop(tasks, nodes)
+            await stop_all(tasks, nodes)
 
     run_virtual(body(), start=SIM_EPOCH)
 
@@ -366,6 +358,6 @@ def test_a_host_that_keeps_its_port_toward_one_peer_but_not_another_is_direct_ag
                 c.core.link.path_of(b.node_id),
             )
         finally:
-            await _stop(tasks, nodes)
+            await stop_all(tasks, nodes)
 
     run_virtual(body(), start=SIM_EPOCH)

@@ -15,7 +15,7 @@ from ipop.aio.stack import Node
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Network
-from ipop.testing.simnode import pinger, start_nodes
+from ipop.testing.simnode import pinger, start_nodes, stop_all
 from ipop.testing.waiting import until
 from ipop.types import RelayPath
 
@@ -69,9 +69,6 @@ def test_a_relayed_pair_moves_to_another_relay_within_2s_after_its_relay_dies(
                 now_path = _relay_of(x, y)
                 assert now_path is not None and now_path.via != victim.node_id, now_path
         finally:
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-            await asyncio.gather(*(n.close() for n in nodes))
+            await stop_all([task], nodes)
 
     run_virtual(body(), start=SIM_EPOCH)

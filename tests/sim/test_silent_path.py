@@ -19,7 +19,7 @@ from ipop.aio.stack import Node
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Host, Network
-from ipop.testing.simnode import direct_both_ways, pinger, start_nodes
+from ipop.testing.simnode import direct_both_ways, pinger, start_nodes, stop_all
 from ipop.testing.waiting import until
 from ipop.types import RelayPath
 
@@ -99,9 +99,6 @@ def test_a_direct_path_that_goes_silent_is_relayed_within_seconds(traffic: str) 
             assert stats >= 1
             assert a.core.overlay.is_linked(b.node_id) and b.core.overlay.is_linked(a.node_id)
         finally:
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-            await asyncio.gather(*(n.close() for n in nodes))
+            await stop_all([task], nodes)
 
     run_virtual(body(), start=SIM_EPOCH)

@@ -100,14 +100,21 @@ def test_deadline_only_for_watched_direct_links() -> None:
     assert f.rb.deadline(direct) == direct.last_rx + QUIET
 
 
-def test_an_unanswered_echo_asks_witnesses_and_their_answer_is_news() -> None:
-    f = Fixture()
+def silent_and_witness(f: Fixture) -> tuple[Peer, Peer, float]:
+    """A watched busy peer that fell silent (its echo due at the time returned; sent), and
+    another direct peer to witness."""
     silent = f.peer(0, Endpoint("203.0.113.2", 5800))
     witness = f.peer(1, Endpoint("203.0.113.3", 5800))
     f.rb.watch(silent)
     silent.observed = ME_SEEN
     t = busy(f, silent, NOW) + QUIET
     f.rb.due(silent, t)
+    return silent, witness, t
+
+
+def test_an_unanswered_echo_asks_witnesses_and_their_answer_is_news() -> None:
+    f = Fixture()
+    silent, witness, t = silent_and_witness(f)
     ((payload, to),) = f.take()
     assert to == silent.path and f.stats["echo_sent"] == 1
     parsed = echo.parse(payload)
@@ -135,12 +142,7 @@ def test_two_unanswered_echoes_in_a_row_say_the_path_is_silent() -> None:
     peer through a relay). Anything heard in between starts the count again: one lost echo
     on a live path is no silence. A witness's unanswered echo says nothing of its path."""
     f = Fixture()
-    silent = f.peer(0, Endpoint("203.0.113.2", 5800))
-    witness = f.peer(1, Endpoint("203.0.113.3", 5800))
-    f.rb.watch(silent)
-    silent.observed = ME_SEEN
-    t = busy(f, silent, NOW) + QUIET
-    f.rb.due(silent, t)
+    silent, witness, t = silent_and_witness(f)
     f.rb.due(silent, t + WAIT)  # the first echo unanswered: a witness asked, one more echo
     assert silent.echo_misses == 1 and silent.echo_id is not None and not f.events
     f.rb.due(witness, t + 2 * WAIT)  # the witness does not answer either
