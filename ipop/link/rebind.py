@@ -131,14 +131,17 @@ class Rebinding(LinkPart):
         ``REBIND_QUIET_S`` after the last packet of a busy peer (``REBIND_BUSY_PACKETS`` in a
         row, each within ``REBIND_QUIET_S`` of the one before), or after our first message
         since its last packet (nothing at all came back); at once for a busy peer that never
-        told us where it sees us (the answer is what a later one is compared with)."""
+        told us where it sees us (the answer is what a later one is compared with; not over a
+        punching socket, whose answers never tell: each answer, heard within the quiet gap,
+        kept the peer busy and asked for the next echo at once)."""
         if st.echo_id is not None:
             return st.echo_at + _REBIND_ECHO_WAIT
         if st.echo_at >= st.last_rx or not st.watched or not is_direct(st.path):
             return _INF
         t = _INF
         if st.rx_streak >= _REBIND_BUSY:
-            t = st.last_rx if st.observed is None else st.last_rx + _REBIND_QUIET
+            unseen = st.observed is None and type(st.path) is Endpoint
+            t = st.last_rx if unseen else st.last_rx + _REBIND_QUIET
         if st.tx_first >= st.last_rx:
             t = min(t, st.tx_first + _REBIND_QUIET)
         return t
@@ -216,7 +219,14 @@ class Rebinding(LinkPart):
         if observed is None:
             return  # parse() gives an endpoint for every ack and seen
         if type(path) is SocketPath:
-            return  # a punching socket's mapping, not our main socket's (see Handshakes._install)
+            # A punching socket's mapping, not our main socket's (see Handshakes._install): no
+            # news of where we are, but our echo was answered. Left outstanding, every echo
+            # of a port-guessed session timed out as unanswered and asked witnesses (two in
+            # three of a symmetric-NAT host's echoes in a 10-minute soak).
+            if kind == echo.ECHO_ACK and echo_id == st.echo_id:
+                st.echo_id = None
+                self._touch(st)
+            return
         old = st.observed
         if kind == echo.SEEN:
             # Unasked, but the peer's own observation of our authenticated DATA, as a Resp's

@@ -21,7 +21,7 @@ from ipop.link.rebind import Rebinding
 from ipop.testing.clock import SIM_EPOCH
 from ipop.testing.identities import make_identity, make_network
 from ipop.testing.link_parts import SharedRecorder
-from ipop.types import Endpoint, NodeId, Path, RelayPath
+from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath
 
 NOW = SIM_EPOCH
 QUIET = timing.REBIND_QUIET_S
@@ -162,6 +162,44 @@ def test_two_unanswered_echoes_in_a_row_say_the_path_is_silent() -> None:
     f.rb.due(silent, t2 + WAIT)
     f.rb.heard(silent, t2 + WAIT + 0.1)  # the retry's answer (any DATA) came
     assert silent.echo_misses == 0 and not f.events
+
+
+def test_an_echo_answered_over_a_punching_socket_is_answered_but_no_news() -> None:
+    """A port-guessed session runs over one of our punching sockets: its echo's answer says
+    where that socket's mapping is seen, not our main socket's, so it is no ObservedEndpoint;
+    but the echo was answered. Before, it stayed outstanding and timed out as unanswered,
+    asking witnesses every time (and now it would have echoed again, then called the path
+    silent)."""
+    f = Fixture()
+    guessed = f.peer(0, SocketPath(3, Endpoint("203.0.113.2", 40123)))
+    witness = f.peer(1, Endpoint("203.0.113.3", 5800))
+    f.rb.watch(guessed)
+    guessed.observed = ME_SEEN
+    t = busy(f, guessed, NOW) + QUIET
+    f.rb.due(guessed, t)
+    ((payload, to),) = f.take()
+    parsed = echo.parse(payload)
+    assert to == guessed.path and parsed is not None and guessed.echo_id == parsed[1]
+    ack = echo.ack_payload(parsed[1], Endpoint("198.51.100.1", 61000))
+    assert ack is not None
+    f.rb.on_echo(guessed, ack, guessed.path, t + 0.01)
+    assert guessed.echo_id is None and guessed.observed == ME_SEEN and not f.events
+    f.rb.due(guessed, t + WAIT)
+    assert f.stats["echo_unanswered"] == 0 and f.stats["rebind_suspected"] == 0
+    assert not f.take() and witness.echo_id is None
+
+
+def test_a_busy_port_guessed_session_is_echoed_after_its_quiet_not_at_once() -> None:
+    """Over a punching socket no answer tells us where we are seen (``observed`` stays
+    None), so the "at once" echo of a busy peer never told us would follow every answer:
+    each answer, heard within the quiet gap, kept the peer busy (400 echoes a second from
+    a symmetric-NAT host in a soak). Its echo waits for the quiet, as any told peer's."""
+    f = Fixture()
+    guessed = f.peer(0, SocketPath(3, Endpoint("203.0.113.2", 40123)))
+    f.rb.watch(guessed)
+    last = busy(f, guessed, NOW)
+    assert guessed.observed is None
+    assert f.rb.deadline(guessed) == last + QUIET
 
 
 def test_an_echo_is_answered_with_where_it_came_from_and_a_late_ack_is_counted() -> None:
