@@ -903,6 +903,7 @@ class NodeCore:
                     self._on_crl(lev.peer, lev.payload, now)
                     continue
                 if type(lev) is LinkPathSilent:
+                    self.journal.path_silent(lev.peer, lev.path, now=now)
                     self.silent_paths.noted(lev.peer, now=now)
                     continue
                 if type(lev) is LinkUp:

@@ -7,7 +7,8 @@ them and logs one ``event=<name> peer=<id> key=value ...`` line each.
 Levels keep logs quiet by default: a note is ``rare`` (logged at info) only for a first link
 to a peer this node never linked to before, a path becoming direct or relayed, a link lost
 to revocation, and a port-guessing run that ended in a direct path; everything else (links
-coming back, links closing, roaming between endpoints, punching started) is debug.
+coming back, links closing, roaming between endpoints, punching started, a direct path gone
+silent) is debug.
 
 Bounds: at most :data:`MAX_NOTES` notes wait (the oldest are dropped and counted in
 ``dropped``: an adapter that stopped draining must not grow the core); the peers ever linked
@@ -30,7 +31,7 @@ MAX_NOTES = 1024
 MAX_KNOWN = 4096
 # Every event name a note may carry (what a log reader can grep for).
 NOTE_EVENTS: Final = frozenset(
-    {"link_up", "link_down", "path_changed", "punch_started", "punch_linked"}
+    {"link_up", "link_down", "path_changed", "path_silent", "punch_started", "punch_linked"}
 )
 
 
@@ -114,3 +115,8 @@ class Journal:
 
     def punch_linked(self, peer: NodeId, path: Path, *, now: float) -> None:
         self._add(Note(now, "punch_linked", peer, (("at", describe_path(path)[1]),), rare=True))
+
+    def path_silent(self, peer: NodeId, path: Path, *, now: float) -> None:
+        """Two echoes over ``path`` went unanswered (ipop.fallback.SilentPaths then keys the
+        peer through a relay: the path_changed that follows says where)."""
+        self._add(Note(now, "path_silent", peer, (("at", describe_path(path)[1]),), rare=False))

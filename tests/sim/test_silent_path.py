@@ -97,6 +97,9 @@ def test_a_direct_path_that_goes_silent_is_relayed_within_seconds(traffic: str) 
             stats = a.core.stats["silent_path_relay_fallbacks"]
             stats += b.core.stats["silent_path_relay_fallbacks"]
             assert stats >= 1
+            # Said in the logs (debug): which path fell silent.
+            notes = [n for node in (a, b) for n in node.core.journal.drain()]
+            assert any(n.event == "path_silent" and not n.rare for n in notes), notes
             assert a.core.overlay.is_linked(b.node_id) and b.core.overlay.is_linked(a.node_id)
         finally:
             await stop_all([task], nodes)
