@@ -37,12 +37,14 @@ class TaskSet:
     ) -> None:
         self._on_failure = on_failure
         self._loop = loop  # None: the loop running when a task is spawned
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # A dict, not a set: close() cancels in the order spawned, not in the order of the
+        # tasks' addresses (what a cancelled task still does must repeat in a simulation).
+        self._tasks: dict[asyncio.Task[Any], None] = {}
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         loop = self._loop or asyncio.get_running_loop()
         task = loop.create_task(coro)
-        self._tasks.add(task)
+        self._tasks[task] = None
         task.add_done_callback(self._done)
         return task
 
@@ -51,7 +53,7 @@ class TaskSet:
         return len(self._tasks)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if task.cancelled():
             return
         exc = task.exception()

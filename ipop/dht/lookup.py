@@ -142,8 +142,11 @@ class LiveNodeCrawl(NodeSpiderCrawl):  # type: ignore[misc]  # kademlia is untyp
         def take(done: set[_Call]) -> None:
             nonlocal window
             before = self.nearest.get_ids()
-            self._take({calls[t].id: t.result() for t in done})
-            for task in done:
+            # In the order asked: ``done`` is a set, iterated in the order of the tasks'
+            # addresses, and the order answers are taken in reaches the routing table.
+            done_in_order = [t for t in calls if t in done]
+            self._take({calls[t].id: t.result() for t in done_in_order})
+            for task in done_in_order:
                 del calls[task]
                 late.discard(task)
             window = self.alpha if self.nearest.get_ids() != before else self.ksize

@@ -214,29 +214,36 @@ class QuorumReader:
             due[task] = self._hooks.loop.time() + wait
             return task
 
-        pending = {ask(p, i) for i, p in enumerate(peers)}
+        # Fetches in the order asked, never a set's: a set of tasks iterates in the order of
+        # their addresses, and which late peer's seat gets the next spare must not depend on
+        # where a task was allocated (a simulation's run would not repeat from its seed).
+        pending = dict.fromkeys(ask(p, i) for i, p in enumerate(peers))
         late: set[_Fetch] = set()
         votes: dict[int, tuple[int, NodeId, Record | None]] = {}
         best: Record | None = None
         while pending:
             timers = [due[t] for t in pending if t not in late]
             timeout = max(0.0, min(timers) - self._hooks.loop.time()) if timers else None
-            done, pending = await asyncio.wait(
+            done, _ = await asyncio.wait(
                 pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
-            for task in done:
+            for task in [t for t in pending if t in done]:
                 answered, record = task.result()
                 vote = votes.get(seat[task])
                 if answered and (vote is None or rank[task] < vote[0]):
                     votes[seat[task]] = (rank[task], peer_of[task], record)
             # Nodes of a seat farther than the one whose vote it holds are not needed.
-            pending -= {t for t in pending if seat[t] in votes and rank[t] > votes[seat[t]][0]}
+            pending = {
+                t: None
+                for t in pending
+                if t not in done and not (seat[t] in votes and rank[t] > votes[seat[t]][0])
+            }
             now = self._hooks.loop.time()
             for task in [t for t in pending if t not in late and due[t] <= now]:
                 late.add(task)
                 self.protocol.missed(peer_of[task])
                 if queue:
-                    pending.add(ask(queue.pop(0), seat[task]))
+                    pending[ask(queue.pop(0), seat[task])] = None
                     self._hooks.stats["read_spares_asked"] += 1
             held = {peer: record for _, peer, record in votes.values()}
             best = choose_best([r for r in held.values() if r is not None], now=self._hooks.now())
