@@ -84,6 +84,7 @@ from ipop.testing.invariants import ring_violations
 from ipop.testing.latency import LatencyMap, LatencySpec
 from ipop.testing.nat import NAT_KIND_NAMES
 from ipop.testing.netsim import Host, NatBox, Network
+from ipop.testing.simnode import all_dht_ready
 from ipop.types import Endpoint, NodeId, RelayPath
 
 __all__ = ["OverlayScenario", "parse_nat_mix", "run_overlay", "run_overlay_async"]
@@ -347,9 +348,7 @@ class _World:
     async def wait_dht(self, deadline_s: float) -> int:
         live = self.live()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*(nd.dht_ready.wait() for nd in live)), deadline_s
-            )
+            await all_dht_ready(live, deadline_s)
         return sum(1 for nd in live if nd.dht_ready.is_set())
 
     async def routes(self) -> dict[str, Any]:

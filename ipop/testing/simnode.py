@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ipop.aio.stack import Node
 from ipop.identity import NetworkCA
@@ -24,7 +24,7 @@ from ipop.testing.identities import seeded_identity
 from ipop.testing.netsim import Host
 from ipop.types import Endpoint, is_direct
 
-__all__ = ["PORT", "direct_both_ways", "pinger", "start_nodes", "stop_all"]
+__all__ = ["PORT", "all_dht_ready", "direct_both_ways", "pinger", "start_nodes", "stop_all"]
 
 PORT = 5800
 
@@ -95,6 +95,11 @@ def start_nodes(
         nodes.append(node)
         boot = boot or [Endpoint(host.address, port)]
     return nodes
+
+
+async def all_dht_ready(nodes: Iterable[Node], timeout_s: float = 60.0) -> None:
+    """Wait until every node of ``nodes`` joined the DHT; TimeoutError after ``timeout_s``."""
+    await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), timeout_s)
 
 
 def direct_both_ways(a: Node, b: Node) -> bool:

@@ -19,7 +19,7 @@ from ipop.aio.stack import Node
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Host, Network
-from ipop.testing.simnode import start_nodes
+from ipop.testing.simnode import all_dht_ready, start_nodes
 
 # A pair passes if any of three pings answers within 1 s. The lab's sweep tries twice; in
 # about one cold start of 40 here, one node's view of the ring still missed a neighbour for
@@ -61,7 +61,7 @@ def test_no_session_diverges_when_everyone_pings_everyone_at_a_cold_start(seed: 
         hosts = _hosts(net)
         nodes = start_nodes(hosts, ca, rng=random.Random(seed + 100))
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             pairs = [(a, b) for a in nodes for b in nodes if a is not b]
             answered = await asyncio.gather(*(_pair_answers(a, b) for a, b in pairs))
             # Every session settles: traffic both ways a few seconds later, keys all agreed.

@@ -20,7 +20,7 @@ from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.hostile import Eclipser
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Network
-from ipop.testing.simnode import start_nodes
+from ipop.testing.simnode import all_dht_ready, start_nodes
 
 NET = "simnet"
 # The CA is seeded: its key names the DHT namespace, so it places every key on the ring.
@@ -35,7 +35,7 @@ async def _network(n: int, seed: int) -> list[Node]:
     ca = make_network(NET, seed=NET, now=asyncio.get_running_loop().time())
     hosts = [net.add_host(f"h{i}", "none" if i == 0 else KINDS[i % len(KINDS)]) for i in range(n)]
     nodes = start_nodes(hosts, ca, rng=random.Random(seed + 1))
-    await asyncio.wait_for(asyncio.gather(*(nd.dht_ready.wait() for nd in nodes[1:])), 60)
+    await all_dht_ready(nodes[1:])
     return nodes
 
 

@@ -12,6 +12,7 @@ from ipop.journal import NOTE_EVENTS, Journal, Note
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.netsim import Network
+from ipop.testing.simnode import all_dht_ready
 from ipop.types import Endpoint, NodeId, RelayPath
 
 PORT = 5800
@@ -45,7 +46,7 @@ def test_the_stack_notes_first_links_at_info_and_losses_at_debug() -> None:
             await asyncio.sleep(0.05)
         notes: dict[int, list[Note]] = {i: [] for i in range(len(nodes))}
         try:
-            await asyncio.wait_for(asyncio.gather(*(nd.dht_ready.wait() for nd in nodes[1:])), 60)
+            await all_dht_ready(nodes[1:])
             for i, nd in enumerate(nodes):
                 notes[i] += nd.core.journal.drain()
                 ups = [n for n in notes[i] if n.event == "link_up"]

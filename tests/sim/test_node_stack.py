@@ -13,6 +13,7 @@ from ipop.overlay.messages import KIND_IP
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.netsim import Network
+from ipop.testing.simnode import all_dht_ready
 from ipop.types import Endpoint, NodeId
 
 PORT = 5800
@@ -52,7 +53,7 @@ def test_stack_joins_pings_and_allocates_behind_nats() -> None:
     async def body() -> None:
         _, nodes = await _build(24, seed=3)
         try:
-            await asyncio.wait_for(asyncio.gather(*(nd.dht_ready.wait() for nd in nodes[1:])), 60)
+            await all_dht_ready(nodes[1:])
             a, b = nodes[2], nodes[13]  # behind port-restricted-cone and symmetric NATs
             # Up to three tries: a routed message sent the moment the ring settles can still
             # meet a hop with no route yet (issue 14: cold-start no_route; about 1 run in 12
@@ -95,7 +96,7 @@ def test_first_packet_asks_for_a_shortcut_which_idles_out() -> None:
         loop = asyncio.get_running_loop()
         _, nodes = await _build(24, seed=7)
         try:
-            await asyncio.wait_for(asyncio.gather(*(nd.dht_ready.wait() for nd in nodes[1:])), 60)
+            await all_dht_ready(nodes[1:])
             # Two nodes with no link yet, both easy to reach (public or full-cone).
             easy = [
                 nd

@@ -27,7 +27,14 @@ from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.nat import NAT_KINDS, PortAllocation
 from ipop.testing.netsim import NatBox, Network
-from ipop.testing.simnode import PORT, direct_both_ways, pinger, start_nodes, stop_all
+from ipop.testing.simnode import (
+    PORT,
+    all_dht_ready,
+    direct_both_ways,
+    pinger,
+    start_nodes,
+    stop_all,
+)
 from ipop.testing.waiting import until
 from ipop.types import Endpoint
 
@@ -73,7 +80,7 @@ def test_traffic_resumes_direct_within_2s_after_the_nat_flushes_its_mappings(
         answered: list[float] = []
         task: asyncio.Task[None] | None = None
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             task = loop.create_task(pinger(src, dst, answered, every_s=PING_EVERY_S))
 
             def direct() -> bool:
@@ -126,7 +133,7 @@ def test_a_port_guessed_pair_resumes_within_4s_after_a_nat_flush(flushed: str) -
         answered: list[float] = []
         task: asyncio.Task[None] | None = None
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             task = loop.create_task(pinger(b, a, answered, every_s=PING_EVERY_S))
             assert await until(lambda: direct_both_ways(a, b), 60), "port guessing never joined"
             await asyncio.sleep(3)
@@ -188,7 +195,7 @@ def test_an_idle_host_is_reachable_within_3s_after_its_nat_flushes() -> None:
         answered: list[float] = []
         task: asyncio.Task[None] | None = None
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             assert await until(lambda: direct_both_ways(a, p), 30), "a and p never linked"
             for _ in range(2):
                 # Idle, and past ROAM_REBIND_MIN_S since the last rebinding.
@@ -254,7 +261,7 @@ def test_a_host_whose_port_its_neighbour_took_after_the_flush_is_direct_again(
         tasks: list[asyncio.Task[None] | None] = []
         answered: list[float] = []
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             tasks.append(loop.create_task(pinger(b, c, answered, every_s=PING_EVERY_S)))
             tasks += [loop.create_task(pinger(a, x, [], every_s=PING_EVERY_S)) for x in (p, b)]
             assert await until(lambda: direct_both_ways(b, c), 30), "no direct b<->c before"
@@ -322,7 +329,7 @@ def test_a_host_that_keeps_its_port_toward_one_peer_but_not_another_is_direct_ag
         tasks: list[asyncio.Task[None] | None] = []
         answered: list[float] = []
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             p, a, b = nodes
             tasks.append(loop.create_task(pinger(a, b, [], every_s=0.05)))
             assert await until(lambda: direct_both_ways(a, b), 30), "no direct a<->b before"

@@ -13,6 +13,7 @@ from ipop.identity import NodeIdentity
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.netsim import Host, Network, SimSocket
+from ipop.testing.simnode import all_dht_ready
 from ipop.types import Endpoint
 
 PORT = 5800
@@ -110,7 +111,7 @@ def test_restart_after_bootstraps_die_rejoins_through_remembered_peer(tmp_path: 
 
 async def _wait_all(nodes: list[Node], timeout: float) -> bool:
     try:
-        await asyncio.wait_for(asyncio.gather(*(nd.dht_ready.wait() for nd in nodes)), timeout)
+        await all_dht_ready(nodes, timeout)
     except TimeoutError:
         return False
     return True

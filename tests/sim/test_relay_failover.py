@@ -15,7 +15,7 @@ from ipop.aio.stack import Node
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Network
-from ipop.testing.simnode import pinger, start_nodes, stop_all
+from ipop.testing.simnode import all_dht_ready, pinger, start_nodes, stop_all
 from ipop.testing.waiting import until
 from ipop.types import RelayPath
 
@@ -45,7 +45,7 @@ def test_a_relayed_pair_moves_to_another_relay_within_2s_after_its_relay_dies(
         answered: list[float] = []
         task: asyncio.Task[None] | None = None
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             task = loop.create_task(pinger(a, b, answered, every_s=0.1))
             assert await until(lambda: _relay_of(a, b) is not None, 60), "never relayed"
             # Traffic flows through the relay before it dies (20 answers, 2 s of pings).

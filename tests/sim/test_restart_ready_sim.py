@@ -29,7 +29,7 @@ from ipop.overlay.node import OverlayConfig
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.netsim import Host, Network
-from ipop.testing.simnode import PORT, start_nodes
+from ipop.testing.simnode import PORT, all_dht_ready, start_nodes
 from ipop.types import Endpoint
 
 NET = "ready"
@@ -106,7 +106,7 @@ def _scenario(seed: int, count: int = 14, *, fresh: bool = False) -> Outcome:
                     sock.close()
 
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             victim_i = count - 1
             victim = nodes[victim_i]
             assert victim.dht is not None
@@ -216,7 +216,7 @@ def test_the_dht_joins_through_links_while_the_overlay_join_is_unanswered() -> N
         hosts = [net.add_public_host(f"h{i}") for i in range(8)]
         nodes = start_nodes(hosts[:7], ca, rng=random.Random(32))
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             identity = seeded_identity(ca, "h7", random.Random(35), now=loop.time(), hostname="h7")
             newcomer = _node_at(hosts[7], identity, hosts[0], 33)
             nodes.append(newcomer)

@@ -26,6 +26,7 @@ from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.nat import nat_kind
 from ipop.testing.netsim import Host, Network, SimSocket
+from ipop.testing.simnode import all_dht_ready
 from ipop.types import Endpoint
 
 PORT = 5800
@@ -123,7 +124,7 @@ def _restart_scenario(seed: int, state: Path, kinds: tuple[str | None, ...] = KI
         rng = random.Random(seed + 1)
         nodes = [start(i, h, ids[i], rng.random()) for i, h in enumerate(hosts)]
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             victim = nodes[VICTIM]
             assert victim.dht is not None
             out.vip_before = await allocate_ip(

@@ -15,7 +15,7 @@ from ipop.aio.stack import Node
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Host, Network
-from ipop.testing.simnode import PORT, direct_both_ways, start_nodes
+from ipop.testing.simnode import PORT, all_dht_ready, direct_both_ways, start_nodes
 from ipop.testing.simnode import pinger as run_pinger
 from ipop.testing.waiting import until
 from ipop.types import Endpoint
@@ -62,7 +62,7 @@ def test_traffic_to_a_filtering_peer_resumes_direct_within_2s_after_a_roam(roame
         answered: list[float] = []
         pinger: asyncio.Task[None] | None = None
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             pinger = loop.create_task(run_pinger(a, b, answered, every_s=PING_EVERY_S))
 
             def direct() -> bool:
@@ -113,7 +113,7 @@ def test_a_port_guessed_pair_resumes_within_2s_after_a_roam(roamer: str) -> None
         answered: list[float] = []
         pinger: asyncio.Task[None] | None = None
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             pinger = loop.create_task(run_pinger(a, b, answered, every_s=PING_EVERY_S))
             assert await until(lambda: a.core.link.path_of(b.node_id) is not None, 30)
             await asyncio.sleep(5)
@@ -155,7 +155,7 @@ def test_port_guessed_peers_fall_back_through_relays_that_still_hear_us(seed: in
         answered: list[list[float]] = [[] for _ in peers]
         pingers: list[asyncio.Task[None]] = []
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             pingers = [
                 loop.create_task(run_pinger(a, s, got, every_s=0.2))
                 for s, got in zip(peers, answered, strict=True)

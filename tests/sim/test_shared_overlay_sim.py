@@ -22,6 +22,7 @@ from ipop.overlay.messages import KIND_IP
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.netsim import Network
+from ipop.testing.simnode import all_dht_ready
 from ipop.testing.waiting import until
 from ipop.types import Endpoint, NodeId
 
@@ -89,7 +90,7 @@ def test_members_link_with_overlay_certs_and_sign_records_with_network_certs() -
             boot = boot or [ep]
             await asyncio.sleep(0.05)
         try:
-            await asyncio.wait_for(asyncio.gather(*(nd.dht_ready.wait() for nd in nodes[1:])), 60)
+            await all_dht_ready(nodes[1:])
             # Links carry the overlay certificates: every session's peer certificate is the
             # overlay CA's, and verifies against it (not against the network CA).
             for nd in nodes:
@@ -138,7 +139,7 @@ def test_an_overlay_cert_of_another_overlay_ca_is_refused_at_the_handshake() -> 
             boot = boot or [ep]
         intruder, _ = _node(net, "x", "none", rogue_overlay, network_ca, keys, boot, rng)
         try:
-            await asyncio.wait_for(asyncio.gather(*(nd.dht_ready.wait() for nd in nodes[1:])), 60)
+            await all_dht_ready(nodes[1:])
             first = nodes[0]
             assert await until(
                 lambda: first.core.link.drops["cert_bad_signature"] > 0, 30, every_s=0.05
@@ -194,9 +195,7 @@ def test_a_networks_crl_given_to_one_member_reaches_every_node_of_the_overlay() 
             members.append(node)
         everyone = [*nodes, *members]
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(nd.dht_ready.wait() for nd in everyone[1:])), 60
-            )
+            await all_dht_ready(everyone[1:])
             victim = members[4]
             crl = network_ca.make_crl(
                 [(cert_serial(victim.member.cert), loop.time())], number=3, now=loop.time()

@@ -19,7 +19,7 @@ from ipop.aio.stack import Node
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network
 from ipop.testing.netsim import Host, Network
-from ipop.testing.simnode import direct_both_ways, pinger, start_nodes, stop_all
+from ipop.testing.simnode import all_dht_ready, direct_both_ways, pinger, start_nodes, stop_all
 from ipop.testing.waiting import until
 from ipop.types import RelayPath
 
@@ -62,7 +62,7 @@ def test_a_direct_path_that_goes_silent_is_relayed_within_seconds(traffic: str) 
         answered: list[float] = []
         task: asyncio.Task[None] | None = None
         try:
-            await asyncio.wait_for(asyncio.gather(*(n.dht_ready.wait() for n in nodes)), 60)
+            await all_dht_ready(nodes)
             task = loop.create_task(pinger(a, b, answered, every_s=PING_EVERY_S))
             assert await until(lambda: direct_both_ways(a, b), 30), "no direct a<->b before"
             await asyncio.sleep(2)

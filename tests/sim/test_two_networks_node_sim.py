@@ -18,6 +18,7 @@ from ipop.identity import NetworkCA, NodeIdentity
 from ipop.testing.clock import SIM_EPOCH, run_virtual
 from ipop.testing.identities import make_network, seeded_identity
 from ipop.testing.netsim import Network
+from ipop.testing.simnode import all_dht_ready
 from ipop.testing.waiting import until
 from ipop.types import Endpoint, NodeId
 from ipop.vnet.networks import network_tag
@@ -87,8 +88,7 @@ def test_a_node_in_two_networks_signs_each_networks_records_with_its_certificate
             boot = boot or [ep]
             await asyncio.sleep(0.05)
         try:
-            ready = [n.dht_ready.wait() for n in nodes.values()]
-            await asyncio.wait_for(asyncio.gather(*ready), 60)
+            await all_dht_ready(nodes.values())
             ab, a1, b1 = nodes["ab"], nodes["a1"], nodes["b1"]
             assert ab.dht is not None and a1.dht is not None and b1.dht is not None
             ns_a, ns_b = namespace_of(ca_a.trust), namespace_of(ca_b.trust)
