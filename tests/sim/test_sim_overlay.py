@@ -149,8 +149,9 @@ class _ShuffledSet(set[Any]):
 
 
 def _creation_order(fut: Any) -> int:
-    name = fut.get_name() if isinstance(fut, asyncio.Task) else ""
-    return int(name.rpartition("-")[2]) if name.rpartition("-")[2].isdigit() else -1
+    """A task's number from its default name ("Task-12"); -1 for anything else."""
+    number = fut.get_name().rpartition("-")[2] if isinstance(fut, asyncio.Task) else ""
+    return int(number) if number.isdigit() else -1
 
 
 def test_runs_repeat_whatever_order_asyncio_wait_reports_in(
