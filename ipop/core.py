@@ -96,7 +96,13 @@ from ipop.revocation import CrlGossip, NetworkCrls
 from ipop.routes import ROUTED_IP_MTU, RouteProbes
 from ipop.shortcuts import ShortcutKeeper
 from ipop.types import Endpoint, NodeId, Path, RelayPath, SocketPath, is_direct
-from ipop.wire.header import DATA_MIN_BYTES
+from ipop.wire.header import (
+    CHANNEL_HEADER,
+    CHANNEL_HEADER_BYTES,
+    DATA_MIN_BYTES,
+    TYPE_CHANNEL_FROM_RELAY,
+    TYPE_CHANNEL_TO_RELAY,
+)
 
 __all__ = ["ROUTED_IP_MTU", "NodeCore", "NodeSnapshot", "PublicView"]
 
@@ -108,6 +114,9 @@ _DIRECT_GROWTH = DATA_MIN_BYTES + 2
 
 # A run's message types and DIRECT kinds, read in C: bytes(map(_FIRST_BYTE, payloads)).
 _FIRST_BYTE = operator.itemgetter(0)
+_CHANNEL_TYPES = (TYPE_CHANNEL_TO_RELAY, TYPE_CHANNEL_FROM_RELAY)
+_FROM_RELAY = bytes((TYPE_CHANNEL_FROM_RELAY,))
+_CHANNEL_MIN = CHANNEL_HEADER_BYTES + DATA_MIN_BYTES  # a header and a keepalive
 _SECOND_BYTE = operator.itemgetter(1)
 
 
@@ -429,6 +438,11 @@ class NodeCore:
         if data and data[0] < 4:  # STUN (RFC 7983 demultiplexing): not for the link layer
             self._stun_in(data, path, now)
             return None
+        if data and data[0] in _CHANNEL_TYPES:
+            out: list[tuple[NodeId, bytes]] = []
+            kinds = (kind,) if also is None else (kind, also)
+            self._channel_run([data], 0, path, now, kinds, out)
+            return out[0] if out else None
         return self._open_one(data, path, now=now, kind=kind, also=also)
 
     def _open_one(
@@ -516,6 +530,9 @@ class NodeCore:
         while i < n:
             run = open_run(datagrams, i, path, now=now)
             if run is None:
+                if datagrams[i][:1] and datagrams[i][0] in _CHANNEL_TYPES:
+                    i = self._channel_run(datagrams, i, path, now, kinds, out)
+                    continue
                 got = one(datagrams[i], path, now=now, kind=kind, also=also)
                 if got is not None:
                     out.append(got)
@@ -613,6 +630,106 @@ class NodeCore:
         overlay.relay_run(peer, payloads, now=now, take=take)
         self._settle(now)
 
+    # --- relay channels (ipop.overlay.channels) -----------------------------------------------
+
+    def _channel_run(
+        self,
+        datagrams: list[bytes],
+        start: int,
+        path: Path,
+        now: float,
+        kinds: tuple[int, ...] | None,
+        out: list[tuple[NodeId, bytes]],
+    ) -> int:
+        """The relay channel datagrams from ``datagrams[start]`` on with its header (one
+        path): the index after the last. As the relay (CHANNEL_TO_RELAY), passed on to the
+        channel's target after the overlay's checks, unopened, the type byte rewritten. As the
+        target (CHANNEL_FROM_RELAY), opened like a RELAY_DELIVER's datagrams (in runs where
+        the link layer can) if the session each names runs through the node at ``path``;
+        their DIRECT messages of ``kinds`` go to ``out`` (``kinds`` None: the slow path's,
+        everything as events)."""
+        data = datagrams[start]
+        overlay = self.overlay
+        if len(data) < _CHANNEL_MIN:
+            overlay.channel_drop("relay_channel_malformed")
+            return start + 1
+        head = data[:CHANNEL_HEADER_BYTES]
+        stop, n = start + 1, len(datagrams)
+        while (
+            stop < n and len(datagrams[stop]) >= _CHANNEL_MIN and datagrams[stop].startswith(head)
+        ):
+            stop += 1
+        if data[0] == TYPE_CHANNEL_TO_RELAY:
+            run = datagrams[start:stop] if start or stop < n else datagrams
+            number = CHANNEL_HEADER.unpack_from(data)[1]
+            target = overlay.channel_forward(number, path, run, now=now)
+            if target is not None:
+                self._out.extend(zip([_FROM_RELAY + d[1:] for d in run], repeat(target)))
+            return stop
+        link = self.link
+        i = start
+        while i < stop:
+            owner = link.index_owner(datagrams[i], CHANNEL_HEADER_BYTES)
+            if owner is None:
+                overlay.channel_drop("relay_channel_unknown")
+                i += 1
+                continue
+            origin, session_path = owner
+            if type(session_path) is RelayPath:
+                via: NodeId | None = session_path.via
+                rpath: RelayPath | None = session_path
+            else:  # the session moved off the relay (a shortcut): where the data came from
+                via = link.peer_at(path)
+                rpath = RelayPath(via=via, peer=origin) if via is not None else None
+            if via is None or rpath is None or not overlay.channel_from(via, path, 1):
+                if via is None:
+                    overlay.channel_drop("relay_channel_relay")
+                i += 1
+                continue
+            run_of = None
+            if kinds is not None:
+                run_of = link.open_run(datagrams, i, rpath, now=now, head=head)
+            if run_of is None:
+                self._channel_one(datagrams[i][CHANNEL_HEADER_BYTES:], rpath, now, kinds, out)
+                i += 1
+                continue
+            peer, j, opened = run_of
+            if opened:
+                overlay.channel_opened(via, len(opened), now=now)
+                self._opened(peer, opened, rpath, now, kinds or (), out, via)
+            i = max(j, i + 1)
+        return stop
+
+    def _channel_one(
+        self,
+        inner: bytes,
+        rpath: RelayPath,
+        now: float,
+        kinds: tuple[int, ...] | None,
+        out: list[tuple[NodeId, bytes]],
+    ) -> None:
+        """One DATA datagram that came on a relay channel through ``rpath.via``, opened as a
+        RELAY_DELIVER's would be (:meth:`_channel_run`)."""
+        got = self.link.open_data(inner, rpath, now=now)
+        if got is None:
+            self._settle(now)
+            return
+        peer, payload = got
+        overlay = self.overlay
+        overlay.channel_opened(rpath.via, 1, now=now)
+        overlay.hop_heard(rpath.via, now=now)
+        if (
+            kinds is not None
+            and payload[0] == TYPE_DIRECT
+            and len(payload) > 1
+            and payload[1] in kinds
+            and overlay.is_linked(peer)
+        ):
+            out.append(got)
+            overlay.direct_heard(peer, now=now)
+            return
+        self._message_in(peer, payload, rpath, now)
+
     # --- a relayed link's runs (the data plane's sender) ---------------------------------------
 
     def send_relayed_run(self, dst: NodeId, messages: list[bytes], *, now: float) -> bool:
@@ -635,7 +752,11 @@ class NodeCore:
         if dst not in link.pmtu.wanted:
             link.want_path_mtu(dst, now=now)
         self.stats["sent_direct"] += len(messages)
-        self.overlay.wrap_relay_run(sealed[0], sealed[1], now=now)
+        on_channel = self.overlay.channel_run(sealed[0], sealed[1], now=now)
+        if on_channel is None:
+            self.overlay.wrap_relay_run(sealed[0], sealed[1], now=now)
+        else:
+            self._out.extend(zip(on_channel[0], repeat(on_channel[1])))
         if self.shortcuts:
             self.punching.guess(dst, now)
         self._settle(now)
@@ -658,6 +779,10 @@ class NodeCore:
     def receive_datagram(self, data: bytes, path: Path, *, now: float) -> None:
         if data and data[0] < 4:  # STUN (RFC 7983 demultiplexing): not for the link layer
             self._stun_in(data, path, now)
+            self._settle(now)
+            return
+        if data and data[0] in _CHANNEL_TYPES:
+            self._channel_run([data], 0, path, now, None, [])
             self._settle(now)
             return
         self.link.receive_datagram(data, path, now=now)

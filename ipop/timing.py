@@ -421,6 +421,11 @@ SILENT_PATH_RELAY_AFTER_S = 0.5
 # One relay fallback per peer per this long: a relay that cannot reach the peer either is not
 # retried at every roam of a restless host.
 ROAM_RELAY_RETRY_S = 10.0
+# Relay channels (ipop.overlay.channels): while a relayed link sends on one, its origin asks
+# the relay again this often (the relay forgets a channel after three of these without);
+# an unanswered ask is repeated after the shorter wait (one lost datagram, not a refusal).
+RELAY_CHANNEL_REFRESH_S = 10.0
+RELAY_CHANNEL_RETRY_S = 2.0
 # The node's timers, which run at least every OVERLAY_TICK_S, did not run for this long: the
 # process was stopped or the machine slept. Peers may have timed our sessions out and NATs
 # dropped our mappings, while our own sessions all look dead at once (no traffic for the whole

@@ -784,6 +784,19 @@ class LinkLayer:
                 return st.node_id
         return None
 
+    def index_owner(self, data: bytes, skip: int) -> tuple[NodeId, Path] | None:
+        """The peer whose keys the DATA datagram at ``data[skip:]`` names (its receiver
+        index) and the path its session runs over; None: not DATA, or no keys of ours. Reads
+        the header only (a relay channel's target asks which relay its datagram should have
+        come through, :meth:`ipop.core.NodeCore.receive_direct_run`); opening decides."""
+        if len(data) < DATA_MIN_BYTES + skip or data[skip] != TYPE_DATA:
+            return None
+        kp = self._lookup(_HDR_UNPACK_FROM(data, skip)[1])
+        if kp is None:
+            return None
+        st = kp.peer
+        return st.node_id, st.path
+
     def peers(self) -> list[LinkInfo]:
         out = []
         for st in self._peers.values():

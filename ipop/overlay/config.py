@@ -47,6 +47,9 @@ class OverlayConfig:
     leaf_hold_s: float = timing.OVERLAY_LEAF_HOLD_S
     trim_grace_s: float = timing.OVERLAY_TRIM_GRACE_S
     relay_hold_s: float = timing.OVERLAY_RELAY_HOLD_S
+    # Our relayed links' data runs ask their relay for a channel (ipop.overlay.channels); off,
+    # all of it travels inside RELAY_FORWARD (as a relay we answer either way).
+    relay_channels: bool = True
     bootstrap_retry_s: float = timing.OVERLAY_BOOTSTRAP_RETRY_S
     failed_backoff_s: float = timing.OVERLAY_FAILED_BACKOFF_S
     near_suspect_s: float = timing.OVERLAY_NEAR_SUSPECT_S

@@ -65,6 +65,17 @@ origin of a RELAY_FORWARD (so the origin drops its dead relayed link at once)::
     |  0x07  | target NodeId (20)           |
     +--------+------------------------------+
 
+RELAY_CHANNEL (0x0C): asking a relay for a channel to ``target`` and its answer
+(:mod:`ipop.overlay.channels`; the channel then carries the link's DATA outside the link to
+the relay, :mod:`ipop.wire.header`)::
+
+    +--------+--------+------------------------------+----------------+
+    |  0x0C  |   op   | target NodeId (20)           | channel (u32)  |
+    +--------+--------+------------------------------+----------------+
+    op: 0x01 BIND  (origin -> relay; channel 0)
+        0x02 BOUND (relay -> origin; the channel, or 0: none now, keep to RELAY_FORWARD)
+    other ops are refused as bad_flags
+
 NEIGHBOURS (0x04): the sender's near neighbours, for ring stabilisation::
 
     +--------+--------+--------+--------------------------+
@@ -216,6 +227,10 @@ TYPE_RELAY_REFUSED = 0x07
 TYPE_ALIVE = 0x09
 TYPE_FAST_PEERS = 0x0A
 TYPE_LINK_IDS = 0x0B
+TYPE_RELAY_CHANNEL = 0x0C
+CHANNEL_BIND = 0x01
+CHANNEL_BOUND = 0x02
+_CHANNEL = struct.Struct(">I")
 # A RELAY_FORWARD's or RELAY_DELIVER's head: the type and the node id; the sealed datagram
 # follows (relays and receivers compare heads to take a run of one link's messages at once).
 RELAY_HEAD_BYTES = 1 + ID_BYTES
@@ -584,6 +599,31 @@ class RelayRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayChannel:
+    """Type 0x0C: BIND asks the relay for a channel to ``target``; BOUND answers with its
+    number (0: none, the origin keeps to RELAY_FORWARD). See :mod:`ipop.overlay.channels`."""
+
+    op: int
+    target: NodeId
+    channel: int = 0
+
+    def encode(self) -> bytes:
+        return (
+            bytes((TYPE_RELAY_CHANNEL, self.op))
+            + self.target.to_bytes()
+            + _CHANNEL.pack(self.channel)
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> RelayChannel:
+        _need(data, 2 + ID_BYTES + _CHANNEL.size, "relay channel")
+        op = data[1]
+        if op not in (CHANNEL_BIND, CHANNEL_BOUND):
+            raise RemoteProtocolError("bad_flags", f"relay channel op {op:#x}")
+        return cls(op, _node_id(data, 2), _CHANNEL.unpack_from(data, 2 + ID_BYTES)[0])
+
+
+@dataclass(frozen=True, slots=True)
 class Alive:
     """Type 0x09: "are you there?" (``reply_wanted``) or the answer: a probe of a next hop that
     fell silent while we route into it (see :mod:`ipop.overlay.suspect`)."""
@@ -682,6 +722,7 @@ OverlayMessage = (
     | Neighbours
     | Closing
     | RelayRefused
+    | RelayChannel
     | Alive
     | FastPeers
     | LinkIds
@@ -694,6 +735,7 @@ _DECODERS: dict[int, Callable[[bytes], OverlayMessage]] = {
     TYPE_NEIGHBOURS: Neighbours.decode,
     TYPE_CLOSING: Closing.decode,
     TYPE_RELAY_REFUSED: RelayRefused.decode,
+    TYPE_RELAY_CHANNEL: RelayChannel.decode,
     TYPE_ALIVE: Alive.decode,
     TYPE_FAST_PEERS: FastPeers.decode,
     TYPE_LINK_IDS: LinkIds.decode,

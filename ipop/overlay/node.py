@@ -166,6 +166,7 @@ from ipop.overlay.messages import (
     LinkIds,
     Neighbours,
     Purpose,
+    RelayChannel,
     RelayDeliver,
     RelayForward,
     RelayRefused,
@@ -187,7 +188,7 @@ from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import ConnectionKind, ConnectionTable
 from ipop.overlay.upkeep import NEAR_DROPS, RingUpkeep
 from ipop.overlay.views import ConnectionViews
-from ipop.types import Endpoint, NodeId, RelayPath, is_direct
+from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct
 
 __all__ = [
     "ConnectionAdded",
@@ -402,6 +403,8 @@ class OverlayNode:
             forget=self._forget,
             fallback_retry_s=timing.ROAM_RELAY_RETRY_S,
             silent=self._silent_hops,
+            channel_first=rng.getrandbits(32),
+            use_channels=config.relay_channels,
         )
         # The table as the policies see it, cached between ticks (ipop.overlay.views).
         self._views = ConnectionViews(self._table, relay_stamp=lambda: self._relay.stamp)
@@ -440,6 +443,7 @@ class OverlayNode:
             Neighbours: self._upkeep.on_neighbours,  # type: ignore[dict-item]
             Closing: self._on_closing,  # type: ignore[dict-item]
             RelayRefused: self._relay.on_refused,  # type: ignore[dict-item]
+            RelayChannel: self._relay.on_channel,  # type: ignore[dict-item]
             Alive: self._on_alive,  # type: ignore[dict-item]
             FastPeers: self._upkeep.on_fast_peers,  # type: ignore[dict-item]
             LinkIds: self._on_link_ids,  # type: ignore[dict-item]
@@ -521,6 +525,40 @@ class OverlayNode:
     def wrap_relay_run(self, datagrams: list[bytes], path: RelayPath, *, now: float) -> None:
         """:meth:`wrap_relay` for several datagrams of one relayed link, in one run."""
         self._relay.wrap_run(datagrams, path, now=now)
+
+    def channel_run(
+        self, datagrams: list[bytes], path: RelayPath, *, now: float
+    ) -> tuple[list[bytes], Endpoint] | None:
+        """The relayed link's DATA run on its relay channel, or None: wrap it
+        (:meth:`ipop.overlay.relay.RelayRole.channel_run`)."""
+        return self._relay.channel_run(datagrams, path, now=now)
+
+    def channel_forward(
+        self, number: int, source: Path, datagrams: list[bytes], *, now: float
+    ) -> Endpoint | None:
+        """As a relay, where channel ``number``'s datagrams from ``source`` go, or None
+        (:meth:`ipop.overlay.relay.RelayRole.channel_forward`)."""
+        return self._relay.channel_forward(number, source, datagrams, now=now)
+
+    def channel_from(self, via: NodeId, source: Path, n: int) -> bool:
+        """As a target, whether channel datagrams from ``source`` may be opened as relayed
+        through ``via`` (:meth:`ipop.overlay.relay.RelayRole.channel_from`)."""
+        return self._relay.channel_from(via, source, n)
+
+    def relay_channels_bound(self) -> int:
+        """How many of our relayed links have a channel bound (status, tests)."""
+        return len(self._relay.bindings)
+
+    def channel_drop(self, reason: str) -> None:
+        """One relay channel datagram the core dropped before the overlay's checks, counted
+        under ``reason`` (one of :data:`ipop.overlay.relay.RELAY_DROPS`)."""
+        if reason not in RELAY_DROPS:
+            raise LocalProtocolError(f"not a relay drop reason: {reason}")
+        self.drops[reason] += 1
+
+    def channel_opened(self, via: NodeId, n: int, *, now: float) -> None:
+        """``n`` channel datagrams through ``via`` opened (:meth:`RelayRole.channel_opened`)."""
+        self._relay.channel_opened(via, n, now)
 
     def relay_run(
         self,

@@ -12,12 +12,14 @@ type byte lies in 0xC0..0xFF and a STUN binding can share the overlay socket::
                  0xC0-0xFF  ipop                   -> MessageType below
                  anything else                     -> dropped ("unknown_type")
 
-Types in use; 0xC5..0xFF are free (overlay messages travel inside DATA, not as types here)::
+Types in use; 0xC7..0xFF are free (overlay messages travel inside DATA, not as types here)::
 
     0xC1  HANDSHAKE_INIT   initiator -> responder   (ipop.wire.handshake.HandshakeInit)
     0xC2  HANDSHAKE_RESP   responder -> initiator   (ipop.wire.handshake.HandshakeResp)
     0xC3  DATA             either direction, sealed with the session keys
     0xC4  COOKIE_REPLY     responder under load -> initiator (ipop.wire.handshake.CookieReply)
+    0xC5  CHANNEL_TO_RELAY    a relayed link's DATA, origin -> relay   (relay channels, below)
+    0xC6  CHANNEL_FROM_RELAY  the same DATA, relay -> target
 
 DATA (13-byte header, all integers big-endian)::
 
@@ -33,6 +35,22 @@ DATA (13-byte header, all integers big-endian)::
   nonce is 4 zero bytes followed by the counter (96 bits), and the whole 13-byte header is the
   associated data, so type, index and counter are all authenticated.
 - An empty payload (a 29-byte datagram) is a keepalive.
+
+Relay channels (5-byte header, then one whole DATA datagram of a relayed link's session)::
+
+     0        1                    5
+    +--------+--------------------+-------------------------------------------+
+    | 0xC5/6 | channel (4)        | DATA datagram sealed end to end (0xC3 ...) |
+    +--------+--------------------+-------------------------------------------+
+
+The channel is a number the relay chose when the origin asked for one over their link
+(:mod:`ipop.overlay.channels`). The relay forwards a 0xC5 datagram that arrives from the
+address its link with the channel's origin runs on, byte for byte but the type (0xC6), to the
+address of its link with the channel's target; the target opens the DATA inside with the
+session its receiver index names, if that session runs through the node at the source
+address. Neither header is authenticated (a relay's RELAY_FORWARD was): what they steer is
+checked against state set up over authenticated links, and the DATA inside is authenticated
+end to end, so a forged or replayed one costs a lookup and a failed open.
 
 Protocol flow (one session; see :mod:`ipop.link.layer` for the state machine)::
 
@@ -51,11 +69,15 @@ from enum import IntEnum
 
 __all__ = [
     "AEAD_TAG_BYTES",
+    "CHANNEL_HEADER",
+    "CHANNEL_HEADER_BYTES",
     "DATA_HEADER",
     "DATA_HEADER_BYTES",
     "DATA_MIN_BYTES",
     "IPOP_TYPE_MIN",
     "MAX_COUNTER",
+    "TYPE_CHANNEL_FROM_RELAY",
+    "TYPE_CHANNEL_TO_RELAY",
     "TYPE_COOKIE_REPLY",
     "TYPE_DATA",
     "TYPE_HANDSHAKE_INIT",
@@ -73,6 +95,8 @@ class MessageType(IntEnum):
     HANDSHAKE_RESP = 0xC2
     DATA = 0xC3
     COOKIE_REPLY = 0xC4
+    CHANNEL_TO_RELAY = 0xC5
+    CHANNEL_FROM_RELAY = 0xC6
 
 
 # Plain ints for the hot path: comparing an int with an IntEnum member costs a method call.
@@ -80,6 +104,11 @@ TYPE_HANDSHAKE_INIT = int(MessageType.HANDSHAKE_INIT)
 TYPE_HANDSHAKE_RESP = int(MessageType.HANDSHAKE_RESP)
 TYPE_DATA = int(MessageType.DATA)
 TYPE_COOKIE_REPLY = int(MessageType.COOKIE_REPLY)
+TYPE_CHANNEL_TO_RELAY = int(MessageType.CHANNEL_TO_RELAY)
+TYPE_CHANNEL_FROM_RELAY = int(MessageType.CHANNEL_FROM_RELAY)
+# A relay channel's header: the type and the relay's channel number (big-endian).
+CHANNEL_HEADER = struct.Struct(">BI")
+CHANNEL_HEADER_BYTES = CHANNEL_HEADER.size
 IPOP_TYPE_MIN = 0xC0
 
 # type (B) | receiver_index (I) | counter (Q): precompiled once, used with pack_into/unpack_from.

@@ -164,12 +164,25 @@ def test_the_endpoint_is_on_loopback_only_and_refuses_other_requests(net: IpopNe
 
 
 def test_a_relayed_peer_shows_as_relayed_and_the_relay_counts_its_bytes(net: IpopNet) -> None:
+    """... and the pings cross it on a relay channel (ipop.overlay.channels): the relay passed
+    datagrams on unopened, and c2 opened them end to end."""
+
     def forwarded(host: str) -> float:
         return sum(
             s.value
             for f in text_string_to_metric_families(_scrape(net, host))
             for s in f.samples
             if s.name == "ipop_relay_forwarded_bytes_total"
+        )
+
+    def event(host: str, name: str) -> float:
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(_scrape(net, host))
+            for s in f.samples
+            if s.name == "ipop_events_total"
+            and s.labels.get("layer") == "overlay"
+            and s.labels.get("event") == name
         )
 
     seen: list[object] = []
@@ -188,7 +201,11 @@ def test_a_relayed_peer_shows_as_relayed_and_the_relay_counts_its_bytes(net: Ipo
         # guessing joined to both symmetric sides): the one c1 names counts the bytes.
         relay = next(h for h in RELAYS if net.status(h).self_.node_id == c2.via)
         seen.append(relay)
-        return forwarded(relay) > 0
+        return (
+            forwarded(relay) > 0
+            and event(relay, "relay_channel_forwarded") > 0
+            and event("c2", "relay_channel_received") > 0
+        )
 
     assert wait_for(relayed_and_counted, 30), (seen, _scrape(net, "c1"))
 

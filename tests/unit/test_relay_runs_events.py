@@ -44,6 +44,7 @@ from ipop.link import fastpath
 from ipop.link import handshake as handshake_mod
 from ipop.link import handshakes as handshakes_mod
 from ipop.link.config import LinkConfig
+from ipop.overlay.config import OverlayConfig
 from ipop.overlay.events import Delivered
 from ipop.overlay.messages import KIND_IP, KIND_PING, TYPE_DIRECT, Alive
 from ipop.testing.identities import make_identity, make_network, seeded_identity
@@ -54,6 +55,9 @@ BACKENDS = [
     "python",
     pytest.param("native", marks=pytest.mark.skipif(NATIVE is None, reason="not built")),
 ]
+# Relay channels off: the runs compared here are RELAY_FORWARD's (one by one has no channel;
+# test_relay_channels holds the channel's path to its own checks).
+FORWARD_ONLY = OverlayConfig(relay_channels=False)
 NAMES = ("r1", "r2", "a", "c", "b")
 ENDS = ("a", "c", "b")
 EPS = {
@@ -273,6 +277,7 @@ def _world(
             ids[name],
             rng=random.Random(100 + i),
             bootstrap=boot.get(name, [EPS["r1"], EPS["r2"]]),
+            overlay_config=FORWARD_ONLY,
         )
     now = T0
     for name in NAMES:
@@ -570,7 +575,11 @@ def _nated_world(runs: bool, seed: int) -> NatedWorld:
     for i, name in enumerate(NAT_EPS):
         boot = [NAT_EPS[p] for p in PUBLIC if p != name]
         w.cores[name] = NodeCore(
-            NAT_IDS[name], rng=random.Random(100 + i), bootstrap=boot, link_config=config
+            NAT_IDS[name],
+            rng=random.Random(100 + i),
+            bootstrap=boot,
+            link_config=config,
+            overlay_config=FORWARD_ONLY,
         )
     return w
 

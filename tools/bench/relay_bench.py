@@ -14,6 +14,10 @@ the data plane makes (:mod:`ipop.aio.dataplane`), one by one and in runs:
 - B (receiver): the same, then the core's events (one by one, IP packets come up as
   Delivered events): the open, RELAY_DELIVER's checks, the end-to-end open.
 
+and in runs on a relay channel (:mod:`ipop.overlay.channels`): A seals end to end only and
+puts the channel's header before each; R checks the channel once a run and passes the bytes
+on; B opens end to end only.
+
 Prints µs per packet per node (best of ``--repeat``); ``--profile NODE`` prints that node's
 cProfile in runs (``--one-by-one``: one by one). The kernel's share (no GSO one by one: a
 ``sendto`` per datagram on A and R) and the event loop's are not in these numbers.
@@ -45,6 +49,7 @@ from typing import Any
 from ipop.core import NodeCore
 from ipop.identity import NodeIdentity
 from ipop.link import fastpath
+from ipop.overlay.config import OverlayConfig
 from ipop.overlay.events import Delivered
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.testing.identities import make_identity, make_network
@@ -97,14 +102,20 @@ def identities(now: float) -> tuple[NodeIdentity, NodeIdentity, NodeIdentity]:
 
 
 def relayed_trio(
-    now: float, ids: tuple[NodeIdentity, NodeIdentity, NodeIdentity] | None = None
+    now: float,
+    ids: tuple[NodeIdentity, NodeIdentity, NodeIdentity] | None = None,
+    *,
+    channels: bool = False,
 ) -> Trio:
     """A -- R -- B, direct links to R and a session between A and B through it (the same
-    ``ids`` and ``now``: the same trio, counters and all)."""
+    ``ids`` and ``now``: the same trio, counters and all). ``channels``: the ends' runs use
+    relay channels (:mod:`ipop.overlay.channels`), A's to B bound before this returns;
+    otherwise every relayed datagram travels inside RELAY_FORWARD."""
     ida, idr, idb = identities(now) if ids is None else ids
-    r = NodeCore(idr, rng=random.Random(3), bootstrap=[])
-    a = NodeCore(ida, rng=random.Random(1), bootstrap=[R_EP])
-    b = NodeCore(idb, rng=random.Random(2), bootstrap=[R_EP])
+    config = OverlayConfig(relay_channels=channels)
+    r = NodeCore(idr, rng=random.Random(3), bootstrap=[], overlay_config=config)
+    a = NodeCore(ida, rng=random.Random(1), bootstrap=[R_EP], overlay_config=config)
+    b = NodeCore(idb, rng=random.Random(2), bootstrap=[R_EP], overlay_config=config)
     trio = Trio(a, r, b, {a.local_id.value: A_EP, r.local_id.value: R_EP, b.local_id.value: B_EP})
     for core in (r, a, b):
         core.start(now=now)
@@ -132,6 +143,13 @@ def relayed_trio(
     for x, y in ((a, b), (b, a)):
         if type(x.link.path_of(y.local_id)) is not RelayPath or not x.overlay.is_linked(y.local_id):
             raise RuntimeError("the in-memory trio did not key A <-> B through R")
+    if channels:
+        # The first run asks R for a channel (and goes inside RELAY_FORWARD); R's answer binds it.
+        a.send_relayed_run(b.local_id, [bytes((TYPE_DIRECT, KIND_IP)) + bytes(20)], now=t)
+        for _ in range(5):
+            trio.move(t)
+        if not a.overlay.relay_channels_bound():
+            raise RuntimeError("the in-memory trio did not bind a relay channel")
     return trio
 
 
@@ -141,11 +159,18 @@ def _deliver(core: NodeCore, to: Endpoint, now: float) -> list[bytes]:
 
 
 def bench(
-    count: int, batch: int, size: int, *, runs: bool = True, profile: str | None = None
+    count: int,
+    batch: int,
+    size: int,
+    *,
+    runs: bool = True,
+    profile: str | None = None,
+    channels: bool = False,
 ) -> dict[str, float]:
-    """µs per packet on each node; ``runs``: the data plane's runs, else one by one."""
+    """µs per packet on each node; ``runs``: the data plane's runs, else one by one;
+    ``channels``: the runs on a relay channel."""
     now = time.time()
-    trio = relayed_trio(now - 10)
+    trio = relayed_trio(now - 10, channels=channels)
     a, r, b = trio.a, trio.r, trio.b
     message = bytes((TYPE_DIRECT, KIND_IP)) + bytes(size)
     spent = {"sender": 0.0, "relay": 0.0, "receiver": 0.0}
@@ -204,12 +229,12 @@ def bench(
     return {k: v / n * 1e6 for k, v in spent.items()}
 
 
-def callgrind(count: int, batch: int, size: int, node: str) -> int:
+def callgrind(count: int, batch: int, size: int, node: str, *, channels: bool = False) -> int:
     """``bench`` in runs with ``node``'s work (as there) called through functools.reduce, for
     ``valgrind --tool=callgrind --toggle-collect=functools_reduce`` (module docstring); the
     packets delivered."""
     now = time.time()
-    trio = relayed_trio(now - 10)
+    trio = relayed_trio(now - 10, channels=channels)
     a, r, b = trio.a, trio.r, trio.b
     message = bytes((TYPE_DIRECT, KIND_IP)) + bytes(size)
     delivered = 0
@@ -260,27 +285,40 @@ def main() -> None:
         choices=["sender", "relay", "receiver"],
         help="that node's work alone inside functools.reduce, for callgrind (see above)",
     )
+    ap.add_argument("--channels", action="store_true", help="--profile/--callgrind on a channel")
     args = ap.parse_args()
     fastpath.use(args.backend)
     if args.callgrind is not None:
-        n = callgrind(args.count, args.batch, args.size, args.callgrind)
+        n = callgrind(args.count, args.batch, args.size, args.callgrind, channels=args.channels)
         print(f"relayed, {n} packets of {args.size} B in runs of {args.batch}, {fastpath.BACKEND}")
         return
     if args.profile is not None:
-        bench(args.count, args.batch, args.size, runs=not args.one_by_one, profile=args.profile)
+        bench(
+            args.count,
+            args.batch,
+            args.size,
+            runs=not args.one_by_one,
+            profile=args.profile,
+            channels=args.channels,
+        )
         return
     print(
         f"relayed, packet {args.size} B, batch {args.batch}, {fastpath.BACKEND}, best of "
         f"{args.repeat}, us/packet:"
     )
     print(f"  {'':<12} {'sender':>8} {'relay':>8} {'receiver':>8} {'total':>8}")
-    for runs in (False, True):
+    for name, runs, channels in (
+        ("one by one", False, False),
+        ("runs", True, False),
+        ("channel runs", True, True),
+    ):
         best: dict[str, float] = {}
         for _ in range(args.repeat):
-            for k, v in bench(args.count, args.batch, args.size, runs=runs).items():
+            got = bench(args.count, args.batch, args.size, runs=runs, channels=channels)
+            for k, v in got.items():
                 best[k] = min(v, best.get(k, v))
         cells = "".join(f" {v:8.2f}" for v in (*best.values(), sum(best.values())))
-        print(f"  {'runs' if runs else 'one by one':<12}{cells}")
+        print(f"  {name:<12}{cells}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,205 @@
+"""Relay channels: a relayed link's data through its relay without a seal for the relay.
+
+A relayed link's datagrams are sealed end to end (origin A to target T) and, without a
+channel, sealed once more inside RELAY_FORWARD for the relay X, which opens that, re-seals it
+as RELAY_DELIVER for T, and T opens both: three AEAD passes and a Python message per datagram
+that the end-to-end seal already made unnecessary. With a channel (TURN's idea, RFC 8656 §12)
+A sends the end-to-end DATA datagram behind a 5-byte header (:mod:`ipop.wire.header`) straight
+to X's address; X checks the header against what it agreed with A and passes the bytes on to
+T's address; T opens the DATA inside with the session its receiver index names. The relay
+does no crypto at all, and a run of them leaves in one GSO send.
+
+Set-up (over A's authenticated link with X, :class:`ipop.overlay.messages.RelayChannel`): A
+asks BIND(T); X, if it would forward A's RELAY_FORWARD to T (both direct, see
+:func:`ipop.overlay.relay.forward_refusal`) and both links run on its main socket, answers
+BOUND(T, c). A re-asks every :data:`REFRESH_S` while it sends over the channel; X forgets a
+channel not asked for in :data:`TTL_S`, and any whose origin or target link is gone.
+
+What each check stops (a channel header is not authenticated: it only steers):
+
+- X forwards a channel's datagram only if it came from the address X's link with the
+  channel's origin runs on, and only to the address its link with the channel's target runs
+  on: a stranger, or another member, cannot use a channel it did not set up, nor send anything
+  anywhere but to a target the origin could have reached through X anyway.
+- T opens a datagram from X only under a session whose path runs through the node at the
+  address it came from (:meth:`ipop.overlay.relay.RelayRole.channel_from`), and the end-to-end
+  AEAD and replay window decide the rest: a relay (or anyone at its address) can drop, delay
+  or repeat what it was given, as it could before, and forge nothing.
+- Every datagram costs one lookup at X and one at T; X's table is bounded
+  (:data:`MAX_CHANNELS`, :data:`MAX_PER_ORIGIN`), a full table answers "no channel" and A keeps
+  to RELAY_FORWARD.
+
+Only the data plane's runs of a relayed link's IP use a channel (and the one-by-one IP send
+that stands for them, :meth:`ipop.core.NodeCore.send_ip`); handshakes, keepalives, path MTU
+probes and overlay messages keep to RELAY_FORWARD. Why: the path MTU a relayed link probes is
+then the one RELAY_FORWARD allows, larger than a channel needs, so a lost channel falls back
+without a datagram that no longer fits; and the link's liveness is never a channel's.
+
+This module owns the two tables; :class:`ipop.overlay.relay.RelayRole` owns the checks that
+read the connection table and the messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from ipop import timing
+from ipop.types import NodeId
+
+__all__ = [
+    "MAX_CHANNELS",
+    "MAX_PER_ORIGIN",
+    "REFRESH_S",
+    "RETRY_S",
+    "TTL_S",
+    "USE_S",
+    "Channel",
+    "ChannelBindings",
+    "ChannelTable",
+]
+
+# The origin asks again this often while it sends over a channel (the relay's proof that the
+# channel is wanted; the answer also repairs one the relay lost).
+REFRESH_S: Final = timing.RELAY_CHANNEL_REFRESH_S
+# An unanswered BIND is asked again after this long (a lost message).
+RETRY_S: Final = timing.RELAY_CHANNEL_RETRY_S
+# The relay forgets a channel nobody asked for in this long; the origin stops using a binding
+# that old (it missed the refreshes' answers, so the relay may have forgotten it).
+TTL_S: Final = 3 * REFRESH_S
+# The origin sends on a channel only this long after the relay last confirmed it (well
+# inside TTL_S, which the relay counts from the BIND it answered).
+USE_S: Final = 2 * REFRESH_S
+# Bounds on the relay's table: each entry is a few dozen bytes.
+MAX_CHANNELS: Final = 4096
+MAX_PER_ORIGIN: Final = 64
+_ID_SPACE: Final = 1 << 32
+
+
+@dataclass(slots=True)
+class Channel:
+    """A channel at its relay: the datagrams ``origin`` sends on it go to ``target``."""
+
+    origin: NodeId
+    target: NodeId
+    asked: float
+
+
+class ChannelTable:
+    """The relay's channels, by number and by (origin, target); bounded, expiring."""
+
+    def __init__(self, first: int) -> None:
+        # Numbers are handed out in turn from a random start (the node's seeded rng: a
+        # simulated run repeats); 0 is never one (it means "no channel" in BOUND).
+        self._next = first % _ID_SPACE or 1
+        self._by_id: dict[int, Channel] = {}
+        self._by_pair: dict[tuple[int, int], int] = {}
+        self._per_origin: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def bind(self, origin: NodeId, target: NodeId, *, now: float) -> int:
+        """The channel from ``origin`` to ``target``, made if need be; 0 if the table is full.
+        Asking again for a pair keeps its number and renews it."""
+        key = (origin.value, target.value)
+        number = self._by_pair.get(key)
+        if number is not None:
+            self._by_id[number].asked = now
+            return number
+        self._expire(now)
+        if len(self._by_id) >= MAX_CHANNELS or self._per_origin.get(origin.value, 0) >= (
+            MAX_PER_ORIGIN
+        ):
+            return 0
+        number = self._next
+        while number in self._by_id:  # (at most MAX_CHANNELS steps, once in 2**32 numbers)
+            number = number % (_ID_SPACE - 1) + 1
+        self._next = number % (_ID_SPACE - 1) + 1
+        self._by_id[number] = Channel(origin, target, now)
+        self._by_pair[key] = number
+        self._per_origin[origin.value] = self._per_origin.get(origin.value, 0) + 1
+        return number
+
+    def get(self, number: int, *, now: float) -> Channel | None:
+        """The live channel ``number``; one not asked for within :data:`TTL_S` is dropped."""
+        ch = self._by_id.get(number)
+        if ch is not None and now - ch.asked > TTL_S:
+            self.drop(number)
+            return None
+        return ch
+
+    def drop(self, number: int) -> None:
+        ch = self._by_id.pop(number, None)
+        if ch is None:
+            return
+        del self._by_pair[(ch.origin.value, ch.target.value)]
+        left = self._per_origin[ch.origin.value] - 1
+        if left:
+            self._per_origin[ch.origin.value] = left
+        else:
+            del self._per_origin[ch.origin.value]
+
+    def forget(self, peer: NodeId) -> None:
+        """``peer``'s link is gone: every channel from or to it."""
+        value = peer.value
+        gone = [n for n, ch in self._by_id.items() if value in (ch.origin.value, ch.target.value)]
+        for number in gone:
+            self.drop(number)
+
+    def _expire(self, now: float) -> None:
+        stale = [n for n, ch in self._by_id.items() if now - ch.asked > TTL_S]
+        for number in stale:
+            self.drop(number)
+
+
+@dataclass(slots=True)
+class _Binding:
+    """One relayed link's channel as the origin knows it: when it last asked and was told."""
+
+    channel: int  # 0 until BOUND names one (or while the relay has none for us)
+    asked: float
+    bound: float
+
+
+class ChannelBindings:
+    """The origin's side: the channel each relayed link of ours may use, by (relay, peer)."""
+
+    def __init__(self) -> None:
+        self._by_pair: dict[tuple[int, int], _Binding] = {}
+
+    def __len__(self) -> int:
+        return sum(1 for b in self._by_pair.values() if b.channel)
+
+    def use(self, via: NodeId, peer: NodeId, *, now: float) -> tuple[int, bool]:
+        """``(channel, ask)`` for sending to ``peer`` through ``via`` now: the channel to
+        send on (0: none, use RELAY_FORWARD) and whether to send the relay a BIND first (none
+        asked yet, an answer overdue, or a refresh due)."""
+        key = (via.value, peer.value)
+        b = self._by_pair.get(key)
+        if b is None:
+            self._by_pair[key] = _Binding(0, now, -TTL_S)
+            return 0, True
+        channel = b.channel if now - b.bound <= USE_S else 0
+        # Answered (a channel or none for now): again in REFRESH_S; unanswered: RETRY_S.
+        wait = REFRESH_S if b.bound >= b.asked else RETRY_S
+        if now - b.asked >= wait:
+            b.asked = now
+            return channel, True
+        return channel, False
+
+    def bound(self, via: NodeId, peer: NodeId, channel: int, *, now: float) -> bool:
+        """``via`` answered: ``channel`` (0: none) for ``peer``. False (nothing changed) if we
+        never asked it for one."""
+        b = self._by_pair.get((via.value, peer.value))
+        if b is None:
+            return False
+        b.channel = channel
+        b.bound = now
+        return True
+
+    def forget(self, node: NodeId) -> None:
+        """``node``'s link is gone or moved: every binding through it or to it."""
+        value = node.value
+        for key in [k for k in self._by_pair if value in k]:
+            del self._by_pair[key]
