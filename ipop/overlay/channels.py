@@ -13,7 +13,10 @@ Set-up (over A's authenticated link with X, :class:`ipop.overlay.messages.RelayC
 asks BIND(T); X, if it would forward A's RELAY_FORWARD to T (both direct, see
 :func:`ipop.overlay.relay.forward_refusal`) and both links run on its main socket, answers
 BOUND(T, c). A re-asks every :data:`REFRESH_S` while it sends over the channel; X forgets a
-channel not asked for in :data:`TTL_S`, and any whose origin or target link is gone.
+channel not asked for in :data:`TTL_S`, and any whose origin or target link is gone. A
+datagram on a number X does not hold (X restarted, or forgot the channel) gets its origin an
+UNKNOWN(c) over their link, at most one per origin per :data:`RETRY_S`, and A asks afresh at
+once instead of at its next refresh.
 
 What each check stops (a channel header is not authenticated: it only steers):
 
@@ -197,6 +200,16 @@ class ChannelBindings:
         b.channel = channel
         b.bound = now
         return True
+
+    def lost(self, via: NodeId, channel: int) -> bool:
+        """``via`` holds no channel ``channel`` (it restarted, or forgot it): every binding of
+        ours through it on that number is asked for afresh at its next use. False if none."""
+        found = False
+        for (v, _), b in self._by_pair.items():
+            if v == via.value and b.channel == channel:
+                b.channel, b.asked, b.bound = 0, -TTL_S, -TTL_S
+                found = True
+        return found
 
     def forget(self, node: NodeId) -> None:
         """``node``'s link is gone or moved: every binding through it or to it."""

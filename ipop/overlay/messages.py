@@ -72,8 +72,10 @@ the relay, :mod:`ipop.wire.header`)::
     +--------+--------+------------------------------+----------------+
     |  0x0C  |   op   | target NodeId (20)           | channel (u32)  |
     +--------+--------+------------------------------+----------------+
-    op: 0x01 BIND  (origin -> relay; channel 0)
-        0x02 BOUND (relay -> origin; the channel, or 0: none now, keep to RELAY_FORWARD)
+    op: 0x01 BIND    (origin -> relay; channel 0)
+        0x02 BOUND   (relay -> origin; the channel, or 0: none now, keep to RELAY_FORWARD)
+        0x03 UNKNOWN (relay -> origin; target all zero: "no such channel here": the relay
+                     restarted or forgot it, the origin asks afresh)
     other ops are refused as bad_flags
 
 NEIGHBOURS (0x04): the sender's near neighbours, for ring stabilisation::
@@ -230,6 +232,7 @@ TYPE_LINK_IDS = 0x0B
 TYPE_RELAY_CHANNEL = 0x0C
 CHANNEL_BIND = 0x01
 CHANNEL_BOUND = 0x02
+CHANNEL_UNKNOWN = 0x03
 _CHANNEL = struct.Struct(">I")
 # A RELAY_FORWARD's or RELAY_DELIVER's head: the type and the node id; the sealed datagram
 # follows (relays and receivers compare heads to take a run of one link's messages at once).
@@ -601,7 +604,8 @@ class RelayRefused:
 @dataclass(frozen=True, slots=True)
 class RelayChannel:
     """Type 0x0C: BIND asks the relay for a channel to ``target``; BOUND answers with its
-    number (0: none, the origin keeps to RELAY_FORWARD). See :mod:`ipop.overlay.channels`."""
+    number (0: none, the origin keeps to RELAY_FORWARD); UNKNOWN tells the origin the relay
+    holds no channel ``channel`` (``target`` unused). See :mod:`ipop.overlay.channels`."""
 
     op: int
     target: NodeId
@@ -618,7 +622,7 @@ class RelayChannel:
     def decode(cls, data: bytes) -> RelayChannel:
         _need(data, 2 + ID_BYTES + _CHANNEL.size, "relay channel")
         op = data[1]
-        if op not in (CHANNEL_BIND, CHANNEL_BOUND):
+        if op not in (CHANNEL_BIND, CHANNEL_BOUND, CHANNEL_UNKNOWN):
             raise RemoteProtocolError("bad_flags", f"relay channel op {op:#x}")
         return cls(op, _node_id(data, 2), _CHANNEL.unpack_from(data, 2 + ID_BYTES)[0])
 

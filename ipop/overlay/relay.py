@@ -33,11 +33,12 @@ from typing import Final, Protocol
 from ipop.errors import LocalProtocolError, RemoteProtocolError
 from ipop.overlay.attempts import Action as AttemptAction
 from ipop.overlay.attempts import Attempts
-from ipop.overlay.channels import ChannelBindings, ChannelTable
+from ipop.overlay.channels import RETRY_S, ChannelBindings, ChannelTable
 from ipop.overlay.events import RelayDatagram
 from ipop.overlay.messages import (
     CHANNEL_BIND,
     CHANNEL_BOUND,
+    CHANNEL_UNKNOWN,
     RELAY_HEAD_BYTES,
     RelayChannel,
     RelayDeliver,
@@ -68,6 +69,8 @@ RELAY_DROPS: Final = frozenset(
         "relay_channel_unasked",
     }
 )
+# UNKNOWN names no target.
+_NO_TARGET: Final = NodeId(0)
 # Relays a roam's fallback tries for one link (each refusal costs one round trip).
 ROAM_RELAY_TRIES = 4
 
@@ -244,6 +247,8 @@ class RelayRole:
         self.channels = ChannelTable(channel_first)
         self.bindings = ChannelBindings()
         self._use_channels = use_channels
+        # When each origin was last told UNKNOWN (by the id's int; rows only, so bounded).
+        self._told_unknown: dict[int, float] = {}
         # Bumped whenever a row's last_relay moves (it is not part of the row's rev): the
         # node's policy-view cache keys on it.
         self.stamp = 0
@@ -253,6 +258,7 @@ class RelayRole:
         self._fallbacks.forget(peer)
         self.channels.forget(peer)
         self.bindings.forget(peer)
+        self._told_unknown.pop(peer.value, None)
 
     def path_changed(self, peer: NodeId, path: Path) -> None:
         """Our link to ``peer`` now runs over ``path``: a relayed one ends its fallback; our
@@ -334,6 +340,12 @@ class RelayRole:
             self._stats["relay_channel_binds"] += 1
             self._send(peer, RelayChannel(CHANNEL_BOUND, target, number).encode(), now)
             return
+        if msg.op == CHANNEL_UNKNOWN:
+            if self.bindings.lost(peer, msg.channel):
+                self._stats["relay_channel_lost"] += 1
+            else:
+                self._drops["relay_channel_unasked"] += 1
+            return
         row = self._table.get(target)
         path = row.path if row is not None else None
         if (
@@ -355,6 +367,7 @@ class RelayRole:
         ch = self.channels.get(number, now=now)
         if ch is None:
             self._drops["relay_channel_unknown"] += n
+            self._tell_unknown(number, source, now)
             return None
         table = self._table
         origin_row = table.get(ch.origin)
@@ -371,6 +384,20 @@ class RelayRole:
         self._forwarded(ch.origin, ch.target, datagrams, now)
         self._stats["relay_channel_forwarded"] += n
         return target_row.path
+
+    def _tell_unknown(self, number: int, source: Path, now: float) -> None:
+        """Tell the direct peer whose link runs on ``source`` (if any) that we hold no
+        channel ``number``: at most once per peer per RETRY_S (a spoofed source gets that
+        peer one small authenticated message a while, never more)."""
+        for row in self._table:
+            if row.path == source:
+                key = row.peer.value
+                if now - self._told_unknown.get(key, -RETRY_S) >= RETRY_S:
+                    self._told_unknown[key] = now
+                    self._stats["relay_channel_told_unknown"] += 1
+                    msg = RelayChannel(CHANNEL_UNKNOWN, _NO_TARGET, number)
+                    self._send(row.peer, msg.encode(), now)
+                return
 
     def channel_from(self, via: NodeId, source: Path, n: int) -> bool:
         """As the target: may ``n`` CHANNEL_FROM_RELAY datagrams from ``source`` be opened as
