@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any, cast
 
@@ -56,12 +56,6 @@ INDEX = 0x01020304
 def _native(cipher_id: int, key: bytes) -> BatchAead:
     assert NATIVE is not None
     return NATIVE(cipher_id, key)
-
-
-@pytest.fixture(autouse=True)
-def _restore_backend() -> Iterator[None]:
-    yield
-    fastpath.use("auto")
 
 
 # --- 1. one key ------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -42,12 +41,6 @@ BACKENDS = [
 STRANGER = NodeId(0xC0FFEE)
 NOW = time.time()
 IDS = bench.identities(NOW - 10)  # one trio for every scenario: the same ids, the same times
-
-
-@pytest.fixture(autouse=True)
-def _restore_backend() -> Iterator[None]:
-    yield
-    fastpath.use("auto")
 
 
 def _tamper(data: bytes, at: int) -> bytes:

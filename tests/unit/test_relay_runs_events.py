@@ -138,12 +138,6 @@ def _counted_keys(monkeypatch: pytest.MonkeyPatch) -> _CountedKeys:
     return keys
 
 
-@pytest.fixture(autouse=True)
-def _restore_backend() -> Iterator[None]:
-    yield
-    fastpath.use("auto")
-
-
 @dataclass
 class World:
     """Five cores in memory; ``runs``: the data plane's runs, else one by one."""
