@@ -56,7 +56,7 @@ from ipop.testing.identities import make_identity, make_network
 from ipop.tools.bench.dataplane_bench import A_EP, B_EP
 from ipop.types import Endpoint, RelayPath
 
-R_EP = Endpoint("192.0.2.7", 5800)
+R_EP = Endpoint("198.51.100.7", 5800)  # (in memory: no datagram leaves)
 
 
 @dataclass
