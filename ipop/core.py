@@ -667,6 +667,7 @@ class NodeCore:
                 self._out.extend(zip([_FROM_RELAY + d[1:] for d in run], repeat(target)))
             return stop
         link = self.link
+        looked, here = False, None
         i = start
         while i < stop:
             owner = link.index_owner(datagrams[i], CHANNEL_HEADER_BYTES)
@@ -675,17 +676,21 @@ class NodeCore:
                 i += 1
                 continue
             origin, session_path = owner
-            if type(session_path) is RelayPath:
-                via: NodeId | None = session_path.via
-                rpath: RelayPath | None = session_path
-            else:  # the session moved off the relay (a shortcut): where the data came from
-                via = link.peer_at(path)
-                rpath = RelayPath(via=via, peer=origin) if via is not None else None
-            if via is None or rpath is None or not overlay.channel_from(via, path, 1):
-                if via is None:
-                    overlay.channel_drop("relay_channel_relay")
-                i += 1
-                continue
+            rpath = session_path if type(session_path) is RelayPath else None
+            if rpath is None or not overlay.channel_from(rpath.via, path, 0):
+                # The session runs elsewhere: through another relay (each end keys through
+                # one of its choice, and either may be the one a datagram used) or direct
+                # now (a shortcut). As for RELAY_DELIVER, what counts is the node that
+                # passed it on, found by its address once a run.
+                if not looked:
+                    looked, here = True, link.peer_at(path)
+                rpath = RelayPath(via=here, peer=origin) if here is not None else None
+                if rpath is None or not overlay.channel_from(rpath.via, path, 1):
+                    if rpath is None:
+                        overlay.channel_drop("relay_channel_relay")
+                    i += 1
+                    continue
+            via = rpath.via
             run_of = None
             if kinds is not None:
                 run_of = link.open_run(datagrams, i, rpath, now=now, head=head)

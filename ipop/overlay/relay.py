@@ -402,10 +402,12 @@ class RelayRole:
     def channel_from(self, via: NodeId, source: Path, n: int) -> bool:
         """As the target: may ``n`` CHANNEL_FROM_RELAY datagrams from ``source`` be opened as
         relayed through ``via``? Only if our link with ``via`` runs on that address (else
-        counted). Nothing else changes before one of them opens (:meth:`channel_opened`)."""
+        counted; with ``n`` 0 not: the caller looks further). Nothing else changes before one
+        of them opens (:meth:`channel_opened`)."""
         row = self._table.get(via)
         if row is None or row.path != source:
-            self._drops["relay_channel_relay"] += n
+            if n:
+                self._drops["relay_channel_relay"] += n
             return False
         return True
 

@@ -293,6 +293,28 @@ def test_a_relay_that_lost_its_channels_tells_the_origin_which_binds_again() -> 
     assert len(b.receive_direct_run(to_b, bench.R_EP, now=NOW, kind=KIND_IP)) == 2
 
 
+@pytest.mark.parametrize("channels", [True, False])
+@pytest.mark.parametrize("runs", [True, False])
+def test_a_target_whose_session_runs_through_another_relay_still_takes_it(
+    channels: bool, runs: bool
+) -> None:
+    """Each end keys a relayed link through a relay of its choice, so B's session with A may
+    run through Y while A sends through R: B takes A's datagrams from R as from Y, on a
+    channel as inside RELAY_DELIVER (the session's own checks decide)."""
+    trio = bench.relayed_trio(NOW - 10, IDS, channels=channels)
+    a, r, b = trio.a, trio.r, trio.b
+    st = b.link._peers[a.local_id]
+    st.path = RelayPath(via=STRANGER, peer=a.local_id)  # as if B had keyed it through Y
+    to_r = _run_to_r(trio, 4)
+    assert (to_r[0][0] == TYPE_CHANNEL_TO_RELAY) is channels
+    r.receive_direct_run(to_r, bench.A_EP, now=NOW, kind=KIND_IP)
+    r.flush(now=NOW)
+    to_b = bench._deliver(r, bench.B_EP, NOW)
+    got = _take(b, [(d, bench.R_EP) for d in to_b], NOW, runs)
+    assert len(got) == 4
+    assert b.overlay.drops["relay_channel_relay"] == 0
+
+
 # --- the message and the tables alone ---------------------------------------------------------
 
 
