@@ -7,7 +7,10 @@
 - link datagrams for a relayed path (``RelayPath``) are handed to the overlay, which carries
   them to the relay node inside RELAY_FORWARD; RELAY_DELIVER datagrams that the overlay
   unwraps (``RelayDatagram`` events) are fed back into the link layer as if they had arrived
-  on that relay path. Only underlay datagrams leave through :meth:`datagrams_to_send`;
+  on that relay path. The data plane's runs of IP for a relayed link leave on the relay's
+  channel instead once it bound one (:mod:`ipop.overlay.channels`), and channel datagrams
+  that arrive are passed on as the relay or opened as the target (:meth:`_channel_run`).
+  Only underlay datagrams leave through :meth:`datagrams_to_send`;
 - upper-layer traffic (:meth:`send`) goes DIRECT over a link to the destination when one is
   up (a shortcut or any other link) and is routed over the ring otherwise. The first packet to
   a peer with no link asks the overlay for a shortcut, so later packets go direct;
