@@ -25,7 +25,7 @@ What each check stops (a channel header is not authenticated: it only steers):
   on: a stranger, or another member, cannot use a channel it did not set up, nor send anything
   anywhere but to a target the origin could have reached through X anyway.
 - T opens a datagram from X only under a session whose path runs through the node at the
-  address it came from (:meth:`ipop.overlay.relay.RelayRole.channel_from`), and the end-to-end
+  address it came from (:meth:`RelayChannels.from_relay`), and the end-to-end
   AEAD and replay window decide the rest: a relay (or anyone at its address) can drop, delay
   or repeat what it was given, as it could before, and forge nothing.
 - Every datagram costs one lookup at X and one at T; X's table is bounded
@@ -38,19 +38,31 @@ probes and overlay messages keep to RELAY_FORWARD. Why: the path MTU a relayed l
 then the one RELAY_FORWARD allows, larger than a channel needs, so a lost channel falls back
 without a datagram that no longer fits; and the link's liveness is never a channel's.
 
-This module owns the two tables; :class:`ipop.overlay.relay.RelayRole` owns the checks that
-read the connection table and the messages.
+This module owns the two tables and :class:`RelayChannels`, the checks and messages around
+them; :class:`ipop.overlay.relay.RelayRole` owns it and lends it the relay's own rules.
 """
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from ipop import timing
-from ipop.types import NodeId
+from ipop.errors import LocalProtocolError
+from ipop.overlay.messages import (
+    CHANNEL_BIND,
+    CHANNEL_BOUND,
+    CHANNEL_UNKNOWN,
+    RelayChannel,
+)
+from ipop.overlay.table import Connection, ConnectionTable
+from ipop.types import Endpoint, NodeId, Path, RelayPath
+from ipop.wire.header import CHANNEL_HEADER, TYPE_CHANNEL_TO_RELAY
 
 __all__ = [
+    "CHANNEL_DROPS",
     "MAX_CHANNELS",
     "MAX_PER_ORIGIN",
     "REFRESH_S",
@@ -60,6 +72,7 @@ __all__ = [
     "Channel",
     "ChannelBindings",
     "ChannelTable",
+    "RelayChannels",
 ]
 
 # The origin asks again this often while it sends over a channel (the relay's proof that the
@@ -77,6 +90,19 @@ USE_S: Final = 2 * REFRESH_S
 MAX_CHANNELS: Final = 4096
 MAX_PER_ORIGIN: Final = 64
 _ID_SPACE: Final = 1 << 32
+# UNKNOWN names no target.
+_NO_TARGET: Final = NodeId(0)
+# Every reason a channel datagram or message is dropped for (in the node's drops).
+CHANNEL_DROPS: Final = frozenset(
+    {
+        "relay_channel_unknown",
+        "relay_channel_source",
+        "relay_channel_stale",
+        "relay_channel_relay",
+        "relay_channel_malformed",
+        "relay_channel_unasked",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -216,3 +242,179 @@ class ChannelBindings:
         value = node.value
         for key in [k for k in self._by_pair if value in k]:
             del self._by_pair[key]
+
+
+class RelayChannels:
+    """Our part in relay channels: as a relay (BIND answered, channels checked and passed on,
+    UNKNOWN told), as an origin (a relayed link's runs on its channel, BOUND and UNKNOWN
+    taken) and as a target (whether a channel datagram may open). The relay role owns it and
+    lends it its own rules: whether it would forward from one peer to another, what a
+    datagram sent through a relay or forwarded counts for, and holding a relay's link."""
+
+    def __init__(
+        self,
+        *,
+        table: ConnectionTable,
+        drops: collections.Counter[str],
+        stats: collections.Counter[str],
+        send: Callable[[NodeId, bytes, float], bool],
+        may_forward: Callable[[NodeId, NodeId, float], bool],
+        wrapped: Callable[[Connection, RelayPath, float], None],
+        forwarded: Callable[[NodeId, NodeId, list[bytes], float], None],
+        hold: Callable[[Connection, float], None],
+        first: int = 1,
+        use: bool = True,
+    ) -> None:
+        self._table = table
+        self._drops = drops
+        self._stats = stats
+        self._send = send
+        self._may_forward = may_forward
+        self._wrapped = wrapped
+        self._forwarded = forwarded
+        self._hold = hold
+        self._use = use
+        self.table = ChannelTable(first)  # ours, as the relay
+        self.bindings = ChannelBindings()  # the ones our relayed links may send on
+        # When each origin was last told UNKNOWN (by the id's int; rows only, so bounded).
+        self._told_unknown: dict[int, float] = {}
+
+    def forget(self, peer: NodeId) -> None:
+        """``peer``'s link is gone: every channel and binding from, to or through it."""
+        self.table.forget(peer)
+        self.bindings.forget(peer)
+        self._told_unknown.pop(peer.value, None)
+
+    def path_changed(self, peer: NodeId) -> None:
+        """Our link to ``peer`` moved: our bindings to it or through it are asked afresh (the
+        relay checks addresses)."""
+        self.bindings.forget(peer)
+
+    def drop(self, reason: str) -> None:
+        """One channel datagram the core dropped before the checks here, under ``reason`` (one
+        of :data:`CHANNEL_DROPS`)."""
+        if reason not in CHANNEL_DROPS:
+            raise LocalProtocolError(f"not a relay channel drop reason: {reason}")
+        self._drops[reason] += 1
+
+    def run(
+        self, datagrams: list[bytes], path: RelayPath, *, now: float
+    ) -> tuple[list[bytes], Endpoint] | None:
+        """A run of our DATA datagrams for the relayed link over ``path`` (sealed end to
+        end) on its channel: the datagrams to send and the relay's address. None: no channel
+        now, the caller wraps them (:meth:`ipop.overlay.relay.RelayRole.wrap_run`). Asks the
+        relay for one, or renews it, when due."""
+        via = path.via
+        row = self._table.get(via)
+        if not self._use or row is None or type(row.path) is not Endpoint:
+            return None
+        channel, ask = self.bindings.use(via, path.peer, now=now)
+        if ask:
+            self._stats["relay_channel_asked"] += 1
+            self._send(via, RelayChannel(CHANNEL_BIND, path.peer).encode(), now)
+        if not channel:
+            return None
+        head = CHANNEL_HEADER.pack(TYPE_CHANNEL_TO_RELAY, channel)
+        self._wrapped(row, path, now)
+        self._stats["relay_channel_sent"] += len(datagrams)
+        return [head + d for d in datagrams], row.path
+
+    def on_message(self, msg: RelayChannel, peer: NodeId, now: float) -> None:
+        """BIND from ``peer``: as its relay, a channel to the target if we would forward
+        there (a refusal as for RELAY_FORWARD) and both links run on our main socket (where
+        the channel's datagrams arrive). BOUND from our relay ``peer``: taken only if we asked
+        it, for a link of ours that still runs through it."""
+        target = msg.target
+        if msg.op == CHANNEL_BIND:
+            if not self._may_forward(peer, target, now):
+                return
+            number = 0
+            origin_row, target_row = self._table.get(peer), self._table.get(target)
+            if (
+                origin_row is not None
+                and target_row is not None
+                and type(origin_row.path) is Endpoint
+                and type(target_row.path) is Endpoint
+            ):
+                number = self.table.bind(peer, target, now=now)
+            self._stats["relay_channel_binds"] += 1
+            self._send(peer, RelayChannel(CHANNEL_BOUND, target, number).encode(), now)
+            return
+        if msg.op == CHANNEL_UNKNOWN:
+            if self.bindings.lost(peer, msg.channel):
+                self._stats["relay_channel_lost"] += 1
+            else:
+                self._drops["relay_channel_unasked"] += 1
+            return
+        row = self._table.get(target)
+        path = row.path if row is not None else None
+        if (
+            type(path) is not RelayPath
+            or path.via != peer
+            or not self.bindings.bound(peer, target, msg.channel, now=now)
+        ):
+            self._drops["relay_channel_unasked"] += 1
+            return
+        self._stats["relay_channel_bound" if msg.channel else "relay_channel_none"] += 1
+
+    def forward(
+        self, number: int, source: Path, datagrams: list[bytes], *, now: float
+    ) -> Endpoint | None:
+        """As a relay: where ``datagrams`` (CHANNEL_TO_RELAY on channel ``number``, from
+        ``source``) go, the address of our link with the channel's target; None: dropped
+        (counted). Only from the address our link with the channel's origin runs on."""
+        n = len(datagrams)
+        ch = self.table.get(number, now=now)
+        if ch is None:
+            self._drops["relay_channel_unknown"] += n
+            self._tell_unknown(number, source, now)
+            return None
+        table = self._table
+        origin_row = table.get(ch.origin)
+        if origin_row is None or origin_row.path != source:
+            self._drops["relay_channel_source"] += n
+            return None
+        target_row = table.get(ch.target)
+        if target_row is None or type(target_row.path) is not Endpoint:
+            # The target's link went relayed or away: so does the channel (the origin's next
+            # BIND is refused, or gets a new channel on a new direct link).
+            self._drops["relay_channel_stale"] += n
+            self.table.drop(number)
+            return None
+        self._forwarded(ch.origin, ch.target, datagrams, now)
+        self._stats["relay_channel_forwarded"] += n
+        return target_row.path
+
+    def _tell_unknown(self, number: int, source: Path, now: float) -> None:
+        """Tell the direct peer whose link runs on ``source`` (if any) that we hold no
+        channel ``number``: at most once per peer per RETRY_S (a spoofed source gets that
+        peer one small authenticated message a while, never more)."""
+        for row in self._table:
+            if row.path == source:
+                key = row.peer.value
+                if now - self._told_unknown.get(key, -RETRY_S) >= RETRY_S:
+                    self._told_unknown[key] = now
+                    self._stats["relay_channel_told_unknown"] += 1
+                    msg = RelayChannel(CHANNEL_UNKNOWN, _NO_TARGET, number)
+                    self._send(row.peer, msg.encode(), now)
+                return
+
+    def from_relay(self, via: NodeId, source: Path, n: int) -> bool:
+        """As the target: may ``n`` CHANNEL_FROM_RELAY datagrams from ``source`` be opened as
+        relayed through ``via``? Only if our link with ``via`` runs on that address (else
+        counted; with ``n`` 0 not: the caller looks further). Nothing else changes before one
+        of them opens (:meth:`opened`)."""
+        row = self._table.get(via)
+        if row is None or row.path != source:
+            if n:
+                self._drops["relay_channel_relay"] += n
+            return False
+        return True
+
+    def opened(self, via: NodeId, n: int, now: float) -> None:
+        """``n`` datagrams that came on a channel through ``via`` opened: hold its link, as a
+        RELAY_DELIVER does."""
+        row = self._table.get(via)
+        if row is not None:
+            self._hold(row, now)
+        self._stats["relay_channel_received"] += n

@@ -137,6 +137,7 @@ from ipop.link.events import (
 )
 from ipop.overlay.attempts import Action as AttemptAction
 from ipop.overlay.attempts import Attempts, Backoff, Bootstraps, Connect
+from ipop.overlay.channels import CHANNEL_DROPS
 from ipop.overlay.config import OverlayConfig
 from ipop.overlay.ctm import CTM_DROPS, CtmAgent
 from ipop.overlay.events import (
@@ -221,6 +222,7 @@ OVERLAY_DROPS: Final = (
     )
     | ROUTE_DROPS
     | RELAY_DROPS
+    | CHANNEL_DROPS
     | CTM_DROPS
     | NEAR_DROPS
     | ORIGIN_DROPS
@@ -443,7 +445,7 @@ class OverlayNode:
             Neighbours: self._upkeep.on_neighbours,  # type: ignore[dict-item]
             Closing: self._on_closing,  # type: ignore[dict-item]
             RelayRefused: self._relay.on_refused,  # type: ignore[dict-item]
-            RelayChannel: self._relay.on_channel,  # type: ignore[dict-item]
+            RelayChannel: self._relay.channels.on_message,  # type: ignore[dict-item]
             Alive: self._on_alive,  # type: ignore[dict-item]
             FastPeers: self._upkeep.on_fast_peers,  # type: ignore[dict-item]
             LinkIds: self._on_link_ids,  # type: ignore[dict-item]
@@ -530,35 +532,34 @@ class OverlayNode:
         self, datagrams: list[bytes], path: RelayPath, *, now: float
     ) -> tuple[list[bytes], Endpoint] | None:
         """The relayed link's DATA run on its relay channel, or None: wrap it
-        (:meth:`ipop.overlay.relay.RelayRole.channel_run`)."""
-        return self._relay.channel_run(datagrams, path, now=now)
+        (:meth:`ipop.overlay.channels.RelayChannels.run`)."""
+        return self._relay.channels.run(datagrams, path, now=now)
 
     def channel_forward(
         self, number: int, source: Path, datagrams: list[bytes], *, now: float
     ) -> Endpoint | None:
         """As a relay, where channel ``number``'s datagrams from ``source`` go, or None
-        (:meth:`ipop.overlay.relay.RelayRole.channel_forward`)."""
-        return self._relay.channel_forward(number, source, datagrams, now=now)
+        (:meth:`ipop.overlay.channels.RelayChannels.forward`)."""
+        return self._relay.channels.forward(number, source, datagrams, now=now)
 
     def channel_from(self, via: NodeId, source: Path, n: int) -> bool:
         """As a target, whether channel datagrams from ``source`` may be opened as relayed
-        through ``via`` (:meth:`ipop.overlay.relay.RelayRole.channel_from`)."""
-        return self._relay.channel_from(via, source, n)
+        through ``via`` (:meth:`ipop.overlay.channels.RelayChannels.from_relay`)."""
+        return self._relay.channels.from_relay(via, source, n)
 
     def relay_channels_bound(self) -> int:
         """How many of our relayed links have a channel bound (status, tests)."""
-        return len(self._relay.bindings)
+        return len(self._relay.channels.bindings)
 
     def channel_drop(self, reason: str) -> None:
         """One relay channel datagram the core dropped before the overlay's checks, counted
-        under ``reason`` (one of :data:`ipop.overlay.relay.RELAY_DROPS`)."""
-        if reason not in RELAY_DROPS:
-            raise LocalProtocolError(f"not a relay drop reason: {reason}")
-        self.drops[reason] += 1
+        under ``reason`` (:meth:`ipop.overlay.channels.RelayChannels.drop`)."""
+        self._relay.channels.drop(reason)
 
     def channel_opened(self, via: NodeId, n: int, *, now: float) -> None:
-        """``n`` channel datagrams through ``via`` opened (:meth:`RelayRole.channel_opened`)."""
-        self._relay.channel_opened(via, n, now)
+        """``n`` channel datagrams through ``via`` opened
+        (:meth:`ipop.overlay.channels.RelayChannels.opened`)."""
+        self._relay.channels.opened(via, n, now)
 
     def relay_run(
         self,

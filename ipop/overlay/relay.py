@@ -21,7 +21,9 @@ Rules, each with its reason:
   timeout (about 15 s) to close the dead relayed link.
 
 :class:`RelayRole` is the node's part in all of this, on either side of a relayed link; its
-drop reasons are :data:`RELAY_DROPS`.
+drop reasons are :data:`RELAY_DROPS`. A relayed link's data runs skip RELAY_FORWARD once the
+relay bound a channel for them: :class:`ipop.overlay.channels.RelayChannels`, which the role
+owns and lends its forwarding rule.
 """
 
 from __future__ import annotations
@@ -33,14 +35,10 @@ from typing import Final, Protocol
 from ipop.errors import LocalProtocolError, RemoteProtocolError
 from ipop.overlay.attempts import Action as AttemptAction
 from ipop.overlay.attempts import Attempts
-from ipop.overlay.channels import RETRY_S, ChannelBindings, ChannelTable
+from ipop.overlay.channels import RelayChannels
 from ipop.overlay.events import RelayDatagram
 from ipop.overlay.messages import (
-    CHANNEL_BIND,
-    CHANNEL_BOUND,
-    CHANNEL_UNKNOWN,
     RELAY_HEAD_BYTES,
-    RelayChannel,
     RelayDeliver,
     RelayForward,
     RelayRefused,
@@ -48,8 +46,7 @@ from ipop.overlay.messages import (
 from ipop.overlay.near import SeenIds
 from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import Connection, ConnectionKind, ConnectionTable
-from ipop.types import Endpoint, NodeId, Path, RelayPath, ring_distance
-from ipop.wire.header import CHANNEL_HEADER, TYPE_CHANNEL_TO_RELAY
+from ipop.types import NodeId, Path, RelayPath, ring_distance
 
 # Every reason the relay role drops a datagram or a relay message for (in the node's drops).
 RELAY_DROPS: Final = frozenset(
@@ -61,16 +58,8 @@ RELAY_DROPS: Final = frozenset(
         "relay_via_down",
         "relay_bad_deliver",
         "relay_refused_stale",
-        "relay_channel_unknown",
-        "relay_channel_source",
-        "relay_channel_stale",
-        "relay_channel_relay",
-        "relay_channel_malformed",
-        "relay_channel_unasked",
     }
 )
-# UNKNOWN names no target.
-_NO_TARGET: Final = NodeId(0)
 # Relays a roam's fallback tries for one link (each refusal costs one round trip).
 ROAM_RELAY_TRIES = 4
 
@@ -242,13 +231,19 @@ class RelayRole:
         # through another relay after theirs fell silent.
         self._fallbacks = RelayFallbacks(fallback_retry_s)
         self._silent = silent
-        # Relay channels (ipop.overlay.channels): ours as the relay, and the ones our
-        # relayed links may send on.
-        self.channels = ChannelTable(channel_first)
-        self.bindings = ChannelBindings()
-        self._use_channels = use_channels
-        # When each origin was last told UNKNOWN (by the id's int; rows only, so bounded).
-        self._told_unknown: dict[int, float] = {}
+        # Relay channels, as the relay, an origin and a target (ipop.overlay.channels).
+        self.channels = RelayChannels(
+            table=table,
+            drops=drops,
+            stats=stats,
+            send=send,
+            may_forward=lambda peer, target, now: self._may_forward(peer, target, {}, now),
+            wrapped=self._wrapped,
+            forwarded=self._forwarded,
+            hold=self._hold,
+            first=channel_first,
+            use=use_channels,
+        )
         # Bumped whenever a row's last_relay moves (it is not part of the row's rev): the
         # node's policy-view cache keys on it.
         self.stamp = 0
@@ -257,15 +252,13 @@ class RelayRole:
         """``peer``'s link is gone: no fallback for it any more."""
         self._fallbacks.forget(peer)
         self.channels.forget(peer)
-        self.bindings.forget(peer)
-        self._told_unknown.pop(peer.value, None)
 
     def path_changed(self, peer: NodeId, path: Path) -> None:
         """Our link to ``peer`` now runs over ``path``: a relayed one ends its fallback; our
         channels to it or through it are asked for afresh (the relay checks addresses)."""
         if isinstance(path, RelayPath):
             self._fallbacks.done(peer)
-        self.bindings.forget(peer)
+        self.channels.path_changed(peer)
 
     def wrap(self, datagram: bytes, path: RelayPath, *, now: float) -> None:
         """Carry one of our link layer's datagrams for a relayed link to its relay node."""
@@ -294,130 +287,6 @@ class RelayRole:
         silent.sent(path.via, now)
         if silent.suspect(path.via, now):
             self._failover(path.peer, path.via, now)
-
-    # --- relay channels (ipop.overlay.channels) -------------------------------------------
-
-    def channel_run(
-        self, datagrams: list[bytes], path: RelayPath, *, now: float
-    ) -> tuple[list[bytes], Endpoint] | None:
-        """A run of our DATA datagrams for the relayed link over ``path`` (sealed end to
-        end) on its channel: the datagrams to send and the relay's address. None: no channel
-        now, the caller wraps them (:meth:`wrap_run`). Asks the relay for one, or renews it,
-        when due."""
-        via = path.via
-        row = self._table.get(via)
-        if not self._use_channels or row is None or type(row.path) is not Endpoint:
-            return None
-        channel, ask = self.bindings.use(via, path.peer, now=now)
-        if ask:
-            self._stats["relay_channel_asked"] += 1
-            self._send(via, RelayChannel(CHANNEL_BIND, path.peer).encode(), now)
-        if not channel:
-            return None
-        head = CHANNEL_HEADER.pack(TYPE_CHANNEL_TO_RELAY, channel)
-        self._wrapped(row, path, now)
-        self._stats["relay_channel_sent"] += len(datagrams)
-        return [head + d for d in datagrams], row.path
-
-    def on_channel(self, msg: RelayChannel, peer: NodeId, now: float) -> None:
-        """BIND from ``peer``: as its relay, a channel to the target if we would forward
-        there (a refusal as for RELAY_FORWARD) and both links run on our main socket (where
-        the channel's datagrams arrive). BOUND from our relay ``peer``: taken only if we asked
-        it, for a link of ours that still runs through it."""
-        target = msg.target
-        if msg.op == CHANNEL_BIND:
-            if not self._may_forward(peer, target, {}, now):
-                return
-            number = 0
-            origin_row, target_row = self._table.get(peer), self._table.get(target)
-            if (
-                origin_row is not None
-                and target_row is not None
-                and type(origin_row.path) is Endpoint
-                and type(target_row.path) is Endpoint
-            ):
-                number = self.channels.bind(peer, target, now=now)
-            self._stats["relay_channel_binds"] += 1
-            self._send(peer, RelayChannel(CHANNEL_BOUND, target, number).encode(), now)
-            return
-        if msg.op == CHANNEL_UNKNOWN:
-            if self.bindings.lost(peer, msg.channel):
-                self._stats["relay_channel_lost"] += 1
-            else:
-                self._drops["relay_channel_unasked"] += 1
-            return
-        row = self._table.get(target)
-        path = row.path if row is not None else None
-        if (
-            type(path) is not RelayPath
-            or path.via != peer
-            or not self.bindings.bound(peer, target, msg.channel, now=now)
-        ):
-            self._drops["relay_channel_unasked"] += 1
-            return
-        self._stats["relay_channel_bound" if msg.channel else "relay_channel_none"] += 1
-
-    def channel_forward(
-        self, number: int, source: Path, datagrams: list[bytes], *, now: float
-    ) -> Endpoint | None:
-        """As a relay: where ``datagrams`` (CHANNEL_TO_RELAY on channel ``number``, from
-        ``source``) go, the address of our link with the channel's target; None: dropped
-        (counted). Only from the address our link with the channel's origin runs on."""
-        n = len(datagrams)
-        ch = self.channels.get(number, now=now)
-        if ch is None:
-            self._drops["relay_channel_unknown"] += n
-            self._tell_unknown(number, source, now)
-            return None
-        table = self._table
-        origin_row = table.get(ch.origin)
-        if origin_row is None or origin_row.path != source:
-            self._drops["relay_channel_source"] += n
-            return None
-        target_row = table.get(ch.target)
-        if target_row is None or type(target_row.path) is not Endpoint:
-            # The target's link went relayed or away: so does the channel (the origin's next
-            # BIND is refused, or gets a new channel on a new direct link).
-            self._drops["relay_channel_stale"] += n
-            self.channels.drop(number)
-            return None
-        self._forwarded(ch.origin, ch.target, datagrams, now)
-        self._stats["relay_channel_forwarded"] += n
-        return target_row.path
-
-    def _tell_unknown(self, number: int, source: Path, now: float) -> None:
-        """Tell the direct peer whose link runs on ``source`` (if any) that we hold no
-        channel ``number``: at most once per peer per RETRY_S (a spoofed source gets that
-        peer one small authenticated message a while, never more)."""
-        for row in self._table:
-            if row.path == source:
-                key = row.peer.value
-                if now - self._told_unknown.get(key, -RETRY_S) >= RETRY_S:
-                    self._told_unknown[key] = now
-                    self._stats["relay_channel_told_unknown"] += 1
-                    msg = RelayChannel(CHANNEL_UNKNOWN, _NO_TARGET, number)
-                    self._send(row.peer, msg.encode(), now)
-                return
-
-    def channel_from(self, via: NodeId, source: Path, n: int) -> bool:
-        """As the target: may ``n`` CHANNEL_FROM_RELAY datagrams from ``source`` be opened as
-        relayed through ``via``? Only if our link with ``via`` runs on that address (else
-        counted; with ``n`` 0 not: the caller looks further). Nothing else changes before one
-        of them opens (:meth:`channel_opened`)."""
-        row = self._table.get(via)
-        if row is None or row.path != source:
-            if n:
-                self._drops["relay_channel_relay"] += n
-            return False
-        return True
-
-    def channel_opened(self, via: NodeId, n: int, now: float) -> None:
-        """``n`` datagrams that came on a channel through ``via`` opened: hold its link, as a
-        RELAY_DELIVER does."""
-        row = self._table.get(via)
-        if row is not None:
-            self._hold(row, now)
-        self._stats["relay_channel_received"] += n
 
     def _failover(self, peer: NodeId, dead: NodeId, now: float) -> None:
         """``peer``'s relayed link runs through ``dead``, which answers nothing any more: key

@@ -95,6 +95,7 @@ MODULES = (
     Counting("ipop/core.py", owner="ipop.nat.stun", name="STUN_DROP_REASONS"),  # stun.drops
     Counting("ipop/overlay/ctm.py", name="CTM_DROPS"),  # a malformed CTM: the node counts it
     Counting("ipop/overlay/relay.py", name="RELAY_DROPS"),
+    Counting("ipop/overlay/channels.py", name="CHANNEL_DROPS"),
     Counting(
         "ipop/overlay/node.py",
         name="OVERLAY_DROPS",

@@ -203,12 +203,12 @@ def test_a_channel_whose_target_left_is_dropped_and_forgotten() -> None:
     r.flush(now=NOW)
     assert [p for _, p in r.datagrams_to_send(now=NOW)] == [bench.A_EP]  # (UNKNOWN told)
     assert r.overlay.drops["relay_channel_unknown"] == 4  # forgotten with the link
-    assert len(r.overlay._relay.channels) == 0
+    assert len(r.overlay._relay.channels.table) == 0
     # A's next BIND for B is refused as a forward would be: A drops its relayed link.
     bind = a.link.seal(r.local_id, RelayChannel(CHANNEL_BIND, b.local_id).encode(), now=NOW)[0]
     r.receive_datagram(bind, bench.A_EP, now=NOW)
     assert r.overlay.drops["relay_no_link"] == 1
-    assert len(r.overlay._relay.channels) == 0
+    assert len(r.overlay._relay.channels.table) == 0
 
 
 def test_a_target_whose_link_went_relayed_makes_the_channel_stale() -> None:
@@ -221,7 +221,7 @@ def test_a_target_whose_link_went_relayed_makes_the_channel_stale() -> None:
     r.receive_direct_run(to_r, bench.A_EP, now=NOW, kind=KIND_IP)
     assert [p for _, p in r.datagrams_to_send(now=NOW)] == []
     assert r.overlay.drops["relay_channel_stale"] == 4
-    assert len(r.overlay._relay.channels) == 0
+    assert len(r.overlay._relay.channels.table) == 0
 
 
 def test_a_bound_nobody_asked_for_binds_nothing() -> None:
@@ -233,7 +233,7 @@ def test_a_bound_nobody_asked_for_binds_nothing() -> None:
     lie = RelayChannel(CHANNEL_BOUND, STRANGER, 7).encode()
     a.receive_datagram(r.link.seal(a.local_id, lie, now=NOW)[0], bench.R_EP, now=NOW)
     b_says = RelayChannel(CHANNEL_BOUND, r.local_id, 9).encode()
-    a.overlay._relay.on_channel(decode_message(b_says), b.local_id, NOW)  # type: ignore[arg-type]
+    a.overlay._relay.channels.on_message(decode_message(b_says), b.local_id, NOW)  # type: ignore[arg-type]
     assert a.overlay.drops["relay_channel_unasked"] == 2
     assert a.overlay.relay_channels_bound() == bound
 
@@ -244,7 +244,7 @@ def test_a_full_relay_answers_no_channel_and_the_link_keeps_to_forwards(
     monkeypatch.setattr(channels_mod, "MAX_PER_ORIGIN", 0)
     trio = bench.relayed_trio(NOW - 10, IDS, channels=False)
     a, r, b = trio.a, trio.r, trio.b
-    a.overlay._relay._use_channels = True
+    a.overlay._relay.channels._use = True
     msgs = [bytes((TYPE_DIRECT, KIND_IP)) + b"\x45" + bytes(40)] * 3
     for step in range(3):
         assert a.send_relayed_run(b.local_id, msgs, now=NOW + step)
@@ -260,7 +260,7 @@ def test_a_relay_that_lost_its_channels_tells_the_origin_which_binds_again() -> 
     trio = _trio()
     a, r, b = trio.a, trio.r, trio.b
     old = CHANNEL_HEADER.unpack_from(_run_to_r(trio, 1)[0])[1]
-    r.overlay._relay.channels = ChannelTable(first=old + 1000)  # as after a restart
+    r.overlay._relay.channels.table = ChannelTable(first=old + 1000)  # as after a restart
     bench._deliver(r, bench.B_EP, NOW)
     stale = _run_to_r(trio, 3)
     # From a stranger's address: dropped, nobody told.
