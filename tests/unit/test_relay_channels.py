@@ -22,7 +22,6 @@ from ipop.errors import RemoteProtocolError
 from ipop.link import fastpath
 from ipop.overlay import channels as channels_mod
 from ipop.overlay.channels import ChannelBindings, ChannelTable
-from ipop.overlay.events import Delivered
 from ipop.overlay.messages import (
     CHANNEL_BIND,
     CHANNEL_BOUND,
@@ -64,26 +63,15 @@ def _take(
 ) -> list[Any]:
     """``stream`` as the data plane hands it over (consecutive datagrams from one address as
     one run, or each alone): the IP packets that come up, returned or as events."""
-    got: list[tuple[NodeId, bytes]] = []
+    out: list[tuple[NodeId, bytes]] = []
     i = 0
     while i < len(stream):
         j = i
         while j < len(stream) and stream[j][1] == stream[i][1]:
             j += 1
         datagrams, ep = [d for d, _ in stream[i:j]], stream[i][1]
-        if runs:
-            got += core.receive_direct_run(datagrams, ep, now=now, kind=KIND_IP)
-        else:
-            for d in datagrams:
-                one = core.receive_direct(d, ep, now=now, kind=KIND_IP)
-                if one is not None:
-                    got.append(one)
+        out += bench.ip_received(core, datagrams, ep, now, runs=runs)
         i = j
-    core.flush(now=now)
-    out = [(src, msg[2:]) for src, msg in got]
-    while (ev := core.next_event()) is not None:
-        if type(ev) is Delivered and ev.kind == KIND_IP:
-            out.append((ev.src, ev.payload))
     return out
 
 

@@ -70,17 +70,7 @@ def _counters(core: NodeCore, *peers: NodeCore) -> dict[str, Any]:
 
 def _receive(core: NodeCore, datagrams: list[bytes], ep: Any, now: float, runs: bool) -> list[Any]:
     """What the data plane hands the TAP checks: returned runs, or Delivered events."""
-    if runs:
-        got = core.receive_direct_run(datagrams, ep, now=now, kind=KIND_IP)
-    else:
-        one = (core.receive_direct(d, ep, now=now, kind=KIND_IP) for d in datagrams)
-        got = [g for g in one if g is not None]
-    core.flush(now=now)
-    out = [(src, msg[2:]) for src, msg in got]
-    while (ev := core.next_event()) is not None:
-        if type(ev) is Delivered and ev.kind == KIND_IP:
-            out.append((ev.src, ev.payload))
-    return out
+    return bench.ip_received(core, datagrams, ep, now, runs=runs)
 
 
 def _scenario(backend: str, runs: bool, inner: list[bytes] | None = None) -> dict[str, Any]:

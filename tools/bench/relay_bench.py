@@ -54,7 +54,7 @@ from ipop.overlay.events import Delivered
 from ipop.overlay.messages import KIND_IP, TYPE_DIRECT
 from ipop.testing.identities import make_identity, make_network
 from ipop.tools.bench.dataplane_bench import A_EP, B_EP
-from ipop.types import Endpoint, RelayPath
+from ipop.types import Endpoint, NodeId, RelayPath
 
 R_EP = Endpoint("198.51.100.7", 5800)  # (in memory: no datagram leaves)
 
@@ -151,6 +151,25 @@ def relayed_trio(
         if not a.overlay.relay_channels_bound():
             raise RuntimeError("the in-memory trio did not bind a relay channel")
     return trio
+
+
+def ip_received(
+    core: NodeCore, datagrams: list[bytes], ep: Endpoint, now: float, *, runs: bool
+) -> list[tuple[NodeId, bytes]]:
+    """``datagrams`` from ``ep`` handed to ``core`` as the data plane hands them (a run, or
+    one by one), then its flush and events: the IP packets that came up, as (source, packet),
+    returned first and Delivered after (the differential tests compare the two ways)."""
+    if runs:
+        got = core.receive_direct_run(datagrams, ep, now=now, kind=KIND_IP)
+    else:
+        one = (core.receive_direct(d, ep, now=now, kind=KIND_IP) for d in datagrams)
+        got = [g for g in one if g is not None]
+    core.flush(now=now)
+    out = [(src, msg[2:]) for src, msg in got]
+    while (ev := core.next_event()) is not None:
+        if type(ev) is Delivered and ev.kind == KIND_IP:
+            out.append((ev.src, ev.payload))
+    return out
 
 
 def _deliver(core: NodeCore, to: Endpoint, now: float) -> list[bytes]:
