@@ -648,9 +648,9 @@ class NodeCore:
         path): the index after the last. As the relay (CHANNEL_TO_RELAY), passed on to the
         channel's target after the overlay's checks, unopened, the type byte rewritten. As the
         target (CHANNEL_FROM_RELAY), opened like a RELAY_DELIVER's datagrams (in runs where
-        the link layer can) if the session each names runs through the node at ``path``;
-        their DIRECT messages of ``kinds`` go to ``out`` (``kinds`` None: the slow path's,
-        everything as events)."""
+        the link layer can) as relayed through the node linked at ``path`` (the session's
+        relay if it is there); their DIRECT messages of ``kinds`` go to ``out`` (``kinds``
+        None: the slow path's, everything as events)."""
         data = datagrams[start]
         overlay = self.overlay
         if len(data) < _CHANNEL_MIN:

@@ -24,10 +24,13 @@ What each check stops (a channel header is not authenticated: it only steers):
   channel's origin runs on, and only to the address its link with the channel's target runs
   on: a stranger, or another member, cannot use a channel it did not set up, nor send anything
   anywhere but to a target the origin could have reached through X anyway.
-- T opens a datagram from X only under a session whose path runs through the node at the
-  address it came from (:meth:`RelayChannels.from_relay`), and the end-to-end
-  AEAD and replay window decide the rest: a relay (or anyone at its address) can drop, delay
-  or repeat what it was given, as it could before, and forge nothing.
+- T opens a datagram from X only if X holds a direct link with it at the address the
+  datagram came from (:meth:`RelayChannels.from_relay`; the session's own relay first, else
+  whichever linked node is there: each end keys a relayed link through a relay of its own
+  choice, as RELAY_DELIVER from any linked relay is opened), as relayed through that node, and
+  the end-to-end AEAD and replay window decide the rest: a relay (or anyone at its address)
+  can drop, delay or repeat what it was given, as it could before, and forge nothing; an
+  address where T holds no link gets nothing opened.
 - Every datagram costs one lookup at X and one at T; X's table is bounded
   (:data:`MAX_CHANNELS`, :data:`MAX_PER_ORIGIN`), a full table answers "no channel" and A keeps
   to RELAY_FORWARD.

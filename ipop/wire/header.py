@@ -47,10 +47,11 @@ The channel is a number the relay chose when the origin asked for one over their
 (:mod:`ipop.overlay.channels`). The relay forwards a 0xC5 datagram that arrives from the
 address its link with the channel's origin runs on, byte for byte but the type (0xC6), to the
 address of its link with the channel's target; the target opens the DATA inside with the
-session its receiver index names, if that session runs through the node at the source
-address. Neither header is authenticated (a relay's RELAY_FORWARD was): what they steer is
-checked against state set up over authenticated links, and the DATA inside is authenticated
-end to end, so a forged or replayed one costs a lookup and a failed open.
+session its receiver index names, as relayed through the node it holds a direct link with at
+the source address (none there: dropped). Neither header is authenticated (a relay's
+RELAY_FORWARD was): what they steer is checked against state set up over authenticated links,
+and the DATA inside is authenticated end to end, so a forged or replayed one costs a lookup
+and a failed open.
 
 Protocol flow (one session; see :mod:`ipop.link.layer` for the state machine)::
 
