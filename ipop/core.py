@@ -654,7 +654,7 @@ class NodeCore:
         data = datagrams[start]
         overlay = self.overlay
         if len(data) < _CHANNEL_MIN:
-            overlay.channel_drop("relay_channel_malformed")
+            overlay.relay_channels.drop("relay_channel_malformed")
             return start + 1
         head = data[:CHANNEL_HEADER_BYTES]
         stop, n = start + 1, len(datagrams)
@@ -665,7 +665,7 @@ class NodeCore:
         if data[0] == TYPE_CHANNEL_TO_RELAY:
             run = datagrams[start:stop] if start or stop < n else datagrams
             number = CHANNEL_HEADER.unpack_from(data)[1]
-            target = overlay.channel_forward(number, path, run, now=now)
+            target = overlay.relay_channels.forward(number, path, run, now=now)
             if target is not None:
                 self._out.extend(zip([_FROM_RELAY + d[1:] for d in run], repeat(target)))
             return stop
@@ -675,12 +675,12 @@ class NodeCore:
         while i < stop:
             owner = link.index_owner(datagrams[i], CHANNEL_HEADER_BYTES)
             if owner is None:
-                overlay.channel_drop("relay_channel_unknown")
+                overlay.relay_channels.drop("relay_channel_unknown")
                 i += 1
                 continue
             origin, session_path = owner
             rpath = session_path if type(session_path) is RelayPath else None
-            if rpath is None or not overlay.channel_from(rpath.via, path, 0):
+            if rpath is None or not overlay.relay_channels.from_relay(rpath.via, path, 0):
                 # The session runs elsewhere: through another relay (each end keys through
                 # one of its choice, and either may be the one a datagram used) or direct
                 # now (a shortcut). As for RELAY_DELIVER, what counts is the node that
@@ -688,9 +688,9 @@ class NodeCore:
                 if not looked:
                     looked, here = True, link.peer_at(path)
                 rpath = RelayPath(via=here, peer=origin) if here is not None else None
-                if rpath is None or not overlay.channel_from(rpath.via, path, 1):
+                if rpath is None or not overlay.relay_channels.from_relay(rpath.via, path, 1):
                     if rpath is None:
-                        overlay.channel_drop("relay_channel_relay")
+                        overlay.relay_channels.drop("relay_channel_relay")
                     i += 1
                     continue
             via = rpath.via
@@ -703,7 +703,7 @@ class NodeCore:
                 continue
             peer, j, opened = run_of
             if opened:
-                overlay.channel_opened(via, len(opened), now=now)
+                overlay.relay_channels.opened(via, len(opened), now)
                 self._opened(peer, opened, rpath, now, kinds or (), out, via)
             i = max(j, i + 1)
         return stop
@@ -724,7 +724,7 @@ class NodeCore:
             return
         peer, payload = got
         overlay = self.overlay
-        overlay.channel_opened(rpath.via, 1, now=now)
+        overlay.relay_channels.opened(rpath.via, 1, now)
         overlay.hop_heard(rpath.via, now=now)
         if (
             kinds is not None
@@ -760,7 +760,7 @@ class NodeCore:
         if dst not in link.pmtu.wanted:
             link.want_path_mtu(dst, now=now)
         self.stats["sent_direct"] += len(messages)
-        on_channel = self.overlay.channel_run(sealed[0], sealed[1], now=now)
+        on_channel = self.overlay.relay_channels.run(sealed[0], sealed[1], now=now)
         if on_channel is None:
             self.overlay.wrap_relay_run(sealed[0], sealed[1], now=now)
         else:

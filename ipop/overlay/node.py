@@ -137,7 +137,7 @@ from ipop.link.events import (
 )
 from ipop.overlay.attempts import Action as AttemptAction
 from ipop.overlay.attempts import Attempts, Backoff, Bootstraps, Connect
-from ipop.overlay.channels import CHANNEL_DROPS
+from ipop.overlay.channels import CHANNEL_DROPS, RelayChannels
 from ipop.overlay.config import OverlayConfig
 from ipop.overlay.ctm import CTM_DROPS, CtmAgent
 from ipop.overlay.events import (
@@ -189,7 +189,7 @@ from ipop.overlay.suspect import SilentHops
 from ipop.overlay.table import ConnectionKind, ConnectionTable
 from ipop.overlay.upkeep import NEAR_DROPS, RingUpkeep
 from ipop.overlay.views import ConnectionViews
-from ipop.types import Endpoint, NodeId, Path, RelayPath, is_direct
+from ipop.types import Endpoint, NodeId, RelayPath, is_direct
 
 __all__ = [
     "ConnectionAdded",
@@ -528,38 +528,11 @@ class OverlayNode:
         """:meth:`wrap_relay` for several datagrams of one relayed link, in one run."""
         self._relay.wrap_run(datagrams, path, now=now)
 
-    def channel_run(
-        self, datagrams: list[bytes], path: RelayPath, *, now: float
-    ) -> tuple[list[bytes], Endpoint] | None:
-        """The relayed link's DATA run on its relay channel, or None: wrap it
-        (:meth:`ipop.overlay.channels.RelayChannels.run`)."""
-        return self._relay.channels.run(datagrams, path, now=now)
-
-    def channel_forward(
-        self, number: int, source: Path, datagrams: list[bytes], *, now: float
-    ) -> Endpoint | None:
-        """As a relay, where channel ``number``'s datagrams from ``source`` go, or None
-        (:meth:`ipop.overlay.channels.RelayChannels.forward`)."""
-        return self._relay.channels.forward(number, source, datagrams, now=now)
-
-    def channel_from(self, via: NodeId, source: Path, n: int) -> bool:
-        """As a target, whether channel datagrams from ``source`` may be opened as relayed
-        through ``via`` (:meth:`ipop.overlay.channels.RelayChannels.from_relay`)."""
-        return self._relay.channels.from_relay(via, source, n)
-
-    def relay_channels_bound(self) -> int:
-        """How many of our relayed links have a channel bound (status, tests)."""
-        return len(self._relay.channels.bindings)
-
-    def channel_drop(self, reason: str) -> None:
-        """One relay channel datagram the core dropped before the overlay's checks, counted
-        under ``reason`` (:meth:`ipop.overlay.channels.RelayChannels.drop`)."""
-        self._relay.channels.drop(reason)
-
-    def channel_opened(self, via: NodeId, n: int, *, now: float) -> None:
-        """``n`` channel datagrams through ``via`` opened
-        (:meth:`ipop.overlay.channels.RelayChannels.opened`)."""
-        self._relay.channels.opened(via, n, now)
+    @property
+    def relay_channels(self) -> RelayChannels:
+        """Our part in relay channels (:class:`ipop.overlay.channels.RelayChannels`): the
+        core's data path asks it directly, as the relay, an origin and a target."""
+        return self._relay.channels
 
     def relay_run(
         self,

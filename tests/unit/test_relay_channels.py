@@ -215,7 +215,7 @@ def test_a_target_whose_link_went_relayed_makes_the_channel_stale() -> None:
 def test_a_bound_nobody_asked_for_binds_nothing() -> None:
     trio = _trio()
     a, r, b = trio.a, trio.r, trio.b
-    bound = a.overlay.relay_channels_bound()
+    bound = len(a.overlay.relay_channels.bindings)
     # R names a channel for a target A never asked it about; B (a member, not A's relay for
     # anything) names one for A's link to R.
     lie = RelayChannel(CHANNEL_BOUND, STRANGER, 7).encode()
@@ -223,7 +223,7 @@ def test_a_bound_nobody_asked_for_binds_nothing() -> None:
     b_says = RelayChannel(CHANNEL_BOUND, r.local_id, 9).encode()
     a.overlay._relay.channels.on_message(decode_message(b_says), b.local_id, NOW)  # type: ignore[arg-type]
     assert a.overlay.drops["relay_channel_unasked"] == 2
-    assert a.overlay.relay_channels_bound() == bound
+    assert len(a.overlay.relay_channels.bindings) == bound
 
 
 def test_a_full_relay_answers_no_channel_and_the_link_keeps_to_forwards(
@@ -240,7 +240,7 @@ def test_a_full_relay_answers_no_channel_and_the_link_keeps_to_forwards(
         trio.move(NOW + step)
     assert a.overlay.stats["relay_channel_none"] == 1  # asked once, told "none"
     assert a.overlay.stats["relay_channel_asked"] == 1  # not again before REFRESH_S
-    assert a.overlay.relay_channels_bound() == 0
+    assert len(a.overlay.relay_channels.bindings) == 0
     assert r.overlay.stats["relayed"] >= 9  # every packet went inside RELAY_FORWARD
 
 

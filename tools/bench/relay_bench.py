@@ -148,7 +148,7 @@ def relayed_trio(
         a.send_relayed_run(b.local_id, [bytes((TYPE_DIRECT, KIND_IP)) + bytes(20)], now=t)
         for _ in range(5):
             trio.move(t)
-        if not a.overlay.relay_channels_bound():
+        if not a.overlay.relay_channels.bindings:
             raise RuntimeError("the in-memory trio did not bind a relay channel")
     return trio
 
