@@ -72,7 +72,9 @@ from ipop.link.events import (
     LinkPathSilent,
     LinkUp,
 )
+from ipop.link.keys import Keypair
 from ipop.link.layer import LinkConfig, LinkLayer
+from ipop.link.peer import Peer
 from ipop.link.pmtu import MAX_DATAGRAM, PROBE_TAG, RELAY_OVERHEAD
 from ipop.nat.mapping import MappingCheck, Observer
 from ipop.nat.portguess import PortGuessing, is_knock
@@ -429,6 +431,50 @@ class NodeCore:
                 used[dst] = now
         return sealed
 
+    def lane_keys(self, dst: NodeId) -> tuple[Keypair[Peer], Endpoint, int, int] | None:
+        """``dst``'s keys, address, probed path MTU (a DATA datagram's largest size) and the
+        keys' message limit when :meth:`seal_ip` would seal for it on the main socket's
+        direct path: a route of the lane (:mod:`ipop.aio.lane`); None otherwise."""
+        if not self.overlay.is_linked(dst):
+            return None
+        got = self.link.direct_keys(dst)
+        limit = self.link.pmtu.limits.get(dst)
+        if got is None or type(got[1]) is not Endpoint or limit is None:
+            return None
+        return got[0], got[1], limit, self.link.config.reject_after_messages
+
+    def lane_did(
+        self,
+        dst: NodeId,
+        sent: tuple[int, int, float, float],
+        received: tuple[int, int, float, float],
+    ) -> None:
+        """What the lane did with ``dst``'s keys (:meth:`lane_keys`), each as (packets, bytes,
+        first, last): counted as :meth:`seal_ip` and :meth:`receive_direct` count their own."""
+        if sent[0]:
+            self.stats["sent_direct"] += sent[0]
+            used = self._shortcut_used
+            if dst in used:
+                used[dst] = max(used[dst], sent[3])
+        self.link.note_lane(dst, sent, received)
+
+    def receive_opened(
+        self,
+        index: int,
+        payload: bytes,
+        size: int,
+        newest: bool,
+        path: Path,
+        *,
+        now: float,
+        kind: int,
+        also: int | None = None,
+    ) -> tuple[NodeId, bytes] | None:
+        """:meth:`receive_direct` for a DATA datagram the lane opened (:mod:`ipop.link.lane`:
+        ``payload`` is its plaintext, ``size`` its length, under our ``index``)."""
+        got = self.link.receive_opened(index, payload, size, newest, path, now=now)
+        return self._direct_of(got, path, now, kind, also)
+
     def receive_direct(
         self, data: bytes, path: Path, *, now: float, kind: int, also: int | None = None
     ) -> tuple[NodeId, bytes] | None:
@@ -454,6 +500,18 @@ class NodeCore:
         """:meth:`receive_direct` of a link datagram (a relayed link's come here straight, as
         the slow path feeds them to the link layer: no STUN inside a relay)."""
         got = self.link.open_data(data, path, now=now)
+        return self._direct_of(got, path, now, kind, also)
+
+    def _direct_of(
+        self,
+        got: tuple[NodeId, bytes] | None,
+        path: Path,
+        now: float,
+        kind: int,
+        also: int | None,
+    ) -> tuple[NodeId, bytes] | None:
+        """An authenticated message ``got``: returned if DIRECT of ``kind`` (or ``also``)
+        from a linked peer, else the usual path's."""
         if got is None:
             self._settle(now)
             return None

@@ -16,16 +16,21 @@ of a batch.
 
 Design (the smallest module that removes most of it): a native object per key and
 direction, :class:`BatchAead`, that seals a list of payloads with consecutive counters or
-opens a *run* of datagrams under one receiver index in one call. It holds only the key (an
-OpenSSL EVP context, AES-256-GCM or ChaCha20-Poly1305, key schedule done once); everything
-else is handed in and handed back on each call:
+opens a *run* of datagrams under one receiver index in one call. It holds the key (an
+OpenSSL EVP context, AES-256-GCM or ChaCha20-Poly1305, key schedule done once) and that
+key's send counter; the replay window is handed in:
 
-- the send counter lives in :class:`ipop.link.keys.Keypair` (``send_counter``); ``seal`` takes
-  the first counter, the caller advances it by the number sealed. One owner, so a counter
-  never repeats whichever implementation sealed;
-- the replay window is the Keypair's :class:`ipop.link.replay.ReplayWindow` (its ``seen``
-  bytearray and ``top``); ``open`` checks, decrypts, and only then marks, as
-  ``ReplayWindow.reject_reason`` / ``accept`` define (invariant 3 of :mod:`ipop.link.layer`);
+- the send counter is the BatchAead's own (``counter``; :class:`ipop.link.keys.Keypair`'s
+  ``send_counter`` reads it): :meth:`BatchAead.seal_next` seals from it and advances it by
+  the number sealed, :meth:`BatchAead.take` reserves counters for the per-packet path, both
+  under the key's lock natively. One owner, so a counter never repeats whichever
+  implementation, or thread (the lane's, :mod:`ipop.link.lane`), sealed. (``seal`` with an
+  explicit counter is the pure operation the differential tests and the fuzzer compare);
+- the replay window is the Keypair's (:func:`replay_window`: a
+  :class:`ipop.link.replay.ReplayWindow`, or with the native backend its native twin
+  ``_fastpath.Window``, which the lane's thread checks and marks too, under its lock);
+  ``open`` checks, decrypts, and only then marks, as
+  ``ReplayWindow.reject_reason`` / ``take`` define (invariant 3 of :mod:`ipop.link.layer`);
 - every decision stays in Python: which keys are current, expiry by time, rekeys, roaming,
   which path, what a payload is (:meth:`ipop.link.layer.LinkLayer.seal_run` and
   ``open_run`` decide whether a batch may take this path at all, and fall back to the
@@ -64,7 +69,7 @@ from cryptography.exceptions import InvalidTag
 
 from ipop.errors import ConfigError
 from ipop.link.crypto import CIPHER_IDS, Aead, nonce_for
-from ipop.link.replay import ReplayWindow
+from ipop.link.replay import ReplayWindow, Window
 from ipop.wire.header import DATA_HEADER, DATA_HEADER_BYTES, DATA_MIN_BYTES, TYPE_DATA
 
 __all__ = [
@@ -85,6 +90,7 @@ __all__ = [
 REASON_EXPIRED: Final = "expired_key"
 REASON_AUTH: Final = "auth_failed"
 
+_U64_MAX = 2**64 - 1
 _HDR_PACK = DATA_HEADER.pack
 _HDR_UNPACK_FROM = DATA_HEADER.unpack_from
 
@@ -109,13 +115,30 @@ class BatchAead(Protocol):
         nothing after it (a relay's forwards to one target re-sealed for it, no copy)."""
         ...
 
+    @property
+    def counter(self) -> int:
+        """The next send counter: this key's own, which :meth:`take` and :meth:`seal_next`
+        advance (the one owner, whoever seals: Python, or the lane's thread)."""
+        ...
+
+    def take(self, n: int) -> int:
+        """Reserve ``n`` send counters; returns the first."""
+        ...
+
+    def seal_next(
+        self, index: int, payloads: Sequence[Payload], head: bytes = b"", strip: bytes = b""
+    ) -> list[bytes]:
+        """:meth:`seal` from :attr:`counter`, which advances by the number sealed, both under
+        the key's lock (natively), so no other sealer can take those counters meanwhile."""
+        ...
+
     def open(
         self,
         datagrams: list[bytes],
         start: int,
         index: int,
         limit: int,
-        window: ReplayWindow,
+        window: Window,
         head: bytes = b"",
     ) -> tuple[int, list[bytes | str]]:
         """Open ``datagrams[start:]`` while each is ``head`` then DATA under our ``index``:
@@ -129,13 +152,28 @@ class BatchAead(Protocol):
 class PyBatchAead:
     """The pure-Python :class:`BatchAead`: the definition the native one is held equal to."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "counter")
 
     def __init__(self, cipher_id: int, key: bytes) -> None:
         names = {v: k for k, v in CIPHER_IDS.items()}
         if cipher_id not in names:
             raise ValueError("unknown cipher id")
         self._aead = Aead(names[cipher_id], key).primitive
+        self.counter = 0
+
+    def take(self, n: int) -> int:
+        first = self.counter
+        if n < 0 or first + n > _U64_MAX:
+            raise ValueError("counter out of range")
+        self.counter = first + n
+        return first
+
+    def seal_next(
+        self, index: int, payloads: Sequence[Payload], head: bytes = b"", strip: bytes = b""
+    ) -> list[bytes]:
+        out = self.seal(index, self.counter, payloads, head, strip)
+        self.counter += len(out)
+        return out
 
     def seal(
         self,
@@ -162,7 +200,7 @@ class PyBatchAead:
         start: int,
         index: int,
         limit: int,
-        window: ReplayWindow,
+        window: Window,
         head: bytes = b"",
     ) -> tuple[int, list[bytes | str]]:
         results: list[bytes | str] = []
@@ -194,7 +232,7 @@ class PyBatchAead:
             except InvalidTag:
                 results.append(REASON_AUTH)
                 continue
-            window.accept(counter)
+            window.take(counter)  # (checked above: taken)
             results.append(payload)
         return i, results
 
@@ -285,6 +323,16 @@ def native_offload() -> tuple[SplitTcp, FinishFrame] | None:
     split: SplitTcp = mod.split_tcp
     finish: FinishFrame = mod.finish_frame
     return split, finish
+
+
+def replay_window(width: int) -> Window:
+    """A key's replay window for the backend :data:`BACKEND`: the native one (which the TAP
+    lane's thread may share, :mod:`ipop.link.lane`) or :class:`ReplayWindow`."""
+    mod = _native_module()
+    if mod is None:
+        return ReplayWindow(width)
+    window: Window = mod.Window(width)
+    return window
 
 
 def batch_aead(cipher: str, key: bytes) -> BatchAead:

@@ -22,9 +22,8 @@ from typing import Final, Generic, Protocol, TypeVar
 
 from ipop.identity import NodeCertificate
 from ipop.link.crypto import Aead
-from ipop.link.fastpath import batch_aead
+from ipop.link.fastpath import batch_aead, replay_window
 from ipop.link.handshake import SessionKeys
-from ipop.link.replay import ReplayWindow
 from ipop.types import NodeId
 
 __all__ = ["RETIRED_MAX", "IndexTable", "KeyLimits", "Keypair"]
@@ -71,7 +70,6 @@ class Keypair(Generic[PeerT]):
         "send",
         "send_aead",
         "send_batch",
-        "send_counter",
     )
 
     def __init__(
@@ -91,11 +89,16 @@ class Keypair(Generic[PeerT]):
         self.peer = peer
         self.cert = cert
         self.created_at = now
-        self.send_counter = 0
-        self.replay = ReplayWindow(cfg.replay_window)
+        self.replay = replay_window(cfg.replay_window)
         self.rekey_at = now + cfg.rekey_after_s
         self.rekey_counter_at = cfg.rekey_after_messages
         self.reject_at = now + cfg.reject_after_s
+
+    @property
+    def send_counter(self) -> int:
+        """The next send counter: ``send_batch``'s own (one owner, whichever sealer takes
+        counters: this layer, or the TAP lane's thread, :mod:`ipop.link.lane`)."""
+        return self.send_batch.counter
 
 
 class IndexTable(Generic[PeerT]):

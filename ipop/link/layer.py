@@ -338,10 +338,9 @@ class LinkLayer:
         self, st: Peer, kp: Keypair[Peer], payload: bytes | bytearray | memoryview, now: float
     ) -> bytes:
         """Seal one DATA datagram with ``kp`` and do the bookkeeping (counters, rekey)."""
-        counter = kp.send_counter
+        counter = kp.send_batch.take(1)
         if counter >= kp.rekey_counter_at or now >= kp.rekey_at:
             self._rekey_due(st, kp, now)
-        kp.send_counter = counter + 1
         # header + encrypt() beats encrypt_into() into memoryview slices (ipop.link.crypto).
         header = _HDR_PACK(TYPE_DATA, kp.remote_index, counter)
         data = header + kp.send_aead.encrypt(nonce_for(counter), payload, header)
@@ -383,6 +382,44 @@ class LinkLayer:
         if type(path) is not Endpoint and type(path) is not SocketPath:
             return None
         return st, kp, path
+
+    def direct_keys(self, peer: NodeId) -> tuple[Keypair[Peer], Endpoint | SocketPath] | None:
+        """``peer``'s current keys and path when :meth:`seal_direct` would seal with them
+        (an up session on a direct path): what the TAP lane (:mod:`ipop.link.lane`) may be
+        lent, with :meth:`note_sent` told what it sent."""
+        got = self._direct(peer)
+        return None if got is None else (got[1], got[2])
+
+    def note_lane(
+        self,
+        peer: NodeId,
+        sent: tuple[int, int, float, float],
+        received: tuple[int, int, float, float],
+    ) -> None:
+        """What the lane (:mod:`ipop.link.lane`) did with ``peer``'s current keys since it
+        was last asked, each as (packets, bytes, first, last): the DATA it sealed, and the
+        DATA it opened on the peer's path, with the bookkeeping :meth:`_seal_run` and
+        :meth:`open_data` do for their own (what came in first: a send after the last
+        datagram heard is one the peer has not answered yet)."""
+        st = self._peers.get(peer)
+        if st is None:
+            return
+        n, nbytes, first, last = received
+        if n > 0:
+            self._heard_run(st, last, n)
+            st.rx_packets += n
+            st.rx_bytes += nbytes
+            st.path_rx = max(st.path_rx, last)
+        n, nbytes, first, last = sent
+        if n > 0:
+            st.last_tx = max(st.last_tx, last)
+            st.tx_packets += n
+            st.tx_bytes += nbytes
+            if last > st.last_rx and st.tx_first == _INF and st.watched:
+                first = max(first, st.last_rx)  # as _seal: our first since the peer spoke
+                st.tx_first = first
+                if first + _REBIND_QUIET < st.due:
+                    self._touch(st)
 
     def seal_run(
         self,
@@ -456,11 +493,11 @@ class LinkLayer:
         # (With strip the run may end early: the threshold is checked for all of them.)
         if counter + n > kp.rekey_counter_at or now >= kp.rekey_at:
             return None
-        data = kp.send_batch.seal(kp.remote_index, counter, payloads, head, strip)
+        # (The counter moves under the key's lock: the TAP lane's thread seals with it too.)
+        data = kp.send_batch.seal_next(kp.remote_index, payloads, head, strip)
         n = len(data)
         if not n and strip:
             return None
-        kp.send_counter = counter + n
         st.last_tx = now
         st.tx_packets += n
         st.tx_bytes += sum(map(len, data))
@@ -591,13 +628,33 @@ class LinkLayer:
         except InvalidTag:
             self.drops["auth_failed"] += 1
             return None
-        replay.accept(counter)
+        reason = replay.take(counter)
+        if reason is not None:  # the lane's thread took that counter meanwhile
+            self.drops[reason] += 1
+            return None
+        return self._opened(kp, payload, len(data), newest, path, now)
+
+    def receive_opened(
+        self, index: int, payload: bytes, size: int, newest: bool, path: Path, *, now: float
+    ) -> tuple[NodeId, bytes] | None:
+        """:meth:`open_data` for a DATA datagram of ``size`` bytes under our ``index`` that
+        the lane (:mod:`ipop.link.lane`) already authenticated and marked in the window
+        (``newest``: its counter was above the window's top): the steps after that."""
+        kp = self._lookup(index)
+        if kp is None:  # its keys went away meanwhile, and with them the window's mark
+            self.drops["unknown_index"] += 1
+            return None
+        return self._opened(kp, payload, size, newest, path, now)
+
+    def _opened(
+        self, kp: Keypair[Peer], payload: bytes, size: int, newest: bool, path: Path, now: float
+    ) -> tuple[NodeId, bytes] | None:
         st = kp.peer
         if kp is not st.current:
             self.handshakes.on_older_keys(st, kp, path, now)
         self._heard(st, now)
         st.rx_packets += 1
-        st.rx_bytes += len(data)
+        st.rx_bytes += size
         if path is st.path or path == st.path:
             st.path_rx = now
         elif newest:

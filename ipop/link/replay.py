@@ -18,13 +18,31 @@ Invariants:
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from ipop.errors import LocalProtocolError
 from ipop.timing import REPLAY_WINDOW
 
-__all__ = ["REASON_REPLAY", "REASON_TOO_OLD", "ReplayWindow"]
+__all__ = ["REASON_REPLAY", "REASON_TOO_OLD", "ReplayWindow", "Window"]
 
 REASON_REPLAY = "replay"
 REASON_TOO_OLD = "too_old"
+
+
+class Window(Protocol):
+    """What both windows offer: :class:`ReplayWindow` and its native twin
+    ``ipop.link._fastpath.Window`` (the native backend's, shared with the TAP lane's thread:
+    every method holds its lock, so :meth:`take` is one step for both threads)."""
+
+    @property
+    def top(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
+
+    def reject_reason(self, counter: int) -> str | None: ...
+
+    def take(self, counter: int) -> str | None: ...
 
 
 class ReplayWindow:
@@ -55,6 +73,15 @@ class ReplayWindow:
     def check(self, counter: int) -> bool:
         """True if ``counter`` would be accepted now (no state change)."""
         return self.reject_reason(counter) is None
+
+    def take(self, counter: int) -> str | None:
+        """:meth:`reject_reason`, and when it is None, :meth:`accept`, as one step (call only
+        after authenticating the packet): None if taken, else the drop reason. The native
+        twin holds its lock for both, so of two threads opening one counter one takes it."""
+        reason = self.reject_reason(counter)
+        if reason is None:
+            self.accept(counter)
+        return reason
 
     def accept(self, counter: int) -> None:
         """Mark ``counter`` seen; call only after authenticating the packet and check() passed."""

@@ -12,7 +12,9 @@ relayed links call them. The same input also makes a batch of TCP segments (one 
 headers, lengths and sequence numbers broken among them, and raw bytes) that the native
 ``coalesce`` and ``ipop.vnet.gro.coalesce`` must turn into the same pairs, and an Ethernet
 frame (IPv4 TCP or UDP, lengths and bits broken) that the native ``split_tcp`` and
-``finish_frame`` and ``ipop.vnet.offload``'s must cut and finish alike. A difference
+``finish_frame`` and ``ipop.vnet.offload``'s must cut and finish alike, and a route with frames
+and datagrams (valid, broken, raw) that the native ``Lane`` and ``ipop.link.lane.PyLane`` must
+send, deliver and hand up alike, with the same windows and counters. A difference
 raises (a crash for the fuzzer). With atheris installed (``pip install atheris==3.0.0``, not
 a dependency) the inputs are coverage-guided: the twins are instrumented Python whose branches
 are the C code's; without it, a seeded random loop makes them.
@@ -76,8 +78,9 @@ class Input:
         return self._at >= len(self._data)
 
 
-def one_input(data: bytes, native: Any, twin: Any, window_class: Any) -> None:
-    """One fuzz case: build the run ``data`` describes, compare both implementations."""
+def one_input(data: bytes, native: Any, twin: Any, windows_of: Any) -> None:
+    """One fuzz case: build the run ``data`` describes, compare both implementations.
+    ``windows_of``: the native module's Window class and ReplayWindow (the twin's)."""
     inp = Input(data)
     width = 1 + inp.number(2) % 300
     limit = 1 + inp.number(2) * (1 + inp.byte())
@@ -117,10 +120,10 @@ def one_input(data: bytes, native: Any, twin: Any, window_class: Any) -> None:
     pre = inp.number(2) % 1200
     wrapped = [_behind(head, d) for d in datagrams]
     for run, behind in ((datagrams, b""), (wrapped, head)):
-        windows = [window_class(width), window_class(width)]
+        windows = [windows_of[0](width), windows_of[1](width)]
         if pre % 3 == 0:
             for w in windows:
-                w.accept(pre)
+                w.take(pre)
         i = 0
         while i <= len(run):
             got_n = native.open(run, i, INDEX, limit, windows[0], behind)
@@ -179,6 +182,76 @@ def coalesce_input(data: bytes, native: Any, twin: Any) -> None:
             raise AssertionError(f"coalesce differs at pair {k}")
         if vt == bytes(10) and pn is not pt:
             raise AssertionError(f"coalesce: pair {k} is not the packet given")
+
+
+def lane_input(data: bytes, native: Any) -> None:
+    """One fuzz case of the lane (:mod:`ipop.link.lane`): a route (vIPs, limits, expiry from
+    the input), then frames and datagrams the input describes (valid ones to and from the
+    route, with bytes flipped, cut, re-addressed, or raw bytes), each given to the native
+    ``Lane`` and to ``PyLane``: the same datagrams out, packets in, hand-ups, windows,
+    counters and harvests."""
+    from ipop.link.fastpath import PyBatchAead
+    from ipop.link.lane import PyLane
+    from ipop.link.replay import ReplayWindow
+
+    inp = Input(data)
+    lead = b"\x06\x02"
+    width = 1 + inp.byte() % 64
+    vips = tuple(0x64400000 + inp.byte() % 4 for _ in range(1 + inp.byte() % 3))
+    me = 0x64400000 + inp.byte() % 4
+    # The rekey threshold and message limit: small (the edge) or out of reach; a frame size.
+    limits = tuple(1 + inp.byte() % 80 if inp.byte() % 4 == 0 else 1 << 40 for _ in range(2))
+    limits += (40 + inp.number(2) % 1600,)
+    eth = bytes(24) if inp.byte() % 4 else b""
+    sides = []
+    for lane, aead, window in (
+        (native.Lane(-1, -1, -1, -1, lead), native.BatchAead, native.Window),
+        (PyLane(lead), PyBatchAead, ReplayWindow),
+    ):
+        send, recv, w = aead(1, KEY), aead(1, KEY[::-1]), window(width)
+        lane.set_local((me,), eth)
+        lane.route(INDEX, vips, send, 7, "127.0.0.1", 9, limits[2], limits[0], 50.0, recv, w,
+                   limits[1])  # fmt: skip
+        sides.append((lane, send, w))
+    peer = PyBatchAead(1, KEY[::-1])
+    now = 0.0
+    while not inp.done():
+        now += inp.byte() / 256  # the route expires at 50 s
+        kind = inp.byte() % 3
+        # Mostly what a route takes (its peer's vIPs, ours), else any of five addresses.
+        src = vips[0] if inp.byte() % 2 else 0x64400000 + inp.byte() % 5
+        dst = (me if kind else vips[-1]) if inp.byte() % 2 else 0x64400000 + inp.byte() % 5
+        packet = bytearray(20 + inp.number(2) % 1700)
+        packet[0], packet[12:16], packet[16:20] = (
+            0x45,
+            src.to_bytes(4, "big"),
+            dst.to_bytes(4, "big"),
+        )
+        if kind == 0:
+            item = bytes(10) + bytes(12) + b"\x08\x00" + packet
+        elif kind == 1:
+            plain = lead + packet if inp.byte() % 4 else inp.raw(inp.byte() % 40)
+            item = peer.seal(INDEX + inp.byte() % 2 * (inp.byte() % 3), inp.byte() % 80, [plain])[0]
+        else:
+            item = inp.raw(inp.byte())
+        buf = bytearray(item)
+        for _ in range(inp.byte() % 8 // 5):  # a flip in a quarter of them
+            if buf:
+                buf[inp.number(2) % len(buf)] ^= 1 << (inp.byte() % 8)
+        if inp.byte() % 6 == 1:
+            buf = buf[: inp.number(2) % (len(buf) + 1)]
+        port = 9 if inp.byte() % 4 else 10
+        if kind == 0 or (kind == 2 and inp.byte() % 2):
+            got = [lane.process(bytes(buf), now) for lane, _, _ in sides]
+        else:
+            got = [lane.receive(bytes(buf), "127.0.0.1", port, now) for lane, _, _ in sides]
+        if got[0] != got[1]:
+            raise AssertionError(f"lane differs: native {got[0]!r}, twin {got[1]!r}")
+        states = [(s.counter, w.top, bytes(w.seen)) for _, s, w in sides]
+        if states[0] != states[1]:
+            raise AssertionError(f"lane state differs: {states}")
+    if sides[0][0].harvest() != sides[1][0].harvest():
+        raise AssertionError("lane harvests differ")
 
 
 def offload_input(data: bytes, native: Any) -> None:
@@ -263,19 +336,27 @@ def fuzz(runs: int, seed: int, native_path: str | None, corpus: Path | None, gui
         native, twin = mod.BatchAead(1, KEY), PyBatchAead(1, KEY)
         files = sorted(corpus.iterdir()) if corpus is not None and corpus.is_dir() else []
         for f in files:
-            one_input(f.read_bytes(), native, twin, ReplayWindow)
+            one_input(f.read_bytes(), native, twin, (mod.Window, ReplayWindow))
             coalesce_input(f.read_bytes(), mod.coalesce, coalesce)
             offload_input(f.read_bytes(), mod)
+            lane_input(f.read_bytes(), mod)
         rng = random.Random(seed)
         for _ in range(runs):
             data = rng.randbytes(rng.randrange(8, 600))
-            one_input(data, native, twin, ReplayWindow)
+            one_input(data, native, twin, (mod.Window, ReplayWindow))
             coalesce_input(data, mod.coalesce, coalesce)
             offload_input(data, mod)
+            lane_input(data, mod)
         return len(files) + runs
     # The twin's and the window's branches (the C code's, in Python) guide the inputs.
     with atheris.instrument_imports(
-        include=["ipop.link.fastpath", "ipop.link.replay", "ipop.vnet.gro", "ipop.vnet.offload"]
+        include=[
+            "ipop.link.fastpath",
+            "ipop.link.lane",
+            "ipop.link.replay",
+            "ipop.vnet.gro",
+            "ipop.vnet.offload",
+        ]
     ):
         from ipop.link.fastpath import PyBatchAead
         from ipop.link.replay import ReplayWindow
@@ -284,11 +365,13 @@ def fuzz(runs: int, seed: int, native_path: str | None, corpus: Path | None, gui
     case = atheris.instrument_func(one_input)
     gro_case = atheris.instrument_func(coalesce_input)
     offload_case = atheris.instrument_func(offload_input)
+    lane_case = atheris.instrument_func(lane_input)
 
     def test_one(data: bytes) -> None:
-        case(data, native, twin, ReplayWindow)
+        case(data, native, twin, (mod.Window, ReplayWindow))
         gro_case(data, mod.coalesce, coalesce)
         offload_case(data, mod)
+        lane_case(data, mod)
 
     print(f"fastpath_fuzz: atheris, {runs} inputs, native == twin checked on each", flush=True)
     argv = [sys.argv[0], f"-runs={runs}", f"-seed={seed}", "-max_len=800"]
