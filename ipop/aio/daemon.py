@@ -685,6 +685,9 @@ class Daemon:
         if self.udp is not None:
             drops.append(prefixed("udp", self.udp.errors))
         counters = [prefixed("vnet", plane.counters)] if plane is not None else []
+        lane = plane.lane_stats() if plane is not None else None
+        if lane is not None:  # the native lane's (ipop.link.lane), when it runs
+            counters.append(prefixed("lane", lane))
         if self.local is not None:
             counters.append(self.local.counters())
         # Split DNS with the host's resolver (ipop.aio.sysdns): registered, or why not.

@@ -35,6 +35,7 @@ __all__ = [
     "gro_split",
     "gso_cmsg",
     "gso_end",
+    "split_segments",
 ]
 
 log = logging.getLogger("ipop.aio.dataplane")
@@ -132,11 +133,17 @@ def gro_split(data: bytes, anc: list[tuple[int, int, bytes]]) -> list[bytes]:
     for level, kind, cdata in anc:
         if level == socket.SOL_UDP and kind == _UDP_GRO and len(cdata) >= 4:
             seg = int.from_bytes(cdata[:4], sys.byteorder)
-            if 0 < seg < (n := len(data)):
-                # The segments, cut in C (map over slices): no Python step per datagram.
-                cuts = map(slice, range(0, n, seg), range(seg, n + seg, seg))
-                return list(map(data.__getitem__, cuts))
+            if 0 < seg < len(data):
+                return split_segments(data, seg)
     return [data]
+
+
+def split_segments(data: bytes, seg: int) -> list[bytes]:
+    """``data`` cut every ``seg`` bytes (``0 < seg``): a GRO run's datagrams."""
+    n = len(data)
+    # The segments, cut in C (map over slices): no Python step per datagram.
+    cuts = map(slice, range(0, n, seg), range(seg, n + seg, seg))
+    return list(map(data.__getitem__, cuts))
 
 
 class IoDrop(StrEnum):

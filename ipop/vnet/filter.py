@@ -118,6 +118,19 @@ class PacketFilter:
     def accepts(self, vip: bytes) -> bool:
         return vip in self.accepted
 
+    def owner_until(self, dip: bytes, now: float) -> tuple[NodeId, float] | None:
+        """The owner :meth:`check_out` sends a frame to ``dip`` to, and until when that
+        holds (the answer's expiry), or None when it would not (a lookup, a drop, ours):
+        what the TAP lane may be routed (:mod:`ipop.aio.lane`)."""
+        dst = int.from_bytes(dip, "big")
+        if len(dip) != 4 or dst & self._mask != self._net or dst == self._gateway:
+            return None
+        entry = self._entries.get(dip)
+        if entry is None or entry[1] <= now or entry[0] is None:
+            return None
+        owner = entry[0]
+        return None if owner.value == self.self_id.value else (owner, entry[1])
+
     # --- verdicts -----------------------------------------------------------------------------
 
     def check_in(self, src: NodeId, packet: bytes, off: int, now: float) -> Verdict | Drop:

@@ -98,7 +98,10 @@ def test_status_shows_the_sides_drops_counters_dns_and_hosts_in_place_of_the_tap
     d, _ = _daemon(tmp_path, [])
     assert d.arp is None  # the side answers its own ARP: the daemon holds no responder
     d.dataplane = SimpleNamespace(  # type: ignore[assignment]
-        drops=Counter({"no_such_vip": 1}), counters=Counter({"tap_writes": 9}), known_owners=dict
+        drops=Counter({"no_such_vip": 1}),
+        counters=Counter({"tap_writes": 9}),
+        known_owners=dict,
+        lane_stats=lambda: None,
     )
     view = d.local_view(now=time.time())
     assert list(view.drops) == [

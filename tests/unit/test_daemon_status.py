@@ -77,6 +77,7 @@ def _wire(
         known_owners=lambda: dict(owners or {}),
         drops=Counter(),
         counters=Counter(),
+        lane_stats=lambda: None,
         learn_owner=lambda vip, owner: learned.setdefault(vip.packed, owner),
         live_owner=learned.get,
     )

@@ -157,6 +157,7 @@ def _wire(d: Daemon) -> None:
         known_owners=lambda: dict(owners),
         drops=Counter({"no_such_vip": 4}),
         counters=Counter({"tap_writes": 100}),
+        lane_stats=lambda: None,
     )
     d.node, d.dataplane = node, plane
     d.udp = SimpleNamespace(errors=Counter({"send_error": 1}))  # type: ignore[assignment]
