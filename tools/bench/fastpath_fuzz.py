@@ -14,7 +14,9 @@ headers, lengths and sequence numbers broken among them, and raw bytes) that the
 frame (IPv4 TCP or UDP, lengths and bits broken) that the native ``split_tcp`` and
 ``finish_frame`` and ``ipop.vnet.offload``'s must cut and finish alike, and a route with frames
 and datagrams (valid, broken, raw) that the native ``Lane`` and ``ipop.link.lane.PyLane`` must
-send, deliver and hand up alike, with the same windows and counters. A difference
+send, deliver and hand up alike, with the same windows and counters; after the inputs, the
+lane's thread itself runs over a fake TAP and UDP sockets on 127.0.0.1 (``lane_thread``: every
+frame and datagram sent, delivered or handed up, none lost, the batons passed). A difference
 raises (a crash for the fuzzer). With atheris installed (``pip install atheris==3.0.0``, not
 a dependency) the inputs are coverage-guided: the twins are instrumented Python whose branches
 are the C code's; without it, a seeded random loop makes them.
@@ -254,6 +256,114 @@ def lane_input(data: bytes, native: Any) -> None:
         raise AssertionError("lane harvests differ")
 
 
+def lane_thread(native: Any, seed: int, frames: int = 400) -> int:
+    """The lane's thread itself (what ``lane_input`` cannot reach: its reads, hand-ups, batons
+    and stop), over a fake TAP (a SOCK_SEQPACKET pair) and UDP sockets on 127.0.0.1: random
+    frames and datagrams, some for its route and valid, the rest not or broken, each either
+    sent (frames: a datagram the peer opens to the frame's packet), delivered (datagrams:
+    the packet on the TAP) or handed up whole; nothing lost, nothing else. Returns how many
+    it fed. Bounded: ``frames`` of each, 10 s."""
+    import select
+    import socket
+    import time
+
+    from ipop.link.fastpath import PyBatchAead
+
+    rng = random.Random(seed)
+    lead, me, vip = b"\x06\x02", 0x64400001, 0x64400002
+    eth = bytes(10) + bytes(12) + b"\x08\x00"
+    kernel, tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ups = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    udp, peer = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    socks = [kernel, tap, udp, peer, *(s for pair in ups for s in pair)]
+    try:
+        for s in (udp, peer):
+            s.bind(("127.0.0.1", 0))
+        for s in (tap, udp):
+            s.setblocking(False)
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        lane = native.Lane(tap.fileno(), udp.fileno(), ups[0][1].fileno(), ups[1][1].fileno(), lead)
+        send, recv, window = (
+            native.BatchAead(1, KEY),
+            native.BatchAead(1, KEY[::-1]),
+            native.Window(64),
+        )
+        peer_port = peer.getsockname()[1]
+        lane.route(INDEX, (vip,), send, 7, "127.0.0.1", peer_port, 1500, 1 << 40,
+                   time.monotonic() + 60, recv, window, 1 << 40)  # fmt: skip
+        lane.set_local((me,), eth)
+        lane.start()
+        opener, sealer = PyBatchAead(1, KEY), PyBatchAead(1, KEY[::-1])
+        seen = [0, 0, 0]  # sent to the peer, written to the TAP, handed up or read by "Python"
+
+        def drain(wait: float) -> None:
+            ready, _, _ = select.select([peer, kernel, ups[0][0], ups[1][0]], [], [], wait)
+            for s in ready:
+                data = s.recv(70000)
+                if s is peer:
+                    opened = opener.open([data], 0, 7, 1 << 40, _AnyWindow())[1]
+                    if not opened or not isinstance(opened[0], bytes) or opened[0][:2] != lead:
+                        raise AssertionError("the lane sent what does not open to a packet")
+                    seen[0] += 1
+                elif s is kernel:
+                    if data[:24] != eth:
+                        raise AssertionError("the lane wrote a packet behind another header")
+                    seen[1] += 1
+                else:  # Python holds that fd's baton: it reads the fd until empty, as the
+                    # data plane does, then gives it back
+                    seen[2] += 1
+                    which = 0 if s is ups[0][0] else 1
+                    with contextlib.suppress(BlockingIOError):
+                        while True:
+                            (tap, udp)[which].recv(70000)
+                            seen[2] += 1
+                    lane.done(which, 1)
+
+        expect_out = fed = 0
+        for k in range(frames):
+            packet = bytearray(20 + rng.randrange(1400))
+            good = rng.random() < 0.7
+            packet[0] = 0x45
+            packet[12:16] = (vip if good else me).to_bytes(4, "big")
+            packet[16:20] = (vip if good else me + 9).to_bytes(4, "big")
+            kernel.send(eth + bytes(packet))
+            inner = bytes(packet[:12]) + vip.to_bytes(4, "big") + me.to_bytes(4, "big")
+            dgram = sealer.seal(INDEX, k, [lead + inner + bytes(packet[20:])])[0]
+            if not good:
+                dgram = dgram[:-1] + bytes([dgram[-1] ^ 1]) if k % 2 else rng.randbytes(40)
+            peer.sendto(dgram, udp.getsockname())
+            expect_out += good
+            fed += 2
+            drain(0)
+        deadline = time.monotonic() + 10
+        while sum(seen) < fed and time.monotonic() < deadline:
+            drain(0.5)
+        got_out, got_in, up = seen
+        if got_out + got_in + up != fed:
+            raise AssertionError(f"lane thread: {got_out}+{got_in}+{up} of {fed} accounted")
+        expect_in = lane.stats()["delivered"]
+        if got_in != expect_in or got_out > expect_out:
+            raise AssertionError("lane thread: counts differ from its stats")
+        lane.stop()
+        return fed
+    finally:
+        for s in socks:
+            s.close()
+
+
+class _AnyWindow:
+    """A window that takes every counter (the peer side of ``lane_thread`` checks bytes)."""
+
+    top = -1
+    width = 1
+
+    def reject_reason(self, counter: int) -> str | None:
+        return None
+
+    def take(self, counter: int) -> str | None:
+        return None
+
+
 def offload_input(data: bytes, native: Any) -> None:
     """One fuzz case of the TAP's offloads: an Ethernet frame ``data`` describes (IPv4 TCP or
     UDP, header lengths, flags and lengths from the input, bits flipped, cut short) cut by the
@@ -347,7 +457,7 @@ def fuzz(runs: int, seed: int, native_path: str | None, corpus: Path | None, gui
             coalesce_input(data, mod.coalesce, coalesce)
             offload_input(data, mod)
             lane_input(data, mod)
-        return len(files) + runs
+        return len(files) + runs + lane_thread(mod, seed)
     # The twin's and the window's branches (the C code's, in Python) guide the inputs.
     with atheris.instrument_imports(
         include=[
