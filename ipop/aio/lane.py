@@ -98,7 +98,10 @@ class LaneRoutes:
             self.wanted.clear()
         for key, route in list(routes.items()):
             want = self._want(key, now)
-            if want != route:
+            if want is None and route is None:  # a candidate that cannot be routed (yet)
+                del routes[key]
+                self._vips.pop(key, None)
+            elif want != route:
                 self._set(key, route, want, skew)
 
     def clear(self, now: float) -> None:

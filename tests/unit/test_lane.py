@@ -530,6 +530,7 @@ def test_no_route_for_what_the_data_plane_would_not_send_directly() -> None:
     r.routes.wanted.add(bench.B_VIP.packed)
     r.sync()
     assert r.lane._routes == {}
+    assert r.routes.routes == {}  # no candidate lingers
     r.a.link.pmtu.limits[r.b.local_id] = 1400
     kp = r.a.link.direct_keys(r.b.local_id)
     assert kp is not None
