@@ -256,7 +256,10 @@ def lane_input(data: bytes, native: Any) -> None:
         raise AssertionError("lane harvests differ")
 
 
-def lane_thread(native: Any, seed: int, frames: int = 400) -> int:
+LANE_FRAMES = 400  # frames (and as many datagrams) lane_thread feeds a running lane
+
+
+def lane_thread(native: Any, seed: int, frames: int = LANE_FRAMES) -> int:
     """The lane's thread itself (what ``lane_input`` cannot reach: its reads, hand-ups, batons
     and stop), over a fake TAP (a SOCK_SEQPACKET pair) and UDP sockets on 127.0.0.1: random
     frames and datagrams, some for its route and valid, the rest not or broken, each either
@@ -279,7 +282,7 @@ def lane_thread(native: Any, seed: int, frames: int = 400) -> int:
     try:
         for s in (udp, peer):
             s.bind(("127.0.0.1", 0))
-        for s in (tap, udp):
+        for s in (tap, udp, kernel):
             s.setblocking(False)
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         lane = native.Lane(tap.fileno(), udp.fileno(), ups[0][1].fileno(), ups[1][1].fileno(), lead)
@@ -326,7 +329,12 @@ def lane_thread(native: Any, seed: int, frames: int = 400) -> int:
             packet[0] = 0x45
             packet[12:16] = (vip if good else me).to_bytes(4, "big")
             packet[16:20] = (vip if good else me + 9).to_bytes(4, "big")
-            kernel.send(eth + bytes(packet))
+            while True:  # the TAP's queue may be full while "Python" holds its baton
+                try:
+                    kernel.send(eth + bytes(packet))
+                    break
+                except BlockingIOError:
+                    drain(0.01)
             inner = bytes(packet[:12]) + vip.to_bytes(4, "big") + me.to_bytes(4, "big")
             dgram = sealer.seal(INDEX, k, [lead + inner + bytes(packet[20:])])[0]
             if not good:
