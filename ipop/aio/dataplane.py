@@ -243,9 +243,9 @@ class DataPlane:
     ) -> None:
         """``tag``: the network's tag (:func:`ipop.vnet.networks.network_tag`), so that IP
         tagged for it is taken; ``primary``: False for the other networks' planes of a daemon
-        in several, which the first one feeds (:meth:`join`); ``lane``: let the native TAP
-        lane read the TAP (:mod:`ipop.link.lane`) where it can; None: unless
-        ``IPOP_LANE=off``."""
+        in several, which the first one feeds (:meth:`join`); ``lane``: let the native
+        lane read the TAP and the UDP socket (:mod:`ipop.link.lane`) where it can; None:
+        unless ``IPOP_LANE=off``."""
         self.node = node
         # Seal and open each destination's or path's packets in runs, one call each
         # (ipop.link.fastpath), with the native module unless IPOP_FASTPATH=python (then its
@@ -315,8 +315,8 @@ class DataPlane:
             node.on_ip = self._from_overlay
             node.on_net_ip = self._from_overlay_tagged
             node.punch_sink = self._receive_punched
-        # The native TAP lane (made at start(), where it can be): it reads the TAP, and the
-        # frames it hands up are read from _tap_read_fd as they were from the TAP.
+        # The native lane (made at start(), where it can be): it reads the TAP and the UDP
+        # socket; the frames it hands up are read from _tap_read_fd as from the TAP.
         self._want_lane = os.environ.get("IPOP_LANE", "on") != "off" if lane is None else lane
         self._lane: NativeLane | None = None
         self.lane_routes: LaneRoutes | None = None
@@ -859,7 +859,10 @@ class DataPlane:
         tagged = bytes((TYPE_DIRECT, KIND_IP_NET)) + send_tag if send_tag else b""
         grown = _SEAL_GROWTH + len(send_tag)
         now = self.clock()
-        limit = BATCH if now - self._tap_seen < timing.DATAPLANE_SPARSE_S else 1
+        # (With the lane, Python reads only hand-ups, and then on until the TAP is empty: the
+        # baton goes back at once.)
+        sparse = now - self._tap_seen >= timing.DATAPLANE_SPARSE_S and baton is None
+        limit = 1 if sparse else BATCH
         self._tap_seen = now
         n = 0
         local = 0
