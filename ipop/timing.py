@@ -200,7 +200,7 @@ OWNER_LOOKUP_TIMEOUT_S = 30.0
 # packet (a ping, a request) then leaves without the extra read that would find the fd empty.
 # A burst pays one extra loop pass before the next wake-up, close behind, reads full batches.
 DATAPLANE_SPARSE_S = 1e-3
-# The TAP lane's routes are checked and what it sent counted after every batch, and this often
+# The lane's routes are checked and what it did counted after every batch, and this often
 # besides (while it sends, no batch may reach Python): the link's view of the traffic it sent
 # (keepalives, rekeys by count, idle shortcuts, path checks) lags by at most this much.
 LANE_SYNC_S = 0.1

@@ -1079,7 +1079,7 @@ static int lane_tap(Lane *self, unsigned char *in, unsigned char *out) {
 }
 
 static int lane_udp(Lane *self, unsigned char *in, unsigned char *out) {
-    struct sockaddr_in from;
+    struct sockaddr_in from = {0};
     union {
         char buf[CMSG_SPACE(sizeof(int))];
         struct cmsghdr align;

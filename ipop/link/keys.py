@@ -97,7 +97,7 @@ class Keypair(Generic[PeerT]):
     @property
     def send_counter(self) -> int:
         """The next send counter: ``send_batch``'s own (one owner, whichever sealer takes
-        counters: this layer, or the TAP lane's thread, :mod:`ipop.link.lane`)."""
+        counters: this layer, or the lane's thread, :mod:`ipop.link.lane`)."""
         return self.send_batch.counter
 
 

@@ -385,8 +385,8 @@ class LinkLayer:
 
     def direct_keys(self, peer: NodeId) -> tuple[Keypair[Peer], Endpoint | SocketPath] | None:
         """``peer``'s current keys and path when :meth:`seal_direct` would seal with them
-        (an up session on a direct path): what the TAP lane (:mod:`ipop.link.lane`) may be
-        lent, with :meth:`note_sent` told what it sent."""
+        (an up session on a direct path): what the lane (:mod:`ipop.link.lane`) may be
+        lent, with :meth:`note_lane` told what it did."""
         got = self._direct(peer)
         return None if got is None else (got[1], got[2])
 
@@ -493,7 +493,7 @@ class LinkLayer:
         # (With strip the run may end early: the threshold is checked for all of them.)
         if counter + n > kp.rekey_counter_at or now >= kp.rekey_at:
             return None
-        # (The counter moves under the key's lock: the TAP lane's thread seals with it too.)
+        # (The counter moves under the key's lock: the lane's thread seals with it too.)
         data = kp.send_batch.seal_next(kp.remote_index, payloads, head, strip)
         n = len(data)
         if not n and strip:

@@ -31,7 +31,7 @@ REASON_TOO_OLD = "too_old"
 
 class Window(Protocol):
     """What both windows offer: :class:`ReplayWindow` and its native twin
-    ``ipop.link._fastpath.Window`` (the native backend's, shared with the TAP lane's thread:
+    ``ipop.link._fastpath.Window`` (the native backend's, shared with the lane's thread:
     every method holds its lock, so :meth:`take` is one step for both threads)."""
 
     @property

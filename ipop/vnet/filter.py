@@ -121,7 +121,7 @@ class PacketFilter:
     def owner_until(self, dip: bytes, now: float) -> tuple[NodeId, float] | None:
         """The owner :meth:`check_out` sends a frame to ``dip`` to, and until when that
         holds (the answer's expiry), or None when it would not (a lookup, a drop, ours):
-        what the TAP lane may be routed (:mod:`ipop.aio.lane`)."""
+        what the lane may be routed (:mod:`ipop.aio.lane`)."""
         dst = int.from_bytes(dip, "big")
         if len(dip) != 4 or dst & self._mask != self._net or dst == self._gateway:
             return None

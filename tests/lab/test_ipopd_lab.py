@@ -128,6 +128,34 @@ def test_a_guessed_path_carries_ip_on_the_fast_path(net: IpopNet) -> None:
     assert after - before >= 20, (before, after)
 
 
+def test_lone_packets_on_a_direct_path_take_the_lane(net: IpopNet) -> None:
+    """pub2 and pub1 (both public: a direct path) ping each other: with the native data path,
+    each request leaves pub2 from its lane's thread and reaches pub1's TAP from pub1's, and each
+    reply the same way back (``lane.fast``, ``lane.delivered``); with
+    ``IPOP_FASTPATH=python`` there is no lane and the pings go as before."""
+    native = os.environ.get("IPOP_FASTPATH", "auto") != "python"
+    deadline = time.monotonic() + 30.0
+    while True:  # the routes follow the first packets (a direct path, a probed MTU)
+        ok = net.lab.exec("pub2", ["ping", "-c", "1", "-W", "1", "pub1.ipop"], timeout=10)
+        routes = [_status(net, h).counters.get("lane.routes", 0) for h in ("pub2", "pub1")]
+        if ok.returncode == 0 and (not native or min(routes) >= 1):
+            break
+        assert time.monotonic() < deadline, (routes, ok.stdout + ok.stderr)
+    keys = ("lane.fast", "lane.delivered")
+    before = {h: [_status(net, h).counters.get(k, 0) for k in keys] for h in ("pub2", "pub1")}
+    res = net.lab.exec("pub2", ["ping", "-c", "20", "-i", "0.05", "-q", "pub1.ipop"], timeout=20)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for h in ("pub2", "pub1"):
+        after = [_status(net, h).counters.get(k, 0) for k in keys]
+        moved = [x - y for x, y in zip(after, before[h], strict=True)]
+        if native:  # 20 requests out of pub2 and into pub1, 20 replies back: the lane's,
+            # but those that come while Python holds an fd's baton (after the overlay's own
+            # traffic went up) are Python's
+            assert min(moved) >= 15, (h, before[h], after)
+        else:
+            assert "lane.fast" not in _status(net, h).counters
+
+
 def test_dig_answers_c_names_hostnames_and_nxdomain(net: IpopNet) -> None:
     b_vip = _status(net, "b").self_.vip
     assert b_vip is not None
