@@ -129,6 +129,7 @@ from ipop import timing
 from ipop.aio.lane import Baton, LaneRoutes
 from ipop.aio.stack import Node
 from ipop.aio.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, IoDrop, UdpSocket, split_segments
+from ipop.errors import ConfigError
 from ipop.link import fastpath
 from ipop.link import lane as lane_mod
 from ipop.link.lane import NativeLane, native_lane
@@ -317,7 +318,14 @@ class DataPlane:
             node.punch_sink = self._receive_punched
         # The native lane (made at start(), where it can be): it reads the TAP and the UDP
         # socket; the frames it hands up are read from _tap_read_fd as from the TAP.
-        self._want_lane = os.environ.get("IPOP_LANE", "on") != "off" if lane is None else lane
+        if lane is None:
+            choice = os.environ.get("IPOP_LANE", "on")
+            if choice not in ("on", "off"):
+                raise ConfigError(
+                    "IPOP_LANE", f"{choice!r} is neither on nor off", "set it to on or off"
+                )
+            lane = choice == "on"
+        self._want_lane = lane
         self._lane: NativeLane | None = None
         self.lane_routes: LaneRoutes | None = None
         # The lane's hand-up pairs: TAP (Python's end, the lane's), UDP (the same).

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipop.aio.lane import LaneRoutes
+from ipop.errors import ConfigError
 from ipop.link import fastpath
 from ipop.link.fastpath import PyBatchAead
 from ipop.link.lane import PyLane
@@ -538,3 +540,15 @@ def test_no_route_for_what_the_data_plane_would_not_send_directly() -> None:
     r.routes.wanted.add(bench.B_VIP.packed)
     r.sync()
     assert r.lane._routes == {}
+
+
+def test_a_bad_ipop_lane_names_the_variable_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def plane() -> None:
+        with bench.planes(time.time()):
+            pass
+
+    monkeypatch.setenv("IPOP_LANE", "fast")
+    with pytest.raises(ConfigError, match="IPOP_LANE: 'fast' is neither on nor off"):
+        asyncio.run(plane())
+    monkeypatch.setenv("IPOP_LANE", "off")
+    asyncio.run(plane())
