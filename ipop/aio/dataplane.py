@@ -117,7 +117,6 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import sys
 import time
 from collections import Counter
@@ -131,8 +130,7 @@ from ipop.aio.stack import Node
 from ipop.aio.udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, IoDrop, UdpSocket, split_segments
 from ipop.errors import ConfigError
 from ipop.link import fastpath
-from ipop.link import lane as lane_mod
-from ipop.link.lane import NativeLane, native_lane
+from ipop.link.lane import UP, UP_HEADER, UP_OPENED, NativeLane, native_lane
 from ipop.overlay.messages import KIND_IP, KIND_IP_NET, TYPE_DIRECT
 from ipop.types import Endpoint, NodeId, SocketPath
 from ipop.vnet.echo import echo_reply
@@ -169,12 +167,9 @@ _FRAME_MAX = 65535 + 14
 # A frame read from the TAP (Ethernet header included) becomes a DATA datagram this much larger:
 # the DIRECT header replaces the Ethernet header, and the link adds its header and tag.
 _SEAL_GROWTH = DATA_MIN_BYTES + 2 - 14
-# A datagram the lane handed up (ipop.link.lane): kind, newest, port, IPv4, GRO segment size,
-# two zero bytes, receiver index; then the datagram as read, or its plaintext once opened.
-_UP_HEADER = lane_mod.UP_HEADER
-_UP_UNPACK = struct.Struct("!BBH4sH2xI").unpack_from
-_UP_OPENED = lane_mod.UP_OPENED
-_UP_MAX = _UP_HEADER + 65536
+# A datagram the lane handed up (ipop.link.lane.UP): a header, then the datagram(s) or text.
+_UP_UNPACK = UP.unpack_from
+_UP_MAX = UP_HEADER + 65536
 _ntoa = socket.inet_ntoa
 # A DIRECT message's header for an IP packet: what the ethertype becomes in a frame sealed.
 _DIRECT_IP = bytes((TYPE_DIRECT, KIND_IP))
@@ -624,7 +619,7 @@ class DataPlane:
             except BlockingIOError:
                 break
             baton.records += 1
-            if len(record) < _UP_HEADER:  # never made by the lane
+            if len(record) < UP_HEADER:  # never made by the lane
                 self.drops[IoDrop.RECV_ERROR] += 1
                 continue
             kind, newest, port, ip, seg, index = _UP_UNPACK(record)
@@ -634,8 +629,8 @@ class DataPlane:
                 if len(eps) > 4096:
                     eps.clear()
                 ep = eps[addr] = Endpoint(addr[0], addr[1])
-            data = record[_UP_HEADER:]
-            if kind == _UP_OPENED:
+            data = record[UP_HEADER:]
+            if kind == UP_OPENED:
                 if run and run_ep is not None:
                     self._take(run, run_ep, now, tap_out)
                 run, run_ep = [], None

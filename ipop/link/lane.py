@@ -52,16 +52,22 @@ counters) and fuzzed by ``tools/bench/fastpath_fuzz.py``.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
 from ipop.link.fastpath import BatchAead, Payload
 from ipop.link.replay import Window
+from ipop.wire.header import DATA_MIN_BYTES, TYPE_DATA
 
 __all__ = [
     "FRAME_MAX",
     "ROUTES_MAX",
+    "UP",
+    "UP_HEADER",
+    "UP_OPENED",
+    "UP_RAW",
     "VIPS_MAX",
     "VNET_BYTES",
     "Counts",
@@ -76,14 +82,14 @@ VNET_BYTES = 10  # the virtio header before every frame (IFF_VNET_HDR)
 FRAME_MAX = 65550 - VNET_BYTES  # the largest frame (Ethernet header included) a route takes
 ROUTES_MAX = 256  # routes a lane holds; past it route() returns False
 VIPS_MAX = 8  # addresses per route, and of this node
-UP_HEADER = 16  # a datagram handed up: kind, newest, port, IPv4, segment size, 2, index
-UP_RAW = 0  # ... as read
-UP_OPENED = 1  # ... opened: the plaintext
+# A datagram handed up: kind, newest, port, IPv4, GRO segment size, two zero bytes, receiver
+# index; then the datagram as read (UP_RAW) or, once opened, its plaintext (UP_OPENED).
+UP = struct.Struct("!BBH4sH2xI")
+UP_HEADER = UP.size
+UP_RAW = 0
+UP_OPENED = 1
 _ETH = 14
 _IP_MIN = 20
-_DATA_HDR = 13
-_TAG = 16
-_TYPE_DATA = 0xC3
 
 # (local_index, sent, bytes sent, first, last sent, received, bytes received, first, last
 # received): what a route did since it was last harvested (monotonic times; 0.0: none).
@@ -295,7 +301,7 @@ class PyLane:
 
     def receive(self, datagram: bytes, host: str, port: int, now: float) -> Received:
         d = datagram
-        if len(d) < _DATA_HDR + _TAG or d[0] != _TYPE_DATA or self._inflight[1]:
+        if len(d) < DATA_MIN_BYTES or d[0] != TYPE_DATA or self._inflight[1]:
             return None
         index = int.from_bytes(d[1:5], "big")
         r = self._routes.get(index)
