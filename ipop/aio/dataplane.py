@@ -343,6 +343,7 @@ class DataPlane:
     def set_link_layer(self, tap_mac: bytes, virtual_mac: bytes) -> None:
         self._mac_header = tap_mac + virtual_mac + _ETH_IP
         self._eth_header = (NO_GSO if self._vnet else b"") + self._mac_header
+        self._lane_local()
 
     @property
     def own_ip(self) -> bytes | None:
@@ -350,14 +351,23 @@ class DataPlane:
 
     def set_own_ip(self, addr: IPv4Address) -> None:
         self.filter.set_own_ip(addr.packed)
+        self._lane_local()
 
     def add_local_ip(self, addr: IPv4Address) -> None:
         """``addr`` is held by this node on behalf of a host on its local side (router mode):
         packets for it are delivered, and nobody else may send from it."""
         self.filter.accept(addr.packed)
+        self._lane_local()
 
     def remove_local_ip(self, addr: IPv4Address) -> None:
         self.filter.unaccept(addr.packed)
+        self._lane_local()
+
+    def _lane_local(self) -> None:
+        """The lane delivers to this node's addresses behind this header: told whenever
+        either changes (these methods are where they change)."""
+        if self.lane_routes is not None:
+            self.lane_routes.set_local(self.filter.accepted, self._eth_header)
 
     def start(self) -> None:
         self._start_lane()
@@ -402,7 +412,7 @@ class DataPlane:
         self._lane = lane
         self._tap_read_fd = tap_py.fileno()
         self.lane_routes = LaneRoutes(lane, self.node.core, self.filter, growth=_SEAL_GROWTH)
-        self.lane_routes.set_local(self.filter.accepted, self._eth_header)
+        self._lane_local()
         loop = self._loop
         self._tap_baton = Baton(
             lane,
@@ -666,7 +676,6 @@ class DataPlane:
             if self.node.driver is not None:
                 self.node.driver.pump()
         if self.lane_routes is not None:
-            self.lane_routes.set_local(self.filter.accepted, self._eth_header)
             self.lane_routes.sync(now)
 
     def _take(

@@ -66,15 +66,13 @@ class LaneRoutes:
         self.wanted: set[bytes] = set()
         # Each routed owner's vIPs (4 bytes), as wanted.
         self._vips: dict[int, set[bytes]] = {}
-        self._local: tuple[tuple[int, ...], bytes] = ((), b"")
 
     def set_local(self, accepted: set[bytes], eth: bytes) -> None:
-        """This node's addresses and the header the data plane writes packets behind, when
-        they changed (each sync asks)."""
-        local = (tuple(sorted(int.from_bytes(v, "big") for v in accepted))[:VIPS_MAX], eth)
-        if local != self._local:
-            self.lane.set_local(*local)
-            self._local = local
+        """This node's addresses and the header the data plane writes packets behind (the
+        data plane calls it when either changes)."""
+        self.lane.set_local(
+            tuple(sorted(int.from_bytes(v, "big") for v in accepted))[:VIPS_MAX], eth
+        )
 
     def sync(self, now: float) -> None:
         """Count what the lane did, then bring every route up to date (``now``: the data
