@@ -587,11 +587,7 @@ class DataPlane:
                 continue
             calls += 1
             n += len(datagrams)
-            ep = eps.get(addr)
-            if ep is None:
-                if len(eps) > 4096:
-                    eps.clear()
-                ep = eps[addr] = Endpoint(addr[0], addr[1])
+            ep = eps.get(addr) or self._endpoint(addr)
             if run is None:
                 take(datagrams, ep, now, tap_out)
             elif ep is run_ep:  # one path's datagrams go to the core as one run
@@ -634,11 +630,7 @@ class DataPlane:
                 continue
             kind, newest, port, ip, seg, index = _UP_UNPACK(record)
             addr = (_ntoa(ip), port)
-            ep = eps.get(addr)
-            if ep is None:
-                if len(eps) > 4096:
-                    eps.clear()
-                ep = eps[addr] = Endpoint(addr[0], addr[1])
+            ep = eps.get(addr) or self._endpoint(addr)
             data = record[UP_HEADER:]
             if kind == UP_OPENED:
                 if run and run_ep is not None:
@@ -666,6 +658,15 @@ class DataPlane:
         counters["udp_batches"] += 1
         counters["udp_datagrams"] += n
         self._flush_core(now)
+
+    def _endpoint(self, addr: tuple[str, int]) -> Endpoint:
+        """The Endpoint of a source address not cached yet (one object per address, so a
+        batch's runs compare them by identity; bounded)."""
+        eps = self._endpoints
+        if len(eps) > 4096:
+            eps.clear()
+        ep = eps[addr] = Endpoint(addr[0], addr[1])
+        return ep
 
     def _flush_core(self, now: float) -> None:
         """After a batch: whatever the fast path left queued in the core leaves now. A batch
