@@ -97,8 +97,7 @@ class LaneRoutes:
         for key, route in list(routes.items()):
             want = self._want(key, now)
             if want is None and route is None:  # a candidate that cannot be routed (yet)
-                del routes[key]
-                self._vips.pop(key, None)
+                self._forget(key)
             elif want != route:
                 self._set(key, route, want, skew)
 
@@ -140,8 +139,7 @@ class LaneRoutes:
             self._unroute(old, skew)
             old = None
         if new is None:
-            del self.routes[key]
-            self._vips.pop(key, None)
+            self._forget(key)
             return
         _, kp, host, port, max_frame, counter_limit, expires, vips, recv_limit = new
         try:
@@ -156,6 +154,9 @@ class LaneRoutes:
             return
         if old is not None:
             self._unroute(old, skew)
+        self._forget(key)
+
+    def _forget(self, key: int) -> None:
         del self.routes[key]
         self._vips.pop(key, None)
 
