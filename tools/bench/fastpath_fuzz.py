@@ -271,6 +271,7 @@ def lane_thread(native: Any, seed: int, frames: int = LANE_FRAMES) -> int:
     import time
 
     from ipop.link.fastpath import PyBatchAead
+    from ipop.link.replay import ReplayWindow
 
     rng = random.Random(seed)
     lead, me, vip = b"\x06\x02", 0x64400001, 0x64400002
@@ -297,6 +298,8 @@ def lane_thread(native: Any, seed: int, frames: int = LANE_FRAMES) -> int:
         lane.set_local((me,), eth)
         lane.start()
         opener, sealer = PyBatchAead(1, KEY), PyBatchAead(1, KEY[::-1])
+        # The peer's window: each datagram the lane sends opens once (a replay would not).
+        peer_window = ReplayWindow(4 * frames)
         seen = [0, 0, 0]  # sent to the peer, written to the TAP, handed up or read by "Python"
 
         def drain(wait: float) -> None:
@@ -304,7 +307,7 @@ def lane_thread(native: Any, seed: int, frames: int = LANE_FRAMES) -> int:
             for s in ready:
                 data = s.recv(70000)
                 if s is peer:
-                    opened = opener.open([data], 0, 7, 1 << 40, _AnyWindow())[1]
+                    opened = opener.open([data], 0, 7, 1 << 40, peer_window)[1]
                     if not opened or not isinstance(opened[0], bytes) or opened[0][:2] != lead:
                         raise AssertionError("the lane sent what does not open to a packet")
                     seen[0] += 1
@@ -357,19 +360,6 @@ def lane_thread(native: Any, seed: int, frames: int = LANE_FRAMES) -> int:
     finally:
         for s in socks:
             s.close()
-
-
-class _AnyWindow:
-    """A window that takes every counter (the peer side of ``lane_thread`` checks bytes)."""
-
-    top = -1
-    width = 1
-
-    def reject_reason(self, counter: int) -> str | None:
-        return None
-
-    def take(self, counter: int) -> str | None:
-        return None
 
 
 def offload_input(data: bytes, native: Any) -> None:
