@@ -41,9 +41,12 @@ a STORE's offered record carries its own) must verify as an owner's does and be 
 node's own (its node id, which the overlay authenticated). A namespace whose CA is the
 overlay's (``readable``: a network that is its own overlay) needs no proof: every node that
 can ask holds that CA's certificate. Without this, any node could ask for ``ip:<addr>`` over
-a whole range, or for guessed names, and read another network's holders and addresses. What
-it does not hide: the records a node itself stores as a replica (their keys name them); only
-records encrypted under a key of the network would, and then strangers could check nothing.
+a whole range, or for guessed names, and read another network's holders and addresses. The
+records a node itself stores as a replica are in its memory: a network on a shared overlay
+seals them (:mod:`ipop.dht.seal`: keys blinded, values encrypted under the network's records
+key), and a sealed record gets the checks its stored form allows (:meth:`RecordPolicy.admit`,
+``_check_sealed``: the writer's certificate and key, a hostname's owner, a LAN host's router,
+a service slot's owner, the value's length); its readers apply the rest to the opened view.
 
 Known limit: anyone can make a CA, so a namespace proves only that one key vouched for the
 record, not that the network is anyone's. Per-owner quotas (per namespace) cannot limit an
@@ -96,7 +99,16 @@ from ipaddress import AddressValueError, IPv4Address, IPv4Network
 from typing import Protocol
 
 from ipop.dht.record import Record, namespace_of, parse_namespace
-from ipop.dht.srv import SERVICE_QUOTA, allowed_slots, decode_value, parse_service_key
+from ipop.dht.seal import SEAL_OVERHEAD, SEALED, is_tag
+from ipop.dht.srv import (
+    MIN_VALUE_BYTES,
+    SERVICE_QUOTA,
+    SLOTS,
+    allowed_slots,
+    decode_value,
+    parse_service_key,
+    sealed_slots,
+)
 from ipop.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from ipop.identity import (
     CERT_REASONS,
@@ -285,21 +297,26 @@ class RecordPolicy:
         self._foreign[namespace] = held
         return held, None
 
-    def admit(self, record: Record, *, now: float) -> Admitted:
+    def admit(self, record: Record, *, now: float, opened: bool = False) -> Admitted:
         """Raise RemoteProtocolError (reason in :data:`POLICY_REASONS`) unless allowed.
 
-        The signature is :func:`ipop.dht.record.check_record`'s business; call both.
+        The signature is :func:`ipop.dht.record.check_record`'s business; call both. A sealed
+        record (:mod:`ipop.dht.seal`) gets the checks its stored form allows; ``opened``: the
+        plain view of one (:meth:`ipop.dht.seal.RecordSeal.open`), whose stored form passed
+        them: every other rule, but its service slot was chosen from the blinded name.
         """
         namespace, kind, rest = split_key(record.key)
         cert, subnet = self._certified(namespace, record.cert, now)
         if cert.public_key_raw != bytes(record.owner_pub):
             raise _refuse("record_cert_key_mismatch")
-        if kind is Kind.IP:
+        if rest.startswith(SEALED) and not opened:
+            self._check_sealed(record, kind, rest[len(SEALED) :], cert)
+        elif kind is Kind.IP:
             self._check_ip(record, rest, cert, subnet)
         elif kind is Kind.NAME:
             self._check_name(record, rest, cert, subnet)
         elif kind is Kind.SVC:
-            self._check_service(record, rest, subnet)
+            self._check_service(record, rest, subnet, slots=not opened)
         elif not 1 <= len(rest) <= MAX_USER_KEY or not rest.isascii() or not rest.isprintable():
             raise _refuse("key_bad_user", rest[:16])
         return Admitted(cert, kind, namespace)
@@ -394,15 +411,59 @@ class RecordPolicy:
         if subnet is not None and IPv4Address(record.value) not in subnet:
             raise _refuse("value_outside_subnet")
 
-    def _check_service(self, record: Record, rest: str, subnet: IPv4Network | None) -> None:
+    def _check_service(
+        self, record: Record, rest: str, subnet: IPv4Network | None, *, slots: bool = True
+    ) -> None:
         name, proto, slot = parse_service_key(rest)
-        if slot not in allowed_slots(record.owner, name, proto):
+        if slots and slot not in allowed_slots(record.owner, name, proto):
             raise _refuse("service_slot_not_owner", rest[:32])
         if record.tombstone:
             return
         value = decode_value(record.value)
         if subnet is not None and value.addr not in subnet:
             raise _refuse("value_outside_subnet")
+
+    def _check_sealed(self, record: Record, kind: Kind, body: str, cert: NodeCertificate) -> None:
+        """What a replica can check of a sealed record (:mod:`ipop.dht.seal`): the blinded
+        key's syntax, whose name a hostname is, which router a LAN host is under, whose
+        slot a service's is, and the value's length."""
+        size = len(record.value) - SEAL_OVERHEAD
+        if kind is Kind.IP:
+            if not is_tag(body):
+                raise _refuse("key_bad_ip", body[:32])
+            if record.tombstone:
+                return
+            if size == MAC_BYTES:
+                if not cert.is_router:
+                    raise _refuse("value_not_router")
+            elif size != 0:
+                raise _refuse("value_size", f"sealed ip value {len(record.value)} bytes")
+        elif kind is Kind.NAME:
+            host, dot, under = body.partition(".")
+            if dot:
+                if not is_tag(host) or not is_name(f"x.{under}"):
+                    raise _refuse("key_bad_name", body[:64])
+                if not cert.is_router or cert.hostname != under:
+                    raise _refuse("name_not_router", under)
+            elif not is_name(host):
+                raise _refuse("key_bad_name", body[:64])
+            elif cert.hostname != host:
+                raise _refuse("name_not_certified", host)
+            if not record.tombstone and size != 4:
+                raise _refuse("value_size", f"sealed name value {len(record.value)} bytes")
+        elif kind is Kind.SVC:
+            tag, _, slot_s = body.rpartition(".")
+            if not is_tag(tag) or not slot_s.isdigit() or str(int(slot_s)) != slot_s:
+                raise _refuse("key_bad_service", body[:32])
+            if int(slot_s) >= SLOTS or int(slot_s) not in sealed_slots(record.owner, tag):
+                raise _refuse("service_slot_not_owner", body[:32])
+            if not record.tombstone and size < MIN_VALUE_BYTES:
+                raise _refuse("value_size", f"sealed service value {len(record.value)} bytes")
+        else:
+            if not is_tag(body):
+                raise _refuse("key_bad_user", body[:16])
+            if not record.tombstone and size < 0:
+                raise _refuse("value_size", f"sealed user value {len(record.value)} bytes")
 
 
 __all__ = [

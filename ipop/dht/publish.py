@@ -37,7 +37,6 @@ from ipop.dht.srv import (
     SERVICE_QUOTA,
     SLOTS,
     ServiceValue,
-    allowed_slots,
     decode_value,
     service_key,
     validate_service_name,
@@ -48,6 +47,7 @@ from ipop.types import NodeId
 
 __all__ = [
     "PublishFailed",
+    "ServiceDht",
     "ServiceInstance",
     "ServiceKeeper",
     "ServicePublisher",
@@ -104,12 +104,20 @@ class _Published:
     lease: DhtLease
 
 
+class ServiceDht(DhtLike, Protocol):
+    """A :class:`~ipop.dht.alloc.DhtLike` that says which slots of a service we may hold
+    (:meth:`ipop.dht.service.DhtService.service_slots`: they depend on whether the network's
+    records are sealed)."""
+
+    def service_slots(self, namespace: str, name: str, proto: str) -> tuple[int, ...]: ...
+
+
 class ServicePublisher:
     """The services this node publishes in ``namespace``, each kept alive with a lease."""
 
     def __init__(
         self,
-        dht: DhtLike,
+        dht: ServiceDht,
         namespace: str,
         *,
         ttl: float = DHT_LEASE_TTL_S,
@@ -144,7 +152,7 @@ class ServicePublisher:
                     f"this node publishes {self.quota} services already, the most replicas "
                     "keep for one member: withdraw one first"
                 )
-            slots = allowed_slots(self.dht.node_id, name, proto)
+            slots = self.dht.service_slots(self.namespace, name, proto)
             if current is not None:
                 # Our slot first: an update replaces our own record there.
                 slots = (current.slot, *(s for s in slots if s != current.slot))

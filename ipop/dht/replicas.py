@@ -32,10 +32,14 @@ from ipop.types import NodeId
 __all__ = ["DROP_REASONS", "DROP_SOURCES", "ReplicaCalls"]
 
 # Where a refused copy came from: a replica's FIND_VALUE answer, the copy a refusing replica
-# says it holds, or a record of our own that our replica would refuse.
-DROP_SOURCES: Final = ("fetched", "answer", "own")
-# Every reason ReplicaCalls.drops counts under: a bounded family, sources x store reasons.
-DROP_REASONS: Final = frozenset(f"{w}_{r}" for w in DROP_SOURCES for r in STORE_REASONS)
+# says it holds, a record of our own that our replica would refuse, or the opened view of a
+# sealed record a read believed (ipop.dht.seal: the rules its replicas could not apply).
+DROP_SOURCES: Final = ("fetched", "answer", "own", "opened")
+# Every reason ReplicaCalls.drops counts under: a bounded family, sources x store reasons,
+# and a sealed value that does not open.
+DROP_REASONS: Final = frozenset(f"{w}_{r}" for w in DROP_SOURCES for r in STORE_REASONS) | {
+    "opened_sealed_value"
+}
 
 # The service's logger: these lines were its own before the parts moved out.
 log = logging.getLogger("ipop.dht.service")

@@ -70,10 +70,12 @@ from ipop.dht.protocol import IpopKademliaProtocol
 from ipop.dht.read import QuorumReader
 from ipop.dht.record import Record, namespace_of
 from ipop.dht.replicas import ReplicaCalls
+from ipop.dht.seal import RecordSeal
 from ipop.dht.shim import LinkedPeers, OverlayPort, OverlayShim
+from ipop.dht.srv import allowed_slots, sealed_slots
 from ipop.dht.storage import RecordStorage
 from ipop.dht.write import QuorumWriter
-from ipop.errors import LocalProtocolError
+from ipop.errors import LocalProtocolError, RemoteProtocolError
 from ipop.identity import NodeIdentity
 from ipop.tasks import TaskSet
 from ipop.types import NodeId
@@ -173,8 +175,11 @@ class DhtService:
             self.policy,
             hooks=hooks,
         )
+        # Namespace -> the seal of a network of ours whose records are sealed (ipop.dht.seal).
+        self._seals: dict[str, RecordSeal] = {}
         if member:
             self._add_proof(self.namespace, identity)
+            self._add_seal(self.namespace, identity)
         self.reader = QuorumReader(
             self.node_id,
             self.config,
@@ -216,6 +221,20 @@ class DhtService:
         self.writer.add_signer(namespace, identity)
         self.policy.add_network(identity.trust, subnet=subnet)
         self._add_proof(namespace, identity)
+        self._add_seal(namespace, identity)
+
+    def _add_seal(self, namespace: str, identity: NodeIdentity) -> None:
+        if identity.records_key is not None:
+            self._seals[namespace] = RecordSeal(identity.records_key)
+
+    def _stored(self, key: str) -> tuple[str, RecordSeal | None]:
+        """The key ``key`` is stored under, and its network's seal (None: stored plain)."""
+        seal = self._seals.get(key.partition(":")[0])
+        return (key, None) if seal is None else (seal.stored_key(key), seal)
+
+    def _sealed(self, key: str, value: bytes) -> tuple[str, bytes]:
+        stored, seal = self._stored(key)
+        return stored, value if seal is None else seal.seal(stored, self.node_id.to_bytes(), value)
 
     def _add_proof(self, namespace: str, identity: NodeIdentity) -> None:
         if namespace != self.policy.readable:  # the overlay's own: every node may read it
@@ -317,11 +336,25 @@ class DhtService:
         """The live record for ``key`` a quorum view believes, or None; repairs stale copies.
         ``strict``: raise :class:`~ipop.dht.read.NoQuorum` rather than answer None when too
         few replicas were heard (:meth:`QuorumReader.get <ipop.dht.read.QuorumReader.get>`)."""
-        return await self._timed("get", self.reader.get(key, strict=strict))
+        return await self._timed("get", self._get(key, strict))
+
+    async def _get(self, key: str, strict: bool) -> Record | None:
+        stored, seal = self._stored(key)
+        record = await self.reader.get(stored, strict=strict)
+        if record is None or seal is None:
+            return record
+        # Replicas checked what a sealed record shows them; the rest is every reader's.
+        try:
+            view = seal.open(record, key)
+            self.policy.admit(view, now=self._now(), opened=True)
+        except RemoteProtocolError as exc:
+            self.replica_calls.drop("opened", exc.reason)
+            return None
+        return view
 
     async def put(self, key: str, value: bytes, ttl: float) -> bool:
         """Write our record; True iff a quorum of the replica set acknowledged it."""
-        return await self._timed("put", self.writer.put(key, value, ttl))
+        return await self._timed("put", self.writer.put(*self._sealed(key, value), ttl))
 
     async def create(self, key: str, value: bytes, ttl: float) -> bool:
         """Claim ``key`` unless another owner holds a live record there (quorum CAS).
@@ -329,16 +362,26 @@ class DhtService:
         True: a quorum of the replica set holds our record. False: someone else holds the key
         (or the votes kept splitting); then no replica that answered keeps our value.
         """
-        return await self._timed("create", self.writer.create(key, value, ttl))
+        return await self._timed("create", self.writer.create(*self._sealed(key, value), ttl))
 
     async def renew(self, key: str, ttl: float) -> bool:
         """Extend our own lease on ``key`` to ``now + ttl``; False if we do not hold it."""
-        return await self._timed("renew", self.writer.renew(key, ttl))
+        return await self._timed("renew", self.writer.renew(self._stored(key)[0], ttl))
 
     async def delete(self, key: str) -> bool:
         """Release our record on ``key`` (a signed tombstone); False if it is not ours."""
-        return await self._timed("delete", self.writer.delete(key))
+        return await self._timed("delete", self.writer.delete(self._stored(key)[0]))
+
+    def service_slots(self, namespace: str, name: str, proto: str) -> tuple[int, ...]:
+        """The slots of service ``name``/``proto`` we may hold in ``namespace``
+        (:func:`ipop.dht.srv.allowed_slots`; :func:`~ipop.dht.srv.sealed_slots` of its blinded
+        name where the network's records are sealed, which is what its replicas check)."""
+        seal = self._seals.get(namespace)
+        if seal is None:
+            return allowed_slots(self.node_id, name, proto)
+        return sealed_slots(self.node_id, seal.service_id(name, proto))
 
     def owned(self) -> dict[str, Record]:
-        """Our live records (the ones we republish)."""
+        """Our live records (the ones we republish), by the key they are stored under (a
+        sealed network's: blinded, :mod:`ipop.dht.seal`)."""
         return self.writer.owned()

@@ -37,6 +37,7 @@ from ipop.types import NodeId
 __all__ = [
     "MAX_TXT",
     "MAX_TXT_BYTES",
+    "MIN_VALUE_BYTES",
     "PROTOS",
     "SERVICE_QUOTA",
     "SLOTS",
@@ -45,6 +46,7 @@ __all__ = [
     "allowed_slots",
     "decode_value",
     "parse_service_key",
+    "sealed_slots",
     "service_key",
     "validate_service_name",
 ]
@@ -60,6 +62,8 @@ MAX_TXT_BYTES = 63
 _NAME_RE = re.compile(r"^(?=.*[a-z])[a-z0-9](?:[a-z0-9-]{0,13}[a-z0-9])?$")
 _TXT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}=[\x20-\x7e]*$")
 _HEAD = struct.Struct("!4sHB")
+# The shortest service value: address, port, no TXT string.
+MIN_VALUE_BYTES = _HEAD.size
 _SLOT_PERSON = b"ipop-svc-slots"
 
 
@@ -96,8 +100,18 @@ def parse_service_key(rest: str) -> tuple[str, str, int]:
 def allowed_slots(owner: NodeId, name: str, proto: str) -> tuple[int, ...]:
     """The :data:`SLOTS_PER_OWNER` slots of ``name``/``proto`` ``owner`` may hold, in the
     order a publisher tries them."""
+    return _slots(owner, f"{name}.{proto}")
+
+
+def sealed_slots(owner: NodeId, service_id: str) -> tuple[int, ...]:
+    """:func:`allowed_slots` for a sealed service key (:mod:`ipop.dht.seal`), whose replicas
+    see only the blinded ``service_id``: the slots are chosen from what they can check."""
+    return _slots(owner, "~" + service_id)
+
+
+def _slots(owner: NodeId, service: str) -> tuple[int, ...]:
     seed = hashlib.blake2b(
-        owner.to_bytes() + f"{name}.{proto}".encode(), digest_size=32, person=_SLOT_PERSON
+        owner.to_bytes() + service.encode(), digest_size=32, person=_SLOT_PERSON
     ).digest()
     out: list[int] = []
     for b in seed:

@@ -26,7 +26,7 @@ __all__ = ["NodeIdentity"]
 class NodeIdentity:
     """A node's private key, its certificate and the CA it trusts: everything to prove itself."""
 
-    __slots__ = ("cert", "private_key", "public_key_raw", "trust")
+    __slots__ = ("cert", "private_key", "public_key_raw", "records_key", "trust")
 
     def __init__(self, private_key: Ed25519PrivateKey, cert: NodeCertificate, trust: CaTrust):
         public_key_raw = raw_public(private_key.public_key())
@@ -38,6 +38,9 @@ class NodeIdentity:
         self.cert = cert
         self.trust = trust
         self.public_key_raw = public_key_raw
+        # The network's records key (its bundle's; ipop.dht.seal): the DHT seals this
+        # network's records with it. None: they are stored plain.
+        self.records_key: bytes | None = None
 
     @classmethod
     def generate(

@@ -13,6 +13,7 @@ import asyncio
 from collections import Counter
 
 from ipop.dht.record import Record
+from ipop.dht.srv import allowed_slots
 from ipop.types import NodeId
 
 __all__ = ["FakeDht"]
@@ -31,6 +32,9 @@ class FakeDht:
     @property
     def node_id(self) -> NodeId:
         return self._node_id
+
+    def service_slots(self, namespace: str, name: str, proto: str) -> tuple[int, ...]:
+        return allowed_slots(self._node_id, name, proto)  # records here are never sealed
 
     def counters(self) -> dict[str, int]:
         return dict(self.store)

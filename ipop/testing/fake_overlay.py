@@ -146,10 +146,13 @@ class DhtCluster:
         routers: Mapping[int, int] | None = None,
         clock: Callable[[], float] | None = None,
         shared: str | None = None,
+        records_key: bytes | None = None,
     ) -> None:
         """``shared``: the namespace of the overlay's own CA when the cluster models networks
         on a shared overlay (every node may read it; others' records need a member's proof,
-        ``DhtService(overlay=)``); None: the cluster's network is its own overlay."""
+        ``DhtService(overlay=)``); None: the cluster's network is its own overlay.
+        ``records_key``: the network's (:mod:`ipop.dht.seal`): its members seal its records."""
+        self.records_key = records_key
         self.overlay = overlay
         self.shared = shared
         self.clock = clock  # every node's record clock (None: the loop's time)
@@ -179,6 +182,7 @@ class DhtCluster:
         routers: Mapping[int, int] | None = None,
         clock: Callable[[], float] | None = None,
         shared: str | None = None,
+        records_key: bytes | None = None,
     ) -> DhtCluster:
         overlay = FakeOverlay(
             rng=random.Random(f"overlay-{seed}"), latency=latency, jitter=jitter, loss=loss
@@ -191,6 +195,7 @@ class DhtCluster:
             routers=routers,
             clock=clock,
             shared=shared,
+            records_key=records_key,
         )
         for _ in range(n):
             cluster.add_node()
@@ -217,6 +222,7 @@ class DhtCluster:
                 router_hosts=self.routers.get(index, 0),
             )
             identity = NodeIdentity(key, cert, self.ca.trust)
+            identity.records_key = self.records_key
         port = self.overlay.add(identity.node_id)
         svc = DhtService(
             identity,
@@ -265,6 +271,7 @@ def run_cluster(
     routers: Mapping[int, int] | None = None,
     clock: Callable[[], float] | None = None,
     shared: str | None = None,
+    records_key: bytes | None = None,
 ) -> T:
     """Run ``body`` on a fresh ``n``-node cluster on virtual time, then close it.
 
@@ -283,6 +290,7 @@ def run_cluster(
             routers=routers,
             clock=clock,
             shared=shared,
+            records_key=records_key,
         )
         nodes = list(cluster.nodes)
         try:

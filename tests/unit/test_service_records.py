@@ -208,6 +208,9 @@ class _Reads:
     async def get(self, key: str, *, strict: bool = False) -> Record | None:
         return self.records.get(key)
 
+    def service_slots(self, namespace: str, name: str, proto: str) -> tuple[int, ...]:
+        return allowed_slots(self._owner, name, proto)
+
     async def create(self, key: str, value: bytes, ttl: float) -> bool:
         held = self.records.get(key)
         if held is not None and held.owner != self._owner:
