@@ -16,25 +16,32 @@ certificate and private key, the bootstrap endpoints, the virtual subnet and the
     node_key = '''-----BEGIN PRIVATE KEY-----…'''
     crl = '''-----BEGIN X509 CRL-----…'''   # optional: the network's revocation list
 
-A network on a shared overlay (issue 17) adds three keys and an optional fourth; the node
-key stays one, so both certificates certify it and the node id is one::
+A network on a shared overlay (issue 17) adds three keys, a fourth that ``ipop-config`` always
+writes there (``records_key``; without it the network's records are stored plain) and an
+optional fifth; the node key stays one, so both certificates certify it and the node id is
+one::
 
     overlay = "shared"                          # the overlay's name (its CA's O=)
     overlay_ca_cert = '''-----BEGIN CERTIFICATE-----…'''   # the overlay CA
     overlay_cert = '''-----BEGIN CERTIFICATE-----…'''      # this node's, from the overlay CA
     overlay_crl = '''-----BEGIN X509 CRL-----…'''         # optional: the overlay's CRL
+    records_key = "<64 hex digits>"             # the network's records key (a member's)
 
 Links, routing and origin auth then use the overlay credentials
 (:meth:`Bundle.overlay_identity`), the network's DHT records the network ones
-(:meth:`Bundle.identity`); :meth:`Bundle.identities` gives both, the same object for a bundle
+(:meth:`Bundle.identity`), sealed with ``records_key`` (:mod:`ipop.dht.seal`: strangers on the
+overlay store them; ``ipop-config`` derives the key from the network CA's, the same in every
+member's bundle, and :meth:`Bundle.identities` puts it on the network identity);
+:meth:`Bundle.identities` gives both, the same object for a bundle
 without overlay keys, which is exactly today's one-network node (such files are read and
 written byte for byte as before). An overlay-only bundle has ``format``, ``overlay``,
 ``overlay_ca_cert``, ``overlay_cert``, ``node_key``, ``bootstrap``, ``node_name`` and perhaps
 ``overlay_crl`` only: no network key at all (:meth:`Bundle.identity` and
 :meth:`Bundle.membership` raise for it).
 Sizes measured with ``ipop-config`` (one bootstrap endpoint, a hostname): 1.6 KB for a
-one-network bundle, 2.75 KB with the overlay keys (3.1 KB with a one-entry CRL), 1.56 KB
-overlay-only; MAX_BUNDLE_BYTES (25 KB) stays, with room for hundreds of bootstrap endpoints.
+one-network bundle, 2.84 KB with the overlay keys and the records key (3.2 KB with a
+one-entry CRL), 1.56 KB overlay-only; MAX_BUNDLE_BYTES (25 KB) stays, with room for hundreds
+of bootstrap endpoints.
 
 Parsing is strict: unknown keys, wrong types and anything that does not fit together (the key
 does not match the certificate, the certificate is not from the bundled CA, the name differs,
@@ -69,6 +76,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ipop.dht.seal import RECORDS_KEY_BYTES
 from ipop.errors import ConfigError, LocalProtocolError
 from ipop.identity import (
     CaTrust,
@@ -237,6 +245,7 @@ _KEYS = (
     "bootstrap",
     "node_name",
     "hostname",
+    "records_key",
     "overlay_ca_cert",
     "overlay_cert",
     "ca_cert",
@@ -248,7 +257,7 @@ _KEYS = (
 # Every bundle has these; a member's also the network keys; one on a shared overlay also these.
 _BASE_KEYS = ("format", "bootstrap", "node_name", "node_key")
 _NETWORK_KEYS = ("network", "subnet", "ca_cert", "node_cert")
-_NETWORK_OPTIONAL = ("dns_suffix", "hostname", "crl")
+_NETWORK_OPTIONAL = ("dns_suffix", "hostname", "records_key", "crl")
 _OVERLAY_KEYS = ("overlay", "overlay_ca_cert", "overlay_cert")
 _FIX_REMAKE = "make a new bundle with 'ipop-config node NETWORK NAME --force'"
 _FIX_REMAKE_OVERLAY = (
@@ -330,6 +339,8 @@ class Bundle:
     overlay_ca_cert_pem: bytes | None = None
     overlay_cert_pem: bytes | None = None
     overlay_crl_pem: bytes | None = None
+    # The network's records key (ipop.dht.seal): its DHT records are sealed with it.
+    records_key: bytes | None = None
     # Derived in __post_init__: the network's CA and certificate (None: overlay-only) and the
     # overlay's (the network's own objects when the bundle names no overlay).
     trust: CaTrust | None = field(init=False, repr=False, compare=False)
@@ -392,6 +403,10 @@ class Bundle:
         parse_dns_suffix(self.dns_suffix)
         if self.hostname is not None:
             validate_hostname(self.hostname)
+        if self.records_key is not None and len(self.records_key) != RECORDS_KEY_BYTES:
+            raise ConfigError(
+                "records_key", f"must be {2 * RECORDS_KEY_BYTES} hex digits", _FIX_REMAKE
+            )
         if self.ca_cert_pem is None or self.node_cert_pem is None:
             missing = "ca_cert" if self.ca_cert_pem is None else "node_cert"
             raise ConfigError(missing, "is missing", _FIX_REMAKE)
@@ -428,6 +443,7 @@ class Bundle:
             ("node_cert", self.node_cert_pem),
             ("hostname", self.hostname),
             ("crl", self.crl_pem),
+            ("records_key", self.records_key),
         ):
             if value is not None:
                 raise ConfigError(
@@ -534,6 +550,7 @@ class Bundle:
                 key_name="node_key",
                 cert_name="node_cert",
             )
+            member.records_key = self.records_key
         if self.overlay is None:
             assert member is not None
             return member, member
@@ -603,6 +620,16 @@ def _pem_field(table: dict[str, object], key: str) -> bytes:
         return value.encode("ascii")
     except UnicodeEncodeError:
         raise ConfigError(key, "PEM text must be ASCII", _FIX_REMAKE) from None
+
+
+def _hex_field(value: object, key: str) -> bytes:
+    fix = f"{_FIX_REMAKE} (the line '{key} = \"<hex digits>\"' is damaged)"
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a hex string, got {type(value).__name__}", fix)
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise ConfigError(key, "is not hex digits", fix) from None
 
 
 def _optional_pem(table: dict[str, object], key: str) -> bytes | None:
@@ -678,6 +705,7 @@ def parse_bundle(text: str, *, source: str) -> Bundle:
             )
         network = table.get("network")
         overlay = table.get("overlay")
+        records_key = table.get("records_key")
         return Bundle(
             network=None if network is None else str(network),
             subnet=parse_subnet(table["subnet"]) if "subnet" in table else None,
@@ -694,6 +722,7 @@ def parse_bundle(text: str, *, source: str) -> Bundle:
             overlay_ca_cert_pem=_optional_pem(table, "overlay_ca_cert"),
             overlay_cert_pem=_optional_pem(table, "overlay_cert"),
             overlay_crl_pem=_optional_pem(table, "overlay_crl"),
+            records_key=None if records_key is None else _hex_field(records_key, "records_key"),
         )
     except ConfigError as exc:
         raise _with_source(exc, source) from None
@@ -743,6 +772,8 @@ def dump_bundle(b: Bundle) -> str:
     ]
     if b.hostname is not None:
         items.append(("hostname", b.hostname))
+    if b.records_key is not None:
+        items.append(("records_key", b.records_key.hex()))
     for key, pem in (
         ("overlay_ca_cert", b.overlay_ca_cert_pem),
         ("overlay_cert", b.overlay_cert_pem),

@@ -81,6 +81,7 @@ from ipop.bundle import (
     parse_dns_suffix,
     parse_subnet,
 )
+from ipop.dht.seal import RECORDS_KEY_PURPOSE
 from ipop.errors import ConfigError
 from ipop.identity import (
     MAX_ROUTER_HOSTS,
@@ -448,6 +449,8 @@ def cmd_node(args: argparse.Namespace, *, now: float) -> int:
         overlay=None if overlay_ca is None else overlay_ca.network,
         overlay_ca_cert_pem=None if overlay_ca is None else overlay_ca.cert_pem(),
         overlay_cert_pem=None if overlay is None else overlay.cert.pem(),
+        # On a shared overlay strangers store the network's records: members seal them.
+        records_key=None if overlay_ca is None else ca.derived_secret(RECORDS_KEY_PURPOSE),
     )
     data = dump_bundle(bundle).encode("utf-8")
     write_file(out, data, 0o600, overwrite=args.force)
@@ -585,6 +588,8 @@ def describe(bundle: Bundle, *, path: str, size: int, now: float) -> dict[str, o
             "overlay_cert_not_after": _iso(ocert.not_after),
             "overlay_ca_not_after": _iso(otrust.not_after),
             "overlay_ca_fingerprint": otrust.fingerprint,
+            # Its replicas are strangers too: are this network's records sealed (ipop.dht.seal)?
+            "records_sealed": None if not bundle.is_member else bundle.records_key is not None,
             "overlay_crl_number": otrust.check_crl(bundle.overlay_crl_pem).number
             if bundle.overlay_crl_pem
             else 0,

@@ -9,6 +9,7 @@ which the project rules allow.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -141,6 +142,17 @@ class NetworkCA:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+
+    def derived_secret(self, purpose: bytes) -> bytes:
+        """32 bytes for ``purpose`` that only whoever holds this CA's private key can make:
+        a secret the CA hands its members (e.g. the records key, :mod:`ipop.dht.seal`)
+        without keeping another file."""
+        raw = self._key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return hashlib.blake2b(purpose, key=raw, digest_size=32, person=b"ipop-ca-secret").digest()
 
     def cert_pem(self) -> bytes:
         return self._trust.cert_pem

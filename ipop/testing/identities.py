@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ipop.bundle import Bundle
+from ipop.dht.seal import RECORDS_KEY_PURPOSE
 from ipop.errors import LocalProtocolError
 from ipop.identity import NetworkCA, NodeIdentity
 from ipop.types import Endpoint
@@ -109,6 +110,8 @@ def make_bundle(
             "overlay_ca_cert_pem": overlay_ca.cert_pem(),
             "overlay_cert_pem": ident.certified_by(overlay_ca, node_name, now=now).cert.pem(),
         }
+        if not overlay_only:
+            overlay_keys["records_key"] = ca.derived_secret(RECORDS_KEY_PURPOSE)
     elif overlay_only:
         raise LocalProtocolError("an overlay-only bundle needs its overlay")
     return Bundle(
@@ -156,6 +159,7 @@ def member_bundles(
                 overlay=overlay,
                 overlay_ca_cert_pem=overlay_ca.cert_pem(),
                 overlay_cert_pem=overlay_cert,
+                records_key=ca.derived_secret(RECORDS_KEY_PURPOSE),
             )
         )
     return out

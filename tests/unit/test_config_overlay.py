@@ -22,6 +22,7 @@ from ipop.bundle import (
     load_bundle,
     parse_bundle,
 )
+from ipop.dht.seal import RECORDS_KEY_PURPOSE
 from ipop.errors import ConfigError
 from ipop.identity import CaTrust, NetworkCA, NodeIdentity
 from ipop.testing.identities import make_identity, make_network
@@ -87,11 +88,19 @@ def test_a_node_of_a_network_on_an_overlay_gets_both_certificates(ws: Path, run:
     assert member is not None and overlay is not member
     assert overlay.trust.network == "shared" and member.trust.network == "lab"
     assert overlay.node_id == member.node_id
+    # Strangers store the network's records: the bundle holds the key members seal them with,
+    # derived from the network CA's key (every member's bundle the same, no new file).
+    home = ws / "home/lab"
+    ca = NetworkCA.load((home / "ca.key").read_bytes(), (home / "ca.crt").read_bytes())
+    assert b.records_key == ca.derived_secret(RECORDS_KEY_PURPOSE) == member.records_key
+    assert overlay.records_key is None
+    assert len(b.records_key) == 32 and b.records_key != ca.derived_secret(b"other")
     register = json.loads((ws / "home/shared.overlay/issued.json").read_text())
     assert [c["name"] for c in register["certs"]] == ["lab/alice"]
     info = json.loads(run("show", "alice.bundle.toml", "--json")[1])
     assert info["overlay"] == "shared" and info["network"] == "lab" and info["valid"]
     assert info["overlay_ca_fingerprint"] == overlay_trust.fingerprint
+    assert info["records_sealed"] is True
 
 
 def test_overlay_node_writes_an_overlay_only_bundle(ws: Path, run: Run) -> None:
@@ -232,6 +241,7 @@ def _bundle(c: Creds, **changes: object) -> Bundle:
         "overlay": "shared",
         "overlay_ca_cert_pem": c.overlay.cert_pem(),
         "overlay_cert_pem": c.ovl.cert.pem(),
+        "records_key": bytes(range(32)),
     }
     fields.update(changes)
     return Bundle(**fields)  # type: ignore[arg-type]
@@ -280,6 +290,9 @@ def _other_key_cert(c: Creds) -> bytes:
         ({"network": None}, "subnet", "overlay-only bundle names no network"),
         ({"overlay_ca_cert": "garbage"}, "overlay_ca_cert", ""),
         ({"overlay_crl": "NETWORK_CRL"}, "overlay_crl", "not accepted by the bundled overlay CA"),
+        ({"records_key": "zz" * 32}, "records_key", "not hex digits"),
+        ({"records_key": "ab" * 31}, "records_key", "64 hex digits"),
+        ({"records_key": 7}, "records_key", "must be a hex string"),
     ],
 )
 def test_overlay_keys_that_do_not_fit_name_the_key(
