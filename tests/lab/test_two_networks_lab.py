@@ -11,8 +11,8 @@ with ``ping``, ``dig`` and ``tcpdump``:
 - a member of one network resolves none of the other's names (a reverse lookup gives only the
   address's own computed C-name) and reaches none of its addresses;
 - a modified daemon of the other network, told the victims' addresses, node ids and
-  namespace, writes none of their keys and gets none of its forged or spoofed IP onto their
-  TAPs;
+  namespace, writes none of their keys, finds neither address in the records of theirs it
+  holds as a replica (sealed), and gets none of its forged or spoofed IP onto their TAPs;
 - the overlay-only nodes say so in ``ipop status``, hold links to members of both networks,
   and never see a member's ping payload on their wire (tcpdump), though they carry the
   networks' traffic and records;
@@ -208,7 +208,9 @@ def test_a_member_of_the_other_network_injects_nothing(net: IpopNet) -> None:
     outside its own DHT. It reads and writes their name and ip keys in labnet's namespace,
     forges IP between them in their names, and sends them IP over its own links: replicas
     refuse the writes (its certificate is not labnet CA's) and show it none of the records
-    (it is no member), and no marker reaches their TAPs."""
+    (it is no member), the records it holds itself as a replica (eight nodes, eight
+    replicas) show it neither address (sealed, ipop.dht.seal), and no marker reaches their
+    TAPs."""
     lab = net.lab
     victims = ("a1", "a2")
     bundle = load_bundle(net.files("a1").bundle)
@@ -230,7 +232,7 @@ def test_a_member_of_the_other_network_injects_nothing(net: IpopNet) -> None:
         "--duration", str(ATTACK_S), "--report", str(report),
     ]  # fmt: skip
     lab.spawn("m", hostile, log_path=m.log)
-    assert wait_for(report.exists, 60 + ATTACK_S), m.log.read_text()[-3000:]
+    assert wait_for(report.exists, 90 + ATTACK_S), m.log.read_text()[-3000:]
     sent = json.loads(report.read_text())
     assert sent["done"], sent
     s = sent["sent"]
@@ -243,6 +245,9 @@ def test_a_member_of_the_other_network_injects_nothing(net: IpopNet) -> None:
         assert sum(reads.values()) == len(victims), s
         assert f"dht_foreign_{what}_read_found" not in reads, s
     assert s["forged_routed_ip"] > 0, s
+    # A replica outside labnet holds labnet's records and can read no address in them.
+    assert s["dht_foreign_records_held"] > 0, s
+    assert s["dht_foreign_records_readable"] == 0, s
     # Names and addresses are labnet's still, and nothing forged reached a TAP.
     a2_vip = net.status("a2").self_.vip
     res = lab.exec("a1", ["dig", "+short", f"@{GATEWAY}", "a2.ipop"], timeout=10)

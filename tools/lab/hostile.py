@@ -18,8 +18,10 @@ bounded in count:
 Across networks on a shared overlay (issue 17): ``--foreign NAME=VIP@NODEID`` names victims of
 another network that it knows of from outside its own DHT, and ``--foreign-namespace`` that
 network's DHT namespace; it then reads and writes those victims' keys there (a read counts as
-``..._held`` where its own store holds the key: a replica cannot be kept from its own copy),
-forges IP between them in their names and sends them IP from its own links, as above.
+``..._held`` where its own store holds the key), counts the records of that network it holds
+as a replica and how many show a victim's address (``dht_foreign_records_readable``: none
+once the network's records are sealed, :mod:`ipop.dht.seal`), forges IP between them in
+their names and sends them IP from its own links, as above.
 
 What it sent is written to ``--report`` as JSON when it stops. Lab use only: the lab's tests
 start it in a namespace of their own instead of ``ipop.tools.ipopd``.
@@ -149,6 +151,29 @@ class Attacker:
         finally:
             flood.close()
         self.sent["eclipse_answers"] = sum(e.answered for e in eclipsers)
+        if theirs is not None:
+            await self._inspect_store(theirs)
+
+    async def _inspect_store(self, theirs: str) -> None:
+        """What this node, a replica outside ``theirs``' network, holds of that network's
+        records, and how many of them show one of the foreign victims' addresses (plain in a
+        key, or as a name's value). Waits (bounded) until it holds some: store-on-join and
+        the owners' writes reach a new replica within seconds."""
+        node = self.daemon.node
+        assert node is not None and node.dht is not None
+        storage = node.dht.storage
+        marks = [m for _, vip, _ in self.args.foreign for m in (str(vip).encode(), vip.packed)]
+        deadline = time.monotonic() + 30
+        held: list[Record] = []
+        while time.monotonic() < deadline:
+            held = [r for r in storage.records() if r.key.startswith(f"{theirs}:")]
+            if held:
+                break
+            await asyncio.sleep(0.5)
+        self.sent["dht_foreign_records_held"] = len(held)
+        self.sent["dht_foreign_records_readable"] = sum(
+            any(m in r.key.encode() + r.value for m in marks) for r in held
+        )
 
     def _forge_ip(self, victims: list[tuple[str, IPv4Address, NodeId]]) -> None:
         node = self.daemon.node
