@@ -506,6 +506,19 @@ class Bundle:
         """Whether the bundle makes this node a member of a network (False: overlay-only)."""
         return self.network is not None
 
+    def records_plain(self) -> str | None:
+        """Why this member's DHT records would be readable where they are stored, or None: a
+        network on a shared overlay without ``records_key`` (a bundle made before records
+        keys; its members cannot read sealed records, nor sealing members its plain ones)."""
+        if not self.is_member or self.overlay is None or self.records_key is not None:
+            return None
+        return (
+            f"network {self.network!r} is on overlay {self.overlay!r} but its bundle has no "
+            "records_key: its DHT records are stored plain where strangers keep them, and "
+            "members with the key do not see them; make every member a new bundle with "
+            f"'ipop-config node {self.network} {self.node_name} --force'"
+        )
+
     @property
     def overlay_name(self) -> str:
         """The overlay this node links into: ``overlay``, or the network itself."""

@@ -291,6 +291,9 @@ class Daemon:
         # Overlay identity for links and routing, network identity for DHT records: one
         # object unless the bundle puts the network on a shared overlay.
         identity, member = self.bundle.identities(now=now)
+        plain = self.bundle.records_plain()
+        if plain is not None:
+            log.warning("event=records_plain why=%r", plain)
         if s.crl_file is not None:
             network_trust = member.trust if member is not None else None
             load_crl_file(identity.trust, s.crl_file, now=now, network=network_trust)

@@ -370,6 +370,9 @@ class MemberSide:
         its DHT records and checks its members' (one key: the daemon checked)."""
         _, member = self.bundle.identities(now=now)
         assert member is not None  # a member bundle (check_same_overlay)
+        plain = self.bundle.records_plain()
+        if plain is not None:
+            log.warning("event=records_plain why=%r", plain)
         self.identity = member
         self.node = node
         node.add_network(member, self.subnet)

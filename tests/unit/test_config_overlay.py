@@ -265,6 +265,19 @@ def test_two_certificate_bundle_round_trips_and_stays_small(creds: Creds) -> Non
     assert len(text.encode()) < MAX_BUNDLE_BYTES // 5
 
 
+def test_a_member_bundle_on_a_shared_overlay_without_a_records_key_says_so(
+    creds: Creds,
+) -> None:
+    assert _bundle(creds).records_plain() is None
+    why = _bundle(creds, records_key=None).records_plain()
+    assert why is not None and "records_key" in why and "ipop-config node lab alice" in why
+    # A network that is its own overlay: only its members store its records.
+    alone = _bundle(
+        creds, overlay=None, overlay_ca_cert_pem=None, overlay_cert_pem=None, records_key=None
+    )
+    assert alone.records_plain() is None
+
+
 def test_a_one_network_bundle_has_one_identity_object(creds: Creds) -> None:
     b = _bundle(creds, overlay=None, overlay_ca_cert_pem=None, overlay_cert_pem=None)
     assert "overlay" not in dump_bundle(b)
