@@ -19,7 +19,8 @@ from ipop.aio.daemon import Daemon
 from ipop.dht.policy import MAX_USER_KEY
 from ipop.dht.publish import PublishFailed, ServicePublisher, check_name, list_services
 from ipop.dht.read import NoQuorum
-from ipop.dht.record import MAX_VALUE_BYTES, user_key
+from ipop.dht.record import user_key
+from ipop.dht.seal import SEALED
 from ipop.dht.srv import PROTOS, ServiceValue
 from ipop.identity import CrlError
 from ipop.nat.netcheck import NetcheckResult
@@ -82,10 +83,13 @@ class DaemonControl:
         if node is None or node.dht is None or not node.dht_ready.is_set():
             raise CommandFailed("the DHT has not joined yet")
         data = value.encode()
-        if len(data) > MAX_VALUE_BYTES:
-            raise CommandFailed(f"the value is {len(data)} bytes; the DHT holds {MAX_VALUE_BYTES}")
+        limit = node.dht.max_value_bytes(self.d.namespace)
+        if len(data) > limit:
+            raise CommandFailed(f"the value is {len(data)} bytes; the DHT holds {limit}")
         if not 1 <= len(key) <= MAX_USER_KEY or not key.isascii() or not key.isprintable():
             raise CommandFailed(f"a key is 1-{MAX_USER_KEY} printable ASCII characters")
+        if key.startswith(SEALED):
+            raise CommandFailed(f"a key must not start with {SEALED!r} (sealed records' mark)")
         return await node.dht.put(self._key(key), data, float(ttl_s))
 
     async def resolve(self, name: str) -> str | None:

@@ -68,9 +68,9 @@ from ipop.dht.opstats import DhtOpStats
 from ipop.dht.policy import RecordPolicy
 from ipop.dht.protocol import IpopKademliaProtocol
 from ipop.dht.read import QuorumReader
-from ipop.dht.record import Record, namespace_of
+from ipop.dht.record import MAX_VALUE_BYTES, Record, namespace_of
 from ipop.dht.replicas import ReplicaCalls
-from ipop.dht.seal import RecordSeal
+from ipop.dht.seal import SEAL_OVERHEAD, RecordSeal
 from ipop.dht.shim import LinkedPeers, OverlayPort, OverlayShim
 from ipop.dht.srv import allowed_slots, sealed_slots
 from ipop.dht.storage import RecordStorage
@@ -371,6 +371,11 @@ class DhtService:
     async def delete(self, key: str) -> bool:
         """Release our record on ``key`` (a signed tombstone); False if it is not ours."""
         return await self._timed("delete", self.writer.delete(self._stored(key)[0]))
+
+    def max_value_bytes(self, namespace: str) -> int:
+        """The longest value a record of ``namespace`` holds (a sealed one's carries
+        :data:`~ipop.dht.seal.SEAL_OVERHEAD` bytes more)."""
+        return MAX_VALUE_BYTES - (SEAL_OVERHEAD if namespace in self._seals else 0)
 
     def service_slots(self, namespace: str, name: str, proto: str) -> tuple[int, ...]:
         """The slots of service ``name``/``proto`` we may hold in ``namespace``

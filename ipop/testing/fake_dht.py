@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from ipop.dht.record import Record
+from ipop.dht.record import MAX_VALUE_BYTES, Record
 from ipop.dht.srv import allowed_slots
 from ipop.types import NodeId
 
@@ -32,6 +32,9 @@ class FakeDht:
     @property
     def node_id(self) -> NodeId:
         return self._node_id
+
+    def max_value_bytes(self, namespace: str) -> int:
+        return MAX_VALUE_BYTES  # records here are never sealed
 
     def service_slots(self, namespace: str, name: str, proto: str) -> tuple[int, ...]:
         return allowed_slots(self._node_id, name, proto)  # records here are never sealed

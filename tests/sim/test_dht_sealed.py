@@ -18,8 +18,16 @@ from ipaddress import IPv4Address, IPv4Network
 
 from ipop.dht.names import lookup_name, register_name
 from ipop.dht.publish import ServicePublisher, list_services
-from ipop.dht.record import Record, StoreOutcome, ip_key, name_key, namespace_of, user_key
-from ipop.dht.seal import SEALED, RecordSeal
+from ipop.dht.record import (
+    MAX_VALUE_BYTES,
+    Record,
+    StoreOutcome,
+    ip_key,
+    name_key,
+    namespace_of,
+    user_key,
+)
+from ipop.dht.seal import SEAL_OVERHEAD, SEALED, RecordSeal
 from ipop.dht.service import DhtConfig, DhtService
 from ipop.dht.srv import ServiceValue, service_key
 from ipop.testing.fake_overlay import TESTNET_NS, DhtCluster, offer_everywhere, run_cluster
@@ -110,6 +118,10 @@ def test_strangers_store_a_networks_records_and_read_none_of_them() -> None:
         try:
             await pub.publish("condor", "tcp", ServiceValue(ADDR, 9618, ("pool=physics",)))
             assert await alice.put(user_key(TESTNET_NS, "mykey"), b"my value", 600)
+            # A sealed value is 28 bytes longer: the longest one a member may put still fits.
+            longest = alice.max_value_bytes(TESTNET_NS)
+            assert longest == MAX_VALUE_BYTES - SEAL_OVERHEAD
+            assert await alice.put(user_key(TESTNET_NS, "long"), bytes(longest), 600)
 
             # Every member reads all of it back.
             assert await lookup_name(reader, TESTNET_NS, "alice", SUBNET) == ADDR

@@ -84,6 +84,7 @@ def test_a_user_key_cannot_reach_an_address_record(tmp_path: Path) -> None:
         ("", "v", "printable ASCII"),
         ("k" * (MAX_USER_KEY + 1), "v", "printable ASCII"),
         ("k\n", "v", "printable ASCII"),
+        ("~k", "v", "sealed records"),
     ],
 )
 def test_a_bad_put_is_refused_with_its_reason(
