@@ -214,3 +214,33 @@ def test_replicas_check_what_a_sealed_record_shows_and_readers_the_rest() -> Non
         assert reader.drops["opened_sealed_value"] == 1
 
     _run(body, seed=4)
+
+
+def test_a_node_in_two_networks_seals_each_with_its_own_key() -> None:
+    """A daemon in a second network (``DhtService.add_network``) seals that network's records
+    with that network's records key: A's key opens none of them."""
+    c_key = bytes(range(100, 132))
+
+    async def body(c: DhtCluster) -> None:
+        now = asyncio.get_running_loop().time()
+        ca_c = make_network("thirdnet", now=now, seed="thirdnet-ca")
+        alice = c.nodes[ALICE]
+        second = alice.identity.certified_by(ca_c, "alice", now=now)
+        second.records_key = c_key
+        # Alice again, in both networks (a daemon adds its networks before it starts).
+        await c.remove(alice)
+        both = c.add_node(alice.identity)
+        both.add_network(second, subnet=SUBNET)
+        assert await both.bootstrap([c.nodes[0].node_id])
+        ns_c = namespace_of(ca_c.trust)
+        key = user_key(ns_c, "mykey")
+        assert await both.put(key, b"my value", 600)
+        got = await both.get(key)
+        assert got is not None and got.value == b"my value"
+        stored = RecordSeal(c_key).stored_key(key)
+        copies = [r for s in c.nodes for r in s.storage.records() if r.key == stored]
+        assert copies and all(b"my value" not in r.value for r in copies)
+        assert RecordSeal(c_key).open(copies[0], key).value == b"my value"
+        assert RecordSeal(RECORDS_KEY).stored_key(key) != stored
+
+    _run(body, seed=5)
