@@ -103,7 +103,6 @@ from ipop.dht.seal import SEAL_OVERHEAD, SEALED, is_tag
 from ipop.dht.srv import (
     MIN_VALUE_BYTES,
     SERVICE_QUOTA,
-    SLOTS,
     allowed_slots,
     decode_value,
     parse_service_key,
@@ -384,26 +383,15 @@ class RecordPolicy:
             raise _refuse("key_bad_ip", rest[:32])
         if subnet is not None and addr not in subnet:
             raise _refuse("key_ip_outside_subnet", rest)
-        if record.tombstone:
-            return
-        if len(record.value) == MAC_BYTES:
-            if not cert.is_router:
-                raise _refuse("value_not_router")
-        elif record.value:
-            raise _refuse("value_size", f"ip value {len(record.value)} bytes")
+        if not record.tombstone:
+            _check_ip_value(len(record.value), cert)
 
     def _check_name(
         self, record: Record, rest: str, cert: NodeCertificate, subnet: IPv4Network | None
     ) -> None:
         if not is_name(rest):
             raise _refuse("key_bad_name", rest[:64])
-        host, dot, under = rest.partition(".")
-        if dot:
-            # A LAN host name: only the router whose certified hostname it is under.
-            if not cert.is_router or cert.hostname != under:
-                raise _refuse("name_not_router", rest)
-        elif cert.hostname != host:
-            raise _refuse("name_not_certified", rest)
+        _check_name_owner(rest, cert)
         if record.tombstone:
             return
         if len(record.value) != 4:
@@ -431,31 +419,21 @@ class RecordPolicy:
         if kind is Kind.IP:
             if not is_tag(body):
                 raise _refuse("key_bad_ip", body[:32])
-            if record.tombstone:
-                return
-            if size == MAC_BYTES:
-                if not cert.is_router:
-                    raise _refuse("value_not_router")
-            elif size != 0:
-                raise _refuse("value_size", f"sealed ip value {len(record.value)} bytes")
+            if not record.tombstone:
+                _check_ip_value(size, cert)
         elif kind is Kind.NAME:
+            # A hostname as its certificate shows it, or <tag>.<router hostname>.
             host, dot, under = body.partition(".")
-            if dot:
-                if not is_tag(host) or not is_name(f"x.{under}"):
-                    raise _refuse("key_bad_name", body[:64])
-                if not cert.is_router or cert.hostname != under:
-                    raise _refuse("name_not_router", under)
-            elif not is_name(host):
+            if not (is_tag(host) and is_name(f"x.{under}") if dot else is_name(host)):
                 raise _refuse("key_bad_name", body[:64])
-            elif cert.hostname != host:
-                raise _refuse("name_not_certified", host)
+            _check_name_owner(body, cert)
             if not record.tombstone and size != 4:
                 raise _refuse("value_size", f"sealed name value {len(record.value)} bytes")
         elif kind is Kind.SVC:
             tag, _, slot_s = body.rpartition(".")
             if not is_tag(tag) or not slot_s.isdigit() or str(int(slot_s)) != slot_s:
                 raise _refuse("key_bad_service", body[:32])
-            if int(slot_s) >= SLOTS or int(slot_s) not in sealed_slots(record.owner, tag):
+            if int(slot_s) not in sealed_slots(record.owner, tag):
                 raise _refuse("service_slot_not_owner", body[:32])
             if not record.tombstone and size < MIN_VALUE_BYTES:
                 raise _refuse("value_size", f"sealed service value {len(record.value)} bytes")
@@ -464,6 +442,27 @@ class RecordPolicy:
                 raise _refuse("key_bad_user", body[:16])
             if not record.tombstone and size < 0:
                 raise _refuse("value_size", f"sealed user value {len(record.value)} bytes")
+
+
+def _check_ip_value(size: int, cert: NodeCertificate) -> None:
+    """An ip record's value of ``size`` bytes (opened, for a sealed one): empty (the node
+    itself) or a LAN host's MAC, which only a router may claim."""
+    if size == MAC_BYTES:
+        if not cert.is_router:
+            raise _refuse("value_not_router")
+    elif size:
+        raise _refuse("value_size", f"ip value {size} bytes")
+
+
+def _check_name_owner(name: str, cert: NodeCertificate) -> None:
+    """Whose ``name`` is: a hostname, the member's whose certificate carries it; a LAN host
+    name ``<host>.<router hostname>`` (its host label plain or blinded), only that router's."""
+    _, dot, under = name.partition(".")
+    if dot:
+        if not cert.is_router or cert.hostname != under:
+            raise _refuse("name_not_router", name)
+    elif cert.hostname != name:
+        raise _refuse("name_not_certified", name)
 
 
 __all__ = [
